@@ -1,0 +1,63 @@
+"""Prometheus metrics with one registry per application, never the process-global one.
+
+A per-app registry lets tests build many apps in one process, and lets a service register its
+own metrics next to the HTTP ones without name clashes between services.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+#: Buckets in seconds, dense below 25 ms where the gateway's budgets live.
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HttpMetrics:
+    """The request metrics every HTTP service exports."""
+
+    requests: Counter
+    latency: Histogram
+    in_flight: Gauge
+
+    @classmethod
+    def register(cls, registry: CollectorRegistry) -> HttpMetrics:
+        return cls(
+            requests=Counter(
+                "urr_http_requests",
+                "HTTP requests answered, by route and status class",
+                ["method", "route", "status"],
+                registry=registry,
+            ),
+            latency=Histogram(
+                "urr_http_request_duration_seconds",
+                "Time from request to response, by route",
+                ["method", "route"],
+                buckets=LATENCY_BUCKETS_S,
+                registry=registry,
+            ),
+            in_flight=Gauge(
+                "urr_http_requests_in_flight",
+                "Requests being handled now",
+                registry=registry,
+            ),
+        )
+
+
+def metrics_handler(registry: CollectorRegistry) -> Handler:
+    """``GET /metrics`` in the Prometheus text format for ``registry``."""
+
+    async def handle(_: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    return handle

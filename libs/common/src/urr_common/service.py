@@ -1,0 +1,217 @@
+"""The skeleton every URR HTTP service is built on.
+
+``create_service_app`` returns an ``aiohttp`` application with the shared middlewares (request
+id and log context, metrics, problem+json errors), ``/health/live``, ``/health/ready`` and
+``/metrics``. A service's own ``create_app(settings, ...)`` calls it, then adds its routes and
+``cleanup_ctx`` entries. ``serve`` runs an application until SIGTERM/SIGINT and drains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from prometheus_client import CollectorRegistry
+
+from urr_common.health import Readiness, live_handler, ready_handler
+from urr_common.logs import bind_request_context, clear_request_context, get_logger
+from urr_common.metrics import HttpMetrics, metrics_handler
+from urr_common.problems import (
+    Problem,
+    ProblemError,
+    problem_from_http_exception,
+    problem_response,
+)
+from urr_common.settings import HttpSettings, ServiceSettings
+
+_LOG = get_logger(__name__)
+
+REGISTRY_KEY = web.AppKey("urr_registry", CollectorRegistry)
+READINESS_KEY = web.AppKey("urr_readiness", Readiness)
+HTTP_METRICS_KEY = web.AppKey("urr_http_metrics", HttpMetrics)
+SETTINGS_KEY = web.AppKey("urr_service_settings", ServiceSettings)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+#: An inbound request id is kept only when it is short and plain; anything else is replaced,
+#: so a client cannot inject into log lines or headers.
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_UNMATCHED_ROUTE = "unmatched"
+#: Headers of aiohttp's own HTTP errors that still mean something on the problem answer.
+_PASSTHROUGH = frozenset({"allow", "retry-after"})
+
+
+def request_id_of(request: web.Request) -> str:
+    """The id bound to this request by the context middleware."""
+    value = request.get("request_id")
+    return value if isinstance(value, str) else ""
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id, bind it to the log context, and echo it in the response."""
+    inbound = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = inbound if _REQUEST_ID_RE.match(inbound) else uuid.uuid4().hex
+    request["request_id"] = request_id
+    clear_request_context()
+    bind_request_context(request_id=request_id)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into problem+json; an unexpected one is logged and becomes a 500."""
+    try:
+        return await handler(request)
+    except ProblemError as exc:
+        response = problem_response(exc.to_problem(instance=request.path), headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        problem = problem_from_http_exception(exc, instance=request.path)
+        passthrough = {k: v for k, v in exc.headers.items() if k.lower() in _PASSTHROUGH}
+        response = problem_response(problem, headers=passthrough)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        _LOG.exception("unhandled_error", path=request.path, method=request.method)
+        problem = Problem(
+            status=500,
+            code="internal_error",
+            title="Internal Server Error",
+            detail="The server failed to handle this request; it has been logged.",
+            instance=request.path,
+        )
+        response = problem_response(problem)
+    response.headers[REQUEST_ID_HEADER] = request_id_of(request)
+    return response
+
+
+def _route_label(request: web.Request) -> str:
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return resource.canonical if resource is not None else _UNMATCHED_ROUTE
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time requests by route template (never by raw path: bounded cardinality)."""
+    metrics = request.app[HTTP_METRICS_KEY]
+    started = time.perf_counter()
+    metrics.in_flight.inc()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.in_flight.dec()
+        route = _route_label(request)
+        metrics.requests.labels(request.method, route, f"{status // 100}xx").inc()
+        metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    middlewares: Iterable[Middleware] = (),
+) -> web.Application:
+    """A new application with the shared middlewares and the health and metrics routes."""
+    registry = registry if registry is not None else CollectorRegistry()
+    app = web.Application(
+        middlewares=[
+            request_context_middleware,
+            metrics_middleware,
+            problem_middleware,
+            *middlewares,
+        ],
+        client_max_size=settings.http.max_body_bytes,
+    )
+    readiness = Readiness()
+    app[SETTINGS_KEY] = settings
+    app[REGISTRY_KEY] = registry
+    app[READINESS_KEY] = readiness
+    app[HTTP_METRICS_KEY] = HttpMetrics.register(registry)
+    app.router.add_get("/health/live", live_handler)
+    app.router.add_get("/health/ready", ready_handler(readiness))
+    app.router.add_get("/metrics", metrics_handler(registry))
+    return app
+
+
+async def serve(
+    app: web.Application,
+    http: HttpSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    started: Callable[[int], None] | None = None,
+    reuse_port: bool = False,
+) -> None:
+    """Serve ``app`` until SIGTERM, SIGINT or ``stop``; then drain.
+
+    Draining: readiness turns 503 at once, the listener stays open for ``drain_delay_s`` (so a
+    load balancer notices), then closes; in-flight requests get ``shutdown_timeout_s`` to
+    finish before cleanup closes the clients.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=http.shutdown_timeout_s, access_log=None
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, http.host, http.port, reuse_port=reuse_port or None)
+        await site.start()
+        port = _bound_port(runner, http.port)
+        _LOG.info("listening", host=http.host, port=port)
+        if started is not None:
+            started(port)
+        await stop.wait()
+        _LOG.info("draining", drain_delay_s=http.drain_delay_s)
+        app[READINESS_KEY].draining = True
+        if http.drain_delay_s:
+            await asyncio.sleep(http.drain_delay_s)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        _LOG.info("stopped")
+
+
+def _bound_port(runner: web.AppRunner, fallback: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return fallback
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]], *, use_uvloop: bool) -> None:
+    """Run the coroutine ``main`` on uvloop when asked and available, else on asyncio."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            use_uvloop = False
+    if use_uvloop:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        asyncio.run(main())

@@ -1,0 +1,153 @@
+"""Settings from environment variables, validated once at start-up.
+
+Every service declares one ``BaseSettings`` subclass built from the blocks below and calls
+``load_settings(TheirSettings)`` in its entry point: nothing reads the environment at import
+time, and a bad value stops the process with one readable message naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "URR_"
+NESTED_DELIMITER = "__"
+
+
+class SettingsError(RuntimeError):
+    """The environment does not describe a valid configuration; the message says what to fix."""
+
+
+class HttpSettings(BaseModel):
+    """Where an HTTP service listens and how it drains."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    #: After SIGTERM, readiness answers 503 for this long before the listener closes, so a
+    #: load balancer stops sending new requests first.
+    drain_delay_s: float = Field(default=0.0, ge=0.0, le=120.0)
+    #: How long in-flight requests may take to finish once the listener has closed.
+    shutdown_timeout_s: float = Field(default=15.0, gt=0.0, le=600.0)
+    use_uvloop: bool = True
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: JSON lines for machines; ``console`` renders the same events readably for a terminal.
+    format: Literal["json", "console"] = "json"
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    #: Treat ``url`` (or ``cluster_nodes``) as a Redis Cluster.
+    cluster: bool = False
+    socket_timeout_s: float = Field(default=0.5, gt=0.0)
+    connect_timeout_s: float = Field(default=0.5, gt=0.0)
+    max_connections: int = Field(default=64, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class PostgresSettings(BaseModel):
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/urr")
+    min_connections: int = Field(default=1, ge=0)
+    max_connections: int = Field(default=10, ge=1)
+    command_timeout_s: float = Field(default=10.0, gt=0.0)
+
+    @field_validator("dsn")
+    @classmethod
+    def _pg_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return value
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "urr"
+    #: Tansu (and some managed brokers) have no idempotent producer: acks=all and consumers
+    #: that deduplicate give at-least-once without it.
+    enable_idempotence: bool = False
+    request_timeout_ms: int = Field(default=10_000, ge=100)
+    linger_ms: int = Field(default=5, ge=0)
+
+
+class AwsSettings(BaseModel):
+    region: str = "us-east-1"
+    #: ``http://127.0.0.1:5000`` locally (moto); unset in production.
+    endpoint_url: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+
+
+class TokenKeySettings(BaseModel):
+    """Where a service finds the keys for the tokens it signs or verifies."""
+
+    #: PEM file of the EC P-256 private key this service signs with.
+    private_key_file: Path | None = None
+    #: Key id published in JWKS and written into every token's header.
+    key_id: str = "local-1"
+    #: Extra PEM public keys still accepted while keys rotate (``kid`` is the file stem).
+    previous_public_key_files: list[Path] = Field(default_factory=list)
+    issuer: str = "urr-auth"
+    audience: str = "urr"
+    ttl_s: int = Field(default=900, ge=30, le=86_400)
+    leeway_s: int = Field(default=10, ge=0, le=300)
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service has; subclasses add their own blocks."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        extra="ignore",
+        frozen=True,
+    )
+
+    service_name: str = "urr"
+    environment: Literal["local", "test", "staging", "prod"] = "local"
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+
+#: Values of variables whose names contain these are never echoed back in an error.
+_SECRET_WORDS = ("dsn", "password", "secret", "key", "token")
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(settings_cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build ``settings_cls`` from the environment, turning validation errors into one message.
+
+    ``overrides`` win over the environment; tests use them instead of patching ``os.environ``.
+    """
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc, settings_cls)) from exc
+
+
+def describe_validation_error(exc: ValidationError, settings_cls: type[BaseSettings]) -> str:
+    """Name each bad variable as the operator would set it, e.g. ``URR_HTTP__PORT``."""
+    prefix = str(settings_cls.model_config.get("env_prefix", ENV_PREFIX))
+    lines = [f"invalid configuration for {settings_cls.__name__}:"]
+    for error in exc.errors():
+        path = [str(part) for part in error["loc"]]
+        variable = prefix + NESTED_DELIMITER.join(path).upper() if path else "(settings)"
+        received = error.get("input")
+        secret = any(word in variable.lower() for word in _SECRET_WORDS)
+        plain = not (secret or isinstance(received, dict) or received is None)
+        shown = f" (got {received!r})" if plain else ""
+        lines.append(f"  {variable}: {error['msg']}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Stand-in identity provider for the URR suite."""

@@ -1,0 +1,1 @@
+"""The local stack behind `make up` and the test fixtures."""
