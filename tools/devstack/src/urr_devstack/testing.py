@@ -1,0 +1,106 @@
+"""pytest fixtures giving tests real servers, isolated from each other and from ``make up``.
+
+Redis: a private ``redis-server`` per test session on a free loopback port, so a test may
+flush, stop or restart it without touching anything else. PostgreSQL: the server already
+listening (``URR_TEST_POSTGRES_DSN``, default the local trust-auth server), with a fresh
+database per test that is dropped afterwards.
+
+Registered in the root ``conftest.py`` as ``pytest_plugins = ["urr_devstack.testing"]``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from urr_devstack.procs import RedisServer, free_port, moto_server, tansu_server
+
+DEFAULT_TEST_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private Redis for this test session."""
+    server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture
+async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
+    """A URL to an empty Redis database (flushed before each test)."""
+    redis_server.ensure_running()
+    redis_server.flushall()
+    yield redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_dsn() -> str:
+    """DSN of a database on the test server from which test databases are created."""
+    return os.environ.get("URR_TEST_POSTGRES_DSN", DEFAULT_TEST_POSTGRES_DSN)
+
+
+@pytest_asyncio.fixture
+async def postgres_dsn(postgres_admin_dsn: str) -> AsyncIterator[str]:
+    """DSN of a brand-new empty database, dropped when the test ends."""
+    name = f"urr_test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(postgres_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = postgres_admin_dsn.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(postgres_admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The checkout's root folder (the one holding the workspace ``pyproject.toml``)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "uv.lock").exists():
+            return parent
+    return Path.cwd()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private in-memory Tansu broker for this test session (``host:port``)."""
+    port = free_port()
+    broker = tansu_server(port, tmp_path_factory.mktemp("tansu") / "tansu.log")
+    broker.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private moto server for this test session (``http://127.0.0.1:port``).
+
+    Tests that need a clean slate ``POST {endpoint}/moto-api/reset``.
+    """
+    port = free_port()
+    server = moto_server(port, tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

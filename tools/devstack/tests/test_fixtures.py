@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import asyncpg
+import redis.asyncio as redis
+
+
+async def test_redis_url_is_an_empty_private_server(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert await client.dbsize() == 0
+        await client.set("k", "v")
+        assert await client.get("k") == b"v"
+    finally:
+        await client.aclose()
+
+
+async def test_postgres_dsn_is_a_fresh_database(postgres_dsn: str) -> None:
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        tables = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+        assert tables == 0
+    finally:
+        await conn.close()
+
+
+async def test_kafka_bootstrap_round_trips_a_record(kafka_bootstrap: str) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait("fixture-check", b"hello")
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        "fixture-check", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        batches = await consumer.getmany(timeout_ms=5000)
+    finally:
+        await consumer.stop()
+    assert [m.value for msgs in batches.values() for m in msgs] == [b"hello"]
+
+
+async def test_moto_endpoint_serves_sqs(moto_endpoint: str) -> None:
+    import aioboto3
+
+    session = aioboto3.Session()
+    async with session.client(
+        "sqs",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    ) as sqs:
+        url = (await sqs.create_queue(QueueName="fixture-check"))["QueueUrl"]
+        await sqs.send_message(QueueUrl=url, MessageBody="hi")
+        got = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
+    assert [m["Body"] for m in got["Messages"]] == ["hi"]
