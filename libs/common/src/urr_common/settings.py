@@ -91,17 +91,28 @@ class AwsSettings(BaseModel):
 
 
 class TokenKeySettings(BaseModel):
-    """Where a service finds the keys for the tokens it signs or verifies."""
+    """The key a service signs its tokens with, and what it writes into them."""
 
-    #: PEM file of the EC P-256 private key this service signs with.
-    private_key_file: Path | None = None
-    #: Key id published in JWKS and written into every token's header.
+    #: PEM file of the EC P-256 private key (created on first start when missing).
+    private_key_file: Path = Path(".urr/keys/default/local-1.pem")
+    #: Key id written into every token's header and published in JWKS.
     key_id: str = "local-1"
-    #: Extra PEM public keys still accepted while keys rotate (``kid`` is the file stem).
+    #: Public PEM files of keys still accepted while keys rotate (``kid`` = file stem).
     previous_public_key_files: list[Path] = Field(default_factory=list)
-    issuer: str = "urr-auth"
+    issuer: str = "urr"
     audience: str = "urr"
     ttl_s: int = Field(default=900, ge=30, le=86_400)
+
+
+class TrustedKeysSettings(BaseModel):
+    """How a service verifies tokens another service signs."""
+
+    #: JWKS document to fetch the keys from (``kid`` lookup, refreshed on an unknown kid).
+    jwks_url: str | None = None
+    #: Or public PEM files (``kid`` = file stem); both may be given.
+    public_key_files: list[Path] = Field(default_factory=list)
+    issuer: str = "urr"
+    audience: str = "urr"
     leeway_s: int = Field(default=10, ge=0, le=300)
 
 
