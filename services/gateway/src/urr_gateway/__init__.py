@@ -1,0 +1,1 @@
+"""The URR API gateway."""

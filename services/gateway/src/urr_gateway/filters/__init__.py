@@ -1,0 +1,1 @@
+"""The gateway filters, one module each, run in the order `chain.py` declares."""
