@@ -37,6 +37,7 @@ REGISTRY_KEY = web.AppKey("urr_registry", CollectorRegistry)
 READINESS_KEY = web.AppKey("urr_readiness", Readiness)
 HTTP_METRICS_KEY = web.AppKey("urr_http_metrics", HttpMetrics)
 SETTINGS_KEY = web.AppKey("urr_service_settings", ServiceSettings)
+REQUEST_ID_KEY = web.RequestKey("urr_request_id", str)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 #: An inbound request id is kept only when it is short and plain; anything else is replaced,
@@ -49,8 +50,8 @@ _PASSTHROUGH = frozenset({"allow", "retry-after"})
 
 def request_id_of(request: web.Request) -> str:
     """The id bound to this request by the context middleware."""
-    value = request.get("request_id")
-    return value if isinstance(value, str) else ""
+    value: str = request.get(REQUEST_ID_KEY, "")
+    return value
 
 
 @web.middleware
@@ -58,7 +59,7 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     """Give every request an id, bind it to the log context, and echo it in the response."""
     inbound = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = inbound if _REQUEST_ID_RE.match(inbound) else uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID_KEY] = request_id
     clear_request_context()
     bind_request_context(request_id=request_id)
     try:

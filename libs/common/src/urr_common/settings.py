@@ -25,7 +25,8 @@ class HttpSettings(BaseModel):
     """Where an HTTP service listens and how it drains."""
 
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
+    #: 0 picks a free port (tests); the bound port is logged.
+    port: int = Field(default=8080, ge=0, le=65535)
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     #: After SIGTERM, readiness answers 503 for this long before the listener closes, so a
