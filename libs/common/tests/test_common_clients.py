@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import uuid
+
+from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
+
+from urr_common.clients import open_aws_clients, open_kafka_producer, open_postgres, open_redis
+from urr_common.settings import AwsSettings, KafkaSettings, PostgresSettings, RedisSettings
+
+
+async def test_redis_client_talks_to_the_server(redis_url: str) -> None:
+    async with open_redis(RedisSettings(url=redis_url)) as redis:
+        await redis.set("greeting", "hello")
+        assert await redis.get("greeting") == b"hello"
+
+
+async def test_postgres_pool_runs_queries(postgres_dsn: str) -> None:
+    settings = PostgresSettings(dsn=SecretStr(postgres_dsn), min_connections=1, max_connections=2)
+    async with open_postgres(settings) as pool:
+        assert await pool.fetchval("SELECT 40 + 2") == 42
+
+
+async def test_kafka_producer_delivers_with_acks_all(kafka_bootstrap: str) -> None:
+    topic = f"clients-{uuid.uuid4().hex[:8]}"
+    async with open_kafka_producer(KafkaSettings(bootstrap_servers=kafka_bootstrap)) as producer:
+        metadata = await producer.send_and_wait(topic, b"payload", key=b"k")
+        assert metadata.offset == 0
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        batches = await consumer.getmany(timeout_ms=5000)
+    finally:
+        await consumer.stop()
+    assert [m.value for records in batches.values() for m in records] == [b"payload"]
+
+
+async def test_aws_clients_share_one_session(moto_endpoint: str) -> None:
+    settings = AwsSettings(
+        endpoint_url=moto_endpoint,
+        access_key_id=SecretStr("test"),
+        secret_access_key=SecretStr("test"),
+    )
+    async with open_aws_clients(settings, "sqs", "dynamodb") as clients:
+        name = f"q-{uuid.uuid4().hex[:8]}"
+        created = await clients["sqs"].create_queue(QueueName=name)
+        assert created["QueueUrl"].endswith(name)
+        tables = await clients["dynamodb"].list_tables()
+        assert isinstance(tables["TableNames"], list)
