@@ -8,12 +8,20 @@ export UV_PYTHON_DOWNLOADS := never
 PYTEST_ARGS ?=
 
 SRC_PACKAGES := $(foreach d,$(wildcard libs/*/src/* services/*/src/* tools/*/src/*),-p $(notdir $(d)))
-TEST_DIRS := $(wildcard libs/*/tests services/*/tests tools/*/tests)
+TEST_DIRS := $(sort $(dir $(wildcard libs/*/tests/*.py services/*/tests/*.py tools/*/tests/*.py)))
 
-.PHONY: up test lint types pytest sync uv
+.PHONY: up test lint types pytest sync uv system-deps
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
+
+# Debian's chromium drives the browser tests (Playwright cannot download browsers here).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 sync: uv
 	$(UV) sync --frozen --all-packages
@@ -33,7 +41,7 @@ types: sync
 	done
 
 # pytest exits 5 when it collects nothing: that fails here like any other non-zero exit.
-pytest: sync
+pytest: sync system-deps
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test: lint types pytest
