@@ -1,0 +1,3 @@
+"""Deployment checks and helpers for the URR suite."""
+
+from __future__ import annotations
