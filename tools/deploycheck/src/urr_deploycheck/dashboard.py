@@ -1,0 +1,285 @@
+"""The Grafana dashboard (``monitoring/grafana/urr.json``), generated so every query uses only
+metrics of ``metrics.METRICS`` (the tests parse them back out)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "$__rate_interval"
+#: Health checks and scrapes would dilute the latency and error figures.
+USER_ROUTES = 'route!~"/health/.*|/metrics"'
+APP = 'app=~"$app"'
+EVENT = 'event_id=~"$event"'
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    queries: tuple[Query, ...]
+    unit: str = "short"
+    kind: str = "timeseries"
+    description: str = ""
+    width: int = 12
+
+
+def _quantile(q: float, metric: str, by: str, selector: str) -> str:
+    return (
+        f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
+    )
+
+
+HTTP = (
+    Panel(
+        "Requests per second by service and status",
+        (
+            Query(
+                f"sum by (app, status) (rate(urr_http_requests_total{{{APP}}}[{RATE}]))",
+                "{{app}} {{status}}",
+            ),
+        ),
+        unit="reqps",
+    ),
+    Panel(
+        "Server errors (5xx share of answers)",
+        (
+            Query(
+                f'sum by (app) (rate(urr_http_requests_total{{{APP}, status="5xx"}}[{RATE}])) '
+                f"/ sum by (app) (rate(urr_http_requests_total{{{APP}}}[{RATE}]))",
+                "{{app}}",
+            ),
+        ),
+        unit="percentunit",
+        description="The canary gate and the UrrHigh5xxRatio alert fire above 1 %.",
+    ),
+    Panel(
+        "Latency percentiles (p50, p95, p99)",
+        tuple(
+            Query(
+                _quantile(q, "urr_http_request_duration_seconds", "app", f"{APP}, {USER_ROUTES}"),
+                f"{{{{app}}}} p{int(q * 100)}",
+            )
+            for q in (0.5, 0.95, 0.99)
+        ),
+        unit="s",
+        description="The canary gate and the UrrHighLatencyP95 alert fire above 300 ms at p95.",
+    ),
+    Panel(
+        "Requests in flight",
+        (Query(f"sum by (app) (urr_http_requests_in_flight{{{APP}}})", "{{app}}"),),
+    ),
+)
+
+RATE_LIMIT = (
+    Panel(
+        "Rate-limit decisions by category (allowed / blocked)",
+        (
+            Query(
+                f"sum by (category, result) (rate(urr_ratelimit_decisions_total[{RATE}]))",
+                "{{category}} {{result}}",
+            ),
+        ),
+        unit="reqps",
+    ),
+    Panel(
+        "Fail-open decisions by category",
+        (
+            Query(
+                f'sum by (category) (rate(urr_ratelimit_decisions_total{{source="open"}}[{RATE}]))',
+                "{{category}}",
+            ),
+        ),
+        unit="reqps",
+        description="Redis slow or down: these categories allow everything (UrrRateLimitFailOpen).",
+    ),
+    Panel(
+        "Redis circuit breaker (0 closed, 1 half-open, 2 open)",
+        (Query("max by (pod) (urr_ratelimit_breaker_state)", "{{pod}}"),),
+    ),
+    Panel(
+        "Rate-limit decision time p99 by source",
+        (Query(_quantile(0.99, "urr_ratelimit_decision_seconds", "source", ""), "{{source}}"),),
+        unit="s",
+        description="Target from the operations guide: p95 <= 10 ms, p99 <= 20 ms.",
+    ),
+)
+
+QUEUE = (
+    Panel(
+        "Queue: waiting, admitted and capacity",
+        (
+            Query(f"max by (event_id) (urr_queue_waiting{{{EVENT}}})", "{{event_id}} waiting"),
+            Query(f"max by (event_id) (urr_queue_admitted{{{EVENT}}})", "{{event_id}} admitted"),
+            Query(f"max by (event_id) (urr_queue_capacity{{{EVENT}}})", "{{event_id}} capacity"),
+        ),
+    ),
+    Panel(
+        "Queue: admissions per second",
+        (
+            Query(
+                f"sum by (event_id) (rate(urr_queue_admissions_total{{{EVENT}}}[{RATE}]))",
+                "{{event_id}}",
+            ),
+        ),
+        unit="ops",
+    ),
+    Panel(
+        "Queue: estimated wait at the back of the line",
+        (Query(f"max by (event_id) (urr_queue_eta_seconds{{{EVENT}}})", "{{event_id}}"),),
+        unit="s",
+    ),
+    Panel(
+        "Waiting room: serving counter against next position",
+        (
+            Query(
+                f"max by (event_id) (urr_vwr_serving_counter{{{EVENT}}})", "{{event_id}} serving"
+            ),
+            Query(f"max by (event_id) (urr_vwr_next_position{{{EVENT}}})", "{{event_id}} next"),
+        ),
+        description="The gap is the crowd still in the Tier-1 room.",
+    ),
+)
+
+BOOKING = (
+    Panel(
+        "Booking worker: batches and messages by result",
+        (
+            Query(
+                f"sum by (result) (rate(urr_worker_batches_total[{RATE}]))", "batches {{result}}"
+            ),
+            Query(
+                f"sum by (result) (rate(urr_worker_messages_total[{RATE}]))", "messages {{result}}"
+            ),
+        ),
+        unit="ops",
+    ),
+    Panel(
+        "Dead-letter queue depth",
+        (Query("max(urr_worker_dlq_messages)", "ticket-events-dlq.fifo"),),
+        kind="stat",
+        width=6,
+        description="Anything above 0 pages (UrrDlqNotEmpty); see the runbook's DLQ section.",
+    ),
+    Panel(
+        "Oldest booking command",
+        (Query("max(urr_worker_queue_oldest_age_seconds)", "ticket-events.fifo"),),
+        unit="s",
+        kind="stat",
+        width=6,
+    ),
+    Panel(
+        "Outbox backlog (unpublished events)",
+        (
+            Query("max(urr_outbox_backlog)", "rows"),
+            Query("max(urr_outbox_oldest_age_seconds)", "oldest (s)"),
+        ),
+    ),
+    Panel(
+        "Kafka consumer lag by group and topic",
+        (Query("sum by (group, topic) (urr_kafka_consumer_lag)", "{{group}} {{topic}}"),),
+    ),
+)
+
+ROWS = (
+    ("HTTP (every service)", HTTP),
+    ("Rate limiting (gateway)", RATE_LIMIT),
+    ("Queue (Tier 2) and waiting room (Tier 1)", QUEUE),
+    ("Booking back end", BOOKING),
+)
+
+
+def _variable(name: str, label: str, query: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
+def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    return {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
+        "targets": [
+            {"refId": chr(ord("A") + i), "expr": q.expr, "legendFormat": q.legend, "range": True}
+            for i, q in enumerate(panel.queries)
+        ],
+    }
+
+
+def build() -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    next_id, y = 1, 0
+    for title, row in ROWS:
+        panels.append(
+            {
+                "id": next_id,
+                "type": "row",
+                "title": title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
+        next_id, y, x = next_id + 1, y + 1, 0
+        for panel in row:
+            if x + panel.width > 24:
+                x, y = 0, y + 8
+            panels.append(_panel(panel, next_id, x, y))
+            next_id, x = next_id + 1, x + panel.width
+        y += 8
+    datasource = {
+        "name": "datasource",
+        "label": "Prometheus",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {},
+    }
+    return {
+        "uid": "urr-overview",
+        "title": "URR: waiting room, rate limits, booking",
+        "description": "Metric names: tools/deploycheck/src/urr_deploycheck/metrics.py",
+        "tags": ["urr"],
+        "timezone": "utc",
+        "editable": True,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-3h", "to": "now"},
+        "templating": {
+            "list": [
+                datasource,
+                _variable("app", "Service", "label_values(urr_http_requests_total, app)"),
+                _variable("event", "Event", "label_values(urr_queue_waiting, event_id)"),
+            ]
+        },
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,170 @@
+"""docker-compose.yml, parsed and checked against the services' settings (docker never runs)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from urr_deploycheck.compose import check, container_env, health_port
+from urr_deploycheck.services import (
+    DYNAMODB_TABLES,
+    INFRA,
+    KAFKA_TOPICS,
+    SQS_QUEUES,
+    WORKLOADS,
+    Target,
+    workload,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    with (REPO / "docker-compose.yml").open(encoding="utf-8") as handle:
+        loaded: dict[str, Any] = yaml.safe_load(handle)
+    return loaded
+
+
+def test_compose_matches_the_settings_of_every_service(compose, stand_ins):
+    result = check(compose, stand_ins)
+    assert result.problems == []
+    calls = {(c.service, c.endpoint.field, c.callee) for c in result.calls}
+    # A few calls that must be there, so an empty derivation cannot pass.
+    assert ("gateway", "upstreams.ticket", "ticket") in calls
+    assert ("gateway", "entry_trust.jwks_url", "queue") in calls
+    assert ("vwr-edge", "api_url", "vwr-apigw") in calls
+    assert ("ticket-poller", "aws.endpoint_url", "moto") in calls
+    assert ("provision-kafka", "calls", "kafka") in calls
+
+
+def test_every_service_of_the_table_and_every_local_server_is_there(compose):
+    names = set(compose["services"])
+    assert {w.name for w in WORKLOADS if Target.COMPOSE in w.targets} <= names
+    assert {i.name for i in INFRA if Target.COMPOSE in i.targets} <= names
+    for infra in INFRA:
+        if Target.COMPOSE in infra.targets:
+            assert compose["services"][infra.name]["image"] == infra.image
+
+
+def test_urr_containers_run_unprivileged_on_a_read_only_root(compose):
+    for entry in WORKLOADS:
+        service = compose["services"][entry.name]
+        assert service["user"] == "1000:1000"
+        assert service["read_only"] is True
+        assert "/tmp" in service["tmpfs"]  # noqa: S108 - a path inside the container
+        assert service["cap_drop"] == ["ALL"]
+        assert "no-new-privileges:true" in service["security_opt"]
+        env = container_env(entry, service)
+        drain = float(env["URR_HTTP__DRAIN_DELAY_S"]) + float(env["URR_HTTP__SHUTDOWN_TIMEOUT_S"])
+        assert float(service["stop_grace_period"].rstrip("s")) > drain
+
+
+def test_long_running_services_have_healthchecks_and_one_shots_do_not_restart(compose):
+    for name, service in compose["services"].items():
+        if name.startswith("provision-"):
+            assert service["restart"] == "no"
+        else:
+            assert service.get("healthcheck"), name
+
+
+def test_the_edge_is_the_published_entrance(compose):
+    published = {name: service.get("ports", []) for name, service in compose["services"].items()}
+    assert published["vwr-edge"] == ["8000:8000"]
+    # Third-party servers stay on the compose network (the host may run its own Redis etc.).
+    for infra in INFRA:
+        assert not published[infra.name], infra.name
+
+
+def test_provisioning_scripts_create_what_the_services_name(compose):
+    mounts = {v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", [])}
+    scripts = REPO / "k8s/components/provision/scripts"
+    assert "./k8s/components/provision/scripts" in mounts
+    kafka = (scripts / "kafka-topics.sh").read_text(encoding="utf-8")
+    aws = (scripts / "aws-resources.sh").read_text(encoding="utf-8")
+    for topic in KAFKA_TOPICS:
+        assert topic in kafka
+    for name in (*SQS_QUEUES, *DYNAMODB_TABLES, "eventId-position-index"):
+        assert name in aws
+
+
+# --- the checker catches what it should -----------------------------------------------------
+
+
+def _problems(compose: dict[str, Any], stand_ins, change) -> list[str]:
+    broken = copy.deepcopy(compose)
+    change(broken["services"])
+    return check(broken, stand_ins).problems
+
+
+def test_a_missing_dependency_is_reported(compose, stand_ins):
+    def drop(services):
+        del services["gateway"]["depends_on"]["ticket"]
+
+    assert _problems(compose, stand_ins, drop) == [
+        "gateway: calls ticket without depends_on service_healthy"
+    ]
+
+
+def test_a_wrong_upstream_port_is_reported(compose, stand_ins):
+    def wrong(services):
+        services["gateway"]["environment"]["URR_UPSTREAMS__AUTH"] = "http://auth:3006"
+
+    assert _problems(compose, stand_ins, wrong) == [
+        "gateway: upstreams.auth calls auth:3006, not its port"
+    ]
+
+
+def test_a_healthcheck_on_the_wrong_port_is_reported(compose, stand_ins):
+    def wrong(services):
+        services["queue"]["healthcheck"]["test"][-1] = services["queue"]["healthcheck"]["test"][
+            -1
+        ].replace("3007", "3001")
+
+    assert health_port(compose["services"]["queue"]) == 3007
+    assert _problems(compose, stand_ins, wrong) == [
+        "queue: healthcheck does not ask /health/ready on 3007"
+    ]
+
+
+def test_a_partial_http_override_is_reported(compose, stand_ins):
+    def partial(services):
+        del services["auth"]["environment"]["URR_HTTP__PORT"]
+
+    # The image sets the port, so dropping the compose value alone is harmless ...
+    assert _problems(compose, stand_ins, partial) == []
+
+    def reset(services):
+        services["auth"]["environment"]["URR_HTTP__PORT"] = "8080"
+
+    assert "auth: settings listen on port 8080, table says 3005" in _problems(
+        compose, stand_ins, reset
+    )
+
+
+def test_using_kafka_before_the_topics_exist_is_reported(compose, stand_ins):
+    def early(services):
+        del services["queue"]["depends_on"]["provision-kafka"]
+
+    assert _problems(compose, stand_ins, early) == [
+        "queue: uses kafka before provision-kafka completed"
+    ]
+
+
+def test_a_local_default_is_not_a_compose_service(compose, stand_ins):
+    def forgotten(services):
+        del services["vwr-edge"]["environment"]["URR_API_URL"]
+
+    assert _problems(compose, stand_ins, forgotten) == [
+        "vwr-edge: api_url names '127.0.0.1', not a compose service"
+    ]
+
+
+def test_workload_lookup():
+    assert workload("gateway").port == 3001
+    with pytest.raises(KeyError):
+        workload("nope")

@@ -1,0 +1,134 @@
+"""The Dockerfiles: generated from the table, built from the lock, unprivileged, healthchecked.
+
+Docker is not available here, so the parts of a build that can run without it do: the exact
+``uv sync`` of the build stage into a scratch venv, and the HEALTHCHECK command against a real
+service's ``/health/ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from urr_common.service import READINESS_KEY, create_service_app
+from urr_common.settings import ServiceSettings
+from urr_deploycheck.dockerfiles import (
+    dockerfile_path,
+    healthcheck_code,
+    present_images,
+    render_dockerfile,
+)
+from urr_deploycheck.generate import stale_files
+from urr_deploycheck.lambda_package import uv
+from urr_deploycheck.services import IMAGES, WORKLOADS
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_generated_files_are_up_to_date():
+    assert stale_files(REPO) == [], "run `uv run urr-deploy-generate`"
+
+
+def test_every_image_module_and_port_belongs_to_a_workload():
+    for image in IMAGES:
+        users = [w for w in WORKLOADS if w.image == image]
+        assert any(w.module == image.module and w.port == image.port for w in users), image
+
+
+@pytest.mark.parametrize("image", present_images(REPO), ids=lambda image: image.folder)
+def test_dockerfile_builds_its_member_and_runs_it_unprivileged(image):
+    text = dockerfile_path(REPO, image).read_text(encoding="utf-8")
+    with (REPO / "services" / image.folder / "pyproject.toml").open("rb") as handle:
+        member = tomllib.load(handle)["project"]["name"]
+    assert member == image.package
+    stages = re.findall(r"^FROM (\S+) AS (\w+)$", text, flags=re.MULTILINE)
+    assert [name for _, name in stages] == ["uv", "build", "runtime"]
+    assert stages[1][0] == stages[2][0] == "${PYTHON_IMAGE}"
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    assert f"uv sync --frozen --no-dev --no-editable --package {member}" in text
+    runtime = text.split(" AS runtime", 1)[1]
+    assert "COPY --from=build /opt/venv /opt/venv" in runtime
+    assert "USER 1000:1000" in runtime
+    assert "PYTHONDONTWRITEBYTECODE=1" in runtime
+    assert f"EXPOSE {image.port}" in runtime
+    assert runtime.rstrip().endswith(f'CMD ["python", "-m", "{image.module}"]')
+    assert "HEALTHCHECK" in runtime
+    assert not re.search(r"\b(curl|wget|apt-get)\b", text)
+
+
+def test_dockerignore_keeps_the_workspace_and_drops_local_state():
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".urr"} <= ignored
+    assert not ignored & {"libs", "services", "tools", "pyproject.toml", "uv.lock"}
+
+
+def test_the_build_stage_installs_exactly_the_member_from_the_lock(tmp_path):
+    # The Dockerfile's own command, into a scratch venv, offline from the uv cache.
+    image = next(i for i in present_images(REPO) if i.folder == "gateway")
+    venv = tmp_path / "venv"
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON_DOWNLOADS": "never"}
+    command = [uv(), "sync", "--frozen", "--no-dev", "--no-editable", "--package", image.package]
+    subprocess.run([*command, "--offline", "--quiet"], cwd=REPO, env=env, check=True, timeout=300)
+    probe = "import urr_gateway, urr_common; print(urr_gateway.__file__)"
+    result = subprocess.run(
+        [str(venv / "bin/python"), "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    # Installed into the venv, not pointing back at the workspace sources (non-editable).
+    assert result.stdout.strip().startswith(str(venv))
+    installed = {
+        p.name.split("-")[0] for p in (venv / "lib/python3.11/site-packages").glob("*.dist-info")
+    }
+    assert "urr_deploycheck" not in installed
+    assert "pytest" not in installed
+
+
+async def _run_healthcheck(port: int) -> int:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-I",
+        "-c",
+        healthcheck_code(9),
+        env={"URR_HTTP__PORT": str(port), "PATH": os.environ["PATH"]},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await asyncio.wait_for(process.wait(), timeout=30)
+
+
+async def test_the_healthcheck_command_follows_readiness(aiohttp_server):
+    app = create_service_app(ServiceSettings())
+    ready = {"value": True}
+
+    async def check() -> None:
+        if not ready["value"]:
+            raise RuntimeError("dependency down")
+
+    app[READINESS_KEY].add_check("dependency", check)
+    server = await aiohttp_server(app)
+    assert await _run_healthcheck(server.port) == 0
+    ready["value"] = False
+    assert await _run_healthcheck(server.port) == 1
+
+
+def test_the_healthcheck_reads_the_port_the_image_sets():
+    for image in IMAGES:
+        code = healthcheck_code(image.port)
+        compile(code, "<healthcheck>", "exec")
+        assert f"os.environ.get('URR_HTTP__PORT', '{image.port}')" in code
+        assert code.replace('"', '\\"') in render_dockerfile(image)
