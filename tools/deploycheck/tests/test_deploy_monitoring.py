@@ -1,0 +1,187 @@
+"""Alerts, analysis queries and the dashboard use only catalogued metrics and labels; every
+alert has its runbook section; the dashboard covers what operators watch."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from urr_common.metrics import HttpMetrics
+from urr_deploycheck.dashboard import build
+from urr_deploycheck.manifests import Manifest, by_kind, render
+from urr_deploycheck.metrics import METRICS, TARGET_LABELS, by_series_name, markdown_table
+
+REPO = Path(__file__).resolve().parents[3]
+RUNBOOK = REPO / "docs/runbook.md"
+_SELECTOR = re.compile(r"\b([a-zA-Z_][a-zA-Z0-9_]*)\{([^}]*)\}")
+_IDENTIFIER = re.compile(r"\burr_[a-z0-9_]+\b")
+_MATCHER_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+_GROUPING = re.compile(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)")
+#: PromQL that is not a metric name.
+_FUNCTIONS = frozenset({"vector", "rate", "sum", "max", "min", "absent", "histogram_quantile"})
+
+
+@cache
+def prod() -> tuple[Manifest, ...]:
+    return tuple(render(REPO / "k8s/overlays/prod"))
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    (rule,) = by_kind(prod(), "PrometheusRule").values()
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def every_query() -> list[tuple[str, str]]:
+    """(where, PromQL) of every alert, analysis metric and dashboard panel."""
+    queries = [(f"alert {r['alert']}", r["expr"]) for r in alert_rules()]
+    for template in by_kind(prod(), "AnalysisTemplate").values():
+        for metric in template["spec"]["metrics"]:
+            where = f"analysis {template['metadata']['name']}/{metric['name']}"
+            queries.append((where, metric["provider"]["prometheus"]["query"]))
+    for panel in build()["panels"]:
+        for target in panel.get("targets", []):
+            queries.append((f"panel {panel['title']}", target["expr"]))
+    return queries
+
+
+def test_http_metrics_match_what_urr_common_registers():
+    registry = CollectorRegistry()
+    metrics = HttpMetrics.register(registry)
+    # Labelled metrics have no samples until a child exists.
+    metrics.requests.labels("GET", "/x", "2xx").inc()
+    metrics.latency.labels("GET", "/x").observe(0.01)
+    exported: dict[str, tuple[str, ...]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = tuple(k for k in sample.labels if k != "le")
+            exported.setdefault(sample.name, labels)
+    for metric in METRICS:
+        if metric.status != "exported":
+            continue
+        for series in metric.series_names():
+            if series.endswith(("_sum", "_count")) and series not in exported:
+                continue
+            assert series in exported, f"{series} is not exported by urr_common"
+            assert set(exported[series]) == set(metric.labels), series
+
+
+def test_catalogue_has_unique_names_and_urr_prefixes():
+    names = [m.name for m in METRICS]
+    assert len(names) == len(set(names))
+    for metric in METRICS:
+        assert metric.name == "up" or metric.name.startswith("urr_")
+        if metric.kind == "counter":
+            assert metric.name.endswith("_total"), metric.name
+
+
+@pytest.mark.parametrize(("where", "query"), every_query(), ids=lambda v: str(v)[:60])
+def test_queries_use_only_catalogued_metrics_and_labels(where, query):
+    known = by_series_name()
+    for name in _IDENTIFIER.findall(query):
+        assert name in known, f"{where}: {name} is not in metrics.py"
+    used_metrics = [known[n] for n in _IDENTIFIER.findall(query)]
+    for name, inner in _SELECTOR.findall(query):
+        if name in _FUNCTIONS:
+            continue
+        metric = known[name]
+        for label in _MATCHER_LABEL.findall(inner):
+            assert label in set(metric.labels) | TARGET_LABELS, f"{where}: {name} has no {label}"
+    allowed = {label for m in used_metrics for label in m.labels} | TARGET_LABELS | {"le"}
+    for group in _GROUPING.findall(query):
+        for label in filter(None, (part.strip() for part in group.split(","))):
+            assert label in allowed, f"{where}: groups by unknown label {label}"
+
+
+REQUIRED_ALERTS = {
+    "UrrServiceUnavailable": "up",
+    "UrrHigh5xxRatio": "urr_http_requests_total",
+    "UrrHighLatencyP95": "urr_http_request_duration_seconds_bucket",
+    "UrrRateLimitFailOpen": "urr_ratelimit_decisions_total",
+    "UrrQueueStuck": "urr_queue_waiting",
+    "UrrDlqNotEmpty": "urr_worker_dlq_messages",
+    "UrrOutboxBacklog": "urr_outbox_backlog",
+    "UrrKafkaConsumerLag": "urr_kafka_consumer_lag",
+}
+
+
+def _anchors(markdown: str) -> set[str]:
+    headings = re.findall(r"^#{2,4} (.+)$", markdown, flags=re.MULTILINE)
+    return {re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-") for h in headings}
+
+
+def test_the_issue_s_alerts_exist_with_severity_and_runbook_section():
+    rules = {r["alert"]: r for r in alert_rules()}
+    for alert, metric in REQUIRED_ALERTS.items():
+        assert alert in rules
+        assert metric in rules[alert]["expr"]
+    anchors = _anchors(RUNBOOK.read_text(encoding="utf-8"))
+    for alert, rule in rules.items():
+        assert rule["labels"]["severity"] in {"critical", "warning"}
+        url = rule["annotations"]["runbook_url"]
+        assert url.endswith("docs/runbook.md#" + alert.lower())
+        assert alert.lower() in anchors, f"docs/runbook.md has no section for {alert}"
+        assert rule["annotations"]["summary"]
+
+
+def test_runbook_covers_the_procedures_and_its_links_resolve():
+    text = RUNBOOK.read_text(encoding="utf-8")
+    anchors = _anchors(text)
+    for section in (
+        "rollback",
+        "redis-outage",
+        "kafka-outage",
+        "draining-the-dlq",
+        "a-stuck-queue",
+        "resetting-an-event",
+    ):
+        assert section in anchors
+    for link in re.findall(r"\]\(#([a-z0-9-]+)\)", text):
+        assert link in anchors, f"broken link #{link}"
+
+
+def test_dashboard_file_is_valid_json_with_unique_panels_on_the_grid():
+    dashboard = json.loads((REPO / "monitoring/grafana/urr.json").read_text(encoding="utf-8"))
+    assert dashboard == build()
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24
+        if panel["type"] != "row":
+            assert panel["targets"]
+            refs = [t["refId"] for t in panel["targets"]]
+            assert len(refs) == len(set(refs))
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "app", "event"} <= variables
+
+
+def test_dashboard_shows_what_the_issue_lists():
+    expressions = " ".join(q for where, q in every_query() if where.startswith("panel"))
+    for needle in (
+        "urr_http_requests_total",
+        "histogram_quantile(0.95",
+        "histogram_quantile(0.99",
+        'urr_ratelimit_decisions_total{source="open"}',
+        "sum by (category, result)",
+        "urr_queue_waiting",
+        "urr_queue_admitted",
+        "urr_queue_eta_seconds",
+        "urr_vwr_serving_counter",
+        "urr_vwr_next_position",
+        "urr_worker_batches_total",
+        "urr_worker_dlq_messages",
+        "urr_outbox_backlog",
+    ):
+        assert needle in expressions, needle
+
+
+def test_catalogue_renders_as_a_table():
+    table = markdown_table()
+    assert table.count("\n") == len(METRICS) + 1
+    assert "| `urr_outbox_backlog` | gauge | - | ticket_worker | proposed |" in table
