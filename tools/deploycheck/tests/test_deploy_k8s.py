@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -15,12 +18,14 @@ from urr_deploycheck.manifests import (
     PodTemplate,
     by_kind,
     container_env,
+    kustomize,
     label_selector_matches,
     pod_templates,
     render,
 )
 from urr_deploycheck.services import (
     OVERLAYS,
+    PUBLIC_WORKLOADS,
     Target,
     workload,
     workloads_for,
@@ -61,6 +66,30 @@ def test_overlay_renders_into_its_namespace(overlay):
         assert doc["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "urr", (
             f"{doc['kind']}/{doc['metadata']['name']} lacks the part-of label"
         )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kustomize_renders_without_warnings(overlay):
+    _, warnings = kustomize(K8S / "overlays" / overlay)
+    assert warnings == ""
+
+
+def test_the_kubernetes_validate_command_passes_strict_on_prod():
+    # The command line exactly as an operator runs it, on the overlay with the most kinds.
+    output, _ = kustomize(K8S / "overlays" / "prod")
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-"],
+        input=output,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = (result.stdout + result.stderr).splitlines()
+    assert not [line for line in lines if line.startswith("ERROR")]
+    warned = {m.group(1) for line in lines if (m := re.search(r"schema for kind (\w+)", line))}
+    assert warned <= CRD_KINDS
 
 
 def test_kustomizations_use_labels_not_the_deprecated_common_labels():
@@ -228,3 +257,27 @@ def _effective_replicas(docs: tuple[Manifest, ...]) -> dict[str, int]:
     for rollout in by_kind(docs, "Rollout").values():
         replicas[rollout["spec"]["workloadRef"]["name"]] = rollout["spec"]["replicas"]
     return replicas
+
+
+@pytest.mark.parametrize("overlay", ["staging", "prod"])
+def test_the_load_balancer_reaches_only_the_public_workloads(overlay):
+    docs = rendered(overlay)
+    services = by_kind(docs, "Service")
+    ingresses = by_kind(docs, "Ingress")
+    assert ingresses
+    for ingress in ingresses.values():
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == "/health/ready"
+        delay = annotations["alb.ingress.kubernetes.io/target-group-attributes"]
+        deregistration_s = int(delay.split("=")[1])
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                assert backend["name"] in PUBLIC_WORKLOADS
+                ports = {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
+                assert backend["port"]["name"] in ports
+                pod = next(p for p in urr_pods(overlay) if p.name == backend["name"])
+                pre_stop = pod.containers[0]["lifecycle"]["preStop"]["exec"]["command"]
+                # The pod keeps serving until the ALB has deregistered it.
+                assert deregistration_s <= int(pre_stop[1])
+    assert not by_kind(rendered("kind"), "Ingress")

@@ -35,8 +35,8 @@ def kubectl() -> str:
     return path
 
 
-def render(directory: Path) -> list[Manifest]:
-    """``kubectl kustomize <directory>`` parsed into documents."""
+def kustomize(directory: Path) -> tuple[str, str]:
+    """``kubectl kustomize <directory>``: (manifests, warnings); ``RenderError`` on failure."""
     result = subprocess.run(  # noqa: S603 - fixed argv, no shell
         [kubectl(), "kustomize", str(directory)],
         capture_output=True,
@@ -46,7 +46,13 @@ def render(directory: Path) -> list[Manifest]:
     )
     if result.returncode != 0:
         raise RenderError(f"kubectl kustomize {directory} failed:\n{result.stderr}")
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return result.stdout, result.stderr
+
+
+def render(directory: Path) -> list[Manifest]:
+    """``kubectl kustomize <directory>`` parsed into documents."""
+    output, _ = kustomize(directory)
+    return [doc for doc in yaml.safe_load_all(output) if doc]
 
 
 def by_kind(docs: Iterable[Manifest], kind: str) -> dict[str, Manifest]:
