@@ -77,6 +77,10 @@ class QueueStandIn(ServiceSettings):
     cookie_secure: bool = False
 
 
+class _QueueAdmin(BaseModel):
+    base_url: str = "http://127.0.0.1:3007"
+
+
 class TicketStandIn(ServiceSettings):
     service_name: str = "ticket"
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3002))
@@ -84,6 +88,11 @@ class TicketStandIn(ServiceSettings):
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     aws: AwsSettings = Field(default_factory=AwsSettings)
+    queue_admin: _QueueAdmin = Field(default_factory=_QueueAdmin)
+
+
+class OutcomeStandIn(TicketStandIn):
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3024))
 
 
 class _Sqs(BaseModel):
@@ -161,6 +170,7 @@ STAND_INS: dict[str, type[BaseSettings]] = {
     "urr_auth.settings:AuthSettings": AuthStandIn,
     "urr_queue.settings:QueueSettings": QueueStandIn,
     "urr_ticket.settings:TicketSettings": TicketStandIn,
+    "urr_ticket.settings:OutcomeSettings": OutcomeStandIn,
     "urr_ticket_worker.settings:PollerSettings": PollerStandIn,
     "urr_ticket_worker.settings:RelayProcessSettings": RelayStandIn,
     "urr_ticket_worker.settings:PaymentProcessSettings": PaymentStandIn,

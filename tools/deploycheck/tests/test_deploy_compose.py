@@ -164,6 +164,13 @@ def test_a_local_default_is_not_a_compose_service(compose, stand_ins):
     ]
 
 
+def test_a_dependency_cycle_is_reported(compose, stand_ins):
+    def cycle(services):
+        services["queue"]["depends_on"]["gateway"] = {"condition": "service_healthy"}
+
+    assert _problems(compose, stand_ins, cycle) == ["dependency cycle: gateway -> queue -> gateway"]
+
+
 def test_workload_lookup():
     assert workload("gateway").port == 3001
     with pytest.raises(KeyError):

@@ -107,7 +107,25 @@ def check(
     provisioners = {i.name: {e.host for e in found.get(i.name, [])} for i in INFRA if i.calls}
     for name, calls in found.items():
         result.problems += _dependencies(name, calls, services, listening, provisioners, result)
+    result.problems += _cycles(services)
     return result
+
+
+def _cycles(services: Mapping[str, Any]) -> list[str]:
+    """``depends_on`` must be a DAG, or compose never starts the services on the cycle."""
+    graph = {name: set(_depends(service)) for name, service in services.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> list[str]:
+        if name in path:
+            return [" -> ".join((*path[path.index(name) :], name))]
+        if name in done or name not in graph:
+            return []
+        found = [cycle for dep in sorted(graph[name]) for cycle in visit(dep, (*path, name))]
+        done.add(name)
+        return found
+
+    return [f"dependency cycle: {cycle}" for name in sorted(graph) for cycle in visit(name, ())]
 
 
 def _service_shape(entry: Workload, service: Mapping[str, Any], ports: set[int]) -> list[str]:

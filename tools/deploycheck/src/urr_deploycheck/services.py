@@ -147,6 +147,14 @@ WORKLOADS: tuple[Workload, ...] = (
         rollout=True,
     ),
     Workload(
+        "ticket-outcomes",
+        TICKET_IMAGE,
+        "urr_ticket.outcomes",
+        ("urr_ticket.settings:OutcomeSettings",),
+        3024,
+        _EVERYWHERE,
+    ),
+    Workload(
         "ticket-relay",
         TICKET_WORKER_IMAGE,
         "urr_ticket_worker.relay",
