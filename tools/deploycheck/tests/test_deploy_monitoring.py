@@ -105,7 +105,7 @@ REQUIRED_ALERTS = {
     "UrrRateLimitFailOpen": "urr_ratelimit_decisions_total",
     "UrrQueueStuck": "urr_queue_waiting",
     "UrrDlqNotEmpty": "urr_worker_dlq_messages",
-    "UrrOutboxBacklog": "urr_outbox_backlog",
+    "UrrOutboxBacklog": "urr_outbox_unsent",
     "UrrKafkaConsumerLag": "urr_kafka_consumer_lag",
 }
 
@@ -170,13 +170,13 @@ def test_dashboard_shows_what_the_issue_lists():
         'urr_ratelimit_decisions_total{source="open"}',
         "sum by (category, result)",
         "urr_queue_waiting",
-        "urr_queue_admitted",
+        "urr_queue_active_sessions",
         "urr_queue_eta_seconds",
         "urr_vwr_serving_counter",
         "urr_vwr_next_position",
         "urr_worker_batches_total",
         "urr_worker_dlq_messages",
-        "urr_outbox_backlog",
+        "urr_outbox_unsent",
     ):
         assert needle in expressions, needle
 
@@ -184,4 +184,4 @@ def test_dashboard_shows_what_the_issue_lists():
 def test_catalogue_renders_as_a_table():
     table = markdown_table()
     assert table.count("\n") == len(METRICS) + 1
-    assert "| `urr_outbox_backlog` | gauge | - | ticket_worker | proposed |" in table
+    assert "| `urr_outbox_unsent` | gauge | - | ticket_worker | proposed |" in table

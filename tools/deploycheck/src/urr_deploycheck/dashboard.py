@@ -117,7 +117,9 @@ QUEUE = (
         "Queue: waiting, admitted and capacity",
         (
             Query(f"max by (event_id) (urr_queue_waiting{{{EVENT}}})", "{{event_id}} waiting"),
-            Query(f"max by (event_id) (urr_queue_admitted{{{EVENT}}})", "{{event_id}} admitted"),
+            Query(
+                f"max by (event_id) (urr_queue_active_sessions{{{EVENT}}})", "{{event_id}} admitted"
+            ),
             Query(f"max by (event_id) (urr_queue_capacity{{{EVENT}}})", "{{event_id}} capacity"),
         ),
     ),
@@ -125,7 +127,7 @@ QUEUE = (
         "Queue: admissions per second",
         (
             Query(
-                f"sum by (event_id) (rate(urr_queue_admissions_total{{{EVENT}}}[{RATE}]))",
+                f"sum by (event_id) (rate(urr_queue_admitted_total{{{EVENT}}}[{RATE}]))",
                 "{{event_id}}",
             ),
         ),
@@ -178,7 +180,7 @@ BOOKING = (
     Panel(
         "Outbox backlog (unpublished events)",
         (
-            Query("max(urr_outbox_backlog)", "rows"),
+            Query("max(urr_outbox_unsent)", "rows"),
             Query("max(urr_outbox_oldest_age_seconds)", "oldest (s)"),
         ),
     ),

@@ -94,12 +94,12 @@ METRICS: tuple[Metric, ...] = (
     # Queue (Tier 2), per event.
     Metric("urr_queue_waiting", "gauge", ("event_id",), "queue", "proposed", "People waiting"),
     Metric(
-        "urr_queue_admitted",
+        "urr_queue_active_sessions",
         "gauge",
         ("event_id",),
         "queue",
         "proposed",
-        "Admitted sessions open now",
+        "Admitted sessions open now (a gauge: not the admissions counter)",
     ),
     Metric(
         "urr_queue_capacity",
@@ -110,12 +110,12 @@ METRICS: tuple[Metric, ...] = (
         "Most admitted sessions at once",
     ),
     Metric(
-        "urr_queue_admissions_total",
+        "urr_queue_admitted_total",
         "counter",
         ("event_id",),
         "queue",
         "proposed",
-        "People admitted",
+        "People admitted (the queue branch counts it by `path`; `event_id` is needed here)",
     ),
     Metric(
         "urr_queue_eta_seconds",
@@ -185,12 +185,12 @@ METRICS: tuple[Metric, ...] = (
     ),
     # Transactional outbox (relay) and Kafka consumers.
     Metric(
-        "urr_outbox_backlog",
+        "urr_outbox_unsent",
         "gauge",
         (),
         "ticket_worker",
         "proposed",
-        "Events written but not yet published",
+        "Outbox rows not yet published (the ticket branch's relay has this name)",
     ),
     Metric(
         "urr_outbox_oldest_age_seconds",
