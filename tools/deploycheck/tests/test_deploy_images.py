@@ -78,7 +78,7 @@ def test_the_build_stage_installs_exactly_the_member_from_the_lock(tmp_path):
     image = next(i for i in present_images(REPO) if i.folder == "gateway")
     venv = tmp_path / "venv"
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON_DOWNLOADS": "never"}
-    command = [uv(), "sync", "--frozen", "--no-dev", "--no-editable", "--package", image.package]
+    command = [*uv(), "sync", "--frozen", "--no-dev", "--no-editable", "--package", image.package]
     subprocess.run([*command, "--offline", "--quiet"], cwd=REPO, env=env, check=True, timeout=300)
     probe = "import urr_gateway, urr_common; print(urr_gateway.__file__)"
     result = subprocess.run(

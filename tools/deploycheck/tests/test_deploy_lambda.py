@@ -97,7 +97,7 @@ def workspace(tmp_path_factory) -> Path:
             return {"value": VALUE, "host": idna.encode("bücher.example").decode()}
         """,
     )
-    subprocess.run([uv(), "lock", "--offline", "--quiet"], cwd=root, check=True, timeout=120)
+    subprocess.run([*uv(), "lock", "--offline", "--quiet"], cwd=root, check=True, timeout=120)
     return root
 
 

@@ -51,16 +51,15 @@ class Built:
     size_bytes: int
 
 
-def uv() -> str:
-    path = shutil.which("uv")
-    if path is None:
-        raise PackagingError("uv is not on PATH")
-    return path
+def uv() -> list[str]:
+    """How to run uv: the one running us (``uv run`` sets ``UV``), else PATH, else the module."""
+    path = os.environ.get("UV") or shutil.which("uv")
+    return [path] if path else [sys.executable, "-m", "uv"]
 
 
 def _run(args: Sequence[str], cwd: Path) -> str:
     result = subprocess.run(  # noqa: S603 - argv built here, no shell
-        [uv(), *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=600
+        [*uv(), *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=600
     )
     if result.returncode != 0:
         raise PackagingError(f"uv {' '.join(args)} failed:\n{result.stderr.strip()}")
