@@ -9,6 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -19,12 +20,6 @@ from urr_deploycheck.metrics import METRICS, TARGET_LABELS, by_series_name, mark
 
 REPO = Path(__file__).resolve().parents[3]
 RUNBOOK = REPO / "docs/runbook.md"
-_SELECTOR = re.compile(r"\b([a-zA-Z_][a-zA-Z0-9_]*)\{([^}]*)\}")
-_IDENTIFIER = re.compile(r"\burr_[a-z0-9_]+\b")
-_MATCHER_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
-_GROUPING = re.compile(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)")
-#: PromQL that is not a metric name.
-_FUNCTIONS = frozenset({"vector", "rate", "sum", "max", "min", "absent", "histogram_quantile"})
 
 
 @cache
@@ -80,22 +75,55 @@ def test_catalogue_has_unique_names_and_urr_prefixes():
             assert metric.name.endswith("_total"), metric.name
 
 
+def _parse(query: str) -> Any:
+    """The query's AST (Grafana's ``$__rate_interval`` is not a PromQL duration)."""
+    return promql_parser.parse(query.replace("$__rate_interval", "5m"))
+
+
+def _walk(query: str) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """(selector name, its label matchers) and every label named by by/without/on/ignoring."""
+    selectors: list[tuple[str, list[str]]] = []
+    grouping: list[str] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            selectors.append((node.name or "", [m.name for m in node.matchers.matchers]))
+        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            grouping.extend(node.modifier.labels)
+        elif isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None:
+            matching = node.modifier.matching
+            grouping.extend(matching.labels if matching is not None else ())
+
+    promql_parser.walk(_parse(query), visit)
+    return selectors, grouping
+
+
 @pytest.mark.parametrize(("where", "query"), every_query(), ids=lambda v: str(v)[:60])
-def test_queries_use_only_catalogued_metrics_and_labels(where, query):
+def test_queries_parse_and_use_only_catalogued_metrics_and_labels(where, query):
     known = by_series_name()
-    for name in _IDENTIFIER.findall(query):
+    selectors, grouping = _walk(query)
+    assert selectors, f"{where}: selects nothing"
+    used = []
+    for name, labels in selectors:
         assert name in known, f"{where}: {name} is not in metrics.py"
-    used_metrics = [known[n] for n in _IDENTIFIER.findall(query)]
-    for name, inner in _SELECTOR.findall(query):
-        if name in _FUNCTIONS:
-            continue
         metric = known[name]
-        for label in _MATCHER_LABEL.findall(inner):
+        used.append(metric)
+        for label in labels:
             assert label in set(metric.labels) | TARGET_LABELS, f"{where}: {name} has no {label}"
-    allowed = {label for m in used_metrics for label in m.labels} | TARGET_LABELS | {"le"}
-    for group in _GROUPING.findall(query):
-        for label in filter(None, (part.strip() for part in group.split(","))):
-            assert label in allowed, f"{where}: groups by unknown label {label}"
+    allowed = {label for m in used for label in m.labels} | TARGET_LABELS | {"le"}
+    for label in grouping:
+        assert label in allowed, f"{where}: groups by unknown label {label}"
+
+
+def test_the_query_check_rejects_what_it_should():
+    with pytest.raises(ValueError, match="parenthesis"):
+        _parse("sum(rate(urr_http_requests_total[5m])")
+    selectors, grouping = _walk(
+        'sum by (app) (rate(urr_http_requests_total{status="5xx"}[$__rate_interval])) '
+        "/ on (app) sum by (app) (rate(urr_nope_total[5m]))"
+    )
+    assert selectors == [("urr_http_requests_total", ["status"]), ("urr_nope_total", [])]
+    assert grouping == ["app", "app", "app"]
 
 
 REQUIRED_ALERTS = {
