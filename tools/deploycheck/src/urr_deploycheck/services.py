@@ -255,15 +255,16 @@ class LambdaFunction:
         return self.handler.rsplit(".", 1)[0]
 
 
-# Handler names follow the VWR and worker engineers' SAM template; correct them here at merge.
+# Handlers as the SAM templates name them (services/vwr_lambda/template.yaml: the API function
+# serves assign/check/status and admin). The edge verifier is not here: its bundle also carries
+# the per-deployment edge_location.json and must fit Lambda@Edge's 1 MB, so the VWR package
+# builds it (build/edge).
 LAMBDA_FUNCTIONS: tuple[LambdaFunction, ...] = (
     LambdaFunction("vwr-api", "urr-vwr-lambda", "urr_vwr_lambda.api.handler"),
-    LambdaFunction("vwr-admin", "urr-vwr-lambda", "urr_vwr_lambda.admin.handler"),
     LambdaFunction("vwr-advancer", "urr-vwr-lambda", "urr_vwr_lambda.advancer.handler"),
     LambdaFunction(
-        "vwr-edge", "urr-vwr-lambda", "urr_vwr_lambda.edge.handler", max_zip_bytes=1024 * 1024
+        "ticket-worker", "urr-ticket-worker", "urr_ticket_worker.handler.lambda_handler"
     ),
-    LambdaFunction("ticket-worker", "urr-ticket-worker", "urr_ticket_worker.handler.handler"),
 )
 
 
