@@ -28,7 +28,7 @@ from urr_deploycheck.endpoints import (
     parse_address,
     settings_from_env,
 )
-from urr_deploycheck.manifests import Manifest, pod_templates, render
+from urr_deploycheck.manifests import Manifest, label_selector_matches, pod_templates, render
 from urr_deploycheck.netpol import Grant, policy_grants
 from urr_deploycheck.services import (
     AWS_API_HOST,
@@ -63,6 +63,16 @@ def test_policies_allow_exactly_what_the_settings_call(overlay, stand_ins):
     # The derivation found real calls, not an empty set matching empty policies.
     callers = {call.workload for call in derivation.calls}
     assert {"gateway", "queue", "ticket", "auth"} <= callers
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_policy_selects_a_pod(overlay):
+    # A policy selecting nothing opens nothing today and something unexpected tomorrow.
+    docs = rendered(overlay)
+    pods = pod_templates(docs)
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        selector = policy["spec"]["podSelector"]
+        assert any(label_selector_matches(selector, p.labels) for p in pods), policy["metadata"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
