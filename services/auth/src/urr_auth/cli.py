@@ -36,9 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log, service=settings.service_name, stream=sys.stderr)
     if args.command == "create-admin":
+        # stdout carries the tool's one-line answer; logs go to stderr.
+        configure_logging(settings.log, service=settings.service_name, stream=sys.stderr)
         return create_admin(settings, args.email, password_stdin=args.password_stdin)
+    configure_logging(settings.log, service=settings.service_name)
     run(lambda: serve(create_app(settings), settings.http), use_uvloop=settings.http.use_uvloop)
     return EXIT_OK
 

@@ -27,6 +27,10 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _EMAIL_RE = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+$")
 
 
+#: Bidirectional overrides and isolates: they can make a name render as a different one.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def normalise_email(value: str) -> str:
     """The address trimmed and lower-cased; ``ValueError`` when it is not one.
 
@@ -77,7 +81,7 @@ def check_display_name(value: str | None) -> str | None:
         return None
     if len(name) > DISPLAY_NAME_MAX_LENGTH:
         raise ValueError(f"must be at most {DISPLAY_NAME_MAX_LENGTH} characters")
-    if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
+    if any(unicodedata.category(char) in ("Cc", "Cs") or char in _BIDI_CONTROLS for char in name):
         raise ValueError("must not contain control characters")
     return name
 
