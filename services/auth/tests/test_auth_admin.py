@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import io
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import jwt
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -173,3 +175,23 @@ async def test_the_command_line_tool_exits_2_on_bad_settings(
     assert result.returncode == 2
     assert "URR_HTTP__PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_create_admin_prompts_twice_and_refuses_a_mismatch(
+    settings: AuthSettings, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter(["typed once right", "typed twice wrong", "same both times", "same both times"])
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
+
+    mismatch = await asyncio.to_thread(create_admin, settings, ADMIN_EMAIL, password_stdin=False)
+    match = await asyncio.to_thread(create_admin, settings, ADMIN_EMAIL, password_stdin=False)
+
+    assert (mismatch, match) == (2, 0)
+    assert prompts == ["Password: ", "Repeat password: "] * 2
+    assert await _role_of(postgres_dsn, ADMIN_EMAIL) == "admin"

@@ -104,3 +104,21 @@ async def test_an_unreadable_key_file_stops_the_start_with_a_clear_error(
     with pytest.raises(KeyMaterialError, match="test-1"):
         await runner.setup()
     await runner.cleanup()
+
+
+async def test_a_missing_previous_key_file_stops_the_start_with_a_clear_error(
+    make_settings: Callable[..., AuthSettings], key_dir: Path
+) -> None:
+    missing = key_dir / "public" / "gone.pem"
+    settings = make_settings(
+        access_tokens={
+            "private_key_file": key_dir / "test-1.pem",
+            "key_id": "test-1",
+            "previous_public_key_files": [missing],
+        }
+    )
+    runner = web.AppRunner(create_app(settings))
+
+    with pytest.raises(KeyMaterialError, match=r"gone\.pem"):
+        await runner.setup()
+    await runner.cleanup()

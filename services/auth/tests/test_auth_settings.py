@@ -34,14 +34,20 @@ def test_defaults_match_the_design() -> None:
     assert settings.bootstrap_admin_password is None
 
 
-def test_setting_one_token_variable_keeps_the_auth_issuer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setting_one_variable_of_a_block_keeps_auths_defaults_for_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("URR_HTTP__HOST", "0.0.0.0")
     monkeypatch.setenv("URR_ACCESS_TOKENS__TTL_S", "120")
     monkeypatch.setenv("URR_ACCESS_TOKENS__PREVIOUS_PUBLIC_KEY_FILES", '["/keys/old.pem"]')
 
     settings = load_settings(AuthSettings)
 
+    assert settings.http.host == "0.0.0.0"
+    assert settings.http.port == 3005
     assert settings.access_tokens.ttl_s == 120
     assert settings.access_tokens.issuer == "urr-auth"
+    assert settings.access_tokens.private_key_file == Path(".urr/keys/access/local-1.pem")
     assert settings.access_tokens.previous_public_key_files == [Path("/keys/old.pem")]
 
 

@@ -17,6 +17,7 @@ from urr_auth.settings import AccessTokenSettings
 from urr_auth.users import Role, User
 from urr_common.tokens import (
     BASE_REQUIRED_CLAIMS,
+    KeyMaterialError,
     KeySet,
     SigningKey,
     TokenError,
@@ -98,6 +99,9 @@ def load_access_tokens(settings: AccessTokenSettings) -> AccessTokens:
     """
     key = load_or_create_signing_key(settings.private_key_file, settings.key_id)
     write_public_key(key, settings.private_key_file.parent / "public" / f"{key.kid}.pem")
+    for path in settings.previous_public_key_files:
+        if not path.is_file():
+            raise KeyMaterialError(f"previous public key file {path} does not exist")
     previous = load_verification_keys(settings.previous_public_key_files)
     keys = KeySet(previous)
     # The current key last, so it wins if a previous file reuses its kid by mistake.

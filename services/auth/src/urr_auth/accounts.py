@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from urr_auth.credentials import check_password, normalise_email
 from urr_auth.passwords import Passwords
-from urr_auth.users import User, UserStore
+from urr_auth.users import User, UserStore, UserStoreUnavailable
 from urr_common.logs import get_logger
 
 _LOG = get_logger(__name__)
@@ -40,10 +40,17 @@ class Accounts:
         if not outcome.matches:
             return None
         if outcome.needs_rehash:
-            fresh = await self.passwords.hash(password)
-            if await self.store.replace_password_hash(found.user.id, found.password_hash, fresh):
-                _LOG.info("password_rehashed", user_id=str(found.user.id))
+            await self._rehash(found.user, found.password_hash, password)
         return found.user
+
+    async def _rehash(self, user: User, old_hash: str, password: str) -> None:
+        """Upgrade a hash to today's parameters; best effort, the login succeeds regardless."""
+        fresh = await self.passwords.hash(password)
+        try:
+            if await self.store.replace_password_hash(user.id, old_hash, fresh):
+                _LOG.info("password_rehashed", user_id=str(user.id))
+        except UserStoreUnavailable:
+            _LOG.warning("password_rehash_deferred", user_id=str(user.id))
 
     async def ensure_admin(self, email: str, password: str) -> tuple[User, bool]:
         """Create ``email`` as an admin, or make the existing account admin with ``password``.

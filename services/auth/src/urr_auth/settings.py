@@ -18,13 +18,19 @@ class AccessTokenSettings(TokenKeySettings):
     """The access-token signing block with this service's own defaults.
 
     A subclass rather than a ``default_factory``: when one ``URR_ACCESS_TOKENS__*`` variable
-    is set, pydantic builds the block from the class defaults, so they must be auth's.
+    is set, pydantic builds the whole block from the class defaults, so they must be auth's.
     """
 
     private_key_file: Path = Path(".urr/keys/access/local-1.pem")
     key_id: str = "local-1"
     issuer: str = ACCESS_TOKEN_ISSUER
     audience: str = ACCESS_TOKEN_AUDIENCE
+
+
+class AuthHttpSettings(HttpSettings):
+    """The HTTP block with auth's port as the class default (same reason as above)."""
+
+    port: int = Field(default=3005, ge=1, le=65535)
 
 
 class Argon2Settings(BaseModel):
@@ -53,7 +59,7 @@ class AuthSettings(ServiceSettings):
     """Everything ``urr-auth`` needs; see the README for the variable names."""
 
     service_name: str = "auth"
-    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3005))
+    http: AuthHttpSettings = Field(default_factory=AuthHttpSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     access_tokens: AccessTokenSettings = Field(default_factory=AccessTokenSettings)
     argon2: Argon2Settings = Field(default_factory=Argon2Settings)
