@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from urr_auth.appkeys import ACCOUNTS_KEY
 from urr_auth.passwords import Passwords, Verification
-from urr_auth.settings import AuthSettings
+from urr_auth.settings import Argon2Settings, AuthSettings
 from urr_auth.testing import DEFAULT_EMAIL, AuthApi
 
 Client = TestClient[web.Request, web.Application]
@@ -89,3 +91,33 @@ async def test_wrong_password_timings_match_for_known_and_unknown_users(
     # Without the dummy verification the unknown path skips argon2 and runs several times
     # faster; a generous band keeps a busy machine from making this flaky.
     assert 0.5 < ratio < 2.0, (known, unknown)
+
+
+async def test_hashing_runs_on_worker_threads_while_the_loop_keeps_serving() -> None:
+    threads: list[str] = []
+    # About 50 ms per hash here: long enough that a blocked loop could not tick meanwhile.
+    costly = Argon2Settings(time_cost=3, memory_cost_kib=32 * 1024, parallelism=1)
+    passwords = Passwords(
+        costly, observe=lambda _op, _s: threads.append(threading.current_thread().name)
+    )
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        await passwords.start()
+        stored = await passwords.hash("a password to check")
+        outcome = await passwords.verify(stored, "a password to check")
+    finally:
+        ticking.cancel()
+        passwords.close()
+
+    assert outcome == Verification(matches=True, needs_rehash=False)
+    assert len(threads) == 3
+    assert all(name.startswith("argon2") for name in threads), threads
+    assert ticks >= 10  # the loop ran other tasks during three hashes
