@@ -55,8 +55,7 @@ async def test_the_server_starts_from_the_environment_and_stops_on_sigterm(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "urr_auth",
-        "serve",
+        "urr_auth",  # no sub-command: serving is the default
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -89,6 +89,7 @@ def test_the_bootstrap_admin_comes_from_its_two_variables(
         ({"URR_ARGON2__MEMORY_COST_KIB": "16", "URR_ARGON2__PARALLELISM": "4"}, "8 x parallelism"),
         ({"URR_HTTP__PORT": "not-a-port"}, "URR_HTTP__PORT"),
         ({"URR_COOKIE_NAME": "bad name;"}, "URR_COOKIE_NAME"),
+        ({"URR_COOKIE_DOMAIN": "urr.example; Path=/x"}, "URR_COOKIE_DOMAIN"),
         ({"URR_POSTGRES__DSN": "mysql://x"}, "URR_POSTGRES__DSN"),
     ],
 )

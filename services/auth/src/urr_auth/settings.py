@@ -70,7 +70,7 @@ class AuthSettings(ServiceSettings):
     #: Mark the cookie ``Secure``: required wherever the site is served over TLS.
     cookie_secure: bool = False
     #: ``Domain`` attribute of the cookie; unset means host-only.
-    cookie_domain: str | None = None
+    cookie_domain: str | None = Field(default=None, pattern=r"^\.?[A-Za-z0-9.-]{1,253}$")
     #: Admin account created or updated at every start when both are set.
     bootstrap_admin_email: str | None = None
     bootstrap_admin_password: SecretStr | None = None
