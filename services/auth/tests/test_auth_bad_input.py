@@ -134,6 +134,28 @@ async def test_missing_or_invalid_registration_fields_are_422_and_write_nothing(
     assert await _user_count(postgres_dsn) == 0
 
 
+BAD_LOGINS: list[tuple[dict[str, Any], str]] = [
+    ({"password": DEFAULT_PASSWORD}, "email"),
+    ({"email": DEFAULT_EMAIL}, "password"),
+    ({"email": "a" * 245 + "@example.com", "password": DEFAULT_PASSWORD}, "email"),
+    ({"email": "not-an-address", "password": DEFAULT_PASSWORD}, "email"),
+    ({"email": DEFAULT_EMAIL, "password": ""}, "password"),
+    ({"email": DEFAULT_EMAIL, "password": "p" * 129}, "password"),
+    ({"email": DEFAULT_EMAIL, "password": None}, "password"),
+    ({"email": DEFAULT_EMAIL, "password": DEFAULT_PASSWORD, "remember": True}, "remember"),
+]
+
+
+async def test_missing_or_invalid_login_fields_are_422(client: Client, api: AuthApi) -> None:
+    await api.register()
+    for body, field in BAD_LOGINS:
+        response = await client.post(LOGIN, json=body)
+
+        problem = await _problem(response, 422, "validation_failed")
+        assert [error["field"] for error in problem["errors"]] == [field], body
+        assert "Set-Cookie" not in response.headers
+
+
 async def test_boundary_lengths_are_accepted(api: AuthApi) -> None:
     local = "l" * 64
     email = local + "@" + "d" * 63 + "." + "e" * 63 + "." + "f" * 57 + ".com"
