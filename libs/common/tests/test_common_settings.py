@@ -90,3 +90,18 @@ def test_secret_dsn_is_hidden_in_repr() -> None:
     )
     assert "pw@" not in repr(settings)
     assert settings.postgres.dsn.get_secret_value() == "postgresql://u:pw@h/db"
+
+
+def test_one_nested_variable_keeps_the_services_block_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("URR_HTTP__HOST", "0.0.0.0")
+    settings = load_settings(ExampleSettings)
+    assert settings.http.host == "0.0.0.0"
+    assert settings.http.port == 3999
+
+
+def test_nested_overrides_keep_the_services_block_defaults() -> None:
+    settings = load_settings(ExampleSettings, http={"drain_delay_s": 2})
+    assert settings.http.port == 3999
+    assert settings.http.drain_delay_s == 2

@@ -347,11 +347,14 @@ def test_another_namespace_is_not_our_service(fake_table):
     assert any("'ticket.other.svc'" in p for p in problems)
 
 
-def test_a_partial_http_override_that_resets_the_port_is_caught():
-    # Setting only URR_HTTP__HOST rebuilds the http block from HttpSettings' defaults.
-    built = settings_from_env(FakeSettings, {"URR_HTTP__HOST": "0.0.0.0"})
+def test_a_partial_http_override_keeps_the_port_and_a_wrong_one_is_caught():
+    # urr_common layers URR_HTTP__* over the service's own block defaults, so setting only
+    # the host keeps the port; a port that disagrees with the table is still reported.
     gateway = workload("gateway")
-    assert listener_problems(gateway, [built]) == [
+    kept = settings_from_env(FakeSettings, {"URR_HTTP__HOST": "0.0.0.0"})
+    assert listener_problems(gateway, [kept]) == []
+    moved = settings_from_env(FakeSettings, {"URR_HTTP__HOST": "0.0.0.0", "URR_HTTP__PORT": "8080"})
+    assert listener_problems(gateway, [moved]) == [
         "gateway: settings listen on port 8080, table says 3001"
     ]
     loopback = settings_from_env(FakeSettings, {})

@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "URR_"
@@ -131,6 +138,39 @@ class ServiceSettings(BaseSettings):
     environment: Literal["local", "test", "staging", "prod"] = "local"
     http: HttpSettings = Field(default_factory=HttpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_service_defaults_of_nested_blocks(cls, data: Any) -> Any:
+        """Layer nested variables over the service's own block defaults.
+
+        Without this, one ``URR_HTTP__HOST`` rebuilds the whole ``http`` block from
+        ``HttpSettings``'s class defaults, silently dropping a service's
+        ``default_factory=lambda: HttpSettings(port=3005)``.
+        """
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            given = merged.get(name)
+            if not isinstance(given, dict) or field.default_factory is None:
+                continue
+            if field.default_factory_takes_validated_data:
+                continue
+            default = field.default_factory()  # type: ignore[call-arg]
+            if isinstance(default, BaseModel):
+                merged[name] = _deep_merge(default.model_dump(exclude_unset=True), given)
+        return merged
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 #: Values of variables whose names contain these are never echoed back in an error.
