@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from urr_common.clients import open_kafka_producer, open_redis
+from urr_common.clients import open_kafka_producer
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
 from urr_queue import admin, handlers
 from urr_queue.admission import AdmissionLoop
@@ -19,6 +19,7 @@ from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.entry import EntryTokens
 from urr_queue.events import ProducerFactory, QueueEventPublisher
 from urr_queue.metrics import QueueMetrics
+from urr_queue.redis_client import open_queue_redis
 from urr_queue.reservations import ConsumerFactory, ReservationEventsConsumer
 from urr_queue.sessions import SessionEnder
 from urr_queue.settings import QueueSettings
@@ -91,9 +92,13 @@ def create_app(
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        opener = redis_factory or (lambda: open_redis(settings.redis))
+        opener = redis_factory or (lambda: open_queue_redis(settings.redis))
         async with opener() as redis:
-            store = QueueStore(redis, heartbeat_bucket_ms=settings.heartbeat_bucket_ms)
+            store = QueueStore(
+                redis,
+                heartbeat_bucket_ms=settings.heartbeat_bucket_ms,
+                max_in_flight=settings.redis.max_connections,
+            )
             ender = SessionEnder(store, publisher, metrics)
             app[QUEUE_CONTEXT] = QueueContext(
                 settings=settings,

@@ -6,6 +6,7 @@ written to the user's own slot with a plain ``SET`` after the event's script has
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -18,6 +19,7 @@ from urr_queue.members import decode_member, encode_member
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.cluster import RedisCluster
+    from redis.commands.core import AsyncScript
 
     RedisClient = Redis | RedisCluster
 
@@ -115,15 +117,24 @@ class Figures:
 class QueueStore:
     """Queue operations on one Redis (or Redis Cluster) client."""
 
-    def __init__(self, redis: RedisClient, *, heartbeat_bucket_ms: int = 5_000) -> None:
+    def __init__(
+        self, redis: RedisClient, *, heartbeat_bucket_ms: int = 5_000, max_in_flight: int = 64
+    ) -> None:
         self.redis = redis
         self.heartbeat_bucket_ms = heartbeat_bucket_ms
+        # redis-py pools raise instead of waiting once every connection is busy; a burst of
+        # requests waits here for its turn instead of failing.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self._visit = redis.register_script(_script_text("visit.lua"))
         self._tick = redis.register_script(_script_text("tick.lua"))
         self._leave = redis.register_script(_script_text("leave.lua"))
         self._store_token = redis.register_script(_script_text("store_token.lua"))
         self._figures = redis.register_script(_script_text("figures.lua"))
         self._configure = redis.register_script(_script_text("configure.lua"))
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | bytes]) -> Any:
+        async with self._in_flight:
+            return await script(keys=keys, args=args)
 
     @staticmethod
     def _call_keys(event_id: str) -> tuple[list[str], EventKeys]:
@@ -135,10 +146,10 @@ class QueueStore:
     async def configure(self, event_id: str, config: EventConfig) -> str:
         """Write ``config``; ``"created"``, ``"updated"`` or ``"queue_not_empty"``."""
         key_list, keys = self._call_keys(event_id)
-        args: list[str] = [keys.seen_prefix, str(self.heartbeat_bucket_ms)]
+        args: list[str | bytes] = [keys.seen_prefix, str(self.heartbeat_bucket_ms)]
         for field, value in config.to_redis().items():
             args += [field, value]
-        reply = await self._configure(keys=key_list, args=args)
+        reply = await self._run(self._configure, key_list, args)
         outcome = _text(reply[0])
         if outcome != "queue_not_empty":
             # After the config exists, so the loop never finds an event without one.
@@ -174,7 +185,7 @@ class QueueStore:
             tier1_request_id,
             "1" if enter else "0",
         ]
-        reply = await self._visit(keys=key_list, args=args)
+        reply = await self._run(self._visit, key_list, args)
         kind = _text(reply[0])
         if kind == "admitted":
             token = _text(reply[2])
@@ -215,7 +226,7 @@ class QueueStore:
             str(session_end_ms),
             token,
         ]
-        stored = await self._store_token(keys=key_list, args=args)
+        stored = await self._run(self._store_token, key_list, args)
         return _text(stored) if stored else None
 
     async def current_token(self, event_id: str, user_id: str) -> str | None:
@@ -230,7 +241,7 @@ class QueueStore:
             encode_member(user_id),
             "1" if only_admitted else "0",
         ]
-        reply = await self._leave(keys=key_list, args=args)
+        reply = await self._run(self._leave, key_list, args)
         kind = _text(reply[0])
         if kind == "no_event":
             return None
@@ -255,8 +266,8 @@ class QueueStore:
     ) -> TickResult | None:
         """One admission tick; ``None`` when the event has no configuration any more."""
         key_list, keys = self._call_keys(event_id)
-        args = [keys.seen_prefix, str(max_admit), str(max_scan), str(max_expire)]
-        reply = await self._tick(keys=key_list, args=args)
+        args: list[str | bytes] = [keys.seen_prefix, str(max_admit), str(max_scan), str(max_expire)]
+        reply = await self._run(self._tick, key_list, args)
         if int(reply[0]) < 0:
             return None
         admitted_members, admitted_numbers = reply[3], reply[4]
@@ -279,7 +290,7 @@ class QueueStore:
 
     async def figures(self, event_id: str) -> Figures | None:
         key_list, keys = self._call_keys(event_id)
-        reply = await self._figures(keys=key_list, args=[keys.seen_prefix])
+        reply = await self._run(self._figures, key_list, [keys.seen_prefix])
         if _text(reply[0]) != "ok":
             return None
         flat = reply[7]
