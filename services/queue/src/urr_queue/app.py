@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from urr_common.clients import open_kafka_producer
+from urr_common.clients import kafka_producer
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
 from urr_queue import admin, handlers
 from urr_queue.admission import AdmissionLoop
@@ -51,10 +51,11 @@ def _kafka_consumer_factory(settings: QueueSettings) -> ConsumerFactory:
             enable_auto_commit=False,
             auto_offset_reset=block.auto_offset_reset,
         )
-        await consumer.start()
         try:
+            await consumer.start()
             yield consumer
         finally:
+            # Also after a failed start: it leaves connections behind otherwise.
             await consumer.stop()
 
     return open_consumer
@@ -138,10 +139,18 @@ def create_app(
 
 
 def _default_producer_factory(settings: QueueSettings) -> ProducerFactory:
-    def factory() -> AbstractAsyncContextManager[Any]:
-        return open_kafka_producer(settings.kafka)
+    @asynccontextmanager
+    async def open_producer() -> AsyncIterator[Any]:
+        # Like urr_common's open_kafka_producer, but a producer whose start() failed (broker
+        # down) is stopped too, so retrying every few seconds leaks nothing.
+        producer = kafka_producer(settings.kafka)
+        try:
+            await producer.start()
+            yield producer
+        finally:
+            await producer.stop()
 
-    return factory
+    return open_producer
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:

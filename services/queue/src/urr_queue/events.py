@@ -76,6 +76,7 @@ class QueueEventPublisher:
         self._buffer: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=buffer_size)
         self._factory = producer_factory
         self._retry_delay_s = retry_delay_s
+        self._connected = False
 
     @property
     def pending(self) -> int:
@@ -98,11 +99,13 @@ class QueueEventPublisher:
             try:
                 async with self._factory() as producer:
                     _LOG.info("queue_events_connected", topic=self.topic)
+                    self._connected = True
                     while True:
                         await self._send_batch(producer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any broker or network failure: count, wait, reconnect
+                self._connected = False
                 _LOG.warning("queue_events_unavailable", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(self._retry_delay_s)
 
@@ -125,7 +128,9 @@ class QueueEventPublisher:
         self.metrics.events_published.inc(len(batch))
 
     async def drain(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for the buffer to empty (at shutdown)."""
+        """Wait up to ``timeout_s`` for the buffer to empty (at shutdown, broker reachable)."""
+        if not self._connected:
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._buffer.join()
