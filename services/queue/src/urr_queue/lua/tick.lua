@@ -59,23 +59,30 @@ if cfg.mode == 'queue' or cfg.mode == 'closed' then
   redis.call('HSET', K_RATE, 'tokens', string.format('%.6f', tokens), 'ts', now)
 end
 
--- Measured admission rate over the last complete seconds (up to a minute), shared by all
--- replicas through the stats hash. The hash holds at most ~61 fields.
+-- Measured admission rate, shared by all replicas through the stats hash: admissions over
+-- the complete seconds of the last minute, leaving out the first second with admissions
+-- (it is partial, and holds the rate bucket's initial burst). The hash holds <= ~61 fields.
 local current = math.floor(now / 1000)
 local buckets = redis.call('HGETALL', K_ADMITS)
-local complete, earliest, stale = 0, nil, {}
+local earliest, stale = nil, {}
 for i = 1, #buckets, 2 do
-  local second, count = tonumber(buckets[i]), tonumber(buckets[i + 1])
+  local second = tonumber(buckets[i])
   if second < current - 60 then
     stale[#stale + 1] = buckets[i]
-  elseif second < current then
-    complete = complete + count
-    if not earliest or second < earliest then earliest = second end
+  elseif not earliest or second < earliest then
+    earliest = second
   end
 end
 if #stale > 0 then redis.call('HDEL', K_ADMITS, unpack(stale)) end
-if earliest then
-  redis.call('HSET', K_STATS, 'rate_milli', math.floor(complete * 1000 / (current - earliest)))
+local complete = 0
+for i = 1, #buckets, 2 do
+  local second = tonumber(buckets[i])
+  if earliest and second > earliest and second < current then
+    complete = complete + tonumber(buckets[i + 1])
+  end
+end
+if earliest and current - earliest >= 2 then
+  redis.call('HSET', K_STATS, 'rate_milli', math.floor(complete * 1000 / (current - earliest - 1)))
 else
   redis.call('HDEL', K_STATS, 'rate_milli')
 end
