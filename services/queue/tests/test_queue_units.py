@@ -178,3 +178,28 @@ def test_reservation_records():
 def test_reservation_parser_never_raises_anything_else(raw):
     with contextlib.suppress(MalformedRecord):
         parse_reservation_event(raw)
+
+
+def test_tier1_keys_dropped_into_the_folder_are_picked_up(tmp_path):
+    from urr_common.tokens import SigningKey, TokenSigner
+    from urr_queue.tier1 import Tier1Checker
+
+    folder = tmp_path / "public"
+    folder.mkdir()
+    checker = Tier1Checker(
+        [folder / "*.pem"],
+        issuer="urr-vwr",
+        audience="urr-vwr",
+        leeway_s=5,
+        reload_interval_s=0,
+    )
+    key = SigningKey.generate("rotated-2")
+    token = TokenSigner(key, "urr-vwr", "urr-vwr", 60).sign(
+        "r1", {"evt": "e1", "rid": "r1", "pos": 3}
+    )
+    assert checker.check(token, "e1", "u1")[0] is Tier1Outcome.INVALID
+    (folder / "rotated-2.pem").write_bytes(key.verification_key().to_pem())
+    outcome, passed = checker.check(token, "e1", "u1")
+    assert outcome is Tier1Outcome.VALID
+    assert passed is not None
+    assert passed.position == 3

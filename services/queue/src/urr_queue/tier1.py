@@ -71,8 +71,17 @@ def expand_key_files(patterns: list[Path]) -> list[Path]:
 class Tier1Checker:
     """Verifies Tier-1 tokens with the public keys found in the configured files."""
 
-    def __init__(self, key_files: list[Path], *, issuer: str, audience: str, leeway_s: int) -> None:
+    def __init__(
+        self,
+        key_files: list[Path],
+        *,
+        issuer: str,
+        audience: str,
+        leeway_s: int,
+        reload_interval_s: float = _RELOAD_INTERVAL_S,
+    ) -> None:
         self._patterns = key_files
+        self._reload_interval_s = reload_interval_s
         self._verifier = TokenVerifier(
             keys=KeySet(),
             issuer=issuer,
@@ -113,7 +122,7 @@ class Tier1Checker:
         try:
             return self._verifier.verify(token)
         except TokenError as exc:
-            stale = time.monotonic() - self._loaded_at >= _RELOAD_INTERVAL_S
+            stale = time.monotonic() - self._loaded_at >= self._reload_interval_s
             if exc.reason is not TokenRejection.UNKNOWN_KEY or not stale:
                 raise
         self.reload()
