@@ -13,16 +13,18 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from urr_common.settings import RedisSettings, TokenKeySettings, TrustedKeysSettings
+from urr_common.settings import RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
 from urr_devstack.procs import RedisServer, free_port, is_listening
 from urr_queue.app import create_app
 from urr_queue.redis_client import queue_redis_client as redis_client
 from urr_queue.settings import (
     AdmissionSettings,
+    EntryTokenSettings,
     QueueEventsSettings,
     QueueSettings,
     ReservationEventsSettings,
+    VwrTrustSettings,
 )
 from urr_queue.store import QueueStore
 
@@ -135,17 +137,8 @@ def make_settings(tmp_path: Path, tier1_key: SigningKey) -> SettingsFactory:
         values: dict[str, Any] = {
             "environment": "test",
             "redis": redis,
-            "entry_tokens": TokenKeySettings(
-                private_key_file=tmp_path / "entry" / "local-1.pem",
-                key_id="local-1",
-                issuer="urr-queue",
-                audience="urr-entry",
-            ),
-            "vwr_trust": TrustedKeysSettings(
-                public_key_files=[tmp_path / "vwr" / "public" / "*.pem"],
-                issuer="urr-vwr",
-                audience="urr-vwr",
-            ),
+            "entry_tokens": EntryTokenSettings(private_key_file=tmp_path / "entry" / "local-1.pem"),
+            "vwr_trust": VwrTrustSettings(public_key_files=[tmp_path / "vwr" / "public" / "*.pem"]),
             "admission": AdmissionSettings(enabled=False),
             "queue_events": QueueEventsSettings(enabled=False),
             "reservation_events": ReservationEventsSettings(enabled=False),

@@ -39,3 +39,26 @@ async def test_the_running_loop_admits_a_polling_waiter(
     assert "urr_queue_admitted_total" in metrics
     assert "urr_queue_tick_seconds_count" in metrics
     assert (await client.get("/health/ready")).status == 200
+
+
+async def test_passthrough_reports_each_step_once(
+    single_redis, queue_client, as_user, admin_headers, monkeypatch
+):
+    from urr_queue.context import QUEUE_CONTEXT
+
+    client = await queue_client(single_redis)
+    records: list[dict[str, object]] = []
+    monkeypatch.setattr(client.app[QUEUE_CONTEXT].publisher, "publish", records.append)
+    path = "/api/v1/admin/queue/pt"
+    await client.put(path, json={"mode": "paused"}, headers=admin_headers)
+    await client.post("/api/v1/queue/pt/enter", headers=as_user("early"))
+    await client.patch(path, json={"mode": "passthrough"}, headers=admin_headers)
+    await client.post("/api/v1/queue/pt/enter", headers=as_user("early"))  # was waiting
+    await client.post("/api/v1/queue/pt/enter", headers=as_user("new"))  # enters and passes
+    await client.post("/api/v1/queue/pt/enter", headers=as_user("new"))  # already admitted
+    assert [(r["type"], r["userId"]) for r in records] == [
+        ("entered", "early"),
+        ("admitted", "early"),
+        ("entered", "new"),
+        ("admitted", "new"),
+    ]

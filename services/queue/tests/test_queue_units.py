@@ -203,3 +203,21 @@ def test_tier1_keys_dropped_into_the_folder_are_picked_up(tmp_path):
     assert outcome is Tier1Outcome.VALID
     assert passed is not None
     assert passed.position == 3
+
+
+def test_one_variable_of_a_block_keeps_the_queue_defaults(monkeypatch):
+    from urr_common.settings import load_settings
+    from urr_queue.settings import QueueSettings
+
+    monkeypatch.setenv("URR_HTTP__HOST", "0.0.0.0")
+    monkeypatch.setenv("URR_ENTRY_TOKENS__KEY_ID", "local-2")
+    monkeypatch.setenv("URR_VWR_TRUST__LEEWAY_S", "5")
+    settings = load_settings(QueueSettings)
+    assert settings.http.port == 3007
+    assert (settings.entry_tokens.issuer, settings.entry_tokens.audience) == (
+        "urr-queue",
+        "urr-entry",
+    )
+    assert str(settings.entry_tokens.private_key_file) == ".urr/keys/entry/local-1.pem"
+    assert (settings.vwr_trust.issuer, settings.vwr_trust.audience) == ("urr-vwr", "urr-vwr")
+    assert [str(p) for p in settings.vwr_trust.public_key_files] == [".urr/keys/vwr/public/*.pem"]

@@ -146,7 +146,7 @@ async def _entered_admitted(
 ) -> web.Response:
     if admitted.newly_admitted:
         ctx.metrics.entries.labels("admitted_passthrough").inc()
-        _publish_passthrough(ctx, event_id, user_id, admitted, entered=admitted.number >= 0)
+        _publish_passthrough(ctx, event_id, user_id, admitted, entered=admitted.entered)
     else:
         ctx.metrics.entries.labels("already_admitted").inc()
     return await _admitted_response(ctx, event_id, user_id, admitted)

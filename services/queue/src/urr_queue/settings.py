@@ -18,27 +18,37 @@ from urr_common.settings import (
 QUEUE_PORT = 3007
 
 
-def _http() -> HttpSettings:
-    return HttpSettings(port=QUEUE_PORT)
+# The queue's defaults live on subclasses, not in ``default_factory`` values: when one
+# variable of a block is set (``URR_HTTP__HOST``), the block is built from the environment
+# alone and a factory's values would be lost (the port would fall back to 8080, the token
+# issuer to "urr").
 
 
-def _entry_tokens() -> TokenKeySettings:
-    return TokenKeySettings(
-        private_key_file=Path(".urr/keys/entry/local-1.pem"),
-        key_id="local-1",
-        issuer="urr-queue",
-        audience="urr-entry",
+class QueueHttpSettings(HttpSettings):
+    port: int = Field(default=QUEUE_PORT, ge=1, le=65535)
+
+
+class EntryTokenSettings(TokenKeySettings):
+    """Signing block of the Tier-2 entry tokens (``URR_ENTRY_TOKENS__*``)."""
+
+    private_key_file: Path = Path(".urr/keys/entry/local-1.pem")
+    key_id: str = "local-1"
+    issuer: str = "urr-queue"
+    audience: str = "urr-entry"
+
+
+class VwrTrustSettings(TrustedKeysSettings):
+    """Trust block of the Tier-1 tokens (``URR_VWR_TRUST__*``).
+
+    The default is a glob, expanded when the app starts and again when a token names an
+    unknown kid, so a new Tier-1 key dropped into the folder is picked up without a restart.
+    """
+
+    public_key_files: list[Path] = Field(
+        default_factory=lambda: [Path(".urr/keys/vwr/public/*.pem")]
     )
-
-
-def _vwr_trust() -> TrustedKeysSettings:
-    # A glob: expanded when the app starts and again when a token names an unknown kid, so a
-    # new Tier-1 key dropped into the folder is picked up without a restart.
-    return TrustedKeysSettings(
-        public_key_files=[Path(".urr/keys/vwr/public/*.pem")],
-        issuer="urr-vwr",
-        audience="urr-vwr",
-    )
+    issuer: str = "urr-vwr"
+    audience: str = "urr-vwr"
 
 
 class AdmissionSettings(BaseModel):
@@ -84,11 +94,11 @@ class ReservationEventsSettings(BaseModel):
 
 class QueueSettings(ServiceSettings):
     service_name: str = "urr-queue"
-    http: HttpSettings = Field(default_factory=_http)
+    http: QueueHttpSettings = Field(default_factory=QueueHttpSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    entry_tokens: TokenKeySettings = Field(default_factory=_entry_tokens)
-    vwr_trust: TrustedKeysSettings = Field(default_factory=_vwr_trust)
+    entry_tokens: EntryTokenSettings = Field(default_factory=EntryTokenSettings)
+    vwr_trust: VwrTrustSettings = Field(default_factory=VwrTrustSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     queue_events: QueueEventsSettings = Field(default_factory=QueueEventsSettings)
     reservation_events: ReservationEventsSettings = Field(default_factory=ReservationEventsSettings)

@@ -75,6 +75,7 @@ class Admitted:
     token: str | None  # the token already issued for this admission, if any
     now_ms: int
     newly_admitted: bool  # admitted by this very call (passthrough)
+    entered: bool  # ... and it took its place with this call too
     queue_size: int
     number: int  # -1 when not known
     tier1_required: bool
@@ -193,7 +194,8 @@ class QueueStore:
                 session_end_ms=int(reply[1]),
                 token=token or None,
                 now_ms=int(reply[3]),
-                newly_admitted=bool(int(reply[4])),
+                newly_admitted=int(reply[4]) > 0,
+                entered=int(reply[4]) == 2,
                 queue_size=int(reply[5]),
                 number=int(reply[6]),
                 tier1_required=bool(int(reply[7])),

@@ -2,8 +2,9 @@
 -- ARGV: seen prefix, member, signed Tier-1 position ('' if none), Tier-1 request id, enter.
 -- Replies (first element says which):
 --   {'no_event'} {'closed'} {'tier1_required'} {'tier1_replayed'} {'not_queued'}
---   {'admitted', session_end_ms, token_or_'', now_ms, newly_admitted, queue_size, number,
---    tier1_required}
+--   {'admitted', session_end_ms, token_or_'', now_ms, how, queue_size, number, tier1_required}
+--    where how is 0 (admitted before), 1 (admitted now from the queue) or 2 (entered and
+--    admitted now: passthrough)
 --   {'waiting', rank0, queue_size, rate_milli_or_'', now_ms, entered, number, mode,
 --    capacity, admit_per_second, session_ms, idle_ms, tier1_required}
 local member, position, request_id, entering = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
@@ -44,7 +45,7 @@ else
   entered = 1
   if cfg.mode == 'passthrough' then
     local session_end = admit_now(cfg, member, now)
-    return {'admitted', session_end, '', now, 1, redis.call('ZCARD', K_QUEUE), number, tier1}
+    return {'admitted', session_end, '', now, 2, redis.call('ZCARD', K_QUEUE), number, tier1}
   end
   redis.call('ZADD', K_QUEUE, number, member)
   -- Date the queue once a second: the head's entry time is read from the mark before it.
