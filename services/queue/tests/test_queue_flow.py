@@ -451,11 +451,17 @@ async def test_many_events_tick_independently(redis_settings, queue_client, as_u
     }
 
 
-async def test_readiness_reports_redis(queue_client, single_redis: RedisSettings, redis_server):
+async def test_readiness_reports_redis(
+    queue_client, single_redis: RedisSettings, redis_server, as_user
+):
     client = await queue_client(single_redis)
     assert (await client.get("/health/ready")).status == 200
     redis_server.stop()
     try:
         assert (await client.get("/health/ready")).status == 503
+        down = await status(client, as_user("someone"))
+        assert down.status == 503
+        assert (await down.json())["code"] == "queue_unavailable"
+        assert down.headers["Retry-After"] == "2"
     finally:
         redis_server.ensure_running()

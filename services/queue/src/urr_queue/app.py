@@ -9,9 +9,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
 
 from urr_common.clients import kafka_producer
+from urr_common.logs import get_logger
+from urr_common.problems import ServiceUnavailable
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
 from urr_queue import admin, handlers
 from urr_queue.admission import AdmissionLoop
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.cluster import RedisCluster
 
+_LOG = get_logger(__name__)
 ADMISSION_LOOP = web.AppKey("urr_queue_admission", AdmissionLoop)
 #: Time the publisher gets at shutdown to hand its buffer to Kafka.
 _PUBLISHER_DRAIN_S = 2.0
@@ -61,6 +66,22 @@ def _kafka_consumer_factory(settings: QueueSettings) -> ConsumerFactory:
     return open_consumer
 
 
+@web.middleware
+async def redis_unavailable_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Redis down or slow: a 503 the page retries, never a 500."""
+    try:
+        return await handler(request)
+    except RedisError as exc:
+        _LOG.warning("redis_unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}")
+        raise ServiceUnavailable(
+            "the queue is briefly unavailable; try again in a moment",
+            code="queue_unavailable",
+            headers={"Retry-After": "2"},
+        ) from exc
+
+
 def create_app(
     settings: QueueSettings,
     *,
@@ -70,7 +91,9 @@ def create_app(
     consumer_factory: ConsumerFactory | None = None,
 ) -> web.Application:
     """The queue application; clients open in ``cleanup_ctx`` (factories are for tests)."""
-    app = create_service_app(settings, registry=registry)
+    app = create_service_app(
+        settings, registry=registry, middlewares=[redis_unavailable_middleware]
+    )
     metrics = QueueMetrics.register(app[REGISTRY_KEY])
     tokens = EntryTokens.from_settings(settings.entry_tokens)
     trust = settings.vwr_trust
