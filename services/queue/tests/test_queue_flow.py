@@ -465,3 +465,29 @@ async def test_readiness_reports_redis(
         assert down.headers["Retry-After"] == "2"
     finally:
         redis_server.ensure_running()
+
+
+async def test_deleting_an_event_resets_it(redis_settings, queue_client, as_user, admin_headers):
+    client = await queue_client(redis_settings)
+    await configure(client, admin_headers, capacity=1, admit_per_second=1000)
+    await enter(client, as_user("held"))
+    await enter(client, as_user("waiting"))
+    await asyncio.sleep(0.02)
+    await tick(client)
+    token = (await (await status(client, as_user("held"))).json())["entry_token"]
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    path = f"/api/v1/admin/queue/{EVENT}"
+    assert (await client.delete(path, headers=as_user("held"))).status == 403
+    deleted = await client.delete(path, headers=admin_headers)
+    assert await deleted.json() == {"event_id": EVENT, "deleted": True, "tokens_revoked": 1}
+    assert (await client.delete(path, headers=admin_headers)).status == 404
+    assert (await status(client, as_user("waiting"))).status == 404
+    assert EVENT not in await tick(client)
+    redis = redis_client(redis_settings)
+    try:
+        assert await redis.exists(revoked_key("held", jti)) == 1
+    finally:
+        await redis.aclose()
+    # Created again, it starts empty.
+    await configure(client, admin_headers)
+    assert (await (await enter(client, as_user("waiting"))).json())["position"] == 1

@@ -73,3 +73,14 @@ async def put_event(request: web.Request) -> web.Response:
         )
     body = await _describe(ctx, event_id)
     return json_response(body, status=201 if outcome == "created" else 200)
+
+
+async def delete_event(request: web.Request) -> web.Response:
+    """Remove the event (a reset): its queue and sessions go, issued tokens are revoked."""
+    require_admin(request)
+    event_id = event_id_of(request)
+    ctx = request.app[QUEUE_CONTEXT]
+    revoked = await ctx.ender.delete_event(event_id)
+    if revoked is None:
+        raise no_event(event_id)
+    return json_response({"event_id": event_id, "deleted": True, "tokens_revoked": revoked})

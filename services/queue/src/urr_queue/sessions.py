@@ -57,6 +57,15 @@ class SessionEnder:
             )
         return left
 
+    async def delete_event(self, event_id: str) -> int | None:
+        """Delete the event and revoke the tokens of everyone admitted; ``None``: no event."""
+        issued = await self.store.delete_event(event_id)
+        if issued is None:
+            return None
+        for user_id, token in issued:
+            await self._revoke(user_id, token)
+        return len(issued)
+
     async def _revoke(self, user_id: str, token: str) -> None:
         issued = describe(token)
         now_ms = await self._redis_now_ms()

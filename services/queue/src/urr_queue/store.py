@@ -132,6 +132,7 @@ class QueueStore:
         self._store_token = redis.register_script(_script_text("store_token.lua"))
         self._figures = redis.register_script(_script_text("figures.lua"))
         self._configure = redis.register_script(_script_text("configure.lua"))
+        self._forget = redis.register_script(_script_text("forget.lua"))
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str | bytes]) -> Any:
         async with self._in_flight:
@@ -166,6 +167,19 @@ class QueueStore:
 
     async def forget_event(self, event_id: str) -> None:
         await self.redis.srem(EVENTS_SET, event_id)
+
+    async def delete_event(self, event_id: str) -> list[tuple[str, str]] | None:
+        """Delete the event's keys; the (user id, token) pairs still issued, or ``None``."""
+        key_list, keys = self._call_keys(event_id)
+        reply = await self._run(self._forget, key_list, [keys.seen_prefix])
+        if _text(reply[0]) != "ok":
+            return None
+        await self.forget_event(event_id)
+        flat = reply[1]
+        return [
+            (decode_member(member), _text(token))
+            for member, token in zip(flat[::2], flat[1::2], strict=True)
+        ]
 
     # -- the user's calls ----------------------------------------------------------------
 
