@@ -43,6 +43,10 @@ class AdmissionLoop:
             except RedisError as exc:
                 self.metrics.tick_errors.inc()
                 _LOG.warning("admission_pass_failed", error=f"{type(exc).__name__}: {exc}")
+            except Exception:
+                # A bug must not stop admissions for good: log it loudly and tick again.
+                self.metrics.tick_errors.inc()
+                _LOG.exception("admission_pass_crashed")
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.settings.tick_interval_s - elapsed))
 
@@ -58,6 +62,10 @@ class AdmissionLoop:
             except RedisError as exc:
                 self.metrics.tick_errors.inc()
                 _LOG.warning("admission_tick_failed", event_id=event_id, error=str(exc))
+                return None
+            except Exception:
+                self.metrics.tick_errors.inc()
+                _LOG.exception("admission_tick_crashed", event_id=event_id)
                 return None
 
     async def tick(self, event_id: str) -> TickResult | None:
