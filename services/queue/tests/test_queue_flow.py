@@ -203,16 +203,18 @@ async def test_waiters_who_stop_polling_are_dropped(
         admin_headers,
         capacity=10,
         admit_per_second=1000,
-        idle_timeout_seconds=2,
+        idle_timeout_seconds=6,
         mode="paused",
     )
     await enter(client, as_user("quiet"))
     await enter(client, as_user("active"))
     started = time.monotonic()
-    while time.monotonic() - started < 3.2:
+    while time.monotonic() - started < 7.2:
         response = await status(client, as_user("active"))
-        assert (await response.json())["status"] == "waiting"
-        await asyncio.sleep(0.25)
+        body = await response.json()
+        assert body["status"] == "waiting"
+        assert body["poll_after_seconds"] == 2
+        await asyncio.sleep(1.0)
     await configure(client, admin_headers, mode="queue")
     await asyncio.sleep(0.02)
     result = (await tick(client))[EVENT]

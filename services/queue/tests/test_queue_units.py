@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from urr_queue.config import EventConfig, EventConfigPatch, Mode
+from urr_queue.config import MIN_IDLE_TIMEOUT_S, EventConfig, EventConfigPatch, Mode
 from urr_queue.estimates import (
     MAX_POLL_S,
     MIN_POLL_S,
@@ -32,13 +32,17 @@ USER_IDS = st.text(
 )
 
 
-@given(eta=st.one_of(st.none(), st.integers(0, 10**9)), idle=st.integers(2, 3600))
+@given(eta=st.one_of(st.none(), st.integers(0, 10**9)), idle=st.integers(6, 3600))
 def test_poll_advice_stays_inside_the_rate_limit_budget(eta, idle):
     poll = poll_after_seconds(eta, idle)
-    assert 1 <= poll <= MAX_POLL_S
-    assert poll <= max(1, idle // 3), "a waiter following the advice must never go idle"
-    if idle >= 3 * MIN_POLL_S:
-        assert poll >= MIN_POLL_S, "at most 30 polls a minute: half the QUEUE limit of 60/min"
+    assert MIN_POLL_S <= poll <= MAX_POLL_S, "at most 30 polls a minute: half of 60/min"
+    assert poll <= idle // 3, "a waiter following the advice must never go idle"
+
+
+def test_idle_timeouts_leave_room_for_three_polls():
+    assert MIN_IDLE_TIMEOUT_S == 3 * MIN_POLL_S
+    with pytest.raises(ValidationError):
+        EventConfig(idle_timeout_seconds=MIN_IDLE_TIMEOUT_S - 1)
 
 
 def test_poll_advice_is_frequent_near_the_front_and_rare_far_back():

@@ -8,6 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: Three polls at the shortest interval the poll advice gives (2 s).
+MIN_IDLE_TIMEOUT_S = 6
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -38,7 +41,8 @@ class EventConfig(BaseModel):
     #: Length of an admitted session; fixed at admission, polling does not renew it.
     session_seconds: int = Field(default=600, ge=1, le=86_400)
     #: A waiter who has not polled for this long loses the place when it reaches the front.
-    idle_timeout_seconds: int = Field(default=60, ge=2, le=3_600)
+    #: At least three polls at the shortest advised interval (2 s) fit in it.
+    idle_timeout_seconds: int = Field(default=60, ge=MIN_IDLE_TIMEOUT_S, le=3_600)
     #: Only holders of a valid Tier-1 token may join; places follow the signed position.
     require_tier1_token: bool = False
     mode: Mode = Mode.QUEUE
@@ -83,7 +87,7 @@ class EventConfigPatch(BaseModel):
     capacity: int | None = Field(default=None, ge=1, le=1_000_000)
     admit_per_second: float | None = Field(default=None, gt=0.0, le=100_000.0)
     session_seconds: int | None = Field(default=None, ge=1, le=86_400)
-    idle_timeout_seconds: int | None = Field(default=None, ge=2, le=3_600)
+    idle_timeout_seconds: int | None = Field(default=None, ge=MIN_IDLE_TIMEOUT_S, le=3_600)
     require_tier1_token: bool | None = None
     mode: Mode | None = None
 

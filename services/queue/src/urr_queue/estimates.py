@@ -53,9 +53,9 @@ def poll_after_seconds(eta: int | None, idle_timeout_seconds: int) -> int:
     """When to poll next: a quarter of the remaining wait, within the rate-limit budget.
 
     Capped at a third of the idle timeout so a waiter who follows the advice never loses the
-    place (it takes three missed polls); at least one second whatever the idle timeout.
+    place (it takes three missed polls), and never below ``MIN_POLL_S`` (the configuration
+    keeps idle timeouts at three times that or more).
     """
     wanted = UNKNOWN_ETA_POLL_S if eta is None else math.ceil(eta * POLL_FRACTION_OF_ETA)
-    wanted = max(MIN_POLL_S, min(MAX_POLL_S, wanted))
-    idle_cap = max(1, idle_timeout_seconds // 3)
-    return max(1, min(wanted, idle_cap))
+    idle_cap = idle_timeout_seconds // 3
+    return max(MIN_POLL_S, min(MAX_POLL_S, wanted, idle_cap))
