@@ -7,7 +7,7 @@ a verified Tier-1 token.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -119,7 +119,7 @@ async def enter(request: web.Request) -> web.Response:
         tier1_request_id=tier1.request_id if tier1 else "",
     )
     if isinstance(result, Refusal):
-        return _refused(ctx, event_id, result, verdict, token is not None)
+        _refused(ctx, event_id, result, verdict, token is not None)
     if token is not None:
         ctx.metrics.tier1_tokens.labels(verdict.value, str(result.tier1_required).lower()).inc()
     if isinstance(result, Admitted):
@@ -187,7 +187,7 @@ def _refused(
     refusal: Refusal,
     verdict: Tier1Outcome,
     had_token: bool,
-) -> web.Response:
+) -> NoReturn:
     if refusal is Refusal.NO_EVENT:
         ctx.metrics.entries.labels("no_event").inc()
         raise no_event(event_id)
