@@ -1,0 +1,199 @@
+"""The queue service's application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
+
+from urr_common.clients import kafka_producer
+from urr_common.logs import get_logger
+from urr_common.problems import ServiceUnavailable
+from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
+from urr_queue import admin, handlers
+from urr_queue.admission import AdmissionLoop
+from urr_queue.context import QUEUE_CONTEXT, QueueContext
+from urr_queue.entry import EntryTokens
+from urr_queue.events import ProducerFactory, QueueEventPublisher
+from urr_queue.metrics import QueueMetrics
+from urr_queue.redis_client import open_queue_redis
+from urr_queue.reservations import ConsumerFactory, ReservationEventsConsumer
+from urr_queue.sessions import SessionEnder
+from urr_queue.settings import QueueSettings
+from urr_queue.store import QueueStore
+from urr_queue.tier1 import Tier1Checker
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+_LOG = get_logger(__name__)
+ADMISSION_LOOP = web.AppKey("urr_queue_admission", AdmissionLoop)
+#: Time the publisher gets at shutdown to hand its buffer to Kafka.
+_PUBLISHER_DRAIN_S = 2.0
+
+RedisFactory = Callable[[], AbstractAsyncContextManager["Redis | RedisCluster"]]
+
+
+def _kafka_consumer_factory(settings: QueueSettings) -> ConsumerFactory:
+    @asynccontextmanager
+    async def open_consumer() -> AsyncIterator[Any]:
+        from aiokafka import AIOKafkaConsumer
+
+        block = settings.reservation_events
+        consumer = AIOKafkaConsumer(
+            block.topic,
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            client_id=settings.kafka.client_id,
+            group_id=block.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=block.auto_offset_reset,
+        )
+        try:
+            await consumer.start()
+            yield consumer
+        finally:
+            # Also after a failed start: it leaves connections behind otherwise.
+            await consumer.stop()
+
+    return open_consumer
+
+
+@web.middleware
+async def redis_unavailable_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Redis down or slow: a 503 the page retries, never a 500."""
+    try:
+        return await handler(request)
+    except RedisError as exc:
+        _LOG.warning("redis_unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}")
+        raise ServiceUnavailable(
+            "the queue is briefly unavailable; try again in a moment",
+            code="queue_unavailable",
+            headers={"Retry-After": "2"},
+        ) from exc
+
+
+def create_app(
+    settings: QueueSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    redis_factory: RedisFactory | None = None,
+    producer_factory: ProducerFactory | None = None,
+    consumer_factory: ConsumerFactory | None = None,
+) -> web.Application:
+    """The queue application; clients open in ``cleanup_ctx`` (factories are for tests)."""
+    app = create_service_app(
+        settings, registry=registry, middlewares=[redis_unavailable_middleware]
+    )
+    metrics = QueueMetrics.register(app[REGISTRY_KEY])
+    tokens = EntryTokens.from_settings(settings.entry_tokens)
+    trust = settings.vwr_trust
+    tier1 = Tier1Checker(
+        trust.public_key_files,
+        issuer=trust.issuer,
+        audience=trust.audience,
+        leeway_s=trust.leeway_s,
+    )
+    if producer_factory is None and settings.queue_events.enabled:
+        producer_factory = _default_producer_factory(settings)
+    if consumer_factory is None and settings.reservation_events.enabled:
+        consumer_factory = _kafka_consumer_factory(settings)
+    publisher = QueueEventPublisher(
+        settings.queue_events.topic,
+        buffer_size=settings.queue_events.buffer_size,
+        metrics=metrics,
+        producer_factory=producer_factory,
+        retry_delay_s=settings.queue_events.retry_delay_s,
+    )
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        opener = redis_factory or (lambda: open_queue_redis(settings.redis))
+        async with opener() as redis:
+            store = QueueStore(
+                redis,
+                heartbeat_bucket_ms=settings.heartbeat_bucket_ms,
+                max_in_flight=settings.redis.max_connections,
+            )
+            ender = SessionEnder(store, publisher, metrics)
+            app[QUEUE_CONTEXT] = QueueContext(
+                settings=settings,
+                store=store,
+                tokens=tokens,
+                tier1=tier1,
+                publisher=publisher,
+                metrics=metrics,
+                ender=ender,
+            )
+            app[READINESS_KEY].add_check("redis", store.ping)
+            loop = AdmissionLoop(store, publisher, metrics, settings.admission)
+            app[ADMISSION_LOOP] = loop
+            tasks: list[asyncio.Task[None]] = []
+            publisher_task = asyncio.create_task(publisher.run(), name="queue-events")
+            if settings.admission.enabled:
+                tasks.append(asyncio.create_task(loop.run_forever(), name="admission"))
+            if consumer_factory is not None:
+                consumer = ReservationEventsConsumer(
+                    ender,
+                    metrics,
+                    consumer_factory,
+                    dedupe_ttl_s=settings.reservation_events.dedupe_ttl_s,
+                    retry_delay_s=settings.reservation_events.retry_delay_s,
+                )
+                tasks.append(asyncio.create_task(consumer.run(), name="reservation-events"))
+            try:
+                yield
+            finally:
+                await _stop(tasks)
+                await publisher.drain(_PUBLISHER_DRAIN_S)
+                await _stop([publisher_task])
+
+    app.cleanup_ctx.append(lifecycle)
+    _routes(app)
+    return app
+
+
+def _default_producer_factory(settings: QueueSettings) -> ProducerFactory:
+    @asynccontextmanager
+    async def open_producer() -> AsyncIterator[Any]:
+        # Like urr_common's open_kafka_producer, but a producer whose start() failed (broker
+        # down) is stopped too, so retrying every few seconds leaks nothing.
+        producer = kafka_producer(settings.kafka)
+        try:
+            await producer.start()
+            yield producer
+        finally:
+            await producer.stop()
+
+    return open_producer
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _routes(app: web.Application) -> None:
+    queue = "/api/v1/queue/{eventId}"
+    app.router.add_post(f"{queue}/enter", handlers.enter)
+    app.router.add_get(f"{queue}/status", handlers.status)
+    app.router.add_post(f"{queue}/leave", handlers.leave)
+    app.router.add_get(f"{queue}/capacity", handlers.capacity)
+    event_admin = "/api/v1/admin/queue/{eventId}"
+    app.router.add_get(event_admin, admin.get_event)
+    app.router.add_put(event_admin, admin.put_event)
+    app.router.add_patch(event_admin, admin.put_event)
+    app.router.add_delete(event_admin, admin.delete_event)
+    app.router.add_post("/internal/v1/queue/{eventId}/complete", handlers.complete)
+    app.router.add_get("/.well-known/jwks.json", handlers.jwks)

@@ -1,0 +1,96 @@
+"""Per-event configuration: what operators set through the admin API, as stored in Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Three polls at the shortest interval the poll advice gives (2 s).
+MIN_IDLE_TIMEOUT_S = 6
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Mode(StrEnum):
+    """How an event lets people in."""
+
+    #: Waiters are admitted in order as capacity and the admission rate allow.
+    QUEUE = "queue"
+    #: Everyone is admitted at once (capacity and rate are not applied).
+    PASSTHROUGH = "passthrough"
+    #: Nobody is admitted; people may still join the queue.
+    PAUSED = "paused"
+    #: Nobody may join; those already waiting are still admitted.
+    CLOSED = "closed"
+
+
+class EventConfig(BaseModel):
+    """An event's settings; every field has a default so an event can be created empty."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Most users admitted at the same time.
+    capacity: int = Field(default=100, ge=1, le=1_000_000)
+    #: Most admissions per second (a token bucket shared by every replica).
+    admit_per_second: float = Field(default=10.0, gt=0.0, le=100_000.0)
+    #: Length of an admitted session; fixed at admission, polling does not renew it.
+    session_seconds: int = Field(default=600, ge=1, le=86_400)
+    #: A waiter who has not polled for this long loses the place when it reaches the front.
+    #: At least three polls at the shortest advised interval (2 s) fit in it.
+    idle_timeout_seconds: int = Field(default=60, ge=MIN_IDLE_TIMEOUT_S, le=3_600)
+    #: Only holders of a valid Tier-1 token may join; places follow the signed position.
+    require_tier1_token: bool = False
+    mode: Mode = Mode.QUEUE
+
+    def to_redis(self) -> dict[str, str]:
+        return {
+            "capacity": str(self.capacity),
+            "admit_per_second": repr(float(self.admit_per_second)),
+            "session_ms": str(self.session_seconds * 1000),
+            "idle_ms": str(self.idle_timeout_seconds * 1000),
+            "require_tier1": "1" if self.require_tier1_token else "0",
+            "mode": self.mode.value,
+        }
+
+    @classmethod
+    def from_redis(cls, fields: Mapping[Any, Any]) -> EventConfig:
+        text = {_text(key): _text(value) for key, value in fields.items()}
+        return cls(
+            capacity=int(text["capacity"]),
+            admit_per_second=float(text["admit_per_second"]),
+            session_seconds=int(text["session_ms"]) // 1000,
+            idle_timeout_seconds=int(text["idle_ms"]) // 1000,
+            require_tier1_token=text["require_tier1"] == "1",
+            mode=Mode(text["mode"]),
+        )
+
+    @property
+    def steady_rate(self) -> float:
+        """Admissions per second the event sustains once full: a prior before measurements.
+
+        At most the configured rate, and at most capacity / session length (if every admitted
+        user keeps the full session, that many slots free up per second).
+        """
+        return min(self.admit_per_second, self.capacity / self.session_seconds)
+
+
+class EventConfigPatch(BaseModel):
+    """An admin update: only the fields given change; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    capacity: int | None = Field(default=None, ge=1, le=1_000_000)
+    admit_per_second: float | None = Field(default=None, gt=0.0, le=100_000.0)
+    session_seconds: int | None = Field(default=None, ge=1, le=86_400)
+    idle_timeout_seconds: int | None = Field(default=None, ge=MIN_IDLE_TIMEOUT_S, le=3_600)
+    require_tier1_token: bool | None = None
+    mode: Mode | None = None
+
+    def apply_to(self, current: EventConfig) -> EventConfig:
+        changes = self.model_dump(exclude_none=True)
+        return EventConfig.model_validate({**current.model_dump(), **changes})

@@ -1,0 +1,72 @@
+"""Every Redis key the queue touches, in one place.
+
+One event's keys share the hash tag ``{eventId}``, so they live in one Redis Cluster slot and
+one Lua script may touch all of them. The scripts get them in a fixed order (``EventKeys``).
+Revocations live in the user's slot (``{u:<id>}``), where the gateway looks them up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Every configured event (a Redis set, read by the admission loop instead of a key scan).
+EVENTS_SET = "urr:queue:events"
+
+
+@dataclass(frozen=True)
+class EventKeys:
+    """The keys of one event, in the order every script receives them as ``KEYS``."""
+
+    config: str  # HASH: the event's settings
+    queue: str  # ZSET: waiting users, score = queue number (arrival sequence or Tier-1 position)
+    active: str  # ZSET: admitted users, score = session end (ms, Redis clock)
+    tokens: str  # HASH: admitted user -> the entry token issued for this admission
+    seq: str  # STRING: arrival sequence
+    rids: str  # HASH: Tier-1 request id -> the user who used it
+    marks: str  # ZSET: (queue number -> ms) once a second, to date the head of the queue
+    stats: str  # HASH: measured rate and bookkeeping of the scripts
+    admits: str  # HASH: second -> admissions in that second (last minute only)
+    rate: str  # HASH: token bucket of the admission rate
+    #: Prefix of the heartbeat bitmaps (``<prefix><bucket>``, bit = queue number).
+    seen_prefix: str
+
+    def as_list(self) -> list[str]:
+        return [
+            self.config,
+            self.queue,
+            self.active,
+            self.tokens,
+            self.seq,
+            self.rids,
+            self.marks,
+            self.stats,
+            self.admits,
+            self.rate,
+        ]
+
+
+def event_keys(event_id: str) -> EventKeys:
+    tag = "{" + event_id + "}"
+    return EventKeys(
+        config=f"{tag}:config",
+        queue=f"{tag}:queue",
+        active=f"{tag}:active",
+        tokens=f"{tag}:tokens",
+        seq=f"{tag}:seq",
+        rids=f"{tag}:rids",
+        marks=f"{tag}:marks",
+        stats=f"{tag}:stats",
+        admits=f"{tag}:admits",
+        rate=f"{tag}:rate",
+        seen_prefix=f"{tag}:seen:",
+    )
+
+
+def revoked_key(user_id: str, jti: str) -> str:
+    """The key the gateway checks for a revoked entry token (in the user's slot)."""
+    return "{u:" + user_id + "}:revoked:" + jti
+
+
+def reservation_done_key(reservation_id: str, status: str) -> str:
+    """Remembers a processed reservation outcome, so a redelivered record changes nothing."""
+    return "{r:" + reservation_id + "}:queue-done:" + status

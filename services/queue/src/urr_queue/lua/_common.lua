@@ -1,0 +1,62 @@
+-- Shared head of every queue script (prepended when the scripts are loaded).
+-- KEYS are one event's keys, all under the event's hash tag, in EventKeys order.
+-- ARGV[1] is the prefix of the heartbeat bitmaps (same hash tag, so same slot).
+-- Time is always Redis's own clock, so every replica agrees on it.
+local K_CONFIG, K_QUEUE, K_ACTIVE, K_TOKENS, K_SEQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_RIDS, K_MARKS, K_STATS, K_ADMITS, K_RATE = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local SEEN_PREFIX = ARGV[1]
+-- Redis bitmaps stop at 2^32 bits; a queue number above that has no heartbeat bit.
+local MAX_BIT = 4294967295
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function load_config()
+  local v = redis.call('HMGET', K_CONFIG, 'mode', 'capacity', 'admit_per_second', 'session_ms',
+    'idle_ms', 'require_tier1', 'heartbeat_ms')
+  if not v[1] then return nil end
+  return {
+    mode = v[1], capacity = tonumber(v[2]), aps = tonumber(v[3]), session_ms = tonumber(v[4]),
+    idle_ms = tonumber(v[5]), tier1 = (v[6] == '1'), hb_ms = tonumber(v[7]),
+  }
+end
+
+-- Heartbeats: one bitmap per time bucket, bit = the waiter's queue number. Costs a bit per
+-- waiter per live bucket instead of a per-waiter timestamp.
+local function mark_seen(cfg, number, now)
+  if number < 0 or number > MAX_BIT then return end
+  local key = SEEN_PREFIX .. math.floor(now / cfg.hb_ms)
+  redis.call('SETBIT', key, number, 1)
+  redis.call('PEXPIRE', key, cfg.idle_ms + 2 * cfg.hb_ms)
+end
+
+local function is_live(cfg, number, now)
+  if number < 0 or number > MAX_BIT then return true end
+  local last = math.floor(now / cfg.hb_ms)
+  local first = math.floor((now - cfg.idle_ms) / cfg.hb_ms)
+  for bucket = last, first, -1 do
+    if redis.call('GETBIT', SEEN_PREFIX .. bucket, number) == 1 then return true end
+  end
+  return false
+end
+
+local function record_admissions(now, count)
+  if count > 0 then redis.call('HINCRBY', K_ADMITS, math.floor(now / 1000), count) end
+end
+
+-- The session end of a live admission, or nil (an expired one is left for the tick to report).
+local function live_admission(member, now)
+  local expiry = redis.call('ZSCORE', K_ACTIVE, member)
+  if expiry and tonumber(expiry) > now then return tonumber(expiry) end
+  return nil
+end
+
+local function admit_now(cfg, member, now)
+  local expiry = now + cfg.session_ms
+  redis.call('HDEL', K_TOKENS, member)
+  redis.call('ZADD', K_ACTIVE, expiry, member)
+  record_admissions(now, 1)
+  return expiry
+end

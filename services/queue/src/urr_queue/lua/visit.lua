@@ -1,0 +1,64 @@
+-- Enter (ARGV[5] == '1') or poll the queue of one event, atomically, in one round trip.
+-- ARGV: seen prefix, member, signed Tier-1 position ('' if none), Tier-1 request id, enter.
+-- Replies (first element says which):
+--   {'no_event'} {'closed'} {'tier1_required'} {'tier1_replayed'} {'not_queued'}
+--   {'admitted', session_end_ms, token_or_'', now_ms, how, queue_size, number, tier1_required}
+--    where how is 0 (admitted before), 1 (admitted now from the queue) or 2 (entered and
+--    admitted now: passthrough)
+--   {'waiting', rank0, queue_size, rate_milli_or_'', now_ms, entered, number, mode,
+--    capacity, admit_per_second, session_ms, idle_ms, tier1_required}
+local member, position, request_id, entering = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
+
+local cfg = load_config()
+if not cfg then return {'no_event'} end
+local now = now_ms()
+local tier1 = cfg.tier1 and 1 or 0
+
+local expiry = live_admission(member, now)
+if expiry then
+  local token = redis.call('HGET', K_TOKENS, member) or ''
+  return {'admitted', expiry, token, now, 0, redis.call('ZCARD', K_QUEUE), -1, tier1}
+end
+
+local number = redis.call('ZSCORE', K_QUEUE, member)
+local entered = 0
+if number then
+  number = tonumber(number)
+  if cfg.mode == 'passthrough' then
+    redis.call('ZREM', K_QUEUE, member)
+    local session_end = admit_now(cfg, member, now)
+    return {'admitted', session_end, '', now, 1, redis.call('ZCARD', K_QUEUE), number, tier1}
+  end
+else
+  if not entering then return {'not_queued'} end
+  if cfg.mode == 'closed' then return {'closed'} end
+  if cfg.tier1 then
+    if position == '' then return {'tier1_required'} end
+    -- One Tier-1 place admits one user: the request id is bound to the first user using it.
+    local owner = redis.call('HGET', K_RIDS, request_id)
+    if owner and owner ~= member then return {'tier1_replayed'} end
+    if not owner then redis.call('HSET', K_RIDS, request_id, member) end
+    number = tonumber(position)
+  else
+    number = redis.call('INCR', K_SEQ)
+  end
+  entered = 1
+  if cfg.mode == 'passthrough' then
+    local session_end = admit_now(cfg, member, now)
+    return {'admitted', session_end, '', now, 2, redis.call('ZCARD', K_QUEUE), number, tier1}
+  end
+  redis.call('ZADD', K_QUEUE, number, member)
+  -- Date the queue once a second: the head's entry time is read from the mark before it.
+  local last_mark = tonumber(redis.call('HGET', K_STATS, 'last_mark_ms') or '0')
+  if now - last_mark >= 1000 then
+    redis.call('ZADD', K_MARKS, number, now)
+    redis.call('HSET', K_STATS, 'last_mark_ms', now)
+  end
+end
+
+mark_seen(cfg, number, now)
+local rank = redis.call('ZRANK', K_QUEUE, member)
+return {
+  'waiting', rank, redis.call('ZCARD', K_QUEUE), redis.call('HGET', K_STATS, 'rate_milli') or '',
+  now, entered, number, cfg.mode, cfg.capacity, tostring(cfg.aps), cfg.session_ms, cfg.idle_ms, tier1,
+}

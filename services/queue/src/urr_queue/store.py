@@ -1,0 +1,326 @@
+"""The Redis side of the queue: one atomic Lua script per operation, typed results.
+
+Each script works on one event's keys (one hash tag, one cluster slot). Revocations are
+written to the user's own slot with a plain ``SET`` after the event's script has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from urr_queue.config import EventConfig, Mode
+from urr_queue.keys import EVENTS_SET, EventKeys, event_keys, revoked_key
+from urr_queue.members import decode_member, encode_member
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+    from redis.commands.core import AsyncScript
+
+    RedisClient = Redis | RedisCluster
+
+
+def _script_text(name: str) -> str:
+    folder = resources.files("urr_queue") / "lua"
+    common = (folder / "_common.lua").read_text(encoding="utf-8")
+    return common + "\n" + (folder / name).read_text(encoding="utf-8")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _rate(value: Any) -> float | None:
+    text = _text(value)
+    return int(text) / 1000 if text else None
+
+
+class Refusal(StrEnum):
+    """Why a visit to the queue got no place."""
+
+    NO_EVENT = "no_event"
+    CLOSED = "closed"
+    TIER1_REQUIRED = "tier1_required"
+    TIER1_REPLAYED = "tier1_replayed"
+    NOT_QUEUED = "not_queued"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    rank: int  # 0-based: how many are ahead
+    queue_size: int
+    measured_rate: float | None  # admissions per second, as the ticks measured it
+    now_ms: int
+    entered: bool  # this call took the place
+    number: int  # queue number: arrival sequence or signed Tier-1 position
+    mode: Mode
+    capacity: int
+    admit_per_second: float
+    session_seconds: int
+    idle_timeout_seconds: int
+    tier1_required: bool
+
+    @property
+    def position(self) -> int:
+        return self.rank + 1
+
+
+@dataclass(frozen=True)
+class Admitted:
+    session_end_ms: int
+    token: str | None  # the token already issued for this admission, if any
+    now_ms: int
+    newly_admitted: bool  # admitted by this very call (passthrough)
+    entered: bool  # ... and it took its place with this call too
+    queue_size: int
+    number: int  # -1 when not known
+    tier1_required: bool
+
+
+@dataclass(frozen=True)
+class TickResult:
+    event_id: str
+    now_ms: int
+    active: int
+    waiting: int
+    admitted: list[tuple[str, int]]  # (user id, queue number) in admission order
+    expired: list[str]
+    dropped: list[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class Left:
+    """What ``leave`` ended: a waiting place, an admitted session, or nothing."""
+
+    was: str  # "waiting" | "admitted" | "none"
+    now_ms: int = 0
+    rank: int = -1
+    number: int = -1
+    session_end_ms: int = 0
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Figures:
+    config: EventConfig
+    waiting: int
+    admitted: int
+    admitted_last_minute: int
+    oldest_wait_ms: int | None
+    measured_rate: float | None
+    now_ms: int
+
+
+class QueueStore:
+    """Queue operations on one Redis (or Redis Cluster) client."""
+
+    def __init__(
+        self, redis: RedisClient, *, heartbeat_bucket_ms: int = 5_000, max_in_flight: int = 64
+    ) -> None:
+        self.redis = redis
+        self.heartbeat_bucket_ms = heartbeat_bucket_ms
+        # redis-py pools raise instead of waiting once every connection is busy; a burst of
+        # requests waits here for its turn instead of failing.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._visit = redis.register_script(_script_text("visit.lua"))
+        self._tick = redis.register_script(_script_text("tick.lua"))
+        self._leave = redis.register_script(_script_text("leave.lua"))
+        self._store_token = redis.register_script(_script_text("store_token.lua"))
+        self._figures = redis.register_script(_script_text("figures.lua"))
+        self._configure = redis.register_script(_script_text("configure.lua"))
+        self._forget = redis.register_script(_script_text("forget.lua"))
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | bytes]) -> Any:
+        async with self._in_flight:
+            return await script(keys=keys, args=args)
+
+    @staticmethod
+    def _call_keys(event_id: str) -> tuple[list[str], EventKeys]:
+        keys = event_keys(event_id)
+        return keys.as_list(), keys
+
+    # -- configuration -----------------------------------------------------------------
+
+    async def configure(self, event_id: str, config: EventConfig) -> str:
+        """Write ``config``; ``"created"``, ``"updated"`` or ``"queue_not_empty"``."""
+        key_list, keys = self._call_keys(event_id)
+        args: list[str | bytes] = [keys.seen_prefix, str(self.heartbeat_bucket_ms)]
+        for field, value in config.to_redis().items():
+            args += [field, value]
+        reply = await self._run(self._configure, key_list, args)
+        outcome = _text(reply[0])
+        if outcome != "queue_not_empty":
+            # After the config exists, so the loop never finds an event without one.
+            await self.redis.sadd(EVENTS_SET, event_id)
+        return outcome
+
+    async def get_config(self, event_id: str) -> EventConfig | None:
+        fields = await self.redis.hgetall(event_keys(event_id).config)
+        return EventConfig.from_redis(fields) if fields else None
+
+    async def event_ids(self) -> list[str]:
+        return sorted(_text(member) for member in await self.redis.smembers(EVENTS_SET))
+
+    async def forget_event(self, event_id: str) -> None:
+        await self.redis.srem(EVENTS_SET, event_id)
+
+    async def delete_event(self, event_id: str) -> list[tuple[str, str]] | None:
+        """Delete the event's keys; the (user id, token) pairs still issued, or ``None``."""
+        key_list, keys = self._call_keys(event_id)
+        reply = await self._run(self._forget, key_list, [keys.seen_prefix])
+        if _text(reply[0]) != "ok":
+            return None
+        await self.forget_event(event_id)
+        flat = reply[1]
+        return [
+            (decode_member(member), _text(token))
+            for member, token in zip(flat[::2], flat[1::2], strict=True)
+        ]
+
+    # -- the user's calls ----------------------------------------------------------------
+
+    async def visit(
+        self,
+        event_id: str,
+        user_id: str,
+        *,
+        enter: bool,
+        tier1_position: int | None = None,
+        tier1_request_id: str = "",
+    ) -> Waiting | Admitted | Refusal:
+        key_list, keys = self._call_keys(event_id)
+        args: list[str | bytes] = [
+            keys.seen_prefix,
+            encode_member(user_id),
+            "" if tier1_position is None else str(tier1_position),
+            tier1_request_id,
+            "1" if enter else "0",
+        ]
+        reply = await self._run(self._visit, key_list, args)
+        kind = _text(reply[0])
+        if kind == "admitted":
+            token = _text(reply[2])
+            return Admitted(
+                session_end_ms=int(reply[1]),
+                token=token or None,
+                now_ms=int(reply[3]),
+                newly_admitted=int(reply[4]) > 0,
+                entered=int(reply[4]) == 2,
+                queue_size=int(reply[5]),
+                number=int(reply[6]),
+                tier1_required=bool(int(reply[7])),
+            )
+        if kind == "waiting":
+            return Waiting(
+                rank=int(reply[1]),
+                queue_size=int(reply[2]),
+                measured_rate=_rate(reply[3]),
+                now_ms=int(reply[4]),
+                entered=bool(int(reply[5])),
+                number=int(reply[6]),
+                mode=Mode(_text(reply[7])),
+                capacity=int(reply[8]),
+                admit_per_second=float(_text(reply[9])),
+                session_seconds=int(reply[10]) // 1000,
+                idle_timeout_seconds=int(reply[11]) // 1000,
+                tier1_required=bool(int(reply[12])),
+            )
+        return Refusal(kind)
+
+    async def keep_token(
+        self, event_id: str, user_id: str, session_end_ms: int, token: str
+    ) -> str | None:
+        """Store ``token`` for this admission unless one is stored; the one that counts."""
+        key_list, keys = self._call_keys(event_id)
+        args: list[str | bytes] = [
+            keys.seen_prefix,
+            encode_member(user_id),
+            str(session_end_ms),
+            token,
+        ]
+        stored = await self._run(self._store_token, key_list, args)
+        return _text(stored) if stored else None
+
+    async def current_token(self, event_id: str, user_id: str) -> str | None:
+        stored = await self.redis.hget(event_keys(event_id).tokens, encode_member(user_id))
+        return _text(stored) if stored else None
+
+    async def leave(self, event_id: str, user_id: str, *, only_admitted: bool) -> Left | None:
+        """End the user's place or session; ``None`` when the event does not exist."""
+        key_list, keys = self._call_keys(event_id)
+        args: list[str | bytes] = [
+            keys.seen_prefix,
+            encode_member(user_id),
+            "1" if only_admitted else "0",
+        ]
+        reply = await self._run(self._leave, key_list, args)
+        kind = _text(reply[0])
+        if kind == "no_event":
+            return None
+        if kind == "waiting":
+            return Left("waiting", now_ms=int(reply[3]), rank=int(reply[1]), number=int(reply[2]))
+        if kind == "admitted":
+            token = _text(reply[2])
+            return Left(
+                "admitted", now_ms=int(reply[3]), session_end_ms=int(reply[1]), token=token or None
+            )
+        return Left("none")
+
+    async def revoke(self, user_id: str, jti: str, ttl_ms: int) -> None:
+        """Tell the gateway this token's ``jti`` is no longer good (for ``ttl_ms``)."""
+        if ttl_ms > 0:
+            await self.redis.set(revoked_key(user_id, jti), b"1", px=ttl_ms)
+
+    # -- the admission loop and the figures ----------------------------------------------
+
+    async def tick(
+        self, event_id: str, *, max_admit: int, max_scan: int, max_expire: int
+    ) -> TickResult | None:
+        """One admission tick; ``None`` when the event has no configuration any more."""
+        key_list, keys = self._call_keys(event_id)
+        args: list[str | bytes] = [keys.seen_prefix, str(max_admit), str(max_scan), str(max_expire)]
+        reply = await self._run(self._tick, key_list, args)
+        if int(reply[0]) < 0:
+            return None
+        admitted_members, admitted_numbers = reply[3], reply[4]
+        dropped_members, dropped_numbers = reply[6], reply[7]
+        return TickResult(
+            event_id=event_id,
+            now_ms=int(reply[0]),
+            active=int(reply[1]),
+            waiting=int(reply[2]),
+            admitted=[
+                (decode_member(m), int(float(_text(n))))
+                for m, n in zip(admitted_members, admitted_numbers, strict=True)
+            ],
+            expired=[decode_member(m) for m in reply[5]],
+            dropped=[
+                (decode_member(m), int(float(_text(n))))
+                for m, n in zip(dropped_members, dropped_numbers, strict=True)
+            ],
+        )
+
+    async def figures(self, event_id: str) -> Figures | None:
+        key_list, keys = self._call_keys(event_id)
+        reply = await self._run(self._figures, key_list, [keys.seen_prefix])
+        if _text(reply[0]) != "ok":
+            return None
+        flat = reply[7]
+        config = EventConfig.from_redis(dict(zip(flat[::2], flat[1::2], strict=True)))
+        oldest = int(reply[4])
+        return Figures(
+            config=config,
+            waiting=int(reply[1]),
+            admitted=int(reply[2]),
+            admitted_last_minute=int(reply[3]),
+            oldest_wait_ms=oldest if oldest >= 0 else None,
+            measured_rate=_rate(reply[5]),
+            now_ms=int(reply[6]),
+        )
+
+    async def ping(self) -> None:
+        await self.redis.ping()

@@ -1,0 +1,197 @@
+"""Queue test fixtures: settings on private keys, a three-node Redis Cluster, app clients."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from urr_common.settings import RedisSettings
+from urr_common.tokens import SigningKey, TokenSigner
+from urr_devstack.procs import RedisServer, free_port, is_listening
+from urr_queue.app import create_app
+from urr_queue.redis_client import queue_redis_client as redis_client
+from urr_queue.settings import (
+    AdmissionSettings,
+    EntryTokenSettings,
+    QueueEventsSettings,
+    QueueSettings,
+    ReservationEventsSettings,
+    VwrTrustSettings,
+)
+from urr_queue.store import QueueStore
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is valid and free too."""
+    while True:
+        port = free_port()
+        if port < 55_000 and not is_listening("127.0.0.1", port + 10_000):
+            return port
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """Three cluster-enabled masters, joined with ``redis-cli --cluster create``."""
+    workdir = tmp_path_factory.mktemp("redis-cluster")
+    nodes: list[RedisServer] = []
+    try:
+        for index in range(3):
+            node_dir = workdir / f"node{index}"
+            server = RedisServer(
+                port=_cluster_port(),
+                workdir=node_dir,
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(node_dir / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
+            nodes.append(server)
+            server.start()
+        cli = shutil.which("redis-cli") or "redis-cli"
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        _wait_cluster_ok(cli, nodes[0].port)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def _wait_cluster_ok(cli: str, port: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        info = subprocess.run(
+            [cli, "-p", str(port), "cluster", "info"], capture_output=True, timeout=5, check=False
+        ).stdout.decode()
+        if "cluster_state:ok" in info:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the test Redis Cluster did not become ready")
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_settings(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> Iterator[RedisSettings]:
+    """The same tests on one Redis and on a three-node Redis Cluster (flushed first)."""
+    if request.param == "single":
+        redis_server.ensure_running()
+        redis_server.flushall()
+        yield RedisSettings(url=redis_server.url)
+        return
+    nodes: list[RedisServer] = request.getfixturevalue("redis_cluster")
+    for node in nodes:
+        node.flushall()
+    yield RedisSettings(url=f"redis://127.0.0.1:{nodes[0].port}/0", cluster=True)
+
+
+@pytest.fixture
+def single_redis(redis_server: RedisServer) -> RedisSettings:
+    redis_server.ensure_running()
+    redis_server.flushall()
+    return RedisSettings(url=redis_server.url)
+
+
+@pytest.fixture
+def tier1_key(tmp_path: Path) -> SigningKey:
+    """The Tier-1 Lambda's key for these tests; its public half is in the trusted folder."""
+    key = SigningKey.generate("vwr-test-1")
+    folder = tmp_path / "vwr" / "public"
+    folder.mkdir(parents=True)
+    (folder / "vwr-test-1.pem").write_bytes(key.verification_key().to_pem())
+    return key
+
+
+@pytest.fixture
+def tier1_signer(tier1_key: SigningKey) -> TokenSigner:
+    return TokenSigner(tier1_key, "urr-vwr", "urr-vwr", 600)
+
+
+SettingsFactory = Callable[..., QueueSettings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, tier1_key: SigningKey) -> SettingsFactory:
+    """Settings on private key files; background work off unless a test turns it on."""
+
+    def build(redis: RedisSettings, **overrides: Any) -> QueueSettings:
+        values: dict[str, Any] = {
+            "environment": "test",
+            "redis": redis,
+            "entry_tokens": EntryTokenSettings(private_key_file=tmp_path / "entry" / "local-1.pem"),
+            "vwr_trust": VwrTrustSettings(public_key_files=[tmp_path / "vwr" / "public" / "*.pem"]),
+            "admission": AdmissionSettings(enabled=False),
+            "queue_events": QueueEventsSettings(enabled=False),
+            "reservation_events": ReservationEventsSettings(enabled=False),
+            "heartbeat_bucket_ms": 500,
+        }
+        values.update(overrides)
+        return QueueSettings(**values)
+
+    return build
+
+
+@pytest_asyncio.fixture
+async def store_on(redis_settings: RedisSettings) -> AsyncIterator[QueueStore]:
+    client = redis_client(redis_settings)
+    try:
+        yield QueueStore(client, heartbeat_bucket_ms=500)
+    finally:
+        await client.aclose()
+
+
+ClientFactory = Callable[..., Any]
+
+
+@pytest_asyncio.fixture
+async def queue_client(
+    aiohttp_client: Any, make_settings: SettingsFactory
+) -> AsyncIterator[ClientFactory]:
+    """``await queue_client(redis_settings, **overrides)`` -> a test client on a fresh app."""
+
+    async def open_client(redis: RedisSettings, **overrides: Any) -> TestClient[Any, Any]:
+        app = create_app(make_settings(redis, **overrides), registry=CollectorRegistry())
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    yield open_client
+
+
+def user_headers(user_id: str) -> dict[str, str]:
+    return {"X-User-Id": user_id, "X-User-Email": f"{user_id}@example.test", "X-User-Role": "user"}
+
+
+ADMIN_HEADERS = {
+    "X-User-Id": "admin-1",
+    "X-User-Email": "admin@example.test",
+    "X-User-Role": "admin",
+}
+
+
+@pytest.fixture
+def as_user() -> Callable[[str], dict[str, str]]:
+    return user_headers
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return dict(ADMIN_HEADERS)

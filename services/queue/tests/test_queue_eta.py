@@ -1,0 +1,78 @@
+"""The ETA follows the measured admission rate, shared by replicas through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import CollectorRegistry
+
+from urr_common.settings import RedisSettings
+from urr_queue.admission import AdmissionLoop
+from urr_queue.config import EventConfig
+from urr_queue.estimates import admission_rate, eta_seconds
+from urr_queue.events import QueueEventPublisher
+from urr_queue.metrics import QueueMetrics
+from urr_queue.redis_client import queue_redis_client as redis_client
+from urr_queue.settings import AdmissionSettings
+from urr_queue.store import QueueStore, Waiting
+
+EVENT = "eta"
+RATE = 40
+
+
+def _loop(store: QueueStore) -> AdmissionLoop:
+    metrics = QueueMetrics.register(CollectorRegistry())
+    publisher = QueueEventPublisher("t", buffer_size=1, metrics=metrics, producer_factory=None)
+    return AdmissionLoop(store, publisher, metrics, AdmissionSettings(tick_interval_s=0.1))
+
+
+async def test_eta_converges_to_the_real_admission_rate(single_redis: RedisSettings):
+    # Two replicas, each with its own client; the configured prior (capacity / session =
+    # 1000/s) is far from the real rate, so only a measurement gets the ETA right.
+    client_a, client_b = redis_client(single_redis), redis_client(single_redis)
+    try:
+        store_a = QueueStore(client_a, heartbeat_bucket_ms=500)
+        store_b = QueueStore(client_b, heartbeat_bucket_ms=500)
+        config = EventConfig(
+            capacity=10_000, admit_per_second=RATE, session_seconds=10, idle_timeout_seconds=60
+        )
+        await store_a.configure(EVENT, config)
+        await asyncio.gather(*(store_a.visit(EVENT, f"u{n}", enter=True) for n in range(1_000)))
+        loops = [asyncio.create_task(_loop(store).run_forever()) for store in (store_a, store_b)]
+        errors, samples = [], []
+        try:
+            for _ in range(3):
+                await asyncio.sleep(1.6)
+                figures = await store_b.figures(EVENT)
+                assert figures is not None
+                samples.append((time.monotonic(), figures.waiting))
+                measured = figures.measured_rate
+                errors.append(1.0 if measured is None else abs(measured - RATE) / RATE)
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+        (t0, waiting0), (t1, waiting1) = samples[0], samples[-1]
+        real = (waiting0 - waiting1) / (t1 - t0)
+        assert abs(real - RATE) / RATE < 0.2, "two loops share one rate bucket"
+        assert errors[-1] < 0.15, errors
+        assert errors[-1] <= errors[0], errors
+
+        # What a waiter at the back is told follows the measured rate, not the prior.
+        last = await store_b.visit(EVENT, "u999", enter=False)
+        assert isinstance(last, Waiting)
+        rate = admission_rate(
+            last.measured_rate,
+            mode=last.mode,
+            capacity=last.capacity,
+            admit_per_second=last.admit_per_second,
+            session_seconds=last.session_seconds,
+        )
+        eta = eta_seconds(last.position, rate)
+        assert eta is not None
+        expected = last.position / RATE
+        assert abs(eta - expected) <= 0.15 * expected + 1
+    finally:
+        await client_a.aclose()
+        await client_b.aclose()
