@@ -13,11 +13,11 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from urr_common.clients import redis_client
 from urr_common.settings import RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
 from urr_devstack.procs import RedisServer, free_port, is_listening
 from urr_queue.app import create_app
-from urr_queue.redis_client import queue_redis_client as redis_client
 from urr_queue.settings import (
     AdmissionSettings,
     EntryTokenSettings,

@@ -9,13 +9,13 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from urr_common.clients import redis_client
 from urr_common.settings import RedisSettings
 from urr_queue.admission import AdmissionLoop
 from urr_queue.config import EventConfig
 from urr_queue.events import QueueEventPublisher
 from urr_queue.keys import event_keys
 from urr_queue.metrics import QueueMetrics
-from urr_queue.redis_client import queue_redis_client as redis_client
 from urr_queue.settings import AdmissionSettings
 from urr_queue.store import QueueStore
 

@@ -7,13 +7,13 @@ import time
 
 from prometheus_client import CollectorRegistry
 
+from urr_common.clients import redis_client
 from urr_common.settings import RedisSettings
 from urr_queue.admission import AdmissionLoop
 from urr_queue.config import EventConfig
 from urr_queue.estimates import admission_rate, eta_seconds
 from urr_queue.events import QueueEventPublisher
 from urr_queue.metrics import QueueMetrics
-from urr_queue.redis_client import queue_redis_client as redis_client
 from urr_queue.settings import AdmissionSettings
 from urr_queue.store import QueueStore, Waiting
 

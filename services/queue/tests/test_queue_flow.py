@@ -12,11 +12,11 @@ from typing import Any
 
 import jwt
 
+from urr_common.clients import redis_client
 from urr_common.settings import RedisSettings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner, TokenVerifier
 from urr_queue.app import ADMISSION_LOOP
 from urr_queue.keys import revoked_key
-from urr_queue.redis_client import queue_redis_client as redis_client
 
 EVENT = "concert-1"
 

@@ -22,18 +22,30 @@ if TYPE_CHECKING:
 
 
 def redis_client(settings: RedisSettings) -> Redis | RedisCluster:
-    """A Redis or Redis Cluster client; connections open lazily on first command."""
-    from redis.asyncio import Redis
+    """A Redis or Redis Cluster client; connections open lazily on first command.
+
+    The single-node client uses a blocking pool: past ``max_connections`` commands in flight,
+    redis-py's default pool raises ``MaxConnectionsError`` at once, which a burst of requests
+    would turn into errors; this one waits up to the socket timeout for a free connection.
+    A Cluster client keeps its own per-node pools.
+    """
+    from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.cluster import RedisCluster
 
-    common: dict[str, Any] = {
+    timeouts: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout_s,
         "socket_connect_timeout": settings.connect_timeout_s,
-        "decode_responses": False,
     }
     if settings.cluster:
-        return RedisCluster.from_url(settings.url, **common)
-    return Redis.from_url(settings.url, max_connections=settings.max_connections, **common)
+        return RedisCluster.from_url(settings.url, decode_responses=False, **timeouts)
+    pool = BlockingConnectionPool.from_url(
+        settings.url,
+        max_connections=settings.max_connections,
+        timeout=settings.socket_timeout_s,
+        **timeouts,
+    )
+    # from_pool: the client owns the pool and closes it with itself.
+    return Redis.from_pool(pool)
 
 
 @asynccontextmanager
@@ -78,9 +90,11 @@ def kafka_producer(settings: KafkaSettings) -> AIOKafkaProducer:
 
 @asynccontextmanager
 async def open_kafka_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer, stopped on exit; also stopped when ``start()`` itself fails, so
+    a caller retrying while the broker is down leaks nothing."""
     producer = kafka_producer(settings)
-    await producer.start()
     try:
+        await producer.start()
         yield producer
     finally:
         await producer.stop()

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from urr_common.clients import kafka_producer
+from urr_common.clients import open_kafka_producer, open_redis
 from urr_common.logs import get_logger
 from urr_common.problems import ServiceUnavailable
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
@@ -23,7 +23,6 @@ from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.entry import EntryTokens
 from urr_queue.events import ProducerFactory, QueueEventPublisher
 from urr_queue.metrics import QueueMetrics
-from urr_queue.redis_client import open_queue_redis
 from urr_queue.reservations import ConsumerFactory, ReservationEventsConsumer
 from urr_queue.sessions import SessionEnder
 from urr_queue.settings import QueueSettings
@@ -116,7 +115,7 @@ def create_app(
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        opener = redis_factory or (lambda: open_queue_redis(settings.redis))
+        opener = redis_factory or (lambda: open_redis(settings.redis))
         async with opener() as redis:
             store = QueueStore(
                 redis,
@@ -162,16 +161,8 @@ def create_app(
 
 
 def _default_producer_factory(settings: QueueSettings) -> ProducerFactory:
-    @asynccontextmanager
-    async def open_producer() -> AsyncIterator[Any]:
-        # Like urr_common's open_kafka_producer, but a producer whose start() failed (broker
-        # down) is stopped too, so retrying every few seconds leaks nothing.
-        producer = kafka_producer(settings.kafka)
-        try:
-            await producer.start()
-            yield producer
-        finally:
-            await producer.stop()
+    def open_producer() -> AbstractAsyncContextManager[Any]:
+        return open_kafka_producer(settings.kafka)
 
     return open_producer
 
