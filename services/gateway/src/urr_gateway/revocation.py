@@ -1,0 +1,124 @@
+"""Is an entry token revoked? The queue service revokes a ``jti`` when its holder leaves.
+
+``RevocationCheck`` is the seam. ``RedisRevocationCheck`` asks Redis on its own (one
+``EXISTS``). Once the rate limiter checks the same key in its own round trip, it stores its
+answer on the request as ``ENTRY_TOKEN_REVOCATION`` (key from ``revocation_key_of``) and
+``PrecheckedRevocation`` reads that instead of a second round trip.
+
+A lookup that fails or exceeds its budget lets the token through (fail open, logged once per
+outage and counted): the limiter keeps serving while Redis is down, and refusing every booking
+in an outage would hurt more than a token its holder gave up on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import jwt
+from aiohttp import web
+from prometheus_client import Counter
+
+from urr_common.logs import get_logger
+from urr_gateway.context import IDENTITY
+from urr_gateway.keys import revoked_entry_token_key
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+_LOG = get_logger(__name__)
+
+ENTRY_TOKEN_HEADER = "x-queue-entry-token"  # noqa: S105 (a header name)
+ENTRY_TOKEN_COOKIE = "urr-entry-token"  # noqa: S105 (a cookie name)
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationVerdict:
+    """What an earlier step found for ``key``."""
+
+    key: str
+    revoked: bool
+
+
+#: Set by the rate-limit filter when it checked the revocation key in its own round trip.
+ENTRY_TOKEN_REVOCATION = web.RequestKey("urr_entry_token_revocation", RevocationVerdict)
+
+
+def entry_token_of(request: web.Request) -> str | None:
+    """The entry token from the header, else from the cookie."""
+    token = request.headers.get(ENTRY_TOKEN_HEADER)
+    if token:
+        return token.strip()
+    return request.cookies.get(ENTRY_TOKEN_COOKIE) or None
+
+
+def revocation_key_of(request: web.Request) -> str | None:
+    """The revocation key for the request's entry token, read without verifying it.
+
+    For the rate-limit filter (which runs before the entry-token filter) to include in its
+    round trip. The entry-token filter verifies the token afterwards and only trusts a
+    verdict for exactly the key of the verified ``sub`` and ``jti``.
+    """
+    identity = request.get(IDENTITY)
+    token = entry_token_of(request)
+    if identity is None or not token:
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        return None
+    return revoked_entry_token_key(identity.user_id, jti)
+
+
+class RevocationCheck(Protocol):
+    async def is_revoked(self, request: web.Request, user_id: str, jti: str) -> bool: ...
+
+
+class RedisRevocationCheck:
+    """One ``EXISTS`` within ``timeout_s``."""
+
+    def __init__(
+        self,
+        redis: Callable[[], Redis | RedisCluster],
+        timeout_s: float,
+        failures: Counter,
+    ) -> None:
+        self._redis = redis
+        self._timeout_s = timeout_s
+        self._failures = failures
+        self._failing = False
+
+    async def is_revoked(self, request: web.Request, user_id: str, jti: str) -> bool:
+        key = revoked_entry_token_key(user_id, jti)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                found: int = await self._redis().exists(key)
+        except Exception as exc:  # any Redis failure: fail open, see the module docstring
+            self._failures.inc()
+            if not self._failing:
+                self._failing = True
+                _LOG.warning("revocation_check_unavailable", error=repr(exc)[:200])
+            return False
+        if self._failing:
+            self._failing = False
+            _LOG.info("revocation_check_recovered")
+        return bool(found)
+
+
+class PrecheckedRevocation:
+    """Use the rate limiter's verdict when it covers this key, else ask ``fallback``."""
+
+    def __init__(self, fallback: RevocationCheck) -> None:
+        self._fallback = fallback
+
+    async def is_revoked(self, request: web.Request, user_id: str, jti: str) -> bool:
+        verdict: RevocationVerdict | None = request.get(ENTRY_TOKEN_REVOCATION)
+        if verdict is not None and verdict.key == revoked_entry_token_key(user_id, jti):
+            return verdict.revoked
+        return await self._fallback.is_revoked(request, user_id, jti)

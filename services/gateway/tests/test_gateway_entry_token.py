@@ -1,0 +1,115 @@
+"""The entry-token filter: every refusal, on every method, and revocation in real Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import ClientResponse
+
+from urr_common.tokens import SigningKey, TokenSigner
+from urr_gateway.keys import revoked_entry_token_key
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+async def _refusal(response: ClientResponse) -> dict[str, Any]:
+    assert response.status == 403, await response.text()
+    assert response.content_type == "application/problem+json"
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_a_valid_token_passes_on_every_method(stack, method):
+    headers = {**stack.auth_headers("u1"), "x-queue-entry-token": stack.entry_token("u1", "e1")}
+    response = await stack.client.request(method, "/api/v1/seats/e1/s1/hold", headers=headers)
+    assert response.status == 200
+    assert len(stack.ticket.requests) == 1
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_a_missing_token_is_refused_on_every_method(stack, method):
+    response = await stack.client.request(
+        method, "/api/v1/reservations/e1", headers=stack.auth_headers("u1")
+    )
+    assert response.status == 403
+    if method != "HEAD":
+        assert (await response.json())["code"] == "entry_token_missing"
+    assert stack.ticket.requests == []
+
+
+async def test_the_cookie_carries_the_token_too(stack):
+    response = await stack.client.post(
+        "/api/v1/reservations/e1",
+        headers=stack.auth_headers("u1"),
+        cookies={"urr-entry-token": stack.entry_token("u1", "e1")},
+    )
+    assert response.status == 200
+
+
+async def test_without_login_the_route_is_401_first(stack):
+    response = await stack.client.get(
+        "/api/v1/seats/e1", headers={"x-queue-entry-token": stack.entry_token("u1", "e1")}
+    )
+    assert response.status == 401
+
+
+async def test_each_refusal_has_its_code(stack):
+    async def code_for(token: str, path: str = "/api/v1/seats/e1", user: str = "u1") -> str:
+        headers = {**stack.auth_headers(user), "x-queue-entry-token": token}
+        code: str = (await _refusal(await stack.client.get(path, headers=headers)))["code"]
+        return code
+
+    forged = TokenSigner(SigningKey.generate("entry-1"), "urr-queue", "urr-entry", 300)
+    access_token_instead = stack.access_token("u1")
+    unsigned = jwt.encode({"sub": "u1", "evt": "e1"}, key="", algorithm="none")
+    no_event = stack.entry.signer.sign("u1", {})
+    assert await code_for("garbage") == "entry_token_invalid"
+    assert await code_for(unsigned) == "entry_token_invalid"
+    assert await code_for(forged.sign("u1", {"evt": "e1"})) == "entry_token_invalid"
+    assert await code_for(access_token_instead) == "entry_token_invalid"
+    assert await code_for(no_event) == "entry_token_invalid"
+    assert await code_for(stack.entry_token("u1", "e1", ttl_s=-60)) == "entry_token_expired"
+    assert await code_for(stack.entry_token("u2", "e1")) == "entry_token_wrong_user"
+    assert await code_for(stack.entry_token("u1", "e2")) == "entry_token_wrong_event"
+    assert (
+        await code_for(stack.entry_token("u1", "e2"), path="/api/v1/reservations/e1/r1")
+        == "entry_token_wrong_event"
+    )
+    assert stack.ticket.requests == []
+
+
+async def test_a_revoked_token_is_refused(stack, redis_url):
+    token = stack.entry_token("u1", "e1")
+    headers = {**stack.auth_headers("u1"), "x-queue-entry-token": token}
+    assert (await stack.client.get("/api/v1/seats/e1", headers=headers)).status == 200
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(revoked_entry_token_key("u1", jti), b"1", px=60_000)
+    finally:
+        await client.aclose()
+    body = await _refusal(await stack.client.get("/api/v1/seats/e1", headers=headers))
+    assert body["code"] == "entry_token_invalid"
+    assert body["reason"] == "revoked"
+    assert len(stack.ticket.requests) == 1
+
+
+async def test_revocation_check_fails_open_when_redis_is_down(stack, redis_server):
+    headers = {**stack.auth_headers("u1"), "x-queue-entry-token": stack.entry_token("u1", "e1")}
+    redis_server.stop()
+    try:
+        response = await stack.client.get("/api/v1/seats/e1", headers=headers)
+        assert response.status == 200
+        metrics = await (await stack.client.get("/metrics")).text()
+        assert "urr_gateway_revocation_check_failures_total 1.0" in metrics
+    finally:
+        redis_server.ensure_running()
+
+
+async def test_entry_token_is_not_needed_elsewhere(stack):
+    response = await stack.client.get("/api/v1/events/e1", headers=stack.auth_headers("u1"))
+    assert response.status == 200
