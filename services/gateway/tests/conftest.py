@@ -18,11 +18,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from urr_common.settings import RedisSettings, TrustedKeysSettings, load_settings
+from urr_common.settings import RedisSettings, load_settings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner
 from urr_gateway.app import create_app
 from urr_gateway.filters.base import GatewayFilter
-from urr_gateway.settings import GatewaySettings, ProxySettings, UpstreamSettings
+from urr_gateway.settings import (
+    AccessTrustSettings,
+    EntryTrustSettings,
+    GatewaySettings,
+    ProxySettings,
+    UpstreamSettings,
+)
 
 DOWNLOAD_BYTES = 10 * 1024 * 1024
 
@@ -200,10 +206,10 @@ async def stack_factory(redis_url: str) -> AsyncIterator[StackFactory]:
         values: dict[str, Any] = {
             "redis": RedisSettings(url=redis_url),
             "upstreams": UpstreamSettings(**urls),
-            "access_trust": TrustedKeysSettings(
+            "access_trust": AccessTrustSettings(
                 jwks_url=f"{issuer_url}/access/jwks.json", issuer="urr-auth", audience="urr"
             ),
-            "entry_trust": TrustedKeysSettings(
+            "entry_trust": EntryTrustSettings(
                 jwks_url=f"{issuer_url}/entry/jwks.json", issuer="urr-queue", audience="urr-entry"
             ),
             "proxy": ProxySettings(connect_timeout_s=2.0, read_timeout_s=2.0),

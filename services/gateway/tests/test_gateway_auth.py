@@ -153,10 +153,10 @@ async def test_jwks_rotation_unknown_kid_triggers_one_rate_limited_refetch(stack
 
 
 async def test_an_unreachable_issuer_with_an_unknown_kid_is_503_not_401(stack_factory):
-    from urr_common.settings import TrustedKeysSettings
+    from urr_gateway.settings import AccessTrustSettings
 
     stack = await stack_factory(
-        access_trust=TrustedKeysSettings(
+        access_trust=AccessTrustSettings(
             jwks_url="http://127.0.0.1:9/jwks.json", issuer="urr-auth", audience="urr"
         )
     )

@@ -14,11 +14,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from urr_common.settings import HttpSettings, RedisSettings, TrustedKeysSettings, load_settings
+from urr_common.settings import RedisSettings, load_settings
 from urr_devstack.procs import free_port
 from urr_gateway.app import create_app
 from urr_gateway.server import GatewayApps, serve_gateway
-from urr_gateway.settings import GatewaySettings, InternalListenerSettings, UpstreamSettings
+from urr_gateway.settings import (
+    AccessTrustSettings,
+    EntryTrustSettings,
+    GatewayHttpSettings,
+    GatewaySettings,
+    InternalListenerSettings,
+    UpstreamSettings,
+)
 
 
 async def _slow_upstream() -> TestServer:
@@ -105,12 +112,12 @@ async def test_the_internal_listener_serves_the_check_app_and_drains(redis_url):
     internal.router.add_post("/internal/v1/ratelimit/check", check)
     settings = load_settings(
         GatewaySettings,
-        http=HttpSettings(port=free_port()),
+        http=GatewayHttpSettings(port=free_port()),
         internal=InternalListenerSettings(port=free_port()),
         redis=RedisSettings(url=redis_url),
         upstreams=UpstreamSettings(ticket=f"http://127.0.0.1:{free_port()}"),
-        access_trust=TrustedKeysSettings(jwks_url=None),
-        entry_trust=TrustedKeysSettings(jwks_url=None),
+        access_trust=AccessTrustSettings(jwks_url=None),
+        entry_trust=EntryTrustSettings(jwks_url=None),
     )
     stop = asyncio.Event()
     server = asyncio.create_task(

@@ -14,11 +14,10 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from urr_common.settings import HttpSettings
 from urr_gateway.context import CLIENT_IP, IDENTITY
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.revocation import ENTRY_TOKEN_REVOCATION, RevocationVerdict, revocation_key_of
-from urr_gateway.settings import ProxySettings, UpstreamSettings
+from urr_gateway.settings import GatewayHttpSettings, ProxySettings, UpstreamSettings
 
 MB = 1024 * 1024
 
@@ -159,7 +158,7 @@ async def test_a_10_mb_download_is_streamed(stack):
 
 
 async def test_a_10_mb_upload_is_streamed(stack_factory):
-    stack = await stack_factory(http=HttpSettings(port=0, max_body_bytes=32 * MB))
+    stack = await stack_factory(http=GatewayHttpSettings(port=0, max_body_bytes=32 * MB))
     sent = 0
     seen_before_end = 0
 
@@ -185,14 +184,14 @@ async def test_a_10_mb_upload_is_streamed(stack_factory):
 
 
 async def test_an_upload_with_content_length_is_forwarded_whole(stack_factory):
-    stack = await stack_factory(http=HttpSettings(port=0, max_body_bytes=32 * MB))
+    stack = await stack_factory(http=GatewayHttpSettings(port=0, max_body_bytes=32 * MB))
     response = await stack.client.post("/api/v1/events/upload", data=io.BytesIO(b"x" * (10 * MB)))
     assert response.status == 200
     assert (await response.json())["received"] == 10 * MB
 
 
 async def test_bodies_over_the_limit_are_413(stack_factory):
-    stack = await stack_factory(http=HttpSettings(port=0, max_body_bytes=64 * 1024))
+    stack = await stack_factory(http=GatewayHttpSettings(port=0, max_body_bytes=64 * 1024))
     declared = await stack.client.post(
         "/api/v1/events/upload", data=io.BytesIO(b"x" * (100 * 1024))
     )

@@ -15,6 +15,7 @@ collapsed (``//a`` is ``/a``); a trailing slash is kept.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -24,6 +25,9 @@ _SEGMENT_SAFE = "!$&'()*+,=:@-._~"
 _HEX = frozenset("0123456789abcdefABCDEF")
 #: Refused in a decoded segment: separators, the escape character itself, path parameters.
 _FORBIDDEN_DECODED = frozenset("/\\%;")
+#: A path already in canonical form (the common case): single slashes between segments made
+#: only of characters that need no encoding. Dot segments are checked separately.
+_PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9!$&'()*+,=:@._~-]+)*/?")
 
 
 class InvalidPath(ValueError):
@@ -48,6 +52,11 @@ def normalise_path(raw_path: str) -> NormalisedPath:
         raise InvalidPath("the path must start with /")
     if len(raw_path) > MAX_PATH_LENGTH:
         raise InvalidPath("the path is too long")
+    if _PLAIN_PATH.fullmatch(raw_path):
+        segments = tuple(raw_path.strip("/").split("/")) if len(raw_path) > 1 else ()
+        if "." in segments or ".." in segments:
+            raise InvalidPath("dot segments are not allowed in paths")
+        return NormalisedPath(segments=segments, path=raw_path, raw=raw_path)
     if "\\" in raw_path:
         raise InvalidPath("backslashes are not allowed in paths")
     segments = tuple(_decode_segment(part) for part in raw_path.split("/") if part)

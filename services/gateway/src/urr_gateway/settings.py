@@ -78,28 +78,36 @@ class InternalListenerSettings(BaseModel):
     port: int = Field(default=3011, ge=0, le=65535)
 
 
+# The gateway's defaults live on subclasses, not in ``default_factory`` values: a nested
+# variable (``URR_HTTP__HOST``) builds its block from the class defaults, so a default set only
+# in a factory would silently fall back to the base class's value.
+class GatewayHttpSettings(HttpSettings):
+    port: int = Field(default=3001, ge=0, le=65535)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+
+
+class AccessTrustSettings(TrustedKeysSettings):
+    """Access tokens, signed by the auth service."""
+
+    jwks_url: str | None = "http://127.0.0.1:3005/.well-known/jwks.json"
+    issuer: str = "urr-auth"
+    audience: str = "urr"
+
+
+class EntryTrustSettings(TrustedKeysSettings):
+    """Tier-2 entry tokens, signed by the queue service."""
+
+    jwks_url: str | None = "http://127.0.0.1:3007/.well-known/jwks.json"
+    issuer: str = "urr-queue"
+    audience: str = "urr-entry"
+
+
 class GatewaySettings(ServiceSettings):
     service_name: str = "gateway"
-    http: HttpSettings = Field(
-        default_factory=lambda: HttpSettings(port=3001, max_body_bytes=DEFAULT_MAX_BODY_BYTES)
-    )
+    http: GatewayHttpSettings = Field(default_factory=GatewayHttpSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
-    #: Access tokens, signed by the auth service.
-    access_trust: TrustedKeysSettings = Field(
-        default_factory=lambda: TrustedKeysSettings(
-            jwks_url="http://127.0.0.1:3005/.well-known/jwks.json",
-            issuer="urr-auth",
-            audience="urr",
-        )
-    )
-    #: Tier-2 entry tokens, signed by the queue service.
-    entry_trust: TrustedKeysSettings = Field(
-        default_factory=lambda: TrustedKeysSettings(
-            jwks_url="http://127.0.0.1:3007/.well-known/jwks.json",
-            issuer="urr-queue",
-            audience="urr-entry",
-        )
-    )
+    access_trust: AccessTrustSettings = Field(default_factory=AccessTrustSettings)
+    entry_trust: EntryTrustSettings = Field(default_factory=EntryTrustSettings)
     upstreams: UpstreamSettings = Field(default_factory=UpstreamSettings)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     token_cache: TokenCacheSettings = Field(default_factory=TokenCacheSettings)
