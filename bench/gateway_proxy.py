@@ -23,6 +23,7 @@ so the benchmark's single user is not refused).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import json
 import os
@@ -280,13 +281,50 @@ def _short(frame: str) -> str:
     return f"{function} ({'/'.join(parts[-2:])})"
 
 
+def serve_bare_proxy(port: int, upstream: str) -> None:
+    """A baseline: the least an aiohttp proxy does (one session, read, answer), no filters."""
+    import aiohttp
+    from aiohttp import web
+
+    from urr_common.service import run
+
+    async def main() -> None:
+        session = aiohttp.ClientSession(
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent",),
+        )
+
+        async def handler(request: web.Request) -> web.Response:
+            async with session.get(upstream + request.path_qs) as answer:
+                body = await answer.read()
+                return web.Response(status=answer.status, body=body)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await session.close()
+            await runner.cleanup()
+
+    run(main, use_uvloop=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=12)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--profile-seconds", type=int, default=10)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway")
+    parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     options = parser.parse_args()
+    if options.serve_bare_proxy:
+        serve_bare_proxy(int(options.serve_bare_proxy[0]), options.serve_bare_proxy[1])
+        return
     for tool in ("wrk", "nginx", "py-spy"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not on PATH (apt-get install wrk nginx; uv sync for py-spy)")
@@ -310,6 +348,7 @@ def main() -> None:
             "bench-user", {"evt": EVENT_ID}
         )
         upstream_port, nginx_port, gateway_port = free_port(), free_port(), free_port()
+        bare_port = free_port()
         processes.append(
             start_nginx(
                 work / "upstream",
@@ -360,12 +399,18 @@ def main() -> None:
             [sys.executable, "-m", "urr_gateway"], env=env, stdout=subprocess.DEVNULL
         )
         processes.append(gateway)
+        bare = subprocess.Popen(
+            [sys.executable, __file__, "--serve-bare-proxy", str(bare_port), upstream],
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(bare)
         headers = [f"Cookie: access_token={access_token}", f"x-queue-entry-token: {entry_token}"]
         wait_http(
             f"http://127.0.0.1:{gateway_port}{PATH}",
             60,
             {"Cookie": f"access_token={access_token}", "x-queue-entry-token": entry_token},
         )
+        wait_http(f"http://127.0.0.1:{bare_port}{PATH}", 60)
 
         load_before = Path("/proc/loadavg").read_text().split()[:3]
         upstream_workers = children(processes[0].pid)
@@ -377,6 +422,12 @@ def main() -> None:
                 f"http://127.0.0.1:{nginx_port}{PATH}",
                 [],
                 proxy_workers,
+            ),
+            (
+                "bare aiohttp proxy (no filters)",
+                f"http://127.0.0.1:{bare_port}{PATH}",
+                [],
+                [bare.pid],
             ),
             (
                 "URR gateway, every filter",
@@ -403,7 +454,12 @@ def main() -> None:
                 f"{result.cpu_us_per_request:10.0f} {result.cpu_share:10.2f} {result.non_2xx}"
                 + (f"  {result.errors}" if result.errors else "")
             )
-        gateway_cpu = results[2].cpu_us_per_request
+        with urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/metrics") as answer:
+            exposition = answer.read().decode()
+        for line in exposition.splitlines():
+            if line.startswith(("urr_gateway_revocation", "urr_gateway_upstream_errors")):
+                print(f"gateway metric: {line}")
+        gateway_cpu = results[-1].cpu_us_per_request
         print(
             f"per core: the gateway's CPU cost means ~{1e6 / gateway_cpu:.0f} req/s per fully "
             f"used core (nginx proxy: ~{1e6 / results[1].cpu_us_per_request:.0f})"

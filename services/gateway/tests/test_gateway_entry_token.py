@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import jwt
@@ -9,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientResponse
 
+from urr_common.settings import RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
 from urr_gateway.keys import revoked_entry_token_key
 
@@ -113,3 +116,28 @@ async def test_revocation_check_fails_open_when_redis_is_down(stack, redis_serve
 async def test_entry_token_is_not_needed_elsewhere(stack):
     response = await stack.client.get("/api/v1/events/e1", headers=stack.auth_headers("u1"))
     assert response.status == 200
+
+
+async def test_a_redis_that_never_answers_costs_one_budget_then_fails_open(stack_factory):
+    async def accept_and_stay_silent(reader, writer):
+        await reader.read(-1)
+        writer.close()
+
+    silent = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        stack = await stack_factory(
+            redis=RedisSettings(url=f"redis://127.0.0.1:{port}/0", socket_timeout_s=0.3),
+            revocation_timeout_s=0.05,
+        )
+        headers = {**stack.auth_headers("u1"), "x-queue-entry-token": stack.entry_token("u1", "e1")}
+        started = time.monotonic()
+        response = await stack.client.get("/api/v1/seats/e1", headers=headers)
+        assert response.status == 200
+        assert time.monotonic() - started < 2.0
+        metrics = await (await stack.client.get("/metrics")).text()
+        assert "urr_gateway_revocation_check_failures_total 1.0" in metrics
+        await asyncio.sleep(0.4)  # the late lookup times out on its own socket timeout
+    finally:
+        silent.close()
+        await silent.wait_closed()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -22,6 +23,9 @@ from urr_common.logs import get_logger
 from urr_common.tokens import KeyMaterialError, KeySet, VerificationKey
 
 _LOG = get_logger(__name__)
+
+#: A key set is a few hundred bytes per key; anything near this is not a JWKS.
+MAX_JWKS_BYTES = 64 * 1024
 
 JwksFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
 #: Called after every fetch with ``"ok"`` or ``"error"`` (metrics).
@@ -42,7 +46,10 @@ def http_jwks_fetcher(
         async with session().get(url, timeout=timeout, allow_redirects=False) as response:
             if response.status != 200:
                 raise KeyMaterialError(f"JWKS answered HTTP {response.status}")
-            document = await response.json(content_type=None)
+            raw = await response.content.read(MAX_JWKS_BYTES + 1)
+        if len(raw) > MAX_JWKS_BYTES:
+            raise KeyMaterialError("the JWKS document is too large")
+        document = json.loads(raw)
         if not isinstance(document, Mapping):
             raise KeyMaterialError("the JWKS document is not an object")
         return document

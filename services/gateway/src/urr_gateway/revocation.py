@@ -96,10 +96,15 @@ class RedisRevocationCheck:
 
     async def is_revoked(self, request: web.Request, user_id: str, jti: str) -> bool:
         key = revoked_entry_token_key(user_id, jti)
+        lookup: asyncio.Future[int] = asyncio.ensure_future(self._redis().exists(key))
         try:
+            # Shielded: a command cancelled mid-reply makes redis-py drop the connection, and
+            # reconnecting under load is what would make the next lookups late too. A late
+            # lookup finishes in the background and its connection goes back to the pool.
             async with asyncio.timeout(self._timeout_s):
-                found: int = await self._redis().exists(key)
+                found = await asyncio.shield(lookup)
         except Exception as exc:  # any Redis failure: fail open, see the module docstring
+            lookup.add_done_callback(_consume_outcome)
             self._failures.inc()
             if not self._failing:
                 self._failing = True
@@ -122,3 +127,9 @@ class PrecheckedRevocation:
         if verdict is not None and verdict.key == revoked_entry_token_key(user_id, jti):
             return verdict.revoked
         return await self._fallback.is_revoked(request, user_id, jti)
+
+
+def _consume_outcome(lookup: asyncio.Future[int]) -> None:
+    """Retrieve a late lookup's error so asyncio does not report it as never retrieved."""
+    if not lookup.cancelled():
+        lookup.exception()

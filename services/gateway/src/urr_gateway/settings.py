@@ -112,8 +112,9 @@ class GatewaySettings(ServiceSettings):
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     token_cache: TokenCacheSettings = Field(default_factory=TokenCacheSettings)
     #: Budget of the revoked-entry-token lookup in Redis; past it the token is accepted
-    #: (fail open, counted), the same rule as the rate limiter's ``open`` policy.
-    revocation_timeout_s: float = Field(default=0.05, gt=0.0)
+    #: (fail open, counted), the same rule as the rate limiter's ``open`` policy. Measured on
+    #: the event loop, so it includes the loop's own lag: a saturated worker needs headroom.
+    revocation_timeout_s: float = Field(default=0.1, gt=0.0)
     #: The check API's listener; started only when a check application is provided.
     internal: InternalListenerSettings = Field(default_factory=InternalListenerSettings)
     #: Worker processes sharing the public port (SO_REUSEPORT); 1 serves in-process.
