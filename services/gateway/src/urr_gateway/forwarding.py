@@ -5,6 +5,7 @@ Pure functions over header maps, so every rule has a unit test without a server.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 
@@ -103,7 +104,10 @@ def _forwarded_for_values(headers: CIMultiDictProxy[str]) -> list[str]:
     ]
 
 
+@functools.lru_cache(maxsize=4096)
 def _canonical_ip(value: str) -> str | None:
+    # Cached: parsing an address costs more than the rest of the header work, and the same
+    # peers (load balancers, keep-alive clients) come back on every request.
     try:
         return ipaddress.ip_address(value).compressed
     except ValueError:
