@@ -141,3 +141,33 @@ async def test_a_redis_that_never_answers_costs_one_budget_then_fails_open(stack
     finally:
         silent.close()
         await silent.wait_closed()
+
+
+async def test_a_verdict_for_another_token_is_not_trusted():
+    from aiohttp.test_utils import make_mocked_request
+
+    from urr_gateway.revocation import (
+        ENTRY_TOKEN_REVOCATION,
+        PrecheckedRevocation,
+        RevocationVerdict,
+    )
+
+    asked = []
+
+    class Fallback:
+        async def is_revoked(self, request, user_id, jti):
+            asked.append((user_id, jti))
+            return False
+
+    check = PrecheckedRevocation(Fallback())
+    request = make_mocked_request("GET", "/api/v1/seats/e1")
+    request[ENTRY_TOKEN_REVOCATION] = RevocationVerdict(
+        key=revoked_entry_token_key("u1", "other-jti"), revoked=True
+    )
+    assert await check.is_revoked(request, "u1", "jti-1") is False
+    assert asked == [("u1", "jti-1")]
+    request[ENTRY_TOKEN_REVOCATION] = RevocationVerdict(
+        key=revoked_entry_token_key("u1", "jti-1"), revoked=True
+    )
+    assert await check.is_revoked(request, "u1", "jti-1") is True
+    assert asked == [("u1", "jti-1")]
