@@ -294,3 +294,14 @@ async def test_the_rate_limiter_can_answer_the_revocation_question(stack_factory
     body = await response.json()
     assert body["reason"] == "revoked"
     assert seen[0]["revocation_key"].startswith("{u:u1}:revoked:")
+
+
+async def test_a_client_leaving_mid_download_is_not_an_upstream_error(stack):
+    async with stack.client.get("/api/v1/events/download") as response:
+        assert response.status == 200
+        await response.content.readexactly(256 * 1024)
+        response.close()
+    await asyncio.sleep(0.2)
+    metrics = await (await stack.client.get("/metrics")).text()
+    assert "urr_gateway_upstream_errors_total{" not in metrics
+    assert (await stack.client.get("/api/v1/events")).status == 200

@@ -159,6 +159,10 @@ class UpstreamProxy:
         try:
             async for chunk in answer.content.iter_chunked(_CHUNK_BYTES):
                 await stream.write(chunk)
+        except ConnectionResetError:
+            # The client went away mid-download (aiohttp's reset error is also a ClientError,
+            # so this comes first): not an upstream failure, and nobody is left to tell.
+            return stream
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The status line is out: the only honest signal left is a cut connection.
             self._metrics.upstream_errors.labels(upstream, "mid_stream").inc()
