@@ -22,6 +22,7 @@ from urr_common.settings import RedisSettings, load_settings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner
 from urr_gateway.app import create_app
 from urr_gateway.filters.base import GatewayFilter
+from urr_gateway.revocation import VerdictReader, stored_verdict
 from urr_gateway.settings import (
     AccessTrustSettings,
     EntryTrustSettings,
@@ -185,7 +186,11 @@ async def stack_factory(redis_url: str) -> AsyncIterator[StackFactory]:
         servers.append(server)
         return str(server.make_url("")).rstrip("/")
 
-    async def build(rate_limit_filter: GatewayFilter | None = None, **overrides: Any) -> Stack:
+    async def build(
+        rate_limit_filter: GatewayFilter | None = None,
+        revocation_verdict: VerdictReader = stored_verdict,
+        **overrides: Any,
+    ) -> Stack:
         logs = {name: UpstreamLog(name) for name in ("auth", "queue", "ticket")}
         urls = {name: await start(upstream_app(log)) for name, log in logs.items()}
         access = make_issuer("urr-auth", "urr", "access-1")
@@ -218,7 +223,9 @@ async def stack_factory(redis_url: str) -> AsyncIterator[StackFactory]:
         }
         values.update(overrides)
         settings = load_settings(GatewaySettings, **values)
-        app = create_app(settings, rate_limit_filter=rate_limit_filter)
+        app = create_app(
+            settings, rate_limit_filter=rate_limit_filter, revocation_verdict=revocation_verdict
+        )
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

@@ -305,3 +305,48 @@ async def test_a_client_leaving_mid_download_is_not_an_upstream_error(stack):
     metrics = await (await stack.client.get("/metrics")).text()
     assert "urr_gateway_upstream_errors_total{" not in metrics
     assert (await stack.client.get("/api/v1/events")).status == 200
+
+
+async def test_a_limiter_decision_can_answer_revocation_without_a_second_redis_call(
+    stack_factory,
+):
+    """The wiring the merged limiter uses: its decision on the request, read by a reader."""
+    from dataclasses import dataclass
+
+    from urr_common.settings import RedisSettings
+    from urr_devstack.procs import free_port
+
+    @dataclass(frozen=True)
+    class FakeDecision:
+        key: str
+        revoked: bool | None
+
+    decision_key = web.RequestKey("test_decision", FakeDecision)
+    revoked_users = {"u-revoked"}
+
+    @web.middleware
+    async def fake_limiter(request, handler):
+        key = revocation_key_of(request)
+        if key is not None:
+            identity = request[IDENTITY]
+            request[decision_key] = FakeDecision(key, identity.user_id in revoked_users)
+        return await handler(request)
+
+    def read(request, key):
+        decision = request.get(decision_key)
+        if decision is None or decision.key != key:
+            return None
+        return decision.revoked
+
+    stack = await stack_factory(
+        rate_limit_filter=GatewayFilter(name="rate_limit", order=0, middleware=fake_limiter),
+        revocation_verdict=read,
+        # No Redis at all: a fallback lookup would fail open and be counted.
+        redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),
+    )
+    for user, status in (("u-ok", 200), ("u-revoked", 403)):
+        headers = {**stack.auth_headers(user), "x-queue-entry-token": stack.entry_token(user, "e1")}
+        response = await stack.client.get("/api/v1/seats/e1", headers=headers)
+        assert response.status == status
+    metrics = await (await stack.client.get("/metrics")).text()
+    assert "urr_gateway_revocation_check_failures_total 0.0" in metrics

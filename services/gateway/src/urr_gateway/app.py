@@ -39,7 +39,12 @@ from urr_gateway.filters.jwt_auth import (
 from urr_gateway.jwks import JwksKeySource, http_jwks_fetcher
 from urr_gateway.metrics import GatewayMetrics
 from urr_gateway.proxy import UpstreamProxy, open_upstream_session
-from urr_gateway.revocation import PrecheckedRevocation, RedisRevocationCheck
+from urr_gateway.revocation import (
+    PrecheckedRevocation,
+    RedisRevocationCheck,
+    VerdictReader,
+    stored_verdict,
+)
 from urr_gateway.routing import Upstream
 from urr_gateway.settings import GatewaySettings, TokenCacheSettings
 from urr_gateway.tokencache import VerifiedTokenCache
@@ -64,11 +69,14 @@ def create_app(
     registry: CollectorRegistry | None = None,
     redis: Redis | RedisCluster | None = None,
     rate_limit_filter: GatewayFilter | None = None,
+    revocation_verdict: VerdictReader = stored_verdict,
 ) -> web.Application:
     """The public gateway application.
 
     ``redis``: a client to share with the rate limiter (the app closes it on shutdown); by
     default one is made from ``settings.redis``. ``rate_limit_filter``: the order-0 filter.
+    ``revocation_verdict``: where the entry-token filter finds the limiter's answer to the
+    revoked-jti lookup it made in its own round trip (else the filter asks Redis itself).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics.register(registry)
@@ -97,7 +105,8 @@ def create_app(
             lambda: redis_holder["redis"],
             settings.revocation_timeout_s,
             metrics.revocation_failures,
-        )
+        ),
+        revocation_verdict,
     )
     filters = build_chain(
         cookie_auth=cookie_auth_filter(),

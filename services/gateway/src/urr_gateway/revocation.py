@@ -1,9 +1,10 @@
 """Is an entry token revoked? The queue service revokes a ``jti`` when its holder leaves.
 
 ``RevocationCheck`` is the seam. ``RedisRevocationCheck`` asks Redis on its own (one
-``EXISTS``). Once the rate limiter checks the same key in its own round trip, it stores its
-answer on the request as ``ENTRY_TOKEN_REVOCATION`` (key from ``revocation_key_of``) and
-``PrecheckedRevocation`` reads that instead of a second round trip.
+``EXISTS``). Once the rate limiter checks the same key in its own round trip (key from
+``revocation_key_of``), ``PrecheckedRevocation`` takes its answer instead of a second round
+trip: stored as ``ENTRY_TOKEN_REVOCATION``, or read by any ``VerdictReader`` given to
+``create_app(revocation_verdict=...)``.
 
 A lookup that fails or exceeds its budget lets the token through (fail open, logged once per
 outage and counted): the limiter keeps serving while Redis is down, and refusing every booking
@@ -116,16 +117,29 @@ class RedisRevocationCheck:
         return bool(found)
 
 
+#: Reads an earlier step's answer for ``key`` off the request: ``None`` when it has none.
+VerdictReader = Callable[[web.Request, str], "bool | None"]
+
+
+def stored_verdict(request: web.Request, key: str) -> bool | None:
+    """The answer stored as ``ENTRY_TOKEN_REVOCATION``, if it is for exactly ``key``."""
+    verdict: RevocationVerdict | None = request.get(ENTRY_TOKEN_REVOCATION)
+    if verdict is not None and verdict.key == key:
+        return verdict.revoked
+    return None
+
+
 class PrecheckedRevocation:
     """Use the rate limiter's verdict when it covers this key, else ask ``fallback``."""
 
-    def __init__(self, fallback: RevocationCheck) -> None:
+    def __init__(self, fallback: RevocationCheck, verdict_of: VerdictReader = stored_verdict):
         self._fallback = fallback
+        self._verdict_of = verdict_of
 
     async def is_revoked(self, request: web.Request, user_id: str, jti: str) -> bool:
-        verdict: RevocationVerdict | None = request.get(ENTRY_TOKEN_REVOCATION)
-        if verdict is not None and verdict.key == revoked_entry_token_key(user_id, jti):
-            return verdict.revoked
+        verdict = self._verdict_of(request, revoked_entry_token_key(user_id, jti))
+        if verdict is not None:
+            return verdict
         return await self._fallback.is_revoked(request, user_id, jti)
 
 
