@@ -350,3 +350,15 @@ async def test_a_limiter_decision_can_answer_revocation_without_a_second_redis_c
         assert response.status == status
     metrics = await (await stack.client.get("/metrics")).text()
     assert "urr_gateway_revocation_check_failures_total 0.0" in metrics
+
+
+async def test_the_revocation_key_is_offered_only_where_an_entry_token_is_needed(stack_factory):
+    seen: list[dict[str, Any]] = []
+    stack = await stack_factory(rate_limit_filter=recording_filter(seen))
+    headers = {**stack.auth_headers("u1"), "x-queue-entry-token": stack.entry_token("u1", "e1")}
+    await stack.client.get("/api/v1/events/e1", headers=headers)
+    await stack.client.get("/api/v1/seats/e1", headers=headers)
+    await stack.client.get("/api/v1/seats/e1", headers={"x-queue-entry-token": "x.y.z"})
+    assert seen[0]["revocation_key"] is None
+    assert seen[1]["revocation_key"].startswith("{u:u1}:revoked:")
+    assert len(seen) == 2  # the anonymous seat request was refused before the limiter

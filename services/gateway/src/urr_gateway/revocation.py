@@ -25,6 +25,7 @@ from prometheus_client import Counter
 from urr_common.logs import get_logger
 from urr_gateway.context import IDENTITY
 from urr_gateway.keys import revoked_entry_token_key
+from urr_gateway.routing import ROUTE
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -63,6 +64,9 @@ def revocation_key_of(request: web.Request) -> str | None:
     round trip. The entry-token filter verifies the token afterwards and only trusts a
     verdict for exactly the key of the verified ``sub`` and ``jti``.
     """
+    match = request.get(ROUTE)
+    if match is None or not match.route.needs_entry_token:
+        return None
     identity = request.get(IDENTITY)
     token = entry_token_of(request)
     if identity is None or not token:

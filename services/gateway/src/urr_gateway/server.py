@@ -29,7 +29,27 @@ class GatewayApps:
 
 
 def build_apps(settings: GatewaySettings) -> GatewayApps:
-    """The applications one worker serves (called inside the worker's running loop)."""
+    """The applications one worker serves (called inside the worker's running loop).
+
+    With the limiter merged this becomes (one shared Redis client and registry)::
+
+        registry = CollectorRegistry()
+        redis = redis_client(settings.redis)
+        limiter = SlidingWindowLimiter(redis, settings.rate_limit, registry=registry)
+        public = create_app(
+            settings,
+            registry=registry,
+            redis=redis,
+            rate_limit_filter=rate_limit_filter(
+                limiter,
+                CategoryRouter.from_settings(settings.rate_limit),
+                revoked_key_for=revocation_key_of,
+            ),
+            revocation_verdict=limiter_verdict,  # reads RATE_LIMIT_DECISION.revoked
+        )
+        install_rate_limit_headers(public)
+        return GatewayApps(public, create_check_app(limiter, registry=registry))
+    """
     return GatewayApps(public=create_app(settings))
 
 
