@@ -14,15 +14,17 @@ in an outage would hurt more than a token its holder gave up on.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import jwt
+import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
 from urr_common.logs import get_logger
+from urr_common.tokens import MAX_TOKEN_BYTES
 from urr_gateway.context import IDENTITY
 from urr_gateway.keys import revoked_entry_token_key
 from urr_gateway.routing import ROUTE
@@ -62,8 +64,18 @@ def revocation_key_of(request: web.Request) -> str | None:
 
     For the rate-limit filter (which runs before the entry-token filter) to include in its
     round trip. The entry-token filter verifies the token afterwards and only trusts a
-    verdict for exactly the key of the verified ``sub`` and ``jti``.
+    verdict for exactly the key of the verified ``sub`` and ``jti``. Computed once per
+    request (the limiter and the verdict reader both ask).
     """
+    cached = request.get(_REVOCATION_KEY)
+    if cached is not None:
+        return cached or None
+    key = _revocation_key(request)
+    request[_REVOCATION_KEY] = key or ""
+    return key
+
+
+def _revocation_key(request: web.Request) -> str | None:
     match = request.get(ROUTE)
     if match is None or not match.route.needs_entry_token:
         return None
@@ -71,14 +83,25 @@ def revocation_key_of(request: web.Request) -> str | None:
     token = entry_token_of(request)
     if identity is None or not token:
         return None
+    jti = unverified_jti(token)
+    return revoked_entry_token_key(identity.user_id, jti) if jti else None
+
+
+def unverified_jti(token: str) -> str | None:
+    """The ``jti`` claim of a compact JWS, decoded but NOT verified (a lookup key only)."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > MAX_TOKEN_BYTES:
+        return None
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+        payload = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
         return None
-    jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti:
-        return None
-    return revoked_entry_token_key(identity.user_id, jti)
+    jti = payload.get("jti") if isinstance(payload, dict) else None
+    return jti if isinstance(jti, str) and jti else None
+
+
+#: ``revocation_key_of``'s answer for this request ("" for none).
+_REVOCATION_KEY = web.RequestKey("urr_entry_revocation_key", str)
 
 
 class RevocationCheck(Protocol):

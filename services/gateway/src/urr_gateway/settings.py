@@ -121,5 +121,5 @@ class GatewaySettings(ServiceSettings):
     workers: int = Field(default=1, ge=1, le=64)
     # Extension point for the rate limiter (branch gw-ratelimit): its settings block nests
     # here as ``rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)``
-    # (variables ``URR_RATE_LIMIT__*``); the filter and the check app it builds are passed to
-    # ``create_app`` / ``GatewayExtensions`` (see ``__main__.py``).
+    # (variables ``URR_RATE_LIMIT__*``); the filter and the check app it builds are wired in
+    # ``server.build_apps`` (its docstring shows how).
