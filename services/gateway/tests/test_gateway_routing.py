@@ -90,3 +90,14 @@ def test_fuzz_every_seat_or_reservation_route_needs_an_entry_token(segments):
         assert match.route.needs_role == "admin"
     if match.route.needs_entry_token or match.route.needs_role:
         assert match.route.needs_login
+
+
+areas = st.sampled_from(["auth", "queue", "admin", "seats", "reservations", "events", "stats", "x"])
+
+
+@given(st.lists(st.one_of(segment, areas, st.just("capacity")), max_size=4), areas)
+def test_fuzz_the_index_agrees_with_a_scan_of_the_table(tail, area):
+    segments = ("api", "v1", area, *tail)
+    linear = (*ROUTES,)
+    assert linear is not ROUTES
+    assert match_route(segments) == match_route(segments, linear)

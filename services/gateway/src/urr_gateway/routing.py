@@ -81,8 +81,27 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+def _index(routes: tuple[Route, ...], depth: int) -> dict[tuple[str, ...], tuple[Route, ...]]:
+    """Routes by their first ``depth`` segments (literal in every pattern), order kept."""
+    index: dict[tuple[str, ...], list[Route]] = {}
+    for route in routes:
+        head = route.pattern[:depth]
+        if len(head) < depth or EVENT in head:
+            raise ValueError(f"route {route.name} cannot be indexed by {depth} segments")
+        index.setdefault(head, []).append(route)
+    return {head: tuple(group) for head, group in index.items()}
+
+
+#: Every pattern starts with three literal segments (``api``, ``v1``, the area): one dict
+#: lookup picks the few candidates, in table order.
+_INDEX_DEPTH = 3
+_ROUTE_INDEX = _index(ROUTES, _INDEX_DEPTH)
+
+
 def match_route(segments: tuple[str, ...], routes: tuple[Route, ...] = ROUTES) -> RouteMatch | None:
     """The first route whose pattern ``segments`` starts with (or equals, for exact routes)."""
+    if routes is ROUTES:
+        routes = _ROUTE_INDEX.get(segments[:_INDEX_DEPTH], ())
     for route in routes:
         pattern = route.pattern
         if len(segments) < len(pattern) or (route.exact and len(segments) != len(pattern)):
