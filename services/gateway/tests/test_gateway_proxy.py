@@ -362,3 +362,13 @@ async def test_the_revocation_key_is_offered_only_where_an_entry_token_is_needed
     assert seen[0]["revocation_key"] is None
     assert seen[1]["revocation_key"].startswith("{u:u1}:revoked:")
     assert len(seen) == 2  # the anonymous seat request was refused before the limiter
+
+
+async def test_expect_100_continue_is_answered_by_the_gateway(stack):
+    response = await stack.client.post(
+        "/api/v1/events/upload", data=io.BytesIO(b"x" * 5000), expect100=True
+    )
+    assert response.status == 200
+    assert (await response.json())["received"] == 5000
+    echo = await stack.client.post("/api/v1/events/e1", data=b"abc", expect100=True)
+    assert "expect" not in stack.headers_of(await echo.json())
