@@ -1,0 +1,492 @@
+"""Gateway throughput and latency beside nginx, with wrk, in one run.
+
+Three targets, the same static upstream (nginx ``return 200``) behind each:
+
+1. the upstream alone;
+2. nginx proxying to it with ``limit_req`` (one worker process);
+3. the URR gateway (``python -m urr_gateway``, one worker, uvloop) with every filter: the
+   access token comes as the ``access_token`` cookie (cookie auth), is verified (JWT auth,
+   keys from a JWKS the upstream nginx serves), the path is a seat route so the entry token
+   is verified and its revocation looked up in a private Redis, then proxied.
+
+Afterwards the gateway is profiled with py-spy under the same load and the hottest
+functions are printed. Usage (needs ``wrk`` and ``nginx`` on PATH)::
+
+    uv run python bench/gateway_proxy.py [--duration 12] [--connections 64]
+        [--env URR_SOME__SETTING=value ...]
+
+``--env`` passes settings to the gateway (e.g. the rate limiter's limits once it is merged,
+so the benchmark's single user is not refused).
+"""
+
+# ruff: noqa: S603, S607 - a benchmark script running fixed tools (wrk, nginx, py-spy) from PATH
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from urr_common.tokens import KeySet, SigningKey, TokenSigner
+from urr_devstack.procs import RedisServer, free_port, wait_listening
+
+EVENT_ID = "bench-event"
+PATH = f"/api/v1/seats/{EVENT_ID}/map"
+
+
+@dataclass
+class WrkResult:
+    name: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    errors: str
+    requests: int = 0
+    #: CPU seconds the serving process(es) used during the measured run, per request: on a
+    #: shared machine this is the fair comparison (req/s depends on what else runs).
+    cpu_us_per_request: float = 0.0
+    #: Share of one core the serving process(es) got during the run.
+    cpu_share: float = 0.0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` so far (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children(pid: int) -> list[int]:
+    """nginx's worker processes (the master only supervises)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _nginx_conf(workdir: Path, body: str) -> str:
+    return f"""
+user root;
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    keepalive_requests 1000000;
+    {body}
+}}
+"""
+
+
+def start_nginx(workdir: Path, body: str) -> subprocess.Popen[bytes]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(_nginx_conf(workdir, body))
+    return subprocess.Popen(
+        ["nginx", "-p", str(workdir), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def run_wrk(
+    name: str, url: str, duration: int, connections: int, headers: list[str], pids: list[int]
+) -> WrkResult:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    for header in headers:
+        args[1:1] = ["-H", header]
+    # A short warm-up so connection set-up and first-use caches do not count.
+    subprocess.run([*args[:-2], "-d2s", url], check=True, capture_output=True)
+    cpu_before, started = cpu_seconds(pids), time.monotonic()
+    output = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    cpu_used, elapsed = cpu_seconds(pids) - cpu_before, time.monotonic() - started
+    result = parse_wrk(name, output)
+    result.cpu_share = cpu_used / elapsed
+    result.cpu_us_per_request = 1e6 * cpu_used / max(result.requests, 1)
+    return result
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def parse_wrk(name: str, output: str) -> WrkResult:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    percentiles = {
+        match.group(1): _ms(match.group(2), match.group(3))
+        for match in re.finditer(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    }
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    requests = re.search(r"(\d+) requests in", output)
+    errors = re.search(r"Socket errors:.*", output)
+    return WrkResult(
+        name=name,
+        requests_per_s=rps,
+        p50_ms=percentiles["50"],
+        p99_ms=percentiles["99"],
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        errors=errors.group(0) if errors else "",
+        requests=int(requests.group(1)) if requests else 0,
+    )
+
+
+def wait_http(url: str, timeout_s: float, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 (loopback)
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {exc.read()[:300]!r}"
+        except OSError as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s}s; last: {last}")
+
+
+def profile(
+    pid: int, url: str, seconds: int, connections: int, headers: list[str], out: Path
+) -> str:
+    """Sample the gateway with py-spy under load; a summary of where the time goes."""
+    spy = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(0.5)
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url]
+    for header in headers:
+        args[1:1] = ["-H", header]
+    subprocess.run(args, check=True, capture_output=True)
+    _, stderr = spy.communicate(timeout=seconds + 30)
+    if not out.exists():
+        return f"(py-spy produced no profile: {stderr.decode()[-300:]})"
+    return summarise_profile(out)
+
+
+#: Self time is charged to the package of the innermost frame.
+_PACKAGES = [
+    ("jwt / cryptography (signature checks)", ("jwt/", "cryptography/")),
+    ("urr_gateway (filters, ingress, proxy)", ("urr_gateway/",)),
+    ("urr_common (request id, metrics, problems)", ("urr_common/",)),
+    ("structlog (log context per request)", ("structlog/",)),
+    ("prometheus_client", ("prometheus_client/",)),
+    ("redis client", ("redis/",)),
+    ("aiohttp client", ("aiohttp/client", "aiohttp/connector")),
+    ("aiohttp server and HTTP writer", ("aiohttp/",)),
+    ("yarl / multidict", ("yarl/", "multidict/")),
+    ("asyncio / event loop", ("asyncio/", "uvloop")),
+]
+#: Inclusive time of the steps of one request (nested: a filter includes what runs after it).
+_STEPS = [
+    ("request_context_middleware (everything inside)", "request_context_middleware"),
+    ("metrics_middleware", "metrics_middleware"),
+    ("ingress", "ingress_middleware.<locals>.ingress"),
+    ("cookie_auth", "cookie_auth ("),
+    ("jwt_auth", "jwt_auth_filter.<locals>.jwt_auth"),
+    ("entry_token", "entry_token_filter.<locals>.entry_token"),
+    ("  revocation EXISTS (Redis)", "RedisRevocationCheck.is_revoked"),
+    ("UpstreamProxy.handle (upstream call and relay)", "UpstreamProxy.handle"),
+    ("  aiohttp ClientSession._request", "ClientSession._request"),
+]
+
+
+def summarise_profile(raw: Path) -> str:
+    self_time: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
+    steps: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        self_time[_short(frames[-1])] += count
+        innermost = frames[-1]
+        package = next(
+            (label for label, needles in _PACKAGES if any(n in innermost for n in needles)),
+            "other (interpreter, GC, stdlib)",
+        )
+        packages[package] += count
+        for label, needle in _STEPS:
+            if any(needle in frame for frame in frames):
+                steps[label] += count
+    if not total:
+        return "py-spy: no samples"
+    lines = [f"py-spy: {total} samples of the gateway process under the same load"]
+    lines.append("inclusive time of each request step:")
+    for label, _ in _STEPS:
+        lines.append(f"  {100 * steps[label] / total:5.1f}%  {label}")
+    lines.append("self time by package:")
+    for label, count in packages.most_common():
+        lines.append(f"  {100 * count / total:5.1f}%  {label}")
+    lines.append("hottest functions (self time):")
+    for name, count in self_time.most_common(12):
+        lines.append(f"  {100 * count / total:5.1f}%  {name}")
+    return "\n".join(lines)
+
+
+def _short(frame: str) -> str:
+    match = re.match(r"(.*) \((.*?):?(\d*)\)$", frame)
+    if not match:
+        return frame
+    function, path, _ = match.groups()
+    parts = path.split("/")
+    return f"{function} ({'/'.join(parts[-2:])})"
+
+
+def serve_bare_proxy(port: int, upstream: str) -> None:
+    """A baseline: the least an aiohttp proxy does (one session, read, answer), no filters."""
+    import aiohttp
+    from aiohttp import web
+
+    from urr_common.service import run
+
+    async def main() -> None:
+        session = aiohttp.ClientSession(
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent",),
+        )
+
+        async def handler(request: web.Request) -> web.Response:
+            async with session.get(upstream + request.path_qs) as answer:
+                body = await answer.read()
+                return web.Response(status=answer.status, body=body)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await session.close()
+            await runner.cleanup()
+
+    run(main, use_uvloop=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=12)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--profile-seconds", type=int, default=10)
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway")
+    parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
+    options = parser.parse_args()
+    if options.serve_bare_proxy:
+        serve_bare_proxy(int(options.serve_bare_proxy[0]), options.serve_bare_proxy[1])
+        return
+    for tool in ("wrk", "nginx", "py-spy"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not on PATH (apt-get install wrk nginx; uv sync for py-spy)")
+
+    work = Path(tempfile.mkdtemp(prefix="urr-bench-gateway-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    redis = RedisServer(port=free_port(), workdir=work / "redis")
+    try:
+        access_key = SigningKey.generate("bench-access")
+        entry_key = SigningKey.generate("bench-entry")
+        (work / "access.json").write_text(
+            json.dumps(KeySet([access_key.verification_key()]).to_jwks())
+        )
+        (work / "entry.json").write_text(
+            json.dumps(KeySet([entry_key.verification_key()]).to_jwks())
+        )
+        access_token = TokenSigner(access_key, "urr-auth", "urr", 3600).sign(
+            "bench-user", {"email": "bench@example.com", "role": "user"}
+        )
+        entry_token = TokenSigner(entry_key, "urr-queue", "urr-entry", 3600).sign(
+            "bench-user", {"evt": EVENT_ID}
+        )
+        upstream_port, nginx_port, gateway_port = free_port(), free_port(), free_port()
+        bare_port = free_port()
+        processes.append(
+            start_nginx(
+                work / "upstream",
+                f"""server {{
+                    listen 127.0.0.1:{upstream_port} backlog=4096;
+                    location = /access.json {{ alias {work}/access.json; }}
+                    location = /entry.json {{ alias {work}/entry.json; }}
+                    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
+                }}""",
+            )
+        )
+        processes.append(
+            start_nginx(
+                work / "proxy",
+                f"""limit_req_zone $binary_remote_addr zone=api:10m rate=1000000r/s;
+                upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+                server {{
+                    listen 127.0.0.1:{nginx_port} backlog=4096;
+                    location / {{
+                        limit_req zone=api burst=100000 nodelay;
+                        proxy_http_version 1.1;
+                        proxy_set_header Connection "";
+                        proxy_pass http://app;
+                    }}
+                }}""",
+            )
+        )
+        wait_listening("127.0.0.1", upstream_port, 10, "upstream nginx")
+        wait_listening("127.0.0.1", nginx_port, 10, "proxy nginx")
+        redis.start()
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        env = {
+            **os.environ,
+            "URR_HTTP__PORT": str(gateway_port),
+            "URR_HTTP__USE_UVLOOP": "true",
+            "URR_WORKERS": "1",
+            "URR_LOG__LEVEL": "WARNING",
+            "URR_REDIS__URL": redis.url,
+            "URR_UPSTREAMS__AUTH": upstream,
+            "URR_UPSTREAMS__QUEUE": upstream,
+            "URR_UPSTREAMS__TICKET": upstream,
+            "URR_ACCESS_TRUST__JWKS_URL": f"{upstream}/access.json",
+            "URR_ENTRY_TRUST__JWKS_URL": f"{upstream}/entry.json",
+            "URR_INTERNAL__PORT": str(free_port()),
+        }
+        env.update(item.split("=", 1) for item in options.env)
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "urr_gateway"], env=env, stdout=subprocess.DEVNULL
+        )
+        processes.append(gateway)
+        bare = subprocess.Popen(
+            [sys.executable, __file__, "--serve-bare-proxy", str(bare_port), upstream],
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(bare)
+        headers = [f"Cookie: access_token={access_token}", f"x-queue-entry-token: {entry_token}"]
+        wait_http(
+            f"http://127.0.0.1:{gateway_port}{PATH}",
+            60,
+            {"Cookie": f"access_token={access_token}", "x-queue-entry-token": entry_token},
+        )
+        wait_http(f"http://127.0.0.1:{bare_port}{PATH}", 60)
+
+        load_before = Path("/proc/loadavg").read_text().split()[:3]
+        upstream_workers = children(processes[0].pid)
+        proxy_workers = children(processes[1].pid)
+        runs = [
+            ("upstream alone (nginx return 200)", f"{upstream}{PATH}", [], upstream_workers),
+            (
+                "nginx proxy + limit_req",
+                f"http://127.0.0.1:{nginx_port}{PATH}",
+                [],
+                proxy_workers,
+            ),
+            (
+                "bare aiohttp proxy (no filters)",
+                f"http://127.0.0.1:{bare_port}{PATH}",
+                [],
+                [bare.pid],
+            ),
+            (
+                "URR gateway, every filter",
+                f"http://127.0.0.1:{gateway_port}{PATH}",
+                headers,
+                [gateway.pid],
+            ),
+        ]
+        results = [
+            run_wrk(name, url, options.duration, options.connections, run_headers, pids)
+            for name, url, run_headers, pids in runs
+        ]
+        nginx_rps = results[1].requests_per_s
+        print(f"\nwrk -t1 -c{options.connections} -d{options.duration}s, path {PATH}")
+        print(f"load average before the runs: {load_before}")
+        print(
+            f"{'target':34} {'req/s':>8} {'P50 ms':>7} {'P99 ms':>7} {'vs nginx':>8}"
+            f" {'CPU us/req':>10} {'core share':>10} non-2xx"
+        )
+        for result in results:
+            print(
+                f"{result.name:34} {result.requests_per_s:8.0f} {result.p50_ms:7.2f} "
+                f"{result.p99_ms:7.2f} {result.requests_per_s / nginx_rps:7.2f}x "
+                f"{result.cpu_us_per_request:10.0f} {result.cpu_share:10.2f} {result.non_2xx}"
+                + (f"  {result.errors}" if result.errors else "")
+            )
+        with urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/metrics") as answer:
+            exposition = answer.read().decode()
+        for line in exposition.splitlines():
+            if line.startswith(("urr_gateway_revocation", "urr_gateway_upstream_errors")):
+                print(f"gateway metric: {line}")
+        gateway_cpu = results[-1].cpu_us_per_request
+        print(
+            f"per core: the gateway's CPU cost means ~{1e6 / gateway_cpu:.0f} req/s per fully "
+            f"used core (nginx proxy: ~{1e6 / results[1].cpu_us_per_request:.0f})"
+        )
+        print()
+        print(
+            profile(
+                gateway.pid,
+                f"http://127.0.0.1:{gateway_port}{PATH}",
+                options.profile_seconds,
+                options.connections,
+                headers,
+                work / "profile.txt",
+            )
+        )
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The gateway application factory.
+
+``create_app(settings, ...)`` is sync and opens nothing: the shared upstream session, the
+Redis client and the JWKS fetches start in ``cleanup_ctx`` inside the running loop. The rate
+limiter, built on its own branch, comes in as an argument (``rate_limit_filter``), so wiring
+it is one edit in ``server.build_apps``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from urr_common.clients import redis_client
+from urr_common.service import create_service_app
+from urr_common.settings import TrustedKeysSettings
+from urr_common.tokens import KeySet, TokenVerifier, load_verification_keys
+from urr_gateway.chain import build_chain, chain_middlewares
+from urr_gateway.context import Identity
+from urr_gateway.filters.base import GatewayFilter
+from urr_gateway.filters.cookie_auth import cookie_auth_filter
+from urr_gateway.filters.entry_token import (
+    ENTRY_REQUIRED_CLAIMS,
+    EntryClaims,
+    entry_claims,
+    entry_token_filter,
+)
+from urr_gateway.filters.jwt_auth import (
+    ACCESS_REQUIRED_CLAIMS,
+    identity_from_claims,
+    jwt_auth_filter,
+)
+from urr_gateway.jwks import JwksKeySource, http_jwks_fetcher
+from urr_gateway.metrics import GatewayMetrics
+from urr_gateway.proxy import UpstreamProxy, open_upstream_session
+from urr_gateway.revocation import (
+    PrecheckedRevocation,
+    RedisRevocationCheck,
+    VerdictReader,
+    stored_verdict,
+)
+from urr_gateway.routing import Upstream
+from urr_gateway.settings import GatewaySettings, TokenCacheSettings
+from urr_gateway.tokencache import VerifiedTokenCache
+from urr_gateway.verification import CachedTokenVerifier
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+T = TypeVar("T")
+
+UPSTREAM_SESSION_KEY = web.AppKey("urr_gateway_upstream_session", aiohttp.ClientSession)
+REDIS_KEY: web.AppKey[Redis | RedisCluster] = web.AppKey("urr_gateway_redis")
+GATEWAY_METRICS_KEY = web.AppKey("urr_gateway_metrics", GatewayMetrics)
+ACCESS_KEYS_KEY = web.AppKey("urr_gateway_access_keys", JwksKeySource)
+ENTRY_KEYS_KEY = web.AppKey("urr_gateway_entry_keys", JwksKeySource)
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    redis: Redis | RedisCluster | None = None,
+    rate_limit_filter: GatewayFilter | None = None,
+    revocation_verdict: VerdictReader = stored_verdict,
+) -> web.Application:
+    """The public gateway application.
+
+    ``redis``: a client to share with the rate limiter (the app closes it on shutdown); by
+    default one is made from ``settings.redis``. ``rate_limit_filter``: the order-0 filter.
+    ``revocation_verdict``: where the entry-token filter finds the limiter's answer to the
+    revoked-jti lookup it made in its own round trip (else the filter asks Redis itself).
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = GatewayMetrics.register(registry)
+    holder: dict[str, aiohttp.ClientSession] = {}
+
+    def session() -> aiohttp.ClientSession:
+        return holder["session"]
+
+    access_keys = _key_source("access", settings.access_trust, settings, session, metrics)
+    entry_keys = _key_source("entry", settings.entry_trust, settings, session, metrics)
+    access = CachedTokenVerifier(
+        access_keys,
+        _verifier(settings.access_trust, ACCESS_REQUIRED_CLAIMS),
+        identity_from_claims,
+        _cache(settings.token_cache, Identity),
+    )
+    entry = CachedTokenVerifier(
+        entry_keys,
+        _verifier(settings.entry_trust, ENTRY_REQUIRED_CLAIMS),
+        entry_claims,
+        _cache(settings.token_cache, EntryClaims),
+    )
+    redis_holder: dict[str, Redis | RedisCluster] = {}
+    revocation = PrecheckedRevocation(
+        RedisRevocationCheck(
+            lambda: redis_holder["redis"],
+            settings.revocation_timeout_s,
+            metrics.revocation_failures,
+        ),
+        revocation_verdict,
+    )
+    filters = build_chain(
+        cookie_auth=cookie_auth_filter(),
+        jwt_auth=jwt_auth_filter(access, metrics.token_rejections),
+        rate_limit=rate_limit_filter,
+        entry_token=entry_token_filter(entry, revocation, metrics.token_rejections),
+    )
+    app = create_service_app(
+        settings,
+        registry=registry,
+        middlewares=chain_middlewares(
+            filters, trusted_proxy_count=settings.proxy.trusted_proxy_count
+        ),
+    )
+    app[GATEWAY_METRICS_KEY] = metrics
+    app[ACCESS_KEYS_KEY] = access_keys
+    app[ENTRY_KEYS_KEY] = entry_keys
+
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        client = redis if redis is not None else redis_client(settings.redis)
+        redis_holder["redis"] = app[REDIS_KEY] = client
+        holder["session"] = app[UPSTREAM_SESSION_KEY] = open_upstream_session(settings)
+        # Learn the keys now, without holding up start-up if an issuer is still starting:
+        # a request that needs a key joins the fetch in flight.
+        warmups = [asyncio.create_task(source.refresh()) for source in (access_keys, entry_keys)]
+        try:
+            yield
+        finally:
+            for task in warmups:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await access_keys.close()
+            await entry_keys.close()
+            await holder["session"].close()
+            await client.aclose()
+
+    app.cleanup_ctx.append(clients)
+    upstreams = {
+        Upstream.AUTH: settings.upstreams.auth,
+        Upstream.QUEUE: settings.upstreams.queue,
+        Upstream.TICKET: settings.upstreams.ticket,
+    }
+    proxy = UpstreamProxy(upstreams, session, settings.http.max_body_bytes, metrics)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
+
+
+def _key_source(
+    name: str,
+    trust: TrustedKeysSettings,
+    settings: GatewaySettings,
+    session: Callable[[], aiohttp.ClientSession],
+    metrics: GatewayMetrics,
+) -> JwksKeySource:
+    cache = settings.token_cache
+    fetch = (
+        http_jwks_fetcher(session, trust.jwks_url, cache.jwks_fetch_timeout_s)
+        if trust.jwks_url
+        else None
+    )
+    return JwksKeySource(
+        name,
+        fetch,
+        load_verification_keys(trust.public_key_files),
+        min_refetch_interval_s=cache.jwks_min_refetch_interval_s,
+        max_age_s=cache.jwks_max_age_s,
+        observer=lambda outcome: metrics.jwks_fetches.labels(name, outcome).inc(),
+    )
+
+
+def _verifier(trust: TrustedKeysSettings, required: tuple[str, ...]) -> TokenVerifier:
+    return TokenVerifier(
+        keys=KeySet(),
+        issuer=trust.issuer,
+        audience=trust.audience,
+        leeway_s=trust.leeway_s,
+        required_claims=required,
+    )
+
+
+def _cache(settings: TokenCacheSettings, _: type[T]) -> VerifiedTokenCache[T]:
+    return VerifiedTokenCache(settings.verified_max_entries, settings.verified_ttl_s)

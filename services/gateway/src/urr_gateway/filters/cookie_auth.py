@@ -1,0 +1,37 @@
+"""Cookie auth (order -2): a browser's ``access_token`` cookie becomes a Bearer token.
+
+Only when the request carries no ``Authorization`` header: an explicit header always wins.
+The JWT filter after this one verifies whatever ends up there.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from urr_gateway.filters.base import GatewayFilter
+from urr_gateway.ingress import FORWARD_HEADERS
+
+ACCESS_TOKEN_COOKIE = "access_token"  # noqa: S105 (a cookie name)
+COOKIE_AUTH_ORDER = -2
+
+
+def bearer_from_cookie(authorization: str | None, cookie: str | None) -> str | None:
+    """The ``Authorization`` value to add, or ``None`` to leave the request as it is."""
+    if authorization is not None or not cookie:
+        return None
+    return f"Bearer {cookie}"
+
+
+@web.middleware
+async def cookie_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    headers = request[FORWARD_HEADERS]
+    if "Authorization" not in headers and ACCESS_TOKEN_COOKIE in request.cookies:
+        value = bearer_from_cookie(None, request.cookies[ACCESS_TOKEN_COOKIE])
+        if value is not None:
+            headers["Authorization"] = value
+    return await handler(request)
+
+
+def cookie_auth_filter() -> GatewayFilter:
+    return GatewayFilter(name="cookie_auth", order=COOKIE_AUTH_ORDER, middleware=cookie_auth)

@@ -1,0 +1,156 @@
+"""Header rules of the proxy: hop-by-hop removal, the client address, X-Forwarded-*.
+
+Pure functions over header maps, so every rule has a unit test without a server.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+#: Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+#: pre-RFC ``Keep-Alive`` and ``Proxy-Connection``; never forwarded in either direction.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Request headers the gateway sets itself or that would let a client speak for the gateway:
+#: identity (set only by the JWT filter), forwarding (set from the connection), the
+#: upstream's own ``Host``, and ``Expect`` (the gateway answers 100-continue itself).
+_GATEWAY_OWNED = frozenset(
+    {
+        "host",
+        "expect",
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-request-id",
+    }
+)
+IDENTITY_HEADER_PREFIX = "x-user-"
+X_FORWARDED_FOR = "X-Forwarded-For"
+X_FORWARDED_PROTO = "X-Forwarded-Proto"
+X_FORWARDED_HOST = "X-Forwarded-Host"
+
+
+def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> frozenset[str]:
+    """Header names listed in ``Connection`` (they are hop-by-hop for this message)."""
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        values: Iterable[str] = headers.getall("Connection", ())
+    else:
+        value = headers.get("Connection")
+        values = (value,) if value else ()
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(",") if token.strip()
+    )
+
+
+def upstream_request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop, gateway-owned and ``X-User-*`` ones."""
+    named = connection_tokens(headers)
+    forwarded: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in _GATEWAY_OWNED
+            or lower in named
+            or lower.startswith(IDENTITY_HEADER_PREFIX)
+        ):
+            continue
+        forwarded.add(name, value)
+    return forwarded
+
+
+def downstream_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's answer headers minus hop-by-hop ones (``Set-Cookie`` repeats kept)."""
+    named = connection_tokens(headers)
+    kept: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named:
+            continue
+        kept.add(name, value)
+    return kept
+
+
+def strip_identity_headers(headers: CIMultiDict[str]) -> None:
+    """Remove every ``X-User-*`` header in place (only the JWT filter sets them)."""
+    for name in [name for name in headers if name.lower().startswith(IDENTITY_HEADER_PREFIX)]:
+        headers.popall(name, None)
+
+
+def _forwarded_for_values(headers: CIMultiDictProxy[str]) -> list[str]:
+    return [
+        part.strip()
+        for value in headers.getall(X_FORWARDED_FOR, ())
+        for part in value.split(",")
+        if part.strip()
+    ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(value: str) -> str | None:
+    # Cached: parsing an address costs more than the rest of the header work, and the same
+    # peers (load balancers, keep-alive clients) come back on every request.
+    try:
+        return ipaddress.ip_address(value).compressed
+    except ValueError:
+        return None
+
+
+def client_address(
+    remote: str | None, headers: CIMultiDictProxy[str], trusted_proxy_count: int
+) -> tuple[str, list[str]]:
+    """``(client address, X-Forwarded-For chain to send upstream)``.
+
+    With N trusted proxies the N-th entry from the right of X-Forwarded-For was written by
+    the outermost trusted proxy and is the client; entries to its left are whatever the
+    client claimed and are dropped. With fewer entries than N, or an entry that is not an IP
+    address, nothing in the header is trusted and the TCP peer is the client.
+    """
+    peer = _canonical_ip(remote or "") or "unknown"
+    if trusted_proxy_count == 0:
+        return peer, [peer]
+    values = _forwarded_for_values(headers)
+    if len(values) < trusted_proxy_count:
+        return peer, [peer]
+    trusted = values[-trusted_proxy_count:]
+    canonical = [_canonical_ip(value) for value in trusted]
+    if any(value is None for value in canonical):
+        return peer, [peer]
+    chain = [value for value in canonical if value is not None]
+    return chain[0], [*chain, peer]
+
+
+def forwarded_proto(scheme: str, headers: CIMultiDictProxy[str], trusted_proxy_count: int) -> str:
+    """The scheme the client used: a trusted proxy's ``X-Forwarded-Proto``, else ours."""
+    if trusted_proxy_count:
+        claimed = headers.get(X_FORWARDED_PROTO, "").split(",")[0].strip().lower()
+        if claimed in ("http", "https"):
+            return claimed
+    return scheme
+
+
+def forwarded_host(host: str, headers: CIMultiDictProxy[str], trusted_proxy_count: int) -> str:
+    """The host the client asked for: a trusted proxy's ``X-Forwarded-Host``, else ``Host``."""
+    if trusted_proxy_count:
+        claimed = headers.get(X_FORWARDED_HOST, "").split(",")[0].strip()
+        if claimed:
+            return claimed
+    return host

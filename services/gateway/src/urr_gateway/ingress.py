@@ -1,0 +1,73 @@
+"""The first gateway step, before any filter: client address, canonical path, route.
+
+Everything a filter or the proxy decides on is computed here once: ``CLIENT_IP`` (trusted-
+proxy aware), the canonical path (``paths.normalise_path``; when it differs from what the
+client sent, the request is re-issued with the canonical path so every later filter sees
+exactly what the upstream will get), the route, and the upstream request headers (client
+headers minus hop-by-hop, identity and forwarding ones, plus X-Forwarded-* and X-Request-Id)
+which the filters then edit.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from multidict import CIMultiDict
+from yarl import URL
+
+from urr_common.problems import BadRequest
+from urr_common.service import REQUEST_ID_HEADER, request_id_of
+from urr_gateway.context import CLIENT_IP
+from urr_gateway.forwarding import (
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    client_address,
+    forwarded_host,
+    forwarded_proto,
+    upstream_request_headers,
+)
+from urr_gateway.paths import InvalidPath, NormalisedPath, normalise_path
+from urr_gateway.routing import ROUTE, match_route
+
+#: The canonical path of the request (what routes match and the upstream receives).
+NORMALISED_PATH = web.RequestKey("urr_normalised_path", NormalisedPath)
+#: The query string exactly as the client sent it (forwarded verbatim).
+RAW_QUERY = web.RequestKey("urr_raw_query", str)
+#: Headers the upstream will receive; filters add and remove entries here.
+FORWARD_HEADERS = web.RequestKey("urr_forward_headers", CIMultiDict[str])
+
+
+def ingress_middleware(trusted_proxy_count: int) -> Middleware:
+    @web.middleware
+    async def ingress(request: web.Request, handler: Handler) -> web.StreamResponse:
+        client_ip, forwarded_for = client_address(
+            request.remote, request.headers, trusted_proxy_count
+        )
+        request[CLIENT_IP] = client_ip
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        try:
+            normalised = normalise_path(raw_path)
+        except InvalidPath as exc:
+            raise BadRequest(str(exc), code="invalid_path") from exc
+        if normalised.raw != raw_path:
+            canonical = URL.build(path=normalised.raw, query_string=raw_query, encoded=True)
+            request = request.clone(rel_url=canonical)
+        request[NORMALISED_PATH] = normalised
+        request[RAW_QUERY] = raw_query
+        match = match_route(normalised.segments)
+        if match is not None:
+            request[ROUTE] = match
+        headers = upstream_request_headers(request.headers)
+        headers[X_FORWARDED_FOR] = ", ".join(forwarded_for)
+        headers[X_FORWARDED_PROTO] = forwarded_proto(
+            request.scheme, request.headers, trusted_proxy_count
+        )
+        headers[X_FORWARDED_HOST] = forwarded_host(
+            request.host, request.headers, trusted_proxy_count
+        )
+        headers[REQUEST_ID_HEADER] = request_id_of(request)
+        request[FORWARD_HEADERS] = headers
+        return await handler(request)
+
+    return ingress

@@ -1,0 +1,121 @@
+"""The routing table: which upstream serves a path and what a request needs to get there.
+
+Pure data and pure functions over the canonical segments from ``paths.normalise_path``:
+matching is by whole segments (``/api/v1/adminx`` is not under ``/api/v1/admin``), the first
+route that matches wins, so more specific routes come first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aiohttp import web
+
+#: In a route pattern, the segment naming the event (``/api/v1/seats/{eventId}/...``).
+EVENT = "{eventId}"
+ADMIN_ROLE = "admin"
+
+
+class Upstream(StrEnum):
+    AUTH = "auth"
+    QUEUE = "queue"
+    TICKET = "ticket"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    #: Leading segments a path must have; ``EVENT`` matches any one segment.
+    pattern: tuple[str, ...]
+    #: ``None``: a guarded prefix with nothing behind it (checked, then 404).
+    upstream: Upstream | None
+    needs_login: bool = False
+    needs_role: str | None = None
+    needs_entry_token: bool = False
+    #: Match only paths with exactly these segments, not longer ones.
+    exact: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    route: Route
+    #: The ``EVENT`` segment of the path, when the pattern has one.
+    event_id: str | None
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(part if part != "*" else EVENT for part in path.strip("/").split("/"))
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("auth", _segments("/api/v1/auth"), Upstream.AUTH),
+    # The Tier-1 counter advancer reads what the queue can absorb without a user session.
+    Route("queue_capacity", _segments("/api/v1/queue/*/capacity"), Upstream.QUEUE, exact=True),
+    Route("queue", _segments("/api/v1/queue"), Upstream.QUEUE, needs_login=True),
+    Route(
+        "admin_queue",
+        _segments("/api/v1/admin/queue"),
+        Upstream.QUEUE,
+        needs_login=True,
+        needs_role=ADMIN_ROLE,
+    ),
+    # Every other admin path: refused without the role before anyone learns it does not exist.
+    Route("admin", _segments("/api/v1/admin"), None, needs_login=True, needs_role=ADMIN_ROLE),
+    Route(
+        "seats",
+        _segments("/api/v1/seats/*"),
+        Upstream.TICKET,
+        needs_login=True,
+        needs_entry_token=True,
+    ),
+    Route(
+        "reservations",
+        _segments("/api/v1/reservations/*"),
+        Upstream.TICKET,
+        needs_login=True,
+        needs_entry_token=True,
+    ),
+    Route("events", _segments("/api/v1/events"), Upstream.TICKET),
+    Route("stats", _segments("/api/v1/stats"), Upstream.TICKET),
+)
+
+
+def _index(routes: tuple[Route, ...], depth: int) -> dict[tuple[str, ...], tuple[Route, ...]]:
+    """Routes by their first ``depth`` segments (literal in every pattern), order kept."""
+    index: dict[tuple[str, ...], list[Route]] = {}
+    for route in routes:
+        head = route.pattern[:depth]
+        if len(head) < depth or EVENT in head:
+            raise ValueError(f"route {route.name} cannot be indexed by {depth} segments")
+        index.setdefault(head, []).append(route)
+    return {head: tuple(group) for head, group in index.items()}
+
+
+#: Every pattern starts with three literal segments (``api``, ``v1``, the area): one dict
+#: lookup picks the few candidates, in table order.
+_INDEX_DEPTH = 3
+_ROUTE_INDEX = _index(ROUTES, _INDEX_DEPTH)
+
+
+def match_route(segments: tuple[str, ...], routes: tuple[Route, ...] = ROUTES) -> RouteMatch | None:
+    """The first route whose pattern ``segments`` starts with (or equals, for exact routes)."""
+    if routes is ROUTES:
+        routes = _ROUTE_INDEX.get(segments[:_INDEX_DEPTH], ())
+    for route in routes:
+        pattern = route.pattern
+        if len(segments) < len(pattern) or (route.exact and len(segments) != len(pattern)):
+            continue
+        event_id: str | None = None
+        for expected, actual in zip(pattern, segments, strict=False):
+            if expected == EVENT:
+                event_id = actual
+            elif expected != actual:
+                break
+        else:
+            return RouteMatch(route=route, event_id=event_id)
+    return None
+
+
+#: The route of the request at hand; absent for paths outside the table (answered 404).
+ROUTE = web.RequestKey("urr_route", RouteMatch)

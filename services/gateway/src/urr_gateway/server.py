@@ -1,0 +1,100 @@
+"""Serve the gateway in this process: the public app, and the internal check API if any.
+
+``build_apps`` is the single place the rate limiter is wired in once its branch is merged:
+build the limiter, pass its filter to ``create_app`` and return its check application as
+``internal``; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from urr_common.logs import get_logger
+from urr_common.service import READINESS_KEY
+from urr_gateway.app import create_app
+from urr_gateway.settings import GatewaySettings
+
+_LOG = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayApps:
+    public: web.Application
+    #: The rate-limit check API (``POST /internal/v1/ratelimit/check``), on its own listener.
+    internal: web.Application | None = None
+
+
+def build_apps(settings: GatewaySettings) -> GatewayApps:
+    """The applications one worker serves (called inside the worker's running loop).
+
+    With the limiter merged this becomes (one shared Redis client and registry)::
+
+        registry = CollectorRegistry()
+        redis = redis_client(settings.redis)
+        limiter = SlidingWindowLimiter(redis, settings.rate_limit, registry=registry)
+        public = create_app(
+            settings,
+            registry=registry,
+            redis=redis,
+            rate_limit_filter=rate_limit_filter(
+                limiter,
+                CategoryRouter.from_settings(settings.rate_limit),
+                revoked_key_for=revocation_key_of,
+            ),
+            revocation_verdict=limiter_verdict,  # reads RATE_LIMIT_DECISION.revoked
+        )
+        install_rate_limit_headers(public)
+        return GatewayApps(public, create_check_app(limiter, registry=registry))
+    """
+    return GatewayApps(public=create_app(settings))
+
+
+async def serve_gateway(
+    apps: GatewayApps,
+    settings: GatewaySettings,
+    *,
+    reuse_port: bool = False,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT or ``stop``, then drain both listeners.
+
+    Draining: readiness answers 503 at once, the listeners stay open ``drain_delay_s`` (so a
+    load balancer moves away), then close; in-flight requests get ``shutdown_timeout_s``.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    http = settings.http
+    runners: list[web.AppRunner] = []
+    try:
+        listeners = [(apps.public, http.host, http.port)]
+        if apps.internal is not None:
+            listeners.append((apps.internal, settings.internal.host, settings.internal.port))
+        for app, host, port in listeners:
+            runner = web.AppRunner(
+                app,
+                handle_signals=False,
+                shutdown_timeout=http.shutdown_timeout_s,
+                access_log=None,
+            )
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+            await site.start()
+            _LOG.info("listening", host=host, port=port, internal=app is apps.internal)
+        await stop.wait()
+        _LOG.info("draining", drain_delay_s=http.drain_delay_s)
+        apps.public[READINESS_KEY].draining = True
+        if http.drain_delay_s:
+            await asyncio.sleep(http.drain_delay_s)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        for runner in reversed(runners):
+            await runner.cleanup()
+        _LOG.info("stopped")

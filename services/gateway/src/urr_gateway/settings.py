@@ -1,0 +1,125 @@
+"""The gateway's configuration: one ``GatewaySettings`` read from ``URR_*`` variables.
+
+Every block has the defaults of the local stack (DESIGN.md §3), so ``python -m urr_gateway``
+runs beside ``make up`` with no variables set. Production overrides the addresses.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+
+from urr_common.settings import HttpSettings, RedisSettings, ServiceSettings, TrustedKeysSettings
+
+#: A request body larger than this is refused with 413 (overridable with
+#: ``URR_HTTP__MAX_BODY_BYTES``); bodies are streamed, never buffered, so this is a policy
+#: limit, not a memory one.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def _upstream_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("an upstream is an http:// or https:// base URL")
+    return value.rstrip("/")
+
+
+class UpstreamSettings(BaseModel):
+    """Base URL of each service the routing table names (``URR_UPSTREAMS__AUTH`` ...)."""
+
+    auth: str = "http://127.0.0.1:3005"
+    queue: str = "http://127.0.0.1:3007"
+    ticket: str = "http://127.0.0.1:3002"
+
+    @field_validator("auth", "queue", "ticket")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return _upstream_url(value)
+
+
+class ProxySettings(BaseModel):
+    """How the reverse proxy talks to upstreams and how far it trusts what is in front of it."""
+
+    #: Reverse proxies (load balancers) in front of the gateway that append to
+    #: ``X-Forwarded-For``. 0: the TCP peer is the client and every X-Forwarded-* header a
+    #: client sends is ignored. N: the N-th address from the right of X-Forwarded-For is the
+    #: client.
+    trusted_proxy_count: int = Field(default=0, ge=0, le=10)
+    #: Time to open a TCP connection to an upstream; past it the answer is 502.
+    connect_timeout_s: float = Field(default=2.0, gt=0.0)
+    #: Longest silence while reading an upstream's answer; past it the answer is 504.
+    read_timeout_s: float = Field(default=30.0, gt=0.0)
+    #: Open connections to all upstreams together, and to any one of them (0 = no own cap).
+    max_connections: int = Field(default=512, ge=1)
+    max_connections_per_host: int = Field(default=0, ge=0)
+    #: Idle keep-alive connections are closed after this long.
+    keepalive_timeout_s: float = Field(default=30.0, gt=0.0)
+
+
+class TokenCacheSettings(BaseModel):
+    """Key and verified-token caches shared by the JWT and entry-token filters."""
+
+    #: An unknown ``kid`` triggers at most one JWKS fetch per this interval (per key source
+    #: and worker). Short, because a key rotated in just after a fetch is refused until the
+    #: next one; a client sending random kids still causes only one fetch per interval.
+    jwks_min_refetch_interval_s: float = Field(default=5.0, ge=0.0)
+    #: Keys are refreshed in the background once the last fetch is older than this, so a key
+    #: withdrawn from the JWKS stops being trusted.
+    jwks_max_age_s: float = Field(default=300.0, gt=0.0)
+    jwks_fetch_timeout_s: float = Field(default=2.0, gt=0.0)
+    #: A verified token's claims are reused for at most this long (never past its ``exp``).
+    verified_ttl_s: float = Field(default=30.0, ge=0.0)
+    #: Verified tokens remembered per filter; the oldest is forgotten first.
+    verified_max_entries: int = Field(default=10_000, ge=0)
+
+
+class InternalListenerSettings(BaseModel):
+    """Where the rate-limit check API listens: loopback or a private network only."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=3011, ge=0, le=65535)
+
+
+# The gateway's defaults live on subclasses, not in ``default_factory`` values: a nested
+# variable (``URR_HTTP__HOST``) builds its block from the class defaults, so a default set only
+# in a factory would silently fall back to the base class's value.
+class GatewayHttpSettings(HttpSettings):
+    port: int = Field(default=3001, ge=0, le=65535)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+
+
+class AccessTrustSettings(TrustedKeysSettings):
+    """Access tokens, signed by the auth service."""
+
+    jwks_url: str | None = "http://127.0.0.1:3005/.well-known/jwks.json"
+    issuer: str = "urr-auth"
+    audience: str = "urr"
+
+
+class EntryTrustSettings(TrustedKeysSettings):
+    """Tier-2 entry tokens, signed by the queue service."""
+
+    jwks_url: str | None = "http://127.0.0.1:3007/.well-known/jwks.json"
+    issuer: str = "urr-queue"
+    audience: str = "urr-entry"
+
+
+class GatewaySettings(ServiceSettings):
+    service_name: str = "gateway"
+    http: GatewayHttpSettings = Field(default_factory=GatewayHttpSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    access_trust: AccessTrustSettings = Field(default_factory=AccessTrustSettings)
+    entry_trust: EntryTrustSettings = Field(default_factory=EntryTrustSettings)
+    upstreams: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
+    token_cache: TokenCacheSettings = Field(default_factory=TokenCacheSettings)
+    #: Budget of the revoked-entry-token lookup in Redis; past it the token is accepted
+    #: (fail open, counted), the same rule as the rate limiter's ``open`` policy. Measured on
+    #: the event loop, so it includes the loop's own lag: a saturated worker needs headroom.
+    revocation_timeout_s: float = Field(default=0.1, gt=0.0)
+    #: The check API's listener; started only when a check application is provided.
+    internal: InternalListenerSettings = Field(default_factory=InternalListenerSettings)
+    #: Worker processes sharing the public port (SO_REUSEPORT); 1 serves in-process.
+    workers: int = Field(default=1, ge=1, le=64)
+    # Extension point for the rate limiter (branch gw-ratelimit): its settings block nests
+    # here as ``rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)``
+    # (variables ``URR_RATE_LIMIT__*``); the filter and the check app it builds are wired in
+    # ``server.build_apps`` (its docstring shows how).

@@ -1,0 +1,122 @@
+"""Run the gateway as N worker processes sharing one port (SO_REUSEPORT).
+
+Each worker is a fresh interpreter (``spawn``) with its own event loop (uvloop when
+``URR_HTTP__USE_UVLOOP`` is true), its own upstream session and Redis pool; the kernel
+spreads connections across them. The parent only supervises: it forwards SIGTERM/SIGINT to
+every worker, waits for them to drain, and restarts a worker that dies unexpectedly (unless
+workers keep dying, then it stops everything and exits non-zero so the process manager
+notices).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from urr_common.logs import configure_logging, get_logger
+from urr_common.service import run
+from urr_common.settings import load_settings
+from urr_gateway.server import build_apps, serve_gateway
+from urr_gateway.settings import GatewaySettings
+
+_LOG = get_logger(__name__)
+#: More unexpected worker deaths than this within ``_CRASH_WINDOW_S`` stop the gateway.
+_MAX_CRASHES = 5
+_CRASH_WINDOW_S = 60.0
+
+
+def serve_in_process(settings: GatewaySettings, *, reuse_port: bool = False) -> None:
+    """One worker: build the apps inside the loop and serve until a signal."""
+
+    async def main() -> None:
+        await serve_gateway(build_apps(settings), settings, reuse_port=reuse_port)
+
+    run(main, use_uvloop=settings.http.use_uvloop)
+
+
+def _worker_entry(index: int) -> None:
+    # A spawned child reads the same environment as its parent.
+    settings = load_settings(GatewaySettings)
+    configure_logging(settings.log, service=settings.service_name)
+    _LOG.info("worker_started", worker=index, pid=os.getpid())
+    serve_in_process(settings, reuse_port=True)
+
+
+def supervise(settings: GatewaySettings) -> int:
+    """Start ``settings.workers`` workers and keep them running until told to stop."""
+    if settings.http.port == 0:
+        raise ValueError("several workers need a fixed port (URR_HTTP__PORT), not 0")
+    supervisor = _Supervisor(settings)
+    previous = {
+        sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        return supervisor.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Supervisor:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._settings = settings
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: dict[int, BaseProcess] = {}
+        self._crashes: list[float] = []
+        self._stopping = False
+        self._exit_code = 0
+
+    def on_signal(self, signum: int, _: FrameType | None) -> None:
+        self._stopping = True
+        for process in self._workers.values():
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    def run(self) -> int:
+        for index in range(self._settings.workers):
+            self._start(index)
+        while not self._stopping:
+            sentinels = [process.sentinel for process in self._workers.values()]
+            multiprocessing.connection.wait(sentinels, timeout=0.5)
+            self._replace_dead()
+        self._join_all()
+        return self._exit_code
+
+    def _start(self, index: int) -> None:
+        process = self._context.Process(
+            target=_worker_entry, args=(index,), name=f"gateway-{index}"
+        )
+        process.start()
+        self._workers[index] = process
+
+    def _replace_dead(self) -> None:
+        for index, process in list(self._workers.items()):
+            if self._stopping or process.is_alive():
+                continue
+            now = time.monotonic()
+            self._crashes = [at for at in self._crashes if now - at < _CRASH_WINDOW_S] + [now]
+            _LOG.error("worker_died", worker=index, exitcode=process.exitcode)
+            if len(self._crashes) > _MAX_CRASHES:
+                _LOG.error("workers_keep_dying", crashes=len(self._crashes))
+                self._exit_code = 1
+                self.on_signal(signal.SIGTERM, None)
+                return
+            self._start(index)
+
+    def _join_all(self) -> None:
+        http = self._settings.http
+        deadline = time.monotonic() + http.drain_delay_s + http.shutdown_timeout_s + 5.0
+        for process in self._workers.values():
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                _LOG.error("worker_killed", pid=process.pid)
+                process.kill()
+                process.join()
+                self._exit_code = 1
+            elif process.exitcode not in (0, None):
+                self._exit_code = 1

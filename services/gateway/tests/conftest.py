@@ -1,0 +1,265 @@
+"""Real servers for the gateway tests: three upstreams, a JWKS issuer, the gateway itself.
+
+The upstreams are small aiohttp apps that echo what they received (so a test can assert on
+exactly what the gateway forwarded) and misbehave on request (slow, huge, broken). Keys are
+generated per test; the JWKS documents are served over HTTP and can be rotated mid-test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from urr_common.settings import RedisSettings, load_settings
+from urr_common.tokens import KeySet, SigningKey, TokenSigner
+from urr_gateway.app import create_app
+from urr_gateway.filters.base import GatewayFilter
+from urr_gateway.revocation import VerdictReader, stored_verdict
+from urr_gateway.settings import (
+    AccessTrustSettings,
+    EntryTrustSettings,
+    GatewaySettings,
+    ProxySettings,
+    UpstreamSettings,
+)
+
+DOWNLOAD_BYTES = 10 * 1024 * 1024
+
+
+@dataclass
+class UpstreamLog:
+    """What an upstream saw: one entry per request, plus upload progress."""
+
+    name: str
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    upload_chunks: list[tuple[float, int]] = field(default_factory=list)
+
+
+async def _echo(request: web.Request, log: UpstreamLog) -> web.Response:
+    body = await request.read()
+    seen = {
+        "upstream": log.name,
+        "method": request.method,
+        "path": request.path,
+        "raw_path": request.raw_path,
+        "query": request.query_string,
+        "headers": [[k, v] for k, v in request.headers.items()],
+        "body_bytes": len(body),
+    }
+    log.requests.append(seen)
+    return web.Response(body=orjson.dumps(seen), content_type="application/json")
+
+
+async def _download(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = DOWNLOAD_BYTES
+    await response.prepare(request)
+    chunk = b"d" * (256 * 1024)
+    for _ in range(DOWNLOAD_BYTES // len(chunk)):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def _upload(request: web.Request, log: UpstreamLog) -> web.Response:
+    total = 0
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        log.upload_chunks.append((time.monotonic(), total))
+    return web.json_response({"received": total})
+
+
+async def _die_mid_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.content_length = 1024 * 1024
+    await response.prepare(request)
+    await response.write(b"x" * (128 * 1024))
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+def upstream_app(log: UpstreamLog) -> web.Application:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        last = request.path.rstrip("/").rsplit("/", 1)[-1]
+        if last == "slow":
+            await asyncio.sleep(float(request.query.get("s", "5")))
+        if last == "download":
+            return await _download(request)
+        if last == "upload":
+            return await _upload(request, log)
+        if last == "redirect":
+            raise web.HTTPFound("/api/v1/events/elsewhere")
+        if last == "die":
+            return await _die_mid_stream(request)
+        if last == "hop":
+            response = await _echo(request, log)
+            response.headers["Connection"] = "X-Upstream-Private"
+            response.headers["X-Upstream-Private"] = "secret"
+            response.headers["Keep-Alive"] = "timeout=5"
+            response.headers["Proxy-Authenticate"] = "Basic"
+            response.headers.add("Set-Cookie", "a=1")
+            response.headers.add("Set-Cookie", "b=2")
+            return response
+        return await _echo(request, log)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
+@dataclass
+class Issuer:
+    """A token issuer: its signer and the JWKS document it publishes."""
+
+    signer: TokenSigner
+    published: list[SigningKey]
+    fetches: int = 0
+
+    def rotate(self, kid: str) -> None:
+        """Sign with a new key and publish it next to the old one."""
+        key = SigningKey.generate(kid)
+        self.published.append(key)
+        self.signer = TokenSigner(
+            key=key, issuer=self.signer.issuer, audience=self.signer.audience, ttl_s=300
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        return KeySet(key.verification_key() for key in self.published).to_jwks()
+
+
+def make_issuer(issuer: str, audience: str, kid: str) -> Issuer:
+    key = SigningKey.generate(kid)
+    return Issuer(TokenSigner(key=key, issuer=issuer, audience=audience, ttl_s=300), [key])
+
+
+@dataclass
+class Stack:
+    client: TestClient[web.Request, web.Application]
+    auth: UpstreamLog
+    queue: UpstreamLog
+    ticket: UpstreamLog
+    access: Issuer
+    entry: Issuer
+    settings: GatewaySettings
+
+    def access_token(self, user_id: str = "u1", role: str = "user", **claims: Any) -> str:
+        return self.access.signer.sign(
+            user_id, {"email": f"{user_id}@example.com", "role": role, **claims}
+        )
+
+    def entry_token(self, user_id: str = "u1", event_id: str = "e1", **kwargs: Any) -> str:
+        return self.entry.signer.sign(user_id, {"evt": event_id}, **kwargs)
+
+    @staticmethod
+    def headers_of(seen: dict[str, Any]) -> dict[str, list[str]]:
+        """The upstream's view of the request headers, by lower-case name."""
+        out: dict[str, list[str]] = {}
+        for name, value in seen["headers"]:
+            out.setdefault(name.lower(), []).append(value)
+        return out
+
+    def auth_headers(self, user_id: str = "u1", role: str = "user") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token(user_id, role)}"}
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+async def stack_factory(redis_url: str) -> AsyncIterator[StackFactory]:
+    """Build a gateway in front of real upstreams; keyword arguments override settings."""
+    servers: list[TestServer] = []
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def start(app: web.Application) -> str:
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
+    async def build(
+        rate_limit_filter: GatewayFilter | None = None,
+        revocation_verdict: VerdictReader = stored_verdict,
+        **overrides: Any,
+    ) -> Stack:
+        logs = {name: UpstreamLog(name) for name in ("auth", "queue", "ticket")}
+        urls = {name: await start(upstream_app(log)) for name, log in logs.items()}
+        access = make_issuer("urr-auth", "urr", "access-1")
+        entry = make_issuer("urr-queue", "urr-entry", "entry-1")
+
+        async def access_jwks(_: web.Request) -> web.Response:
+            access.fetches += 1
+            return web.json_response(access.jwks())
+
+        async def entry_jwks(_: web.Request) -> web.Response:
+            entry.fetches += 1
+            return web.json_response(entry.jwks())
+
+        issuer_app = web.Application()
+        issuer_app.router.add_get("/access/jwks.json", access_jwks)
+        issuer_app.router.add_get("/entry/jwks.json", entry_jwks)
+        issuer_url = await start(issuer_app)
+        values: dict[str, Any] = {
+            "redis": RedisSettings(url=redis_url),
+            "upstreams": UpstreamSettings(**urls),
+            "access_trust": AccessTrustSettings(
+                jwks_url=f"{issuer_url}/access/jwks.json", issuer="urr-auth", audience="urr"
+            ),
+            "entry_trust": EntryTrustSettings(
+                jwks_url=f"{issuer_url}/entry/jwks.json", issuer="urr-queue", audience="urr-entry"
+            ),
+            "proxy": ProxySettings(connect_timeout_s=2.0, read_timeout_s=2.0),
+            # Generous: the test machine is shared, and a timeout here means "not revoked".
+            "revocation_timeout_s": 2.0,
+        }
+        values.update(overrides)
+        settings = load_settings(GatewaySettings, **values)
+        app = create_app(
+            settings, rate_limit_filter=rate_limit_filter, revocation_verdict=revocation_verdict
+        )
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return Stack(client, logs["auth"], logs["queue"], logs["ticket"], access, entry, settings)
+
+    yield build
+    for client in clients:
+        await client.close()
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def stack(stack_factory: StackFactory) -> Stack:
+    return await stack_factory()
+
+
+@pytest.fixture
+def raw_request() -> Callable[..., Awaitable[tuple[int, bytes]]]:
+    """Send bytes exactly as given (no client-side URL normalising); ``(status, raw answer)``."""
+
+    async def send(
+        client: TestClient[web.Request, web.Application], target: str
+    ) -> tuple[int, bytes]:
+        assert client.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        try:
+            request = f"GET {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode("latin-1"))
+            await writer.drain()
+            answer = await reader.read()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        return int(answer.split(b" ", 2)[1]), answer
+
+    return send

@@ -1,0 +1,165 @@
+"""Cookie and JWT auth through the whole gateway, against real upstreams and a real JWKS."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+
+from urr_common.tokens import SigningKey, TokenSigner
+
+
+async def _seen(response: ClientResponse) -> dict[str, Any]:
+    assert response.status == 200, await response.text()
+    seen: dict[str, Any] = await response.json()
+    return seen
+
+
+async def test_identity_headers_come_only_from_a_verified_token(stack):
+    spoofed = {"X-User-Id": "admin", "X-User-Role": "admin", "x-user-email": "a@b"}
+    anonymous = await _seen(await stack.client.get("/api/v1/events", headers=spoofed))
+    assert not [h for h in stack.headers_of(anonymous) if h.startswith("x-user-")]
+
+    headers = {**spoofed, **stack.auth_headers("u7")}
+    seen = await _seen(await stack.client.get("/api/v1/events", headers=headers))
+    got = stack.headers_of(seen)
+    assert got["x-user-id"] == ["u7"]
+    assert got["x-user-email"] == ["u7@example.com"]
+    assert got["x-user-role"] == ["user"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/auth/login", "/api/v1/queue/e1/enter", "/api/v1/stats/e1"]
+)
+async def test_spoofed_identity_is_stripped_on_every_route(stack, path):
+    headers = {**stack.auth_headers("u1"), "X-User-Id": "victim", "X-User-Extra": "x"}
+    seen = await _seen(await stack.client.post(path, headers=headers))
+    got = stack.headers_of(seen)
+    assert got["x-user-id"] == ["u1"]
+    assert "x-user-extra" not in got
+
+
+async def test_access_token_cookie_becomes_a_bearer_token(stack):
+    token = stack.access_token("u2")
+    seen = await _seen(
+        await stack.client.get("/api/v1/queue/e1/status", cookies={"access_token": token})
+    )
+    got = stack.headers_of(seen)
+    assert got["authorization"] == [f"Bearer {token}"]
+    assert got["x-user-id"] == ["u2"]
+
+
+async def test_an_explicit_authorization_header_wins_over_the_cookie(stack):
+    headers = stack.auth_headers("header-user")
+    cookies = {"access_token": stack.access_token("cookie-user")}
+    seen = await _seen(
+        await stack.client.get("/api/v1/queue/e1/status", headers=headers, cookies=cookies)
+    )
+    assert stack.headers_of(seen)["x-user-id"] == ["header-user"]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer not-a-jwt", "Basic dXNlcjpwYXNz", "Bearer", "Bearer a b"],
+)
+async def test_a_bad_token_is_401_even_on_public_routes(stack, authorization):
+    response = await stack.client.get("/api/v1/events", headers={"Authorization": authorization})
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert response.content_type == "application/problem+json"
+    assert (await response.json())["code"] == "invalid_token"
+    assert stack.ticket.requests == []
+
+
+async def test_tokens_from_the_wrong_issuer_key_or_time_are_refused(stack):
+    stranger = TokenSigner(SigningKey.generate("access-1"), "urr-auth", "urr", 300)
+    forged = stranger.sign("u1", {"email": "e", "role": "admin"})
+    expired = stack.access.signer.sign("u1", {"email": "e", "role": "user"}, ttl_s=-100)
+    wrong_audience = TokenSigner(stack.access.published[0], "urr-auth", "other", 300).sign(
+        "u1", {"email": "e", "role": "user"}
+    )
+    no_role = stack.access.signer.sign("u1", {"email": "e"})
+    for token in (forged, expired, wrong_audience, no_role):
+        response = await stack.client.get(
+            "/api/v1/events", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status == 401, token
+        assert (await response.json())["code"] == "invalid_token"
+
+
+async def test_routes_that_need_login_refuse_anonymous_requests(stack):
+    response = await stack.client.post("/api/v1/queue/e1/enter")
+    assert response.status == 401
+    assert (await response.json())["code"] == "login_required"
+    assert stack.queue.requests == []
+    capacity = await stack.client.get("/api/v1/queue/e1/capacity")
+    assert capacity.status == 200
+
+
+async def test_admin_routes_need_the_admin_role(stack):
+    anonymous = await stack.client.get("/api/v1/admin/queue/e1")
+    assert anonymous.status == 401
+    user = await stack.client.get("/api/v1/admin/queue/e1", headers=stack.auth_headers("u1"))
+    assert user.status == 403
+    assert (await user.json())["code"] == "role_required"
+    admin = await stack.client.get(
+        "/api/v1/admin/queue/e1", headers=stack.auth_headers("root", role="admin")
+    )
+    seen = await _seen(admin)
+    assert seen["upstream"] == "queue"
+    # Other admin paths: checked first, then not found.
+    assert (await stack.client.get("/api/v1/admin/other")).status == 401
+    assert (
+        await stack.client.get("/api/v1/admin/other", headers=stack.auth_headers("u1"))
+    ).status == 403
+    unknown = await stack.client.get(
+        "/api/v1/admin/other", headers=stack.auth_headers("root", role="admin")
+    )
+    assert unknown.status == 404
+
+
+async def test_verified_tokens_are_cached_and_jwks_fetched_once(stack):
+    headers = stack.auth_headers("u1")
+    for _ in range(20):
+        assert (await stack.client.get("/api/v1/events", headers=headers)).status == 200
+    assert stack.access.fetches == 1
+
+
+async def test_jwks_rotation_unknown_kid_triggers_one_rate_limited_refetch(stack_factory):
+    from urr_gateway.settings import TokenCacheSettings
+
+    stack = await stack_factory(token_cache=TokenCacheSettings(jwks_min_refetch_interval_s=0.3))
+    assert (await stack.client.get("/api/v1/events", headers=stack.auth_headers())).status == 200
+    assert stack.access.fetches == 1
+    await asyncio.sleep(0.35)
+    stack.access.rotate("access-2")
+    # Many requests with the new kid: one refetch learns it.
+    for index in range(10):
+        response = await stack.client.get("/api/v1/events", headers=stack.auth_headers(f"n{index}"))
+        assert response.status == 200
+    assert stack.access.fetches == 2
+    # A kid nobody publishes: refetched at most once per interval, refused meanwhile.
+    ghost = TokenSigner(SigningKey.generate("ghost"), "urr-auth", "urr", 300)
+    bad = {"Authorization": f"Bearer {ghost.sign('u', {'email': 'e', 'role': 'user'})}"}
+    for _ in range(10):
+        assert (await stack.client.get("/api/v1/events", headers=bad)).status == 401
+    assert stack.access.fetches == 2  # still inside the interval after the rotation fetch
+    await asyncio.sleep(0.35)
+    for _ in range(10):
+        assert (await stack.client.get("/api/v1/events", headers=bad)).status == 401
+    assert stack.access.fetches == 3
+
+
+async def test_an_unreachable_issuer_with_an_unknown_kid_is_503_not_401(stack_factory):
+    from urr_gateway.settings import AccessTrustSettings
+
+    stack = await stack_factory(
+        access_trust=AccessTrustSettings(
+            jwks_url="http://127.0.0.1:9/jwks.json", issuer="urr-auth", audience="urr"
+        )
+    )
+    response = await stack.client.get("/api/v1/events", headers=stack.auth_headers())
+    assert response.status == 503
+    assert (await response.json())["code"] == "auth_keys_unavailable"

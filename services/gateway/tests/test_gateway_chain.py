@@ -1,0 +1,49 @@
+"""The chain is declared once and refuses a filter in a slot that is not its own."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from urr_gateway.chain import FILTER_ORDER, ChainError, build_chain, chain_middlewares
+from urr_gateway.filters.base import GatewayFilter
+
+
+def _filter(name: str, order: int) -> GatewayFilter:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await handler(request)
+
+    return GatewayFilter(name=name, order=order, middleware=middleware)
+
+
+def test_the_declared_order():
+    assert FILTER_ORDER == (
+        ("cookie_auth", -2),
+        ("jwt_auth", -1),
+        ("rate_limit", 0),
+        ("entry_token", 1),
+    )
+
+
+def test_chain_with_and_without_the_rate_limiter():
+    filters = {name: _filter(name, order) for name, order in FILTER_ORDER}
+    full = build_chain(**filters)
+    assert [f.name for f in full] == [name for name, _ in FILTER_ORDER]
+    without = build_chain(
+        cookie_auth=filters["cookie_auth"],
+        jwt_auth=filters["jwt_auth"],
+        rate_limit=None,
+        entry_token=filters["entry_token"],
+    )
+    assert [f.name for f in without] == ["cookie_auth", "jwt_auth", "entry_token"]
+    middlewares = chain_middlewares(full, trusted_proxy_count=0)
+    assert len(middlewares) == 5  # ingress first, then the four filters
+    assert middlewares[1:] == [f.middleware for f in full]
+
+
+def test_a_filter_in_the_wrong_slot_is_refused():
+    filters = {name: _filter(name, order) for name, order in FILTER_ORDER}
+    with pytest.raises(ChainError):
+        build_chain(**{**filters, "rate_limit": _filter("rate_limit", 5)})

@@ -1,0 +1,147 @@
+"""``python -m urr_gateway``: worker processes, SIGTERM drain; the internal listener."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from urr_common.settings import RedisSettings, load_settings
+from urr_devstack.procs import free_port
+from urr_gateway.app import create_app
+from urr_gateway.server import GatewayApps, serve_gateway
+from urr_gateway.settings import (
+    AccessTrustSettings,
+    EntryTrustSettings,
+    GatewayHttpSettings,
+    GatewaySettings,
+    InternalListenerSettings,
+    UpstreamSettings,
+)
+
+
+async def _slow_upstream() -> TestServer:
+    async def handler(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "0")))
+        return web.json_response({"pid": os.getpid(), "path": request.path})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def _wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never became ready")
+
+
+# Three interpreters start here; on a loaded 2-core machine that alone takes seconds.
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_workers_share_the_port_and_drain_on_sigterm(redis_url, tmp_path):
+    upstream = await _slow_upstream()
+    port = free_port()
+    dead = free_port()
+    env = {
+        **os.environ,
+        "URR_HTTP__PORT": str(port),
+        "URR_HTTP__SHUTDOWN_TIMEOUT_S": "10",
+        "URR_WORKERS": "2",
+        "URR_REDIS__URL": redis_url,
+        "URR_UPSTREAMS__TICKET": str(upstream.make_url("")).rstrip("/"),
+        "URR_ACCESS_TRUST__JWKS_URL": f"http://127.0.0.1:{dead}/jwks.json",
+        "URR_ENTRY_TRUST__JWKS_URL": f"http://127.0.0.1:{dead}/jwks.json",
+        "URR_LOG__LEVEL": "INFO",
+    }
+    log = (tmp_path / "gateway.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "urr_gateway", env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _wait_ready(session, f"http://127.0.0.1:{port}/health/ready", 90)
+            # Both workers come up (each logs its start).
+            deadline = time.monotonic() + 60
+            while (tmp_path / "gateway.log").read_bytes().count(b"worker_started") < 2:
+                assert time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
+                await asyncio.sleep(0.1)
+            in_flight = asyncio.create_task(
+                session.get(f"http://127.0.0.1:{port}/api/v1/events/x?s=1.5")
+            )
+            await asyncio.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            response = await in_flight
+            assert response.status == 200
+            assert (await response.json())["path"] == "/api/v1/events/x"
+            response.release()
+        returncode = await asyncio.wait_for(process.wait(), 20)
+        assert returncode == 0, (tmp_path / "gateway.log").read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        log.close()
+        await upstream.close()
+    text = (tmp_path / "gateway.log").read_text()
+    assert text.count('"event":"stopped"') == 2, text
+
+
+async def test_the_internal_listener_serves_the_check_app_and_drains(redis_url):
+    async def check(_):
+        return web.json_response({"allowed": True})
+
+    internal = web.Application()
+    internal.router.add_post("/internal/v1/ratelimit/check", check)
+    settings = load_settings(
+        GatewaySettings,
+        http=GatewayHttpSettings(port=free_port()),
+        internal=InternalListenerSettings(port=free_port()),
+        redis=RedisSettings(url=redis_url),
+        upstreams=UpstreamSettings(ticket=f"http://127.0.0.1:{free_port()}"),
+        access_trust=AccessTrustSettings(jwks_url=None),
+        entry_trust=EntryTrustSettings(jwks_url=None),
+    )
+    stop = asyncio.Event()
+    server = asyncio.create_task(
+        serve_gateway(
+            GatewayApps(public=create_app(settings), internal=internal), settings, stop=stop
+        )
+    )
+    public = f"http://127.0.0.1:{settings.http.port}"
+    private = f"http://127.0.0.1:{settings.internal.port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _wait_ready(session, f"{public}/health/live")
+            async with session.post(f"{private}/internal/v1/ratelimit/check") as response:
+                assert (await response.json()) == {"allowed": True}
+            # Not reachable through the public listener.
+            async with session.post(f"{public}/internal/v1/ratelimit/check") as response:
+                assert response.status == 404
+    finally:
+        stop.set()
+        await server
+    async with aiohttp.ClientSession() as session:
+        for url in (f"{public}/health/live", f"{private}/internal/v1/ratelimit/check"):
+            try:
+                async with session.get(url):
+                    raise AssertionError(f"{url} still answers")
+            except aiohttp.ClientConnectorError:
+                pass

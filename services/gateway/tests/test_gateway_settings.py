@@ -1,0 +1,44 @@
+"""Settings from the environment keep the gateway's defaults when one nested value is set."""
+
+from __future__ import annotations
+
+import pytest
+
+from urr_common.settings import SettingsError, load_settings
+from urr_gateway.settings import GatewaySettings
+
+
+def test_defaults():
+    settings = load_settings(GatewaySettings)
+    assert settings.service_name == "gateway"
+    assert settings.http.port == 3001
+    assert settings.access_trust.issuer == "urr-auth"
+    assert settings.access_trust.audience == "urr"
+    assert settings.access_trust.jwks_url == "http://127.0.0.1:3005/.well-known/jwks.json"
+    assert settings.entry_trust.issuer == "urr-queue"
+    assert settings.entry_trust.audience == "urr-entry"
+    assert settings.entry_trust.jwks_url == "http://127.0.0.1:3007/.well-known/jwks.json"
+    assert settings.upstreams.ticket == "http://127.0.0.1:3002"
+    assert (settings.internal.host, settings.internal.port) == ("127.0.0.1", 3011)
+    assert settings.workers == 1
+
+
+def test_one_nested_variable_keeps_the_other_defaults(monkeypatch):
+    monkeypatch.setenv("URR_HTTP__HOST", "0.0.0.0")
+    monkeypatch.setenv("URR_ACCESS_TRUST__JWKS_URL", "http://auth:3005/jwks")
+    monkeypatch.setenv("URR_ENTRY_TRUST__LEEWAY_S", "5")
+    monkeypatch.setenv("URR_WORKERS", "4")
+    monkeypatch.setenv("URR_UPSTREAMS__QUEUE", "http://queue:3007/")
+    settings = load_settings(GatewaySettings)
+    assert (settings.http.host, settings.http.port) == ("0.0.0.0", 3001)
+    assert settings.access_trust.issuer == "urr-auth"
+    assert settings.access_trust.jwks_url == "http://auth:3005/jwks"
+    assert settings.entry_trust.audience == "urr-entry"
+    assert settings.workers == 4
+    assert settings.upstreams.queue == "http://queue:3007"
+
+
+def test_bad_values_name_the_variable(monkeypatch):
+    monkeypatch.setenv("URR_UPSTREAMS__TICKET", "ftp://nope")
+    with pytest.raises(SettingsError, match="URR_UPSTREAMS__TICKET"):
+        load_settings(GatewaySettings)
