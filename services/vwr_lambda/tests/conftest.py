@@ -10,6 +10,7 @@ import asyncio
 import base64
 import copy
 import json
+import sys
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from urr_common.settings import load_settings
 from urr_common.tokens import SigningKey, TokenSigner
+from urr_devstack.procs import ServerProcess, free_port
 from urr_vwr_lambda.api import make_handler
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import TableSettings, VwrSettings
@@ -138,11 +140,35 @@ def capacity_server() -> Iterator[CapacityServer]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def serial_moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto server that serialises requests (see ``vwr_serial_moto.py`` for why)."""
+    port = free_port()
+    script = Path(__file__).parent / "vwr_serial_moto.py"
+    server = ServerProcess(
+        "serial-moto",
+        [sys.executable, str(script), str(port)],
+        port,
+        tmp_path_factory.mktemp("serial-moto") / "moto.log",
+    )
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def dynamodb(moto_endpoint: str) -> Iterator[Any]:
+def aws_endpoint(moto_endpoint: str) -> str:
+    """The AWS endpoint the tests use; a test module may swap in the serialised moto."""
+    return moto_endpoint
+
+
+@pytest.fixture
+def dynamodb(aws_endpoint: str) -> Iterator[Any]:
     client = boto3.session.Session().client(
         "dynamodb",
-        endpoint_url=moto_endpoint,
+        endpoint_url=aws_endpoint,
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
@@ -175,7 +201,7 @@ def access_signer(tmp_path: Path) -> TokenSigner:
 @pytest.fixture
 def vwr_settings(
     tmp_path: Path,
-    moto_endpoint: str,
+    aws_endpoint: str,
     vwr_tables: TableSettings,
     capacity_server: CapacityServer,
     access_signer: TokenSigner,
@@ -188,7 +214,7 @@ def vwr_settings(
         VwrSettings,
         environment="test",
         aws={
-            "endpoint_url": moto_endpoint,
+            "endpoint_url": aws_endpoint,
             "region": "us-east-1",
             "access_key_id": "testing",
             "secret_access_key": "testing",
@@ -209,6 +235,9 @@ def vwr_settings(
         queue={"url": capacity_server.url, "timeout_s": 1.0},
         advancer={"steps_per_invocation": 1, "step_interval_s": 10.0},
         edge_config={"target": str(tmp_path / "edge-config.json")},
+        # The shared moto server can stall for seconds on a loaded machine; a retried
+        # ``ADD nextPosition`` would then leave a gap the contiguity test would see.
+        aws_read_timeout_s=60.0,
     )
 
 

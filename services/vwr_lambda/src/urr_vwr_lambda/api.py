@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -40,7 +41,14 @@ from urr_vwr_lambda.queueing import (
 )
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import TOKEN_COOKIE
-from urr_vwr_lambda.store import POSITION_TTL_S, EventNotFound, EventState, Place, RoomInactive
+from urr_vwr_lambda.store import (
+    POSITION_TTL_S,
+    EventNotFound,
+    EventState,
+    Place,
+    RoomInactive,
+    UserClaim,
+)
 
 MAX_BODY_BYTES = 16 * 1024
 JSON = "application/json"
@@ -245,13 +253,9 @@ def assign_place(
         raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}")
     if place is not None and place.current(state.epoch, now_s):
         return 200, place, state
-    stale_owner = None
-    if user_id and claim is not None and claim.current(state.epoch, now_s):
-        if claim.owner_request_id != request_id:
-            owner = store.get_place(event_id, claim.owner_request_id)
-            if owner is not None and owner.current(state.epoch, now_s):
-                return 200, owner, state
-        stale_owner = claim.owner_request_id
+    held, stale_owner = _users_place(runtime, state, claim, request_id, now_s)
+    if held is not None:
+        return 200, held, state
     if not state.is_active:
         raise room_inactive(event_id)
     try:
@@ -260,6 +264,7 @@ def assign_place(
         raise room_inactive(event_id) from exc
     except EventNotFound as exc:
         raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}") from exc
+    current = replace(state, next_position=position, epoch=epoch)
     written = store.put_place(
         event_id,
         request_id,
@@ -269,7 +274,10 @@ def assign_place(
         now_s=now_s,
         stale_owner=stale_owner,
     )
-    current = replace(state, next_position=position, epoch=epoch)
+    if not written:
+        # Our own PutItem may have landed before botocore retried it after a lost answer.
+        mine = store.get_place(event_id, request_id)
+        written = mine is not None and mine.position == position and mine.epoch == epoch
     if written:
         new_place = Place(
             event_id=event_id,
@@ -284,16 +292,51 @@ def assign_place(
             token_exp=None,
         )
         return 201, new_place, current
-    # A racing duplicate (same request id, or the same user in another tab) won: its place
-    # stands and the number just taken stays unused (the advancer passes it at no cost).
+    return 200, _race_winner(runtime, event_id, request_id, user_id, epoch, now_s), current
+
+
+def _users_place(
+    runtime: VwrRuntime,
+    state: EventState,
+    claim: UserClaim | None,
+    request_id: str,
+    now_s: int,
+) -> tuple[Place | None, str | None]:
+    """The live place a logged-in user already holds (from another tab), and a stale owner.
+
+    The stale owner is the request id a current claim names whose place is gone (abandoned,
+    expired): the new place may take the claim over from it.
+    """
+    if claim is None or not claim.current(state.epoch, now_s):
+        return None, None
+    if claim.owner_request_id != request_id:
+        owner = runtime.store.get_place(state.event_id, claim.owner_request_id)
+        if owner is not None and owner.current(state.epoch, now_s):
+            return owner, None
+    return None, claim.owner_request_id
+
+
+def _race_winner(
+    runtime: VwrRuntime,
+    event_id: str,
+    request_id: str,
+    user_id: str | None,
+    epoch: int,
+    now_s: int,
+) -> Place:
+    """A racing duplicate (same request id, or the same user in another tab) won.
+
+    Its place stands; the number just taken stays unused (the advancer passes it at no cost).
+    """
     runtime.metrics.add_metric(name="AssignRaceLost", unit=MetricUnit.Count, value=1)
+    store = runtime.store
     winner = store.get_place(event_id, request_id)
     if winner is None or not winner.current(epoch, now_s):
         claimed = store.get_claim(event_id, user_id) if user_id else None
         winner = store.get_place(event_id, claimed.owner_request_id) if claimed else None
     if winner is None or not winner.current(epoch, now_s):
         raise VwrProblem(409, "assign_conflict", "a concurrent assign interfered; retry")
-    return 200, winner, current
+    return winner
 
 
 def room_inactive(event_id: str) -> VwrProblem:
@@ -434,23 +477,30 @@ def _instance(resolver: Any) -> str | None:
 
 
 def make_handler(runtime_factory: Callable[[], VwrRuntime]) -> Handler:
-    """A Lambda entry point whose runtime (settings, clients) is built on the first call."""
+    """A Lambda entry point whose runtime (settings, clients) is built on the first call.
+
+    powertools' resolvers keep the request at hand in class attributes (``BaseRouter.
+    current_event``), so a process runs one invocation at a time, exactly like a Lambda
+    container; the local API Gateway emulator gets concurrency from several worker processes.
+    """
     built: list[tuple[VwrRuntime, APIGatewayRestResolver, APIGatewayHttpResolver]] = []
+    lock = threading.Lock()
 
     def handle(event: Any, context: Any) -> dict[str, Any]:
-        if not built:
-            runtime = runtime_factory()
-            built.append((runtime, *build_resolvers(runtime)))
-        runtime, rest, http = built[0]
         is_v2 = isinstance(event, dict) and event.get("version") == "2.0"
         problem = event_shape_problem(event, v2=is_v2)
         if problem is not None:
             return _raw_problem(problem, v2=is_v2)
-        try:
-            answer: dict[str, Any] = (http if is_v2 else rest).resolve(event, context)
-            return answer
-        finally:
-            runtime.flush_metrics()
+        with lock:
+            if not built:
+                runtime = runtime_factory()
+                built.append((runtime, *build_resolvers(runtime)))
+            runtime, rest, http = built[0]
+            try:
+                answer: dict[str, Any] = (http if is_v2 else rest).resolve(event, context)
+                return answer
+            finally:
+                runtime.flush_metrics()
 
     return handle
 

@@ -43,9 +43,9 @@ class VwrRuntime:
         from botocore.config import Config
 
         config = Config(
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": self.settings.aws_max_attempts},
             connect_timeout=2,
-            read_timeout=5,
+            read_timeout=self.settings.aws_read_timeout_s,
             max_pool_connections=64,
         )
         return boto3.session.Session().client(  # type: ignore[call-overload]

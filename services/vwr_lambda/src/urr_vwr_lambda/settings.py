@@ -129,6 +129,11 @@ class VwrSettings(ServiceSettings):
     advancer: AdvancerSettings = Field(default_factory=AdvancerSettings)
     poll: PollSettings = Field(default_factory=PollSettings)
     edge_config: EdgeConfigSettings = Field(default_factory=EdgeConfigSettings)
+    #: Per-call read timeout of AWS calls and attempts per call (botocore's standard retries).
+    #: A retried ``ADD nextPosition`` whose first try did land leaves one number unused (the
+    #: advancer passes it at no cost); a generous timeout keeps that rare.
+    aws_read_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
+    aws_max_attempts: int = Field(default=3, ge=1, le=10)
     #: Who may call the admin routes: an admin access token (local), or API Gateway's IAM
     #: authoriser (AWS; the function then trusts the caller identity in the request context).
     admin_auth: Literal["access_token", "iam"] = "access_token"
