@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 import orjson
 
+#: Below this admission rate the ETA is "unknown" rather than an absurd number.
+_MIN_RATE_PER_S = 1e-3
+#: ETAs are capped (about 115 days): nothing beyond that is a meaningful promise.
+_MAX_ETA_S = 10_000_000
+
 
 def people_ahead(position: int, serving_counter: int) -> int:
     """Waiters with a smaller number still to be served (0 once admitted)."""
@@ -26,9 +31,9 @@ def eta_seconds(ahead: int, admit_per_s: float) -> int:
     """Seconds until this waiter is served at ``admit_per_s`` (its own turn included)."""
     if ahead <= 0:
         return 0
-    if admit_per_s <= 0:
+    if not admit_per_s > _MIN_RATE_PER_S:  # also catches NaN
         return -1
-    return math.ceil((ahead + 1) / admit_per_s)
+    return min(_MAX_ETA_S, math.ceil((ahead + 1) / admit_per_s))
 
 
 def poll_after_seconds(eta_s: int, ahead: int, *, min_s: int, max_s: int) -> int:
