@@ -71,9 +71,18 @@ class AdvanceOutcome:
 
 
 def advance_event(
-    runtime: VwrRuntime, event_id: str, *, requested: int, interval_s: float, measure_rate: bool
+    runtime: VwrRuntime,
+    event_id: str,
+    *,
+    requested: int | None,
+    interval_s: float,
+    measure_rate: bool,
 ) -> AdvanceOutcome:
-    """Move one event's serving counter by up to ``requested`` live places (see module doc)."""
+    """Move one event's serving counter by up to ``requested`` live places (see module doc).
+
+    ``requested=None`` means the event's own ``batchSize``, and an inactive event is left as it
+    is (the advancer's case); the admin names a number and may advance an inactive room.
+    """
     store = runtime.store
     state = store.get_event(event_id, consistent=True)
     if state is None:
@@ -91,6 +100,10 @@ def advance_event(
             feed,
         )
 
+    if requested is None:
+        if not state.is_active:
+            return unchanged("inactive")
+        requested = state.batch_size
     if state.serving_counter >= state.next_position:
         return unchanged("queue_end")
     settings = runtime.settings
@@ -163,18 +176,11 @@ def run_cycle(runtime: VwrRuntime, *, interval_s: float) -> list[AdvanceOutcome]
     outcomes = []
     for event_id in active:
         try:
-            state = store.get_event(event_id)
-            if state is None or not state.is_active:
-                continue
-            outcomes.append(
-                advance_event(
-                    runtime,
-                    event_id,
-                    requested=state.batch_size,
-                    interval_s=interval_s,
-                    measure_rate=True,
-                )
+            outcome = advance_event(
+                runtime, event_id, requested=None, interval_s=interval_s, measure_rate=True
             )
+            if outcome.limited_by != "inactive":
+                outcomes.append(outcome)
         except (ClientError, BotoCoreError, EventNotFound) as exc:
             runtime.logger.exception(
                 "advance_failed", extra={"event_id": event_id, "error": str(exc)}

@@ -17,7 +17,6 @@ import json
 import os
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -188,6 +187,8 @@ class EdgeConfigSource:
 
 
 def _fetch(url: str, timeout_s: float) -> bytes:
+    import urllib.request  # only URL sources need it; a file source skips ~40 ms of imports
+
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
         data: bytes = response.read(_MAX_DOCUMENT_BYTES + 1)
