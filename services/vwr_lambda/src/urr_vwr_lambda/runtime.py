@@ -111,8 +111,13 @@ class VwrRuntime:
             return self._client("s3")
 
     def published_keys(self) -> KeySet:
-        """The public keys the edge should trust: the trust files plus our own signing key."""
-        files = [p for p in self.settings.vwr_trust.public_key_files if p.exists()]
+        """The public keys the edge should trust: the trust files, the keys being rotated out
+        (``URR_VWR_TOKENS__PREVIOUS_PUBLIC_KEY_FILES``) and our own signing key."""
+        configured = [
+            *self.settings.vwr_trust.public_key_files,
+            *self.settings.vwr_tokens.previous_public_key_files,
+        ]
+        files = [p for p in configured if p.exists()]
         keys = KeySet(load_verification_keys(files))
         with suppress(SigningKeyUnavailable):
             keys.add(self.signing_key.verification_key())
