@@ -16,7 +16,7 @@ from urr_common.settings import load_settings
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw, scheduler
 from urr_vwr_lambda.local import edge as edge_emulator
-from urr_vwr_lambda.settings import EdgeEmulatorSettings, SchedulerSettings
+from urr_vwr_lambda.settings import EdgeEmulatorSettings, SchedulerSettings, VwrSettings
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +136,31 @@ async def test_the_scheduler_invokes_the_advancer(vwr: Any) -> None:
         assert (await client.get("/health/ready")).status == 200
         status = await asyncio.to_thread(vwr.status, "evt-1")
         assert status.body["servingCounter"] == 1
+
+
+@pytest.mark.timeout(120)
+async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
+    vwr: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes read the same environment a Lambda would (nothing passed in)."""
+    settings = vwr.settings
+    keys = settings.vwr_tokens.private_key_file
+    environment = {
+        "URR_AWS__ENDPOINT_URL": str(settings.aws.endpoint_url),
+        "URR_AWS__ACCESS_KEY_ID": "testing",
+        "URR_AWS__SECRET_ACCESS_KEY": "testing",
+        "URR_TABLES__COUNTERS": settings.tables.counters,
+        "URR_TABLES__POSITIONS": settings.tables.positions,
+        "URR_VWR_TOKENS__PRIVATE_KEY_FILE": str(keys),
+        "URR_EDGE_CONFIG__TARGET": settings.edge_config.target,
+        "URR_ACCESS_TRUST__JWKS_URL": "",
+        "URR_LOCAL_API_PROCESSES": "1",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    await asyncio.to_thread(vwr.open_event, "evt-1")
+    app = apigw.create_app(load_settings(VwrSettings))
+    async with TestClient(TestServer(app)) as client:
+        answer = await client.post("/vwr/assign/evt-1", json={"requestId": str(uuid.uuid4())})
+        assert answer.status == 201
+        assert (await answer.json())["position"] == 1

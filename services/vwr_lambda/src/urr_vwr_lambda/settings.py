@@ -137,6 +137,9 @@ class VwrSettings(ServiceSettings):
     #: Who may call the admin routes: an admin access token (local), or API Gateway's IAM
     #: authoriser (AWS; the function then trusts the caller identity in the request context).
     admin_auth: Literal["access_token", "iam"] = "access_token"
+    #: Worker processes of the local API Gateway emulator (each one a "container" running one
+    #: invocation at a time, as powertools' resolver requires); 0 runs it in-process.
+    local_api_processes: int = Field(default=2, ge=0, le=16)
     #: Whether a missing signing key may be generated (only ever on a developer's machine).
     create_missing_keys: bool = True
 

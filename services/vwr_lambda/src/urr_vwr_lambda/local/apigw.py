@@ -2,13 +2,19 @@
 
 ``python -m urr_vwr_lambda.local.apigw``. Settings: ``VwrSettings`` (``URR_HTTP__PORT``,
 ``URR_AWS__ENDPOINT_URL``, ``URR_TABLES__*``, ``URR_VWR_TOKENS__*`` ...).
+
+Like API Gateway in front of Lambda, concurrent requests go to separate worker processes
+(``URR_LOCAL_API_PROCESSES``, default 2), each running the real ``urr_vwr_lambda.api.handler``
+one invocation at a time with its settings read from the same environment. Tests pass their own
+runtime instead and the handler runs on a thread of this process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -23,8 +29,14 @@ from urr_vwr_lambda.local.proxy_events import http_response, rest_event
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
 
-HANDLER_KEY = web.AppKey("vwr_api_handler", object)
-EXECUTOR_KEY = web.AppKey("vwr_api_executor", ThreadPoolExecutor)
+EXECUTOR_KEY = web.AppKey("vwr_api_executor", Executor)
+
+
+def invoke_in_worker(event: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a worker process: the deployed entry point, settings from the environment."""
+    from urr_vwr_lambda.api import handler
+
+    return handler(event, None)
 
 
 def create_app(
@@ -35,13 +47,21 @@ def create_app(
 ) -> web.Application:
     """The emulator app; ``runtime`` lets tests share theirs (settings, clock, clients)."""
     app = create_service_app(settings, registry=registry)
+    in_process = runtime is not None or settings.local_api_processes == 0
     the_runtime = runtime or VwrRuntime(settings)
-    handler: Handler = make_handler(lambda: the_runtime)
-    app[HANDLER_KEY] = handler
+    local_handler: Handler = make_handler(lambda: the_runtime)
 
     async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
-        # The function is synchronous (boto3); it runs off the event loop.
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="vwr-api") as pool:
+        # The function is synchronous (boto3); it never runs on the event loop.
+        pool: Executor
+        if in_process:
+            pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vwr-api")
+        else:
+            pool = ProcessPoolExecutor(
+                max_workers=settings.local_api_processes,
+                mp_context=multiprocessing.get_context("spawn"),
+            )
+        with pool:
             app[EXECUTOR_KEY] = pool
             yield
         if "dynamodb" in the_runtime.__dict__:
@@ -50,8 +70,7 @@ def create_app(
     app.cleanup_ctx.append(executor_ctx)
 
     async def dynamodb_ready() -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(app[EXECUTOR_KEY], the_runtime.store.active_event_ids)
+        await asyncio.to_thread(the_runtime.store.active_event_ids)
 
     app[READINESS_KEY].add_check("dynamodb", dynamodb_ready)
 
@@ -59,9 +78,12 @@ def create_app(
         body = await request.read()
         event = rest_event(request, body)
         loop = asyncio.get_running_loop()
-        result: dict[str, Any] = await loop.run_in_executor(
-            request.app[EXECUTOR_KEY], handler, event, None
-        )
+        if in_process:
+            result: dict[str, Any] = await loop.run_in_executor(
+                request.app[EXECUTOR_KEY], local_handler, event, None
+            )
+        else:
+            result = await loop.run_in_executor(request.app[EXECUTOR_KEY], invoke_in_worker, event)
         return http_response(result)
 
     app.router.add_route("*", "/{tail:.*}", invoke)
