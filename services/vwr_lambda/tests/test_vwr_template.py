@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from cfnlint.decode import decode  # type: ignore[import-untyped]
 TEMPLATE = Path(__file__).resolve().parents[1] / "template.yaml"
 
 
+@functools.cache
 def resources() -> dict[str, Any]:
     template, matches = decode(str(TEMPLATE))
     assert not matches
