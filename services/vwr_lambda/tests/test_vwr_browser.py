@@ -118,5 +118,11 @@ async def test_a_visitor_waits_is_admitted_and_returns(stack: tuple[Any, str]) -
             [token_cookie] = [c for c in cookies if c["name"] == "urr-vwr-token"]
             assert token_cookie["httpOnly"] is True
             assert token_cookie["sameSite"] == "Lax"
+
+            # A forged "return" never leaves the site: the page falls back to the event.
+            await page.goto(f"{edge_url}/vwr/evt-1?return=%2F%2Fevil.example%2Fx")
+            await page.wait_for_selector("#protected", timeout=30_000)
+            forged = urlsplit(page.url)
+            assert (forged.netloc, forged.path) == (urlsplit(edge_url).netloc, "/events/evt-1")
         finally:
             await browser.close()
