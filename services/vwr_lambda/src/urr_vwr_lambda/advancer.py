@@ -181,6 +181,8 @@ def run_cycle(runtime: VwrRuntime, *, interval_s: float) -> list[AdvanceOutcome]
             )
             if outcome.limited_by != "inactive":
                 outcomes.append(outcome)
+            if outcome.advanced:
+                runtime.logger.info("advanced", extra=outcome.to_dict())
         except (ClientError, BotoCoreError, EventNotFound) as exc:
             runtime.logger.exception(
                 "advance_failed", extra={"event_id": event_id, "error": str(exc)}

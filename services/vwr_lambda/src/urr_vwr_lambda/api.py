@@ -496,6 +496,9 @@ def make_handler(runtime_factory: Callable[[], VwrRuntime]) -> Handler:
                 runtime = runtime_factory()
                 built.append((runtime, *build_resolvers(runtime)))
             runtime, rest, http = built[0]
+            context_of_request = event.get("requestContext")
+            if isinstance(context_of_request, dict):
+                runtime.logger.set_correlation_id(str(context_of_request.get("requestId", "")))
             try:
                 answer: dict[str, Any] = (http if is_v2 else rest).resolve(event, context)
                 return answer
