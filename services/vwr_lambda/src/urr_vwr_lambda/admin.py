@@ -1,0 +1,154 @@
+"""Admin routes: create or change an event, advance by hand, reset.
+
+Locally the caller shows an admin access token (role ``admin``, verified with the auth
+service's keys). In AWS (``URR_ADMIN_AUTH=iam``) API Gateway's IAM authoriser guards these
+routes and the function checks that a signed caller identity reached it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import BaseRouter, Router
+from botocore.exceptions import BotoCoreError, ClientError
+
+from urr_common.tokens import TokenError
+from urr_vwr_lambda.advancer import advance_event
+from urr_vwr_lambda.api import (
+    bearer_token,
+    json_response,
+    read_json_body,
+    request_cookie,
+    require_event_id,
+)
+from urr_vwr_lambda.problem import VwrProblem
+from urr_vwr_lambda.runtime import VwrRuntime
+from urr_vwr_lambda.store import EventNotFound, EventState
+
+MAX_BATCH = 100_000
+
+
+def require_admin(runtime: VwrRuntime, resolver: BaseRouter) -> str:
+    """The admin's identity, or a 401/403 problem."""
+    if runtime.settings.admin_auth == "iam":
+        caller = _iam_caller(resolver.current_event.raw_event)
+        if not caller:
+            raise VwrProblem(403, "forbidden", "this route needs an IAM-signed request")
+        return caller
+    token = bearer_token(resolver) or request_cookie(resolver, "access_token")
+    if not token:
+        raise VwrProblem(
+            401,
+            "unauthorized",
+            "an admin access token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        identity = runtime.access_verifier.verify(token)
+    except TokenError as exc:
+        raise VwrProblem(
+            401,
+            "access_token_invalid",
+            f"the access token was refused ({exc.reason})",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        ) from exc
+    if identity.role != "admin":
+        raise VwrProblem(403, "forbidden", "this route needs the admin role")
+    return identity.user_id
+
+
+def _iam_caller(event: dict[str, Any]) -> str | None:
+    context = event.get("requestContext")
+    if not isinstance(context, dict):
+        return None
+    identity = context.get("identity")
+    if isinstance(identity, dict) and isinstance(identity.get("userArn"), str):
+        return str(identity["userArn"])
+    authorizer = context.get("authorizer")
+    iam = authorizer.get("iam") if isinstance(authorizer, dict) else None
+    if isinstance(iam, dict) and isinstance(iam.get("userArn"), str):
+        return str(iam["userArn"])
+    return None
+
+
+def _int_field(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise VwrProblem(
+            422, "validation_failed", f"{name} must be an integer from {low} to {high}"
+        )
+    return value
+
+
+def _admin_view(state: EventState) -> dict[str, Any]:
+    return {**state.public(), "batchSize": state.batch_size, "epoch": state.epoch}
+
+
+def build_admin_router(runtime: VwrRuntime) -> Router:
+    router = Router()  # type: ignore[no-untyped-call]
+
+    @router.put("/vwr/admin/events/<event_id>")
+    def put_event(event_id: str) -> Response[str]:
+        event_id = require_event_id(event_id)
+        require_admin(runtime, router)
+        body = read_json_body(router)
+        is_active = body.get("isActive")
+        if not isinstance(is_active, bool):
+            raise VwrProblem(422, "validation_failed", "isActive must be true or false")
+        batch = _int_field(body, "batchSize", 1, MAX_BATCH)
+        store = runtime.store
+        existing = store.get_event(event_id, consistent=True)
+        if batch is None:
+            batch = (
+                existing.batch_size if existing else runtime.settings.advancer.default_batch_size
+            )
+        state = store.put_event(
+            event_id, is_active=is_active, batch_size=batch, now_ms=runtime.now_ms()
+        )
+        try:
+            runtime.publish_edge_config(store.active_event_ids())
+        except (OSError, ValueError, ClientError, BotoCoreError) as exc:
+            # The advancer republishes every cycle; the change reaches the edge then.
+            runtime.logger.warning("edge_config_not_published", extra={"error": str(exc)})
+        return json_response(201 if existing is None else 200, _admin_view(state))
+
+    @router.post("/vwr/admin/events/<event_id>/advance")
+    def advance(event_id: str) -> Response[str]:
+        event_id = require_event_id(event_id)
+        require_admin(runtime, router)
+        by = _int_field(read_json_body(router), "by", 1, MAX_BATCH)
+        if by is None:
+            raise VwrProblem(422, "validation_failed", "by is required")
+        try:
+            outcome = advance_event(
+                runtime,
+                event_id,
+                requested=by,
+                interval_s=runtime.settings.advancer.step_interval_s,
+                measure_rate=False,
+            )
+        except EventNotFound as exc:
+            raise VwrProblem(404, "event_not_found", f"no waiting room for {event_id}") from exc
+        if outcome.limited_by == "capacity_unavailable":
+            raise VwrProblem(
+                503,
+                "capacity_unavailable",
+                "Tier 2's capacity feed did not answer; nothing was advanced",
+                headers={"Retry-After": "5"},
+            )
+        return json_response(200, outcome.to_dict())
+
+    @router.post("/vwr/admin/events/<event_id>/reset")
+    def reset(event_id: str) -> Response[str]:
+        event_id = require_event_id(event_id)
+        require_admin(runtime, router)
+        try:
+            state = runtime.store.reset_event(event_id, now_ms=runtime.now_ms())
+        except EventNotFound as exc:
+            raise VwrProblem(404, "event_not_found", f"no waiting room for {event_id}") from exc
+        return json_response(200, _admin_view(state))
+
+    return router

@@ -1,0 +1,230 @@
+"""The counter advancer (EventBridge, once a minute) and the advance step the admin shares.
+
+Each invocation runs ``steps_per_invocation`` cycles ``step_interval_s`` apart (6 x 10 s by
+default: the minute's admissions arrive in six waves, not one). In each cycle, for each active
+event (from the ``#active`` registry item: one GetItem, no Scan):
+
+1. read Tier 2's capacity feed; unreachable or nonsense means advance nothing (fail safe);
+2. budget = min(the event's ``batchSize``, what Tier 2 can absorb before the next cycle);
+3. walk the line in position order on the GSI from ``servingCounter + 1``, passing live places
+   until the budget is spent and skipping (and flagging) abandoned ones: a place whose last
+   check is older than ``abandon_after_s``. A skipped waiter who comes back is told to take a
+   new place (410), so a no-show never costs Tier-2 capacity;
+4. compare-and-set ``servingCounter`` (condition: unchanged since read, same epoch, and
+   ``<= nextPosition``), so two advancers or an admin at once can never double-advance.
+
+Each run also republishes the edge document (active events and public keys).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import BotoCoreError, ClientError
+
+from urr_vwr_lambda.capacity import CapacityUnavailable, fetch_capacity
+from urr_vwr_lambda.queueing import CapacityFeed, walk_positions
+from urr_vwr_lambda.runtime import VwrRuntime
+from urr_vwr_lambda.store import EventNotFound, StaleCounter
+
+#: Weight of the newest cycle in the smoothed admission rate shown as ETA.
+_RATE_SMOOTHING = 0.5
+_SAFETY_MARGIN_MS = 5000
+
+
+@dataclass(frozen=True)
+class AdvanceOutcome:
+    event_id: str
+    before: int
+    after: int
+    next_position: int
+    live: int
+    skipped: int
+    limited_by: str
+    capacity: CapacityFeed | None
+
+    @property
+    def advanced(self) -> int:
+        return self.after - self.before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "eventId": self.event_id,
+            "advanced": self.advanced,
+            "admitted": self.live,
+            "skippedAbandoned": self.skipped,
+            "servingCounter": self.after,
+            "nextPosition": self.next_position,
+            "limitedBy": self.limited_by,
+            "capacity": None
+            if self.capacity is None
+            else {
+                "waiting": self.capacity.waiting,
+                "admitted": self.capacity.admitted,
+                "capacity": self.capacity.capacity,
+                "admit_per_second": self.capacity.admit_per_second,
+            },
+        }
+
+
+def advance_event(
+    runtime: VwrRuntime,
+    event_id: str,
+    *,
+    requested: int | None,
+    interval_s: float,
+    measure_rate: bool,
+) -> AdvanceOutcome:
+    """Move one event's serving counter by up to ``requested`` live places (see module doc).
+
+    ``requested=None`` means the event's own ``batchSize``, and an inactive event is left as it
+    is (the advancer's case); the admin names a number and may advance an inactive room.
+    """
+    store = runtime.store
+    state = store.get_event(event_id, consistent=True)
+    if state is None:
+        raise EventNotFound(event_id)
+
+    def unchanged(reason: str, feed: CapacityFeed | None = None) -> AdvanceOutcome:
+        return AdvanceOutcome(
+            event_id,
+            state.serving_counter,
+            state.serving_counter,
+            state.next_position,
+            0,
+            0,
+            reason,
+            feed,
+        )
+
+    if requested is None:
+        if not state.is_active:
+            return unchanged("inactive")
+        requested = state.batch_size
+    if state.serving_counter >= state.next_position:
+        return unchanged("queue_end")
+    settings = runtime.settings
+    try:
+        feed = fetch_capacity(settings.queue.url, event_id, timeout_s=settings.queue.timeout_s)
+    except CapacityUnavailable as exc:
+        runtime.logger.warning(
+            "capacity_unavailable", extra={"event_id": event_id, "error": str(exc)}
+        )
+        runtime.metrics.add_metric(name="CapacityUnavailable", unit=MetricUnit.Count, value=1)
+        return unchanged("capacity_unavailable")
+    absorbable = feed.absorbable(interval_s)
+    budget = min(requested, absorbable)
+    if budget <= 0:
+        return unchanged("capacity", feed)
+    now_s = runtime.now_s()
+    cutoff = now_s - settings.advancer.abandon_after_s
+    walk = walk_positions(
+        store.places_above(state, upto=state.next_position, now_s=now_s),
+        serving_counter=state.serving_counter,
+        budget=budget,
+        cutoff=cutoff,
+        max_skips=settings.advancer.max_skips_per_step,
+        mark_abandoned=lambda row: store.mark_abandoned(state, row, cutoff_s=cutoff),
+    )
+    if walk.serving_counter == state.serving_counter:
+        return unchanged("queue_end", feed)
+    rate = None
+    if measure_rate and interval_s > 0:
+        measured = walk.live / interval_s
+        previous = state.admit_rate
+        rate = (
+            measured
+            if previous is None
+            else _RATE_SMOOTHING * measured + (1 - _RATE_SMOOTHING) * previous
+        )
+    try:
+        after = store.advance_to(
+            state, serving_counter=walk.serving_counter, admit_rate=rate, now_ms=runtime.now_ms()
+        )
+    except StaleCounter:
+        runtime.metrics.add_metric(name="AdvanceRaceLost", unit=MetricUnit.Count, value=1)
+        return unchanged("concurrent_update", feed)
+    runtime.metrics.add_metric(name="AdvancedLive", unit=MetricUnit.Count, value=walk.live)
+    runtime.metrics.add_metric(name="SkippedAbandoned", unit=MetricUnit.Count, value=walk.skipped)
+    if walk.live >= budget:
+        limited_by = "requested" if budget == requested else "capacity"
+    else:
+        limited_by = "queue_end"
+    return AdvanceOutcome(
+        event_id,
+        state.serving_counter,
+        after.serving_counter,
+        after.next_position,
+        walk.live,
+        walk.skipped,
+        limited_by,
+        feed,
+    )
+
+
+def run_cycle(runtime: VwrRuntime, *, interval_s: float) -> list[AdvanceOutcome]:
+    """One cycle over every active event; one event's failure never stops the others."""
+    store = runtime.store
+    active = store.active_event_ids()
+    try:
+        runtime.publish_edge_config(active)
+    except (OSError, ValueError, ClientError, BotoCoreError) as exc:
+        runtime.logger.warning("edge_config_not_published", extra={"error": str(exc)})
+    outcomes = []
+    for event_id in active:
+        try:
+            outcome = advance_event(
+                runtime, event_id, requested=None, interval_s=interval_s, measure_rate=True
+            )
+            if outcome.limited_by != "inactive":
+                outcomes.append(outcome)
+            if outcome.advanced:
+                runtime.logger.info("advanced", extra=outcome.to_dict())
+        except (ClientError, BotoCoreError, EventNotFound) as exc:
+            runtime.logger.exception(
+                "advance_failed", extra={"event_id": event_id, "error": str(exc)}
+            )
+            runtime.metrics.add_metric(name="AdvanceFailed", unit=MetricUnit.Count, value=1)
+    return outcomes
+
+
+def _bounded(value: Any, low: float, high: float, default: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(min(high, max(low, value)))
+
+
+def run(runtime: VwrRuntime, event: Any, context: Any) -> dict[str, Any]:
+    settings = runtime.settings.advancer
+    payload = event if isinstance(event, dict) else {}
+    steps = int(_bounded(payload.get("steps"), 1, 60, settings.steps_per_invocation))
+    interval_s = _bounded(payload.get("intervalSeconds"), 0, 60, settings.step_interval_s)
+    cycles: list[list[dict[str, Any]]] = []
+    for step in range(steps):
+        started = time.monotonic()
+        try:
+            cycles.append(
+                [outcome.to_dict() for outcome in run_cycle(runtime, interval_s=interval_s)]
+            )
+        finally:
+            runtime.flush_metrics()
+        if step == steps - 1:
+            break
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if callable(remaining) and remaining() < interval_s * 1000 + _SAFETY_MARGIN_MS:
+            break
+        time.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+    return {"cycles": cycles}
+
+
+_RUNTIME: list[VwrRuntime] = []
+
+
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    """The EventBridge entry point; settings and clients are built on the first invocation."""
+    if not _RUNTIME:
+        _RUNTIME.append(VwrRuntime.from_environment())
+    return run(_RUNTIME[0], event, context)

@@ -1,0 +1,526 @@
+"""The waiting-room API function (API Gateway REST v1 proxy events; HTTP API v2 accepted too).
+
+Routes (the edge serves them under ``/vwr-api``):
+``POST /vwr/assign/{eventId}``, ``GET /vwr/check/{eventId}/{requestId}``,
+``GET /vwr/status/{eventId}``, and the admin routes of ``admin.py``. Problems are
+``application/problem+json`` with a stable ``code``; bad input never becomes a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from aws_lambda_powertools.event_handler import (
+    APIGatewayHttpResolver,
+    APIGatewayRestResolver,
+    Response,
+)
+from aws_lambda_powertools.event_handler.api_gateway import BaseRouter, Router
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.shared.cookies import Cookie, SameSite
+
+from urr_common.tokens import TokenError
+from urr_vwr_lambda import tier1
+from urr_vwr_lambda.access import AccessIdentity
+from urr_vwr_lambda.events import event_shape_problem
+from urr_vwr_lambda.ids import is_event_id, parse_request_id
+from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, VwrProblem, bad_request, problem_body
+from urr_vwr_lambda.queueing import (
+    eta_seconds,
+    etag_matches,
+    is_admitted,
+    people_ahead,
+    poll_after_seconds,
+    strong_etag,
+)
+from urr_vwr_lambda.runtime import VwrRuntime
+from urr_vwr_lambda.settings import TOKEN_COOKIE
+from urr_vwr_lambda.store import (
+    POSITION_TTL_S,
+    EventNotFound,
+    EventState,
+    Place,
+    RoomInactive,
+    UserClaim,
+)
+
+MAX_BODY_BYTES = 16 * 1024
+JSON = "application/json"
+Handler = Callable[[Any, Any], dict[str, Any]]
+
+
+def json_response(
+    status: int,
+    body: dict[str, Any],
+    *,
+    headers: dict[str, str] | None = None,
+    cookies: list[Cookie] | None = None,
+) -> Response[str]:
+    merged = {"Cache-Control": "no-store", **(headers or {})}
+    return Response(
+        status_code=status,
+        content_type=JSON,
+        body=json.dumps(body, separators=(",", ":")),
+        headers=merged,
+        cookies=cookies,
+    )
+
+
+def problem_response(problem: VwrProblem, instance: str | None = None) -> Response[str]:
+    headers = {"Cache-Control": "no-store", **problem.headers}
+    return Response(
+        status_code=problem.status,
+        content_type=PROBLEM_CONTENT_TYPE,
+        body=json.dumps(problem.body(instance)),
+        headers=headers,
+    )
+
+
+def require_event_id(event_id: str) -> str:
+    if not is_event_id(event_id):
+        raise bad_request("the event id is 1-64 letters, digits, '-' or '_'", "bad_event_id")
+    return event_id
+
+
+def request_header(resolver: BaseRouter, name: str) -> str | None:
+    """A request header by case-insensitive name (powertools' header map)."""
+    value = resolver.current_event.headers.get(name)
+    return value if isinstance(value, str) else None
+
+
+def read_json_body(resolver: BaseRouter) -> dict[str, Any]:
+    """The request body as a JSON object; empty means ``{}``; anything else is a 4xx."""
+    event = resolver.current_event
+    raw = event.get("body")
+    if raw is None or raw == "":
+        return {}
+    if not isinstance(raw, str):
+        raise bad_request("the body must be a string")
+    if event.get("isBase64Encoded"):
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise bad_request("the body is not valid base64") from exc
+    else:
+        data = raw.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_BODY_BYTES:
+        raise VwrProblem(413, "payload_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+    content_type = (request_header(resolver, "content-type") or JSON).lower()
+    if not content_type.split(";")[0].strip().endswith(("/json", "+json")):
+        raise VwrProblem(415, "unsupported_media_type", "send application/json")
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise bad_request("the body is not valid JSON", "malformed_json") from exc
+    if not isinstance(parsed, dict):
+        raise VwrProblem(422, "validation_failed", "the body must be a JSON object")
+    return parsed
+
+
+def request_cookie(resolver: BaseRouter, name: str) -> str | None:
+    """A cookie's value from the ``Cookie`` header (v1) or the ``cookies`` list (v2)."""
+    event = resolver.current_event
+    raw: list[str] = []
+    v2_cookies = event.get("cookies")
+    if isinstance(v2_cookies, list):
+        raw.extend(c for c in v2_cookies if isinstance(c, str))
+    header = request_header(resolver, "cookie")
+    if header:
+        raw.extend(header.split(";"))
+    for part in raw:
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip().strip('"')
+    return None
+
+
+def bearer_token(resolver: BaseRouter) -> str | None:
+    header = request_header(resolver, "authorization")
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return None
+
+
+def caller_identity(runtime: VwrRuntime, resolver: BaseRouter) -> AccessIdentity | None:
+    """The logged-in user, if any.
+
+    A bad ``Authorization: Bearer`` is a 401 (the caller chose to send it). A bad
+    ``access_token`` cookie (expired, say) is ignored: the browser sends it on its own, and a
+    stale login must not lock anyone out of the waiting room; they simply wait anonymously.
+    """
+    bearer = bearer_token(resolver)
+    if bearer:
+        try:
+            return runtime.access_verifier.verify(bearer)
+        except TokenError as exc:
+            raise VwrProblem(
+                401,
+                "access_token_invalid",
+                f"the access token was refused ({exc.reason})",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            ) from exc
+    cookie = request_cookie(resolver, "access_token")
+    if cookie:
+        try:
+            return runtime.access_verifier.verify(cookie)
+        except TokenError:
+            runtime.logger.info("access_cookie_ignored")
+    return None
+
+
+def admit_rate(runtime: VwrRuntime, state: EventState) -> float:
+    """Admissions per second for the ETA: the advancer's measure, else the planned pace."""
+    if state.admit_rate is not None and state.admit_rate > 0:
+        return state.admit_rate
+    interval = runtime.settings.advancer.step_interval_s
+    return state.batch_size / interval if interval > 0 else 0.0
+
+
+def waiting_figures(runtime: VwrRuntime, state: EventState, position: int) -> dict[str, Any]:
+    ahead = people_ahead(position, state.serving_counter)
+    eta = eta_seconds(ahead, admit_rate(runtime, state))
+    poll = runtime.settings.poll
+    return {
+        "position": position,
+        "ahead": ahead,
+        "servingCounter": state.serving_counter,
+        "etaSeconds": eta if eta >= 0 else None,
+        "pollAfterSeconds": poll_after_seconds(eta, ahead, min_s=poll.min_s, max_s=poll.max_s),
+    }
+
+
+def build_public_router(runtime: VwrRuntime) -> Router:
+    router = Router()  # type: ignore[no-untyped-call]
+
+    @router.post("/vwr/assign/<event_id>")
+    def assign(event_id: str) -> Response[str]:
+        event_id = require_event_id(event_id)
+        body = read_json_body(router)
+        request_id = parse_request_id(body.get("requestId"))
+        if request_id is None:
+            raise VwrProblem(422, "bad_request_id", "requestId must be a UUID the client generated")
+        identity = caller_identity(runtime, router)
+        user_id = identity.user_id if identity else None
+        status, place, state = assign_place(runtime, event_id, request_id, user_id)
+        runtime.metrics.add_metric(
+            name="AssignNew" if status == 201 else "AssignRepeat", unit=MetricUnit.Count, value=1
+        )
+        figures = waiting_figures(runtime, state, place.position)
+        return json_response(
+            status, {"eventId": event_id, "requestId": place.request_id, **figures}
+        )
+
+    @router.get("/vwr/check/<event_id>/<request_id>")
+    def check(event_id: str, request_id: str) -> Response[str]:
+        return check_place(runtime, router, require_event_id(event_id), request_id)
+
+    @router.get("/vwr/status/<event_id>")
+    def status(event_id: str) -> Response[str]:
+        state = runtime.store.get_event(require_event_id(event_id))
+        if state is None:
+            raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}")
+        body = state.public()
+        etag = strong_etag(body)
+        cache = runtime.settings.status_cache
+        headers = {
+            "ETag": etag,
+            "Cache-Control": (
+                f"public, max-age={cache.max_age_s}, "
+                f"stale-while-revalidate={cache.stale_while_revalidate_s}"
+            ),
+        }
+        if etag_matches(request_header(router, "if-none-match"), etag):
+            return Response(status_code=304, headers=headers, body="")
+        return json_response(200, body, headers=headers)
+
+    return router
+
+
+def assign_place(
+    runtime: VwrRuntime, event_id: str, request_id: str, user_id: str | None
+) -> tuple[int, Place, EventState]:
+    """``(201, new place)`` or ``(200, the place this request or user already holds)``."""
+    store = runtime.store
+    now_s = runtime.now_s()
+    state, place, claim = store.read_assignment(event_id, request_id, user_id)
+    if state is None:
+        raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}")
+    if place is not None and place.current(state.epoch, now_s):
+        return 200, place, state
+    held, stale_owner = _users_place(runtime, state, claim, request_id, now_s)
+    if held is not None:
+        return 200, held, state
+    if not state.is_active:
+        raise room_inactive(event_id)
+    try:
+        position, epoch = store.reserve_position(event_id, now_ms=runtime.now_ms())
+    except RoomInactive as exc:
+        raise room_inactive(event_id) from exc
+    except EventNotFound as exc:
+        raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}") from exc
+    current = replace(state, next_position=position, epoch=epoch)
+    written = store.put_place(
+        event_id,
+        request_id,
+        position=position,
+        epoch=epoch,
+        user_id=user_id,
+        now_s=now_s,
+        stale_owner=stale_owner,
+    )
+    if not written:
+        # Our own PutItem may have landed before botocore retried it after a lost answer.
+        mine = store.get_place(event_id, request_id)
+        written = mine is not None and mine.position == position and mine.epoch == epoch
+    if written:
+        new_place = Place(
+            event_id=event_id,
+            request_id=request_id,
+            position=position,
+            epoch=epoch,
+            user_id=user_id,
+            last_seen=now_s,
+            expires_at=now_s + POSITION_TTL_S,
+            abandoned=False,
+            token=None,
+            token_exp=None,
+        )
+        return 201, new_place, current
+    return 200, _race_winner(runtime, event_id, request_id, user_id, epoch, now_s), current
+
+
+def _users_place(
+    runtime: VwrRuntime,
+    state: EventState,
+    claim: UserClaim | None,
+    request_id: str,
+    now_s: int,
+) -> tuple[Place | None, str | None]:
+    """The live place a logged-in user already holds (from another tab), and a stale owner.
+
+    The stale owner is the request id a current claim names whose place is gone (abandoned,
+    expired): the new place may take the claim over from it.
+    """
+    if claim is None or not claim.current(state.epoch, now_s):
+        return None, None
+    if claim.owner_request_id != request_id:
+        owner = runtime.store.get_place(state.event_id, claim.owner_request_id)
+        if owner is not None and owner.current(state.epoch, now_s):
+            return owner, None
+    return None, claim.owner_request_id
+
+
+def _race_winner(
+    runtime: VwrRuntime,
+    event_id: str,
+    request_id: str,
+    user_id: str | None,
+    epoch: int,
+    now_s: int,
+) -> Place:
+    """A racing duplicate (same request id, or the same user in another tab) won.
+
+    Its place stands; the number just taken stays unused (the advancer passes it at no cost).
+    """
+    runtime.metrics.add_metric(name="AssignRaceLost", unit=MetricUnit.Count, value=1)
+    store = runtime.store
+    winner = store.get_place(event_id, request_id)
+    if winner is None or not winner.current(epoch, now_s):
+        claimed = store.get_claim(event_id, user_id) if user_id else None
+        winner = store.get_place(event_id, claimed.owner_request_id) if claimed else None
+    if winner is None or not winner.current(epoch, now_s):
+        raise VwrProblem(409, "assign_conflict", "a concurrent assign interfered; retry")
+    return winner
+
+
+def room_inactive(event_id: str) -> VwrProblem:
+    return VwrProblem(
+        409,
+        "room_inactive",
+        f"the waiting room of event {event_id} is not active: go straight in",
+    )
+
+
+def check_place(
+    runtime: VwrRuntime, resolver: BaseRouter, event_id: str, raw_request_id: str
+) -> Response[str]:
+    request_id = parse_request_id(raw_request_id)
+    if request_id is None:
+        raise bad_request("the request id is not a UUID", "bad_request_id")
+    store = runtime.store
+    now_s = runtime.now_s()
+    state, place = store.read_check(event_id, request_id)
+    if state is None:
+        raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}")
+    if place is None or place.epoch != state.epoch or place.expires_at <= now_s:
+        raise VwrProblem(404, "position_not_found", "this request id holds no place for this event")
+    if place.abandoned:
+        raise position_abandoned()
+    runtime.metrics.add_metric(name="Check", unit=MetricUnit.Count, value=1)
+    if is_admitted(place.position, state.serving_counter):
+        return admitted_response(runtime, state, place, now_s)
+    if not state.is_active:
+        raise room_inactive(event_id)
+    poll = runtime.settings.poll
+    if now_s - place.last_seen >= poll.last_seen_write_interval_s and not store.touch(
+        place, now_s=now_s
+    ):
+        raise position_abandoned()
+    figures = waiting_figures(runtime, state, place.position)
+    return json_response(
+        200, {"eventId": event_id, "requestId": request_id, "admitted": False, **figures}
+    )
+
+
+def position_abandoned() -> VwrProblem:
+    return VwrProblem(
+        410,
+        "position_abandoned",
+        "this place was given up after its checks stopped; take a new place",
+    )
+
+
+#: A stored token with less than this left is replaced rather than handed out again.
+_MIN_TOKEN_LIFE_S = 60
+
+
+def admitted_response(
+    runtime: VwrRuntime, state: EventState, place: Place, now_s: int
+) -> Response[str]:
+    token, token_exp = place.token, place.token_exp
+    if token is None or token_exp is None or token_exp - now_s < _MIN_TOKEN_LIFE_S:
+        signer = runtime.signer
+        fresh = tier1.issue(
+            signer,
+            event_id=place.event_id,
+            request_id=place.request_id,
+            position=place.position,
+            user_id=place.user_id,
+            now=now_s,
+        )
+        stored = runtime.store.record_admission(
+            place, token=fresh, token_exp=now_s + signer.ttl_s, now_s=now_s
+        )
+        if stored is None or stored.token is None or stored.token_exp is None:
+            raise position_abandoned()
+        token, token_exp = stored.token, stored.token_exp
+        runtime.metrics.add_metric(name="Admitted", unit=MetricUnit.Count, value=1)
+    cookie = Cookie(
+        name=TOKEN_COOKIE,
+        value=token,
+        path=runtime.settings.cookie.path,
+        secure=runtime.settings.cookie.secure,
+        http_only=True,
+        max_age=max(0, token_exp - now_s),
+        same_site=SameSite.LAX_MODE,
+    )
+    body = {
+        "eventId": place.event_id,
+        "requestId": place.request_id,
+        "admitted": True,
+        "position": place.position,
+        "ahead": 0,
+        "servingCounter": state.serving_counter,
+        "etaSeconds": 0,
+        "token": token,
+        "tokenExpiresAt": token_exp,
+    }
+    return json_response(200, body, cookies=[cookie])
+
+
+def build_resolvers(
+    runtime: VwrRuntime,
+) -> tuple[APIGatewayRestResolver, APIGatewayHttpResolver]:
+    from urr_vwr_lambda.admin import build_admin_router
+
+    resolvers = (APIGatewayRestResolver(), APIGatewayHttpResolver())
+    for resolver in resolvers:
+        resolver.include_router(build_public_router(runtime))
+        resolver.include_router(build_admin_router(runtime))
+        _install_error_handlers(runtime, resolver)
+    return resolvers
+
+
+def _install_error_handlers(runtime: VwrRuntime, resolver: Any) -> None:
+    def on_problem(problem: VwrProblem) -> Response[str]:
+        runtime.metrics.add_metric(name=f"Problem{problem.status}", unit=MetricUnit.Count, value=1)
+        return problem_response(problem, _instance(resolver))
+
+    def on_not_found(_: Exception) -> Response[str]:
+        return problem_response(
+            VwrProblem(404, "not_found", "no such route (check the method and path)"),
+            _instance(resolver),
+        )
+
+    def on_error(exc: Exception) -> Response[str]:
+        runtime.logger.exception("unhandled_error")
+        runtime.metrics.add_metric(name="Problem500", unit=MetricUnit.Count, value=1)
+        return problem_response(
+            VwrProblem(500, "internal_error", "the server failed; it has been logged"),
+            _instance(resolver),
+        )
+
+    resolver.exception_handler(VwrProblem)(on_problem)
+    resolver.not_found(on_not_found)
+    resolver.exception_handler(Exception)(on_error)
+
+
+def _instance(resolver: Any) -> str | None:
+    path = resolver.current_event.get("path") or resolver.current_event.get("rawPath")
+    return path[:512] if isinstance(path, str) else None
+
+
+def make_handler(runtime_factory: Callable[[], VwrRuntime]) -> Handler:
+    """A Lambda entry point whose runtime (settings, clients) is built on the first call.
+
+    powertools' resolvers keep the request at hand in class attributes (``BaseRouter.
+    current_event``), so a process runs one invocation at a time, exactly like a Lambda
+    container; the local API Gateway emulator gets concurrency from several worker processes.
+    """
+    built: list[tuple[VwrRuntime, APIGatewayRestResolver, APIGatewayHttpResolver]] = []
+    lock = threading.Lock()
+
+    def handle(event: Any, context: Any) -> dict[str, Any]:
+        is_v2 = isinstance(event, dict) and event.get("version") == "2.0"
+        problem = event_shape_problem(event, v2=is_v2)
+        if problem is not None:
+            return _raw_problem(problem, v2=is_v2)
+        with lock:
+            if not built:
+                runtime = runtime_factory()
+                built.append((runtime, *build_resolvers(runtime)))
+            runtime, rest, http = built[0]
+            context_of_request = event.get("requestContext")
+            if isinstance(context_of_request, dict):
+                runtime.logger.set_correlation_id(str(context_of_request.get("requestId", "")))
+            try:
+                answer: dict[str, Any] = (http if is_v2 else rest).resolve(event, context)
+                return answer
+            finally:
+                runtime.flush_metrics()
+
+    return handle
+
+
+def _raw_problem(problem: VwrProblem, *, v2: bool) -> dict[str, Any]:
+    """A problem for an event too malformed to hand to the resolver."""
+    body = json.dumps(problem_body(problem.status, problem.code, problem.detail))
+    headers = {"Content-Type": PROBLEM_CONTENT_TYPE, "Cache-Control": "no-store"}
+    answer: dict[str, Any] = {
+        "statusCode": problem.status,
+        "headers": headers,
+        "body": body,
+        "isBase64Encoded": False,
+    }
+    if not v2:
+        answer["multiValueHeaders"] = {}
+    return answer
+
+
+handler = make_handler(VwrRuntime.from_environment)

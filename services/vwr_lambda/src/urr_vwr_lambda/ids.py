@@ -1,0 +1,31 @@
+"""Validation of the identifiers clients send: event ids and request ids."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+#: Event ids are plain tokens: they appear in paths, cookies, keys and log lines.
+_EVENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+#: Sort keys starting with this hold per-user claims; a request id (a UUID) never does.
+USER_CLAIM_PREFIX = "user#"
+#: The counters item listing the active events (no event id can start with ``#``).
+ACTIVE_REGISTRY_ID = "#active"
+
+
+def is_event_id(value: object) -> bool:
+    return isinstance(value, str) and _EVENT_ID_RE.match(value) is not None
+
+
+def parse_request_id(value: object) -> str | None:
+    """The canonical (lower-case) form of a UUID in its 36-character text form, else None."""
+    if not isinstance(value, str) or _UUID_RE.match(value) is None:
+        return None
+    return str(uuid.UUID(value))
+
+
+def user_claim_key(user_id: str) -> str:
+    return USER_CLAIM_PREFIX + user_id

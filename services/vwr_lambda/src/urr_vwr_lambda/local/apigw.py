@@ -1,0 +1,106 @@
+"""The API Gateway emulator (port 3010): HTTP in, proxy events to the API function, HTTP out.
+
+``python -m urr_vwr_lambda.local.apigw``. Settings: ``VwrSettings`` (``URR_HTTP__PORT``,
+``URR_AWS__ENDPOINT_URL``, ``URR_TABLES__*``, ``URR_VWR_TOKENS__*`` ...).
+
+Like API Gateway in front of Lambda, concurrent requests go to separate worker processes
+(``URR_LOCAL_API_PROCESSES``, default 2), each running the real ``urr_vwr_lambda.api.handler``
+one invocation at a time with its settings read from the same environment. Tests pass their own
+runtime instead and the handler runs on a thread of this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from urr_common.logs import configure_logging
+from urr_common.service import READINESS_KEY, create_service_app, run, serve
+from urr_common.settings import load_settings
+from urr_vwr_lambda.api import Handler, make_handler
+from urr_vwr_lambda.keys import ensure_local_keys
+from urr_vwr_lambda.local.proxy_events import http_response, rest_event
+from urr_vwr_lambda.runtime import VwrRuntime
+from urr_vwr_lambda.settings import VwrSettings
+
+EXECUTOR_KEY = web.AppKey("vwr_api_executor", Executor)
+
+
+def invoke_in_worker(event: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a worker process: the deployed entry point, settings from the environment."""
+    from urr_vwr_lambda.api import handler
+
+    return handler(event, None)
+
+
+def create_app(
+    settings: VwrSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    runtime: VwrRuntime | None = None,
+) -> web.Application:
+    """The emulator app; ``runtime`` lets tests share theirs (settings, clock, clients)."""
+    app = create_service_app(settings, registry=registry)
+    in_process = runtime is not None or settings.local_api_processes == 0
+    the_runtime = runtime or VwrRuntime(settings)
+    local_handler: Handler = make_handler(lambda: the_runtime)
+
+    async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
+        # The function is synchronous (boto3); it never runs on the event loop.
+        pool: Executor
+        if in_process:
+            pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vwr-api")
+        else:
+            pool = ProcessPoolExecutor(
+                max_workers=settings.local_api_processes,
+                mp_context=multiprocessing.get_context("spawn"),
+            )
+        with pool:
+            app[EXECUTOR_KEY] = pool
+            yield
+        if "dynamodb" in the_runtime.__dict__:
+            the_runtime.dynamodb.close()
+
+    app.cleanup_ctx.append(executor_ctx)
+
+    async def dynamodb_ready() -> None:
+        await asyncio.to_thread(the_runtime.store.active_event_ids)
+
+    app[READINESS_KEY].add_check("dynamodb", dynamodb_ready)
+
+    async def invoke(request: web.Request) -> web.Response:
+        body = await request.read()
+        event = rest_event(request, body)
+        loop = asyncio.get_running_loop()
+        if in_process:
+            result: dict[str, Any] = await loop.run_in_executor(
+                request.app[EXECUTOR_KEY], local_handler, event, None
+            )
+        else:
+            result = await loop.run_in_executor(request.app[EXECUTOR_KEY], invoke_in_worker, event)
+        return http_response(result)
+
+    app.router.add_route("*", "/{tail:.*}", invoke)
+    return app
+
+
+def main() -> None:
+    settings = load_settings(VwrSettings)
+    configure_logging(settings.log, service="urr-vwr-apigw")
+    if settings.create_missing_keys:
+        ensure_local_keys(settings.vwr_tokens)
+
+    async def serve_app() -> None:
+        await serve(create_app(settings), settings.http)
+
+    run(serve_app, use_uvloop=settings.http.use_uvloop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The CloudFront emulator (port 8000): seed 004 §5.5's behaviours and the edge verifier.
+
+``/vwr/*`` the static waiting page (``/vwr/{eventId}`` is rewritten to its ``index.html``, as
+the CloudFront Function does), ``/vwr-api/*`` the API Gateway emulator with the prefix stripped,
+``/*`` the gateway. The edge verifier runs on every viewer request first.
+``python -m urr_vwr_lambda.local.edge``; settings ``EdgeEmulatorSettings``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from urr_common.logs import configure_logging
+from urr_common.problems import ProblemError
+from urr_common.service import create_service_app, run, serve
+from urr_common.settings import load_settings
+from urr_vwr_lambda.edge import EdgeVerifier
+from urr_vwr_lambda.edge_config import EdgeConfigSource
+from urr_vwr_lambda.local.cloudfront import edge_response, viewer_request_event
+from urr_vwr_lambda.settings import EdgeEmulatorSettings
+
+SESSION_KEY = web.AppKey("vwr_edge_session", aiohttp.ClientSession)
+VERIFIER_KEY = web.AppKey("vwr_edge_verifier", EdgeVerifier)
+
+#: Hop-by-hop headers (RFC 9110 §7.6.1) never cross a proxy.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+_STATIC_CACHE = "public, max-age=300"
+
+
+class BadGateway(ProblemError):
+    status = 502
+    default_code = "bad_gateway"
+
+
+def _static_file(tail: str) -> tuple[bytes, str] | None:
+    """The packaged file for ``/vwr/<tail>``: an asset, or the page for any other path."""
+    root = resources.files("urr_vwr_lambda") / "static"
+    parts = [part for part in tail.split("/") if part]
+    if parts and parts[0] == "assets" and len(parts) == 2 and not parts[1].startswith("."):
+        asset = root / "assets" / parts[1]
+        if asset.is_file():
+            kind = mimetypes.guess_type(parts[1])[0] or "application/octet-stream"
+            return asset.read_bytes(), kind
+        return None
+    return (root / "index.html").read_bytes(), "text/html"
+
+
+def _forward_headers(request: web.Request) -> dict[str, str]:
+    connection_named = {
+        token.strip().lower() for token in request.headers.get("Connection", "").split(",")
+    }
+    headers = {
+        name: value
+        for name, value in request.headers.items()
+        if name.lower() not in _HOP_BY_HOP and name.lower() not in connection_named
+    }
+    forwarded_for = request.headers.get("X-Forwarded-For")
+    client = request.remote or "127.0.0.1"
+    headers["X-Forwarded-For"] = f"{forwarded_for}, {client}" if forwarded_for else client
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers["X-Forwarded-Host"] = request.host
+    return headers
+
+
+async def _proxy(request: web.Request, upstream: str) -> web.StreamResponse:
+    session = request.app[SESSION_KEY]
+    body = await request.read()
+    try:
+        async with session.request(
+            request.method,
+            upstream,
+            headers=_forward_headers(request),
+            data=body or None,
+            allow_redirects=False,
+        ) as answer:
+            response = web.StreamResponse(status=answer.status, reason=answer.reason)
+            for name, value in answer.headers.items():
+                if name.lower() not in _HOP_BY_HOP:
+                    response.headers.add(name, value)
+            await response.prepare(request)
+            async for chunk in answer.content.iter_chunked(64 * 1024):
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise BadGateway(f"the origin did not answer: {type(exc).__name__}") from exc
+
+
+def create_app(
+    settings: EdgeEmulatorSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    verifier: EdgeVerifier | None = None,
+) -> web.Application:
+    app = create_service_app(settings, registry=registry)
+    app[VERIFIER_KEY] = verifier or EdgeVerifier(EdgeConfigSource(settings.edge_config.target))
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+            app[SESSION_KEY] = session
+            yield
+
+    app.cleanup_ctx.append(session_ctx)
+
+    async def viewer_request(request: web.Request) -> web.StreamResponse | None:
+        """Run the edge function; a response it generates short-circuits the request."""
+        event = viewer_request_event(request)
+        # The function may stat or fetch its document: keep that off the event loop.
+        answer: dict[str, Any] = await asyncio.to_thread(request.app[VERIFIER_KEY], event)
+        return edge_response(answer) if "status" in answer else None
+
+    async def waiting_page(request: web.Request) -> web.StreamResponse:
+        generated = await viewer_request(request)
+        if generated is not None:
+            return generated
+        found = _static_file(request.match_info.get("tail", ""))
+        if found is None:
+            raise web.HTTPNotFound(text="no such asset")
+        data, kind = found
+        return web.Response(body=data, content_type=kind, headers={"Cache-Control": _STATIC_CACHE})
+
+    async def waiting_api(request: web.Request) -> web.StreamResponse:
+        generated = await viewer_request(request)
+        if generated is not None:
+            return generated
+        tail = request.raw_path.removeprefix("/vwr-api")
+        return await _proxy(request, settings.api_url.rstrip("/") + tail)
+
+    async def origin(request: web.Request) -> web.StreamResponse:
+        generated = await viewer_request(request)
+        if generated is not None:
+            return generated
+        return await _proxy(request, settings.gateway_url.rstrip("/") + request.raw_path)
+
+    app.router.add_get("/vwr", waiting_page)
+    app.router.add_get("/vwr/{tail:.*}", waiting_page)
+    app.router.add_route("*", "/vwr-api/{tail:.*}", waiting_api)
+    app.router.add_route("*", "/{tail:.*}", origin)
+    return app
+
+
+def main() -> None:
+    settings = load_settings(EdgeEmulatorSettings)
+    configure_logging(settings.log, service="urr-vwr-edge")
+
+    async def serve_app() -> None:
+        await serve(create_app(settings), settings.http)
+
+    run(serve_app, use_uvloop=settings.http.use_uvloop)
+
+
+if __name__ == "__main__":
+    main()

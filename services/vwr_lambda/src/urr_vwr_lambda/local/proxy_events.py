@@ -1,0 +1,74 @@
+"""HTTP requests to API Gateway REST (v1) proxy events and results back (the API emulator)."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+
+def rest_event(request: web.Request, body: bytes) -> dict[str, Any]:
+    """The proxy event API Gateway would send for ``request`` (``/{proxy+}`` resource)."""
+    headers: dict[str, str] = {}
+    multi_headers: dict[str, list[str]] = {}
+    for name, value in request.headers.items():
+        headers[name] = value
+        multi_headers.setdefault(name, []).append(value)
+    query: dict[str, str] = {}
+    multi_query: dict[str, list[str]] = {}
+    for name, value in request.query.items():
+        query[name] = value
+        multi_query.setdefault(name, []).append(value)
+    try:
+        text: str | None = body.decode("utf-8") if body else None
+        is_base64 = False
+    except UnicodeDecodeError:
+        text, is_base64 = base64.b64encode(body).decode(), True
+    return {
+        "resource": "/{proxy+}",
+        "path": request.path,
+        "httpMethod": request.method,
+        "headers": headers,
+        "multiValueHeaders": multi_headers,
+        "queryStringParameters": query or None,
+        "multiValueQueryStringParameters": multi_query or None,
+        "pathParameters": {"proxy": request.path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": "000000000000",
+            "apiId": "local",
+            "stage": "local",
+            "resourcePath": "/{proxy+}",
+            "httpMethod": request.method,
+            "path": request.path,
+            "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
+            "requestId": str(uuid.uuid4()),
+            "requestTimeEpoch": int(time.time() * 1000),
+            "identity": {
+                "sourceIp": request.remote or "127.0.0.1",
+                "userAgent": headers.get("User-Agent", ""),
+            },
+        },
+        "body": text,
+        "isBase64Encoded": is_base64,
+    }
+
+
+def http_response(result: dict[str, Any]) -> web.Response:
+    """The HTTP answer API Gateway makes of a proxy integration's result."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in (result.get("headers") or {}).items():
+        headers[name] = str(value)
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        if name in headers and name.lower() != "set-cookie":
+            continue
+        for value in values:
+            headers.add(name, str(value))
+    raw = result.get("body") or ""
+    body = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
+    headers.pop("Content-Length", None)
+    return web.Response(status=int(result.get("statusCode", 502)), body=body, headers=headers)

@@ -1,0 +1,148 @@
+"""Pure waiting-room arithmetic: people ahead, ETA, poll pacing, Tier-2 headroom, the walk.
+
+No I/O here: the handlers read DynamoDB and the capacity feed, then ask these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import orjson
+
+#: Below this admission rate the ETA is "unknown" rather than an absurd number.
+_MIN_RATE_PER_S = 1e-3
+#: ETAs are capped (about 115 days): nothing beyond that is a meaningful promise.
+_MAX_ETA_S = 10_000_000
+
+
+def people_ahead(position: int, serving_counter: int) -> int:
+    """Waiters with a smaller number still to be served (0 once admitted)."""
+    return max(0, position - serving_counter - 1)
+
+
+def is_admitted(position: int, serving_counter: int) -> bool:
+    return position <= serving_counter
+
+
+def eta_seconds(ahead: int, admit_per_s: float) -> int:
+    """Seconds until this waiter is served at ``admit_per_s`` (its own turn included)."""
+    if ahead <= 0:
+        return 0
+    if not admit_per_s > _MIN_RATE_PER_S:  # also catches NaN
+        return -1
+    return min(_MAX_ETA_S, math.ceil((ahead + 1) / admit_per_s))
+
+
+def poll_after_seconds(eta_s: int, ahead: int, *, min_s: int, max_s: int) -> int:
+    """How long the page waits before its next check: soon when close, rarely when far.
+
+    A quarter of the ETA keeps the number of checks per waiter roughly constant (about four
+    before admission) whatever the queue length; an unknown ETA falls back to bands by distance.
+    """
+    if ahead <= 0:
+        return min_s
+    if eta_s < 0:
+        band = 5 if ahead <= 100 else 10 if ahead <= 1000 else 20 if ahead <= 10_000 else max_s
+        return max(min_s, min(max_s, band))
+    return max(min_s, min(max_s, eta_s // 4))
+
+
+@dataclass(frozen=True)
+class CapacityFeed:
+    """Tier 2's report for one event (``GET /api/v1/queue/{eventId}/capacity``)."""
+
+    waiting: int
+    admitted: int
+    capacity: int
+    admit_per_second: float
+
+    def absorbable(self, interval_s: float) -> int:
+        """Waiters Tier 2 can take before the next cycle.
+
+        Its free admission slots now, plus what its admission rate clears in one interval,
+        minus whoever already waits in its own queue: Tier 2's queue stays at about one
+        interval's worth, so it never idles and never floods.
+        """
+        free_slots = max(0, self.capacity - self.admitted)
+        cleared = math.floor(max(0.0, self.admit_per_second) * max(0.0, interval_s))
+        return max(0, free_slots + cleared - self.waiting)
+
+
+@dataclass(frozen=True)
+class PositionRow:
+    """One place in line as the position index shows it."""
+
+    request_id: str
+    position: int
+    last_seen: int
+    admitted: bool = False
+
+    def abandoned_by(self, cutoff: int) -> bool:
+        """Its checks stopped before ``cutoff`` (epoch seconds) and it never got in."""
+        return not self.admitted and self.last_seen < cutoff
+
+
+@dataclass(frozen=True)
+class WalkResult:
+    serving_counter: int
+    live: int
+    skipped: int
+    examined: int
+
+
+def walk_positions(
+    rows: Iterable[PositionRow],
+    *,
+    serving_counter: int,
+    budget: int,
+    cutoff: int,
+    max_skips: int,
+    mark_abandoned: Callable[[PositionRow], bool],
+) -> WalkResult:
+    """Move past up to ``budget`` live places in position order, skipping abandoned ones.
+
+    ``rows`` come from the position index in ascending order above the serving counter and at
+    or below ``nextPosition``. An abandoned place is skipped only once ``mark_abandoned``
+    succeeded (a conditional write that fails when the waiter checked in meanwhile: that
+    waiter then counts as live). A number with no row (a place burnt by a racing duplicate
+    assign) costs nothing. The counter ends on the last place passed, never beyond the rows
+    seen, so a place not yet visible in the index is never jumped.
+    """
+    live = skipped = examined = 0
+    new_serving = serving_counter
+    if budget <= 0:
+        return WalkResult(serving_counter, 0, 0, 0)
+    for row in rows:
+        if row.position <= new_serving:
+            continue
+        examined += 1
+        if row.abandoned_by(cutoff):
+            if skipped >= max_skips:
+                break
+            if mark_abandoned(row):
+                skipped += 1
+                new_serving = row.position
+                continue
+        live += 1
+        new_serving = row.position
+        if live >= budget:
+            break
+    return WalkResult(new_serving, live, skipped, examined)
+
+
+def strong_etag(body: object) -> str:
+    """A strong validator over the canonical JSON of ``body``."""
+    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f'"{digest[:32]}"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """``If-None-Match`` semantics (RFC 9110 §13.1.2): weak comparison, ``*`` matches all."""
+    if not if_none_match:
+        return False
+    candidates = [part.strip() for part in if_none_match.split(",")]
+    opaque = etag.removeprefix("W/")
+    return any(c == "*" or c.removeprefix("W/") == opaque for c in candidates)

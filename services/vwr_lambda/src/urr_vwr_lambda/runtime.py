@@ -1,0 +1,154 @@
+"""Everything a warm container keeps: settings, clients, keys; built on first use, not import.
+
+``VwrRuntime.from_environment()`` reads the settings on a function's first invocation. Tests
+and the local stand-ins build one from settings they made themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import suppress
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from urr_common.clients import aws_client_kwargs
+from urr_common.settings import load_settings
+from urr_common.tokens import KeySet, SigningKey, TokenSigner, load_verification_keys
+from urr_vwr_lambda.access import AccessVerifier
+from urr_vwr_lambda.edge_config import EdgeConfigPublisher, build_document
+from urr_vwr_lambda.keys import SigningKeyUnavailable, load_signing_key
+from urr_vwr_lambda.settings import VwrSettings
+from urr_vwr_lambda.store import VwrStore
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger, Metrics
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+class VwrRuntime:
+    """Lazily created dependencies of the API, admin and advancer functions (thread-safe)."""
+
+    def __init__(self, settings: VwrSettings, *, clock: Any = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_environment(cls) -> VwrRuntime:
+        return cls(load_settings(VwrSettings))
+
+    def _client(self, service: str) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            retries={"mode": "standard", "max_attempts": self.settings.aws_max_attempts},
+            connect_timeout=2,
+            read_timeout=self.settings.aws_read_timeout_s,
+            max_pool_connections=64,
+        )
+        return boto3.session.Session().client(  # type: ignore[call-overload]
+            service, config=config, **aws_client_kwargs(self.settings.aws)
+        )
+
+    @cached_property
+    def dynamodb(self) -> DynamoDBClient:
+        with self._lock:
+            client: DynamoDBClient = self._client("dynamodb")
+            return client
+
+    @cached_property
+    def store(self) -> VwrStore:
+        tables = self.settings.tables
+        return VwrStore(
+            self.dynamodb,
+            counters_table=tables.counters,
+            positions_table=tables.positions,
+            position_index=tables.position_index,
+        )
+
+    @cached_property
+    def signing_key(self) -> SigningKey:
+        with self._lock:
+            tokens = self.settings.vwr_tokens
+            secrets = self._client("secretsmanager") if tokens.private_key_secret_id else None
+            return load_signing_key(
+                tokens, create_missing=self.settings.create_missing_keys, secrets=secrets
+            )
+
+    @cached_property
+    def signer(self) -> TokenSigner:
+        tokens = self.settings.vwr_tokens
+        return TokenSigner(
+            self.signing_key, issuer=tokens.issuer, audience=tokens.audience, ttl_s=tokens.ttl_s
+        )
+
+    @cached_property
+    def access_verifier(self) -> AccessVerifier:
+        with self._lock:
+            return AccessVerifier(self.settings.access_trust)
+
+    @cached_property
+    def logger(self) -> Logger:
+        from aws_lambda_powertools import Logger
+
+        return Logger(service=self.settings.service_name)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        from aws_lambda_powertools import Metrics
+
+        return Metrics(namespace="URR/VWR", service=self.settings.service_name)
+
+    @cached_property
+    def edge_publisher(self) -> EdgeConfigPublisher:
+        return EdgeConfigPublisher(self.settings.edge_config.target, s3_client=lambda: self._s3)
+
+    @cached_property
+    def _s3(self) -> Any:
+        with self._lock:
+            return self._client("s3")
+
+    def published_keys(self) -> KeySet:
+        """The public keys the edge should trust: the trust files, the keys being rotated out
+        (``URR_VWR_TOKENS__PREVIOUS_PUBLIC_KEY_FILES``) and our own signing key."""
+        configured = [
+            *self.settings.vwr_trust.public_key_files,
+            *self.settings.vwr_tokens.previous_public_key_files,
+        ]
+        files = [p for p in configured if p.exists()]
+        keys = KeySet(load_verification_keys(files))
+        with suppress(SigningKeyUnavailable):
+            keys.add(self.signing_key.verification_key())
+        return keys
+
+    def publish_edge_config(self, active_events: list[str]) -> bool:
+        """Tell the edge which events are gated now; True when the document changed."""
+        tokens = self.settings.vwr_tokens
+        document = build_document(
+            self.published_keys(),
+            active_events,
+            max_age_s=self.settings.edge_config.max_age_s,
+            issuer=tokens.issuer,
+            audience=tokens.audience,
+        )
+        return self.edge_publisher.publish(document)
+
+    def now_s(self) -> int:
+        return int(self.clock())
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def flush_metrics(self) -> None:
+        """Emit the metrics of this invocation (EMF on stdout), or drop them when disabled."""
+        from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+        metrics = self.metrics
+        if not metrics.metric_set:
+            return
+        if is_metrics_disabled():
+            metrics.clear_metrics()
+        else:
+            metrics.flush_metrics()

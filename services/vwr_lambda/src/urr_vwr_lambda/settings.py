@@ -1,0 +1,163 @@
+"""Settings of the Tier-1 Lambdas and their local stand-ins (env prefix ``URR_``).
+
+Read once, on a function's first invocation (never at import). Shared names:
+``URR_AWS__*`` (endpoint, region), ``URR_VWR_TOKENS__*`` (signing the Tier-1 token),
+``URR_VWR_TRUST__PUBLIC_KEY_FILES`` (verifying it), ``URR_ACCESS_TRUST__*`` (verifying the auth
+service's access tokens). Lambda@Edge has no environment at all: the edge verifier reads a JSON
+document instead (see ``edge_config``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from urr_common.settings import (
+    AwsSettings,
+    HttpSettings,
+    ServiceSettings,
+    TokenKeySettings,
+    TrustedKeysSettings,
+)
+
+TOKEN_COOKIE = "urr-vwr-token"  # noqa: S105 - a cookie name
+VWR_ISSUER = "urr-vwr"
+VWR_AUDIENCE = "urr-vwr"
+VWR_KEY_DIR = Path(".urr/keys/vwr")
+DEFAULT_EDGE_CONFIG = Path(".urr/vwr/edge-config.json")
+
+
+class VwrTokenSettings(TokenKeySettings):
+    """Signing the Tier-1 token.
+
+    Locally the private key is the PEM ``private_key_file`` (created on first start, with its
+    public half written to ``public/<kid>.pem`` beside it). In AWS set
+    ``URR_VWR_TOKENS__PRIVATE_KEY_SECRET_ID`` to a Secrets Manager secret holding the PEM
+    (encrypted with the account's KMS key): it is fetched once per container, on first use.
+    """
+
+    private_key_file: Path = VWR_KEY_DIR / "local-1.pem"
+    private_key_secret_id: str | None = None
+    issuer: str = VWR_ISSUER
+    audience: str = VWR_AUDIENCE
+    #: How long an admission token lets its holder past the edge.
+    ttl_s: int = Field(default=1800, ge=60, le=86_400)
+
+
+def _vwr_trust() -> TrustedKeysSettings:
+    return TrustedKeysSettings(
+        public_key_files=[VWR_KEY_DIR / "public" / "local-1.pem"],
+        issuer=VWR_ISSUER,
+        audience=VWR_AUDIENCE,
+    )
+
+
+def _access_trust() -> TrustedKeysSettings:
+    return TrustedKeysSettings(
+        jwks_url="http://127.0.0.1:3005/.well-known/jwks.json", issuer="urr-auth", audience="urr"
+    )
+
+
+class TableSettings(BaseModel):
+    counters: str = "urr-vwr-counters"
+    positions: str = "urr-vwr-positions"
+    position_index: str = "eventId-position-index"
+
+
+class CookieSettings(BaseModel):
+    #: ``Secure`` on the token cookie; on wherever the site is served over TLS.
+    secure: bool = False
+    path: str = "/"
+
+
+class StatusCacheSettings(BaseModel):
+    """``Cache-Control`` of the public status figures (CloudFront and browsers)."""
+
+    max_age_s: int = Field(default=2, ge=0, le=300)
+    stale_while_revalidate_s: int = Field(default=10, ge=0, le=3600)
+
+
+class QueueFeedSettings(BaseModel):
+    """Where Tier 2 reports what it can absorb (``GET {url}/api/v1/queue/{id}/capacity``)."""
+
+    url: str = "http://127.0.0.1:3007"
+    timeout_s: float = Field(default=1.0, gt=0.0, le=10.0)
+
+
+class AdvancerSettings(BaseModel):
+    #: Cycles per invocation; EventBridge invokes once a minute, so 6 cycles 10 s apart.
+    steps_per_invocation: int = Field(default=6, ge=1, le=60)
+    step_interval_s: float = Field(default=10.0, ge=0.0, le=60.0)
+    #: A waiter whose last check is older than this has abandoned its place.
+    abandon_after_s: int = Field(default=120, ge=10, le=86_400)
+    #: Abandoned places marked per event per cycle at most (each mark is one write).
+    max_skips_per_step: int = Field(default=200, ge=0, le=5000)
+    #: Batch size of an event created without one.
+    default_batch_size: int = Field(default=500, ge=1, le=100_000)
+
+
+class PollSettings(BaseModel):
+    min_s: int = Field(default=2, ge=1, le=60)
+    max_s: int = Field(default=30, ge=1, le=300)
+    #: A check writes ``lastSeen`` only when the stored one is older than this (saves writes).
+    last_seen_write_interval_s: int = Field(default=2, ge=0, le=60)
+
+
+class EdgeConfigSettings(BaseModel):
+    """Where the document the edge verifier reads is published (a file, or ``s3://b/key``)."""
+
+    target: str = str(DEFAULT_EDGE_CONFIG)
+    #: How long the edge may use a fetched document before fetching it again.
+    max_age_s: int = Field(default=15, ge=1, le=3600)
+
+
+class VwrSettings(ServiceSettings):
+    """Everything the API, admin and advancer functions read (the API emulator listens on 3010)."""
+
+    service_name: str = "urr-vwr"
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3010))
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    tables: TableSettings = Field(default_factory=TableSettings)
+    vwr_tokens: VwrTokenSettings = Field(default_factory=VwrTokenSettings)
+    vwr_trust: TrustedKeysSettings = Field(default_factory=_vwr_trust)
+    access_trust: TrustedKeysSettings = Field(default_factory=_access_trust)
+    cookie: CookieSettings = Field(default_factory=CookieSettings)
+    status_cache: StatusCacheSettings = Field(default_factory=StatusCacheSettings)
+    queue: QueueFeedSettings = Field(default_factory=QueueFeedSettings)
+    advancer: AdvancerSettings = Field(default_factory=AdvancerSettings)
+    poll: PollSettings = Field(default_factory=PollSettings)
+    edge_config: EdgeConfigSettings = Field(default_factory=EdgeConfigSettings)
+    #: Per-call read timeout of AWS calls and attempts per call (botocore's standard retries).
+    #: A retried ``ADD nextPosition`` whose first try did land leaves one number unused (the
+    #: advancer passes it at no cost); a generous timeout keeps that rare.
+    aws_read_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
+    aws_max_attempts: int = Field(default=3, ge=1, le=10)
+    #: Who may call the admin routes: an admin access token (local), or API Gateway's IAM
+    #: authoriser (AWS; the function then trusts the caller identity in the request context).
+    admin_auth: Literal["access_token", "iam"] = "access_token"
+    #: Worker processes of the local API Gateway emulator (each one a "container" running one
+    #: invocation at a time, as powertools' resolver requires); 0 runs it in-process.
+    local_api_processes: int = Field(default=2, ge=0, le=16)
+    #: Whether a missing signing key may be generated (only ever on a developer's machine).
+    create_missing_keys: bool = True
+
+
+class EdgeEmulatorSettings(ServiceSettings):
+    """The local CloudFront stand-in (port 8000)."""
+
+    service_name: str = "urr-vwr-edge"
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=8000))
+    gateway_url: str = "http://127.0.0.1:3001"
+    api_url: str = "http://127.0.0.1:3010"
+    edge_config: EdgeConfigSettings = Field(default_factory=EdgeConfigSettings)
+    upstream_timeout_s: float = Field(default=30.0, gt=0.0)
+
+
+class SchedulerSettings(ServiceSettings):
+    """The local EventBridge stand-in: invokes the advancer every ``interval_s``."""
+
+    service_name: str = "urr-vwr-scheduler"
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3011))
+    interval_s: float = Field(default=10.0, gt=0.0, le=3600.0)

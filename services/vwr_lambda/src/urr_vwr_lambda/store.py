@@ -1,0 +1,587 @@
+"""DynamoDB adapter: the counters and positions tables (low-level boto3 client).
+
+``counters`` (PK ``eventId``): ``nextPosition`` (the last number handed out), ``servingCounter``
+(every number up to it is admitted), ``isActive``, ``batchSize``, ``updatedAt`` (epoch ms),
+``epoch`` (bumped by a reset, so rows of earlier runs count as gone without deleting them),
+``admitRate`` (admissions per second, smoothed by the advancer). The item ``#active`` lists the
+active events in a string set, so the advancer finds them with one GetItem, never a Scan.
+
+``positions`` (PK ``eventId``, SK ``requestId``): ``position``, ``epoch``, ``userId``,
+``createdAt``, ``lastSeen`` and ``ttl`` (epoch seconds; 24 h), ``abandoned``, ``token``,
+``tokenExp``, ``admittedAt``. Items with SK ``user#<id>`` are a logged-in user's claim
+(``ownerRequestId``, ``claimedPosition``): one place per user and event. GSI
+``eventId-position-index`` (``eventId`` + ``position``) lets the advancer walk the line in order;
+claim items carry no ``position`` and stay out of it. DynamoDB's TTL deletes late (and moto
+never), so every read also treats ``ttl < now`` as gone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from urr_vwr_lambda.ids import ACTIVE_REGISTRY_ID, user_claim_key
+from urr_vwr_lambda.queueing import PositionRow
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+Item = Mapping[str, Any]
+POSITION_TTL_S = 24 * 3600
+
+
+class EventNotFound(LookupError):
+    """No counters item for this event."""
+
+
+class RoomInactive(RuntimeError):
+    """The event exists but its waiting room is not active."""
+
+
+class StaleCounter(RuntimeError):
+    """The serving counter or epoch changed under a compare-and-set (another advancer ran)."""
+
+
+@dataclass(frozen=True)
+class EventState:
+    event_id: str
+    is_active: bool
+    next_position: int
+    serving_counter: int
+    batch_size: int
+    updated_at_ms: int
+    epoch: int
+    admit_rate: float | None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "eventId": self.event_id,
+            "isActive": self.is_active,
+            "servingCounter": self.serving_counter,
+            "nextPosition": self.next_position,
+            "waiting": max(0, self.next_position - self.serving_counter),
+            "updatedAt": self.updated_at_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Place:
+    """One positions row (a place in line)."""
+
+    event_id: str
+    request_id: str
+    position: int
+    epoch: int
+    user_id: str | None
+    last_seen: int
+    expires_at: int
+    abandoned: bool
+    token: str | None
+    token_exp: int | None
+
+    def current(self, epoch: int, now_s: int) -> bool:
+        """Of this run of the room, not expired, not given up."""
+        return self.epoch == epoch and self.expires_at > now_s and not self.abandoned
+
+
+@dataclass(frozen=True)
+class UserClaim:
+    owner_request_id: str
+    position: int
+    epoch: int
+    expires_at: int
+
+    def current(self, epoch: int, now_s: int) -> bool:
+        return self.epoch == epoch and self.expires_at > now_s
+
+
+def _conditional_failed(exc: ClientError) -> bool:
+    code = exc.response.get("Error", {}).get("Code", "")
+    return code in ("ConditionalCheckFailedException", "TransactionCanceledException")
+
+
+def _n(item: Item, name: str, default: int = 0) -> int:
+    value = item.get(name)
+    return int(value["N"]) if value and "N" in value else default
+
+
+def _s(item: Item, name: str) -> str | None:
+    value = item.get(name)
+    return value["S"] if value and "S" in value else None
+
+
+def _event_state(item: Item) -> EventState:
+    rate = item.get("admitRate")
+    return EventState(
+        event_id=_s(item, "eventId") or "",
+        is_active=bool(item.get("isActive", {}).get("BOOL", False)),
+        next_position=_n(item, "nextPosition"),
+        serving_counter=_n(item, "servingCounter"),
+        batch_size=_n(item, "batchSize", 1),
+        updated_at_ms=_n(item, "updatedAt"),
+        epoch=_n(item, "epoch", 1),
+        admit_rate=float(rate["N"]) if rate and "N" in rate else None,
+    )
+
+
+def _place(item: Item) -> Place:
+    token_exp = item.get("tokenExp")
+    return Place(
+        event_id=_s(item, "eventId") or "",
+        request_id=_s(item, "requestId") or "",
+        position=_n(item, "position"),
+        epoch=_n(item, "epoch", 1),
+        user_id=_s(item, "userId"),
+        last_seen=_n(item, "lastSeen"),
+        expires_at=_n(item, "ttl"),
+        abandoned=bool(item.get("abandoned", {}).get("BOOL", False)),
+        token=_s(item, "token"),
+        token_exp=int(token_exp["N"]) if token_exp and "N" in token_exp else None,
+    )
+
+
+def _claim(item: Item) -> UserClaim:
+    return UserClaim(
+        owner_request_id=_s(item, "ownerRequestId") or "",
+        position=_n(item, "claimedPosition"),
+        epoch=_n(item, "epoch", 1),
+        expires_at=_n(item, "ttl"),
+    )
+
+
+def _num(value: int | float) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+class VwrStore:
+    """Every DynamoDB read and write of the waiting room; one instance per container."""
+
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        *,
+        counters_table: str,
+        positions_table: str,
+        position_index: str,
+    ) -> None:
+        self._db = client
+        self.counters_table = counters_table
+        self.positions_table = positions_table
+        self.position_index = position_index
+
+    # -- events --------------------------------------------------------------------------
+
+    def get_event(self, event_id: str, *, consistent: bool = False) -> EventState | None:
+        answer = self._db.get_item(
+            TableName=self.counters_table,
+            Key={"eventId": {"S": event_id}},
+            ConsistentRead=consistent,
+        )
+        item = answer.get("Item")
+        return _event_state(item) if item else None
+
+    def put_event(
+        self, event_id: str, *, is_active: bool, batch_size: int, now_ms: int
+    ) -> EventState:
+        """Create or change an event; the active-event registry changes in the same transaction."""
+        registry_update = "ADD events :set" if is_active else "DELETE events :set"
+        self._db.transact_write_items(
+            TransactItems=[
+                {
+                    "Update": {
+                        "TableName": self.counters_table,
+                        "Key": {"eventId": {"S": event_id}},
+                        "UpdateExpression": (
+                            "SET isActive = :active, batchSize = :batch, updatedAt = :now, "
+                            "nextPosition = if_not_exists(nextPosition, :zero), "
+                            "servingCounter = if_not_exists(servingCounter, :zero), "
+                            "epoch = if_not_exists(epoch, :one)"
+                        ),
+                        "ExpressionAttributeValues": {
+                            ":active": {"BOOL": is_active},
+                            ":batch": _num(batch_size),
+                            ":now": _num(now_ms),
+                            ":zero": _num(0),
+                            ":one": _num(1),
+                        },
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.counters_table,
+                        "Key": {"eventId": {"S": ACTIVE_REGISTRY_ID}},
+                        "UpdateExpression": registry_update,
+                        "ExpressionAttributeValues": {":set": {"SS": [event_id]}},
+                    }
+                },
+            ]
+        )
+        state = self.get_event(event_id, consistent=True)
+        if state is None:  # pragma: no cover - written just above
+            raise EventNotFound(event_id)
+        return state
+
+    def active_event_ids(self) -> list[str]:
+        answer = self._db.get_item(
+            TableName=self.counters_table,
+            Key={"eventId": {"S": ACTIVE_REGISTRY_ID}},
+            ConsistentRead=True,
+        )
+        item = answer.get("Item") or {}
+        return sorted(item.get("events", {}).get("SS", []))
+
+    def reset_event(self, event_id: str, *, now_ms: int) -> EventState:
+        """Start the room over: counters to 0, a new epoch (earlier rows count as gone)."""
+        try:
+            answer = self._db.update_item(
+                TableName=self.counters_table,
+                Key={"eventId": {"S": event_id}},
+                UpdateExpression=(
+                    "SET nextPosition = :zero, servingCounter = :zero, updatedAt = :now, "
+                    "epoch = if_not_exists(epoch, :one) + :one REMOVE admitRate, lastAdvanceAt"
+                ),
+                ConditionExpression="attribute_exists(eventId)",
+                ExpressionAttributeValues={":zero": _num(0), ":one": _num(1), ":now": _num(now_ms)},
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                raise EventNotFound(event_id) from exc
+            raise
+        return _event_state(answer["Attributes"])
+
+    # -- assign --------------------------------------------------------------------------
+
+    def read_assignment(
+        self, event_id: str, request_id: str, user_id: str | None
+    ) -> tuple[EventState | None, Place | None, UserClaim | None]:
+        """The event, this request's place and the user's claim, in one BatchGetItem."""
+        keys = [{"eventId": {"S": event_id}, "requestId": {"S": request_id}}]
+        if user_id:
+            keys.append({"eventId": {"S": event_id}, "requestId": {"S": user_claim_key(user_id)}})
+        items = self._batch_get(
+            {
+                self.counters_table: {
+                    "Keys": [{"eventId": {"S": event_id}}],
+                    "ConsistentRead": True,
+                },
+                self.positions_table: {"Keys": keys, "ConsistentRead": True},
+            }
+        )
+        state = place = claim = None
+        for item in items.get(self.counters_table, []):
+            state = _event_state(item)
+        for item in items.get(self.positions_table, []):
+            if _s(item, "requestId") == request_id:
+                place = _place(item)
+            else:
+                claim = _claim(item)
+        return state, place, claim
+
+    def get_place(self, event_id: str, request_id: str) -> Place | None:
+        answer = self._db.get_item(
+            TableName=self.positions_table,
+            Key={"eventId": {"S": event_id}, "requestId": {"S": request_id}},
+            ConsistentRead=True,
+        )
+        item = answer.get("Item")
+        return _place(item) if item else None
+
+    def get_claim(self, event_id: str, user_id: str) -> UserClaim | None:
+        answer = self._db.get_item(
+            TableName=self.positions_table,
+            Key={"eventId": {"S": event_id}, "requestId": {"S": user_claim_key(user_id)}},
+            ConsistentRead=True,
+        )
+        item = answer.get("Item")
+        return _claim(item) if item else None
+
+    def reserve_position(self, event_id: str, *, now_ms: int) -> tuple[int, int]:
+        """Take the next number (atomic ADD, only while active): ``(position, epoch)``."""
+        try:
+            answer = self._db.update_item(
+                TableName=self.counters_table,
+                Key={"eventId": {"S": event_id}},
+                UpdateExpression="ADD nextPosition :one SET updatedAt = :now",
+                ConditionExpression="isActive = :true",
+                ExpressionAttributeValues={
+                    ":one": _num(1),
+                    ":now": _num(now_ms),
+                    ":true": {"BOOL": True},
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not _conditional_failed(exc):
+                raise
+            if exc.response.get("Item") or self.get_event(event_id, consistent=True):
+                raise RoomInactive(event_id) from exc
+            raise EventNotFound(event_id) from exc
+        state = _event_state(answer["Attributes"])
+        return state.next_position, state.epoch
+
+    def put_place(
+        self,
+        event_id: str,
+        request_id: str,
+        *,
+        position: int,
+        epoch: int,
+        user_id: str | None,
+        now_s: int,
+        stale_owner: str | None = None,
+    ) -> bool:
+        """Write the new place (and the user's claim); False when another write got there first.
+
+        The row may replace one of an earlier epoch, an expired one or an abandoned one; the
+        claim may replace one of an earlier epoch, an expired one, or one naming
+        ``stale_owner`` (a place the caller found gone).
+        """
+        item: dict[str, Any] = {
+            "eventId": {"S": event_id},
+            "requestId": {"S": request_id},
+            "position": _num(position),
+            "epoch": _num(epoch),
+            "createdAt": _num(now_s),
+            "lastSeen": _num(now_s),
+            "ttl": _num(now_s + POSITION_TTL_S),
+        }
+        if user_id:
+            item["userId"] = {"S": user_id}
+        replaceable = (
+            "attribute_not_exists(requestId) OR epoch < :epoch OR #ttl < :now OR abandoned = :true"
+        )
+        values = {":epoch": _num(epoch), ":now": _num(now_s), ":true": {"BOOL": True}}
+        put = {
+            "TableName": self.positions_table,
+            "Item": item,
+            "ConditionExpression": replaceable,
+            "ExpressionAttributeNames": {"#ttl": "ttl"},
+            "ExpressionAttributeValues": values,
+        }
+        try:
+            if not user_id:
+                self._db.put_item(**put)  # type: ignore[arg-type]
+                return True
+            claim_condition = "attribute_not_exists(requestId) OR epoch < :epoch OR #ttl < :now"
+            claim_values: dict[str, Any] = {":epoch": _num(epoch), ":now": _num(now_s)}
+            if stale_owner:
+                claim_condition += " OR ownerRequestId = :stale"
+                claim_values[":stale"] = {"S": stale_owner}
+            self._db.transact_write_items(
+                TransactItems=[
+                    {"Put": put},  # type: ignore[typeddict-item]
+                    {
+                        "Put": {
+                            "TableName": self.positions_table,
+                            "Item": {
+                                "eventId": {"S": event_id},
+                                "requestId": {"S": user_claim_key(user_id)},
+                                "ownerRequestId": {"S": request_id},
+                                "claimedPosition": _num(position),
+                                "epoch": _num(epoch),
+                                "ttl": _num(now_s + POSITION_TTL_S),
+                            },
+                            "ConditionExpression": claim_condition,
+                            "ExpressionAttributeNames": {"#ttl": "ttl"},
+                            "ExpressionAttributeValues": claim_values,
+                        }
+                    },
+                ]
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
+    # -- check ---------------------------------------------------------------------------
+
+    def read_check(self, event_id: str, request_id: str) -> tuple[EventState | None, Place | None]:
+        """The event (eventually consistent) and the place (strongly consistent), one call."""
+        items = self._batch_get(
+            {
+                self.counters_table: {
+                    "Keys": [{"eventId": {"S": event_id}}],
+                    "ConsistentRead": False,
+                },
+                self.positions_table: {
+                    "Keys": [{"eventId": {"S": event_id}, "requestId": {"S": request_id}}],
+                    "ConsistentRead": True,
+                },
+            }
+        )
+        counters = items.get(self.counters_table, [])
+        places = items.get(self.positions_table, [])
+        return (
+            _event_state(counters[0]) if counters else None,
+            _place(places[0]) if places else None,
+        )
+
+    def touch(self, place: Place, *, now_s: int) -> bool:
+        """Record a check; False when the advancer marked the place abandoned meanwhile."""
+        try:
+            self._db.update_item(
+                TableName=self.positions_table,
+                Key={"eventId": {"S": place.event_id}, "requestId": {"S": place.request_id}},
+                UpdateExpression="SET lastSeen = :now",
+                ConditionExpression="epoch = :epoch AND attribute_not_exists(abandoned)",
+                ExpressionAttributeValues={":now": _num(now_s), ":epoch": _num(place.epoch)},
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
+    def record_admission(
+        self, place: Place, *, token: str, token_exp: int, now_s: int
+    ) -> Place | None:
+        """Store the admission token once; the stored place, or None if the place is gone.
+
+        Two checks racing both sign a token but only one is stored; the loser answers with the
+        winner's, so a waiter sees one token.
+        """
+        key = {"eventId": {"S": place.event_id}, "requestId": {"S": place.request_id}}
+        try:
+            answer = self._db.update_item(
+                TableName=self.positions_table,
+                Key=key,
+                UpdateExpression=(
+                    "SET #token = :token, tokenExp = :exp, lastSeen = :now, "
+                    "admittedAt = if_not_exists(admittedAt, :now)"
+                ),
+                ConditionExpression=(
+                    "epoch = :epoch AND attribute_not_exists(abandoned) AND "
+                    "(attribute_not_exists(#token) OR tokenExp < :now)"
+                ),
+                ExpressionAttributeNames={"#token": "token"},
+                ExpressionAttributeValues={
+                    ":token": {"S": token},
+                    ":exp": _num(token_exp),
+                    ":now": _num(now_s),
+                    ":epoch": _num(place.epoch),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if not _conditional_failed(exc):
+                raise
+            stored = self.get_place(place.event_id, place.request_id)
+            return stored if stored and stored.epoch == place.epoch and stored.token else None
+        return _place(answer["Attributes"])
+
+    # -- advancing -----------------------------------------------------------------------
+
+    def places_above(
+        self, state: EventState, *, upto: int, now_s: int, page_size: int = 500
+    ) -> Iterator[PositionRow]:
+        """Current places numbered ``servingCounter+1 .. upto``, in order, from the GSI."""
+        if upto <= state.serving_counter:
+            return
+        start_key: dict[str, Any] | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": self.positions_table,
+                "IndexName": self.position_index,
+                "KeyConditionExpression": "eventId = :e AND #pos BETWEEN :lo AND :hi",
+                "FilterExpression": (
+                    "epoch = :epoch AND #ttl > :now AND attribute_not_exists(abandoned)"
+                ),
+                "ExpressionAttributeNames": {"#pos": "position", "#ttl": "ttl"},
+                "ExpressionAttributeValues": {
+                    ":e": {"S": state.event_id},
+                    ":lo": _num(state.serving_counter + 1),
+                    ":hi": _num(upto),
+                    ":epoch": _num(state.epoch),
+                    ":now": _num(now_s),
+                },
+                "Limit": page_size,
+            }
+            if start_key:
+                kwargs["ExclusiveStartKey"] = start_key
+            answer = self._db.query(**kwargs)
+            for item in answer.get("Items", []):
+                yield PositionRow(
+                    request_id=_s(item, "requestId") or "",
+                    position=_n(item, "position"),
+                    last_seen=_n(item, "lastSeen"),
+                    admitted="admittedAt" in item,
+                )
+            start_key = answer.get("LastEvaluatedKey")
+            if not start_key:
+                return
+
+    def mark_abandoned(self, state: EventState, row: PositionRow, *, cutoff_s: int) -> bool:
+        """Flag a place whose checks stopped; False if its waiter checked in meanwhile."""
+        try:
+            self._db.update_item(
+                TableName=self.positions_table,
+                Key={"eventId": {"S": state.event_id}, "requestId": {"S": row.request_id}},
+                UpdateExpression="SET abandoned = :true",
+                ConditionExpression=(
+                    "epoch = :epoch AND lastSeen < :cutoff AND attribute_not_exists(admittedAt)"
+                ),
+                ExpressionAttributeValues={
+                    ":true": {"BOOL": True},
+                    ":epoch": _num(state.epoch),
+                    ":cutoff": _num(cutoff_s),
+                },
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
+    def advance_to(
+        self, state: EventState, *, serving_counter: int, admit_rate: float | None, now_ms: int
+    ) -> EventState:
+        """Compare-and-set the serving counter; never beyond ``nextPosition``."""
+        update = "SET servingCounter = :new, lastAdvanceAt = :now, updatedAt = :now"
+        values: dict[str, Any] = {
+            ":new": _num(serving_counter),
+            ":old": _num(state.serving_counter),
+            ":epoch": _num(state.epoch),
+            ":now": _num(now_ms),
+        }
+        if admit_rate is not None:
+            update += ", admitRate = :rate"
+            values[":rate"] = _num(round(admit_rate, 3))
+        try:
+            answer = self._db.update_item(
+                TableName=self.counters_table,
+                Key={"eventId": {"S": state.event_id}},
+                UpdateExpression=update,
+                ConditionExpression=(
+                    "servingCounter = :old AND epoch = :epoch AND nextPosition >= :new"
+                ),
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                raise StaleCounter(state.event_id) from exc
+            raise
+        return _event_state(answer["Attributes"])
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _batch_get(self, request: dict[str, Any]) -> dict[str, list[Item]]:
+        """BatchGetItem, retrying unprocessed keys (throttling) a few times."""
+        found: dict[str, list[Item]] = {}
+        pending = request
+        for attempt in range(5):
+            answer = self._db.batch_get_item(RequestItems=pending)
+            for table, items in answer.get("Responses", {}).items():
+                found.setdefault(table, []).extend(items)
+            pending = answer.get("UnprocessedKeys") or {}
+            if not pending:
+                return found
+            time.sleep(0.01 * 2**attempt)
+        raise RuntimeError("DynamoDB left keys unprocessed after retries")

@@ -1,0 +1,69 @@
+"""Creating the two tables (local stack and tests; SAM creates them in AWS).
+
+The devstack calls ``ensure_tables`` against moto before starting the stand-ins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import ClientError
+
+from urr_vwr_lambda.settings import TableSettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+def ensure_tables(client: DynamoDBClient, tables: TableSettings) -> None:
+    """Create ``counters`` and ``positions`` (TTL on ``ttl``, the position GSI) when missing."""
+    existing = set(client.list_tables().get("TableNames", []))
+    if tables.counters not in existing:
+        _create(
+            client.create_table,
+            TableName=tables.counters,
+            AttributeDefinitions=[{"AttributeName": "eventId", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "eventId", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    if tables.positions not in existing:
+        _create(
+            client.create_table,
+            TableName=tables.positions,
+            AttributeDefinitions=[
+                {"AttributeName": "eventId", "AttributeType": "S"},
+                {"AttributeName": "requestId", "AttributeType": "S"},
+                {"AttributeName": "position", "AttributeType": "N"},
+            ],
+            KeySchema=[
+                {"AttributeName": "eventId", "KeyType": "HASH"},
+                {"AttributeName": "requestId", "KeyType": "RANGE"},
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": tables.position_index,
+                    "KeySchema": [
+                        {"AttributeName": "eventId", "KeyType": "HASH"},
+                        {"AttributeName": "position", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {
+                        "ProjectionType": "INCLUDE",
+                        "NonKeyAttributes": ["lastSeen", "epoch", "ttl", "abandoned", "admittedAt"],
+                    },
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        client.update_time_to_live(
+            TableName=tables.positions,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"},
+        )
+
+
+def _create(create: object, **kwargs: object) -> None:
+    try:
+        create(**kwargs)  # type: ignore[operator]
+    except ClientError as exc:
+        # Two processes starting together: the other one created it first.
+        if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+            raise

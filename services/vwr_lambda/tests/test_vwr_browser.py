@@ -1,0 +1,128 @@
+"""End to end in headless Chromium through the edge emulator (Debian's chromium + Playwright).
+
+A visitor opens a protected page, is sent to the waiting page, sees the number, keeps it across
+a reload, is admitted when the counter advances and lands back on the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from aiohttp import web
+
+from urr_common.settings import load_settings
+from urr_vwr_lambda import advancer
+from urr_vwr_lambda.keys import ensure_local_keys
+from urr_vwr_lambda.local import apigw
+from urr_vwr_lambda.local import edge as edge_emulator
+from urr_vwr_lambda.settings import EdgeEmulatorSettings
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium"
+    ),
+]
+
+
+async def start(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def protected_page(request: web.Request) -> web.Response:
+    event_id = request.match_info["event_id"]
+    return web.Response(
+        text=f"<!doctype html><title>Event</title><h1 id='protected'>Seats for {event_id}</h1>",
+        content_type="text/html",
+    )
+
+
+@pytest.fixture
+async def stack(vwr: Any) -> AsyncIterator[tuple[Any, str]]:
+    """Upstream stand-in, API Gateway emulator and edge emulator on free ports."""
+    vwr.runtime.clock = time.time
+    ensure_local_keys(vwr.settings.vwr_tokens)
+    upstream = web.Application()
+    upstream.router.add_get("/events/{event_id}", protected_page)
+    runners = []
+    try:
+        runner, upstream_url = await start(upstream)
+        runners.append(runner)
+        runner, api_url = await start(apigw.create_app(vwr.settings, runtime=vwr.runtime))
+        runners.append(runner)
+        edge_settings = load_settings(
+            EdgeEmulatorSettings,
+            gateway_url=upstream_url,
+            api_url=api_url,
+            edge_config={"target": vwr.settings.edge_config.target},
+        )
+        runner, edge_url = await start(edge_emulator.create_app(edge_settings))
+        runners.append(runner)
+        yield vwr, edge_url
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+@pytest.mark.timeout(120)
+async def test_a_visitor_waits_is_admitted_and_returns(stack: tuple[Any, str]) -> None:
+    from playwright.async_api import async_playwright
+
+    vwr, edge_url = stack
+    await asyncio.to_thread(vwr.open_event, "evt-1", batch_size=10)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{edge_url}/events/evt-1?seat=A1")
+            assert urlsplit(page.url).path == "/vwr/evt-1"
+            await page.wait_for_function("document.getElementById('position').textContent === '1'")
+            assert await page.get_attribute("#status", "aria-live") == "polite"
+            assert await page.get_attribute("#progress", "aria-valuenow") is not None
+
+            await page.reload()  # the place survives a reload (requestId in localStorage)
+            await page.wait_for_function("document.getElementById('position').textContent === '1'")
+            status = await asyncio.to_thread(vwr.status, "evt-1")
+            assert status.body["nextPosition"] == 1
+
+            cycle = {"steps": 1, "intervalSeconds": 10}
+            outcome = await asyncio.to_thread(advancer.run, vwr.runtime, cycle, None)
+            assert outcome["cycles"][0][0]["servingCounter"] == 1
+
+            await page.wait_for_selector("#protected", timeout=30_000)
+            landed = urlsplit(page.url)
+            assert (landed.path, landed.query) == ("/events/evt-1", "seat=A1")
+            cookies = await page.context.cookies()
+            [token_cookie] = [c for c in cookies if c["name"] == "urr-vwr-token"]
+            assert token_cookie["httpOnly"] is True
+            assert token_cookie["sameSite"] == "Lax"
+
+            # A forged "return" never leaves the site: the page falls back to the event.
+            await page.goto(f"{edge_url}/vwr/evt-1?return=%2F%2Fevil.example%2Fx")
+            await page.wait_for_selector("#protected", timeout=30_000)
+            forged = urlsplit(page.url)
+            assert (forged.netloc, forged.path) == (urlsplit(edge_url).netloc, "/events/evt-1")
+        finally:
+            await browser.close()

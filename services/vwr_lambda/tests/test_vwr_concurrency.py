@@ -1,0 +1,88 @@
+"""Concurrent assigns against the moto server: the atomic counter and the conditional writes.
+
+The threads call ``assign_place`` (what the assign route runs) directly: a Lambda process runs
+one invocation at a time (powertools' resolver keeps the request in class attributes), so real
+concurrency only ever meets at DynamoDB, which is what this exercises.
+
+The tests run on a moto server that serialises requests (``vwr_serial_moto.py``): moto's own
+server updates items from several threads without a lock, so its ``ADD`` is not atomic the
+way DynamoDB's is and would hand out a duplicate number now and then.
+
+Each new assign costs three DynamoDB calls (BatchGetItem, UpdateItem, PutItem) and moto answers
+a few hundred calls per second on a quiet 2-core machine, so 1,000 assigns are ~3,000 calls: ten
+seconds quiet, longer when the machine is shared (hence the longer timeout).
+"""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from urr_vwr_lambda.api import assign_place
+
+pytestmark = pytest.mark.integration
+
+ASSIGNS = 1_000
+
+
+@pytest.fixture
+def aws_endpoint(serial_moto_endpoint: str) -> str:
+    return serial_moto_endpoint
+
+
+@pytest.mark.timeout(240)
+def test_1000_concurrent_assigns_get_1000_distinct_contiguous_places(vwr: Any) -> None:
+    vwr.open_event("rush")
+    request_ids = [str(uuid.uuid4()) for _ in range(ASSIGNS)]
+
+    def assign(request_id: str) -> tuple[int, int]:
+        status, place, _ = assign_place(vwr.runtime, "rush", request_id, None)
+        return status, place.position
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(assign, request_ids))
+    assert {status for status, _ in answers} == {201}, [a for a in answers if a[0] != 201][:5]
+    assert sorted(position for _, position in answers) == list(range(1, ASSIGNS + 1))
+    assert vwr.status("rush").body["nextPosition"] == ASSIGNS
+
+
+def test_a_request_id_retried_concurrently_gets_one_place(vwr: Any) -> None:
+    """Racing duplicates all see the same place; a number a loser took stays unused."""
+    vwr.open_event("dup")
+    request_id = str(uuid.uuid4())
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(
+            pool.map(lambda _: assign_place(vwr.runtime, "dup", request_id, None), range(12))
+        )
+    assert {status for status, _, _ in answers} <= {200, 201}
+    assert len({place.position for _, place, _ in answers}) == 1
+    assert {place.request_id for _, place, _ in answers} == {request_id}
+    # The advancer passes the unused numbers at no cost and admits the one real place.
+    assert vwr.admin("POST", "dup/advance", {"by": 1}).body["admitted"] == 1
+    assert vwr.check("dup", request_id).body["admitted"] is True
+
+
+def test_one_user_racing_from_many_tabs_holds_one_place(vwr: Any) -> None:
+    vwr.open_event("tabs")
+    tabs = [str(uuid.uuid4()) for _ in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda rid: assign_place(vwr.runtime, "tabs", rid, "u-42"), tabs))
+    assert len({(place.request_id, place.position) for _, place, _ in answers}) == 1
+    [(_, winner, _)] = [answer for answer in answers if answer[0] == 201]
+    assert vwr.check("tabs", winner.request_id).status == 200
+
+
+def test_handler_calls_from_threads_stay_correct(vwr: Any) -> None:
+    """The handler serialises its own invocations; threads still get their own answers."""
+    vwr.open_event("threads")
+    events = [
+        vwr.event("POST", "/vwr/assign/threads", {"requestId": str(uuid.uuid4())})
+        for _ in range(40)
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(vwr.call, events))
+    assert [a.body["requestId"] for a in answers] == [e["body"].split('"')[3] for e in events]
+    assert sorted(a.body["position"] for a in answers) == list(range(1, 41))

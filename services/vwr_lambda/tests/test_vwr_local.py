@@ -1,0 +1,166 @@
+"""The local stand-ins: API Gateway emulator, CloudFront emulator, scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from urr_common.settings import load_settings
+from urr_vwr_lambda.keys import ensure_local_keys
+from urr_vwr_lambda.local import apigw, scheduler
+from urr_vwr_lambda.local import edge as edge_emulator
+from urr_vwr_lambda.settings import EdgeEmulatorSettings, SchedulerSettings, VwrSettings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def api(vwr: Any) -> AsyncIterator[TestClient[Any, Any]]:
+    ensure_local_keys(vwr.settings.vwr_tokens)
+    async with TestClient(TestServer(apigw.create_app(vwr.settings, runtime=vwr.runtime))) as c:
+        yield c
+
+
+async def test_the_api_emulator_turns_http_into_proxy_events(
+    vwr: Any, api: TestClient[Any, Any]
+) -> None:
+    await asyncio.to_thread(vwr.open_event, "evt-1")
+    request_id = str(uuid.uuid4())
+    assigned = await api.post("/vwr/assign/evt-1", json={"requestId": request_id})
+    assert assigned.status == 201
+    assert (await assigned.json())["position"] == 1
+    status = await api.get("/vwr/status/evt-1")
+    etag = status.headers["ETag"]
+    assert (await api.get("/vwr/status/evt-1", headers={"If-None-Match": etag})).status == 304
+    await asyncio.to_thread(vwr.admin, "POST", "evt-1/advance", {"by": 1})
+    checked = await api.get(f"/vwr/check/evt-1/{request_id}")
+    assert checked.status == 200
+    assert "HttpOnly" in checked.headers["Set-Cookie"]
+    bad = await api.post(
+        "/vwr/assign/evt-1", data=b"\xff\xfe", headers={"Content-Type": "application/json"}
+    )
+    assert bad.status == 400
+    assert bad.headers["Content-Type"] == "application/problem+json"
+    assert (await api.get("/health/live")).status == 200
+    assert (await api.get("/health/ready")).status == 200
+
+
+async def upstream_app() -> web.Application:
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "path": request.path_qs,
+                "forwardedFor": request.headers.get("X-Forwarded-For"),
+                "host": request.headers.get("Host"),
+            },
+            headers={"X-Upstream": "yes"},
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+@pytest.fixture
+async def edge(vwr: Any, api: TestClient[Any, Any]) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(await upstream_app())) as upstream:
+        settings = load_settings(
+            EdgeEmulatorSettings,
+            gateway_url=str(upstream.make_url("")).rstrip("/"),
+            api_url=str(api.make_url("")).rstrip("/"),
+            edge_config={"target": vwr.settings.edge_config.target},
+        )
+        async with TestClient(TestServer(edge_emulator.create_app(settings))) as client:
+            yield client
+
+
+async def test_the_edge_emulator_applies_the_behaviours(
+    vwr: Any, edge: TestClient[Any, Any]
+) -> None:
+    await asyncio.to_thread(vwr.open_event, "evt-1")
+    await asyncio.sleep(0.6)  # the file source looks again after half a second
+    origin = await edge.get("/anything?x=1")
+    assert origin.headers["X-Upstream"] == "yes"
+    echoed = await origin.json()
+    assert echoed["path"] == "/anything?x=1"
+    assert echoed["forwardedFor"] == "127.0.0.1"
+    page = await edge.get("/events/evt-1", allow_redirects=False)
+    assert page.status == 302
+    assert page.headers["Location"] == "/vwr/evt-1?return=%2Fevents%2Fevt-1"
+    api_path = await edge.get("/api/v1/seats/evt-1")
+    assert api_path.status == 403
+    assert (await api_path.json())["code"] == "vwr_token_missing"
+    waiting = await edge.get("/vwr/evt-1?return=%2Fevents%2Fevt-1")
+    assert waiting.headers["Content-Type"].startswith("text/html")
+    assert 'role="progressbar"' in await waiting.text()
+    script = await edge.get("/vwr/assets/waiting.js")
+    assert script.headers["Content-Type"] in ("text/javascript", "application/javascript")
+    assert (await edge.get("/vwr/assets/nope.js")).status == 404
+    status = await edge.get("/vwr-api/vwr/status/evt-1")  # prefix stripped
+    assert status.status == 200
+    assert (await status.json())["eventId"] == "evt-1"
+    assert (await edge.get("/health/live")).status == 200
+
+
+async def test_the_edge_emulator_answers_502_when_the_origin_is_down(vwr: Any) -> None:
+    settings = load_settings(
+        EdgeEmulatorSettings,
+        gateway_url="http://127.0.0.1:9",
+        api_url="http://127.0.0.1:9",
+        edge_config={"target": vwr.settings.edge_config.target},
+    )
+    async with TestClient(TestServer(edge_emulator.create_app(settings))) as client:
+        answer = await client.get("/")
+        assert answer.status == 502
+        assert (await answer.json())["code"] == "bad_gateway"
+
+
+async def test_the_scheduler_invokes_the_advancer(vwr: Any) -> None:
+    vwr.runtime.clock = time.time
+    await asyncio.to_thread(vwr.open_event, "evt-1", batch_size=5)
+    await asyncio.to_thread(vwr.assign, "evt-1")
+    settings = load_settings(SchedulerSettings, interval_s=0.2)
+    app = scheduler.create_app(settings, vwr.runtime)
+    async with TestClient(TestServer(app)) as client:
+        for _ in range(100):
+            if app[scheduler.STATE_KEY].runs >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert (await client.get("/health/ready")).status == 200
+        status = await asyncio.to_thread(vwr.status, "evt-1")
+        assert status.body["servingCounter"] == 1
+
+
+@pytest.mark.timeout(120)
+async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
+    vwr: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes read the same environment a Lambda would (nothing passed in)."""
+    settings = vwr.settings
+    keys = settings.vwr_tokens.private_key_file
+    environment = {
+        "URR_AWS__ENDPOINT_URL": str(settings.aws.endpoint_url),
+        "URR_AWS__ACCESS_KEY_ID": "testing",
+        "URR_AWS__SECRET_ACCESS_KEY": "testing",
+        "URR_TABLES__COUNTERS": settings.tables.counters,
+        "URR_TABLES__POSITIONS": settings.tables.positions,
+        "URR_VWR_TOKENS__PRIVATE_KEY_FILE": str(keys),
+        "URR_EDGE_CONFIG__TARGET": settings.edge_config.target,
+        "URR_ACCESS_TRUST__JWKS_URL": "",
+        "URR_LOCAL_API_PROCESSES": "1",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    await asyncio.to_thread(vwr.open_event, "evt-1")
+    app = apigw.create_app(load_settings(VwrSettings))
+    async with TestClient(TestServer(app)) as client:
+        answer = await client.post("/vwr/assign/evt-1", json={"requestId": str(uuid.uuid4())})
+        assert answer.status == 201
+        assert (await answer.json())["position"] == 1
