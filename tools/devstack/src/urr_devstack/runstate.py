@@ -70,6 +70,17 @@ def cmdline(pid: int) -> str | None:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def exit_code(pid: int) -> int | None:
+    """A zombie's exit code from ``/proc/<pid>/stat`` (negative: killed by that signal)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # Field 52 of proc(5) (exit_code, in waitpid form); fields[0] here is field 3.
+        status = int(fields[49])
+    except (OSError, IndexError, ValueError):
+        return None
+    return -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF
+
+
 def is_alive(record: ProcessRecord) -> bool:
     line = cmdline(record.pid)
     return line is not None and record.marker in line

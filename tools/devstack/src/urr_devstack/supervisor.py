@@ -28,6 +28,7 @@ from typing import Any, TextIO
 from honcho.manager import Manager
 from honcho.printer import Printer
 
+from urr_devstack.runstate import cmdline, exit_code
 from urr_devstack.services import PlannedService
 
 #: Lines of each service's output kept in memory to show when it fails.
@@ -60,6 +61,7 @@ class ServicePrinter(Printer):  # type: ignore[misc]
         self._files: dict[str, Any] = {}
         self._tails: dict[str, collections.deque[str]] = {}
         self._on_started = on_started
+        self._pids: dict[str, int] = {}
         self.first_stopped: tuple[str, int] | None = None
         log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -81,6 +83,11 @@ class ServicePrinter(Printer):  # type: ignore[misc]
         from honcho.printer import Message
 
         self.write(Message("line", text + "\n", datetime.now(), _SYSTEM, None))
+
+    def pids(self) -> dict[str, int]:
+        """Each started service's pid, from honcho's "started" lines."""
+        with self._lock:
+            return dict(self._pids)
 
     def tail(self, name: str) -> list[str]:
         with self._lock:
@@ -105,6 +112,7 @@ class ServicePrinter(Printer):  # type: ignore[misc]
     def _system_event(self, text: str) -> None:
         started = _STARTED.match(text)
         if started:
+            self._pids[started["name"]] = int(started["pid"])
             self._on_started(started["name"], int(started["pid"]))
         stopped = _STOPPED.match(text)
         if stopped and self.first_stopped is None:
@@ -125,9 +133,14 @@ def is_ready(url: str, timeout_s: float = 1.0) -> bool:
 class _Watch:
     """State the watcher thread shares with the main thread."""
 
+    signals: SignalLog
     stop: threading.Event = field(default_factory=threading.Event)
     failure: str | None = None
     ready: bool = False
+
+    def shutting_down(self, printer: ServicePrinter) -> bool:
+        """A stop is under way (asked for, or honcho saw a service exit): watch no more."""
+        return self.stop.is_set() or self.signals.seen() or printer.first_stopped is not None
 
 
 def run_services(
@@ -150,14 +163,14 @@ def run_services(
         manager.add_process(
             service.name, service.command(python), env={**os.environ, **env}, cwd=str(cwd)
         )
-    watch = _Watch()
-    watcher = threading.Thread(
-        target=_watch_services,
-        args=(planned, printer, watch, ready_timeout_s, on_ready, check_alive),
-        name="urr-devstack-watch",
-        daemon=True,
-    )
-    with _signals_seen() as seen:
+    with SignalLog() as signals:
+        watch = _Watch(signals=signals)
+        watcher = threading.Thread(
+            target=_watch_services,
+            args=(planned, printer, watch, ready_timeout_s, on_ready, check_alive),
+            name="urr-devstack-watch",
+            daemon=True,
+        )
         watcher.start()
         try:
             manager.loop()
@@ -165,9 +178,10 @@ def run_services(
             watch.stop.set()
             watcher.join(timeout=5)
             printer.close()
+        signalled = signals.seen()
     if watch.failure is not None:
         return Outcome(1, watch.failure)
-    if seen():
+    if signalled:
         return Outcome(0, "stopped on request")
     if printer.first_stopped is not None:
         name, code = printer.first_stopped
@@ -186,14 +200,16 @@ def _watch_services(
 ) -> None:
     deadline = time.monotonic() + ready_timeout_s
     waiting = {s.name: s.health_url for s in planned if s.health_url is not None}
-    while waiting and not watch.stop.is_set():
+    while waiting:
         for name, url in list(waiting.items()):
             if is_ready(url):
                 printer.say(f"{name} is ready")
                 del waiting[name]
-        dead = check_alive()
-        if dead is not None:
-            _fail(watch, dead)
+        if watch.shutting_down(printer):
+            return
+        problem = _dead_service(printer) or check_alive()
+        if problem is not None:
+            _fail(watch, problem)
             return
         if waiting and time.monotonic() > deadline:
             lines = [f"not ready within {ready_timeout_s:.0f}s: {', '.join(sorted(waiting))}"]
@@ -203,16 +219,34 @@ def _watch_services(
             _fail(watch, "\n".join(lines))
             return
         watch.stop.wait(0.25)
-    if watch.stop.is_set():
+    if watch.shutting_down(printer):
         return
     watch.ready = True
     on_ready(printer)
-    # Once ready: a server we started dying takes the stack down rather than leaving it broken.
-    while not watch.stop.wait(1.0):
-        dead = check_alive()
-        if dead is not None:
-            _fail(watch, dead)
+    # Once ready: a service or a server we started dying takes the stack down rather than
+    # leaving it half broken.
+    while not watch.stop.wait(0.5):
+        if watch.shutting_down(printer):
             return
+        problem = _dead_service(printer) or check_alive()
+        if problem is not None:
+            _fail(watch, problem)
+            return
+
+
+def _dead_service(printer: ServicePrinter) -> str | None:
+    """A service whose process has exited though honcho has not said so yet.
+
+    honcho learns of an exit only at the end of the process's output, which never comes
+    while a child the service left behind holds the pipe; /proc knows at once (a zombie).
+    """
+    for name, pid in printer.pids().items():
+        if cmdline(pid) is None:
+            code = exit_code(pid)
+            how = f" (code {code})" if code is not None else ""
+            tail = "\n".join(printer.tail(name)) or "(no output)"
+            return f"service {name} exited early{how}; its last lines:\n{tail}"
+    return None
 
 
 def _fail(watch: _Watch, reason: str) -> None:
@@ -221,31 +255,39 @@ def _fail(watch: _Watch, reason: str) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-@contextlib.contextmanager
-def _signals_seen() -> Any:
-    """Yields a function telling whether SIGINT or SIGTERM reached this process meanwhile.
+class SignalLog:
+    """Tells whether SIGINT or SIGTERM reached this process while it was open.
 
     honcho installs its own handlers, so we learn about signals from Python's wakeup fd,
-    which gets one byte per signal whatever the handler is.
+    which gets one byte per signal, written as the signal arrives, whatever the handler is.
     """
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    os.set_blocking(write_fd, False)
-    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    received: set[int] = set()
 
-    def seen() -> bool:
-        with contextlib.suppress(BlockingIOError):
-            received.update(os.read(read_fd, 1024))
-        return bool(received & {signal.SIGINT, signal.SIGTERM})
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._received: set[int] = set()
+        self._read_fd = self._write_fd = -1
+        self._previous = -1
 
-    try:
-        yield seen
-    finally:
-        seen()
-        signal.set_wakeup_fd(previous)
-        os.close(read_fd)
-        os.close(write_fd)
+    def __enter__(self) -> SignalLog:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._previous = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seen()
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+        self._read_fd = self._write_fd = -1
+
+    def seen(self) -> bool:
+        with self._lock:
+            if self._read_fd >= 0:
+                with contextlib.suppress(BlockingIOError):
+                    self._received.update(os.read(self._read_fd, 1024))
+            return bool(self._received & {signal.SIGINT, signal.SIGTERM})
 
 
 def wait_for_signal(check_alive: Callable[[], str | None] = lambda: None) -> Outcome:
