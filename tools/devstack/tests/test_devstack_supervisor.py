@@ -129,14 +129,17 @@ def _assert_gone(pids: list[int]) -> None:
     assert [pid for pid in pids if cmdline(pid) is not None] == []
 
 
-def test_devstack_services_get_ready_and_stop_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_devstack_services_get_ready_and_stop_on_request(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
     services = [_service(tmp_path, "web", "ok"), _service(tmp_path, "worker", "worker", False)]
     process = _start(tmp_path, services, timeout_s=30)
     try:
         output = _read_until(process, "ALL READY", 30)
         assert "web is ready" in output
         pids = _pids(tmp_path, "web") + _pids(tmp_path, "worker")
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         rest, _ = process.communicate(timeout=20)
     finally:
         if process.poll() is None:

@@ -107,11 +107,13 @@ def start_infra(
     )
     try:
         launched: list[ServerProcess | RedisServer] = []
-        if _reuse("redis", host, ports.redis, infra, say, lambda: check_redis(host, ports.redis)):
-            pass
-        else:
-            redis = RedisServer(port=ports.redis, workdir=state_dir / "redis")
-            _launch(redis, infra, launched)
+        # moto first: it takes longest to import, and initdb runs meanwhile.
+        if not _reuse("moto", host, ports.moto, infra, say, lambda: check_moto(infra.moto_url)):
+            _launch(moto_server(ports.moto, logs / "moto.log"), infra, launched)
+        if not _reuse(
+            "redis", host, ports.redis, infra, say, lambda: check_redis(host, ports.redis)
+        ):
+            _launch(RedisServer(port=ports.redis, workdir=state_dir / "redis"), infra, launched)
         if not _reuse(
             "postgres",
             host,
@@ -121,8 +123,6 @@ def start_infra(
             lambda: asyncio.run(postgres.check_server(infra.postgres_admin_dsn)),
         ):
             _launch(_private_postgres(settings, state_dir, logs), infra, launched)
-        if not _reuse("moto", host, ports.moto, infra, say, lambda: check_moto(infra.moto_url)):
-            _launch(moto_server(ports.moto, logs / "moto.log"), infra, launched)
         for server in launched:
             server.wait_ready(settings.server_start_timeout_s)
             say(f"started {server.name} on port {server.port} (log: {server.log_path})")

@@ -1,0 +1,252 @@
+"""``urr-devstack up`` end to end: from nothing to ready, then SIGTERM and nothing left behind.
+
+Every port is moved to a free one, so the stack cannot reuse the machine's servers and must
+start its own Redis, PostgreSQL, moto and Tansu; its state folder is a temporary one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from urr_devstack import aws, kafka
+from urr_devstack.infra import check_redis
+from urr_devstack.procs import RedisServer, free_port, is_listening
+from urr_devstack.runstate import cmdline
+from urr_devstack.services import SERVICES
+from urr_devstack.stack import READY_BANNER
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(120)]
+
+SERVER_NAMES = ("redis", "postgres", "kafka", "moto")
+
+
+class RunningStack:
+    """An ``urr-devstack up`` child process whose output is collected line by line."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        script = Path(sys.executable).parent / "urr-devstack"
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "urr_devstack"]
+        self.process = subprocess.Popen(
+            [*command, "up", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, marker: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if marker in self.output:
+                return
+            if self.process.poll() is not None:
+                self._reader.join(timeout=2)
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{marker!r} not printed; output:\n{self.output}")
+
+    def stop(self, timeout_s: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        """Make sure the child is gone and its pipe closed (also after a failed assertion)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every process below ``root`` (its own process groups included), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(entry.name)] = int(fields[1])
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = cmdline(pid) or "?"
+                frontier.append(pid)
+    return found
+
+
+@pytest.fixture
+def stack_env() -> Iterator[dict[str, str]]:
+    """Environment for a stack on free ports with a state folder of its own."""
+    # mkdtemp, not tmp_path: the private PostgreSQL runs as `postgres` when we are root, and
+    # pytest's base folder is closed to other users.
+    state = Path(tempfile.mkdtemp(prefix="urr-devstack-e2e-"))
+    state.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("URR_")}
+    env.update(
+        {
+            "URR_DEVSTACK__STATE_DIR": str(state / ".urr"),
+            "URR_DEVSTACK__PORTS__REDIS": str(free_port()),
+            "URR_DEVSTACK__PORTS__POSTGRES": str(free_port()),
+            "URR_DEVSTACK__PORTS__KAFKA": str(free_port()),
+            "URR_DEVSTACK__PORTS__MOTO": str(free_port()),
+            "URR_DEVSTACK__SERVICE_PORTS": json.dumps(
+                {spec.name: free_port() for spec in SERVICES if spec.port is not None}
+            ),
+            "URR_DEVSTACK__READY_TIMEOUT_S": "60",
+        }
+    )
+    try:
+        yield env
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _port(env: dict[str, str], name: str) -> int:
+    return int(env[f"URR_DEVSTACK__PORTS__{name.upper()}"])
+
+
+async def _check_servers(env: dict[str, str]) -> None:
+    import asyncpg
+
+    check_redis("127.0.0.1", _port(env, "redis"))
+    connection = await asyncpg.connect(
+        f"postgresql://postgres@127.0.0.1:{_port(env, 'postgres')}/urr"
+    )
+    try:
+        assert await connection.fetchval("SELECT 1") == 1
+    finally:
+        await connection.close()
+    topics = await kafka.list_topics(f"127.0.0.1:{_port(env, 'kafka')}")
+    assert set(kafka.TOPICS) <= set(topics)
+    endpoint = aws.AwsEndpoint(f"http://127.0.0.1:{_port(env, 'moto')}")
+    async with aws.open_clients(endpoint) as clients:
+        queues = (await clients.sqs.list_queues())["QueueUrls"]
+        names = sorted(url.rsplit("/", 1)[1] for url in queues)
+        assert names == [aws.TICKET_DLQ, aws.TICKET_QUEUE]
+        tables = (await clients.dynamodb.list_tables())["TableNames"]
+        assert sorted(tables) == [aws.COUNTERS_TABLE, aws.POSITIONS_TABLE]
+
+
+def _assert_all_gone(processes: dict[int, str]) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = {pid: line for pid, line in processes.items() if cmdline(pid) == line}
+        if not left:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes left behind: {left}")
+
+
+def test_devstack_up_starts_from_nothing_and_stops_cleanly(stack_env: dict[str, str]) -> None:
+    ports = [_port(stack_env, name) for name in SERVER_NAMES]
+    assert not any(is_listening("127.0.0.1", port) for port in ports)
+    stack = RunningStack(stack_env)
+    try:
+        stack.wait_for(READY_BANNER, 60)
+        for name in ("redis", "postgres", "moto", "kafka"):
+            assert f"started {name}" in stack.output
+        assert "reusing" not in stack.output
+        started = descendants(stack.process.pid)
+        assert any("redis-server" in line for line in started.values())
+        assert any("tansu" in line for line in started.values())
+        asyncio.run(_check_servers(stack_env))
+
+        state = Path(stack_env["URR_DEVSTACK__STATE_DIR"])
+        for kind in ("access", "entry", "vwr"):
+            assert (state / "keys" / kind / "local-1.pem").stat().st_mode & 0o077 == 0
+            assert (state / "keys" / kind / "public" / "local-1.pem").exists()
+        password = (state / "admin-password").read_text().strip()
+        assert f"admin@urr.local / {password}" in stack.output
+        assert json.loads((state / "devstack.json").read_text())["phase"] == "ready"
+
+        code = stack.stop()
+    finally:
+        stack.kill()
+    assert code == 0, stack.output
+    _assert_all_gone(started)
+    assert not any(is_listening("127.0.0.1", port) for port in ports)
+    assert not (state / "devstack.json").exists()
+
+
+def test_devstack_second_run_reuses_servers_already_listening(
+    stack_env: dict[str, str],
+    redis_server: RedisServer,
+    postgres_admin_dsn: str,
+    kafka_bootstrap: str,
+    moto_endpoint: str,
+) -> None:
+    """Pointed at servers already listening (this session's), up starts none and stops none."""
+    pg = urlsplit(postgres_admin_dsn)
+    database = f"urr_devstack_{uuid.uuid4().hex[:12]}"
+    env = {
+        **stack_env,
+        "URR_DEVSTACK__PORTS__REDIS": str(redis_server.port),
+        "URR_DEVSTACK__PORTS__POSTGRES": str(pg.port),
+        "URR_DEVSTACK__PORTS__KAFKA": kafka_bootstrap.rsplit(":", 1)[1],
+        "URR_DEVSTACK__PORTS__MOTO": moto_endpoint.rsplit(":", 1)[1],
+        "URR_DEVSTACK__POSTGRES_DATABASE": database,
+    }
+    stack = RunningStack(env, "--no-services")
+    try:
+        stack.wait_for(READY_BANNER, 60)
+        for name in SERVER_NAMES:
+            assert f"reusing {name} already listening" in stack.output
+        assert "started " not in stack.output
+        assert f"created database {database}" in stack.output
+        assert descendants(stack.process.pid) == {}
+        code = stack.stop()
+    finally:
+        stack.kill()
+        asyncio.run(_drop_database(postgres_admin_dsn, database))
+    assert code == 0, stack.output
+    # It stopped nothing it had not started: the session's servers serve on.
+    assert redis_server.running
+    check_redis("127.0.0.1", redis_server.port)
+    assert kafka.TOPICS[0] in asyncio.run(kafka.list_topics(kafka_bootstrap))
+    assert is_listening("127.0.0.1", int(env["URR_DEVSTACK__PORTS__MOTO"]))
+
+
+async def _drop_database(admin_dsn: str, name: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
