@@ -34,13 +34,97 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(120
 
 SERVER_NAMES = ("redis", "postgres", "kafka", "moto")
 
+#: A service built like the real ones (urr_common settings, app, readiness, serve), added to
+#: the table so the whole path runs even before any real service exists: the environment the
+#: stack hands over must load, and its servers, database and key files must be usable.
+PROBE_SERVICE = """
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import redis.asyncio as redis
+from urr_common.service import READINESS_KEY, create_service_app, serve
+from urr_common.settings import (
+    AwsSettings, KafkaSettings, PostgresSettings, RedisSettings, ServiceSettings,
+    TokenKeySettings, TrustedKeysSettings, load_settings,
+)
+from urr_common.tokens import SigningKey, load_verification_keys
+
+
+class ProbeSettings(ServiceSettings):
+    redis: RedisSettings
+    postgres: PostgresSettings
+    kafka: KafkaSettings
+    aws: AwsSettings
+    access_tokens: TokenKeySettings
+    access_trust: TrustedKeysSettings
+    entry_tokens: TokenKeySettings
+    entry_trust: TrustedKeysSettings
+    vwr_tokens: TokenKeySettings
+    vwr_trust: TrustedKeysSettings
+    bootstrap_admin_email: str
+    bootstrap_admin_password: str
+
+
+async def main() -> None:
+    settings = load_settings(ProbeSettings)
+    assert settings.environment == "local"
+    assert settings.access_tokens.issuer == "urr-auth"
+    assert settings.entry_trust.audience == "urr-entry"
+    assert settings.entry_trust.jwks_url.endswith("/.well-known/jwks.json")
+    for block in (settings.access_tokens, settings.entry_tokens, settings.vwr_tokens):
+        SigningKey.from_pem(block.private_key_file.read_bytes(), block.key_id)
+    assert len(load_verification_keys(settings.vwr_trust.public_key_files)) == 1
+    app = create_service_app(settings)
+    client = redis.Redis.from_url(settings.redis.url)
+
+    async def redis_ready() -> None:
+        await client.ping()
+
+    async def postgres_ready() -> None:
+        connection = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
+        try:
+            assert await connection.fetchval("SELECT current_database()") == "urr"
+        finally:
+            await connection.close()
+
+    app[READINESS_KEY].add_check("redis", redis_ready)
+    app[READINESS_KEY].add_check("postgres", postgres_ready)
+    print("probe: environment loaded", json.dumps(settings.aws.endpoint_url), flush=True)
+    try:
+        await serve(app, settings.http)
+    finally:
+        await client.aclose()
+
+
+asyncio.run(main())
+"""
+
+#: Runs ``urr-devstack`` with the probe appended to the real service table.
+DRIVER = """
+import sys
+
+from urr_devstack import stack
+from urr_devstack.__main__ import main
+from urr_devstack.services import ServiceSpec
+
+stack.SERVICES = (*stack.SERVICES, ServiceSpec("probe", "urr_devstack_probe", 3099))
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 class RunningStack:
     """An ``urr-devstack up`` child process whose output is collected line by line."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, with_probe: bool = False) -> None:
         script = Path(sys.executable).parent / "urr-devstack"
         command = [str(script)] if script.exists() else [sys.executable, "-m", "urr_devstack"]
+        if with_probe:
+            # The source names urr_devstack, so the command line still says "devstack":
+            # that is how `up` and `down` recognise a running stack.
+            command = [sys.executable, "-c", DRIVER]
         self.process = subprocess.Popen(
             [*command, "up", *args],
             env=env,
@@ -117,16 +201,23 @@ def stack_env() -> Iterator[dict[str, str]]:
     # pytest's base folder is closed to other users.
     state = Path(tempfile.mkdtemp(prefix="urr-devstack-e2e-"))
     state.chmod(0o755)
+    (state / "probe").mkdir()
+    (state / "probe" / "urr_devstack_probe.py").write_text(PROBE_SERVICE)
     env = {key: value for key, value in os.environ.items() if not key.startswith("URR_")}
+    python_path = [str(state / "probe"), *filter(None, [env.get("PYTHONPATH")])]
     env.update(
         {
+            "PYTHONPATH": os.pathsep.join(python_path),
             "URR_DEVSTACK__STATE_DIR": str(state / ".urr"),
             "URR_DEVSTACK__PORTS__REDIS": str(free_port()),
             "URR_DEVSTACK__PORTS__POSTGRES": str(free_port()),
             "URR_DEVSTACK__PORTS__KAFKA": str(free_port()),
             "URR_DEVSTACK__PORTS__MOTO": str(free_port()),
             "URR_DEVSTACK__SERVICE_PORTS": json.dumps(
-                {spec.name: free_port() for spec in SERVICES if spec.port is not None}
+                {
+                    **{spec.name: free_port() for spec in SERVICES if spec.port is not None},
+                    "probe": free_port(),
+                }
             ),
             "URR_DEVSTACK__READY_TIMEOUT_S": "60",
         }
@@ -176,15 +267,17 @@ def _assert_all_gone(processes: dict[int, str]) -> None:
 def test_devstack_up_starts_from_nothing_and_stops_cleanly(stack_env: dict[str, str]) -> None:
     ports = [_port(stack_env, name) for name in SERVER_NAMES]
     assert not any(is_listening("127.0.0.1", port) for port in ports)
-    stack = RunningStack(stack_env)
+    stack = RunningStack(stack_env, with_probe=True)
     try:
         stack.wait_for(READY_BANNER, 60)
+        assert "probe is ready" in stack.output
         for name in ("redis", "postgres", "moto", "kafka"):
             assert f"started {name}" in stack.output
         assert "reusing" not in stack.output
         started = descendants(stack.process.pid)
         assert any("redis-server" in line for line in started.values())
         assert any("tansu" in line for line in started.values())
+        assert any("urr_devstack_probe" in line for line in started.values())
         asyncio.run(_check_servers(stack_env))
 
         state = Path(stack_env["URR_DEVSTACK__STATE_DIR"])
@@ -222,7 +315,7 @@ def test_devstack_second_run_reuses_servers_already_listening(
         "URR_DEVSTACK__PORTS__MOTO": moto_endpoint.rsplit(":", 1)[1],
         "URR_DEVSTACK__POSTGRES_DATABASE": database,
     }
-    stack = RunningStack(env, "--no-services")
+    stack = RunningStack(env, "--no-services", with_probe=True)
     try:
         stack.wait_for(READY_BANNER, 60)
         for name in SERVER_NAMES:
