@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -206,3 +207,27 @@ def test_devstack_private_postgres_starts_keeps_data_and_stops(tmp_path: Path) -
             assert not Path(f"/proc/{pid}").exists()
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the data folder to another user")
+def test_devstack_postgres_data_moves_where_its_user_can_reach() -> None:
+    import pwd
+    import shutil
+    import tempfile
+
+    closed = Path(tempfile.mkdtemp(prefix="urr-devstack-closed-"))  # 0700, root's
+    open_ = Path(tempfile.mkdtemp(prefix="urr-devstack-open-"))
+    open_.chmod(0o755)
+    fallback: Path | None = None
+    try:
+        assert postgres.prepare_data_parent(open_ / "postgres", "postgres") == open_ / "postgres"
+        fallback = postgres.prepare_data_parent(closed / "postgres", "postgres")
+        assert fallback != closed / "postgres"
+        assert fallback.parent == Path(tempfile.gettempdir())
+        assert fallback.stat().st_uid == pwd.getpwnam("postgres").pw_uid
+        # The same checkout always lands in the same folder, so its data are found again.
+        assert postgres.prepare_data_parent(closed / "postgres", "postgres") == fallback
+    finally:
+        for folder in (closed, open_, fallback):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)

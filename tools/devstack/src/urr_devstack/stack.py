@@ -285,7 +285,10 @@ def _run(
         state.urls = shown
         state.save(paths.runfile)
         for line in message.splitlines():
-            printer.say(line) if printer is not None else out(line)
+            if printer is not None:
+                printer.say(line)
+            else:
+                out(line)
 
     if no_services or not planned:
         mark_ready()
