@@ -6,11 +6,14 @@ The real services may not exist yet on a branch, so these run tiny stand-ins thr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -122,6 +125,26 @@ def _pids(tmp_path: Path, name: str) -> list[int]:
     return [int(pid) for pid in path.read_text().split()]
 
 
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=5)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_strays(tmp_path: Path) -> Iterator[None]:
+    """After the test and its assertions: kill any stand-in a failing run left behind."""
+    yield
+    for pid_file in tmp_path.glob("*.pids"):
+        for pid in map(int, pid_file.read_text().split()):
+            line = cmdline(pid) or ""
+            if "fake_service" in line or "sleep 300" in line:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 def _assert_gone(pids: list[int]) -> None:
     deadline = time.monotonic() + 5
     while any(cmdline(pid) is not None for pid in pids) and time.monotonic() < deadline:
@@ -142,8 +165,7 @@ def test_devstack_services_get_ready_and_stop_on_request(
         process.send_signal(stop_signal)
         rest, _ = process.communicate(timeout=20)
     finally:
-        if process.poll() is None:
-            process.kill()
+        _stop(process)
     assert process.returncode == 0, output + rest
     assert "OUTCOME 0 stopped on request" in rest
     _assert_gone(pids)
@@ -157,8 +179,7 @@ def test_devstack_a_service_dying_stops_the_rest_and_fails(tmp_path: Path) -> No
     try:
         output, _ = process.communicate(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
+        _stop(process)
     assert process.returncode == 1, output
     assert "service crasher exited early (code 3)" in output
     assert "boom" in output.split("OUTCOME", 1)[1]
@@ -171,11 +192,26 @@ def test_devstack_a_service_never_ready_times_out_with_its_log(tmp_path: Path) -
     try:
         output, _ = process.communicate(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
+        _stop(process)
     assert process.returncode == 1, output
     reason = output.split("OUTCOME", 1)[1]
     assert "not ready within 3s: slow" in reason
     assert "fake starting unready" in reason
     assert "ALL READY" not in output
     _assert_gone(_pids(tmp_path, "web") + _pids(tmp_path, "slow"))
+
+
+def test_devstack_no_service_outlives_a_supervisor_whose_output_broke(tmp_path: Path) -> None:
+    """The terminal goes away (a closed pipe): printing fails, yet every service is stopped."""
+    services = [_service(tmp_path, "web", "ok"), _service(tmp_path, "worker", "worker", False)]
+    process = _start(tmp_path, services, timeout_s=30)
+    try:
+        _read_until(process, "ALL READY", 30)
+        pids = _pids(tmp_path, "web") + _pids(tmp_path, "worker")
+        assert process.stdout is not None
+        process.stdout.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    finally:
+        _stop(process)
+    _assert_gone(pids)

@@ -26,7 +26,7 @@ import pytest
 from urr_devstack import aws, kafka
 from urr_devstack.infra import check_redis
 from urr_devstack.procs import RedisServer, free_port, is_listening
-from urr_devstack.runstate import cmdline
+from urr_devstack.runstate import RunState, cmdline, stop_recorded
 from urr_devstack.services import SERVICES
 from urr_devstack.stack import READY_BANNER
 
@@ -119,6 +119,7 @@ class RunningStack:
     """An ``urr-devstack up`` child process whose output is collected line by line."""
 
     def __init__(self, env: dict[str, str], *args: str, with_probe: bool = False) -> None:
+        self.runfile = Path(env["URR_DEVSTACK__STATE_DIR"]) / "devstack.json"
         script = Path(sys.executable).parent / "urr-devstack"
         command = [str(script)] if script.exists() else [sys.executable, "-m", "urr_devstack"]
         if with_probe:
@@ -163,10 +164,18 @@ class RunningStack:
         return code
 
     def kill(self) -> None:
-        """Make sure the child is gone and its pipe closed (also after a failed assertion)."""
+        """Make sure the stack is gone and the pipe closed (also after a failed assertion)."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        # What `urr-devstack down` does when `up` could not clean up after itself.
+        state = RunState.load(self.runfile)
+        if state is not None:
+            stop_recorded(state.services + state.servers, timeout_s=10)
         self._reader.join(timeout=5)
         if self.process.stdout is not None:
             self.process.stdout.close()

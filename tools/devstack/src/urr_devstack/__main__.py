@@ -14,7 +14,7 @@ from urr_devstack.infra import InfraError
 from urr_devstack.postgres import PostgresSetupError
 from urr_devstack.procs import is_listening
 from urr_devstack.runstate import RunState, cmdline, stop_recorded
-from urr_devstack.services import SERVICES, ServiceTableError, resolve_ports
+from urr_devstack.services import SERVICES, ServiceTableError, is_runnable, resolve_ports
 from urr_devstack.settings import DevstackSettings
 from urr_devstack.stack import StatePaths, up
 from urr_devstack.supervisor import is_ready
@@ -95,7 +95,9 @@ def status(settings: DevstackSettings) -> int:
         if port is None or spec.health_path is None:
             continue
         url = f"http://{host}:{port}{spec.health_path}"
-        if is_ready(url):
+        if not is_runnable(spec.module):
+            print(f"  {spec.name:<14} {host}:{port:<6} not installed")
+        elif is_ready(url):
             print(f"  {spec.name:<14} {host}:{port:<6} ready")
         elif is_listening(host, port):
             healthy = False

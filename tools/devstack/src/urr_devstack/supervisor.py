@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from honcho.manager import Manager
 from honcho.printer import Printer
 
-from urr_devstack.runstate import cmdline, exit_code
+from urr_devstack.runstate import ProcessRecord, cmdline, exit_code, stop_recorded
 from urr_devstack.services import PlannedService
 
 #: Lines of each service's output kept in memory to show when it fails.
@@ -177,6 +177,13 @@ def run_services(
         finally:
             watch.stop.set()
             watcher.join(timeout=5)
+            # honcho has stopped every process when its loop returns; this covers the loop
+            # failing instead (say, a closed stdout), so that no service outlives us.
+            modules = {service.name: service.module for service in planned}
+            stop_recorded(
+                [ProcessRecord(n, pid, modules[n]) for n, pid in printer.pids().items()],
+                timeout_s=5,
+            )
             printer.close()
         signalled = signals.seen()
     if watch.failure is not None:
