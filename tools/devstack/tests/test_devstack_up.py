@@ -352,3 +352,21 @@ async def _drop_database(admin_dsn: str, name: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+def test_devstack_sigterm_while_starting_stops_what_was_started(
+    stack_env: dict[str, str],
+) -> None:
+    stack = RunningStack(stack_env, with_probe=True)
+    try:
+        stack.wait_for("started moto", 60)
+        started = descendants(stack.process.pid)
+        assert any("moto_server" in line for line in started.values())
+        code = stack.stop()
+    finally:
+        stack.kill()
+    assert code == 0, stack.output
+    assert "stopped on request while starting" in stack.output
+    assert "ready" not in stack.output
+    _assert_all_gone(started)
+    assert not any(is_listening("127.0.0.1", _port(stack_env, name)) for name in SERVER_NAMES)

@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from urr_devstack import aws, kafka, postgres
 from urr_devstack.infra import Infra, start_infra
@@ -73,11 +72,19 @@ class StatePaths:
 
 
 class Stopping(BaseException):
-    """SIGTERM arrived while the stack was still starting (handled like Ctrl-C)."""
+    """SIGINT or SIGTERM arrived while the stack was still starting."""
 
 
-def _raise_stopping(signum: int, frame: object) -> NoReturn:
-    raise Stopping(signal.Signals(signum).name)
+class _StopOnSignal:
+    """Signal handler raising ``Stopping`` once; later signals must not cut the cleanup short."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.raised:
+            self.raised = True
+            raise Stopping(signal.Signals(signum).name)
 
 
 async def provision(
@@ -200,7 +207,8 @@ def up(
         return 1
     # Validated before anything starts: a bad table or port clash costs nothing.
     ports = resolve_ports(SERVICES, settings.service_ports, reserved=settings.ports.model_dump())
-    previous = {sig: signal.signal(sig, _raise_stopping) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_on_signal = _StopOnSignal()
+    previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     state = RunState(pid=os.getpid())
     state.save(paths.runfile)
     infra: Infra | None = None
