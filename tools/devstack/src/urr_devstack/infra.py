@@ -109,11 +109,12 @@ def start_infra(
         launched: list[ServerProcess | RedisServer] = []
         # moto first: it takes longest to import, and initdb runs meanwhile.
         if not _reuse("moto", host, ports.moto, infra, say, lambda: check_moto(infra.moto_url)):
-            _launch(moto_server(ports.moto, logs / "moto.log"), infra, launched)
+            _launch(moto_server(ports.moto, logs / "moto.log", host), infra, launched)
         if not _reuse(
             "redis", host, ports.redis, infra, say, lambda: check_redis(host, ports.redis)
         ):
-            _launch(RedisServer(port=ports.redis, workdir=state_dir / "redis"), infra, launched)
+            redis = RedisServer(port=ports.redis, workdir=state_dir / "redis", host=host)
+            _launch(redis, infra, launched)
         if not _reuse(
             "postgres",
             host,
@@ -141,7 +142,10 @@ def start_infra(
             broker = _private_tansu(settings, infra, logs)
             _launch(broker, infra, [])
             broker.wait_ready(settings.server_start_timeout_s)
-            say(f"started kafka (tansu, {settings.kafka_storage} storage) on port {ports.kafka}")
+            say(
+                f"started kafka (tansu, {settings.kafka_storage} storage) on port {ports.kafka}"
+                f" (log: {broker.log_path})"
+            )
     except (TimeoutError, ProcessExitedError) as exc:
         infra.stop()
         raise InfraError(f"{exc}; see the logs under {logs}") from exc
@@ -204,7 +208,7 @@ def _private_postgres(settings: DevstackSettings, state_dir: Path, logs: Path) -
 
 def _private_tansu(settings: DevstackSettings, infra: Infra, logs: Path) -> ServerProcess:
     if settings.kafka_storage == "memory":
-        return tansu_server(settings.ports.kafka, logs / "tansu.log")
+        return tansu_server(settings.ports.kafka, logs / "tansu.log", host=settings.host)
     endpoint = _aws_endpoint(settings, infra.moto_url)
 
     async def make_bucket() -> None:
@@ -221,7 +225,11 @@ def _private_tansu(settings: DevstackSettings, infra: Infra, logs: Path) -> Serv
         "AWS_REGION": settings.aws_region,
     }
     return tansu_server(
-        settings.ports.kafka, logs / "tansu.log", storage=f"s3://{aws.TANSU_BUCKET}/", env=env
+        settings.ports.kafka,
+        logs / "tansu.log",
+        storage=f"s3://{aws.TANSU_BUCKET}/",
+        env=env,
+        host=settings.host,
     )
 
 

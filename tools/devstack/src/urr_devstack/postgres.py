@@ -168,6 +168,7 @@ def postgres_server(
         user=os_user,
         stop_signal=signal.SIGINT,
         cwd=data_dir,
+        host=host,
     )
 
 

@@ -82,10 +82,11 @@ class RedisServer:
     binary: str = "redis-server"
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     @property
     def name(self) -> str:
@@ -102,7 +103,7 @@ class RedisServer:
     def launch(self) -> None:
         """Start the process without waiting for it to listen (to start several at once)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port)]
+        argv = [self.binary, "--bind", self.host, "--port", str(self.port)]
         argv += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
         argv += ["--logfile", str(self.log_path)]
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
@@ -114,7 +115,7 @@ class RedisServer:
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         try:
-            wait_listening("127.0.0.1", self.port, timeout_s, "redis-server", self.process)
+            wait_listening(self.host, self.port, timeout_s, "redis-server", self.process)
         except (TimeoutError, ProcessExitedError):
             self.stop()
             raise
@@ -138,7 +139,7 @@ class RedisServer:
         return None if self.process is None else self.process.pid
 
     def flushall(self) -> None:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+        with socket.create_connection((self.host, self.port), timeout=2) as sock:
             sock.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n")
             reply = sock.recv(64)
         if not reply.startswith(b"+OK"):
@@ -160,6 +161,8 @@ class ServerProcess:
     #: What asks the server to stop quickly (PostgreSQL: SIGINT, a "fast" shutdown).
     stop_signal: int = signal.SIGTERM
     cwd: Path | None = None
+    #: Where the server listens, to know when it is up.
+    host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -187,7 +190,7 @@ class ServerProcess:
         """Wait until the port accepts connections; stop the process if it never does."""
         limit = self.start_timeout_s if timeout_s is None else timeout_s
         try:
-            wait_listening("127.0.0.1", self.port, limit, self.name, self.process)
+            wait_listening(self.host, self.port, limit, self.name, self.process)
         except (TimeoutError, ProcessExitedError):
             self.stop()
             raise
@@ -227,19 +230,20 @@ def tansu_server(
     *,
     storage: str = "memory://tansu/",
     env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
 ) -> ServerProcess:
     """A Kafka-protocol broker; ``storage="s3://tansu/"`` with ``AWS_ENDPOINT`` set keeps data."""
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"tcp://{host}:{port}"
     argv = [tansu_binary(), "broker", "--listener-url", address]
     argv += ["--advertised-listener-url", address, "--storage-engine", storage]
-    return ServerProcess("tansu", argv, port, log_path, env=dict(env or {}))
+    return ServerProcess("tansu", argv, port, log_path, env=dict(env or {}), host=host)
 
 
-def moto_server(port: int, log_path: Path) -> ServerProcess:
+def moto_server(port: int, log_path: Path, host: str = "127.0.0.1") -> ServerProcess:
     """moto in server mode: real HTTP DynamoDB, SQS and S3 APIs in memory."""
     import shutil
     import sys
 
     binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    argv = [binary, "-H", "127.0.0.1", "-p", str(port)]
-    return ServerProcess("moto", argv, port, log_path)
+    argv = [binary, "-H", host, "-p", str(port)]
+    return ServerProcess("moto", argv, port, log_path, host=host)
