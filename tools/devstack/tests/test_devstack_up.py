@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -370,3 +371,20 @@ def test_devstack_sigterm_while_starting_stops_what_was_started(
     assert "ready" not in stack.output
     _assert_all_gone(started)
     assert not any(is_listening("127.0.0.1", _port(stack_env, name)) for name in SERVER_NAMES)
+
+
+def test_devstack_busy_service_port_is_refused_before_anything_starts(
+    stack_env: dict[str, str],
+) -> None:
+    probe_port = json.loads(stack_env["URR_DEVSTACK__SERVICE_PORTS"])["probe"]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", probe_port))
+        squatter.listen()
+        stack = RunningStack(stack_env, with_probe=True)
+        try:
+            code = stack.process.wait(timeout=60)
+        finally:
+            stack.kill()
+    assert code == 2, stack.output
+    assert f"ports already in use: probe (127.0.0.1:{probe_port})" in stack.output
+    assert "started" not in stack.output

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from urr_devstack import aws, kafka, postgres
-from urr_devstack.infra import Infra, start_infra
+from urr_devstack.infra import Infra, InfraError, start_infra
 from urr_devstack.keys import LocalKey, ensure_admin_password, ensure_signing_keys
+from urr_devstack.procs import is_listening
 from urr_devstack.runstate import RUNFILE_NAME, ProcessRecord, RunState, cmdline
 from urr_devstack.services import (
     SERVICES,
     PlannedService,
     ServiceSpec,
+    is_runnable,
     plan_services,
     render_env_file,
     render_procfile,
@@ -207,6 +209,8 @@ def up(
         return 1
     # Validated before anything starts: a bad table or port clash costs nothing.
     ports = resolve_ports(SERVICES, settings.service_ports, reserved=settings.ports.model_dump())
+    if not no_services:
+        _refuse_busy_service_ports(settings, ports)
     stop_on_signal = _StopOnSignal()
     previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     state = RunState(pid=os.getpid())
@@ -319,6 +323,24 @@ def _run(
         check_alive=check_alive,
         on_started=on_started,
     )
+
+
+def _refuse_busy_service_ports(settings: DevstackSettings, ports: Mapping[str, int | None]) -> None:
+    """A service whose port is taken would die at once; say so before starting anything."""
+    skipped = set(settings.skip_services)
+    busy = [
+        f"{spec.name} ({settings.host}:{port})"
+        for spec in SERVICES
+        if spec.name not in skipped
+        and (port := ports.get(spec.name)) is not None
+        and is_runnable(spec.module)
+        and is_listening(settings.host, port)
+    ]
+    if busy:
+        raise InfraError(
+            f"ports already in use: {', '.join(busy)}. Stop what listens there, move the "
+            "service (URR_DEVSTACK__SERVICE_PORTS__<NAME>) or leave it out (--skip NAME)"
+        )
 
 
 def _write_procfile(
