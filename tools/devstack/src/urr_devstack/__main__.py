@@ -21,7 +21,10 @@ from urr_devstack.supervisor import is_ready
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="urr-devstack", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="urr-devstack",
+        description="The URR local stack; settings: URR_DEVSTACK__* (tools/devstack/README.md).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     up_parser = commands.add_parser("up", help="start the servers and the services; Ctrl-C stops")
     up_parser.add_argument(
