@@ -12,7 +12,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,7 +172,7 @@ def urls(settings: DevstackSettings, infra: Infra, planned: list[PlannedService]
     for service in planned:
         if service.port is not None and service.name not in shown:
             shown[service.name] = f"http://{settings.host}:{service.port}"
-    shown["moto (AWS)"] = infra.moto_url
+    shown["moto"] = infra.moto_url
     shown["kafka"] = infra.kafka_bootstrap
     shown["redis"] = infra.redis_url
     shown["postgres"] = postgres.dsn(
@@ -182,11 +182,19 @@ def urls(settings: DevstackSettings, infra: Infra, planned: list[PlannedService]
 
 
 def banner(
-    shown: Mapping[str, str], admin_email: str, admin_password: str, paths: StatePaths
+    shown: Mapping[str, str],
+    admin_email: str,
+    admin_password: str,
+    paths: StatePaths,
+    reused: Iterable[str] = (),
 ) -> str:
+    """The lines printed once everything is ready."""
     width = max(len(name) for name in shown)
+    was_running = set(reused)
     lines = [READY_BANNER]
-    lines += [f"  {name.ljust(width)}  {url}" for name, url in shown.items()]
+    for name, url in shown.items():
+        note = "  (was already running)" if name in was_running else ""
+        lines.append(f"  {name.ljust(width)}  {url}{note}")
     lines += [
         f"  admin login: {admin_email} / {admin_password}",
         f"  logs: {paths.logs}    stop: Ctrl-C (or urr-devstack down)",
@@ -283,7 +291,8 @@ def _run(
     out: Callable[[str], None],
 ) -> Outcome:
     shown = urls(settings, infra, [] if no_services else planned)
-    message = banner(shown, settings.admin_email, admin_password, paths)
+    reused = [server.name for server in infra.servers if not server.started]
+    message = banner(shown, settings.admin_email, admin_password, paths, reused)
 
     def check_alive() -> str | None:
         dead = infra.dead_servers()

@@ -136,7 +136,6 @@ class _Watch:
     signals: SignalLog
     stop: threading.Event = field(default_factory=threading.Event)
     failure: str | None = None
-    ready: bool = False
 
     def shutting_down(self, printer: ServicePrinter) -> bool:
         """A stop is under way (asked for, or honcho saw a service exit): watch no more."""
@@ -228,7 +227,6 @@ def _watch_services(
         watch.stop.wait(0.25)
     if watch.shutting_down(printer):
         return
-    watch.ready = True
     on_ready(printer)
     # Once ready: a service or a server we started dying takes the stack down rather than
     # leaving it half broken.
