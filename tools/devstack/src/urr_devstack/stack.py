@@ -24,14 +24,13 @@ from urr_devstack.runstate import RUNFILE_NAME, ProcessRecord, RunState, cmdline
 from urr_devstack.services import (
     SERVICES,
     PlannedService,
-    ServiceSpec,
     is_runnable,
     plan_services,
     render_env_file,
     render_procfile,
     resolve_ports,
 )
-from urr_devstack.settings import DevstackSettings
+from urr_devstack.settings import DevstackSettings, find_repo_root
 from urr_devstack.supervisor import Outcome, ServicePrinter, run_services, wait_for_signal
 
 #: Issuer and audience per token kind (the brief's conventions). Set explicitly for every
@@ -206,8 +205,6 @@ def up(
     settings: DevstackSettings, *, no_services: bool = False, out: Callable[[str], None] = print
 ) -> int:
     """Run the stack until asked to stop; the exit code of ``urr-devstack up``."""
-    from urr_devstack.settings import find_repo_root
-
     paths = StatePaths(settings.resolved_state_dir())
     repo_root = find_repo_root(Path.cwd())
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -371,6 +368,3 @@ def _marker(server_name: str) -> str:
 def _pid_alive(pid: int) -> bool:
     line = cmdline(pid)
     return line is not None and "devstack" in line
-
-
-__all__ = ["READY_BANNER", "ServiceSpec", "StatePaths", "common_env", "provision", "up", "urls"]
