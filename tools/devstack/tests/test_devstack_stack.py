@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from urr_devstack.infra import Infra, ServerAddress
 from urr_devstack.keys import KEY_KINDS, LocalKey
-from urr_devstack.services import PlannedService
+from urr_devstack.procs import free_port
+from urr_devstack.services import PlannedService, ServiceSpec
 from urr_devstack.settings import DevstackSettings, ServerPorts
-from urr_devstack.stack import READY_BANNER, StatePaths, banner, common_env, urls
+from urr_devstack.stack import (
+    READY_BANNER,
+    StatePaths,
+    banner,
+    busy_service_ports,
+    common_env,
+    urls,
+)
 
 SETTINGS = DevstackSettings(
     ports=ServerPorts(redis=16379, postgres=15432, kafka=19092, moto=15000),
@@ -74,3 +83,22 @@ def test_devstack_banner_lists_entry_points_first_and_marks_reused_servers() -> 
     assert any("redis://127.0.0.1:16379/0" in line and "already running" in line for line in lines)
     assert not any("moto" in line and "already running" in line for line in lines)
     assert "admin login: admin@urr.local / pw" in text
+
+
+def test_devstack_busy_service_port_is_found_before_anything_starts() -> None:
+    table = (
+        ServiceSpec("web", "installed", 3001),
+        ServiceSpec("absent", "not_installed", 3002),
+        ServiceSpec("skipped", "installed", 3003),
+        ServiceSpec("worker", "installed"),
+    )
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        settings = DevstackSettings(skip_services=["skipped"])
+        ports = {"web": taken, "absent": taken, "skipped": taken, "worker": None}
+        busy = busy_service_ports(settings, ports, table, runnable=lambda m: m == "installed")
+    assert busy == [f"web (127.0.0.1:{taken})"]
+    free = {"web": free_port(), "absent": None, "skipped": None, "worker": None}
+    assert busy_service_ports(settings, free, table, runnable=lambda m: True) == []

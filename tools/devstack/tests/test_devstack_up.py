@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -355,36 +354,50 @@ async def _drop_database(admin_dsn: str, name: str) -> None:
         await connection.close()
 
 
+def _with_session_moto_and_kafka(
+    env: dict[str, str], moto_endpoint: str, kafka_bootstrap: str
+) -> dict[str, str]:
+    """Reuse this session's moto and Tansu: the test is about the servers it still starts."""
+    return {
+        **env,
+        "URR_DEVSTACK__PORTS__MOTO": moto_endpoint.rsplit(":", 1)[1],
+        "URR_DEVSTACK__PORTS__KAFKA": kafka_bootstrap.rsplit(":", 1)[1],
+    }
+
+
 def test_devstack_sigterm_while_starting_stops_what_was_started(
-    stack_env: dict[str, str],
+    stack_env: dict[str, str], moto_endpoint: str, kafka_bootstrap: str
 ) -> None:
-    stack = RunningStack(stack_env, with_probe=True)
+    env = _with_session_moto_and_kafka(stack_env, moto_endpoint, kafka_bootstrap)
+    stack = RunningStack(env, with_probe=True)
     try:
-        stack.wait_for("started moto", 60)
+        stack.wait_for("started redis", 60)
         started = descendants(stack.process.pid)
-        assert any("moto_server" in line for line in started.values())
+        assert any("redis-server" in line for line in started.values())
         code = stack.stop()
     finally:
         stack.kill()
     assert code == 0, stack.output
     assert "stopped on request while starting" in stack.output
-    assert "ready" not in stack.output
+    assert READY_BANNER not in stack.output
     _assert_all_gone(started)
-    assert not any(is_listening("127.0.0.1", _port(stack_env, name)) for name in SERVER_NAMES)
+    assert not is_listening("127.0.0.1", _port(env, "redis"))
+    assert not is_listening("127.0.0.1", _port(env, "postgres"))
 
 
-def test_devstack_busy_service_port_is_refused_before_anything_starts(
-    stack_env: dict[str, str],
+def test_devstack_a_server_dying_stops_the_stack_with_an_error(
+    stack_env: dict[str, str], moto_endpoint: str, kafka_bootstrap: str
 ) -> None:
-    probe_port = json.loads(stack_env["URR_DEVSTACK__SERVICE_PORTS"])["probe"]
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", probe_port))
-        squatter.listen()
-        stack = RunningStack(stack_env, with_probe=True)
-        try:
-            code = stack.process.wait(timeout=60)
-        finally:
-            stack.kill()
-    assert code == 2, stack.output
-    assert f"ports already in use: probe (127.0.0.1:{probe_port})" in stack.output
-    assert "started" not in stack.output
+    env = _with_session_moto_and_kafka(stack_env, moto_endpoint, kafka_bootstrap)
+    stack = RunningStack(env, "--no-services", with_probe=True)
+    try:
+        stack.wait_for(READY_BANNER, 60)
+        started = descendants(stack.process.pid)
+        redis_pid = next(pid for pid, line in started.items() if "redis-server" in line)
+        os.kill(redis_pid, signal.SIGKILL)
+        code = stack.process.wait(timeout=30)
+    finally:
+        stack.kill()
+    assert code == 1, stack.output
+    assert "a server we started has stopped: redis" in stack.output
+    _assert_all_gone(started)

@@ -12,7 +12,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from urr_devstack.runstate import RUNFILE_NAME, ProcessRecord, RunState, cmdline
 from urr_devstack.services import (
     SERVICES,
     PlannedService,
+    ServiceSpec,
     is_runnable,
     plan_services,
     render_env_file,
@@ -214,8 +215,12 @@ def up(
         return 1
     # Validated before anything starts: a bad table or port clash costs nothing.
     ports = resolve_ports(SERVICES, settings.service_ports, reserved=settings.ports.model_dump())
-    if not no_services:
-        _refuse_busy_service_ports(settings, ports)
+    busy = [] if no_services else busy_service_ports(settings, ports, SERVICES)
+    if busy:
+        raise InfraError(
+            f"ports already in use: {', '.join(busy)}. Stop what listens there, move the "
+            "service (URR_DEVSTACK__SERVICE_PORTS__<NAME>) or leave it out (--skip NAME)"
+        )
     stop_on_signal = _StopOnSignal()
     previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     state = RunState(pid=os.getpid())
@@ -331,22 +336,22 @@ def _run(
     )
 
 
-def _refuse_busy_service_ports(settings: DevstackSettings, ports: Mapping[str, int | None]) -> None:
-    """A service whose port is taken would die at once; say so before starting anything."""
+def busy_service_ports(
+    settings: DevstackSettings,
+    ports: Mapping[str, int | None],
+    table: Sequence[ServiceSpec] = SERVICES,
+    runnable: Callable[[str], bool] = is_runnable,
+) -> list[str]:
+    """Services we would start whose port something already listens on (they would die)."""
     skipped = set(settings.skip_services)
-    busy = [
+    return [
         f"{spec.name} ({settings.host}:{port})"
-        for spec in SERVICES
+        for spec in table
         if spec.name not in skipped
         and (port := ports.get(spec.name)) is not None
-        and is_runnable(spec.module)
+        and runnable(spec.module)
         and is_listening(settings.host, port)
     ]
-    if busy:
-        raise InfraError(
-            f"ports already in use: {', '.join(busy)}. Stop what listens there, move the "
-            "service (URR_DEVSTACK__SERVICE_PORTS__<NAME>) or leave it out (--skip NAME)"
-        )
 
 
 def _write_procfile(
