@@ -34,13 +34,21 @@ async def test_devstack_topic_list_fails_clearly_without_a_broker() -> None:
 
 @pytest.fixture
 async def aws_clients(moto_endpoint: str) -> AsyncIterator[aws.AwsClients]:
+    """Clients on the session's moto, emptied before and after (other tests share it)."""
+    await _reset(moto_endpoint)
+    try:
+        async with aws.open_clients(aws.AwsEndpoint(moto_endpoint)) as clients:
+            yield clients
+    finally:
+        await _reset(moto_endpoint)
+
+
+async def _reset(moto_endpoint: str) -> None:
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"{moto_endpoint}/moto-api/reset") as response,
     ):
         assert response.status == 200
-    async with aws.open_clients(aws.AwsEndpoint(moto_endpoint)) as clients:
-        yield clients
 
 
 async def test_devstack_aws_provisioning_is_idempotent(

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,6 +238,17 @@ def stack_env() -> Iterator[dict[str, str]]:
         shutil.rmtree(state, ignore_errors=True)
 
 
+@pytest.fixture
+def shared_moto(moto_endpoint: str) -> Iterator[str]:
+    """The session's moto, emptied after the test: the stack provisions into it."""
+    yield moto_endpoint
+    url = f"{moto_endpoint}/moto-api/reset"
+    request = urllib.request.Request(url, method="POST")  # noqa: S310 - our http URL
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as response:
+        assert response.status == 200
+
+
 def _port(env: dict[str, str], name: str) -> int:
     return int(env[f"URR_DEVSTACK__PORTS__{name.upper()}"])
 
@@ -311,7 +323,7 @@ def test_devstack_second_run_reuses_servers_already_listening(
     redis_server: RedisServer,
     postgres_admin_dsn: str,
     kafka_bootstrap: str,
-    moto_endpoint: str,
+    shared_moto: str,
 ) -> None:
     """Pointed at servers already listening (this session's), up starts none and stops none."""
     pg = urlsplit(postgres_admin_dsn)
@@ -321,7 +333,7 @@ def test_devstack_second_run_reuses_servers_already_listening(
         "URR_DEVSTACK__PORTS__REDIS": str(redis_server.port),
         "URR_DEVSTACK__PORTS__POSTGRES": str(pg.port),
         "URR_DEVSTACK__PORTS__KAFKA": kafka_bootstrap.rsplit(":", 1)[1],
-        "URR_DEVSTACK__PORTS__MOTO": moto_endpoint.rsplit(":", 1)[1],
+        "URR_DEVSTACK__PORTS__MOTO": shared_moto.rsplit(":", 1)[1],
         "URR_DEVSTACK__POSTGRES_DATABASE": database,
     }
     stack = RunningStack(env, "--no-services", with_probe=True)
@@ -366,9 +378,9 @@ def _with_session_moto_and_kafka(
 
 
 def test_devstack_sigterm_while_starting_stops_what_was_started(
-    stack_env: dict[str, str], moto_endpoint: str, kafka_bootstrap: str
+    stack_env: dict[str, str], shared_moto: str, kafka_bootstrap: str
 ) -> None:
-    env = _with_session_moto_and_kafka(stack_env, moto_endpoint, kafka_bootstrap)
+    env = _with_session_moto_and_kafka(stack_env, shared_moto, kafka_bootstrap)
     stack = RunningStack(env, with_probe=True)
     try:
         stack.wait_for("started redis", 60)
@@ -386,9 +398,9 @@ def test_devstack_sigterm_while_starting_stops_what_was_started(
 
 
 def test_devstack_a_server_dying_stops_the_stack_with_an_error(
-    stack_env: dict[str, str], moto_endpoint: str, kafka_bootstrap: str
+    stack_env: dict[str, str], shared_moto: str, kafka_bootstrap: str
 ) -> None:
-    env = _with_session_moto_and_kafka(stack_env, moto_endpoint, kafka_bootstrap)
+    env = _with_session_moto_and_kafka(stack_env, shared_moto, kafka_bootstrap)
     stack = RunningStack(env, "--no-services", with_probe=True)
     try:
         stack.wait_for(READY_BANNER, 60)
