@@ -30,20 +30,29 @@ INFRA = {"ticket_queue_url": "http://127.0.0.1:5000/123/ticket-events.fifo"}
 
 
 def test_devstack_table_matches_the_design_ports() -> None:
-    ports = {spec.name: spec.port for spec in SERVICES}
+    ports = resolve_ports(SERVICES, {})
     assert ports["gateway"] == 3001
+    assert ports["gateway-internal"] == 3011
     assert ports["ticket"] == 3002
     assert ports["auth"] == 3005
     assert ports["queue"] == 3007
-    assert ports["apigw"] == 3010
-    assert ports["edge"] == 8000
-    assert ports["vwr-scheduler"] is None
-    assert ports["ticket-worker"] is None
+    assert ports["vwr-apigw"] == 3010
+    assert ports["vwr-edge"] == 8000
+    # Every process of the stack has a health listener, each on its own port.
+    assert all(port is not None for port in ports.values())
+    assert len(set(ports.values())) == len(ports)
 
 
 def test_devstack_table_is_consistent_and_its_templates_resolve() -> None:
     ports = resolve_ports(SERVICES, {}, reserved={"redis": 6379, "moto": 5000})
-    context = template_context("127.0.0.1", ports, {**INFRA, "ticket_dlq_url": "x"})
+    infra = {
+        **INFRA,
+        "ticket_dlq_url": "x",
+        "counters_table": "counters",
+        "positions_table": "positions",
+        "state_dir": "/s",
+    }
+    context = template_context("127.0.0.1", ports, infra)
     for spec in SERVICES:
         render_env(spec, context)
         assert spec.name.replace("-", "").isalnum()
@@ -60,6 +69,18 @@ def test_devstack_ports_take_overrides_and_refuse_clashes() -> None:
         resolve_ports(TABLE, {"gateway": 6379}, reserved={"redis": 6379})
     with pytest.raises(ServiceTableError, match="no HTTP listener"):
         resolve_ports(TABLE, {"poller": 4000})
+
+
+def test_devstack_extra_listeners_move_like_services() -> None:
+    table = (ServiceSpec("gateway", "g", 3001, extra_ports={"internal": 3011}),)
+    assert resolve_ports(table, {}) == {"gateway": 3001, "gateway-internal": 3011}
+    # Environment variable names cannot hold "-": GATEWAY_INTERNAL names gateway-internal.
+    moved = resolve_ports(table, {"GATEWAY_INTERNAL": 4011})
+    assert moved == {"gateway": 3001, "gateway-internal": 4011}
+    context = template_context("127.0.0.1", moved, {})
+    assert context["gateway_internal_port"] == "4011"
+    with pytest.raises(ServiceTableError, match="both use port 3001"):
+        resolve_ports(table, {"gateway-internal": 3001})
 
 
 def test_devstack_plan_starts_only_installed_services_with_their_env() -> None:

@@ -71,15 +71,15 @@ def test_devstack_banner_lists_entry_points_first_and_marks_reused_servers() -> 
         PlannedService("auth", "urr_auth", 3005, "http://127.0.0.1:3005/health/ready", {}),
         PlannedService("worker", "w", None, None, {}),
         PlannedService("gateway", "urr_gateway", 3001, "http://127.0.0.1:3001/health/ready", {}),
-        PlannedService("edge", "e", 8000, "http://127.0.0.1:8000/health/ready", {}),
+        PlannedService("vwr-edge", "e", 8000, "http://127.0.0.1:8000/health/ready", {}),
     ]
     shown = urls(SETTINGS, INFRA, planned)
-    assert list(shown)[:3] == ["edge", "gateway", "auth"]
+    assert list(shown)[:3] == ["vwr-edge", "gateway", "auth"]
     assert "worker" not in shown
     text = banner(shown, "admin@urr.local", "pw", StatePaths(Path("/state")), ["redis"])
     lines = text.splitlines()
     assert lines[0] == READY_BANNER
-    assert any(line.split() == ["edge", "http://127.0.0.1:8000"] for line in lines)
+    assert any(line.split() == ["vwr-edge", "http://127.0.0.1:8000"] for line in lines)
     assert any("redis://127.0.0.1:16379/0" in line and "already running" in line for line in lines)
     assert not any("moto" in line and "already running" in line for line in lines)
     assert "admin login: admin@urr.local / pw" in text
@@ -87,7 +87,7 @@ def test_devstack_banner_lists_entry_points_first_and_marks_reused_servers() -> 
 
 def test_devstack_busy_service_port_is_found_before_anything_starts() -> None:
     table = (
-        ServiceSpec("web", "installed", 3001),
+        ServiceSpec("web", "installed", 3001, extra_ports={"internal": 3011}),
         ServiceSpec("absent", "not_installed", 3002),
         ServiceSpec("skipped", "installed", 3003),
         ServiceSpec("worker", "installed"),
@@ -97,8 +97,14 @@ def test_devstack_busy_service_port_is_found_before_anything_starts() -> None:
         squatter.listen()
         taken = squatter.getsockname()[1]
         settings = DevstackSettings(skip_services=["skipped"])
-        ports = {"web": taken, "absent": taken, "skipped": taken, "worker": None}
+        ports = {
+            "web": taken,
+            "web-internal": taken,
+            "absent": taken,
+            "skipped": taken,
+            "worker": None,
+        }
         busy = busy_service_ports(settings, ports, table, runnable=lambda m: m == "installed")
-    assert busy == [f"web (127.0.0.1:{taken})"]
-    free = {"web": free_port(), "absent": None, "skipped": None, "worker": None}
+    assert busy == [f"web (127.0.0.1:{taken})", f"web-internal (127.0.0.1:{taken})"]
+    free = {"web": free_port(), "web-internal": None, "absent": None, "skipped": None}
     assert busy_service_ports(settings, free, table, runnable=lambda m: True) == []

@@ -225,7 +225,12 @@ def stack_env() -> Iterator[dict[str, str]]:
             "URR_DEVSTACK__PORTS__MOTO": str(free_port()),
             "URR_DEVSTACK__SERVICE_PORTS": json.dumps(
                 {
-                    **{spec.name: free_port() for spec in SERVICES if spec.port is not None},
+                    **{
+                        name: free_port()
+                        for spec in SERVICES
+                        for name, port in spec.listeners().items()
+                        if port is not None
+                    },
                     "probe": free_port(),
                 }
             ),

@@ -91,7 +91,7 @@ def status(settings: DevstackSettings) -> int:
     for name, port in settings.ports.model_dump().items():
         listening = is_listening(host, port)
         healthy &= listening
-        print(f"  {name:<14} {host}:{port:<6} {'listening' if listening else 'DOWN'}")
+        print(f"  {name:<16} {host}:{port:<6} {'listening' if listening else 'DOWN'}")
     ports = resolve_ports(SERVICES, settings.service_ports, reserved=settings.ports.model_dump())
     for spec in SERVICES:
         port = ports[spec.name]
@@ -99,14 +99,14 @@ def status(settings: DevstackSettings) -> int:
             continue
         url = f"http://{host}:{port}{spec.health_path}"
         if not is_runnable(spec.module):
-            print(f"  {spec.name:<14} {host}:{port:<6} not installed")
+            print(f"  {spec.name:<16} {host}:{port:<6} not installed")
         elif is_ready(url):
-            print(f"  {spec.name:<14} {host}:{port:<6} ready")
+            print(f"  {spec.name:<16} {host}:{port:<6} ready")
         elif is_listening(host, port):
             healthy = False
-            print(f"  {spec.name:<14} {host}:{port:<6} NOT READY")
+            print(f"  {spec.name:<16} {host}:{port:<6} NOT READY")
         else:
-            print(f"  {spec.name:<14} {host}:{port:<6} not running")
+            print(f"  {spec.name:<16} {host}:{port:<6} not running")
     return 0 if healthy else 1
 
 

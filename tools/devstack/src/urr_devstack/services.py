@@ -4,9 +4,16 @@ A service joins the stack by one line in ``SERVICES``: it is started only when i
 installed (``importlib.util.find_spec``), so entries can name services not written yet.
 
 ``env`` values are templates filled from the running stack (``str.format``):
-``{<service>_url}`` and ``{<service>_port}`` for every service with a port (``-`` in a name
-becomes ``_``), ``{host}``, ``{redis_url}``, ``{postgres_dsn}``, ``{kafka_bootstrap}``,
-``{aws_endpoint_url}``, ``{ticket_queue_url}`` and ``{ticket_dlq_url}``.
+``{<listener>_url}`` and ``{<listener>_port}`` for every service with a port and every extra
+listener (``-`` in a name becomes ``_``: ``{vwr_apigw_url}``, ``{gateway_internal_port}``),
+``{host}``, ``{state_dir}``, ``{redis_url}``, ``{postgres_dsn}``, ``{kafka_bootstrap}``,
+``{aws_endpoint_url}``, ``{ticket_queue_url}``, ``{ticket_dlq_url}``, ``{counters_table}`` and
+``{positions_table}``.
+
+Names, modules, ports and variable names follow each service's own settings class (and the
+deployment table in ``tools/deploycheck``); ports are the DESIGN.md §3 ones, plus 3020-3024 for
+the booking back end's processes and 3012 for the VWR scheduler (its default 3011 is the
+gateway's internal listener on one host).
 """
 
 from __future__ import annotations
@@ -33,7 +40,25 @@ class ServiceSpec:
     health_path: str | None = HEALTH_READY
     #: Extra environment, as templates (see the module docstring).
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Further listeners by name with their default ports, moved like the main one
+    #: (``URR_DEVSTACK__SERVICE_PORTS__<SERVICE>_<LISTENER>``); hand them over in ``env``.
+    extra_ports: Mapping[str, int] = field(default_factory=dict)
 
+    def listeners(self) -> dict[str, int | None]:
+        """Every port this service opens, by the name its override uses."""
+        return {
+            self.name: self.port,
+            **{f"{self.name}-{extra}": port for extra, port in self.extra_ports.items()},
+        }
+
+
+#: The VWR processes share where the edge configuration document lives and the table names.
+_VWR_ENV = {
+    "URR_EDGE_CONFIG__TARGET": "{state_dir}/vwr/edge-config.json",
+    "URR_TABLES__COUNTERS": "{counters_table}",
+    "URR_TABLES__POSITIONS": "{positions_table}",
+    "URR_QUEUE__URL": "{queue_url}",
+}
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("auth", "urr_auth", 3005),
@@ -45,29 +70,36 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "URR_UPSTREAMS__AUTH": "{auth_url}",
             "URR_UPSTREAMS__QUEUE": "{queue_url}",
             "URR_UPSTREAMS__TICKET": "{ticket_url}",
+            "URR_INTERNAL__HOST": "{host}",
+            "URR_INTERNAL__PORT": "{gateway_internal_port}",
         },
+        extra_ports={"internal": 3011},
     ),
     ServiceSpec("queue", "urr_queue", 3007),
-    ServiceSpec("ticket", "urr_ticket", 3002, env={"URR_TICKET_QUEUE_URL": "{ticket_queue_url}"}),
-    ServiceSpec("apigw", "urr_vwr_lambda.local.apigw", 3010),
+    ServiceSpec("ticket", "urr_ticket", 3002, env={"URR_QUEUE_ADMIN__BASE_URL": "{queue_url}"}),
     ServiceSpec(
-        "edge",
+        "ticket-outcomes",
+        "urr_ticket.outcomes",
+        3024,
+        env={"URR_QUEUE_ADMIN__BASE_URL": "{queue_url}"},
+    ),
+    # In AWS the booking worker is a Lambda on the SQS FIFO queue; locally a poller feeds it.
+    ServiceSpec("ticket-poller", "urr_ticket_worker.local.poller", 3020),
+    ServiceSpec("ticket-relay", "urr_ticket_worker.relay", 3021),
+    ServiceSpec("ticket-payment", "urr_ticket_worker.payment", 3022),
+    ServiceSpec("ticket-stats", "urr_ticket_worker.stats", 3023),
+    ServiceSpec("vwr-apigw", "urr_vwr_lambda.local.apigw", 3010, env=_VWR_ENV),
+    ServiceSpec(
+        "vwr-edge",
         "urr_vwr_lambda.local.edge",
         8000,
-        env={"URR_EDGE__ORIGIN_URL": "{gateway_url}", "URR_EDGE__VWR_API_URL": "{apigw_url}"},
+        env={
+            "URR_GATEWAY_URL": "{gateway_url}",
+            "URR_API_URL": "{vwr_apigw_url}",
+            "URR_EDGE_CONFIG__TARGET": "{state_dir}/vwr/edge-config.json",
+        },
     ),
-    ServiceSpec(
-        "vwr-scheduler",
-        "urr_vwr_lambda.local.scheduler",
-        health_path=None,
-        env={"URR_QUEUE_URL": "{queue_url}"},
-    ),
-    ServiceSpec(
-        "ticket-worker",
-        "urr_ticket_worker.local.poller",
-        health_path=None,
-        env={"URR_TICKET_QUEUE_URL": "{ticket_queue_url}"},
-    ),
+    ServiceSpec("vwr-scheduler", "urr_vwr_lambda.local.scheduler", 3012, env=_VWR_ENV),
 )
 
 
@@ -113,30 +145,34 @@ def resolve_ports(
     *,
     reserved: Mapping[str, int] | None = None,
 ) -> dict[str, int | None]:
-    """Each service's port after overrides; every port used once, overrides name services."""
-    names = {spec.name for spec in table}
-    if len(names) != len(table):
+    """Every listener's port after overrides, by listener name; each port used once.
+
+    Override names are compared with ``_`` read as ``-`` (environment variable names cannot
+    hold a ``-``): ``VWR_SCHEDULER`` moves ``vwr-scheduler``.
+    """
+    if len({spec.name for spec in table}) != len(table):
         raise ServiceTableError("two services share a name in the service table")
-    unknown = sorted(set(overrides) - names)
+    defaults: dict[str, int | None] = {}
+    for spec in table:
+        defaults.update(spec.listeners())
+    wanted = {name.lower().replace("_", "-"): port for name, port in overrides.items()}
+    unknown = sorted(set(wanted) - set(defaults))
     if unknown:
         raise ServiceTableError(
-            f"URR_DEVSTACK__SERVICE_PORTS names unknown services {unknown}; known: {sorted(names)}"
+            f"URR_DEVSTACK__SERVICE_PORTS names unknown services {unknown}; "
+            f"known: {sorted(defaults)}"
         )
     ports: dict[str, int | None] = {}
-    owner_of: dict[int, str] = {
-        port: f"the {what} server" for what, port in (reserved or {}).items()
-    }
-    for spec in table:
-        port = overrides.get(spec.name, spec.port)
-        if port is not None and spec.port is None:
-            raise ServiceTableError(f"service {spec.name!r} has no HTTP listener to move")
+    owner_of = {port: f"the {what} server" for what, port in (reserved or {}).items()}
+    for name, default in defaults.items():
+        port = wanted.get(name, default)
+        if port is not None and default is None:
+            raise ServiceTableError(f"service {name!r} has no HTTP listener to move")
         if port is not None:
             if port in owner_of:
-                raise ServiceTableError(
-                    f"service {spec.name!r} and {owner_of[port]} both use port {port}"
-                )
-            owner_of[port] = f"service {spec.name!r}"
-        ports[spec.name] = port
+                raise ServiceTableError(f"{name!r} and {owner_of[port]} both use port {port}")
+            owner_of[port] = repr(name)
+        ports[name] = port
     return ports
 
 

@@ -166,7 +166,7 @@ def urls(settings: DevstackSettings, infra: Infra, planned: list[PlannedService]
     """What the banner prints: the entry points first, then each service, then the servers."""
     shown: dict[str, str] = {}
     by_name = {service.name: service for service in planned}
-    for name in ("edge", "gateway"):
+    for name in ("vwr-edge", "gateway"):
         if name in by_name and by_name[name].port is not None:
             shown[name] = f"http://{settings.host}:{by_name[name].port}"
     for service in planned:
@@ -247,6 +247,9 @@ def up(
             "aws_endpoint_url": infra.moto_url,
             "ticket_queue_url": provisioned.ticket_queue_url,
             "ticket_dlq_url": provisioned.ticket_dlq_url,
+            "counters_table": aws.COUNTERS_TABLE,
+            "positions_table": aws.POSITIONS_TABLE,
+            "state_dir": str(paths.root),
         }
         planned, absent = plan_services(
             SERVICES,
@@ -345,12 +348,11 @@ def busy_service_ports(
     """Services we would start whose port something already listens on (they would die)."""
     skipped = set(settings.skip_services)
     return [
-        f"{spec.name} ({settings.host}:{port})"
+        f"{name} ({settings.host}:{port})"
         for spec in table
-        if spec.name not in skipped
-        and (port := ports.get(spec.name)) is not None
-        and runnable(spec.module)
-        and is_listening(settings.host, port)
+        if spec.name not in skipped and runnable(spec.module)
+        for name in spec.listeners()
+        if (port := ports.get(name)) is not None and is_listening(settings.host, port)
     ]
 
 
