@@ -27,26 +27,49 @@ def is_listening(host: str, port: int, timeout_s: float = 0.3) -> bool:
         return False
 
 
-def wait_listening(host: str, port: int, timeout_s: float, what: str) -> None:
+class ProcessExitedError(RuntimeError):
+    """A server we started exited before it listened."""
+
+
+def wait_listening(
+    host: str,
+    port: int,
+    timeout_s: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Wait until ``host:port`` accepts connections; fail early if ``process`` exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if is_listening(host, port):
             return
+        if process is not None and process.poll() is not None:
+            raise ProcessExitedError(
+                f"{what} exited with code {process.returncode} before listening on {host}:{port}"
+            )
         time.sleep(0.05)
     raise TimeoutError(f"{what} did not listen on {host}:{port} within {timeout_s:.0f}s")
 
 
-def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """SIGTERM the process's group, then SIGKILL what is left after ``timeout_s``."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+def stop_process_group(
+    process: subprocess.Popen[bytes],
+    timeout_s: float = 10.0,
+    stop_signal: int = signal.SIGTERM,
+) -> None:
+    """Send ``stop_signal`` to the process's group, then SIGKILL what is left after ``timeout_s``.
+
+    The group is signalled even when the leader has already exited, so helpers it left behind
+    (started in its session) go too.
+    """
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, stop_signal)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout_s)
+    # SIGKILL whatever is left of the group: the leader if it ignored us, or its children.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:
         process.wait(timeout=5)
 
 
@@ -59,23 +82,43 @@ class RedisServer:
     binary: str = "redis-server"
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def name(self) -> str:
+        return "redis"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"redis-{self.port}.log"
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to listen (to start several at once)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port)]
+        argv = [self.binary, "--bind", self.host, "--port", str(self.port)]
         argv += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        argv += ["--logfile", str(self.workdir / f"redis-{self.port}.log")]
+        argv += ["--logfile", str(self.log_path)]
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [*argv, *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_listening("127.0.0.1", self.port, 10, "redis-server")
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        try:
+            wait_listening(self.host, self.port, timeout_s, "redis-server", self.process)
+        except (TimeoutError, ProcessExitedError):
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process is not None:
@@ -87,8 +130,16 @@ class RedisServer:
         if self.process is None or self.process.poll() is not None:
             self.start()
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
     def flushall(self) -> None:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+        with socket.create_connection((self.host, self.port), timeout=2) as sock:
             sock.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n")
             reply = sock.recv(64)
         if not reply.startswith(b"+OK"):
@@ -105,9 +156,21 @@ class ServerProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     start_timeout_s: float = 30.0
+    #: Run as this OS user (PostgreSQL refuses to run as root); None keeps ours.
+    user: str | None = None
+    #: What asks the server to stop quickly (PostgreSQL: SIGINT, a "fast" shutdown).
+    stop_signal: int = signal.SIGTERM
+    cwd: Path | None = None
+    #: Where the server listens, to know when it is up.
+    host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to listen (to start several at once)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - argv built by us, no shell
@@ -116,22 +179,42 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.env},
+                cwd=self.cwd,
                 start_new_session=True,
+                user=self.user,
+                group=_primary_group(self.user),
+                extra_groups=[] if self.user is not None else None,
             )
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Wait until the port accepts connections; stop the process if it never does."""
+        limit = self.start_timeout_s if timeout_s is None else timeout_s
         try:
-            wait_listening("127.0.0.1", self.port, self.start_timeout_s, self.name)
-        except TimeoutError:
+            wait_listening(self.host, self.port, limit, self.name, self.process)
+        except (TimeoutError, ProcessExitedError):
             self.stop()
             raise
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_process_group(self.process)
+            stop_process_group(self.process, stop_signal=self.stop_signal)
             self.process = None
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+
+def _primary_group(user: str | None) -> int | None:
+    if user is None:
+        return None
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
 
 
 def tansu_binary() -> str:
@@ -147,19 +230,20 @@ def tansu_server(
     *,
     storage: str = "memory://tansu/",
     env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
 ) -> ServerProcess:
     """A Kafka-protocol broker; ``storage="s3://tansu/"`` with ``AWS_ENDPOINT`` set keeps data."""
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"tcp://{host}:{port}"
     argv = [tansu_binary(), "broker", "--listener-url", address]
     argv += ["--advertised-listener-url", address, "--storage-engine", storage]
-    return ServerProcess("tansu", argv, port, log_path, env=dict(env or {}))
+    return ServerProcess("tansu", argv, port, log_path, env=dict(env or {}), host=host)
 
 
-def moto_server(port: int, log_path: Path) -> ServerProcess:
+def moto_server(port: int, log_path: Path, host: str = "127.0.0.1") -> ServerProcess:
     """moto in server mode: real HTTP DynamoDB, SQS and S3 APIs in memory."""
     import shutil
     import sys
 
     binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    argv = [binary, "-H", "127.0.0.1", "-p", str(port)]
-    return ServerProcess("moto", argv, port, log_path)
+    argv = [binary, "-H", host, "-p", str(port)]
+    return ServerProcess("moto", argv, port, log_path, host=host)

@@ -1,16 +1,22 @@
 """pytest fixtures giving tests real servers, isolated from each other and from ``make up``.
 
 Redis: a private ``redis-server`` per test session on a free loopback port, so a test may
-flush, stop or restart it without touching anything else. PostgreSQL: the server already
-listening (``URR_TEST_POSTGRES_DSN``, default the local trust-auth server), with a fresh
-database per test that is dropped afterwards.
+flush, stop or restart it without touching anything else. PostgreSQL: the server named by
+``URR_TEST_POSTGRES_DSN``, else the local trust-auth server on 127.0.0.1:5432 when one
+listens, else a private one started for the session from the installed binaries (the same
+code as ``make up``; ``URR_TEST_POSTGRES_PRIVATE=1`` forces it), with a fresh database per
+test that is dropped afterwards.
 
 Registered in the root ``conftest.py`` as ``pytest_plugins = ["urr_devstack.testing"]``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +25,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from urr_devstack.procs import RedisServer, free_port, moto_server, tansu_server
+from urr_devstack import postgres
+from urr_devstack.procs import RedisServer, free_port, is_listening, moto_server, tansu_server
 
 DEFAULT_TEST_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -44,9 +51,45 @@ async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_dsn() -> str:
+def postgres_admin_dsn() -> Iterator[str]:
     """DSN of a database on the test server from which test databases are created."""
-    return os.environ.get("URR_TEST_POSTGRES_DSN", DEFAULT_TEST_POSTGRES_DSN)
+    configured = os.environ.get("URR_TEST_POSTGRES_DSN")
+    if configured:
+        yield configured
+        return
+    forced = os.environ.get("URR_TEST_POSTGRES_PRIVATE", "") not in ("", "0")
+    if not forced and is_listening("127.0.0.1", 5432):
+        yield DEFAULT_TEST_POSTGRES_DSN
+        return
+    with private_postgres_server() as dsn:
+        yield dsn
+
+
+@contextlib.contextmanager
+def private_postgres_server() -> Iterator[str]:
+    """A throw-away PostgreSQL on a free port (fsync off), removed with its data on exit.
+
+    Its folder is made with ``mkdtemp`` rather than pytest's ``tmp_path``: under root the
+    server runs as the ``postgres`` user, who cannot enter pytest's 0700 base folder.
+    """
+    parent = Path(tempfile.mkdtemp(prefix="urr-test-postgres-"))
+    port = free_port()
+    try:
+        server = postgres.private_postgres(
+            parent,
+            port,
+            parent / "postgres.log",
+            settings=postgres.FAST_UNSAFE_SETTINGS,
+        )
+        server.start()
+        try:
+            dsn = postgres.dsn("127.0.0.1", port, "postgres", "postgres")
+            asyncio.run(postgres.wait_accepting(dsn, 30))
+            yield dsn
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest_asyncio.fixture

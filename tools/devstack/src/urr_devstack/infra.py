@@ -1,0 +1,253 @@
+"""Find or start the servers of DESIGN.md §3: Redis, PostgreSQL, moto, Kafka (Tansu).
+
+A server already listening on its port is reused (after checking it speaks the right
+protocol: port 5000 is often something else); a missing one is started from the installed
+binaries, in its own process group, and stopped again by ``Infra.stop``. Servers we reused
+are never stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from urr_devstack import aws, kafka, postgres
+from urr_devstack.procs import (
+    ProcessExitedError,
+    RedisServer,
+    ServerProcess,
+    is_listening,
+    moto_server,
+    tansu_server,
+)
+from urr_devstack.settings import DevstackSettings
+
+
+class InfraError(RuntimeError):
+    """A server cannot be found or started; the message says what to change."""
+
+
+class StartedServer(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def log_path(self) -> Path: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    name: str
+    port: int
+    #: True when we started it (and so stop it); False when it was already listening.
+    started: bool
+
+
+@dataclass
+class Infra:
+    """The servers the stack talks to, and those of them we own."""
+
+    host: str
+    redis_url: str
+    postgres_admin_dsn: str
+    kafka_bootstrap: str
+    moto_url: str
+    servers: list[ServerAddress] = field(default_factory=list)
+    started: list[StartedServer] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Stop the servers we started, newest first (Tansu before the moto it writes to)."""
+        while self.started:
+            server = self.started.pop()
+            with contextlib.suppress(Exception):
+                server.stop()
+
+    def dead_servers(self) -> list[StartedServer]:
+        return [server for server in self.started if not server.running]
+
+
+def _aws_endpoint(settings: DevstackSettings, url: str) -> aws.AwsEndpoint:
+    return aws.AwsEndpoint(
+        url=url,
+        region=settings.aws_region,
+        access_key_id=settings.aws_access_key_id,
+        secret_access_key=settings.aws_secret_access_key,
+    )
+
+
+def start_infra(
+    settings: DevstackSettings, state_dir: Path, say: Callable[[str], None] = print
+) -> Infra:
+    """Reuse or start every server; on any failure stop what was started and raise."""
+    host = settings.host
+    ports = settings.ports
+    logs = state_dir / "logs"
+    infra = Infra(
+        host=host,
+        redis_url=f"redis://{host}:{ports.redis}/0",
+        postgres_admin_dsn=postgres.dsn(host, ports.postgres, settings.postgres_user, "postgres"),
+        kafka_bootstrap=f"{host}:{ports.kafka}",
+        moto_url=f"http://{host}:{ports.moto}",
+    )
+    try:
+        launched: list[ServerProcess | RedisServer] = []
+        # moto first: it takes longest to import, and initdb runs meanwhile.
+        if not _reuse("moto", host, ports.moto, infra, say, lambda: check_moto(infra.moto_url)):
+            _launch(moto_server(ports.moto, logs / "moto.log", host), infra, launched)
+        if not _reuse(
+            "redis", host, ports.redis, infra, say, lambda: check_redis(host, ports.redis)
+        ):
+            redis = RedisServer(port=ports.redis, workdir=state_dir / "redis", host=host)
+            _launch(redis, infra, launched)
+        if not _reuse(
+            "postgres",
+            host,
+            ports.postgres,
+            infra,
+            say,
+            lambda: asyncio.run(postgres.check_server(infra.postgres_admin_dsn)),
+        ):
+            _launch(_private_postgres(settings, state_dir, logs), infra, launched)
+        for server in launched:
+            server.wait_ready(settings.server_start_timeout_s)
+            say(f"started {server.name} on port {server.port} (log: {server.log_path})")
+        if any(server.name == "postgres" for server in launched):
+            asyncio.run(
+                postgres.wait_accepting(infra.postgres_admin_dsn, settings.server_start_timeout_s)
+            )
+        if not _reuse(
+            "kafka",
+            host,
+            ports.kafka,
+            infra,
+            say,
+            lambda: asyncio.run(kafka.list_topics(infra.kafka_bootstrap)),
+        ):
+            broker = _private_tansu(settings, infra, logs)
+            _launch(broker, infra, [])
+            broker.wait_ready(settings.server_start_timeout_s)
+            say(
+                f"started kafka (tansu, {settings.kafka_storage} storage) on port {ports.kafka}"
+                f" (log: {broker.log_path})"
+            )
+    except (TimeoutError, ProcessExitedError) as exc:
+        infra.stop()
+        raise InfraError(f"{exc}; see the logs under {logs}") from exc
+    except BaseException:
+        infra.stop()
+        raise
+    return infra
+
+
+def _reuse(
+    name: str,
+    host: str,
+    port: int,
+    infra: Infra,
+    say: Callable[[str], None],
+    check: Callable[[], object],
+) -> bool:
+    """True when a working server of this kind already listens; an impostor is an error."""
+    if not is_listening(host, port):
+        return False
+    try:
+        check()
+    except Exception as exc:
+        variable = f"URR_DEVSTACK__PORTS__{name.upper()}"
+        raise InfraError(
+            f"something listens on {host}:{port} but does not answer as {name} ({exc}); "
+            f"stop it or move the stack's {name} with {variable}"
+        ) from exc
+    infra.servers.append(ServerAddress(name, port, started=False))
+    say(f"reusing {name} already listening on {host}:{port}")
+    return True
+
+
+def _launch(
+    server: ServerProcess | RedisServer,
+    infra: Infra,
+    launched: list[ServerProcess | RedisServer],
+) -> None:
+    server.launch()
+    infra.started.append(server)
+    infra.servers.append(ServerAddress(server.name, server.port, started=True))
+    launched.append(server)
+
+
+def _private_postgres(settings: DevstackSettings, state_dir: Path, logs: Path) -> ServerProcess:
+    try:
+        return postgres.private_postgres(
+            state_dir / "postgres",
+            settings.ports.postgres,
+            logs / "postgres.log",
+            host=settings.host,
+            superuser=settings.postgres_user,
+            bin_dir=settings.postgres_bin_dir,
+            os_user=settings.postgres_os_user,
+            start_timeout_s=settings.server_start_timeout_s,
+        )
+    except postgres.PostgresSetupError as exc:
+        raise InfraError(str(exc)) from exc
+
+
+def _private_tansu(settings: DevstackSettings, infra: Infra, logs: Path) -> ServerProcess:
+    if settings.kafka_storage == "memory":
+        return tansu_server(settings.ports.kafka, logs / "tansu.log", host=settings.host)
+    endpoint = _aws_endpoint(settings, infra.moto_url)
+
+    async def make_bucket() -> None:
+        async with aws.open_clients(endpoint) as clients:
+            await aws.ensure_bucket(clients.s3, aws.TANSU_BUCKET)
+
+    asyncio.run(make_bucket())
+    env = {
+        "AWS_ENDPOINT": infra.moto_url,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
+        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key,
+        "AWS_DEFAULT_REGION": settings.aws_region,
+        "AWS_REGION": settings.aws_region,
+    }
+    return tansu_server(
+        settings.ports.kafka,
+        logs / "tansu.log",
+        storage=f"s3://{aws.TANSU_BUCKET}/",
+        env=env,
+        host=settings.host,
+    )
+
+
+def check_redis(host: str, port: int) -> None:
+    """PING answered with PONG, or raise."""
+    with socket.create_connection((host, port), timeout=2) as sock:
+        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+        reply = sock.recv(64)
+    if not reply.startswith(b"+PONG"):
+        raise ConnectionError(f"PING got {reply[:40]!r}")
+
+
+def check_moto(url: str) -> None:
+    """moto's own API answers (a real AWS endpoint or another server does not)."""
+    # Loopback only: never through a proxy from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{url}/moto-api/config", timeout=3) as response:
+            json.loads(response.read())
+    except (urllib.error.URLError, ValueError) as exc:
+        raise ConnectionError(f"GET /moto-api/config failed: {exc}") from exc

@@ -1,0 +1,105 @@
+"""What the local stack is configured by: ``URR_DEVSTACK__*`` environment variables.
+
+Every address the stack uses can be moved, so two stacks (or the end-to-end test and a
+developer's ``make up``) can run side by side on one machine:
+
+- ``URR_DEVSTACK__PORTS__REDIS`` / ``__POSTGRES`` / ``__KAFKA`` / ``__MOTO``: the servers.
+- ``URR_DEVSTACK__SERVICE_PORTS__<NAME>`` (e.g. ``__AUTH=4005``): a service's HTTP port.
+- ``URR_DEVSTACK__STATE_DIR``: logs, PostgreSQL data, keys (default ``<repo>/.urr``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = int
+
+
+class ServerPorts(BaseModel):
+    """Where each server listens (and where an already-running one is looked for)."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    redis: Port = Field(default=6379, ge=1, le=65535)
+    postgres: Port = Field(default=5432, ge=1, le=65535)
+    kafka: Port = Field(default=9092, ge=1, le=65535)
+    moto: Port = Field(default=5000, ge=1, le=65535)
+
+
+class DevstackSettings(BaseSettings):
+    """The local stack's configuration, validated once when a command starts."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="URR_DEVSTACK__",
+        env_nested_delimiter="__",
+        # A misspelt URR_DEVSTACK__ variable is an error, not silently ignored.
+        extra="forbid",
+        frozen=True,
+    )
+
+    #: Loopback address every server and service of the stack binds to.
+    host: str = "127.0.0.1"
+    #: Logs, PostgreSQL data, signing keys, the admin password; default ``<repo>/.urr``.
+    state_dir: Path | None = None
+    ports: ServerPorts = Field(default_factory=ServerPorts)
+    #: Per-service HTTP port overrides, by service name (``{"auth": 4005}``).
+    service_ports: dict[str, Port] = Field(default_factory=dict)
+    #: Services not to start (e.g. one you run yourself in a debugger).
+    skip_services: list[str] = Field(default_factory=list)
+
+    postgres_user: str = "postgres"
+    postgres_database: str = "urr"
+    #: Folder holding ``initdb`` and ``postgres``; default the newest /usr/lib/postgresql/*/bin.
+    postgres_bin_dir: Path | None = None
+    #: The OS user a private PostgreSQL runs as when we are root (it refuses to run as root).
+    postgres_os_user: str = "postgres"
+
+    aws_region: str = "us-east-1"
+    #: moto accepts any credentials; these only have to be present.
+    aws_access_key_id: str = "urr-local"
+    aws_secret_access_key: str = "urr-local"  # noqa: S105 - moto takes any; nothing secret
+
+    #: ``s3`` keeps Kafka records in moto's S3 across broker restarts; ``memory`` keeps none.
+    kafka_storage: Literal["s3", "memory"] = "s3"
+    kafka_partitions: int = Field(default=3, ge=1, le=64)
+
+    #: How long a server we start may take to listen.
+    server_start_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    #: How long all services together may take to answer their readiness check.
+    ready_timeout_s: float = Field(default=90.0, gt=0.0, le=1800.0)
+    #: Log format handed to the services (``console`` reads better in a terminal).
+    service_log_format: Literal["console", "json"] = "console"
+
+    admin_email: str = "admin@urr.local"
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> Self:
+        used: dict[int, str] = {}
+        named = [(f"ports.{name}", port) for name, port in self.ports.model_dump().items()]
+        named += [(f"service_ports.{name}", port) for name, port in self.service_ports.items()]
+        for name, port in named:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{name}: port {port} is outside 1-65535")
+            if port in used:
+                raise ValueError(f"{name} and {used[port]} both use port {port}")
+            used[port] = name
+        return self
+
+    def resolved_state_dir(self, cwd: Path | None = None) -> Path:
+        """The state folder as an absolute path (``<repo>/.urr`` unless configured)."""
+        if self.state_dir is not None:
+            return self.state_dir.expanduser().resolve()
+        return find_repo_root(cwd or Path.cwd()) / ".urr"
+
+
+def find_repo_root(start: Path) -> Path:
+    """The nearest folder at or above ``start`` holding the workspace's ``uv.lock``."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / "uv.lock").is_file() and (folder / "pyproject.toml").is_file():
+            return folder
+    return start

@@ -1,0 +1,50 @@
+"""The run file and the cleanup ``urr-devstack down`` does when ``up`` was killed outright."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from urr_devstack.runstate import ProcessRecord, RunState, cmdline, exit_code, stop_recorded
+
+
+def test_devstack_run_state_round_trips(tmp_path: Path) -> None:
+    state = RunState(pid=123, phase="ready", urls={"gateway": "http://127.0.0.1:3001"})
+    state.servers.append(ProcessRecord("redis", 456, "redis-server"))
+    state.save(tmp_path / "devstack.json")
+    assert RunState.load(tmp_path / "devstack.json") == state
+    (tmp_path / "broken.json").write_text("{not json")
+    assert RunState.load(tmp_path / "broken.json") is None
+    assert RunState.load(tmp_path / "missing.json") is None
+
+
+def test_devstack_leftovers_are_stopped_by_group_and_only_when_they_match() -> None:
+    # A leftover "server" with a child in its process group, like a postmaster and backends.
+    leftover = subprocess.Popen(["sh", "-c", "sleep 61 & exec sleep 62"], start_new_session=True)
+    stranger = subprocess.Popen(["sleep", "63"], start_new_session=True)
+    try:
+        records = [
+            ProcessRecord("server", leftover.pid, "sleep 62"),
+            # Same pid as a live process but another program: a recycled pid is left alone.
+            ProcessRecord("recycled", stranger.pid, "redis-server"),
+        ]
+        assert stop_recorded(records, timeout_s=5) == ["server"]
+        assert leftover.wait(timeout=5) is not None
+        assert stranger.poll() is None
+    finally:
+        for process in (leftover, stranger):
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=5)
+
+
+def test_devstack_exit_code_of_a_zombie_is_read_from_proc() -> None:
+    process = subprocess.Popen(["sh", "-c", "exit 7"])
+    import time
+
+    deadline = time.monotonic() + 5
+    while cmdline(process.pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # Not yet reaped: a zombie, whose exit code /proc still shows.
+    assert exit_code(process.pid) == 7
+    assert process.wait(timeout=5) == 7

@@ -1,0 +1,96 @@
+"""The stack's settings from the environment, and the local keys and admin password."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from urr_common.settings import SettingsError, load_settings
+from urr_common.tokens import KeySet, TokenSigner, TokenVerifier, load_verification_keys
+from urr_devstack.keys import KEY_KINDS, ensure_admin_password, ensure_signing_keys
+from urr_devstack.settings import DevstackSettings, find_repo_root
+
+
+def test_devstack_settings_read_ports_and_overrides(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("URR_DEVSTACK__PORTS__REDIS", "16379")
+    monkeypatch.setenv("URR_DEVSTACK__SERVICE_PORTS__AUTH", "14005")
+    monkeypatch.setenv("URR_DEVSTACK__SKIP_SERVICES", '["edge"]')
+    monkeypatch.setenv("URR_DEVSTACK__STATE_DIR", str(tmp_path / "state"))
+    settings = load_settings(DevstackSettings)
+    assert settings.ports.redis == 16379
+    assert settings.ports.postgres == 5432
+    assert settings.service_ports == {"auth": 14005}
+    assert settings.skip_services == ["edge"]
+    assert settings.resolved_state_dir() == tmp_path / "state"
+
+
+def test_devstack_settings_name_the_bad_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("URR_DEVSTACK__PORTS__MOTO", "not-a-port")
+    with pytest.raises(SettingsError, match="URR_DEVSTACK__PORTS__MOTO"):
+        load_settings(DevstackSettings)
+
+
+def test_devstack_settings_refuse_a_misspelt_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("URR_DEVSTACK__PORTS__REDDIS", "1")
+    with pytest.raises(SettingsError, match="REDDIS"):
+        load_settings(DevstackSettings)
+
+
+def test_devstack_settings_refuse_one_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("URR_DEVSTACK__PORTS__KAFKA", "6379")
+    with pytest.raises(SettingsError, match=r"ports.kafka and ports.redis both use port 6379"):
+        load_settings(DevstackSettings)
+
+
+def test_devstack_default_state_dir_is_in_the_repo(tmp_path: Path) -> None:
+    (tmp_path / "uv.lock").write_text("")
+    (tmp_path / "pyproject.toml").write_text("")
+    nested = tmp_path / "services" / "x"
+    nested.mkdir(parents=True)
+    assert find_repo_root(nested) == tmp_path
+    assert DevstackSettings().resolved_state_dir(nested) == tmp_path / ".urr"
+
+
+def test_devstack_keys_are_made_once_private_and_paired(tmp_path: Path) -> None:
+    keys = ensure_signing_keys(tmp_path / "keys")
+    assert sorted(keys) == sorted(KEY_KINDS)
+    for kind, key in keys.items():
+        assert key.private_file == tmp_path / "keys" / kind / "local-1.pem"
+        assert key.public_file == tmp_path / "keys" / kind / "public" / "local-1.pem"
+        assert stat.S_IMODE(key.private_file.stat().st_mode) == 0o600
+        assert b"PRIVATE KEY" not in key.public_file.read_bytes()
+    first = {kind: key.private_file.read_bytes() for kind, key in keys.items()}
+    again = ensure_signing_keys(tmp_path / "keys")
+    assert {kind: key.private_file.read_bytes() for kind, key in again.items()} == first
+
+
+def test_devstack_public_key_verifies_what_the_private_key_signs(tmp_path: Path) -> None:
+    from urr_common.tokens import SigningKey
+
+    key = ensure_signing_keys(tmp_path / "keys")["vwr"]
+    signer = SigningKey.from_pem(key.private_file.read_bytes(), key.key_id)
+    token = TokenSigner(signer, "urr-vwr", "urr-vwr", 60).sign("req-1", {"position": 7})
+    verifier = TokenVerifier(
+        KeySet(load_verification_keys([key.public_file])), "urr-vwr", "urr-vwr"
+    )
+    assert verifier.verify(token)["position"] == 7
+
+
+def test_devstack_public_key_is_rewritten_when_stale(tmp_path: Path) -> None:
+    key = ensure_signing_keys(tmp_path / "keys")["access"]
+    good = key.public_file.read_bytes()
+    key.public_file.write_bytes(b"stale")
+    ensure_signing_keys(tmp_path / "keys")
+    assert key.public_file.read_bytes() == good
+
+
+def test_devstack_admin_password_is_generated_once(tmp_path: Path) -> None:
+    path = tmp_path / "admin-password"
+    password = ensure_admin_password(path)
+    assert len(password) >= 20
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_admin_password(path) == password

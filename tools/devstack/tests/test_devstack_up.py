@@ -1,0 +1,420 @@
+"""``urr-devstack up`` end to end: from nothing to ready, then SIGTERM and nothing left behind.
+
+Every port is moved to a free one, so the stack cannot reuse the machine's servers and must
+start its own Redis, PostgreSQL, moto and Tansu; its state folder is a temporary one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from urr_devstack import aws, kafka
+from urr_devstack.infra import check_redis
+from urr_devstack.procs import RedisServer, free_port, is_listening
+from urr_devstack.runstate import RunState, cmdline, stop_recorded
+from urr_devstack.services import SERVICES
+from urr_devstack.stack import READY_BANNER
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(120)]
+
+SERVER_NAMES = ("redis", "postgres", "kafka", "moto")
+
+#: A service built like the real ones (urr_common settings, app, readiness, serve), added to
+#: the table so the whole path runs even before any real service exists: the environment the
+#: stack hands over must load, and its servers, database and key files must be usable.
+PROBE_SERVICE = """
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import redis.asyncio as redis
+from urr_common.service import READINESS_KEY, create_service_app, serve
+from urr_common.settings import (
+    AwsSettings, KafkaSettings, PostgresSettings, RedisSettings, ServiceSettings,
+    TokenKeySettings, TrustedKeysSettings, load_settings,
+)
+from urr_common.tokens import SigningKey, load_verification_keys
+
+
+class ProbeSettings(ServiceSettings):
+    redis: RedisSettings
+    postgres: PostgresSettings
+    kafka: KafkaSettings
+    aws: AwsSettings
+    access_tokens: TokenKeySettings
+    access_trust: TrustedKeysSettings
+    entry_tokens: TokenKeySettings
+    entry_trust: TrustedKeysSettings
+    vwr_tokens: TokenKeySettings
+    vwr_trust: TrustedKeysSettings
+    bootstrap_admin_email: str
+    bootstrap_admin_password: str
+
+
+async def main() -> None:
+    settings = load_settings(ProbeSettings)
+    assert settings.environment == "local"
+    assert settings.access_tokens.issuer == "urr-auth"
+    assert settings.entry_trust.audience == "urr-entry"
+    assert settings.entry_trust.jwks_url.endswith("/.well-known/jwks.json")
+    for block in (settings.access_tokens, settings.entry_tokens, settings.vwr_tokens):
+        SigningKey.from_pem(block.private_key_file.read_bytes(), block.key_id)
+    assert len(load_verification_keys(settings.vwr_trust.public_key_files)) == 1
+    app = create_service_app(settings)
+    client = redis.Redis.from_url(settings.redis.url)
+
+    async def redis_ready() -> None:
+        await client.ping()
+
+    async def postgres_ready() -> None:
+        connection = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
+        try:
+            assert await connection.fetchval("SELECT current_database()") == "urr"
+        finally:
+            await connection.close()
+
+    app[READINESS_KEY].add_check("redis", redis_ready)
+    app[READINESS_KEY].add_check("postgres", postgres_ready)
+    print("probe: environment loaded", json.dumps(settings.aws.endpoint_url), flush=True)
+    try:
+        await serve(app, settings.http)
+    finally:
+        await client.aclose()
+
+
+asyncio.run(main())
+"""
+
+#: Runs ``urr-devstack`` with the probe appended to the real service table.
+DRIVER = """
+import sys
+
+from urr_devstack import stack
+from urr_devstack.__main__ import main
+from urr_devstack.services import ServiceSpec
+
+stack.SERVICES = (*stack.SERVICES, ServiceSpec("probe", "urr_devstack_probe", 3099))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+class RunningStack:
+    """An ``urr-devstack up`` child process whose output is collected line by line."""
+
+    def __init__(self, env: dict[str, str], *args: str, with_probe: bool = False) -> None:
+        self.runfile = Path(env["URR_DEVSTACK__STATE_DIR"]) / "devstack.json"
+        script = Path(sys.executable).parent / "urr-devstack"
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "urr_devstack"]
+        if with_probe:
+            # The source names urr_devstack, so the command line still says "devstack":
+            # that is how `up` and `down` recognise a running stack.
+            command = [sys.executable, "-c", DRIVER]
+        self.process = subprocess.Popen(
+            [*command, "up", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, marker: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if marker in self.output:
+                return
+            if self.process.poll() is not None:
+                self._reader.join(timeout=2)
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{marker!r} not printed; output:\n{self.output}")
+
+    def stop(self, timeout_s: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        """Make sure the stack is gone and the pipe closed (also after a failed assertion)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        # What `urr-devstack down` does when `up` could not clean up after itself.
+        state = RunState.load(self.runfile)
+        if state is not None:
+            stop_recorded(state.services + state.servers, timeout_s=10)
+        self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every process below ``root`` (its own process groups included), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(entry.name)] = int(fields[1])
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = cmdline(pid) or "?"
+                frontier.append(pid)
+    return found
+
+
+@pytest.fixture
+def stack_env() -> Iterator[dict[str, str]]:
+    """Environment for a stack on free ports with a state folder of its own."""
+    # mkdtemp, not tmp_path: the private PostgreSQL runs as `postgres` when we are root, and
+    # pytest's base folder is closed to other users.
+    state = Path(tempfile.mkdtemp(prefix="urr-devstack-e2e-"))
+    state.chmod(0o755)
+    (state / "probe").mkdir()
+    (state / "probe" / "urr_devstack_probe.py").write_text(PROBE_SERVICE)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("URR_")}
+    python_path = [str(state / "probe"), *filter(None, [env.get("PYTHONPATH")])]
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join(python_path),
+            "URR_DEVSTACK__STATE_DIR": str(state / ".urr"),
+            "URR_DEVSTACK__PORTS__REDIS": str(free_port()),
+            "URR_DEVSTACK__PORTS__POSTGRES": str(free_port()),
+            "URR_DEVSTACK__PORTS__KAFKA": str(free_port()),
+            "URR_DEVSTACK__PORTS__MOTO": str(free_port()),
+            "URR_DEVSTACK__SERVICE_PORTS": json.dumps(
+                {
+                    **{
+                        name: free_port()
+                        for spec in SERVICES
+                        for name, port in spec.listeners().items()
+                        if port is not None
+                    },
+                    "probe": free_port(),
+                }
+            ),
+            "URR_DEVSTACK__READY_TIMEOUT_S": "60",
+        }
+    )
+    try:
+        yield env
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_moto(moto_endpoint: str) -> Iterator[str]:
+    """The session's moto, emptied after the test: the stack provisions into it."""
+    yield moto_endpoint
+    url = f"{moto_endpoint}/moto-api/reset"
+    request = urllib.request.Request(url, method="POST")  # noqa: S310 - our http URL
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def _port(env: dict[str, str], name: str) -> int:
+    return int(env[f"URR_DEVSTACK__PORTS__{name.upper()}"])
+
+
+async def _check_servers(env: dict[str, str]) -> None:
+    import asyncpg
+
+    check_redis("127.0.0.1", _port(env, "redis"))
+    connection = await asyncpg.connect(
+        f"postgresql://postgres@127.0.0.1:{_port(env, 'postgres')}/urr"
+    )
+    try:
+        assert await connection.fetchval("SELECT 1") == 1
+    finally:
+        await connection.close()
+    topics = await kafka.list_topics(f"127.0.0.1:{_port(env, 'kafka')}")
+    assert set(kafka.TOPICS) <= set(topics)
+    endpoint = aws.AwsEndpoint(f"http://127.0.0.1:{_port(env, 'moto')}")
+    async with aws.open_clients(endpoint) as clients:
+        queues = (await clients.sqs.list_queues())["QueueUrls"]
+        names = sorted(url.rsplit("/", 1)[1] for url in queues)
+        assert names == [aws.TICKET_DLQ, aws.TICKET_QUEUE]
+        tables = (await clients.dynamodb.list_tables())["TableNames"]
+        assert sorted(tables) == [aws.COUNTERS_TABLE, aws.POSITIONS_TABLE]
+
+
+def _assert_all_gone(processes: dict[int, str]) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = {pid: line for pid, line in processes.items() if cmdline(pid) == line}
+        if not left:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes left behind: {left}")
+
+
+def test_devstack_up_starts_from_nothing_and_stops_cleanly(stack_env: dict[str, str]) -> None:
+    ports = [_port(stack_env, name) for name in SERVER_NAMES]
+    assert not any(is_listening("127.0.0.1", port) for port in ports)
+    stack = RunningStack(stack_env, with_probe=True)
+    try:
+        stack.wait_for(READY_BANNER, 60)
+        assert "probe is ready" in stack.output
+        for name in ("redis", "postgres", "moto", "kafka"):
+            assert f"started {name}" in stack.output
+        assert "reusing" not in stack.output
+        started = descendants(stack.process.pid)
+        assert any("redis-server" in line for line in started.values())
+        assert any("tansu" in line for line in started.values())
+        assert any("urr_devstack_probe" in line for line in started.values())
+        asyncio.run(_check_servers(stack_env))
+
+        state = Path(stack_env["URR_DEVSTACK__STATE_DIR"])
+        for kind in ("access", "entry", "vwr"):
+            assert (state / "keys" / kind / "local-1.pem").stat().st_mode & 0o077 == 0
+            assert (state / "keys" / kind / "public" / "local-1.pem").exists()
+        password = (state / "admin-password").read_text().strip()
+        assert f"admin@urr.local / {password}" in stack.output
+        assert json.loads((state / "devstack.json").read_text())["phase"] == "ready"
+
+        code = stack.stop()
+    finally:
+        stack.kill()
+    assert code == 0, stack.output
+    _assert_all_gone(started)
+    assert not any(is_listening("127.0.0.1", port) for port in ports)
+    assert not (state / "devstack.json").exists()
+
+
+def test_devstack_second_run_reuses_servers_already_listening(
+    stack_env: dict[str, str],
+    redis_server: RedisServer,
+    postgres_admin_dsn: str,
+    kafka_bootstrap: str,
+    shared_moto: str,
+) -> None:
+    """Pointed at servers already listening (this session's), up starts none and stops none."""
+    pg = urlsplit(postgres_admin_dsn)
+    database = f"urr_devstack_{uuid.uuid4().hex[:12]}"
+    env = {
+        **stack_env,
+        "URR_DEVSTACK__PORTS__REDIS": str(redis_server.port),
+        "URR_DEVSTACK__PORTS__POSTGRES": str(pg.port),
+        "URR_DEVSTACK__PORTS__KAFKA": kafka_bootstrap.rsplit(":", 1)[1],
+        "URR_DEVSTACK__PORTS__MOTO": shared_moto.rsplit(":", 1)[1],
+        "URR_DEVSTACK__POSTGRES_DATABASE": database,
+    }
+    stack = RunningStack(env, "--no-services", with_probe=True)
+    try:
+        stack.wait_for(READY_BANNER, 60)
+        for name in SERVER_NAMES:
+            assert f"reusing {name} already listening" in stack.output
+        assert "started " not in stack.output
+        assert f"created database {database}" in stack.output
+        assert descendants(stack.process.pid) == {}
+        code = stack.stop()
+    finally:
+        stack.kill()
+        asyncio.run(_drop_database(postgres_admin_dsn, database))
+    assert code == 0, stack.output
+    # It stopped nothing it had not started: the session's servers serve on.
+    assert redis_server.running
+    check_redis("127.0.0.1", redis_server.port)
+    assert kafka.TOPICS[0] in asyncio.run(kafka.list_topics(kafka_bootstrap))
+    assert is_listening("127.0.0.1", int(env["URR_DEVSTACK__PORTS__MOTO"]))
+
+
+async def _drop_database(admin_dsn: str, name: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+def _with_session_moto_and_kafka(
+    env: dict[str, str], moto_endpoint: str, kafka_bootstrap: str
+) -> dict[str, str]:
+    """Reuse this session's moto and Tansu: the test is about the servers it still starts."""
+    return {
+        **env,
+        "URR_DEVSTACK__PORTS__MOTO": moto_endpoint.rsplit(":", 1)[1],
+        "URR_DEVSTACK__PORTS__KAFKA": kafka_bootstrap.rsplit(":", 1)[1],
+    }
+
+
+def test_devstack_sigterm_while_starting_stops_what_was_started(
+    stack_env: dict[str, str], shared_moto: str, kafka_bootstrap: str
+) -> None:
+    env = _with_session_moto_and_kafka(stack_env, shared_moto, kafka_bootstrap)
+    stack = RunningStack(env, with_probe=True)
+    try:
+        stack.wait_for("started redis", 60)
+        started = descendants(stack.process.pid)
+        assert any("redis-server" in line for line in started.values())
+        code = stack.stop()
+    finally:
+        stack.kill()
+    assert code == 0, stack.output
+    assert "stopped on request while starting" in stack.output
+    assert READY_BANNER not in stack.output
+    _assert_all_gone(started)
+    assert not is_listening("127.0.0.1", _port(env, "redis"))
+    assert not is_listening("127.0.0.1", _port(env, "postgres"))
+
+
+def test_devstack_a_server_dying_stops_the_stack_with_an_error(
+    stack_env: dict[str, str], shared_moto: str, kafka_bootstrap: str
+) -> None:
+    env = _with_session_moto_and_kafka(stack_env, shared_moto, kafka_bootstrap)
+    stack = RunningStack(env, "--no-services", with_probe=True)
+    try:
+        stack.wait_for(READY_BANNER, 60)
+        started = descendants(stack.process.pid)
+        redis_pid = next(pid for pid, line in started.items() if "redis-server" in line)
+        os.kill(redis_pid, signal.SIGKILL)
+        code = stack.process.wait(timeout=30)
+    finally:
+        stack.kill()
+    assert code == 1, stack.output
+    assert "a server we started has stopped: redis" in stack.output
+    _assert_all_gone(started)
