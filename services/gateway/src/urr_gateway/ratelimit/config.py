@@ -115,7 +115,7 @@ class RateLimitSettings(BaseModel):
     exempt_prefixes: tuple[str, ...] = ("/health", "/metrics")
 
     #: Time allowed to one Redis decision, queueing for a connection included.
-    budget_ms: float = Field(default=10.0, gt=0.0, le=1_000.0)
+    budget_ms: float = Field(default=10.0, gt=0.0, le=5_000.0)
     #: Decisions waiting on Redis at once per process; more wait (inside the budget) rather
     #: than open connections beyond the client's pool.
     max_in_flight: int = Field(default=64, ge=1, le=10_000)

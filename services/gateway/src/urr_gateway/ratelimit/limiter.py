@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -46,6 +46,14 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
 
 _LOG = get_logger(__name__)
+
+
+class OutageLogger(Protocol):
+    """What the limiter logs with (a structlog logger; tests pass a recorder)."""
+
+    def warning(self, event: str, **fields: Any) -> Any: ...
+
+    def info(self, event: str, **fields: Any) -> Any: ...
 
 
 class UnknownCategoryError(ValueError):
@@ -84,8 +92,10 @@ class SlidingWindowLimiter:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        logger: OutageLogger | None = None,
     ) -> None:
         self.settings = settings
+        self._log: OutageLogger = logger if logger is not None else _LOG
         self._specs = window_specs(settings)
         self._max_cost = {name: min(s.limit for s in specs) for name, specs in self._specs.items()}
         self._policies: dict[str, FailurePolicy] = {
@@ -133,6 +143,18 @@ class SlidingWindowLimiter:
     def redis_unavailable(self) -> bool:
         """True from the first failed call of an outage until the first successful one."""
         return self._outage_since is not None
+
+    async def prepare(self, timeout_s: float = 2.0) -> bool:
+        """Load the script and open a connection ahead of the first request (call it from the
+        application's start-up), so the first decision does not spend its budget on a connect
+        and a SCRIPT LOAD. Never raises: a Redis that is down now is the breaker's business."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._store.load()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._log.warning("ratelimit_prepare_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+        return True
 
     # -- the decision -----------------------------------------------------------------------
 
@@ -211,7 +233,7 @@ class SlidingWindowLimiter:
             self._breaker.record_success()
             self.metrics.breaker_state.set(int(BreakerState.CLOSED))
         if self._outage_since is not None:
-            _LOG.info(
+            self._log.info(
                 "ratelimit_redis_recovered",
                 outage_s=round(self._clock() - self._outage_since, 3),
             )
@@ -226,7 +248,7 @@ class SlidingWindowLimiter:
             # Logged once per outage: the first failure opens it, the first success closes it.
             self._outage_since = now
             self.metrics.outages.inc()
-            _LOG.warning(
+            self._log.warning(
                 "ratelimit_redis_unavailable",
                 kind=kind,
                 error=f"{type(error).__name__}: {error}"[:200],

@@ -43,6 +43,7 @@ class RedisSlidingLog:
     """Runs ``sliding_window.lua`` on a Redis or Redis Cluster client."""
 
     def __init__(self, redis: Redis | RedisCluster) -> None:
+        self._redis = redis
         self._script = redis.register_script(load_script_source())
         self._calls: dict[tuple[str, tuple[WindowSpec, ...]], _CategoryCall] = {}
 
@@ -56,6 +57,10 @@ class RedisSlidingLog:
             cached = _CategoryCall(suffixes, tuple(window_args))
             self._calls[(category, specs)] = cached
         return cached
+
+    async def load(self) -> None:
+        """``SCRIPT LOAD`` (on every primary of a cluster), which also opens a connection."""
+        await self._redis.script_load(self._script.script)
 
     async def evaluate(
         self,
