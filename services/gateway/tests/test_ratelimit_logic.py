@@ -21,6 +21,7 @@ from urr_gateway.ratelimit.window import (
     WindowOutcome,
     WindowSpec,
     decide,
+    decide_many,
     evaluate_window,
     ms_to_s_up,
     policy_names,
@@ -119,6 +120,21 @@ def test_decide_binds_to_the_tightest_window() -> None:
     assert (refused.policy, refused.retry_after_ms) == ("auth-60s", 9000)
     # Each window says when it would admit: t is the retry for full windows.
     assert [w.seconds_until_quota for w in refused.windows] == [9, 1]
+
+
+@given(
+    count=st.integers(min_value=0, max_value=30),
+    reset_us=st.integers(min_value=0, max_value=120 * S),
+    retry_us=st.integers(min_value=0, max_value=120 * S),
+    cost=st.integers(min_value=1, max_value=5),
+)
+def test_single_window_fast_path_matches_the_general_one(
+    count: int, reset_us: int, retry_us: int, cost: int
+) -> None:
+    outcome = WindowOutcome(count, reset_us, retry_us)
+    fast = decide("auth", AUTH, [outcome], cost, source="redis")
+    general = decide_many("auth", AUTH, [outcome], cost, "redis")
+    assert fast == general
 
 
 def test_policy_names() -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -117,6 +117,7 @@ class SlidingWindowLimiter:
             registry if registry is not None else CollectorRegistry()
         )
         self.metrics.breaker_state.set(int(BreakerState.CLOSED))
+        self._children: dict[tuple[str, bool, str], tuple[Counter, Histogram]] = {}
 
     # -- what callers may ask about the configuration ------------------------------------
 
@@ -257,6 +258,15 @@ class SlidingWindowLimiter:
             )
 
     def _observe(self, decision: Decision, started: float) -> None:
-        result = "allowed" if decision.allowed else "blocked"
-        self.metrics.decisions.labels(decision.category, result, decision.source).inc()
-        self.metrics.latency.labels(decision.source).observe(time.perf_counter() - started)
+        # Labelled children are looked up once: ``labels()`` costs more than ``inc()``.
+        key = (decision.category, decision.allowed, decision.source)
+        children = self._children.get(key)
+        if children is None:
+            result = "allowed" if decision.allowed else "blocked"
+            children = (
+                self.metrics.decisions.labels(decision.category, result, decision.source),
+                self.metrics.latency.labels(decision.source),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)

@@ -45,18 +45,21 @@ class RedisSlidingLog:
     def __init__(self, redis: Redis | RedisCluster) -> None:
         self._redis = redis
         self._script = redis.register_script(load_script_source())
-        self._calls: dict[tuple[str, tuple[WindowSpec, ...]], _CategoryCall] = {}
+        self._calls: dict[str, tuple[tuple[WindowSpec, ...], _CategoryCall]] = {}
 
     def _call_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _CategoryCall:
-        cached = self._calls.get((category, specs))
-        if cached is None:
-            suffixes = tuple(window_key_suffix(category, spec.window_s) for spec in specs)
-            window_args: list[int] = []
-            for spec in specs:
-                window_args += [spec.limit, spec.window_us]
-            cached = _CategoryCall(suffixes, tuple(window_args))
-            self._calls[(category, specs)] = cached
-        return cached
+        entry = self._calls.get(category)
+        # Identity first: the limiter passes the same tuple every time, and hashing a tuple of
+        # dataclasses on every decision is measurable.
+        if entry is not None and (entry[0] is specs or entry[0] == specs):
+            return entry[1]
+        suffixes = tuple(window_key_suffix(category, spec.window_s) for spec in specs)
+        window_args: list[int] = []
+        for spec in specs:
+            window_args += [spec.limit, spec.window_us]
+        call = _CategoryCall(suffixes, tuple(window_args))
+        self._calls[category] = (specs, call)
+        return call
 
     async def load(self) -> None:
         """``SCRIPT LOAD`` (on every primary of a cluster), which also opens a connection."""

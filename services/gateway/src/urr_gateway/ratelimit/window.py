@@ -151,6 +151,21 @@ def decide(
     window's reset becomes its full length, since the request itself is now its oldest entry).
     When refused, nothing is counted.
     """
+    if len(specs) == 1:
+        return _decide_one(category, specs[0], outcomes[0], cost, source, degraded, revoked)
+    return decide_many(category, specs, outcomes, cost, source, degraded, revoked)
+
+
+def decide_many(
+    category: str,
+    specs: Sequence[WindowSpec],
+    outcomes: Sequence[WindowOutcome],
+    cost: int,
+    source: DecisionSource,
+    degraded: bool = False,
+    revoked: bool | None = None,
+) -> Decision:
+    """:func:`decide` for any number of windows (the reference the fast path must match)."""
     allowed = all(outcome.retry_us == 0 for outcome in outcomes)
     states: list[WindowState] = []
     binding = 0
@@ -190,6 +205,42 @@ def decide(
         degraded=degraded,
         source=source,
         windows=tuple(states),
+        revoked=revoked,
+    )
+
+
+def _decide_one(
+    category: str,
+    spec: WindowSpec,
+    outcome: WindowOutcome,
+    cost: int,
+    source: DecisionSource,
+    degraded: bool,
+    revoked: bool | None,
+) -> Decision:
+    """:func:`decide` for the common single-window category, without the ranking loop (this
+    runs on every request; the unit tests hold both paths to the same answers)."""
+    allowed = outcome.retry_us == 0
+    if allowed:
+        remaining = spec.limit - outcome.count - cost
+        reset_ms = us_to_ms_up(outcome.reset_us if outcome.count else spec.window_us)
+        retry_ms = 0
+    else:
+        remaining = max(spec.limit - outcome.count, 0)
+        reset_ms = us_to_ms_up(outcome.reset_us)
+        retry_ms = us_to_ms_up(outcome.retry_us)
+    state = WindowState(spec.policy, spec.limit, spec.window_s, remaining, reset_ms, retry_ms)
+    return Decision(
+        allowed=allowed,
+        category=category,
+        limit=spec.limit,
+        remaining=remaining,
+        reset_ms=reset_ms,
+        retry_after_ms=retry_ms,
+        policy=spec.policy,
+        degraded=degraded,
+        source=source,
+        windows=(state,),
         revoked=revoked,
     )
 
