@@ -15,15 +15,18 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.ratelimit import BreakerState, RateLimitSettings, SlidingWindowLimiter
+from urr_gateway.ratelimit.store import ScriptResult
+from urr_gateway.ratelimit.window import WindowOutcome
 
 pytestmark = pytest.mark.integration
 
 #: Fast breaker timings so recovery tests take a fraction of a second; a budget with room for
 #: a loaded test machine where the test is about the policy rather than the budget.
-FAST: dict[str, Any] = {"breaker_failures": 3, "breaker_open_s": 0.3, "budget_ms": 50}
+FAST: dict[str, Any] = {"breaker_failures": 3, "breaker_open_s": 0.3, "budget_ms": 250}
 
 
 @dataclass
@@ -246,5 +249,67 @@ async def test_a_failed_probe_keeps_the_breaker_open(
         await limiter.check("u:4", "general")  # the probe, still failing
         assert state_of(limiter) is BreakerState.OPEN
         assert sample(registry, "urr_ratelimit_redis_outages_total") == 1
+    finally:
+        await redis.aclose()
+
+
+class FlakyStore:
+    """Stands in for the Redis script call: fails while ``failing`` is set."""
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    async def load(self) -> None:
+        return None
+
+    async def evaluate(self, *args: Any, **kwargs: Any) -> ScriptResult:
+        if self.failing:
+            raise RedisConnectionError("down")
+        return ScriptResult((WindowOutcome(0, 0, 0),), None)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_stray_failures_and_flapping_do_not_flood_the_log(redis_url: str) -> None:
+    """Single failures are counted, not logged; a flapping Redis is logged once a minute."""
+    registry = CollectorRegistry()
+    log = RecordingLogger()
+    clock = FakeClock()
+    redis = client(redis_url)
+    limiter = SlidingWindowLimiter(
+        redis, RateLimitSettings(**FAST), registry=registry, logger=log, clock=clock
+    )
+    store = FlakyStore()
+    limiter._store = store  # type: ignore[assignment]
+    try:
+        for _ in range(50):  # one failure, one success, over and over
+            store.failing = True
+            await limiter.check("u:1", "general")
+            store.failing = False
+            await limiter.check("u:1", "general")
+        assert sample(registry, "urr_ratelimit_redis_errors_total", kind="connection") == 50
+        assert log.events() == []
+        for _ in range(5):  # five short outages within a minute: one warning, one recovery
+            store.failing = True
+            for _ in range(3):
+                await limiter.check("u:1", "general")
+            clock.now += FAST["breaker_open_s"] + 0.01
+            store.failing = False
+            await limiter.check("u:1", "general")
+            clock.now += 1
+        assert log.events() == ["ratelimit_redis_unavailable", "ratelimit_redis_recovered"]
+        assert sample(registry, "urr_ratelimit_redis_outages_total") == 5
+        clock.now += 60  # a minute later the next outage is logged again, with the count
+        store.failing = True
+        for _ in range(3):
+            await limiter.check("u:1", "general")
+        assert log.events()[-1] == "ratelimit_redis_unavailable"
+        assert log.lines[-1][2]["outages_since_last_log"] == 5
     finally:
         await redis.aclose()

@@ -171,7 +171,7 @@ async def test_every_window_of_a_category_is_checked_in_one_call(redis: Redis) -
 
 
 async def test_revoked_jti_is_read_in_the_same_round_trip(redis: Redis) -> None:
-    limiter = SlidingWindowLimiter(redis, RateLimitSettings())
+    limiter = SlidingWindowLimiter(redis, RateLimitSettings(budget_ms=2000))
     key = revoked_jti_key("42", "jti-1")
     before = await evalsha_calls(redis)
     fresh = await limiter.check("u:42", "booking", revoked_key=key)
@@ -223,9 +223,9 @@ async def test_unknown_category_is_a_value_error(redis: Redis) -> None:
 
 async def test_key_memory_stays_small(redis: Redis) -> None:
     """The figure quoted in docs/performance/ratelimit.md: a full AUTH log (20 entries)."""
-    limiter = SlidingWindowLimiter(redis, RateLimitSettings())
+    limiter = SlidingWindowLimiter(redis, RateLimitSettings(budget_ms=2000))
     for _ in range(20):
-        await limiter.check("u:123456", "auth")
+        assert (await limiter.check("u:123456", "auth")).source == "redis"
     usage = await redis.memory_usage(window_key("u:123456", "auth", 60))
     assert usage is not None
     assert usage < 1024

@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 _LOG = get_logger(__name__)
 
+#: A Redis that keeps failing and recovering is logged at most this often.
+OUTAGE_LOG_INTERVAL_S = 60.0
+
 
 class OutageLogger(Protocol):
     """What the limiter logs with (a structlog logger; tests pass a recorder)."""
@@ -113,6 +116,9 @@ class SlidingWindowLimiter:
         self._deny = DenyCache(settings.deny_cache_size)
         self._local = LocalSlidingLog(settings.local_max_subjects, clock)
         self._outage_since: float | None = None
+        self._outage_logged = False
+        self._last_outage_log = -OUTAGE_LOG_INTERVAL_S
+        self._unlogged_outages = 0
         self.metrics = RateLimitMetrics.register(
             registry if registry is not None else CollectorRegistry()
         )
@@ -142,7 +148,7 @@ class SlidingWindowLimiter:
 
     @property
     def redis_unavailable(self) -> bool:
-        """True from the first failed call of an outage until the first successful one."""
+        """True from the moment the breaker opens until the next successful call."""
         return self._outage_since is not None
 
     async def prepare(self, timeout_s: float = 2.0) -> bool:
@@ -234,10 +240,11 @@ class SlidingWindowLimiter:
             self._breaker.record_success()
             self.metrics.breaker_state.set(int(BreakerState.CLOSED))
         if self._outage_since is not None:
-            self._log.info(
-                "ratelimit_redis_recovered",
-                outage_s=round(self._clock() - self._outage_since, 3),
-            )
+            if self._outage_logged:
+                self._log.info(
+                    "ratelimit_redis_recovered",
+                    outage_s=round(self._clock() - self._outage_since, 3),
+                )
             self._outage_since = None
 
     def _on_failure(self, kind: str, error: BaseException) -> None:
@@ -245,17 +252,27 @@ class SlidingWindowLimiter:
         self.metrics.redis_errors.labels(kind).inc()
         self._breaker.record_failure(now)
         self.metrics.breaker_state.set(int(self._breaker.state))
-        if self._outage_since is None:
-            # Logged once per outage: the first failure opens it, the first success closes it.
-            self._outage_since = now
-            self.metrics.outages.inc()
+        if self._outage_since is not None or self._breaker.state is BreakerState.CLOSED:
+            # A stray failure (a GC pause, one slow reply) is counted, not an outage.
+            return
+        # The breaker just opened: an outage starts. Logged once; and when Redis flaps, at
+        # most once per OUTAGE_LOG_INTERVAL_S, with the count of outages not logged since.
+        self._outage_since = now
+        self.metrics.outages.inc()
+        self._unlogged_outages += 1
+        self._outage_logged = now - self._last_outage_log >= OUTAGE_LOG_INTERVAL_S
+        if self._outage_logged:
             self._log.warning(
                 "ratelimit_redis_unavailable",
                 kind=kind,
                 error=f"{type(error).__name__}: {error}"[:200],
                 budget_ms=self.settings.budget_ms,
+                consecutive_failures=self._breaker.failures,
+                outages_since_last_log=self._unlogged_outages,
                 policies=dict(self._policies),
             )
+            self._last_outage_log = now
+            self._unlogged_outages = 0
 
     def _observe(self, decision: Decision, started: float) -> None:
         # Labelled children are looked up once: ``labels()`` costs more than ``inc()``.
