@@ -21,6 +21,7 @@ from urr_gateway.filters.ratelimit import (
     RATE_LIMIT_DECISION,
     install_rate_limit_headers,
     rate_limit_filter,
+    revocation_verdict,
 )
 from urr_gateway.ratelimit import (
     CategoryLimits,
@@ -68,7 +69,10 @@ def revoked_key_from_header(request: web.Request) -> str | None:
 async def ok(request: web.Request) -> web.Response:
     decision = request.get(RATE_LIMIT_DECISION)
     revoked = decision.revoked if decision is not None else None
-    return web.json_response({"ok": True, "revoked": revoked})
+    key = revoked_key_from_header(request)
+    verdict = revocation_verdict(request, key) if key is not None else None
+    other = revocation_verdict(request, revoked_jti_key("someone-else", "x"))
+    return web.json_response({"ok": True, "revoked": revoked, "verdict": verdict, "other": other})
 
 
 async def stream(request: web.Request) -> web.StreamResponse:

@@ -33,6 +33,9 @@ FILTER_ORDER = 0
 #: The decision for this request; the entry-token filter reads ``.revoked`` from it.
 RATE_LIMIT_DECISION = web.RequestKey("urr_rate_limit_decision", Decision)
 
+#: The revoked-jti key looked up in the decision's round trip (absent when none was).
+RATE_LIMIT_REVOKED_KEY = web.RequestKey("urr_rate_limit_revoked_key", str)
+
 #: Given a request, the revoked-jti key to look up in the same round trip (see
 #: ``keys.revoked_jti_key``), or ``None``. Called before the entry token is verified, so it may
 #: only use what it can read cheaply (e.g. the unverified ``jti`` of the token).
@@ -72,6 +75,8 @@ def rate_limit_filter(
             revoked_key = None
         decision = await limiter.check(subject, category, revoked_key=revoked_key)
         request[RATE_LIMIT_DECISION] = decision
+        if revoked_key is not None and decision.revoked is not None:
+            request[RATE_LIMIT_REVOKED_KEY] = revoked_key
         headers = rate_limit_headers(decision)
         if not decision.allowed:
             raise _refusal(decision, headers)
@@ -87,6 +92,16 @@ def rate_limit_filter(
         return response
 
     return GatewayFilter(name=FILTER_NAME, order=FILTER_ORDER, middleware=rate_limit)
+
+
+def revocation_verdict(request: web.Request, key: str) -> bool | None:
+    """Was ``key`` found revoked in this request's rate-limit round trip? ``None`` when that
+    exact key was not looked up (deny-cache or fallback answer, no token, another key): the
+    caller then asks Redis itself. Fits the entry-token filter's verdict-reader seam."""
+    decision: Decision | None = request.get(RATE_LIMIT_DECISION)
+    if decision is None or request.get(RATE_LIMIT_REVOKED_KEY) != key:
+        return None
+    return decision.revoked
 
 
 async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
