@@ -19,7 +19,7 @@ from urr_devstack.procs import RedisServer
 from urr_gateway.context import CLIENT_IP, IDENTITY, Identity
 from urr_gateway.filters.ratelimit import (
     RATE_LIMIT_DECISION,
-    install_rate_limit_headers,
+    install_rate_limit,
     rate_limit_filter,
     revocation_verdict,
 )
@@ -99,7 +99,7 @@ def build_app(limiter: SlidingWindowLimiter) -> web.Application:
     app = create_service_app(
         ServiceSettings(), middlewares=[stand_in_auth, gateway_filter.middleware]
     )
-    install_rate_limit_headers(app)
+    install_rate_limit(app, limiter)
     app.router.add_get("/api/v1/auth/login", ok)
     app.router.add_get("/api/v1/seats/{event}", ok)
     app.router.add_get("/api/v1/seats/{event}/forbidden", forbidden)

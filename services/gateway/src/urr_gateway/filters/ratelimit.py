@@ -115,3 +115,15 @@ async def add_rate_limit_headers(request: web.Request, response: web.StreamRespo
 def install_rate_limit_headers(app: web.Application) -> None:
     """Register :func:`add_rate_limit_headers` on ``app`` (before it starts)."""
     app.on_response_prepare.append(add_rate_limit_headers)
+
+
+def install_rate_limit(app: web.Application, limiter: SlidingWindowLimiter) -> None:
+    """Everything the public application needs besides the middleware: the header signal,
+    and loading the script (and opening a connection) at start-up, so the first request does
+    not spend its budget on it. A Redis that is down at start-up does not stop the start."""
+
+    async def prepare(_: web.Application) -> None:
+        await limiter.prepare()
+
+    install_rate_limit_headers(app)
+    app.on_startup.append(prepare)
