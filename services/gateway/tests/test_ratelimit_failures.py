@@ -188,6 +188,10 @@ async def test_a_redis_that_never_answers_costs_the_budget_then_nothing() -> Non
             for _ in range(200):
                 assert (await limiter.check("ip:10.0.0.9", "queue")).source == "open"
             assert time.perf_counter() - started < 0.5
+            # AUTH keeps limiting in process meanwhile.
+            auth = [await limiter.check("ip:10.0.0.9", "auth") for _ in range(21)]
+            assert [d.allowed for d in auth] == [True] * 20 + [False]
+            assert {d.source for d in auth} == {"local"}
             assert len(accepted) == connections
 
             # After the open interval one probe tries (and fails) again: one more connection.
