@@ -7,10 +7,12 @@ Order of work for ``check``:
 3. otherwise the category's failure policy: ``open`` allows (marked degraded), ``local``
    asks the in-process sliding log.
 
-The Redis client is owned by the application (opened in its ``cleanup_ctx``); the limiter
-only borrows it. Its pool should be configured with short socket timeouts: the budget cancels
-a slow call, and redis-py drops a connection whose command was cancelled, so the breaker is
-what keeps a hanging Redis from costing a reconnect per request.
+The Redis client is owned by the application (which closes it); the limiter only borrows
+it. The budget, not the socket, cuts a slow call short: keep the client's socket timeout
+above the budget (``RedisSettings`` defaults to 0.5 s), since redis-py retries a command that
+hit its socket timeout and a retried script would count a request twice. redis-py drops a
+connection whose command was cancelled, so the breaker is what keeps a hanging Redis from
+costing a reconnect per request.
 """
 
 from __future__ import annotations
