@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -206,6 +207,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=10)
         redis.stop()
+        shutil.rmtree(redis.workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -147,6 +148,7 @@ async def main(args: argparse.Namespace) -> None:
         await redis.aclose()
         if server is not None:
             server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 async def report(

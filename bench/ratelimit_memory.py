@@ -11,6 +11,7 @@ memory of 10,000 subjects that each made one request (the common case).
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -78,6 +79,7 @@ async def main() -> None:
     finally:
         await redis.aclose()
         server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
