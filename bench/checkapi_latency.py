@@ -65,7 +65,12 @@ async def serve(port: int, redis_url: str) -> None:
         for c in ("general",)
         for p in ("open", "local")
     )
-    print(f"server: degraded decisions {degraded:.0f}", flush=True)
+    stats = await redis.info("stats")
+    print(
+        f"server: degraded decisions {degraded:.0f}, Redis connections opened "
+        f"{stats['total_connections_received']}",
+        flush=True,
+    )
     await runner.cleanup()
     await redis.aclose()
 
