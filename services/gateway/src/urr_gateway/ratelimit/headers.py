@@ -1,0 +1,42 @@
+"""The IETF httpapi rate-limit header fields, and ``Retry-After``.
+
+``RateLimit-Policy: "auth";q=20;w=60`` names each quota policy; ``RateLimit: "auth";r=0;t=17``
+gives what is left and the seconds until quota comes back (draft-ietf-httpapi-ratelimit-headers,
+structured-field lists since -07). Seconds are rounded up, so ``Retry-After`` is never earlier
+than the moment a retry can succeed, and never earlier than ``t``.
+"""
+
+from __future__ import annotations
+
+from urr_gateway.ratelimit.window import Decision, WindowState, ms_to_s_up
+
+POLICY_HEADER = "RateLimit-Policy"
+STATE_HEADER = "RateLimit"
+RETRY_AFTER_HEADER = "Retry-After"
+
+
+def render_policy(windows: tuple[WindowState, ...]) -> str:
+    return ",".join(f'"{w.policy}";q={w.limit};w={w.window_s}' for w in windows)
+
+
+def render_state(windows: tuple[WindowState, ...]) -> str:
+    return ",".join(f'"{w.policy}";r={w.remaining};t={w.seconds_until_quota}' for w in windows)
+
+
+def retry_after_seconds(decision: Decision) -> int:
+    """Whole seconds, rounded up, at least 1 for a refusal."""
+    return max(ms_to_s_up(decision.retry_after_ms), 1)
+
+
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """Headers for any answer under a limit.
+
+    A fail-open decision knows the policy but not the count, so it carries only
+    ``RateLimit-Policy``; inventing a remaining count would mislead clients.
+    """
+    headers = {POLICY_HEADER: render_policy(decision.windows)}
+    if decision.source != "open":
+        headers[STATE_HEADER] = render_state(decision.windows)
+    if not decision.allowed:
+        headers[RETRY_AFTER_HEADER] = str(retry_after_seconds(decision))
+    return headers

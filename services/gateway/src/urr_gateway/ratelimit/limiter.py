@@ -1,0 +1,291 @@
+"""The limiter the gateway and the check API call: one decision per request.
+
+Order of work for ``check``:
+
+1. the deny cache: a subject already known to be over the limit is refused from memory;
+2. Redis, unless the circuit breaker is open: one script call, inside the time budget;
+3. otherwise the category's failure policy: ``open`` allows (marked degraded), ``local``
+   asks the in-process sliding log.
+
+The Redis client is owned by the application (which closes it); the limiter only borrows
+it. The budget, not the socket, cuts a slow call short: keep the client's socket timeout
+above the budget (``RedisSettings`` defaults to 0.5 s), since redis-py retries a command that
+hit its socket timeout and a retried script would count a request twice. redis-py drops a
+connection whose command was cancelled, so the breaker is what keeps a hanging Redis from
+costing a reconnect per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from urr_common.logs import get_logger
+from urr_gateway.ratelimit.breaker import BreakerState, CircuitBreaker
+from urr_gateway.ratelimit.config import FailurePolicy, RateLimitSettings
+from urr_gateway.ratelimit.deny_cache import DenyCache
+from urr_gateway.ratelimit.keys import hash_tag
+from urr_gateway.ratelimit.local import LocalSlidingLog
+from urr_gateway.ratelimit.metrics import RateLimitMetrics
+from urr_gateway.ratelimit.store import RedisSlidingLog
+from urr_gateway.ratelimit.window import (
+    Decision,
+    WindowSpec,
+    decide,
+    policy_names,
+    unlimited_decision,
+)
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+_LOG = get_logger(__name__)
+
+#: A Redis that keeps failing and recovering is logged at most this often.
+OUTAGE_LOG_INTERVAL_S = 60.0
+
+
+class OutageLogger(Protocol):
+    """What the limiter logs with (a structlog logger; tests pass a recorder)."""
+
+    def warning(self, event: str, **fields: Any) -> Any: ...
+
+    def info(self, event: str, **fields: Any) -> Any: ...
+
+
+class UnknownCategoryError(ValueError):
+    """The category is not configured."""
+
+
+def window_specs(settings: RateLimitSettings) -> dict[str, tuple[WindowSpec, ...]]:
+    """Each category's windows with their header policy names."""
+    specs: dict[str, tuple[WindowSpec, ...]] = {}
+    for category, limits in settings.categories.items():
+        names = policy_names(
+            category,
+            [window.window_s for window in limits.windows],
+            [window.name for window in limits.windows],
+        )
+        specs[category] = tuple(
+            WindowSpec(name, window.limit, window.window_s)
+            for name, window in zip(names, limits.windows, strict=True)
+        )
+    return specs
+
+
+def _pool_size(redis: Redis | RedisCluster) -> int | None:
+    pool = getattr(redis, "connection_pool", None)
+    size = getattr(pool, "max_connections", None)
+    return size if isinstance(size, int) else None
+
+
+class SlidingWindowLimiter:
+    """Exact sliding-window limits in Redis, with a deny cache, a breaker and fallbacks."""
+
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        settings: RateLimitSettings,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        logger: OutageLogger | None = None,
+    ) -> None:
+        self.settings = settings
+        self._log: OutageLogger = logger if logger is not None else _LOG
+        self._specs = window_specs(settings)
+        self._max_cost = {name: min(s.limit for s in specs) for name, specs in self._specs.items()}
+        self._policies: dict[str, FailurePolicy] = {
+            name: limits.failure_policy for name, limits in settings.categories.items()
+        }
+        self._store = RedisSlidingLog(redis)
+        self._clock = clock
+        self._budget_s = settings.budget_ms / 1000
+        pool_size = _pool_size(redis)
+        in_flight = min(settings.max_in_flight, pool_size or settings.max_in_flight)
+        # More concurrent calls than the pool has connections would fail with "too many
+        # connections" (redis-py's pool does not wait); waiting here counts against the budget.
+        self._in_flight = asyncio.Semaphore(in_flight)
+        self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
+        self._deny = DenyCache(settings.deny_cache_size)
+        self._local = LocalSlidingLog(settings.local_max_subjects, clock)
+        self._outage_since: float | None = None
+        self._outage_logged = False
+        self._last_outage_log = -OUTAGE_LOG_INTERVAL_S
+        self._unlogged_outages = 0
+        self.metrics = RateLimitMetrics.register(
+            registry if registry is not None else CollectorRegistry()
+        )
+        self.metrics.breaker_state.set(int(BreakerState.CLOSED))
+        self._children: dict[tuple[str, bool, str], tuple[Counter, Histogram]] = {}
+
+    # -- what callers may ask about the configuration ------------------------------------
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(self._specs)
+
+    def windows(self, category: str) -> tuple[WindowSpec, ...]:
+        try:
+            return self._specs[category]
+        except KeyError:
+            raise UnknownCategoryError(category) from None
+
+    def max_cost(self, category: str) -> int:
+        """The largest cost that can ever be admitted: the smallest limit of the category."""
+        self.windows(category)
+        return self._max_cost[category]
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self._breaker.state
+
+    @property
+    def redis_unavailable(self) -> bool:
+        """True from the moment the breaker opens until the next successful call."""
+        return self._outage_since is not None
+
+    async def prepare(self, timeout_s: float = 2.0) -> bool:
+        """Load the script and open a connection ahead of the first request (call it from the
+        application's start-up), so the first decision does not spend its budget on a connect
+        and a SCRIPT LOAD. Never raises: a Redis that is down now is the breaker's business."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._store.load()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._log.warning("ratelimit_prepare_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+        return True
+
+    # -- the decision -----------------------------------------------------------------------
+
+    async def check(
+        self,
+        subject: str,
+        category: str,
+        *,
+        cost: int = 1,
+        revoked_key: str | None = None,
+    ) -> Decision:
+        """Decide whether ``subject`` may spend ``cost`` units of ``category`` now.
+
+        ``revoked_key`` (same hash tag as ``subject``) is looked up in the same round trip and
+        reported as ``Decision.revoked``.
+        """
+        started = time.perf_counter()
+        specs = self.windows(category)
+        if not 1 <= cost <= self._max_cost[category]:
+            raise ValueError(f"cost must be between 1 and {self._max_cost[category]}")
+        if revoked_key is not None and hash_tag(revoked_key) != subject:
+            raise ValueError("revoked_key must carry the subject's hash tag")
+        now = self._clock()
+        decision = self._deny.lookup(subject, category, cost, now)
+        if decision is None and self._breaker.allow(now):
+            decision = await self._ask_redis(subject, category, specs, cost, revoked_key)
+        if decision is None:
+            decision = self._fallback(subject, category, specs, cost)
+        self._observe(decision, started)
+        return decision
+
+    async def _ask_redis(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        revoked_key: str | None,
+    ) -> Decision | None:
+        kind: str
+        error: BaseException
+        try:
+            async with asyncio.timeout(self._budget_s), self._in_flight:
+                result = await self._store.evaluate(subject, category, specs, cost, revoked_key)
+        except (TimeoutError, RedisTimeoutError) as exc:
+            kind, error = "timeout", exc
+        except (RedisConnectionError, OSError) as exc:
+            kind, error = "connection", exc
+        except (RedisError, ValueError) as exc:
+            kind, error = "other", exc
+        else:
+            self._on_success()
+            decision = decide(
+                category, specs, result.outcomes, cost, source="redis", revoked=result.revoked
+            )
+            if not decision.allowed:
+                self._deny.remember(subject, cost, decision, self._clock())
+                self.metrics.deny_cache_entries.set(len(self._deny))
+            return decision
+        self._on_failure(kind, error)
+        return None
+
+    def _fallback(
+        self, subject: str, category: str, specs: tuple[WindowSpec, ...], cost: int
+    ) -> Decision:
+        policy = self._policies[category]
+        self.metrics.degraded.labels(category, policy).inc()
+        if policy == "local":
+            return self._local.check(subject, category, specs, cost)
+        return unlimited_decision(category, specs, "open")
+
+    # -- outage bookkeeping -----------------------------------------------------------------
+
+    def _on_success(self) -> None:
+        if self._breaker.state is not BreakerState.CLOSED or self._breaker.failures:
+            self._breaker.record_success()
+            self.metrics.breaker_state.set(int(BreakerState.CLOSED))
+        if self._outage_since is not None:
+            if self._outage_logged:
+                self._log.info(
+                    "ratelimit_redis_recovered",
+                    outage_s=round(self._clock() - self._outage_since, 3),
+                )
+            self._outage_since = None
+
+    def _on_failure(self, kind: str, error: BaseException) -> None:
+        now = self._clock()
+        self.metrics.redis_errors.labels(kind).inc()
+        self._breaker.record_failure(now)
+        self.metrics.breaker_state.set(int(self._breaker.state))
+        if self._outage_since is not None or self._breaker.state is BreakerState.CLOSED:
+            # A stray failure (a GC pause, one slow reply) is counted, not an outage.
+            return
+        # The breaker just opened: an outage starts. Logged once; and when Redis flaps, at
+        # most once per OUTAGE_LOG_INTERVAL_S, with the count of outages not logged since.
+        self._outage_since = now
+        self.metrics.outages.inc()
+        self._unlogged_outages += 1
+        self._outage_logged = now - self._last_outage_log >= OUTAGE_LOG_INTERVAL_S
+        if self._outage_logged:
+            self._log.warning(
+                "ratelimit_redis_unavailable",
+                kind=kind,
+                error=f"{type(error).__name__}: {error}"[:200],
+                budget_ms=self.settings.budget_ms,
+                consecutive_failures=self._breaker.failures,
+                outages_since_last_log=self._unlogged_outages,
+                policies=dict(self._policies),
+            )
+            self._last_outage_log = now
+            self._unlogged_outages = 0
+
+    def _observe(self, decision: Decision, started: float) -> None:
+        # Labelled children are looked up once: ``labels()`` costs more than ``inc()``.
+        key = (decision.category, decision.allowed, decision.source)
+        children = self._children.get(key)
+        if children is None:
+            result = "allowed" if decision.allowed else "blocked"
+            children = (
+                self.metrics.decisions.labels(decision.category, result, decision.source),
+                self.metrics.latency.labels(decision.source),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)

@@ -1,0 +1,96 @@
+"""The Redis side of the limiter: one script call per decision, nothing else.
+
+The script evaluates every window of a category (and, optionally, a revoked-jti flag of the
+same subject) atomically, with Redis's clock, in one round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from urr_gateway.ratelimit.keys import hash_tag, window_key_suffix
+from urr_gateway.ratelimit.window import WindowOutcome, WindowSpec
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+SCRIPT_NAME = "sliding_window.lua"
+
+
+def load_script_source() -> str:
+    return resources.files(__package__).joinpath(SCRIPT_NAME).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptResult:
+    outcomes: tuple[WindowOutcome, ...]
+    revoked: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class _CategoryCall:
+    """The per-category parts of a call, built once: key suffixes and window arguments."""
+
+    suffixes: tuple[str, ...]
+    window_args: tuple[int, ...]
+
+
+class RedisSlidingLog:
+    """Runs ``sliding_window.lua`` on a Redis or Redis Cluster client."""
+
+    def __init__(self, redis: Redis | RedisCluster) -> None:
+        self._redis = redis
+        self._script = redis.register_script(load_script_source())
+        self._calls: dict[str, tuple[tuple[WindowSpec, ...], _CategoryCall]] = {}
+
+    def _call_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _CategoryCall:
+        entry = self._calls.get(category)
+        # Identity first: the limiter passes the same tuple every time, and hashing a tuple of
+        # dataclasses on every decision is measurable.
+        if entry is not None and (entry[0] is specs or entry[0] == specs):
+            return entry[1]
+        suffixes = tuple(window_key_suffix(category, spec.window_s) for spec in specs)
+        window_args: list[int] = []
+        for spec in specs:
+            window_args += [spec.limit, spec.window_us]
+        call = _CategoryCall(suffixes, tuple(window_args))
+        self._calls[category] = (specs, call)
+        return call
+
+    async def load(self) -> None:
+        """``SCRIPT LOAD`` (on every primary of a cluster), which also opens a connection."""
+        await self._redis.script_load(self._script.script)
+
+    async def evaluate(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        revoked_key: str | None = None,
+    ) -> ScriptResult:
+        """Decide and, when every window has room, record the request; one round trip."""
+        call = self._call_for(category, specs)
+        tag = "{" + subject + "}"
+        keys = [tag + suffix for suffix in call.suffixes]
+        if revoked_key is not None:
+            if hash_tag(revoked_key) != subject:
+                raise ValueError("revoked_key must carry the subject's hash tag")
+            keys.append(revoked_key)
+        args = (cost, len(specs), 1 if revoked_key is not None else 0, *call.window_args)
+        reply = await self._script(keys=keys, args=args)
+        return parse_reply(reply, len(specs), revoked_key is not None)
+
+
+def parse_reply(reply: Sequence[int], windows: int, revocation_checked: bool) -> ScriptResult:
+    if len(reply) != 2 + 3 * windows:
+        raise ValueError(f"unexpected script reply of {len(reply)} items")
+    outcomes = tuple(
+        WindowOutcome(int(reply[2 + 3 * i]), int(reply[3 + 3 * i]), int(reply[4 + 3 * i]))
+        for i in range(windows)
+    )
+    return ScriptResult(outcomes, bool(reply[1]) if revocation_checked else None)

@@ -1,0 +1,265 @@
+"""Sliding-log arithmetic and the decision a limiter answers with.
+
+The Redis script (``sliding_window.lua``) and the in-process fallback (``local.py``) compute the
+same thing; this module is the reference they both follow and the unit tests pin down.
+
+A window of length W admits a request of cost c at time ``now`` when the entries of the log
+younger than W (score > now - W) plus c stay within the limit. An entry exactly W old no longer
+counts. Times are integer microseconds so both clocks (Redis ``TIME`` and the process's
+monotonic clock) round the same way; the decision reports milliseconds rounded *up*, so a
+client that waits ``retry_after_ms`` is never early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+US_PER_MS = 1_000
+US_PER_S = 1_000_000
+
+#: Where a decision came from: Redis, the deny cache, the in-process fallback limiter, or the
+#: fail-open rule.
+DecisionSource = Literal["redis", "deny_cache", "local", "open"]
+
+
+def ceil_div(numerator: int, denominator: int) -> int:
+    """``ceil(numerator / denominator)`` for non-negative integers, without floats."""
+    return -(-numerator // denominator)
+
+
+def us_to_ms_up(value_us: int) -> int:
+    return ceil_div(max(value_us, 0), US_PER_MS)
+
+
+def ms_to_s_up(value_ms: int) -> int:
+    return ceil_div(max(value_ms, 0), 1_000)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOutcome:
+    """One window evaluated at ``now``, before the request is (maybe) recorded.
+
+    ``count``: entries inside the window. ``reset_us``: until the oldest of them leaves (0 for
+    an empty log). ``retry_us``: until enough have left for the request to fit (0 when it fits).
+    """
+
+    count: int
+    reset_us: int
+    retry_us: int
+
+
+def evaluate_window(
+    scores_us: Sequence[int], now_us: int, limit: int, window_us: int, cost: int
+) -> WindowOutcome:
+    """Evaluate one sliding log; ``scores_us`` are the live entries' times, oldest first.
+
+    The caller has already dropped entries with ``score <= now - window``.
+    """
+    count = len(scores_us)
+    reset_us = scores_us[0] + window_us - now_us if count else 0
+    if count + cost <= limit:
+        return WindowOutcome(count, reset_us, 0)
+    if cost > limit:
+        # Can never fit; callers reject such costs up front, this only keeps the maths total.
+        return WindowOutcome(count, reset_us, window_us)
+    # Once the (count + cost - limit) oldest entries have left, the request fits.
+    blocking = scores_us[count + cost - limit - 1]
+    return WindowOutcome(count, reset_us, blocking + window_us - now_us)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    """A window as the client sees it after the decision (what the headers show)."""
+
+    policy: str
+    limit: int
+    window_s: int
+    remaining: int
+    reset_ms: int
+    #: Until this window alone would admit the refused request; 0 when it has room.
+    retry_ms: int = 0
+
+    @property
+    def seconds_until_quota(self) -> int:
+        """The ``t`` of the ``RateLimit`` header: whole seconds, rounded up."""
+        return ms_to_s_up(self.retry_ms or self.reset_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A rate-limit answer.
+
+    ``limit``, ``remaining``, ``reset_ms`` and ``policy`` describe the binding window: the one
+    with the least room when allowed, the one that must wait longest when refused.
+    ``reset_ms`` is the time until the oldest counted request leaves that window (the next
+    moment quota comes back); ``retry_after_ms`` is 0 when allowed, else the exact wait until
+    the same request would fit. ``degraded`` says Redis was not consulted because it is (or
+    recently was) unusable. ``revoked`` answers the optional revoked-jti lookup made in the
+    same round trip; ``None`` when it was not looked up (no key given, or no Redis answer).
+    """
+
+    allowed: bool
+    category: str
+    limit: int
+    remaining: int
+    reset_ms: int
+    retry_after_ms: int
+    policy: str
+    degraded: bool
+    source: DecisionSource
+    windows: tuple[WindowState, ...]
+    revoked: bool | None = None
+
+
+def policy_names(category: str, windows_s: Sequence[int], names: Sequence[str | None]) -> list[str]:
+    """Header policy names: the category's own name, or ``<category>-<w>s`` per window."""
+    if len(windows_s) == 1:
+        return [names[0] or category]
+    return [
+        name or f"{category}-{window_s}s" for window_s, name in zip(windows_s, names, strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """A window as the decision code needs it: limit, length and header name."""
+
+    policy: str
+    limit: int
+    window_s: int
+
+    @property
+    def window_us(self) -> int:
+        return self.window_s * US_PER_S
+
+
+def decide(
+    category: str,
+    specs: Sequence[WindowSpec],
+    outcomes: Sequence[WindowOutcome],
+    cost: int,
+    *,
+    source: DecisionSource,
+    degraded: bool = False,
+    revoked: bool | None = None,
+) -> Decision:
+    """Combine per-window outcomes: allowed only when every window has room for ``cost``.
+
+    When allowed, the request is counted in every window (remaining drops by ``cost``; an empty
+    window's reset becomes its full length, since the request itself is now its oldest entry).
+    When refused, nothing is counted.
+    """
+    if len(specs) == 1:
+        return _decide_one(category, specs[0], outcomes[0], cost, source, degraded, revoked)
+    return decide_many(category, specs, outcomes, cost, source, degraded, revoked)
+
+
+def decide_many(
+    category: str,
+    specs: Sequence[WindowSpec],
+    outcomes: Sequence[WindowOutcome],
+    cost: int,
+    source: DecisionSource,
+    degraded: bool = False,
+    revoked: bool | None = None,
+) -> Decision:
+    """:func:`decide` for any number of windows (the reference the fast path must match)."""
+    allowed = all(outcome.retry_us == 0 for outcome in outcomes)
+    states: list[WindowState] = []
+    binding = 0
+    binding_rank: tuple[int, int] | None = None
+    retry_us = 0
+    for index, (spec, outcome) in enumerate(zip(specs, outcomes, strict=True)):
+        if allowed:
+            remaining = spec.limit - outcome.count - cost
+            reset_us = outcome.reset_us if outcome.count else spec.window_us
+            rank = (-remaining, reset_us)
+        else:
+            remaining = max(spec.limit - outcome.count, 0)
+            reset_us = outcome.reset_us
+            rank = (outcome.retry_us, -remaining)
+            retry_us = max(retry_us, outcome.retry_us)
+        states.append(
+            WindowState(
+                spec.policy,
+                spec.limit,
+                spec.window_s,
+                remaining,
+                us_to_ms_up(reset_us),
+                us_to_ms_up(outcome.retry_us),
+            )
+        )
+        if binding_rank is None or rank > binding_rank:
+            binding, binding_rank = index, rank
+    chosen = states[binding]
+    return Decision(
+        allowed=allowed,
+        category=category,
+        limit=chosen.limit,
+        remaining=chosen.remaining,
+        reset_ms=chosen.reset_ms,
+        retry_after_ms=us_to_ms_up(retry_us),
+        policy=chosen.policy,
+        degraded=degraded,
+        source=source,
+        windows=tuple(states),
+        revoked=revoked,
+    )
+
+
+def _decide_one(
+    category: str,
+    spec: WindowSpec,
+    outcome: WindowOutcome,
+    cost: int,
+    source: DecisionSource,
+    degraded: bool,
+    revoked: bool | None,
+) -> Decision:
+    """:func:`decide` for the common single-window category, without the ranking loop (this
+    runs on every request; the unit tests hold both paths to the same answers)."""
+    allowed = outcome.retry_us == 0
+    if allowed:
+        remaining = spec.limit - outcome.count - cost
+        reset_ms = us_to_ms_up(outcome.reset_us if outcome.count else spec.window_us)
+        retry_ms = 0
+    else:
+        remaining = max(spec.limit - outcome.count, 0)
+        reset_ms = us_to_ms_up(outcome.reset_us)
+        retry_ms = us_to_ms_up(outcome.retry_us)
+    state = WindowState(spec.policy, spec.limit, spec.window_s, remaining, reset_ms, retry_ms)
+    return Decision(
+        allowed=allowed,
+        category=category,
+        limit=spec.limit,
+        remaining=remaining,
+        reset_ms=reset_ms,
+        retry_after_ms=retry_ms,
+        policy=spec.policy,
+        degraded=degraded,
+        source=source,
+        windows=(state,),
+        revoked=revoked,
+    )
+
+
+def unlimited_decision(
+    category: str, specs: Sequence[WindowSpec], source: DecisionSource
+) -> Decision:
+    """Fail-open: allowed without knowing the count (headers show the policy only)."""
+    states = tuple(WindowState(s.policy, s.limit, s.window_s, s.limit, 0) for s in specs)
+    first = states[0]
+    return Decision(
+        allowed=True,
+        category=category,
+        limit=first.limit,
+        remaining=first.limit,
+        reset_ms=0,
+        retry_after_ms=0,
+        policy=first.policy,
+        degraded=True,
+        source=source,
+        windows=states,
+    )

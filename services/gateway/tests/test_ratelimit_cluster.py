@@ -1,0 +1,178 @@
+"""The limiter and the check API on a three-node Redis Cluster started on loopback: every key
+of a decision shares its subject's slot, so nothing fails with CROSSSLOT."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from redis.asyncio.cluster import RedisCluster
+
+from urr_common.clients import redis_client
+from urr_common.settings import RedisSettings
+from urr_devstack.procs import RedisServer, free_port
+from urr_gateway.checkapi import CHECK_PATH, create_check_app
+from urr_gateway.ratelimit import (
+    CategoryLimits,
+    RateLimitSettings,
+    SlidingWindowLimiter,
+    WindowLimit,
+    revoked_jti_key,
+    window_key,
+)
+
+pytestmark = pytest.mark.integration
+
+Client = TestClient[web.Request, web.Application]
+ClientFactory = Callable[[web.Application], Awaitable[Client]]
+
+
+def _cluster_ok(port: int) -> bool:
+    info = subprocess.run(
+        ["redis-cli", "-p", str(port), "cluster", "info"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    ).stdout
+    return "cluster_state:ok" in info
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+@pytest.fixture(scope="module")
+def cluster_url() -> Iterator[str]:
+    """Three masters (no replicas), all 16384 slots assigned, on free loopback ports."""
+    # Our own folder rather than pytest's numbered temp dirs, which concurrent sessions prune.
+    root = Path(tempfile.mkdtemp(prefix="urr-ratelimit-cluster-"))
+    ports = _distinct_free_ports(6)
+    nodes: list[RedisServer] = []
+    try:
+        for index in range(3):
+            workdir = root / f"node{index}"
+            options = {
+                "--cluster-enabled": "yes",
+                "--cluster-config-file": str(workdir / "nodes.conf"),
+                "--cluster-node-timeout": "2000",
+                # The bus port defaults to port + 10000, which may be taken or past 65535.
+                "--cluster-port": str(ports[index + 3]),
+            }
+            extra_args = [part for pair in options.items() for part in pair]
+            node = RedisServer(port=ports[index], workdir=workdir, extra_args=extra_args)
+            nodes.append(node)  # before start: a node that fails to start is still stopped
+            try:
+                node.start()
+            except TimeoutError:
+                logs = "\n".join(p.read_text()[-2000:] for p in workdir.glob("*.log"))
+                raise TimeoutError(f"cluster node {index} did not start:\n{logs}") from None
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        created = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+        deadline = time.monotonic() + 20
+        while not all(_cluster_ok(node.port) for node in nodes):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{nodes[0].port}"
+    finally:
+        for node in nodes:
+            node.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def cluster(cluster_url: str) -> AsyncIterator[RedisCluster]:
+    client = redis_client(RedisSettings(url=cluster_url, cluster=True))
+    assert isinstance(client, RedisCluster)
+    try:
+        await client.flushall(target_nodes=RedisCluster.PRIMARIES)
+        yield client
+    finally:
+        await client.aclose()
+
+
+def cluster_settings() -> RateLimitSettings:
+    categories = dict(RateLimitSettings().categories)
+    categories["auth"] = CategoryLimits(
+        windows=(WindowLimit(limit=20, window_s=60), WindowLimit(limit=5, window_s=1)),
+        failure_policy="local",
+    )
+    return RateLimitSettings(categories=categories, budget_ms=2000)
+
+
+async def test_limiter_works_across_the_slots(cluster: RedisCluster) -> None:
+    limiter = SlidingWindowLimiter(cluster, cluster_settings())
+    assert await limiter.prepare()
+    subjects = [f"u:{n}" for n in range(12)] + [f"ip:10.0.0.{n}" for n in range(12)]
+    slots = {cluster.keyslot(window_key(subject, "auth", 60)) for subject in subjects}
+    owners = set()
+    for subject in subjects:
+        node = cluster.get_node_from_key(window_key(subject, "auth", 60))
+        assert node is not None
+        owners.add(node.name)
+    assert len(slots) > 1
+    assert len(owners) == 3  # the subjects really are spread over all three nodes
+    for subject in subjects:
+        revoked_key = revoked_jti_key(subject[2:], "j") if subject.startswith("u:") else None
+        decisions = [
+            await limiter.check(subject, "auth", revoked_key=revoked_key) for _ in range(6)
+        ]
+        assert [d.allowed for d in decisions] == [True] * 5 + [False]
+        assert all(d.source in {"redis", "deny_cache"} for d in decisions)
+        assert decisions[0].revoked is (False if revoked_key else None)
+        assert decisions[4].policy == "auth-1s"
+
+
+async def test_exact_under_concurrency_on_a_cluster(cluster: RedisCluster) -> None:
+    limiter = SlidingWindowLimiter(cluster, RateLimitSettings(budget_ms=5000))
+    decisions = await asyncio.gather(*(limiter.check("u:77", "booking") for _ in range(100)))
+    assert sum(d.allowed for d in decisions) == 10
+    assert await cluster.zcard(window_key("u:77", "booking", 60)) == 10
+
+
+async def test_revoked_flag_on_a_cluster(cluster: RedisCluster) -> None:
+    limiter = SlidingWindowLimiter(cluster, RateLimitSettings(budget_ms=2000))
+    key = revoked_jti_key("5", "gone")
+    await cluster.set(key, b"1", px=60_000)
+    decision = await limiter.check("u:5", "booking", revoked_key=key)
+    assert decision.revoked is True
+
+
+async def test_check_api_on_a_cluster(cluster: RedisCluster, aiohttp_client: ClientFactory) -> None:
+    limiter = SlidingWindowLimiter(cluster, cluster_settings())
+    client = await aiohttp_client(create_check_app(limiter))
+    for key in ("tenant-a", "tenant-b", "tenant-c", "tenant-d"):
+        answers = []
+        for _ in range(6):
+            response = await client.post(CHECK_PATH, json={"key": key, "category": "auth"})
+            assert response.status == 200
+            answers.append(await response.json())
+        assert [a["allowed"] for a in answers] == [True] * 5 + [False]
+        assert not any(a["degraded"] for a in answers)
