@@ -23,6 +23,7 @@ from urr_common.tokens import KeySet, SigningKey, TokenSigner
 from urr_gateway.app import create_app
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.revocation import VerdictReader, stored_verdict
+from urr_gateway.server import build_apps
 from urr_gateway.settings import (
     AccessTrustSettings,
     EntryTrustSettings,
@@ -150,6 +151,8 @@ class Stack:
     access: Issuer
     entry: Issuer
     settings: GatewaySettings
+    #: The check API's base URL when the stack was built ``wired``.
+    internal_url: str | None = None
 
     def access_token(self, user_id: str = "u1", role: str = "user", **claims: Any) -> str:
         return self.access.signer.sign(
@@ -189,8 +192,11 @@ async def stack_factory(redis_url: str) -> AsyncIterator[StackFactory]:
     async def build(
         rate_limit_filter: GatewayFilter | None = None,
         revocation_verdict: VerdictReader = stored_verdict,
+        wired: bool = False,
         **overrides: Any,
     ) -> Stack:
+        """``wired``: build the apps exactly as a worker does (``server.build_apps``, with the
+        limiter and the check API) instead of ``create_app`` with the given seams."""
         logs = {name: UpstreamLog(name) for name in ("auth", "queue", "ticket")}
         urls = {name: await start(upstream_app(log)) for name, log in logs.items()}
         access = make_issuer("urr-auth", "urr", "access-1")
@@ -223,13 +229,29 @@ async def stack_factory(redis_url: str) -> AsyncIterator[StackFactory]:
         }
         values.update(overrides)
         settings = load_settings(GatewaySettings, **values)
-        app = create_app(
-            settings, rate_limit_filter=rate_limit_filter, revocation_verdict=revocation_verdict
-        )
+        internal_url = None
+        if wired:
+            apps = build_apps(settings)
+            app = apps.public
+            assert apps.internal is not None
+            internal_url = await start(apps.internal)
+        else:
+            app = create_app(
+                settings, rate_limit_filter=rate_limit_filter, revocation_verdict=revocation_verdict
+            )
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
-        return Stack(client, logs["auth"], logs["queue"], logs["ticket"], access, entry, settings)
+        return Stack(
+            client,
+            logs["auth"],
+            logs["queue"],
+            logs["ticket"],
+            access,
+            entry,
+            settings,
+            internal_url,
+        )
 
     yield build
     for client in clients:

@@ -1,8 +1,7 @@
-"""Serve the gateway in this process: the public app, and the internal check API if any.
+"""Serve the gateway in this process: the public app and the internal check API.
 
-``build_apps`` is the single place the rate limiter is wired in once its branch is merged:
-build the limiter, pass its filter to ``create_app`` and return its check application as
-``internal``; nothing else changes.
+``build_apps`` is the one place the rate limiter is wired in: one limiter per worker shares
+the worker's Redis client and metrics registry with the public app and the check API.
 """
 
 from __future__ import annotations
@@ -12,10 +11,16 @@ import signal
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from urr_common.clients import redis_client
 from urr_common.logs import get_logger
 from urr_common.service import READINESS_KEY
 from urr_gateway.app import create_app
+from urr_gateway.checkapi import create_check_app
+from urr_gateway.filters.ratelimit import install_rate_limit, rate_limit_filter, revocation_verdict
+from urr_gateway.ratelimit import CategoryRouter, SlidingWindowLimiter
+from urr_gateway.revocation import revocation_key_of
 from urr_gateway.settings import GatewaySettings
 
 _LOG = get_logger(__name__)
@@ -29,28 +34,23 @@ class GatewayApps:
 
 
 def build_apps(settings: GatewaySettings) -> GatewayApps:
-    """The applications one worker serves (called inside the worker's running loop).
-
-    With the limiter merged this becomes (one shared Redis client and registry)::
-
-        registry = CollectorRegistry()
-        redis = redis_client(settings.redis)
-        limiter = SlidingWindowLimiter(redis, settings.rate_limit, registry=registry)
-        public = create_app(
-            settings,
-            registry=registry,
-            redis=redis,
-            rate_limit_filter=rate_limit_filter(
-                limiter,
-                CategoryRouter.from_settings(settings.rate_limit),
-                revoked_key_for=revocation_key_of,
-            ),
-            revocation_verdict=limiter_verdict,  # reads RATE_LIMIT_DECISION.revoked
-        )
-        install_rate_limit_headers(public)
-        return GatewayApps(public, create_check_app(limiter, registry=registry))
-    """
-    return GatewayApps(public=create_app(settings))
+    """The applications one worker serves (called inside the worker's running loop)."""
+    registry = CollectorRegistry()
+    redis = redis_client(settings.redis)
+    limiter = SlidingWindowLimiter(redis, settings.rate_limit, registry=registry)
+    public = create_app(
+        settings,
+        registry=registry,
+        redis=redis,
+        rate_limit_filter=rate_limit_filter(
+            limiter,
+            CategoryRouter.from_settings(settings.rate_limit),
+            revoked_key_for=revocation_key_of,
+        ),
+        revocation_verdict=revocation_verdict,
+    )
+    install_rate_limit(public, limiter)
+    return GatewayApps(public=public, internal=create_check_app(limiter, registry=registry))
 
 
 async def serve_gateway(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, field_validator
 
 from urr_common.settings import HttpSettings, RedisSettings, ServiceSettings, TrustedKeysSettings
+from urr_gateway.ratelimit.config import RateLimitSettings
 
 #: A request body larger than this is refused with 413 (overridable with
 #: ``URR_HTTP__MAX_BODY_BYTES``); bodies are streamed, never buffered, so this is a policy
@@ -119,7 +120,5 @@ class GatewaySettings(ServiceSettings):
     internal: InternalListenerSettings = Field(default_factory=InternalListenerSettings)
     #: Worker processes sharing the public port (SO_REUSEPORT); 1 serves in-process.
     workers: int = Field(default=1, ge=1, le=64)
-    # Extension point for the rate limiter (branch gw-ratelimit): its settings block nests
-    # here as ``rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)``
-    # (variables ``URR_RATE_LIMIT__*``); the filter and the check app it builds are wired in
-    # ``server.build_apps`` (its docstring shows how).
+    #: Categories, limits, failure policies, budget and breaker (``URR_RATE_LIMIT__*``).
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)

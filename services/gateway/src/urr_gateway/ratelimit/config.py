@@ -114,10 +114,14 @@ class RateLimitSettings(BaseModel):
     #: Never limited (probes and scrapes must work while a client is throttled).
     exempt_prefixes: tuple[str, ...] = ("/health", "/metrics")
 
-    #: Time allowed to one Redis decision, queueing for a connection included.
+    #: Time allowed to one Redis decision once it is sent (``budget.py`` explains how a busy
+    #: event loop is told apart from a slow Redis).
     budget_ms: float = Field(default=10.0, gt=0.0, le=5_000.0)
-    #: Decisions waiting on Redis at once per process; more wait (inside the budget) rather
-    #: than open connections beyond the client's pool.
+    #: Longest wait for a reply while the event loop itself runs late (a burst on this
+    #: process); past it the decision follows the failure policy like any Redis failure.
+    congestion_cap_ms: float = Field(default=250.0, gt=0.0, le=10_000.0)
+    #: Decisions waiting on Redis at once per process; more queue for a slot (outside the
+    #: budget) rather than open connections beyond the client's pool.
     max_in_flight: int = Field(default=64, ge=1, le=10_000)
     #: Consecutive Redis failures that open the circuit breaker.
     breaker_failures: int = Field(default=3, ge=1, le=1_000)

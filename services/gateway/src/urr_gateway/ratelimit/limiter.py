@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from urr_common.logs import get_logger
 from urr_gateway.ratelimit.breaker import BreakerState, CircuitBreaker
+from urr_gateway.ratelimit.budget import RedisBudget
 from urr_gateway.ratelimit.config import FailurePolicy, RateLimitSettings
 from urr_gateway.ratelimit.deny_cache import DenyCache
 from urr_gateway.ratelimit.keys import hash_tag
@@ -108,12 +109,12 @@ class SlidingWindowLimiter:
         }
         self._store = RedisSlidingLog(redis)
         self._clock = clock
-        self._budget_s = settings.budget_ms / 1000
+        self._budget = RedisBudget(settings.budget_ms / 1000, settings.congestion_cap_ms / 1000)
         pool_size = _pool_size(redis)
         in_flight = min(settings.max_in_flight, pool_size or settings.max_in_flight)
-        # More concurrent calls than the pool has connections would fail with "too many
-        # connections" (redis-py's pool does not wait); waiting here counts against the budget.
+        # No more calls in flight than the pool has connections; the rest queue here.
         self._in_flight = asyncio.Semaphore(in_flight)
+        self._in_flight_limit = in_flight
         self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
         self._deny = DenyCache(settings.deny_cache_size)
         self._local = LocalSlidingLog(settings.local_max_subjects, clock)
@@ -154,12 +155,15 @@ class SlidingWindowLimiter:
         return self._outage_since is not None
 
     async def prepare(self, timeout_s: float = 2.0) -> bool:
-        """Load the script and open a connection ahead of the first request (call it from the
-        application's start-up), so the first decision does not spend its budget on a connect
-        and a SCRIPT LOAD. Never raises: a Redis that is down now is the breaker's business."""
+        """Load the script and open the connections ahead of the first requests (call it from
+        the application's start-up), so that no decision of a first burst spends its budget on
+        a connect and a SCRIPT LOAD. Never raises: a Redis that is down now is the breaker's
+        business."""
         try:
             async with asyncio.timeout(timeout_s):
                 await self._store.load()
+                # Concurrent round trips make the pool open one connection each.
+                await asyncio.gather(*(self._store.ping() for _ in range(self._in_flight_limit)))
         except (TimeoutError, RedisError, OSError) as exc:
             self._log.warning("ratelimit_prepare_failed", error=f"{type(exc).__name__}: {exc}")
             return False
@@ -206,8 +210,11 @@ class SlidingWindowLimiter:
         kind: str
         error: BaseException
         try:
-            async with asyncio.timeout(self._budget_s), self._in_flight:
-                result = await self._store.evaluate(subject, category, specs, cost, revoked_key)
+            async with self._in_flight:
+                # Queueing for a slot is local congestion, not Redis being slow: the budget
+                # starts once the call can go out.
+                call = self._store.evaluate(subject, category, specs, cost, revoked_key)
+                result = await self._budget.run(call)
         except (TimeoutError, RedisTimeoutError) as exc:
             kind, error = "timeout", exc
         except (RedisConnectionError, OSError) as exc:

@@ -65,6 +65,10 @@ class RedisSlidingLog:
         """``SCRIPT LOAD`` (on every primary of a cluster), which also opens a connection."""
         await self._redis.script_load(self._script.script)
 
+    async def ping(self) -> None:
+        """One round trip; concurrent pings warm the connection pool."""
+        await self._redis.ping()
+
     async def evaluate(
         self,
         subject: str,
