@@ -67,7 +67,8 @@ async def consume(
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            request_timeout_ms=kafka.request_timeout_ms,
+            # Not the producer's short timeout: a JoinGroup waits for the broker's initial
+            # rebalance delay (seconds), and timing it out would retry forever.
         )
         try:
             await consumer.start()
@@ -77,6 +78,9 @@ async def consume(
             await consumer.stop()
             await sleep_unless_stopped(stop, retry_s)
             continue
+        except BaseException:  # cancelled while joining: close before leaving
+            await asyncio.shield(consumer.stop())
+            raise
         try:
             await _run(consumer, name, handle, metrics, stop, beat, max_records, retry_s)
         except KafkaError as exc:

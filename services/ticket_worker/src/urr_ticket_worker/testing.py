@@ -166,3 +166,29 @@ def sqs_record(
         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ticket-events.fifo",
         "awsRegion": "us-east-1",
     }
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Any,
+    timeout_s: float = 15.0,
+) -> list[Any]:
+    """Every record of ``topic`` from the beginning, read until ``until(records)`` is true."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not until(records):
+                batch = await consumer.getmany(timeout_ms=200)
+                for partition_records in batch.values():
+                    records.extend(partition_records)
+    finally:
+        await consumer.stop()
+    return records
