@@ -28,7 +28,7 @@ from urr_ticket_worker.messages import (
 from urr_ticket_worker.payment import declines, payment_loop
 from urr_ticket_worker.process import Heartbeat, LoopBody
 from urr_ticket_worker.stats import stats_loop
-from urr_ticket_worker.testing import make_settings, read_topic
+from urr_ticket_worker.testing import json_objects, make_settings, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -184,7 +184,7 @@ async def test_the_payment_stand_in_answers_once_per_request(
     )
 
     def answers(records: list[Any]) -> list[dict[str, Any]]:
-        values = [orjson.loads(r.value) for r in records]
+        values = json_objects(records)
         return [v for v in values if v.get("reservationId") == str(request.reservation_id)]
 
     async with running(payment_loop(settings, registry)):

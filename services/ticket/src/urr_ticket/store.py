@@ -124,7 +124,8 @@ class BookingStore:
         """Record the request as ``pending`` unless the worker already wrote it."""
         await self.pool.execute(
             "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status,"
-            " created_at, pay_by) VALUES ($1, $2, $3, $4, 'pending', $5, $5 + $6::interval)"
+            " created_at, pay_by) VALUES ($1, $2, $3, $4, 'pending', $5::timestamptz,"
+            " $5::timestamptz + $6::interval)"
             " ON CONFLICT (reservation_id) DO NOTHING",
             reservation_id,
             event_id,

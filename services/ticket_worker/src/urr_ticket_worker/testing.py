@@ -192,3 +192,18 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
+
+
+def json_objects(records: list[Any]) -> list[dict[str, Any]]:
+    """The JSON-object values among ``records`` (a shared topic may hold others' junk)."""
+    import orjson
+
+    found = []
+    for record in records:
+        try:
+            value = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
