@@ -79,15 +79,15 @@ async def _reserve(conn: Connection, command: ReserveCommand, settings: BookingS
     )
     if current is not None and current != "pending":
         return "duplicate"  # the same reservation arrived again under another message id
-    if not await conn.fetchval(
-        "SELECT 1 FROM booking_events WHERE event_id = $1", command.event_id
-    ):
-        return "rejected"  # no reservation row can name an unknown event
     prices = await conn.fetch(
         "SELECT seat_id, price_cents FROM seats WHERE event_id = $1 AND seat_id = ANY($2::text[])",
         command.event_id,
         command.seat_ids,
     )
+    if not prices and not await conn.fetchval(
+        "SELECT 1 FROM booking_events WHERE event_id = $1", command.event_id
+    ):
+        return "rejected"  # no reservation row can name an unknown event
     amount = sum(int(row["price_cents"]) for row in prices)
     await conn.execute(
         "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status,"
@@ -105,14 +105,17 @@ async def _reserve(conn: Connection, command: ReserveCommand, settings: BookingS
     )
     reason = "unknown_seat" if len(prices) != len(command.seat_ids) else None
     if reason is None:
-        try:
-            async with conn.transaction():  # a savepoint: a taken seat undoes only the claims
-                await conn.executemany(
-                    "INSERT INTO seat_claims (event_id, seat_id, reservation_id)"
-                    " VALUES ($1, $2, $3)",
-                    [(command.event_id, seat, command.reservation_id) for seat in command.seat_ids],
-                )
-        except asyncpg.UniqueViolationError:
+        # The seat_claims primary key decides: a seat another reservation holds is skipped
+        # (after waiting for that transaction), and then this reservation takes none.
+        claimed = await conn.fetch(
+            "INSERT INTO seat_claims (event_id, seat_id, reservation_id)"
+            " SELECT $1, seat, $3 FROM unnest($2::text[]) AS seat"
+            " ON CONFLICT DO NOTHING RETURNING seat_id",
+            command.event_id,
+            command.seat_ids,
+            command.reservation_id,
+        )
+        if len(claimed) != len(command.seat_ids):
             reason = "seat_unavailable"
     if reason is not None:
         await _finish(conn, command.reservation_id, "declined", reason)
