@@ -85,6 +85,7 @@ def outcome_loop(settings: TicketSettings, registry: CollectorRegistry) -> LoopB
                     stop=stop,
                     beat=beat,
                     max_records=settings.consumers.max_records,
+                    fetch_max_wait_ms=settings.consumers.fetch_max_wait_ms,
                 )
         finally:
             await pool.close()

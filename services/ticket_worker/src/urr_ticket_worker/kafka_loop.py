@@ -54,6 +54,7 @@ async def consume(
     beat: Heartbeat,
     max_records: int = 100,
     retry_s: float = 1.0,
+    fetch_max_wait_ms: int = 100,
 ) -> None:
     """Consume ``topics`` in group ``group_id`` until ``stop``; reconnects when Kafka fails."""
     from aiokafka import AIOKafkaConsumer
@@ -67,6 +68,7 @@ async def consume(
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
             # Not the producer's short timeout: a JoinGroup waits for the broker's initial
             # rebalance delay (seconds), and timing it out would retry forever.
         )

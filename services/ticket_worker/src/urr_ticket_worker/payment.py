@@ -107,6 +107,7 @@ def payment_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) ->
                 stop=stop,
                 beat=beat,
                 max_records=settings.consumers.max_records,
+                fetch_max_wait_ms=settings.consumers.fetch_max_wait_ms,
             )
         finally:
             await producer.reset()

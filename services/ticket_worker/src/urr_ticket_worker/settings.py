@@ -67,6 +67,10 @@ class ConsumerSettings(BaseModel):
     payment_group: str = "urr-payment"
     outcomes_group: str = "urr-ticket-outcomes"
     max_records: int = Field(default=100, ge=1, le=10_000)
+    #: How long the broker may hold a fetch with no new records. Each consumer hop of a
+    #: booking waits up to this much (Tansu holds fetches), so keep it short; idle fetches
+    #: are cheap.
+    fetch_max_wait_ms: int = Field(default=100, ge=1, le=10_000)
 
 
 class TicketWorkerSettings(ServiceSettings):
