@@ -222,9 +222,11 @@ async def test_transfer_checks_the_recipient_in_the_users_table(
         503,
         "user_directory_unavailable",
     )
-    await db.execute("CREATE TABLE users (id uuid PRIMARY KEY, email text)")
+    # The shape of auth's table (auth.users, uuid ids), created here as auth's migration would.
+    await db.execute("CREATE SCHEMA auth")
+    await db.execute("CREATE TABLE auth.users (id uuid PRIMARY KEY, email text)")
     friend = uuid.uuid4()
-    await db.execute("INSERT INTO users VALUES ($1, 'friend@example.com')", friend)
+    await db.execute("INSERT INTO auth.users VALUES ($1, 'friend@example.com')", friend)
     await problem(
         await client.post(url, json={"toUserId": str(uuid.uuid4())}, headers=user("u1")),
         422,

@@ -20,12 +20,13 @@ from pydantic import SecretStr
 from urr_common.clients import open_aws_clients
 from urr_common.settings import AwsSettings
 from urr_devstack.procs import ServerProcess, free_port, tansu_server
+from urr_ticket_worker import handler
 from urr_ticket_worker.booking import apply_command
 from urr_ticket_worker.messages import PAYMENT_EVENTS, ReserveCommand
 from urr_ticket_worker.process import Heartbeat
 from urr_ticket_worker.relay import relay_loop
 from urr_ticket_worker.settings import BookingSettings, TicketWorkerSettings
-from urr_ticket_worker.testing import make_settings, read_topic, seed_event
+from urr_ticket_worker.testing import make_settings, read_topic, seed_event, sqs_record
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +149,52 @@ async def test_kafka_down_the_outbox_holds_and_everything_goes_out_in_order_afte
     # Every event, in outbox order (a re-sent copy may follow; consumers drop it by id).
     first_seen = list(dict.fromkeys(published))
     assert first_seen == expected
+
+
+async def test_the_lambda_flushes_its_outbox_after_the_batch_and_shrugs_off_a_dead_kafka(
+    pool: asyncpg.Pool, postgres_dsn: str, booking_topics: str, lambda_thread: Any
+) -> None:
+    event_id = f"ev-{uuid.uuid4().hex[:8]}"
+    seats = await seed_event(pool, event_id, rows=1, per_row=4)
+
+    def records(users: list[str], taken: int) -> dict[str, Any]:
+        return {
+            "Records": [
+                sqs_record(
+                    ReserveCommand(
+                        reservation_id=uuid.uuid4(), event_id=event_id, user_id=u, seat_ids=[s]
+                    )
+                    .to_json()
+                    .decode(),
+                    group=event_id,
+                )
+                for u, s in zip(users, seats[taken:], strict=False)
+            ]
+        }
+
+    flushing = {"flush_after_batch": True, "flush_timeout_s": 2.0}
+    # Kafka unreachable: the batch still succeeds at once, the rows wait for the relay.
+    dead = make_settings(postgres_dsn, kafka=f"127.0.0.1:{free_port()}", relay=flushing)
+    lambda_thread(handler.configure, dead)
+    started = time.monotonic()
+    assert (
+        lambda_thread(handler.lambda_handler, records(["u1"], 0), None)["batchItemFailures"] == []
+    )
+    assert time.monotonic() - started < 5
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 1
+    # Kafka reachable: the next invocation publishes its rows and the waiting one, in order.
+    lambda_thread(
+        handler.configure, make_settings(postgres_dsn, kafka=booking_topics, relay=flushing)
+    )
+    assert (
+        lambda_thread(handler.lambda_handler, records(["u2", "u3"], 1), None)["batchItemFailures"]
+        == []
+    )
+    assert await _unsent_is_zero(pool)
+    expected = await pool.fetch(
+        "SELECT message_id FROM outbox WHERE key = $1 ORDER BY id", event_id
+    )
+    published = await read_topic(
+        booking_topics, PAYMENT_EVENTS, until=lambda rs: len(message_ids(rs, event_id)) >= 3
+    )
+    assert message_ids(published, event_id) == [r["message_id"] for r in expected]

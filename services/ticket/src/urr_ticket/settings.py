@@ -21,14 +21,14 @@ class HoldSettings(BaseModel):
 
 
 class UserDirectorySettings(BaseModel):
-    """Where transfer recipients are looked up: read-only, in the auth service's table.
-
-    Locally auth and ticket share one PostgreSQL database, so the ticket API checks
-    ``SELECT 1 FROM <table> WHERE <id_column>::text = $1``; it never writes there.
+    """Where transfer recipients are looked up: read-only, in the auth service's table
+    (``auth.users``, id ``uuid``). Auth and ticket share one PostgreSQL database (``urr``),
+    so the ticket API checks ``SELECT 1 FROM <table> WHERE <id_column>::text = $1``; it
+    never writes there. In production grant the ticket role SELECT on that table only.
     """
 
     table: str = Field(
-        default="users", pattern=r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$"
+        default="auth.users", pattern=r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$"
     )
     id_column: str = Field(default="id", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -40,6 +40,16 @@ class QueueAdminSettings(BaseModel):
     admin_user_id: str = "seed-admin"
     attempts: int = Field(default=10, ge=1, le=100)
     retry_s: float = Field(default=1.0, gt=0.0, le=60.0)
+
+
+class QueueCompletionSettings(BaseModel):
+    """Ending a user's Tier-2 session when their reservation ends. The queue service consumes
+    ``reservation-events`` itself (the primary path); this optional HTTP call to its
+    ``POST /internal/v1/queue/{eventId}/complete`` is a belt-and-braces fallback."""
+
+    http_fallback: bool = False
+    base_url: str = "http://127.0.0.1:3007"
+    timeout_s: float = Field(default=2.0, gt=0.0, le=30.0)
 
 
 class TicketSettings(ServiceSettings):
@@ -54,6 +64,7 @@ class TicketSettings(ServiceSettings):
     holds: HoldSettings = Field(default_factory=HoldSettings)
     users: UserDirectorySettings = Field(default_factory=UserDirectorySettings)
     queue_admin: QueueAdminSettings = Field(default_factory=QueueAdminSettings)
+    queue_completion: QueueCompletionSettings = Field(default_factory=QueueCompletionSettings)
     consumers: ConsumerSettings = Field(default_factory=ConsumerSettings)
 
 
