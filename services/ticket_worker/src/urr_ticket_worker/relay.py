@@ -64,12 +64,12 @@ def relay_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) -> L
         next_expiry = 0.0
         try:
             while not stop.is_set():
-                if time.monotonic() >= next_expiry:
-                    metrics.expired.inc(await expire_overdue(pool))
-                    metrics.unsent.set(await publisher.unsent())
-                    next_expiry = time.monotonic() + relay.expire_every_s
                 more = False
                 try:
+                    if time.monotonic() >= next_expiry:
+                        next_expiry = time.monotonic() + relay.expire_every_s
+                        metrics.expired.inc(await expire_overdue(pool))
+                        metrics.unsent.set(await publisher.unsent())
                     result = await publisher.publish_once(await producer.get())
                     metrics.published.inc(result.sent)
                     error, more = result.error, result.more
