@@ -1,0 +1,236 @@
+"""End-to-end reservation latency: from ``POST /api/v1/reservations`` to status ``confirmed``.
+
+Runs the whole booking path on this machine with private servers (redis-server, moto, Tansu
+started here; a scratch database on the local PostgreSQL): the ticket API, the local SQS
+poller feeding the worker Lambda handler, the outbox relay, the payment stand-in and the
+outcome consumer, all in this process (the handler in its own thread, as in a Lambda). Each
+sample: hold one seat, reserve it, poll the status every 5 ms until it is ``confirmed``.
+
+    uv run python bench/worker_e2e_latency.py [--samples 40] [--payment-delay-ms 0]
+        [--no-flush]   # leave publishing to the relay alone (no post-batch flush in the Lambda)
+
+Env: URR_BENCH_POSTGRES_DSN (default postgresql://postgres@127.0.0.1:5432/postgres).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from urr_common.logs import configure_logging
+from urr_common.settings import LogSettings, load_settings
+from urr_devstack.procs import RedisServer, free_port, moto_server, tansu_server
+from urr_ticket.app import create_app
+from urr_ticket.outcomes import outcome_loop
+from urr_ticket.seed import DemoEvent, seed_catalog
+from urr_ticket.settings import TicketSettings
+from urr_ticket_worker import handler
+from urr_ticket_worker.local.poller import Poller, resolve_queue
+from urr_ticket_worker.payment import payment_loop
+from urr_ticket_worker.process import Heartbeat
+from urr_ticket_worker.relay import relay_loop
+from urr_ticket_worker.schema import migrate
+from urr_ticket_worker.settings import TicketWorkerSettings
+from urr_ticket_worker.testing import create_queues, create_topics, sqs_client
+
+ADMIN_DSN = os.environ.get(
+    "URR_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@contextlib.asynccontextmanager
+async def scratch_database() -> AsyncIterator[str]:
+    name = f"urr_bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield f"{ADMIN_DSN.rpartition('/')[0]}/{name}"
+    finally:
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def measure(args: argparse.Namespace, workdir: Path) -> list[float]:
+    redis = RedisServer(port=free_port(), workdir=workdir / "redis")
+    moto = moto_server(free_port(), workdir / "moto.log")
+    kafka = tansu_server(free_port(), workdir / "tansu.log")
+    for server in (redis, moto, kafka):
+        server.start()
+    try:
+        moto_url = f"http://127.0.0.1:{moto.port}"
+        bootstrap = f"127.0.0.1:{kafka.port}"
+        await asyncio.to_thread(create_topics, bootstrap)
+        queues = await create_queues(moto_url, visibility_timeout_s=30)
+        async with scratch_database() as dsn:
+            return await _run(args, dsn, redis.url, moto_url, bootstrap, queues)
+    finally:
+        for server in (kafka, moto, redis):
+            server.stop()
+
+
+async def _run(
+    args: argparse.Namespace, dsn: str, redis_url: str, moto_url: str, bootstrap: str, queues: Any
+) -> list[float]:
+    aws = {"endpoint_url": moto_url, "access_key_id": "bench", "secret_access_key": "bench"}
+    common = {
+        "postgres": {"dsn": dsn},
+        "kafka": {"bootstrap_servers": bootstrap},
+        "aws": aws,
+        "sqs": {"queue_name": queues.name, "dlq_name": queues.dlq_name},
+        "log": {"level": "WARNING"},
+    }
+    worker = load_settings(
+        TicketWorkerSettings,
+        **common,
+        relay={"flush_after_batch": not args.no_flush},
+        payment={"decline_rate": 0.0, "delay_ms": args.payment_delay_ms},
+    )
+    ticket = load_settings(TicketSettings, **common, redis={"url": redis_url})
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    await migrate(pool)
+    await seed_catalog(pool, DemoEvent(rows=26, seats_per_row=10))
+    await pool.close()
+
+    runner = web.AppRunner(create_app(ticket, registry=CollectorRegistry()))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    executor = ThreadPoolExecutor(max_workers=1)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(executor, handler.configure, worker)
+
+    async def poll() -> None:
+        async with sqs_client(moto_url) as sqs:
+            poller = Poller(sqs, await resolve_queue(sqs, queues.name), worker, executor)
+            while not stop.is_set():
+                await poller.poll_once()
+
+    tasks = [
+        asyncio.create_task(poll()),
+        asyncio.create_task(relay_loop(worker, CollectorRegistry())(stop, Heartbeat())),
+        asyncio.create_task(payment_loop(worker, CollectorRegistry())(stop, Heartbeat())),
+        asyncio.create_task(outcome_loop(ticket, CollectorRegistry())(stop, Heartbeat())),
+    ]
+    seats = [s[0] for s in DemoEvent(rows=26, seats_per_row=10).seats()]
+    latencies: list[float] = []
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            # The first reservation waits for the consumers to join their groups: not counted.
+            await _one(http, "warmup", seats.pop(), timeout_s=60)
+            for i in range(args.samples):
+                latencies.append(await _one(http, f"fan-{i}", seats.pop(), timeout_s=30))
+        breakdown = await _stages(dsn)
+        for name, values in breakdown.items():
+            print(f"  stage {name}: median {statistics.median(values) * 1000:.0f} ms")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await loop.run_in_executor(executor, handler.close)
+        executor.shutdown()
+        await runner.cleanup()
+    return latencies
+
+
+async def _stages(dsn: str) -> dict[str, list[float]]:
+    """Where the time goes, from the database's own timestamps (one clock)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT r.created_at AS requested,"
+            " (SELECT min(processed_at) FROM processed_messages p WHERE p.consumer LIKE 'sqs:%'"
+            "   AND p.processed_at >= r.created_at AND EXISTS (SELECT 1 FROM outbox o"
+            "   WHERE o.payload->>'reservationId' = r.reservation_id::text"
+            "   AND o.topic = 'payment-events' AND o.created_at = p.processed_at)) AS applied,"
+            " (SELECT sent_at FROM outbox o WHERE o.topic = 'payment-events'"
+            "   AND o.payload->>'reservationId' = r.reservation_id::text) AS published,"
+            " r.updated_at AS confirmed"
+            " FROM reservations r WHERE r.status = 'confirmed' AND r.user_id <> 'warmup'"
+        )
+    finally:
+        await connection.close()
+    stages: dict[str, list[float]] = {
+        "request -> worker transaction": [],
+        "worker -> payment-events published": [],
+        "published -> confirmed (payment + outcome consumer)": [],
+    }
+    for row in rows:
+        if row["applied"] is None or row["published"] is None:
+            continue
+        stages["request -> worker transaction"].append(
+            (row["applied"] - row["requested"]).total_seconds()
+        )
+        stages["worker -> payment-events published"].append(
+            (row["published"] - row["applied"]).total_seconds()
+        )
+        stages["published -> confirmed (payment + outcome consumer)"].append(
+            (row["confirmed"] - row["published"]).total_seconds()
+        )
+    return {name: values for name, values in stages.items() if values}
+
+
+async def _one(http: aiohttp.ClientSession, user_id: str, seat: str, timeout_s: float) -> float:
+    headers = {"X-User-Id": user_id}
+    async with http.post(f"/api/v1/seats/demo/{seat}/hold", headers=headers) as response:
+        assert response.status == 200, await response.text()
+    started = time.perf_counter()
+    async with http.post(
+        "/api/v1/reservations/demo", json={"seatIds": [seat]}, headers=headers
+    ) as response:
+        assert response.status == 202, await response.text()
+        rid = (await response.json())["reservationId"]
+    async with asyncio.timeout(timeout_s):
+        while True:
+            async with http.get(f"/api/v1/reservations/demo/{rid}", headers=headers) as response:
+                status = (await response.json())["status"]
+            if status == "confirmed":
+                return time.perf_counter() - started
+            assert status in ("pending", "awaiting_payment"), status
+            await asyncio.sleep(0.005)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--payment-delay-ms", type=int, default=0)
+    parser.add_argument("--no-flush", action="store_true")
+    args = parser.parse_args()
+    configure_logging(LogSettings(level="WARNING"), service="bench")
+    with tempfile.TemporaryDirectory() as workdir:
+        latencies = asyncio.run(measure(args, Path(workdir)))
+    q = statistics.quantiles(latencies, n=100)
+    print(
+        f"samples: {len(latencies)}, payment delay {args.payment_delay_ms} ms,"
+        f" post-batch flush {'off' if args.no_flush else 'on'}"
+    )
+    print(
+        f"request -> confirmed: p50 {q[49] * 1000:.0f} ms, p95 {q[94] * 1000:.0f} ms,"
+        f" min {min(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

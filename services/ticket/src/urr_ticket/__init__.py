@@ -1,0 +1,1 @@
+"""The URR booking API (stand-in for the protected application)."""

@@ -1,0 +1,71 @@
+"""The ticket API application: catalog, seat map, holds, reservations, stats."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from urr_common.clients import open_aws_clients, open_postgres, open_redis
+from urr_common.logs import get_logger
+from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
+from urr_ticket import routes
+from urr_ticket.appkeys import (
+    COMMANDS_KEY,
+    LOCKS_KEY,
+    METRICS_KEY,
+    STORE_KEY,
+    TICKET_SETTINGS_KEY,
+    TicketMetrics,
+)
+from urr_ticket.commands import CommandQueue
+from urr_ticket.seat_locks import SeatLocks
+from urr_ticket.settings import TicketSettings
+from urr_ticket.store import BookingStore
+from urr_ticket_worker.schema import migrate
+
+_LOG = get_logger(__name__)
+
+
+def create_app(
+    settings: TicketSettings, *, registry: CollectorRegistry | None = None
+) -> web.Application:
+    app = create_service_app(settings, registry=registry)
+    app[TICKET_SETTINGS_KEY] = settings
+    app[METRICS_KEY] = TicketMetrics(app[REGISTRY_KEY])
+    app.cleanup_ctx.append(_clients)
+    routes.add_routes(app)
+    return app
+
+
+async def _clients(app: web.Application) -> AsyncIterator[None]:
+    settings = app[TICKET_SETTINGS_KEY]
+    readiness = app[READINESS_KEY]
+    async with (
+        open_postgres(settings.postgres) as pool,
+        open_redis(settings.redis) as redis,
+        open_aws_clients(settings.aws, "sqs") as aws,
+    ):
+        applied = await migrate(pool)
+        if applied:
+            _LOG.info("migrations_applied", names=applied)
+        app[STORE_KEY] = BookingStore(pool)
+        app[LOCKS_KEY] = SeatLocks(redis, settings.holds.ttl_s)
+        commands = CommandQueue(aws["sqs"], settings.sqs.queue_name)
+        app[COMMANDS_KEY] = commands
+
+        async def check_postgres() -> None:
+            await pool.fetchval("SELECT 1")
+
+        async def check_redis() -> None:
+            await redis.ping()
+
+        async def check_sqs() -> Any:
+            await commands.url()
+
+        readiness.add_check("postgres", check_postgres)
+        readiness.add_check("redis", check_redis)
+        readiness.add_check("sqs", check_sqs)
+        yield

@@ -1,0 +1,31 @@
+"""Typed application keys of the ticket API and its metrics."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from urr_ticket.commands import CommandQueue
+from urr_ticket.seat_locks import SeatLocks
+from urr_ticket.settings import TicketSettings
+from urr_ticket.store import BookingStore
+
+
+class TicketMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.holds = Counter(
+            "urr_ticket_holds", "Seat hold attempts by outcome.", ["outcome"], registry=registry
+        )
+        self.reservations = Counter(
+            "urr_ticket_reservation_requests",
+            "Reservation requests by outcome (queued, duplicate, refused).",
+            ["outcome"],
+            registry=registry,
+        )
+
+
+TICKET_SETTINGS_KEY = web.AppKey("ticket_settings", TicketSettings)
+STORE_KEY = web.AppKey("ticket_store", BookingStore)
+LOCKS_KEY = web.AppKey("ticket_seat_locks", SeatLocks)
+COMMANDS_KEY = web.AppKey("ticket_commands", CommandQueue)
+METRICS_KEY = web.AppKey("ticket_metrics", TicketMetrics)

@@ -1,0 +1,141 @@
+"""The reservation-outcome consumer: ``reservation-events`` -> confirm or decline the
+reservation in PostgreSQL (once per ``messageId``), then release the user's seat holds in Redis.
+
+The queue service consumes the same topic to end the user's Tier-2 session, so the slot frees
+without a call from here. Records the ticket side wrote itself (cancelled, expired) find the
+reservation already final and only release the holds. Duplicates and malformed records are
+skipped and counted (``urr_booking_consumer_records{outcome=...}``).
+
+Run: ``python -m urr_ticket.outcomes`` (health on ``URR_HTTP__PORT``, default 3024).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
+
+from urr_common.clients import open_redis
+from urr_common.logs import get_logger
+from urr_common.settings import load_settings
+from urr_ticket.seat_locks import SeatLocks
+from urr_ticket.settings import OutcomeSettings, QueueCompletionSettings, TicketSettings
+from urr_ticket_worker.booking import apply_outcome
+from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume
+from urr_ticket_worker.messages import (
+    RESERVATION_EVENTS,
+    MalformedMessage,
+    ReservationOutcome,
+    parse_record,
+)
+from urr_ticket_worker.process import Heartbeat, LoopBody, connect_postgres, run_process
+
+if TYPE_CHECKING:
+    import asyncpg
+
+_LOG = get_logger(__name__)
+OUTCOMES_CONSUMER = "kafka:ticket-outcomes"
+
+
+class QueueCompleter:
+    """The optional HTTP fallback that tells the queue service a user is done (best effort:
+    the Kafka record is the primary path, so a failure is logged and counted, never retried)."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: QueueCompletionSettings) -> None:
+        self._session = session
+        self._base = settings.base_url.rstrip("/")
+
+    async def complete(self, event_id: str, user_id: str) -> bool:
+        url = f"{self._base}/internal/v1/queue/{event_id}/complete"
+        try:
+            async with self._session.post(url, json={"userId": user_id}) as response:
+                if response.status < 300:
+                    return True
+                _LOG.warning("queue_complete_refused", status=response.status, event_id=event_id)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            _LOG.warning("queue_complete_failed", error=repr(exc), event_id=event_id)
+        return False
+
+
+class OutcomeHandler:
+    def __init__(
+        self, pool: asyncpg.Pool, locks: SeatLocks, completer: QueueCompleter | None = None
+    ) -> None:
+        self._pool = pool
+        self._locks = locks
+        self._completer = completer
+
+    async def handle(self, record: Any) -> str:
+        try:
+            outcome = parse_record(ReservationOutcome, record.value)
+        except MalformedMessage as exc:
+            _LOG.warning(
+                "malformed_record", topic=record.topic, offset=record.offset, error=str(exc)
+            )
+            return "malformed"
+        applied = await apply_outcome(self._pool, OUTCOMES_CONSUMER, outcome)
+        if applied.release_seats and applied.user_id:
+            try:
+                released = await self._locks.release(
+                    outcome.event_id, applied.release_seats, applied.user_id
+                )
+            except RedisError as exc:  # the holds expire by their TTL anyway; no retry
+                released = 0
+                _LOG.warning("hold_release_failed", error=repr(exc))
+            _LOG.info(
+                "reservation_finished",
+                reservation_id=str(outcome.reservation_id),
+                status=outcome.status,
+                holds_released=released,
+            )
+            if self._completer is not None and applied.result == "applied":
+                await self._completer.complete(outcome.event_id, outcome.user_id)
+        return applied.result
+
+
+def outcome_loop(settings: TicketSettings, registry: CollectorRegistry) -> LoopBody:
+    metrics = ConsumerMetrics(registry)
+
+    async def body(stop: asyncio.Event, beat: Heartbeat) -> None:
+        pool = await connect_postgres(settings.postgres, stop, beat)
+        if pool is None:
+            return
+        try:
+            completion = settings.queue_completion
+            timeout = aiohttp.ClientTimeout(total=completion.timeout_s)
+            async with (
+                open_redis(settings.redis) as redis,
+                aiohttp.ClientSession(timeout=timeout) as session,
+            ):
+                completer = (
+                    QueueCompleter(session, completion) if completion.http_fallback else None
+                )
+                handler = OutcomeHandler(pool, SeatLocks(redis, settings.holds.ttl_s), completer)
+                await consume(
+                    name="ticket-outcomes",
+                    kafka=settings.kafka,
+                    group_id=settings.consumers.outcomes_group,
+                    topics=[RESERVATION_EVENTS],
+                    handle=handler.handle,
+                    metrics=metrics,
+                    stop=stop,
+                    beat=beat,
+                    max_records=settings.consumers.max_records,
+                    fetch_max_wait_ms=settings.consumers.fetch_max_wait_ms,
+                )
+        finally:
+            await pool.close()
+
+    return body
+
+
+def main() -> None:
+    settings = load_settings(OutcomeSettings)
+    run_process(settings, "reservation-outcomes", lambda registry: outcome_loop(settings, registry))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""HTTP handlers of the ticket API.
+
+Identity comes from the gateway (``X-User-Id``, ``X-User-Role``), which strips client-sent
+copies and has already checked the Tier-2 entry token on ``/api/v1/seats/*`` and
+``/api/v1/reservations/*``. The catalog and stats are public.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from urr_common.payloads import json_response, read_json
+from urr_common.problems import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    Unprocessable,
+)
+from urr_ticket.appkeys import COMMANDS_KEY, LOCKS_KEY, METRICS_KEY, STORE_KEY, TICKET_SETTINGS_KEY
+from urr_ticket.commands import reservation_id_for
+from urr_ticket.store import ReservationRow, UserDirectoryUnavailable
+from urr_ticket_worker.messages import (
+    MAX_SEATS_PER_RESERVATION,
+    CancelCommand,
+    ReserveCommand,
+    TransferCommand,
+    utc_now,
+)
+
+_EVENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SEAT_ID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+_USER_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_SeatId = Annotated[str, StringConstraints(pattern=_SEAT_ID.pattern)]
+_UserId = Annotated[str, StringConstraints(pattern=_USER_ID.pattern)]
+#: Statuses that still hold seats and may be cancelled.
+_CANCELLABLE = frozenset({"pending", "awaiting_payment", "confirmed"})
+
+
+class ReserveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seatIds: list[_SeatId] = Field(min_length=1, max_length=MAX_SEATS_PER_RESERVATION)
+
+
+class TransferBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    toUserId: _UserId
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/events", list_events)
+    app.router.add_get("/api/v1/events/{event_id}", get_event)
+    app.router.add_get("/api/v1/seats/{event_id}", seat_map)
+    app.router.add_post("/api/v1/seats/{event_id}/{seat_id}/hold", hold_seat)
+    app.router.add_delete("/api/v1/seats/{event_id}/{seat_id}/hold", release_seat)
+    app.router.add_post("/api/v1/reservations/{event_id}", reserve)
+    app.router.add_get("/api/v1/reservations/{event_id}/{reservation_id}", reservation_status)
+    app.router.add_post("/api/v1/reservations/{event_id}/{reservation_id}/cancel", cancel)
+    app.router.add_post("/api/v1/reservations/{event_id}/{reservation_id}/transfer", transfer)
+    app.router.add_get("/api/v1/stats/{event_id}", event_stats)
+
+
+# --- request helpers ----------------------------------------------------------------------
+
+
+def _user_id(request: web.Request) -> str:
+    user_id = request.headers.get("X-User-Id", "")
+    if not user_id:
+        raise Unauthorized("log in first", code="login_required")
+    if not _USER_ID.match(user_id):
+        raise BadRequest("the X-User-Id header is not a valid user id", code="bad_user_id")
+    return user_id
+
+
+def _event_id(request: web.Request) -> str:
+    event_id = request.match_info["event_id"]
+    if not _EVENT_ID.match(event_id):
+        raise NotFound(f"no event {event_id!r}", code="event_not_found")
+    return event_id
+
+
+def _reservation_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["reservation_id"])
+    except ValueError as exc:
+        raise NotFound("no such reservation", code="reservation_not_found") from exc
+
+
+async def _require_event(request: web.Request, event_id: str) -> dict[str, Any]:
+
+    event = await request.app[STORE_KEY].event(event_id)
+    if event is None:
+        raise NotFound(f"no event {event_id!r}", code="event_not_found")
+    return event
+
+
+async def _own_reservation(request: web.Request) -> ReservationRow:
+    """The caller's reservation in this event, or 404 (someone else's is not revealed)."""
+
+    user_id = _user_id(request)
+    event_id = _event_id(request)
+    reservation_id = _reservation_id(request)
+    row = await request.app[STORE_KEY].reservation(reservation_id)
+    if row is None or row.event_id != event_id or row.user_id != user_id:
+        raise NotFound("no such reservation", code="reservation_not_found")
+    return row
+
+
+async def _send(
+    request: web.Request, command: ReserveCommand | CancelCommand | TransferCommand
+) -> None:
+
+    try:
+        await request.app[COMMANDS_KEY].send(command)
+    except Exception as exc:  # SQS unreachable or the queue missing: nothing was queued
+        raise ServiceUnavailable(
+            "the booking queue is unavailable; try again", code="booking_queue_unavailable"
+        ) from exc
+
+
+# --- catalog --------------------------------------------------------------------------------
+
+
+async def list_events(request: web.Request) -> web.Response:
+
+    return json_response({"events": await request.app[STORE_KEY].events()})
+
+
+async def get_event(request: web.Request) -> web.Response:
+    return json_response(await _require_event(request, _event_id(request)))
+
+
+# --- seats --------------------------------------------------------------------------------
+
+
+async def seat_map(request: web.Request) -> web.Response:
+
+    event_id = _event_id(request)
+    caller = request.headers.get("X-User-Id")
+    await _require_event(request, event_id)
+    seats = await request.app[STORE_KEY].seats(event_id)
+    holds = await request.app[LOCKS_KEY].holders(event_id, [s.seat_id for s in seats])
+    out = []
+    for seat in seats:
+        hold = holds.get(seat.seat_id)
+        if seat.claim_status == "confirmed":
+            state = "sold"
+        elif seat.claim_status is not None or hold is not None:
+            state = "held"
+        else:
+            state = "free"
+        out.append(
+            {
+                "seatId": seat.seat_id,
+                "row": seat.row_label,
+                "number": seat.seat_number,
+                "priceCents": seat.price_cents,
+                "state": state,
+                "heldByYou": bool(caller) and hold is not None and hold.owner == caller,
+            }
+        )
+    return json_response({"eventId": event_id, "seats": out})
+
+
+async def _require_seat(request: web.Request, event_id: str, seat_id: str) -> str | None:
+    """404 unless the seat exists; returns the status of a reservation claiming it."""
+
+    if not _SEAT_ID.match(seat_id):
+        raise NotFound(f"no seat {seat_id!r} in {event_id!r}", code="seat_not_found")
+    seats = await request.app[STORE_KEY].seats(event_id, [seat_id])
+    if not seats:
+        await _require_event(request, event_id)
+        raise NotFound(f"no seat {seat_id!r} in {event_id!r}", code="seat_not_found")
+    return seats[0].claim_status
+
+
+async def hold_seat(request: web.Request) -> web.Response:
+
+    user_id = _user_id(request)
+    event_id = _event_id(request)
+    seat_id = request.match_info["seat_id"]
+    metrics = request.app[METRICS_KEY]
+    if await _require_seat(request, event_id, seat_id) is not None:
+        metrics.holds.labels("sold").inc()
+        raise Conflict("this seat is already reserved", code="seat_sold")
+    attempt = await request.app[LOCKS_KEY].hold(event_id, seat_id, user_id)
+    if not attempt.held:
+        metrics.holds.labels("conflict").inc()
+        raise Conflict(
+            "someone else holds this seat", code="seat_held", expiresAtMs=attempt.expires_at_ms
+        )
+    metrics.holds.labels("held").inc()
+    return json_response(
+        {
+            "eventId": event_id,
+            "seatId": seat_id,
+            "holdId": attempt.hold_id,
+            "expiresAtMs": attempt.expires_at_ms,
+        }
+    )
+
+
+async def release_seat(request: web.Request) -> web.Response:
+
+    user_id = _user_id(request)
+    event_id = _event_id(request)
+    seat_id = request.match_info["seat_id"]
+    await _require_seat(request, event_id, seat_id)
+    if not await request.app[LOCKS_KEY].release(event_id, [seat_id], user_id):
+        raise Conflict("you do not hold this seat", code="seat_not_held")
+    return web.Response(status=204)
+
+
+# --- reservations ---------------------------------------------------------------------------
+
+
+async def reserve(request: web.Request) -> web.Response:
+
+    user_id = _user_id(request)
+    event_id = _event_id(request)
+    body = await read_json(request, ReserveBody)
+    if len(set(body.seatIds)) != len(body.seatIds):
+        raise Unprocessable("a seat appears twice", code="duplicate_seat")
+    store = request.app[STORE_KEY]
+    metrics = request.app[METRICS_KEY]
+    await _require_event(request, event_id)
+    seats = await store.seats(event_id, body.seatIds)
+    missing = sorted(set(body.seatIds) - {s.seat_id for s in seats})
+    if missing:
+        raise NotFound(
+            f"no seats {missing} in {event_id!r}", code="seat_not_found", seatIds=missing
+        )
+    holds = await request.app[LOCKS_KEY].holders(event_id, body.seatIds)
+    not_held = [s for s in body.seatIds if s not in holds or holds[s].owner != user_id]
+    if not_held:
+        metrics.reservations.labels("refused").inc()
+        raise Conflict(
+            "hold every seat before reserving it", code="seat_not_held", seatIds=not_held
+        )
+    reservation_id = reservation_id_for(
+        event_id, user_id, [(s, holds[s].hold_id) for s in body.seatIds]
+    )
+    existing = await store.reservation(reservation_id)
+    if existing is not None and existing.status != "pending":
+        metrics.reservations.labels("duplicate").inc()
+        return _accepted(request, existing.reservation_id, existing.status)
+    requested_at = utc_now()
+    await _send(
+        request,
+        ReserveCommand(
+            reservation_id=reservation_id,
+            event_id=event_id,
+            user_id=user_id,
+            seat_ids=body.seatIds,
+            requested_at=requested_at,
+        ),
+    )
+    settings = request.app[TICKET_SETTINGS_KEY]
+    await store.insert_pending(
+        reservation_id,
+        event_id,
+        user_id,
+        body.seatIds,
+        requested_at,
+        settings.booking.pending_window_s,
+    )
+    metrics.reservations.labels("duplicate" if existing else "queued").inc()
+    return _accepted(request, reservation_id, "pending")
+
+
+def _accepted(request: web.Request, reservation_id: uuid.UUID, status: str) -> web.Response:
+    event_id = request.match_info["event_id"]
+    location = f"/api/v1/reservations/{event_id}/{reservation_id}"
+    return json_response(
+        {"reservationId": str(reservation_id), "eventId": event_id, "status": status},
+        status=202,
+        headers={"Location": location},
+    )
+
+
+async def reservation_status(request: web.Request) -> web.Response:
+    row = await _own_reservation(request)
+    return json_response(row.to_json())
+
+
+async def cancel(request: web.Request) -> web.Response:
+    row = await _own_reservation(request)
+    if row.status not in _CANCELLABLE:
+        raise Conflict(f"the reservation is {row.status}", code="not_cancellable")
+    await _send(
+        request,
+        CancelCommand(
+            reservation_id=row.reservation_id, event_id=row.event_id, user_id=row.user_id
+        ),
+    )
+    return _accepted(request, row.reservation_id, row.status)
+
+
+async def transfer(request: web.Request) -> web.Response:
+
+    row = await _own_reservation(request)
+    body = await read_json(request, TransferBody)
+    if body.toUserId == row.user_id:
+        raise Unprocessable("you already own this reservation", code="transfer_to_self")
+    if row.status != "confirmed":
+        raise Conflict(
+            f"only a confirmed reservation can be transferred; it is {row.status}",
+            code="not_transferable",
+        )
+    users = request.app[TICKET_SETTINGS_KEY].users
+    try:
+        exists = await request.app[STORE_KEY].user_exists(
+            users.table, users.id_column, body.toUserId
+        )
+    except UserDirectoryUnavailable as exc:
+        raise ServiceUnavailable(
+            "the user directory cannot be read", code="user_directory_unavailable"
+        ) from exc
+    if not exists:
+        raise Unprocessable("no user has this id", code="recipient_not_found")
+    await _send(
+        request,
+        TransferCommand(
+            reservation_id=row.reservation_id,
+            event_id=row.event_id,
+            user_id=row.user_id,
+            to_user_id=body.toUserId,
+        ),
+    )
+    return _accepted(request, row.reservation_id, row.status)
+
+
+# --- stats ----------------------------------------------------------------------------------
+
+
+async def event_stats(request: web.Request) -> web.Response:
+
+    event_id = _event_id(request)
+    store = request.app[STORE_KEY]
+    event = await store.event(event_id)
+    stats = await store.stats(event_id)
+    if event is None and not stats["counters"]:
+        raise NotFound(f"no event {event_id!r}", code="event_not_found")
+    seats = event["seats"] if event else {"total": 0, "available": 0}
+    return json_response({"eventId": event_id, "seats": seats, **stats})

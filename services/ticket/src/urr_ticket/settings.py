@@ -1,0 +1,75 @@
+"""Settings of the ticket API and its reservation-outcome consumer (env prefix ``URR_``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from urr_common.settings import (
+    AwsSettings,
+    HttpSettings,
+    KafkaSettings,
+    PostgresSettings,
+    RedisSettings,
+    ServiceSettings,
+)
+from urr_ticket_worker.settings import BookingSettings, ConsumerSettings, SqsSettings
+
+
+class HoldSettings(BaseModel):
+    #: How long a seat hold lasts; holding again (same user) renews it.
+    ttl_s: int = Field(default=300, ge=5, le=3600)
+
+
+class UserDirectorySettings(BaseModel):
+    """Where transfer recipients are looked up: read-only, in the auth service's table
+    (``auth.users``, id ``uuid``). Auth and ticket share one PostgreSQL database (``urr``),
+    so the ticket API checks ``SELECT 1 FROM <table> WHERE <id_column>::text = $1``; it
+    never writes there. In production grant the ticket role SELECT on that table only.
+    """
+
+    table: str = Field(
+        default="auth.users", pattern=r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$"
+    )
+    id_column: str = Field(default="id", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class QueueAdminSettings(BaseModel):
+    """The queue service, which the seed command configures for the demo event."""
+
+    base_url: str = "http://127.0.0.1:3007"
+    admin_user_id: str = "seed-admin"
+    attempts: int = Field(default=10, ge=1, le=100)
+    retry_s: float = Field(default=1.0, gt=0.0, le=60.0)
+
+
+class QueueCompletionSettings(BaseModel):
+    """Ending a user's Tier-2 session when their reservation ends. The queue service consumes
+    ``reservation-events`` itself (the primary path); this optional HTTP call to its
+    ``POST /internal/v1/queue/{eventId}/complete`` is a belt-and-braces fallback."""
+
+    http_fallback: bool = False
+    base_url: str = "http://127.0.0.1:3007"
+    timeout_s: float = Field(default=2.0, gt=0.0, le=30.0)
+
+
+class TicketSettings(ServiceSettings):
+    service_name: str = "ticket"
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3002))
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    sqs: SqsSettings = Field(default_factory=SqsSettings)
+    booking: BookingSettings = Field(default_factory=BookingSettings)
+    holds: HoldSettings = Field(default_factory=HoldSettings)
+    users: UserDirectorySettings = Field(default_factory=UserDirectorySettings)
+    queue_admin: QueueAdminSettings = Field(default_factory=QueueAdminSettings)
+    queue_completion: QueueCompletionSettings = Field(default_factory=QueueCompletionSettings)
+    consumers: ConsumerSettings = Field(default_factory=ConsumerSettings)
+
+
+class OutcomeSettings(TicketSettings):
+    """The reservation-outcome consumer process (health listener on its own port)."""
+
+    service_name: str = "ticket-outcomes"
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3024))

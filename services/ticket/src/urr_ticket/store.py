@@ -1,0 +1,169 @@
+"""Reads of the booking database for the API, and the one write it makes (a ``pending``
+reservation row, so its status is known before the worker has run)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class SeatRow:
+    seat_id: str
+    row_label: str
+    seat_number: int
+    price_cents: int
+    #: Status of the live reservation claiming it (awaiting_payment or confirmed), if any.
+    claim_status: str | None
+
+
+@dataclass(frozen=True)
+class ReservationRow:
+    reservation_id: uuid.UUID
+    event_id: str
+    user_id: str
+    seat_ids: list[str]
+    status: str
+    reason: str | None
+    amount_cents: int
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reservationId": str(self.reservation_id),
+            "eventId": self.event_id,
+            "userId": self.user_id,
+            "seatIds": self.seat_ids,
+            "status": self.status,
+            "reason": self.reason,
+            "amountCents": self.amount_cents,
+            "createdAt": self.created_at.isoformat(),
+            "updatedAt": self.updated_at.isoformat(),
+        }
+
+
+class UserDirectoryUnavailable(RuntimeError):
+    """The users table cannot be read (the auth schema is missing or unreachable)."""
+
+
+class BookingStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def events(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT e.event_id, e.name, e.venue, e.starts_at,"
+            " (SELECT count(*) FROM seats s WHERE s.event_id = e.event_id) AS total,"
+            " (SELECT count(*) FROM seat_claims c WHERE c.event_id = e.event_id) AS taken"
+            " FROM booking_events e ORDER BY e.starts_at NULLS LAST, e.event_id"
+        )
+        return [_event_json(row) for row in rows]
+
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            "SELECT e.event_id, e.name, e.venue, e.starts_at,"
+            " (SELECT count(*) FROM seats s WHERE s.event_id = e.event_id) AS total,"
+            " (SELECT count(*) FROM seat_claims c WHERE c.event_id = e.event_id) AS taken"
+            " FROM booking_events e WHERE e.event_id = $1",
+            event_id,
+        )
+        return None if row is None else _event_json(row)
+
+    async def seats(self, event_id: str, seat_ids: Sequence[str] | None = None) -> list[SeatRow]:
+        """Seats of the event (all, or those among ``seat_ids``) with their claim status."""
+        rows = await self.pool.fetch(
+            "SELECT s.seat_id, s.row_label, s.seat_number, s.price_cents, r.status AS claim"
+            " FROM seats s"
+            " LEFT JOIN seat_claims c ON c.event_id = s.event_id AND c.seat_id = s.seat_id"
+            " LEFT JOIN reservations r ON r.reservation_id = c.reservation_id"
+            " WHERE s.event_id = $1 AND ($2::text[] IS NULL OR s.seat_id = ANY($2::text[]))"
+            " ORDER BY s.row_label, s.seat_number, s.seat_id",
+            event_id,
+            list(seat_ids) if seat_ids is not None else None,
+        )
+        return [
+            SeatRow(r["seat_id"], r["row_label"], r["seat_number"], r["price_cents"], r["claim"])
+            for r in rows
+        ]
+
+    async def reservation(self, reservation_id: uuid.UUID) -> ReservationRow | None:
+        row = await self.pool.fetchrow(
+            "SELECT reservation_id, event_id, user_id, seat_ids, status, reason, amount_cents,"
+            " created_at, updated_at FROM reservations WHERE reservation_id = $1",
+            reservation_id,
+        )
+        if row is None:
+            return None
+        return ReservationRow(
+            row["reservation_id"],
+            row["event_id"],
+            row["user_id"],
+            list(row["seat_ids"]),
+            row["status"],
+            row["reason"],
+            row["amount_cents"],
+            row["created_at"],
+            row["updated_at"],
+        )
+
+    async def insert_pending(
+        self,
+        reservation_id: uuid.UUID,
+        event_id: str,
+        user_id: str,
+        seat_ids: Sequence[str],
+        requested_at: datetime,
+        pending_window_s: int,
+    ) -> None:
+        """Record the request as ``pending`` unless the worker already wrote it."""
+        await self.pool.execute(
+            "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status,"
+            " created_at, pay_by) VALUES ($1, $2, $3, $4, 'pending', $5::timestamptz,"
+            " $5::timestamptz + $6::interval)"
+            " ON CONFLICT (reservation_id) DO NOTHING",
+            reservation_id,
+            event_id,
+            user_id,
+            list(seat_ids),
+            requested_at,
+            timedelta(seconds=pending_window_s),
+        )
+
+    async def stats(self, event_id: str) -> dict[str, Any]:
+        counters = await self.pool.fetch(
+            "SELECT counter, value FROM event_stats WHERE event_id = $1 ORDER BY counter",
+            event_id,
+        )
+        statuses = await self.pool.fetch(
+            "SELECT status, count(*) AS n FROM reservations WHERE event_id = $1 GROUP BY status",
+            event_id,
+        )
+        return {
+            "counters": {row["counter"]: row["value"] for row in counters},
+            "reservations": {row["status"]: row["n"] for row in statuses},
+        }
+
+    async def user_exists(self, table: str, id_column: str, user_id: str) -> bool:
+        # Identifiers come from validated settings (a strict pattern), never from a request.
+        query = f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {id_column}::text = $1)"  # noqa: S608
+        try:
+            return bool(await self.pool.fetchval(query, user_id))
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
+            raise UserDirectoryUnavailable(str(exc)) from exc
+
+
+def _event_json(row: asyncpg.Record) -> dict[str, Any]:
+    total, taken = int(row["total"]), int(row["taken"])
+    return {
+        "eventId": row["event_id"],
+        "name": row["name"],
+        "venue": row["venue"],
+        "startsAt": row["starts_at"].isoformat() if row["starts_at"] else None,
+        "seats": {"total": total, "available": total - taken},
+    }

@@ -1,0 +1,308 @@
+"""The ticket API on real Redis, PostgreSQL and SQS (moto)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from urr_ticket.settings import TicketSettings
+from urr_ticket_worker.messages import parse_command
+from urr_ticket_worker.testing import Queues, sqs_client
+
+pytestmark = pytest.mark.integration
+
+
+def user(user_id: str) -> dict[str, str]:
+    return {"X-User-Id": user_id, "X-User-Role": "user"}
+
+
+async def problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/problem+json"
+    body: dict[str, Any] = await response.json()
+    assert body["code"] == code
+    return body
+
+
+async def test_catalog_is_public(client: Any) -> None:
+    listing = await (await client.get("/api/v1/events")).json()
+    assert [e["eventId"] for e in listing["events"]] == ["demo"]
+    event = await (await client.get("/api/v1/events/demo")).json()
+    assert event["seats"] == {"total": 100, "available": 100}
+    await problem(await client.get("/api/v1/events/nope"), 404, "event_not_found")
+    await problem(await client.get("/api/v1/events/..%2F"), 404, "event_not_found")
+
+
+async def test_seat_map_shows_free_held_and_sold(client: Any, db: asyncpg.Pool) -> None:
+    assert (await client.post("/api/v1/seats/demo/A1/hold", headers=user("u1"))).status == 200
+    rid = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status)"
+        " VALUES ($1, 'demo', 'u2', ARRAY['B1'], 'confirmed')",
+        rid,
+    )
+    await db.execute("INSERT INTO seat_claims VALUES ('demo', 'B1', $1)", rid)
+    seat_map = await (await client.get("/api/v1/seats/demo", headers=user("u1"))).json()
+    states = {s["seatId"]: (s["state"], s["heldByYou"]) for s in seat_map["seats"]}
+    assert len(states) == 100
+    assert states["A1"] == ("held", True)
+    assert states["B1"] == ("sold", False)
+    assert states["C3"] == ("free", False)
+    await problem(await client.get("/api/v1/seats/nope"), 404, "event_not_found")
+    await problem(
+        await client.post("/api/v1/seats/demo/B1/hold", headers=user("u3")), 409, "seat_sold"
+    )
+
+
+async def test_hold_needs_a_user_and_a_real_seat(client: Any) -> None:
+    await problem(await client.post("/api/v1/seats/demo/A1/hold"), 401, "login_required")
+    await problem(
+        await client.post("/api/v1/seats/demo/Z99/hold", headers=user("u1")), 404, "seat_not_found"
+    )
+    await problem(
+        await client.post("/api/v1/seats/nope/A1/hold", headers=user("u1")), 404, "event_not_found"
+    )
+    await problem(
+        await client.post("/api/v1/seats/demo/A1/hold", headers={"X-User-Id": "bad user"}),
+        400,
+        "bad_user_id",
+    )
+
+
+async def test_holding_again_renews_and_another_user_gets_409(client: Any) -> None:
+    first = await (await client.post("/api/v1/seats/demo/A1/hold", headers=user("u1"))).json()
+    again = await (await client.post("/api/v1/seats/demo/A1/hold", headers=user("u1"))).json()
+    assert again["holdId"] == first["holdId"]
+    body = await problem(
+        await client.post("/api/v1/seats/demo/A1/hold", headers=user("u2")), 409, "seat_held"
+    )
+    assert body["expiresAtMs"] >= first["expiresAtMs"] - 1000
+    await problem(
+        await client.delete("/api/v1/seats/demo/A1/hold", headers=user("u2")), 409, "seat_not_held"
+    )
+    assert (await client.delete("/api/v1/seats/demo/A1/hold", headers=user("u1"))).status == 204
+    assert (await client.post("/api/v1/seats/demo/A1/hold", headers=user("u2"))).status == 200
+
+
+async def test_one_hundred_concurrent_holds_on_one_seat_have_one_winner(client: Any) -> None:
+    responses = await asyncio.gather(
+        *(client.post("/api/v1/seats/demo/E5/hold", headers=user(f"user-{i}")) for i in range(100))
+    )
+    statuses = sorted(r.status for r in responses)
+    assert statuses.count(200) == 1
+    assert statuses.count(409) == 99
+    seat_map = await (await client.get("/api/v1/seats/demo")).json()
+    assert next(s for s in seat_map["seats"] if s["seatId"] == "E5")["state"] == "held"
+
+
+async def received(moto_endpoint: str, queues: Queues) -> list[dict[str, Any]]:
+    async with sqs_client(moto_endpoint) as sqs:
+        response = await sqs.receive_message(
+            QueueUrl=queues.url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+        )
+    return list(response.get("Messages", []))
+
+
+async def test_reserving_held_seats_queues_one_command_and_repeats_get_the_same_answer(
+    client: Any, moto_endpoint: str, queues: Queues, db: asyncpg.Pool
+) -> None:
+    for seat in ("A1", "A2"):
+        assert (
+            await client.post(f"/api/v1/seats/demo/{seat}/hold", headers=user("u1"))
+        ).status == 200
+    answers = []
+    for _ in range(3):
+        response = await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": ["A2", "A1"]}, headers=user("u1")
+        )
+        assert response.status == 202
+        answers.append(await response.json())
+    assert len({a["reservationId"] for a in answers}) == 1
+    assert answers[0]["status"] == "pending"
+    rid = answers[0]["reservationId"]
+    status = await (await client.get(f"/api/v1/reservations/demo/{rid}", headers=user("u1"))).json()
+    assert status["status"] == "pending"
+    assert status["seatIds"] == ["A2", "A1"]
+    messages = await received(moto_endpoint, queues)
+    assert len(messages) == 1  # FIFO deduplication by reservation id
+    command = parse_command(messages[0]["Body"])
+    assert str(command.reservation_id) == rid
+    assert messages[0]["Attributes"]["MessageGroupId"] == "demo"
+    assert messages[0]["Attributes"]["MessageDeduplicationId"] == rid
+    # Once the worker has moved it on, a repeat answers with the current status, sends nothing.
+    await db.execute("UPDATE reservations SET status = 'awaiting_payment'")
+    again = await client.post(
+        "/api/v1/reservations/demo", json={"seatIds": ["A1", "A2"]}, headers=user("u1")
+    )
+    assert (await again.json())["status"] == "awaiting_payment"
+    # Someone else cannot see it.
+    await problem(
+        await client.get(f"/api/v1/reservations/demo/{rid}", headers=user("u2")),
+        404,
+        "reservation_not_found",
+    )
+
+
+async def test_reserving_needs_your_own_holds_on_real_seats(client: Any) -> None:
+    assert (await client.post("/api/v1/seats/demo/A1/hold", headers=user("u1"))).status == 200
+    body = await problem(
+        await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": ["A1", "A2"]}, headers=user("u2")
+        ),
+        409,
+        "seat_not_held",
+    )
+    assert body["seatIds"] == ["A1", "A2"]
+    await problem(
+        await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": ["Q1"]}, headers=user("u1")
+        ),
+        404,
+        "seat_not_found",
+    )
+    await problem(
+        await client.post(
+            "/api/v1/reservations/nope", json={"seatIds": ["A1"]}, headers=user("u1")
+        ),
+        404,
+        "event_not_found",
+    )
+    await problem(
+        await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": ["A1", "A1"]}, headers=user("u1")
+        ),
+        422,
+        "duplicate_seat",
+    )
+    await problem(
+        await client.post("/api/v1/reservations/demo", json={"seatIds": []}, headers=user("u1")),
+        422,
+        "validation_failed",
+    )
+    await problem(
+        await client.post(
+            "/api/v1/reservations/demo",
+            data=b"{",
+            headers={**user("u1"), "Content-Type": "application/json"},
+        ),
+        400,
+        "malformed_json",
+    )
+    await problem(
+        await client.post("/api/v1/reservations/demo", json={"seatIds": ["A1"]}),
+        401,
+        "login_required",
+    )
+
+
+async def confirmed_reservation(db: asyncpg.Pool, owner: str) -> uuid.UUID:
+    rid = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status)"
+        " VALUES ($1, 'demo', $2, ARRAY['J10'], 'confirmed')",
+        rid,
+        owner,
+    )
+    return rid
+
+
+async def test_transfer_checks_the_recipient_in_the_users_table(
+    client: Any, db: asyncpg.Pool, moto_endpoint: str, queues: Queues
+) -> None:
+    rid = await confirmed_reservation(db, "u1")
+    url = f"/api/v1/reservations/demo/{rid}/transfer"
+    # No users table yet (the auth schema is elsewhere): a clear 503, nothing queued.
+    await problem(
+        await client.post(url, json={"toUserId": "u2"}, headers=user("u1")),
+        503,
+        "user_directory_unavailable",
+    )
+    # The shape of auth's table (auth.users, uuid ids), created here as auth's migration would.
+    await db.execute("CREATE SCHEMA auth")
+    await db.execute("CREATE TABLE auth.users (id uuid PRIMARY KEY, email text)")
+    friend = uuid.uuid4()
+    await db.execute("INSERT INTO auth.users VALUES ($1, 'friend@example.com')", friend)
+    await problem(
+        await client.post(url, json={"toUserId": str(uuid.uuid4())}, headers=user("u1")),
+        422,
+        "recipient_not_found",
+    )
+    await problem(
+        await client.post(url, json={"toUserId": "u1"}, headers=user("u1")), 422, "transfer_to_self"
+    )
+    await problem(
+        await client.post(url, json={"toUserId": str(friend)}, headers=user("u9")),
+        404,
+        "reservation_not_found",
+    )
+    await problem(
+        await client.post(url, json={"to": "x"}, headers=user("u1")), 422, "validation_failed"
+    )
+    assert await received(moto_endpoint, queues) == []
+    response = await client.post(url, json={"toUserId": str(friend)}, headers=user("u1"))
+    assert response.status == 202
+    [message] = await received(moto_endpoint, queues)
+    assert orjson.loads(message["Body"])["toUserId"] == str(friend)
+
+
+async def test_cancel_queues_a_command_only_for_live_reservations(
+    client: Any, db: asyncpg.Pool, moto_endpoint: str, queues: Queues
+) -> None:
+    rid = await confirmed_reservation(db, "u1")
+    assert (
+        await client.post(f"/api/v1/reservations/demo/{rid}/cancel", headers=user("u1"))
+    ).status == 202
+    [message] = await received(moto_endpoint, queues)
+    assert orjson.loads(message["Body"])["type"] == "cancel"
+    await db.execute("UPDATE reservations SET status = 'declined'")
+    await problem(
+        await client.post(f"/api/v1/reservations/demo/{rid}/cancel", headers=user("u1")),
+        409,
+        "not_cancellable",
+    )
+    await problem(
+        await client.post("/api/v1/reservations/demo/not-a-uuid/cancel", headers=user("u1")),
+        404,
+        "reservation_not_found",
+    )
+
+
+async def test_stats_are_public_and_count_by_event(client: Any, db: asyncpg.Pool) -> None:
+    await db.execute(
+        "INSERT INTO event_stats (event_id, counter, value) VALUES ('demo', 'queue.admitted', 3)"
+    )
+    await confirmed_reservation(db, "u1")
+    stats = await (await client.get("/api/v1/stats/demo")).json()
+    assert stats["counters"] == {"queue.admitted": 3}
+    assert stats["reservations"] == {"confirmed": 1}
+    assert stats["seats"]["total"] == 100
+    await problem(await client.get("/api/v1/stats/nope"), 404, "event_not_found")
+
+
+async def test_sqs_down_is_a_503_and_nothing_is_recorded(
+    aiohttp_client: Any, settings: TicketSettings, db: asyncpg.Pool
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from urr_ticket.app import create_app
+
+    broken = settings.model_copy(
+        update={"sqs": settings.sqs.model_copy(update={"queue_name": "missing.fifo"})}
+    )
+    client = await aiohttp_client(create_app(broken, registry=CollectorRegistry()))
+    assert (await client.post("/api/v1/seats/demo/A1/hold", headers=user("u1"))).status == 200
+    await problem(
+        await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": ["A1"]}, headers=user("u1")
+        ),
+        503,
+        "booking_queue_unavailable",
+    )
+    assert await db.fetchval("SELECT count(*) FROM reservations") == 0
+    ready = await client.get("/health/ready")
+    assert ready.status == 503

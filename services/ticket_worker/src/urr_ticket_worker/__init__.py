@@ -1,0 +1,1 @@
+"""Booking back end: SQS FIFO worker, outbox relay, payment stand-in, stats, schema."""

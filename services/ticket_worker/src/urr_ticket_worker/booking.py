@@ -1,0 +1,350 @@
+"""Booking state changes, each in one PostgreSQL transaction with its outbox rows.
+
+Every entry point first records the id of the message that caused it in
+``processed_messages``: a redelivered message finds its id there and changes nothing. The
+seat-claims primary key, not this code, is what makes selling a seat twice impossible.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Literal
+
+import asyncpg
+
+from urr_ticket_worker import outbox
+from urr_ticket_worker.messages import (
+    MEMBERSHIP_EVENTS,
+    PAYMENT_EVENTS,
+    RESERVATION_EVENTS,
+    TRANSFER_EVENTS,
+    CancelCommand,
+    MembershipRecorded,
+    OutcomeStatus,
+    PaymentRequested,
+    ReservationOutcome,
+    ReserveCommand,
+    TicketTransferred,
+    TransferCommand,
+    outcome_message_id,
+)
+
+if TYPE_CHECKING:
+    from urr_ticket_worker.schema import Connection
+    from urr_ticket_worker.settings import BookingSettings
+
+#: ``processed_messages.consumer`` of the SQS worker.
+SQS_CONSUMER = "sqs:ticket-events"
+
+#: What applying a message did: changed state, found it already applied, or refused it
+#: (valid message, but the state does not allow it; refusing is final, not retried).
+Result = Literal["applied", "duplicate", "rejected"]
+TERMINAL = frozenset({"confirmed", "declined", "expired", "cancelled"})
+
+
+async def claim_message(conn: Connection, consumer: str, message_id: str) -> bool:
+    """Record ``message_id`` as processed by ``consumer``; False when it already was."""
+    inserted = await conn.fetchval(
+        "INSERT INTO processed_messages (consumer, message_id) VALUES ($1, $2)"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        consumer,
+        message_id,
+    )
+    return inserted is not None
+
+
+async def apply_command(
+    pool: asyncpg.Pool,
+    message_id: str,
+    command: ReserveCommand | CancelCommand | TransferCommand,
+    settings: BookingSettings,
+) -> Result:
+    """Apply one SQS booking command in one transaction, at most once per message id."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await claim_message(conn, SQS_CONSUMER, message_id):
+            return "duplicate"
+        if isinstance(command, ReserveCommand):
+            return await _reserve(conn, command, settings)
+        if isinstance(command, CancelCommand):
+            return await _cancel(conn, command)
+        return await _transfer(conn, command)
+
+
+async def _reserve(conn: Connection, command: ReserveCommand, settings: BookingSettings) -> Result:
+    current = await conn.fetchval(
+        "SELECT status FROM reservations WHERE reservation_id = $1 FOR UPDATE",
+        command.reservation_id,
+    )
+    if current is not None and current != "pending":
+        return "duplicate"  # the same reservation arrived again under another message id
+    prices = await conn.fetch(
+        "SELECT seat_id, price_cents FROM seats WHERE event_id = $1 AND seat_id = ANY($2::text[])",
+        command.event_id,
+        command.seat_ids,
+    )
+    if not prices and not await conn.fetchval(
+        "SELECT 1 FROM booking_events WHERE event_id = $1", command.event_id
+    ):
+        return "rejected"  # no reservation row can name an unknown event
+    amount = sum(int(row["price_cents"]) for row in prices)
+    await conn.execute(
+        "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status,"
+        " amount_cents, created_at, pay_by)"
+        " VALUES ($1, $2, $3, $4, 'awaiting_payment', $5, $6, now() + $7::interval)"
+        " ON CONFLICT (reservation_id) DO UPDATE SET status = 'awaiting_payment',"
+        " amount_cents = EXCLUDED.amount_cents, pay_by = EXCLUDED.pay_by, updated_at = now()",
+        command.reservation_id,
+        command.event_id,
+        command.user_id,
+        command.seat_ids,
+        amount,
+        command.requested_at,
+        timedelta(seconds=settings.payment_window_s),
+    )
+    reason = "unknown_seat" if len(prices) != len(command.seat_ids) else None
+    if reason is None:
+        # The seat_claims primary key decides: a seat another reservation holds is skipped
+        # (after waiting for that transaction), and then this reservation takes none.
+        claimed = await conn.fetch(
+            "INSERT INTO seat_claims (event_id, seat_id, reservation_id)"
+            " SELECT $1, seat, $3 FROM unnest($2::text[]) AS seat"
+            " ON CONFLICT DO NOTHING RETURNING seat_id",
+            command.event_id,
+            command.seat_ids,
+            command.reservation_id,
+        )
+        if len(claimed) != len(command.seat_ids):
+            reason = "seat_unavailable"
+    if reason is not None:
+        await _finish(conn, command.reservation_id, "declined", reason)
+        await _publish_outcome(conn, command, "declined", reason)
+        return "applied"
+    await outbox.add(
+        conn,
+        PAYMENT_EVENTS,
+        command.event_id,
+        PaymentRequested(
+            message_id=uuid.uuid5(command.reservation_id, "payment-requested"),
+            reservation_id=command.reservation_id,
+            event_id=command.event_id,
+            user_id=command.user_id,
+            seat_ids=command.seat_ids,
+            amount_cents=amount,
+        ),
+    )
+    return "applied"
+
+
+async def _cancel(conn: Connection, command: CancelCommand) -> Result:
+    row = await _locked_reservation(conn, command.reservation_id)
+    if (
+        row is None
+        or row["user_id"] != command.user_id
+        or row["status"] in TERMINAL - {"confirmed"}
+    ):
+        return "rejected"
+    await _finish(conn, command.reservation_id, "cancelled", "cancelled_by_user")
+    await _publish_outcome(conn, command, "cancelled", "cancelled_by_user")
+    if row["status"] == "confirmed":
+        await outbox.add(
+            conn,
+            MEMBERSHIP_EVENTS,
+            command.event_id,
+            MembershipRecorded(
+                message_id=uuid.uuid5(command.reservation_id, "membership:cancelled"),
+                type="purchase_cancelled",
+                reservation_id=command.reservation_id,
+                event_id=command.event_id,
+                user_id=command.user_id,
+                seats=len(row["seat_ids"]),
+            ),
+        )
+    return "applied"
+
+
+async def _transfer(conn: Connection, command: TransferCommand) -> Result:
+    row = await _locked_reservation(conn, command.reservation_id)
+    if (
+        row is None
+        or row["user_id"] != command.user_id
+        or row["status"] != "confirmed"
+        or command.to_user_id == command.user_id
+    ):
+        return "rejected"
+    await conn.execute(
+        "UPDATE reservations SET user_id = $2, updated_at = now() WHERE reservation_id = $1",
+        command.reservation_id,
+        command.to_user_id,
+    )
+    await outbox.add(
+        conn,
+        TRANSFER_EVENTS,
+        command.event_id,
+        TicketTransferred(
+            message_id=uuid.uuid4(),
+            reservation_id=command.reservation_id,
+            event_id=command.event_id,
+            from_user_id=command.user_id,
+            to_user_id=command.to_user_id,
+            seat_ids=list(row["seat_ids"]),
+        ),
+    )
+    return "applied"
+
+
+async def _locked_reservation(conn: Connection, reservation_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT event_id, user_id, status, seat_ids FROM reservations"
+        " WHERE reservation_id = $1 FOR UPDATE",
+        reservation_id,
+    )
+    return row
+
+
+async def _finish(
+    conn: Connection, reservation_id: uuid.UUID, status: str, reason: str | None
+) -> None:
+    """Move to a final status that gives the seats back."""
+    await conn.execute("DELETE FROM seat_claims WHERE reservation_id = $1", reservation_id)
+    await conn.execute(
+        "UPDATE reservations SET status = $2, reason = $3, pay_by = NULL, updated_at = now()"
+        " WHERE reservation_id = $1",
+        reservation_id,
+        status,
+        reason,
+    )
+
+
+async def _publish_outcome(
+    conn: Connection,
+    command: ReserveCommand | CancelCommand,
+    status: OutcomeStatus,
+    reason: str | None,
+) -> None:
+    await outbox.add(
+        conn,
+        RESERVATION_EVENTS,
+        command.event_id,
+        ReservationOutcome(
+            message_id=outcome_message_id(command.reservation_id, status),
+            event_id=command.event_id,
+            user_id=command.user_id,
+            reservation_id=command.reservation_id,
+            status=status,
+            reason=reason,
+        ),
+    )
+
+
+# --- reservation-events (payment -> ticket) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutcomeApplied:
+    """What the outcome consumer did, and what it must still do outside the database."""
+
+    result: Result
+    #: Seats whose Redis holds (owned by ``user_id``) can be released now.
+    release_seats: tuple[str, ...] = ()
+    user_id: str | None = None
+
+
+async def apply_outcome(
+    pool: asyncpg.Pool, consumer: str, outcome: ReservationOutcome
+) -> OutcomeApplied:
+    """Confirm or decline a reservation awaiting payment; records we wrote ourselves
+    (cancelled, expired) find the reservation already final and only free the holds."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await claim_message(conn, consumer, str(outcome.message_id)):
+            return OutcomeApplied("duplicate")
+        row = await _locked_reservation(conn, outcome.reservation_id)
+        if row is None or row["event_id"] != outcome.event_id:
+            return OutcomeApplied("rejected")
+        status = row["status"]
+        if status == "awaiting_payment" and outcome.status in ("confirmed", "declined"):
+            if outcome.status == "confirmed":
+                await _confirm(conn, outcome, len(row["seat_ids"]), row["user_id"])
+            else:
+                await _finish(conn, outcome.reservation_id, "declined", outcome.reason)
+            status = outcome.status
+        elif status != outcome.status:
+            # Stale or contradicting (a payment answer after expiry): the first final
+            # status wins; nothing changes.
+            return OutcomeApplied("rejected")
+        return OutcomeApplied(
+            "applied", release_seats=tuple(row["seat_ids"]), user_id=row["user_id"]
+        )
+
+
+async def _confirm(conn: Connection, outcome: ReservationOutcome, seats: int, user_id: str) -> None:
+    await conn.execute(
+        "UPDATE reservations SET status = 'confirmed', reason = NULL, pay_by = NULL,"
+        " updated_at = now() WHERE reservation_id = $1",
+        outcome.reservation_id,
+    )
+    await outbox.add(
+        conn,
+        MEMBERSHIP_EVENTS,
+        outcome.event_id,
+        MembershipRecorded(
+            message_id=uuid.uuid5(outcome.reservation_id, "membership:confirmed"),
+            type="purchase_confirmed",
+            reservation_id=outcome.reservation_id,
+            event_id=outcome.event_id,
+            user_id=user_id,
+            seats=seats,
+        ),
+    )
+
+
+# --- expiry ---------------------------------------------------------------------------------
+
+
+async def expire_overdue(pool: asyncpg.Pool, *, limit: int = 100) -> int:
+    """Expire reservations past their deadline (payment never answered, or the request never
+    reached the worker), free their seats, and announce it on ``reservation-events``."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT reservation_id, event_id, user_id, status FROM reservations"
+            " WHERE status IN ('pending', 'awaiting_payment') AND pay_by < now()"
+            " ORDER BY pay_by LIMIT $1 FOR UPDATE SKIP LOCKED",
+            limit,
+        )
+        for row in rows:
+            reason = "payment_timeout" if row["status"] == "awaiting_payment" else "not_processed"
+            await _finish(conn, row["reservation_id"], "expired", reason)
+            await outbox.add(
+                conn,
+                RESERVATION_EVENTS,
+                row["event_id"],
+                ReservationOutcome(
+                    message_id=outcome_message_id(row["reservation_id"], "expired"),
+                    event_id=row["event_id"],
+                    user_id=row["user_id"],
+                    reservation_id=row["reservation_id"],
+                    status="expired",
+                    reason=reason,
+                ),
+            )
+    return len(rows)
+
+
+# --- stats ----------------------------------------------------------------------------------
+
+
+async def count_once(
+    pool: asyncpg.Pool, consumer: str, message_id: str, event_id: str, counters: list[str]
+) -> Result:
+    """Add one to each of ``counters`` for ``event_id``, once per message id."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await claim_message(conn, consumer, message_id):
+            return "duplicate"
+        await conn.executemany(
+            "INSERT INTO event_stats (event_id, counter, value) VALUES ($1, $2, 1)"
+            " ON CONFLICT (event_id, counter) DO UPDATE"
+            " SET value = event_stats.value + 1, updated_at = now()",
+            [(event_id, counter) for counter in counters],
+        )
+    return "applied"

@@ -1,0 +1,131 @@
+"""A Kafka consumer loop with manual commits, at-least-once, for the booking consumers.
+
+Records are handled one by one in partition order; offsets are committed after each batch.
+A record that cannot be handled because a dependency failed (PostgreSQL down) is not skipped:
+the consumer seeks back to it and retries after a pause. Duplicates and malformed records are
+the handler's business (it records message ids and returns ``duplicate`` or ``malformed``);
+every outcome is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from urr_common.logs import get_logger
+from urr_common.settings import KafkaSettings
+from urr_ticket_worker.process import Heartbeat, sleep_unless_stopped
+
+_LOG = get_logger(__name__)
+
+#: Handles one ``aiokafka.ConsumerRecord``; returns what happened (a metric label).
+RecordHandler = Callable[[Any], Awaitable[str]]
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter(
+            "urr_booking_consumer_records",
+            "Kafka records seen by the booking consumers, by outcome "
+            "(applied, duplicate, rejected, malformed).",
+            ["consumer", "topic", "outcome"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "urr_booking_consumer_retries",
+            "Times a consumer went back to an unhandled record after a dependency failed.",
+            ["consumer"],
+            registry=registry,
+        )
+
+
+async def consume(
+    *,
+    name: str,
+    kafka: KafkaSettings,
+    group_id: str,
+    topics: Sequence[str],
+    handle: RecordHandler,
+    metrics: ConsumerMetrics,
+    stop: asyncio.Event,
+    beat: Heartbeat,
+    max_records: int = 100,
+    retry_s: float = 1.0,
+    fetch_max_wait_ms: int = 100,
+) -> None:
+    """Consume ``topics`` in group ``group_id`` until ``stop``; reconnects when Kafka fails."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import KafkaError
+
+    while not stop.is_set():
+        consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=kafka.bootstrap_servers,
+            client_id=f"{kafka.client_id}-{name}",
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            # Not the producer's short timeout: a JoinGroup waits for the broker's initial
+            # rebalance delay (seconds), and timing it out would retry forever.
+        )
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            beat.failed(exc)
+            _LOG.warning("kafka_consumer_start_failed", consumer=name, error=repr(exc))
+            await consumer.stop()
+            await sleep_unless_stopped(stop, retry_s)
+            continue
+        except BaseException:  # cancelled while joining: close before leaving
+            await asyncio.shield(consumer.stop())
+            raise
+        try:
+            await _run(consumer, name, handle, metrics, stop, beat, max_records, retry_s)
+        except KafkaError as exc:
+            beat.failed(exc)
+            _LOG.warning("kafka_consumer_failed", consumer=name, error=repr(exc))
+            await sleep_unless_stopped(stop, retry_s)
+        finally:
+            await consumer.stop()
+
+
+async def _run(
+    consumer: Any,
+    name: str,
+    handle: RecordHandler,
+    metrics: ConsumerMetrics,
+    stop: asyncio.Event,
+    beat: Heartbeat,
+    max_records: int,
+    retry_s: float,
+) -> None:
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
+        done: dict[Any, int] = {}
+        failed: BaseException | None = None
+        for partition, records in batches.items():
+            for record in records:
+                try:
+                    outcome = await handle(record)
+                except Exception as exc:  # a dependency failed: retry from this record
+                    failed = exc
+                    break
+                metrics.records.labels(name, record.topic, outcome).inc()
+                done[partition] = record.offset + 1
+            if failed is not None:
+                break
+        if done:
+            await consumer.commit(done)
+        if failed is None:
+            beat.ok()
+            continue
+        beat.failed(failed)
+        metrics.retries.labels(name).inc()
+        _LOG.warning("record_retry", consumer=name, error=repr(failed))
+        for partition, records in batches.items():
+            consumer.seek(partition, done.get(partition, records[0].offset))
+        await sleep_unless_stopped(stop, retry_s)

@@ -1,0 +1,1 @@
+"""Local stand-ins for what AWS runs in production (the SQS event-source mapping)."""

@@ -1,0 +1,56 @@
+"""Fixtures of the ticket worker tests: a migrated booking database with a seeded event,
+private SQS FIFO queues on the session's moto server, and the booking Kafka topics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from urr_ticket_worker import handler
+from urr_ticket_worker.schema import migrate
+from urr_ticket_worker.testing import Queues, create_queues, create_topics, seed_event
+
+
+@pytest_asyncio.fixture
+async def queues(moto_endpoint: str) -> Queues:
+    return await create_queues(moto_endpoint)
+
+
+@pytest.fixture(scope="session")
+def booking_topics(kafka_bootstrap: str) -> str:
+    """The session broker with the booking topics created."""
+    create_topics(kafka_bootstrap)
+    return kafka_bootstrap
+
+
+@pytest_asyncio.fixture
+async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test database with the booking schema and an event ``ev1`` seeded."""
+    created = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
+    try:
+        await migrate(created)
+        await seed_event(created, "ev1")
+        yield created
+    finally:
+        await created.close()
+
+
+@pytest.fixture
+def lambda_thread() -> Iterator[Callable[..., Any]]:
+    """Runs calls in one dedicated thread, like a Lambda container; closes the handler's
+    pool and loop at the end. Tests ``await asyncio.to_thread``-style via this runner."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lambda")
+
+    def call(fn: Callable[..., Any], *args: Any) -> Any:
+        return executor.submit(fn, *args).result(timeout=30)
+
+    try:
+        yield call
+    finally:
+        executor.submit(handler.close).result(timeout=30)
+        executor.shutdown(wait=True)
