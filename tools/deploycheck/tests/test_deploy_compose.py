@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from urr_deploycheck.compose import check, container_env, health_port
+from urr_deploycheck.derive import workload_settings
 from urr_deploycheck.services import (
+    DYNAMODB_POSITION_INDEX,
     DYNAMODB_TABLES,
     INFRA,
     KAFKA_TOPICS,
@@ -30,8 +32,8 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
-def test_compose_matches_the_settings_of_every_service(compose, stand_ins):
-    result = check(compose, stand_ins)
+def test_compose_matches_the_settings_of_every_service(compose):
+    result = check(compose)
     assert result.problems == []
     calls = {(c.service, c.endpoint.field, c.callee) for c in result.calls}
     # A few calls that must be there, so an empty derivation cannot pass.
@@ -88,87 +90,93 @@ def test_provisioning_scripts_create_what_the_services_name(compose):
     aws = (scripts / "aws-resources.sh").read_text(encoding="utf-8")
     for topic in KAFKA_TOPICS:
         assert topic in kafka
-    for name in (*SQS_QUEUES, *DYNAMODB_TABLES, "eventId-position-index"):
+    for name in (*SQS_QUEUES, *DYNAMODB_TABLES, DYNAMODB_POSITION_INDEX):
         assert name in aws
+
+
+def test_tier1_processes_use_the_tables_provisioning_creates(compose):
+    users = 0
+    for entry in WORKLOADS:
+        if entry.name not in compose["services"]:
+            continue
+        env = container_env(entry, compose["services"][entry.name])
+        for settings in workload_settings(entry, env):
+            tables = getattr(settings, "tables", None)
+            if tables is None:
+                continue
+            users += 1
+            names = (tables.counters, tables.positions, tables.position_index)
+            assert names == (*DYNAMODB_TABLES, DYNAMODB_POSITION_INDEX), entry.name
+    assert users >= 2  # the API emulator and the scheduler's advancer
 
 
 # --- the checker catches what it should -----------------------------------------------------
 
 
-def _problems(compose: dict[str, Any], stand_ins, change) -> list[str]:
+def _problems(compose: dict[str, Any], change) -> list[str]:
     broken = copy.deepcopy(compose)
     change(broken["services"])
-    return check(broken, stand_ins).problems
+    return check(broken).problems
 
 
-def test_a_missing_dependency_is_reported(compose, stand_ins):
+def test_a_missing_dependency_is_reported(compose):
     def drop(services):
         del services["gateway"]["depends_on"]["ticket"]
 
-    assert _problems(compose, stand_ins, drop) == [
-        "gateway: calls ticket without depends_on service_healthy"
-    ]
+    assert _problems(compose, drop) == ["gateway: calls ticket without depends_on service_healthy"]
 
 
-def test_a_wrong_upstream_port_is_reported(compose, stand_ins):
+def test_a_wrong_upstream_port_is_reported(compose):
     def wrong(services):
         services["gateway"]["environment"]["URR_UPSTREAMS__AUTH"] = "http://auth:3006"
 
-    assert _problems(compose, stand_ins, wrong) == [
-        "gateway: upstreams.auth calls auth:3006, not its port"
-    ]
+    assert _problems(compose, wrong) == ["gateway: upstreams.auth calls auth:3006, not its port"]
 
 
-def test_a_healthcheck_on_the_wrong_port_is_reported(compose, stand_ins):
+def test_a_healthcheck_on_the_wrong_port_is_reported(compose):
     def wrong(services):
         services["queue"]["healthcheck"]["test"][-1] = services["queue"]["healthcheck"]["test"][
             -1
         ].replace("3007", "3001")
 
     assert health_port(compose["services"]["queue"]) == 3007
-    assert _problems(compose, stand_ins, wrong) == [
-        "queue: healthcheck does not ask /health/ready on 3007"
-    ]
+    assert _problems(compose, wrong) == ["queue: healthcheck does not ask /health/ready on 3007"]
 
 
-def test_a_partial_http_override_is_reported(compose, stand_ins):
+def test_a_partial_http_override_is_reported(compose):
     def partial(services):
         del services["auth"]["environment"]["URR_HTTP__PORT"]
 
     # The image sets the port, so dropping the compose value alone is harmless ...
-    assert _problems(compose, stand_ins, partial) == []
+    assert _problems(compose, partial) == []
 
     def reset(services):
         services["auth"]["environment"]["URR_HTTP__PORT"] = "8080"
 
-    assert "auth: settings listen on port 8080, table says 3005" in _problems(
-        compose, stand_ins, reset
-    )
+    assert "auth: settings listen on port 8080, table says 3005" in _problems(compose, reset)
 
 
-def test_using_kafka_before_the_topics_exist_is_reported(compose, stand_ins):
+def test_using_kafka_before_the_topics_exist_is_reported(compose):
     def early(services):
         del services["queue"]["depends_on"]["provision-kafka"]
 
-    assert _problems(compose, stand_ins, early) == [
-        "queue: uses kafka before provision-kafka completed"
-    ]
+    assert _problems(compose, early) == ["queue: uses kafka before provision-kafka completed"]
 
 
-def test_a_local_default_is_not_a_compose_service(compose, stand_ins):
+def test_a_local_default_is_not_a_compose_service(compose):
     def forgotten(services):
         del services["vwr-edge"]["environment"]["URR_API_URL"]
 
-    assert _problems(compose, stand_ins, forgotten) == [
+    assert _problems(compose, forgotten) == [
         "vwr-edge: api_url names '127.0.0.1', not a compose service"
     ]
 
 
-def test_a_dependency_cycle_is_reported(compose, stand_ins):
+def test_a_dependency_cycle_is_reported(compose):
     def cycle(services):
         services["queue"]["depends_on"]["gateway"] = {"condition": "service_healthy"}
 
-    assert _problems(compose, stand_ins, cycle) == ["dependency cycle: gateway -> queue -> gateway"]
+    assert _problems(compose, cycle) == ["dependency cycle: gateway -> queue -> gateway"]
 
 
 def test_workload_lookup():

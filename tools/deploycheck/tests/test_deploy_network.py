@@ -54,9 +54,9 @@ def _diff(needed: set[Grant], granted: set[Grant]) -> str:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_policies_allow_exactly_what_the_settings_call(overlay, stand_ins):
+def test_policies_allow_exactly_what_the_settings_call(overlay):
     docs = list(rendered(overlay))
-    derivation = derive(docs, NETWORKS.get(overlay, Network()), stand_ins=stand_ins)
+    derivation = derive(docs, NETWORKS.get(overlay, Network()))
     assert derivation.problems == []
     granted = policy_grants(docs, pod_templates(docs))
     assert derivation.grants == granted, _diff(derivation.grants, granted)
@@ -91,9 +91,9 @@ def test_default_deny_isolates_every_pod_both_ways(overlay):
     assert "egress" not in spec
 
 
-def test_gateway_reaches_its_upstreams_and_redis_in_kind(stand_ins):
+def test_gateway_reaches_its_upstreams_and_redis_in_kind():
     docs = list(rendered("kind"))
-    derivation = derive(docs, Network(), stand_ins=stand_ins)
+    derivation = derive(docs, Network())
     gateway_calls = {
         (c.endpoint.field, c.targets) for c in derivation.calls if c.workload == "gateway"
     }
@@ -122,6 +122,7 @@ class FakeSettings(ServiceSettings):
 
 
 FAKE_PATH = "urr_not_installed.settings:FakeSettings"
+FAKE_TICKET_PATH = "urr_not_installed.settings:TicketFake"
 
 
 def _deployment(name: str, port: int, env: dict[str, str]) -> Manifest:
@@ -250,7 +251,8 @@ def _fake_docs() -> list[Manifest]:
 
 @pytest.fixture
 def fake_table(monkeypatch):
-    """Swap the table for two processes whose settings are ``FakeSettings`` / a stand-in."""
+    """Swap the table for two processes whose settings are ``FakeSettings`` and ``TicketFake``
+    (made-up module paths: a real, installed module would win over them)."""
     import urr_deploycheck.derive as derive_module
 
     gateway, ticket = workload("gateway"), workload("ticket")
@@ -262,7 +264,7 @@ def fake_table(monkeypatch):
             ticket.name,
             ticket.image,
             ticket.module,
-            ("urr_ticket.settings:TicketSettings",),
+            (FAKE_TICKET_PATH,),
             3002,
             ticket.targets,
         ),
@@ -275,15 +277,15 @@ class TicketFake(ServiceSettings):
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3002))
 
 
-FAKE_STAND_INS: dict[str, type[BaseSettings]] = {
+FAKE_CLASSES: dict[str, type[BaseSettings]] = {
     FAKE_PATH: FakeSettings,
-    "urr_ticket.settings:TicketSettings": TicketFake,
+    FAKE_TICKET_PATH: TicketFake,
 }
 
 
 def test_derivation_matches_policies_that_open_exactly_the_calls(fake_table):
     docs = _fake_docs()
-    derivation = derive(docs, FAKE_NETWORK, namespace="urr", stand_ins=FAKE_STAND_INS)
+    derivation = derive(docs, FAKE_NETWORK, namespace="urr", extra_classes=FAKE_CLASSES)
     assert derivation.problems == []
     granted = policy_grants(docs, pod_templates(docs))
     assert derivation.grants == granted, _diff(derivation.grants, granted)
@@ -301,7 +303,7 @@ def test_a_call_the_policies_do_not_open_is_reported(fake_table):
     docs = _fake_docs()
     gateway_out = next(d for d in docs if d["metadata"]["name"] == "gateway-out")
     del gateway_out["spec"]["egress"][2]  # PostgreSQL
-    derivation = derive(docs, FAKE_NETWORK, namespace="urr", stand_ins=FAKE_STAND_INS)
+    derivation = derive(docs, FAKE_NETWORK, namespace="urr", extra_classes=FAKE_CLASSES)
     missing = derivation.grants - policy_grants(docs, pod_templates(docs))
     assert {str(g) for g in missing} == {"gateway -> ip:10.9.20.0/23 5432/TCP"}
 
@@ -312,7 +314,7 @@ def test_an_opening_nobody_needs_is_reported(fake_table):
     ticket_in["spec"]["ingress"].append({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})
     extra = (
         policy_grants(docs, pod_templates(docs))
-        - derive(docs, FAKE_NETWORK, namespace="urr", stand_ins=FAKE_STAND_INS).grants
+        - derive(docs, FAKE_NETWORK, namespace="urr", extra_classes=FAKE_CLASSES).grants
     )
     assert {str(g) for g in extra} == {"ticket <- ip:0.0.0.0/0 3002/TCP"}
 
@@ -321,7 +323,7 @@ def test_a_local_default_left_in_place_is_a_problem(fake_table):
     docs = _fake_docs()
     env = docs[0]["spec"]["template"]["spec"]["containers"][0]["env"]
     env[:] = [e for e in env if e["name"] != "URR_UPSTREAM__URL"]
-    derivation = derive(docs, FAKE_NETWORK, namespace="urr", stand_ins=FAKE_STAND_INS)
+    derivation = derive(docs, FAKE_NETWORK, namespace="urr", extra_classes=FAKE_CLASSES)
     assert any("upstream.url points at 127.0.0.1:9000" in p for p in derivation.problems)
 
 
@@ -333,7 +335,7 @@ def test_unknown_hosts_and_wrong_service_ports_are_problems(fake_table):
             item["value"] = "http://ticket:9999"
         if item["name"] == "URR_REDIS__URL":
             item["value"] = "redis://elsewhere:6379"
-    problems = derive(docs, FAKE_NETWORK, namespace="urr", stand_ins=FAKE_STAND_INS).problems
+    problems = derive(docs, FAKE_NETWORK, namespace="urr", extra_classes=FAKE_CLASSES).problems
     assert any("Service ticket has no port 9999" in p for p in problems)
     assert any("host 'elsewhere' is neither a Service" in p for p in problems)
 
@@ -343,7 +345,7 @@ def test_another_namespace_is_not_our_service(fake_table):
     for item in docs[0]["spec"]["template"]["spec"]["containers"][0]["env"]:
         if item["name"] == "URR_UPSTREAM__URL":
             item["value"] = "http://ticket.other.svc:3002"
-    problems = derive(docs, FAKE_NETWORK, namespace="urr", stand_ins=FAKE_STAND_INS).problems
+    problems = derive(docs, FAKE_NETWORK, namespace="urr", extra_classes=FAKE_CLASSES).problems
     assert any("'ticket.other.svc'" in p for p in problems)
 
 
@@ -402,18 +404,42 @@ def test_settings_environment_is_exactly_the_given_variables(monkeypatch):
     assert os.environ["URR_REDIS__URL"] == "redis://from-the-shell:6379"
 
 
-def test_settings_classes_come_from_the_table_or_a_stand_in(stand_ins):
+def test_settings_classes_are_imported_and_only_missing_modules_use_extra_classes():
     assert import_settings_class("urr_common.settings:ServiceSettings") is ServiceSettings
     with pytest.raises(SettingsImportError, match="not installed"):
         import_settings_class(FAKE_PATH)
     with pytest.raises(SettingsImportError, match="no settings class"):
         import_settings_class("urr_common.settings:NoSuchThing")
     assert import_settings_class(FAKE_PATH, {FAKE_PATH: FakeSettings}) is FakeSettings
-    for entry in WORKLOADS:
-        built = workload_settings(entry, {"URR_HTTP__PORT": str(entry.port)}, stand_ins)
-        assert len(built) == len(entry.settings)
 
 
-def test_real_settings_class_wins_over_a_stand_in():
+@pytest.mark.parametrize("entry", WORKLOADS, ids=lambda entry: entry.name)
+def test_every_settings_class_of_the_table_is_the_real_one(entry):
+    # No stand-ins: every service is merged, so each class must import from its own package
+    # and build with the table's port (and nothing else set).
+    for path in entry.settings:
+        cls = import_settings_class(path)
+        module, _, name = path.partition(":")
+        assert (cls.__module__, cls.__name__) == (module, name)
+    built = workload_settings(entry, {"URR_HTTP__PORT": str(entry.port)})
+    assert len(built) == len(entry.settings)
+    assert listener_problems(entry, built) == [
+        f"{entry.name}: listens on 127.0.0.1 only (set URR_HTTP__HOST=0.0.0.0)"
+    ]
+    # The table's port is the code's default, except where every deployment moves it.
+    default_port = workload_settings(entry, {})[0].http.port  # type: ignore[attr-defined]
+    if entry.name in PORTS_MOVED_BY_DEPLOYMENTS:
+        # Until the service's own default moves too.
+        assert default_port in (PORTS_MOVED_BY_DEPLOYMENTS[entry.name], entry.port)
+    else:
+        assert default_port == entry.port
+
+
+#: Code defaults every deployment overrides: the VWR scheduler's 3011 is the gateway's internal
+#: listener; compose and the devstack run both on one host, so the scheduler gets 3012.
+PORTS_MOVED_BY_DEPLOYMENTS = {"vwr-scheduler": 3011}
+
+
+def test_real_settings_class_wins_over_an_extra_class():
     path = "urr_common.settings:ServiceSettings"
     assert import_settings_class(path, {path: FakeSettings}) is ServiceSettings

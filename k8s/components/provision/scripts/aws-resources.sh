@@ -7,8 +7,8 @@ set -eu
 QUEUE="${QUEUE:-ticket-events.fifo}"
 DLQ="${DLQ:-ticket-events-dlq.fifo}"
 MAX_RECEIVES="${MAX_RECEIVES:-3}"
-COUNTERS="${COUNTERS:-urr-vwr-counters}"
-POSITIONS="${POSITIONS:-urr-vwr-positions}"
+COUNTERS="${COUNTERS:-counters}"
+POSITIONS="${POSITIONS:-positions}"
 
 tries=0
 until aws sqs list-queues >/dev/null 2>&1; do

@@ -78,7 +78,7 @@ class ComposeCheck:
 
 
 def check(
-    compose: Compose, stand_ins: Mapping[str, type[BaseSettings]] | None = None
+    compose: Compose, extra_classes: Mapping[str, type[BaseSettings]] | None = None
 ) -> ComposeCheck:
     services: Mapping[str, Any] = compose["services"]
     listening: dict[str, set[int]] = {i.name: {i.port} for i in INFRA if i.port}
@@ -92,7 +92,7 @@ def check(
             continue
         service = services[entry.name]
         try:
-            built = workload_settings(entry, container_env(entry, service), stand_ins)
+            built = workload_settings(entry, container_env(entry, service), extra_classes)
         except (SettingsImportError, SettingsError) as exc:
             result.problems.append(f"{entry.name}: {exc}")
             continue

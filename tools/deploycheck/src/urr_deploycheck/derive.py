@@ -58,7 +58,7 @@ from urr_deploycheck.services import (
 #: The label every pod carries with its workload's table name.
 NAME_LABEL = "app.kubernetes.io/name"
 
-StandIns = Mapping[str, type[BaseSettings]]
+ExtraClasses = Mapping[str, type[BaseSettings]]
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,12 @@ class Derivation:
 
 
 def workload_settings(
-    entry: Workload, env: Mapping[str, str], stand_ins: StandIns | None = None
+    entry: Workload, env: Mapping[str, str], extra_classes: ExtraClasses | None = None
 ) -> list[BaseSettings]:
     """Every settings object ``entry``'s process builds from ``env``."""
     return [
-        settings_from_env(import_settings_class(path, stand_ins), env) for path in entry.settings
+        settings_from_env(import_settings_class(path, extra_classes), env)
+        for path in entry.settings
     ]
 
 
@@ -152,7 +153,7 @@ def derive(
     network: Network,
     *,
     namespace: str | None = None,
-    stand_ins: StandIns | None = None,
+    extra_classes: ExtraClasses | None = None,
 ) -> Derivation:
     """The grants ``docs`` need, from the settings of the workloads they run."""
     resolver = _Resolver(docs, network, namespace)
@@ -164,7 +165,7 @@ def derive(
         result.grants |= _dns_grants(pod.name)
         if name in table:
             entry = table[name]
-            found = _settings_endpoints(entry, pod, docs, stand_ins, result)
+            found = _settings_endpoints(entry, pod, docs, extra_classes, result)
             http = pod.resolve_port("http")
             if http is None:
                 result.problems.append(f"{pod.name}: no container port named 'http'")
@@ -198,12 +199,12 @@ def _settings_endpoints(
     entry: Workload,
     pod: PodTemplate,
     docs: Iterable[Manifest],
-    stand_ins: StandIns | None,
+    extra_classes: ExtraClasses | None,
     result: Derivation,
 ) -> list[Endpoint]:
     env = container_env(main_container(pod), docs)
     try:
-        built = workload_settings(entry, env.values, stand_ins)
+        built = workload_settings(entry, env.values, extra_classes)
     except (SettingsImportError, SettingsError) as exc:
         result.problems.append(f"{pod.name}: {exc}")
         return []

@@ -20,9 +20,9 @@ UID = 1000
 #: The container's only writable path (a tmpfs or emptyDir), not this machine's /tmp.
 CONTAINER_TMP = "/tmp"  # noqa: S108
 
-#: Variables the images set besides the listener's: a partial ``URR_HTTP__*`` override rebuilds
-#: the whole http block from ``HttpSettings``' defaults, so a service whose own default differs
-#: must have it restated (the gateway accepts 1 MiB bodies).
+#: Variables the images set besides the listener's. The gateway's 1 MiB body limit is its own
+#: default too (``GatewayHttpSettings``); the image pins it so a changed code default shows up
+#: as a diff here rather than as a different limit in production.
 IMAGE_ENV: dict[str, tuple[tuple[str, str], ...]] = {
     "gateway": (("URR_HTTP__MAX_BODY_BYTES", "1048576"),),
 }

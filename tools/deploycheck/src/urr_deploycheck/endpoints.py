@@ -56,15 +56,20 @@ class SettingsImportError(LookupError):
 
 
 def import_settings_class(
-    path: str, stand_ins: Mapping[str, type[BaseSettings]] | None = None
+    path: str, extra_classes: Mapping[str, type[BaseSettings]] | None = None
 ) -> type[BaseSettings]:
-    """``module:Class`` -> the class; ``stand_ins`` answer for modules not installed yet."""
+    """``module:Class`` -> the class.
+
+    ``extra_classes`` answer only for modules that are not installed: the made-up deployments
+    of this package's own tests. The real services are always imported (an installed module
+    wins), and the checks of the repository's files pass none, so a missing service fails.
+    """
     module_name, _, class_name = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if stand_ins and path in stand_ins:
-            return stand_ins[path]
+        if extra_classes and path in extra_classes:
+            return extra_classes[path]
         raise SettingsImportError(f"{path}: module {module_name} is not installed") from exc
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, BaseSettings)):

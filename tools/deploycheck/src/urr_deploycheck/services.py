@@ -209,9 +209,11 @@ WORKLOADS: tuple[Workload, ...] = (
         "vwr-scheduler",
         VWR_IMAGE,
         "urr_vwr_lambda.local.scheduler",
-        # The scheduler invokes the counter advancer in-process: it reads both.
+        # The scheduler invokes the counter advancer in-process: it reads both. Its health
+        # listener moves to 3012 (its default 3011 is the gateway's internal check listener,
+        # and both run on one host in compose and the devstack): URR_HTTP__PORT says so.
         ("urr_vwr_lambda.settings:SchedulerSettings", "urr_vwr_lambda.settings:VwrSettings"),
-        3011,
+        3012,
         _COMPOSE,
     ),
 )
@@ -236,7 +238,10 @@ KAFKA_TOPICS = (
     "queue-events",
 )
 SQS_QUEUES = ("ticket-events.fifo", "ticket-events-dlq.fifo")
-DYNAMODB_TABLES = ("urr-vwr-counters", "urr-vwr-positions")
+#: DynamoDB tables of Tier 1, by DESIGN.md's names (the VWR processes get them through
+#: ``URR_TABLES__COUNTERS`` / ``URR_TABLES__POSITIONS``, so their code defaults do not matter).
+DYNAMODB_TABLES = ("counters", "positions")
+DYNAMODB_POSITION_INDEX = "eventId-position-index"
 
 
 @dataclass(frozen=True)
