@@ -3,6 +3,7 @@ alert has its runbook section; the dashboard covers what operators watch."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from functools import cache
@@ -14,9 +15,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from urr_common.metrics import HttpMetrics
-from urr_deploycheck.dashboard import build
+from urr_deploycheck.dashboard import PROPOSED_TITLE, build, proposed_metrics
 from urr_deploycheck.manifests import Manifest, by_kind, render
-from urr_deploycheck.metrics import METRICS, TARGET_LABELS, by_series_name, markdown_table
+from urr_deploycheck.metrics import (
+    METRICS,
+    TARGET_LABELS,
+    by_series_name,
+    markdown_table,
+    proposed_names,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 RUNBOOK = REPO / "docs/runbook.md"
@@ -57,13 +64,73 @@ def test_http_metrics_match_what_urr_common_registers():
             labels = tuple(k for k in sample.labels if k != "le")
             exported.setdefault(sample.name, labels)
     for metric in METRICS:
-        if metric.status != "exported":
+        if metric.status != "exported" or metric.owner != "common":
             continue
         for series in metric.series_names():
             if series.endswith(("_sum", "_count")) and series not in exported:
                 continue
             assert series in exported, f"{series} is not exported by urr_common"
             assert set(exported[series]) == set(metric.labels), series
+
+
+_KINDS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram"}
+
+
+def _owner_folder(owner: str) -> Path:
+    return REPO / ("libs/common" if owner == "common" else f"services/{owner}") / "src"
+
+
+def _exposition_name(kind: str, name: str) -> str:
+    # prometheus_client adds _total to a counter's name (and keeps one already there).
+    if kind == "counter":
+        return name.removesuffix("_total") + "_total"
+    return name
+
+
+def metrics_in_source(folder: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every ``Counter``/``Gauge``/``Histogram(name, help, [labels])`` created in ``folder``:
+    exposition name -> (kind, labels). Read from the code, so a renamed metric shows here."""
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            kind = _KINDS.get(node.func.id)
+            if kind is None or not node.args or not isinstance(node.args[0], ast.Constant):
+                continue
+            labels_node = node.args[2] if len(node.args) > 2 else None
+            for keyword in node.keywords:
+                if keyword.arg == "labelnames":
+                    labels_node = keyword.value
+            labels: tuple[str, ...] = ()
+            if isinstance(labels_node, ast.List | ast.Tuple):
+                labels = tuple(str(ast.literal_eval(item)) for item in labels_node.elts)
+            found[_exposition_name(kind, str(node.args[0].value))] = (kind, labels)
+    return found
+
+
+@pytest.mark.parametrize(
+    "metric", [m for m in METRICS if m.status == "exported"], ids=lambda metric: metric.name
+)
+def test_exported_metrics_are_created_by_their_owner_with_these_labels(metric):
+    in_source = metrics_in_source(_owner_folder(metric.owner))
+    assert metric.name in in_source, f"{metric.owner} creates no metric {metric.name}"
+    assert in_source[metric.name] == (metric.kind, metric.labels)
+
+
+def test_proposed_metrics_are_really_not_exported_anywhere():
+    # A proposed name that some service now exports must become "exported" (and be checked).
+    exported: set[str] = set()
+    for folder in (REPO / "libs/common/src", *sorted((REPO / "services").glob("*/src"))):
+        exported |= set(metrics_in_source(folder))
+    assert not proposed_names() & exported
+
+
+def test_the_source_scan_reads_names_kinds_and_labels():
+    found = metrics_in_source(REPO / "libs/common/src")
+    assert found["urr_http_requests_total"] == ("counter", ("method", "route", "status"))
+    assert found["urr_http_request_duration_seconds"] == ("histogram", ("method", "route"))
+    assert found["urr_http_requests_in_flight"] == ("gauge", ())
 
 
 def test_catalogue_has_unique_names_and_urr_prefixes():
@@ -73,6 +140,8 @@ def test_catalogue_has_unique_names_and_urr_prefixes():
         assert metric.name == "up" or metric.name.startswith("urr_")
         if metric.kind == "counter":
             assert metric.name.endswith("_total"), metric.name
+        if metric.status != "builtin":
+            assert _owner_folder(metric.owner).is_dir(), metric.owner
 
 
 def _parse(query: str) -> Any:
@@ -131,7 +200,7 @@ REQUIRED_ALERTS = {
     "UrrHigh5xxRatio": "urr_http_requests_total",
     "UrrHighLatencyP95": "urr_http_request_duration_seconds_bucket",
     "UrrRateLimitFailOpen": "urr_ratelimit_decisions_total",
-    "UrrQueueStuck": "urr_queue_waiting",
+    "UrrQueueStuck": "urr_queue_admitted_total",
     "UrrDlqNotEmpty": "urr_worker_dlq_messages",
     "UrrOutboxBacklog": "urr_outbox_unsent",
     "UrrKafkaConsumerLag": "urr_kafka_consumer_lag",
@@ -155,6 +224,39 @@ def test_the_issue_s_alerts_exist_with_severity_and_runbook_section():
         assert url.endswith("docs/runbook.md#" + alert.lower())
         assert alert.lower() in anchors, f"docs/runbook.md has no section for {alert}"
         assert rule["annotations"]["summary"]
+
+
+def _proposed_in(query: str) -> set[str]:
+    known = by_series_name()
+    selectors, _ = _walk(query)
+    return {known[name].name for name, _ in selectors if known[name].status == "proposed"}
+
+
+def test_alerts_on_proposed_metrics_say_so_and_only_those():
+    for rule in alert_rules():
+        listed = rule["annotations"].get("proposed_metrics", "")
+        marked = {name.strip() for name in listed.split(",") if name.strip()}
+        assert marked == _proposed_in(rule["expr"]), rule["alert"]
+
+
+def test_canary_analysis_reads_only_exported_metrics():
+    # A gate on a series nobody exports would never pass (or, worse, pass on no data).
+    for where, query in every_query():
+        if where.startswith("analysis"):
+            assert not _proposed_in(query), where
+
+
+def test_panels_on_proposed_metrics_say_so():
+    panels = [p for p in build()["panels"] if p["type"] != "row"]
+    for panel in panels:
+        proposed = {name for t in panel["targets"] for name in proposed_metrics(t["expr"])}
+        assert proposed == {n for t in panel["targets"] for n in _proposed_in(t["expr"])}
+        assert panel["title"].endswith(PROPOSED_TITLE) == bool(proposed), panel["title"]
+        for name in proposed:
+            assert name in panel["description"], panel["title"]
+    # Most of what operators watch works today.
+    working = [p for p in panels if not p["title"].endswith(PROPOSED_TITLE)]
+    assert len(working) > len(panels) / 2
 
 
 def test_runbook_covers_the_procedures_and_its_links_resolve():
@@ -212,4 +314,5 @@ def test_dashboard_shows_what_the_issue_lists():
 def test_catalogue_renders_as_a_table():
     table = markdown_table()
     assert table.count("\n") == len(METRICS) + 1
-    assert "| `urr_outbox_unsent` | gauge | - | ticket_worker | proposed |" in table
+    assert "| `urr_outbox_unsent` | gauge | - | ticket_worker | exported |" in table
+    assert "| `urr_worker_dlq_messages` | gauge | - | ticket_worker | proposed |" in table

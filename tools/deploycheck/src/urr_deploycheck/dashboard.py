@@ -1,11 +1,16 @@
 """The Grafana dashboard (``monitoring/grafana/urr.json``), generated so every query uses only
-metrics of ``metrics.METRICS`` (the tests parse them back out)."""
+metrics of ``metrics.METRICS`` (the tests parse them back out). A panel reading a metric no
+service exports yet (``proposed``) says so in its title and description, so an empty panel is
+never mistaken for a quiet system."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from urr_deploycheck.metrics import by_series_name
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
@@ -124,14 +129,32 @@ QUEUE = (
         ),
     ),
     Panel(
-        "Queue: admissions per second",
+        "Queue: admissions per second by path, and failed ticks",
         (
+            Query(f"sum by (path) (rate(urr_queue_admitted_total[{RATE}]))", "admitted {{path}}"),
+            Query(f"sum(rate(urr_queue_tick_errors_total[{RATE}]))", "failed ticks"),
+        ),
+        unit="ops",
+        description="tick: admitted from the line; passthrough: let straight in.",
+    ),
+    Panel(
+        "Queue: entries, and capacity freed by sessions ending",
+        (
+            Query(f"sum by (outcome) (rate(urr_queue_entries_total[{RATE}]))", "enter {{outcome}}"),
+            Query(f"sum(rate(urr_queue_sessions_expired_total[{RATE}]))", "sessions expired"),
             Query(
-                f"sum by (event_id) (rate(urr_queue_admitted_total{{{EVENT}}}[{RATE}]))",
-                "{{event_id}}",
+                f'sum by (reason) (rate(urr_queue_left_total{{was="admitted"}}[{RATE}]))',
+                "sessions ended: {{reason}}",
             ),
         ),
         unit="ops",
+        description="Entries with freed capacity but no admissions: UrrQueueStuck.",
+    ),
+    Panel(
+        "Queue: admission tick p99",
+        (Query(_quantile(0.99, "urr_queue_tick_seconds", "app", ""), "{{app}}"),),
+        unit="s",
+        description="One tick of one event; ticks run every 0.5 s per event and replica.",
     ),
     Panel(
         "Queue: estimated wait at the back of the line",
@@ -147,6 +170,12 @@ QUEUE = (
             Query(f"max by (event_id) (urr_vwr_next_position{{{EVENT}}})", "{{event_id}} next"),
         ),
         description="The gap is the crowd still in the Tier-1 room.",
+    ),
+    Panel(
+        "Waiting room: advancer runs by outcome (local scheduler)",
+        (Query(f"sum by (outcome) (rate(urr_vwr_advancer_runs_total[{RATE}]))", "{{outcome}}"),),
+        unit="ops",
+        description="In AWS the advancer's figures are CloudWatch EMF metrics of the Lambda.",
     ),
 )
 
@@ -164,6 +193,17 @@ BOOKING = (
         unit="ops",
     ),
     Panel(
+        "Booking worker (local poller): messages by outcome",
+        (
+            Query(
+                f"sum by (outcome) (rate(urr_ticket_poller_messages_total[{RATE}]))",
+                "{{outcome}}",
+            ),
+        ),
+        unit="ops",
+        description="compose and kind only: in AWS the SQS event source feeds the Lambda.",
+    ),
+    Panel(
         "Dead-letter queue depth",
         (Query("max(urr_worker_dlq_messages)", "ticket-events-dlq.fifo"),),
         kind="stat",
@@ -178,11 +218,27 @@ BOOKING = (
         width=6,
     ),
     Panel(
-        "Outbox backlog (unpublished events)",
+        "Outbox backlog and publishing",
         (
-            Query("max(urr_outbox_unsent)", "rows"),
-            Query("max(urr_outbox_oldest_age_seconds)", "oldest (s)"),
+            Query("max(urr_outbox_unsent)", "unsent rows"),
+            Query(f"sum(rate(urr_outbox_published_total[{RATE}]))", "published/s"),
+            Query(f"sum(rate(urr_outbox_publish_failures_total[{RATE}]))", "failed rounds/s"),
         ),
+        description="Rows waiting while nothing is published: UrrOutboxBacklog.",
+    ),
+    Panel(
+        "Booking consumers: records by outcome, and retries",
+        (
+            Query(
+                f"sum by (consumer, outcome) (rate(urr_booking_consumer_records_total[{RATE}]))",
+                "{{consumer}} {{outcome}}",
+            ),
+            Query(
+                f"sum by (consumer) (rate(urr_booking_consumer_retries_total[{RATE}]))",
+                "{{consumer}} retries",
+            ),
+        ),
+        unit="ops",
     ),
     Panel(
         "Kafka consumer lag by group and topic",
@@ -215,12 +271,33 @@ def _variable(name: str, label: str, query: str) -> dict[str, Any]:
     }
 
 
+_METRIC_NAME = re.compile(r"\burr_[a-z0-9_]+")
+PROPOSED_TITLE = " (proposed metric)"
+
+
+def proposed_metrics(expr: str) -> list[str]:
+    """Metrics of the catalogue marked ``proposed`` that a query reads."""
+    known = by_series_name()
+    found = {
+        known[name].name
+        for name in _METRIC_NAME.findall(expr)
+        if name in known and known[name].status == "proposed"
+    }
+    return sorted(found)
+
+
 def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    proposed = sorted({name for q in panel.queries for name in proposed_metrics(q.expr)})
+    title, description = panel.title, panel.description
+    if proposed:
+        title += PROPOSED_TITLE
+        note = f"Not exported by any service yet (proposed): {', '.join(proposed)}."
+        description = f"{note} {description}".strip()
     return {
         "id": panel_id,
         "type": panel.kind,
-        "title": panel.title,
-        "description": panel.description,
+        "title": title,
+        "description": description,
         "datasource": DATASOURCE,
         "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
         "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
@@ -275,6 +352,7 @@ def build() -> dict[str, Any]:
             "list": [
                 datasource,
                 _variable("app", "Service", "label_values(urr_http_requests_total, app)"),
+                # Only the proposed per-event gauges carry event_id: empty until they exist.
                 _variable("event", "Event", "label_values(urr_queue_waiting, event_id)"),
             ]
         },

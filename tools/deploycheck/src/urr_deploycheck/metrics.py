@@ -2,10 +2,14 @@
 
 Names are the exposition names Prometheus stores (a counter ``x`` is scraped as ``x_total``, a
 histogram ``x`` as ``x_bucket``/``x_sum``/``x_count``). ``status`` says whether the owning
-service already exports the metric under that name on this branch (``exported``) or whether the
-name is this deployment's proposal for a metric still being written (``proposed``): at merge,
-reconcile the proposed rows with the services' real registries and rename here (the tests then
-point at every rule, query and panel that must follow).
+service exports the metric under that name and with those labels (``exported``: the tests find
+its ``Counter``/``Gauge``/``Histogram`` in the owner's source) or whether the name is this
+deployment's proposal for a metric no service exports yet (``proposed``). An alert or panel that
+reads a proposed metric says so (the alert's ``proposed_metrics`` annotation, the panel's title
+and description); the canary analysis reads exported metrics only.
+
+``owner`` is the folder of the code that exports (or should export) it: ``libs/common`` or
+``services/<owner>``.
 
 Labels added at scrape time by the PodMonitor (``app``, ``pod``, ``namespace``,
 ``rollouts_pod_template_hash``) are valid on every series.
@@ -46,7 +50,7 @@ METRICS: tuple[Metric, ...] = (
         "urr_http_requests_total",
         "counter",
         ("method", "route", "status"),
-        "urr_common",
+        "common",
         "exported",
         "HTTP answers; status is the class (2xx, 4xx, 5xx)",
     ),
@@ -54,7 +58,7 @@ METRICS: tuple[Metric, ...] = (
         "urr_http_request_duration_seconds",
         "histogram",
         ("method", "route"),
-        "urr_common",
+        "common",
         "exported",
         "Time from request to response",
     ),
@@ -62,25 +66,42 @@ METRICS: tuple[Metric, ...] = (
         "urr_http_requests_in_flight",
         "gauge",
         (),
-        "urr_common",
+        "common",
         "exported",
         "Requests being handled now",
     ),
-    # Gateway rate limiter (branch gw-ratelimit, urr_gateway.ratelimit.metrics).
+    # Gateway rate limiter (urr_gateway.ratelimit.metrics).
     Metric(
         "urr_ratelimit_decisions_total",
         "counter",
         ("category", "result", "source"),
         "gateway",
-        "proposed",
-        "Decisions by category, result (allowed/blocked) and source (redis, local, open...)",
+        "exported",
+        "Decisions by category, result (allowed/blocked) and source (redis, deny_cache, local, "
+        "open)",
+    ),
+    Metric(
+        "urr_ratelimit_degraded_decisions_total",
+        "counter",
+        ("category", "policy"),
+        "gateway",
+        "exported",
+        "Decisions made without Redis, by category and failure policy (local, open)",
+    ),
+    Metric(
+        "urr_ratelimit_redis_errors_total",
+        "counter",
+        ("kind",),
+        "gateway",
+        "exported",
+        "Failed Redis calls of the limiter (timeout, connection, other)",
     ),
     Metric(
         "urr_ratelimit_breaker_state",
         "gauge",
         (),
         "gateway",
-        "proposed",
+        "exported",
         "Circuit breaker in front of Redis: 0 closed, 1 half-open, 2 open",
     ),
     Metric(
@@ -88,10 +109,59 @@ METRICS: tuple[Metric, ...] = (
         "histogram",
         ("source",),
         "gateway",
-        "proposed",
+        "exported",
         "Time to decide",
     ),
-    # Queue (Tier 2), per event.
+    # Queue (Tier 2): counters of the service (urr_queue.metrics).
+    Metric(
+        "urr_queue_entries_total",
+        "counter",
+        ("outcome",),
+        "queue",
+        "exported",
+        "Enter calls by outcome (entered, already_waiting, admitted_passthrough, closed ...)",
+    ),
+    Metric(
+        "urr_queue_admitted_total",
+        "counter",
+        ("path",),
+        "queue",
+        "exported",
+        "People admitted, by path (tick: from the line; passthrough: straight in)",
+    ),
+    Metric(
+        "urr_queue_sessions_expired_total",
+        "counter",
+        (),
+        "queue",
+        "exported",
+        "Admitted sessions that ran out (capacity freed)",
+    ),
+    Metric(
+        "urr_queue_left_total",
+        "counter",
+        ("reason", "was"),
+        "queue",
+        "exported",
+        "Places and sessions ended on request (reason leave/completed; was waiting/admitted)",
+    ),
+    Metric(
+        "urr_queue_tick_errors_total",
+        "counter",
+        (),
+        "queue",
+        "exported",
+        "Admission ticks that failed",
+    ),
+    Metric(
+        "urr_queue_tick_seconds",
+        "histogram",
+        (),
+        "queue",
+        "exported",
+        "Duration of one admission tick of one event",
+    ),
+    # Queue (Tier 2), per event: no service exports these yet.
     Metric("urr_queue_waiting", "gauge", ("event_id",), "queue", "proposed", "People waiting"),
     Metric(
         "urr_queue_active_sessions",
@@ -110,14 +180,6 @@ METRICS: tuple[Metric, ...] = (
         "Most admitted sessions at once",
     ),
     Metric(
-        "urr_queue_admitted_total",
-        "counter",
-        ("event_id",),
-        "queue",
-        "proposed",
-        "People admitted (the queue branch counts it by `path`; `event_id` is needed here)",
-    ),
-    Metric(
         "urr_queue_eta_seconds",
         "gauge",
         ("event_id",),
@@ -125,20 +187,21 @@ METRICS: tuple[Metric, ...] = (
         "proposed",
         "Estimated wait of the last person in line",
     ),
+    # Tier 1 (VWR): the Lambdas emit CloudWatch EMF (AdvancedLive, AdvanceFailed ...); only the
+    # local scheduler exports Prometheus metrics.
     Metric(
-        "urr_queue_mode",
-        "gauge",
-        ("event_id", "mode"),
-        "queue",
-        "proposed",
-        "1 for the event's current mode (queue, passthrough, paused, closed)",
+        "urr_vwr_advancer_runs_total",
+        "counter",
+        ("outcome",),
+        "vwr_lambda",
+        "exported",
+        "Advancer invocations of the local scheduler, by outcome",
     ),
-    # Tier 1 (VWR): from the local API emulator, or a CloudWatch exporter of the Lambdas' EMF.
     Metric(
         "urr_vwr_serving_counter",
         "gauge",
         ("event_id",),
-        "vwr",
+        "vwr_lambda",
         "proposed",
         "Highest position let through",
     ),
@@ -146,18 +209,27 @@ METRICS: tuple[Metric, ...] = (
         "urr_vwr_next_position",
         "gauge",
         ("event_id",),
-        "vwr",
+        "vwr_lambda",
         "proposed",
         "Next position to hand out",
     ),
-    # Booking worker (SQS FIFO -> PostgreSQL) and its queues.
+    # Booking back end. In AWS the SQS worker is a Lambda (nothing to scrape); the local poller
+    # counts what became of the messages it handed over.
+    Metric(
+        "urr_ticket_poller_messages_total",
+        "counter",
+        ("outcome",),
+        "ticket_worker",
+        "exported",
+        "SQS messages handed to the worker handler locally (deleted, failed)",
+    ),
     Metric(
         "urr_worker_batches_total",
         "counter",
         ("result",),
         "ticket_worker",
         "proposed",
-        "SQS batches handled (ok, partial, failed)",
+        "SQS batches handled by the worker Lambda (ok, partial, failed)",
     ),
     Metric(
         "urr_worker_messages_total",
@@ -165,7 +237,7 @@ METRICS: tuple[Metric, ...] = (
         ("result",),
         "ticket_worker",
         "proposed",
-        "Booking commands handled (ok, duplicate, failed)",
+        "Booking commands handled by the worker Lambda (ok, duplicate, failed)",
     ),
     Metric(
         "urr_worker_dlq_messages",
@@ -183,22 +255,46 @@ METRICS: tuple[Metric, ...] = (
         "proposed",
         "Age of the oldest message on ticket-events.fifo",
     ),
-    # Transactional outbox (relay) and Kafka consumers.
+    # Transactional outbox (relay) and the Kafka consumers of the booking back end.
     Metric(
         "urr_outbox_unsent",
         "gauge",
         (),
         "ticket_worker",
-        "proposed",
-        "Outbox rows not yet published (the ticket branch's relay has this name)",
+        "exported",
+        "Outbox rows not yet published",
     ),
     Metric(
-        "urr_outbox_oldest_age_seconds",
-        "gauge",
+        "urr_outbox_published_total",
+        "counter",
         (),
         "ticket_worker",
-        "proposed",
-        "Age of the oldest unpublished event",
+        "exported",
+        "Outbox rows published to Kafka",
+    ),
+    Metric(
+        "urr_outbox_publish_failures_total",
+        "counter",
+        (),
+        "ticket_worker",
+        "exported",
+        "Relay rounds stopped by a Kafka error",
+    ),
+    Metric(
+        "urr_booking_consumer_records_total",
+        "counter",
+        ("consumer", "topic", "outcome"),
+        "ticket_worker",
+        "exported",
+        "Kafka records seen by the booking consumers (applied, duplicate, rejected, malformed)",
+    ),
+    Metric(
+        "urr_booking_consumer_retries_total",
+        "counter",
+        ("consumer",),
+        "ticket_worker",
+        "exported",
+        "Times a consumer went back to an unhandled record after a dependency failed",
     ),
     Metric(
         "urr_kafka_consumer_lag",
@@ -209,6 +305,10 @@ METRICS: tuple[Metric, ...] = (
         "Records between a group's committed offset and the partition's end",
     ),
 )
+
+
+def proposed_names() -> frozenset[str]:
+    return frozenset(m.name for m in METRICS if m.status == "proposed")
 
 
 def by_series_name() -> dict[str, Metric]:
