@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -185,3 +187,19 @@ def test_every_table_function_names_a_module_handler():
         module, _, name = function.handler.rpartition(".")
         assert module.startswith(function.package.replace("-", "_") + ".")
         assert name.isidentifier()
+
+
+def test_every_table_handler_is_a_function_of_the_real_package():
+    for function in LAMBDA_FUNCTIONS:
+        module = importlib.import_module(function.handler_module)
+        assert callable(getattr(module, function.handler.rpartition(".")[2], None)), function
+
+
+def test_the_sam_template_deploys_the_table_handlers():
+    # The VWR template's non-edge functions are the table's (the edge bundle is built apart).
+    repo = Path(__file__).resolve().parents[3]
+    template = (repo / "services/vwr_lambda/template.yaml").read_text(encoding="utf-8")
+    handlers = set(re.findall(r"^\s+Handler: (\S+)$", template, flags=re.MULTILINE))
+    vwr = {f.handler for f in LAMBDA_FUNCTIONS if f.package == "urr-vwr-lambda"}
+    assert handlers - vwr == {"urr_vwr_lambda.edge.handler"}
+    assert vwr <= handlers
