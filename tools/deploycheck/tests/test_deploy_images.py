@@ -8,8 +8,10 @@ service's ``/health/ready``.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -73,16 +75,73 @@ def test_dockerignore_keeps_the_workspace_and_drops_local_state():
     assert not ignored & {"libs", "services", "tools", "pyproject.toml", "uv.lock"}
 
 
-def test_the_build_stage_installs_exactly_the_member_from_the_lock(tmp_path):
-    # The Dockerfile's own command, into a scratch venv, offline from the uv cache.
-    image = next(i for i in present_images(REPO) if i.folder == "gateway")
+def _dockerignore_patterns() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _ignored(relative: str, patterns: list[str]) -> bool:
+    """Docker's rule for the patterns this repository uses: anchored at the context root,
+    ``**/x`` matching ``x`` at any depth; a matching folder drops all it holds."""
+    parts = relative.split("/")
+    for pattern in patterns:
+        if pattern.startswith("**/"):
+            if any(fnmatch.fnmatchcase(part, pattern[3:]) for part in parts):
+                return True
+        elif any(
+            fnmatch.fnmatchcase("/".join(parts[:n]), pattern) for n in range(1, len(parts) + 1)
+        ):
+            return True
+    return False
+
+
+def build_context(destination: Path) -> Path:
+    """What ``docker build .`` sends: the repository minus ``.dockerignore``."""
+    patterns = _dockerignore_patterns()
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        base = Path(folder).relative_to(REPO).as_posix()
+        prefix = "" if base == "." else base + "/"
+        return {name for name in names if _ignored(prefix + name, patterns)}
+
+    shutil.copytree(REPO, destination, ignore=ignore, symlinks=True)
+    return destination
+
+
+def test_the_dockerignore_reading_follows_docker_s_rules():
+    patterns = [".git", "docs", "**/tests", "**/*.pyc"]
+    assert _ignored(".git/config", patterns)
+    assert _ignored("docs/runbook.md", patterns)
+    assert _ignored("services/gateway/tests/test_x.py", patterns)
+    assert _ignored("libs/common/src/urr_common/__pycache__/x.pyc", patterns)
+    assert not _ignored("services/docs/readme.md", patterns)
+    assert not _ignored("services/gateway/src/urr_gateway/app.py", patterns)
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory) -> Path:
+    return build_context(tmp_path_factory.mktemp("docker") / "context")
+
+
+@pytest.mark.parametrize("image", present_images(REPO), ids=lambda image: image.folder)
+def test_the_build_stage_installs_exactly_the_member_from_the_lock(image, context, tmp_path):
+    # The Dockerfile's own command, in the build context docker would send, into a scratch
+    # venv, offline from the uv cache; then every process the image runs must import.
     venv = tmp_path / "venv"
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON_DOWNLOADS": "never"}
     command = [*uv(), "sync", "--frozen", "--no-dev", "--no-editable", "--package", image.package]
-    subprocess.run([*command, "--offline", "--quiet"], cwd=REPO, env=env, check=True, timeout=300)
-    probe = "import urr_gateway, urr_common; print(urr_gateway.__file__)"
+    subprocess.run(
+        [*command, "--offline", "--quiet"], cwd=context, env=env, check=True, timeout=300
+    )
+    modules = sorted({w.module for w in WORKLOADS if w.image == image})
+    # Imported, not just found: a dependency missing from the member's closure fails here.
+    probe = (
+        "import importlib, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    print(importlib.import_module(name).__file__)\n"
+    )
     result = subprocess.run(
-        [str(venv / "bin/python"), "-c", probe],
+        [str(venv / "bin/python"), "-I", "-c", probe, *modules],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -90,11 +149,15 @@ def test_the_build_stage_installs_exactly_the_member_from_the_lock(tmp_path):
         timeout=60,
     )
     # Installed into the venv, not pointing back at the workspace sources (non-editable).
-    assert result.stdout.strip().startswith(str(venv))
+    origins = result.stdout.split()
+    assert len(origins) == len(modules)
+    assert all(origin.startswith(str(venv)) for origin in origins), origins
     installed = {
         p.name.split("-")[0] for p in (venv / "lib/python3.11/site-packages").glob("*.dist-info")
     }
+    assert image.package.replace("-", "_") in installed
     assert "urr_deploycheck" not in installed
+    assert "urr_devstack" not in installed
     assert "pytest" not in installed
 
 
