@@ -281,3 +281,13 @@ def test_the_load_balancer_reaches_only_the_public_workloads(overlay):
                 # The pod keeps serving until the ALB has deregistered it.
                 assert deregistration_s <= int(pre_stop[1])
     assert not by_kind(rendered("kind"), "Ingress")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_runs_one_worker_per_pod(overlay):
+    # With URR_WORKERS > 1 each worker process keeps its own metrics registry and a scrape of
+    # the shared port reads one of them at random: Kubernetes scales the gateway by pods.
+    docs = rendered(overlay)
+    (gateway,) = (p for p in pod_templates(docs) if p.name == "gateway")
+    env = container_env(gateway.containers[0], docs).values
+    assert env.get("URR_WORKERS", "1") == "1"
