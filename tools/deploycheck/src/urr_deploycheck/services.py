@@ -2,8 +2,10 @@
 
 Everything else in this package (Dockerfiles, the NetworkPolicy and docker-compose checks,
 Lambda packaging) reads these tables, so a renamed module or settings class is corrected here
-once. Import paths of settings classes are strings: a service's package may not be installed
-(or not written yet), and the checks decide what to do about that.
+once. Import paths of settings classes are strings, imported when a check needs them (this
+table stays importable without the services); the tests check every entry against the real
+module (the settings its entry point loads, its default port) and against the local stack's
+table in ``tools/devstack``.
 """
 
 from __future__ import annotations
