@@ -154,3 +154,20 @@ def test_devstack_runnable_means_python_dash_m_would_run_it() -> None:
     assert not is_runnable("urr_common")  # a package without __main__
     assert not is_runnable("urr_no_such_package.local.edge")
     assert not is_runnable("")
+
+
+def test_setup_tasks_are_planned_with_their_environment_filled() -> None:
+    from urr_devstack.services import SETUP_TASKS, plan_setup_tasks
+
+    tasks = plan_setup_tasks(
+        SETUP_TASKS,
+        host="127.0.0.1",
+        ports={"queue": 4007},
+        infra={},
+        python="/py",
+        runnable=lambda module: module == "urr_ticket",
+    )
+    assert [(t.name, t.argv) for t in tasks] == [("seed-demo", ("/py", "-m", "urr_ticket", "seed"))]
+    assert tasks[0].env == {"URR_QUEUE_ADMIN__BASE_URL": "http://127.0.0.1:4007"}
+    assert plan_setup_tasks(SETUP_TASKS, host="h", ports={}, infra={}, python="p",
+                            runnable=lambda module: False) == []  # fmt: skip

@@ -61,8 +61,9 @@ def _access_trust() -> TrustedKeysSettings:
 
 
 class TableSettings(BaseModel):
-    counters: str = "urr-vwr-counters"
-    positions: str = "urr-vwr-positions"
+    #: DESIGN.md §4 names; the SAM template passes its own generated names in AWS.
+    counters: str = "counters"
+    positions: str = "positions"
     position_index: str = "eventId-position-index"
 
 

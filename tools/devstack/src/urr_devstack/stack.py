@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,10 +24,13 @@ from urr_devstack.procs import is_listening
 from urr_devstack.runstate import RUNFILE_NAME, ProcessRecord, RunState, cmdline
 from urr_devstack.services import (
     SERVICES,
+    SETUP_TASKS,
     PlannedService,
+    PlannedTask,
     ServiceSpec,
     is_runnable,
     plan_services,
+    plan_setup_tasks,
     render_env_file,
     render_procfile,
     resolve_ports,
@@ -42,6 +46,8 @@ TOKEN_NAMES = {
     "vwr": ("urr-vwr", "urr-vwr"),
 }
 READY_BANNER = "urr-devstack: ready"
+#: A setup command (seeding) longer than this is reported and left behind.
+SETUP_TASK_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -258,6 +264,13 @@ def up(
             infra=infra_values,
             skip=settings.skip_services,
         )
+        tasks = plan_setup_tasks(
+            SETUP_TASKS,
+            host=settings.host,
+            ports=ports,
+            infra=infra_values,
+            python=sys.executable,
+        )
         _write_procfile(paths, planned, env)
         if absent:
             out(
@@ -265,7 +278,17 @@ def up(
                 + ", ".join(s.name for s in absent)
             )
         outcome = _run(
-            settings, paths, repo_root, infra, planned, env, admin_password, state, no_services, out
+            settings,
+            paths,
+            repo_root,
+            infra,
+            planned,
+            tasks,
+            env,
+            admin_password,
+            state,
+            no_services,
+            out,
         )
     except (Stopping, KeyboardInterrupt):
         outcome = Outcome(0, "stopped on request while starting")
@@ -289,6 +312,7 @@ def _run(
     repo_root: Path,
     infra: Infra,
     planned: list[PlannedService],
+    tasks: list[PlannedTask],
     env: dict[str, str],
     admin_password: str,
     state: RunState,
@@ -307,6 +331,10 @@ def _run(
         return None
 
     def mark_ready(printer: ServicePrinter | None = None) -> None:
+        say = printer.say if printer is not None else out
+        if not no_services:
+            for task in tasks:
+                say(run_setup_task(task, env, repo_root))
         state.phase = "ready"
         state.urls = shown
         state.save(paths.runfile)
@@ -337,6 +365,26 @@ def _run(
         check_alive=check_alive,
         on_started=on_started,
     )
+
+
+def run_setup_task(task: PlannedTask, env: Mapping[str, str], cwd: Path) -> str:
+    """Run one setup command to the end; a line saying how it went (never raises)."""
+    try:
+        done = subprocess.run(  # noqa: S603 - argv built from our own table
+            task.argv,
+            env={**os.environ, **env, **task.env},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=SETUP_TASK_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"{task.name}: did not finish within {SETUP_TASK_TIMEOUT_S:.0f}s"
+    output = (done.stdout + done.stderr).strip().splitlines()
+    last = output[-1] if output else ""
+    status = "done" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
+    return f"{task.name}: {status} {last}".rstrip()
 
 
 def busy_service_ports(
