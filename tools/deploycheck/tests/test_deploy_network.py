@@ -428,16 +428,7 @@ def test_every_settings_class_of_the_table_is_the_real_one(entry):
     ]
     # The table's port is the code's default, except where every deployment moves it.
     default_port = workload_settings(entry, {})[0].http.port  # type: ignore[attr-defined]
-    if entry.name in PORTS_MOVED_BY_DEPLOYMENTS:
-        # Until the service's own default moves too.
-        assert default_port in (PORTS_MOVED_BY_DEPLOYMENTS[entry.name], entry.port)
-    else:
-        assert default_port == entry.port
-
-
-#: Code defaults every deployment overrides: the VWR scheduler's 3011 is the gateway's internal
-#: listener; compose and the devstack run both on one host, so the scheduler gets 3012.
-PORTS_MOVED_BY_DEPLOYMENTS = {"vwr-scheduler": 3011}
+    assert default_port == entry.port
 
 
 def test_real_settings_class_wins_over_an_extra_class():

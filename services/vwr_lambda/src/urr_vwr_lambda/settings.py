@@ -160,5 +160,5 @@ class SchedulerSettings(ServiceSettings):
     """The local EventBridge stand-in: invokes the advancer every ``interval_s``."""
 
     service_name: str = "urr-vwr-scheduler"
-    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3011))
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3012))
     interval_s: float = Field(default=10.0, gt=0.0, le=3600.0)

@@ -60,6 +60,12 @@ _VWR_ENV = {
     "URR_QUEUE__URL": "{queue_url}",
 }
 
+#: The ticket processes call the queue's admin and completion APIs.
+_TICKET_ENV = {
+    "URR_QUEUE_ADMIN__BASE_URL": "{queue_url}",
+    "URR_QUEUE_COMPLETION__BASE_URL": "{queue_url}",
+}
+
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("auth", "urr_auth", 3005),
     ServiceSpec(
@@ -76,13 +82,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         extra_ports={"internal": 3011},
     ),
     ServiceSpec("queue", "urr_queue", 3007),
-    ServiceSpec("ticket", "urr_ticket", 3002, env={"URR_QUEUE_ADMIN__BASE_URL": "{queue_url}"}),
-    ServiceSpec(
-        "ticket-outcomes",
-        "urr_ticket.outcomes",
-        3024,
-        env={"URR_QUEUE_ADMIN__BASE_URL": "{queue_url}"},
-    ),
+    ServiceSpec("ticket", "urr_ticket", 3002, env=_TICKET_ENV),
+    ServiceSpec("ticket-outcomes", "urr_ticket.outcomes", 3024, env=_TICKET_ENV),
     # In AWS the booking worker is a Lambda on the SQS FIFO queue; locally a poller feeds it.
     ServiceSpec("ticket-poller", "urr_ticket_worker.local.poller", 3020),
     ServiceSpec("ticket-relay", "urr_ticket_worker.relay", 3021),

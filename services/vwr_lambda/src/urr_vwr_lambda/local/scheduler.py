@@ -1,7 +1,8 @@
 """The EventBridge stand-in: invokes the advancer every ``interval_s`` (one cycle each time).
 
 ``python -m urr_vwr_lambda.local.scheduler``; ``URR_INTERVAL_S`` sets the pace (tests use a
-second or less), the advancer itself reads ``VwrSettings``. Health on port 3011.
+second or less), the advancer itself reads ``VwrSettings``. Health on port 3012 (3011 is
+the gateway's internal listener).
 """
 
 from __future__ import annotations
