@@ -203,10 +203,12 @@ def _run(
         if scenario == "flash_crowd":
             state_dir = Path(os.environ.get("URR_DEVSTACK__STATE_DIR", ".urr"))
             tokens = out / "access-tokens.txt"
-            setup.issue_access_tokens(state_dir, users + 4, tokens)
+            setup.issue_access_tokens(state_dir, users, tokens)
             env["URR_LT_TOKENS"] = str(tokens)
-            lines = tokens.read_text().split("\n")
-            spare = [tuple(line.split()) for line in lines[users : users + 4]]  # type: ignore[misc]
+            # Four more users no arrival is, for the forged and replayed token probes.
+            spare_file = out / "probe-tokens.txt"
+            setup.issue_access_tokens(state_dir, 4, spare_file)
+            spare = [tuple(line.split()) for line in spare_file.read_text().splitlines()]  # type: ignore[misc]
     sampler = Sampler(stack, token, event_id) if event_id else None
     if sampler:
         sampler.start()
@@ -244,7 +246,7 @@ def _run(
             json.dump(sampler.samples, handle)
     if event_id:
         missed += _crowd_checks(stack, scenario, event_id, out, summary, sampler, spare, args)
-        setup.deactivate_room(stack, token, event_id)
+        summary["room"] = setup.deactivate_room(stack, token, event_id)
     return summary, missed
 
 

@@ -48,6 +48,6 @@ async def _read(bootstrap: str, topic: str, event_id: str) -> list[dict[str, Any
 def admissions(bootstrap: str, event_id: str, topic: str = "queue-events") -> dict[str, float]:
     """``user_id -> admission rank key`` (smaller = admitted earlier)."""
     records = asyncio.run(asyncio.wait_for(_read(bootstrap, topic, event_id), timeout=60))
-    return {
-        str(r["userId"]): float(r["at"]) * 100_000 + float(r.get("position") or 0) for r in records
-    }
+    # Ranks, not arithmetic on epoch milliseconds (a float would lose the in-tick position).
+    ordered = sorted(records, key=lambda r: (int(r["at"]), int(r.get("position") or 0)))
+    return {str(r["userId"]): float(rank) for rank, r in enumerate(ordered)}

@@ -148,10 +148,13 @@ def forged_and_replayed(
             )
     results, missed = [], []
     for label, method, path, headers in probes:
-        status, body = http(method, f"{edge}{path}", headers=headers)
+        try:
+            status, body = http(method, f"{edge}{path}", headers=headers, timeout=30)
+        except OSError as exc:
+            status, body = 0, {"code": repr(exc)}
         results.append({"probe": label, "status": status, "code": _code(body)})
         if not 400 <= status < 500:
-            missed.append(f"{label}: answered {status}, not refused")
+            missed.append(f"{label}: answered {status or 'nothing'}, not refused")
     return results, missed
 
 
@@ -196,6 +199,20 @@ def summarise_crowd(
         for a in arrivals
         if a.get("tier1_position") is not None and a["user_id"] in admission_rank
     ]
+    # Those who found a line at Tier 2: there the queue, not the clients' polling, sets order.
+    waited = [
+        pair
+        for pair, a in zip(
+            pairs,
+            (
+                a
+                for a in arrivals
+                if a.get("tier1_position") is not None and a["user_id"] in admission_rank
+            ),
+            strict=True,
+        )
+        if (a.get("tier2_position") or 0) > 1
+    ]
     intervals = [
         (float(a["first_ticket_call"]), float(a["last_ticket_ok"]))
         for a in arrivals
@@ -213,6 +230,8 @@ def summarise_crowd(
         "max_concurrent_entry_token_holders_seen_by_ticket": max_overlap(intervals),
         "kendall_tau_arrival_vs_admission": round(kendall_tau(pairs), 4),
         "admissions_compared": len(pairs),
+        "kendall_tau_among_tier2_waiters": round(kendall_tau(waited), 4),
+        "tier2_waiters_compared": len(waited),
     }
     if seats["seats_sold_twice"]:
         missed.append(f"seats sold twice: {seats['seats_sold_twice']}")

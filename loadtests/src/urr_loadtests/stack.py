@@ -88,6 +88,11 @@ def _devstack_command() -> list[str]:
 def find_or_start(repo_root: Path, *, start: bool, timeout_s: float = 240) -> Stack:
     """The running stack (default ports, admin password from ``.urr/``) or a new one."""
     state_dir = Path(os.environ.get("URR_DEVSTACK__STATE_DIR", repo_root / ".urr"))
+    described = os.environ.get("URR_LT_STACK")
+    if described:
+        # A stack someone else started and described (the tests' private one): used, not owned.
+        data = json.loads(Path(described).read_text())
+        return Stack({**DEFAULTS, **data["urls"]}, data["admin_email"], data["admin_password"])
     moved = any(key.startswith("URR_DEVSTACK__") and "PORT" in key for key in os.environ)
     if not moved and all(is_ready(DEFAULTS[name]) for name in ("gateway", "queue", "ticket")):
         password_file = state_dir / "admin-password"

@@ -96,8 +96,15 @@ class Flow:
         ok: tuple[int, ...] = (200,),
         expected: tuple[int, ...] = (),
         headers: dict[str, str] | None = None,
+        retry_unavailable: bool = False,
     ) -> tuple[int, Any]:
-        """One request: ``ok`` and ``expected`` statuses are answers, others are failures."""
+        """One request: ``ok`` and ``expected`` statuses are answers, others are failures.
+
+        ``retry_unavailable``: a 502/503/504 still counts as an error, but the visitor does
+        what the waiting page does (back off 2, 4, 8... up to 30 s, keep the place, ask
+        again) instead of giving up.
+        """
+        failures = 0
         if time.time() > self.deadline:
             raise Unanswered(f"deadline passed before {name}")
         extra = dict(headers or {})
@@ -134,7 +141,10 @@ class Flow:
                     return status, payload
                 else:
                     response.failure(f"status {status} {problem_code(response.content)}")
-                    raise Unanswered(f"{name}: {status} {(response.text or '')[:200]}")
+                    if not (retry_unavailable and status in (0, 502, 503, 504)):
+                        raise Unanswered(f"{name}: {status} {(response.text or '')[:200]}")
+                    failures += 1
+                    retry = str(min(30, 2**failures))
             if time.time() + float(retry) > self.deadline:
                 raise Unanswered(f"{name}: still limited (429) at the deadline")
             gevent.sleep(min(float(retry), 10.0))
@@ -159,6 +169,7 @@ class Flow:
             arrival,
             body={"requestId": request_id},
             ok=(200, 201),
+            retry_unavailable=True,
         )
         arrival.tier1_position = int(placed["position"])
         wait = placed.get("pollAfterSeconds")
@@ -169,6 +180,7 @@ class Flow:
                 f"/vwr-api/vwr/check/{self.event_id}/{request_id}",
                 "GET /vwr-api/vwr/check/{id}/{rid}",
                 arrival,
+                retry_unavailable=True,
             )
             if checked.get("admitted"):
                 self.cookies["urr-vwr-token"] = checked["token"]
