@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -69,6 +70,10 @@ class Sampler(threading.Thread):
         self.stack, self.token, self.event_id = stack, token, event_id
         self.samples: list[dict[str, float]] = []
         self.errors: list[str] = []
+        #: Set when Tier 1 stopped answering: the run is stopped early rather than let a
+        #: backlog grow without bound in the local Lambda emulator and moto.
+        self.overloaded = threading.Event()
+        self._tier1_misses = 0
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -85,25 +90,89 @@ class Sampler(threading.Thread):
                 if status == 200:
                     sample["tier2_waiting"] = answer["live"]["waiting"]
                     sample["tier2_admitted"] = answer["live"]["admitted"]
-                # Tier 1 answers from the (busy) Lambda emulator: asked less often.
-                if ticks % 4 == 0:
-                    status, answer = setup.http(
-                        "GET",
-                        f"{self.stack.url('vwr-apigw')}/vwr/status/{self.event_id}",
-                        timeout=5,
-                    )
-                    if status == 200:
-                        sample["tier1_waiting"] = answer.get("waiting", 0)
-                        sample["served"] = answer.get("servingCounter", 0)
             except OSError as exc:  # a slow or refused answer is a gap in the chart
-                sample["error"] = 1
-                self.errors.append(repr(exc))
+                self.errors.append(f"queue: {exc!r}")
+            # Tier 1 answers from the (busy) Lambda emulator: asked less often.
+            if ticks % 4 == 0:
+                self._sample_tier1(sample)
             ticks += 1
             self.samples.append(sample)
 
+    def _sample_tier1(self, sample: dict[str, float]) -> None:
+        try:
+            status, answer = setup.http(
+                "GET", f"{self.stack.url('vwr-apigw')}/vwr/status/{self.event_id}", timeout=5
+            )
+        except OSError as exc:
+            self.errors.append(f"tier1: {exc!r}")
+            self._tier1_miss()
+            return
+        if status != 200:
+            self._tier1_miss()
+            return
+        sample["tier1_waiting"] = answer.get("waiting", 0)
+        sample["served"] = answer.get("servingCounter", 0)
+        self._tier1_misses = 0
+
+    def _tier1_miss(self) -> None:
+        self._tier1_misses += 1
+        if self._tier1_misses >= ABORT_AFTER_TIER1_MISSES:
+            self.overloaded.set()
+
+
+#: A run is stopped once this many requests failed and they are this share of all: past that
+#: point the local stand-ins (the Lambda emulator on moto) only grow a backlog and memory.
+ABORT_FAILURES = 500
+ABORT_FAILURE_SHARE = 0.2
+
+
+def _overload(prefix: Path) -> str:
+    """Why the run should stop now, from Locust's live history file, or ``""``."""
+    try:
+        lines = Path(f"{prefix}_stats_history.csv").read_text().splitlines()
+    except OSError:
+        return ""
+    if len(lines) < 2:
+        return ""
+    header = lines[0].split(",")
+    for line in reversed(lines[1:]):
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("Name") != "Aggregated":
+            continue
+        total = int(float(row.get("Total Request Count") or 0))
+        failed = int(float(row.get("Total Failure Count") or 0))
+        if failed >= ABORT_FAILURES and failed >= ABORT_FAILURE_SHARE * total:
+            return f"stopped early: {failed} of {total} requests failed"
+        return ""
+    return ""
+
+
+#: Consecutive unanswered Tier-1 status reads (one every 2 s, 5 s timeout each) that stop
+#: the run: Tier 1 has fallen behind for good.
+ABORT_AFTER_TIER1_MISSES = 5
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT (Locust writes its reports), then SIGTERM, then SIGKILL: 5,000 users blocked in
+    30-second requests can keep Locust from honouring the first signal for minutes."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
 
 def run_locust(
-    scenario: str, host: str, out: Path, users: int, spawn: float, seconds: int, env: dict[str, str]
+    scenario: str,
+    host: str,
+    out: Path,
+    users: int,
+    spawn: float,
+    seconds: int,
+    env: dict[str, str],
+    stop_early: threading.Event | None = None,
 ) -> int:
     prefix = out / scenario
     command = [
@@ -139,10 +208,22 @@ def run_locust(
         "0",
     ]
     with open(out / "locust.log", "w", encoding="utf-8") as log:
-        done = subprocess.run(  # noqa: S603 - locust from this environment
-            command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, check=False
+        process = subprocess.Popen(  # noqa: S603 - locust from this environment
+            command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
         )
-    return done.returncode
+        while process.poll() is None:
+            time.sleep(2)
+            reason = _overload(prefix) or (
+                "Tier 1 stopped answering the sampler"
+                if stop_early is not None and stop_early.is_set()
+                else ""
+            )
+            if reason:
+                # Locust stops its users and still writes every report on SIGINT.
+                (out / "stopped-early.txt").write_text(reason + "\n")
+                _stop(process)
+                break
+    return process.returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +294,9 @@ def _run(
     if sampler:
         sampler.start()
     started = time.time()
-    code = run_locust(scenario, host, out, users, spawn, seconds, env)
+    code = run_locust(
+        scenario, host, out, users, spawn, seconds, env, sampler.overloaded if sampler else None
+    )
     if sampler:
         sampler.stopping.set()
         sampler.join()
@@ -224,6 +307,9 @@ def _run(
         "locust_exit_code": code,
     }
     missed: list[str] = []
+    if sampler and sampler.overloaded.is_set():
+        missed.append("stopped early: Tier 1 (the local Lambda emulator on moto) stopped answering")
+        summary["stopped_early"] = True
     if code != 0:
         missed.append(f"locust exited {code} (see locust.log)")
     stats = report.read_stats(out / scenario)
@@ -263,7 +349,11 @@ def _crowd_checks(
     """Seats, answers, order and capacity (journey and flash crowd); token probes (crowd)."""
     arrivals = checks.read_arrivals(out / "arrivals.jsonl")
     seats = checks.seat_figures(stack, event_id)
-    rank = admissions.admissions(stack.url("kafka"), event_id)
+    try:
+        rank = admissions.admissions(stack.url("kafka"), event_id)
+    except (TimeoutError, OSError) as exc:  # a broker too busy to read back is said, not fatal
+        rank = {}
+        summary["admissions_unread"] = repr(exc)
     crowd, missed = checks.summarise_crowd(
         arrivals, seats, sampler.samples if sampler else [], args.capacity, rank
     )

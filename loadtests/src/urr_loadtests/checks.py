@@ -248,5 +248,5 @@ def summarise_crowd(
             f"admission order: Kendall's tau {figures['kendall_tau_arrival_vs_admission']} < 0.99"
         )
     if not pairs and any(a.get("tier2_admitted_at") for a in arrivals):
-        missed.append("admission order: no admitted record found in queue-events")
+        missed.append("admission order: no admitted record read back from queue-events")
     return figures, missed

@@ -82,7 +82,7 @@ def is_ready(url: str) -> bool:
 
 def _devstack_command() -> list[str]:
     script = Path(sys.executable).with_name("urr-devstack")
-    return [str(script)] if script.exists() else ["uv", "run", "urr-devstack"]
+    return [str(script), "up"] if script.exists() else ["uv", "run", "urr-devstack", "up"]
 
 
 def find_or_start(repo_root: Path, *, start: bool, timeout_s: float = 240) -> Stack:
@@ -114,7 +114,9 @@ def find_or_start(repo_root: Path, *, start: bool, timeout_s: float = 240) -> St
     banner: list[str] = []
     seen_banner = False
     deadline = time.monotonic() + timeout_s
+    tail: list[str] = []
     for line in process.stdout:
+        tail = [*tail[-39:], line]
         if READY_BANNER in line:
             seen_banner = True
         if seen_banner:
@@ -125,7 +127,7 @@ def find_or_start(repo_root: Path, *, start: bool, timeout_s: float = 240) -> St
             break
     if not seen_banner or process.poll() is not None:
         process.kill()
-        raise RuntimeError("urr-devstack up did not become ready:\n" + "".join(banner[-20:]))
+        raise RuntimeError("urr-devstack up did not become ready:\n" + "".join(tail))
     urls, email, password = parse_banner(banner)
     # The banner does not list the gateway's internal listener: it follows the moved port.
     moved_ports = json.loads(os.environ.get("URR_DEVSTACK__SERVICE_PORTS", "{}") or "{}")
