@@ -7,10 +7,12 @@ export UV_PYTHON_DOWNLOADS := never
 # Tests and local runs never need network access beyond the package index.
 PYTEST_ARGS ?=
 
-SRC_PACKAGES := $(foreach d,$(wildcard libs/*/src/* services/*/src/* tools/*/src/*),-p $(notdir $(d)))
-TEST_DIRS := $(sort $(dir $(wildcard libs/*/tests/*.py services/*/tests/*.py tools/*/tests/*.py)))
+SRC_PACKAGES := $(foreach d,$(wildcard libs/*/src/* services/*/src/* tools/*/src/* loadtests/src/*),-p $(notdir $(d)))
+TEST_DIRS := $(sort $(dir $(wildcard libs/*/tests/*.py services/*/tests/*.py tools/*/tests/*.py loadtests/tests/*.py)))
+# make loadtest LOADTEST_ARGS="gateway --users 40 --run-time 30"; no options: the flash crowd.
+LOADTEST_ARGS ?=
 
-.PHONY: up test lint types pytest sync uv system-deps
+.PHONY: up test lint types pytest sync uv system-deps loadtest
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
@@ -45,3 +47,8 @@ pytest: sync system-deps
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test: lint types pytest
+
+# Starts the stack when none runs; writes artifacts/loadtests/<scenario>-<time>/; exits 1 on a
+# missed target.
+loadtest: sync
+	$(UV) run --frozen python -m urr_loadtests $(LOADTEST_ARGS)

@@ -1,0 +1,375 @@
+"""``python -m urr_loadtests [scenario] [options]``: run one scenario and check its targets.
+
+Starts the local stack when none answers, runs Locust headless for a bounded time against
+loopback, writes CSV, the HTML report, PNG charts and ``summary.json`` under
+``artifacts/loadtests/<scenario>-<timestamp>/``, and exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from urr_loadtests import admissions, checks, report, setup
+from urr_loadtests.stack import Stack, find_or_start
+
+SCENARIOS = ("flash_crowd", "journey", "gateway", "ratelimit_check")
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+
+#: From the design documents. Intended 429s are counted apart and never as errors.
+TARGETS = {
+    "ratelimit_check": [
+        report.Target("check API", "/internal/v1/ratelimit/check", p95_ms=10, p99_ms=20)
+    ],
+    "gateway": [report.Target("gateway", "/api/v1/events", p95_ms=15)],
+    # The canary gate's p95 < 300 ms holds for every route a visitor calls.
+    "journey": [report.Target("canary gate", "", p95_ms=300)],
+    "flash_crowd": [report.Target("canary gate", "", p95_ms=300)],
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m urr_loadtests", description=__doc__)
+    parser.add_argument("scenario", nargs="?", default="flash_crowd", choices=SCENARIOS)
+    parser.add_argument("--users", type=int, help="concurrent users (flash_crowd: arrivals)")
+    parser.add_argument("--spawn-rate", type=float, help="users started per second")
+    parser.add_argument("--run-time", type=int, help="seconds before Locust stops")
+    parser.add_argument("--rate", type=float, help="ratelimit_check: calls/s per user")
+    parser.add_argument("--capacity", type=int, default=100, help="flash_crowd: Tier-2 capacity")
+    parser.add_argument(
+        "--admit-per-second", type=float, default=25.0, help="flash_crowd/journey: Tier-2 rate"
+    )
+    parser.add_argument("--out", type=Path, default=Path("artifacts/loadtests"))
+    parser.add_argument("--no-start", action="store_true", help="fail if no stack is running")
+    return parser
+
+
+#: (users, spawn rate, seconds) when not given.
+DEFAULT_SHAPE = {
+    "flash_crowd": (5000, 100.0, 240),
+    "journey": (10, 2.0, 60),
+    "gateway": (40, 10.0, 30),
+    "ratelimit_check": (10, 10.0, 30),
+}
+
+
+class Sampler(threading.Thread):
+    """Reads the queue's and the waiting room's own figures every half second."""
+
+    def __init__(self, stack: Stack, token: str, event_id: str) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.token, self.event_id = stack, token, event_id
+        self.samples: list[dict[str, float]] = []
+        self.errors: list[str] = []
+        #: Set when Tier 1 stopped answering: the run is stopped early rather than let a
+        #: backlog grow without bound in the local Lambda emulator and moto.
+        self.overloaded = threading.Event()
+        self._tier1_misses = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        ticks = 0
+        while not self.stopping.wait(0.5):
+            sample: dict[str, float] = {"t": time.time()}
+            try:
+                status, answer = setup.http(
+                    "GET",
+                    f"{self.stack.url('queue')}/api/v1/admin/queue/{self.event_id}",
+                    headers={"x-user-role": "admin"},
+                    timeout=5,
+                )
+                if status == 200:
+                    sample["tier2_waiting"] = answer["live"]["waiting"]
+                    sample["tier2_admitted"] = answer["live"]["admitted"]
+            except OSError as exc:  # a slow or refused answer is a gap in the chart
+                self.errors.append(f"queue: {exc!r}")
+            # Tier 1 answers from the (busy) Lambda emulator: asked less often.
+            if ticks % 4 == 0:
+                self._sample_tier1(sample)
+            ticks += 1
+            self.samples.append(sample)
+
+    def _sample_tier1(self, sample: dict[str, float]) -> None:
+        try:
+            status, answer = setup.http(
+                "GET", f"{self.stack.url('vwr-apigw')}/vwr/status/{self.event_id}", timeout=5
+            )
+        except OSError as exc:
+            self.errors.append(f"tier1: {exc!r}")
+            self._tier1_miss()
+            return
+        if status != 200:
+            self._tier1_miss()
+            return
+        sample["tier1_waiting"] = answer.get("waiting", 0)
+        sample["served"] = answer.get("servingCounter", 0)
+        self._tier1_misses = 0
+
+    def _tier1_miss(self) -> None:
+        self._tier1_misses += 1
+        if self._tier1_misses >= ABORT_AFTER_TIER1_MISSES:
+            self.overloaded.set()
+
+
+#: A run is stopped once this many requests failed and they are this share of all: past that
+#: point the local stand-ins (the Lambda emulator on moto) only grow a backlog and memory.
+ABORT_FAILURES = 500
+ABORT_FAILURE_SHARE = 0.2
+
+
+def _overload(prefix: Path) -> str:
+    """Why the run should stop now, from Locust's live history file, or ``""``."""
+    try:
+        lines = Path(f"{prefix}_stats_history.csv").read_text().splitlines()
+    except OSError:
+        return ""
+    if len(lines) < 2:
+        return ""
+    header = lines[0].split(",")
+    for line in reversed(lines[1:]):
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("Name") != "Aggregated":
+            continue
+        total = int(float(row.get("Total Request Count") or 0))
+        failed = int(float(row.get("Total Failure Count") or 0))
+        if failed >= ABORT_FAILURES and failed >= ABORT_FAILURE_SHARE * total:
+            return f"stopped early: {failed} of {total} requests failed"
+        return ""
+    return ""
+
+
+#: Consecutive unanswered Tier-1 status reads (one every 2 s, 5 s timeout each) that stop
+#: the run: Tier 1 has fallen behind for good.
+ABORT_AFTER_TIER1_MISSES = 5
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT (Locust writes its reports), then SIGTERM, then SIGKILL: 5,000 users blocked in
+    30-second requests can keep Locust from honouring the first signal for minutes."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_locust(
+    scenario: str,
+    host: str,
+    out: Path,
+    users: int,
+    spawn: float,
+    seconds: int,
+    env: dict[str, str],
+    stop_early: threading.Event | None = None,
+) -> int:
+    prefix = out / scenario
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(SCENARIO_DIR / f"{scenario}.py"),
+        "--headless",
+        "--host",
+        host,
+        "-u",
+        str(users),
+        "-r",
+        str(spawn),
+        "-t",
+        f"{seconds}s",
+        "--stop-timeout",
+        "10",
+        "--csv",
+        str(prefix),
+        "--csv-full-history",
+        "--html",
+        str(out / "report.html"),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        *(
+            # Figures from the moment every user runs: the ramp is not the steady state.
+            ["--reset-stats"] if scenario in ("gateway", "ratelimit_check") else []
+        ),
+        "--exit-code-on-error",
+        "0",
+    ]
+    with open(out / "locust.log", "w", encoding="utf-8") as log:
+        process = subprocess.Popen(  # noqa: S603 - locust from this environment
+            command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        )
+        while process.poll() is None:
+            time.sleep(2)
+            reason = _overload(prefix) or (
+                "Tier 1 stopped answering the sampler"
+                if stop_early is not None and stop_early.is_set()
+                else ""
+            )
+            if reason:
+                # Locust stops its users and still writes every report on SIGINT.
+                (out / "stopped-early.txt").write_text(reason + "\n")
+                _stop(process)
+                break
+    return process.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    scenario = args.scenario
+    users, spawn, seconds = DEFAULT_SHAPE[scenario]
+    users = args.users or users
+    spawn = args.spawn_rate or spawn
+    seconds = args.run_time or seconds
+    repo_root = Path.cwd()
+    out = args.out / f"{scenario}-{time.strftime('%Y%m%dT%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"urr-loadtest: {scenario}, {users} users, {seconds} s, output in {out}", flush=True)
+    stack = find_or_start(repo_root, start=not args.no_start)
+    try:
+        summary, missed = _run(stack, scenario, args, out, users, spawn, seconds)
+    finally:
+        stack.stop()
+    summary["targets_missed"] = missed
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(summary, indent=2, default=str), flush=True)
+    print(f"urr-loadtest: {'FAILED' if missed else 'passed'}; report in {out}", flush=True)
+    return 1 if missed else 0
+
+
+def _run(
+    stack: Stack,
+    scenario: str,
+    args: argparse.Namespace,
+    out: Path,
+    users: int,
+    spawn: float,
+    seconds: int,
+) -> tuple[dict[str, Any], list[str]]:
+    env = {"URR_LT_AUTH_URL": stack.url("auth")}
+    host = stack.url("gateway")
+    token = setup.admin_token(stack)
+    event_id = ""
+    spare: list[tuple[str, str]] = []
+    if scenario == "gateway":
+        tokens = out / "access-tokens.txt"
+        setup.register_users(stack, users, tokens)
+        env["URR_LT_TOKENS"] = str(tokens)
+    if scenario == "ratelimit_check":
+        host = stack.url("gateway-internal")
+        if args.rate:
+            env["URR_LT_CHECK_RATE"] = str(args.rate)
+    elif scenario in ("journey", "flash_crowd"):
+        host = stack.url("vwr-edge")
+        event_id = f"lt{uuid.uuid4().hex[:10]}"
+        setup.seed_event(
+            stack, event_id, capacity=args.capacity, admit_per_second=args.admit_per_second
+        )
+        setup.activate_room(stack, token, event_id)
+        env["URR_LT_EVENT"] = event_id
+        env["URR_LT_RESULTS"] = str(out / "arrivals.jsonl")
+        env["URR_LT_ARRIVAL_DEADLINE_S"] = str(max(seconds - 15, 30))
+        if scenario == "flash_crowd":
+            state_dir = Path(os.environ.get("URR_DEVSTACK__STATE_DIR", ".urr"))
+            tokens = out / "access-tokens.txt"
+            setup.issue_access_tokens(state_dir, users, tokens)
+            env["URR_LT_TOKENS"] = str(tokens)
+            # Four more users no arrival is, for the forged and replayed token probes.
+            spare_file = out / "probe-tokens.txt"
+            setup.issue_access_tokens(state_dir, 4, spare_file)
+            spare = [tuple(line.split()) for line in spare_file.read_text().splitlines()]  # type: ignore[misc]
+    sampler = Sampler(stack, token, event_id) if event_id else None
+    if sampler:
+        sampler.start()
+    started = time.time()
+    code = run_locust(
+        scenario, host, out, users, spawn, seconds, env, sampler.overloaded if sampler else None
+    )
+    if sampler:
+        sampler.stopping.set()
+        sampler.join()
+    summary: dict[str, Any] = {
+        "scenario": scenario,
+        "users": users,
+        "run_time_s": round(time.time() - started, 1),
+        "locust_exit_code": code,
+    }
+    missed: list[str] = []
+    if sampler and sampler.overloaded.is_set():
+        missed.append("stopped early: Tier 1 (the local Lambda emulator on moto) stopped answering")
+        summary["stopped_early"] = True
+    if code != 0:
+        missed.append(f"locust exited {code} (see locust.log)")
+    stats = report.read_stats(out / scenario)
+    summary["routes"] = [
+        {
+            "route": s.name,
+            "requests": s.requests,
+            "failures": s.failures,
+            "p50_ms": s.p50_ms,
+            "p95_ms": s.p95_ms,
+            "p99_ms": s.p99_ms,
+        }
+        for s in stats
+    ]
+    missed += report.check_targets(stats, TARGETS[scenario])
+    report.chart_history(out / scenario, out)
+    if sampler:
+        report.chart_queue(sampler.samples, out, args.capacity)
+        with open(out / "queue_samples.json", "w", encoding="utf-8") as handle:
+            json.dump(sampler.samples, handle)
+    if event_id:
+        missed += _crowd_checks(stack, scenario, event_id, out, summary, sampler, spare, args)
+        summary["room"] = setup.deactivate_room(stack, token, event_id)
+    return summary, missed
+
+
+def _crowd_checks(
+    stack: Stack,
+    scenario: str,
+    event_id: str,
+    out: Path,
+    summary: dict[str, Any],
+    sampler: Sampler | None,
+    spare: list[tuple[str, str]],
+    args: argparse.Namespace,
+) -> list[str]:
+    """Seats, answers, order and capacity (journey and flash crowd); token probes (crowd)."""
+    arrivals = checks.read_arrivals(out / "arrivals.jsonl")
+    seats = checks.seat_figures(stack, event_id)
+    try:
+        rank = admissions.admissions(stack.url("kafka"), event_id)
+    except (TimeoutError, OSError) as exc:  # a broker too busy to read back is said, not fatal
+        rank = {}
+        summary["admissions_unread"] = repr(exc)
+    crowd, missed = checks.summarise_crowd(
+        arrivals, seats, sampler.samples if sampler else [], args.capacity, rank
+    )
+    summary["event_id"] = event_id
+    summary["crowd"] = crowd
+    if sampler and sampler.errors:
+        summary["sampler_errors"] = sampler.errors[:5]
+    if scenario == "flash_crowd":
+        probes, probe_missed = checks.forged_and_replayed(stack, event_id, arrivals, spare)
+        summary["token_probes"] = probes
+        missed += probe_missed
+        expected = args.users or DEFAULT_SHAPE[scenario][0]
+        if len(arrivals) < expected:
+            missed.append(f"only {len(arrivals)} of {expected} arrivals finished in time")
+    return missed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The flash crowd: every Locust user is one arrival that goes through once, then stops.
+
+Arrivals skip the login form: each carries an access token the runner issued beforehand
+(signed with the local stack's access key, ``URR_LT_TOKENS`` = a file of ``user_id token``
+lines), because 5,000 argon2 logins would measure the password hash, not the waiting room.
+Everything else is the journey: edge page, Tier 1 until admitted, Tier 2 until admitted,
+seat map, hold, reserve, outcome. One JSON line per arrival goes to ``URR_LT_RESULTS``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from locust import FastHttpUser, constant, task
+from locust.exception import StopUser
+
+from urr_loadtests.scenarios.common import ResultLog, env, env_float
+from urr_loadtests.scenarios.flow import Arrival, Flow, Unanswered
+
+RESULTS = ResultLog(env("RESULTS", ""))
+
+
+def _load_tokens() -> list[tuple[str, str]]:
+    path = env("TOKENS", "")
+    if not path:
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [tuple(line.split()) for line in handle if line.strip()]  # type: ignore[misc]
+
+
+TOKENS = _load_tokens()
+_next = itertools.count()
+
+
+class FlashCrowdArrival(FastHttpUser):
+    wait_time = constant(0)
+
+    @task
+    def arrive(self) -> None:
+        index = next(_next)
+        if index >= len(TOKENS):
+            raise StopUser()
+        user_id, token = TOKENS[index]
+        flow = Flow(
+            self.client, env("EVENT", "demo"), deadline_s=env_float("ARRIVAL_DEADLINE_S", 240)
+        )
+        flow.cookies["access_token"] = token
+        arrival = Arrival(user_id=user_id, started_at=time.time())
+        try:
+            flow.edge_page(arrival)
+            flow.tier1(arrival)
+            flow.tier2(arrival)
+            flow.book(arrival)
+        except Unanswered as exc:
+            arrival.detail = str(exc)
+        arrival.finished_at = time.time()
+        RESULTS.write(arrival.record())
+        raise StopUser()

@@ -1,0 +1,283 @@
+"""One arrival's way through the suite, shared by the ``journey`` and ``flash_crowd`` files.
+
+Edge page -> Tier-1 assign and check until admitted -> (log in) -> Tier-2 enter and status
+until admitted -> seat map -> hold -> reserve -> poll until the outcome. Every request goes
+through the edge, which forwards ``/api`` to the gateway, as a browser's would. Tokens travel
+as the browser's cookies do, set by hand so every request shows exactly what it carries.
+
+The outcome of an arrival is one of: ``confirmed``, ``declined`` (the booking was refused),
+``sold_out`` (admitted, but no seat was free), ``session_ended`` (the queue ended the session
+after the reservation reached a final status, so the poll was refused; the runner reads the
+final status from PostgreSQL), or ``unanswered`` with the request that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import gevent  # type: ignore[import-untyped]
+from locust.contrib.fasthttp import FastHttpSession
+
+from urr_loadtests.scenarios.common import problem_code
+
+JSON = {"content-type": "application/json"}
+FINAL = {"confirmed", "declined", "expired", "cancelled"}
+
+
+@dataclass
+class Arrival:
+    """What one arrival saw, logged as one JSON line for the runner's checks."""
+
+    user_id: str
+    started_at: float
+    tier1_position: int | None = None
+    tier1_admitted_at: float | None = None
+    tier2_position: int | None = None
+    tier2_admitted_at: float | None = None
+    first_ticket_call: float | None = None
+    last_ticket_ok: float | None = None
+    reservation_id: str | None = None
+    seat_id: str | None = None
+    outcome: str = "unanswered"
+    detail: str = ""
+    finished_at: float | None = None
+    #: Kept so the runner can replay them as someone else afterwards (local test tokens).
+    vwr_token: str | None = None
+    entry_token: str | None = None
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Unanswered(Exception):
+    """The suite gave no clear answer (5xx, a hang, or an unexpected status)."""
+
+
+class Flow:
+    def __init__(
+        self,
+        client: FastHttpSession,
+        event_id: str,
+        *,
+        deadline_s: float,
+        max_poll_s: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.event_id = event_id
+        self.deadline = time.time() + deadline_s
+        self.max_poll_s = max_poll_s
+        self.cookies: dict[str, str] = {}
+        # A new visitor: nothing from an earlier journey of this Locust user (the session
+        # would keep Set-Cookie values); every token is sent explicitly from here on.
+        client.cookiejar.clear()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if self.cookies:
+            headers["cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        return headers
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        name: str,
+        arrival: Arrival,
+        *,
+        body: Any = None,
+        ok: tuple[int, ...] = (200,),
+        expected: tuple[int, ...] = (),
+        headers: dict[str, str] | None = None,
+        retry_unavailable: bool = False,
+    ) -> tuple[int, Any]:
+        """One request: ``ok`` and ``expected`` statuses are answers, others are failures.
+
+        ``retry_unavailable``: a 502/503/504 still counts as an error, but the visitor does
+        what the waiting page does (back off 2, 4, 8... up to 30 s, keep the place, ask
+        again) instead of giving up.
+        """
+        failures = 0
+        if time.time() > self.deadline:
+            raise Unanswered(f"deadline passed before {name}")
+        extra = dict(headers or {})
+        self.client.cookiejar.clear()  # only the cookies this visitor chose to send
+        data = None
+        if body is not None:
+            extra.update(JSON)
+            data = json.dumps(body)
+        while True:
+            with self.client.request(
+                method,
+                path,
+                data=data,
+                headers=self._headers(extra),
+                name=name,
+                catch_response=True,
+                allow_redirects=False,
+            ) as response:
+                status = response.status_code
+                key = f"{name} {status}"
+                arrival.statuses[key] = arrival.statuses.get(key, 0) + 1
+                if status == 429:
+                    # The design's answer to a client over its limit: counted apart, never an
+                    # error; the visitor waits as told and asks again.
+                    response.request_meta["name"] = f"{name} (429 intended)"
+                    response.success()
+                    retry = response.headers.get("retry-after") or "1"
+                elif status in ok or status in expected:
+                    response.success()
+                    try:
+                        payload = response.json() if response.content else None
+                    except ValueError:
+                        payload = None
+                    return status, payload
+                else:
+                    response.failure(f"status {status} {problem_code(response.content)}")
+                    if not (retry_unavailable and status in (0, 502, 503, 504)):
+                        raise Unanswered(f"{name}: {status} {(response.text or '')[:200]}")
+                    failures += 1
+                    retry = str(min(30, 2**failures))
+            if time.time() + float(retry) > self.deadline:
+                raise Unanswered(f"{name}: still limited (429) at the deadline")
+            gevent.sleep(min(float(retry), 10.0))
+
+    def pause(self, seconds: Any) -> None:
+        wait = seconds if isinstance(seconds, int | float) else 2.0
+        gevent.sleep(min(max(float(wait), 0.5), self.max_poll_s))
+
+    # -- the steps --------------------------------------------------------------------------
+
+    def edge_page(self, arrival: Arrival) -> None:
+        # The edge sends a visitor with no Tier-1 pass to the waiting page.
+        self.call("GET", f"/events/{self.event_id}", "GET /events/{id}", arrival, ok=(302,))
+        self.call("GET", f"/vwr/{self.event_id}", "GET /vwr/{id} (waiting page)", arrival)
+
+    def tier1(self, arrival: Arrival) -> None:
+        request_id = str(uuid.uuid4())
+        _, placed = self.call(
+            "POST",
+            f"/vwr-api/vwr/assign/{self.event_id}",
+            "POST /vwr-api/vwr/assign/{id}",
+            arrival,
+            body={"requestId": request_id},
+            ok=(200, 201),
+            retry_unavailable=True,
+        )
+        arrival.tier1_position = int(placed["position"])
+        wait = placed.get("pollAfterSeconds")
+        while True:
+            self.pause(wait)
+            _, checked = self.call(
+                "GET",
+                f"/vwr-api/vwr/check/{self.event_id}/{request_id}",
+                "GET /vwr-api/vwr/check/{id}/{rid}",
+                arrival,
+                retry_unavailable=True,
+            )
+            if checked.get("admitted"):
+                self.cookies["urr-vwr-token"] = checked["token"]
+                arrival.vwr_token = checked["token"]
+                arrival.tier1_admitted_at = time.time()
+                return
+            wait = checked.get("pollAfterSeconds")
+
+    def login(self, arrival: Arrival, email: str, password: str) -> None:
+        # AUTH allows 20 logins a minute per address: a 429 waits and retries (in ``call``).
+        _, answer = self.call(
+            "POST",
+            "/api/v1/auth/login",
+            "POST /api/v1/auth/login",
+            arrival,
+            body={"email": email, "password": password},
+        )
+        self.cookies["access_token"] = answer["access_token"]
+
+    def tier2(self, arrival: Arrival) -> None:
+        base = f"/api/v1/queue/{self.event_id}"
+        _, answer = self.call(
+            "POST", f"{base}/enter", "POST /api/v1/queue/{id}/enter", arrival, ok=(200, 201)
+        )
+        while answer.get("status") != "admitted":
+            if arrival.tier2_position is None and answer.get("position") is not None:
+                arrival.tier2_position = int(answer["position"])
+            self.pause(answer.get("poll_after_seconds"))
+            _, answer = self.call("GET", f"{base}/status", "GET /api/v1/queue/{id}/status", arrival)
+        arrival.tier2_admitted_at = time.time()
+        self.cookies["urr-entry-token"] = answer["entry_token"]
+        arrival.entry_token = answer["entry_token"]
+
+    def book(self, arrival: Arrival) -> None:
+        arrival.first_ticket_call = time.time()
+        _, seat_map = self.call(
+            "GET", f"/api/v1/seats/{self.event_id}", "GET /api/v1/seats/{id}", arrival
+        )
+        arrival.last_ticket_ok = time.time()
+        free = [s["seatId"] for s in seat_map["seats"] if s.get("state") == "free"]
+        random.shuffle(free)
+        for seat_id in free[:3]:
+            status, _ = self.call(
+                "POST",
+                f"/api/v1/seats/{self.event_id}/{seat_id}/hold",
+                "POST /api/v1/seats/{id}/{seat}/hold",
+                arrival,
+                expected=(409,),
+            )
+            if status == 200:
+                arrival.last_ticket_ok = time.time()
+                arrival.seat_id = seat_id
+                break
+        if arrival.seat_id is None:
+            arrival.outcome = "sold_out"
+            self.leave(arrival)
+            return
+        _, reserved = self.call(
+            "POST",
+            f"/api/v1/reservations/{self.event_id}",
+            "POST /api/v1/reservations/{id}",
+            arrival,
+            body={"seatIds": [arrival.seat_id]},
+            ok=(200, 201, 202),
+            expected=(409,),
+        )
+        if not reserved or "reservationId" not in reserved:
+            arrival.outcome = "declined"
+            arrival.detail = problem_code(json.dumps(reserved or {}))
+            self.leave(arrival)
+            return
+        arrival.last_ticket_ok = time.time()
+        arrival.reservation_id = reserved["reservationId"]
+        self.poll_outcome(arrival)
+
+    def poll_outcome(self, arrival: Arrival) -> None:
+        path = f"/api/v1/reservations/{self.event_id}/{arrival.reservation_id}"
+        while True:
+            self.pause(3.0)  # BOOKING allows 10 calls a minute per user, hold and reserve included
+            status, answer = self.call(
+                "GET", path, "GET /api/v1/reservations/{id}/{rid}", arrival, expected=(403,)
+            )
+            if status == 403:
+                # The queue ends the session once the reservation is final (confirmed or
+                # declined), which revokes the entry token this poll needs.
+                arrival.outcome = "session_ended"
+                arrival.detail = str((answer or {}).get("reason", ""))
+                return
+            arrival.last_ticket_ok = time.time()
+            if answer.get("status") in FINAL:
+                arrival.outcome = str(answer["status"])
+                return
+
+    def leave(self, arrival: Arrival) -> None:
+        self.call(
+            "POST",
+            f"/api/v1/queue/{self.event_id}/leave",
+            "POST /api/v1/queue/{id}/leave",
+            arrival,
+        )

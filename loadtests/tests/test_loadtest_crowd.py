@@ -1,0 +1,291 @@
+"""The flash crowd, short, against a whole private stack; then the journey in Chromium.
+
+One ``urr-devstack up`` on free ports (its Redis, PostgreSQL database, Kafka and moto are
+this session's fixtures, so nothing touches a running ``make up``) serves both tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from urr_devstack.procs import RedisServer, free_port
+from urr_devstack.services import SERVICES
+from urr_loadtests.stack import READY_BANNER, parse_banner
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "artifacts" / "loadtests" / "tests"
+
+
+@dataclass
+class PrivateStack:
+    env: dict[str, str]
+    urls: dict[str, str]
+    admin_password: str
+    described: Path
+
+
+@pytest.fixture(scope="module")
+def private_stack(
+    redis_server: RedisServer, postgres_admin_dsn: str, kafka_bootstrap: str, moto_endpoint: str
+) -> Iterator[PrivateStack]:
+    state = Path(tempfile.mkdtemp(prefix="urr-loadtest-"))
+    state.chmod(0o755)
+    pg = urlsplit(postgres_admin_dsn)
+    database = f"urr_lt_{uuid.uuid4().hex[:12]}"
+    ports = {
+        name: free_port()
+        for spec in SERVICES
+        for name, port in spec.listeners().items()
+        if port is not None
+    }
+    env = {key: value for key, value in os.environ.items() if not key.startswith("URR_")}
+    env.update(
+        {
+            "URR_DEVSTACK__STATE_DIR": str(state / ".urr"),
+            "URR_DEVSTACK__PORTS__REDIS": str(redis_server.port),
+            "URR_DEVSTACK__PORTS__POSTGRES": str(pg.port),
+            "URR_DEVSTACK__PORTS__KAFKA": kafka_bootstrap.rsplit(":", 1)[1],
+            "URR_DEVSTACK__PORTS__MOTO": moto_endpoint.rsplit(":", 1)[1],
+            "URR_DEVSTACK__POSTGRES_DATABASE": database,
+            "URR_DEVSTACK__SERVICE_PORTS": json.dumps(ports),
+            "URR_DEVSTACK__READY_TIMEOUT_S": "90",
+        }
+    )
+    script = Path(sys.executable).parent / "urr-devstack"
+    process = subprocess.Popen(
+        [str(script), "up"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("admin login:" in line for line in lines):
+            assert process.poll() is None, "".join(lines[-40:])
+            assert time.monotonic() < deadline, "".join(lines[-40:])
+            time.sleep(0.2)
+        banner = lines[next(i for i, line in enumerate(lines) if READY_BANNER in line) :]
+        urls, email, password = parse_banner(banner)
+        urls["gateway-internal"] = f"http://127.0.0.1:{ports['gateway-internal']}"
+        described = state / "stack.json"
+        described.write_text(
+            json.dumps({"urls": urls, "admin_email": email, "admin_password": password})
+        )
+        yield PrivateStack(env, urls, password, described)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
+        asyncio.run(_drop_database(postgres_admin_dsn, database))
+        # The session's moto is shared: leave it empty for the tests after this module.
+        reset = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")  # noqa: S310
+        with urllib.request.urlopen(reset, timeout=10):  # noqa: S310
+            pass
+
+
+async def _drop_database(admin_dsn: str, name: str) -> None:
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.mark.timeout(150)
+def test_loadtest_short_flash_crowd_keeps_every_promise(private_stack: PrivateStack):
+    """Arrivals > seats > capacity: bookings stop at the seats, admissions at the capacity."""
+    out = ARTIFACTS / "flash_crowd"
+    env = {
+        **private_stack.env,
+        "URR_LT_STACK": str(private_stack.described),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "urr_loadtests",
+            "flash_crowd",
+            "--users",
+            "40",
+            "--spawn-rate",
+            "20",
+            "--run-time",
+            "60",
+            "--capacity",
+            "10",
+            "--admit-per-second",
+            "20",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    runs = sorted(out.glob("flash_crowd-*"))
+    assert runs, done.stdout + done.stderr
+    summary = json.loads((runs[-1] / "summary.json").read_text())
+    crowd = summary["crowd"]
+    assert crowd["arrivals"] == 40, summary
+    assert crowd["seats_sold_twice"] == []
+    assert crowd["server_errors_5xx"] == 0, summary
+    assert crowd["max_admitted_sampled"] <= 10
+    assert crowd["max_concurrent_entry_token_holders_seen_by_ticket"] <= 10
+    assert "unanswered" not in crowd["outcomes"], summary
+    confirmed = crowd["reservations_by_status"].get("confirmed", 0)
+    assert 0 < confirmed <= 100
+    assert all(400 <= probe["status"] < 500 for probe in summary["token_probes"]), summary
+    assert len(summary["token_probes"]) == 6
+    for name in ("report.html", "latency_and_throughput.png", "waiting_admitted_served.png"):
+        assert (runs[-1] / name).stat().st_size > 0
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+def test_loadtest_journey_in_chromium(private_stack: PrivateStack):
+    """A visitor in a real browser: the waiting page takes a place and lets them through.
+
+    The suite's only HTML page is the waiting page; everything after it is the API, so the
+    browser's own ``fetch`` (same cookies, same origin as the page) does the rest of the
+    journey, as the site's script would. Screenshots go to artifacts/loadtests/tests/browser.
+    """
+    from playwright.sync_api import sync_playwright
+
+    from urr_loadtests import setup
+    from urr_loadtests.stack import Stack
+
+    stack = Stack(private_stack.urls, "admin@urr.local", private_stack.admin_password)
+    event_id = f"br{uuid.uuid4().hex[:10]}"
+    setup.seed_event(stack, event_id, capacity=5, admit_per_second=5)
+    setup.activate_room(stack, setup.admin_token(stack), event_id)
+    shots = ARTIFACTS / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    edge = private_stack.urls["vwr-edge"]
+    email = f"browser-{uuid.uuid4().hex[:8]}@example.com"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page()
+            # The edge turns a visitor with no pass away to the waiting page...
+            page.goto(f"{edge}/events/{event_id}")
+            assert f"/vwr/{event_id}" in page.url
+            page.wait_for_selector("#position")
+            page.screenshot(path=str(shots / "1-waiting-room.png"))
+            # ... whose script takes a place, polls, and sends them back once admitted.
+            page.wait_for_url(f"{edge}/events/{event_id}", timeout=60_000)
+            cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+            assert "urr-vwr-token" in cookies
+            page.screenshot(path=str(shots / "2-through-the-room.png"))
+            steps = page.evaluate(JOURNEY_SCRIPT, {"eventId": event_id, "email": email})
+            page.set_content(
+                "<pre id=steps>" + json.dumps(steps, indent=2).replace("<", "&lt;") + "</pre>"
+            )
+            page.screenshot(path=str(shots / "3-booked.png"), full_page=True)
+        finally:
+            browser.close()
+    statuses = {step["step"]: step["status"] for step in steps}
+    assert statuses["register"] == 201, steps
+    assert statuses["login"] == 200, steps
+    assert statuses["enter"] in (200, 201), steps
+    assert statuses["admitted"] == 200, steps
+    assert statuses["seats"] == 200, steps
+    assert statuses["hold"] == 200, steps
+    assert statuses["reserve"] == 202, steps
+    assert steps[-1]["step"] == "outcome", steps
+
+
+#: The rest of the journey with the page's own fetch: cookies travel as the browser keeps them.
+JOURNEY_SCRIPT = """
+async ({eventId, email}) => {
+  const steps = [];
+  const call = async (step, method, path, body) => {
+    const init = {method, credentials: "same-origin", headers: {}};
+    if (body) {
+      init.headers["content-type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch(path, init);
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
+    steps.push({
+      step, status: response.status, code: data && data.code, state: data && data.status,
+    });
+    return {status: response.status, data};
+  };
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const credentials = {email, password: "browser password 1"};
+  await call("register", "POST", "/api/v1/auth/register", credentials);
+  await call("login", "POST", "/api/v1/auth/login", credentials);
+  let answer = await call("enter", "POST", `/api/v1/queue/${eventId}/enter`);
+  for (let i = 0; i < 30 && answer.data && answer.data.status !== "admitted"; i++) {
+    await sleep(1000);
+    answer = await call("status", "GET", `/api/v1/queue/${eventId}/status`);
+  }
+  const admitted = answer.data && answer.data.status === "admitted";
+  steps.push({step: "admitted", status: admitted ? 200 : 0});
+  const seats = await call("seats", "GET", `/api/v1/seats/${eventId}`);
+  const free = seats.data.seats.filter((s) => s.state === "free").map((s) => s.seatId);
+  await call("hold", "POST", `/api/v1/seats/${eventId}/${free[0]}/hold`);
+  const reserved = await call(
+    "reserve", "POST", `/api/v1/reservations/${eventId}`, {seatIds: [free[0]]});
+  for (let i = 0; i < 20; i++) {
+    await sleep(2000);
+    const polled = await call(
+      "poll", "GET", `/api/v1/reservations/${eventId}/${reserved.data.reservationId}`);
+    if (polled.status !== 200 || ["confirmed", "declined"].includes(polled.data.status)) break;
+  }
+  steps.push({step: "outcome", status: 0});
+  return steps;
+}
+"""
