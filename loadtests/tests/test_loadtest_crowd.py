@@ -190,7 +190,6 @@ CHROMIUM_ARGS = [
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 def test_loadtest_journey_in_chromium(private_stack: PrivateStack):
     """A visitor in a real browser: the waiting page takes a place and lets them through.
 
@@ -198,6 +197,8 @@ def test_loadtest_journey_in_chromium(private_stack: PrivateStack):
     browser's own ``fetch`` (same cookies, same origin as the page) does the rest of the
     journey, as the site's script would. Screenshots go to artifacts/loadtests/tests/browser.
     """
+    # Fail, never skip: `make test` installs Debian's chromium before the tests run.
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
     from playwright.sync_api import sync_playwright
 
     from urr_loadtests import setup

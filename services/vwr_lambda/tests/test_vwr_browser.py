@@ -32,12 +32,13 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium"
-    ),
-]
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(autouse=True)
+def _chromium_is_installed() -> None:
+    # Fail, never skip: `make test` installs Debian's chromium before the tests run.
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
 
 
 async def start(app: web.Application) -> tuple[web.AppRunner, str]:

@@ -5,7 +5,7 @@ The devstack calls ``ensure_tables`` against moto before starting the stand-ins.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -15,48 +15,61 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 
+#: The attribute DynamoDB expires positions by (epoch seconds; moto does not enforce it).
+TTL_ATTRIBUTE = "ttl"
+
+
+def counters_table(tables: TableSettings) -> dict[str, Any]:
+    """``CreateTable`` arguments of ``counters``: one item per event."""
+    return {
+        "TableName": tables.counters,
+        "AttributeDefinitions": [{"AttributeName": "eventId", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "eventId", "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+def positions_table(tables: TableSettings) -> dict[str, Any]:
+    """``CreateTable`` arguments of ``positions``: one item per (event, request), with the
+    position GSI the advancer walks the line on."""
+    return {
+        "TableName": tables.positions,
+        "AttributeDefinitions": [
+            {"AttributeName": "eventId", "AttributeType": "S"},
+            {"AttributeName": "requestId", "AttributeType": "S"},
+            {"AttributeName": "position", "AttributeType": "N"},
+        ],
+        "KeySchema": [
+            {"AttributeName": "eventId", "KeyType": "HASH"},
+            {"AttributeName": "requestId", "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": tables.position_index,
+                "KeySchema": [
+                    {"AttributeName": "eventId", "KeyType": "HASH"},
+                    {"AttributeName": "position", "KeyType": "RANGE"},
+                ],
+                "Projection": {
+                    "ProjectionType": "INCLUDE",
+                    "NonKeyAttributes": ["lastSeen", "epoch", "ttl", "abandoned", "admittedAt"],
+                },
+            }
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
 def ensure_tables(client: DynamoDBClient, tables: TableSettings) -> None:
     """Create ``counters`` and ``positions`` (TTL on ``ttl``, the position GSI) when missing."""
     existing = set(client.list_tables().get("TableNames", []))
     if tables.counters not in existing:
-        _create(
-            client.create_table,
-            TableName=tables.counters,
-            AttributeDefinitions=[{"AttributeName": "eventId", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "eventId", "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        _create(client.create_table, **counters_table(tables))
     if tables.positions not in existing:
-        _create(
-            client.create_table,
-            TableName=tables.positions,
-            AttributeDefinitions=[
-                {"AttributeName": "eventId", "AttributeType": "S"},
-                {"AttributeName": "requestId", "AttributeType": "S"},
-                {"AttributeName": "position", "AttributeType": "N"},
-            ],
-            KeySchema=[
-                {"AttributeName": "eventId", "KeyType": "HASH"},
-                {"AttributeName": "requestId", "KeyType": "RANGE"},
-            ],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": tables.position_index,
-                    "KeySchema": [
-                        {"AttributeName": "eventId", "KeyType": "HASH"},
-                        {"AttributeName": "position", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {
-                        "ProjectionType": "INCLUDE",
-                        "NonKeyAttributes": ["lastSeen", "epoch", "ttl", "abandoned", "admittedAt"],
-                    },
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        _create(client.create_table, **positions_table(tables))
         client.update_time_to_live(
             TableName=tables.positions,
-            TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"},
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
         )
 
 

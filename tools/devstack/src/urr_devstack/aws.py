@@ -22,6 +22,9 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from urr_vwr_lambda.settings import TableSettings
+from urr_vwr_lambda.tables import TTL_ATTRIBUTE, counters_table, positions_table
+
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
     from types_aiobotocore_s3 import S3Client
@@ -36,10 +39,12 @@ TICKET_VISIBILITY_TIMEOUT_S = 30
 #: The DLQ keeps messages for the longest SQS allows (14 days), for inspection and replay.
 DLQ_RETENTION_S = 14 * 24 * 3600
 
-COUNTERS_TABLE = "counters"
-POSITIONS_TABLE = "positions"
-POSITIONS_INDEX = "eventId-position-index"
-POSITIONS_TTL_ATTRIBUTE = "ttl"
+#: The Tier-1 tables as the VWR package defines them (names, keys, GSI, TTL): one schema.
+_TABLES = TableSettings()
+COUNTERS_TABLE = _TABLES.counters
+POSITIONS_TABLE = _TABLES.positions
+POSITIONS_INDEX = _TABLES.position_index
+POSITIONS_TTL_ATTRIBUTE = TTL_ATTRIBUTE
 TANSU_BUCKET = "tansu"
 
 
@@ -165,12 +170,7 @@ async def ensure_counters_table(dynamodb: DynamoDBClient) -> bool:
     """``counters``: one item per event (``nextPosition``, ``servingCounter``, ``isActive``)."""
     if await _table_exists(dynamodb, COUNTERS_TABLE):
         return False
-    await dynamodb.create_table(
-        TableName=COUNTERS_TABLE,
-        AttributeDefinitions=[{"AttributeName": "eventId", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "eventId", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    await dynamodb.create_table(**counters_table(_TABLES))
     await _wait_active(dynamodb, COUNTERS_TABLE)
     return True
 
@@ -179,29 +179,7 @@ async def ensure_positions_table(dynamodb: DynamoDBClient) -> bool:
     """``positions``: one item per (event, request) with its place; expires through ``ttl``."""
     created = False
     if not await _table_exists(dynamodb, POSITIONS_TABLE):
-        await dynamodb.create_table(
-            TableName=POSITIONS_TABLE,
-            AttributeDefinitions=[
-                {"AttributeName": "eventId", "AttributeType": "S"},
-                {"AttributeName": "requestId", "AttributeType": "S"},
-                {"AttributeName": "position", "AttributeType": "N"},
-            ],
-            KeySchema=[
-                {"AttributeName": "eventId", "KeyType": "HASH"},
-                {"AttributeName": "requestId", "KeyType": "RANGE"},
-            ],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": POSITIONS_INDEX,
-                    "KeySchema": [
-                        {"AttributeName": "eventId", "KeyType": "HASH"},
-                        {"AttributeName": "position", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        await dynamodb.create_table(**positions_table(_TABLES))
         await _wait_active(dynamodb, POSITIONS_TABLE)
         created = True
     ttl = await dynamodb.describe_time_to_live(TableName=POSITIONS_TABLE)
