@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -330,13 +331,22 @@ def _race_winner(
     """
     runtime.metrics.add_metric(name="AssignRaceLost", unit=MetricUnit.Count, value=1)
     store = runtime.store
-    winner = store.get_place(event_id, request_id)
-    if winner is None or not winner.current(epoch, now_s):
-        claimed = store.get_claim(event_id, user_id) if user_id else None
-        winner = store.get_place(event_id, claimed.owner_request_id) if claimed else None
-    if winner is None or not winner.current(epoch, now_s):
-        raise VwrProblem(409, "assign_conflict", "a concurrent assign interfered; retry")
-    return winner
+    # The winner writes its claim, then its place: a loser reading in between finds the
+    # claim but not yet the place, so it looks again a moment later before giving up.
+    for attempt in range(_RACE_READS):
+        if attempt:
+            time.sleep(_RACE_READ_PAUSE_S * attempt)
+        winner = store.get_place(event_id, request_id)
+        if winner is None or not winner.current(epoch, now_s):
+            claimed = store.get_claim(event_id, user_id) if user_id else None
+            winner = store.get_place(event_id, claimed.owner_request_id) if claimed else None
+        if winner is not None and winner.current(epoch, now_s):
+            return winner
+    raise VwrProblem(409, "assign_conflict", "a concurrent assign interfered; retry")
+
+
+_RACE_READS = 3
+_RACE_READ_PAUSE_S = 0.05
 
 
 def room_inactive(event_id: str) -> VwrProblem:
@@ -355,10 +365,12 @@ def check_place(
         raise bad_request("the request id is not a UUID", "bad_request_id")
     store = runtime.store
     now_s = runtime.now_s()
-    state, place = store.read_check(event_id, request_id)
+    state, place = read_check(runtime, event_id, request_id)
     if state is None:
         raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}")
     if place is None or place.epoch != state.epoch or place.expires_at <= now_s:
+        if place is not None:
+            runtime.place_cache.forget(event_id, request_id)
         raise VwrProblem(404, "position_not_found", "this request id holds no place for this event")
     if place.abandoned:
         raise position_abandoned()
@@ -368,14 +380,39 @@ def check_place(
     if not state.is_active:
         raise room_inactive(event_id)
     poll = runtime.settings.poll
-    if now_s - place.last_seen >= poll.last_seen_write_interval_s and not store.touch(
-        place, now_s=now_s
-    ):
-        raise position_abandoned()
+    if now_s - place.last_seen >= poll.last_seen_write_interval_s:
+        # The write is conditional on the place not being given up, so a stale cached copy
+        # still learns here that the advancer marked it abandoned.
+        if not store.touch(place, now_s=now_s):
+            runtime.place_cache.forget(event_id, request_id)
+            raise position_abandoned()
+        runtime.place_cache.put(replace(place, last_seen=now_s))
     figures = waiting_figures(runtime, state, place.position)
     return json_response(
         200, {"eventId": event_id, "requestId": request_id, "admitted": False, **figures}
     )
+
+
+def read_check(
+    runtime: VwrRuntime, event_id: str, request_id: str
+) -> tuple[EventState | None, Place | None]:
+    """The event and the place, from the warm container's copies when it has them.
+
+    A place seen before costs at most a counters read (one a second per container); a new one
+    costs the single batched read of both.
+    """
+    events, places = runtime.event_cache, runtime.place_cache
+    place = places.get(event_id, request_id)
+    state = events.get(event_id)
+    if place is None:
+        state, place = runtime.store.read_check(event_id, request_id)
+        if place is not None:
+            places.put(place)
+    elif state is None:
+        state = runtime.store.get_event(event_id)
+    if state is not None:
+        events.put(state)
+    return state, place
 
 
 def position_abandoned() -> VwrProblem:
@@ -408,7 +445,9 @@ def admitted_response(
             place, token=fresh, token_exp=now_s + signer.ttl_s, now_s=now_s
         )
         if stored is None or stored.token is None or stored.token_exp is None:
+            runtime.place_cache.forget(place.event_id, place.request_id)
             raise position_abandoned()
+        runtime.place_cache.put(stored)
         token, token_exp = stored.token, stored.token_exp
         runtime.metrics.add_metric(name="Admitted", unit=MetricUnit.Count, value=1)
     cookie = Cookie(

@@ -336,12 +336,31 @@ class VwrStore:
         now_s: int,
         stale_owner: str | None = None,
     ) -> bool:
-        """Write the new place (and the user's claim); False when another write got there first.
+        """Write the new place (and first the user's claim); False when another write won.
 
         The row may replace one of an earlier epoch, an expired one or an abandoned one; the
-        claim may replace one of an earlier epoch, an expired one, or one naming
-        ``stale_owner`` (a place the caller found gone).
+        claim may replace one of an earlier epoch, an expired one, one naming
+        ``stale_owner`` (a place the caller found gone) or one naming this very request (a
+        retry after a lost answer).
+
+        Two conditional writes, not a transaction: a transaction buys nothing here that the
+        order does not, and moto copies the whole table for every transaction (assigns became
+        quadratic in the crowd). The claim goes first, so a second tab of the same user loses
+        before it writes a place. If the place write then loses (a racing duplicate of the
+        same request id), the claim already names that request id, which holds the place the
+        winner wrote. A crash between the two leaves a claim whose owner has no place: the
+        next assign finds it gone and takes the claim over as ``stale_owner``.
         """
+        if user_id and not self._put_claim(
+            event_id,
+            request_id,
+            user_id,
+            position=position,
+            epoch=epoch,
+            now_s=now_s,
+            stale_owner=stale_owner,
+        ):
+            return False
         item: dict[str, Any] = {
             "eventId": {"S": event_id},
             "requestId": {"S": request_id},
@@ -353,46 +372,64 @@ class VwrStore:
         }
         if user_id:
             item["userId"] = {"S": user_id}
-        replaceable = (
-            "attribute_not_exists(requestId) OR epoch < :epoch OR #ttl < :now OR abandoned = :true"
-        )
-        values = {":epoch": _num(epoch), ":now": _num(now_s), ":true": {"BOOL": True}}
-        put = {
-            "TableName": self.positions_table,
-            "Item": item,
-            "ConditionExpression": replaceable,
-            "ExpressionAttributeNames": {"#ttl": "ttl"},
-            "ExpressionAttributeValues": values,
-        }
         try:
-            if not user_id:
-                self._db.put_item(**put)  # type: ignore[arg-type]
-                return True
-            claim_condition = "attribute_not_exists(requestId) OR epoch < :epoch OR #ttl < :now"
-            claim_values: dict[str, Any] = {":epoch": _num(epoch), ":now": _num(now_s)}
-            if stale_owner:
-                claim_condition += " OR ownerRequestId = :stale"
-                claim_values[":stale"] = {"S": stale_owner}
-            self._db.transact_write_items(
-                TransactItems=[
-                    {"Put": put},  # type: ignore[typeddict-item]
-                    {
-                        "Put": {
-                            "TableName": self.positions_table,
-                            "Item": {
-                                "eventId": {"S": event_id},
-                                "requestId": {"S": user_claim_key(user_id)},
-                                "ownerRequestId": {"S": request_id},
-                                "claimedPosition": _num(position),
-                                "epoch": _num(epoch),
-                                "ttl": _num(now_s + POSITION_TTL_S),
-                            },
-                            "ConditionExpression": claim_condition,
-                            "ExpressionAttributeNames": {"#ttl": "ttl"},
-                            "ExpressionAttributeValues": claim_values,
-                        }
-                    },
-                ]
+            self._db.put_item(
+                TableName=self.positions_table,
+                Item=item,
+                ConditionExpression=(
+                    "attribute_not_exists(requestId) OR epoch < :epoch OR #ttl < :now "
+                    "OR abandoned = :true"
+                ),
+                ExpressionAttributeNames={"#ttl": "ttl"},
+                ExpressionAttributeValues={
+                    ":epoch": _num(epoch),
+                    ":now": _num(now_s),
+                    ":true": {"BOOL": True},
+                },
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
+    def _put_claim(
+        self,
+        event_id: str,
+        request_id: str,
+        user_id: str,
+        *,
+        position: int,
+        epoch: int,
+        now_s: int,
+        stale_owner: str | None,
+    ) -> bool:
+        condition = (
+            "attribute_not_exists(requestId) OR epoch < :epoch OR #ttl < :now "
+            "OR ownerRequestId = :me"
+        )
+        values: dict[str, Any] = {
+            ":epoch": _num(epoch),
+            ":now": _num(now_s),
+            ":me": {"S": request_id},
+        }
+        if stale_owner:
+            condition += " OR ownerRequestId = :stale"
+            values[":stale"] = {"S": stale_owner}
+        try:
+            self._db.put_item(
+                TableName=self.positions_table,
+                Item={
+                    "eventId": {"S": event_id},
+                    "requestId": {"S": user_claim_key(user_id)},
+                    "ownerRequestId": {"S": request_id},
+                    "claimedPosition": _num(position),
+                    "epoch": _num(epoch),
+                    "ttl": _num(now_s + POSITION_TTL_S),
+                },
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#ttl": "ttl"},
+                ExpressionAttributeValues=values,
             )
         except ClientError as exc:
             if _conditional_failed(exc):
