@@ -234,6 +234,8 @@ def vwr_settings(
         },
         queue={"url": capacity_server.url, "timeout_s": 1.0},
         advancer={"steps_per_invocation": 1, "step_interval_s": 10.0},
+        # The tests move the counters and check at once; test_vwr_warm.py covers the cache.
+        poll={"counters_cache_s": 0},
         edge_config={"target": str(tmp_path / "edge-config.json")},
         # The shared moto server can stall for seconds on a loaded machine; a retried
         # ``ADD nextPosition`` would then leave a gap the contiguity test would see.

@@ -202,7 +202,7 @@ def test_checks_record_last_seen(vwr: Any, dynamodb: Any) -> None:
     vwr.open_event("evt-1")
     request_id = str(uuid.uuid4())
     vwr.assign("evt-1", request_id)
-    vwr.clock.advance(30)
+    vwr.clock.advance(vwr.settings.poll.last_seen_write_interval_s)
     vwr.check("evt-1", request_id)
     item = dynamodb.get_item(
         TableName=vwr.settings.tables.positions,

@@ -20,6 +20,7 @@ from urr_vwr_lambda.edge_config import EdgeConfigPublisher, build_document
 from urr_vwr_lambda.keys import SigningKeyUnavailable, load_signing_key
 from urr_vwr_lambda.settings import VwrSettings
 from urr_vwr_lambda.store import VwrStore
+from urr_vwr_lambda.warm import EventCache, PlaceCache
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Metrics
@@ -67,6 +68,14 @@ class VwrRuntime:
             positions_table=tables.positions,
             position_index=tables.position_index,
         )
+
+    @cached_property
+    def event_cache(self) -> EventCache:
+        return EventCache(ttl_s=self.settings.poll.counters_cache_s, clock=time.monotonic)
+
+    @cached_property
+    def place_cache(self) -> PlaceCache:
+        return PlaceCache(size=self.settings.poll.place_cache_size)
 
     @cached_property
     def signing_key(self) -> SigningKey:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from urr_common.settings import (
     AwsSettings,
@@ -102,8 +102,15 @@ class AdvancerSettings(BaseModel):
 class PollSettings(BaseModel):
     min_s: int = Field(default=2, ge=1, le=60)
     max_s: int = Field(default=30, ge=1, le=300)
-    #: A check writes ``lastSeen`` only when the stored one is older than this (saves writes).
-    last_seen_write_interval_s: int = Field(default=2, ge=0, le=60)
+    #: A check writes ``lastSeen`` only when the stored one is older than this: most checks
+    #: then write nothing. A waiter who follows the advice is at most this plus ``max_s``
+    #: behind, which must stay under the advancer's ``abandon_after_s`` (checked at start).
+    last_seen_write_interval_s: int = Field(default=45, ge=0, le=600)
+    #: How long a warm container answers checks from its copy of the counters item (the read
+    #: is eventually consistent anyway); 0 reads it on every check.
+    counters_cache_s: float = Field(default=1.0, ge=0.0, le=10.0)
+    #: Places a warm container remembers (their numbers never change); 0 turns it off.
+    place_cache_size: int = Field(default=20_000, ge=0, le=1_000_000)
 
 
 class EdgeConfigSettings(BaseModel):
@@ -141,8 +148,24 @@ class VwrSettings(ServiceSettings):
     #: Worker processes of the local API Gateway emulator (each one a "container" running one
     #: invocation at a time, as powertools' resolver requires); 0 runs it in-process.
     local_api_processes: int = Field(default=2, ge=0, le=16)
+    #: Invocations the emulator lets run or wait at once; beyond that it answers 429 at once,
+    #: as API Gateway's throttling does in AWS. Without a bound, a crowd larger than moto can
+    #: serve queues requests that time out before they run, and nothing useful gets done.
+    local_api_max_pending: int = Field(default=32, ge=1, le=10_000)
     #: Whether a missing signing key may be generated (only ever on a developer's machine).
     create_missing_keys: bool = True
+
+    @model_validator(mode="after")
+    def _live_waiters_are_never_abandoned(self) -> VwrSettings:
+        # The longest a polling waiter's lastSeen can lag: one write interval plus one poll.
+        lag = self.poll.last_seen_write_interval_s + self.poll.max_s
+        if lag >= self.advancer.abandon_after_s:
+            raise ValueError(
+                f"poll.last_seen_write_interval_s + poll.max_s ({lag} s) must stay below "
+                f"advancer.abandon_after_s ({self.advancer.abandon_after_s} s), or waiters "
+                "who keep checking would be given up"
+            )
+        return self
 
 
 class EdgeEmulatorSettings(ServiceSettings):

@@ -1,0 +1,136 @@
+"""What a warm container spares DynamoDB: checks answered from its copies, still correct.
+
+Counts the real calls the runtime's boto3 client makes (botocore's ``before-call`` event)
+against the session's moto server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from urr_common.settings import SettingsError, load_settings
+from urr_vwr_lambda.settings import VwrSettings
+from urr_vwr_lambda.store import EventState, Place
+from urr_vwr_lambda.warm import EventCache, PlaceCache
+
+
+def _calls(vwr: Any) -> Counter[str]:
+    """DynamoDB operations the harness's runtime makes from now on, by name."""
+    seen: Counter[str] = Counter()
+
+    def count(model: Any, **_: Any) -> None:
+        seen[model.name] += 1
+
+    vwr.runtime.dynamodb.meta.events.register("before-call.dynamodb", count)
+    return seen
+
+
+def _state(event_id: str = "e", serving: int = 0) -> EventState:
+    return EventState(event_id, True, 10, serving, 5, 0, 1, None)
+
+
+def _place(request_id: str, *, abandoned: bool = False) -> Place:
+    return Place("e", request_id, 3, 1, None, 0, 10**10, abandoned, None, None)
+
+
+def test_the_event_cache_forgets_after_its_ttl() -> None:
+    now = itertools.count()
+    cache = EventCache(ttl_s=2, clock=lambda: float(next(now)))
+    cache.put(_state())  # t=0
+    assert cache.get("e") is not None  # t=1
+    assert cache.get("e") is None  # t=2: as old as the ttl
+    off = EventCache(ttl_s=0, clock=lambda: 0.0)
+    off.put(_state())
+    assert off.get("e") is None
+
+
+def test_the_place_cache_is_bounded_and_never_keeps_an_abandoned_place() -> None:
+    cache = PlaceCache(size=2)
+    cache.put(_place("a"))
+    cache.put(_place("b"))
+    assert cache.get("e", "a") is not None  # a is now the most recently used
+    cache.put(_place("c"))
+    assert cache.get("e", "b") is None
+    assert cache.get("e", "a") is not None
+    assert cache.get("e", "c") is not None
+    cache.put(_place("d", abandoned=True))
+    assert cache.get("e", "d") is None
+    assert len(cache) == 2
+
+
+def test_repeated_checks_are_answered_without_reading_dynamodb(vwr: Any) -> None:
+    vwr.runtime.settings.poll.counters_cache_s = 60.0
+    vwr.runtime.__dict__.pop("event_cache", None)
+    vwr.open_event("warm")
+    request_id = str(uuid.uuid4())
+    vwr.assign("warm", request_id)
+    calls = _calls(vwr)
+    first = vwr.check("warm", request_id)
+    assert first.body["admitted"] is False
+    assert calls == {"BatchGetItem": 1}
+    for _ in range(5):
+        assert vwr.check("warm", request_id).body["position"] == first.body["position"]
+    assert calls == {"BatchGetItem": 1}, "checks within the intervals read nothing"
+    # The lastSeen write is still made once its interval has passed.
+    vwr.clock.advance(vwr.settings.poll.last_seen_write_interval_s)
+    vwr.check("warm", request_id)
+    assert calls["UpdateItem"] == 1
+
+
+def test_a_cached_place_given_up_meanwhile_is_still_refused(vwr: Any) -> None:
+    """The advancer marks a silent place abandoned; the stale cached copy must not hide it."""
+    vwr.open_event("gone")
+    silent = str(uuid.uuid4())
+    vwr.assign("gone", silent)
+    assert vwr.check("gone", silent).status == 200  # now cached, not abandoned
+    vwr.clock.advance(vwr.settings.advancer.abandon_after_s + 10)
+    vwr.capacity.for_event("gone").capacity = 10
+    vwr.capacity.for_event("gone").admit_per_second = 1.0
+    from urr_vwr_lambda.advancer import run_cycle
+
+    run_cycle(vwr.runtime, interval_s=10)
+    answer = vwr.check("gone", silent)
+    assert (answer.status, answer.body["code"]) == (410, "position_abandoned")
+
+
+def test_an_admitted_check_stores_one_token_and_then_reads_nothing_more(vwr: Any) -> None:
+    vwr.open_event("in")
+    request_id = str(uuid.uuid4())
+    vwr.assign("in", request_id)
+    vwr.admin("POST", "in/advance", {"by": 1})
+    calls = _calls(vwr)
+    first = vwr.check("in", request_id)
+    assert first.body["admitted"] is True
+    again = vwr.check("in", request_id)
+    assert again.body["token"] == first.body["token"]
+    assert calls["UpdateItem"] == 1, "the token is recorded once, then served from the copy"
+
+
+def test_a_claim_left_without_its_place_is_taken_over(vwr: Any) -> None:
+    """A crash between the claim write and the place write must not lock the user out."""
+    vwr.open_event("crash")
+    orphan = str(uuid.uuid4())
+    store = vwr.runtime.store
+    assert store._put_claim(
+        "crash", orphan, "u-7", position=1, epoch=1, now_s=vwr.runtime.now_s(), stale_owner=None
+    )
+    token = vwr.user_token("u-7")
+    answer = vwr.assign("crash", str(uuid.uuid4()), Authorization=f"Bearer {token}")
+    assert answer.status == 201
+    claim = store.get_claim("crash", "u-7")
+    assert claim is not None
+    assert claim.owner_request_id == answer.body["requestId"]
+
+
+def test_settings_refuse_a_write_interval_that_would_abandon_live_waiters() -> None:
+    with pytest.raises(SettingsError, match="abandon_after_s"):
+        load_settings(
+            VwrSettings,
+            poll={"last_seen_write_interval_s": 100, "max_s": 30},
+            advancer={"abandon_after_s": 120},
+        )
