@@ -12,24 +12,52 @@ runtime instead and the handler runs on a thread of this process.
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from urr_common.logs import configure_logging
-from urr_common.service import READINESS_KEY, create_service_app, run, serve
+from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app, run, serve
 from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local.proxy_events import http_response, rest_event
+from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, problem_body
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
 
 EXECUTOR_KEY = web.AppKey("vwr_api_executor", Executor)
+#: Seconds a throttled caller is asked to wait (the waiting page adds its own jitter).
+THROTTLE_RETRY_AFTER_S = 1
+
+
+@dataclass
+class Pending:
+    """Invocations running or waiting for a worker, and how many were turned away."""
+
+    limit: int
+    count: int = 0
+    throttled: int = 0
+
+
+PENDING_KEY = web.AppKey("vwr_api_pending", Pending)
+
+
+def throttled() -> web.Response:
+    """API Gateway's answer to a caller over the stage's throttle, as a problem."""
+    body = problem_body(429, "throttled", "the waiting room is busy; try again shortly")
+    return web.Response(
+        status=429,
+        text=json.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers={"Retry-After": str(THROTTLE_RETRY_AFTER_S), "Cache-Control": "no-store"},
+    )
 
 
 def invoke_in_worker(event: dict[str, Any]) -> dict[str, Any]:
@@ -74,16 +102,33 @@ def create_app(
 
     app[READINESS_KEY].add_check("dynamodb", dynamodb_ready)
 
+    pending = Pending(limit=settings.local_api_max_pending)
+    app[PENDING_KEY] = pending
+    throttled_total = Counter(
+        "urr_vwr_apigw_throttled",
+        "Requests the API Gateway emulator turned away with 429 (too many pending)",
+        registry=app[REGISTRY_KEY],
+    )
+
     async def invoke(request: web.Request) -> web.Response:
-        body = await request.read()
-        event = rest_event(request, body)
-        loop = asyncio.get_running_loop()
-        if in_process:
-            result: dict[str, Any] = await loop.run_in_executor(
-                request.app[EXECUTOR_KEY], local_handler, event, None
-            )
-        else:
-            result = await loop.run_in_executor(request.app[EXECUTOR_KEY], invoke_in_worker, event)
+        if pending.count >= pending.limit:
+            pending.throttled += 1
+            throttled_total.inc()
+            return throttled()
+        pending.count += 1
+        try:
+            body = await request.read()
+            event = rest_event(request, body)
+            loop = asyncio.get_running_loop()
+            executor = request.app[EXECUTOR_KEY]
+            if in_process:
+                result: dict[str, Any] = await loop.run_in_executor(
+                    executor, local_handler, event, None
+                )
+            else:
+                result = await loop.run_in_executor(executor, invoke_in_worker, event)
+        finally:
+            pending.count -= 1
         return http_response(result)
 
     app.router.add_route("*", "/{tail:.*}", invoke)

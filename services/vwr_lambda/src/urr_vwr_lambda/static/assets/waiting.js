@@ -79,7 +79,7 @@
     if (body) { init.headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
     return fetch(API + path, init).then(function (response) {
       return response.json().catch(function () { return {}; }).then(function (data) {
-        return { status: response.status, data: data };
+        return { status: response.status, data: data, retryAfter: response.headers.get("Retry-After") };
       });
     });
   }
@@ -97,6 +97,16 @@
     }
     if (code === "event_not_found" || code === "bad_event_id") {
       say("There is no waiting room for this event."); return;
+    }
+    if (answer.status === 429) {
+      // Throttled: never sooner than told, and longer on each refusal in a row, so a
+      // throttled crowd does not come back all at once.
+      failures += 1;
+      var told = Number(answer.retryAfter) || 1;
+      var wait = Math.min(MAX_BACKOFF_S, Math.max(told, Math.pow(2, failures)));
+      say("The waiting room is busy; your place is kept.");
+      later(wait, step);
+      return;
     }
     backoff(step, "The waiting room is busy.");
   }
