@@ -63,8 +63,11 @@ class DevstackSettings(BaseSettings):
     aws_access_key_id: str = "urr-local"
     aws_secret_access_key: str = "urr-local"  # noqa: S105 - moto takes any; nothing secret
 
-    #: ``s3`` keeps Kafka records in moto's S3 across broker restarts; ``memory`` keeps none.
-    kafka_storage: Literal["s3", "memory"] = "s3"
+    #: ``memory`` keeps Kafka records in the broker; ``s3`` keeps them in moto's S3 across
+    #: broker restarts (not across ``up`` runs: moto forgets too), at a price: Tansu lists its
+    #: S3 objects on fetches, and under a flash crowd that took most of moto's time away from
+    #: DynamoDB and SQS (see tools/devstack/README.md).
+    kafka_storage: Literal["s3", "memory"] = "memory"
     kafka_partitions: int = Field(default=3, ge=1, le=64)
 
     #: How long a server we start may take to listen.
