@@ -164,3 +164,37 @@ async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
         answer = await client.post("/vwr/assign/evt-1", json={"requestId": str(uuid.uuid4())})
         assert answer.status == 201
         assert (await answer.json())["position"] == 1
+
+
+async def test_the_api_emulator_throttles_past_its_pending_limit(vwr: Any) -> None:
+    """Beyond ``local_api_max_pending`` in flight, callers get 429 at once, as from API
+    Gateway's throttle, and nothing is queued for them."""
+    await asyncio.to_thread(vwr.open_event, "busy")
+    settings = vwr.settings.model_copy(update={"local_api_max_pending": 1})
+    app = apigw.create_app(settings, runtime=vwr.runtime)
+    async with TestClient(TestServer(app)) as client:
+        answers = await asyncio.gather(*(client.get("/vwr/status/busy") for _ in range(6)))
+        statuses = sorted(answer.status for answer in answers)
+        throttled = [answer for answer in answers if answer.status == 429]
+        assert statuses[0] == 200
+        assert throttled, statuses
+        problem = await throttled[0].json(content_type=None)
+        assert problem["code"] == "throttled"
+        assert throttled[0].headers["Retry-After"] == str(apigw.THROTTLE_RETRY_AFTER_S)
+        assert throttled[0].headers["Content-Type"].startswith("application/problem+json")
+        # Once the burst is over, the next call goes through.
+        assert (await client.get("/vwr/status/busy")).status == 200
+
+
+def test_a_waiters_calls_go_to_the_container_that_knows_it() -> None:
+    request_id = str(uuid.uuid4())
+    assign_body = f'{{"requestId": "{request_id}"}}'.encode()
+    assert apigw.sticky_key(f"/vwr/check/evt/{request_id}", b"") == request_id
+    assert apigw.sticky_key("/vwr/assign/evt", assign_body) == request_id
+    for junk in (b"", b"[1]", b"{", b'{"requestId": 5}', b"\xff"):
+        assert apigw.sticky_key("/vwr/assign/evt", junk) is None
+    assert apigw.sticky_key("/vwr/status/evt", b"") is None
+    executors: list[Any] = [object(), object(), object()]
+    containers = apigw.Containers(executors)
+    assert len({id(containers.pick(request_id)) for _ in range(5)}) == 1
+    assert {id(containers.pick(None)) for _ in range(3)} == {id(e) for e in executors}

@@ -292,6 +292,7 @@ def assign_place(
             token=None,
             token_exp=None,
         )
+        runtime.place_cache.put(new_place)
         return 201, new_place, current
     return 200, _race_winner(runtime, event_id, request_id, user_id, epoch, now_s), current
 

@@ -147,11 +147,11 @@ class VwrSettings(ServiceSettings):
     admin_auth: Literal["access_token", "iam"] = "access_token"
     #: Worker processes of the local API Gateway emulator (each one a "container" running one
     #: invocation at a time, as powertools' resolver requires); 0 runs it in-process.
-    local_api_processes: int = Field(default=2, ge=0, le=16)
+    local_api_processes: int = Field(default=4, ge=0, le=16)
     #: Invocations the emulator lets run or wait at once; beyond that it answers 429 at once,
     #: as API Gateway's throttling does in AWS. Without a bound, a crowd larger than moto can
     #: serve queues requests that time out before they run, and nothing useful gets done.
-    local_api_max_pending: int = Field(default=32, ge=1, le=10_000)
+    local_api_max_pending: int = Field(default=12, ge=1, le=10_000)
     #: Whether a missing signing key may be generated (only ever on a developer's machine).
     create_missing_keys: bool = True
 

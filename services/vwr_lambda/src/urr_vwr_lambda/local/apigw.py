@@ -4,7 +4,7 @@
 ``URR_AWS__ENDPOINT_URL``, ``URR_TABLES__*``, ``URR_VWR_TOKENS__*`` ...).
 
 Like API Gateway in front of Lambda, concurrent requests go to separate worker processes
-(``URR_LOCAL_API_PROCESSES``, default 2), each running the real ``urr_vwr_lambda.api.handler``
+(``URR_LOCAL_API_PROCESSES``, default 4), each running the real ``urr_vwr_lambda.api.handler``
 one invocation at a time with its settings read from the same environment. Tests pass their own
 runtime instead and the handler runs on a thread of this process.
 """
@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import re
+import zlib
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,9 +34,47 @@ from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, problem_body
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
 
-EXECUTOR_KEY = web.AppKey("vwr_api_executor", Executor)
+
+class Containers:
+    """The emulator's warm "containers": one single-process executor each.
+
+    A waiter's calls go to the container that saw its request id before, so that container's
+    copy of the place (``urr_vwr_lambda.warm``) answers the check. Lambda does not promise
+    that affinity; locally it keeps the checks of a crowd within what moto can serve. Calls
+    with no request id go round the containers in turn.
+    """
+
+    def __init__(self, executors: list[Executor]) -> None:
+        self._executors = executors
+        self._turn = 0
+
+    def pick(self, key: str | None) -> Executor:
+        if key is not None:
+            return self._executors[zlib.crc32(key.encode()) % len(self._executors)]
+        self._turn = (self._turn + 1) % len(self._executors)
+        return self._executors[self._turn]
+
+
+EXECUTOR_KEY = web.AppKey("vwr_api_containers", Containers)
+_CHECK_PATH = re.compile(r"^/vwr/check/[^/]+/([^/]+)$")
+
+
+def sticky_key(path: str, body: bytes) -> str | None:
+    """The request id a call is about: from a check's path or an assign's JSON body."""
+    match = _CHECK_PATH.match(path)
+    if match:
+        return match.group(1)
+    if path.startswith("/vwr/assign/") and body:
+        try:
+            request_id = json.loads(body).get("requestId")
+        except (ValueError, AttributeError, RecursionError):
+            return None
+        return request_id if isinstance(request_id, str) else None
+    return None
+
+
 #: Seconds a throttled caller is asked to wait (the waiting page adds its own jitter).
-THROTTLE_RETRY_AFTER_S = 1
+THROTTLE_RETRY_AFTER_S = 2
 
 
 @dataclass
@@ -81,17 +121,21 @@ def create_app(
 
     async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         # The function is synchronous (boto3); it never runs on the event loop.
-        pool: Executor
+        workers: list[Executor]
         if in_process:
-            pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vwr-api")
+            workers = [ThreadPoolExecutor(max_workers=4, thread_name_prefix="vwr-api")]
         else:
-            pool = ProcessPoolExecutor(
-                max_workers=settings.local_api_processes,
-                mp_context=multiprocessing.get_context("spawn"),
-            )
-        with pool:
-            app[EXECUTOR_KEY] = pool
+            spawn = multiprocessing.get_context("spawn")
+            workers = [
+                ProcessPoolExecutor(max_workers=1, mp_context=spawn)
+                for _ in range(settings.local_api_processes)
+            ]
+        app[EXECUTOR_KEY] = Containers(workers)
+        try:
             yield
+        finally:
+            for worker in workers:
+                worker.shutdown(wait=True, cancel_futures=True)
         if "dynamodb" in the_runtime.__dict__:
             the_runtime.dynamodb.close()
 
@@ -120,7 +164,7 @@ def create_app(
             body = await request.read()
             event = rest_event(request, body)
             loop = asyncio.get_running_loop()
-            executor = request.app[EXECUTOR_KEY]
+            executor = request.app[EXECUTOR_KEY].pick(sticky_key(request.path, body))
             if in_process:
                 result: dict[str, Any] = await loop.run_in_executor(
                     executor, local_handler, event, None
