@@ -107,6 +107,8 @@ class Sampler(threading.Thread):
             self.errors.append(f"tier1: {exc!r}")
             self._tier1_miss()
             return
+        if status == 429:
+            return  # throttled like any visitor: busy, not gone
         if status != 200:
             self._tier1_miss()
             return

@@ -27,6 +27,7 @@ from urr_loadtests.scenarios.common import problem_code
 
 JSON = {"content-type": "application/json"}
 FINAL = {"confirmed", "declined", "expired", "cancelled"}
+TIER2_POLL_CAP_S = 5.0
 
 
 @dataclass
@@ -55,6 +56,14 @@ class Arrival:
         return asdict(self)
 
 
+def _seconds(retry_after: str | None) -> float:
+    """A ``Retry-After`` in seconds (a date or nonsense counts as one second)."""
+    try:
+        return max(0.0, float(retry_after or 1))
+    except ValueError:
+        return 1.0
+
+
 class Unanswered(Exception):
     """The suite gave no clear answer (5xx, a hang, or an unexpected status)."""
 
@@ -66,7 +75,7 @@ class Flow:
         event_id: str,
         *,
         deadline_s: float,
-        max_poll_s: float = 5.0,
+        max_poll_s: float = 30.0,
     ) -> None:
         self.client = client
         self.event_id = event_id
@@ -104,7 +113,7 @@ class Flow:
         what the waiting page does (back off 2, 4, 8... up to 30 s, keep the place, ask
         again) instead of giving up.
         """
-        failures = 0
+        failures = limited = 0
         if time.time() > self.deadline:
             raise Unanswered(f"deadline passed before {name}")
         extra = dict(headers or {})
@@ -131,7 +140,11 @@ class Flow:
                     # error; the visitor waits as told and asks again.
                     response.request_meta["name"] = f"{name} (429 intended)"
                     response.success()
-                    retry = response.headers.get("retry-after") or "1"
+                    # At least as long as told; longer on each refusal in a row, as the
+                    # waiting page does, so a throttled crowd does not retry in lockstep.
+                    limited += 1
+                    told = _seconds(response.headers.get("retry-after"))
+                    retry = str(max(told, min(30, 2**limited)) * random.uniform(0.8, 1.2))  # noqa: S311
                 elif status in ok or status in expected:
                     response.success()
                     try:
@@ -149,9 +162,11 @@ class Flow:
                 raise Unanswered(f"{name}: still limited (429) at the deadline")
             gevent.sleep(min(float(retry), 10.0))
 
-    def pause(self, seconds: Any) -> None:
+    def pause(self, seconds: Any, cap_s: float | None = None) -> None:
+        """Waits as told, spread by +-20 % like the waiting page, so polls do not bunch."""
         wait = seconds if isinstance(seconds, int | float) else 2.0
-        gevent.sleep(min(max(float(wait), 0.5), self.max_poll_s))
+        wait = min(max(float(wait), 0.5), cap_s or self.max_poll_s)
+        gevent.sleep(wait * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not a secret
 
     # -- the steps --------------------------------------------------------------------------
 
@@ -172,7 +187,8 @@ class Flow:
             retry_unavailable=True,
         )
         arrival.tier1_position = int(placed["position"])
-        wait = placed.get("pollAfterSeconds")
+        # As the waiting page: the first check comes soon, then as the room says.
+        wait = min(float(placed.get("pollAfterSeconds") or 2), 2.0)
         while True:
             self.pause(wait)
             _, checked = self.call(
@@ -208,7 +224,8 @@ class Flow:
         while answer.get("status") != "admitted":
             if arrival.tier2_position is None and answer.get("position") is not None:
                 arrival.tier2_position = int(answer["position"])
-            self.pause(answer.get("poll_after_seconds"))
+            # An admitted session's clock runs from admission: look often (Redis is cheap).
+            self.pause(answer.get("poll_after_seconds"), cap_s=TIER2_POLL_CAP_S)
             _, answer = self.call("GET", f"{base}/status", "GET /api/v1/queue/{id}/status", arrival)
         arrival.tier2_admitted_at = time.time()
         self.cookies["urr-entry-token"] = answer["entry_token"]
