@@ -7,6 +7,7 @@ against the session's moto server.
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -140,3 +141,19 @@ def test_settings_refuse_a_write_interval_that_would_abandon_live_waiters() -> N
             poll={"last_seen_write_interval_s": 100, "max_s": 30},
             advancer={"abandon_after_s": 120},
         )
+
+
+def test_the_counters_copy_is_refreshed_after_its_ttl_however_often_it_is_used(vwr: Any) -> None:
+    """Checks answered from the copy must not keep it young: the crowd would never get in."""
+    vwr.runtime.settings.poll.counters_cache_s = 0.3
+    vwr.runtime.__dict__.pop("event_cache", None)
+    vwr.open_event("fresh")
+    request_id = str(uuid.uuid4())
+    vwr.assign("fresh", request_id)
+    assert vwr.check("fresh", request_id).body["admitted"] is False
+    vwr.admin("POST", "fresh/advance", {"by": 1})
+    assert vwr.check("fresh", request_id).body["admitted"] is False, "served from the copy"
+    started = time.monotonic()
+    while not vwr.check("fresh", request_id).body["admitted"]:
+        assert time.monotonic() - started < 2.0, "checks in a row kept the copy from expiring"
+        time.sleep(0.02)

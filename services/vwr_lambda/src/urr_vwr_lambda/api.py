@@ -411,6 +411,8 @@ def read_check(
             places.put(place)
     elif state is None:
         state = runtime.store.get_event(event_id)
+    else:
+        return state, place  # both copies: keep the counters' age, or they never refresh
     if state is not None:
         events.put(state)
     return state, place
