@@ -2,11 +2,12 @@
 -- min(free slots, rate budget) waiters in queue order, dropping waiters whose heartbeat
 -- went quiet, and record the admissions. Its cost grows with what it admits, expires and
 -- drops (each ZPOPMIN is O(log N)), never with the number waiting.
--- Events behind a Tier-1 room also keep admissions in Tier-1 number order (order_gate below).
+-- Events behind a Tier-1 room also keep admissions in Tier-1 number order (order_gate below),
+-- for two O(log N) look-ups and a bitmap scan from a cursor that only moves forward.
 -- ARGV: seen prefix, max admitted, max scanned, max expired, Tier-1 order grace ms (0: off).
 -- Reply: {now, active_after, waiting_after, {admitted}, {numbers}, {expired}, {dropped},
 --         {dropped numbers}, held (1 when a missing lower number kept free slots empty),
---         waived (missing numbers given up this tick), order cursor (-1 when not ordered)}
+--         waived (missing numbers given up this tick)}
 --        or {-1} when the event has no configuration.
 local max_admit, max_scan, max_expire = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local grace_ms = tonumber(ARGV[5])
@@ -31,7 +32,7 @@ end
 -- is then late by more than the grace behind a higher number, and one hold per missing
 -- number would stall admission when many released users never come). A waived number that
 -- arrives later sorts to the front and goes next.
--- Returns how many waiters may be popped, whether it holds, how many it waived, the cursor.
+-- Returns how many waiters may be popped, whether it holds and how many numbers it waived.
 local function order_gate(now)
   local state = redis.call('HMGET', K_STATS, 'order_cursor', 'hold_since_ms', 'hold_mark')
   local cursor = tonumber(state[1]) or FIRST_TIER1_NUMBER
@@ -63,7 +64,7 @@ local function order_gate(now)
     redis.call('HSET', K_STATS, 'order_cursor', missing)
     redis.call('HDEL', K_STATS, 'hold_since_ms', 'hold_mark')
   end
-  return redis.call('ZCOUNT', K_QUEUE, '-inf', '(' .. missing), held, waived, missing
+  return redis.call('ZCOUNT', K_QUEUE, '-inf', '(' .. missing), held, waived
 end
 
 local cfg = load_config()
@@ -78,7 +79,7 @@ end
 local active = redis.call('ZCARD', K_ACTIVE)
 
 local admitted, numbers, dropped, dropped_numbers = {}, {}, {}, {}
-local held, waived, cursor = 0, 0, -1
+local held, waived = 0, 0
 if cfg.mode == 'queue' or cfg.mode == 'closed' then
   -- Token bucket shared by every replica: the rate holds however many loops run.
   local bucket = redis.call('HMGET', K_RATE, 'tokens', 'ts')
@@ -90,7 +91,7 @@ if cfg.mode == 'queue' or cfg.mode == 'closed' then
   local scan_limit = max_scan
   if cfg.tier1 and grace_ms > 0 then
     local eligible
-    eligible, held, waived, cursor = order_gate(now)
+    eligible, held, waived = order_gate(now)
     scan_limit = math.min(max_scan, eligible)
     -- A hold counts only when it kept a slot empty that the budget would have filled.
     if budget <= 0 then held = 0 end
@@ -165,4 +166,4 @@ else
 end
 
 return {now, active, redis.call('ZCARD', K_QUEUE), admitted, numbers, expired, dropped,
-  dropped_numbers, held, waived, cursor}
+  dropped_numbers, held, waived}
