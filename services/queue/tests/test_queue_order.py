@@ -115,9 +115,11 @@ async def test_holds_and_waivers_keep_capacity_and_rate(store_on: QueueStore):
     await open_event(store_on, capacity=3, admit_per_second=20.0)
     for number in (2, 3, 4, 5, 6, 7, 8, 9):  # 1 never comes
         await arrive(store_on, number)
-    started = asyncio.get_running_loop().time()
+    clock = asyncio.get_running_loop().time
+    started = clock()
     admitted: list[int] = []
-    while asyncio.get_running_loop().time() - started < 0.6:
+    # Past the grace, and on until the waiver shows (a busy machine may stall the ticks).
+    while clock() - started < 0.6 or (not admitted and clock() - started < 10):
         result = await tick(store_on, 200)
         assert result.active <= 3
         admitted += numbers(result)
@@ -125,15 +127,15 @@ async def test_holds_and_waivers_keep_capacity_and_rate(store_on: QueueStore):
     assert admitted == [2, 3, 4]  # waived after 200 ms, then capacity is the limit
 
     await store_on.delete_event(EVENT)
-    started = asyncio.get_running_loop().time()  # the rate bucket starts empty from here
+    started = clock()  # the rate bucket starts empty from here
     await open_event(store_on, capacity=1_000, admit_per_second=20.0)
     for number in range(2, 200):
         await arrive(store_on, number)
     admitted = []
-    while asyncio.get_running_loop().time() - started < 0.8:
+    while clock() - started < 0.8 or (not admitted and clock() - started < 10):
         admitted += numbers(await tick(store_on, 200))
         # Holding lets the bucket fill (20/s, at most 20), waiving spends it: never more.
-        assert len(admitted) <= 20 * (asyncio.get_running_loop().time() - started) + 1
+        assert len(admitted) <= 20 * (clock() - started) + 1
         await asyncio.sleep(0.02)
     assert admitted == sorted(admitted)
     assert admitted
@@ -145,7 +147,7 @@ async def test_shuffled_arrivals_within_the_grace_are_admitted_exactly_in_order(
     """200 numbers released in order, each arriving after a random delay below the grace."""
     rng = random.Random(7)
     await open_event(store_on, capacity=5)
-    count, grace_ms = 200, 1_000
+    count, grace_ms = 200, 3_000  # delays < 0.3 s; the margin absorbs a busy machine
     arrivals = sorted(
         (number * 0.002 + rng.uniform(0, 0.3), number) for number in range(1, count + 1)
     )
