@@ -111,6 +111,27 @@ async def test_grace_zero_and_other_events_keep_arrival_order(store_on: QueueSto
     assert ([user for user, _ in result.admitted], result.order_held) == (["a", "b", "c"], False)
 
 
+async def test_a_new_tier1_room_starts_the_order_over(store_on: QueueStore):
+    await open_event(store_on)
+    for number in (1, 2, 3):
+        await arrive(store_on, number)
+    assert numbers(await tick(store_on, 5_000)) == [1, 2, 3]
+    # Switched off and on again (only while nobody waits): the new room counts from 1 again.
+    for tier1 in (False, True):
+        config = EventConfig(require_tier1_token=tier1, capacity=100, admit_per_second=1000.0)
+        assert await store_on.configure(EVENT, config) == "updated"
+    second = await store_on.visit(
+        EVENT, "new-2", enter=True, tier1_position=2, tier1_request_id="n2"
+    )
+    assert isinstance(second, Waiting)
+    assert (await tick(store_on, 5_000)).order_held  # the old room's 1 and 2 do not count
+    first = await store_on.visit(
+        EVENT, "new-1", enter=True, tier1_position=1, tier1_request_id="n1"
+    )
+    assert isinstance(first, Waiting)
+    assert numbers(await tick(store_on, 5_000)) == [1, 2]
+
+
 async def test_holds_and_waivers_keep_capacity_and_rate(store_on: QueueStore):
     await open_event(store_on, capacity=3, admit_per_second=20.0)
     for number in (2, 3, 4, 5, 6, 7, 8, 9):  # 1 never comes
