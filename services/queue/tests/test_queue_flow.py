@@ -17,6 +17,7 @@ from urr_common.settings import RedisSettings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner, TokenVerifier
 from urr_queue.app import ADMISSION_LOOP
 from urr_queue.keys import revoked_key
+from urr_queue.settings import AdmissionSettings
 
 EVENT = "concert-1"
 
@@ -264,7 +265,11 @@ def tier1_token(signer: TokenSigner, *, event: str, position: int, rid: str, **e
 async def test_tier1_positions_order_the_queue(
     redis_settings, queue_client, as_user, admin_headers, tier1_signer
 ):
-    client = await queue_client(redis_settings)
+    # The positions leave gaps nobody fills: with the order hold off, the signed positions
+    # alone order the queue (the hold is tested in test_queue_order.py).
+    client = await queue_client(
+        redis_settings, admission=AdmissionSettings(enabled=False, tier1_order_grace_s=0)
+    )
     await configure(
         client,
         admin_headers,

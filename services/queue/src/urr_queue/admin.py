@@ -34,6 +34,7 @@ async def _describe(ctx: QueueContext, event_id: str) -> dict[str, Any]:
         session_seconds=config.session_seconds,
     )
     oldest = figures.oldest_wait_ms
+    hold = figures.order_hold_since_ms
     return {
         "event_id": event_id,
         "config": config.model_dump(mode="json"),
@@ -47,6 +48,13 @@ async def _describe(ctx: QueueContext, event_id: str) -> dict[str, Any]:
                 None if figures.measured_rate is None else round(figures.measured_rate, 3)
             ),
             "eta_back_seconds": eta_seconds(figures.waiting, rate) if figures.waiting else 0,
+            # Tier-1 order (null for other events and with the hold off): numbers below the
+            # cursor arrived or were waived; while a lower number is on its way, admission
+            # has been held this long.
+            "order_cursor": figures.order_cursor,
+            "order_holding_seconds": (
+                None if hold is None else round(max(0, figures.now_ms - hold) / 1000, 1)
+            ),
         },
     }
 

@@ -75,6 +75,7 @@ class AdmissionLoop:
             max_admit=self.settings.max_admit_per_tick,
             max_scan=self.settings.max_scan_per_tick,
             max_expire=self.settings.max_expire_per_tick,
+            order_grace_ms=round(self.settings.tier1_order_grace_s * 1000),
         )
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
         if result is None:
@@ -115,3 +116,6 @@ class AdmissionLoop:
         self.metrics.admitted.labels("tick").inc(len(result.admitted))
         self.metrics.expired.inc(len(result.expired))
         self.metrics.dropped_idle.inc(len(result.dropped))
+        if result.order_held:
+            self.metrics.order_held_ticks.inc()
+        self.metrics.order_waived.inc(result.order_waived)

@@ -29,6 +29,9 @@ class EventKeys:
     rate: str  # HASH: token bucket of the admission rate
     #: Prefix of the heartbeat bitmaps (``<prefix><bucket>``, bit = queue number).
     seen_prefix: str
+    #: BITMAP: Tier-1 numbers that reached the queue (bit = number), so a tick can hold a free
+    #: slot for a lower number still on its way. Last in ``KEYS``, after the older keys.
+    arrived: str
 
     def as_list(self) -> list[str]:
         return [
@@ -42,6 +45,7 @@ class EventKeys:
             self.stats,
             self.admits,
             self.rate,
+            self.arrived,
         ]
 
 
@@ -59,6 +63,7 @@ def event_keys(event_id: str) -> EventKeys:
         admits=f"{tag}:admits",
         rate=f"{tag}:rate",
         seen_prefix=f"{tag}:seen:",
+        arrived=f"{tag}:arrived",
     )
 
 

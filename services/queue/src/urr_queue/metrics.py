@@ -14,6 +14,8 @@ class QueueMetrics:
     admitted: Counter
     expired: Counter
     dropped_idle: Counter
+    order_held_ticks: Counter
+    order_waived: Counter
     left: Counter
     tokens_issued: Counter
     tick_seconds: Histogram
@@ -44,6 +46,16 @@ class QueueMetrics:
             dropped_idle=Counter(
                 "urr_queue_idle_dropped",
                 "Waiters dropped at the front because they stopped polling",
+                registry=registry,
+            ),
+            order_held_ticks=Counter(
+                "urr_queue_order_held_ticks",
+                "Ticks that kept free slots for a lower Tier-1 number still on its way",
+                registry=registry,
+            ),
+            order_waived=Counter(
+                "urr_queue_order_waived",
+                "Tier-1 numbers given up after the order grace (released, never arrived in time)",
                 registry=registry,
             ),
             left=Counter(

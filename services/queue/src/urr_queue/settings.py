@@ -66,6 +66,11 @@ class AdmissionSettings(BaseModel):
     max_expire_per_tick: int = Field(default=2_000, ge=1, le=3_000)
     #: Events ticked at the same time on this replica.
     concurrency: int = Field(default=16, ge=1, le=256)
+    #: Events behind a Tier-1 room: how long a free slot is held for a lower Tier-1 number
+    #: that was released but has not reached the queue yet (its holder learns of the release
+    #: at the next poll). After that the missing numbers are waived and admission goes on;
+    #: 0 turns the hold off (admission in the order users reach the queue's front).
+    tier1_order_grace_s: float = Field(default=5.0, ge=0.0, le=60.0)
 
 
 class QueueEventsSettings(BaseModel):

@@ -34,9 +34,14 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _rate(value: Any) -> float | None:
+def _optional_int(value: Any) -> int | None:
     text = _text(value)
-    return int(text) / 1000 if text else None
+    return int(text) if text else None
+
+
+def _rate(value: Any) -> float | None:
+    milli = _optional_int(value)
+    return None if milli is None else milli / 1000
 
 
 class Refusal(StrEnum):
@@ -90,6 +95,10 @@ class TickResult:
     admitted: list[tuple[str, int]]  # (user id, queue number) in admission order
     expired: list[str]
     dropped: list[tuple[str, int]]
+    #: Tier-1 order (events behind a Tier-1 room only): whether free slots were held for a
+    #: lower number still on its way, and how many missing numbers were given up.
+    order_held: bool = False
+    order_waived: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,10 @@ class Figures:
     oldest_wait_ms: int | None
     measured_rate: float | None
     now_ms: int
+    #: Tier-1 order: every number below the cursor arrived or was waived; when the admission
+    #: of those waiting is held for a lower number still on its way, since when (ms).
+    order_cursor: int | None = None
+    order_hold_since_ms: int | None = None
 
 
 class QueueStore:
@@ -278,11 +291,27 @@ class QueueStore:
     # -- the admission loop and the figures ----------------------------------------------
 
     async def tick(
-        self, event_id: str, *, max_admit: int, max_scan: int, max_expire: int
+        self,
+        event_id: str,
+        *,
+        max_admit: int,
+        max_scan: int,
+        max_expire: int,
+        order_grace_ms: int = 0,
     ) -> TickResult | None:
-        """One admission tick; ``None`` when the event has no configuration any more."""
+        """One admission tick; ``None`` when the event has no configuration any more.
+
+        ``order_grace_ms`` > 0 keeps a Tier-1 event's admissions in number order, holding
+        free slots up to that long for a lower number still on its way (``tick.lua``).
+        """
         key_list, keys = self._call_keys(event_id)
-        args: list[str | bytes] = [keys.seen_prefix, str(max_admit), str(max_scan), str(max_expire)]
+        args: list[str | bytes] = [
+            keys.seen_prefix,
+            str(max_admit),
+            str(max_scan),
+            str(max_expire),
+            str(order_grace_ms),
+        ]
         reply = await self._run(self._tick, key_list, args)
         if int(reply[0]) < 0:
             return None
@@ -302,6 +331,8 @@ class QueueStore:
                 (decode_member(m), int(float(_text(n))))
                 for m, n in zip(dropped_members, dropped_numbers, strict=True)
             ],
+            order_held=bool(int(reply[8])),
+            order_waived=int(reply[9]),
         )
 
     async def figures(self, event_id: str) -> Figures | None:
@@ -320,6 +351,8 @@ class QueueStore:
             oldest_wait_ms=oldest if oldest >= 0 else None,
             measured_rate=_rate(reply[5]),
             now_ms=int(reply[6]),
+            order_cursor=_optional_int(reply[8]),
+            order_hold_since_ms=_optional_int(reply[9]),
         )
 
     async def ping(self) -> None:

@@ -4,8 +4,9 @@
 -- Time is always Redis's own clock, so every replica agrees on it.
 local K_CONFIG, K_QUEUE, K_ACTIVE, K_TOKENS, K_SEQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_RIDS, K_MARKS, K_STATS, K_ADMITS, K_RATE = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_ARRIVED = KEYS[11]
 local SEEN_PREFIX = ARGV[1]
--- Redis bitmaps stop at 2^32 bits; a queue number above that has no heartbeat bit.
+-- Redis bitmaps stop at 2^32 bits; a queue number above that has no heartbeat (or arrival) bit.
 local MAX_BIT = 4294967295
 
 local function now_ms()

@@ -15,8 +15,12 @@ end
 local exists = redis.call('EXISTS', K_CONFIG) == 1
 if exists and wanted_tier1 then
   local current = redis.call('HGET', K_CONFIG, 'require_tier1')
-  if current ~= wanted_tier1 and redis.call('ZCARD', K_QUEUE) > 0 then
-    return {'queue_not_empty'}
+  if current ~= wanted_tier1 then
+    if redis.call('ZCARD', K_QUEUE) > 0 then return {'queue_not_empty'} end
+    -- A Tier-1 room switched on again may count from 1 again: old arrivals must not look
+    -- like its numbers (tick.lua's order hold starts over).
+    redis.call('UNLINK', K_ARRIVED)
+    redis.call('HDEL', K_STATS, 'order_cursor', 'hold_since_ms', 'hold_mark')
   end
 end
 redis.call('HSET', K_CONFIG, unpack(fields))

@@ -2,10 +2,70 @@
 -- min(free slots, rate budget) waiters in queue order, dropping waiters whose heartbeat
 -- went quiet, and record the admissions. Its cost grows with what it admits, expires and
 -- drops (each ZPOPMIN is O(log N)), never with the number waiting.
--- ARGV: seen prefix, max admitted, max scanned, max expired.
+-- Events behind a Tier-1 room also keep admissions in Tier-1 number order (order_gate below),
+-- for two O(log N) look-ups and a bitmap scan from a cursor that only moves forward.
+-- ARGV: seen prefix, max admitted, max scanned, max expired, Tier-1 order grace ms (0: off).
 -- Reply: {now, active_after, waiting_after, {admitted}, {numbers}, {expired}, {dropped},
---         {dropped numbers}} or {-1} when the event has no configuration.
+--         {dropped numbers}, held (1 when a missing lower number kept free slots empty),
+--         waived (missing numbers given up this tick)}
+--        or {-1} when the event has no configuration.
 local max_admit, max_scan, max_expire = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local grace_ms = tonumber(ARGV[5])
+-- Tier-1 positions start at 1: nothing below it is ever waited for.
+local FIRST_TIER1_NUMBER = 1
+
+-- The lowest Tier-1 number at or above `cursor` that has not arrived (past the bitmap's end
+-- when every number from the cursor on has). Scans only from the cursor to that number.
+local function first_missing(cursor)
+  local length = redis.call('STRLEN', K_ARRIVED) * 8
+  if cursor >= length then return cursor end
+  local missing = redis.call('BITPOS', K_ARRIVED, 0, cursor, -1, 'BIT')
+  if missing < 0 then return length end
+  return missing
+end
+
+-- Tier-1 users learn of their release at their next poll, so they reach this queue shuffled.
+-- A free slot is held for a lower number still on its way: only numbers below the first
+-- missing one may be admitted. Every number below `order_cursor` is settled (arrived, or
+-- waived). A gap below the head holds admission for at most the grace; then every number
+-- still missing below the highest one that was waiting when the hold began is waived (each
+-- is then late by more than the grace behind a higher number, and one hold per missing
+-- number would stall admission when many released users never come). A waived number that
+-- arrives later sorts to the front and goes next.
+-- Returns how many waiters may be popped, whether it holds and how many numbers it waived.
+local function order_gate(now)
+  local state = redis.call('HMGET', K_STATS, 'order_cursor', 'hold_since_ms', 'hold_mark')
+  local cursor = tonumber(state[1]) or FIRST_TIER1_NUMBER
+  local hold_since, hold_mark = tonumber(state[2]), tonumber(state[3])
+  local missing = first_missing(cursor)
+  local head = redis.call('ZRANGE', K_QUEUE, 0, 0, 'WITHSCORES')
+  local held, waived = 0, 0
+  if #head > 0 and missing < tonumber(head[2]) then
+    if not hold_since then
+      hold_since = now
+      hold_mark = tonumber(redis.call('ZRANGE', K_QUEUE, -1, -1, 'WITHSCORES')[2])
+    end
+    if now - hold_since >= grace_ms then
+      local waive_to = math.max(tonumber(head[2]), hold_mark or 0)
+      -- Numbers in [missing, waive_to) that have not arrived; BITCOUNT's end is inclusive.
+      waived = waive_to - missing - redis.call('BITCOUNT', K_ARRIVED, missing, waive_to - 1, 'BIT')
+      missing = first_missing(waive_to)
+      hold_since = nil
+    else
+      held = 1
+    end
+  else
+    hold_since = nil
+  end
+  if hold_since then
+    redis.call('HSET', K_STATS, 'order_cursor', missing, 'hold_since_ms', hold_since,
+      'hold_mark', hold_mark)
+  else
+    redis.call('HSET', K_STATS, 'order_cursor', missing)
+    redis.call('HDEL', K_STATS, 'hold_since_ms', 'hold_mark')
+  end
+  return redis.call('ZCOUNT', K_QUEUE, '-inf', '(' .. missing), held, waived
+end
 
 local cfg = load_config()
 if not cfg then return {-1} end
@@ -19,6 +79,7 @@ end
 local active = redis.call('ZCARD', K_ACTIVE)
 
 local admitted, numbers, dropped, dropped_numbers = {}, {}, {}, {}
+local held, waived = 0, 0
 if cfg.mode == 'queue' or cfg.mode == 'closed' then
   -- Token bucket shared by every replica: the rate holds however many loops run.
   local bucket = redis.call('HMGET', K_RATE, 'tokens', 'ts')
@@ -27,9 +88,17 @@ if cfg.mode == 'queue' or cfg.mode == 'closed' then
   local burst = math.max(1, cfg.aps)
   tokens = math.min(burst, tokens + math.max(0, now - ts) * cfg.aps / 1000)
   local budget = math.min(cfg.capacity - active, math.floor(tokens), max_admit)
+  local scan_limit = max_scan
+  if cfg.tier1 and grace_ms > 0 then
+    local eligible
+    eligible, held, waived = order_gate(now)
+    scan_limit = math.min(max_scan, eligible)
+    -- A hold counts only when it kept a slot empty that the budget would have filled.
+    if budget <= 0 then held = 0 end
+  end
   local scanned = 0
-  while #admitted < budget and scanned < max_scan do
-    local popped = redis.call('ZPOPMIN', K_QUEUE, math.min(budget - #admitted, max_scan - scanned))
+  while #admitted < budget and scanned < scan_limit do
+    local popped = redis.call('ZPOPMIN', K_QUEUE, math.min(budget - #admitted, scan_limit - scanned))
     if #popped == 0 then break end
     for i = 1, #popped, 2 do
       scanned = scanned + 1
@@ -97,4 +166,4 @@ else
 end
 
 return {now, active, redis.call('ZCARD', K_QUEUE), admitted, numbers, expired, dropped,
-  dropped_numbers}
+  dropped_numbers, held, waived}

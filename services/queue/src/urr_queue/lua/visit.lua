@@ -39,6 +39,9 @@ else
     if owner and owner ~= member then return {'tier1_replayed'} end
     if not owner then redis.call('HSET', K_RIDS, request_id, member) end
     number = tonumber(position)
+    -- The tick holds free slots for lower Tier-1 numbers that have not arrived yet; this bit
+    -- says this one has (passthrough too, so a later switch to queue sees no false gap).
+    if number <= MAX_BIT then redis.call('SETBIT', K_ARRIVED, number, 1) end
   else
     number = redis.call('INCR', K_SEQ)
   end
