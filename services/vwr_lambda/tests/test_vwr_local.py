@@ -170,7 +170,9 @@ async def test_the_api_emulator_throttles_past_its_pending_limit(vwr: Any) -> No
     """Beyond ``local_api_max_pending`` in flight, callers get 429 at once, as from API
     Gateway's throttle, and nothing is queued for them."""
     await asyncio.to_thread(vwr.open_event, "busy")
-    settings = vwr.settings.model_copy(update={"local_api_max_pending": 1})
+    settings = vwr.settings.model_copy(
+        update={"local_api_max_pending": 1, "local_api_max_pending_reads": 1}
+    )
     app = apigw.create_app(settings, runtime=vwr.runtime)
     async with TestClient(TestServer(app)) as client:
         answers = await asyncio.gather(*(client.get("/vwr/status/busy") for _ in range(6)))

@@ -152,6 +152,10 @@ class VwrSettings(ServiceSettings):
     #: as API Gateway's throttling does in AWS. Without a bound, a crowd larger than moto can
     #: serve queues requests that time out before they run, and nothing useful gets done.
     local_api_max_pending: int = Field(default=8, ge=1, le=10_000)
+    #: The same for reads (checks, status), counted apart: a check is mostly answered from the
+    #: container's copies, and a waiter throttled on its checks learns of its turn late and
+    #: loses its place in the admission order. API Gateway throttles per method likewise.
+    local_api_max_pending_reads: int = Field(default=64, ge=1, le=10_000)
     #: Whether a missing signing key may be generated (only ever on a developer's machine).
     create_missing_keys: bool = True
 

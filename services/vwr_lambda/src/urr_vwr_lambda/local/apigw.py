@@ -85,8 +85,11 @@ class Pending:
     count: int = 0
     throttled: int = 0
 
+    def full(self) -> bool:
+        return self.count >= self.limit
 
-PENDING_KEY = web.AppKey("vwr_api_pending", Pending)
+
+_READS = frozenset({"GET", "HEAD"})
 
 
 def throttled() -> web.Response:
@@ -146,8 +149,8 @@ def create_app(
 
     app[READINESS_KEY].add_check("dynamodb", dynamodb_ready)
 
-    pending = Pending(limit=settings.local_api_max_pending)
-    app[PENDING_KEY] = pending
+    writes = Pending(limit=settings.local_api_max_pending)
+    reads = Pending(limit=settings.local_api_max_pending_reads)
     throttled_total = Counter(
         "urr_vwr_apigw_throttled",
         "Requests the API Gateway emulator turned away with 429 (too many pending)",
@@ -155,7 +158,8 @@ def create_app(
     )
 
     async def invoke(request: web.Request) -> web.Response:
-        if pending.count >= pending.limit:
+        pending = reads if request.method in _READS else writes
+        if pending.full():
             pending.throttled += 1
             throttled_total.inc()
             return throttled()
