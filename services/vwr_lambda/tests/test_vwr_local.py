@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from urr_common.settings import load_settings
 from urr_vwr_lambda.keys import ensure_local_keys
-from urr_vwr_lambda.local import apigw, scheduler
+from urr_vwr_lambda.local import apigw, containers, scheduler
 from urr_vwr_lambda.local import edge as edge_emulator
 from urr_vwr_lambda.settings import EdgeEmulatorSettings, SchedulerSettings, VwrSettings
 
@@ -191,12 +192,38 @@ async def test_the_api_emulator_throttles_past_its_pending_limit(vwr: Any) -> No
 def test_a_waiters_calls_go_to_the_container_that_knows_it() -> None:
     request_id = str(uuid.uuid4())
     assign_body = f'{{"requestId": "{request_id}"}}'.encode()
-    assert apigw.sticky_key(f"/vwr/check/evt/{request_id}", b"") == request_id
-    assert apigw.sticky_key("/vwr/assign/evt", assign_body) == request_id
+    assert containers.sticky_key(f"/vwr/check/evt/{request_id}", b"") == request_id
+    assert containers.sticky_key("/vwr/assign/evt", assign_body) == request_id
     for junk in (b"", b"[1]", b"{", b'{"requestId": 5}', b"\xff"):
-        assert apigw.sticky_key("/vwr/assign/evt", junk) is None
-    assert apigw.sticky_key("/vwr/status/evt", b"") is None
+        assert containers.sticky_key("/vwr/assign/evt", junk) is None
+    assert containers.sticky_key("/vwr/status/evt", b"") is None
     executors: list[Any] = [object(), object(), object()]
-    containers = apigw.Containers(executors)
-    assert len({id(containers.pick(request_id)) for _ in range(5)}) == 1
-    assert {id(containers.pick(None)) for _ in range(3)} == {id(e) for e in executors}
+    pool = containers.Containers(executors)
+    assert len({id(pool.pick(request_id)) for _ in range(5)}) == 1
+    assert {id(pool.pick(None).executor) for _ in range(3)} == {id(e) for e in executors}
+
+
+async def test_a_container_runs_one_call_at_a_time_and_waiting_reads_first() -> None:
+    ran: list[str] = []
+
+    def job(name: str, seconds: float) -> str:
+        ran.append(f"start {name}")
+        time.sleep(seconds)
+        ran.append(f"end {name}")
+        return name
+
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        container = containers.Container(executor)
+        first = asyncio.create_task(container.invoke(job, "assign-1", 0.2, read=False))
+        await asyncio.sleep(0.05)  # assign-1 is running; the next two wait
+        second = asyncio.create_task(container.invoke(job, "assign-2", 0.0, read=False))
+        check = asyncio.create_task(container.invoke(job, "check", 0.0, read=True))
+        assert list(await asyncio.gather(first, second, check)) == ["assign-1", "assign-2", "check"]
+    assert ran == [
+        "start assign-1",
+        "end assign-1",
+        "start check",
+        "end check",
+        "start assign-2",
+        "end assign-2",
+    ]

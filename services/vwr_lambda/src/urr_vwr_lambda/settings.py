@@ -151,7 +151,7 @@ class VwrSettings(ServiceSettings):
     #: Invocations the emulator lets run or wait at once; beyond that it answers 429 at once,
     #: as API Gateway's throttling does in AWS. Without a bound, a crowd larger than moto can
     #: serve queues requests that time out before they run, and nothing useful gets done.
-    local_api_max_pending: int = Field(default=8, ge=1, le=10_000)
+    local_api_max_pending: int = Field(default=6, ge=1, le=10_000)
     #: The same for reads (checks, status), counted apart: a check is mostly answered from the
     #: container's copies, and a waiter throttled on its checks learns of its turn late and
     #: loses its place in the admission order. API Gateway throttles per method likewise.

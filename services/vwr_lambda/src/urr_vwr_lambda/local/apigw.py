@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
-import re
-import zlib
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,49 +27,13 @@ from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app, 
 from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
 from urr_vwr_lambda.keys import ensure_local_keys
+from urr_vwr_lambda.local.containers import Containers, sticky_key
 from urr_vwr_lambda.local.proxy_events import http_response, rest_event
 from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, problem_body
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
 
-
-class Containers:
-    """The emulator's warm "containers": one single-process executor each.
-
-    A waiter's calls go to the container that saw its request id before, so that container's
-    copy of the place (``urr_vwr_lambda.warm``) answers the check. Lambda does not promise
-    that affinity; locally it keeps the checks of a crowd within what moto can serve. Calls
-    with no request id go round the containers in turn.
-    """
-
-    def __init__(self, executors: list[Executor]) -> None:
-        self._executors = executors
-        self._turn = 0
-
-    def pick(self, key: str | None) -> Executor:
-        if key is not None:
-            return self._executors[zlib.crc32(key.encode()) % len(self._executors)]
-        self._turn = (self._turn + 1) % len(self._executors)
-        return self._executors[self._turn]
-
-
 EXECUTOR_KEY = web.AppKey("vwr_api_containers", Containers)
-_CHECK_PATH = re.compile(r"^/vwr/check/[^/]+/([^/]+)$")
-
-
-def sticky_key(path: str, body: bytes) -> str | None:
-    """The request id a call is about: from a check's path or an assign's JSON body."""
-    match = _CHECK_PATH.match(path)
-    if match:
-        return match.group(1)
-    if path.startswith("/vwr/assign/") and body:
-        try:
-            request_id = json.loads(body).get("requestId")
-        except (ValueError, AttributeError, RecursionError):
-            return None
-        return request_id if isinstance(request_id, str) else None
-    return None
-
 
 #: Seconds a throttled caller is asked to wait (the waiting page adds its own jitter).
 THROTTLE_RETRY_AFTER_S = 2
@@ -133,12 +95,12 @@ def create_app(
                 ProcessPoolExecutor(max_workers=1, mp_context=spawn)
                 for _ in range(settings.local_api_processes)
             ]
-        app[EXECUTOR_KEY] = Containers(workers)
+        containers = Containers(workers)
+        app[EXECUTOR_KEY] = containers
         try:
             yield
         finally:
-            for worker in workers:
-                worker.shutdown(wait=True, cancel_futures=True)
+            containers.shutdown()
         if "dynamodb" in the_runtime.__dict__:
             the_runtime.dynamodb.close()
 
@@ -167,14 +129,14 @@ def create_app(
         try:
             body = await request.read()
             event = rest_event(request, body)
-            loop = asyncio.get_running_loop()
-            executor = request.app[EXECUTOR_KEY].pick(sticky_key(request.path, body))
+            container = request.app[EXECUTOR_KEY].pick(sticky_key(request.path, body))
+            read = request.method in _READS
             if in_process:
-                result: dict[str, Any] = await loop.run_in_executor(
-                    executor, local_handler, event, None
+                result: dict[str, Any] = await container.invoke(
+                    local_handler, event, None, read=read
                 )
             else:
-                result = await loop.run_in_executor(executor, invoke_in_worker, event)
+                result = await container.invoke(invoke_in_worker, event, read=read)
         finally:
             pending.count -= 1
         return http_response(result)
