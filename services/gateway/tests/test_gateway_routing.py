@@ -32,6 +32,9 @@ def _match(path: str) -> RouteMatch | None:
         ("/api/v1/events", "events", Upstream.TICKET, False, None, False, None),
         ("/api/v1/events/e1", "events", Upstream.TICKET, False, None, False, None),
         ("/api/v1/stats/e1", "stats", Upstream.TICKET, False, None, False, None),
+        ("/api/v1/events/e1/reservations/r1", "events", Upstream.TICKET, False, None, False, None),
+        ("/events/e1", "event_page", Upstream.TICKET, False, None, False, "e1"),
+        ("/site/assets/event.js", "site_assets", Upstream.TICKET, False, None, False, None),
     ],
 )
 def test_routes(path, name, upstream, login, role, entry, event):
@@ -58,6 +61,10 @@ def test_routes(path, name, upstream, login, role, entry, event):
         "/api/v1/seats",
         "/api/v1/reservations",
         "/health/live",
+        "/events",
+        "/events/e1/more",
+        "/site",
+        "/sitex/assets/a.js",
     ],
 )
 def test_paths_outside_the_table_match_nothing(path):
@@ -95,9 +102,12 @@ def test_fuzz_every_seat_or_reservation_route_needs_an_entry_token(segments):
 areas = st.sampled_from(["auth", "queue", "admin", "seats", "reservations", "events", "stats", "x"])
 
 
-@given(st.lists(st.one_of(segment, areas, st.just("capacity")), max_size=4), areas)
-def test_fuzz_the_index_agrees_with_a_scan_of_the_table(tail, area):
-    segments = ("api", "v1", area, *tail)
+heads = st.sampled_from([("api", "v1"), ("events",), ("site", "assets"), ("site",), ()])
+
+
+@given(heads, st.lists(st.one_of(segment, areas, st.just("capacity")), max_size=4), areas)
+def test_fuzz_the_index_agrees_with_a_scan_of_the_table(head, tail, area):
+    segments = (*head, area, *tail)
     linear = (*ROUTES,)
     assert linear is not ROUTES
     assert match_route(segments) == match_route(segments, linear)

@@ -78,30 +78,40 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("events", _segments("/api/v1/events"), Upstream.TICKET),
     Route("stats", _segments("/api/v1/stats"), Upstream.TICKET),
+    # The protected site itself: the event page (the edge lets only Tier-1 token holders
+    # reach it while the event's waiting room is on) and the page's static files.
+    Route("event_page", _segments("/events/*"), Upstream.TICKET, exact=True),
+    Route("site_assets", _segments("/site/assets"), Upstream.TICKET),
 )
 
 
-def _index(routes: tuple[Route, ...], depth: int) -> dict[tuple[str, ...], tuple[Route, ...]]:
-    """Routes by their first ``depth`` segments (literal in every pattern), order kept."""
+#: API patterns start with three literal segments (``api``, ``v1``, the area), the site's
+#: with one: one dict lookup on that head picks the few candidates, in table order.
+_API_DEPTH = 3
+
+
+def _head(segments: tuple[str, ...]) -> tuple[str, ...]:
+    return segments[:_API_DEPTH] if segments[:1] == ("api",) else segments[:1]
+
+
+def _index(routes: tuple[Route, ...]) -> dict[tuple[str, ...], tuple[Route, ...]]:
+    """Routes by their head (literal in every pattern), order kept."""
     index: dict[tuple[str, ...], list[Route]] = {}
     for route in routes:
-        head = route.pattern[:depth]
-        if len(head) < depth or EVENT in head:
-            raise ValueError(f"route {route.name} cannot be indexed by {depth} segments")
+        head = _head(route.pattern)
+        if EVENT in head or (head[:1] == ("api",) and len(head) < _API_DEPTH):
+            raise ValueError(f"route {route.name} has no literal head to be indexed by")
         index.setdefault(head, []).append(route)
     return {head: tuple(group) for head, group in index.items()}
 
 
-#: Every pattern starts with three literal segments (``api``, ``v1``, the area): one dict
-#: lookup picks the few candidates, in table order.
-_INDEX_DEPTH = 3
-_ROUTE_INDEX = _index(ROUTES, _INDEX_DEPTH)
+_ROUTE_INDEX = _index(ROUTES)
 
 
 def match_route(segments: tuple[str, ...], routes: tuple[Route, ...] = ROUTES) -> RouteMatch | None:
     """The first route whose pattern ``segments`` starts with (or equals, for exact routes)."""
     if routes is ROUTES:
-        routes = _ROUTE_INDEX.get(segments[:_INDEX_DEPTH], ())
+        routes = _ROUTE_INDEX.get(_head(segments), ())
     for route in routes:
         pattern = route.pattern
         if len(segments) < len(pattern) or (route.exact and len(segments) != len(pattern)):

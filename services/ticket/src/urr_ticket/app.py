@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from urr_common.clients import open_aws_clients, open_postgres, open_redis
 from urr_common.logs import get_logger
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
-from urr_ticket import routes
+from urr_ticket import routes, site
 from urr_ticket.appkeys import (
     COMMANDS_KEY,
     LOCKS_KEY,
@@ -37,6 +37,7 @@ def create_app(
     app[METRICS_KEY] = TicketMetrics(app[REGISTRY_KEY])
     app.cleanup_ctx.append(_clients)
     routes.add_routes(app)
+    site.add_site_routes(app)
     return app
 
 

@@ -2,7 +2,8 @@
 
 Identity comes from the gateway (``X-User-Id``, ``X-User-Role``), which strips client-sent
 copies and has already checked the Tier-2 entry token on ``/api/v1/seats/*`` and
-``/api/v1/reservations/*``. The catalog and stats are public.
+``/api/v1/reservations/*``. The catalog and stats are public; an owner reads a reservation
+without an entry token at ``/api/v1/events/{eventId}/reservations/{reservationId}``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/reservations/{event_id}/{reservation_id}/cancel", cancel)
     app.router.add_post("/api/v1/reservations/{event_id}/{reservation_id}/transfer", transfer)
     app.router.add_get("/api/v1/stats/{event_id}", event_stats)
+    # The owner's read without an entry token: the queue ends the Tier-2 session (revoking
+    # the token) once the outcome is final, and the owner must still be able to see it.
+    app.router.add_get(
+        "/api/v1/events/{event_id}/reservations/{reservation_id}", reservation_status
+    )
 
 
 # --- request helpers ----------------------------------------------------------------------
