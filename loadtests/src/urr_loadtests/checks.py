@@ -41,19 +41,11 @@ async def _seat_figures(dsn: str, event_id: str) -> dict[str, Any]:
             " GROUP BY seat HAVING count(*) > 1",
             event_id,
         )
-        outcomes = {
-            str(row[0]): str(row[1])
-            for row in await connection.fetch(
-                "SELECT reservation_id::text, status FROM reservations WHERE event_id = $1",
-                event_id,
-            )
-        }
     finally:
         await connection.close()
     return {
         "reservations_by_status": by_status,
         "seats_sold_twice": [row["seat"] for row in sold_twice],
-        "outcomes": outcomes,
     }
 
 
@@ -180,11 +172,8 @@ def summarise_crowd(
     """The crowd's figures and every acceptance check it failed."""
     missed: list[str] = []
     outcomes: dict[str, int] = {}
-    final = seats["outcomes"]
     for arrival in arrivals:
         outcome = arrival["outcome"]
-        if outcome == "session_ended" and arrival.get("reservation_id") in final:
-            outcome = f"{final[arrival['reservation_id']]} (read from PostgreSQL)"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     unanswered = [a for a in arrivals if a["outcome"] == "unanswered"]
     server_errors = sum(

@@ -6,9 +6,9 @@ through the edge, which forwards ``/api`` to the gateway, as a browser's would. 
 as the browser's cookies do, set by hand so every request shows exactly what it carries.
 
 The outcome of an arrival is one of: ``confirmed``, ``declined`` (the booking was refused),
-``sold_out`` (admitted, but no seat was free), ``session_ended`` (the queue ended the session
-after the reservation reached a final status, so the poll was refused; the runner reads the
-final status from PostgreSQL), or ``unanswered`` with the request that failed.
+``sold_out`` (admitted, but no seat was free), or ``unanswered`` with the request that
+failed. The outcome is read where its owner reads it once the Tier-2 session is over:
+``/api/v1/events/{eventId}/reservations/{reservationId}``.
 """
 
 from __future__ import annotations
@@ -274,19 +274,14 @@ class Flow:
         self.poll_outcome(arrival)
 
     def poll_outcome(self, arrival: Arrival) -> None:
-        path = f"/api/v1/reservations/{self.event_id}/{arrival.reservation_id}"
+        # The owner's read needs no entry token (the queue revokes it once the outcome is
+        # final), so it does not count as holding a Tier-2 slot at the ticket service.
+        path = f"/api/v1/events/{self.event_id}/reservations/{arrival.reservation_id}"
         while True:
-            self.pause(3.0)  # BOOKING allows 10 calls a minute per user, hold and reserve included
-            status, answer = self.call(
-                "GET", path, "GET /api/v1/reservations/{id}/{rid}", arrival, expected=(403,)
+            self.pause(2.0)
+            _, answer = self.call(
+                "GET", path, "GET /api/v1/events/{id}/reservations/{rid}", arrival
             )
-            if status == 403:
-                # The queue ends the session once the reservation is final (confirmed or
-                # declined), which revokes the entry token this poll needs.
-                arrival.outcome = "session_ended"
-                arrival.detail = str((answer or {}).get("reason", ""))
-                return
-            arrival.last_ticket_ok = time.time()
             if answer.get("status") in FINAL:
                 arrival.outcome = str(answer["status"])
                 return
