@@ -227,3 +227,10 @@ async def test_a_container_runs_one_call_at_a_time_and_waiting_reads_first() -> 
         "start assign-2",
         "end assign-2",
     ]
+
+
+def test_the_warm_up_event_is_a_harmless_status_read(vwr: Any) -> None:
+    from urr_vwr_lambda.local.proxy_events import warmup_event
+
+    answer = vwr.call(warmup_event())
+    assert (answer.status, answer.body["code"]) == (404, "event_not_found")

@@ -53,6 +53,7 @@ class FlashCrowdArrival(FastHttpUser):
             flow.tier2(arrival)
             flow.book(arrival)
         except Unanswered as exc:
+            arrival.outcome = exc.outcome
             arrival.detail = str(exc)
         arrival.finished_at = time.time()
         RESULTS.write(arrival.record())

@@ -67,6 +67,15 @@ def _seconds(retry_after: str | None) -> float:
 class Unanswered(Exception):
     """The suite gave no clear answer (5xx, a hang, or an unexpected status)."""
 
+    outcome = "unanswered"
+
+
+class RateLimited(Unanswered):
+    """Still told 429 (the design's answer, with Retry-After) when the arrival's time ran
+    out: a clear answer, not a failure of the suite."""
+
+    outcome = "rate_limited"
+
 
 class Flow:
     def __init__(
@@ -159,7 +168,9 @@ class Flow:
                     failures += 1
                     retry = str(min(30, 2**failures))
             if time.time() + float(retry) > self.deadline:
-                raise Unanswered(f"{name}: still limited (429) at the deadline")
+                if status == 429:
+                    raise RateLimited(f"{name}: still limited (429) at the deadline")
+                raise Unanswered(f"{name}: still {status} at the deadline")
             gevent.sleep(min(float(retry), 10.0))
 
     def pause(self, seconds: Any, cap_s: float | None = None) -> None:

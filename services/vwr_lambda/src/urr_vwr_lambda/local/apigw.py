@@ -28,7 +28,7 @@ from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local.containers import Containers, sticky_key
-from urr_vwr_lambda.local.proxy_events import http_response, rest_event
+from urr_vwr_lambda.local.proxy_events import http_response, rest_event, warmup_event
 from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, problem_body
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
@@ -97,6 +97,15 @@ def create_app(
             ]
         containers = Containers(workers)
         app[EXECUTOR_KEY] = containers
+        if not in_process:
+            # Like provisioned concurrency: each container imports the function and builds
+            # its clients now, so the first visitors do not pay a cold start of seconds.
+            await asyncio.gather(
+                *(
+                    c.invoke(invoke_in_worker, warmup_event(), read=True)
+                    for c in containers.containers
+                )
+            )
         try:
             yield
         finally:

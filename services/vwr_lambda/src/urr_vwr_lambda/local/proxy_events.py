@@ -58,6 +58,41 @@ def rest_event(request: web.Request, body: bytes) -> dict[str, Any]:
     }
 
 
+#: The event a warm-up invocation carries: a status read, which builds the function's
+#: clients with one GetItem and changes nothing.
+WARMUP_PATH = "/vwr/status/urr-warmup"
+
+
+def warmup_event() -> dict[str, Any]:
+    """A GET of ``WARMUP_PATH`` as API Gateway would send it."""
+    context = {
+        "accountId": "000000000000",
+        "apiId": "local",
+        "stage": "local",
+        "resourcePath": "/{proxy+}",
+        "httpMethod": "GET",
+        "path": WARMUP_PATH,
+        "protocol": "HTTP/1.1",
+        "requestId": "warmup",
+        "requestTimeEpoch": int(time.time() * 1000),
+        "identity": {"sourceIp": "127.0.0.1", "userAgent": "urr-warmup"},
+    }
+    return {
+        "resource": "/{proxy+}",
+        "path": WARMUP_PATH,
+        "httpMethod": "GET",
+        "headers": {},
+        "multiValueHeaders": {},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": {"proxy": WARMUP_PATH.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": context,
+        "body": None,
+        "isBase64Encoded": False,
+    }
+
+
 def http_response(result: dict[str, Any]) -> web.Response:
     """The HTTP answer API Gateway makes of a proxy integration's result."""
     headers: CIMultiDict[str] = CIMultiDict()
