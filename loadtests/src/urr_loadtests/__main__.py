@@ -58,7 +58,9 @@ DEFAULT_SHAPE = {
     # 12 arrivals a second is what the local Tier 1 (the Lambda emulator on one moto
     # process) absorbs beside everything else on two cores: docs/performance.md.
     "flash_crowd": (5000, 12.0, 460),
-    "journey": (10, 2.0, 60),
+    # Logins are anonymous, so AUTH's 20/min counts per client address: every Locust user
+    # shares 127.0.0.1, and 4 looping visitors stay under it.
+    "journey": (4, 1.0, 60),
     "gateway": (40, 10.0, 30),
     "ratelimit_check": (10, 10.0, 30),
 }
