@@ -1,13 +1,14 @@
 """One arrival's way through the suite, shared by the ``journey`` and ``flash_crowd`` files.
 
-Edge page -> Tier-1 assign and check until admitted -> (log in) -> Tier-2 enter and status
+Event page through the edge (sent to the waiting page) -> Tier-1 assign and check until
+admitted -> the event page again, now let through -> (log in) -> Tier-2 enter and status
 until admitted -> seat map -> hold -> reserve -> poll until the outcome. Every request goes
 through the edge, which forwards ``/api`` to the gateway, as a browser's would. Tokens travel
 as the browser's cookies do, set by hand so every request shows exactly what it carries.
 
 The outcome of an arrival is one of: ``confirmed``, ``declined`` (the booking was refused),
-``sold_out`` (admitted, but no seat was free), or ``unanswered`` with the request that
-failed. The outcome is read where its owner reads it once the Tier-2 session is over:
+``sold_out`` (admitted, but no seat was free), ``rate_limited`` (still told 429 when its
+time ran out: the design's answer), or ``unanswered`` with the request that failed. The outcome is read where its owner reads it once the Tier-2 session is over:
 ``/api/v1/events/{eventId}/reservations/{reservationId}``.
 """
 
@@ -213,6 +214,8 @@ class Flow:
                 self.cookies["urr-vwr-token"] = checked["token"]
                 arrival.vwr_token = checked["token"]
                 arrival.tier1_admitted_at = time.time()
+                # Back where the visitor started: the edge now lets the page through.
+                self.call("GET", f"/events/{self.event_id}", "GET /events/{id} (admitted)", arrival)
                 return
             wait = checked.get("pollAfterSeconds")
 
