@@ -8,7 +8,8 @@ as the browser's cookies do, set by hand so every request shows exactly what it 
 
 The outcome of an arrival is one of: ``confirmed``, ``declined`` (the booking was refused),
 ``sold_out`` (admitted, but no seat was free), ``rate_limited`` (still told 429 when its
-time ran out: the design's answer), or ``unanswered`` with the request that failed. The outcome is read where its owner reads it once the Tier-2 session is over:
+time ran out: the design's answer), or ``unanswered`` with the request that failed. The
+outcome is read where its owner reads it once the Tier-2 session is over:
 ``/api/v1/events/{eventId}/reservations/{reservationId}``.
 """
 
