@@ -9,6 +9,7 @@ so the Content-Security-Policy allows only this origin's own files.
 from __future__ import annotations
 
 import re
+from functools import cache
 from importlib import resources
 
 from aiohttp import web
@@ -27,7 +28,9 @@ _SECURITY_HEADERS = {
 }
 
 
+@cache
 def _static(name: str) -> bytes:
+    """A packaged file, read once per process (not on every request)."""
     return (resources.files("urr_ticket") / "static" / name).read_bytes()
 
 

@@ -33,7 +33,7 @@ from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, problem_body
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
 
-EXECUTOR_KEY = web.AppKey("vwr_api_containers", Containers)
+CONTAINERS_KEY = web.AppKey("vwr_api_containers", Containers)
 
 #: Seconds a throttled caller is asked to wait (the waiting page adds its own jitter).
 THROTTLE_RETRY_AFTER_S = 2
@@ -41,11 +41,10 @@ THROTTLE_RETRY_AFTER_S = 2
 
 @dataclass
 class Pending:
-    """Invocations running or waiting for a worker, and how many were turned away."""
+    """Invocations running or waiting for a worker (turned-away ones are a metric)."""
 
     limit: int
     count: int = 0
-    throttled: int = 0
 
     def full(self) -> bool:
         return self.count >= self.limit
@@ -96,7 +95,7 @@ def create_app(
                 for _ in range(settings.local_api_processes)
             ]
         containers = Containers(workers)
-        app[EXECUTOR_KEY] = containers
+        app[CONTAINERS_KEY] = containers
         if not in_process:
             # Like provisioned concurrency: each container imports the function and builds
             # its clients now, so the first visitors do not pay a cold start of seconds.
@@ -131,14 +130,13 @@ def create_app(
     async def invoke(request: web.Request) -> web.Response:
         pending = reads if request.method in _READS else writes
         if pending.full():
-            pending.throttled += 1
             throttled_total.inc()
             return throttled()
         pending.count += 1
         try:
             body = await request.read()
             event = rest_event(request, body)
-            container = request.app[EXECUTOR_KEY].pick(sticky_key(request.path, body))
+            container = request.app[CONTAINERS_KEY].pick(sticky_key(request.path, body))
             read = request.method in _READS
             if in_process:
                 result: dict[str, Any] = await container.invoke(
