@@ -60,3 +60,12 @@ async def test_moto_endpoint_serves_sqs(moto_endpoint: str) -> None:
         await sqs.send_message(QueueUrl=url, MessageBody="hi")
         got = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
     assert [m["Body"] for m in got["Messages"]] == ["hi"]
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    # Among a few hundred random ephemeral ports a repeat is likely; callers pick several ports
+    # before binding any, so a repeat made two test servers collide (seen in CI).
+    from urr_devstack.procs import free_port
+
+    ports = [free_port() for _ in range(400)]
+    assert len(set(ports)) == len(ports)

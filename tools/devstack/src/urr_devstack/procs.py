@@ -12,11 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+#: Ports this process has handed out. The kernel may give the same free port to two binds in a
+#: row, and callers pick several ports before starting anything on them, so a port once handed
+#: out is never handed out again by this process.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on loopback that nothing listens on now and this process has not handed out."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def is_listening(host: str, port: int, timeout_s: float = 0.3) -> bool:
