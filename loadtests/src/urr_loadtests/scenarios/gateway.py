@@ -16,9 +16,9 @@ import itertools
 import json
 import uuid
 
-from locust import FastHttpUser, constant_throughput, task
+from locust import FastHttpUser, task
 
-from urr_loadtests.scenarios.common import env, env_float
+from urr_loadtests.scenarios.common import FixedRate, env, env_float
 
 PASSWORD = "load-test password 1"  # noqa: S105 - throwaway accounts on the local stack
 
@@ -37,12 +37,15 @@ _next = itertools.count()
 
 class GatewayUser(FastHttpUser):
     # GENERAL allows 100 per minute per user: stay just under it per user.
-    wait_time = constant_throughput(env_float("GATEWAY_RATE", 1.5))
+    def wait_time(self) -> float:
+        return self.pace.next_wait()
 
     def on_start(self) -> None:
-        if TOKENS:
-            self.token = TOKENS[next(_next) % len(TOKENS)]
-            return
+        self.pace = FixedRate(env_float("GATEWAY_RATE", 1.5))
+        self.token = TOKENS[next(_next) % len(TOKENS)] if TOKENS else self._log_in()
+        self.pace.start()
+
+    def _log_in(self) -> str:
         auth = env("AUTH_URL", "http://127.0.0.1:3005")
         email = f"lt-gw-{uuid.uuid4().hex[:16]}@example.com"
         body = json.dumps({"email": email, "password": PASSWORD})
@@ -53,7 +56,7 @@ class GatewayUser(FastHttpUser):
         login = self.client.post(
             f"{auth}/api/v1/auth/login", data=body, headers=headers, name="setup: login"
         )
-        self.token = login.json()["access_token"] if login.status_code == 200 else ""
+        return str(login.json()["access_token"]) if login.status_code == 200 else ""
 
     @task
     def events(self) -> None:

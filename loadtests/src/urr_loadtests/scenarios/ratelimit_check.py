@@ -1,7 +1,8 @@
 """The gateway's rate-limit check API (internal listener) at a fixed rate.
 
 Every user asks ``POST /internal/v1/ratelimit/check`` for its own key at ``URR_LT_CHECK_RATE``
-calls per second (``constant_throughput``), so the total rate is users x rate. A denial
+calls per second (``FixedRate``: each user on a phase of its own), so the
+total rate is users x rate, evenly spread. A denial
 (``allowed: false``) is an answer like any other; only transport errors and non-200s fail.
 """
 
@@ -10,17 +11,20 @@ from __future__ import annotations
 import itertools
 import json
 
-from locust import FastHttpUser, constant_throughput, task
+from locust import FastHttpUser, task
 
-from urr_loadtests.scenarios.common import env, env_float
+from urr_loadtests.scenarios.common import FixedRate, env, env_float
 
 _ids = itertools.count()
 
 
 class CheckApiUser(FastHttpUser):
-    wait_time = constant_throughput(env_float("CHECK_RATE", 50.0))
+    def wait_time(self) -> float:
+        return self.pace.next_wait()
 
     def on_start(self) -> None:
+        self.pace = FixedRate(env_float("CHECK_RATE", 50.0))
+        self.pace.start()
         # Many keys, as a real caller fronting many subjects would send.
         self.key_base = f"lt-{next(_ids)}"
         self.calls = 0
