@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 
-from urr_loadtests.scenarios.common import FixedRate
+from urr_loadtests.scenarios.common import FixedRate, spawn_batch_interval
 
 
 class FakeClock:
@@ -43,3 +43,9 @@ def test_users_started_together_get_phases_spread_over_a_period() -> None:
     # Started in one instant with constant_throughput they would all be due together; spread
     # at random over 50 ms, the first and last are most of a period apart.
     assert waits[-1] - waits[0] > 0.025
+
+
+def test_spawn_batches_come_once_a_second_or_once_per_user_when_slower() -> None:
+    assert spawn_batch_interval(12.0) == 1.0
+    assert abs(spawn_batch_interval(2.5) - 0.8) < 1e-9  # 2 users every 0.8 s
+    assert spawn_batch_interval(0.5) == 2.0  # 1 user every 2 s

@@ -293,6 +293,7 @@ def _run(
             tokens = out / "access-tokens.txt"
             setup.issue_access_tokens(state_dir, users, tokens)
             env["URR_LT_TOKENS"] = str(tokens)
+            env["URR_LT_SPAWN_RATE"] = str(spawn)
             # Four more users no arrival is, for the forged and replayed token probes.
             spare_file = out / "probe-tokens.txt"
             setup.issue_access_tokens(state_dir, 4, spare_file)

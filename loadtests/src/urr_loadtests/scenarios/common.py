@@ -6,6 +6,7 @@ Plain functions only: no service code, so the scenarios measure the stack from o
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import threading
@@ -48,6 +49,23 @@ class FixedRate:
         now = self._clock()
         self._due = max(self._due + self.period, now)
         return self._due - now
+
+
+def spread_within_spawn_batch(spawn_rate: float) -> None:
+    """Call from ``on_start``: wait a random part of the interval between Locust's spawn batches.
+
+    Locust starts ``floor(rate)`` users in one instant, once per ``floor(rate) / rate``
+    seconds, so a crowd "arriving at 12 per second" arrived as 12 at once every second: bursts
+    that overfilled Tier 1's throttle (6 pending writes) and queued behind each other. Arrivals
+    at a rate come one by one, at random; this puts each arrival at a random point of its batch.
+    """
+    # Locust patches time.sleep to yield to the other users.
+    time.sleep(random.uniform(0, spawn_batch_interval(spawn_rate)))  # noqa: S311 - not a secret
+
+
+def spawn_batch_interval(spawn_rate: float) -> float:
+    """Seconds between Locust's spawn batches (its dispatcher's arithmetic, Locust 2.x)."""
+    return max(1.0, math.floor(spawn_rate)) / spawn_rate
 
 
 class ResultLog:

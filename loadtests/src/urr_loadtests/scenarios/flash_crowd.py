@@ -15,7 +15,7 @@ import time
 from locust import FastHttpUser, constant, task
 from locust.exception import StopUser
 
-from urr_loadtests.scenarios.common import ResultLog, env, env_float
+from urr_loadtests.scenarios.common import ResultLog, env, env_float, spread_within_spawn_batch
 from urr_loadtests.scenarios.flow import Arrival, Flow, Unanswered
 
 RESULTS = ResultLog(env("RESULTS", ""))
@@ -35,6 +35,9 @@ _next = itertools.count()
 
 class FlashCrowdArrival(FastHttpUser):
     wait_time = constant(0)
+
+    def on_start(self) -> None:
+        spread_within_spawn_batch(env_float("SPAWN_RATE", 1.0))
 
     @task
     def arrive(self) -> None:
