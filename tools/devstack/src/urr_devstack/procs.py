@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 #: Ports this process has handed out. The kernel may give the same free port to two binds in a
 #: row, and callers pick several ports before starting anything on them, so a port once handed
 #: out is never handed out again by this process.
