@@ -55,9 +55,9 @@ def spread_within_spawn_batch(spawn_rate: float) -> None:
     """Call from ``on_start``: wait a random part of the interval between Locust's spawn batches.
 
     Locust starts ``floor(rate)`` users in one instant, once per ``floor(rate) / rate``
-    seconds, so a crowd "arriving at 12 per second" arrived as 12 at once every second: bursts
-    that overfilled Tier 1's throttle (6 pending writes) and queued behind each other. Arrivals
-    at a rate come one by one, at random; this puts each arrival at a random point of its batch.
+    seconds, so a crowd "arriving at 12 per second" arrived as 12 at once every second and its
+    first pages queued behind each other (edge page P95 440 ms, 130 ms spread). Arrivals at a
+    rate come one by one, at random; this puts each arrival at a random point of its batch.
     """
     # Locust patches time.sleep to yield to the other users.
     time.sleep(random.uniform(0, spawn_batch_interval(spawn_rate)))  # noqa: S311 - not a secret
