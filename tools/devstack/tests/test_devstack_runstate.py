@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 from urr_devstack.runstate import ProcessRecord, RunState, cmdline, exit_code, stop_recorded
@@ -23,6 +24,9 @@ def test_devstack_leftovers_are_stopped_by_group_and_only_when_they_match() -> N
     leftover = subprocess.Popen(["sh", "-c", "sleep 61 & exec sleep 62"], start_new_session=True)
     stranger = subprocess.Popen(["sleep", "63"], start_new_session=True)
     try:
+        # Popen returns once sh runs; its own exec of "sleep 62" may come later on a busy machine,
+        # and until then the record rightly does not match.
+        _wait_for_cmdline(leftover.pid, "sleep 62")
         records = [
             ProcessRecord("server", leftover.pid, "sleep 62"),
             # Same pid as a live process but another program: a recycled pid is left alone.
@@ -38,10 +42,15 @@ def test_devstack_leftovers_are_stopped_by_group_and_only_when_they_match() -> N
             process.wait(timeout=5)
 
 
+def _wait_for_cmdline(pid: int, marker: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while marker not in (cmdline(pid) or ""):
+        assert time.monotonic() < deadline, f"pid {pid} never ran {marker!r}"
+        time.sleep(0.01)
+
+
 def test_devstack_exit_code_of_a_zombie_is_read_from_proc() -> None:
     process = subprocess.Popen(["sh", "-c", "exit 7"])
-    import time
-
     deadline = time.monotonic() + 5
     while cmdline(process.pid) is not None and time.monotonic() < deadline:
         time.sleep(0.02)
