@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import threading
 
-from urr_loadtests.scenarios.common import FixedRate, spawn_batch_interval
+import pytest
+
+from urr_loadtests.scenarios.common import ArrivalSchedule, FixedRate
 
 
 class FakeClock:
@@ -45,7 +47,30 @@ def test_users_started_together_get_phases_spread_over_a_period() -> None:
     assert waits[-1] - waits[0] > 0.025
 
 
-def test_spawn_batches_come_once_a_second_or_once_per_user_when_slower() -> None:
-    assert spawn_batch_interval(12.0) == 1.0
-    assert abs(spawn_batch_interval(2.5) - 0.8) < 1e-9  # 2 users every 0.8 s
-    assert spawn_batch_interval(0.5) == 2.0  # 1 user every 2 s
+def test_arrivals_come_one_by_one_at_the_rate_however_fast_users_start() -> None:
+    clock = FakeClock()
+    draws = iter([0.5, 0.0, 0.9, 0.5])
+    schedule = ArrivalSchedule(4.0, clock=clock, draw=lambda: next(draws))
+    # The first arrival fixes the start; each later one waits for its own quarter second,
+    # however early Locust started its user.
+    assert schedule.wait_for(0) == 0.125
+    assert schedule.wait_for(1) == 0.25
+    assert abs(schedule.wait_for(2) - 0.725) < 1e-9
+    clock.now += 10.0  # a user started late: it goes at once, never in a burst of waits
+    assert schedule.wait_for(3) == 0.0
+
+
+def test_arrivals_follow_the_rate_over_a_long_crowd() -> None:
+    clock = FakeClock()
+    schedule = ArrivalSchedule(12.0, clock=clock)
+    starts = sorted(clock.now + schedule.wait_for(index) for index in range(1200))
+    span = starts[-1] - starts[0]
+    assert 99.0 < span < 100.0  # 1,200 arrivals at 12 a second: 100 s, not less
+    # No bursts: any one second of the crowd holds at most its slots' worth, plus one.
+    busiest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts[::50])
+    assert busiest <= 13
+
+
+def test_an_arrival_rate_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        ArrivalSchedule(0.0)

@@ -15,7 +15,7 @@ import time
 from locust import FastHttpUser, constant, task
 from locust.exception import StopUser
 
-from urr_loadtests.scenarios.common import ResultLog, env, env_float, spread_within_spawn_batch
+from urr_loadtests.scenarios.common import ArrivalSchedule, ResultLog, env, env_float
 from urr_loadtests.scenarios.flow import Arrival, Flow, Unanswered
 
 RESULTS = ResultLog(env("RESULTS", ""))
@@ -31,19 +31,19 @@ def _load_tokens() -> list[tuple[str, str]]:
 
 TOKENS = _load_tokens()
 _next = itertools.count()
+SCHEDULE = ArrivalSchedule(env_float("SPAWN_RATE", 1.0))
 
 
 class FlashCrowdArrival(FastHttpUser):
     wait_time = constant(0)
-
-    def on_start(self) -> None:
-        spread_within_spawn_batch(env_float("SPAWN_RATE", 1.0))
 
     @task
     def arrive(self) -> None:
         index = next(_next)
         if index >= len(TOKENS):
             raise StopUser()
+        # Locust patches time.sleep to yield to the other users.
+        time.sleep(SCHEDULE.wait_for(index))
         user_id, token = TOKENS[index]
         flow = Flow(
             self.client, env("EVENT", "demo"), deadline_s=env_float("ARRIVAL_DEADLINE_S", 240)
