@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -187,6 +188,12 @@ async def test_the_api_emulator_throttles_past_its_pending_limit(vwr: Any) -> No
         assert throttled[0].headers["Content-Type"].startswith("application/problem+json")
         # Once the burst is over, the next call goes through.
         assert (await client.get("/vwr/status/busy")).status == 200
+        # Every call that ran is timed, waiting apart from running; turned-away ones are not.
+        metrics = await (await client.get("/metrics")).text()
+        ran = len(answers) - len(throttled) + 1
+        assert f'urr_vwr_apigw_container_wait_seconds_count{{kind="read"}} {ran}.0' in metrics
+        assert f'urr_vwr_apigw_invocation_seconds_count{{kind="read"}} {ran}.0' in metrics
+        assert f"urr_vwr_apigw_throttled_total {len(throttled)}.0" in metrics
 
 
 def test_a_waiters_calls_go_to_the_container_that_knows_it() -> None:
@@ -197,35 +204,90 @@ def test_a_waiters_calls_go_to_the_container_that_knows_it() -> None:
     for junk in (b"", b"[1]", b"{", b'{"requestId": 5}', b"\xff"):
         assert containers.sticky_key("/vwr/assign/evt", junk) is None
     assert containers.sticky_key("/vwr/status/evt", b"") is None
-    executors: list[Any] = [object(), object(), object()]
-    pool = containers.Containers(executors)
-    assert len({id(pool.pick(request_id)) for _ in range(5)}) == 1
-    assert {id(pool.pick(None).executor) for _ in range(3)} == {id(e) for e in executors}
+    preferred = containers.preferred_container(request_id, 3)
+    assert preferred is not None
+    assert preferred == containers.preferred_container(request_id, 3)
+    assert containers.preferred_container(None, 3) is None
+    # The preferred container when it is idle; otherwise whichever idle one is next in turn.
+    assert containers.choose_idle([0, 1, 2], 1, turn=7) == 1
+    assert containers.choose_idle([0, 2], 1, turn=1) == 2
+    assert containers.choose_idle([0, 2], None, turn=2) == 0
 
 
-async def test_a_container_runs_one_call_at_a_time_and_waiting_reads_first() -> None:
-    ran: list[str] = []
-
+def _recording_job(ran: list[str]) -> Any:
     def job(name: str, seconds: float) -> str:
-        ran.append(f"start {name}")
+        ran.append(f"start {name} on {threading.current_thread().name.split('_')[0]}")
         time.sleep(seconds)
         ran.append(f"end {name}")
         return name
 
-    with ThreadPoolExecutor(max_workers=4) as executor:
-        container = containers.Container(executor)
-        first = asyncio.create_task(container.invoke(job, "assign-1", 0.2, read=False))
+    return job
+
+
+async def test_no_call_waits_while_a_container_is_idle() -> None:
+    """A check whose preferred container is busy runs on the idle one at once."""
+    ran: list[str] = []
+    job = _recording_job(ran)
+    executors = [ThreadPoolExecutor(1, thread_name_prefix=f"c{i}") for i in range(2)]
+    pool = containers.Containers(executors)
+    # Two keys that hash to container 0: the second must not wait for the first.
+    keys = [
+        k
+        for k in (str(uuid.uuid4()) for _ in range(200))
+        if containers.preferred_container(k, 2) == 0
+    ][:2]
+    try:
+        slow = asyncio.create_task(pool.invoke(job, "assign", 0.3, key=keys[0], read=False))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        assert await pool.invoke(job, "check", 0.0, key=keys[1], read=True) == "check"
+        assert time.monotonic() - started < 0.2
+        assert await slow == "assign"
+    finally:
+        pool.shutdown()
+    assert ran[:3] == ["start assign on c0", "start check on c1", "end check"]
+
+
+async def test_when_every_container_is_busy_waiting_reads_go_first() -> None:
+    ran: list[str] = []
+    timed: list[tuple[bool, float, float]] = []
+    job = _recording_job(ran)
+    pool = containers.Containers(
+        [ThreadPoolExecutor(1, thread_name_prefix="c0")],
+        observe=lambda read, waited, took: timed.append((read, waited, took)),
+    )
+    try:
+        first = asyncio.create_task(pool.invoke(job, "assign-1", 0.2, key=None, read=False))
         await asyncio.sleep(0.05)  # assign-1 is running; the next two wait
-        second = asyncio.create_task(container.invoke(job, "assign-2", 0.0, read=False))
-        check = asyncio.create_task(container.invoke(job, "check", 0.0, read=True))
+        second = asyncio.create_task(pool.invoke(job, "assign-2", 0.0, key=None, read=False))
+        check = asyncio.create_task(pool.invoke(job, "check", 0.0, key=None, read=True))
         assert list(await asyncio.gather(first, second, check)) == ["assign-1", "assign-2", "check"]
+        # The check waited out assign-1's run (not assign-2's); assign-1 waited for nothing.
+        (_, first_waited, first_ran), (read, check_waited, _) = timed[0], timed[1]
+        assert first_waited < 0.05
+        assert first_ran >= 0.2
+        assert read
+        assert 0.1 <= check_waited < first_ran
+        # A caller that gave up while waiting costs no invocation.
+        busy = asyncio.create_task(pool.invoke(job, "assign-3", 0.2, key=None, read=False))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(pool.invoke(job, "abandoned", 0.0, key=None, read=True))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        assert await busy == "assign-3"
+        await asyncio.sleep(0.05)
+        assert pool.idle == 1
+    finally:
+        pool.shutdown()
     assert ran == [
-        "start assign-1",
+        "start assign-1 on c0",
         "end assign-1",
-        "start check",
+        "start check on c0",
         "end check",
-        "start assign-2",
+        "start assign-2 on c0",
         "end assign-2",
+        "start assign-3 on c0",
+        "end assign-3",
     ]
 
 

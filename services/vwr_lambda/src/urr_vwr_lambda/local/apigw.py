@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from urr_common.logs import configure_logging
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app, run, serve
@@ -51,6 +51,7 @@ class Pending:
 
 
 _READS = frozenset({"GET", "HEAD"})
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
 
 
 def throttled() -> web.Response:
@@ -83,6 +84,27 @@ def create_app(
     the_runtime = runtime or VwrRuntime(settings)
     local_handler: Handler = make_handler(lambda: the_runtime)
 
+    # Where a call's time goes: waiting for a free container, or the whole invocation.
+    waited = Histogram(
+        "urr_vwr_apigw_container_wait_seconds",
+        "Time a call waited for a free container in the API Gateway emulator",
+        ["kind"],
+        registry=app[REGISTRY_KEY],
+        buckets=_BUCKETS,
+    )
+    invoked = Histogram(
+        "urr_vwr_apigw_invocation_seconds",
+        "Time from a free container to the function's answer, reads (GET) or writes",
+        ["kind"],
+        registry=app[REGISTRY_KEY],
+        buckets=_BUCKETS,
+    )
+
+    def observe(read: bool, waited_s: float, ran_s: float) -> None:
+        kind = "read" if read else "write"
+        waited.labels(kind).observe(waited_s)
+        invoked.labels(kind).observe(ran_s)
+
     async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         # The function is synchronous (boto3); it never runs on the event loop.
         workers: list[Executor]
@@ -94,17 +116,12 @@ def create_app(
                 ProcessPoolExecutor(max_workers=1, mp_context=spawn)
                 for _ in range(settings.local_api_processes)
             ]
-        containers = Containers(workers)
+        containers = Containers(workers, observe=observe)
         app[CONTAINERS_KEY] = containers
         if not in_process:
             # Like provisioned concurrency: each container imports the function and builds
             # its clients now, so the first visitors do not pay a cold start of seconds.
-            await asyncio.gather(
-                *(
-                    c.invoke(invoke_in_worker, warmup_event(), read=True)
-                    for c in containers.containers
-                )
-            )
+            await containers.warm(invoke_in_worker, warmup_event())
         try:
             yield
         finally:
@@ -136,14 +153,15 @@ def create_app(
         try:
             body = await request.read()
             event = rest_event(request, body)
-            container = request.app[CONTAINERS_KEY].pick(sticky_key(request.path, body))
+            key = sticky_key(request.path, body)
             read = request.method in _READS
+            containers = request.app[CONTAINERS_KEY]
             if in_process:
-                result: dict[str, Any] = await container.invoke(
-                    local_handler, event, None, read=read
+                result: dict[str, Any] = await containers.invoke(
+                    local_handler, event, None, key=key, read=read
                 )
             else:
-                result = await container.invoke(invoke_in_worker, event, read=read)
+                result = await containers.invoke(invoke_in_worker, event, key=key, read=read)
         finally:
             pending.count -= 1
         return http_response(result)

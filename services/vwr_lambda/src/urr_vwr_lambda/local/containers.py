@@ -1,14 +1,18 @@
 """The API Gateway emulator's warm "containers": where and in what order invocations run.
 
 Each container is one worker process running one invocation at a time, as a Lambda
-container does (powertools' resolver requires it). Two choices are the emulator's own:
+container does (powertools' resolver requires it). Like Lambda, no call waits while a
+container is idle: calls queue only when every container is busy. Two choices are the
+emulator's own:
 
-- affinity: a waiter's calls go to the container that saw its request id before, so that
-  container's copy of the place (``urr_vwr_lambda.warm``) answers the check. Lambda does not
-  promise this; locally it keeps a crowd's checks within what one moto process can serve;
-- reads first: a waiting check runs before a waiting assign. A check is mostly answered from
-  the copies in a few milliseconds, an assign makes four DynamoDB calls; in a crowd, checks
-  stuck behind assigns told waiters of their turn late.
+- affinity: among the idle containers, a call goes to the one its request id hashes to, so
+  that container's copy of the place (``urr_vwr_lambda.warm``) usually answers the check.
+  Lambda does not promise this; it is a preference, never a wait: when that container is busy
+  another one answers and reads the place from DynamoDB once (an earlier version queued
+  behind the busy one, and in a crowd a check waited out whole assigns while others idled);
+- reads first: when every container is busy, a waiting check runs before a waiting assign. A
+  check is mostly answered from the copies in a few milliseconds, an assign makes four
+  DynamoDB calls; in a crowd, checks stuck behind assigns told waiters of their turn late.
 """
 
 from __future__ import annotations
@@ -16,70 +20,105 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
-Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+@dataclass(frozen=True)
+class Job:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    key: str | None
+    read: bool
+    queued_at: float
 
 
-class Container:
-    """One executor fed one invocation at a time, reads before writes."""
+def preferred_container(key: str | None, count: int) -> int | None:
+    """The container a request id hashes to (None: no request id, any will do)."""
+    return None if key is None else zlib.crc32(key.encode()) % count
 
-    def __init__(self, executor: Executor) -> None:
-        self.executor = executor
-        self._reads: deque[Job] = deque()
-        self._writes: deque[Job] = deque()
-        self._busy = False
 
-    async def invoke(self, fn: Callable[..., Any], *args: Any, read: bool) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        (self._reads if read else self._writes).append((fn, args, future))
-        self._next()
-        return await future
-
-    def _next(self) -> None:
-        if self._busy:
-            return
-        queue = self._reads or self._writes
-        if not queue:
-            return
-        fn, args, future = queue.popleft()
-        self._busy = True
-        running = asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-        def finished(done: asyncio.Future[Any]) -> None:
-            self._busy = False
-            # The caller may have gone (a dropped connection cancels its handler): the
-            # invocation still ran, as it would in AWS; only its answer is dropped.
-            if not future.done():
-                if done.exception() is not None:
-                    future.set_exception(done.exception())  # type: ignore[arg-type]
-                else:
-                    future.set_result(done.result())
-            self._next()
-
-        running.add_done_callback(finished)
+def choose_idle(idle: Sequence[int], preferred: int | None, turn: int) -> int:
+    """The idle container a call goes to: the preferred one if idle, else the next in turn."""
+    if preferred is not None and preferred in idle:
+        return preferred
+    return idle[turn % len(idle)]
 
 
 class Containers:
-    """The containers, picked by request id (affinity) or in turn."""
+    """The containers, fed from one queue (reads first) whenever one of them is idle."""
 
-    def __init__(self, executors: list[Executor]) -> None:
-        self.containers = [Container(executor) for executor in executors]
+    def __init__(
+        self,
+        executors: Sequence[Executor],
+        *,
+        observe: Callable[[bool, float, float], None] | None = None,
+    ) -> None:
+        """``observe(read, waited_s, ran_s)`` hears of every finished invocation."""
+        self.executors = list(executors)
+        self._observe = observe
+        self._idle = list(range(len(self.executors)))
+        self._reads: deque[Job] = deque()
+        self._writes: deque[Job] = deque()
         self._turn = 0
 
-    def pick(self, key: str | None) -> Container:
-        if key is not None:
-            return self.containers[zlib.crc32(key.encode()) % len(self.containers)]
-        self._turn = (self._turn + 1) % len(self.containers)
-        return self.containers[self._turn]
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def warm(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` once in every container, before any call (like provisioned concurrency)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(e, fn, *args) for e in self.executors))
+
+    async def invoke(self, fn: Callable[..., Any], *args: Any, key: str | None, read: bool) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        job = Job(fn, args, future, key, read, time.monotonic())
+        (self._reads if read else self._writes).append(job)
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        while self._idle and (self._reads or self._writes):
+            job = (self._reads or self._writes).popleft()
+            if job.future.done():  # the caller went away while it waited: nothing to run
+                continue
+            self._turn += 1
+            index = choose_idle(
+                self._idle, preferred_container(job.key, len(self.executors)), self._turn
+            )
+            self._idle.remove(index)
+            self._run(index, job)
+
+    def _run(self, index: int, job: Job) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        running = loop.run_in_executor(self.executors[index], job.fn, *job.args)
+
+        def finished(done: asyncio.Future[Any]) -> None:
+            self._idle.append(index)
+            if self._observe is not None:
+                self._observe(job.read, started - job.queued_at, time.monotonic() - started)
+            # The caller may have gone (a dropped connection cancels its handler): the
+            # invocation still ran, as it would in AWS; only its answer is dropped.
+            if not job.future.done():
+                if done.exception() is not None:
+                    job.future.set_exception(done.exception())  # type: ignore[arg-type]
+                else:
+                    job.future.set_result(done.result())
+            self._dispatch()
+
+        running.add_done_callback(finished)
 
     def shutdown(self) -> None:
-        for container in self.containers:
-            container.executor.shutdown(wait=True, cancel_futures=True)
+        for executor in self.executors:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 _CHECK_PATH = re.compile(r"^/vwr/check/[^/]+/([^/]+)$")
