@@ -102,6 +102,27 @@ def test_abandoned_places_are_skipped_and_lose_their_place(vwr: Any) -> None:
     assert (back.status, back.body["position"]) == (201, 7)
 
 
+def test_a_walk_past_more_abandoned_places_than_one_page_reads_on(vwr: Any) -> None:
+    """Pages are sized to the cycle's budget, so skips spill into further pages."""
+    vwr.open_event("evt-1", batch_size=2)
+    ids = fill(vwr, "evt-1", advancer._PAGE_MARGIN + 10)
+    vwr.clock.advance(vwr.settings.advancer.abandon_after_s + 10)
+    live = ids[-3:]  # everyone before the last three went away
+    for request_id in live:
+        assert vwr.check("evt-1", request_id).status == 200
+    queries: list[dict[str, Any]] = []
+    vwr.runtime.dynamodb.meta.events.register(
+        "provide-client-params.dynamodb.Query", lambda params, **_: queries.append(params)
+    )
+    outcome = run_advancer(vwr)["cycles"][0][0]
+    assert outcome["skippedAbandoned"] == len(ids) - 3
+    assert outcome["admitted"] == 2
+    assert outcome["servingCounter"] == len(ids) - 1
+    assert [query["Limit"] for query in queries] == [2 + advancer._PAGE_MARGIN] * 2
+    assert vwr.check("evt-1", live[0]).body["admitted"] is True
+    assert vwr.check("evt-1", live[2]).body["admitted"] is False
+
+
 def test_a_waiter_who_checks_in_before_the_mark_keeps_the_place(vwr: Any) -> None:
     vwr.open_event("evt-1", batch_size=1)
     ids = fill(vwr, "evt-1", 2)

@@ -33,6 +33,9 @@ from urr_vwr_lambda.store import EventNotFound, StaleCounter
 #: Weight of the newest cycle in the smoothed admission rate shown as ETA.
 _RATE_SMOOTHING = 0.5
 _SAFETY_MARGIN_MS = 5000
+#: Rows read beyond the cycle's budget in the first page: most cycles skip no abandoned place,
+#: so a page the size of the budget usually ends the walk; skips cost a further page.
+_PAGE_MARGIN = 16
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,9 @@ def advance_event(
     now_s = runtime.now_s()
     cutoff = now_s - settings.advancer.abandon_after_s
     walk = walk_positions(
-        store.places_above(state, upto=state.next_position, now_s=now_s),
+        store.places_above(
+            state, upto=state.next_position, now_s=now_s, page_size=budget + _PAGE_MARGIN
+        ),
         serving_counter=state.serving_counter,
         budget=budget,
         cutoff=cutoff,
