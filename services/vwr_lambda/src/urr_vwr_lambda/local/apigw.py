@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from urr_common.logs import configure_logging
+from urr_common.metrics import LATENCY_BUCKETS_S
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app, run, serve
 from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
@@ -51,7 +52,6 @@ class Pending:
 
 
 _READS = frozenset({"GET", "HEAD"})
-_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
 
 
 def throttled() -> web.Response:
@@ -90,14 +90,14 @@ def create_app(
         "Time a call waited for a free container in the API Gateway emulator",
         ["kind"],
         registry=app[REGISTRY_KEY],
-        buckets=_BUCKETS,
+        buckets=LATENCY_BUCKETS_S,
     )
     invoked = Histogram(
         "urr_vwr_apigw_invocation_seconds",
         "Time from a free container to the function's answer, reads (GET) or writes",
         ["kind"],
         registry=app[REGISTRY_KEY],
-        buckets=_BUCKETS,
+        buckets=LATENCY_BUCKETS_S,
     )
 
     def observe(read: bool, waited_s: float, ran_s: float) -> None:
