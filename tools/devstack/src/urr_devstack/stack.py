@@ -292,6 +292,12 @@ def up(
         )
     except (Stopping, KeyboardInterrupt):
         outcome = Outcome(0, "stopped on request while starting")
+    except Exception:
+        # The handler raises wherever the signal lands; inside a library it can come out as
+        # another error (asyncio reports a failed socket write, asyncpg a closed connection).
+        if not stop_on_signal.raised:
+            raise
+        outcome = Outcome(0, "stopped on request while starting")
     finally:
         # A second Ctrl-C must not cut the cleanup short.
         for sig in (signal.SIGINT, signal.SIGTERM):
