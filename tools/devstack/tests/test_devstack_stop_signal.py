@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from urr_devstack import stack
+from urr_devstack.runstate import RUNFILE_NAME
 from urr_devstack.settings import DevstackSettings
 
 
@@ -35,7 +36,7 @@ def test_sigterm_while_starting_is_a_stop_on_request(
     settings = DevstackSettings(state_dir=tmp_path)
     assert stack.up(settings, no_services=True, out=lines.append) == 0
     assert lines[-1] == "urr-devstack: stopped on request while starting"
-    assert not (tmp_path / stack.RUNFILE_NAME).exists()
+    assert not (tmp_path / RUNFILE_NAME).exists()
 
 
 def test_a_start_up_error_without_a_signal_still_fails(
