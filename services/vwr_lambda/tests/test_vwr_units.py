@@ -23,6 +23,7 @@ from urr_vwr_lambda.queueing import (
     eta_seconds,
     etag_matches,
     poll_after_seconds,
+    smoothed_rate,
     walk_positions,
 )
 from urr_vwr_lambda.settings import VwrTokenSettings
@@ -43,6 +44,30 @@ def test_eta_and_poll_pacing() -> None:
 def test_poll_pacing_stays_in_bounds(ahead: int, rate: float, low: int) -> None:
     poll = poll_after_seconds(eta_seconds(ahead, rate), ahead, min_s=low, max_s=60)
     assert low <= poll <= 60
+
+
+def test_the_admission_rate_is_smoothed_by_time_not_by_cycle_count() -> None:
+    assert smoothed_rate(None, 7.0, 2.0) == 7.0
+    # One 10 s cycle weighs as much as five 2 s cycles measuring the same rate.
+    assert smoothed_rate(10.0, 20.0, 10.0) == pytest.approx(15.0)
+    rate = 10.0
+    for _ in range(5):
+        rate = smoothed_rate(rate, 20.0, 2.0)
+    assert rate == pytest.approx(15.0)
+    assert smoothed_rate(10.0, 20.0, 0.0) == 10.0
+    assert smoothed_rate(float("nan"), 3.0, 2.0) == 3.0
+
+
+@given(
+    previous=st.floats(0, 1e6),
+    measured=st.floats(0, 1e6),
+    interval=st.floats(0, 60),
+)
+def test_the_smoothed_rate_stays_between_the_old_and_the_new(
+    previous: float, measured: float, interval: float
+) -> None:
+    rate = smoothed_rate(previous, measured, interval)
+    assert min(previous, measured) - 1e-6 <= rate <= max(previous, measured) + 1e-6
 
 
 def test_tier2_headroom() -> None:

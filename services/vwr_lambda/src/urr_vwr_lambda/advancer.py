@@ -1,7 +1,8 @@
 """The counter advancer (EventBridge, once a minute) and the advance step the admin shares.
 
-Each invocation runs ``steps_per_invocation`` cycles ``step_interval_s`` apart (6 x 10 s by
-default: the minute's admissions arrive in six waves, not one). In each cycle, for each active
+Each invocation runs ``steps_per_invocation`` cycles ``step_interval_s`` apart (30 x 2 s by
+default: the minute's admissions arrive in thirty small waves, not one or six big ones, so the
+admitted waiters' checks and their arrival in Tier 2 come as a steady flow, not a burst). In each cycle, for each active
 event (from the ``#active`` registry item: one GetItem, no Scan):
 
 1. read Tier 2's capacity feed; unreachable or nonsense means advance nothing (fail safe);
@@ -26,12 +27,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
 from urr_vwr_lambda.capacity import CapacityUnavailable, fetch_capacity
-from urr_vwr_lambda.queueing import CapacityFeed, walk_positions
+from urr_vwr_lambda.queueing import CapacityFeed, smoothed_rate, walk_positions
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.store import EventNotFound, StaleCounter
 
-#: Weight of the newest cycle in the smoothed admission rate shown as ETA.
-_RATE_SMOOTHING = 0.5
 _SAFETY_MARGIN_MS = 5000
 #: Rows read beyond the cycle's budget in the first page: most cycles skip no abandoned place,
 #: so a page the size of the budget usually ends the walk; skips cost a further page.
@@ -138,13 +137,7 @@ def advance_event(
         return unchanged("queue_end", feed)
     rate = None
     if measure_rate and interval_s > 0:
-        measured = walk.live / interval_s
-        previous = state.admit_rate
-        rate = (
-            measured
-            if previous is None
-            else _RATE_SMOOTHING * measured + (1 - _RATE_SMOOTHING) * previous
-        )
+        rate = smoothed_rate(state.admit_rate, walk.live / interval_s, interval_s)
     try:
         after = store.advance_to(
             state, serving_counter=walk.serving_counter, admit_rate=rate, now_ms=runtime.now_ms()

@@ -36,6 +36,22 @@ def eta_seconds(ahead: int, admit_per_s: float) -> int:
     return min(_MAX_ETA_S, math.ceil((ahead + 1) / admit_per_s))
 
 
+#: Seconds after which a cycle's measured admission rate weighs half in the smoothed rate.
+RATE_HALF_LIFE_S = 10.0
+
+
+def smoothed_rate(previous: float | None, measured: float, interval_s: float) -> float:
+    """The admission rate shown as ETA: recent cycles weigh more, by time rather than count.
+
+    The weight of the newest cycle depends on how long it lasted, so the ETA responds as fast
+    with 2 s cycles as with 10 s ones, and a short cycle's noise counts for less.
+    """
+    if previous is None or not math.isfinite(previous):
+        return measured
+    weight = 1.0 - 0.5 ** (max(0.0, interval_s) / RATE_HALF_LIFE_S)
+    return weight * measured + (1.0 - weight) * previous
+
+
 def poll_after_seconds(eta_s: int, ahead: int, *, min_s: int, max_s: int) -> int:
     """How long the page waits before its next check: soon when close, rarely when far.
 

@@ -88,9 +88,11 @@ class QueueFeedSettings(BaseModel):
 
 
 class AdvancerSettings(BaseModel):
-    #: Cycles per invocation; EventBridge invokes once a minute, so 6 cycles 10 s apart.
-    steps_per_invocation: int = Field(default=6, ge=1, le=60)
-    step_interval_s: float = Field(default=10.0, ge=0.0, le=60.0)
+    #: Cycles per invocation; EventBridge invokes once a minute, so 30 cycles 2 s apart. Small,
+    #: frequent waves: a wave's admitted waiters all check within a poll or two of it, and a
+    #: 10 s wave made that a burst that queued every other Tier-1 call (docs/performance.md).
+    steps_per_invocation: int = Field(default=30, ge=1, le=60)
+    step_interval_s: float = Field(default=2.0, ge=0.0, le=60.0)
     #: A waiter whose last check is older than this has abandoned its place.
     abandon_after_s: int = Field(default=120, ge=10, le=86_400)
     #: Abandoned places marked per event per cycle at most (each mark is one write).
@@ -188,4 +190,5 @@ class SchedulerSettings(ServiceSettings):
 
     service_name: str = "urr-vwr-scheduler"
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3012))
-    interval_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    #: The advancer's ``step_interval_s``: the stand-in runs one cycle per invocation.
+    interval_s: float = Field(default=2.0, gt=0.0, le=3600.0)
