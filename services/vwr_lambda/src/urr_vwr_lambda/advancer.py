@@ -2,8 +2,9 @@
 
 Each invocation runs ``steps_per_invocation`` cycles ``step_interval_s`` apart (30 x 2 s by
 default: the minute's admissions arrive in thirty small waves, not one or six big ones, so the
-admitted waiters' checks and their arrival in Tier 2 come as a steady flow, not a burst). In each cycle, for each active
-event (from the ``#active`` registry item: one GetItem, no Scan):
+admitted waiters' checks and their arrival in Tier 2 come as a steady flow, not a burst).
+In each cycle, for each active event (from the ``#active`` registry item: one GetItem, no
+Scan):
 
 1. read Tier 2's capacity feed; unreachable or nonsense means advance nothing (fail safe);
 2. budget = min(the event's ``batchSize``, what Tier 2 can absorb before the next cycle);
