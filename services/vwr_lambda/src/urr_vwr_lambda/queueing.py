@@ -48,7 +48,7 @@ def smoothed_rate(previous: float | None, measured: float, interval_s: float) ->
     """
     if previous is None or not math.isfinite(previous):
         return measured
-    weight = 1.0 - 0.5 ** (max(0.0, interval_s) / RATE_HALF_LIFE_S)
+    weight = 1.0 - math.pow(0.5, max(0.0, interval_s) / RATE_HALF_LIFE_S)
     return weight * measured + (1.0 - weight) * previous
 
 
