@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from urr_vwr_lambda import advancer
+from urr_vwr_lambda.ids import line_key
 from urr_vwr_lambda.store import StaleCounter
 
 pytestmark = pytest.mark.integration
@@ -110,17 +111,39 @@ def test_a_walk_past_more_abandoned_places_than_one_page_reads_on(vwr: Any) -> N
     live = ids[-3:]  # everyone before the last three went away
     for request_id in live:
         assert vwr.check("evt-1", request_id).status == 200
-    queries: list[dict[str, Any]] = []
+    reads: list[dict[str, Any]] = []
     vwr.runtime.dynamodb.meta.events.register(
-        "provide-client-params.dynamodb.Query", lambda params, **_: queries.append(params)
+        "provide-client-params.dynamodb.BatchGetItem", lambda params, **_: reads.append(params)
     )
     outcome = run_advancer(vwr)["cycles"][0][0]
     assert outcome["skippedAbandoned"] == len(ids) - 3
     assert outcome["admitted"] == 2
     assert outcome["servingCounter"] == len(ids) - 1
-    assert [query["Limit"] for query in queries] == [2 + advancer._PAGE_MARGIN] * 2
+    # Two pages, each its line items and then their places; no Query, no Scan.
+    keys = [len(read["RequestItems"][vwr.settings.tables.positions]["Keys"]) for read in reads]
+    page = 2 + advancer._PAGE_MARGIN
+    assert keys == [page, page, len(ids) - page, len(ids) - page]
     assert vwr.check("evt-1", live[0]).body["admitted"] is True
     assert vwr.check("evt-1", live[2]).body["admitted"] is False
+
+
+def test_the_line_is_read_by_number_and_a_missing_line_item_is_passed(vwr: Any) -> None:
+    """Each assign puts one line item; a number without one (a crash between the writes) is
+    passed like a burnt number, and its waiter is admitted with the places around it."""
+    vwr.open_event("evt-1", batch_size=2)
+    ids = fill(vwr, "evt-1", 4)
+    store, tables = vwr.runtime.store, vwr.settings.tables
+    state = store.get_event("evt-1", consistent=True)
+    rows = list(store.places_above(state, upto=4, now_s=vwr.runtime.now_s()))
+    assert [(row.position, row.request_id) for row in rows] == list(zip(range(1, 5), ids, strict=True))
+    vwr.runtime.dynamodb.delete_item(
+        TableName=tables.positions,
+        Key={"eventId": {"S": "evt-1"}, "requestId": {"S": line_key(state.epoch, 2)}},
+    )
+    outcome = run_advancer(vwr)["cycles"][0][0]
+    assert (outcome["admitted"], outcome["servingCounter"]) == (2, 3)
+    assert vwr.check("evt-1", ids[1]).body["admitted"] is True
+    assert vwr.check("evt-1", ids[3]).body["admitted"] is False
 
 
 def test_a_waiter_who_checks_in_before_the_mark_keeps_the_place(vwr: Any) -> None:

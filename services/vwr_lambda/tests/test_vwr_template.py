@@ -9,6 +9,9 @@ from typing import Any
 from cfnlint.api import lint_file  # type: ignore[import-untyped]
 from cfnlint.decode import decode  # type: ignore[import-untyped]
 
+from urr_vwr_lambda.settings import TableSettings
+from urr_vwr_lambda.tables import positions_table
+
 TEMPLATE = Path(__file__).resolve().parents[1] / "template.yaml"
 
 
@@ -26,12 +29,13 @@ def test_cfn_lint_finds_nothing() -> None:
     assert [str(match) for match in matches] == []
 
 
-def test_positions_have_ttl_and_the_position_index() -> None:
+def test_positions_have_ttl_and_the_keys_the_code_creates_locally() -> None:
     table = resources()["PositionsTable"]["Properties"]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
-    [index] = table["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "eventId-position-index"
-    assert [k["AttributeName"] for k in index["KeySchema"]] == ["eventId", "position"]
+    local = positions_table(TableSettings())
+    assert table["KeySchema"] == local["KeySchema"]
+    assert table["AttributeDefinitions"] == local["AttributeDefinitions"]
+    assert "GlobalSecondaryIndexes" not in table
 
 
 def test_the_advancer_runs_every_minute_and_admin_routes_need_iam() -> None:

@@ -12,7 +12,6 @@ import yaml
 from urr_deploycheck.compose import check, container_env, health_port
 from urr_deploycheck.derive import workload_settings
 from urr_deploycheck.services import (
-    DYNAMODB_POSITION_INDEX,
     DYNAMODB_TABLES,
     INFRA,
     KAFKA_TOPICS,
@@ -90,7 +89,7 @@ def test_provisioning_scripts_create_what_the_services_name(compose):
     aws = (scripts / "aws-resources.sh").read_text(encoding="utf-8")
     for topic in KAFKA_TOPICS:
         assert topic in kafka
-    for name in (*SQS_QUEUES, *DYNAMODB_TABLES, DYNAMODB_POSITION_INDEX):
+    for name in (*SQS_QUEUES, *DYNAMODB_TABLES):
         assert name in aws
 
 
@@ -105,8 +104,7 @@ def test_tier1_processes_use_the_tables_provisioning_creates(compose):
             if tables is None:
                 continue
             users += 1
-            names = (tables.counters, tables.positions, tables.position_index)
-            assert names == (*DYNAMODB_TABLES, DYNAMODB_POSITION_INDEX), entry.name
+            assert (tables.counters, tables.positions) == DYNAMODB_TABLES, entry.name
     assert users >= 2  # the API emulator and the scheduler's advancer
 
 

@@ -133,34 +133,10 @@ async def test_devstack_dynamodb_tables_have_the_designed_keys(
         {"AttributeName": "eventId", "KeyType": "HASH"},
         {"AttributeName": "requestId", "KeyType": "RANGE"},
     ]
-    (index,) = positions["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "eventId-position-index"
-    assert index["KeySchema"] == [
-        {"AttributeName": "eventId", "KeyType": "HASH"},
-        {"AttributeName": "position", "KeyType": "RANGE"},
-    ]
-    types = {a["AttributeName"]: a["AttributeType"] for a in positions["AttributeDefinitions"]}
-    assert types["position"] == "N"
+    assert not positions.get("GlobalSecondaryIndexes")  # the line is read by key
     ttl = (await dynamodb.describe_time_to_live(TableName="positions"))["TimeToLiveDescription"]
     assert ttl["TimeToLiveStatus"] == "ENABLED"
     assert ttl["AttributeName"] == "ttl"
-    # The index answers "who holds the lowest places of this event" in position order.
-    for request_id, position in (("b", 2), ("a", 1), ("c", 3)):
-        await dynamodb.put_item(
-            TableName="positions",
-            Item={
-                "eventId": {"S": "e1"},
-                "requestId": {"S": request_id},
-                "position": {"N": str(position)},
-            },
-        )
-    page = await dynamodb.query(
-        TableName="positions",
-        IndexName="eventId-position-index",
-        KeyConditionExpression="eventId = :e",
-        ExpressionAttributeValues={":e": {"S": "e1"}},
-    )
-    assert [item["requestId"]["S"] for item in page["Items"]] == ["a", "b", "c"]
 
 
 async def test_devstack_bucket_is_created_once(aws_clients: aws.AwsClients) -> None:

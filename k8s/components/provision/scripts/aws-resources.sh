@@ -47,10 +47,8 @@ fi
 if ! aws dynamodb describe-table --table-name "$POSITIONS" >/dev/null 2>&1; then
   aws dynamodb create-table --table-name "$POSITIONS" --billing-mode PAY_PER_REQUEST \
     --attribute-definitions AttributeName=eventId,AttributeType=S \
-      AttributeName=requestId,AttributeType=S AttributeName=position,AttributeType=N \
+      AttributeName=requestId,AttributeType=S \
     --key-schema AttributeName=eventId,KeyType=HASH AttributeName=requestId,KeyType=RANGE \
-    --global-secondary-indexes \
-      'IndexName=eventId-position-index,KeySchema=[{AttributeName=eventId,KeyType=HASH},{AttributeName=position,KeyType=RANGE}],Projection={ProjectionType=ALL}' \
     >/dev/null
   aws dynamodb update-time-to-live --table-name "$POSITIONS" \
     --time-to-live-specification Enabled=true,AttributeName=ttl >/dev/null

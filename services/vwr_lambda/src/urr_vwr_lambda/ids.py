@@ -12,6 +12,8 @@ _UUID_RE = re.compile(
 )
 #: Sort keys starting with this hold per-user claims; a request id (a UUID) never does.
 USER_CLAIM_PREFIX = "user#"
+#: Sort keys starting with this hold the line: one item per number handed out.
+LINE_PREFIX = "line#"
 #: The counters item listing the active events (no event id can start with ``#``).
 ACTIVE_REGISTRY_ID = "#active"
 
@@ -29,3 +31,8 @@ def parse_request_id(value: object) -> str | None:
 
 def user_claim_key(user_id: str) -> str:
     return USER_CLAIM_PREFIX + user_id
+
+
+def line_key(epoch: int, position: int) -> str:
+    """The sort key of the line item of number ``position`` in room run ``epoch``."""
+    return f"{LINE_PREFIX}{epoch}#{position}"

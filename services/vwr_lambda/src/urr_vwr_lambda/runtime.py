@@ -66,7 +66,6 @@ class VwrRuntime:
             self.dynamodb,
             counters_table=tables.counters,
             positions_table=tables.positions,
-            position_index=tables.position_index,
         )
 
     @cached_property

@@ -64,7 +64,6 @@ class TableSettings(BaseModel):
     #: DESIGN.md §4 names; the SAM template passes its own generated names in AWS.
     counters: str = "counters"
     positions: str = "positions"
-    position_index: str = "eventId-position-index"
 
 
 class CookieSettings(BaseModel):

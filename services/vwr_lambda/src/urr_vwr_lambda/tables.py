@@ -30,38 +30,25 @@ def counters_table(tables: TableSettings) -> dict[str, Any]:
 
 
 def positions_table(tables: TableSettings) -> dict[str, Any]:
-    """``CreateTable`` arguments of ``positions``: one item per (event, request), with the
-    position GSI the advancer walks the line on."""
+    """``CreateTable`` arguments of ``positions``: one item per (event, request), the users'
+    claims and the line (``urr_vwr_lambda.store``). No index: the advancer reads the line by
+    key."""
     return {
         "TableName": tables.positions,
         "AttributeDefinitions": [
             {"AttributeName": "eventId", "AttributeType": "S"},
             {"AttributeName": "requestId", "AttributeType": "S"},
-            {"AttributeName": "position", "AttributeType": "N"},
         ],
         "KeySchema": [
             {"AttributeName": "eventId", "KeyType": "HASH"},
             {"AttributeName": "requestId", "KeyType": "RANGE"},
-        ],
-        "GlobalSecondaryIndexes": [
-            {
-                "IndexName": tables.position_index,
-                "KeySchema": [
-                    {"AttributeName": "eventId", "KeyType": "HASH"},
-                    {"AttributeName": "position", "KeyType": "RANGE"},
-                ],
-                "Projection": {
-                    "ProjectionType": "INCLUDE",
-                    "NonKeyAttributes": ["lastSeen", "epoch", "ttl", "abandoned", "admittedAt"],
-                },
-            }
         ],
         "BillingMode": "PAY_PER_REQUEST",
     }
 
 
 def ensure_tables(client: DynamoDBClient, tables: TableSettings) -> None:
-    """Create ``counters`` and ``positions`` (TTL on ``ttl``, the position GSI) when missing."""
+    """Create ``counters`` and ``positions`` (TTL on ``ttl``) when missing."""
     existing = set(client.list_tables().get("TableNames", []))
     if tables.counters not in existing:
         _create(client.create_table, **counters_table(tables))

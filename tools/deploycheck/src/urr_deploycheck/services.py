@@ -243,7 +243,6 @@ SQS_QUEUES = ("ticket-events.fifo", "ticket-events-dlq.fifo")
 #: DynamoDB tables of Tier 1, by DESIGN.md's names (the VWR processes get them through
 #: ``URR_TABLES__COUNTERS`` / ``URR_TABLES__POSITIONS``, so their code defaults do not matter).
 DYNAMODB_TABLES = ("counters", "positions")
-DYNAMODB_POSITION_INDEX = "eventId-position-index"
 
 
 @dataclass(frozen=True)

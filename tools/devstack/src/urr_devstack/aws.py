@@ -3,7 +3,7 @@
 - SQS FIFO ``ticket-events.fifo`` with the DLQ ``ticket-events-dlq.fifo`` after 3 receives.
   Content-based deduplication is off: the ticket service sets ``MessageDeduplicationId``.
 - DynamoDB ``counters`` (PK ``eventId``) and ``positions`` (PK ``eventId``, SK ``requestId``,
-  TTL attribute ``ttl``, GSI ``eventId-position-index`` on ``eventId`` + ``position``).
+  TTL attribute ``ttl``; the line is items of its own, read by key, so no index).
 - S3 bucket ``tansu``, where the Kafka broker keeps its records.
 
 Each ``ensure_*`` checks first and converges an existing resource's mutable settings, so a
@@ -39,11 +39,10 @@ TICKET_VISIBILITY_TIMEOUT_S = 30
 #: The DLQ keeps messages for the longest SQS allows (14 days), for inspection and replay.
 DLQ_RETENTION_S = 14 * 24 * 3600
 
-#: The Tier-1 tables as the VWR package defines them (names, keys, GSI, TTL): one schema.
+#: The Tier-1 tables as the VWR package defines them (names, keys, TTL): one schema.
 _TABLES = TableSettings()
 COUNTERS_TABLE = _TABLES.counters
 POSITIONS_TABLE = _TABLES.positions
-POSITIONS_INDEX = _TABLES.position_index
 POSITIONS_TTL_ATTRIBUTE = TTL_ATTRIBUTE
 TANSU_BUCKET = "tansu"
 
