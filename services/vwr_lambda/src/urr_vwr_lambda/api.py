@@ -279,8 +279,6 @@ def assign_place(
         # Our own PutItem may have landed before botocore retried it after a lost answer.
         mine = store.get_place(event_id, request_id)
         written = mine is not None and mine.position == position and mine.epoch == epoch
-        if written:
-            store.put_line(event_id, request_id, position=position, epoch=epoch, now_s=now_s)
     if written:
         new_place = Place(
             event_id=event_id,

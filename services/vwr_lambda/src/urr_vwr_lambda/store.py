@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +179,8 @@ class VwrStore:
         self._db = client
         self.counters_table = counters_table
         self.positions_table = positions_table
+        # The line item goes out beside the claim and place writes (``put_place``).
+        self._beside = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vwr-line")
 
     # -- events --------------------------------------------------------------------------
 
@@ -356,7 +359,38 @@ class VwrStore:
         same request id), the claim already names that request id, which holds the place the
         winner wrote. A crash between the two leaves a claim whose owner has no place: the
         next assign finds it gone and takes the claim over as ``stale_owner``.
+
+        The line item is written meanwhile, whatever the place write's outcome: one that names
+        a request id whose place holds another number (a lost race) is ignored by the
+        advancer, so it needs no ordering and costs the assign no extra round trip.
         """
+        line = self._beside.submit(
+            self.put_line, event_id, request_id, position=position, epoch=epoch, now_s=now_s
+        )
+        try:
+            return self._put_claim_and_place(
+                event_id,
+                request_id,
+                position=position,
+                epoch=epoch,
+                user_id=user_id,
+                now_s=now_s,
+                stale_owner=stale_owner,
+            )
+        finally:
+            line.result()
+
+    def _put_claim_and_place(
+        self,
+        event_id: str,
+        request_id: str,
+        *,
+        position: int,
+        epoch: int,
+        user_id: str | None,
+        now_s: int,
+        stale_owner: str | None,
+    ) -> bool:
         if user_id and not self._put_claim(
             event_id,
             request_id,
@@ -397,17 +431,16 @@ class VwrStore:
             if _conditional_failed(exc):
                 return False
             raise
-        self.put_line(event_id, request_id, position=position, epoch=epoch, now_s=now_s)
         return True
 
     def put_line(
         self, event_id: str, request_id: str, *, position: int, epoch: int, now_s: int
     ) -> None:
-        """Put the place on the line, after its row is written (one number, one owner).
+        """Put number ``position`` on the line, naming its request id (one number, one owner).
 
-        A crash before this write leaves a number without a line item: the advancer passes it
-        as it does a number burnt by a racing assign, and the waiter is admitted with the
-        places around it.
+        A failure of this write alone leaves a place without a line item: the advancer passes
+        its number as it does one burnt by a racing assign, and the waiter is admitted with the
+        places around it without counting against the budget.
         """
         self._db.put_item(
             TableName=self.positions_table,
