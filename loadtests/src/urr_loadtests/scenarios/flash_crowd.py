@@ -1,4 +1,4 @@
-"""The flash crowd: every Locust user is one arrival that goes through once, then stops.
+"""The flash crowd: Locust users take the arrivals in turn, each going through once.
 
 Arrivals skip the login form: each carries an access token the runner issued beforehand
 (signed with the local stack's access key, ``URR_LT_TOKENS`` = a file of ``user_id token``
@@ -61,10 +61,10 @@ class FlashCrowdArrival(FastHttpUser):
             arrival.detail = str(exc)
         arrival.finished_at = time.time()
         RESULTS.write(arrival.record())
-        self.park()
+        # Back to Locust, which runs this task again: the same user takes the next arrival.
 
     def park(self) -> None:
-        """Idle until the run stops, then stop.
+        """Idle until the run stops, then stop (every arrival has been handed out).
 
         A user that stops while Locust is still spawning is replaced by a new one, and every
         replacement past the last token stopped and was replaced in turn: late in a

@@ -368,70 +368,49 @@ class VwrStore:
             self.put_line, event_id, request_id, position=position, epoch=epoch, now_s=now_s
         )
         try:
-            return self._put_claim_and_place(
+            if user_id and not self._put_claim(
                 event_id,
                 request_id,
+                user_id,
                 position=position,
                 epoch=epoch,
-                user_id=user_id,
                 now_s=now_s,
                 stale_owner=stale_owner,
-            )
+            ):
+                return False
+            item: dict[str, Any] = {
+                "eventId": {"S": event_id},
+                "requestId": {"S": request_id},
+                "position": _num(position),
+                "epoch": _num(epoch),
+                "createdAt": _num(now_s),
+                "lastSeen": _num(now_s),
+                "ttl": _num(now_s + POSITION_TTL_S),
+            }
+            if user_id:
+                item["userId"] = {"S": user_id}
+            try:
+                self._db.put_item(
+                    TableName=self.positions_table,
+                    Item=item,
+                    ConditionExpression=(
+                        "attribute_not_exists(requestId) OR epoch < :epoch OR #ttl < :now "
+                        "OR abandoned = :true"
+                    ),
+                    ExpressionAttributeNames={"#ttl": "ttl"},
+                    ExpressionAttributeValues={
+                        ":epoch": _num(epoch),
+                        ":now": _num(now_s),
+                        ":true": {"BOOL": True},
+                    },
+                )
+            except ClientError as exc:
+                if _conditional_failed(exc):
+                    return False
+                raise
+            return True
         finally:
             line.result()
-
-    def _put_claim_and_place(
-        self,
-        event_id: str,
-        request_id: str,
-        *,
-        position: int,
-        epoch: int,
-        user_id: str | None,
-        now_s: int,
-        stale_owner: str | None,
-    ) -> bool:
-        if user_id and not self._put_claim(
-            event_id,
-            request_id,
-            user_id,
-            position=position,
-            epoch=epoch,
-            now_s=now_s,
-            stale_owner=stale_owner,
-        ):
-            return False
-        item: dict[str, Any] = {
-            "eventId": {"S": event_id},
-            "requestId": {"S": request_id},
-            "position": _num(position),
-            "epoch": _num(epoch),
-            "createdAt": _num(now_s),
-            "lastSeen": _num(now_s),
-            "ttl": _num(now_s + POSITION_TTL_S),
-        }
-        if user_id:
-            item["userId"] = {"S": user_id}
-        try:
-            self._db.put_item(
-                TableName=self.positions_table,
-                Item=item,
-                ConditionExpression=(
-                    "attribute_not_exists(requestId) OR epoch < :epoch OR #ttl < :now "
-                    "OR abandoned = :true"
-                ),
-                ExpressionAttributeNames={"#ttl": "ttl"},
-                ExpressionAttributeValues={
-                    ":epoch": _num(epoch),
-                    ":now": _num(now_s),
-                    ":true": {"BOOL": True},
-                },
-            )
-        except ClientError as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
 
     def put_line(
         self, event_id: str, request_id: str, *, position: int, epoch: int, now_s: int
