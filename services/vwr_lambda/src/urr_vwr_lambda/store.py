@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -333,6 +333,10 @@ class VwrStore:
             raise EventNotFound(event_id) from exc
         state = _event_state(answer["Attributes"])
         return state.next_position, state.epoch
+
+    def reserve_position_beside(self, event_id: str, *, now_ms: int) -> Future[tuple[int, int]]:
+        """``reserve_position`` on a side thread, so the caller can read meanwhile."""
+        return self._beside.submit(self.reserve_position, event_id, now_ms=now_ms)
 
     def put_place(
         self,
