@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,6 +60,11 @@ class MemoryStore:
         state = self.events[event_id]
         self.events[event_id] = replace(state, next_position=state.next_position + 1)
         return state.next_position + 1, state.epoch
+
+    def reserve_position_beside(self, event_id: str, *, now_ms: int) -> Future[tuple[int, int]]:
+        taken: Future[tuple[int, int]] = Future()
+        taken.set_result(self.reserve_position(event_id, now_ms=now_ms))
+        return taken
 
     def put_place(self, event_id: str, request_id: str, **fields: Any) -> bool:
         self.places[(event_id, request_id)] = Place(
@@ -243,21 +249,30 @@ def dynamodb_calls(tmp: Path) -> None:
         runtime.store.put_event("evt-1", is_active=True, batch_size=10, now_ms=0)
         handler = make_handler(lambda: runtime)
 
+        def answered(answer: dict[str, Any]) -> str:
+            admitted = json.loads(answer["body"]).get("admitted")
+            return {True: "admitted", False: "waiting", None: ""}[admitted]
+
         def count(name: str, e: dict[str, Any]) -> None:
             operations.clear()
             answer = handler(e, None)
             names = ", ".join(operations)
-            print(f"{name:<44} {answer['statusCode']:>6} {len(operations):>6}  {names}")
+            code = f"{answer['statusCode']} {answered(answer)}"
+            print(f"{name:<44} {code:>14} {len(operations):>6}  {names}")
 
         rid = str(uuid.uuid4())
         assign = event("rest_assign.json", body=json.dumps({"requestId": rid}))
         print("\nDynamoDB calls per request (real adapter, moto server)")
-        print(f"{'request':<44} {'status':>6} {'calls':>6}  operations")
+        print(f"{'request':<44} {'answer':>14} {'calls':>6}  operations")
         count("assign, new place", assign)
         count("assign, same requestId again", assign)
         check = event("rest_check.json", path=f"/vwr/check/evt-1/{rid}")
         count("check, waiting (lastSeen fresh: no write)", check)
-        runtime.clock = lambda: time.time() + 30
+        count("check, waiting (counters copy < 1 s old)", check)
+        runtime.clock = lambda: time.time() + 60
+        # The counters copy lives for a second of monotonic time: drop it so that each case
+        # below shows the reads it makes once the copy is stale.
+        runtime.event_cache.forget("evt-1")
         count("check, waiting (records lastSeen)", check)
         state = runtime.store.get_event("evt-1", consistent=True)
         assert state is not None
@@ -267,6 +282,7 @@ def dynamodb_calls(tmp: Path) -> None:
             admit_rate=None,
             now_ms=0,
         )
+        runtime.event_cache.forget("evt-1")
         count("check, admitted (first: signs and stores)", check)
         count("check, admitted (again: same token)", check)
         count("status", event("rest_status.json"))
@@ -277,7 +293,7 @@ def dynamodb_calls(tmp: Path) -> None:
         advancer.run_cycle(runtime, interval_s=10)
         names = ", ".join(operations)
         label = "advancer cycle, 1 active event, 5 waiting"
-        print(f"{label:<44} {'-':>6} {len(operations):>6}  {names}")
+        print(f"{label:<44} {'-':>14} {len(operations):>6}  {names}")
         runtime.dynamodb.close()
     finally:
         capacity.shutdown()

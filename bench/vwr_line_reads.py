@@ -160,7 +160,7 @@ def run(sizes: list[int], reads: int, tmp: Path) -> None:
         db.create_table(**baseline_table())
         now_s = int(time.time())
         print(f"advancer read of {PAGE} waiting places (ms), GetItem from another client meanwhile")
-        print(f"{'places':>7} {'read':<22} {'p50':>8} {'p95':>8} {'p99':>8}   GetItem p50/p95/p99")
+        print(f"{'places':>7} {'read':<24} {'p50':>8} {'p95':>8} {'p99':>8}   GetItem p50/p95/p99")
 
         def probe() -> None:
             prober.get_item(TableName=settings.tables.counters, Key={"eventId": {"S": "none"}})
@@ -199,7 +199,7 @@ def run(sizes: list[int], reads: int, tmp: Path) -> None:
                 ("line items by key", keyed),
             ):
                 took, probed = measure(read, reads, probe)
-                print(f"{size:>7} {label:<22} {took}   {probed}")
+                print(f"{size:>7} {label:<24} {took}   {probed}")
         print(f"GetItem with no read running (p50 p95 p99 ms): {figures(idle)}")
         db.close()
         prober.close()
