@@ -89,7 +89,7 @@ class CapacityFeed:
 
 @dataclass(frozen=True)
 class PositionRow:
-    """One place in line as the position index shows it."""
+    """One place in line, as the advancer read it by its number."""
 
     request_id: str
     position: int
@@ -120,12 +120,14 @@ def walk_positions(
 ) -> WalkResult:
     """Move past up to ``budget`` live places in position order, skipping abandoned ones.
 
-    ``rows`` come from the position index in ascending order above the serving counter and at
-    or below ``nextPosition``. An abandoned place is skipped only once ``mark_abandoned``
-    succeeded (a conditional write that fails when the waiter checked in meanwhile: that
-    waiter then counts as live). A number with no row (a place burnt by a racing duplicate
-    assign) costs nothing. The counter ends on the last place passed, never beyond the rows
-    seen, so a place not yet visible in the index is never jumped.
+    ``rows`` come in ascending order above the serving counter and at or below
+    ``nextPosition``. An abandoned place is skipped only once ``mark_abandoned`` succeeded (a
+    conditional write that fails when the waiter checked in meanwhile: that waiter then
+    counts as live). A number with no row (left unused by a retry or a racing assign) costs
+    nothing. The counter ends on the last place passed, never beyond the rows seen, so the
+    newest places are never jumped; a number whose line item is still being written while a
+    later one is already read is passed with it, and its waiter gets in at the next check
+    without counting against the budget (a window of one or two DynamoDB round trips).
     """
     live = skipped = examined = 0
     new_serving = serving_counter

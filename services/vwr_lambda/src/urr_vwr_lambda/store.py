@@ -102,7 +102,7 @@ class UserClaim:
         return self.epoch == epoch and self.expires_at > now_s
 
 
-#: The most rows one page of the position index returns.
+#: The most numbers one page of the line reads.
 MAX_PAGE = 500
 #: DynamoDB's limit of keys per BatchGetItem.
 _BATCH_KEYS = 100
