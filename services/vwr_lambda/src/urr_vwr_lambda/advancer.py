@@ -8,10 +8,10 @@ Scan):
 
 1. read Tier 2's capacity feed; unreachable or nonsense means advance nothing (fail safe);
 2. budget = min(the event's ``batchSize``, what Tier 2 can absorb before the next cycle);
-3. walk the line by number from ``servingCounter + 1`` (line items read by key), passing live places
-   until the budget is spent and skipping (and flagging) abandoned ones: a place whose last
-   check is older than ``abandon_after_s``. A skipped waiter who comes back is told to take a
-   new place (410), so a no-show never costs Tier-2 capacity;
+3. walk the line by number from ``servingCounter + 1`` (line items read by key), passing
+   live places until the budget is spent and skipping (and flagging) abandoned ones: a place
+   whose last check is older than ``abandon_after_s``. A skipped waiter who comes back is
+   told to take a new place (410), so a no-show never costs Tier-2 capacity;
 4. compare-and-set ``servingCounter`` (condition: unchanged since read, same epoch, and
    ``<= nextPosition``), so two advancers or an admin at once can never double-advance.
 
