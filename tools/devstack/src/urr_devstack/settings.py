@@ -16,6 +16,8 @@ from typing import Literal, Self
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from urr_devstack.kafka import TopicLayout
+
 Port = int
 
 
@@ -68,7 +70,9 @@ class DevstackSettings(BaseSettings):
     #: S3 objects on fetches, and under a flash crowd that took most of moto's time away from
     #: DynamoDB and SQS (see tools/devstack/README.md).
     kafka_storage: Literal["s3", "memory"] = "memory"
-    kafka_partitions: int = Field(default=3, ge=1, le=64)
+    #: Partitions, replication factor, min in-sync replicas and retention of every topic
+    #: (``URR_DEVSTACK__KAFKA_TOPICS__PARTITIONS`` ...); one local broker holds RF 1 only.
+    kafka_topics: TopicLayout = Field(default_factory=TopicLayout)
 
     #: How long a server we start may take to listen.
     server_start_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)

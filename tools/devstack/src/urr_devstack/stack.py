@@ -101,11 +101,14 @@ async def provision(
     """The database, topics, queues and tables; each step is a no-op when already done."""
     if await postgres.ensure_database(infra.postgres_admin_dsn, settings.postgres_database):
         say(f"created database {settings.postgres_database}")
-    created = await kafka.ensure_topics(
-        infra.kafka_bootstrap, kafka.TOPICS, partitions=settings.kafka_partitions
-    )
+    created = await kafka.ensure_topics(infra.kafka_bootstrap, kafka.TOPICS, settings.kafka_topics)
     if created:
         say(f"created topics {', '.join(created)}")
+    # A broker we reused may hold topics made another way: say so rather than fail the stack.
+    for wrong in await kafka.verify_topics(
+        infra.kafka_bootstrap, kafka.TOPICS, settings.kafka_topics
+    ):
+        say(f"warning: topic layout differs from settings: {wrong}")
     endpoint = aws.AwsEndpoint(
         infra.moto_url,
         settings.aws_region,
