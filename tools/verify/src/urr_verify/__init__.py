@@ -1,0 +1,1 @@
+"""Verify URR's fairness claims from public data only (see README.md)."""

@@ -1,0 +1,164 @@
+"""``urr-verify``: check URR's fairness data from public documents only.
+
+Every input is a JSON document named by a path, ``-`` (standard input) or an http(s) URL
+(e.g. the public log API's). Exit 0 when everything verifies, 1 when something does not (the
+reason is printed), 2 on unusable input.
+
+    urr-verify receipt RECEIPT --jwks JWKS
+    urr-verify consistency --jwks JWKS --old STH --new STH --proof PROOF
+    urr-verify shuffle ROSTER                  # {"members", "root", "commitment", "secret"}
+    urr-verify audit ENTRIES [--order ORDER]   # the event's leaves, in log order
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from urr_verify.log import ReceiptError, audit_order, read_tree_head, verify_receipt
+from urr_verify.merkle import ProofError, verify_consistency
+from urr_verify.shuffle import ShuffleError, verify_prequeue
+
+FETCH_TIMEOUT_S = 10.0
+
+
+class InputError(ValueError):
+    """An input could not be read as the JSON document it should be."""
+
+
+def load(source: str) -> Any:
+    try:
+        if source == "-":
+            return json.load(sys.stdin)
+        if source.startswith(("http://", "https://")):
+            with urllib.request.urlopen(source, timeout=FETCH_TIMEOUT_S) as answer:  # noqa: S310
+                return json.load(answer)
+        with open(source, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{source}: {exc}") from exc
+
+
+def _hex_list(value: Any, what: str) -> list[bytes]:
+    items = value.get("proof") if isinstance(value, dict) else value
+    if not isinstance(items, list):
+        raise InputError(f"{what} is not a list of hex hashes")
+    try:
+        return [bytes.fromhex(item) for item in items]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} is not a list of hex hashes") from exc
+
+
+def _hex(value: Any, what: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} is not hex") from exc
+
+
+def cmd_receipt(args: argparse.Namespace) -> str:
+    head = verify_receipt(load(args.receipt), load(args.jwks))
+    return (
+        f"ok: the leaf is in {head.event_id}'s log of {head.size} entries (root {head.root.hex()})"
+    )
+
+
+def _sth(document: Any) -> str:
+    token = document.get("sth") if isinstance(document, dict) else document
+    if not isinstance(token, str):
+        raise InputError("a tree head must be a JWT string or {'sth': JWT}")
+    return token
+
+
+def cmd_consistency(args: argparse.Namespace) -> str:
+    jwks = load(args.jwks)
+    old = read_tree_head(_sth(load(args.old)), jwks, args.event)
+    new = read_tree_head(_sth(load(args.new)), jwks, args.event)
+    verify_consistency(
+        old.size, new.size, _hex_list(load(args.proof), "the proof"), old.root, new.root
+    )
+    return f"ok: the log of {new.size} entries extends the one of {old.size}"
+
+
+def cmd_shuffle(args: argparse.Namespace) -> str:
+    doc = load(args.roster)
+    if not isinstance(doc, dict):
+        raise InputError("the roster document must be an object")
+    members = [_hex(member, "a roster member") for member in doc.get("members", [])]
+    order = verify_prequeue(
+        members,
+        _hex(doc.get("root"), "root"),
+        _hex(doc.get("commitment"), "commitment"),
+        _hex(doc.get("secret"), "secret"),
+    )
+    return json.dumps({"order": [member.hex() for member in order]})
+
+
+def cmd_audit(args: argparse.Namespace) -> str:
+    entries = load(args.entries)
+    if isinstance(entries, dict):
+        entries = entries.get("entries")
+    if not isinstance(entries, list):
+        raise InputError("entries must be a list of leaves (or {'entries': [...]})")
+    order = load(args.order) if args.order else None
+    try:
+        report = audit_order(entries, order)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"an entry is malformed: {exc!r}") from exc
+    lines = [
+        f"admitted {report.admitted}, waived {report.waived}, "
+        f"explained by a waiver {report.explained}, unexplained {len(report.exceptions)}"
+    ]
+    lines += [
+        f"exception: admission {e.seq} (ticket {e.ticket}) came after {e.overtaken_by} "
+        "tickets owed later, with no waiver logged"
+        for e in report.exceptions
+    ]
+    if report.exceptions:
+        raise ProofError("\n".join(lines))
+    return "ok: " + lines[0]
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="urr-verify", description=__doc__.split("\n\n")[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    receipt = sub.add_parser("receipt", help="a buyer's admission receipt")
+    receipt.add_argument("receipt")
+    receipt.add_argument("--jwks", required=True, help="the log's published keys")
+    receipt.set_defaults(run=cmd_receipt)
+    consistency = sub.add_parser("consistency", help="a newer tree head extends an older one")
+    consistency.add_argument("--event", required=True)
+    consistency.add_argument("--jwks", required=True)
+    consistency.add_argument("--old", required=True)
+    consistency.add_argument("--new", required=True)
+    consistency.add_argument("--proof", required=True)
+    consistency.set_defaults(run=cmd_consistency)
+    shuffle = sub.add_parser("shuffle", help="recompute a pre-queue's order")
+    shuffle.add_argument("roster")
+    shuffle.set_defaults(run=cmd_shuffle)
+    audit = sub.add_parser("audit", help="admissions follow the owed order")
+    audit.add_argument("entries")
+    audit.add_argument("--order", help="tickets in owed order (a pre-queue's ranks)")
+    audit.set_defaults(run=cmd_audit)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        print(args.run(args))
+    except InputError as exc:
+        print(f"unusable input: {exc}", file=sys.stderr)
+        return 2
+    except (ProofError, ReceiptError, ShuffleError) as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
