@@ -3,11 +3,13 @@
 Leaves are JSON objects encoded canonically (keys sorted, no spaces, UTF-8) and hashed as RFC
 9162 leaves. Two kinds:
 
-- ``{"kind": "admit", "event", "seq", "ticket", "at", "who"}``: admission number ``seq`` of the
-  event let in the holder of ``ticket`` (Tier-1 number, or pre-queue rank) at ``at`` (ms), with
-  ``who`` the event-salted hash of the holder's id;
-- ``{"kind": "waive", "event", "seq", "ticket", "at", "reason"}``: the room stopped waiting for
+- ``{"kind": "admit", "event", "ticket", "at", "who"}``: the event let in the holder of
+  ``ticket`` (Tier-1 number, or pre-queue rank) at ``at`` (ms), with ``who`` the event-keyed
+  hash of the holder's id;
+- ``{"kind": "waive", "event", "ticket", "at", "reason"}``: the room stopped waiting for
   ``ticket`` (``reason``: ``abandoned`` or ``order_hold``), so later numbers went ahead of it.
+
+A leaf's index in the log is its sequence number: the log's order is the order of admission.
 
 A signed tree head (STH) is an ES256 JWT (``kid`` in the log's JWKS) with claims ``iss``,
 ``sub`` (the event), ``size``, ``root`` (hex) and ``iat``. A receipt is
@@ -103,6 +105,7 @@ def verify_receipt(receipt: Mapping[str, Any], jwks: Mapping[str, Any]) -> TreeH
 class OrderException:
     """An admission behind tickets owed later, with no waiver for it logged before."""
 
+    #: The admission's leaf index.
     seq: int
     ticket: int
     #: How many tickets owed after this one were admitted before it.
@@ -131,7 +134,7 @@ def audit_order(entries: Iterable[Mapping[str, Any]], order: Sequence[int] | Non
     report = Audit()
     waived: set[int] = set()
     admitted_ranks: list[int] = []  # sorted
-    for entry in entries:
+    for seq, entry in enumerate(entries):
         ticket = int(entry["ticket"])
         if entry["kind"] == "waive":
             report.waived += 1
@@ -144,6 +147,6 @@ def audit_order(entries: Iterable[Mapping[str, Any]], order: Sequence[int] | Non
             if ticket in waived:
                 report.explained += 1
             else:
-                report.exceptions.append(OrderException(int(entry["seq"]), ticket, ahead))
+                report.exceptions.append(OrderException(seq, ticket, ahead))
         bisect.insort(admitted_ranks, position)
     return report

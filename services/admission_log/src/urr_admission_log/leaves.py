@@ -1,0 +1,59 @@
+"""Turning ``queue-events`` records into log leaves (pure; urr-verify documents the format).
+
+Only admissions are logged. The holder is named by an HMAC of the user id keyed per event
+(``who``): a buyer recognises their own leaf from their receipt, but nobody can test a list
+of e-mails or ids against the log without the server's secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from urr_verify.log import canonical
+
+_MAX_ID = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    record_id: str
+    event_id: str
+    leaf: dict[str, Any]
+
+    def encoded(self) -> bytes:
+        return canonical(self.leaf)
+
+
+def holder_hash(secret: bytes, event_id: str, user_id: str) -> str:
+    event_key = hmac.new(secret, event_id.encode(), hashlib.sha256).digest()
+    return hmac.new(event_key, user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def _plain_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ID and value.isprintable()
+
+
+def admission_of(record: Any, secret: bytes) -> Admission | None:
+    """The leaf for an ``admitted`` record; ``None`` for other types and malformed records."""
+    if not isinstance(record, dict) or record.get("type") != "admitted":
+        return None
+    record_id, event_id, user_id = record.get("id"), record.get("eventId"), record.get("userId")
+    ticket, at = record.get("queueNumber"), record.get("at")
+    if not (_plain_id(record_id) and _plain_id(event_id) and _plain_id(user_id)):
+        return None
+    if not isinstance(ticket, int) or isinstance(ticket, bool) or ticket < 1:
+        return None
+    if not isinstance(at, int) or isinstance(at, bool) or at < 0:
+        return None
+    event, holder = str(event_id), str(user_id)
+    leaf = {
+        "kind": "admit",
+        "event": event,
+        "ticket": ticket,
+        "at": at,
+        "who": holder_hash(secret, event, holder),
+    }
+    return Admission(str(record_id), event, leaf)
