@@ -9,14 +9,14 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
+
 from urr_admission_log import heads, store
 from urr_admission_log.app import IMMUTABLE, create_app
 from urr_admission_log.leaves import admission_of
 from urr_admission_log.settings import AdmissionLogSettings
+from urr_common.tokens import KeySet, SigningKey
 from urr_verify.log import canonical, read_tree_head, verify_receipt
 from urr_verify.merkle import leaf_hash, verify_consistency, verify_inclusion
-
-from urr_common.tokens import KeySet, SigningKey
 
 pytestmark = pytest.mark.integration
 EVENT = "concert-1"

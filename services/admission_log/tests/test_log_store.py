@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+
 from urr_admission_log import store
 from urr_verify import reference
 from urr_verify.merkle import leaf_hash, verify_consistency, verify_inclusion

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from urr_admission_log.tree import (
     Range,
     as_node,

@@ -10,6 +10,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from urr_verify.__main__ import main
 from urr_verify.log import ReceiptError, audit_order, canonical, verify_receipt
 from urr_verify.merkle import leaf_hash

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from urr_verify.shuffle import (
     ShuffleError,
     commitment,

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from urr_verify.merkle import EMPTY_ROOT, leaf_hash, node_hash
-
 from urr_admission_log.tree import (
     Node,
     Range,
@@ -24,6 +22,7 @@ from urr_admission_log.tree import (
     nodes_of,
 )
 from urr_common.migrations import Migration, apply_migrations, discover
+from urr_verify.merkle import EMPTY_ROOT, leaf_hash, node_hash
 
 if TYPE_CHECKING:
     import asyncpg

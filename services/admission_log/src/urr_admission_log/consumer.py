@@ -1,0 +1,152 @@
+"""Appending ``queue-events`` admissions to the log: at least once, never twice.
+
+Records are keyed by event, so one event's admissions arrive on one partition in the order
+the queue published them. Each fetched batch is appended per event in one transaction, then
+its offsets are committed; any failure restarts the consumer from the committed offsets, and
+the record ids make the replay append nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from urr_admission_log import heads, store
+from urr_admission_log.leaves import admission_of
+from urr_admission_log.settings import AdmissionLogSettings
+from urr_common.logs import get_logger
+from urr_common.tokens import SigningKey
+
+_LOG = get_logger(__name__)
+
+
+class LogMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter(
+            "urr_admission_log_records",
+            "queue-events records seen by the admission log, by outcome "
+            "(appended, duplicate, ignored, malformed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.heads = Counter(
+            "urr_admission_log_heads_signed", "Tree heads signed.", registry=registry
+        )
+        self.last_append = Gauge(
+            "urr_admission_log_last_append_timestamp_seconds",
+            "When the log last appended a leaf (a log that stops growing shows here).",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "urr_admission_log_failures",
+            "Consumer or signer rounds that failed.",
+            ["loop"],
+            registry=registry,
+        )
+
+
+def admissions_by_event(
+    values: Iterable[bytes | None], secret: bytes, metrics: LogMetrics
+) -> dict[str, list[store.Record]]:
+    """Decode a batch into per-event records, in order; other records are counted and skipped."""
+    grouped: dict[str, list[store.Record]] = {}
+    for value in values:
+        try:
+            decoded: Any = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            metrics.records.labels("malformed").inc()
+            continue
+        admission = admission_of(decoded, secret)
+        if admission is None:
+            kind = (
+                "ignored"
+                if isinstance(decoded, dict) and decoded.get("type") != "admitted"
+                else "malformed"
+            )
+            metrics.records.labels(kind).inc()
+            continue
+        grouped.setdefault(admission.event_id, []).append(
+            store.Record(admission.record_id, admission.encoded())
+        )
+    return grouped
+
+
+async def append_batch(
+    pool: asyncpg.Pool, grouped: dict[str, list[store.Record]], metrics: LogMetrics
+) -> None:
+    for event_id, records in grouped.items():
+        async with pool.acquire() as conn:
+            appended = await store.append(conn, event_id, records)
+        metrics.records.labels("appended").inc(appended.count)
+        metrics.records.labels("duplicate").inc(len(records) - appended.count)
+        if appended.count:
+            metrics.last_append.set_to_current_time()
+
+
+async def consume(
+    settings: AdmissionLogSettings, pool: asyncpg.Pool, metrics: LogMetrics, stop: asyncio.Event
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    options = settings.admission_log
+    secret = options.holder_secret.get_secret_value().encode()
+    while not stop.is_set():
+        consumer = AIOKafkaConsumer(
+            options.topic,
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            client_id=f"{settings.kafka.client_id}-admission-log",
+            group_id=options.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=200,
+        )
+        try:
+            await consumer.start()
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+                if not batches:
+                    continue
+                values = [record.value for records in batches.values() for record in records]
+                await append_batch(pool, admissions_by_event(values, secret, metrics), metrics)
+                await consumer.commit(
+                    {partition: records[-1].offset + 1 for partition, records in batches.items()}
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Kafka or PostgreSQL failed: restart from committed offsets
+            metrics.failures.labels("consumer").inc()
+            _LOG.warning("admission_log_consumer_failed", error=f"{type(exc).__name__}: {exc}")
+            await _sleep_unless_stopped(stop, 1.0)
+        finally:
+            await consumer.stop()
+
+
+async def sign_heads(
+    settings: AdmissionLogSettings,
+    pool: asyncpg.Pool,
+    key: SigningKey,
+    metrics: LogMetrics,
+    stop: asyncio.Event,
+) -> None:
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as conn:
+                signed = await heads.sign_grown(conn, key, settings.tree_heads.issuer)
+            metrics.heads.inc(len(signed))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            metrics.failures.labels("signer").inc()
+            _LOG.warning("admission_log_signer_failed", error=f"{type(exc).__name__}: {exc}")
+        await _sleep_unless_stopped(stop, settings.admission_log.sign_every_s)
+
+
+async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
