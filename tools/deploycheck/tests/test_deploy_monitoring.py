@@ -315,4 +315,6 @@ def test_catalogue_renders_as_a_table():
     table = markdown_table()
     assert table.count("\n") == len(METRICS) + 1
     assert "| `urr_outbox_unsent` | gauge | - | ticket_worker | exported |" in table
-    assert "| `urr_worker_dlq_messages` | gauge | - | ticket_worker | proposed |" in table
+    assert "| `urr_worker_dlq_messages` | gauge | - | ticket_worker | exported |" in table
+    oldest = "| `urr_worker_queue_oldest_age_seconds` | gauge | - | ticket_worker | proposed |"
+    assert oldest in table

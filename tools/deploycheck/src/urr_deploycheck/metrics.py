@@ -244,8 +244,8 @@ METRICS: tuple[Metric, ...] = (
         "gauge",
         (),
         "ticket_worker",
-        "proposed",
-        "Messages in ticket-events-dlq.fifo",
+        "exported",
+        "Messages in ticket-events-dlq.fifo (the ticket-exporter process polls SQS)",
     ),
     Metric(
         "urr_worker_queue_oldest_age_seconds",
@@ -301,8 +301,8 @@ METRICS: tuple[Metric, ...] = (
         "gauge",
         ("group", "topic", "partition"),
         "ticket_worker",
-        "proposed",
-        "Records between a group's committed offset and the partition's end",
+        "exported",
+        "Records between a group's committed offset and the partition's end (ticket-exporter)",
     ),
 )
 
