@@ -162,3 +162,14 @@ def default_policies() -> Sequence[Policy]:
         policy("booking-seats", "/api/v1/seats/**", 10, "open", 10),
         policy("general", "/**", 100, "open", 0),
     )
+
+
+#: Where the admin service publishes the policy set (JSON of ``PolicySet``), and the channel
+#: it announces each new version on; limiters read the key at start and on every message.
+POLICY_SET_KEY = "ratelimit:policies"
+POLICY_CHANNEL = "ratelimit:policies:changed"
+
+
+def revoked_access_token_key(jti: str) -> str:
+    """Present while an access token with this ``jti`` is revoked (expires with the token)."""
+    return f"ratelimit:revoked-jti:{jti}"

@@ -1,0 +1,1 @@
+"""The rate-limit control plane (issue 18): tenants, keys, policies, quotas, audit."""
