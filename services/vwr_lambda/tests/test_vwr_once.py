@@ -73,6 +73,14 @@ def test_check_issues_no_pass_for_a_spent_place(vwr: Any) -> None:
     assert_spent(vwr.check("evt-1", request_id))
 
 
+def test_a_warm_copy_whose_token_ran_out_gets_no_new_one_once_spent(vwr: Any) -> None:
+    vwr.open_event("evt-1")
+    request_id, position = admitted_place(vwr)
+    vwr.clock.advance(vwr.settings.vwr_tokens.ttl_s + 1)  # the copy's token needs renewing
+    assert mark_spent(vwr, "evt-1", request_id, position)
+    assert_spent(vwr.check("evt-1", request_id))
+
+
 def test_a_spent_place_gets_no_new_token_when_the_mark_lands_mid_check(vwr: Any) -> None:
     """The mark arrives between a check's read and its token write: the write is refused."""
     vwr.open_event("evt-1")

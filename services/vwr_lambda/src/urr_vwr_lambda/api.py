@@ -385,7 +385,7 @@ def check_place(
         raise place_spent()
     runtime.metrics.add_metric(name="Check", unit=MetricUnit.Count, value=1)
     if is_admitted(place.position, state.serving_counter):
-        if warm_copy:
+        if warm_copy and reusable_token(place, now_s):
             place = fresh_admitted_place(runtime, place)
         return admitted_response(runtime, state, place, now_s)
     if not state.is_active:
@@ -430,13 +430,23 @@ def read_check(
     return state, place, warm_copy
 
 
+def reusable_token(place: Place, now_s: int) -> bool:
+    """The place's stored token goes out again as it is (no write that could catch a mark)."""
+    return (
+        place.token is not None
+        and place.token_exp is not None
+        and place.token_exp - now_s >= _MIN_TOKEN_LIFE_S
+    )
+
+
 def fresh_admitted_place(runtime: VwrRuntime, place: Place) -> Place:
-    """The stored row of an admitted place held as a warm copy.
+    """The stored row of an admitted place held as a warm copy with a token to hand out.
 
     Tier 2 marks a place spent once the stay it admitted is over (``spentAt``), long after the
-    copy was taken: an admitted place is read again before its pass is handed out. Waiting
-    places need no such read (only an admitted place can be spent), and an admitted visitor
-    leaves the page, so this read is about one per admission.
+    copy was taken: a stored token is not handed out again from a copy without reading the row.
+    A new token needs no such read (its conditional write refuses a spent place), nor does a
+    waiting place (only an admitted one can be spent); an admitted visitor leaves the page, so
+    this read is about one per admission.
     """
     stored = runtime.store.get_place(place.event_id, place.request_id)
     if stored is None or stored.epoch != place.epoch:
@@ -475,7 +485,7 @@ def admitted_response(
     runtime: VwrRuntime, state: EventState, place: Place, now_s: int
 ) -> Response[str]:
     token, token_exp = place.token, place.token_exp
-    if token is None or token_exp is None or token_exp - now_s < _MIN_TOKEN_LIFE_S:
+    if token is None or token_exp is None or not reusable_token(place, now_s):
         signer = runtime.signer
         fresh = tier1.issue(
             signer,
