@@ -24,6 +24,7 @@ from urr_queue.settings import (
     QueueEventsSettings,
     QueueSettings,
     ReservationEventsSettings,
+    Tier1PlacesSettings,
     VwrTrustSettings,
 )
 from urr_queue.store import QueueStore
@@ -142,6 +143,7 @@ def make_settings(tmp_path: Path, tier1_key: SigningKey) -> SettingsFactory:
             "admission": AdmissionSettings(enabled=False),
             "queue_events": QueueEventsSettings(enabled=False),
             "reservation_events": ReservationEventsSettings(enabled=False),
+            "tier1_places": Tier1PlacesSettings(enabled=False),
             "heartbeat_bucket_ms": 500,
         }
         values.update(overrides)

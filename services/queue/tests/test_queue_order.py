@@ -32,7 +32,11 @@ async def open_event(store: QueueStore, *, tier1: bool = True, **fields: object)
 
 async def arrive(store: QueueStore, number: int) -> None:
     place = await store.visit(
-        EVENT, f"user-{number}", enter=True, tier1_position=number, tier1_request_id=f"r{number}"
+        EVENT,
+        f"user-{number}",
+        enter=True,
+        tier1_position=number,
+        tier1_place=f"r{number}#{number}",
     )
     assert isinstance(place, Waiting), place
 
@@ -120,14 +124,10 @@ async def test_a_new_tier1_room_starts_the_order_over(store_on: QueueStore):
     for tier1 in (False, True):
         config = EventConfig(require_tier1_token=tier1, capacity=100, admit_per_second=1000.0)
         assert await store_on.configure(EVENT, config) == "updated"
-    second = await store_on.visit(
-        EVENT, "new-2", enter=True, tier1_position=2, tier1_request_id="n2"
-    )
+    second = await store_on.visit(EVENT, "new-2", enter=True, tier1_position=2, tier1_place="n2#2")
     assert isinstance(second, Waiting)
     assert (await tick(store_on, 5_000)).order_held  # the old room's 1 and 2 do not count
-    first = await store_on.visit(
-        EVENT, "new-1", enter=True, tier1_position=1, tier1_request_id="n1"
-    )
+    first = await store_on.visit(EVENT, "new-1", enter=True, tier1_position=1, tier1_place="n1#1")
     assert isinstance(first, Waiting)
     assert numbers(await tick(store_on, 5_000)) == [1, 2]
 

@@ -225,3 +225,29 @@ def test_one_variable_of_a_block_keeps_the_queue_defaults(monkeypatch):
     assert str(settings.entry_tokens.private_key_file) == ".urr/keys/entry/local-1.pem"
     assert (settings.vwr_trust.issuer, settings.vwr_trust.audience) == ("urr-vwr", "urr-vwr")
     assert [str(p) for p in settings.vwr_trust.public_key_files] == [".urr/keys/vwr/public/*.pem"]
+
+
+def test_tier1_places_settings_are_validated(monkeypatch):
+    from urr_common.settings import SettingsError, load_settings
+    from urr_queue.settings import QueueSettings
+
+    monkeypatch.setenv("URR_TIER1_PLACES__TABLE", "urr-positions")
+    monkeypatch.setenv("URR_TIER1_PLACES__INTERVAL_S", "0.5")
+    monkeypatch.setenv("URR_AWS__ENDPOINT_URL", "http://127.0.0.1:5000")
+    settings = load_settings(QueueSettings)
+    assert settings.tier1_places.enabled is True
+    assert (settings.tier1_places.table, settings.tier1_places.interval_s) == ("urr-positions", 0.5)
+    assert settings.tier1_places.batch_size == 100
+    assert settings.aws.endpoint_url == "http://127.0.0.1:5000"
+    for variable, bad in (
+        ("URR_TIER1_PLACES__INTERVAL_S", "0"),
+        ("URR_TIER1_PLACES__INTERVAL_S", "61"),
+        ("URR_TIER1_PLACES__BATCH_SIZE", "0"),
+        ("URR_TIER1_PLACES__BATCH_SIZE", "1001"),
+        ("URR_TIER1_PLACES__TABLE", "x"),
+        ("URR_TIER1_PLACES__ENABLED", "maybe"),
+    ):
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, bad)
+            with pytest.raises(SettingsError, match=variable):
+                load_settings(QueueSettings)

@@ -127,3 +127,50 @@ async def test_a_visitor_waits_is_admitted_and_returns(stack: tuple[Any, str]) -
             assert (forged.netloc, forged.path) == (urlsplit(edge_url).netloc, "/events/evt-1")
         finally:
             await browser.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_spent_place_sends_the_visitor_to_the_back(stack: tuple[Any, str]) -> None:
+    """Admitted once, the visit over (Tier 2 marks the place spent), back on the waiting page:
+    no pass, a new place behind everyone who took one meanwhile, and the page says why."""
+    from playwright.async_api import async_playwright
+
+    from urr_common.settings import AwsSettings
+    from urr_queue.tier1_marks import SpentPlaceTable, open_dynamodb
+
+    vwr, edge_url = stack
+    await asyncio.to_thread(vwr.open_event, "evt-1", batch_size=10)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{edge_url}/events/evt-1")
+            await page.wait_for_function("document.getElementById('position').textContent === '1'")
+            assert "lets you in once" in await page.inner_text("main")
+            [request_id] = await page.evaluate("Object.values(Object.assign({}, localStorage))")
+            await asyncio.to_thread(vwr.admin, "POST", "evt-1/advance", {"by": 1})
+            await page.wait_for_selector("#protected", timeout=30_000)
+            await asyncio.to_thread(vwr.assign, "evt-1")  # a fan takes number 2 meanwhile
+
+            # Tier 2 reports the visit over: the place is marked spent.
+            aws = vwr.settings.aws
+            async with open_dynamodb(
+                AwsSettings(
+                    endpoint_url=aws.endpoint_url,
+                    region=aws.region,
+                    access_key_id=aws.access_key_id,
+                    secret_access_key=aws.secret_access_key,
+                )
+            ) as dynamodb:
+                table = SpentPlaceTable(dynamodb, vwr.settings.tables.positions)
+                assert await table.mark_spent("evt-1", request_id, 1, spent_at_s=1)
+
+            await page.goto(f"{edge_url}/vwr/evt-1")
+            await page.wait_for_function("document.getElementById('position').textContent === '3'")
+            assert urlsplit(page.url).path == "/vwr/evt-1"
+            stored = await page.evaluate("Object.values(Object.assign({}, localStorage))")
+            assert request_id not in stored
+        finally:
+            await browser.close()

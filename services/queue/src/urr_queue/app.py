@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -28,6 +28,7 @@ from urr_queue.sessions import SessionEnder
 from urr_queue.settings import QueueSettings
 from urr_queue.store import QueueStore
 from urr_queue.tier1 import Tier1Checker
+from urr_queue.tier1_marks import SpentPlaceMarker, SpentPlaceTable, open_dynamodb
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -39,6 +40,8 @@ ADMISSION_LOOP = web.AppKey("urr_queue_admission", AdmissionLoop)
 _PUBLISHER_DRAIN_S = 2.0
 
 RedisFactory = Callable[[], AbstractAsyncContextManager["Redis | RedisCluster"]]
+#: Opens the aioboto3 DynamoDB client the spent-place marker writes with (tests pass their own).
+DynamoFactory = Callable[[], AbstractAsyncContextManager[Any]]
 
 
 def _kafka_consumer_factory(settings: QueueSettings) -> ConsumerFactory:
@@ -88,6 +91,7 @@ def create_app(
     redis_factory: RedisFactory | None = None,
     producer_factory: ProducerFactory | None = None,
     consumer_factory: ConsumerFactory | None = None,
+    dynamodb_factory: DynamoFactory | None = None,
 ) -> web.Application:
     """The queue application; clients open in ``cleanup_ctx`` (factories are for tests)."""
     app = create_service_app(
@@ -114,9 +118,12 @@ def create_app(
         retry_delay_s=settings.queue_events.retry_delay_s,
     )
 
+    if dynamodb_factory is None and settings.tier1_places.enabled:
+        dynamodb_factory = _default_dynamodb_factory(settings)
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         opener = redis_factory or (lambda: open_redis(settings.redis))
-        async with opener() as redis:
+        async with opener() as redis, AsyncExitStack() as clients:
             store = QueueStore(
                 redis,
                 heartbeat_bucket_ms=settings.heartbeat_bucket_ms,
@@ -148,6 +155,15 @@ def create_app(
                     retry_delay_s=settings.reservation_events.retry_delay_s,
                 )
                 tasks.append(asyncio.create_task(consumer.run(), name="reservation-events"))
+            if dynamodb_factory is not None:
+                dynamodb = await clients.enter_async_context(dynamodb_factory())
+                marker = SpentPlaceMarker(
+                    store,
+                    SpentPlaceTable(dynamodb, settings.tier1_places.table),
+                    metrics,
+                    settings.tier1_places,
+                )
+                tasks.append(asyncio.create_task(marker.run_forever(), name="tier1-marks"))
             try:
                 yield
             finally:
@@ -158,6 +174,10 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     _routes(app)
     return app
+
+
+def _default_dynamodb_factory(settings: QueueSettings) -> DynamoFactory:
+    return lambda: open_dynamodb(settings.aws)
 
 
 def _default_producer_factory(settings: QueueSettings) -> ProducerFactory:

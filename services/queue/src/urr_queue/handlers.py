@@ -116,7 +116,7 @@ async def enter(request: web.Request) -> web.Response:
         user_id,
         enter=True,
         tier1_position=tier1.position if tier1 else None,
-        tier1_request_id=tier1.request_id if tier1 else "",
+        tier1_place=tier1.place if tier1 else "",
     )
     if isinstance(result, Refusal):
         _refused(ctx, event_id, result, verdict, token is not None)
@@ -195,7 +195,10 @@ def _refused(
         ctx.metrics.entries.labels("closed").inc()
         raise Forbidden("this queue takes no new entries", code="queue_closed")
     ctx.metrics.entries.labels("tier1_refused").inc()
-    reason = "replayed" if refusal is Refusal.TIER1_REPLAYED else verdict.value
+    if refusal in (Refusal.TIER1_PASS_SPENT, Refusal.TIER1_PASS_BOUND):
+        ctx.metrics.tier1_tokens.labels(refusal.value, "true").inc()
+        raise _pass_used(event_id, refusal)
+    reason = verdict.value
     if had_token:
         ctx.metrics.tier1_tokens.labels(reason, "true").inc()
     raise Forbidden(
@@ -204,6 +207,18 @@ def _refused(
         reason=reason,
         redirect_to=f"/vwr/{event_id}",
     )
+
+
+def _pass_used(event_id: str, refusal: Refusal) -> Forbidden:
+    """A genuine pass that cannot admit (again): its place is spent, or bound to another user."""
+    if refusal is Refusal.TIER1_PASS_SPENT:
+        detail = (
+            "this waiting-room place has already let you in once and that visit is over; "
+            "take a new place at the back of the line"
+        )
+    else:
+        detail = "this waiting-room pass belongs to another account; take a place of your own"
+    return Forbidden(detail, code=refusal.value, redirect_to=f"/vwr/{event_id}")
 
 
 async def status(request: web.Request) -> web.Response:

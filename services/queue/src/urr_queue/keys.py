@@ -22,7 +22,7 @@ class EventKeys:
     active: str  # ZSET: admitted users, score = session end (ms, Redis clock)
     tokens: str  # HASH: admitted user -> the entry token issued for this admission
     seq: str  # STRING: arrival sequence
-    rids: str  # HASH: Tier-1 request id -> the user who used it
+    rids: str  # HASH: Tier-1 place -> the user it is bound to (the first who entered with it)
     marks: str  # ZSET: (queue number -> ms) once a second, to date the head of the queue
     stats: str  # HASH: measured rate and bookkeeping of the scripts
     admits: str  # HASH: second -> admissions in that second (last minute only)
@@ -32,6 +32,13 @@ class EventKeys:
     #: BITMAP: Tier-1 numbers that reached the queue (bit = number), so a tick can hold a free
     #: slot for a lower number still on its way. Last in ``KEYS``, after the older keys.
     arrived: str
+    #: HASH: member -> the Tier-1 place (``<request id>#<position>``) its current stay came in
+    #: with. Ending the stay spends the place.
+    passes: str
+    #: HASH: Tier-1 place -> ms it was spent (it never admits again).
+    spent: str
+    #: ZSET: spent places (score = ms) the Tier-1 table has not marked yet (the marker's outbox).
+    unmarked: str
 
     def as_list(self) -> list[str]:
         return [
@@ -46,6 +53,9 @@ class EventKeys:
             self.admits,
             self.rate,
             self.arrived,
+            self.passes,
+            self.spent,
+            self.unmarked,
         ]
 
 
@@ -64,6 +74,9 @@ def event_keys(event_id: str) -> EventKeys:
         rate=f"{tag}:rate",
         seen_prefix=f"{tag}:seen:",
         arrived=f"{tag}:arrived",
+        passes=f"{tag}:passes",
+        spent=f"{tag}:spent",
+        unmarked=f"{tag}:unmarked",
     )
 
 

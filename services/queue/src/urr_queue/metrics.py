@@ -23,6 +23,7 @@ class QueueMetrics:
     events_published: Counter
     events_dropped: Counter
     reservation_records: Counter
+    tier1_marks: Counter
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> QueueMetrics:
@@ -88,6 +89,13 @@ class QueueMetrics:
             reservation_records=Counter(
                 "urr_queue_reservation_records",
                 "reservation-events records consumed, by outcome",
+                ["outcome"],
+                registry=registry,
+            ),
+            tier1_marks=Counter(
+                "urr_queue_tier1_marks",
+                "Spent Tier-1 places told to the Tier-1 table: marked, gone (no such row, or "
+                "marked before) or failed (kept for the next round)",
                 ["outcome"],
                 registry=registry,
             ),

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from urr_common.settings import (
+    AwsSettings,
     HttpSettings,
     KafkaSettings,
     RedisSettings,
@@ -97,6 +98,22 @@ class ReservationEventsSettings(BaseModel):
     retry_delay_s: float = Field(default=2.0, gt=0.0)
 
 
+class Tier1PlacesSettings(BaseModel):
+    """Marking spent Tier-1 places in the Tier-1 ``positions`` table (``tier1_marks.py``).
+
+    Tier 2 refuses a spent place's pass whatever this does; the mark only stops ``/vwr/check``
+    from handing the pass out again.
+    """
+
+    enabled: bool = True
+    #: The Tier-1 positions table (the VWR's ``URR_TABLES__POSITIONS``).
+    table: str = Field(default="positions", min_length=3, max_length=255)
+    #: Time between two rounds over the events' outboxes.
+    interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    #: Most places one round marks per event (one conditional UpdateItem each, in parallel).
+    batch_size: int = Field(default=100, ge=1, le=1_000)
+
+
 class QueueSettings(ServiceSettings):
     service_name: str = "urr-queue"
     http: QueueHttpSettings = Field(default_factory=QueueHttpSettings)
@@ -107,6 +124,9 @@ class QueueSettings(ServiceSettings):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     queue_events: QueueEventsSettings = Field(default_factory=QueueEventsSettings)
     reservation_events: ReservationEventsSettings = Field(default_factory=ReservationEventsSettings)
+    #: DynamoDB of the Tier-1 room (``URR_AWS__*``), for ``tier1_places``.
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    tier1_places: Tier1PlacesSettings = Field(default_factory=Tier1PlacesSettings)
     #: ``Secure`` attribute of the ``urr-entry-token`` cookie (on wherever the site uses TLS).
     cookie_secure: bool = False
     #: Width of one heartbeat bucket. Written into an event's configuration when the event is

@@ -50,7 +50,10 @@ class Refusal(StrEnum):
     NO_EVENT = "no_event"
     CLOSED = "closed"
     TIER1_REQUIRED = "tier1_required"
-    TIER1_REPLAYED = "tier1_replayed"
+    #: The Tier-1 place is bound to another user (the first who entered with it).
+    TIER1_PASS_BOUND = "tier1_pass_bound"  # noqa: S105 (a refusal code, not a secret)
+    #: The Tier-1 place already admitted its user once, and that stay is over.
+    TIER1_PASS_SPENT = "tier1_pass_spent"  # noqa: S105 (a refusal code, not a secret)
     NOT_QUEUED = "not_queued"
 
 
@@ -203,14 +206,15 @@ class QueueStore:
         *,
         enter: bool,
         tier1_position: int | None = None,
-        tier1_request_id: str = "",
+        tier1_place: str = "",
     ) -> Waiting | Admitted | Refusal:
+        """Enter or poll; ``tier1_place`` is ``Tier1Pass.place`` of a verified pass."""
         key_list, keys = self._call_keys(event_id)
         args: list[str | bytes] = [
             keys.seen_prefix,
             encode_member(user_id),
             "" if tier1_position is None else str(tier1_position),
-            tier1_request_id,
+            tier1_place,
             "1" if enter else "0",
         ]
         reply = await self._run(self._visit, key_list, args)
@@ -282,6 +286,23 @@ class QueueStore:
                 "admitted", now_ms=int(reply[3]), session_end_ms=int(reply[1]), token=token or None
             )
         return Left("none")
+
+    async def unmarked_places(self, event_id: str, limit: int) -> list[tuple[str, int]]:
+        """Spent Tier-1 places (place, ms spent) the Tier-1 table lacks yet, oldest first."""
+        found = await self.redis.zrange(
+            event_keys(event_id).unmarked, 0, limit - 1, withscores=True
+        )
+        return [(_text(entry[0]), int(entry[1])) for entry in found]
+
+    async def places_marked(self, event_id: str, places: list[str]) -> None:
+        """Take places the Tier-1 table now knows are spent off the outbox."""
+        if places:
+            await self.redis.zrem(event_keys(event_id).unmarked, *places)
+
+    async def spent_at(self, event_id: str, place: str) -> int | None:
+        """When a Tier-1 place was spent (ms), or ``None`` while it may still admit."""
+        value = await self.redis.hget(event_keys(event_id).spent, place)
+        return None if value is None else int(_text(value))
 
     async def revoke(self, user_id: str, jti: str, ttl_ms: int) -> None:
         """Tell the gateway this token's ``jti`` is no longer good (for ``ttl_ms``)."""

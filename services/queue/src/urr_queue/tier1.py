@@ -55,6 +55,28 @@ class Tier1Pass:
     position: int
     request_id: str
 
+    @property
+    def place(self) -> str:
+        """The Tier-1 place this pass stands for, as Tier 2 keys it (it admits once)."""
+        return place_key(self.request_id, self.position)
+
+
+def place_key(request_id: str, position: int) -> str:
+    """``<request id>#<position>``: one Tier-1 place (the Tier-1 row's key and its number).
+
+    The number is part of the key so that a row the Tier-1 room writes again for the same
+    request id (after its 24 h expiry, or a reset) is a new place, not the spent one.
+    """
+    return f"{request_id}#{position}"
+
+
+def parse_place_key(place: str) -> tuple[str, int] | None:
+    """``(request id, position)`` of a ``place_key``; ``None`` for anything else."""
+    request_id, sep, number = place.rpartition("#")
+    if not sep or not request_id or not number.isdigit():
+        return None
+    return request_id, int(number)
+
 
 def expand_key_files(patterns: list[Path]) -> list[Path]:
     """Key files named directly or by glob pattern (``.urr/keys/vwr/public/*.pem``)."""

@@ -372,7 +372,7 @@ def check_place(
         raise bad_request("the request id is not a UUID", "bad_request_id")
     store = runtime.store
     now_s = runtime.now_s()
-    state, place = read_check(runtime, event_id, request_id)
+    state, place, warm_copy = read_check(runtime, event_id, request_id)
     if state is None:
         raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}")
     if place is None or place.epoch != state.epoch or place.expires_at <= now_s:
@@ -381,8 +381,12 @@ def check_place(
         raise VwrProblem(404, "position_not_found", "this request id holds no place for this event")
     if place.abandoned:
         raise position_abandoned()
+    if place.spent_at is not None:
+        raise place_spent()
     runtime.metrics.add_metric(name="Check", unit=MetricUnit.Count, value=1)
     if is_admitted(place.position, state.serving_counter):
+        if warm_copy and reusable_token(place, now_s):
+            place = fresh_admitted_place(runtime, place)
         return admitted_response(runtime, state, place, now_s)
     if not state.is_active:
         raise room_inactive(event_id)
@@ -402,8 +406,9 @@ def check_place(
 
 def read_check(
     runtime: VwrRuntime, event_id: str, request_id: str
-) -> tuple[EventState | None, Place | None]:
-    """The event and the place, from the warm container's copies when it has them.
+) -> tuple[EventState | None, Place | None, bool]:
+    """The event and the place, from the warm container's copies when it has them, and
+    whether the place is such a copy.
 
     A place seen before costs at most a counters read (one a second per container); a new one
     costs the single batched read of both.
@@ -411,6 +416,7 @@ def read_check(
     events, places = runtime.event_cache, runtime.place_cache
     place = places.get(event_id, request_id)
     state = events.get(event_id)
+    warm_copy = place is not None
     if place is None:
         state, place = runtime.store.read_check(event_id, request_id)
         if place is not None:
@@ -418,10 +424,40 @@ def read_check(
     elif state is None:
         state = runtime.store.get_event(event_id)
     else:
-        return state, place  # both copies: keep the counters' age, or they never refresh
+        return state, place, True  # both copies: keep the counters' age, or they never refresh
     if state is not None:
         events.put(state)
-    return state, place
+    return state, place, warm_copy
+
+
+def reusable_token(place: Place, now_s: int) -> bool:
+    """The place's stored token goes out again as it is (no write that could catch a mark)."""
+    return (
+        place.token is not None
+        and place.token_exp is not None
+        and place.token_exp - now_s >= _MIN_TOKEN_LIFE_S
+    )
+
+
+def fresh_admitted_place(runtime: VwrRuntime, place: Place) -> Place:
+    """The stored row of an admitted place held as a warm copy with a token to hand out.
+
+    Tier 2 marks a place spent once the stay it admitted is over (``spentAt``), long after the
+    copy was taken: a stored token is not handed out again from a copy without reading the row.
+    A new token needs no such read (its conditional write refuses a spent place), nor does a
+    waiting place (only an admitted one can be spent); an admitted visitor leaves the page, so
+    this read is about one per admission.
+    """
+    stored = runtime.store.get_place(place.event_id, place.request_id)
+    if stored is None or stored.epoch != place.epoch:
+        runtime.place_cache.forget(place.event_id, place.request_id)
+        raise VwrProblem(404, "position_not_found", "this request id holds no place for this event")
+    runtime.place_cache.put(stored)
+    if stored.abandoned:
+        raise position_abandoned()
+    if stored.spent_at is not None:
+        raise place_spent()
+    return stored
 
 
 def position_abandoned() -> VwrProblem:
@@ -429,6 +465,15 @@ def position_abandoned() -> VwrProblem:
         410,
         "position_abandoned",
         "this place was given up after its checks stopped; take a new place",
+    )
+
+
+def place_spent() -> VwrProblem:
+    return VwrProblem(
+        410,
+        "place_spent",
+        "this place has already let its holder in once and that visit is over; a place admits "
+        "once, so coming back means a new place at the back of the line",
     )
 
 
@@ -440,7 +485,7 @@ def admitted_response(
     runtime: VwrRuntime, state: EventState, place: Place, now_s: int
 ) -> Response[str]:
     token, token_exp = place.token, place.token_exp
-    if token is None or token_exp is None or token_exp - now_s < _MIN_TOKEN_LIFE_S:
+    if token is None or token_exp is None or not reusable_token(place, now_s):
         signer = runtime.signer
         fresh = tier1.issue(
             signer,
@@ -453,6 +498,9 @@ def admitted_response(
         stored = runtime.store.record_admission(
             place, token=fresh, token_exp=now_s + signer.ttl_s, now_s=now_s
         )
+        if stored is not None and stored.spent_at is not None:
+            runtime.place_cache.put(stored)
+            raise place_spent()
         if stored is None or stored.token is None or stored.token_exp is None:
             runtime.place_cache.forget(place.event_id, place.request_id)
             raise position_abandoned()

@@ -8,8 +8,10 @@ active events in a string set, so the advancer finds them with one GetItem, neve
 
 ``positions`` (PK ``eventId``, SK ``requestId``): ``position``, ``epoch``, ``userId``,
 ``createdAt``, ``lastSeen`` and ``ttl`` (epoch seconds; 24 h), ``abandoned``, ``token``,
-``tokenExp``, ``admittedAt``. Items with SK ``user#<id>`` are a logged-in user's claim
-(``ownerRequestId``, ``claimedPosition``): one place per user and event. Items with SK
+``tokenExp``, ``admittedAt``, ``spentAt`` (epoch s: the place admitted its holder to Tier 2 and
+that stay is over; written by the queue service, ``urr_queue.tier1_marks``). Items with SK
+``user#<id>`` are a logged-in user's claim (``ownerRequestId``, ``claimedPosition``): one place
+per user and event. Items with SK
 ``line#<epoch>#<position>`` are the line (``ownerRequestId``): the advancer reads the numbers
 above the serving counter by key, in batches of 100, instead of querying an index. moto sorts
 every item of the table on each Query (423 ms at 5,000 places, however few rows match), and a
@@ -85,10 +87,17 @@ class Place:
     abandoned: bool
     token: str | None
     token_exp: int | None
+    #: When Tier 2 reported the place spent (epoch s): it admitted once, never again.
+    spent_at: int | None = None
 
     def current(self, epoch: int, now_s: int) -> bool:
-        """Of this run of the room, not expired, not given up."""
-        return self.epoch == epoch and self.expires_at > now_s and not self.abandoned
+        """Of this run of the room, not expired, not given up, not spent."""
+        return (
+            self.epoch == epoch
+            and self.expires_at > now_s
+            and not self.abandoned
+            and self.spent_at is None
+        )
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,7 @@ def _event_state(item: Item) -> EventState:
 
 def _place(item: Item) -> Place:
     token_exp = item.get("tokenExp")
+    spent_at = item.get("spentAt")
     return Place(
         event_id=_s(item, "eventId") or "",
         request_id=_s(item, "requestId") or "",
@@ -150,6 +160,7 @@ def _place(item: Item) -> Place:
         abandoned=bool(item.get("abandoned", {}).get("BOOL", False)),
         token=_s(item, "token"),
         token_exp=int(token_exp["N"]) if token_exp and "N" in token_exp else None,
+        spent_at=int(spent_at["N"]) if spent_at and "N" in spent_at else None,
     )
 
 
@@ -525,7 +536,8 @@ class VwrStore:
         """Store the admission token once; the stored place, or None if the place is gone.
 
         Two checks racing both sign a token but only one is stored; the loser answers with the
-        winner's, so a waiter sees one token.
+        winner's, so a waiter sees one token. A spent place never gets a token: the stored
+        place comes back with ``spent_at`` set, for the caller to refuse.
         """
         key = {"eventId": {"S": place.event_id}, "requestId": {"S": place.request_id}}
         try:
@@ -538,6 +550,7 @@ class VwrStore:
                 ),
                 ConditionExpression=(
                     "epoch = :epoch AND attribute_not_exists(abandoned) AND "
+                    "attribute_not_exists(spentAt) AND "
                     "(attribute_not_exists(#token) OR tokenExp < :now)"
                 ),
                 ExpressionAttributeNames={"#token": "token"},
@@ -553,7 +566,9 @@ class VwrStore:
             if not _conditional_failed(exc):
                 raise
             stored = self.get_place(place.event_id, place.request_id)
-            return stored if stored and stored.epoch == place.epoch and stored.token else None
+            if stored is None or stored.epoch != place.epoch:
+                return None
+            return stored if stored.token or stored.spent_at is not None else None
         return _place(answer["Attributes"])
 
     # -- advancing -----------------------------------------------------------------------

@@ -5,6 +5,10 @@
 local K_CONFIG, K_QUEUE, K_ACTIVE, K_TOKENS, K_SEQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_RIDS, K_MARKS, K_STATS, K_ADMITS, K_RATE = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K_ARRIVED = KEYS[11]
+-- One admission per Tier-1 place (a place is '<request id>#<position>', see tier1.py):
+-- passes: member -> the place its current stay came in with; spent: place -> ms it was spent;
+-- unmarked: places spent here that the Tier-1 table has not been told about yet (outbox).
+local K_PASSES, K_SPENT, K_UNMARKED = KEYS[12], KEYS[13], KEYS[14]
 local SEEN_PREFIX = ARGV[1]
 -- Redis bitmaps stop at 2^32 bits; a queue number above that has no heartbeat (or arrival) bit.
 local MAX_BIT = 4294967295
@@ -52,6 +56,24 @@ local function live_admission(member, now)
   local expiry = redis.call('ZSCORE', K_ACTIVE, member)
   if expiry and tonumber(expiry) > now then return tonumber(expiry) end
   return nil
+end
+
+-- A Tier-1 place admits once: spent when the stay it brought in ends (queued for Tier 1).
+local function spend(place, now)
+  if redis.call('HSETNX', K_SPENT, place, now) == 1 then
+    redis.call('ZADD', K_UNMARKED, now, place)
+  end
+end
+
+-- Call after anything that may have ended a member's stay (leave, completion, expiry, idle
+-- drop, a new entry): when the member neither waits nor holds a live admission any more, the
+-- place its stay came in with is spent.
+local function end_stay(member, now)
+  local place = redis.call('HGET', K_PASSES, member)
+  if not place then return end
+  if redis.call('ZSCORE', K_QUEUE, member) or live_admission(member, now) then return end
+  redis.call('HDEL', K_PASSES, member)
+  spend(place, now)
 end
 
 local function admit_now(cfg, member, now)

@@ -1,5 +1,5 @@
 -- Leave the queue or end an admitted session (ARGV[3] == '1': only an admitted session,
--- which is what a completed booking ends).
+-- which is what a completed booking ends). Either ends the stay: its Tier-1 place is spent.
 -- ARGV: seen prefix, member, only admitted.
 -- Reply: {'no_event'} | {'none'} | {'waiting', rank0, number, now}
 --        | {'admitted', session_end_ms, token_or_'', now}
@@ -12,6 +12,7 @@ if session_end then
   local token = redis.call('HGET', K_TOKENS, member) or ''
   redis.call('ZREM', K_ACTIVE, member)
   redis.call('HDEL', K_TOKENS, member)
+  end_stay(member, now)
   return {'admitted', tonumber(session_end), token, now}
 end
 if not only_admitted then
@@ -19,6 +20,7 @@ if not only_admitted then
   if rank then
     local number = redis.call('ZSCORE', K_QUEUE, member)
     redis.call('ZREM', K_QUEUE, member)
+    end_stay(member, now)
     return {'waiting', rank, number, now}
   end
 end

@@ -1,6 +1,7 @@
 -- One admission tick of one event, atomic: drop expired sessions, then admit up to
 -- min(free slots, rate budget) waiters in queue order, dropping waiters whose heartbeat
--- went quiet, and record the admissions. Its cost grows with what it admits, expires and
+-- went quiet, and record the admissions (expired and dropped stays spend their Tier-1
+-- places: _common.lua's end_stay). Its cost grows with what it admits, expires and
 -- drops (each ZPOPMIN is O(log N)), never with the number waiting.
 -- Events behind a Tier-1 room also keep admissions in Tier-1 number order (order_gate below),
 -- for two O(log N) look-ups and a bitmap scan from a cursor that only moves forward.
@@ -75,6 +76,7 @@ local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', now, 'LIMIT', 0, m
 if #expired > 0 then
   redis.call('ZREM', K_ACTIVE, unpack(expired))
   redis.call('HDEL', K_TOKENS, unpack(expired))
+  for i = 1, #expired do end_stay(expired[i], now) end
 end
 local active = redis.call('ZCARD', K_ACTIVE)
 
@@ -112,6 +114,7 @@ if cfg.mode == 'queue' or cfg.mode == 'closed' then
       end
     end
   end
+  for i = 1, #dropped do end_stay(dropped[i], now) end
   if #admitted > 0 then
     local args = {}
     local session_end = now + cfg.session_ms

@@ -1,13 +1,17 @@
 -- Enter (ARGV[5] == '1') or poll the queue of one event, atomically, in one round trip.
--- ARGV: seen prefix, member, signed Tier-1 position ('' if none), Tier-1 request id, enter.
+-- ARGV: seen prefix, member, signed Tier-1 position ('' if none), Tier-1 place
+-- ('<request id>#<position>', '' if none), enter.
+-- A Tier-1 place admits once: it is bound to the first member entering with it, and once
+-- that member's stay has ended (_common.lua's end_stay) it is spent for good.
 -- Replies (first element says which):
---   {'no_event'} {'closed'} {'tier1_required'} {'tier1_replayed'} {'not_queued'}
+--   {'no_event'} {'closed'} {'tier1_required'} {'tier1_pass_bound'} {'tier1_pass_spent'}
+--   {'not_queued'}
 --   {'admitted', session_end_ms, token_or_'', now_ms, how, queue_size, number, tier1_required}
 --    where how is 0 (admitted before), 1 (admitted now from the queue) or 2 (entered and
 --    admitted now: passthrough)
 --   {'waiting', rank0, queue_size, rate_milli_or_'', now_ms, entered, number, mode,
 --    capacity, admit_per_second, session_ms, idle_ms, tier1_required}
-local member, position, request_id, entering = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
+local member, position, place, entering = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 
 local cfg = load_config()
 if not cfg then return {'no_event'} end
@@ -31,13 +35,22 @@ if number then
   end
 else
   if not entering then return {'not_queued'} end
+  -- The member neither waits nor is admitted: a stay not yet seen ending (an admission past
+  -- its end that no tick has reaped yet) has ended now.
+  end_stay(member, now)
   if cfg.mode == 'closed' then return {'closed'} end
   if cfg.tier1 then
     if position == '' then return {'tier1_required'} end
-    -- One Tier-1 place admits one user: the request id is bound to the first user using it.
-    local owner = redis.call('HGET', K_RIDS, request_id)
-    if owner and owner ~= member then return {'tier1_replayed'} end
-    if not owner then redis.call('HSET', K_RIDS, request_id, member) end
+    -- One Tier-1 place admits one user, once: bound to the first user entering with it, and
+    -- spent when that user's stay is over (so that user, here again, had it before).
+    local owner = redis.call('HGET', K_RIDS, place)
+    if owner and owner ~= member then return {'tier1_pass_bound'} end
+    if owner then
+      spend(place, now)
+      return {'tier1_pass_spent'}
+    end
+    redis.call('HSET', K_RIDS, place, member)
+    redis.call('HSET', K_PASSES, member, place)
     number = tonumber(position)
     -- The tick holds free slots for lower Tier-1 numbers that have not arrived yet; this bit
     -- says this one has (passthrough too, so a later switch to queue sees no false gap).

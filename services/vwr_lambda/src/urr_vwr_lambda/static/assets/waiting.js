@@ -92,7 +92,7 @@
   function handleProblem(answer, step) {
     var code = answer.data && answer.data.code;
     if (code === "room_inactive") { goIn(); return; }
-    if (code === "position_not_found" || code === "position_abandoned") {
+    if (code === "position_not_found" || code === "position_abandoned" || code === "place_spent") {
       forget(); say("Your earlier place has lapsed; taking a new one…"); assign(); return;
     }
     if (code === "event_not_found" || code === "bad_event_id") {

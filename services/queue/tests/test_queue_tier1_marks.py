@@ -1,0 +1,212 @@
+"""Tier 2 tells the Tier-1 table that a place is spent: real Redis, DynamoDB on moto.
+
+The Tier-1 rows are written and read by the VWR's own store (``urr_vwr_lambda.store``), so
+these tests hold the two services to the same row format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import boto3
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry
+
+from urr_common.clients import redis_client
+from urr_common.settings import AwsSettings, RedisSettings
+from urr_devstack.procs import free_port
+from urr_queue.config import EventConfig
+from urr_queue.metrics import QueueMetrics
+from urr_queue.settings import Tier1PlacesSettings
+from urr_queue.store import QueueStore, Refusal, Waiting
+from urr_queue.tier1 import place_key
+from urr_queue.tier1_marks import SpentPlaceMarker, SpentPlaceTable, open_dynamodb
+from urr_vwr_lambda.settings import TableSettings
+from urr_vwr_lambda.store import VwrStore
+from urr_vwr_lambda.tables import ensure_tables
+
+pytestmark = pytest.mark.integration
+
+EVENT = "marks-1"
+TICK = {"max_admit": 2_000, "max_scan": 5_000, "max_expire": 2_000}
+
+
+def aws_settings(endpoint: str) -> AwsSettings:
+    return AwsSettings(
+        endpoint_url=endpoint,
+        region="us-east-1",
+        access_key_id="testing",
+        secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def tier1_tables(moto_endpoint: str) -> Iterator[tuple[TableSettings, VwrStore]]:
+    client = boto3.session.Session().client(
+        "dynamodb",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    suffix = uuid.uuid4().hex[:10]
+    tables = TableSettings(counters=f"counters-{suffix}", positions=f"positions-{suffix}")
+    ensure_tables(client, tables)
+    store = VwrStore(client, counters_table=tables.counters, positions_table=tables.positions)
+    try:
+        yield tables, store
+    finally:
+        client.close()
+
+
+@pytest_asyncio.fixture
+async def queue_store(single_redis: RedisSettings) -> AsyncIterator[QueueStore]:
+    client = redis_client(single_redis)
+    try:
+        store = QueueStore(client, heartbeat_bucket_ms=500)
+        config = EventConfig(require_tier1_token=True, capacity=10, admit_per_second=1000.0)
+        assert await store.configure(EVENT, config) == "created"
+        await asyncio.sleep(0.02)
+        yield store
+    finally:
+        await client.aclose()
+
+
+def tier1_place(vwr: VwrStore, *, admitted: bool = True) -> tuple[str, int]:
+    """A place as the Tier-1 room writes it (assign, then the check that admits it)."""
+    now_s = int(time.time())
+    if vwr.get_event(EVENT) is None:
+        vwr.put_event(EVENT, is_active=True, batch_size=100, now_ms=now_s * 1000)
+    request_id = str(uuid.uuid4())
+    position, epoch = vwr.reserve_position(EVENT, now_ms=now_s * 1000)
+    written = vwr.put_place(
+        EVENT, request_id, position=position, epoch=epoch, user_id=None, now_s=now_s
+    )
+    assert written
+    if admitted:
+        place = vwr.get_place(EVENT, request_id)
+        assert place is not None
+        assert vwr.record_admission(place, token="t", token_exp=now_s + 600, now_s=now_s)
+    return request_id, position
+
+
+async def spend(store: QueueStore, user: str, request_id: str, position: int) -> None:
+    """``user`` comes into Tier 2 with the place's pass, is admitted, and leaves."""
+    entered = await store.visit(
+        EVENT,
+        user,
+        enter=True,
+        tier1_position=position,
+        tier1_place=place_key(request_id, position),
+    )
+    assert isinstance(entered, Waiting)
+    await store.tick(EVENT, **TICK)
+    await store.leave(EVENT, user, only_admitted=False)
+
+
+def marker(store: QueueStore, dynamodb: Any, table: str) -> SpentPlaceMarker:
+    return SpentPlaceMarker(
+        store,
+        SpentPlaceTable(dynamodb, table),
+        QueueMetrics.register(CollectorRegistry()),
+        Tier1PlacesSettings(table=table),
+    )
+
+
+async def test_spent_places_are_marked_in_the_tier1_table(
+    queue_store: QueueStore, tier1_tables: tuple[TableSettings, VwrStore], moto_endpoint: str
+):
+    tables, vwr = tier1_tables
+    spent_rid, spent_pos = tier1_place(vwr)
+    other_rid, other_pos = tier1_place(vwr)
+    await spend(queue_store, "u1", spent_rid, spent_pos)
+    # A place whose row holds another number (written again since) and a place with no row.
+    await spend(queue_store, "u2", other_rid, other_pos + 100)
+    await spend(queue_store, "u3", str(uuid.uuid4()), 50)
+    assert len(await queue_store.unmarked_places(EVENT, 10)) == 3
+    async with open_dynamodb(aws_settings(moto_endpoint)) as dynamodb:
+        settled = await marker(queue_store, dynamodb, tables.positions).mark_all()
+    assert settled == 3
+    assert await queue_store.unmarked_places(EVENT, 10) == []
+    marked = vwr.get_place(EVENT, spent_rid)
+    assert marked is not None
+    assert marked.spent_at is not None
+    assert abs(marked.spent_at - time.time()) < 60
+    assert not marked.current(marked.epoch, int(time.time()))
+    untouched = vwr.get_place(EVENT, other_rid)
+    assert untouched is not None
+    assert untouched.spent_at is None
+    # Marking again changes nothing (the first time stays).
+    async with open_dynamodb(aws_settings(moto_endpoint)) as dynamodb:
+        table = SpentPlaceTable(dynamodb, tables.positions)
+        assert not await table.mark_spent(EVENT, spent_rid, spent_pos, spent_at_s=1)
+    again = vwr.get_place(EVENT, spent_rid)
+    assert again is not None
+    assert again.spent_at == marked.spent_at
+
+
+async def test_a_late_mark_changes_nothing_in_tier2(
+    queue_store: QueueStore, tier1_tables: tuple[TableSettings, VwrStore], moto_endpoint: str
+):
+    """DynamoDB out of reach: the place stays in the outbox, the pass is refused all the same,
+    and the next round that reaches the table marks it."""
+    tables, vwr = tier1_tables
+    rid, pos = tier1_place(vwr)
+    await spend(queue_store, "u1", rid, pos)
+    nowhere = aws_settings(f"http://127.0.0.1:{free_port()}")
+    async with open_dynamodb(nowhere) as dynamodb:
+        assert await marker(queue_store, dynamodb, tables.positions).mark_all() == 0
+    assert [place for place, _ in await queue_store.unmarked_places(EVENT, 10)] == [
+        place_key(rid, pos)
+    ]
+    unmarked = vwr.get_place(EVENT, rid)
+    assert unmarked is not None
+    assert unmarked.spent_at is None
+    again = await queue_store.visit(
+        EVENT, "u1", enter=True, tier1_position=pos, tier1_place=place_key(rid, pos)
+    )
+    assert again is Refusal.TIER1_PASS_SPENT
+    async with open_dynamodb(aws_settings(moto_endpoint)) as dynamodb:
+        assert await marker(queue_store, dynamodb, tables.positions).mark_all() == 1
+    marked = vwr.get_place(EVENT, rid)
+    assert marked is not None
+    assert marked.spent_at is not None
+
+
+async def test_the_service_marks_in_the_background(
+    single_redis: RedisSettings,
+    queue_client: Any,
+    make_settings: Any,
+    as_user: Any,
+    admin_headers: Any,
+    tier1_signer: Any,
+    tier1_tables: tuple[TableSettings, VwrStore],
+    moto_endpoint: str,
+):
+    tables, vwr = tier1_tables
+    rid, pos = tier1_place(vwr)
+    client = await queue_client(
+        single_redis,
+        aws=aws_settings(moto_endpoint),
+        tier1_places=Tier1PlacesSettings(table=tables.positions, interval_s=0.1),
+    )
+    body = {"require_tier1_token": True, "admit_per_second": 1000}
+    await client.put(f"/api/v1/admin/queue/{EVENT}", json=body, headers=admin_headers)
+    token = tier1_signer.sign(rid, {"evt": EVENT, "rid": rid, "pos": pos})
+    entered = await client.post(
+        f"/api/v1/queue/{EVENT}/enter", headers=as_user("u1"), cookies={"urr-vwr-token": token}
+    )
+    assert entered.status == 201
+    await client.post(f"/api/v1/queue/{EVENT}/leave", headers=as_user("u1"))
+    deadline = time.monotonic() + 10
+    place = vwr.get_place(EVENT, rid)
+    while place is not None and place.spent_at is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        place = vwr.get_place(EVENT, rid)
+    assert place is not None
+    assert place.spent_at is not None
