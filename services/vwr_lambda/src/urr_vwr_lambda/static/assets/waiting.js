@@ -148,6 +148,7 @@
     call("POST", "/assign/" + encodeURIComponent(eventId), body).then(function (answer) {
       if (answer.status !== 200 && answer.status !== 201) { handleProblem(answer, assign); return; }
       failures = 0;
+      powSolution = null; powRounds = 0;  // used: a later place needs a new one
       remember(answer.data.requestId);  // a logged-in visitor may already hold a place elsewhere
       show(answer.data);
       say("You have a place in line.");
