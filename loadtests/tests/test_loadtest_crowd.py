@@ -129,9 +129,16 @@ async def _drop_database(admin_dsn: str, name: str) -> None:
 
 
 @pytest.mark.timeout(150)
-def test_loadtest_short_flash_crowd_keeps_every_promise(private_stack: PrivateStack):
-    """Arrivals > seats > capacity: bookings stop at the seats, admissions at the capacity."""
-    out = ARTIFACTS / "flash_crowd"
+@pytest.mark.parametrize("bot_challenge", ["none", "pow"])
+def test_loadtest_short_flash_crowd_keeps_every_promise(
+    private_stack: PrivateStack, bot_challenge: str
+):
+    """Arrivals > seats > capacity: bookings stop at the seats, admissions at the capacity.
+
+    With ``pow`` every assign asks for a 16-bit proof of work (issue 15), which each arrival
+    solves before it gets its place; every promise still holds.
+    """
+    out = ARTIFACTS / f"flash_crowd-{bot_challenge}"
     env = {
         **private_stack.env,
         "URR_LT_STACK": str(private_stack.described),
@@ -152,6 +159,10 @@ def test_loadtest_short_flash_crowd_keeps_every_promise(private_stack: PrivateSt
             "10",
             "--admit-per-second",
             "20",
+            "--bot-challenge",
+            bot_challenge,
+            "--pow-bits",
+            "16",
             "--out",
             str(out),
         ],
@@ -178,6 +189,9 @@ def test_loadtest_short_flash_crowd_keeps_every_promise(private_stack: PrivateSt
     assert 0 < confirmed <= 100
     assert all(400 <= probe["status"] < 500 for probe in summary["token_probes"]), summary
     assert len(summary["token_probes"]) == 6
+    if bot_challenge == "pow":
+        pow_figures = summary["proof_of_work"]
+        assert pow_figures["arrivals_placed"] == pow_figures["placed_with_a_solution"] == 40
     for name in ("report.html", "latency_and_throughput.png", "waiting_admitted_served.png"):
         assert (runs[-1] / name).stat().st_size > 0
 

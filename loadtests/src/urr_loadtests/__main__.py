@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--admit-per-second", type=float, default=40.0, help="flash_crowd/journey: Tier-2 rate"
     )
+    parser.add_argument(
+        "--bot-challenge",
+        choices=("none", "pow"),
+        default="none",
+        help="flash_crowd/journey: the event asks every assign for a proof of work",
+    )
+    parser.add_argument(
+        "--pow-bits", type=int, default=16, help="with --bot-challenge pow: the difficulty"
+    )
     parser.add_argument("--out", type=Path, default=Path("artifacts/loadtests"))
     parser.add_argument("--no-start", action="store_true", help="fail if no stack is running")
     return parser
@@ -290,7 +299,8 @@ def _run(
         setup.seed_event(
             stack, event_id, capacity=args.capacity, admit_per_second=args.admit_per_second
         )
-        setup.activate_room(stack, token, event_id)
+        pow_bits = args.pow_bits if args.bot_challenge == "pow" else None
+        setup.activate_room(stack, token, event_id, pow_bits=pow_bits)
         env["URR_LT_EVENT"] = event_id
         env["URR_LT_RESULTS"] = str(out / "arrivals.jsonl")
         env["URR_LT_ARRIVAL_DEADLINE_S"] = str(max(seconds - 15, 30))
@@ -382,6 +392,9 @@ def _crowd_checks(
     )
     summary["event_id"] = event_id
     summary["crowd"] = crowd
+    if args.bot_challenge == "pow":
+        summary["proof_of_work"] = checks.pow_figures(arrivals, args.pow_bits)
+        missed += checks.pow_missed(summary["proof_of_work"])
     if sampler and sampler.errors:
         summary["sampler_errors"] = sampler.errors[:5]
     if scenario == "flash_crowd":

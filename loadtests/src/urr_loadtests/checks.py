@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import time
 import uuid
 from pathlib import Path
@@ -239,3 +240,24 @@ def summarise_crowd(
     if not pairs and any(a.get("tier2_admitted_at") for a in arrivals):
         missed.append("admission order: no admitted record read back from queue-events")
     return figures, missed
+
+
+def pow_figures(arrivals: list[dict[str, Any]], bits: int) -> dict[str, Any]:
+    """How the crowd fared with ``botChallenge: pow``: solves and their time per arrival."""
+    placed = [a for a in arrivals if a.get("tier1_position") is not None]
+    times = sorted(a["pow_solve_s"] for a in placed if a.get("pow_solves"))
+    return {
+        "bits": bits,
+        "arrivals_placed": len(placed),
+        "placed_with_a_solution": sum(1 for a in placed if a.get("pow_solves")),
+        "solves": sum(int(a.get("pow_solves", 0)) for a in arrivals),
+        "solve_s_median": round(statistics.median(times), 3) if times else None,
+        "solve_s_p95": round(times[int(0.95 * (len(times) - 1))], 3) if times else None,
+    }
+
+
+def pow_missed(figures: dict[str, Any]) -> list[str]:
+    """Every place of a pow event was taken with a solution (the gate held for the crowd)."""
+    if figures["placed_with_a_solution"] != figures["arrivals_placed"]:
+        return ["an arrival got a Tier-1 place without solving the proof of work"]
+    return []

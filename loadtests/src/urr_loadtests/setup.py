@@ -102,11 +102,21 @@ def configure_queue(stack: Stack, token: str, event_id: str, **fields: Any) -> d
     return dict(answer)
 
 
-def activate_room(stack: Stack, token: str, event_id: str, batch_size: int = 500) -> None:
+def activate_room(
+    stack: Stack,
+    token: str,
+    event_id: str,
+    batch_size: int = 500,
+    pow_bits: int | None = None,
+) -> None:
+    """Opens the event's waiting room; ``pow_bits`` also asks every assign for a proof of work."""
+    body: dict[str, Any] = {"isActive": True, "batchSize": batch_size}
+    if pow_bits is not None:
+        body.update(botChallenge="pow", powBits=pow_bits)
     status, answer = http(
         "PUT",
         f"{stack.url('vwr-apigw')}/vwr/admin/events/{event_id}",
-        {"isActive": True, "batchSize": batch_size},
+        body,
         {"authorization": f"Bearer {token}"},
     )
     if status not in (200, 201):

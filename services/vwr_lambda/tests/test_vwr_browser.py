@@ -174,3 +174,69 @@ async def test_a_spent_place_sends_the_visitor_to_the_back(stack: tuple[Any, str
             assert request_id not in stored
         finally:
             await browser.close()
+
+
+# The page's own clock: ticks of a 20 ms timer while the proof-of-work box is shown (a page
+# blocked by the solver would tick none) and the progress values it showed.
+_POW_PROBE = """
+window.__pow = {shown: false, hidden: false, ticks: 0, values: []};
+setInterval(function () {
+  if (window.__pow.shown && !window.__pow.hidden) window.__pow.ticks++;
+}, 20);
+document.addEventListener("DOMContentLoaded", function () {
+  new MutationObserver(function () {
+    var box = document.getElementById("pow");
+    if (!box) return;
+    if (!box.hidden) window.__pow.shown = true;
+    else if (window.__pow.shown) window.__pow.hidden = true;
+    var value = document.getElementById("pow-progress").getAttribute("aria-valuenow");
+    window.__pow.values.push(Number(value));
+  }).observe(document.body, {subtree: true, attributes: true});
+});
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_visitor_solves_the_proof_of_work_and_gets_a_place(stack: tuple[Any, str]) -> None:
+    from playwright.async_api import async_playwright
+
+    vwr, edge_url = stack
+    body = {"isActive": True, "batchSize": 10, "botChallenge": "pow", "powBits": 18}
+    answer = await asyncio.to_thread(vwr.admin, "PUT", "evt-pow", body)
+    assert answer.status == 201, answer.body
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            page = await browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.add_init_script(_POW_PROBE)
+            await page.goto(f"{edge_url}/events/evt-pow")
+            assert urlsplit(page.url).path == "/vwr/evt-pow"
+            await page.wait_for_function(
+                "document.getElementById('position').textContent === '1'", timeout=60_000
+            )
+            probe = await page.evaluate("window.__pow")
+            request_id = await page.evaluate("localStorage.getItem('urr-vwr:evt-pow')")
+        finally:
+            await browser.close()
+    assert errors == []
+    # The box showed and filled, and the page kept running while the worker solved (a solver
+    # on the page's own thread would leave its timer no tick in between).
+    assert probe["shown"], probe
+    assert probe["hidden"], probe
+    assert probe["values"][-1] == 100, probe
+    assert probe["ticks"] > 0, probe
+    # The server took the solution once, for this visitor's request id, and gave one place.
+    rows = await asyncio.to_thread(
+        vwr.runtime.dynamodb.query,
+        TableName=vwr.settings.tables.positions,
+        KeyConditionExpression="eventId = :e",
+        ExpressionAttributeValues={":e": {"S": "evt-pow"}},
+    )
+    used = [r for r in rows["Items"] if r["requestId"]["S"].startswith("pow#")]
+    assert [r["ownerRequestId"]["S"] for r in used] == [request_id]
+    status = await asyncio.to_thread(vwr.status, "evt-pow")
+    assert status.body["nextPosition"] == 1

@@ -54,3 +54,10 @@ def test_the_edge_function_has_no_environment() -> None:
     edge = resources()["EdgeFunction"]["Properties"]
     assert "Environment" not in edge
     assert edge["Handler"] == "urr_vwr_lambda.edge.handler"
+
+
+def test_the_proof_of_work_challenge_route_is_public() -> None:
+    events = resources()["ApiFunction"]["Properties"]["Events"]
+    challenge = events["Challenge"]["Properties"]
+    assert (challenge["Path"], challenge["Method"]) == ("/vwr/challenge/{eventId}", "GET")
+    assert "Auth" not in challenge

@@ -23,11 +23,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import gevent  # type: ignore[import-untyped]
+from locust import events
 from locust.contrib.fasthttp import FastHttpSession
 
-from urr_loadtests.scenarios.common import problem_code
+from urr_loadtests.pow import SolverPool
+from urr_loadtests.scenarios.common import env, problem_code
 
 JSON = {"content-type": "application/json"}
+#: Times a visitor solves a new challenge after a refusal before it gives up.
+POW_ROUNDS = 3
+#: Processes that solve the crowd's proofs of work (only started when an event asks).
+SOLVERS = SolverPool(int(env("POW_SOLVERS", "2")))
+events.quitting.add_listener(lambda **_: SOLVERS.close())  # type: ignore[no-untyped-call]
 FINAL = {"confirmed", "declined", "expired", "cancelled"}
 TIER2_POLL_CAP_S = 5.0
 
@@ -49,6 +56,9 @@ class Arrival:
     outcome: str = "unanswered"
     detail: str = ""
     finished_at: float | None = None
+    #: Proofs of work solved for the assign (events with ``botChallenge: pow``) and their time.
+    pow_solves: int = 0
+    pow_solve_s: float = 0.0
     #: Kept so the runner can replay them as someone else afterwards (local test tokens).
     vwr_token: str | None = None
     entry_token: str | None = None
@@ -115,10 +125,14 @@ class Flow:
         body: Any = None,
         ok: tuple[int, ...] = (200,),
         expected: tuple[int, ...] = (),
+        intended: tuple[int, ...] = (),
         headers: dict[str, str] | None = None,
         retry_unavailable: bool = False,
     ) -> tuple[int, Any]:
         """One request: ``ok`` and ``expected`` statuses are answers, others are failures.
+
+        ``intended`` statuses are answers too, counted apart as ``<name> (<status> intended)``
+        (a proof of work asked for), so they do not mix with the route's own figures.
 
         ``retry_unavailable``: a 502/503/504 still counts as an error, but the visitor does
         what the waiting page does (back off 2, 4, 8... up to 30 s, keep the place, ask
@@ -156,7 +170,9 @@ class Flow:
                     limited += 1
                     told = _seconds(response.headers.get("retry-after"))
                     retry = str(max(told, min(30, 2**limited)) * random.uniform(0.8, 1.2))  # noqa: S311
-                elif status in ok or status in expected:
+                elif status in ok or status in expected or status in intended:
+                    if status in intended:
+                        response.request_meta["name"] = f"{name} ({status} intended)"
                     response.success()
                     try:
                         payload = response.json() if response.content else None
@@ -188,17 +204,46 @@ class Flow:
         self.call("GET", f"/events/{self.event_id}", "GET /events/{id}", arrival, ok=(302,))
         self.call("GET", f"/vwr/{self.event_id}", "GET /vwr/{id} (waiting page)", arrival)
 
-    def tier1(self, arrival: Arrival) -> None:
-        request_id = str(uuid.uuid4())
-        _, placed = self.call(
-            "POST",
-            f"/vwr-api/vwr/assign/{self.event_id}",
-            "POST /vwr-api/vwr/assign/{id}",
+    def assign(self, arrival: Arrival, request_id: str) -> Any:
+        """Takes a place; when the event asks for a proof of work (a ``pow_*`` problem),
+        fetches a challenge, solves it and asks again, as the waiting page does."""
+        body: dict[str, Any] = {"requestId": request_id}
+        for _ in range(POW_ROUNDS + 1):
+            status, placed = self.call(
+                "POST",
+                f"/vwr-api/vwr/assign/{self.event_id}",
+                "POST /vwr-api/vwr/assign/{id}",
+                arrival,
+                body=body,
+                ok=(200, 201),
+                intended=(403,),
+                retry_unavailable=True,
+            )
+            if status in (200, 201):
+                return placed
+            code = str((placed or {}).get("code", ""))
+            if not code.startswith("pow_"):
+                raise Unanswered(f"assign: {status} {code}")
+            body["pow"] = self.prove_work(arrival)
+        raise Unanswered("assign: the proof of work was refused every time")
+
+    def prove_work(self, arrival: Arrival) -> dict[str, Any]:
+        _, handed = self.call(
+            "GET",
+            f"/vwr-api/vwr/challenge/{self.event_id}",
+            "GET /vwr-api/vwr/challenge/{id}",
             arrival,
-            body={"requestId": request_id},
-            ok=(200, 201),
             retry_unavailable=True,
         )
+        started = time.time()
+        counter = SOLVERS.solve(handed["challenge"], int(handed["bits"]))
+        arrival.pow_solves += 1
+        arrival.pow_solve_s += time.time() - started
+        return {"challenge": handed["challenge"], "counter": counter}
+
+    def tier1(self, arrival: Arrival) -> None:
+        request_id = str(uuid.uuid4())
+        placed = self.assign(arrival, request_id)
         arrival.tier1_position = int(placed["position"])
         # As the waiting page: the first check comes soon, then as the room says.
         wait = min(float(placed.get("pollAfterSeconds") or 2), 2.0)

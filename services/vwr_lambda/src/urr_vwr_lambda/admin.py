@@ -14,6 +14,7 @@ from aws_lambda_powertools.event_handler.api_gateway import BaseRouter, Router
 from botocore.exceptions import BotoCoreError, ClientError
 
 from urr_common.tokens import TokenError
+from urr_vwr_lambda import proof_of_work
 from urr_vwr_lambda.advancer import advance_event
 from urr_vwr_lambda.api import (
     bearer_token,
@@ -22,6 +23,7 @@ from urr_vwr_lambda.api import (
     request_cookie,
     require_event_id,
 )
+from urr_vwr_lambda.pow_gate import BOT_CHALLENGES
 from urr_vwr_lambda.problem import VwrProblem
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.store import EventNotFound, EventState
@@ -84,7 +86,27 @@ def _int_field(body: dict[str, Any], name: str, low: int, high: int) -> int | No
 
 
 def _admin_view(state: EventState) -> dict[str, Any]:
-    return {**state.public(), "batchSize": state.batch_size, "epoch": state.epoch}
+    return {
+        **state.public(),
+        "batchSize": state.batch_size,
+        "epoch": state.epoch,
+        "botChallenge": state.bot_challenge,
+        "powBits": state.pow_bits,
+    }
+
+
+def _bot_challenge(body: dict[str, Any], existing: EventState | None) -> tuple[str, int] | None:
+    """``(botChallenge, powBits)`` when the body changes either, validated; else None."""
+    if "botChallenge" not in body and "powBits" not in body:
+        return None
+    challenge = body.get("botChallenge", existing.bot_challenge if existing else "none")
+    if challenge not in BOT_CHALLENGES:
+        raise VwrProblem(422, "validation_failed", "botChallenge must be 'none' or 'pow'")
+    bits = _int_field(body, "powBits", proof_of_work.MIN_BITS, proof_of_work.MAX_BITS)
+    if bits is None:
+        kept = existing.pow_bits if existing else 0
+        bits = kept if kept >= proof_of_work.MIN_BITS else proof_of_work.DEFAULT_BITS
+    return str(challenge), bits
 
 
 def build_admin_router(runtime: VwrRuntime) -> Router:
@@ -101,13 +123,19 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         batch = _int_field(body, "batchSize", 1, MAX_BATCH)
         store = runtime.store
         existing = store.get_event(event_id, consistent=True)
+        challenge = _bot_challenge(body, existing)
         if batch is None:
             batch = (
                 existing.batch_size if existing else runtime.settings.advancer.default_batch_size
             )
         state = store.put_event(
-            event_id, is_active=is_active, batch_size=batch, now_ms=runtime.now_ms()
+            event_id,
+            is_active=is_active,
+            batch_size=batch,
+            now_ms=runtime.now_ms(),
+            bot_challenge=challenge,
         )
+        runtime.event_cache.forget(event_id)
         try:
             runtime.publish_edge_config(store.active_event_ids())
         except (OSError, ValueError, ClientError, BotoCoreError) as exc:

@@ -27,7 +27,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 
 from urr_common.tokens import TokenError
-from urr_vwr_lambda import tier1
+from urr_vwr_lambda import pow_gate, tier1
 from urr_vwr_lambda.access import AccessIdentity
 from urr_vwr_lambda.events import event_shape_problem
 from urr_vwr_lambda.ids import is_event_id, parse_request_id
@@ -208,7 +208,10 @@ def build_public_router(runtime: VwrRuntime) -> Router:
             raise VwrProblem(422, "bad_request_id", "requestId must be a UUID the client generated")
         identity = caller_identity(runtime, router)
         user_id = identity.user_id if identity else None
-        status, place, state = assign_place(runtime, event_id, request_id, user_id)
+        solved = pow_gate.check_assign(runtime, event_id, request_id, body.get("pow"))
+        status, place, state = assign_place(
+            runtime, event_id, request_id, user_id, pow_solved=solved
+        )
         runtime.metrics.add_metric(
             name="AssignNew" if status == 201 else "AssignRepeat", unit=MetricUnit.Count, value=1
         )
@@ -244,7 +247,12 @@ def build_public_router(runtime: VwrRuntime) -> Router:
 
 
 def assign_place(
-    runtime: VwrRuntime, event_id: str, request_id: str, user_id: str | None
+    runtime: VwrRuntime,
+    event_id: str,
+    request_id: str,
+    user_id: str | None,
+    *,
+    pow_solved: bool = False,
 ) -> tuple[int, Place, EventState]:
     """``(201, new place)`` or ``(200, the place this request or user already holds)``.
 
@@ -265,6 +273,7 @@ def assign_place(
         return 200, held, state
     if not state.is_active:
         raise room_inactive(event_id)
+    pow_gate.require_solved(state, pow_solved)
     try:
         position, epoch = reservation.result()
     except RoomInactive as exc:
@@ -539,6 +548,7 @@ def build_resolvers(
     for resolver in resolvers:
         resolver.include_router(build_public_router(runtime))
         resolver.include_router(build_admin_router(runtime))
+        resolver.include_router(pow_gate.build_challenge_router(runtime))
         _install_error_handlers(runtime, resolver)
     return resolvers
 

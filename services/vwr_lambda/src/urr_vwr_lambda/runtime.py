@@ -18,6 +18,7 @@ from urr_common.tokens import KeySet, SigningKey, TokenSigner, load_verification
 from urr_vwr_lambda.access import AccessVerifier
 from urr_vwr_lambda.edge_config import EdgeConfigPublisher, build_document
 from urr_vwr_lambda.keys import SigningKeyUnavailable, load_signing_key
+from urr_vwr_lambda.pow_store import PowUseStore
 from urr_vwr_lambda.settings import VwrSettings
 from urr_vwr_lambda.store import VwrStore
 from urr_vwr_lambda.warm import EventCache, PlaceCache
@@ -67,6 +68,18 @@ class VwrRuntime:
             counters_table=tables.counters,
             positions_table=tables.positions,
         )
+
+    @cached_property
+    def pow_store(self) -> PowUseStore:
+        return PowUseStore(self.dynamodb, positions_table=self.settings.tables.positions)
+
+    @cached_property
+    def pow_key(self) -> bytes:
+        """The HMAC key of the proof-of-work challenges (``pow_gate``)."""
+        from urr_vwr_lambda.pow_gate import pow_key
+
+        with self._lock:
+            return pow_key(self.settings.pow, lambda: self.signing_key)
 
     @cached_property
     def event_cache(self) -> EventCache:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from urr_common.settings import (
     AwsSettings,
@@ -122,6 +122,23 @@ class EdgeConfigSettings(BaseModel):
     max_age_s: int = Field(default=15, ge=1, le=3600)
 
 
+class PowSettings(BaseModel):
+    """The proof-of-work gate of events with ``botChallenge: pow`` (``proof_of_work``)."""
+
+    #: How long a challenge may be solved and used; the waiting page fetches a new one after.
+    challenge_ttl_s: int = Field(default=300, ge=30, le=3600)
+    #: The HMAC key of the challenges (at least 32 characters). Unset: derived (HKDF) from
+    #: the Tier-1 signing key, which every container already loads and which is rotated anyway.
+    secret: SecretStr | None = None
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("the proof-of-work secret must be at least 32 characters")
+        return value
+
+
 class VwrSettings(ServiceSettings):
     """Everything the API, admin and advancer functions read (the API emulator listens on 3010)."""
 
@@ -138,6 +155,7 @@ class VwrSettings(ServiceSettings):
     advancer: AdvancerSettings = Field(default_factory=AdvancerSettings)
     poll: PollSettings = Field(default_factory=PollSettings)
     edge_config: EdgeConfigSettings = Field(default_factory=EdgeConfigSettings)
+    pow: PowSettings = Field(default_factory=PowSettings)
     #: Per-call read timeout of AWS calls and attempts per call (botocore's standard retries).
     #: A retried ``ADD nextPosition`` whose first try did land leaves one number unused (the
     #: advancer passes it at no cost); a generous timeout keeps that rare.

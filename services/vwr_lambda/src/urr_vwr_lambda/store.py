@@ -61,6 +61,9 @@ class EventState:
     updated_at_ms: int
     epoch: int
     admit_rate: float | None
+    #: ``none`` or ``pow`` (the assign gate of ``pow_gate``), and the puzzle's difficulty.
+    bot_challenge: str = "none"
+    pow_bits: int = 0
 
     def public(self) -> dict[str, Any]:
         return {
@@ -143,6 +146,8 @@ def _event_state(item: Item) -> EventState:
         updated_at_ms=_n(item, "updatedAt"),
         epoch=_n(item, "epoch", 1),
         admit_rate=float(rate["N"]) if rate and "N" in rate else None,
+        bot_challenge=_s(item, "botChallenge") or "none",
+        pow_bits=_n(item, "powBits"),
     )
 
 
@@ -205,10 +210,26 @@ class VwrStore:
         return _event_state(item) if item else None
 
     def put_event(
-        self, event_id: str, *, is_active: bool, batch_size: int, now_ms: int
+        self,
+        event_id: str,
+        *,
+        is_active: bool,
+        batch_size: int,
+        now_ms: int,
+        bot_challenge: tuple[str, int] | None = None,
     ) -> EventState:
-        """Create or change an event; the active-event registry changes in the same transaction."""
+        """Create or change an event; the active-event registry changes in the same transaction.
+
+        ``bot_challenge`` is ``(botChallenge, powBits)`` when the caller changes them.
+        """
         registry_update = "ADD events :set" if is_active else "DELETE events :set"
+        challenge_update, challenge_values = "", dict[str, Any]()
+        if bot_challenge is not None:
+            challenge_update = ", botChallenge = :challenge, powBits = :bits"
+            challenge_values = {
+                ":challenge": {"S": bot_challenge[0]},
+                ":bits": _num(bot_challenge[1]),
+            }
         self._db.transact_write_items(
             TransactItems=[
                 {
@@ -219,7 +240,7 @@ class VwrStore:
                             "SET isActive = :active, batchSize = :batch, updatedAt = :now, "
                             "nextPosition = if_not_exists(nextPosition, :zero), "
                             "servingCounter = if_not_exists(servingCounter, :zero), "
-                            "epoch = if_not_exists(epoch, :one)"
+                            "epoch = if_not_exists(epoch, :one)" + challenge_update
                         ),
                         "ExpressionAttributeValues": {
                             ":active": {"BOOL": is_active},
@@ -227,6 +248,7 @@ class VwrStore:
                             ":now": _num(now_ms),
                             ":zero": _num(0),
                             ":one": _num(1),
+                            **challenge_values,
                         },
                     }
                 },

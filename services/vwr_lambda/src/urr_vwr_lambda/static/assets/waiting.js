@@ -11,6 +11,8 @@
   var storageKey = "urr-vwr:" + eventId;
   var failures = 0;
   var firstAhead = null;
+  var powSolution = null;  // the proof of work sent with assign, when the event asks for one
+  var powRounds = 0;
   var el = function (id) { return document.getElementById(id); };
 
   // Only a same-site path may be a destination: one leading "/", no "//" or "\" tricks.
@@ -91,6 +93,7 @@
 
   function handleProblem(answer, step) {
     var code = answer.data && answer.data.code;
+    if (code && code.indexOf("pow_") === 0) { proveWork(); return; }
     if (code === "room_inactive") { goIn(); return; }
     if (code === "position_not_found" || code === "position_abandoned" || code === "place_spent") {
       forget(); say("Your earlier place has lapsed; taking a new one…"); assign(); return;
@@ -124,12 +127,28 @@
     }, function () { backoff(check, "Connection lost."); });
   }
 
+  // The event asks for a proof of work (pow.js solves it off the page's thread), then assign.
+  function proveWork() {
+    powRounds += 1;
+    if (!window.urrPow || !window.Worker || powRounds > 3) {
+      say("This browser could not complete the check the waiting room asks for."); return;
+    }
+    say("Checking this browser before it takes a place…");
+    window.urrPow.solve(API, eventId).then(function (solution) {
+      powSolution = solution;
+      assign();
+    }, function () { backoff(proveWork, "The check could not start."); });
+  }
+
   function assign() {
     var id = stored() || newRequestId();
     remember(id);
-    call("POST", "/assign/" + encodeURIComponent(eventId), { requestId: id }).then(function (answer) {
+    var body = { requestId: id };
+    if (powSolution) body.pow = powSolution;
+    call("POST", "/assign/" + encodeURIComponent(eventId), body).then(function (answer) {
       if (answer.status !== 200 && answer.status !== 201) { handleProblem(answer, assign); return; }
       failures = 0;
+      powSolution = null; powRounds = 0;  // used: a later place needs a new one
       remember(answer.data.requestId);  // a logged-in visitor may already hold a place elsewhere
       show(answer.data);
       say("You have a place in line.");
