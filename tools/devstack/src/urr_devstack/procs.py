@@ -309,3 +309,23 @@ def moto_server(port: int, log_path: Path, host: str = "127.0.0.1") -> ServerPro
     binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
     argv = [binary, "-H", host, "-p", str(port)]
     return ServerProcess("moto", argv, port, log_path, host=host)
+
+
+#: Where ``make dynalite`` installs dynalite (``npm ci`` from the package-lock.json there).
+DYNALITE_DIR = Path(__file__).resolve().parents[2] / "dynalite"
+
+
+def dynalite_binary() -> Path | None:
+    """The project-local dynalite, or None when ``make dynalite`` has not installed it."""
+    binary = DYNALITE_DIR / "node_modules" / ".bin" / "dynalite"
+    return binary if binary.exists() else None
+
+
+def dynalite_server(port: int, log_path: Path, host: str = "127.0.0.1") -> ServerProcess:
+    """dynalite (DynamoDB on LevelDB, in memory here): evaluated against moto (issue 22)."""
+    binary = dynalite_binary()
+    if binary is None:
+        raise FileNotFoundError(f"dynalite is not installed under {DYNALITE_DIR}: make dynalite")
+    # Tables are usable at once (no CREATING phase to wait out).
+    argv = [str(binary), "--host", host, "--port", str(port), "--createTableMs", "0"]
+    return ServerProcess("dynalite", argv, port, log_path, host=host)

@@ -29,7 +29,16 @@ import pytest
 import pytest_asyncio
 
 from urr_devstack import postgres
-from urr_devstack.procs import RedisServer, free_port, is_listening, moto_server, tansu_server
+from urr_devstack.procs import (
+    RedisServer,
+    ServerProcess,
+    dynalite_binary,
+    dynalite_server,
+    free_port,
+    is_listening,
+    moto_server,
+    tansu_server,
+)
 
 DEFAULT_TEST_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -148,10 +157,27 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Tests that need a clean slate ``POST {endpoint}/moto-api/reset``.
     """
     port = free_port()
-    server = moto_server(port, tmp_path_factory.mktemp("moto") / "moto.log")
+    with _http_server(moto_server(port, tmp_path_factory.mktemp("moto") / "moto.log")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def dynalite_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private dynalite for this session (the DynamoDB stand-in evaluated against moto in
+    docs/performance.md); the test is skipped when ``make dynalite`` has not installed it."""
+    if dynalite_binary() is None:
+        pytest.skip("dynalite is not installed: make dynalite")
+    log = tmp_path_factory.mktemp("dynalite") / "dynalite.log"
+    with _http_server(dynalite_server(free_port(), log)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _http_server(server: ServerProcess) -> Iterator[str]:
+    """Start ``server`` (dying with this process), yield its URL, stop it."""
     server.die_with_parent = True
     server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{server.host}:{server.port}"
     finally:
         server.stop()
