@@ -12,7 +12,7 @@ TEST_DIRS := $(sort $(dir $(wildcard libs/*/tests/*.py services/*/tests/*.py too
 # make loadtest LOADTEST_ARGS="gateway --users 40 --run-time 30"; no options: the flash crowd.
 LOADTEST_ARGS ?=
 
-.PHONY: up test lint types pytest sync uv system-deps loadtest
+.PHONY: up test lint types pytest sync uv system-deps loadtest dynalite
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
@@ -52,3 +52,8 @@ test: lint types pytest
 # missed target.
 loadtest: sync
 	$(UV) run --frozen python -m urr_loadtests $(LOADTEST_ARGS)
+
+# dynalite, the DynamoDB stand-in evaluated against moto (docs/performance.md), into a
+# project-local node_modules from its lockfile. Needs Node 20 and npm.
+dynalite:
+	cd tools/devstack/dynalite && npm ci --no-audit --no-fund

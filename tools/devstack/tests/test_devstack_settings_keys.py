@@ -9,7 +9,14 @@ import pytest
 
 from urr_common.settings import SettingsError, load_settings
 from urr_common.tokens import KeySet, TokenSigner, TokenVerifier, load_verification_keys
-from urr_devstack.keys import KEY_KINDS, ensure_admin_password, ensure_signing_keys
+from urr_devstack.__main__ import main
+from urr_devstack.keys import (
+    KEY_KINDS,
+    AdminSettingsError,
+    chosen_admin,
+    ensure_admin_password,
+    ensure_signing_keys,
+)
 from urr_devstack.settings import DevstackSettings, find_repo_root
 
 
@@ -94,3 +101,52 @@ def test_devstack_admin_password_is_generated_once(tmp_path: Path) -> None:
     assert len(password) >= 20
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert ensure_admin_password(path) == password
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "121", "soon"])
+def test_devstack_drain_timeout_is_validated(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("URR_DEVSTACK__DRAIN_TIMEOUT_S", value)
+    with pytest.raises(SettingsError, match="URR_DEVSTACK__DRAIN_TIMEOUT_S"):
+        load_settings(DevstackSettings)
+
+
+def test_devstack_drain_timeout_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(DevstackSettings).drain_timeout_s == 5.0
+    monkeypatch.setenv("URR_DEVSTACK__DRAIN_TIMEOUT_S", "2.5")
+    assert load_settings(DevstackSettings).drain_timeout_s == 2.5
+
+
+def test_devstack_the_users_own_admin_wins_over_the_generated_one() -> None:
+    chosen = {
+        "URR_BOOTSTRAP_ADMIN_EMAIL": " me@example.com ",
+        "URR_BOOTSTRAP_ADMIN_PASSWORD": "a long secret",
+    }
+    assert chosen_admin(chosen) == ("me@example.com", "a long secret")
+    # Neither set (or set empty): the stack makes its own.
+    assert chosen_admin({}) is None
+    assert (
+        chosen_admin({"URR_BOOTSTRAP_ADMIN_EMAIL": "", "URR_BOOTSTRAP_ADMIN_PASSWORD": ""}) is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "missing"),
+    [
+        ({"URR_BOOTSTRAP_ADMIN_EMAIL": "me@example.com"}, "URR_BOOTSTRAP_ADMIN_PASSWORD"),
+        ({"URR_BOOTSTRAP_ADMIN_PASSWORD": "a long secret"}, "URR_BOOTSTRAP_ADMIN_EMAIL"),
+    ],
+)
+def test_devstack_half_an_admin_is_refused(environ: dict[str, str], missing: str) -> None:
+    with pytest.raises(AdminSettingsError, match=f"{missing} is not set"):
+        chosen_admin(environ)
+
+
+def test_devstack_up_with_half_an_admin_stops_before_starting_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("URR_DEVSTACK__STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("URR_BOOTSTRAP_ADMIN_EMAIL", "me@example.com")
+    monkeypatch.delenv("URR_BOOTSTRAP_ADMIN_PASSWORD", raising=False)
+    assert main(["up", "--no-services"]) == 2
+    assert "URR_BOOTSTRAP_ADMIN_PASSWORD is not set" in capsys.readouterr().err
+    assert not (tmp_path / "state" / "devstack.json").exists()

@@ -27,7 +27,7 @@ import pytest
 from urr_devstack import aws, kafka
 from urr_devstack.infra import check_redis
 from urr_devstack.procs import RedisServer, free_port, is_listening
-from urr_devstack.runstate import RunState, cmdline, stop_recorded
+from urr_devstack.runstate import RunState, cmdline, descendants, stop_recorded
 from urr_devstack.services import SERVICES
 from urr_devstack.stack import READY_BANNER
 
@@ -180,28 +180,6 @@ class RunningStack:
         self._reader.join(timeout=5)
         if self.process.stdout is not None:
             self.process.stdout.close()
-
-
-def descendants(root: int) -> dict[int, str]:
-    """Every process below ``root`` (its own process groups included), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents[int(entry.name)] = int(fields[1])
-    found: dict[int, str] = {}
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in found:
-                found[pid] = cmdline(pid) or "?"
-                frontier.append(pid)
-    return found
 
 
 @pytest.fixture

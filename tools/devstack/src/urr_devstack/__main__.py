@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from urr_common.settings import SettingsError, load_settings
 from urr_devstack.infra import InfraError
+from urr_devstack.keys import AdminSettingsError
 from urr_devstack.postgres import PostgresSetupError
 from urr_devstack.procs import is_listening
 from urr_devstack.runstate import RunState, cmdline, stop_recorded
@@ -48,7 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "down":
             return down(settings, args.timeout)
         return status(settings)
-    except (SettingsError, ServiceTableError, InfraError, PostgresSetupError) as exc:
+    except (
+        SettingsError,
+        ServiceTableError,
+        InfraError,
+        PostgresSetupError,
+        AdminSettingsError,
+    ) as exc:
         print(f"urr-devstack: {exc}", file=sys.stderr)
         return 2
 

@@ -29,6 +29,7 @@ from urr_devstack.procs import (
     tansu_server,
 )
 from urr_devstack.settings import DevstackSettings
+from urr_devstack.signals import Stopping, never
 
 
 class InfraError(RuntimeError):
@@ -48,7 +49,7 @@ class StartedServer(Protocol):
     @property
     def log_path(self) -> Path: ...
 
-    def stop(self) -> None: ...
+    def stop(self, escalate: Callable[[], bool] = never) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,13 @@ class Infra:
     servers: list[ServerAddress] = field(default_factory=list)
     started: list[StartedServer] = field(default_factory=list)
 
-    def stop(self) -> None:
-        """Stop the servers we started, newest first (Tansu before the moto it writes to)."""
+    def stop(self, escalate: Callable[[], bool] = never) -> None:
+        """Stop the servers we started, newest first (Tansu before the moto it writes to);
+        each is killed outright once ``escalate()`` says so (a second Ctrl-C)."""
         while self.started:
             server = self.started.pop()
             with contextlib.suppress(Exception):
-                server.stop()
+                server.stop(escalate)
 
     def dead_servers(self) -> list[StartedServer]:
         return [server for server in self.started if not server.running]
@@ -92,9 +94,17 @@ def _aws_endpoint(settings: DevstackSettings, url: str) -> aws.AwsEndpoint:
 
 
 def start_infra(
-    settings: DevstackSettings, state_dir: Path, say: Callable[[str], None] = print
+    settings: DevstackSettings,
+    state_dir: Path,
+    say: Callable[[str], None] = print,
+    cancelled: Callable[[], bool] = never,
+    escalate: Callable[[], bool] = never,
 ) -> Infra:
-    """Reuse or start every server; on any failure stop what was started and raise."""
+    """Reuse or start every server; on any failure stop what was started and raise.
+
+    ``cancelled()`` true (a stop signal) ends the waits with ``Stopping``; ``escalate()`` true
+    makes the clean-up kill rather than drain.
+    """
     host = settings.host
     ports = settings.ports
     logs = state_dir / "logs"
@@ -125,12 +135,14 @@ def start_infra(
         ):
             _launch(_private_postgres(settings, state_dir, logs), infra, launched)
         for server in launched:
-            server.wait_ready(settings.server_start_timeout_s)
+            server.wait_ready(settings.server_start_timeout_s, cancelled)
             say(f"started {server.name} on port {server.port} (log: {server.log_path})")
         if any(server.name == "postgres" for server in launched):
             asyncio.run(
                 postgres.wait_accepting(infra.postgres_admin_dsn, settings.server_start_timeout_s)
             )
+        if cancelled():
+            raise Stopping("stopped while starting the servers")
         if not _reuse(
             "kafka",
             host,
@@ -141,16 +153,16 @@ def start_infra(
         ):
             broker = _private_tansu(settings, infra, logs)
             _launch(broker, infra, [])
-            broker.wait_ready(settings.server_start_timeout_s)
+            broker.wait_ready(settings.server_start_timeout_s, cancelled)
             say(
                 f"started kafka (tansu, {settings.kafka_storage} storage) on port {ports.kafka}"
                 f" (log: {broker.log_path})"
             )
     except (TimeoutError, ProcessExitedError) as exc:
-        infra.stop()
+        infra.stop(escalate)
         raise InfraError(f"{exc}; see the logs under {logs}") from exc
     except BaseException:
-        infra.stop()
+        infra.stop(escalate)
         raise
     return infra
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,33 @@ def ensure_signing_keys(keys_dir: Path, key_id: str = LOCAL_KEY_ID) -> dict[str,
             _write_atomically(public_file, public_pem, mode=0o644)
         made[kind] = LocalKey(kind, key_id, private_file, public_file)
     return made
+
+
+ADMIN_EMAIL_VARIABLE = "URR_BOOTSTRAP_ADMIN_EMAIL"
+ADMIN_PASSWORD_VARIABLE = "URR_BOOTSTRAP_ADMIN_PASSWORD"  # noqa: S105 - a variable's name
+
+
+class AdminSettingsError(ValueError):
+    """Only one of the two bootstrap admin variables is set."""
+
+
+def chosen_admin(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """The admin the user asked for with the auth service's own two variables, if any.
+
+    Both or neither, as the auth service itself requires; neither means the stack's own
+    admin (``admin_email`` with a password generated once into the state folder).
+    """
+    email = environ.get(ADMIN_EMAIL_VARIABLE, "").strip()
+    password = environ.get(ADMIN_PASSWORD_VARIABLE, "")
+    if email and password:
+        return email, password
+    if email or password:
+        missing = ADMIN_PASSWORD_VARIABLE if email else ADMIN_EMAIL_VARIABLE
+        raise AdminSettingsError(
+            f"{missing} is not set: set both {ADMIN_EMAIL_VARIABLE} and "
+            f"{ADMIN_PASSWORD_VARIABLE}, or neither for a generated local admin"
+        )
+    return None
 
 
 def ensure_admin_password(path: Path) -> str:

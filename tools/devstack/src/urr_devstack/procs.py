@@ -7,9 +7,13 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from urr_devstack.signals import Stopping, never
 
 #: Ports this process has handed out. The kernel may give the same free port to two binds in a
 #: row, and callers pick several ports before starting anything on them, so a port once handed
@@ -36,6 +40,34 @@ def is_listening(host: str, port: int, timeout_s: float = 0.3) -> bool:
         return False
 
 
+#: prctl(2) option: the signal this process gets when the thread that started it exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(death_signal: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the child get ``death_signal`` when its parent dies, even by
+    SIGKILL (Linux ``PR_SET_PDEATHSIG``); None where that does not exist.
+
+    The kernel sends it when the *thread* that started the child exits, so start such
+    servers from a thread that lives as long as the process (pytest's main thread does).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    # Looked up here, in the parent: the child only calls it.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody would signal us.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), death_signal)
+
+    return arm
+
+
 class ProcessExitedError(RuntimeError):
     """A server we started exited before it listened."""
 
@@ -46,10 +78,16 @@ def wait_listening(
     timeout_s: float,
     what: str,
     process: subprocess.Popen[bytes] | None = None,
+    cancelled: Callable[[], bool] = never,
 ) -> None:
-    """Wait until ``host:port`` accepts connections; fail early if ``process`` exits first."""
+    """Wait until ``host:port`` accepts connections; fail early if ``process`` exits first.
+
+    Raises ``Stopping`` as soon as ``cancelled()`` says a stop was asked for.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if cancelled():
+            raise Stopping(f"stopped while waiting for {what}")
         if is_listening(host, port):
             return
         if process is not None and process.poll() is not None:
@@ -64,8 +102,10 @@ def stop_process_group(
     process: subprocess.Popen[bytes],
     timeout_s: float = 10.0,
     stop_signal: int = signal.SIGTERM,
+    escalate: Callable[[], bool] = never,
 ) -> None:
-    """Send ``stop_signal`` to the process's group, then SIGKILL what is left after ``timeout_s``.
+    """Send ``stop_signal`` to the process's group, then SIGKILL what is left after ``timeout_s``
+    or as soon as ``escalate()`` says so (a second Ctrl-C).
 
     The group is signalled even when the leader has already exited, so helpers it left behind
     (started in its session) go too.
@@ -73,8 +113,11 @@ def stop_process_group(
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, stop_signal)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not escalate() and time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.05)
+                break
     # SIGKILL whatever is left of the group: the leader if it ignored us, or its children.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
@@ -92,6 +135,8 @@ class RedisServer:
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
+    #: SIGTERM it when the process that started it dies, even by SIGKILL (test sessions).
+    die_with_parent: bool = False
 
     @property
     def url(self) -> str:
@@ -120,18 +165,19 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM) if self.die_with_parent else None,
         )
 
-    def wait_ready(self, timeout_s: float = 10.0) -> None:
+    def wait_ready(self, timeout_s: float = 10.0, cancelled: Callable[[], bool] = never) -> None:
         try:
-            wait_listening(self.host, self.port, timeout_s, "redis-server", self.process)
+            wait_listening(self.host, self.port, timeout_s, "redis-server", self.process, cancelled)
         except (TimeoutError, ProcessExitedError):
             self.stop()
             raise
 
-    def stop(self) -> None:
+    def stop(self, escalate: Callable[[], bool] = never) -> None:
         if self.process is not None:
-            stop_process_group(self.process)
+            stop_process_group(self.process, escalate=escalate)
             self.process = None
 
     def ensure_running(self) -> None:
@@ -173,6 +219,9 @@ class ServerProcess:
     #: Where the server listens, to know when it is up.
     host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
+    #: Send it ``stop_signal`` when the process that started it dies, even by SIGKILL (the
+    #: test sessions' servers: a killed pytest leaves none behind).
+    die_with_parent: bool = False
 
     def start(self) -> None:
         self.launch()
@@ -193,20 +242,24 @@ class ServerProcess:
                 user=self.user,
                 group=_primary_group(self.user),
                 extra_groups=[] if self.user is not None else None,
+                # Runs after the switch to ``user``, so the setting survives it.
+                preexec_fn=die_with_parent(self.stop_signal) if self.die_with_parent else None,
             )
 
-    def wait_ready(self, timeout_s: float | None = None) -> None:
+    def wait_ready(
+        self, timeout_s: float | None = None, cancelled: Callable[[], bool] = never
+    ) -> None:
         """Wait until the port accepts connections; stop the process if it never does."""
         limit = self.start_timeout_s if timeout_s is None else timeout_s
         try:
-            wait_listening(self.host, self.port, limit, self.name, self.process)
+            wait_listening(self.host, self.port, limit, self.name, self.process, cancelled)
         except (TimeoutError, ProcessExitedError):
             self.stop()
             raise
 
-    def stop(self) -> None:
+    def stop(self, escalate: Callable[[], bool] = never) -> None:
         if self.process is not None:
-            stop_process_group(self.process, stop_signal=self.stop_signal)
+            stop_process_group(self.process, stop_signal=self.stop_signal, escalate=escalate)
             self.process = None
 
     @property
@@ -256,3 +309,23 @@ def moto_server(port: int, log_path: Path, host: str = "127.0.0.1") -> ServerPro
     binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
     argv = [binary, "-H", host, "-p", str(port)]
     return ServerProcess("moto", argv, port, log_path, host=host)
+
+
+#: Where ``make dynalite`` installs dynalite (``npm ci`` from the package-lock.json there).
+DYNALITE_DIR = Path(__file__).resolve().parents[2] / "dynalite"
+
+
+def dynalite_binary() -> Path | None:
+    """The project-local dynalite, or None when ``make dynalite`` has not installed it."""
+    binary = DYNALITE_DIR / "node_modules" / ".bin" / "dynalite"
+    return binary if binary.exists() else None
+
+
+def dynalite_server(port: int, log_path: Path, host: str = "127.0.0.1") -> ServerProcess:
+    """dynalite (DynamoDB on LevelDB, in memory here): evaluated against moto (issue 22)."""
+    binary = dynalite_binary()
+    if binary is None:
+        raise FileNotFoundError(f"dynalite is not installed under {DYNALITE_DIR}: make dynalite")
+    # Tables are usable at once (no CREATING phase to wait out).
+    argv = [str(binary), "--host", host, "--port", str(port), "--createTableMs", "0"]
+    return ServerProcess("dynalite", argv, port, log_path, host=host)

@@ -70,6 +70,28 @@ def cmdline(pid: int) -> str | None:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def descendants(root: int) -> dict[int, str]:
+    """Every process below ``root`` (in other process groups too), with its command line."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(entry.name)] = int(fields[1])
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = cmdline(pid) or "?"
+                frontier.append(pid)
+    return found
+
+
 def exit_code(pid: int) -> int | None:
     """A zombie's exit code from ``/proc/<pid>/stat`` (negative: killed by that signal)."""
     try:

@@ -78,6 +78,9 @@ class DevstackSettings(BaseSettings):
     server_start_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
     #: How long all services together may take to answer their readiness check.
     ready_timeout_s: float = Field(default=90.0, gt=0.0, le=1800.0)
+    #: How long the services may take to stop after SIGTERM before they are killed (a second
+    #: Ctrl-C kills at once).
+    drain_timeout_s: float = Field(default=5.0, gt=0.0, le=120.0)
     #: Log format handed to the services (``console`` reads better in a terminal).
     service_log_format: Literal["console", "json"] = "console"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from urr_devstack import aws, kafka, postgres
 from urr_devstack.infra import Infra, InfraError, start_infra
-from urr_devstack.keys import LocalKey, ensure_admin_password, ensure_signing_keys
+from urr_devstack.keys import LocalKey, chosen_admin, ensure_admin_password, ensure_signing_keys
 from urr_devstack.procs import is_listening
 from urr_devstack.runstate import RUNFILE_NAME, ProcessRecord, RunState, cmdline
 from urr_devstack.services import (
@@ -36,6 +35,7 @@ from urr_devstack.services import (
     resolve_ports,
 )
 from urr_devstack.settings import DevstackSettings, find_repo_root
+from urr_devstack.signals import Stopping, StopSignals
 from urr_devstack.supervisor import Outcome, ServicePrinter, run_services, wait_for_signal
 
 #: Issuer and audience per token kind (the brief's conventions). Set explicitly for every
@@ -77,22 +77,6 @@ class StatePaths:
     @property
     def runfile(self) -> Path:
         return self.root / RUNFILE_NAME
-
-
-class Stopping(BaseException):
-    """SIGINT or SIGTERM arrived while the stack was still starting."""
-
-
-class _StopOnSignal:
-    """Signal handler raising ``Stopping`` once; later signals must not cut the cleanup short."""
-
-    def __init__(self) -> None:
-        self.raised = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        if not self.raised:
-            self.raised = True
-            raise Stopping(signal.Signals(signum).name)
 
 
 async def provision(
@@ -230,24 +214,39 @@ def up(
             f"ports already in use: {', '.join(busy)}. Stop what listens there, move the "
             "service (URR_DEVSTACK__SERVICE_PORTS__<NAME>) or leave it out (--skip NAME)"
         )
-    stop_on_signal = _StopOnSignal()
-    previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # The user's own admin (both variables) wins; the generated one only when neither is set.
+    admin = chosen_admin(os.environ)
+    if admin is not None:
+        settings = settings.model_copy(update={"admin_email": admin[0]})
+    # From here to the end the handler only records; the steps below check it between them
+    # (and inside their waits), and the stop waits check it for a second signal.
+    signals = StopSignals().install()
     state = RunState(pid=os.getpid())
     state.save(paths.runfile)
     infra: Infra | None = None
     try:
-        infra = start_infra(settings, paths.root, say=lambda line: out(f"urr-devstack: {line}"))
+        infra = start_infra(
+            settings,
+            paths.root,
+            say=lambda line: out(f"urr-devstack: {line}"),
+            cancelled=lambda: signals.requested,
+            escalate=lambda: signals.escalated,
+        )
         state.servers = [
             ProcessRecord(server.name, pid, _marker(server.name))
             for server in infra.started
             if (pid := server.pid) is not None
         ]
         state.save(paths.runfile)
+        signals.checkpoint()
         provisioned = asyncio.run(
             provision(settings, infra, say=lambda line: out(f"urr-devstack: {line}"))
         )
         keys = ensure_signing_keys(paths.keys)
-        admin_password = ensure_admin_password(paths.admin_password)
+        admin_password = (
+            admin[1] if admin is not None else ensure_admin_password(paths.admin_password)
+        )
+        signals.checkpoint()
         env = common_env(settings, infra, keys, admin_password, ports)
         infra_values = {
             "redis_url": infra.redis_url,
@@ -292,25 +291,23 @@ def up(
             state,
             no_services,
             out,
+            signals,
         )
-    except (Stopping, KeyboardInterrupt):
+    except Stopping:
         outcome = Outcome(0, "stopped on request while starting")
     except Exception:
-        # The handler raises wherever the signal lands; inside a library it can come out as
-        # another error (asyncio reports a failed socket write, asyncpg a closed connection).
-        if not stop_on_signal.raised:
+        # A step that was cut short by the stop (a server killed under it) fails its own way.
+        if not signals.requested:
             raise
         outcome = Outcome(0, "stopped on request while starting")
     finally:
-        # A second Ctrl-C must not cut the cleanup short.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+        # Signals keep being recorded: a second one makes the servers' stop a kill.
         if infra is not None:
-            out("urr-devstack: stopping the servers we started")
-            infra.stop()
+            how = " (killing them: second stop signal)" if signals.escalated else ""
+            out(f"urr-devstack: stopping the servers we started{how}")
+            infra.stop(escalate=lambda: signals.escalated)
         paths.runfile.unlink(missing_ok=True)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signals.restore()
     out(f"urr-devstack: {outcome.reason}")
     return outcome.exit_code
 
@@ -327,6 +324,7 @@ def _run(
     state: RunState,
     no_services: bool,
     out: Callable[[str], None],
+    signals: StopSignals,
 ) -> Outcome:
     shown = urls(settings, infra, [] if no_services else planned)
     reused = [server.name for server in infra.servers if not server.started]
@@ -355,14 +353,13 @@ def _run(
 
     if no_services or not planned:
         mark_ready()
-        return wait_for_signal(check_alive)
+        return wait_for_signal(signals, check_alive)
 
     def on_started(name: str, pid: int) -> None:
         module = next(service.module for service in planned if service.name == name)
         state.services.append(ProcessRecord(name, pid, module))
         state.save(paths.runfile)
 
-    # From here honcho owns SIGINT/SIGTERM; it restores nothing, so neither do we.
     return run_services(
         planned,
         python=sys.executable,
@@ -373,6 +370,8 @@ def _run(
         on_ready=mark_ready,
         check_alive=check_alive,
         on_started=on_started,
+        signals=signals,
+        drain_timeout_s=settings.drain_timeout_s,
     )
 
 

@@ -1,20 +1,23 @@
 """Run the services under honcho, wait for them to be ready, and tell why they stopped.
 
-honcho's ``Manager`` does the process work: one process group per service, output
-multiplexed with a name prefix, SIGTERM to all on Ctrl-C/SIGTERM or when any one exits,
-SIGKILL after 5 s. What is ours is around it: a watcher thread that polls each service's
-readiness URL (and, once ready, that the servers we started are still alive), per-service
-log files, and the distinction honcho does not make between "asked to stop" (exit 0) and
-"a service died" or "never got ready" (exit 1).
+honcho does the process work: one process group per service, output multiplexed with a name
+prefix. Its main loop is replaced by ours (``_Manager.loop``): honcho's installs a signal
+handler that prints and signals children from inside the handler, which deadlocked on our
+printer's lock when the signal landed in a write (issue 22). Ours reads ``StopSignals``,
+whose handler only records: the first stop signal (or a service exiting, or the watcher
+failing) sends SIGTERM to every service group, a second signal or the drain timeout SIGKILL.
+What is also ours: a watcher thread that polls each service's readiness URL (and, once
+ready, that the servers we started are still alive), per-service log files, and the
+distinction honcho does not make between "asked to stop" (exit 0) and "a service died" or
+"never got ready" (exit 1).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
+import queue
 import re
-import signal
 import sys
 import threading
 import time
@@ -30,12 +33,22 @@ from honcho.printer import Printer
 
 from urr_devstack.runstate import ProcessRecord, cmdline, exit_code, stop_recorded
 from urr_devstack.services import PlannedService
+from urr_devstack.signals import StopSignals
 
 #: Lines of each service's output kept in memory to show when it fails.
 TAIL_LINES = 30
 _SYSTEM = "system"
 _STARTED = re.compile(r"^(?P<name>\S+) started \(pid=(?P<pid>\d+)\)")
 _STOPPED = re.compile(r"^(?P<name>\S+) stopped \(rc=(?P<rc>-?\d+)\)")
+#: How long services may take to stop after SIGTERM before they are killed (honcho's wait).
+DRAIN_TIMEOUT_S = 5.0
+#: After the SIGKILL, how long to wait for the services' output to end before giving up on
+#: it (a grandchild outside the group may hold a pipe); ``run_services`` then stops by pid.
+_AFTER_KILL_S = 5.0
+#: Once every service process has exited, how long their remaining output may take to be
+#: printed. A service that logged faster than we print leaves a backlog in honcho's reader
+#: processes (its queue buffers without bound); a stop must not wait for all of it.
+_OUTPUT_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,13 +146,141 @@ def is_ready(url: str, timeout_s: float = 1.0) -> bool:
 class _Watch:
     """State the watcher thread shares with the main thread."""
 
-    signals: SignalLog
+    signals: StopSignals
     stop: threading.Event = field(default_factory=threading.Event)
     failure: str | None = None
 
     def shutting_down(self, printer: ServicePrinter) -> bool:
         """A stop is under way (asked for, or honcho saw a service exit): watch no more."""
-        return self.stop.is_set() or self.signals.seen() or printer.first_stopped is not None
+        return (
+            self.stop.is_set()
+            or self.signals.requested
+            or self.failure is not None
+            or printer.first_stopped is not None
+        )
+
+
+class _Manager(Manager):  # type: ignore[misc]
+    """honcho's manager with a main loop whose signal handling cannot deadlock.
+
+    Nothing here runs inside a signal handler: the loop wakes at least every 0.1 s (the
+    event queue's timeout) and reads the flags the handler set.
+    """
+
+    returncode: int | None = None
+
+    def __init__(self, printer: ServicePrinter, watch: _Watch, drain_timeout_s: float) -> None:
+        super().__init__(printer=printer)
+        self._watch = watch
+        self._drain_timeout_s = drain_timeout_s
+        self._signalled: dict[str, int] = {}
+        self._told = False
+        self._stopping_since: float | None = None
+        self._killed_at: float | None = None
+        self._gone_at: float | None = None
+        self._checked_at = 0.0
+
+    def loop(self) -> None:
+        self._start()
+        while True:
+            try:
+                message = self.events.get(timeout=0.1)
+            except queue.Empty:
+                message = None
+                if self._all_started() and self._all_stopped():
+                    return
+            if message is not None:
+                self._handle(message)
+            if self._stop_step(time.monotonic()):
+                return
+
+    def _stop_step(self, now: float) -> bool:
+        """Start, escalate or finish a stop; True when the loop should end."""
+        signals = self._watch.signals
+        if signals.requested and not self._told:
+            self._told = True
+            self._system_print(f"{signals.name} received\n")
+        if self._stopping_since is None and (
+            signals.requested
+            or self._watch.failure is not None
+            or (self._all_started() and self._any_stopped())
+        ):
+            self._stopping_since = now
+        if self._stopping_since is None:
+            return False
+        if self._killed_at is None and (
+            signals.escalated or now - self._stopping_since > self._drain_timeout_s
+        ):
+            self._killed_at = now
+        # Every pass: a service that started after the stop began gets its signal too.
+        self._signal_all(signal_kill=self._killed_at is not None)
+        if self._gone_at is None and now - self._checked_at >= 0.1:
+            self._checked_at = now
+            if self._all_exited():
+                self._gone_at = now
+        late_kill = self._killed_at is not None and now - self._killed_at > _AFTER_KILL_S
+        late_output = self._gone_at is not None and now - self._gone_at > _OUTPUT_GRACE_S
+        if late_kill or late_output:
+            self._drop_output()
+            return True
+        return False
+
+    def _all_exited(self) -> bool:
+        """Every service process has exited, by /proc (before honcho's reader says so)."""
+        return self._all_started() and all(
+            "returncode" in process or cmdline(process["pid"]) is None
+            for process in self._processes.values()
+        )
+
+    def _drop_output(self) -> None:
+        """Give up on the output still queued: end honcho's reader processes.
+
+        They ignore SIGINT/SIGTERM (honcho's choice) and would otherwise keep us waiting at
+        exit, their queue's buffer flushing into a pipe nobody reads any more.
+        """
+        dropped = [
+            name
+            for name, process in self._processes.items()
+            if "returncode" not in process and process.get("process") is not None
+        ]
+        if dropped:
+            self._system_print(f"not waiting for the rest of the output of {', '.join(dropped)}\n")
+        for process in self._processes.values():
+            reader = process.get("process")
+            if reader is not None and reader.is_alive():
+                reader.kill()
+        for process in self._processes.values():
+            reader = process.get("process")
+            if reader is not None:
+                reader.join(timeout=1)
+
+    def _handle(self, message: Any) -> None:
+        if message.type == "line":
+            self._printer.write(message)
+        elif message.type == "start":
+            self._processes[message.name]["pid"] = message.data["pid"]
+            self._system_print(f"{message.name} started (pid={message.data['pid']})\n")
+        elif message.type == "stop":
+            code = message.data["returncode"]
+            self._processes[message.name]["returncode"] = code
+            self._system_print(f"{message.name} stopped (rc={code})\n")
+            if self.returncode is None:
+                self.returncode = code
+
+    def _signal_all(self, *, signal_kill: bool) -> None:
+        """SIGTERM (or SIGKILL) each running service's group, once per kind of signal."""
+        level = 2 if signal_kill else 1
+        for name, process in self._processes.items():
+            pid = process.get("pid")
+            if pid is None or "returncode" in process or self._signalled.get(name, 0) >= level:
+                continue
+            self._signalled[name] = level
+            kind = "SIGKILL" if signal_kill else "SIGTERM"
+            self._system_print(f"sending {kind} to {name} (pid {pid})\n")
+            if signal_kill:
+                self._procmgr.kill(pid)
+            else:
+                self._procmgr.terminate(pid)
 
 
 def run_services(
@@ -154,16 +295,24 @@ def run_services(
     check_alive: Callable[[], str | None] = lambda: None,
     on_started: Callable[[str, int], None] = lambda name, pid: None,
     output: TextIO | None = None,
+    signals: StopSignals | None = None,
+    drain_timeout_s: float = DRAIN_TIMEOUT_S,
 ) -> Outcome:
-    """Run ``planned`` until SIGINT/SIGTERM, a service exits, or readiness times out."""
+    """Run ``planned`` until SIGINT/SIGTERM, a service exits, or readiness times out.
+
+    ``signals``: the caller's installed ``StopSignals`` (``up`` installs them for its whole
+    run); without one, one is installed for the duration of this call.
+    """
     printer = ServicePrinter(output or sys.stdout, log_dir, on_started)
-    manager = Manager(printer=printer)
+    owned = signals is None
+    stop_signals = StopSignals().install() if signals is None else signals
+    watch = _Watch(signals=stop_signals)
+    manager = _Manager(printer, watch, drain_timeout_s)
     for service in planned:
         manager.add_process(
             service.name, service.command(python), env={**os.environ, **env}, cwd=str(cwd)
         )
-    with SignalLog() as signals:
-        watch = _Watch(signals=signals)
+    try:
         watcher = threading.Thread(
             target=_watch_services,
             args=(planned, printer, watch, ready_timeout_s, on_ready, check_alive),
@@ -175,16 +324,19 @@ def run_services(
             manager.loop()
         finally:
             watch.stop.set()
-            watcher.join(timeout=5)
+            watcher.join(timeout=2)
             # honcho has stopped every process when its loop returns; this covers the loop
             # failing instead (say, a closed stdout), so that no service outlives us.
             modules = {service.name: service.module for service in planned}
             stop_recorded(
                 [ProcessRecord(n, pid, modules[n]) for n, pid in printer.pids().items()],
-                timeout_s=5,
+                timeout_s=0 if stop_signals.escalated else 5,
             )
             printer.close()
-        signalled = signals.seen()
+    finally:
+        if owned:
+            stop_signals.restore()
+    signalled = stop_signals.requested
     if watch.failure is not None:
         return Outcome(1, watch.failure)
     if signalled:
@@ -255,60 +407,21 @@ def _dead_service(printer: ServicePrinter) -> str | None:
 
 
 def _fail(watch: _Watch, reason: str) -> None:
+    # The main loop reads it within 0.1 s and stops every service, as for a signal.
     watch.failure = reason
-    # honcho stops everything on SIGTERM; asking through it keeps one shutdown path.
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
-class SignalLog:
-    """Tells whether SIGINT or SIGTERM reached this process while it was open.
-
-    honcho installs its own handlers, so we learn about signals from Python's wakeup fd,
-    which gets one byte per signal, written as the signal arrives, whatever the handler is.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._received: set[int] = set()
-        self._read_fd = self._write_fd = -1
-        self._previous = -1
-
-    def __enter__(self) -> SignalLog:
-        self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._read_fd, False)
-        os.set_blocking(self._write_fd, False)
-        self._previous = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.seen()
-        signal.set_wakeup_fd(self._previous)
-        os.close(self._read_fd)
-        os.close(self._write_fd)
-        self._read_fd = self._write_fd = -1
-
-    def seen(self) -> bool:
-        with self._lock:
-            if self._read_fd >= 0:
-                with contextlib.suppress(BlockingIOError):
-                    self._received.update(os.read(self._read_fd, 1024))
-            return bool(self._received & {signal.SIGINT, signal.SIGTERM})
-
-
-def wait_for_signal(check_alive: Callable[[], str | None] = lambda: None) -> Outcome:
+def wait_for_signal(
+    signals: StopSignals, check_alive: Callable[[], str | None] = lambda: None
+) -> Outcome:
     """Block until SIGINT/SIGTERM (exit 0) or until a server we started dies (exit 1)."""
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(0.5):
+    checked = time.monotonic()
+    while not signals.requested:
+        # Short sleeps: the handler only records, so this loop is what notices a signal.
+        time.sleep(0.1)
+        if time.monotonic() - checked >= 0.5:
+            checked = time.monotonic()
             dead = check_alive()
             if dead is not None:
                 return Outcome(1, dead)
-        return Outcome(0, "stopped on request")
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return Outcome(0, "stopped on request")

@@ -7,6 +7,9 @@ listens, else a private one started for the session from the installed binaries 
 code as ``make up``; ``URR_TEST_POSTGRES_PRIVATE=1`` forces it), with a fresh database per
 test that is dropped afterwards.
 
+Every server started here dies with the pytest process, even one killed with SIGKILL (Linux
+``PR_SET_PDEATHSIG``, see ``procs.die_with_parent``): a killed run leaves none behind.
+
 Registered in the root ``conftest.py`` as ``pytest_plugins = ["urr_devstack.testing"]``.
 """
 
@@ -26,7 +29,16 @@ import pytest
 import pytest_asyncio
 
 from urr_devstack import postgres
-from urr_devstack.procs import RedisServer, free_port, is_listening, moto_server, tansu_server
+from urr_devstack.procs import (
+    RedisServer,
+    ServerProcess,
+    dynalite_binary,
+    dynalite_server,
+    free_port,
+    is_listening,
+    moto_server,
+    tansu_server,
+)
 
 DEFAULT_TEST_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -34,7 +46,9 @@ DEFAULT_TEST_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private Redis for this test session."""
-    server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("redis"))
+    server = RedisServer(
+        port=free_port(), workdir=tmp_path_factory.mktemp("redis"), die_with_parent=True
+    )
     server.start()
     try:
         yield server
@@ -81,6 +95,7 @@ def private_postgres_server() -> Iterator[str]:
             parent / "postgres.log",
             settings=postgres.FAST_UNSAFE_SETTINGS,
         )
+        server.die_with_parent = True
         server.start()
         try:
             dsn = postgres.dsn("127.0.0.1", port, "postgres", "postgres")
@@ -127,6 +142,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private in-memory Tansu broker for this test session (``host:port``)."""
     port = free_port()
     broker = tansu_server(port, tmp_path_factory.mktemp("tansu") / "tansu.log")
+    broker.die_with_parent = True
     broker.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -141,9 +157,27 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Tests that need a clean slate ``POST {endpoint}/moto-api/reset``.
     """
     port = free_port()
-    server = moto_server(port, tmp_path_factory.mktemp("moto") / "moto.log")
+    with _http_server(moto_server(port, tmp_path_factory.mktemp("moto") / "moto.log")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def dynalite_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private dynalite for this session (the DynamoDB stand-in evaluated against moto in
+    docs/performance.md); the test is skipped when ``make dynalite`` has not installed it."""
+    if dynalite_binary() is None:
+        pytest.skip("dynalite is not installed: make dynalite")
+    log = tmp_path_factory.mktemp("dynalite") / "dynalite.log"
+    with _http_server(dynalite_server(free_port(), log)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _http_server(server: ServerProcess) -> Iterator[str]:
+    """Start ``server`` (dying with this process), yield its URL, stop it."""
+    server.die_with_parent = True
     server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{server.host}:{server.port}"
     finally:
         server.stop()
