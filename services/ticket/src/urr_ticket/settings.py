@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import ClassVar, Self
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from urr_common.settings import (
     AwsSettings,
@@ -14,10 +16,24 @@ from urr_common.settings import (
 )
 from urr_ticket_worker.settings import BookingSettings, ConsumerSettings, SqsSettings
 
+#: Shortest reservation-id key accepted (characters; 32 random ones carry >= 128 bits).
+RESERVATION_KEY_MIN_LENGTH = 32
 
-class HoldSettings(BaseModel):
-    #: How long a seat hold lasts; holding again (same user) renews it.
-    ttl_s: int = Field(default=300, ge=5, le=3600)
+
+class ReservationIdSettings(BaseModel):
+    """Reservation ids are an HMAC-SHA256 of the request (event, user, seat holds) under this
+    key: the same request gets the same id, but no client can compute one. Every replica of
+    the API must share it (``URR_RESERVATION_IDS__KEY``). Required in staging and prod; unset
+    in local and test, each process makes a random one at start-up."""
+
+    key: SecretStr | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < RESERVATION_KEY_MIN_LENGTH:
+            raise ValueError(f"must be at least {RESERVATION_KEY_MIN_LENGTH} characters")
+        return value
 
 
 class UserDirectorySettings(BaseModel):
@@ -61,11 +77,26 @@ class TicketSettings(ServiceSettings):
     aws: AwsSettings = Field(default_factory=AwsSettings)
     sqs: SqsSettings = Field(default_factory=SqsSettings)
     booking: BookingSettings = Field(default_factory=BookingSettings)
-    holds: HoldSettings = Field(default_factory=HoldSettings)
+    reservation_ids: ReservationIdSettings = Field(default_factory=ReservationIdSettings)
     users: UserDirectorySettings = Field(default_factory=UserDirectorySettings)
     queue_admin: QueueAdminSettings = Field(default_factory=QueueAdminSettings)
     queue_completion: QueueCompletionSettings = Field(default_factory=QueueCompletionSettings)
     consumers: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    #: Whether this process derives reservation ids (and so needs the key in production).
+    derives_reservation_ids: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _reservation_key_where_required(self) -> Self:
+        if (
+            self.derives_reservation_ids
+            and self.environment in ("staging", "prod")
+            and self.reservation_ids.key is None
+        ):
+            raise ValueError(
+                "set URR_RESERVATION_IDS__KEY (a shared random secret of at least"
+                f" {RESERVATION_KEY_MIN_LENGTH} characters) outside local and test"
+            )
+        return self
 
 
 class OutcomeSettings(TicketSettings):
@@ -73,3 +104,4 @@ class OutcomeSettings(TicketSettings):
 
     service_name: str = "ticket-outcomes"
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3024))
+    derives_reservation_ids: ClassVar[bool] = False
