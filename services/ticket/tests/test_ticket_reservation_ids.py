@@ -86,15 +86,30 @@ def test_keyed_ids_are_stable_per_key_and_request() -> None:
         ReservationIds(b"short")
 
 
-def test_the_reservation_key_is_validated_at_start_up() -> None:
+def test_the_reservation_key_is_validated_at_start_up(settings: TicketSettings) -> None:
     with pytest.raises(SettingsError, match="URR_RESERVATION_IDS__KEY"):
         load_settings(TicketSettings, reservation_ids={"key": "too-short"})
-    with pytest.raises(SettingsError, match="URR_RESERVATION_IDS__KEY"):
-        load_settings(TicketSettings, environment="prod")
-    with pytest.raises(SettingsError, match="URR_RESERVATION_IDS__KEY"):
-        load_settings(TicketSettings, environment="staging")
-    configured = load_settings(TicketSettings, environment="prod", reservation_ids={"key": KEY})
-    assert configured.reservation_ids.key is not None
+    # Missing outside local and test: the API refuses to start (the key comes from a Secret,
+    # so it is checked where the process uses it).
+    for environment in ("staging", "prod"):
+        missing = settings.model_copy(update={"environment": environment})
+        with pytest.raises(SettingsError, match="URR_RESERVATION_IDS__KEY"):
+            create_app(missing, registry=CollectorRegistry())
+        assert create_app(keyed(missing), registry=CollectorRegistry()) is not None
     assert load_settings(TicketSettings).reservation_ids.key is None  # local: generated
-    # The outcome consumer derives no ids, so it needs no key.
+    assert create_app(settings, registry=CollectorRegistry()) is not None
+    # The outcome consumer derives no ids and loads without a key anywhere.
     assert load_settings(OutcomeSettings, environment="prod").reservation_ids.key is None
+
+
+def test_the_api_process_exits_with_the_message_when_the_key_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from urr_ticket.__main__ import main
+
+    monkeypatch.setenv("URR_ENVIRONMENT", "prod")
+    monkeypatch.delenv("URR_RESERVATION_IDS__KEY", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "URR_RESERVATION_IDS__KEY" in capsys.readouterr().err

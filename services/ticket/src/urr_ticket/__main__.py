@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log, service=settings.service_name)
     if args.command == "seed":
         sys.exit(_seed(settings, args))
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:  # a setting checked where it is used (the id key)
+        print(exc, file=sys.stderr)
+        sys.exit(2)
 
     async def serve_app() -> None:
         await serve(app, settings.http)

@@ -36,7 +36,9 @@ def create_app(
     app = create_service_app(settings, registry=registry)
     app[TICKET_SETTINGS_KEY] = settings
     app[METRICS_KEY] = TicketMetrics(app[REGISTRY_KEY])
-    app[RESERVATION_IDS_KEY] = ReservationIds.from_settings(settings.reservation_ids)
+    app[RESERVATION_IDS_KEY] = ReservationIds.from_settings(
+        settings.reservation_ids, settings.environment
+    )
     if settings.reservation_ids.key is None:
         _LOG.warning(
             "reservation_id_key_generated",

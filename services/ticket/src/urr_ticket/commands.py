@@ -9,7 +9,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from urr_ticket.settings import ReservationIdSettings
+from urr_common.settings import SettingsError
+from urr_ticket.settings import RESERVATION_KEY_MIN_LENGTH, ReservationIdSettings
 from urr_ticket_worker.messages import (
     CancelCommand,
     ReserveCommand,
@@ -40,10 +41,18 @@ class ReservationIds:
         self._key = key
 
     @classmethod
-    def from_settings(cls, settings: ReservationIdSettings) -> ReservationIds:
-        """The configured key, or a random one for this process (local and test only: the
-        settings refuse a missing key elsewhere)."""
+    def from_settings(
+        cls, settings: ReservationIdSettings, environment: str = "local"
+    ) -> ReservationIds:
+        """The configured key, or a random one for this process in local and test; elsewhere
+        a missing key is a ``SettingsError`` (every replica must derive the same ids)."""
         if settings.key is None:
+            if environment not in ("local", "test"):
+                raise SettingsError(
+                    "set URR_RESERVATION_IDS__KEY (a random secret of at least"
+                    f" {RESERVATION_KEY_MIN_LENGTH} characters, the same for every replica)"
+                    f" in {environment}"
+                )
             return cls(secrets.token_bytes(32))
         return cls(settings.key.get_secret_value().encode())
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
-
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from urr_common.settings import (
     AwsSettings,
@@ -23,8 +21,10 @@ RESERVATION_KEY_MIN_LENGTH = 32
 class ReservationIdSettings(BaseModel):
     """Reservation ids are an HMAC-SHA256 of the request (event, user, seat holds) under this
     key: the same request gets the same id, but no client can compute one. Every replica of
-    the API must share it (``URR_RESERVATION_IDS__KEY``). Required in staging and prod; unset
-    in local and test, each process makes a random one at start-up."""
+    the API must share it (``URR_RESERVATION_IDS__KEY``). The API refuses to start without it
+    in staging and prod (``ReservationIds.from_settings``; checked there, not here, because
+    it comes from a Secret that manifest checks cannot see, and only the API derives ids);
+    unset in local and test, each process makes a random one at start-up."""
 
     key: SecretStr | None = None
 
@@ -82,21 +82,6 @@ class TicketSettings(ServiceSettings):
     queue_admin: QueueAdminSettings = Field(default_factory=QueueAdminSettings)
     queue_completion: QueueCompletionSettings = Field(default_factory=QueueCompletionSettings)
     consumers: ConsumerSettings = Field(default_factory=ConsumerSettings)
-    #: Whether this process derives reservation ids (and so needs the key in production).
-    derives_reservation_ids: ClassVar[bool] = True
-
-    @model_validator(mode="after")
-    def _reservation_key_where_required(self) -> Self:
-        if (
-            self.derives_reservation_ids
-            and self.environment in ("staging", "prod")
-            and self.reservation_ids.key is None
-        ):
-            raise ValueError(
-                "set URR_RESERVATION_IDS__KEY (a shared random secret of at least"
-                f" {RESERVATION_KEY_MIN_LENGTH} characters) outside local and test"
-            )
-        return self
 
 
 class OutcomeSettings(TicketSettings):
@@ -104,4 +89,3 @@ class OutcomeSettings(TicketSettings):
 
     service_name: str = "ticket-outcomes"
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3024))
-    derives_reservation_ids: ClassVar[bool] = False
