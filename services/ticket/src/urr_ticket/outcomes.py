@@ -32,14 +32,12 @@ from urr_common.settings import load_settings
 from urr_ticket.seat_locks import SeatLocks
 from urr_ticket.settings import OutcomeSettings, QueueCompletionSettings, TicketSettings
 from urr_ticket_worker.booking import apply_outcome
-from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume
+from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume, parse_or_log
 from urr_ticket_worker.messages import (
     QUEUE_EVENTS,
     RESERVATION_EVENTS,
-    MalformedMessage,
     QueueEvent,
     ReservationOutcome,
-    parse_record,
 )
 from urr_ticket_worker.process import Heartbeat, LoopBody, connect_postgres, run_process
 
@@ -79,12 +77,8 @@ class OutcomeHandler:
         self._completer = completer
 
     async def handle(self, record: Any) -> str:
-        try:
-            outcome = parse_record(ReservationOutcome, record.value)
-        except MalformedMessage as exc:
-            _LOG.warning(
-                "malformed_record", topic=record.topic, offset=record.offset, error=str(exc)
-            )
+        outcome = parse_or_log(ReservationOutcome, record)
+        if outcome is None:
             return "malformed"
         applied = await apply_outcome(self._pool, OUTCOMES_CONSUMER, outcome)
         if applied.release_seats and applied.user_id:
@@ -126,12 +120,8 @@ class SessionEndHandler:
         self._locks = locks
 
     async def handle(self, record: Any) -> str:
-        try:
-            event = parse_record(QueueEvent, record.value)
-        except MalformedMessage as exc:
-            _LOG.warning(
-                "malformed_record", topic=record.topic, offset=record.offset, error=str(exc)
-            )
+        event = parse_or_log(QueueEvent, record)
+        if event is None:
             return "malformed"
         if event.type not in SESSION_ENDING:
             return "ignored"

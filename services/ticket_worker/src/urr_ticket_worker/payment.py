@@ -24,15 +24,13 @@ from prometheus_client import CollectorRegistry
 
 from urr_common.logs import get_logger
 from urr_common.settings import load_settings
-from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume
+from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume, parse_or_log
 from urr_ticket_worker.messages import (
     PAYMENT_EVENTS,
     RESERVATION_EVENTS,
-    MalformedMessage,
     PaymentRequested,
     ReservationOutcome,
     outcome_message_id,
-    parse_record,
 )
 from urr_ticket_worker.process import (
     Heartbeat,
@@ -106,12 +104,8 @@ class PaymentStandIn:
         self._seen: OrderedDict[uuid.UUID, None] = OrderedDict()
 
     async def handle(self, record: Any) -> str:
-        try:
-            request = parse_record(PaymentRequested, record.value)
-        except MalformedMessage as exc:
-            _LOG.warning(
-                "malformed_record", topic=record.topic, offset=record.offset, error=str(exc)
-            )
+        request = parse_or_log(PaymentRequested, record)
+        if request is None:
             return "malformed"
         duplicate = request.message_id in self._seen
         if self._settings.delay_ms and not duplicate:
