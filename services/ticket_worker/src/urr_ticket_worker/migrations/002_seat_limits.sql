@@ -13,6 +13,7 @@ ALTER TABLE booking_events
 ALTER TABLE reservations
     ADD COLUMN payment_verdict text CHECK (payment_verdict IN ('approved', 'declined'));
 
--- The worker counts an account's live seats in an event inside the booking transaction.
+-- An account's live reservations in an event: the API reads their seats on every hold, the
+-- worker counts them inside the booking transaction.
 CREATE INDEX reservations_user_live ON reservations (event_id, user_id)
-    WHERE status IN ('awaiting_payment', 'confirmed');
+    WHERE status IN ('pending', 'awaiting_payment', 'confirmed');
