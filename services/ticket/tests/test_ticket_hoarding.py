@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from urr_common.clients import open_redis
+from urr_common.service import REGISTRY_KEY
 from urr_common.settings import RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
 from urr_ticket import keys
@@ -84,6 +85,9 @@ async def test_one_account_cannot_hold_every_seat(client: Any, redis: Any) -> No
             assert body["seatsCounted"] == 4
     assert codes.count(200) == 4
     assert await held_by(redis, "bot") == SEATS[:4]
+    registry = client.server.app[REGISTRY_KEY]
+    refused = registry.get_sample_value("urr_ticket_holds_total", {"outcome": "limit_reached"})
+    assert refused == len(SEATS) - 4
     # A fan gets the fifth seat.
     assert (await client.post("/api/v1/seats/demo/A5/hold", headers=session("fan"))).status == 200
 

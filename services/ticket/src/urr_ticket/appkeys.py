@@ -15,8 +15,8 @@ class TicketMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.holds = Counter(
             "urr_ticket_holds",
-            "Seat hold attempts by outcome (held, taken, limit_reached, session_over,"
-            " hold_time_used, sold).",
+            "Seat hold attempts by outcome (held, conflict, sold, limit_reached, session_over,"
+            " hold_time_used).",
             ["outcome"],
             registry=registry,
         )

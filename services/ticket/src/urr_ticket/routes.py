@@ -237,7 +237,9 @@ async def hold_seat(request: web.Request) -> web.Response:
         reserved_seat_ids=context.reserved_seat_ids,
     )
     attempt = await request.app[LOCKS_KEY].hold(event_id, seat_id, user_id, limits)
-    metrics.holds.labels(attempt.outcome.name.lower()).inc()
+    # "conflict" (someone else holds it) keeps the label it had before the other refusals.
+    taken = attempt.outcome is HoldOutcome.TAKEN
+    metrics.holds.labels("conflict" if taken else attempt.outcome.name.lower()).inc()
     if attempt.outcome is HoldOutcome.TAKEN:
         raise Conflict(
             "someone else holds this seat", code="seat_held", expiresAtMs=attempt.expires_at_ms
