@@ -152,8 +152,21 @@ async def test_seats_in_reservations_count_towards_the_cap(
         409,
         "seat_limit_reached",
     )
+    # Seats u1 bought and passed on still count for u1 (and not for the recipient).
+    await db.execute(
+        "UPDATE reservations SET bought_by = 'u1', user_id = 'u3' WHERE user_id = 'u1'"
+    )
+    await problem(
+        await client.post("/api/v1/seats/demo/A2/hold", headers=session("u1")),
+        409,
+        "seat_limit_reached",
+    )
+    for seat in ("D1", "D2", "D3", "D4"):
+        assert (
+            await client.post(f"/api/v1/seats/demo/{seat}/hold", headers=session("u3"))
+        ).status == 200
     # A finished reservation no longer counts.
-    await db.execute("UPDATE reservations SET status = 'cancelled' WHERE user_id = 'u1'")
+    await db.execute("UPDATE reservations SET status = 'cancelled' WHERE bought_by = 'u1'")
     assert (await client.post("/api/v1/seats/demo/A2/hold", headers=session("u1"))).status == 200
 
 

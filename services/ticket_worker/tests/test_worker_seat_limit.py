@@ -15,6 +15,7 @@ from urr_ticket_worker.messages import (
     CancelCommand,
     ReservationOutcome,
     ReserveCommand,
+    TransferCommand,
     outcome_message_id,
 )
 from urr_ticket_worker.settings import BookingSettings
@@ -26,7 +27,9 @@ def reserve(user: str, seats: list[str]) -> ReserveCommand:
     return ReserveCommand(reservation_id=uuid.uuid4(), event_id="ev1", user_id=user, seat_ids=seats)
 
 
-async def apply(pool: asyncpg.Pool, command: ReserveCommand | CancelCommand) -> str:
+async def apply(
+    pool: asyncpg.Pool, command: ReserveCommand | CancelCommand | TransferCommand
+) -> str:
     return await apply_command(pool, uuid.uuid4().hex, command, BookingSettings())
 
 
@@ -94,6 +97,36 @@ async def test_confirmed_purchases_count_and_cancelled_ones_do_not(pool: asyncpg
     again = reserve("u1", ["A1", "A2"])
     assert await apply(pool, again) == "applied"
     assert (await statuses(pool))[again.reservation_id] == ("awaiting_payment", None)
+
+
+async def test_passing_tickets_on_does_not_free_the_buyers_allowance(
+    pool: asyncpg.Pool,
+) -> None:
+    bought = reserve("u1", ["A1", "A2", "A3", "A4"])
+    assert await apply(pool, bought) == "applied"
+    confirmed = ReservationOutcome(
+        message_id=outcome_message_id(bought.reservation_id, "confirmed"),
+        event_id="ev1",
+        user_id="u1",
+        reservation_id=bought.reservation_id,
+        status="confirmed",
+    )
+    assert (await apply_outcome(pool, "test", confirmed)).result == "applied"
+    handed_on = TransferCommand(
+        reservation_id=bought.reservation_id, event_id="ev1", user_id="u1", to_user_id="u2"
+    )
+    assert await apply(pool, handed_on) == "applied"
+    row = await pool.fetchrow("SELECT user_id, bought_by FROM reservations")
+    assert row is not None
+    assert (row["user_id"], row["bought_by"]) == ("u2", "u1")
+    # u1 bought four already: the transfer does not let u1 buy more.
+    more = reserve("u1", ["B1"])
+    assert await apply(pool, more) == "applied"
+    assert (await statuses(pool))[more.reservation_id] == ("declined", SEAT_LIMIT_REACHED)
+    # The recipient's own allowance is untouched by what they were given.
+    own = reserve("u2", ["B1", "B2", "B3", "B4"])
+    assert await apply(pool, own) == "applied"
+    assert (await statuses(pool))[own.reservation_id] == ("awaiting_payment", None)
 
 
 async def test_the_cap_is_per_event(pool: asyncpg.Pool) -> None:

@@ -56,8 +56,9 @@ class HoldContext:
     claim_status: str | None
     max_seats_per_user: int
     hold_seconds: int
-    #: Seats the user has in live reservations of the event (pending, awaiting payment,
-    #: confirmed): they count towards ``max_seats_per_user`` with the holds.
+    #: Seats the user bought in live reservations of the event (pending, awaiting payment,
+    #: confirmed; transferred on or not): they count towards ``max_seats_per_user`` with the
+    #: holds.
     reserved_seat_ids: list[str]
 
 
@@ -105,7 +106,7 @@ class BookingStore:
         row = await self.pool.fetchrow(
             "SELECT r.status AS claim, e.max_seats_per_user, e.hold_seconds,"
             " ARRAY(SELECT DISTINCT seat FROM reservations u, unnest(u.seat_ids) AS seat"
-            "  WHERE u.event_id = $1 AND u.user_id = $3"
+            "  WHERE u.event_id = $1 AND coalesce(u.bought_by, u.user_id) = $3"
             "  AND u.status IN ('pending', 'awaiting_payment', 'confirmed')) AS reserved"
             " FROM seats s JOIN booking_events e ON e.event_id = s.event_id"
             " LEFT JOIN seat_claims c ON c.event_id = s.event_id AND c.seat_id = s.seat_id"

@@ -108,7 +108,7 @@ async def _reserve(conn: Connection, command: ReserveCommand, settings: BookingS
         timedelta(seconds=settings.payment_window_s),
     )
     reason = "unknown_seat" if len(prices) != len(command.seat_ids) else None
-    if reason is None and await _seats_owned(conn, command) + len(command.seat_ids) > limit:
+    if reason is None and await _seats_bought(conn, command) + len(command.seat_ids) > limit:
         reason = SEAT_LIMIT_REACHED
     if reason is None:
         # The seat_claims primary key decides: a seat another reservation holds is skipped
@@ -143,9 +143,10 @@ async def _reserve(conn: Connection, command: ReserveCommand, settings: BookingS
     return "applied"
 
 
-async def _seats_owned(conn: Connection, command: ReserveCommand) -> int:
-    """Seats the user already has in the event (awaiting payment or confirmed), counted
-    under a transaction-scoped lock on (event, user): two reservations of one account
+async def _seats_bought(conn: Connection, command: ReserveCommand) -> int:
+    """Seats the user already bought in the event (awaiting payment or confirmed; those they
+    transferred on included, those transferred to them not), counted under a
+    transaction-scoped lock on (event, user): two reservations of one account
     (two tabs, two devices) applied at the same time are counted one after the other, so
     together they can never pass ``max_seats_per_user``. ``pending`` rows are requests the
     worker has not accepted yet; each is counted here when its own turn comes."""
@@ -155,7 +156,7 @@ async def _seats_owned(conn: Connection, command: ReserveCommand) -> int:
     )
     owned = await conn.fetchval(
         "SELECT coalesce(sum(cardinality(seat_ids)), 0) FROM reservations"
-        " WHERE event_id = $1 AND user_id = $2 AND reservation_id <> $3"
+        " WHERE event_id = $1 AND coalesce(bought_by, user_id) = $2 AND reservation_id <> $3"
         " AND status IN ('awaiting_payment', 'confirmed')",
         command.event_id,
         command.user_id,
@@ -201,7 +202,8 @@ async def _transfer(conn: Connection, command: TransferCommand) -> Result:
     ):
         return "rejected"
     await conn.execute(
-        "UPDATE reservations SET user_id = $2, updated_at = now() WHERE reservation_id = $1",
+        "UPDATE reservations SET bought_by = coalesce(bought_by, user_id), user_id = $2,"
+        " updated_at = now() WHERE reservation_id = $1",
         command.reservation_id,
         command.to_user_id,
     )

@@ -13,7 +13,11 @@ ALTER TABLE booking_events
 ALTER TABLE reservations
     ADD COLUMN payment_verdict text CHECK (payment_verdict IN ('approved', 'declined'));
 
--- An account's live reservations in an event: the API reads their seats on every hold, the
+-- Who bought a reservation that has since been transferred (NULL: its owner bought it). The
+-- cap counts seats by buyer, so passing tickets on does not free an account's allowance.
+ALTER TABLE reservations ADD COLUMN bought_by text;
+
+-- An account's live purchases in an event: the API reads their seats on every hold, the
 -- worker counts them inside the booking transaction.
-CREATE INDEX reservations_user_live ON reservations (event_id, user_id)
+CREATE INDEX reservations_buyer_live ON reservations (event_id, (coalesce(bought_by, user_id)))
     WHERE status IN ('pending', 'awaiting_payment', 'confirmed');
