@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from urr_ticket.outcomes import outcome_loop
 from urr_ticket.settings import TicketSettings
 from urr_ticket_worker import handler
 from urr_ticket_worker.local.poller import Poller, resolve_queue
-from urr_ticket_worker.messages import MEMBERSHIP_EVENTS, RESERVATION_EVENTS
+from urr_ticket_worker.messages import MEMBERSHIP_EVENTS, QUEUE_EVENTS, RESERVATION_EVENTS
 from urr_ticket_worker.payment import payment_loop
 from urr_ticket_worker.process import Heartbeat, LoopBody
 from urr_ticket_worker.relay import relay_loop
@@ -177,6 +178,43 @@ async def test_reserve_pay_confirm_release_and_announce(
 
         await eventually(skipped_both, 20)
         assert await status_of(rid) == "confirmed"
+        # The stand-in's verdict is recorded with the reservation.
+        verdict = await db.fetchval(
+            "SELECT payment_verdict FROM reservations WHERE reservation_id = $1", uuid.UUID(rid)
+        )
+        assert verdict == "approved"
+
+        # Two seats bought: two more holds fit under the cap of 4, a third does not.
+        for seat in ("C3", "C4"):
+            held = await client.post(f"/api/v1/seats/demo/{seat}/hold", headers=user("fan-1"))
+            assert held.status == 200
+        over = await client.post("/api/v1/seats/demo/C5/hold", headers=user("fan-1"))
+        assert over.status == 409
+        assert (await over.json())["code"] == "seat_limit_reached"
+
+        # fan-1 leaves the queue: the queue announces it on queue-events and the consumer
+        # releases fan-1's holds.
+        left = {
+            "id": uuid.uuid4().hex,
+            "type": "left",
+            "eventId": "demo",
+            "userId": "fan-1",
+            "at": int(time.time() * 1000) + 1000,
+            "reason": "leave",
+            "phase": "admitted",
+        }
+        producer = AIOKafkaProducer(bootstrap_servers=booking_topics, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(QUEUE_EVENTS, orjson.dumps(left), key=b"demo")
+        finally:
+            await producer.stop()
+
+        async def released() -> bool:
+            seat_map = await (await client.get("/api/v1/seats/demo", headers=user("fan-1"))).json()
+            return not any(s["heldByYou"] for s in seat_map["seats"])
+
+        await eventually(released, 20)
 
     membership = await db.fetchval(
         "SELECT count(*) FROM outbox WHERE topic = $1 AND payload->>'reservationId' = $2",

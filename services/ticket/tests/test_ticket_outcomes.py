@@ -15,13 +15,14 @@ from aiohttp import web
 from urr_common.clients import open_redis
 from urr_common.settings import RedisSettings
 from urr_ticket.outcomes import OutcomeHandler, QueueCompleter
-from urr_ticket.seat_locks import SeatLocks
+from urr_ticket.seat_locks import HoldLimits, SeatLocks
 from urr_ticket.settings import QueueCompletionSettings
 from urr_ticket_worker.booking import apply_command
 from urr_ticket_worker.messages import ReservationOutcome, ReserveCommand, outcome_message_id
 from urr_ticket_worker.settings import BookingSettings
 
 pytestmark = pytest.mark.integration
+LIMITS = HoldLimits(hold_seconds=60, max_seats_per_user=4)
 
 
 def record(value: bytes) -> Any:
@@ -56,10 +57,10 @@ async def test_confirmation_releases_holds_and_completes_the_queue_session(
         open_redis(RedisSettings(url=redis_url)) as redis,
         aiohttp.ClientSession() as session,
     ):
-        locks = SeatLocks(redis, ttl_s=60)
+        locks = SeatLocks(redis)
         for seat in ("D1", "D2"):
-            assert (await locks.hold("demo", seat, "fan")).held
-        assert (await locks.hold("demo", "D3", "someone-else")).held
+            assert (await locks.hold("demo", seat, "fan", LIMITS)).held
+        assert (await locks.hold("demo", "D3", "someone-else", LIMITS)).held
         completer = QueueCompleter(
             session, QueueCompletionSettings(http_fallback=True, base_url=str(server.make_url("")))
         )
@@ -100,7 +101,7 @@ async def test_an_unreachable_queue_service_does_not_stop_the_consumer(
             session,
             QueueCompletionSettings(http_fallback=True, base_url=f"http://127.0.0.1:{free_port()}"),
         )
-        handler = OutcomeHandler(db, SeatLocks(redis, ttl_s=60), completer)
+        handler = OutcomeHandler(db, SeatLocks(redis), completer)
         assert await handler.handle(record(declined.to_json())) == "applied"
     assert await db.fetchval("SELECT status FROM reservations") == "declined"
     assert await db.fetchval("SELECT count(*) FROM seat_claims") == 0

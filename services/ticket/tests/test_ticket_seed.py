@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -120,3 +121,38 @@ def test_the_command_fails_clearly_without_a_database(
         main(["seed", "--no-queue"])
     assert exited.value.code == 1
     assert "seed failed" in capsys.readouterr().err
+
+
+def test_the_seed_sets_the_event_limits_and_keeps_them_unless_told(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("URR_POSTGRES__DSN", postgres_dsn)
+    monkeypatch.setenv("URR_LOG__LEVEL", "WARNING")
+
+    async def limits() -> tuple[int, int]:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT max_seats_per_user, hold_seconds FROM booking_events"
+                " WHERE event_id = 'demo'"
+            )
+        finally:
+            await conn.close()
+        assert row is not None
+        return row["max_seats_per_user"], row["hold_seconds"]
+
+    with pytest.raises(SystemExit):
+        main(["seed", "--no-queue"])
+    assert asyncio.run(limits()) == (4, 300)  # the schema's defaults
+    with pytest.raises(SystemExit):
+        main(["seed", "--no-queue", "--max-seats-per-user", "2", "--hold-seconds", "120"])
+    assert asyncio.run(limits()) == (2, 120)
+    with pytest.raises(SystemExit):
+        main(["seed", "--no-queue"])
+    assert asyncio.run(limits()) == (2, 120)  # kept
+    capsys.readouterr()
+    for bad in (["--max-seats-per-user", "0"], ["--hold-seconds", "4"]):
+        with pytest.raises(SystemExit) as refused:
+            main(["seed", "--no-queue", *bad])
+        assert refused.value.code == 2
+    assert asyncio.run(limits()) == (2, 120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +26,7 @@ from urr_ticket_worker.messages import (
     PaymentRequested,
     TicketTransferred,
 )
-from urr_ticket_worker.payment import declines, payment_loop
+from urr_ticket_worker.payment import draw_verdict, payment_loop, record_verdict
 from urr_ticket_worker.process import Heartbeat, LoopBody
 from urr_ticket_worker.stats import stats_loop
 from urr_ticket_worker.testing import json_objects, make_settings, read_topic
@@ -145,24 +146,68 @@ async def test_stats_count_each_message_once_and_skip_malformed_ones(
     assert sample(registry, "malformed", "stats") >= 3
 
 
-def test_the_stand_in_declines_at_the_configured_rate_and_always_the_same_way() -> None:
-    ids = [uuid.UUID(int=i * 7919 + 1) for i in range(4000)]
-    rate = sum(declines(i, 0.25) for i in ids) / len(ids)
-    assert 0.22 < rate < 0.28
-    assert [declines(i, 0.25) for i in ids[:50]] == [declines(i, 0.25) for i in ids[:50]]
-    assert not any(declines(i, 0.0) for i in ids)
-    assert all(declines(i, 1.0) for i in ids)
+def test_the_stand_in_declines_at_the_configured_rate() -> None:
+    draws = [draw_verdict(0.25) for _ in range(4000)]
+    assert 0.22 < draws.count("declined") / len(draws) < 0.28
+    assert {draw_verdict(0.0) for _ in range(200)} == {"approved"}
+    assert {draw_verdict(1.0) for _ in range(200)} == {"declined"}
 
 
-@pytest.mark.parametrize(("rate", "status"), [(0.0, "confirmed"), (1.0, "declined")])
+def old_hash_verdict(reservation_id: uuid.UUID, rate: float) -> str:
+    """The recipe the stand-in used before issue 15 (a hash of the reservation id): what a
+    client re-holding until 'approved' would compute."""
+    digest = hashlib.sha256(reservation_id.bytes).digest()
+    return "declined" if int.from_bytes(digest[:8], "big") / 2**64 < rate else "approved"
+
+
+async def insert_reservation(pool: asyncpg.Pool, user: str = "u1") -> uuid.UUID:
+    reservation_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status)"
+        " VALUES ($1, 'ev1', $2, ARRAY['A1'], 'awaiting_payment')",
+        reservation_id,
+        user,
+    )
+    return reservation_id
+
+
+async def test_the_verdict_is_recorded_once_and_read_back(pool: asyncpg.Pool) -> None:
+    reservation_id = await insert_reservation(pool)
+    assert await record_verdict(pool, reservation_id, "declined") == "declined"
+    # A redelivery draws again, but the first verdict stands.
+    assert await record_verdict(pool, reservation_id, "approved") == "declined"
+    assert await pool.fetchval("SELECT payment_verdict FROM reservations") == "declined"
+    assert await record_verdict(pool, uuid.uuid4(), "approved") is None  # unknown: not written
+    assert await pool.fetchval("SELECT count(*) FROM reservations") == 1
+
+
+async def test_the_verdict_is_not_a_function_of_the_reservation_id(pool: asyncpg.Pool) -> None:
+    ids = [await insert_reservation(pool) for _ in range(200)]
+    recorded = [await record_verdict(pool, i, draw_verdict(0.5)) for i in ids]
+    predicted = [old_hash_verdict(i, 0.5) for i in ids]
+    # Half of the guesses are right by chance; all 200 would be a chance of 2**-200.
+    assert 40 < sum(r == p for r, p in zip(recorded, predicted, strict=True)) < 160
+
+
+@pytest.mark.parametrize(
+    ("rate", "recorded", "status"),
+    [(0.0, None, "confirmed"), (1.0, None, "declined"), (0.0, "declined", "declined")],
+)
 async def test_the_payment_stand_in_answers_once_per_request(
-    postgres_dsn: str, booking_topics: str, rate: float, status: str
+    postgres_dsn: str,
+    booking_topics: str,
+    pool: asyncpg.Pool,
+    rate: float,
+    recorded: str | None,
+    status: str,
 ) -> None:
-    event_id = f"ev-{uuid.uuid4().hex[:8]}"
+    reservation_id = await insert_reservation(pool)
+    if recorded is not None:  # a verdict drawn before a restart: the redelivery keeps it
+        await pool.execute("UPDATE reservations SET payment_verdict = $1", recorded)
     request = PaymentRequested(
         message_id=uuid.uuid4(),
-        reservation_id=uuid.uuid4(),
-        event_id=event_id,
+        reservation_id=reservation_id,
+        event_id="ev1",
         user_id="u1",
         seat_ids=["A1"],
         amount_cents=1000,
@@ -195,4 +240,6 @@ async def test_the_payment_stand_in_answers_once_per_request(
     assert {o["status"] for o in outcomes} == {status}
     assert len({o["messageId"] for o in outcomes}) == 1  # the copy is recognisable as one
     assert outcomes[0]["userId"] == "u1"
-    assert outcomes[0]["eventId"] == event_id
+    assert outcomes[0]["eventId"] == "ev1"
+    verdict = "declined" if status == "declined" else "approved"
+    assert await pool.fetchval("SELECT payment_verdict FROM reservations") == verdict

@@ -23,6 +23,20 @@ def _parser() -> argparse.ArgumentParser:
     seeder.add_argument("--name", default="URR demo concert")
     seeder.add_argument("--rows", type=int, default=10, choices=range(1, 27), metavar="1-26")
     seeder.add_argument("--seats-per-row", type=int, default=10)
+    seeder.add_argument(
+        "--max-seats-per-user",
+        type=int,
+        choices=range(1, 101),
+        metavar="1-100",
+        help="seats one account may hold and buy together (default: keep; 4 when new)",
+    )
+    seeder.add_argument(
+        "--hold-seconds",
+        type=int,
+        choices=range(5, 3601),
+        metavar="5-3600",
+        help="longest seat hold (default: keep; 300 when new)",
+    )
     seeder.add_argument("--no-queue", action="store_true", help="skip the queue service call")
     seeder.add_argument("--capacity", type=int, default=50)
     seeder.add_argument("--admit-per-second", type=float, default=5.0)
@@ -34,7 +48,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _seed(settings: TicketSettings, args: argparse.Namespace) -> int:
     event = DemoEvent(
-        event_id=args.event, name=args.name, rows=args.rows, seats_per_row=args.seats_per_row
+        event_id=args.event,
+        name=args.name,
+        rows=args.rows,
+        seats_per_row=args.seats_per_row,
+        max_seats_per_user=args.max_seats_per_user,
+        hold_seconds=args.hold_seconds,
     )
     queue = None
     if not args.no_queue:
@@ -73,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log, service=settings.service_name)
     if args.command == "seed":
         sys.exit(_seed(settings, args))
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:  # a setting checked where it is used (the id key)
+        print(exc, file=sys.stderr)
+        sys.exit(2)
 
     async def serve_app() -> None:
         await serve(app, settings.http)

@@ -16,11 +16,12 @@ from urr_ticket.appkeys import (
     COMMANDS_KEY,
     LOCKS_KEY,
     METRICS_KEY,
+    RESERVATION_IDS_KEY,
     STORE_KEY,
     TICKET_SETTINGS_KEY,
     TicketMetrics,
 )
-from urr_ticket.commands import CommandQueue
+from urr_ticket.commands import CommandQueue, ReservationIds
 from urr_ticket.seat_locks import SeatLocks
 from urr_ticket.settings import TicketSettings
 from urr_ticket.store import BookingStore
@@ -35,6 +36,15 @@ def create_app(
     app = create_service_app(settings, registry=registry)
     app[TICKET_SETTINGS_KEY] = settings
     app[METRICS_KEY] = TicketMetrics(app[REGISTRY_KEY])
+    app[RESERVATION_IDS_KEY] = ReservationIds.from_settings(
+        settings.reservation_ids, settings.environment
+    )
+    if settings.reservation_ids.key is None:
+        _LOG.warning(
+            "reservation_id_key_generated",
+            detail="URR_RESERVATION_IDS__KEY is unset: this process uses a random key, so"
+            " replicas and restarts derive different ids for a repeated request",
+        )
     app.cleanup_ctx.append(_clients)
     routes.add_routes(app)
     site.add_site_routes(app)
@@ -53,7 +63,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         if applied:
             _LOG.info("migrations_applied", names=applied)
         app[STORE_KEY] = BookingStore(pool)
-        app[LOCKS_KEY] = SeatLocks(redis, settings.holds.ttl_s)
+        app[LOCKS_KEY] = SeatLocks(redis)
         commands = CommandQueue(aws["sqs"], settings.sqs.queue_name)
         app[COMMANDS_KEY] = commands
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from urr_common.settings import SettingsError
+from urr_ticket.settings import RESERVATION_KEY_MIN_LENGTH, ReservationIdSettings
 from urr_ticket_worker.messages import (
     CancelCommand,
     ReserveCommand,
@@ -13,16 +18,50 @@ from urr_ticket_worker.messages import (
     command_deduplication_id,
 )
 
-#: Namespace of reservation ids derived from a request (see ``reservation_id_for``).
-_RESERVATION_NAMESPACE = uuid.UUID("5c0f3e2a-8d7b-4b8e-9a51-0d7c6a1e2f44")
+
+def keyed_uuid(key: bytes, basis: str) -> uuid.UUID:
+    """A UUID (version 8, RFC 9562's custom layout) from the first 122 bits of
+    HMAC-SHA256(``key``, ``basis``): stable for one key and basis, unguessable without the key."""
+    digest = bytearray(hmac.new(key, basis.encode(), hashlib.sha256).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x80  # version 8
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC variant
+    return uuid.UUID(bytes=bytes(digest))
 
 
-def reservation_id_for(event_id: str, user_id: str, holds: Iterable[tuple[str, str]]) -> uuid.UUID:
-    """The same user reserving the same holds gets the same id, so a repeated request is
-    the same reservation (and SQS drops the repeated message by its deduplication id);
-    holding the seats again later starts a new one."""
-    basis = "\n".join([event_id, user_id, *sorted(f"{seat}:{hold}" for seat, hold in holds)])
-    return uuid.uuid5(_RESERVATION_NAMESPACE, basis)
+class ReservationIds:
+    """Derives reservation ids. The same user reserving the same holds gets the same id, so
+    a repeated request is the same reservation (and SQS drops the repeated message by its
+    deduplication id); holding the seats again later starts a new one. The id is keyed with a
+    server secret, so a client can neither compute it ahead nor steer anything that depends
+    on it."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the reservation-id key must be at least 16 bytes")
+        self._key = key
+
+    @classmethod
+    def from_settings(
+        cls, settings: ReservationIdSettings, environment: str = "local"
+    ) -> ReservationIds:
+        """The configured key, or a random one for this process in local and test; elsewhere
+        a missing key is a ``SettingsError`` (every replica must derive the same ids)."""
+        if settings.key is None:
+            if environment not in ("local", "test"):
+                raise SettingsError(
+                    "set URR_RESERVATION_IDS__KEY (a random secret of at least"
+                    f" {RESERVATION_KEY_MIN_LENGTH} characters, the same for every replica)"
+                    f" in {environment}"
+                )
+            return cls(secrets.token_bytes(32))
+        return cls(settings.key.get_secret_value().encode())
+
+    def for_request(
+        self, event_id: str, user_id: str, holds: Iterable[tuple[str, str]]
+    ) -> uuid.UUID:
+        # Ids never contain a newline (their patterns), so the basis is unambiguous.
+        basis = "\n".join([event_id, user_id, *sorted(f"{seat}:{hold}" for seat, hold in holds)])
+        return keyed_uuid(self._key, basis)
 
 
 class CommandQueue:

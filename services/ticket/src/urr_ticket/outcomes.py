@@ -1,10 +1,18 @@
 """The reservation-outcome consumer: ``reservation-events`` -> confirm or decline the
-reservation in PostgreSQL (once per ``messageId``), then release the user's seat holds in Redis.
+reservation in PostgreSQL (once per ``messageId``), then release the user's seat holds in Redis;
+and ``queue-events`` -> release every seat hold of a user whose Tier-2 session ended.
 
-The queue service consumes the same topic to end the user's Tier-2 session, so the slot frees
-without a call from here. Records the ticket side wrote itself (cancelled, expired) find the
-reservation already final and only release the holds. Duplicates and malformed records are
-skipped and counted (``urr_booking_consumer_records{outcome=...}``).
+The queue service consumes ``reservation-events`` too, to end the user's Tier-2 session, so the
+slot frees without a call from here. Records the ticket side wrote itself (cancelled, expired)
+find the reservation already final and only release the holds. Duplicates and malformed records
+are skipped and counted (``urr_booking_consumer_records{outcome=...}``).
+
+Session ends: a hold never outlives the entry token it was taken with (the token expires with
+the session), and the queue announces every early end on ``queue-events`` (``left``: leave or
+a completed booking; ``expired``: session over or idle drop). Each such record releases the
+user's holds in the event that started no later than the record's ``at``, so a late or
+replayed record never releases the holds of the user's next session. Releasing is idempotent,
+so redeliveries need no bookkeeping.
 
 Run: ``python -m urr_ticket.outcomes`` (health on ``URR_HTTP__PORT``, default 3024).
 """
@@ -24,12 +32,12 @@ from urr_common.settings import load_settings
 from urr_ticket.seat_locks import SeatLocks
 from urr_ticket.settings import OutcomeSettings, QueueCompletionSettings, TicketSettings
 from urr_ticket_worker.booking import apply_outcome
-from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume
+from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume, parse_or_log
 from urr_ticket_worker.messages import (
+    QUEUE_EVENTS,
     RESERVATION_EVENTS,
-    MalformedMessage,
+    QueueEvent,
     ReservationOutcome,
-    parse_record,
 )
 from urr_ticket_worker.process import Heartbeat, LoopBody, connect_postgres, run_process
 
@@ -69,12 +77,8 @@ class OutcomeHandler:
         self._completer = completer
 
     async def handle(self, record: Any) -> str:
-        try:
-            outcome = parse_record(ReservationOutcome, record.value)
-        except MalformedMessage as exc:
-            _LOG.warning(
-                "malformed_record", topic=record.topic, offset=record.offset, error=str(exc)
-            )
+        outcome = parse_or_log(ReservationOutcome, record)
+        if outcome is None:
             return "malformed"
         applied = await apply_outcome(self._pool, OUTCOMES_CONSUMER, outcome)
         if applied.release_seats and applied.user_id:
@@ -96,6 +100,61 @@ class OutcomeHandler:
         return applied.result
 
 
+#: ``queue-events`` types that end a user's place or session.
+SESSION_ENDING = frozenset({"left", "expired"})
+#: An ``at`` below this is in seconds, not milliseconds (the queue writes milliseconds).
+_MS_THRESHOLD = 100_000_000_000
+
+
+def ended_at_ms(at: float | str | None) -> int:
+    """The record's ``at`` in ms since the epoch; 0 (release every hold) when not a number."""
+    if isinstance(at, bool) or not isinstance(at, int | float) or at <= 0:
+        return 0
+    return int(at if at >= _MS_THRESHOLD else at * 1000)
+
+
+class SessionEndHandler:
+    """``queue-events``: a session that ended releases every hold its user has in the event."""
+
+    def __init__(self, locks: SeatLocks) -> None:
+        self._locks = locks
+
+    async def handle(self, record: Any) -> str:
+        event = parse_or_log(QueueEvent, record)
+        if event is None:
+            return "malformed"
+        if event.type not in SESSION_ENDING:
+            return "ignored"
+        try:
+            released = await self._locks.release_all(
+                event.event_id, event.user_id, started_by_ms=ended_at_ms(event.at)
+            )
+        except RedisError as exc:  # the holds still end with the session's token; no retry
+            _LOG.warning("session_hold_release_failed", error=repr(exc))
+            return "failed"
+        if released:
+            _LOG.info(
+                "session_holds_released",
+                event_id=event.event_id,
+                type=event.type,
+                holds_released=released,
+            )
+        return "applied"
+
+
+class BookingRecords:
+    """Routes each record to its topic's handler."""
+
+    def __init__(self, outcomes: OutcomeHandler, sessions: SessionEndHandler) -> None:
+        self._outcomes = outcomes
+        self._sessions = sessions
+
+    async def handle(self, record: Any) -> str:
+        if record.topic == QUEUE_EVENTS:
+            return await self._sessions.handle(record)
+        return await self._outcomes.handle(record)
+
+
 def outcome_loop(settings: TicketSettings, registry: CollectorRegistry) -> LoopBody:
     metrics = ConsumerMetrics(registry)
 
@@ -113,12 +172,15 @@ def outcome_loop(settings: TicketSettings, registry: CollectorRegistry) -> LoopB
                 completer = (
                     QueueCompleter(session, completion) if completion.http_fallback else None
                 )
-                handler = OutcomeHandler(pool, SeatLocks(redis, settings.holds.ttl_s), completer)
+                locks = SeatLocks(redis)
+                handler = BookingRecords(
+                    OutcomeHandler(pool, locks, completer), SessionEndHandler(locks)
+                )
                 await consume(
                     name="ticket-outcomes",
                     kafka=settings.kafka,
                     group_id=settings.consumers.outcomes_group,
-                    topics=[RESERVATION_EVENTS],
+                    topics=[RESERVATION_EVENTS, QUEUE_EVENTS],
                     handle=handler.handle,
                     metrics=metrics,
                     stop=stop,

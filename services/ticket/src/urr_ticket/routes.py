@@ -19,14 +19,28 @@ from urr_common.payloads import json_response, read_json
 from urr_common.problems import (
     BadRequest,
     Conflict,
+    Forbidden,
     NotFound,
     ServiceUnavailable,
     Unauthorized,
     Unprocessable,
 )
-from urr_ticket.appkeys import COMMANDS_KEY, LOCKS_KEY, METRICS_KEY, STORE_KEY, TICKET_SETTINGS_KEY
-from urr_ticket.commands import reservation_id_for
-from urr_ticket.store import ReservationRow, UserDirectoryUnavailable
+from urr_ticket.appkeys import (
+    COMMANDS_KEY,
+    LOCKS_KEY,
+    METRICS_KEY,
+    RESERVATION_IDS_KEY,
+    STORE_KEY,
+    TICKET_SETTINGS_KEY,
+)
+from urr_ticket.seat_locks import HoldLimits, HoldOutcome
+from urr_ticket.session import (
+    ENTRY_TOKEN_COOKIE,
+    ENTRY_TOKEN_HEADER,
+    SessionRefused,
+    session_end_ms,
+)
+from urr_ticket.store import HoldContext, ReservationRow, UserDirectoryUnavailable
 from urr_ticket_worker.messages import (
     MAX_SEATS_PER_RESERVATION,
     CancelCommand,
@@ -186,28 +200,73 @@ async def _require_seat(request: web.Request, event_id: str, seat_id: str) -> st
     return seats[0].claim_status
 
 
-async def hold_seat(request: web.Request) -> web.Response:
+def _session_end_ms(request: web.Request, user_id: str, event_id: str) -> int | None:
+    token = request.headers.get(ENTRY_TOKEN_HEADER) or request.cookies.get(ENTRY_TOKEN_COOKIE)
+    try:
+        return session_end_ms(token, user_id, event_id)
+    except SessionRefused as exc:
+        raise Forbidden(exc.detail, code=exc.code) from exc
 
+
+async def _hold_context(
+    request: web.Request, event_id: str, seat_id: str, user_id: str
+) -> HoldContext:
+    if not _SEAT_ID.match(seat_id):
+        raise NotFound(f"no seat {seat_id!r} in {event_id!r}", code="seat_not_found")
+    context = await request.app[STORE_KEY].hold_context(event_id, seat_id, user_id)
+    if context is None:
+        await _require_event(request, event_id)
+        raise NotFound(f"no seat {seat_id!r} in {event_id!r}", code="seat_not_found")
+    return context
+
+
+async def hold_seat(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     event_id = _event_id(request)
     seat_id = request.match_info["seat_id"]
     metrics = request.app[METRICS_KEY]
-    if await _require_seat(request, event_id, seat_id) is not None:
+    context = await _hold_context(request, event_id, seat_id, user_id)
+    session_end = _session_end_ms(request, user_id, event_id)
+    if context.claim_status is not None:
         metrics.holds.labels("sold").inc()
         raise Conflict("this seat is already reserved", code="seat_sold")
-    attempt = await request.app[LOCKS_KEY].hold(event_id, seat_id, user_id)
-    if not attempt.held:
-        metrics.holds.labels("conflict").inc()
+    limits = HoldLimits(
+        hold_seconds=context.hold_seconds,
+        max_seats_per_user=context.max_seats_per_user,
+        session_end_ms=session_end,
+        reserved_seat_ids=context.reserved_seat_ids,
+    )
+    attempt = await request.app[LOCKS_KEY].hold(event_id, seat_id, user_id, limits)
+    # "conflict" (someone else holds it) keeps the label it had before the other refusals.
+    taken = attempt.outcome is HoldOutcome.TAKEN
+    metrics.holds.labels("conflict" if taken else attempt.outcome.name.lower()).inc()
+    if attempt.outcome is HoldOutcome.TAKEN:
         raise Conflict(
             "someone else holds this seat", code="seat_held", expiresAtMs=attempt.expires_at_ms
         )
-    metrics.holds.labels("held").inc()
+    if attempt.outcome is HoldOutcome.LIMIT_REACHED:
+        raise Conflict(
+            f"you already hold or bought {attempt.seats_counted} seats in this event;"
+            f" the limit is {context.max_seats_per_user}",
+            code="seat_limit_reached",
+            maxSeatsPerUser=context.max_seats_per_user,
+            seatsCounted=attempt.seats_counted,
+        )
+    if attempt.outcome is HoldOutcome.SESSION_OVER:
+        raise Forbidden("the entry token has expired; queue again", code="entry_token_expired")
+    if attempt.outcome is HoldOutcome.HOLD_TIME_USED:
+        raise Conflict(
+            "your hold time on this seat in this session is used up; choose another seat",
+            code="hold_time_used",
+            expiredAtMs=attempt.expires_at_ms,
+        )
     return json_response(
         {
             "eventId": event_id,
             "seatId": seat_id,
             "holdId": attempt.hold_id,
             "expiresAtMs": attempt.expires_at_ms,
+            "maxSeatsPerUser": context.max_seats_per_user,
         }
     )
 
@@ -249,7 +308,7 @@ async def reserve(request: web.Request) -> web.Response:
         raise Conflict(
             "hold every seat before reserving it", code="seat_not_held", seatIds=not_held
         )
-    reservation_id = reservation_id_for(
+    reservation_id = request.app[RESERVATION_IDS_KEY].for_request(
         event_id, user_id, [(s, holds[s].hold_id) for s in body.seatIds]
     )
     existing = await store.reservation(reservation_id)

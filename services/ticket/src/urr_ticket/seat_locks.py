@@ -1,7 +1,15 @@
-"""Seat holds in Redis: one key per seat with the holder and a TTL, set atomically in Lua."""
+"""Seat holds in Redis: one key per seat with the holder and a TTL, plus per-user indexes of
+the user's live holds and their start times, all changed atomically in Lua on Redis's clock.
+
+The rules (issue 15): a user holds at most the event's ``maxSeatsPerUser`` seats, counting
+seats already in their reservations; a hold ends at the earlier of its first start in the
+session + ``holdSeconds`` and the end of the user's Tier-2 session; holding again, also after
+releasing, never extends it; every hold is released when the session ends.
+"""
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,13 +25,42 @@ class Hold:
     hold_id: str
 
 
+class HoldOutcome(enum.IntEnum):
+    """What ``hold_seat.lua`` answered (its first return value)."""
+
+    HELD = 1
+    TAKEN = 0
+    LIMIT_REACHED = -1
+    SESSION_OVER = -2
+    HOLD_TIME_USED = -3
+
+
+@dataclass(frozen=True)
+class HoldLimits:
+    """The event's rules for one hold and what the user has already."""
+
+    hold_seconds: int
+    max_seats_per_user: int
+    #: End of the user's Tier-2 session (ms since the epoch); None when unknown.
+    session_end_ms: int | None = None
+    #: Seats the user has in live reservations (they count towards the cap).
+    reserved_seat_ids: Sequence[str] = ()
+
+
 @dataclass(frozen=True)
 class HoldAttempt:
-    held: bool
-    #: The caller's hold id when ``held``.
+    outcome: HoldOutcome
+    #: The caller's hold id when held.
     hold_id: str
-    #: When the hold (the caller's or the other holder's) ends, ms since the epoch.
+    #: When the hold (the caller's or the other holder's) ends, ms since the epoch; the
+    #: session end for ``SESSION_OVER``; 0 for ``LIMIT_REACHED``.
     expires_at_ms: int
+    #: The user's seats counted against the cap (0 when the cap was not consulted).
+    seats_counted: int = 0
+
+    @property
+    def held(self) -> bool:
+        return self.outcome is HoldOutcome.HELD
 
 
 def parse_hold(value: bytes | str | None) -> Hold | None:
@@ -34,21 +71,43 @@ def parse_hold(value: bytes | str | None) -> Hold | None:
     return Hold(owner=owner, hold_id=hold_id)
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class SeatLocks:
-    def __init__(self, redis: Any, ttl_s: int) -> None:
+    def __init__(self, redis: Any) -> None:
         self._redis = redis
-        self._ttl_ms = ttl_s * 1000
         package = files("urr_ticket")
         self._hold = redis.register_script((package / "hold_seat.lua").read_text("utf-8"))
         self._release = redis.register_script((package / "release_seats.lua").read_text("utf-8"))
 
-    async def hold(self, event_id: str, seat_id: str, owner: str) -> HoldAttempt:
-        key = keys.seat_lock(event_id, seat_id)
-        held, hold_id, expires = await self._hold(
-            keys=[key], args=[owner, uuid.uuid4().hex, self._ttl_ms]
+    async def hold(
+        self, event_id: str, seat_id: str, owner: str, limits: HoldLimits
+    ) -> HoldAttempt:
+        reserved = sorted(set(limits.reserved_seat_ids))
+        code, hold_id, expires, counted = await self._hold(
+            keys=[
+                keys.seat_lock(event_id, seat_id),
+                keys.user_holds(event_id, owner),
+                keys.hold_starts(event_id, owner),
+            ],
+            args=[
+                owner,
+                uuid.uuid4().hex,
+                limits.hold_seconds * 1000,
+                limits.session_end_ms or 0,
+                limits.max_seats_per_user,
+                seat_id,
+                *reserved,
+            ],
         )
-        hold_text = hold_id.decode() if isinstance(hold_id, bytes) else str(hold_id)
-        return HoldAttempt(held=bool(held), hold_id=hold_text, expires_at_ms=int(expires))
+        return HoldAttempt(
+            outcome=HoldOutcome(int(code)),
+            hold_id=_text(hold_id),
+            expires_at_ms=int(expires),
+            seats_counted=int(counted),
+        )
 
     async def holders(self, event_id: str, seat_ids: Sequence[str]) -> dict[str, Hold]:
         """The current holds among ``seat_ids`` (one MGET: the keys share a slot)."""
@@ -62,10 +121,31 @@ class SeatLocks:
                 found[seat_id] = hold
         return found
 
-    async def release(self, event_id: str, seat_ids: Sequence[str], owner: str) -> int:
+    async def release(
+        self,
+        event_id: str,
+        seat_ids: Sequence[str],
+        owner: str,
+        *,
+        started_by_ms: int = 0,
+    ) -> int:
+        """Release ``owner``'s holds among ``seat_ids``; with ``started_by_ms``, only those
+        first started at or before it. Returns how many were released."""
         if not seat_ids:
             return 0
         released = await self._release(
-            keys=[keys.seat_lock(event_id, s) for s in seat_ids], args=[owner]
+            keys=[
+                keys.user_holds(event_id, owner),
+                keys.hold_starts(event_id, owner),
+                *(keys.seat_lock(event_id, s) for s in seat_ids),
+            ],
+            args=[owner, started_by_ms, *seat_ids],
         )
         return int(released)
+
+    async def release_all(self, event_id: str, owner: str, *, started_by_ms: int = 0) -> int:
+        """Release every live hold of ``owner`` in the event (their session ended)."""
+        members = await self._redis.zrange(keys.user_holds(event_id, owner), 0, -1)
+        return await self.release(
+            event_id, [_text(m) for m in members], owner, started_by_ms=started_by_ms
+        )

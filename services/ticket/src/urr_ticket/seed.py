@@ -30,6 +30,10 @@ class DemoEvent:
     venue: str = "Loopback Hall"
     rows: int = 10
     seats_per_row: int = 10
+    #: The event's seat cap per account and hold length; None keeps what the event has
+    #: (the schema's defaults, 4 seats and 300 s, for a new event).
+    max_seats_per_user: int | None = None
+    hold_seconds: int | None = None
 
     def seats(self) -> list[tuple[str, str, int, int]]:
         """(seat id, row, number, price in cents): front rows cost more."""
@@ -71,6 +75,13 @@ async def seed_catalog(pool: Any, event: DemoEvent) -> int:
             event.event_id,
             event.name,
             event.venue,
+        )
+        await conn.execute(
+            "UPDATE booking_events SET max_seats_per_user = coalesce($2, max_seats_per_user),"
+            " hold_seconds = coalesce($3, hold_seconds) WHERE event_id = $1",
+            event.event_id,
+            event.max_seats_per_user,
+            event.hold_seconds,
         )
         before = await conn.fetchval(
             "SELECT count(*) FROM seats WHERE event_id = $1", event.event_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from urr_common.settings import (
     AwsSettings,
@@ -14,10 +14,26 @@ from urr_common.settings import (
 )
 from urr_ticket_worker.settings import BookingSettings, ConsumerSettings, SqsSettings
 
+#: Shortest reservation-id key accepted (characters; 32 random ones carry >= 128 bits).
+RESERVATION_KEY_MIN_LENGTH = 32
 
-class HoldSettings(BaseModel):
-    #: How long a seat hold lasts; holding again (same user) renews it.
-    ttl_s: int = Field(default=300, ge=5, le=3600)
+
+class ReservationIdSettings(BaseModel):
+    """Reservation ids are an HMAC-SHA256 of the request (event, user, seat holds) under this
+    key: the same request gets the same id, but no client can compute one. Every replica of
+    the API must share it (``URR_RESERVATION_IDS__KEY``). The API refuses to start without it
+    in staging and prod (``ReservationIds.from_settings``; checked there, not here, because
+    it comes from a Secret that manifest checks cannot see, and only the API derives ids);
+    unset in local and test, each process makes a random one at start-up."""
+
+    key: SecretStr | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < RESERVATION_KEY_MIN_LENGTH:
+            raise ValueError(f"must be at least {RESERVATION_KEY_MIN_LENGTH} characters")
+        return value
 
 
 class UserDirectorySettings(BaseModel):
@@ -61,7 +77,7 @@ class TicketSettings(ServiceSettings):
     aws: AwsSettings = Field(default_factory=AwsSettings)
     sqs: SqsSettings = Field(default_factory=SqsSettings)
     booking: BookingSettings = Field(default_factory=BookingSettings)
-    holds: HoldSettings = Field(default_factory=HoldSettings)
+    reservation_ids: ReservationIdSettings = Field(default_factory=ReservationIdSettings)
     users: UserDirectorySettings = Field(default_factory=UserDirectorySettings)
     queue_admin: QueueAdminSettings = Field(default_factory=QueueAdminSettings)
     queue_completion: QueueCompletionSettings = Field(default_factory=QueueCompletionSettings)

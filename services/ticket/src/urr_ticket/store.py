@@ -48,6 +48,20 @@ class ReservationRow:
         }
 
 
+@dataclass(frozen=True)
+class HoldContext:
+    """What a seat hold needs from the catalog, in one round trip."""
+
+    #: Status of the live reservation claiming the seat (awaiting_payment or confirmed).
+    claim_status: str | None
+    max_seats_per_user: int
+    hold_seconds: int
+    #: Seats the user bought in live reservations of the event (pending, awaiting payment,
+    #: confirmed; transferred on or not): they count towards ``max_seats_per_user`` with the
+    #: holds.
+    reserved_seat_ids: list[str]
+
+
 class UserDirectoryUnavailable(RuntimeError):
     """The users table cannot be read (the auth schema is missing or unreachable)."""
 
@@ -58,19 +72,13 @@ class BookingStore:
 
     async def events(self) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            "SELECT e.event_id, e.name, e.venue, e.starts_at,"
-            " (SELECT count(*) FROM seats s WHERE s.event_id = e.event_id) AS total,"
-            " (SELECT count(*) FROM seat_claims c WHERE c.event_id = e.event_id) AS taken"
-            " FROM booking_events e ORDER BY e.starts_at NULLS LAST, e.event_id"
+            _EVENTS_SELECT + " ORDER BY e.starts_at NULLS LAST, e.event_id"
         )
         return [_event_json(row) for row in rows]
 
     async def event(self, event_id: str) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
-            "SELECT e.event_id, e.name, e.venue, e.starts_at,"
-            " (SELECT count(*) FROM seats s WHERE s.event_id = e.event_id) AS total,"
-            " (SELECT count(*) FROM seat_claims c WHERE c.event_id = e.event_id) AS taken"
-            " FROM booking_events e WHERE e.event_id = $1",
+            _EVENTS_SELECT + " WHERE e.event_id = $1",
             event_id,
         )
         return None if row is None else _event_json(row)
@@ -91,6 +99,31 @@ class BookingStore:
             SeatRow(r["seat_id"], r["row_label"], r["seat_number"], r["price_cents"], r["claim"])
             for r in rows
         ]
+
+    async def hold_context(self, event_id: str, seat_id: str, user_id: str) -> HoldContext | None:
+        """The seat's claim, the event's limits and the user's reserved seats; None when the
+        event has no such seat."""
+        row = await self.pool.fetchrow(
+            "SELECT r.status AS claim, e.max_seats_per_user, e.hold_seconds,"
+            " ARRAY(SELECT DISTINCT seat FROM reservations u, unnest(u.seat_ids) AS seat"
+            "  WHERE u.event_id = $1 AND coalesce(u.bought_by, u.user_id) = $3"
+            "  AND u.status IN ('pending', 'awaiting_payment', 'confirmed')) AS reserved"
+            " FROM seats s JOIN booking_events e ON e.event_id = s.event_id"
+            " LEFT JOIN seat_claims c ON c.event_id = s.event_id AND c.seat_id = s.seat_id"
+            " LEFT JOIN reservations r ON r.reservation_id = c.reservation_id"
+            " WHERE s.event_id = $1 AND s.seat_id = $2",
+            event_id,
+            seat_id,
+            user_id,
+        )
+        if row is None:
+            return None
+        return HoldContext(
+            claim_status=row["claim"],
+            max_seats_per_user=row["max_seats_per_user"],
+            hold_seconds=row["hold_seconds"],
+            reserved_seat_ids=list(row["reserved"]),
+        )
 
     async def reservation(self, reservation_id: uuid.UUID) -> ReservationRow | None:
         row = await self.pool.fetchrow(
@@ -158,6 +191,14 @@ class BookingStore:
             raise UserDirectoryUnavailable(str(exc)) from exc
 
 
+_EVENTS_SELECT = (
+    "SELECT e.event_id, e.name, e.venue, e.starts_at, e.max_seats_per_user, e.hold_seconds,"
+    " (SELECT count(*) FROM seats s WHERE s.event_id = e.event_id) AS total,"
+    " (SELECT count(*) FROM seat_claims c WHERE c.event_id = e.event_id) AS taken"
+    " FROM booking_events e"
+)
+
+
 def _event_json(row: asyncpg.Record) -> dict[str, Any]:
     total, taken = int(row["total"]), int(row["taken"])
     return {
@@ -166,4 +207,6 @@ def _event_json(row: asyncpg.Record) -> dict[str, Any]:
         "venue": row["venue"],
         "startsAt": row["starts_at"].isoformat() if row["starts_at"] else None,
         "seats": {"total": total, "available": total - taken},
+        "maxSeatsPerUser": row["max_seats_per_user"],
+        "holdSeconds": row["hold_seconds"],
     }

@@ -42,6 +42,9 @@ SQS_CONSUMER = "sqs:ticket-events"
 #: (valid message, but the state does not allow it; refusing is final, not retried).
 Result = Literal["applied", "duplicate", "rejected"]
 TERMINAL = frozenset({"confirmed", "declined", "expired", "cancelled"})
+#: The decline reason of a reservation that would take the user past the event's
+#: ``max_seats_per_user`` (the same code the API answers a hold over the cap with).
+SEAT_LIMIT_REACHED = "seat_limit_reached"
 
 
 async def claim_message(conn: Connection, consumer: str, message_id: str) -> bool:
@@ -79,15 +82,16 @@ async def _reserve(conn: Connection, command: ReserveCommand, settings: BookingS
     )
     if current is not None and current != "pending":
         return "duplicate"  # the same reservation arrived again under another message id
+    limit = await conn.fetchval(
+        "SELECT max_seats_per_user FROM booking_events WHERE event_id = $1", command.event_id
+    )
+    if limit is None:
+        return "rejected"  # no reservation row can name an unknown event
     prices = await conn.fetch(
         "SELECT seat_id, price_cents FROM seats WHERE event_id = $1 AND seat_id = ANY($2::text[])",
         command.event_id,
         command.seat_ids,
     )
-    if not prices and not await conn.fetchval(
-        "SELECT 1 FROM booking_events WHERE event_id = $1", command.event_id
-    ):
-        return "rejected"  # no reservation row can name an unknown event
     amount = sum(int(row["price_cents"]) for row in prices)
     await conn.execute(
         "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status,"
@@ -104,6 +108,8 @@ async def _reserve(conn: Connection, command: ReserveCommand, settings: BookingS
         timedelta(seconds=settings.payment_window_s),
     )
     reason = "unknown_seat" if len(prices) != len(command.seat_ids) else None
+    if reason is None and await _seats_bought(conn, command) + len(command.seat_ids) > limit:
+        reason = SEAT_LIMIT_REACHED
     if reason is None:
         # The seat_claims primary key decides: a seat another reservation holds is skipped
         # (after waiting for that transaction), and then this reservation takes none.
@@ -135,6 +141,28 @@ async def _reserve(conn: Connection, command: ReserveCommand, settings: BookingS
         ),
     )
     return "applied"
+
+
+async def _seats_bought(conn: Connection, command: ReserveCommand) -> int:
+    """Seats the user already bought in the event (awaiting payment or confirmed; those they
+    transferred on included, those transferred to them not), counted under a
+    transaction-scoped lock on (event, user): two reservations of one account
+    (two tabs, two devices) applied at the same time are counted one after the other, so
+    together they can never pass ``max_seats_per_user``. ``pending`` rows are requests the
+    worker has not accepted yet; each is counted here when its own turn comes."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        f"seat-limit:{command.event_id}\n{command.user_id}",
+    )
+    owned = await conn.fetchval(
+        "SELECT coalesce(sum(cardinality(seat_ids)), 0) FROM reservations"
+        " WHERE event_id = $1 AND coalesce(bought_by, user_id) = $2 AND reservation_id <> $3"
+        " AND status IN ('awaiting_payment', 'confirmed')",
+        command.event_id,
+        command.user_id,
+        command.reservation_id,
+    )
+    return int(owned)
 
 
 async def _cancel(conn: Connection, command: CancelCommand) -> Result:
@@ -174,7 +202,8 @@ async def _transfer(conn: Connection, command: TransferCommand) -> Result:
     ):
         return "rejected"
     await conn.execute(
-        "UPDATE reservations SET user_id = $2, updated_at = now() WHERE reservation_id = $1",
+        "UPDATE reservations SET bought_by = coalesce(bought_by, user_id), user_id = $2,"
+        " updated_at = now() WHERE reservation_id = $1",
         command.reservation_id,
         command.to_user_id,
     )

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from urr_common.logs import get_logger
 from urr_common.settings import KafkaSettings
+from urr_ticket_worker.messages import MalformedMessage, RecordT, parse_record
 from urr_ticket_worker.process import Heartbeat, sleep_unless_stopped
 
 _LOG = get_logger(__name__)
@@ -40,6 +41,16 @@ class ConsumerMetrics:
             ["consumer"],
             registry=registry,
         )
+
+
+def parse_or_log(model: type[RecordT], record: Any) -> RecordT | None:
+    """The record's value as ``model``, or None (logged) when malformed: the handler then
+    answers ``malformed`` and the loop moves on."""
+    try:
+        return parse_record(model, record.value)
+    except MalformedMessage as exc:
+        _LOG.warning("malformed_record", topic=record.topic, offset=record.offset, error=str(exc))
+        return None
 
 
 async def consume(

@@ -1,9 +1,12 @@
 """The payment stand-in: consumes ``payment-events``, answers on ``reservation-events``.
 
-It stands in for an external payment provider, so it keeps no database: its answer for a
-reservation is a pure function of the reservation id (approve unless a hash of the id falls
-under ``payment.decline_rate``) and the answer's ``messageId`` is derived from the reservation
-and the status. A redelivered request therefore produces the very same record, which every
+It stands in for an external payment provider. Its verdict is drawn from a server-side
+random source (``secrets``; approve unless the draw falls under ``payment.decline_rate``)
+the first time a reservation's request is seen, and recorded with the reservation
+(``reservations.payment_verdict``, set only while empty): a redelivered request reads the
+recorded verdict back, so the answer never changes, and nothing a client knows (the
+reservation id included) predicts it. The answer's ``messageId`` is derived from the
+reservation and the status, so a re-published answer is the very same record, which every
 consumer of ``reservation-events`` drops as a duplicate.
 
 Run: ``python -m urr_ticket_worker.payment`` (health on ``URR_HTTP__PORT``, default 3022).
@@ -12,70 +15,105 @@ Run: ``python -m urr_ticket_worker.payment`` (health on ``URR_HTTP__PORT``, defa
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import secrets
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry
 
 from urr_common.logs import get_logger
 from urr_common.settings import load_settings
-from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume
+from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume, parse_or_log
 from urr_ticket_worker.messages import (
     PAYMENT_EVENTS,
     RESERVATION_EVENTS,
-    MalformedMessage,
     PaymentRequested,
     ReservationOutcome,
     outcome_message_id,
-    parse_record,
 )
-from urr_ticket_worker.process import Heartbeat, LoopBody, ProducerHolder, run_process
+from urr_ticket_worker.process import (
+    Heartbeat,
+    LoopBody,
+    ProducerHolder,
+    connect_postgres,
+    run_process,
+)
 from urr_ticket_worker.settings import PaymentProcessSettings, PaymentSettings, TicketWorkerSettings
+
+if TYPE_CHECKING:
+    import asyncpg
 
 _LOG = get_logger(__name__)
 #: Request ids remembered to count duplicates (the answer is the same either way).
 _SEEN_LIMIT = 10_000
 
 
-def declines(reservation_id: uuid.UUID, decline_rate: float) -> bool:
-    """Whether the stand-in declines this reservation: stable across redeliveries."""
-    digest = hashlib.sha256(reservation_id.bytes).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < decline_rate
+Verdict = Literal["approved", "declined"]
+#: Resolution of a draw: 53 bits, as many as a float's mantissa holds.
+_DRAW_BITS = 53
 
 
-def decide(request: PaymentRequested, settings: PaymentSettings) -> ReservationOutcome:
-    declined = declines(request.reservation_id, settings.decline_rate)
+def draw_verdict(decline_rate: float) -> Verdict:
+    """A fresh verdict from the operating system's random source: declined with probability
+    ``decline_rate``. Never a function of anything a client sends or can see."""
+    draw = secrets.randbits(_DRAW_BITS) / 2**_DRAW_BITS
+    return "declined" if draw < decline_rate else "approved"
+
+
+async def record_verdict(
+    pool: asyncpg.Pool, reservation_id: uuid.UUID, drawn: Verdict
+) -> Verdict | None:
+    """Record ``drawn`` unless the reservation already has a verdict; returns the recorded
+    one (the first draw wins: a redelivery finds it), or None for an unknown reservation."""
+    recorded = await pool.fetchval(
+        "UPDATE reservations SET payment_verdict = coalesce(payment_verdict, $2)"
+        " WHERE reservation_id = $1 RETURNING payment_verdict",
+        reservation_id,
+        drawn,
+    )
+    return None if recorded is None else ("declined" if recorded == "declined" else "approved")
+
+
+def answer(request: PaymentRequested, verdict: Verdict | None) -> ReservationOutcome:
+    """The ``reservation-events`` record for ``verdict`` (None: no such reservation)."""
+    declined = verdict != "approved"
     status = "declined" if declined else "confirmed"
+    reason = None
+    if verdict is None:
+        reason = "unknown_reservation"
+    elif declined:
+        reason = "card_declined"
     return ReservationOutcome(
         message_id=outcome_message_id(request.reservation_id, status),
         event_id=request.event_id,
         user_id=request.user_id,
         reservation_id=request.reservation_id,
         status=status,
-        reason="card_declined" if declined else None,
+        reason=reason,
     )
 
 
 class PaymentStandIn:
-    def __init__(self, settings: PaymentSettings, producer: ProducerHolder) -> None:
+    def __init__(
+        self, settings: PaymentSettings, producer: ProducerHolder, pool: asyncpg.Pool
+    ) -> None:
         self._settings = settings
         self._producer = producer
+        self._pool = pool
         self._seen: OrderedDict[uuid.UUID, None] = OrderedDict()
 
     async def handle(self, record: Any) -> str:
-        try:
-            request = parse_record(PaymentRequested, record.value)
-        except MalformedMessage as exc:
-            _LOG.warning(
-                "malformed_record", topic=record.topic, offset=record.offset, error=str(exc)
-            )
+        request = parse_or_log(PaymentRequested, record)
+        if request is None:
             return "malformed"
         duplicate = request.message_id in self._seen
         if self._settings.delay_ms and not duplicate:
             await asyncio.sleep(self._settings.delay_ms / 1000)
-        outcome = decide(request, self._settings)
+        verdict = await record_verdict(
+            self._pool, request.reservation_id, draw_verdict(self._settings.decline_rate)
+        )
+        outcome = answer(request, verdict)
         try:
             producer = await self._producer.get()
             await producer.send_and_wait(
@@ -94,8 +132,11 @@ def payment_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) ->
     metrics = ConsumerMetrics(registry)
 
     async def body(stop: asyncio.Event, beat: Heartbeat) -> None:
+        pool = await connect_postgres(settings.postgres, stop, beat)
+        if pool is None:
+            return
         producer = ProducerHolder(settings.kafka)
-        stand_in = PaymentStandIn(settings.payment, producer)
+        stand_in = PaymentStandIn(settings.payment, producer, pool)
         try:
             await consume(
                 name="payment",
@@ -111,6 +152,7 @@ def payment_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) ->
             )
         finally:
             await producer.reset()
+            await pool.close()
 
     return body
 

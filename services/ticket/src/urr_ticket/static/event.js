@@ -118,11 +118,18 @@
     var path = "/api/v1/seats/" + encodeURIComponent(eventId) + "/" + encodeURIComponent(seatId) + "/hold";
     api("POST", path).then(function (answer) {
       if (answer.status !== 200) { say("Seat " + seatId + ": " + problem(answer)); loadSeats(); return; }
+      // One seat at a time on this page: give the previous one back (holds count towards the
+      // event's per-account limit, and a hold is never extended, so there is no use in
+      // keeping it).
+      if (chosenSeat && chosenSeat !== seatId) {
+        api("DELETE", "/api/v1/seats/" + encodeURIComponent(eventId) + "/" + encodeURIComponent(chosenSeat) + "/hold");
+      }
       chosenSeat = seatId;
       document.querySelectorAll(".seat").forEach(function (b) { b.setAttribute("aria-pressed", "false"); });
       button.setAttribute("aria-pressed", "true");
       el("reserve").disabled = false;
-      say("Seat " + seatId + " is held for you.");
+      var until = new Date(answer.data.expiresAtMs).toLocaleTimeString();
+      say("Seat " + seatId + " is held for you until " + until + ".");
     });
   }
 
