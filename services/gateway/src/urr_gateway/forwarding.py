@@ -48,7 +48,9 @@ X_FORWARDED_PROTO = "X-Forwarded-Proto"
 X_FORWARDED_HOST = "X-Forwarded-Host"
 
 
-def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> frozenset[str]:
+def connection_tokens(
+    headers: Mapping[str, str] | CIMultiDict[str] | CIMultiDictProxy[str],
+) -> frozenset[str]:
     """Header names listed in ``Connection`` (they are hop-by-hop for this message)."""
     if isinstance(headers, CIMultiDictProxy | CIMultiDict):
         values: Iterable[str] = headers.getall("Connection", ())
@@ -77,7 +79,9 @@ def upstream_request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]
     return forwarded
 
 
-def downstream_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def downstream_response_headers(
+    headers: CIMultiDict[str] | CIMultiDictProxy[str],
+) -> CIMultiDict[str]:
     """The upstream's answer headers minus hop-by-hop ones (``Set-Cookie`` repeats kept)."""
     named = connection_tokens(headers)
     kept: CIMultiDict[str] = CIMultiDict()
