@@ -6,7 +6,8 @@ own metrics next to the HTTP ones without name clashes between services.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -27,6 +28,23 @@ class HttpMetrics:
     requests: Counter
     latency: Histogram
     in_flight: Gauge
+    #: Labelled children by (method, route, status class): ``labels()`` costs more than the
+    #: increment it leads to, so each combination is looked up once.
+    _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and record how long it took."""
+        key = (method, route, status // 100)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, f"{status // 100}xx"),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> HttpMetrics:
