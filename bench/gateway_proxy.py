@@ -292,12 +292,18 @@ def _short(frame: str) -> str:
     return f"{function} ({'/'.join(parts[-2:])})"
 
 
-def serve_bare_proxy(port: int, upstream: str) -> None:
-    """A baseline: the least an aiohttp proxy does (one session, read, answer), no filters."""
+def serve_bare_proxy(port: int, upstream: str, lean: bool = False) -> None:
+    """A baseline: the least an aiohttp proxy does (one client, read, answer), no filters.
+
+    ``lean``: the same with the gateway's own upstream client instead of a ``ClientSession``
+    (what the client alone saves, with nothing else changed).
+    """
     import aiohttp
     from aiohttp import web
+    from multidict import CIMultiDict
 
     from urr_common.service import run
+    from urr_gateway.upstream import PoolLimits, UpstreamClient
 
     async def main() -> None:
         session = aiohttp.ClientSession(
@@ -305,14 +311,23 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
         )
+        client = UpstreamClient({"up": upstream}, PoolLimits(512, 2.0, 2.0, 30.0, 30.0))
 
         async def handler(request: web.Request) -> web.Response:
             async with session.get(upstream + request.path_qs) as answer:
                 body = await answer.read()
                 return web.Response(status=answer.status, body=body)
 
+        async def lean_handler(request: web.Request) -> web.Response:
+            answer = await client.send("up", request.method, request.path_qs, CIMultiDict())
+            try:
+                body = await answer.read()
+            finally:
+                answer.close()
+            return web.Response(status=answer.status, body=body)
+
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
+        app.router.add_route("*", "/{tail:.*}", lean_handler if lean else handler)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -320,6 +335,7 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
             await asyncio.Event().wait()
         finally:
             await session.close()
+            await client.close()
             await runner.cleanup()
 
     run(main, use_uvloop=True)
@@ -458,10 +474,12 @@ def main() -> None:
     )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
+    parser.add_argument("--serve-lean-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     options = parser.parse_args()
-    if options.serve_bare_proxy:
-        serve_bare_proxy(int(options.serve_bare_proxy[0]), options.serve_bare_proxy[1])
-        return
+    for served, use_lean in ((options.serve_bare_proxy, False), (options.serve_lean_proxy, True)):
+        if served:
+            serve_bare_proxy(int(served[0]), served[1], use_lean)
+            return
     for tool in ("wrk", "nginx", "py-spy"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not on PATH (apt-get install wrk nginx; uv sync for py-spy)")
@@ -535,7 +553,14 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
         )
         processes.append(bare)
+        lean_port = free_port()
+        lean_proxy = subprocess.Popen(
+            [sys.executable, __file__, "--serve-lean-proxy", str(lean_port), upstream],
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(lean_proxy)
         wait_http(f"http://127.0.0.1:{bare_port}{PATH}", 60)
+        wait_http(f"http://127.0.0.1:{lean_port}{PATH}", 60)
 
         load_before = Path("/proc/loadavg").read_text().split()[:3]
         local = "http://127.0.0.1"
@@ -553,6 +578,7 @@ def main() -> None:
                 children(processes[1].pid),
             ),
             ("bare aiohttp proxy (no filters)", f"{local}:{bare_port}{PATH}", [], [bare.pid]),
+            ("bare proxy, lean client", f"{local}:{lean_port}{PATH}", [], [lean_proxy.pid]),
         ]
         if before is not None:
             runs.append(
