@@ -314,3 +314,32 @@ def test_request_heads_refuse_header_injection_and_set_their_own_framing():
     for bad in ("a\r\nX-Injected: 1", "a\nb", "a\rb"):
         with pytest.raises(InvalidHeader):
             request_head("GET", "/", "up", CIMultiDict({"X-A": bad}), "")
+
+
+async def test_an_answer_sent_before_the_whole_body_was_taken_is_returned():
+    """The upstream refuses at the headers (413) and closes while the body is still going."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope"
+        )
+        await writer.drain()
+        writer.close()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(256):  # 16 MB: more than the socket buffers hold
+            yield b"b" * (64 * 1024)
+            await asyncio.sleep(0)
+
+    server, url = await raw_server(serve)
+    client = UpstreamClient({"up": url}, limits())
+    try:
+        response = await client.send("up", "POST", "/", CIMultiDict(), body())
+        assert response.status == 413
+        assert await response.read() == b"nope"
+        response.close()
+        assert client.pool("up").open_connections == 0
+    finally:
+        await client.close()
+        server.close()

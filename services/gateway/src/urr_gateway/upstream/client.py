@@ -105,6 +105,7 @@ class UpstreamClient:
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             connection = await pool.acquire()
             reused = connection.served > 0
+            response: UpstreamResponse | None = None
             try:
                 response = connection.start(
                     head,
@@ -122,6 +123,10 @@ class UpstreamClient:
                 raise
             except UpstreamError as exc:
                 connection.abandon()
+                if body is not None and response is not None and response.headers_done:
+                    # The upstream answered before taking the whole body (a 413, a 401) and
+                    # closed the connection: its answer is what the client should get.
+                    return response
                 stale = isinstance(exc, UpstreamProtocolError) and not connection.answered
                 if not (retryable and reused and stale and attempt < _MAX_ATTEMPTS):
                     raise
