@@ -343,3 +343,32 @@ async def test_an_answer_sent_before_the_whole_body_was_taken_is_returned():
     finally:
         await client.close()
         server.close()
+
+
+async def test_a_waiter_that_gives_up_leaves_the_pool_consistent(start):
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/hold":
+            await release.wait()
+        return web.Response(text="ok")
+
+    client = UpstreamClient({"up": await start(app_of(handler))}, limits(limit=1))
+    pool = client.pool("up")
+    try:
+        holder = asyncio.create_task(get(client, "/hold"))
+        await asyncio.sleep(0.1)
+        waiter = asyncio.create_task(get(client, "/x"))
+        await asyncio.sleep(0.05)
+        assert pool.waiting == 1
+        waiter.cancel()  # the client that was waiting went away
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert pool.waiting == 0
+        release.set()
+        assert await holder == (200, b"ok")
+        assert await get(client, "/x") == (200, b"ok")
+        assert (pool.open_connections, pool.idle_connections) == (1, 1)
+    finally:
+        release.set()
+        await client.close()

@@ -152,7 +152,7 @@ class ConnectionPool:
             raise
         finally:
             timer.cancel()
-            if not waiter.done() or waiter.exception() is not None:
+            if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
 
