@@ -277,3 +277,16 @@ async def test_slow_uploads_to_one_upstream_do_not_delay_another(redis_url, tmp_
         await auth.close()
         await ticket.close()
     assert received[-1] == 1000
+
+
+def test_the_body_read_deadline_follows_the_minimum_rate_and_stops_at_the_overall_one():
+    from urr_gateway.proxy import body_read_deadline
+
+    # Nothing received yet: the grace.
+    assert body_read_deadline(100.0, 0, 160.0, min_rate=1000, grace_s=5.0) == 105.0
+    # Each 1,000 bytes buy one more second at 1,000 B/s.
+    assert body_read_deadline(100.0, 10_000, 160.0, min_rate=1000, grace_s=5.0) == 115.0
+    # Never past the whole body's deadline.
+    assert body_read_deadline(100.0, 10**9, 160.0, min_rate=1000, grace_s=5.0) == 160.0
+    # No minimum rate: only the overall deadline.
+    assert body_read_deadline(100.0, 0, 160.0, min_rate=0, grace_s=5.0) == 160.0

@@ -84,6 +84,19 @@ class _BodyTooSlow(Exception):
     """The client's body did not arrive within its deadline or at the minimum rate."""
 
 
+def body_read_deadline(
+    started: float, received: int, overall: float, *, min_rate: int, grace_s: float
+) -> float:
+    """Loop time by which more of the client's body must arrive.
+
+    ``received`` bytes since ``started`` buy ``received / min_rate`` seconds beyond the
+    grace; never past ``overall`` (the whole body's deadline). ``min_rate`` 0: no minimum.
+    """
+    if not min_rate:
+        return overall
+    return min(overall, started + grace_s + received / min_rate)
+
+
 def open_jwks_session(settings: GatewaySettings) -> aiohttp.ClientSession:
     """The aiohttp session of the JWKS fetches (a few a minute: not worth a lean client)."""
     return aiohttp.ClientSession(
@@ -210,9 +223,9 @@ class UpstreamProxy:
         overall = started + self._body_timeout_s
         received = 0
         while True:
-            deadline = overall
-            if self._min_rate:
-                deadline = min(overall, started + self._grace_s + received / self._min_rate)
+            deadline = body_read_deadline(
+                started, received, overall, min_rate=self._min_rate, grace_s=self._grace_s
+            )
             try:
                 async with asyncio.timeout_at(deadline):
                     chunk = await content.readany()
