@@ -4,16 +4,24 @@ Three targets, the same static upstream (nginx ``return 200``) behind each:
 
 1. the upstream alone;
 2. nginx proxying to it with ``limit_req`` (one worker process);
-3. the URR gateway (``python -m urr_gateway``, one worker, uvloop) with every filter: the
+3. a bare aiohttp proxy (one ``ClientSession``, no filters): what aiohttp itself costs;
+4. the URR gateway *before* its own upstream client (``--before REV``: the gateway package
+   of that git revision, run from a ``git archive`` of it, with aiohttp's ``ClientSession``);
+5. the URR gateway (``python -m urr_gateway``, one worker, uvloop) with every filter: the
    access token comes as the ``access_token`` cookie (cookie auth), is verified (JWT auth,
    keys from a JWKS the upstream nginx serves), the path is a seat route so the entry token
-   is verified and its revocation looked up in a private Redis, then proxied.
+   is verified, the rate limiter decides in a private Redis (BOOKING raised so the single
+   benchmark user is never refused) with the revocation lookup in the same script, then
+   the request is proxied with the gateway's own upstream client.
 
 Afterwards the gateway is profiled with py-spy under the same load and the hottest
 functions are printed. Usage (needs ``wrk`` and ``nginx`` on PATH)::
 
     uv run python bench/gateway_proxy.py [--duration 12] [--connections 64]
-        [--env URR_SOME__SETTING=value ...]
+        [--before 4a2f671] [--workers 1,2] [--env URR_SOME__SETTING=value ...]
+
+``--workers 1,2`` also runs the gateway with ``URR_WORKERS`` = 1 and 2 (SO_REUSEPORT) and
+prints them side by side (CPU counted over every worker process).
 
 ``--env`` passes settings to the gateway (e.g. the rate limiter's limits once it is merged,
 so the benchmark's single user is not refused).
@@ -217,6 +225,7 @@ _PACKAGES = [
     ("prometheus_client", ("prometheus_client/",)),
     ("redis client", ("redis/",)),
     ("aiohttp client", ("aiohttp/client", "aiohttp/connector")),
+    ("upstream client (urr_gateway/upstream)", ("urr_gateway/upstream/",)),
     ("aiohttp server and HTTP writer", ("aiohttp/",)),
     ("yarl / multidict", ("yarl/", "multidict/")),
     ("asyncio / event loop", ("asyncio/", "uvloop")),
@@ -230,8 +239,10 @@ _STEPS = [
     ("jwt_auth", "jwt_auth_filter.<locals>.jwt_auth"),
     ("entry_token", "entry_token_filter.<locals>.entry_token"),
     ("  revocation EXISTS (Redis)", "RedisRevocationCheck.is_revoked"),
+    ("rate_limit (limiter decision in Redis)", "rate_limit_filter.<locals>"),
     ("UpstreamProxy.handle (upstream call and relay)", "UpstreamProxy.handle"),
-    ("  aiohttp ClientSession._request", "ClientSession._request"),
+    ("  upstream client send (pool, write, wait for headers)", "UpstreamClient.send"),
+    ("  upstream connection data_received (llhttp)", "UpstreamConnection.data_received"),
 ]
 
 
@@ -281,12 +292,18 @@ def _short(frame: str) -> str:
     return f"{function} ({'/'.join(parts[-2:])})"
 
 
-def serve_bare_proxy(port: int, upstream: str) -> None:
-    """A baseline: the least an aiohttp proxy does (one session, read, answer), no filters."""
+def serve_bare_proxy(port: int, upstream: str, lean: bool = False) -> None:
+    """A baseline: the least an aiohttp proxy does (one client, read, answer), no filters.
+
+    ``lean``: the same with the gateway's own upstream client instead of a ``ClientSession``
+    (what the client alone saves, with nothing else changed).
+    """
     import aiohttp
     from aiohttp import web
+    from multidict import CIMultiDict
 
     from urr_common.service import run
+    from urr_gateway.upstream import PoolLimits, UpstreamClient
 
     async def main() -> None:
         session = aiohttp.ClientSession(
@@ -294,14 +311,23 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
         )
+        client = UpstreamClient({"up": upstream}, PoolLimits(512, 2.0, 2.0, 30.0, 30.0))
 
         async def handler(request: web.Request) -> web.Response:
             async with session.get(upstream + request.path_qs) as answer:
                 body = await answer.read()
                 return web.Response(status=answer.status, body=body)
 
+        async def lean_handler(request: web.Request) -> web.Response:
+            answer = await client.send("up", request.method, request.path_qs, CIMultiDict())
+            try:
+                body = await answer.read()
+            finally:
+                answer.close()
+            return web.Response(status=answer.status, body=body)
+
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
+        app.router.add_route("*", "/{tail:.*}", lean_handler if lean else handler)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -309,9 +335,128 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
             await asyncio.Event().wait()
         finally:
             await session.close()
+            await client.close()
             await runner.cleanup()
 
     run(main, use_uvloop=True)
+
+
+#: The last revision whose gateway proxied with aiohttp's ``ClientSession`` ("before").
+BEFORE_REVISION = "4a2f671"
+#: BOOKING raised for the single benchmark user (the other categories as shipped).
+BENCH_CATEGORIES = json.dumps(
+    {
+        "auth": {"windows": [{"limit": 20, "window_s": 60}], "failure_policy": "local"},
+        "queue": {"windows": [{"limit": 60, "window_s": 60}]},
+        "booking": {"windows": [{"limit": 10_000, "window_s": 1}]},
+        "general": {"windows": [{"limit": 100, "window_s": 60}]},
+    }
+)
+
+
+def gateway_source(revision: str, into: Path) -> Path | None:
+    """``services/gateway/src`` of ``revision`` extracted into ``into`` (None: not found)."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", revision, "services/gateway/src"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        print(f"(no 'before' run: git archive {revision}: {archive.stderr.decode()[:200]})")
+        return None
+    into.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into / "services" / "gateway" / "src"
+
+
+def print_results(
+    results: list[WrkResult], options: argparse.Namespace, load_before: list[str], gateway_port: int
+) -> None:
+    nginx_rps = results[1].requests_per_s
+    bare_rps = results[2].requests_per_s
+    print(f"\nwrk -t1 -c{options.connections} -d{options.duration}s, path {PATH}")
+    print(f"load average before the runs: {load_before}")
+    print(
+        f"{'target':44} {'req/s':>8} {'P50 ms':>7} {'P99 ms':>7} {'vs nginx':>8}"
+        f" {'vs bare':>7} {'CPU us/req':>10} {'core share':>10} non-2xx"
+    )
+    for result in results:
+        print(
+            f"{result.name:44} {result.requests_per_s:8.0f} {result.p50_ms:7.2f} "
+            f"{result.p99_ms:7.2f} {result.requests_per_s / nginx_rps:7.2f}x "
+            f"{result.requests_per_s / bare_rps:6.2f}x "
+            f"{result.cpu_us_per_request:10.0f} {result.cpu_share:10.2f} {result.non_2xx}"
+            + (f"  {result.errors}" if result.errors else "")
+        )
+    with urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/metrics") as answer:
+        exposition = answer.read().decode()
+    for line in exposition.splitlines():
+        if line.startswith(("urr_gateway_revocation", "urr_gateway_upstream_errors")):
+            print(f"gateway metric: {line}")
+    gateway = next(r for r in results if r.name == "URR gateway, every filter")
+    print(
+        f"targets (one worker): >= 10,000 req/s: {gateway.requests_per_s:.0f}; "
+        f"P99 <= 10 ms: {gateway.p99_ms:.2f}; <= 100 CPU us/req: "
+        f"{gateway.cpu_us_per_request:.0f}; >= 1.25x bare aiohttp: "
+        f"{gateway.requests_per_s / bare_rps:.2f}x"
+    )
+    print(
+        f"per core: the gateway's CPU cost means ~{1e6 / gateway.cpu_us_per_request:.0f} "
+        f"req/s per fully used core (nginx proxy: ~{1e6 / results[1].cpu_us_per_request:.0f})"
+    )
+
+
+def write_keys_and_sign(work: Path) -> tuple[str, str]:
+    """Write the two JWKS files the upstream nginx serves; an access and an entry token."""
+    access_key = SigningKey.generate("bench-access")
+    entry_key = SigningKey.generate("bench-entry")
+    (work / "access.json").write_text(json.dumps(KeySet([access_key.verification_key()]).to_jwks()))
+    (work / "entry.json").write_text(json.dumps(KeySet([entry_key.verification_key()]).to_jwks()))
+    access_token = TokenSigner(access_key, "urr-auth", "urr", 3600).sign(
+        "bench-user", {"email": "bench@example.com", "role": "user"}
+    )
+    entry_token = TokenSigner(entry_key, "urr-queue", "urr-entry", 3600).sign(
+        "bench-user", {"evt": EVENT_ID}
+    )
+    return access_token, entry_token
+
+
+def launch_gateway(
+    base_env: dict[str, str],
+    ready_headers: dict[str, str],
+    processes: list[subprocess.Popen[bytes]],
+    workers: int,
+    pythonpath: Path | None = None,
+) -> tuple[int, int]:
+    """Start ``python -m urr_gateway`` with ``workers`` workers; ``(port, pid)`` once ready."""
+    port = free_port()
+    env = {
+        **base_env,
+        "URR_HTTP__PORT": str(port),
+        "URR_WORKERS": str(workers),
+        "URR_INTERNAL__PORT": str(free_port()),
+    }
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "urr_gateway"], env=env, stdout=subprocess.DEVNULL
+    )
+    processes.append(process)
+    wait_http(f"http://127.0.0.1:{port}{PATH}", 90, ready_headers)
+    return port, process.pid
+
+
+def gateway_pids(pid: int, workers: int) -> list[int]:
+    """The processes whose CPU counts: the gateway, and its workers when it has several."""
+    if workers == 1:
+        return [pid]
+    deadline = time.monotonic() + 60
+    while len(found := children(pid)) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{workers} workers expected, found {found}")
+        time.sleep(0.2)
+    return [pid, *found]
 
 
 def main() -> None:
@@ -319,12 +464,22 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=12)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--profile-seconds", type=int, default=10)
+    parser.add_argument(
+        "--before",
+        default=BEFORE_REVISION,
+        help="git revision of the gateway to run as 'before' ('' to skip)",
+    )
+    parser.add_argument(
+        "--workers", default="", help="also run URR_WORKERS=N for these N, e.g. 1,2"
+    )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
+    parser.add_argument("--serve-lean-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     options = parser.parse_args()
-    if options.serve_bare_proxy:
-        serve_bare_proxy(int(options.serve_bare_proxy[0]), options.serve_bare_proxy[1])
-        return
+    for served, use_lean in ((options.serve_bare_proxy, False), (options.serve_lean_proxy, True)):
+        if served:
+            serve_bare_proxy(int(served[0]), served[1], use_lean)
+            return
     for tool in ("wrk", "nginx", "py-spy"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not on PATH (apt-get install wrk nginx; uv sync for py-spy)")
@@ -333,22 +488,8 @@ def main() -> None:
     processes: list[subprocess.Popen[bytes]] = []
     redis = RedisServer(port=free_port(), workdir=work / "redis")
     try:
-        access_key = SigningKey.generate("bench-access")
-        entry_key = SigningKey.generate("bench-entry")
-        (work / "access.json").write_text(
-            json.dumps(KeySet([access_key.verification_key()]).to_jwks())
-        )
-        (work / "entry.json").write_text(
-            json.dumps(KeySet([entry_key.verification_key()]).to_jwks())
-        )
-        access_token = TokenSigner(access_key, "urr-auth", "urr", 3600).sign(
-            "bench-user", {"email": "bench@example.com", "role": "user"}
-        )
-        entry_token = TokenSigner(entry_key, "urr-queue", "urr-entry", 3600).sign(
-            "bench-user", {"evt": EVENT_ID}
-        )
-        upstream_port, nginx_port, gateway_port = free_port(), free_port(), free_port()
-        bare_port = free_port()
+        access_token, entry_token = write_keys_and_sign(work)
+        upstream_port, nginx_port, bare_port = free_port(), free_port(), free_port()
         processes.append(
             start_nginx(
                 work / "upstream",
@@ -380,11 +521,9 @@ def main() -> None:
         wait_listening("127.0.0.1", nginx_port, 10, "proxy nginx")
         redis.start()
         upstream = f"http://127.0.0.1:{upstream_port}"
-        env = {
+        base_env = {
             **os.environ,
-            "URR_HTTP__PORT": str(gateway_port),
             "URR_HTTP__USE_UVLOOP": "true",
-            "URR_WORKERS": "1",
             "URR_LOG__LEVEL": "WARNING",
             "URR_REDIS__URL": redis.url,
             "URR_UPSTREAMS__AUTH": upstream,
@@ -392,82 +531,86 @@ def main() -> None:
             "URR_UPSTREAMS__TICKET": upstream,
             "URR_ACCESS_TRUST__JWKS_URL": f"{upstream}/access.json",
             "URR_ENTRY_TRUST__JWKS_URL": f"{upstream}/entry.json",
-            "URR_INTERNAL__PORT": str(free_port()),
+            "URR_RATE_LIMIT__CATEGORIES": BENCH_CATEGORIES,
         }
-        env.update(item.split("=", 1) for item in options.env)
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "urr_gateway"], env=env, stdout=subprocess.DEVNULL
-        )
-        processes.append(gateway)
+        base_env.update(item.split("=", 1) for item in options.env)
+        headers = [f"Cookie: access_token={access_token}", f"x-queue-entry-token: {entry_token}"]
+        ready_headers = {
+            "Cookie": f"access_token={access_token}",
+            "x-queue-entry-token": entry_token,
+        }
+
+        def start_gateway(workers: int, pythonpath: Path | None = None) -> tuple[int, int]:
+            return launch_gateway(base_env, ready_headers, processes, workers, pythonpath)
+
+        gateway_port, gateway_pid = start_gateway(1)
+        before = gateway_source(options.before, work / "before") if options.before else None
+        before_port = before_pid = 0
+        if before is not None:
+            before_port, before_pid = start_gateway(1, before)
         bare = subprocess.Popen(
             [sys.executable, __file__, "--serve-bare-proxy", str(bare_port), upstream],
             stdout=subprocess.DEVNULL,
         )
         processes.append(bare)
-        headers = [f"Cookie: access_token={access_token}", f"x-queue-entry-token: {entry_token}"]
-        wait_http(
-            f"http://127.0.0.1:{gateway_port}{PATH}",
-            60,
-            {"Cookie": f"access_token={access_token}", "x-queue-entry-token": entry_token},
+        lean_port = free_port()
+        lean_proxy = subprocess.Popen(
+            [sys.executable, __file__, "--serve-lean-proxy", str(lean_port), upstream],
+            stdout=subprocess.DEVNULL,
         )
+        processes.append(lean_proxy)
         wait_http(f"http://127.0.0.1:{bare_port}{PATH}", 60)
+        wait_http(f"http://127.0.0.1:{lean_port}{PATH}", 60)
 
         load_before = Path("/proc/loadavg").read_text().split()[:3]
-        upstream_workers = children(processes[0].pid)
-        proxy_workers = children(processes[1].pid)
-        runs = [
-            ("upstream alone (nginx return 200)", f"{upstream}{PATH}", [], upstream_workers),
+        local = "http://127.0.0.1"
+        runs: list[tuple[str, str, list[str], list[int]]] = [
+            (
+                "upstream alone (nginx return 200)",
+                f"{upstream}{PATH}",
+                [],
+                children(processes[0].pid),
+            ),
             (
                 "nginx proxy + limit_req",
-                f"http://127.0.0.1:{nginx_port}{PATH}",
+                f"{local}:{nginx_port}{PATH}",
                 [],
-                proxy_workers,
+                children(processes[1].pid),
             ),
-            (
-                "bare aiohttp proxy (no filters)",
-                f"http://127.0.0.1:{bare_port}{PATH}",
-                [],
-                [bare.pid],
-            ),
-            (
-                "URR gateway, every filter",
-                f"http://127.0.0.1:{gateway_port}{PATH}",
-                headers,
-                [gateway.pid],
-            ),
+            ("bare aiohttp proxy (no filters)", f"{local}:{bare_port}{PATH}", [], [bare.pid]),
+            ("bare proxy, lean client", f"{local}:{lean_port}{PATH}", [], [lean_proxy.pid]),
         ]
+        if before is not None:
+            runs.append(
+                (
+                    f"gateway before ({options.before}, aiohttp client)",
+                    f"http://127.0.0.1:{before_port}{PATH}",
+                    headers,
+                    [before_pid],
+                )
+            )
+        runs.append(
+            ("URR gateway, every filter", f"{local}:{gateway_port}{PATH}", headers, [gateway_pid])
+        )
+        for workers in [int(n) for n in options.workers.split(",") if n.strip()]:
+            port, pid = start_gateway(workers)
+            runs.append(
+                (
+                    f"URR gateway, URR_WORKERS={workers}",
+                    f"http://127.0.0.1:{port}{PATH}",
+                    headers,
+                    gateway_pids(pid, workers),
+                )
+            )
         results = [
             run_wrk(name, url, options.duration, options.connections, run_headers, pids)
             for name, url, run_headers, pids in runs
         ]
-        nginx_rps = results[1].requests_per_s
-        print(f"\nwrk -t1 -c{options.connections} -d{options.duration}s, path {PATH}")
-        print(f"load average before the runs: {load_before}")
-        print(
-            f"{'target':34} {'req/s':>8} {'P50 ms':>7} {'P99 ms':>7} {'vs nginx':>8}"
-            f" {'CPU us/req':>10} {'core share':>10} non-2xx"
-        )
-        for result in results:
-            print(
-                f"{result.name:34} {result.requests_per_s:8.0f} {result.p50_ms:7.2f} "
-                f"{result.p99_ms:7.2f} {result.requests_per_s / nginx_rps:7.2f}x "
-                f"{result.cpu_us_per_request:10.0f} {result.cpu_share:10.2f} {result.non_2xx}"
-                + (f"  {result.errors}" if result.errors else "")
-            )
-        with urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/metrics") as answer:
-            exposition = answer.read().decode()
-        for line in exposition.splitlines():
-            if line.startswith(("urr_gateway_revocation", "urr_gateway_upstream_errors")):
-                print(f"gateway metric: {line}")
-        gateway_cpu = results[-1].cpu_us_per_request
-        print(
-            f"per core: the gateway's CPU cost means ~{1e6 / gateway_cpu:.0f} req/s per fully "
-            f"used core (nginx proxy: ~{1e6 / results[1].cpu_us_per_request:.0f})"
-        )
+        print_results(results, options, load_before, gateway_port)
         print()
         print(
             profile(
-                gateway.pid,
+                gateway_pid,
                 f"http://127.0.0.1:{gateway_port}{PATH}",
                 options.profile_seconds,
                 options.connections,

@@ -228,3 +228,21 @@ async def test_graceful_shutdown_finishes_the_request_in_flight() -> None:
 
 def test_get_logger_is_usable_before_configuration() -> None:
     get_logger(__name__).info("no configuration needed")
+
+
+async def test_generated_request_ids_are_random_hex_and_metrics_count_every_request(
+    aiohttp_client,
+) -> None:
+    client = await aiohttp_client(build_app())
+    ids = set()
+    for _ in range(3):
+        response = await client.get("/health/live")
+        ids.add(response.headers["X-Request-Id"])
+    assert len(ids) == 3
+    assert all(int(value, 16) >= 0 and len(value) == 32 for value in ids)
+    metrics = await (await client.get("/metrics")).text()
+    # Labelled children are cached per (method, route, status class): each request still counts.
+    assert 'urr_http_requests_total{method="GET",route="/health/live",status="2xx"} 3.0' in metrics
+    assert 'urr_http_request_duration_seconds_count{method="GET",route="/health/live"} 3.0' in (
+        metrics
+    )

@@ -6,12 +6,15 @@ own metrics next to the HTTP ones without name clashes between services.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 #: Buckets in seconds, dense below 25 ms where the gateway's budgets live.
 LATENCY_BUCKETS_S = (
@@ -27,6 +30,23 @@ class HttpMetrics:
     requests: Counter
     latency: Histogram
     in_flight: Gauge
+    #: Labelled children by (method, route, status class): ``labels()`` costs more than the
+    #: increment it leads to, so each combination is looked up once.
+    _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and record how long it took."""
+        key = (method, route, status // 100)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, f"{status // 100}xx"),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> HttpMetrics:
@@ -52,11 +72,28 @@ class HttpMetrics:
         )
 
 
+#: prometheus_client's own switch: set (by the gateway's supervisor) for worker processes that
+#: share one port, each writing its samples to files in that directory.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def metrics_handler(registry: CollectorRegistry) -> Handler:
-    """``GET /metrics`` in the Prometheus text format for ``registry``."""
+    """``GET /metrics`` in the Prometheus text format for ``registry``.
+
+    With ``PROMETHEUS_MULTIPROC_DIR`` set, every worker answers with the sum over all
+    workers (prometheus_client's multiprocess collector), so a scrape that lands on any one
+    of them sees the whole pod.
+    """
+
+    def exposition() -> bytes:
+        if os.environ.get(MULTIPROCESS_DIR_ENV):
+            combined = CollectorRegistry()
+            MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+            return generate_latest(combined)
+        return generate_latest(registry)
 
     async def handle(_: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(registry))
+        response = web.Response(body=exposition())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 

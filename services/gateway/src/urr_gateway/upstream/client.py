@@ -1,0 +1,179 @@
+"""The proxy's HTTP/1.1 client: one bounded keep-alive pool per upstream.
+
+``send`` writes the request head (framing chosen here: ``Content-Length`` when the length
+is known, else chunked), streams the body with backpressure, and returns the answer once its
+headers are in. Deadlines: connect (in the pool), pool wait (``PoolTimeout``), answer headers
+and each silence in the answer body (``read_timeout_s``: ``UpstreamTimeout``). The client's
+own body pace is the body source's business (the proxy applies its deadlines there).
+
+A request without a body and with an idempotent method is sent again, on another
+connection, when a kept-alive connection turns out to have been closed by the upstream
+before any byte of the answer came back: the race every keep-alive client loses now and
+then when the upstream's idle timer fires just as a request goes out.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from multidict import CIMultiDict
+
+from urr_gateway.upstream.connection import UpstreamConnection, UpstreamResponse
+from urr_gateway.upstream.errors import RequestBodyError, UpstreamError, UpstreamProtocolError
+from urr_gateway.upstream.pool import ConnectionPool
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+#: Request headers the client writes itself (framing, the upstream's Host).
+_CLIENT_OWNED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+#: Methods that carry a body by definition: an empty one is announced as such.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Attempts on a reused connection that the upstream had closed (bounded).
+_MAX_ATTEMPTS = 3
+
+
+class InvalidHeader(ValueError):
+    """A header name or value would break the request framing (CR or LF in it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    limit: int
+    connect_timeout_s: float
+    pool_timeout_s: float
+    read_timeout_s: float
+    idle_timeout_s: float
+
+
+@dataclass(slots=True)
+class _Origin:
+    pool: ConnectionPool
+    host_header: str
+    read_timeout_s: float
+
+
+class UpstreamClient:
+    def __init__(self, base_urls: Mapping[str, str], limits: PoolLimits) -> None:
+        """``base_urls``: upstream name -> ``http(s)://host[:port]`` (a path is ignored)."""
+        self._origins: dict[str, _Origin] = {}
+        for name, base in base_urls.items():
+            parts = urlsplit(base)
+            if parts.hostname is None:
+                raise ValueError(f"upstream {name}: {base!r} has no host")
+            tls = ssl.create_default_context() if parts.scheme == "https" else None
+            port = parts.port or (443 if tls is not None else 80)
+            pool = ConnectionPool(
+                parts.hostname,
+                port,
+                limit=limits.limit,
+                connect_timeout_s=limits.connect_timeout_s,
+                pool_timeout_s=limits.pool_timeout_s,
+                idle_timeout_s=limits.idle_timeout_s,
+                tls=tls,
+            )
+            self._origins[name] = _Origin(pool, parts.netloc, limits.read_timeout_s)
+
+    def pool(self, name: str) -> ConnectionPool:
+        return self._origins[name].pool
+
+    async def close(self) -> None:
+        for origin in self._origins.values():
+            await origin.pool.close()
+
+    async def send(
+        self,
+        upstream: str,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: AsyncIterator[bytes] | None = None,
+        content_length: int | None = None,
+    ) -> UpstreamResponse:
+        """Send one request; the answer with its headers in (read its body, then ``close``)."""
+        origin = self._origins[upstream]
+        if body is None:
+            framing = "Content-Length: 0\r\n" if method in _BODY_METHODS else ""
+        elif content_length is not None:
+            framing = f"Content-Length: {content_length}\r\n"
+        else:
+            framing = "Transfer-Encoding: chunked\r\n"
+        head = request_head(method, target, origin.host_header, headers, framing)
+        retryable = body is None and method in _IDEMPOTENT
+        pool = origin.pool
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            connection = await pool.acquire()
+            reused = connection.served > 0
+            response: UpstreamResponse | None = None
+            try:
+                response = connection.start(
+                    head,
+                    head_request=method == "HEAD",
+                    timeout_s=origin.read_timeout_s,
+                    on_done=_give_back,
+                )
+                if body is not None:
+                    await _send_body(connection, body, chunked=content_length is None)
+                connection.request_sent()
+                await response.wait_headers()
+                return response
+            except RequestBodyError:
+                connection.abandon()
+                raise
+            except UpstreamError as exc:
+                connection.abandon()
+                if body is not None and response is not None and response.headers_done:
+                    # The upstream answered before taking the whole body (a 413, a 401) and
+                    # closed the connection: its answer is what the client should get.
+                    return response
+                stale = isinstance(exc, UpstreamProtocolError) and not connection.answered
+                if not (retryable and reused and stale and attempt < _MAX_ATTEMPTS):
+                    raise
+            except BaseException:
+                connection.abandon()
+                raise
+        raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
+
+
+def _give_back(connection: UpstreamConnection, reusable: bool) -> None:
+    connection.pool.release(connection, reusable)
+
+
+async def _send_body(
+    connection: UpstreamConnection, body: AsyncIterator[bytes], *, chunked: bool
+) -> None:
+    while True:
+        try:
+            chunk = await anext(body, b"")
+        except Exception as exc:
+            raise RequestBodyError(exc) from exc
+        if not chunk:
+            break
+        if chunked:
+            connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            connection.write(chunk)
+        await connection.drain()
+    if chunked:
+        connection.write(b"0\r\n\r\n")
+
+
+def request_head(
+    method: str, target: str, host: str, headers: CIMultiDict[str], framing: str
+) -> bytes:
+    """The request line and headers, with ``framing`` (``Content-Length``/chunked) added."""
+    parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    lines = 1
+    for name, value in headers.items():
+        if name.lower() in _CLIENT_OWNED:
+            continue
+        parts.append(f"{name}: {value}\r\n")
+        lines += 1
+    parts.append(framing)
+    parts.append("\r\n")
+    text = "".join(parts)
+    expected = lines + 2 + (1 if framing else 0)
+    if text.count("\n") != expected or text.count("\r") != expected:
+        raise InvalidHeader("a header name or value contains CR or LF")
+    return text.encode("utf-8", "surrogateescape")
