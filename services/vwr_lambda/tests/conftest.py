@@ -283,6 +283,7 @@ class VwrHarness:
         self.access_signer = access_signer
         self.runtime = VwrRuntime(settings, clock=clock)
         self.handler = make_handler(lambda: self.runtime)
+        self._calls = 0
 
     def event(
         self,
@@ -290,9 +291,17 @@ class VwrHarness:
         path: str,
         body: Any = None,
         headers: dict[str, str] | None = None,
+        source_ip: str | None = None,
     ) -> dict[str, Any]:
+        """``source_ip`` is the caller's address; by default each call is another visitor
+        (a fresh address), so the per-address cap of anonymous places meets only the tests
+        that name one."""
         template = "rest_assign.json" if method != "GET" else "rest_status.json"
         event = copy.deepcopy(load_event(template))
+        self._calls += 1
+        event["requestContext"]["identity"]["sourceIp"] = source_ip or (
+            f"10.{self._calls >> 16 & 255}.{self._calls >> 8 & 255}.{self._calls & 255}"
+        )
         event["httpMethod"] = method
         event["path"] = path
         event["requestContext"]["httpMethod"] = method
@@ -308,9 +317,14 @@ class VwrHarness:
         return parse_answer(self.handler(event, None))
 
     def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        source_ip: str | None = None,
     ) -> Answer:
-        return self.call(self.event(method, path, body, headers))
+        return self.call(self.event(method, path, body, headers, source_ip))
 
     def admin_token(self, role: str = "admin") -> str:
         return self.access_signer.sign("admin-1", {"email": "a@example.com", "role": role})

@@ -88,6 +88,13 @@ def _admin_view(state: EventState) -> dict[str, Any]:
 
 
 def build_admin_router(runtime: VwrRuntime) -> Router:
+    # Imported here: the gates' admin routes use this module's helpers.
+    from urr_vwr_lambda.gates.admin_routes import (
+        add_access_code_routes,
+        parse_gate_fields,
+        write_gate_fields,
+    )
+
     router = Router()  # type: ignore[no-untyped-call]
 
     @router.put("/vwr/admin/events/<event_id>")
@@ -99,6 +106,7 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         if not isinstance(is_active, bool):
             raise VwrProblem(422, "validation_failed", "isActive must be true or false")
         batch = _int_field(body, "batchSize", 1, MAX_BATCH)
+        gate_fields = parse_gate_fields(body)
         store = runtime.store
         existing = store.get_event(event_id, consistent=True)
         if batch is None:
@@ -113,7 +121,8 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         except (OSError, ValueError, ClientError, BotoCoreError) as exc:
             # The advancer republishes every cycle; the change reaches the edge then.
             runtime.logger.warning("edge_config_not_published", extra={"error": str(exc)})
-        return json_response(201 if existing is None else 200, _admin_view(state))
+        gate_view = write_gate_fields(runtime, event_id, gate_fields)
+        return json_response(201 if existing is None else 200, {**_admin_view(state), **gate_view})
 
     @router.post("/vwr/admin/events/<event_id>/advance")
     def advance(event_id: str) -> Response[str]:
@@ -151,4 +160,5 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
             raise VwrProblem(404, "event_not_found", f"no waiting room for {event_id}") from exc
         return json_response(200, _admin_view(state))
 
+    add_access_code_routes(router, runtime)
     return router
