@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,3 +362,23 @@ def vwr(
     finally:
         if "dynamodb" in harness.runtime.__dict__:
             harness.runtime.dynamodb.close()
+
+
+@pytest.fixture
+def make_vwr(
+    capacity_server: CapacityServer, access_signer: TokenSigner
+) -> Iterator[Callable[[VwrSettings], VwrHarness]]:
+    """Builds more harnesses (settings of the test's choosing) on the same stand-ins."""
+    made: list[VwrHarness] = []
+
+    def make(settings: VwrSettings) -> VwrHarness:
+        harness = VwrHarness(settings, FakeClock(), capacity_server, access_signer)
+        made.append(harness)
+        return harness
+
+    try:
+        yield make
+    finally:
+        for harness in made:
+            if "dynamodb" in harness.runtime.__dict__:
+                harness.runtime.dynamodb.close()
