@@ -75,6 +75,21 @@ def test_a_slot_frees_when_its_place_is_admitted_or_given_up(vwr: Any, dynamodb:
     assert assign(vwr, "frees", ip=FLOODER).status == 201
 
 
+def test_a_slot_whose_place_never_appeared_is_held_a_minute(vwr: Any, dynamodb: Any) -> None:
+    """A slot is taken before its place is written; an assign that died between the two
+    leaves a slot without a place, which counts as held only while that assign could run."""
+    vwr.open_event("crash")
+    first = assign(vwr, "crash", ip=FLOODER)
+    assert assign(vwr, "crash", ip=FLOODER).status == 201
+    dynamodb.delete_item(
+        TableName=vwr.settings.tables.positions,
+        Key={"eventId": {"S": "crash"}, "requestId": {"S": first.body["requestId"]}},
+    )
+    assert assign(vwr, "crash", ip=FLOODER).status == 429
+    vwr.clock.advance(61)
+    assert assign(vwr, "crash", ip=FLOODER).status == 201
+
+
 def test_a_reset_room_forgets_the_addresses_places(vwr: Any) -> None:
     vwr.open_event("reset")
     assert [assign(vwr, "reset", ip=FLOODER).status for _ in range(3)] == [201, 201, 429]

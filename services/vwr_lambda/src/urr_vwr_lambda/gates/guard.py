@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 AssignResult = tuple[int, "Place", "EventState"]
 Assign = Callable[[], AssignResult]
 
+#: A slot whose place is not written yet counts as held this long (an assign's longest run,
+#: the function's timeout, with room to spare): its assign may still be writing it.
+PENDING_GRACE_S = 60
 #: Attempts at the client item's compare-and-set when the same client assigns concurrently.
 _CLIENT_ATTEMPTS = 5
 
@@ -214,13 +217,18 @@ def _claim_client_slot(
     for attempt in range(_CLIENT_ATTEMPTS):
         if attempt:
             seen = store.read_client(event_id, seen.key)
-        holders = {rid: e for rid, e in seen.holders.items() if e == epoch}
+        holders = {rid: h for rid, h in seen.holders.items() if h[0] == epoch}
         if request_id not in holders and len(holders) >= cap:
             places = store.places(event_id, list(holders))
-            holders = {rid: e for rid, e in holders.items() if _live(places.get(rid), epoch, now_s)}
+            holders = {
+                rid: h
+                for rid, h in holders.items()
+                if _live(places.get(rid), epoch, now_s)
+                or (rid not in places and now_s - h[1] < PENDING_GRACE_S)
+            }
         if request_id not in holders and len(holders) >= cap:
             raise too_many_places(cap, gates.retry_after_s)
-        holders[request_id] = epoch
+        holders[request_id] = (epoch, now_s)
         try:
             store.write_client(event_id, seen, holders, now_s=now_s)
         except StaleClient:

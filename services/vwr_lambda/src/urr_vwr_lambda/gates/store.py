@@ -7,9 +7,11 @@ In the ``positions`` table, beside the places (sort keys no request id, claim or
 take):
 
 - ``client#<address>``: the places an anonymous client address holds, ``holders`` a map of
-  request id to the room's epoch when taken, and ``version`` for compare-and-set. Entries of an
-  earlier epoch, or whose place is gone, given up or admitted, are pruned when the client asks
-  for one more place; ``ttl`` (a place's 24 h) drops the item once nothing is left in it.
+  request id to ``[epoch, claimedAt]`` (the room's run and the time the slot was taken), and
+  ``version`` for compare-and-set. Entries of an earlier epoch, or whose place is gone, given
+  up or admitted, are pruned when the client asks for one more place (a slot whose place is
+  still being written, younger than ``PENDING_GRACE_S``, counts as held); ``ttl`` (a place's
+  24 h) drops the item once nothing is left in it.
 - ``code#<hmac hex>``: one access code: ``batchId``, ``maxUses``, ``used``, optional
   ``boundUserId`` and ``revoked``.
 - ``codebatch#<id>``: a batch: ``hashes`` (binary set), ``maxUses``, ``count``, ``createdAt``,
@@ -64,7 +66,8 @@ class GateConfig:
 class ClientHolders:
     key: str
     version: int | None
-    holders: dict[str, int] = field(default_factory=dict)
+    #: request id -> (epoch, claimed at, epoch seconds)
+    holders: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,11 @@ def _num(value: int) -> dict[str, str]:
 
 
 def _holders(key: str, item: Item) -> ClientHolders:
-    holders = {rid: int(v["N"]) for rid, v in item.get("holders", {}).get("M", {}).items()}
+    holders: dict[str, tuple[int, int]] = {}
+    for rid, value in item.get("holders", {}).get("M", {}).items():
+        pair = value.get("L", [])
+        if len(pair) == 2:
+            holders[rid] = (int(pair[0]["N"]), int(pair[1]["N"]))
     return ClientHolders(key=key, version=_n(item, "version"), holders=holders)
 
 
@@ -239,12 +246,17 @@ class GateStore:
         return _holders(key, item) if item else ClientHolders(key=key, version=None)
 
     def write_client(
-        self, event_id: str, seen: ClientHolders, holders: dict[str, int], *, now_s: int
+        self,
+        event_id: str,
+        seen: ClientHolders,
+        holders: dict[str, tuple[int, int]],
+        *,
+        now_s: int,
     ) -> None:
         """Replace the client's holders if nobody changed them since ``seen``; else StaleClient."""
         item = {
             **self._key(event_id, CLIENT_PREFIX + seen.key),
-            "holders": {"M": {rid: _num(epoch) for rid, epoch in holders.items()}},
+            "holders": {"M": {rid: {"L": [_num(e), _num(at)]} for rid, (e, at) in holders.items()}},
             "version": _num((seen.version or 0) + 1),
             "ttl": _num(now_s + POSITION_TTL_S),
         }
