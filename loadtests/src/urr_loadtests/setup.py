@@ -106,7 +106,9 @@ def activate_room(stack: Stack, token: str, event_id: str, batch_size: int = 500
     status, answer = http(
         "PUT",
         f"{stack.url('vwr-apigw')}/vwr/admin/events/{event_id}",
-        {"isActive": True, "batchSize": batch_size},
+        # Every simulated visitor comes from this one machine's address: the per-address cap
+        # of anonymous places (issue 15, default 2) would refuse all but two of them.
+        {"isActive": True, "batchSize": batch_size, "placesPerClient": 0},
         {"authorization": f"Bearer {token}"},
     )
     if status not in (200, 201):
