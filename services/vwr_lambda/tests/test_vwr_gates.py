@@ -314,3 +314,14 @@ def test_secretsmanager_over_http_keeps_two_stages(aws_endpoint: str) -> None:
     current = client.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")["SecretString"]
     pending = client.get_secret_value(SecretId=name, VersionStage="AWSPENDING")["SecretString"]
     assert (current, pending) == ("a" * 40, "b" * 40)
+
+
+def test_a_room_opened_with_a_code_requirement_never_admits_without_one(vwr: Any) -> None:
+    opened = vwr.admin("PUT", "fresh", {"isActive": True, "accessCodeRequired": True})
+    assert opened.status == 201
+    assert (opened.body["accessCodeRequired"], opened.body["placesPerClient"]) == (True, 2)
+    assert opened.body["nextPosition"] == 0
+    refused = assign(vwr, "fresh", ip="192.0.2.30")
+    assert (refused.status, refused.body["code"]) == (403, "access_code_required")
+    plain = vwr.admin("PUT", "plain", {"isActive": True})
+    assert (plain.body["accessCodeRequired"], plain.body["placesPerClient"]) == (False, 2)

@@ -113,6 +113,9 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
             batch = (
                 existing.batch_size if existing else runtime.settings.advancer.default_batch_size
             )
+        # The gates first: a room opened together with a code requirement never admits
+        # anyone without a code in between.
+        gate_view = write_gate_fields(runtime, event_id, gate_fields)
         state = store.put_event(
             event_id, is_active=is_active, batch_size=batch, now_ms=runtime.now_ms()
         )
@@ -121,7 +124,6 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         except (OSError, ValueError, ClientError, BotoCoreError) as exc:
             # The advancer republishes every cycle; the change reaches the edge then.
             runtime.logger.warning("edge_config_not_published", extra={"error": str(exc)})
-        gate_view = write_gate_fields(runtime, event_id, gate_fields)
         return json_response(201 if existing is None else 200, {**_admin_view(state), **gate_view})
 
     @router.post("/vwr/admin/events/<event_id>/advance")

@@ -50,7 +50,8 @@ def parse_gate_fields(body: dict[str, Any]) -> GateFields:
 
 
 def write_gate_fields(runtime: VwrRuntime, event_id: str, fields: GateFields) -> dict[str, Any]:
-    """Store the fields given; the event's gate settings as they now stand."""
+    """Store the fields given (before the event itself is written: its item may not exist
+    yet, and the update makes it); the event's gate settings as they now stand."""
     gates = runtime.gates
     gates.store.set_config(
         event_id,
@@ -59,11 +60,10 @@ def write_gate_fields(runtime: VwrRuntime, event_id: str, fields: GateFields) ->
     )
     gates.forget(event_id)
     config = gates.store.get_config(event_id)
-    if config is None:  # pragma: no cover - the event was written just before
-        return {}
+    places = gates.places_per_client(config) if config else gates.settings.places_per_client
     return {
-        "placesPerClient": gates.places_per_client(config),
-        "accessCodeRequired": config.access_code_required,
+        "placesPerClient": places,
+        "accessCodeRequired": bool(config and config.access_code_required),
     }
 
 

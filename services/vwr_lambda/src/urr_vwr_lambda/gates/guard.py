@@ -89,7 +89,7 @@ class Gates:
         if cached is not None and now - cached[0] < ttl:
             return cached[1]
         found = self.store.get_config(event_id)
-        if ttl > 0:
+        if ttl > 0 and found is not None:  # an event made a moment later is seen at once
             with self._lock:
                 if len(self._configs) > 10_000:
                     self._configs.clear()

@@ -184,7 +184,6 @@ class GateStore:
             TableName=self.counters_table,
             Key={"eventId": {"S": event_id}},
             UpdateExpression="SET " + ", ".join(sets),
-            ConditionExpression="attribute_exists(eventId)",
             ExpressionAttributeValues=values,
         )
 
