@@ -166,8 +166,18 @@ def aws_endpoint(moto_endpoint: str) -> str:
 
 @pytest.fixture
 def dynamodb(aws_endpoint: str) -> Iterator[Any]:
+    yield from aws_client("dynamodb", aws_endpoint)
+
+
+@pytest.fixture
+def secretsmanager(aws_endpoint: str) -> Iterator[Any]:
+    yield from aws_client("secretsmanager", aws_endpoint)
+
+
+def aws_client(service: str, aws_endpoint: str) -> Iterator[Any]:
+    """A boto3 client of the test's moto server, closed afterwards."""
     client = boto3.session.Session().client(
-        "dynamodb",
+        service,  # type: ignore[call-overload]
         endpoint_url=aws_endpoint,
         region_name="us-east-1",
         aws_access_key_id="testing",
@@ -353,18 +363,6 @@ class VwrHarness:
 
 
 @pytest.fixture
-def vwr(
-    vwr_settings: VwrSettings, capacity_server: CapacityServer, access_signer: TokenSigner
-) -> Iterator[VwrHarness]:
-    harness = VwrHarness(vwr_settings, FakeClock(), capacity_server, access_signer)
-    try:
-        yield harness
-    finally:
-        if "dynamodb" in harness.runtime.__dict__:
-            harness.runtime.dynamodb.close()
-
-
-@pytest.fixture
 def make_vwr(
     capacity_server: CapacityServer, access_signer: TokenSigner
 ) -> Iterator[Callable[[VwrSettings], VwrHarness]]:
@@ -382,3 +380,8 @@ def make_vwr(
         for harness in made:
             if "dynamodb" in harness.runtime.__dict__:
                 harness.runtime.dynamodb.close()
+
+
+@pytest.fixture
+def vwr(vwr_settings: VwrSettings, make_vwr: Callable[[VwrSettings], VwrHarness]) -> VwrHarness:
+    return make_vwr(vwr_settings)

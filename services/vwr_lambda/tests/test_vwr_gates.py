@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import boto3
 import pytest
 
 from urr_vwr_lambda.gates.clients import client_address, client_key, parse_address
@@ -299,15 +298,9 @@ def test_batch_routes_need_an_admin_and_a_known_batch(vwr: Any) -> None:
     assert answer.status == 403
 
 
-def test_secretsmanager_over_http_keeps_two_stages(aws_endpoint: str) -> None:
-    """The moto server serves the calls the origin check makes (a guard for the tests below)."""
-    client = boto3.client(
-        "secretsmanager",
-        endpoint_url=aws_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+def test_secretsmanager_over_http_keeps_two_stages(secretsmanager: Any) -> None:
+    """The moto server serves the calls the origin check makes (a guard for its tests)."""
+    client = secretsmanager
     name = f"probe-{uuid.uuid4().hex[:8]}"
     client.create_secret(Name=name, SecretString="a" * 40)
     client.put_secret_value(SecretId=name, SecretString="b" * 40, VersionStages=["AWSPENDING"])

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-import boto3
 import pytest
 from aiohttp import web
 
@@ -28,18 +26,8 @@ HEADER = "X-Origin-Verify"
 
 
 @pytest.fixture
-def secrets(aws_endpoint: str) -> Iterator[Any]:
-    client = boto3.session.Session().client(
-        "secretsmanager",
-        endpoint_url=aws_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    try:
-        yield client
-    finally:
-        client.close()
+def secrets(secretsmanager: Any) -> Any:
+    return secretsmanager
 
 
 @pytest.fixture
