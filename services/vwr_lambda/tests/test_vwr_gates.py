@@ -318,3 +318,15 @@ def test_a_room_opened_with_a_code_requirement_never_admits_without_one(vwr: Any
     assert (refused.status, refused.body["code"]) == (403, "access_code_required")
     plain = vwr.admin("PUT", "plain", {"isActive": True})
     assert (plain.body["accessCodeRequired"], plain.body["placesPerClient"]) == (False, 2)
+
+
+def test_an_assign_that_takes_no_place_gives_back_its_use_and_its_slot(vwr: Any) -> None:
+    batch = presale(vwr, "closed", count=1, uses=2)
+    code = batch["codes"][0]["code"]
+    vwr.admin("PUT", "closed", {"isActive": False})
+    for _ in range(3):
+        answer = assign(vwr, "closed", ip=FLOODER, code=code)
+        assert (answer.status, answer.body["code"]) == (409, "room_inactive")
+    assert vwr.admin("GET", f"closed/access-codes/{batch['batchId']}").body["used"] == 0
+    vwr.admin("PUT", "closed", {"isActive": True})
+    assert [assign(vwr, "closed", ip=FLOODER, code=code).status for _ in range(2)] == [201, 201]
