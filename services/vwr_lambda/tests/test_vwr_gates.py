@@ -218,6 +218,11 @@ def test_a_presale_needs_a_valid_code_and_nothing_is_written_for_a_refusal(
         source_ip="192.0.2.10",
     )
     assert again.status == 200
+    # A repeat needs no code at all: its place stands.
+    bare = vwr.request(
+        "POST", "/vwr/assign/pre", {"requestId": first.body["requestId"]}, source_ip="192.0.2.10"
+    )
+    assert bare.status == 200
     # (The retry took a number beside its read and left it unused, as any retry does.)
     taken = vwr.status("pre").body["nextPosition"]
     reused = assign(vwr, "pre", ip="192.0.2.11", code=plain[0])

@@ -17,10 +17,13 @@ A code refusal is ``403`` naming why; a client over its cap is ``429`` with ``Re
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from urr_vwr_lambda.gates import codes
 from urr_vwr_lambda.gates.clients import client_address
@@ -124,10 +127,8 @@ def guarded_assign(
     if config is None:
         return assign()  # no such event: the assign answers 404
     cap = gates.places_per_client(config) if user_id is None else 0
-    digest: str | None = None
-    if config.access_code_required:
-        digest = _code_digest(config, body.get("accessCode"))
-    if not cap and digest is None:
+    digest, missing_code = _code_of(config, body)
+    if not cap and digest is None and not missing_code:
         return assign()
     store = gates.store
     key: str | None = None
@@ -142,6 +143,8 @@ def guarded_assign(
         return assign()  # gone meanwhile (404), or a repeat: the place stands as it is
     if claim is not None and _holds_elsewhere(store, event_id, claim, epoch, now_s):
         return assign()  # the account's place in another tab: answered, nothing taken
+    if missing_code:
+        raise code_problem("access_code_required")  # (a repeat above needs none)
     undo: list[Callable[[], None]] = []
     try:
         if digest is not None:
@@ -164,13 +167,27 @@ def guarded_assign(
 
 
 def _undo(steps: list[Callable[[], None]]) -> None:
+    """Give back what was taken; one failing step does not stop the others (a use not
+    given back only errs on the strict side)."""
     for step in reversed(steps):
-        step()
+        try:
+            step()
+        except (ClientError, BotoCoreError):
+            logging.getLogger(__name__).warning("gate_undo_failed", exc_info=True)
+
+
+def _code_of(config: GateConfig, body: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """``(stored form of the code sent, whether one is required but missing)``."""
+    if not config.access_code_required:
+        return None, False
+    typed = body.get("accessCode")
+    if typed is None or typed == "":
+        return None, True
+    return _code_digest(config, typed), False
 
 
 def _code_digest(config: GateConfig, typed: object) -> str:
-    if typed is None or typed == "":
-        raise code_problem("access_code_required")
+    """The stored form of a typed code; a malformed one is refused before any I/O."""
     normalised = codes.normalise(typed)
     if normalised is None or config.salt is None:
         raise code_problem("access_code_invalid")
