@@ -235,6 +235,12 @@ def test_a_presale_needs_a_valid_code_and_nothing_is_written_for_a_refusal(
         1,
     )
     assert usage["label"] == "fan club"
+    more = vwr.admin("POST", "pre/access-codes", {"count": 2, "uses": 3}).body
+    listed = vwr.admin("GET", "pre/access-codes").body
+    assert sorted(b["batchId"] for b in listed["batches"]) == sorted(
+        [batch["batchId"], more["batchId"]]
+    )
+    assert listed["used"] == 1
 
     revoked = vwr.admin("POST", f"pre/access-codes/{batch['batchId']}/revoke")
     assert revoked.body["revoked"] is True

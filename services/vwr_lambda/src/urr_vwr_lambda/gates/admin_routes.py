@@ -1,5 +1,6 @@
 """Admin routes of the gates: the event's gate settings and presale code batches.
 
+``GET /vwr/admin/events/{id}/access-codes`` lists the batches with their use;
 ``POST /vwr/admin/events/{id}/access-codes`` makes a batch (``count`` codes, each usable
 ``uses`` times, or one per account of ``accounts``, each bound to it); the plain codes are in
 that answer only. ``GET .../access-codes/{batchId}`` says how many were used, ``POST
@@ -141,6 +142,24 @@ def add_access_code_routes(router: Router, runtime: VwrRuntime) -> None:
                 "uses": uses,
                 "label": label,
                 "codes": listed,
+            },
+        )
+
+    @router.get("/vwr/admin/events/<event_id>/access-codes")
+    def list_batches(event_id: str) -> Response[str]:
+        event_id = require_event_id(event_id)
+        require_admin(runtime, router)
+        store = runtime.gates.store
+        if store.get_config(event_id) is None:
+            raise VwrProblem(404, "event_not_found", f"no waiting room for {event_id}")
+        found = [store.batch_usage(event_id, b) for b in store.batch_ids(event_id)]
+        batches = [usage.to_dict() for usage in found if usage is not None]
+        return json_response(
+            200,
+            {
+                "eventId": event_id,
+                "batches": batches,
+                "used": sum(b["used"] for b in batches),
             },
         )
 

@@ -1,7 +1,8 @@
 """DynamoDB adapter of the gates: event gate settings, client claims, access codes.
 
 On the event's ``counters`` item: ``placesPerClient`` (absent: the setting's default),
-``accessCodeRequired``, ``accessCodeSalt`` (binary, made once with the first batch).
+``accessCodeRequired``, ``accessCodeSalt`` (binary, made once with the first batch),
+``accessCodeBatches`` (the batch ids).
 
 In the ``positions`` table, beside the places (sort keys no request id, claim or line key can
 take):
@@ -340,6 +341,22 @@ class GateStore:
         if label:
             batch["label"] = {"S": label}
         self._db.put_item(TableName=self.positions_table, Item=batch)
+        self._db.update_item(
+            TableName=self.counters_table,
+            Key={"eventId": {"S": event_id}},
+            UpdateExpression="ADD accessCodeBatches :batch",
+            ExpressionAttributeValues={":batch": {"SS": [batch_id]}},
+        )
+
+    def batch_ids(self, event_id: str) -> list[str]:
+        """The event's batches, as listed on its counters item."""
+        answer = self._db.get_item(
+            TableName=self.counters_table,
+            Key={"eventId": {"S": event_id}},
+            ProjectionExpression="accessCodeBatches",
+            ConsistentRead=True,
+        )
+        return sorted(answer.get("Item", {}).get("accessCodeBatches", {}).get("SS", []))
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:
         pending: dict[str, Any] = {self.positions_table: requests}
