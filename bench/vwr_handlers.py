@@ -32,6 +32,8 @@ from urr_vwr_lambda import advancer, tier1
 from urr_vwr_lambda.api import make_handler
 from urr_vwr_lambda.edge import EdgeVerifier
 from urr_vwr_lambda.edge_config import EdgeConfigSource, build_document
+from urr_vwr_lambda.gates.guard import Gates
+from urr_vwr_lambda.gates.store import GateConfig
 from urr_vwr_lambda.queueing import PositionRow
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
@@ -39,6 +41,13 @@ from urr_vwr_lambda.store import EventState, Place, UserClaim
 from urr_vwr_lambda.tables import ensure_tables
 
 EVENTS = Path(__file__).resolve().parents[1] / "services" / "vwr_lambda" / "tests" / "events"
+
+
+class NoGates:
+    """The gate settings of an event with nothing to enforce (no I/O)."""
+
+    def get_config(self, event_id: str) -> GateConfig:
+        return GateConfig(event_id, 1, 0, False, None)
 
 
 class MemoryStore:
@@ -139,6 +148,14 @@ def warm(calls: int, tmp: Path) -> None:
     runtime = VwrRuntime(settings_for(tmp, None))
     store = MemoryStore()
     runtime.__dict__["store"] = store
+    # The gates read an event's settings once per container copy; with none to enforce (cap
+    # off, no codes) an assign goes straight on, which is the handler work measured here.
+    runtime.__dict__["gates"] = Gates(
+        runtime.settings.gates,
+        NoGates(),  # type: ignore[arg-type]
+        origin=None,
+        retry_after_s=120,
+    )
     store.events["evt-1"] = EventState("evt-1", True, 0, 0, 500, 0, 1, 50.0)
     handler = make_handler(lambda: runtime)
     base_assign = event("rest_assign.json")
@@ -264,8 +281,18 @@ def dynamodb_calls(tmp: Path) -> None:
         assign = event("rest_assign.json", body=json.dumps({"requestId": rid}))
         print("\nDynamoDB calls per request (real adapter, moto server)")
         print(f"{'request':<44} {'answer':>14} {'calls':>6}  operations")
-        count("assign, new place", assign)
+        count("assign, new place (anonymous, address cap)", assign)
         count("assign, same requestId again", assign)
+        other = event("rest_assign.json", body=json.dumps({"requestId": str(uuid.uuid4())}))
+        count("assign, 2nd place of the address", other)
+        third = event("rest_assign.json", body=json.dumps({"requestId": str(uuid.uuid4())}))
+        count("assign, 3rd place of the address (429)", third)
+        runtime.gates.store.set_config("evt-1", places_per_client=0, access_code_required=None)
+        runtime.gates.forget("evt-1")
+        fourth = event("rest_assign.json", body=json.dumps({"requestId": str(uuid.uuid4())}))
+        count("assign, new place (cap off, settings re-read)", fourth)
+        fifth = event("rest_assign.json", body=json.dumps({"requestId": str(uuid.uuid4())}))
+        count("assign, new place (cap off, settings cached)", fifth)
         check = event("rest_check.json", path=f"/vwr/check/evt-1/{rid}")
         count("check, waiting (lastSeen fresh: no write)", check)
         count("check, waiting (counters copy < 1 s old)", check)

@@ -110,7 +110,9 @@ def activate_room(
     pow_bits: int | None = None,
 ) -> None:
     """Opens the event's waiting room; ``pow_bits`` also asks every assign for a proof of work."""
-    body: dict[str, Any] = {"isActive": True, "batchSize": batch_size}
+    # Every simulated visitor comes from this one machine's address: the per-address cap of
+    # anonymous places (issue 15, default 2) would refuse all but two of them.
+    body: dict[str, Any] = {"isActive": True, "batchSize": batch_size, "placesPerClient": 0}
     if pow_bits is not None:
         body.update(botChallenge="pow", powBits=pow_bits)
     status, answer = http(

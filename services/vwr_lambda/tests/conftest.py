@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +166,18 @@ def aws_endpoint(moto_endpoint: str) -> str:
 
 @pytest.fixture
 def dynamodb(aws_endpoint: str) -> Iterator[Any]:
+    yield from aws_client("dynamodb", aws_endpoint)
+
+
+@pytest.fixture
+def secretsmanager(aws_endpoint: str) -> Iterator[Any]:
+    yield from aws_client("secretsmanager", aws_endpoint)
+
+
+def aws_client(service: str, aws_endpoint: str) -> Iterator[Any]:
+    """A boto3 client of the test's moto server, closed afterwards."""
     client = boto3.session.Session().client(
-        "dynamodb",
+        service,  # type: ignore[call-overload]
         endpoint_url=aws_endpoint,
         region_name="us-east-1",
         aws_access_key_id="testing",
@@ -283,6 +293,7 @@ class VwrHarness:
         self.access_signer = access_signer
         self.runtime = VwrRuntime(settings, clock=clock)
         self.handler = make_handler(lambda: self.runtime)
+        self._calls = 0
 
     def event(
         self,
@@ -290,9 +301,17 @@ class VwrHarness:
         path: str,
         body: Any = None,
         headers: dict[str, str] | None = None,
+        source_ip: str | None = None,
     ) -> dict[str, Any]:
+        """``source_ip`` is the caller's address; by default each call is another visitor
+        (a fresh address), so the per-address cap of anonymous places meets only the tests
+        that name one."""
         template = "rest_assign.json" if method != "GET" else "rest_status.json"
         event = copy.deepcopy(load_event(template))
+        self._calls += 1
+        event["requestContext"]["identity"]["sourceIp"] = source_ip or (
+            f"10.{self._calls >> 16 & 255}.{self._calls >> 8 & 255}.{self._calls & 255}"
+        )
         event["httpMethod"] = method
         event["path"] = path
         event["requestContext"]["httpMethod"] = method
@@ -308,9 +327,14 @@ class VwrHarness:
         return parse_answer(self.handler(event, None))
 
     def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        source_ip: str | None = None,
     ) -> Answer:
-        return self.call(self.event(method, path, body, headers))
+        return self.call(self.event(method, path, body, headers, source_ip))
 
     def admin_token(self, role: str = "admin") -> str:
         return self.access_signer.sign("admin-1", {"email": "a@example.com", "role": role})
@@ -339,12 +363,25 @@ class VwrHarness:
 
 
 @pytest.fixture
-def vwr(
-    vwr_settings: VwrSettings, capacity_server: CapacityServer, access_signer: TokenSigner
-) -> Iterator[VwrHarness]:
-    harness = VwrHarness(vwr_settings, FakeClock(), capacity_server, access_signer)
+def make_vwr(
+    capacity_server: CapacityServer, access_signer: TokenSigner
+) -> Iterator[Callable[[VwrSettings], VwrHarness]]:
+    """Builds more harnesses (settings of the test's choosing) on the same stand-ins."""
+    made: list[VwrHarness] = []
+
+    def make(settings: VwrSettings) -> VwrHarness:
+        harness = VwrHarness(settings, FakeClock(), capacity_server, access_signer)
+        made.append(harness)
+        return harness
+
     try:
-        yield harness
+        yield make
     finally:
-        if "dynamodb" in harness.runtime.__dict__:
-            harness.runtime.dynamodb.close()
+        for harness in made:
+            if "dynamodb" in harness.runtime.__dict__:
+                harness.runtime.dynamodb.close()
+
+
+@pytest.fixture
+def vwr(vwr_settings: VwrSettings, make_vwr: Callable[[VwrSettings], VwrHarness]) -> VwrHarness:
+    return make_vwr(vwr_settings)

@@ -240,3 +240,60 @@ async def test_a_visitor_solves_the_proof_of_work_and_gets_a_place(stack: tuple[
     assert [r["ownerRequestId"]["S"] for r in used] == [request_id]
     status = await asyncio.to_thread(vwr.status, "evt-pow")
     assert status.body["nextPosition"] == 1
+
+
+@pytest.mark.timeout(120)
+async def test_a_presale_asks_for_a_code_says_why_one_is_refused_and_places_a_holder(
+    stack: tuple[Any, str],
+) -> None:
+    """Issue 15, 5: without a code the visitor is told why; with one they get a place."""
+    from playwright.async_api import async_playwright
+
+    vwr, edge_url = stack
+    await asyncio.to_thread(vwr.open_event, "pre-1", batch_size=10)
+    await asyncio.to_thread(
+        vwr.admin, "PUT", "pre-1", {"isActive": True, "accessCodeRequired": True}
+    )
+    batch = await asyncio.to_thread(vwr.admin, "POST", "pre-1/access-codes", {"count": 1})
+    code = batch.body["codes"][0]["code"]
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            without = await browser.new_page()
+            await without.goto(f"{edge_url}/vwr/pre-1")
+            await without.wait_for_selector("#access-code:not([hidden])")
+            why = await without.text_content("#access-code-why")
+            assert why is not None
+            assert "access code" in why
+            await without.fill("#access-code-input", "WRNG-WRNG-WRNG")
+            await without.click("#access-code button")
+            await without.wait_for_function(
+                "document.getElementById('access-code-why').textContent.includes('not valid')"
+            )
+            assert await without.text_content("#position") == "…"
+            status = await asyncio.to_thread(vwr.status, "pre-1")
+            assert status.body["nextPosition"] == 0
+
+            holder = await browser.new_page()
+            await holder.goto(f"{edge_url}/vwr/pre-1")
+            await holder.wait_for_selector("#access-code:not([hidden])")
+            await holder.fill("#access-code-input", code.lower())
+            await holder.click("#access-code button")
+            await holder.wait_for_function(
+                "document.getElementById('position').textContent === '1'"
+            )
+            assert await holder.is_hidden("#access-code")
+
+            # The code was for one use: a third visitor with it is told so.
+            third = await browser.new_page()
+            await third.goto(f"{edge_url}/vwr/pre-1")
+            await third.wait_for_selector("#access-code:not([hidden])")
+            await third.fill("#access-code-input", code)
+            await third.click("#access-code button")
+            await third.wait_for_function(
+                "document.getElementById('access-code-why').textContent.includes('used as many')"
+            )
+        finally:
+            await browser.close()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
 from cfnlint.api import lint_file  # type: ignore[import-untyped]
 from cfnlint.decode import decode  # type: ignore[import-untyped]
+from pydantic import BaseModel
 
-from urr_vwr_lambda.settings import TableSettings
+from urr_vwr_lambda.settings import TableSettings, VwrSettings
 from urr_vwr_lambda.tables import positions_table
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "template.yaml"
@@ -44,7 +46,7 @@ def test_the_advancer_runs_every_minute_and_admin_routes_need_iam() -> None:
     assert schedule["ScheduleExpression"] == "rate(1 minute)"
     events = found["ApiFunction"]["Properties"]["Events"]
     admin = {name: e for name, e in events.items() if "/admin/" in e["Properties"]["Path"]}
-    assert len(admin) == 3
+    assert len(admin) == 7
     assert all(e["Properties"]["Auth"]["Authorizer"] == "AWS_IAM" for e in admin.values())
     public = [e for e in events.values() if "/admin/" not in e["Properties"]["Path"]]
     assert all("Auth" not in e["Properties"] for e in public)
@@ -61,3 +63,88 @@ def test_the_proof_of_work_challenge_route_is_public() -> None:
     challenge = events["Challenge"]["Properties"]
     assert (challenge["Path"], challenge["Method"]) == ("/vwr/challenge/{eventId}", "GET")
     assert "Auth" not in challenge
+
+
+def test_a_cloudfront_web_acl_rate_limits_the_tier1_api_per_ip_on_the_distribution() -> None:
+    found = resources()
+    acl = found["WebAcl"]["Properties"]
+    assert acl["Scope"] == "CLOUDFRONT"
+    rules = {rule["Name"]: rule for rule in acl["Rules"]}
+    rate = rules["tier1-api-rate-per-ip"]["Statement"]["RateBasedStatement"]
+    assert (rate["Limit"], rate["EvaluationWindowSec"], rate["AggregateKeyType"]) == (
+        1000,
+        120,
+        "IP",
+    )
+    scope = rate["ScopeDownStatement"]["ByteMatchStatement"]
+    assert (scope["PositionalConstraint"], scope["SearchString"]) == ("STARTS_WITH", "/vwr-api/")
+    assert "Block" in rules["tier1-api-rate-per-ip"]["Action"]
+    managed = {
+        r["Statement"]["ManagedRuleGroupStatement"]["Name"]
+        for r in acl["Rules"]
+        if "ManagedRuleGroupStatement" in r["Statement"]
+    }
+    assert managed == {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet"}
+    config = found["Distribution"]["Properties"]["DistributionConfig"]
+    assert config["WebACLId"] == {"Fn::GetAtt": ["WebAcl", "Arn"]}
+
+
+def test_the_api_origin_sends_the_secret_the_function_checks() -> None:
+    found = resources()
+    config = found["Distribution"]["Properties"]["DistributionConfig"]
+    [api] = [o for o in config["Origins"] if o["Id"] == "vwr-api"]
+    [header] = api["OriginCustomHeaders"]
+    assert header["HeaderName"] == VwrSettings().gates.origin.header
+    assert "resolve:secretsmanager:${OriginVerifySecret}" in header["HeaderValue"]["Fn::Sub"]
+    function = found["ApiFunction"]["Properties"]
+    env = function["Environment"]["Variables"]
+    assert env["URR_GATES__ORIGIN__SECRET_ID"] == {"Ref": "OriginVerifySecret"}
+    readable = [
+        p["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]
+        for p in function["Policies"]
+        if "AWSSecretsManagerGetSecretValuePolicy" in p
+    ]
+    assert {"Ref": "OriginVerifySecret"} in readable
+
+
+def _setting_exists(model: type[BaseModel], path: list[str]) -> bool:
+    field = model.model_fields.get(path[0])
+    if field is None:
+        return False
+    if len(path) == 1:
+        return True
+    inner = field.annotation
+    return (
+        isinstance(inner, type)
+        and issubclass(inner, BaseModel)
+        and (_setting_exists(inner, path[1:]))
+    )
+
+
+def test_every_urr_variable_of_the_functions_is_a_setting() -> None:
+    """A misspelt variable would be ignored (extra="ignore"), leaving the check off."""
+    for name in ("ApiFunction", "AdvancerFunction"):
+        env = resources()[name]["Properties"]["Environment"]["Variables"]
+        for variable in env:
+            if variable.startswith("URR_"):
+                path = variable.removeprefix("URR_").lower().split("__")
+                assert _setting_exists(VwrSettings, path), (name, variable)
+
+
+def test_every_admin_route_of_the_function_is_in_the_template() -> None:
+    events = resources()["ApiFunction"]["Properties"]["Events"].values()
+    declared = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events}
+    source = (Path(__file__).resolve().parents[1] / "src/urr_vwr_lambda").rglob("*.py")
+    routes = set()
+    for module in source:
+        for method, path in re.findall(
+            r'@router\.(get|put|post)\("(/vwr/admin/[^"]+)"\)', module.read_text()
+        ):
+            routes.add((method.upper(), re.sub(r"<(\w+)>", _camel, path)))
+    assert routes
+    assert routes <= declared
+
+
+def _camel(match: re.Match[str]) -> str:
+    head, *rest = match.group(1).split("_")
+    return "{" + head + "".join(part.title() for part in rest) + "}"

@@ -110,6 +110,13 @@ def _bot_challenge(body: dict[str, Any], existing: EventState | None) -> tuple[s
 
 
 def build_admin_router(runtime: VwrRuntime) -> Router:
+    # Imported here: the gates' admin routes use this module's helpers.
+    from urr_vwr_lambda.gates.admin_routes import (
+        add_access_code_routes,
+        parse_gate_fields,
+        write_gate_fields,
+    )
+
     router = Router()  # type: ignore[no-untyped-call]
 
     @router.put("/vwr/admin/events/<event_id>")
@@ -121,6 +128,7 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         if not isinstance(is_active, bool):
             raise VwrProblem(422, "validation_failed", "isActive must be true or false")
         batch = _int_field(body, "batchSize", 1, MAX_BATCH)
+        gate_fields = parse_gate_fields(body)
         store = runtime.store
         existing = store.get_event(event_id, consistent=True)
         challenge = _bot_challenge(body, existing)
@@ -128,6 +136,9 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
             batch = (
                 existing.batch_size if existing else runtime.settings.advancer.default_batch_size
             )
+        # The gates first: a room opened together with a code requirement never admits
+        # anyone without a code in between.
+        gate_view = write_gate_fields(runtime, event_id, gate_fields)
         state = store.put_event(
             event_id,
             is_active=is_active,
@@ -141,7 +152,7 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         except (OSError, ValueError, ClientError, BotoCoreError) as exc:
             # The advancer republishes every cycle; the change reaches the edge then.
             runtime.logger.warning("edge_config_not_published", extra={"error": str(exc)})
-        return json_response(201 if existing is None else 200, _admin_view(state))
+        return json_response(201 if existing is None else 200, {**_admin_view(state), **gate_view})
 
     @router.post("/vwr/admin/events/<event_id>/advance")
     def advance(event_id: str) -> Response[str]:
@@ -179,4 +190,5 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
             raise VwrProblem(404, "event_not_found", f"no waiting room for {event_id}") from exc
         return json_response(200, _admin_view(state))
 
+    add_access_code_routes(router, runtime)
     return router

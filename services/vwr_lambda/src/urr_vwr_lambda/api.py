@@ -30,6 +30,7 @@ from urr_common.tokens import TokenError
 from urr_vwr_lambda import pow_gate, tier1
 from urr_vwr_lambda.access import AccessIdentity
 from urr_vwr_lambda.events import event_shape_problem
+from urr_vwr_lambda.gates.guard import guarded_assign
 from urr_vwr_lambda.ids import is_event_id, parse_request_id
 from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, VwrProblem, bad_request, problem_body
 from urr_vwr_lambda.queueing import (
@@ -208,9 +209,17 @@ def build_public_router(runtime: VwrRuntime) -> Router:
             raise VwrProblem(422, "bad_request_id", "requestId must be a UUID the client generated")
         identity = caller_identity(runtime, router)
         user_id = identity.user_id if identity else None
+        # The proof of work first: a bot without a solution never reaches the caps or codes.
         solved = pow_gate.check_assign(runtime, event_id, request_id, body.get("pow"))
-        status, place, state = assign_place(
-            runtime, event_id, request_id, user_id, pow_solved=solved
+        status, place, state = guarded_assign(
+            runtime.gates,
+            router.current_event.raw_event,
+            event_id,
+            request_id,
+            user_id,
+            body,
+            lambda: assign_place(runtime, event_id, request_id, user_id, pow_solved=solved),
+            now_s=runtime.now_s(),
         )
         runtime.metrics.add_metric(
             name="AssignNew" if status == 201 else "AssignRepeat", unit=MetricUnit.Count, value=1
@@ -602,6 +611,9 @@ def make_handler(runtime_factory: Callable[[], VwrRuntime]) -> Handler:
                 runtime = runtime_factory()
                 built.append((runtime, *build_resolvers(runtime)))
             runtime, rest, http = built[0]
+            refused = runtime.gates.origin_problem(event)
+            if refused is not None:
+                return _raw_problem(refused, v2=is_v2)
             context_of_request = event.get("requestContext")
             if isinstance(context_of_request, dict):
                 runtime.logger.set_correlation_id(str(context_of_request.get("requestId", "")))
@@ -617,7 +629,7 @@ def make_handler(runtime_factory: Callable[[], VwrRuntime]) -> Handler:
 def _raw_problem(problem: VwrProblem, *, v2: bool) -> dict[str, Any]:
     """A problem for an event too malformed to hand to the resolver."""
     body = json.dumps(problem_body(problem.status, problem.code, problem.detail))
-    headers = {"Content-Type": PROBLEM_CONTENT_TYPE, "Cache-Control": "no-store"}
+    headers = {"Content-Type": PROBLEM_CONTENT_TYPE, "Cache-Control": "no-store", **problem.headers}
     answer: dict[str, Any] = {
         "statusCode": problem.status,
         "headers": headers,

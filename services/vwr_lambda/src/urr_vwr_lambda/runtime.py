@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Metrics
     from mypy_boto3_dynamodb import DynamoDBClient
 
+    from urr_vwr_lambda.gates.guard import Gates
+
 
 class VwrRuntime:
     """Lazily created dependencies of the API, admin and advancer functions (thread-safe)."""
@@ -80,6 +82,29 @@ class VwrRuntime:
 
         with self._lock:
             return pow_key(self.settings.pow, lambda: self.signing_key)
+
+    @cached_property
+    def gates(self) -> Gates:
+        """Issue 15's gates: the origin check, the per-client cap, access codes."""
+        from urr_vwr_lambda.gates.guard import Gates
+        from urr_vwr_lambda.gates.origin import OriginSecrets
+        from urr_vwr_lambda.gates.store import GateStore
+
+        settings = self.settings.gates
+        with self._lock:
+            origin = None
+            if settings.origin.secret_id:
+                origin = OriginSecrets(
+                    self._client("secretsmanager"),
+                    settings.origin.secret_id,
+                    cache_s=settings.origin.cache_s,
+                )
+            return Gates(
+                settings,
+                GateStore(self.store),
+                origin=origin,
+                retry_after_s=self.settings.advancer.abandon_after_s,
+            )
 
     @cached_property
     def event_cache(self) -> EventCache:

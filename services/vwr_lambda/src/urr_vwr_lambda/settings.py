@@ -139,6 +139,36 @@ class PowSettings(BaseModel):
         return value
 
 
+#: An HTTP header name (RFC 9110 token characters).
+_HEADER_NAME_RE = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
+
+
+class OriginVerifySettings(BaseModel):
+    """The origin-verify header CloudFront adds and the API insists on (issue 15, 3b).
+
+    ``secret_id`` names a Secrets Manager secret whose ``AWSCURRENT`` and, during a rotation,
+    ``AWSPENDING`` values are both accepted. Unset, the check is off (tests and a bare local
+    run); ``environment=prod`` refuses to start without it.
+    """
+
+    secret_id: str | None = None
+    header: str = Field(default="X-Origin-Verify", pattern=_HEADER_NAME_RE)
+    #: How long a container uses the values it fetched before asking Secrets Manager again.
+    cache_s: float = Field(default=60.0, ge=0.0, le=3600.0)
+
+
+class GateSettings(BaseModel):
+    """Tier-1 place flooding and presale codes (``urr_vwr_lambda.gates``)."""
+
+    origin: OriginVerifySettings = Field(default_factory=OriginVerifySettings)
+    #: Live places one client address may hold in an event that does not set its own
+    #: ``placesPerClient`` (anonymous callers only; an account holds one place anyway).
+    places_per_client: int = Field(default=2, ge=0, le=1000)
+    #: How long a container uses an event's gate settings (code requirement, per-client cap)
+    #: before reading them again; 0 reads them on every assign.
+    config_cache_s: float = Field(default=2.0, ge=0.0, le=60.0)
+
+
 class VwrSettings(ServiceSettings):
     """Everything the API, admin and advancer functions read (the API emulator listens on 3010)."""
 
@@ -156,6 +186,7 @@ class VwrSettings(ServiceSettings):
     poll: PollSettings = Field(default_factory=PollSettings)
     edge_config: EdgeConfigSettings = Field(default_factory=EdgeConfigSettings)
     pow: PowSettings = Field(default_factory=PowSettings)
+    gates: GateSettings = Field(default_factory=GateSettings)
     #: Per-call read timeout of AWS calls and attempts per call (botocore's standard retries).
     #: A retried ``ADD nextPosition`` whose first try did land leaves one number unused (the
     #: advancer passes it at no cost); a generous timeout keeps that rare.
@@ -190,6 +221,15 @@ class VwrSettings(ServiceSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _production_verifies_the_origin(self) -> VwrSettings:
+        if self.environment == "prod" and not self.gates.origin.secret_id:
+            raise ValueError(
+                "gates.origin.secret_id (URR_GATES__ORIGIN__SECRET_ID) is required in prod: "
+                "without it the API answers callers that bypass CloudFront and its WAF"
+            )
+        return self
+
 
 class EdgeEmulatorSettings(ServiceSettings):
     """The local CloudFront stand-in (port 8000)."""
@@ -200,6 +240,10 @@ class EdgeEmulatorSettings(ServiceSettings):
     api_url: str = "http://127.0.0.1:3010"
     edge_config: EdgeConfigSettings = Field(default_factory=EdgeConfigSettings)
     upstream_timeout_s: float = Field(default=30.0, gt=0.0)
+    #: Where the origin-verify secret is read (moto locally), as CloudFront is configured
+    #: with the value: the emulator adds the header on every request to the API.
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    origin: OriginVerifySettings = Field(default_factory=OriginVerifySettings)
 
 
 class SchedulerSettings(ServiceSettings):

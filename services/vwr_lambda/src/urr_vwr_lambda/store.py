@@ -725,6 +725,10 @@ class VwrStore:
 
     # -- helpers -------------------------------------------------------------------------
 
+    def batch_get(self, request: dict[str, Any]) -> dict[str, list[Item]]:
+        """``_batch_get`` for the gates' adapter (``urr_vwr_lambda.gates.store``)."""
+        return self._batch_get(request)
+
     def _batch_get(self, request: dict[str, Any]) -> dict[str, list[Item]]:
         """BatchGetItem, retrying unprocessed keys (throttling) a few times."""
         found: dict[str, list[Item]] = {}

@@ -65,6 +65,15 @@ def throttled() -> web.Response:
     )
 
 
+def origin_headers(runtime: VwrRuntime) -> dict[str, str]:
+    """The origin-verify header with the current value, when the check is on."""
+    gates = runtime.gates
+    if gates.origin is None:
+        return {}
+    values = gates.origin.values()
+    return {gates.settings.origin.header: values[0]} if values else {}
+
+
 def invoke_in_worker(event: dict[str, Any]) -> dict[str, Any]:
     """Runs in a worker process: the deployed entry point, settings from the environment."""
     from urr_vwr_lambda.api import handler
@@ -121,7 +130,10 @@ def create_app(
         if not in_process:
             # Like provisioned concurrency: each container imports the function and builds
             # its clients now, so the first visitors do not pay a cold start of seconds.
-            await containers.warm(invoke_in_worker, warmup_event())
+            # With the origin check on, the warm-up carries the header as CloudFront would,
+            # or it would be refused before it builds the function's clients.
+            origin = await asyncio.to_thread(origin_headers, the_runtime)
+            await containers.warm(invoke_in_worker, warmup_event(origin))
         try:
             yield
         finally:

@@ -18,12 +18,15 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from urr_common.clients import aws_client_kwargs
 from urr_common.logs import configure_logging
 from urr_common.problems import ProblemError
 from urr_common.service import create_service_app, run, serve
 from urr_common.settings import load_settings
 from urr_vwr_lambda.edge import EdgeVerifier
 from urr_vwr_lambda.edge_config import EdgeConfigSource
+from urr_vwr_lambda.gates.clients import VIEWER_ADDRESS_HEADER
+from urr_vwr_lambda.gates.origin import OriginSecrets
 from urr_vwr_lambda.local.cloudfront import edge_response, viewer_request_event
 from urr_vwr_lambda.settings import EdgeEmulatorSettings
 
@@ -66,6 +69,28 @@ def _static_file(tail: str) -> tuple[bytes, str] | None:
     return (root / "index.html").read_bytes(), "text/html"
 
 
+def _viewer_address(request: web.Request) -> str:
+    """``ip:port`` of the viewer, as CloudFront puts it in ``CloudFront-Viewer-Address``."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return f"{request.remote or '127.0.0.1'}:0"
+
+
+def _api_headers(request: web.Request, origin: tuple[str, str] | None) -> dict[str, str]:
+    """What CloudFront adds towards API Gateway: the viewer's address and the origin header.
+
+    Both replace anything of the same name the viewer sent (a viewer cannot forge them).
+    """
+    headers = _forward_headers(request)
+    added = {VIEWER_ADDRESS_HEADER: _viewer_address(request)}
+    if origin is not None:
+        added[origin[0]] = origin[1]
+    lowered = {name.lower() for name in added}
+    kept = {name: value for name, value in headers.items() if name.lower() not in lowered}
+    return {**kept, **added}
+
+
 def _forward_headers(request: web.Request) -> dict[str, str]:
     connection_named = {
         token.strip().lower() for token in request.headers.get("Connection", "").split(",")
@@ -83,14 +108,16 @@ def _forward_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-async def _proxy(request: web.Request, upstream: str) -> web.StreamResponse:
+async def _proxy(
+    request: web.Request, upstream: str, headers: dict[str, str] | None = None
+) -> web.StreamResponse:
     session = request.app[SESSION_KEY]
     body = await request.read()
     try:
         async with session.request(
             request.method,
             upstream,
-            headers=_forward_headers(request),
+            headers=headers if headers is not None else _forward_headers(request),
             data=body or None,
             allow_redirects=False,
         ) as answer:
@@ -107,6 +134,16 @@ async def _proxy(request: web.Request, upstream: str) -> web.StreamResponse:
         raise BadGateway(f"the origin did not answer: {type(exc).__name__}") from exc
 
 
+def origin_secrets(settings: EdgeEmulatorSettings) -> OriginSecrets | None:
+    """The origin-verify value the distribution is configured with (its ``AWSCURRENT``)."""
+    if not settings.origin.secret_id:
+        return None
+    import boto3
+
+    client = boto3.session.Session().client("secretsmanager", **aws_client_kwargs(settings.aws))
+    return OriginSecrets(client, settings.origin.secret_id, cache_s=settings.origin.cache_s)
+
+
 def create_app(
     settings: EdgeEmulatorSettings,
     *,
@@ -115,6 +152,7 @@ def create_app(
 ) -> web.Application:
     app = create_service_app(settings, registry=registry)
     app[VERIFIER_KEY] = verifier or EdgeVerifier(EdgeConfigSource(settings.edge_config.target))
+    secrets = origin_secrets(settings)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_s)
@@ -146,7 +184,12 @@ def create_app(
         if generated is not None:
             return generated
         tail = request.raw_path.removeprefix("/vwr-api")
-        return await _proxy(request, settings.api_url.rstrip("/") + tail)
+        origin = None
+        if secrets is not None:
+            values = await asyncio.to_thread(secrets.values)
+            origin = (settings.origin.header, values[0]) if values else None
+        headers = _api_headers(request, origin)
+        return await _proxy(request, settings.api_url.rstrip("/") + tail, headers)
 
     async def origin(request: web.Request) -> web.StreamResponse:
         generated = await viewer_request(request)

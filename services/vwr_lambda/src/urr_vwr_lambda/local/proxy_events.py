@@ -63,8 +63,8 @@ def rest_event(request: web.Request, body: bytes) -> dict[str, Any]:
 WARMUP_PATH = "/vwr/status/urr-warmup"
 
 
-def warmup_event() -> dict[str, Any]:
-    """A GET of ``WARMUP_PATH`` as API Gateway would send it."""
+def warmup_event(headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """A GET of ``WARMUP_PATH`` as API Gateway would send it (``headers``: the origin one)."""
     context = {
         "accountId": "000000000000",
         "apiId": "local",
@@ -81,8 +81,8 @@ def warmup_event() -> dict[str, Any]:
         "resource": "/{proxy+}",
         "path": WARMUP_PATH,
         "httpMethod": "GET",
-        "headers": {},
-        "multiValueHeaders": {},
+        "headers": dict(headers or {}),
+        "multiValueHeaders": {name: [value] for name, value in (headers or {}).items()},
         "queryStringParameters": None,
         "multiValueQueryStringParameters": None,
         "pathParameters": {"proxy": WARMUP_PATH.lstrip("/")},

@@ -91,9 +91,30 @@
     location.replace(destination);
   }
 
+  // -- Presale access code (issue 15): asked for when the event requires one; a refusal says why.
+  var accessCode = null;
+  function withAccessCode(body) { if (accessCode) body.accessCode = accessCode; return body; }
+  function askForCode(problem) {
+    var form = el("access-code");
+    form.hidden = false;
+    el("access-code-why").textContent = problem.code === "access_code_required" && !accessCode ?
+      "This sale is open to access code holders: enter yours to take a place." : problem.detail;
+    say("An access code is needed to take a place.");
+    form.onsubmit = function (e) {
+      e.preventDefault();
+      accessCode = el("access-code-input").value.trim();
+      form.hidden = true;
+      say("Checking your code…");
+      assign();
+    };
+    el("access-code-input").focus();
+  }
+  // -- end of the access code block
+
   function handleProblem(answer, step) {
     var code = answer.data && answer.data.code;
     if (code && code.indexOf("pow_") === 0) { proveWork(); return; }
+    if (code && code.indexOf("access_code_") === 0) { askForCode(answer.data); return; }
     if (code === "room_inactive") { goIn(); return; }
     if (code === "position_not_found" || code === "position_abandoned" || code === "place_spent") {
       forget(); say("Your earlier place has lapsed; taking a new one…"); assign(); return;
@@ -143,7 +164,7 @@
   function assign() {
     var id = stored() || newRequestId();
     remember(id);
-    var body = { requestId: id };
+    var body = withAccessCode({ requestId: id });
     if (powSolution) body.pow = powSolution;
     call("POST", "/assign/" + encodeURIComponent(eventId), body).then(function (answer) {
       if (answer.status !== 200 && answer.status !== 201) { handleProblem(answer, assign); return; }
