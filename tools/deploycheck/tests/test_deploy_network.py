@@ -385,6 +385,16 @@ def test_endpoints_walk_nested_blocks_secrets_lists_and_aws_defaults():
     assert Endpoint(AWS_API_HOST, 443, "aws.endpoint_url") in without_endpoint
 
 
+def test_a_field_marked_as_no_call_is_not_an_endpoint():
+    class Compared(BaseModel):
+        origins: list[str] = Field(
+            default=["https://site.example"], json_schema_extra={"calls": False}
+        )
+        upstream: str = "http://api.example:8080"
+
+    assert [(e.host, e.port) for e in endpoints(Compared())] == [("api.example", 8080)]
+
+
 def test_parse_address_forms():
     assert parse_address("s3://bucket/key.json", "f") == [Endpoint(AWS_API_HOST, 443, "f")]
     assert parse_address("unix:///run/redis.sock") == []
