@@ -66,6 +66,7 @@ async def test_workers_share_the_port_and_drain_on_sigterm(redis_url, tmp_path):
         "URR_HTTP__SHUTDOWN_TIMEOUT_S": "10",
         "URR_WORKERS": "2",
         "URR_INTERNAL__PORT": str(free_port()),
+        "URR_METRICS__PORT": str(free_port()),
         "URR_REDIS__URL": redis_url,
         "URR_UPSTREAMS__TICKET": str(upstream.make_url("")).rstrip("/"),
         "URR_ACCESS_TRUST__JWKS_URL": f"http://127.0.0.1:{dead}/jwks.json",

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from urr_common.service import metrics_text
 from urr_gateway.context import CLIENT_IP, IDENTITY
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.revocation import ENTRY_TOKEN_REVOCATION, RevocationVerdict, revocation_key_of
@@ -232,7 +233,7 @@ async def test_a_slow_upstream_is_504(stack):
     response = await stack.client.get("/api/v1/events/slow?s=4")
     assert response.status == 504
     assert (await response.json())["code"] == "upstream_timeout"
-    metrics = await (await stack.client.get("/metrics")).text()
+    metrics = metrics_text(stack.client.app)
     assert 'urr_gateway_upstream_errors_total{kind="timeout",upstream="ticket"} 1.0' in metrics
 
 
@@ -303,7 +304,7 @@ async def test_a_client_leaving_mid_download_is_not_an_upstream_error(stack):
         await response.content.readexactly(256 * 1024)
         response.close()
     await asyncio.sleep(0.2)
-    metrics = await (await stack.client.get("/metrics")).text()
+    metrics = metrics_text(stack.client.app)
     assert "urr_gateway_upstream_errors_total{" not in metrics
     assert (await stack.client.get("/api/v1/events")).status == 200
 
@@ -349,7 +350,7 @@ async def test_a_limiter_decision_can_answer_revocation_without_a_second_redis_c
         headers = {**stack.auth_headers(user), "x-queue-entry-token": stack.entry_token(user, "e1")}
         response = await stack.client.get("/api/v1/seats/e1", headers=headers)
         assert response.status == status
-    metrics = await (await stack.client.get("/metrics")).text()
+    metrics = metrics_text(stack.client.app)
     assert "urr_gateway_revocation_check_failures_total 0.0" in metrics
 
 

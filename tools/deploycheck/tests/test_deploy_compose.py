@@ -181,3 +181,28 @@ def test_workload_lookup():
     assert workload("gateway").port == 3001
     with pytest.raises(KeyError):
         workload("nope")
+
+
+def test_prometheus_scrapes_every_metrics_listener_which_is_never_published(compose):
+    """Issue 16: /metrics was on every public port. Each process's metrics listener (its own
+    settings decide the port) is what monitoring/prometheus.yml scrapes, on the compose
+    network only."""
+    scrape = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text(encoding="utf-8"))
+    targets = {
+        target
+        for job in scrape["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    expected = set()
+    for entry in WORKLOADS:
+        service = compose["services"][entry.name]
+        settings = workload_settings(entry, container_env(entry, service))[0]
+        metrics = settings.metrics  # type: ignore[attr-defined]
+        assert metrics.host == "0.0.0.0", entry.name
+        port = settings.metrics_port  # type: ignore[attr-defined]
+        assert port != settings.http.port  # type: ignore[attr-defined]
+        published = [str(p).split(":")[-1] for p in service.get("ports", [])]
+        assert str(port) not in published, entry.name
+        expected.add(f"{entry.name}:{port}")
+    assert targets == expected
