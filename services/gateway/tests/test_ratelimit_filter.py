@@ -178,7 +178,7 @@ async def test_error_answers_carry_the_headers(
 async def test_health_endpoints_are_never_limited(
     client: TestClient[web.Request, web.Application],
 ) -> None:
-    # (/metrics is on its own listener, never the public port: test_gateway_metrics_port.py)
+    # (/metrics is on its own listener, never the public port: test_gateway_main.py)
     for _ in range(12):
         for path in ("/health/live", "/health/ready"):
             response = await client.get(path)
