@@ -294,6 +294,16 @@ async def test_the_origin_secret_is_required_when_configured_and_rotates(stack_f
     assert len(stack.ticket.requests) == 2
 
 
+@pytest.mark.parametrize("target", ["/health/../api/v1/events", "/health/%2e%2e/api/v1/events"])
+async def test_a_health_path_cannot_carry_an_api_request_past_the_origin_secret(
+    stack_factory, raw_request, target
+):
+    stack = await stack_factory(trust=TrustSettings(origin_secrets=[SECRET_A]))
+    status, answer = await raw_request(stack.client, target)
+    assert status in (400, 403), answer
+    assert stack.ticket.requests == []
+
+
 # ---- 8. security response headers -------------------------------------------------------------
 
 

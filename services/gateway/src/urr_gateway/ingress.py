@@ -51,20 +51,21 @@ def ingress_middleware(trust: TrustSettings) -> Middleware:
 
     @web.middleware
     async def ingress(request: web.Request, handler: Handler) -> web.StreamResponse:
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        try:
+            normalised = normalise_path(raw_path)
+        except InvalidPath as exc:
+            raise BadRequest(str(exc), code="invalid_path") from exc
+        # On the canonical path: "/health/../api/..." is an API request, not a health check.
         if (
             secrets
-            and not request.path.startswith(_DIRECT_PREFIX)
+            and not normalised.raw.startswith(_DIRECT_PREFIX)
             and not origin_secret_matches(request.headers.get(secret_header), secrets)
         ):
             raise Forbidden("requests must come through the site's CDN", code="origin_unverified")
         client = proxies.client(request.remote, request.headers.getall(X_FORWARDED_FOR, ()))
         request[CLIENT_IP] = client.ip
         trusted_hops = int(client.via_trusted_proxy)
-        raw_path, _, raw_query = request.raw_path.partition("?")
-        try:
-            normalised = normalise_path(raw_path)
-        except InvalidPath as exc:
-            raise BadRequest(str(exc), code="invalid_path") from exc
         if normalised.raw != raw_path:
             canonical = URL.build(path=normalised.raw, query_string=raw_query, encoded=True)
             request = request.clone(rel_url=canonical)

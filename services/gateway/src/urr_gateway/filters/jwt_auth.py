@@ -38,8 +38,9 @@ from urr_gateway.verification import CachedTokenVerifier
 
 JWT_AUTH_ORDER = -1
 AUTH_GATE_ORDER = 1
-#: Paths that are never authenticated: a token sent there is not even looked at.
-UNAUTHENTICATED_PREFIXES = ("/health/", "/metrics")
+#: Paths that are never authenticated: a token sent there is not even looked at (``/metrics``
+#: is not on the public listener at all).
+UNAUTHENTICATED_PREFIX = "/health/"
 #: The refusal ``jwt_auth`` recorded, raised by ``auth_gate`` once the limiter has counted it.
 AUTH_REFUSAL = web.RequestKey("urr_auth_refusal", ProblemError)
 #: Set when the ``access_token`` cookie was refused: the answer clears it.
@@ -104,7 +105,7 @@ def jwt_auth_filter(verifier: CachedTokenVerifier[Identity], rejections: Counter
         headers = request[FORWARD_HEADERS]
         strip_identity_headers(headers)
         authorization = headers.get("Authorization")
-        if authorization is None or request.path.startswith(UNAUTHENTICATED_PREFIXES):
+        if authorization is None or request.path.startswith(UNAUTHENTICATED_PREFIX):
             return await handler(request)
         try:
             identity = await authenticate(authorization)
