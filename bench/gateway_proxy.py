@@ -348,7 +348,7 @@ def main() -> None:
             "bench-user", {"evt": EVENT_ID}
         )
         upstream_port, nginx_port, gateway_port = free_port(), free_port(), free_port()
-        bare_port = free_port()
+        bare_port, metrics_port = free_port(), free_port()
         processes.append(
             start_nginx(
                 work / "upstream",
@@ -393,6 +393,8 @@ def main() -> None:
             "URR_ACCESS_TRUST__JWKS_URL": f"{upstream}/access.json",
             "URR_ENTRY_TRUST__JWKS_URL": f"{upstream}/entry.json",
             "URR_INTERNAL__PORT": str(free_port()),
+            # /metrics is served on its own listener, never the public port.
+            "URR_METRICS__PORT": str(metrics_port),
         }
         env.update(item.split("=", 1) for item in options.env)
         gateway = subprocess.Popen(
@@ -454,7 +456,7 @@ def main() -> None:
                 f"{result.cpu_us_per_request:10.0f} {result.cpu_share:10.2f} {result.non_2xx}"
                 + (f"  {result.errors}" if result.errors else "")
             )
-        with urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/metrics") as answer:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as answer:
             exposition = answer.read().decode()
         for line in exposition.splitlines():
             if line.startswith(("urr_gateway_revocation", "urr_gateway_upstream_errors")):
