@@ -27,6 +27,7 @@ from urr_gateway.filters.jwt_auth import ACCESS_REQUIRED_CLAIMS, identity_from_c
 from urr_gateway.jwks import JwksKeySource
 from urr_gateway.ratelimit.config import RateLimitSettings
 from urr_gateway.refusedcache import RefusedTokenCache
+from urr_gateway.responseheaders import clearing_cookie
 from urr_gateway.settings import GatewaySettings
 from urr_gateway.tokencache import VerifiedTokenCache, token_digest
 from urr_gateway.trust import TrustSettings
@@ -188,6 +189,18 @@ async def test_a_valid_cookie_is_not_cleared_and_a_bad_bearer_header_is_still_re
     bad = await stack.client.get("/api/v1/events", headers={"Authorization": "Bearer junk"})
     assert bad.status == 401
     assert not _cleared(bad)
+
+
+def test_the_clearing_cookie_matches_the_one_auth_sets():
+    cleared = clearing_cookie("urr.example.com", secure=True)
+    parts = [part.strip() for part in cleared.split(";")]
+    assert parts[0] == 'access_token=""'
+    assert {"Path=/", "Max-Age=0", "Domain=urr.example.com", "HttpOnly", "Secure"} <= set(parts)
+    assert "SameSite=Lax" in parts
+    assert "Secure" not in clearing_cookie(None, secure=False)
+    assert TrustSettings(access_cookie_domain=".URR.example.com").access_cookie_domain == (
+        "urr.example.com"
+    )
 
 
 # ---- 6. CSRF ----------------------------------------------------------------------------------
@@ -364,6 +377,7 @@ def test_trust_settings_from_the_environment(monkeypatch):
         ("URR_TRUST__SITE_ORIGINS", "https://tickets.example.com/app", "origin only"),
         ("URR_TRUST__SITE_ORIGINS", "[]", "at least one site origin"),
         ("URR_TRUST__HSTS_MAX_AGE_S", "-1", "greater than or equal to 0"),
+        ("URR_TRUST__ACCESS_COOKIE_DOMAIN", "https://urr.example.com", "not a cookie domain"),
         ("URR_TOKEN_CACHE__REFUSED_TTL_S", "-1", "greater than or equal to 0"),
         ("URR_TOKEN_CACHE__REFUSED_MAX_ENTRIES", "-5", "greater than or equal to 0"),
     ],

@@ -132,6 +132,19 @@ class TrustSettings(BaseModel):
             raise ValueError("a header name: letters, digits and '-' only")
         return value
 
+    @field_validator("access_cookie_domain")
+    @classmethod
+    def _cookie_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host = value.strip().lstrip(".").lower()
+        labels = host.split(".")
+        if not host or not all(
+            label and all(ch.isalnum() or ch == "-" for ch in label) for label in labels
+        ):
+            raise ValueError(f"{value!r} is not a cookie domain like urr.example.com")
+        return host
+
     @field_validator("site_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> Any:
