@@ -371,7 +371,7 @@ def gateway_source(revision: str, into: Path) -> Path | None:
 
 
 def print_results(
-    results: list[WrkResult], options: argparse.Namespace, load_before: list[str], gateway_port: int
+    results: list[WrkResult], options: argparse.Namespace, load_before: list[str], metrics_port: int
 ) -> None:
     nginx_rps = results[1].requests_per_s
     bare_rps = results[2].requests_per_s
@@ -389,7 +389,8 @@ def print_results(
             f"{result.cpu_us_per_request:10.0f} {result.cpu_share:10.2f} {result.non_2xx}"
             + (f"  {result.errors}" if result.errors else "")
         )
-    with urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/metrics") as answer:
+    # /metrics is served on the gateway's metrics listener, never on the public port.
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as answer:
         exposition = answer.read().decode()
     for line in exposition.splitlines():
         if line.startswith(("urr_gateway_revocation", "urr_gateway_upstream_errors")):
@@ -428,14 +429,16 @@ def launch_gateway(
     processes: list[subprocess.Popen[bytes]],
     workers: int,
     pythonpath: Path | None = None,
-) -> tuple[int, int]:
-    """Start ``python -m urr_gateway`` with ``workers`` workers; ``(port, pid)`` once ready."""
-    port = free_port()
+) -> tuple[int, int, int]:
+    """Start ``python -m urr_gateway`` with ``workers`` workers; ``(port, pid, metrics port)``
+    once ready (a gateway from before the metrics listener ignores that setting)."""
+    port, metrics_port = free_port(), free_port()
     env = {
         **base_env,
         "URR_HTTP__PORT": str(port),
         "URR_WORKERS": str(workers),
         "URR_INTERNAL__PORT": str(free_port()),
+        "URR_METRICS__PORT": str(metrics_port),
     }
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
@@ -444,7 +447,7 @@ def launch_gateway(
     )
     processes.append(process)
     wait_http(f"http://127.0.0.1:{port}{PATH}", 90, ready_headers)
-    return port, process.pid
+    return port, process.pid, metrics_port
 
 
 def gateway_pids(pid: int, workers: int) -> list[int]:
@@ -540,14 +543,14 @@ def main() -> None:
             "x-queue-entry-token": entry_token,
         }
 
-        def start_gateway(workers: int, pythonpath: Path | None = None) -> tuple[int, int]:
+        def start_gateway(workers: int, pythonpath: Path | None = None) -> tuple[int, int, int]:
             return launch_gateway(base_env, ready_headers, processes, workers, pythonpath)
 
-        gateway_port, gateway_pid = start_gateway(1)
+        gateway_port, gateway_pid, gateway_metrics_port = start_gateway(1)
         before = gateway_source(options.before, work / "before") if options.before else None
         before_port = before_pid = 0
         if before is not None:
-            before_port, before_pid = start_gateway(1, before)
+            before_port, before_pid, _ = start_gateway(1, before)
         bare = subprocess.Popen(
             [sys.executable, __file__, "--serve-bare-proxy", str(bare_port), upstream],
             stdout=subprocess.DEVNULL,
@@ -593,7 +596,7 @@ def main() -> None:
             ("URR gateway, every filter", f"{local}:{gateway_port}{PATH}", headers, [gateway_pid])
         )
         for workers in [int(n) for n in options.workers.split(",") if n.strip()]:
-            port, pid = start_gateway(workers)
+            port, pid, _ = start_gateway(workers)
             runs.append(
                 (
                     f"URR gateway, URR_WORKERS={workers}",
@@ -606,7 +609,7 @@ def main() -> None:
             run_wrk(name, url, options.duration, options.connections, run_headers, pids)
             for name, url, run_headers, pids in runs
         ]
-        print_results(results, options, load_before, gateway_port)
+        print_results(results, options, load_before, gateway_metrics_port)
         print()
         print(
             profile(

@@ -17,8 +17,15 @@ from pydantic import BaseModel, Field
 from urr_common.logs import configure_logging, get_logger
 from urr_common.payloads import json_response, read_json
 from urr_common.problems import Conflict
-from urr_common.service import READINESS_KEY, create_service_app, serve
-from urr_common.settings import HttpSettings, LogSettings, ServiceSettings
+from urr_common.service import (
+    READINESS_KEY,
+    create_service_app,
+    metrics_text,
+    serve,
+    start_metrics_listener,
+)
+from urr_common.settings import HttpSettings, LogSettings, MetricsSettings, ServiceSettings
+from urr_devstack.procs import free_port
 
 
 class Item(BaseModel):
@@ -157,7 +164,7 @@ async def test_health_readiness_and_metrics(aiohttp_client) -> None:
     assert unready.status == 503
     assert (await unready.json())["checks"]["db"] == "ConnectionError: db down"
     await client.post("/items", json={"name": "a", "count": 1})
-    metrics = await (await client.get("/metrics")).text()
+    metrics = metrics_text(client.app)
     assert 'urr_http_requests_total{method="POST",route="/items",status="2xx"} 1.0' in metrics
     assert 'urr_http_requests_total{method="GET",route="unmatched"' not in metrics
 
@@ -166,14 +173,14 @@ async def test_unmatched_paths_share_one_metrics_label(aiohttp_client) -> None:
     client = await aiohttp_client(build_app())
     for path in ("/a", "/b", "/c"):
         await client.get(path)
-    metrics = await (await client.get("/metrics")).text()
+    metrics = metrics_text(client.app)
     assert 'urr_http_requests_total{method="GET",route="unmatched",status="4xx"} 3.0' in metrics
 
 
 async def test_two_apps_in_one_process_have_separate_registries(aiohttp_client) -> None:
     first, second = await aiohttp_client(build_app()), await aiohttp_client(build_app())
     await first.post("/items", json={"name": "a", "count": 1})
-    text = await (await second.get("/metrics")).text()
+    text = metrics_text(second.app)
     assert 'route="/items"' not in text
 
 
@@ -224,6 +231,48 @@ async def test_graceful_shutdown_finishes_the_request_in_flight() -> None:
         await asyncio.wait_for(server, 5)
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(f"{base}/health/live")
+
+
+async def test_metrics_are_served_on_their_own_listener_and_the_public_port_answers_404() -> None:
+    """Issue 16: /metrics was public on every service's port. Real listeners via ``serve``."""
+    metrics_port = free_port()
+    app = create_service_app(ServiceSettings(metrics=MetricsSettings(port=metrics_port)))
+    ports: list[int] = []
+    listening = asyncio.Event()
+
+    def started(port: int) -> None:
+        ports.append(port)
+        listening.set()
+
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(app, HttpSettings(port=0), stop=stop, started=started))
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        public = f"http://127.0.0.1:{ports[0]}"
+        private = f"http://127.0.0.1:{metrics_port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{public}/health/live") as live:
+                assert live.status == 200
+            async with session.get(f"{public}/metrics") as hidden:
+                assert hidden.status == 404
+                assert hidden.content_type == "application/problem+json"
+            async with session.get(f"{private}/metrics") as scraped:
+                assert scraped.status == 200
+                text = await scraped.text()
+            assert 'urr_http_requests_total{method="GET",route="/health/live",status="2xx"}' in text
+            async with session.get(f"{private}/health/live") as other:
+                assert other.status == 404  # the metrics listener serves metrics only
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+async def test_metrics_can_be_turned_off() -> None:
+    app = create_service_app(ServiceSettings(metrics=MetricsSettings(enabled=False)))
+    assert await start_metrics_listener(app, MetricsSettings(enabled=False), 0) is None
 
 
 def test_get_logger_is_usable_before_configuration() -> None:

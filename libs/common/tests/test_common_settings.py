@@ -105,3 +105,35 @@ def test_nested_overrides_keep_the_services_block_defaults() -> None:
     settings = load_settings(ExampleSettings, http={"drain_delay_s": 2})
     assert settings.http.port == 3999
     assert settings.http.drain_delay_s == 2
+
+
+def test_the_metrics_port_sits_beside_the_public_one_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(ExampleSettings).metrics_port == 4999
+    assert load_settings(ExampleSettings).metrics.host == "127.0.0.1"
+    monkeypatch.setenv("URR_HTTP__PORT", "0")
+    assert load_settings(ExampleSettings).metrics_port == 0  # tests: a free port
+    monkeypatch.setenv("URR_METRICS__PORT", "9464")
+    monkeypatch.setenv("URR_METRICS__HOST", "0.0.0.0")
+    settings = load_settings(ExampleSettings)
+    assert (settings.metrics.host, settings.metrics_port) == ("0.0.0.0", 9464)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"URR_METRICS__PORT": "3999"}, "must differ from URR_HTTP__PORT"),
+        ({"URR_HTTP__PORT": "65000"}, "set URR_METRICS__PORT (0-65535) explicitly"),
+        ({"URR_METRICS__PORT": "70000"}, "URR_METRICS__PORT"),
+        ({"URR_METRICS__ENABLED": "maybe"}, "URR_METRICS__ENABLED"),
+    ],
+)
+def test_bad_metrics_settings_stop_the_start_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings(ExampleSettings)
+    assert message in str(error.value)

@@ -77,10 +77,12 @@ def forged_and_replayed(
     stranger_id = str(uuid.uuid4())
     forged_access = forge({"sub": stranger_id, "role": "admin", "iss": "urr-auth", "aud": "urr"})
     probes: list[tuple[str, str, str, dict[str, str]]] = [
+        # A forged cookie is ignored (the caller is anonymous, the cookie cleared), so it is
+        # probed where a login is needed: it must not log anyone in.
         (
-            "forged access token",
+            "forged access token cookie -> queue admin",
             "GET",
-            "/api/v1/events",
+            f"/api/v1/admin/queue/{event_id}",
             {"cookie": f"access_token={forged_access}"},
         ),
         (

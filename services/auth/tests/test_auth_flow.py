@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from urr_auth.settings import AuthSettings
 from urr_auth.testing import DEFAULT_EMAIL, DEFAULT_PASSWORD, AuthApi
+from urr_common.service import metrics_text
 from urr_common.tokens import KeySet, SigningKey, TokenSigner, TokenVerifier
 
 Client = TestClient[web.Request, web.Application]
@@ -268,7 +269,7 @@ async def test_health_metrics_and_jwks_headers(client: Client, api: AuthApi) -> 
     await client.post("/api/v1/auth/login", json={"email": DEFAULT_EMAIL, "password": "wrong-pw"})
 
     ready = await client.get("/health/ready")
-    metrics = await (await client.get("/metrics")).text()
+    metrics = metrics_text(client.app)
     jwks = await client.get("/.well-known/jwks.json")
 
     assert ready.status == 200

@@ -8,6 +8,7 @@ from aiohttp.typedefs import Handler
 
 from urr_gateway.chain import FILTER_ORDER, ChainError, build_chain, chain_middlewares
 from urr_gateway.filters.base import GatewayFilter
+from urr_gateway.trust import TrustSettings
 
 
 def _filter(name: str, order: int) -> GatewayFilter:
@@ -23,7 +24,8 @@ def test_the_declared_order():
         ("cookie_auth", -2),
         ("jwt_auth", -1),
         ("rate_limit", 0),
-        ("entry_token", 1),
+        ("auth_gate", 1),
+        ("entry_token", 2),
     )
 
 
@@ -35,11 +37,12 @@ def test_chain_with_and_without_the_rate_limiter():
         cookie_auth=filters["cookie_auth"],
         jwt_auth=filters["jwt_auth"],
         rate_limit=None,
+        auth_gate=filters["auth_gate"],
         entry_token=filters["entry_token"],
     )
-    assert [f.name for f in without] == ["cookie_auth", "jwt_auth", "entry_token"]
-    middlewares = chain_middlewares(full, trusted_proxy_count=0)
-    assert len(middlewares) == 5  # ingress first, then the four filters
+    assert [f.name for f in without] == ["cookie_auth", "jwt_auth", "auth_gate", "entry_token"]
+    middlewares = chain_middlewares(full, trust=TrustSettings())
+    assert len(middlewares) == 6  # ingress first, then the five filters
     assert middlewares[1:] == [f.middleware for f in full]
 
 

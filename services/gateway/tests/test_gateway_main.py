@@ -66,6 +66,7 @@ async def test_workers_share_the_port_and_drain_on_sigterm(redis_url, tmp_path):
         "URR_HTTP__SHUTDOWN_TIMEOUT_S": "10",
         "URR_WORKERS": "2",
         "URR_INTERNAL__PORT": str(free_port()),
+        "URR_METRICS__PORT": str(free_port()),
         "URR_REDIS__URL": redis_url,
         "URR_UPSTREAMS__TICKET": str(upstream.make_url("")).rstrip("/"),
         "URR_ACCESS_TRUST__JWKS_URL": f"http://127.0.0.1:{dead}/jwks.json",
@@ -146,3 +147,39 @@ async def test_the_internal_listener_serves_the_check_app_and_drains(redis_url):
                     raise AssertionError(f"{url} still answers")
             except aiohttp.ClientConnectorError:
                 pass
+
+
+@pytest.mark.timeout(120)
+async def test_the_gateway_process_keeps_metrics_off_its_public_port(redis_url, tmp_path):
+    """Issue 16: every public port answered /metrics (why a forged token failed, when limits
+    failed open). The weakness lived in wiring, so this drives the real process."""
+    port, metrics_port, dead = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "URR_HTTP__PORT": str(port),
+        "URR_METRICS__PORT": str(metrics_port),
+        "URR_INTERNAL__PORT": str(free_port()),
+        "URR_REDIS__URL": redis_url,
+        "URR_ACCESS_TRUST__JWKS_URL": f"http://127.0.0.1:{dead}/jwks.json",
+        "URR_ENTRY_TRUST__JWKS_URL": f"http://127.0.0.1:{dead}/jwks.json",
+        "URR_LOG__LEVEL": "WARNING",
+    }
+    log = (tmp_path / "gateway.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "urr_gateway", env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _wait_ready(session, f"http://127.0.0.1:{port}/health/live", 90)
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as public:
+                assert public.status == 404
+                assert "urr_http_requests" not in await public.text()
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as internal:
+                assert internal.status == 200
+                text = await internal.text()
+            assert "urr_http_requests_total" in text
+            assert "# TYPE urr_gateway_token_rejections_total counter" in text
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+        log.close()

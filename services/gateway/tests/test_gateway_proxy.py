@@ -14,10 +14,12 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from urr_common.service import metrics_text
 from urr_gateway.context import CLIENT_IP, IDENTITY
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.revocation import ENTRY_TOKEN_REVOCATION, RevocationVerdict, revocation_key_of
-from urr_gateway.settings import GatewayHttpSettings, ProxySettings, UpstreamSettings
+from urr_gateway.settings import GatewayHttpSettings, UpstreamSettings
+from urr_gateway.trust import TrustSettings
 
 MB = 1024 * 1024
 
@@ -85,7 +87,7 @@ async def test_forwarded_for_is_used_behind_a_trusted_proxy(stack_factory):
     seen: list[dict[str, Any]] = []
     stack = await stack_factory(
         rate_limit_filter=recording_filter(seen),
-        proxy=ProxySettings(trusted_proxy_count=1),
+        trust=TrustSettings(proxy_cidrs=["127.0.0.0/8"]),
     )
     response = await stack.client.get(
         "/api/v1/events", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}
@@ -231,7 +233,7 @@ async def test_a_slow_upstream_is_504(stack):
     response = await stack.client.get("/api/v1/events/slow?s=4")
     assert response.status == 504
     assert (await response.json())["code"] == "upstream_timeout"
-    metrics = await (await stack.client.get("/metrics")).text()
+    metrics = metrics_text(stack.client.app)
     assert 'urr_gateway_upstream_errors_total{kind="timeout",upstream="ticket"} 1.0' in metrics
 
 
@@ -302,7 +304,7 @@ async def test_a_client_leaving_mid_download_is_not_an_upstream_error(stack):
         await response.content.readexactly(256 * 1024)
         response.close()
     await asyncio.sleep(0.2)
-    metrics = await (await stack.client.get("/metrics")).text()
+    metrics = metrics_text(stack.client.app)
     assert "urr_gateway_upstream_errors_total{" not in metrics
     assert (await stack.client.get("/api/v1/events")).status == 200
 
@@ -348,7 +350,7 @@ async def test_a_limiter_decision_can_answer_revocation_without_a_second_redis_c
         headers = {**stack.auth_headers(user), "x-queue-entry-token": stack.entry_token(user, "e1")}
         response = await stack.client.get("/api/v1/seats/e1", headers=headers)
         assert response.status == status
-    metrics = await (await stack.client.get("/metrics")).text()
+    metrics = metrics_text(stack.client.app)
     assert "urr_gateway_revocation_check_failures_total 0.0" in metrics
 
 
@@ -361,7 +363,11 @@ async def test_the_revocation_key_is_offered_only_where_an_entry_token_is_needed
     await stack.client.get("/api/v1/seats/e1", headers={"x-queue-entry-token": "x.y.z"})
     assert seen[0]["revocation_key"] is None
     assert seen[1]["revocation_key"].startswith("{u:u1}:revoked:")
-    assert len(seen) == 2  # the anonymous seat request was refused before the limiter
+    # The anonymous seat request is counted by the limiter (refusals are limited too), with
+    # no revocation key: it has no user to look one up for.
+    assert len(seen) == 3
+    assert seen[2]["user"] is None
+    assert seen[2]["revocation_key"] is None
 
 
 async def test_expect_100_continue_is_answered_by_the_gateway(stack):

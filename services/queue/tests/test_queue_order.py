@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from urr_common.service import metrics_text
 from urr_queue.app import ADMISSION_LOOP
 from urr_queue.config import EventConfig
 from urr_queue.settings import AdmissionSettings
@@ -229,6 +230,6 @@ async def test_operators_see_the_hold(
     assert result.order_waived == 1
     live = (await (await client.get(path, headers=admin_headers)).json())["live"]
     assert (live["order_cursor"], live["order_holding_seconds"]) == (3, None)
-    metrics = await (await client.get("/metrics")).text()
+    metrics = metrics_text(client.app)
     assert "urr_queue_order_held_ticks_total 1.0" in metrics
     assert "urr_queue_order_waived_total 1.0" in metrics

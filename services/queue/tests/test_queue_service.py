@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from urr_common.service import metrics_text
 from urr_queue.settings import AdmissionSettings
 
 
@@ -35,7 +36,7 @@ async def test_the_running_loop_admits_a_polling_waiter(
     assert second["status"] == "waiting"
     assert second["position"] == 1
     # The loop shows up in the metrics, and the service reports itself ready.
-    metrics = await (await client.get("/metrics")).text()
+    metrics = metrics_text(client.app)
     assert "urr_queue_admitted_total" in metrics
     assert "urr_queue_tick_seconds_count" in metrics
     assert (await client.get("/health/ready")).status == 200

@@ -70,11 +70,12 @@ async def test_dlq_depth_and_consumer_lag_are_exported(
     finally:
         await consumer.stop()
 
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("URR_")}
     env.update(
         {
             "URR_HTTP__PORT": str(port),
+            "URR_METRICS__PORT": str(metrics_port),
             "URR_AWS__ENDPOINT_URL": moto_endpoint,
             "URR_AWS__ACCESS_KEY_ID": "test",
             "URR_AWS__SECRET_ACCESS_KEY": "test",
@@ -95,7 +96,7 @@ async def test_dlq_depth_and_consumer_lag_are_exported(
             for _ in range(100):
                 assert process.returncode is None, (tmp_path / "exporter.log").read_text()
                 try:
-                    url = f"http://127.0.0.1:{port}/metrics"
+                    url = f"http://127.0.0.1:{metrics_port}/metrics"
                     seen = (
                         await _metric(session, url, "urr_worker_dlq_messages "),
                         await _metric(session, url, lag_line),

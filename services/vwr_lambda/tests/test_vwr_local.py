@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from urr_common.service import metrics_text
 from urr_common.settings import load_settings
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw, containers, scheduler
@@ -189,7 +190,7 @@ async def test_the_api_emulator_throttles_past_its_pending_limit(vwr: Any) -> No
         # Once the burst is over, the next call goes through.
         assert (await client.get("/vwr/status/busy")).status == 200
         # Every call that ran is timed, waiting apart from running; turned-away ones are not.
-        metrics = await (await client.get("/metrics")).text()
+        metrics = metrics_text(client.app)
         ran = len(answers) - len(throttled) + 1
         assert f'urr_vwr_apigw_container_wait_seconds_count{{kind="read"}} {ran}.0' in metrics
         assert f'urr_vwr_apigw_invocation_seconds_count{{kind="read"}} {ran}.0' in metrics

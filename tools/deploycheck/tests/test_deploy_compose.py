@@ -20,6 +20,7 @@ from urr_deploycheck.services import (
     Target,
     workload,
 )
+from urr_gateway.trust import ProxyTrust
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -181,3 +182,45 @@ def test_workload_lookup():
     assert workload("gateway").port == 3001
     with pytest.raises(KeyError):
         workload("nope")
+
+
+def test_prometheus_scrapes_every_metrics_listener_which_is_never_published(compose):
+    """Issue 16: /metrics was on every public port. Each process's metrics listener (its own
+    settings decide the port) is what monitoring/prometheus.yml scrapes, on the compose
+    network only."""
+    scrape = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text(encoding="utf-8"))
+    targets = {
+        target
+        for job in scrape["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    expected = set()
+    for entry in WORKLOADS:
+        service = compose["services"][entry.name]
+        settings = workload_settings(entry, container_env(entry, service))[0]
+        metrics = settings.metrics  # type: ignore[attr-defined]
+        assert metrics.host == "0.0.0.0", entry.name
+        port = settings.metrics_port  # type: ignore[attr-defined]
+        assert port != settings.http.port  # type: ignore[attr-defined]
+        published = [str(p).split(":")[-1] for p in service.get("ports", [])]
+        assert str(port) not in published, entry.name
+        expected.add(f"{entry.name}:{port}")
+    assert targets == expected
+
+
+def test_the_gateway_trusts_forwarded_addresses_from_the_edge_alone(compose):
+    """Issue 16: compose trusted one X-Forwarded-For hop from anyone, and published the
+    gateway's port, so a caller on port 3001 named its own address (200 of 200 logins passed
+    AUTH's 20/min). Now only the edge stand-in's fixed address may write the header."""
+    gateway = workload("gateway")
+    settings = workload_settings(gateway, container_env(gateway, compose["services"]["gateway"]))
+    trust = settings[0].trust  # type: ignore[attr-defined]
+    edge = compose["services"]["vwr-edge"]["networks"]["default"]["ipv4_address"]
+    assert [str(network) for network in trust.proxy_cidrs] == [f"{edge}/32"]
+    proxies = ProxyTrust(trust.proxy_cidrs)
+    # Through the published port the peer is the docker bridge (or the host): not trusted.
+    direct = proxies.client("172.30.0.1", ["198.51.100.7"])
+    assert direct.ip == "172.30.0.1"
+    via_edge = proxies.client(edge, ["198.51.100.7"])
+    assert via_edge.ip == "198.51.100.7"

@@ -291,3 +291,32 @@ def test_the_gateway_runs_one_worker_per_pod(overlay):
     (gateway,) = (p for p in pod_templates(docs) if p.name == "gateway")
     env = container_env(gateway.containers[0], docs).values
     assert env.get("URR_WORKERS", "1") == "1"
+
+
+@pytest.mark.parametrize("overlay", ["staging", "prod"])
+def test_the_load_balancer_admits_cloudfront_alone(overlay):
+    """Issue 16: the internet-facing ALB took traffic from anywhere, so anyone could reach the
+    gateway around the CDN. Its security group now admits CloudFront's origin-facing prefix
+    list only (the group is managed with the distribution)."""
+    for ingress in by_kind(rendered(overlay), "Ingress").values():
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations["alb.ingress.kubernetes.io/security-groups"].endswith("from-cloudfront")
+        assert annotations["alb.ingress.kubernetes.io/manage-backend-security-group-rules"] == (
+            "true"
+        )
+        assert "alb.ingress.kubernetes.io/inbound-cidrs" not in annotations
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_trusts_forwarded_addresses_by_cidr_only(overlay):
+    docs = rendered(overlay)
+    (gateway,) = (p for p in pod_templates(docs) if p.name == "gateway")
+    env = container_env(gateway.containers[0], docs)
+    assert "URR_PROXY__TRUSTED_PROXY_COUNT" not in env.values
+    cidrs = env.values["URR_TRUST__PROXY_CIDRS"]
+    if overlay in ("staging", "prod"):
+        assert cidrs  # the ALB subnets (the pipeline appends CloudFront's ranges)
+        assert env.from_secrets["URR_TRUST__ORIGIN_SECRETS"] == "urr-origin-secret/values"
+        assert env.values["URR_TRUST__SITE_ORIGINS"].startswith("https://")
+    else:
+        assert cidrs == ""  # nobody in front: the TCP peer is the client

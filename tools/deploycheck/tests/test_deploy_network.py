@@ -139,7 +139,10 @@ def _deployment(name: str, port: int, env: dict[str, str]) -> Manifest:
                     "containers": [
                         {
                             "name": name,
-                            "ports": [{"name": "http", "containerPort": port}],
+                            "ports": [
+                                {"name": "http", "containerPort": port},
+                                {"name": "metrics", "containerPort": 9464},
+                            ],
                             "env": [{"name": k, "value": v} for k, v in env.items()],
                         }
                     ]
@@ -170,7 +173,9 @@ def _policy(name: str, spec: dict[str, Any]) -> Manifest:
     }
 
 
+METRICS_ENV = {"URR_METRICS__HOST": "0.0.0.0", "URR_METRICS__PORT": "9464"}
 FAKE_ENV = {
+    **METRICS_ENV,
     "URR_HTTP__HOST": "0.0.0.0",
     "URR_HTTP__PORT": "3001",
     "URR_UPSTREAM__URL": "http://ticket.urr.svc.cluster.local:3002/api",
@@ -215,11 +220,13 @@ def _fake_docs() -> list[Manifest]:
         "from": [
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
         ],
-        "ports": [{"port": "http"}],
+        "ports": [{"port": "metrics"}],
     }
     return [
         _deployment("gateway", 3001, FAKE_ENV),
-        _deployment("ticket", 3002, {"URR_HTTP__HOST": "0.0.0.0", "URR_HTTP__PORT": "3002"}),
+        _deployment(
+            "ticket", 3002, {**METRICS_ENV, "URR_HTTP__HOST": "0.0.0.0", "URR_HTTP__PORT": "3002"}
+        ),
         _service("ticket", 3002),
         _policy("deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
         _policy("dns", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [dns]}),
@@ -316,7 +323,33 @@ def test_an_opening_nobody_needs_is_reported(fake_table):
         policy_grants(docs, pod_templates(docs))
         - derive(docs, FAKE_NETWORK, namespace="urr", extra_classes=FAKE_CLASSES).grants
     )
-    assert {str(g) for g in extra} == {"ticket <- ip:0.0.0.0/0 3002/TCP"}
+    assert {str(g) for g in extra} == {
+        "ticket <- ip:0.0.0.0/0 3002/TCP",
+        "ticket <- ip:0.0.0.0/0 9464/TCP",
+    }
+
+
+def test_monitoring_reaching_an_api_port_is_reported(fake_table):
+    """Issue 16: the monitoring namespace reached every backend port; now only metrics."""
+    docs = _fake_docs()
+    scrape = next(d for d in docs if d["metadata"]["name"] == "scrape")
+    scrape["spec"]["ingress"][0]["ports"] = [{"port": "http"}]
+    derivation = derive(docs, FAKE_NETWORK, namespace="urr", extra_classes=FAKE_CLASSES)
+    granted = policy_grants(docs, pod_templates(docs))
+    monitoring = 'ns:{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}/{}'
+    assert {str(g) for g in granted - derivation.grants} == {
+        f"gateway <- {monitoring} 3001/TCP",
+        f"ticket <- {monitoring} 3002/TCP",
+    }
+
+
+def test_metrics_on_loopback_or_on_another_port_are_problems(fake_table):
+    docs = _fake_docs()
+    env = docs[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    env[:] = [e for e in env if not e["name"].startswith("URR_METRICS__")]
+    problems = derive(docs, FAKE_NETWORK, namespace="urr", extra_classes=FAKE_CLASSES).problems
+    assert "gateway: container port 'metrics' is not 4001 (URR_METRICS__PORT)" in problems
+    assert any("metrics listen on 127.0.0.1 only" in p for p in problems)
 
 
 def test_a_local_default_left_in_place_is_a_problem(fake_table):
@@ -383,6 +416,16 @@ def test_endpoints_walk_nested_blocks_secrets_lists_and_aws_defaults():
     }
     without_endpoint = endpoints(settings_from_env(FakeSettings, {}))
     assert Endpoint(AWS_API_HOST, 443, "aws.endpoint_url") in without_endpoint
+
+
+def test_a_field_marked_as_no_call_is_not_an_endpoint():
+    class Compared(BaseModel):
+        origins: list[str] = Field(
+            default=["https://site.example"], json_schema_extra={"calls": False}
+        )
+        upstream: str = "http://api.example:8080"
+
+    assert [(e.host, e.port) for e in endpoints(Compared())] == [("api.example", 8080)]
 
 
 def test_parse_address_forms():

@@ -1,9 +1,13 @@
 """The skeleton every URR HTTP service is built on.
 
 ``create_service_app`` returns an ``aiohttp`` application with the shared middlewares (request
-id and log context, metrics, problem+json errors), ``/health/live``, ``/health/ready`` and
-``/metrics``. A service's own ``create_app(settings, ...)`` calls it, then adds its routes and
-``cleanup_ctx`` entries. ``serve`` runs an application until SIGTERM/SIGINT and drains it.
+id and log context, metrics, problem+json errors), ``/health/live`` and ``/health/ready``. A
+service's own ``create_app(settings, ...)`` calls it, then adds its routes and ``cleanup_ctx``
+entries. ``serve`` runs an application until SIGTERM/SIGINT and drains it.
+
+``/metrics`` is never on the public port (it would tell anyone why a token failed and when a
+limit fails open): ``serve`` starts a second listener for it (``start_metrics_listener``, at
+``URR_METRICS__HOST``/``URR_METRICS__PORT``), and the public port answers it 404.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
 
 from urr_common.health import Readiness, live_handler, ready_handler
 from urr_common.logs import bind_request_context, clear_request_context, get_logger
@@ -29,7 +34,7 @@ from urr_common.problems import (
     problem_from_http_exception,
     problem_response,
 )
-from urr_common.settings import HttpSettings, ServiceSettings
+from urr_common.settings import HttpSettings, MetricsSettings, ServiceSettings
 
 _LOG = get_logger(__name__)
 
@@ -153,8 +158,43 @@ def create_service_app(
     app[HTTP_METRICS_KEY] = HttpMetrics.register(registry)
     app.router.add_get("/health/live", live_handler)
     app.router.add_get("/health/ready", ready_handler(readiness))
+    return app
+
+
+def create_metrics_app(registry: CollectorRegistry) -> web.Application:
+    """The internal application: ``GET /metrics`` for ``registry``, nothing else."""
+    app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry))
     return app
+
+
+def metrics_text(app: web.Application) -> str:
+    """What the metrics listener would answer for ``app`` now (tests read metrics with it)."""
+    return generate_latest(app[REGISTRY_KEY]).decode()
+
+
+async def start_metrics_listener(
+    app: web.Application,
+    metrics: MetricsSettings,
+    public_port: int,
+    *,
+    reuse_port: bool = False,
+) -> web.AppRunner | None:
+    """Serve ``app``'s registry where ``metrics`` says (beside ``public_port``); the runner to
+    clean up, or ``None`` when metrics are off. Each worker process has its own registry."""
+    if not metrics.enabled:
+        return None
+    port = metrics.port_beside(public_port)
+    runner = web.AppRunner(create_metrics_app(app[REGISTRY_KEY]), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, metrics.host, port, reuse_port=reuse_port or None)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    _LOG.info("metrics_listening", host=metrics.host, port=_bound_port(runner, port))
+    return runner
 
 
 async def serve(
@@ -166,6 +206,9 @@ async def serve(
     reuse_port: bool = False,
 ) -> None:
     """Serve ``app`` until SIGTERM, SIGINT or ``stop``; then drain.
+
+    The metrics listener starts beside the public one, from the app's own settings (the
+    ``SETTINGS_KEY`` ``create_service_app`` stored), and closes after it.
 
     Draining: readiness turns 503 at once, the listener stays open for ``drain_delay_s`` (so a
     load balancer notices), then closes; in-flight requests get ``shutdown_timeout_s`` to
@@ -179,7 +222,11 @@ async def serve(
         app, handle_signals=False, shutdown_timeout=http.shutdown_timeout_s, access_log=None
     )
     await runner.setup()
+    metrics_runner: web.AppRunner | None = None
     try:
+        metrics_runner = await start_metrics_listener(
+            app, app[SETTINGS_KEY].metrics, http.port, reuse_port=reuse_port
+        )
         site = web.TCPSite(runner, http.host, http.port, reuse_port=reuse_port or None)
         await site.start()
         port = _bound_port(runner, http.port)
@@ -195,6 +242,8 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         _LOG.info("stopped")
 
 

@@ -44,6 +44,31 @@ class HttpSettings(BaseModel):
     use_uvloop: bool = True
 
 
+#: The metrics port a service picks when none is set: its public port plus this (3001 -> 4001).
+METRICS_PORT_OFFSET = 1000
+
+
+class MetricsSettings(BaseModel):
+    """Where ``/metrics`` is served: a listener of its own, never the public port.
+
+    Keep ``host`` on loopback or a private interface; in Kubernetes every pod uses the same
+    port (``URR_METRICS__PORT=9464``) and NetworkPolicies let Prometheus reach that port only.
+    """
+
+    host: str = "127.0.0.1"
+    #: ``None``: the public port + 1000 (so the local services, all on one host, differ), or
+    #: a free port when the public one is 0 (tests). 0 picks a free port.
+    port: int | None = Field(default=None, ge=0, le=65535)
+    #: Off: no metrics listener at all (one-shot tools).
+    enabled: bool = True
+
+    def port_beside(self, public_port: int) -> int:
+        """The metrics port of a service whose public listener is ``public_port``."""
+        if self.port is not None:
+            return self.port
+        return public_port + METRICS_PORT_OFFSET if public_port else 0
+
+
 class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: JSON lines for machines; ``console`` renders the same events readably for a terminal.
@@ -138,6 +163,26 @@ class ServiceSettings(BaseSettings):
     environment: Literal["local", "test", "staging", "prod"] = "local"
     http: HttpSettings = Field(default_factory=HttpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @property
+    def metrics_port(self) -> int:
+        """The port of the metrics listener (see ``MetricsSettings.port``)."""
+        return self.metrics.port_beside(self.http.port)
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> ServiceSettings:
+        port = self.metrics_port
+        if port > 65535:
+            raise ValueError(
+                f"the metrics port would be {port}: set URR_METRICS__PORT (0-65535) explicitly"
+            )
+        if self.metrics.enabled and port and port == self.http.port:
+            raise ValueError(
+                f"URR_METRICS__PORT ({port}) must differ from URR_HTTP__PORT: /metrics is never "
+                "served on the public port"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

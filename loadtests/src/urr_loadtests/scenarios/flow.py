@@ -113,6 +113,9 @@ class Flow:
         headers = dict(extra or {})
         if self.cookies:
             headers["cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+            # What a browser's same-origin fetch says; the gateway's CSRF rule needs it on
+            # cookie-authenticated POSTs.
+            headers["Sec-Fetch-Site"] = "same-origin"
         return headers
 
     def call(

@@ -33,12 +33,15 @@ from urr_gateway.filters.entry_token import (
 )
 from urr_gateway.filters.jwt_auth import (
     ACCESS_REQUIRED_CLAIMS,
+    auth_gate_filter,
     identity_from_claims,
     jwt_auth_filter,
 )
 from urr_gateway.jwks import JwksKeySource, http_jwks_fetcher
 from urr_gateway.metrics import GatewayMetrics
 from urr_gateway.proxy import UpstreamProxy, open_jwks_session, open_upstream_client
+from urr_gateway.refusedcache import RefusedTokenCache
+from urr_gateway.responseheaders import install_response_headers
 from urr_gateway.revocation import (
     PrecheckedRevocation,
     RedisRevocationCheck,
@@ -95,12 +98,14 @@ def create_app(
         _verifier(settings.access_trust, ACCESS_REQUIRED_CLAIMS),
         identity_from_claims,
         _cache(settings.token_cache, Identity),
+        _refused(settings.token_cache),
     )
     entry = CachedTokenVerifier(
         entry_keys,
         _verifier(settings.entry_trust, ENTRY_REQUIRED_CLAIMS),
         entry_claims,
         _cache(settings.token_cache, EntryClaims),
+        _refused(settings.token_cache),
     )
     redis_holder: dict[str, Redis | RedisCluster] = {}
     revocation = PrecheckedRevocation(
@@ -115,15 +120,15 @@ def create_app(
         cookie_auth=cookie_auth_filter(),
         jwt_auth=jwt_auth_filter(access, metrics.token_rejections),
         rate_limit=rate_limit_filter,
+        auth_gate=auth_gate_filter(settings.trust.site_origins),
         entry_token=entry_token_filter(entry, revocation, metrics.token_rejections),
     )
     app = create_service_app(
         settings,
         registry=registry,
-        middlewares=chain_middlewares(
-            filters, trusted_proxy_count=settings.proxy.trusted_proxy_count
-        ),
+        middlewares=chain_middlewares(filters, trust=settings.trust),
     )
+    install_response_headers(app, settings.trust)
     app[GATEWAY_METRICS_KEY] = metrics
     app[ACCESS_KEYS_KEY] = access_keys
     app[ENTRY_KEYS_KEY] = entry_keys
@@ -201,3 +206,7 @@ def _verifier(trust: TrustedKeysSettings, required: tuple[str, ...]) -> TokenVer
 
 def _cache(settings: TokenCacheSettings, _: type[T]) -> VerifiedTokenCache[T]:
     return VerifiedTokenCache(settings.verified_max_entries, settings.verified_ttl_s)
+
+
+def _refused(settings: TokenCacheSettings) -> RefusedTokenCache:
+    return RefusedTokenCache(settings.refused_max_entries, settings.refused_ttl_s)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from urr_gateway.trust import address_bucket
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -28,8 +30,9 @@ IDENTITY = web.RequestKey("urr_identity", Identity)
 
 
 def rate_limit_subject(request: web.Request) -> str:
-    """Per user when logged in, else per client address; hash-tagged for Redis Cluster."""
+    """Per user when logged in, else per client address (an IPv6 client's /64); hash-tagged
+    for Redis Cluster."""
     identity = request.get(IDENTITY)
     if identity is not None:
         return f"u:{identity.user_id}"
-    return f"ip:{request.get(CLIENT_IP, request.remote or 'unknown')}"
+    return f"ip:{address_bucket(request.get(CLIENT_IP, request.remote or 'unknown'))}"

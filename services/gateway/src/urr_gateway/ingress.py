@@ -1,7 +1,10 @@
 """The first gateway step, before any filter: client address, canonical path, route.
 
-Everything a filter or the proxy decides on is computed here once: ``CLIENT_IP`` (trusted-
-proxy aware), the canonical path (``paths.normalise_path``; when it differs from what the
+When origin secrets are configured, a request without one is refused here (403
+``origin_unverified``; health checks excepted: load balancers and kubelets call them directly).
+Everything a filter or the proxy decides on is computed here once: ``CLIENT_IP`` (from
+``X-Forwarded-For`` only when the TCP peer is a trusted proxy, see ``trust``), the canonical
+path (``paths.normalise_path``; when it differs from what the
 client sent, the request is re-issued with the canonical path so every later filter sees
 exactly what the upstream will get), the route, and the upstream request headers (client
 headers minus hop-by-hop, identity and forwarding ones, plus X-Forwarded-* and X-Request-Id)
@@ -15,20 +18,23 @@ from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDict
 from yarl import URL
 
-from urr_common.problems import BadRequest
+from urr_common.problems import BadRequest, Forbidden
 from urr_common.service import REQUEST_ID_HEADER, request_id_of
 from urr_gateway.context import CLIENT_IP
 from urr_gateway.forwarding import (
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
     X_FORWARDED_PROTO,
-    client_address,
     forwarded_host,
     forwarded_proto,
     upstream_request_headers,
 )
 from urr_gateway.paths import InvalidPath, NormalisedPath, normalise_path
 from urr_gateway.routing import ROUTE, match_route
+from urr_gateway.trust import ProxyTrust, TrustSettings, origin_secret_matches
+
+#: Paths a load balancer or kubelet calls directly, without the CDN's origin secret.
+_DIRECT_PREFIX = "/health/"
 
 #: The canonical path of the request (what routes match and the upstream receives).
 NORMALISED_PATH = web.RequestKey("urr_normalised_path", NormalisedPath)
@@ -38,18 +44,28 @@ RAW_QUERY = web.RequestKey("urr_raw_query", str)
 FORWARD_HEADERS = web.RequestKey("urr_forward_headers", CIMultiDict[str])
 
 
-def ingress_middleware(trusted_proxy_count: int) -> Middleware:
+def ingress_middleware(trust: TrustSettings) -> Middleware:
+    proxies = ProxyTrust(trust.proxy_cidrs)
+    secrets = tuple(trust.origin_secrets)
+    secret_header = trust.origin_secret_header
+
     @web.middleware
     async def ingress(request: web.Request, handler: Handler) -> web.StreamResponse:
-        client_ip, forwarded_for = client_address(
-            request.remote, request.headers, trusted_proxy_count
-        )
-        request[CLIENT_IP] = client_ip
         raw_path, _, raw_query = request.raw_path.partition("?")
         try:
             normalised = normalise_path(raw_path)
         except InvalidPath as exc:
             raise BadRequest(str(exc), code="invalid_path") from exc
+        # On the canonical path: "/health/../api/..." is an API request, not a health check.
+        if (
+            secrets
+            and not normalised.raw.startswith(_DIRECT_PREFIX)
+            and not origin_secret_matches(request.headers.get(secret_header), secrets)
+        ):
+            raise Forbidden("requests must come through the site's CDN", code="origin_unverified")
+        client = proxies.client(request.remote, request.headers.getall(X_FORWARDED_FOR, ()))
+        request[CLIENT_IP] = client.ip
+        trusted_hops = int(client.via_trusted_proxy)
         if normalised.raw != raw_path:
             canonical = URL.build(path=normalised.raw, query_string=raw_query, encoded=True)
             request = request.clone(rel_url=canonical)
@@ -59,13 +75,10 @@ def ingress_middleware(trusted_proxy_count: int) -> Middleware:
         if match is not None:
             request[ROUTE] = match
         headers = upstream_request_headers(request.headers)
-        headers[X_FORWARDED_FOR] = ", ".join(forwarded_for)
-        headers[X_FORWARDED_PROTO] = forwarded_proto(
-            request.scheme, request.headers, trusted_proxy_count
-        )
-        headers[X_FORWARDED_HOST] = forwarded_host(
-            request.host, request.headers, trusted_proxy_count
-        )
+        headers.popall(secret_header, None)  # a credential for us, not for the upstream
+        headers[X_FORWARDED_FOR] = ", ".join(client.chain)
+        headers[X_FORWARDED_PROTO] = forwarded_proto(request.scheme, request.headers, trusted_hops)
+        headers[X_FORWARDED_HOST] = forwarded_host(request.host, request.headers, trusted_hops)
         headers[REQUEST_ID_HEADER] = request_id_of(request)
         request[FORWARD_HEADERS] = headers
         return await handler(request)

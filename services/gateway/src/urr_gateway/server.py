@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from urr_common.clients import redis_client
 from urr_common.logs import get_logger
-from urr_common.service import READINESS_KEY
+from urr_common.service import READINESS_KEY, start_metrics_listener
 from urr_gateway.app import create_app
 from urr_gateway.checkapi import create_check_app
 from urr_gateway.filters.ratelimit import install_rate_limit, rate_limit_filter, revocation_verdict
@@ -87,6 +87,11 @@ async def serve_gateway(
             site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
             await site.start()
             _LOG.info("listening", host=host, port=port, internal=app is apps.internal)
+        metrics = await start_metrics_listener(
+            apps.public, settings.metrics, http.port, reuse_port=reuse_port
+        )
+        if metrics is not None:
+            runners.append(metrics)
         await stop.wait()
         _LOG.info("draining", drain_delay_s=http.drain_delay_s)
         apps.public[READINESS_KEY].draining = True

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from urr_common.settings import HttpSettings, RedisSettings, ServiceSettings, TrustedKeysSettings
 from urr_gateway.ratelimit.config import RateLimitSettings
+from urr_gateway.trust import TrustSettings
 
 #: A request body larger than this is refused with 413 (overridable with
 #: ``URR_HTTP__MAX_BODY_BYTES``); bodies are streamed, never buffered, so this is a policy
@@ -37,13 +38,8 @@ class UpstreamSettings(BaseModel):
 
 
 class ProxySettings(BaseModel):
-    """How the reverse proxy talks to upstreams and how far it trusts what is in front of it."""
+    """How the reverse proxy talks to upstreams (whom it trusts in front: ``TrustSettings``)."""
 
-    #: Reverse proxies (load balancers) in front of the gateway that append to
-    #: ``X-Forwarded-For``. 0: the TCP peer is the client and every X-Forwarded-* header a
-    #: client sends is ignored. N: the N-th address from the right of X-Forwarded-For is the
-    #: client.
-    trusted_proxy_count: int = Field(default=0, ge=0, le=10)
     #: Time to open a TCP connection to an upstream; past it the answer is 502.
     connect_timeout_s: float = Field(default=2.0, gt=0.0)
     #: Longest silence while reading an upstream's answer; past it the answer is 504.
@@ -84,6 +80,11 @@ class TokenCacheSettings(BaseModel):
     verified_ttl_s: float = Field(default=30.0, ge=0.0)
     #: Verified tokens remembered per filter; the oldest is forgotten first.
     verified_max_entries: int = Field(default=10_000, ge=0)
+    #: A refused token's reason is reused for this long, so a repeated forged token costs a
+    #: lookup, not an ES256 verify (0 turns the refused cache off).
+    refused_ttl_s: float = Field(default=10.0, ge=0.0, le=300.0)
+    #: Refused tokens remembered per filter; the least recently seen is forgotten first.
+    refused_max_entries: int = Field(default=10_000, ge=0, le=1_000_000)
 
 
 class InternalListenerSettings(BaseModel):
@@ -136,3 +137,5 @@ class GatewaySettings(ServiceSettings):
     workers: int = Field(default=1, ge=1, le=64)
     #: Categories, limits, failure policies, budget and breaker (``URR_RATE_LIMIT__*``).
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    #: Who is in front of the gateway and which sites may send cookies (``URR_TRUST__*``).
+    trust: TrustSettings = Field(default_factory=TrustSettings)

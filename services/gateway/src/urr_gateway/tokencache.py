@@ -2,7 +2,8 @@
 
 Keyed by the SHA-256 of the token (the cache never holds a usable credential), bounded (the
 oldest entry goes first), and an entry never outlives the token's own ``exp`` nor
-``ttl_s``. Only successful verifications are stored: a forged token is checked every time.
+``ttl_s``. Only successful verifications are stored here; refusals go to
+``refusedcache.RefusedTokenCache``.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ class VerifiedTokenCache(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, token: str) -> T | None:
+    def get(self, token: str, digest: bytes | None = None) -> T | None:
+        """The value stored for ``token`` (``digest``: its ``token_digest``, when known)."""
         if not self._entries:
             return None
-        digest = _digest(token)
+        digest = digest if digest is not None else token_digest(token)
         entry = self._entries.get(digest)
         if entry is None:
             return None
@@ -45,7 +47,7 @@ class VerifiedTokenCache(Generic[T]):
             return None
         return value
 
-    def put(self, token: str, value: T, expires_at: float) -> None:
+    def put(self, token: str, value: T, expires_at: float, digest: bytes | None = None) -> None:
         """Remember ``value`` until ``min(expires_at, now + ttl_s)`` (wall-clock seconds)."""
         if not self.enabled:
             return
@@ -53,7 +55,7 @@ class VerifiedTokenCache(Generic[T]):
         valid_until = min(expires_at, now + self._ttl_s)
         if valid_until <= now:
             return
-        digest = _digest(token)
+        digest = digest if digest is not None else token_digest(token)
         self._entries.pop(digest, None)
         while len(self._entries) >= self._max_entries:
             self._entries.popitem(last=False)
@@ -63,5 +65,6 @@ class VerifiedTokenCache(Generic[T]):
         self._entries.clear()
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
+    """The key both token caches use: never the token itself."""
     return hashlib.sha256(token.encode()).digest()

@@ -1,4 +1,9 @@
-"""Token verification with cached keys and cached results, shared by the two token filters."""
+"""Token verification with cached keys and cached results, shared by the two token filters.
+
+Both outcomes are remembered: a verified token's claims until its ``exp`` (``tokencache``),
+a refused token's reason for a short while (``refusedcache``), so neither a returning client
+nor a repeated forged token costs an ES256 verify.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from typing import Any, Generic, TypeVar
 
 from urr_common.tokens import TokenError, TokenRejection, TokenVerifier, unverified_header
 from urr_gateway.jwks import JwksKeySource
-from urr_gateway.tokencache import VerifiedTokenCache
+from urr_gateway.refusedcache import RefusedTokenCache
+from urr_gateway.tokencache import VerifiedTokenCache, token_digest
 
 T = TypeVar("T")
 
@@ -26,11 +32,13 @@ class CachedTokenVerifier(Generic[T]):
         verifier: TokenVerifier,
         convert: Callable[[dict[str, Any]], T],
         cache: VerifiedTokenCache[T],
+        refused: RefusedTokenCache | None = None,
     ) -> None:
         self._source = source
         self._verifier = verifier
         self._convert = convert
         self._cache = cache
+        self._refused = refused if refused is not None else RefusedTokenCache(0, 0.0)
 
     @property
     def source(self) -> JwksKeySource:
@@ -38,9 +46,22 @@ class CachedTokenVerifier(Generic[T]):
 
     async def verify(self, token: str) -> T:
         """The converted claims; ``TokenError`` or ``jwks.KeysUnavailable`` otherwise."""
-        cached = self._cache.get(token)
+        digest = token_digest(token)
+        cached = self._cache.get(token, digest)
         if cached is not None:
             return cached
+        refused = self._refused.get(digest)
+        if refused is not None:
+            raise TokenError(refused, "refused a moment ago")
+        try:
+            value, expires_at = await self._verify(token)
+        except TokenError as exc:
+            self._refused.put(digest, exc.reason)
+            raise
+        self._cache.put(token, value, expires_at=expires_at, digest=digest)
+        return value
+
+    async def _verify(self, token: str) -> tuple[T, float]:
         kid = unverified_header(token).get("kid")
         if not isinstance(kid, str):
             raise TokenError(TokenRejection.UNKNOWN_KEY, "the header names no kid")
@@ -48,6 +69,4 @@ class CachedTokenVerifier(Generic[T]):
             raise TokenError(TokenRejection.UNKNOWN_KEY, "the issuer publishes no such key")
         self._verifier.keys = self._source.keys
         claims = self._verifier.verify(token)
-        value = self._convert(claims)
-        self._cache.put(token, value, expires_at=float(claims["exp"]))
-        return value
+        return self._convert(claims), float(claims["exp"])

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic_settings import BaseSettings
 
-from urr_common.settings import SettingsError
+from urr_common.settings import MetricsSettings, SettingsError
 from urr_deploycheck.endpoints import (
     Endpoint,
     SettingsImportError,
@@ -169,17 +169,21 @@ def derive(
             http = pod.resolve_port("http")
             if http is None:
                 result.problems.append(f"{pod.name}: no container port named 'http'")
+            elif name in PUBLIC_WORKLOADS:
+                result.grants.add(Grant(INGRESS, pod.name, ANY, port_text(http)))
+            # Prometheus reaches the metrics listener only, never an API port.
+            metrics = pod.resolve_port("metrics")
+            if metrics is None:
+                result.problems.append(f"{pod.name}: no container port named 'metrics'")
             else:
                 result.grants.add(
                     Grant(
                         INGRESS,
                         pod.name,
                         namespace_name_peer(MONITORING_NAMESPACE),
-                        port_text(http),
+                        port_text(metrics),
                     )
                 )
-                if name in PUBLIC_WORKLOADS:
-                    result.grants.add(Grant(INGRESS, pod.name, ANY, port_text(http)))
         elif name in infra:
             found = [e for call in infra[name].calls for e in parse_address(call, "calls")]
         else:
@@ -234,6 +238,18 @@ def listener_problems(
         )
     if http.host in ("127.0.0.1", "localhost", "::1"):
         problems.append(f"{entry.name}: listens on {http.host} only (set URR_HTTP__HOST=0.0.0.0)")
+    metrics = getattr(built[0], "metrics", None)
+    if pod is not None and isinstance(metrics, MetricsSettings):
+        port = metrics.port_beside(http.port)
+        if pod.resolve_port("metrics") != port:
+            problems.append(
+                f"{pod.name}: container port 'metrics' is not {port} (URR_METRICS__PORT)"
+            )
+        if metrics.host in ("127.0.0.1", "localhost", "::1"):
+            problems.append(
+                f"{entry.name}: metrics listen on {metrics.host} only "
+                "(set URR_METRICS__HOST=0.0.0.0 so Prometheus can scrape)"
+            )
     if pod is not None:
         for name, number in (("http", entry.port), *((p.name, p.port) for p in entry.extra_ports)):
             if pod.resolve_port(name) != number:

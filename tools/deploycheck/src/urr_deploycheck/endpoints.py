@@ -3,7 +3,9 @@
 A settings object is walked field by field; every URL (``http://``, ``redis://``,
 ``postgresql://``, ``s3://`` ...) and every ``host:port[,host:port]`` string is an endpoint the
 process connects to. Listener blocks (separate ``host`` and ``port`` fields) are not URLs and
-are therefore never mistaken for calls. An ``AwsSettings`` block without ``endpoint_url`` means
+are therefore never mistaken for calls, and a field marked ``json_schema_extra={"calls":
+False}`` (URLs the process compares against, like the gateway's site origins) is skipped.
+An ``AwsSettings`` block without ``endpoint_url`` means
 the AWS APIs at their default endpoints.
 """
 
@@ -108,7 +110,10 @@ def endpoints(settings: BaseModel) -> list[Endpoint]:
 def _walk(model: BaseModel, path: tuple[str, ...], found: set[Endpoint]) -> None:
     if isinstance(model, AwsSettings) and model.endpoint_url is None:
         found.add(Endpoint(AWS_API_HOST, 443, ".".join((*path, "endpoint_url"))))
-    for name in type(model).model_fields:
+    for name, info in type(model).model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("calls") is False:
+            continue
         _value(getattr(model, name), (*path, name), found)
 
 

@@ -63,7 +63,7 @@ class Workload:
     #: ``module:Class`` of every settings class the process builds from its environment; the
     #: endpoints it calls are read from these (see ``endpoints``).
     settings: tuple[str, ...]
-    #: The HTTP listener: ``/health/*`` and ``/metrics``.
+    #: The HTTP listener: ``/health/*`` and the API (``/metrics`` has a listener of its own).
     port: int
     targets: frozenset[Target]
     extra_ports: tuple[ExtraPort, ...] = ()

@@ -1,7 +1,8 @@
 """Cookie auth (order -2): a browser's ``access_token`` cookie becomes a Bearer token.
 
 Only when the request carries no ``Authorization`` header: an explicit header always wins.
-The JWT filter after this one verifies whatever ends up there.
+The JWT filter after this one verifies whatever ends up there; ``FROM_COOKIE`` tells it (and
+the CSRF rule) that the credential came from the cookie, which a browser sends on its own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from urr_gateway.ingress import FORWARD_HEADERS
 
 ACCESS_TOKEN_COOKIE = "access_token"  # noqa: S105 (a cookie name)
 COOKIE_AUTH_ORDER = -2
+#: Set when the ``Authorization`` header the filters see was made from the cookie.
+FROM_COOKIE = web.RequestKey("urr_auth_from_cookie", bool)
 
 
 def bearer_from_cookie(authorization: str | None, cookie: str | None) -> str | None:
@@ -30,6 +33,7 @@ async def cookie_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         value = bearer_from_cookie(None, request.cookies[ACCESS_TOKEN_COOKIE])
         if value is not None:
             headers["Authorization"] = value
+            request[FROM_COOKIE] = True
     return await handler(request)
 
 

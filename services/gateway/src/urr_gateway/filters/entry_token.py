@@ -1,4 +1,4 @@
-"""Entry-token filter (order 1): seat and reservation APIs need an admitted user's token.
+"""Entry-token filter (order 2): seat and reservation APIs need an admitted user's token.
 
 The Tier-2 queue signs the token (ES256, ``kid``) for one user (``sub``) and one event
 (``evt``). Every method on a route that needs it is refused with 403 unless the token is
@@ -26,7 +26,7 @@ from urr_gateway.revocation import RevocationCheck, entry_token_of
 from urr_gateway.routing import ROUTE
 from urr_gateway.verification import CachedTokenVerifier
 
-ENTRY_TOKEN_ORDER = 1
+ENTRY_TOKEN_ORDER = 2
 ENTRY_REQUIRED_CLAIMS = (*BASE_REQUIRED_CLAIMS, "evt", "jti")
 
 
@@ -82,7 +82,7 @@ def entry_token_filter(
         if match is None or not match.route.needs_entry_token:
             return await handler(request)
         identity = request.get(IDENTITY)
-        if identity is None:  # the route needs login; the JWT filter already refused
+        if identity is None:  # the route needs login; the auth gate already refused
             raise Unauthorized("this route needs a logged-in user", code="login_required")
         token = entry_token_of(request)
         if not token:

@@ -1,13 +1,22 @@
-"""JWT auth (order -1): verify the Bearer token, publish the identity, enforce the route.
+"""JWT auth (order -1) and the auth gate (order 1): who is calling, then may they.
 
-Client-sent ``X-User-*`` headers are removed on every request, with or without a token, so
-an upstream can trust them. A token that is present must be valid (401 ``invalid_token``
-otherwise, even on routes that need no login); a route that needs login refuses a request
-without one (401 ``login_required``); a route that needs a role refuses other roles (403).
+Identification runs before the rate limiter, refusal after it, so refusals are limited too:
+
+- ``jwt_auth`` (-1) removes client-sent ``X-User-*`` headers on every request, so an upstream
+  can trust them, and verifies the Bearer token. A valid token publishes the identity; a bad
+  one leaves the caller anonymous (limited per client address) and records the refusal. A bad
+  ``access_token`` cookie is not a refusal at all: the caller is anonymous and the answer
+  clears the cookie (``COOKIE_REFUSED``), so a stale cookie cannot lock a browser out of
+  login and logout. Health endpoints never verify tokens.
+- ``auth_gate`` (1), after the limiter: a recorded refusal is a 401 ``invalid_token`` (or 503
+  when the keys cannot be had); a cookie-authenticated state-changing request from a foreign
+  origin is a 403 ``csrf_refused`` (``filters.csrf``); a route that needs login refuses an
+  anonymous caller (401 ``login_required``) and one that needs a role refuses other roles (403).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -15,10 +24,12 @@ from aiohttp.typedefs import Handler
 from prometheus_client import Counter
 
 from urr_common.logs import bind_request_context
-from urr_common.problems import Forbidden, ServiceUnavailable, Unauthorized
+from urr_common.problems import Forbidden, ProblemError, ServiceUnavailable, Unauthorized
 from urr_common.tokens import BASE_REQUIRED_CLAIMS, TokenError, TokenRejection
 from urr_gateway.context import IDENTITY, Identity
 from urr_gateway.filters.base import GatewayFilter
+from urr_gateway.filters.cookie_auth import FROM_COOKIE
+from urr_gateway.filters.csrf import csrf_allowed
 from urr_gateway.forwarding import strip_identity_headers
 from urr_gateway.ingress import FORWARD_HEADERS
 from urr_gateway.jwks import KeysUnavailable
@@ -26,6 +37,14 @@ from urr_gateway.routing import ROUTE
 from urr_gateway.verification import CachedTokenVerifier
 
 JWT_AUTH_ORDER = -1
+AUTH_GATE_ORDER = 1
+#: Paths that are never authenticated: a token sent there is not even looked at (``/metrics``
+#: is not on the public listener at all).
+UNAUTHENTICATED_PREFIX = "/health/"
+#: The refusal ``jwt_auth`` recorded, raised by ``auth_gate`` once the limiter has counted it.
+AUTH_REFUSAL = web.RequestKey("urr_auth_refusal", ProblemError)
+#: Set when the ``access_token`` cookie was refused: the answer clears it.
+COOKIE_REFUSED = web.RequestKey("urr_access_cookie_refused", bool)
 ACCESS_REQUIRED_CLAIMS = (*BASE_REQUIRED_CLAIMS, "email", "role")
 #: Identity claims go into upstream headers: short, printable, no separators.
 _MAX_CLAIM_LENGTH = 320
@@ -85,15 +104,56 @@ def jwt_auth_filter(verifier: CachedTokenVerifier[Identity], rejections: Counter
     async def jwt_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = request[FORWARD_HEADERS]
         strip_identity_headers(headers)
-        identity: Identity | None = None
         authorization = headers.get("Authorization")
-        if authorization is not None:
+        if authorization is None or request.path.startswith(UNAUTHENTICATED_PREFIX):
+            return await handler(request)
+        try:
             identity = await authenticate(authorization)
-            request[IDENTITY] = identity
-            headers["X-User-Id"] = identity.user_id
-            headers["X-User-Email"] = identity.email
-            headers["X-User-Role"] = identity.role
-            bind_request_context(user_id=identity.user_id)
+        except ProblemError as refusal:
+            del headers["Authorization"]
+            match = request.get(ROUTE)
+            from_cookie = request.get(FROM_COOKIE, False)
+            if not from_cookie:
+                request[AUTH_REFUSAL] = refusal
+            elif isinstance(refusal, Unauthorized):
+                request[COOKIE_REFUSED] = True
+            elif match is not None and match.route.needs_login:
+                request[AUTH_REFUSAL] = refusal  # keys unavailable: say so where login counts
+            return await handler(request)
+        request[IDENTITY] = identity
+        headers["X-User-Id"] = identity.user_id
+        headers["X-User-Email"] = identity.email
+        headers["X-User-Role"] = identity.role
+        bind_request_context(user_id=identity.user_id)
+        return await handler(request)
+
+    return GatewayFilter(name="jwt_auth", order=JWT_AUTH_ORDER, middleware=jwt_auth)
+
+
+def auth_gate_filter(site_origins: Sequence[str]) -> GatewayFilter:
+    origins = frozenset(site_origins)
+
+    @web.middleware
+    async def auth_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refusal = request.get(AUTH_REFUSAL)
+        if refusal is not None:
+            raise refusal
+        identity = request.get(IDENTITY)
+        if (
+            identity is not None
+            and request.get(FROM_COOKIE, False)
+            and not csrf_allowed(
+                request.method,
+                request.headers.get("Origin"),
+                request.headers.get("Sec-Fetch-Site"),
+                origins,
+            )
+        ):
+            raise Forbidden(
+                "a cookie-authenticated change must come from the site's own pages "
+                "(Origin or Sec-Fetch-Site: same-origin)",
+                code="csrf_refused",
+            )
         match = request.get(ROUTE)
         if match is not None:
             route = match.route
@@ -111,4 +171,4 @@ def jwt_auth_filter(verifier: CachedTokenVerifier[Identity], rejections: Counter
                 )
         return await handler(request)
 
-    return GatewayFilter(name="jwt_auth", order=JWT_AUTH_ORDER, middleware=jwt_auth)
+    return GatewayFilter(name="auth_gate", order=AUTH_GATE_ORDER, middleware=auth_gate)

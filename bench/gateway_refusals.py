@@ -1,0 +1,331 @@
+"""What a forged-token flood costs the gateway, before (main) and after (this tree), in one run.
+
+Issue 16: every forged token cost a full ES256 verify, was never remembered and was refused
+before the rate limiter, so ~2,750 forged req/s pushed legitimate P50 to 350 ms. Now a bad
+token makes the caller anonymous for the limiter, is refused after it, and is remembered by
+hash for a short while.
+
+Both gateways run the same way (``python -m urr_gateway``, one worker, uvloop) in front of the
+same nginx upstream (which also serves the JWKS) and a private Redis; "before" is the source
+of ``main`` (``git archive``) on the same interpreter and packages. Two measurements, each
+taken for both gateways back to back:
+
+1. CPU µs per forged-token request: an open-loop flood of one forged token (a valid-looking
+   ES256 JWT under the trusted ``kid``, signed by another key) at a fixed rate below either
+   gateway's capacity; the gateway process's CPU time over the answers it gave. "after" is
+   measured twice: with the flood over its per-address limit (the usual case: answered from
+   the limiter's deny cache, 429) and under it (every forged request a Redis limiter call
+   and a 401 from the refused-token cache).
+2. Legitimate P99: one logged-in client at a steady rate, alone (idle) and while the flood
+   runs at 3x one worker's verify capacity (measured in this process first: 1 / the time of
+   one ES256 verify).
+
+The flood and the legitimate client are raw keep-alive sockets driven by asyncio in child
+processes (the flood pipelines its requests and only counts answers), so the generator stays
+cheap. Usage (needs ``nginx``)::
+
+    uv run python bench/gateway_refusals.py [--seconds 8] [--legit-rate 50]
+
+The machine is shared: figures are noisy; compare the columns of one run.
+"""
+
+# ruff: noqa: S603, S607 - a benchmark running fixed tools (nginx, git, python) from PATH
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway_proxy import cpu_seconds, start_nginx, wait_http
+
+from urr_common.tokens import KeySet, SigningKey, TokenSigner, TokenVerifier
+from urr_devstack.procs import RedisServer, free_port, wait_listening
+
+REPO = Path(__file__).resolve().parent.parent
+PATH = "/api/v1/events/bench"
+#: The flood is limited per second, the legitimate user is far under the same limit.
+CATEGORIES = {
+    name: {"windows": [{"limit": 200, "window_s": 1}]}
+    for name in ("auth", "queue", "booking", "general")
+}
+#: Limits no client of this benchmark reaches: every forged request goes to Redis.
+HIGH_CATEGORIES = {
+    name: {"windows": [{"limit": 10_000, "window_s": 1}]}
+    for name in ("auth", "queue", "booking", "general")
+}
+
+
+def _request(token: str) -> bytes:
+    return (f"GET {PATH} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n").encode()
+
+
+async def _flood(port: int, token: str, rate: float, seconds: float, connections: int) -> None:
+    """Open loop: ``rate`` requests/s spread over ``connections``, answers only counted."""
+    request = _request(token)
+    answered = 0
+
+    async def drain(reader: asyncio.StreamReader) -> None:
+        nonlocal answered
+        while True:
+            chunk = await reader.read(1 << 16)
+            if not chunk:
+                return
+            answered += chunk.count(b"HTTP/1.1 ")
+
+    streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
+    readers = [asyncio.create_task(drain(reader)) for reader, _ in streams]
+    tick = 0.005
+    per_tick = rate * tick
+    owed = 0.0
+    sent = 0
+    started = time.monotonic()
+    while (now := time.monotonic()) - started < seconds:
+        owed = rate * (now - started) - sent
+        batch = int(owed)
+        for index in range(batch):
+            streams[(sent + index) % connections][1].write(request)
+        sent += batch
+        await asyncio.sleep(tick if per_tick >= 1 else 1 / rate)
+    await asyncio.sleep(1.0)
+    for _, writer in streams:
+        writer.close()
+    for task in readers:
+        task.cancel()
+    print(json.dumps({"sent": sent, "answered": answered}), flush=True)
+
+
+async def _legit(port: int, token: str, rate: float, seconds: float) -> None:
+    """One request at a time at ``rate``/s on one connection; prints the latencies (ms)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = _request(token)
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    started = time.monotonic()
+    next_at = started
+    while time.monotonic() - started < seconds:
+        sent_at = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await reader.readexactly(length)
+        latencies.append(1000 * (time.perf_counter() - sent_at))
+        status = head.split(b" ", 2)[1].decode()
+        statuses[status] = statuses.get(status, 0) + 1
+        next_at += 1 / rate
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    writer.close()
+    print(json.dumps({"latencies": latencies, "statuses": statuses}), flush=True)
+
+
+@dataclass
+class Gateway:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+
+def start_gateway(
+    name: str, env: dict[str, str], categories: dict[str, object], pythonpath: str | None
+) -> Gateway:
+    port = free_port()
+    run_env = {
+        **env,
+        "URR_HTTP__PORT": str(port),
+        "URR_INTERNAL__PORT": str(free_port()),
+        "URR_RATE_LIMIT__CATEGORIES": json.dumps(categories),
+    }
+    if pythonpath:
+        run_env["PYTHONPATH"] = pythonpath
+    process = subprocess.Popen(
+        [sys.executable, "-m", "urr_gateway"], env=run_env, stdout=subprocess.DEVNULL
+    )
+    wait_listening("127.0.0.1", port, 60, name, process)
+    return Gateway(name, process, port)
+
+
+def child(kind: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, f"--{kind}", *map(str, args)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def result_of(process: subprocess.Popen[str]) -> dict[str, object]:
+    out, _ = process.communicate(timeout=300)
+    value: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return value
+
+
+def forged_cpu(gateway: Gateway, token: str, rate: float, seconds: float) -> tuple[float, str]:
+    """CPU µs of the gateway per answered forged request, and the answers' share."""
+    before = cpu_seconds([gateway.process.pid])
+    flood = result_of(child("flood", gateway.port, token, rate, seconds, 8))
+    used = cpu_seconds([gateway.process.pid]) - before
+    answered = int(str(flood["answered"]))
+    return 1e6 * used / max(answered, 1), f"{answered}/{flood['sent']} answered"
+
+
+def legit_run(
+    gateway: Gateway, token: str, rate: float, seconds: float, flood: tuple[str, float] | None
+) -> dict[str, object]:
+    flooder = None
+    if flood is not None:
+        flooder = child("flood", gateway.port, flood[0], flood[1], seconds + 1, 16)
+        time.sleep(1.0)  # the flood is at full rate before the first measured request
+    legit = result_of(child("legit", gateway.port, token, rate, seconds))
+    flooded = result_of(flooder) if flooder is not None else None
+    latencies = sorted(float(v) for v in legit["latencies"])  # type: ignore[attr-defined]
+    return {
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "n": len(latencies),
+        "statuses": legit["statuses"],
+        "flood": flooded,
+    }
+
+
+def verify_capacity(token: str, key: SigningKey) -> float:
+    """Forged tokens one core verifies per second (pyjwt + cryptography, ES256)."""
+    verifier = TokenVerifier(KeySet([key.verification_key()]), "urr-auth", "urr")
+    rounds = 300
+    started = time.perf_counter()
+    for _ in range(rounds):
+        try:
+            verifier.verify(token)
+        except Exception:  # noqa: S112 - the forged token is refused, as intended
+            continue
+    return rounds / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--legit-rate", type=float, default=50.0)
+    parser.add_argument("--cpu-rate", type=float, default=1500.0)
+    parser.add_argument("--flood", nargs=5)
+    parser.add_argument("--legit", nargs=4)
+    options = parser.parse_args()
+    if options.flood:
+        port, token, rate, seconds, connections = options.flood
+        asyncio.run(_flood(int(port), token, float(rate), float(seconds), int(connections)))
+        return
+    if options.legit:
+        port, token, rate, seconds = options.legit
+        asyncio.run(_legit(int(port), token, float(rate), float(seconds)))
+        return
+    if shutil.which("nginx") is None:
+        sys.exit("nginx is not on PATH (apt-get install nginx)")
+
+    work = Path(tempfile.mkdtemp(prefix="urr-bench-refusals-"))
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "main", "services/gateway/src", "libs/common/src"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    main_path = f"{work}/services/gateway/src:{work}/libs/common/src"
+    processes: list[subprocess.Popen[bytes]] = []
+    gateways: list[Gateway] = []
+    redis = RedisServer(port=free_port(), workdir=work / "redis")
+    try:
+        key = SigningKey.generate("bench-access")
+        (work / "access.json").write_text(json.dumps(KeySet([key.verification_key()]).to_jwks()))
+        legit_token = TokenSigner(key, "urr-auth", "urr", 3600).sign(
+            "legit", {"email": "legit@example.com", "role": "user"}
+        )
+        forged = TokenSigner(SigningKey.generate("bench-access"), "urr-auth", "urr", 3600).sign(
+            "victim", {"email": "victim@example.com", "role": "admin"}
+        )
+        upstream_port = free_port()
+        processes.append(
+            start_nginx(
+                work / "upstream",
+                f"""server {{
+                    listen 127.0.0.1:{upstream_port} backlog=4096;
+                    location = /access.json {{ alias {work}/access.json; }}
+                    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
+                }}""",
+            )
+        )
+        wait_listening("127.0.0.1", upstream_port, 10, "upstream nginx")
+        redis.start()
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        env = {
+            **os.environ,
+            "URR_HTTP__USE_UVLOOP": "true",
+            "URR_WORKERS": "1",
+            "URR_LOG__LEVEL": "ERROR",
+            "URR_REDIS__URL": redis.url,
+            "URR_UPSTREAMS__AUTH": upstream,
+            "URR_UPSTREAMS__QUEUE": upstream,
+            "URR_UPSTREAMS__TICKET": upstream,
+            "URR_ACCESS_TRUST__JWKS_URL": f"{upstream}/access.json",
+            "URR_ENTRY_TRUST__JWKS_URL": f"{upstream}/access.json",
+        }
+        env.pop("PYTHONPATH", None)
+        capacity = verify_capacity(forged, key)
+        flood_rate = 3 * capacity
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"machine: {os.cpu_count()} cores, load average {' '.join(load)} (shared)")
+        print(f"one ES256 verify: {1e6 / capacity:.0f} µs -> capacity {capacity:.0f}/s per core;")
+        print(f"flood for the P99 runs: 3x = {flood_rate:.0f} forged req/s, open loop\n")
+        setups = [
+            ("before (main)", CATEGORIES, main_path),
+            ("after, flood over its limit", CATEGORIES, None),
+            ("after, flood under its limit", HIGH_CATEGORIES, None),
+        ]
+        rows = []
+        for name, categories, pythonpath in setups:
+            gateway = start_gateway(name, env, categories, pythonpath)
+            gateways.append(gateway)
+            url = f"http://127.0.0.1:{gateway.port}{PATH}"
+            wait_http(url, 60, {"Authorization": f"Bearer {legit_token}"})
+            cpu, answered = forged_cpu(gateway, forged, options.cpu_rate, options.seconds)
+            time.sleep(1.1)  # the per-second window of the flood's address has passed
+            idle = legit_run(gateway, legit_token, options.legit_rate, options.seconds, None)
+            flooded = legit_run(
+                gateway, legit_token, options.legit_rate, options.seconds, (forged, flood_rate)
+            )
+            rows.append((name, cpu, answered, idle, flooded))
+            gateway.process.terminate()
+            gateway.process.wait(30)
+        print(f"{'':32}{'CPU µs/forged':>14}  {'idle P50/P99 ms':>17}  {'flooded P50/P99 ms':>19}")
+        for name, cpu, _, idle, flooded in rows:
+            print(
+                f"{name:32}{cpu:14.0f}  {idle['p50']:7.1f} / {idle['p99']:7.1f}  "
+                f"{flooded['p50']:8.1f} / {flooded['p99']:7.1f}"
+            )
+        print()
+        for name, _, answered, idle, flooded in rows:
+            ratio = float(str(flooded["p99"])) / max(float(str(idle["p99"])), 1e-6)
+            print(
+                f"{name}: CPU run {answered} at {options.cpu_rate:.0f}/s; legit statuses idle "
+                f"{idle['statuses']}, flooded {flooded['statuses']} (n={flooded['n']}); "
+                f"flood {flooded['flood']}; flooded P99 / idle P99 = {ratio:.1f}x"
+            )
+    finally:
+        for gateway in gateways:
+            if gateway.process.poll() is None:
+                gateway.process.terminate()
+                gateway.process.wait(30)
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+        redis.stop()
+
+
+if __name__ == "__main__":
+    main()
