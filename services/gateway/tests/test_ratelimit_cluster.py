@@ -20,6 +20,7 @@ from urr_common.clients import redis_client
 from urr_common.settings import RedisSettings
 from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.checkapi import CHECK_PATH, create_check_app
+from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.ratelimit import (
     CategoryLimits,
     RateLimitSettings,
@@ -176,3 +177,27 @@ async def test_check_api_on_a_cluster(cluster: RedisCluster, aiohttp_client: Cli
             answers.append(await response.json())
         assert [a["allowed"] for a in answers] == [True] * 5 + [False]
         assert not any(a["degraded"] for a in answers)
+
+
+async def test_a_burst_is_batched_per_node_on_a_cluster(cluster: RedisCluster) -> None:
+    """Decisions of one tick go to each subject's primary, one write per node, each exact."""
+    limiter = SlidingWindowLimiter(cluster, RateLimitSettings(budget_ms=5000, max_in_flight=512))
+    try:
+        assert await limiter.prepare()
+        store = limiter._store
+        assert isinstance(store, PipelinedSlidingLog)
+        assert len(store.nodes) == 3
+        before = {id(node): node.writes for node in store.nodes}
+        subjects = [f"u:burst{n}" for n in range(30)]
+        decisions = await asyncio.gather(
+            *(limiter.check(subject, "booking") for subject in subjects for _ in range(12))
+        )
+        for index, subject in enumerate(subjects):
+            mine = decisions[index * 12 : (index + 1) * 12]
+            assert sum(d.allowed for d in mine) == 10
+            assert await cluster.zcard(window_key(subject, "booking", 60)) == 10
+        assert len(store.nodes) == 3
+        # 360 decisions over three primaries, a few writes each.
+        assert all(node.writes - before[id(node)] <= 4 for node in store.nodes)
+    finally:
+        await limiter.aclose()
