@@ -20,7 +20,6 @@ from urr_common.clients import redis_client
 from urr_common.settings import RedisSettings
 from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.checkapi import CHECK_PATH, create_check_app
-from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.ratelimit import (
     CategoryLimits,
     RateLimitSettings,
@@ -29,6 +28,7 @@ from urr_gateway.ratelimit import (
     revoked_jti_key,
     window_key,
 )
+from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 
 pytestmark = pytest.mark.integration
 

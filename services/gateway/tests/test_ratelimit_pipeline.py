@@ -320,3 +320,31 @@ def test_pipeline_settings_come_from_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("URR_RATE_LIMIT__PIPELINE_WINDOW_US", "900")
     with pytest.raises(SettingsError, match="URR_RATE_LIMIT__PIPELINE_WINDOW_US"):
         load_settings(GatewaySettings)
+
+
+def test_the_lean_connection_works_on_uvloop(redis_server: RedisServer) -> None:
+    """The gateway runs on uvloop, whose transports are not asyncio's classes: the borrowed
+    socket must work there too (burst exactness and NOSCRIPT recovery)."""
+    import uvloop
+
+    async def scenario() -> None:
+        client = Redis.from_url(redis_server.url, socket_timeout=5)
+        limiter = SlidingWindowLimiter(client, settings())
+        try:
+            assert await limiter.prepare()
+            decisions = await burst(limiter, "u:uvloop", "booking", 200)
+            assert sum(d.allowed for d in decisions) == 10
+            assert {d.source for d in decisions} == {"redis"}
+            await client.script_flush()
+            again = await burst(limiter, "u:uvloop-2", "booking", 20)
+            assert sum(d.allowed for d in again) == 10
+            assert {d.source for d in again} == {"redis"}
+        finally:
+            await client.delete(
+                window_key("u:uvloop", "booking", 60), window_key("u:uvloop-2", "booking", 60)
+            )
+            await limiter.aclose()
+            await client.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

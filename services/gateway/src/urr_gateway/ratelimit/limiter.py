@@ -114,6 +114,7 @@ class SlidingWindowLimiter:
         self._policies: dict[str, FailurePolicy] = {
             name: limits.failure_policy for name, limits in settings.categories.items()
         }
+        self._budget = RedisBudget(settings.budget_ms / 1000, settings.congestion_cap_ms / 1000)
         self._store: SlidingLogStore
         if store is not None:
             self._store = store
@@ -122,12 +123,14 @@ class SlidingWindowLimiter:
                 redis,
                 window_s=settings.pipeline_window_us / 1_000_000,
                 # A connection that owes replies this long is replaced (see pipeline.py).
-                stall_s=max(settings.congestion_cap_ms, settings.budget_ms) / 1000,
+                stall_s=self._budget.cap_s,
+                budget=self._budget,
             )
         else:
             self._store = RedisSlidingLog(redis)
+        # The pipelined store times its batches itself: one timer per batch, not per call.
+        self._store_keeps_budget = getattr(self._store, "budget", None) is self._budget
         self._clock = clock
-        self._budget = RedisBudget(settings.budget_ms / 1000, settings.congestion_cap_ms / 1000)
         pool_size = _pool_size(redis) if isinstance(self._store, RedisSlidingLog) else None
         in_flight = min(settings.max_in_flight, pool_size or settings.max_in_flight)
         # Per call: no more calls in flight than the pool has connections; the rest queue
@@ -237,7 +240,10 @@ class SlidingWindowLimiter:
                 # Queueing for a slot is local congestion, not Redis being slow: the budget
                 # starts once the call can go out.
                 call = self._store.evaluate(subject, category, specs, cost, revoked_key)
-                result = await self._budget.run(call)
+                if self._store_keeps_budget:
+                    result = await call
+                else:
+                    result = await self._budget.run(call)
         except (TimeoutError, RedisTimeoutError) as exc:
             kind, error = "timeout", exc
         except (RedisConnectionError, OSError) as exc:

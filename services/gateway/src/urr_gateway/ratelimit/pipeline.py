@@ -7,14 +7,16 @@ connection per Redis node (:mod:`resp`), and their replies, which Redis sends ba
 are parsed by hiredis in one pass. envoy's ratelimit service batches its Redis calls the same
 way.
 
-Failures stay per decision. A connection that fails or closes fails every decision waiting
-on it, and each follows its own category's failure policy in the limiter. ``NOSCRIPT`` (after
-a ``SCRIPT FLUSH`` or a failover) sends ``SCRIPT LOAD`` ahead of the refused decisions in the
-next batch and runs them once more (a refused ``EVALSHA`` ran nothing, so nothing is counted
-twice). A caller cancelled (by its time budget) before its batch is written is left out of
-it; one cancelled after is read and dropped, so the connection stays usable. A connection
-that owes replies and has sent none for ``stall_s`` is closed and replaced, so a
-black-holed socket does not hold the limiter once Redis is reachable again.
+The time budget stays per decision, with one timer per batch instead of one per call: a
+decision whose reply has not come within the budget fails with ``TimeoutError`` (the same
+late-loop rule as ``budget.py``). Failures stay per decision too. A connection that fails or
+closes fails every decision waiting on it, and each follows its own category's failure
+policy in the limiter. ``NOSCRIPT`` (after a ``SCRIPT FLUSH`` or a failover) sends ``SCRIPT
+LOAD`` ahead of the refused decisions in the next batch and runs them once more (a refused
+``EVALSHA`` ran nothing, so nothing is counted twice). A caller cancelled before its batch is
+written is left out of it; one cancelled after is read and dropped, so the connection stays
+usable. A connection that owes replies and has sent none for ``stall_s`` is closed and
+replaced, so a black-holed socket does not hold the limiter once Redis is reachable again.
 
 Redis Cluster: each decision goes to the primary owning its subject's slot (all keys of a
 decision carry the ``{subject}`` hash tag), one connection and one batch per node. A node
@@ -36,6 +38,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
+from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, bulk, encode_command
 from urr_gateway.ratelimit.store import (
@@ -93,8 +96,12 @@ class _Node:
         window_s: float,
         stall_s: float,
         load_command: bytes,
+        budget: RedisBudget | None,
     ) -> None:
         self._acquire = acquire
+        self._budget = budget
+        #: The futures the current batch's deadline watches.
+        self._timed: list[asyncio.Future[Any]] = []
         self._release = release
         self._window_s = window_s
         self._stall_s = stall_s
@@ -110,7 +117,11 @@ class _Node:
         self.writes = 0
         self.commands = 0
 
-    def submit(self, command: bytes, *, load_script: bool = False) -> asyncio.Future[Any]:
+    def submit(
+        self, command: bytes, *, load_script: bool = False, timed: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue ``command`` for the next write. ``timed``: the reply must come within the
+        budget (one timer per batch), else the future fails with ``TimeoutError``."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
@@ -125,6 +136,11 @@ class _Node:
             else:
                 # After every callback already due in this pass: the whole tick's decisions.
                 self._flush_handle = loop.call_soon(self._flush)
+            if self._budget is not None:
+                self._timed = []
+                BatchDeadline(self._budget, self._timed)
+        if timed and self._budget is not None:
+            self._timed.append(future)
         return future
 
     def _flush(self) -> None:
@@ -213,10 +229,14 @@ class PipelinedSlidingLog:
         *,
         window_s: float = 0.0,
         stall_s: float = 0.25,
+        budget: RedisBudget | None = None,
     ) -> None:
+        """``budget``: applied to every decision here, one timer per batch (the limiter then
+        does not wrap each call in its own); ``None`` leaves timing to the caller."""
         if not 0.0 <= window_s <= MAX_WINDOW_S:
             raise ValueError("the pipeline window is between 0 and 500 µs")
         self._redis = redis
+        self.budget = budget
         self._window_s = window_s
         self._stall_s = stall_s
         self._source = load_script_source()
@@ -232,7 +252,9 @@ class PipelinedSlidingLog:
     # -- nodes -------------------------------------------------------------------------------
 
     def _new_node(self, acquire: Acquire, release: Release) -> _Node:
-        return _Node(acquire, release, self._window_s, self._stall_s, self._load_command)
+        return _Node(
+            acquire, release, self._window_s, self._stall_s, self._load_command, self.budget
+        )
 
     def _single_node(self, redis: Redis) -> _Node:
         pool = redis.connection_pool
@@ -329,10 +351,11 @@ class PipelinedSlidingLog:
         command = b"".join(parts)
         node = await self._node_for(tag)
         try:
-            reply = await node.submit(command)
+            reply = await node.submit(command, timed=True)
         except NoScriptError:
-            # Nothing ran; the next batch loads the script first and runs this once more.
-            reply = await node.submit(command, load_script=True)
+            # Nothing ran; the next batch loads the script first and runs this once more
+            # (within a budget of its own: a flushed script cache is rare).
+            reply = await node.submit(command, load_script=True, timed=True)
         except RedirectedError:
             if self._through_client is None:
                 raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -82,9 +82,9 @@ class RespPipe(asyncio.Protocol):
         writer = connection._writer  # the one place the socket is borrowed
         if writer is None:
             raise RedisConnectionError("the connection is not open")
-        transport = writer.transport
-        if not isinstance(transport, asyncio.Transport):
-            raise RedisConnectionError("unexpected transport")
+        # asyncio's and uvloop's transports alike (uvloop's are not asyncio.Transport
+        # subclasses, but have the same methods).
+        transport = cast("asyncio.Transport", writer.transport)
         pipe = cls(transport, transport.get_protocol())
         transport.set_protocol(pipe)
         return pipe
