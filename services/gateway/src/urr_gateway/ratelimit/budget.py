@@ -107,8 +107,10 @@ class BatchDeadline:
             next_due = min(now + self._budget.budget_s, cap)
             self._handle = self._loop.call_at(next_due, self._deadline, next_due)
         else:
-            # Replies the loop has already read resolve their futures in this pass.
-            self._handle = self._loop.call_soon(self._expire)
+            # Not call_soon: uvloop (libuv) runs timers and then soon-callbacks *before* it
+            # polls the sockets, so a reply already sitting in the socket would not be read
+            # yet. A timer due now fires in the next pass, after this pass's poll.
+            self._handle = self._loop.call_at(now, self._expire)
 
     def _expire(self) -> None:
         budget_ms = self._budget.budget_s * 1000
