@@ -201,3 +201,24 @@ async def test_a_burst_is_batched_per_node_on_a_cluster(cluster: RedisCluster) -
         assert all(node.writes - before[id(node)] <= 4 for node in store.nodes)
     finally:
         await limiter.aclose()
+
+
+async def test_a_slot_the_client_cannot_place_follows_the_failure_policy(
+    cluster: RedisCluster,
+) -> None:
+    """redis-py raises KeyError (or SlotNotCoveredError), not a RedisError, for a slot missing
+    from its map: the decision follows its policy instead of failing the request."""
+    limiter = SlidingWindowLimiter(cluster, RateLimitSettings(budget_ms=2000))
+    slots = cluster.nodes_manager.slots_cache
+    slot = cluster.keyslot(window_key("u:lost", "general", 60))
+    try:
+        assert await limiter.prepare()
+        saved = slots.pop(slot)
+        try:
+            decision = await limiter.check("u:lost", "general")
+        finally:
+            slots[slot] = saved
+        assert (decision.source, decision.allowed) == ("open", True)
+        assert (await limiter.check("u:found", "general")).source == "redis"
+    finally:
+        await limiter.aclose()

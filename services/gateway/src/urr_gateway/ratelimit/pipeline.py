@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.keys import hash_tag
@@ -279,9 +279,14 @@ class PipelinedSlidingLog:
         return await self._node_for_slot(self._cluster, key_slot(tag))
 
     async def _node_for_slot(self, cluster: RedisCluster, slot: int) -> _Node:
-        if not self._nodes:
-            await cluster.initialize()
-        owner = cluster.nodes_manager.get_node_from_slot(slot)
+        try:
+            if not self._nodes:
+                await cluster.initialize()
+            owner = cluster.nodes_manager.get_node_from_slot(slot)
+        except (RedisClusterException, LookupError) as exc:
+            # Not RedisErrors (SlotNotCoveredError; a KeyError for a slot missing from the
+            # client's map): a Redis failure all the same, for the failure policy, not a 500.
+            raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
         node = self._nodes.get(owner.name)
         if node is None:
 
