@@ -222,3 +222,48 @@ async def test_a_slot_the_client_cannot_place_follows_the_failure_policy(
         assert (await limiter.check("u:found", "general")).source == "redis"
     finally:
         await limiter.aclose()
+
+
+async def test_a_moved_slot_is_followed_and_stays_exact(cluster: RedisCluster) -> None:
+    """The subject's (empty) slot is handed to another primary behind the client's back: the
+    old owner answers MOVED, which ran nothing; the decision goes through redis-py once, and
+    the next ones go to the new owner on the pipelined path, all counted exactly once."""
+    limiter = SlidingWindowLimiter(cluster, RateLimitSettings(budget_ms=5000))
+    try:
+        assert await limiter.prepare()
+        store = limiter._store
+        assert isinstance(store, PipelinedSlidingLog)
+        key = window_key("u:moved", "booking", 60)
+        slot = cluster.keyslot(key)
+        source = cluster.get_node_from_key(key)
+        assert source is not None
+        target = next(n for n in cluster.get_primaries() if n.name != source.name)
+        source_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=source)
+        target_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=target)
+        await cluster.execute_command(
+            "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id, target_nodes=target
+        )
+        await cluster.execute_command(
+            "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id, target_nodes=source
+        )
+        for node in (target, source):
+            await cluster.execute_command(
+                "CLUSTER", "SETSLOT", slot, "NODE", target_id, target_nodes=node
+            )
+        writes = {name: node.writes for name, node in store._nodes.items()}
+        decisions = [await limiter.check("u:moved", "booking") for _ in range(12)]
+        assert [d.allowed for d in decisions] == [True] * 10 + [False] * 2
+        assert {d.source for d in decisions} <= {"redis", "deny_cache"}
+        owner = cluster.get_node_from_key(key)
+        assert owner is not None
+        assert owner.name == target.name
+        assert await cluster.zcard(key) == 10
+        # The old owner got the first decision once (MOVED); after that one went through
+        # redis-py, the new owner's lean connection carried the next ten (the last was
+        # refused from the deny cache).
+        assert store._nodes[source.name].writes - writes[source.name] == 1
+        assert store._nodes[target.name].writes - writes[target.name] == 10
+        assert len(store.nodes) == 3
+        assert limiter.breaker_state.name == "CLOSED"
+    finally:
+        await limiter.aclose()
