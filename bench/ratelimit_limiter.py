@@ -1,18 +1,24 @@
-"""Limiter decision benchmark: ours vs the `limits` library's moving window vs a bare PING.
+"""Limiter decision benchmark: ours (pipelined and per call) vs `limits` vs a bare PING.
 
 Run manually (never part of the test run):
 
-    uv run python bench/ratelimit_limiter.py [--decisions 20000] [--rounds 3]
+    uv run python bench/ratelimit_limiter.py [--decisions 20000] [--rounds 3] [--uvloop]
 
 Starts a private redis-server on a free loopback port (no persistence) unless --redis-url is
 given, and measures, on the same Redis and the same redis-py (hiredis) client, in one run:
 
-* ``ping``        a bare PING round trip: the floor for any Redis-backed decision;
-* ``ours``        ``SlidingWindowLimiter.check`` (full path: deny-cache lookup, breaker,
-                  budget, Lua script, decision, metrics);
-* ``ours-script`` the Lua script call alone (``RedisSlidingLog.evaluate``);
-* ``limits-mw``   ``limits.aio`` MovingWindowRateLimiter.hit, redis-py implementation;
-* ``limits-swc``  ``limits.aio`` SlidingWindowCounterRateLimiter.hit (approximate; for scale).
+* ``ping``          a bare redis-py PING round trip: the baseline the targets are stated in;
+* ``ours``          ``SlidingWindowLimiter.check``, default ``transport=pipeline`` (full path:
+                    deny-cache lookup, breaker, budget, Lua script on the lean auto-pipelined
+                    connection, decision, metrics);
+* ``ours-per-call`` the same limiter with ``transport=per_call`` (one redis-py call per
+                    decision: the path before pipelining);
+* ``ours-rpy-pipe`` the same limiter on a store that batches each tick's decisions through
+                    redis-py's own ``pipeline(transaction=False)`` (the other way to batch,
+                    measured to choose between them; lives only in this script);
+* ``lean-ping``     PING through the pipelined store's lean connection (its floor);
+* ``limits-mw``     ``limits.aio`` MovingWindowRateLimiter.hit, redis-py implementation;
+* ``limits-swc``    ``limits.aio`` SlidingWindowCounterRateLimiter.hit (approximate; for scale).
 
 Latency: one decision in flight, the contenders taking turns decision by decision (so noise
 from the rest of the machine hits all alike). Throughput: 32 decisions in flight, per
@@ -40,7 +46,14 @@ from redis.asyncio import Redis
 
 from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter
-from urr_gateway.ratelimit.store import RedisSlidingLog
+from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
+from urr_gateway.ratelimit.store import (
+    CategoryCalls,
+    ScriptResult,
+    load_script_source,
+    parse_reply,
+)
+from urr_gateway.ratelimit.window import WindowSpec
 
 KEYS = 10_000
 Op = Callable[[int], Awaitable[object]]
@@ -63,10 +76,76 @@ async def run_concurrent(op: Op, count: int, offset: int, in_flight: int) -> flo
     return count / (time.perf_counter() - started)
 
 
+class RedisPyPipelineStore:
+    """Batches a tick's decisions through redis-py's ``pipeline(transaction=False)``: the
+    alternative to the lean connection, for comparison only (no NOSCRIPT or cluster care)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._source = load_script_source()
+        self._sha = ""
+        self._calls = CategoryCalls()
+        self._batch: list[tuple[list[object], asyncio.Future[object]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def load(self) -> None:
+        self._sha = await self._redis.script_load(self._source)
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def aclose(self) -> None:
+        return None
+
+    async def evaluate(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        revoked_key: str | None = None,
+    ) -> ScriptResult:
+        call = self._calls.get(category, specs)
+        keys = ["{" + subject + "}" + suffix for suffix in call.suffixes]
+        args = [self._sha, len(keys), *keys, cost, len(specs), 0, *call.window_args]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[object] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._flush)
+        self._batch.append((args, future))
+        reply = await future
+        return parse_reply(reply, len(specs), False)  # type: ignore[arg-type]
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[list[object], asyncio.Future[object]]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for args, _ in batch:
+            pipe.evalsha(*args)  # type: ignore[arg-type]
+        try:
+            replies = await pipe.execute()
+        except Exception as exc:  # handed to every waiter
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if not future.done():
+                future.set_result(reply)
+
+
 def contenders(
-    redis: Redis, storage: RedisStorage, ours: SlidingWindowLimiter, store: RedisSlidingLog
+    redis: Redis,
+    storage: RedisStorage,
+    ours: SlidingWindowLimiter,
+    per_call: SlidingWindowLimiter,
+    rpy_pipe: SlidingWindowLimiter,
+    lean: PipelinedSlidingLog,
 ) -> dict[str, Op]:
-    general = ours.windows("general")
     moving = MovingWindowRateLimiter(storage)
     sliding = SlidingWindowCounterRateLimiter(storage)
     item = RateLimitItemPerMinute(100)
@@ -74,14 +153,18 @@ def contenders(
     async def op_ping(_: int) -> object:
         return await redis.ping()
 
-    async def op_ours(i: int) -> object:
-        decision = await ours.check(f"ip:10.0.{i % KEYS}", "general")
-        if decision.source != "redis":
-            raise RuntimeError(f"not a Redis decision: {decision}")
-        return decision
+    def limiter_op(limiter: SlidingWindowLimiter, prefix: str) -> Op:
+        async def op(i: int) -> object:
+            decision = await limiter.check(f"{prefix}{i % KEYS}", "general")
+            if decision.source != "redis":
+                raise RuntimeError(f"not a Redis decision: {decision}")
+            return decision
 
-    async def op_script(i: int) -> object:
-        return await store.evaluate(f"ip:10.1.{i % KEYS}", "general", general, 1)
+        return op
+
+    async def op_lean_ping(_: int) -> object:
+        await lean.ping()
+        return None
 
     async def op_limits_mw(i: int) -> object:
         return await moving.hit(item, f"ip:10.2.{i % KEYS}")
@@ -91,8 +174,10 @@ def contenders(
 
     return {
         "ping": op_ping,
-        "ours": op_ours,
-        "ours-script": op_script,
+        "ours": limiter_op(ours, "ip:10.0."),
+        "ours-per-call": limiter_op(per_call, "ip:10.1."),
+        "ours-rpy-pipe": limiter_op(rpy_pipe, "ip:10.4."),
+        "lean-ping": op_lean_ping,
         "limits-mw": op_limits_mw,
         "limits-swc": op_limits_swc,
     }
@@ -129,23 +214,50 @@ async def main(args: argparse.Namespace) -> None:
         server = RedisServer(port=free_port(), workdir=Path(tempfile.mkdtemp(prefix="urr-bench-")))
         server.start()
         url = server.url
-    redis = Redis.from_url(url, max_connections=64)
+    clients: list[Redis] = []
+
+    def client() -> Redis:
+        clients.append(Redis.from_url(url, max_connections=64))
+        return clients[-1]
+
+    redis = client()
     storage = RedisStorage(url.replace("redis://", "async+redis://"), implementation="redispy")
     try:
         await redis.flushall()
         # A budget no healthy call reaches even on a loaded machine: every measured decision
         # must be a Redis decision (op_ours checks), or the comparison would flatter us.
-        ours = SlidingWindowLimiter(
-            redis, RateLimitSettings(budget_ms=1000), registry=CollectorRegistry()
+        # A budget no healthy call reaches even on a loaded machine: every measured decision
+        # must be a Redis decision (the ops check), or the comparison would flatter us.
+        generous = RateLimitSettings(budget_ms=1000)
+        # One client (pool of 64) per contender, as each would have in a service.
+        ours = SlidingWindowLimiter(client(), generous, registry=CollectorRegistry())
+        per_call = SlidingWindowLimiter(
+            client(),
+            generous.model_copy(update={"transport": "per_call"}),
+            registry=CollectorRegistry(),
         )
-        await ours.prepare()
-        store = RedisSlidingLog(redis)
-        await store.load()
-        await measure(contenders(redis, storage, ours, store), args, redis)
+        rpy_client = client()
+        rpy_pipe = SlidingWindowLimiter(
+            rpy_client,
+            generous,
+            registry=CollectorRegistry(),
+            store=RedisPyPipelineStore(rpy_client),
+        )
+        for limiter in (ours, per_call, rpy_pipe):
+            await limiter.prepare()
+        lean = PipelinedSlidingLog(client())
+        await lean.load()
+        try:
+            await measure(contenders(redis, storage, ours, per_call, rpy_pipe, lean), args, redis)
+        finally:
+            for limiter in (ours, per_call, rpy_pipe):
+                await limiter.aclose()
+            await lean.aclose()
     finally:
         # limits has no close(); its bridge owns a redis-py client.
         await storage.bridge.get_connection().aclose()  # type: ignore[attr-defined]
-        await redis.aclose()
+        for each in clients:
+            await each.aclose()
         if server is not None:
             server.stop()
             shutil.rmtree(server.workdir, ignore_errors=True)
@@ -166,21 +278,34 @@ async def report(
         f"sequential phase {sequential_s:.1f} s"
     )
     header = (
-        f"{'contender':<12} {'p50 µs':>8} {'p90 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} "
-        f"{'1-way/s':>8} {'32-way/s':>9} {'p50/ping':>9}"
+        f"{'contender':<14} {'p50 µs':>8} {'p90 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} "
+        f"{'1-way/s':>8} {'32-way/s':>9} {'p50/ping':>9} {'32w/ping':>9}"
     )
     print(header)
     print("-" * len(header))
     ping_p50 = statistics.median(latencies["ping"])
+    ping_32 = statistics.median(conc_rates["ping"])
     for name, values in latencies.items():
         ordered = sorted(values)
         p50 = percentile(ordered, 0.50)
+        rate_32 = statistics.median(conc_rates[name])
         print(
-            f"{name:<12} {p50 * 1e6:8.0f} {percentile(ordered, 0.90) * 1e6:8.0f} "
+            f"{name:<14} {p50 * 1e6:8.0f} {percentile(ordered, 0.90) * 1e6:8.0f} "
             f"{percentile(ordered, 0.99) * 1e6:8.0f} {percentile(ordered, 0.999) * 1e6:9.0f} "
-            f"{len(values) / sum(values):8.0f} {statistics.median(conc_rates[name]):9.0f} "
-            f"{p50 / ping_p50:9.2f}"
+            f"{len(values) / sum(values):8.0f} {rate_32:9.0f} "
+            f"{p50 / ping_p50:9.2f} {rate_32 / ping_32:9.2f}"
         )
+    ours_p50 = statistics.median(latencies["ours"])
+    mw_p50 = statistics.median(latencies["limits-mw"])
+    ours_32 = statistics.median(conc_rates["ours"])
+    print(
+        f"targets: ours P50 <= 1.3x PING: {ours_p50 / ping_p50:.2f}x "
+        f"({'met' if ours_p50 <= 1.3 * ping_p50 else 'MISSED'}); "
+        f"ours P50 below limits-mw: {ours_p50 * 1e6:.0f} vs {mw_p50 * 1e6:.0f} µs "
+        f"({'met' if ours_p50 < mw_p50 else 'MISSED'}); "
+        f"ours 32-way >= 2x PING 32-way: {ours_32 / ping_32:.2f}x "
+        f"({'met' if ours_32 >= 2 * ping_32 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ generated per test; the JWKS documents are served over HTTP and can be rotated m
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from urr_common.settings import RedisSettings, load_settings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner
+from urr_devstack.procs import RedisServer
 from urr_gateway.app import create_app
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.revocation import VerdictReader, stored_verdict
@@ -285,3 +289,16 @@ def raw_request() -> Callable[..., Awaitable[tuple[int, bytes]]]:
         return int(answer.split(b" ", 2)[1]), answer
 
     return send
+
+
+@pytest.fixture
+def restart_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session's redis-server, which the test may stop, freeze or kill: thawed and
+    restarted afterwards."""
+    try:
+        yield redis_server
+    finally:
+        if redis_server.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(redis_server.process.pid, signal.SIGCONT)
+        redis_server.ensure_running()

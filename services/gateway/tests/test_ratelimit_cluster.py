@@ -28,6 +28,7 @@ from urr_gateway.ratelimit import (
     revoked_jti_key,
     window_key,
 )
+from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +177,93 @@ async def test_check_api_on_a_cluster(cluster: RedisCluster, aiohttp_client: Cli
             answers.append(await response.json())
         assert [a["allowed"] for a in answers] == [True] * 5 + [False]
         assert not any(a["degraded"] for a in answers)
+
+
+async def test_a_burst_is_batched_per_node_on_a_cluster(cluster: RedisCluster) -> None:
+    """Decisions of one tick go to each subject's primary, one write per node, each exact."""
+    limiter = SlidingWindowLimiter(cluster, RateLimitSettings(budget_ms=5000, max_in_flight=512))
+    try:
+        assert await limiter.prepare()
+        store = limiter._store
+        assert isinstance(store, PipelinedSlidingLog)
+        assert len(store.nodes) == 3
+        before = {id(node): node.writes for node in store.nodes}
+        subjects = [f"u:burst{n}" for n in range(30)]
+        decisions = await asyncio.gather(
+            *(limiter.check(subject, "booking") for subject in subjects for _ in range(12))
+        )
+        for index, subject in enumerate(subjects):
+            mine = decisions[index * 12 : (index + 1) * 12]
+            assert sum(d.allowed for d in mine) == 10
+            assert await cluster.zcard(window_key(subject, "booking", 60)) == 10
+        assert len(store.nodes) == 3
+        # 360 decisions over three primaries, a few writes each.
+        assert all(node.writes - before[id(node)] <= 4 for node in store.nodes)
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_slot_the_client_cannot_place_follows_the_failure_policy(
+    cluster: RedisCluster,
+) -> None:
+    """redis-py raises KeyError (or SlotNotCoveredError), not a RedisError, for a slot missing
+    from its map: the decision follows its policy instead of failing the request."""
+    limiter = SlidingWindowLimiter(cluster, RateLimitSettings(budget_ms=2000))
+    slots = cluster.nodes_manager.slots_cache
+    slot = cluster.keyslot(window_key("u:lost", "general", 60))
+    try:
+        assert await limiter.prepare()
+        saved = slots.pop(slot)
+        try:
+            decision = await limiter.check("u:lost", "general")
+        finally:
+            slots[slot] = saved
+        assert (decision.source, decision.allowed) == ("open", True)
+        assert (await limiter.check("u:found", "general")).source == "redis"
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_moved_slot_is_followed_and_stays_exact(cluster: RedisCluster) -> None:
+    """The subject's (empty) slot is handed to another primary behind the client's back: the
+    old owner answers MOVED, which ran nothing; the decision goes through redis-py once, and
+    the next ones go to the new owner on the pipelined path, all counted exactly once."""
+    limiter = SlidingWindowLimiter(cluster, RateLimitSettings(budget_ms=5000))
+    try:
+        assert await limiter.prepare()
+        store = limiter._store
+        assert isinstance(store, PipelinedSlidingLog)
+        key = window_key("u:moved", "booking", 60)
+        slot = cluster.keyslot(key)
+        source = cluster.get_node_from_key(key)
+        assert source is not None
+        target = next(n for n in cluster.get_primaries() if n.name != source.name)
+        source_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=source)
+        target_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=target)
+        await cluster.execute_command(
+            "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id, target_nodes=target
+        )
+        await cluster.execute_command(
+            "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id, target_nodes=source
+        )
+        for node in (target, source):
+            await cluster.execute_command(
+                "CLUSTER", "SETSLOT", slot, "NODE", target_id, target_nodes=node
+            )
+        writes = {name: node.writes for name, node in store._nodes.items()}
+        decisions = [await limiter.check("u:moved", "booking") for _ in range(12)]
+        assert [d.allowed for d in decisions] == [True] * 10 + [False] * 2
+        assert {d.source for d in decisions} <= {"redis", "deny_cache"}
+        owner = cluster.get_node_from_key(key)
+        assert owner is not None
+        assert owner.name == target.name
+        assert await cluster.zcard(key) == 10
+        # The old owner got the first decision once (MOVED); after that one went through
+        # redis-py, the new owner's lean connection carried the next ten (the last was
+        # refused from the deny cache).
+        assert store._nodes[source.name].writes - writes[source.name] == 1
+        assert store._nodes[target.name].writes - writes[target.name] == 10
+        assert len(store.nodes) == 3
+        assert limiter.breaker_state.name == "CLOSED"
+    finally:
+        await limiter.aclose()

@@ -119,11 +119,16 @@ def install_rate_limit_headers(app: web.Application) -> None:
 
 def install_rate_limit(app: web.Application, limiter: SlidingWindowLimiter) -> None:
     """Everything the public application needs besides the middleware: the header signal,
-    and loading the script (and opening a connection) at start-up, so the first request does
-    not spend its budget on it. A Redis that is down at start-up does not stop the start."""
+    loading the script (and opening a connection) at start-up, so the first request does
+    not spend its budget on it, and giving the limiter's connections back at shutdown. A
+    Redis that is down at start-up does not stop the start."""
 
     async def prepare(_: web.Application) -> None:
         await limiter.prepare()
 
+    async def close(_: web.Application) -> None:
+        await limiter.aclose()
+
     install_rate_limit_headers(app)
     app.on_startup.append(prepare)
+    app.on_cleanup.append(close)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -78,3 +78,42 @@ class _Judge:
     def _expire(self) -> None:
         if not self._done:
             self._window.reschedule(self._loop.time())
+
+
+class BatchDeadline:
+    """The same budget for a batch of calls that share one timer (the pipelined store):
+    each future of ``futures`` still pending past the budget fails with ``TimeoutError``.
+    ``futures`` may grow until the batch is written (decisions joining it in the same tick).
+    The lateness rule is :class:`_Judge`'s: a timer that fires late extends the wait, up to
+    the budget's cap, since a busy loop proves nothing about Redis."""
+
+    __slots__ = ("_budget", "_futures", "_handle", "_loop", "_started")
+
+    def __init__(self, budget: RedisBudget, futures: list[asyncio.Future[Any]]) -> None:
+        self._budget = budget
+        self._futures = futures
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        due = self._started + budget.budget_s
+        self._handle: asyncio.Handle = self._loop.call_at(due, self._deadline, due)
+
+    def _deadline(self, due: float) -> None:
+        if all(future.done() for future in self._futures):
+            return
+        now = self._loop.time()
+        cap = self._started + self._budget.cap_s
+        if now - due > LATE_S and now < cap:
+            self._budget.extensions += 1
+            next_due = min(now + self._budget.budget_s, cap)
+            self._handle = self._loop.call_at(next_due, self._deadline, next_due)
+        else:
+            # Not call_soon: uvloop (libuv) runs timers and then soon-callbacks *before* it
+            # polls the sockets, so a reply already sitting in the socket would not be read
+            # yet. A timer due now fires in the next pass, after this pass's poll.
+            self._handle = self._loop.call_at(now, self._expire)
+
+    def _expire(self) -> None:
+        budget_ms = self._budget.budget_s * 1000
+        for future in self._futures:
+            if not future.done():
+                future.set_exception(TimeoutError(f"no reply from Redis within {budget_ms:g} ms"))

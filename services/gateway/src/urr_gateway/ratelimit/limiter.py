@@ -3,16 +3,20 @@
 Order of work for ``check``:
 
 1. the deny cache: a subject already known to be over the limit is refused from memory;
-2. Redis, unless the circuit breaker is open: one script call, inside the time budget;
+2. Redis, unless the circuit breaker is open: one script evaluation, inside the time budget
+   (by default written together with the other decisions of the same event-loop tick, one
+   pipeline per Redis node: ``pipeline.py``);
 3. otherwise the category's failure policy: ``open`` allows (marked degraded), ``local``
    asks the in-process sliding log.
 
 The Redis client is owned by the application (which closes it); the limiter only borrows
-it. The budget, not the socket, cuts a slow call short: keep the client's socket timeout
-above the budget (``RedisSettings`` defaults to 0.5 s), since redis-py retries a command that
-hit its socket timeout and a retried script would count a request twice. redis-py drops a
-connection whose command was cancelled, so the breaker is what keeps a hanging Redis from
-costing a reconnect per request.
+it (the pipelined store keeps one of its connections per node checked out; ``aclose`` gives
+them back). The budget, not the socket, cuts a slow call short: keep the client's socket
+timeout above the budget (``RedisSettings`` defaults to 0.5 s), since redis-py retries a
+command that hit its socket timeout and a retried script would count a request twice. With
+the ``per_call`` transport redis-py drops a connection whose command was cancelled, so the
+breaker is what keeps a hanging Redis from costing a reconnect per request; the pipelined
+store reads and drops the late reply instead and keeps its connection.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from urr_gateway.ratelimit.deny_cache import DenyCache
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.local import LocalSlidingLog
 from urr_gateway.ratelimit.metrics import RateLimitMetrics
-from urr_gateway.ratelimit.store import RedisSlidingLog
+from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
+from urr_gateway.ratelimit.store import RedisSlidingLog, SlidingLogStore
 from urr_gateway.ratelimit.window import (
     Decision,
     WindowSpec,
@@ -99,7 +104,9 @@ class SlidingWindowLimiter:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
         logger: OutageLogger | None = None,
+        store: SlidingLogStore | None = None,
     ) -> None:
+        """``store``: the Redis side; by default the one ``settings.transport`` names."""
         self.settings = settings
         self._log: OutageLogger = logger if logger is not None else _LOG
         self._specs = window_specs(settings)
@@ -107,12 +114,27 @@ class SlidingWindowLimiter:
         self._policies: dict[str, FailurePolicy] = {
             name: limits.failure_policy for name, limits in settings.categories.items()
         }
-        self._store = RedisSlidingLog(redis)
-        self._clock = clock
         self._budget = RedisBudget(settings.budget_ms / 1000, settings.congestion_cap_ms / 1000)
-        pool_size = _pool_size(redis)
+        self._store: SlidingLogStore
+        if store is not None:
+            self._store = store
+        elif settings.transport == "pipeline":
+            self._store = PipelinedSlidingLog(
+                redis,
+                window_s=settings.pipeline_window_us / 1_000_000,
+                # A connection that owes replies this long is replaced (see pipeline.py).
+                stall_s=self._budget.cap_s,
+                budget=self._budget,
+            )
+        else:
+            self._store = RedisSlidingLog(redis)
+        # The pipelined store times its batches itself: one timer per batch, not per call.
+        self._store_keeps_budget = getattr(self._store, "budget", None) is self._budget
+        self._clock = clock
+        pool_size = _pool_size(redis) if isinstance(self._store, RedisSlidingLog) else None
         in_flight = min(settings.max_in_flight, pool_size or settings.max_in_flight)
-        # No more calls in flight than the pool has connections; the rest queue here.
+        # Per call: no more calls in flight than the pool has connections; the rest queue
+        # here. Pipelined: one connection per node, and a bound on what one batch carries.
         self._in_flight = asyncio.Semaphore(in_flight)
         self._in_flight_limit = in_flight
         self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
@@ -169,6 +191,10 @@ class SlidingWindowLimiter:
             return False
         return True
 
+    async def aclose(self) -> None:
+        """Give back what the store holds of the client (its pipelined connections)."""
+        await self._store.aclose()
+
     # -- the decision -----------------------------------------------------------------------
 
     async def check(
@@ -214,7 +240,10 @@ class SlidingWindowLimiter:
                 # Queueing for a slot is local congestion, not Redis being slow: the budget
                 # starts once the call can go out.
                 call = self._store.evaluate(subject, category, specs, cost, revoked_key)
-                result = await self._budget.run(call)
+                if self._store_keeps_budget:
+                    result = await call
+                else:
+                    result = await self._budget.run(call)
         except (TimeoutError, RedisTimeoutError) as exc:
             kind, error = "timeout", exc
         except (RedisConnectionError, OSError) as exc:

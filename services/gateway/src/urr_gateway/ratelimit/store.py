@@ -1,7 +1,9 @@
-"""The Redis side of the limiter: one script call per decision, nothing else.
+"""The Redis side of the limiter: one script evaluation per decision, nothing else.
 
 The script evaluates every window of a category (and, optionally, a revoked-jti flag of the
-same subject) atomically, with Redis's clock, in one round trip.
+same subject) atomically, with Redis's clock. :class:`RedisSlidingLog` makes one redis-py call
+per decision; ``pipeline.PipelinedSlidingLog`` sends the decisions of one event-loop tick as
+one pipeline (the default).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from urr_gateway.ratelimit.keys import hash_tag, window_key_suffix
 from urr_gateway.ratelimit.window import WindowOutcome, WindowSpec
@@ -32,22 +34,20 @@ class ScriptResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _CategoryCall:
+class CategoryCall:
     """The per-category parts of a call, built once: key suffixes and window arguments."""
 
     suffixes: tuple[str, ...]
     window_args: tuple[int, ...]
 
 
-class RedisSlidingLog:
-    """Runs ``sliding_window.lua`` on a Redis or Redis Cluster client."""
+class CategoryCalls:
+    """:class:`CategoryCall` per category, built on first use."""
 
-    def __init__(self, redis: Redis | RedisCluster) -> None:
-        self._redis = redis
-        self._script = redis.register_script(load_script_source())
-        self._calls: dict[str, tuple[tuple[WindowSpec, ...], _CategoryCall]] = {}
+    def __init__(self) -> None:
+        self._calls: dict[str, tuple[tuple[WindowSpec, ...], CategoryCall]] = {}
 
-    def _call_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _CategoryCall:
+    def get(self, category: str, specs: tuple[WindowSpec, ...]) -> CategoryCall:
         entry = self._calls.get(category)
         # Identity first: the limiter passes the same tuple every time, and hashing a tuple of
         # dataclasses on every decision is measurable.
@@ -57,9 +57,38 @@ class RedisSlidingLog:
         window_args: list[int] = []
         for spec in specs:
             window_args += [spec.limit, spec.window_us]
-        call = _CategoryCall(suffixes, tuple(window_args))
+        call = CategoryCall(suffixes, tuple(window_args))
         self._calls[category] = (specs, call)
         return call
+
+
+class SlidingLogStore(Protocol):
+    """What the limiter needs from its Redis side (the per-call and the pipelined store)."""
+
+    async def load(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def evaluate(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        revoked_key: str | None = None,
+    ) -> ScriptResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RedisSlidingLog:
+    """Runs ``sliding_window.lua`` on a Redis or Redis Cluster client, one redis-py call per
+    decision (the path before pipelining; kept as ``transport = "per_call"``)."""
+
+    def __init__(self, redis: Redis | RedisCluster) -> None:
+        self._redis = redis
+        self._script = redis.register_script(load_script_source())
+        self._calls = CategoryCalls()
 
     async def load(self) -> None:
         """``SCRIPT LOAD`` (on every primary of a cluster), which also opens a connection."""
@@ -68,6 +97,9 @@ class RedisSlidingLog:
     async def ping(self) -> None:
         """One round trip; concurrent pings warm the connection pool."""
         await self._redis.ping()
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the connections are the client's."""
 
     async def evaluate(
         self,
@@ -78,7 +110,7 @@ class RedisSlidingLog:
         revoked_key: str | None = None,
     ) -> ScriptResult:
         """Decide and, when every window has room, record the request; one round trip."""
-        call = self._call_for(category, specs)
+        call = self._calls.get(category, specs)
         tag = "{" + subject + "}"
         keys = [tag + suffix for suffix in call.suffixes]
         if revoked_key is not None:

@@ -1,0 +1,392 @@
+"""The limiter's Redis side, auto-pipelined: a tick's decisions go out as one write per node.
+
+Every decision is still its own ``EVALSHA`` of ``sliding_window.lua``: atomic, on Redis's
+clock, exact. What changes is the client cost around it. Decisions issued in the same
+event-loop tick (or within ``window_s``, at most 500 µs) are written together on one lean
+connection per Redis node (:mod:`resp`), and their replies, which Redis sends back in order,
+are parsed by hiredis in one pass. envoy's ratelimit service batches its Redis calls the same
+way.
+
+The time budget stays per decision, with one timer per batch instead of one per call: a
+decision whose reply has not come within the budget fails with ``TimeoutError`` (the same
+late-loop rule as ``budget.py``). Failures stay per decision too. A connection that fails or
+closes fails every decision waiting on it, and each follows its own category's failure
+policy in the limiter. ``NOSCRIPT`` (after a ``SCRIPT FLUSH`` or a failover) sends ``SCRIPT
+LOAD`` ahead of the refused decisions in the next batch and runs them once more (a refused
+``EVALSHA`` ran nothing, so nothing is counted twice). A caller cancelled before its batch is
+written is left out of it; one cancelled after is read and dropped, so the connection stays
+usable. A connection that owes replies and has sent none for ``stall_s`` is closed and
+replaced, so a black-holed socket does not hold the limiter once Redis is reachable again.
+
+Redis Cluster: each decision goes to the primary owning its subject's slot (all keys of a
+decision carry the ``{subject}`` hash tag), one connection and one batch per node. A node
+answering ``MOVED`` or ``ASK`` (the slot moved; the script did not run) sends that decision
+through redis-py's cluster client once, which follows the redirection and refreshes its
+slot map for the next ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+
+from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
+from urr_gateway.ratelimit.keys import hash_tag
+from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, bulk, encode_command
+from urr_gateway.ratelimit.store import (
+    CategoryCalls,
+    RedisSlidingLog,
+    ScriptResult,
+    load_script_source,
+    parse_reply,
+)
+from urr_gateway.ratelimit.window import WindowSpec
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.connection import AbstractConnection, Connection
+
+#: Longest configurable gathering window (the issue's bound; envoy uses 150-500 µs).
+MAX_WINDOW_S = 0.0005
+
+_PING = encode_command(b"PING")
+
+Acquire = Callable[[], Awaitable["AbstractConnection"]]
+Release = Callable[["AbstractConnection"], Awaitable[None]]
+
+
+class _EncodedCall:
+    """A category's command pieces, encoded once: everything but the keys and the cost."""
+
+    __slots__ = ("heads", "suffixes", "tails", "windows")
+
+    def __init__(self, sha: bytes, suffixes: tuple[str, ...], window_args: tuple[int, ...]):
+        self.windows = len(suffixes)
+        self.suffixes = tuple(suffix.encode() for suffix in suffixes)
+        # [without, with] the revoked-jti key: array header, EVALSHA, sha, numkeys.
+        self.heads: tuple[bytes, bytes] = tuple(  # type: ignore[assignment]
+            b"*%d\r\n" % (3 + numkeys + 3 + len(window_args))
+            + bulk(b"EVALSHA")
+            + bulk(sha)
+            + bulk(b"%d" % numkeys)
+            for numkeys in (self.windows, self.windows + 1)
+        )
+        # ARGV after the cost: number of windows, the revoked flag, each window's arguments.
+        windows_part = b"".join(bulk(b"%d" % value) for value in window_args)
+        self.tails: tuple[bytes, bytes] = tuple(  # type: ignore[assignment]
+            bulk(b"%d" % self.windows) + bulk(flag) + windows_part for flag in (b"0", b"1")
+        )
+
+
+class _Node:
+    """One Redis node: its connection and the batch being gathered for it."""
+
+    def __init__(
+        self,
+        acquire: Acquire,
+        release: Release,
+        window_s: float,
+        stall_s: float,
+        load_command: bytes,
+        budget: RedisBudget | None,
+    ) -> None:
+        self._acquire = acquire
+        self._budget = budget
+        #: The futures the current batch's deadline watches.
+        self._timed: list[asyncio.Future[Any]] = []
+        self._release = release
+        self._window_s = window_s
+        self._stall_s = stall_s
+        self._load_command = load_command
+        self._batch: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._load_first = False
+        self._pipe: RespPipe | None = None
+        self._connection: AbstractConnection | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._closed = False
+        #: Writes and commands sent, for tests and metrics.
+        self.writes = 0
+        self.commands = 0
+
+    def submit(
+        self, command: bytes, *, load_script: bool = False, timed: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue ``command`` for the next write. ``timed``: the reply must come within the
+        budget (one timer per batch), else the future fails with ``TimeoutError``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._closed:
+            future.set_exception(RedisConnectionError("the limiter's store is closed"))
+            return future
+        self._batch.append((command, future))
+        if load_script:
+            self._load_first = True
+        if self._flush_handle is None:
+            if self._window_s > 0:
+                self._flush_handle = loop.call_later(self._window_s, self._flush)
+            else:
+                # After every callback already due in this pass: the whole tick's decisions.
+                self._flush_handle = loop.call_soon(self._flush)
+            if self._budget is not None:
+                self._timed = []
+                BatchDeadline(self._budget, self._timed)
+        if timed and self._budget is not None:
+            self._timed.append(future)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        pipe = self._pipe
+        if pipe is not None and not pipe.closed:
+            stalled = pipe.stalled_for(asyncio.get_running_loop().time())
+            if stalled > self._stall_s:
+                pipe.abort(f"no reply from Redis for {stalled * 1000:.0f} ms")
+        if pipe is None or pipe.closed:
+            if self._opening is None and not self._closed:
+                self._opening = asyncio.get_running_loop().create_task(self._open())
+            return
+        batch = self._batch
+        self._batch = []
+        parts: list[bytes] = []
+        waiters: list[asyncio.Future[Any] | None] = []
+        if self._load_first:
+            self._load_first = False
+            parts.append(self._load_command)
+            waiters.append(None)
+        for command, future in batch:
+            if not future.done():  # cancelled callers are left out
+                parts.append(command)
+                waiters.append(future)
+        if waiters and waiters[-1] is not None:  # someone still waits
+            pipe.send(b"".join(parts), waiters)
+            self.writes += 1
+            self.commands += len(parts)
+
+    async def _open(self) -> None:
+        try:
+            old, self._pipe, self._connection = self._connection, None, None
+            if old is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._release(old)
+            # A connect or handshake that hangs counts as a stall too.
+            async with asyncio.timeout(self._stall_s):
+                connection = await self._acquire()
+            try:
+                pipe = RespPipe.take_over(connection)
+            except BaseException:
+                await self._release(connection)
+                raise
+            self._connection, self._pipe = connection, pipe
+        except (RedisError, OSError, TimeoutError) as exc:
+            error = exc if isinstance(exc, RedisError | OSError) else RedisConnectionError(str(exc))
+            batch, self._batch = self._batch, []
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        finally:
+            self._opening = None
+        if self._batch:
+            self._flush()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._opening is not None:
+            self._opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await self._opening
+        for _, future in self._batch:
+            if not future.done():
+                future.set_exception(RedisConnectionError("the limiter's store is closed"))
+        self._batch = []
+        if self._pipe is not None:
+            self._pipe.abort("the limiter's store is closed")
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(RedisError, OSError):
+                await self._release(connection)
+
+
+class PipelinedSlidingLog:
+    """``sliding_window.lua`` for the limiter, auto-pipelined; the same interface as
+    :class:`~urr_gateway.ratelimit.store.RedisSlidingLog`."""
+
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        *,
+        window_s: float = 0.0,
+        stall_s: float = 0.25,
+        budget: RedisBudget | None = None,
+    ) -> None:
+        """``budget``: applied to every decision here, one timer per batch (the limiter then
+        does not wrap each call in its own); ``None`` leaves timing to the caller."""
+        if not 0.0 <= window_s <= MAX_WINDOW_S:
+            raise ValueError("the pipeline window is between 0 and 500 µs")
+        self._redis = redis
+        self.budget = budget
+        self._window_s = window_s
+        self._stall_s = stall_s
+        self._source = load_script_source()
+        self._sha = hashlib.sha1(self._source.encode(), usedforsecurity=False).hexdigest()
+        self._load_command = encode_command(b"SCRIPT", b"LOAD", self._source.encode())
+        self._calls = CategoryCalls()
+        self._encoded: dict[str, tuple[object, _EncodedCall]] = {}
+        self._cluster = redis if isinstance(redis, RedisCluster) else None
+        self._through_client = RedisSlidingLog(redis) if self._cluster is not None else None
+        self._nodes: dict[str, _Node] = {}
+        self._single: _Node | None = None
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    def _new_node(self, acquire: Acquire, release: Release) -> _Node:
+        return _Node(
+            acquire, release, self._window_s, self._stall_s, self._load_command, self.budget
+        )
+
+    def _single_node(self, redis: Redis) -> _Node:
+        pool = redis.connection_pool
+
+        async def acquire() -> AbstractConnection:
+            connection: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            return connection
+
+        async def release(connection: AbstractConnection) -> None:
+            await connection.disconnect()
+            await pool.release(connection)
+
+        self._single = self._new_node(acquire, release)
+        return self._single
+
+    async def _node_for(self, tag: bytes) -> _Node:
+        if self._cluster is None:
+            node = self._single
+            if node is None:
+                node = self._single_node(self._redis)  # type: ignore[arg-type]
+            return node
+        return await self._node_for_slot(self._cluster, key_slot(tag))
+
+    async def _node_for_slot(self, cluster: RedisCluster, slot: int) -> _Node:
+        try:
+            if not self._nodes:
+                await cluster.initialize()
+            owner = cluster.nodes_manager.get_node_from_slot(slot)
+        except (RedisClusterException, LookupError) as exc:
+            # Not RedisErrors (SlotNotCoveredError; a KeyError for a slot missing from the
+            # client's map): a Redis failure all the same, for the failure policy, not a 500.
+            raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
+        node = self._nodes.get(owner.name)
+        if node is None:
+
+            async def acquire() -> AbstractConnection:
+                connection = owner.acquire_connection()
+                try:
+                    await connection.connect()  # type: ignore[no-untyped-call]
+                except BaseException:
+                    owner.release(connection)
+                    raise
+                return connection
+
+            async def release(connection: AbstractConnection) -> None:
+                await connection.disconnect()
+                owner.release(cast("Connection", connection))
+
+            node = self._nodes[owner.name] = self._new_node(acquire, release)
+        return node
+
+    @property
+    def nodes(self) -> tuple[_Node, ...]:
+        single = (self._single,) if self._single is not None else ()
+        return single + tuple(self._nodes.values())
+
+    # -- the store interface -----------------------------------------------------------------
+
+    async def load(self) -> None:
+        """``SCRIPT LOAD`` through the client (every primary of a cluster), then open the
+        lean connection(s) ahead of the first decisions."""
+        await self._redis.script_load(self._source)
+        if self._cluster is None:
+            await self.ping()
+        else:
+            cluster = self._cluster
+            nodes = [await self._node_for_slot(cluster, slot) for slot in _slot_samples(cluster)]
+            await asyncio.gather(*(self._ping_node(node) for node in nodes))
+
+    async def ping(self) -> None:
+        await self._ping_node(await self._node_for(b"{}"))
+
+    @staticmethod
+    async def _ping_node(node: _Node) -> None:
+        await node.submit(_PING)
+
+    async def evaluate(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        revoked_key: str | None = None,
+    ) -> ScriptResult:
+        """Decide and, when every window has room, record the request: one ``EVALSHA``,
+        written with the other decisions of this tick."""
+        encoded = self._encoded_for(category, specs)
+        tag = b"{" + subject.encode() + b"}"
+        checked = revoked_key is not None
+        parts = [encoded.heads[checked]]
+        for suffix in encoded.suffixes:
+            parts.append(bulk(tag + suffix))
+        if revoked_key is not None:
+            if hash_tag(revoked_key) != subject:
+                raise ValueError("revoked_key must carry the subject's hash tag")
+            parts.append(bulk(revoked_key.encode()))
+        parts.append(bulk(b"%d" % cost))
+        parts.append(encoded.tails[checked])
+        command = b"".join(parts)
+        node = await self._node_for(tag)
+        try:
+            reply = await node.submit(command, timed=True)
+        except NoScriptError:
+            # Nothing ran; the next batch loads the script first and runs this once more
+            # (within a budget of its own: a flushed script cache is rare).
+            reply = await node.submit(command, load_script=True, timed=True)
+        except RedirectedError:
+            if self._through_client is None:
+                raise
+            # redis-py's cluster client follows MOVED/ASK and refreshes its slot map.
+            return await self._through_client.evaluate(subject, category, specs, cost, revoked_key)
+        return parse_reply(reply, encoded.windows, checked)
+
+    def _encoded_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _EncodedCall:
+        entry = self._encoded.get(category)
+        if entry is not None and entry[0] is specs:
+            return entry[1]
+        call = self._calls.get(category, specs)
+        encoded = _EncodedCall(self._sha.encode(), call.suffixes, call.window_args)
+        self._encoded[category] = (specs, encoded)
+        return encoded
+
+    async def aclose(self) -> None:
+        """Give the lean connections back to the client (closed)."""
+        for node in self.nodes:
+            await node.aclose()
+
+
+def _slot_samples(cluster: RedisCluster) -> list[int]:
+    """One slot per primary, so ``load`` opens a connection to each."""
+    seen: dict[str, int] = {}
+    for slot, nodes in cluster.nodes_manager.slots_cache.items():
+        if nodes:
+            seen.setdefault(nodes[0].name, slot)
+    return list(seen.values())

@@ -1,0 +1,350 @@
+"""The auto-pipelined limiter against a real Redis: a tick's decisions go out as one write,
+each still its own exact script evaluation; NOSCRIPT, a Redis killed mid-batch, an exceeded
+budget and cancelled callers are handled per decision."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from urr_common.settings import SettingsError, load_settings
+from urr_devstack.procs import RedisServer, free_port
+from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter, window_key
+from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
+from urr_gateway.settings import GatewaySettings
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class CountingProxy:
+    """A TCP relay in front of Redis that counts what the client wrote, chunk by chunk."""
+
+    port: int = 0
+    chunks: int = 0
+    connections: int = 0
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@contextlib.asynccontextmanager
+async def counting_proxy(target_port: int) -> AsyncIterator[CountingProxy]:
+    proxy = CountingProxy(port=free_port())
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: bool) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if count:
+                    proxy.chunks += 1
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        proxy.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        proxy.writers += [writer, up_writer]
+        for task in (
+            asyncio.create_task(pump(reader, up_writer, True)),
+            asyncio.create_task(pump(up_reader, writer, False)),
+        ):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", proxy.port)
+    try:
+        yield proxy
+    finally:
+        server.close()
+        for writer in proxy.writers:
+            writer.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+def settings(**overrides: Any) -> RateLimitSettings:
+    # Room for a loaded test machine where the test is about exactness, not the budget.
+    values: dict[str, Any] = {"budget_ms": 2000, "congestion_cap_ms": 5000}
+    values.update(overrides)
+    return RateLimitSettings(**values)
+
+
+async def command_calls(redis: Redis, name: str) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def burst(limiter: SlidingWindowLimiter, subject: str, category: str, n: int) -> list[Any]:
+    return list(await asyncio.gather(*(limiter.check(subject, category) for _ in range(n))))
+
+
+async def test_a_burst_of_200_is_exact_and_goes_out_in_a_few_writes(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    async with counting_proxy(redis_server.port) as proxy:
+        client = Redis.from_url(proxy.url, socket_timeout=5)
+        limiter = SlidingWindowLimiter(client, settings(max_in_flight=256))
+        try:
+            assert await limiter.prepare()
+            chunks, evals = proxy.chunks, await command_calls(redis, "evalsha")
+            decisions = await burst(limiter, "u:burst", "booking", 200)
+            assert sum(d.allowed for d in decisions) == 10
+            assert {d.source for d in decisions} == {"redis"}
+            assert await redis.zcard(window_key("u:burst", "booking", 60)) == 10
+            # Every decision was its own script evaluation...
+            assert await command_calls(redis, "evalsha") - evals == 200
+            # ...and they reached Redis in a handful of writes, not 200.
+            assert proxy.chunks - chunks <= 5
+        finally:
+            await limiter.aclose()
+            await client.aclose()
+
+
+async def test_the_per_call_transport_writes_once_per_decision(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """The same burst on the old path, through the same counting relay: what batching saves."""
+    async with counting_proxy(redis_server.port) as proxy:
+        client = Redis.from_url(proxy.url, socket_timeout=5, max_connections=64)
+        limiter = SlidingWindowLimiter(client, settings(transport="per_call"))
+        try:
+            assert await limiter.prepare()
+            chunks = proxy.chunks
+            decisions = await burst(limiter, "u:old", "booking", 200)
+            assert sum(d.allowed for d in decisions) == 10
+            assert proxy.chunks - chunks >= 100
+        finally:
+            await client.aclose()
+
+
+async def test_decisions_of_a_window_are_batched_with_a_gathering_window(redis: Redis) -> None:
+    """``pipeline_window_us``: decisions issued up to 500 µs apart share a write."""
+    limiter = SlidingWindowLimiter(redis, settings(pipeline_window_us=500))
+    try:
+        assert await limiter.prepare()
+        store = limiter._store
+        assert isinstance(store, PipelinedSlidingLog)
+        (node,) = store.nodes
+        writes = node.writes
+        decisions = await asyncio.gather(
+            *(limiter.check(f"ip:10.9.0.{n}", "general") for n in range(50))
+        )
+        assert all(d.allowed and d.source == "redis" for d in decisions)
+        assert node.writes - writes <= 2
+    finally:
+        await limiter.aclose()
+
+
+async def test_noscript_after_script_flush_reloads_and_counts_once(redis: Redis) -> None:
+    limiter = SlidingWindowLimiter(redis, settings())
+    try:
+        assert await limiter.prepare()
+        assert (await limiter.check("u:ns", "general")).source == "redis"
+        await redis.script_flush()
+        loads = await command_calls(redis, "script|load")
+        decisions = await asyncio.gather(*(limiter.check(f"u:ns{n}", "general") for n in range(30)))
+        assert all(d.allowed and d.source == "redis" and not d.degraded for d in decisions)
+        # One SCRIPT LOAD for the whole refused batch, then each decision ran exactly once.
+        assert await command_calls(redis, "script|load") - loads == 1
+        for n in range(30):
+            assert await redis.zcard(window_key(f"u:ns{n}", "general", 60)) == 1
+        assert limiter.breaker_state.name == "CLOSED"
+    finally:
+        await limiter.aclose()
+
+
+async def test_redis_killed_mid_batch_each_decision_follows_its_policy(
+    redis_url: str, restart_redis: RedisServer
+) -> None:
+    """Redis frozen with a batch written, then killed: the connection error reaches every
+    waiting decision, and each follows its own category's failure policy."""
+    registry = CollectorRegistry()
+    client = Redis.from_url(redis_url, socket_timeout=5)
+    limiter = SlidingWindowLimiter(
+        client, settings(breaker_failures=1000, max_in_flight=256), registry=registry
+    )
+    assert restart_redis.process is not None
+    pid = restart_redis.process.pid
+    try:
+        assert await limiter.prepare()
+        os.kill(pid, signal.SIGSTOP)
+        auth = [asyncio.create_task(limiter.check("ip:10.7.0.1", "auth")) for _ in range(30)]
+        general = [asyncio.create_task(limiter.check("ip:10.7.0.1", "general")) for _ in range(30)]
+        await asyncio.sleep(0.1)  # the batch is written and waits for its replies
+        assert not any(task.done() for task in auth + general)
+        os.kill(pid, signal.SIGKILL)
+        auth_decisions = await asyncio.gather(*auth)
+        general_decisions = await asyncio.gather(*general)
+        # AUTH (local): limited in process, 20 of 30; GENERAL (open): all allowed, degraded.
+        assert {d.source for d in auth_decisions} == {"local"}
+        assert sum(d.allowed for d in auth_decisions) == 20
+        assert {(d.source, d.allowed) for d in general_decisions} == {("open", True)}
+        assert (
+            registry.get_sample_value("urr_ratelimit_redis_errors_total", {"kind": "connection"})
+            == 60
+        )
+    finally:
+        await limiter.aclose()
+        await client.aclose()
+
+
+async def test_budget_exceeded_then_the_connection_is_kept(
+    redis_url: str, redis: Redis, restart_redis: RedisServer
+) -> None:
+    """Redis frozen past the budget: each waiting decision gives up at its budget and follows
+    its policy; the late replies are read and dropped, and the same connection serves on."""
+    limiter = SlidingWindowLimiter(
+        redis, settings(budget_ms=30, breaker_failures=1000, congestion_cap_ms=5000)
+    )
+    assert restart_redis.process is not None
+    pid = restart_redis.process.pid
+    try:
+        assert await limiter.prepare()
+        connections = (await redis.info("stats"))["total_connections_received"]
+        os.kill(pid, signal.SIGSTOP)
+        started = time.perf_counter()
+        decisions = await burst(limiter, "ip:10.8.0.1", "general", 20)
+        elapsed = time.perf_counter() - started
+        os.kill(pid, signal.SIGCONT)
+        assert {(d.source, d.allowed) for d in decisions} == {("open", True)}
+        assert elapsed < 1.0  # the 30 ms budget (extended while the loop ran late), not 5 s
+        # The frozen Redis ran the written scripts once thawed (errs towards limiting).
+        back = await limiter.check("ip:10.8.0.1", "general")
+        assert (back.source, back.allowed) == ("redis", True)
+        assert back.remaining == 100 - 20 - 1
+        stats = await redis.info("stats")
+        assert stats["total_connections_received"] == connections
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        await limiter.aclose()
+
+
+async def test_a_caller_cancelled_before_the_write_is_left_out(redis: Redis) -> None:
+    limiter = SlidingWindowLimiter(redis, settings())
+    try:
+        assert await limiter.prepare()
+        evals = await command_calls(redis, "evalsha")
+        gone = asyncio.create_task(limiter.check("u:gone", "general"))
+        kept = asyncio.create_task(limiter.check("u:kept", "general"))
+        # Both tasks run up to their submit in this pass; the batch is written in the next.
+        await asyncio.sleep(0)
+        gone.cancel()
+        decision = await kept
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert (decision.source, decision.allowed) == ("redis", True)
+        assert await redis.zcard(window_key("u:gone", "general", 60)) == 0
+        assert await command_calls(redis, "evalsha") - evals == 1
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_caller_cancelled_after_the_write_leaves_the_connection_in_step(
+    redis: Redis,
+) -> None:
+    limiter = SlidingWindowLimiter(redis, settings())
+    try:
+        assert await limiter.prepare()
+        tasks = [asyncio.create_task(limiter.check(f"u:c{n}", "general")) for n in range(10)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # written now; cancel half of them while replies are owed
+        for task in tasks[::2]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Replies are matched in order: the next decisions get their own answers.
+        for n in range(5):
+            decision = await limiter.check(f"u:after{n}", "queue")
+            assert (decision.source, decision.limit, decision.remaining) == ("redis", 60, 59)
+    finally:
+        await limiter.aclose()
+
+
+async def test_closing_the_client_closes_the_lean_connection(redis_url: str) -> None:
+    client = Redis.from_url(redis_url, socket_timeout=5)
+    limiter = SlidingWindowLimiter(client, settings(breaker_failures=1000))
+    assert await limiter.prepare()
+    await client.aclose()
+    # The client's pool closed the connection the store borrowed; nothing hangs or leaks.
+    decision = await limiter.check("u:closed", "general")
+    assert decision.source in {"redis", "open"}
+    await limiter.aclose()
+    assert (await limiter.check("u:closed", "general")).source == "open"
+
+
+def test_pipeline_settings_are_validated() -> None:
+    assert RateLimitSettings().transport == "pipeline"
+    assert RateLimitSettings().pipeline_window_us == 0
+    assert RateLimitSettings(pipeline_window_us=500).pipeline_window_us == 500
+    for bad in (-1, 501, 10_000):
+        with pytest.raises(ValidationError, match="pipeline_window_us"):
+            RateLimitSettings(pipeline_window_us=bad)
+    with pytest.raises(ValidationError, match="transport"):
+        RateLimitSettings(transport="carrier-pigeon")
+    with pytest.raises(ValueError, match="500"):
+        PipelinedSlidingLog(Redis(), window_s=0.001)
+
+
+def test_pipeline_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("URR_RATE_LIMIT__PIPELINE_WINDOW_US", "200")
+    monkeypatch.setenv("URR_RATE_LIMIT__TRANSPORT", "per_call")
+    loaded = load_settings(GatewaySettings)
+    assert loaded.rate_limit.pipeline_window_us == 200
+    assert loaded.rate_limit.transport == "per_call"
+    monkeypatch.setenv("URR_RATE_LIMIT__PIPELINE_WINDOW_US", "900")
+    with pytest.raises(SettingsError, match="URR_RATE_LIMIT__PIPELINE_WINDOW_US"):
+        load_settings(GatewaySettings)
+
+
+def test_the_lean_connection_works_on_uvloop(redis_server: RedisServer) -> None:
+    """The gateway runs on uvloop, whose transports are not asyncio's classes: the borrowed
+    socket must work there too (burst exactness and NOSCRIPT recovery)."""
+    import uvloop
+
+    async def scenario() -> None:
+        client = Redis.from_url(redis_server.url, socket_timeout=5)
+        limiter = SlidingWindowLimiter(client, settings())
+        try:
+            assert await limiter.prepare()
+            decisions = await burst(limiter, "u:uvloop", "booking", 200)
+            assert sum(d.allowed for d in decisions) == 10
+            assert {d.source for d in decisions} == {"redis"}
+            await client.script_flush()
+            again = await burst(limiter, "u:uvloop-2", "booking", 20)
+            assert sum(d.allowed for d in again) == 10
+            assert {d.source for d in again} == {"redis"}
+        finally:
+            await client.delete(
+                window_key("u:uvloop", "booking", 60), window_key("u:uvloop-2", "booking", 60)
+            )
+            await limiter.aclose()
+            await client.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
