@@ -289,7 +289,7 @@ async def test_generated_request_ids_are_random_hex_and_metrics_count_every_requ
         ids.add(response.headers["X-Request-Id"])
     assert len(ids) == 3
     assert all(int(value, 16) >= 0 and len(value) == 32 for value in ids)
-    metrics = await (await client.get("/metrics")).text()
+    metrics = metrics_text(client.app)
     # Labelled children are cached per (method, route, status class): each request still counts.
     assert 'urr_http_requests_total{method="GET",route="/health/live",status="2xx"} 3.0' in metrics
     assert 'urr_http_request_duration_seconds_count{method="GET",route="/health/live"} 3.0' in (

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from urr_common.service import metrics_text
 from urr_devstack.procs import free_port
 from urr_gateway.app import UPSTREAM_CLIENT_KEY
 from urr_gateway.settings import GatewaySettings, ProxySettings
@@ -140,7 +141,7 @@ async def test_a_full_pool_answers_503_with_retry_after_while_other_upstreams_se
     # The auth upstream has its own pool: unaffected.
     assert (await stack.client.get("/api/v1/auth/x")).status == 200
     assert (await holder).status == 200
-    metrics = await (await stack.client.get("/metrics")).text()
+    metrics = metrics_text(stack.client.app)
     assert 'urr_gateway_upstream_errors_total{kind="pool_timeout",upstream="ticket"} 1.0' in metrics
 
 

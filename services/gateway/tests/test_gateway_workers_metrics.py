@@ -42,11 +42,12 @@ async def test_every_worker_answers_metrics_for_all_workers(redis_url, tmp_path)
     app.router.add_route("*", "/{tail:.*}", echo)
     upstream = TestServer(app, host="127.0.0.1")
     await upstream.start_server()
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     dead = free_port()
     env = {
         **os.environ,
         "URR_HTTP__PORT": str(port),
+        "URR_METRICS__PORT": str(metrics_port),
         "URR_WORKERS": "2",
         "URR_INTERNAL__PORT": str(free_port()),
         "URR_REDIS__URL": redis_url,
@@ -76,7 +77,8 @@ async def test_every_worker_answers_metrics_for_all_workers(redis_url, tmp_path)
                     assert answer.status == 200
             seen_pids: set[str] = set()
             for _ in range(6):
-                async with session.get(f"http://127.0.0.1:{port}/metrics") as answer:
+                # Both workers share the metrics listener's port (SO_REUSEPORT) as the public one.
+                async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as answer:
                     total, pids = proxied_requests_and_pids(await answer.text())
                 assert total == REQUESTS
                 seen_pids |= pids
