@@ -186,6 +186,11 @@ def test_devstack_runs_the_log_the_ratelimit_admin_and_the_exporter() -> None:
     assert modules["ticket-exporter"] == "urr_ticket_worker.exporter"
     for module in ("urr_admission_log", "urr_ratelimit_admin", "urr_ticket_worker.exporter"):
         assert is_runnable(module), module
+    # The gateway sends /v1/log and /api/v1/admin/ratelimit to them.
+    gateway = next(spec for spec in SERVICES if spec.name == "gateway")
+    env = render_env(gateway, template_context("127.0.0.1", ports, {}))
+    assert env["URR_UPSTREAMS__ADMISSION_LOG"] == "http://127.0.0.1:3030"
+    assert env["URR_UPSTREAMS__RATELIMIT_ADMIN"] == "http://127.0.0.1:3040"
 
 
 def test_devstack_admission_log_signs_with_the_stack_log_key(tmp_path: Path) -> None:

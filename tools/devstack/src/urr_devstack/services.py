@@ -77,6 +77,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "URR_UPSTREAMS__AUTH": "{auth_url}",
             "URR_UPSTREAMS__QUEUE": "{queue_url}",
             "URR_UPSTREAMS__TICKET": "{ticket_url}",
+            "URR_UPSTREAMS__ADMISSION_LOG": "{admission_log_url}",
+            "URR_UPSTREAMS__RATELIMIT_ADMIN": "{ratelimit_admin_url}",
             "URR_INTERNAL__HOST": "{host}",
             "URR_INTERNAL__PORT": "{gateway_internal_port}",
         },
