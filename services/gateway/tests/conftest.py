@@ -1,4 +1,5 @@
-"""Real servers for the gateway tests: three upstreams, a JWKS issuer, the gateway itself.
+"""Real servers for the gateway tests: an upstream per routing-table service, a JWKS issuer,
+the gateway itself.
 
 The upstreams are small aiohttp apps that echo what they received (so a test can assert on
 exactly what the gateway forwarded) and misbehave on request (slow, huge, broken). Keys are
@@ -37,6 +38,8 @@ from urr_gateway.settings import (
 )
 
 DOWNLOAD_BYTES = 10 * 1024 * 1024
+#: One echoing upstream per ``UpstreamSettings`` field.
+UPSTREAM_NAMES = tuple(UpstreamSettings.model_fields)
 
 
 @dataclass
@@ -157,6 +160,8 @@ class Stack:
     settings: GatewaySettings
     #: The check API's base URL when the stack was built ``wired``.
     internal_url: str | None = None
+    #: Every upstream's log by its settings name (the three above and the others).
+    upstreams: dict[str, UpstreamLog] = field(default_factory=dict)
 
     def access_token(self, user_id: str = "u1", role: str = "user", **claims: Any) -> str:
         return self.access.signer.sign(
@@ -201,7 +206,7 @@ async def stack_factory(redis_url: str) -> AsyncIterator[StackFactory]:
     ) -> Stack:
         """``wired``: build the apps exactly as a worker does (``server.build_apps``, with the
         limiter and the check API) instead of ``create_app`` with the given seams."""
-        logs = {name: UpstreamLog(name) for name in ("auth", "queue", "ticket")}
+        logs = {name: UpstreamLog(name) for name in UPSTREAM_NAMES}
         urls = {name: await start(upstream_app(log)) for name, log in logs.items()}
         access = make_issuer("urr-auth", "urr", "access-1")
         entry = make_issuer("urr-queue", "urr-entry", "entry-1")
@@ -255,6 +260,7 @@ async def stack_factory(redis_url: str) -> AsyncIterator[StackFactory]:
             entry,
             settings,
             internal_url,
+            logs,
         )
 
     yield build

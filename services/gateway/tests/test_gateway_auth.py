@@ -163,3 +163,22 @@ async def test_an_unreachable_issuer_with_an_unknown_kid_is_503_not_401(stack_fa
     response = await stack.client.get("/api/v1/events", headers=stack.auth_headers())
     assert response.status == 503
     assert (await response.json())["code"] == "auth_keys_unavailable"
+
+
+async def test_the_ratelimit_admin_api_needs_the_admin_role(stack):
+    upstream = stack.upstreams["ratelimit_admin"]
+    path = "/api/v1/admin/ratelimit/tenants"
+    assert (await stack.client.get(path)).status == 401
+    user = await stack.client.post(path, json={"id": "t1"}, headers=stack.auth_headers("u1"))
+    assert user.status == 403
+    assert (await user.json())["code"] == "role_required"
+    assert upstream.requests == []
+    admin = await stack.client.post(
+        path, json={"id": "t1"}, headers=stack.auth_headers("root", role="admin")
+    )
+    seen = await _seen(admin)
+    assert (seen["upstream"], seen["method"], seen["path"]) == ("ratelimit_admin", "POST", path)
+    got = stack.headers_of(seen)
+    # The role the admin API trusts is the one the gateway verified.
+    assert (got["x-user-id"], got["x-user-role"]) == (["root"], ["admin"])
+    assert stack.queue.requests == []

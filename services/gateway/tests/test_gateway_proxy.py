@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 from urr_common.service import metrics_text
 from urr_gateway.context import CLIENT_IP, IDENTITY
 from urr_gateway.filters.base import GatewayFilter
+from urr_gateway.ratelimit.config import RateLimitSettings
 from urr_gateway.revocation import ENTRY_TOKEN_REVOCATION, RevocationVerdict, revocation_key_of
 from urr_gateway.settings import GatewayHttpSettings, UpstreamSettings
 from urr_gateway.trust import TrustSettings
@@ -378,3 +379,32 @@ async def test_expect_100_continue_is_answered_by_the_gateway(stack):
     assert (await response.json())["received"] == 5000
     echo = await stack.client.post("/api/v1/events/e1", data=b"abc", expect100=True)
     assert "expect" not in stack.headers_of(await echo.json())
+
+
+async def test_the_admission_log_is_public_and_read_only(stack):
+    log = stack.upstreams["admission_log"]
+    for path in ("/v1/log/jwks.json", "/v1/log/e1/sth", "/v1/log/e1/entries"):
+        response = await stack.client.get(f"{path}?start=0&end=2")
+        assert response.status == 200, path
+        seen = await response.json()
+        assert seen["upstream"] == "admission_log"
+        assert (seen["path"], seen["query"]) == (path, "start=0&end=2")
+    assert (await stack.client.head("/v1/log/e1/sth")).status == 200
+    assert len(log.requests) == 4
+    # Nobody writes through the gateway: refused before the upstream hears of it.
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        refused = await stack.client.request(method, "/v1/log/e1/entries", json={"leaf": "x"})
+        assert refused.status == 405, method
+        assert refused.content_type == "application/problem+json"
+        assert (await refused.json())["code"] == "method_not_allowed"
+        assert refused.headers["Allow"] == "GET, HEAD"
+    assert len(log.requests) == 4
+    assert all(not other.requests for name, other in stack.upstreams.items() if other is not log)
+
+
+async def test_the_admission_log_counts_as_a_public_read(stack_factory):
+    limits = RateLimitSettings(budget_ms=2000, congestion_cap_ms=5000)
+    stack = await stack_factory(wired=True, rate_limit=limits)
+    response = await stack.client.get("/v1/log/e1/sth")
+    assert response.status == 200
+    assert response.headers["RateLimit-Policy"] == '"general";q=100;w=60'

@@ -9,6 +9,10 @@ from hypothesis import strategies as st
 from urr_gateway.paths import normalise_path
 from urr_gateway.routing import ROUTES, RouteMatch, Upstream, match_route
 
+RL_ADMIN = Upstream.RATELIMIT_ADMIN
+LOG = Upstream.ADMISSION_LOG
+ADMIN = "admin"
+
 
 def _match(path: str) -> RouteMatch | None:
     return match_route(normalise_path(path).segments)
@@ -35,6 +39,19 @@ def _match(path: str) -> RouteMatch | None:
         ("/api/v1/events/e1/reservations/r1", "events", Upstream.TICKET, False, None, False, None),
         ("/events/e1", "event_page", Upstream.TICKET, False, None, False, "e1"),
         ("/site/assets/event.js", "site_assets", Upstream.TICKET, False, None, False, None),
+        ("/api/v1/admin/ratelimit", "admin_ratelimit", RL_ADMIN, True, "admin", False, None),
+        (
+            "/api/v1/admin/ratelimit/tenants/t1",
+            "admin_ratelimit",
+            RL_ADMIN,
+            True,
+            ADMIN,
+            False,
+            None,
+        ),
+        ("/v1/log/jwks.json", "admission_log", Upstream.ADMISSION_LOG, False, None, False, None),
+        ("/v1/log/e1/sth", "admission_log", Upstream.ADMISSION_LOG, False, None, False, None),
+        ("/v1/log/e1/proof/inclusion", "admission_log", LOG, False, None, False, None),
     ],
 )
 def test_routes(path, name, upstream, login, role, entry, event):
@@ -65,6 +82,10 @@ def test_routes(path, name, upstream, login, role, entry, event):
         "/events/e1/more",
         "/site",
         "/sitex/assets/a.js",
+        "/v1",
+        "/v1/logx/e1/sth",
+        "/v2/log/e1/sth",
+        "/api/v1/log/e1/sth",
     ],
 )
 def test_paths_outside_the_table_match_nothing(path):
@@ -99,10 +120,12 @@ def test_fuzz_every_seat_or_reservation_route_needs_an_entry_token(segments):
         assert match.route.needs_login
 
 
-areas = st.sampled_from(["auth", "queue", "admin", "seats", "reservations", "events", "stats", "x"])
+areas = st.sampled_from(
+    ["auth", "queue", "admin", "seats", "reservations", "events", "stats", "log", "x"]
+)
 
 
-heads = st.sampled_from([("api", "v1"), ("events",), ("site", "assets"), ("site",), ()])
+heads = st.sampled_from([("api", "v1"), ("events",), ("site", "assets"), ("site",), ("v1",), ()])
 
 
 @given(heads, st.lists(st.one_of(segment, areas, st.just("capacity")), max_size=4), areas)
@@ -111,3 +134,16 @@ def test_fuzz_the_index_agrees_with_a_scan_of_the_table(head, tail, area):
     linear = (*ROUTES,)
     assert linear is not ROUTES
     assert match_route(segments) == match_route(segments, linear)
+
+
+def test_only_the_log_is_read_only_and_ratelimit_admin_needs_the_role():
+    read_only = {route.name for route in ROUTES if route.methods is not None}
+    assert read_only == {"admission_log"}
+    log = _match("/v1/log/e1/entries")
+    assert log is not None
+    assert log.route.methods == frozenset({"GET", "HEAD"})
+    # The rate-limit admin API sits under the admin rule: login and the admin role.
+    for path in ("/api/v1/admin/ratelimit/policies/p1", "/api/v1/admin/ratelimit"):
+        match = _match(path)
+        assert match is not None
+        assert (match.route.needs_login, match.route.needs_role) == (True, "admin")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from urr_common.settings import SettingsError, load_settings
+from urr_gateway.proxy import upstream_urls
+from urr_gateway.routing import ROUTES, Upstream
 from urr_gateway.settings import GatewaySettings
 
 
@@ -42,3 +44,29 @@ def test_bad_values_name_the_variable(monkeypatch):
     monkeypatch.setenv("URR_UPSTREAMS__TICKET", "ftp://nope")
     with pytest.raises(SettingsError, match="URR_UPSTREAMS__TICKET"):
         load_settings(GatewaySettings)
+
+
+def test_the_log_and_ratelimit_admin_upstreams(monkeypatch):
+    settings = load_settings(GatewaySettings)
+    assert settings.upstreams.admission_log == "http://127.0.0.1:3030"
+    assert settings.upstreams.ratelimit_admin == "http://127.0.0.1:3040"
+    monkeypatch.setenv("URR_UPSTREAMS__ADMISSION_LOG", "http://admission-log:3030/")
+    monkeypatch.setenv("URR_UPSTREAMS__RATELIMIT_ADMIN", "http://ratelimit-admin:3040")
+    settings = load_settings(GatewaySettings)
+    assert settings.upstreams.admission_log == "http://admission-log:3030"
+    assert settings.upstreams.ratelimit_admin == "http://ratelimit-admin:3040"
+    monkeypatch.setenv("URR_UPSTREAMS__ADMISSION_LOG", "admission-log:3030")
+    with pytest.raises(SettingsError, match="URR_UPSTREAMS__ADMISSION_LOG"):
+        load_settings(GatewaySettings)
+    monkeypatch.setenv("URR_UPSTREAMS__ADMISSION_LOG", "http://admission-log:3030")
+    monkeypatch.setenv("URR_UPSTREAMS__RATELIMIT_ADMIN", "redis://nope")
+    with pytest.raises(SettingsError, match="URR_UPSTREAMS__RATELIMIT_ADMIN"):
+        load_settings(GatewaySettings)
+
+
+def test_every_routed_upstream_has_a_url():
+    urls = upstream_urls(load_settings(GatewaySettings))
+    assert set(urls) == set(Upstream)
+    assert urls[Upstream.ADMISSION_LOG] == "http://127.0.0.1:3030"
+    assert urls[Upstream.RATELIMIT_ADMIN] == "http://127.0.0.1:3040"
+    assert {route.upstream for route in ROUTES} - {None} <= set(urls)

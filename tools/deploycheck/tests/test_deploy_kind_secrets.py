@@ -7,6 +7,7 @@ from pathlib import Path
 
 import kubernetes_validate  # type: ignore[import-untyped]
 
+from urr_admission_log.settings import LogOptions
 from urr_common.tokens import SigningKey, load_verification_keys
 from urr_deploycheck.kind_secrets import main, manifests
 from urr_deploycheck.manifests import pod_templates, render
@@ -44,7 +45,7 @@ def test_secrets_are_the_ones_the_overlay_mounts_and_valid(tmp_path):
 
 def test_keys_load_the_way_the_services_load_them(tmp_path):
     by_name = {d["metadata"]["name"]: d["data"] for d in manifests("kind-7")}
-    for name in ("urr-access-signing-key", "urr-entry-signing-key"):
+    for name in ("urr-access-signing-key", "urr-entry-signing-key", "urr-log-signing-key"):
         data = {k: base64.b64decode(v) for k, v in by_name[name].items()}
         assert data["kid"] == b"kind-7"
         key = SigningKey.from_pem(data["signing.pem"], "kind-7")
@@ -53,6 +54,11 @@ def test_keys_load_the_way_the_services_load_them(tmp_path):
         (tmp_path / file_name).write_bytes(base64.b64decode(encoded))
     (public,) = load_verification_keys(sorted(tmp_path.glob("*.pem")))
     assert public.kid == "kind-7"
+    # The admission log takes its holder-id key as it comes (a short one would be refused).
+    holder = base64.b64decode(by_name["urr-admission-log"]["holder-secret"]).decode()
+    options = LogOptions(holder_secret=holder)
+    assert options.holder_secret.get_secret_value() == holder
+    assert holder != LogOptions().holder_secret.get_secret_value()
 
 
 def test_every_run_makes_new_keys(capsys):
@@ -60,4 +66,4 @@ def test_every_run_makes_new_keys(capsys):
     first = capsys.readouterr().out
     assert main(["--kid", "k"]) == 0
     assert capsys.readouterr().out != first
-    assert first.count("kind: Secret") == 3
+    assert first.count("kind: Secret") == 5

@@ -90,6 +90,9 @@ def test_ports_are_distinct_and_the_design_ones():
         "ticket-payment": 3022,
         "ticket-stats": 3023,
         "ticket-outcomes": 3024,
+        "ticket-exporter": 3025,
+        "admission-log": 3030,
+        "ratelimit-admin": 3040,
         "vwr-edge": 8000,
     }
     assert {w.name: w.port for w in WORKLOADS} == expected

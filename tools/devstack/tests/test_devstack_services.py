@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 from honcho.environ import parse, parse_procfile
 
+from urr_devstack.keys import ensure_signing_keys
 from urr_devstack.services import (
     SERVICES,
     PlannedService,
@@ -171,3 +173,33 @@ def test_setup_tasks_are_planned_with_their_environment_filled() -> None:
     assert tasks[0].env == {"URR_QUEUE_ADMIN__BASE_URL": "http://127.0.0.1:4007"}
     assert plan_setup_tasks(SETUP_TASKS, host="h", ports={}, infra={}, python="p",
                             runnable=lambda module: False) == []  # fmt: skip
+
+
+def test_devstack_runs_the_log_the_ratelimit_admin_and_the_exporter() -> None:
+    ports = resolve_ports(SERVICES, {})
+    assert ports["admission-log"] == 3030
+    assert ports["ratelimit-admin"] == 3040
+    assert ports["ticket-exporter"] == 3025
+    modules = {spec.name: spec.module for spec in SERVICES}
+    assert modules["admission-log"] == "urr_admission_log"
+    assert modules["ratelimit-admin"] == "urr_ratelimit_admin"
+    assert modules["ticket-exporter"] == "urr_ticket_worker.exporter"
+    for module in ("urr_admission_log", "urr_ratelimit_admin", "urr_ticket_worker.exporter"):
+        assert is_runnable(module), module
+    # The gateway sends /v1/log and /api/v1/admin/ratelimit to them.
+    gateway = next(spec for spec in SERVICES if spec.name == "gateway")
+    env = render_env(gateway, template_context("127.0.0.1", ports, {}))
+    assert env["URR_UPSTREAMS__ADMISSION_LOG"] == "http://127.0.0.1:3030"
+    assert env["URR_UPSTREAMS__RATELIMIT_ADMIN"] == "http://127.0.0.1:3040"
+
+
+def test_devstack_admission_log_signs_with_the_stack_log_key(tmp_path: Path) -> None:
+    log = next(spec for spec in SERVICES if spec.name == "admission-log")
+    context = template_context(
+        "127.0.0.1", resolve_ports(SERVICES, {}), {"state_dir": str(tmp_path)}
+    )
+    env = render_env(log, context)
+    key = ensure_signing_keys(tmp_path / "keys")["log"]
+    # The key the devstack makes (with its public half for verifiers) is the one the log uses.
+    assert Path(env["URR_TREE_HEADS__PRIVATE_KEY_FILE"]) == key.private_file
+    assert env["URR_TREE_HEADS__KEY_ID"] == key.key_id

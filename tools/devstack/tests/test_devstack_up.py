@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from urr_common.tokens import KeySet, load_verification_keys
 from urr_devstack import aws, kafka
 from urr_devstack.infra import check_redis
 from urr_devstack.procs import RedisServer, free_port, is_listening
@@ -275,6 +276,9 @@ def test_devstack_up_starts_from_nothing_and_stops_cleanly(stack_env: dict[str, 
     try:
         stack.wait_for(READY_BANNER, 60)
         assert "probe is ready" in stack.output
+        # The processes wired in last: the stack waits for their /health/ready too.
+        for name in ("admission-log", "ratelimit-admin", "ticket-exporter"):
+            assert f"{name} is ready" in stack.output
         for name in ("redis", "postgres", "moto", "kafka"):
             assert f"started {name}" in stack.output
         assert "reusing" not in stack.output
@@ -285,9 +289,17 @@ def test_devstack_up_starts_from_nothing_and_stops_cleanly(stack_env: dict[str, 
         asyncio.run(_check_servers(stack_env))
 
         state = Path(stack_env["URR_DEVSTACK__STATE_DIR"])
-        for kind in ("access", "entry", "vwr"):
+        for kind in ("access", "entry", "vwr", "log"):
             assert (state / "keys" / kind / "local-1.pem").stat().st_mode & 0o077 == 0
             assert (state / "keys" / kind / "public" / "local-1.pem").exists()
+        # The public log through the gateway publishes the stack's log key.
+        gateway = json.loads(stack_env["URR_DEVSTACK__SERVICE_PORTS"])["gateway"]
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        jwks_url = f"http://127.0.0.1:{gateway}/v1/log/jwks.json"
+        with opener.open(jwks_url, timeout=10) as response:
+            published = KeySet.from_jwks(json.loads(response.read()))
+        (log_key,) = load_verification_keys([state / "keys" / "log" / "public" / "local-1.pem"])
+        assert published.to_jwks() == KeySet([log_key]).to_jwks()
         password = (state / "admin-password").read_text().strip()
         assert f"admin@urr.local / {password}" in stack.output
         assert json.loads((state / "devstack.json").read_text())["phase"] == "ready"

@@ -121,6 +121,13 @@ class NotFound(ProblemError):
     default_code = "not_found"
 
 
+class MethodNotAllowed(ProblemError):
+    """Give the ``Allow`` header in ``headers``."""
+
+    status = 405
+    default_code = "method_not_allowed"
+
+
 class Conflict(ProblemError):
     status = 409
     default_code = "conflict"

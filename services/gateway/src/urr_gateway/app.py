@@ -39,7 +39,12 @@ from urr_gateway.filters.jwt_auth import (
 )
 from urr_gateway.jwks import JwksKeySource, http_jwks_fetcher
 from urr_gateway.metrics import GatewayMetrics
-from urr_gateway.proxy import UpstreamProxy, open_jwks_session, open_upstream_client
+from urr_gateway.proxy import (
+    UpstreamProxy,
+    open_jwks_session,
+    open_upstream_client,
+    upstream_urls,
+)
 from urr_gateway.refusedcache import RefusedTokenCache
 from urr_gateway.responseheaders import install_response_headers
 from urr_gateway.revocation import (
@@ -48,7 +53,6 @@ from urr_gateway.revocation import (
     VerdictReader,
     stored_verdict,
 )
-from urr_gateway.routing import Upstream
 from urr_gateway.settings import GatewaySettings, TokenCacheSettings
 from urr_gateway.tokencache import VerifiedTokenCache
 from urr_gateway.upstream import UpstreamClient
@@ -155,13 +159,8 @@ def create_app(
             await client.aclose()
 
     app.cleanup_ctx.append(clients)
-    upstreams = {
-        Upstream.AUTH: settings.upstreams.auth,
-        Upstream.QUEUE: settings.upstreams.queue,
-        Upstream.TICKET: settings.upstreams.ticket,
-    }
     proxy = UpstreamProxy(
-        upstreams,
+        upstream_urls(settings),
         lambda: upstream_holder["client"],
         settings.http.max_body_bytes,
         metrics,

@@ -31,7 +31,13 @@ import aiohttp
 from aiohttp import web
 
 from urr_common.logs import get_logger
-from urr_common.problems import BadRequest, NotFound, PayloadTooLarge, ProblemError
+from urr_common.problems import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ProblemError,
+)
 from urr_gateway.forwarding import downstream_response_headers
 from urr_gateway.ingress import FORWARD_HEADERS, NORMALISED_PATH, RAW_QUERY
 from urr_gateway.metrics import GatewayMetrics
@@ -108,15 +114,17 @@ def open_jwks_session(settings: GatewaySettings) -> aiohttp.ClientSession:
     )
 
 
+def upstream_urls(settings: GatewaySettings) -> dict[Upstream, str]:
+    """The base URL of every upstream the routing table names (settings field = its value)."""
+    urls = settings.upstreams.model_dump()
+    return {upstream: str(urls[upstream.value]) for upstream in Upstream}
+
+
 def open_upstream_client(settings: GatewaySettings) -> UpstreamClient:
     """The proxy's client: one pool per upstream the routing table names."""
     proxy = settings.proxy
     return UpstreamClient(
-        {
-            Upstream.AUTH: settings.upstreams.auth,
-            Upstream.QUEUE: settings.upstreams.queue,
-            Upstream.TICKET: settings.upstreams.ticket,
-        },
+        {upstream.value: url for upstream, url in upstream_urls(settings).items()},
         PoolLimits(
             limit=proxy.connections_per_upstream,
             connect_timeout_s=proxy.connect_timeout_s,
@@ -152,6 +160,12 @@ class UpstreamProxy:
         if match is None or match.route.upstream is None:
             raise NotFound("no API route matches this path", code="route_not_found")
         upstream = match.route.upstream
+        allowed = match.route.methods
+        if allowed is not None and request.method not in allowed:
+            raise MethodNotAllowed(
+                f"this route answers {', '.join(sorted(allowed))} only",
+                headers={"Allow": ", ".join(sorted(allowed))},
+            )
         length = request.content_length
         if length is not None and length > self._max_body_bytes:
             raise self._too_large()

@@ -16,12 +16,16 @@ from aiohttp import web
 #: In a route pattern, the segment naming the event (``/api/v1/seats/{eventId}/...``).
 EVENT = "{eventId}"
 ADMIN_ROLE = "admin"
+#: What a read-only route forwards.
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 class Upstream(StrEnum):
     AUTH = "auth"
     QUEUE = "queue"
     TICKET = "ticket"
+    ADMISSION_LOG = "admission_log"
+    RATELIMIT_ADMIN = "ratelimit_admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,8 @@ class Route:
     needs_entry_token: bool = False
     #: Match only paths with exactly these segments, not longer ones.
     exact: bool = False
+    #: The methods the route forwards (others are 405 before any upstream); ``None``: all.
+    methods: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,13 @@ ROUTES: tuple[Route, ...] = (
         needs_login=True,
         needs_role=ADMIN_ROLE,
     ),
+    Route(
+        "admin_ratelimit",
+        _segments("/api/v1/admin/ratelimit"),
+        Upstream.RATELIMIT_ADMIN,
+        needs_login=True,
+        needs_role=ADMIN_ROLE,
+    ),
     # Every other admin path: refused without the role before anyone learns it does not exist.
     Route("admin", _segments("/api/v1/admin"), None, needs_login=True, needs_role=ADMIN_ROLE),
     Route(
@@ -83,6 +96,8 @@ ROUTES: tuple[Route, ...] = (
     # reach it while the event's waiting room is on) and the page's static files.
     Route("event_page", _segments("/events/*"), Upstream.TICKET, exact=True),
     Route("site_assets", _segments("/site/assets"), Upstream.TICKET),
+    # The public admission log (issue 19): anyone may read it, nobody writes through it.
+    Route("admission_log", _segments("/v1/log"), Upstream.ADMISSION_LOG, methods=READ_METHODS),
 )
 
 

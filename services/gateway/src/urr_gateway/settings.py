@@ -30,8 +30,10 @@ class UpstreamSettings(BaseModel):
     auth: str = "http://127.0.0.1:3005"
     queue: str = "http://127.0.0.1:3007"
     ticket: str = "http://127.0.0.1:3002"
+    admission_log: str = "http://127.0.0.1:3030"
+    ratelimit_admin: str = "http://127.0.0.1:3040"
 
-    @field_validator("auth", "queue", "ticket")
+    @field_validator("auth", "queue", "ticket", "admission_log", "ratelimit_admin")
     @classmethod
     def _base_url(cls, value: str) -> str:
         return _upstream_url(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from urr_common.tokens import SigningKey
 ACCESS_SECRET = "urr-access-signing-key"  # noqa: S105 - a Secret's name
 ENTRY_SECRET = "urr-entry-signing-key"  # noqa: S105 - a Secret's name
 VWR_PUBLIC_SECRET = "urr-vwr-public-keys"  # noqa: S105 - a Secret's name
+LOG_SECRET = "urr-log-signing-key"  # noqa: S105 - a Secret's name
+ADMISSION_LOG_SECRET = "urr-admission-log"  # noqa: S105 - a Secret's name
 
 
 def _secret(name: str, data: dict[str, bytes]) -> dict[str, Any]:
@@ -59,6 +62,9 @@ def manifests(kid: str) -> list[dict[str, Any]]:
         signing_secret(ACCESS_SECRET, kid),
         signing_secret(ENTRY_SECRET, kid),
         public_keys_secret(VWR_PUBLIC_SECRET, [vwr]),
+        signing_secret(LOG_SECRET, kid),
+        # The admission log's HMAC key for holder ids.
+        _secret(ADMISSION_LOG_SECRET, {"holder-secret": secrets.token_urlsafe(32).encode()}),
     ]
 
 

@@ -95,6 +95,8 @@ QUEUE_IMAGE = Image("queue", "urr-queue", "urr_queue", 3007)
 TICKET_IMAGE = Image("ticket", "urr-ticket", "urr_ticket", 3002)
 TICKET_WORKER_IMAGE = Image("ticket_worker", "urr-ticket-worker", "urr_ticket_worker.relay", 3021)
 VWR_IMAGE = Image("vwr_lambda", "urr-vwr-lambda", "urr_vwr_lambda.local.apigw", 3010)
+ADMISSION_LOG_IMAGE = Image("admission_log", "urr-admission-log", "urr_admission_log", 3030)
+RATELIMIT_ADMIN_IMAGE = Image("ratelimit_admin", "urr-ratelimit-admin", "urr_ratelimit_admin", 3040)
 
 IMAGES: tuple[Image, ...] = (
     AUTH_IMAGE,
@@ -103,6 +105,8 @@ IMAGES: tuple[Image, ...] = (
     TICKET_IMAGE,
     TICKET_WORKER_IMAGE,
     VWR_IMAGE,
+    ADMISSION_LOG_IMAGE,
+    RATELIMIT_ADMIN_IMAGE,
 )
 
 _EVERYWHERE = frozenset({Target.K8S, Target.COMPOSE})
@@ -180,6 +184,15 @@ WORKLOADS: tuple[Workload, ...] = (
         3023,
         _EVERYWHERE,
     ),
+    # The DLQ depth and the Kafka consumer lag: in AWS no process of ours would report them.
+    Workload(
+        "ticket-exporter",
+        TICKET_WORKER_IMAGE,
+        "urr_ticket_worker.exporter",
+        ("urr_ticket_worker.exporter:ExporterSettings",),
+        3025,
+        _EVERYWHERE,
+    ),
     # In AWS the booking worker is a Lambda on the SQS FIFO queue; locally a poller feeds the
     # same handler.
     Workload(
@@ -189,6 +202,24 @@ WORKLOADS: tuple[Workload, ...] = (
         ("urr_ticket_worker.settings:PollerSettings",),
         3020,
         _LOCAL,
+    ),
+    # The public admission log (issue 19): /v1/log/* through the gateway.
+    Workload(
+        "admission-log",
+        ADMISSION_LOG_IMAGE,
+        "urr_admission_log",
+        ("urr_admission_log.settings:AdmissionLogSettings",),
+        3030,
+        _EVERYWHERE,
+    ),
+    # The rate-limit Admin API (issue 18): /api/v1/admin/ratelimit/* through the gateway.
+    Workload(
+        "ratelimit-admin",
+        RATELIMIT_ADMIN_IMAGE,
+        "urr_ratelimit_admin",
+        ("urr_ratelimit_admin.settings:RatelimitAdminSettings",),
+        3040,
+        _EVERYWHERE,
     ),
     # Tier 1 is API Gateway + Lambda + DynamoDB in AWS (SAM template); these stand in locally.
     Workload(

@@ -16,8 +16,8 @@ from pathlib import Path
 from urr_common.tokens import load_or_create_signing_key
 
 #: access: auth signs users' access tokens; entry: the queue signs Tier-2 entry tokens;
-#: vwr: the waiting-room Lambda signs Tier-1 tokens.
-KEY_KINDS = ("access", "entry", "vwr")
+#: vwr: the waiting-room Lambda signs Tier-1 tokens; log: the admission log signs tree heads.
+KEY_KINDS = ("access", "entry", "vwr", "log")
 LOCAL_KEY_ID = "local-1"
 
 

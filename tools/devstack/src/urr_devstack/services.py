@@ -11,9 +11,10 @@ listener (``-`` in a name becomes ``_``: ``{vwr_apigw_url}``, ``{gateway_interna
 ``{positions_table}``.
 
 Names, modules, ports and variable names follow each service's own settings class (and the
-deployment table in ``tools/deploycheck``); ports are the DESIGN.md §3 ones, plus 3020-3024 for
-the booking back end's processes and 3012 for the VWR scheduler (its default 3011 is the
-gateway's internal listener on one host).
+deployment table in ``tools/deploycheck``); ports are the DESIGN.md §3 ones, plus 3020-3025 for
+the booking back end's processes, 3012 for the VWR scheduler (its default 3011 is the
+gateway's internal listener on one host), 3030 for the admission log and 3040 for the
+rate-limit admin API. Each service's ``/metrics`` listener is its port + 1000.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "URR_UPSTREAMS__AUTH": "{auth_url}",
             "URR_UPSTREAMS__QUEUE": "{queue_url}",
             "URR_UPSTREAMS__TICKET": "{ticket_url}",
+            "URR_UPSTREAMS__ADMISSION_LOG": "{admission_log_url}",
+            "URR_UPSTREAMS__RATELIMIT_ADMIN": "{ratelimit_admin_url}",
             "URR_INTERNAL__HOST": "{host}",
             "URR_INTERNAL__PORT": "{gateway_internal_port}",
         },
@@ -89,6 +92,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("ticket-relay", "urr_ticket_worker.relay", 3021),
     ServiceSpec("ticket-payment", "urr_ticket_worker.payment", 3022),
     ServiceSpec("ticket-stats", "urr_ticket_worker.stats", 3023),
+    # The DLQ depth and Kafka consumer lag, which no process of ours reports in AWS.
+    ServiceSpec("ticket-exporter", "urr_ticket_worker.exporter", 3025),
     ServiceSpec("vwr-apigw", "urr_vwr_lambda.local.apigw", 3010, env=_VWR_ENV),
     ServiceSpec(
         "vwr-edge",
@@ -101,6 +106,18 @@ SERVICES: tuple[ServiceSpec, ...] = (
         },
     ),
     ServiceSpec("vwr-scheduler", "urr_vwr_lambda.local.scheduler", 3012, env=_VWR_ENV),
+    # The public admission log (issue 19): tree heads signed with the stack's "log" key.
+    ServiceSpec(
+        "admission-log",
+        "urr_admission_log",
+        3030,
+        env={
+            "URR_TREE_HEADS__PRIVATE_KEY_FILE": "{state_dir}/keys/log/local-1.pem",
+            "URR_TREE_HEADS__KEY_ID": "local-1",
+        },
+    ),
+    # The rate-limit Admin API (issue 18), reached through the gateway's admin routes.
+    ServiceSpec("ratelimit-admin", "urr_ratelimit_admin", 3040),
 )
 
 
