@@ -43,7 +43,11 @@ types: sync
 	done
 
 # pytest exits 5 when it collects nothing: that fails here like any other non-zero exit.
+# dynalite too, so the DynamoDB stand-in comparison runs instead of skipping (npm is on the
+# machine; without it those tests skip and say why).
 pytest: sync system-deps
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory dynalite >/dev/null; \
+	else echo "npm not found: the dynalite comparison tests will skip"; fi
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test: lint types pytest
