@@ -66,13 +66,24 @@ async def apply_command(
 ) -> Result:
     """Apply one SQS booking command in one transaction, at most once per message id."""
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim_message(conn, SQS_CONSUMER, message_id):
-            return "duplicate"
-        if isinstance(command, ReserveCommand):
-            return await _reserve(conn, command, settings)
-        if isinstance(command, CancelCommand):
-            return await _cancel(conn, command)
-        return await _transfer(conn, command)
+        return await apply_command_in(conn, message_id, command, settings)
+
+
+async def apply_command_in(
+    conn: Connection,
+    message_id: str,
+    command: ReserveCommand | CancelCommand | TransferCommand,
+    settings: BookingSettings,
+) -> Result:
+    """Apply one SQS booking command in the caller's transaction (or savepoint), at most once
+    per message id; its outbox rows are written in the same transaction."""
+    if not await claim_message(conn, SQS_CONSUMER, message_id):
+        return "duplicate"
+    if isinstance(command, ReserveCommand):
+        return await _reserve(conn, command, settings)
+    if isinstance(command, CancelCommand):
+        return await _cancel(conn, command)
+    return await _transfer(conn, command)
 
 
 async def _reserve(conn: Connection, command: ReserveCommand, settings: BookingSettings) -> Result:
