@@ -11,7 +11,8 @@ one seat each, all in one event, each reservation claiming its seat and writing 
   message: what the fewer round trips alone give.
 - ``batched``: ``urr_ticket_worker.batch.apply_batch``, one transaction per batch with a
   savepoint per message, batches one after another (one worker).
-- ``batched xN``: the same with N workers at once, each with its own connection: with
+- ``batched xN``: the same with N workers at once (each N of ``--concurrency``, e.g. ``4,8``),
+  each with its own connection: with
   ``MessageGroupId = <eventId>:<userId>`` SQS hands one event's buyers to up to the event source
   mapping's maximum concurrency of Lambdas.
 
@@ -21,7 +22,7 @@ starts from empty booking tables. Prints msgs/s (median, worst and best over rep
 latency percentiles over all repeats.
 
     uv run --frozen python bench/worker_throughput.py [--messages 2000] [--repeats 5]
-        [--concurrency 4] [--baseline-rev a36af50]
+        [--concurrency 4,8] [--baseline-rev a36af50]
 
 Env: URR_BENCH_POSTGRES_DSN (default postgresql://postgres@127.0.0.1:5432/postgres), the
 server where a scratch database is created and dropped.
@@ -142,8 +143,11 @@ async def run_once(
     into.rates.append(expected / elapsed)
 
 
-async def bench(dsn: str, messages: int, repeats: int, concurrency: int, before: Path) -> None:
-    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+async def bench(
+    dsn: str, messages: int, repeats: int, concurrency: list[int], before: Path
+) -> None:
+    load_before = os.getloadavg()[0]
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max(concurrency))
     try:
         await migrate(pool)
         per_row = 100
@@ -153,7 +157,7 @@ async def bench(dsn: str, messages: int, repeats: int, concurrency: int, before:
             ("before", before, 1),
             ("per-message", per_message, 1),
             ("batched", batched, 1),
-            (f"batched x{concurrency}", batched, concurrency),
+            *((f"batched x{n}", batched, n) for n in concurrency),
         ]
         figures = {name: Figures() for name, _, _ in paths}
         await run_once(pool, batched, batches[:5], 1, Figures())  # warm up
@@ -165,7 +169,8 @@ async def bench(dsn: str, messages: int, repeats: int, concurrency: int, before:
         await pool.close()
     print(
         f"{messages} messages for one event in batches of {BATCH}, 1 seat each,"
-        f" {repeats} repeats; load average before: {os.getloadavg()[0]:.2f}"
+        f" {repeats} repeats; load average before {load_before:.2f}, after"
+        f" {os.getloadavg()[0]:.2f}"
     )
     print(
         f"{'path':<14} {'msgs/s p50':>11} {'worst':>8} {'best':>8}"
@@ -182,7 +187,7 @@ async def bench(dsn: str, messages: int, repeats: int, concurrency: int, before:
         )
 
 
-def run(messages: int, repeats: int, concurrency: int, baseline_rev: str) -> None:
+def run(messages: int, repeats: int, concurrency: list[int], baseline_rev: str) -> None:
     configure_logging(LogSettings(level="WARNING"), service="bench")
     before = legacy_path(baseline_rev)
     name = f"urr_bench_{uuid.uuid4().hex[:12]}"
@@ -208,7 +213,14 @@ if __name__ == "__main__":
     )
     parser.add_argument("--messages", type=int, default=2000, choices=range(10, 2601))
     parser.add_argument("--repeats", type=int, default=5, choices=range(1, 51))
-    parser.add_argument("--concurrency", type=int, default=4, choices=range(1, 11))
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[4, 8],
+        help="comma-separated worker counts for the batched path, each 2-10 (default 4,8)",
+    )
     parser.add_argument("--baseline-rev", default=BASELINE_REV)
     args = parser.parse_args()
+    if not all(2 <= n <= 10 for n in args.concurrency):
+        parser.error("--concurrency: worker counts from 2 to 10")
     run(args.messages, args.repeats, args.concurrency, args.baseline_rev)
