@@ -11,9 +11,10 @@ import asyncpg
 import pytest
 
 from urr_ticket_worker import handler
-from urr_ticket_worker.batch import GroupGate
+from urr_ticket_worker.batch import BatchItem, GroupGate, apply_batch
 from urr_ticket_worker.local.poller import Poller
 from urr_ticket_worker.messages import ReserveCommand, command_group_id
+from urr_ticket_worker.settings import BookingSettings
 from urr_ticket_worker.testing import Queues, make_settings, seed_event, send_fifo, sqs_record
 
 pytestmark = pytest.mark.integration
@@ -178,3 +179,37 @@ async def test_a_poison_message_holds_only_its_own_group(
         dead = received.get("Messages", [])
     assert [m["Body"] for m in dead] == [poison.to_json().decode()]
     assert await pool.fetchval("SELECT count(*) FROM reservations") == len(others)
+
+
+async def test_concurrent_batches_of_one_event_never_sell_a_seat_twice(pool: asyncpg.Pool) -> None:
+    """Two workers apply batches of one event at once (what per-buyer groups allow), every
+    seat wanted by two buyers, in opposite orders so the transactions can deadlock. A message
+    whose statement PostgreSQL aborts fails alone and is redelivered; in the end each seat has
+    one owner, the loser of each seat is declined, and nothing is written twice."""
+    seats = [f"A{n}" for n in range(1, 6)] + [f"B{n}" for n in range(1, 6)]
+    forward = [reserve(f"left-{i}", seat) for i, seat in enumerate(seats)]
+    backward = [reserve(f"right-{i}", seat) for i, seat in enumerate(reversed(seats))]
+    pending = [
+        [BatchItem(str(uuid.uuid4()), command_group_id(c), c.to_json().decode()) for c in cmds]
+        for cmds in (forward, backward)
+    ]
+    settings = BookingSettings()
+    for _ in range(10):  # redeliveries, bounded
+        outcomes = await asyncio.gather(*(apply_batch(pool, items, settings) for items in pending))
+        pending = [
+            [item for item in items if item.message_id in set(outcome.failed)]
+            for items, outcome in zip(pending, outcomes, strict=True)
+        ]
+        if not any(pending):
+            break
+    assert not any(pending)
+    claims = await pool.fetch("SELECT seat_id, reservation_id FROM seat_claims")
+    assert sorted(r["seat_id"] for r in claims) == sorted(seats)  # one owner each
+    rows = await pool.fetch("SELECT status, reason FROM reservations")
+    assert len(rows) == 20
+    assert sorted((r["status"], r["reason"]) for r in rows) == sorted(
+        [("awaiting_payment", None)] * 10 + [("declined", "seat_unavailable")] * 10
+    )
+    topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox")]
+    assert sorted(topics) == ["payment-events"] * 10 + ["reservation-events"] * 10
+    assert await pool.fetchval("SELECT count(*) FROM processed_messages") == 20
