@@ -134,7 +134,7 @@ async def test_reserving_held_seats_queues_one_command_and_repeats_get_the_same_
     assert len(messages) == 1  # FIFO deduplication by reservation id
     command = parse_command(messages[0]["Body"])
     assert str(command.reservation_id) == rid
-    assert messages[0]["Attributes"]["MessageGroupId"] == "demo"
+    assert messages[0]["Attributes"]["MessageGroupId"] == "demo:u1"  # one buyer's order
     assert messages[0]["Attributes"]["MessageDeduplicationId"] == rid
     # Once the worker has moved it on, a repeat answers with the current status, sends nothing.
     await db.execute("UPDATE reservations SET status = 'awaiting_payment'")

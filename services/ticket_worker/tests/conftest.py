@@ -3,6 +3,7 @@ private SQS FIFO queues on the session's moto server, and the booking Kafka topi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,8 +13,16 @@ import pytest
 import pytest_asyncio
 
 from urr_ticket_worker import handler
+from urr_ticket_worker.local.poller import Poller, resolve_queue
 from urr_ticket_worker.schema import migrate
-from urr_ticket_worker.testing import Queues, create_queues, create_topics, seed_event
+from urr_ticket_worker.testing import (
+    Queues,
+    create_queues,
+    create_topics,
+    make_settings,
+    seed_event,
+    sqs_client,
+)
 
 
 @pytest_asyncio.fixture
@@ -54,3 +63,26 @@ def lambda_thread() -> Iterator[Callable[..., Any]]:
     finally:
         executor.submit(handler.close).result(timeout=30)
         executor.shutdown(wait=True)
+
+
+@pytest_asyncio.fixture
+async def sqs(moto_endpoint: str) -> AsyncIterator[Any]:
+    """An SQS client on the session's moto server."""
+    async with sqs_client(moto_endpoint) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def poller(
+    sqs: Any, queues: Queues, postgres_dsn: str, moto_endpoint: str, pool: asyncpg.Pool
+) -> AsyncIterator[Poller]:
+    """The local poller on ``queues``, its handler in one thread as in a Lambda container."""
+    settings = make_settings(postgres_dsn, moto=moto_endpoint, queues=queues)
+    executor = ThreadPoolExecutor(max_workers=1)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(executor, handler.configure, settings)
+    try:
+        yield Poller(sqs, await resolve_queue(sqs, queues.name), settings, executor)
+    finally:
+        await loop.run_in_executor(executor, handler.close)
+        executor.shutdown()

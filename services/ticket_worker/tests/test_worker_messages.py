@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from urr_ticket_worker.messages import (
+    MAX_GROUP_ID_LENGTH,
     CancelCommand,
     MalformedMessage,
     QueueEvent,
@@ -19,6 +20,7 @@ from urr_ticket_worker.messages import (
     ReserveCommand,
     TransferCommand,
     command_deduplication_id,
+    command_group_id,
     parse_command,
     parse_record,
 )
@@ -111,3 +113,31 @@ def test_queue_events_from_the_queue_service_parse() -> None:
         b' "at": 1700000000123, "extra": true}',
     )
     assert (event.type, event.position) == ("admitted", 3)
+
+
+def test_one_buyers_commands_for_an_event_share_a_group_and_others_do_not() -> None:
+    rid = uuid.uuid4()
+    reserve = ReserveCommand(reservation_id=rid, event_id="ev1", user_id="u1", seat_ids=["A1"])
+    cancel = CancelCommand(reservation_id=rid, event_id="ev1", user_id="u1")
+    transfer = TransferCommand(reservation_id=rid, event_id="ev1", user_id="u1", to_user_id="u2")
+    assert {command_group_id(c) for c in (reserve, cancel, transfer)} == {"ev1:u1"}
+    other_user = reserve.model_copy(update={"user_id": "u2"})
+    other_event = reserve.model_copy(update={"event_id": "ev2"})
+    assert command_group_id(other_user) == "ev1:u2"
+    assert command_group_id(other_event) == "ev2:u1"
+
+
+@given(
+    event=st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True),
+    user=st.from_regex(r"[\x21-\x7e]{1,128}", fullmatch=True),
+)
+@settings(max_examples=200)
+def test_every_group_id_is_one_sqs_accepts_and_keeps_the_event(event: str, user: str) -> None:
+    command = CancelCommand(reservation_id=uuid.uuid4(), event_id=event, user_id=user)
+    group = command_group_id(command)
+    assert 1 <= len(group) <= MAX_GROUP_ID_LENGTH
+    assert all(0x21 <= ord(ch) <= 0x7E for ch in group)  # SQS: letters, digits, punctuation
+    assert group.startswith(f"{event}:")
+    # A long pair is still one group per user.
+    other = command.model_copy(update={"user_id": user + "x" if len(user) < 128 else user[:-1]})
+    assert command_group_id(other) != group

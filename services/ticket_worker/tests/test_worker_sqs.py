@@ -9,19 +9,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from urr_devstack.procs import free_port
 from urr_ticket_worker import handler
 from urr_ticket_worker.local.poller import Poller, resolve_queue
 from urr_ticket_worker.messages import ReserveCommand
-from urr_ticket_worker.testing import Queues, make_settings, seed_event, sqs_client
+from urr_ticket_worker.testing import Queues, make_settings, seed_event
+from urr_ticket_worker.testing import send_fifo as send
 
 pytestmark = pytest.mark.integration
 
@@ -33,22 +32,6 @@ def reserve_body(user: str, seat: str, event: str = "ev1") -> str:
     return command.to_json().decode()
 
 
-async def send(sqs: Any, queues: Queues, bodies: list[tuple[str, str]]) -> None:
-    """Send (group, body) pairs in order, ten per call."""
-    for start in range(0, len(bodies), 10):
-        entries = [
-            {
-                "Id": str(i),
-                "MessageBody": body,
-                "MessageGroupId": group,
-                "MessageDeduplicationId": uuid.uuid4().hex,
-            }
-            for i, (group, body) in enumerate(bodies[start : start + 10])
-        ]
-        response = await sqs.send_message_batch(QueueUrl=queues.url, Entries=entries)
-        assert not response.get("Failed")
-
-
 async def queue_depth(sqs: Any, url: str) -> int:
     attributes = await sqs.get_queue_attributes(
         QueueUrl=url,
@@ -58,27 +41,6 @@ async def queue_depth(sqs: Any, url: str) -> int:
     return int(values["ApproximateNumberOfMessages"]) + int(
         values["ApproximateNumberOfMessagesNotVisible"]
     )
-
-
-@pytest_asyncio.fixture
-async def sqs(moto_endpoint: str) -> AsyncIterator[Any]:
-    async with sqs_client(moto_endpoint) as client:
-        yield client
-
-
-@pytest_asyncio.fixture
-async def poller(
-    sqs: Any, queues: Queues, postgres_dsn: str, moto_endpoint: str, pool: asyncpg.Pool
-) -> AsyncIterator[Poller]:
-    settings = make_settings(postgres_dsn, moto=moto_endpoint, queues=queues)
-    executor = ThreadPoolExecutor(max_workers=1)
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(executor, handler.configure, settings)
-    try:
-        yield Poller(sqs, await resolve_queue(sqs, queues.name), settings, executor)
-    finally:
-        await loop.run_in_executor(executor, handler.close)
-        executor.shutdown()
 
 
 async def users(pool: asyncpg.Pool) -> set[str]:

@@ -16,6 +16,7 @@ from urr_ticket_worker.messages import (
     ReserveCommand,
     TransferCommand,
     command_deduplication_id,
+    command_group_id,
 )
 
 
@@ -79,11 +80,11 @@ class CommandQueue:
         return self._url
 
     async def send(self, command: ReserveCommand | CancelCommand | TransferCommand) -> str:
-        """Send ``command`` in its event's message group; returns the SQS message id."""
+        """Send ``command`` in its (event, user) message group; returns the SQS message id."""
         response = await self._sqs.send_message(
             QueueUrl=await self.url(),
             MessageBody=command.to_json().decode(),
-            MessageGroupId=command.event_id,
+            MessageGroupId=command_group_id(command),
             MessageDeduplicationId=command_deduplication_id(command),
         )
         return str(response["MessageId"])

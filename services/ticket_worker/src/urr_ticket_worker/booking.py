@@ -66,103 +66,123 @@ async def apply_command(
 ) -> Result:
     """Apply one SQS booking command in one transaction, at most once per message id."""
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim_message(conn, SQS_CONSUMER, message_id):
-            return "duplicate"
-        if isinstance(command, ReserveCommand):
-            return await _reserve(conn, command, settings)
-        if isinstance(command, CancelCommand):
-            return await _cancel(conn, command)
-        return await _transfer(conn, command)
+        return await apply_command_in(conn, message_id, command, settings)
 
 
-async def _reserve(conn: Connection, command: ReserveCommand, settings: BookingSettings) -> Result:
-    current = await conn.fetchval(
-        "SELECT status FROM reservations WHERE reservation_id = $1 FOR UPDATE",
-        command.reservation_id,
-    )
-    if current is not None and current != "pending":
-        return "duplicate"  # the same reservation arrived again under another message id
-    limit = await conn.fetchval(
-        "SELECT max_seats_per_user FROM booking_events WHERE event_id = $1", command.event_id
-    )
-    if limit is None:
-        return "rejected"  # no reservation row can name an unknown event
-    prices = await conn.fetch(
-        "SELECT seat_id, price_cents FROM seats WHERE event_id = $1 AND seat_id = ANY($2::text[])",
-        command.event_id,
-        command.seat_ids,
-    )
-    amount = sum(int(row["price_cents"]) for row in prices)
-    await conn.execute(
-        "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status,"
-        " amount_cents, created_at, pay_by)"
-        " VALUES ($1, $2, $3, $4, 'awaiting_payment', $5, $6, now() + $7::interval)"
+async def apply_command_in(
+    conn: Connection,
+    message_id: str,
+    command: ReserveCommand | CancelCommand | TransferCommand,
+    settings: BookingSettings,
+) -> Result:
+    """Apply one SQS booking command in the caller's transaction (or savepoint), at most once
+    per message id; its outbox rows are written in the same transaction."""
+    if isinstance(command, ReserveCommand):
+        return await _reserve(conn, message_id, command, settings)
+    if not await claim_message(conn, SQS_CONSUMER, message_id):
+        return "duplicate"
+    if isinstance(command, CancelCommand):
+        return await _cancel(conn, command)
+    return await _transfer(conn, command)
+
+
+async def _reserve(
+    conn: Connection, message_id: str, command: ReserveCommand, settings: BookingSettings
+) -> Result:
+    """Two statements when it succeeds (this is the hot path of a sale).
+
+    The first records the message id, reads the event's cap and the seats' prices, writes the
+    reservation (new, or the API's ``pending`` row) and takes the transaction-scoped advisory
+    lock on (event, user). The second, so with a snapshot newer than that lock, counts the
+    seats the user already bought in the event (awaiting payment or confirmed; those they
+    transferred on included, those transferred to them not), claims the seats if the cap
+    allows, and queues the payment request only when every seat was claimed. Two
+    reservations of one account (two tabs, two devices) applied at the same time are thus
+    counted one after the other and together never pass ``max_seats_per_user``; ``pending``
+    rows are requests the worker has not accepted yet, each counted when its own turn comes.
+    The seat_claims primary key decides conflicts: a seat another reservation holds is
+    skipped (after waiting for that transaction), and then this reservation takes none."""
+    first = await conn.fetchrow(
+        "WITH claim AS (INSERT INTO processed_messages (consumer, message_id) VALUES ($1, $2)"
+        " ON CONFLICT DO NOTHING RETURNING 1),"
+        " event AS (SELECT max_seats_per_user AS max_seats FROM booking_events"
+        " WHERE event_id = $4),"
+        " priced AS (SELECT count(*) AS known, coalesce(sum(price_cents), 0) AS amount"
+        " FROM seats WHERE event_id = $4 AND seat_id = ANY($5::text[])),"
+        " written AS (INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids,"
+        " status, amount_cents, created_at, pay_by)"
+        " SELECT $3, $4, $6, $5, 'awaiting_payment', priced.amount, $7, now() + $8::interval"
+        " FROM priced WHERE EXISTS (SELECT 1 FROM claim) AND EXISTS (SELECT 1 FROM event)"
         " ON CONFLICT (reservation_id) DO UPDATE SET status = 'awaiting_payment',"
-        " amount_cents = EXCLUDED.amount_cents, pay_by = EXCLUDED.pay_by, updated_at = now()",
+        " amount_cents = EXCLUDED.amount_cents, pay_by = EXCLUDED.pay_by, updated_at = now()"
+        " WHERE reservations.status = 'pending' RETURNING 1),"
+        " locked AS (SELECT pg_advisory_xact_lock(hashtextextended($9, 0)) FROM written)"
+        " SELECT EXISTS (SELECT 1 FROM claim) AS claimed,"
+        " (SELECT max_seats FROM event) AS max_seats,"
+        " (SELECT known FROM priced) AS known, (SELECT amount FROM priced) AS amount,"
+        " EXISTS (SELECT 1 FROM locked) AS written",
+        SQS_CONSUMER,
+        message_id,
         command.reservation_id,
         command.event_id,
-        command.user_id,
         command.seat_ids,
-        amount,
+        command.user_id,
         command.requested_at,
         timedelta(seconds=settings.payment_window_s),
+        seat_limit_lock(command.event_id, command.user_id),
     )
-    reason = "unknown_seat" if len(prices) != len(command.seat_ids) else None
-    if reason is None and await _seats_bought(conn, command) + len(command.seat_ids) > limit:
-        reason = SEAT_LIMIT_REACHED
-    if reason is None:
-        # The seat_claims primary key decides: a seat another reservation holds is skipped
-        # (after waiting for that transaction), and then this reservation takes none.
-        claimed = await conn.fetch(
-            "INSERT INTO seat_claims (event_id, seat_id, reservation_id)"
-            " SELECT $1, seat, $3 FROM unnest($2::text[]) AS seat"
-            " ON CONFLICT DO NOTHING RETURNING seat_id",
-            command.event_id,
-            command.seat_ids,
-            command.reservation_id,
-        )
-        if len(claimed) != len(command.seat_ids):
-            reason = "seat_unavailable"
-    if reason is not None:
-        await _finish(conn, command.reservation_id, "declined", reason)
-        await _publish_outcome(conn, command, "declined", reason)
-        return "applied"
-    await outbox.add(
-        conn,
-        PAYMENT_EVENTS,
-        command.event_id,
-        PaymentRequested(
+    if first is None or not first["claimed"]:
+        return "duplicate"
+    if first["max_seats"] is None:
+        return "rejected"  # no reservation row can name an unknown event
+    if not first["written"]:
+        return "duplicate"  # the same reservation arrived again under another message id
+    reason: str | None = None
+    if first["known"] != len(command.seat_ids):
+        reason = "unknown_seat"
+    else:
+        amount = int(first["amount"])
+        request = PaymentRequested(
             message_id=uuid.uuid5(command.reservation_id, "payment-requested"),
             reservation_id=command.reservation_id,
             event_id=command.event_id,
             user_id=command.user_id,
             seat_ids=command.seat_ids,
             amount_cents=amount,
-        ),
-    )
+        )
+        second = await conn.fetchrow(
+            "WITH owned AS (SELECT coalesce(sum(cardinality(seat_ids)), 0) AS seats"
+            " FROM reservations WHERE event_id = $1 AND coalesce(bought_by, user_id) = $4"
+            " AND reservation_id <> $3 AND status IN ('awaiting_payment', 'confirmed')),"
+            " claimed AS (INSERT INTO seat_claims (event_id, seat_id, reservation_id)"
+            " SELECT $1, seat, $3 FROM unnest($2::text[]) AS seat"
+            " WHERE (SELECT seats FROM owned) + cardinality($2::text[]) <= $5"
+            " ON CONFLICT DO NOTHING RETURNING seat_id),"
+            " queued AS (INSERT INTO outbox (message_id, topic, key, payload)"
+            " SELECT $6, $7, $8, $9::jsonb"
+            " WHERE (SELECT count(*) FROM claimed) = cardinality($2::text[])"
+            " ON CONFLICT (message_id) DO NOTHING)"
+            " SELECT (SELECT seats FROM owned) AS owned, (SELECT count(*) FROM claimed) AS claimed",
+            command.event_id,
+            command.seat_ids,
+            command.reservation_id,
+            command.user_id,
+            first["max_seats"],
+            *outbox.row(PAYMENT_EVENTS, command.event_id, request),
+        )
+        if second is None or int(second["owned"]) + len(command.seat_ids) > first["max_seats"]:
+            reason = SEAT_LIMIT_REACHED
+        elif second["claimed"] != len(command.seat_ids):
+            reason = "seat_unavailable"
+    if reason is not None:
+        await _finish(conn, command.reservation_id, "declined", reason)
+        await _publish_outcome(conn, command, "declined", reason)
     return "applied"
 
 
-async def _seats_bought(conn: Connection, command: ReserveCommand) -> int:
-    """Seats the user already bought in the event (awaiting payment or confirmed; those they
-    transferred on included, those transferred to them not), counted under a
-    transaction-scoped lock on (event, user): two reservations of one account
-    (two tabs, two devices) applied at the same time are counted one after the other, so
-    together they can never pass ``max_seats_per_user``. ``pending`` rows are requests the
-    worker has not accepted yet; each is counted here when its own turn comes."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        f"seat-limit:{command.event_id}\n{command.user_id}",
-    )
-    owned = await conn.fetchval(
-        "SELECT coalesce(sum(cardinality(seat_ids)), 0) FROM reservations"
-        " WHERE event_id = $1 AND coalesce(bought_by, user_id) = $2 AND reservation_id <> $3"
-        " AND status IN ('awaiting_payment', 'confirmed')",
-        command.event_id,
-        command.user_id,
-        command.reservation_id,
-    )
-    return int(owned)
+def seat_limit_lock(event_id: str, user_id: str) -> str:
+    """The text whose hash is the transaction-scoped advisory lock of (event, user)."""
+    return f"seat-limit:{event_id}\n{user_id}"
 
 
 async def _cancel(conn: Connection, command: CancelCommand) -> Result:

@@ -1,13 +1,15 @@
-"""The SQS FIFO worker Lambda: booking commands -> PostgreSQL, one transaction per message.
+"""The SQS FIFO worker Lambda: booking commands -> PostgreSQL, one transaction per batch.
 
-powertools' sync ``SqsFifoPartialProcessor`` walks the batch in order; with
-``skip_group_on_error`` a failed message fails the rest of its message group (their order is
-kept: SQS redelivers them after it) while other groups go on. powertools has no async FIFO
-processor, and ``asyncio.run`` per invocation would orphan a cached asyncpg pool or aiokafka
-producer, so one module-level ``asyncio.Runner`` keeps a single event loop for the life of the
-container and every invocation runs its coroutines on it.
+``urr_ticket_worker.batch`` applies the batch's records in order in one transaction with a
+savepoint per message: a failed message fails itself and the rest of its message group in the
+batch (their order is kept: SQS redelivers them after it) while other groups go on and commit.
+Groups are ``<eventId>:<userId>`` (see the README), so a poison message holds one buyer's
+commands, not a sale. powertools has no async FIFO processor, and ``asyncio.run`` per
+invocation would orphan a cached asyncpg pool or aiokafka producer, so one module-level
+``asyncio.Runner`` keeps a single event loop for the life of the container and every
+invocation runs its coroutines on it.
 
-A malformed body raises: the record is reported failed, SQS retries it, and after
+A malformed body fails: the record is reported failed, SQS retries it, and after
 ``maxReceiveCount`` receives moves it to the dead-letter queue. The handler never crashes on
 one (no crash loop) and never blocks other groups with it.
 """
@@ -19,13 +21,9 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-
 from urr_common.logs import get_logger
 from urr_common.settings import load_settings
-from urr_ticket_worker.booking import apply_command
-from urr_ticket_worker.messages import MalformedMessage, parse_command
+from urr_ticket_worker.batch import BatchItem, apply_batch
 from urr_ticket_worker.outbox import OutboxPublisher
 from urr_ticket_worker.schema import migrate
 from urr_ticket_worker.settings import TicketWorkerSettings
@@ -49,10 +47,6 @@ class _Resources:
 #: The one event loop of this container, shared by every invocation (created on first use).
 _RUNNER: asyncio.Runner | None = None
 _RESOURCES: _Resources | None = None
-_PROCESSOR = SqsFifoPartialProcessor(skip_group_on_error=True)
-# A batch whose every record failed is still answered with batchItemFailures (not raised), so
-# the event source and the local poller handle one shape.
-_PROCESSOR.raise_on_entire_batch_failure = False
 
 
 def _runner() -> asyncio.Runner:
@@ -117,28 +111,28 @@ async def _pool(resources: _Resources) -> asyncpg.Pool:
     return resources.pool
 
 
-async def _apply(message_id: str, body: str) -> str:
-    command = parse_command(body)
+def batch_items(event: dict[str, Any]) -> list[BatchItem]:
+    """The records of an SQS event, in order."""
+    return [
+        BatchItem(
+            message_id=str(record["messageId"]),
+            group=str(record.get("attributes", {}).get("MessageGroupId", "")),
+            body=str(record.get("body", "")),
+        )
+        for record in event.get("Records", [])
+    ]
+
+
+async def _apply(items: list[BatchItem]) -> list[str]:
+    """The ids of the records that failed (all of them when PostgreSQL cannot be reached)."""
     resources = _resources()
-    pool = await _pool(resources)
-    result = await apply_command(pool, message_id, command, resources.settings.booking)
-    _LOG.info(
-        "command_applied",
-        message_id=message_id,
-        type=command.type,
-        reservation_id=str(command.reservation_id),
-        result=result,
-    )
-    return result
-
-
-def record_handler(record: SQSRecord) -> str:
-    """Apply one SQS record; raises (so the record fails and is retried) when it cannot."""
     try:
-        return _runner().run(_apply(record.message_id, record.body))
-    except MalformedMessage as exc:
-        _LOG.warning("malformed_command", message_id=record.message_id, error=str(exc))
-        raise
+        pool = await _pool(resources)
+    except Exception as exc:
+        _LOG.warning("postgres_unavailable", error=repr(exc))
+        return [item.message_id for item in items]
+    outcome = await apply_batch(pool, items, resources.settings.booking)
+    return outcome.failed
 
 
 async def _flush_outbox() -> None:
@@ -176,12 +170,11 @@ async def _flush_outbox() -> None:
 def lambda_handler(
     event: dict[str, Any], context: LambdaContext | None
 ) -> PartialItemFailureResponse:
-    """The Lambda entry point (SQS event source with ReportBatchItemFailures)."""
-    response = process_partial_response(
-        event=event,
-        record_handler=record_handler,
-        processor=_PROCESSOR,
-        context=context,
-    )
+    """The Lambda entry point (SQS event source with ReportBatchItemFailures). A batch whose
+    every record failed is still answered with batchItemFailures (not raised), so the event
+    source and the local poller handle one shape."""
+    failed = _runner().run(_apply(batch_items(event)))
+    if failed:
+        _LOG.info("batch_item_failures", failed=len(failed))
     _runner().run(_flush_outbox())
-    return response
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}

@@ -9,6 +9,7 @@ SQS worker lets fail so the message reaches the dead-letter queue.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -120,6 +121,25 @@ def parse_command(body: str | bytes) -> ReserveCommand | CancelCommand | Transfe
         return _COMMAND_ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise MalformedMessage(_summary(exc)) from exc
+
+
+#: Longest ``MessageGroupId`` SQS accepts.
+MAX_GROUP_ID_LENGTH = 128
+
+
+def command_group_id(command: ReserveCommand | CancelCommand | TransferCommand) -> str:
+    """SQS FIFO message group: ``<eventId>:<userId>``, the commands one account sends for one
+    event. SQS keeps a group in order and hands different groups to different workers at once,
+    so a sale runs in parallel across its buyers while one buyer's reserve, cancel and transfer
+    stay in the order they were sent (a reservation's follow-ups come from its current owner).
+    Seat conflicts between groups are decided by the ``seat_claims`` key, not by the queue.
+    A pair too long for SQS (128 characters) uses a digest of the user id instead; two users
+    sharing a group could only add order, never lose any."""
+    group = f"{command.event_id}:{command.user_id}"
+    if len(group) <= MAX_GROUP_ID_LENGTH:
+        return group
+    digest = hashlib.sha256(command.user_id.encode()).hexdigest()[:40]
+    return f"{command.event_id}:#{digest}"
 
 
 def command_deduplication_id(

@@ -28,18 +28,21 @@ _LOG = get_logger(__name__)
 _OUTBOX_LOCK_KEY = 0x55_52_52_4F  # "URRO"
 
 
-async def add(conn: Connection, topic: str, key: str, record: WireModel) -> None:
-    """Queue ``record`` for ``topic`` in the caller's transaction (a repeat id is a no-op)."""
+def row(topic: str, key: str, record: WireModel) -> tuple[uuid.UUID, str, str, str]:
+    """The values of ``record``'s outbox row: message id, topic, key, JSON payload (for
+    callers that fold the insert into a statement of their own)."""
     message_id = getattr(record, "message_id", None)
     if not isinstance(message_id, uuid.UUID):
         raise TypeError("outbox records carry a uuid message_id")
+    return message_id, topic, key, record.to_json().decode()
+
+
+async def add(conn: Connection, topic: str, key: str, record: WireModel) -> None:
+    """Queue ``record`` for ``topic`` in the caller's transaction (a repeat id is a no-op)."""
     await conn.execute(
         "INSERT INTO outbox (message_id, topic, key, payload) VALUES ($1, $2, $3, $4::jsonb)"
         " ON CONFLICT (message_id) DO NOTHING",
-        message_id,
-        topic,
-        key,
-        record.to_json().decode(),
+        *row(topic, key, record),
     )
 
 

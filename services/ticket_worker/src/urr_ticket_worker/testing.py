@@ -126,6 +126,23 @@ def make_settings(
     return load_settings(TicketWorkerSettings, **values)
 
 
+async def send_fifo(sqs: Any, queues: Queues, bodies: list[tuple[str, str]]) -> None:
+    """Send (group, body) pairs to ``queues`` in order, ten per call."""
+    for start in range(0, len(bodies), 10):
+        entries = [
+            {
+                "Id": str(i),
+                "MessageBody": body,
+                "MessageGroupId": group,
+                "MessageDeduplicationId": uuid.uuid4().hex,
+            }
+            for i, (group, body) in enumerate(bodies[start : start + 10])
+        ]
+        response = await sqs.send_message_batch(QueueUrl=queues.url, Entries=entries)
+        if response.get("Failed"):
+            raise RuntimeError(f"SQS refused messages: {response['Failed']}")
+
+
 async def seed_event(
     pool: asyncpg.Pool, event_id: str, rows: int = 2, per_row: int = 5
 ) -> list[str]:
