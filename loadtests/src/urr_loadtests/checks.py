@@ -118,7 +118,12 @@ def forged_and_replayed(
                 "forged Tier-1 token -> Tier-2 enter",
                 "POST",
                 f"/api/v1/queue/{event_id}/enter",
-                {"cookie": f"access_token={access_b}; urr-vwr-token={forged_vwr}"},
+                # Sent as a same-site page would, so the gateway's CSRF check lets it reach
+                # the defence it probes.
+                {
+                    "cookie": f"access_token={access_b}; urr-vwr-token={forged_vwr}",
+                    "sec-fetch-site": "same-origin",
+                },
             ),
         ]
         used = [a for a in arrivals if a.get("entry_token")]
@@ -138,7 +143,10 @@ def forged_and_replayed(
                     "replayed Tier-1 token (another user's) -> Tier-2 enter",
                     "POST",
                     f"/api/v1/queue/{event_id}/enter",
-                    {"cookie": f"access_token={access_d}; urr-vwr-token={tier1[0]['vwr_token']}"},
+                    {
+                        "cookie": f"access_token={access_d}; urr-vwr-token={tier1[0]['vwr_token']}",
+                        "sec-fetch-site": "same-origin",
+                    },
                 )
             )
     results, missed = [], []
