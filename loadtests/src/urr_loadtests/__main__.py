@@ -115,7 +115,10 @@ class Sampler(threading.Thread):
     def _sample_tier1(self, sample: dict[str, float]) -> None:
         try:
             status, answer = setup.http(
-                "GET", f"{self.stack.url('vwr-apigw')}/vwr/status/{self.event_id}", timeout=5
+                # Through the edge: the Tier-1 API answers only calls carrying its origin secret.
+                "GET",
+                f"{self.stack.url('vwr-edge')}/vwr-api/vwr/status/{self.event_id}",
+                timeout=5,
             )
         except OSError as exc:
             self.errors.append(f"tier1: {exc!r}")

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -300,6 +301,20 @@ def test_devstack_up_starts_from_nothing_and_stops_cleanly(stack_env: dict[str, 
             published = KeySet.from_jwks(json.loads(response.read()))
         (log_key,) = load_verification_keys([state / "keys" / "log" / "public" / "local-1.pem"])
         assert published.to_jwks() == KeySet([log_key]).to_jwks()
+        # Tier 1 answers only calls that came through the edge (its origin-verify secret):
+        # reaching the API emulator directly is refused, as the REGIONAL API is in AWS.
+        ports_of = json.loads(stack_env["URR_DEVSTACK__SERVICE_PORTS"])
+        direct = f"http://127.0.0.1:{ports_of['vwr-apigw']}/vwr/status/no-such-event"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(direct, timeout=10)
+        with refused.value as answer:  # an HTTPError holds the socket until closed
+            assert answer.code == 403
+            assert json.loads(answer.read())["code"] == "origin_forbidden"
+        via_edge = f"http://127.0.0.1:{ports_of['vwr-edge']}/vwr-api/vwr/status/no-such-event"
+        with pytest.raises(urllib.error.HTTPError) as unknown:
+            opener.open(via_edge, timeout=10)
+        with unknown.value as answer:
+            assert answer.code == 404
         password = (state / "admin-password").read_text().strip()
         assert f"admin@urr.local / {password}" in stack.output
         assert json.loads((state / "devstack.json").read_text())["phase"] == "ready"

@@ -13,6 +13,7 @@ second run changes nothing and a run after a settings change applies it.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ COUNTERS_TABLE = _TABLES.counters
 POSITIONS_TABLE = _TABLES.positions
 POSITIONS_TTL_ATTRIBUTE = TTL_ATTRIBUTE
 TANSU_BUCKET = "tansu"
+#: The origin-verify secret the edge stand-in adds to Tier-1 calls, as CloudFront does, and the
+#: Tier-1 API insists on (issue 15, 3b): calling the API emulator directly is refused locally too.
+ORIGIN_SECRET_NAME = "urr-vwr-origin-verify"  # noqa: S105 - the name, not the value
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,34 @@ async def provision(endpoint: AwsEndpoint) -> ProvisionedAws:
         )
         await ensure_counters_table(clients.dynamodb)
         await ensure_positions_table(clients.dynamodb)
+    await ensure_origin_secret(endpoint)
     return ProvisionedAws(queue_url, dlq_url, (COUNTERS_TABLE, POSITIONS_TABLE))
+
+
+async def ensure_origin_secret(endpoint: AwsEndpoint, name: str = ORIGIN_SECRET_NAME) -> bool:
+    """Create the origin-verify secret with a random value unless it exists; True when made."""
+    session = aioboto3.Session()
+    async with session.client(
+        "secretsmanager",
+        endpoint_url=endpoint.url,
+        region_name=endpoint.region,
+        aws_access_key_id=endpoint.access_key_id,
+        aws_secret_access_key=endpoint.secret_access_key,
+    ) as client:
+        try:
+            await client.describe_secret(SecretId=name)
+        except ClientError as exc:
+            if _error_code(exc) != "ResourceNotFoundException":
+                raise
+        else:
+            return False
+        try:
+            await client.create_secret(Name=name, SecretString=secrets.token_urlsafe(36))
+        except ClientError as exc:
+            if _error_code(exc) == "ResourceExistsException":
+                return False
+            raise
+        return True
 
 
 async def ensure_bucket(s3: S3Client, name: str) -> bool:

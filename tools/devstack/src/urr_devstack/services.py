@@ -94,7 +94,14 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("ticket-stats", "urr_ticket_worker.stats", 3023),
     # The DLQ depth and Kafka consumer lag, which no process of ours reports in AWS.
     ServiceSpec("ticket-exporter", "urr_ticket_worker.exporter", 3025),
-    ServiceSpec("vwr-apigw", "urr_vwr_lambda.local.apigw", 3010, env=_VWR_ENV),
+    # Public Tier-1 routes answer only calls carrying the origin-verify secret, which the edge
+    # stand-in adds like CloudFront (devstack/aws.py provisions it in moto).
+    ServiceSpec(
+        "vwr-apigw",
+        "urr_vwr_lambda.local.apigw",
+        3010,
+        env={**_VWR_ENV, "URR_GATES__ORIGIN__SECRET_ID": "urr-vwr-origin-verify"},
+    ),
     ServiceSpec(
         "vwr-edge",
         "urr_vwr_lambda.local.edge",
@@ -103,6 +110,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "URR_GATEWAY_URL": "{gateway_url}",
             "URR_API_URL": "{vwr_apigw_url}",
             "URR_EDGE_CONFIG__TARGET": "{state_dir}/vwr/edge-config.json",
+            "URR_ORIGIN__SECRET_ID": "urr-vwr-origin-verify",
         },
     ),
     ServiceSpec("vwr-scheduler", "urr_vwr_lambda.local.scheduler", 3012, env=_VWR_ENV),
