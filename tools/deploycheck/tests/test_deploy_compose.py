@@ -77,6 +77,11 @@ def test_long_running_services_have_healthchecks_and_one_shots_do_not_restart(co
 def test_the_edge_is_the_published_entrance(compose):
     published = {name: service.get("ports", []) for name, service in compose["services"].items()}
     assert published["vwr-edge"] == ["8000:8000"]
+    # Issue 16: only the public entry points reach the host; the services behind the gateway
+    # (and the API Gateway stand-in behind the edge) stay on the compose network.
+    reachable = {name for name, ports in published.items() if ports}
+    assert reachable == {"vwr-edge", "gateway", "prometheus"}
+    assert published["prometheus"] == ["127.0.0.1:9090:9090"]
     # Third-party servers stay on the compose network (the host may run its own Redis etc.).
     for infra in INFRA:
         assert not published[infra.name], infra.name
