@@ -15,6 +15,8 @@ seconds quiet, longer when the machine is shared (hence the longer timeout).
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -86,3 +88,29 @@ def test_handler_calls_from_threads_stay_correct(vwr: Any) -> None:
         answers = list(pool.map(vwr.call, events))
     assert [a.body["requestId"] for a in answers] == [e["body"].split('"')[3] for e in events]
     assert sorted(a.body["position"] for a in answers) == list(range(1, 41))
+
+
+def test_a_tab_meeting_a_claim_whose_place_is_still_being_written_waits_for_it(vwr: Any) -> None:
+    """The claim goes first, the place a moment later: a second tab reading in between used to
+    take the claim over as if its owner had crashed, and the account held two places."""
+    vwr.open_event("inflight")
+    store = vwr.runtime.store
+    first = str(uuid.uuid4())
+    now_s = vwr.runtime.now_s()
+    assert store._put_claim(
+        "inflight", first, "u-9", position=1, epoch=1, now_s=now_s, stale_owner=None
+    )
+
+    def finish_first_tab() -> None:
+        time.sleep(0.3)
+        assert store.put_place(
+            "inflight", first, position=1, epoch=1, user_id="u-9", now_s=now_s, stale_owner=first
+        )
+
+    writer = threading.Thread(target=finish_first_tab)
+    writer.start()
+    try:
+        status, place, _ = assign_place(vwr.runtime, "inflight", str(uuid.uuid4()), "u-9")
+    finally:
+        writer.join()
+    assert (status, place.request_id, place.position) == (200, first, 1)

@@ -121,14 +121,26 @@ def test_an_admitted_check_stores_one_token_and_then_reads_nothing_more(vwr: Any
 
 
 def test_a_claim_left_without_its_place_is_taken_over(vwr: Any) -> None:
-    """A crash between the claim write and the place write must not lock the user out."""
+    """A crash between the claim write and the place write must not lock the user out.
+
+    While the claim is young its place may still be in flight (another tab writing it): the
+    assign answers 409 and the tab retries; once it is older, the claim is taken over."""
     vwr.open_event("crash")
     orphan = str(uuid.uuid4())
     store = vwr.runtime.store
-    assert store._put_claim(
-        "crash", orphan, "u-7", position=1, epoch=1, now_s=vwr.runtime.now_s(), stale_owner=None
-    )
     token = vwr.user_token("u-7")
+    young = str(uuid.uuid4())
+    assert store._put_claim(
+        "crash", young, "u-8", position=1, epoch=1, now_s=vwr.runtime.now_s(), stale_owner=None
+    )
+    in_flight = vwr.assign(
+        "crash", str(uuid.uuid4()), Authorization=f"Bearer {vwr.user_token('u-8')}"
+    )
+    assert (in_flight.status, in_flight.body["code"]) == (409, "assign_conflict")
+    crashed_at = vwr.runtime.now_s() - 11
+    assert store._put_claim(
+        "crash", orphan, "u-7", position=2, epoch=1, now_s=crashed_at, stale_owner=None
+    )
     answer = vwr.assign("crash", str(uuid.uuid4()), Authorization=f"Bearer {token}")
     assert answer.status == 201
     claim = store.get_claim("crash", "u-7")

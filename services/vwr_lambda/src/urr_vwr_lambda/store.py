@@ -113,6 +113,11 @@ class UserClaim:
     def current(self, epoch: int, now_s: int) -> bool:
         return self.epoch == epoch and self.expires_at > now_s
 
+    @property
+    def claimed_at_s(self) -> int:
+        """When the claim was written (its TTL is set to that time plus the place's)."""
+        return self.expires_at - POSITION_TTL_S
+
 
 #: The most numbers one page of the line reads.
 MAX_PAGE = 500
