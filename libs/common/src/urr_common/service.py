@@ -13,6 +13,7 @@ limit fails open): ``serve`` starts a second listener for it (``start_metrics_li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -266,3 +267,10 @@ def run(main: Callable[[], Coroutine[Any, Any, None]], *, use_uvloop: bool) -> N
             runner.run(main())
     else:
         asyncio.run(main())
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less when ``stop`` is set meanwhile (a background loop's pause)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()

@@ -9,7 +9,6 @@ the record ids make the replay append nothing twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,6 +20,7 @@ from urr_admission_log import heads, store
 from urr_admission_log.leaves import admission_of
 from urr_admission_log.settings import AdmissionLogSettings
 from urr_common.logs import get_logger
+from urr_common.service import sleep_unless_stopped
 from urr_common.tokens import SigningKey
 
 _LOG = get_logger(__name__)
@@ -122,7 +122,7 @@ async def consume(
         except Exception as exc:  # Kafka or PostgreSQL failed: restart from committed offsets
             metrics.failures.labels("consumer").inc()
             _LOG.warning("admission_log_consumer_failed", error=f"{type(exc).__name__}: {exc}")
-            await _sleep_unless_stopped(stop, 1.0)
+            await sleep_unless_stopped(stop, 1.0)
         finally:
             await consumer.stop()
 
@@ -144,9 +144,4 @@ async def sign_heads(
         except Exception as exc:
             metrics.failures.labels("signer").inc()
             _LOG.warning("admission_log_signer_failed", error=f"{type(exc).__name__}: {exc}")
-        await _sleep_unless_stopped(stop, settings.admission_log.sign_every_s)
-
-
-async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        await sleep_unless_stopped(stop, settings.admission_log.sign_every_s)

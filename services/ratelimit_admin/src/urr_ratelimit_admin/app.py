@@ -21,7 +21,7 @@ from urr_common.logs import get_logger
 from urr_common.payloads import json_response, read_json, validation_errors
 from urr_common.problems import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from urr_common.ratelimit_policies import Policy
-from urr_common.service import create_service_app, request_id_of
+from urr_common.service import create_service_app, request_id_of, sleep_unless_stopped
 from urr_ratelimit_admin import store
 from urr_ratelimit_admin.publisher import PolicyPublisher
 from urr_ratelimit_admin.settings import RatelimitAdminSettings
@@ -244,10 +244,7 @@ async def republish_loop(
                 await publisher.publish(policies)
         except Exception as exc:  # Redis or PostgreSQL away: try again next period
             _LOG.warning("policy_republish_failed", error=f"{type(exc).__name__}: {exc}")
-        try:
-            await asyncio.wait_for(stop.wait(), every_s)
-        except TimeoutError:
-            continue
+        await sleep_unless_stopped(stop, every_s)
 
 
 def create_app(

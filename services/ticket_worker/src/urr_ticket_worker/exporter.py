@@ -22,8 +22,9 @@ from pydantic import BaseModel, Field
 
 from urr_common.clients import open_aws_clients
 from urr_common.logs import get_logger
+from urr_common.service import sleep_unless_stopped
 from urr_common.settings import HttpSettings, KafkaSettings, load_settings
-from urr_ticket_worker.process import Heartbeat, LoopBody, run_process, sleep_unless_stopped
+from urr_ticket_worker.process import Heartbeat, LoopBody, run_process
 from urr_ticket_worker.settings import TicketWorkerSettings
 
 _LOG = get_logger(__name__)

@@ -16,9 +16,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from urr_common.logs import get_logger
+from urr_common.service import sleep_unless_stopped
 from urr_common.settings import KafkaSettings
 from urr_ticket_worker.messages import MalformedMessage, RecordT, parse_record
-from urr_ticket_worker.process import Heartbeat, sleep_unless_stopped
+from urr_ticket_worker.process import Heartbeat
 
 _LOG = get_logger(__name__)
 

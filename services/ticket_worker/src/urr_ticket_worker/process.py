@@ -21,7 +21,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from urr_common.logs import configure_logging, get_logger
-from urr_common.service import READINESS_KEY, create_service_app, run, serve
+from urr_common.service import (
+    READINESS_KEY,
+    create_service_app,
+    run,
+    serve,
+    sleep_unless_stopped,
+)
 from urr_common.settings import KafkaSettings, PostgresSettings, ServiceSettings
 
 if TYPE_CHECKING:
@@ -57,12 +63,6 @@ LoopBody = Callable[[asyncio.Event, Heartbeat], Coroutine[Any, Any, None]]
 
 STOP_KEY = web.AppKey("urr_process_stop", asyncio.Event)
 FAILED_KEY = web.AppKey("urr_process_failed", list)
-
-
-async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
 
 
 def create_process_app(

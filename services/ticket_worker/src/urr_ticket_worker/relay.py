@@ -15,6 +15,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from urr_common.logs import get_logger
+from urr_common.service import sleep_unless_stopped
 from urr_common.settings import load_settings
 from urr_ticket_worker.booking import expire_overdue
 from urr_ticket_worker.outbox import OutboxPublisher
@@ -24,7 +25,6 @@ from urr_ticket_worker.process import (
     ProducerHolder,
     connect_postgres,
     run_process,
-    sleep_unless_stopped,
 )
 from urr_ticket_worker.settings import RelayProcessSettings, TicketWorkerSettings
 

@@ -21,9 +21,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from urr_common.clients import open_aws_clients
 from urr_common.logs import get_logger
+from urr_common.service import sleep_unless_stopped
 from urr_common.settings import load_settings
 from urr_ticket_worker import handler
-from urr_ticket_worker.process import Heartbeat, LoopBody, run_process, sleep_unless_stopped
+from urr_ticket_worker.process import Heartbeat, LoopBody, run_process
 from urr_ticket_worker.settings import PollerSettings, TicketWorkerSettings
 
 _LOG = get_logger(__name__)
