@@ -304,6 +304,7 @@ def _run(
         )
         pow_bits = args.pow_bits if args.bot_challenge == "pow" else None
         setup.activate_room(stack, token, event_id, pow_bits=pow_bits)
+        setup.wait_for_edge_gate(stack, event_id)
         env["URR_LT_EVENT"] = event_id
         env["URR_LT_RESULTS"] = str(out / "arrivals.jsonl")
         env["URR_LT_ARRIVAL_DEADLINE_S"] = str(max(seconds - 15, 30))

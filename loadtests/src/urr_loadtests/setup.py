@@ -125,6 +125,34 @@ def activate_room(
         raise RuntimeError(f"activating the waiting room failed: {status} {answer}")
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def wait_for_edge_gate(stack: Stack, event_id: str, timeout_s: float = 30.0) -> None:
+    """Return once the edge sends visitors of ``event_id`` to the waiting page.
+
+    The edge learns that a room opened from its published configuration a moment later (so
+    does a CDN): a crowd started before then would walk straight into the event page.
+    """
+    opener = urllib.request.build_opener(_NoRedirect)
+    url = f"{stack.url('vwr-edge')}/events/{event_id}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with opener.open(url, timeout=5) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as exc:
+            with exc:
+                status = exc.code
+        if status == 302:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the edge still lets {url} through {timeout_s:.0f} s after opening")
+        time.sleep(0.2)
+
+
 def deactivate_room(stack: Stack, token: str, event_id: str) -> str:
     """Closes the run's room; a busy Tier 1 may not answer in time (said, not raised)."""
     try:
