@@ -5,16 +5,22 @@ chosen times, rows and the watermark read back."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import ClientSession
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -30,10 +36,16 @@ from urr_common.ratelimit_usage import (
     quota_key,
     usage_key,
 )
+from urr_common.service import start_metrics_listener
 from urr_common.settings import SettingsError, load_settings
 from urr_ratelimit_admin import store
 from urr_ratelimit_admin.settings import RatelimitSnapshotSettings, SnapshotSettings
-from urr_ratelimit_admin.snapshots import SnapshotMetrics, SnapshotWriter, snapshot_loop
+from urr_ratelimit_admin.snapshots import (
+    SnapshotMetrics,
+    SnapshotWriter,
+    create_snapshot_app,
+    snapshot_loop,
+)
 from urr_ratelimit_admin.usage import ReadRequest, UsageCell, plan_round, rows_from
 
 OP = store.Actor("op-1", "req-1")
@@ -358,3 +370,52 @@ async def test_lag_quota_and_traffic_metrics(env: dict[str, Any]) -> None:
         await unreachable.aclose()
     assert _sample(registry, ROUNDS, outcome="failed")
     assert metrics.covered_until == covered
+
+
+async def test_the_process_serves_health_and_the_lag_on_its_own_metrics_port(
+    env: dict[str, Any], aiohttp_client: AiohttpClient
+) -> None:
+    await _start_at(env, int(time.time()) // HOUR_S * HOUR_S)
+    settings = load_settings(
+        RatelimitSnapshotSettings,
+        http={"port": 0},
+        metrics={"port": 0},
+        snapshots={"every_s": 0.05, "stale_after_s": 60},
+    )
+    writer, registry = _writer(env)
+    app = create_snapshot_app(settings, writer, registry=registry)
+    client = await aiohttp_client(app)  # the loop runs with the app
+    for _ in range(200):
+        if _sample(registry, ROUNDS, outcome="ok"):
+            break
+        await asyncio.sleep(0.01)
+    assert (await client.get("/health/ready")).status == 200
+    assert (await client.get("/metrics")).status == 404  # never on the public port
+    runner = await start_metrics_listener(app, settings.metrics, 0)
+    assert runner is not None
+    try:
+        port = runner.addresses[0][1]
+        async with ClientSession() as session:
+            response = await session.get(f"http://127.0.0.1:{port}/metrics")
+            text = await response.text()
+        assert "urr_ratelimit_snapshot_lag_seconds " in text
+    finally:
+        await runner.cleanup()
+    writer.last_ok -= 120  # no round completed for two minutes
+    stale = await client.get("/health/ready")
+    assert stale.status == 503
+    assert "snapshots" in await stale.text()
+
+
+def test_the_entry_point_refuses_a_bad_setting_naming_the_variable() -> None:
+    environment = {**os.environ, "URR_SNAPSHOTS__BATCH_KEYS": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "urr_ratelimit_admin.snapshots"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "URR_SNAPSHOTS__BATCH_KEYS" in done.stderr
