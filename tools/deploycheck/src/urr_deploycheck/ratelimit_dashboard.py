@@ -12,7 +12,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from urr_deploycheck.dashboard import RATE, Panel, Query, _panel, _variable
+from urr_deploycheck.dashboard import (
+    RATE,
+    Panel,
+    Query,
+    _variable,
+    datasource_variable,
+    layout,
+)
 
 PATH = "monitoring/grafana/urr-ratelimit-tenants.json"
 TENANT = 'tenant=~"$tenant"'
@@ -103,32 +110,6 @@ ROWS = (("Tenants", TENANTS), ("Usage snapshots and fail-open", SCHEDULER))
 
 
 def build() -> dict[str, Any]:
-    panels: list[dict[str, Any]] = []
-    next_id, y = 1, 0
-    for title, row in ROWS:
-        panels.append(
-            {
-                "id": next_id,
-                "type": "row",
-                "title": title,
-                "collapsed": False,
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
-                "panels": [],
-            }
-        )
-        next_id, y = next_id + 1, y + 1
-        for index, panel in enumerate(row):
-            x = (index % 2) * 12
-            panels.append(_panel(panel, next_id, x, y + (index // 2) * 8))
-            next_id += 1
-        y += ((len(row) + 1) // 2) * 8
-    datasource = {
-        "name": "datasource",
-        "label": "Prometheus",
-        "type": "datasource",
-        "query": "prometheus",
-        "current": {},
-    }
     return {
         "uid": "urr-ratelimit-tenants",
         "title": "URR: rate limits per tenant",
@@ -142,12 +123,12 @@ def build() -> dict[str, Any]:
         "time": {"from": "now-24h", "to": "now"},
         "templating": {
             "list": [
-                datasource,
+                datasource_variable(),
                 _variable("tenant", "Tenant", f"label_values({USAGE}, tenant)"),
             ]
         },
         "annotations": {"list": []},
-        "panels": panels,
+        "panels": layout(ROWS),
         "links": [{"title": "Overview", "type": "link", "url": "/d/urr-overview"}],
     }
 
