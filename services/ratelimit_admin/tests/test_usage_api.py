@@ -3,7 +3,6 @@ with its API key) on real PostgreSQL: filters, pages, who may read what, bad fil
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,8 +21,8 @@ from urr_ratelimit_admin.publisher import PolicyPublisher
 from urr_ratelimit_admin.settings import RatelimitAdminSettings
 from urr_ratelimit_admin.usage_query import parse_usage_query
 
-ADMIN = {"X-User-Role": "admin", "X-User-Id": "op-1"}
 OP = store.Actor("op-1", "req-1")
+ADMIN = {"X-User-Role": "admin", "X-User-Id": "op-1"}
 T0 = datetime(2026, 11, 30, 22, tzinfo=UTC)
 HOURS = [T0 + timedelta(hours=i) for i in range(3)]
 USAGE = PREFIX + "/usage"
@@ -31,12 +30,9 @@ USAGE = PREFIX + "/usage"
 
 @pytest.fixture
 async def env(
-    postgres_dsn: str, redis_url: str, aiohttp_client: AiohttpClient
-) -> AsyncIterator[dict[str, Any]]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
-    assert pool is not None
-    redis = Redis.from_url(redis_url)
-    await store.migrate(pool)
+    rl_stores: tuple[asyncpg.Pool, Redis], aiohttp_client: AiohttpClient
+) -> dict[str, Any]:
+    pool, redis = rl_stores
     async with pool.acquire() as conn:
         keys = {}
         for tenant in ("acme", "beta"):
@@ -53,14 +49,8 @@ async def env(
             " blocked, shadow_blocked, quota_used) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             rows,
         )
-    client = await aiohttp_client(
-        create_app(RatelimitAdminSettings(), pool, PolicyPublisher(redis))
-    )
-    try:
-        yield {"pool": pool, "client": client, "keys": keys}
-    finally:
-        await redis.aclose()
-        await pool.close()
+    app = create_app(RatelimitAdminSettings(), pool, PolicyPublisher(redis))
+    return {"pool": pool, "client": await aiohttp_client(app), "keys": keys}
 
 
 async def _get(env: dict[str, Any], path: str, status: int, **headers: str) -> Any:

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,22 +133,15 @@ def test_settings_are_validated_with_the_variable_named() -> None:
 
 
 @pytest.fixture
-async def env(postgres_dsn: str, redis_url: str) -> AsyncIterator[dict[str, Any]]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
-    assert pool is not None
-    redis = Redis.from_url(redis_url)
-    await store.migrate(pool)
+async def env(rl_stores: tuple[asyncpg.Pool, Redis]) -> dict[str, Any]:
+    pool, redis = rl_stores
     async with pool.acquire() as conn:
         await store.seed_default_policies(conn)
         await store.create_tenant(conn, OP, "acme", "Acme")
         await store.create_tenant(conn, OP, "beta", "Beta")
         await store.put_policy(conn, OP, Policy.model_validate(ACME_POLICY))
         await store.put_quota(conn, OP, "acme", 1000, 80)
-    try:
-        yield {"pool": pool, "redis": redis}
-    finally:
-        await redis.aclose()
-        await pool.close()
+    return {"pool": pool, "redis": redis}
 
 
 def _unreachable() -> Redis:
