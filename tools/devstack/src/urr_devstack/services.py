@@ -14,7 +14,8 @@ Names, modules, ports and variable names follow each service's own settings clas
 deployment table in ``tools/deploycheck``); ports are the DESIGN.md §3 ones, plus 3020-3025 for
 the booking back end's processes, 3012 for the VWR scheduler (its default 3011 is the
 gateway's internal listener on one host), 3030 for the admission log, 3040 for the
-rate-limit admin API and 3041 for its usage-snapshot scheduler. Each service's ``/metrics`` listener is its port + 1000.
+rate-limit admin API and 3041 for its usage-snapshot scheduler. Each service's ``/metrics``
+listener is its port + 1000.
 """
 
 from __future__ import annotations
