@@ -12,9 +12,11 @@ from typing import Any
 
 import promql_parser
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from urr_common.metrics import HttpMetrics
+from urr_deploycheck import ratelimit_dashboard
 from urr_deploycheck.dashboard import PROPOSED_TITLE, build, proposed_metrics
 from urr_deploycheck.manifests import Manifest, by_kind, render
 from urr_deploycheck.metrics import (
@@ -35,8 +37,9 @@ def prod() -> tuple[Manifest, ...]:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    (rule,) = by_kind(prod(), "PrometheusRule").values()
-    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    """Every alert of every PrometheusRule (the suite's, and groups kept in files of their own)."""
+    rules = by_kind(prod(), "PrometheusRule").values()
+    return [r for rule in rules for group in rule["spec"]["groups"] for r in group["rules"]]
 
 
 def every_query() -> list[tuple[str, str]]:
@@ -46,7 +49,7 @@ def every_query() -> list[tuple[str, str]]:
         for metric in template["spec"]["metrics"]:
             where = f"analysis {template['metadata']['name']}/{metric['name']}"
             queries.append((where, metric["provider"]["prometheus"]["query"]))
-    for panel in build()["panels"]:
+    for panel in [*build()["panels"], *ratelimit_dashboard.build()["panels"]]:
         for target in panel.get("targets", []):
             queries.append((f"panel {panel['title']}", target["expr"]))
     return queries
@@ -318,3 +321,74 @@ def test_catalogue_renders_as_a_table():
     assert "| `urr_worker_dlq_messages` | gauge | - | ticket_worker | exported |" in table
     oldest = "| `urr_worker_queue_oldest_age_seconds` | gauge | - | ticket_worker | proposed |"
     assert oldest in table
+
+
+# The rate-limit usage alerts and the per-tenant dashboard (issue 18) ---------------------------
+
+USAGE_ALERTS = {
+    "UrrRateLimitSnapshotLag": "urr_ratelimit_snapshot_lag_seconds",
+    "UrrRateLimitQuotaSoftLimit": "urr_ratelimit_quota_soft_limit",
+    "UrrRateLimitFailOpenTime": 'urr_ratelimit_decisions_total{source="open"}',
+}
+
+
+def test_the_usage_alerts_are_their_own_group_also_loaded_by_the_compose_prometheus():
+    rules = by_kind(prod(), "PrometheusRule")
+    usage = rules["urr-ratelimit-usage"]["spec"]["groups"]
+    assert [group["name"] for group in usage] == ["urr.ratelimit.usage"]
+    alerts = {r["alert"]: r for group in usage for r in group["rules"]}
+    assert set(alerts) == set(USAGE_ALERTS)
+    for alert, needle in USAGE_ALERTS.items():
+        assert needle in alerts[alert]["expr"], alert
+    # No other PrometheusRule defines these groups or alerts a second time.
+    others = [r for name, rule in rules.items() if name != "urr-ratelimit-usage"
+              for group in rule["spec"]["groups"] for r in group["rules"]]  # fmt: skip
+    assert not {r["alert"] for r in others} & set(USAGE_ALERTS)
+    compose_rules = yaml.safe_load((REPO / "monitoring/rules/ratelimit-usage.yml").read_text())
+    assert compose_rules["groups"] == usage
+    prometheus = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./monitoring/rules:/etc/prometheus/rules:ro" in mounts
+
+
+def test_the_usage_alerts_fire_at_their_thresholds():
+    alerts = {r["alert"]: r["expr"] for r in alert_rules()}
+    assert "> 600" in alerts["UrrRateLimitSnapshotLag"]
+    assert "absent(urr_ratelimit_snapshot_lag_seconds)" in alerts["UrrRateLimitSnapshotLag"]
+    assert ">= max by (tenant) (urr_ratelimit_quota_soft_limit)" in " ".join(
+        alerts["UrrRateLimitQuotaSoftLimit"].split()
+    )
+    assert "[1h:1m]" in alerts["UrrRateLimitFailOpenTime"]
+
+
+def test_the_tenant_dashboard_is_generated_valid_and_shows_what_the_issue_lists():
+    path = REPO / ratelimit_dashboard.PATH
+    dashboard = json.loads(path.read_text(encoding="utf-8"))
+    assert dashboard == ratelimit_dashboard.build()
+    assert dashboard["uid"] != build()["uid"]
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps another panel"
+                cells.add((x, y))
+        if panel["type"] != "row":
+            assert panel["targets"]
+            assert not panel["title"].endswith(PROPOSED_TITLE)
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "tenant"}
+    expressions = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
+    for needle in (
+        "sum by (tenant, result) (rate(urr_ratelimit_usage_requests_total",  # traffic
+        'result=~"blocked"',  # block ratio
+        "urr_ratelimit_quota_used",
+        "urr_ratelimit_quota_soft_limit",
+        "urr_ratelimit_snapshot_lag_seconds",
+        'urr_ratelimit_decisions_total{source="open"}',
+    ):
+        assert needle in expressions, needle

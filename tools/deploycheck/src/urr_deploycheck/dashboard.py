@@ -309,10 +309,11 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     }
 
 
-def build() -> dict[str, Any]:
+def layout(rows: tuple[tuple[str, tuple[Panel, ...]], ...]) -> list[dict[str, Any]]:
+    """Rows of panels on Grafana's 24-column grid, left to right, wrapping; ids from 1."""
     panels: list[dict[str, Any]] = []
     next_id, y = 1, 0
-    for title, row in ROWS:
+    for title, row in rows:
         panels.append(
             {
                 "id": next_id,
@@ -330,13 +331,21 @@ def build() -> dict[str, Any]:
             panels.append(_panel(panel, next_id, x, y))
             next_id, x = next_id + 1, x + panel.width
         y += 8
-    datasource = {
+    return panels
+
+
+def datasource_variable() -> dict[str, Any]:
+    """The dashboard variable choosing the Prometheus data source."""
+    return {
         "name": "datasource",
         "label": "Prometheus",
         "type": "datasource",
         "query": "prometheus",
         "current": {},
     }
+
+
+def build() -> dict[str, Any]:
     return {
         "uid": "urr-overview",
         "title": "URR: waiting room, rate limits, booking",
@@ -350,14 +359,14 @@ def build() -> dict[str, Any]:
         "time": {"from": "now-3h", "to": "now"},
         "templating": {
             "list": [
-                datasource,
+                datasource_variable(),
                 _variable("app", "Service", "label_values(urr_http_requests_total, app)"),
                 # Only the proposed per-event gauges carry event_id: empty until they exist.
                 _variable("event", "Event", "label_values(urr_queue_waiting, event_id)"),
             ]
         },
         "annotations": {"list": []},
-        "panels": panels,
+        "panels": layout(ROWS),
     }
 
 

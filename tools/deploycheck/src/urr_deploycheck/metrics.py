@@ -112,6 +112,57 @@ METRICS: tuple[Metric, ...] = (
         "exported",
         "Time to decide",
     ),
+    # Rate-limit usage snapshots (urr_ratelimit_admin.snapshots): the scheduler's lag, and
+    # per tenant what the limiters counted in Redis.
+    Metric(
+        "urr_ratelimit_snapshot_lag_seconds",
+        "gauge",
+        (),
+        "ratelimit_admin",
+        "exported",
+        "Time since the newest usage counted in Redis that PostgreSQL holds",
+    ),
+    Metric(
+        "urr_ratelimit_snapshot_rounds_total",
+        "counter",
+        ("outcome",),
+        "ratelimit_admin",
+        "exported",
+        "Snapshot rounds by outcome (ok, failed)",
+    ),
+    Metric(
+        "urr_ratelimit_usage_requests_total",
+        "counter",
+        ("tenant", "result"),
+        "ratelimit_admin",
+        "exported",
+        "Decisions by tenant and result (allowed, blocked, shadow_blocked), from the usage "
+        "counters ('-': no tenant)",
+    ),
+    Metric(
+        "urr_ratelimit_quota_used",
+        "gauge",
+        ("tenant",),
+        "ratelimit_admin",
+        "exported",
+        "Requests counted against the tenant's quota this calendar month (UTC)",
+    ),
+    Metric(
+        "urr_ratelimit_quota_limit",
+        "gauge",
+        ("tenant",),
+        "ratelimit_admin",
+        "exported",
+        "The tenant's monthly quota",
+    ),
+    Metric(
+        "urr_ratelimit_quota_soft_limit",
+        "gauge",
+        ("tenant",),
+        "ratelimit_admin",
+        "exported",
+        "Quota use at which the tenant's soft alert fires (soft_alert_pct of the quota)",
+    ),
     # Queue (Tier 2): counters of the service (urr_queue.metrics).
     Metric(
         "urr_queue_entries_total",
