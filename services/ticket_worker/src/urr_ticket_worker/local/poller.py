@@ -24,6 +24,7 @@ from urr_common.logs import get_logger
 from urr_common.service import sleep_unless_stopped
 from urr_common.settings import load_settings
 from urr_ticket_worker import handler
+from urr_ticket_worker.metrics import WorkerMetrics
 from urr_ticket_worker.process import Heartbeat, LoopBody, run_process
 from urr_ticket_worker.settings import PollerSettings, TicketWorkerSettings
 
@@ -127,10 +128,13 @@ def poller_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) -> 
         registry=registry,
     )
 
+    # The handler's own figures (batches, results, latency), as the Lambda reports them in EMF.
+    worker_metrics = WorkerMetrics(registry)
+
     async def body(stop: asyncio.Event, beat: Heartbeat) -> None:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lambda")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(executor, handler.configure, settings)
+        await loop.run_in_executor(executor, handler.configure, settings, worker_metrics)
         try:
             async with open_aws_clients(settings.aws, "sqs") as clients:
                 sqs = clients["sqs"]
