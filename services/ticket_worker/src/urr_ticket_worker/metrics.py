@@ -10,9 +10,9 @@ CloudWatch EMF lines (powertools, namespace ``URR/Worker``), which the CloudWatc
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -49,6 +49,21 @@ def queue_waits(records: Iterable[Mapping[str, object]], now_ms: int) -> list[fl
             continue
         waits.append(max(0, now_ms - sent) / 1000)
     return waits
+
+
+def oldest_age_s(messages: Sequence[Mapping[str, Any]], now_ms: int) -> float:
+    """Seconds since the oldest ``SentTimestamp`` among received SQS ``messages`` (0 for
+    none, and for a timestamp in the future)."""
+    sent = []
+    for message in messages:
+        attributes = message.get("Attributes")
+        if not isinstance(attributes, Mapping):
+            continue
+        try:
+            sent.append(int(str(attributes.get("SentTimestamp", ""))))
+        except ValueError:
+            continue
+    return max(0, now_ms - min(sent)) / 1000 if sent else 0.0
 
 
 @dataclass(frozen=True)
