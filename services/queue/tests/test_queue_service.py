@@ -72,7 +72,8 @@ async def test_passthrough_reports_each_step_once(
 def _gauge(app, name: str, event_id: str) -> float | None:
     from urr_common.service import REGISTRY_KEY
 
-    return app[REGISTRY_KEY].get_sample_value(name, {"event_id": event_id})
+    value: float | None = app[REGISTRY_KEY].get_sample_value(name, {"event_id": event_id})
+    return value
 
 
 async def test_per_event_gauges_follow_the_live_figures_and_leave_with_the_event(
@@ -99,13 +100,16 @@ async def test_per_event_gauges_follow_the_live_figures_and_leave_with_the_event
     assert _gauge(client.app, "urr_queue_admission_rate", "gauged") == 0.5
     assert _gauge(client.app, "urr_queue_eta_seconds", "gauged") == live["eta_back_seconds"] == 6
     oldest = _gauge(client.app, "urr_queue_oldest_waiter_seconds", "gauged")
-    assert oldest is not None and 0 <= oldest < 5
+    assert oldest is not None
+    assert 0 <= oldest < 5
     text = metrics_text(client.app)
     assert 'urr_queue_waiting{event_id="gauged"} 3.0' in text
 
     assert (await client.delete(path, headers=admin_headers)).status == 200
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _gauge(client.app, "urr_queue_waiting", "gauged"):
+    while time.monotonic() < deadline:
+        if _gauge(client.app, "urr_queue_waiting", "gauged") is None:
+            break
         await asyncio.sleep(0.05)
     for name in ("urr_queue_waiting", "urr_queue_eta_seconds", "urr_queue_capacity"):
         assert _gauge(client.app, name, "gauged") is None

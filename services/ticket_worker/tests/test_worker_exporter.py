@@ -109,7 +109,8 @@ async def test_dlq_depth_and_consumer_lag_are_exported(
             assert seen == (3.0, 6.0), (tmp_path / "exporter.log").read_text()[-3000:]
             # The oldest dead letter's age, read by looking without taking: all 3 stay.
             age = await _metric(session, url, "urr_worker_dlq_oldest_age_seconds ")
-            assert age is not None and 0 < age < 120
+            assert age is not None
+            assert 0 < age < 120
         async with sqs_client(moto_endpoint) as sqs:
             attributes = await sqs.get_queue_attributes(
                 QueueUrl=queues.dlq_url, AttributeNames=["ApproximateNumberOfMessages"]

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from urr_ticket_worker import handler
-from urr_ticket_worker.metrics import WorkerMetrics, batch_result, queue_waits
 from urr_ticket_worker.messages import CancelCommand, ReserveCommand, TransferCommand
+from urr_ticket_worker.metrics import WorkerMetrics, batch_result, queue_waits
 from urr_ticket_worker.testing import make_settings, sqs_record
 
 pytestmark = pytest.mark.integration
@@ -199,7 +199,7 @@ async def test_each_batch_is_counted_by_result_with_its_latency(
 
 def test_batch_results_and_queue_waits_are_plain_arithmetic() -> None:
     assert [batch_result(10, n) for n in (0, 1, 9, 10)] == ["ok", "partial", "partial", "failed"]
-    records = [
+    records: list[dict[str, object]] = [
         {"attributes": {"SentTimestamp": "1000"}},
         {"attributes": {"SentTimestamp": "5000"}},  # later than "now": no negative wait
         {"attributes": {"SentTimestamp": "soon"}},

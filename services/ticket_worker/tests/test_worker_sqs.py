@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from urr_devstack.procs import free_port
 from urr_ticket_worker import handler
 from urr_ticket_worker.local.poller import Poller, resolve_queue
-from urr_ticket_worker.metrics import oldest_age_s
 from urr_ticket_worker.messages import ReserveCommand
+from urr_ticket_worker.metrics import oldest_age_s
 from urr_ticket_worker.testing import Queues, make_settings, seed_event
 from urr_ticket_worker.testing import send_fifo as send
 
@@ -177,11 +177,12 @@ async def test_the_poller_reports_the_age_of_the_front_of_the_queue(
     front = Poller(sqs, poller._queue, poller._settings, poller._executor, None, oldest)
     assert await front.poll_once() == (1, 0)
     age = registry.get_sample_value("urr_worker_queue_oldest_age_seconds")
-    assert age is not None and 0 <= age < 30
+    assert age is not None
+    assert 0 <= age < 30
 
 
 def test_the_oldest_age_is_taken_from_the_earliest_timestamp() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"Attributes": {"SentTimestamp": "4000"}},
         {"Attributes": {"SentTimestamp": "1500"}},
         {"Attributes": {"SentTimestamp": "later"}},

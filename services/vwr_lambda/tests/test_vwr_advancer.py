@@ -293,7 +293,7 @@ def test_each_cycle_emits_the_line_s_two_ends_per_event_as_emf(
         if document.get("eventId") != "evt-emf":
             continue
         (directive,) = document["_aws"]["CloudWatchMetrics"]
-        assert ["eventId", "service"] == sorted(directive["Dimensions"][0])
+        assert sorted(directive["Dimensions"][0]) == ["eventId", "service"]
         for metric in directive["Metrics"]:
             (figures[metric["Name"]],) = document[metric["Name"]]
     # Three places handed out, two let through (batch 2).

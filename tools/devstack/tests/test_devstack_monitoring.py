@@ -48,7 +48,9 @@ def _parser_names(expr: str) -> set[str]:
 
 
 def test_the_lexer_finds_what_the_parser_finds_in_every_real_query() -> None:
-    queries = [q for q in dashboard_queries(REPO) + alert_queries(REPO) if "label_values" not in q[0]]
+    queries = [
+        q for q in dashboard_queries(REPO) + alert_queries(REPO) if "label_values" not in q[0]
+    ]
     assert len(queries) > 40
     for where, expr in queries:
         assert metric_names(expr) == _parser_names(expr), where
@@ -66,8 +68,8 @@ def test_the_lexer_skips_functions_keywords_labels_and_numbers() -> None:
 def test_served_series_include_metrics_without_samples_yet() -> None:
     page = (
         "# HELP a_total x\n# TYPE a_total counter\n"
-        "# HELP h x\n# TYPE h histogram\nh_bucket{le=\"1.0\"} 0.0\n"
-        "# TYPE g gauge\ng{event_id=\"e\"} 3.0\n"
+        '# HELP h x\n# TYPE h histogram\nh_bucket{le="1.0"} 0.0\n'
+        '# TYPE g gauge\ng{event_id="e"} 3.0\n'
     )
     assert series_served(page) == {"a_total", "h_bucket", "h_sum", "h_count", "g"}
 
@@ -80,7 +82,7 @@ def test_unserved_names_are_reported_with_where_they_are_used() -> None:
     assert missing
     assert {name for _, name in missing} == {"urr_queue_waiting"}
     assert any(where.endswith("variable event") for where, _ in missing)
-    assert unserved_metrics(REPO, [page, "urr_queue_waiting{event_id=\"e\"} 1\n"]) == []
+    assert unserved_metrics(REPO, [page, 'urr_queue_waiting{event_id="e"} 1\n']) == []
 
 
 # -- rendering (no servers) ----------------------------------------------------------------
@@ -140,8 +142,13 @@ def test_targets_are_the_metrics_listeners_and_settings_refuse_nonsense() -> Non
         "queue": "127.0.0.1:4007"
     }
     assert (duration(0.5), duration(5), duration(0.0001)) == ("500ms", "5000ms", "1ms")
-    for bad in ({"rule_for": "soon"}, {"webhook_url": "file:///x"}, {"alertmanager_port": 9090}):
-        with pytest.raises(ValueError):
+    refused = (
+        ({"rule_for": "soon"}, "no Prometheus duration"),
+        ({"webhook_url": "file:///x"}, "http"),
+        ({"alertmanager_port": 9090}, "must differ"),
+    )
+    for bad, why in refused:
+        with pytest.raises(ValueError, match=why):
             MonitoringSettings(**bad)
     with pytest.raises(ValueError, match="both use port"):
         DevstackSettings(

@@ -339,7 +339,7 @@ def _check_monitoring(env: dict[str, str], webhook: AlertWebhook) -> None:
         endpoint_url=f"http://127.0.0.1:{_port(env, 'moto')}",
         region_name="us-east-1",
         aws_access_key_id="urr-local",
-        aws_secret_access_key="urr-local",  # noqa: S106 - moto takes any
+        aws_secret_access_key="urr-local",
     )
     sent = time.monotonic()
     sqs.send_message(
@@ -423,7 +423,9 @@ def test_devstack_up_starts_from_nothing_and_stops_cleanly(
     _assert_all_gone(started)
     assert not any(is_listening("127.0.0.1", port) for port in ports)
     for name in ("PROMETHEUS", "ALERTMANAGER"):
-        assert not is_listening("127.0.0.1", int(stack_env[f"URR_DEVSTACK__MONITORING__{name}_PORT"]))
+        assert not is_listening(
+            "127.0.0.1", int(stack_env[f"URR_DEVSTACK__MONITORING__{name}_PORT"])
+        )
     assert not (state / "devstack.json").exists()
 
 

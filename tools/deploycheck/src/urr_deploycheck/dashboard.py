@@ -165,11 +165,7 @@ QUEUE = (
     ),
     Panel(
         "Queue: admission rate by event",
-        (
-            Query(
-                f"max by (event_id) (urr_queue_admission_rate{{{EVENT}}})", "{{event_id}}"
-            ),
-        ),
+        (Query(f"max by (event_id) (urr_queue_admission_rate{{{EVENT}}})", "{{event_id}}"),),
         unit="ops",
         description="Measured across replicas; before any measurement, what the configuration "
         "allows. 0 while the event is paused.",

@@ -81,9 +81,7 @@ def local_rules(groups: Iterable[Mapping[str, Any]], rule_for: str | None) -> di
 def scrape_targets(host: str, ports: Mapping[str, int | None]) -> dict[str, str]:
     """``app`` -> ``host:metrics port`` of every service with an HTTP listener."""
     metrics = MetricsSettings()
-    return {
-        name: f"{host}:{metrics.port_beside(port)}" for name, port in ports.items() if port
-    }
+    return {name: f"{host}:{metrics.port_beside(port)}" for name, port in ports.items() if port}
 
 
 def prometheus_config(
@@ -125,7 +123,9 @@ def _with_group_wait(route: Mapping[str, Any], group_wait: str | None) -> dict[s
     return copy
 
 
-def alertmanager_config(k8s_config: Mapping[str, Any], settings: MonitoringSettings) -> dict[str, Any]:
+def alertmanager_config(
+    k8s_config: Mapping[str, Any], settings: MonitoringSettings
+) -> dict[str, Any]:
     """The Kubernetes route tree with local receivers (see the module docstring)."""
     receivers = []
     for receiver in k8s_config["receivers"]:

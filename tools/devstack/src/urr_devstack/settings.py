@@ -62,7 +62,9 @@ class MonitoringSettings(BaseModel):
     def _valid(self) -> Self:
         if self.rule_for is not None and not _PROM_DURATION.match(self.rule_for):
             raise ValueError(f"rule_for {self.rule_for!r} is no Prometheus duration (e.g. 0s, 1m)")
-        if self.webhook_url is not None and not self.webhook_url.startswith(("http://", "https://")):
+        if self.webhook_url is not None and not self.webhook_url.startswith(
+            ("http://", "https://")
+        ):
             raise ValueError("webhook_url must be an http(s) URL")
         if self.prometheus_port == self.alertmanager_port:
             raise ValueError("prometheus_port and alertmanager_port must differ")

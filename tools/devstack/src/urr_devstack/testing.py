@@ -212,13 +212,13 @@ def alert_webhook() -> Iterator[AlertWebhook]:
     hook = AlertWebhook()
 
     class Receive(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             hook.received.append(json.loads(self.rfile.read(length)))
             self.send_response(200)
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base's name
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receive)
