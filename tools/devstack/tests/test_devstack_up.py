@@ -368,7 +368,8 @@ def test_devstack_up_starts_from_nothing_and_stops_cleanly(
     stack_env.update(_monitoring_env(alert_webhook))
     stack = RunningStack(stack_env, with_probe=True)
     try:
-        stack.wait_for(READY_BANNER, 60)
+        # Servers from nothing, every service, Prometheus and Alertmanager on two shared cores.
+        stack.wait_for(READY_BANNER, 90)
         assert "probe is ready" in stack.output
         # The processes wired in last: the stack waits for their /health/ready too.
         for name in ("admission-log", "ratelimit-admin", "ticket-exporter"):
@@ -411,7 +412,9 @@ def test_devstack_up_starts_from_nothing_and_stops_cleanly(
         assert "started prometheus" in stack.output
         assert "started alertmanager" in stack.output
         assert any("prometheus-alertmanager" in line for line in started.values())
+        checked = time.monotonic()
         _check_monitoring(stack_env, alert_webhook)
+        print(f"monitoring checks: {time.monotonic() - checked:.1f}s")
         password = (state / "admin-password").read_text().strip()
         assert f"admin@urr.local / {password}" in stack.output
         assert json.loads((state / "devstack.json").read_text())["phase"] == "ready"
