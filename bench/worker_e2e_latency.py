@@ -176,9 +176,9 @@ async def _run(
                 started = time.perf_counter()
                 await asyncio.gather(*(buyer(i) for i in range(args.concurrency)))
                 load_wall = time.perf_counter() - started
-        breakdown = await _stages(dsn)
-        for name, values in breakdown.items():
-            print(f"  stage {name}: median {statistics.median(values) * 1000:.0f} ms")
+        for phase, prefix in (("one at a time", "fan-"), ("under load", "load-")):
+            for name, values in (await _stages(dsn, prefix)).items():
+                print(f"  {phase}, stage {name}: median {statistics.median(values) * 1000:.0f} ms")
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -191,8 +191,9 @@ async def _run(
     return phases, load_wall
 
 
-async def _stages(dsn: str) -> dict[str, list[float]]:
-    """Where the time goes, from the database's own timestamps (one clock)."""
+async def _stages(dsn: str, user_prefix: str) -> dict[str, list[float]]:
+    """Where the time goes for the users named ``user_prefix...``, from the database's own
+    timestamps (one clock)."""
     connection = await asyncpg.connect(dsn)
     try:
         rows = await connection.fetch(
@@ -204,7 +205,8 @@ async def _stages(dsn: str) -> dict[str, list[float]]:
             " (SELECT sent_at FROM outbox o WHERE o.topic = 'payment-events'"
             "   AND o.payload->>'reservationId' = r.reservation_id::text) AS published,"
             " r.updated_at AS confirmed"
-            " FROM reservations r WHERE r.status = 'confirmed' AND r.user_id <> 'warmup'"
+            " FROM reservations r WHERE r.status = 'confirmed' AND r.user_id LIKE $1",
+            f"{user_prefix}%",
         )
     finally:
         await connection.close()

@@ -14,6 +14,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Gauge
 
 from urr_devstack.procs import free_port
@@ -192,3 +194,20 @@ def test_the_oldest_age_is_taken_from_the_earliest_timestamp() -> None:
     assert oldest_age_s(messages, now_ms=5000) == 3.5
     assert oldest_age_s([], now_ms=5000) == 0
     assert oldest_age_s([{"Attributes": {"SentTimestamp": "9000"}}], now_ms=5000) == 0
+
+
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["Attributes", "Body"]),
+            st.none()
+            | st.dictionaries(st.sampled_from(["SentTimestamp", "Other"]), st.text(max_size=15)),
+        ),
+        max_size=6,
+    ),
+    st.integers(min_value=0, max_value=2**45),
+)
+def test_the_oldest_age_never_raises_and_is_never_negative(
+    messages: list[dict[str, Any]], now_ms: int
+) -> None:
+    assert oldest_age_s(messages, now_ms) >= 0

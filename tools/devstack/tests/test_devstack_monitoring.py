@@ -9,6 +9,7 @@ start of ``test_devstack_up.py``.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from urr_devstack.monitoring import (
     ALERTMANAGER_CONFIG,
@@ -161,3 +164,10 @@ def _tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is missing: `make system-deps` installs Debian's prometheus packages")
     return path
+
+
+@given(st.text(max_size=200))
+def test_the_lexer_never_raises_and_names_only_identifiers(text: str) -> None:
+    for name in metric_names(text):
+        assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", name)
+        assert name.lower() not in {"by", "and", "or", "unless", "without", "on", "bool"}
