@@ -10,6 +10,9 @@ test that is dropped afterwards.
 Every server started here dies with the pytest process, even one killed with SIGKILL (Linux
 ``PR_SET_PDEATHSIG``, see ``procs.die_with_parent``): a killed run leaves none behind.
 
+``alert_webhook``: an HTTP receiver for a real Alertmanager's webhook notifications (the
+stack test's alert goes there).
+
 Registered in the root ``conftest.py`` as ``pytest_plugins = ["urr_devstack.testing"]``.
 """
 
