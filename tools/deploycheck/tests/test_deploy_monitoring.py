@@ -429,3 +429,19 @@ def test_every_severity_the_rules_use_has_its_own_route():
     routed = {route["matchers"][0] for route in config["route"]["routes"]}
     for rule in alert_rules():
         assert f'severity="{rule["labels"]["severity"]}"' in routed, rule["alert"]
+
+
+def test_the_compose_prometheus_loads_every_group_the_cluster_alerts_with():
+    cluster = [
+        group
+        for rule in by_kind(prod(), "PrometheusRule").values()
+        for group in rule["spec"]["groups"]
+    ]
+    compose = [
+        group
+        for path in sorted((REPO / "monitoring/rules").glob("*.yml"))
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+    ]
+    by_name = {group["name"]: group for group in compose}
+    assert len(by_name) == len(compose), "a group is defined twice under monitoring/rules"
+    assert by_name == {group["name"]: group for group in cluster}
