@@ -18,6 +18,7 @@ from urr_common.settings import RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
 from urr_devstack.procs import RedisServer, free_port, is_listening
 from urr_queue.app import create_app
+from urr_queue.console.settings import ConsoleSettings
 from urr_queue.settings import (
     AdmissionSettings,
     EntryTokenSettings,
@@ -144,6 +145,7 @@ def make_settings(tmp_path: Path, tier1_key: SigningKey) -> SettingsFactory:
             "queue_events": QueueEventsSettings(enabled=False),
             "reservation_events": ReservationEventsSettings(enabled=False),
             "tier1_places": Tier1PlacesSettings(enabled=False),
+            "console": ConsoleSettings(enabled=False),
             "heartbeat_bucket_ms": 500,
         }
         values.update(overrides)
