@@ -19,6 +19,7 @@ from urr_common.problems import ServiceUnavailable
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
 from urr_queue import admin, handlers
 from urr_queue.admission import AdmissionLoop
+from urr_queue.apidocs.routes import add_api_docs
 from urr_queue.console.routes import setup_console
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.entry import EntryTokens
@@ -175,6 +176,7 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     _routes(app)
     setup_console(app, settings.console, dynamodb_factory)
+    add_api_docs(app)
     return app
 
 
