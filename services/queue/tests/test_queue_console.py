@@ -22,10 +22,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from urr_common.clients import redis_client
 from urr_common.ratelimit_usage import BLOCKED, hour_start, usage_key
 from urr_common.settings import AwsSettings, RedisSettings
 from urr_queue.app import create_app
-from urr_queue.console.model import ConsoleChange, per_interval, series
+from urr_queue.console.history import ConsoleHistory
+from urr_queue.console.model import AuditRecord, ConsoleChange, per_interval, series
 from urr_queue.console.routes import CONSOLE
 from urr_queue.console.settings import ConsoleSettings
 from urr_queue.console.sources import usage_subjects
@@ -366,3 +368,29 @@ def test_usage_subjects_follow_the_published_policies() -> None:
     assert usage_subjects(published) == [(None, "all"), ("acme", "all"), ("acme", "acme-q")]
     assert (None, "general") in usage_subjects(None)
     assert (None, "general") in usage_subjects(b"{broken")
+
+
+async def test_history_and_audit_on_one_redis_and_on_a_cluster(
+    redis_settings: RedisSettings,
+) -> None:
+    client = redis_client(redis_settings)
+    try:
+        history = ConsoleHistory(client, points=3, interval_s=1.0)
+        now = await history.now_ms()
+        assert abs(now - time.time() * 1000) < 5_000
+        for step in range(4):
+            samples = {"e-a": {"t2_waiting": step}, "e-b": {"t2_waiting": 10 + step}}
+            await history.push(samples, refusals=step, at_ms=now + step)
+        rings, refusals = await history.read(["e-a", "e-b", "e-none"])
+        assert [s["t2_waiting"] for s in rings["e-a"]] == [3, 2, 1]  # newest first, trimmed
+        assert [s["t2_waiting"] for s in rings["e-b"]] == [13, 12, 11]
+        assert rings["e-none"] == []
+        assert [s["refused"] for s in refusals] == [3, 2, 1]
+        assert await history.claim_period(7) is True
+        assert await history.claim_period(7) is False
+        record = AuditRecord(now, "admin-1", "e-a", {"mode": "queue"}, {"mode": "paused"}, "r1")
+        await history.audit(record, keep=100)
+        [stored] = await history.audit_trail(10)
+        assert {k: v for k, v in stored.items() if k != "id"} == record.to_json()
+    finally:
+        await client.aclose()
