@@ -3,7 +3,8 @@ rule) in front of the real queue service on real Redis.
 
 An operator pauses a sale from the page and the figures show it within 2 s; a change made
 elsewhere (another operator's API call) reaches the open page within 2 s too; axe-core finds
-no serious or critical violation, with and without the confirmation dialog open.
+no serious or critical violation, with and without the confirmation dialog open (and none on
+the API documents' viewer at /api/docs).
 """
 
 from __future__ import annotations
@@ -171,6 +172,13 @@ async def test_an_operator_pauses_a_sale_and_the_figures_show_it(
             started = time.monotonic()
             await expect(mode).to_have_text("queue", timeout=SHOWN_WITHIN_S * 1000)
             assert time.monotonic() - started < SHOWN_WITHIN_S
+
+            # The API documents' viewer, through the gateway too, without a login.
+            docs = await browser.new_page()
+            await docs.goto(f"{gateway_url}/api/docs#tier2.json")
+            await expect(docs.locator("main h2")).to_have_text("URR Tier 2: service queue")
+            await expect(docs.locator("main .op")).to_have_count(4)
+            assert await _serious(axe, docs) == []
 
             # The checker does find what it is asked about (an image without a text).
             probe = await context.new_page()
