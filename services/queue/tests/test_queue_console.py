@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import boto3
 import orjson
 import pytest
 import pytest_asyncio
@@ -36,42 +35,11 @@ from urr_ticket.seed import DemoEvent, seed_catalog
 from urr_ticket_worker.schema import migrate
 from urr_vwr_lambda.settings import TableSettings
 from urr_vwr_lambda.store import VwrStore
-from urr_vwr_lambda.tables import ensure_tables
 
 pytestmark = pytest.mark.integration
 
 EVENT = "con-1"
 FIGURES = "/api/v1/admin/console/figures"
-
-
-def aws(endpoint: str) -> AwsSettings:
-    return AwsSettings(
-        endpoint_url=endpoint,
-        region="us-east-1",
-        access_key_id="testing",
-        secret_access_key="testing",
-    )
-
-
-@pytest.fixture
-def tier1(moto_endpoint: str) -> Iterator[tuple[str, VwrStore]]:
-    client = boto3.session.Session().client(
-        "dynamodb",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    suffix = uuid.uuid4().hex[:10]
-    tables = TableSettings(counters=f"counters-{suffix}", positions=f"positions-{suffix}")
-    ensure_tables(client, tables)
-    try:
-        yield (
-            tables.counters,
-            VwrStore(client, counters_table=tables.counters, positions_table=tables.positions),
-        )
-    finally:
-        client.close()
 
 
 @pytest_asyncio.fixture
@@ -109,17 +77,17 @@ async def console(
     aiohttp_client: Any,
     make_settings: Any,
     single_redis: RedisSettings,
-    moto_endpoint: str,
-    tier1: tuple[str, VwrStore],
+    moto_aws: AwsSettings,
+    tier1_tables: tuple[TableSettings, VwrStore],
     booking: asyncpg.Pool,
     postgres_dsn: str,
     admin_headers: dict[str, str],
 ) -> Any:
-    counters, _ = tier1
+    tables, _ = tier1_tables
     settings = make_settings(
         single_redis,
         console=ConsoleSettings(
-            tier1_counters_table=counters,
+            tier1_counters_table=tables.counters,
             seats_dsn=postgres_dsn,
             cache_s=0.5,
             sample_interval_s=60,
@@ -128,16 +96,9 @@ async def console(
     app = create_app(
         settings,
         registry=CollectorRegistry(),
-        dynamodb_factory=lambda: open_dynamodb(aws(moto_endpoint)),
+        dynamodb_factory=lambda: open_dynamodb(moto_aws),
     )
-    client = await aiohttp_client(app)
-    answer = await client.put(
-        f"/api/v1/admin/queue/{EVENT}",
-        json={"capacity": 5, "admit_per_second": 2.0},
-        headers=admin_headers,
-    )
-    assert answer.status == 201
-    return client
+    return await _with_event(await aiohttp_client(app), admin_headers)
 
 
 @pytest_asyncio.fixture
@@ -152,6 +113,11 @@ async def plain_console(
         single_redis, console=ConsoleSettings(tier1_counters_table="", sample_interval_s=60)
     )
     client = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
+    return await _with_event(client, admin_headers)
+
+
+async def _with_event(client: Any, admin_headers: dict[str, str]) -> Any:
+    """The client, once the Tier-2 event ``con-1`` exists (capacity 5, 2 admissions/s)."""
     answer = await client.put(
         f"/api/v1/admin/queue/{EVENT}",
         json={"capacity": 5, "admit_per_second": 2.0},
@@ -177,12 +143,12 @@ def _event(view: dict[str, Any], event_id: str) -> dict[str, Any]:
 
 async def test_one_view_joins_every_source(
     console: Any,
-    tier1: tuple[str, VwrStore],
+    tier1_tables: tuple[TableSettings, VwrStore],
     single_redis: RedisSettings,
     admin_headers: dict[str, str],
     as_user: Any,
 ) -> None:
-    _, vwr = tier1
+    _, vwr = tier1_tables
     vwr.put_event(EVENT, is_active=True, batch_size=50, now_ms=int(time.time() * 1000))
     vwr.put_event("tier1-only", is_active=False, batch_size=10, now_ms=int(time.time() * 1000))
     for user in ("w1", "w2"):

@@ -14,7 +14,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from urr_queue.config import EventConfig, EventConfigPatch, Mode
-from urr_queue.estimates import admission_rate, eta_seconds
+from urr_queue.estimates import eta_seconds
 from urr_queue.store import Figures
 
 
@@ -45,13 +45,7 @@ class Tier2Row:
     @classmethod
     def from_figures(cls, figures: Figures) -> Tier2Row:
         config = figures.config
-        rate = admission_rate(
-            figures.measured_rate,
-            mode=config.mode,
-            capacity=config.capacity,
-            admit_per_second=config.admit_per_second,
-            session_seconds=config.session_seconds,
-        )
+        rate = figures.expected_rate()
         oldest = figures.oldest_wait_ms
         return cls(
             mode=config.mode.value,
