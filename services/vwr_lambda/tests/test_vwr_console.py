@@ -75,6 +75,7 @@ async def queue_url(
                 tier1_counters_table=vwr.settings.tables.counters,
                 tier1_admin_url=api_url,
                 sample_interval_s=60,
+                cache_s=0.0,  # every read fresh: the test changes Tier 1 between reads
             ),
         )
         app = create_queue(
@@ -92,15 +93,22 @@ async def test_the_console_switches_a_waiting_room_on_and_records_it(
     vwr.open_event(EVENT, active=False)
     change = f"{queue_url}/api/v1/admin/console/events/{EVENT}/changes"
     async with ClientSession() as http:
-        # A caller whose own token Tier 1 refuses changes nothing, and nothing is recorded.
+        created = await http.put(
+            f"{queue_url}/api/v1/admin/queue/{EVENT}", json={"capacity": 2}, headers=ADMIN
+        )
+        assert created.status == 201
+        # A caller whose own token Tier 1 refuses changes nothing (not even the Tier-2 part
+        # of the same change), and nothing is recorded.
         refused = await http.post(
             change,
-            json={"waiting_room_active": True},
+            json={"waiting_room_active": True, "mode": "paused"},
             headers={**ADMIN, "Authorization": f"Bearer {vwr.admin_token(role='user')}"},
         )
         assert refused.status == 502
         assert (await refused.json())["code"] == "tier1_admin_refused"
         assert vwr.status(EVENT).body["isActive"] is False
+        admin = await http.get(f"{queue_url}/api/v1/admin/queue/{EVENT}", headers=ADMIN)
+        assert (await admin.json())["config"]["mode"] == "queue"
 
         answer = await http.post(
             change,
@@ -120,7 +128,7 @@ async def test_the_console_switches_a_waiting_room_on_and_records_it(
         ).json()
         [event] = [e for e in view["events"] if e["event_id"] == EVENT]
         assert event["tier1"]["is_active"] is True
-        assert event["tier2"] is None  # a room without a Tier-2 queue is still listed
+        assert event["tier2"]["mode"] == "queue"
         assert view["controls"]["waiting_room"] is True
         trail = await (
             await http.get(f"{queue_url}/api/v1/admin/console/audit", headers=ADMIN)
@@ -133,6 +141,12 @@ async def test_the_console_switches_a_waiting_room_on_and_records_it(
             headers={**ADMIN, "Authorization": f"Bearer {vwr.admin_token()}"},
         )
         assert missing.status == 404
+        vwr.open_event("room-only", active=False)
+        view = await (
+            await http.get(f"{queue_url}/api/v1/admin/console/figures", headers=ADMIN)
+        ).json()
+        [room] = [e for e in view["events"] if e["event_id"] == "room-only"]
+        assert room["tier2"] is None  # a room without a Tier-2 queue is still listed
 
 
 def _check(doc: dict[str, Any], path: str, method: str, answer: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from importlib.resources import files
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from urr_common.clients import open_postgres
 from urr_common.logs import get_logger
@@ -104,12 +106,15 @@ async def audit_trail(request: web.Request) -> web.Response:
 
 
 async def change(request: web.Request) -> web.Response:
-    """Apply one confirmed change and record it; nothing changes when any part is refused."""
+    """Apply one confirmed change and record it.
+
+    Bad input, an unknown event and a Tier-1 refusal change nothing; a part that fails after
+    another was applied leaves the applied part recorded.
+    """
     require_admin(request)
     actor = user_id_of(request)
     event_id = event_id_of(request)
     wanted = await read_json(request, ConsoleChange)
-    console = request.app[CONSOLE]
     ctx = request.app[QUEUE_CONTEXT]
     patch = wanted.tier2_patch()
     current: EventConfig | None = None
@@ -123,30 +128,56 @@ async def change(request: web.Request) -> web.Response:
 
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
-    if patch is not None and current is not None:
-        updated = patch.apply_to(current)
-        if await ctx.store.configure(event_id, updated) == "queue_not_empty":
-            raise Conflict("the queue refused the change", code="queue_not_empty")
-        old, new = tier2_before_after(current, updated, patch)
-        before.update(old)
-        after.update(new)
-    if wanted.waiting_room_active is not None:
-        await _set_waiting_room(request, event_id, wanted.waiting_room_active)
-        before["waiting_room_active"] = tier1_before
-        after["waiting_room_active"] = wanted.waiting_room_active
+    try:
+        # Tier 1 first: it is the part that may refuse (the operator's token, the room), and
+        # a refusal then changes nothing at all.
+        if wanted.waiting_room_active is not None:
+            await _set_waiting_room(request, event_id, wanted.waiting_room_active)
+            before["waiting_room_active"] = tier1_before
+            after["waiting_room_active"] = wanted.waiting_room_active
+        if patch is not None and current is not None:
+            updated = patch.apply_to(current)
+            if await ctx.store.configure(event_id, updated) == "queue_not_empty":
+                raise Conflict("the queue refused the change", code="queue_not_empty")
+            old, new = tier2_before_after(current, updated, patch)
+            before.update(old)
+            after.update(new)
+    finally:
+        # Whatever was applied is recorded, also when a later part failed.
+        if after:
+            record = await _record(request, actor, event_id, before, after)
+    return json_response(record.to_json())
 
+
+async def _record(
+    request: web.Request,
+    actor: str,
+    event_id: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> AuditRecord:
+    console = request.app[CONSOLE]
+    console.invalidate()
+    try:
+        at_ms = await console.history.now_ms()
+    except RedisError:
+        at_ms = int(time.time() * 1000)
     record = AuditRecord(
-        at_ms=await console.history.now_ms(),
+        at_ms=at_ms,
         actor=actor,
         event_id=event_id,
         before=before,
         after=after,
         request_id=request_id_of(request),
     )
-    await console.history.audit(record, keep=console.settings.audit_max)
+    # The log line is the record of last resort: the change is made, even if the stream
+    # write fails (the operator must not read "not applied" then).
     _LOG.info("console_change", **record.to_json())
-    console.invalidate()
-    return json_response(record.to_json())
+    try:
+        await console.history.audit(record, keep=console.settings.audit_max)
+    except RedisError as exc:
+        _LOG.warning("console_audit_not_stored", error=f"{type(exc).__name__}: {exc}")
+    return record
 
 
 async def _tier1_state(request: web.Request, event_id: str) -> bool:
