@@ -34,6 +34,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
+#: Screenshots of the console and the API viewer, for people to look at.
+SHOTS = Path(__file__).resolve().parents[3] / "artifacts" / "console" / "tests"
 EVENT = "brw-1"
 MODE_CELL = f"#event-{EVENT} [data-field='t2-mode']"
 #: The issue's bound: a pause shows in the figures within 2 s.
@@ -156,6 +158,8 @@ async def test_an_operator_pauses_a_sale_and_the_figures_show_it(
             await page.click("#confirm-yes")
             await expect(mode).to_have_text("paused", timeout=SHOWN_WITHIN_S * 1000)
             assert time.monotonic() - started < SHOWN_WITHIN_S
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(SHOTS / "console-paused.png"), full_page=True)
             notice = await page.text_content("#notice") or ""
             assert "mode queue → paused" in notice
             assert "ops-7" in notice  # the audit names the operator the gateway verified
@@ -179,6 +183,7 @@ async def test_an_operator_pauses_a_sale_and_the_figures_show_it(
             await expect(docs.locator("main h2")).to_have_text("URR Tier 2: service queue")
             await expect(docs.locator("main .op")).to_have_count(4)
             assert await _serious(axe, docs) == []
+            await docs.screenshot(path=str(SHOTS / "api-docs-tier2.png"), full_page=True)
 
             # The checker does find what it is asked about (an image without a text).
             probe = await context.new_page()

@@ -107,6 +107,8 @@ async function sendChange(eventId, change, description) {
     return;
   }
   const record = await response.json();
+  const state = cards.get(eventId);
+  if (state) state.seeded = false; // the inputs show the new settings after the refresh
   const parts = Object.keys(record.after).map(
     (name) => `${name} ${show(record.before[name])} → ${show(record.after[name])}`,
   );
@@ -218,7 +220,8 @@ function renderEvent(event, canSwitchRoom) {
   setField(card, "t2-mode", t2 ? t2.mode : "not configured", t2 ? `mode-${t2.mode}` : "");
   setField(card, "t2-waiting", show(t2 && t2.waiting));
   setField(card, "t2-admitted", t2 ? `${t2.admitted} of ${t2.capacity}` : "–");
-  setField(card, "t2-rate", t2 ? `${show(t2.admission_rate_per_second)}/s (limit ${t2.admit_per_second}/s)` : "–");
+  const rate = t2 && t2.admission_rate_per_second !== null ? `${t2.admission_rate_per_second}/s` : "none";
+  setField(card, "t2-rate", t2 ? `${rate} (limit ${t2.admit_per_second}/s)` : "–");
   setField(card, "t2-oldest", show(t2 && t2.oldest_waiter_seconds, "s"));
   setField(card, "t2-eta", show(t2 && t2.eta_seconds, "s"));
   setField(card, "seats-held", show(seats && seats.held));
