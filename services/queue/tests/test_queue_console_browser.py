@@ -157,7 +157,9 @@ async def test_an_operator_pauses_a_sale_and_the_figures_show_it(
             started = time.monotonic()
             await page.click("#confirm-yes")
             await expect(mode).to_have_text("paused", timeout=SHOWN_WITHIN_S * 1000)
-            assert time.monotonic() - started < SHOWN_WITHIN_S
+            shown_after = time.monotonic() - started
+            print(f"the page's own pause shown after {shown_after:.2f} s")
+            assert shown_after < SHOWN_WITHIN_S
             SHOTS.mkdir(parents=True, exist_ok=True)
             await page.screenshot(path=str(SHOTS / "console-paused.png"), full_page=True)
             notice = await page.text_content("#notice") or ""
@@ -175,7 +177,9 @@ async def test_an_operator_pauses_a_sale_and_the_figures_show_it(
                 assert answer.status == 200
             started = time.monotonic()
             await expect(mode).to_have_text("queue", timeout=SHOWN_WITHIN_S * 1000)
-            assert time.monotonic() - started < SHOWN_WITHIN_S
+            shown_after = time.monotonic() - started
+            print(f"a change made elsewhere shown after {shown_after:.2f} s")
+            assert shown_after < SHOWN_WITHIN_S
 
             # The API documents' viewer, through the gateway too, without a login.
             docs = await browser.new_page()
