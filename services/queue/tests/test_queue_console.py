@@ -360,3 +360,51 @@ async def test_history_and_audit_on_one_redis_and_on_a_cluster(
         assert {k: v for k, v in stored.items() if k != "id"} == record.to_json()
     finally:
         await client.aclose()
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text()),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+HTTP_FUZZ = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@HTTP_FUZZ
+@given(
+    body=st.dictionaries(
+        st.one_of(
+            st.sampled_from(["mode", "capacity", "admit_per_second", "waiting_room_active"]),
+            st.text(max_size=10),
+        ),
+        JSON_VALUES,
+        max_size=3,
+    ),
+    event=st.one_of(st.just(EVENT), st.text(min_size=1, max_size=70)),
+    limit=st.text(max_size=6),
+)
+async def test_fuzzed_changes_are_answered_cleanly_and_refusals_change_nothing(
+    plain_console: Any, admin_headers: dict[str, str], body: Any, event: str, limit: str
+) -> None:
+    from urllib.parse import quote
+
+    audit = "/api/v1/admin/console/audit"  # read with limit=200: more than the examples
+    before = await (await plain_console.get(f"{audit}?limit=200", headers=admin_headers)).json()
+    answer = await plain_console.post(
+        f"/api/v1/admin/console/events/{quote(event, safe='')}/changes",
+        json=body,
+        headers=admin_headers,
+    )
+    assert answer.status < 500
+    after = await (await plain_console.get(f"{audit}?limit=200", headers=admin_headers)).json()
+    if answer.status == 200:
+        assert len(after["records"]) == len(before["records"]) + 1
+    else:
+        assert answer.content_type == "application/problem+json"
+        assert after == before
+    listed = await plain_console.get(f"{audit}?limit={quote(limit)}", headers=admin_headers)
+    assert listed.status in (200, 400)
