@@ -49,6 +49,7 @@ def _match(path: str) -> RouteMatch | None:
             False,
             None,
         ),
+        ("/api/v1/ratelimit/usage", "ratelimit_usage", RL_ADMIN, False, None, False, None),
         ("/v1/log/jwks.json", "admission_log", Upstream.ADMISSION_LOG, False, None, False, None),
         ("/v1/log/e1/sth", "admission_log", Upstream.ADMISSION_LOG, False, None, False, None),
         ("/v1/log/e1/proof/inclusion", "admission_log", LOG, False, None, False, None),
@@ -167,10 +168,22 @@ def test_the_console_and_the_api_docs_are_routed_to_the_queue():
     assert _match("/api/docs/v1/x").route.methods == frozenset({"GET", "HEAD"})  # type: ignore[union-attr]
 
 
-def test_only_the_log_is_read_only_and_ratelimit_admin_needs_the_role():
+def test_only_the_log_and_tenant_usage_are_read_only_and_ratelimit_admin_needs_the_role():
     read_only = {route.name for route in ROUTES if route.methods is not None}
-    # The public log, the API documents and the console's page (issue 21).
-    assert read_only == {"admission_log", "api_docs", "api_docs_files", "admin_console_page"}
+    # The public log, tenants' usage, the API documents and the console's page (issue 21).
+    assert read_only == {
+        "admission_log",
+        "ratelimit_usage",
+        "api_docs",
+        "api_docs_files",
+        "admin_console_page",
+    }
+    usage = _match("/api/v1/ratelimit/usage")
+    assert usage is not None
+    assert usage.route.methods == frozenset({"GET", "HEAD"})
+    # Exact: nothing else under /api/v1/ratelimit reaches the admin service without a login.
+    assert _match("/api/v1/ratelimit/usage/x") is None
+    assert _match("/api/v1/ratelimit/tenants") is None
     log = _match("/v1/log/e1/entries")
     assert log is not None
     assert log.route.methods == frozenset({"GET", "HEAD"})

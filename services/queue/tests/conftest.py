@@ -24,6 +24,7 @@ from urr_queue.console.settings import ConsoleSettings
 from urr_queue.settings import (
     AdmissionSettings,
     EntryTokenSettings,
+    FiguresSettings,
     QueueEventsSettings,
     QueueSettings,
     ReservationEventsSettings,
@@ -150,6 +151,7 @@ def make_settings(tmp_path: Path, tier1_key: SigningKey) -> SettingsFactory:
             "queue_events": QueueEventsSettings(enabled=False),
             "reservation_events": ReservationEventsSettings(enabled=False),
             "tier1_places": Tier1PlacesSettings(enabled=False),
+            "figures": FiguresSettings(enabled=False),
             "console": ConsoleSettings(enabled=False),
             "heartbeat_bucket_ms": 500,
         }

@@ -99,7 +99,8 @@ async def figures(request: web.Request) -> web.Response:
 async def audit_trail(request: web.Request) -> web.Response:
     require_admin(request)
     raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= AUDIT_LIMIT_MAX:
+    # isascii: str.isdigit() also accepts digits int() refuses ("²").
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= AUDIT_LIMIT_MAX:
         raise BadRequest(f"limit is a whole number from 1 to {AUDIT_LIMIT_MAX}", code="bad_limit")
     records = await request.app[CONSOLE].history.audit_trail(int(raw))
     return json_response({"records": records}, headers={"Cache-Control": "no-store"})
