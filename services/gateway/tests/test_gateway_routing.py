@@ -122,11 +122,26 @@ def test_fuzz_every_seat_or_reservation_route_needs_an_entry_token(segments):
 
 
 areas = st.sampled_from(
-    ["auth", "queue", "admin", "seats", "reservations", "events", "stats", "log", "x"]
+    [
+        "auth",
+        "queue",
+        "admin",
+        "seats",
+        "reservations",
+        "events",
+        "stats",
+        "log",
+        "x",
+        "docs",
+        "console",
+        "v1",
+    ]
 )
 
 
-heads = st.sampled_from([("api", "v1"), ("events",), ("site", "assets"), ("site",), ("v1",), ()])
+heads = st.sampled_from(
+    [("api", "v1"), ("events",), ("site", "assets"), ("site",), ("v1",), ("api",), ("admin",), ()]
+)
 
 
 @given(heads, st.lists(st.one_of(segment, areas, st.just("capacity")), max_size=4), areas)
@@ -137,9 +152,32 @@ def test_fuzz_the_index_agrees_with_a_scan_of_the_table(head, tail, area):
     assert match_route(segments) == match_route(segments, linear)
 
 
+def test_the_console_and_the_api_docs_are_routed_to_the_queue():
+    for path, role in (
+        ("/admin/console", "admin"),
+        ("/admin/console/console.js", "admin"),
+        ("/api/v1/admin/console/figures", "admin"),
+        ("/api/docs", None),
+        ("/api/docs/v1/tier2.json", None),
+    ):
+        match = _match(path)
+        assert match is not None, path
+        assert match.route.upstream is Upstream.QUEUE
+        assert match.route.needs_role == role
+    assert _match("/api/docs/other") is None
+    assert _match("/api/docs/v1/x").route.methods == frozenset({"GET", "HEAD"})  # type: ignore[union-attr]
+
+
 def test_only_the_log_and_tenant_usage_are_read_only_and_ratelimit_admin_needs_the_role():
     read_only = {route.name for route in ROUTES if route.methods is not None}
-    assert read_only == {"admission_log", "ratelimit_usage"}
+    # The public log, tenants' usage, the API documents and the console's page (issue 21).
+    assert read_only == {
+        "admission_log",
+        "ratelimit_usage",
+        "api_docs",
+        "api_docs_files",
+        "admin_console_page",
+    }
     usage = _match("/api/v1/ratelimit/usage")
     assert usage is not None
     assert usage.route.methods == frozenset({"GET", "HEAD"})

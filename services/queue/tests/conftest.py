@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from urr_common.clients import redis_client
-from urr_common.settings import RedisSettings
+from urr_common.settings import AwsSettings, RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
 from urr_devstack.procs import RedisServer, free_port, is_listening
 from urr_queue.app import create_app
+from urr_queue.console.settings import ConsoleSettings
 from urr_queue.settings import (
     AdmissionSettings,
     EntryTokenSettings,
@@ -29,6 +32,9 @@ from urr_queue.settings import (
     VwrTrustSettings,
 )
 from urr_queue.store import QueueStore
+from urr_vwr_lambda.settings import TableSettings
+from urr_vwr_lambda.store import VwrStore
+from urr_vwr_lambda.tables import ensure_tables
 
 
 def _cluster_port() -> int:
@@ -146,6 +152,7 @@ def make_settings(tmp_path: Path, tier1_key: SigningKey) -> SettingsFactory:
             "reservation_events": ReservationEventsSettings(enabled=False),
             "tier1_places": Tier1PlacesSettings(enabled=False),
             "figures": FiguresSettings(enabled=False),
+            "console": ConsoleSettings(enabled=False),
             "heartbeat_bucket_ms": 500,
         }
         values.update(overrides)
@@ -199,3 +206,33 @@ def as_user() -> Callable[[str], dict[str, str]]:
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
     return dict(ADMIN_HEADERS)
+
+
+@pytest.fixture
+def moto_aws(moto_endpoint: str) -> AwsSettings:
+    """The test session's moto server as the queue's AWS settings."""
+    return AwsSettings(
+        endpoint_url=moto_endpoint,
+        region="us-east-1",
+        access_key_id="testing",
+        secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def tier1_tables(moto_endpoint: str) -> Iterator[tuple[TableSettings, VwrStore]]:
+    client = boto3.session.Session().client(
+        "dynamodb",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    suffix = uuid.uuid4().hex[:10]
+    tables = TableSettings(counters=f"counters-{suffix}", positions=f"positions-{suffix}")
+    ensure_tables(client, tables)
+    store = VwrStore(client, counters_table=tables.counters, positions_table=tables.positions)
+    try:
+        yield tables, store
+    finally:
+        client.close()

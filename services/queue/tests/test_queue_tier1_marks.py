@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import boto3
 import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
@@ -28,7 +27,6 @@ from urr_queue.tier1 import place_key
 from urr_queue.tier1_marks import SpentPlaceMarker, SpentPlaceTable, open_dynamodb
 from urr_vwr_lambda.settings import TableSettings
 from urr_vwr_lambda.store import VwrStore
-from urr_vwr_lambda.tables import ensure_tables
 
 pytestmark = pytest.mark.integration
 
@@ -43,25 +41,6 @@ def aws_settings(endpoint: str) -> AwsSettings:
         access_key_id="testing",
         secret_access_key="testing",
     )
-
-
-@pytest.fixture
-def tier1_tables(moto_endpoint: str) -> Iterator[tuple[TableSettings, VwrStore]]:
-    client = boto3.session.Session().client(
-        "dynamodb",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    suffix = uuid.uuid4().hex[:10]
-    tables = TableSettings(counters=f"counters-{suffix}", positions=f"positions-{suffix}")
-    ensure_tables(client, tables)
-    store = VwrStore(client, counters_table=tables.counters, positions_table=tables.positions)
-    try:
-        yield tables, store
-    finally:
-        client.close()
 
 
 @pytest_asyncio.fixture

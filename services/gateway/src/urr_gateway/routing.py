@@ -74,6 +74,14 @@ ROUTES: tuple[Route, ...] = (
         needs_login=True,
         needs_role=ADMIN_ROLE,
     ),
+    # The operator console's figures and controls (issue 21), served by the queue service.
+    Route(
+        "admin_console",
+        _segments("/api/v1/admin/console"),
+        Upstream.QUEUE,
+        needs_login=True,
+        needs_role=ADMIN_ROLE,
+    ),
     # Every other admin path: refused without the role before anyone learns it does not exist.
     Route("admin", _segments("/api/v1/admin"), None, needs_login=True, needs_role=ADMIN_ROLE),
     Route(
@@ -105,6 +113,19 @@ ROUTES: tuple[Route, ...] = (
         exact=True,
         methods=READ_METHODS,
     ),
+    # The operator console's page and its two files (read only, admin role).
+    Route(
+        "admin_console_page",
+        _segments("/admin/console"),
+        Upstream.QUEUE,
+        needs_login=True,
+        needs_role=ADMIN_ROLE,
+        methods=READ_METHODS,
+    ),
+    # The OpenAPI documents of the public APIs and their viewer (issue 21), from the queue
+    # service, readable by anyone (native app developers included).
+    Route("api_docs", ("api", "docs"), Upstream.QUEUE, exact=True, methods=READ_METHODS),
+    Route("api_docs_files", _segments("/api/docs/v1"), Upstream.QUEUE, methods=READ_METHODS),
     # The public admission log (issue 19): anyone may read it, nobody writes through it.
     Route("admission_log", _segments("/v1/log"), Upstream.ADMISSION_LOG, methods=READ_METHODS),
 )
@@ -124,7 +145,9 @@ def _index(routes: tuple[Route, ...]) -> dict[tuple[str, ...], tuple[Route, ...]
     index: dict[tuple[str, ...], list[Route]] = {}
     for route in routes:
         head = _head(route.pattern)
-        if EVENT in head or (head[:1] == ("api",) and len(head) < _API_DEPTH):
+        # A short API pattern would hide longer paths from its head, unless it is exact.
+        short = head[:1] == ("api",) and len(head) < _API_DEPTH and not route.exact
+        if EVENT in head or short:
             raise ValueError(f"route {route.name} has no literal head to be indexed by")
         index.setdefault(head, []).append(route)
     return {head: tuple(group) for head, group in index.items()}

@@ -10,7 +10,7 @@ from urr_common.payloads import json_response, read_json
 from urr_common.problems import Conflict, Forbidden
 from urr_queue.config import EventConfig, EventConfigPatch
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
-from urr_queue.estimates import admission_rate, eta_seconds
+from urr_queue.estimates import eta_seconds
 from urr_queue.handlers import event_id_of, no_event
 
 ADMIN_ROLE = "admin"
@@ -26,13 +26,7 @@ async def _describe(ctx: QueueContext, event_id: str) -> dict[str, Any]:
     if figures is None:
         raise no_event(event_id)
     config = figures.config
-    rate = admission_rate(
-        figures.measured_rate,
-        mode=config.mode,
-        capacity=config.capacity,
-        admit_per_second=config.admit_per_second,
-        session_seconds=config.session_seconds,
-    )
+    rate = figures.expected_rate()
     oldest = figures.oldest_wait_ms
     hold = figures.order_hold_since_ms
     return {

@@ -19,6 +19,8 @@ from urr_common.problems import ServiceUnavailable
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
 from urr_queue import admin, handlers
 from urr_queue.admission import AdmissionLoop
+from urr_queue.apidocs.routes import add_api_docs
+from urr_queue.console.routes import setup_console
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.entry import EntryTokens
 from urr_queue.events import ProducerFactory, QueueEventPublisher
@@ -119,7 +121,7 @@ def create_app(
         retry_delay_s=settings.queue_events.retry_delay_s,
     )
 
-    if dynamodb_factory is None and settings.tier1_places.enabled:
+    if dynamodb_factory is None and (settings.tier1_places.enabled or settings.console.enabled):
         dynamodb_factory = _default_dynamodb_factory(settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -159,7 +161,7 @@ def create_app(
                     retry_delay_s=settings.reservation_events.retry_delay_s,
                 )
                 tasks.append(asyncio.create_task(consumer.run(), name="reservation-events"))
-            if dynamodb_factory is not None:
+            if dynamodb_factory is not None and settings.tier1_places.enabled:
                 dynamodb = await clients.enter_async_context(dynamodb_factory())
                 marker = SpentPlaceMarker(
                     store,
@@ -177,6 +179,8 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     _routes(app)
+    setup_console(app, settings.console, dynamodb_factory)
+    add_api_docs(app)
     return app
 
 

@@ -15,6 +15,7 @@ from urr_common.settings import (
     TokenKeySettings,
     TrustedKeysSettings,
 )
+from urr_queue.console.settings import ConsoleSettings
 
 QUEUE_PORT = 3007
 
@@ -136,6 +137,8 @@ class QueueSettings(ServiceSettings):
     aws: AwsSettings = Field(default_factory=AwsSettings)
     tier1_places: Tier1PlacesSettings = Field(default_factory=Tier1PlacesSettings)
     figures: FiguresSettings = Field(default_factory=FiguresSettings)
+    #: The operator console (``console/``), ``URR_CONSOLE__*``.
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     #: ``Secure`` attribute of the ``urr-entry-token`` cookie (on wherever the site uses TLS).
     cookie_secure: bool = False
     #: Width of one heartbeat bucket. Written into an event's configuration when the event is

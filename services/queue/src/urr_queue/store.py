@@ -13,6 +13,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from urr_queue.config import EventConfig, Mode
+from urr_queue.estimates import admission_rate
 from urr_queue.keys import EVENTS_SET, EventKeys, event_keys, revoked_key
 from urr_queue.members import decode_member, encode_member
 
@@ -129,6 +130,17 @@ class Figures:
     #: of those waiting is held for a lower number still on its way, since when (ms).
     order_cursor: int | None = None
     order_hold_since_ms: int | None = None
+
+    def expected_rate(self) -> float | None:
+        """Admissions per second to expect now (None while the event admits nobody)."""
+        config = self.config
+        return admission_rate(
+            self.measured_rate,
+            mode=config.mode,
+            capacity=config.capacity,
+            admit_per_second=config.admit_per_second,
+            session_seconds=config.session_seconds,
+        )
 
 
 class QueueStore:
