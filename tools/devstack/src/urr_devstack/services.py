@@ -85,7 +85,11 @@ SERVICES: tuple[ServiceSpec, ...] = (
         },
         extra_ports={"internal": 3011},
     ),
-    ServiceSpec("queue", "urr_queue", 3007),
+    # The operator console switches Tier 1's waiting room through its admin API with the
+    # operator's own token (its seat figures read the booking database: stack.common_env).
+    ServiceSpec(
+        "queue", "urr_queue", 3007, env={"URR_CONSOLE__TIER1_ADMIN_URL": "{vwr_apigw_url}"}
+    ),
     ServiceSpec("ticket", "urr_ticket", 3002, env=_TICKET_ENV),
     ServiceSpec("ticket-outcomes", "urr_ticket.outcomes", 3024, env=_TICKET_ENV),
     # In AWS the booking worker is a Lambda on the SQS FIFO queue; locally a poller feeds it.

@@ -122,6 +122,8 @@ def common_env(
         "URR_LOG__FORMAT": settings.service_log_format,
         "URR_REDIS__URL": infra.redis_url,
         "URR_POSTGRES__DSN": database_dsn,
+        # The queue's operator console counts seats held and sold in the booking database.
+        "URR_CONSOLE__SEATS_DSN": database_dsn,
         "URR_KAFKA__BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
         "URR_AWS__ENDPOINT_URL": infra.moto_url,
         "URR_AWS__REGION": settings.aws_region,
