@@ -42,11 +42,20 @@ from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, bulk, encode_command
 from urr_gateway.ratelimit.store import (
+    TENANT_SCRIPT_NAME,
     CategoryCalls,
     RedisSlidingLog,
     ScriptResult,
     load_script_source,
     parse_reply,
+    tenant_args,
+    tenant_keys,
+)
+from urr_gateway.ratelimit.tenant import (
+    CompiledPolicy,
+    TenantScriptResult,
+    parse_tenant_reply,
+    tenant_subject,
 )
 from urr_gateway.ratelimit.window import WindowSpec
 
@@ -107,7 +116,8 @@ class _Node:
         self._stall_s = stall_s
         self._load_command = load_command
         self._batch: list[tuple[bytes, asyncio.Future[Any]]] = []
-        self._load_first = False
+        #: ``SCRIPT LOAD`` commands the next write sends first (after a NOSCRIPT).
+        self._load_first: list[bytes] = []
         self._pipe: RespPipe | None = None
         self._connection: AbstractConnection | None = None
         self._opening: asyncio.Task[None] | None = None
@@ -118,10 +128,16 @@ class _Node:
         self.commands = 0
 
     def submit(
-        self, command: bytes, *, load_script: bool = False, timed: bool = False
+        self,
+        command: bytes,
+        *,
+        load_script: bool | bytes = False,
+        timed: bool = False,
     ) -> asyncio.Future[Any]:
-        """Queue ``command`` for the next write. ``timed``: the reply must come within the
-        budget (one timer per batch), else the future fails with ``TimeoutError``."""
+        """Queue ``command`` for the next write. ``load_script``: send a ``SCRIPT LOAD`` first
+        (``True``: the sliding-window script's, bytes: that command). ``timed``: the reply must
+        come within the budget (one timer per batch), else the future fails with
+        ``TimeoutError``."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
@@ -129,7 +145,9 @@ class _Node:
             return future
         self._batch.append((command, future))
         if load_script:
-            self._load_first = True
+            load = self._load_command if load_script is True else load_script
+            if load not in self._load_first:
+                self._load_first.append(load)
         if self._flush_handle is None:
             if self._window_s > 0:
                 self._flush_handle = loop.call_later(self._window_s, self._flush)
@@ -158,10 +176,10 @@ class _Node:
         self._batch = []
         parts: list[bytes] = []
         waiters: list[asyncio.Future[Any] | None] = []
-        if self._load_first:
-            self._load_first = False
-            parts.append(self._load_command)
+        for load in self._load_first:
+            parts.append(load)
             waiters.append(None)
+        self._load_first = []
         for command, future in batch:
             if not future.done():  # cancelled callers are left out
                 parts.append(command)
@@ -242,6 +260,11 @@ class PipelinedSlidingLog:
         self._source = load_script_source()
         self._sha = hashlib.sha1(self._source.encode(), usedforsecurity=False).hexdigest()
         self._load_command = encode_command(b"SCRIPT", b"LOAD", self._source.encode())
+        self._tenant_source = load_script_source(TENANT_SCRIPT_NAME)
+        self._tenant_sha = hashlib.sha1(
+            self._tenant_source.encode(), usedforsecurity=False
+        ).hexdigest()
+        self._tenant_load = encode_command(b"SCRIPT", b"LOAD", self._tenant_source.encode())
         self._calls = CategoryCalls()
         self._encoded: dict[str, tuple[object, _EncodedCall]] = {}
         self._cluster = redis if isinstance(redis, RedisCluster) else None
@@ -317,6 +340,7 @@ class PipelinedSlidingLog:
         """``SCRIPT LOAD`` through the client (every primary of a cluster), then open the
         lean connection(s) ahead of the first decisions."""
         await self._redis.script_load(self._source)
+        await self._redis.script_load(self._tenant_source)
         if self._cluster is None:
             await self.ping()
         else:
@@ -367,6 +391,34 @@ class PipelinedSlidingLog:
             # redis-py's cluster client follows MOVED/ASK and refreshes its slot map.
             return await self._through_client.evaluate(subject, category, specs, cost, revoked_key)
         return parse_reply(reply, encoded.windows, checked)
+
+    async def evaluate_tenant(
+        self,
+        compiled: CompiledPolicy,
+        tenant: str,
+        cost: int,
+        quota: int,
+        now_us: int | None = None,
+    ) -> TenantScriptResult:
+        """One tenant decision (``tenant_decision.lua``), in this tick's batch like the rest."""
+        keys = tenant_keys(compiled, tenant)
+        command = encode_command(
+            b"EVALSHA",
+            self._tenant_sha.encode(),
+            b"%d" % len(keys),
+            *keys,
+            *tenant_args(compiled, tenant, cost, quota, now_us),
+        )
+        node = await self._node_for(b"{" + tenant_subject(tenant).encode() + b"}")
+        try:
+            reply = await node.submit(command, timed=True)
+        except NoScriptError:
+            reply = await node.submit(command, load_script=self._tenant_load, timed=True)
+        except RedirectedError:
+            if self._through_client is None:
+                raise
+            return await self._through_client.evaluate_tenant(compiled, tenant, cost, quota, now_us)
+        return parse_tenant_reply(reply, len(compiled.specs))
 
     def _encoded_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _EncodedCall:
         entry = self._encoded.get(category)

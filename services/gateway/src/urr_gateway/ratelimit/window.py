@@ -19,9 +19,9 @@ from typing import Literal
 US_PER_MS = 1_000
 US_PER_S = 1_000_000
 
-#: Where a decision came from: Redis, the deny cache, the in-process fallback limiter, or the
-#: fail-open rule.
-DecisionSource = Literal["redis", "deny_cache", "local", "open"]
+#: Where a decision came from: Redis, the deny cache, the in-process fallback limiter, the
+#: fail-open rule, or the fail-closed rule (a policy with ``failure: closed``).
+DecisionSource = Literal["redis", "deny_cache", "local", "open", "closed"]
 
 
 def ceil_div(numerator: int, denominator: int) -> int:

@@ -1,0 +1,248 @@
+"""Tenant decisions: a published policy applied to a tenant, with its monthly quota.
+
+Pure: the published configuration compiled for the hot path (:class:`CompiledPolicies`),
+and the answer of ``tenant_decision.lua`` turned into a :class:`TenantDecision`. The I/O is
+in ``store.py`` / ``pipeline.py`` (the script) and ``policyset.py`` (following the set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from urr_common.ratelimit_policies import Policy, PolicySet, api_key_digest, default_policies
+from urr_common.ratelimit_usage import quota_key, tenant_tag, usage_key
+from urr_gateway.ratelimit.window import (
+    Decision,
+    DecisionSource,
+    WindowOutcome,
+    WindowSpec,
+    WindowState,
+    policy_names,
+    us_to_ms_up,
+)
+
+
+def tenant_subject(tenant: str) -> str:
+    """The limiter subject of a tenant: its windows share the ``{rl:<tenant>}`` hash tag with
+    its usage hashes and quota counter, so one script may touch them all."""
+    return tenant_tag(tenant)[1:-1]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    """A policy with what the decision path needs precomputed once per published version."""
+
+    policy: Policy
+    specs: tuple[WindowSpec, ...]
+    #: The largest cost any request can be admitted with: the smallest limit.
+    max_cost: int
+    #: ``usage_key`` and ``quota_key`` without the hour / month, per tenant, built lazily.
+    prefixes: dict[str, tuple[bytes, bytes]] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of(cls, policy: Policy) -> CompiledPolicy:
+        windows_s = [window.window_s for window in policy.windows]
+        names = policy_names(policy.name, windows_s, [None] * len(windows_s))
+        specs = tuple(
+            WindowSpec(name, window.limit, window.window_s)
+            for name, window in zip(names, policy.windows, strict=True)
+        )
+        return cls(policy, specs, min(spec.limit for spec in specs))
+
+    @property
+    def id(self) -> str:
+        return self.policy.id
+
+    @property
+    def enforce(self) -> bool:
+        return self.policy.mode == "enforce"
+
+    def key_prefixes(self, tenant: str) -> tuple[bytes, bytes]:
+        """(usage hash prefix + ``:``, quota counter prefix + ``:``) for the script."""
+        found = self.prefixes.get(tenant)
+        if found is None:
+            usage = usage_key(tenant, self.policy.id, 0)[: -len("0")]
+            quota = quota_key(tenant, "")
+            found = self.prefixes[tenant] = (usage.encode(), quota.encode())
+        return found
+
+
+class CompiledPolicies:
+    """One published version, ready for lookups: which policy governs, whose key it is."""
+
+    def __init__(self, published: PolicySet, *, published_set: bool = True) -> None:
+        #: False for the seed set used until anything is read from Redis (version -1).
+        self.published = published_set
+        self.version = published.version if published_set else -1
+        self.quotas = dict(published.quotas)
+        self.api_keys = dict(published.api_keys)
+        self.revoked_jtis = published.revoked_jtis
+        # The governing order of ``ratelimit_policies.governing``, decided once: the first
+        # match in this order is the governing policy.
+        ordered = sorted(
+            published.policies,
+            key=lambda p: (-p.priority, p.tenant is None, -p.specificity, p.id),
+        )
+        self.compiled = {policy.id: CompiledPolicy.of(policy) for policy in ordered}
+        self._ordered = tuple(self.compiled[policy.id] for policy in ordered)
+        self.defaults = tuple(c for c in self._ordered if c.policy.tenant is None)
+        self._per_tenant: dict[str, tuple[CompiledPolicy, ...]] = {}
+
+    @classmethod
+    def seed(cls) -> CompiledPolicies:
+        """Before anything is published: the seed categories as default policies."""
+        return cls(PolicySet(version=0, policies=tuple(default_policies())), published_set=False)
+
+    def tenant_of_key(self, secret: str) -> str | None:
+        """The tenant of a working API key; ``None`` for unknown, revoked or disabled."""
+        if not secret or len(secret) > 200:
+            return None
+        return self.api_keys.get(api_key_digest(secret))
+
+    def governing(self, tenant: str | None, method: str, path: str) -> CompiledPolicy | None:
+        candidates = self.defaults if tenant is None else self._of_tenant(tenant)
+        for compiled in candidates:
+            if compiled.policy.matches(method, path):
+                return compiled
+        return None
+
+    def _of_tenant(self, tenant: str) -> tuple[CompiledPolicy, ...]:
+        found = self._per_tenant.get(tenant)
+        if found is None:
+            found = tuple(c for c in self._ordered if c.policy.tenant in (None, tenant))
+            self._per_tenant[tenant] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScriptResult:
+    """``tenant_decision.lua``'s answer."""
+
+    allowed: bool
+    would_allow: bool
+    quota_refused: bool
+    #: After this request; ``None`` when the tenant has no quota.
+    quota_remaining: int | None
+    quota_reset_us: int
+    outcomes: tuple[WindowOutcome, ...]
+
+
+def parse_tenant_reply(reply: Sequence[int], windows: int) -> TenantScriptResult:
+    if len(reply) != 5 + 3 * windows:
+        raise ValueError(f"unexpected script reply of {len(reply)} items")
+    outcomes = tuple(
+        WindowOutcome(int(reply[5 + 3 * i]), int(reply[6 + 3 * i]), int(reply[7 + 3 * i]))
+        for i in range(windows)
+    )
+    remaining = int(reply[3])
+    return TenantScriptResult(
+        allowed=bool(reply[0]),
+        would_allow=bool(reply[1]),
+        quota_refused=bool(reply[2]),
+        quota_remaining=None if remaining < 0 else remaining,
+        quota_reset_us=int(reply[4]),
+        outcomes=outcomes,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantDecision:
+    """A decision for a tenant under its governing policy."""
+
+    decision: Decision
+    tenant: str
+    policy: Policy
+    quota_remaining: int | None
+    #: Until the quota month ends (0 without a quota).
+    quota_reset_ms: int
+    #: Refused by the quota (enforced, or would have been under a shadow policy).
+    quota_exceeded: bool
+    #: A shadow policy would have refused this request (it was let through and counted).
+    shadow: bool
+
+
+def decide_tenant(
+    compiled: CompiledPolicy, tenant: str, result: TenantScriptResult, cost: int
+) -> TenantDecision:
+    """Window states and the binding window, the same rules as ``window.decide``; a shadow
+    refusal is allowed and recorded, so its windows show what was spent."""
+    recorded = result.allowed
+    states: list[WindowState] = []
+    binding = 0
+    binding_rank: tuple[int, int] | None = None
+    retry_us = 0
+    for index, (spec, outcome) in enumerate(zip(compiled.specs, result.outcomes, strict=True)):
+        if recorded:
+            remaining = max(spec.limit - outcome.count - cost, 0)
+            reset_us = outcome.reset_us if outcome.count else spec.window_us
+            window_retry = 0
+            rank = (-remaining, reset_us)
+        else:
+            remaining = max(spec.limit - outcome.count, 0)
+            reset_us = outcome.reset_us
+            window_retry = outcome.retry_us
+            rank = (window_retry, -remaining)
+            retry_us = max(retry_us, window_retry)
+        states.append(
+            WindowState(
+                spec.policy,
+                spec.limit,
+                spec.window_s,
+                remaining,
+                us_to_ms_up(reset_us),
+                us_to_ms_up(window_retry),
+            )
+        )
+        if binding_rank is None or rank > binding_rank:
+            binding, binding_rank = index, rank
+    if not recorded and result.quota_refused:
+        retry_us = max(retry_us, result.quota_reset_us)
+    chosen = states[binding]
+    decision = Decision(
+        allowed=result.allowed,
+        category=compiled.id,
+        limit=chosen.limit,
+        remaining=chosen.remaining,
+        reset_ms=chosen.reset_ms,
+        retry_after_ms=us_to_ms_up(retry_us),
+        policy=chosen.policy,
+        degraded=False,
+        source="redis",
+        windows=tuple(states),
+    )
+    return TenantDecision(
+        decision=decision,
+        tenant=tenant,
+        policy=compiled.policy,
+        quota_remaining=result.quota_remaining,
+        quota_reset_ms=us_to_ms_up(result.quota_reset_us),
+        quota_exceeded=result.quota_refused,
+        shadow=result.allowed and not result.would_allow,
+    )
+
+
+def degraded_tenant_decision(
+    compiled: CompiledPolicy, tenant: str, decision: Decision
+) -> TenantDecision:
+    """Redis was not asked: the failure policy's decision, quota unknown."""
+    return TenantDecision(decision, tenant, compiled.policy, None, 0, False, False)
+
+
+def closed_decision(category: str, specs: Sequence[WindowSpec], retry_ms: int) -> Decision:
+    """Fail-closed: refused without knowing the count, retried once Redis may be back."""
+    states = tuple(WindowState(s.policy, s.limit, s.window_s, 0, retry_ms) for s in specs)
+    first = states[0]
+    source: DecisionSource = "closed"
+    return Decision(
+        allowed=False,
+        category=category,
+        limit=first.limit,
+        remaining=0,
+        reset_ms=retry_ms,
+        retry_after_ms=retry_ms,
+        policy=first.policy,
+        degraded=True,
+        source=source,
+        windows=states,
+    )
