@@ -14,7 +14,6 @@ period stale).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -95,12 +94,14 @@ class PolicyWatcher:
             self._tasks.append(asyncio.create_task(self._listen()))
 
     async def stop(self) -> None:
+        """Both loops notice the stop within a poll period; a subscription read that does not
+        end (redis-py may hold a cancelled read open) is cancelled and left behind."""
         self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(self._poll_s, 0.5) * 2)
+            for task in pending:
+                task.cancel()
 
     async def _poll(self) -> None:
         while not self._stop.is_set():
@@ -110,10 +111,11 @@ class PolicyWatcher:
     async def _listen(self) -> None:
         while not self._stop.is_set():
             try:
-                async with self._redis.pubsub() as pubsub:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(POLICY_CHANNEL)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
+                    while not self._stop.is_set():
+                        message = await pubsub.get_message(timeout=self._poll_s)
+                        if message is not None and message.get("type") == "message":
                             await self._refresh_logged()
             except asyncio.CancelledError:
                 raise

@@ -10,7 +10,7 @@
 -- ARGV[6]     quota counter prefix, 'ratelimit:quota:{rl:<tenant>}:' (+ 'YYYY-MM')
 -- ARGV[7]     how long a usage hash outlives its hour, seconds (USAGE_TTL_S)
 -- ARGV[8]     '' in production: Redis TIME. A fixed time in microseconds only from the
---             test-only adapter (tests/ratelimit_fixed_clock.py); the gateway and the check
+--             stores' evaluate_tenant(now_us=...), used by the tests; the gateway and the check
 --             API have no way to pass one.
 -- ARGV[9+2(i-1)], ARGV[10+2(i-1)]  limit and length in microseconds of window i
 --
