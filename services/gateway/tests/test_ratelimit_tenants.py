@@ -44,7 +44,8 @@ from urr_gateway.checkapi import CHECK_PATH, create_check_app, parse_check_body
 from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.ratelimit.policyset import PolicyWatcher
-from urr_gateway.ratelimit.store import RedisSlidingLog
+from urr_gateway.ratelimit.resp import encode_command
+from urr_gateway.ratelimit.store import RedisSlidingLog, tenant_args, tenant_keys
 from urr_gateway.ratelimit.tenant import CompiledPolicies, CompiledPolicy, decide_tenant
 from urr_ratelimit_admin import store
 from urr_ratelimit_admin.publisher import PolicyPublisher
@@ -110,6 +111,22 @@ def test_api_keys_are_known_by_digest_only() -> None:
     assert compiled.tenant_of_key("urr_k_secret") == "acme"
     assert compiled.tenant_of_key("urr_k_other") is None
     assert compiled.tenant_of_key("") is None
+
+
+def test_the_pre_encoded_tenant_command_is_the_plain_encoding(redis: Redis) -> None:
+    log = PipelinedSlidingLog(redis)
+    compiled = CompiledPolicy.of(
+        policy("two", windows=[{"limit": 5, "window_s": 1}, {"limit": 50, "window_s": 60}])
+    )
+    for tenant, cost, quota in (("acme", 1, 0), ("beta", 3, 1000), ("acme", 2, 7)):
+        plain = encode_command(
+            b"EVALSHA",
+            log._tenant_sha.encode(),
+            b"2",
+            *tenant_keys(compiled, tenant),
+            *tenant_args(compiled, tenant, cost, quota, None),
+        )
+        assert log._tenant_command(compiled, tenant, cost, quota) == plain
 
 
 # -- the decision script, on a fixed clock ------------------------------------------------

@@ -141,6 +141,10 @@ class SlidingWindowLimiter:
             )
         else:
             self._store = RedisSlidingLog(redis)
+        # Both built-in stores run tenant decisions too; a test's stand-in store may not.
+        self._tenant_store: TenantStore | None = (
+            cast("TenantStore", self._store) if hasattr(self._store, "evaluate_tenant") else None
+        )
         # The pipelined store times its batches itself: one timer per batch, not per call.
         self._store_keeps_budget = getattr(self._store, "budget", None) is self._budget
         self._clock = clock
@@ -275,9 +279,9 @@ class SlidingWindowLimiter:
         started = time.perf_counter()
         if not 1 <= cost <= compiled.max_cost:
             raise ValueError(f"cost must be between 1 and {compiled.max_cost}")
-        store = cast("TenantStore", self._store)
+        store = self._tenant_store
         result: TenantDecision | None = None
-        if self._breaker.allow(self._clock()) and hasattr(store, "evaluate_tenant"):
+        if store is not None and self._breaker.allow(self._clock()):
             try:
                 async with self._in_flight:
                     call = store.evaluate_tenant(compiled, tenant, cost, quota)

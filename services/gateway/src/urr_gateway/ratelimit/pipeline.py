@@ -38,6 +38,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from urr_common.ratelimit_usage import USAGE_TTL_S
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, bulk, encode_command
@@ -265,6 +266,7 @@ class PipelinedSlidingLog:
             self._tenant_source.encode(), usedforsecurity=False
         ).hexdigest()
         self._tenant_load = encode_command(b"SCRIPT", b"LOAD", self._tenant_source.encode())
+        self._tenant_encoded: dict[str, tuple[CompiledPolicy, bytes, bytes, bytes]] = {}
         self._calls = CategoryCalls()
         self._encoded: dict[str, tuple[object, _EncodedCall]] = {}
         self._cluster = redis if isinstance(redis, RedisCluster) else None
@@ -401,14 +403,14 @@ class PipelinedSlidingLog:
         now_us: int | None = None,
     ) -> TenantScriptResult:
         """One tenant decision (``tenant_decision.lua``), in this tick's batch like the rest."""
-        keys = tenant_keys(compiled, tenant)
-        command = encode_command(
-            b"EVALSHA",
-            self._tenant_sha.encode(),
-            b"%d" % len(keys),
-            *keys,
-            *tenant_args(compiled, tenant, cost, quota, now_us),
-        )
+        if now_us is None:
+            command = self._tenant_command(compiled, tenant, cost, quota)
+        else:
+            keys = tenant_keys(compiled, tenant)
+            args = tenant_args(compiled, tenant, cost, quota, now_us)
+            command = encode_command(
+                b"EVALSHA", self._tenant_sha.encode(), b"%d" % len(keys), *keys, *args
+            )
         node = await self._node_for(b"{" + tenant_subject(tenant).encode() + b"}")
         try:
             reply = await node.submit(command, timed=True)
@@ -419,6 +421,34 @@ class PipelinedSlidingLog:
                 raise
             return await self._through_client.evaluate_tenant(compiled, tenant, cost, quota, now_us)
         return parse_tenant_reply(reply, len(compiled.specs))
+
+    def _tenant_command(
+        self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int
+    ) -> bytes:
+        """The ``EVALSHA`` of a tenant decision on Redis's clock, from pieces encoded once per
+        published policy (the same bytes ``encode_command`` would make of ``tenant_args``)."""
+        entry = self._tenant_encoded.get(compiled.id)
+        if entry is None or entry[0] is not compiled:
+            windows = len(compiled.specs)
+            head = (
+                b"*%d\r\n" % (3 + windows + 8 + 2 * windows)
+                + bulk(b"EVALSHA")
+                + bulk(self._tenant_sha.encode())
+                + bulk(b"%d" % windows)
+            )
+            middle = bulk(b"%d" % windows) + bulk(b"1" if compiled.enforce else b"0")
+            tail = bulk(b"%d" % USAGE_TTL_S) + bulk(b"")
+            for spec in compiled.specs:
+                tail += bulk(b"%d" % spec.limit) + bulk(b"%d" % spec.window_us)
+            entry = (compiled, head, middle, tail)
+            self._tenant_encoded[compiled.id] = entry
+        _, head, middle, tail = entry
+        usage, quota_prefix = compiled.key_prefixes(tenant)
+        parts = [head]
+        parts.extend(bulk(key) for key in tenant_keys(compiled, tenant))
+        parts += [bulk(b"%d" % cost), middle, bulk(b"%d" % quota), bulk(usage)]
+        parts += [bulk(quota_prefix), tail]
+        return b"".join(parts)
 
     def _encoded_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _EncodedCall:
         entry = self._encoded.get(category)

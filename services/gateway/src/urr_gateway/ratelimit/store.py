@@ -14,7 +14,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Protocol
 
 from urr_common.ratelimit_usage import USAGE_TTL_S
-from urr_gateway.ratelimit.keys import hash_tag, window_key, window_key_suffix
+from urr_gateway.ratelimit.keys import hash_tag, window_key_suffix
 from urr_gateway.ratelimit.tenant import (
     CompiledPolicy,
     TenantScriptResult,
@@ -57,8 +57,9 @@ def tenant_args(
 
 
 def tenant_keys(compiled: CompiledPolicy, tenant: str) -> list[bytes]:
-    subject = tenant_subject(tenant)
-    return [window_key(subject, compiled.id, spec.window_s).encode() for spec in compiled.specs]
+    """The tenant's window logs of this policy (``keys.window_key`` of its subject)."""
+    tag = b"{" + tenant_subject(tenant).encode() + b"}"
+    return [tag + suffix for suffix in compiled.window_suffixes]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from urr_common.ratelimit_policies import Policy, PolicySet, api_key_digest, default_policies
 from urr_common.ratelimit_usage import quota_key, tenant_tag, usage_key
+from urr_gateway.ratelimit.keys import window_key_suffix
 from urr_gateway.ratelimit.window import (
     Decision,
     DecisionSource,
@@ -37,8 +38,8 @@ class CompiledPolicy:
     specs: tuple[WindowSpec, ...]
     #: The largest cost any request can be admitted with: the smallest limit.
     max_cost: int
-    #: ``usage_key`` and ``quota_key`` without the hour / month, per tenant, built lazily.
-    prefixes: dict[str, tuple[bytes, bytes]] = field(default_factory=dict, compare=False)
+    #: Key suffixes of the windows after the tenant's hash tag (``keys.window_key``).
+    window_suffixes: tuple[bytes, ...] = field(default=(), compare=False)
 
     @classmethod
     def of(cls, policy: Policy) -> CompiledPolicy:
@@ -48,7 +49,8 @@ class CompiledPolicy:
             WindowSpec(name, window.limit, window.window_s)
             for name, window in zip(names, policy.windows, strict=True)
         )
-        return cls(policy, specs, min(spec.limit for spec in specs))
+        suffixes = tuple(window_key_suffix(policy.id, spec.window_s).encode() for spec in specs)
+        return cls(policy, specs, min(spec.limit for spec in specs), suffixes)
 
     @property
     def id(self) -> str:
@@ -59,13 +61,10 @@ class CompiledPolicy:
         return self.policy.mode == "enforce"
 
     def key_prefixes(self, tenant: str) -> tuple[bytes, bytes]:
-        """(usage hash prefix + ``:``, quota counter prefix + ``:``) for the script."""
-        found = self.prefixes.get(tenant)
-        if found is None:
-            usage = usage_key(tenant, self.policy.id, 0)[: -len("0")]
-            quota = quota_key(tenant, "")
-            found = self.prefixes[tenant] = (usage.encode(), quota.encode())
-        return found
+        """(usage hash prefix, quota counter prefix) for the script, which appends the hour
+        and the month of its own clock."""
+        usage = usage_key(tenant, self.policy.id, 0)[: -len("0")]
+        return usage.encode(), quota_key(tenant, "").encode()
 
 
 class CompiledPolicies:
@@ -87,7 +86,13 @@ class CompiledPolicies:
         self.compiled = {policy.id: CompiledPolicy.of(policy) for policy in ordered}
         self._ordered = tuple(self.compiled[policy.id] for policy in ordered)
         self.defaults = tuple(c for c in self._ordered if c.policy.tenant is None)
-        self._per_tenant: dict[str, tuple[CompiledPolicy, ...]] = {}
+        # Only tenants with policies of their own get a list; every other tenant (and any id a
+        # caller makes up) shares the defaults, so lookups allocate nothing per tenant.
+        owners = {p.tenant for p in published.policies if p.tenant is not None}
+        self._per_tenant = {
+            owner: tuple(c for c in self._ordered if c.policy.tenant in (None, owner))
+            for owner in owners
+        }
 
     @classmethod
     def seed(cls) -> CompiledPolicies:
@@ -108,11 +113,7 @@ class CompiledPolicies:
         return None
 
     def _of_tenant(self, tenant: str) -> tuple[CompiledPolicy, ...]:
-        found = self._per_tenant.get(tenant)
-        if found is None:
-            found = tuple(c for c in self._ordered if c.policy.tenant in (None, tenant))
-            self._per_tenant[tenant] = found
-        return found
+        return self._per_tenant.get(tenant, self.defaults)
 
 
 @dataclass(frozen=True, slots=True)

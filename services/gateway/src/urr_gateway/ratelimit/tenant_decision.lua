@@ -130,16 +130,19 @@ if allowed then
     end
     if quota_key then
         used = redis.call('INCRBY', quota_key, cost)
-        -- Kept past the month for the usage snapshots, like the usage hashes.
-        redis.call('EXPIRE', quota_key, month_end_s - now_s + tonumber(ARGV[7]))
+        if used == cost then
+            -- New this month. Kept past its end for the usage snapshots, like usage hashes.
+            redis.call('EXPIRE', quota_key, month_end_s - now_s + tonumber(ARGV[7]))
+        end
     end
 end
 
 local usage_key = ARGV[5] .. string.format('%.0f', now_s - now_s % 3600)
+local counted
 if allowed then
-    redis.call('HINCRBY', usage_key, 'allowed', 1)
+    counted = redis.call('HINCRBY', usage_key, 'allowed', 1)
 else
-    redis.call('HINCRBY', usage_key, 'blocked', 1)
+    counted = redis.call('HINCRBY', usage_key, 'blocked', 1)
 end
 if not would_allow and not enforce then
     redis.call('HINCRBY', usage_key, 'shadow_blocked', 1)
@@ -147,7 +150,10 @@ end
 if near and would_allow then
     redis.call('HINCRBY', usage_key, 'near_limit', 1)
 end
-redis.call('EXPIRE', usage_key, 3600 + tonumber(ARGV[7]))
+if counted == 1 then
+    -- A field's first count: the hash is new (or its first refusal); set its lifetime once.
+    redis.call('EXPIRE', usage_key, 3600 + tonumber(ARGV[7]))
+end
 
 reply[1] = allowed and 1 or 0
 reply[2] = would_allow and 1 or 0
