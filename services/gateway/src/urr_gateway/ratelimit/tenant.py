@@ -168,6 +168,15 @@ def decide_tenant(
 ) -> TenantDecision:
     """Window states and the binding window, the same rules as ``window.decide``; a shadow
     refusal is allowed and recorded, so its windows show what was spent."""
+    if len(compiled.specs) == 1:
+        return _decide_tenant_one(compiled, tenant, result, cost)
+    return decide_many_tenant(compiled, tenant, result, cost)
+
+
+def decide_many_tenant(
+    compiled: CompiledPolicy, tenant: str, result: TenantScriptResult, cost: int
+) -> TenantDecision:
+    """:func:`decide_tenant` for any number of windows (the reference of the fast path)."""
     recorded = result.allowed
     states: list[WindowState] = []
     binding = 0
@@ -211,6 +220,55 @@ def decide_tenant(
         degraded=False,
         source="redis",
         windows=tuple(states),
+    )
+    return TenantDecision(
+        decision=decision,
+        tenant=tenant,
+        policy=compiled.policy,
+        quota_remaining=result.quota_remaining,
+        quota_reset_ms=us_to_ms_up(result.quota_reset_us),
+        quota_exceeded=result.quota_refused,
+        shadow=result.allowed and not result.would_allow,
+    )
+
+
+def _decide_tenant_one(
+    compiled: CompiledPolicy, tenant: str, result: TenantScriptResult, cost: int
+) -> TenantDecision:
+    """:func:`decide_tenant` for a single-window policy without the ranking loop (the tests
+    hold both to the same answers)."""
+    spec = compiled.specs[0]
+    outcome = result.outcomes[0]
+    if result.allowed:
+        remaining = max(spec.limit - outcome.count - cost, 0)
+        reset_ms = us_to_ms_up(outcome.reset_us if outcome.count else spec.window_us)
+        retry_ms = 0
+    else:
+        remaining = max(spec.limit - outcome.count, 0)
+        reset_ms = us_to_ms_up(outcome.reset_us)
+        retry_us = outcome.retry_us
+        if result.quota_refused:
+            retry_us = max(retry_us, result.quota_reset_us)
+        retry_ms = us_to_ms_up(retry_us)
+    state = WindowState(
+        spec.policy,
+        spec.limit,
+        spec.window_s,
+        remaining,
+        reset_ms,
+        0 if result.allowed else us_to_ms_up(outcome.retry_us),
+    )
+    decision = Decision(
+        allowed=result.allowed,
+        category=compiled.id,
+        limit=spec.limit,
+        remaining=remaining,
+        reset_ms=reset_ms,
+        retry_after_ms=retry_ms,
+        policy=spec.policy,
+        degraded=False,
+        source="redis",
+        windows=(state,),
     )
     return TenantDecision(
         decision=decision,

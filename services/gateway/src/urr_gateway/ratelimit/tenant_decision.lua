@@ -94,19 +94,32 @@ for i = 1, n do
     reply[#reply + 1] = retry
 end
 
+-- The quota is counted first and given back when it refuses: one command on the common
+-- (allowed) path instead of a read and a write.
 local quota_ok = true
-local quota_key = nil
 local used = 0
-local month_end_s = 0
 if quota > 0 then
     local year, month = civil_from_days(math.floor(now_s / 86400))
     local next_year, next_month = year, month + 1
     if next_month == 13 then next_year, next_month = year + 1, 1 end
-    month_end_s = days_from_civil(next_year, next_month) * 86400
-    quota_key = ARGV[6] .. string.format('%04d-%02d', year, month)
-    used = tonumber(redis.call('GET', quota_key) or '0')
-    quota_ok = used + cost <= quota
+    local month_end_s = days_from_civil(next_year, next_month) * 86400
+    local quota_key = ARGV[6] .. string.format('%04d-%02d', year, month)
     reply[5] = (month_end_s - now_s) * 1000000 - (now % 1000000)
+    if enforce and not allowed_windows then
+        -- Refused by a window anyway: only report what is left.
+        used = tonumber(redis.call('GET', quota_key) or '0')
+        quota_ok = used + cost <= quota
+    else
+        used = redis.call('INCRBY', quota_key, cost)
+        if used == cost then
+            -- New this month. Kept past its end for the usage snapshots, like usage hashes.
+            redis.call('EXPIRE', quota_key, month_end_s - now_s + tonumber(ARGV[7]))
+        end
+        quota_ok = used <= quota
+        if enforce and not quota_ok then
+            used = redis.call('DECRBY', quota_key, cost)
+        end
+    end
 end
 
 local would_allow = allowed_windows and quota_ok
@@ -127,13 +140,6 @@ if allowed then
             suffix = suffix + 1
         end
         redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[8 + 2 * i]) / 1000))
-    end
-    if quota_key then
-        used = redis.call('INCRBY', quota_key, cost)
-        if used == cost then
-            -- New this month. Kept past its end for the usage snapshots, like usage hashes.
-            redis.call('EXPIRE', quota_key, month_end_s - now_s + tonumber(ARGV[7]))
-        end
     end
 end
 
