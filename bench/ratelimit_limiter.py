@@ -26,7 +26,9 @@ given, and measures, on the same Redis and the same redis-py (hiredis) client, i
                     the same pipelined connection. Compare with ``ours``, the policy-less
                     decision (issue 18's target: P50 within 10%).
 
-``--contenders ours,ours-tenant,ping`` measures a subset (same interleaving).
+``--contenders ours,ours-tenant,ping`` measures a subset (same interleaving); ``--keys 1000``
+rotates over fewer subjects and tenants, so their keys (usage hashes, quota counters) exist
+already, as for a service with steady tenants; 10,000 (the default) is the cold case.
 
 Latency: one decision in flight, the contenders taking turns decision by decision (so noise
 from the rest of the machine hits all alike). Throughput: 32 decisions in flight, per
@@ -326,7 +328,8 @@ async def report(
     info = await redis.info("server")
     load = os.getloadavg()[0]
     print(
-        f"redis {info['redis_version']}, {args.decisions} decisions per contender, "
+        f"redis {info['redis_version']}, {args.decisions} decisions per contender over "
+        f"{KEYS} keys, "
         f"{args.rounds} throughput rounds, load average {load:.1f}, "
         f"sequential phase {sequential_s:.1f} s"
     )
@@ -379,8 +382,15 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--contenders", default="", help="comma-separated subset (with ping)")
+    parser.add_argument(
+        "--keys",
+        type=int,
+        default=KEYS,
+        help="subjects / tenants rotated over (fewer: each is hit more often, its keys warm)",
+    )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     arguments = parser.parse_args()
+    KEYS = arguments.keys
     if arguments.uvloop:
         import uvloop
 

@@ -91,7 +91,16 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     tenant=st.sampled_from([None, "acme", "beta"]),
     method=st.sampled_from(["GET", "POST", "DELETE"]),
     path=st.sampled_from(
-        ["/", "/api/v1/queue/e1", "/api/v1/queue/e1/status", "/api/v1/auth/login", "/x/y"]
+        [
+            "/",
+            "/api/v1/queue/e1",
+            "/api/v1/queue/e1/status",
+            "/api/v1/queue",
+            "/api/v1/queuex/e1",
+            "/api/v1/auth/login",
+            "/x/y",
+            "/x/",
+        ]
     ),
     priorities=st.lists(st.integers(-2, 2), min_size=4, max_size=4),
 )
@@ -103,6 +112,7 @@ def test_compiled_lookup_governs_like_the_documented_order(
         policy("t-status", tenant="acme", route="/api/v1/queue/*/status", priority=priorities[1]),
         policy("b-all", tenant="beta", route="/**", methods=["POST"], priority=priorities[2]),
         policy("d-queue", route="/api/v1/queue/*", priority=priorities[3] + 10),
+        policy("d-x", route="/x/", priority=priorities[3] + 10),
     ]
     policies = (*default_policies(), *extra)
     compiled = CompiledPolicies(PolicySet(version=1, policies=policies))
