@@ -23,9 +23,9 @@ from typing import Any, Self
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from urr_common.payloads import json_response, read_json, validation_errors
+from urr_common.payloads import json_response, read_json, validated
 from urr_common.problems import Unauthorized, Unprocessable
 from urr_common.ratelimit_policies import METHODS
 from urr_common.service import problem_middleware, request_context_middleware
@@ -99,14 +99,7 @@ def parse_check_body(data: dict[str, Any]) -> CheckRequest | PolicyCheckRequest:
     model: type[CheckRequest | PolicyCheckRequest] = (
         PolicyCheckRequest if _POLICY_FIELDS & data.keys() else CheckRequest
     )
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise Unprocessable(
-            "some fields are missing or invalid",
-            code="validation_failed",
-            errors=validation_errors(exc),
-        ) from exc
+    return validated(model, data)
 
 
 def create_check_app(

@@ -19,6 +19,7 @@ from urr_gateway.ratelimit.window import (
     WindowOutcome,
     WindowSpec,
     WindowState,
+    decide,
     policy_names,
     us_to_ms_up,
 )
@@ -175,112 +176,19 @@ class TenantDecision:
 def decide_tenant(
     compiled: CompiledPolicy, tenant: str, result: TenantScriptResult, cost: int
 ) -> TenantDecision:
-    """Window states and the binding window, the same rules as ``window.decide``; a shadow
-    refusal is allowed and recorded, so its windows show what was spent."""
-    if len(compiled.specs) == 1:
-        return _decide_tenant_one(compiled, tenant, result, cost)
-    return decide_many_tenant(compiled, tenant, result, cost)
-
-
-def decide_many_tenant(
-    compiled: CompiledPolicy, tenant: str, result: TenantScriptResult, cost: int
-) -> TenantDecision:
-    """:func:`decide_tenant` for any number of windows (the reference of the fast path)."""
-    recorded = result.allowed
-    states: list[WindowState] = []
-    binding = 0
-    binding_rank: tuple[int, int] | None = None
-    retry_us = 0
-    for index, (spec, outcome) in enumerate(zip(compiled.specs, result.outcomes, strict=True)):
-        if recorded:
-            remaining = max(spec.limit - outcome.count - cost, 0)
-            reset_us = outcome.reset_us if outcome.count else spec.window_us
-            window_retry = 0
-            rank = (-remaining, reset_us)
-        else:
-            remaining = max(spec.limit - outcome.count, 0)
-            reset_us = outcome.reset_us
-            window_retry = outcome.retry_us
-            rank = (window_retry, -remaining)
-            retry_us = max(retry_us, window_retry)
-        states.append(
-            WindowState(
-                spec.policy,
-                spec.limit,
-                spec.window_s,
-                remaining,
-                us_to_ms_up(reset_us),
-                us_to_ms_up(window_retry),
-            )
-        )
-        if binding_rank is None or rank > binding_rank:
-            binding, binding_rank = index, rank
-    if not recorded and result.quota_refused:
-        retry_us = max(retry_us, result.quota_reset_us)
-    chosen = states[binding]
-    decision = Decision(
-        allowed=result.allowed,
-        category=compiled.id,
-        limit=chosen.limit,
-        remaining=chosen.remaining,
-        reset_ms=chosen.reset_ms,
-        retry_after_ms=us_to_ms_up(retry_us),
-        policy=chosen.policy,
-        degraded=False,
-        source="redis",
-        windows=tuple(states),
-    )
-    return TenantDecision(
-        decision=decision,
-        tenant=tenant,
-        policy=compiled.policy,
-        quota_remaining=result.quota_remaining,
-        quota_reset_ms=us_to_ms_up(result.quota_reset_us),
-        quota_exceeded=result.quota_refused,
-        shadow=result.allowed and not result.would_allow,
-    )
-
-
-def _decide_tenant_one(
-    compiled: CompiledPolicy, tenant: str, result: TenantScriptResult, cost: int
-) -> TenantDecision:
-    """:func:`decide_tenant` for a single-window policy without the ranking loop (the tests
-    hold both to the same answers)."""
-    spec = compiled.specs[0]
-    outcome = result.outcomes[0]
+    """The script's answer as a decision, by ``window.decide``'s rules: a request let through
+    (a shadow refusal included) was recorded in every window; one the quota refused waits for
+    the month to end, whatever its windows say."""
+    outcomes = result.outcomes
     if result.allowed:
-        remaining = max(spec.limit - outcome.count - cost, 0)
-        reset_ms = us_to_ms_up(outcome.reset_us if outcome.count else spec.window_us)
-        retry_ms = 0
-    else:
-        remaining = max(spec.limit - outcome.count, 0)
-        reset_ms = us_to_ms_up(outcome.reset_us)
-        retry_us = outcome.retry_us
-        if result.quota_refused:
-            retry_us = max(retry_us, result.quota_reset_us)
-        retry_ms = us_to_ms_up(retry_us)
-    state = WindowState(
-        spec.policy,
-        spec.limit,
-        spec.window_s,
-        remaining,
-        reset_ms,
-        0 if result.allowed else us_to_ms_up(outcome.retry_us),
-    )
-    decision = Decision(
-        allowed=result.allowed,
-        category=compiled.id,
-        limit=spec.limit,
-        remaining=remaining,
-        reset_ms=reset_ms,
-        retry_after_ms=retry_ms,
-        policy=spec.policy,
-        degraded=False,
-        source="redis",
-        windows=(state,),
-    )
+        outcomes = tuple(WindowOutcome(o.count, o.reset_us, 0) for o in outcomes)
+    elif result.quota_refused:
+        wait = result.quota_reset_us
+        outcomes = tuple(
+            WindowOutcome(o.count, o.reset_us, max(o.retry_us, wait)) for o in outcomes
+        )
     return TenantDecision(
-        decision=decision,
+        decision=decide(compiled.id, compiled.specs, outcomes, cost, source="redis"),
         tenant=tenant,
         policy=compiled.policy,
         quota_remaining=result.quota_remaining,
