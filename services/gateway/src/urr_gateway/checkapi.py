@@ -111,7 +111,9 @@ def create_check_app(
 ) -> web.Application:
     """The check API. ``policies``: the published configuration this worker follows (its
     start and stop belong to whoever owns it: ``server.build_apps`` installs it on the public
-    app); without it the tenant shape is decided by the seed default policies."""
+    app); without it the tenant shape is decided by the seed default policies. ``settings``
+    is accepted for existing callers; the categories are the limiter's own, published default
+    policies included, read per request since they change at run time."""
     seed = CompiledPolicies.seed()
     if policies is not None:
         policies.on_change(lambda compiled: limiter.use_policies(compiled.defaults))
