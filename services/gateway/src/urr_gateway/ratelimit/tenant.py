@@ -180,7 +180,9 @@ def decide_tenant(
     (a shadow refusal included) was recorded in every window; one the quota refused waits for
     the month to end, whatever its windows say."""
     outcomes = result.outcomes
-    if result.allowed:
+    if result.allowed and not result.would_allow:
+        # A shadow refusal: let through, so no window is waited for. (An enforced admission
+        # has no wait in any window already: nothing to rebuild on the common path.)
         outcomes = tuple(WindowOutcome(o.count, o.reset_us, 0) for o in outcomes)
     elif result.quota_refused:
         wait = result.quota_reset_us
