@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection, Connection
 
+#: Tenants whose encoded command parts are kept (cleared when full).
+TENANT_PARTS_MAX = 10_000
+
 #: Longest configurable gathering window (the issue's bound; envoy uses 150-500 µs).
 MAX_WINDOW_S = 0.0005
 
@@ -267,6 +270,8 @@ class PipelinedSlidingLog:
         ).hexdigest()
         self._tenant_load = encode_command(b"SCRIPT", b"LOAD", self._tenant_source.encode())
         self._tenant_encoded: dict[str, tuple[CompiledPolicy, bytes, bytes, bytes]] = {}
+        #: (policy, tenant) -> the encoded keys and key prefixes of its decisions.
+        self._tenant_parts: dict[tuple[str, str], tuple[CompiledPolicy, bytes, bytes]] = {}
         self._calls = CategoryCalls()
         self._encoded: dict[str, tuple[object, _EncodedCall]] = {}
         self._cluster = redis if isinstance(redis, RedisCluster) else None
@@ -443,11 +448,17 @@ class PipelinedSlidingLog:
             entry = (compiled, head, middle, tail)
             self._tenant_encoded[compiled.id] = entry
         _, head, middle, tail = entry
-        usage, quota_prefix = compiled.key_prefixes(tenant)
-        parts = [head]
-        parts.extend(bulk(key) for key in tenant_keys(compiled, tenant))
-        parts += [bulk(b"%d" % cost), middle, bulk(b"%d" % quota), bulk(usage)]
-        parts += [bulk(quota_prefix), tail]
+        tenant_entry = self._tenant_parts.get((compiled.id, tenant))
+        if tenant_entry is None or tenant_entry[0] is not compiled:
+            if len(self._tenant_parts) >= TENANT_PARTS_MAX:
+                # Bounded: a caller may name any tenant id; the busy ones come back at once.
+                self._tenant_parts.clear()
+            usage, quota_prefix = compiled.key_prefixes(tenant)
+            keys = b"".join(bulk(key) for key in tenant_keys(compiled, tenant))
+            tenant_entry = (compiled, keys, bulk(usage) + bulk(quota_prefix))
+            self._tenant_parts[(compiled.id, tenant)] = tenant_entry
+        _, keys, prefixes = tenant_entry
+        parts = [head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), prefixes, tail]
         return b"".join(parts)
 
     def _encoded_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _EncodedCall:
