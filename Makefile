@@ -18,18 +18,28 @@ uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 
 # Debian's chromium drives the browser tests (Playwright cannot download browsers here).
+# Debian's prometheus and prometheus-alertmanager run the alert rules against the local stack
+# (URR_DEVSTACK__MONITORING__ENABLED=true) and check the Alertmanager configuration (amtool).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing Debian's chromium for the browser tests"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@{ command -v prometheus && command -v prometheus-alertmanager && command -v amtool; } \
+		>/dev/null 2>&1 || { \
+		echo "installing Debian's prometheus and prometheus-alertmanager (alerts, amtool)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			prometheus prometheus-alertmanager >/dev/null; }
 
 sync: uv
 	$(UV) sync --frozen --all-packages
 
-up: sync
-	$(UV) run --frozen urr-devstack up
+# MONITORING=1 also runs Prometheus (the k8s alert rules) and Alertmanager on the stack.
+MONITORING ?=
+up: sync $(if $(MONITORING),system-deps)
+	$(if $(MONITORING),URR_DEVSTACK__MONITORING__ENABLED=true) $(UV) run --frozen urr-devstack up
 
 lint: sync
 	$(UV) run --frozen ruff check .

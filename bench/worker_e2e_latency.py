@@ -6,7 +6,15 @@ poller feeding the worker Lambda handler, the outbox relay, the payment stand-in
 outcome consumer, all in this process (the handler in its own thread, as in a Lambda). Each
 sample: hold one seat, reserve it, poll the status every 5 ms until it is ``confirmed``.
 
+Two phases in one run: first ``--samples`` reservations one at a time (the baseline), then
+under load: ``--concurrency`` buyers at once, each making ``--per-buyer`` reservations in a
+row (one user per reservation, so each is its own FIFO group ``<eventId>:<userId>``), each
+polling its status every ``--load-poll-ms`` (100: at 5 ms, 20 buyers' polls alone are 4,000
+requests a second to the API that shares this process's event loop with the consumers). One
+poller feeds one handler, as one Lambda instance would (in AWS up to 10 run at once).
+
     uv run python bench/worker_e2e_latency.py [--samples 40] [--payment-delay-ms 0]
+        [--concurrency 20] [--per-buyer 8] [--load-poll-ms 100]   # --concurrency 0: baseline only
         [--no-flush]   # leave publishing to the relay alone (no post-batch flush in the Lambda)
 
 Env: URR_BENCH_POSTGRES_DSN (default postgresql://postgres@127.0.0.1:5432/postgres).
@@ -48,6 +56,9 @@ from urr_ticket_worker.schema import migrate
 from urr_ticket_worker.settings import TicketWorkerSettings
 from urr_ticket_worker.testing import create_queues, create_topics, sqs_client
 
+#: Seat rows of the bench event (A-Z, ten seats each): one seat per reservation.
+ROWS = 26
+SEATS = ROWS * 10
 ADMIN_DSN = os.environ.get(
     "URR_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -71,7 +82,10 @@ async def scratch_database() -> AsyncIterator[str]:
             await admin.close()
 
 
-async def measure(args: argparse.Namespace, workdir: Path) -> list[float]:
+Phases = dict[str, list[float]]
+
+
+async def measure(args: argparse.Namespace, workdir: Path) -> tuple[Phases, float]:
     redis = RedisServer(port=free_port(), workdir=workdir / "redis")
     moto = moto_server(free_port(), workdir / "moto.log")
     kafka = tansu_server(free_port(), workdir / "tansu.log")
@@ -91,7 +105,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> list[float]:
 
 async def _run(
     args: argparse.Namespace, dsn: str, redis_url: str, moto_url: str, bootstrap: str, queues: Any
-) -> list[float]:
+) -> tuple[Phases, float]:
     aws = {"endpoint_url": moto_url, "access_key_id": "bench", "secret_access_key": "bench"}
     common = {
         "postgres": {"dsn": dsn},
@@ -109,7 +123,7 @@ async def _run(
     ticket = load_settings(TicketSettings, **common, redis={"url": redis_url})
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     await migrate(pool)
-    await seed_catalog(pool, DemoEvent(rows=26, seats_per_row=10))
+    await seed_catalog(pool, DemoEvent(rows=ROWS, seats_per_row=10))
     await pool.close()
 
     runner = web.AppRunner(create_app(ticket, registry=CollectorRegistry()))
@@ -133,28 +147,53 @@ async def _run(
         asyncio.create_task(payment_loop(worker, CollectorRegistry())(stop, Heartbeat())),
         asyncio.create_task(outcome_loop(ticket, CollectorRegistry())(stop, Heartbeat())),
     ]
-    seats = [s[0] for s in DemoEvent(rows=26, seats_per_row=10).seats()]
+    seats = [s[0] for s in DemoEvent(rows=ROWS, seats_per_row=10).seats()]
     latencies: list[float] = []
+    loaded: list[float] = []
+    load_wall = 0.0
     try:
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+        connector = aiohttp.TCPConnector(limit=max(100, args.concurrency * 2))
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector) as http:
             # The first reservation waits for the consumers to join their groups: not counted.
             await _one(http, "warmup", seats.pop(), timeout_s=60)
             for i in range(args.samples):
                 latencies.append(await _one(http, f"fan-{i}", seats.pop(), timeout_s=30))
-        breakdown = await _stages(dsn)
-        for name, values in breakdown.items():
-            print(f"  stage {name}: median {statistics.median(values) * 1000:.0f} ms")
+
+            async def buyer(index: int) -> None:
+                for j in range(args.per_buyer):
+                    seat = seats.pop()
+                    loaded.append(
+                        await _one(
+                            http,
+                            f"load-{index}-{j}",
+                            seat,
+                            timeout_s=120,
+                            poll_s=args.load_poll_ms / 1000,
+                        )
+                    )
+
+            if args.concurrency > 0:
+                started = time.perf_counter()
+                await asyncio.gather(*(buyer(i) for i in range(args.concurrency)))
+                load_wall = time.perf_counter() - started
+        for phase, prefix in (("one at a time", "fan-"), ("under load", "load-")):
+            for name, values in (await _stages(dsn, prefix)).items():
+                print(f"  {phase}, stage {name}: median {statistics.median(values) * 1000:.0f} ms")
     finally:
         stop.set()
         await asyncio.gather(*tasks)
         await loop.run_in_executor(executor, handler.close)
         executor.shutdown()
         await runner.cleanup()
-    return latencies
+    phases = {"one at a time (baseline)": latencies}
+    if loaded:
+        phases[f"{args.concurrency} buyers at once"] = loaded
+    return phases, load_wall
 
 
-async def _stages(dsn: str) -> dict[str, list[float]]:
-    """Where the time goes, from the database's own timestamps (one clock)."""
+async def _stages(dsn: str, user_prefix: str) -> dict[str, list[float]]:
+    """Where the time goes for the users named ``user_prefix...``, from the database's own
+    timestamps (one clock)."""
     connection = await asyncpg.connect(dsn)
     try:
         rows = await connection.fetch(
@@ -166,7 +205,8 @@ async def _stages(dsn: str) -> dict[str, list[float]]:
             " (SELECT sent_at FROM outbox o WHERE o.topic = 'payment-events'"
             "   AND o.payload->>'reservationId' = r.reservation_id::text) AS published,"
             " r.updated_at AS confirmed"
-            " FROM reservations r WHERE r.status = 'confirmed' AND r.user_id <> 'warmup'"
+            " FROM reservations r WHERE r.status = 'confirmed' AND r.user_id LIKE $1",
+            f"{user_prefix}%",
         )
     finally:
         await connection.close()
@@ -190,7 +230,9 @@ async def _stages(dsn: str) -> dict[str, list[float]]:
     return {name: values for name, values in stages.items() if values}
 
 
-async def _one(http: aiohttp.ClientSession, user_id: str, seat: str, timeout_s: float) -> float:
+async def _one(
+    http: aiohttp.ClientSession, user_id: str, seat: str, timeout_s: float, poll_s: float = 0.005
+) -> float:
     headers = {"X-User-Id": user_id}
     async with http.post(f"/api/v1/seats/demo/{seat}/hold", headers=headers) as response:
         assert response.status == 200, await response.text()
@@ -207,7 +249,7 @@ async def _one(http: aiohttp.ClientSession, user_id: str, seat: str, timeout_s: 
             if status == "confirmed":
                 return time.perf_counter() - started
             assert status in ("pending", "awaiting_payment"), status
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(poll_s)
 
 
 def main() -> None:
@@ -217,19 +259,33 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--payment-delay-ms", type=int, default=0)
     parser.add_argument("--no-flush", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--per-buyer", type=int, default=8)
+    parser.add_argument("--load-poll-ms", type=int, default=100)
     args = parser.parse_args()
+    seats_needed = 1 + args.samples + args.concurrency * args.per_buyer
+    if seats_needed > SEATS:
+        parser.error(f"{seats_needed} reservations need more than the {SEATS} seats")
     configure_logging(LogSettings(level="WARNING"), service="bench")
     with tempfile.TemporaryDirectory() as workdir:
-        latencies = asyncio.run(measure(args, Path(workdir)))
-    q = statistics.quantiles(latencies, n=100)
+        phases, load_wall = asyncio.run(measure(args, Path(workdir)))
     print(
-        f"samples: {len(latencies)}, payment delay {args.payment_delay_ms} ms,"
-        f" post-batch flush {'off' if args.no_flush else 'on'}"
+        f"payment delay {args.payment_delay_ms} ms, post-batch flush "
+        f"{'off' if args.no_flush else 'on'}, one poller -> one handler"
     )
-    print(
-        f"request -> confirmed: p50 {q[49] * 1000:.0f} ms, p95 {q[94] * 1000:.0f} ms,"
-        f" min {min(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
-    )
+    for name, latencies in phases.items():
+        q = statistics.quantiles(latencies, n=100, method="inclusive")
+        print(
+            f"request -> confirmed, {name}: n={len(latencies)} p50 {q[49] * 1000:.0f} ms,"
+            f" p95 {q[94] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms,"
+            f" max {max(latencies) * 1000:.0f} ms"
+        )
+    if load_wall:
+        total = args.concurrency * args.per_buyer
+        print(
+            f"under load: {total} reservations confirmed in {load_wall:.1f} s "
+            f"({total / load_wall:.1f}/s; status polled every {args.load_poll_ms} ms)"
+        )
 
 
 if __name__ == "__main__":

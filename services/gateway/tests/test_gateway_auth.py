@@ -182,3 +182,20 @@ async def test_the_ratelimit_admin_api_needs_the_admin_role(stack):
     # The role the admin API trusts is the one the gateway verified.
     assert (got["x-user-id"], got["x-user-role"]) == (["root"], ["admin"])
     assert stack.queue.requests == []
+
+
+async def test_a_tenant_reads_its_usage_with_its_api_key_and_no_login(stack):
+    upstream = stack.upstreams["ratelimit_admin"]
+    path = "/api/v1/ratelimit/usage"
+    response = await stack.client.get(f"{path}?policy=general", headers={"X-API-Key": "urr_k"})
+    seen = await _seen(response)
+    assert (seen["upstream"], seen["method"], seen["path"]) == ("ratelimit_admin", "GET", path)
+    assert seen["query"] == "policy=general"
+    got = stack.headers_of(seen)
+    # The key reaches the admin service, which checks it; no identity is made up on the way.
+    assert got["x-api-key"] == ["urr_k"]
+    assert "x-user-role" not in got
+    # Read-only, and only this path: the admin API stays behind the login and the role.
+    assert (await stack.client.post(path, json={})).status == 405
+    assert (await stack.client.get("/api/v1/ratelimit/tenants")).status == 404
+    assert len(upstream.requests) == 1

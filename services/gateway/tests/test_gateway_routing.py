@@ -49,6 +49,7 @@ def _match(path: str) -> RouteMatch | None:
             False,
             None,
         ),
+        ("/api/v1/ratelimit/usage", "ratelimit_usage", RL_ADMIN, False, None, False, None),
         ("/v1/log/jwks.json", "admission_log", Upstream.ADMISSION_LOG, False, None, False, None),
         ("/v1/log/e1/sth", "admission_log", Upstream.ADMISSION_LOG, False, None, False, None),
         ("/v1/log/e1/proof/inclusion", "admission_log", LOG, False, None, False, None),
@@ -136,9 +137,15 @@ def test_fuzz_the_index_agrees_with_a_scan_of_the_table(head, tail, area):
     assert match_route(segments) == match_route(segments, linear)
 
 
-def test_only_the_log_is_read_only_and_ratelimit_admin_needs_the_role():
+def test_only_the_log_and_tenant_usage_are_read_only_and_ratelimit_admin_needs_the_role():
     read_only = {route.name for route in ROUTES if route.methods is not None}
-    assert read_only == {"admission_log"}
+    assert read_only == {"admission_log", "ratelimit_usage"}
+    usage = _match("/api/v1/ratelimit/usage")
+    assert usage is not None
+    assert usage.route.methods == frozenset({"GET", "HEAD"})
+    # Exact: nothing else under /api/v1/ratelimit reaches the admin service without a login.
+    assert _match("/api/v1/ratelimit/usage/x") is None
+    assert _match("/api/v1/ratelimit/tenants") is None
     log = _match("/v1/log/e1/entries")
     assert log is not None
     assert log.route.methods == frozenset({"GET", "HEAD"})

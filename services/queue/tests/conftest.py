@@ -21,6 +21,7 @@ from urr_queue.app import create_app
 from urr_queue.settings import (
     AdmissionSettings,
     EntryTokenSettings,
+    FiguresSettings,
     QueueEventsSettings,
     QueueSettings,
     ReservationEventsSettings,
@@ -144,6 +145,7 @@ def make_settings(tmp_path: Path, tier1_key: SigningKey) -> SettingsFactory:
             "queue_events": QueueEventsSettings(enabled=False),
             "reservation_events": ReservationEventsSettings(enabled=False),
             "tier1_places": Tier1PlacesSettings(enabled=False),
+            "figures": FiguresSettings(enabled=False),
             "heartbeat_bucket_ms": 500,
         }
         values.update(overrides)

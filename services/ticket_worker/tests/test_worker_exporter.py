@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from urr_devstack.procs import free_port
-from urr_ticket_worker.exporter import consumer_lag
+from urr_ticket_worker.exporter import cloudwatch_oldest_age_s, consumer_lag
 from urr_ticket_worker.testing import Queues, create_topics, sqs_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -106,9 +106,47 @@ async def test_dlq_depth_and_consumer_lag_are_exported(
                 if seen == (3.0, 6.0):
                     break
                 await asyncio.sleep(0.3)
-        assert seen == (3.0, 6.0), (tmp_path / "exporter.log").read_text()[-3000:]
+            assert seen == (3.0, 6.0), (tmp_path / "exporter.log").read_text()[-3000:]
+            # The oldest dead letter's age, read by looking without taking: all 3 stay.
+            age = await _metric(session, url, "urr_worker_dlq_oldest_age_seconds ")
+            assert age is not None
+            assert 0 < age < 120
+        async with sqs_client(moto_endpoint) as sqs:
+            attributes = await sqs.get_queue_attributes(
+                QueueUrl=queues.dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )
+            assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "3"
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
             async with asyncio.timeout(20):
                 await process.wait()
+
+
+async def test_the_command_queue_age_is_read_from_cloudwatch(moto_endpoint: str) -> None:
+    """In AWS SQS publishes ApproximateAgeOfOldestMessage to CloudWatch; moto does not, so
+    the datapoint is put here as SQS would."""
+    import aioboto3
+
+    queue = f"age-{uuid.uuid4().hex[:8]}.fifo"
+    session = aioboto3.Session()
+    kwargs = {
+        "endpoint_url": moto_endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+    }
+    async with session.client("cloudwatch", **kwargs) as cloudwatch:
+        assert await cloudwatch_oldest_age_s(cloudwatch, queue) is None
+        await cloudwatch.put_metric_data(
+            Namespace="AWS/SQS",
+            MetricData=[
+                {
+                    "MetricName": "ApproximateAgeOfOldestMessage",
+                    "Dimensions": [{"Name": "QueueName", "Value": queue}],
+                    "Value": 725.0,
+                    "Unit": "Seconds",
+                }
+            ],
+        )
+        assert await cloudwatch_oldest_age_s(cloudwatch, queue) == 725.0

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from urr_ticket_worker import handler
 from urr_ticket_worker.messages import CancelCommand, ReserveCommand, TransferCommand
+from urr_ticket_worker.metrics import WorkerMetrics, batch_result, queue_waits
 from urr_ticket_worker.testing import make_settings, sqs_record
 
 pytestmark = pytest.mark.integration
@@ -156,3 +161,56 @@ async def test_transfer_moves_a_confirmed_reservation(call: Any, pool: asyncpg.P
     assert await pool.fetchval("SELECT user_id FROM reservations") == "u9"
     topics = [r["topic"] for r in await pool.fetch("SELECT topic FROM outbox ORDER BY id")]
     assert topics == ["payment-events", "transfer-events"]
+
+
+def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_each_batch_is_counted_by_result_with_its_latency(
+    lambda_thread: Any, postgres_dsn: str, pool: asyncpg.Pool
+) -> None:
+    registry = CollectorRegistry()
+    lambda_thread(handler.configure, make_settings(postgres_dsn), WorkerMetrics(registry))
+    command = reserve("u1", ["A1"])
+    sent = str(time.time_ns() // 1_000_000 - 2_000)  # two seconds on the queue
+    fresh = sqs_record(command.to_json().decode(), group="ev1:u1")
+    fresh["attributes"]["SentTimestamp"] = sent
+    again = sqs_record(command.to_json().decode(), group="ev1:u1")
+    poison = sqs_record("{not json", group="ev1:u2")
+    assert invoke(lambda_thread, fresh, again, poison) == [poison["messageId"]]
+    assert invoke(lambda_thread, sqs_record("[]", group="ev1:u3")) != []
+
+    assert _sample(registry, "urr_worker_batches_total", result="partial") == 1
+    assert _sample(registry, "urr_worker_batches_total", result="failed") == 1
+    assert _sample(registry, "urr_worker_batches_total", result="ok") == 0
+    assert _sample(registry, "urr_worker_messages_total", result="applied") == 1
+    assert _sample(registry, "urr_worker_messages_total", result="duplicate") == 1
+    assert _sample(registry, "urr_worker_messages_total", result="failed") == 2
+    assert _sample(registry, "urr_worker_batch_seconds_count") == 2
+    # Four records with a timestamp: the one sent two seconds ago lands in the 2.5 s bucket,
+    # the others carry the helper's fixed 2023 timestamp (past every bucket).
+    assert _sample(registry, "urr_worker_message_wait_seconds_count") == 4
+    assert _sample(registry, "urr_worker_message_wait_seconds_bucket", le="1.0") == 0
+    assert _sample(registry, "urr_worker_message_wait_seconds_bucket", le="2.5") == 1
+    assert _sample(registry, "urr_worker_message_wait_seconds_bucket", le="1800.0") == 1
+
+
+def test_batch_results_and_queue_waits_are_plain_arithmetic() -> None:
+    assert [batch_result(10, n) for n in (0, 1, 9, 10)] == ["ok", "partial", "partial", "failed"]
+    records: list[dict[str, object]] = [
+        {"attributes": {"SentTimestamp": "1000"}},
+        {"attributes": {"SentTimestamp": "5000"}},  # later than "now": no negative wait
+        {"attributes": {"SentTimestamp": "soon"}},
+        {"attributes": "nope"},
+        {},
+    ]
+    assert queue_waits(records, now_ms=3000) == [2.0, 0.0]
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=12), st.text(max_size=12)), max_size=5))
+def test_queue_waits_never_raise_on_odd_attributes(attributes: list[dict[str, str]]) -> None:
+    waits = queue_waits([{"attributes": a} for a in attributes], now_ms=10**13)
+    assert len(waits) <= len(attributes)
+    assert all(w >= 0 for w in waits)

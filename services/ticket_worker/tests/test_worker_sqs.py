@@ -14,11 +14,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Gauge
 
 from urr_devstack.procs import free_port
 from urr_ticket_worker import handler
 from urr_ticket_worker.local.poller import Poller, resolve_queue
 from urr_ticket_worker.messages import ReserveCommand
+from urr_ticket_worker.metrics import oldest_age_s
 from urr_ticket_worker.testing import Queues, make_settings, seed_event
 from urr_ticket_worker.testing import send_fifo as send
 
@@ -163,3 +167,47 @@ async def test_a_poller_killed_mid_batch_loses_and_doubles_nothing(
         await pool.fetchval("SELECT count(*) FROM outbox WHERE topic = 'payment-events'") == count
     )
     assert await queue_depth(sqs, queues.dlq_url) == 0
+
+
+async def test_the_poller_reports_the_age_of_the_front_of_the_queue(
+    sqs: Any, queues: Queues, poller: Poller, pool: asyncpg.Pool
+) -> None:
+    registry = CollectorRegistry()
+    oldest = Gauge("urr_worker_queue_oldest_age_seconds", "", registry=registry)
+    oldest.set(-1)
+    await send(sqs, queues, [("ev1:u1", reserve_body("u1", "A1"))])
+    front = Poller(sqs, poller._queue, poller._settings, poller._executor, None, oldest)
+    assert await front.poll_once() == (1, 0)
+    age = registry.get_sample_value("urr_worker_queue_oldest_age_seconds")
+    assert age is not None
+    assert 0 <= age < 30
+
+
+def test_the_oldest_age_is_taken_from_the_earliest_timestamp() -> None:
+    messages: list[dict[str, Any]] = [
+        {"Attributes": {"SentTimestamp": "4000"}},
+        {"Attributes": {"SentTimestamp": "1500"}},
+        {"Attributes": {"SentTimestamp": "later"}},
+        {"Attributes": None},
+        {},
+    ]
+    assert oldest_age_s(messages, now_ms=5000) == 3.5
+    assert oldest_age_s([], now_ms=5000) == 0
+    assert oldest_age_s([{"Attributes": {"SentTimestamp": "9000"}}], now_ms=5000) == 0
+
+
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["Attributes", "Body"]),
+            st.none()
+            | st.dictionaries(st.sampled_from(["SentTimestamp", "Other"]), st.text(max_size=15)),
+        ),
+        max_size=6,
+    ),
+    st.integers(min_value=0, max_value=2**45),
+)
+def test_the_oldest_age_never_raises_and_is_never_negative(
+    messages: list[dict[str, Any]], now_ms: int
+) -> None:
+    assert oldest_age_s(messages, now_ms) >= 0

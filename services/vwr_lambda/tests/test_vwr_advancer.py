@@ -273,3 +273,28 @@ def test_iam_mode_trusts_the_signed_caller_identity(vwr: Any, event_file: Any) -
     answer = vwr.call(event)
     assert answer.status == 201
     assert answer.body["batchSize"] == 100
+
+
+def test_each_cycle_emits_the_line_s_two_ends_per_event_as_emf(
+    vwr: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In AWS nothing scrapes the advancer: the dashboard's serving counter and next
+    position are EMF gauges with an eventId dimension."""
+    vwr.open_event("evt-emf", batch_size=2)
+    fill(vwr, "evt-emf", 3)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    capsys.readouterr()
+    run_advancer(vwr)
+    figures: dict[str, float] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if not line.startswith("{"):
+            continue
+        document = json.loads(line)
+        if document.get("eventId") != "evt-emf":
+            continue
+        (directive,) = document["_aws"]["CloudWatchMetrics"]
+        assert sorted(directive["Dimensions"][0]) == ["eventId", "service"]
+        for metric in directive["Metrics"]:
+            (figures[metric["Name"]],) = document[metric["Name"]]
+    # Three places handed out, two let through (batch 2).
+    assert figures == {"ServingCounter": 2, "NextPosition": 3}

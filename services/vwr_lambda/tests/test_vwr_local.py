@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
 
-from urr_common.service import metrics_text
+from urr_common.service import REGISTRY_KEY, metrics_text
 from urr_common.settings import load_settings
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw, containers, scheduler
@@ -139,6 +140,28 @@ async def test_the_scheduler_invokes_the_advancer(vwr: Any) -> None:
         assert (await client.get("/health/ready")).status == 200
         status = await asyncio.to_thread(vwr.status, "evt-1")
         assert status.body["servingCounter"] == 1
+        # The line's two ends are on /metrics for the dashboard.
+        registry = app[REGISTRY_KEY]
+        labels = {"event_id": "evt-1"}
+        assert registry.get_sample_value("urr_vwr_serving_counter", labels) == 1
+        assert registry.get_sample_value("urr_vwr_next_position", labels) == 1
+
+
+def test_the_scheduler_shows_the_last_cycle_and_drops_events_that_left() -> None:
+    result = {
+        "cycles": [
+            [{"eventId": "a", "servingCounter": 1, "nextPosition": 9}],
+            [{"eventId": "a", "servingCounter": 4, "nextPosition": 9}],
+        ]
+    }
+    assert scheduler.last_positions(result) == {"a": (4, 9)}
+    assert scheduler.last_positions({"cycles": []}) == {}
+    registry = CollectorRegistry()
+    gauges = scheduler.PositionGauges(registry)
+    gauges.show({"a": (4, 9), "b": (0, 3)})
+    gauges.show({"a": (5, 9)})
+    assert registry.get_sample_value("urr_vwr_serving_counter", {"event_id": "a"}) == 5
+    assert registry.get_sample_value("urr_vwr_next_position", {"event_id": "b"}) is None
 
 
 @pytest.mark.timeout(120)

@@ -36,7 +36,7 @@ K8S = REPO / "k8s"
 NAMESPACES = {"kind": "urr", "staging": "urr-staging", "prod": "urr"}
 #: Kinds whose schemas are CRDs (Argo Rollouts, prometheus-operator): kubernetes-validate has
 #: none, so the structural tests below cover them.
-CRD_KINDS = {"Rollout", "AnalysisTemplate", "PodMonitor", "PrometheusRule"}
+CRD_KINDS = {"Rollout", "AnalysisTemplate", "PodMonitor", "PrometheusRule", "Alertmanager"}
 #: EKS 1.28 (seed 004 §2.1) and the newest schema bundled.
 K8S_VERSIONS = ("1.28", kubernetes_validate.latest_version())
 CLUSTER_SCOPED = {"Namespace"}

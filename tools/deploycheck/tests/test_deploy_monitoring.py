@@ -4,25 +4,29 @@ alert has its runbook section; the dashboard covers what operators watch."""
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import re
+import shutil
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import promql_parser
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from urr_common.metrics import HttpMetrics
-from urr_deploycheck.dashboard import PROPOSED_TITLE, build, proposed_metrics
+from urr_deploycheck import ratelimit_dashboard
+from urr_deploycheck.dashboard import build
 from urr_deploycheck.manifests import Manifest, by_kind, render
 from urr_deploycheck.metrics import (
     METRICS,
     TARGET_LABELS,
     by_series_name,
     markdown_table,
-    proposed_names,
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -35,8 +39,9 @@ def prod() -> tuple[Manifest, ...]:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    (rule,) = by_kind(prod(), "PrometheusRule").values()
-    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    """Every alert of every PrometheusRule (the suite's, and groups kept in files of their own)."""
+    rules = by_kind(prod(), "PrometheusRule").values()
+    return [r for rule in rules for group in rule["spec"]["groups"] for r in group["rules"]]
 
 
 def every_query() -> list[tuple[str, str]]:
@@ -46,7 +51,7 @@ def every_query() -> list[tuple[str, str]]:
         for metric in template["spec"]["metrics"]:
             where = f"analysis {template['metadata']['name']}/{metric['name']}"
             queries.append((where, metric["provider"]["prometheus"]["query"]))
-    for panel in build()["panels"]:
+    for panel in [*build()["panels"], *ratelimit_dashboard.build()["panels"]]:
         for target in panel.get("targets", []):
             queries.append((f"panel {panel['title']}", target["expr"]))
     return queries
@@ -118,12 +123,10 @@ def test_exported_metrics_are_created_by_their_owner_with_these_labels(metric):
     assert in_source[metric.name] == (metric.kind, metric.labels)
 
 
-def test_proposed_metrics_are_really_not_exported_anywhere():
-    # A proposed name that some service now exports must become "exported" (and be checked).
-    exported: set[str] = set()
-    for folder in (REPO / "libs/common/src", *sorted((REPO / "services").glob("*/src"))):
-        exported |= set(metrics_in_source(folder))
-    assert not proposed_names() & exported
+def test_every_catalogued_metric_is_exported_none_merely_proposed():
+    # The "proposed" escape is gone: an alert or panel may only read what a process serves.
+    assert {m.status for m in METRICS} == {"exported", "builtin"}
+    assert [m.name for m in METRICS if m.status == "builtin"] == ["up"]
 
 
 def test_the_source_scan_reads_names_kinds_and_labels():
@@ -226,37 +229,11 @@ def test_the_issue_s_alerts_exist_with_severity_and_runbook_section():
         assert rule["annotations"]["summary"]
 
 
-def _proposed_in(query: str) -> set[str]:
-    known = by_series_name()
-    selectors, _ = _walk(query)
-    return {known[name].name for name, _ in selectors if known[name].status == "proposed"}
-
-
-def test_alerts_on_proposed_metrics_say_so_and_only_those():
+def test_no_alert_or_panel_says_it_cannot_fire():
     for rule in alert_rules():
-        listed = rule["annotations"].get("proposed_metrics", "")
-        marked = {name.strip() for name in listed.split(",") if name.strip()}
-        assert marked == _proposed_in(rule["expr"]), rule["alert"]
-
-
-def test_canary_analysis_reads_only_exported_metrics():
-    # A gate on a series nobody exports would never pass (or, worse, pass on no data).
-    for where, query in every_query():
-        if where.startswith("analysis"):
-            assert not _proposed_in(query), where
-
-
-def test_panels_on_proposed_metrics_say_so():
-    panels = [p for p in build()["panels"] if p["type"] != "row"]
-    for panel in panels:
-        proposed = {name for t in panel["targets"] for name in proposed_metrics(t["expr"])}
-        assert proposed == {n for t in panel["targets"] for n in _proposed_in(t["expr"])}
-        assert panel["title"].endswith(PROPOSED_TITLE) == bool(proposed), panel["title"]
-        for name in proposed:
-            assert name in panel["description"], panel["title"]
-    # Most of what operators watch works today.
-    working = [p for p in panels if not p["title"].endswith(PROPOSED_TITLE)]
-    assert len(working) > len(panels) / 2
+        assert "proposed_metrics" not in rule["annotations"], rule["alert"]
+    for panel in build()["panels"]:
+        assert "proposed" not in panel["title"] + panel.get("description", ""), panel["title"]
 
 
 def test_runbook_covers_the_procedures_and_its_links_resolve():
@@ -302,10 +279,16 @@ def test_dashboard_shows_what_the_issue_lists():
         "urr_queue_waiting",
         "urr_queue_active_sessions",
         "urr_queue_eta_seconds",
+        "urr_queue_admission_rate",
+        "urr_queue_oldest_waiter_seconds",
         "urr_vwr_serving_counter",
         "urr_vwr_next_position",
         "urr_worker_batches_total",
         "urr_worker_dlq_messages",
+        "urr_worker_dlq_oldest_age_seconds",
+        "urr_worker_messages_total",
+        "urr_worker_batch_seconds_bucket",
+        "urr_kafka_consumer_lag",
         "urr_outbox_unsent",
     ):
         assert needle in expressions, needle
@@ -316,5 +299,149 @@ def test_catalogue_renders_as_a_table():
     assert table.count("\n") == len(METRICS) + 1
     assert "| `urr_outbox_unsent` | gauge | - | ticket_worker | exported |" in table
     assert "| `urr_worker_dlq_messages` | gauge | - | ticket_worker | exported |" in table
-    oldest = "| `urr_worker_queue_oldest_age_seconds` | gauge | - | ticket_worker | proposed |"
+    oldest = "| `urr_worker_queue_oldest_age_seconds` | gauge | - | ticket_worker | exported |"
     assert oldest in table
+
+
+# The rate-limit usage alerts and the per-tenant dashboard (issue 18) ---------------------------
+
+USAGE_ALERTS = {
+    "UrrRateLimitSnapshotLag": "urr_ratelimit_snapshot_lag_seconds",
+    "UrrRateLimitQuotaSoftLimit": "urr_ratelimit_quota_soft_limit",
+    "UrrRateLimitFailOpenTime": 'urr_ratelimit_decisions_total{source="open"}',
+}
+
+
+def test_the_usage_alerts_are_their_own_group_also_loaded_by_the_compose_prometheus():
+    rules = by_kind(prod(), "PrometheusRule")
+    usage = rules["urr-ratelimit-usage"]["spec"]["groups"]
+    assert [group["name"] for group in usage] == ["urr.ratelimit.usage"]
+    alerts = {r["alert"]: r for group in usage for r in group["rules"]}
+    assert set(alerts) == set(USAGE_ALERTS)
+    for alert, needle in USAGE_ALERTS.items():
+        assert needle in alerts[alert]["expr"], alert
+    # No other PrometheusRule defines these groups or alerts a second time.
+    others = [r for name, rule in rules.items() if name != "urr-ratelimit-usage"
+              for group in rule["spec"]["groups"] for r in group["rules"]]  # fmt: skip
+    assert not {r["alert"] for r in others} & set(USAGE_ALERTS)
+    compose_rules = yaml.safe_load((REPO / "monitoring/rules/ratelimit-usage.yml").read_text())
+    assert compose_rules["groups"] == usage
+    prometheus = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./monitoring/rules:/etc/prometheus/rules:ro" in mounts
+
+
+def test_the_usage_alerts_fire_at_their_thresholds():
+    alerts = {r["alert"]: r["expr"] for r in alert_rules()}
+    assert "> 600" in alerts["UrrRateLimitSnapshotLag"]
+    assert "absent(urr_ratelimit_snapshot_lag_seconds)" in alerts["UrrRateLimitSnapshotLag"]
+    assert ">= max by (tenant) (urr_ratelimit_quota_soft_limit)" in " ".join(
+        alerts["UrrRateLimitQuotaSoftLimit"].split()
+    )
+    assert "[1h:1m]" in alerts["UrrRateLimitFailOpenTime"]
+
+
+def test_the_tenant_dashboard_is_generated_valid_and_shows_what_the_issue_lists():
+    path = REPO / ratelimit_dashboard.PATH
+    dashboard = json.loads(path.read_text(encoding="utf-8"))
+    assert dashboard == ratelimit_dashboard.build()
+    assert dashboard["uid"] != build()["uid"]
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps another panel"
+                cells.add((x, y))
+        if panel["type"] != "row":
+            assert panel["targets"]
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "tenant"}
+    expressions = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
+    for needle in (
+        "sum by (tenant, result) (rate(urr_ratelimit_usage_requests_total",  # traffic
+        'result=~"blocked"',  # block ratio
+        "urr_ratelimit_quota_used",
+        "urr_ratelimit_quota_soft_limit",
+        "urr_ratelimit_snapshot_lag_seconds",
+        'urr_ratelimit_decisions_total{source="open"}',
+    ):
+        assert needle in expressions, needle
+
+
+def _amtool() -> str:
+    path = shutil.which("amtool")
+    if path is None:
+        pytest.fail("amtool is missing: `make system-deps` installs prometheus-alertmanager")
+    return path
+
+
+@pytest.mark.parametrize("overlay", ["prod", "staging"])
+def test_alertmanager_config_is_rendered_and_amtool_accepts_it(overlay, tmp_path):
+    docs = render(REPO / "k8s/overlays" / overlay)
+    secret = by_kind(docs, "Secret")["urr-alertmanager-config"]
+    config = tmp_path / "alertmanager.yaml"
+    config.write_bytes(base64.b64decode(secret["data"]["alertmanager.yaml"]))
+    checked = subprocess.run(
+        [_amtool(), "check-config", str(config)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (manager,) = by_kind(docs, "Alertmanager").values()
+    assert manager["spec"]["configSecret"] == "urr-alertmanager-config"
+    parsed = yaml.safe_load(config.read_text())
+    # Receiver secrets are files of the mounted Secret, never values in the configuration.
+    mounted = {f"/etc/alertmanager/secrets/{name}/" for name in manager["spec"]["secrets"]}
+    text = config.read_text()
+    for key in ("smtp_auth_password_file", "slack_api_url_file"):
+        assert any(parsed["global"][key].startswith(m) for m in mounted), key
+    assert "credentials_file: /etc/alertmanager/secrets/urr-alertmanager-receivers/" in text
+    for forbidden in ("smtp_auth_password:", "api_url:", "hooks.slack.com"):
+        assert forbidden not in text
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["severity=critical", "alertname=UrrDlqNotEmpty"], "urr-critical"),
+        (["severity=warning", "alertname=UrrPodDown", "app=queue"], "urr-warning"),
+        (["alertname=SomethingElse"], "urr-default"),
+    ],
+)
+def test_alerts_are_routed_by_severity(labels, receiver):
+    config = REPO / "k8s/components/monitoring/alertmanager.yaml"
+    routed = subprocess.run(
+        [_amtool(), "config", "routes", "test", f"--config.file={config}", *labels],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert routed.stdout.strip() == receiver, routed.stdout + routed.stderr
+
+
+def test_every_severity_the_rules_use_has_its_own_route():
+    config = yaml.safe_load(
+        (REPO / "k8s/components/monitoring/alertmanager.yaml").read_text(encoding="utf-8")
+    )
+    routed = {route["matchers"][0] for route in config["route"]["routes"]}
+    for rule in alert_rules():
+        assert f'severity="{rule["labels"]["severity"]}"' in routed, rule["alert"]
+
+
+def test_the_compose_prometheus_loads_every_group_the_cluster_alerts_with():
+    cluster = [
+        group
+        for rule in by_kind(prod(), "PrometheusRule").values()
+        for group in rule["spec"]["groups"]
+    ]
+    compose = [
+        group
+        for path in sorted((REPO / "monitoring/rules").glob("*.yml"))
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+    ]
+    by_name = {group["name"]: group for group in compose}
+    assert len(by_name) == len(compose), "a group is defined twice under monitoring/rules"
+    assert by_name == {group["name"]: group for group in cluster}

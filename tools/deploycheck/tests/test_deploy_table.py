@@ -93,6 +93,7 @@ def test_ports_are_distinct_and_the_design_ones():
         "ticket-exporter": 3025,
         "admission-log": 3030,
         "ratelimit-admin": 3040,
+        "ratelimit-usage": 3041,
         "vwr-edge": 8000,
     }
     assert {w.name: w.port for w in WORKLOADS} == expected

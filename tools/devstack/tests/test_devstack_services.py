@@ -179,12 +179,15 @@ def test_devstack_runs_the_log_the_ratelimit_admin_and_the_exporter() -> None:
     ports = resolve_ports(SERVICES, {})
     assert ports["admission-log"] == 3030
     assert ports["ratelimit-admin"] == 3040
+    assert ports["ratelimit-usage"] == 3041
     assert ports["ticket-exporter"] == 3025
     modules = {spec.name: spec.module for spec in SERVICES}
     assert modules["admission-log"] == "urr_admission_log"
     assert modules["ratelimit-admin"] == "urr_ratelimit_admin"
+    assert modules["ratelimit-usage"] == "urr_ratelimit_admin.snapshots"
     assert modules["ticket-exporter"] == "urr_ticket_worker.exporter"
-    for module in ("urr_admission_log", "urr_ratelimit_admin", "urr_ticket_worker.exporter"):
+    runs = ("urr_admission_log", "urr_ratelimit_admin", "urr_ratelimit_admin.snapshots")
+    for module in (*runs, "urr_ticket_worker.exporter"):
         assert is_runnable(module), module
     # The gateway sends /v1/log and /api/v1/admin/ratelimit to them.
     gateway = next(spec for spec in SERVICES if spec.name == "gateway")

@@ -19,23 +19,29 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import boto3
 import pytest
+import yaml
 
 from urr_common.tokens import KeySet, load_verification_keys
 from urr_devstack import aws, kafka
 from urr_devstack.infra import check_redis
+from urr_devstack.monitoring import alert_queries, unserved_metrics
 from urr_devstack.procs import RedisServer, free_port, is_listening
 from urr_devstack.runstate import RunState, cmdline, descendants, stop_recorded
 from urr_devstack.services import SERVICES
 from urr_devstack.stack import READY_BANNER
+from urr_devstack.testing import AlertWebhook
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(120)]
 
 SERVER_NAMES = ("redis", "postgres", "kafka", "moto")
+REPO = Path(__file__).resolve().parents[3]
 
 #: A service built like the real ones (urr_common settings, app, readiness, serve), added to
 #: the table so the whole path runs even before any real service exists: the environment the
@@ -270,12 +276,100 @@ def _assert_all_gone(processes: dict[int, str]) -> None:
     raise AssertionError(f"processes left behind: {left}")
 
 
-def test_devstack_up_starts_from_nothing_and_stops_cleanly(stack_env: dict[str, str]) -> None:
+def _monitoring_env(webhook: AlertWebhook) -> dict[str, str]:
+    """Prometheus and Alertmanager on the stack, fast: targets scraped and rules checked every
+    second with ``for: 0s`` (the expressions are the Kubernetes ones), the exporter polling
+    every 0.5 s (every service inherits the stack's environment), every receiver posting to
+    ``webhook``."""
+    return {
+        "URR_DEVSTACK__MONITORING__ENABLED": "true",
+        "URR_DEVSTACK__MONITORING__PROMETHEUS_PORT": str(free_port()),
+        "URR_DEVSTACK__MONITORING__ALERTMANAGER_PORT": str(free_port()),
+        "URR_DEVSTACK__MONITORING__SCRAPE_INTERVAL_S": "1",
+        "URR_DEVSTACK__MONITORING__EVALUATION_INTERVAL_S": "1",
+        "URR_DEVSTACK__MONITORING__RULE_FOR": "0s",
+        "URR_DEVSTACK__MONITORING__GROUP_WAIT_S": "0.5",
+        "URR_DEVSTACK__MONITORING__WEBHOOK_URL": webhook.url,
+        "URR_EXPORTER__POLL_S": "0.5",
+    }
+
+
+def _get(url: str) -> Any:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as answer:
+        body = answer.read()
+    return json.loads(body) if body[:1] == b"{" else body.decode()
+
+
+def _until(what: str, probe: Callable[[], Any], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s:.0f}s")
+        time.sleep(0.2)
+    return value
+
+
+def _check_monitoring(env: dict[str, str], webhook: AlertWebhook) -> None:
+    """Every target scraped; every metric the dashboards and alerts name served by one of
+    them; a dead letter reaching the webhook as UrrDlqNotEmpty (exporter -> the Kubernetes
+    rule in Prometheus -> Alertmanager's critical route)."""
+    state = Path(env["URR_DEVSTACK__STATE_DIR"])
+    config = yaml.safe_load((state / "monitoring" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    targets = {c["labels"]["app"]: c["targets"][0] for c in job["static_configs"]}
+    assert {"queue", "vwr-scheduler", "ticket-poller", "ticket-exporter"} <= set(targets)
+    prometheus = f"http://127.0.0.1:{env['URR_DEVSTACK__MONITORING__PROMETHEUS_PORT']}"
+
+    def all_up() -> bool:
+        active = _get(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
+        return len(active) == len(targets) and all(t["health"] == "up" for t in active)
+
+    _until("Prometheus scrapes every target", all_up, 30)
+    pages = [_get(f"http://{address}/metrics") for address in targets.values()]
+    missing = unserved_metrics(REPO, pages)
+    assert not missing, f"named in a query, served by no process: {missing}"
+    groups = _get(f"{prometheus}/api/v1/rules")["data"]["groups"]
+    loaded = {rule["name"] for group in groups for rule in group["rules"]}
+    assert loaded == {where.removeprefix("alert ") for where, _ in alert_queries(REPO)}
+
+    assert webhook.firing("UrrDlqNotEmpty") is None
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=f"http://127.0.0.1:{_port(env, 'moto')}",
+        region_name="us-east-1",
+        aws_access_key_id="urr-local",
+        aws_secret_access_key="urr-local",
+    )
+    sent = time.monotonic()
+    sqs.send_message(
+        QueueUrl=sqs.get_queue_url(QueueName=aws.TICKET_DLQ)["QueueUrl"],
+        MessageBody='{"type": "reserve", "reservationId": "poison"}',
+        MessageGroupId="evt-1:user-1",
+        MessageDeduplicationId=uuid.uuid4().hex,
+    )
+    notification, alert = _until(
+        "UrrDlqNotEmpty reaches the webhook", lambda: webhook.firing("UrrDlqNotEmpty"), 30
+    )
+    print(f"dead letter -> webhook in {time.monotonic() - sent:.1f}s")
+    assert notification["receiver"] == "urr-critical"
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["annotations"]["runbook_url"].endswith("#urrdlqnotempty")
+    exporter = _get(f"http://{targets['ticket-exporter']}/metrics")
+    assert "urr_worker_dlq_messages 1.0" in exporter
+
+
+def test_devstack_up_starts_from_nothing_and_stops_cleanly(
+    stack_env: dict[str, str], alert_webhook: AlertWebhook
+) -> None:
     ports = [_port(stack_env, name) for name in SERVER_NAMES]
     assert not any(is_listening("127.0.0.1", port) for port in ports)
+    # With monitoring: Prometheus and Alertmanager start with the stack and stop with it.
+    stack_env.update(_monitoring_env(alert_webhook))
     stack = RunningStack(stack_env, with_probe=True)
     try:
-        stack.wait_for(READY_BANNER, 60)
+        # Servers from nothing, every service, Prometheus and Alertmanager on two shared cores.
+        stack.wait_for(READY_BANNER, 90)
         assert "probe is ready" in stack.output
         # The processes wired in last: the stack waits for their /health/ready too.
         for name in ("admission-log", "ratelimit-admin", "ticket-exporter"):
@@ -315,6 +409,12 @@ def test_devstack_up_starts_from_nothing_and_stops_cleanly(stack_env: dict[str, 
             opener.open(via_edge, timeout=10)
         with unknown.value as answer:
             assert answer.code == 404
+        assert "started prometheus" in stack.output
+        assert "started alertmanager" in stack.output
+        assert any("prometheus-alertmanager" in line for line in started.values())
+        checked = time.monotonic()
+        _check_monitoring(stack_env, alert_webhook)
+        print(f"monitoring checks: {time.monotonic() - checked:.1f}s")
         password = (state / "admin-password").read_text().strip()
         assert f"admin@urr.local / {password}" in stack.output
         assert json.loads((state / "devstack.json").read_text())["phase"] == "ready"
@@ -325,6 +425,10 @@ def test_devstack_up_starts_from_nothing_and_stops_cleanly(stack_env: dict[str, 
     assert code == 0, stack.output
     _assert_all_gone(started)
     assert not any(is_listening("127.0.0.1", port) for port in ports)
+    for name in ("PROMETHEUS", "ALERTMANAGER"):
+        assert not is_listening(
+            "127.0.0.1", int(stack_env[f"URR_DEVSTACK__MONITORING__{name}_PORT"])
+        )
     assert not (state / "devstack.json").exists()
 
 

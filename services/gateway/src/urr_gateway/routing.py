@@ -96,6 +96,15 @@ ROUTES: tuple[Route, ...] = (
     # reach it while the event's waiting room is on) and the page's static files.
     Route("event_page", _segments("/events/*"), Upstream.TICKET, exact=True),
     Route("site_assets", _segments("/site/assets"), Upstream.TICKET),
+    # A tenant reads its own rate-limit usage: its X-API-Key, checked by the admin service,
+    # is the credential (no login); read-only, and nothing else under /api/v1/ratelimit.
+    Route(
+        "ratelimit_usage",
+        _segments("/api/v1/ratelimit/usage"),
+        Upstream.RATELIMIT_ADMIN,
+        exact=True,
+        methods=READ_METHODS,
+    ),
     # The public admission log (issue 19): anyone may read it, nobody writes through it.
     Route("admission_log", _segments("/v1/log"), Upstream.ADMISSION_LOG, methods=READ_METHODS),
 )

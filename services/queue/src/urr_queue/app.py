@@ -22,7 +22,7 @@ from urr_queue.admission import AdmissionLoop
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.entry import EntryTokens
 from urr_queue.events import ProducerFactory, QueueEventPublisher
-from urr_queue.metrics import QueueMetrics
+from urr_queue.metrics import EventGauges, FiguresRefresher, QueueMetrics
 from urr_queue.reservations import ConsumerFactory, ReservationEventsConsumer
 from urr_queue.sessions import SessionEnder
 from urr_queue.settings import QueueSettings
@@ -98,6 +98,7 @@ def create_app(
         settings, registry=registry, middlewares=[redis_unavailable_middleware]
     )
     metrics = QueueMetrics.register(app[REGISTRY_KEY])
+    gauges = EventGauges(app[REGISTRY_KEY])
     tokens = EntryTokens.from_settings(settings.entry_tokens)
     trust = settings.vwr_trust
     tier1 = Tier1Checker(
@@ -146,6 +147,9 @@ def create_app(
             publisher_task = asyncio.create_task(publisher.run(), name="queue-events")
             if settings.admission.enabled:
                 tasks.append(asyncio.create_task(loop.run_forever(), name="admission"))
+            if settings.figures.enabled:
+                refresher = FiguresRefresher(store, gauges, settings.figures.interval_s)
+                tasks.append(asyncio.create_task(refresher.run_forever(), name="figures"))
             if consumer_factory is not None:
                 consumer = ReservationEventsConsumer(
                     ender,

@@ -1,10 +1,30 @@
-"""The queue's own Prometheus metrics, registered on the application's registry."""
+"""The queue's own Prometheus metrics, registered on the application's registry.
+
+Counters move where things happen. The per-event gauges (``EventGauges``: waiting, admitted
+sessions, capacity, admission rate, oldest waiter, estimated wait at the back) are the live
+figures the admin API reads, copied from Redis by ``FiguresRefresher`` every few seconds:
+scrapes never touch Redis, and every replica exports the same shared figures (the dashboard
+takes ``max by (event_id)``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.exceptions import RedisError
+
+from urr_common.logs import get_logger
+from urr_queue.estimates import admission_rate, eta_seconds
+
+if TYPE_CHECKING:
+    from urr_queue.store import Figures, QueueStore
+
+_LOG = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,3 +120,134 @@ class QueueMetrics:
                 registry=registry,
             ),
         )
+
+
+@dataclass(frozen=True)
+class EventFigures:
+    """One event's gauge values, as numbers (NaN: not known, e.g. no rate while paused)."""
+
+    waiting: int
+    active_sessions: int
+    capacity: int
+    admission_rate: float
+    oldest_waiter_seconds: float
+    eta_seconds: float
+
+    @classmethod
+    def of(cls, figures: Figures) -> EventFigures:
+        config = figures.config
+        rate = admission_rate(
+            figures.measured_rate,
+            mode=config.mode,
+            capacity=config.capacity,
+            admit_per_second=config.admit_per_second,
+            session_seconds=config.session_seconds,
+        )
+        if figures.waiting == 0:
+            eta: float = 0.0
+        else:
+            known = eta_seconds(figures.waiting, rate)
+            eta = math.nan if known is None else float(known)
+        oldest = figures.oldest_wait_ms
+        return cls(
+            waiting=figures.waiting,
+            active_sessions=figures.admitted,
+            capacity=config.capacity,
+            admission_rate=0.0 if rate is None else rate,
+            oldest_waiter_seconds=0.0 if oldest is None else oldest / 1000,
+            eta_seconds=eta,
+        )
+
+
+class EventGauges:
+    """Per-event gauges, labelled ``event_id``; an event that is gone loses its series."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.waiting = Gauge(
+            "urr_queue_waiting", "People waiting in line", ["event_id"], registry=registry
+        )
+        self.active_sessions = Gauge(
+            "urr_queue_active_sessions",
+            "Admitted sessions open now (not the admissions counter)",
+            ["event_id"],
+            registry=registry,
+        )
+        self.capacity = Gauge(
+            "urr_queue_capacity", "Most admitted sessions at once", ["event_id"], registry=registry
+        )
+        self.admission_rate = Gauge(
+            "urr_queue_admission_rate",
+            "Admissions per second the line moves at (measured, else what the configuration "
+            "allows; 0 while paused)",
+            ["event_id"],
+            registry=registry,
+        )
+        self.oldest_waiter = Gauge(
+            "urr_queue_oldest_waiter_seconds",
+            "How long the person at the front has been in line (0 when nobody waits)",
+            ["event_id"],
+            registry=registry,
+        )
+        self.eta = Gauge(
+            "urr_queue_eta_seconds",
+            "Estimated wait of the last person in line (NaN when no rate is known)",
+            ["event_id"],
+            registry=registry,
+        )
+        self._shown: set[str] = set()
+
+    def _all(self) -> tuple[Gauge, ...]:
+        return (
+            self.waiting,
+            self.active_sessions,
+            self.capacity,
+            self.admission_rate,
+            self.oldest_waiter,
+            self.eta,
+        )
+
+    def show(self, current: dict[str, EventFigures]) -> None:
+        """Set every event of ``current``; drop the series of events no longer there."""
+        for event_id, values in current.items():
+            self.waiting.labels(event_id).set(values.waiting)
+            self.active_sessions.labels(event_id).set(values.active_sessions)
+            self.capacity.labels(event_id).set(values.capacity)
+            self.admission_rate.labels(event_id).set(values.admission_rate)
+            self.oldest_waiter.labels(event_id).set(values.oldest_waiter_seconds)
+            self.eta.labels(event_id).set(values.eta_seconds)
+        for gone in self._shown - set(current):
+            for gauge in self._all():
+                gauge.remove(gone)
+        self._shown = set(current)
+
+
+class FiguresRefresher:
+    """Copies every configured event's live figures into ``EventGauges`` every interval."""
+
+    def __init__(self, store: QueueStore, gauges: EventGauges, interval_s: float) -> None:
+        self.store = store
+        self.gauges = gauges
+        self.interval_s = interval_s
+
+    async def refresh(self) -> None:
+        event_ids: Sequence[str] = await self.store.event_ids()
+        answers = await asyncio.gather(*(self.store.figures(e) for e in event_ids))
+        self.gauges.show(
+            {
+                event_id: EventFigures.of(figures)
+                for event_id, figures in zip(event_ids, answers, strict=True)
+                if figures is not None
+            }
+        )
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except RedisError as exc:
+                # Keep the last figures: a gap in Redis is not an empty queue.
+                _LOG.warning("figures_refresh_failed", error=f"{type(exc).__name__}: {exc}")
+            except Exception:
+                # A bug must not freeze the gauges for good: log it loudly and go on.
+                _LOG.exception("figures_refresh_crashed")
+            await asyncio.sleep(self.interval_s)

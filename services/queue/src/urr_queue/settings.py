@@ -114,6 +114,14 @@ class Tier1PlacesSettings(BaseModel):
     batch_size: int = Field(default=100, ge=1, le=1_000)
 
 
+class FiguresSettings(BaseModel):
+    """The per-event gauges on ``/metrics`` (``URR_FIGURES__*``), copied from Redis."""
+
+    enabled: bool = True
+    #: Time between two copies; a scrape sees figures at most this old.
+    interval_s: float = Field(default=5.0, gt=0.0, le=60.0)
+
+
 class QueueSettings(ServiceSettings):
     service_name: str = "urr-queue"
     http: QueueHttpSettings = Field(default_factory=QueueHttpSettings)
@@ -127,6 +135,7 @@ class QueueSettings(ServiceSettings):
     #: DynamoDB of the Tier-1 room (``URR_AWS__*``), for ``tier1_places``.
     aws: AwsSettings = Field(default_factory=AwsSettings)
     tier1_places: Tier1PlacesSettings = Field(default_factory=Tier1PlacesSettings)
+    figures: FiguresSettings = Field(default_factory=FiguresSettings)
     #: ``Secure`` attribute of the ``urr-entry-token`` cookie (on wherever the site uses TLS).
     cookie_secure: bool = False
     #: Width of one heartbeat bucket. Written into an event's configuration when the event is

@@ -19,18 +19,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from urr_common.logs import get_logger
 from urr_common.payloads import json_response, read_json, validation_errors
-from urr_common.problems import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from urr_common.problems import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unprocessable,
+)
 from urr_common.ratelimit_policies import Policy
 from urr_common.service import create_service_app, request_id_of, sleep_unless_stopped
 from urr_ratelimit_admin import store
 from urr_ratelimit_admin.publisher import PolicyPublisher
 from urr_ratelimit_admin.settings import RatelimitAdminSettings
+from urr_ratelimit_admin.usage_query import Cursor, UsageQuery, parse_usage_query
 
 _LOG = get_logger(__name__)
 
 POOL_KEY = web.AppKey("urr_rl_pool", asyncpg.Pool)
 PUBLISHER_KEY = web.AppKey("urr_rl_publisher", PolicyPublisher)
 PREFIX = "/api/v1/admin/ratelimit"
+#: A tenant reads its own usage here with its API key (through the gateway).
+TENANT_USAGE_PATH = "/api/v1/ratelimit/usage"
+API_KEY_HEADER = "X-API-Key"
 MAX_TOKEN_LIFETIME = timedelta(days=31)
 
 
@@ -235,6 +246,59 @@ async def read_audit(request: web.Request) -> web.StreamResponse:
     return json_response({"entries": rows})
 
 
+def _usage_query(request: web.Request) -> UsageQuery:
+    try:
+        return parse_usage_query(request.query, list(request.query.keys()))
+    except ValidationError as exc:
+        raise Unprocessable(
+            "the usage filters are invalid", code="invalid_filter", errors=validation_errors(exc)
+        ) from exc
+
+
+async def _usage_page(request: web.Request, query: UsageQuery) -> web.StreamResponse:
+    after = query.cursor
+    async with request.app[POOL_KEY].acquire() as conn:
+        rows = await store.read_usage(
+            conn,
+            tenant=query.tenant,
+            policy=query.policy,
+            start=query.start,
+            end=query.end,
+            after=None if after is None else (after.period_start, after.tenant, after.policy),
+            limit=query.limit,
+        )
+    following = None
+    if len(rows) == query.limit:
+        last = rows[-1]
+        following = Cursor(
+            period_start=datetime.fromisoformat(last["period_start"]),
+            tenant=last["tenant"],
+            policy=last["policy"],
+        ).encode()
+    return json_response({"usage": rows, "next": following})
+
+
+async def read_usage(request: web.Request) -> web.StreamResponse:
+    """Any tenant's usage (admin)."""
+    return await _usage_page(request, _usage_query(request))
+
+
+async def read_own_usage(request: web.Request) -> web.StreamResponse:
+    """The usage of the tenant whose API key the request carries, and nobody else's."""
+    secret = request.headers.get(API_KEY_HEADER, "")
+    async with request.app[POOL_KEY].acquire() as conn:
+        tenant = await store.tenant_of_key(conn, secret) if secret else None
+    if tenant is None:
+        raise Unauthorized(
+            f"a valid {API_KEY_HEADER} is needed (unknown, revoked or missing)",
+            code="invalid_api_key",
+        )
+    query = _usage_query(request)
+    if query.tenant is not None and query.tenant != tenant:
+        raise Forbidden("an API key reads its own tenant's usage only", code="other_tenant")
+    return await _usage_page(request, query.model_copy(update={"tenant": tenant}))
+
+
 async def republish_loop(
     pool: asyncpg.Pool, publisher: PolicyPublisher, every_s: float, stop: asyncio.Event
 ) -> None:
@@ -274,7 +338,9 @@ def create_app(
         ("DELETE", "/policies/{policy}", delete_policy),
         ("POST", "/tokens/revoke", revoke_token),
         ("GET", "/audit", read_audit),
+        ("GET", "/usage", read_usage),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, PREFIX + path, _mapped(handler))
+    app.router.add_get(TENANT_USAGE_PATH, read_own_usage)
     return app

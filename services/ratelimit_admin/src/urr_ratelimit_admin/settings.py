@@ -24,3 +24,40 @@ class RatelimitAdminSettings(ServiceSettings):
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
+
+
+#: The snapshot scheduler's health listener (its /metrics listener is this + 1000).
+SNAPSHOTS_PORT = 3041
+
+
+class SnapshotHttpSettings(HttpSettings):
+    port: int = Field(default=SNAPSHOTS_PORT, ge=0, le=65535)
+
+
+class SnapshotSettings(BaseModel):
+    #: The current hour's rows are refreshed this often (and the lag metric's resolution).
+    every_s: float = Field(default=15.0, gt=0.0, le=600.0)
+    #: An hour is final once this long has passed after its end: decisions that began in it
+    #: may still be counting when it ends.
+    close_grace_s: int = Field(default=120, ge=0, le=1800)
+    #: Redis commands per pipeline (one round trip each).
+    batch_keys: int = Field(default=500, ge=1, le=10_000)
+    #: Closed hours written per round while catching up, so one round stays short.
+    max_hours_per_round: int = Field(default=24, ge=1, le=24 * 8)
+    #: On the very first start (no watermark yet), how far back to collect: at most as long
+    #: as the usage hashes live in Redis (8 days).
+    first_start_backfill_h: int = Field(default=24, ge=0, le=24 * 8)
+    #: Readiness fails when no round has completed for this long.
+    stale_after_s: float = Field(default=120.0, gt=0.0)
+
+
+class RatelimitSnapshotSettings(ServiceSettings):
+    """``python -m urr_ratelimit_admin.snapshots``: hourly usage rows from Redis counters."""
+
+    service_name: str = "ratelimit-usage"
+    http: SnapshotHttpSettings = Field(default_factory=SnapshotHttpSettings)
+    postgres: PostgresSettings = Field(
+        default_factory=lambda: PostgresSettings(min_connections=1, max_connections=2)
+    )
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings)

@@ -421,3 +421,35 @@ async def read_audit(
                 item[column] = orjson.loads(item[column])
         out.append(item)
     return out
+
+
+# Usage snapshots -------------------------------------------------------------------------
+
+
+async def read_usage(
+    conn: Connection,
+    *,
+    tenant: str | None,
+    policy: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    after: tuple[datetime, str, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Snapshot rows by period, then tenant and policy, after the ``after`` sort key."""
+    rows = await conn.fetch(
+        "SELECT tenant_id AS tenant, policy_id AS policy, period_start, allowed, blocked,"
+        " shadow_blocked, quota_used FROM rl_usage_snapshots"
+        " WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR policy_id = $2)"
+        " AND ($3::timestamptz IS NULL OR period_start >= $3)"
+        " AND ($4::timestamptz IS NULL OR period_start < $4)"
+        " AND ($5::timestamptz IS NULL OR (period_start, tenant_id, policy_id) > ($5, $6, $7))"
+        " ORDER BY period_start, tenant_id, policy_id LIMIT $8",
+        tenant,
+        policy,
+        start,
+        end,
+        *(after or (None, None, None)),
+        limit,
+    )
+    return [_row(row) for row in rows]

@@ -6,6 +6,19 @@ queue), and how far each Kafka consumer group lags behind its topics. This proce
 both every ``poll_s`` and serves them on its metrics listener:
 
 - ``urr_worker_dlq_messages`` / ``urr_worker_queue_messages`` from SQS GetQueueAttributes;
+- ``urr_worker_dlq_oldest_age_seconds``: SQS has no queue attribute for it (only the
+  CloudWatch metric ``ApproximateAgeOfOldestMessage``, which moto does not produce), so while
+  the DLQ holds messages the exporter looks at up to 10 of them without consuming them
+  (ReceiveMessage with a visibility timeout of 0) and takes the oldest ``SentTimestamp``.
+  Looking raises their ``ApproximateReceiveCount``, harmless on a DLQ (nothing redrives from
+  it by count); on the command queue it would push live commands towards the DLQ, so that
+  queue is never looked into. On a FIFO DLQ with many groups the 10 may miss an older
+  message: the figure is a lower bound. AWS resets a FIFO message's timestamp when it moves
+  to the DLQ, so there it reads "time in the DLQ";
+- ``urr_worker_queue_oldest_age_seconds`` (command queue) from CloudWatch's
+  ``ApproximateAgeOfOldestMessage`` when ``exporter.cloudwatch_queue_age`` is on (AWS). The
+  local stack has no CloudWatch figures: there the local poller reports it from what it
+  receives (``local/poller.py``);
 - ``urr_kafka_consumer_lag{group,topic,partition}``: end offset minus committed offset, for
   every group the broker lists (a group with nothing committed on a partition lags by the
   whole partition).
@@ -14,7 +27,9 @@ both every ``poll_s`` and serves them on its metrics listener:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -24,6 +39,7 @@ from urr_common.clients import open_aws_clients
 from urr_common.logs import get_logger
 from urr_common.service import sleep_unless_stopped
 from urr_common.settings import HttpSettings, KafkaSettings, load_settings
+from urr_ticket_worker.metrics import oldest_age_s
 from urr_ticket_worker.process import Heartbeat, LoopBody, run_process
 from urr_ticket_worker.settings import TicketWorkerSettings
 
@@ -35,6 +51,9 @@ Offsets = Mapping[tuple[str, int], int]
 
 class ExporterOptions(BaseModel):
     poll_s: float = Field(default=5.0, gt=0.0, le=300.0)
+    #: Read the command queue's oldest-message age from CloudWatch (AWS only: moto has no
+    #: SQS figures in CloudWatch, and the local poller reports it there).
+    cloudwatch_queue_age: bool = False
 
 
 class ExporterSettings(TicketWorkerSettings):
@@ -69,6 +88,11 @@ class ExporterMetrics:
             ["group", "topic", "partition"],
             registry=registry,
         )
+        self.dlq_oldest = Gauge(
+            "urr_worker_dlq_oldest_age_seconds",
+            "Age of the oldest message seen in ticket-events-dlq.fifo (0 when empty).",
+            registry=registry,
+        )
         self.failures = Counter(
             "urr_exporter_poll_failures",
             "Polls that failed, by source (sqs, kafka).",
@@ -85,6 +109,48 @@ async def queue_depths(sqs: Any, queue_url: str, dlq_url: str) -> tuple[int, int
         )
         depths.append(int(answer["Attributes"]["ApproximateNumberOfMessages"]))
     return depths[0], depths[1]
+
+
+async def dlq_oldest_age_s(sqs: Any, dlq_url: str) -> float:
+    """Look at up to 10 dead letters without taking them (see the module docstring)."""
+    answer = await sqs.receive_message(
+        QueueUrl=dlq_url,
+        MaxNumberOfMessages=10,
+        VisibilityTimeout=0,
+        WaitTimeSeconds=0,
+        MessageSystemAttributeNames=["SentTimestamp"],
+    )
+    return oldest_age_s(answer.get("Messages", []), time.time_ns() // 1_000_000)
+
+
+async def cloudwatch_oldest_age_s(cloudwatch: Any, queue_name: str) -> float | None:
+    """The newest ``ApproximateAgeOfOldestMessage`` of the last 5 minutes, if any."""
+    now = datetime.now(UTC)
+    answer = await cloudwatch.get_metric_data(
+        MetricDataQueries=[
+            {
+                "Id": "age",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": "AWS/SQS",
+                        "MetricName": "ApproximateAgeOfOldestMessage",
+                        "Dimensions": [{"Name": "QueueName", "Value": queue_name}],
+                    },
+                    "Period": 60,
+                    "Stat": "Maximum",
+                },
+            }
+        ],
+        StartTime=now - timedelta(minutes=5),
+        # Past now: a datapoint of this very second still counts (and the future is empty).
+        EndTime=now + timedelta(minutes=1),
+        ScanBy="TimestampDescending",
+    )
+    for result in answer.get("MetricDataResults", []):
+        values = result.get("Values") or []
+        if values:
+            return float(values[0])
+    return None
 
 
 async def group_lags(kafka: KafkaSettings) -> dict[str, dict[tuple[str, int], int]]:
@@ -134,8 +200,19 @@ def _partitions(reader: Any, topics: Iterable[str]) -> list[Any]:
 def exporter_loop(settings: ExporterSettings, registry: CollectorRegistry) -> LoopBody:
     metrics = ExporterMetrics(registry)
 
+    queue_age = (
+        Gauge(
+            "urr_worker_queue_oldest_age_seconds",
+            "Age of the oldest message on ticket-events.fifo (CloudWatch).",
+            registry=registry,
+        )
+        if settings.exporter.cloudwatch_queue_age
+        else None
+    )
+    services = ("sqs", "cloudwatch") if queue_age is not None else ("sqs",)
+
     async def body(stop: asyncio.Event, beat: Heartbeat) -> None:
-        async with open_aws_clients(settings.aws, "sqs") as clients:
+        async with open_aws_clients(settings.aws, *services) as clients:
             sqs = clients["sqs"]
             while not stop.is_set():
                 ok = True
@@ -147,6 +224,13 @@ def exporter_loop(settings: ExporterSettings, registry: CollectorRegistry) -> Lo
                     waiting, dead = await queue_depths(sqs, queue_url, dlq_url)
                     metrics.queue.set(waiting)
                     metrics.dlq.set(dead)
+                    metrics.dlq_oldest.set(await dlq_oldest_age_s(sqs, dlq_url) if dead else 0)
+                    if queue_age is not None:
+                        age = await cloudwatch_oldest_age_s(
+                            clients["cloudwatch"], settings.sqs.queue_name
+                        )
+                        # No datapoint: CloudWatch reports nothing for an idle queue.
+                        queue_age.set(age or 0)
                 except Exception as exc:  # SQS unreachable: keep the last figures, say so
                     ok = False
                     metrics.failures.labels("sqs").inc()

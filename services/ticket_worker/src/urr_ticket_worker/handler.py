@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from urr_common.logs import get_logger
 from urr_common.settings import load_settings
-from urr_ticket_worker.batch import BatchItem, apply_batch
+from urr_ticket_worker.batch import BatchItem, BatchOutcome, apply_batch
+from urr_ticket_worker.metrics import BatchReport, WorkerMetrics, emit_emf, queue_waits
 from urr_ticket_worker.outbox import OutboxPublisher
 from urr_ticket_worker.schema import migrate
 from urr_ticket_worker.settings import TicketWorkerSettings
@@ -40,6 +44,9 @@ _LOG = get_logger(__name__)
 @dataclass
 class _Resources:
     settings: TicketWorkerSettings
+    #: Prometheus metrics of the process running the handler (the local poller); None in a
+    #: Lambda, where the figures leave as EMF.
+    metrics: WorkerMetrics | None = None
     pool: asyncpg.Pool | None = None
     producer: AIOKafkaProducer | None = None
 
@@ -56,11 +63,12 @@ def _runner() -> asyncio.Runner:
     return _RUNNER
 
 
-def configure(settings: TicketWorkerSettings) -> None:
-    """Use ``settings`` instead of the environment (the local poller and tests call this)."""
+def configure(settings: TicketWorkerSettings, metrics: WorkerMetrics | None = None) -> None:
+    """Use ``settings`` instead of the environment (the local poller and tests call this),
+    and report each batch on ``metrics``."""
     global _RESOURCES
     close()
-    _RESOURCES = _Resources(settings)
+    _RESOURCES = _Resources(settings, metrics)
 
 
 def close() -> None:
@@ -123,16 +131,15 @@ def batch_items(event: dict[str, Any]) -> list[BatchItem]:
     ]
 
 
-async def _apply(items: list[BatchItem]) -> list[str]:
-    """The ids of the records that failed (all of them when PostgreSQL cannot be reached)."""
+async def _apply(items: list[BatchItem]) -> BatchOutcome:
+    """What the batch did (every record failed when PostgreSQL cannot be reached)."""
     resources = _resources()
     try:
         pool = await _pool(resources)
     except Exception as exc:
         _LOG.warning("postgres_unavailable", error=repr(exc))
-        return [item.message_id for item in items]
-    outcome = await apply_batch(pool, items, resources.settings.booking)
-    return outcome.failed
+        return BatchOutcome(failed=[item.message_id for item in items])
+    return await apply_batch(pool, items, resources.settings.booking)
 
 
 async def _flush_outbox() -> None:
@@ -173,8 +180,29 @@ def lambda_handler(
     """The Lambda entry point (SQS event source with ReportBatchItemFailures). A batch whose
     every record failed is still answered with batchItemFailures (not raised), so the event
     source and the local poller handle one shape."""
-    failed = _runner().run(_apply(batch_items(event)))
+    started = time.perf_counter()
+    records = event.get("Records", [])
+    waits = queue_waits(records, time.time_ns() // 1_000_000)
+    outcome = _runner().run(_apply(batch_items(event)))
+    failed = outcome.failed
     if failed:
         _LOG.info("batch_item_failures", failed=len(failed))
     _runner().run(_flush_outbox())
+    _report(
+        BatchReport(
+            size=len(records),
+            results=Counter(outcome.results.values()),
+            failed=len(failed),
+            seconds=time.perf_counter() - started,
+            waits=tuple(waits),
+        )
+    )
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+
+
+def _report(report: BatchReport) -> None:
+    metrics = _resources().metrics
+    if metrics is not None:
+        metrics.record(report)
+    elif "AWS_LAMBDA_FUNCTION_NAME" in os.environ:
+        emit_emf(report)

@@ -180,6 +180,7 @@ def run_cycle(runtime: VwrRuntime, *, interval_s: float) -> list[AdvanceOutcome]
             )
             if outcome.limited_by != "inactive":
                 outcomes.append(outcome)
+                runtime.emit_event_gauges(event_id, outcome.after, outcome.next_position)
             if outcome.advanced:
                 runtime.logger.info("advanced", extra=outcome.to_dict())
         except (ClientError, BotoCoreError, EventNotFound) as exc:

@@ -187,6 +187,24 @@ class VwrRuntime:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    def emit_event_gauges(self, event_id: str, serving_counter: int, next_position: int) -> None:
+        """One event's serving counter and next position as EMF gauges with an ``eventId``
+        dimension (the invocation's shared metric set has none), printed at once."""
+        from aws_lambda_powertools.metrics import MetricUnit, single_metric
+        from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+        if is_metrics_disabled():
+            return
+        for name, value in (("ServingCounter", serving_counter), ("NextPosition", next_position)):
+            with single_metric(
+                name=name,
+                unit=MetricUnit.Count,
+                value=value,
+                namespace=self.metrics.namespace,
+                default_dimensions={"service": self.settings.service_name},
+            ) as metric:
+                metric.add_dimension(name="eventId", value=event_id)
+
     def flush_metrics(self) -> None:
         """Emit the metrics of this invocation (EMF on stdout), or drop them when disabled."""
         from aws_lambda_powertools.metrics.functions import is_metrics_disabled

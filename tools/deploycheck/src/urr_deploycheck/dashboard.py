@@ -1,16 +1,12 @@
 """The Grafana dashboard (``monitoring/grafana/urr.json``), generated so every query uses only
-metrics of ``metrics.METRICS`` (the tests parse them back out). A panel reading a metric no
-service exports yet (``proposed``) says so in its title and description, so an empty panel is
-never mistaken for a quiet system."""
+metrics of ``metrics.METRICS`` (the tests parse them back out, and the stack test checks a
+running process serves each)."""
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
-
-from urr_deploycheck.metrics import by_series_name
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
@@ -157,9 +153,22 @@ QUEUE = (
         description="One tick of one event; ticks run every 0.5 s per event and replica.",
     ),
     Panel(
-        "Queue: estimated wait at the back of the line",
-        (Query(f"max by (event_id) (urr_queue_eta_seconds{{{EVENT}}})", "{{event_id}}"),),
+        "Queue: estimated wait at the back of the line, and the front's wait so far",
+        (
+            Query(f"max by (event_id) (urr_queue_eta_seconds{{{EVENT}}})", "{{event_id}} eta"),
+            Query(
+                f"max by (event_id) (urr_queue_oldest_waiter_seconds{{{EVENT}}})",
+                "{{event_id}} oldest waiter",
+            ),
+        ),
         unit="s",
+    ),
+    Panel(
+        "Queue: admission rate by event",
+        (Query(f"max by (event_id) (urr_queue_admission_rate{{{EVENT}}})", "{{event_id}}"),),
+        unit="ops",
+        description="Measured across replicas; before any measurement, what the configuration "
+        "allows. 0 while the event is paused.",
     ),
     Panel(
         "Waiting room: serving counter against next position",
@@ -193,6 +202,18 @@ BOOKING = (
         unit="ops",
     ),
     Panel(
+        "Booking worker: batch time and queue wait p99",
+        (
+            Query(_quantile(0.99, "urr_worker_batch_seconds", "app", ""), "batch {{app}}"),
+            Query(
+                _quantile(0.99, "urr_worker_message_wait_seconds", "app", ""),
+                "queue wait {{app}}",
+            ),
+        ),
+        unit="s",
+        description="In AWS the Lambda reports the same as EMF (namespace URR/Worker).",
+    ),
+    Panel(
         "Booking worker (local poller): messages by outcome",
         (
             Query(
@@ -216,6 +237,15 @@ BOOKING = (
         unit="s",
         kind="stat",
         width=6,
+        description="Above 10 minutes for 5 minutes: UrrBookingQueueBacklog.",
+    ),
+    Panel(
+        "Oldest dead letter",
+        (Query("max(urr_worker_dlq_oldest_age_seconds)", "ticket-events-dlq.fifo"),),
+        unit="s",
+        kind="stat",
+        width=6,
+        description="How long the oldest command has waited in the DLQ for someone to look.",
     ),
     Panel(
         "Outbox backlog and publishing",
@@ -271,33 +301,12 @@ def _variable(name: str, label: str, query: str) -> dict[str, Any]:
     }
 
 
-_METRIC_NAME = re.compile(r"\burr_[a-z0-9_]+")
-PROPOSED_TITLE = " (proposed metric)"
-
-
-def proposed_metrics(expr: str) -> list[str]:
-    """Metrics of the catalogue marked ``proposed`` that a query reads."""
-    known = by_series_name()
-    found = {
-        known[name].name
-        for name in _METRIC_NAME.findall(expr)
-        if name in known and known[name].status == "proposed"
-    }
-    return sorted(found)
-
-
 def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
-    proposed = sorted({name for q in panel.queries for name in proposed_metrics(q.expr)})
-    title, description = panel.title, panel.description
-    if proposed:
-        title += PROPOSED_TITLE
-        note = f"Not exported by any service yet (proposed): {', '.join(proposed)}."
-        description = f"{note} {description}".strip()
     return {
         "id": panel_id,
         "type": panel.kind,
-        "title": title,
-        "description": description,
+        "title": panel.title,
+        "description": panel.description,
         "datasource": DATASOURCE,
         "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
         "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
@@ -309,10 +318,11 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     }
 
 
-def build() -> dict[str, Any]:
+def layout(rows: tuple[tuple[str, tuple[Panel, ...]], ...]) -> list[dict[str, Any]]:
+    """Rows of panels on Grafana's 24-column grid, left to right, wrapping; ids from 1."""
     panels: list[dict[str, Any]] = []
     next_id, y = 1, 0
-    for title, row in ROWS:
+    for title, row in rows:
         panels.append(
             {
                 "id": next_id,
@@ -330,13 +340,21 @@ def build() -> dict[str, Any]:
             panels.append(_panel(panel, next_id, x, y))
             next_id, x = next_id + 1, x + panel.width
         y += 8
-    datasource = {
+    return panels
+
+
+def datasource_variable() -> dict[str, Any]:
+    """The dashboard variable choosing the Prometheus data source."""
+    return {
         "name": "datasource",
         "label": "Prometheus",
         "type": "datasource",
         "query": "prometheus",
         "current": {},
     }
+
+
+def build() -> dict[str, Any]:
     return {
         "uid": "urr-overview",
         "title": "URR: waiting room, rate limits, booking",
@@ -350,14 +368,14 @@ def build() -> dict[str, Any]:
         "time": {"from": "now-3h", "to": "now"},
         "templating": {
             "list": [
-                datasource,
+                datasource_variable(),
                 _variable("app", "Service", "label_values(urr_http_requests_total, app)"),
-                # Only the proposed per-event gauges carry event_id: empty until they exist.
+                # The queue's per-event gauges name every configured event.
                 _variable("event", "Event", "label_values(urr_queue_waiting, event_id)"),
             ]
         },
         "annotations": {"list": []},
-        "panels": panels,
+        "panels": layout(ROWS),
     }
 
 

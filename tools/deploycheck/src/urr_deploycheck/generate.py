@@ -1,4 +1,4 @@
-"""Write (or check) the files generated from the tables: Dockerfiles and the Grafana dashboard.
+"""Write (or check) the files generated from the tables: Dockerfiles and the Grafana dashboards.
 
 uv run urr-deploy-generate           # rewrite them
 uv run urr-deploy-generate --check   # exit 1 when one is out of date (the tests do this)
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from urr_deploycheck import dashboard, dockerfiles
+from urr_deploycheck import dashboard, dockerfiles, ratelimit_dashboard
 
 DASHBOARD = Path("monitoring/grafana/urr.json")
 
@@ -19,6 +19,7 @@ DASHBOARD = Path("monitoring/grafana/urr.json")
 def expected_files(repo: Path) -> dict[Path, str]:
     files = dockerfiles.expected_files(repo)
     files[repo / DASHBOARD] = dashboard.render()
+    files[repo / ratelimit_dashboard.PATH] = ratelimit_dashboard.render()
     return files
 
 

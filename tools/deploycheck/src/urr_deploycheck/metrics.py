@@ -1,12 +1,11 @@
 """Every metric the alerts, the analysis gates and the dashboard use, listed once.
 
 Names are the exposition names Prometheus stores (a counter ``x`` is scraped as ``x_total``, a
-histogram ``x`` as ``x_bucket``/``x_sum``/``x_count``). ``status`` says whether the owning
-service exports the metric under that name and with those labels (``exported``: the tests find
-its ``Counter``/``Gauge``/``Histogram`` in the owner's source) or whether the name is this
-deployment's proposal for a metric no service exports yet (``proposed``). An alert or panel that
-reads a proposed metric says so (the alert's ``proposed_metrics`` annotation, the panel's title
-and description); the canary analysis reads exported metrics only.
+histogram ``x`` as ``x_bucket``/``x_sum``/``x_count``). Every metric but Prometheus's own
+(``builtin``) is ``exported``: the tests find its ``Counter``/``Gauge``/``Histogram`` in the
+owner's source with these labels, and a test of the running stack
+(``tools/devstack/tests/test_devstack_monitoring.py``) scrapes every process and fails when an
+alert or panel names a series none of them serves.
 
 ``owner`` is the folder of the code that exports (or should export) it: ``libs/common`` or
 ``services/<owner>``.
@@ -34,7 +33,7 @@ class Metric:
     kind: Kind
     labels: tuple[str, ...]
     owner: str
-    status: Literal["exported", "proposed", "builtin"]
+    status: Literal["exported", "builtin"]
     help: str
 
     def series_names(self) -> tuple[str, ...]:
@@ -112,6 +111,57 @@ METRICS: tuple[Metric, ...] = (
         "exported",
         "Time to decide",
     ),
+    # Rate-limit usage snapshots (urr_ratelimit_admin.snapshots): the scheduler's lag, and
+    # per tenant what the limiters counted in Redis.
+    Metric(
+        "urr_ratelimit_snapshot_lag_seconds",
+        "gauge",
+        (),
+        "ratelimit_admin",
+        "exported",
+        "Time since the newest usage counted in Redis that PostgreSQL holds",
+    ),
+    Metric(
+        "urr_ratelimit_snapshot_rounds_total",
+        "counter",
+        ("outcome",),
+        "ratelimit_admin",
+        "exported",
+        "Snapshot rounds by outcome (ok, failed)",
+    ),
+    Metric(
+        "urr_ratelimit_usage_requests_total",
+        "counter",
+        ("tenant", "result"),
+        "ratelimit_admin",
+        "exported",
+        "Decisions by tenant and result (allowed, blocked, shadow_blocked), from the usage "
+        "counters ('-': no tenant)",
+    ),
+    Metric(
+        "urr_ratelimit_quota_used",
+        "gauge",
+        ("tenant",),
+        "ratelimit_admin",
+        "exported",
+        "Requests counted against the tenant's quota this calendar month (UTC)",
+    ),
+    Metric(
+        "urr_ratelimit_quota_limit",
+        "gauge",
+        ("tenant",),
+        "ratelimit_admin",
+        "exported",
+        "The tenant's monthly quota",
+    ),
+    Metric(
+        "urr_ratelimit_quota_soft_limit",
+        "gauge",
+        ("tenant",),
+        "ratelimit_admin",
+        "exported",
+        "Quota use at which the tenant's soft alert fires (soft_alert_pct of the quota)",
+    ),
     # Queue (Tier 2): counters of the service (urr_queue.metrics).
     Metric(
         "urr_queue_entries_total",
@@ -161,14 +211,14 @@ METRICS: tuple[Metric, ...] = (
         "exported",
         "Duration of one admission tick of one event",
     ),
-    # Queue (Tier 2), per event: no service exports these yet.
-    Metric("urr_queue_waiting", "gauge", ("event_id",), "queue", "proposed", "People waiting"),
+    # Queue (Tier 2), per event: the live figures, refreshed from Redis (urr_queue.metrics).
+    Metric("urr_queue_waiting", "gauge", ("event_id",), "queue", "exported", "People waiting"),
     Metric(
         "urr_queue_active_sessions",
         "gauge",
         ("event_id",),
         "queue",
-        "proposed",
+        "exported",
         "Admitted sessions open now (a gauge: not the admissions counter)",
     ),
     Metric(
@@ -176,19 +226,35 @@ METRICS: tuple[Metric, ...] = (
         "gauge",
         ("event_id",),
         "queue",
-        "proposed",
+        "exported",
         "Most admitted sessions at once",
+    ),
+    Metric(
+        "urr_queue_admission_rate",
+        "gauge",
+        ("event_id",),
+        "queue",
+        "exported",
+        "Admissions per second the line moves at (0 while paused)",
+    ),
+    Metric(
+        "urr_queue_oldest_waiter_seconds",
+        "gauge",
+        ("event_id",),
+        "queue",
+        "exported",
+        "Time the person at the front has waited",
     ),
     Metric(
         "urr_queue_eta_seconds",
         "gauge",
         ("event_id",),
         "queue",
-        "proposed",
+        "exported",
         "Estimated wait of the last person in line",
     ),
-    # Tier 1 (VWR): the Lambdas emit CloudWatch EMF (AdvancedLive, AdvanceFailed ...); only the
-    # local scheduler exports Prometheus metrics.
+    # Tier 1 (VWR): the Lambdas emit CloudWatch EMF (AdvancedLive, ServingCounter, NextPosition
+    # ...); the local scheduler exports these as Prometheus metrics.
     Metric(
         "urr_vwr_advancer_runs_total",
         "counter",
@@ -202,7 +268,7 @@ METRICS: tuple[Metric, ...] = (
         "gauge",
         ("event_id",),
         "vwr_lambda",
-        "proposed",
+        "exported",
         "Highest position let through",
     ),
     Metric(
@@ -210,11 +276,11 @@ METRICS: tuple[Metric, ...] = (
         "gauge",
         ("event_id",),
         "vwr_lambda",
-        "proposed",
-        "Next position to hand out",
+        "exported",
+        "Positions handed out so far (the back of the line)",
     ),
-    # Booking back end. In AWS the SQS worker is a Lambda (nothing to scrape); the local poller
-    # counts what became of the messages it handed over.
+    # Booking back end. In AWS the SQS worker is a Lambda (nothing to scrape: EMF namespace
+    # URR/Worker); locally the poller runs the handler and serves its figures.
     Metric(
         "urr_ticket_poller_messages_total",
         "counter",
@@ -228,16 +294,32 @@ METRICS: tuple[Metric, ...] = (
         "counter",
         ("result",),
         "ticket_worker",
-        "proposed",
-        "SQS batches handled by the worker Lambda (ok, partial, failed)",
+        "exported",
+        "SQS batches handled by the worker (ok, partial, failed)",
     ),
     Metric(
         "urr_worker_messages_total",
         "counter",
         ("result",),
         "ticket_worker",
-        "proposed",
-        "Booking commands handled by the worker Lambda (ok, duplicate, failed)",
+        "exported",
+        "Booking commands handled by the worker (applied, duplicate, rejected, failed)",
+    ),
+    Metric(
+        "urr_worker_batch_seconds",
+        "histogram",
+        (),
+        "ticket_worker",
+        "exported",
+        "Time to handle one SQS batch",
+    ),
+    Metric(
+        "urr_worker_message_wait_seconds",
+        "histogram",
+        (),
+        "ticket_worker",
+        "exported",
+        "Time a command waited on the queue before the worker got it",
     ),
     Metric(
         "urr_worker_dlq_messages",
@@ -252,8 +334,16 @@ METRICS: tuple[Metric, ...] = (
         "gauge",
         (),
         "ticket_worker",
-        "proposed",
-        "Age of the oldest message on ticket-events.fifo",
+        "exported",
+        "Age of the oldest message on ticket-events.fifo (CloudWatch in AWS, the poller locally)",
+    ),
+    Metric(
+        "urr_worker_dlq_oldest_age_seconds",
+        "gauge",
+        (),
+        "ticket_worker",
+        "exported",
+        "Age of the oldest dead letter (ticket-exporter looks without consuming)",
     ),
     # Transactional outbox (relay) and the Kafka consumers of the booking back end.
     Metric(
@@ -305,10 +395,6 @@ METRICS: tuple[Metric, ...] = (
         "Records between a group's committed offset and the partition's end (ticket-exporter)",
     ),
 )
-
-
-def proposed_names() -> frozenset[str]:
-    return frozenset(m.name for m in METRICS if m.status == "proposed")
 
 
 def by_series_name() -> dict[str, Metric]:

@@ -221,6 +221,15 @@ WORKLOADS: tuple[Workload, ...] = (
         3040,
         _EVERYWHERE,
     ),
+    # Its usage-snapshot scheduler: hourly rows from the limiters' Redis counters.
+    Workload(
+        "ratelimit-usage",
+        RATELIMIT_ADMIN_IMAGE,
+        "urr_ratelimit_admin.snapshots",
+        ("urr_ratelimit_admin.settings:RatelimitSnapshotSettings",),
+        3041,
+        _EVERYWHERE,
+    ),
     # Tier 1 is API Gateway + Lambda + DynamoDB in AWS (SAM template); these stand in locally.
     Workload(
         "vwr-apigw",

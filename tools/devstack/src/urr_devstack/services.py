@@ -13,8 +13,9 @@ listener (``-`` in a name becomes ``_``: ``{vwr_apigw_url}``, ``{gateway_interna
 Names, modules, ports and variable names follow each service's own settings class (and the
 deployment table in ``tools/deploycheck``); ports are the DESIGN.md §3 ones, plus 3020-3025 for
 the booking back end's processes, 3012 for the VWR scheduler (its default 3011 is the
-gateway's internal listener on one host), 3030 for the admission log and 3040 for the
-rate-limit admin API. Each service's ``/metrics`` listener is its port + 1000.
+gateway's internal listener on one host), 3030 for the admission log, 3040 for the
+rate-limit admin API and 3041 for its usage-snapshot scheduler. Each service's ``/metrics``
+listener is its port + 1000.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ),
     # The rate-limit Admin API (issue 18), reached through the gateway's admin routes.
     ServiceSpec("ratelimit-admin", "urr_ratelimit_admin", 3040),
+    # Hourly usage snapshots from the limiters' Redis counters into PostgreSQL (issue 18).
+    ServiceSpec("ratelimit-usage", "urr_ratelimit_admin.snapshots", 3041),
 )
 
 

@@ -6,10 +6,13 @@ developer's ``make up``) can run side by side on one machine:
 - ``URR_DEVSTACK__PORTS__REDIS`` / ``__POSTGRES`` / ``__KAFKA`` / ``__MOTO``: the servers.
 - ``URR_DEVSTACK__SERVICE_PORTS__<NAME>`` (e.g. ``__AUTH=4005``): a service's HTTP port.
 - ``URR_DEVSTACK__STATE_DIR``: logs, PostgreSQL data, keys (default ``<repo>/.urr``).
+- ``URR_DEVSTACK__MONITORING__*``: Prometheus and Alertmanager (``monitoring.py``), off by
+  default.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Self
 
@@ -30,6 +33,42 @@ class ServerPorts(BaseModel):
     postgres: Port = Field(default=5432, ge=1, le=65535)
     kafka: Port = Field(default=9092, ge=1, le=65535)
     moto: Port = Field(default=5000, ge=1, le=65535)
+
+
+_PROM_DURATION = re.compile(r"^(\d+(ms|s|m|h))+$")
+
+
+class MonitoringSettings(BaseModel):
+    """Prometheus with the Kubernetes alert rules and Alertmanager with its route tree, on the
+    stack's services (``URR_DEVSTACK__MONITORING__ENABLED=true``, or ``make up MONITORING=1``)."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    prometheus_port: Port = Field(default=9090, ge=1, le=65535)
+    alertmanager_port: Port = Field(default=9093, ge=1, le=65535)
+    scrape_interval_s: float = Field(default=5.0, ge=0.1, le=300.0)
+    evaluation_interval_s: float = Field(default=5.0, ge=0.1, le=300.0)
+    #: Replaces every alert's ``for:`` (e.g. ``0s``: fire at the first evaluation); the
+    #: expressions are never changed. None keeps the Kubernetes values.
+    rule_for: str | None = None
+    #: Alertmanager's wait before the first notification of a group (and between updates);
+    #: None keeps the Kubernetes route's.
+    group_wait_s: float | None = Field(default=None, gt=0.0, le=600.0)
+    #: Where every receiver posts locally (e-mail and Slack need secrets); None: nowhere.
+    webhook_url: str | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Self:
+        if self.rule_for is not None and not _PROM_DURATION.match(self.rule_for):
+            raise ValueError(f"rule_for {self.rule_for!r} is no Prometheus duration (e.g. 0s, 1m)")
+        if self.webhook_url is not None and not self.webhook_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("webhook_url must be an http(s) URL")
+        if self.prometheus_port == self.alertmanager_port:
+            raise ValueError("prometheus_port and alertmanager_port must differ")
+        return self
 
 
 class DevstackSettings(BaseSettings):
@@ -73,6 +112,7 @@ class DevstackSettings(BaseSettings):
     #: Partitions, replication factor, min in-sync replicas and retention of every topic
     #: (``URR_DEVSTACK__KAFKA_TOPICS__PARTITIONS`` ...); one local broker holds RF 1 only.
     kafka_topics: TopicLayout = Field(default_factory=TopicLayout)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     #: How long a server we start may take to listen.
     server_start_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
@@ -91,6 +131,11 @@ class DevstackSettings(BaseSettings):
         used: dict[int, str] = {}
         named = [(f"ports.{name}", port) for name, port in self.ports.model_dump().items()]
         named += [(f"service_ports.{name}", port) for name, port in self.service_ports.items()]
+        if self.monitoring.enabled:
+            named += [
+                ("monitoring.prometheus_port", self.monitoring.prometheus_port),
+                ("monitoring.alertmanager_port", self.monitoring.alertmanager_port),
+            ]
         for name, port in named:
             if not 1 <= port <= 65535:
                 raise ValueError(f"{name}: port {port} is outside 1-65535")

@@ -19,6 +19,7 @@ from pathlib import Path
 from urr_devstack import aws, kafka, postgres
 from urr_devstack.infra import Infra, InfraError, start_infra
 from urr_devstack.keys import LocalKey, chosen_admin, ensure_admin_password, ensure_signing_keys
+from urr_devstack.monitoring import MonitoringError, start_monitoring
 from urr_devstack.procs import is_listening
 from urr_devstack.runstate import RUNFILE_NAME, ProcessRecord, RunState, cmdline
 from urr_devstack.services import (
@@ -274,6 +275,8 @@ def up(
             python=sys.executable,
         )
         _write_procfile(paths, planned, env)
+        if settings.monitoring.enabled:
+            _start_monitoring(settings, paths, repo_root, infra, planned, state, out, signals)
         if absent:
             out(
                 "urr-devstack: not installed yet, so not started: "
@@ -372,6 +375,45 @@ def _run(
         on_started=on_started,
         signals=signals,
         drain_timeout_s=settings.drain_timeout_s,
+    )
+
+
+def _start_monitoring(
+    settings: DevstackSettings,
+    paths: StatePaths,
+    repo_root: Path,
+    infra: Infra,
+    planned: list[PlannedService],
+    state: RunState,
+    out: Callable[[str], None],
+    signals: StopSignals,
+) -> None:
+    """Prometheus and Alertmanager on the planned services; stopped with the servers."""
+    try:
+        started = start_monitoring(
+            repo_root,
+            paths.root,
+            settings.host,
+            {service.name: service.port for service in planned},
+            settings.monitoring,
+            say=lambda line: out(f"urr-devstack: {line}"),
+            cancelled=lambda: signals.requested,
+            start_timeout_s=settings.server_start_timeout_s,
+        )
+    except MonitoringError as exc:
+        raise InfraError(str(exc)) from exc
+    infra.started.extend(started)
+    state.servers += [
+        ProcessRecord(server.name, pid, _marker(server.name))
+        for server in started
+        if (pid := server.pid) is not None
+    ]
+    state.save(paths.runfile)
+    host = settings.host
+    monitoring = settings.monitoring
+    out(
+        f"urr-devstack: alerts: prometheus http://{host}:{monitoring.prometheus_port}, "
+        f"alertmanager http://{host}:{monitoring.alertmanager_port}"
     )
 
 

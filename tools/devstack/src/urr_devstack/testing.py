@@ -10,6 +10,9 @@ test that is dropped afterwards.
 Every server started here dies with the pytest process, even one killed with SIGKILL (Linux
 ``PR_SET_PDEATHSIG``, see ``procs.die_with_parent``): a killed run leaves none behind.
 
+``alert_webhook``: an HTTP receiver for a real Alertmanager's webhook notifications (the
+stack test's alert goes there).
+
 Registered in the root ``conftest.py`` as ``pytest_plugins = ["urr_devstack.testing"]``.
 """
 
@@ -17,12 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -182,3 +190,46 @@ def _http_server(server: ServerProcess) -> Iterator[str]:
         yield f"http://{server.host}:{server.port}"
     finally:
         server.stop()
+
+
+@dataclass
+class AlertWebhook:
+    """An Alertmanager webhook receiver: every notification POSTed to ``url``, in order."""
+
+    url: str = ""
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    def firing(self, alertname: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(notification, alert) of the first firing ``alertname`` received, if any."""
+        for notification in list(self.received):
+            for alert in notification.get("alerts", []):
+                labels = alert.get("labels", {})
+                if alert.get("status") == "firing" and labels.get("alertname") == alertname:
+                    return notification, alert
+        return None
+
+
+@pytest.fixture
+def alert_webhook() -> Iterator[AlertWebhook]:
+    """A webhook receiver on a free loopback port, for alerts sent by a real Alertmanager."""
+    hook = AlertWebhook()
+
+    class Receive(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            hook.received.append(json.loads(self.rfile.read(length)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receive)
+    hook.url = f"http://127.0.0.1:{server.server_port}/alerts"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hook
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -13,17 +13,19 @@ Run: ``python -m urr_ticket_worker.local.poller`` (health on ``URR_HTTP__PORT``,
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from urr_common.clients import open_aws_clients
 from urr_common.logs import get_logger
 from urr_common.service import sleep_unless_stopped
 from urr_common.settings import load_settings
 from urr_ticket_worker import handler
+from urr_ticket_worker.metrics import WorkerMetrics, oldest_age_s
 from urr_ticket_worker.process import Heartbeat, LoopBody, run_process
 from urr_ticket_worker.settings import PollerSettings, TicketWorkerSettings
 
@@ -73,12 +75,14 @@ class Poller:
         settings: TicketWorkerSettings,
         executor: ThreadPoolExecutor,
         messages: Counter | None = None,
+        oldest: Gauge | None = None,
     ) -> None:
         self._sqs = sqs
         self._queue = queue
         self._settings = settings
         self._executor = executor
         self._messages = messages
+        self._oldest = oldest
 
     async def poll_once(self) -> tuple[int, int]:
         """Returns (deleted, failed) for this round."""
@@ -91,6 +95,10 @@ class Poller:
             MessageAttributeNames=["All"],
         )
         messages: list[dict[str, Any]] = received.get("Messages", [])
+        if self._oldest is not None:
+            # FIFO hands out each group's oldest message first, so what one receive gets
+            # is the front of the queue; an empty receive means nothing waits.
+            self._oldest.set(oldest_age_s(messages, time.time_ns() // 1_000_000))
         if not messages:
             return 0, 0
         event = sqs_event(messages, self._queue, self._settings.aws.region)
@@ -127,10 +135,19 @@ def poller_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) -> 
         registry=registry,
     )
 
+    oldest = Gauge(
+        "urr_worker_queue_oldest_age_seconds",
+        "Age of the oldest message of the last receive from ticket-events.fifo (0: none "
+        "waited); in AWS the exporter reads it from CloudWatch.",
+        registry=registry,
+    )
+    # The handler's own figures (batches, results, latency), as the Lambda reports them in EMF.
+    worker_metrics = WorkerMetrics(registry)
+
     async def body(stop: asyncio.Event, beat: Heartbeat) -> None:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lambda")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(executor, handler.configure, settings)
+        await loop.run_in_executor(executor, handler.configure, settings, worker_metrics)
         try:
             async with open_aws_clients(settings.aws, "sqs") as clients:
                 sqs = clients["sqs"]
@@ -139,7 +156,7 @@ def poller_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) -> 
                     try:
                         if poller is None:
                             queue = await resolve_queue(sqs, settings.sqs.queue_name)
-                            poller = Poller(sqs, queue, settings, executor, messages)
+                            poller = Poller(sqs, queue, settings, executor, messages, oldest)
                         await poller.poll_once()
                         beat.ok()
                     except Exception as exc:  # SQS unreachable or the queue missing: retry

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from urr_common.logs import configure_logging, get_logger
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app, run, serve
@@ -37,6 +38,46 @@ class SchedulerState:
 STATE_KEY = web.AppKey("vwr_scheduler_state", SchedulerState)
 
 
+def last_positions(result: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """(serving counter, next position) per event of the run's last cycle: the advancer
+    reports every active event it could read, moved or not."""
+    cycles = result.get("cycles") or [[]]
+    return {
+        str(outcome["eventId"]): (int(outcome["servingCounter"]), int(outcome["nextPosition"]))
+        for outcome in cycles[-1]
+    }
+
+
+class PositionGauges:
+    """The Tier-1 line per event (in AWS the advancer's EMF ``ServingCounter`` and
+    ``NextPosition``): the gap is the crowd still in the room. An event missing from a run
+    (closed, or its read failed) loses its series until it is back."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.serving = Gauge(
+            "urr_vwr_serving_counter",
+            "Highest Tier-1 position let through",
+            ["event_id"],
+            registry=registry,
+        )
+        self.next_position = Gauge(
+            "urr_vwr_next_position",
+            "Tier-1 positions handed out so far (the back of the line)",
+            ["event_id"],
+            registry=registry,
+        )
+        self._shown: set[str] = set()
+
+    def show(self, positions: Mapping[str, tuple[int, int]]) -> None:
+        for event_id, (serving, next_position) in positions.items():
+            self.serving.labels(event_id).set(serving)
+            self.next_position.labels(event_id).set(next_position)
+        for gone in self._shown - set(positions):
+            self.serving.remove(gone)
+            self.next_position.remove(gone)
+        self._shown = set(positions)
+
+
 def create_app(
     settings: SchedulerSettings,
     runtime: VwrRuntime,
@@ -52,6 +93,7 @@ def create_app(
         ["outcome"],
         registry=app[REGISTRY_KEY],
     )
+    positions = PositionGauges(app[REGISTRY_KEY])
     interval = settings.interval_s
     event = {"source": "urr.local.scheduler", "steps": 1, "intervalSeconds": interval}
 
@@ -59,7 +101,7 @@ def create_app(
         while True:
             started = time.monotonic()
             try:
-                await asyncio.to_thread(advancer.run, runtime, event, None)
+                result = await asyncio.to_thread(advancer.run, runtime, event, None)
             except Exception as exc:  # a failed run is logged and retried next interval
                 state.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 runs.labels("error").inc()
@@ -68,6 +110,7 @@ def create_app(
                 state.last_success = time.monotonic()
                 state.last_error = None
                 runs.labels("ok").inc()
+                positions.show(last_positions(result))
             state.runs += 1
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
