@@ -20,7 +20,12 @@ Variants (the same app, limiter, deny cache and metrics; only the Redis side dif
                  batches gather that long, fewer writes per decision at moderate rates;
 * ``per_call``   ``transport=per_call``: one redis-py script call per decision (before);
 * ``ping``       a store that answers "allowed" after one redis-py PING (the baseline);
-* ``limits-mw``  a store calling the `limits` library's moving window (redis-py).
+* ``limits-mw``  a store calling the `limits` library's moving window (redis-py);
+* ``tenant``     the default limiter asked in the tenant shape (``{"tenant", "route",
+                 "method"}``): a published policy set (the seed defaults, 10,000 tenants with
+                 a monthly quota) followed by a ``PolicyWatcher``, the governing policy looked
+                 up, and ``tenant_decision.lua`` (windows, quota, usage); compare with
+                 ``pipeline``, the policy-less decision.
 
 Keys rotate over 10,000 tenants (category ``general``, 100/min), so answers are mostly
 "allowed"; every 10th request goes to one hot key that is over its limit (deny-cache path).
@@ -47,7 +52,7 @@ import orjson
 from urr_devstack.procs import RedisServer, free_port, wait_listening
 
 TENANTS = 10_000
-VARIANTS = ("pipeline", "pipeline-window", "per_call", "ping", "limits-mw")
+VARIANTS = ("pipeline", "pipeline-window", "per_call", "ping", "limits-mw", "tenant")
 
 
 class PingStore:
@@ -122,7 +127,22 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int) -> None
         store = LimitsStore(redis, redis_url)
     limiter = SlidingWindowLimiter(redis, settings, registry=registry, store=store)
     await limiter.prepare()
-    runner = web.AppRunner(create_check_app(limiter, registry=registry), access_log=None)
+    policies = None
+    if variant == "tenant":
+        from urr_common.ratelimit_policies import PolicySet, default_policies
+        from urr_gateway.ratelimit.policyset import PolicyWatcher
+        from urr_ratelimit_admin.publisher import PolicyPublisher
+
+        published = PolicySet(
+            version=1,
+            policies=tuple(default_policies()),
+            quotas={tenant_id(i): 10**9 for i in range(TENANTS)} | {"hot-tenant": 10**9},
+        )
+        await PolicyPublisher(redis).publish(published)
+        policies = PolicyWatcher(redis)
+        await policies.start()
+    app = create_check_app(limiter, registry=registry, policies=policies)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     stop = asyncio.Event()
@@ -146,13 +166,22 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int) -> None
         flush=True,
     )
     await runner.cleanup()
+    if policies is not None:
+        await policies.stop()
     await limiter.aclose()
     await redis.aclose()
 
 
-def request_bytes(index: int) -> bytes:
-    key = "hot-tenant" if index % 10 == 0 else f"tenant-{index % TENANTS}"
-    body = orjson.dumps({"key": key, "category": "general", "cost": 1})
+def tenant_id(index: int) -> str:
+    return f"tenant-{index % TENANTS}"
+
+
+def request_bytes(index: int, tenant_shape: bool = False) -> bytes:
+    key = "hot-tenant" if index % 10 == 0 else tenant_id(index)
+    if tenant_shape:
+        body = orjson.dumps({"tenant": key, "route": "/api/v1/events/e1", "method": "GET"})
+    else:
+        body = orjson.dumps({"key": key, "category": "general", "cost": 1})
     head = (
         "POST /internal/v1/ratelimit/check HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -176,12 +205,13 @@ async def connection_worker(
     queue: asyncio.Queue[tuple[int, float] | None],
     latencies: list[float],
     errors: list[str],
+    tenant_shape: bool,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while (item := await queue.get()) is not None:
             index, due = item
-            writer.write(request_bytes(index))
+            writer.write(request_bytes(index, tenant_shape))
             status = await read_response(reader)
             latencies.append(time.perf_counter() - due)
             if status != 200:
@@ -191,13 +221,18 @@ async def connection_worker(
         await writer.wait_closed()
 
 
-async def generate(args: argparse.Namespace, port: int) -> tuple[list[float], list[str], float]:
+async def generate(
+    args: argparse.Namespace, port: int, tenant_shape: bool = False
+) -> tuple[list[float], list[str], float]:
     queues: list[asyncio.Queue[tuple[int, float] | None]] = [
         asyncio.Queue() for _ in range(args.connections)
     ]
     latencies: list[float] = []
     errors: list[str] = []
-    workers = [asyncio.create_task(connection_worker(port, q, latencies, errors)) for q in queues]
+    workers = [
+        asyncio.create_task(connection_worker(port, q, latencies, errors, tenant_shape))
+        for q in queues
+    ]
     total = int(args.rate * args.seconds)
     interval = 1.0 / args.rate
     start = time.perf_counter() + 0.05
@@ -240,9 +275,10 @@ class Result:
 async def run_load(args: argparse.Namespace, port: int, server_pid: int, variant: str) -> Result:
     # Warm-up (connections, script, caches), not measured.
     warm = argparse.Namespace(**{**vars(args), "rate": min(args.rate, 500), "seconds": 1})
-    await generate(warm, port)
+    tenant_shape = variant == "tenant"
+    await generate(warm, port, tenant_shape)
     server_cpu, own_cpu = cpu_seconds(server_pid), time.process_time()
-    latencies, errors, elapsed = await generate(args, port)
+    latencies, errors, elapsed = await generate(args, port, tenant_shape)
     server_cpu = cpu_seconds(server_pid) - server_cpu
     own_cpu = time.process_time() - own_cpu
     ordered = sorted(latencies)
@@ -280,6 +316,14 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
         )
     # CPU per request does not depend on how busy the rest of the machine is: it says what
     # one core could serve, where the latencies above also say how much CPU we were given.
+    by_name = {r.variant: r for r in results}
+    if "tenant" in by_name and "pipeline" in by_name:
+        tenant, plain = by_name["tenant"].quantiles_ms[0], by_name["pipeline"].quantiles_ms[0]
+        print(
+            f"tenant shape P50 within 10% of the policy-less pipeline P50: {tenant:.2f} vs "
+            f"{plain:.2f} ms, {(tenant / plain - 1) * 100:+.1f}% "
+            f"({'met' if tenant <= 1.1 * plain else 'MISSED'})"
+        )
     for r in results:
         if r.variant.startswith("pipeline"):
             p95, p99 = r.quantiles_ms[2], r.quantiles_ms[3]

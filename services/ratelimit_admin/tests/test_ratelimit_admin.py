@@ -19,6 +19,7 @@ from urr_common.ratelimit_policies import (
     POLICY_CHANNEL,
     POLICY_SET_KEY,
     PolicySet,
+    api_key_digest,
     revoked_access_token_key,
 )
 from urr_ratelimit_admin import store
@@ -247,3 +248,29 @@ async def test_only_admins_and_the_audit_log_cannot_be_rewritten(env: dict[str, 
 )
 def test_key_prefixes_are_read_from_well_formed_keys_only(secret: str, prefix: str | None) -> None:
     assert store.split_key(secret) == prefix
+
+
+async def test_the_published_set_carries_quotas_working_keys_and_revoked_tokens(
+    env: dict[str, Any],
+) -> None:
+    client, redis = env["client"], env["redis"]
+    await _call(client, "POST", "/tenants", 201, {"id": "acme", "name": "Acme"})
+    kept = await _call(client, "POST", "/tenants/acme/keys", 201)
+    gone = await _call(client, "POST", "/tenants/acme/keys", 201)
+    await _call(client, "PUT", "/tenants/acme/quota", 200, {"monthly_requests": 5000})
+    await _call(client, "POST", f"/keys/{gone['id']}/revoke", 200)
+    before = (await _published(redis)).version
+    expires = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    await _call(client, "POST", "/tokens/revoke", 200, {"jti": "j-1", "expires_at": expires})
+    published = await _published(redis)
+    # A revocation is a new version, so limiters that follow versions learn it.
+    assert published.version > before
+    assert published.quotas == {"acme": 5000}
+    assert published.api_keys == {api_key_digest(kept["secret"]): "acme"}
+    assert published.revoked_jtis == {"j-1"}
+    # A disabled tenant's keys stop working: they leave the set.
+    await _call(client, "PATCH", "/tenants/acme", 200, {"status": "disabled"})
+    assert (await _published(redis)).api_keys == {}
+    # The admin's own listing shows policies only.
+    listed = await _call(client, "GET", "/policies", 200)
+    assert set(listed) == {"version", "policies"}

@@ -47,6 +47,11 @@ async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object", code="malformed_json")
+    return validated(model, data)
+
+
+def validated(model: type[ModelT], data: dict[str, Any]) -> ModelT:
+    """``data`` as ``model``; a 422 problem naming the invalid fields when it is not one."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -16,6 +16,7 @@ priority, and overrides everything by a higher priority.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from functools import cached_property
@@ -131,12 +132,30 @@ def governing(
 
 
 class PolicySet(BaseModel):
-    """What the admin service publishes: every policy, under a version that only grows."""
+    """What the admin service publishes: every policy, under a version that only grows.
+
+    The limiters need more than policies to decide in one round trip without asking
+    PostgreSQL, so the same versioned document carries the tenants' monthly quotas, the
+    digests of the API keys that work (active keys of active tenants: a revoked key or a
+    disabled tenant is simply absent) and the access-token ``jti``s still revoked. Any change
+    to one of them bumps the version, so one version check keeps a limiter current.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int = Field(ge=0)
     policies: tuple[Policy, ...]
+    #: Tenant -> requests (cost units) allowed per calendar month, UTC.
+    quotas: dict[str, int] = Field(default_factory=dict)
+    #: ``api_key_digest(secret)`` -> tenant.
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    revoked_jtis: frozenset[str] = frozenset()
+
+
+def api_key_digest(secret: str) -> str:
+    """What the published set knows an API key by: SHA-256 hex (the secret is 256 random bits,
+    so a plain hash cannot be reversed and needs no salt)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def default_policies() -> Sequence[Policy]:

@@ -79,6 +79,7 @@ def create_app(
     redis: Redis | RedisCluster | None = None,
     rate_limit_filter: GatewayFilter | None = None,
     revocation_verdict: VerdictReader = stored_verdict,
+    access_token_revoked: Callable[[str], bool] | None = None,
 ) -> web.Application:
     """The public gateway application.
 
@@ -86,6 +87,7 @@ def create_app(
     default one is made from ``settings.redis``. ``rate_limit_filter``: the order-0 filter.
     ``revocation_verdict``: where the entry-token filter finds the limiter's answer to the
     revoked-jti lookup it made in its own round trip (else the filter asks Redis itself).
+    ``access_token_revoked(jti)``: access tokens revoked by ``jti`` are refused (401).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics.register(registry)
@@ -122,7 +124,7 @@ def create_app(
     )
     filters = build_chain(
         cookie_auth=cookie_auth_filter(),
-        jwt_auth=jwt_auth_filter(access, metrics.token_rejections),
+        jwt_auth=jwt_auth_filter(access, metrics.token_rejections, access_token_revoked),
         rate_limit=rate_limit_filter,
         auth_gate=auth_gate_filter(settings.trust.site_origins),
         entry_token=entry_token_filter(entry, revocation, metrics.token_rejections),

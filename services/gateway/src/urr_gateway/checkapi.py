@@ -1,32 +1,51 @@
 """``POST /internal/v1/ratelimit/check``: the limiter as a service for other services.
 
-``{"key", "category", "cost"}`` -> ``{"allowed", "limit", "remaining", "reset_ms",
-"retry_after_ms", "degraded"}``. A separate small application for an internal listener (never
-routed from the public port). Keys live in their own namespace (``{k:<key>}``), apart from the
-gateway's per-user and per-address subjects. Bad input is a 4xx problem and changes nothing.
+Two request shapes, told apart by their fields:
+
+- **Tenant policies** (seed 002): ``{"apiKey" | "tenant", "route", "method", "cost"}`` ->
+  ``{"allowed", "tenant", "policy", "limit", "remaining", "reset_ms", "retry_after_ms",
+  "retry_after", "quota_remaining", "quota_reset_ms", "shadow", "degraded"}``. The governing
+  policy of the tenant for that route and method decides, together with the tenant's monthly
+  quota, in one round trip (``tenant_decision.lua``); an unknown or revoked ``apiKey`` is a
+  401 problem. ``tenant`` is for trusted internal callers that know their tenant already.
+- **Legacy**: ``{"key", "category", "cost"}`` -> ``{"allowed", "limit", "remaining",
+  "reset_ms", "retry_after_ms", "degraded"}``, unchanged; keys live in their own namespace
+  (``{k:<key>}``), apart from the gateway's per-user and per-address subjects.
+
+A separate small application for an internal listener (never routed from the public port).
+Bad input is a 4xx problem and changes nothing.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any, Self
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from urr_common.payloads import json_response, read_json
-from urr_common.problems import Unprocessable
+from urr_common.payloads import json_response, read_json, validated
+from urr_common.problems import Unauthorized, Unprocessable
+from urr_common.ratelimit_policies import METHODS
 from urr_common.service import problem_middleware, request_context_middleware
 from urr_gateway.ratelimit.config import RateLimitSettings
 from urr_gateway.ratelimit.keys import check_api_subject
 from urr_gateway.ratelimit.limiter import SlidingWindowLimiter
 from urr_gateway.ratelimit.metrics import DECISION_BUCKETS_S
+from urr_gateway.ratelimit.policyset import PolicyWatcher
+from urr_gateway.ratelimit.tenant import CompiledPolicies
+from urr_gateway.ratelimit.window import ms_to_s_up
 
 CHECK_PATH = "/internal/v1/ratelimit/check"
 #: A check request is a few dozen bytes; anything near this is not one.
 MAX_BODY_BYTES = 4096
 #: Printable ASCII, space included.
 KEY_PATTERN = r"^[\x20-\x7e]{1,256}$"
+#: The admin service's tenant ids.
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+#: A path as the gateway sees it: printable, no spaces.
+ROUTE_PATTERN = r"^/[\x21-\x7e]{0,2047}$"
 
 LIMITER_KEY = web.AppKey("urr_check_limiter", SlidingWindowLimiter)
 
@@ -40,14 +59,64 @@ class CheckRequest(BaseModel):
     cost: int = Field(default=1, ge=1)
 
 
+class PolicyCheckRequest(BaseModel):
+    """A tenant's request, named by its API key or (trusted callers) its tenant id."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    apiKey: str | None = Field(default=None, min_length=1, max_length=200, pattern=KEY_PATTERN)
+    tenant: str | None = Field(default=None, pattern=TENANT_PATTERN)
+    route: str = Field(pattern=ROUTE_PATTERN)
+    method: str
+    cost: int = Field(default=1, ge=1)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value.upper() not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(sorted(METHODS))}")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> Self:
+        if (self.apiKey is None) == (self.tenant is None):
+            raise ValueError("give exactly one of apiKey and tenant")
+        return self
+
+
+class _AnyObject(BaseModel):
+    """Any JSON object (read_json's type, size and syntax checks); the shape is chosen after."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+_POLICY_FIELDS = frozenset({"apiKey", "tenant", "route", "method"})
+
+
+def parse_check_body(data: dict[str, Any]) -> CheckRequest | PolicyCheckRequest:
+    """The request shape ``data`` is (any tenant-policy field picks that shape);
+    ``Unprocessable`` with the field errors when it is not a valid one."""
+    model: type[CheckRequest | PolicyCheckRequest] = (
+        PolicyCheckRequest if _POLICY_FIELDS & data.keys() else CheckRequest
+    )
+    return validated(model, data)
+
+
 def create_check_app(
     limiter: SlidingWindowLimiter,
     settings: RateLimitSettings | None = None,
     registry: CollectorRegistry | None = None,
+    *,
+    policies: PolicyWatcher | None = None,
 ) -> web.Application:
-    """The check API; ``settings`` defaults to the limiter's own (they must agree)."""
-    settings = settings if settings is not None else limiter.settings
-    categories = frozenset(settings.categories) & frozenset(limiter.categories)
+    """The check API. ``policies``: the published configuration this worker follows (its
+    start and stop belong to whoever owns it: ``server.build_apps`` installs it on the public
+    app); without it the tenant shape is decided by the seed default policies. ``settings``
+    is accepted for existing callers; the categories are the limiter's own, published default
+    policies included, read per request since they change at run time."""
+    seed = CompiledPolicies.seed()
+    if policies is not None:
+        policies.on_change(lambda compiled: limiter.use_policies(compiled.defaults))
     latency = Histogram(
         "urr_ratelimit_check_request_seconds",
         "Check API requests, from body read to answer, by outcome",
@@ -56,36 +125,85 @@ def create_check_app(
         registry=registry if registry is not None else CollectorRegistry(),
     )
 
+    async def legacy(body: CheckRequest) -> tuple[str, web.Response]:
+        if body.category not in limiter.categories:
+            raise Unprocessable(
+                f"unknown category; known: {', '.join(sorted(limiter.categories))}",
+                code="unknown_category",
+            )
+        max_cost = limiter.max_cost(body.category)
+        if body.cost > max_cost:
+            raise Unprocessable(
+                f"cost must be between 1 and {max_cost} for {body.category}",
+                code="cost_exceeds_limit",
+            )
+        decision = await limiter.check(check_api_subject(body.key), body.category, cost=body.cost)
+        return "allowed" if decision.allowed else "blocked", json_response(
+            {
+                "allowed": decision.allowed,
+                "limit": decision.limit,
+                "remaining": decision.remaining,
+                "reset_ms": decision.reset_ms,
+                "retry_after_ms": decision.retry_after_ms,
+                "degraded": decision.degraded,
+            }
+        )
+
+    async def tenant_check(body: PolicyCheckRequest) -> tuple[str, web.Response]:
+        current = policies.current if policies is not None else seed
+        # Exactly one of the two is given (the model checks it).
+        tenant = body.tenant if body.apiKey is None else current.tenant_of_key(body.apiKey)
+        if tenant is None:
+            raise Unauthorized("the API key is unknown or revoked", code="invalid_api_key")
+        compiled = current.governing(tenant, body.method, body.route)
+        if compiled is None:
+            return "allowed", json_response(
+                {"allowed": True, "tenant": tenant, "policy": None, "shadow": False}
+            )
+        if body.cost > compiled.max_cost:
+            raise Unprocessable(
+                f"cost must be between 1 and {compiled.max_cost} under policy {compiled.id}",
+                code="cost_exceeds_limit",
+            )
+        decided = await limiter.check_tenant(
+            tenant, compiled, cost=body.cost, quota=current.quotas.get(tenant, 0)
+        )
+        decision = decided.decision
+        policy = decided.policy
+        return "allowed" if decision.allowed else "blocked", json_response(
+            {
+                "allowed": decision.allowed,
+                "tenant": tenant,
+                "policy": {
+                    "id": policy.id,
+                    "name": policy.name,
+                    "tenant": policy.tenant,
+                    "mode": policy.mode,
+                    "windows": [w.model_dump() for w in policy.windows],
+                },
+                "limit": decision.limit,
+                "remaining": decision.remaining,
+                "reset_ms": decision.reset_ms,
+                "retry_after_ms": decision.retry_after_ms,
+                "retry_after": ms_to_s_up(decision.retry_after_ms),
+                "quota_remaining": decided.quota_remaining,
+                "quota_reset_ms": decided.quota_reset_ms,
+                "quota_exceeded": decided.quota_exceeded,
+                "shadow": decided.shadow,
+                "degraded": decision.degraded,
+            }
+        )
+
     async def check(request: web.Request) -> web.Response:
         started = time.perf_counter()
         outcome = "invalid"
         try:
-            body = await read_json(request, CheckRequest)
-            if body.category not in categories:
-                raise Unprocessable(
-                    f"unknown category; known: {', '.join(sorted(categories))}",
-                    code="unknown_category",
-                )
-            max_cost = limiter.max_cost(body.category)
-            if body.cost > max_cost:
-                raise Unprocessable(
-                    f"cost must be between 1 and {max_cost} for {body.category}",
-                    code="cost_exceeds_limit",
-                )
-            decision = await limiter.check(
-                check_api_subject(body.key), body.category, cost=body.cost
-            )
-            outcome = "allowed" if decision.allowed else "blocked"
-            return json_response(
-                {
-                    "allowed": decision.allowed,
-                    "limit": decision.limit,
-                    "remaining": decision.remaining,
-                    "reset_ms": decision.reset_ms,
-                    "retry_after_ms": decision.retry_after_ms,
-                    "degraded": decision.degraded,
-                }
-            )
+            body = parse_check_body((await read_json(request, _AnyObject)).model_dump())
+            if isinstance(body, CheckRequest):
+                outcome, response = await legacy(body)
+            else:
+                outcome, response = await tenant_check(body)
+            return response
         finally:
             latency.labels(outcome).observe(time.perf_counter() - started)
 

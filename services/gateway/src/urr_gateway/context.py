@@ -21,6 +21,8 @@ class Identity:
     user_id: str
     email: str
     role: str
+    #: The access token's ``jti`` when it has one (revocation by ``jti`` reads it).
+    jti: str | None = None
 
 
 #: The client's address, trusted-proxy aware (never a raw X-Forwarded-For).

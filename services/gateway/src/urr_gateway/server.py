@@ -20,6 +20,7 @@ from urr_gateway.app import create_app
 from urr_gateway.checkapi import create_check_app
 from urr_gateway.filters.ratelimit import install_rate_limit, rate_limit_filter, revocation_verdict
 from urr_gateway.ratelimit import CategoryRouter, SlidingWindowLimiter
+from urr_gateway.ratelimit.policyset import PolicyWatcher, install_policy_watcher
 from urr_gateway.revocation import revocation_key_of
 from urr_gateway.settings import GatewaySettings
 
@@ -38,6 +39,8 @@ def build_apps(settings: GatewaySettings) -> GatewayApps:
     registry = CollectorRegistry()
     redis = redis_client(settings.redis)
     limiter = SlidingWindowLimiter(redis, settings.rate_limit, registry=registry)
+    # The published rate-limit configuration, followed once per worker for both apps.
+    policies = PolicyWatcher(redis, poll_s=settings.rate_limit.policy_poll_s)
     public = create_app(
         settings,
         registry=registry,
@@ -46,11 +49,15 @@ def build_apps(settings: GatewaySettings) -> GatewayApps:
             limiter,
             CategoryRouter.from_settings(settings.rate_limit),
             revoked_key_for=revocation_key_of,
+            policies=policies,
         ),
         revocation_verdict=revocation_verdict,
+        access_token_revoked=policies.is_revoked,
     )
     install_rate_limit(public, limiter)
-    return GatewayApps(public=public, internal=create_check_app(limiter, registry=registry))
+    install_policy_watcher(public, policies)
+    internal = create_check_app(limiter, registry=registry, policies=policies)
+    return GatewayApps(public=public, internal=internal)
 
 
 async def serve_gateway(

@@ -109,7 +109,7 @@ async def _publish(request: web.Request) -> None:
     """Best effort: the periodic republish catches up if Redis is down now."""
     try:
         async with request.app[POOL_KEY].acquire() as conn:
-            policies = await store.policy_set(conn)
+            policies = await store.published_config(conn)
         await request.app[PUBLISHER_KEY].publish(policies)
     except Exception as exc:  # Redis unreachable: logged; republish_loop retries
         _LOG.warning("policy_publish_failed", error=f"{type(exc).__name__}: {exc}")
@@ -188,7 +188,9 @@ async def put_policy(request: web.Request) -> web.StreamResponse:
 
 async def list_policies(request: web.Request) -> web.StreamResponse:
     async with request.app[POOL_KEY].acquire() as conn:
-        return json_response(await store.policy_set(conn))
+        policies = await store.policy_set(conn)
+    # The published extras (key digests, revoked jtis) are the limiters' business only.
+    return json_response(policies.model_dump(mode="json", include={"version", "policies"}))
 
 
 async def delete_policy(request: web.Request) -> web.StreamResponse:
@@ -217,6 +219,7 @@ async def revoke_token(request: web.Request) -> web.StreamResponse:
     async with request.app[POOL_KEY].acquire() as conn:
         row = await store.revoke_token(conn, _actor(request), body.jti, body.expires_at)
     await request.app[PUBLISHER_KEY].revoke(body.jti, body.expires_at)
+    await _publish(request)
     return json_response(row)
 
 
@@ -303,7 +306,7 @@ async def republish_loop(
     while not stop.is_set():
         try:
             async with pool.acquire() as conn:
-                policies = await store.policy_set(conn)
+                policies = await store.published_config(conn)
             if await publisher.published_version() < policies.version:
                 await publisher.publish(policies)
         except Exception as exc:  # Redis or PostgreSQL away: try again next period

@@ -319,6 +319,28 @@ async def policy_set(conn: Connection) -> PolicySet:
     )
 
 
+async def published_config(conn: Connection) -> PolicySet:
+    """What the limiters follow: the policies plus quotas, working API keys (by digest) and
+    revoked access tokens, all read in one snapshot under one version."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        version = await conn.fetchval("SELECT version FROM rl_config_version")
+        rows = await conn.fetch("SELECT body FROM rl_policies ORDER BY id")
+        quotas = await conn.fetch("SELECT tenant_id, monthly_requests FROM rl_quotas")
+        keys = await conn.fetch(
+            "SELECT k.secret_hash, k.tenant_id FROM rl_api_keys k JOIN rl_tenants t"
+            " ON t.id = k.tenant_id WHERE k.revoked_at IS NULL AND t.status = 'active'"
+        )
+        jtis = await conn.fetch("SELECT jti FROM rl_revoked_tokens WHERE expires_at > now()")
+    return PolicySet(
+        version=int(version),
+        policies=tuple(Policy.model_validate_json(row["body"]) for row in rows),
+        quotas={str(row["tenant_id"]): int(row["monthly_requests"]) for row in quotas},
+        # The column holds SHA-256 of the secret: its hex is ``api_key_digest(secret)``.
+        api_keys={bytes(row["secret_hash"]).hex(): str(row["tenant_id"]) for row in keys},
+        revoked_jtis=frozenset(str(row["jti"]) for row in jtis),
+    )
+
+
 # Quotas, revocations, audit --------------------------------------------------------------
 
 
@@ -366,6 +388,8 @@ async def revoke_token(
             )
         )
         await audit(conn, actor, "token.revoke", f"jti:{jti}", None, row)
+        # The gateways learn revocations with the rest of the configuration (within 1 s).
+        await _bump_version(conn)
     return row
 
 

@@ -16,7 +16,7 @@ Identification runs before the rate limiter, refusal after it, so refusals are l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -61,7 +61,10 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
         if not value.isprintable():
             raise TokenError(TokenRejection.MALFORMED, "identity claims must be printable")
     user_id, email, role = (str(value) for value in values)
-    return Identity(user_id=user_id, email=email, role=role)
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti or len(jti) > 128:
+        jti = None
+    return Identity(user_id=user_id, email=email, role=role, jti=jti)
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -73,7 +76,15 @@ def bearer_token(authorization: str) -> str | None:
     return token
 
 
-def jwt_auth_filter(verifier: CachedTokenVerifier[Identity], rejections: Counter) -> GatewayFilter:
+def jwt_auth_filter(
+    verifier: CachedTokenVerifier[Identity],
+    rejections: Counter,
+    is_revoked: Callable[[str], bool] | None = None,
+) -> GatewayFilter:
+    """``is_revoked(jti)``: the access tokens revoked by ``jti`` (the rate-limit admin's
+    revocations, followed in process with the published configuration, at most one poll
+    period stale); such a token is refused like an invalid one."""
+
     async def authenticate(authorization: str) -> Identity:
         token = bearer_token(authorization)
         if token is None:
@@ -84,7 +95,7 @@ def jwt_auth_filter(verifier: CachedTokenVerifier[Identity], rejections: Counter
                 headers=_INVALID_TOKEN_CHALLENGE,
             )
         try:
-            return await verifier.verify(token)
+            identity = await verifier.verify(token)
         except TokenError as exc:
             rejections.labels("jwt_auth", str(exc.reason)).inc()
             raise Unauthorized(
@@ -99,6 +110,14 @@ def jwt_auth_filter(verifier: CachedTokenVerifier[Identity], rejections: Counter
                 code="auth_keys_unavailable",
                 headers={"Retry-After": "5"},
             ) from exc
+        if is_revoked is not None and identity.jti is not None and is_revoked(identity.jti):
+            rejections.labels("jwt_auth", "revoked").inc()
+            raise Unauthorized(
+                "the access token was refused: revoked",
+                code="invalid_token",
+                headers=_INVALID_TOKEN_CHALLENGE,
+            )
+        return identity
 
     @web.middleware
     async def jwt_auth(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -18,13 +18,15 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from urr_common.problems import ProblemError, TooManyRequests
+from urr_common.problems import ProblemError, TooManyRequests, Unauthorized
 from urr_gateway.context import rate_limit_subject
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.ratelimit.headers import rate_limit_headers, retry_after_seconds
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.limiter import SlidingWindowLimiter
+from urr_gateway.ratelimit.policyset import PolicyWatcher
 from urr_gateway.ratelimit.routing import CategoryRouter
+from urr_gateway.ratelimit.tenant import CompiledPolicies, TenantDecision
 from urr_gateway.ratelimit.window import Decision
 
 FILTER_NAME = "rate_limit"
@@ -35,6 +37,11 @@ RATE_LIMIT_DECISION = web.RequestKey("urr_rate_limit_decision", Decision)
 
 #: The revoked-jti key looked up in the decision's round trip (absent when none was).
 RATE_LIMIT_REVOKED_KEY = web.RequestKey("urr_rate_limit_revoked_key", str)
+
+#: The tenant decision of a request that came with a working ``X-API-Key``.
+TENANT_DECISION = web.RequestKey("urr_rate_limit_tenant_decision", TenantDecision)
+
+API_KEY_HEADER = "X-API-Key"
 
 #: Given a request, the revoked-jti key to look up in the same round trip (see
 #: ``keys.revoked_jti_key``), or ``None``. Called before the entry token is verified, so it may
@@ -55,41 +62,112 @@ def _refusal(decision: Decision, headers: dict[str, str]) -> TooManyRequests:
     )
 
 
+def _tenant_refusal(decided: TenantDecision, headers: dict[str, str]) -> TooManyRequests:
+    if decided.quota_exceeded:
+        retry_s = retry_after_seconds(decided.decision)
+        return TooManyRequests(
+            f"the monthly quota of tenant {decided.tenant} is used up; it renews in {retry_s} s",
+            code="quota_exceeded",
+            headers=headers,
+            retry_after=retry_s,
+        )
+    return _refusal(decided.decision, headers)
+
+
+async def _tenant_request(
+    limiter: SlidingWindowLimiter,
+    request: web.Request,
+    handler: Handler,
+    current: CompiledPolicies,
+    api_key: str,
+) -> web.StreamResponse:
+    """A request with ``X-API-Key``: its tenant's governing policy and quota decide."""
+    tenant = current.tenant_of_key(api_key)
+    if tenant is None:
+        raise Unauthorized(
+            "the API key is unknown or revoked",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": 'ApiKey realm="urr"'},
+        )
+    compiled = current.governing(tenant, request.method, request.path)
+    if compiled is None:
+        return await handler(request)
+    decided = await limiter.check_tenant(
+        tenant,
+        compiled,
+        cost=min(compiled.policy.cost, compiled.max_cost),
+        quota=current.quotas.get(tenant, 0),
+    )
+    request[RATE_LIMIT_DECISION] = decided.decision
+    request[TENANT_DECISION] = decided
+    headers = rate_limit_headers(decided.decision)
+    if not decided.decision.allowed:
+        raise _tenant_refusal(decided, headers)
+    return await _with_headers(request, handler, headers)
+
+
+async def _with_headers(
+    request: web.Request, handler: Handler, headers: dict[str, str]
+) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except (ProblemError, web.HTTPException) as exc:
+        # Errors further down still tell the client where it stands.
+        for name, value in headers.items():
+            exc.headers.setdefault(name, value)
+        raise
+    if not response.prepared:
+        response.headers.update(headers)
+    return response
+
+
 def rate_limit_filter(
     limiter: SlidingWindowLimiter,
     routing: CategoryRouter,
     *,
     revoked_key_for: RevokedKeyResolver | None = None,
+    policies: PolicyWatcher | None = None,
 ) -> GatewayFilter:
-    """The filter; ``routing`` maps paths to categories (``None``: not limited)."""
+    """The filter; ``routing`` maps paths to categories (``None``: not limited).
+
+    With ``policies`` (the published configuration): a request with ``X-API-Key`` is its
+    tenant's (an unknown or revoked key is a 401) and is decided by the tenant's governing
+    policy and quota; other requests follow the published default policies once a set has
+    been published (until then ``routing``'s configured categories, the same seed limits).
+    """
+
+    if policies is not None:
+        policies.on_change(lambda compiled: limiter.use_policies(compiled.defaults))
 
     @web.middleware
     async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         category = routing.category_for(request.path)
         if category is None or not limiter.settings.enabled:
             return await handler(request)
+        cost = 1
+        if policies is not None:
+            current = policies.current
+            api_key = request.headers.get(API_KEY_HEADER)
+            if api_key is not None:
+                return await _tenant_request(limiter, request, handler, current, api_key)
+            if current.published:
+                compiled = current.governing(None, request.method, request.path)
+                if compiled is None:
+                    return await handler(request)
+                category, cost = compiled.id, min(compiled.policy.cost, compiled.max_cost)
         subject = rate_limit_subject(request)
         revoked_key = revoked_key_for(request) if revoked_key_for is not None else None
         if revoked_key is not None and hash_tag(revoked_key) != subject:
             # Another user's token: the entry-token filter refuses it as wrong_user anyway.
             revoked_key = None
-        decision = await limiter.check(subject, category, revoked_key=revoked_key)
+        decision = await limiter.check(subject, category, cost=cost, revoked_key=revoked_key)
         request[RATE_LIMIT_DECISION] = decision
         if revoked_key is not None and decision.revoked is not None:
             request[RATE_LIMIT_REVOKED_KEY] = revoked_key
         headers = rate_limit_headers(decision)
         if not decision.allowed:
             raise _refusal(decision, headers)
-        try:
-            response = await handler(request)
-        except (ProblemError, web.HTTPException) as exc:
-            # Errors further down still tell the client where it stands.
-            for name, value in headers.items():
-                exc.headers.setdefault(name, value)
-            raise
-        if not response.prepared:
-            response.headers.update(headers)
-        return response
+        return await _with_headers(request, handler, headers)
 
     return GatewayFilter(name=FILTER_NAME, order=FILTER_ORDER, middleware=rate_limit)
 

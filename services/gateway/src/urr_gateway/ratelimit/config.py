@@ -136,6 +136,10 @@ class RateLimitSettings(BaseModel):
     #: How long an open breaker skips Redis before one probe is let through.
     breaker_open_s: float = Field(default=1.0, gt=0.0, le=300.0)
 
+    #: How often each process reads the published policy set's version (besides following
+    #: the change channel): the bound on how stale a lost notification leaves it.
+    policy_poll_s: float = Field(default=0.25, gt=0.0, le=1.0)
+
     #: Subjects known to be over a limit, refused from memory until their reset.
     deny_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
     #: Subjects the in-process fallback limiter tracks at most (least recently used go).

@@ -31,11 +31,11 @@ def retry_after_seconds(decision: Decision) -> int:
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
     """Headers for any answer under a limit.
 
-    A fail-open decision knows the policy but not the count, so it carries only
+    A fail-open (or fail-closed) decision knows the policy but not the count, so it carries only
     ``RateLimit-Policy``; inventing a remaining count would mislead clients.
     """
     headers = {POLICY_HEADER: render_policy(decision.windows)}
-    if decision.source != "open":
+    if decision.source not in ("open", "closed"):
         headers[STATE_HEADER] = render_state(decision.windows)
     if not decision.allowed:
         headers[RETRY_AFTER_HEADER] = str(retry_after_seconds(decision))

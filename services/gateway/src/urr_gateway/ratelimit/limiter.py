@@ -22,9 +22,10 @@ store reads and drops the late reply instead and keeps its connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,7 +41,15 @@ from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.local import LocalSlidingLog
 from urr_gateway.ratelimit.metrics import RateLimitMetrics
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
-from urr_gateway.ratelimit.store import RedisSlidingLog, SlidingLogStore
+from urr_gateway.ratelimit.store import RedisSlidingLog, SlidingLogStore, TenantStore
+from urr_gateway.ratelimit.tenant import (
+    CompiledPolicy,
+    TenantDecision,
+    closed_decision,
+    decide_tenant,
+    degraded_tenant_decision,
+    tenant_subject,
+)
 from urr_gateway.ratelimit.window import (
     Decision,
     WindowSpec,
@@ -111,9 +120,13 @@ class SlidingWindowLimiter:
         self._log: OutageLogger = logger if logger is not None else _LOG
         self._specs = window_specs(settings)
         self._max_cost = {name: min(s.limit for s in specs) for name, specs in self._specs.items()}
-        self._policies: dict[str, FailurePolicy] = {
+        self._policies: dict[str, FailurePolicy | Literal["closed"]] = {
             name: limits.failure_policy for name, limits in settings.categories.items()
         }
+        self._settings_specs = dict(self._specs)
+        self._settings_policies = dict(self._policies)
+        #: Categories that are published policies in shadow mode (never refuse).
+        self._shadow: frozenset[str] = frozenset()
         self._budget = RedisBudget(settings.budget_ms / 1000, settings.congestion_cap_ms / 1000)
         self._store: SlidingLogStore
         if store is not None:
@@ -128,6 +141,10 @@ class SlidingWindowLimiter:
             )
         else:
             self._store = RedisSlidingLog(redis)
+        # Both built-in stores run tenant decisions too; a test's stand-in store may not.
+        self._tenant_store: TenantStore | None = (
+            cast("TenantStore", self._store) if hasattr(self._store, "evaluate_tenant") else None
+        )
         # The pipelined store times its batches itself: one timer per batch, not per call.
         self._store_keeps_budget = getattr(self._store, "budget", None) is self._budget
         self._clock = clock
@@ -166,6 +183,22 @@ class SlidingWindowLimiter:
         """The largest cost that can ever be admitted: the smallest limit of the category."""
         self.windows(category)
         return self._max_cost[category]
+
+    def use_policies(self, policies: tuple[CompiledPolicy, ...]) -> None:
+        """Make these published (default) policies categories of their own, next to the
+        configured ones: ``check(subject, policy.id)`` then follows the current limits. Called
+        on every new published version; the deny cache is emptied, since a refusal it holds
+        may be one the new limits would not make."""
+        specs = dict(self._settings_specs)
+        failure = dict(self._settings_policies)
+        for compiled in policies:
+            specs[compiled.id] = compiled.specs
+            failure[compiled.id] = compiled.policy.failure
+        self._specs = specs
+        self._max_cost = {name: min(s.limit for s in found) for name, found in specs.items()}
+        self._policies = failure
+        self._shadow = frozenset(c.id for c in policies if not c.enforce)
+        self._deny = DenyCache(self.settings.deny_cache_size)
 
     @property
     def breaker_state(self) -> BreakerState:
@@ -223,7 +256,52 @@ class SlidingWindowLimiter:
         if decision is None:
             decision = self._fallback(subject, category, specs, cost)
         self._observe(decision, started)
+        if not decision.allowed and category in self._shadow:
+            # A shadow policy counts (in the decisions metric, as blocked) and never refuses.
+            decision = dataclasses.replace(decision, allowed=True, retry_after_ms=0)
         return decision
+
+    async def check_tenant(
+        self,
+        tenant: str,
+        compiled: CompiledPolicy,
+        *,
+        cost: int = 1,
+        quota: int = 0,
+    ) -> TenantDecision:
+        """Decide a tenant's request under its governing policy and monthly quota (0: none)
+        in one script evaluation: windows, quota, shadow mode, near-limit and usage counters.
+
+        No deny cache here: every decision, refused ones included, must reach the tenant's
+        usage counters. Always on Redis's clock: the fixed clock of the tests is only
+        reachable through the stores' ``evaluate_tenant``.
+        """
+        started = time.perf_counter()
+        if not 1 <= cost <= compiled.max_cost:
+            raise ValueError(f"cost must be between 1 and {compiled.max_cost}")
+        store = self._tenant_store
+        result: TenantDecision | None = None
+        if store is not None and self._breaker.allow(self._clock()):
+            try:
+                async with self._in_flight:
+                    call = store.evaluate_tenant(compiled, tenant, cost, quota)
+                    reply = await (call if self._store_keeps_budget else self._budget.run(call))
+            except (TimeoutError, RedisTimeoutError) as exc:
+                self._on_failure("timeout", exc)
+            except (RedisConnectionError, OSError) as exc:
+                self._on_failure("connection", exc)
+            except (RedisError, ValueError) as exc:
+                self._on_failure("other", exc)
+            else:
+                self._on_success()
+                result = decide_tenant(compiled, tenant, reply, cost)
+        if result is None:
+            decision = self._fallback(
+                tenant_subject(tenant), compiled.id, compiled.specs, cost, compiled.policy.failure
+            )
+            result = degraded_tenant_decision(compiled, tenant, decision)
+        self._observe(result.decision, started)
+        return result
 
     async def _ask_redis(
         self,
@@ -263,12 +341,19 @@ class SlidingWindowLimiter:
         return None
 
     def _fallback(
-        self, subject: str, category: str, specs: tuple[WindowSpec, ...], cost: int
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        policy: FailurePolicy | Literal["closed"] | None = None,
     ) -> Decision:
-        policy = self._policies[category]
+        policy = policy if policy is not None else self._policies[category]
         self.metrics.degraded.labels(category, policy).inc()
         if policy == "local":
             return self._local.check(subject, category, specs, cost)
+        if policy == "closed":
+            return closed_decision(category, specs, int(self.settings.breaker_open_s * 1000))
         return unlimited_decision(category, specs, "open")
 
     # -- outage bookkeeping -----------------------------------------------------------------

@@ -38,21 +38,34 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from urr_common.ratelimit_usage import USAGE_TTL_S
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, bulk, encode_command
 from urr_gateway.ratelimit.store import (
+    TENANT_SCRIPT_NAME,
     CategoryCalls,
     RedisSlidingLog,
     ScriptResult,
     load_script_source,
     parse_reply,
+    tenant_args,
+    tenant_keys,
+)
+from urr_gateway.ratelimit.tenant import (
+    CompiledPolicy,
+    TenantScriptResult,
+    parse_tenant_reply,
+    tenant_subject,
 )
 from urr_gateway.ratelimit.window import WindowSpec
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection, Connection
+
+#: Tenants whose encoded command parts are kept (cleared when full).
+TENANT_PARTS_MAX = 10_000
 
 #: Longest configurable gathering window (the issue's bound; envoy uses 150-500 µs).
 MAX_WINDOW_S = 0.0005
@@ -107,7 +120,8 @@ class _Node:
         self._stall_s = stall_s
         self._load_command = load_command
         self._batch: list[tuple[bytes, asyncio.Future[Any]]] = []
-        self._load_first = False
+        #: ``SCRIPT LOAD`` commands the next write sends first (after a NOSCRIPT).
+        self._load_first: list[bytes] = []
         self._pipe: RespPipe | None = None
         self._connection: AbstractConnection | None = None
         self._opening: asyncio.Task[None] | None = None
@@ -118,10 +132,16 @@ class _Node:
         self.commands = 0
 
     def submit(
-        self, command: bytes, *, load_script: bool = False, timed: bool = False
+        self,
+        command: bytes,
+        *,
+        load_script: bool | bytes = False,
+        timed: bool = False,
     ) -> asyncio.Future[Any]:
-        """Queue ``command`` for the next write. ``timed``: the reply must come within the
-        budget (one timer per batch), else the future fails with ``TimeoutError``."""
+        """Queue ``command`` for the next write. ``load_script``: send a ``SCRIPT LOAD`` first
+        (``True``: the sliding-window script's, bytes: that command). ``timed``: the reply must
+        come within the budget (one timer per batch), else the future fails with
+        ``TimeoutError``."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
@@ -129,7 +149,9 @@ class _Node:
             return future
         self._batch.append((command, future))
         if load_script:
-            self._load_first = True
+            load = self._load_command if load_script is True else load_script
+            if load not in self._load_first:
+                self._load_first.append(load)
         if self._flush_handle is None:
             if self._window_s > 0:
                 self._flush_handle = loop.call_later(self._window_s, self._flush)
@@ -158,10 +180,10 @@ class _Node:
         self._batch = []
         parts: list[bytes] = []
         waiters: list[asyncio.Future[Any] | None] = []
-        if self._load_first:
-            self._load_first = False
-            parts.append(self._load_command)
+        for load in self._load_first:
+            parts.append(load)
             waiters.append(None)
+        self._load_first = []
         for command, future in batch:
             if not future.done():  # cancelled callers are left out
                 parts.append(command)
@@ -242,6 +264,14 @@ class PipelinedSlidingLog:
         self._source = load_script_source()
         self._sha = hashlib.sha1(self._source.encode(), usedforsecurity=False).hexdigest()
         self._load_command = encode_command(b"SCRIPT", b"LOAD", self._source.encode())
+        self._tenant_source = load_script_source(TENANT_SCRIPT_NAME)
+        self._tenant_sha = hashlib.sha1(
+            self._tenant_source.encode(), usedforsecurity=False
+        ).hexdigest()
+        self._tenant_load = encode_command(b"SCRIPT", b"LOAD", self._tenant_source.encode())
+        self._tenant_encoded: dict[str, tuple[CompiledPolicy, bytes, bytes, bytes]] = {}
+        #: (policy, tenant) -> the encoded keys and key prefixes of its decisions.
+        self._tenant_parts: dict[tuple[str, str], tuple[CompiledPolicy, bytes, bytes]] = {}
         self._calls = CategoryCalls()
         self._encoded: dict[str, tuple[object, _EncodedCall]] = {}
         self._cluster = redis if isinstance(redis, RedisCluster) else None
@@ -317,6 +347,7 @@ class PipelinedSlidingLog:
         """``SCRIPT LOAD`` through the client (every primary of a cluster), then open the
         lean connection(s) ahead of the first decisions."""
         await self._redis.script_load(self._source)
+        await self._redis.script_load(self._tenant_source)
         if self._cluster is None:
             await self.ping()
         else:
@@ -367,6 +398,68 @@ class PipelinedSlidingLog:
             # redis-py's cluster client follows MOVED/ASK and refreshes its slot map.
             return await self._through_client.evaluate(subject, category, specs, cost, revoked_key)
         return parse_reply(reply, encoded.windows, checked)
+
+    async def evaluate_tenant(
+        self,
+        compiled: CompiledPolicy,
+        tenant: str,
+        cost: int,
+        quota: int,
+        now_us: int | None = None,
+    ) -> TenantScriptResult:
+        """One tenant decision (``tenant_decision.lua``), in this tick's batch like the rest."""
+        if now_us is None:
+            command = self._tenant_command(compiled, tenant, cost, quota)
+        else:
+            keys = tenant_keys(compiled, tenant)
+            args = tenant_args(compiled, tenant, cost, quota, now_us)
+            command = encode_command(
+                b"EVALSHA", self._tenant_sha.encode(), b"%d" % len(keys), *keys, *args
+            )
+        node = await self._node_for(b"{" + tenant_subject(tenant).encode() + b"}")
+        try:
+            reply = await node.submit(command, timed=True)
+        except NoScriptError:
+            reply = await node.submit(command, load_script=self._tenant_load, timed=True)
+        except RedirectedError:
+            if self._through_client is None:
+                raise
+            return await self._through_client.evaluate_tenant(compiled, tenant, cost, quota, now_us)
+        return parse_tenant_reply(reply, len(compiled.specs))
+
+    def _tenant_command(
+        self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int
+    ) -> bytes:
+        """The ``EVALSHA`` of a tenant decision on Redis's clock, from pieces encoded once per
+        published policy (the same bytes ``encode_command`` would make of ``tenant_args``)."""
+        entry = self._tenant_encoded.get(compiled.id)
+        if entry is None or entry[0] is not compiled:
+            windows = len(compiled.specs)
+            head = (
+                b"*%d\r\n" % (3 + windows + 8 + 2 * windows)
+                + bulk(b"EVALSHA")
+                + bulk(self._tenant_sha.encode())
+                + bulk(b"%d" % windows)
+            )
+            middle = bulk(b"%d" % windows) + bulk(b"1" if compiled.enforce else b"0")
+            tail = bulk(b"%d" % USAGE_TTL_S) + bulk(b"")
+            for spec in compiled.specs:
+                tail += bulk(b"%d" % spec.limit) + bulk(b"%d" % spec.window_us)
+            entry = (compiled, head, middle, tail)
+            self._tenant_encoded[compiled.id] = entry
+        _, head, middle, tail = entry
+        tenant_entry = self._tenant_parts.get((compiled.id, tenant))
+        if tenant_entry is None or tenant_entry[0] is not compiled:
+            if len(self._tenant_parts) >= TENANT_PARTS_MAX:
+                # Bounded: a caller may name any tenant id; the busy ones come back at once.
+                self._tenant_parts.clear()
+            usage, quota_prefix = compiled.key_prefixes(tenant)
+            keys = b"".join(bulk(key) for key in tenant_keys(compiled, tenant))
+            tenant_entry = (compiled, keys, bulk(usage) + bulk(quota_prefix))
+            self._tenant_parts[(compiled.id, tenant)] = tenant_entry
+        _, keys, prefixes = tenant_entry
+        parts = [head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), prefixes, tail]
+        return b"".join(parts)
 
     def _encoded_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _EncodedCall:
         entry = self._encoded.get(category)

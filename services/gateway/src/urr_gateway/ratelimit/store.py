@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Protocol
 
+from urr_common.ratelimit_usage import USAGE_TTL_S
 from urr_gateway.ratelimit.keys import hash_tag, window_key_suffix
+from urr_gateway.ratelimit.tenant import (
+    CompiledPolicy,
+    TenantScriptResult,
+    parse_tenant_reply,
+    tenant_subject,
+)
 from urr_gateway.ratelimit.window import WindowOutcome, WindowSpec
 
 if TYPE_CHECKING:
@@ -21,10 +28,38 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
 
 SCRIPT_NAME = "sliding_window.lua"
+TENANT_SCRIPT_NAME = "tenant_decision.lua"
 
 
-def load_script_source() -> str:
-    return resources.files(__package__).joinpath(SCRIPT_NAME).read_text(encoding="utf-8")
+def load_script_source(name: str = SCRIPT_NAME) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def tenant_args(
+    compiled: CompiledPolicy, tenant: str, cost: int, quota: int, now_us: int | None
+) -> list[bytes]:
+    """ARGV of ``tenant_decision.lua`` (see the script). ``now_us`` is for the test-only
+    fixed-clock adapter; every production caller passes ``None`` (Redis TIME)."""
+    usage, quota_prefix = compiled.key_prefixes(tenant)
+    args = [
+        b"%d" % cost,
+        b"%d" % len(compiled.specs),
+        b"1" if compiled.enforce else b"0",
+        b"%d" % quota,
+        usage,
+        quota_prefix,
+        b"%d" % USAGE_TTL_S,
+        b"" if now_us is None else b"%d" % now_us,
+    ]
+    for spec in compiled.specs:
+        args += [b"%d" % spec.limit, b"%d" % spec.window_us]
+    return args
+
+
+def tenant_keys(compiled: CompiledPolicy, tenant: str) -> list[bytes]:
+    """The tenant's window logs of this policy (``keys.window_key`` of its subject)."""
+    tag = b"{" + tenant_subject(tenant).encode() + b"}"
+    return [tag + suffix for suffix in compiled.window_suffixes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +116,19 @@ class SlidingLogStore(Protocol):
     async def aclose(self) -> None: ...
 
 
+class TenantStore(Protocol):
+    """A store that also runs ``tenant_decision.lua`` (both built-in stores do)."""
+
+    async def evaluate_tenant(
+        self,
+        compiled: CompiledPolicy,
+        tenant: str,
+        cost: int,
+        quota: int,
+        now_us: int | None = None,
+    ) -> TenantScriptResult: ...
+
+
 class RedisSlidingLog:
     """Runs ``sliding_window.lua`` on a Redis or Redis Cluster client, one redis-py call per
     decision (the path before pipelining; kept as ``transport = "per_call"``)."""
@@ -88,11 +136,28 @@ class RedisSlidingLog:
     def __init__(self, redis: Redis | RedisCluster) -> None:
         self._redis = redis
         self._script = redis.register_script(load_script_source())
+        self._tenant_script = redis.register_script(load_script_source(TENANT_SCRIPT_NAME))
         self._calls = CategoryCalls()
 
     async def load(self) -> None:
         """``SCRIPT LOAD`` (on every primary of a cluster), which also opens a connection."""
         await self._redis.script_load(self._script.script)
+        await self._redis.script_load(self._tenant_script.script)
+
+    async def evaluate_tenant(
+        self,
+        compiled: CompiledPolicy,
+        tenant: str,
+        cost: int,
+        quota: int,
+        now_us: int | None = None,
+    ) -> TenantScriptResult:
+        """One tenant decision (windows, quota, usage) in one round trip."""
+        reply = await self._tenant_script(
+            keys=tenant_keys(compiled, tenant),
+            args=tenant_args(compiled, tenant, cost, quota, now_us),
+        )
+        return parse_tenant_reply(reply, len(compiled.specs))
 
     async def ping(self) -> None:
         """One round trip; concurrent pings warm the connection pool."""

@@ -19,9 +19,9 @@ from typing import Literal
 US_PER_MS = 1_000
 US_PER_S = 1_000_000
 
-#: Where a decision came from: Redis, the deny cache, the in-process fallback limiter, or the
-#: fail-open rule.
-DecisionSource = Literal["redis", "deny_cache", "local", "open"]
+#: Where a decision came from: Redis, the deny cache, the in-process fallback limiter, the
+#: fail-open rule, or the fail-closed rule (a policy with ``failure: closed``).
+DecisionSource = Literal["redis", "deny_cache", "local", "open", "closed"]
 
 
 def ceil_div(numerator: int, denominator: int) -> int:
@@ -147,7 +147,8 @@ def decide(
 ) -> Decision:
     """Combine per-window outcomes: allowed only when every window has room for ``cost``.
 
-    When allowed, the request is counted in every window (remaining drops by ``cost``; an empty
+    When allowed, the request is counted in every window (remaining drops by ``cost``, never
+    below 0, which only a shadow policy's over-limit request reaches; an empty
     window's reset becomes its full length, since the request itself is now its oldest entry).
     When refused, nothing is counted.
     """
@@ -173,7 +174,7 @@ def decide_many(
     retry_us = 0
     for index, (spec, outcome) in enumerate(zip(specs, outcomes, strict=True)):
         if allowed:
-            remaining = spec.limit - outcome.count - cost
+            remaining = max(spec.limit - outcome.count - cost, 0)
             reset_us = outcome.reset_us if outcome.count else spec.window_us
             rank = (-remaining, reset_us)
         else:
@@ -222,7 +223,7 @@ def _decide_one(
     runs on every request; the unit tests hold both paths to the same answers)."""
     allowed = outcome.retry_us == 0
     if allowed:
-        remaining = spec.limit - outcome.count - cost
+        remaining = max(spec.limit - outcome.count - cost, 0)
         reset_ms = us_to_ms_up(outcome.reset_us if outcome.count else spec.window_us)
         retry_ms = 0
     else:

@@ -1,0 +1,226 @@
+"""Tenant decisions: a published policy applied to a tenant, with its monthly quota.
+
+Pure: the published configuration compiled for the hot path (:class:`CompiledPolicies`),
+and the answer of ``tenant_decision.lua`` turned into a :class:`TenantDecision`. The I/O is
+in ``store.py`` / ``pipeline.py`` (the script) and ``policyset.py`` (following the set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from urr_common.ratelimit_policies import Policy, PolicySet, api_key_digest, default_policies
+from urr_common.ratelimit_usage import quota_key, tenant_tag, usage_key
+from urr_gateway.ratelimit.keys import window_key_suffix
+from urr_gateway.ratelimit.window import (
+    Decision,
+    DecisionSource,
+    WindowOutcome,
+    WindowSpec,
+    WindowState,
+    decide,
+    policy_names,
+    us_to_ms_up,
+)
+
+
+def tenant_subject(tenant: str) -> str:
+    """The limiter subject of a tenant: its windows share the ``{rl:<tenant>}`` hash tag with
+    its usage hashes and quota counter, so one script may touch them all."""
+    return tenant_tag(tenant)[1:-1]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    """A policy with what the decision path needs precomputed once per published version."""
+
+    policy: Policy
+    specs: tuple[WindowSpec, ...]
+    #: The largest cost any request can be admitted with: the smallest limit.
+    max_cost: int
+    #: Key suffixes of the windows after the tenant's hash tag (``keys.window_key``).
+    window_suffixes: tuple[bytes, ...] = field(default=(), compare=False)
+    #: The route's literal segments before its first wildcard: a path that does not start
+    #: with them cannot match, which is cheaper to see than running the route's regex.
+    literal_prefix: str = field(default="/", compare=False)
+
+    @classmethod
+    def of(cls, policy: Policy) -> CompiledPolicy:
+        windows_s = [window.window_s for window in policy.windows]
+        names = policy_names(policy.name, windows_s, [None] * len(windows_s))
+        specs = tuple(
+            WindowSpec(name, window.limit, window.window_s)
+            for name, window in zip(names, policy.windows, strict=True)
+        )
+        suffixes = tuple(window_key_suffix(policy.id, spec.window_s).encode() for spec in specs)
+        literal: list[str] = []
+        for segment in policy.route.split("/")[1:]:
+            if "*" in segment:
+                break
+            literal.append(segment)
+        prefix = "/" + "/".join(literal)
+        return cls(policy, specs, min(spec.limit for spec in specs), suffixes, prefix)
+
+    @property
+    def id(self) -> str:
+        return self.policy.id
+
+    @property
+    def enforce(self) -> bool:
+        return self.policy.mode == "enforce"
+
+    def key_prefixes(self, tenant: str) -> tuple[bytes, bytes]:
+        """(usage hash prefix, quota counter prefix) for the script, which appends the hour
+        and the month of its own clock."""
+        usage = usage_key(tenant, self.policy.id, 0)[: -len("0")]
+        return usage.encode(), quota_key(tenant, "").encode()
+
+
+class CompiledPolicies:
+    """One published version, ready for lookups: which policy governs, whose key it is."""
+
+    def __init__(self, published: PolicySet, *, published_set: bool = True) -> None:
+        #: False for the seed set used until anything is read from Redis (version -1).
+        self.published = published_set
+        self.version = published.version if published_set else -1
+        self.quotas = dict(published.quotas)
+        self.api_keys = dict(published.api_keys)
+        self.revoked_jtis = published.revoked_jtis
+        # The governing order of ``ratelimit_policies.governing``, decided once: the first
+        # match in this order is the governing policy.
+        ordered = sorted(
+            published.policies,
+            key=lambda p: (-p.priority, p.tenant is None, -p.specificity, p.id),
+        )
+        self.compiled = {policy.id: CompiledPolicy.of(policy) for policy in ordered}
+        self._ordered = tuple(self.compiled[policy.id] for policy in ordered)
+        self.defaults = tuple(c for c in self._ordered if c.policy.tenant is None)
+        # Only tenants with policies of their own get a list; every other tenant (and any id a
+        # caller makes up) shares the defaults, so lookups allocate nothing per tenant.
+        owners = {p.tenant for p in published.policies if p.tenant is not None}
+        self._per_tenant = {
+            owner: tuple(c for c in self._ordered if c.policy.tenant in (None, owner))
+            for owner in owners
+        }
+
+    @classmethod
+    def seed(cls) -> CompiledPolicies:
+        """Before anything is published: the seed categories as default policies."""
+        return cls(PolicySet(version=0, policies=tuple(default_policies())), published_set=False)
+
+    def tenant_of_key(self, secret: str) -> str | None:
+        """The tenant of a working API key; ``None`` for unknown, revoked or disabled."""
+        if not secret or len(secret) > 200:
+            return None
+        return self.api_keys.get(api_key_digest(secret))
+
+    def governing(self, tenant: str | None, method: str, path: str) -> CompiledPolicy | None:
+        candidates = self.defaults if tenant is None else self._of_tenant(tenant)
+        for compiled in candidates:
+            if path.startswith(compiled.literal_prefix) and compiled.policy.matches(method, path):
+                return compiled
+        return None
+
+    def _of_tenant(self, tenant: str) -> tuple[CompiledPolicy, ...]:
+        return self._per_tenant.get(tenant, self.defaults)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScriptResult:
+    """``tenant_decision.lua``'s answer."""
+
+    allowed: bool
+    would_allow: bool
+    quota_refused: bool
+    #: After this request; ``None`` when the tenant has no quota.
+    quota_remaining: int | None
+    quota_reset_us: int
+    outcomes: tuple[WindowOutcome, ...]
+
+
+def parse_tenant_reply(reply: Sequence[int], windows: int) -> TenantScriptResult:
+    if len(reply) != 5 + 3 * windows:
+        raise ValueError(f"unexpected script reply of {len(reply)} items")
+    outcomes = tuple(
+        WindowOutcome(int(reply[5 + 3 * i]), int(reply[6 + 3 * i]), int(reply[7 + 3 * i]))
+        for i in range(windows)
+    )
+    remaining = int(reply[3])
+    return TenantScriptResult(
+        allowed=bool(reply[0]),
+        would_allow=bool(reply[1]),
+        quota_refused=bool(reply[2]),
+        quota_remaining=None if remaining < 0 else remaining,
+        quota_reset_us=int(reply[4]),
+        outcomes=outcomes,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantDecision:
+    """A decision for a tenant under its governing policy."""
+
+    decision: Decision
+    tenant: str
+    policy: Policy
+    quota_remaining: int | None
+    #: Until the quota month ends (0 without a quota).
+    quota_reset_ms: int
+    #: Refused by the quota (enforced, or would have been under a shadow policy).
+    quota_exceeded: bool
+    #: A shadow policy would have refused this request (it was let through and counted).
+    shadow: bool
+
+
+def decide_tenant(
+    compiled: CompiledPolicy, tenant: str, result: TenantScriptResult, cost: int
+) -> TenantDecision:
+    """The script's answer as a decision, by ``window.decide``'s rules: a request let through
+    (a shadow refusal included) was recorded in every window; one the quota refused waits for
+    the month to end, whatever its windows say."""
+    outcomes = result.outcomes
+    if result.allowed and not result.would_allow:
+        # A shadow refusal: let through, so no window is waited for. (An enforced admission
+        # has no wait in any window already: nothing to rebuild on the common path.)
+        outcomes = tuple(WindowOutcome(o.count, o.reset_us, 0) for o in outcomes)
+    elif result.quota_refused:
+        wait = result.quota_reset_us
+        outcomes = tuple(
+            WindowOutcome(o.count, o.reset_us, max(o.retry_us, wait)) for o in outcomes
+        )
+    return TenantDecision(
+        decision=decide(compiled.id, compiled.specs, outcomes, cost, source="redis"),
+        tenant=tenant,
+        policy=compiled.policy,
+        quota_remaining=result.quota_remaining,
+        quota_reset_ms=us_to_ms_up(result.quota_reset_us),
+        quota_exceeded=result.quota_refused,
+        shadow=result.allowed and not result.would_allow,
+    )
+
+
+def degraded_tenant_decision(
+    compiled: CompiledPolicy, tenant: str, decision: Decision
+) -> TenantDecision:
+    """Redis was not asked: the failure policy's decision, quota unknown."""
+    return TenantDecision(decision, tenant, compiled.policy, None, 0, False, False)
+
+
+def closed_decision(category: str, specs: Sequence[WindowSpec], retry_ms: int) -> Decision:
+    """Fail-closed: refused without knowing the count, retried once Redis may be back."""
+    states = tuple(WindowState(s.policy, s.limit, s.window_s, 0, retry_ms) for s in specs)
+    first = states[0]
+    source: DecisionSource = "closed"
+    return Decision(
+        allowed=False,
+        category=category,
+        limit=first.limit,
+        remaining=0,
+        reset_ms=retry_ms,
+        retry_after_ms=retry_ms,
+        policy=first.policy,
+        degraded=True,
+        source=source,
+        windows=states,
+    )
