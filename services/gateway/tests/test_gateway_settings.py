@@ -70,3 +70,15 @@ def test_every_routed_upstream_has_a_url():
     assert urls[Upstream.ADMISSION_LOG] == "http://127.0.0.1:3030"
     assert urls[Upstream.RATELIMIT_ADMIN] == "http://127.0.0.1:3040"
     assert {route.upstream for route in ROUTES} - {None} <= set(urls)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "61", "soon"])
+def test_a_usage_flush_interval_out_of_range_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv("URR_RATE_LIMIT__USAGE_FLUSH_S", value)
+    with pytest.raises(SettingsError, match="URR_RATE_LIMIT__USAGE_FLUSH_S"):
+        load_settings(GatewaySettings)
+
+
+def test_the_usage_flush_interval_is_read(monkeypatch):
+    monkeypatch.setenv("URR_RATE_LIMIT__USAGE_FLUSH_S", "0.5")
+    assert load_settings(GatewaySettings).rate_limit.usage_flush_s == 0.5

@@ -12,7 +12,9 @@ handler, before this middleware sees it again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -201,12 +203,21 @@ def install_rate_limit(app: web.Application, limiter: SlidingWindowLimiter) -> N
     not spend its budget on it, and giving the limiter's connections back at shutdown. A
     Redis that is down at start-up does not stop the start."""
 
-    async def prepare(_: web.Application) -> None:
-        await limiter.prepare()
+    async def flush_periodically() -> None:
+        while True:
+            await asyncio.sleep(limiter.settings.usage_flush_s)
+            await limiter.flush_usage()
 
-    async def close(_: web.Application) -> None:
+    async def run(_: web.Application) -> AsyncIterator[None]:
+        await limiter.prepare()
+        flusher = asyncio.create_task(flush_periodically())
+        yield
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        # What the last interval counted is not left behind.
+        await limiter.flush_usage()
         await limiter.aclose()
 
     install_rate_limit_headers(app)
-    app.on_startup.append(prepare)
-    app.on_cleanup.append(close)
+    app.cleanup_ctx.append(run)

@@ -139,6 +139,9 @@ class RateLimitSettings(BaseModel):
     #: How often each process reads the published policy set's version (besides following
     #: the change channel): the bound on how stale a lost notification leaves it.
     policy_poll_s: float = Field(default=0.25, gt=0.0, le=1.0)
+    #: How often decisions without a tenant are added to the anonymous usage hashes
+    #: (``usage_tally.py``): the most a crashed process's usage figures can miss.
+    usage_flush_s: float = Field(default=1.0, gt=0.0, le=60.0)
 
     #: Subjects known to be over a limit, refused from memory until their reset.
     deny_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)

@@ -50,6 +50,7 @@ from urr_gateway.ratelimit.tenant import (
     degraded_tenant_decision,
     tenant_subject,
 )
+from urr_gateway.ratelimit.usage_tally import AnonymousUsageWriter, UsageTally
 from urr_gateway.ratelimit.window import (
     Decision,
     WindowSpec,
@@ -166,6 +167,9 @@ class SlidingWindowLimiter:
         )
         self.metrics.breaker_state.set(int(BreakerState.CLOSED))
         self._children: dict[tuple[str, bool, str], tuple[Counter, Histogram]] = {}
+        #: Decisions without a tenant, counted until ``flush_usage`` writes them.
+        self.usage = UsageTally()
+        self._usage_writer = AnonymousUsageWriter(redis)
 
     # -- what callers may ask about the configuration ------------------------------------
 
@@ -224,6 +228,18 @@ class SlidingWindowLimiter:
             return False
         return True
 
+    async def flush_usage(self) -> bool:
+        """Add the counted decisions without a tenant to Redis; on failure keep them for the
+        next flush. Never raises."""
+        counts = self.usage.drain()
+        try:
+            await self._usage_writer.write(counts)
+        except (RedisError, OSError) as exc:
+            self.usage.restore(counts)
+            _LOG.debug("ratelimit_usage_flush_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+        return True
+
     async def aclose(self) -> None:
         """Give back what the store holds of the client (its pipelined connections)."""
         await self._store.aclose()
@@ -256,7 +272,9 @@ class SlidingWindowLimiter:
         if decision is None:
             decision = self._fallback(subject, category, specs, cost)
         self._observe(decision, started)
-        if not decision.allowed and category in self._shadow:
+        shadow_refusal = not decision.allowed and category in self._shadow
+        self.usage.record(decision, shadow_refusal=shadow_refusal)
+        if shadow_refusal:
             # A shadow policy counts (in the decisions metric, as blocked) and never refuses.
             decision = dataclasses.replace(decision, allowed=True, retry_after_ms=0)
         return decision

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from urr_common.ratelimit_policies import Policy, PolicySet, api_key_digest, default_policies
-from urr_common.ratelimit_usage import quota_key, tenant_tag, usage_key
+from urr_common.ratelimit_usage import quota_key, tenant_tag, usage_prefix
 from urr_gateway.ratelimit.keys import window_key_suffix
 from urr_gateway.ratelimit.window import (
     Decision,
@@ -73,7 +73,7 @@ class CompiledPolicy:
     def key_prefixes(self, tenant: str) -> tuple[bytes, bytes]:
         """(usage hash prefix, quota counter prefix) for the script, which appends the hour
         and the month of its own clock."""
-        usage = usage_key(tenant, self.policy.id, 0)[: -len("0")]
+        usage = f"{usage_prefix(tenant)}{self.policy.id}:"
         return usage.encode(), quota_key(tenant, "").encode()
 
 

@@ -1,0 +1,157 @@
+"""Usage of decisions without a tenant: counted in memory by the limiter, added to the anonymous
+usage hashes in one script call, kept when Redis is away, written at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from urr_common.ratelimit_policies import Policy
+from urr_common.ratelimit_usage import (
+    ALLOWED,
+    ANONYMOUS_TENANT,
+    BLOCKED,
+    NEAR_LIMIT,
+    SHADOW_BLOCKED,
+    hour_start,
+    usage_key,
+)
+from urr_gateway.filters.ratelimit import install_rate_limit
+from urr_gateway.ratelimit import CategoryLimits, RateLimitSettings, SlidingWindowLimiter
+from urr_gateway.ratelimit import WindowLimit as Window
+from urr_gateway.ratelimit.tenant import CompiledPolicy
+from urr_gateway.ratelimit.usage_tally import UsageTally
+from urr_gateway.ratelimit.window import WindowOutcome, WindowSpec, decide
+
+
+def policy(pid: str, **fields: Any) -> Policy:
+    body = {"id": pid, "name": pid, "route": "/**", "windows": [{"limit": 10, "window_s": 60}]}
+    return Policy.model_validate({**body, **fields})
+
+
+def fresh_category() -> str:
+    return "c" + uuid.uuid4().hex[:12]
+
+
+def limiter_for(
+    redis: Redis, category: str, limit: int, flush_s: float = 1.0
+) -> SlidingWindowLimiter:
+    categories = dict(RateLimitSettings().categories)
+    categories[category] = CategoryLimits(windows=(Window(limit=limit, window_s=60),))
+    settings = RateLimitSettings(categories=categories, budget_ms=2000, usage_flush_s=flush_s)
+    return SlidingWindowLimiter(redis, settings)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def anonymous_usage(redis: Redis, policy_id: str) -> dict[Any, Any]:
+    seconds, _ = await redis.time()
+    return await redis.hgetall(usage_key(ANONYMOUS_TENANT, policy_id, hour_start(seconds)))
+
+
+# -- pure --------------------------------------------------------------------------------
+
+
+def test_the_tally_counts_fields_like_a_tenant_decision_and_drains_to_zero() -> None:
+    specs = (WindowSpec("p", 10, 60),)
+    tally = UsageTally()
+    for count in range(11):  # 10 a minute: hits 9 and 10 are near the limit, 11 is refused
+        outcome = WindowOutcome(count, 1_000, 0 if count < 10 else 5_000)
+        tally.record(decide("p", specs, (outcome,), 1, source="redis"), shadow_refusal=False)
+    refused = decide("p", specs, (WindowOutcome(10, 1_000, 5_000),), 1, source="redis")
+    tally.record(refused, shadow_refusal=True)
+    drained = tally.drain()
+    assert drained == {
+        ("p", ALLOWED): 11,
+        ("p", BLOCKED): 1,
+        ("p", NEAR_LIMIT): 2,
+        ("p", SHADOW_BLOCKED): 1,
+    }
+    assert len(tally) == 0
+    tally.restore(drained)
+    tally.restore({("p", BLOCKED): 2})
+    assert tally.drain()[("p", BLOCKED)] == 3
+
+
+# -- on Redis ----------------------------------------------------------------------------
+
+
+async def test_refusals_of_browser_traffic_reach_the_anonymous_usage_hash(redis: Redis) -> None:
+    category = fresh_category()
+    limiter = limiter_for(redis, category, limit=5)
+    # Two subjects: the hash is per policy, not per subject; the deny cache's refusals count.
+    decided = [await limiter.check(f"ip:{i % 2}", category) for i in range(16)]
+    assert sum(d.allowed for d in decided) == 10
+    assert await anonymous_usage(redis, category) == {}
+    assert await limiter.flush_usage()
+    usage = await anonymous_usage(redis, category)
+    assert usage[ALLOWED.encode()] == b"10"
+    assert usage[BLOCKED.encode()] == b"6"
+    assert usage[NEAR_LIMIT.encode()] == b"2"  # the 5th of each subject (limit 5: > 4)
+    key = usage_key(ANONYMOUS_TENANT, category, hour_start((await redis.time())[0]))
+    assert await redis.ttl(key) > 3600
+    # A second flush adds only what was decided since.
+    await limiter.check("ip:9", category)
+    assert await limiter.flush_usage()
+    assert (await anonymous_usage(redis, category))[ALLOWED.encode()] == b"11"
+
+
+async def test_a_shadow_policy_counts_its_would_be_refusals(redis: Redis) -> None:
+    pid = fresh_category()
+    limiter = limiter_for(redis, "general", limit=5)
+    shadow = policy(pid, mode="shadow", windows=[{"limit": 2, "window_s": 60}])
+    limiter.use_policies((CompiledPolicy.of(shadow),))
+    assert all([(await limiter.check("ip:1", pid)).allowed for _ in range(4)])
+    await limiter.flush_usage()
+    usage = await anonymous_usage(redis, pid)
+    assert (usage[ALLOWED.encode()], usage[SHADOW_BLOCKED.encode()]) == (b"4", b"2")
+    assert BLOCKED.encode() not in usage
+
+
+async def test_counts_survive_a_flush_that_fails(redis: Redis, redis_url: str) -> None:
+    category = fresh_category()
+    away = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    try:
+        limiter = limiter_for(away, category, limit=5)
+        for _ in range(3):
+            await limiter.check("ip:1", category)  # Redis away: decided by the failure policy
+        assert not await limiter.flush_usage()
+        assert limiter.usage.drain() == {(category, ALLOWED): 3}
+    finally:
+        await away.aclose()
+
+
+async def test_the_application_flushes_periodically_and_at_shutdown(redis: Redis) -> None:
+    periodic, last = fresh_category(), fresh_category()
+    limiter = limiter_for(redis, periodic, limit=100, flush_s=0.2)
+    limiter.use_policies((CompiledPolicy.of(policy(last)),))
+    app = web.Application()
+    install_rate_limit(app, limiter)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        for _ in range(3):
+            await limiter.check("ip:1", periodic)
+        for _ in range(50):  # a loaded machine may run the flusher late
+            if await anonymous_usage(redis, periodic):
+                break
+            await asyncio.sleep(0.1)
+        assert (await anonymous_usage(redis, periodic))[ALLOWED.encode()] == b"3"
+        await limiter.check("ip:1", last)
+    finally:
+        await runner.cleanup()
+    # Counted after the last periodic flush: the shutdown flush wrote it.
+    assert (await anonymous_usage(redis, last))[ALLOWED.encode()] == b"1"
