@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio.cluster import RedisCluster
 
 from urr_common.clients import redis_client
+from urr_common.ratelimit_usage import hour_start, usage_key
 from urr_common.settings import RedisSettings
 from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.checkapi import CHECK_PATH, create_check_app
@@ -267,3 +268,24 @@ async def test_a_moved_slot_is_followed_and_stays_exact(cluster: RedisCluster) -
         assert limiter.breaker_state.name == "CLOSED"
     finally:
         await limiter.aclose()
+
+
+async def test_usage_flush_reaches_every_slot_on_a_cluster(cluster: RedisCluster) -> None:
+    """One flush pipeline carries usage hashes of tenants on every node (and anonymous)."""
+    limiter = SlidingWindowLimiter(cluster, cluster_settings())
+    tenants = [f"tenant-{n}" for n in range(12)]
+    owners = {
+        getattr(cluster.get_node_from_key(usage_key(t, "auth", 0)), "name", None) for t in tenants
+    }
+    assert len(owners) > 1
+    try:
+        for tenant in tenants:
+            limiter.usage.count(tenant, "auth", allowed=True, would_allow=True, near=False)
+        await limiter.check("u:1", "auth")
+        assert await limiter.flush_usage()
+    finally:
+        await limiter.aclose()
+    hour = hour_start((await cluster.time())[0])
+    for tenant in tenants:
+        assert await cluster.hget(usage_key(tenant, "auth", hour), "allowed") == b"1"
+    assert await cluster.hget(usage_key(None, "auth", hour), "allowed") == b"1"

@@ -41,14 +41,9 @@ def hour_start(epoch_s: float) -> int:
     return int(epoch_s) // HOUR_S * HOUR_S
 
 
-def usage_prefix(tenant: str | None) -> str:
-    """What every usage hash of ``tenant`` starts with; scripts append ``<policy>:<hour>``."""
-    return f"ratelimit:usage:{tenant_tag(tenant)}:"
-
-
 def usage_key(tenant: str | None, policy_id: str, hour_start_s: int) -> str:
     """Hash of ``USAGE_FIELDS`` for one tenant x policy x UTC hour."""
-    return f"{usage_prefix(tenant)}{policy_id}:{hour_start_s}"
+    return f"ratelimit:usage:{tenant_tag(tenant)}:{policy_id}:{hour_start_s}"
 
 
 def month_of(epoch_s: float) -> str:

@@ -50,7 +50,7 @@ from urr_gateway.ratelimit.tenant import (
     degraded_tenant_decision,
     tenant_subject,
 )
-from urr_gateway.ratelimit.usage_tally import AnonymousUsageWriter, UsageTally
+from urr_gateway.ratelimit.usage_tally import UsageTally, UsageWriter
 from urr_gateway.ratelimit.window import (
     Decision,
     WindowSpec,
@@ -167,9 +167,9 @@ class SlidingWindowLimiter:
         )
         self.metrics.breaker_state.set(int(BreakerState.CLOSED))
         self._children: dict[tuple[str, bool, str], tuple[Counter, Histogram]] = {}
-        #: Decisions without a tenant, counted until ``flush_usage`` writes them.
+        #: Every decision's usage, counted until ``flush_usage`` writes it.
         self.usage = UsageTally()
-        self._usage_writer = AnonymousUsageWriter(redis)
+        self._usage_writer = UsageWriter(redis)
 
     # -- what callers may ask about the configuration ------------------------------------
 
@@ -229,8 +229,8 @@ class SlidingWindowLimiter:
         return True
 
     async def flush_usage(self) -> bool:
-        """Add the counted decisions without a tenant to Redis; on failure keep them for the
-        next flush. Never raises."""
+        """Add the tallied usage to Redis' usage hashes; on failure keep it for the next
+        flush. Never raises."""
         counts = self.usage.drain()
         try:
             await self._usage_writer.write(counts)
@@ -288,11 +288,12 @@ class SlidingWindowLimiter:
         quota: int = 0,
     ) -> TenantDecision:
         """Decide a tenant's request under its governing policy and monthly quota (0: none)
-        in one script evaluation: windows, quota, shadow mode, near-limit and usage counters.
+        in one script evaluation: windows, quota, shadow mode, near-limit; its usage is
+        tallied here and written by ``flush_usage``.
 
-        No deny cache here: every decision, refused ones included, must reach the tenant's
-        usage counters. Always on Redis's clock: the fixed clock of the tests is only
-        reachable through the stores' ``evaluate_tenant``.
+        No deny cache here: a refusal names the quota left and whether only a shadow policy
+        refused, which the script alone knows. Always on Redis's clock: the fixed clock of the
+        tests is only reachable through the stores' ``evaluate_tenant``.
         """
         started = time.perf_counter()
         if not 1 <= cost <= compiled.max_cost:
@@ -319,6 +320,14 @@ class SlidingWindowLimiter:
             )
             result = degraded_tenant_decision(compiled, tenant, decision)
         self._observe(result.decision, started)
+        allowed = result.decision.allowed
+        self.usage.count(
+            tenant,
+            compiled.id,
+            allowed=allowed,
+            would_allow=allowed and not result.shadow,
+            near=result.near_limit,
+        )
         return result
 
     async def _ask_redis(

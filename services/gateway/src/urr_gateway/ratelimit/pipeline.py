@@ -270,7 +270,7 @@ class PipelinedSlidingLog:
         ).hexdigest()
         self._tenant_load = encode_command(b"SCRIPT", b"LOAD", self._tenant_source.encode())
         self._tenant_encoded: dict[str, tuple[CompiledPolicy, bytes, bytes, bytes]] = {}
-        #: (policy, tenant) -> the encoded keys and key prefixes of its decisions.
+        #: (policy, tenant) -> the encoded keys and quota counter prefix of its decisions.
         self._tenant_parts: dict[tuple[str, str], tuple[CompiledPolicy, bytes, bytes]] = {}
         self._calls = CategoryCalls()
         self._encoded: dict[str, tuple[object, _EncodedCall]] = {}
@@ -436,7 +436,7 @@ class PipelinedSlidingLog:
         if entry is None or entry[0] is not compiled:
             windows = len(compiled.specs)
             head = (
-                b"*%d\r\n" % (3 + windows + 8 + 2 * windows)
+                b"*%d\r\n" % (3 + windows + 7 + 2 * windows)
                 + bulk(b"EVALSHA")
                 + bulk(self._tenant_sha.encode())
                 + bulk(b"%d" % windows)
@@ -453,12 +453,11 @@ class PipelinedSlidingLog:
             if len(self._tenant_parts) >= TENANT_PARTS_MAX:
                 # Bounded: a caller may name any tenant id; the busy ones come back at once.
                 self._tenant_parts.clear()
-            usage, quota_prefix = compiled.key_prefixes(tenant)
             keys = b"".join(bulk(key) for key in tenant_keys(compiled, tenant))
-            tenant_entry = (compiled, keys, bulk(usage) + bulk(quota_prefix))
+            tenant_entry = (compiled, keys, bulk(compiled.quota_prefix(tenant)))
             self._tenant_parts[(compiled.id, tenant)] = tenant_entry
-        _, keys, prefixes = tenant_entry
-        parts = [head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), prefixes, tail]
+        _, keys, prefix = tenant_entry
+        parts = [head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), prefix, tail]
         return b"".join(parts)
 
     def _encoded_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _EncodedCall:

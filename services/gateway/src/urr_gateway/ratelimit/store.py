@@ -40,14 +40,12 @@ def tenant_args(
 ) -> list[bytes]:
     """ARGV of ``tenant_decision.lua`` (see the script). ``now_us`` is for the test-only
     fixed-clock adapter; every production caller passes ``None`` (Redis TIME)."""
-    usage, quota_prefix = compiled.key_prefixes(tenant)
     args = [
         b"%d" % cost,
         b"%d" % len(compiled.specs),
         b"1" if compiled.enforce else b"0",
         b"%d" % quota,
-        usage,
-        quota_prefix,
+        compiled.quota_prefix(tenant),
         b"%d" % USAGE_TTL_S,
         b"" if now_us is None else b"%d" % now_us,
     ]
@@ -152,7 +150,7 @@ class RedisSlidingLog:
         quota: int,
         now_us: int | None = None,
     ) -> TenantScriptResult:
-        """One tenant decision (windows, quota, usage) in one round trip."""
+        """One tenant decision (windows, quota, near-limit) in one round trip."""
         reply = await self._tenant_script(
             keys=tenant_keys(compiled, tenant),
             args=tenant_args(compiled, tenant, cost, quota, now_us),

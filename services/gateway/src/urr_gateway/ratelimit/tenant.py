@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from urr_common.ratelimit_policies import Policy, PolicySet, api_key_digest, default_policies
-from urr_common.ratelimit_usage import quota_key, tenant_tag, usage_prefix
+from urr_common.ratelimit_usage import quota_key, tenant_tag
 from urr_gateway.ratelimit.keys import window_key_suffix
 from urr_gateway.ratelimit.window import (
     Decision,
@@ -70,11 +70,10 @@ class CompiledPolicy:
     def enforce(self) -> bool:
         return self.policy.mode == "enforce"
 
-    def key_prefixes(self, tenant: str) -> tuple[bytes, bytes]:
-        """(usage hash prefix, quota counter prefix) for the script, which appends the hour
-        and the month of its own clock."""
-        usage = f"{usage_prefix(tenant)}{self.policy.id}:"
-        return usage.encode(), quota_key(tenant, "").encode()
+    def quota_prefix(self, tenant: str) -> bytes:
+        """The quota counter's name without its month, which the script appends from its
+        own clock."""
+        return quota_key(tenant, "").encode()
 
 
 class CompiledPolicies:
@@ -137,13 +136,15 @@ class TenantScriptResult:
     quota_remaining: int | None
     quota_reset_us: int
     outcomes: tuple[WindowOutcome, ...]
+    #: An admitted hit above 80 % of a window's limit (envoy's near_limit).
+    near_limit: bool = False
 
 
 def parse_tenant_reply(reply: Sequence[int], windows: int) -> TenantScriptResult:
-    if len(reply) != 5 + 3 * windows:
+    if len(reply) != 6 + 3 * windows:
         raise ValueError(f"unexpected script reply of {len(reply)} items")
     outcomes = tuple(
-        WindowOutcome(int(reply[5 + 3 * i]), int(reply[6 + 3 * i]), int(reply[7 + 3 * i]))
+        WindowOutcome(int(reply[6 + 3 * i]), int(reply[7 + 3 * i]), int(reply[8 + 3 * i]))
         for i in range(windows)
     )
     remaining = int(reply[3])
@@ -154,6 +155,7 @@ def parse_tenant_reply(reply: Sequence[int], windows: int) -> TenantScriptResult
         quota_remaining=None if remaining < 0 else remaining,
         quota_reset_us=int(reply[4]),
         outcomes=outcomes,
+        near_limit=bool(reply[5]),
     )
 
 
@@ -171,6 +173,8 @@ class TenantDecision:
     quota_exceeded: bool
     #: A shadow policy would have refused this request (it was let through and counted).
     shadow: bool
+    #: An admitted hit above 80 % of a window's limit.
+    near_limit: bool = False
 
 
 def decide_tenant(
@@ -197,6 +201,7 @@ def decide_tenant(
         quota_reset_ms=us_to_ms_up(result.quota_reset_us),
         quota_exceeded=result.quota_refused,
         shadow=result.allowed and not result.would_allow,
+        near_limit=result.near_limit,
     )
 
 

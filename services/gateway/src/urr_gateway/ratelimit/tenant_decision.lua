@@ -1,35 +1,36 @@
 -- One tenant decision under its governing policy, in one atomic step: every window of the
--- policy, the tenant's monthly quota, shadow mode, the near-limit counter and the usage hash.
+-- policy, the tenant's monthly quota, shadow mode and whether the hit is near a limit. Usage
+-- (allowed, blocked, shadow_blocked, near_limit) is counted by the caller from this reply and
+-- added to the usage hashes once a second (usage_tally.py), not by a command per decision.
 --
 -- KEYS[1..n]  the tenant's sorted-set logs of this policy, one per window ({rl:<tenant>} tag)
 -- ARGV[1]     cost (>= 1)
 -- ARGV[2]     n: number of windows
 -- ARGV[3]     1: enforce, 0: shadow (count would-be refusals, never refuse)
 -- ARGV[4]     the tenant's monthly quota in cost units; 0: none
--- ARGV[5]     usage hash prefix, 'ratelimit:usage:{rl:<tenant>}:<policy>:' (+ hour start)
--- ARGV[6]     quota counter prefix, 'ratelimit:quota:{rl:<tenant>}:' (+ 'YYYY-MM')
--- ARGV[7]     how long a usage hash outlives its hour, seconds (USAGE_TTL_S)
--- ARGV[8]     '' in production: Redis TIME. A fixed time in microseconds only from the
+-- ARGV[5]     quota counter prefix, 'ratelimit:quota:{rl:<tenant>}:' (+ 'YYYY-MM')
+-- ARGV[6]     how long a quota counter outlives its month, seconds (USAGE_TTL_S)
+-- ARGV[7]     '' in production: Redis TIME. A fixed time in microseconds only from the
 --             stores' evaluate_tenant(now_us=...), used by the tests; the gateway and the check
 --             API have no way to pass one.
--- ARGV[9+2(i-1)], ARGV[10+2(i-1)]  limit and length in microseconds of window i
+-- ARGV[8+2(i-1)], ARGV[9+2(i-1)]  limit and length in microseconds of window i
 --
--- The usage hash and the quota counter are named after the hour and the month of the
--- decision's own time, so they are computed here rather than passed in KEYS. They carry the
--- same hash tag as the windows (same Redis Cluster slot), which Redis 7 allows for scripts
--- without the no-cluster-undeclared-keys flags.
+-- The quota counter is named after the month of the decision's own time, so it is computed
+-- here rather than passed in KEYS. It carries the same hash tag as the windows (same Redis
+-- Cluster slot), which Redis 7 allows for scripts without the no-cluster-undeclared-keys flags.
 --
--- Returns {allowed, would_allow, quota_refused, quota_remaining, quota_reset_us,
+-- Returns {allowed, would_allow, quota_refused, quota_remaining, quota_reset_us, near,
 --          count_1, reset_us_1, retry_us_1, ..., count_n, ...}
--- counts as before this request; quota_remaining after it (-1: no quota).
+-- counts as before this request; quota_remaining after it (-1: no quota); near 1 when an
+-- admitted hit went above 80 % of a window's limit.
 
 local cost = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local enforce = ARGV[3] == '1'
 local quota = tonumber(ARGV[4])
 local now
-if ARGV[8] ~= '' then
-    now = tonumber(ARGV[8])
+if ARGV[7] ~= '' then
+    now = tonumber(ARGV[7])
 else
     local clock = redis.call('TIME')
     now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -63,11 +64,11 @@ end
 
 local allowed_windows = true
 local near = false
-local reply = {0, 0, 0, -1, 0}
+local reply = {0, 0, 0, -1, 0, 0}
 for i = 1, n do
     local key = KEYS[i]
-    local limit = tonumber(ARGV[7 + 2 * i])
-    local window = tonumber(ARGV[8 + 2 * i])
+    local limit = tonumber(ARGV[6 + 2 * i])
+    local window = tonumber(ARGV[7 + 2 * i])
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
     local count = redis.call('ZCARD', key)
     local reset = 0
@@ -103,7 +104,7 @@ if quota > 0 then
     local next_year, next_month = year, month + 1
     if next_month == 13 then next_year, next_month = year + 1, 1 end
     local month_end_s = days_from_civil(next_year, next_month) * 86400
-    local quota_key = ARGV[6] .. string.format('%04d-%02d', year, month)
+    local quota_key = ARGV[5] .. string.format('%04d-%02d', year, month)
     reply[5] = (month_end_s - now_s) * 1000000 - (now % 1000000)
     if enforce and not allowed_windows then
         -- Refused by a window anyway: only report what is left.
@@ -113,7 +114,7 @@ if quota > 0 then
         used = redis.call('INCRBY', quota_key, cost)
         if used == cost then
             -- New this month. Kept past its end for the usage snapshots, like usage hashes.
-            redis.call('EXPIRE', quota_key, month_end_s - now_s + tonumber(ARGV[7]))
+            redis.call('EXPIRE', quota_key, month_end_s - now_s + tonumber(ARGV[6]))
         end
         quota_ok = used <= quota
         if enforce and not quota_ok then
@@ -139,31 +140,16 @@ if allowed then
             added = added + redis.call('ZADD', key, 'NX', now, member)
             suffix = suffix + 1
         end
-        redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[8 + 2 * i]) / 1000))
+        redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[7 + 2 * i]) / 1000))
     end
-end
-
-local usage_key = ARGV[5] .. string.format('%.0f', now_s - now_s % 3600)
-local counted
-if allowed then
-    counted = redis.call('HINCRBY', usage_key, 'allowed', 1)
-else
-    counted = redis.call('HINCRBY', usage_key, 'blocked', 1)
-end
-if not would_allow and not enforce then
-    redis.call('HINCRBY', usage_key, 'shadow_blocked', 1)
-end
-if near and would_allow then
-    redis.call('HINCRBY', usage_key, 'near_limit', 1)
-end
-if counted == 1 then
-    -- A field's first count: the hash is new (or its first refusal); set its lifetime once.
-    redis.call('EXPIRE', usage_key, 3600 + tonumber(ARGV[7]))
 end
 
 reply[1] = allowed and 1 or 0
 reply[2] = would_allow and 1 or 0
 reply[3] = quota_ok and 0 or 1
+if near and would_allow then
+    reply[6] = 1
+end
 if quota > 0 then
     reply[4] = math.max(quota - used, 0)
 end

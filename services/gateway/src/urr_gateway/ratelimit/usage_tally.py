@@ -1,19 +1,20 @@
-"""Usage of decisions without a tenant (browsers, callers without an API key), counted.
+"""Usage counting for every decision: in memory per process, added to Redis once a second.
 
-Tenant decisions count their usage inside ``tenant_decision.lua``. A policy-less decision's
-keys carry the subject's hash tag (a user, an address), so its script cannot also touch the
-anonymous usage hash (``{rl:-}``, another Cluster slot); and adding a counter command to the
-hottest script would cost every request. Instead each limiter counts in memory and
-:class:`AnonymousUsageWriter` adds the counts to Redis in one script call per flush (once a
-second by default): the snapshot scheduler and the operator console then see browser traffic
-and its refusals like any tenant's. A process that dies loses at most one interval of counts;
-a flush that fails keeps them for the next one.
+The snapshot scheduler reads per tenant x policy x UTC hour the hashes of
+``urr_common.ratelimit_usage`` (allowed, blocked, shadow_blocked, near_limit). Counting them
+with a command per decision would cost every request a Redis write (and, for a policy-less
+decision, a key in another Cluster slot than its script's). Instead each limiter tallies its
+decisions here and :class:`UsageWriter` adds them in one pipeline per flush (once a second by
+default), taking the hour from Redis's clock: a hot tenant costs one ``HINCRBY`` per field a
+second instead of one per request. Decisions without a tenant (browsers, callers without an
+API key) count as ``ANONYMOUS_TENANT``. A process that dies loses at most one interval of
+counts; a flush that fails keeps them for the next. Quotas are not counted here: the decision
+script enforces them atomically.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from importlib import resources
 from typing import TYPE_CHECKING
 
 from urr_common.ratelimit_usage import (
@@ -23,7 +24,8 @@ from urr_common.ratelimit_usage import (
     NEAR_LIMIT,
     SHADOW_BLOCKED,
     USAGE_TTL_S,
-    usage_prefix,
+    hour_start,
+    usage_key,
 )
 
 if TYPE_CHECKING:
@@ -35,34 +37,44 @@ if TYPE_CHECKING:
 #: envoy's convention, as in ``tenant_decision.lua``: above 80 % of a limit is near it.
 NEAR_LIMIT_SHARE = 0.8
 
+UsageCounts = dict[tuple[str, str, str], int]
+
 
 class UsageTally:
-    """Counts per (policy, usage field) since the last drain. Pure; no I/O."""
+    """Counts per (tenant, policy, usage field) since the last drain. Pure; no I/O."""
 
     def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str]] = Counter()
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+
+    def count(
+        self, tenant: str, policy: str, *, allowed: bool, would_allow: bool, near: bool
+    ) -> None:
+        """One decision: ``allowed`` it went through, ``would_allow`` its policy let it (a
+        shadow policy lets through what it would refuse), ``near`` above 80 % of a limit."""
+        counts = self._counts
+        counts[(tenant, policy, ALLOWED if allowed else BLOCKED)] += 1
+        if allowed and not would_allow:
+            counts[(tenant, policy, SHADOW_BLOCKED)] += 1
+        elif near and would_allow:
+            counts[(tenant, policy, NEAR_LIMIT)] += 1
 
     def record(self, decision: Decision, *, shadow_refusal: bool) -> None:
-        """Count one decision: ``shadow_refusal`` when a shadow policy let through a request
-        its windows refused (counted as allowed and as shadow_blocked, like a tenant's)."""
-        category = decision.category
-        if shadow_refusal:
-            self._counts[(category, ALLOWED)] += 1
-            self._counts[(category, SHADOW_BLOCKED)] += 1
-        elif decision.allowed:
-            self._counts[(category, ALLOWED)] += 1
-            used = decision.limit - decision.remaining
-            if used > int(decision.limit * NEAR_LIMIT_SHARE) and not decision.degraded:
-                self._counts[(category, NEAR_LIMIT)] += 1
-        else:
-            self._counts[(category, BLOCKED)] += 1
+        """A policy-less decision, counted for ``ANONYMOUS_TENANT`` under its category."""
+        used = decision.limit - decision.remaining
+        self.count(
+            ANONYMOUS_TENANT,
+            decision.category,
+            allowed=decision.allowed or shadow_refusal,
+            would_allow=decision.allowed,
+            near=decision.source == "redis" and used > int(decision.limit * NEAR_LIMIT_SHARE),
+        )
 
-    def drain(self) -> dict[tuple[str, str], int]:
+    def drain(self) -> UsageCounts:
         """The counts so far, and start again from zero."""
         counts, self._counts = dict(self._counts), Counter()
         return counts
 
-    def restore(self, counts: dict[tuple[str, str], int]) -> None:
+    def restore(self, counts: UsageCounts) -> None:
         """Give back counts a flush could not write (added to any counted meanwhile)."""
         self._counts.update(counts)
 
@@ -70,20 +82,25 @@ class UsageTally:
         return len(self._counts)
 
 
-class AnonymousUsageWriter:
-    """Adds drained counts to the anonymous tenant's hourly usage hashes (``usage_flush.lua``)."""
+class UsageWriter:
+    """Adds drained counts to the hourly usage hashes: one ``TIME``, then one pipeline of
+    ``HINCRBY`` (and one ``EXPIRE`` per hash) - plain commands, so a Redis Cluster pipeline
+    sends each to its slot's node."""
 
     def __init__(self, redis: Redis | RedisCluster) -> None:
-        source = resources.files(__package__).joinpath("usage_flush.lua").read_text("utf-8")
-        self._script = redis.register_script(source)
-        self._prefix = usage_prefix(ANONYMOUS_TENANT)
-        # Any key with the anonymous hash tag routes the call on a Redis Cluster.
-        self._routing_key = self._prefix.rstrip(":")
+        self._redis = redis
 
-    async def write(self, counts: dict[tuple[str, str], int]) -> None:
+    async def write(self, counts: UsageCounts) -> None:
         if not counts:
             return
-        args: list[str | int] = [self._prefix, USAGE_TTL_S]
-        for (policy, field), count in sorted(counts.items()):
-            args += [policy, field, count]
-        await self._script(keys=[self._routing_key], args=args)
+        seconds, _ = await self._redis.time()
+        hour = hour_start(seconds)
+        pipe = self._redis.pipeline(transaction=False)
+        hashes: set[str] = set()
+        for (tenant, policy, field), value in counts.items():
+            key = usage_key(tenant, policy, hour)
+            pipe.hincrby(key, field, value)
+            hashes.add(key)
+        for key in hashes:
+            pipe.expire(key, USAGE_TTL_S + 3600)
+        await pipe.execute()

@@ -1,5 +1,6 @@
-"""Usage of decisions without a tenant: counted in memory by the limiter, added to the anonymous
-usage hashes in one script call, kept when Redis is away, written at shutdown."""
+"""Usage counting: every decision (a tenant's and one without a tenant) tallied in memory by the
+limiter, added to the hourly usage hashes in one pipeline per flush, kept when Redis is away,
+written at shutdown."""
 
 from __future__ import annotations
 
@@ -74,16 +75,17 @@ def test_the_tally_counts_fields_like_a_tenant_decision_and_drains_to_zero() -> 
     refused = decide("p", specs, (WindowOutcome(10, 1_000, 5_000),), 1, source="redis")
     tally.record(refused, shadow_refusal=True)
     drained = tally.drain()
+    a = ANONYMOUS_TENANT
     assert drained == {
-        ("p", ALLOWED): 11,
-        ("p", BLOCKED): 1,
-        ("p", NEAR_LIMIT): 2,
-        ("p", SHADOW_BLOCKED): 1,
+        (a, "p", ALLOWED): 11,
+        (a, "p", BLOCKED): 1,
+        (a, "p", NEAR_LIMIT): 2,
+        (a, "p", SHADOW_BLOCKED): 1,
     }
     assert len(tally) == 0
     tally.restore(drained)
-    tally.restore({("p", BLOCKED): 2})
-    assert tally.drain()[("p", BLOCKED)] == 3
+    tally.restore({(a, "p", BLOCKED): 2})
+    assert tally.drain()[(a, "p", BLOCKED)] == 3
 
 
 # -- on Redis ----------------------------------------------------------------------------
@@ -129,7 +131,7 @@ async def test_counts_survive_a_flush_that_fails(redis: Redis, redis_url: str) -
         for _ in range(3):
             await limiter.check("ip:1", category)  # Redis away: decided by the failure policy
         assert not await limiter.flush_usage()
-        assert limiter.usage.drain() == {(category, ALLOWED): 3}
+        assert limiter.usage.drain() == {(ANONYMOUS_TENANT, category, ALLOWED): 3}
     finally:
         await away.aclose()
 
@@ -155,3 +157,42 @@ async def test_the_application_flushes_periodically_and_at_shutdown(redis: Redis
         await runner.cleanup()
     # Counted after the last periodic flush: the shutdown flush wrote it.
     assert (await anonymous_usage(redis, last))[ALLOWED.encode()] == b"1"
+
+
+async def test_tenant_decisions_are_tallied_with_shadow_and_near_limit(redis: Redis) -> None:
+    limiter = limiter_for(redis, "general", limit=5)
+    tenant = "t" + uuid.uuid4().hex[:8]
+    enforced = CompiledPolicy.of(policy("p-enforce", windows=[{"limit": 10, "window_s": 60}]))
+    shadow = CompiledPolicy.of(
+        policy("p-shadow", mode="shadow", windows=[{"limit": 3, "window_s": 60}])
+    )
+    for _ in range(11):
+        await limiter.check_tenant(tenant, enforced)
+    for _ in range(5):
+        assert (await limiter.check_tenant(tenant, shadow)).decision.allowed
+    assert await limiter.flush_usage()
+    seconds, _ = await redis.time()
+    hour = hour_start(seconds)
+    enforce_usage = await redis.hgetall(usage_key(tenant, "p-enforce", hour))
+    assert enforce_usage == {b"allowed": b"10", b"blocked": b"1", b"near_limit": b"2"}
+    shadow_usage = await redis.hgetall(usage_key(tenant, "p-shadow", hour))
+    # 3 a minute: hit 3 is near the limit, hits 4 and 5 shadow refusals let through.
+    assert shadow_usage == {b"allowed": b"5", b"shadow_blocked": b"2", b"near_limit": b"1"}
+
+
+async def test_many_tenants_flush_in_one_pipeline(redis: Redis) -> None:
+    limiter = limiter_for(redis, "general", limit=5)
+    compiled = CompiledPolicy.of(policy("p-many"))
+    tenants = [f"m{uuid.uuid4().hex[:8]}" for _ in range(200)]
+    await asyncio.gather(*(limiter.check_tenant(t, compiled) for t in tenants))
+    calls_before = await _calls(redis, "hincrby")
+    assert await limiter.flush_usage()
+    assert await _calls(redis, "hincrby") - calls_before == 200
+    hour = hour_start((await redis.time())[0])
+    for tenant in tenants[:5]:
+        assert await redis.hget(usage_key(tenant, "p-many", hour), "allowed") == b"1"
+
+
+async def _calls(redis: Redis, command: str) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
