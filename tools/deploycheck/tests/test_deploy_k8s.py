@@ -320,3 +320,33 @@ def test_the_gateway_trusts_forwarded_addresses_by_cidr_only(overlay):
         assert env.values["URR_TRUST__SITE_ORIGINS"].startswith("https://")
     else:
         assert cidrs == ""  # nobody in front: the TCP peer is the client
+
+
+@pytest.mark.parametrize("overlay", ["prod", "staging"])
+def test_managed_overlays_create_the_topics_with_the_seed_layout_before_a_sync(overlay):
+    """Seed 004 for MSK: 3 partitions, RF 2, min ISR 2, a week; the Job reads the same broker
+    address as the services and runs as an Argo CD PreSync hook."""
+    from urr_common.kafka_topics import TopicProvisioningSettings
+    from urr_deploycheck.endpoints import settings_from_env
+
+    docs = rendered(overlay)
+    job = by_kind(docs, "Job")["kafka-topics"]
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "urr_common.kafka_topics"]
+    env = container_env(container, docs).values
+    settings = settings_from_env(TopicProvisioningSettings, env)
+    assert isinstance(settings, TopicProvisioningSettings)
+    layout = settings.topics
+    assert (layout.partitions, layout.replication_factor, layout.min_insync_replicas) == (3, 2, 2)
+    assert layout.retention_ms == 7 * 24 * 3600 * 1000
+    services_env = container_env(
+        next(p for p in urr_pods(overlay) if p.name == "queue").containers[0], docs
+    ).values
+    assert settings.kafka.bootstrap_servers == services_env["URR_KAFKA__BOOTSTRAP_SERVERS"]
+
+
+def test_kind_provisions_topics_with_its_own_job_only():
+    names = set(by_kind(rendered("kind"), "Job"))
+    assert "kafka-topics" not in names
+    assert "provision-kafka" in names

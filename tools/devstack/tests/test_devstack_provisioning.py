@@ -12,7 +12,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from urr_devstack import aws, kafka, postgres
+from urr_common import kafka_topics
+from urr_devstack import aws, postgres
 from urr_devstack.procs import free_port, is_listening
 
 pytestmark = pytest.mark.integration
@@ -20,11 +21,11 @@ pytestmark = pytest.mark.integration
 
 async def test_devstack_topics_are_created_once(kafka_bootstrap: str) -> None:
     topics = [f"devstack-{uuid.uuid4().hex[:8]}-{n}" for n in range(2)]
-    layout = kafka.TopicLayout(partitions=2)
-    created = await kafka.ensure_topics(kafka_bootstrap, topics, layout)
+    layout = kafka_topics.TopicLayout(partitions=2)
+    created = await kafka_topics.ensure_topics(kafka_bootstrap, topics, layout)
     assert sorted(created) == sorted(topics)
-    assert await kafka.ensure_topics(kafka_bootstrap, topics, layout) == []
-    listed = await kafka.list_topics(kafka_bootstrap)
+    assert await kafka_topics.ensure_topics(kafka_bootstrap, topics, layout) == []
+    listed = await kafka_topics.list_topics(kafka_bootstrap)
     assert set(topics) <= set(listed)
 
 
@@ -32,25 +33,29 @@ async def test_devstack_topics_carry_the_layout_and_a_different_one_is_reported(
     kafka_bootstrap: str,
 ) -> None:
     topic = f"devstack-{uuid.uuid4().hex[:8]}"
-    layout = kafka.TopicLayout(partitions=2, retention_ms=3_600_000)
-    await kafka.ensure_topics(kafka_bootstrap, [topic], layout)
-    facts = (await kafka.describe_topics(kafka_bootstrap, [topic]))[topic]
+    layout = kafka_topics.TopicLayout(partitions=2, retention_ms=3_600_000)
+    await kafka_topics.ensure_topics(kafka_bootstrap, [topic], layout)
+    facts = (await kafka_topics.describe_topics(kafka_bootstrap, [topic]))[topic]
     assert (facts.partitions, facts.replication_factor) == (2, 1)
     assert facts.configs["retention.ms"] == "3600000"
     assert facts.configs["min.insync.replicas"] == "1"
-    assert await kafka.verify_topics(kafka_bootstrap, [topic], layout) == []
+    assert await kafka_topics.verify_topics(kafka_bootstrap, [topic], layout) == []
     # The seed's week of retention and three partitions: the topic made above differs.
-    assert await kafka.verify_topics(kafka_bootstrap, [topic], kafka.TopicLayout()) == [
+    assert await kafka_topics.verify_topics(
+        kafka_bootstrap, [topic], kafka_topics.TopicLayout()
+    ) == [
         f"{topic}: 2 partitions, want 3",
         f"{topic}: retention.ms=3600000, want 604800000",
     ]
     missing = f"devstack-{uuid.uuid4().hex[:8]}"
-    assert await kafka.verify_topics(kafka_bootstrap, [missing], layout) == [f"{missing}: missing"]
+    assert await kafka_topics.verify_topics(kafka_bootstrap, [missing], layout) == [
+        f"{missing}: missing"
+    ]
 
 
 async def test_devstack_topic_list_fails_clearly_without_a_broker() -> None:
     with pytest.raises(ConnectionError, match="no Kafka broker"):
-        await kafka.list_topics(f"127.0.0.1:{free_port()}", timeout_ms=1000)
+        await kafka_topics.list_topics(f"127.0.0.1:{free_port()}", timeout_ms=1000)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from urr_devstack.kafka import TopicFacts, TopicLayout, layout_mismatches
+from urr_common.kafka_topics import TopicFacts, TopicLayout, layout_mismatches
 from urr_devstack.settings import DevstackSettings
 
 SEED_PROD = TopicLayout(partitions=3, replication_factor=2, min_insync_replicas=2)

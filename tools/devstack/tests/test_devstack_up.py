@@ -28,8 +28,9 @@ import boto3
 import pytest
 import yaml
 
+from urr_common import kafka_topics
 from urr_common.tokens import KeySet, load_verification_keys
-from urr_devstack import aws, kafka
+from urr_devstack import aws
 from urr_devstack.infra import check_redis
 from urr_devstack.monitoring import alert_queries, unserved_metrics
 from urr_devstack.procs import RedisServer, free_port, is_listening
@@ -255,8 +256,8 @@ async def _check_servers(env: dict[str, str]) -> None:
         assert await connection.fetchval("SELECT 1") == 1
     finally:
         await connection.close()
-    topics = await kafka.list_topics(f"127.0.0.1:{_port(env, 'kafka')}")
-    assert set(kafka.TOPICS) <= set(topics)
+    topics = await kafka_topics.list_topics(f"127.0.0.1:{_port(env, 'kafka')}")
+    assert set(kafka_topics.TOPICS) <= set(topics)
     endpoint = aws.AwsEndpoint(f"http://127.0.0.1:{_port(env, 'moto')}")
     async with aws.open_clients(endpoint) as clients:
         queues = (await clients.sqs.list_queues())["QueueUrls"]
@@ -466,7 +467,7 @@ def test_devstack_second_run_reuses_servers_already_listening(
     # It stopped nothing it had not started: the session's servers serve on.
     assert redis_server.running
     check_redis("127.0.0.1", redis_server.port)
-    assert kafka.TOPICS[0] in asyncio.run(kafka.list_topics(kafka_bootstrap))
+    assert kafka_topics.TOPICS[0] in asyncio.run(kafka_topics.list_topics(kafka_bootstrap))
     assert is_listening("127.0.0.1", int(env["URR_DEVSTACK__PORTS__MOTO"]))
 
 

@@ -48,10 +48,12 @@ from urr_deploycheck.services import (
     DNS_NAMESPACE,
     DNS_POD_LABELS,
     INFRA,
+    JOBS,
     MONITORING_NAMESPACE,
     PUBLIC_WORKLOADS,
     WORKLOADS,
     Network,
+    ProvisioningJob,
     Workload,
 )
 
@@ -79,7 +81,9 @@ class Derivation:
 
 
 def workload_settings(
-    entry: Workload, env: Mapping[str, str], extra_classes: ExtraClasses | None = None
+    entry: Workload | ProvisioningJob,
+    env: Mapping[str, str],
+    extra_classes: ExtraClasses | None = None,
 ) -> list[BaseSettings]:
     """Every settings object ``entry``'s process builds from ``env``."""
     return [
@@ -160,6 +164,7 @@ def derive(
     result = Derivation()
     table = {entry.name: entry for entry in WORKLOADS}
     infra = {item.name: item for item in INFRA}
+    jobs = {job.name: job for job in JOBS}
     for pod in resolver.pods:
         name = pod.labels.get(NAME_LABEL, pod.name)
         result.grants |= _dns_grants(pod.name)
@@ -186,6 +191,14 @@ def derive(
                 )
         elif name in infra:
             found = [e for call in infra[name].calls for e in parse_address(call, "calls")]
+        elif name in jobs:
+            env = container_env(main_container(pod), docs)
+            try:
+                built = workload_settings(jobs[name], env.values, extra_classes)
+            except (SettingsImportError, SettingsError) as exc:
+                result.problems.append(f"{pod.name}: {exc}")
+                continue
+            found = sorted({e for settings in built for e in endpoints(settings)})
         else:
             result.problems.append(f"{pod.name}: not in the service table (services.py)")
             continue

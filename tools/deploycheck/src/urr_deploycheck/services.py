@@ -271,6 +271,29 @@ INFRA: tuple[Infra, ...] = (
     Infra("provision-aws", "amazon/aws-cli:2.31.30", 0, _LOCAL, calls=("moto:5000",)),
 )
 
+
+@dataclass(frozen=True)
+class ProvisioningJob:
+    """A one-shot of the suite's own code that the managed overlays run before the services
+    (a Job, no listener): its calls come from its settings, like a workload's."""
+
+    name: str
+    image: Image
+    module: str
+    settings: tuple[str, ...]
+
+
+#: ``k8s/components/kafka-topics``: topics on MSK with the environment's layout (prod, staging).
+JOBS: tuple[ProvisioningJob, ...] = (
+    ProvisioningJob(
+        "kafka-topics",
+        QUEUE_IMAGE,
+        "urr_common.kafka_topics",
+        ("urr_common.kafka_topics:TopicProvisioningSettings",),
+    ),
+)
+
+
 #: Kafka topics, SQS queues and DynamoDB tables the provisioning scripts create.
 KAFKA_TOPICS = (
     "payment-events",

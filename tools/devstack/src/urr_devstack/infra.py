@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from urr_devstack import aws, kafka, postgres
+from urr_common import kafka_topics
+from urr_devstack import aws, postgres
 from urr_devstack.procs import (
     ProcessExitedError,
     RedisServer,
@@ -149,7 +150,7 @@ def start_infra(
             ports.kafka,
             infra,
             say,
-            lambda: asyncio.run(kafka.list_topics(infra.kafka_bootstrap)),
+            lambda: asyncio.run(kafka_topics.list_topics(infra.kafka_bootstrap)),
         ):
             broker = _private_tansu(settings, infra, logs)
             _launch(broker, infra, [])

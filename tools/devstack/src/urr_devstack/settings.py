@@ -19,7 +19,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from urr_devstack.kafka import TopicLayout
+from urr_common.kafka_topics import TopicLayout
 
 Port = int
 

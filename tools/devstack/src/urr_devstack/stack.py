@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from urr_devstack import aws, kafka, postgres
+from urr_common import kafka_topics
+from urr_devstack import aws, postgres
 from urr_devstack.infra import Infra, InfraError, start_infra
 from urr_devstack.keys import LocalKey, chosen_admin, ensure_admin_password, ensure_signing_keys
 from urr_devstack.monitoring import MonitoringError, start_monitoring
@@ -86,12 +87,14 @@ async def provision(
     """The database, topics, queues and tables; each step is a no-op when already done."""
     if await postgres.ensure_database(infra.postgres_admin_dsn, settings.postgres_database):
         say(f"created database {settings.postgres_database}")
-    created = await kafka.ensure_topics(infra.kafka_bootstrap, kafka.TOPICS, settings.kafka_topics)
+    created = await kafka_topics.ensure_topics(
+        infra.kafka_bootstrap, kafka_topics.TOPICS, settings.kafka_topics
+    )
     if created:
         say(f"created topics {', '.join(created)}")
     # A broker we reused may hold topics made another way: say so rather than fail the stack.
-    for wrong in await kafka.verify_topics(
-        infra.kafka_bootstrap, kafka.TOPICS, settings.kafka_topics
+    for wrong in await kafka_topics.verify_topics(
+        infra.kafka_bootstrap, kafka_topics.TOPICS, settings.kafka_topics
     ):
         say(f"warning: topic layout differs from settings: {wrong}")
     endpoint = aws.AwsEndpoint(

@@ -5,10 +5,17 @@ environment: seed 004 gives 3 partitions, RF 2, min ISR 2 and 7 days for MSK; th
 broker can only hold RF 1. ``ensure_topics`` creates what is missing with that layout and
 ``verify_topics`` reads back what the broker holds, so a topic made by hand with the wrong
 layout is reported instead of silently used.
+
+The local stack calls these from ``urr-devstack up``; a cluster runs them as a Job before the
+services start: ``python -m urr_common.kafka_topics`` (settings ``URR_KAFKA__*`` for the
+broker, ``URR_TOPICS__*`` for the layout; exit 0 when every topic matches, 1 with each
+difference printed, 2 on a bad setting or an unreachable broker).
 """
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
@@ -17,6 +24,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from urr_common.settings import (
+    ENV_PREFIX,
+    NESTED_DELIMITER,
+    KafkaSettings,
+    SettingsError,
+    load_settings,
+)
 
 #: DESIGN.md §1: who produces and who consumes each topic is in the services' own docs.
 TOPICS = (
@@ -194,3 +210,50 @@ async def list_topics(bootstrap_servers: str, timeout_ms: int = 5_000) -> list[s
         raise ConnectionError(f"no Kafka broker answers at {bootstrap_servers}: {exc!r}") from exc
     finally:
         await admin.close()
+
+
+class TopicProvisioningSettings(BaseSettings):
+    """What the provisioning Job reads: the broker (as the services do) and the layout."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED_DELIMITER, extra="ignore", frozen=True
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicLayout = Field(default_factory=TopicLayout)
+
+
+async def provision(settings: TopicProvisioningSettings) -> list[str]:
+    """Create what is missing, then every difference between the broker and the layout."""
+    bootstrap = settings.kafka.bootstrap_servers
+    created = await ensure_topics(bootstrap, TOPICS, settings.topics)
+    if created:
+        print(f"created topics: {', '.join(created)}")
+    return await verify_topics(bootstrap, TOPICS, settings.topics)
+
+
+def main() -> int:
+    try:
+        settings = load_settings(TopicProvisioningSettings)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        wrong = asyncio.run(provision(settings))
+    except (KafkaError, TopicCreationError, OSError) as exc:
+        print(f"kafka at {settings.kafka.bootstrap_servers}: {exc!r}", file=sys.stderr)
+        return 2
+    for line in wrong:
+        print(f"layout differs: {line}", file=sys.stderr)
+    if not wrong:
+        layout = settings.topics
+        print(
+            f"{len(TOPICS)} topics match: {layout.partitions} partitions, "
+            f"RF {layout.replication_factor}, min ISR {layout.min_insync_replicas}, "
+            f"retention {layout.retention_ms} ms"
+        )
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
