@@ -46,7 +46,13 @@ from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.ratelimit.policyset import PolicyWatcher
 from urr_gateway.ratelimit.resp import encode_command
 from urr_gateway.ratelimit.store import RedisSlidingLog, tenant_args, tenant_keys
-from urr_gateway.ratelimit.tenant import CompiledPolicies, CompiledPolicy, decide_tenant
+from urr_gateway.ratelimit.tenant import (
+    CompiledPolicies,
+    CompiledPolicy,
+    QuotaMonth,
+    decide_tenant,
+    parse_tenant_reply,
+)
 from urr_ratelimit_admin import store
 from urr_ratelimit_admin.publisher import PolicyPublisher
 from urr_ratelimit_admin.settings import SnapshotSettings
@@ -130,15 +136,29 @@ def test_the_pre_encoded_tenant_command_is_the_plain_encoding(redis: Redis) -> N
     compiled = CompiledPolicy.of(
         policy("two", windows=[{"limit": 5, "window_s": 1}, {"limit": 50, "window_s": 60}])
     )
-    for tenant, cost, quota in (("acme", 1, 0), ("beta", 3, 1000), ("acme", 2, 7)):
+    december, january = QuotaMonth.of(DEC_END_US / US), QuotaMonth.of(JAN_START_US / US)
+    cases = (("acme", 1, 0, december), ("beta", 3, 1000, december), ("acme", 2, 7, january))
+    for tenant, cost, quota, month in cases:
         plain = encode_command(
             b"EVALSHA",
             log._tenant_sha.encode(),
             b"2",
             *tenant_keys(compiled, tenant),
-            *tenant_args(compiled, tenant, cost, quota, None),
+            *tenant_args(compiled, tenant, cost, quota, None, month),
         )
-        assert log._tenant_command(compiled, tenant, cost, quota) == plain
+        assert log._tenant_command(compiled, tenant, cost, quota, month) == plain
+
+
+def test_quota_months_are_utc_calendar_months() -> None:
+    december = QuotaMonth.of(DEC_END_US / US)
+    assert december.label == "2026-12"
+    assert december.end_s == JAN_START_US // US
+    assert december.holds(DEC_END_US / US)
+    assert not december.holds(JAN_START_US / US)
+    january = QuotaMonth.of(JAN_START_US / US)
+    assert (january.label, january.start_s) == ("2027-01", december.end_s)
+    february = QuotaMonth.of(datetime(2028, 2, 29, 23, 59, tzinfo=UTC).timestamp())
+    assert february.end_s - february.start_s == 29 * 86400
 
 
 # -- the decision script, on a fixed clock ------------------------------------------------
@@ -167,6 +187,29 @@ async def test_quota_is_exact_under_200_concurrent_decisions_across_a_month_boun
     # The counter lives until the month's end plus the usage retention, not forever.
     ttl = await redis.ttl(quota_key("acme", "2027-01"))
     assert 31 * 86400 < ttl <= 31 * 86400 + 8 * 86400
+
+
+@pytest.mark.parametrize("caller_month", ["2026-11", "2026-12", "2027-01"])
+async def test_redis_clock_decides_the_quota_month_whatever_the_caller_names(
+    redis: Redis, caller_month: str
+) -> None:
+    """A caller's month is only a hint: a skewed caller (either side) still counts in the
+    month of Redis's time, and the reset is that month's end."""
+    year, month = (int(part) for part in caller_month.split("-"))
+    hint = QuotaMonth.of(datetime(year, month, 15, tzinfo=UTC).timestamp())
+    tenant = "skew-" + uuid.uuid4().hex[:8]
+    compiled = CompiledPolicy.of(policy("p"))
+    script = RedisSlidingLog(redis)._tenant_script
+    reply = await script(
+        keys=tenant_keys(compiled, tenant),
+        args=tenant_args(compiled, tenant, 1, 5, DEC_END_US, hint),
+    )
+    result = parse_tenant_reply(reply, 1)
+    assert result.quota_remaining == 4
+    assert result.quota_reset_us == JAN_START_US - DEC_END_US - 100_000
+    assert await redis.get(quota_key(tenant, "2026-12")) == b"1"
+    if caller_month != "2026-12":
+        assert await redis.get(quota_key(tenant, caller_month)) is None
 
 
 async def test_a_quota_refusal_says_when_the_month_renews(redis: Redis) -> None:

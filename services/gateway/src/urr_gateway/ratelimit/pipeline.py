@@ -47,6 +47,7 @@ from urr_gateway.ratelimit.store import (
     CategoryCalls,
     RedisSlidingLog,
     ScriptResult,
+    current_month,
     load_script_source,
     parse_reply,
     tenant_args,
@@ -54,6 +55,7 @@ from urr_gateway.ratelimit.store import (
 )
 from urr_gateway.ratelimit.tenant import (
     CompiledPolicy,
+    QuotaMonth,
     TenantScriptResult,
     parse_tenant_reply,
     tenant_subject,
@@ -269,9 +271,13 @@ class PipelinedSlidingLog:
             self._tenant_source.encode(), usedforsecurity=False
         ).hexdigest()
         self._tenant_load = encode_command(b"SCRIPT", b"LOAD", self._tenant_source.encode())
-        self._tenant_encoded: dict[str, tuple[CompiledPolicy, bytes, bytes, bytes]] = {}
-        #: (policy, tenant) -> the encoded keys and quota counter prefix of its decisions.
-        self._tenant_parts: dict[tuple[str, str], tuple[CompiledPolicy, bytes, bytes]] = {}
+        #: policy -> its encoded command pieces, for one month (the tail names the month).
+        self._tenant_encoded: dict[str, tuple[CompiledPolicy, QuotaMonth, bytes, bytes, bytes]] = {}
+        #: (policy, tenant) -> the encoded keys and quota counter of its decisions this month.
+        self._tenant_parts: dict[
+            tuple[str, str], tuple[CompiledPolicy, QuotaMonth, bytes, bytes]
+        ] = {}
+        self._month: QuotaMonth | None = None
         self._calls = CategoryCalls()
         self._encoded: dict[str, tuple[object, _EncodedCall]] = {}
         self._cluster = redis if isinstance(redis, RedisCluster) else None
@@ -408,11 +414,12 @@ class PipelinedSlidingLog:
         now_us: int | None = None,
     ) -> TenantScriptResult:
         """One tenant decision (``tenant_decision.lua``), in this tick's batch like the rest."""
+        self._month = month = current_month(self._month)
         if now_us is None:
-            command = self._tenant_command(compiled, tenant, cost, quota)
+            command = self._tenant_command(compiled, tenant, cost, quota, month)
         else:
             keys = tenant_keys(compiled, tenant)
-            args = tenant_args(compiled, tenant, cost, quota, now_us)
+            args = tenant_args(compiled, tenant, cost, quota, now_us, month)
             command = encode_command(
                 b"EVALSHA", self._tenant_sha.encode(), b"%d" % len(keys), *keys, *args
             )
@@ -428,36 +435,39 @@ class PipelinedSlidingLog:
         return parse_tenant_reply(reply, len(compiled.specs))
 
     def _tenant_command(
-        self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int
+        self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int, month: QuotaMonth
     ) -> bytes:
         """The ``EVALSHA`` of a tenant decision on Redis's clock, from pieces encoded once per
-        published policy (the same bytes ``encode_command`` would make of ``tenant_args``)."""
+        published policy and month (the same bytes ``encode_command`` would make of
+        ``tenant_args``)."""
         entry = self._tenant_encoded.get(compiled.id)
-        if entry is None or entry[0] is not compiled:
+        if entry is None or entry[0] is not compiled or entry[1] is not month:
             windows = len(compiled.specs)
             head = (
-                b"*%d\r\n" % (3 + windows + 7 + 2 * windows)
+                b"*%d\r\n" % (3 + windows + 9 + 2 * windows)
                 + bulk(b"EVALSHA")
                 + bulk(self._tenant_sha.encode())
                 + bulk(b"%d" % windows)
             )
             middle = bulk(b"%d" % windows) + bulk(b"1" if compiled.enforce else b"0")
             tail = bulk(b"%d" % USAGE_TTL_S) + bulk(b"")
+            tail += bulk(b"%d" % month.start_s) + bulk(b"%d" % month.end_s)
             for spec in compiled.specs:
                 tail += bulk(b"%d" % spec.limit) + bulk(b"%d" % spec.window_us)
-            entry = (compiled, head, middle, tail)
+            entry = (compiled, month, head, middle, tail)
             self._tenant_encoded[compiled.id] = entry
-        _, head, middle, tail = entry
+        _, _, head, middle, tail = entry
         tenant_entry = self._tenant_parts.get((compiled.id, tenant))
-        if tenant_entry is None or tenant_entry[0] is not compiled:
+        if tenant_entry is None or tenant_entry[0] is not compiled or tenant_entry[1] is not month:
             if len(self._tenant_parts) >= TENANT_PARTS_MAX:
                 # Bounded: a caller may name any tenant id; the busy ones come back at once.
                 self._tenant_parts.clear()
             keys = b"".join(bulk(key) for key in tenant_keys(compiled, tenant))
-            tenant_entry = (compiled, keys, bulk(compiled.quota_prefix(tenant)))
+            counter = bulk(compiled.quota_counter(tenant, month))
+            tenant_entry = (compiled, month, keys, counter)
             self._tenant_parts[(compiled.id, tenant)] = tenant_entry
-        _, keys, prefix = tenant_entry
-        parts = [head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), prefix, tail]
+        _, _, keys, counter = tenant_entry
+        parts = [head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), counter, tail]
         return b"".join(parts)
 
     def _encoded_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _EncodedCall:

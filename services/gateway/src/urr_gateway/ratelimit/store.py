@@ -8,6 +8,7 @@ one pipeline (the default).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +18,7 @@ from urr_common.ratelimit_usage import USAGE_TTL_S
 from urr_gateway.ratelimit.keys import hash_tag, window_key_suffix
 from urr_gateway.ratelimit.tenant import (
     CompiledPolicy,
+    QuotaMonth,
     TenantScriptResult,
     parse_tenant_reply,
     tenant_subject,
@@ -36,22 +38,38 @@ def load_script_source(name: str = SCRIPT_NAME) -> str:
 
 
 def tenant_args(
-    compiled: CompiledPolicy, tenant: str, cost: int, quota: int, now_us: int | None
+    compiled: CompiledPolicy,
+    tenant: str,
+    cost: int,
+    quota: int,
+    now_us: int | None,
+    month: QuotaMonth,
 ) -> list[bytes]:
     """ARGV of ``tenant_decision.lua`` (see the script). ``now_us`` is for the test-only
-    fixed-clock adapter; every production caller passes ``None`` (Redis TIME)."""
+    fixed-clock adapter; every production caller passes ``None`` (Redis TIME). ``month``: the
+    caller's current month (``QuotaMonth.of(time.time())``)."""
     args = [
         b"%d" % cost,
         b"%d" % len(compiled.specs),
         b"1" if compiled.enforce else b"0",
         b"%d" % quota,
-        compiled.quota_prefix(tenant),
+        compiled.quota_counter(tenant, month),
         b"%d" % USAGE_TTL_S,
         b"" if now_us is None else b"%d" % now_us,
+        b"%d" % month.start_s,
+        b"%d" % month.end_s,
     ]
     for spec in compiled.specs:
         args += [b"%d" % spec.limit, b"%d" % spec.window_us]
     return args
+
+
+def current_month(month: QuotaMonth | None) -> QuotaMonth:
+    """``month`` while the local clock is still in it, else the month it is in now."""
+    now = time.time()
+    if month is not None and month.holds(now):
+        return month
+    return QuotaMonth.of(now)
 
 
 def tenant_keys(compiled: CompiledPolicy, tenant: str) -> list[bytes]:
@@ -136,6 +154,7 @@ class RedisSlidingLog:
         self._script = redis.register_script(load_script_source())
         self._tenant_script = redis.register_script(load_script_source(TENANT_SCRIPT_NAME))
         self._calls = CategoryCalls()
+        self._month: QuotaMonth | None = None
 
     async def load(self) -> None:
         """``SCRIPT LOAD`` (on every primary of a cluster), which also opens a connection."""
@@ -151,9 +170,10 @@ class RedisSlidingLog:
         now_us: int | None = None,
     ) -> TenantScriptResult:
         """One tenant decision (windows, quota, near-limit) in one round trip."""
+        self._month = current_month(self._month)
         reply = await self._tenant_script(
             keys=tenant_keys(compiled, tenant),
-            args=tenant_args(compiled, tenant, cost, quota, now_us),
+            args=tenant_args(compiled, tenant, cost, quota, now_us, self._month),
         )
         return parse_tenant_reply(reply, len(compiled.specs))
 

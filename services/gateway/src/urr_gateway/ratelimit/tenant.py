@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from urr_common.ratelimit_policies import Policy, PolicySet, api_key_digest, default_policies
 from urr_common.ratelimit_usage import quota_key, tenant_tag
@@ -70,10 +71,29 @@ class CompiledPolicy:
     def enforce(self) -> bool:
         return self.policy.mode == "enforce"
 
-    def quota_prefix(self, tenant: str) -> bytes:
-        """The quota counter's name without its month, which the script appends from its
-        own clock."""
-        return quota_key(tenant, "").encode()
+    def quota_counter(self, tenant: str, month: QuotaMonth) -> bytes:
+        """The tenant's quota counter in ``month`` (the script corrects the month when Redis's
+        clock is in another)."""
+        return quota_key(tenant, month.label).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaMonth:
+    """A UTC calendar month as the decision script takes it: its ``YYYY-MM`` and its bounds."""
+
+    label: str
+    start_s: int
+    end_s: int
+
+    @classmethod
+    def of(cls, epoch_s: float) -> QuotaMonth:
+        moment = datetime.fromtimestamp(int(epoch_s), UTC)
+        start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
+        following = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+        return cls(start.strftime("%Y-%m"), int(start.timestamp()), int(following.timestamp()))
+
+    def holds(self, epoch_s: float) -> bool:
+        return self.start_s <= epoch_s < self.end_s
 
 
 class CompiledPolicies:

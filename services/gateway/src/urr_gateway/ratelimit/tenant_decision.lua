@@ -8,16 +8,20 @@
 -- ARGV[2]     n: number of windows
 -- ARGV[3]     1: enforce, 0: shadow (count would-be refusals, never refuse)
 -- ARGV[4]     the tenant's monthly quota in cost units; 0: none
--- ARGV[5]     quota counter prefix, 'ratelimit:quota:{rl:<tenant>}:' (+ 'YYYY-MM')
+-- ARGV[5]     the quota counter of the caller's current UTC month,
+--             'ratelimit:quota:{rl:<tenant>}:YYYY-MM'
 -- ARGV[6]     how long a quota counter outlives its month, seconds (USAGE_TTL_S)
 -- ARGV[7]     '' in production: Redis TIME. A fixed time in microseconds only from the
 --             stores' evaluate_tenant(now_us=...), used by the tests; the gateway and the check
 --             API have no way to pass one.
--- ARGV[8+2(i-1)], ARGV[9+2(i-1)]  limit and length in microseconds of window i
+-- ARGV[8], ARGV[9]  that month's first second and the first second after it (epoch seconds)
+-- ARGV[10+2(i-1)], ARGV[11+2(i-1)]  limit and length in microseconds of window i
 --
--- The quota counter is named after the month of the decision's own time, so it is computed
--- here rather than passed in KEYS. It carries the same hash tag as the windows (same Redis
--- Cluster slot), which Redis 7 allows for scripts without the no-cluster-undeclared-keys flags.
+-- The quota counter is named after the month of Redis's clock. The caller names the month its
+-- own clock is in, which spares the calendar arithmetic on almost every call; when Redis's
+-- time falls outside it (a skewed caller, the first moments of a month) the script works the
+-- month out itself. The counter is not passed in KEYS but carries the windows' hash tag (same
+-- Redis Cluster slot), which Redis 7 allows for scripts without the no-cluster flags.
 --
 -- Returns {allowed, would_allow, quota_refused, quota_remaining, quota_reset_us, near,
 --          count_1, reset_us_1, retry_us_1, ..., count_n, ...}
@@ -67,8 +71,8 @@ local near = false
 local reply = {0, 0, 0, -1, 0, 0}
 for i = 1, n do
     local key = KEYS[i]
-    local limit = tonumber(ARGV[6 + 2 * i])
-    local window = tonumber(ARGV[7 + 2 * i])
+    local limit = tonumber(ARGV[8 + 2 * i])
+    local window = tonumber(ARGV[9 + 2 * i])
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
     local count = redis.call('ZCARD', key)
     local reset = 0
@@ -100,11 +104,15 @@ end
 local quota_ok = true
 local used = 0
 if quota > 0 then
-    local year, month = civil_from_days(math.floor(now_s / 86400))
-    local next_year, next_month = year, month + 1
-    if next_month == 13 then next_year, next_month = year + 1, 1 end
-    local month_end_s = days_from_civil(next_year, next_month) * 86400
-    local quota_key = ARGV[5] .. string.format('%04d-%02d', year, month)
+    local quota_key = ARGV[5]
+    local month_end_s = tonumber(ARGV[9])
+    if now_s < tonumber(ARGV[8]) or now_s >= month_end_s then
+        local year, month = civil_from_days(math.floor(now_s / 86400))
+        local next_year, next_month = year, month + 1
+        if next_month == 13 then next_year, next_month = year + 1, 1 end
+        month_end_s = days_from_civil(next_year, next_month) * 86400
+        quota_key = string.sub(ARGV[5], 1, -8) .. string.format('%04d-%02d', year, month)
+    end
     reply[5] = (month_end_s - now_s) * 1000000 - (now % 1000000)
     if enforce and not allowed_windows then
         -- Refused by a window anyway: only report what is left.
@@ -140,7 +148,7 @@ if allowed then
             added = added + redis.call('ZADD', key, 'NX', now, member)
             suffix = suffix + 1
         end
-        redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[7 + 2 * i]) / 1000))
+        redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[9 + 2 * i]) / 1000))
     end
 end
 
