@@ -131,16 +131,12 @@ async def connect_postgres(
     """A migrated pool, retrying until PostgreSQL answers; None when stopped first."""
     import asyncpg
 
+    from urr_common.clients import create_postgres_pool
     from urr_ticket_worker.schema import migrate
 
     while not stop.is_set():
         try:
-            pool = await asyncpg.create_pool(
-                settings.dsn.get_secret_value(),
-                min_size=settings.min_connections,
-                max_size=settings.max_connections,
-                command_timeout=settings.command_timeout_s,
-            )
+            pool = await create_postgres_pool(settings)
         except (OSError, asyncpg.PostgresError) as exc:
             beat.failed(exc)
             _LOG.warning("postgres_unavailable", error=repr(exc))
