@@ -8,6 +8,7 @@ import base64
 import ssl
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -87,13 +88,31 @@ def test_a_rediss_url_is_tls_and_needs_a_ca_file(monkeypatch: pytest.MonkeyPatch
     assert "URR_REDIS__CA_FILE is not set" in message
 
 
-def test_a_redis_ca_file_that_does_not_exist_is_named(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize(
+    ("env_name", "build"),
+    [
+        ("URR_REDIS__CA_FILE", lambda s: redis_client(s.redis)),
+        ("URR_POSTGRES__SSLROOTCERT", lambda s: postgres_connect_kwargs(s.postgres)),
+        ("URR_KAFKA__CA_FILE", lambda s: kafka_security_kwargs(s.kafka)),
+    ],
+)
+def test_a_ca_file_that_does_not_exist_is_named_when_clients_are_built(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env_name: str, build: Any
 ) -> None:
     missing = tmp_path / "nope.pem"
-    message = _refused(monkeypatch, {"URR_REDIS__TLS": "true", "URR_REDIS__CA_FILE": str(missing)})
-    assert "URR_REDIS__CA_FILE" in message
-    assert "does not point to a file" in message
+    settings = _loaded(
+        monkeypatch,
+        {
+            "URR_REDIS__TLS": "true",
+            "URR_POSTGRES__SSLMODE": "verify-full",
+            "URR_KAFKA__SECURITY_PROTOCOL": "SSL",
+            "URR_REDIS__CA_FILE": str(missing),
+            "URR_POSTGRES__SSLROOTCERT": str(missing),
+            "URR_KAFKA__CA_FILE": str(missing),
+        },
+    )
+    with pytest.raises(SettingsError, match=f"{env_name}=.*nope.pem: no such file"):
+        build(settings)
 
 
 def test_redis_tls_files_without_tls_are_refused(

@@ -11,9 +11,16 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from urr_common.settings import AwsSettings, KafkaSettings, PostgresSettings, RedisSettings
+from urr_common.settings import (
+    AwsSettings,
+    KafkaSettings,
+    PostgresSettings,
+    RedisSettings,
+    SettingsError,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -21,6 +28,18 @@ if TYPE_CHECKING:
     from aiokafka.admin import AIOKafkaAdminClient
     from redis.asyncio import Redis
     from redis.asyncio.cluster import RedisCluster
+
+
+def existing_file(path: Path | None, variable: str) -> str:
+    """``path`` as a string, or a ``SettingsError`` naming the variable when it is missing.
+
+    Checked here, when a service builds its clients at start-up, rather than in the settings
+    model: the deploy checks load the same settings from the manifests on a machine that has
+    none of the mounted certificate files.
+    """
+    if path is None or not path.is_file():
+        raise SettingsError(f"{variable}={path}: no such file (is the volume mounted?)")
+    return str(path)
 
 
 def redis_security_kwargs(settings: RedisSettings) -> dict[str, Any]:
@@ -32,14 +51,14 @@ def redis_security_kwargs(settings: RedisSettings) -> dict[str, Any]:
             kwargs["username"] = settings.username
     if settings.uses_tls:
         kwargs.update(
-            ssl_ca_certs=str(settings.ca_file),
+            ssl_ca_certs=existing_file(settings.ca_file, "URR_REDIS__CA_FILE"),
             ssl_cert_reqs="required",
             ssl_check_hostname=True,
             ssl_min_version=ssl.TLSVersion.TLSv1_2,
         )
         if settings.cert_file is not None:
-            kwargs["ssl_certfile"] = str(settings.cert_file)
-            kwargs["ssl_keyfile"] = str(settings.key_file)
+            kwargs["ssl_certfile"] = existing_file(settings.cert_file, "URR_REDIS__CERT_FILE")
+            kwargs["ssl_keyfile"] = existing_file(settings.key_file, "URR_REDIS__KEY_FILE")
     return kwargs
 
 
@@ -96,13 +115,14 @@ def postgres_ssl(settings: PostgresSettings) -> ssl.SSLContext | str | None:
     mode = settings.sslmode
     if mode is None:
         return None
+    root = "URR_POSTGRES__SSLROOTCERT"
     if mode in ("verify-ca", "verify-full"):
-        context = ssl.create_default_context(cafile=str(settings.sslrootcert))
+        context = ssl.create_default_context(cafile=existing_file(settings.sslrootcert, root))
         context.check_hostname = mode == "verify-full"
     elif mode == "require" and (settings.sslrootcert or settings.sslcert):
         # libpq: require with a root certificate verifies the chain (as verify-ca).
         if settings.sslrootcert is not None:
-            context = ssl.create_default_context(cafile=str(settings.sslrootcert))
+            context = ssl.create_default_context(cafile=existing_file(settings.sslrootcert, root))
             context.check_hostname = False
         else:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -112,7 +132,10 @@ def postgres_ssl(settings: PostgresSettings) -> ssl.SSLContext | str | None:
         return mode
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if settings.sslcert is not None:
-        context.load_cert_chain(str(settings.sslcert), str(settings.sslkey))
+        context.load_cert_chain(
+            existing_file(settings.sslcert, "URR_POSTGRES__SSLCERT"),
+            existing_file(settings.sslkey, "URR_POSTGRES__SSLKEY"),
+        )
     return context
 
 
@@ -156,10 +179,15 @@ def kafka_security_kwargs(settings: KafkaSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"security_protocol": settings.security_protocol}
     if settings.security_protocol == "PLAINTEXT":
         return kwargs
-    context = ssl.create_default_context(cafile=str(settings.ca_file))
+    context = ssl.create_default_context(
+        cafile=existing_file(settings.ca_file, "URR_KAFKA__CA_FILE")
+    )
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if settings.cert_file is not None:
-        context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+        context.load_cert_chain(
+            existing_file(settings.cert_file, "URR_KAFKA__CERT_FILE"),
+            existing_file(settings.key_file, "URR_KAFKA__KEY_FILE"),
+        )
     kwargs["ssl_context"] = context
     mechanism = settings.sasl_mechanism
     if mechanism == "AWS_MSK_IAM":

@@ -13,7 +13,6 @@ from typing import Any, Literal, TypeVar
 from pydantic import (
     BaseModel,
     Field,
-    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
@@ -96,10 +95,10 @@ class RedisSettings(BaseModel):
     password: SecretStr | None = None
     tls: bool = False
     #: PEM bundle of the CA(s) that signed the server certificate; required with TLS.
-    ca_file: FilePath | None = None
+    ca_file: Path | None = None
     #: Client certificate and its key, for servers that ask for one (both or neither).
-    cert_file: FilePath | None = None
-    key_file: FilePath | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @field_validator("url")
     @classmethod
@@ -158,10 +157,10 @@ class PostgresSettings(BaseModel):
     command_timeout_s: float = Field(default=10.0, gt=0.0)
     sslmode: PostgresSslMode | None = None
     #: PEM bundle of the CA(s) the server certificate must chain to (RDS: the region bundle).
-    sslrootcert: FilePath | None = None
+    sslrootcert: Path | None = None
     #: Client certificate and key, for servers that authenticate clients by certificate.
-    sslcert: FilePath | None = None
-    sslkey: FilePath | None = None
+    sslcert: Path | None = None
+    sslkey: Path | None = None
 
     @field_validator("dsn")
     @classmethod
@@ -214,10 +213,10 @@ class KafkaSettings(BaseModel):
     #: Region of the MSK cluster; the IAM token is signed for it (AWS_MSK_IAM only).
     aws_region: str | None = None
     #: PEM bundle of the CA(s) that signed the broker certificates; required with TLS.
-    ca_file: FilePath | None = None
+    ca_file: Path | None = None
     #: Client certificate and key for mutual TLS (``SSL``), both or neither.
-    cert_file: FilePath | None = None
-    key_file: FilePath | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @model_validator(mode="after")
     def _security_is_complete(self) -> KafkaSettings:
