@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from urr_common.clients import (
     kafka_admin,
@@ -185,6 +185,24 @@ def test_redis_settings_become_auth_and_verifying_tls_arguments(
     # A redis:// URL with TLS on still gets TLS connections.
     client = redis_client(settings)
     assert client.connection_pool.connection_class.__name__ == "SSLConnection"  # type: ignore[union-attr]
+
+
+async def test_a_redis_cluster_client_gets_the_same_tls_and_auth(ca: TestCa) -> None:
+    settings = RedisSettings(
+        url="rediss://cluster.internal:6379/0",
+        cluster=True,
+        ca_file=ca.ca_file,
+        password=SecretStr("pw"),
+    )
+    client = redis_client(settings)
+    try:
+        kwargs = client.connection_kwargs  # type: ignore[union-attr]
+        assert kwargs["connection_class"].__name__ == "SSLConnection"
+        assert kwargs["ssl_ca_certs"] == str(ca.ca_file)
+        assert kwargs["ssl_check_hostname"] is True
+        assert kwargs["password"] == "pw"
+    finally:
+        await client.aclose()
 
 
 def test_plain_redis_gets_no_tls_arguments() -> None:
