@@ -81,7 +81,7 @@ def _trusted_names(pem: str) -> set[str]:
 
 
 def test_the_bundle_holds_the_amazon_trust_services_roots():
-    names = _trusted_names((COMPONENT / "amazon-trust-roots.pem").read_text())
+    names = _trusted_names((COMPONENT / "amazon-trust-roots.crt").read_text())
     assert {f"Amazon Root CA {n}" for n in (1, 2, 3, 4)} <= names
 
 
