@@ -150,6 +150,32 @@ async def test_plain_redis_cannot_talk_to_the_tls_port(tls_redis_port: int) -> N
             await client.ping()
 
 
+@pytest.fixture(scope="module")
+def mtls_redis_port(tmp_path_factory: pytest.TempPathFactory, ca: TestCa) -> Iterator[int]:
+    """A TLS-only Redis that also wants a client certificate from ``ca``."""
+    workdir = tmp_path_factory.mktemp("redis-mtls")
+    with tls_redis_server(workdir, ca, password=REDIS_PASSWORD, require_client_cert=True) as s:
+        yield s.port
+
+
+async def test_redis_presents_the_client_certificate_when_the_server_wants_one(
+    monkeypatch: pytest.MonkeyPatch, mtls_redis_port: int, ca: TestCa
+) -> None:
+    client_cert = ca.issue("urr-redis-client", [], client=True)
+    env = _redis_env(mtls_redis_port, ca.ca_file, REDIS_PASSWORD)
+    settings = _settings(monkeypatch, env)
+    async with open_redis(settings.redis) as client:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await client.ping()  # no certificate: the server ends the handshake
+    env |= {
+        "URR_REDIS__CERT_FILE": str(client_cert.cert_file),
+        "URR_REDIS__KEY_FILE": str(client_cert.key_file),
+    }
+    settings = _settings(monkeypatch, env)
+    async with open_redis(settings.redis) as client:
+        assert await client.ping()
+
+
 # --- PostgreSQL --------------------------------------------------------------------------
 
 
