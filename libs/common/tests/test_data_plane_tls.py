@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 import pytest_asyncio
 import redis.exceptions
@@ -182,7 +183,7 @@ async def test_redis_presents_the_client_certificate_when_the_server_wants_one(
 @pytest.fixture(scope="module")
 def tls_postgres(ca: TestCa) -> Iterator[TlsPostgres]:
     # The certificate names the address only: "localhost" is a name it does not carry.
-    with tls_postgres_server(ca, ["127.0.0.1"]) as server:
+    with tls_postgres_server(ca, ["127.0.0.1"], cert_users=("urr_cert_app",)) as server:
         yield server
 
 
@@ -211,7 +212,7 @@ async def test_postgres_verify_full_refuses_a_server_signed_by_another_ca(
 ) -> None:
     env = _pg_env(tls_postgres, "127.0.0.1", "verify-full", wrong_ca.ca_file)
     settings = _settings(monkeypatch, env)
-    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
         async with open_postgres(settings.postgres):
             pass
 
@@ -229,6 +230,23 @@ async def test_postgres_verify_full_refuses_a_host_the_certificate_does_not_name
     settings = _settings(monkeypatch, env)
     async with open_postgres(settings.postgres) as pool:
         assert await pool.fetchval("SELECT 1") == 1
+
+
+async def test_postgres_client_certificate_authenticates_a_cert_only_role(
+    monkeypatch: pytest.MonkeyPatch, tls_postgres: TlsPostgres, ca: TestCa
+) -> None:
+    env = _pg_env(tls_postgres, "127.0.0.1", "verify-full", ca.ca_file)
+    env["URR_POSTGRES__DSN"] = f"postgresql://urr_cert_app@127.0.0.1:{tls_postgres.port}/postgres"
+    settings = _settings(monkeypatch, env)
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="certificate"):
+        async with open_postgres(settings.postgres):
+            pass
+    client = ca.issue("urr_cert_app", [], client=True)  # CN = the role
+    env["URR_POSTGRES__SSLCERT"] = str(client.cert_file)
+    env["URR_POSTGRES__SSLKEY"] = str(client.key_file)
+    settings = _settings(monkeypatch, env)
+    async with open_postgres(settings.postgres) as pool:
+        assert await pool.fetchval("SELECT current_user") == "urr_cert_app"
 
 
 # --- Kafka (TLS through a terminating proxy in front of Tansu) ---------------------------

@@ -145,9 +145,15 @@ class TlsPostgres:
 
 
 @contextlib.contextmanager
-def tls_postgres_server(ca: TestCa, server_names: list[str]) -> Iterator[TlsPostgres]:
+def tls_postgres_server(
+    ca: TestCa, server_names: list[str], *, cert_users: tuple[str, ...] = ()
+) -> Iterator[TlsPostgres]:
     """A throw-away PostgreSQL on a free port with ``ssl=on`` and a certificate from ``ca``
-    naming ``server_names`` only, so a test can connect by a name the certificate lacks."""
+    naming ``server_names`` only, so a test can connect by a name the certificate lacks.
+
+    ``cert_users`` are login roles that must authenticate with a client certificate from
+    ``ca`` whose common name is the role (``hostssl ... cert``); everyone else is trusted.
+    """
     # mkdtemp, not pytest's tmp_path: under root the server runs as the postgres user, who
     # must read its key and cannot enter pytest's 0700 base folder.
     parent = Path(tempfile.mkdtemp(prefix="urr-test-postgres-tls-"))
@@ -158,10 +164,15 @@ def tls_postgres_server(ca: TestCa, server_names: list[str]) -> Iterator[TlsPost
         certs.mkdir()
         cert_file = shutil.copy(server_cert.cert_file, certs / "server.crt")
         key_file = shutil.copy(server_cert.key_file, certs / "server.key")
+        ca_file = shutil.copy(ca.ca_file, certs / "clients-ca.crt")
+        hba_file = certs / "pg_hba.conf"
+        rules = [f"hostssl all {user} 127.0.0.1/32 cert" for user in cert_users]
+        rules += ["host all all 127.0.0.1/32 trust"]
+        hba_file.write_text("\n".join(rules) + "\n")
         run_as = postgres.run_as_user("postgres")
         if run_as is not None:  # the key must belong to the server's user, mode 0600
             entry = pwd.getpwnam(run_as)
-            for path in (parent, certs, Path(cert_file), Path(key_file)):
+            for path in (parent, certs, Path(cert_file), Path(key_file), Path(ca_file), hba_file):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         Path(key_file).chmod(0o600)
         settings = {
@@ -169,6 +180,8 @@ def tls_postgres_server(ca: TestCa, server_names: list[str]) -> Iterator[TlsPost
             "ssl": "on",
             "ssl_cert_file": str(cert_file),
             "ssl_key_file": str(key_file),
+            "ssl_ca_file": str(ca_file),
+            "hba_file": str(hba_file),
         }
         server = postgres.private_postgres(parent, port, parent / "postgres.log", settings=settings)
         server.die_with_parent = True
@@ -176,11 +189,24 @@ def tls_postgres_server(ca: TestCa, server_names: list[str]) -> Iterator[TlsPost
         try:
             dsn = postgres.dsn("127.0.0.1", port, "postgres", "postgres")
             asyncio.run(postgres.wait_accepting(dsn, 30))
+            if cert_users:
+                asyncio.run(_create_roles(dsn, cert_users))
             yield TlsPostgres("127.0.0.1", port, dsn)
         finally:
             server.stop()
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+async def _create_roles(admin_dsn: str, roles: tuple[str, ...]) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        for role in roles:
+            await connection.execute(f'CREATE ROLE "{role}" LOGIN')
+    finally:
+        await connection.close()
 
 
 @contextlib.asynccontextmanager
