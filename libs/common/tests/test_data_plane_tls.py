@@ -310,3 +310,26 @@ async def test_kafka_refuses_a_broker_signed_by_another_ca(
     with pytest.raises(KafkaConnectionError):
         async with open_kafka_producer(settings.kafka):
             pass
+
+
+async def test_kafka_presents_the_client_certificate_when_the_broker_wants_one(
+    monkeypatch: pytest.MonkeyPatch, tansu_behind_proxy: tuple[int, int], ca: TestCa
+) -> None:
+    broker_port, proxy_port = tansu_behind_proxy
+    server_cert = ca.issue("kafka-broker-mtls", ["127.0.0.1"])
+    client_cert = ca.issue("urr-kafka-client", [], client=True)
+    bootstrap = f"127.0.0.1:{proxy_port}"
+    env = _kafka_env(bootstrap, ca.ca_file)
+    async with tls_terminating_proxy(
+        "127.0.0.1", broker_port, server_cert, port=proxy_port, client_ca=ca.ca_file
+    ):
+        settings = _settings(monkeypatch, env)
+        with pytest.raises(KafkaConnectionError):
+            async with open_kafka_producer(settings.kafka):
+                pass
+        env["URR_KAFKA__CERT_FILE"] = str(client_cert.cert_file)
+        env["URR_KAFKA__KEY_FILE"] = str(client_cert.key_file)
+        settings = _settings(monkeypatch, env)
+        async with open_kafka_producer(settings.kafka) as producer:
+            metadata = await producer.send_and_wait(f"mtls-{uuid.uuid4().hex[:8]}", b"x")
+            assert metadata.offset == 0

@@ -217,12 +217,16 @@ async def tls_terminating_proxy(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    client_ca: Path | None = None,
 ) -> AsyncIterator[int]:
     """A TLS listener on ``port`` (0: a free one) forwarding bytes to a plain-TCP server
     (Tansu speaks no TLS); yields its port. What a client sends after the handshake reaches
-    the upstream unchanged."""
+    the upstream unchanged. With ``client_ca``, clients must present a certificate from it."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(server_cert.cert_file), str(server_cert.key_file))
+    if client_ca is not None:
+        context.load_verify_locations(cafile=str(client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
     tasks: set[asyncio.Task[None]] = set()
 
     async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
