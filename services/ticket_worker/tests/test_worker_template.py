@@ -82,3 +82,59 @@ def test_every_alarm_of_seed_section_10_notifies_the_topic() -> None:
     }
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def test_the_function_reaches_postgres_and_kafka_over_verified_tls() -> None:
+    """The function's environment loads into the worker's settings as verify-full and MSK IAM,
+    and the CA bundle it names is shipped inside urr_common (the bundle's root is /var/task)."""
+    import os
+
+    import urr_common
+    from urr_common.settings import load_settings
+    from urr_ticket_worker.settings import TicketWorkerSettings
+
+    variables = resources()["WorkerFunction"]["Properties"]["Environment"]["Variables"]
+    plain = {k: v for k, v in variables.items() if isinstance(v, str) and k.startswith("URR_")}
+    plain |= {
+        "URR_POSTGRES__DSN": "postgresql://urr_worker@proxy.example:5432/urr",
+        "URR_KAFKA__AWS_REGION": "ap-northeast-2",
+    }
+    saved = {k: v for k, v in os.environ.items() if k.startswith("URR_")}
+    try:
+        for name in saved:
+            del os.environ[name]
+        os.environ.update(plain)
+        settings = load_settings(TicketWorkerSettings)
+    finally:
+        for name in [k for k in os.environ if k.startswith("URR_")]:
+            del os.environ[name]
+        os.environ.update(saved)
+    assert settings.postgres.sslmode == "verify-full"
+    assert settings.kafka.security_protocol == "SASL_SSL"
+    assert settings.kafka.sasl_mechanism == "AWS_MSK_IAM"
+    assert variables["URR_KAFKA__AWS_REGION"] == {"Ref": "AWS::Region"}
+    shipped = Path(urr_common.__file__).parent
+    for path in (settings.postgres.sslrootcert, settings.kafka.ca_file):
+        relative = Path(str(path)).relative_to("/var/task/urr_common")
+        assert (shipped / relative).is_file()
+    # The function may connect to the cluster and write its topics, nothing else.
+    statements = [
+        s
+        for policy in resources()["WorkerFunction"]["Properties"]["Policies"]
+        if isinstance(policy, dict)
+        for s in policy.get("Statement", [])
+    ]
+    actions = {a for s in statements for a in s["Action"]}
+    assert actions == {
+        "kafka-cluster:Connect",
+        "kafka-cluster:DescribeTopic",
+        "kafka-cluster:WriteData",
+    }
+
+
+def test_the_shipped_ca_bundle_is_the_one_the_pods_mount() -> None:
+    import urr_common
+
+    shipped = Path(urr_common.__file__).parent / "certs" / "amazon-trust-roots.crt"
+    mounted = TEMPLATE.parents[2] / "k8s/components/managed-data-tls/amazon-trust-roots.crt"
+    assert shipped.read_bytes() == mounted.read_bytes()

@@ -186,6 +186,8 @@ FAKE_ENV = {
     "URR_HTTP__PORT": "3001",
     "URR_UPSTREAM__URL": "http://ticket.urr.svc.cluster.local:3002/api",
     "URR_REDIS__URL": "rediss://redis.example.internal:6379/0",
+    # A file the pod mounts; settings do not look for it (the clients do, at start-up).
+    "URR_REDIS__CA_FILE": "/etc/urr/ca/data-ca.pem",
     "URR_POSTGRES__DSN": "postgresql://app@pg.example.internal:5432/urr?sslmode=require",
     "URR_KAFKA__BOOTSTRAP_SERVERS": "k1.example.internal:9092,k2.example.internal:9092",
 }
@@ -373,7 +375,7 @@ def test_unknown_hosts_and_wrong_service_ports_are_problems(fake_table):
         if item["name"] == "URR_UPSTREAM__URL":
             item["value"] = "http://ticket:9999"
         if item["name"] == "URR_REDIS__URL":
-            item["value"] = "redis://elsewhere:6379"
+            item["value"] = "rediss://elsewhere:6379"
     problems = derive(docs, FAKE_NETWORK, namespace="urr", extra_classes=FAKE_CLASSES).problems
     assert any("Service ticket has no port 9999" in p for p in problems)
     assert any("host 'elsewhere' is neither a Service" in p for p in problems)

@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -35,7 +36,7 @@ from urr_common.problems import (
     problem_from_http_exception,
     problem_response,
 )
-from urr_common.settings import HttpSettings, MetricsSettings, ServiceSettings
+from urr_common.settings import HttpSettings, MetricsSettings, ServiceSettings, SettingsError
 
 _LOG = get_logger(__name__)
 
@@ -256,17 +257,26 @@ def _bound_port(runner: web.AppRunner, fallback: int) -> int:
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]], *, use_uvloop: bool) -> None:
-    """Run the coroutine ``main`` on uvloop when asked and available, else on asyncio."""
+    """Run the coroutine ``main`` on uvloop when asked and available, else on asyncio.
+
+    A ``SettingsError`` raised while starting (a setting checked where it is used, such as a
+    certificate file the clients open) ends the process like one from ``load_settings``: the
+    message on stderr and exit status 2, not a traceback.
+    """
     if use_uvloop:
         try:
             import uvloop
         except ImportError:
             use_uvloop = False
-    if use_uvloop:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
-    else:
-        asyncio.run(main())
+    try:
+        if use_uvloop:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main())
+        else:
+            asyncio.run(main())
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
 
 
 async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:

@@ -76,12 +76,29 @@ class LogSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
+    """Where Redis is and how a client proves itself to it.
+
+    TLS is on with ``tls`` or a ``rediss://`` URL; either way the server's certificate must
+    chain to ``ca_file`` and name the host in the URL (the system trust store is never used
+    implicitly, so a wrong or missing CA bundle stops the service at start-up).
+    """
+
     url: str = "redis://127.0.0.1:6379/0"
     #: Treat ``url`` (or ``cluster_nodes``) as a Redis Cluster.
     cluster: bool = False
     socket_timeout_s: float = Field(default=0.5, gt=0.0)
     connect_timeout_s: float = Field(default=0.5, gt=0.0)
     max_connections: int = Field(default=64, ge=1)
+    #: ACL user (ElastiCache RBAC); unset: the ``default`` user, with ``password`` as AUTH.
+    username: str | None = None
+    #: ``AUTH`` password (``requirepass`` or the ACL user's); from a Secret, never a file.
+    password: SecretStr | None = None
+    tls: bool = False
+    #: PEM bundle of the CA(s) that signed the server certificate; required with TLS.
+    ca_file: Path | None = None
+    #: Client certificate and its key, for servers that ask for one (both or neither).
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @field_validator("url")
     @classmethod
@@ -90,12 +107,60 @@ class RedisSettings(BaseModel):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.url.startswith("rediss://")
+
+    @model_validator(mode="after")
+    def _tls_is_complete(self) -> RedisSettings:
+        if self.uses_tls:
+            if self.url.startswith("unix://"):
+                raise ValueError("URR_REDIS__TLS cannot be used with a unix:// socket URL")
+            if self.ca_file is None:
+                raise ValueError(
+                    "Redis TLS is on (URR_REDIS__TLS or a rediss:// URL) but "
+                    "URR_REDIS__CA_FILE is not set: name the PEM bundle of the CA that signed "
+                    "the server certificate"
+                )
+        elif self.ca_file or self.cert_file or self.key_file:
+            raise ValueError(
+                "URR_REDIS__CA_FILE, __CERT_FILE and __KEY_FILE are used only with TLS: set "
+                "URR_REDIS__TLS=true or use a rediss:// URL"
+            )
+        _both_or_neither(
+            "URR_REDIS__CERT_FILE", self.cert_file, "URR_REDIS__KEY_FILE", self.key_file
+        )
+        if self.username is not None and self.password is None:
+            raise ValueError("URR_REDIS__USERNAME is set without URR_REDIS__PASSWORD")
+        return self
+
+
+def _both_or_neither(first: str, first_value: object, second: str, second_value: object) -> None:
+    if (first_value is None) != (second_value is None):
+        raise ValueError(f"{first} and {second} go together: set both or neither")
+
+
+#: What ``sslmode`` means, as in libpq; ``verify-full`` is what staging and prod use.
+PostgresSslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
 
 class PostgresSettings(BaseModel):
+    """Where PostgreSQL is and how the connection is secured.
+
+    ``sslmode``/``sslrootcert`` mean what they mean to libpq. Unset, the DSN (or ``PGSSLMODE``)
+    decides, so a DSN carrying ``?sslmode=`` keeps working; setting both is refused.
+    """
+
     dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/urr")
     min_connections: int = Field(default=1, ge=0)
     max_connections: int = Field(default=10, ge=1)
     command_timeout_s: float = Field(default=10.0, gt=0.0)
+    sslmode: PostgresSslMode | None = None
+    #: PEM bundle of the CA(s) the server certificate must chain to (RDS: the region bundle).
+    sslrootcert: Path | None = None
+    #: Client certificate and key, for servers that authenticate clients by certificate.
+    sslcert: Path | None = None
+    sslkey: Path | None = None
 
     @field_validator("dsn")
     @classmethod
@@ -103,6 +168,32 @@ class PostgresSettings(BaseModel):
         if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql://")
         return value
+
+    @model_validator(mode="after")
+    def _ssl_is_complete(self) -> PostgresSettings:
+        if self.sslmode is not None and "sslmode=" in self.dsn.get_secret_value():
+            raise ValueError(
+                "sslmode is given twice, in URR_POSTGRES__DSN and URR_POSTGRES__SSLMODE: "
+                "keep URR_POSTGRES__SSLMODE"
+            )
+        if self.sslmode in ("verify-ca", "verify-full") and self.sslrootcert is None:
+            raise ValueError(
+                f"URR_POSTGRES__SSLMODE={self.sslmode} needs URR_POSTGRES__SSLROOTCERT, the PEM "
+                "bundle of the CA that signed the server certificate"
+            )
+        uses_files = self.sslrootcert or self.sslcert or self.sslkey
+        if uses_files and self.sslmode not in ("require", "verify-ca", "verify-full"):
+            raise ValueError(
+                "URR_POSTGRES__SSLROOTCERT, __SSLCERT and __SSLKEY need URR_POSTGRES__SSLMODE "
+                "require, verify-ca or verify-full"
+            )
+        _both_or_neither("URR_POSTGRES__SSLCERT", self.sslcert, "URR_POSTGRES__SSLKEY", self.sslkey)
+        return self
+
+
+#: SASL mechanisms a service can use: SCRAM with a username and password, or MSK IAM (SASL
+#: OAUTHBEARER with a token signed by the pod's AWS credentials).
+KafkaSaslMechanism = Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM"]
 
 
 class KafkaSettings(BaseModel):
@@ -113,6 +204,65 @@ class KafkaSettings(BaseModel):
     enable_idempotence: bool = False
     request_timeout_ms: int = Field(default=10_000, ge=100)
     linger_ms: int = Field(default=5, ge=0)
+    #: ``PLAINTEXT`` locally; ``SSL`` (TLS, optionally mutual) or ``SASL_SSL`` (TLS + SASL).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: KafkaSaslMechanism | None = None
+    #: SCRAM credentials (required with SCRAM, refused with AWS_MSK_IAM).
+    username: str | None = None
+    password: SecretStr | None = None
+    #: Region of the MSK cluster; the IAM token is signed for it (AWS_MSK_IAM only).
+    aws_region: str | None = None
+    #: PEM bundle of the CA(s) that signed the broker certificates; required with TLS.
+    ca_file: Path | None = None
+    #: Client certificate and key for mutual TLS (``SSL``), both or neither.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> KafkaSettings:
+        protocol = self.security_protocol
+        if protocol == "PLAINTEXT":
+            if self.ca_file or self.cert_file or self.key_file:
+                raise ValueError(
+                    "URR_KAFKA__CA_FILE, __CERT_FILE and __KEY_FILE need "
+                    "URR_KAFKA__SECURITY_PROTOCOL=SSL or SASL_SSL"
+                )
+        elif self.ca_file is None:
+            raise ValueError(
+                f"URR_KAFKA__SECURITY_PROTOCOL={protocol} needs URR_KAFKA__CA_FILE, the PEM "
+                "bundle of the CA that signed the broker certificates"
+            )
+        _both_or_neither(
+            "URR_KAFKA__CERT_FILE", self.cert_file, "URR_KAFKA__KEY_FILE", self.key_file
+        )
+        mechanism = self.sasl_mechanism
+        if protocol == "SASL_SSL" and mechanism is None:
+            raise ValueError(
+                "URR_KAFKA__SECURITY_PROTOCOL=SASL_SSL needs URR_KAFKA__SASL_MECHANISM "
+                "(SCRAM-SHA-256, SCRAM-SHA-512 or AWS_MSK_IAM)"
+            )
+        if protocol != "SASL_SSL" and mechanism is not None:
+            raise ValueError(
+                f"URR_KAFKA__SASL_MECHANISM={mechanism} needs URR_KAFKA__SECURITY_PROTOCOL=SASL_SSL"
+            )
+        has_credentials = self.username is not None or self.password is not None
+        if mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            if self.username is None or self.password is None:
+                raise ValueError(
+                    f"URR_KAFKA__SASL_MECHANISM={mechanism} needs URR_KAFKA__USERNAME and "
+                    "URR_KAFKA__PASSWORD"
+                )
+        elif has_credentials:
+            raise ValueError(
+                "URR_KAFKA__USERNAME and URR_KAFKA__PASSWORD are used only with a SCRAM "
+                "mechanism (AWS_MSK_IAM signs with the pod's AWS credentials)"
+            )
+        if mechanism == "AWS_MSK_IAM" and not self.aws_region:
+            raise ValueError(
+                "URR_KAFKA__SASL_MECHANISM=AWS_MSK_IAM needs URR_KAFKA__AWS_REGION, the MSK "
+                "cluster's region"
+            )
+        return self
 
 
 class AwsSettings(BaseModel):

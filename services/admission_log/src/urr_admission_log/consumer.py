@@ -92,14 +92,14 @@ async def append_batch(
 async def consume(
     settings: AdmissionLogSettings, pool: asyncpg.Pool, metrics: LogMetrics, stop: asyncio.Event
 ) -> None:
-    from aiokafka import AIOKafkaConsumer
+    from urr_common.clients import kafka_consumer
 
     options = settings.admission_log
     secret = options.holder_secret.get_secret_value().encode()
     while not stop.is_set():
-        consumer = AIOKafkaConsumer(
+        consumer = kafka_consumer(
+            settings.kafka,
             options.topic,
-            bootstrap_servers=settings.kafka.bootstrap_servers,
             client_id=f"{settings.kafka.client_id}-admission-log",
             group_id=options.consumer_group,
             enable_auto_commit=False,

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from urr_common.clients import open_kafka_producer, open_redis
+from urr_common.clients import kafka_consumer, open_kafka_producer, open_redis
 from urr_common.logs import get_logger
 from urr_common.problems import ServiceUnavailable
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
@@ -49,13 +49,10 @@ DynamoFactory = Callable[[], AbstractAsyncContextManager[Any]]
 def _kafka_consumer_factory(settings: QueueSettings) -> ConsumerFactory:
     @asynccontextmanager
     async def open_consumer() -> AsyncIterator[Any]:
-        from aiokafka import AIOKafkaConsumer
-
         block = settings.reservation_events
-        consumer = AIOKafkaConsumer(
+        consumer = kafka_consumer(
+            settings.kafka,
             block.topic,
-            bootstrap_servers=settings.kafka.bootstrap_servers,
-            client_id=settings.kafka.client_id,
             group_id=block.group_id,
             enable_auto_commit=False,
             auto_offset_reset=block.auto_offset_reset,

@@ -155,12 +155,11 @@ async def cloudwatch_oldest_age_s(cloudwatch: Any, queue_name: str) -> float | N
 
 async def group_lags(kafka: KafkaSettings) -> dict[str, dict[tuple[str, int], int]]:
     """Every listed group's lag per partition."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.admin import AIOKafkaAdminClient
+    from urr_common.clients import kafka_admin, kafka_consumer
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin = kafka_admin(kafka)
     # A consumer without a group only reads end offsets; it joins nothing.
-    reader = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
+    reader = kafka_consumer(kafka, enable_auto_commit=False)
     await admin.start()
     await reader.start()
     try:

@@ -101,15 +101,9 @@ def _resources() -> _Resources:
 
 async def _pool(resources: _Resources) -> asyncpg.Pool:
     if resources.pool is None:
-        import asyncpg
+        from urr_common.clients import create_postgres_pool
 
-        pg = resources.settings.postgres
-        pool = await asyncpg.create_pool(
-            pg.dsn.get_secret_value(),
-            min_size=pg.min_connections,
-            max_size=pg.max_connections,
-            command_timeout=pg.command_timeout_s,
-        )
+        pool = await create_postgres_pool(resources.settings.postgres)
         try:
             await migrate(pool)
         except BaseException:

@@ -69,13 +69,14 @@ async def consume(
     fetch_max_wait_ms: int = 100,
 ) -> None:
     """Consume ``topics`` in group ``group_id`` until ``stop``; reconnects when Kafka fails."""
-    from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
+    from urr_common.clients import kafka_consumer
+
     while not stop.is_set():
-        consumer = AIOKafkaConsumer(
+        consumer = kafka_consumer(
+            kafka,
             *topics,
-            bootstrap_servers=kafka.bootstrap_servers,
             client_id=f"{kafka.client_id}-{name}",
             group_id=group_id,
             enable_auto_commit=False,

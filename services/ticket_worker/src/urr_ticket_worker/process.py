@@ -131,16 +131,15 @@ async def connect_postgres(
     """A migrated pool, retrying until PostgreSQL answers; None when stopped first."""
     import asyncpg
 
+    from urr_common.clients import create_postgres_pool
     from urr_ticket_worker.schema import migrate
 
+    # With min_connections=0 the pool opens its first connection in ``migrate``: a server that
+    # is down, or whose certificate is refused (ssl errors are OSErrors), shows up there.
+    unreachable = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
     while not stop.is_set():
         try:
-            pool = await asyncpg.create_pool(
-                settings.dsn.get_secret_value(),
-                min_size=settings.min_connections,
-                max_size=settings.max_connections,
-                command_timeout=settings.command_timeout_s,
-            )
+            pool = await create_postgres_pool(settings)
         except (OSError, asyncpg.PostgresError) as exc:
             beat.failed(exc)
             _LOG.warning("postgres_unavailable", error=repr(exc))
@@ -148,6 +147,12 @@ async def connect_postgres(
             continue
         try:
             await migrate(pool)
+        except unreachable as exc:
+            await pool.close()
+            beat.failed(exc)
+            _LOG.warning("postgres_unavailable", error=repr(exc))
+            await sleep_unless_stopped(stop, retry_s)
+            continue
         except BaseException:
             await pool.close()
             raise

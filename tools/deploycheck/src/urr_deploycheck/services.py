@@ -353,19 +353,19 @@ AWS_API_HOST = "aws-api"
 NETWORKS: dict[str, Network] = {
     "staging": Network(
         {
-            "postgres.urr-staging.internal": "10.1.20.0/23",
-            "redis.urr-staging.internal": "10.1.30.0/23",
-            "kafka-1.urr-staging.internal": "10.1.40.0/23",
-            "kafka-2.urr-staging.internal": "10.1.40.0/23",
+            "urr-staging.proxy-c0x1y2z3a4b5.ap-northeast-2.rds.amazonaws.com": "10.1.20.0/23",
+            "master.urr-staging.x1y2z3.apn2.cache.amazonaws.com": "10.1.30.0/23",
+            "b-1.urrstaging.x1y2z3.c2.kafka.ap-northeast-2.amazonaws.com": "10.1.40.0/23",
+            "b-2.urrstaging.x1y2z3.c2.kafka.ap-northeast-2.amazonaws.com": "10.1.40.0/23",
             AWS_API_HOST: "10.1.10.0/23",
         }
     ),
     "prod": Network(
         {
-            "postgres.urr.internal": "10.0.20.0/23",
-            "redis.urr.internal": "10.0.30.0/23",
-            "kafka-1.urr.internal": "10.0.40.0/23",
-            "kafka-2.urr.internal": "10.0.40.0/23",
+            "urr-prod.proxy-c0x1y2z3a4b5.ap-northeast-2.rds.amazonaws.com": "10.0.20.0/23",
+            "master.urr-prod.x1y2z3.apn2.cache.amazonaws.com": "10.0.30.0/23",
+            "b-1.urrprod.x1y2z3.c2.kafka.ap-northeast-2.amazonaws.com": "10.0.40.0/23",
+            "b-2.urrprod.x1y2z3.c2.kafka.ap-northeast-2.amazonaws.com": "10.0.40.0/23",
             AWS_API_HOST: "10.0.10.0/23",
         }
     ),
