@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from urr_common.clients import kafka_admin
 from urr_common.settings import (
     ENV_PREFIX,
     NESTED_DELIMITER,
@@ -103,12 +104,27 @@ def layout_mismatches(name: str, layout: TopicLayout, facts: TopicFacts | None) 
     return wrong
 
 
+Brokers = str | KafkaSettings
+
+
+def _admin(brokers: Brokers, timeout_ms: int) -> AIOKafkaAdminClient:
+    """An admin client secured like every other (TLS / SASL from ``KafkaSettings``); a bare
+    ``host:port`` list means a plaintext local broker."""
+    settings = brokers if isinstance(brokers, KafkaSettings) else None
+    settings = settings or KafkaSettings(bootstrap_servers=str(brokers))
+    return kafka_admin(settings, request_timeout_ms=timeout_ms)
+
+
+def _address(brokers: Brokers) -> str:
+    return brokers.bootstrap_servers if isinstance(brokers, KafkaSettings) else brokers
+
+
 class TopicCreationError(RuntimeError):
     """The broker refused to create a topic for a reason other than it existing already."""
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    bootstrap_servers: Brokers,
     topics: Iterable[str] = TOPICS,
     layout: TopicLayout | None = None,
     *,
@@ -117,7 +133,7 @@ async def ensure_topics(
     """Create each missing topic; returns the names created now (existing ones are kept)."""
     layout = layout or TopicLayout()
     wanted = list(dict.fromkeys(topics))
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms)
+    admin = _admin(bootstrap_servers, timeout_ms)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -148,10 +164,10 @@ async def ensure_topics(
 
 
 async def describe_topics(
-    bootstrap_servers: str, topics: Iterable[str], *, timeout_ms: int = 10_000
+    bootstrap_servers: Brokers, topics: Iterable[str], *, timeout_ms: int = 10_000
 ) -> dict[str, TopicFacts]:
     """Partitions, replication factor and configs of each named topic the broker has."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms)
+    admin = _admin(bootstrap_servers, timeout_ms)
     await admin.start()
     try:
         # aiokafka's metadata request lets the broker auto-create the topics it names, so
@@ -189,7 +205,7 @@ def _configs_by_topic(responses: Iterable[Any]) -> dict[str, dict[str, str]]:
 
 
 async def verify_topics(
-    bootstrap_servers: str,
+    bootstrap_servers: Brokers,
     topics: Iterable[str] = TOPICS,
     layout: TopicLayout | None = None,
 ) -> list[str]:
@@ -200,14 +216,15 @@ async def verify_topics(
     return [wrong for name in names for wrong in layout_mismatches(name, layout, facts.get(name))]
 
 
-async def list_topics(bootstrap_servers: str, timeout_ms: int = 5_000) -> list[str]:
+async def list_topics(bootstrap_servers: Brokers, timeout_ms: int = 5_000) -> list[str]:
     """The broker's topics: a metadata round trip that proves it speaks Kafka."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms)
+    admin = _admin(bootstrap_servers, timeout_ms)
     try:
         await admin.start()
         return sorted(await admin.list_topics())
     except KafkaError as exc:
-        raise ConnectionError(f"no Kafka broker answers at {bootstrap_servers}: {exc!r}") from exc
+        where = _address(bootstrap_servers)
+        raise ConnectionError(f"no Kafka broker answers at {where}: {exc!r}") from exc
     finally:
         await admin.close()
 
@@ -225,11 +242,10 @@ class TopicProvisioningSettings(BaseSettings):
 
 async def provision(settings: TopicProvisioningSettings) -> list[str]:
     """Create what is missing, then every difference between the broker and the layout."""
-    bootstrap = settings.kafka.bootstrap_servers
-    created = await ensure_topics(bootstrap, TOPICS, settings.topics)
+    created = await ensure_topics(settings.kafka, TOPICS, settings.topics)
     if created:
         print(f"created topics: {', '.join(created)}")
-    return await verify_topics(bootstrap, TOPICS, settings.topics)
+    return await verify_topics(settings.kafka, TOPICS, settings.topics)
 
 
 def main() -> int:
@@ -240,7 +256,7 @@ def main() -> int:
         return 2
     try:
         wrong = asyncio.run(provision(settings))
-    except (KafkaError, TopicCreationError, OSError) as exc:
+    except (KafkaError, TopicCreationError, OSError, SettingsError) as exc:
         print(f"kafka at {settings.kafka.bootstrap_servers}: {exc!r}", file=sys.stderr)
         return 2
     for line in wrong:
