@@ -1,11 +1,13 @@
 """The clients every service builds connect to TLS-only data stores with the settings operators
 set, and refuse a server they should not trust.
 
-Redis: a private ``redis-server`` with only a TLS port and ``requirepass``. PostgreSQL: a
-private server with ``ssl=on`` whose certificate names 127.0.0.1 only. Kafka: Tansu speaks no
-TLS, so a TLS-terminating proxy stands in front of it (the broker advertises the proxy); this
-proves the client's TLS, not the broker's. SASL (SCRAM, MSK IAM) cannot be exercised against
-Tansu; ``test_data_plane_security_settings`` proves the client configuration it produces.
+Redis: a private ``redis-server`` with only a TLS port and ``requirepass`` (and one that also
+requires client certificates). PostgreSQL: a private server with ``ssl=on`` whose certificate
+names 127.0.0.1 only, with one role that must log in by client certificate. Kafka: Tansu
+speaks no TLS, so a TLS-terminating proxy stands in front of it (the broker advertises the
+proxy); this proves the client's TLS, not the broker's. SASL (SCRAM, MSK IAM) cannot be
+exercised against Tansu; ``test_data_plane_security_settings`` proves the client
+configuration it produces.
 """
 
 from __future__ import annotations
