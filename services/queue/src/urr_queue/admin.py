@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from aiohttp import web
 
+from urr_common.fairness import SEED_BYTES, seed_commitment
 from urr_common.payloads import json_response, read_json
-from urr_common.problems import Conflict, Forbidden
+from urr_common.problems import Conflict, Forbidden, Unprocessable
 from urr_queue.config import EventConfig, EventConfigPatch
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.estimates import eta_seconds
@@ -29,9 +31,12 @@ async def _describe(ctx: QueueContext, event_id: str) -> dict[str, Any]:
     rate = figures.expected_rate()
     oldest = figures.oldest_wait_ms
     hold = figures.order_hold_since_ms
+    seed = await ctx.store.order_seed(event_id)
     return {
         "event_id": event_id,
         "config": config.model_dump(mode="json"),
+        # The random method's seed stays secret while people queue; its commitment is public.
+        "order_seed_commitment": None if seed is None else seed_commitment(bytes.fromhex(seed)),
         "live": {
             "waiting": figures.waiting,
             "admitted": figures.admitted,
@@ -68,10 +73,20 @@ async def put_event(request: web.Request) -> web.Response:
     ctx = request.app[QUEUE_CONTEXT]
     current = await ctx.store.get_config(event_id) or EventConfig()
     wanted = patch.apply_to(current)
-    outcome = await ctx.store.configure(event_id, wanted)
+    seed = await ctx.store.order_seed(event_id)
+    if seed is not None and patch.order_seed is not None and patch.order_seed != seed:
+        raise Unprocessable(
+            "the event's order_seed is set and never changes", code="order_seed_immutable"
+        )
+    if seed is None:
+        # Drawn now unless the operator brings one (to give Tier 1 and Tier 2 the same).
+        seed = patch.order_seed or secrets.token_hex(SEED_BYTES)
+    outcome = await ctx.store.configure(event_id, wanted, seed=seed)
     if outcome == "queue_not_empty":
         raise Conflict(
-            "require_tier1_token can change only while nobody waits", code="queue_not_empty"
+            "require_tier1_token, and the queue method between fifo and random, can change "
+            "only while nobody waits",
+            code="queue_not_empty",
         )
     body = await _describe(ctx, event_id)
     return json_response(body, status=201 if outcome == "created" else 200)

@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from urr_common.fairness import QueueMethod, is_hex64
 
 #: Three polls at the shortest interval the poll advice gives (2 s).
 MIN_IDLE_TIMEOUT_S = 6
@@ -46,6 +48,9 @@ class EventConfig(BaseModel):
     #: Only holders of a valid Tier-1 token may join; places follow the signed position.
     require_tier1_token: bool = False
     mode: Mode = Mode.QUEUE
+    #: How the line is ordered (``urr_common.fairness``): fifo, random, passthrough, reject.
+    #: Behind a Tier-1 room the room's method orders the line (by its signed positions).
+    queue_method: QueueMethod = QueueMethod.FIFO
 
     def to_redis(self) -> dict[str, str]:
         return {
@@ -55,6 +60,7 @@ class EventConfig(BaseModel):
             "idle_ms": str(self.idle_timeout_seconds * 1000),
             "require_tier1": "1" if self.require_tier1_token else "0",
             "mode": self.mode.value,
+            "queue_method": self.queue_method.value,
         }
 
     @classmethod
@@ -67,6 +73,7 @@ class EventConfig(BaseModel):
             idle_timeout_seconds=int(text["idle_ms"]) // 1000,
             require_tier1_token=text["require_tier1"] == "1",
             mode=Mode(text["mode"]),
+            queue_method=QueueMethod(text.get("queue_method", QueueMethod.FIFO.value)),
         )
 
     @property
@@ -90,7 +97,18 @@ class EventConfigPatch(BaseModel):
     idle_timeout_seconds: int | None = Field(default=None, ge=MIN_IDLE_TIMEOUT_S, le=3_600)
     require_tier1_token: bool | None = None
     mode: Mode | None = None
+    queue_method: QueueMethod | None = None
+    #: The random method's seed (64 hex digits), set once: given when the event is created,
+    #: or drawn by the service. Kept apart from the configuration (it is a secret).
+    order_seed: str | None = None
+
+    @field_validator("order_seed")
+    @classmethod
+    def _seed_is_hex64(cls, value: str | None) -> str | None:
+        if value is not None and not is_hex64(value):
+            raise ValueError("order_seed must be 64 lowercase hex digits")
+        return value
 
     def apply_to(self, current: EventConfig) -> EventConfig:
-        changes = self.model_dump(exclude_none=True)
+        changes = self.model_dump(exclude_none=True, exclude={"order_seed"})
         return EventConfig.model_validate({**current.model_dump(), **changes})

@@ -12,9 +12,10 @@ from typing import Any, NoReturn
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from urr_common.fairness import QueueMethod
 from urr_common.logs import bind_request_context
 from urr_common.payloads import json_response, read_json
-from urr_common.problems import BadRequest, Forbidden, NotFound, Unauthorized
+from urr_common.problems import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from urr_queue.config import Mode
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.entry import clear_entry_cookie, describe, set_entry_cookie
@@ -67,6 +68,7 @@ def waiting_body(event_id: str, waiting: Waiting) -> dict[str, Any]:
         "eta_seconds": eta,
         "poll_after_seconds": poll_after_seconds(eta, waiting.idle_timeout_seconds),
         "mode": waiting.mode.value,
+        "queue_method": waiting.queue_method.value,
     }
 
 
@@ -191,6 +193,13 @@ def _refused(
     if refusal is Refusal.NO_EVENT:
         ctx.metrics.entries.labels("no_event").inc()
         raise no_event(event_id)
+    if refusal is Refusal.REJECTED:
+        ctx.metrics.entries.labels("rejected").inc()
+        raise Conflict(
+            "this event takes nobody into its queue: it is sold out or closed",
+            code="event_closed",
+            queue_method="reject",
+        )
     if refusal is Refusal.CLOSED:
         ctx.metrics.entries.labels("closed").inc()
         raise Forbidden("this queue takes no new entries", code="queue_closed")
@@ -228,6 +237,12 @@ async def status(request: web.Request) -> web.Response:
     result = await ctx.store.visit(event_id, user_id, enter=False)
     if result is Refusal.NO_EVENT:
         raise no_event(event_id)
+    if result is Refusal.REJECTED:
+        raise Conflict(
+            "this event takes nobody into its queue: it is sold out or closed; your place is gone",
+            code="event_closed",
+            queue_method="reject",
+        )
     if isinstance(result, Refusal):
         raise NotFound("you have no place in this queue; enter again", code="not_in_queue")
     if isinstance(result, Admitted):
@@ -260,7 +275,9 @@ async def capacity(request: web.Request) -> web.Response:
         raise no_event(event_id)
     config = figures.config
     # A paused or closed event absorbs nobody new, whatever its configured rate.
-    absorbing = config.mode in (Mode.QUEUE, Mode.PASSTHROUGH)
+    absorbing = config.mode in (Mode.QUEUE, Mode.PASSTHROUGH) and (
+        config.queue_method is not QueueMethod.REJECT
+    )
     body = {
         "waiting": figures.waiting,
         "admitted": figures.admitted,

@@ -39,6 +39,9 @@ class EventKeys:
     spent: str
     #: ZSET: spent places (score = ms) the Tier-1 table has not marked yet (the marker's outbox).
     unmarked: str
+    #: HASH: member -> arrival number, for waiters of the random method (their score is an
+    #: order key, their heartbeat bit still their arrival number).
+    ordinals: str
 
     def as_list(self) -> list[str]:
         return [
@@ -56,6 +59,7 @@ class EventKeys:
             self.passes,
             self.spent,
             self.unmarked,
+            self.ordinals,
         ]
 
 
@@ -77,6 +81,7 @@ def event_keys(event_id: str) -> EventKeys:
         passes=f"{tag}:passes",
         spent=f"{tag}:spent",
         unmarked=f"{tag}:unmarked",
+        ordinals=f"{tag}:ordinals",
     )
 
 

@@ -12,6 +12,7 @@ from enum import StrEnum
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from urr_common.fairness import QueueMethod
 from urr_queue.config import EventConfig, Mode
 from urr_queue.estimates import admission_rate
 from urr_queue.keys import EVENTS_SET, EventKeys, event_keys, revoked_key
@@ -50,6 +51,8 @@ class Refusal(StrEnum):
 
     NO_EVENT = "no_event"
     CLOSED = "closed"
+    #: The event's queueing method is ``reject``: nobody waits (sold out / closed).
+    REJECTED = "rejected"
     TIER1_REQUIRED = "tier1_required"
     #: The Tier-1 place is bound to another user (the first who entered with it).
     TIER1_PASS_BOUND = "tier1_pass_bound"  # noqa: S105 (a refusal code, not a secret)
@@ -72,6 +75,7 @@ class Waiting:
     session_seconds: int
     idle_timeout_seconds: int
     tier1_required: bool
+    queue_method: QueueMethod = QueueMethod.FIFO
 
     @property
     def position(self) -> int:
@@ -173,12 +177,19 @@ class QueueStore:
 
     # -- configuration -----------------------------------------------------------------
 
-    async def configure(self, event_id: str, config: EventConfig) -> str:
-        """Write ``config``; ``"created"``, ``"updated"`` or ``"queue_not_empty"``."""
+    async def configure(
+        self, event_id: str, config: EventConfig, *, seed: str | None = None
+    ) -> str:
+        """Write ``config``; ``"created"``, ``"updated"`` or ``"queue_not_empty"``.
+
+        ``seed`` (hex) is the random method's seed, stored only if the event has none yet.
+        """
         key_list, keys = self._call_keys(event_id)
         args: list[str | bytes] = [keys.seen_prefix, str(self.heartbeat_bucket_ms)]
         for field, value in config.to_redis().items():
             args += [field, value]
+        if seed is not None:
+            args += ["order_seed", seed]
         reply = await self._run(self._configure, key_list, args)
         outcome = _text(reply[0])
         if outcome != "queue_not_empty":
@@ -189,6 +200,11 @@ class QueueStore:
     async def get_config(self, event_id: str) -> EventConfig | None:
         fields = await self.redis.hgetall(event_keys(event_id).config)
         return EventConfig.from_redis(fields) if fields else None
+
+    async def order_seed(self, event_id: str) -> str | None:
+        """The random method's seed (hex) of the event, if it has one."""
+        value = await self.redis.hget(event_keys(event_id).config, "order_seed")
+        return None if value is None else _text(value)
 
     async def event_ids(self) -> list[str]:
         return sorted(_text(member) for member in await self.redis.smembers(EVENTS_SET))
@@ -228,6 +244,7 @@ class QueueStore:
             "" if tier1_position is None else str(tier1_position),
             tier1_place,
             "1" if enter else "0",
+            user_id,
         ]
         reply = await self._run(self._visit, key_list, args)
         kind = _text(reply[0])
@@ -257,6 +274,7 @@ class QueueStore:
                 session_seconds=int(reply[10]) // 1000,
                 idle_timeout_seconds=int(reply[11]) // 1000,
                 tier1_required=bool(int(reply[12])),
+                queue_method=QueueMethod(_text(reply[13])),
             )
         return Refusal(kind)
 

@@ -68,6 +68,11 @@ WAITING: Json = {
             "description": "When to poll next.",
         },
         "mode": {"enum": ["queue", "passthrough", "paused", "closed"]},
+        "queue_method": {
+            "enum": ["fifo", "random", "passthrough", "reject"],
+            "description": "How the line is ordered: by arrival, by a draw from the event's "
+            "seed made at entry, everyone straight in, or nobody waits (`409 event_closed`).",
+        },
     },
 }
 ADMITTED: Json = {
@@ -132,6 +137,7 @@ PATHS: Json = {
                     "tier1_pass_bound",
                 ),
                 "404": problem("No queue for this event.", "event_not_found"),
+                "409": problem("The event takes nobody: sold out or closed.", "event_closed"),
             },
         },
     },
@@ -149,6 +155,10 @@ PATHS: Json = {
                     "enter again.",
                     "not_in_queue",
                     "event_not_found",
+                ),
+                "409": problem(
+                    "The event takes nobody any more (sold out or closed): the place is gone.",
+                    "event_closed",
                 ),
             },
         },
