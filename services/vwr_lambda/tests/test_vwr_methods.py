@@ -67,7 +67,8 @@ def test_random_grants_in_the_seeds_order_and_numbers_passes_by_grant(vwr: Any) 
     ids = assign_many(vwr, "rnd-1", 12)
     waiting = vwr.check("rnd-1", ids[0]).body
     assert waiting["admitted"] is False
-    assert waiting["ahead"] is None and waiting["queueMethod"] == "random"
+    assert waiting["ahead"] is None
+    assert waiting["queueMethod"] == "random"
     order = admitted_order_tier1(vwr, "rnd-1", ids, step=5)
     assert order == random_order(bytes.fromhex(SEED), ids)
     assert order != ids
@@ -81,7 +82,8 @@ def test_random_gives_up_quiet_places_before_drawing(vwr: Any) -> None:
     for request_id in ids[:2]:  # these two keep checking; the others went away
         assert vwr.check("rnd-2", request_id).status == 200
     moved = vwr.admin("POST", "rnd-2/advance", {"by": 4}).body
-    assert moved["admitted"] == 2 and moved["skippedAbandoned"] == 2
+    assert moved["admitted"] == 2
+    assert moved["skippedAbandoned"] == 2
     for request_id in ids[:2]:
         assert vwr.check("rnd-2", request_id).body["admitted"] is True
     for request_id in ids[2:]:
@@ -92,7 +94,8 @@ def test_passthrough_lets_every_check_in(vwr: Any) -> None:
     open_room(vwr, "pass-1", "passthrough")
     request_id = assign_many(vwr, "pass-1", 1)[0]
     answer = vwr.check("pass-1", request_id)
-    assert answer.body["admitted"] is True and answer.body["token"]
+    assert answer.body["admitted"] is True
+    assert answer.body["token"]
     assert vwr.status("pass-1").body["queueMethod"] == "passthrough"
     assert vwr.admin("POST", "pass-1/advance", {"by": 5}).body["limitedBy"] == "passthrough"
 
@@ -128,11 +131,13 @@ def test_bad_methods_and_seeds_are_422_and_store_nothing(vwr: Any, body: Any, co
 def test_the_seed_is_set_once_and_the_order_changes_only_on_an_empty_line(vwr: Any) -> None:
     open_room(vwr, "seed-1", "fifo", orderSeed=SEED)
     other = vwr.admin("PUT", "seed-1", {"isActive": True, "orderSeed": "4d" * 32})
-    assert other.status == 422 and other.body["code"] == "order_seed_immutable"
+    assert other.status == 422
+    assert other.body["code"] == "order_seed_immutable"
     assert vwr.admin("PUT", "seed-1", {"isActive": True, "orderSeed": SEED}).status == 200
     assign_many(vwr, "seed-1", 1)
     switch = vwr.admin("PUT", "seed-1", {"isActive": True, "queueMethod": "random"})
-    assert switch.status == 409 and switch.body["code"] == "line_not_empty"
+    assert switch.status == 409
+    assert switch.body["code"] == "line_not_empty"
     assert vwr.status("seed-1").body["queueMethod"] == "fifo"
     # passthrough and reject keep the line's order; after a reset random may start.
     assert open_room(vwr, "seed-1", "passthrough").status == 200
