@@ -368,6 +368,9 @@ async def test_admin_api(redis_settings, queue_client, as_user, admin_headers):
         "require_tier1_token": False,
         "mode": "queue",
         "queue_method": "fifo",
+        "prequeue_start": None,
+        "sale_start": None,
+        "prequeue_commitment": None,
     }
     for bad in (
         {"capacity": 0},

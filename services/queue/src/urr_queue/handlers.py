@@ -7,6 +7,7 @@ a verified Tier-1 token.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from aiohttp import web
@@ -19,11 +20,17 @@ from urr_common.problems import BadRequest, Conflict, Forbidden, NotFound, Unaut
 from urr_queue.config import Mode
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.entry import clear_entry_cookie, describe, set_entry_cookie
-from urr_queue.estimates import MAX_POLL_S, admission_rate, eta_seconds, poll_after_seconds
+from urr_queue.estimates import (
+    MAX_POLL_S,
+    MIN_POLL_S,
+    admission_rate,
+    eta_seconds,
+    poll_after_seconds,
+)
 from urr_queue.events import EventType, event_record
 from urr_queue.members import is_event_id, is_user_id
 from urr_queue.sessions import EndReason
-from urr_queue.store import Admitted, Refusal, Waiting
+from urr_queue.store import Admitted, Refusal, Rostered, Waiting
 from urr_queue.tier1 import TIER1_COOKIE, TIER1_HEADER, Tier1Outcome
 
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -122,6 +129,10 @@ async def enter(request: web.Request) -> web.Response:
     )
     if isinstance(result, Refusal):
         _refused(ctx, event_id, result, verdict, token is not None)
+    if isinstance(result, Rostered):
+        ctx.metrics.entries.labels("prequeue" if result.entered else "already_waiting").inc()
+        status = 201 if result.entered else 200
+        return json_response(rostered_body(event_id, result), status=status, headers=_NO_STORE)
     if token is not None:
         ctx.metrics.tier1_tokens.labels(verdict.value, str(result.tier1_required).lower()).inc()
     if isinstance(result, Admitted):
@@ -141,6 +152,20 @@ async def enter(request: web.Request) -> web.Response:
         )
     status = 201 if result.entered else 200
     return json_response(waiting_body(event_id, result), status=status, headers=_NO_STORE)
+
+
+def rostered_body(event_id: str, rostered: Rostered) -> dict[str, Any]:
+    """On the pre-queue's roster: the order is drawn at sale start."""
+    until_sale_s = max(0, (rostered.sale_start_ms - rostered.now_ms) // 1000)
+    return {
+        "status": "prequeue",
+        "event_id": event_id,
+        # The salted hash published in the roster: find it there to prove the entry.
+        "member_id": rostered.member_id,
+        "roster_size": rostered.roster_size,
+        "sale_start": datetime.fromtimestamp(rostered.sale_start_ms / 1000, tz=UTC).isoformat(),
+        "poll_after_seconds": max(MIN_POLL_S, min(MAX_POLL_S, until_sale_s // 4)),
+    }
 
 
 async def _entered_admitted(
@@ -200,6 +225,9 @@ def _refused(
             code="event_closed",
             queue_method="reject",
         )
+    if refusal is Refusal.PREQUEUE_NOT_OPEN:
+        ctx.metrics.entries.labels("prequeue_not_open").inc()
+        raise Conflict("the pre-queue of this event has not opened yet", code="prequeue_not_open")
     if refusal is Refusal.CLOSED:
         ctx.metrics.entries.labels("closed").inc()
         raise Forbidden("this queue takes no new entries", code="queue_closed")
@@ -245,6 +273,8 @@ async def status(request: web.Request) -> web.Response:
         )
     if isinstance(result, Refusal):
         raise NotFound("you have no place in this queue; enter again", code="not_in_queue")
+    if isinstance(result, Rostered):
+        return json_response(rostered_body(event_id, result), headers=_NO_STORE)
     if isinstance(result, Admitted):
         if result.newly_admitted:
             _publish_passthrough(ctx, event_id, user_id, result, entered=False)

@@ -4,14 +4,15 @@
 -- of queue numbers (arrival sequence, signed Tier-1 position) must not share one queue.
 -- Likewise the queue's order ('seq' for fifo, 'key' for random: scores are arrival numbers
 -- or order keys) changes only while nobody waits; passthrough and reject keep the order.
--- order_seed is written once (the random method's secret; never replaced).
+-- order_seed and prequeue_salt are written once (secrets; never replaced).
 -- Reply: {'created'} | {'updated'} | {'queue_not_empty'}
 local heartbeat_ms = ARGV[2]
 local fields = {}
-local wanted_tier1, wanted_order, seed = nil, nil, nil
+local wanted_tier1, wanted_order, prequeue = nil, nil, false
+local once = {}
 for i = 3, #ARGV, 2 do
-  if ARGV[i] == 'order_seed' then
-    seed = ARGV[i + 1]
+  if ARGV[i] == 'order_seed' or ARGV[i] == 'prequeue_salt' then
+    once[#once + 1] = {ARGV[i], ARGV[i + 1]}
   else
     fields[#fields + 1] = ARGV[i]
     fields[#fields + 1] = ARGV[i + 1]
@@ -21,7 +22,10 @@ for i = 3, #ARGV, 2 do
     if ARGV[i + 1] == 'random' then wanted_order = 'key' end
     if ARGV[i + 1] == 'fifo' then wanted_order = 'seq' end
   end
+  if ARGV[i] == 'prequeue_start_ms' and ARGV[i + 1] ~= '' then prequeue = true end
 end
+-- A pre-queue orders by score (roster ranks, then later arrivals): like random, by key.
+if prequeue then wanted_order = 'key' end
 
 local exists = redis.call('EXISTS', K_CONFIG) == 1
 local waiting = redis.call('ZCARD', K_QUEUE) > 0
@@ -42,7 +46,7 @@ if wanted_order then
   fields[#fields + 1] = wanted_order
 end
 redis.call('HSET', K_CONFIG, unpack(fields))
-if seed then redis.call('HSETNX', K_CONFIG, 'order_seed', seed) end
+for _, pair in ipairs(once) do redis.call('HSETNX', K_CONFIG, pair[1], pair[2]) end
 if not exists then
   redis.call('HSETNX', K_CONFIG, 'heartbeat_ms', heartbeat_ms)
   -- The rate bucket starts empty: no burst of a whole second's worth at the first tick.

@@ -7,7 +7,9 @@
 -- A Tier-1 place admits once: it is bound to the first member entering with it, and once
 -- that member's stay has ended (_common.lua's end_stay) it is spent for good.
 -- Replies (first element says which):
---   {'no_event'} {'closed'} {'rejected'} {'tier1_required'} {'tier1_pass_bound'} {'tier1_pass_spent'}
+--   {'no_event'} {'closed'} {'rejected'} {'tier1_required'}
+--   {'prequeue_not_open', prequeue_start_ms, now_ms}
+--   {'prequeue', hashed id, roster size, sale_start_ms, now_ms, entered, arrival number} {'tier1_pass_bound'} {'tier1_pass_spent'}
 --   {'not_queued'}
 --   {'admitted', session_end_ms, token_or_'', now_ms, how, queue_size, number, tier1_required}
 --    where how is 0 (admitted before), 1 (admitted now from the queue) or 2 (entered and
@@ -45,12 +47,34 @@ if number then
     return {'admitted', session_end, '', now, 1, redis.call('ZCARD', K_QUEUE), number, tier1}
   end
 else
+  -- The pre-queue: a member of the roster waits for the shuffle outside the queue until the
+  -- reveal places the whole roster in line at once.
+  local in_prequeue = cfg.prequeue and not prequeue_revealed()
+  local hashed = in_prequeue and roster_id(arrival_id) or nil
+  if hashed and redis.call('HEXISTS', K_ROSTER_MEMBERS, hashed) == 1 then
+    local ordinal = tonumber(redis.call('HGET', K_ORDINALS, member) or '-1')
+    mark_seen(cfg, ordinal, now)
+    return {'prequeue', hashed, redis.call('LLEN', K_ROSTER), cfg.sale_start, now, 0, ordinal}
+  end
   if not entering then return {'not_queued'} end
   -- The member neither waits nor is admitted: a stay not yet seen ending (an admission past
   -- its end that no tick has reaped yet) has ended now.
   end_stay(member, now)
   if cfg.method == 'reject' then return {'rejected'} end
   if cfg.mode == 'closed' then return {'closed'} end
+  if cfg.prequeue and now < cfg.prequeue_start then
+    return {'prequeue_not_open', cfg.prequeue_start, now}
+  end
+  if hashed and now < cfg.sale_start then
+    -- Joined between pre-queue start and sale start: on the roster, in join order. The
+    -- Redis clock decides, so nobody joins the roster once the sale has started.
+    local ordinal = redis.call('INCR', K_SEQ)
+    redis.call('RPUSH', K_ROSTER, hashed)
+    redis.call('HSET', K_ROSTER_MEMBERS, hashed, member)
+    redis.call('HSET', K_ORDINALS, member, ordinal)
+    mark_seen(cfg, ordinal, now)
+    return {'prequeue', hashed, redis.call('LLEN', K_ROSTER), cfg.sale_start, now, 1, ordinal}
+  end
   if cfg.tier1 then
     if position == '' then return {'tier1_required'} end
     -- One Tier-1 place admits one user, once: bound to the first user entering with it, and
@@ -75,7 +99,11 @@ else
     local session_end = admit_now(cfg, member, now)
     return {'admitted', session_end, '', now, 2, redis.call('ZCARD', K_QUEUE), number, tier1}
   end
-  if cfg.by_key and not cfg.tier1 then
+  if cfg.prequeue then
+    -- After sale start: behind the whole shuffled roster, in arrival order.
+    redis.call('ZADD', K_QUEUE, AFTER_ROSTER + number, member)
+    redis.call('HSET', K_ORDINALS, member, number)
+  elseif cfg.by_key and not cfg.tier1 then
     -- The random method: the score is the order key drawn now from the event's seed; the
     -- arrival number stays with the member for its heartbeat bit and the published record.
     redis.call('ZADD', K_QUEUE, order_key(arrival_id), member)
@@ -93,6 +121,8 @@ end
 
 mark_seen(cfg, number, now)
 local rank = redis.call('ZRANK', K_QUEUE, member)
+-- Before the reveal the roster waits outside the queue, but ahead of everyone in it.
+if cfg.prequeue and not prequeue_revealed() then rank = rank + redis.call('LLEN', K_ROSTER) end
 return {
   'waiting', rank, redis.call('ZCARD', K_QUEUE), redis.call('HGET', K_STATS, 'rate_milli') or '',
   now, entered, number, cfg.mode, cfg.capacity, tostring(cfg.aps), cfg.session_ms, cfg.idle_ms, tier1,
