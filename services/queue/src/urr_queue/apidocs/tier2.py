@@ -35,6 +35,11 @@ browser receives).
   tight loop.
 * Once `status` is `admitted`, stop polling the queue; `expires_in_seconds` says how long the
   entry token lasts (polling does not renew it). `POST leave` gives the place or session back.
+* An event with a **pre-queue**: whoever enters between its start and the sale start gets
+  `status: prequeue` (keep polling); at the sale start the roster is shuffled by a secret
+  committed to beforehand, and everyone on it is placed ahead of later arrivals. The roster,
+  its root and the secret are published at `/v1/log/{{eventId}}/prequeue` (`urr-verify
+  shuffle` recomputes the order); `member_id` is this user's entry in it.
 * For an event behind a Tier-1 waiting room, send the Tier-1 pass (`urr-vwr-token` cookie, or
   the `X-Vwr-Token` header) with `enter`; the place follows the number signed into it.
 """
@@ -100,7 +105,31 @@ ADMITTED: Json = {
         "poll_after_seconds": {"type": "integer", "minimum": 1},
     },
 }
-PLACE = {"oneOf": [ref("Waiting"), ref("Admitted")]}
+PREQUEUE: Json = {
+    "type": "object",
+    "required": [
+        "status",
+        "event_id",
+        "member_id",
+        "roster_size",
+        "sale_start",
+        "poll_after_seconds",
+    ],
+    "properties": {
+        "status": {"const": "prequeue"},
+        "event_id": {"type": "string"},
+        "member_id": {
+            "type": "string",
+            "pattern": "^[0-9a-f]+$",
+            "description": "This user's salted hashed id in the roster: the admission log "
+            "publishes the roster (`/v1/log/{eventId}/prequeue`), where it proves the entry.",
+        },
+        "roster_size": {"type": "integer", "minimum": 1},
+        "sale_start": {"type": "string", "format": "date-time"},
+        "poll_after_seconds": {"type": "integer", "minimum": MIN_POLL_S, "maximum": MAX_POLL_S},
+    },
+}
+PLACE = {"oneOf": [ref("Waiting"), ref("Admitted"), ref("Prequeue")]}
 
 COMMON_ERRORS: Json = {
     "400": problem("The event id is malformed.", "invalid_event_id", "invalid_user_id"),
@@ -137,7 +166,12 @@ PATHS: Json = {
                     "tier1_pass_bound",
                 ),
                 "404": problem("No queue for this event.", "event_not_found"),
-                "409": problem("The event takes nobody: sold out or closed.", "event_closed"),
+                "409": problem(
+                    "The event takes nobody (sold out or closed), or its pre-queue has not "
+                    "opened yet.",
+                    "event_closed",
+                    "prequeue_not_open",
+                ),
             },
         },
     },
@@ -194,6 +228,7 @@ PATHS: Json = {
 SCHEMAS: Json = {
     "Waiting": WAITING,
     "Admitted": ADMITTED,
+    "Prequeue": PREQUEUE,
     "Left": {
         "type": "object",
         "required": ["status", "event_id", "was"],
