@@ -7,10 +7,9 @@
 -- A Tier-1 place admits once: it is bound to the first member entering with it, and once
 -- that member's stay has ended (_common.lua's end_stay) it is spent for good.
 -- Replies (first element says which):
---   {'no_event'} {'closed'} {'rejected'} {'tier1_required'}
---   {'prequeue_not_open', prequeue_start_ms, now_ms}
---   {'prequeue', hashed id, roster size, sale_start_ms, now_ms, entered, arrival number} {'tier1_pass_bound'} {'tier1_pass_spent'}
---   {'not_queued'}
+--   {'no_event'} {'closed'} {'rejected'} {'tier1_required'} {'tier1_pass_bound'}
+--   {'tier1_pass_spent'} {'not_queued'} {'prequeue_not_open', prequeue_start_ms, now_ms}
+--   {'prequeue', hashed id, roster size, sale_start_ms, now_ms, entered, arrival number}
 --   {'admitted', session_end_ms, token_or_'', now_ms, how, queue_size, number, tier1_required}
 --    where how is 0 (admitted before), 1 (admitted now from the queue) or 2 (entered and
 --    admitted now: passthrough)
