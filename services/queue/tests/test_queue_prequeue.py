@@ -65,6 +65,7 @@ async def test_the_roster_is_shuffled_as_urr_verify_recomputes_it(
         assert answer.status == 201, await answer.text()
         body = await answer.json()
         assert body["status"] == "prequeue"
+        assert body["prequeue_commitment"] == COMMITMENT
         member_of[user] = body["member_id"]
     assert len(set(member_of.values())) == len(users)
     assert all(user not in member for user, member in member_of.items())  # hashed, salted

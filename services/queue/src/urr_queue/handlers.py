@@ -164,6 +164,8 @@ def rostered_body(event_id: str, rostered: Rostered) -> dict[str, Any]:
         "member_id": rostered.member_id,
         "roster_size": rostered.roster_size,
         "sale_start": datetime.fromtimestamp(rostered.sale_start_ms / 1000, tz=UTC).isoformat(),
+        # Fixed before the pre-queue opened: the secret revealed at sale start must hash to it.
+        "prequeue_commitment": rostered.commitment,
         "poll_after_seconds": max(MIN_POLL_S, min(MAX_POLL_S, until_sale_s // 4)),
     }
 

@@ -99,6 +99,8 @@ class Rostered:
     now_ms: int
     entered: bool
     number: int
+    #: SHA-256 of the operator's secret, fixed before the pre-queue opened.
+    commitment: str = ""
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,7 @@ class QueueStore:
                 now_ms=int(reply[4]),
                 entered=bool(int(reply[5])),
                 number=int(reply[6]),
+                commitment=_text(reply[7]),
             )
         if kind == "admitted":
             token = _text(reply[2])

@@ -112,6 +112,7 @@ PREQUEUE: Json = {
         "event_id",
         "member_id",
         "roster_size",
+        "prequeue_commitment",
         "sale_start",
         "poll_after_seconds",
     ],
@@ -125,6 +126,12 @@ PREQUEUE: Json = {
             "publishes the roster (`/v1/log/{eventId}/prequeue`), where it proves the entry.",
         },
         "roster_size": {"type": "integer", "minimum": 1},
+        "prequeue_commitment": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{64}$",
+            "description": "SHA-256 of the secret that shuffles the roster, fixed before the "
+            "pre-queue opened; the secret published at sale start must hash to it.",
+        },
         "sale_start": {"type": "string", "format": "date-time"},
         "poll_after_seconds": {"type": "integer", "minimum": MIN_POLL_S, "maximum": MAX_POLL_S},
     },

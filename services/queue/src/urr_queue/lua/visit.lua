@@ -9,7 +9,8 @@
 -- Replies (first element says which):
 --   {'no_event'} {'closed'} {'rejected'} {'tier1_required'} {'tier1_pass_bound'}
 --   {'tier1_pass_spent'} {'not_queued'} {'prequeue_not_open', prequeue_start_ms, now_ms}
---   {'prequeue', hashed id, roster size, sale_start_ms, now_ms, entered, arrival number}
+--   {'prequeue', hashed id, roster size, sale_start_ms, now_ms, entered, arrival number,
+--    commitment}
 --   {'admitted', session_end_ms, token_or_'', now_ms, how, queue_size, number, tier1_required}
 --    where how is 0 (admitted before), 1 (admitted now from the queue) or 2 (entered and
 --    admitted now: passthrough)
@@ -53,7 +54,8 @@ else
   if hashed and redis.call('HEXISTS', K_ROSTER_MEMBERS, hashed) == 1 then
     local ordinal = tonumber(redis.call('HGET', K_ORDINALS, member) or '-1')
     mark_seen(cfg, ordinal, now)
-    return {'prequeue', hashed, redis.call('LLEN', K_ROSTER), cfg.sale_start, now, 0, ordinal}
+    return {'prequeue', hashed, redis.call('LLEN', K_ROSTER), cfg.sale_start, now, 0, ordinal,
+      redis.call('HGET', K_CONFIG, 'prequeue_commitment')}
   end
   if not entering then return {'not_queued'} end
   -- The member neither waits nor is admitted: a stay not yet seen ending (an admission past
@@ -72,7 +74,8 @@ else
     redis.call('HSET', K_ROSTER_MEMBERS, hashed, member)
     redis.call('HSET', K_ORDINALS, member, ordinal)
     mark_seen(cfg, ordinal, now)
-    return {'prequeue', hashed, redis.call('LLEN', K_ROSTER), cfg.sale_start, now, 1, ordinal}
+    return {'prequeue', hashed, redis.call('LLEN', K_ROSTER), cfg.sale_start, now, 1, ordinal,
+      redis.call('HGET', K_CONFIG, 'prequeue_commitment')}
   end
   if cfg.tier1 then
     if position == '' then return {'tier1_required'} end
