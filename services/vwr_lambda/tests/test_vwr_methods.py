@@ -19,6 +19,8 @@ from urr_common.settings import RedisSettings
 from urr_devstack.procs import RedisServer
 from urr_queue.config import EventConfig
 from urr_queue.store import Admitted, QueueStore, Refusal, Waiting
+from urr_vwr_lambda.advancer import _grant_random
+from urr_vwr_lambda.queueing import CapacityFeed
 
 SEED = "3c" * 32
 
@@ -209,3 +211,20 @@ async def test_both_tiers_agree_on_each_method(
     assert tier1 == tier2
     expected = ids if method is QueueMethod.FIFO else random_order(bytes.fromhex(SEED), ids)
     assert tier1 == expected
+
+
+def test_a_random_cycle_on_a_stale_read_grants_nothing(vwr: Any) -> None:
+    """Two advancers at once: the one whose read went stale loses the compare-and-set before
+    writing any grant, so no place is granted twice and no number is handed out twice."""
+    open_room(vwr, "race-1", "random", orderSeed=SEED)
+    ids = assign_many(vwr, "race-1", 6)
+    stale = vwr.runtime.store.get_event("race-1", consistent=True)
+    assert vwr.admin("POST", "race-1/advance", {"by": 3}).body["admitted"] == 3
+    feed = CapacityFeed(waiting=0, admitted=0, capacity=1000, admit_per_second=0.0)
+    lost = _grant_random(vwr.runtime, stale, 3, 3, 0, feed, 2.0)
+    assert lost.limited_by == "concurrent_update"
+    assert lost.live == 0
+    places = [vwr.runtime.store.get_place("race-1", rid) for rid in ids]
+    seqs = [place.grant_seq for place in places if place is not None]
+    assert sorted(seq for seq in seqs if seq is not None) == [1, 2, 3]
+    assert vwr.status("race-1").body["servingCounter"] == 3
