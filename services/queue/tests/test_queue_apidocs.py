@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
@@ -201,6 +202,31 @@ async def test_tier2_answers_match_the_document(
     body = await answer.json()
     assert body["status"] == "admitted"
     _check(doc, f"{base}/enter", "post", answer, body)
+    # A pre-queue: the roster answer, and the refusal before it opens.
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    pre = {
+        "prequeue_start": datetime.now(UTC).isoformat(),
+        "sale_start": soon,
+        "prequeue_commitment": "ab" * 32,
+    }
+    assert (
+        await client.put("/api/v1/admin/queue/d2", json=pre, headers=admin_headers)
+    ).status == 201
+    for method, tail in (("post", "enter"), ("get", "status")):
+        answer = await client.request(
+            method.upper(), f"/api/v1/queue/d2/{tail}", headers=as_user("u3")
+        )
+        body = await answer.json()
+        assert body["status"] == "prequeue"
+        _check(doc, f"{base}/{tail}", method, answer, body)
+    later = {
+        **pre,
+        "prequeue_start": soon,
+        "sale_start": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    }
+    await client.put("/api/v1/admin/queue/d3", json=later, headers=admin_headers)
+    answer = await client.post("/api/v1/queue/d3/enter", headers=as_user("u3"))
+    _check(doc, f"{base}/enter", "post", answer, await answer.json(content_type=None))
     served = await client.get("/api/docs/v1/tier2.json")
     assert served.status == 200
     assert await served.json() == doc

@@ -367,8 +367,18 @@ async def test_admin_api(redis_settings, queue_client, as_user, admin_headers):
         "idle_timeout_seconds": 60,
         "require_tier1_token": False,
         "mode": "queue",
+        "queue_method": "fifo",
+        "prequeue_start": None,
+        "sale_start": None,
+        "prequeue_commitment": None,
     }
-    for bad in ({"capacity": 0}, {"mode": "open"}, {"surprise": 1}, {"session_seconds": "x"}):
+    for bad in (
+        {"capacity": 0},
+        {"mode": "open"},
+        {"queue_method": "lottery"},
+        {"surprise": 1},
+        {"session_seconds": "x"},
+    ):
         response = await client.put(path, json=bad, headers=admin_headers)
         assert response.status == 422, bad
     for user in ("a", "b", "c", "d"):

@@ -44,6 +44,7 @@ def test_assign_from_the_json_event_file(vwr: Any, event_file: Any) -> None:
         "servingCounter": 0,
         "etaSeconds": 0,
         "pollAfterSeconds": 2,
+        "queueMethod": "fifo",
     }
 
 

@@ -18,8 +18,9 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from urr_admission_log import heads, store
+from urr_admission_log import heads, prequeue, store
 from urr_admission_log.settings import AdmissionLogSettings
+from urr_common.fairness import roster_inclusion_proof
 from urr_common.problems import BadRequest, NotFound, Unprocessable
 from urr_common.service import create_service_app
 from urr_common.tokens import KeySet
@@ -31,6 +32,7 @@ SETTINGS_KEY = web.AppKey("urr_log_settings", AdmissionLogSettings)
 IMMUTABLE = "public, max-age=31536000, immutable"
 _EVENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _MAX_INDEX = 2**62
+_MEMBER_RE = re.compile(r"^(?:[0-9a-f]{2}){1,64}$")
 
 
 def _event(request: web.Request) -> str:
@@ -161,6 +163,46 @@ async def get_receipt(request: web.Request) -> web.Response:
     return _json(request, body, f"public, max-age={age}")
 
 
+async def get_prequeue(request: web.Request) -> web.Response:
+    """The pre-queue's published data: the commitment from before it opened, then the frozen
+    roster, its root and the revealed secret (``urr-verify shuffle`` reads this document)."""
+    event_id = _event(request)
+    async with request.app[POOL_KEY].acquire() as conn:
+        found = await prequeue.document(conn, event_id)
+    if found is None:
+        raise NotFound(f"no pre-queue has been published for {event_id!r}", code="no_prequeue")
+    body, complete = found
+    age = request.app[SETTINGS_KEY].admission_log.head_max_age_s
+    return _json(request, body, IMMUTABLE if complete else f"public, max-age={age}")
+
+
+async def get_prequeue_proof(request: web.Request) -> web.Response:
+    """A member's RFC 9162 inclusion proof in the roster's tree (its index and audit path)."""
+    event_id = _event(request)
+    member = request.query.get("member", "")
+    if not _MEMBER_RE.fullmatch(member):
+        raise BadRequest("member must be a hashed id in hex", code="invalid_parameter")
+    async with request.app[POOL_KEY].acquire() as conn:
+        found = await prequeue.document(conn, event_id)
+    if found is None or not found[1]:
+        raise NotFound(f"no revealed roster is published for {event_id!r}", code="no_prequeue")
+    members: list[str] = found[0]["members"]
+    try:
+        index = members.index(member)
+    except ValueError:
+        raise NotFound("this member is not in the roster", code="not_in_roster") from None
+    proof = roster_inclusion_proof([bytes.fromhex(m) for m in members], index)
+    body = {
+        "eventId": event_id,
+        "member": member,
+        "leafIndex": index,
+        "treeSize": len(members),
+        "root": found[0]["root"],
+        "proof": [item.hex() for item in proof],
+    }
+    return _json(request, body, IMMUTABLE)
+
+
 async def get_jwks(request: web.Request) -> web.Response:
     return _json(request, request.app[KEYS_KEY].to_jwks(), "public, max-age=300")
 
@@ -183,4 +225,6 @@ def create_app(
     app.router.add_get("/v1/log/{eventId}/proof/inclusion", get_inclusion)
     app.router.add_get("/v1/log/{eventId}/proof/consistency", get_consistency)
     app.router.add_get("/v1/log/{eventId}/receipt", get_receipt)
+    app.router.add_get("/v1/log/{eventId}/prequeue", get_prequeue)
+    app.router.add_get("/v1/log/{eventId}/prequeue/proof", get_prequeue_proof)
     return app

@@ -16,8 +16,9 @@ import asyncpg
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from urr_admission_log import heads, store
+from urr_admission_log import heads, prequeue, store
 from urr_admission_log.leaves import admission_of
+from urr_admission_log.prequeue import is_prequeue
 from urr_admission_log.settings import AdmissionLogSettings
 from urr_common.logs import get_logger
 from urr_common.service import sleep_unless_stopped
@@ -31,7 +32,7 @@ class LogMetrics:
         self.records = Counter(
             "urr_admission_log_records",
             "queue-events records seen by the admission log, by outcome "
-            "(appended, duplicate, ignored, malformed).",
+            "(appended, duplicate, ignored, malformed, prequeue).",
             ["outcome"],
             registry=registry,
         )
@@ -62,6 +63,8 @@ def admissions_by_event(
         except orjson.JSONDecodeError:
             metrics.records.labels("malformed").inc()
             continue
+        if is_prequeue(decoded):
+            continue  # stored by ``prequeue_batch``
         admission = admission_of(decoded, secret)
         if admission is None:
             kind = (
@@ -89,6 +92,30 @@ async def append_batch(
             metrics.last_append.set_to_current_time()
 
 
+def prequeue_records(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
+    """The batch's pre-queue publications, in order (malformed JSON is counted elsewhere)."""
+    found: list[dict[str, Any]] = []
+    for value in values:
+        try:
+            decoded: Any = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            continue
+        if is_prequeue(decoded):
+            found.append(decoded)
+    return found
+
+
+async def store_prequeues(
+    pool: asyncpg.Pool, records: list[dict[str, Any]], metrics: LogMetrics
+) -> None:
+    grouped, malformed = prequeue.group(records)
+    metrics.records.labels("malformed").inc(malformed)
+    for event_id, found in grouped.items():
+        async with pool.acquire() as conn:
+            await prequeue.store(conn, event_id, found)
+    metrics.records.labels("prequeue").inc(len(records) - malformed)
+
+
 async def consume(
     settings: AdmissionLogSettings, pool: asyncpg.Pool, metrics: LogMetrics, stop: asyncio.Event
 ) -> None:
@@ -114,6 +141,7 @@ async def consume(
                     continue
                 values = [record.value for records in batches.values() for record in records]
                 await append_batch(pool, admissions_by_event(values, secret, metrics), metrics)
+                await store_prequeues(pool, prequeue_records(values), metrics)
                 await consumer.commit(
                     {partition: records[-1].offset + 1 for partition, records in batches.items()}
                 )

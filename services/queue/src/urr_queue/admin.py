@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from urr_common.payloads import json_response, read_json
-from urr_common.problems import Conflict, Forbidden
+from urr_common.fairness import SEED_BYTES, seed_commitment
+from urr_common.payloads import json_response, read_json, validation_errors
+from urr_common.problems import Conflict, Forbidden, Unprocessable
+from urr_queue import prequeue
 from urr_queue.config import EventConfig, EventConfigPatch
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.estimates import eta_seconds
@@ -29,9 +33,12 @@ async def _describe(ctx: QueueContext, event_id: str) -> dict[str, Any]:
     rate = figures.expected_rate()
     oldest = figures.oldest_wait_ms
     hold = figures.order_hold_since_ms
+    seed = await ctx.store.order_seed(event_id)
     return {
         "event_id": event_id,
         "config": config.model_dump(mode="json"),
+        # The random method's seed stays secret while people queue; its commitment is public.
+        "order_seed_commitment": None if seed is None else seed_commitment(bytes.fromhex(seed)),
         "live": {
             "waiting": figures.waiting,
             "admitted": figures.admitted,
@@ -66,15 +73,73 @@ async def put_event(request: web.Request) -> web.Response:
     event_id = event_id_of(request)
     patch = await read_json(request, EventConfigPatch)
     ctx = request.app[QUEUE_CONTEXT]
-    current = await ctx.store.get_config(event_id) or EventConfig()
-    wanted = patch.apply_to(current)
-    outcome = await ctx.store.configure(event_id, wanted)
+    stored = await ctx.store.get_config(event_id)
+    current = stored or EventConfig()
+    try:
+        wanted = patch.apply_to(current)
+    except ValidationError as exc:
+        raise Unprocessable(
+            "the settings do not fit together",
+            code="validation_failed",
+            errors=validation_errors(exc),
+        ) from exc
+    _prequeue_unchanged(current, wanted)
+    seed = await ctx.store.order_seed(event_id)
+    if seed is not None and patch.order_seed is not None and patch.order_seed != seed:
+        raise Unprocessable(
+            "the event's order_seed is set and never changes", code="order_seed_immutable"
+        )
+    if seed is None:
+        # Drawn now unless the operator brings one (to give Tier 1 and Tier 2 the same).
+        seed = patch.order_seed or secrets.token_hex(SEED_BYTES)
+    salt = None
+    if wanted.has_prequeue and await ctx.store.prequeue_salt(event_id) is None:
+        salt = secrets.token_hex(SEED_BYTES)
+    outcome = await ctx.store.configure(event_id, wanted, seed=seed, prequeue_salt=salt)
     if outcome == "queue_not_empty":
         raise Conflict(
-            "require_tier1_token can change only while nobody waits", code="queue_not_empty"
+            "require_tier1_token, and the queue method between fifo and random, can change "
+            "only while nobody waits",
+            code="queue_not_empty",
         )
+    if wanted.has_prequeue and not current.has_prequeue:
+        # The commitment goes out before the pre-queue opens (the log shows it from then on).
+        ctx.publisher.publish(prequeue.committed_record(event_id, wanted))
     body = await _describe(ctx, event_id)
     return json_response(body, status=201 if outcome == "created" else 200)
+
+
+def _prequeue_unchanged(current: EventConfig, wanted: EventConfig) -> None:
+    """A pre-queue, once set, never changes: its commitment is public from then on."""
+    if not current.has_prequeue:
+        return
+    fields = ("prequeue_start", "sale_start", "prequeue_commitment")
+    if any(getattr(current, name) != getattr(wanted, name) for name in fields):
+        raise Unprocessable(
+            "the pre-queue (its times and commitment) is set once and never changes",
+            code="prequeue_immutable",
+        )
+
+
+class RevealBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str = Field(min_length=2, max_length=1024, pattern="^([0-9a-f]{2})+$")
+
+
+async def reveal_prequeue(request: web.Request) -> web.Response:
+    """At sale start: freeze the roster, check the secret, shuffle and place it in line."""
+    require_admin(request)
+    event_id = event_id_of(request)
+    body = await read_json(request, RevealBody)
+    ctx = request.app[QUEUE_CONTEXT]
+    config = await ctx.store.get_config(event_id)
+    if config is None:
+        raise no_event(event_id)
+    document = await prequeue.reveal(ctx.store, event_id, config, bytes.fromhex(body.secret))
+    for record in prequeue.published_records(event_id, document):
+        ctx.publisher.publish(record)
+    return web.Response(body=document, content_type="application/json")
 
 
 async def delete_event(request: web.Request) -> web.Response:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from urr_common.fairness import QueueMethod, is_hex64
 
 #: Three polls at the shortest interval the poll advice gives (2 s).
 MIN_IDLE_TIMEOUT_S = 6
@@ -14,6 +17,16 @@ MIN_IDLE_TIMEOUT_S = 6
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _epoch_ms(moment: datetime | None) -> str:
+    return (
+        "" if moment is None else str(int(moment.timestamp()) * 1000 + moment.microsecond // 1000)
+    )
+
+
+def _from_epoch_ms(text: str) -> datetime | None:
+    return datetime.fromtimestamp(int(text) / 1000, tz=UTC) if text else None
 
 
 class Mode(StrEnum):
@@ -46,6 +59,45 @@ class EventConfig(BaseModel):
     #: Only holders of a valid Tier-1 token may join; places follow the signed position.
     require_tier1_token: bool = False
     mode: Mode = Mode.QUEUE
+    #: How the line is ordered (``urr_common.fairness``): fifo, random, passthrough, reject.
+    #: Behind a Tier-1 room the room's method orders the line (by its signed positions).
+    queue_method: QueueMethod = QueueMethod.FIFO
+    #: The scheduled pre-queue (issue 19): who joins from ``prequeue_start`` until
+    #: ``sale_start`` is on the roster, shuffled at sale start by the secret whose SHA-256 is
+    #: ``prequeue_commitment``. All three or none; set once.
+    prequeue_start: AwareDatetime | None = None
+    sale_start: AwareDatetime | None = None
+    prequeue_commitment: str | None = None
+
+    @field_validator("prequeue_start", "sale_start")
+    @classmethod
+    def _to_milliseconds(cls, value: datetime | None) -> datetime | None:
+        # Stored as epoch milliseconds: the same time given again must compare equal.
+        if value is None:
+            return None
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+    @model_validator(mode="after")
+    def _prequeue_is_whole(self) -> EventConfig:
+        start, sale, commitment = self.prequeue_start, self.sale_start, self.prequeue_commitment
+        if start is None and sale is None and commitment is None:
+            return self
+        if start is None or sale is None or commitment is None:
+            raise ValueError("a pre-queue needs prequeue_start, sale_start and prequeue_commitment")
+        if not is_hex64(commitment):
+            raise ValueError("prequeue_commitment must be 64 lowercase hex digits")
+        if sale <= start:
+            raise ValueError("sale_start must come after prequeue_start")
+        if self.queue_method is not QueueMethod.FIFO or self.require_tier1_token:
+            raise ValueError(
+                "a pre-queue orders later arrivals by arrival: it needs queue_method fifo "
+                "and no require_tier1_token"
+            )
+        return self
+
+    @property
+    def has_prequeue(self) -> bool:
+        return self.prequeue_commitment is not None
 
     def to_redis(self) -> dict[str, str]:
         return {
@@ -55,6 +107,10 @@ class EventConfig(BaseModel):
             "idle_ms": str(self.idle_timeout_seconds * 1000),
             "require_tier1": "1" if self.require_tier1_token else "0",
             "mode": self.mode.value,
+            "queue_method": self.queue_method.value,
+            "prequeue_start_ms": _epoch_ms(self.prequeue_start),
+            "sale_start_ms": _epoch_ms(self.sale_start),
+            "prequeue_commitment": self.prequeue_commitment or "",
         }
 
     @classmethod
@@ -67,6 +123,10 @@ class EventConfig(BaseModel):
             idle_timeout_seconds=int(text["idle_ms"]) // 1000,
             require_tier1_token=text["require_tier1"] == "1",
             mode=Mode(text["mode"]),
+            queue_method=QueueMethod(text.get("queue_method", QueueMethod.FIFO.value)),
+            prequeue_start=_from_epoch_ms(text.get("prequeue_start_ms", "")),
+            sale_start=_from_epoch_ms(text.get("sale_start_ms", "")),
+            prequeue_commitment=text.get("prequeue_commitment") or None,
         )
 
     @property
@@ -90,7 +150,21 @@ class EventConfigPatch(BaseModel):
     idle_timeout_seconds: int | None = Field(default=None, ge=MIN_IDLE_TIMEOUT_S, le=3_600)
     require_tier1_token: bool | None = None
     mode: Mode | None = None
+    queue_method: QueueMethod | None = None
+    prequeue_start: AwareDatetime | None = None
+    sale_start: AwareDatetime | None = None
+    prequeue_commitment: str | None = None
+    #: The random method's seed (64 hex digits), set once: given when the event is created,
+    #: or drawn by the service. Kept apart from the configuration (it is a secret).
+    order_seed: str | None = None
+
+    @field_validator("order_seed", "prequeue_commitment")
+    @classmethod
+    def _is_hex64(cls, value: str | None) -> str | None:
+        if value is not None and not is_hex64(value):
+            raise ValueError("must be 64 lowercase hex digits")
+        return value
 
     def apply_to(self, current: EventConfig) -> EventConfig:
-        changes = self.model_dump(exclude_none=True)
+        changes = self.model_dump(exclude_none=True, exclude={"order_seed"})
         return EventConfig.model_validate({**current.model_dump(), **changes})

@@ -7,22 +7,30 @@ a verified Tier-1 token.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from urr_common.fairness import QueueMethod
 from urr_common.logs import bind_request_context
 from urr_common.payloads import json_response, read_json
-from urr_common.problems import BadRequest, Forbidden, NotFound, Unauthorized
+from urr_common.problems import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from urr_queue.config import Mode
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.entry import clear_entry_cookie, describe, set_entry_cookie
-from urr_queue.estimates import MAX_POLL_S, admission_rate, eta_seconds, poll_after_seconds
+from urr_queue.estimates import (
+    MAX_POLL_S,
+    MIN_POLL_S,
+    admission_rate,
+    eta_seconds,
+    poll_after_seconds,
+)
 from urr_queue.events import EventType, event_record
 from urr_queue.members import is_event_id, is_user_id
 from urr_queue.sessions import EndReason
-from urr_queue.store import Admitted, Refusal, Waiting
+from urr_queue.store import Admitted, Refusal, Rostered, Waiting
 from urr_queue.tier1 import TIER1_COOKIE, TIER1_HEADER, Tier1Outcome
 
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -67,6 +75,7 @@ def waiting_body(event_id: str, waiting: Waiting) -> dict[str, Any]:
         "eta_seconds": eta,
         "poll_after_seconds": poll_after_seconds(eta, waiting.idle_timeout_seconds),
         "mode": waiting.mode.value,
+        "queue_method": waiting.queue_method.value,
     }
 
 
@@ -120,6 +129,10 @@ async def enter(request: web.Request) -> web.Response:
     )
     if isinstance(result, Refusal):
         _refused(ctx, event_id, result, verdict, token is not None)
+    if isinstance(result, Rostered):
+        ctx.metrics.entries.labels("prequeue" if result.entered else "already_waiting").inc()
+        status = 201 if result.entered else 200
+        return json_response(rostered_body(event_id, result), status=status, headers=_NO_STORE)
     if token is not None:
         ctx.metrics.tier1_tokens.labels(verdict.value, str(result.tier1_required).lower()).inc()
     if isinstance(result, Admitted):
@@ -139,6 +152,22 @@ async def enter(request: web.Request) -> web.Response:
         )
     status = 201 if result.entered else 200
     return json_response(waiting_body(event_id, result), status=status, headers=_NO_STORE)
+
+
+def rostered_body(event_id: str, rostered: Rostered) -> dict[str, Any]:
+    """On the pre-queue's roster: the order is drawn at sale start."""
+    until_sale_s = max(0, (rostered.sale_start_ms - rostered.now_ms) // 1000)
+    return {
+        "status": "prequeue",
+        "event_id": event_id,
+        # The salted hash published in the roster: find it there to prove the entry.
+        "member_id": rostered.member_id,
+        "roster_size": rostered.roster_size,
+        "sale_start": datetime.fromtimestamp(rostered.sale_start_ms / 1000, tz=UTC).isoformat(),
+        # Fixed before the pre-queue opened: the secret revealed at sale start must hash to it.
+        "prequeue_commitment": rostered.commitment,
+        "poll_after_seconds": max(MIN_POLL_S, min(MAX_POLL_S, until_sale_s // 4)),
+    }
 
 
 async def _entered_admitted(
@@ -191,6 +220,16 @@ def _refused(
     if refusal is Refusal.NO_EVENT:
         ctx.metrics.entries.labels("no_event").inc()
         raise no_event(event_id)
+    if refusal is Refusal.REJECTED:
+        ctx.metrics.entries.labels("rejected").inc()
+        raise Conflict(
+            "this event takes nobody into its queue: it is sold out or closed",
+            code="event_closed",
+            queue_method="reject",
+        )
+    if refusal is Refusal.PREQUEUE_NOT_OPEN:
+        ctx.metrics.entries.labels("prequeue_not_open").inc()
+        raise Conflict("the pre-queue of this event has not opened yet", code="prequeue_not_open")
     if refusal is Refusal.CLOSED:
         ctx.metrics.entries.labels("closed").inc()
         raise Forbidden("this queue takes no new entries", code="queue_closed")
@@ -228,8 +267,16 @@ async def status(request: web.Request) -> web.Response:
     result = await ctx.store.visit(event_id, user_id, enter=False)
     if result is Refusal.NO_EVENT:
         raise no_event(event_id)
+    if result is Refusal.REJECTED:
+        raise Conflict(
+            "this event takes nobody into its queue: it is sold out or closed; your place is gone",
+            code="event_closed",
+            queue_method="reject",
+        )
     if isinstance(result, Refusal):
         raise NotFound("you have no place in this queue; enter again", code="not_in_queue")
+    if isinstance(result, Rostered):
+        return json_response(rostered_body(event_id, result), headers=_NO_STORE)
     if isinstance(result, Admitted):
         if result.newly_admitted:
             _publish_passthrough(ctx, event_id, user_id, result, entered=False)
@@ -260,7 +307,9 @@ async def capacity(request: web.Request) -> web.Response:
         raise no_event(event_id)
     config = figures.config
     # A paused or closed event absorbs nobody new, whatever its configured rate.
-    absorbing = config.mode in (Mode.QUEUE, Mode.PASSTHROUGH)
+    absorbing = config.mode in (Mode.QUEUE, Mode.PASSTHROUGH) and (
+        config.queue_method is not QueueMethod.REJECT
+    )
     body = {
         "waiting": figures.waiting,
         "admitted": figures.admitted,

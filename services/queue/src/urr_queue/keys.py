@@ -39,6 +39,15 @@ class EventKeys:
     spent: str
     #: ZSET: spent places (score = ms) the Tier-1 table has not marked yet (the marker's outbox).
     unmarked: str
+    #: HASH: member -> arrival number, for waiters of the random method (their score is an
+    #: order key, their heartbeat bit still their arrival number).
+    ordinals: str
+    #: LIST: the pre-queue's roster, hashed ids in join order (frozen at sale start).
+    roster: str
+    #: HASH: hashed id -> member, for the roster's members (placed in line at the reveal).
+    roster_members: str
+    #: STRING: the published pre-queue document (JSON), written once at the reveal.
+    prequeue_doc: str
 
     def as_list(self) -> list[str]:
         return [
@@ -56,6 +65,10 @@ class EventKeys:
             self.passes,
             self.spent,
             self.unmarked,
+            self.ordinals,
+            self.roster,
+            self.roster_members,
+            self.prequeue_doc,
         ]
 
 
@@ -77,6 +90,10 @@ def event_keys(event_id: str) -> EventKeys:
         passes=f"{tag}:passes",
         spent=f"{tag}:spent",
         unmarked=f"{tag}:unmarked",
+        ordinals=f"{tag}:ordinals",
+        roster=f"{tag}:roster",
+        roster_members=f"{tag}:roster_members",
+        prequeue_doc=f"{tag}:prequeue_doc",
     )
 
 

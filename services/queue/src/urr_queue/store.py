@@ -12,6 +12,7 @@ from enum import StrEnum
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from urr_common.fairness import QueueMethod
 from urr_queue.config import EventConfig, Mode
 from urr_queue.estimates import admission_rate
 from urr_queue.keys import EVENTS_SET, EventKeys, event_keys, revoked_key
@@ -35,6 +36,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _raw(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 def _optional_int(value: Any) -> int | None:
     text = _text(value)
     return int(text) if text else None
@@ -50,6 +55,10 @@ class Refusal(StrEnum):
 
     NO_EVENT = "no_event"
     CLOSED = "closed"
+    #: The event's queueing method is ``reject``: nobody waits (sold out / closed).
+    REJECTED = "rejected"
+    #: The event's pre-queue has not opened yet.
+    PREQUEUE_NOT_OPEN = "prequeue_not_open"
     TIER1_REQUIRED = "tier1_required"
     #: The Tier-1 place is bound to another user (the first who entered with it).
     TIER1_PASS_BOUND = "tier1_pass_bound"  # noqa: S105 (a refusal code, not a secret)
@@ -72,10 +81,26 @@ class Waiting:
     session_seconds: int
     idle_timeout_seconds: int
     tier1_required: bool
+    queue_method: QueueMethod = QueueMethod.FIFO
 
     @property
     def position(self) -> int:
         return self.rank + 1
+
+
+@dataclass(frozen=True)
+class Rostered:
+    """On the pre-queue's roster: the place is drawn at sale start (``member_id`` is the
+    salted hash published in the roster, by which the user finds and proves the entry)."""
+
+    member_id: str
+    roster_size: int
+    sale_start_ms: int
+    now_ms: int
+    entered: bool
+    number: int
+    #: SHA-256 of the operator's secret, fixed before the pre-queue opened.
+    commitment: str = ""
 
 
 @dataclass(frozen=True)
@@ -161,6 +186,7 @@ class QueueStore:
         self._figures = redis.register_script(_script_text("figures.lua"))
         self._configure = redis.register_script(_script_text("configure.lua"))
         self._forget = redis.register_script(_script_text("forget.lua"))
+        self._prequeue_reveal = redis.register_script(_script_text("prequeue_reveal.lua"))
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str | bytes]) -> Any:
         async with self._in_flight:
@@ -173,12 +199,27 @@ class QueueStore:
 
     # -- configuration -----------------------------------------------------------------
 
-    async def configure(self, event_id: str, config: EventConfig) -> str:
-        """Write ``config``; ``"created"``, ``"updated"`` or ``"queue_not_empty"``."""
+    async def configure(
+        self,
+        event_id: str,
+        config: EventConfig,
+        *,
+        seed: str | None = None,
+        prequeue_salt: str | None = None,
+    ) -> str:
+        """Write ``config``; ``"created"``, ``"updated"`` or ``"queue_not_empty"``.
+
+        ``seed`` (hex) is the random method's seed, ``prequeue_salt`` (hex) the key of the
+        roster's hashed ids; each is stored only if the event has none yet.
+        """
         key_list, keys = self._call_keys(event_id)
         args: list[str | bytes] = [keys.seen_prefix, str(self.heartbeat_bucket_ms)]
         for field, value in config.to_redis().items():
             args += [field, value]
+        if seed is not None:
+            args += ["order_seed", seed]
+        if prequeue_salt is not None:
+            args += ["prequeue_salt", prequeue_salt]
         reply = await self._run(self._configure, key_list, args)
         outcome = _text(reply[0])
         if outcome != "queue_not_empty":
@@ -189,6 +230,18 @@ class QueueStore:
     async def get_config(self, event_id: str) -> EventConfig | None:
         fields = await self.redis.hgetall(event_keys(event_id).config)
         return EventConfig.from_redis(fields) if fields else None
+
+    async def order_seed(self, event_id: str) -> str | None:
+        """The random method's seed (hex) of the event, if it has one."""
+        return await self._config_field(event_id, "order_seed")
+
+    async def prequeue_salt(self, event_id: str) -> str | None:
+        """The key of the roster's hashed ids (hex), once the event has a pre-queue."""
+        return await self._config_field(event_id, "prequeue_salt")
+
+    async def _config_field(self, event_id: str, name: str) -> str | None:
+        value = await self.redis.hget(event_keys(event_id).config, name)
+        return None if value is None else _text(value)
 
     async def event_ids(self) -> list[str]:
         return sorted(_text(member) for member in await self.redis.smembers(EVENTS_SET))
@@ -219,7 +272,7 @@ class QueueStore:
         enter: bool,
         tier1_position: int | None = None,
         tier1_place: str = "",
-    ) -> Waiting | Admitted | Refusal:
+    ) -> Waiting | Admitted | Rostered | Refusal:
         """Enter or poll; ``tier1_place`` is ``Tier1Pass.place`` of a verified pass."""
         key_list, keys = self._call_keys(event_id)
         args: list[str | bytes] = [
@@ -228,9 +281,20 @@ class QueueStore:
             "" if tier1_position is None else str(tier1_position),
             tier1_place,
             "1" if enter else "0",
+            user_id,
         ]
         reply = await self._run(self._visit, key_list, args)
         kind = _text(reply[0])
+        if kind == "prequeue":
+            return Rostered(
+                member_id=_text(reply[1]),
+                roster_size=int(reply[2]),
+                sale_start_ms=int(reply[3]),
+                now_ms=int(reply[4]),
+                entered=bool(int(reply[5])),
+                number=int(reply[6]),
+                commitment=_text(reply[7]),
+            )
         if kind == "admitted":
             token = _text(reply[2])
             return Admitted(
@@ -257,8 +321,44 @@ class QueueStore:
                 session_seconds=int(reply[10]) // 1000,
                 idle_timeout_seconds=int(reply[11]) // 1000,
                 tier1_required=bool(int(reply[12])),
+                queue_method=QueueMethod(_text(reply[13])),
             )
         return Refusal(kind)
+
+    # -- the pre-queue -------------------------------------------------------------------
+
+    async def roster(self, event_id: str) -> list[str]:
+        """The roster's hashed ids in join order (frozen once the sale has started)."""
+        found = await self.redis.lrange(event_keys(event_id).roster, 0, -1)
+        return [_text(item) for item in found]
+
+    async def redis_now_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def prequeue_document(self, event_id: str) -> bytes | None:
+        """The document published at the reveal, if the reveal has begun."""
+        value = await self.redis.get(event_keys(event_id).prequeue_doc)
+        return None if value is None else _raw(value)
+
+    async def keep_prequeue_document(self, event_id: str, document: bytes) -> bytes:
+        """Store the reveal's document once; the one that counts (an earlier reveal's)."""
+        key = event_keys(event_id).prequeue_doc
+        await self.redis.set(key, document, nx=True)
+        return _raw(await self.redis.get(key))
+
+    async def place_roster(self, event_id: str, order: list[str], *, chunk: int = 1000) -> bool:
+        """Put the shuffled roster in line (ranks 1..n) and open admission; False if it was
+        revealed before (nothing is placed twice)."""
+        key_list, keys = self._call_keys(event_id)
+        for start in range(0, max(1, len(order)), chunk):
+            part = order[start : start + chunk]
+            final = start + chunk >= len(order)
+            args: list[str | bytes] = [keys.seen_prefix, str(start + 1), "1" if final else "0"]
+            reply = await self._run(self._prequeue_reveal, key_list, [*args, *part])
+            if _text(reply[0]) != "placed":
+                return False
+        return True
 
     async def keep_token(
         self, event_id: str, user_id: str, session_end_ms: int, token: str

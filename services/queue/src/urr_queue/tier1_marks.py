@@ -61,9 +61,10 @@ class SpentPlaceTable:
     ) -> bool:
         """Set ``spentAt`` on the row of this place; False when there is nothing to mark.
 
-        The condition names the number too: a row written again for the same request id (a
-        new place after the old one expired, or after a reset) is another place and stays
-        as it is. A row already marked keeps its first time.
+        The condition names the number too (the place's number, or under the random method
+        the admission sequence its pass was signed with): a row written again for the same
+        request id (a new place after the old one expired, or after a reset) is another place
+        and stays as it is. A row already marked keeps its first time.
         """
         try:
             await self._db.update_item(
@@ -71,7 +72,8 @@ class SpentPlaceTable:
                 Key={"eventId": {"S": event_id}, "requestId": {"S": request_id}},
                 UpdateExpression="SET spentAt = :at",
                 ConditionExpression=(
-                    "attribute_exists(requestId) AND #pos = :pos AND attribute_not_exists(spentAt)"
+                    "attribute_exists(requestId) AND (#pos = :pos OR grantSeq = :pos) "
+                    "AND attribute_not_exists(spentAt)"
                 ),
                 ExpressionAttributeNames={"#pos": "position"},
                 ExpressionAttributeValues={

@@ -7,12 +7,14 @@ routes and the function checks that a signed caller identity reached it.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import BaseRouter, Router
 from botocore.exceptions import BotoCoreError, ClientError
 
+from urr_common.fairness import QUEUE_METHODS, SEED_BYTES, QueueMethod, is_hex64
 from urr_common.tokens import TokenError
 from urr_vwr_lambda import proof_of_work
 from urr_vwr_lambda.advancer import advance_event
@@ -26,7 +28,7 @@ from urr_vwr_lambda.api import (
 from urr_vwr_lambda.pow_gate import BOT_CHALLENGES
 from urr_vwr_lambda.problem import VwrProblem
 from urr_vwr_lambda.runtime import VwrRuntime
-from urr_vwr_lambda.store import EventNotFound, EventState
+from urr_vwr_lambda.store import EventNotFound, EventState, line_order_of
 
 MAX_BATCH = 100_000
 
@@ -109,6 +111,42 @@ def _bot_challenge(body: dict[str, Any], existing: EventState | None) -> tuple[s
     return str(challenge), bits
 
 
+def _queue_method(
+    body: dict[str, Any], existing: EventState | None
+) -> tuple[QueueMethod | None, str | None]:
+    """``(queueMethod, orderSeed)`` of the body, validated; the seed is drawn for a new event.
+
+    The seed is written once (422 for another); fifo and random order the line differently,
+    so switching between them waits for an empty run (a new event, or after a reset).
+    """
+    raw = body.get("queueMethod")
+    method = None
+    if raw is not None:
+        if raw not in QUEUE_METHODS:
+            raise VwrProblem(
+                422, "validation_failed", f"queueMethod must be one of {', '.join(QUEUE_METHODS)}"
+            )
+        method = QueueMethod(raw)
+    seed = body.get("orderSeed")
+    if seed is not None and not is_hex64(seed):
+        raise VwrProblem(422, "validation_failed", "orderSeed must be 64 lowercase hex digits")
+    stored = existing.order_seed if existing else None
+    if stored is not None and seed is not None and seed != stored:
+        raise VwrProblem(422, "order_seed_immutable", "the event's orderSeed never changes")
+    if stored is None and seed is None:
+        seed = secrets.token_hex(SEED_BYTES)
+    if existing is not None and method is not None:
+        wanted = line_order_of(method)
+        if wanted is not None and wanted != existing.line_order and existing.next_position > 0:
+            raise VwrProblem(
+                409,
+                "line_not_empty",
+                "fifo and random order the line differently: switch between them before "
+                "anyone joins, or after a reset",
+            )
+    return method, seed
+
+
 def build_admin_router(runtime: VwrRuntime) -> Router:
     # Imported here: the gates' admin routes use this module's helpers.
     from urr_vwr_lambda.gates.admin_routes import (
@@ -132,6 +170,7 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         store = runtime.store
         existing = store.get_event(event_id, consistent=True)
         challenge = _bot_challenge(body, existing)
+        method, seed = _queue_method(body, existing)
         if batch is None:
             batch = (
                 existing.batch_size if existing else runtime.settings.advancer.default_batch_size
@@ -145,6 +184,8 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
             batch_size=batch,
             now_ms=runtime.now_ms(),
             bot_challenge=challenge,
+            queue_method=method,
+            order_seed=seed if existing is None or existing.order_seed is None else None,
         )
         runtime.event_cache.forget(event_id)
         try:

@@ -15,22 +15,27 @@ Scan):
 4. compare-and-set ``servingCounter`` (condition: unchanged since read, same epoch, and
    ``<= nextPosition``), so two advancers or an admin at once can never double-advance.
 
+The queueing method changes step 3: ``random`` grants the places with the smallest order keys
+among those waiting (``_grant_random``); ``passthrough`` and ``reject`` advance nothing (every
+check is let in, or nobody waits).
+
 Each run also republishes the edge document (active events and public keys).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
+from urr_common.fairness import QueueMethod
 from urr_vwr_lambda.capacity import CapacityUnavailable, fetch_capacity
-from urr_vwr_lambda.queueing import CapacityFeed, smoothed_rate, walk_positions
+from urr_vwr_lambda.queueing import CapacityFeed, pick_random, smoothed_rate, walk_positions
 from urr_vwr_lambda.runtime import VwrRuntime
-from urr_vwr_lambda.store import EventNotFound, StaleCounter
+from urr_vwr_lambda.store import EventNotFound, EventState, StaleCounter
 
 _SAFETY_MARGIN_MS = 5000
 #: Rows read beyond the cycle's budget in the first page: most cycles skip no abandoned place,
@@ -73,6 +78,16 @@ class AdvanceOutcome:
         }
 
 
+def _nothing_to_advance(state: EventState) -> str | None:
+    """Why this event's line cannot move now, or None."""
+    if state.queue_method in (QueueMethod.PASSTHROUGH, QueueMethod.REJECT):
+        # Everyone is let in at their check, or nobody waits: nothing to advance.
+        return state.queue_method.value
+    if state.serving_counter >= state.next_position:
+        return "queue_end"
+    return None
+
+
 def advance_event(
     runtime: VwrRuntime,
     event_id: str,
@@ -107,8 +122,9 @@ def advance_event(
         if not state.is_active:
             return unchanged("inactive")
         requested = state.batch_size
-    if state.serving_counter >= state.next_position:
-        return unchanged("queue_end")
+    idle = _nothing_to_advance(state)
+    if idle is not None:
+        return unchanged(idle)
     settings = runtime.settings
     try:
         feed = fetch_capacity(settings.queue.url, event_id, timeout_s=settings.queue.timeout_s)
@@ -124,6 +140,8 @@ def advance_event(
         return unchanged("capacity", feed)
     now_s = runtime.now_s()
     cutoff = now_s - settings.advancer.abandon_after_s
+    if state.queue_method is QueueMethod.RANDOM:
+        return _grant_random(runtime, state, requested, budget, cutoff, feed, interval_s)
     walk = walk_positions(
         store.places_above(
             state, upto=state.next_position, now_s=now_s, page_size=budget + _PAGE_MARGIN
@@ -148,10 +166,6 @@ def advance_event(
         return unchanged("concurrent_update", feed)
     runtime.metrics.add_metric(name="AdvancedLive", unit=MetricUnit.Count, value=walk.live)
     runtime.metrics.add_metric(name="SkippedAbandoned", unit=MetricUnit.Count, value=walk.skipped)
-    if walk.live >= budget:
-        limited_by = "requested" if budget == requested else "capacity"
-    else:
-        limited_by = "queue_end"
     return AdvanceOutcome(
         event_id,
         state.serving_counter,
@@ -159,6 +173,90 @@ def advance_event(
         after.next_position,
         walk.live,
         walk.skipped,
+        _limited_by(walk.live, budget, requested),
+        feed,
+    )
+
+
+def _limited_by(live: int, budget: int, requested: int) -> str:
+    if live >= budget:
+        return "requested" if budget == requested else "capacity"
+    return "queue_end"
+
+
+#: The random method draws among at most this many numbers above its floor per cycle: the
+#: cost of a cycle stays bounded (about 2 reads per 100 numbers); later arrivals join the
+#: draw as the floor moves up.
+RANDOM_WINDOW = 10_000
+
+
+def _grant_random(
+    runtime: VwrRuntime,
+    state: EventState,
+    requested: int,
+    budget: int,
+    cutoff: int,
+    feed: CapacityFeed,
+    interval_s: float,
+) -> AdvanceOutcome:
+    """The random method's cycle: grant the ``budget`` smallest order keys among the waiting.
+
+    The counters item is compare-and-set first (``servingCounter`` counts grants, and the
+    floor moves), then the grants are written numbered from the old count: two advancers at
+    once never grant the same numbers, and a lost race grants nothing.
+    """
+    store = runtime.store
+    upto = min(state.next_position, state.line_floor + RANDOM_WINDOW)
+    reading = replace(state, serving_counter=state.line_floor)
+    pick = pick_random(
+        store.places_above(reading, upto=upto, now_s=runtime.now_s()),
+        seed=state.seed_bytes,
+        line_floor=state.line_floor,
+        budget=budget,
+        cutoff=cutoff,
+        max_skips=runtime.settings.advancer.max_skips_per_step,
+        mark_abandoned=lambda row: store.mark_abandoned(state, row, cutoff_s=cutoff),
+    )
+    granted = len(pick.granted)
+    unchanged = AdvanceOutcome(
+        state.event_id,
+        state.serving_counter,
+        state.serving_counter,
+        state.next_position,
+        0,
+        pick.skipped,
+        "queue_end",
+        feed,
+    )
+    if not granted and pick.line_floor == state.line_floor:
+        return unchanged
+    rate = None
+    if interval_s > 0:
+        rate = smoothed_rate(state.admit_rate, granted / interval_s, interval_s)
+    try:
+        after = store.advance_to(
+            state,
+            serving_counter=state.serving_counter + granted,
+            admit_rate=rate,
+            now_ms=runtime.now_ms(),
+            line_floor=pick.line_floor,
+        )
+    except StaleCounter:
+        runtime.metrics.add_metric(name="AdvanceRaceLost", unit=MetricUnit.Count, value=1)
+        return replace(unchanged, limited_by="concurrent_update")
+    now_s = runtime.now_s()
+    for seq, row in enumerate(pick.granted, start=state.serving_counter + 1):
+        store.grant(state, row, seq=seq, now_s=now_s)
+    runtime.metrics.add_metric(name="AdvancedLive", unit=MetricUnit.Count, value=granted)
+    runtime.metrics.add_metric(name="SkippedAbandoned", unit=MetricUnit.Count, value=pick.skipped)
+    limited_by = _limited_by(granted, budget, requested)
+    return AdvanceOutcome(
+        state.event_id,
+        state.serving_counter,
+        after.serving_counter,
+        after.next_position,
+        granted,
+        pick.skipped,
         limited_by,
         feed,
     )

@@ -26,6 +26,7 @@ from aws_lambda_powertools.event_handler.api_gateway import BaseRouter, Router
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 
+from urr_common.fairness import QueueMethod
 from urr_common.tokens import TokenError
 from urr_vwr_lambda import pow_gate, tier1
 from urr_vwr_lambda.access import AccessIdentity
@@ -185,15 +186,27 @@ def admit_rate(runtime: VwrRuntime, state: EventState) -> float:
 
 
 def waiting_figures(runtime: VwrRuntime, state: EventState, position: int) -> dict[str, Any]:
+    poll = runtime.settings.poll
+    if state.queue_method is QueueMethod.RANDOM:
+        # The draw decides who goes next: how many are ahead is not known until then.
+        waiting = max(0, state.next_position - state.serving_counter)
+        return {
+            "position": position,
+            "ahead": None,
+            "servingCounter": state.serving_counter,
+            "etaSeconds": None,
+            "pollAfterSeconds": poll_after_seconds(-1, waiting, min_s=poll.min_s, max_s=poll.max_s),
+            "queueMethod": state.queue_method.value,
+        }
     ahead = people_ahead(position, state.serving_counter)
     eta = eta_seconds(ahead, admit_rate(runtime, state))
-    poll = runtime.settings.poll
     return {
         "position": position,
         "ahead": ahead,
         "servingCounter": state.serving_counter,
         "etaSeconds": eta if eta >= 0 else None,
         "pollAfterSeconds": poll_after_seconds(eta, ahead, min_s=poll.min_s, max_s=poll.max_s),
+        "queueMethod": state.queue_method.value,
     }
 
 
@@ -282,6 +295,8 @@ def assign_place(
         return 200, held, state
     if not state.is_active:
         raise room_inactive(event_id)
+    if state.queue_method is QueueMethod.REJECT:
+        raise event_closed(event_id)
     pow_gate.require_solved(state, pow_solved)
     try:
         position, epoch = reservation.result()
@@ -398,6 +413,48 @@ _CLAIM_IN_FLIGHT_S = 10
 _IN_FLIGHT_READS = 8
 
 
+def event_closed(event_id: str) -> VwrProblem:
+    """The queueing method ``reject``: nobody waits (the page says sold out / closed)."""
+    return VwrProblem(
+        409,
+        "event_closed",
+        f"event {event_id} takes nobody into its waiting room: it is sold out or closed",
+    )
+
+
+def still_waiting(state: EventState, event_id: str) -> None:
+    """A place not let in waits on, unless the room is off or takes nobody (4xx)."""
+    if not state.is_active:
+        raise room_inactive(event_id)
+    if state.queue_method is QueueMethod.REJECT:
+        raise event_closed(event_id)
+
+
+def granted_copy(runtime: VwrRuntime, state: EventState, place: Place) -> Place:
+    """Random method: a grant is written to the place, not the counters, so a warm copy of a
+    place not granted yet is read again (one read per check of a waiting random place)."""
+    if state.queue_method is not QueueMethod.RANDOM or place.grant_seq is not None:
+        return place
+    stored = runtime.store.get_place(place.event_id, place.request_id)
+    if stored is None:
+        return place
+    runtime.place_cache.put(stored)
+    return stored
+
+
+def let_in(state: EventState, place: Place) -> bool:
+    """Whether this place is admitted now, by the event's queueing method.
+
+    Random: the advancer granted it, or the floor passed it while its line item was still
+    being written (as FIFO lets in a number the serving counter passed).
+    """
+    if state.queue_method is QueueMethod.PASSTHROUGH:
+        return True
+    if state.queue_method is QueueMethod.RANDOM:
+        return place.grant_seq is not None or place.position <= state.line_floor
+    return is_admitted(place.position, state.serving_counter)
+
+
 def room_inactive(event_id: str) -> VwrProblem:
     return VwrProblem(
         409,
@@ -426,12 +483,13 @@ def check_place(
     if place.spent_at is not None:
         raise place_spent()
     runtime.metrics.add_metric(name="Check", unit=MetricUnit.Count, value=1)
-    if is_admitted(place.position, state.serving_counter):
+    if warm_copy:
+        place = granted_copy(runtime, state, place)
+    if let_in(state, place):
         if warm_copy and reusable_token(place, now_s):
             place = fresh_admitted_place(runtime, place)
         return admitted_response(runtime, state, place, now_s)
-    if not state.is_active:
-        raise room_inactive(event_id)
+    still_waiting(state, event_id)
     poll = runtime.settings.poll
     if now_s - place.last_seen >= poll.last_seen_write_interval_s:
         # The write is conditional on the place not being given up, so a stale cached copy
@@ -523,6 +581,18 @@ def place_spent() -> VwrProblem:
 _MIN_TOKEN_LIFE_S = 60
 
 
+def signed_position(state: EventState, place: Place) -> int:
+    """The number the pass carries, by which Tier 2 orders its queue.
+
+    Random: the grant sequence (Tier 2 then sees passes numbered in the order of the draw);
+    a place the floor passed unread gets the current count, a number already let in, so it
+    goes next in Tier 2 rather than waiting for a number of its own.
+    """
+    if state.queue_method is QueueMethod.RANDOM:
+        return place.grant_seq or max(1, state.serving_counter)
+    return place.position
+
+
 def admitted_response(
     runtime: VwrRuntime, state: EventState, place: Place, now_s: int
 ) -> Response[str]:
@@ -533,7 +603,7 @@ def admitted_response(
             signer,
             event_id=place.event_id,
             request_id=place.request_id,
-            position=place.position,
+            position=signed_position(state, place),
             user_id=place.user_id,
             now=now_s,
         )

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from urr_common.fairness import order_key
+
 #: Below this admission rate the ETA is "unknown" rather than an absurd number.
 _MIN_RATE_PER_S = 1e-3
 #: ETAs are capped (about 115 days): nothing beyond that is a meaningful promise.
@@ -95,6 +97,8 @@ class PositionRow:
     position: int
     last_seen: int
     admitted: bool = False
+    #: Random method: the advancer already chose this place.
+    granted: bool = False
 
     def abandoned_by(self, cutoff: int) -> bool:
         """Its checks stopped before ``cutoff`` (epoch seconds) and it never got in."""
@@ -149,6 +153,58 @@ def walk_positions(
         if live >= budget:
             break
     return WalkResult(new_serving, live, skipped, examined)
+
+
+@dataclass(frozen=True)
+class RandomPick:
+    """One random-method cycle: places granted (in grant order), given up, the new floor."""
+
+    granted: list[PositionRow]
+    skipped: int
+    line_floor: int
+
+
+def pick_random(
+    rows: Iterable[PositionRow],
+    *,
+    seed: bytes,
+    line_floor: int,
+    budget: int,
+    cutoff: int,
+    max_skips: int,
+    mark_abandoned: Callable[[PositionRow], bool],
+) -> RandomPick:
+    """Grant up to ``budget`` waiting places, smallest order key first (``urr_common.fairness``).
+
+    ``rows`` are the live places above ``line_floor`` in number order. A waiter whose checks
+    stopped is given up first (as the FIFO walk does), so a no-show never takes a grant. The
+    floor then moves up to just below the lowest place still waiting (or to the last place
+    read when none waits), never past a number not read: a place whose line item was still
+    being written is below the floor only if a later one was read, and its check lets it in.
+    """
+    waiting: list[PositionRow] = []
+    quiet: list[int] = []  # stopped checking, not given up yet (skip limit): never drawn
+    last_read = line_floor
+    skipped = 0
+    for row in rows:
+        last_read = max(last_read, row.position)
+        if row.granted or row.admitted:
+            continue
+        if row.abandoned_by(cutoff):
+            if skipped >= max_skips:
+                quiet.append(row.position)
+                continue
+            if mark_abandoned(row):
+                skipped += 1
+                continue
+            # The mark failed: the waiter checked in meanwhile, so it still waits.
+        waiting.append(row)
+    drawn = sorted(waiting, key=lambda row: (order_key(seed, row.request_id), row.request_id))
+    granted = drawn[: max(0, budget)]
+    chosen = {row.position for row in granted}
+    still = quiet + [row.position for row in waiting if row.position not in chosen]
+    floor = min(still) - 1 if still else last_read
+    return RandomPick(granted=granted, skipped=skipped, line_floor=max(line_floor, floor))
 
 
 def strong_etag(body: object) -> str:

@@ -3,12 +3,17 @@
 ``counters`` (PK ``eventId``): ``nextPosition`` (the last number handed out), ``servingCounter``
 (every number up to it is admitted), ``isActive``, ``batchSize``, ``updatedAt`` (epoch ms),
 ``epoch`` (bumped by a reset, so rows of earlier runs count as gone without deleting them),
-``admitRate`` (admissions per second, smoothed by the advancer). The item ``#active`` lists the
+``admitRate`` (admissions per second, smoothed by the advancer), ``queueMethod`` (``fifo``,
+``random``, ``passthrough``, ``reject``), ``orderSeed`` (hex, written once: the random
+method's secret) and ``lineFloor`` (random method: every number up to it has been granted or
+given up; ``servingCounter`` then counts grants). The item ``#active`` lists the
 active events in a string set, so the advancer finds them with one GetItem, never a Scan.
 
 ``positions`` (PK ``eventId``, SK ``requestId``): ``position``, ``epoch``, ``userId``,
 ``createdAt``, ``lastSeen`` and ``ttl`` (epoch seconds; 24 h), ``abandoned``, ``token``,
-``tokenExp``, ``admittedAt``, ``spentAt`` (epoch s: the place admitted its holder to Tier 2 and
+``tokenExp``, ``admittedAt``, ``grantedAt`` and ``grantSeq`` (random method: the advancer
+chose this place, the ``grantSeq``-th, which its pass is signed with),
+``spentAt`` (epoch s: the place admitted its holder to Tier 2 and
 that stay is over; written by the queue service, ``urr_queue.tier1_marks``). Items with SK
 ``user#<id>`` are a logged-in user's claim (``ownerRequestId``, ``claimedPosition``): one place
 per user and event. Items with SK
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from urr_common.fairness import QueueMethod, seed_commitment
 from urr_vwr_lambda.ids import ACTIVE_REGISTRY_ID, line_key, user_claim_key
 from urr_vwr_lambda.queueing import PositionRow
 
@@ -64,16 +70,33 @@ class EventState:
     #: ``none`` or ``pow`` (the assign gate of ``pow_gate``), and the puzzle's difficulty.
     bot_challenge: str = "none"
     pow_bits: int = 0
+    queue_method: QueueMethod = QueueMethod.FIFO
+    #: The random method's seed (hex); secret while people queue.
+    order_seed: str | None = None
+    #: Random method: every number up to here was granted or given up.
+    line_floor: int = 0
+    #: How the line of this run is ordered: ``seq`` (numbers: fifo) or ``key`` (random).
+    #: passthrough and reject keep the order they found.
+    line_order: str = "seq"
+
+    @property
+    def seed_bytes(self) -> bytes:
+        return bytes.fromhex(self.order_seed or "")
 
     def public(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "eventId": self.event_id,
             "isActive": self.is_active,
             "servingCounter": self.serving_counter,
             "nextPosition": self.next_position,
             "waiting": max(0, self.next_position - self.serving_counter),
             "updatedAt": self.updated_at_ms,
+            "queueMethod": self.queue_method.value,
         }
+        if self.order_seed:
+            # Public from the start, so the seed revealed later can be checked against it.
+            body["orderSeedCommitment"] = seed_commitment(self.seed_bytes)
+        return body
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,8 @@ class Place:
     token_exp: int | None
     #: When Tier 2 reported the place spent (epoch s): it admitted once, never again.
     spent_at: int | None = None
+    #: Random method: the admission sequence number the advancer granted this place.
+    grant_seq: int | None = None
 
     def current(self, epoch: int, now_s: int) -> bool:
         """Of this run of the room, not expired, not given up, not spent."""
@@ -125,6 +150,15 @@ MAX_PAGE = 500
 _BATCH_KEYS = 100
 
 
+def line_order_of(method: QueueMethod) -> str | None:
+    """The line order a method needs (``None``: it keeps the line as it is)."""
+    if method is QueueMethod.RANDOM:
+        return "key"
+    if method is QueueMethod.FIFO:
+        return "seq"
+    return None
+
+
 def _conditional_failed(exc: ClientError) -> bool:
     code = exc.response.get("Error", {}).get("Code", "")
     return code in ("ConditionalCheckFailedException", "TransactionCanceledException")
@@ -153,12 +187,17 @@ def _event_state(item: Item) -> EventState:
         admit_rate=float(rate["N"]) if rate and "N" in rate else None,
         bot_challenge=_s(item, "botChallenge") or "none",
         pow_bits=_n(item, "powBits"),
+        queue_method=QueueMethod(_s(item, "queueMethod") or QueueMethod.FIFO.value),
+        order_seed=_s(item, "orderSeed"),
+        line_floor=_n(item, "lineFloor"),
+        line_order=_s(item, "lineOrder") or "seq",
     )
 
 
 def _place(item: Item) -> Place:
     token_exp = item.get("tokenExp")
     spent_at = item.get("spentAt")
+    grant_seq = item.get("grantSeq")
     return Place(
         event_id=_s(item, "eventId") or "",
         request_id=_s(item, "requestId") or "",
@@ -171,6 +210,7 @@ def _place(item: Item) -> Place:
         token=_s(item, "token"),
         token_exp=int(token_exp["N"]) if token_exp and "N" in token_exp else None,
         spent_at=int(spent_at["N"]) if spent_at and "N" in spent_at else None,
+        grant_seq=int(grant_seq["N"]) if grant_seq and "N" in grant_seq else None,
     )
 
 
@@ -222,10 +262,13 @@ class VwrStore:
         batch_size: int,
         now_ms: int,
         bot_challenge: tuple[str, int] | None = None,
+        queue_method: QueueMethod | None = None,
+        order_seed: str | None = None,
     ) -> EventState:
         """Create or change an event; the active-event registry changes in the same transaction.
 
-        ``bot_challenge`` is ``(botChallenge, powBits)`` when the caller changes them.
+        ``bot_challenge`` is ``(botChallenge, powBits)`` when the caller changes them;
+        ``queue_method`` when it changes; ``order_seed`` is written only if none is stored.
         """
         registry_update = "ADD events :set" if is_active else "DELETE events :set"
         challenge_update, challenge_values = "", dict[str, Any]()
@@ -235,6 +278,16 @@ class VwrStore:
                 ":challenge": {"S": bot_challenge[0]},
                 ":bits": _num(bot_challenge[1]),
             }
+        if queue_method is not None:
+            challenge_update += ", queueMethod = :method"
+            challenge_values[":method"] = {"S": queue_method.value}
+            order = line_order_of(queue_method)
+            if order is not None:
+                challenge_update += ", lineOrder = :order"
+                challenge_values[":order"] = {"S": order}
+        if order_seed is not None:
+            challenge_update += ", orderSeed = if_not_exists(orderSeed, :seed)"
+            challenge_values[":seed"] = {"S": order_seed}
         self._db.transact_write_items(
             TransactItems=[
                 {
@@ -289,7 +342,8 @@ class VwrStore:
                 Key={"eventId": {"S": event_id}},
                 UpdateExpression=(
                     "SET nextPosition = :zero, servingCounter = :zero, updatedAt = :now, "
-                    "epoch = if_not_exists(epoch, :one) + :one REMOVE admitRate, lastAdvanceAt"
+                    "epoch = if_not_exists(epoch, :one) + :one, lineFloor = :zero "
+                    "REMOVE admitRate, lastAdvanceAt"
                 ),
                 ConditionExpression="attribute_exists(eventId)",
                 ExpressionAttributeValues={":zero": _num(0), ":one": _num(1), ":now": _num(now_ms)},
@@ -629,6 +683,7 @@ class VwrStore:
                     position=position,
                     last_seen=_n(item, "lastSeen"),
                     admitted="admittedAt" in item,
+                    granted="grantedAt" in item,
                 )
             low = high + 1
 
@@ -648,7 +703,7 @@ class VwrStore:
 
     def _line_places(self, event_id: str, request_ids: Iterable[str]) -> dict[str, Item]:
         keys = [{"eventId": {"S": event_id}, "requestId": {"S": r}} for r in set(request_ids)]
-        projection = "requestId, #pos, epoch, #ttl, lastSeen, admittedAt, abandoned"
+        projection = "requestId, #pos, epoch, #ttl, lastSeen, admittedAt, grantedAt, abandoned"
         return {
             _s(item, "requestId") or "": item
             for item in self._get_many(keys, projection, {"#pos": "position", "#ttl": "ttl"})
@@ -683,7 +738,8 @@ class VwrStore:
                 Key={"eventId": {"S": state.event_id}, "requestId": {"S": row.request_id}},
                 UpdateExpression="SET abandoned = :true",
                 ConditionExpression=(
-                    "epoch = :epoch AND lastSeen < :cutoff AND attribute_not_exists(admittedAt)"
+                    "epoch = :epoch AND lastSeen < :cutoff AND attribute_not_exists(admittedAt) "
+                    "AND attribute_not_exists(grantedAt)"
                 ),
                 ExpressionAttributeValues={
                     ":true": {"BOOL": True},
@@ -698,16 +754,26 @@ class VwrStore:
         return True
 
     def advance_to(
-        self, state: EventState, *, serving_counter: int, admit_rate: float | None, now_ms: int
+        self,
+        state: EventState,
+        *,
+        serving_counter: int,
+        admit_rate: float | None,
+        now_ms: int,
+        line_floor: int | None = None,
     ) -> EventState:
         """Compare-and-set the serving counter; never beyond ``nextPosition``."""
         update = "SET servingCounter = :new, lastAdvanceAt = :now, updatedAt = :now"
+        if line_floor is not None:
+            update += ", lineFloor = :floor"
         values: dict[str, Any] = {
             ":new": _num(serving_counter),
             ":old": _num(state.serving_counter),
             ":epoch": _num(state.epoch),
             ":now": _num(now_ms),
         }
+        if line_floor is not None:
+            values[":floor"] = _num(line_floor)
         if admit_rate is not None:
             update += ", admitRate = :rate"
             values[":rate"] = _num(round(admit_rate, 3))
@@ -727,6 +793,31 @@ class VwrStore:
                 raise StaleCounter(state.event_id) from exc
             raise
         return _event_state(answer["Attributes"])
+
+    def grant(self, state: EventState, row: PositionRow, *, seq: int, now_s: int) -> bool:
+        """Random method: admit this place as the ``seq``-th; False if it was given up."""
+        try:
+            self._db.update_item(
+                TableName=self.positions_table,
+                Key={"eventId": {"S": state.event_id}, "requestId": {"S": row.request_id}},
+                UpdateExpression="SET grantedAt = :now, grantSeq = :seq",
+                ConditionExpression=(
+                    "epoch = :epoch AND #pos = :pos AND attribute_not_exists(abandoned) "
+                    "AND attribute_not_exists(grantedAt)"
+                ),
+                ExpressionAttributeNames={"#pos": "position"},
+                ExpressionAttributeValues={
+                    ":now": _num(now_s),
+                    ":seq": _num(seq),
+                    ":epoch": _num(state.epoch),
+                    ":pos": _num(row.position),
+                },
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -106,9 +106,80 @@ PATHS: Json = {
             },
         },
     },
+    "/v1/log/{eventId}/prequeue": {
+        "parameters": [EVENT_PARAM],
+        "get": {
+            "operationId": "prequeue",
+            "summary": "The pre-queue's published data: `urr-verify shuffle` reads it as is.",
+            "description": "Before the sale: the commitment (SHA-256 of the secret) and the "
+            "times, short-lived. After the reveal: also the frozen roster (salted hashed ids in "
+            "join order), its Merkle root and the secret, `immutable` once every member is in.",
+            "responses": {
+                "200": json_body(ref("Prequeue"), "What has been published."),
+                "304": NOT_MODIFIED,
+                "400": BAD_EVENT,
+                "404": problem("No pre-queue published for this event.", "no_prequeue"),
+            },
+        },
+    },
+    "/v1/log/{eventId}/prequeue/proof": {
+        "parameters": [EVENT_PARAM],
+        "get": {
+            "operationId": "prequeueMembership",
+            "summary": "A member's RFC 9162 inclusion proof in the roster's tree.",
+            "parameters": [
+                {
+                    "name": "member",
+                    "in": "query",
+                    "required": True,
+                    "description": "The hashed id the queue answered with (`member_id`).",
+                    "schema": {"type": "string", "pattern": "^([0-9a-f]{2})+$"},
+                }
+            ],
+            "responses": {
+                "200": json_body(ref("RosterProof"), "The proof."),
+                "304": NOT_MODIFIED,
+                "400": problem(
+                    "Malformed event or member.", "invalid_event_id", "invalid_parameter"
+                ),
+                "404": problem("Not revealed, or not a member.", "no_prequeue", "not_in_roster"),
+            },
+        },
+    },
 }
 
 SCHEMAS: Json = {
+    "Prequeue": {
+        "type": "object",
+        "required": ["eventId", "commitment", "prequeueStart", "saleStart", "revealed"],
+        "properties": {
+            "eventId": {"type": "string"},
+            "commitment": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "prequeueStart": {"type": "string", "format": "date-time"},
+            "saleStart": {"type": "string", "format": "date-time"},
+            "revealed": {"type": "boolean"},
+            "size": {"type": "integer", "minimum": 0},
+            "root": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "secret": {"type": "string", "pattern": "^([0-9a-f]{2})+$"},
+            "membersPublished": {"type": "integer", "minimum": 0},
+            "members": {
+                **HEX_LIST,
+                "description": "Present once all `size` members are published.",
+            },
+        },
+    },
+    "RosterProof": {
+        "type": "object",
+        "required": ["eventId", "member", "leafIndex", "treeSize", "root", "proof"],
+        "properties": {
+            "eventId": {"type": "string"},
+            "member": {"type": "string"},
+            "leafIndex": {"type": "integer", "minimum": 0},
+            "treeSize": {"type": "integer", "minimum": 1},
+            "root": {"type": "string"},
+            "proof": HEX_LIST,
+        },
+    },
     "TreeHead": {
         "type": "object",
         "required": ["eventId", "size", "root", "sth"],

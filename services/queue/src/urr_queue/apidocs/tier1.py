@@ -34,12 +34,20 @@ queue (send it to `enter` as the `X-Vwr-Token` header or the cookie).
   send `pow` with the assign.
 """
 
+QUEUE_METHOD: Json = {
+    "enum": ["fifo", "random", "passthrough", "reject"],
+    "description": "How the line is ordered: by arrival (`fifo`), by a draw from the event's "
+    "seed made at entry (`random`: `ahead` and `etaSeconds` are then null), everyone straight "
+    "in (`passthrough`), or nobody waits (`reject`: assigns are `409 event_closed`).",
+}
+
 PLACE_FIGURES: Json = {
     "position": {"type": "integer", "minimum": 1},
-    "ahead": {"type": "integer", "minimum": 0},
+    "ahead": {"type": ["integer", "null"], "minimum": 0},
     "servingCounter": {"type": "integer", "minimum": 0},
     "etaSeconds": {"type": ["integer", "null"]},
     "pollAfterSeconds": {"type": "integer", "minimum": 1},
+    "queueMethod": QUEUE_METHOD,
 }
 
 PATHS: Json = {
@@ -71,10 +79,11 @@ PATHS: Json = {
                 ),
                 "404": problem("No waiting room for this event.", "event_not_found"),
                 "409": problem(
-                    "Retry with the same requestId, or go straight in.",
+                    "Retry with the same requestId, go straight in, or sold out / closed.",
                     "assign_conflict",
                     "pow_replayed",
                     "room_inactive",
+                    "event_closed",
                 ),
                 "413": problem("The body is too large.", "payload_too_large"),
                 "415": problem("Send application/json.", "unsupported_media_type"),
@@ -107,7 +116,11 @@ PATHS: Json = {
                 ),
                 "400": problem("Malformed request id.", "bad_request_id"),
                 "404": problem("Unknown event or place.", "event_not_found", "position_not_found"),
-                "409": problem("The room is off: go straight in.", "room_inactive"),
+                "409": problem(
+                    "The room is off (go straight in), or it takes nobody (sold out / closed).",
+                    "room_inactive",
+                    "event_closed",
+                ),
                 "410": problem(
                     "The place is gone: take a new one.", "position_abandoned", "place_spent"
                 ),
@@ -216,6 +229,13 @@ SCHEMAS: Json = {
             "nextPosition": {"type": "integer", "minimum": 0},
             "waiting": {"type": "integer", "minimum": 0},
             "updatedAt": {"type": "integer", "description": "Unix milliseconds."},
+            "queueMethod": QUEUE_METHOD,
+            "orderSeedCommitment": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{64}$",
+                "description": "SHA-256 of the event's order seed (hex), public while the "
+                "seed is secret: the seed revealed later must hash to it.",
+            },
         },
     },
     "Challenge": {

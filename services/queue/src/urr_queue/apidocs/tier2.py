@@ -35,6 +35,11 @@ browser receives).
   tight loop.
 * Once `status` is `admitted`, stop polling the queue; `expires_in_seconds` says how long the
   entry token lasts (polling does not renew it). `POST leave` gives the place or session back.
+* An event with a **pre-queue**: whoever enters between its start and the sale start gets
+  `status: prequeue` (keep polling); at the sale start the roster is shuffled by a secret
+  committed to beforehand, and everyone on it is placed ahead of later arrivals. The roster,
+  its root and the secret are published at `/v1/log/{{eventId}}/prequeue` (`urr-verify
+  shuffle` recomputes the order); `member_id` is this user's entry in it.
 * For an event behind a Tier-1 waiting room, send the Tier-1 pass (`urr-vwr-token` cookie, or
   the `X-Vwr-Token` header) with `enter`; the place follows the number signed into it.
 """
@@ -68,6 +73,11 @@ WAITING: Json = {
             "description": "When to poll next.",
         },
         "mode": {"enum": ["queue", "passthrough", "paused", "closed"]},
+        "queue_method": {
+            "enum": ["fifo", "random", "passthrough", "reject"],
+            "description": "How the line is ordered: by arrival, by a draw from the event's "
+            "seed made at entry, everyone straight in, or nobody waits (`409 event_closed`).",
+        },
     },
 }
 ADMITTED: Json = {
@@ -95,7 +105,38 @@ ADMITTED: Json = {
         "poll_after_seconds": {"type": "integer", "minimum": 1},
     },
 }
-PLACE = {"oneOf": [ref("Waiting"), ref("Admitted")]}
+PREQUEUE: Json = {
+    "type": "object",
+    "required": [
+        "status",
+        "event_id",
+        "member_id",
+        "roster_size",
+        "prequeue_commitment",
+        "sale_start",
+        "poll_after_seconds",
+    ],
+    "properties": {
+        "status": {"const": "prequeue"},
+        "event_id": {"type": "string"},
+        "member_id": {
+            "type": "string",
+            "pattern": "^[0-9a-f]+$",
+            "description": "This user's salted hashed id in the roster: the admission log "
+            "publishes the roster (`/v1/log/{eventId}/prequeue`), where it proves the entry.",
+        },
+        "roster_size": {"type": "integer", "minimum": 1},
+        "prequeue_commitment": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{64}$",
+            "description": "SHA-256 of the secret that shuffles the roster, fixed before the "
+            "pre-queue opened; the secret published at sale start must hash to it.",
+        },
+        "sale_start": {"type": "string", "format": "date-time"},
+        "poll_after_seconds": {"type": "integer", "minimum": MIN_POLL_S, "maximum": MAX_POLL_S},
+    },
+}
+PLACE = {"oneOf": [ref("Waiting"), ref("Admitted"), ref("Prequeue")]}
 
 COMMON_ERRORS: Json = {
     "400": problem("The event id is malformed.", "invalid_event_id", "invalid_user_id"),
@@ -132,6 +173,12 @@ PATHS: Json = {
                     "tier1_pass_bound",
                 ),
                 "404": problem("No queue for this event.", "event_not_found"),
+                "409": problem(
+                    "The event takes nobody (sold out or closed), or its pre-queue has not "
+                    "opened yet.",
+                    "event_closed",
+                    "prequeue_not_open",
+                ),
             },
         },
     },
@@ -149,6 +196,10 @@ PATHS: Json = {
                     "enter again.",
                     "not_in_queue",
                     "event_not_found",
+                ),
+                "409": problem(
+                    "The event takes nobody any more (sold out or closed): the place is gone.",
+                    "event_closed",
                 ),
             },
         },
@@ -184,6 +235,7 @@ PATHS: Json = {
 SCHEMAS: Json = {
     "Waiting": WAITING,
     "Admitted": ADMITTED,
+    "Prequeue": PREQUEUE,
     "Left": {
         "type": "object",
         "required": ["status", "event_id", "was"],

@@ -9,6 +9,14 @@ local K_ARRIVED = KEYS[11]
 -- passes: member -> the place its current stay came in with; spent: place -> ms it was spent;
 -- unmarked: places spent here that the Tier-1 table has not been told about yet (outbox).
 local K_PASSES, K_SPENT, K_UNMARKED = KEYS[12], KEYS[13], KEYS[14]
+-- The random method (queue_order 'key'): member -> its arrival number, which names its
+-- heartbeat bit while the queue's score is its order key.
+local K_ORDINALS = KEYS[15]
+-- The pre-queue (issue 19): roster (LIST of hashed ids, join order), hashed id -> member,
+-- and the document published at the reveal.
+local K_ROSTER, K_ROSTER_MEMBERS, K_PREQUEUE_DOC = KEYS[16], KEYS[17], KEYS[18]
+-- Queue scores of a pre-queue event: roster ranks 1..n, then later arrivals from here on.
+local AFTER_ROSTER = 1099511627776
 local SEEN_PREFIX = ARGV[1]
 -- Redis bitmaps stop at 2^32 bits; a queue number above that has no heartbeat (or arrival) bit.
 local MAX_BIT = 4294967295
@@ -20,12 +28,55 @@ end
 
 local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'mode', 'capacity', 'admit_per_second', 'session_ms',
-    'idle_ms', 'require_tier1', 'heartbeat_ms')
+    'idle_ms', 'require_tier1', 'heartbeat_ms', 'queue_method', 'queue_order',
+    'prequeue_start_ms', 'sale_start_ms')
   if not v[1] then return nil end
+  local method = v[8] or 'fifo'
+  local prequeue = v[10] and v[10] ~= '' and v[11] and v[11] ~= ''
   return {
+    prequeue = prequeue, prequeue_start = tonumber(v[10]), sale_start = tonumber(v[11]),
     mode = v[1], capacity = tonumber(v[2]), aps = tonumber(v[3]), session_ms = tonumber(v[4]),
     idle_ms = tonumber(v[5]), tier1 = (v[6] == '1'), hb_ms = tonumber(v[7]),
+    method = method, by_key = (v[9] == 'key'),
+    -- Everyone straight in: the operator's mode, or the event's queueing method.
+    passthrough = (v[1] == 'passthrough' or method == 'passthrough'),
   }
+end
+
+-- HMAC-SHA1 (RFC 2104) from Redis's SHA-1: the random method's order key must be drawn
+-- inside the entry script (atomic with taking the place) and agree with Tier 1's Python
+-- (urr_common.fairness.order_key).
+local function from_hex(text)
+  return (text:gsub('..', function(pair) return string.char(tonumber(pair, 16)) end))
+end
+
+local function hmac_sha1_hex(key, message)
+  if #key > 64 then key = from_hex(redis.sha1hex(key)) end
+  key = key .. string.rep('\0', 64 - #key)
+  local inner, outer = {}, {}
+  for i = 1, 64 do
+    local byte = string.byte(key, i)
+    inner[i] = string.char(bit.bxor(byte, 0x36))
+    outer[i] = string.char(bit.bxor(byte, 0x5c))
+  end
+  local inner_digest = from_hex(redis.sha1hex(table.concat(inner) .. message))
+  return redis.sha1hex(table.concat(outer) .. inner_digest)
+end
+
+-- The order key of an arrival: the HMAC's first 13 hex digits (52 bits, exact as a score).
+local function order_key(arrival_id)
+  local seed = redis.call('HGET', K_CONFIG, 'order_seed')
+  return tonumber(string.sub(hmac_sha1_hex(from_hex(seed), arrival_id), 1, 13), 16)
+end
+
+-- The queue number naming a waiter's heartbeat bit: its score, or under the random method
+-- its arrival number (the score is then its order key).
+local function waiter_number(cfg, member, score)
+  if cfg.by_key then
+    local ordinal = redis.call('HGET', K_ORDINALS, member)
+    if ordinal then return tonumber(ordinal) end
+  end
+  return tonumber(score)
 end
 
 -- Heartbeats: one bitmap per time bucket, bit = the waiter's queue number. Costs a bit per
@@ -82,4 +133,15 @@ local function admit_now(cfg, member, now)
   redis.call('ZADD', K_ACTIVE, expiry, member)
   record_admissions(now, 1)
   return expiry
+end
+
+-- The pre-queue's hashed id of a user: HMAC-SHA1 keyed by the event's secret salt (never the
+-- e-mail or the id itself in anything published).
+local function roster_id(arrival_id)
+  local salt = redis.call('HGET', K_CONFIG, 'prequeue_salt')
+  return hmac_sha1_hex(from_hex(salt), arrival_id)
+end
+
+local function prequeue_revealed()
+  return redis.call('HGET', K_STATS, 'prequeue_revealed') == '1'
 end

@@ -4,5 +4,6 @@
 if redis.call('EXISTS', K_CONFIG) == 0 then return {'no_event'} end
 local tokens = redis.call('HGETALL', K_TOKENS)
 redis.call('UNLINK', K_CONFIG, K_QUEUE, K_ACTIVE, K_TOKENS, K_SEQ, K_RIDS, K_MARKS, K_STATS,
-  K_ADMITS, K_RATE, K_ARRIVED, K_PASSES, K_SPENT, K_UNMARKED)
+  K_ADMITS, K_RATE, K_ARRIVED, K_PASSES, K_SPENT, K_UNMARKED, K_ORDINALS,
+  K_ROSTER, K_ROSTER_MEMBERS, K_PREQUEUE_DOC)
 return {'ok', tokens}

@@ -18,8 +18,10 @@ end
 if not only_admitted then
   local rank = redis.call('ZRANK', K_QUEUE, member)
   if rank then
-    local number = redis.call('ZSCORE', K_QUEUE, member)
+    local cfg = load_config()
+    local number = waiter_number(cfg, member, redis.call('ZSCORE', K_QUEUE, member))
     redis.call('ZREM', K_QUEUE, member)
+    redis.call('HDEL', K_ORDINALS, member)
     end_stay(member, now)
     return {'waiting', rank, number, now}
   end

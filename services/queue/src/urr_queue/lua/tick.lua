@@ -82,7 +82,11 @@ local active = redis.call('ZCARD', K_ACTIVE)
 
 local admitted, numbers, dropped, dropped_numbers = {}, {}, {}, {}
 local held, waived = 0, 0
-if cfg.mode == 'queue' or cfg.mode == 'closed' then
+-- The method 'reject' admits nobody from the queue (its waiters are turned away at their poll).
+-- A pre-queue event admits nobody until the reveal has placed its shuffled roster in line.
+local held_for_roster = cfg.prequeue and not prequeue_revealed()
+if (cfg.mode == 'queue' or cfg.mode == 'closed') and cfg.method ~= 'reject'
+    and not held_for_roster then
   -- Token bucket shared by every replica: the rate holds however many loops run.
   local bucket = redis.call('HMGET', K_RATE, 'tokens', 'ts')
   local tokens, ts = tonumber(bucket[1]), tonumber(bucket[2])
@@ -104,10 +108,14 @@ if cfg.mode == 'queue' or cfg.mode == 'closed' then
     if #popped == 0 then break end
     for i = 1, #popped, 2 do
       scanned = scanned + 1
-      local member, number = popped[i], popped[i + 1]
-      if is_live(cfg, tonumber(number), now) then
+      local member = popped[i]
+      local number = waiter_number(cfg, member, popped[i + 1])
+      if cfg.by_key then redis.call('HDEL', K_ORDINALS, member) end
+      if is_live(cfg, number, now) then
         admitted[#admitted + 1] = member
-        numbers[#numbers + 1] = number
+        -- A pre-queue event reports the owed place: the roster rank (or the later arrival's
+        -- score), which is what its admission log is audited against.
+        numbers[#numbers + 1] = cfg.prequeue and popped[i + 1] or number
       else
         dropped[#dropped + 1] = member
         dropped_numbers[#dropped_numbers + 1] = number

@@ -1,0 +1,167 @@
+"""The scheduled pre-queue of Tier 2 over HTTP: roster, freeze, reveal, shuffle (issue 19).
+
+The order the queue admits is checked against ``urr-verify shuffle`` run on the document the
+reveal publishes, so the service's shuffle and the verifier's are held to each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from urr_queue.app import ADMISSION_LOOP
+from urr_verify.__main__ import main as verify_main
+
+SECRET = bytes(range(32))
+COMMITMENT = hashlib.sha256(SECRET).hexdigest()
+ADMIN = "/api/v1/admin/queue/"
+
+
+def _at(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+async def _put(client: Any, headers: dict[str, str], event: str, **fields: Any) -> Any:
+    return await client.put(f"{ADMIN}{event}", json=fields, headers=headers)
+
+
+async def _admit_all(client: Any, want: int) -> list[tuple[str, int]]:
+    admitted: list[tuple[str, int]] = []
+    for _ in range(50 * want):
+        for result in await client.app[ADMISSION_LOOP].tick_all():
+            admitted += result.admitted
+        if len(admitted) >= want:
+            return admitted
+        await asyncio.sleep(0.005)
+    return admitted
+
+
+async def test_the_roster_is_shuffled_as_urr_verify_recomputes_it(
+    single_redis, queue_client, as_user, admin_headers, tmp_path: Path
+) -> None:
+    client = await queue_client(single_redis)
+    sale_in = 4.0
+    created = await _put(
+        client,
+        admin_headers,
+        "pre-1",
+        capacity=1000,
+        admit_per_second=100_000,
+        prequeue_start=_at(-1),
+        sale_start=_at(sale_in),
+        prequeue_commitment=COMMITMENT,
+    )
+    assert created.status == 201, await created.text()
+    users = [f"fan-{index:03d}" for index in range(40)]
+    member_of: dict[str, str] = {}
+    for user in users:
+        answer = await client.post("/api/v1/queue/pre-1/enter", headers=as_user(user))
+        assert answer.status == 201, await answer.text()
+        body = await answer.json()
+        assert body["status"] == "prequeue"
+        assert body["prequeue_commitment"] == COMMITMENT
+        member_of[user] = body["member_id"]
+    assert len(set(member_of.values())) == len(users)
+    assert all(user not in member for user, member in member_of.items())  # hashed, salted
+    again = await client.get("/api/v1/queue/pre-1/status", headers=as_user(users[0]))
+    assert (await again.json())["member_id"] == member_of[users[0]]
+    # Nobody is admitted before the reveal, and the reveal waits for the sale to start.
+    assert not any(result.admitted for result in await client.app[ADMISSION_LOOP].tick_all())
+    early = await client.post(
+        f"{ADMIN}pre-1/prequeue/reveal", json={"secret": SECRET.hex()}, headers=admin_headers
+    )
+    assert early.status == 409
+    assert (await early.json())["code"] == "sale_not_started"
+    await asyncio.sleep(sale_in + 0.2)
+    late = await client.post("/api/v1/queue/pre-1/enter", headers=as_user("late-fan"))
+    late_body = await late.json()
+    assert late_body["status"] == "waiting"
+    assert late_body["position"] == len(users) + 1  # behind the whole roster
+    wrong = await client.post(
+        f"{ADMIN}pre-1/prequeue/reveal", json={"secret": "00" * 32}, headers=admin_headers
+    )
+    assert wrong.status == 422
+    assert (await wrong.json())["code"] == "secret_mismatch"
+    assert not any(result.admitted for result in await client.app[ADMISSION_LOOP].tick_all())
+
+    revealed = await client.post(
+        f"{ADMIN}pre-1/prequeue/reveal", json={"secret": SECRET.hex()}, headers=admin_headers
+    )
+    assert revealed.status == 200, await revealed.text()
+    document = await revealed.json()
+    assert document["members"] == [member_of[user] for user in users]  # join order
+    published = {key: document[key] for key in ("members", "root", "commitment", "secret")}
+    path = tmp_path / "roster.json"
+    path.write_text(json.dumps(published))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert verify_main(["shuffle", str(path)]) == 0
+    order = json.loads(out.getvalue())["order"]
+    assert order == document["order"]
+    assert order != document["members"]
+
+    admitted = await _admit_all(client, len(users) + 1)
+    user_of = {member: user for user, member in member_of.items()}
+    assert [user for user, _ in admitted] == [user_of[m] for m in order] + ["late-fan"]
+    # Roster members are admitted as their rank (what the log is audited against).
+    assert [number for _, number in admitted[: len(users)]] == list(range(1, len(users) + 1))
+    # A repeated reveal answers the same document and places nobody again.
+    repeat = await client.post(
+        f"{ADMIN}pre-1/prequeue/reveal", json={"secret": SECRET.hex()}, headers=admin_headers
+    )
+    assert (await repeat.json())["order"] == order
+
+
+async def test_bad_pre_queues_are_422_and_store_nothing(
+    single_redis, queue_client, as_user, admin_headers
+) -> None:
+    client = await queue_client(single_redis)
+    good = {"prequeue_start": _at(60), "sale_start": _at(120), "prequeue_commitment": COMMITMENT}
+    bad_bodies: list[dict[str, Any]] = [
+        {**good, "prequeue_commitment": "abc"},
+        {**good, "prequeue_commitment": COMMITMENT.upper()},
+        {**good, "sale_start": _at(30)},
+        {**good, "sale_start": good["prequeue_start"]},
+        {"prequeue_start": good["prequeue_start"], "sale_start": good["sale_start"]},
+        {**good, "queue_method": "random"},
+        {**good, "prequeue_start": "tomorrow"},
+    ]
+    for body in bad_bodies:
+        answer = await _put(client, admin_headers, "pre-bad", **body)
+        assert answer.status == 422, body
+        assert answer.content_type == "application/problem+json"
+        missing = await client.get(f"{ADMIN}pre-bad", headers=admin_headers)
+        assert missing.status == 404, body
+
+    assert (await _put(client, admin_headers, "pre-bad", **good)).status == 201
+    assert (await _put(client, admin_headers, "pre-bad", **good)).status == 200  # same again
+    for change in (
+        {"prequeue_commitment": "ab" * 32},
+        {"sale_start": _at(500)},
+        {"queue_method": "random"},
+    ):
+        refused = await _put(client, admin_headers, "pre-bad", **change)
+        assert refused.status == 422, change
+    view = await (await client.get(f"{ADMIN}pre-bad", headers=admin_headers)).json()
+    assert view["config"]["prequeue_commitment"] == COMMITMENT
+    assert view["config"]["queue_method"] == "fifo"
+
+    # Before the pre-queue opens nobody joins, and there is nothing to reveal yet.
+    early = await client.post("/api/v1/queue/pre-bad/enter", headers=as_user("keen"))
+    assert early.status == 409
+    assert (await early.json())["code"] == "prequeue_not_open"
+    reveal = await client.post(
+        f"{ADMIN}pre-bad/prequeue/reveal", json={"secret": SECRET.hex()}, headers=admin_headers
+    )
+    assert reveal.status == 409
+    assert (await reveal.json())["code"] == "sale_not_started"
+    odd = await client.post(
+        f"{ADMIN}pre-bad/prequeue/reveal", json={"secret": "xyz"}, headers=admin_headers
+    )
+    assert odd.status == 422
