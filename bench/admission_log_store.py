@@ -12,8 +12,10 @@ run and database:
 
 Prints admissions/s per batch (median and the slow tails: the p5/p1 batch throughput), batch
 latency, and inclusion / consistency proof latency (median, p95, p99) as the API's handlers
-pay it (one pooled connection, the size check plus one query of O(log n) nodes). Every 50th
-proof is checked with urr-verify against the root, so the figures are for correct proofs.
+pay it (one pooled connection, the size check plus one query of O(log n) nodes), then the same
+through the log API over loopback HTTP (``GET .../proof/inclusion`` and ``.../receipt``, after
+signing a head per event). Every 50th proof is checked with urr-verify against the root, so
+the figures are for correct proofs.
 
     uv run --frozen python bench/admission_log_store.py [--leaves 1000000] [--batch 1000]
         [--proofs 2000] [--per-row 2000] [--small 1000]
@@ -34,10 +36,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import aiohttp
 import asyncpg
+from aiohttp import web
 
-from urr_admission_log import store
+from urr_admission_log import heads, store
+from urr_admission_log.app import create_app
 from urr_admission_log.leaves import Admission, holder_hash
+from urr_admission_log.settings import AdmissionLogSettings
+from urr_common.tokens import KeySet, SigningKey
+from urr_devstack.procs import free_port
 from urr_verify.merkle import leaf_hash, verify_consistency, verify_inclusion
 
 ADMIN_DSN = os.environ.get(
@@ -154,6 +162,43 @@ async def proof_latency(
     return samples
 
 
+async def http_latency(
+    pool: asyncpg.Pool, sizes: dict[str, int], rounds: int
+) -> dict[tuple[str, int], list[float]]:
+    """The same proofs through the log API (aiohttp on a loopback port, one client session):
+    what a verifier waits for before any CDN, ETag and JSON included."""
+    key = SigningKey.generate("bench-1")
+    async with pool.acquire() as conn:
+        await heads.sign_grown(conn, key, "urr-admission-log")
+    app = create_app(AdmissionLogSettings(), pool, KeySet([key.verification_key()]))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    samples: dict[tuple[str, int], list[float]] = {}
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+            for event_id, size in sizes.items():
+                rng = random.Random(size)
+                for what in ("inclusion", "receipt"):
+                    times = samples.setdefault((what, size), [])
+                    for _ in range(rounds):
+                        leaf = rng.randrange(size)
+                        url = (
+                            f"/v1/log/{event_id}/proof/inclusion?leaf={leaf}&size={size}"
+                            if what == "inclusion"
+                            else f"/v1/log/{event_id}/receipt?leaf={leaf}"
+                        )
+                        t0 = time.perf_counter()
+                        async with session.get(url) as answer:
+                            await answer.read()
+                            assert answer.status == 200, url
+                        times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        await runner.cleanup()
+    return samples
+
+
 async def table_bytes(pool: asyncpg.Pool) -> dict[str, int]:
     rows = await pool.fetch(
         "SELECT relname, pg_total_relation_size(oid) AS bytes FROM pg_class"
@@ -180,7 +225,8 @@ async def main(args: argparse.Namespace) -> None:
             print()
             report_appends("per-row append (baseline)", per_row)
             report_appends(f"batched append, {args.batch:,}/call", bulk)
-            first, last = bulk[: len(bulk) // 10], bulk[-(len(bulk) // 10) :]
+            tenth = max(1, len(bulk) // 10)
+            first, last = bulk[:tenth], bulk[-tenth:]
             report_appends("  first 10% of the fill", first)
             report_appends("  last 10% of the fill", last)
             sizes = await table_bytes(pool)
@@ -197,6 +243,12 @@ async def main(args: argparse.Namespace) -> None:
                 for what, values in samples.items():
                     p50, p95, p99 = quantiles(values)
                     print(f"{size:>10,} {what:<20} {p50:>8.2f} {p95:>8.2f} {p99:>8.2f}")
+            # Consistency proofs at the API need two signed sizes; inclusion and receipts
+            # (which carry the latest head) show the HTTP path's cost.
+            sizes = {"small": args.small, "bench": args.leaves}
+            for (what, size), values in (await http_latency(pool, sizes, args.proofs)).items():
+                p50, p95, p99 = quantiles(values)
+                print(f"{size:>10,} {'GET ' + what:<20} {p50:>8.2f} {p95:>8.2f} {p99:>8.2f}")
         finally:
             await pool.close()
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
