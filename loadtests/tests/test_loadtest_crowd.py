@@ -188,6 +188,14 @@ def test_loadtest_short_flash_crowd_keeps_every_promise(
     confirmed = crowd["reservations_by_status"].get("confirmed", 0)
     assert 0 < confirmed <= 100
     assert all(400 <= probe["status"] < 500 for probe in summary["token_probes"]), summary
+    # Issue 19: the admissions, read back through the public log API, pass urr-verify audit
+    # (run as its own process) and the first and last receipts verify.
+    log = summary["log_audit"]
+    assert log["audit"]["unexplained"] == 0, log
+    assert log["logged"] >= log["expected"] > 0, log
+    assert log["audit"]["admitted"] == log["logged"], log
+    assert [r["exit_code"] for r in log["receipts"]] == [0, 0], log
+    assert not [m for m in summary["targets_missed"] if m.startswith("log audit")], summary
     assert len(summary["token_probes"]) == 6
     if bot_challenge == "pow":
         pow_figures = summary["proof_of_work"]

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from urr_loadtests import admissions, checks, report, setup
+from urr_loadtests import admissions, checks, log_audit, report, setup
 from urr_loadtests.stack import Stack, find_or_start
 
 SCENARIOS = ("flash_crowd", "journey", "gateway", "ratelimit_check")
@@ -383,7 +383,8 @@ def _crowd_checks(
     spare: list[tuple[str, str]],
     args: argparse.Namespace,
 ) -> list[str]:
-    """Seats, answers, order and capacity (journey and flash crowd); token probes (crowd)."""
+    """Seats, answers, order, capacity and the admission log audit (journey and flash crowd);
+    token probes (crowd)."""
     arrivals = checks.read_arrivals(out / "arrivals.jsonl")
     seats = checks.seat_figures(stack, event_id)
     try:
@@ -396,6 +397,11 @@ def _crowd_checks(
     )
     summary["event_id"] = event_id
     summary["crowd"] = crowd
+    # Issue 19: the same admissions as the public sees them, audited by urr-verify.
+    summary["log_audit"], log_missed = log_audit.audit_event(
+        stack.url("gateway"), event_id, out / "log", expected=len(rank)
+    )
+    missed += log_missed
     if args.bot_challenge == "pow":
         summary["proof_of_work"] = checks.pow_figures(arrivals, args.pow_bits)
         missed += checks.pow_missed(summary["proof_of_work"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from urr_admission_log import heads, store
-from urr_admission_log.app import IMMUTABLE, create_app
+from urr_admission_log.app import IMMUTABLE, create_app, etag_matches
 from urr_admission_log.leaves import admission_of
 from urr_admission_log.settings import AdmissionLogSettings
 from urr_common.tokens import KeySet, SigningKey
@@ -114,6 +115,79 @@ async def test_entry_ranges_are_immutable_with_a_strong_etag(log: dict[str, Any]
     assert again.headers["ETag"] == etag
 
 
+async def test_answers_about_a_signed_tree_never_change_and_revalidate_with_304(
+    log: dict[str, Any],
+) -> None:
+    """Entries inside a signed tree and proofs for signed sizes: immutable, strong ETag, and the
+    same bytes and ETag after the log has grown (what lets a CDN keep them for a year)."""
+    client = log["client"]
+    await _sign(log, _admitted(4))
+    await _sign(log, _admitted(6, start=4))
+    paths = [
+        f"/v1/log/{EVENT}/entries?start=0&end=10",
+        f"/v1/log/{EVENT}/entries?start=2&end=3",
+        f"/v1/log/{EVENT}/proof/inclusion?leaf=3&size=10",
+        f"/v1/log/{EVENT}/proof/inclusion?leaf=0&size=4",
+        f"/v1/log/{EVENT}/proof/consistency?from=4&to=10",
+        f"/v1/log/{EVENT}/proof/consistency?from=0&to=4",
+    ]
+    first = {}
+    for path in paths:
+        answer = await _get(client, path)
+        assert answer.headers["Cache-Control"] == IMMUTABLE, path
+        etag = answer.headers["ETag"]
+        # Strong (a weak one starts W/), and long enough not to collide.
+        assert re.fullmatch(r'"[0-9a-f]{32}"', etag), (path, etag)
+        first[path] = (etag, await answer.read())
+    await _sign(log, _admitted(20, start=10))
+    for path, (etag, body) in first.items():
+        again = await _get(client, path)
+        assert (again.headers["ETag"], await again.read()) == (etag, body), path
+        for header in (etag, f"W/{etag}", f'"nope", {etag}', "*"):
+            revalidated = await _get(client, path, 304, **{"If-None-Match": header})
+            assert revalidated.headers["ETag"] == etag
+            assert revalidated.headers["Cache-Control"] == IMMUTABLE
+            assert await revalidated.read() == b""
+        other = await _get(client, path, 200, **{"If-None-Match": '"0123456789abcdef"'})
+        assert await other.read() == body
+
+
+async def test_the_latest_head_receipts_and_keys_are_short_lived(log: dict[str, Any]) -> None:
+    """What names the latest head changes as the log grows: a short max-age, a new ETag."""
+    client = log["client"]
+    short = f"public, max-age={AdmissionLogSettings().admission_log.head_max_age_s}"
+    await _sign(log, _admitted(3))
+    sth = await _get(client, f"/v1/log/{EVENT}/sth")
+    receipt = await _get(client, f"/v1/log/{EVENT}/receipt?leaf=1")
+    for answer in (sth, receipt):
+        assert answer.headers["Cache-Control"] == short
+        assert "immutable" not in answer.headers["Cache-Control"]
+    unchanged = await _get(
+        client, f"/v1/log/{EVENT}/sth", 304, **{"If-None-Match": sth.headers["ETag"]}
+    )
+    assert unchanged.headers["Cache-Control"] == short
+    await _sign(log, _admitted(2, start=3))
+    grown = await _get(
+        client, f"/v1/log/{EVENT}/sth", 200, **{"If-None-Match": sth.headers["ETag"]}
+    )
+    assert grown.headers["ETag"] != sth.headers["ETag"]
+    assert (await grown.json())["size"] == 5
+    newer = await _get(client, f"/v1/log/{EVENT}/receipt?leaf=1")
+    assert newer.headers["ETag"] != receipt.headers["ETag"]
+    jwks = await _get(client, "/v1/log/jwks.json")
+    assert jwks.headers["Cache-Control"] == "public, max-age=300"
+
+
+def test_if_none_match_compares_weakly_and_accepts_any() -> None:
+    assert etag_matches('"a"', '"a"')
+    assert etag_matches('W/"a"', '"a"')
+    assert etag_matches(' "b" , W/"a"', '"a"')
+    assert etag_matches("*", '"a"')
+    assert not etag_matches("", '"a"')
+    assert not etag_matches('"ab"', '"a"')
+    assert not etag_matches('"a', '"a"')
+
+
 @pytest.mark.parametrize(
     ("path", "status", "code"),
     [
@@ -139,6 +213,9 @@ async def test_bad_requests_get_a_problem_naming_why(
     response = await _get(log["client"], path, status)
     assert response.content_type == "application/problem+json"
     assert (await response.json())["code"] == code
+    # True only now (the tree grows, the log gets signed): no cache may keep the refusal.
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "ETag" not in response.headers
 
 
 def test_only_well_formed_admissions_become_leaves() -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
 
 from urr_admission_log import store
+from urr_admission_log.tree import Range, nodes_of
 from urr_verify import reference
 from urr_verify.merkle import leaf_hash, verify_consistency, verify_inclusion
 
@@ -112,3 +115,53 @@ async def test_every_rewrite_of_the_log_is_refused(pool: asyncpg.Pool, rewrite: 
             await conn.execute(rewrite)
         assert await store.root(conn, EVENT, 4) == before
         assert await store.size_of(conn, EVENT) == 4
+
+
+def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan that reads a table."""
+    found = [plan] if "Relation Name" in plan else []
+    for child in plan.get("Plans", []):
+        found += _scans(child)
+    return found
+
+
+async def _plan(conn: store.Connection, sql: str, *args: Any) -> dict[str, Any]:
+    explained = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
+    document = json.loads(explained) if isinstance(explained, str) else explained
+    return dict(document[0]["Plan"])
+
+
+async def test_appends_and_proofs_probe_indexes_and_never_read_the_whole_log(
+    pool: asyncpg.Pool,
+) -> None:
+    """With statistics of a long log, the two lookups are index probes, one per wanted row.
+
+    Written as ``record_id = ANY(...)`` and ``(level, idx) IN (unnest ...)`` they were planned
+    as scans of every entry or node of the event (a bitmap scan on ``event_id``, a hash join
+    over a sequential scan), and a 1,000,000-leaf fill slowed down with every batch.
+    """
+    async with pool.acquire() as conn:
+        for start in range(0, 8_000, 1_000):
+            await store.append(conn, EVENT, _records(start, 1_000))
+        await conn.execute("ANALYZE")
+        wanted = [f"rec-{i}" for i in range(7_000, 9_000)]
+        nodes = nodes_of(Range(0, 8_000)) + [(0, i) for i in range(0, 8_000, 7)]
+        plans = {
+            "seen": await _plan(conn, store.SEEN_RECORDS_SQL, EVENT, wanted),
+            "nodes": await _plan(
+                conn,
+                store.STORED_NODES_SQL,
+                EVENT,
+                [level for level, _ in nodes],
+                [index for _, index in nodes],
+            ),
+        }
+    for name, plan in plans.items():
+        scans = _scans(plan)
+        assert scans, name
+        for scan in scans:
+            assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), (name, scan)
+            # Both key columns in the index condition: a probe, not a range over the event.
+            condition = scan["Index Cond"]
+            assert "event_id" in condition, (name, condition)
+            assert ("record_id" in condition) or ("level" in condition and "idx" in condition)

@@ -229,6 +229,38 @@ def test_the_issue_s_alerts_exist_with_severity_and_runbook_section():
         assert rule["annotations"]["summary"]
 
 
+ADMISSION_LOG_ALERTS = {
+    # The queue admits, the log appends nothing (or its consumer fails): critical, since the
+    # records wait only for queue-events' retention.
+    "UrrAdmissionLogStalled": (
+        "critical",
+        [
+            "urr_queue_admitted_total",
+            'urr_admission_log_records_total{outcome="appended"}',
+            'urr_admission_log_failures_total{loop="consumer"}',
+        ],
+    ),
+    "UrrAdmissionLogHeadStale": (
+        "warning",
+        [
+            "max(urr_admission_log_last_append_timestamp_seconds)",
+            "- max(urr_admission_log_last_head_timestamp_seconds)",
+            'urr_admission_log_failures_total{loop="signer"}',
+        ],
+    ),
+}
+
+
+def test_the_admission_log_alerts_read_its_series_and_the_runbook_has_its_procedure():
+    rules = {r["alert"]: r for r in alert_rules()}
+    for alert, (severity, needles) in ADMISSION_LOG_ALERTS.items():
+        assert rules[alert]["labels"]["severity"] == severity
+        for needle in needles:
+            assert needle in rules[alert]["expr"], (alert, needle)
+    anchors = _anchors(RUNBOOK.read_text(encoding="utf-8"))
+    assert "the-admission-log-stops-growing--a-tree-head-fails-to-verify" in anchors
+
+
 def test_no_alert_or_panel_says_it_cannot_fire():
     for rule in alert_rules():
         assert "proposed_metrics" not in rule["annotations"], rule["alert"]

@@ -2,7 +2,8 @@
 
 Checked on the rendered prod overlay: the Deployment, Services and templates a Rollout names
 exist; selectors select the pods they should; ports and probes line up; the analysis gates are
-the canary gates of seeds 000/001 (error rate < 1 %, p95 < 300 ms).
+the canary gates of seeds 000/001 (error rate < 1 %, p95 < 300 ms). The admission log's canary
+adds gates of its own, on the series the log exports.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from urr_deploycheck.services import WORKLOADS
 
 K8S = Path(__file__).resolve().parents[3] / "k8s"
 ROLLOUT_SERVICES = sorted(w.name for w in WORKLOADS if w.rollout)
+CANARY_SERVICES = sorted(w.name for w in WORKLOADS if w.canary)
 
 
 @cache
@@ -42,9 +44,15 @@ def _pod_of(rollout: Manifest, docs: tuple[Manifest, ...]) -> PodTemplate:
     return pods[ref["name"]]
 
 
-def test_rollouts_are_exactly_the_blue_green_services_of_the_table():
+def test_rollouts_are_exactly_the_blue_green_and_canary_services_of_the_table():
     rollouts = by_kind(prod(), "Rollout")
-    assert sorted(rollouts) == ROLLOUT_SERVICES == ["gateway", "queue", "ticket"]
+    assert ROLLOUT_SERVICES == ["gateway", "queue", "ticket"]
+    assert CANARY_SERVICES == ["admission-log"]
+    assert sorted(rollouts) == sorted(ROLLOUT_SERVICES + CANARY_SERVICES)
+    for name in ROLLOUT_SERVICES:
+        assert set(rollouts[name]["spec"]["strategy"]) == {"blueGreen"}
+    for name in CANARY_SERVICES:
+        assert set(rollouts[name]["spec"]["strategy"]) == {"canary"}
     for overlay in ("kind", "staging"):
         docs = render(K8S / "overlays" / overlay)
         assert not by_kind(docs, "Rollout")
@@ -81,7 +89,7 @@ def test_rollout_references_resolve(name):
     assert active == preview
 
 
-@pytest.mark.parametrize("name", ROLLOUT_SERVICES)
+@pytest.mark.parametrize("name", ROLLOUT_SERVICES + CANARY_SERVICES)
 def test_rollout_pods_probe_their_own_ports(name):
     docs = prod()
     pod = _pod_of(by_kind(docs, "Rollout")[name], docs)
@@ -150,3 +158,74 @@ def test_the_pod_monitor_provides_the_labels_the_queries_filter_on():
     assert all(p.resolve_port(endpoint["port"]) for p in pods)
     targets = {r["targetLabel"] for r in endpoint["relabelings"]}
     assert {"app", "rollouts_pod_template_hash"} <= targets
+
+
+# The admission log's canary (issue 19) -----------------------------------------------------------
+
+
+def _analysis_args_and_templates(analysis: dict[str, Any], name: str) -> list[str]:
+    """Check one analysis block's arguments against its templates; the template names."""
+    templates = by_kind(prod(), "AnalysisTemplate")
+    given = {arg["name"]: arg for arg in analysis.get("args", [])}
+    assert given["app"]["value"] == name
+    assert given["pod-template-hash"]["valueFrom"] == {"podTemplateHashValue": "Latest"}
+    names = []
+    for ref in analysis["templates"]:
+        template = templates[ref["templateName"]]
+        needed = {a["name"] for a in template["spec"].get("args", []) if "value" not in a}
+        assert needed <= set(given), (ref["templateName"], needed - set(given))
+        names.append(ref["templateName"])
+    return names
+
+
+@pytest.mark.parametrize("name", CANARY_SERVICES)
+def test_the_canary_rollout_resolves_and_gates_on_the_log_s_own_series(name):
+    docs = prod()
+    rollout = by_kind(docs, "Rollout")[name]
+    spec = rollout["spec"]
+    pod = _pod_of(rollout, docs)
+    assert by_kind(docs, "Deployment")[pod.name]["spec"]["replicas"] == 0
+    assert spec["selector"] == by_kind(docs, "Deployment")[pod.name]["spec"]["selector"]
+    assert label_selector_matches(spec["selector"], pod.labels)
+    canary = spec["strategy"]["canary"]
+    # Never fewer pods than asked for: the old pod stays until the new one is promoted.
+    assert (canary["maxSurge"], canary["maxUnavailable"]) == (1, 0)
+    # No stableService: the public Service keeps selecting old and new pods, so the canary
+    # serves real reads; the canary Service holds the new pods alone for smoke tests.
+    assert "stableService" not in canary
+    services = by_kind(docs, "Service")
+    for service_name in (name, canary["canaryService"]):
+        service = services[service_name]
+        assert service_selector_matches(service["spec"]["selector"], pod.labels), service_name
+        for port in service["spec"]["ports"]:
+            assert pod.resolve_port(port["targetPort"]) is not None, (service_name, port)
+    assert services[name]["spec"]["ports"] == services[canary["canaryService"]]["spec"]["ports"]
+
+    background = canary["analysis"]
+    assert _analysis_args_and_templates(background, name) == ["urr-admission-log"]
+    assert background["startingStep"] == 1
+    steps = canary["steps"]
+    assert steps[0] == {"setWeight": 50}
+    gated = _analysis_args_and_templates(steps[1]["analysis"], name)
+    assert gated == ["urr-health", "urr-slo", "urr-admission-log"]
+    # The analysis passes, then a person promotes (as for the blue-green services).
+    assert steps[2] == {"pause": {}}
+    assert all("setWeight" not in step or step["setWeight"] < 100 for step in steps)
+
+
+def test_the_log_gates_read_the_new_pods_failures_and_malformed_records():
+    failures = _metric("urr-admission-log", "log-failures")
+    assert failures["successCondition"] == "result[0] == 0"
+    assert "urr_admission_log_failures_total" in failures["provider"]["prometheus"]["query"]
+    malformed = _metric("urr-admission-log", "malformed-records")
+    assert malformed["successCondition"] == "result[0] < 0.01"
+    query = malformed["provider"]["prometheus"]["query"]
+    assert 'urr_admission_log_records_total{app="{{args.app}}"' in query
+    assert 'outcome="malformed"' in query
+    template = by_kind(prod(), "AnalysisTemplate")["urr-admission-log"]["spec"]
+    declared = {a["name"] for a in template["args"]}
+    for metric in template["metrics"]:
+        query = metric["provider"]["prometheus"]["query"]
+        assert 'rollouts_pod_template_hash="{{args.pod-template-hash}}"' in query
+        assert "or vector(" in query  # no traffic yet: 0, not NaN (a failure to Argo)
+        assert set(re.findall(r"\{\{args\.([\w-]+)\}\}", query)) <= declared

@@ -2,8 +2,9 @@
 
 Everything answered about a *signed* tree never changes, so it is served
 ``public, max-age=31536000, immutable`` with a strong ETag (304 on a match): entry ranges inside
-a signed tree, proofs for signed sizes. Only the latest tree head is short-lived. Requests that
-name leaves or sizes the log has not signed are 4xx problems, never a guess.
+a signed tree, proofs for signed sizes. Only the latest tree head (and receipts, which carry
+it) is short-lived. Requests that name leaves or sizes the log has not signed are 4xx problems,
+never a guess, and never stored by a cache (``no-store``).
 """
 
 from __future__ import annotations
@@ -55,13 +56,30 @@ def _index(request: web.Request, name: str) -> int:
     return int(raw)
 
 
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 If-None-Match: ``*`` or any listed tag equal to ours by *weak* comparison.
+
+    Caches and CDNs that compress a body may hand our strong ``"x"`` on as ``W/"x"``, and the
+    revalidation must still answer 304.
+    """
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return "*" in tags or etag.removeprefix("W/") in (tag.removeprefix("W/") for tag in tags)
+
+
 def _json(request: web.Request, body: Mapping[str, Any], cache: str) -> web.Response:
     payload = orjson.dumps(body)
     etag = '"' + hashlib.sha256(payload).hexdigest()[:32] + '"'
     headers = {"Cache-Control": cache, "ETag": etag}
-    if etag in [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]:
+    if etag_matches(request.headers.get("If-None-Match", ""), etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=payload, content_type="application/json", headers=headers)
+
+
+async def _no_store_for_problems(_: web.Request, response: web.StreamResponse) -> None:
+    """A refusal is true only now (a range beyond the tree is served once a head covers it,
+    an unknown log once it is signed): no cache may keep it, heuristically or otherwise."""
+    if response.status >= 400:
+        response.headers["Cache-Control"] = "no-store"
 
 
 async def _latest_head(conn: store.Connection, event_id: str) -> heads.TreeHead:
@@ -219,6 +237,7 @@ def create_app(
     app[POOL_KEY] = pool
     app[KEYS_KEY] = keys
     app[SETTINGS_KEY] = settings
+    app.on_response_prepare.append(_no_store_for_problems)
     app.router.add_get("/v1/log/jwks.json", get_jwks)
     app.router.add_get("/v1/log/{eventId}/sth", get_sth)
     app.router.add_get("/v1/log/{eventId}/entries", get_entries)

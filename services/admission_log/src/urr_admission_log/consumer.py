@@ -44,6 +44,12 @@ class LogMetrics:
             "When the log last appended a leaf (a log that stops growing shows here).",
             registry=registry,
         )
+        self.last_head = Gauge(
+            "urr_admission_log_last_head_timestamp_seconds",
+            "When this process last signed a tree head; appends long after it are unsigned "
+            "(published to nobody).",
+            registry=registry,
+        )
         self.failures = Counter(
             "urr_admission_log_failures",
             "Consumer or signer rounds that failed.",
@@ -167,6 +173,8 @@ async def sign_heads(
             async with pool.acquire() as conn:
                 signed = await heads.sign_grown(conn, key, settings.tree_heads.issuer)
             metrics.heads.inc(len(signed))
+            if signed:
+                metrics.last_head.set_to_current_time()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

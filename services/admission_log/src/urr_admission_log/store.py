@@ -33,6 +33,25 @@ Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 COMPONENT = "admission_log"
 
 
+# Both lookups probe an index once per wanted row, whatever the table statistics say. Written
+# as ``record_id = ANY($2)`` and ``(level, idx) IN (SELECT * FROM unnest(...))``, PostgreSQL
+# planned them as scans of all the event's entries or nodes once the log was a few hundred
+# thousand leaves long: every append and every proof cost O(size). A LATERAL subquery with
+# LIMIT 1 cannot be flattened into such a join (bench/admission_log_store.py, the plans are
+# checked by tests/test_log_store.py).
+SEEN_RECORDS_SQL = (
+    "SELECT wanted.record_id FROM unnest($2::text[]) AS wanted(record_id)"
+    " CROSS JOIN LATERAL (SELECT 1 FROM admission_log_entries e"
+    " WHERE e.event_id = $1 AND e.record_id = wanted.record_id LIMIT 1) AS hit"
+)
+STORED_NODES_SQL = (
+    "SELECT wanted.level, wanted.idx, hit.hash"
+    " FROM unnest($2::smallint[], $3::bigint[]) AS wanted(level, idx)"
+    " CROSS JOIN LATERAL (SELECT n.hash FROM admission_log_nodes n WHERE n.event_id = $1"
+    " AND n.level = wanted.level AND n.idx = wanted.idx LIMIT 1) AS hit"
+)
+
+
 def log_migrations() -> list[Migration]:
     return discover(files("urr_admission_log") / "migrations")
 
@@ -70,8 +89,7 @@ async def _nodes(conn: Connection, event_id: str, wanted: Iterable[Node]) -> dic
     if not unique:
         return {}
     rows = await conn.fetch(
-        "SELECT level, idx, hash FROM admission_log_nodes WHERE event_id = $1"
-        " AND (level, idx) IN (SELECT * FROM unnest($2::smallint[], $3::bigint[]))",
+        STORED_NODES_SQL,
         event_id,
         [level for level, _ in unique],
         [index for _, index in unique],
@@ -105,8 +123,7 @@ async def append(conn: Connection, event_id: str, records: Sequence[Record]) -> 
         seen = {
             row["record_id"]
             for row in await conn.fetch(
-                "SELECT record_id FROM admission_log_entries"
-                " WHERE event_id = $1 AND record_id = ANY($2::text[])",
+                SEEN_RECORDS_SQL,
                 event_id,
                 [record.record_id for record in records],
             )

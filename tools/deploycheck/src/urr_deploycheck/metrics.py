@@ -386,6 +386,40 @@ METRICS: tuple[Metric, ...] = (
         "exported",
         "Times a consumer went back to an unhandled record after a dependency failed",
     ),
+    # The admission log (issue 19, urr_admission_log.consumer): the alerts that it stopped
+    # growing or signing, and its canary's gates.
+    Metric(
+        "urr_admission_log_records_total",
+        "counter",
+        ("outcome",),
+        "admission_log",
+        "exported",
+        "queue-events records seen by the log (appended, duplicate, ignored, malformed)",
+    ),
+    Metric(
+        "urr_admission_log_failures_total",
+        "counter",
+        ("loop",),
+        "admission_log",
+        "exported",
+        "Consumer or signer rounds that failed (loop: consumer, signer)",
+    ),
+    Metric(
+        "urr_admission_log_last_append_timestamp_seconds",
+        "gauge",
+        (),
+        "admission_log",
+        "exported",
+        "When this log process last appended a leaf",
+    ),
+    Metric(
+        "urr_admission_log_last_head_timestamp_seconds",
+        "gauge",
+        (),
+        "admission_log",
+        "exported",
+        "When this log process last signed a tree head",
+    ),
     Metric(
         "urr_kafka_consumer_lag",
         "gauge",

@@ -69,6 +69,8 @@ class Workload:
     extra_ports: tuple[ExtraPort, ...] = ()
     #: Blue-green through Argo Rollouts in prod.
     rollout: bool = False
+    #: A canary through Argo Rollouts in prod (weighted by pods; no traffic router).
+    canary: bool = False
 
     @property
     def command(self) -> tuple[str, ...]:
@@ -211,6 +213,7 @@ WORKLOADS: tuple[Workload, ...] = (
         ("urr_admission_log.settings:AdmissionLogSettings",),
         3030,
         _EVERYWHERE,
+        canary=True,
     ),
     # The rate-limit Admin API (issue 18): /api/v1/admin/ratelimit/* through the gateway.
     Workload(
