@@ -92,6 +92,7 @@ async def test_a_missing_number_holds_only_for_the_grace(store_on: QueueStore):
     # began (2 and 6 alike): a hold per missing number would stall a sale with many no-shows.
     waived = await tick(store_on, 300)
     assert (numbers(waived), waived.order_held, waived.order_waived) == ([3, 4, 5, 7, 8], False, 2)
+    assert waived.waived_numbers == (2, 6)
     # A waived number that turns up after all sorts to the front and goes next.
     await arrive(store_on, 2)
     await arrive(store_on, 10)  # 9 is missing: a new hold, 2 is not held by it
@@ -228,6 +229,7 @@ async def test_operators_see_the_hold(
     assert result is not None
     assert numbers(result) == [2]
     assert result.order_waived == 1
+    assert result.waived_numbers == (1,)
     live = (await (await client.get(path, headers=admin_headers)).json())["live"]
     assert (live["order_cursor"], live["order_holding_seconds"]) == (3, None)
     metrics = metrics_text(client.app)

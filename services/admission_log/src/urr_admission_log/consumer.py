@@ -17,7 +17,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from urr_admission_log import heads, prequeue, store
-from urr_admission_log.leaves import admission_of
+from urr_admission_log.leaves import admission_of, waivers_of
 from urr_admission_log.prequeue import is_prequeue
 from urr_admission_log.settings import AdmissionLogSettings
 from urr_common.logs import get_logger
@@ -58,6 +58,10 @@ class LogMetrics:
         )
 
 
+#: Record types that become leaves; any other type is skipped as ``ignored``.
+LOGGED_TYPES = ("admitted", "waived")
+
+
 def admissions_by_event(
     values: Iterable[bytes | None], secret: bytes, metrics: LogMetrics
 ) -> dict[str, list[store.Record]]:
@@ -71,18 +75,22 @@ def admissions_by_event(
             continue
         if is_prequeue(decoded):
             continue  # stored by ``prequeue_batch``
-        admission = admission_of(decoded, secret)
-        if admission is None:
+        leaves = waivers_of(decoded)
+        if leaves is None:
+            admission = admission_of(decoded, secret)
+            leaves = [admission] if admission is not None else None
+        if leaves is None:
             kind = (
                 "ignored"
-                if isinstance(decoded, dict) and decoded.get("type") != "admitted"
+                if isinstance(decoded, dict) and decoded.get("type") not in LOGGED_TYPES
                 else "malformed"
             )
             metrics.records.labels(kind).inc()
             continue
-        grouped.setdefault(admission.event_id, []).append(
-            store.Record(admission.record_id, admission.encoded())
-        )
+        for leaf in leaves:
+            grouped.setdefault(leaf.event_id, []).append(
+                store.Record(leaf.record_id, leaf.encoded())
+            )
     return grouped
 
 

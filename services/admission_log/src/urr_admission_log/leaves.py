@@ -1,8 +1,10 @@
 """Turning ``queue-events`` records into log leaves (pure; urr-verify documents the format).
 
-Only admissions are logged. The holder is named by an HMAC of the user id keyed per event
-(``who``): a buyer recognises their own leaf from their receipt, but nobody can test a list
-of e-mails or ids against the log without the server's secret.
+Admissions are logged, and the waivers that explain an admission out of order: a ``waived``
+record (the queue's order hold gave up on Tier-1 numbers that had not arrived) becomes one
+``waive`` leaf per number, ahead of any late admission of it. The holder is named by an HMAC of
+the user id keyed per event (``who``): a buyer recognises their own leaf from their receipt,
+but nobody can test a list of e-mails or ids against the log without the server's secret.
 """
 
 from __future__ import annotations
@@ -57,3 +59,34 @@ def admission_of(record: Any, secret: bytes) -> Admission | None:
         "who": holder_hash(secret, event, holder),
     }
     return Admission(str(record_id), event, leaf)
+
+
+#: Numbers one ``waived`` record may carry (the queue sends at most 10,000).
+_MAX_WAIVED = 20_000
+
+
+def waivers_of(record: Any) -> list[Admission] | None:
+    """One ``waive`` leaf per number of a ``waived`` record; ``None`` for other types and
+    malformed records. Each leaf's record id is the record's id and the number, so a
+    redelivered record adds nothing."""
+    if not isinstance(record, dict) or record.get("type") != "waived":
+        return None
+    record_id, event_id, at = record.get("id"), record.get("eventId"), record.get("at")
+    numbers, reason = record.get("queueNumbers"), record.get("reason")
+    if not (_plain_id(record_id) and _plain_id(event_id)) or reason != "order_hold":
+        return None
+    if not isinstance(at, int) or isinstance(at, bool) or at < 0:
+        return None
+    if not isinstance(numbers, list) or not 0 < len(numbers) <= _MAX_WAIVED:
+        return None
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in numbers):
+        return None
+    event = str(event_id)
+    return [
+        Admission(
+            f"{record_id}:{number}",
+            event,
+            {"kind": "waive", "event": event, "ticket": number, "at": at, "reason": reason},
+        )
+        for number in numbers
+    ]

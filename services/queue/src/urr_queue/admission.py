@@ -13,12 +13,16 @@ import time
 from redis.exceptions import RedisError
 
 from urr_common.logs import get_logger
-from urr_queue.events import EventType, QueueEventPublisher, event_record
+from urr_queue.events import EventType, QueueEventPublisher, event_record, waiver_record
 from urr_queue.metrics import QueueMetrics
 from urr_queue.settings import AdmissionSettings
 from urr_queue.store import QueueStore, TickResult
 
 _LOG = get_logger(__name__)
+
+
+#: Waived numbers per ``waived`` record (about 80 KB of JSON at most).
+WAIVERS_PER_RECORD = 10_000
 
 
 class AdmissionLoop:
@@ -87,6 +91,12 @@ class AdmissionLoop:
 
     def _report(self, result: TickResult) -> None:
         event_id, now = result.event_id, result.now_ms
+        # Before this tick's admissions: the log must show a waiver before the late number is
+        # admitted behind higher ones. Chunked, so no record nears Kafka's message size limit.
+        waived = result.waived_numbers
+        for start in range(0, len(waived), WAIVERS_PER_RECORD):
+            chunk = waived[start : start + WAIVERS_PER_RECORD]
+            self.publisher.publish(waiver_record(event_id, chunk, at_ms=now))
         for index, (user_id, number) in enumerate(result.admitted, start=1):
             self.publisher.publish(
                 event_record(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from enum import StrEnum
 from typing import Any, Protocol
@@ -32,6 +32,8 @@ class EventType(StrEnum):
     ADMITTED = "admitted"
     LEFT = "left"
     EXPIRED = "expired"
+    #: Tier-1 numbers the order hold gave up on (no user: nobody holds them).
+    WAIVED = "waived"
 
 
 class Producer(Protocol):
@@ -58,6 +60,19 @@ def event_record(
         "position": position,
         "at": at_ms,
         **extra,
+    }
+
+
+def waiver_record(event_id: str, numbers: Sequence[int], *, at_ms: int) -> dict[str, Any]:
+    """The order hold stopped waiting for ``numbers``: later ones went ahead of them, and one
+    that still arrives is admitted behind them (the admission log writes a waiver per number)."""
+    return {
+        "id": uuid.uuid4().hex,
+        "type": EventType.WAIVED.value,
+        "eventId": event_id,
+        "queueNumbers": list(numbers),
+        "reason": "order_hold",
+        "at": at_ms,
     }
 
 

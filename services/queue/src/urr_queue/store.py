@@ -128,6 +128,8 @@ class TickResult:
     #: lower number still on its way, and how many missing numbers were given up.
     order_held: bool = False
     order_waived: int = 0
+    #: The Tier-1 numbers given up this tick (``order_waived`` of them), lowest first.
+    waived_numbers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -466,6 +468,7 @@ class QueueStore:
             ],
             order_held=bool(int(reply[8])),
             order_waived=int(reply[9]),
+            waived_numbers=tuple(int(n) for n in reply[10]),
         )
 
     async def figures(self, event_id: str) -> Figures | None:

@@ -8,7 +8,7 @@
 -- ARGV: seen prefix, max admitted, max scanned, max expired, Tier-1 order grace ms (0: off).
 -- Reply: {now, active_after, waiting_after, {admitted}, {numbers}, {expired}, {dropped},
 --         {dropped numbers}, held (1 when a missing lower number kept free slots empty),
---         waived (missing numbers given up this tick)}
+--         waived (missing numbers given up this tick), {waived numbers}}
 --        or {-1} when the event has no configuration.
 local max_admit, max_scan, max_expire = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local grace_ms = tonumber(ARGV[5])
@@ -25,6 +25,29 @@ local function first_missing(cursor)
   return missing
 end
 
+-- The numbers in [from, to) that have not arrived, in order (those past the bitmap's end
+-- included): what a hold that gives up waives, listed so the admission log can show why a
+-- late one is admitted behind higher numbers.
+local function missing_between(from, to)
+  local found = {}
+  local length = redis.call('STRLEN', K_ARRIVED) * 8
+  local pos = from
+  while pos < to do
+    if pos >= length then
+      for n = pos, to - 1 do found[#found + 1] = n end
+      break
+    end
+    local hit = redis.call('BITPOS', K_ARRIVED, 0, pos, math.min(to, length) - 1, 'BIT')
+    if hit < 0 then
+      pos = length
+    else
+      found[#found + 1] = hit
+      pos = hit + 1
+    end
+  end
+  return found
+end
+
 -- Tier-1 users learn of their release at their next poll, so they reach this queue shuffled.
 -- A free slot is held for a lower number still on its way: only numbers below the first
 -- missing one may be admitted. Every number below `order_cursor` is settled (arrived, or
@@ -33,14 +56,14 @@ end
 -- is then late by more than the grace behind a higher number, and one hold per missing
 -- number would stall admission when many released users never come). A waived number that
 -- arrives later sorts to the front and goes next.
--- Returns how many waiters may be popped, whether it holds and how many numbers it waived.
+-- Returns how many waiters may be popped, whether it holds and the numbers it waived.
 local function order_gate(now)
   local state = redis.call('HMGET', K_STATS, 'order_cursor', 'hold_since_ms', 'hold_mark')
   local cursor = tonumber(state[1]) or FIRST_TIER1_NUMBER
   local hold_since, hold_mark = tonumber(state[2]), tonumber(state[3])
   local missing = first_missing(cursor)
   local head = redis.call('ZRANGE', K_QUEUE, 0, 0, 'WITHSCORES')
-  local held, waived = 0, 0
+  local held, waived = 0, {}
   if #head > 0 and missing < tonumber(head[2]) then
     if not hold_since then
       hold_since = now
@@ -48,8 +71,7 @@ local function order_gate(now)
     end
     if now - hold_since >= grace_ms then
       local waive_to = math.max(tonumber(head[2]), hold_mark or 0)
-      -- Numbers in [missing, waive_to) that have not arrived; BITCOUNT's end is inclusive.
-      waived = waive_to - missing - redis.call('BITCOUNT', K_ARRIVED, missing, waive_to - 1, 'BIT')
+      waived = missing_between(missing, waive_to)
       missing = first_missing(waive_to)
       hold_since = nil
     else
@@ -81,7 +103,7 @@ end
 local active = redis.call('ZCARD', K_ACTIVE)
 
 local admitted, numbers, dropped, dropped_numbers = {}, {}, {}, {}
-local held, waived = 0, 0
+local held, waived = 0, {}
 -- The method 'reject' admits nobody from the queue (its waiters are turned away at their poll).
 -- A pre-queue event admits nobody until the reveal has placed its shuffled roster in line.
 local held_for_roster = cfg.prequeue and not prequeue_revealed()
@@ -177,4 +199,4 @@ else
 end
 
 return {now, active, redis.call('ZCARD', K_QUEUE), admitted, numbers, expired, dropped,
-  dropped_numbers, held, waived}
+  dropped_numbers, held, #waived, waived}
