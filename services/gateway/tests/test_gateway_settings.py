@@ -70,3 +70,20 @@ def test_every_routed_upstream_has_a_url():
     assert urls[Upstream.ADMISSION_LOG] == "http://127.0.0.1:3030"
     assert urls[Upstream.RATELIMIT_ADMIN] == "http://127.0.0.1:3040"
     assert {route.upstream for route in ROUTES} - {None} <= set(urls)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("URR_IDENTITY__TTL_S", "600", "URR_IDENTITY__TTL_S"),
+        ("URR_IDENTITY__TTL_S", "1", "URR_IDENTITY__TTL_S"),
+        ("URR_IDENTITY__REUSE_S", "-1", "URR_IDENTITY__REUSE_S"),
+        ("URR_IDENTITY__REUSE_S", "4", "at most half of URR_IDENTITY__TTL_S"),
+    ],
+)
+def test_identity_assertion_settings_are_checked(monkeypatch, variable, value, message):
+    assert load_settings(GatewaySettings).identity.ttl_s == 15
+    monkeypatch.setenv("URR_IDENTITY__TTL_S", "6")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=message):
+        load_settings(GatewaySettings)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Self
 
@@ -33,6 +33,8 @@ _LOG = get_logger(__name__)
 
 IDENTITY = web.RequestKey("urr_identity", AssertedIdentity)
 CALLER = web.RequestKey("urr_internal_caller", str)
+PUBLIC_APP = web.AppKey("urr_public_app", web.Application)
+INTERNAL_APP = web.AppKey("urr_internal_app", web.Application)
 INTERNAL_PREFIX = "/internal/"
 #: The internal listener's port when none is set: the public port plus this (3007 -> 5007).
 INTERNAL_PORT_OFFSET = 2000
@@ -240,9 +242,15 @@ def service_credential_middleware(callers: Mapping[str, SecretStr]) -> Middlewar
 
 
 def internal_app(
-    callers: Mapping[str, SecretStr], add_routes: Callable[[web.Application], None]
+    callers: Mapping[str, SecretStr],
+    add_routes: Callable[[web.Application], None],
+    public: web.Application | None = None,
 ) -> web.Application:
-    """The internal listener's application: problem answers, caller check, ``add_routes``."""
+    """The internal listener's application: problem answers, caller check, ``add_routes``.
+
+    With ``public``, the two are linked (``PUBLIC_APP`` / ``INTERNAL_APP``), so internal
+    handlers reach the service's state through ``public_app_of(request)``.
+    """
     app = web.Application(
         middlewares=[
             request_context_middleware,
@@ -251,7 +259,31 @@ def internal_app(
         ]
     )
     add_routes(app)
+    if public is not None:
+        app[PUBLIC_APP] = public
+        public[INTERNAL_APP] = app
     return app
+
+
+def public_app_of(request: web.Request) -> web.Application:
+    """The service's public application, from a handler on either listener."""
+    return request.app.get(PUBLIC_APP, request.app)
+
+
+def serve_internal_listener(
+    public: web.Application, settings: InternalListenerSettings, public_port: int
+) -> None:
+    """Start the internal listener of ``public`` once its own start-up has run (its
+    ``cleanup_ctx`` entries come first, so the state internal handlers use exists)."""
+
+    async def listener(app: web.Application) -> AsyncIterator[None]:
+        runner = await start_internal_listener(app[INTERNAL_APP], settings, public_port)
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    public.cleanup_ctx.append(listener)
 
 
 async def start_internal_listener(

@@ -6,7 +6,10 @@ runs beside ``make up`` with no variables set. Production overrides the addresse
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from urr_common.settings import HttpSettings, RedisSettings, ServiceSettings, TrustedKeysSettings
 from urr_gateway.ratelimit.config import RateLimitSettings
@@ -120,12 +123,42 @@ class EntryTrustSettings(TrustedKeysSettings):
     audience: str = "urr-entry"
 
 
+class IdentityAssertionSettings(BaseModel):
+    """``URR_IDENTITY__*``: the key the gateway signs upstream identity assertions with.
+
+    Upstreams verify ``X-Urr-Identity`` (``urr_common.identity``) with its public half
+    (their ``URR_IDENTITY__PUBLIC_KEY_FILES`` or ``URR_IDENTITY__JWKS``).
+    """
+
+    #: PEM of the EC P-256 private key; made on first start when missing (local runs). In
+    #: Kubernetes it is mounted from the Secret ``urr-gateway-identity-key``.
+    private_key_file: Path = Path(".urr/keys/identity/local-1.pem")
+    #: Written into every assertion's header; upstreams look the key up by it.
+    key_id: str = "local-1"
+    #: Lifetime of one assertion: long enough for a slow upstream queue, short enough that a
+    #: leaked one is soon worthless.
+    ttl_s: int = Field(default=15, ge=2, le=60)
+    #: One signed assertion serves identical requests (user, role, upstream, method, path)
+    #: for this long: signing costs tens of microseconds, a polling client repeats itself.
+    reuse_s: float = Field(default=1.0, ge=0.0, le=5.0)
+
+    @model_validator(mode="after")
+    def _reuse_within_lifetime(self) -> Self:
+        if self.reuse_s * 2 > self.ttl_s:
+            raise ValueError(
+                "URR_IDENTITY__REUSE_S must be at most half of URR_IDENTITY__TTL_S, so a reused "
+                "assertion still has most of its life left when an upstream sees it"
+            )
+        return self
+
+
 class GatewaySettings(ServiceSettings):
     service_name: str = "gateway"
     http: GatewayHttpSettings = Field(default_factory=GatewayHttpSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     access_trust: AccessTrustSettings = Field(default_factory=AccessTrustSettings)
     entry_trust: EntryTrustSettings = Field(default_factory=EntryTrustSettings)
+    identity: IdentityAssertionSettings = Field(default_factory=IdentityAssertionSettings)
     upstreams: UpstreamSettings = Field(default_factory=UpstreamSettings)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     token_cache: TokenCacheSettings = Field(default_factory=TokenCacheSettings)
