@@ -7,7 +7,8 @@ from typing import Any
 from aiohttp import web
 
 from urr_common.payloads import json_response, read_json
-from urr_common.problems import Conflict, Forbidden
+from urr_common.problems import Conflict
+from urr_common.upstream_security import require_role
 from urr_queue.config import EventConfig, EventConfigPatch
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.estimates import eta_seconds
@@ -17,8 +18,8 @@ ADMIN_ROLE = "admin"
 
 
 def require_admin(request: web.Request) -> None:
-    if request.headers.get("X-User-Role") != ADMIN_ROLE:
-        raise Forbidden("this needs the admin role", code="admin_required")
+    """401 without the gateway's assertion, 403 for another role (``X-User-*`` is ignored)."""
+    require_role(request, ADMIN_ROLE, code="admin_required")
 
 
 async def _describe(ctx: QueueContext, event_id: str) -> dict[str, Any]:
