@@ -174,3 +174,16 @@ async def test_the_real_process_serves_internal_routes_only_on_its_internal_port
         if process.returncode is None:
             process.terminate()
             await asyncio.wait_for(process.wait(), 30)
+
+
+async def test_a_service_configures_an_event_on_the_internal_listener_only(
+    single_redis: RedisSettings, queue_client: Any, internal_of: Any
+) -> None:
+    client = await queue_client(single_redis)
+    internal = await internal_of(client)
+    path = f"/internal/v1/queue/{EVENT}/config"
+    assert (await client.put(path, json={"capacity": 4}, headers=ADMIN)).status == 404
+    created = await internal.put(path, json={"capacity": 4})
+    assert created.status == 201, await created.text()
+    read = await client.get(f"/api/v1/admin/queue/{EVENT}", headers=ADMIN)
+    assert (await read.json())["config"]["capacity"] == 4

@@ -230,3 +230,5 @@ def _routes(app: web.Application) -> None:
 def _internal_routes(app: web.Application) -> None:
     """Served only on the internal listener, to callers named in ``URR_INTERNAL__CALLERS``."""
     app.router.add_post("/internal/v1/queue/{eventId}/complete", handlers.complete)
+    # Event set-up by a trusted service (the demo seed), same rules as the admin API's PUT.
+    app.router.add_put("/internal/v1/queue/{eventId}/config", admin.put_event)
