@@ -64,6 +64,20 @@ def test_devstack_common_env_follows_the_conventions() -> None:
     assert json.loads(env["URR_VWR_TRUST__PUBLIC_KEY_FILES"]) == ["/k/vwr/public/local-1.pem"]
     assert env["URR_BOOTSTRAP_ADMIN_EMAIL"] == "admin@urr.local"
     assert env["URR_BOOTSTRAP_ADMIN_PASSWORD"] == "s3cret-pass"
+    # Every upstream verifies the gateway's identity assertions with its public key.
+    assert json.loads(env["URR_IDENTITY__PUBLIC_KEY_FILES"]) == ["/k/identity/public/local-1.pem"]
+    assert "URR_IDENTITY__PRIVATE_KEY_FILE" not in env
+    assert "URR_INTERNAL__CALLERS" not in env
+
+
+def test_devstack_common_env_gives_queue_and_ticket_one_credential() -> None:
+    secret = "c" * 64
+    env = common_env(SETTINGS, INFRA, KEYS, "pw", {}, queue_ticket_secret=secret)
+    assert json.loads(env["URR_INTERNAL__CALLERS"]) == {"ticket": secret}
+    assert (env["URR_QUEUE_CREDENTIAL__NAME"], env["URR_QUEUE_CREDENTIAL__SECRET"]) == (
+        "ticket",
+        secret,
+    )
 
 
 def test_devstack_banner_lists_entry_points_first_and_marks_reused_servers() -> None:

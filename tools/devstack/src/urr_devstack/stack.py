@@ -9,6 +9,7 @@ whatever the way out is (Ctrl-C, SIGTERM, a service dying, a timeout, an excepti
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,13 @@ from pathlib import Path
 
 from urr_devstack import aws, kafka, postgres
 from urr_devstack.infra import Infra, InfraError, start_infra
-from urr_devstack.keys import LocalKey, chosen_admin, ensure_admin_password, ensure_signing_keys
+from urr_devstack.keys import (
+    LocalKey,
+    chosen_admin,
+    ensure_admin_password,
+    ensure_service_secret,
+    ensure_signing_keys,
+)
 from urr_devstack.monitoring import MonitoringError, start_monitoring
 from urr_devstack.procs import is_listening
 from urr_devstack.runstate import RUNFILE_NAME, ProcessRecord, RunState, cmdline
@@ -68,6 +75,11 @@ class StatePaths:
         return self.root / "admin-password"
 
     @property
+    def queue_ticket_secret(self) -> Path:
+        """The ticket service's credential at the queue's internal listener."""
+        return self.root / "secrets" / "queue-ticket"
+
+    @property
     def procfile(self) -> Path:
         return self.root / "Procfile"
 
@@ -111,8 +123,14 @@ def common_env(
     keys: Mapping[str, LocalKey],
     admin_password: str,
     ports: Mapping[str, int | None],
+    *,
+    queue_ticket_secret: str | None = None,
 ) -> dict[str, str]:
-    """The environment every service gets (shared names from the brief's conventions)."""
+    """The environment every service gets (shared names from the brief's conventions).
+
+    Upstreams trust the gateway's identity key (its public half; the private half goes to
+    the gateway alone, ``services.py``). ``queue_ticket_secret``: the ticket service's
+    credential at the queue's internal listener, on both sides."""
     host = settings.host
     database_dsn = postgres.dsn(
         host, settings.ports.postgres, settings.postgres_user, settings.postgres_database
@@ -151,6 +169,11 @@ def common_env(
     env["URR_ACCESS_TRUST__JWKS_URL"] = _jwks_url(host, ports.get("auth"), 3005)
     env["URR_ENTRY_TRUST__JWKS_URL"] = _jwks_url(host, ports.get("queue"), 3007)
     env["URR_VWR_TRUST__PUBLIC_KEY_FILES"] = f'["{keys["vwr"].public_file}"]'
+    env["URR_IDENTITY__PUBLIC_KEY_FILES"] = f'["{keys["identity"].public_file}"]'
+    if queue_ticket_secret is not None:
+        env["URR_INTERNAL__CALLERS"] = json.dumps({"ticket": queue_ticket_secret})
+        env["URR_QUEUE_CREDENTIAL__NAME"] = "ticket"
+        env["URR_QUEUE_CREDENTIAL__SECRET"] = queue_ticket_secret
     return env
 
 
@@ -250,7 +273,14 @@ def up(
             admin[1] if admin is not None else ensure_admin_password(paths.admin_password)
         )
         signals.checkpoint()
-        env = common_env(settings, infra, keys, admin_password, ports)
+        env = common_env(
+            settings,
+            infra,
+            keys,
+            admin_password,
+            ports,
+            queue_ticket_secret=ensure_service_secret(paths.queue_ticket_secret),
+        )
         infra_values = {
             "redis_url": infra.redis_url,
             "postgres_dsn": env["URR_POSTGRES__DSN"],
