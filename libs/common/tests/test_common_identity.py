@@ -165,6 +165,16 @@ def test_identity_settings_say_which_key_source_is_unusable(tmp_path: Path) -> N
     jwks = json.dumps(KeySet([TEST_GATEWAY_KEY.verification_key()]).to_jwks())
     both = UpstreamIdentitySettings(public_key_files=[good], jwks=jwks)
     assert {key.kid for key in both.key_set()} == {"gw-1", "test-gateway"}
+    # A glob: the mounted Secret's <kid>.pem files, so a new key needs no new setting.
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    for key in (KEY, SigningKey.generate("gw-2")):
+        (mounted / f"{key.kid}.pem").write_bytes(key.verification_key().to_pem())
+    globbed = UpstreamIdentitySettings(public_key_files=[mounted / "*.pem"])
+    assert {key.kid for key in globbed.key_set()} == {"gw-1", "gw-2"}
+    assert not len(
+        UpstreamIdentitySettings(public_key_files=[tmp_path / "none" / "*.pem"]).key_set()
+    )
 
 
 def test_internal_settings_refuse_weak_secrets_and_bad_names() -> None:

@@ -53,7 +53,8 @@ class UpstreamIdentitySettings(BaseModel):
     Without any key every assertion is refused: routes that need a user answer 401 (closed).
     """
 
-    #: PEM files of the gateway's public keys; the ``kid`` is each file's stem.
+    #: PEM files of the gateway's public keys; the ``kid`` is each file's stem. A name may be a
+    #: glob (``/var/run/urr/keys/identity/*.pem``: a mounted Secret of ``<kid>.pem`` files).
     public_key_files: list[Path] = Field(default_factory=list)
     #: Or a JWKS document inline (``{"keys": [...]}``), e.g. from a Kubernetes Secret.
     jwks: str | None = None
@@ -65,10 +66,10 @@ class UpstreamIdentitySettings(BaseModel):
     @classmethod
     def _files_hold_keys(cls, files: list[Path]) -> list[Path]:
         for path in files:
-            if not path.is_file():
+            if not _is_glob(path) and not path.is_file():
                 raise ValueError(f"the gateway public key file {path} does not exist")
         try:
-            load_verification_keys(files)
+            load_verification_keys(_expand(files))
         except (KeyMaterialError, ValueError, OSError) as exc:
             raise ValueError(f"a gateway public key file is unusable: {exc}") from exc
         return files
@@ -86,7 +87,7 @@ class UpstreamIdentitySettings(BaseModel):
         return value
 
     def key_set(self) -> KeySet:
-        keys = KeySet(load_verification_keys(self.public_key_files))
+        keys = KeySet(load_verification_keys(_expand(self.public_key_files)))
         if self.jwks:
             for key in KeySet.from_jwks(json.loads(self.jwks)):
                 keys.add(key)
@@ -165,6 +166,26 @@ class ServiceCredentialSettings(BaseModel):
         if self.secret is None:
             return {}
         return {"Authorization": f"Bearer {self.secret.get_secret_value()}"}
+
+
+def _is_glob(path: Path) -> bool:
+    return any(char in path.name for char in "*?[")
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """Files named, with globs expanded (sorted; hidden files such as a Secret mount's
+    ``..data`` links are skipped)."""
+    found: list[Path] = []
+    for path in paths:
+        if _is_glob(path):
+            found += sorted(
+                match
+                for match in path.parent.glob(path.name)
+                if match.is_file() and not match.name.startswith(".")
+            )
+        else:
+            found.append(path)
+    return found
 
 
 def identity_middleware(verifier: AssertionVerifier) -> Middleware:
