@@ -87,3 +87,21 @@ def test_identity_assertion_settings_are_checked(monkeypatch, variable, value, m
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=message):
         load_settings(GatewaySettings)
+
+
+def test_the_identity_key_tool_makes_a_key_upstreams_can_trust(tmp_path, monkeypatch, capsys):
+    from urr_common.upstream_security import UpstreamIdentitySettings
+    from urr_gateway.identity_key import main
+
+    private = tmp_path / "keys" / "identity" / "gw-7.pem"
+    monkeypatch.setenv("URR_IDENTITY__PRIVATE_KEY_FILE", str(private))
+    monkeypatch.setenv("URR_IDENTITY__KEY_ID", "gw-7")
+    main()
+    first = private.read_bytes()
+    main()  # idempotent: the key stays
+    assert private.read_bytes() == first
+    assert "gw-7" in capsys.readouterr().out
+    trusted = UpstreamIdentitySettings(public_key_files=[private.parent / "public" / "*.pem"])
+    (key,) = trusted.key_set()
+    assert key.kid == "gw-7"
+    assert b"PRIVATE" not in (private.parent / "public" / "gw-7.pem").read_bytes()
