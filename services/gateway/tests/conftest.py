@@ -41,6 +41,7 @@ from urr_gateway.settings import (
 )
 
 DOWNLOAD_BYTES = 10 * 1024 * 1024
+CHECK_SECRET = "check-api-test-secret-0123456789abcdef"
 #: One echoing upstream per ``UpstreamSettings`` field.
 UPSTREAM_NAMES = tuple(UpstreamSettings.model_fields)
 
@@ -165,6 +166,10 @@ class Stack:
     internal_url: str | None = None
     #: Every upstream's log by its settings name (the three above and the others).
     upstreams: dict[str, UpstreamLog] = field(default_factory=dict)
+    #: What a caller of the check API sends (its service credential).
+    check_headers: dict[str, str] = field(
+        default_factory=lambda: {"Authorization": f"Bearer {CHECK_SECRET}"}
+    )
 
     def access_token(self, user_id: str = "u1", role: str = "user", **claims: Any) -> str:
         return self.access.signer.sign(
@@ -254,6 +259,8 @@ async def stack_factory(redis_url: str, tmp_path: Path) -> AsyncIterator[StackFa
             "proxy": ProxySettings(connect_timeout_s=2.0, read_timeout_s=2.0),
             # Generous: the test machine is shared, and a timeout here means "not revoked".
             "revocation_timeout_s": 2.0,
+            # The check API's one caller in these tests (wired stacks check the credential).
+            "internal": {"callers": {"checker": CHECK_SECRET}},
             "identity": IdentityAssertionSettings(
                 private_key_file=identity_key_dir / "gw-test.pem", key_id="gw-test"
             ),

@@ -105,3 +105,12 @@ def test_the_identity_key_tool_makes_a_key_upstreams_can_trust(tmp_path, monkeyp
     (key,) = trusted.key_set()
     assert key.kid == "gw-7"
     assert b"PRIVATE" not in (private.parent / "public" / "gw-7.pem").read_bytes()
+
+
+def test_check_api_callers_are_validated(monkeypatch):
+    assert load_settings(GatewaySettings).internal.callers == {}
+    monkeypatch.setenv("URR_INTERNAL__CALLERS", '{"billing": "short"}')
+    with pytest.raises(SettingsError, match="URR_INTERNAL__CALLERS"):
+        load_settings(GatewaySettings)
+    monkeypatch.setenv("URR_INTERNAL__CALLERS", '{"billing": "' + "b" * 32 + '"}')
+    assert set(load_settings(GatewaySettings).internal.callers) == {"billing"}

@@ -105,6 +105,19 @@ class UpstreamIdentitySettings(BaseModel):
         )
 
 
+def check_callers(callers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    """``ValueError`` for a caller name or secret that cannot be used (a settings validator)."""
+    for name, secret in callers.items():
+        if not name or not set(name) <= _CALLER_NAME_CHARS:
+            raise ValueError(f"caller name {name!r} must be lower-case letters, digits, - or _")
+        if len(secret.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"the secret of caller {name!r} must be at least {MIN_SECRET_LENGTH} "
+                "characters (generate one: openssl rand -hex 32)"
+            )
+    return callers
+
+
 class InternalListenerSettings(BaseModel):
     """``URR_INTERNAL__*``: the listener of a service's ``/internal/...`` routes."""
 
@@ -118,15 +131,7 @@ class InternalListenerSettings(BaseModel):
     @field_validator("callers")
     @classmethod
     def _callers_are_usable(cls, callers: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for name, secret in callers.items():
-            if not name or not set(name) <= _CALLER_NAME_CHARS:
-                raise ValueError(f"caller name {name!r} must be lower-case letters, digits, - or _")
-            if len(secret.get_secret_value()) < MIN_SECRET_LENGTH:
-                raise ValueError(
-                    f"the secret of caller {name!r} must be at least {MIN_SECRET_LENGTH} "
-                    "characters (generate one: openssl rand -hex 32)"
-                )
-        return callers
+        return check_callers(callers)
 
     def port_beside(self, public_port: int) -> int:
         if self.port is not None:

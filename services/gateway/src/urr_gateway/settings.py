@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from urr_common.settings import HttpSettings, RedisSettings, ServiceSettings, TrustedKeysSettings
+from urr_common.upstream_security import check_callers
 from urr_gateway.ratelimit.config import RateLimitSettings
 from urr_gateway.trust import TrustSettings
 
@@ -93,10 +94,18 @@ class TokenCacheSettings(BaseModel):
 
 
 class InternalListenerSettings(BaseModel):
-    """Where the rate-limit check API listens: loopback or a private network only."""
+    """Where the rate-limit check API listens: loopback or a private network only, and who
+    may call it (``URR_INTERNAL__CALLERS``: ``{"<caller>": "<bearer secret>"}``; none set:
+    every call is refused with 401 ``service_credential_required``)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=3011, ge=0, le=65535)
+    callers: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("callers")
+    @classmethod
+    def _callers_are_usable(cls, callers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        return check_callers(callers)
 
 
 # The gateway's defaults live on subclasses, not in ``default_factory`` values: a nested
