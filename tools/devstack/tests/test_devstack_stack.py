@@ -17,6 +17,7 @@ from urr_devstack.stack import (
     banner,
     busy_service_ports,
     common_env,
+    credential_env,
     urls,
 )
 
@@ -68,16 +69,18 @@ def test_devstack_common_env_follows_the_conventions() -> None:
     assert json.loads(env["URR_IDENTITY__PUBLIC_KEY_FILES"]) == ["/k/identity/public/local-1.pem"]
     assert "URR_IDENTITY__PRIVATE_KEY_FILE" not in env
     assert "URR_INTERNAL__CALLERS" not in env
+    assert "URR_QUEUE_CREDENTIAL__SECRET" not in env
 
 
-def test_devstack_common_env_gives_queue_and_ticket_one_credential() -> None:
-    secret = "c" * 64
-    env = common_env(SETTINGS, INFRA, KEYS, "pw", {}, queue_ticket_secret=secret)
-    assert json.loads(env["URR_INTERNAL__CALLERS"]) == {"ticket": secret}
-    assert (env["URR_QUEUE_CREDENTIAL__NAME"], env["URR_QUEUE_CREDENTIAL__SECRET"]) == (
-        "ticket",
-        secret,
-    )
+def test_devstack_credentials_go_to_their_two_sides_only() -> None:
+    ticket, check = "t" * 64, "c" * 64
+    by_name = credential_env(ticket, check)
+    assert json.loads(by_name["queue"]["URR_INTERNAL__CALLERS"]) == {"ticket": ticket}
+    assert json.loads(by_name["gateway"]["URR_INTERNAL__CALLERS"]) == {"loadtest": check}
+    holders = {name for name, env in by_name.items() if ticket in env.values()} - {"queue"}
+    assert holders == {"ticket", "ticket-outcomes", "seed-demo"}
+    for name in holders:
+        assert by_name[name]["URR_QUEUE_CREDENTIAL__NAME"] == "ticket"
 
 
 def test_devstack_banner_lists_entry_points_first_and_marks_reused_servers() -> None:

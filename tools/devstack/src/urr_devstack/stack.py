@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from urr_devstack import aws, kafka, postgres
@@ -80,6 +80,11 @@ class StatePaths:
         return self.root / "secrets" / "queue-ticket"
 
     @property
+    def check_api_secret(self) -> Path:
+        """The load tests' credential at the gateway's rate-limit check API."""
+        return self.root / "secrets" / "gateway-check-loadtest"
+
+    @property
     def procfile(self) -> Path:
         return self.root / "Procfile"
 
@@ -123,14 +128,12 @@ def common_env(
     keys: Mapping[str, LocalKey],
     admin_password: str,
     ports: Mapping[str, int | None],
-    *,
-    queue_ticket_secret: str | None = None,
 ) -> dict[str, str]:
     """The environment every service gets (shared names from the brief's conventions).
 
     Upstreams trust the gateway's identity key (its public half; the private half goes to
-    the gateway alone, ``services.py``). ``queue_ticket_secret``: the ticket service's
-    credential at the queue's internal listener, on both sides."""
+    the gateway alone, ``services.py``). Service credentials are not here: each goes to its
+    two sides only (``credential_env``)."""
     host = settings.host
     database_dsn = postgres.dsn(
         host, settings.ports.postgres, settings.postgres_user, settings.postgres_database
@@ -170,11 +173,26 @@ def common_env(
     env["URR_ENTRY_TRUST__JWKS_URL"] = _jwks_url(host, ports.get("queue"), 3007)
     env["URR_VWR_TRUST__PUBLIC_KEY_FILES"] = f'["{keys["vwr"].public_file}"]'
     env["URR_IDENTITY__PUBLIC_KEY_FILES"] = f'["{keys["identity"].public_file}"]'
-    if queue_ticket_secret is not None:
-        env["URR_INTERNAL__CALLERS"] = json.dumps({"ticket": queue_ticket_secret})
-        env["URR_QUEUE_CREDENTIAL__NAME"] = "ticket"
-        env["URR_QUEUE_CREDENTIAL__SECRET"] = queue_ticket_secret
     return env
+
+
+#: Who holds the ticket service's credential at the queue: the ticket processes and the seed.
+TICKET_CREDENTIAL_HOLDERS = ("ticket", "ticket-outcomes", "seed-demo")
+
+
+def credential_env(queue_ticket_secret: str, check_api_secret: str) -> dict[str, dict[str, str]]:
+    """Extra environment by service (or setup task) name: each internal listener's caller
+    list, and each caller's credential, given to those two sides and nobody else."""
+    ticket = {
+        "URR_QUEUE_CREDENTIAL__NAME": "ticket",
+        "URR_QUEUE_CREDENTIAL__SECRET": queue_ticket_secret,
+    }
+    return {
+        "queue": {"URR_INTERNAL__CALLERS": json.dumps({"ticket": queue_ticket_secret})},
+        # The load tests' ratelimit_check scenario reads its secret from the state folder.
+        "gateway": {"URR_INTERNAL__CALLERS": json.dumps({"loadtest": check_api_secret})},
+        **{name: dict(ticket) for name in TICKET_CREDENTIAL_HOLDERS},
+    }
 
 
 def _jwks_url(host: str, port: int | None, default_port: int) -> str:
@@ -273,13 +291,10 @@ def up(
             admin[1] if admin is not None else ensure_admin_password(paths.admin_password)
         )
         signals.checkpoint()
-        env = common_env(
-            settings,
-            infra,
-            keys,
-            admin_password,
-            ports,
-            queue_ticket_secret=ensure_service_secret(paths.queue_ticket_secret),
+        env = common_env(settings, infra, keys, admin_password, ports)
+        credentials = credential_env(
+            ensure_service_secret(paths.queue_ticket_secret),
+            ensure_service_secret(paths.check_api_secret),
         )
         infra_values = {
             "redis_url": infra.redis_url,
@@ -306,6 +321,13 @@ def up(
             infra=infra_values,
             python=sys.executable,
         )
+        planned = [
+            replace(service, env={**service.env, **credentials.get(service.name, {})})
+            for service in planned
+        ]
+        tasks = [
+            replace(task, env={**task.env, **credentials.get(task.name, {})}) for task in tasks
+        ]
         _write_procfile(paths, planned, env)
         if settings.monitoring.enabled:
             _start_monitoring(settings, paths, repo_root, infra, planned, state, out, signals)
