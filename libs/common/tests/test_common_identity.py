@@ -203,6 +203,14 @@ def test_settings_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setenv("URR_INTERNAL__CALLERS", '{"ticket": "' + "s" * 32 + '"}')
     assert load_settings(Demo).internal.callers["ticket"].get_secret_value() == "s" * 32
+    monkeypatch.setenv("URR_IDENTITY__LEEWAY_S", "3600")
+    with pytest.raises(SettingsError, match="URR_IDENTITY__LEEWAY_S"):
+        load_settings(Demo)
+    monkeypatch.setenv("URR_IDENTITY__LEEWAY_S", "5")
+    monkeypatch.setenv("URR_INTERNAL__PORT", "70000")
+    with pytest.raises(SettingsError, match="URR_INTERNAL__PORT"):
+        load_settings(Demo)
+    monkeypatch.setenv("URR_INTERNAL__PORT", "5007")
     monkeypatch.setenv("URR_IDENTITY__JWKS", "{}")
     with pytest.raises(SettingsError, match="URR_IDENTITY__JWKS"):
         load_settings(Demo)

@@ -79,6 +79,8 @@ def test_every_routed_upstream_has_a_url():
         ("URR_IDENTITY__TTL_S", "1", "URR_IDENTITY__TTL_S"),
         ("URR_IDENTITY__REUSE_S", "-1", "URR_IDENTITY__REUSE_S"),
         ("URR_IDENTITY__REUSE_S", "4", "at most half of URR_IDENTITY__TTL_S"),
+        ("URR_IDENTITY__KEY_ID", "../../etc/key", "URR_IDENTITY__KEY_ID"),
+        ("URR_IDENTITY__KEY_ID", "", "URR_IDENTITY__KEY_ID"),
     ],
 )
 def test_identity_assertion_settings_are_checked(monkeypatch, variable, value, message):

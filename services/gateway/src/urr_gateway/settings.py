@@ -142,8 +142,9 @@ class IdentityAssertionSettings(BaseModel):
     #: PEM of the EC P-256 private key; made on first start when missing (local runs). In
     #: Kubernetes it is mounted from the Secret ``urr-gateway-identity-key``.
     private_key_file: Path = Path(".urr/keys/identity/local-1.pem")
-    #: Written into every assertion's header; upstreams look the key up by it.
-    key_id: str = "local-1"
+    #: Written into every assertion's header; upstreams look the key up by it (and take it
+    #: from the public key's file name, so it must also be a usable file name).
+    key_id: str = Field(default="local-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     #: Lifetime of one assertion: long enough for a slow upstream queue, short enough that a
     #: leaked one is soon worthless.
     ttl_s: int = Field(default=15, ge=2, le=60)
