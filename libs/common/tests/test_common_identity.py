@@ -282,3 +282,32 @@ async def test_internal_app_needs_a_callers_credential(aiohttp_client) -> None:
         assert (await refused.json())["code"] == "service_credential_required"
     ok = await client.post("/internal/v1/thing", headers={"Authorization": f"Bearer {secret}"})
     assert ok.status == 200
+
+
+def test_a_new_gateway_key_is_trusted_without_a_restart(tmp_path: Path) -> None:
+    mounted = tmp_path / "identity"
+    mounted.mkdir()
+    (mounted / "gw-1.pem").write_bytes(KEY.verification_key().to_pem())
+    verifier = UpstreamIdentitySettings(public_key_files=[mounted / "*.pem"]).verifier("queue")
+    new = SigningKey.generate("gw-2")
+    token = AssertionSigner(new).assertion(
+        "u", "user", audience="queue", method="GET", path="/x", now=time.time()
+    )
+    verifier.reload_every_s = 3600.0
+    with pytest.raises(TokenError) as unknown:
+        verifier.verify(token, method="GET", path="/x")
+    assert unknown.value.reason == TokenRejection.UNKNOWN_KEY
+    (mounted / "gw-2.pem").write_bytes(new.verification_key().to_pem())
+    # Within the reload period the files are not read again (a junk-kid flood costs nothing).
+    with pytest.raises(TokenError):
+        verifier.verify(token, method="GET", path="/x")
+    verifier.reload_every_s = 0.0
+    assert verifier.verify(token, method="GET", path="/x").user_id == "u"
+    # A broken file leaves the keys already trusted in place.
+    (mounted / "gw-3.pem").write_text("half-written")
+    stranger = AssertionSigner(SigningKey.generate("gw-4")).assertion(
+        "u", "user", audience="queue", method="GET", path="/y", now=time.time()
+    )
+    with pytest.raises(TokenError):
+        verifier.verify(stranger, method="GET", path="/y")
+    assert "gw-2" in verifier.keys

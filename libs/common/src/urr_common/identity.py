@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 
+from urr_common.logs import get_logger
 from urr_common.tokens import (
     ALGORITHM,
     KeySet,
@@ -34,6 +36,7 @@ from urr_common.tokens import (
     TokenVerifier,
 )
 
+_LOG = get_logger(__name__)
 ASSERTION_HEADER = "X-Urr-Identity"
 ASSERTION_ISSUER = "urr-gateway"
 ASSERTION_CLAIMS = ("iss", "aud", "exp", "iat", "sub", "role", "htm", "htp", "jti")
@@ -119,7 +122,13 @@ class AssertionVerifier:
     #: Assertions that claim to live longer than this are refused even when signed: the
     #: gateway never issues one, so such a token was made with a stolen or misused key.
     max_lifetime_s: int = 60
+    #: Reads the trusted keys again (from their files) when an assertion names an unknown
+    #: ``kid``, at most once per ``reload_every_s``: a new gateway key dropped into a mounted
+    #: Secret is trusted without a restart, and a flood of junk kids costs one read per period.
+    reload: Callable[[], KeySet] | None = None
+    reload_every_s: float = 10.0
     _verified: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict, repr=False)
+    _reloaded_at: float = field(default=float("-inf"), repr=False)
 
     def verify(
         self, token: str, *, method: str, path: str, now: float | None = None
@@ -154,7 +163,13 @@ class AssertionVerifier:
             leeway_s=self.leeway_s,
             required_claims=ASSERTION_CLAIMS,
         )
-        key = verifier.key_for(token)
+        try:
+            key = verifier.key_for(token)
+        except TokenError as exc:
+            if exc.reason != TokenRejection.UNKNOWN_KEY or not self._reload_keys(now):
+                raise
+            verifier.keys = self.keys
+            key = verifier.key_for(token)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -184,6 +199,22 @@ class AssertionVerifier:
             claims, now=now, leeway_s=self.leeway_s, max_lifetime_s=self.max_lifetime_s
         )
         return claims
+
+    def _reload_keys(self, now: float) -> bool:
+        """Read the keys again if allowed now; True when a new key set is in place."""
+        if self.reload is None or now - self._reloaded_at < self.reload_every_s:
+            return False
+        self._reloaded_at = now
+        try:
+            self.keys = self.reload()
+        except (OSError, ValueError) as exc:  # a half-written Secret update: keep the old set
+            _reload_failed(exc)
+            return False
+        return True
+
+
+def _reload_failed(exc: Exception) -> None:
+    _LOG.warning("identity_keys_reload_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 def check_assertion_claims(

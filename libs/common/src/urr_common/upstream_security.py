@@ -102,6 +102,7 @@ class UpstreamIdentitySettings(BaseModel):
             audience=audience,
             leeway_s=self.leeway_s,
             max_lifetime_s=self.max_lifetime_s,
+            reload=self.key_set,
         )
 
 
