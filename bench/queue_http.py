@@ -26,11 +26,18 @@ import aiohttp
 from queue_common import bulk_enter, describe_ms, uuid_users, workdir
 from redis.asyncio import Redis
 
+from urr_common.identity import ASSERTION_HEADER
+from urr_common.identity_testing import identity_env, mint
 from urr_devstack.procs import RedisServer, ServerProcess, free_port
 from urr_queue.config import EventConfig
 from urr_queue.store import QueueStore
 
 EVENT = "bench"
+
+
+def asserted(user_id: str, method: str, path: str) -> dict[str, str]:
+    """The gateway's signed identity for one request (signing is part of the client's cost)."""
+    return {ASSERTION_HEADER: mint(user_id, "user", audience="queue", method=method, path=path)}
 
 
 async def drive(
@@ -93,23 +100,26 @@ async def main() -> None:
             "URR_ENTRY_TOKENS__PRIVATE_KEY_FILE": str(folder / "entry" / "local-1.pem"),
             "URR_VWR_TRUST__PUBLIC_KEY_FILES": "[]",
             "URR_LOG__LEVEL": "WARNING",
+            # The gateway's signed identity (a test key): the queue believes nothing else.
+            **identity_env(),
             "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         }
         service = ServerProcess(
             "urr-queue", [sys.executable, "-m", "urr_queue"], port, folder / "queue.log", env=env
         )
         service.start()
-        base = f"http://127.0.0.1:{port}/api/v1/queue/{EVENT}"
+        path = f"/api/v1/queue/{EVENT}"
+        base = f"http://127.0.0.1:{port}{path}"
         sample = [str(u) for u in random.sample(users, 50_000)]
 
         async def status(session: aiohttp.ClientSession, n: int) -> int:
-            headers = {"X-User-Id": sample[n % len(sample)]}
+            headers = asserted(sample[n % len(sample)], "GET", f"{path}/status")
             async with session.get(f"{base}/status", headers=headers) as response:
                 await response.read()
                 return response.status
 
         async def enter(session: aiohttp.ClientSession, n: int) -> int:
-            headers = {"X-User-Id": f"bench-new-{n}"}
+            headers = asserted(f"bench-new-{n}", "POST", f"{path}/enter")
             async with session.post(f"{base}/enter", headers=headers) as response:
                 await response.read()
                 return response.status

@@ -40,6 +40,8 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from urr_common.identity import ASSERTION_HEADER
+from urr_common.identity_testing import identity_settings, mint
 from urr_common.logs import configure_logging
 from urr_common.settings import LogSettings, load_settings
 from urr_devstack.procs import RedisServer, free_port, moto_server, tansu_server
@@ -120,7 +122,9 @@ async def _run(
         relay={"flush_after_batch": not args.no_flush},
         payment={"decline_rate": 0.0, "delay_ms": args.payment_delay_ms},
     )
-    ticket = load_settings(TicketSettings, **common, redis={"url": redis_url})
+    ticket = load_settings(
+        TicketSettings, **common, redis={"url": redis_url}, identity=identity_settings()
+    )
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     await migrate(pool)
     await seed_catalog(pool, DemoEvent(rows=ROWS, seats_per_row=10))
@@ -230,21 +234,30 @@ async def _stages(dsn: str, user_prefix: str) -> dict[str, list[float]]:
     return {name: values for name, values in stages.items() if values}
 
 
+def _as_user(user_id: str, method: str, path: str) -> dict[str, str]:
+    """What the gateway would add: the user's identity signed for this one request."""
+    token = mint(user_id, "user", audience="ticket", method=method, path=path)
+    return {ASSERTION_HEADER: token}
+
+
 async def _one(
     http: aiohttp.ClientSession, user_id: str, seat: str, timeout_s: float, poll_s: float = 0.005
 ) -> float:
-    headers = {"X-User-Id": user_id}
-    async with http.post(f"/api/v1/seats/demo/{seat}/hold", headers=headers) as response:
+    hold = f"/api/v1/seats/demo/{seat}/hold"
+    async with http.post(hold, headers=_as_user(user_id, "POST", hold)) as response:
         assert response.status == 200, await response.text()
     started = time.perf_counter()
+    reserve = "/api/v1/reservations/demo"
     async with http.post(
-        "/api/v1/reservations/demo", json={"seatIds": [seat]}, headers=headers
+        reserve, json={"seatIds": [seat]}, headers=_as_user(user_id, "POST", reserve)
     ) as response:
         assert response.status == 202, await response.text()
         rid = (await response.json())["reservationId"]
+    status_path = f"/api/v1/reservations/demo/{rid}"
+    headers = _as_user(user_id, "GET", status_path)
     async with asyncio.timeout(timeout_s):
         while True:
-            async with http.get(f"/api/v1/reservations/demo/{rid}", headers=headers) as response:
+            async with http.get(status_path, headers=headers) as response:
                 status = (await response.json())["status"]
             if status == "confirmed":
                 return time.perf_counter() - started

@@ -98,9 +98,17 @@ def private_stack(
         banner = lines[next(i for i, line in enumerate(lines) if READY_BANNER in line) :]
         urls, email, password = parse_banner(banner)
         urls["gateway-internal"] = f"http://127.0.0.1:{ports['gateway-internal']}"
+        urls["queue-internal"] = f"http://127.0.0.1:{ports['queue-internal']}"
         described = state / "stack.json"
         described.write_text(
-            json.dumps({"urls": urls, "admin_email": email, "admin_password": password})
+            json.dumps(
+                {
+                    "urls": urls,
+                    "admin_email": email,
+                    "admin_password": password,
+                    "state_dir": env["URR_DEVSTACK__STATE_DIR"],
+                }
+            )
         )
         yield PrivateStack(env, urls, password, described)
     finally:
@@ -227,7 +235,12 @@ def test_loadtest_journey_in_chromium(private_stack: PrivateStack):
     from urr_loadtests import setup
     from urr_loadtests.stack import Stack
 
-    stack = Stack(private_stack.urls, "admin@urr.local", private_stack.admin_password)
+    stack = Stack(
+        private_stack.urls,
+        "admin@urr.local",
+        private_stack.admin_password,
+        state_dir=Path(private_stack.env["URR_DEVSTACK__STATE_DIR"]),
+    )
     event_id = f"br{uuid.uuid4().hex[:10]}"
     setup.seed_event(stack, event_id, capacity=5, admit_per_second=5)
     setup.activate_room(stack, setup.admin_token(stack), event_id)

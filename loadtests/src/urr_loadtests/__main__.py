@@ -294,6 +294,8 @@ def _run(
         env["URR_LT_TOKENS"] = str(tokens)
     if scenario == "ratelimit_check":
         host = stack.url("gateway-internal")
+        # The check API needs a caller's credential: the devstack's one for load tests.
+        env["URR_LT_CHECK_SECRET"] = stack.secret("gateway-check-loadtest")
         if args.rate:
             env["URR_LT_CHECK_RATE"] = str(args.rate)
     elif scenario in ("journey", "flash_crowd"):

@@ -57,7 +57,10 @@ def seed_event(stack: Stack, event_id: str, *, capacity: int, admit_per_second: 
     """A fresh event (100 seats A1-J10) with its Tier-2 queue, via the ticket seed command."""
     env = {
         "URR_POSTGRES__DSN": stack.url("postgres"),
-        "URR_QUEUE_ADMIN__BASE_URL": stack.url("queue"),
+        # The seed configures the queue on its internal listener, as the ticket service.
+        "URR_QUEUE_ADMIN__BASE_URL": stack.url("queue-internal"),
+        "URR_QUEUE_CREDENTIAL__NAME": "ticket",
+        "URR_QUEUE_CREDENTIAL__SECRET": stack.secret("queue-ticket"),
         "PATH": "/usr/bin:/bin",
     }
     done = subprocess.run(  # noqa: S603 - the stack's own seed command

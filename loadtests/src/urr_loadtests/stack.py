@@ -28,6 +28,7 @@ DEFAULTS = {
     "ticket": "http://127.0.0.1:3002",
     "vwr-apigw": "http://127.0.0.1:3010",
     "gateway-internal": "http://127.0.0.1:3011",
+    "queue-internal": "http://127.0.0.1:5007",
     "postgres": "postgresql://postgres@127.0.0.1:5432/urr",
     "kafka": "127.0.0.1:9092",
 }
@@ -40,9 +41,17 @@ class Stack:
     admin_password: str
     process: subprocess.Popen[str] | None = None
     log_lines: list[str] = field(default_factory=list)
+    #: The stack's state folder (its keys and service credentials).
+    state_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("URR_DEVSTACK__STATE_DIR", ".urr"))
+    )
 
     def url(self, name: str) -> str:
         return self.urls.get(name) or DEFAULTS[name]
+
+    def secret(self, name: str) -> str:
+        """A service credential the devstack made (``<state>/secrets/<name>``)."""
+        return (self.state_dir / "secrets" / name).read_text().strip()
 
     def stop(self) -> None:
         """Stops the stack only when this runner started it."""
@@ -85,6 +94,16 @@ def _devstack_command() -> list[str]:
     return [str(script), "up"] if script.exists() else ["uv", "run", "urr-devstack", "up"]
 
 
+def moved_internal_listeners() -> dict[str, str]:
+    """The banner does not list the internal listeners: they follow the moved ports."""
+    moved_ports = json.loads(os.environ.get("URR_DEVSTACK__SERVICE_PORTS", "{}") or "{}")
+    return {
+        listener: f"http://127.0.0.1:{moved_ports[listener]}"
+        for listener in ("gateway-internal", "queue-internal")
+        if listener in moved_ports
+    }
+
+
 def find_or_start(repo_root: Path, *, start: bool, timeout_s: float = 240) -> Stack:
     """The running stack (default ports, admin password from ``.urr/``) or a new one."""
     state_dir = Path(os.environ.get("URR_DEVSTACK__STATE_DIR", repo_root / ".urr"))
@@ -92,12 +111,17 @@ def find_or_start(repo_root: Path, *, start: bool, timeout_s: float = 240) -> St
     if described:
         # A stack someone else started and described (the tests' private one): used, not owned.
         data = json.loads(Path(described).read_text())
-        return Stack({**DEFAULTS, **data["urls"]}, data["admin_email"], data["admin_password"])
+        return Stack(
+            {**DEFAULTS, **data["urls"]},
+            data["admin_email"],
+            data["admin_password"],
+            state_dir=Path(data.get("state_dir", state_dir)),
+        )
     moved = any(key.startswith("URR_DEVSTACK__") and "PORT" in key for key in os.environ)
     if not moved and all(is_ready(DEFAULTS[name]) for name in ("gateway", "queue", "ticket")):
         password_file = state_dir / "admin-password"
         password = password_file.read_text().strip() if password_file.exists() else ""
-        return Stack(dict(DEFAULTS), "admin@urr.local", password)
+        return Stack(dict(DEFAULTS), "admin@urr.local", password, state_dir=state_dir)
     if not start:
         raise RuntimeError("no stack answers on the default ports and --no-start was given")
     process = subprocess.Popen(  # noqa: S603 - our own console script
@@ -129,11 +153,8 @@ def find_or_start(repo_root: Path, *, start: bool, timeout_s: float = 240) -> St
         process.kill()
         raise RuntimeError("urr-devstack up did not become ready:\n" + "".join(tail))
     urls, email, password = parse_banner(banner)
-    # The banner does not list the gateway's internal listener: it follows the moved port.
-    moved_ports = json.loads(os.environ.get("URR_DEVSTACK__SERVICE_PORTS", "{}") or "{}")
-    if "gateway-internal" in moved_ports:
-        urls["gateway-internal"] = f"http://127.0.0.1:{moved_ports['gateway-internal']}"
-    stack = Stack({**DEFAULTS, **urls}, email, password, process)
+    urls.update(moved_internal_listeners())
+    stack = Stack({**DEFAULTS, **urls}, email, password, process, state_dir=state_dir)
     threading.Thread(target=_drain, args=(process, log_path), daemon=True).start()
     return stack
 

@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,8 +23,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from urr_common.identity import AssertedIdentity, AssertionVerifier
 from urr_common.settings import RedisSettings, load_settings
-from urr_common.tokens import KeySet, SigningKey, TokenSigner
+from urr_common.tokens import KeySet, SigningKey, TokenSigner, load_or_create_signing_key
 from urr_devstack.procs import RedisServer
 from urr_gateway.app import create_app
 from urr_gateway.filters.base import GatewayFilter
@@ -33,11 +35,13 @@ from urr_gateway.settings import (
     AccessTrustSettings,
     EntryTrustSettings,
     GatewaySettings,
+    IdentityAssertionSettings,
     ProxySettings,
     UpstreamSettings,
 )
 
 DOWNLOAD_BYTES = 10 * 1024 * 1024
+CHECK_SECRET = "check-api-test-secret-0123456789abcdef"
 #: One echoing upstream per ``UpstreamSettings`` field.
 UPSTREAM_NAMES = tuple(UpstreamSettings.model_fields)
 
@@ -162,6 +166,10 @@ class Stack:
     internal_url: str | None = None
     #: Every upstream's log by its settings name (the three above and the others).
     upstreams: dict[str, UpstreamLog] = field(default_factory=dict)
+    #: What a caller of the check API sends (its service credential).
+    check_headers: dict[str, str] = field(
+        default_factory=lambda: {"Authorization": f"Bearer {CHECK_SECRET}"}
+    )
 
     def access_token(self, user_id: str = "u1", role: str = "user", **claims: Any) -> str:
         return self.access.signer.sign(
@@ -179,6 +187,21 @@ class Stack:
             out.setdefault(name.lower(), []).append(value)
         return out
 
+    def asserted(self, seen: dict[str, Any]) -> AssertedIdentity | None:
+        """The identity the upstream of ``seen`` can verify from ``X-Urr-Identity`` exactly as
+        a real upstream does (its own audience, the request's method and path), else None."""
+        tokens = self.headers_of(seen).get("x-urr-identity")
+        if not tokens:
+            return None
+        assert len(tokens) == 1
+        key = load_or_create_signing_key(
+            self.settings.identity.private_key_file, self.settings.identity.key_id
+        )
+        verifier = AssertionVerifier(KeySet([key.verification_key()]), audience=seen["upstream"])
+        return verifier.verify(
+            tokens[0], method=seen["method"], path=seen["raw_path"].partition("?")[0]
+        )
+
     def auth_headers(self, user_id: str = "u1", role: str = "user") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.access_token(user_id, role)}"}
 
@@ -187,10 +210,11 @@ StackFactory = Callable[..., Awaitable[Stack]]
 
 
 @pytest.fixture
-async def stack_factory(redis_url: str) -> AsyncIterator[StackFactory]:
+async def stack_factory(redis_url: str, tmp_path: Path) -> AsyncIterator[StackFactory]:
     """Build a gateway in front of real upstreams; keyword arguments override settings."""
     servers: list[TestServer] = []
     clients: list[TestClient[web.Request, web.Application]] = []
+    identity_key_dir = tmp_path / "identity"
 
     async def start(app: web.Application) -> str:
         server = TestServer(app, host="127.0.0.1")
@@ -235,6 +259,11 @@ async def stack_factory(redis_url: str) -> AsyncIterator[StackFactory]:
             "proxy": ProxySettings(connect_timeout_s=2.0, read_timeout_s=2.0),
             # Generous: the test machine is shared, and a timeout here means "not revoked".
             "revocation_timeout_s": 2.0,
+            # The check API's one caller in these tests (wired stacks check the credential).
+            "internal": {"callers": {"checker": CHECK_SECRET}},
+            "identity": IdentityAssertionSettings(
+                private_key_file=identity_key_dir / "gw-test.pem", key_id="gw-test"
+            ),
         }
         values.update(overrides)
         settings = load_settings(GatewaySettings, **values)

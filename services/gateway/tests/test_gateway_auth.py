@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import ClientResponse
 
-from urr_common.tokens import SigningKey, TokenSigner
+from urr_common.tokens import SigningKey, TokenError, TokenSigner
 
 
 async def _seen(response: ClientResponse) -> dict[str, Any]:
@@ -17,17 +18,38 @@ async def _seen(response: ClientResponse) -> dict[str, Any]:
     return seen
 
 
-async def test_identity_headers_come_only_from_a_verified_token(stack):
+async def test_identity_reaches_upstreams_only_as_a_signed_assertion(stack):
     spoofed = {"X-User-Id": "admin", "X-User-Role": "admin", "x-user-email": "a@b"}
-    anonymous = await _seen(await stack.client.get("/api/v1/events", headers=spoofed))
-    assert not [h for h in stack.headers_of(anonymous) if h.startswith("x-user-")]
+    forged = {**spoofed, "X-Urr-Identity": "forged.by.client"}
+    anonymous = await _seen(await stack.client.get("/api/v1/events", headers=forged))
+    assert not [h for h in stack.headers_of(anonymous) if h.startswith(("x-user-", "x-urr-"))]
 
-    headers = {**spoofed, **stack.auth_headers("u7")}
+    headers = {**forged, **stack.auth_headers("u7")}
     seen = await _seen(await stack.client.get("/api/v1/events", headers=headers))
     got = stack.headers_of(seen)
-    assert got["x-user-id"] == ["u7"]
-    assert got["x-user-email"] == ["u7@example.com"]
-    assert got["x-user-role"] == ["user"]
+    assert not [h for h in got if h.startswith("x-user-")]
+    assert len(got["x-urr-identity"]) == 1
+    identity = stack.asserted(seen)
+    assert identity is not None
+    assert (identity.user_id, identity.role) == ("u7", "user")
+
+
+async def test_the_assertion_is_bound_to_its_upstream_method_and_path(stack):
+    seen = await _seen(
+        await stack.client.post("/api/v1/queue/e1/enter", headers=stack.auth_headers("u8"))
+    )
+    token = stack.headers_of(seen)["x-urr-identity"][0]
+    assert stack.asserted(seen) is not None
+    for other in (
+        {**seen, "upstream": "ticket"},
+        {**seen, "method": "DELETE"},
+        {**seen, "raw_path": "/api/v1/admin/queue/e1"},
+    ):
+        with pytest.raises(TokenError):
+            stack.asserted(other)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] <= stack.settings.identity.ttl_s + 1
+    assert claims["htp"] == "/api/v1/queue/e1/enter"
 
 
 @pytest.mark.parametrize(
@@ -37,8 +59,8 @@ async def test_spoofed_identity_is_stripped_on_every_route(stack, path):
     headers = {**stack.auth_headers("u1"), "X-User-Id": "victim", "X-User-Extra": "x"}
     seen = await _seen(await stack.client.post(path, headers=headers))
     got = stack.headers_of(seen)
-    assert got["x-user-id"] == ["u1"]
-    assert "x-user-extra" not in got
+    assert stack.asserted(seen).user_id == "u1"
+    assert not [h for h in got if h.startswith("x-user-")]
 
 
 async def test_access_token_cookie_becomes_a_bearer_token(stack):
@@ -48,7 +70,7 @@ async def test_access_token_cookie_becomes_a_bearer_token(stack):
     )
     got = stack.headers_of(seen)
     assert got["authorization"] == [f"Bearer {token}"]
-    assert got["x-user-id"] == ["u2"]
+    assert stack.asserted(seen).user_id == "u2"
 
 
 async def test_an_explicit_authorization_header_wins_over_the_cookie(stack):
@@ -57,7 +79,7 @@ async def test_an_explicit_authorization_header_wins_over_the_cookie(stack):
     seen = await _seen(
         await stack.client.get("/api/v1/queue/e1/status", headers=headers, cookies=cookies)
     )
-    assert stack.headers_of(seen)["x-user-id"] == ["header-user"]
+    assert stack.asserted(seen).user_id == "header-user"
 
 
 @pytest.mark.parametrize(
@@ -178,9 +200,10 @@ async def test_the_ratelimit_admin_api_needs_the_admin_role(stack):
     )
     seen = await _seen(admin)
     assert (seen["upstream"], seen["method"], seen["path"]) == ("ratelimit_admin", "POST", path)
-    got = stack.headers_of(seen)
-    # The role the admin API trusts is the one the gateway verified.
-    assert (got["x-user-id"], got["x-user-role"]) == (["root"], ["admin"])
+    # The role the admin API trusts is the one the gateway verified and signed.
+    identity = stack.asserted(seen)
+    assert identity is not None
+    assert (identity.user_id, identity.role) == ("root", "admin")
     assert stack.queue.requests == []
 
 
@@ -194,7 +217,7 @@ async def test_a_tenant_reads_its_usage_with_its_api_key_and_no_login(stack):
     got = stack.headers_of(seen)
     # The key reaches the admin service, which checks it; no identity is made up on the way.
     assert got["x-api-key"] == ["urr_k"]
-    assert "x-user-role" not in got
+    assert "x-urr-identity" not in got
     # Read-only, and only this path: the admin API stays behind the login and the role.
     assert (await stack.client.post(path, json={})).status == 405
     assert (await stack.client.get("/api/v1/ratelimit/tenants")).status == 404

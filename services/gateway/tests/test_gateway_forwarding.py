@@ -38,6 +38,7 @@ def test_request_headers_drop_hop_by_hop_owned_and_identity_headers():
         ("X-Request-Id", "abc"),
         ("X-User-Id", "admin"),
         ("x-user-role", "admin"),
+        ("X-Urr-Identity", "forged"),
         ("X-Userland", "kept: not an identity header"),
         ("Authorization", "Bearer t"),
         ("Cookie", "a=1"),

@@ -82,3 +82,49 @@ def test_a_usage_flush_interval_out_of_range_names_the_variable(monkeypatch, val
 def test_the_usage_flush_interval_is_read(monkeypatch):
     monkeypatch.setenv("URR_RATE_LIMIT__USAGE_FLUSH_S", "0.5")
     assert load_settings(GatewaySettings).rate_limit.usage_flush_s == 0.5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("URR_IDENTITY__TTL_S", "600", "URR_IDENTITY__TTL_S"),
+        ("URR_IDENTITY__TTL_S", "1", "URR_IDENTITY__TTL_S"),
+        ("URR_IDENTITY__REUSE_S", "-1", "URR_IDENTITY__REUSE_S"),
+        ("URR_IDENTITY__REUSE_S", "4", "at most half of URR_IDENTITY__TTL_S"),
+        ("URR_IDENTITY__KEY_ID", "../../etc/key", "URR_IDENTITY__KEY_ID"),
+        ("URR_IDENTITY__KEY_ID", "", "URR_IDENTITY__KEY_ID"),
+    ],
+)
+def test_identity_assertion_settings_are_checked(monkeypatch, variable, value, message):
+    assert load_settings(GatewaySettings).identity.ttl_s == 15
+    monkeypatch.setenv("URR_IDENTITY__TTL_S", "6")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=message):
+        load_settings(GatewaySettings)
+
+
+def test_the_identity_key_tool_makes_a_key_upstreams_can_trust(tmp_path, monkeypatch, capsys):
+    from urr_common.upstream_security import UpstreamIdentitySettings
+    from urr_gateway.identity_key import main
+
+    private = tmp_path / "keys" / "identity" / "gw-7.pem"
+    monkeypatch.setenv("URR_IDENTITY__PRIVATE_KEY_FILE", str(private))
+    monkeypatch.setenv("URR_IDENTITY__KEY_ID", "gw-7")
+    main()
+    first = private.read_bytes()
+    main()  # idempotent: the key stays
+    assert private.read_bytes() == first
+    assert "gw-7" in capsys.readouterr().out
+    trusted = UpstreamIdentitySettings(public_key_files=[private.parent / "public" / "*.pem"])
+    (key,) = trusted.key_set()
+    assert key.kid == "gw-7"
+    assert b"PRIVATE" not in (private.parent / "public" / "gw-7.pem").read_bytes()
+
+
+def test_check_api_callers_are_validated(monkeypatch):
+    assert load_settings(GatewaySettings).internal.callers == {}
+    monkeypatch.setenv("URR_INTERNAL__CALLERS", '{"billing": "short"}')
+    with pytest.raises(SettingsError, match="URR_INTERNAL__CALLERS"):
+        load_settings(GatewaySettings)
+    monkeypatch.setenv("URR_INTERNAL__CALLERS", '{"billing": "' + "b" * 32 + '"}')
+    assert set(load_settings(GatewaySettings).internal.callers) == {"billing"}

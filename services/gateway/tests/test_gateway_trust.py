@@ -162,7 +162,7 @@ async def test_login_and_logout_work_with_a_junk_cookie_which_is_cleared(stack, 
     assert _cleared(response)
     seen = stack.headers_of(await response.json())
     assert "authorization" not in seen
-    assert "x-user-id" not in seen
+    assert "x-urr-identity" not in seen
 
 
 async def test_an_expired_cookie_is_anonymous_and_cleared(stack):

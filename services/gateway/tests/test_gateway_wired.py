@@ -89,7 +89,16 @@ async def test_the_check_api_listens_apart_from_the_public_routes(stack_factory)
     )
     assert public.status == 404
     assert stack.internal_url is not None
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession() as stranger:
+        for headers in ({}, {"Authorization": "Bearer not-the-checker-secret-0000000"}):
+            async with stranger.post(
+                f"{stack.internal_url}/internal/v1/ratelimit/check",
+                json={"key": "tenant-1", "category": "auth", "cost": 1},
+                headers=headers,
+            ) as refused:
+                assert refused.status == 401
+                assert (await refused.json())["code"] == "service_credential_required"
+    async with aiohttp.ClientSession(headers=stack.check_headers) as session:
         for expected_remaining in (19, 18):
             async with session.post(
                 f"{stack.internal_url}/internal/v1/ratelimit/check",

@@ -514,7 +514,7 @@ async def test_a_changed_limit_decides_every_worker_and_the_check_api_1s_later(
     assert response.status == 429
     assert (await response.json())["violated-policies"] == ["acme-q"]
     internal = workers[0].internal_url
-    async with ClientSession() as session:
+    async with ClientSession(headers=workers[0].check_headers) as session:
         answer = await session.post(
             f"{internal}{CHECK_PATH}",
             json={"apiKey": key, "route": "/api/v1/events/e1", "method": "GET"},

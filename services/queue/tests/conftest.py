@@ -14,12 +14,15 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from urr_common.clients import redis_client
+from urr_common.identity_testing import act_as, as_gateway, identity_settings
 from urr_common.settings import AwsSettings, RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
+from urr_common.upstream_security import INTERNAL_APP, InternalListenerSettings
 from urr_devstack.procs import RedisServer, free_port, is_listening
-from urr_queue.app import create_app
+from urr_queue.app import AUDIENCE, create_app
 from urr_queue.console.settings import ConsoleSettings
 from urr_queue.settings import (
     AdmissionSettings,
@@ -154,6 +157,8 @@ def make_settings(tmp_path: Path, tier1_key: SigningKey) -> SettingsFactory:
             "figures": FiguresSettings(enabled=False),
             "console": ConsoleSettings(enabled=False),
             "heartbeat_bucket_ms": 500,
+            "identity": identity_settings(),
+            "internal": InternalListenerSettings(callers={"ticket": SecretStr(TICKET_SECRET)}),
         }
         values.update(overrides)
         return QueueSettings(**values)
@@ -181,21 +186,37 @@ async def queue_client(
 
     async def open_client(redis: RedisSettings, **overrides: Any) -> TestClient[Any, Any]:
         app = create_app(make_settings(redis, **overrides), registry=CollectorRegistry())
-        client: TestClient[Any, Any] = await aiohttp_client(app)
+        client: TestClient[Any, Any] = await aiohttp_client(
+            app, middlewares=(as_gateway(AUDIENCE),)
+        )
         return client
 
     yield open_client
 
 
+@pytest_asyncio.fixture
+async def internal_of(aiohttp_client: Any) -> AsyncIterator[Callable[..., Any]]:
+    """``await internal_of(public_client)`` -> a client of the same service's internal
+    listener application, holding the ticket service's credential."""
+
+    async def open_internal(public: TestClient[Any, Any]) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = await aiohttp_client(
+            public.app[INTERNAL_APP], headers={"Authorization": f"Bearer {TICKET_SECRET}"}
+        )
+        return client
+
+    yield open_internal
+
+
 def user_headers(user_id: str) -> dict[str, str]:
-    return {"X-User-Id": user_id, "X-User-Email": f"{user_id}@example.test", "X-User-Role": "user"}
+    """Ask the test client's gateway stand-in to assert this user (``identity_testing``)."""
+    return act_as(user_id, "user")
 
 
-ADMIN_HEADERS = {
-    "X-User-Id": "admin-1",
-    "X-User-Email": "admin@example.test",
-    "X-User-Role": "admin",
-}
+ADMIN_ID = "admin-1"
+ADMIN_HEADERS = act_as(ADMIN_ID, "admin")
+#: The ticket service's credential at the queue's internal listener, in these tests.
+TICKET_SECRET = "ticket-test-secret-0123456789abcdef"
 
 
 @pytest.fixture

@@ -22,9 +22,10 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from urr_common.clients import redis_client
+from urr_common.identity_testing import as_gateway
 from urr_common.ratelimit_usage import BLOCKED, hour_start, usage_key
 from urr_common.settings import AwsSettings, RedisSettings
-from urr_queue.app import create_app
+from urr_queue.app import AUDIENCE, create_app
 from urr_queue.console.history import ConsoleHistory
 from urr_queue.console.model import AuditRecord, ConsoleChange, per_interval, series
 from urr_queue.console.routes import CONSOLE
@@ -98,7 +99,9 @@ async def console(
         registry=CollectorRegistry(),
         dynamodb_factory=lambda: open_dynamodb(moto_aws),
     )
-    return await _with_event(await aiohttp_client(app), admin_headers)
+    return await _with_event(
+        await aiohttp_client(app, middlewares=(as_gateway(AUDIENCE),)), admin_headers
+    )
 
 
 @pytest_asyncio.fixture
@@ -112,7 +115,9 @@ async def plain_console(
     settings = make_settings(
         single_redis, console=ConsoleSettings(tier1_counters_table="", sample_interval_s=60)
     )
-    client = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
+    client = await aiohttp_client(
+        create_app(settings, registry=CollectorRegistry()), middlewares=(as_gateway(AUDIENCE),)
+    )
     return await _with_event(client, admin_headers)
 
 
@@ -188,7 +193,7 @@ async def test_a_pause_is_applied_shown_and_audited(
     record = await answer.json()
     assert record["before"] == {"mode": "queue"}
     assert record["after"] == {"mode": "paused"}
-    assert record["actor"] == admin_headers["X-User-Id"]
+    assert record["actor"] == "admin-1"  # the asserted admin (conftest's ADMIN_HEADERS)
     assert record["at_ms"] > 0
     assert _event(await _view(plain_console, admin_headers), EVENT)["tier2"]["mode"] == "paused"
 

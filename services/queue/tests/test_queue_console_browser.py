@@ -19,10 +19,12 @@ from aiohttp import ClientSession, web
 from axe_playwright_python.async_playwright import Axe  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
+from urr_common.identity_testing import TEST_GATEWAY_KEY, as_gateway, write_test_gateway_key
 from urr_common.settings import RedisSettings, load_settings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner
 from urr_gateway.app import create_app as create_gateway
 from urr_gateway.settings import GatewaySettings
+from urr_queue.app import AUDIENCE
 from urr_queue.app import create_app as create_queue
 from urr_queue.console.settings import ConsoleSettings
 
@@ -61,7 +63,7 @@ async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
 
 @pytest.fixture
 async def suite(
-    make_settings: Any, single_redis: RedisSettings, admin_headers: dict[str, str]
+    make_settings: Any, single_redis: RedisSettings, admin_headers: dict[str, str], tmp_path: Path
 ) -> AsyncIterator[tuple[str, str, str, str]]:
     """(gateway URL, queue URL, an admin's access token)."""
     runners: list[web.AppRunner] = []
@@ -81,7 +83,7 @@ async def suite(
         queue_url = await _serve(
             create_queue(queue_settings, registry=CollectorRegistry()), runners
         )
-        async with ClientSession() as http:
+        async with ClientSession(middlewares=(as_gateway(AUDIENCE),)) as http:
             answer = await http.put(
                 f"{queue_url}/api/v1/admin/queue/{EVENT}",
                 json={"capacity": 3},
@@ -101,6 +103,10 @@ async def suite(
                 "jwks_url": f"{issuer_url}/jwks.json",
                 "issuer": "urr-queue",
                 "audience": "urr-entry",
+            },
+            identity={
+                "private_key_file": write_test_gateway_key(tmp_path / "gateway"),
+                "key_id": TEST_GATEWAY_KEY.kid,
             },
         )
         gateway_url = await _serve(create_gateway(gateway_settings), runners)
@@ -168,7 +174,7 @@ async def test_an_operator_pauses_a_sale_and_the_figures_show_it(
             await expect(page.locator("#audit li").first).to_contain_text("mode queue → paused")
 
             # Another operator resumes through the admin API: the open page follows.
-            async with ClientSession() as http:
+            async with ClientSession(middlewares=(as_gateway(AUDIENCE),)) as http:
                 answer = await http.patch(
                     f"{queue_url}/api/v1/admin/queue/{EVENT}",
                     json={"mode": "queue"},

@@ -413,7 +413,7 @@ async def test_bad_input_is_refused(redis_settings, queue_client, as_user, admin
     anonymous = await client.post(f"/api/v1/queue/{EVENT}/enter")
     assert anonymous.status == 401
     assert anonymous.headers["Content-Type"] == "application/problem+json"
-    assert (await status(client, {"X-User-Id": "a{b}"})).status == 400
+    assert (await status(client, as_user("a{b}"))).status == 400
     assert (await status(client, as_user("never-entered"))).status == 404
 
 
@@ -429,9 +429,10 @@ async def test_capacity_feed_needs_no_user(redis_settings, queue_client, as_user
 
 
 async def test_ticket_service_completes_a_booking(
-    redis_settings, queue_client, as_user, admin_headers
+    redis_settings, queue_client, internal_of, as_user, admin_headers
 ):
     client = await queue_client(redis_settings)
+    internal = await internal_of(client)
     await configure(client, admin_headers, capacity=1, admit_per_second=1000)
     await enter(client, as_user("buyer"))
     await asyncio.sleep(0.02)
@@ -439,13 +440,13 @@ async def test_ticket_service_completes_a_booking(
     token = (await (await status(client, as_user("buyer"))).json())["entry_token"]
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     path = f"/internal/v1/queue/{EVENT}/complete"
-    done = await client.post(path, json={"userId": "buyer"})
+    done = await internal.post(path, json={"userId": "buyer"})
     assert await done.json() == {"released": True}
-    again = await client.post(path, json={"userId": "buyer"})
+    again = await internal.post(path, json={"userId": "buyer"})
     assert await again.json() == {"released": False}
-    assert (await client.post(path, json={"userId": ""})).status == 422
+    assert (await internal.post(path, json={"userId": ""})).status == 422
     assert (
-        await client.post(path, data=b"{", headers={"Content-Type": "application/json"})
+        await internal.post(path, data=b"{", headers={"Content-Type": "application/json"})
     ).status == 400
     redis = redis_client(redis_settings)
     try:

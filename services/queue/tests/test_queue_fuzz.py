@@ -11,7 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from urr_queue.app import create_app
+from urr_common.identity_testing import act_as, as_gateway
+from urr_common.service import SETTINGS_KEY
+from urr_common.upstream_security import INTERNAL_APP
+from urr_queue.app import AUDIENCE, create_app
+
+ADMIN_HEADERS = act_as("admin", "admin")
 
 HEADER_TEXT = st.text(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=0, max_size=80
@@ -52,13 +57,23 @@ FUZZ = settings(
 @pytest_asyncio.fixture
 async def fuzz_client(aiohttp_client, make_settings, single_redis):
     app = create_app(make_settings(single_redis), registry=CollectorRegistry())
-    client = await aiohttp_client(app)
-    await client.put(
-        "/api/v1/admin/queue/known",
-        json={"capacity": 3},
-        headers={"X-User-Id": "admin", "X-User-Role": "admin"},
-    )
+    client = await aiohttp_client(app, middlewares=(as_gateway(AUDIENCE),))
+    await client.put("/api/v1/admin/queue/known", json={"capacity": 3}, headers=ADMIN_HEADERS)
     return client
+
+
+@pytest_asyncio.fixture
+async def fuzz_internal(aiohttp_client, fuzz_client):
+    """The internal listener's app of the same service, with the ticket credential."""
+    secret = make_settings_secret(fuzz_client)
+    return await aiohttp_client(
+        fuzz_client.app[INTERNAL_APP], headers={"Authorization": f"Bearer {secret}"}
+    )
+
+
+def make_settings_secret(client: Any) -> str:
+    settings = client.app[SETTINGS_KEY]
+    return str(settings.internal.callers["ticket"].get_secret_value())
 
 
 def _assert_clean(response: Any) -> None:
@@ -76,7 +91,7 @@ def _assert_clean(response: Any) -> None:
     vwr=st.one_of(st.none(), HEADER_TEXT),
 )
 async def test_user_endpoints(fuzz_client, event, user, role, action, vwr):
-    headers = {"X-User-Id": user, "X-User-Role": role}
+    headers = act_as(user, role)
     if vwr is not None:
         headers["X-Vwr-Token"] = vwr
     method = "GET" if action in ("status", "capacity") else "POST"
@@ -90,7 +105,7 @@ async def test_user_endpoints(fuzz_client, event, user, role, action, vwr):
 @FUZZ
 @given(body=CONFIG_BODIES, method=st.sampled_from(["PUT", "PATCH"]))
 async def test_admin_bodies(fuzz_client, body, method):
-    headers = {"X-User-Id": "admin", "X-User-Role": "admin"}
+    headers = ADMIN_HEADERS
     response = await fuzz_client.request(
         method, "/api/v1/admin/queue/known", json=body, headers=headers
     )
@@ -105,8 +120,8 @@ async def test_admin_bodies(fuzz_client, body, method):
 @given(
     raw=st.one_of(st.binary(max_size=200), st.builds(lambda v: json.dumps(v).encode(), JSON_VALUES))
 )
-async def test_internal_complete_bodies(fuzz_client, raw):
-    response = await fuzz_client.post(
+async def test_internal_complete_bodies(fuzz_internal, raw):
+    response = await fuzz_internal.post(
         "/internal/v1/queue/known/complete", data=raw, headers={"Content-Type": "application/json"}
     )
     _assert_clean(response)

@@ -37,12 +37,18 @@ async def admitted_in_order(client: Any) -> list[str]:
 
 
 async def test_a_spent_pass_buys_no_second_admission_and_the_fans_go_first(
-    redis_settings: RedisSettings, queue_client: Any, as_user: Any, admin_headers: Any, tier1_signer
+    redis_settings: RedisSettings,
+    queue_client: Any,
+    internal_of: Any,
+    as_user: Any,
+    admin_headers: Any,
+    tier1_signer: TokenSigner,
 ):
     """Capacity 1, five fans waiting: the early user gets in once, then goes to the back."""
     client = await queue_client(
         redis_settings, admission=AdmissionSettings(enabled=False, tier1_order_grace_s=0)
     )
+    internal = await internal_of(client)
     body = {"capacity": 1, "admit_per_second": 1000, "require_tier1_token": True}
     created = await client.put(f"/api/v1/admin/queue/{EVENT}", json=body, headers=admin_headers)
     assert created.status == 201
@@ -70,7 +76,7 @@ async def test_a_spent_pass_buys_no_second_admission_and_the_fans_go_first(
             left = await client.post(f"/api/v1/queue/{EVENT}/leave", headers=as_user(current))
             assert (await left.json())["was"] == "admitted"
         else:
-            done = await client.post(
+            done = await internal.post(
                 f"/internal/v1/queue/{EVENT}/complete", json={"userId": current}
             )
             assert (await done.json())["released"] is True

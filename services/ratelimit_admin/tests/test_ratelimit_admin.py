@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from urr_common.identity_testing import act_as, as_gateway, identity_settings
 from urr_common.ratelimit_policies import (
     POLICY_CHANNEL,
     POLICY_SET_KEY,
@@ -23,12 +24,12 @@ from urr_common.ratelimit_policies import (
     revoked_access_token_key,
 )
 from urr_ratelimit_admin import store
-from urr_ratelimit_admin.app import PREFIX, create_app, republish_loop
+from urr_ratelimit_admin.app import AUDIENCE, PREFIX, create_app, republish_loop
 from urr_ratelimit_admin.publisher import PolicyPublisher
 from urr_ratelimit_admin.settings import RatelimitAdminSettings
 
 pytestmark = pytest.mark.integration
-ADMIN = {"X-User-Role": "admin", "X-User-Id": "op-1"}
+ADMIN = act_as("op-1", "admin")
 POLICY = {
     "tenant": "acme",
     "name": "acme-queue",
@@ -50,7 +51,10 @@ async def env(
     async with pool.acquire() as conn:
         await store.seed_default_policies(conn)
     publisher = PolicyPublisher(redis)
-    client = await aiohttp_client(create_app(RatelimitAdminSettings(), pool, publisher))
+    client = await aiohttp_client(
+        create_app(RatelimitAdminSettings(identity=identity_settings()), pool, publisher),
+        middlewares=(as_gateway(AUDIENCE),),
+    )
     try:
         yield {"pool": pool, "redis": redis, "client": client, "publisher": publisher}
     finally:
@@ -225,9 +229,14 @@ async def test_bad_requests_get_problems(
 
 async def test_only_admins_and_the_audit_log_cannot_be_rewritten(env: dict[str, Any]) -> None:
     client = env["client"]
-    for role in ("user", ""):
-        response = await client.get(PREFIX + "/tenants", headers={"X-User-Role": role})
-        assert response.status == 403
+    response = await client.get(PREFIX + "/tenants", headers=act_as("u-1", "user"))
+    assert response.status == 403
+    # X-User-* is nobody's word: without the gateway's assertion it is a 401.
+    liar = {"X-User-Role": "admin", "X-User-Id": "op-1"}
+    for method in ("GET", "POST"):
+        response = await client.request(method, PREFIX + "/tenants", headers=liar, json={})
+        assert response.status == 401
+        assert (await response.json())["code"] == "identity_required"
     await _call(client, "POST", "/tenants", 201, {"id": "acme", "name": "Acme"})
     async with env["pool"].acquire() as conn:
         for statement in ("UPDATE rl_audit_log SET actor = 'x'", "DELETE FROM rl_audit_log"):

@@ -14,15 +14,16 @@ from pydantic import ValidationError
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from urr_common.identity_testing import act_as, as_gateway, identity_settings
 from urr_common.ratelimit_usage import ANONYMOUS_TENANT
 from urr_ratelimit_admin import store
-from urr_ratelimit_admin.app import PREFIX, TENANT_USAGE_PATH, create_app
+from urr_ratelimit_admin.app import AUDIENCE, PREFIX, TENANT_USAGE_PATH, create_app
 from urr_ratelimit_admin.publisher import PolicyPublisher
 from urr_ratelimit_admin.settings import RatelimitAdminSettings
 from urr_ratelimit_admin.usage_query import parse_usage_query
 
 OP = store.Actor("op-1", "req-1")
-ADMIN = {"X-User-Role": "admin", "X-User-Id": "op-1"}
+ADMIN = act_as("op-1", "admin")
 T0 = datetime(2026, 11, 30, 22, tzinfo=UTC)
 HOURS = [T0 + timedelta(hours=i) for i in range(3)]
 USAGE = PREFIX + "/usage"
@@ -49,8 +50,14 @@ async def env(
             " blocked, shadow_blocked, quota_used) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             rows,
         )
-    app = create_app(RatelimitAdminSettings(), pool, PolicyPublisher(redis))
-    return {"pool": pool, "client": await aiohttp_client(app), "keys": keys}
+    app = create_app(
+        RatelimitAdminSettings(identity=identity_settings()), pool, PolicyPublisher(redis)
+    )
+    return {
+        "pool": pool,
+        "client": await aiohttp_client(app, middlewares=(as_gateway(AUDIENCE),)),
+        "keys": keys,
+    }
 
 
 async def _get(env: dict[str, Any], path: str, status: int, **headers: str) -> Any:
@@ -87,7 +94,8 @@ async def test_admins_filter_by_tenant_policy_and_period(env: dict[str, Any]) ->
     window = f"?from={HOURS[0].isoformat()}&to={HOURS[1].isoformat()}".replace("+", "%2B")
     assert len((await _get(env, USAGE + window, 200, **ADMIN))["usage"]) == 6
     assert (await _get(env, USAGE + "?tenant=nobody", 200, **ADMIN))["usage"] == []
-    await _get(env, USAGE, 403, **{"X-User-Role": "user"})
+    await _get(env, USAGE, 403, **act_as("u-1", "user"))
+    await _get(env, USAGE, 401, **{"X-User-Role": "admin", "X-User-Id": "op-1"})
 
 
 async def test_pages_follow_each_other_without_gaps_or_repeats(env: dict[str, Any]) -> None:

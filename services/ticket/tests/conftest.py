@@ -11,8 +11,9 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
+from urr_common.identity_testing import act_as, as_gateway, identity_settings
 from urr_common.settings import load_settings
-from urr_ticket.app import create_app
+from urr_ticket.app import AUDIENCE, create_app
 from urr_ticket.seed import DemoEvent, seed_catalog
 from urr_ticket.settings import TicketSettings
 from urr_ticket_worker.schema import migrate
@@ -46,6 +47,7 @@ def ticket_settings(
         "sqs": {"queue_name": queues.name, "dlq_name": queues.dlq_name, "wait_time_s": 1},
     }
     values.update(overrides)
+    values.setdefault("identity", identity_settings())
     return load_settings(TicketSettings, **values)
 
 
@@ -70,8 +72,11 @@ def settings(
 
 @pytest_asyncio.fixture
 async def client(aiohttp_client: Any, settings: TicketSettings) -> Any:
-    return await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
+    return await aiohttp_client(
+        create_app(settings, registry=CollectorRegistry()), middlewares=(as_gateway(AUDIENCE),)
+    )
 
 
 def as_user(user_id: str, **extra: str) -> dict[str, str]:
-    return {"X-User-Id": user_id, "X-User-Role": "user", **extra}
+    """Ask the test client's gateway stand-in to assert this user (``identity_testing``)."""
+    return act_as(user_id, "user", **extra)

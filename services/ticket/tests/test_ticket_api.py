@@ -10,6 +10,8 @@ import asyncpg
 import orjson
 import pytest
 
+from urr_common.identity_testing import act_as, as_gateway
+from urr_ticket.app import AUDIENCE
 from urr_ticket.settings import TicketSettings
 from urr_ticket_worker.messages import parse_command
 from urr_ticket_worker.testing import Queues, sqs_client
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def user(user_id: str) -> dict[str, str]:
-    return {"X-User-Id": user_id, "X-User-Role": "user"}
+    return act_as(user_id)
 
 
 async def problem(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -60,7 +62,7 @@ async def test_seat_map_shows_free_held_and_sold(client: Any, db: asyncpg.Pool) 
 
 
 async def test_hold_needs_a_user_and_a_real_seat(client: Any) -> None:
-    await problem(await client.post("/api/v1/seats/demo/A1/hold"), 401, "login_required")
+    await problem(await client.post("/api/v1/seats/demo/A1/hold"), 401, "identity_required")
     await problem(
         await client.post("/api/v1/seats/demo/Z99/hold", headers=user("u1")), 404, "seat_not_found"
     )
@@ -68,7 +70,7 @@ async def test_hold_needs_a_user_and_a_real_seat(client: Any) -> None:
         await client.post("/api/v1/seats/nope/A1/hold", headers=user("u1")), 404, "event_not_found"
     )
     await problem(
-        await client.post("/api/v1/seats/demo/A1/hold", headers={"X-User-Id": "bad user"}),
+        await client.post("/api/v1/seats/demo/A1/hold", headers=act_as("bad user")),
         400,
         "bad_user_id",
     )
@@ -198,7 +200,7 @@ async def test_reserving_needs_your_own_holds_on_real_seats(client: Any) -> None
     await problem(
         await client.post("/api/v1/reservations/demo", json={"seatIds": ["A1"]}),
         401,
-        "login_required",
+        "identity_required",
     )
 
 
@@ -296,7 +298,9 @@ async def test_sqs_down_is_a_503_and_nothing_is_recorded(
     broken = settings.model_copy(
         update={"sqs": settings.sqs.model_copy(update={"queue_name": "missing.fifo"})}
     )
-    client = await aiohttp_client(create_app(broken, registry=CollectorRegistry()))
+    client = await aiohttp_client(
+        create_app(broken, registry=CollectorRegistry()), middlewares=(as_gateway(AUDIENCE),)
+    )
     assert (await client.post("/api/v1/seats/demo/A1/hold", headers=user("u1"))).status == 200
     await problem(
         await client.post(

@@ -18,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from urr_common.identity_testing import act_as
 from urr_ticket.outcomes import outcome_loop
 from urr_ticket.settings import TicketSettings
 from urr_ticket_worker import handler
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.integration
 
 
 def user(user_id: str) -> dict[str, str]:
-    return {"X-User-Id": user_id, "X-User-Role": "user"}
+    return act_as(user_id)
 
 
 async def eventually(check: Any, timeout_s: float) -> None:

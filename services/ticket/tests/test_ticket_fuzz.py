@@ -16,7 +16,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from urr_ticket.app import create_app
+from urr_common.identity_testing import act_as, as_gateway
+from urr_ticket.app import AUDIENCE, create_app
 from urr_ticket.settings import TicketSettings
 
 pytestmark = pytest.mark.integration
@@ -98,7 +99,7 @@ def test_handlers_never_fail_with_a_500(settings: TicketSettings) -> None:
             ) -> None:
                 headers = {"Content-Type": "application/json" if json_type else "text/plain"}
                 if user_id is not None:
-                    headers["X-User-Id"] = user_id
+                    headers.update(act_as(user_id))
                 path = template.format(a=a, b=b)
                 status, content_type = runner.run(_call(client, method, path, headers, body))
                 assert status < 500, (method, path, headers, body)
@@ -112,7 +113,8 @@ def test_handlers_never_fail_with_a_500(settings: TicketSettings) -> None:
 
 async def _client(settings: TicketSettings) -> TestClient[Any, Any]:
     client: TestClient[Any, Any] = TestClient(
-        TestServer(create_app(settings, registry=CollectorRegistry()))
+        TestServer(create_app(settings, registry=CollectorRegistry())),
+        middlewares=(as_gateway(AUDIENCE),),
     )
     await client.start_server()
     return client

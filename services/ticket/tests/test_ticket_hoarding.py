@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from urr_common.clients import open_redis
+from urr_common.identity_testing import act_as
 from urr_common.service import REGISTRY_KEY
 from urr_common.settings import RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
@@ -36,11 +37,7 @@ def entry_token(user_id: str, event_id: str = "demo", *, ttl_s: int = 900) -> st
 
 def session(user_id: str, token: str | None = None) -> dict[str, str]:
     """The headers the gateway forwards for one Tier-2 session of ``user_id``."""
-    return {
-        "X-User-Id": user_id,
-        "X-User-Role": "user",
-        "x-queue-entry-token": token or entry_token(user_id),
-    }
+    return act_as(user_id, "user", **{"x-queue-entry-token": token or entry_token(user_id)})
 
 
 async def problem(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -229,7 +226,7 @@ async def test_a_hold_ends_with_the_session(client: Any, redis: Any) -> None:
     assert abs(held["expiresAtMs"] - session_end_ms) <= 1000
     assert 0 < await redis.pttl(keys.seat_lock("demo", "A1")) <= 3000
     # The cookie carries the same token when the header is absent.
-    cookie = {"X-User-Id": "u1", "Cookie": f"urr-entry-token={token}"}
+    cookie = act_as("u1", Cookie=f"urr-entry-token={token}")
     from_cookie = await (await client.post("/api/v1/seats/demo/A2/hold", headers=cookie)).json()
     assert abs(from_cookie["expiresAtMs"] - held["expiresAtMs"]) <= 1000
 

@@ -11,9 +11,11 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
 
 from urr_common.clients import open_redis
 from urr_common.settings import RedisSettings
+from urr_common.upstream_security import ServiceCredentialSettings, internal_app
 from urr_ticket.outcomes import OutcomeHandler, QueueCompleter
 from urr_ticket.seat_locks import HoldLimits, SeatLocks
 from urr_ticket.settings import QueueCompletionSettings
@@ -29,6 +31,10 @@ def record(value: bytes) -> Any:
     return SimpleNamespace(value=value, topic="reservation-events", offset=0)
 
 
+SECRET = "outcomes-test-secret-0123456789abcdef"
+CREDENTIAL = ServiceCredentialSettings(name="ticket", secret=SecretStr(SECRET))
+
+
 async def test_confirmation_releases_holds_and_completes_the_queue_session(
     db: asyncpg.Pool, redis_url: str, aiohttp_server: Any
 ) -> None:
@@ -38,9 +44,11 @@ async def test_confirmation_releases_holds_and_completes_the_queue_session(
         completed.append((request.match_info["event_id"], await request.json()))
         return web.json_response({"ended": True})
 
-    app = web.Application()
-    app.router.add_post("/internal/v1/queue/{event_id}/complete", complete)
-    server = await aiohttp_server(app)
+    def routes(app: web.Application) -> None:
+        app.router.add_post("/internal/v1/queue/{event_id}/complete", complete)
+
+    # The queue's internal listener as the queue builds it: a caller's credential is checked.
+    server = await aiohttp_server(internal_app({"ticket": SecretStr(SECRET)}, routes))
 
     command = ReserveCommand(
         reservation_id=uuid.uuid4(), event_id="demo", user_id="fan", seat_ids=["D1", "D2"]
@@ -62,7 +70,9 @@ async def test_confirmation_releases_holds_and_completes_the_queue_session(
             assert (await locks.hold("demo", seat, "fan", LIMITS)).held
         assert (await locks.hold("demo", "D3", "someone-else", LIMITS)).held
         completer = QueueCompleter(
-            session, QueueCompletionSettings(http_fallback=True, base_url=str(server.make_url("")))
+            session,
+            QueueCompletionSettings(http_fallback=True, base_url=str(server.make_url(""))),
+            CREDENTIAL,
         )
         handler = OutcomeHandler(db, locks, completer)
 
@@ -100,6 +110,7 @@ async def test_an_unreachable_queue_service_does_not_stop_the_consumer(
         completer = QueueCompleter(
             session,
             QueueCompletionSettings(http_fallback=True, base_url=f"http://127.0.0.1:{free_port()}"),
+            CREDENTIAL,
         )
         handler = OutcomeHandler(db, SeatLocks(redis), completer)
         assert await handler.handle(record(declined.to_json())) == "applied"

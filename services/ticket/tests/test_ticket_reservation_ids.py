@@ -11,8 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from urr_common.identity_testing import act_as, as_gateway
 from urr_common.settings import SettingsError, load_settings
-from urr_ticket.app import create_app
+from urr_ticket.app import AUDIENCE, create_app
 from urr_ticket.commands import ReservationIds, keyed_uuid
 from urr_ticket.settings import OutcomeSettings, ReservationIdSettings, TicketSettings
 
@@ -34,7 +35,7 @@ def keyed(settings: TicketSettings, key: str = KEY) -> TicketSettings:
 
 
 def user(user_id: str) -> dict[str, str]:
-    return {"X-User-Id": user_id, "X-User-Role": "user"}
+    return act_as(user_id)
 
 
 async def reserve(client: Any, user_id: str, seats: list[str]) -> str:
@@ -48,7 +49,10 @@ async def reserve(client: Any, user_id: str, seats: list[str]) -> str:
 async def test_a_client_cannot_predict_its_reservation_id(
     aiohttp_client: Any, settings: TicketSettings
 ) -> None:
-    client = await aiohttp_client(create_app(keyed(settings), registry=CollectorRegistry()))
+    client = await aiohttp_client(
+        create_app(keyed(settings), registry=CollectorRegistry()),
+        middlewares=(as_gateway(AUDIENCE),),
+    )
     held = await (await client.post("/api/v1/seats/demo/A1/hold", headers=user("u1"))).json()
     # Everything the old recipe needed is public to the client: event, user, seat, hold id.
     predicted = old_recipe("demo", "u1", [("A1", held["holdId"])])
@@ -58,10 +62,14 @@ async def test_a_client_cannot_predict_its_reservation_id(
     # Repeating the request is still the same reservation.
     assert await reserve(client, "u1", ["A1"]) == first
     # Another replica with the same key agrees; one with another key does not.
-    replica = await aiohttp_client(create_app(keyed(settings), registry=CollectorRegistry()))
+    replica = await aiohttp_client(
+        create_app(keyed(settings), registry=CollectorRegistry()),
+        middlewares=(as_gateway(AUDIENCE),),
+    )
     assert await reserve(replica, "u1", ["A1"]) == first
     stranger = await aiohttp_client(
-        create_app(keyed(settings, "z" * 40), registry=CollectorRegistry())
+        create_app(keyed(settings, "z" * 40), registry=CollectorRegistry()),
+        middlewares=(as_gateway(AUDIENCE),),
     )
     assert await reserve(stranger, "u1", ["A1"]) != first
 

@@ -16,6 +16,7 @@ from urr_ticket.seed import DemoEvent, QueueConfig, seed
 from urr_ticket.settings import TicketSettings
 
 pytestmark = pytest.mark.integration
+SECRET = "seed-test-secret-0123456789abcdef"
 
 
 def seed_settings(postgres_dsn: str, queue_url: str, attempts: int = 3) -> TicketSettings:
@@ -23,6 +24,7 @@ def seed_settings(postgres_dsn: str, queue_url: str, attempts: int = 3) -> Ticke
         TicketSettings,
         postgres={"dsn": postgres_dsn},
         queue_admin={"base_url": queue_url, "attempts": attempts, "retry_s": 0.05},
+        queue_credential={"name": "ticket", "secret": SECRET},
     )
 
 
@@ -39,7 +41,7 @@ async def test_seeding_twice_adds_the_seats_once_and_configures_the_queue(
         return web.json_response({"ok": True})
 
     app = web.Application()
-    app.router.add_put("/api/v1/admin/queue/{event_id}", put_queue)
+    app.router.add_put("/internal/v1/queue/{event_id}/config", put_queue)
     server = await aiohttp_server(app)
     settings = seed_settings(postgres_dsn, str(server.make_url("")))
 
@@ -57,9 +59,10 @@ async def test_seeding_twice_adds_the_seats_once_and_configures_the_queue(
         await connection.close()
 
     path, headers, body = calls[-1]
-    assert path == "/api/v1/admin/queue/demo"
-    assert headers["X-User-Role"] == "admin"
-    assert headers["X-User-Id"]
+    # The queue's internal listener, with the ticket service's credential (no user headers).
+    assert path == "/internal/v1/queue/demo/config"
+    assert headers["Authorization"] == f"Bearer {SECRET}"
+    assert not [name for name in headers if name.lower().startswith("x-user-")]
     assert set(body) == {
         "capacity",
         "admit_per_second",
@@ -81,7 +84,7 @@ async def test_a_refused_queue_call_is_reported_not_retried(
         return web.json_response({"code": "forbidden"}, status=403)
 
     app = web.Application()
-    app.router.add_put("/api/v1/admin/queue/{event_id}", refuse)
+    app.router.add_put("/internal/v1/queue/{event_id}/config", refuse)
     server = await aiohttp_server(app)
     added, ok, message = await seed(
         seed_settings(postgres_dsn, str(server.make_url(""))), DemoEvent(), QueueConfig()

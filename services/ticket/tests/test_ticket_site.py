@@ -8,11 +8,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from urr_common.identity_testing import act_as
+
 pytestmark = pytest.mark.integration
 
 
 def user(user_id: str) -> dict[str, str]:
-    return {"X-User-Id": user_id, "X-User-Role": "user"}
+    return act_as(user_id)
 
 
 async def test_the_event_page_is_served_with_a_strict_policy(client: Any) -> None:

@@ -18,6 +18,7 @@ from aiohttp import ClientSession, web
 from openapi_schema_validator import OAS31Validator
 from prometheus_client import CollectorRegistry
 
+from urr_common.identity_testing import act_as, as_gateway, identity_settings
 from urr_common.settings import AwsSettings, RedisSettings
 from urr_queue.apidocs import DOCUMENTS
 from urr_queue.app import create_app as create_queue
@@ -37,7 +38,7 @@ from urr_vwr_lambda.local import apigw
 pytestmark = [pytest.mark.integration]
 
 EVENT = "cc-1"
-ADMIN = {"X-User-Id": "ops-1", "X-User-Email": "ops@example.test", "X-User-Role": "admin"}
+ADMIN = act_as("ops-1", "admin")
 
 
 async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
@@ -71,6 +72,7 @@ async def queue_url(
             queue_events=QueueEventsSettings(enabled=False),
             reservation_events=ReservationEventsSettings(enabled=False),
             tier1_places=Tier1PlacesSettings(enabled=False),
+            identity=identity_settings(),
             console=ConsoleSettings(
                 tier1_counters_table=vwr.settings.tables.counters,
                 tier1_admin_url=api_url,
@@ -92,7 +94,7 @@ async def test_the_console_switches_a_waiting_room_on_and_records_it(
 ) -> None:
     vwr.open_event(EVENT, active=False)
     change = f"{queue_url}/api/v1/admin/console/events/{EVENT}/changes"
-    async with ClientSession() as http:
+    async with ClientSession(middlewares=(as_gateway("queue"),)) as http:
         created = await http.put(
             f"{queue_url}/api/v1/admin/queue/{EVENT}", json={"capacity": 2}, headers=ADMIN
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +231,48 @@ def test_the_gateway_trusts_forwarded_addresses_from_the_edge_alone(compose):
     assert direct.ip == "172.30.0.1"
     via_edge = proxies.client(edge, ["198.51.100.7"])
     assert via_edge.ip == "198.51.100.7"
+
+
+def _interpolated(value: str) -> str:
+    """What compose makes of ``${NAME:-default}`` when NAME is unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_upstreams_trust_the_identity_key_made_before_they_start(compose):
+    services = compose["services"]
+    provision = services["provision-identity"]
+    assert provision["restart"] == "no"
+    gateway_env = container_env(workload("gateway"), services["gateway"])
+    private = gateway_env["URR_IDENTITY__PRIVATE_KEY_FILE"]
+    assert provision["environment"]["URR_IDENTITY__PRIVATE_KEY_FILE"] == private
+    public_glob = str(Path(private).parent / "public" / "*.pem")
+    for name in ("auth", "queue", "ticket", "ratelimit-admin"):
+        env = container_env(workload(name), services[name])
+        assert env["URR_IDENTITY__PUBLIC_KEY_FILES"] == f'["{public_glob}"]', name
+        assert "URR_IDENTITY__PRIVATE_KEY_FILE" not in env, name
+        assert "urr-state:/app/.urr" in services[name]["volumes"], name
+        waits = {name}
+        while "provision-identity" not in waits:
+            before = set(waits)
+            for waiting in before:
+                waits |= set(services[waiting].get("depends_on") or {})
+            assert waits != before, f"{name} may start before provision-identity"
+
+
+def test_only_the_ticket_processes_hold_the_queue_credential(compose):
+    services = compose["services"]
+    queue = container_env(workload("queue"), services["queue"])
+    callers = json.loads(_interpolated(queue["URR_INTERNAL__CALLERS"]))
+    assert queue["URR_INTERNAL__PORT"] == "5007"
+    assert not services["queue"].get("ports")  # the compose network only
+    for name in ("ticket", "ticket-outcomes"):
+        env = container_env(workload(name), services[name])
+        secret = _interpolated(env["URR_QUEUE_CREDENTIAL__SECRET"])
+        assert callers[env["URR_QUEUE_CREDENTIAL__NAME"]] == secret
+        assert env["URR_QUEUE_COMPLETION__BASE_URL"] == "http://queue:5007"
+    holders = {
+        name
+        for name, service in services.items()
+        if "URR_QUEUE_CREDENTIAL__SECRET" in (service.get("environment") or {})
+    }
+    assert holders == {"ticket", "ticket-outcomes"}

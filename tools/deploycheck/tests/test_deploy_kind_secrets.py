@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import kubernetes_validate  # type: ignore[import-untyped]
 
 from urr_admission_log.settings import LogOptions
 from urr_common.tokens import SigningKey, load_verification_keys
+from urr_common.upstream_security import (
+    InternalListenerSettings,
+    ServiceCredentialSettings,
+    UpstreamIdentitySettings,
+)
 from urr_deploycheck.kind_secrets import main, manifests
 from urr_deploycheck.manifests import pod_templates, render
 
@@ -61,9 +67,28 @@ def test_keys_load_the_way_the_services_load_them(tmp_path):
     assert holder != LogOptions().holder_secret.get_secret_value()
 
 
+def test_identity_key_and_queue_credentials_are_what_the_services_accept(tmp_path):
+    by_name = {d["metadata"]["name"]: d["data"] for d in manifests("kind-7")}
+    signing = {k: base64.b64decode(v) for k, v in by_name["urr-gateway-identity-key"].items()}
+    key = SigningKey.from_pem(signing["signing.pem"], signing["kid"].decode())
+    for file_name, encoded in by_name["urr-gateway-identity-public-keys"].items():
+        (tmp_path / file_name).write_bytes(base64.b64decode(encoded))
+    # The upstreams' glob finds the gateway's key under its kid.
+    trusted = UpstreamIdentitySettings(public_key_files=[tmp_path / "*.pem"]).key_set()
+    assert trusted.get("kind-7") == key.verification_key()
+    callers = {
+        k: base64.b64decode(v).decode() for k, v in by_name["urr-queue-internal-callers"].items()
+    }
+    queue_side = InternalListenerSettings.model_validate(
+        {"callers": json.loads(callers["callers.json"])}
+    )
+    ticket_side = ServiceCredentialSettings(name=callers["caller"], secret=callers["ticket"])
+    assert queue_side.callers[ticket_side.name] == ticket_side.secret
+
+
 def test_every_run_makes_new_keys(capsys):
     assert main(["--kid", "k"]) == 0
     first = capsys.readouterr().out
     assert main(["--kid", "k"]) == 0
     assert capsys.readouterr().out != first
-    assert first.count("kind: Secret") == 5
+    assert first.count("kind: Secret") == 8

@@ -164,13 +164,14 @@ def test_setup_tasks_are_planned_with_their_environment_filled() -> None:
     tasks = plan_setup_tasks(
         SETUP_TASKS,
         host="127.0.0.1",
-        ports={"queue": 4007},
+        ports={"queue": 4007, "queue-internal": 6007},
         infra={},
         python="/py",
         runnable=lambda module: module == "urr_ticket",
     )
     assert [(t.name, t.argv) for t in tasks] == [("seed-demo", ("/py", "-m", "urr_ticket", "seed"))]
-    assert tasks[0].env == {"URR_QUEUE_ADMIN__BASE_URL": "http://127.0.0.1:4007"}
+    # The seed configures the demo event on the queue's internal listener.
+    assert tasks[0].env == {"URR_QUEUE_ADMIN__BASE_URL": "http://127.0.0.1:6007"}
     assert plan_setup_tasks(SETUP_TASKS, host="h", ports={}, infra={}, python="p",
                             runnable=lambda module: False) == []  # fmt: skip
 
@@ -191,7 +192,7 @@ def test_devstack_runs_the_log_the_ratelimit_admin_and_the_exporter() -> None:
         assert is_runnable(module), module
     # The gateway sends /v1/log and /api/v1/admin/ratelimit to them.
     gateway = next(spec for spec in SERVICES if spec.name == "gateway")
-    env = render_env(gateway, template_context("127.0.0.1", ports, {}))
+    env = render_env(gateway, template_context("127.0.0.1", ports, {"state_dir": "/s"}))
     assert env["URR_UPSTREAMS__ADMISSION_LOG"] == "http://127.0.0.1:3030"
     assert env["URR_UPSTREAMS__RATELIMIT_ADMIN"] == "http://127.0.0.1:3040"
 
@@ -206,3 +207,47 @@ def test_devstack_admission_log_signs_with_the_stack_log_key(tmp_path: Path) -> 
     # The key the devstack makes (with its public half for verifiers) is the one the log uses.
     assert Path(env["URR_TREE_HEADS__PRIVATE_KEY_FILE"]) == key.private_file
     assert env["URR_TREE_HEADS__KEY_ID"] == key.key_id
+
+
+def test_devstack_gateway_alone_holds_the_identity_key_and_upstreams_trust_it(
+    tmp_path: Path,
+) -> None:
+    context = template_context(
+        "127.0.0.1", resolve_ports(SERVICES, {}), {**FULL_INFRA, "state_dir": str(tmp_path)}
+    )
+    key = ensure_signing_keys(tmp_path / "keys")["identity"]
+    for spec in SERVICES:
+        env = render_env(spec, context)
+        if spec.name == "gateway":
+            assert Path(env["URR_IDENTITY__PRIVATE_KEY_FILE"]) == key.private_file
+            assert env["URR_IDENTITY__KEY_ID"] == key.key_id
+        else:
+            assert not any("PRIVATE_KEY_FILE" in name and "IDENTITY" in name for name in env)
+
+
+def test_devstack_queue_serves_internal_routes_on_its_own_port_for_the_ticket_processes() -> None:
+    ports = resolve_ports(SERVICES, {"queue_internal": 6107})
+    assert ports["queue-internal"] == 6107
+    context = template_context("127.0.0.1", ports, FULL_INFRA)
+    by_name = {spec.name: render_env(spec, context) for spec in SERVICES}
+    assert by_name["queue"]["URR_INTERNAL__PORT"] == "6107"
+    for name in ("ticket", "ticket-outcomes"):
+        assert by_name[name]["URR_QUEUE_ADMIN__BASE_URL"] == "http://127.0.0.1:6107"
+        assert by_name[name]["URR_QUEUE_COMPLETION__BASE_URL"] == "http://127.0.0.1:6107"
+
+
+#: Every infrastructure value a service template may name.
+FULL_INFRA = {
+    name: f"<{name}>"
+    for name in (
+        "state_dir",
+        "redis_url",
+        "postgres_dsn",
+        "kafka_bootstrap",
+        "aws_endpoint_url",
+        "ticket_queue_url",
+        "ticket_dlq_url",
+        "counters_table",
+        "positions_table",
+    )
+}

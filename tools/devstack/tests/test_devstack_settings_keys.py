@@ -6,15 +6,18 @@ import stat
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from urr_common.settings import SettingsError, load_settings
 from urr_common.tokens import KeySet, TokenSigner, TokenVerifier, load_verification_keys
+from urr_common.upstream_security import MIN_SECRET_LENGTH, InternalListenerSettings
 from urr_devstack.__main__ import main
 from urr_devstack.keys import (
     KEY_KINDS,
     AdminSettingsError,
     chosen_admin,
     ensure_admin_password,
+    ensure_service_secret,
     ensure_signing_keys,
 )
 from urr_devstack.settings import DevstackSettings, find_repo_root
@@ -101,6 +104,16 @@ def test_devstack_admin_password_is_generated_once(tmp_path: Path) -> None:
     assert len(password) >= 20
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert ensure_admin_password(path) == password
+
+
+def test_devstack_service_secret_is_generated_once_and_long_enough(tmp_path: Path) -> None:
+    path = tmp_path / "secrets" / "queue-ticket"
+    secret = ensure_service_secret(path)
+    assert len(secret) >= MIN_SECRET_LENGTH
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_service_secret(path) == secret
+    # The queue accepts it as a caller's credential.
+    assert InternalListenerSettings(callers={"ticket": SecretStr(secret)}).callers
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "121", "soon"])

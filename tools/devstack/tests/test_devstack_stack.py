@@ -17,6 +17,7 @@ from urr_devstack.stack import (
     banner,
     busy_service_ports,
     common_env,
+    credential_env,
     urls,
 )
 
@@ -64,6 +65,22 @@ def test_devstack_common_env_follows_the_conventions() -> None:
     assert json.loads(env["URR_VWR_TRUST__PUBLIC_KEY_FILES"]) == ["/k/vwr/public/local-1.pem"]
     assert env["URR_BOOTSTRAP_ADMIN_EMAIL"] == "admin@urr.local"
     assert env["URR_BOOTSTRAP_ADMIN_PASSWORD"] == "s3cret-pass"
+    # Every upstream verifies the gateway's identity assertions with its public key.
+    assert json.loads(env["URR_IDENTITY__PUBLIC_KEY_FILES"]) == ["/k/identity/public/local-1.pem"]
+    assert "URR_IDENTITY__PRIVATE_KEY_FILE" not in env
+    assert "URR_INTERNAL__CALLERS" not in env
+    assert "URR_QUEUE_CREDENTIAL__SECRET" not in env
+
+
+def test_devstack_credentials_go_to_their_two_sides_only() -> None:
+    ticket, check = "t" * 64, "c" * 64
+    by_name = credential_env(ticket, check)
+    assert json.loads(by_name["queue"]["URR_INTERNAL__CALLERS"]) == {"ticket": ticket}
+    assert json.loads(by_name["gateway"]["URR_INTERNAL__CALLERS"]) == {"loadtest": check}
+    holders = {name for name, env in by_name.items() if ticket in env.values()} - {"queue"}
+    assert holders == {"ticket", "ticket-outcomes", "seed-demo"}
+    for name in holders:
+        assert by_name[name]["URR_QUEUE_CREDENTIAL__NAME"] == "ticket"
 
 
 def test_devstack_banner_lists_entry_points_first_and_marks_reused_servers() -> None:

@@ -360,6 +360,61 @@ def _check_monitoring(env: dict[str, str], webhook: AlertWebhook) -> None:
     assert "urr_worker_dlq_messages 1.0" in exporter
 
 
+def _call(
+    method: str, url: str, headers: dict[str, str] | None = None, body: Any = None
+) -> tuple[int, Any]:
+    """One JSON call, without proxies; (status, parsed body or None)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310 - http URLs we build
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with opener.open(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as refused:
+        with refused:
+            raw = refused.read()
+            return refused.code, json.loads(raw) if raw.startswith(b"{") else None
+
+
+def _check_identity_wiring(
+    stack_env: dict[str, str], state: Path, password: str, output: str
+) -> None:
+    """Issue 16 on the real processes: the queue believes only the gateway's assertion, and
+    its /internal routes are on the internal listener with the ticket credential, which the
+    seed used to configure the demo event."""
+    ports = json.loads(stack_env["URR_DEVSTACK__SERVICE_PORTS"])
+    identity = state / "keys" / "identity"
+    assert (identity / "local-1.pem").stat().st_mode & 0o077 == 0
+    assert (identity / "public" / "local-1.pem").exists()
+    assert "seed-demo: done" in output
+    assert "NOT configured" not in output
+    queue = f"http://127.0.0.1:{ports['queue']}"
+    liar = {"X-User-Id": "admin-1", "X-User-Role": "admin"}
+    status, problem = _call("GET", f"{queue}/api/v1/admin/queue/demo", liar)
+    assert (status, problem["code"]) == (401, "identity_required")
+    complete = "/internal/v1/queue/demo/complete"
+    assert _call("POST", queue + complete, {}, {"userId": "u-1"})[0] == 404
+    internal = f"http://127.0.0.1:{ports['queue-internal']}"
+    assert _call("POST", internal + complete, {}, {"userId": "u-1"})[0] == 401
+    secret = (state / "secrets" / "queue-ticket").read_text().strip()
+    bearer = {"Authorization": f"Bearer {secret}"}
+    assert _call("POST", internal + complete, bearer, {"userId": "u-1"}) == (
+        200,
+        {"released": False},
+    )
+    # Through the gateway the admin's token becomes an assertion the queue accepts.
+    gateway = f"http://127.0.0.1:{ports['gateway']}"
+    login = {"email": "admin@urr.local", "password": password}
+    status, session = _call("POST", f"{gateway}/api/v1/auth/login", {}, login)
+    assert status == 200, session
+    admin = {"Authorization": f"Bearer {session['access_token']}"}
+    status, event = _call("GET", f"{gateway}/api/v1/admin/queue/demo", admin)
+    assert status == 200, event
+    assert event["event_id"] == "demo"
+
+
 def test_devstack_up_starts_from_nothing_and_stops_cleanly(
     stack_env: dict[str, str], alert_webhook: AlertWebhook
 ) -> None:
@@ -418,6 +473,7 @@ def test_devstack_up_starts_from_nothing_and_stops_cleanly(
         print(f"monitoring checks: {time.monotonic() - checked:.1f}s")
         password = (state / "admin-password").read_text().strip()
         assert f"admin@urr.local / {password}" in stack.output
+        _check_identity_wiring(stack_env, state, password, stack.output)
         assert json.loads((state / "devstack.json").read_text())["phase"] == "ready"
 
         code = stack.stop()

@@ -29,6 +29,10 @@ class CheckApiUser(FastHttpUser):
         self.key_base = f"lt-{next(_ids)}"
         self.calls = 0
         self.category = env("CHECK_CATEGORY", "general")
+        self.headers = {
+            "content-type": "application/json",
+            "authorization": f"Bearer {env('CHECK_SECRET', '')}",
+        }
 
     @task
     def check(self) -> None:
@@ -37,7 +41,7 @@ class CheckApiUser(FastHttpUser):
         with self.client.post(
             "/internal/v1/ratelimit/check",
             data=json.dumps(body),
-            headers={"content-type": "application/json"},
+            headers=self.headers,
             name="POST /internal/v1/ratelimit/check",
             catch_response=True,
         ) as response:

@@ -19,8 +19,12 @@ from urr_auth.users import UserStore, migrate
 from urr_common.clients import open_postgres
 from urr_common.logs import get_logger
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
+from urr_common.upstream_security import identity_middleware
 
 _LOG = get_logger(__name__)
+
+#: This service's name in the gateway's routing table: the ``aud`` of assertions it accepts.
+AUDIENCE = "auth"
 
 
 def create_app(
@@ -28,7 +32,12 @@ def create_app(
 ) -> web.Application:
     """The application; keys, the password pool and PostgreSQL open when it starts."""
     app = create_service_app(
-        settings, registry=registry, middlewares=[handlers.database_unavailable_middleware]
+        settings,
+        registry=registry,
+        middlewares=[
+            identity_middleware(settings.identity.verifier(AUDIENCE)),
+            handlers.database_unavailable_middleware,
+        ],
     )
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = AuthMetrics.register(app[REGISTRY_KEY])

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from urr_auth.credentials import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, normalise_email
 from urr_common.settings import HttpSettings, PostgresSettings, ServiceSettings, TokenKeySettings
+from urr_common.upstream_security import UpstreamIdentitySettings
 
 ACCESS_TOKEN_ISSUER = "urr-auth"  # noqa: S105 - a name, not a secret
 ACCESS_TOKEN_AUDIENCE = "urr"  # noqa: S105 - a name, not a secret
@@ -74,6 +75,10 @@ class AuthSettings(ServiceSettings):
     #: Admin account created or updated at every start when both are set.
     bootstrap_admin_email: str | None = None
     bootstrap_admin_password: SecretStr | None = None
+    #: The gateway keys whose identity assertions this service accepts (``URR_IDENTITY__*``).
+    #: Auth names its users from their own Bearer tokens; an assertion that comes with a
+    #: request must still be valid, and ``X-User-*`` headers are never read.
+    identity: UpstreamIdentitySettings = Field(default_factory=UpstreamIdentitySettings)
 
     @field_validator("bootstrap_admin_email")
     @classmethod

@@ -18,9 +18,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from urr_common.clients import redis_client
+from urr_common.identity import AssertionSigner
 from urr_common.service import create_service_app
 from urr_common.settings import TrustedKeysSettings
-from urr_common.tokens import KeySet, TokenVerifier, load_verification_keys
+from urr_common.tokens import (
+    KeySet,
+    TokenVerifier,
+    load_or_create_signing_key,
+    load_verification_keys,
+)
 from urr_gateway.chain import build_chain, chain_middlewares
 from urr_gateway.context import Identity
 from urr_gateway.filters.base import GatewayFilter
@@ -53,7 +59,7 @@ from urr_gateway.revocation import (
     VerdictReader,
     stored_verdict,
 )
-from urr_gateway.settings import GatewaySettings, TokenCacheSettings
+from urr_gateway.settings import GatewaySettings, IdentityAssertionSettings, TokenCacheSettings
 from urr_gateway.tokencache import VerifiedTokenCache
 from urr_gateway.upstream import UpstreamClient
 from urr_gateway.verification import CachedTokenVerifier
@@ -167,6 +173,7 @@ def create_app(
         settings.http.max_body_bytes,
         metrics,
         settings.proxy,
+        identity_signer(settings.identity),
     )
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
@@ -211,3 +218,9 @@ def _cache(settings: TokenCacheSettings, _: type[T]) -> VerifiedTokenCache[T]:
 
 def _refused(settings: TokenCacheSettings) -> RefusedTokenCache:
     return RefusedTokenCache(settings.refused_max_entries, settings.refused_ttl_s)
+
+
+def identity_signer(settings: IdentityAssertionSettings) -> AssertionSigner:
+    """The signer of upstream identity assertions (key made on first start when missing)."""
+    key = load_or_create_signing_key(settings.private_key_file, settings.key_id)
+    return AssertionSigner(key, ttl_s=settings.ttl_s, reuse_s=settings.reuse_s)

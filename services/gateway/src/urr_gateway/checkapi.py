@@ -12,23 +12,27 @@ Two request shapes, told apart by their fields:
   "reset_ms", "retry_after_ms", "degraded"}``, unchanged; keys live in their own namespace
   (``{k:<key>}``), apart from the gateway's per-user and per-address subjects.
 
-A separate small application for an internal listener (never routed from the public port).
+A separate small application for an internal listener (never routed from the public port);
+every call needs ``Authorization: Bearer <secret>`` of a caller in ``URR_INTERNAL__CALLERS``.
 Bad input is a 4xx problem and changes nothing.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, Self
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Histogram
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from urr_common.payloads import json_response, read_json, validated
 from urr_common.problems import Unauthorized, Unprocessable
 from urr_common.ratelimit_policies import METHODS
 from urr_common.service import problem_middleware, request_context_middleware
+from urr_common.upstream_security import service_credential_middleware
 from urr_gateway.ratelimit.config import RateLimitSettings
 from urr_gateway.ratelimit.keys import check_api_subject
 from urr_gateway.ratelimit.limiter import SlidingWindowLimiter
@@ -108,6 +112,7 @@ def create_check_app(
     registry: CollectorRegistry | None = None,
     *,
     policies: PolicyWatcher | None = None,
+    callers: Mapping[str, SecretStr] | None = None,
 ) -> web.Application:
     """The check API. ``policies``: the published configuration this worker follows (its
     start and stop belong to whoever owns it: ``server.build_apps`` installs it on the public
@@ -207,10 +212,11 @@ def create_check_app(
         finally:
             latency.labels(outcome).observe(time.perf_counter() - started)
 
-    app = web.Application(
-        middlewares=[request_context_middleware, problem_middleware],
-        client_max_size=MAX_BODY_BYTES,
-    )
+    middlewares: list[Middleware] = [request_context_middleware, problem_middleware]
+    if callers is not None:
+        # The wired gateway always passes URR_INTERNAL__CALLERS (empty: nobody may call).
+        middlewares.append(service_credential_middleware(callers))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[LIMITER_KEY] = limiter
     app.router.add_post(CHECK_PATH, check)
     return app

@@ -27,7 +27,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 #: Request headers the gateway sets itself or that would let a client speak for the gateway:
-#: identity (set only by the JWT filter), forwarding (set from the connection), the
+#: identity (the gateway's own signed assertion), forwarding (set from the connection), the
 #: upstream's own ``Host``, and ``Expect`` (the gateway answers 100-continue itself).
 _GATEWAY_OWNED = frozenset(
     {
@@ -40,6 +40,8 @@ _GATEWAY_OWNED = frozenset(
         "x-forwarded-host",
         "x-forwarded-port",
         "x-request-id",
+        # The signed identity assertion: only the gateway mints it (``urr_common.identity``).
+        "x-urr-identity",
     }
 )
 _NOT_FORWARDED = HOP_BY_HOP | _GATEWAY_OWNED

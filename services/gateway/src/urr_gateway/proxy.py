@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from urr_common.identity import ASSERTION_HEADER, AssertionSigner
 from urr_common.logs import get_logger
 from urr_common.problems import (
     BadRequest,
@@ -38,6 +39,7 @@ from urr_common.problems import (
     PayloadTooLarge,
     ProblemError,
 )
+from urr_gateway.context import IDENTITY
 from urr_gateway.forwarding import downstream_response_headers
 from urr_gateway.ingress import FORWARD_HEADERS, NORMALISED_PATH, RAW_QUERY
 from urr_gateway.metrics import GatewayMetrics
@@ -143,7 +145,11 @@ class UpstreamProxy:
         max_body_bytes: int,
         metrics: GatewayMetrics,
         proxy: ProxySettings | None = None,
+        signer: AssertionSigner | None = None,
     ) -> None:
+        """``signer``: signs the identity assertion of logged-in callers' requests (without
+        one, upstreams see no identity and refuse routes that need a user)."""
+        self._signer = signer
         #: Path prefix of each upstream's base URL (usually empty).
         self._prefixes = {name: urlsplit(base).path.rstrip("/") for name, base in upstreams.items()}
         self._client = client
@@ -173,10 +179,21 @@ class UpstreamProxy:
         target = self._prefixes[upstream] + request[NORMALISED_PATH].raw
         if query:
             target = f"{target}?{query}"
+        headers = request[FORWARD_HEADERS]
+        identity = request.get(IDENTITY)
+        if identity is not None and self._signer is not None:
+            # Bound to this upstream, method and exact path: useless for any other request.
+            headers[ASSERTION_HEADER] = self._signer.assertion(
+                identity.user_id,
+                identity.role,
+                audience=upstream.value,
+                method=request.method,
+                path=target.partition("?")[0],
+            )
         body = self._client_body(request) if request.body_exists else None
         try:
             answer = await self._client().send(
-                upstream, request.method, target, request[FORWARD_HEADERS], body, length
+                upstream, request.method, target, headers, body, length
             )
         except RequestBodyError as exc:
             if isinstance(exc.cause, _BodyTooLarge):

@@ -56,7 +56,9 @@ def build_apps(settings: GatewaySettings) -> GatewayApps:
     )
     install_rate_limit(public, limiter)
     install_policy_watcher(public, policies)
-    internal = create_check_app(limiter, registry=registry, policies=policies)
+    internal = create_check_app(
+        limiter, registry=registry, policies=policies, callers=settings.internal.callers
+    )
     return GatewayApps(public=public, internal=internal)
 
 

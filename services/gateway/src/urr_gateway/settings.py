@@ -6,9 +6,13 @@ runs beside ``make up`` with no variables set. Production overrides the addresse
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from urr_common.settings import HttpSettings, RedisSettings, ServiceSettings, TrustedKeysSettings
+from urr_common.upstream_security import check_callers
 from urr_gateway.ratelimit.config import RateLimitSettings
 from urr_gateway.trust import TrustSettings
 
@@ -90,10 +94,18 @@ class TokenCacheSettings(BaseModel):
 
 
 class InternalListenerSettings(BaseModel):
-    """Where the rate-limit check API listens: loopback or a private network only."""
+    """Where the rate-limit check API listens: loopback or a private network only, and who
+    may call it (``URR_INTERNAL__CALLERS``: ``{"<caller>": "<bearer secret>"}``; none set:
+    every call is refused with 401 ``service_credential_required``)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=3011, ge=0, le=65535)
+    callers: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("callers")
+    @classmethod
+    def _callers_are_usable(cls, callers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        return check_callers(callers)
 
 
 # The gateway's defaults live on subclasses, not in ``default_factory`` values: a nested
@@ -120,12 +132,43 @@ class EntryTrustSettings(TrustedKeysSettings):
     audience: str = "urr-entry"
 
 
+class IdentityAssertionSettings(BaseModel):
+    """``URR_IDENTITY__*``: the key the gateway signs upstream identity assertions with.
+
+    Upstreams verify ``X-Urr-Identity`` (``urr_common.identity``) with its public half
+    (their ``URR_IDENTITY__PUBLIC_KEY_FILES`` or ``URR_IDENTITY__JWKS``).
+    """
+
+    #: PEM of the EC P-256 private key; made on first start when missing (local runs). In
+    #: Kubernetes it is mounted from the Secret ``urr-gateway-identity-key``.
+    private_key_file: Path = Path(".urr/keys/identity/local-1.pem")
+    #: Written into every assertion's header; upstreams look the key up by it (and take it
+    #: from the public key's file name, so it must also be a usable file name).
+    key_id: str = Field(default="local-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    #: Lifetime of one assertion: long enough for a slow upstream queue, short enough that a
+    #: leaked one is soon worthless.
+    ttl_s: int = Field(default=15, ge=2, le=60)
+    #: One signed assertion serves identical requests (user, role, upstream, method, path)
+    #: for this long: signing costs tens of microseconds, a polling client repeats itself.
+    reuse_s: float = Field(default=1.0, ge=0.0, le=5.0)
+
+    @model_validator(mode="after")
+    def _reuse_within_lifetime(self) -> Self:
+        if self.reuse_s * 2 > self.ttl_s:
+            raise ValueError(
+                "URR_IDENTITY__REUSE_S must be at most half of URR_IDENTITY__TTL_S, so a reused "
+                "assertion still has most of its life left when an upstream sees it"
+            )
+        return self
+
+
 class GatewaySettings(ServiceSettings):
     service_name: str = "gateway"
     http: GatewayHttpSettings = Field(default_factory=GatewayHttpSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     access_trust: AccessTrustSettings = Field(default_factory=AccessTrustSettings)
     entry_trust: EntryTrustSettings = Field(default_factory=EntryTrustSettings)
+    identity: IdentityAssertionSettings = Field(default_factory=IdentityAssertionSettings)
     upstreams: UpstreamSettings = Field(default_factory=UpstreamSettings)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     token_cache: TokenCacheSettings = Field(default_factory=TokenCacheSettings)

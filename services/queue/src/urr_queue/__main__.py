@@ -7,6 +7,7 @@ import sys
 from urr_common.logs import configure_logging
 from urr_common.service import run, serve
 from urr_common.settings import SettingsError, load_settings
+from urr_common.upstream_security import serve_internal_listener
 from urr_queue.app import create_app
 from urr_queue.settings import QueueSettings
 
@@ -20,7 +21,10 @@ def main() -> None:
     configure_logging(settings.log, service=settings.service_name)
 
     async def serve_queue() -> None:
-        await serve(create_app(settings), settings.http)
+        app = create_app(settings)
+        # /internal/... (the ticket service's completion reports) on its own listener.
+        serve_internal_listener(app, settings.internal, settings.http.port)
+        await serve(app, settings.http)
 
     run(serve_queue, use_uvloop=settings.http.use_uvloop)
 

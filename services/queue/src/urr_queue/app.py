@@ -17,6 +17,7 @@ from urr_common.clients import kafka_consumer, open_kafka_producer, open_redis
 from urr_common.logs import get_logger
 from urr_common.problems import ServiceUnavailable
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
+from urr_common.upstream_security import identity_middleware, internal_app, no_internal_routes
 from urr_queue import admin, handlers
 from urr_queue.admission import AdmissionLoop
 from urr_queue.apidocs.routes import add_api_docs
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
 
 _LOG = get_logger(__name__)
+#: This service's name in the gateway's routing table: the ``aud`` of assertions it accepts.
+AUDIENCE = "queue"
 ADMISSION_LOOP = web.AppKey("urr_queue_admission", AdmissionLoop)
 #: Time the publisher gets at shutdown to hand its buffer to Kafka.
 _PUBLISHER_DRAIN_S = 2.0
@@ -94,7 +97,13 @@ def create_app(
 ) -> web.Application:
     """The queue application; clients open in ``cleanup_ctx`` (factories are for tests)."""
     app = create_service_app(
-        settings, registry=registry, middlewares=[redis_unavailable_middleware]
+        settings,
+        registry=registry,
+        middlewares=[
+            no_internal_routes,
+            identity_middleware(settings.identity.verifier(AUDIENCE)),
+            redis_unavailable_middleware,
+        ],
     )
     metrics = QueueMetrics.register(app[REGISTRY_KEY])
     gauges = EventGauges(app[REGISTRY_KEY])
@@ -176,6 +185,7 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     _routes(app)
+    internal_app(settings.internal.callers, _internal_routes, public=app)
     setup_console(app, settings.console, dynamodb_factory)
     add_api_docs(app)
     return app
@@ -212,5 +222,11 @@ def _routes(app: web.Application) -> None:
     app.router.add_patch(event_admin, admin.put_event)
     app.router.add_delete(event_admin, admin.delete_event)
     app.router.add_post(f"{event_admin}/prequeue/reveal", admin.reveal_prequeue)
-    app.router.add_post("/internal/v1/queue/{eventId}/complete", handlers.complete)
     app.router.add_get("/.well-known/jwks.json", handlers.jwks)
+
+
+def _internal_routes(app: web.Application) -> None:
+    """Served only on the internal listener, to callers named in ``URR_INTERNAL__CALLERS``."""
+    app.router.add_post("/internal/v1/queue/{eventId}/complete", handlers.complete)
+    # Event set-up by a trusted service (the demo seed), same rules as the admin API's PUT.
+    app.router.add_put("/internal/v1/queue/{eventId}/config", admin.put_event)

@@ -1,8 +1,9 @@
 """HTTP handlers for waiters (enter, status, leave), the capacity feed and the ticket service.
 
-Identity comes from the gateway (``X-User-Id``, which it strips from client requests and
-sets from a verified access token). Nothing in a request decides a place in the queue except
-a verified Tier-1 token.
+Identity comes only from the gateway's signed assertion (``X-Urr-Identity``, verified by the
+``urr_common.upstream_security`` middleware); ``X-User-*`` headers are never read. The
+completion report (``complete``) is served on the internal listener only. Nothing in a
+request decides a place in the queue except a verified Tier-1 token.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from urr_common.fairness import QueueMethod
 from urr_common.logs import bind_request_context
 from urr_common.payloads import json_response, read_json
-from urr_common.problems import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from urr_common.problems import BadRequest, Conflict, Forbidden, NotFound
+from urr_common.upstream_security import identity_of, public_app_of
 from urr_queue.config import Mode
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.entry import clear_entry_cookie, describe, set_entry_cookie
@@ -44,9 +46,8 @@ def event_id_of(request: web.Request) -> str:
 
 
 def user_id_of(request: web.Request) -> str:
-    user_id = request.headers.get("X-User-Id", "")
-    if not user_id:
-        raise Unauthorized("log in to use the queue", code="login_required")
+    """The user the gateway asserted (401 without a valid ``X-Urr-Identity``)."""
+    user_id = identity_of(request).user_id
     if not is_user_id(user_id):
         raise BadRequest("the user id is not usable", code="invalid_user_id")
     bind_request_context(user_id=user_id)
@@ -331,7 +332,7 @@ async def complete(request: web.Request) -> web.Response:
     body = await read_json(request, CompleteBody)
     if not is_user_id(body.userId):
         raise BadRequest("the user id is not usable", code="invalid_user_id")
-    ctx = request.app[QUEUE_CONTEXT]
+    ctx = public_app_of(request)[QUEUE_CONTEXT]
     left = await ctx.ender.end(event_id, body.userId, EndReason.COMPLETED)
     if left is None:
         raise no_event(event_id)

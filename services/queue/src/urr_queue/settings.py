@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from urr_common.settings import (
     AwsSettings,
@@ -15,6 +16,7 @@ from urr_common.settings import (
     TokenKeySettings,
     TrustedKeysSettings,
 )
+from urr_common.upstream_security import InternalListenerSettings, UpstreamIdentitySettings
 from urr_queue.console.settings import ConsoleSettings
 
 QUEUE_PORT = 3007
@@ -144,3 +146,12 @@ class QueueSettings(ServiceSettings):
     #: Width of one heartbeat bucket. Written into an event's configuration when the event is
     #: created and fixed for its life, so replicas with different settings still agree.
     heartbeat_bucket_ms: int = Field(default=5_000, ge=100, le=60_000)
+    #: The gateway keys whose identity assertions this service believes (``URR_IDENTITY__*``).
+    identity: UpstreamIdentitySettings = Field(default_factory=UpstreamIdentitySettings)
+    #: The listener of ``/internal/...`` and who may call it (``URR_INTERNAL__*``).
+    internal: InternalListenerSettings = Field(default_factory=InternalListenerSettings)
+
+    @model_validator(mode="after")
+    def _internal_port_is_its_own(self) -> Self:
+        self.internal.check_port(self.http.port, self.metrics_port)
+        return self

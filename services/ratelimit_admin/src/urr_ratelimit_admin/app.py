@@ -29,6 +29,7 @@ from urr_common.problems import (
 )
 from urr_common.ratelimit_policies import Policy
 from urr_common.service import create_service_app, request_id_of, sleep_unless_stopped
+from urr_common.upstream_security import identity_middleware, identity_of, require_role
 from urr_ratelimit_admin import store
 from urr_ratelimit_admin.publisher import PolicyPublisher
 from urr_ratelimit_admin.settings import RatelimitAdminSettings
@@ -39,6 +40,8 @@ _LOG = get_logger(__name__)
 POOL_KEY = web.AppKey("urr_rl_pool", asyncpg.Pool)
 PUBLISHER_KEY = web.AppKey("urr_rl_publisher", PolicyPublisher)
 PREFIX = "/api/v1/admin/ratelimit"
+#: This service's name in the gateway's routing table: the ``aud`` of assertions it accepts.
+AUDIENCE = "ratelimit_admin"
 #: A tenant reads its own usage here with its API key (through the gateway).
 TENANT_USAGE_PATH = "/api/v1/ratelimit/usage"
 API_KEY_HEADER = "X-API-Key"
@@ -80,9 +83,9 @@ class TokenRevocationIn(BaseModel):
 
 
 def _actor(request: web.Request) -> store.Actor:
-    if request.headers.get("X-User-Role") != "admin":
-        raise Forbidden("this needs the admin role", code="admin_required")
-    return store.Actor(request.headers.get("X-User-Id", "unknown"), request_id_of(request))
+    """The admin the gateway asserted (401 without an assertion, 403 for another role)."""
+    require_role(request, "admin", code="admin_required")
+    return store.Actor(identity_of(request).user_id, request_id_of(request))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -321,7 +324,11 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
-    app = create_service_app(settings, registry=registry)
+    app = create_service_app(
+        settings,
+        registry=registry,
+        middlewares=[identity_middleware(settings.identity.verifier(AUDIENCE))],
+    )
     app[POOL_KEY] = pool
     app[PUBLISHER_KEY] = publisher
     routes: list[tuple[str, str, Handler]] = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from urr_common.settings import HttpSettings, PostgresSettings, RedisSettings, ServiceSettings
+from urr_common.upstream_security import UpstreamIdentitySettings
 
 ADMIN_PORT = 3040
 
@@ -24,6 +25,8 @@ class RatelimitAdminSettings(ServiceSettings):
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
+    #: The gateway keys whose identity assertions this service believes (``URR_IDENTITY__*``).
+    identity: UpstreamIdentitySettings = Field(default_factory=UpstreamIdentitySettings)
 
 
 #: The snapshot scheduler's health listener (its /metrics listener is this + 1000).

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from urr_common.clients import open_aws_clients, open_postgres, open_redis
 from urr_common.logs import get_logger
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app
+from urr_common.upstream_security import identity_middleware
 from urr_ticket import routes, site
 from urr_ticket.appkeys import (
     COMMANDS_KEY,
@@ -28,12 +29,18 @@ from urr_ticket.store import BookingStore
 from urr_ticket_worker.schema import migrate
 
 _LOG = get_logger(__name__)
+#: This service's name in the gateway's routing table: the ``aud`` of assertions it accepts.
+AUDIENCE = "ticket"
 
 
 def create_app(
     settings: TicketSettings, *, registry: CollectorRegistry | None = None
 ) -> web.Application:
-    app = create_service_app(settings, registry=registry)
+    app = create_service_app(
+        settings,
+        registry=registry,
+        middlewares=[identity_middleware(settings.identity.verifier(AUDIENCE))],
+    )
     app[TICKET_SETTINGS_KEY] = settings
     app[METRICS_KEY] = TicketMetrics(app[REGISTRY_KEY])
     app[RESERVATION_IDS_KEY] = ReservationIds.from_settings(

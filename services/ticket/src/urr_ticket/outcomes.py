@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from urr_common.clients import open_redis
 from urr_common.logs import get_logger
 from urr_common.settings import load_settings
+from urr_common.upstream_security import ServiceCredentialSettings
 from urr_ticket.seat_locks import SeatLocks
 from urr_ticket.settings import OutcomeSettings, QueueCompletionSettings, TicketSettings
 from urr_ticket_worker.booking import apply_outcome
@@ -52,14 +53,21 @@ class QueueCompleter:
     """The optional HTTP fallback that tells the queue service a user is done (best effort:
     the Kafka record is the primary path, so a failure is logged and counted, never retried)."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: QueueCompletionSettings) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: QueueCompletionSettings,
+        credential: ServiceCredentialSettings,
+    ) -> None:
         self._session = session
         self._base = settings.base_url.rstrip("/")
+        self._headers = credential.headers()
 
     async def complete(self, event_id: str, user_id: str) -> bool:
         url = f"{self._base}/internal/v1/queue/{event_id}/complete"
         try:
-            async with self._session.post(url, json={"userId": user_id}) as response:
+            body = {"userId": user_id}
+            async with self._session.post(url, json=body, headers=self._headers) as response:
                 if response.status < 300:
                     return True
                 _LOG.warning("queue_complete_refused", status=response.status, event_id=event_id)
@@ -170,7 +178,9 @@ def outcome_loop(settings: TicketSettings, registry: CollectorRegistry) -> LoopB
                 aiohttp.ClientSession(timeout=timeout) as session,
             ):
                 completer = (
-                    QueueCompleter(session, completion) if completion.http_fallback else None
+                    QueueCompleter(session, completion, settings.queue_credential)
+                    if completion.http_fallback
+                    else None
                 )
                 locks = SeatLocks(redis)
                 handler = BookingRecords(

@@ -1,7 +1,8 @@
 """HTTP handlers of the ticket API.
 
-Identity comes from the gateway (``X-User-Id``, ``X-User-Role``), which strips client-sent
-copies and has already checked the Tier-2 entry token on ``/api/v1/seats/*`` and
+Identity comes only from the gateway's signed assertion (``X-Urr-Identity``, verified by the
+``urr_common.upstream_security`` middleware; ``X-User-*`` headers are never read). The gateway
+has already checked the Tier-2 entry token on ``/api/v1/seats/*`` and
 ``/api/v1/reservations/*``. The catalog and stats are public; an owner reads a reservation
 without an entry token at ``/api/v1/events/{eventId}/reservations/{reservationId}``.
 """
@@ -22,9 +23,9 @@ from urr_common.problems import (
     Forbidden,
     NotFound,
     ServiceUnavailable,
-    Unauthorized,
     Unprocessable,
 )
+from urr_common.upstream_security import IDENTITY, identity_of
 from urr_ticket.appkeys import (
     COMMANDS_KEY,
     LOCKS_KEY,
@@ -90,11 +91,10 @@ def add_routes(app: web.Application) -> None:
 
 
 def _user_id(request: web.Request) -> str:
-    user_id = request.headers.get("X-User-Id", "")
-    if not user_id:
-        raise Unauthorized("log in first", code="login_required")
+    """The asserted user (401 ``identity_required`` without a valid assertion)."""
+    user_id = identity_of(request).user_id
     if not _USER_ID.match(user_id):
-        raise BadRequest("the X-User-Id header is not a valid user id", code="bad_user_id")
+        raise BadRequest("the asserted user id is not a valid user id", code="bad_user_id")
     return user_id
 
 
@@ -162,7 +162,8 @@ async def get_event(request: web.Request) -> web.Response:
 async def seat_map(request: web.Request) -> web.Response:
 
     event_id = _event_id(request)
-    caller = request.headers.get("X-User-Id")
+    identity = request.get(IDENTITY)
+    caller = identity.user_id if identity is not None else None
     await _require_event(request, event_id)
     seats = await request.app[STORE_KEY].seats(event_id)
     holds = await request.app[LOCKS_KEY].holders(event_id, [s.seat_id for s in seats])

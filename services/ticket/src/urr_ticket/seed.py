@@ -17,6 +17,7 @@ import aiohttp
 
 from urr_common.clients import open_postgres
 from urr_common.logs import get_logger
+from urr_common.upstream_security import ServiceCredentialSettings
 from urr_ticket.settings import QueueAdminSettings, TicketSettings
 from urr_ticket_worker.schema import migrate
 
@@ -98,12 +99,15 @@ async def seed_catalog(pool: Any, event: DemoEvent) -> int:
 
 
 async def configure_queue(
-    settings: QueueAdminSettings, event_id: str, config: QueueConfig
+    settings: QueueAdminSettings,
+    event_id: str,
+    config: QueueConfig,
+    credential: ServiceCredentialSettings,
 ) -> tuple[bool, str]:
-    """PUT the queue settings, retrying while the queue service is unreachable or 5xx;
-    returns (ok, what happened)."""
-    url = f"{settings.base_url.rstrip('/')}/api/v1/admin/queue/{event_id}"
-    headers = {"X-User-Id": settings.admin_user_id, "X-User-Role": "admin"}
+    """PUT the queue settings on the queue's internal listener with this service's
+    credential, retrying while the queue is unreachable or 5xx; returns (ok, what happened)."""
+    url = f"{settings.base_url.rstrip('/')}/internal/v1/queue/{event_id}/config"
+    headers = credential.headers()
     last = "not tried"
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -136,5 +140,7 @@ async def seed(
         added = await seed_catalog(pool, event)
     if queue is None:
         return added, True, "queue configuration skipped"
-    ok, message = await configure_queue(settings.queue_admin, event.event_id, queue)
+    ok, message = await configure_queue(
+        settings.queue_admin, event.event_id, queue, settings.queue_credential
+    )
     return added, ok, message

@@ -4,10 +4,10 @@ the entry token the request carries (header ``x-queue-entry-token``, else the
 ends, and polling never renews it.
 
 The gateway verifies that token (signature, expiry, user, event, revocation) before it lets
-a seat request through, exactly as it sets ``X-User-Id``; the ticket service trusts it as far
-as it trusts that header and reads the claims without verifying the signature again. It still
-refuses a token for another user or event. A request without one (a direct call, not through
-the gateway) has no known session end: its holds end after ``holdSeconds``.
+a seat request through, and signs the user into ``X-Urr-Identity``; a seat request without a
+valid assertion never gets here, so the ticket service reads the claims without verifying the
+signature again. It still refuses a token for another user or event. A request without one
+has no known session end: its holds end after ``holdSeconds``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from urr_common.settings import (
     RedisSettings,
     ServiceSettings,
 )
+from urr_common.upstream_security import ServiceCredentialSettings, UpstreamIdentitySettings
 from urr_ticket_worker.settings import BookingSettings, ConsumerSettings, SqsSettings
 
 #: Shortest reservation-id key accepted (characters; 32 random ones carry >= 128 bits).
@@ -50,10 +51,11 @@ class UserDirectorySettings(BaseModel):
 
 
 class QueueAdminSettings(BaseModel):
-    """The queue service, which the seed command configures for the demo event."""
+    """The queue service, which the seed command configures for the demo event: on its
+    internal listener (``PUT /internal/v1/queue/{eventId}/config``), with the ticket
+    service's credential (``URR_QUEUE_CREDENTIAL__*``)."""
 
-    base_url: str = "http://127.0.0.1:3007"
-    admin_user_id: str = "seed-admin"
+    base_url: str = "http://127.0.0.1:5007"
     attempts: int = Field(default=10, ge=1, le=100)
     retry_s: float = Field(default=1.0, gt=0.0, le=60.0)
 
@@ -61,10 +63,11 @@ class QueueAdminSettings(BaseModel):
 class QueueCompletionSettings(BaseModel):
     """Ending a user's Tier-2 session when their reservation ends. The queue service consumes
     ``reservation-events`` itself (the primary path); this optional HTTP call to its
-    ``POST /internal/v1/queue/{eventId}/complete`` is a belt-and-braces fallback."""
+    ``POST /internal/v1/queue/{eventId}/complete`` is a belt-and-braces fallback, on the
+    queue's internal listener with the ``URR_QUEUE_CREDENTIAL__*`` credential."""
 
     http_fallback: bool = False
-    base_url: str = "http://127.0.0.1:3007"
+    base_url: str = "http://127.0.0.1:5007"
     timeout_s: float = Field(default=2.0, gt=0.0, le=30.0)
 
 
@@ -81,6 +84,11 @@ class TicketSettings(ServiceSettings):
     users: UserDirectorySettings = Field(default_factory=UserDirectorySettings)
     queue_admin: QueueAdminSettings = Field(default_factory=QueueAdminSettings)
     queue_completion: QueueCompletionSettings = Field(default_factory=QueueCompletionSettings)
+    #: This service's name and secret at the queue's internal listener (its
+    #: ``URR_INTERNAL__CALLERS`` entry), for the seed and the completion fallback.
+    queue_credential: ServiceCredentialSettings = Field(default_factory=ServiceCredentialSettings)
+    #: The gateway keys whose identity assertions this service believes (``URR_IDENTITY__*``).
+    identity: UpstreamIdentitySettings = Field(default_factory=UpstreamIdentitySettings)
     consumers: ConsumerSettings = Field(default_factory=ConsumerSettings)
 
 

@@ -37,7 +37,7 @@ MAX_SEATS_PER_RESERVATION = 10
 
 EventId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 SeatId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
-#: User ids come from the auth service (via the gateway's X-User-Id): opaque printable text.
+#: User ids come from the auth service (via the gateway's X-Urr-Identity): printable text.
 UserId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,128}$")]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,11 @@ ENTRY_SECRET = "urr-entry-signing-key"  # noqa: S105 - a Secret's name
 VWR_PUBLIC_SECRET = "urr-vwr-public-keys"  # noqa: S105 - a Secret's name
 LOG_SECRET = "urr-log-signing-key"  # noqa: S105 - a Secret's name
 ADMISSION_LOG_SECRET = "urr-admission-log"  # noqa: S105 - a Secret's name
+#: The gateway signs identity assertions with this key; upstreams trust its public half.
+GATEWAY_IDENTITY_SECRET = "urr-gateway-identity-key"  # noqa: S105 - a Secret's name
+GATEWAY_IDENTITY_PUBLIC_SECRET = "urr-gateway-identity-public-keys"  # noqa: S105 - a name
+#: The ticket pods' credential at the queue's internal listener, and the queue's caller list.
+QUEUE_CALLERS_SECRET = "urr-queue-internal-callers"  # noqa: S105 - a Secret's name
 
 
 def _secret(name: str, data: dict[str, bytes]) -> dict[str, Any]:
@@ -58,6 +64,8 @@ def public_keys_secret(name: str, keys: Sequence[SigningKey]) -> dict[str, Any]:
 def manifests(kid: str) -> list[dict[str, Any]]:
     # Tier 1 does not run in kind; the queue still mounts a key set to trust.
     vwr = SigningKey.generate(kid)
+    identity = SigningKey.generate(kid)
+    ticket_secret = secrets.token_hex(32)
     return [
         signing_secret(ACCESS_SECRET, kid),
         signing_secret(ENTRY_SECRET, kid),
@@ -65,6 +73,16 @@ def manifests(kid: str) -> list[dict[str, Any]]:
         signing_secret(LOG_SECRET, kid),
         # The admission log's HMAC key for holder ids.
         _secret(ADMISSION_LOG_SECRET, {"holder-secret": secrets.token_urlsafe(32).encode()}),
+        _secret(GATEWAY_IDENTITY_SECRET, {"signing.pem": identity.to_pem(), "kid": kid.encode()}),
+        public_keys_secret(GATEWAY_IDENTITY_PUBLIC_SECRET, [identity]),
+        _secret(
+            QUEUE_CALLERS_SECRET,
+            {
+                "caller": b"ticket",
+                "ticket": ticket_secret.encode(),
+                "callers.json": json.dumps({"ticket": ticket_secret}).encode(),
+            },
+        ),
     ]
 
 

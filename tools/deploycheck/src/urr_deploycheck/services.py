@@ -119,6 +119,11 @@ _COMPOSE = frozenset({Target.COMPOSE})
 GATEWAY_INTERNAL = ExtraPort(
     "internal", 3011, env=(("URR_INTERNAL__HOST", "0.0.0.0"), ("URR_INTERNAL__PORT", "3011"))
 )
+#: The queue's internal listener: ``/internal/v1/queue/...`` for the ticket service's
+#: credential only (``URR_INTERNAL__CALLERS``), never on its public port.
+QUEUE_INTERNAL = ExtraPort(
+    "internal", 5007, env=(("URR_INTERNAL__HOST", "0.0.0.0"), ("URR_INTERNAL__PORT", "5007"))
+)
 
 # Module names of the booking back end's processes and the VWR stand-ins come from their
 # packages' console scripts; correct them here if they move.
@@ -143,6 +148,7 @@ WORKLOADS: tuple[Workload, ...] = (
         ("urr_queue.settings:QueueSettings",),
         3007,
         _EVERYWHERE,
+        extra_ports=(QUEUE_INTERNAL,),
         rollout=True,
     ),
     Workload(

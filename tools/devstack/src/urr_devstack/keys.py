@@ -16,8 +16,9 @@ from pathlib import Path
 from urr_common.tokens import load_or_create_signing_key
 
 #: access: auth signs users' access tokens; entry: the queue signs Tier-2 entry tokens;
-#: vwr: the waiting-room Lambda signs Tier-1 tokens; log: the admission log signs tree heads.
-KEY_KINDS = ("access", "entry", "vwr", "log")
+#: vwr: the waiting-room Lambda signs Tier-1 tokens; log: the admission log signs tree heads;
+#: identity: the gateway signs the identity assertions upstreams verify (``X-Urr-Identity``).
+KEY_KINDS = ("access", "entry", "vwr", "log", "identity")
 LOCAL_KEY_ID = "local-1"
 
 
@@ -82,6 +83,18 @@ def ensure_admin_password(path: Path) -> str:
     password = secrets.token_urlsafe(18)
     _write_atomically(path, (password + "\n").encode(), mode=0o600)
     return password
+
+
+def ensure_service_secret(path: Path) -> str:
+    """A service credential (one caller at one internal listener): 256 random bits, made
+    once (0600) and read back on every start."""
+    if path.exists():
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+    secret = secrets.token_hex(32)
+    _write_atomically(path, (secret + "\n").encode(), mode=0o600)
+    return secret
 
 
 def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:

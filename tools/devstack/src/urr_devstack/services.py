@@ -15,7 +15,8 @@ deployment table in ``tools/deploycheck``); ports are the DESIGN.md §3 ones, pl
 the booking back end's processes, 3012 for the VWR scheduler (its default 3011 is the
 gateway's internal listener on one host), 3030 for the admission log, 3040 for the
 rate-limit admin API and 3041 for its usage-snapshot scheduler. Each service's ``/metrics``
-listener is its port + 1000.
+listener is its port + 1000; the queue's internal listener (``/internal/...``, for the ticket
+service's credential only) is its port + 2000, 5007.
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ _VWR_ENV = {
     "URR_QUEUE__URL": "{queue_url}",
 }
 
-#: The ticket processes call the queue's admin and completion APIs.
+#: The ticket processes call the queue's internal listener (event set-up, completions) with
+#: their credential (``URR_QUEUE_CREDENTIAL__*``, stack.common_env).
 _TICKET_ENV = {
-    "URR_QUEUE_ADMIN__BASE_URL": "{queue_url}",
-    "URR_QUEUE_COMPLETION__BASE_URL": "{queue_url}",
+    "URR_QUEUE_ADMIN__BASE_URL": "{queue_internal_url}",
+    "URR_QUEUE_COMPLETION__BASE_URL": "{queue_internal_url}",
 }
 
 SERVICES: tuple[ServiceSpec, ...] = (
@@ -82,13 +84,25 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "URR_UPSTREAMS__RATELIMIT_ADMIN": "{ratelimit_admin_url}",
             "URR_INTERNAL__HOST": "{host}",
             "URR_INTERNAL__PORT": "{gateway_internal_port}",
+            # Only the gateway holds the private half of the identity key.
+            "URR_IDENTITY__PRIVATE_KEY_FILE": "{state_dir}/keys/identity/local-1.pem",
+            "URR_IDENTITY__KEY_ID": "local-1",
         },
         extra_ports={"internal": 3011},
     ),
     # The operator console switches Tier 1's waiting room through its admin API with the
     # operator's own token (its seat figures read the booking database: stack.common_env).
+    # Its /internal routes (the ticket service's calls) are on their own listener.
     ServiceSpec(
-        "queue", "urr_queue", 3007, env={"URR_CONSOLE__TIER1_ADMIN_URL": "{vwr_apigw_url}"}
+        "queue",
+        "urr_queue",
+        3007,
+        env={
+            "URR_CONSOLE__TIER1_ADMIN_URL": "{vwr_apigw_url}",
+            "URR_INTERNAL__HOST": "{host}",
+            "URR_INTERNAL__PORT": "{queue_internal_port}",
+        },
+        extra_ports={"internal": 5007},
     ),
     ServiceSpec("ticket", "urr_ticket", 3002, env=_TICKET_ENV),
     ServiceSpec("ticket-outcomes", "urr_ticket.outcomes", 3024, env=_TICKET_ENV),
@@ -291,7 +305,7 @@ SETUP_TASKS: tuple[SetupTask, ...] = (
         "seed-demo",
         "urr_ticket",
         ("seed",),
-        env={"URR_QUEUE_ADMIN__BASE_URL": "{queue_url}"},
+        env={"URR_QUEUE_ADMIN__BASE_URL": "{queue_internal_url}"},
     ),
 )
 

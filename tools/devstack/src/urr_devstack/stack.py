@@ -9,17 +9,24 @@ whatever the way out is (Ctrl-C, SIGTERM, a service dying, a timeout, an excepti
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from urr_common import kafka_topics
 from urr_devstack import aws, postgres
 from urr_devstack.infra import Infra, InfraError, start_infra
-from urr_devstack.keys import LocalKey, chosen_admin, ensure_admin_password, ensure_signing_keys
+from urr_devstack.keys import (
+    LocalKey,
+    chosen_admin,
+    ensure_admin_password,
+    ensure_service_secret,
+    ensure_signing_keys,
+)
 from urr_devstack.monitoring import MonitoringError, start_monitoring
 from urr_devstack.procs import is_listening
 from urr_devstack.runstate import RUNFILE_NAME, ProcessRecord, RunState, cmdline
@@ -69,6 +76,16 @@ class StatePaths:
         return self.root / "admin-password"
 
     @property
+    def queue_ticket_secret(self) -> Path:
+        """The ticket service's credential at the queue's internal listener."""
+        return self.root / "secrets" / "queue-ticket"
+
+    @property
+    def check_api_secret(self) -> Path:
+        """The load tests' credential at the gateway's rate-limit check API."""
+        return self.root / "secrets" / "gateway-check-loadtest"
+
+    @property
     def procfile(self) -> Path:
         return self.root / "Procfile"
 
@@ -115,7 +132,11 @@ def common_env(
     admin_password: str,
     ports: Mapping[str, int | None],
 ) -> dict[str, str]:
-    """The environment every service gets (shared names from the brief's conventions)."""
+    """The environment every service gets (shared names from the brief's conventions).
+
+    Upstreams trust the gateway's identity key (its public half; the private half goes to
+    the gateway alone, ``services.py``). Service credentials are not here: each goes to its
+    two sides only (``credential_env``)."""
     host = settings.host
     database_dsn = postgres.dsn(
         host, settings.ports.postgres, settings.postgres_user, settings.postgres_database
@@ -154,7 +175,27 @@ def common_env(
     env["URR_ACCESS_TRUST__JWKS_URL"] = _jwks_url(host, ports.get("auth"), 3005)
     env["URR_ENTRY_TRUST__JWKS_URL"] = _jwks_url(host, ports.get("queue"), 3007)
     env["URR_VWR_TRUST__PUBLIC_KEY_FILES"] = f'["{keys["vwr"].public_file}"]'
+    env["URR_IDENTITY__PUBLIC_KEY_FILES"] = f'["{keys["identity"].public_file}"]'
     return env
+
+
+#: Who holds the ticket service's credential at the queue: the ticket processes and the seed.
+TICKET_CREDENTIAL_HOLDERS = ("ticket", "ticket-outcomes", "seed-demo")
+
+
+def credential_env(queue_ticket_secret: str, check_api_secret: str) -> dict[str, dict[str, str]]:
+    """Extra environment by service (or setup task) name: each internal listener's caller
+    list, and each caller's credential, given to those two sides and nobody else."""
+    ticket = {
+        "URR_QUEUE_CREDENTIAL__NAME": "ticket",
+        "URR_QUEUE_CREDENTIAL__SECRET": queue_ticket_secret,
+    }
+    return {
+        "queue": {"URR_INTERNAL__CALLERS": json.dumps({"ticket": queue_ticket_secret})},
+        # The load tests' ratelimit_check scenario reads its secret from the state folder.
+        "gateway": {"URR_INTERNAL__CALLERS": json.dumps({"loadtest": check_api_secret})},
+        **{name: dict(ticket) for name in TICKET_CREDENTIAL_HOLDERS},
+    }
 
 
 def _jwks_url(host: str, port: int | None, default_port: int) -> str:
@@ -254,6 +295,10 @@ def up(
         )
         signals.checkpoint()
         env = common_env(settings, infra, keys, admin_password, ports)
+        credentials = credential_env(
+            ensure_service_secret(paths.queue_ticket_secret),
+            ensure_service_secret(paths.check_api_secret),
+        )
         infra_values = {
             "redis_url": infra.redis_url,
             "postgres_dsn": env["URR_POSTGRES__DSN"],
@@ -279,6 +324,13 @@ def up(
             infra=infra_values,
             python=sys.executable,
         )
+        planned = [
+            replace(service, env={**service.env, **credentials.get(service.name, {})})
+            for service in planned
+        ]
+        tasks = [
+            replace(task, env={**task.env, **credentials.get(task.name, {})}) for task in tasks
+        ]
         _write_procfile(paths, planned, env)
         if settings.monitoring.enabled:
             _start_monitoring(settings, paths, repo_root, infra, planned, state, out, signals)

@@ -2,8 +2,9 @@
 
 Identification runs before the rate limiter, refusal after it, so refusals are limited too:
 
-- ``jwt_auth`` (-1) removes client-sent ``X-User-*`` headers on every request, so an upstream
-  can trust them, and verifies the Bearer token. A valid token publishes the identity; a bad
+- ``jwt_auth`` (-1) removes client-sent ``X-User-*`` headers on every request (no upstream
+  reads them: the proxy signs the identity into ``X-Urr-Identity`` per upstream request), and
+  verifies the Bearer token. A valid token publishes the identity; a bad
   one leaves the caller anonymous (limited per client address) and records the refusal. A bad
   ``access_token`` cookie is not a refusal at all: the caller is anonymous and the answer
   clears the cookie (``COOKIE_REFUSED``), so a stale cookie cannot lock a browser out of
@@ -139,10 +140,8 @@ def jwt_auth_filter(
             elif match is not None and match.route.needs_login:
                 request[AUTH_REFUSAL] = refusal  # keys unavailable: say so where login counts
             return await handler(request)
+        # Upstreams learn the identity only from the proxy's signed ``X-Urr-Identity``.
         request[IDENTITY] = identity
-        headers["X-User-Id"] = identity.user_id
-        headers["X-User-Email"] = identity.email
-        headers["X-User-Role"] = identity.role
         bind_request_context(user_id=identity.user_id)
         return await handler(request)
 

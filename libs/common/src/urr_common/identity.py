@@ -1,0 +1,241 @@
+"""The gateway's signed identity assertion: who the caller is, for one upstream and one request.
+
+The gateway verifies the user's access token; an upstream must not take its word for it over an
+unsigned header that anyone reaching the upstream could send (``X-User-Role: admin``). So the
+gateway signs, per forwarded request, a compact ES256 JWT in ``X-Urr-Identity`` with:
+
+- ``sub`` (user id) and ``role``;
+- ``aud``: the upstream's name in the gateway's routing table, so an assertion meant for the
+  ticket service is worthless at the queue;
+- ``htm`` / ``htp``: the request's method and path (names from RFC 9449, DPoP), so an
+  assertion seen in one request cannot authorise another;
+- ``iat`` / ``exp`` seconds apart and ``jti``.
+
+Pure logic: ``AssertionSigner`` (with a one-second reuse cache: signing costs tens of
+microseconds and a polling client repeats the same request) and ``AssertionVerifier``
+(with a small cache of verified assertions, for the same reason on the other side).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from urr_common.logs import get_logger
+from urr_common.tokens import (
+    ALGORITHM,
+    KeySet,
+    SigningKey,
+    TokenError,
+    TokenRejection,
+    TokenVerifier,
+)
+
+_LOG = get_logger(__name__)
+ASSERTION_HEADER = "X-Urr-Identity"
+ASSERTION_ISSUER = "urr-gateway"
+ASSERTION_CLAIMS = ("iss", "aud", "exp", "iat", "sub", "role", "htm", "htp", "jti")
+#: Identity values end up in logs and database rows: short and printable.
+_MAX_CLAIM_LENGTH = 320
+#: Bound on both caches; cleared whole when full (a flood of distinct keys just misses).
+_CACHE_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class AssertedIdentity:
+    """The verified caller of one request."""
+
+    user_id: str
+    role: str
+    #: The assertion's id (for logs; reused assertions share it within their reuse window).
+    jti: str
+
+
+@dataclass
+class AssertionSigner:
+    """Signs assertions with the gateway's key; reuses one for ``reuse_s`` per request shape."""
+
+    key: SigningKey
+    ttl_s: int = 15
+    reuse_s: float = 1.0
+    issuer: str = ASSERTION_ISSUER
+    _cache: dict[tuple[str, str, str, str, str], tuple[float, str]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def assertion(
+        self,
+        user_id: str,
+        role: str,
+        *,
+        audience: str,
+        method: str,
+        path: str,
+        now: float | None = None,
+    ) -> str:
+        """The assertion for this user, upstream, method and path (fresh or reused)."""
+        at = time.time() if now is None else now
+        cache_key = (user_id, role, audience, method, path)
+        cached = self._cache.get(cache_key)
+        if cached is not None and at - cached[0] < self.reuse_s:
+            return cached[1]
+        token = self.sign(user_id, role, audience=audience, method=method, path=path, now=at)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[cache_key] = (at, token)
+        return token
+
+    def sign(
+        self, user_id: str, role: str, *, audience: str, method: str, path: str, now: float
+    ) -> str:
+        issued_at = int(now)
+        payload: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": user_id,
+            "role": role,
+            "aud": audience,
+            "htm": method,
+            "htp": path,
+            "iat": issued_at,
+            # +1: a reused assertion (up to reuse_s old, iat truncated) still has ttl_s left.
+            "exp": issued_at + self.ttl_s + 1,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(
+            payload, self.key.private_key, algorithm=ALGORITHM, headers={"kid": self.key.kid}
+        )
+
+
+@dataclass
+class AssertionVerifier:
+    """Checks an assertion for this upstream (``audience``) and this request."""
+
+    keys: KeySet
+    audience: str
+    issuer: str = ASSERTION_ISSUER
+    leeway_s: int = 5
+    #: Assertions that claim to live longer than this are refused even when signed: the
+    #: gateway never issues one, so such a token was made with a stolen or misused key.
+    max_lifetime_s: int = 60
+    #: Reads the trusted keys again (from their files) when an assertion names an unknown
+    #: ``kid``, at most once per ``reload_every_s``: a new gateway key dropped into a mounted
+    #: Secret is trusted without a restart, and a flood of junk kids costs one read per period.
+    reload: Callable[[], KeySet] | None = None
+    reload_every_s: float = 10.0
+    _verified: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict, repr=False)
+    _reloaded_at: float = field(default=float("-inf"), repr=False)
+
+    def verify(
+        self, token: str, *, method: str, path: str, now: float | None = None
+    ) -> AssertedIdentity:
+        at = time.time() if now is None else now
+        claims = self._claims(token, at)
+        if claims.get("htm") != method or claims.get("htp") != path:
+            raise TokenError(
+                TokenRejection.WRONG_AUDIENCE, "the assertion was made for another request"
+            )
+        return AssertedIdentity(user_id=claims["sub"], role=claims["role"], jti=claims["jti"])
+
+    def _claims(self, token: str, now: float) -> dict[str, Any]:
+        cached = self._verified.get(token)
+        if cached is not None:
+            claims, expires = cached
+            if now <= expires:
+                return claims
+            del self._verified[token]
+            raise TokenError(TokenRejection.EXPIRED, "the assertion has expired")
+        claims = self._verify_signed(token, now)
+        if len(self._verified) >= _CACHE_LIMIT:
+            self._verified.clear()
+        self._verified[token] = (claims, float(claims["exp"]) + self.leeway_s)
+        return claims
+
+    def _verify_signed(self, token: str, now: float) -> dict[str, Any]:
+        verifier = TokenVerifier(
+            keys=self.keys,
+            issuer=self.issuer,
+            audience=self.audience,
+            leeway_s=self.leeway_s,
+            required_claims=ASSERTION_CLAIMS,
+        )
+        try:
+            key = verifier.key_for(token)
+        except TokenError as exc:
+            if exc.reason != TokenRejection.UNKNOWN_KEY or not self._reload_keys(now):
+                raise
+            verifier.keys = self.keys
+            key = verifier.key_for(token)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.public_key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={
+                    "require": list(ASSERTION_CLAIMS),
+                    "strict_aud": True,
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.InvalidAudienceError as exc:
+            raise TokenError(TokenRejection.WRONG_AUDIENCE, str(exc)) from exc
+        except jwt.InvalidIssuerError as exc:
+            raise TokenError(TokenRejection.WRONG_ISSUER, str(exc)) from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError(TokenRejection.MISSING_CLAIM, str(exc)) from exc
+        except jwt.InvalidSignatureError as exc:
+            raise TokenError(TokenRejection.BAD_SIGNATURE, str(exc)) from exc
+        except jwt.PyJWTError as exc:
+            raise TokenError(TokenRejection.MALFORMED, str(exc)) from exc
+        check_assertion_claims(
+            claims, now=now, leeway_s=self.leeway_s, max_lifetime_s=self.max_lifetime_s
+        )
+        return claims
+
+    def _reload_keys(self, now: float) -> bool:
+        """Read the keys again if allowed now; True when a new key set is in place."""
+        if self.reload is None or now - self._reloaded_at < self.reload_every_s:
+            return False
+        self._reloaded_at = now
+        try:
+            self.keys = self.reload()
+        except (OSError, ValueError) as exc:  # a half-written Secret update: keep the old set
+            _reload_failed(exc)
+            return False
+        return True
+
+
+def _reload_failed(exc: Exception) -> None:
+    _LOG.warning("identity_keys_reload_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+
+
+def check_assertion_claims(
+    claims: dict[str, Any], *, now: float, leeway_s: int, max_lifetime_s: int
+) -> None:
+    """Times and shapes of a signature-checked assertion; ``TokenError`` when unusable.
+
+    Times are checked here (not by pyjwt) against the ``now`` given, so tests need no clock.
+    """
+    for name in ("sub", "role", "htm", "htp", "jti"):
+        value = claims.get(name)
+        if not isinstance(value, str) or not value or len(value) > _MAX_CLAIM_LENGTH:
+            raise TokenError(TokenRejection.MISSING_CLAIM, f"{name} must be a short string")
+        if not value.isprintable():
+            raise TokenError(TokenRejection.MALFORMED, f"{name} must be printable")
+    issued_at, expires = claims.get("iat"), claims.get("exp")
+    if not isinstance(issued_at, int) or not isinstance(expires, int):
+        raise TokenError(TokenRejection.MISSING_CLAIM, "iat and exp must be integers")
+    if expires - issued_at > max_lifetime_s:
+        raise TokenError(TokenRejection.MALFORMED, "the assertion claims too long a lifetime")
+    if now > expires + leeway_s:
+        raise TokenError(TokenRejection.EXPIRED, "the assertion has expired")
+    if issued_at > now + leeway_s:
+        raise TokenError(TokenRejection.NOT_YET_VALID, "the assertion is from the future")
