@@ -191,3 +191,54 @@ async def test_publisher_sends_in_order_and_counts(kafka_bootstrap):
     assert metrics.events_published._value.get() == 20
     records = await read_topic(kafka_bootstrap, topic, want=20)
     assert [r["userId"] for r in records] == [f"u{index}" for index in range(20)]
+
+
+async def test_an_order_hold_waiver_is_published_before_the_late_admission(
+    kafka_bootstrap, single_redis, queue_client, as_user, admin_headers, tier1_signer
+):
+    """Tier-1 number 1 is late: the hold gives up on it after the grace, 2 goes first, and the
+    waiver for 1 is on queue-events before 2's admission and 1's late one."""
+    from urr_queue.settings import AdmissionSettings
+
+    topic = f"queue-events-{uuid.uuid4().hex[:8]}"
+    await create_topic(kafka_bootstrap, topic)
+    client = await queue_client(
+        single_redis,
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        queue_events=QueueEventsSettings(topic=topic),
+        admission=AdmissionSettings(enabled=False, tier1_order_grace_s=0.2),
+    )
+    event = "kafka-waiver"
+    path = f"/api/v1/admin/queue/{event}"
+    body = {"require_tier1_token": True, "admit_per_second": 1000}
+    assert (await client.put(path, json=body, headers=admin_headers)).status == 201
+
+    async def enter(number: int) -> None:
+        uid = f"u{number}"
+        claims = {"evt": event, "rid": f"r{number}", "pos": number, "uid": uid}
+        token = tier1_signer.sign(f"r{number}", claims)
+        entered = await client.post(
+            f"/api/v1/queue/{event}/enter", headers=as_user(uid), cookies={"urr-vwr-token": token}
+        )
+        assert entered.status == 201, await entered.text()
+
+    loop = client.app[ADMISSION_LOOP]
+    await enter(2)
+    await asyncio.sleep(0.02)
+    assert (await loop.tick(event)).order_held
+    await asyncio.sleep(0.3)
+    waived = await loop.tick(event)
+    assert waived.waived_numbers == (1,)
+    await enter(1)
+    await asyncio.sleep(0.02)
+    late = await loop.tick(event)
+    assert [number for _, number in late.admitted] == [1]
+
+    records = await read_topic(kafka_bootstrap, topic, want=5)
+    shown = [
+        (r["type"], r.get("queueNumbers") or r.get("queueNumber"))
+        for r in records
+        if r["type"] in ("waived", "admitted")
+    ]
+    assert shown == [("waived", [1]), ("admitted", 2), ("admitted", 1)]
+    assert records[[r["type"] for r in records].index("waived")]["reason"] == "order_hold"
