@@ -18,6 +18,16 @@ async def _seen(response: ClientResponse) -> dict[str, Any]:
     return seen
 
 
+async def test_an_api_key_reaches_only_the_route_it_is_the_credential_of(stack):
+    """The gateway uses X-API-Key to pick the tenant's limits; only the tenant's usage route
+    (where ratelimit-admin checks the key) receives it."""
+    key = {"X-API-Key": "urr_k_not_for_upstreams"}
+    events = stack.headers_of(await _seen(await stack.client.get("/api/v1/events", headers=key)))
+    assert "x-api-key" not in events
+    usage = await stack.client.get("/api/v1/ratelimit/usage", headers=key)
+    assert stack.headers_of(await _seen(usage))["x-api-key"] == ["urr_k_not_for_upstreams"]
+
+
 async def test_identity_reaches_upstreams_only_as_a_signed_assertion(stack):
     spoofed = {"X-User-Id": "admin", "X-User-Role": "admin", "x-user-email": "a@b"}
     forged = {**spoofed, "X-Urr-Identity": "forged.by.client"}

@@ -48,6 +48,8 @@ _NOT_FORWARDED = HOP_BY_HOP | _GATEWAY_OWNED
 _NO_TOKENS: frozenset[str] = frozenset()
 IDENTITY_HEADER_PREFIX = "x-user-"
 X_FORWARDED_FOR = "X-Forwarded-For"
+#: A tenant's credential: it selects the tenant's rate limits in the gateway.
+API_KEY_HEADER = "X-API-Key"
 X_FORWARDED_PROTO = "X-Forwarded-Proto"
 X_FORWARDED_HOST = "X-Forwarded-Host"
 

@@ -22,6 +22,7 @@ from urr_common.problems import BadRequest, Forbidden
 from urr_common.service import REQUEST_ID_HEADER, request_id_of
 from urr_gateway.context import CLIENT_IP
 from urr_gateway.forwarding import (
+    API_KEY_HEADER,
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
     X_FORWARDED_PROTO,
@@ -76,6 +77,8 @@ def ingress_middleware(trust: TrustSettings) -> Middleware:
             request[ROUTE] = match
         headers = upstream_request_headers(request.headers)
         headers.popall(secret_header, None)  # a credential for us, not for the upstream
+        if match is None or not match.route.forwards_api_key:
+            headers.popall(API_KEY_HEADER, None)  # likewise, except where it is the route's
         headers[X_FORWARDED_FOR] = ", ".join(client.chain)
         headers[X_FORWARDED_PROTO] = forwarded_proto(request.scheme, request.headers, trusted_hops)
         headers[X_FORWARDED_HOST] = forwarded_host(request.host, request.headers, trusted_hops)

@@ -42,6 +42,9 @@ class Route:
     exact: bool = False
     #: The methods the route forwards (others are 405 before any upstream); ``None``: all.
     methods: frozenset[str] | None = None
+    #: The client's ``X-API-Key`` goes upstream (the route's own credential); on every other
+    #: route the gateway keeps it: it chose the tenant's limits, and no upstream needs it.
+    forwards_api_key: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,7 @@ ROUTES: tuple[Route, ...] = (
         Upstream.RATELIMIT_ADMIN,
         exact=True,
         methods=READ_METHODS,
+        forwards_api_key=True,
     ),
     # The operator console's page and its two files (read only, admin role).
     Route(

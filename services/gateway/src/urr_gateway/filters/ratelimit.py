@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from urr_common.problems import ProblemError, TooManyRequests, Unauthorized
 from urr_gateway.context import rate_limit_subject
 from urr_gateway.filters.base import GatewayFilter
+from urr_gateway.forwarding import API_KEY_HEADER
 from urr_gateway.ratelimit.headers import rate_limit_headers, retry_after_seconds
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.limiter import SlidingWindowLimiter
@@ -43,7 +44,6 @@ RATE_LIMIT_REVOKED_KEY = web.RequestKey("urr_rate_limit_revoked_key", str)
 #: The tenant decision of a request that came with a working ``X-API-Key``.
 TENANT_DECISION = web.RequestKey("urr_rate_limit_tenant_decision", TenantDecision)
 
-API_KEY_HEADER = "X-API-Key"
 
 #: Given a request, the revoked-jti key to look up in the same round trip (see
 #: ``keys.revoked_jti_key``), or ``None``. Called before the entry token is verified, so it may
