@@ -191,4 +191,7 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         return json_response(200, _admin_view(state))
 
     add_access_code_routes(router, runtime)
+    from urr_vwr_lambda.page_routes import add_page_routes
+
+    add_page_routes(router, runtime)
     return router
