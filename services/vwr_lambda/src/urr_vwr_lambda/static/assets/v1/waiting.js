@@ -31,6 +31,7 @@
   var lastAnswer = null;  // the last check/assign answer shown, re-rendered on a language switch
   var lastStatus = null;  // [key, params] of the last status line
   var codeWhy = null;  // catalogue key of the access-code explanation shown
+  var closed = false;  // the "reject" method's view: the sale takes nobody new
   var el = function (id) { return document.getElementById(id); };
 
   // -- Language -------------------------------------------------------------------------
@@ -76,7 +77,8 @@
     el("event-name").textContent = name;
     document.title = name ? name + " · " + t("title") : t("title");
     var headline = operatorText(page.headline);
-    if (headline) el("room-title").textContent = headline;
+    if (closed) el("room-title").textContent = t("closed.heading");
+    else if (headline) el("room-title").textContent = headline;
     var message = operatorText(page.message);
     el("operator-message").hidden = !message;
     el("operator-message").textContent = message || "";
@@ -110,6 +112,9 @@
     if (METHODS.indexOf(page.queueMethod) !== -1) method = page.queueMethod;
     var accent = COLOUR_RE.test(page.accentText || "") ? page.accentText : null;
     if (accent) document.documentElement.style.setProperty("--accent", accent);
+    // The operator's own colour, unchanged, where it only decorates (the top rule, the
+    // message's bar); text and controls use the AA-checked one above.
+    if (COLOUR_RE.test(page.accent || "")) document.documentElement.style.setProperty("--brand", page.accent);
     var logo = safeLogo(page.logo);
     if (logo) {
       el("logo").src = logo;
@@ -209,12 +214,11 @@
   // The "reject" method: nobody new is taken, so the page says so and stops.
   function showClosed() {
     method = "reject";
-    el("waiting-view").hidden = true;
-    el("access-code").hidden = true;
-    el("rules").hidden = true;
-    el("closed-view").hidden = false;
+    closed = true;
+    document.body.classList.add("closed");
+    ["waiting-view", "access-code", "rules", "method"].forEach(function (id) { el(id).hidden = true; });
     forget();
-    say("status.closed");
+    say("closed.body");
     render();
   }
 
