@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from urr_common.settings import HttpSettings, PostgresSettings, RedisSettings, ServiceSettings
 
@@ -18,12 +18,29 @@ class PublishSettings(BaseModel):
     republish_every_s: float = Field(default=1.0, gt=0.0, le=60.0)
 
 
+class LocalTrialSettings(BaseModel):
+    """``URR_LOCAL_TRIAL__BROWSERS``: browsers sharing this machine's address in a local
+    trial; the published ``auth`` policy allows that many times its limit (``local_trial``)."""
+
+    browsers: int = Field(default=1, ge=1, le=50)
+
+
 class RatelimitAdminSettings(ServiceSettings):
     service_name: str = "ratelimit-admin"
     http: AdminHttpSettings = Field(default_factory=AdminHttpSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
+    local_trial: LocalTrialSettings = Field(default_factory=LocalTrialSettings)
+
+    @model_validator(mode="after")
+    def _trial_is_local_only(self) -> RatelimitAdminSettings:
+        if self.local_trial.browsers > 1 and self.environment not in ("local", "test"):
+            raise ValueError(
+                "URR_LOCAL_TRIAL__BROWSERS widens AUTH's per-address limit for a laptop trial; "
+                f"it must stay 1 in {self.environment}"
+            )
+        return self
 
 
 #: The snapshot scheduler's health listener (its /metrics listener is this + 1000).
