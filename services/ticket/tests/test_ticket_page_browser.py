@@ -183,7 +183,7 @@ WORDS = {
         "taken": "someone else is holding that seat right now",
         "declined": "Your card was declined by the card issuer",
         "retry": "Pay again for seat B2",
-        "confirmed": "Your booking is confirmed",
+        "confirmed": "Your booking of seat B2 is confirmed",
         "expired": "has expired",
     },
     "ko": {
@@ -191,7 +191,7 @@ WORDS = {
         "taken": "다른 분이 지금 이 좌석을 잡고 있습니다",
         "declined": "카드사에서 결제를 거절했습니다",
         "retry": "B2 좌석 다시 결제하기",
-        "confirmed": "예매가 완료되었습니다",
+        "confirmed": "B2 좌석 예매가 완료되었습니다",
         "expired": "선점 시간이 끝나",
     },
 }

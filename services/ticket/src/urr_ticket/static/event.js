@@ -311,7 +311,7 @@
       showOutcome(lastOutcome);
       var status = lastOutcome.status;
       if (FINAL.indexOf(status) === -1) { wait(2).then(function () { follow(reservationId); }); return; }
-      say("final." + status);
+      say("final." + status, { seat: chosenSeat });
       if (status === "expired") {
         // The hold is gone with the booking: back to the seat map, saying why.
         wait(0).then(function () {
