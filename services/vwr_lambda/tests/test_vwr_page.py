@@ -221,3 +221,20 @@ async def test_the_edge_serves_shell_assets_and_documents_with_explicit_cache_ru
     assert (await document.json())["name"] == "Gig"
     assert (await edge.get("/vwr/events/evt-none.json")).status == 404
     assert (await edge.get("/vwr/events/..%2Fedge-config.json")).status == 404
+
+
+@pytest.mark.integration
+def test_a_change_to_the_event_republishes_its_document_with_the_method(vwr: Any) -> None:
+    """The queueing method is the event's admission setting (another route writes it on the
+    event's item); any change to the event brings the document up to date."""
+    vwr.open_event("evt-9")
+    target = Path(document_target(vwr.settings.edge_config.target, "evt-9"))
+    assert "queueMethod" not in json.loads(target.read_text())
+    vwr.runtime.store._db.update_item(
+        TableName=vwr.settings.tables.counters,
+        Key={"eventId": {"S": "evt-9"}},
+        UpdateExpression="SET queueMethod = :m",
+        ExpressionAttributeValues={":m": {"S": "random"}},
+    )
+    vwr.open_event("evt-9", batch_size=5)
+    assert json.loads(target.read_text())["queueMethod"] == "random"

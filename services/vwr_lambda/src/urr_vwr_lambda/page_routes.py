@@ -61,6 +61,15 @@ def publish_page(runtime: VwrRuntime, event_id: str) -> dict[str, Any]:
     return parsed
 
 
+def refresh_page(runtime: VwrRuntime, event_id: str) -> None:
+    """Republish the event's document after a change to the event (its ``queueMethod`` may
+    have changed); best effort: the event's change stands, a failure is only logged."""
+    try:
+        publish_page(runtime, event_id)
+    except VwrProblem as exc:
+        runtime.logger.warning("page_document_not_refreshed", extra={"error": exc.detail})
+
+
 def add_page_routes(router: Router, runtime: VwrRuntime) -> None:
     @router.put("/vwr/admin/events/<event_id>/page")
     def put_page(event_id: str) -> Response[str]:
