@@ -176,7 +176,8 @@
     el("ahead").textContent = answer.ahead;
     el("eta").textContent = formatEta(answer.etaSeconds);
     var known = answer.etaSeconds !== null && answer.etaSeconds !== undefined && answer.etaSeconds >= 0;
-    el("eta-note").textContent = t(known ? "eta.note" : "eta.note.unknown");
+    var soon = known && answer.etaSeconds * 1.5 < 60;  // "under a minute" needs no caveat
+    el("eta-note").textContent = soon ? "" : t(known ? "eta.note" : "eta.note.unknown");
     if (firstAhead === null || answer.ahead > firstAhead) firstAhead = answer.ahead;
     var done = firstAhead > 0 ? Math.round(100 * (firstAhead - answer.ahead) / firstAhead) : 0;
     if (answer.admitted) done = 100;
