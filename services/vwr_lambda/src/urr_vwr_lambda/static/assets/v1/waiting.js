@@ -170,9 +170,20 @@
     return t("eta.hours", { low: Math.round(low / 6) / 10, high: Math.round(high / 6) / 10 });
   }
 
+  // A random line has no count ahead and no estimate until the draw picks a place.
+  function drawn(answer) { return answer.ahead === null || answer.ahead === undefined; }
+
   function show(answer) {
     lastAnswer = answer;
     el("position").textContent = answer.position;
+    if (drawn(answer)) {
+      el("ahead").textContent = t("figure.drawn");
+      el("eta").textContent = t("eta.drawn");
+      el("eta-note").textContent = t("eta.note.random");
+      el("progress").setAttribute("aria-valuenow", answer.admitted ? "100" : "0");
+      el("progress-fill").style.width = answer.admitted ? "100%" : "0%";
+      return;
+    }
     el("ahead").textContent = answer.ahead;
     el("eta").textContent = formatEta(answer.etaSeconds);
     var known = answer.etaSeconds !== null && answer.etaSeconds !== undefined && answer.etaSeconds >= 0;
@@ -289,7 +300,8 @@
       noteMethod(answer.data);
       show(answer.data);
       if (answer.data.admitted) { goIn(); return; }
-      if (answer.data.ahead === 0) say("status.next");
+      if (drawn(answer.data)) say("status.waitingRandom", { position: answer.data.position });
+      else if (answer.data.ahead === 0) say("status.next");
       else say("status.waiting", { position: answer.data.position, ahead: answer.data.ahead, eta: formatEta(answer.data.etaSeconds) });
       later(answer.data.pollAfterSeconds || 5, check);
     }, function () { backoff(check, "status.lostRetry"); });
