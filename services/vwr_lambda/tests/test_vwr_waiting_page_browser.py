@@ -144,7 +144,7 @@ _EXPECTED = {
         "headline": "봄 콘서트 예매가 시작되었습니다",
         "message": "계정당 최대 4석",
         "label": "나의 순번",
-        "method": "무작위 순서",
+        "method": "선착순",
         "close": "2분 안에",
         "eta_unit": "분",
         "ahead_words": "앞에 9명",
@@ -154,7 +154,7 @@ _EXPECTED = {
         "headline": "Spring Concert: the sale is open",
         "message": "up to 4 seats",
         "label": "Your number",
-        "method": "Random order",
+        "method": "First come, first served",
         "close": "within 2 minutes",
         "eta_unit": "min",
         "ahead_words": "9 ahead of you",
@@ -174,10 +174,8 @@ async def test_the_page_speaks_the_buyers_language_and_the_operators_look(
     await asyncio.to_thread(vwr.open_event, "evt-1", batch_size=10)
     for _ in range(9):  # nine fans ahead
         await asyncio.to_thread(vwr.assign, "evt-1")
-    # The advancer measured 1 admission every 50 s; the event draws its line at random.
-    await asyncio.to_thread(
-        _set_item, vwr, "evt-1", admitRate={"N": "0.02"}, queueMethod={"S": "random"}
-    )
+    # The advancer measured 1 admission every 50 s (first come, first served: the default).
+    await asyncio.to_thread(_set_item, vwr, "evt-1", admitRate={"N": "0.02"})
     published = await asyncio.to_thread(vwr.admin, "PUT", "evt-1/page", PAGE)
     assert published.status == 200, published.body
     SHOTS.mkdir(parents=True, exist_ok=True)
