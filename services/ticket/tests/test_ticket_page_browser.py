@@ -197,7 +197,9 @@ WORDS = {
 }
 
 
-async def _to_seat_map(page: Any, base: str, words: dict[str, str]) -> None:
+async def _to_seat_map(
+    page: Any, base: str, words: dict[str, str], shot: Path | None = None
+) -> None:
     from playwright.async_api import expect
 
     await page.goto(f"{base}/events/demo")
@@ -206,6 +208,8 @@ async def _to_seat_map(page: Any, base: str, words: dict[str, str]) -> None:
     await page.fill("#password", "wrong password")
     await page.click("#login-button")
     await expect(page.locator("#status")).to_contain_text(words["wrong"])
+    if shot is not None:
+        await page.screenshot(path=str(shot), full_page=True)
     await page.fill("#password", "correct horse")
     await page.click("#login-button")
     await page.click("#join")
@@ -230,7 +234,7 @@ async def test_a_declined_card_is_paid_again_to_a_confirmation(browser: Any, loc
         page = await context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        await _to_seat_map(page, base, words)
+        await _to_seat_map(page, base, words, SHOTS / f"event-login-refused-{short}.png")
         assert await page.get_attribute("html", "lang") == short
         await page.click("[data-seat=B2]")
         await expect(page.locator("[data-seat=B2]")).to_have_attribute("aria-pressed", "true")
