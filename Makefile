@@ -17,7 +17,8 @@ LOADTEST_ARGS ?=
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 
-# Debian's chromium drives the browser tests (Playwright cannot download browsers here).
+# Debian's chromium drives the browser tests (Playwright cannot download browsers here);
+# fonts-nanum gives it Korean glyphs (the waiting and event pages speak Korean and English).
 # Debian's prometheus and prometheus-alertmanager run the alert rules against the local stack
 # (URR_DEVSTACK__MONITORING__ENABLED=true) and check the Alertmanager configuration (amtool).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -26,6 +27,10 @@ system-deps:
 		echo "installing Debian's chromium for the browser tests"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@fc-list 2>/dev/null | grep -qi nanum || { \
+		echo "installing Debian's fonts-nanum (Korean glyphs in the pages' screenshots)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fonts-nanum >/dev/null; }
 	@{ command -v prometheus && command -v prometheus-alertmanager && command -v amtool; } \
 		>/dev/null 2>&1 || { \
 		echo "installing Debian's prometheus and prometheus-alertmanager (alerts, amtool)"; \

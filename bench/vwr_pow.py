@@ -42,7 +42,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-PAGE = "<!doctype html><title>pow bench</title><script src='/vwr/assets/pow.js'></script>"
+PAGE = "<!doctype html><title>pow bench</title><script src='/vwr/assets/v1/pow.js'></script>"
 
 
 def tails(values: list[float]) -> tuple[float, float]:
@@ -89,7 +89,7 @@ def server_costs(calls: int) -> None:
 
 
 async def serve_assets() -> tuple[web.AppRunner, str]:
-    assets = resources.files("urr_vwr_lambda") / "static" / "assets"
+    assets = resources.files("urr_vwr_lambda") / "static" / "assets" / "v1"
 
     async def page(_: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html")
@@ -104,7 +104,7 @@ async def serve_assets() -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_get("/bench", page)
-    app.router.add_get("/vwr/assets/{name}", asset)
+    app.router.add_get("/vwr/assets/v1/{name}", asset)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

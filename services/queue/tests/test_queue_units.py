@@ -170,6 +170,23 @@ def test_reservation_records():
             parse_reservation_event(bad)
 
 
+def test_a_declined_card_does_not_end_the_session_other_declines_do() -> None:
+    """Issue 21: the buyer may pay again while the seats are held."""
+
+    def declined(reason: str) -> bytes:
+        return (
+            b'{"eventId":"demo","userId":"u1","status":"declined","reservationId":"r",'
+            b'"reason":"' + reason.encode() + b'"}'
+        )
+
+    assert not parse_reservation_event(declined("card_declined")).is_final
+    assert parse_reservation_event(declined("seat_unavailable")).is_final
+    assert parse_reservation_event(declined("unknown_reservation")).is_final
+    assert parse_reservation_event(
+        b'{"eventId":"demo","userId":"u1","status":"declined","reservationId":"r"}'
+    ).is_final
+
+
 @given(
     st.one_of(
         st.binary(),

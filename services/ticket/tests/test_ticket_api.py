@@ -312,3 +312,53 @@ async def test_sqs_down_is_a_503_and_nothing_is_recorded(
     assert await db.fetchval("SELECT count(*) FROM reservations") == 0
     ready = await client.get("/health/ready")
     assert ready.status == 503
+
+
+async def test_a_declined_card_may_be_retried_on_the_same_hold_at_most_five_times(
+    client: Any, db: asyncpg.Pool
+) -> None:
+    """Issue 21: attempt n+1 is a new reservation of the same holds, allowed only when
+    attempt n was declined by the card issuer; attempt 6 does not exist."""
+    assert (await client.post("/api/v1/seats/demo/B1/hold", headers=user("u1"))).status == 200
+
+    async def attempt(n: int) -> Any:
+        return await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": ["B1"], "attempt": n}, headers=user("u1")
+        )
+
+    first = await attempt(1)
+    assert first.status == 202
+    first_id = (await first.json())["reservationId"]
+    await problem(await attempt(2), 409, "retry_not_allowed")  # attempt 1 is still pending
+    await db.execute(
+        "UPDATE reservations SET status = 'declined', reason = 'seat_unavailable'"
+        " WHERE reservation_id = $1",
+        uuid.UUID(first_id),
+    )
+    await problem(await attempt(2), 409, "retry_not_allowed")  # not a card decline
+    ids = [first_id]
+    for n in range(2, 6):
+        await db.execute(
+            "UPDATE reservations SET status = 'declined', reason = 'card_declined'"
+            " WHERE reservation_id = $1",
+            uuid.UUID(ids[-1]),
+        )
+        retried = await attempt(n)
+        assert retried.status == 202, await retried.text()
+        ids.append((await retried.json())["reservationId"])
+    assert len(set(ids)) == 5  # each attempt is its own reservation
+    await db.execute(
+        "UPDATE reservations SET status = 'declined', reason = 'card_declined'"
+        " WHERE reservation_id = $1",
+        uuid.UUID(ids[-1]),
+    )
+    refused = await attempt(6)
+    assert refused.status == 422
+    # Someone else's hold is never retried on.
+    await problem(
+        await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": ["B1"], "attempt": 2}, headers=user("u2")
+        ),
+        409,
+        "seat_not_held",
+    )

@@ -223,3 +223,90 @@ async def test_reserve_pay_confirm_release_and_announce(
         rid,
     )
     assert membership == 1
+
+
+async def test_a_declined_card_is_paid_again_while_the_seat_is_held(
+    client: Any,
+    settings: TicketSettings,
+    db: asyncpg.Pool,
+    postgres_dsn: str,
+    moto_endpoint: str,
+    queues: Queues,
+    booking_topics: str,
+) -> None:
+    """Issue 21 end to end: the issuer declines the card (the stand-in at decline rate 1),
+    the seat stays held by the buyer, attempt 2 of the same hold goes through (the stand-in
+    now approving) and the seat is sold; the queue-facing record of the decline says
+    ``card_declined``, which the queue service does not treat as the session's end."""
+    tag = uuid.uuid4().hex[:8]
+
+    def worker_settings(decline_rate: float) -> Any:
+        return make_settings(
+            postgres_dsn,
+            kafka=booking_topics,
+            moto=moto_endpoint,
+            queues=queues,
+            relay={"idle_poll_s": 0.05, "retry_s": 0.2, "flush_after_batch": False},
+            payment={"decline_rate": decline_rate, "delay_ms": 0},
+            consumers={"payment_group": f"pay-{tag}"},
+        )
+
+    outcomes = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update={"bootstrap_servers": booking_topics}),
+            "consumers": settings.consumers.model_copy(update={"outcomes_group": f"out-{tag}"}),
+        }
+    )
+    declining, approving = worker_settings(1.0), worker_settings(0.0)
+
+    async def status_of(rid: str) -> str:
+        response = await client.get(f"/api/v1/reservations/demo/{rid}", headers=user("fan-2"))
+        return str((await response.json())["status"])
+
+    async def seat_state() -> tuple[str, bool]:
+        seat_map = await (await client.get("/api/v1/seats/demo", headers=user("fan-2"))).json()
+        seat = next(s for s in seat_map["seats"] if s["seatId"] == "D7")
+        return seat["state"], seat["heldByYou"]
+
+    async def reserve(attempt: int) -> str:
+        response = await client.post(
+            "/api/v1/reservations/demo",
+            json={"seatIds": ["D7"], "attempt": attempt},
+            headers=user("fan-2"),
+        )
+        assert response.status == 202, await response.text()
+        return str((await response.json())["reservationId"])
+
+    stop_polling = asyncio.Event()
+    async with (
+        running(
+            relay_loop(declining, CollectorRegistry()), outcome_loop(outcomes, CollectorRegistry())
+        ),
+        polling(declining, moto_endpoint, queues, stop_polling),
+    ):
+        held = await client.post("/api/v1/seats/demo/D7/hold", headers=user("fan-2"))
+        assert held.status == 200
+        async with running(payment_loop(declining, CollectorRegistry())):
+            first = await reserve(1)
+            await eventually(lambda: _is(status_of(first), "declined"), 40)
+        reason = await db.fetchval(
+            "SELECT reason FROM reservations WHERE reservation_id = $1", uuid.UUID(first)
+        )
+        assert reason == "card_declined"
+        assert await seat_state() == ("held", True)  # still the buyer's, for a retry
+
+        async with running(payment_loop(approving, CollectorRegistry())):
+            second = await reserve(2)
+            assert second != first
+            await eventually(lambda: _is(status_of(second), "confirmed"), 40)
+        assert (await seat_state())[0] == "sold"
+
+        def answers(records: list[Any]) -> list[dict[str, Any]]:
+            return [v for v in json_objects(records) if v.get("reservationId") == first]
+
+        records = await read_topic(booking_topics, RESERVATION_EVENTS, until=lambda rs: answers(rs))
+        declined = answers(records)[0]
+        assert (declined["status"], declined["reason"]) == ("declined", "card_declined")
+        from urr_queue.reservations import parse_reservation_event
+
+        assert not parse_reservation_event(orjson.dumps(declined)).is_final

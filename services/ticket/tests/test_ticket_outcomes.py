@@ -101,7 +101,7 @@ async def test_an_unreachable_queue_service_does_not_stop_the_consumer(
         user_id="fan",
         reservation_id=command.reservation_id,
         status="declined",
-        reason="card_declined",
+        reason="unknown_reservation",  # final: the session ends (a declined card does not)
     )
     async with (
         open_redis(RedisSettings(url=redis_url)) as redis,
@@ -116,3 +116,46 @@ async def test_an_unreachable_queue_service_does_not_stop_the_consumer(
         assert await handler.handle(record(declined.to_json())) == "applied"
     assert await db.fetchval("SELECT status FROM reservations") == "declined"
     assert await db.fetchval("SELECT count(*) FROM seat_claims") == 0
+
+
+async def test_a_declined_card_keeps_the_holds_and_the_session_for_a_retry(
+    db: asyncpg.Pool, redis_url: str, aiohttp_server: Any
+) -> None:
+    """Issue 21: the buyer may pay again while the seat is held, so neither the holds nor
+    the Tier-2 session end; the seat claim goes (a retry claims again)."""
+    completed: list[str] = []
+
+    async def complete(request: web.Request) -> web.Response:
+        completed.append(request.match_info["event_id"])
+        return web.json_response({"ended": True})
+
+    app = web.Application()
+    app.router.add_post("/internal/v1/queue/{event_id}/complete", complete)
+    server = await aiohttp_server(app)
+    command = ReserveCommand(
+        reservation_id=uuid.uuid4(), event_id="demo", user_id="fan", seat_ids=["E1"]
+    )
+    await apply_command(db, "m-3", command, BookingSettings())
+    declined = ReservationOutcome(
+        message_id=outcome_message_id(command.reservation_id, "declined"),
+        event_id="demo",
+        user_id="fan",
+        reservation_id=command.reservation_id,
+        status="declined",
+        reason="card_declined",
+    )
+    async with (
+        open_redis(RedisSettings(url=redis_url)) as redis,
+        aiohttp.ClientSession() as session,
+    ):
+        locks = SeatLocks(redis)
+        assert (await locks.hold("demo", "E1", "fan", LIMITS)).held
+        completer = QueueCompleter(
+            session, QueueCompletionSettings(http_fallback=True, base_url=str(server.make_url("")))
+        )
+        handler = OutcomeHandler(db, locks, completer)
+        assert await handler.handle(record(declined.to_json())) == "applied"
+        assert set(await locks.holders("demo", ["E1"])) == {"E1"}
+    assert await db.fetchval("SELECT status FROM reservations") == "declined"
+    assert await db.fetchval("SELECT count(*) FROM seat_claims") == 0
+    assert completed == []

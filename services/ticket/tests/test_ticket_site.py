@@ -78,3 +78,37 @@ async def test_the_owner_reads_a_reservation_without_an_entry_token(
         "/api/v1/events/demo/reservations/not-a-uuid", headers=user("owner")
     )
     assert 400 <= malformed.status < 500
+
+
+async def test_the_page_catalogue_is_served_and_complete_in_both_languages(client: Any) -> None:
+    """Issue 21: every key the page uses exists in Korean and English, same placeholders."""
+    import re
+    from importlib import resources
+
+    served = await client.get("/site/assets/messages.json")
+    assert served.status == 200
+    catalogue = await served.json()
+    assert set(catalogue) == {"en", "ko"}
+    assert set(catalogue["en"]) == set(catalogue["ko"])
+    static = resources.files("urr_ticket") / "static"
+    script = (static / "event.js").read_text()
+    html = (static / "event.html").read_text()
+    used = set(re.findall(r'data-msg="([^"]+)"', html))
+    used |= set(re.findall(r'(?:\bt|say)\("([a-z]+\.[A-Za-z_.]+)"', script))
+    assert used
+    assert sorted(k for k in used if k not in catalogue["en"]) == []
+    for key, text in catalogue["ko"].items():
+        assert set(re.findall(r"\{(\w+)\}", text)) == set(
+            re.findall(r"\{(\w+)\}", catalogue["en"][key])
+        ), key
+    # Every reason the booking side gives has words of its own.
+    for reason in (
+        "card_declined",
+        "unknown_reservation",
+        "seat_unavailable",
+        "seat_limit_reached",
+        "unknown_seat",
+        "payment_timeout",
+        "not_processed",
+    ):
+        assert f"reason.{reason}" in catalogue["en"]

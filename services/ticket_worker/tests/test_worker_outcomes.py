@@ -50,6 +50,22 @@ async def test_a_decline_frees_the_seats_once(pool: asyncpg.Pool) -> None:
     assert await pool.fetchval("SELECT count(*) FROM seat_claims") == 1
 
 
+async def test_a_declined_card_frees_the_claims_but_keeps_the_holds_for_a_retry(
+    pool: asyncpg.Pool,
+) -> None:
+    """Issue 21: the buyer may pay again while the seats are held by them."""
+    command = await awaiting(pool, "u1", ["B1"])
+    declined = outcome(command, "declined").model_copy(update={"reason": "card_declined"})
+    applied = await apply_outcome(pool, CONSUMER, declined)
+    assert applied.result == "applied"
+    assert applied.release_seats == ()
+    assert await pool.fetchval("SELECT reason FROM reservations") == "card_declined"
+    assert await pool.fetchval("SELECT count(*) FROM seat_claims") == 0
+    # The retry (a new reservation of the same seat) claims it again.
+    await awaiting(pool, "u1", ["B1"])
+    assert await pool.fetchval("SELECT count(*) FROM seat_claims") == 1
+
+
 async def test_a_confirmation_records_membership_and_a_late_decline_changes_nothing(
     pool: asyncpg.Pool,
 ) -> None:

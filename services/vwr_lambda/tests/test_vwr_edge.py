@@ -84,7 +84,8 @@ def is_forwarded(answer: dict[str, Any]) -> bool:
         "/api/v1/events/evt-1",  # the read-only catalogue is not gated
         "/api/v1/admin/queue/evt-1",
         "/vwr/evt-1",
-        "/vwr/assets/waiting.js",
+        "/vwr/assets/v1/waiting.js",
+        "/vwr/events/evt-1.json",
         "/vwr-api/vwr/assign/evt-1",
         "/health/ready",
     ],

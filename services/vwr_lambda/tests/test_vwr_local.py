@@ -104,9 +104,9 @@ async def test_the_edge_emulator_applies_the_behaviours(
     waiting = await edge.get("/vwr/evt-1?return=%2Fevents%2Fevt-1")
     assert waiting.headers["Content-Type"].startswith("text/html")
     assert 'role="progressbar"' in await waiting.text()
-    script = await edge.get("/vwr/assets/waiting.js")
+    script = await edge.get("/vwr/assets/v1/waiting.js")
     assert script.headers["Content-Type"] in ("text/javascript", "application/javascript")
-    assert (await edge.get("/vwr/assets/nope.js")).status == 404
+    assert (await edge.get("/vwr/assets/v1/nope.js")).status == 404
     status = await edge.get("/vwr-api/vwr/status/evt-1")  # prefix stripped
     assert status.status == 200
     assert (await status.json())["eventId"] == "evt-1"

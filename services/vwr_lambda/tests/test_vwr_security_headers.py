@@ -25,7 +25,7 @@ def test_every_behaviour_uses_the_security_headers_policy() -> None:
     assert found["SecurityHeadersPolicy"]["Type"] == "AWS::CloudFront::ResponseHeadersPolicy"
     config = found["Distribution"]["Properties"]["DistributionConfig"]
     behaviours = [config["DefaultCacheBehavior"], *config["CacheBehaviors"]]
-    assert len(behaviours) == 3
+    assert len(behaviours) == 4  # default, /vwr-api/*, /vwr/events/*, /vwr/*
     for behaviour in behaviours:
         assert behaviour["ResponseHeadersPolicyId"] == {"Ref": "SecurityHeadersPolicy"}
 

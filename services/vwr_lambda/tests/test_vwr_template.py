@@ -46,7 +46,7 @@ def test_the_advancer_runs_every_minute_and_admin_routes_need_iam() -> None:
     assert schedule["ScheduleExpression"] == "rate(1 minute)"
     events = found["ApiFunction"]["Properties"]["Events"]
     admin = {name: e for name, e in events.items() if "/admin/" in e["Properties"]["Path"]}
-    assert len(admin) == 7
+    assert len(admin) == 9
     assert all(e["Properties"]["Auth"]["Authorizer"] == "AWS_IAM" for e in admin.values())
     public = [e for e in events.values() if "/admin/" not in e["Properties"]["Path"]]
     assert all("Auth" not in e["Properties"] for e in public)
@@ -148,3 +148,23 @@ def test_every_admin_route_of_the_function_is_in_the_template() -> None:
 def _camel(match: re.Match[str]) -> str:
     head, *rest = match.group(1).split("_")
     return "{" + head + "".join(part.title() for part in rest) + "}"
+
+
+def test_waiting_page_cache_rules_are_explicit_and_documents_short_lived() -> None:
+    """Issue 21: no 24 h default TTL on /vwr/* (the managed CachingOptimized policy), and an
+    operator's change to an event's page shows within a minute."""
+    found = resources()
+    config = found["Distribution"]["Properties"]["DistributionConfig"]
+    behaviours = config["CacheBehaviors"]
+    patterns = [b["PathPattern"] for b in behaviours]
+    assert patterns.index("/vwr/events/*") < patterns.index("/vwr/*")
+    by_pattern = {b["PathPattern"]: b for b in behaviours}
+    page = by_pattern["/vwr/*"]["CachePolicyId"]
+    assert page != "658327ea-f89d-4fab-a63d-7e88639e58f6"  # CachingOptimized: 24 h default
+    page_policy = found[page["Ref"]]["Properties"]["CachePolicyConfig"]
+    assert page_policy["DefaultTTL"] <= 300  # seed 004's 5 min for an object without rules
+    assert page_policy["MaxTTL"] >= 31536000  # the versioned assets' year is honoured
+    documents = found[by_pattern["/vwr/events/*"]["CachePolicyId"]["Ref"]]
+    assert documents["Properties"]["CachePolicyConfig"]["MaxTTL"] <= 60
+    rewrite = found["WaitingPageRewrite"]["Properties"]["FunctionCode"]
+    assert '"/vwr/events/"' in rewrite

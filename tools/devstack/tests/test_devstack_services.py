@@ -176,6 +176,17 @@ def test_setup_tasks_are_planned_with_their_environment_filled() -> None:
                             runnable=lambda module: False) == []  # fmt: skip
 
 
+def test_the_demo_buyers_are_seeded_at_every_start() -> None:
+    from urr_devstack.services import SETUP_TASKS, plan_setup_tasks
+
+    tasks = plan_setup_tasks(
+        SETUP_TASKS, host="127.0.0.1", ports={"queue": 4007}, infra={}, python="/py"
+    )
+    assert ("seed-demo-accounts", ("/py", "-m", "urr_auth", "seed-demo-accounts")) in [
+        (t.name, t.argv) for t in tasks
+    ]
+
+
 def test_devstack_runs_the_log_the_ratelimit_admin_and_the_exporter() -> None:
     ports = resolve_ports(SERVICES, {})
     assert ports["admission-log"] == 3030

@@ -2,8 +2,10 @@
 
 Records are JSON objects with at least ``eventId``, ``userId``, ``status`` and
 ``reservationId``. A final status (confirmed, declined, expired, cancelled) ends the
-session; other statuses are ignored; malformed records are skipped. Delivery is at least
-once, so each (reservationId, status) is applied once, remembered in Redis for a day.
+session, except a decline the buyer may retry (``reason`` ``card_declined``: the seats stay
+held for another payment attempt); other statuses are ignored; malformed records are
+skipped. Delivery is at least once, so each (reservationId, status) is applied once,
+remembered in Redis for a day.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from urr_queue.sessions import EndReason, SessionEnder
 _LOG = get_logger(__name__)
 
 FINAL_STATUSES = frozenset({"confirmed", "declined", "expired", "cancelled"})
+#: A payment decline the buyer may retry while the seats are held (the ticket worker's
+#: ``RETRYABLE_DECLINES``): the session goes on, so the retry needs no new place in line.
+RETRYABLE_DECLINES = frozenset({"card_declined"})
 _MAX_RESERVATION_ID = 128
 
 
@@ -38,9 +43,12 @@ class ReservationOutcome:
     user_id: str
     status: str
     reservation_id: str
+    reason: str | None = None
 
     @property
     def is_final(self) -> bool:
+        if self.status == "declined" and self.reason in RETRYABLE_DECLINES:
+            return False
         return self.status in FINAL_STATUSES
 
 
@@ -65,7 +73,14 @@ def parse_reservation_event(raw: bytes | None) -> ReservationOutcome:
         reservation_id = str(reservation_id)
     if not isinstance(reservation_id, str) or not 1 <= len(reservation_id) <= _MAX_RESERVATION_ID:
         raise MalformedRecord("bad reservationId")
-    return ReservationOutcome(event_id, user_id, status.lower(), reservation_id)
+    reason = data.get("reason")
+    return ReservationOutcome(
+        event_id,
+        user_id,
+        status.lower(),
+        reservation_id,
+        reason if isinstance(reason, str) and len(reason) <= 64 else None,
+    )
 
 
 class Record(Protocol):

@@ -24,7 +24,10 @@ async def serve_admin(settings: RatelimitAdminSettings) -> None:
         await store.migrate(pool)
         async with pool.acquire() as conn:
             await store.seed_default_policies(conn)
-        publisher = PolicyPublisher(redis)  # type: ignore[arg-type]
+        publisher = PolicyPublisher(
+            redis,  # type: ignore[arg-type]
+            trial_browsers=settings.local_trial.browsers,
+        )
         app = create_app(settings, pool, publisher)
         stop = asyncio.Event()
 

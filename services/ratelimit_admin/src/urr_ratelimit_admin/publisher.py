@@ -19,6 +19,7 @@ from urr_common.ratelimit_policies import (
     PolicySet,
     revoked_access_token_key,
 )
+from urr_ratelimit_admin.local_trial import for_local_trial
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -27,12 +28,16 @@ _SCRIPT = (files("urr_ratelimit_admin") / "publish_policies.lua").read_text(enco
 
 
 class PolicyPublisher:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, trial_browsers: int = 1) -> None:
+        """``trial_browsers``: the local trial's factor (``local_trial``); 1 publishes the
+        policies exactly as stored."""
         self._redis = redis
         self._script: Any = redis.register_script(_SCRIPT)
+        self._trial_browsers = trial_browsers
 
     async def publish(self, policies: PolicySet) -> bool:
         """True when this set is now the published one (False: a newer one already is)."""
+        policies = for_local_trial(policies, self._trial_browsers)
         done = await self._script(
             keys=[POLICY_SET_KEY],
             args=[policies.version, policies.model_dump_json(), POLICY_CHANNEL],

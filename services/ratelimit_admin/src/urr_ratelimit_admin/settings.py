@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from urr_common.settings import HttpSettings, PostgresSettings, RedisSettings, ServiceSettings
 from urr_common.upstream_security import UpstreamIdentitySettings
@@ -19,6 +19,13 @@ class PublishSettings(BaseModel):
     republish_every_s: float = Field(default=1.0, gt=0.0, le=60.0)
 
 
+class LocalTrialSettings(BaseModel):
+    """``URR_LOCAL_TRIAL__BROWSERS``: browsers sharing this machine's address in a local
+    trial; the published ``auth`` policy allows that many times its limit (``local_trial``)."""
+
+    browsers: int = Field(default=1, ge=1, le=50)
+
+
 class RatelimitAdminSettings(ServiceSettings):
     service_name: str = "ratelimit-admin"
     http: AdminHttpSettings = Field(default_factory=AdminHttpSettings)
@@ -27,6 +34,16 @@ class RatelimitAdminSettings(ServiceSettings):
     publish: PublishSettings = Field(default_factory=PublishSettings)
     #: The gateway keys whose identity assertions this service believes (``URR_IDENTITY__*``).
     identity: UpstreamIdentitySettings = Field(default_factory=UpstreamIdentitySettings)
+    local_trial: LocalTrialSettings = Field(default_factory=LocalTrialSettings)
+
+    @model_validator(mode="after")
+    def _trial_is_local_only(self) -> RatelimitAdminSettings:
+        if self.local_trial.browsers > 1 and self.environment not in ("local", "test"):
+            raise ValueError(
+                "URR_LOCAL_TRIAL__BROWSERS widens AUTH's per-address limit for a laptop trial; "
+                f"it must stay 1 in {self.environment}"
+            )
+        return self
 
 
 #: The snapshot scheduler's health listener (its /metrics listener is this + 1000).

@@ -58,11 +58,15 @@ class ReservationIds:
         return cls(settings.key.get_secret_value().encode())
 
     def for_request(
-        self, event_id: str, user_id: str, holds: Iterable[tuple[str, str]]
+        self, event_id: str, user_id: str, holds: Iterable[tuple[str, str]], attempt: int = 1
     ) -> uuid.UUID:
+        """The reservation id of these holds' ``attempt``-th payment attempt (a retry after a
+        declined card is a new reservation of the same holds; the first keeps its old id)."""
         # Ids never contain a newline (their patterns), so the basis is unambiguous.
-        basis = "\n".join([event_id, user_id, *sorted(f"{seat}:{hold}" for seat, hold in holds)])
-        return keyed_uuid(self._key, basis)
+        parts = [event_id, user_id, *sorted(f"{seat}:{hold}" for seat, hold in holds)]
+        if attempt > 1:
+            parts.append(f"attempt:{attempt}")
+        return keyed_uuid(self._key, "\n".join(parts))
 
 
 class CommandQueue:

@@ -42,6 +42,7 @@ from urr_ticket.session import (
     session_end_ms,
 )
 from urr_ticket.store import HoldContext, ReservationRow, UserDirectoryUnavailable
+from urr_ticket_worker.booking import MAX_PAYMENT_ATTEMPTS, RETRYABLE_DECLINES
 from urr_ticket_worker.messages import (
     MAX_SEATS_PER_RESERVATION,
     CancelCommand,
@@ -62,6 +63,9 @@ _CANCELLABLE = frozenset({"pending", "awaiting_payment", "confirmed"})
 class ReserveBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seatIds: list[_SeatId] = Field(min_length=1, max_length=MAX_SEATS_PER_RESERVATION)
+    #: Which payment attempt on these holds: 1, or a retry after the previous attempt's card
+    #: was declined (issue 21), at most ``MAX_PAYMENT_ATTEMPTS``.
+    attempt: int = Field(default=1, ge=1, le=MAX_PAYMENT_ATTEMPTS)
 
 
 class TransferBody(BaseModel):
@@ -309,9 +313,24 @@ async def reserve(request: web.Request) -> web.Response:
         raise Conflict(
             "hold every seat before reserving it", code="seat_not_held", seatIds=not_held
         )
-    reservation_id = request.app[RESERVATION_IDS_KEY].for_request(
-        event_id, user_id, [(s, holds[s].hold_id) for s in body.seatIds]
-    )
+    held = [(s, holds[s].hold_id) for s in body.seatIds]
+    ids = request.app[RESERVATION_IDS_KEY]
+    reservation_id = ids.for_request(event_id, user_id, held, body.attempt)
+    if body.attempt > 1:
+        previous = await store.reservation(
+            ids.for_request(event_id, user_id, held, body.attempt - 1)
+        )
+        if (
+            previous is None
+            or previous.status != "declined"
+            or previous.reason not in RETRYABLE_DECLINES
+        ):
+            metrics.reservations.labels("refused").inc()
+            raise Conflict(
+                f"attempt {body.attempt} needs attempt {body.attempt - 1} on these holds to have"
+                " been declined by the card issuer",
+                code="retry_not_allowed",
+            )
     existing = await store.reservation(reservation_id)
     if existing is not None and existing.status != "pending":
         metrics.reservations.labels("duplicate").inc()

@@ -17,7 +17,11 @@ from aiohttp import web
 from urr_common.problems import NotFound
 
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ASSET_TYPES = {"event.js": "text/javascript", "event.css": "text/css"}
+_ASSET_TYPES = {
+    "event.js": "text/javascript",
+    "event.css": "text/css",
+    "messages.json": "application/json",
+}
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "

@@ -45,6 +45,11 @@ TERMINAL = frozenset({"confirmed", "declined", "expired", "cancelled"})
 #: The decline reason of a reservation that would take the user past the event's
 #: ``max_seats_per_user`` (the same code the API answers a hold over the cap with).
 SEAT_LIMIT_REACHED = "seat_limit_reached"
+#: Payment declines the buyer can try again while the seats are still held (issue 21): the
+#: holds stay (they end with their own TTL or the Tier-2 session) and the session goes on.
+RETRYABLE_DECLINES = frozenset({"card_declined"})
+#: Payment attempts per hold: the first and up to four retries (the ticket API enforces it).
+MAX_PAYMENT_ATTEMPTS = 5
 
 
 async def claim_message(conn: Connection, consumer: str, message_id: str) -> bool:
@@ -322,6 +327,9 @@ async def apply_outcome(
             # Stale or contradicting (a payment answer after expiry): the first final
             # status wins; nothing changes.
             return OutcomeApplied("rejected")
+        if outcome.status == "declined" and outcome.reason in RETRYABLE_DECLINES:
+            # The seat claims are gone (a retry claims again), the buyer's holds are not.
+            return OutcomeApplied("applied", user_id=row["user_id"])
         return OutcomeApplied(
             "applied", release_seats=tuple(row["seat_ids"]), user_id=row["user_id"]
         )

@@ -193,6 +193,9 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         except (OSError, ValueError, ClientError, BotoCoreError) as exc:
             # The advancer republishes every cycle; the change reaches the edge then.
             runtime.logger.warning("edge_config_not_published", extra={"error": str(exc)})
+        from urr_vwr_lambda.page_routes import refresh_page
+
+        refresh_page(runtime, event_id)  # the waiting page's document names the method
         return json_response(201 if existing is None else 200, {**_admin_view(state), **gate_view})
 
     @router.post("/vwr/admin/events/<event_id>/advance")
@@ -232,4 +235,7 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         return json_response(200, _admin_view(state))
 
     add_access_code_routes(router, runtime)
+    from urr_vwr_lambda.page_routes import add_page_routes
+
+    add_page_routes(router, runtime)
     return router

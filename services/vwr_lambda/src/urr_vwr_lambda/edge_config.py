@@ -207,9 +207,16 @@ def bundled_location() -> str:
 class EdgeConfigPublisher:
     """Writes the document to a file or ``s3://bucket/key``, skipping unchanged content."""
 
-    def __init__(self, target: str, *, s3_client: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        s3_client: Callable[[], Any] | None = None,
+        cache_control: str = "max-age=5",
+    ) -> None:
         self.target = target
         self._s3_client = s3_client
+        self._cache_control = cache_control
         self._last: bytes | None = None
         self._lock = threading.Lock()
 
@@ -226,7 +233,7 @@ class EdgeConfigPublisher:
                     Key=key,
                     Body=document,
                     ContentType="application/json",
-                    CacheControl="max-age=5",
+                    CacheControl=self._cache_control,
                 )
             else:
                 _write_atomically(Path(self.target), document)

@@ -181,6 +181,18 @@ class VwrRuntime:
         )
         return self.edge_publisher.publish(document)
 
+    def publish_page_document(self, event_id: str, document: bytes) -> bool:
+        """Write an event's waiting-page document beside the edge document (short-lived in
+        caches: see ``page_document``); True when it changed."""
+        from urr_vwr_lambda.page_document import DOCUMENT_CACHE_CONTROL, document_target
+
+        publisher = EdgeConfigPublisher(
+            document_target(self.settings.edge_config.target, event_id),
+            s3_client=lambda: self._s3,
+            cache_control=DOCUMENT_CACHE_CONTROL,
+        )
+        return publisher.publish(document)
+
     def now_s(self) -> int:
         return int(self.clock())
 

@@ -334,6 +334,37 @@ class VwrStore:
         item = answer.get("Item") or {}
         return sorted(item.get("events", {}).get("SS", []))
 
+    def set_page(self, event_id: str, page_json: str, *, now_ms: int) -> None:
+        """Store the operator's waiting-page settings on the event's item (``page``, JSON);
+        ``EventNotFound`` when there is no such event (nothing is written then)."""
+        try:
+            self._db.update_item(
+                TableName=self.counters_table,
+                Key={"eventId": {"S": event_id}},
+                UpdateExpression="SET page = :page, pageUpdatedAt = :now",
+                ConditionExpression="attribute_exists(eventId)",
+                ExpressionAttributeValues={":page": {"S": page_json}, ":now": _num(now_ms)},
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                raise EventNotFound(event_id) from exc
+            raise
+
+    def get_page(self, event_id: str) -> tuple[str | None, str | None, int] | None:
+        """``(page settings JSON, queueMethod, pageUpdatedAt)`` of an event, or None when
+        there is no such event. ``queueMethod`` is whatever the event's admission settings
+        name (absent: the page explains first come, first served)."""
+        answer = self._db.get_item(
+            TableName=self.counters_table,
+            Key={"eventId": {"S": event_id}},
+            ConsistentRead=True,
+            ProjectionExpression="eventId, page, queueMethod, pageUpdatedAt",
+        )
+        item = answer.get("Item")
+        if not item:
+            return None
+        return _s(item, "page"), _s(item, "queueMethod"), _n(item, "pageUpdatedAt")
+
     def reset_event(self, event_id: str, *, now_ms: int) -> EventState:
         """Start the room over: counters to 0, a new epoch (earlier rows count as gone)."""
         try:

@@ -299,7 +299,8 @@ class SetupTask:
 
 
 #: The ``demo`` event (100 seats, A1-J10) and its Tier-2 queue, so a newcomer can walk the
-#: whole journey; idempotent, so it runs at every start.
+#: whole journey, and the named demo buyers (``fan1@demo.urr.test`` ... ``fan6``, README) to
+#: walk it as a crowd from several browsers; idempotent, so they run at every start.
 SETUP_TASKS: tuple[SetupTask, ...] = (
     SetupTask(
         "seed-demo",
@@ -307,6 +308,7 @@ SETUP_TASKS: tuple[SetupTask, ...] = (
         ("seed",),
         env={"URR_QUEUE_ADMIN__BASE_URL": "{queue_internal_url}"},
     ),
+    SetupTask("seed-demo-accounts", "urr_auth", ("seed-demo-accounts",)),
 )
 
 

@@ -169,7 +169,12 @@ PATHS: Json = {
                 "responses": {
                     "202": ACCEPTED,
                     "404": problem("No such event or seat.", "event_not_found", "seat_not_found"),
-                    "409": problem("Hold every seat first.", "seat_not_held"),
+                    "409": problem(
+                        "Hold every seat first; a retry needs the previous attempt declined"
+                        " by the card issuer.",
+                        "seat_not_held",
+                        "retry_not_allowed",
+                    ),
                     "422": problem("Invalid body.", "validation_failed", "duplicate_seat"),
                 },
             }
@@ -297,7 +302,17 @@ SCHEMAS: Json = {
         "type": "object",
         "additionalProperties": False,
         "required": ["seatIds"],
-        "properties": {"seatIds": {"type": "array", "minItems": 1, "items": {"type": "string"}}},
+        "properties": {
+            "seatIds": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "attempt": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 5,
+                "default": 1,
+                "description": "Payment attempt on these holds: 2-5 retry after the previous"
+                " attempt was declined with reason card_declined (the seats stay held).",
+            },
+        },
     },
     "TransferRequest": {
         "type": "object",

@@ -1,88 +1,165 @@
 // The event page: log in, join the Tier-2 queue, pick a seat, reserve, follow the outcome.
 // Same-origin API calls only; the server sets every token cookie (HttpOnly), and the entry
 // token the queue answers with is kept in memory and sent as its header, never stored.
+// Every string comes from messages.json (ko, en; the browser's languages choose, the switch
+// overrides). Every problem an API answers is said in words; a declined card can be paid
+// again while the seat is held (attempt n+1 of the same hold), an expired hold goes back to
+// the seat map.
 (function () {
   "use strict";
   var FINAL = ["confirmed", "declined", "expired", "cancelled"];
+  var RETRYABLE = ["card_declined"];
+  var MAX_ATTEMPTS = 5;
+  var LANGUAGES = ["en", "ko"];
+  var LANG_KEY = "urr-lang";
   var eventId = decodeURIComponent(location.pathname.split("/")[2] || "");
   var entryToken = null;
   var chosenSeat = null;
+  var holdUntil = 0;  // ms since the epoch when the chosen seat's hold ends
+  var holdTimer = null;
+  var attempt = 1;
+  var catalogue = {};
+  var lang = "en";
+  var eventName = null;
+  var lastStatus = null;
+  var lastOutcome = null;  // the last reservation answer shown, re-rendered on a switch
   var el = function (id) { return document.getElementById(id); };
   var show = function (id) { el(id).hidden = false; };
   var hide = function (id) { el(id).hidden = true; };
-  var say = function (text) { el("status").textContent = text; };
   var wait = function (seconds) {
     return new Promise(function (resolve) { setTimeout(resolve, seconds * 1000); });
   };
 
+  // -- Language ---------------------------------------------------------------------------
+  function pickLanguage() {
+    try {
+      var chosen = localStorage.getItem(LANG_KEY);
+      if (LANGUAGES.indexOf(chosen) !== -1) return chosen;
+    } catch (e) { /* private mode */ }
+    var wanted = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language || "en"];
+    for (var i = 0; i < wanted.length; i++) {
+      var base = String(wanted[i]).toLowerCase().split("-")[0];
+      if (LANGUAGES.indexOf(base) !== -1) return base;
+    }
+    return "en";
+  }
+
+  function t(key, params) {
+    var text = (catalogue[lang] || {})[key];
+    if (text === undefined) text = (catalogue.en || {})[key];
+    if (text === undefined) text = key;
+    return String(text).replace(/\{(\w+)\}/g, function (whole, name) {
+      return params && params[name] !== undefined ? String(params[name]) : whole;
+    });
+  }
+  function has(key) { return (catalogue.en || {})[key] !== undefined; }
+
+  // Params may hold functions (words that depend on the language): resolved when shown.
+  function resolve(params) {
+    var out = {};
+    Object.keys(params || {}).forEach(function (k) {
+      out[k] = typeof params[k] === "function" ? params[k]() : params[k];
+    });
+    return out;
+  }
+  function say(key, params) {
+    lastStatus = [key, params || {}];
+    el("status").textContent = t(key, resolve(params));
+  }
+
+  function time(ms) { return new Date(ms).toLocaleTimeString(lang === "ko" ? "ko-KR" : "en-GB", { hour: "2-digit", minute: "2-digit", second: "2-digit" }); }
+
+  function render() {
+    document.documentElement.lang = lang;
+    document.querySelectorAll("[data-msg]").forEach(function (node) {
+      node.textContent = t(node.getAttribute("data-msg"));
+    });
+    document.querySelectorAll(".lang").forEach(function (b) {
+      b.setAttribute("aria-pressed", String(b.getAttribute("data-lang") === lang));
+    });
+    if (eventName !== null) el("event-name").textContent = eventName;
+    document.title = (eventName ? eventName + " · " : "") + t("title");
+    document.querySelectorAll(".seat").forEach(labelSeat);
+    if (lastStatus) el("status").textContent = t(lastStatus[0], resolve(lastStatus[1]));
+    if (lastOutcome) showOutcome(lastOutcome);
+    if (chosenSeat) el("retry").textContent = t("result.retry", { seat: chosenSeat });
+  }
+
+  function switchLanguage(next) {
+    if (LANGUAGES.indexOf(next) === -1) return;
+    lang = next;
+    try { localStorage.setItem(LANG_KEY, next); } catch (e) { /* private mode */ }
+    render();
+  }
+
+  // -- API ----------------------------------------------------------------------------------
   // One API call; a 429 waits as told (longer each time in a row), a lost connection backs
   // off, anything else is returned for the caller to read.
-  function api(method, path, body, attempt) {
-    attempt = attempt || 0;
+  function api(method, path, body, tries) {
+    tries = tries || 0;
     var init = { method: method, credentials: "same-origin", cache: "no-store", headers: {} };
     if (body) { init.headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
     if (entryToken) init.headers["X-Queue-Entry-Token"] = entryToken;
     return fetch(path, init).then(function (response) {
       return response.json().catch(function () { return {}; }).then(function (data) {
-        if (response.status === 429 && attempt < 6) {
+        if (response.status === 429 && tries < 6) {
           var told = Number(response.headers.get("Retry-After")) || 1;
-          say("Busy; trying again in " + Math.max(told, Math.pow(2, attempt)) + " s.");
-          return wait(Math.max(told, Math.pow(2, attempt))).then(function () {
-            return api(method, path, body, attempt + 1);
-          });
+          var delay = Math.max(told, Math.pow(2, tries));
+          say("busy.retry", { seconds: delay });
+          return wait(delay).then(function () { return api(method, path, body, tries + 1); });
         }
         return { status: response.status, data: data };
       });
     }, function () {
-      if (attempt >= 6) return { status: 0, data: { detail: "the connection is lost" } };
-      say("Connection lost; trying again…");
-      return wait(Math.pow(2, attempt)).then(function () { return api(method, path, body, attempt + 1); });
+      if (tries >= 6) return { status: 0, data: { code: "connection" } };
+      say("connection.retry");
+      return wait(Math.pow(2, tries)).then(function () { return api(method, path, body, tries + 1); });
     });
   }
 
-  function problem(answer) {
-    return (answer.data && (answer.data.detail || answer.data.title)) || "HTTP " + answer.status;
+  // The words for a refused answer: the catalogue's for its code, else a general sentence
+  // naming the code, so no refusal is ever silent.
+  function why(answer) {
+    var code = (answer.data && answer.data.code) || (answer.status === 0 ? "connection" : "http_" + answer.status);
+    return function () { return has("error." + code) ? t("error." + code) : t("error.generic", { code: code }); };
   }
 
-  function credentials() {
-    return { email: el("email").value, password: el("password").value };
-  }
+  // -- Journey --------------------------------------------------------------------------------
+  function credentials() { return { email: el("email").value, password: el("password").value }; }
 
-  function loggedIn() {
-    hide("login"); show("queue"); say("Logged in. Join the queue to book.");
-  }
+  function loggedIn() { hide("login"); show("queue"); say("login.done"); el("join").focus(); }
 
   function logIn(event) {
     if (event) event.preventDefault();
     return api("POST", "/api/v1/auth/login", credentials()).then(function (answer) {
-      if (answer.status === 200) loggedIn(); else say("Login failed: " + problem(answer));
+      if (answer.status === 200) loggedIn(); else say("login.failed", { why: why(answer) });
     });
   }
 
   function register() {
     api("POST", "/api/v1/auth/register", credentials()).then(function (answer) {
       if (answer.status === 201 || answer.status === 409) return logIn();
-      say("Registration failed: " + problem(answer));
+      say("register.failed", { why: why(answer) });
     });
   }
 
   function admitted(answer) {
     entryToken = answer.entry_token || null;
-    el("queue-status").textContent = "It is your turn.";
     el("join").disabled = true;
+    hide("queue");  // the turn has come: the seat map is what matters now
     show("seats");
     loadSeats();
   }
 
   function followQueue(answer) {
     if (answer.status !== 200 && answer.status !== 201) {
-      el("queue-status").textContent = "The queue refused: " + problem(answer);
+      say("queue.refused", { why: why(answer) });
       el("join").disabled = false;
       return;
     }
     var state = answer.data;
     if (state.status === "admitted") { admitted(state); return; }
-    el("queue-status").textContent = "Position " + state.position + " (" + state.ahead + " ahead).";
+    el("queue-status").textContent = t("queue.position", { position: state.position, ahead: state.ahead });
     wait(Math.max(1, Math.min(5, state.poll_after_seconds || 2))).then(function () {
       return api("GET", "/api/v1/queue/" + encodeURIComponent(eventId) + "/status");
     }).then(followQueue);
@@ -93,9 +170,15 @@
     api("POST", "/api/v1/queue/" + encodeURIComponent(eventId) + "/enter").then(followQueue);
   }
 
-  function loadSeats() {
+  function labelSeat(button) {
+    var state = button.disabled ? t("seat.taken") : t("seat.free");
+    button.setAttribute("aria-label", button.dataset.seat + ", " + state);
+  }
+
+  // ``quiet``: a message about what just happened stays on the status line.
+  function loadSeats(quiet) {
     api("GET", "/api/v1/seats/" + encodeURIComponent(eventId)).then(function (answer) {
-      if (answer.status !== 200) { say("The seat map is unavailable: " + problem(answer)); return; }
+      if (answer.status !== 200) { say("seats.unavailable", { why: why(answer) }); return; }
       var map = el("seat-map");
       map.textContent = "";
       answer.data.seats.forEach(function (seat) {
@@ -104,20 +187,41 @@
         button.className = "seat";
         button.textContent = seat.seatId;
         button.dataset.seat = seat.seatId;
-        button.setAttribute("aria-pressed", "false");
-        button.disabled = seat.state !== "free";
+        var mine = seat.seatId === chosenSeat && Date.now() < holdUntil;
+        button.setAttribute("aria-pressed", String(mine));
+        button.disabled = seat.state !== "free" && !mine;
+        labelSeat(button);
         button.addEventListener("click", function () { hold(button); });
         map.appendChild(button);
       });
-      say("Pick a free seat.");
+      el("reserve").disabled = !(chosenSeat && Date.now() < holdUntil);
+      if (!quiet) say("seats.pick");
     });
+  }
+
+  // The hold ends at a known time (it is never extended): say so when it does, and go back
+  // to the seat map instead of letting a reserve fail later.
+  function watchHold() {
+    if (holdTimer) clearTimeout(holdTimer);
+    holdTimer = setTimeout(function () {
+      if (!chosenSeat || Date.now() < holdUntil) return;
+      holdExpired();
+    }, Math.max(0, holdUntil - Date.now()) + 250);
+  }
+
+  function holdExpired() {
+    var seat = chosenSeat;
+    chosenSeat = null; holdUntil = 0; attempt = 1;
+    hide("result"); hide("retry"); show("seats");
+    say("seats.holdExpired", { seat: seat });
+    loadSeats(true);
   }
 
   function hold(button) {
     var seatId = button.dataset.seat;
     var path = "/api/v1/seats/" + encodeURIComponent(eventId) + "/" + encodeURIComponent(seatId) + "/hold";
     api("POST", path).then(function (answer) {
-      if (answer.status !== 200) { say("Seat " + seatId + ": " + problem(answer)); loadSeats(); return; }
+      if (answer.status !== 200) { say("seats.holdFailed", { seat: seatId, why: why(answer) }); loadSeats(true); return; }
       // One seat at a time on this page: give the previous one back (holds count towards the
       // event's per-account limit, and a hold is never extended, so there is no use in
       // keeping it).
@@ -125,26 +229,72 @@
         api("DELETE", "/api/v1/seats/" + encodeURIComponent(eventId) + "/" + encodeURIComponent(chosenSeat) + "/hold");
       }
       chosenSeat = seatId;
+      attempt = 1;
+      holdUntil = answer.data.expiresAtMs;
+      watchHold();
       document.querySelectorAll(".seat").forEach(function (b) { b.setAttribute("aria-pressed", "false"); });
       button.setAttribute("aria-pressed", "true");
       el("reserve").disabled = false;
-      var until = new Date(answer.data.expiresAtMs).toLocaleTimeString();
-      say("Seat " + seatId + " is held for you until " + until + ".");
+      say("seats.held", { seat: seatId, until: function () { return time(holdUntil); } });
     });
   }
 
   function reserve() {
     el("reserve").disabled = true;
-    api("POST", "/api/v1/reservations/" + encodeURIComponent(eventId), { seatIds: [chosenSeat] })
+    el("retry").disabled = true;
+    api("POST", "/api/v1/reservations/" + encodeURIComponent(eventId), { seatIds: [chosenSeat], attempt: attempt })
       .then(function (answer) {
+        el("retry").disabled = false;
         if (answer.status !== 202 && answer.status !== 200 && answer.status !== 201) {
-          say("The reservation was refused: " + problem(answer)); el("reserve").disabled = false; return;
+          var code = answer.data && answer.data.code;
+          if (code === "seat_not_held" || code === "retry_not_allowed") { holdExpired(); return; }
+          say("result.refused", { why: why(answer) });
+          el("reserve").disabled = false;
+          return;
         }
-        hide("seats"); show("result");
+        hide("seats"); hide("retry"); hide("other-seat"); hide("reason"); show("result");
+        lastOutcome = { status: "pending", reason: null };
+        showOutcome(lastOutcome);
         el("reservation-id").textContent = answer.data.reservationId;
-        say("Reservation sent; waiting for the outcome…");
+        say("result.sent");
         follow(answer.data.reservationId);
       });
+  }
+
+  function retry() {
+    attempt += 1;
+    reserve();
+  }
+
+  function otherSeat() {
+    hide("result"); lastOutcome = null; chosenSeat = null; holdUntil = 0; attempt = 1;
+    show("seats"); loadSeats();
+  }
+
+  // The outcome in words: the status, and for a decline or an expiry why, and what the buyer
+  // can do next (pay again while the seat is held, or pick a seat again).
+  function showOutcome(outcome) {
+    var status = outcome.status;
+    el("outcome").dataset.status = status;
+    el("outcome").textContent = t("outcome." + status);
+    if (FINAL.indexOf(status) === -1) return;
+    var reason = outcome.reason;
+    var text = null;
+    var canRetry = false;
+    if (status === "declined" && RETRYABLE.indexOf(reason) !== -1) {
+      if (attempt >= MAX_ATTEMPTS) text = t("reason.card_declined.last");
+      else if (Date.now() >= holdUntil) text = t("reason.card_declined.late");
+      else { text = t("reason.card_declined", { until: time(holdUntil) }); canRetry = true; }
+    } else if (reason) {
+      text = has("reason." + reason) ? t("reason." + reason) : t("reason.other", { reason: reason });
+    }
+    el("reason").hidden = !text;
+    el("reason").textContent = text || "";
+    el("attempt").hidden = status !== "declined" || RETRYABLE.indexOf(reason) === -1;
+    el("attempt").textContent = t("result.attempt", { n: attempt, max: MAX_ATTEMPTS });
+    el("retry").hidden = !canRetry;
+    el("retry").textContent = t("result.retry", { seat: chosenSeat });
+    el("other-seat").hidden = status === "confirmed" || canRetry;
   }
 
   // The owner's read of a reservation needs no entry token: the queue ends the session (and
@@ -152,21 +302,58 @@
   function follow(reservationId) {
     var path = "/api/v1/events/" + encodeURIComponent(eventId) + "/reservations/" + encodeURIComponent(reservationId);
     api("GET", path).then(function (answer) {
-      var status = answer.status === 200 ? answer.data.status : null;
-      if (status) el("outcome").textContent = status;
-      if (status && FINAL.indexOf(status) !== -1) { say("Your booking is " + status + "."); return; }
-      wait(2).then(function () { follow(reservationId); });
+      if (answer.status !== 200) {
+        say("result.refused", { why: why(answer) });
+        wait(3).then(function () { follow(reservationId); });
+        return;
+      }
+      lastOutcome = { status: answer.data.status, reason: answer.data.reason || null };
+      showOutcome(lastOutcome);
+      var status = lastOutcome.status;
+      if (FINAL.indexOf(status) === -1) { wait(2).then(function () { follow(reservationId); }); return; }
+      say("final." + status, { seat: chosenSeat });
+      if (status === "expired") {
+        // The hold is gone with the booking: back to the seat map, saying why.
+        wait(0).then(function () {
+          var seat = chosenSeat;
+          chosenSeat = null; holdUntil = 0; attempt = 1;
+          show("seats"); loadSeats(true);
+          say("seats.holdExpired", { seat: seat });
+        });
+      } else if (!el("retry").hidden) {
+        el("retry").focus();
+      }
     });
   }
 
+  document.querySelectorAll(".lang").forEach(function (button) {
+    button.addEventListener("click", function () { switchLanguage(button.getAttribute("data-lang")); });
+  });
   el("login-form").addEventListener("submit", logIn);
   el("register-button").addEventListener("click", register);
   el("join").addEventListener("click", join);
   el("reserve").addEventListener("click", reserve);
+  el("retry").addEventListener("click", retry);
+  el("other-seat").addEventListener("click", otherSeat);
 
-  api("GET", "/api/v1/events/" + encodeURIComponent(eventId)).then(function (answer) {
-    if (answer.status !== 200) { el("event-name").textContent = "No such event"; say(problem(answer)); return; }
-    el("event-name").textContent = answer.data.name || eventId;
-    show("login");
-  });
+  lang = pickLanguage();
+  fetch("/site/assets/messages.json", { credentials: "same-origin" })
+    .then(function (r) { return r.ok ? r.json() : {}; })
+    .catch(function () { return {}; })
+    .then(function (loaded) {
+      catalogue = loaded || {};
+      render();
+      return api("GET", "/api/v1/events/" + encodeURIComponent(eventId));
+    })
+    .then(function (answer) {
+      if (answer.status !== 200) {
+        eventName = t("noEvent");
+        el("event-name").textContent = eventName;
+        say("page.failed", { why: why(answer) });
+        return;
+      }
+      eventName = answer.data.name || eventId;
+      render();
+      show("login");
+    });
 })();

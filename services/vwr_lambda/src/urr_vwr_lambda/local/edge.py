@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import re
 from collections.abc import AsyncIterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,6 +30,7 @@ from urr_vwr_lambda.edge_config import EdgeConfigSource
 from urr_vwr_lambda.gates.clients import VIEWER_ADDRESS_HEADER
 from urr_vwr_lambda.gates.origin import OriginSecrets
 from urr_vwr_lambda.local.cloudfront import edge_response, viewer_request_event
+from urr_vwr_lambda.page_document import DOCUMENT_CACHE_CONTROL, document_target
 from urr_vwr_lambda.settings import EdgeEmulatorSettings
 
 SESSION_KEY = web.AppKey("vwr_edge_session", aiohttp.ClientSession)
@@ -48,7 +51,12 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-_STATIC_CACHE = "public, max-age=300"
+#: The objects' Cache-Control as uploaded to S3 (README "Caching of the waiting page"): the
+#: shell's HTML is short-lived, the versioned assets never change under their path.
+SHELL_CACHE = "public, max-age=60"
+ASSET_CACHE = "public, max-age=31536000, immutable"
+_ASSET_VERSION = re.compile(r"^v[0-9]{1,4}$")
+_EVENT_DOCUMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})\.json$")
 
 
 class BadGateway(ProblemError):
@@ -56,17 +64,45 @@ class BadGateway(ProblemError):
     default_code = "bad_gateway"
 
 
-def _static_file(tail: str) -> tuple[bytes, str] | None:
-    """The packaged file for ``/vwr/<tail>``: an asset, or the page for any other path."""
+def _static_file(tail: str) -> tuple[bytes, str, str] | None:
+    """The packaged file for ``/vwr/<tail>`` with its Cache-Control: a versioned asset
+    (``assets/v<N>/<name>``), or the page shell for any other path."""
     root = resources.files("urr_vwr_lambda") / "static"
     parts = [part for part in tail.split("/") if part]
-    if parts and parts[0] == "assets" and len(parts) == 2 and not parts[1].startswith("."):
-        asset = root / "assets" / parts[1]
+    if parts and parts[0] == "assets":
+        if len(parts) != 3 or not _ASSET_VERSION.match(parts[1]) or parts[2].startswith("."):
+            return None
+        asset = root / "assets" / parts[1] / parts[2]
         if asset.is_file():
-            kind = mimetypes.guess_type(parts[1])[0] or "application/octet-stream"
-            return asset.read_bytes(), kind
+            kind = mimetypes.guess_type(parts[2])[0] or "application/octet-stream"
+            return asset.read_bytes(), kind, ASSET_CACHE
         return None
-    return (root / "index.html").read_bytes(), "text/html"
+    return (root / "index.html").read_bytes(), "text/html", SHELL_CACHE
+
+
+def _event_document(edge_config_target: str, tail: str) -> bytes | None:
+    """``/vwr/events/<id>.json``: the document the admin route published beside the edge
+    document (a missing one is a 404: the page then shows its defaults)."""
+    parts = tail.split("/")
+    found = _EVENT_DOCUMENT.match(parts[1]) if len(parts) == 2 else None
+    if found is None or edge_config_target.startswith("s3://"):
+        return None
+    path = Path(document_target(edge_config_target, found.group(1)))
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _event_document_response(edge_config_target: str, tail: str) -> web.Response:
+    document = _event_document(edge_config_target, tail)
+    if document is None:
+        raise web.HTTPNotFound(text="no such document", headers={"Cache-Control": "max-age=30"})
+    return web.Response(
+        body=document,
+        content_type="application/json",
+        headers={"Cache-Control": DOCUMENT_CACHE_CONTROL},
+    )
 
 
 def _viewer_address(request: web.Request) -> str:
@@ -173,11 +209,14 @@ def create_app(
         generated = await viewer_request(request)
         if generated is not None:
             return generated
-        found = _static_file(request.match_info.get("tail", ""))
+        tail = request.match_info.get("tail", "")
+        if tail.startswith("events/"):
+            return _event_document_response(settings.edge_config.target, tail)
+        found = _static_file(tail)
         if found is None:
             raise web.HTTPNotFound(text="no such asset")
-        data, kind = found
-        return web.Response(body=data, content_type=kind, headers={"Cache-Control": _STATIC_CACHE})
+        data, kind, cache_control = found
+        return web.Response(body=data, content_type=kind, headers={"Cache-Control": cache_control})
 
     async def waiting_api(request: web.Request) -> web.StreamResponse:
         generated = await viewer_request(request)

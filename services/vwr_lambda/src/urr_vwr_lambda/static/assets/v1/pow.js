@@ -3,7 +3,7 @@
 // the solution with its assign. Kept apart from waiting.js; no build step.
 (function () {
   "use strict";
-  var WORKER = "/vwr/assets/pow-worker.js";
+  var WORKER = "/vwr/assets/v1/pow-worker.js";
   var el = function (id) { return document.getElementById(id); };
 
   function showProgress(tries, bits) {
