@@ -151,7 +151,9 @@ async def test_a_declined_card_keeps_the_holds_and_the_session_for_a_retry(
         locks = SeatLocks(redis)
         assert (await locks.hold("demo", "E1", "fan", LIMITS)).held
         completer = QueueCompleter(
-            session, QueueCompletionSettings(http_fallback=True, base_url=str(server.make_url("")))
+            session,
+            QueueCompletionSettings(http_fallback=True, base_url=str(server.make_url(""))),
+            CREDENTIAL,
         )
         handler = OutcomeHandler(db, locks, completer)
         assert await handler.handle(record(declined.to_json())) == "applied"
