@@ -179,9 +179,8 @@ def test_setup_tasks_are_planned_with_their_environment_filled() -> None:
 def test_the_demo_buyers_are_seeded_at_every_start() -> None:
     from urr_devstack.services import SETUP_TASKS, plan_setup_tasks
 
-    tasks = plan_setup_tasks(
-        SETUP_TASKS, host="127.0.0.1", ports={"queue": 4007}, infra={}, python="/py"
-    )
+    ports = {"queue": 4007, "queue-internal": 6007}
+    tasks = plan_setup_tasks(SETUP_TASKS, host="127.0.0.1", ports=ports, infra={}, python="/py")
     assert ("seed-demo-accounts", ("/py", "-m", "urr_auth", "seed-demo-accounts")) in [
         (t.name, t.argv) for t in tasks
     ]
