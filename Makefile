@@ -41,9 +41,19 @@ system-deps:
 sync: uv
 	$(UV) sync --frozen --all-packages
 
+# DynamoDB runs on dynalite, installed first (`make dynalite`); without npm the stack keeps
+# DynamoDB on moto (URR_DEVSTACK__DYNAMODB=moto) and says so.
+WITH_DYNAMODB_STANDIN = if command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory dynalite >/dev/null || exit 1; \
+	else \
+		echo "npm not found: DynamoDB runs on moto (install Node.js 20 for dynalite)"; \
+		export URR_DEVSTACK__DYNAMODB=moto; \
+	fi
+
 # MONITORING=1 also runs Prometheus (the k8s alert rules) and Alertmanager on the stack.
 MONITORING ?=
 up: sync $(if $(MONITORING),system-deps)
+	@$(WITH_DYNAMODB_STANDIN); \
 	$(if $(MONITORING),URR_DEVSTACK__MONITORING__ENABLED=true) $(UV) run --frozen urr-devstack up
 
 lint: sync
@@ -58,11 +68,8 @@ types: sync
 	done
 
 # pytest exits 5 when it collects nothing: that fails here like any other non-zero exit.
-# dynalite too, so the DynamoDB stand-in comparison runs instead of skipping (npm is on the
-# machine; without it those tests skip and say why).
-pytest: sync system-deps
-	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory dynalite >/dev/null; \
-	else echo "npm not found: the dynalite comparison tests will skip"; fi
+# dynalite too: the tests' DynamoDB (the fixtures fail, saying how to install it, without it).
+pytest: sync system-deps dynalite
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test: lint types pytest
@@ -70,9 +77,14 @@ test: lint types pytest
 # Starts the stack when none runs; writes artifacts/loadtests/<scenario>-<time>/; exits 1 on a
 # missed target.
 loadtest: sync
+	@$(WITH_DYNAMODB_STANDIN); \
 	$(UV) run --frozen python -m urr_loadtests $(LOADTEST_ARGS)
 
-# dynalite, the DynamoDB stand-in evaluated against moto (docs/performance.md), into a
-# project-local node_modules from its lockfile. Needs Node 20 and npm.
-dynalite:
+# dynalite, the local stack's and the tests' DynamoDB (docs/performance.md, "DynamoDB
+# stand-in"), into a project-local node_modules from its lockfile, again only when the lockfile
+# changed. Needs Node.js 20 and npm.
+DYNALITE_STAMP := tools/devstack/dynalite/node_modules/.urr-installed
+dynalite: $(DYNALITE_STAMP)
+$(DYNALITE_STAMP): tools/devstack/dynalite/package-lock.json
 	cd tools/devstack/dynalite && npm ci --no-audit --no-fund
+	@touch $@

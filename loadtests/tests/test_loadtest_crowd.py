@@ -66,6 +66,8 @@ def private_stack(
             "URR_DEVSTACK__PORTS__POSTGRES": str(pg.port),
             "URR_DEVSTACK__PORTS__KAFKA": kafka_bootstrap.rsplit(":", 1)[1],
             "URR_DEVSTACK__PORTS__MOTO": moto_endpoint.rsplit(":", 1)[1],
+            # A dynalite of its own (it starts in a second): its tables die with it.
+            "URR_DEVSTACK__PORTS__DYNALITE": str(free_port()),
             "URR_DEVSTACK__POSTGRES_DATABASE": database,
             "URR_DEVSTACK__SERVICE_PORTS": json.dumps(ports),
             "URR_DEVSTACK__READY_TIMEOUT_S": "90",

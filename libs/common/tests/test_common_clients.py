@@ -5,7 +5,13 @@ import uuid
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
-from urr_common.clients import open_aws_clients, open_kafka_producer, open_postgres, open_redis
+from urr_common.clients import (
+    aws_client_kwargs,
+    open_aws_clients,
+    open_kafka_producer,
+    open_postgres,
+    open_redis,
+)
 from urr_common.settings import AwsSettings, KafkaSettings, PostgresSettings, RedisSettings
 
 
@@ -49,3 +55,37 @@ async def test_aws_clients_share_one_session(moto_endpoint: str) -> None:
         assert created["QueueUrl"].endswith(name)
         tables = await clients["dynamodb"].list_tables()
         assert isinstance(tables["TableNames"], list)
+
+
+async def test_dynamodb_goes_to_its_own_endpoint(
+    moto_endpoint: str, dynalite_endpoint: str
+) -> None:
+    """DynamoDB on dynalite, SQS on moto (the local stack's split, issue 22): a table made
+    through the DynamoDB client exists on dynalite and not on moto."""
+    settings = AwsSettings(
+        endpoint_url=moto_endpoint,
+        dynamodb_endpoint_url=dynalite_endpoint,
+        access_key_id=SecretStr("test"),
+        secret_access_key=SecretStr("test"),
+    )
+    assert aws_client_kwargs(settings, "dynamodb")["endpoint_url"] == dynalite_endpoint
+    assert aws_client_kwargs(settings, "sqs")["endpoint_url"] == moto_endpoint
+    assert aws_client_kwargs(settings)["endpoint_url"] == moto_endpoint
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    async with open_aws_clients(settings, "sqs", "dynamodb") as clients:
+        await clients["dynamodb"].create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        assert name in (await clients["dynamodb"].list_tables())["TableNames"]
+        created = await clients["sqs"].create_queue(QueueName=name)
+        assert created["QueueUrl"].endswith(name)
+    only_moto = AwsSettings(
+        endpoint_url=moto_endpoint,
+        access_key_id=SecretStr("test"),
+        secret_access_key=SecretStr("test"),
+    )
+    async with open_aws_clients(only_moto, "dynamodb") as clients:
+        assert name not in (await clients["dynamodb"].list_tables())["TableNames"]

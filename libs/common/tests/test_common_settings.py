@@ -6,6 +6,7 @@ import pytest
 from pydantic import Field
 
 from urr_common.settings import (
+    AwsSettings,
     HttpSettings,
     PostgresSettings,
     RedisSettings,
@@ -22,6 +23,7 @@ class ExampleSettings(ServiceSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     access_tokens: TokenKeySettings = Field(default_factory=TokenKeySettings)
+    aws: AwsSettings = Field(default_factory=AwsSettings)
 
 
 @pytest.fixture(autouse=True)
@@ -137,3 +139,23 @@ def test_bad_metrics_settings_stop_the_start_with_a_clear_message(
     with pytest.raises(SettingsError) as error:
         load_settings(ExampleSettings)
     assert message in str(error.value)
+
+
+def test_dynamodb_has_its_own_endpoint_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("URR_AWS__ENDPOINT_URL", "http://127.0.0.1:5000")
+    assert load_settings(ExampleSettings).aws.endpoint_for("dynamodb") == "http://127.0.0.1:5000"
+    monkeypatch.setenv("URR_AWS__DYNAMODB_ENDPOINT_URL", "http://127.0.0.1:4567")
+    aws = load_settings(ExampleSettings).aws
+    assert aws.endpoint_for("dynamodb") == "http://127.0.0.1:4567"
+    assert aws.endpoint_for("sqs") == "http://127.0.0.1:5000"
+
+
+def test_a_dynamodb_endpoint_that_is_no_url_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("URR_AWS__DYNAMODB_ENDPOINT_URL", "127.0.0.1:4567")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(ExampleSettings)
+    assert "URR_AWS__DYNAMODB_ENDPOINT_URL: Value error, must be an http:// or https:// URL" in (
+        str(caught.value)
+    )

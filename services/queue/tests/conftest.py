@@ -230,10 +230,12 @@ def admin_headers() -> dict[str, str]:
 
 
 @pytest.fixture
-def moto_aws(moto_endpoint: str) -> AwsSettings:
-    """The test session's moto server as the queue's AWS settings."""
+def local_aws(moto_endpoint: str, dynalite_endpoint: str) -> AwsSettings:
+    """The test session's servers as the queue's AWS settings: DynamoDB on dynalite, as in the
+    local stack, the rest on moto."""
     return AwsSettings(
         endpoint_url=moto_endpoint,
+        dynamodb_endpoint_url=dynalite_endpoint,
         region="us-east-1",
         access_key_id="testing",
         secret_access_key="testing",
@@ -241,10 +243,10 @@ def moto_aws(moto_endpoint: str) -> AwsSettings:
 
 
 @pytest.fixture
-def tier1_tables(moto_endpoint: str) -> Iterator[tuple[TableSettings, VwrStore]]:
+def tier1_tables(dynalite_endpoint: str) -> Iterator[tuple[TableSettings, VwrStore]]:
     client = boto3.session.Session().client(
         "dynamodb",
-        endpoint_url=moto_endpoint,
+        endpoint_url=dynalite_endpoint,
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",

@@ -1,4 +1,4 @@
-"""The operator console's figures and controls: real Redis, PostgreSQL and DynamoDB (moto).
+"""The operator console's figures and controls: real Redis, PostgreSQL and DynamoDB (dynalite).
 
 The Tier-1 rows are written by the VWR's own store and the seats by the booking schema's own
 migrations, so the console is held to the formats the other services really write.
@@ -78,7 +78,7 @@ async def console(
     aiohttp_client: Any,
     make_settings: Any,
     single_redis: RedisSettings,
-    moto_aws: AwsSettings,
+    local_aws: AwsSettings,
     tier1_tables: tuple[TableSettings, VwrStore],
     booking: asyncpg.Pool,
     postgres_dsn: str,
@@ -97,7 +97,7 @@ async def console(
     app = create_app(
         settings,
         registry=CollectorRegistry(),
-        dynamodb_factory=lambda: open_dynamodb(moto_aws),
+        dynamodb_factory=lambda: open_dynamodb(local_aws),
     )
     return await _with_event(
         await aiohttp_client(app, middlewares=(as_gateway(AUDIENCE),)), admin_headers

@@ -1,4 +1,4 @@
-"""Tier 2 tells the Tier-1 table that a place is spent: real Redis, DynamoDB on moto.
+"""Tier 2 tells the Tier-1 table that a place is spent: real Redis, DynamoDB on dynalite.
 
 The Tier-1 rows are written and read by the VWR's own store (``urr_vwr_lambda.store``), so
 these tests hold the two services to the same row format.
@@ -98,7 +98,7 @@ def marker(store: QueueStore, dynamodb: Any, table: str) -> SpentPlaceMarker:
 
 
 async def test_spent_places_are_marked_in_the_tier1_table(
-    queue_store: QueueStore, tier1_tables: tuple[TableSettings, VwrStore], moto_endpoint: str
+    queue_store: QueueStore, tier1_tables: tuple[TableSettings, VwrStore], dynalite_endpoint: str
 ):
     tables, vwr = tier1_tables
     spent_rid, spent_pos = tier1_place(vwr)
@@ -108,7 +108,7 @@ async def test_spent_places_are_marked_in_the_tier1_table(
     await spend(queue_store, "u2", other_rid, other_pos + 100)
     await spend(queue_store, "u3", str(uuid.uuid4()), 50)
     assert len(await queue_store.unmarked_places(EVENT, 10)) == 3
-    async with open_dynamodb(aws_settings(moto_endpoint)) as dynamodb:
+    async with open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb:
         settled = await marker(queue_store, dynamodb, tables.positions).mark_all()
     assert settled == 3
     assert await queue_store.unmarked_places(EVENT, 10) == []
@@ -121,7 +121,7 @@ async def test_spent_places_are_marked_in_the_tier1_table(
     assert untouched is not None
     assert untouched.spent_at is None
     # Marking again changes nothing (the first time stays).
-    async with open_dynamodb(aws_settings(moto_endpoint)) as dynamodb:
+    async with open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb:
         table = SpentPlaceTable(dynamodb, tables.positions)
         assert not await table.mark_spent(EVENT, spent_rid, spent_pos, spent_at_s=1)
     again = vwr.get_place(EVENT, spent_rid)
@@ -130,7 +130,7 @@ async def test_spent_places_are_marked_in_the_tier1_table(
 
 
 async def test_a_late_mark_changes_nothing_in_tier2(
-    queue_store: QueueStore, tier1_tables: tuple[TableSettings, VwrStore], moto_endpoint: str
+    queue_store: QueueStore, tier1_tables: tuple[TableSettings, VwrStore], dynalite_endpoint: str
 ):
     """DynamoDB out of reach: the place stays in the outbox, the pass is refused all the same,
     and the next round that reaches the table marks it."""
@@ -150,7 +150,7 @@ async def test_a_late_mark_changes_nothing_in_tier2(
         EVENT, "u1", enter=True, tier1_position=pos, tier1_place=place_key(rid, pos)
     )
     assert again is Refusal.TIER1_PASS_SPENT
-    async with open_dynamodb(aws_settings(moto_endpoint)) as dynamodb:
+    async with open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb:
         assert await marker(queue_store, dynamodb, tables.positions).mark_all() == 1
     marked = vwr.get_place(EVENT, rid)
     assert marked is not None
@@ -165,13 +165,13 @@ async def test_the_service_marks_in_the_background(
     admin_headers: Any,
     tier1_signer: Any,
     tier1_tables: tuple[TableSettings, VwrStore],
-    moto_endpoint: str,
+    dynalite_endpoint: str,
 ):
     tables, vwr = tier1_tables
     rid, pos = tier1_place(vwr)
     client = await queue_client(
         single_redis,
-        aws=aws_settings(moto_endpoint),
+        aws=aws_settings(dynalite_endpoint),
         tier1_places=Tier1PlacesSettings(table=tables.positions, interval_s=0.1),
     )
     body = {"require_tier1_token": True, "admit_per_second": 1000}

@@ -159,6 +159,7 @@ async def test_a_spent_place_sends_the_visitor_to_the_back(stack: tuple[Any, str
             async with open_dynamodb(
                 AwsSettings(
                     endpoint_url=aws.endpoint_url,
+                    dynamodb_endpoint_url=aws.dynamodb_endpoint_url,
                     region=aws.region,
                     access_key_id=aws.access_key_id,
                     secret_access_key=aws.secret_access_key,

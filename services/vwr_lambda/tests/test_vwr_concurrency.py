@@ -1,16 +1,16 @@
-"""Concurrent assigns against the moto server: the atomic counter and the conditional writes.
+"""Concurrent assigns at DynamoDB (dynalite): the atomic counter and the conditional writes.
 
 The threads call ``assign_place`` (what the assign route runs) directly: a Lambda process runs
 one invocation at a time (powertools' resolver keeps the request in class attributes), so real
 concurrency only ever meets at DynamoDB, which is what this exercises.
 
-The tests run on a moto server that serialises requests (``vwr_serial_moto.py``): moto's own
-server updates items from several threads without a lock, so its ``ADD`` is not atomic the
-way DynamoDB's is and would hand out a duplicate number now and then.
+The tests run on dynalite, which serialises writes to an item as DynamoDB does (moto's own
+server updates items from several threads without a lock, so its ``ADD`` would hand out a
+duplicate number now and then; these tests used a moto behind one lock until dynalite became
+the stand-in, docs/performance.md).
 
-Each new assign costs three DynamoDB calls (BatchGetItem, UpdateItem, PutItem) and moto answers
-a few hundred calls per second on a quiet 2-core machine, so 1,000 assigns are ~3,000 calls: ten
-seconds quiet, longer when the machine is shared (hence the longer timeout).
+Each new assign costs three DynamoDB calls (BatchGetItem, UpdateItem, PutItem), so 1,000 assigns
+are ~3,000 calls: a few seconds quiet, longer when the machine is shared (hence the timeout).
 """
 
 from __future__ import annotations
@@ -28,11 +28,6 @@ from urr_vwr_lambda.api import assign_place
 pytestmark = pytest.mark.integration
 
 ASSIGNS = 1_000
-
-
-@pytest.fixture
-def aws_endpoint(serial_moto_endpoint: str) -> str:
-    return serial_moto_endpoint
 
 
 @pytest.mark.timeout(240)

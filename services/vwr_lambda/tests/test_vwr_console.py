@@ -2,7 +2,7 @@
 console (through the Tier-1 admin API, with the operator's own token), and Tier-1 answers held
 to the OpenAPI document the console's service publishes.
 
-Here rather than in the queue's tests because the Tier-1 harness (moto tables, access keys,
+Here rather than in the queue's tests because the Tier-1 harness (DynamoDB tables, access keys,
 the API Gateway emulator) lives in this folder's fixtures.
 """
 
@@ -51,7 +51,7 @@ async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
 
 @pytest.fixture
 async def queue_url(
-    vwr: Any, redis_url: str, aws_endpoint: str, tmp_path: Path
+    vwr: Any, redis_url: str, aws_endpoint: str, dynamodb_endpoint: str, tmp_path: Path
 ) -> AsyncIterator[str]:
     """The queue service with its console pointed at this test's Tier-1 tables and API."""
     runners: list[web.AppRunner] = []
@@ -59,6 +59,7 @@ async def queue_url(
         api_url = await _serve(apigw.create_app(vwr.settings, runtime=vwr.runtime), runners)
         aws = AwsSettings(
             endpoint_url=aws_endpoint,
+            dynamodb_endpoint_url=dynamodb_endpoint,
             region="us-east-1",
             access_key_id="testing",
             secret_access_key="testing",

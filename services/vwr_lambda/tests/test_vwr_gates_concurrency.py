@@ -1,5 +1,5 @@
-"""Concurrent uses of the gates at DynamoDB (the serialising moto server, as in
-``test_vwr_concurrency.py``): a code usable N times, and one address racing for its slots.
+"""Concurrent uses of the gates at DynamoDB (dynalite, as in ``test_vwr_concurrency.py``):
+a code usable N times, and one address racing for its slots.
 
 The threads call ``guarded_assign`` around ``assign_place``, what the assign route runs: a
 Lambda process runs one invocation at a time, so concurrency only ever meets at DynamoDB.
@@ -21,11 +21,6 @@ pytestmark = pytest.mark.integration
 
 USES = 5
 RACERS = 50
-
-
-@pytest.fixture
-def aws_endpoint(serial_moto_endpoint: str) -> str:
-    return serial_moto_endpoint
 
 
 def racing_assign(vwr: Any, event_id: str, ip: str, body: dict[str, Any]) -> tuple[int, str]:

@@ -173,6 +173,7 @@ async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
     keys = settings.vwr_tokens.private_key_file
     environment = {
         "URR_AWS__ENDPOINT_URL": str(settings.aws.endpoint_url),
+        "URR_AWS__DYNAMODB_ENDPOINT_URL": str(settings.aws.dynamodb_endpoint_url),
         "URR_AWS__ACCESS_KEY_ID": "testing",
         "URR_AWS__SECRET_ACCESS_KEY": "testing",
         "URR_TABLES__COUNTERS": settings.tables.counters,

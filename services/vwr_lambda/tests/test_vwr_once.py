@@ -25,6 +25,7 @@ def mark_spent(vwr: Any, event_id: str, request_id: str, position: int) -> bool:
     aws = vwr.settings.aws
     settings = AwsSettings(
         endpoint_url=aws.endpoint_url,
+        dynamodb_endpoint_url=aws.dynamodb_endpoint_url,
         region=aws.region,
         access_key_id=aws.access_key_id,
         secret_access_key=aws.secret_access_key,

@@ -142,15 +142,8 @@ def test_pow_settings_are_validated(pow_settings: dict[str, Any]) -> None:
     assert load_settings(VwrSettings, pow={"challenge_ttl_s": 120}).pow.challenge_ttl_s == 120
 
 
-# -- against moto ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def aws_endpoint(serial_moto_endpoint: str) -> str:
-    """The moto server that serialises requests (``vwr_serial_moto.py``): moto's own server
-    does not apply a conditional write atomically the way DynamoDB does, and the replay race
-    below meets exactly there."""
-    return serial_moto_endpoint
+# -- against DynamoDB (dynalite: it applies a conditional write atomically, as DynamoDB does,
+# and the replay race below meets exactly there) -------------------------------------------
 
 
 def pow_event(vwr: Any, event_id: str, bits: int = 8) -> None:

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from urr_common import kafka_topics
-from urr_devstack import aws, postgres
+from urr_devstack import aws, infra, postgres
 from urr_devstack.procs import free_port, is_listening
 
 pytestmark = pytest.mark.integration
@@ -241,3 +241,31 @@ def test_devstack_postgres_data_moves_where_its_user_can_reach() -> None:
         for folder in (closed, open_, fallback):
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_devstack_tables_go_to_dynalite_and_queues_to_moto(
+    moto_endpoint: str, dynalite_endpoint: str
+) -> None:
+    """The split the stack runs with: DynamoDB on dynalite (no TTL there: passed over),
+    SQS on moto."""
+    import boto3
+
+    await aws.provision(aws.AwsEndpoint(moto_endpoint, dynamodb_url=dynalite_endpoint))
+    again = await aws.provision(aws.AwsEndpoint(moto_endpoint, dynamodb_url=dynalite_endpoint))
+    assert again.tables == (aws.COUNTERS_TABLE, aws.POSITIONS_TABLE)
+    dynalite = boto3.client(
+        "dynamodb",
+        endpoint_url=dynalite_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="urr-local",
+        aws_secret_access_key="urr-local",
+    )
+    try:
+        assert {aws.COUNTERS_TABLE, aws.POSITIONS_TABLE} <= set(
+            dynalite.list_tables()["TableNames"]
+        )
+    finally:
+        dynalite.close()
+    infra.check_dynamodb(dynalite_endpoint)  # what `up` asks before reusing one
+    with pytest.raises(Exception, match="Could not connect"):
+        infra.check_dynamodb(f"http://127.0.0.1:{free_port()}")

@@ -163,3 +163,21 @@ def test_devstack_up_with_half_an_admin_stops_before_starting_anything(
     assert main(["up", "--no-services"]) == 2
     assert "URR_BOOTSTRAP_ADMIN_PASSWORD is not set" in capsys.readouterr().err
     assert not (tmp_path / "state" / "devstack.json").exists()
+
+
+def test_devstack_dynamodb_stand_in_is_dynalite_unless_moto_is_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load_settings(DevstackSettings)
+    assert (settings.dynamodb, settings.ports.dynalite) == ("dynalite", 4567)
+    monkeypatch.setenv("URR_DEVSTACK__DYNAMODB", "moto")
+    monkeypatch.setenv("URR_DEVSTACK__PORTS__DYNALITE", "14567")
+    settings = load_settings(DevstackSettings)
+    assert (settings.dynamodb, settings.ports.dynalite) == ("moto", 14567)
+    monkeypatch.setenv("URR_DEVSTACK__DYNAMODB", "localstack")
+    with pytest.raises(SettingsError, match="URR_DEVSTACK__DYNAMODB"):
+        load_settings(DevstackSettings)
+    monkeypatch.setenv("URR_DEVSTACK__DYNAMODB", "dynalite")
+    monkeypatch.setenv("URR_DEVSTACK__PORTS__DYNALITE", "5000")
+    with pytest.raises(SettingsError, match="both use port 5000"):
+        load_settings(DevstackSettings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 from urr_devstack.infra import Infra, ServerAddress
@@ -48,6 +49,14 @@ def test_devstack_common_env_follows_the_conventions() -> None:
     assert env["URR_POSTGRES__DSN"] == "postgresql://postgres@127.0.0.1:15432/urr"
     assert env["URR_KAFKA__BOOTSTRAP_SERVERS"] == "127.0.0.1:19092"
     assert env["URR_AWS__ENDPOINT_URL"] == env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:15000"
+    # No dynalite in INFRA: DynamoDB stays on moto (URR_DEVSTACK__DYNAMODB=moto).
+    assert env["URR_AWS__DYNAMODB_ENDPOINT_URL"] == env["AWS_ENDPOINT_URL_DYNAMODB"]
+    assert env["AWS_ENDPOINT_URL_DYNAMODB"] == "http://127.0.0.1:15000"
+    with_dynalite = replace(INFRA, dynalite_url="http://127.0.0.1:14567")
+    split = common_env(SETTINGS, with_dynalite, KEYS, "s3cret-pass", {})
+    assert split["URR_AWS__ENDPOINT_URL"] == "http://127.0.0.1:15000"
+    assert split["URR_AWS__DYNAMODB_ENDPOINT_URL"] == "http://127.0.0.1:14567"
+    assert split["AWS_ENDPOINT_URL_DYNAMODB"] == "http://127.0.0.1:14567"
     assert env["URR_AWS__REGION"] == "us-east-1"
     assert env["URR_ACCESS_TOKENS__PRIVATE_KEY_FILE"] == "/k/access/local-1.pem"
     assert env["URR_ACCESS_TOKENS__KEY_ID"] == "local-1"

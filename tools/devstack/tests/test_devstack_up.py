@@ -41,7 +41,7 @@ from urr_devstack.testing import AlertWebhook
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(120)]
 
-SERVER_NAMES = ("redis", "postgres", "kafka", "moto")
+SERVER_NAMES = ("redis", "postgres", "kafka", "moto", "dynalite")
 REPO = Path(__file__).resolve().parents[3]
 
 #: A service built like the real ones (urr_common settings, app, readiness, serve), added to
@@ -210,6 +210,7 @@ def stack_env() -> Iterator[dict[str, str]]:
             "URR_DEVSTACK__PORTS__POSTGRES": str(free_port()),
             "URR_DEVSTACK__PORTS__KAFKA": str(free_port()),
             "URR_DEVSTACK__PORTS__MOTO": str(free_port()),
+            "URR_DEVSTACK__PORTS__DYNALITE": str(free_port()),
             "URR_DEVSTACK__SERVICE_PORTS": json.dumps(
                 {
                     **{
@@ -258,7 +259,10 @@ async def _check_servers(env: dict[str, str]) -> None:
         await connection.close()
     topics = await kafka_topics.list_topics(f"127.0.0.1:{_port(env, 'kafka')}")
     assert set(kafka_topics.TOPICS) <= set(topics)
-    endpoint = aws.AwsEndpoint(f"http://127.0.0.1:{_port(env, 'moto')}")
+    endpoint = aws.AwsEndpoint(
+        f"http://127.0.0.1:{_port(env, 'moto')}",
+        dynamodb_url=f"http://127.0.0.1:{_port(env, 'dynalite')}",
+    )
     async with aws.open_clients(endpoint) as clients:
         queues = (await clients.sqs.list_queues())["QueueUrls"]
         names = sorted(url.rsplit("/", 1)[1] for url in queues)
@@ -430,7 +434,7 @@ def test_devstack_up_starts_from_nothing_and_stops_cleanly(
         # The processes wired in last: the stack waits for their /health/ready too.
         for name in ("admission-log", "ratelimit-admin", "ticket-exporter"):
             assert f"{name} is ready" in stack.output
-        for name in ("redis", "postgres", "moto", "kafka"):
+        for name in ("redis", "postgres", "moto", "dynalite", "kafka"):
             assert f"started {name}" in stack.output
         assert "reusing" not in stack.output
         started = descendants(stack.process.pid)
@@ -495,6 +499,7 @@ def test_devstack_second_run_reuses_servers_already_listening(
     postgres_admin_dsn: str,
     kafka_bootstrap: str,
     shared_moto: str,
+    dynalite_endpoint: str,
 ) -> None:
     """Pointed at servers already listening (this session's), up starts none and stops none."""
     pg = urlsplit(postgres_admin_dsn)
@@ -505,6 +510,7 @@ def test_devstack_second_run_reuses_servers_already_listening(
         "URR_DEVSTACK__PORTS__POSTGRES": str(pg.port),
         "URR_DEVSTACK__PORTS__KAFKA": kafka_bootstrap.rsplit(":", 1)[1],
         "URR_DEVSTACK__PORTS__MOTO": shared_moto.rsplit(":", 1)[1],
+        "URR_DEVSTACK__PORTS__DYNALITE": dynalite_endpoint.rsplit(":", 1)[1],
         "URR_DEVSTACK__POSTGRES_DATABASE": database,
     }
     stack = RunningStack(env, "--no-services", with_probe=True)

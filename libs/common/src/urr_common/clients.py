@@ -258,11 +258,13 @@ async def open_kafka_producer(settings: KafkaSettings) -> AsyncIterator[AIOKafka
         await producer.stop()
 
 
-def aws_client_kwargs(settings: AwsSettings) -> dict[str, Any]:
-    """Keyword arguments for a boto3/aioboto3 client: region, endpoint and keys when set."""
+def aws_client_kwargs(settings: AwsSettings, service: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for a boto3/aioboto3 client of ``service``: region, endpoint (the
+    service's own when it has one, ``AwsSettings.endpoint_for``) and keys when set."""
     kwargs: dict[str, Any] = {"region_name": settings.region}
-    if settings.endpoint_url:
-        kwargs["endpoint_url"] = settings.endpoint_url
+    endpoint = settings.endpoint_for(service) if service else settings.endpoint_url
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
     if settings.access_key_id and settings.secret_access_key:
         kwargs["aws_access_key_id"] = settings.access_key_id.get_secret_value()
         kwargs["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
@@ -279,10 +281,11 @@ async def open_aws_clients(settings: AwsSettings, *services: str) -> AsyncIterat
     import aioboto3
 
     session = aioboto3.Session()
-    kwargs = aws_client_kwargs(settings)
     async with AsyncExitStack() as stack:
         clients = {
-            name: await stack.enter_async_context(session.client(name, **kwargs))
+            name: await stack.enter_async_context(
+                session.client(name, **aws_client_kwargs(settings, name))
+            )
             for name in services
         }
         yield clients

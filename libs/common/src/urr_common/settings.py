@@ -269,8 +269,24 @@ class AwsSettings(BaseModel):
     region: str = "us-east-1"
     #: ``http://127.0.0.1:5000`` locally (moto); unset in production.
     endpoint_url: str | None = None
+    #: DynamoDB's own endpoint when it is not ``endpoint_url``: locally dynalite, which keeps
+    #: up with a flash crowd where moto does not (issue 22); unset: ``endpoint_url``.
+    dynamodb_endpoint_url: str | None = None
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
+
+    @field_validator("endpoint_url", "dynamodb_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    def endpoint_for(self, service: str) -> str | None:
+        """The endpoint a client of ``service`` (``"dynamodb"``, ``"sqs"``, ...) talks to."""
+        if service == "dynamodb" and self.dynamodb_endpoint_url:
+            return self.dynamodb_endpoint_url
+        return self.endpoint_url
 
 
 class TokenKeySettings(BaseModel):

@@ -44,7 +44,7 @@ async def open_dynamodb(aws: AwsSettings) -> AsyncIterator[Any]:
     import aioboto3
 
     async with aioboto3.Session().client(
-        "dynamodb", config=_CLIENT_CONFIG, **aws_client_kwargs(aws)
+        "dynamodb", config=_CLIENT_CONFIG, **aws_client_kwargs(aws, "dynamodb")
     ) as client:
         yield client
 

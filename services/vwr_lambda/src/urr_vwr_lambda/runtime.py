@@ -53,7 +53,7 @@ class VwrRuntime:
             max_pool_connections=64,
         )
         return boto3.session.Session().client(  # type: ignore[call-overload]
-            service, config=config, **aws_client_kwargs(self.settings.aws)
+            service, config=config, **aws_client_kwargs(self.settings.aws, service)
         )
 
     @cached_property

@@ -242,6 +242,9 @@ class VwrStore:
         self.positions_table = positions_table
         # The line item goes out beside the claim and place writes (``put_place``).
         self._beside = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vwr-line")
+        #: False once the endpoint refused TransactWriteItems (dynalite, the local stack's
+        #: stand-in): ``put_event`` then makes ordered writes (``_put_event_in_order``).
+        self.transactions = True
 
     # -- events --------------------------------------------------------------------------
 
@@ -265,12 +268,12 @@ class VwrStore:
         queue_method: QueueMethod | None = None,
         order_seed: str | None = None,
     ) -> EventState:
-        """Create or change an event; the active-event registry changes in the same transaction.
+        """Create or change an event; the active-event registry changes in the same transaction
+        (or, on a stand-in without transactions, in ordered writes: ``_put_event_in_order``).
 
         ``bot_challenge`` is ``(botChallenge, powBits)`` when the caller changes them;
         ``queue_method`` when it changes; ``order_seed`` is written only if none is stored.
         """
-        registry_update = "ADD events :set" if is_active else "DELETE events :set"
         challenge_update, challenge_values = "", dict[str, Any]()
         if bot_challenge is not None:
             challenge_update = ", botChallenge = :challenge, powBits = :bits"
@@ -288,42 +291,73 @@ class VwrStore:
         if order_seed is not None:
             challenge_update += ", orderSeed = if_not_exists(orderSeed, :seed)"
             challenge_values[":seed"] = {"S": order_seed}
-        self._db.transact_write_items(
-            TransactItems=[
-                {
-                    "Update": {
-                        "TableName": self.counters_table,
-                        "Key": {"eventId": {"S": event_id}},
-                        "UpdateExpression": (
-                            "SET isActive = :active, batchSize = :batch, updatedAt = :now, "
-                            "nextPosition = if_not_exists(nextPosition, :zero), "
-                            "servingCounter = if_not_exists(servingCounter, :zero), "
-                            "epoch = if_not_exists(epoch, :one)" + challenge_update
-                        ),
-                        "ExpressionAttributeValues": {
-                            ":active": {"BOOL": is_active},
-                            ":batch": _num(batch_size),
-                            ":now": _num(now_ms),
-                            ":zero": _num(0),
-                            ":one": _num(1),
-                            **challenge_values,
-                        },
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": self.counters_table,
-                        "Key": {"eventId": {"S": ACTIVE_REGISTRY_ID}},
-                        "UpdateExpression": registry_update,
-                        "ExpressionAttributeValues": {":set": {"SS": [event_id]}},
-                    }
-                },
-            ]
-        )
+        event_update: dict[str, Any] = {
+            "TableName": self.counters_table,
+            "Key": {"eventId": {"S": event_id}},
+            "UpdateExpression": (
+                "SET isActive = :active, batchSize = :batch, updatedAt = :now, "
+                "nextPosition = if_not_exists(nextPosition, :zero), "
+                "servingCounter = if_not_exists(servingCounter, :zero), "
+                "epoch = if_not_exists(epoch, :one)" + challenge_update
+            ),
+            "ExpressionAttributeValues": {
+                ":active": {"BOOL": is_active},
+                ":batch": _num(batch_size),
+                ":now": _num(now_ms),
+                ":zero": _num(0),
+                ":one": _num(1),
+                **challenge_values,
+            },
+        }
+        registry_update: dict[str, Any] = {
+            "TableName": self.counters_table,
+            "Key": {"eventId": {"S": ACTIVE_REGISTRY_ID}},
+            "UpdateExpression": "ADD events :set" if is_active else "DELETE events :set",
+            "ExpressionAttributeValues": {":set": {"SS": [event_id]}},
+        }
+        if self.transactions:
+            try:
+                items: list[Any] = [{"Update": event_update}, {"Update": registry_update}]
+                self._db.transact_write_items(TransactItems=items)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "UnknownOperationException":
+                    raise
+                self.transactions = False
+        if not self.transactions:
+            self._put_event_in_order(event_id, is_active, event_update, registry_update)
         state = self.get_event(event_id, consistent=True)
         if state is None:  # pragma: no cover - written just above
             raise EventNotFound(event_id)
         return state
+
+    def _put_event_in_order(
+        self,
+        event_id: str,
+        is_active: bool,
+        event_update: dict[str, Any],
+        registry_update: dict[str, Any],
+    ) -> None:
+        """``put_event`` without a transaction (dynalite has none), ordered so that once the
+        writers are done the registry lists every active event: the edge then gates at worst
+        one more event than needed (fails closed), never one fewer.
+
+        Activating: the registry, the event, the registry again (a deactivation that ran
+        between the first two deleted the id). Deactivating: the event, the registry, then the
+        event read back: an activation that wrote in between gets its id put back. Concurrent
+        opposite changes to one event can leave an inactive event listed, which the advancer
+        skips and the next change of that event clears.
+        """
+        add = {**registry_update, "UpdateExpression": "ADD events :set"}
+        if is_active:
+            self._db.update_item(**add)
+            self._db.update_item(**event_update)
+            self._db.update_item(**add)
+            return
+        self._db.update_item(**event_update)
+        self._db.update_item(**registry_update)
+        now = self.get_event(event_id, consistent=True)
+        if now is not None and now.is_active:
+            self._db.update_item(**add)
 
     def active_event_ids(self) -> list[str]:
         answer = self._db.get_item(

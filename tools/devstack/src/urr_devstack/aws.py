@@ -59,6 +59,8 @@ class AwsEndpoint:
     region: str = "us-east-1"
     access_key_id: str = "urr-local"
     secret_access_key: str = "urr-local"  # noqa: S105 - moto takes any; nothing secret
+    #: DynamoDB's own endpoint (dynalite) when it is not ``url``.
+    dynamodb_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class AwsClients:
 
 @asynccontextmanager
 async def open_clients(endpoint: AwsEndpoint) -> AsyncIterator[AwsClients]:
-    """S3, SQS and DynamoDB clients on ``endpoint``, closed on exit."""
+    """S3 and SQS clients on ``endpoint``, DynamoDB on its own endpoint when it has one."""
     session = aioboto3.Session()
     # Fail fast when the endpoint is down instead of botocore's long retry ladder.
     config = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2})
@@ -84,7 +86,11 @@ async def open_clients(endpoint: AwsEndpoint) -> AsyncIterator[AwsClients]:
     async with AsyncExitStack() as stack:
         s3 = await stack.enter_async_context(session.client("s3", **kwargs))
         sqs = await stack.enter_async_context(session.client("sqs", **kwargs))
-        dynamodb = await stack.enter_async_context(session.client("dynamodb", **kwargs))
+        dynamodb = await stack.enter_async_context(
+            session.client(
+                "dynamodb", **{**kwargs, "endpoint_url": endpoint.dynamodb_url or endpoint.url}
+            )
+        )
         yield AwsClients(s3=s3, sqs=sqs, dynamodb=dynamodb)
 
 
@@ -214,10 +220,19 @@ async def ensure_positions_table(dynamodb: DynamoDBClient) -> bool:
         created = True
     ttl = await dynamodb.describe_time_to_live(TableName=POSITIONS_TABLE)
     if ttl["TimeToLiveDescription"].get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-        await dynamodb.update_time_to_live(
-            TableName=POSITIONS_TABLE,
-            TimeToLiveSpecification={"Enabled": True, "AttributeName": POSITIONS_TTL_ATTRIBUTE},
-        )
+        try:
+            await dynamodb.update_time_to_live(
+                TableName=POSITIONS_TABLE,
+                TimeToLiveSpecification={
+                    "Enabled": True,
+                    "AttributeName": POSITIONS_TTL_ATTRIBUTE,
+                },
+            )
+        except ClientError as exc:
+            # dynalite has no TTL; the stack never relied on expiry (moto deletes nothing
+            # either, and every read treats ``ttl < now`` as gone).
+            if _error_code(exc) != "UnknownOperationException":
+                raise
     return created
 
 

@@ -1,4 +1,5 @@
-"""Find or start the servers of DESIGN.md §3: Redis, PostgreSQL, moto, Kafka (Tansu).
+"""Find or start the servers of DESIGN.md §3: Redis, PostgreSQL, moto, dynalite (DynamoDB),
+Kafka (Tansu).
 
 A server already listening on its port is reused (after checking it speaks the right
 protocol: port 5000 is often something else); a missing one is started from the installed
@@ -25,6 +26,8 @@ from urr_devstack.procs import (
     ProcessExitedError,
     RedisServer,
     ServerProcess,
+    dynalite_binary,
+    dynalite_server,
     is_listening,
     moto_server,
     tansu_server,
@@ -70,6 +73,8 @@ class Infra:
     postgres_admin_dsn: str
     kafka_bootstrap: str
     moto_url: str
+    #: DynamoDB's endpoint when it is not moto's (dynalite).
+    dynalite_url: str | None = None
     servers: list[ServerAddress] = field(default_factory=list)
     started: list[StartedServer] = field(default_factory=list)
 
@@ -80,6 +85,10 @@ class Infra:
             server = self.started.pop()
             with contextlib.suppress(Exception):
                 server.stop(escalate)
+
+    @property
+    def dynamodb_url(self) -> str:
+        return self.dynalite_url or self.moto_url
 
     def dead_servers(self) -> list[StartedServer]:
         return [server for server in self.started if not server.running]
@@ -121,6 +130,8 @@ def start_infra(
         # moto first: it takes longest to import, and initdb runs meanwhile.
         if not _reuse("moto", host, ports.moto, infra, say, lambda: check_moto(infra.moto_url)):
             _launch(moto_server(ports.moto, logs / "moto.log", host), infra, launched)
+        if settings.dynamodb == "dynalite":
+            _find_or_launch_dynalite(settings, infra, logs, say, launched)
         if not _reuse(
             "redis", host, ports.redis, infra, say, lambda: check_redis(host, ports.redis)
         ):
@@ -166,6 +177,26 @@ def start_infra(
         infra.stop(escalate)
         raise
     return infra
+
+
+def _find_or_launch_dynalite(
+    settings: DevstackSettings,
+    infra: Infra,
+    logs: Path,
+    say: Callable[[str], None],
+    launched: list[ServerProcess | RedisServer],
+) -> None:
+    host, port = settings.host, settings.ports.dynalite
+    url = infra.dynalite_url = f"http://{host}:{port}"
+    if _reuse("dynalite", host, port, infra, say, lambda: check_dynamodb(url)):
+        return
+    if dynalite_binary() is None:
+        raise InfraError(
+            "dynalite (DynamoDB's local stand-in) is not installed: run `make dynalite` "
+            "(`make up` does when npm is on the PATH), or keep DynamoDB on moto with "
+            "URR_DEVSTACK__DYNAMODB=moto"
+        )
+    _launch(dynalite_server(port, logs / "dynalite.log", host), infra, launched)
 
 
 def _reuse(
@@ -253,6 +284,25 @@ def check_redis(host: str, port: int) -> None:
         reply = sock.recv(64)
     if not reply.startswith(b"+PONG"):
         raise ConnectionError(f"PING got {reply[:40]!r}")
+
+
+def check_dynamodb(url: str) -> None:
+    """A DynamoDB API answers ListTables (dynalite has no other way to recognise it)."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "dynamodb",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="urr-local",
+        aws_secret_access_key="urr-local",  # noqa: S106 - a stand-in takes any
+        config=Config(connect_timeout=3, read_timeout=3, retries={"max_attempts": 1}),
+    )
+    try:
+        client.list_tables(Limit=1)
+    finally:
+        client.close()
 
 
 def check_moto(url: str) -> None:

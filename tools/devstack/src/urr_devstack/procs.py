@@ -322,7 +322,8 @@ def dynalite_binary() -> Path | None:
 
 
 def dynalite_server(port: int, log_path: Path, host: str = "127.0.0.1") -> ServerProcess:
-    """dynalite (DynamoDB on LevelDB, in memory here): evaluated against moto (issue 22)."""
+    """dynalite (DynamoDB on LevelDB, in memory here): the local stack's and the tests'
+    DynamoDB (issue 22; moto keeps SQS, S3 and Secrets Manager)."""
     binary = dynalite_binary()
     if binary is None:
         raise FileNotFoundError(f"dynalite is not installed under {DYNALITE_DIR}: make dynalite")

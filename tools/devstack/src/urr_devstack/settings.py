@@ -33,6 +33,8 @@ class ServerPorts(BaseModel):
     postgres: Port = Field(default=5432, ge=1, le=65535)
     kafka: Port = Field(default=9092, ge=1, le=65535)
     moto: Port = Field(default=5000, ge=1, le=65535)
+    #: dynalite, DynamoDB's stand-in unless ``URR_DEVSTACK__DYNAMODB=moto``.
+    dynalite: Port = Field(default=4567, ge=1, le=65535)
 
 
 _PROM_DURATION = re.compile(r"^(\d+(ms|s|m|h))+$")
@@ -103,6 +105,11 @@ class DevstackSettings(BaseSettings):
     #: moto accepts any credentials; these only have to be present.
     aws_access_key_id: str = "urr-local"
     aws_secret_access_key: str = "urr-local"  # noqa: S105 - moto takes any; nothing secret
+
+    #: DynamoDB's stand-in: ``dynalite`` (``make dynalite``; 4-7x less CPU per call than moto
+    #: and item writes serialised as in DynamoDB, docs/performance.md) or ``moto`` (where
+    #: Node.js is missing; ``make up`` picks it then). SQS, S3 and Secrets Manager stay on moto.
+    dynamodb: Literal["dynalite", "moto"] = "dynalite"
 
     #: ``memory`` keeps Kafka records in the broker; ``s3`` keeps them in moto's S3 across
     #: broker restarts (not across ``up`` runs: moto forgets too), at a price: Tansu lists its

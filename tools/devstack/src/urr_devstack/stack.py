@@ -119,6 +119,7 @@ async def provision(
         settings.aws_region,
         settings.aws_access_key_id,
         settings.aws_secret_access_key,
+        dynamodb_url=infra.dynalite_url,
     )
     provisioned = await aws.provision(endpoint)
     say("SQS queues and DynamoDB tables are in place")
@@ -153,8 +154,11 @@ def common_env(
         "URR_AWS__REGION": settings.aws_region,
         "URR_AWS__ACCESS_KEY_ID": settings.aws_access_key_id,
         "URR_AWS__SECRET_ACCESS_KEY": settings.aws_secret_access_key,
-        # A boto3 client built without our settings still goes to moto, never to real AWS.
+        "URR_AWS__DYNAMODB_ENDPOINT_URL": infra.dynamodb_url,
+        # A boto3 client built without our settings still goes to moto, never to real AWS
+        # (and its DynamoDB to the stack's DynamoDB, botocore's service-specific variable).
         "AWS_ENDPOINT_URL": infra.moto_url,
+        "AWS_ENDPOINT_URL_DYNAMODB": infra.dynamodb_url,
         "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
         "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key,
         "AWS_DEFAULT_REGION": settings.aws_region,
@@ -213,6 +217,8 @@ def urls(settings: DevstackSettings, infra: Infra, planned: list[PlannedService]
         if service.port is not None and service.name not in shown:
             shown[service.name] = f"http://{settings.host}:{service.port}"
     shown["moto"] = infra.moto_url
+    if infra.dynalite_url:
+        shown["dynamodb (dynalite)"] = infra.dynalite_url
     shown["kafka"] = infra.kafka_bootstrap
     shown["redis"] = infra.redis_url
     shown["postgres"] = postgres.dsn(

@@ -171,9 +171,9 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def dynalite_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private dynalite for this session (the DynamoDB stand-in evaluated against moto in
-    docs/performance.md). ``make test`` installs it first; without it the test fails saying so
-    rather than skipping, so a comparison that never ran cannot pass."""
+    """A private dynalite for this session: the tests' DynamoDB, as in the local stack
+    (docs/performance.md, "DynamoDB stand-in"). ``make test`` installs it first; without it
+    the test fails saying so rather than skipping, so a test that never ran cannot pass."""
     if dynalite_binary() is None:
         pytest.fail("dynalite is not installed: run `make dynalite` (make test does)")
     log = tmp_path_factory.mktemp("dynalite") / "dynalite.log"

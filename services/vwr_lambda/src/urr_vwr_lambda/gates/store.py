@@ -392,6 +392,14 @@ class GateStore:
             if not _failed(exc):
                 raise
             old: Any = exc.response.get("Item")
+            if old is None:
+                # A stand-in that ignores ReturnValuesOnConditionCheckFailure (dynalite):
+                # the item as it is now says why just as well, one read more.
+                old = self._db.get_item(
+                    TableName=self.positions_table,
+                    Key=self._key(event_id, CODE_PREFIX + digest),
+                    ConsistentRead=True,
+                ).get("Item")
             raise CodeRefused(refusal_reason(old, user_id)) from exc
 
     def refund_code(self, event_id: str, digest: str) -> None:

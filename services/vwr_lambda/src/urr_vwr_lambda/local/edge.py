@@ -176,7 +176,9 @@ def origin_secrets(settings: EdgeEmulatorSettings) -> OriginSecrets | None:
         return None
     import boto3
 
-    client = boto3.session.Session().client("secretsmanager", **aws_client_kwargs(settings.aws))
+    client = boto3.session.Session().client(
+        "secretsmanager", **aws_client_kwargs(settings.aws, "secretsmanager")
+    )
     return OriginSecrets(client, settings.origin.secret_id, cache_s=settings.origin.cache_s)
 
 
