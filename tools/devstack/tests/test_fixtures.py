@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 import redis.asyncio as redis
 
@@ -69,3 +71,18 @@ def test_free_port_never_hands_out_a_port_twice() -> None:
 
     ports = [free_port() for _ in range(400)]
     assert len(set(ports)) == len(ports)
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
+    """Outgoing connections take their local ports from the ephemeral range: a port picked
+    there may be gone by the time a server binds it (seen with two xdist workers)."""
+    import socket
+
+    from urr_devstack.procs import free_port
+
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == 200
+    assert max(ports) + 2000 < ephemeral_start  # derived ports (metrics, internal) too
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))

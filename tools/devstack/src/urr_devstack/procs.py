@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,15 +22,30 @@ from urr_devstack.signals import Stopping, never
 _HANDED_OUT: set[int] = set()
 
 
+#: Where ``free_port`` picks from: below the kernel's ephemeral range (32768-60999 on Linux by
+#: default), which every outgoing connection draws its local port from, so a port picked here
+#: is not taken by some client's connection before the server binds it; and low enough that
+#: the ports services derive from it (metrics +1000, internal listener +2000) stay below it too.
+_PICK_FROM, _PICK_TO = 10_000, 30_000
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on now and this process has not handed out."""
+    """A TCP port on loopback that nothing listens on now and this process has not handed out.
+
+    Random rather than the kernel's next free port: parallel test workers (pytest-xdist) each
+    pick ports, and random picks from 20,000 rarely meet, where the kernel's sequence would
+    hand both workers neighbouring ports."""
     while True:
+        port = random.randrange(_PICK_FROM, _PICK_TO)  # noqa: S311 - a port, not a secret
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def is_listening(host: str, port: int, timeout_s: float = 0.3) -> bool:
