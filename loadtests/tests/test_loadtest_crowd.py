@@ -28,6 +28,7 @@ import pytest
 
 from urr_devstack.procs import RedisServer, free_port
 from urr_devstack.services import SERVICES
+from urr_devstack.testing import CHROMIUM, CHROMIUM_ARGS
 from urr_loadtests.stack import READY_BANNER, parse_banner
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -212,16 +213,6 @@ def test_loadtest_short_flash_crowd_keeps_every_promise(
         assert pow_figures["arrivals_placed"] == pow_figures["placed_with_a_solution"] == 40
     for name in ("report.html", "latency_and_throughput.png", "waiting_admitted_served.png"):
         assert (runs[-1] / name).stat().st_size > 0
-
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 
 
 @pytest.mark.timeout(150)

@@ -22,20 +22,13 @@ from prometheus_client import CollectorRegistry
 from urr_common.identity_testing import TEST_GATEWAY_KEY, as_gateway, write_test_gateway_key
 from urr_common.settings import RedisSettings, load_settings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner
+from urr_devstack.testing import CHROMIUM, CHROMIUM_ARGS
 from urr_gateway.app import create_app as create_gateway
 from urr_gateway.settings import GatewaySettings
 from urr_queue.app import AUDIENCE
 from urr_queue.app import create_app as create_queue
 from urr_queue.console.settings import ConsoleSettings
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 #: Screenshots of the console and the API viewer, for people to look at.
 SHOTS = Path(__file__).resolve().parents[3] / "artifacts" / "console" / "tests"
 EVENT = "brw-1"

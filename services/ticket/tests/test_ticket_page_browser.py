@@ -24,16 +24,9 @@ import pytest
 from aiohttp import web
 from axe_playwright_python.async_playwright import Axe  # type: ignore[import-untyped]
 
+from urr_devstack.testing import CHROMIUM, CHROMIUM_ARGS
 from urr_ticket.site import add_site_routes
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 SHOTS = Path(__file__).resolve().parents[3] / "artifacts" / "ux"
 
 pytestmark = [pytest.mark.integration]

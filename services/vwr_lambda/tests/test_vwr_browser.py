@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,20 +16,12 @@ import pytest
 from aiohttp import web
 
 from urr_common.settings import load_settings
+from urr_devstack.testing import CHROMIUM, CHROMIUM_ARGS
 from urr_vwr_lambda import advancer
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw
 from urr_vwr_lambda.local import edge as edge_emulator
 from urr_vwr_lambda.settings import EdgeEmulatorSettings
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 
 pytestmark = [pytest.mark.integration]
 

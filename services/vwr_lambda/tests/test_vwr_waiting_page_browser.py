@@ -19,20 +19,13 @@ from aiohttp import web
 from axe_playwright_python.async_playwright import Axe  # type: ignore[import-untyped]
 
 from urr_common.settings import load_settings
+from urr_devstack.testing import CHROMIUM, CHROMIUM_ARGS
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw
 from urr_vwr_lambda.local import edge as edge_emulator
 from urr_vwr_lambda.page_document import AA_CONTRAST, contrast
 from urr_vwr_lambda.settings import EdgeEmulatorSettings
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 SHOTS = Path(__file__).resolve().parents[3] / "artifacts" / "ux"
 LOGO = (
     '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="48" viewBox="0 0 96 48">'

@@ -50,6 +50,17 @@ from urr_devstack.procs import (
 
 DEFAULT_TEST_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+#: Debian's chromium, which the browser tests drive through Playwright (``make test`` installs
+#: it; ``playwright install`` cannot download browsers here), and the flags it runs with.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
