@@ -64,11 +64,12 @@ def _parser() -> argparse.ArgumentParser:
 
 #: (users, spawn rate, seconds) when not given.
 DEFAULT_SHAPE = {
-    # 8 arrivals a second is the highest rate that met every crowd check and the canary
-    # gate on the shared 2-core machine (issue 22; the whole stack costs ~90 ms of CPU per
-    # arrival, so 50 a second would need ~4.5 cores): docs/performance.md, "Flash crowd
-    # rate". The last arrival starts at ~625 s; the rest of the time lets it finish.
-    "flash_crowd": (5000, 8.0, 740),
+    # 16 arrivals a second met every crowd check and the canary gate on the 2-core machine
+    # with nothing else running (issue 22: the whole stack costs ~86 ms of CPU per arrival,
+    # so two cores saturate near 20 a second and 50 would need ~4.5 cores): docs/
+    # performance.md, "Flash crowd rate". The last arrival starts at ~312 s; the rest of the
+    # time lets it finish.
+    "flash_crowd": (5000, 16.0, 430),
     # Logins are anonymous, so AUTH's 20/min counts per client address: every Locust user
     # shares 127.0.0.1, and 4 looping visitors stay under it.
     "journey": (4, 1.0, 60),
