@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import replace
 from typing import Any
 
@@ -280,60 +281,68 @@ def assign_place(
 
     The number is taken while the read runs: a first assign, by far the most common, then
     waits for one round trip instead of two. A retry, or a second tab of a logged-in user,
-    leaves its number unused (the advancer passes it at no cost).
+    leaves its number unused (the advancer passes it at no cost); the answer waits for it.
     """
     store = runtime.store
     now_s = runtime.now_s()
     reservation = store.reserve_position_beside(event_id, now_ms=runtime.now_ms())
-    state, place, claim = store.read_assignment(event_id, request_id, user_id)
-    if state is None:
-        raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}")
-    if place is not None and place.current(state.epoch, now_s):
-        return 200, place, state
-    held, stale_owner = _users_place(runtime, state, claim, request_id, now_s)
-    if held is not None:
-        return 200, held, state
-    if not state.is_active:
-        raise room_inactive(event_id)
-    if state.queue_method is QueueMethod.REJECT:
-        raise event_closed(event_id)
-    pow_gate.require_solved(state, pow_solved)
     try:
-        position, epoch = reservation.result()
-    except RoomInactive as exc:
-        raise room_inactive(event_id) from exc
-    except EventNotFound as exc:
-        raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}") from exc
-    current = replace(state, next_position=position, epoch=epoch)
-    written = store.put_place(
-        event_id,
-        request_id,
-        position=position,
-        epoch=epoch,
-        user_id=user_id,
-        now_s=now_s,
-        stale_owner=stale_owner,
-    )
-    if not written:
-        # Our own PutItem may have landed before botocore retried it after a lost answer.
-        mine = store.get_place(event_id, request_id)
-        written = mine is not None and mine.position == position and mine.epoch == epoch
-    if written:
-        new_place = Place(
-            event_id=event_id,
-            request_id=request_id,
+        state, place, claim = store.read_assignment(event_id, request_id, user_id)
+        if state is None:
+            raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}")
+        if place is not None and place.current(state.epoch, now_s):
+            return 200, place, state
+        held, stale_owner = _users_place(runtime, state, claim, request_id, now_s)
+        if held is not None:
+            return 200, held, state
+        if not state.is_active:
+            raise room_inactive(event_id)
+        if state.queue_method is QueueMethod.REJECT:
+            raise event_closed(event_id)
+        pow_gate.require_solved(state, pow_solved)
+        try:
+            position, epoch = reservation.result()
+        except RoomInactive as exc:
+            raise room_inactive(event_id) from exc
+        except EventNotFound as exc:
+            raise VwrProblem(
+                404, "event_not_found", f"no waiting room for event {event_id}"
+            ) from exc
+        current = replace(state, next_position=position, epoch=epoch)
+        written = store.put_place(
+            event_id,
+            request_id,
             position=position,
             epoch=epoch,
             user_id=user_id,
-            last_seen=now_s,
-            expires_at=now_s + POSITION_TTL_S,
-            abandoned=False,
-            token=None,
-            token_exp=None,
+            now_s=now_s,
+            stale_owner=stale_owner,
         )
-        runtime.place_cache.put(new_place)
-        return 201, new_place, current
-    return 200, _race_winner(runtime, event_id, request_id, user_id, epoch, now_s), current
+        if not written:
+            # Our own PutItem may have landed before botocore retried it after a lost answer.
+            mine = store.get_place(event_id, request_id)
+            written = mine is not None and mine.position == position and mine.epoch == epoch
+        if written:
+            new_place = Place(
+                event_id=event_id,
+                request_id=request_id,
+                position=position,
+                epoch=epoch,
+                user_id=user_id,
+                last_seen=now_s,
+                expires_at=now_s + POSITION_TTL_S,
+                abandoned=False,
+                token=None,
+                token_exp=None,
+            )
+            runtime.place_cache.put(new_place)
+            return 201, new_place, current
+        return 200, _race_winner(runtime, event_id, request_id, user_id, epoch, now_s), current
+    finally:
+        # Every way out waits for the number: a Lambda environment is frozen when the handler
+        # returns, and a write still running on the side thread would finish during some
+        # later invocation. It ran beside the read, so this rarely waits at all.
+        futures.wait([reservation])
 
 
 def _users_place(
