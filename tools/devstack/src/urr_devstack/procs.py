@@ -124,8 +124,11 @@ def stop_process_group(
     or as soon as ``escalate()`` says so (a second Ctrl-C).
 
     The group is signalled even when the leader has already exited, so helpers it left behind
-    (started in its session) go too.
+    (started in its session) go too; but not when the leader was reaped before this call: its
+    pid may have been handed to another process since (pids wrap at 32768 here), which would
+    then lose its whole group. Reaped here, the pid is signalled at once, before it can wrap.
     """
+    reaped_before = process.returncode is not None
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, stop_signal)
@@ -135,8 +138,9 @@ def stop_process_group(
                 process.wait(timeout=0.05)
                 break
     # SIGKILL whatever is left of the group: the leader if it ignored us, or its children.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+    if not reaped_before:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
     if process.poll() is None:
         process.wait(timeout=5)
 
