@@ -21,7 +21,7 @@ from urr_common.identity_testing import act_as, as_gateway, identity_settings
 from urr_common.settings import AwsSettings, RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
 from urr_common.upstream_security import INTERNAL_APP, InternalListenerSettings
-from urr_devstack.procs import RedisServer, free_port, is_listening
+from urr_devstack.procs import RedisServer, free_port
 from urr_queue.app import AUDIENCE, create_app
 from urr_queue.console.settings import ConsoleSettings
 from urr_queue.settings import (
@@ -40,14 +40,6 @@ from urr_vwr_lambda.store import VwrStore
 from urr_vwr_lambda.tables import ensure_tables
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster-bus port (port + 10000) is valid and free too."""
-    while True:
-        port = free_port()
-        if port < 55_000 and not is_listening("127.0.0.1", port + 10_000):
-            return port
-
-
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
     """Three cluster-enabled masters, joined with ``redis-cli --cluster create``."""
@@ -57,11 +49,15 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Red
         for index in range(3):
             node_dir = workdir / f"node{index}"
             server = RedisServer(
-                port=_cluster_port(),
+                port=free_port(),
                 workdir=node_dir,
                 extra_args=[
                     "--cluster-enabled",
                     "yes",
+                    # The bus port defaults to port + 10000, which nobody picked for us: another
+                    # test's server (or a client's ephemeral port) may hold it.
+                    "--cluster-port",
+                    str(free_port()),
                     "--cluster-config-file",
                     str(node_dir / "nodes.conf"),
                     "--cluster-node-timeout",
