@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from urr_common.clients import redis_client
 from urr_common.logs import get_logger
-from urr_common.service import READINESS_KEY, start_metrics_listener
+from urr_common.service import READINESS_KEY, REGISTRY_KEY, start_metrics_listener
 from urr_gateway.app import create_app
 from urr_gateway.checkapi import create_check_app
 from urr_gateway.filters.ratelimit import install_rate_limit, rate_limit_filter, revocation_verdict
@@ -23,6 +23,7 @@ from urr_gateway.ratelimit import CategoryRouter, SlidingWindowLimiter
 from urr_gateway.ratelimit.policyset import PolicyWatcher, install_policy_watcher
 from urr_gateway.revocation import revocation_key_of
 from urr_gateway.settings import GatewaySettings
+from urr_gateway.shedding import public_site
 
 _LOG = get_logger(__name__)
 
@@ -93,7 +94,18 @@ async def serve_gateway(
             )
             await runner.setup()
             runners.append(runner)
-            site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+            if app is apps.public:  # shed floods per peer address before parsing them
+                site = public_site(
+                    runner,
+                    settings.shed,
+                    settings.trust,
+                    app.get(REGISTRY_KEY),
+                    host=host,
+                    port=port,
+                    reuse_port=reuse_port or None,
+                )
+            else:
+                site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
             await site.start()
             _LOG.info("listening", host=host, port=port, internal=app is apps.internal)
         metrics = await start_metrics_listener(

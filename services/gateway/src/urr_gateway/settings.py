@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from urr_common.settings import HttpSettings, RedisSettings, ServiceSettings, TrustedKeysSettings
 from urr_common.upstream_security import check_callers
 from urr_gateway.ratelimit.config import RateLimitSettings
+from urr_gateway.shedding import SheddingSettings
 from urr_gateway.trust import TrustSettings
 
 #: A request body larger than this is refused with 413 (overridable with
@@ -184,3 +185,5 @@ class GatewaySettings(ServiceSettings):
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     #: Who is in front of the gateway and which sites may send cookies (``URR_TRUST__*``).
     trust: TrustSettings = Field(default_factory=TrustSettings)
+    #: Per-peer-address admission before HTTP parsing on the public port (``URR_SHED__*``).
+    shed: SheddingSettings = Field(default_factory=SheddingSettings)
