@@ -38,7 +38,7 @@ import functools
 import ipaddress
 import time
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import orjson
 from aiohttp import web
@@ -101,7 +101,7 @@ def peer_key(host: str) -> str:
 class _Peer:
     """One address's bucket and open connections (shared by all its connections)."""
 
-    __slots__ = ("tokens", "stamp", "connections")
+    __slots__ = ("connections", "stamp", "tokens")
 
     def __init__(self, tokens: float, stamp: float) -> None:
         self.tokens = tokens
@@ -218,7 +218,7 @@ class Shedder:
 class SheddingProtocol(asyncio.Protocol):
     """Sits between the transport and aiohttp's ``RequestHandler`` of one connection."""
 
-    __slots__ = ("_shedder", "_inner", "_transport", "_key", "_peer", "_held", "_timer")
+    __slots__ = ("_held", "_inner", "_key", "_peer", "_shedder", "_timer", "_transport")
 
     def __init__(self, shedder: Shedder, inner: asyncio.Protocol) -> None:
         self._shedder = shedder
@@ -231,7 +231,7 @@ class SheddingProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peername = transport.get_extra_info("peername")
         host = peername[0] if isinstance(peername, tuple) and peername else ""
         shedder = self._shedder
@@ -293,8 +293,7 @@ class SheddingProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         transport.pause_reading()
-        if self._timer is None:
-            assert self._peer is not None
+        if self._timer is None and self._peer is not None:
             self._shedder.paused()
             self._timer = asyncio.get_running_loop().call_later(
                 self._shedder.wait_s(self._peer), self._resume
@@ -349,28 +348,33 @@ class SheddingProtocol(asyncio.Protocol):
 
 
 class SheddingTCPSite(web.TCPSite):
-    """A ``TCPSite`` whose connections pass through a ``Shedder`` first."""
+    """A ``TCPSite`` whose connections pass through a ``Shedder`` first (plain HTTP only)."""
 
-    def __init__(self, runner: web.BaseRunner, shedder: Shedder, **kwargs: Any) -> None:
-        super().__init__(runner, **kwargs)
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        shedder: Shedder,
+        *,
+        host: str,
+        port: int,
+        reuse_port: bool | None = None,
+        backlog: int = 128,
+    ) -> None:
+        super().__init__(runner, host, port, reuse_port=reuse_port, backlog=backlog)
         self.shedder = shedder
-        self._options = kwargs
+        self._listen = (host, port, reuse_port, backlog)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
-        assert server is not None
-        options = self._options
+        if server is None:
+            raise RuntimeError("the runner is not set up")
+        host, port, reuse_port, backlog = self._listen
         listener = await asyncio.get_running_loop().create_server(
-            self.shedder.factory(server),
-            options.get("host"),
-            options.get("port"),
-            backlog=options.get("backlog", 128),
-            reuse_address=options.get("reuse_address"),
-            reuse_port=options.get("reuse_port"),
+            self.shedder.factory(server), host, port, backlog=backlog, reuse_port=reuse_port
         )
         self._server = listener
-        self._bound_port = listener.sockets[0].getsockname()[1] if listener.sockets else None
+        self._bound_port = listener.sockets[0].getsockname()[1] if listener.sockets else port
 
 
 def public_site(
@@ -378,9 +382,13 @@ def public_site(
     shedding: SheddingSettings,
     trust: TrustSettings,
     registry: CollectorRegistry | None,
-    **kwargs: Any,
+    *,
+    host: str,
+    port: int,
+    reuse_port: bool | None = None,
 ) -> web.TCPSite:
     """The public listener's site: shedding when enabled, plain aiohttp otherwise."""
     if not shedding.enabled:
-        return web.TCPSite(runner, **kwargs)
-    return SheddingTCPSite(runner, Shedder(shedding, trust, registry), **kwargs)
+        return web.TCPSite(runner, host, port, reuse_port=reuse_port)
+    shedder = Shedder(shedding, trust, registry)
+    return SheddingTCPSite(runner, shedder, host=host, port=port, reuse_port=reuse_port)
