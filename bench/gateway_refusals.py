@@ -1,30 +1,37 @@
-"""What a forged-token flood costs the gateway, before (main) and after (this tree), in one run.
+"""What a forged-token flood costs the gateway, and what legitimate traffic sees meanwhile.
 
 Issue 16: every forged token cost a full ES256 verify, was never remembered and was refused
 before the rate limiter, so ~2,750 forged req/s pushed legitimate P50 to 350 ms. Now a bad
 token makes the caller anonymous for the limiter, is refused after it, and is remembered by
-hash for a short while.
+hash for a short while; and a flood from one address is shed before HTTP parsing
+(``urr_gateway.shedding``: per-address connection cap and request budget, reading paused).
 
-Both gateways run the same way (``python -m urr_gateway``, one worker, uvloop) in front of the
-same nginx upstream (which also serves the JWKS) and a private Redis; "before" is the source
-of ``main`` (``git archive``) on the same interpreter and packages. Two measurements, each
-taken for both gateways back to back:
+Each variant (``--variants``, default ``unshed,shed``) is one ``python -m urr_gateway``
+(one worker, uvloop) in front of the same nginx upstream (which also serves the JWKS) and a
+private Redis, measured one after the other:
+
+- ``unshed``: this tree with ``URR_SHED__ENABLED=false``, limits 200/s per subject, so the
+  flood's address is over its limit (answered from the limiter's deny cache, 429);
+- ``shed``: this tree as deployed (shedder on, default budget), same limits;
+- ``unshed-high`` / ``shed-high``: the same with limits of 10,000/s (every forged request
+  that is parsed is a Redis limiter call and a 401 from the refused-token cache);
+- ``main``: the source of ``main`` (``git archive``), same interpreter and packages.
+
+Two measurements per variant:
 
 1. CPU µs per forged-token request: an open-loop flood of one forged token (a valid-looking
-   ES256 JWT under the trusted ``kid``, signed by another key) at a fixed rate below either
-   gateway's capacity; the gateway process's CPU time over the answers it gave. "after" is
-   measured twice: with the flood over its per-address limit (the usual case: answered from
-   the limiter's deny cache, 429) and under it (every forged request a Redis limiter call
-   and a 401 from the refused-token cache).
-2. Legitimate P99: one logged-in client at a steady rate, alone (idle) and while the flood
-   runs at 3x one worker's verify capacity (measured in this process first: 1 / the time of
-   one ES256 verify).
+   ES256 JWT under the trusted ``kid``, signed by another key) at ``--cpu-rate``/s; the
+   gateway process's CPU time over the answers it gave and over the requests sent.
+2. Legitimate P50/P99: one logged-in client at ``--legit-rate``/s from 127.0.0.1, alone
+   (idle) and while the flood runs from 127.0.0.2 at 3x one worker's verify capacity
+   (measured in this process first: 1 / the time of one ES256 verify); the ratio of flooded
+   to idle P99 against the target (< 2x), the flood's answers, and the gateway's CPU.
 
 The flood and the legitimate client are raw keep-alive sockets driven by asyncio in child
-processes (the flood pipelines its requests and only counts answers), so the generator stays
-cheap. Usage (needs ``nginx``)::
+processes (the flood pipelines its requests over 16 connections and only counts answers), so
+the generator stays cheap. Usage (needs ``nginx``; ~75 s for the default two variants)::
 
-    uv run python bench/gateway_refusals.py [--seconds 8] [--legit-rate 50]
+    uv run python bench/gateway_refusals.py [--seconds 8] [--legit-rate 50] [--variants ...]
 
 The machine is shared: figures are noisy; compare the columns of one run.
 """

@@ -218,7 +218,16 @@ class Shedder:
 class SheddingProtocol(asyncio.Protocol):
     """Sits between the transport and aiohttp's ``RequestHandler`` of one connection."""
 
-    __slots__ = ("_held", "_inner", "_key", "_peer", "_shedder", "_timer", "_transport")
+    __slots__ = (
+        "_held",
+        "_held_at",
+        "_inner",
+        "_key",
+        "_peer",
+        "_shedder",
+        "_timer",
+        "_transport",
+    )
 
     def __init__(self, shedder: Shedder, inner: asyncio.Protocol) -> None:
         self._shedder = shedder
@@ -226,8 +235,10 @@ class SheddingProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._key = ""
         self._peer: _Peer | None = None
-        #: Chunks read while the address was over budget, not yet given to aiohttp.
-        self._held: list[bytes] | None = None
+        #: Bytes read while the address was over budget, from ``_held_at`` on not yet given
+        #: to aiohttp (an offset, so admitting a few requests never copies the rest).
+        self._held: bytes | None = None
+        self._held_at = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -256,7 +267,8 @@ class SheddingProtocol(asyncio.Protocol):
             return  # refused at accept: never parsed
         if self._held is not None:
             # Over budget and paused; aiohttp's own flow control resumed reading meanwhile.
-            self._held.append(data)
+            self._held = self._held[self._held_at :] + data
+            self._held_at = 0
             self._pause()
             return
         # Inline refill: the hot path (one clock read, arithmetic, one count).
@@ -272,20 +284,44 @@ class SheddingProtocol(asyncio.Protocol):
             self._inner.data_received(data)
             return
         peer.tokens = tokens
-        self._admit_part(data, peer)
+        self._held = data
+        self._held_at = 0
+        self._admit_held(peer)
 
-    def _admit_part(self, data: bytes, peer: _Peer) -> None:
-        """Over budget: parse the request heads the bucket still pays for, hold the rest."""
+    def _admit_held(self, peer: _Peer) -> None:
+        """Over budget: give aiohttp the request heads the bucket pays for (the held bytes up
+        to the end of the last of them), keep the rest; pause until the bucket refills.
+
+        Scans only the part it admits: a large held buffer is not counted again each time.
+        """
+        held, start = self._held, self._held_at
+        if held is None:
+            return
         whole = int(peer.tokens)
-        if whole >= 1:
-            end = 0
-            for _ in range(whole):
-                end = data.find(_HEAD_END, end) + 4
-            peer.tokens -= whole
-            self._held = [data[end:]]
-            self._inner.data_received(data[:end])
-        else:
-            self._held = [data]
+        if whole < 1:
+            self._pause()
+            return
+        end, found = start, 0
+        while found < whole:
+            at = held.find(_HEAD_END, end)
+            if at < 0:
+                break
+            end = at + 4
+            found += 1
+        if found < whole:
+            # Everything held fits the budget (a partial request counts as one if alone).
+            peer.tokens -= found or 1
+            self._held = None
+            self._inner.data_received(held[start:] if start else held)
+            self._resume_reading()
+            return
+        peer.tokens -= found
+        self._inner.data_received(held[start:end])
+        if end == len(held):
+            self._held = None
+            self._resume_reading()
+            return
+        self._held_at = end
         self._pause()
 
     def _pause(self) -> None:
@@ -301,23 +337,21 @@ class SheddingProtocol(asyncio.Protocol):
 
     def _resume(self) -> None:
         self._timer = None
-        peer, transport, held = self._peer, self._transport, self._held
-        if peer is None or transport is None or held is None or transport.is_closing():
+        peer, transport = self._peer, self._transport
+        if peer is None or transport is None or self._held is None or transport.is_closing():
             return
-        tokens = self._shedder.refill(peer)
-        data = b"".join(held) if len(held) > 1 else held[0]
-        heads = data.count(_HEAD_END) or 1
-        if heads > tokens:
-            # Still (or again: another connection of the address spent the refill) over.
-            self._held = None
-            self._admit_part(data, peer)
-            return
-        self._held = None
-        peer.tokens = tokens - heads
-        self._inner.data_received(data)
+        self._shedder.refill(peer)
+        self._admit_held(peer)
+
+    def _resume_reading(self) -> None:
+        """Read again, unless aiohttp's own flow control holds the connection."""
+        transport = self._transport
         inner: Any = self._inner
-        if not transport.is_closing() and not (
-            getattr(inner, "_reading_paused", False) or getattr(inner, "_buffer_paused", False)
+        if (
+            transport is not None
+            and not transport.is_closing()
+            and not getattr(inner, "_reading_paused", False)
+            and not getattr(inner, "_buffer_paused", False)
         ):
             transport.resume_reading()
 
