@@ -337,3 +337,54 @@ def restart_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(redis_server.process.pid, signal.SIGCONT)
         redis_server.ensure_running()
+
+
+@contextlib.asynccontextmanager
+async def _gateway_process(env: dict[str, str], log_path: Path) -> AsyncIterator[None]:
+    """``python -m urr_gateway`` with ``env`` (which names ``URR_HTTP__PORT``), ready to serve
+    (``/health/ready`` answered 200) when the block starts, stopped when it ends; its output
+    goes to ``log_path`` and is shown when it never gets ready."""
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    port = env["URR_HTTP__PORT"]
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "urr_gateway", env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            async with aiohttp.ClientSession() as session:
+                deadline = time.monotonic() + 90
+                while True:
+                    assert time.monotonic() < deadline, _read(log_path)
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/health/ready") as ready:
+                            if ready.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.2)
+            yield
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 20)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+def _read(path: Path) -> str:
+    return path.read_text()
+
+
+GatewayProcess = Callable[[dict[str, str], Path], contextlib.AbstractAsyncContextManager[None]]
+
+
+@pytest.fixture
+def gateway_process() -> GatewayProcess:
+    """Starts ``python -m urr_gateway`` for the length of an ``async with`` block."""
+    return _gateway_process

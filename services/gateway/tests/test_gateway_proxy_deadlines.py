@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 
 import aiohttp
@@ -187,7 +185,9 @@ async def _upstreams() -> tuple[TestServer, TestServer, list[int]]:
 # One gateway interpreter starts here; on a loaded 2-core machine that alone takes seconds.
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_slow_uploads_to_one_upstream_do_not_delay_another(redis_url, tmp_path):
+async def test_slow_uploads_to_one_upstream_do_not_delay_another(
+    redis_url, tmp_path, gateway_process
+):
     """Attack: uploads that send a few bytes and stall, as many as the auth pool holds.
 
     Before: one shared pool (``max_connections``) for every upstream and no body deadline:
@@ -214,23 +214,12 @@ async def test_slow_uploads_to_one_upstream_do_not_delay_another(redis_url, tmp_
         "URR_PROXY__MIN_BODY_RATE_BYTES_PER_S": "0",
         "URR_LOG__LEVEL": "WARNING",
     }
-    log = (tmp_path / "gateway.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "urr_gateway", env=env, stdout=log, stderr=subprocess.STDOUT
-    )
     uploads: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
-        async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 90
-            while True:
-                assert time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/health/ready") as answer:
-                        if answer.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
+        async with (
+            gateway_process(env, tmp_path / "gateway.log"),
+            aiohttp.ClientSession() as session,
+        ):
             attack_started = time.monotonic()
             for _ in range(2):
                 uploads.append(
@@ -267,14 +256,6 @@ async def test_slow_uploads_to_one_upstream_do_not_delay_another(redis_url, tmp_
     finally:
         for _, writer in uploads:
             writer.close()
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        log.close()
         await auth.close()
         await ticket.close()
     assert received[-1] == 1000

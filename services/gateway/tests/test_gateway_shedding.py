@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -281,7 +279,9 @@ def test_bad_shedding_settings_are_refused_with_the_variable_named(
 # One gateway interpreter starts here; on a loaded 2-core machine that alone takes seconds.
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_a_flooded_gateway_process_answers_another_address_promptly(redis_url, tmp_path):
+async def test_a_flooded_gateway_process_answers_another_address_promptly(
+    redis_url, tmp_path, gateway_process
+):
     """Attack: 8 connections from one address pipelining 40,000 requests, plus connections
     past the cap, at a ``python -m urr_gateway`` worker; meanwhile a client on another
     address polls health and gets answers at once."""
@@ -302,62 +302,46 @@ async def test_a_flooded_gateway_process_answers_another_address_promptly(redis_
         "URR_SHED__REQUEST_BURST": "100",
         "URR_LOG__LEVEL": "WARNING",
     }
-    log = (tmp_path / "gateway.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "urr_gateway", env=env, stdout=log, stderr=subprocess.STDOUT
-    )
     flood: list[tuple[Counted, asyncio.StreamWriter]] = []
     request = b"GET /health/live HTTP/1.1\r\nHost: gw\r\n\r\n"
-    try:
-        async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 90
-            while True:
-                assert time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/health/ready") as answer:
-                        if answer.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
-        for _ in range(8):
-            reader, writer = await connect(port, FLOODER)
-            writer.write(request * 5000)
-            flood.append((Counted(reader), writer))
-        # The ninth connection of the address is refused raw, without being read.
+    async with gateway_process(env, tmp_path / "gateway.log"):
+        try:
+            await _flood_and_measure(port, metrics_port, request, flood)
+        finally:
+            for counted, writer in flood:
+                counted.task.cancel()
+                writer.close()
+
+
+async def _flood_and_measure(
+    port: int, metrics_port: int, request: bytes, flood: list[tuple[Counted, asyncio.StreamWriter]]
+) -> None:
+    for _ in range(8):
         reader, writer = await connect(port, FLOODER)
-        refused = await asyncio.wait_for(reader.read(), 5)
-        writer.close()
-        assert refused.startswith(b"HTTP/1.1 503 "), refused[:100]
-        assert b'"code":"too_many_connections"' in refused
-        legit_reader, legit_writer = await connect(port, "127.0.0.1")
-        started = time.monotonic()
-        latencies = []
-        while time.monotonic() - started < 2.0:
-            latencies.append(await timed_get(legit_reader, legit_writer, request))
-            await asyncio.sleep(0.02)
-        elapsed = time.monotonic() - started
-        legit_writer.close()
-        answered = sum(counted.answers for counted, _ in flood)
-        assert answered <= 100 + 100 * (elapsed + 1.0), answered
-        assert len(latencies) > 40
-        assert sorted(latencies)[int(0.9 * len(latencies))] < 0.1, sorted(latencies)[-5:]
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{metrics_port}/metrics") as answer,
-        ):
-            metrics = await answer.text()
-        assert 'urr_gateway_shed_total{kind="connection"} 1.0' in metrics
-        assert 'urr_gateway_shed_total{kind="pause"}' in metrics
-    finally:
-        for counted, writer in flood:
-            counted.task.cancel()
-            writer.close()
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        log.close()
+        writer.write(request * 5000)
+        flood.append((Counted(reader), writer))
+    # The ninth connection of the address is refused raw, without being read.
+    reader, writer = await connect(port, FLOODER)
+    refused = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert refused.startswith(b"HTTP/1.1 503 "), refused[:100]
+    assert b'"code":"too_many_connections"' in refused
+    legit_reader, legit_writer = await connect(port, "127.0.0.1")
+    started = time.monotonic()
+    latencies = []
+    while time.monotonic() - started < 2.0:
+        latencies.append(await timed_get(legit_reader, legit_writer, request))
+        await asyncio.sleep(0.02)
+    elapsed = time.monotonic() - started
+    legit_writer.close()
+    answered = sum(counted.answers for counted, _ in flood)
+    assert answered <= 100 + 100 * (elapsed + 1.0), answered
+    assert len(latencies) > 40
+    assert sorted(latencies)[int(0.9 * len(latencies))] < 0.1, sorted(latencies)[-5:]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{metrics_port}/metrics") as answer,
+    ):
+        metrics = await answer.text()
+    assert 'urr_gateway_shed_total{kind="connection"} 1.0' in metrics
+    assert 'urr_gateway_shed_total{kind="pause"}' in metrics
