@@ -24,6 +24,9 @@ loop. This module stops such a flood before aiohttp sees its bytes, at nearly ze
   shedding is the edge's job (CloudFront/WAF rate rules, issue 15), and the per-client rate
   limiter after parsing still limits each client address.
 
+State is per worker process: with ``URR_WORKERS=N`` an address's connections spread over the
+workers (SO_REUSEPORT), so it may get up to N times each budget.
+
 The hot path is one attribute load for the peer's state, a clock read, a little arithmetic
 and ``bytes.count`` per chunk received; nothing is allocated unless the peer is over budget.
 
