@@ -45,7 +45,11 @@ class Servers:
         async def ok(_: web.Request) -> web.Response:
             return web.Response(text="ok")
 
+        async def size(request: web.Request) -> web.Response:
+            return web.Response(text=str(len(await request.read())))
+
         app.router.add_get("/", ok)
+        app.router.add_post("/size", size)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self.runners.append(runner)
@@ -178,6 +182,36 @@ async def test_the_connection_over_the_per_address_cap_gets_a_raw_503_and_is_clo
         held_writer.close()
 
 
+async def test_requests_split_and_held_over_budget_arrive_whole_and_in_order(
+    serve: Serve,
+) -> None:
+    """Over budget, the bytes are cut after a request head and the rest held: the bodies
+    that follow the heads must still reach aiohttp intact, in order."""
+    port, shedder = await serve(requests_per_s=200, request_burst=20)
+    reader, writer = await connect(port, FLOODER)
+    sizes = [1000 + 37 * index for index in range(60)]
+    writer.write(
+        b"".join(
+            b"POST /size HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % n
+            + bytes([65 + index % 26]) * n
+            for index, n in enumerate(sizes)
+        )
+    )
+    answers = []
+    for _ in sizes:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        answers.append(int(await reader.readexactly(length)))
+    writer.close()
+    assert answers == sizes
+    assert shedder.pauses >= 1
+
+
 async def test_reconnecting_does_not_refill_the_bucket(serve):
     port, shedder = await serve(requests_per_s=20, request_burst=20)
     reader, writer = await connect(port, FLOODER)
@@ -232,6 +266,7 @@ def test_the_same_attacks_on_uvloop():
                 servers.start
             )
             await test_a_trusted_proxy_peer_is_not_shed(servers.start)
+            await test_requests_split_and_held_over_budget_arrive_whole_and_in_order(servers.start)
         finally:
             await servers.close()
 
