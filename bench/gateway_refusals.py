@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -128,7 +129,12 @@ async def _flood(
         writer.close()
     for task in readers:
         task.cancel()
-    print(json.dumps({"sent": sent, "answered": answered, "held_back": held_back}), flush=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = usage.ru_utime + usage.ru_stime
+    print(
+        json.dumps({"sent": sent, "answered": answered, "held_back": held_back, "cpu_s": cpu_s}),
+        flush=True,
+    )
 
 
 async def _legit(port: int, token: str, rate: float, seconds: float) -> None:
@@ -285,7 +291,8 @@ def print_rows(
             f"idle {idle['statuses']}, flooded {flooded['statuses']} (n={flooded['n']}); "
             f"flood answered {flood['answered']:,} of {flood['sent']:,} sent "
             f"({flood['held_back']:,} held back by TCP); gateway CPU while flooded "
-            f"{100 * float(str(flooded['cpu_s'])) / (options.seconds + 1):.0f}% of a core; "
+            f"{100 * float(str(flooded['cpu_s'])) / (options.seconds + 1):.0f}% of a core, "
+            f"the flood generator's {100 * flood['cpu_s'] / (options.seconds + 2):.0f}%; "
             f"flooded P99 / idle P99 = {ratio:.1f}x (target < 2x: {verdict})"
         )
 
