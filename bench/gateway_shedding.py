@@ -62,12 +62,12 @@ async def main(repeat: int, number: int) -> None:
     sink = _Sink()
     generous = Shedder(SheddingSettings(), TrustSettings())
     generous._burst = 1e18  # never runs dry over millions of timed calls
-    within = SheddingProtocol(generous, sink)
+    within = SheddingProtocol(generous, lambda: sink)
     within.connection_made(_Transport())
     assert within._peer is not None
     within._peer.tokens = 1e18
     tight = Shedder(SheddingSettings(requests_per_s=1.0, request_burst=1), TrustSettings())
-    over = SheddingProtocol(tight, sink)
+    over = SheddingProtocol(tight, lambda: sink)
     over.connection_made(_Transport())
     over.data_received(REQUEST)  # the bucket is empty from here on: every chunk is held
 

@@ -161,7 +161,7 @@ class Shedder:
         """The protocol factory for ``loop.create_server``, wrapping aiohttp's ``Server``."""
 
         def make() -> asyncio.Protocol:
-            return SheddingProtocol(self, inner())
+            return SheddingProtocol(self, inner)
 
         return make
 
@@ -218,6 +218,10 @@ class Shedder:
         return self._trusted is not None and self._trusted(host)
 
 
+#: Stands in for aiohttp's handler on a connection refused at the cap (every call a no-op).
+_NO_PROTOCOL = asyncio.Protocol()
+
+
 class SheddingProtocol(asyncio.Protocol):
     """Sits between the transport and aiohttp's ``RequestHandler`` of one connection."""
 
@@ -226,15 +230,19 @@ class SheddingProtocol(asyncio.Protocol):
         "_held_at",
         "_inner",
         "_key",
+        "_make_inner",
         "_peer",
         "_shedder",
         "_timer",
         "_transport",
     )
 
-    def __init__(self, shedder: Shedder, inner: asyncio.Protocol) -> None:
+    def __init__(self, shedder: Shedder, make_inner: Callable[[], asyncio.Protocol]) -> None:
         self._shedder = shedder
-        self._inner = inner
+        #: aiohttp's handler is made only for a connection that is admitted: refusing one
+        #: at the cap costs no ``RequestHandler``.
+        self._make_inner = make_inner
+        self._inner: asyncio.Protocol = _NO_PROTOCOL
         self._transport: asyncio.Transport | None = None
         self._key = ""
         self._peer: _Peer | None = None
@@ -251,8 +259,9 @@ class SheddingProtocol(asyncio.Protocol):
         shedder = self._shedder
         if not host or shedder.trusted(host):
             # A trusted proxy (or a socket without an address): aiohttp alone from here on.
-            transport.set_protocol(self._inner)
-            self._inner.connection_made(transport)
+            inner = self._make_inner()
+            transport.set_protocol(inner)
+            inner.connection_made(transport)
             return
         self._key = peer_key(host)
         peer = shedder.admit(self._key)
@@ -262,6 +271,7 @@ class SheddingProtocol(asyncio.Protocol):
             return
         self._peer = peer
         self._transport = transport
+        self._inner = self._make_inner()
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
