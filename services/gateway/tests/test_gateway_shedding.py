@@ -20,9 +20,16 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from urr_common.settings import SettingsError, load_settings
+from urr_common.settings import RedisSettings, SettingsError, load_settings
 from urr_devstack.procs import free_port
-from urr_gateway.settings import GatewaySettings
+from urr_gateway.app import create_app
+from urr_gateway.server import GatewayApps, serve_gateway
+from urr_gateway.settings import (
+    AccessTrustSettings,
+    EntryTrustSettings,
+    GatewayHttpSettings,
+    GatewaySettings,
+)
 from urr_gateway.shedding import Shedder, SheddingSettings, SheddingTCPSite, peer_key
 from urr_gateway.trust import TrustSettings
 
@@ -380,3 +387,60 @@ async def _flood_and_measure(
         metrics = await answer.text()
     assert 'urr_gateway_shed_total{kind="connection"} 1.0' in metrics
     assert 'urr_gateway_shed_total{kind="pause"}' in metrics
+
+
+async def test_serve_gateway_sheds_by_its_settings_and_spares_its_trusted_proxies(redis_url):
+    """The wiring: ``serve_gateway`` builds the public listener from ``settings.shed`` and
+    ``settings.trust``; a trusted proxy (127.0.0.2) is never shed, anyone else (127.0.0.3)
+    is."""
+    settings = load_settings(
+        GatewaySettings,
+        http=GatewayHttpSettings(port=free_port()),
+        redis=RedisSettings(url=redis_url),
+        access_trust=AccessTrustSettings(jwks_url=None),
+        entry_trust=EntryTrustSettings(jwks_url=None),
+        trust={"proxy_cidrs": "127.0.0.2/32"},
+        shed={"requests_per_s": 20, "request_burst": 20, "max_connections_per_address": 2},
+    )
+    stop = asyncio.Event()
+    server = asyncio.create_task(
+        serve_gateway(GatewayApps(public=create_app(settings)), settings, stop=stop)
+    )
+    request = b"GET /health/live HTTP/1.1\r\nHost: gw\r\n\r\n"
+    port = settings.http.port
+    opened: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(100):
+            try:
+                reader, writer = await connect(port, "127.0.0.1")
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        # The trusted proxy: more connections than the cap, more requests than the budget.
+        proxies = []
+        for _ in range(3):
+            reader, writer = await connect(port, "127.0.0.2")
+            opened.append(writer)
+            writer.write(request * 100)
+            proxies.append(Counted(reader, expect=100))
+        await asyncio.wait_for(asyncio.gather(*(c.complete.wait() for c in proxies)), 10)
+        # Anyone else: the budget, and the third connection refused.
+        reader, writer = await connect(port, "127.0.0.3")
+        opened.append(writer)
+        writer.write(request * 100)
+        other = Counted(reader)
+        await asyncio.sleep(0.5)
+        assert 20 <= other.answers <= 40, other.answers
+        _, second = await connect(port, "127.0.0.3")
+        opened.append(second)
+        refused_reader, refused_writer = await connect(port, "127.0.0.3")
+        opened.append(refused_writer)
+        assert (await asyncio.wait_for(refused_reader.read(), 5)).startswith(b"HTTP/1.1 503 ")
+        for counted in (*proxies, other):
+            counted.task.cancel()
+    finally:
+        for writer in opened:
+            writer.close()
+        stop.set()
+        await server
