@@ -87,6 +87,12 @@ SERVICES: tuple[ServiceSpec, ...] = (
             # Only the gateway holds the private half of the identity key.
             "URR_IDENTITY__PRIVATE_KEY_FILE": "{state_dir}/keys/identity/local-1.pem",
             "URR_IDENTITY__KEY_ID": "local-1",
+            # Every local client is 127.0.0.1 (the edge stand-in, Locust, the browser), so the
+            # per-address shedder (docs/performance/refusals.md) gets a crowd's budget here,
+            # not one NAT's: a load test must measure the stack, not the shedder.
+            "URR_SHED__REQUESTS_PER_S": "20000",
+            "URR_SHED__REQUEST_BURST": "40000",
+            "URR_SHED__MAX_CONNECTIONS_PER_ADDRESS": "10000",
         },
         extra_ports={"internal": 3011},
     ),
