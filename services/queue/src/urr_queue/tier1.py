@@ -54,6 +54,12 @@ class Tier1Pass:
 
     position: int
     request_id: str
+    #: A pre-queue pass (claim ``pq``): the sale start (epoch ms) of the pre-queue it joins.
+    #: Its ``position`` then names the place (and the heartbeat bit), not its turn.
+    prequeue_sale_ms: int | None = None
+    #: When Tier 1 signed it (``iat``, epoch s; 0 when absent): a pre-queue event refuses a
+    #: pass signed before its pre-queue opened (another run of the room).
+    issued_at: int = 0
 
     @property
     def place(self) -> str:
@@ -170,4 +176,14 @@ def judge_claims(
         or not 1 <= len(request_id) <= _MAX_REQUEST_ID
     ):
         return Tier1Outcome.BAD_CLAIMS, None
-    return Tier1Outcome.VALID, Tier1Pass(position=position, request_id=request_id)
+    sale = claims.get("pq")
+    issued = claims.get("iat", 0)
+    if (sale is not None and not _is_count(sale)) or not _is_count(issued):
+        return Tier1Outcome.BAD_CLAIMS, None
+    return Tier1Outcome.VALID, Tier1Pass(
+        position=position, request_id=request_id, prequeue_sale_ms=sale, issued_at=issued
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
