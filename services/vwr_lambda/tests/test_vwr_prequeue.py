@@ -26,9 +26,9 @@ from prometheus_client import CollectorRegistry
 from urr_common.identity_testing import act_as, as_gateway, identity_settings
 from urr_common.settings import RedisSettings
 from urr_devstack.procs import RedisServer
-from urr_queue.app import ADMISSION_LOOP, AUDIENCE, QUEUE_CONTEXT, create_app
+from urr_queue.app import ADMISSION_LOOP, AUDIENCE, create_app
 from urr_queue.console.settings import ConsoleSettings
-from urr_queue.tier1 import place_key
+from urr_queue.context import QUEUE_CONTEXT
 from urr_queue.settings import (
     AdmissionSettings,
     EntryTokenSettings,
@@ -39,6 +39,7 @@ from urr_queue.settings import (
     Tier1PlacesSettings,
     VwrTrustSettings,
 )
+from urr_queue.tier1 import place_key
 from urr_verify.__main__ import main as verify_main
 from urr_vwr_lambda import tier1
 from urr_vwr_lambda.settings import VwrSettings
@@ -270,3 +271,46 @@ async def test_a_tier1_fronted_pre_queue_admits_the_shuffle_then_tier1_numbers(
     by_number = sorted(after, key=lambda fan: _claims(numbered[fan])["pos"])
     assert [user for user, _ in admitted] == [fan_of[m] for m in order] + by_number
     assert by_number == after  # Tier-1 numbers follow arrival in Tier 1
+
+
+def test_bad_pre_queue_settings_are_422_and_store_nothing(vwr: Any) -> None:
+    opens = round(time.time() * 1000) + 60_000
+    good = {"isActive": True, "prequeueStart": _iso(opens), "saleStart": _iso(opens + 60_000)}
+    bad_bodies: list[tuple[dict[str, Any], str]] = [
+        ({**good, "saleStart": _iso(opens - 1000)}, "validation_failed"),
+        ({**good, "saleStart": good["prequeueStart"]}, "validation_failed"),
+        ({"isActive": True, "prequeueStart": good["prequeueStart"]}, "validation_failed"),
+        ({"isActive": True, "saleStart": good["saleStart"]}, "validation_failed"),
+        ({**good, "prequeueStart": "tomorrow"}, "validation_failed"),
+        ({**good, "prequeueStart": "2026-12-06T10:00:00"}, "validation_failed"),  # no offset
+        ({**good, "saleStart": 1_800_000_000_000}, "validation_failed"),
+        ({**good, "queueMethod": "random"}, "validation_failed"),
+    ]
+    for body, code in bad_bodies:
+        answer = vwr.admin("PUT", "pq-bad", body)
+        assert (answer.status, answer.body["code"]) == (422, code), body
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert vwr.status("pq-bad").status == 404, body
+
+    assert vwr.admin("PUT", "pq-bad", good).status == 201
+    assert vwr.admin("PUT", "pq-bad", good).status == 200  # the same again
+    assert vwr.admin("PUT", "pq-bad", {"isActive": False}).status == 200  # kept as it is
+    for change, code in (
+        ({**good, "saleStart": _iso(opens + 120_000)}, "prequeue_immutable"),
+        ({"isActive": True, "queueMethod": "random"}, "validation_failed"),
+    ):
+        refused = vwr.admin("PUT", "pq-bad", change)
+        assert (refused.status, refused.body["code"]) == (422, code), change
+    status = vwr.status("pq-bad").body
+    assert (status["prequeueStart"], status["saleStart"]) == (
+        good["prequeueStart"],
+        good["saleStart"],
+    )
+    assert status["queueMethod"] == "fifo"
+
+    # A pre-queue is set before anyone holds a number of the run.
+    vwr.open_event("pq-late")
+    assert vwr.assign("pq-late").status == 201
+    refused = vwr.admin("PUT", "pq-late", good)
+    assert (refused.status, refused.body["code"]) == (409, "line_not_empty")
+    assert "prequeueStart" not in vwr.status("pq-late").body

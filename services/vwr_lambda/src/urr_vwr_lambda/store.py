@@ -29,10 +29,10 @@ moto never), so every read also treats ``ttl < now`` as gone.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
