@@ -24,11 +24,12 @@ import jwt
 from prometheus_client import CollectorRegistry
 
 from urr_common.identity_testing import act_as, as_gateway, identity_settings
-from urr_common.settings import RedisSettings
+from urr_common.settings import AwsSettings, RedisSettings
 from urr_devstack.procs import RedisServer
 from urr_queue.app import ADMISSION_LOOP, AUDIENCE, create_app
 from urr_queue.console.settings import ConsoleSettings
 from urr_queue.context import QUEUE_CONTEXT
+from urr_queue.metrics import QueueMetrics
 from urr_queue.settings import (
     AdmissionSettings,
     EntryTokenSettings,
@@ -40,6 +41,7 @@ from urr_queue.settings import (
     VwrTrustSettings,
 )
 from urr_queue.tier1 import place_key
+from urr_queue.tier1_marks import SpentPlaceMarker, SpentPlaceTable, open_dynamodb
 from urr_verify.__main__ import main as verify_main
 from urr_vwr_lambda import tier1
 from urr_vwr_lambda.settings import VwrSettings
@@ -217,7 +219,28 @@ async def test_a_tier1_fronted_pre_queue_admits_the_shuffle_then_tier1_numbers(
     store = client.app[QUEUE_CONTEXT].store
     spent = [place for place, _ in await store.unmarked_places(event, 10)]
     late_claims = _claims(passes["too-late"])
-    assert spent == [place_key(late_claims["rid"], late_claims["pos"])]  # Tier 1 is told
+    assert spent == [place_key(late_claims["rid"], late_claims["pos"])]
+    # Tier 1 is told (the queue's marker, on the same table): its check sends the holder to
+    # take a new, numbered place.
+    async with open_dynamodb(
+        AwsSettings(
+            endpoint_url=vwr_settings.aws.dynamodb_endpoint_url,
+            region="us-east-1",
+            access_key_id="testing",
+            secret_access_key="testing",
+        )
+    ) as dynamodb:
+        positions = vwr_settings.tables.positions
+        marker = SpentPlaceMarker(
+            store,
+            SpentPlaceTable(dynamodb, positions),
+            QueueMetrics.register(CollectorRegistry()),
+            Tier1PlacesSettings(table=positions),
+        )
+        assert await marker.mark_event(event) == 1
+    at_wall_clock()
+    gone = vwr.check(event, late_claims["rid"])
+    assert (gone.status, gone.body["code"]) == (410, "place_spent")
 
     # After sale start Tier 1 numbers arrivals and the advancer releases them by number.
     after = [f"after-{index}" for index in range(5)]
