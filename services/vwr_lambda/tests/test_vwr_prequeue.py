@@ -208,6 +208,11 @@ async def test_a_tier1_fronted_pre_queue_admits_the_shuffle_then_tier1_numbers(
     # The roster waits outside the queue, and Tier 1 sees it as Tier 2's waiting line.
     capacity = await (await client.get(f"/api/v1/queue/{event}/capacity")).json()
     assert capacity["waiting"] == len(fans)
+    # Numbered and pre-queue places do not mix: the Tier-1 requirement stays while it waits.
+    toggled = await client.patch(
+        f"{ADMIN}{event}", json={"require_tier1_token": False}, headers=ADMIN_HEADERS
+    )
+    assert (toggled.status, (await toggled.json())["code"]) == (409, "queue_not_empty")
 
     # Sale start (Redis's clock): the roster is frozen, a pre-queue pass is spent.
     await asyncio.sleep(max(0.0, sale / 1000 - time.time()) + 0.3)
