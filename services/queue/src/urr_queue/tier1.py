@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from urr_common.logs import get_logger
 from urr_common.tokens import (
@@ -177,13 +177,18 @@ def judge_claims(
     ):
         return Tier1Outcome.BAD_CLAIMS, None
     sale = claims.get("pq")
-    issued = claims.get("iat", 0)
-    if (sale is not None and not _is_count(sale)) or not _is_count(issued):
+    if sale is not None and not _is_count(sale):
         return Tier1Outcome.BAD_CLAIMS, None
+    # Tier 1 signs ``iat`` as whole seconds; anything else only matters to a pre-queue
+    # event, which then refuses the pass as signed too early.
+    issued = claims.get("iat")
     return Tier1Outcome.VALID, Tier1Pass(
-        position=position, request_id=request_id, prequeue_sale_ms=sale, issued_at=issued
+        position=position,
+        request_id=request_id,
+        prequeue_sale_ms=sale,
+        issued_at=issued if _is_count(issued) else 0,
     )
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
