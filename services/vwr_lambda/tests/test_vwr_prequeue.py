@@ -151,7 +151,9 @@ async def test_a_tier1_fronted_pre_queue_admits_the_shuffle_then_tier1_numbers(
     for fan in [*fans, "too-late"]:
         at_wall_clock()
         request_id = str(uuid.uuid4())
-        assert vwr.assign(event, request_id).status == 201
+        assigned = vwr.assign(event, request_id)
+        assert assigned.status == 201
+        assert assigned.body["prequeue"] is True
         checked = vwr.check(event, request_id)
         assert checked.body["admitted"] is True, checked.body
         assert checked.body["prequeue"] is True

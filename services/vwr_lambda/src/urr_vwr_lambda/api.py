@@ -239,6 +239,13 @@ def build_public_router(runtime: VwrRuntime) -> Router:
             name="AssignNew" if status == 201 else "AssignRepeat", unit=MetricUnit.Count, value=1
         )
         figures = waiting_figures(runtime, state, place.position)
+        if place.prequeue:
+            # Let in at its first check, onto Tier 2's roster (the number decides nothing).
+            figures = {
+                **figures,
+                "prequeue": True,
+                "pollAfterSeconds": runtime.settings.poll.min_s,
+            }
         return json_response(
             status, {"eventId": event_id, "requestId": place.request_id, **figures}
         )
