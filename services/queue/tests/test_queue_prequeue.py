@@ -172,7 +172,9 @@ async def test_bad_pre_queues_are_422_and_store_nothing(
     assert odd.status == 422
 
 
-async def test_behind_a_tier1_room_the_order_hold_reads_past_the_roster(store_on) -> None:
+async def test_behind_a_tier1_room_the_order_hold_reads_past_the_roster(
+    store_on, tmp_path: Path
+) -> None:
     """The roster goes first whatever the Tier-1 numbers; then a missing number holds the
     later arrivals for the grace and is waived as the score the admissions carry."""
     store = store_on
@@ -224,6 +226,7 @@ async def test_behind_a_tier1_room_the_order_hold_reads_past_the_roster(store_on
     assert size == 3
 
     admitted: list[tuple[str, int]] = []
+    leaves: list[dict[str, Any]] = []
     held = waived = False
     waived_numbers: tuple[int, ...] = ()
     for _ in range(400):
@@ -231,6 +234,9 @@ async def test_behind_a_tier1_room_the_order_hold_reads_past_the_roster(store_on
             "pq-t1", max_admit=10, max_scan=10, max_expire=10, order_grace_ms=300
         )
         assert result is not None
+        # As the admission log records a tick: its waivers, then its admissions.
+        leaves += [{"kind": "waive", "ticket": n} for n in result.waived_numbers]
+        leaves += [{"kind": "admit", "ticket": number} for _, number in result.admitted]
         admitted += result.admitted
         held = held or result.order_held
         if result.order_waived:
@@ -248,3 +254,10 @@ async def test_behind_a_tier1_room_the_order_hold_reads_past_the_roster(store_on
     assert held
     assert waived
     assert waived_numbers == (after_roster + 3,)
+    # urr-verify's audit reads the tickets as they are: ranks, then the later numbers.
+    path = tmp_path / "leaves.json"
+    path.write_text(json.dumps(leaves))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert verify_main(["audit", str(path)]) == 0
+    assert "admitted 6, waived 1" in out.getvalue()
