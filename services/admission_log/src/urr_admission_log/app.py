@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from urr_admission_log import heads, prequeue, store
+from urr_admission_log import heads, order_seed, prequeue, store
 from urr_admission_log.settings import AdmissionLogSettings
 from urr_common.fairness import roster_inclusion_proof
 from urr_common.problems import BadRequest, NotFound, Unprocessable
@@ -221,6 +221,22 @@ async def get_prequeue_proof(request: web.Request) -> web.Response:
     return _json(request, body, IMMUTABLE)
 
 
+async def get_order_seed(request: web.Request) -> web.Response:
+    """The random method's seed: its commitment from the moment the event used the method,
+    the seed once revealed (``urr-verify audit --seed`` reads this document as is)."""
+    event_id = _event(request)
+    async with request.app[POOL_KEY].acquire() as conn:
+        body = await order_seed.document(conn, event_id)
+    if body is None:
+        raise NotFound(
+            f"no order seed has been committed for {event_id!r} (it is, once the event uses "
+            "the random method)",
+            code="no_order_seed",
+        )
+    age = request.app[SETTINGS_KEY].admission_log.head_max_age_s
+    return _json(request, body, IMMUTABLE if body["revealed"] else f"public, max-age={age}")
+
+
 async def get_jwks(request: web.Request) -> web.Response:
     return _json(request, request.app[KEYS_KEY].to_jwks(), "public, max-age=300")
 
@@ -246,4 +262,5 @@ def create_app(
     app.router.add_get("/v1/log/{eventId}/receipt", get_receipt)
     app.router.add_get("/v1/log/{eventId}/prequeue", get_prequeue)
     app.router.add_get("/v1/log/{eventId}/prequeue/proof", get_prequeue_proof)
+    app.router.add_get("/v1/log/{eventId}/order-seed", get_order_seed)
     return app

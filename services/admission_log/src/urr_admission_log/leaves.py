@@ -17,6 +17,8 @@ from typing import Any
 from urr_verify.log import canonical
 
 _MAX_ID = 128
+#: Order keys are 52-bit integers (13 hex digits of an HMAC-SHA1).
+ORDER_KEY_LIMIT = 1 << 52
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +52,23 @@ def admission_of(record: Any, secret: bytes) -> Admission | None:
         return None
     if not isinstance(at, int) or isinstance(at, bool) or at < 0:
         return None
+    # The random method's order key (urr_verify.random_order): in the leaf, so the order of
+    # admission can be checked against it and each holder can check their own key.
+    key = record.get("orderKey")
+    if key is not None and (
+        not isinstance(key, int) or isinstance(key, bool) or not 0 <= key < ORDER_KEY_LIMIT
+    ):
+        return None
     event, holder = str(event_id), str(user_id)
-    leaf = {
+    leaf: dict[str, Any] = {
         "kind": "admit",
         "event": event,
         "ticket": ticket,
         "at": at,
         "who": holder_hash(secret, event, holder),
     }
+    if key is not None:
+        leaf["key"] = key
     return Admission(str(record_id), event, leaf)
 
 

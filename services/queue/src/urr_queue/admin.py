@@ -8,12 +8,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from urr_common.fairness import SEED_BYTES, seed_commitment
+from urr_common.fairness import SEED_BYTES, QueueMethod, seed_commitment
 from urr_common.payloads import json_response, read_json, validation_errors
 from urr_common.problems import Conflict, Unprocessable
 from urr_common.upstream_security import CALLER, public_app_of, require_role
-from urr_queue import prequeue
-from urr_queue.config import EventConfig, EventConfigPatch
+from urr_queue import order_seed, prequeue
+from urr_queue.config import EventConfig, EventConfigPatch, Mode
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.estimates import eta_seconds
 from urr_queue.handlers import event_id_of, no_event
@@ -98,6 +98,14 @@ async def put_event(request: web.Request) -> web.Response:
     if seed is None:
         # Drawn now unless the operator brings one (to give Tier 1 and Tier 2 the same).
         seed = patch.order_seed or secrets.token_hex(SEED_BYTES)
+    random_now = wanted.queue_method is QueueMethod.RANDOM
+    opens = random_now and wanted.mode is not Mode.CLOSED
+    if opens and await ctx.store.order_seed_revealed(event_id):
+        raise Conflict(
+            "the event's order seed is public: the random method would let anyone pick a "
+            "small order key; use another method or keep the event closed",
+            code="order_seed_revealed",
+        )
     salt = None
     if wanted.has_prequeue and await ctx.store.prequeue_salt(event_id) is None:
         salt = secrets.token_hex(SEED_BYTES)
@@ -108,6 +116,9 @@ async def put_event(request: web.Request) -> web.Response:
             "only while nobody waits",
             code="queue_not_empty",
         )
+    if random_now and (stored is None or current.queue_method is not QueueMethod.RANDOM):
+        # The commitment goes out before anyone queues by the seed (the log keeps the first).
+        ctx.publisher.publish(order_seed.committed_record(event_id, seed))
     if wanted.has_prequeue and not current.has_prequeue:
         # The commitment goes out before the pre-queue opens (the log shows it from then on).
         ctx.publisher.publish(prequeue.committed_record(event_id, wanted))
@@ -146,6 +157,23 @@ async def reveal_prequeue(request: web.Request) -> web.Response:
     for record in prequeue.published_records(event_id, document):
         ctx.publisher.publish(record)
     return web.Response(body=document, content_type="application/json")
+
+
+async def reveal_order_seed(request: web.Request) -> web.Response:
+    """Once the line is over: publish the random method's seed (409 before, see order_seed)."""
+    require_admin(request)
+    event_id = event_id_of(request)
+    ctx = public_app_of(request)[QUEUE_CONTEXT]
+    seed = await order_seed.reveal(ctx.store, event_id)
+    record = order_seed.revealed_record(event_id, seed)
+    # Republished on every call (fixed id): a record lost on the way goes out again.
+    ctx.publisher.publish(record)
+    body = {
+        "event_id": event_id,
+        "order_seed": seed,
+        "order_seed_commitment": record["commitment"],
+    }
+    return json_response(body, headers={"Cache-Control": "no-store"})
 
 
 async def delete_event(request: web.Request) -> web.Response:

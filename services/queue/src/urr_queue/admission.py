@@ -12,6 +12,7 @@ import time
 
 from redis.exceptions import RedisError
 
+from urr_common.fairness import order_key
 from urr_common.logs import get_logger
 from urr_queue.events import EventType, QueueEventPublisher, event_record, waiver_record
 from urr_queue.metrics import QueueMetrics
@@ -86,10 +87,12 @@ class AdmissionLoop:
             # The configuration is gone: stop ticking an event nobody can use.
             await self.store.forget_event(event_id)
             return None
-        self._report(result)
+        # A line ordered by key: each admission's record carries its key (urr_queue.order_seed).
+        seed = await self.store.random_order_seed(event_id) if result.admitted else None
+        self._report(result, seed)
         return result
 
-    def _report(self, result: TickResult) -> None:
+    def _report(self, result: TickResult, seed: bytes | None = None) -> None:
         event_id, now = result.event_id, result.now_ms
         # Before this tick's admissions: the log must show a waiver before the late number is
         # admitted behind higher ones. Chunked, so no record nears Kafka's message size limit.
@@ -106,6 +109,7 @@ class AdmissionLoop:
                     at_ms=now,
                     position=index,
                     queueNumber=number,
+                    **({} if seed is None else {"orderKey": order_key(seed, user_id)}),
                 )
             )
         for user_id in result.expired:

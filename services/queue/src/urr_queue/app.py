@@ -222,6 +222,7 @@ def _routes(app: web.Application) -> None:
     app.router.add_patch(event_admin, admin.put_event)
     app.router.add_delete(event_admin, admin.delete_event)
     app.router.add_post(f"{event_admin}/prequeue/reveal", admin.reveal_prequeue)
+    app.router.add_post(f"{event_admin}/order-seed/reveal", admin.reveal_order_seed)
     app.router.add_get("/.well-known/jwks.json", handlers.jwks)
 
 

@@ -196,6 +196,7 @@ class QueueStore:
         self._configure = redis.register_script(_script_text("configure.lua"))
         self._forget = redis.register_script(_script_text("forget.lua"))
         self._prequeue_reveal = redis.register_script(_script_text("prequeue_reveal.lua"))
+        self._order_seed_reveal = redis.register_script(_script_text("order_seed_reveal.lua"))
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str | bytes]) -> Any:
         async with self._in_flight:
@@ -243,6 +244,32 @@ class QueueStore:
     async def order_seed(self, event_id: str) -> str | None:
         """The random method's seed (hex) of the event, if it has one."""
         return await self._config_field(event_id, "order_seed")
+
+    async def random_order_seed(self, event_id: str) -> bytes | None:
+        """The seed Tier 2 draws order keys from, when this event's line is ordered by them
+        (the random method without a Tier-1 room: there the room's numbers order the line)."""
+        order, method, tier1, seed = await self.redis.hmget(
+            event_keys(event_id).config,
+            ["queue_order", "queue_method", "require_tier1", "order_seed"],
+        )
+        # Ordered by key: the random method, or passthrough / reject after it (they keep the
+        # order they found). A pre-queue orders by score too, but only with the fifo method.
+        if order is None or _text(order) != "key" or seed is None or method is None:
+            return None
+        if _text(method) == QueueMethod.FIFO.value:
+            return None
+        if tier1 is not None and _text(tier1) == "1":
+            return None
+        return bytes.fromhex(_text(seed))
+
+    async def order_seed_revealed(self, event_id: str) -> bool:
+        return await self._config_field(event_id, "order_seed_revealed_ms") is not None
+
+    async def reveal_order_seed(self, event_id: str) -> list[str]:
+        """``order_seed_reveal.lua``'s reply, as text."""
+        key_list, keys = self._call_keys(event_id)
+        reply = await self._run(self._order_seed_reveal, key_list, [keys.seen_prefix])
+        return [_text(item) if isinstance(item, bytes) else str(item) for item in reply]
 
     async def prequeue_salt(self, event_id: str) -> str | None:
         """The key of the roster's hashed ids (hex), once the event has a pre-queue."""
