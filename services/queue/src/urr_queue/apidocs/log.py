@@ -146,9 +146,39 @@ PATHS: Json = {
             },
         },
     },
+    "/v1/log/{eventId}/order-seed": {
+        "parameters": [EVENT_PARAM],
+        "get": {
+            "operationId": "orderSeed",
+            "summary": "The random method's seed: `urr-verify audit --seed` reads it as is.",
+            "description": "From the moment the event uses the `random` method: the "
+            "commitment (SHA-256 of the seed), short-lived. Once the line is over and the "
+            "operator revealed it: also the seed, `immutable`. Admissions of the method carry "
+            "their order key (`key`, HMAC-SHA1 of the seed and the arrival id, 52 bits).",
+            "responses": {
+                "200": json_body(ref("OrderSeed"), "What has been published."),
+                "304": NOT_MODIFIED,
+                "400": BAD_EVENT,
+                "404": problem("No order seed committed for this event.", "no_order_seed"),
+            },
+        },
+    },
 }
 
 SCHEMAS: Json = {
+    "OrderSeed": {
+        "type": "object",
+        "required": ["eventId", "method", "commitment", "committedAt", "revealed"],
+        "properties": {
+            "eventId": {"type": "string"},
+            "method": {"const": "random"},
+            "commitment": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "committedAt": {"type": "string", "format": "date-time"},
+            "revealed": {"type": "boolean"},
+            "seed": {"type": "string", "pattern": "^([0-9a-f]{2})+$"},
+            "revealedAt": {"type": "string", "format": "date-time"},
+        },
+    },
     "Prequeue": {
         "type": "object",
         "required": ["eventId", "commitment", "prequeueStart", "saleStart", "revealed"],
