@@ -161,10 +161,27 @@ async def get_consistency(request: web.Request) -> web.Response:
 
 
 async def get_receipt(request: web.Request) -> web.Response:
-    """A buyer's receipt for a leaf: the leaf, its proof and the latest signed head."""
+    """A buyer's receipt for a leaf: the leaf, its proof and the latest signed head.
+
+    The leaf is named by its index (``leaf=``) or by the number its holder queued with
+    (``ticket=``: the latest admission of it), which is what the waiting page knows.
+    """
     event_id = _event(request)
-    leaf = _index(request, "leaf")
+    by_ticket = "ticket" in request.query
+    if by_ticket == ("leaf" in request.query):
+        raise BadRequest("the query needs leaf= or ticket=, not both", code="missing_parameter")
     async with request.app[POOL_KEY].acquire() as conn:
+        if by_ticket:
+            ticket = _index(request, "ticket")
+            found = await store.admission_of_ticket(conn, event_id, ticket)
+            if found is None:
+                raise NotFound(
+                    f"no admission of ticket {ticket} is logged for {event_id!r} (yet)",
+                    code="ticket_not_logged",
+                )
+            leaf = found
+        else:
+            leaf = _index(request, "leaf")
         head = await _latest_head(conn, event_id)
         if leaf >= head.size:
             raise Unprocessable("the leaf is not in a signed tree yet", code="leaf_beyond_tree")

@@ -214,3 +214,15 @@ async def entries(conn: Connection, event_id: str, start: int, end: int) -> list
         end,
     )
     return [bytes(row["leaf"]) for row in rows]
+
+
+async def admission_of_ticket(conn: Connection, event_id: str, ticket: int) -> int | None:
+    """The index of the latest admission of ``ticket`` (a number admits once; a Tier-1 room
+    switched on again may count from 1 again, and then the latest is the one just made)."""
+    found = await conn.fetchval(
+        "SELECT idx FROM admission_log_entries WHERE event_id = $1"
+        " AND admission_log_admitted_ticket(leaf) = $2 ORDER BY idx DESC LIMIT 1",
+        event_id,
+        ticket,
+    )
+    return None if found is None else int(found)

@@ -77,6 +77,9 @@ def waiting_body(event_id: str, waiting: Waiting) -> dict[str, Any]:
         "poll_after_seconds": poll_after_seconds(eta, waiting.idle_timeout_seconds),
         "mode": waiting.mode.value,
         "queue_method": waiting.queue_method.value,
+        # The admission log names this stay's admission by it: the receipt is
+        # /v1/log/{eventId}/receipt?ticket=<queue_number> once admitted.
+        "queue_number": waiting.logged_ticket,
     }
 
 

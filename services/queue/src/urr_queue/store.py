@@ -89,6 +89,8 @@ class Waiting:
     idle_timeout_seconds: int
     tier1_required: bool
     queue_method: QueueMethod = QueueMethod.FIFO
+    #: The ``ticket`` the admission log will name this stay's admission by (its receipt).
+    logged_ticket: int | None = None
 
     @property
     def position(self) -> int:
@@ -363,6 +365,7 @@ class QueueStore:
                 idle_timeout_seconds=int(reply[11]) // 1000,
                 tier1_required=bool(int(reply[12])),
                 queue_method=QueueMethod(_text(reply[13])),
+                logged_ticket=int(float(_text(reply[14]))) if len(reply) > 14 else None,
             )
         return Refusal(kind)
 

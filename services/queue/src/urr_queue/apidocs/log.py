@@ -96,12 +96,22 @@ PATHS: Json = {
         "get": {
             "operationId": "receipt",
             "summary": "A buyer's receipt: the leaf, its proof and the latest signed head.",
-            "parameters": [query_int("leaf", "Leaf index.")],
+            "description": "Name the leaf by `leaf` (its index) or by `ticket` (the number "
+            "its holder queued with, `queue_number` in the queue's answers: its latest "
+            "admission), not both.",
+            "parameters": [
+                {**query_int("leaf", "Leaf index."), "required": False},
+                {**query_int("ticket", "The holder's queue number."), "required": False},
+            ],
             "responses": {
                 "200": json_body(ref("Receipt"), "The receipt."),
                 "304": NOT_MODIFIED,
                 "400": BAD_QUERY,
-                "404": NO_LOG,
+                "404": problem(
+                    "Nothing signed, or no admission of the ticket logged yet.",
+                    "log_not_found",
+                    "ticket_not_logged",
+                ),
                 "422": problem("The leaf is not signed yet.", "leaf_beyond_tree"),
             },
         },

@@ -78,6 +78,11 @@ WAITING: Json = {
             "description": "How the line is ordered: by arrival, by a draw from the event's "
             "seed made at entry, everyone straight in, or nobody waits (`409 event_closed`).",
         },
+        "queue_number": {
+            "type": ["integer", "null"],
+            "description": "The number the admission log names this stay's admission by: "
+            "once admitted, `/v1/log/{eventId}/receipt?ticket=` this gives the receipt.",
+        },
     },
 }
 ADMITTED: Json = {

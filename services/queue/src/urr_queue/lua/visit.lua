@@ -17,7 +17,8 @@
 --    where how is 0 (admitted before), 1 (admitted now from the queue) or 2 (entered and
 --    admitted now: passthrough)
 --   {'waiting', rank0, queue_size, rate_milli_or_'', now_ms, entered, number, mode,
---    capacity, admit_per_second, session_ms, idle_ms, tier1_required, queue_method}
+--    capacity, admit_per_second, session_ms, idle_ms, tier1_required, queue_method,
+--    logged_ticket}
 local member, position, place, entering = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local arrival_id = ARGV[6]
 local pass_sale, pass_signed = ARGV[7] or '', tonumber(ARGV[8] or '0') or 0
@@ -178,4 +179,7 @@ return {
   'waiting', rank, redis.call('ZCARD', K_QUEUE), redis.call('HGET', K_STATS, 'rate_milli') or '',
   now, entered, number, cfg.mode, cfg.capacity, tostring(cfg.aps), cfg.session_ms, cfg.idle_ms, tier1,
   cfg.method,
+  -- The number the admission will be logged under (a pre-queue logs the queue score: the
+  -- roster rank, or the later arrival's place), which names the holder's receipt.
+  cfg.prequeue and redis.call('ZSCORE', K_QUEUE, member) or number,
 }
