@@ -131,3 +131,23 @@ def test_a_buyer_checks_their_own_key() -> None:
     assert check_own_key(leaf, SEED, "me") == leaf["key"]
     with pytest.raises(SeedError, match="not the one the seed gives"):
         check_own_key(leaf, SEED, "someone else")
+
+
+def test_the_seed_command_compares_both_tiers(tmp_path: Path) -> None:
+    seed = tmp_path / "seed.json"
+    seed.write_text(json.dumps(_document()))
+    same = tmp_path / "tier1.json"
+    same.write_text(json.dumps({"orderSeedCommitment": _document()["commitment"]}))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"orderSeedCommitment": "ab" * 32}))
+    code, said = _run(["seed", str(seed), "--tier1-status", str(same)])
+    assert code == 0, said
+    assert "Tier 1 publishes the same commitment" in said
+    code, said = _run(["seed", str(seed), "--tier1-status", str(other)])
+    assert code == 1
+    assert "do not draw from one seed" in said
+    pending = tmp_path / "pending.json"
+    pending.write_text(json.dumps({**_document(), "revealed": False, "seed": None}))
+    code, said = _run(["seed", str(pending)])
+    assert code == 0
+    assert "not revealed yet" in said

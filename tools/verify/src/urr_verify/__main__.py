@@ -7,6 +7,7 @@ reason is printed), 2 on unusable input.
     urr-verify receipt RECEIPT --jwks JWKS [--seed ORDER_SEED --arrival-id ID]
     urr-verify consistency --jwks JWKS --old STH --new STH --proof PROOF
     urr-verify shuffle ROSTER                  # {"members", "root", "commitment", "secret"}
+    urr-verify seed ORDER_SEED [--tier1-status STATUS]  # the random method's seed
     urr-verify audit ENTRIES [--order ORDER | --seed ORDER_SEED]  # the leaves, in log order
 """
 
@@ -114,6 +115,31 @@ def cmd_shuffle(args: argparse.Namespace) -> str:
     return json.dumps({"order": [member.hex() for member in order]})
 
 
+def cmd_seed(args: argparse.Namespace) -> str:
+    """The random method's seed document: the revealed seed against its commitment, and the
+    Tier-1 room's published commitment against the log's (one seed orders both tiers)."""
+    document = _seed_document(args.seed)
+    commitment = document.get("commitment")
+    said: list[str] = []
+    if args.tier1_status:
+        status = load(args.tier1_status)
+        theirs = status.get("orderSeedCommitment") if isinstance(status, dict) else None
+        if theirs is None:
+            raise SeedError("the Tier-1 status publishes no orderSeedCommitment")
+        if theirs != commitment:
+            raise SeedError(
+                "Tier 1 publishes another seed commitment than the admission log: the two "
+                "tiers do not draw from one seed"
+            )
+        said.append("Tier 1 publishes the same commitment")
+    if document.get("revealed"):
+        revealed_seed(document)
+        said.append("the revealed seed hashes to the commitment published before")
+    else:
+        said.append("the seed is not revealed yet (it is once the line is over)")
+    return "ok: " + "; ".join(said)
+
+
 def cmd_audit(args: argparse.Namespace) -> str:
     entries = load(args.entries)
     if isinstance(entries, dict):
@@ -177,6 +203,10 @@ def parser() -> argparse.ArgumentParser:
     shuffle = sub.add_parser("shuffle", help="recompute a pre-queue's order")
     shuffle.add_argument("roster")
     shuffle.set_defaults(run=cmd_shuffle)
+    seed = sub.add_parser("seed", help="the random method's seed against its commitment")
+    seed.add_argument("seed", help="the event's order-seed document (/v1/log/{e}/order-seed)")
+    seed.add_argument("--tier1-status", help="the Tier-1 room's /vwr/status/{e} document")
+    seed.set_defaults(run=cmd_seed)
     audit = sub.add_parser("audit", help="admissions follow the owed order")
     audit.add_argument("entries")
     audit.add_argument("--order", help="tickets in owed order (a pre-queue's ranks)")
