@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from urr_common.settings import KafkaSettings
 from urr_devstack.procs import free_port
@@ -157,50 +158,38 @@ def _verify(*argv: str) -> tuple[int, str]:
     return code, out.getvalue() + err.getvalue()
 
 
+async def _create_topic(bootstrap: str, name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def _commitment_published(base: str, event: str, process: asyncio.subprocess.Process) -> Any:
+    async with aiohttp.ClientSession() as session, asyncio.timeout(60):
+        while True:
+            if process.returncode is not None:
+                raise AssertionError(f"the log exited with {process.returncode}")
+            try:
+                status, body = await _get_json(session, f"{base}/v1/log/{event}/order-seed")
+                if status == 200:
+                    return body
+            except aiohttp.ClientConnectionError:
+                pass  # still starting
+            await asyncio.sleep(0.3)
+
+
 @pytest.mark.integration
 async def test_a_random_event_audits_from_public_data_only(
     kafka_bootstrap, postgres_dsn, single_redis, queue_client, as_user, admin_headers, tmp_path
 ):
     topic = f"queue-events-{uuid.uuid4().hex[:8]}"
     event = f"lottery-{uuid.uuid4().hex[:6]}"
-    client = await queue_client(
-        single_redis,
-        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
-        queue_events=QueueEventsSettings(topic=topic),
-        admission=AdmissionSettings(enabled=False, max_admit_per_tick=9),
-    )
-    created = await client.put(
-        f"{ADMIN}{event}",
-        json={
-            "capacity": ARRIVALS,
-            "admit_per_second": 100_000,
-            "queue_method": "random",
-            "order_seed": SEED,
-        },
-        headers=admin_headers,
-    )
-    assert created.status == 201, await created.text()
-    # Arrivals in waves of 20 with a tick of at most 9 admissions between: a line that grows,
-    # so later arrivals with small keys overtake earlier ones still waiting.
-    users = [f"buyer-{uuid.uuid4().hex[:10]}" for _ in range(ARRIVALS)]
-    loop = client.app[ADMISSION_LOOP]
-    for start in range(0, ARRIVALS, 20):
-        for user in users[start : start + 20]:
-            answer = await client.post(f"/api/v1/queue/{event}/enter", headers=as_user(user))
-            assert answer.status == 201
-        await asyncio.sleep(0.005)
-        await loop.tick_all()
-    closed = await client.patch(f"{ADMIN}{event}", json={"mode": "closed"}, headers=admin_headers)
-    assert closed.status == 200
-    for _ in range(100):
-        await asyncio.sleep(0.005)
-        await loop.tick_all()
-        if (await _reveal(client, admin_headers, event)).status == 200:
-            break
-    else:
-        raise AssertionError("the line never emptied")
-
+    await _create_topic(kafka_bootstrap, topic)
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
     env = {name: value for name, value in os.environ.items() if not name.startswith("URR_")}
     env.update(
         {
@@ -215,9 +204,49 @@ async def test_a_random_event_audits_from_public_data_only(
     )
     process = await _start_log(env, tmp_path / "log.out")
     try:
-        entries, seed_document, extra = await _published_log(
-            f"http://127.0.0.1:{port}", event, process, ARRIVALS
+        client = await queue_client(
+            single_redis,
+            kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+            queue_events=QueueEventsSettings(topic=topic),
+            admission=AdmissionSettings(enabled=False, max_admit_per_tick=9),
         )
+        created = await client.put(
+            f"{ADMIN}{event}",
+            json={
+                "capacity": ARRIVALS,
+                "admit_per_second": 100_000,
+                "queue_method": "random",
+                "order_seed": SEED,
+            },
+            headers=admin_headers,
+        )
+        assert created.status == 201, await created.text()
+        # The commitment is public before anyone queues; the seed is not.
+        committed = await _commitment_published(base, event, process)
+        assert (committed["commitment"], committed["revealed"]) == (COMMITMENT, False)
+        assert "seed" not in committed
+        # Arrivals in waves of 20 with a tick of at most 9 admissions between: a line that
+        # grows, so later arrivals with small keys overtake earlier ones still waiting.
+        users = [f"buyer-{uuid.uuid4().hex[:10]}" for _ in range(ARRIVALS)]
+        loop = client.app[ADMISSION_LOOP]
+        for start in range(0, ARRIVALS, 20):
+            for user in users[start : start + 20]:
+                answer = await client.post(f"/api/v1/queue/{event}/enter", headers=as_user(user))
+                assert answer.status == 201
+            await asyncio.sleep(0.005)
+            await loop.tick_all()
+        closed = await client.patch(
+            f"{ADMIN}{event}", json={"mode": "closed"}, headers=admin_headers
+        )
+        assert closed.status == 200
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            await loop.tick_all()
+            if (await _reveal(client, admin_headers, event)).status == 200:
+                break
+        else:
+            raise AssertionError("the line never emptied")
+        entries, seed_document, extra = await _published_log(base, event, process, ARRIVALS)
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -227,6 +256,8 @@ async def test_a_random_event_audits_from_public_data_only(
     assert len(entries) == ARRIVALS
     assert seed_document["commitment"] == COMMITMENT
     assert seed_document["seed"] == SEED
+    assert seed_document["committedAt"] == committed["committedAt"]
+    assert seed_document["committedAt"] < seed_document["revealedAt"]
     tickets = [entry["ticket"] for entry in entries]
     assert tickets != sorted(tickets), "a random line should not admit in arrival order"
     assert all(isinstance(entry["key"], int) for entry in entries)

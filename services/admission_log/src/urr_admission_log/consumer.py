@@ -9,7 +9,7 @@ the record ids make the replay append nothing twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
@@ -107,17 +107,22 @@ async def append_batch(
             metrics.last_append.set_to_current_time()
 
 
-def prequeue_records(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
-    """The batch's pre-queue publications, in order (malformed JSON is counted elsewhere)."""
+def _decoded(values: Iterable[bytes | None], wanted: Callable[[Any], bool]) -> list[dict[str, Any]]:
+    """The batch's records ``wanted`` picks, in order (malformed JSON is counted elsewhere)."""
     found: list[dict[str, Any]] = []
     for value in values:
         try:
             decoded: Any = orjson.loads(value or b"")
         except orjson.JSONDecodeError:
             continue
-        if is_prequeue(decoded):
+        if wanted(decoded):
             found.append(decoded)
     return found
+
+
+def prequeue_records(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
+    """The batch's pre-queue publications, in order."""
+    return _decoded(values, is_prequeue)
 
 
 async def store_prequeues(
@@ -132,16 +137,8 @@ async def store_prequeues(
 
 
 def order_seed_records(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
-    """The batch's order-seed publications, in order (malformed JSON is counted elsewhere)."""
-    found: list[dict[str, Any]] = []
-    for value in values:
-        try:
-            decoded: Any = orjson.loads(value or b"")
-        except orjson.JSONDecodeError:
-            continue
-        if is_order_seed(decoded):
-            found.append(decoded)
-    return found
+    """The batch's order-seed publications, in order."""
+    return _decoded(values, is_order_seed)
 
 
 async def store_order_seeds(

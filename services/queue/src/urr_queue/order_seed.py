@@ -42,14 +42,8 @@ def committed_record(event_id: str, seed_hex: str) -> dict[str, Any]:
 
 
 def revealed_record(event_id: str, seed_hex: str) -> dict[str, Any]:
-    return {
-        "id": f"{REVEALED}:{event_id}",
-        "type": REVEALED,
-        "eventId": event_id,
-        "method": "random",
-        "commitment": seed_commitment(bytes.fromhex(seed_hex)),
-        "seed": seed_hex,
-    }
+    committed = committed_record(event_id, seed_hex)
+    return {**committed, "id": f"{REVEALED}:{event_id}", "type": REVEALED, "seed": seed_hex}
 
 
 async def reveal(store: QueueStore, event_id: str) -> str:
