@@ -63,13 +63,9 @@ async def test_the_receipt_of_a_ticket_is_its_admission(log: dict[str, Any]) -> 
     admissions = [admission_of(_admitted(i, t), SECRET) for i, t in enumerate([3, 1, 2, 9, 7])]
     leaves = [*waiver, *(a for a in admissions if a is not None)]
     async with log["pool"].acquire() as conn:
-        await store.append(
-            conn, EVENT, [store.Record(a.record_id, a.encoded()) for a in leaves[:4]]
-        )
+        await store.append(conn, EVENT, [a.record() for a in leaves[:4]])
         await heads.sign_grown(conn, log["key"], "urr-admission-log")
-        await store.append(
-            conn, EVENT, [store.Record(a.record_id, a.encoded()) for a in leaves[4:]]
-        )
+        await store.append(conn, EVENT, [a.record() for a in leaves[4:]])
     jwks = await (await client.get("/v1/log/jwks.json")).json()
 
     answer = await client.get(f"/v1/log/{EVENT}/receipt?ticket=2")

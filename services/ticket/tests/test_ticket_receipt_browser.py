@@ -128,7 +128,7 @@ async def _log_admissions(site: dict[str, Any], tickets: list[int]) -> None:
         admissions = [
             admission_of(_admitted(size + i, t), b"h" * 32) for i, t in enumerate(tickets)
         ]
-        records = [store.Record(a.record_id, a.encoded()) for a in admissions if a is not None]
+        records = [a.record() for a in admissions if a is not None]
         await store.append(conn, EVENT, records)
         await heads.sign_grown(conn, site["key"], "urr-admission-log")
 

@@ -89,9 +89,7 @@ def admissions_by_event(
             metrics.records.labels(kind).inc()
             continue
         for leaf in leaves:
-            grouped.setdefault(leaf.event_id, []).append(
-                store.Record(leaf.record_id, leaf.encoded())
-            )
+            grouped.setdefault(leaf.event_id, []).append(leaf.record())
     return grouped
 
 

@@ -14,6 +14,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
+from urr_admission_log.store import Record
 from urr_verify.log import canonical
 
 _MAX_ID = 128
@@ -29,6 +30,11 @@ class Admission:
 
     def encoded(self) -> bytes:
         return canonical(self.leaf)
+
+    def record(self) -> Record:
+        """The leaf to append, with the ticket of an admission (its receipt's lookup key)."""
+        ticket = self.leaf["ticket"] if self.leaf["kind"] == "admit" else None
+        return Record(self.record_id, self.encoded(), ticket)
 
 
 def holder_hash(secret: bytes, event_id: str, user_id: str) -> str:
