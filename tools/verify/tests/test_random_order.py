@@ -151,3 +151,26 @@ def test_the_seed_command_compares_both_tiers(tmp_path: Path) -> None:
     code, said = _run(["seed", str(pending)])
     assert code == 0
     assert "not revealed yet" in said
+
+
+def test_the_count_matches_its_definition_on_shuffled_logs() -> None:
+    """Overtaken by j < i with key_j > key_i, where i provably waited: some admission at or
+    before j holds a higher ticket than i's. Checked against that definition, O(n^2)."""
+    rng = random.Random(11)
+    for _ in range(50):
+        n = rng.randint(1, 60)
+        tickets = rng.sample(range(1, 200), n)
+        keys = [rng.randint(0, 30) for _ in range(n)]  # small: many equal keys
+        leaves = [
+            {"kind": "admit", "event": EVENT, "ticket": t, "key": k}
+            for t, k in zip(tickets, keys, strict=True)
+        ]
+        expected = []
+        for i in range(n):
+            count = sum(
+                1 for j in range(i) if keys[j] > keys[i] and max(tickets[: j + 1]) > tickets[i]
+            )
+            if count:
+                expected.append((i, tickets[i], count))
+        found = [(e.seq, e.ticket, e.overtaken_by) for e in audit_random(leaves).exceptions]
+        assert found == expected

@@ -109,7 +109,7 @@ def _overtaken(admissions: Sequence[tuple[int, int]]) -> list[int]:
 
     Admission ``i`` provably waited from ``first(i)`` on, the first admission whose prefix
     holds a ticket above ``ticket_i``. The count is of ``j`` in ``[first(i), i)`` with
-    ``key_j > key_i``: two prefix counts, answered in one pass over a sorted list of keys.
+    ``key_j > key_i``: two prefix counts, answered in one pass (O(n log n)).
     """
     highest: list[int] = []  # highest ticket among admissions 0..i (non-decreasing)
     for ticket, _ in admissions:
@@ -121,10 +121,21 @@ def _overtaken(admissions: Sequence[tuple[int, int]]) -> list[int]:
             queries.setdefault(i, []).append((i, key, +1))
             queries.setdefault(first, []).append((i, key, -1))
     overtaken = [0] * len(admissions)
-    keys: list[int] = []
+    # A Fenwick tree over the keys' ranks: counts of keys inserted so far, O(log n) a step.
+    rank = {key: i + 1 for i, key in enumerate(sorted({key for _, key in admissions}))}
+    tree = [0] * (len(rank) + 1)
+    inserted = 0
     for position in range(len(admissions) + 1):
         for owner, key, sign in queries.get(position, ()):
-            overtaken[owner] += sign * (len(keys) - bisect.bisect_right(keys, key))
+            at_most, i = 0, rank[key]
+            while i > 0:
+                at_most += tree[i]
+                i -= i & -i
+            overtaken[owner] += sign * (inserted - at_most)
         if position < len(admissions):
-            bisect.insort(keys, admissions[position][1])
+            i = rank[admissions[position][1]]
+            while i < len(tree):
+                tree[i] += 1
+                i += i & -i
+            inserted += 1
     return overtaken
