@@ -103,6 +103,22 @@ async def test_the_seed_is_revealed_only_once_the_line_is_over(
     assert missing.status == 404
 
 
+async def test_straight_in_says_the_number_its_receipt_is_found_by(
+    single_redis, queue_client, as_user, admin_headers
+):
+    client = await queue_client(single_redis)
+    event = "straight-in"
+    created = await client.put(
+        f"{ADMIN}{event}", json={"queue_method": "passthrough"}, headers=admin_headers
+    )
+    assert created.status == 201
+    first = await client.post(f"/api/v1/queue/{event}/enter", headers=as_user("a"))
+    second = await client.post(f"/api/v1/queue/{event}/enter", headers=as_user("b"))
+    assert [(await r.json())["queue_number"] for r in (first, second)] == [1, 2]
+    again = await client.get(f"/api/v1/queue/{event}/status", headers=as_user("a"))
+    assert "queue_number" not in await again.json()  # known only to the call that let it in
+
+
 # -- end to end ---------------------------------------------------------------------------
 
 ARRIVALS = 300
@@ -121,7 +137,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]
 
 
 async def _published_log(
-    base: str, event: str, process: asyncio.subprocess.Process, size: int
+    base: str, event: str, process: asyncio.subprocess.Process, size: int, *, ticket: int
 ) -> tuple[list[Any], Any, Any]:
     """Wait for a signed head over ``size`` leaves and the revealed seed; then read both."""
     async with aiohttp.ClientSession() as session, asyncio.timeout(90):
@@ -147,7 +163,7 @@ async def _published_log(
             assert status == 200, page
             entries += page["entries"]
         _, jwks = await _get_json(session, f"{base}/v1/log/jwks.json")
-        _, receipt = await _get_json(session, f"{base}/v1/log/{event}/receipt?leaf=17")
+        _, receipt = await _get_json(session, f"{base}/v1/log/{event}/receipt?ticket={ticket}")
         return entries, seed, {"jwks": jwks, "receipt": receipt}
 
 
@@ -229,10 +245,12 @@ async def test_a_random_event_audits_from_public_data_only(
         # grows, so later arrivals with small keys overtake earlier ones still waiting.
         users = [f"buyer-{uuid.uuid4().hex[:10]}" for _ in range(ARRIVALS)]
         loop = client.app[ADMISSION_LOOP]
+        numbers: dict[str, int] = {}
         for start in range(0, ARRIVALS, 20):
             for user in users[start : start + 20]:
                 answer = await client.post(f"/api/v1/queue/{event}/enter", headers=as_user(user))
                 assert answer.status == 201
+                numbers[user] = (await answer.json())["queue_number"]
             await asyncio.sleep(0.005)
             await loop.tick_all()
         closed = await client.patch(
@@ -246,7 +264,11 @@ async def test_a_random_event_audits_from_public_data_only(
                 break
         else:
             raise AssertionError("the line never emptied")
-        entries, seed_document, extra = await _published_log(base, event, process, ARRIVALS)
+        # The buyer looked at: the one who arrived 18th; their receipt by their queue_number.
+        buyer = users[17]
+        entries, seed_document, extra = await _published_log(
+            base, event, process, ARRIVALS, ticket=numbers[buyer]
+        )
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -285,7 +307,8 @@ async def test_a_random_event_audits_from_public_data_only(
     receipt = extra["receipt"]
     (tmp_path / "receipt.json").write_text(json.dumps(receipt))
     (tmp_path / "jwks.json").write_text(json.dumps(extra["jwks"]))
-    holder = users[receipt["leaf"]["ticket"] - 1]  # tickets are arrival numbers here
+    assert receipt["leaf"]["ticket"] == numbers[buyer]
+    holder = buyer
     args = ["receipt", str(tmp_path / "receipt.json"), "--jwks", str(tmp_path / "jwks.json")]
     code, said = _verify(*args, "--seed", str(tmp_path / "seed.json"), "--arrival-id", holder)
     assert code == 0, said

@@ -210,6 +210,13 @@ async def test_the_admitted_page_hands_out_a_receipt_that_verifies(
     receipt["leaf"]["ticket"] = 1
     saved.write_text(json.dumps(receipt))
     assert _verify("receipt", str(saved), "--jwks", str(jwks)) == 1
+    # Reloaded after the admission (the queue no longer says the number): the tab kept it.
+    await page.reload()
+    await page.fill("#email", "fan1@demo.urr.test")
+    await page.fill("#password", "correct horse")
+    await page.click("#login-button")
+    await page.click("#join")
+    await expect(page.locator("#receipt-summary")).to_contain_text(words["summary"], timeout=10_000)
     assert errors == [], errors
     await context.close()
 

@@ -109,6 +109,9 @@ async def _admitted_response(
         "queue_size": admitted.queue_size,
         "poll_after_seconds": max(1, min(MAX_POLL_S, remaining)),
     }
+    if admitted.newly_admitted and admitted.number >= 0:
+        # Straight in (passthrough): the number its admission record is logged under.
+        body["queue_number"] = admitted.number
     response = json_response(body, headers=_NO_STORE)
     set_entry_cookie(response, token, max_age_s=remaining, secure=ctx.settings.cookie_secure)
     return response

@@ -108,6 +108,12 @@ ADMITTED: Json = {
         "expires_in_seconds": {"type": "integer", "minimum": 1},
         "queue_size": {"type": "integer", "minimum": 0},
         "poll_after_seconds": {"type": "integer", "minimum": 1},
+        "queue_number": {
+            "type": "integer",
+            "description": "Only when this very call let the user straight in (passthrough): "
+            "the number its admission is logged under (`/v1/log/{eventId}/receipt?ticket=`). "
+            "A waiter learnt it from the waiting answers.",
+        },
     },
 }
 PREQUEUE: Json = {

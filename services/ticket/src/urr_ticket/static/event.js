@@ -232,7 +232,16 @@
       return;
     }
     var state = answer.data;
-    if (typeof state.queue_number === "number") queueNumber = state.queue_number;
+    if (typeof state.queue_number === "number") {
+      queueNumber = state.queue_number;
+      // Kept for this tab, so a reload after the admission still finds the receipt.
+      try { sessionStorage.setItem("urr-queue-number:" + eventId, String(queueNumber)); } catch (e) { /* private mode */ }
+    } else if (queueNumber === null) {
+      try {
+        var kept = sessionStorage.getItem("urr-queue-number:" + eventId);
+        if (kept !== null && /^[0-9]+$/.test(kept)) queueNumber = Number(kept);
+      } catch (e) { /* private mode */ }
+    }
     if (state.queue_method) { queueMethod = state.queue_method; showMethod(); }
     if (state.status === "admitted") { admitted(state); return; }
     el("queue-status").textContent = t("queue.position", { position: state.position, ahead: state.ahead });
