@@ -57,6 +57,7 @@ async def test_the_seed_is_revealed_only_once_the_line_is_over(
         headers=admin_headers,
     )
     assert created.status == 201, await created.text()
+    assert (await created.json())["order_seed_revealed"] is False
     for user in ("u1", "u2", "u3"):
         assert (
             await client.post(f"/api/v1/queue/{event}/enter", headers=as_user(user))
@@ -85,6 +86,8 @@ async def test_the_seed_is_revealed_only_once_the_line_is_over(
     body = await revealed.json()
     assert (body["order_seed"], body["order_seed_commitment"]) == (SEED, COMMITMENT)
     assert (await _reveal(client, admin_headers, event)).status == 200  # again: the same
+    view = await client.get(f"{ADMIN}{event}", headers=admin_headers)
+    assert (await view.json())["order_seed_revealed"] is True
 
     # The seed is public now: the event never queues by it again...
     reopen = await client.patch(f"{ADMIN}{event}", json={"mode": "queue"}, headers=admin_headers)

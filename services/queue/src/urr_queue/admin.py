@@ -45,6 +45,8 @@ async def _describe(ctx: QueueContext, event_id: str) -> dict[str, Any]:
         "config": config.model_dump(mode="json"),
         # The random method's seed stays secret while people queue; its commitment is public.
         "order_seed_commitment": None if seed is None else seed_commitment(bytes.fromhex(seed)),
+        # Revealed once the line was over (order_seed.py): the event never queues by it again.
+        "order_seed_revealed": await ctx.store.order_seed_revealed(event_id),
         "live": {
             "waiting": figures.waiting,
             "admitted": figures.admitted,
