@@ -13,7 +13,7 @@ from urr_common.payloads import json_response, read_json, validation_errors
 from urr_common.problems import Conflict, Unprocessable
 from urr_common.upstream_security import CALLER, public_app_of, require_role
 from urr_queue import order_seed, prequeue
-from urr_queue.config import EventConfig, EventConfigPatch, Mode
+from urr_queue.config import EventConfig, EventConfigPatch
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.estimates import eta_seconds
 from urr_queue.handlers import event_id_of, no_event
@@ -101,17 +101,16 @@ async def put_event(request: web.Request) -> web.Response:
         # Drawn now unless the operator brings one (to give Tier 1 and Tier 2 the same).
         seed = patch.order_seed or secrets.token_hex(SEED_BYTES)
     random_now = wanted.queue_method is QueueMethod.RANDOM
-    opens = random_now and wanted.mode is not Mode.CLOSED
-    if opens and await ctx.store.order_seed_revealed(event_id):
+    salt = None
+    if wanted.has_prequeue and await ctx.store.prequeue_salt(event_id) is None:
+        salt = secrets.token_hex(SEED_BYTES)
+    outcome = await ctx.store.configure(event_id, wanted, seed=seed, prequeue_salt=salt)
+    if outcome == "order_seed_revealed":
         raise Conflict(
             "the event's order seed is public: the random method would let anyone pick a "
             "small order key; use another method or keep the event closed",
             code="order_seed_revealed",
         )
-    salt = None
-    if wanted.has_prequeue and await ctx.store.prequeue_salt(event_id) is None:
-        salt = secrets.token_hex(SEED_BYTES)
-    outcome = await ctx.store.configure(event_id, wanted, seed=seed, prequeue_salt=salt)
     if outcome == "queue_not_empty":
         raise Conflict(
             "require_tier1_token, and the queue method between fifo and random, can change "

@@ -219,7 +219,8 @@ class QueueStore:
         seed: str | None = None,
         prequeue_salt: str | None = None,
     ) -> str:
-        """Write ``config``; ``"created"``, ``"updated"`` or ``"queue_not_empty"``.
+        """Write ``config``; ``"created"``, ``"updated"``, ``"queue_not_empty"`` or
+        ``"order_seed_revealed"`` (the random method after the seed was revealed).
 
         ``seed`` (hex) is the random method's seed, ``prequeue_salt`` (hex) the key of the
         roster's hashed ids; each is stored only if the event has none yet.
@@ -234,7 +235,7 @@ class QueueStore:
             args += ["prequeue_salt", prequeue_salt]
         reply = await self._run(self._configure, key_list, args)
         outcome = _text(reply[0])
-        if outcome != "queue_not_empty":
+        if outcome in ("created", "updated"):
             # After the config exists, so the loop never finds an event without one.
             await self.redis.sadd(EVENTS_SET, event_id)
         return outcome
