@@ -70,17 +70,21 @@ async def test_queue_events_are_published(
 
     records = await read_topic(kafka_bootstrap, topic, want=5)
     kinds = [(r["type"], r["userId"]) for r in records]
-    assert kinds == [
+    # The admission comes through the outbox relay, on its own schedule; the others in order.
+    assert [kind for kind in kinds if kind[0] != "admitted"] == [
         ("entered", "a"),
         ("entered", "b"),
         ("entered", "c"),
-        ("admitted", "a"),
         ("left", "c"),
     ]
+    assert kinds.count(("admitted", "a")) == 1
     assert len({r["id"] for r in records}) == 5, "every record has its own id for dedupe"
     assert all(r["eventId"] == EVENT and isinstance(r["at"], int) for r in records)
     assert [r["position"] for r in records[:3]] == [1, 2, 3]
-    assert records[4]["reason"] == "leave"
+    left = next(r for r in records if r["type"] == "left")
+    assert left["reason"] == "leave"
+    admitted = next(r for r in records if r["type"] == "admitted")
+    assert (admitted["position"], admitted["queueNumber"]) == (1, 1)
 
 
 async def test_reservation_events_end_sessions(

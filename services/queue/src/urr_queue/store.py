@@ -7,6 +7,7 @@ written to the user's own slot with a plain ``SET`` after the event's script has
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urr_common.fairness import QueueMethod
 from urr_queue.config import EventConfig, Mode
 from urr_queue.estimates import admission_rate
-from urr_queue.keys import EVENTS_SET, EventKeys, event_keys, revoked_key
+from urr_queue.keys import EVENTS_SET, OUTBOXES_SET, EventKeys, event_keys, revoked_key
 from urr_queue.members import decode_member, encode_member
 
 if TYPE_CHECKING:
@@ -130,6 +131,8 @@ class TickResult:
     order_waived: int = 0
     #: The Tier-1 numbers given up this tick (``order_waived`` of them), lowest first.
     waived_numbers: tuple[int, ...] = ()
+    #: The admission outbox was at its cap: this tick admitted and waived nobody.
+    outbox_full: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,7 @@ class QueueStore:
         if outcome != "queue_not_empty":
             # After the config exists, so the loop never finds an event without one.
             await self.redis.sadd(EVENTS_SET, event_id)
+            await self.redis.sadd(OUTBOXES_SET, event_id)
         return outcome
 
     async def get_config(self, event_id: str) -> EventConfig | None:
@@ -433,11 +437,15 @@ class QueueStore:
         max_scan: int,
         max_expire: int,
         order_grace_ms: int = 0,
+        outbox_cap: int = 0,
     ) -> TickResult | None:
         """One admission tick; ``None`` when the event has no configuration any more.
 
         ``order_grace_ms`` > 0 keeps a Tier-1 event's admissions in number order, holding
         free slots up to that long for a lower number still on its way (``tick.lua``).
+        ``outbox_cap`` > 0 writes the tick's ``waived`` and ``admitted`` records into the
+        event's outbox in the same script (``outbox.py`` relays them), and admits nobody
+        while the outbox holds that many; 0 writes no records.
         """
         key_list, keys = self._call_keys(event_id)
         args: list[str | bytes] = [
@@ -446,6 +454,8 @@ class QueueStore:
             str(max_scan),
             str(max_expire),
             str(order_grace_ms),
+            uuid.uuid4().hex,
+            str(outbox_cap),
         ]
         reply = await self._run(self._tick, key_list, args)
         if int(reply[0]) < 0:
@@ -469,6 +479,7 @@ class QueueStore:
             order_held=bool(int(reply[8])),
             order_waived=int(reply[9]),
             waived_numbers=tuple(int(n) for n in reply[10]),
+            outbox_full=bool(int(reply[11])),
         )
 
     async def figures(self, event_id: str) -> Figures | None:

@@ -15,6 +15,9 @@ local K_ORDINALS = KEYS[15]
 -- The pre-queue (issue 19): roster (LIST of hashed ids, join order), hashed id -> member,
 -- and the document published at the reveal.
 local K_ROSTER, K_ROSTER_MEMBERS, K_PREQUEUE_DOC = KEYS[16], KEYS[17], KEYS[18]
+-- The admission outbox (issue 19): a stream of the records the public admission log needs,
+-- written by the same script as the admission or waiver it records (outbox.py relays it).
+local K_OUTBOX = KEYS[19]
 -- Queue scores of a pre-queue event: roster ranks 1..n, then later arrivals from here on.
 local AFTER_ROSTER = 1099511627776
 local SEEN_PREFIX = ARGV[1]
@@ -144,4 +147,16 @@ end
 
 local function prequeue_revealed()
   return redis.call('HGET', K_STATS, 'prequeue_revealed') == '1'
+end
+
+-- Whether the admission outbox can take another tick's records: `limit` 0 is no outbox (no
+-- relay runs), else it holds fewer than `limit` entries. At the cap the tick admits nobody
+-- rather than admit without a record (admission.py counts and logs it).
+local function outbox_open(limit)
+  return limit == 0 or redis.call('XLEN', K_OUTBOX) < limit
+end
+
+-- One outbox entry ('*': the id is Redis's clock, so the relay can tell its age).
+local function outbox_add(fields)
+  redis.call('XADD', K_OUTBOX, '*', unpack(fields))
 end
