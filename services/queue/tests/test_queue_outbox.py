@@ -353,3 +353,65 @@ async def test_one_replica_relays_an_event_at_a_time_and_a_dead_ones_lease_lapse
         assert await store.redis.exists(event_keys(event).outbox) == 0
     values = await read_topic(kafka_bootstrap, topic, want=3)
     assert Counter(r["type"] for r in values) == {"admitted": 3}
+
+
+async def test_passthrough_admissions_and_prequeue_publications_are_kept_too(
+    kafka_bootstrap: str,
+    single_redis: RedisSettings,
+    queue_client: Any,
+    as_user: Any,
+    admin_headers: Any,
+) -> None:
+    """Every record the admission log reads goes through the outbox: a passthrough admission
+    (written by the visit script), and the pre-queue's commitment, roster and reveal."""
+    from datetime import UTC, datetime, timedelta
+    from hashlib import sha256
+
+    dead = f"127.0.0.1:{free_port()}"
+    client = await queue_client(
+        single_redis,
+        kafka=KafkaSettings(bootstrap_servers=dead, request_timeout_ms=500),
+        queue_events=QueueEventsSettings(retry_delay_s=0.3),
+        outbox=FAST,
+    )
+    admin = "/api/v1/admin/queue/"
+    put = await client.put(f"{admin}pass-1", json={"mode": "passthrough"}, headers=admin_headers)
+    assert put.status == 201
+    for user in ("p1", "p2"):
+        entered = await client.post("/api/v1/queue/pass-1/enter", headers=as_user(user))
+        assert (await entered.json())["status"] == "admitted"
+    secret = bytes(range(32))
+    now = datetime.now(UTC)
+    body = {
+        "prequeue_start": (now - timedelta(seconds=1)).isoformat(),
+        "sale_start": (now + timedelta(seconds=1.5)).isoformat(),
+        "prequeue_commitment": sha256(secret).hexdigest(),
+    }
+    assert (await client.put(f"{admin}pre-1", json=body, headers=admin_headers)).status == 201
+    for user in ("f1", "f2", "f3"):
+        joined = await client.post("/api/v1/queue/pre-1/enter", headers=as_user(user))
+        assert (await joined.json())["status"] == "prequeue"
+    await asyncio.sleep(1.7)
+    reveal = f"{admin}pre-1/prequeue/reveal"
+    revealed = await client.post(reveal, json={"secret": secret.hex()}, headers=admin_headers)
+    assert revealed.status == 200, await revealed.text()
+    store = client.app[QUEUE_CONTEXT].store
+    assert await outbox_depth(store, "pass-1") == 2
+    assert await outbox_depth(store, "pre-1") >= 3
+
+    topic = f"queue-events-{uuid.uuid4().hex[:8]}"
+    await create_topic(kafka_bootstrap, topic)
+    async with relay_on(store, kafka_bootstrap, topic) as relay, relay._factory() as producer:
+        assert await relay.relay_event(producer, "pass-1") == 2
+        assert await relay.relay_event(producer, "pre-1") >= 3
+    values = await read_topic(kafka_bootstrap, topic, want=5)
+    passed = records_of(values, "admitted")
+    assert [(r["userId"], r["path"], r["queueNumber"]) for r in passed] == [
+        ("p1", "passthrough", 1),
+        ("p2", "passthrough", 2),
+    ]
+    kinds = [r["type"] for r in values if r["eventId"] == "pre-1"]
+    assert kinds[0] == "prequeue_committed"
+    assert kinds[-1] == "prequeue_revealed"
+    assert "prequeue_roster" in kinds
+    await client.close()

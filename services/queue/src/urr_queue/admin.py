@@ -110,7 +110,7 @@ async def put_event(request: web.Request) -> web.Response:
         )
     if wanted.has_prequeue and not current.has_prequeue:
         # The commitment goes out before the pre-queue opens (the log shows it from then on).
-        ctx.publisher.publish(prequeue.committed_record(event_id, wanted))
+        await _publish_durably(ctx, event_id, [prequeue.committed_record(event_id, wanted)])
     body = await _describe(ctx, event_id)
     return json_response(body, status=201 if outcome == "created" else 200)
 
@@ -143,9 +143,16 @@ async def reveal_prequeue(request: web.Request) -> web.Response:
     if config is None:
         raise no_event(event_id)
     document = await prequeue.reveal(ctx.store, event_id, config, bytes.fromhex(body.secret))
-    for record in prequeue.published_records(event_id, document):
-        ctx.publisher.publish(record)
+    await _publish_durably(ctx, event_id, prequeue.published_records(event_id, document))
     return web.Response(body=document, content_type="application/json")
+
+
+async def _publish_durably(ctx: QueueContext, event_id: str, records: list[dict[str, Any]]) -> None:
+    """The admission log's pre-queue records through the event's outbox (relayed until Kafka
+    acknowledged them, issue 19); on the best-effort buffer where no relay runs."""
+    if not await ctx.store.append_outbox(event_id, records):
+        for record in records:
+            ctx.publisher.publish(record)
 
 
 async def delete_event(request: web.Request) -> web.Response:

@@ -153,6 +153,7 @@ def create_app(
             # The admission log's records go through the outbox whenever there is a broker to
             # relay them to; without one no record is written (nor published).
             outbox_cap = settings.outbox.max_len if producer_factory is not None else 0
+            store.outbox_records = producer_factory is not None
             loop = AdmissionLoop(
                 store, publisher, metrics, settings.admission, outbox_cap=outbox_cap
             )

@@ -55,6 +55,9 @@ def _text(value: Any) -> str:
 def outbox_record(event_id: str, fields: dict[Any, Any]) -> dict[str, Any]:
     """The ``queue-events`` record of one outbox entry (the shapes ``events.py`` publishes)."""
     get = {_text(name): value for name, value in fields.items()}
+    if "json" in get:  # written whole by ``QueueStore.append_outbox``
+        whole: dict[str, Any] = orjson.loads(get["json"])
+        return whole
     kind, at = _text(get["type"]), int(_text(get["at"]))
     if kind == EventType.WAIVED.value:
         return {
@@ -66,15 +69,19 @@ def outbox_record(event_id: str, fields: dict[Any, Any]) -> dict[str, Any]:
             "at": at,
         }
     member = get["member"]
-    return {
+    number = int(float(_text(get["number"])))
+    record = {
         "id": _text(get["id"]),
         "type": kind,
         "eventId": event_id,
         "userId": decode_member(member if isinstance(member, bytes) else member.encode()),
         "position": int(_text(get["position"])),
         "at": at,
-        "queueNumber": int(float(_text(get["number"]))),
+        "queueNumber": number if number >= 0 else None,
     }
+    if "path" in get:
+        record["path"] = _text(get["path"])
+    return record
 
 
 class OutboxRelay:

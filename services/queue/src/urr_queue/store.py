@@ -13,6 +13,8 @@ from enum import StrEnum
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from urr_common.fairness import QueueMethod
 from urr_queue.config import EventConfig, Mode
 from urr_queue.estimates import admission_rate
@@ -184,6 +186,9 @@ class QueueStore:
         # redis-py pools raise instead of waiting once every connection is busy; a burst of
         # requests waits here for its turn instead of failing.
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        #: Passthrough admissions write their ``admitted`` record into the event's outbox
+        #: (``visit.lua``; on where a relay runs: ``app.py``).
+        self.outbox_records = False
         self._visit = redis.register_script(_script_text("visit.lua"))
         self._tick = redis.register_script(_script_text("tick.lua"))
         self._leave = redis.register_script(_script_text("leave.lua"))
@@ -288,6 +293,8 @@ class QueueStore:
             tier1_place,
             "1" if enter else "0",
             user_id,
+            uuid.uuid4().hex if self.outbox_records else "",
+            "1" if self.outbox_records else "0",
         ]
         reply = await self._run(self._visit, key_list, args)
         kind = _text(reply[0])
@@ -421,6 +428,16 @@ class QueueStore:
         """When a Tier-1 place was spent (ms), or ``None`` while it may still admit."""
         value = await self.redis.hget(event_keys(event_id).spent, place)
         return None if value is None else int(_text(value))
+
+    async def append_outbox(self, event_id: str, records: list[dict[str, Any]]) -> bool:
+        """Put ready-made ``queue-events`` records into the event's outbox (the pre-queue's
+        publications: few, never refused at the cap); ``False`` when no relay runs."""
+        if not self.outbox_records:
+            return False
+        outbox = event_keys(event_id).outbox
+        for record in records:
+            await self.redis.xadd(outbox, {"json": orjson.dumps(record)})
+        return True
 
     async def revoke(self, user_id: str, jti: str, ttl_ms: int) -> None:
         """Tell the gateway this token's ``jti`` is no longer good (for ``ttl_ms``)."""

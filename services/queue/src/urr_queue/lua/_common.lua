@@ -160,3 +160,15 @@ end
 local function outbox_add(fields)
   redis.call('XADD', K_OUTBOX, '*', unpack(fields))
 end
+
+-- The 'admitted' record of one admission (outbox.py's outbox_record turns it into JSON);
+-- `id` is unique (a prefix the caller drew, and a counter), `path` nil or 'passthrough'.
+local function outbox_admitted(id, member, number, position, now, path)
+  local fields = {'id', id, 'type', 'admitted', 'member', member, 'number', number,
+    'position', position, 'at', now}
+  if path then
+    fields[#fields + 1] = 'path'
+    fields[#fields + 1] = path
+  end
+  outbox_add(fields)
+end

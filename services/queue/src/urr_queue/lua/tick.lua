@@ -167,8 +167,7 @@ if (cfg.mode == 'queue' or cfg.mode == 'closed') and cfg.method ~= 'reject'
     end
     for i = 1, #admitted do
       record = record + 1
-      outbox_add({'id', record_prefix .. '-' .. record, 'type', 'admitted',
-        'member', admitted[i], 'number', numbers[i], 'position', i, 'at', now})
+      outbox_admitted(record_prefix .. '-' .. record, admitted[i], numbers[i], i, now)
     end
   end
   if #admitted > 0 then

@@ -1,7 +1,8 @@
 -- Enter (ARGV[5] == '1') or poll the queue of one event, atomically, in one round trip.
 -- ARGV: seen prefix, member, signed Tier-1 position ('' if none), Tier-1 place
 -- ('<request id>#<position>', '' if none), enter, arrival id (the user id: the random
--- method's order key is drawn from it).
+-- method's order key is drawn from it), record id and '1' to write a passthrough admission's
+-- record into the outbox (issue 19: the admission log's records; no cap here, see outbox.py).
 -- The queueing method 'reject' lets nobody wait: an entry, or a waiter's poll, is refused
 -- ({'rejected'}, the place given up); admitted sessions run on.
 -- A Tier-1 place admits once: it is bound to the first member entering with it, and once
@@ -18,6 +19,7 @@
 --    capacity, admit_per_second, session_ms, idle_ms, tier1_required, queue_method}
 local member, position, place, entering = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local arrival_id = ARGV[6]
+local record_id, to_outbox = ARGV[7] or '', ARGV[8] == '1'
 
 local cfg = load_config()
 if not cfg then return {'no_event'} end
@@ -44,6 +46,7 @@ if number then
     redis.call('ZREM', K_QUEUE, member)
     redis.call('HDEL', K_ORDINALS, member)
     local session_end = admit_now(cfg, member, now)
+    if to_outbox then outbox_admitted(record_id, member, number, 1, now, 'passthrough') end
     return {'admitted', session_end, '', now, 1, redis.call('ZCARD', K_QUEUE), number, tier1}
   end
 else
@@ -99,6 +102,7 @@ else
   entered = 1
   if cfg.passthrough then
     local session_end = admit_now(cfg, member, now)
+    if to_outbox then outbox_admitted(record_id, member, number, 1, now, 'passthrough') end
     return {'admitted', session_end, '', now, 2, redis.call('ZCARD', K_QUEUE), number, tier1}
   end
   if cfg.prequeue then
