@@ -415,3 +415,21 @@ async def test_passthrough_admissions_and_prequeue_publications_are_kept_too(
     assert kinds[-1] == "prequeue_revealed"
     assert "prequeue_roster" in kinds
     await client.close()
+
+
+def test_outbox_settings_are_validated_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from urr_queue.settings import QueueSettings
+
+    monkeypatch.setenv("URR_OUTBOX__MAX_LEN", "1000")
+    monkeypatch.setenv("URR_OUTBOX__LEASE_TTL_S", "5")
+    settings = QueueSettings()
+    assert (settings.outbox.max_len, settings.outbox.lease_ttl_s) == (1000, 5.0)
+    for name, bad in (("MAX_LEN", "0"), ("INTERVAL_S", "0"), ("LEASE_TTL_S", "1.2")):
+        monkeypatch.setenv(f"URR_OUTBOX__{name}", bad)
+        with pytest.raises(ValidationError):
+            QueueSettings()
+        monkeypatch.setenv(f"URR_OUTBOX__{name}", {"MAX_LEN": "1000"}.get(name, "5"))

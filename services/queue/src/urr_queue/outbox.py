@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 _LOG = get_logger(__name__)
 #: Batches one event's outbox relays in one round before the next event gets its turn.
 _BATCHES_PER_ROUND = 20
+#: Lease calls of one survey in flight at once (redis-py pools raise when exhausted).
+_SURVEY_CONCURRENCY = 16
 
 
 def _text(value: Any) -> str:
@@ -105,13 +107,15 @@ class OutboxRelay:
         text = (resources.files("urr_queue") / "lua" / "outbox_lease.lua").read_text("utf-8")
         self._lease = redis.register_script(text)
         self._lease_ms = str(round(settings.lease_ttl_s * 1000))
+        self._survey_limit = asyncio.Semaphore(_SURVEY_CONCURRENCY)
 
     async def _claim(self, event_id: str, mode: str = "claim") -> list[Any]:
         keys = event_keys(event_id)
-        reply: list[Any] = await self._lease(
-            keys=[keys.config, keys.outbox, keys.outbox_lease],
-            args=[self.owner, self._lease_ms, mode],
-        )
+        async with self._survey_limit:
+            reply: list[Any] = await self._lease(
+                keys=[keys.config, keys.outbox, keys.outbox_lease],
+                args=[self.owner, self._lease_ms, mode],
+            )
         return reply
 
     async def event_ids(self) -> list[str]:

@@ -98,8 +98,9 @@ class OutboxSettings(BaseModel):
     #: a record is never trimmed. A tick may pass the cap by its own records (at most
     #: ``max_admit_per_tick`` plus its waivers). About 100-200 bytes of Redis memory an entry.
     max_len: int = Field(default=500_000, ge=1, le=50_000_000)
-    #: Time between two relay rounds over the events' outboxes.
-    interval_s: float = Field(default=0.2, gt=0.0, le=10.0)
+    #: Time between two relay rounds over the events' outboxes (each round: one small script
+    #: per configured event, like a tick; the records reach Kafka this much later at most).
+    interval_s: float = Field(default=0.5, gt=0.0, le=10.0)
     #: Entries one send to Kafka carries (acknowledged together, then deleted).
     batch_size: int = Field(default=1_000, ge=1, le=10_000)
     #: How long one replica's claim to relay an event's outbox lasts without renewal (each
