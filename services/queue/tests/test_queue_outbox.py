@@ -8,15 +8,13 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
 
@@ -32,6 +30,7 @@ from urr_queue.metrics import QueueMetrics
 from urr_queue.outbox import OutboxRelay
 from urr_queue.settings import OutboxSettings, QueueEventsSettings
 from urr_queue.store import QueueStore, Waiting
+from urr_ticket_worker.testing import create_topics, json_objects, read_topic
 
 TICK = {"max_admit": 2_000, "max_scan": 5_000, "max_expire": 2_000}
 #: A relay that retries fast and lets a lease go quickly (a test's minutes are short).
@@ -39,33 +38,19 @@ FAST = OutboxSettings(interval_s=0.05, retry_delay_s=0.3, lease_ttl_s=1.0)
 
 
 async def create_topic(bootstrap: str, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    await asyncio.to_thread(create_topics, bootstrap, [name])
 
 
-async def read_topic(
-    bootstrap: str, topic: str, want: int, timeout_s: float = 15
+async def read_records(
+    bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool]
 ) -> list[dict[str, Any]]:
-    """The topic from its start, once it holds ``want`` records (or after ``timeout_s``)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        records: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while len(records) < want and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=300)
-            for batch in batches.values():
-                records += [orjson.loads(record.value) for record in batch]
-        return records
-    finally:
-        await consumer.stop()
+    """The topic's JSON records from its start, once ``until`` holds for them."""
+    raw = await read_topic(bootstrap, topic, until=lambda rs: until(json_objects(rs)))
+    return json_objects(raw)
+
+
+async def read_n(bootstrap: str, topic: str, want: int) -> list[dict[str, Any]]:
+    return await read_records(bootstrap, topic, lambda records: len(records) >= want)
 
 
 def records_of(values: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -85,12 +70,35 @@ async def wait_for(condition: Any, timeout_s: float = 20.0) -> None:
 
 async def read_admissions(bootstrap: str, topic: str, want: int) -> list[dict[str, Any]]:
     """The whole topic once it holds ``want`` distinct admissions (other records too)."""
-    deadline = time.monotonic() + 30
-    while True:
-        values = await read_topic(bootstrap, topic, want=1_000_000, timeout_s=1.5)
-        if len({r["id"] for r in records_of(values, "admitted")}) >= want:
-            return values
-        assert time.monotonic() < deadline, f"{len(values)} records only"
+
+    def enough(records: list[dict[str, Any]]) -> bool:
+        return len({r["id"] for r in records_of(records, "admitted")}) >= want
+
+    return await read_records(bootstrap, topic, enough)
+
+
+async def client_with_event(
+    queue_client: Any,
+    redis: RedisSettings,
+    admin_headers: Any,
+    *,
+    bootstrap: str,
+    topic: str,
+    event: str,
+    outbox: OutboxSettings = FAST,
+) -> Any:
+    """A queue app whose Kafka is ``bootstrap`` (perhaps nobody there), with ``event`` set up
+    to admit at once."""
+    client = await queue_client(
+        redis,
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, request_timeout_ms=1_000),
+        queue_events=QueueEventsSettings(topic=topic, retry_delay_s=0.3),
+        outbox=outbox,
+    )
+    body = {"capacity": 100, "admit_per_second": 1000}
+    put = await client.put(f"/api/v1/admin/queue/{event}", json=body, headers=admin_headers)
+    assert put.status == 201
+    return client
 
 
 async def enter_all(client: Any, event_id: str, users: list[str], as_user: Any) -> None:
@@ -113,15 +121,9 @@ async def test_admissions_while_the_broker_is_down_all_arrive_once_it_is_back(
     bootstrap = f"127.0.0.1:{port}"
     topic = f"queue-events-{uuid.uuid4().hex[:8]}"
     event = "outbox-down"
-    client = await queue_client(
-        single_redis,
-        kafka=KafkaSettings(bootstrap_servers=bootstrap, request_timeout_ms=1_000),
-        queue_events=QueueEventsSettings(topic=topic, retry_delay_s=0.3),
-        outbox=FAST,
+    client = await client_with_event(
+        queue_client, single_redis, admin_headers, bootstrap=bootstrap, topic=topic, event=event
     )
-    body = {"capacity": 100, "admit_per_second": 1000}
-    put = await client.put(f"/api/v1/admin/queue/{event}", json=body, headers=admin_headers)
-    assert put.status == 201
     users = [f"u{n:02d}" for n in range(30)]
     loop = client.app[ADMISSION_LOOP]
     ctx = client.app[QUEUE_CONTEXT]
@@ -188,15 +190,15 @@ async def test_a_restarted_queue_relays_what_its_predecessor_left_pending(
     event = "outbox-restart"
     slow_lease = OutboxSettings(interval_s=0.05, retry_delay_s=0.3, lease_ttl_s=60.0)
     dead = f"127.0.0.1:{free_port()}"
-    first = await queue_client(
+    first = await client_with_event(
+        queue_client,
         single_redis,
-        kafka=KafkaSettings(bootstrap_servers=dead, request_timeout_ms=500),
-        queue_events=QueueEventsSettings(topic=topic, retry_delay_s=0.3),
+        admin_headers,
+        bootstrap=dead,
+        topic=topic,
+        event=event,
         outbox=slow_lease,
     )
-    body = {"capacity": 100, "admit_per_second": 1000}
-    put = await first.put(f"/api/v1/admin/queue/{event}", json=body, headers=admin_headers)
-    assert put.status == 201
     users = [f"r{n}" for n in range(12)]
     await enter_all(first, event, users, as_user)
     await asyncio.sleep(0.05)
@@ -215,7 +217,7 @@ async def test_a_restarted_queue_relays_what_its_predecessor_left_pending(
     )
     try:
         started = time.monotonic()
-        values = await read_topic(kafka_bootstrap, topic, want=12, timeout_s=20)
+        values = await read_admissions(kafka_bootstrap, topic, want=12)
         assert [r["userId"] for r in records_of(values, "admitted")] == users
         assert time.monotonic() - started < slow_lease.lease_ttl_s / 2, "not after the lease"
         await wait_for(lambda: _is(outbox_depth(second.app[QUEUE_CONTEXT].store, event), 0))
@@ -281,7 +283,7 @@ async def test_a_full_outbox_stops_admission_and_loses_nothing(
         async with relay._factory() as producer:
             assert await relay.relay_event(producer, event) == 6
     assert await outbox_depth(store, event) == 0
-    values = await read_topic(kafka_bootstrap, topic, want=6)
+    values = await read_n(kafka_bootstrap, topic, 6)
     assert [r["userId"] for r in values] == users[:6]
     after = await store.tick(event, outbox_cap=5, **tick)
     assert after is not None
@@ -351,7 +353,7 @@ async def test_one_replica_relays_an_event_at_a_time_and_a_dead_ones_lease_lapse
         assert await store.delete_event(event) is not None
         await two.survey()
         assert await store.redis.exists(event_keys(event).outbox) == 0
-    values = await read_topic(kafka_bootstrap, topic, want=3)
+    values = await read_n(kafka_bootstrap, topic, 3)
     assert Counter(r["type"] for r in values) == {"admitted": 3}
 
 
@@ -404,7 +406,13 @@ async def test_passthrough_admissions_and_prequeue_publications_are_kept_too(
     async with relay_on(store, kafka_bootstrap, topic) as relay, relay._factory() as producer:
         assert await relay.relay_event(producer, "pass-1") == 2
         assert await relay.relay_event(producer, "pre-1") >= 3
-    values = await read_topic(kafka_bootstrap, topic, want=5)
+    values = await read_records(
+        kafka_bootstrap,
+        topic,
+        lambda got: (
+            len(records_of(got, "admitted")) == 2 and bool(records_of(got, "prequeue_revealed"))
+        ),
+    )
     passed = records_of(values, "admitted")
     assert [(r["userId"], r["path"], r["queueNumber"]) for r in passed] == [
         ("p1", "passthrough", 1),
