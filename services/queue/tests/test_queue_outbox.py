@@ -441,3 +441,40 @@ def test_outbox_settings_are_validated_from_the_environment(
         with pytest.raises(ValidationError):
             QueueSettings()
         monkeypatch.setenv(f"URR_OUTBOX__{name}", {"MAX_LEN": "1000"}.get(name, "5"))
+
+
+def test_outbox_entries_become_the_records_the_log_reads() -> None:
+    """The relay's decoding of each entry kind: the JSON is what ``events.py`` publishes and
+    what ``urr_admission_log.leaves`` accepts (a pre-queue rank may come as a float score)."""
+    from urr_admission_log.leaves import admission_of, waivers_of
+    from urr_queue.members import encode_member
+    from urr_queue.outbox import outbox_record
+
+    uid = str(uuid.uuid4())
+    admitted = outbox_record(
+        "e-1",
+        {
+            b"id": b"abc-2",
+            b"type": b"admitted",
+            b"member": encode_member(uid),
+            b"number": b"1.099511627777e+12",
+            b"position": b"1",
+            b"at": b"1733490000000",
+        },
+    )
+    assert admitted == {
+        "id": "abc-2",
+        "type": "admitted",
+        "eventId": "e-1",
+        "userId": uid,
+        "position": 1,
+        "at": 1733490000000,
+        "queueNumber": 1099511627777,
+    }
+    assert admission_of(admitted, b"secret") is not None
+    waived = outbox_record(
+        "e-1", {b"id": b"abc-1", b"type": b"waived", b"numbers": b"3,5", b"at": b"7"}
+    )
+    assert [leaf.record_id for leaf in waivers_of(waived) or []] == ["abc-1:3", "abc-1:5"]
+    whole = {"type": "prequeue_committed", "eventId": "e-1", "id": "x"}
+    assert outbox_record("e-1", {b"json": orjson.dumps(whole)}) == whole

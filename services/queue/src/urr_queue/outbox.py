@@ -54,35 +54,46 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _raw(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _number(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:  # a score Redis wrote as a float ("1e+12" style)
+        return int(float(value))
+
+
 def outbox_record(event_id: str, fields: dict[Any, Any]) -> dict[str, Any]:
-    """The ``queue-events`` record of one outbox entry (the shapes ``events.py`` publishes)."""
-    get = {_text(name): value for name, value in fields.items()}
-    if "json" in get:  # written whole by ``QueueStore.append_outbox``
-        whole: dict[str, Any] = orjson.loads(get["json"])
+    """The ``queue-events`` record of one outbox entry (the shapes ``events.py`` publishes).
+    The queue's Redis client answers bytes; read on the relay's hot path, once per record."""
+    get = {_raw(name): _raw(value) for name, value in fields.items()}
+    if b"json" in get:  # written whole by ``QueueStore.append_outbox``
+        whole: dict[str, Any] = orjson.loads(get[b"json"])
         return whole
-    kind, at = _text(get["type"]), int(_text(get["at"]))
+    kind = get[b"type"].decode()
     if kind == EventType.WAIVED.value:
         return {
-            "id": _text(get["id"]),
+            "id": get[b"id"].decode(),
             "type": kind,
             "eventId": event_id,
-            "queueNumbers": [int(n) for n in _text(get["numbers"]).split(",")],
+            "queueNumbers": [int(n) for n in get[b"numbers"].split(b",")],
             "reason": "order_hold",
-            "at": at,
+            "at": int(get[b"at"]),
         }
-    member = get["member"]
-    number = int(float(_text(get["number"])))
+    number = _number(get[b"number"])
     record = {
-        "id": _text(get["id"]),
+        "id": get[b"id"].decode(),
         "type": kind,
         "eventId": event_id,
-        "userId": decode_member(member if isinstance(member, bytes) else member.encode()),
-        "position": int(_text(get["position"])),
-        "at": at,
+        "userId": decode_member(get[b"member"]),
+        "position": int(get[b"position"]),
+        "at": int(get[b"at"]),
         "queueNumber": number if number >= 0 else None,
     }
-    if "path" in get:
-        record["path"] = _text(get["path"])
+    if b"path" in get:
+        record["path"] = get[b"path"].decode()
     return record
 
 
