@@ -184,7 +184,8 @@ async def test_a_restarted_queue_relays_what_its_predecessor_left_pending(
     admin_headers: Any,
 ) -> None:
     """The first process admits with no broker reachable and stops; the next one, with a
-    broker, relays the pending records at once (the first gave its lease up at shutdown)."""
+    broker, relays the pending records at once (a replica that cannot reach Kafka measures
+    the outbox but claims no lease, so nobody waits for one to lapse)."""
     topic = f"queue-events-{uuid.uuid4().hex[:8]}"
     await create_topic(kafka_bootstrap, topic)
     event = "outbox-restart"
@@ -206,8 +207,10 @@ async def test_a_restarted_queue_relays_what_its_predecessor_left_pending(
     assert result is not None
     assert len(result.admitted) == 12
     store = first.app[QUEUE_CONTEXT].store
-    await asyncio.sleep(0.3)  # its relay claims the lease and fails to reach Kafka
-    assert await store.redis.get(event_keys(event).outbox_lease) is not None
+    failures = first.app[QUEUE_CONTEXT].metrics.outbox_relay_failures.labels("kafka")
+    await wait_for(lambda: _gauge_is(failures, 1), timeout_s=10)  # it tried Kafka, and failed
+    assert await store.redis.get(event_keys(event).outbox_lease) is None
+    assert await outbox_depth(store, event) == 12
     await first.close()
     second = await queue_client(
         single_redis,
@@ -327,12 +330,12 @@ async def test_the_admission_and_its_record_are_one_script(store_on: QueueStore)
     assert await outbox_depth(store, other) == 0
 
 
-async def test_one_replica_relays_an_event_at_a_time_and_a_dead_ones_lease_lapses(
+async def test_one_replica_relays_an_event_at_a_time_and_hands_it_over(
     store_on: QueueStore, kafka_bootstrap: str
 ) -> None:
-    """Two relays on one outbox: the first claims it, the second only measures it; when the
-    first stops renewing, the second takes over after the lease. A deleted event's drained
-    outbox is removed."""
+    """Two relays on one outbox: the first claims it, the second only measures it; the first
+    gives it up at shutdown and the second has it at once; when the second stops renewing,
+    the first takes over after the lease. A deleted event's drained outbox is removed."""
     store, event = store_on, f"outbox-lease-{uuid.uuid4().hex[:6]}"
     await open_event(store, event)
     await queue_up(store, event, 3)
@@ -343,15 +346,20 @@ async def test_one_replica_relays_an_event_at_a_time_and_a_dead_ones_lease_lapse
         relay_on(store, kafka_bootstrap, topic) as one,
         relay_on(store, kafka_bootstrap, topic) as two,
     ):
+        assert event not in await one.survey(claim=False), "measuring claims nothing"
+        assert one.metrics.outbox_depth._value.get() >= 3
         assert event in await one.survey()
         assert event not in await two.survey()
         assert two.metrics.outbox_depth._value.get() >= 3, "the other replica still measures"
+        await one.release()
+        assert event in await two.survey(), "released: taken at once"
+        assert event not in await one.survey()
         await asyncio.sleep(FAST.lease_ttl_s + 0.2)
-        assert event in await two.survey()
-        async with two._factory() as producer:
-            assert await two.relay_event(producer, event) == 3
+        assert event in await one.survey(), "not renewed: lapsed"
+        async with one._factory() as producer:
+            assert await one.relay_event(producer, event) == 3
         assert await store.delete_event(event) is not None
-        await two.survey()
+        await one.survey()
         assert await store.redis.exists(event_keys(event).outbox) == 0
     values = await read_n(kafka_bootstrap, topic, 3)
     assert Counter(r["type"] for r in values) == {"admitted": 3}
@@ -386,14 +394,14 @@ async def test_passthrough_admissions_and_prequeue_publications_are_kept_too(
     now = datetime.now(UTC)
     body = {
         "prequeue_start": (now - timedelta(seconds=1)).isoformat(),
-        "sale_start": (now + timedelta(seconds=1.5)).isoformat(),
+        "sale_start": (now + timedelta(seconds=3)).isoformat(),
         "prequeue_commitment": sha256(secret).hexdigest(),
     }
     assert (await client.put(f"{admin}pre-1", json=body, headers=admin_headers)).status == 201
     for user in ("f1", "f2", "f3"):
         joined = await client.post("/api/v1/queue/pre-1/enter", headers=as_user(user))
         assert (await joined.json())["status"] == "prequeue"
-    await asyncio.sleep(1.7)
+    await asyncio.sleep(3.2 - (datetime.now(UTC) - now).total_seconds())  # the sale starts
     reveal = f"{admin}pre-1/prequeue/reveal"
     revealed = await client.post(reveal, json={"secret": secret.hex()}, headers=admin_headers)
     assert revealed.status == 200, await revealed.text()

@@ -119,6 +119,7 @@ class OutboxRelay:
         self._lease = redis.register_script(text)
         self._lease_ms = str(round(settings.lease_ttl_s * 1000))
         self._survey_limit = asyncio.Semaphore(_SURVEY_CONCURRENCY)
+        self.waiting = False
 
     async def _claim(self, event_id: str, mode: str = "claim") -> list[Any]:
         keys = event_keys(event_id)
@@ -137,11 +138,13 @@ class OutboxRelay:
             found.update(_text(member) for member in await self.redis.smembers(name))
         return sorted(found)
 
-    async def survey(self) -> list[str]:
-        """Measure every outbox (the gauges) and claim the leases: the events whose
-        outbox this replica relays now, with records waiting."""
+    async def survey(self, *, claim: bool = True) -> list[str]:
+        """Measure every outbox (the gauges) and, with ``claim``, take or renew the leases:
+        the events whose outbox this replica relays now, with records waiting. Sets
+        ``waiting`` (records wait in some outbox)."""
         event_ids = await self.event_ids()
-        replies = await asyncio.gather(*(self._claim(event_id) for event_id in event_ids))
+        mode = "claim" if claim else "measure"
+        replies = await asyncio.gather(*(self._claim(e, mode) for e in event_ids))
         owned: list[str] = []
         depth, oldest_ms, gone = 0, 0, []
         for event_id, (mine, waiting, age_ms, deleted) in zip(event_ids, replies, strict=True):
@@ -153,6 +156,7 @@ class OutboxRelay:
                 gone.append(event_id)
         if gone:
             await self.redis.srem(OUTBOXES_SET, *gone)
+        self.waiting = depth > 0
         self.metrics.outbox_depth.set(depth)
         self.metrics.outbox_oldest_age.set(oldest_ms / 1000)
         return owned
@@ -180,8 +184,9 @@ class OutboxRelay:
         return sent
 
     async def run(self) -> None:
-        """Measure and relay every ``interval_s`` forever; the producer is opened while there
-        is something to relay and reopened after any broker failure."""
+        """Measure and relay every ``interval_s`` forever. The producer is opened while
+        records wait and reopened after any broker failure; leases are claimed only while it
+        is open, so a replica that cannot reach Kafka leaves the relaying to one that can."""
         stack: AsyncExitStack | None = None
         producer: Producer | None = None
         retry_at = 0.0
@@ -189,18 +194,19 @@ class OutboxRelay:
             while True:
                 owned: list[str] = []
                 try:
-                    owned = await self.survey()
+                    owned = await self.survey(claim=producer is not None)
+                    if self.waiting and producer is None and time.monotonic() >= retry_at:
+                        stack = AsyncExitStack()
+                        try:
+                            producer = await stack.enter_async_context(self._factory())
+                        except Exception as exc:  # the broker is unreachable: records wait
+                            await self._close(stack)
+                            stack, retry_at = None, time.monotonic() + self.settings.retry_delay_s
+                            self._failed("kafka", exc)
+                        else:
+                            owned = await self.survey()
                 except RedisError as exc:
-                    self.metrics.outbox_relay_failures.labels("redis").inc()
-                    _LOG.warning("outbox_survey_failed", error=f"{type(exc).__name__}: {exc}")
-                if owned and producer is None and time.monotonic() >= retry_at:
-                    stack = AsyncExitStack()
-                    try:
-                        producer = await stack.enter_async_context(self._factory())
-                    except Exception as exc:  # the broker is unreachable: records wait
-                        await self._close(stack)
-                        stack, retry_at = None, time.monotonic() + self.settings.retry_delay_s
-                        self._failed("kafka", exc)
+                    self._failed("redis", exc)
                 for event_id in owned:
                     if producer is None:
                         break
