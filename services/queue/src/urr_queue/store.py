@@ -67,6 +67,13 @@ class Refusal(StrEnum):
     TIER1_PASS_BOUND = "tier1_pass_bound"  # noqa: S105 (a refusal code, not a secret)
     #: The Tier-1 place already admitted its user once, and that stay is over.
     TIER1_PASS_SPENT = "tier1_pass_spent"  # noqa: S105 (a refusal code, not a secret)
+    #: Pre-queue events behind Tier 1: a pass signed before the pre-queue opened.
+    TIER1_PASS_STALE = "tier1_pass_stale"  # noqa: S105 (a refusal code, not a secret)
+    #: ... a pass that does not fit the pre-queue (another sale start, or a numbered pass
+    #: before the sale started).
+    TIER1_PASS_MISMATCH = "tier1_pass_mismatch"  # noqa: S105 (a refusal code, not a secret)
+    #: ... a pre-queue pass brought after sale start by someone not on the roster (spent).
+    PREQUEUE_CLOSED = "prequeue_closed"
     NOT_QUEUED = "not_queued"
 
 
@@ -283,8 +290,11 @@ class QueueStore:
         enter: bool,
         tier1_position: int | None = None,
         tier1_place: str = "",
+        tier1_prequeue_sale_ms: int | None = None,
+        tier1_issued_at: int = 0,
     ) -> Waiting | Admitted | Rostered | Refusal:
-        """Enter or poll; ``tier1_place`` is ``Tier1Pass.place`` of a verified pass."""
+        """Enter or poll; ``tier1_place`` is ``Tier1Pass.place`` of a verified pass, the last
+        two its pre-queue claim and signing time (``Tier1Pass``)."""
         key_list, keys = self._call_keys(event_id)
         args: list[str | bytes] = [
             keys.seen_prefix,
@@ -293,6 +303,8 @@ class QueueStore:
             tier1_place,
             "1" if enter else "0",
             user_id,
+            "" if tier1_prequeue_sale_ms is None else str(tier1_prequeue_sale_ms),
+            str(tier1_issued_at),
             uuid.uuid4().hex if self.outbox_records else "",
             "1" if self.outbox_records else "0",
         ]
@@ -344,6 +356,13 @@ class QueueStore:
         """The roster's hashed ids in join order (frozen once the sale has started)."""
         found = await self.redis.lrange(event_keys(event_id).roster, 0, -1)
         return [_text(item) for item in found]
+
+    async def roster_not_placed(self, event_id: str) -> int:
+        """Roster members still waiting outside the queue for the reveal (0 after it)."""
+        keys = event_keys(event_id)
+        if _text(await self.redis.hget(keys.stats, "prequeue_revealed") or b"") == "1":
+            return 0
+        return int(await self.redis.llen(keys.roster))
 
     async def redis_now_ms(self) -> int:
         seconds, micros = await self.redis.time()

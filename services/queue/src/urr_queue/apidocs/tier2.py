@@ -171,6 +171,9 @@ PATHS: Json = {
                     "vwr_token_required",
                     "tier1_pass_spent",
                     "tier1_pass_bound",
+                    "tier1_pass_stale",
+                    "tier1_pass_mismatch",
+                    "prequeue_closed",
                 ),
                 "404": problem("No queue for this event.", "event_not_found"),
                 "409": problem(

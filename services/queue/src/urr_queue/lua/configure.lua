@@ -28,7 +28,8 @@ end
 if prequeue then wanted_order = 'key' end
 
 local exists = redis.call('EXISTS', K_CONFIG) == 1
-local waiting = redis.call('ZCARD', K_QUEUE) > 0
+-- The pre-queue's roster waits too (outside the queue until the reveal).
+local waiting = redis.call('ZCARD', K_QUEUE) > 0 or redis.call('LLEN', K_ROSTER) > 0
 if exists and wanted_tier1 then
   local current = redis.call('HGET', K_CONFIG, 'require_tier1')
   if current ~= wanted_tier1 then

@@ -64,21 +64,23 @@ end
 -- is then late by more than the grace behind a higher number, and one hold per missing
 -- number would stall admission when many released users never come). A waived number that
 -- arrives later sorts to the front and goes next.
+-- A pre-queue event's scores are `base` + Tier-1 number (after sale start) or roster ranks
+-- below `base` (owed first, never held for a number).
 -- Returns how many waiters may be popped, whether it holds and the numbers it waived.
-local function order_gate(now)
+local function order_gate(now, base)
   local state = redis.call('HMGET', K_STATS, 'order_cursor', 'hold_since_ms', 'hold_mark')
   local cursor = tonumber(state[1]) or FIRST_TIER1_NUMBER
   local hold_since, hold_mark = tonumber(state[2]), tonumber(state[3])
   local missing = first_missing(cursor)
   local head = redis.call('ZRANGE', K_QUEUE, 0, 0, 'WITHSCORES')
   local held, waived = 0, {}
-  if #head > 0 and missing < tonumber(head[2]) then
+  if #head > 0 and missing < tonumber(head[2]) - base then
     if not hold_since then
       hold_since = now
-      hold_mark = tonumber(redis.call('ZRANGE', K_QUEUE, -1, -1, 'WITHSCORES')[2])
+      hold_mark = tonumber(redis.call('ZRANGE', K_QUEUE, -1, -1, 'WITHSCORES')[2]) - base
     end
     if now - hold_since >= grace_ms then
-      local waive_to = math.max(tonumber(head[2]), hold_mark or 0)
+      local waive_to = math.max(tonumber(head[2]) - base, hold_mark or 0)
       waived = missing_between(missing, waive_to)
       missing = first_missing(waive_to)
       hold_since = nil
@@ -95,7 +97,9 @@ local function order_gate(now)
     redis.call('HSET', K_STATS, 'order_cursor', missing)
     redis.call('HDEL', K_STATS, 'hold_since_ms', 'hold_mark')
   end
-  return redis.call('ZCOUNT', K_QUEUE, '-inf', '(' .. missing), held, waived
+  -- Waived numbers as the admissions report them (their queue scores).
+  for i = 1, #waived do waived[i] = base + waived[i] end
+  return redis.call('ZCOUNT', K_QUEUE, '-inf', '(' .. (base + missing)), held, waived
 end
 
 local cfg = load_config()
@@ -129,7 +133,7 @@ if (cfg.mode == 'queue' or cfg.mode == 'closed') and cfg.method ~= 'reject'
   local scan_limit = max_scan
   if cfg.tier1 and grace_ms > 0 then
     local eligible
-    eligible, held, waived = order_gate(now)
+    eligible, held, waived = order_gate(now, cfg.prequeue and AFTER_ROSTER or 0)
     scan_limit = math.min(max_scan, eligible)
     -- A hold counts only when it kept a slot empty that the budget would have filled.
     if budget <= 0 then held = 0 end
@@ -162,8 +166,11 @@ if (cfg.mode == 'queue' or cfg.mode == 'closed') and cfg.method ~= 'reject'
     for first = 1, #waived, WAIVERS_PER_RECORD do
       record = record + 1
       local last = math.min(#waived, first + WAIVERS_PER_RECORD - 1)
+      local chunk = {}
+      -- '%d': a pre-queue event's numbers are 2^40 + n, past Lua's 14 printed digits soon.
+      for k = first, last do chunk[#chunk + 1] = string.format('%d', waived[k]) end
       outbox_add({'id', record_prefix .. '-' .. record, 'type', 'waived',
-        'numbers', table.concat(waived, ',', first, last), 'at', now})
+        'numbers', table.concat(chunk, ','), 'at', now})
     end
     for i = 1, #admitted do
       record = record + 1
