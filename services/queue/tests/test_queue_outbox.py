@@ -486,3 +486,48 @@ def test_outbox_entries_become_the_records_the_log_reads() -> None:
     assert [leaf.record_id for leaf in waivers_of(waived) or []] == ["abc-1:3", "abc-1:5"]
     whole = {"type": "prequeue_committed", "eventId": "e-1", "id": "x"}
     assert outbox_record("e-1", {b"json": orjson.dumps(whole)}) == whole
+
+
+async def test_two_replicas_relay_each_record_once(
+    kafka_bootstrap: str,
+    single_redis: RedisSettings,
+    queue_client: Any,
+    as_user: Any,
+    admin_headers: Any,
+) -> None:
+    """Two queue processes on one Redis, both relaying: the lease lets one send the event's
+    records, so each admission reaches Kafka exactly once, in order."""
+    topic = f"queue-events-{uuid.uuid4().hex[:8]}"
+    await create_topic(kafka_bootstrap, topic)
+    event = "outbox-replicas"
+    settings = OutboxSettings(interval_s=0.05, retry_delay_s=0.3, lease_ttl_s=10.0)
+    one = await client_with_event(
+        queue_client,
+        single_redis,
+        admin_headers,
+        bootstrap=kafka_bootstrap,
+        topic=topic,
+        event=event,
+        outbox=settings,
+    )
+    two = await queue_client(
+        single_redis,
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        queue_events=QueueEventsSettings(topic=topic),
+        outbox=settings,
+    )
+    users = [f"w{n:02d}" for n in range(40)]
+    for index, batch in enumerate((users[:20], users[20:])):
+        client = (one, two)[index]
+        await enter_all(client, event, batch, as_user)
+        await asyncio.sleep(0.05)
+        assert await client.app[ADMISSION_LOOP].tick(event) is not None
+    values = await read_admissions(kafka_bootstrap, topic, want=40)
+    await asyncio.sleep(0.5)  # a second sender would have sent by now
+    values = await read_admissions(kafka_bootstrap, topic, want=40)
+    admissions = records_of(values, "admitted")
+    assert [r["userId"] for r in admissions] == users, "once each, in order"
+    relayed = [c.app[QUEUE_CONTEXT].metrics.outbox_relayed._value.get() for c in (one, two)]
+    assert sum(relayed) == 40
+    await one.close()
+    await two.close()
