@@ -119,10 +119,10 @@ async def put_event(request: web.Request) -> web.Response:
         )
     if random_now and (stored is None or current.queue_method is not QueueMethod.RANDOM):
         # The commitment goes out before anyone queues by the seed (the log keeps the first).
-        ctx.publisher.publish(order_seed.committed_record(event_id, seed))
+        await _publish_durably(ctx, event_id, [order_seed.committed_record(event_id, seed)])
     if wanted.has_prequeue and not current.has_prequeue:
         # The commitment goes out before the pre-queue opens (the log shows it from then on).
-        ctx.publisher.publish(prequeue.committed_record(event_id, wanted))
+        await _publish_durably(ctx, event_id, [prequeue.committed_record(event_id, wanted)])
     body = await _describe(ctx, event_id)
     return json_response(body, status=201 if outcome == "created" else 200)
 
@@ -155,8 +155,7 @@ async def reveal_prequeue(request: web.Request) -> web.Response:
     if config is None:
         raise no_event(event_id)
     document = await prequeue.reveal(ctx.store, event_id, config, bytes.fromhex(body.secret))
-    for record in prequeue.published_records(event_id, document):
-        ctx.publisher.publish(record)
+    await _publish_durably(ctx, event_id, prequeue.published_records(event_id, document))
     return web.Response(body=document, content_type="application/json")
 
 
@@ -167,14 +166,22 @@ async def reveal_order_seed(request: web.Request) -> web.Response:
     ctx = public_app_of(request)[QUEUE_CONTEXT]
     seed = await order_seed.reveal(ctx.store, event_id)
     record = order_seed.revealed_record(event_id, seed)
-    # Republished on every call (fixed id): a record lost on the way goes out again.
-    ctx.publisher.publish(record)
+    # Republished on every call (fixed id): the log keeps the first and drops the repeats.
+    await _publish_durably(ctx, event_id, [record])
     body = {
         "event_id": event_id,
         "order_seed": seed,
         "order_seed_commitment": record["commitment"],
     }
     return json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def _publish_durably(ctx: QueueContext, event_id: str, records: list[dict[str, Any]]) -> None:
+    """The admission log's pre-queue records through the event's outbox (relayed until Kafka
+    acknowledged them, issue 19); on the best-effort buffer where no relay runs."""
+    if not await ctx.store.append_outbox(event_id, records):
+        for record in records:
+            ctx.publisher.publish(record)
 
 
 async def delete_event(request: web.Request) -> web.Response:

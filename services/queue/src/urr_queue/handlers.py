@@ -206,6 +206,8 @@ def _publish_passthrough(
                 queueNumber=number,
             )
         )
+    if ctx.store.outbox_records:
+        return  # the visit script wrote the admission's record into the outbox (issue 19)
     ctx.publisher.publish(
         event_record(
             EventType.ADMITTED,

@@ -7,15 +7,18 @@ written to the user's own slot with a plain ``SET`` after the event's script has
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from urr_common.fairness import QueueMethod
 from urr_queue.config import EventConfig, Mode
 from urr_queue.estimates import admission_rate
-from urr_queue.keys import EVENTS_SET, EventKeys, event_keys, revoked_key
+from urr_queue.keys import EVENTS_SET, OUTBOXES_SET, EventKeys, event_keys, revoked_key
 from urr_queue.members import decode_member, encode_member
 
 if TYPE_CHECKING:
@@ -139,6 +142,8 @@ class TickResult:
     order_waived: int = 0
     #: The Tier-1 numbers given up this tick (``order_waived`` of them), lowest first.
     waived_numbers: tuple[int, ...] = ()
+    #: The admission outbox was at its cap: this tick admitted and waived nobody.
+    outbox_full: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,9 @@ class QueueStore:
         # redis-py pools raise instead of waiting once every connection is busy; a burst of
         # requests waits here for its turn instead of failing.
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        #: Passthrough admissions write their ``admitted`` record into the event's outbox
+        #: (``visit.lua``; on where a relay runs: ``app.py``).
+        self.outbox_records = False
         self._visit = redis.register_script(_script_text("visit.lua"))
         self._tick = redis.register_script(_script_text("tick.lua"))
         self._leave = redis.register_script(_script_text("leave.lua"))
@@ -238,6 +246,7 @@ class QueueStore:
         if outcome in ("created", "updated"):
             # After the config exists, so the loop never finds an event without one.
             await self.redis.sadd(EVENTS_SET, event_id)
+            await self.redis.sadd(OUTBOXES_SET, event_id)
         return outcome
 
     async def get_config(self, event_id: str) -> EventConfig | None:
@@ -326,6 +335,8 @@ class QueueStore:
             user_id,
             "" if tier1_prequeue_sale_ms is None else str(tier1_prequeue_sale_ms),
             str(tier1_issued_at),
+            uuid.uuid4().hex if self.outbox_records else "",
+            "1" if self.outbox_records else "0",
         ]
         reply = await self._run(self._visit, key_list, args)
         kind = _text(reply[0])
@@ -468,6 +479,16 @@ class QueueStore:
         value = await self.redis.hget(event_keys(event_id).spent, place)
         return None if value is None else int(_text(value))
 
+    async def append_outbox(self, event_id: str, records: list[dict[str, Any]]) -> bool:
+        """Put ready-made ``queue-events`` records into the event's outbox (the pre-queue's
+        publications: few, never refused at the cap); ``False`` when no relay runs."""
+        if not self.outbox_records:
+            return False
+        outbox = event_keys(event_id).outbox
+        for record in records:
+            await self.redis.xadd(outbox, {"json": orjson.dumps(record)})
+        return True
+
     async def revoke(self, user_id: str, jti: str, ttl_ms: int) -> None:
         """Tell the gateway this token's ``jti`` is no longer good (for ``ttl_ms``)."""
         if ttl_ms > 0:
@@ -483,11 +504,15 @@ class QueueStore:
         max_scan: int,
         max_expire: int,
         order_grace_ms: int = 0,
+        outbox_cap: int = 0,
     ) -> TickResult | None:
         """One admission tick; ``None`` when the event has no configuration any more.
 
         ``order_grace_ms`` > 0 keeps a Tier-1 event's admissions in number order, holding
         free slots up to that long for a lower number still on its way (``tick.lua``).
+        ``outbox_cap`` > 0 writes the tick's ``waived`` and ``admitted`` records into the
+        event's outbox in the same script (``outbox.py`` relays them), and admits nobody
+        while the outbox holds that many; 0 writes no records.
         """
         key_list, keys = self._call_keys(event_id)
         args: list[str | bytes] = [
@@ -496,6 +521,8 @@ class QueueStore:
             str(max_scan),
             str(max_expire),
             str(order_grace_ms),
+            uuid.uuid4().hex,
+            str(outbox_cap),
         ]
         reply = await self._run(self._tick, key_list, args)
         if int(reply[0]) < 0:
@@ -519,6 +546,7 @@ class QueueStore:
             order_held=bool(int(reply[8])),
             order_waived=int(reply[9]),
             waived_numbers=tuple(int(n) for n in reply[10]),
+            outbox_full=bool(int(reply[11])),
         )
 
     async def figures(self, event_id: str) -> Figures | None:

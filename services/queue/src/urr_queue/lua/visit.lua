@@ -2,7 +2,9 @@
 -- ARGV: seen prefix, member, signed Tier-1 position ('' if none), Tier-1 place
 -- ('<request id>#<position>', '' if none), enter, arrival id (the user id: the random
 -- method's order key is drawn from it), the pass's pre-queue sale start ms ('' for a numbered
--- pass), the pass's signing time (epoch s).
+-- pass), the pass's signing time (epoch s), record id and '1' to write a passthrough
+-- admission's record into the outbox (issue 19: the admission log's records; no cap here,
+-- see outbox.py).
 -- The queueing method 'reject' lets nobody wait: an entry, or a waiter's poll, is refused
 -- ({'rejected'}, the place given up); admitted sessions run on.
 -- A Tier-1 place admits once: it is bound to the first member entering with it, and once
@@ -22,6 +24,7 @@
 local member, position, place, entering = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local arrival_id = ARGV[6]
 local pass_sale, pass_signed = ARGV[7] or '', tonumber(ARGV[8] or '0') or 0
+local record_id, to_outbox = ARGV[9] or '', ARGV[10] == '1'
 
 local cfg = load_config()
 if not cfg then return {'no_event'} end
@@ -93,6 +96,7 @@ if number then
     redis.call('ZREM', K_QUEUE, member)
     redis.call('HDEL', K_ORDINALS, member)
     local session_end = admit_now(cfg, member, now)
+    if to_outbox then outbox_admitted(record_id, member, number, 1, now, 'passthrough') end
     return {'admitted', session_end, '', now, 1, redis.call('ZCARD', K_QUEUE), number, tier1}
   end
 else
@@ -149,6 +153,7 @@ else
   entered = 1
   if cfg.passthrough then
     local session_end = admit_now(cfg, member, now)
+    if to_outbox then outbox_admitted(record_id, member, number, 1, now, 'passthrough') end
     return {'admitted', session_end, '', now, 2, redis.call('ZCARD', K_QUEUE), number, tier1}
   end
   if cfg.prequeue then
