@@ -25,7 +25,7 @@ from prometheus_client import Counter
 
 from urr_common.logs import get_logger
 from urr_common.tokens import MAX_TOKEN_BYTES
-from urr_gateway.context import IDENTITY
+from urr_gateway.context import IDENTITY, RequestFacts, facts_of
 from urr_gateway.keys import revoked_entry_token_key
 from urr_gateway.routing import ROUTE
 
@@ -67,12 +67,31 @@ def revocation_key_of(request: web.Request) -> str | None:
     verdict for exactly the key of the verified ``sub`` and ``jti``. Computed once per
     request (the limiter and the verdict reader both ask).
     """
+    facts = facts_of(request)
+    if facts is not None:
+        if facts.revocation_key is None:
+            facts.revocation_key = _facts_revocation_key(request, facts) or ""
+        return facts.revocation_key or None
     cached = request.get(_REVOCATION_KEY)
     if cached is not None:
         return cached or None
     key = _revocation_key(request)
     request[_REVOCATION_KEY] = key or ""
     return key
+
+
+def _facts_revocation_key(request: web.Request, facts: RequestFacts) -> str | None:
+    match = facts.route
+    if match is None or not match.route.needs_entry_token:
+        return None
+    identity = facts.identity if facts.identity is not None else request.get(IDENTITY)
+    if identity is None:
+        return None
+    token = entry_token_of(request)
+    if not token:
+        return None
+    jti = unverified_jti(token)
+    return revoked_entry_token_key(identity.user_id, jti) if jti else None
 
 
 def _revocation_key(request: web.Request) -> str | None:
@@ -106,6 +125,10 @@ _REVOCATION_KEY = web.RequestKey("urr_entry_revocation_key", str)
 
 class RevocationCheck(Protocol):
     async def is_revoked(self, request: web.Request, user_id: str, jti: str) -> bool: ...
+
+    def verdict(self, request: web.Request, user_id: str, jti: str) -> bool | None:
+        """The answer without waiting, when one is at hand (``None``: ``is_revoked`` asks)."""
+        ...
 
 
 class RedisRevocationCheck:
@@ -143,6 +166,9 @@ class RedisRevocationCheck:
             _LOG.info("revocation_check_recovered")
         return bool(found)
 
+    def verdict(self, request: web.Request, user_id: str, jti: str) -> bool | None:
+        return None  # always a lookup
+
 
 #: Reads an earlier step's answer for ``key`` off the request: ``None`` when it has none.
 VerdictReader = Callable[[web.Request, str], "bool | None"]
@@ -162,6 +188,10 @@ class PrecheckedRevocation:
     def __init__(self, fallback: RevocationCheck, verdict_of: VerdictReader = stored_verdict):
         self._fallback = fallback
         self._verdict_of = verdict_of
+
+    def verdict(self, request: web.Request, user_id: str, jti: str) -> bool | None:
+        """The rate limiter's answer for this key, if its round trip looked it up."""
+        return self._verdict_of(request, revoked_entry_token_key(user_id, jti))
 
     async def is_revoked(self, request: web.Request, user_id: str, jti: str) -> bool:
         verdict = self._verdict_of(request, revoked_entry_token_key(user_id, jti))

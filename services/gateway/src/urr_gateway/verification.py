@@ -44,6 +44,18 @@ class CachedTokenVerifier(Generic[T]):
     def source(self) -> JwksKeySource:
         return self._source
 
+    def verify_cached(self, token: str) -> T | None:
+        """The cached outcome without waiting: the converted claims, ``TokenError`` for a
+        token refused a moment ago, ``None`` when ``verify`` has to check it."""
+        digest = token_digest(token)
+        cached = self._cache.get(token, digest)
+        if cached is not None:
+            return cached
+        refused = self._refused.get(digest)
+        if refused is not None:
+            raise TokenError(refused, "refused a moment ago")
+        return None
+
     async def verify(self, token: str) -> T:
         """The converted claims; ``TokenError`` or ``jwks.KeysUnavailable`` otherwise."""
         digest = token_digest(token)
