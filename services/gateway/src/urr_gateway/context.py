@@ -7,7 +7,9 @@ headers for these again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
@@ -113,6 +115,30 @@ def peek(request: web.Request, key: web.RequestKey[T]) -> T | None:
     """``request.get(key)`` without the cost of a miss (``Mapping.get`` raises and catches a
     ``KeyError`` for an absent key; aiohttp keeps the values in a plain dict)."""
     return request._state.get(key)
+
+
+#: Parsed ``Cookie`` headers by their exact text: a browser sends the same header on every
+#: request, and parsing it (``http.cookies`` morsels) costs more than the rest of the cookie
+#: filter. Bounded in entries and in the header length it keeps (oldest entry goes first).
+_COOKIES: dict[str, Mapping[str, str]] = {}
+_COOKIES_MAX_ENTRIES = 1024
+_COOKIES_MAX_HEADER = 4096
+_NO_COOKIES: Mapping[str, str] = MappingProxyType({})
+
+
+def request_cookies(request: web.Request) -> Mapping[str, str]:
+    """``request.cookies``, parsed once per distinct ``Cookie`` header (aiohttp's parser)."""
+    raw = request.headers.get("Cookie")
+    if not raw:
+        return _NO_COOKIES
+    cookies = _COOKIES.get(raw)
+    if cookies is None:
+        cookies = request.cookies  # a read-only view: safe to share between requests
+        if len(raw) <= _COOKIES_MAX_HEADER:
+            if len(_COOKIES) >= _COOKIES_MAX_ENTRIES:
+                del _COOKIES[next(iter(_COOKIES))]
+            _COOKIES[raw] = cookies
+    return cookies
 
 
 def facts_of(request: web.Request) -> RequestFacts | None:

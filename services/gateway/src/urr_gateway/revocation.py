@@ -25,7 +25,7 @@ from prometheus_client import Counter
 
 from urr_common.logs import get_logger
 from urr_common.tokens import MAX_TOKEN_BYTES
-from urr_gateway.context import IDENTITY, RequestFacts, facts_of
+from urr_gateway.context import IDENTITY, RequestFacts, facts_of, request_cookies
 from urr_gateway.keys import revoked_entry_token_key
 from urr_gateway.routing import ROUTE
 
@@ -56,7 +56,7 @@ def entry_token_of(request: web.Request) -> str | None:
     token = request.headers.get(ENTRY_TOKEN_HEADER)
     if token:
         return token.strip()
-    return request.cookies.get(ENTRY_TOKEN_COOKIE) or None
+    return request_cookies(request).get(ENTRY_TOKEN_COOKIE) or None
 
 
 def revocation_key_of(request: web.Request) -> str | None:

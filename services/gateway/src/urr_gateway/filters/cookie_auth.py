@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from urr_gateway.context import RequestFacts
+from urr_gateway.context import RequestFacts, request_cookies
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.ingress import FORWARD_HEADERS
 
@@ -31,7 +31,7 @@ def cookie_auth_step(request: web.Request, facts: RequestFacts) -> None:
     headers = facts.headers
     if "Authorization" in headers:
         return None
-    cookie = request.cookies.get(ACCESS_TOKEN_COOKIE)
+    cookie = request_cookies(request).get(ACCESS_TOKEN_COOKIE)
     if cookie:
         headers["Authorization"] = f"Bearer {cookie}"
         facts.from_cookie = True
