@@ -120,15 +120,13 @@ def create_app(
         _refused(settings.token_cache),
     )
     redis_holder: dict[str, Redis | RedisCluster] = {}
-    revocation_lookup = RedisRevocationCheck(
-        lambda: redis_holder["redis"],
-        settings.revocation_timeout_s,
-        metrics.revocation_failures,
-    )
-    # A lookup the limiter's round trip made but Redis did not answer counts as a failed
-    # lookup at once: asking again would cost a round trip likely to fail the same way.
     revocation = PrecheckedRevocation(
-        revocation_lookup, revocation_verdict, on_unanswered=revocation_lookup.record_failure
+        RedisRevocationCheck(
+            lambda: redis_holder["redis"],
+            settings.revocation_timeout_s,
+            metrics.revocation_failures,
+        ),
+        revocation_verdict,
     )
     filters = build_chain(
         cookie_auth=cookie_auth_filter(),

@@ -123,13 +123,6 @@ def unverified_jti(token: str) -> str | None:
 _REVOCATION_KEY = web.RequestKey("urr_entry_revocation_key", str)
 
 
-class RevocationUnanswered(Exception):
-    """Raised by a ``VerdictReader``: the key was looked up in an earlier round trip that
-    Redis did not answer in time (the limiter fell back to its failure policy). A second
-    lookup now would cost a round trip that is likely to fail the same way (Redis down, or this
-    process too starved to hear it within the limiter's budget): treated as a failed lookup."""
-
-
 class RevocationCheck(Protocol):
     async def is_revoked(self, request: web.Request, user_id: str, jti: str) -> bool: ...
 
@@ -163,7 +156,10 @@ class RedisRevocationCheck:
                 found = await asyncio.shield(lookup)
         except Exception as exc:  # any Redis failure: fail open, see the module docstring
             lookup.add_done_callback(_consume_outcome)
-            self.record_failure(exc)
+            self._failures.inc()
+            if not self._failing:
+                self._failing = True
+                _LOG.warning("revocation_check_unavailable", error=repr(exc)[:200])
             return False
         if self._failing:
             self._failing = False
@@ -172,14 +168,6 @@ class RedisRevocationCheck:
 
     def verdict(self, request: web.Request, user_id: str, jti: str) -> bool | None:
         return None  # always a lookup
-
-    def record_failure(self, error: Exception) -> None:
-        """A lookup that failed (here or in an earlier round trip): counted, logged once per
-        outage; the token is let through."""
-        self._failures.inc()
-        if not self._failing:
-            self._failing = True
-            _LOG.warning("revocation_check_unavailable", error=repr(error)[:200])
 
 
 #: Reads an earlier step's answer for ``key`` off the request: ``None`` when it has none.
@@ -197,31 +185,16 @@ def stored_verdict(request: web.Request, key: str) -> bool | None:
 class PrecheckedRevocation:
     """Use the rate limiter's verdict when it covers this key, else ask ``fallback``."""
 
-    def __init__(
-        self,
-        fallback: RevocationCheck,
-        verdict_of: VerdictReader = stored_verdict,
-        on_unanswered: Callable[[Exception], None] | None = None,
-    ):
-        """``on_unanswered``: records a lookup the earlier round trip could not answer
-        (``RevocationUnanswered``), which then lets the token through without asking again;
-        without it, the fallback asks Redis itself."""
+    def __init__(self, fallback: RevocationCheck, verdict_of: VerdictReader = stored_verdict):
         self._fallback = fallback
         self._verdict_of = verdict_of
-        self._on_unanswered = on_unanswered
 
     def verdict(self, request: web.Request, user_id: str, jti: str) -> bool | None:
         """The rate limiter's answer for this key, if its round trip looked it up."""
-        try:
-            return self._verdict_of(request, revoked_entry_token_key(user_id, jti))
-        except RevocationUnanswered as unanswered:
-            if self._on_unanswered is None:
-                return None
-            self._on_unanswered(unanswered)
-            return False
+        return self._verdict_of(request, revoked_entry_token_key(user_id, jti))
 
     async def is_revoked(self, request: web.Request, user_id: str, jti: str) -> bool:
-        verdict = self.verdict(request, user_id, jti)
+        verdict = self._verdict_of(request, revoked_entry_token_key(user_id, jti))
         if verdict is not None:
             return verdict
         return await self._fallback.is_revoked(request, user_id, jti)

@@ -31,7 +31,6 @@ from urr_gateway.ratelimit.policyset import PolicyWatcher
 from urr_gateway.ratelimit.routing import CategoryRouter
 from urr_gateway.ratelimit.tenant import CompiledPolicies, TenantDecision
 from urr_gateway.ratelimit.window import Decision
-from urr_gateway.revocation import RevocationUnanswered
 
 FILTER_NAME = "rate_limit"
 FILTER_ORDER = 0
@@ -41,9 +40,6 @@ RATE_LIMIT_DECISION = web.RequestKey("urr_rate_limit_decision", Decision)
 
 #: The revoked-jti key looked up in the decision's round trip (absent when none was).
 RATE_LIMIT_REVOKED_KEY = web.RequestKey("urr_rate_limit_revoked_key", str)
-
-#: Decision sources that mean Redis did not answer the round trip (the failure policy's).
-_REDIS_UNANSWERED = frozenset({"local", "open", "closed"})
 
 #: The tenant decision of a request that came with a working ``X-API-Key``.
 TENANT_DECISION = web.RequestKey("urr_rate_limit_tenant_decision", TenantDecision)
@@ -173,10 +169,7 @@ class _RateLimit:
         request[RATE_LIMIT_DECISION] = decision
         if facts is not None:
             facts.rate_limit_decision = decision
-        if revoked_key is not None and (
-            decision.revoked is not None or decision.source in _REDIS_UNANSWERED
-        ):
-            # Looked up in this round trip: answered, or Redis did not answer in time.
+        if revoked_key is not None and decision.revoked is not None:
             request[RATE_LIMIT_REVOKED_KEY] = revoked_key
             if facts is not None:
                 facts.rate_limit_revoked_key = revoked_key
@@ -230,20 +223,16 @@ def rate_limit_filter(
 
 def revocation_verdict(request: web.Request, key: str) -> bool | None:
     """Was ``key`` found revoked in this request's rate-limit round trip? ``None`` when that
-    exact key was not looked up (deny-cache answer, no token, another key): the caller then
-    asks Redis itself. ``RevocationUnanswered`` when it was looked up but Redis did not answer
-    the round trip in time (the failure policy decided): a failed lookup, not asked again.
-    Fits the entry-token filter's verdict-reader seam."""
+    exact key was not looked up (deny-cache or fallback answer, no token, another key): the
+    caller then asks Redis itself. Fits the entry-token filter's verdict-reader seam."""
     facts = facts_of(request)
     if facts is not None and facts.rate_limit_decision is not None:
-        decision: Decision | None = facts.rate_limit_decision
-        looked_up = facts.rate_limit_revoked_key
-    else:
-        decision, looked_up = request.get(RATE_LIMIT_DECISION), request.get(RATE_LIMIT_REVOKED_KEY)
-    if decision is None or looked_up != key:
+        if facts.rate_limit_revoked_key != key:
+            return None
+        return facts.rate_limit_decision.revoked
+    decision: Decision | None = request.get(RATE_LIMIT_DECISION)
+    if decision is None or request.get(RATE_LIMIT_REVOKED_KEY) != key:
         return None
-    if decision.revoked is None:
-        raise RevocationUnanswered(f"the rate limiter's round trip fell back ({decision.source})")
     return decision.revoked
 
 
