@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
@@ -86,6 +86,7 @@ def create_app(
     rate_limit_filter: GatewayFilter | None = None,
     revocation_verdict: VerdictReader = stored_verdict,
     access_token_revoked: Callable[[str], bool] | None = None,
+    revocation_exists: Callable[[str], Awaitable[int]] | None = None,
 ) -> web.Application:
     """The public gateway application.
 
@@ -94,6 +95,8 @@ def create_app(
     ``revocation_verdict``: where the entry-token filter finds the limiter's answer to the
     revoked-jti lookup it made in its own round trip (else the filter asks Redis itself).
     ``access_token_revoked(jti)``: access tokens revoked by ``jti`` are refused (401).
+    ``revocation_exists(key)``: how that fallback sends its ``EXISTS`` (the limiter's
+    pipelined connection); by default through the Redis client.
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics.register(registry)
@@ -125,6 +128,7 @@ def create_app(
             lambda: redis_holder["redis"],
             settings.revocation_timeout_s,
             metrics.revocation_failures,
+            revocation_exists,
         ),
         revocation_verdict,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,6 +27,7 @@ from urr_common.logs import get_logger
 from urr_common.tokens import MAX_TOKEN_BYTES
 from urr_gateway.context import IDENTITY, RequestFacts, facts_of, request_cookies
 from urr_gateway.keys import revoked_entry_token_key
+from urr_gateway.ratelimit.resp import RedirectedError
 from urr_gateway.routing import ROUTE
 
 if TYPE_CHECKING:
@@ -132,22 +133,37 @@ class RevocationCheck(Protocol):
 
 
 class RedisRevocationCheck:
-    """One ``EXISTS`` within ``timeout_s``."""
+    """One ``EXISTS`` within ``timeout_s``.
+
+    ``exists``: a cheaper way to send it (the rate limiter's pipelined connection,
+    ``SlidingWindowLimiter.key_exists``); redis-py's client when it is absent or the key's
+    cluster slot moved.
+    """
 
     def __init__(
         self,
         redis: Callable[[], Redis | RedisCluster],
         timeout_s: float,
         failures: Counter,
+        exists: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
         self._redis = redis
         self._timeout_s = timeout_s
         self._failures = failures
+        self._exists = exists
         self._failing = False
+
+    async def _lookup(self, key: str) -> int:
+        if self._exists is not None:
+            try:
+                return await self._exists(key)
+            except RedirectedError:
+                pass  # redis-py's cluster client follows the move
+        return int(await self._redis().exists(key))
 
     async def is_revoked(self, request: web.Request, user_id: str, jti: str) -> bool:
         key = revoked_entry_token_key(user_id, jti)
-        lookup: asyncio.Future[int] = asyncio.ensure_future(self._redis().exists(key))
+        lookup: asyncio.Future[int] = asyncio.ensure_future(self._lookup(key))
         try:
             # Shielded: a command cancelled mid-reply makes redis-py drop the connection, and
             # reconnecting under load is what would make the next lookups late too. A late
