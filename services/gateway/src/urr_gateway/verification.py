@@ -58,13 +58,10 @@ class CachedTokenVerifier(Generic[T]):
 
     async def verify(self, token: str) -> T:
         """The converted claims; ``TokenError`` or ``jwks.KeysUnavailable`` otherwise."""
-        digest = token_digest(token)
-        cached = self._cache.get(token, digest)
+        cached = self.verify_cached(token)
         if cached is not None:
             return cached
-        refused = self._refused.get(digest)
-        if refused is not None:
-            raise TokenError(refused, "refused a moment ago")
+        digest = token_digest(token)
         try:
             value, expires_at = await self._verify(token)
         except TokenError as exc:
