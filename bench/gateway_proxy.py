@@ -1,12 +1,15 @@
 """Gateway throughput and latency beside nginx, with wrk, in one run.
 
-Three targets, the same static upstream (nginx ``return 200``) behind each:
+The same static upstream (nginx ``return 200``) behind each target:
 
 1. the upstream alone;
 2. nginx proxying to it with ``limit_req`` (one worker process);
 3. a bare aiohttp proxy (one ``ClientSession``, no filters): what aiohttp itself costs;
-4. the URR gateway *before* its own upstream client (``--before REV``: the gateway package
-   of that git revision, run from a ``git archive`` of it, with aiohttp's ``ClientSession``);
+   then the same on the gateway's lean upstream client, and that plus one decision of the
+   gateway's pipelined limiter per request (the floor of a rate-limiting aiohttp proxy);
+4. the URR gateway of another revision (``--before REV``: the gateway package of that git
+   revision, run from a ``git archive`` of it; by default the last one with aiohttp's
+   ``ClientSession``);
 5. the URR gateway (``python -m urr_gateway``, one worker, uvloop) with every filter: the
    access token comes as the ``access_token`` cookie (cookie auth), is verified (JWT auth,
    keys from a JWKS the upstream nginx serves), the path is a seat route so the entry token
