@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -366,6 +366,14 @@ class SlidingWindowLimiter:
             return decision
         self._on_failure(kind, error)
         return None
+
+    @property
+    def key_exists(self) -> Callable[[str], Awaitable[int]] | None:
+        """``EXISTS key`` on the limiter's own pipelined connection (``None`` with another
+        transport): other lookups of the same request (the entry token's revocation) cost a
+        command in the tick's write instead of a redis-py call."""
+        store = self._store
+        return store.exists if isinstance(store, PipelinedSlidingLog) else None
 
     def _fallback(
         self,

@@ -479,6 +479,14 @@ class PipelinedSlidingLog:
         self._encoded[category] = (specs, encoded)
         return encoded
 
+    async def exists(self, key: str) -> int:
+        """``EXISTS key``, written with this tick's decisions on the node that holds ``key``
+        (a lookup without redis-py's per-call cost). Not under the decision budget: the
+        caller times it. ``RedirectedError`` when a cluster slot moved: ask through redis-py."""
+        raw = key.encode()
+        node = await self._node_for(raw)
+        return int(await node.submit(encode_command(b"EXISTS", raw)))
+
     async def aclose(self) -> None:
         """Give the lean connections back to the client (closed)."""
         for node in self.nodes:
