@@ -52,6 +52,7 @@ from urr_gateway.ratelimit.tenant import (
     QuotaMonth,
     decide_tenant,
     parse_tenant_reply,
+    tenant_decision_of_reply,
 )
 from urr_ratelimit_admin import store
 from urr_ratelimit_admin.publisher import PolicyPublisher
@@ -147,6 +148,45 @@ def test_the_pre_encoded_tenant_command_is_the_plain_encoding(redis: Redis) -> N
             *tenant_args(compiled, tenant, cost, quota, None, month),
         )
         assert log._tenant_command(compiled, tenant, cost, quota, month) == plain
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    windows=st.sampled_from([[(10, 60)], [(1, 1)], [(5, 1), (50, 60)]]),
+    mode=st.sampled_from(["enforce", "shadow"]),
+    head=st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1), st.integers(-1, 99)),
+    quota_reset_us=st.integers(0, 40 * 86400 * US),
+    near=st.integers(0, 1),
+    cost=st.integers(1, 3),
+    counts=st.lists(
+        st.tuples(st.integers(0, 60), st.integers(0, 60 * US), st.integers(0, 60 * US)),
+        min_size=2,
+        max_size=2,
+    ),
+)
+def test_the_reply_fast_path_decides_like_the_general_one(
+    windows: list[tuple[int, int]],
+    mode: str,
+    head: tuple[int, int, int, int],
+    quota_reset_us: int,
+    near: int,
+    cost: int,
+    counts: list[tuple[int, int, int]],
+) -> None:
+    """``tenant_decision_of_reply`` (the limiter's) answers what parsing the reply and
+    ``decide_tenant`` answer, for every reply shape the script can give."""
+    compiled = CompiledPolicy.of(
+        policy(
+            "p",
+            mode=mode,
+            windows=[{"limit": limit, "window_s": window_s} for limit, window_s in windows],
+        )
+    )
+    reply = [*head, quota_reset_us, near]
+    for count, reset_us, retry_us in counts[: len(windows)]:
+        reply += [count, reset_us, 0 if head[1] else retry_us]
+    general = decide_tenant(compiled, "acme", parse_tenant_reply(reply, len(windows)), cost)
+    assert tenant_decision_of_reply(compiled, "acme", reply, cost) == general
 
 
 def test_quota_months_are_utc_calendar_months() -> None:

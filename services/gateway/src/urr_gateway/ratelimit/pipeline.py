@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio.cluster import RedisCluster
@@ -275,7 +275,7 @@ class PipelinedSlidingLog:
         self._tenant_encoded: dict[str, tuple[CompiledPolicy, QuotaMonth, bytes, bytes, bytes]] = {}
         #: (policy, tenant) -> the encoded keys and quota counter of its decisions this month.
         self._tenant_parts: dict[
-            tuple[str, str], tuple[CompiledPolicy, QuotaMonth, bytes, bytes]
+            tuple[str, str], tuple[CompiledPolicy, QuotaMonth, bytes, bytes, bytes]
         ] = {}
         self._month: QuotaMonth | None = None
         self._calls = CategoryCalls()
@@ -414,15 +414,16 @@ class PipelinedSlidingLog:
         now_us: int | None = None,
     ) -> TenantScriptResult:
         """One tenant decision (``tenant_decision.lua``), in this tick's batch like the rest."""
-        self._month = month = current_month(self._month)
         if now_us is None:
-            command = self._tenant_command(compiled, tenant, cost, quota, month)
-        else:
-            keys = tenant_keys(compiled, tenant)
-            args = tenant_args(compiled, tenant, cost, quota, now_us, month)
-            command = encode_command(
-                b"EVALSHA", self._tenant_sha.encode(), b"%d" % len(keys), *keys, *args
+            return parse_tenant_reply(
+                await self.tenant_reply(compiled, tenant, cost, quota), len(compiled.specs)
             )
+        month = self._month = current_month(self._month)
+        keys = tenant_keys(compiled, tenant)
+        args = tenant_args(compiled, tenant, cost, quota, now_us, month)
+        command = encode_command(
+            b"EVALSHA", self._tenant_sha.encode(), b"%d" % len(keys), *keys, *args
+        )
         node = await self._node_for(b"{" + tenant_subject(tenant).encode() + b"}")
         try:
             reply = await node.submit(command, timed=True)
@@ -434,12 +435,34 @@ class PipelinedSlidingLog:
             return await self._through_client.evaluate_tenant(compiled, tenant, cost, quota, now_us)
         return parse_tenant_reply(reply, len(compiled.specs))
 
+    async def tenant_reply(
+        self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int
+    ) -> Sequence[int]:
+        """The reply of one tenant decision on Redis's clock, as it came."""
+        self._month = month = current_month(self._month)
+        command, tag = self._tenant_command_and_tag(compiled, tenant, cost, quota, month)
+        node = await self._node_for(tag)
+        try:
+            reply: Sequence[int] = await node.submit(command, timed=True)
+        except NoScriptError:
+            reply = await node.submit(command, load_script=self._tenant_load, timed=True)
+        except RedirectedError:
+            if self._through_client is None:
+                raise
+            return await self._through_client.tenant_reply(compiled, tenant, cost, quota)
+        return reply
+
     def _tenant_command(
         self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int, month: QuotaMonth
     ) -> bytes:
+        return self._tenant_command_and_tag(compiled, tenant, cost, quota, month)[0]
+
+    def _tenant_command_and_tag(
+        self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int, month: QuotaMonth
+    ) -> tuple[bytes, bytes]:
         """The ``EVALSHA`` of a tenant decision on Redis's clock, from pieces encoded once per
         published policy and month (the same bytes ``encode_command`` would make of
-        ``tenant_args``)."""
+        ``tenant_args``), and the tenant's hash tag (which node decides)."""
         entry = self._tenant_encoded.get(compiled.id)
         if entry is None or entry[0] is not compiled or entry[1] is not month:
             windows = len(compiled.specs)
@@ -464,11 +487,13 @@ class PipelinedSlidingLog:
                 self._tenant_parts.clear()
             keys = b"".join(bulk(key) for key in tenant_keys(compiled, tenant))
             counter = bulk(compiled.quota_counter(tenant, month))
-            tenant_entry = (compiled, month, keys, counter)
+            tag = b"{" + tenant_subject(tenant).encode() + b"}"
+            tenant_entry = (compiled, month, keys, counter, tag)
             self._tenant_parts[(compiled.id, tenant)] = tenant_entry
-        _, _, keys, counter = tenant_entry
-        parts = [head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), counter, tail]
-        return b"".join(parts)
+        _, _, keys, counter, tag = tenant_entry
+        return b"".join(
+            (head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), counter, tail)
+        ), tag
 
     def _encoded_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _EncodedCall:
         entry = self._encoded.get(category)

@@ -232,6 +232,48 @@ def decide_tenant(
     )
 
 
+def tenant_decision_of_reply(
+    compiled: CompiledPolicy, tenant: str, reply: Sequence[int], cost: int
+) -> TenantDecision:
+    """``decide_tenant(compiled, tenant, parse_tenant_reply(reply, windows), cost)``, with the
+    common case built straight from the reply: one window, admitted by the policy and the
+    quota (no shadow refusal). That case needs no :class:`TenantScriptResult` nor
+    :class:`WindowOutcome`, and is about 4 µs cheaper per decision (every other case takes the
+    general path; the unit tests hold the two to the same answers)."""
+    specs = compiled.specs
+    if len(specs) != 1 or len(reply) != 9 or not (reply[0] and reply[1]) or reply[2]:
+        return decide_tenant(compiled, tenant, parse_tenant_reply(reply, len(specs)), cost)
+    spec = specs[0]
+    count = reply[6]
+    remaining = spec.limit - count - cost
+    reset_ms = us_to_ms_up(reply[7] if count else spec.window_us)
+    state = WindowState(
+        spec.policy, spec.limit, spec.window_s, remaining if remaining > 0 else 0, reset_ms, 0
+    )
+    quota_remaining = reply[3]
+    return TenantDecision(
+        Decision(
+            True,
+            compiled.id,
+            spec.limit,
+            state.remaining,
+            reset_ms,
+            0,
+            spec.policy,
+            False,
+            "redis",
+            (state,),
+        ),
+        tenant,
+        compiled.policy,
+        None if quota_remaining < 0 else quota_remaining,
+        us_to_ms_up(reply[4]),
+        False,
+        False,
+        bool(reply[5]),
+    )
+
+
 def degraded_tenant_decision(
     compiled: CompiledPolicy, tenant: str, decision: Decision
 ) -> TenantDecision:
