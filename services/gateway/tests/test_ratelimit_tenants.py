@@ -47,6 +47,8 @@ from urr_gateway.ratelimit.policyset import PolicyWatcher
 from urr_gateway.ratelimit.resp import encode_command
 from urr_gateway.ratelimit.store import RedisSlidingLog, tenant_args, tenant_keys
 from urr_gateway.ratelimit.tenant import (
+    GOVERNING_CACHE_MAX,
+    GOVERNING_PATH_MAX,
     CompiledPolicies,
     CompiledPolicy,
     QuotaMonth,
@@ -121,6 +123,29 @@ def test_compiled_lookup_governs_like_the_documented_order(
     expected = governing(policies, tenant, method, path)
     found = compiled.governing(tenant, method, path)
     assert (found.id if found else None) == (expected.id if expected else None)
+    # Asked again (now remembered), and for the other tenants: the same answers.
+    assert compiled.governing(tenant, method, path) is found
+    for other in (None, "acme", "beta", "gamma"):
+        again = compiled.governing(other, method, path)
+        reference = governing(policies, other, method, path)
+        assert (again.id if again else None) == (reference.id if reference else None)
+
+
+def test_remembered_governing_lookups_are_bounded() -> None:
+    extra = (policy("t-queue", tenant="acme", route="/api/v1/queue/**", priority=10),)
+    compiled = CompiledPolicies(PolicySet(version=1, policies=(*default_policies(), *extra)))
+
+    def governing_id(tenant: str, path: str) -> str | None:
+        found = compiled.governing(tenant, "GET", path)
+        return found.id if found else None
+
+    for i in range(GOVERNING_CACHE_MAX + 10):
+        assert governing_id("acme", f"/api/v1/queue/e{i}") == "t-queue"
+        assert governing_id("zeta", f"/api/v1/queue/e{i}") == "queue"
+    assert len(compiled._governing) <= GOVERNING_CACHE_MAX
+    long_path = "/api/v1/queue/" + "x" * GOVERNING_PATH_MAX
+    assert governing_id("acme", long_path) == "t-queue"
+    assert ("acme", "GET", long_path) not in compiled._governing
 
 
 def test_api_keys_are_known_by_digest_only() -> None:

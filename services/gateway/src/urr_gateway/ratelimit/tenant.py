@@ -96,6 +96,12 @@ class QuotaMonth:
         return self.start_s <= epoch_s < self.end_s
 
 
+#: Governing lookups remembered per published version (emptied when full), for paths up to
+#: this many characters.
+GOVERNING_CACHE_MAX = 4096
+GOVERNING_PATH_MAX = 256
+
+
 class CompiledPolicies:
     """One published version, ready for lookups: which policy governs, whose key it is."""
 
@@ -122,6 +128,7 @@ class CompiledPolicies:
             owner: tuple(c for c in self._ordered if c.policy.tenant in (None, owner))
             for owner in owners
         }
+        self._governing: dict[tuple[str | None, str, str], CompiledPolicy | None] = {}
 
     @classmethod
     def seed(cls) -> CompiledPolicies:
@@ -135,14 +142,34 @@ class CompiledPolicies:
         return self.api_keys.get(api_key_digest(secret))
 
     def governing(self, tenant: str | None, method: str, path: str) -> CompiledPolicy | None:
-        candidates = self.defaults if tenant is None else self._of_tenant(tenant)
+        # Remembered per (tenant with policies of its own or None, method, path) for this
+        # version: the same few routes come back on every request, and a lookup costs ~0.3 µs
+        # against ~2 µs for the walk (prefix tests and a regex). Bounded: any caller picks
+        # its path, so the cache is emptied when full and long paths are not kept.
+        owner = tenant if tenant is not None and tenant in self._per_tenant else None
+        key = (owner, method, path)
+        cache = self._governing
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        found = self._walk(
+            self.defaults if owner is None else self._per_tenant[owner], method, path
+        )
+        if len(path) <= GOVERNING_PATH_MAX:
+            if len(cache) >= GOVERNING_CACHE_MAX:
+                cache.clear()
+            cache[key] = found
+        return found
+
+    @staticmethod
+    def _walk(
+        candidates: tuple[CompiledPolicy, ...], method: str, path: str
+    ) -> CompiledPolicy | None:
         for compiled in candidates:
             if path.startswith(compiled.literal_prefix) and compiled.policy.matches(method, path):
                 return compiled
         return None
-
-    def _of_tenant(self, tenant: str) -> tuple[CompiledPolicy, ...]:
-        return self._per_tenant.get(tenant, self.defaults)
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, about 1.3 µs more
