@@ -289,7 +289,7 @@ async def test_a_tenant_decision_follows_a_moved_slot_and_stays_exact(
         store = limiter._store
         assert isinstance(store, PipelinedSlidingLog)
         tenant = "moved-tenant"
-        key = tenant_keys(compiled, tenant)[0]
+        key = tenant_keys(compiled, tenant)[0].decode()
         slot = cluster.keyslot(key)
         source = cluster.get_node_from_key(key)
         assert source is not None
