@@ -22,13 +22,15 @@ given, and measures, on the same Redis and the same redis-py (hiredis) client, i
 * ``ours-tenant``   a tenant decision as the check API and the gateway make it for an API key:
                     the governing policy looked up in a published set (10,000 tenants, a
                     tenant policy and the seed defaults), then ``check_tenant`` with a monthly
-                    quota: ``tenant_decision.lua`` (windows, quota, usage hash, near-limit) on
-                    the same pipelined connection. Compare with ``ours``, the policy-less
-                    decision (issue 18's target: P50 within 10%).
+                    quota: ``tenant_decision.lua`` (windows, quota, near-limit; usage is
+                    tallied in memory) on the same pipelined connection. Compare with
+                    ``ours``, the policy-less decision (issue 18's target: P50 within 10%).
 
 ``--contenders ours,ours-tenant,ping`` measures a subset (same interleaving); ``--keys 1000``
-rotates over fewer subjects and tenants, so their keys (usage hashes, quota counters) exist
+rotates over fewer subjects and tenants, so their keys (window logs, quota counters) exist
 already, as for a service with steady tenants; 10,000 (the default) is the cold case.
+``--script-stats N`` adds Redis's own time per script call (``INFO commandstats``) for each
+contender, N calls a round, after the rest.
 
 Latency: one decision in flight, the contenders taking turns decision by decision (so noise
 from the rest of the machine hits all alike). Throughput: 32 decisions in flight, per
