@@ -163,7 +163,19 @@ def test_the_pre_encoded_tenant_command_is_the_plain_encoding(redis: Redis) -> N
         policy("two", windows=[{"limit": 5, "window_s": 1}, {"limit": 50, "window_s": 60}])
     )
     december, january = QuotaMonth.of(DEC_END_US / US), QuotaMonth.of(JAN_START_US / US)
-    cases = (("acme", 1, 0, december), ("beta", 3, 1000, december), ("acme", 2, 7, january))
+    cases = (
+        ("acme", 1, 0, december),
+        ("beta", 3, 1000, december),
+        ("acme", 2, 7, january),
+        # A tenant's whole command is kept for a cost of 1: asked again, with another quota,
+        # another cost, then 1 again, and in another month.
+        ("acme", 1, 7, january),
+        ("acme", 1, 7, january),
+        ("acme", 1, 8, january),
+        ("acme", 3, 8, january),
+        ("acme", 1, 8, january),
+        ("acme", 1, 8, december),
+    )
     for tenant, cost, quota, month in cases:
         plain = encode_command(
             b"EVALSHA",

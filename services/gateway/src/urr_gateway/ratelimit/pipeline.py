@@ -101,6 +101,27 @@ class _EncodedCall:
         )
 
 
+class _TenantParts:
+    """A tenant's encoded pieces under one published policy and month: its window keys,
+    quota counter and hash tag, and its whole command for a cost of 1 at the quota it was
+    last asked with (a quota changes only with a new published version, hence a new
+    ``compiled``)."""
+
+    __slots__ = ("command", "compiled", "counter", "keys", "month", "quota", "tag")
+
+    def __init__(
+        self, compiled: CompiledPolicy, month: QuotaMonth, keys: bytes, counter: bytes, tag: bytes
+    ) -> None:
+        self.compiled = compiled
+        self.month = month
+        self.keys = keys
+        self.counter = counter
+        self.tag = tag
+        #: -1: no command kept yet (a quota is never negative).
+        self.quota = -1
+        self.command = b""
+
+
 class _Node:
     """One Redis node: its connection and the batch being gathered for it."""
 
@@ -274,9 +295,7 @@ class PipelinedSlidingLog:
         #: policy -> its encoded command pieces, for one month (the tail names the month).
         self._tenant_encoded: dict[str, tuple[CompiledPolicy, QuotaMonth, bytes, bytes, bytes]] = {}
         #: (policy, tenant) -> the encoded keys and quota counter of its decisions this month.
-        self._tenant_parts: dict[
-            tuple[str, str], tuple[CompiledPolicy, QuotaMonth, bytes, bytes, bytes]
-        ] = {}
+        self._tenant_parts: dict[tuple[str, str], _TenantParts] = {}
         self._month: QuotaMonth | None = None
         self._calls = CategoryCalls()
         self._encoded: dict[str, tuple[object, _EncodedCall]] = {}
@@ -481,19 +500,32 @@ class PipelinedSlidingLog:
             self._tenant_encoded[compiled.id] = entry
         _, _, head, middle, tail = entry
         tenant_entry = self._tenant_parts.get((compiled.id, tenant))
-        if tenant_entry is None or tenant_entry[0] is not compiled or tenant_entry[1] is not month:
+        if (
+            tenant_entry is None
+            or tenant_entry.compiled is not compiled
+            or tenant_entry.month is not month
+        ):
             if len(self._tenant_parts) >= TENANT_PARTS_MAX:
                 # Bounded: a caller may name any tenant id; the busy ones come back at once.
                 self._tenant_parts.clear()
-            keys = b"".join(bulk(key) for key in tenant_keys(compiled, tenant))
-            counter = bulk(compiled.quota_counter(tenant, month))
-            tag = b"{" + tenant_subject(tenant).encode() + b"}"
-            tenant_entry = (compiled, month, keys, counter, tag)
+            tenant_entry = _TenantParts(
+                compiled,
+                month,
+                b"".join(bulk(key) for key in tenant_keys(compiled, tenant)),
+                bulk(compiled.quota_counter(tenant, month)),
+                b"{" + tenant_subject(tenant).encode() + b"}",
+            )
             self._tenant_parts[(compiled.id, tenant)] = tenant_entry
-        _, _, keys, counter, tag = tenant_entry
-        return b"".join(
+        if cost == 1 and quota == tenant_entry.quota:
+            # Most decisions: the tenant's last command again, byte for byte.
+            return tenant_entry.command, tenant_entry.tag
+        keys, counter = tenant_entry.keys, tenant_entry.counter
+        command = b"".join(
             (head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), counter, tail)
-        ), tag
+        )
+        if cost == 1:
+            tenant_entry.quota, tenant_entry.command = quota, command
+        return command, tenant_entry.tag
 
     def _encoded_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _EncodedCall:
         entry = self._encoded.get(category)
