@@ -38,7 +38,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from urr_common.ratelimit_usage import USAGE_TTL_S
+from urr_common.ratelimit_usage import USAGE_TTL_S, tenant_tag
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, bulk, encode_command
@@ -508,12 +508,14 @@ class PipelinedSlidingLog:
             if len(self._tenant_parts) >= TENANT_PARTS_MAX:
                 # Bounded: a caller may name any tenant id; the busy ones come back at once.
                 self._tenant_parts.clear()
+            # tenant_keys, from the hash tag encoded once.
+            tag = tenant_tag(tenant).encode()
             tenant_entry = _TenantParts(
                 compiled,
                 month,
-                b"".join(bulk(key) for key in tenant_keys(compiled, tenant)),
+                b"".join([bulk(tag + suffix) for suffix in compiled.window_suffixes]),
                 bulk(compiled.quota_counter(tenant, month)),
-                b"{" + tenant_subject(tenant).encode() + b"}",
+                tag,
             )
             self._tenant_parts[(compiled.id, tenant)] = tenant_entry
         if cost == 1 and quota == tenant_entry.quota:
