@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from urr_common.clients import redis_client
 from urr_common.ratelimit_policies import Policy
@@ -228,6 +228,28 @@ async def test_a_slot_the_client_cannot_place_follows_the_failure_policy(
         await limiter.aclose()
 
 
+async def move_slot(cluster: RedisCluster, key: str) -> tuple[ClusterNode, ClusterNode]:
+    """Hand ``key``'s (empty) slot to another primary behind the client's back; the old and
+    the new owner."""
+    slot = cluster.keyslot(key)
+    source = cluster.get_node_from_key(key)
+    assert source is not None
+    target = next(n for n in cluster.get_primaries() if n.name != source.name)
+    source_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=source)
+    target_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=target)
+    await cluster.execute_command(
+        "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id, target_nodes=target
+    )
+    await cluster.execute_command(
+        "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id, target_nodes=source
+    )
+    for node in (target, source):
+        await cluster.execute_command(
+            "CLUSTER", "SETSLOT", slot, "NODE", target_id, target_nodes=node
+        )
+    return source, target
+
+
 async def test_a_moved_slot_is_followed_and_stays_exact(cluster: RedisCluster) -> None:
     """The subject's (empty) slot is handed to another primary behind the client's back: the
     old owner answers MOVED, which ran nothing; the decision goes through redis-py once, and
@@ -238,22 +260,7 @@ async def test_a_moved_slot_is_followed_and_stays_exact(cluster: RedisCluster) -
         store = limiter._store
         assert isinstance(store, PipelinedSlidingLog)
         key = window_key("u:moved", "booking", 60)
-        slot = cluster.keyslot(key)
-        source = cluster.get_node_from_key(key)
-        assert source is not None
-        target = next(n for n in cluster.get_primaries() if n.name != source.name)
-        source_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=source)
-        target_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=target)
-        await cluster.execute_command(
-            "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id, target_nodes=target
-        )
-        await cluster.execute_command(
-            "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id, target_nodes=source
-        )
-        for node in (target, source):
-            await cluster.execute_command(
-                "CLUSTER", "SETSLOT", slot, "NODE", target_id, target_nodes=node
-            )
+        source, target = await move_slot(cluster, key)
         writes = {name: node.writes for name, node in store._nodes.items()}
         decisions = [await limiter.check("u:moved", "booking") for _ in range(12)]
         assert [d.allowed for d in decisions] == [True] * 10 + [False] * 2
@@ -290,22 +297,7 @@ async def test_a_tenant_decision_follows_a_moved_slot_and_stays_exact(
         assert isinstance(store, PipelinedSlidingLog)
         tenant = "moved-tenant"
         key = tenant_keys(compiled, tenant)[0].decode()
-        slot = cluster.keyslot(key)
-        source = cluster.get_node_from_key(key)
-        assert source is not None
-        target = next(n for n in cluster.get_primaries() if n.name != source.name)
-        source_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=source)
-        target_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=target)
-        await cluster.execute_command(
-            "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id, target_nodes=target
-        )
-        await cluster.execute_command(
-            "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id, target_nodes=source
-        )
-        for node in (target, source):
-            await cluster.execute_command(
-                "CLUSTER", "SETSLOT", slot, "NODE", target_id, target_nodes=node
-            )
+        source, target = await move_slot(cluster, key)
         writes = {name: node.writes for name, node in store._nodes.items()}
         decided = [await limiter.check_tenant(tenant, compiled, quota=100) for _ in range(12)]
         assert [d.decision.allowed for d in decided] == [True] * 10 + [False] * 2
