@@ -294,7 +294,7 @@ class PipelinedSlidingLog:
         self._tenant_load = encode_command(b"SCRIPT", b"LOAD", self._tenant_source.encode())
         #: policy -> its encoded command pieces, for one month (the tail names the month).
         self._tenant_encoded: dict[str, tuple[CompiledPolicy, QuotaMonth, bytes, bytes, bytes]] = {}
-        #: (policy, tenant) -> the encoded keys and quota counter of its decisions this month.
+        #: (policy, tenant) -> its encoded keys, quota counter, hash tag and last command.
         self._tenant_parts: dict[tuple[str, str], _TenantParts] = {}
         self._month: QuotaMonth | None = None
         self._calls = CategoryCalls()
