@@ -85,7 +85,7 @@ def records(event_id: str, start: int, count: int) -> list[store.Record]:
             "at": AT_MS + ticket,
             "who": holder_hash(SECRET, event_id, f"user-{ticket}"),
         }
-        made.append(store.Record(uuid.uuid4().hex, Admission("", event_id, leaf).encoded()))
+        made.append(store.Record(uuid.uuid4().hex, Admission("", event_id, leaf).encoded(), ticket))
     return made
 
 

@@ -1,12 +1,15 @@
 """Gateway throughput and latency beside nginx, with wrk, in one run.
 
-Three targets, the same static upstream (nginx ``return 200``) behind each:
+The same static upstream (nginx ``return 200``) behind each target:
 
 1. the upstream alone;
 2. nginx proxying to it with ``limit_req`` (one worker process);
 3. a bare aiohttp proxy (one ``ClientSession``, no filters): what aiohttp itself costs;
-4. the URR gateway *before* its own upstream client (``--before REV``: the gateway package
-   of that git revision, run from a ``git archive`` of it, with aiohttp's ``ClientSession``);
+   then the same on the gateway's lean upstream client, and that plus one decision of the
+   gateway's pipelined limiter per request (the floor of a rate-limiting aiohttp proxy);
+4. the URR gateway of another revision (``--before REV``: the gateway package of that git
+   revision, run from a ``git archive`` of it; by default the last one with aiohttp's
+   ``ClientSession``);
 5. the URR gateway (``python -m urr_gateway``, one worker, uvloop) with every filter: the
    access token comes as the ``access_token`` cookie (cookie auth), is verified (JWT auth,
    keys from a JWKS the upstream nginx serves), the path is a seat route so the entry token
@@ -216,33 +219,46 @@ def profile(
     return summarise_profile(out)
 
 
-#: Self time is charged to the package of the innermost frame.
+#: Self time is charged to the first group whose needle the innermost frame contains. The
+#: socket writes are the C ``send`` under those Python frames (py-spy shows no native frames).
 _PACKAGES = [
+    ("socket write to the client (aiohttp writer)", ("StreamWriter._writelines",)),
+    ("socket write to the upstream", ("UpstreamConnection.start",)),
+    ("socket write to Redis (limiter pipeline)", ("RespPipe.send",)),
+    ("event loop in C (uvloop: reads, epoll, callbacks)", ("Runner.run",)),
     ("jwt / cryptography (signature checks)", ("jwt/", "cryptography/")),
-    ("urr_gateway (filters, ingress, proxy)", ("urr_gateway/",)),
+    ("redis-py (revocation EXISTS fallback)", ("redis/",)),
+    ("limiter (urr_gateway/ratelimit)", ("urr_gateway/ratelimit/",)),
+    ("upstream client (urr_gateway/upstream)", ("urr_gateway/upstream/",)),
+    ("gateway pipeline, filters, proxy (urr_gateway)", ("urr_gateway/",)),
     ("urr_common (request id, metrics, problems)", ("urr_common/",)),
     ("structlog (log context per request)", ("structlog/",)),
     ("prometheus_client", ("prometheus_client/",)),
-    ("redis client", ("redis/",)),
     ("aiohttp client", ("aiohttp/client", "aiohttp/connector")),
-    ("upstream client (urr_gateway/upstream)", ("urr_gateway/upstream/",)),
-    ("aiohttp server and HTTP writer", ("aiohttp/",)),
+    ("aiohttp server and HTTP writer", ("aiohttp/", "aiosignal/")),
+    ("cookies (http.cookies)", ("http/cookies",)),
     ("yarl / multidict", ("yarl/", "multidict/")),
     ("asyncio / event loop", ("asyncio/", "uvloop")),
 ]
-#: Inclusive time of the steps of one request (nested: a filter includes what runs after it).
+#: Inclusive time of the steps of one request (nested: a step includes what runs inside it).
+#: py-spy starts a resumed coroutine's stack where the task resumed it, so a step's share
+#: counts only the samples taken while its own frame was on the stack.
 _STEPS = [
-    ("request_context_middleware (everything inside)", "request_context_middleware"),
-    ("metrics_middleware", "metrics_middleware"),
-    ("ingress", "ingress_middleware.<locals>.ingress"),
-    ("cookie_auth", "cookie_auth ("),
-    ("jwt_auth", "jwt_auth_filter.<locals>.jwt_auth"),
-    ("entry_token", "entry_token_filter.<locals>.entry_token"),
-    ("  revocation EXISTS (Redis)", "RedisRevocationCheck.is_revoked"),
-    ("rate_limit (limiter decision in Redis)", "rate_limit_filter.<locals>"),
+    ("gateway pipeline (one middleware, everything inside)", "GatewayPipeline.middleware"),
+    ("  ingress", "Ingress.__call__"),
+    ("  cookie_auth", "cookie_auth_step"),
+    ("  jwt_auth", "_JwtAuth."),
+    ("  rate_limit (limiter decision in Redis)", "_RateLimit."),
+    ("  auth_gate", "auth_gate_step"),
+    ("  entry_token", "_EntryToken."),
+    ("    revocation EXISTS (Redis)", "RedisRevocationCheck.is_revoked"),
     ("UpstreamProxy.handle (upstream call and relay)", "UpstreamProxy.handle"),
     ("  upstream client send (pool, write, wait for headers)", "UpstreamClient.send"),
     ("  upstream connection data_received (llhttp)", "UpstreamConnection.data_received"),
+    ("answer headers (on_response_prepare)", "install_response_headers"),
+    # The gateway before the pipeline (``--before`` of an older revision profiles nothing, but
+    # a profile of an older checkout still names its middlewares).
+    ("request_context_middleware (older gateways)", "request_context_middleware"),
 ]
 
 
@@ -292,11 +308,15 @@ def _short(frame: str) -> str:
     return f"{function} ({'/'.join(parts[-2:])})"
 
 
-def serve_bare_proxy(port: int, upstream: str, lean: bool = False) -> None:
+def serve_bare_proxy(
+    port: int, upstream: str, lean: bool = False, redis_url: str | None = None
+) -> None:
     """A baseline: the least an aiohttp proxy does (one client, read, answer), no filters.
 
     ``lean``: the same with the gateway's own upstream client instead of a ``ClientSession``
-    (what the client alone saves, with nothing else changed).
+    (what the client alone saves, with nothing else changed). ``redis_url`` (with ``lean``):
+    plus one decision of the gateway's pipelined limiter per request, nothing else: the floor
+    of a rate-limiting proxy on an aiohttp server.
     """
     import aiohttp
     from aiohttp import web
@@ -312,6 +332,18 @@ def serve_bare_proxy(port: int, upstream: str, lean: bool = False) -> None:
             skip_auto_headers=("User-Agent",),
         )
         client = UpstreamClient({"up": upstream}, PoolLimits(512, 2.0, 2.0, 30.0, 30.0))
+        limiter = None
+        if redis_url is not None:
+            from redis.asyncio import Redis
+
+            from urr_gateway.ratelimit import SlidingWindowLimiter
+            from urr_gateway.ratelimit.config import RateLimitSettings
+
+            limiter = SlidingWindowLimiter(
+                Redis.from_url(redis_url),
+                RateLimitSettings.model_validate({"categories": json.loads(BENCH_CATEGORIES)}),
+            )
+            await limiter.prepare()
 
         async def handler(request: web.Request) -> web.Response:
             async with session.get(upstream + request.path_qs) as answer:
@@ -326,8 +358,16 @@ def serve_bare_proxy(port: int, upstream: str, lean: bool = False) -> None:
                 answer.close()
             return web.Response(status=answer.status, body=body)
 
+        async def limited_handler(request: web.Request) -> web.Response:
+            assert limiter is not None
+            decision = await limiter.check(f"ip:{request.remote}", "booking")
+            if not decision.allowed:
+                return web.Response(status=429)
+            return await lean_handler(request)
+
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", lean_handler if lean else handler)
+        chosen = limited_handler if limiter is not None else lean_handler if lean else handler
+        app.router.add_route("*", "/{tail:.*}", chosen)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -462,6 +502,19 @@ def gateway_pids(pid: int, workers: int) -> list[int]:
     return [pid, *found]
 
 
+def serve_if_asked(options: argparse.Namespace) -> bool:
+    """Run one of the baseline proxies when the options ask for one (a child process)."""
+    if options.serve_limited_proxy:
+        port, upstream, redis_url = options.serve_limited_proxy
+        serve_bare_proxy(int(port), upstream, True, redis_url)
+        return True
+    for served, use_lean in ((options.serve_bare_proxy, False), (options.serve_lean_proxy, True)):
+        if served:
+            serve_bare_proxy(int(served[0]), served[1], use_lean)
+            return True
+    return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=12)
@@ -478,11 +531,10 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-lean-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
+    parser.add_argument("--serve-limited-proxy", nargs=3, metavar=("PORT", "UPSTREAM", "REDIS"))
     options = parser.parse_args()
-    for served, use_lean in ((options.serve_bare_proxy, False), (options.serve_lean_proxy, True)):
-        if served:
-            serve_bare_proxy(int(served[0]), served[1], use_lean)
-            return
+    if serve_if_asked(options):
+        return
     for tool in ("wrk", "nginx", "py-spy"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not on PATH (apt-get install wrk nginx; uv sync for py-spy)")
@@ -567,8 +619,22 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
         )
         processes.append(lean_proxy)
+        limited_port = free_port()
+        limited_proxy = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve-limited-proxy",
+                str(limited_port),
+                upstream,
+                redis.url,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(limited_proxy)
         wait_http(f"http://127.0.0.1:{bare_port}{PATH}", 60)
         wait_http(f"http://127.0.0.1:{lean_port}{PATH}", 60)
+        wait_http(f"http://127.0.0.1:{limited_port}{PATH}", 60)
 
         load_before = Path("/proc/loadavg").read_text().split()[:3]
         local = "http://127.0.0.1"
@@ -587,6 +653,12 @@ def main() -> None:
             ),
             ("bare aiohttp proxy (no filters)", f"{local}:{bare_port}{PATH}", [], [bare.pid]),
             ("bare proxy, lean client", f"{local}:{lean_port}{PATH}", [], [lean_proxy.pid]),
+            (
+                "lean proxy + one limiter decision",
+                f"{local}:{limited_port}{PATH}",
+                [],
+                [limited_proxy.pid],
+            ),
         ]
         if before is not None:
             runs.append(

@@ -22,13 +22,15 @@ given, and measures, on the same Redis and the same redis-py (hiredis) client, i
 * ``ours-tenant``   a tenant decision as the check API and the gateway make it for an API key:
                     the governing policy looked up in a published set (10,000 tenants, a
                     tenant policy and the seed defaults), then ``check_tenant`` with a monthly
-                    quota: ``tenant_decision.lua`` (windows, quota, usage hash, near-limit) on
-                    the same pipelined connection. Compare with ``ours``, the policy-less
-                    decision (issue 18's target: P50 within 10%).
+                    quota: ``tenant_decision.lua`` (windows, quota, near-limit; usage is
+                    tallied in memory) on the same pipelined connection. Compare with
+                    ``ours``, the policy-less decision (issue 18's target: P50 within 10%).
 
 ``--contenders ours,ours-tenant,ping`` measures a subset (same interleaving); ``--keys 1000``
-rotates over fewer subjects and tenants, so their keys (usage hashes, quota counters) exist
+rotates over fewer subjects and tenants, so their keys (window logs, quota counters) exist
 already, as for a service with steady tenants; 10,000 (the default) is the cold case.
+``--script-stats N`` adds Redis's own time per script call (``INFO commandstats``) for each
+contender, N calls a round, after the rest.
 
 Latency: one decision in flight, the contenders taking turns decision by decision (so noise
 from the rest of the machine hits all alike). Throughput: 32 decisions in flight, per
@@ -254,6 +256,32 @@ async def measure(ops: dict[str, Op], args: argparse.Namespace, redis: Redis) ->
             offset = (round_index + 1) * args.decisions
             conc_rates[name].append(await run_concurrent(op, per_round, offset, 32))
     await report(latencies, conc_rates, args, redis, sequential_s)
+    if args.script_stats:
+        await script_stats(ops, args, redis)
+
+
+async def script_stats(ops: dict[str, Op], args: argparse.Namespace, redis: Redis) -> None:
+    """Redis's own time per script call (``INFO commandstats``, ``cmdstat_evalsha``), each
+    contender alone for ``--script-stats`` calls, 5 rounds, contenders taking turns: what the
+    script costs inside Redis, apart from the round trip and the client."""
+    per_call: dict[str, list[float]] = {}
+    for round_index in range(5):
+        for name, op in ops.items():
+            if name == "ping":
+                continue
+            await redis.config_resetstat()
+            offset = (10 + round_index) * args.decisions
+            for i in range(args.script_stats):
+                await op(offset + i)
+            stats = await redis.info("commandstats")
+            evalsha = stats.get("cmdstat_evalsha")
+            if evalsha:
+                per_call.setdefault(name, []).append(float(evalsha["usec_per_call"]))
+    for name, values in per_call.items():
+        print(
+            f"redis time per EVALSHA, {name}: {statistics.median(values):.1f} µs "
+            f"(median of {len(values)} rounds of {args.script_stats} calls)"
+        )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -387,6 +415,12 @@ if __name__ == "__main__":
         type=int,
         default=KEYS,
         help="subjects / tenants rotated over (fewer: each is hit more often, its keys warm)",
+    )
+    parser.add_argument(
+        "--script-stats",
+        type=int,
+        default=0,
+        help="also measure Redis's time per script call (INFO commandstats), N calls a round",
     )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     arguments = parser.parse_args()

@@ -50,3 +50,30 @@ def test_a_filter_in_the_wrong_slot_is_refused():
     filters = {name: _filter(name, order) for name, order in FILTER_ORDER}
     with pytest.raises(ChainError):
         build_chain(**{**filters, "rate_limit": _filter("rate_limit", 5)})
+
+
+def test_cookies_are_parsed_once_per_header_and_the_cache_is_bounded(monkeypatch):
+    from aiohttp.test_utils import make_mocked_request
+
+    from urr_gateway import context
+
+    monkeypatch.setattr(context, "_COOKIES", {})
+    monkeypatch.setattr(context, "_COOKIES_MAX_ENTRIES", 3)
+    header = 'a=1; access_token=x.y.z; q="quoted"'
+    first = make_mocked_request("GET", "/", headers={"Cookie": header})
+    second = make_mocked_request("GET", "/", headers={"Cookie": header})
+    parsed = context.request_cookies(first)
+    assert dict(parsed) == dict(first.cookies)
+    assert parsed["access_token"] == "x.y.z"
+    assert context.request_cookies(second) is parsed  # the second request did not parse
+    assert context.request_cookies(make_mocked_request("GET", "/")) == {}
+    for n in range(5):
+        context.request_cookies(make_mocked_request("GET", "/", headers={"Cookie": f"n={n}"}))
+    assert len(context._COOKIES) == 3
+    assert header not in context._COOKIES  # the oldest went first
+    huge = "big=" + "x" * 5000
+    assert (
+        context.request_cookies(make_mocked_request("GET", "/", headers={"Cookie": huge}))["big"]
+        == "x" * 5000
+    )
+    assert huge not in context._COOKIES

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,8 +15,11 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from urr_common.logs import configure_logging, get_logger
+from urr_common.problems import Forbidden
 from urr_common.service import metrics_text
-from urr_gateway.context import CLIENT_IP, IDENTITY
+from urr_common.settings import LogSettings
+from urr_gateway.context import CLIENT_IP, IDENTITY, RequestFacts
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.ratelimit.config import RateLimitSettings
 from urr_gateway.revocation import ENTRY_TOKEN_REVOCATION, RevocationVerdict, revocation_key_of
@@ -408,3 +412,54 @@ async def test_the_admission_log_counts_as_a_public_read(stack_factory):
     response = await stack.client.get("/v1/log/e1/sth")
     assert response.status == 200
     assert response.headers["RateLimit-Policy"] == '"general";q=100;w=60'
+
+
+async def test_filters_run_as_steps_and_log_lines_carry_the_request(stack_factory):
+    """The gateway runs its filters as plain calls inside one middleware; a line logged
+    while a request runs carries that request's id and user (and the next request on the
+    same connection does not inherit them); a step's refusal is a problem answer with the
+    request id, counted in the HTTP metrics."""
+    stream = io.StringIO()
+    configure_logging(LogSettings(), service="gateway-test", stream=stream)
+    log = get_logger("test.step")
+    calls: list[str | None] = []
+
+    def step(request: web.Request, facts: RequestFacts) -> None:
+        calls.append(facts.identity.user_id if facts.identity else None)
+        log.info("step_ran")
+        if request.headers.get("x-test-refuse"):
+            raise Forbidden("refused by the test step", code="test_refused")
+
+    @web.middleware
+    async def never(request: web.Request, handler: Handler) -> web.StreamResponse:
+        raise AssertionError("the middleware form must not run when every filter has a step")
+
+    stack = await stack_factory(
+        rate_limit_filter=GatewayFilter(name="rate_limit", order=0, middleware=never, step=step)
+    )
+    first = await stack.client.get(
+        "/api/v1/events/e1", headers={**stack.auth_headers("u-log"), "X-Request-Id": "req-a"}
+    )
+    assert first.status == 200
+    assert first.headers["X-Request-Id"] == "req-a"
+    second = await stack.client.get(
+        "/api/v1/events/e1", headers={"X-Request-Id": "req-b", "x-test-refuse": "1"}
+    )
+    assert second.status == 403
+    assert second.headers["X-Request-Id"] == "req-b"
+    assert (await second.json())["code"] == "test_refused"
+    assert calls == ["u-log", None]
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    ran = [line for line in lines if line["event"] == "step_ran"]
+    assert [(line["request_id"], line.get("user_id")) for line in ran] == [
+        ("req-a", "u-log"),
+        ("req-b", None),
+    ]
+    metrics = metrics_text(stack.client.app)
+    counted = {
+        line.rpartition(" ")[0]: line.rpartition(" ")[2]
+        for line in metrics.splitlines()
+        if line.startswith("urr_http_requests_total{") and "tail" in line
+    }
+    assert sorted(counted.values()) == ["1.0", "1.0"]
+    assert sorted('status="2xx"' in name for name in counted) == [False, True]

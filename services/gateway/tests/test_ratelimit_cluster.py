@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from urr_common.clients import redis_client
-from urr_common.ratelimit_usage import hour_start, usage_key
+from urr_common.ratelimit_policies import Policy
+from urr_common.ratelimit_usage import hour_start, quota_key, usage_key
 from urr_common.settings import RedisSettings
 from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.checkapi import CHECK_PATH, create_check_app
@@ -30,6 +31,8 @@ from urr_gateway.ratelimit import (
     window_key,
 )
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
+from urr_gateway.ratelimit.store import tenant_keys
+from urr_gateway.ratelimit.tenant import CompiledPolicy, QuotaMonth
 
 pytestmark = pytest.mark.integration
 
@@ -225,6 +228,28 @@ async def test_a_slot_the_client_cannot_place_follows_the_failure_policy(
         await limiter.aclose()
 
 
+async def move_slot(cluster: RedisCluster, key: str) -> tuple[ClusterNode, ClusterNode]:
+    """Hand ``key``'s (empty) slot to another primary behind the client's back; the old and
+    the new owner."""
+    slot = cluster.keyslot(key)
+    source = cluster.get_node_from_key(key)
+    assert source is not None
+    target = next(n for n in cluster.get_primaries() if n.name != source.name)
+    source_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=source)
+    target_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=target)
+    await cluster.execute_command(
+        "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id, target_nodes=target
+    )
+    await cluster.execute_command(
+        "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id, target_nodes=source
+    )
+    for node in (target, source):
+        await cluster.execute_command(
+            "CLUSTER", "SETSLOT", slot, "NODE", target_id, target_nodes=node
+        )
+    return source, target
+
+
 async def test_a_moved_slot_is_followed_and_stays_exact(cluster: RedisCluster) -> None:
     """The subject's (empty) slot is handed to another primary behind the client's back: the
     old owner answers MOVED, which ran nothing; the decision goes through redis-py once, and
@@ -235,22 +260,7 @@ async def test_a_moved_slot_is_followed_and_stays_exact(cluster: RedisCluster) -
         store = limiter._store
         assert isinstance(store, PipelinedSlidingLog)
         key = window_key("u:moved", "booking", 60)
-        slot = cluster.keyslot(key)
-        source = cluster.get_node_from_key(key)
-        assert source is not None
-        target = next(n for n in cluster.get_primaries() if n.name != source.name)
-        source_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=source)
-        target_id = await cluster.execute_command("CLUSTER", "MYID", target_nodes=target)
-        await cluster.execute_command(
-            "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id, target_nodes=target
-        )
-        await cluster.execute_command(
-            "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id, target_nodes=source
-        )
-        for node in (target, source):
-            await cluster.execute_command(
-                "CLUSTER", "SETSLOT", slot, "NODE", target_id, target_nodes=node
-            )
+        source, target = await move_slot(cluster, key)
         writes = {name: node.writes for name, node in store._nodes.items()}
         decisions = [await limiter.check("u:moved", "booking") for _ in range(12)]
         assert [d.allowed for d in decisions] == [True] * 10 + [False] * 2
@@ -265,6 +275,39 @@ async def test_a_moved_slot_is_followed_and_stays_exact(cluster: RedisCluster) -
         assert store._nodes[source.name].writes - writes[source.name] == 1
         assert store._nodes[target.name].writes - writes[target.name] == 10
         assert len(store.nodes) == 3
+        assert limiter.breaker_state.name == "CLOSED"
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_tenant_decision_follows_a_moved_slot_and_stays_exact(
+    cluster: RedisCluster,
+) -> None:
+    """The same for a tenant decision (windows and quota, one script): the MOVED one goes
+    through redis-py once, the rest to the new owner; window and quota counted once each."""
+    limiter = SlidingWindowLimiter(cluster, RateLimitSettings(budget_ms=5000))
+    compiled = CompiledPolicy.of(
+        Policy.model_validate(
+            {"id": "p", "name": "p", "route": "/**", "windows": [{"limit": 10, "window_s": 60}]}
+        )
+    )
+    try:
+        assert await limiter.prepare()
+        store = limiter._store
+        assert isinstance(store, PipelinedSlidingLog)
+        tenant = "moved-tenant"
+        key = tenant_keys(compiled, tenant)[0].decode()
+        source, target = await move_slot(cluster, key)
+        writes = {name: node.writes for name, node in store._nodes.items()}
+        decided = [await limiter.check_tenant(tenant, compiled, quota=100) for _ in range(12)]
+        assert [d.decision.allowed for d in decided] == [True] * 10 + [False] * 2
+        assert {d.decision.source for d in decided} == {"redis"}
+        assert [d.quota_remaining for d in decided] == [*range(99, 89, -1), 90, 90]
+        assert await cluster.zcard(key) == 10
+        month = QuotaMonth.of(time.time())
+        assert await cluster.get(quota_key(tenant, month.label)) == b"10"
+        assert store._nodes[source.name].writes - writes[source.name] == 1
+        assert store._nodes[target.name].writes - writes[target.name] == 11
         assert limiter.breaker_state.name == "CLOSED"
     finally:
         await limiter.aclose()

@@ -348,3 +348,32 @@ def test_the_lean_connection_works_on_uvloop(redis_server: RedisServer) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+async def test_key_lookups_ride_the_pipelined_connection(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """``key_exists`` (the entry token's revocation fallback) sends ``EXISTS`` in the same
+    writes as the tick's decisions, on the lean connection, not through redis-py."""
+    async with counting_proxy(redis_server.port) as proxy:
+        client = Redis.from_url(proxy.url, socket_timeout=5)
+        limiter = SlidingWindowLimiter(client, settings(max_in_flight=256))
+        try:
+            assert await limiter.prepare()
+            exists = limiter.key_exists
+            assert exists is not None
+            await redis.set("revoked:{u:k1}:j1", b"1", px=60_000)
+            chunks, lookups = proxy.chunks, await command_calls(redis, "exists")
+            results = await asyncio.gather(
+                *(limiter.check("u:k1", "booking") for _ in range(50)),
+                *(exists("revoked:{u:k1}:j1") for _ in range(50)),
+                *(exists("revoked:{u:k1}:other") for _ in range(50)),
+            )
+            assert results[50:] == [1] * 50 + [0] * 50
+            assert await command_calls(redis, "exists") - lookups == 100
+            assert proxy.chunks - chunks <= 5  # 150 commands in a handful of writes
+        finally:
+            await limiter.aclose()
+            await client.aclose()
+    per_call = SlidingWindowLimiter(redis, settings(transport="per_call"))
+    assert per_call.key_exists is None

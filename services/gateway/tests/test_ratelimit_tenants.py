@@ -47,11 +47,14 @@ from urr_gateway.ratelimit.policyset import PolicyWatcher
 from urr_gateway.ratelimit.resp import encode_command
 from urr_gateway.ratelimit.store import RedisSlidingLog, tenant_args, tenant_keys
 from urr_gateway.ratelimit.tenant import (
+    GOVERNING_CACHE_MAX,
+    GOVERNING_PATH_MAX,
     CompiledPolicies,
     CompiledPolicy,
     QuotaMonth,
     decide_tenant,
     parse_tenant_reply,
+    tenant_decision_of_reply,
 )
 from urr_ratelimit_admin import store
 from urr_ratelimit_admin.publisher import PolicyPublisher
@@ -120,6 +123,29 @@ def test_compiled_lookup_governs_like_the_documented_order(
     expected = governing(policies, tenant, method, path)
     found = compiled.governing(tenant, method, path)
     assert (found.id if found else None) == (expected.id if expected else None)
+    # Asked again (now remembered), and for the other tenants: the same answers.
+    assert compiled.governing(tenant, method, path) is found
+    for other in (None, "acme", "beta", "gamma"):
+        again = compiled.governing(other, method, path)
+        reference = governing(policies, other, method, path)
+        assert (again.id if again else None) == (reference.id if reference else None)
+
+
+def test_remembered_governing_lookups_are_bounded() -> None:
+    extra = (policy("t-queue", tenant="acme", route="/api/v1/queue/**", priority=10),)
+    compiled = CompiledPolicies(PolicySet(version=1, policies=(*default_policies(), *extra)))
+
+    def governing_id(tenant: str, path: str) -> str | None:
+        found = compiled.governing(tenant, "GET", path)
+        return found.id if found else None
+
+    for i in range(GOVERNING_CACHE_MAX + 10):
+        assert governing_id("acme", f"/api/v1/queue/e{i}") == "t-queue"
+        assert governing_id("zeta", f"/api/v1/queue/e{i}") == "queue"
+    assert len(compiled._governing) <= GOVERNING_CACHE_MAX
+    long_path = "/api/v1/queue/" + "x" * GOVERNING_PATH_MAX
+    assert governing_id("acme", long_path) == "t-queue"
+    assert ("acme", "GET", long_path) not in compiled._governing
 
 
 def test_api_keys_are_known_by_digest_only() -> None:
@@ -137,7 +163,19 @@ def test_the_pre_encoded_tenant_command_is_the_plain_encoding(redis: Redis) -> N
         policy("two", windows=[{"limit": 5, "window_s": 1}, {"limit": 50, "window_s": 60}])
     )
     december, january = QuotaMonth.of(DEC_END_US / US), QuotaMonth.of(JAN_START_US / US)
-    cases = (("acme", 1, 0, december), ("beta", 3, 1000, december), ("acme", 2, 7, january))
+    cases = (
+        ("acme", 1, 0, december),
+        ("beta", 3, 1000, december),
+        ("acme", 2, 7, january),
+        # A tenant's whole command is kept for a cost of 1: asked again, with another quota,
+        # another cost, then 1 again, and in another month.
+        ("acme", 1, 7, january),
+        ("acme", 1, 7, january),
+        ("acme", 1, 8, january),
+        ("acme", 3, 8, january),
+        ("acme", 1, 8, january),
+        ("acme", 1, 8, december),
+    )
     for tenant, cost, quota, month in cases:
         plain = encode_command(
             b"EVALSHA",
@@ -147,6 +185,45 @@ def test_the_pre_encoded_tenant_command_is_the_plain_encoding(redis: Redis) -> N
             *tenant_args(compiled, tenant, cost, quota, None, month),
         )
         assert log._tenant_command(compiled, tenant, cost, quota, month) == plain
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    windows=st.sampled_from([[(10, 60)], [(1, 1)], [(5, 1), (50, 60)]]),
+    mode=st.sampled_from(["enforce", "shadow"]),
+    head=st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1), st.integers(-1, 99)),
+    quota_reset_us=st.integers(0, 40 * 86400 * US),
+    near=st.integers(0, 1),
+    cost=st.integers(1, 3),
+    counts=st.lists(
+        st.tuples(st.integers(0, 60), st.integers(0, 60 * US), st.integers(0, 60 * US)),
+        min_size=2,
+        max_size=2,
+    ),
+)
+def test_the_reply_fast_path_decides_like_the_general_one(
+    windows: list[tuple[int, int]],
+    mode: str,
+    head: tuple[int, int, int, int],
+    quota_reset_us: int,
+    near: int,
+    cost: int,
+    counts: list[tuple[int, int, int]],
+) -> None:
+    """``tenant_decision_of_reply`` (the limiter's) answers what parsing the reply and
+    ``decide_tenant`` answer, for every reply shape the script can give."""
+    compiled = CompiledPolicy.of(
+        policy(
+            "p",
+            mode=mode,
+            windows=[{"limit": limit, "window_s": window_s} for limit, window_s in windows],
+        )
+    )
+    reply = [*head, quota_reset_us, near]
+    for count, reset_us, retry_us in counts[: len(windows)]:
+        reply += [count, reset_us, 0 if head[1] else retry_us]
+    general = decide_tenant(compiled, "acme", parse_tenant_reply(reply, len(windows)), cost)
+    assert tenant_decision_of_reply(compiled, "acme", reply, cost) == general
 
 
 def test_quota_months_are_utc_calendar_months() -> None:

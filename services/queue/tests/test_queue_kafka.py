@@ -17,6 +17,7 @@ from urr_common.settings import KafkaSettings
 from urr_queue.app import ADMISSION_LOOP
 from urr_queue.context import QUEUE_CONTEXT
 from urr_queue.events import EventType, QueueEventPublisher, event_record
+from urr_queue.keys import event_keys
 from urr_queue.metrics import QueueMetrics
 from urr_queue.settings import QueueEventsSettings, ReservationEventsSettings
 
@@ -70,17 +71,21 @@ async def test_queue_events_are_published(
 
     records = await read_topic(kafka_bootstrap, topic, want=5)
     kinds = [(r["type"], r["userId"]) for r in records]
-    assert kinds == [
+    # The admission comes through the outbox relay, on its own schedule; the others in order.
+    assert [kind for kind in kinds if kind[0] != "admitted"] == [
         ("entered", "a"),
         ("entered", "b"),
         ("entered", "c"),
-        ("admitted", "a"),
         ("left", "c"),
     ]
+    assert kinds.count(("admitted", "a")) == 1
     assert len({r["id"] for r in records}) == 5, "every record has its own id for dedupe"
     assert all(r["eventId"] == EVENT and isinstance(r["at"], int) for r in records)
     assert [r["position"] for r in records[:3]] == [1, 2, 3]
-    assert records[4]["reason"] == "leave"
+    left = next(r for r in records if r["type"] == "left")
+    assert left["reason"] == "leave"
+    admitted = next(r for r in records if r["type"] == "admitted")
+    assert (admitted["position"], admitted["queueNumber"]) == (1, 1)
 
 
 async def test_reservation_events_end_sessions(
@@ -160,8 +165,11 @@ async def test_kafka_down_never_blocks_nor_fails_requests(
         assert response.status == 200
     assert time.monotonic() - started < 5
     assert (await client.get("/health/ready")).status == 200
-    dropped = client.app[QUEUE_CONTEXT].metrics.events_dropped.labels("buffer_full")
-    assert dropped._value.get() >= 10  # 20 records (entered + admitted), 3 fit
+    ctx = client.app[QUEUE_CONTEXT]
+    dropped = ctx.metrics.events_dropped.labels("buffer_full")
+    assert dropped._value.get() >= 7  # 10 best-effort ``entered`` records, 3 fit
+    # The admissions' records wait in the outbox for the broker (issue 19): none dropped.
+    assert await ctx.store.redis.xlen(event_keys(EVENT).outbox) == 10
 
 
 async def test_publisher_sends_in_order_and_counts(kafka_bootstrap):

@@ -15,7 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from urr_queue import prequeue
 from urr_queue.app import ADMISSION_LOOP
+from urr_queue.config import EventConfig
+from urr_queue.store import Refusal, Rostered, Waiting
 from urr_verify.__main__ import main as verify_main
 
 SECRET = bytes(range(32))
@@ -165,3 +170,94 @@ async def test_bad_pre_queues_are_422_and_store_nothing(
         f"{ADMIN}pre-bad/prequeue/reveal", json={"secret": "xyz"}, headers=admin_headers
     )
     assert odd.status == 422
+
+
+async def test_behind_a_tier1_room_the_order_hold_reads_past_the_roster(
+    store_on, tmp_path: Path
+) -> None:
+    """The roster goes first whatever the Tier-1 numbers; then a missing number holds the
+    later arrivals for the grace and is waived as the score the admissions carry."""
+    store = store_on
+    now_ms = await store.redis_now_ms()
+    sale_ms = now_ms + 1500
+    config = EventConfig(
+        require_tier1_token=True,
+        capacity=100,
+        admit_per_second=100_000,
+        prequeue_start=datetime.fromtimestamp((now_ms - 1000) / 1000, tz=UTC),
+        sale_start=datetime.fromtimestamp(sale_ms / 1000, tz=UTC),
+        prequeue_commitment=COMMITMENT,
+    )
+    assert await store.configure("pq-t1", config, seed="ab" * 32, prequeue_salt="cd" * 32) == (
+        "created"
+    )
+    signed_s = now_ms // 1000
+
+    async def enter(user: str, number: int, *, prequeue: bool) -> object:
+        return await store.visit(
+            "pq-t1",
+            user,
+            enter=True,
+            tier1_position=number,
+            tier1_place=f"rid-{user}#{number}",
+            tier1_prequeue_sale_ms=sale_ms if prequeue else None,
+            tier1_issued_at=signed_s,
+        )
+
+    # Pre-queue passes numbered high, one numbered pass too early: refused, nothing kept.
+    assert await enter("early", 1, prequeue=False) is Refusal.TIER1_PASS_MISMATCH
+    for user, number in (("r-a", 9), ("r-b", 7), ("r-c", 8)):
+        assert isinstance(await enter(user, number, prequeue=True), Rostered)
+    wrong_sale = await store.visit(
+        "pq-t1",
+        "r-d",
+        enter=True,
+        tier1_position=10,
+        tier1_place="rid-r-d#10",
+        tier1_prequeue_sale_ms=sale_ms + 1,
+        tier1_issued_at=signed_s,
+    )
+    assert wrong_sale is Refusal.TIER1_PASS_MISMATCH
+    await asyncio.sleep(max(0, sale_ms - await store.redis_now_ms()) / 1000 + 0.1)
+    for user, number in (("n-1", 1), ("n-2", 2), ("n-4", 4)):  # 3 was released, never came
+        assert isinstance(await enter(user, number, prequeue=False), Waiting)
+    document = await prequeue.reveal(store, "pq-t1", config, SECRET)
+    size = orjson.loads(document)["size"]
+    assert size == 3
+
+    admitted: list[tuple[str, int]] = []
+    leaves: list[dict[str, Any]] = []
+    held = waived = False
+    waived_numbers: tuple[int, ...] = ()
+    for _ in range(400):
+        result = await store.tick(
+            "pq-t1", max_admit=10, max_scan=10, max_expire=10, order_grace_ms=300
+        )
+        assert result is not None
+        # As the admission log records a tick: its waivers, then its admissions.
+        leaves += [{"kind": "waive", "ticket": n} for n in result.waived_numbers]
+        leaves += [{"kind": "admit", "ticket": number} for _, number in result.admitted]
+        admitted += result.admitted
+        held = held or result.order_held
+        if result.order_waived:
+            waived, waived_numbers = True, result.waived_numbers
+        if len(admitted) == 6:
+            break
+        await asyncio.sleep(0.01)
+    roster = {orjson.loads(document)["members"][i]: user for i, user in enumerate("abc")}
+    shuffled = [f"r-{roster[member]}" for member in orjson.loads(document)["order"]]
+    assert [user for user, _ in admitted[:3]] == shuffled
+    assert [number for _, number in admitted[:3]] == [1, 2, 3]  # the ranks
+    assert [user for user, _ in admitted[3:]] == ["n-1", "n-2", "n-4"]
+    after_roster = 2**40
+    assert [number for _, number in admitted[3:]] == [after_roster + n for n in (1, 2, 4)]
+    assert held
+    assert waived
+    assert waived_numbers == (after_roster + 3,)
+    # urr-verify's audit reads the tickets as they are: ranks, then the later numbers.
+    path = tmp_path / "leaves.json"
+    path.write_text(json.dumps(leaves))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert verify_main(["audit", str(path)]) == 0
+    assert "admitted 6, waived 1" in out.getvalue()

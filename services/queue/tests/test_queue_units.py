@@ -138,6 +138,13 @@ def test_tier1_claims():
     for bad in (0, -1, True, 1.5, "5", MAX_POSITION + 1):
         assert judge_claims(_claims(pos=bad), "e1", "u1")[0] is Tier1Outcome.BAD_CLAIMS
     assert judge_claims(_claims(rid=""), "e1", "u1")[0] is Tier1Outcome.BAD_CLAIMS
+    # A pre-queue pass names its sale start (epoch ms); its signing time travels along.
+    prequeue = judge_claims(_claims(pq=1_800_000_000_000, iat=1_700_000_000), "e1", "u1")[1]
+    assert prequeue is not None
+    assert (prequeue.prequeue_sale_ms, prequeue.issued_at) == (1_800_000_000_000, 1_700_000_000)
+    assert passed.prequeue_sale_ms is None
+    for bad in (-1, True, 1.5, "1800000000000", 2**53):
+        assert judge_claims(_claims(pq=bad), "e1", "u1")[0] is Tier1Outcome.BAD_CLAIMS
 
 
 @given(

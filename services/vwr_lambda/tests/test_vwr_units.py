@@ -112,6 +112,33 @@ def test_the_walk_passes_live_places_and_skips_abandoned_ones() -> None:
     assert marked == [2]
 
 
+def test_the_walk_passes_pre_queue_places_at_no_cost() -> None:
+    """A pre-queue place was let in at its check (Tier 2's shuffle orders it): its number is
+    passed without using the budget, and its checks stopping never gives it up."""
+    marked: list[int] = []
+
+    def mark(row: PositionRow) -> bool:
+        marked.append(row.position)
+        return True
+
+    line = [
+        PositionRow("r1", 1, 5, prequeue=True),
+        PositionRow("r2", 2, 5, prequeue=True),
+        PositionRow("r3", 3, 100),
+        PositionRow("r4", 4, 5, prequeue=True),
+        PositionRow("r5", 5, 100),
+    ]
+    one = walk_positions(
+        line, serving_counter=0, budget=1, cutoff=50, max_skips=10, mark_abandoned=mark
+    )
+    assert (one.serving_counter, one.live, one.skipped) == (3, 1, 0)
+    every = walk_positions(
+        line, serving_counter=0, budget=5, cutoff=50, max_skips=10, mark_abandoned=mark
+    )
+    assert (every.serving_counter, every.live, every.skipped) == (5, 2, 0)
+    assert marked == []
+
+
 def test_the_walk_counts_a_waiter_back_in_time_as_live() -> None:
     line = rows((1, 5), (2, 5), (3, 5))
     result = walk_positions(

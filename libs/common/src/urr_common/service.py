@@ -61,12 +61,17 @@ def request_id_of(request: web.Request) -> str:
     return value
 
 
+def new_request_id(request: web.Request) -> str:
+    """The client's ``X-Request-Id`` when it is short and plain, else a fresh one."""
+    inbound = request.headers.get(REQUEST_ID_HEADER, "")
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (5x cheaper).
+    return inbound if inbound and _REQUEST_ID_RE.match(inbound) else os.urandom(16).hex()
+
+
 @web.middleware
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id, bind it to the log context, and echo it in the response."""
-    inbound = request.headers.get(REQUEST_ID_HEADER, "")
-    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (5x cheaper).
-    request_id = inbound if _REQUEST_ID_RE.match(inbound) else os.urandom(16).hex()
+    request_id = new_request_id(request)
     request[REQUEST_ID_KEY] = request_id
     clear_request_context()
     bind_request_context(request_id=request_id)
@@ -80,33 +85,47 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     return response
 
 
+def problem_answer(request: web.Request, exc: Exception) -> web.Response | None:
+    """The problem+json answer to ``exc`` raised while handling ``request``; ``None`` for what
+    is not an error answer (a 3xx ``HTTPException``, a connection reset): re-raise those. An
+    unexpected exception is logged (call this inside the ``except`` block) and becomes a 500."""
+    if isinstance(exc, ProblemError):
+        return problem_response(exc.to_problem(instance=request.path), headers=exc.headers)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            return None
+        problem = problem_from_http_exception(exc, instance=request.path)
+        passthrough = {k: v for k, v in exc.headers.items() if k.lower() in _PASSTHROUGH}
+        return problem_response(problem, headers=passthrough)
+    if isinstance(exc, ConnectionResetError):
+        return None
+    _LOG.exception("unhandled_error", path=request.path, method=request.method)
+    problem = Problem(
+        status=500,
+        code="internal_error",
+        title="Internal Server Error",
+        detail="The server failed to handle this request; it has been logged.",
+        instance=request.path,
+    )
+    return problem_response(problem)
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into problem+json; an unexpected one is logged and becomes a 500."""
     try:
         return await handler(request)
-    except ProblemError as exc:
-        response = problem_response(exc.to_problem(instance=request.path), headers=exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+    except Exception as exc:  # CancelledError is a BaseException: it passes through
+        response = problem_answer(request, exc)
+        if response is None:
             raise
-        problem = problem_from_http_exception(exc, instance=request.path)
-        passthrough = {k: v for k, v in exc.headers.items() if k.lower() in _PASSTHROUGH}
-        response = problem_response(problem, headers=passthrough)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        _LOG.exception("unhandled_error", path=request.path, method=request.method)
-        problem = Problem(
-            status=500,
-            code="internal_error",
-            title="Internal Server Error",
-            detail="The server failed to handle this request; it has been logged.",
-            instance=request.path,
-        )
-        response = problem_response(problem)
     response.headers[REQUEST_ID_HEADER] = request_id_of(request)
     return response
+
+
+def route_label(request: web.Request) -> str:
+    """The route template of ``request`` (what the HTTP metrics are labelled by)."""
+    return _route_label(request)
 
 
 def _route_label(request: web.Request) -> str:
@@ -141,16 +160,21 @@ def create_service_app(
     *,
     registry: CollectorRegistry | None = None,
     middlewares: Iterable[Middleware] = (),
+    shared_middlewares: bool = True,
 ) -> web.Application:
-    """A new application with the shared middlewares and the health and metrics routes."""
+    """A new application with the shared middlewares and the health and metrics routes.
+
+    ``shared_middlewares=False``: the application's own ``middlewares`` do what the shared
+    ones do (request id and log context, metrics, problems), e.g. the gateway's one pipeline.
+    """
     registry = registry if registry is not None else CollectorRegistry()
+    shared = (
+        [request_context_middleware, metrics_middleware, problem_middleware]
+        if shared_middlewares
+        else []
+    )
     app = web.Application(
-        middlewares=[
-            request_context_middleware,
-            metrics_middleware,
-            problem_middleware,
-            *middlewares,
-        ],
+        middlewares=[*shared, *middlewares],
         client_max_size=settings.http.max_body_bytes,
     )
     readiness = Readiness()

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from urr_admission_log import heads, prequeue, store
+from urr_admission_log import heads, order_seed, prequeue, store
 from urr_admission_log.settings import AdmissionLogSettings
 from urr_common.fairness import roster_inclusion_proof
 from urr_common.problems import BadRequest, NotFound, Unprocessable
@@ -161,10 +161,27 @@ async def get_consistency(request: web.Request) -> web.Response:
 
 
 async def get_receipt(request: web.Request) -> web.Response:
-    """A buyer's receipt for a leaf: the leaf, its proof and the latest signed head."""
+    """A buyer's receipt for a leaf: the leaf, its proof and the latest signed head.
+
+    The leaf is named by its index (``leaf=``) or by the number its holder queued with
+    (``ticket=``: the latest admission of it), which is what the waiting page knows.
+    """
     event_id = _event(request)
-    leaf = _index(request, "leaf")
+    by_ticket = "ticket" in request.query
+    if by_ticket == ("leaf" in request.query):
+        raise BadRequest("the query needs leaf= or ticket=, not both", code="missing_parameter")
     async with request.app[POOL_KEY].acquire() as conn:
+        if by_ticket:
+            ticket = _index(request, "ticket")
+            found = await store.admission_of_ticket(conn, event_id, ticket)
+            if found is None:
+                raise NotFound(
+                    f"no admission of ticket {ticket} is logged for {event_id!r} (yet)",
+                    code="ticket_not_logged",
+                )
+            leaf = found
+        else:
+            leaf = _index(request, "leaf")
         head = await _latest_head(conn, event_id)
         if leaf >= head.size:
             raise Unprocessable("the leaf is not in a signed tree yet", code="leaf_beyond_tree")
@@ -221,6 +238,22 @@ async def get_prequeue_proof(request: web.Request) -> web.Response:
     return _json(request, body, IMMUTABLE)
 
 
+async def get_order_seed(request: web.Request) -> web.Response:
+    """The random method's seed: its commitment from the moment the event used the method,
+    the seed once revealed (``urr-verify audit --seed`` reads this document as is)."""
+    event_id = _event(request)
+    async with request.app[POOL_KEY].acquire() as conn:
+        body = await order_seed.document(conn, event_id)
+    if body is None:
+        raise NotFound(
+            f"no order seed has been committed for {event_id!r} (it is, once the event uses "
+            "the random method)",
+            code="no_order_seed",
+        )
+    age = request.app[SETTINGS_KEY].admission_log.head_max_age_s
+    return _json(request, body, IMMUTABLE if body["revealed"] else f"public, max-age={age}")
+
+
 async def get_jwks(request: web.Request) -> web.Response:
     return _json(request, request.app[KEYS_KEY].to_jwks(), "public, max-age=300")
 
@@ -246,4 +279,5 @@ def create_app(
     app.router.add_get("/v1/log/{eventId}/receipt", get_receipt)
     app.router.add_get("/v1/log/{eventId}/prequeue", get_prequeue)
     app.router.add_get("/v1/log/{eventId}/prequeue/proof", get_prequeue_proof)
+    app.router.add_get("/v1/log/{eventId}/order-seed", get_order_seed)
     return app

@@ -9,15 +9,16 @@ the record ids make the replay append nothing twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from urr_admission_log import heads, prequeue, store
+from urr_admission_log import heads, order_seed, prequeue, store
 from urr_admission_log.leaves import admission_of, waivers_of
+from urr_admission_log.order_seed import is_order_seed
 from urr_admission_log.prequeue import is_prequeue
 from urr_admission_log.settings import AdmissionLogSettings
 from urr_common.logs import get_logger
@@ -32,7 +33,7 @@ class LogMetrics:
         self.records = Counter(
             "urr_admission_log_records",
             "queue-events records seen by the admission log, by outcome "
-            "(appended, duplicate, ignored, malformed, prequeue).",
+            "(appended, duplicate, ignored, malformed, prequeue, order_seed).",
             ["outcome"],
             registry=registry,
         )
@@ -73,8 +74,8 @@ def admissions_by_event(
         except orjson.JSONDecodeError:
             metrics.records.labels("malformed").inc()
             continue
-        if is_prequeue(decoded):
-            continue  # stored by ``prequeue_batch``
+        if is_prequeue(decoded) or is_order_seed(decoded):
+            continue  # stored by ``store_prequeues`` / ``store_order_seeds``
         leaves = waivers_of(decoded)
         if leaves is None:
             admission = admission_of(decoded, secret)
@@ -88,9 +89,7 @@ def admissions_by_event(
             metrics.records.labels(kind).inc()
             continue
         for leaf in leaves:
-            grouped.setdefault(leaf.event_id, []).append(
-                store.Record(leaf.record_id, leaf.encoded())
-            )
+            grouped.setdefault(leaf.event_id, []).append(leaf.record())
     return grouped
 
 
@@ -106,17 +105,22 @@ async def append_batch(
             metrics.last_append.set_to_current_time()
 
 
-def prequeue_records(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
-    """The batch's pre-queue publications, in order (malformed JSON is counted elsewhere)."""
+def _decoded(values: Iterable[bytes | None], wanted: Callable[[Any], bool]) -> list[dict[str, Any]]:
+    """The batch's records ``wanted`` picks, in order (malformed JSON is counted elsewhere)."""
     found: list[dict[str, Any]] = []
     for value in values:
         try:
             decoded: Any = orjson.loads(value or b"")
         except orjson.JSONDecodeError:
             continue
-        if is_prequeue(decoded):
+        if wanted(decoded):
             found.append(decoded)
     return found
+
+
+def prequeue_records(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
+    """The batch's pre-queue publications, in order."""
+    return _decoded(values, is_prequeue)
 
 
 async def store_prequeues(
@@ -128,6 +132,22 @@ async def store_prequeues(
         async with pool.acquire() as conn:
             await prequeue.store(conn, event_id, found)
     metrics.records.labels("prequeue").inc(len(records) - malformed)
+
+
+def order_seed_records(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
+    """The batch's order-seed publications, in order."""
+    return _decoded(values, is_order_seed)
+
+
+async def store_order_seeds(
+    pool: asyncpg.Pool, records: list[dict[str, Any]], metrics: LogMetrics
+) -> None:
+    if not records:
+        return
+    async with pool.acquire() as conn:
+        malformed = await order_seed.store(conn, records)
+    metrics.records.labels("malformed").inc(malformed)
+    metrics.records.labels("order_seed").inc(len(records) - malformed)
 
 
 async def consume(
@@ -156,6 +176,7 @@ async def consume(
                 values = [record.value for records in batches.values() for record in records]
                 await append_batch(pool, admissions_by_event(values, secret, metrics), metrics)
                 await store_prequeues(pool, prequeue_records(values), metrics)
+                await store_order_seeds(pool, order_seed_records(values), metrics)
                 await consumer.commit(
                     {partition: records[-1].offset + 1 for partition, records in batches.items()}
                 )

@@ -14,9 +14,12 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
+from urr_admission_log.store import Record
 from urr_verify.log import canonical
 
 _MAX_ID = 128
+#: Order keys are 52-bit integers (13 hex digits of an HMAC-SHA1).
+ORDER_KEY_LIMIT = 1 << 52
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,11 @@ class Admission:
 
     def encoded(self) -> bytes:
         return canonical(self.leaf)
+
+    def record(self) -> Record:
+        """The leaf to append, with the ticket of an admission (its receipt's lookup key)."""
+        ticket = self.leaf["ticket"] if self.leaf["kind"] == "admit" else None
+        return Record(self.record_id, self.encoded(), ticket)
 
 
 def holder_hash(secret: bytes, event_id: str, user_id: str) -> str:
@@ -50,14 +58,23 @@ def admission_of(record: Any, secret: bytes) -> Admission | None:
         return None
     if not isinstance(at, int) or isinstance(at, bool) or at < 0:
         return None
+    # The random method's order key (urr_verify.random_order): in the leaf, so the order of
+    # admission can be checked against it and each holder can check their own key.
+    key = record.get("orderKey")
+    if key is not None and (
+        not isinstance(key, int) or isinstance(key, bool) or not 0 <= key < ORDER_KEY_LIMIT
+    ):
+        return None
     event, holder = str(event_id), str(user_id)
-    leaf = {
+    leaf: dict[str, Any] = {
         "kind": "admit",
         "event": event,
         "ticket": ticket,
         "at": at,
         "who": holder_hash(secret, event, holder),
     }
+    if key is not None:
+        leaf["key"] = key
     return Admission(str(record_id), event, leaf)
 
 

@@ -70,6 +70,8 @@ class Record:
 
     record_id: str
     leaf: bytes
+    #: The ticket of an admission leaf (what ``/receipt?ticket=`` finds it by); else None.
+    ticket: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +148,13 @@ async def append(conn: Connection, event_id: str, records: Sequence[Record]) -> 
                 hashes[(level, index)] = node_hash(left, right)
             new_nodes += [(level, index, hashes[(level, index)]) for level, index in completed]
         await conn.execute(
-            "INSERT INTO admission_log_entries (event_id, idx, leaf, record_id)"
-            " SELECT $1, * FROM unnest($2::bigint[], $3::bytea[], $4::text[])",
+            "INSERT INTO admission_log_entries (event_id, idx, leaf, record_id, admitted_ticket)"
+            " SELECT $1, * FROM unnest($2::bigint[], $3::bytea[], $4::text[], $5::bigint[])",
             event_id,
             list(range(size, size + len(fresh))),
             [record.leaf for record in fresh],
             [record.record_id for record in fresh],
+            [record.ticket for record in fresh],
         )
         await conn.execute(
             "INSERT INTO admission_log_nodes (event_id, level, idx, hash)"
@@ -214,3 +217,15 @@ async def entries(conn: Connection, event_id: str, start: int, end: int) -> list
         end,
     )
     return [bytes(row["leaf"]) for row in rows]
+
+
+async def admission_of_ticket(conn: Connection, event_id: str, ticket: int) -> int | None:
+    """The index of the latest admission of ``ticket`` (a number admits once; a Tier-1 room
+    switched on again may count from 1 again, and then the latest is the one just made)."""
+    found = await conn.fetchval(
+        "SELECT idx FROM admission_log_entries WHERE event_id = $1"
+        " AND admitted_ticket = $2 ORDER BY idx DESC LIMIT 1",
+        event_id,
+        ticket,
+    )
+    return None if found is None else int(found)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from urr_common.clients import redis_client
 from urr_common.identity import AssertionSigner
-from urr_common.service import create_service_app
+from urr_common.service import HTTP_METRICS_KEY, create_service_app
 from urr_common.settings import TrustedKeysSettings
 from urr_common.tokens import (
     KeySet,
@@ -27,7 +27,7 @@ from urr_common.tokens import (
     load_or_create_signing_key,
     load_verification_keys,
 )
-from urr_gateway.chain import build_chain, chain_middlewares
+from urr_gateway.chain import GatewayPipeline, build_chain
 from urr_gateway.context import Identity
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.filters.cookie_auth import cookie_auth_filter
@@ -86,6 +86,7 @@ def create_app(
     rate_limit_filter: GatewayFilter | None = None,
     revocation_verdict: VerdictReader = stored_verdict,
     access_token_revoked: Callable[[str], bool] | None = None,
+    revocation_exists: Callable[[str], Awaitable[int]] | None = None,
 ) -> web.Application:
     """The public gateway application.
 
@@ -94,6 +95,8 @@ def create_app(
     ``revocation_verdict``: where the entry-token filter finds the limiter's answer to the
     revoked-jti lookup it made in its own round trip (else the filter asks Redis itself).
     ``access_token_revoked(jti)``: access tokens revoked by ``jti`` are refused (401).
+    ``revocation_exists(key)``: how that fallback sends its ``EXISTS`` (the limiter's
+    pipelined connection); by default through the Redis client.
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics.register(registry)
@@ -125,6 +128,7 @@ def create_app(
             lambda: redis_holder["redis"],
             settings.revocation_timeout_s,
             metrics.revocation_failures,
+            revocation_exists,
         ),
         revocation_verdict,
     )
@@ -135,11 +139,9 @@ def create_app(
         auth_gate=auth_gate_filter(settings.trust.site_origins),
         entry_token=entry_token_filter(entry, revocation, metrics.token_rejections),
     )
-    app = create_service_app(
-        settings,
-        registry=registry,
-        middlewares=chain_middlewares(filters, trust=settings.trust),
-    )
+    app = create_service_app(settings, registry=registry, shared_middlewares=False)
+    pipeline = GatewayPipeline(filters, trust=settings.trust, metrics=app[HTTP_METRICS_KEY])
+    app.middlewares.append(pipeline.middleware())
     install_response_headers(app, settings.trust)
     app[GATEWAY_METRICS_KEY] = metrics
     app[ACCESS_KEYS_KEY] = access_keys

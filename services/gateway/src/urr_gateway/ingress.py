@@ -20,7 +20,7 @@ from yarl import URL
 
 from urr_common.problems import BadRequest, Forbidden
 from urr_common.service import REQUEST_ID_HEADER, request_id_of
-from urr_gateway.context import CLIENT_IP
+from urr_gateway.context import CLIENT_IP, FACTS, RequestFacts
 from urr_gateway.forwarding import (
     API_KEY_HEADER,
     X_FORWARDED_FOR,
@@ -45,45 +45,68 @@ RAW_QUERY = web.RequestKey("urr_raw_query", str)
 FORWARD_HEADERS = web.RequestKey("urr_forward_headers", CIMultiDict[str])
 
 
-def ingress_middleware(trust: TrustSettings) -> Middleware:
-    proxies = ProxyTrust(trust.proxy_cidrs)
-    secrets = tuple(trust.origin_secrets)
-    secret_header = trust.origin_secret_header
+class Ingress:
+    """The ingress step as a plain call: ``(request, facts)``, the request re-issued with the
+    canonical path when the client's differed (else the same object)."""
 
-    @web.middleware
-    async def ingress(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def __init__(self, trust: TrustSettings) -> None:
+        self._proxies = ProxyTrust(trust.proxy_cidrs)
+        self._secrets = tuple(trust.origin_secrets)
+        self._secret_header = trust.origin_secret_header
+
+    def __call__(self, request: web.Request, request_id: str) -> tuple[web.Request, RequestFacts]:
         raw_path, _, raw_query = request.raw_path.partition("?")
         try:
             normalised = normalise_path(raw_path)
         except InvalidPath as exc:
             raise BadRequest(str(exc), code="invalid_path") from exc
+        client_headers = request.headers
+        secret_header = self._secret_header
         # On the canonical path: "/health/../api/..." is an API request, not a health check.
         if (
-            secrets
+            self._secrets
             and not normalised.raw.startswith(_DIRECT_PREFIX)
-            and not origin_secret_matches(request.headers.get(secret_header), secrets)
+            and not origin_secret_matches(client_headers.get(secret_header), self._secrets)
         ):
             raise Forbidden("requests must come through the site's CDN", code="origin_unverified")
-        client = proxies.client(request.remote, request.headers.getall(X_FORWARDED_FOR, ()))
-        request[CLIENT_IP] = client.ip
+        client = self._proxies.client(request.remote, client_headers.getall(X_FORWARDED_FOR, ()))
         trusted_hops = int(client.via_trusted_proxy)
+        match = match_route(normalised.segments)
+        headers = upstream_request_headers(client_headers)
+        if secret_header in headers:
+            headers.popall(secret_header)  # a credential for us, not for the upstream
+        if API_KEY_HEADER in headers and (match is None or not match.route.forwards_api_key):
+            headers.popall(API_KEY_HEADER)  # likewise, except where it is the route's
+        headers[X_FORWARDED_FOR] = ", ".join(client.chain)
+        headers[X_FORWARDED_PROTO] = forwarded_proto(request.scheme, client_headers, trusted_hops)
+        headers[X_FORWARDED_HOST] = forwarded_host(request.host, client_headers, trusted_hops)
+        headers[REQUEST_ID_HEADER] = request_id
+        facts = RequestFacts(request_id, client.ip, normalised, raw_query, match, headers)
+        # Set before a re-issue: the clone copies the state, so both requests share the facts
+        # (the answer aiohttp prepares for the original request sees what the filters learnt).
+        state = request._state
+        state[FACTS] = facts
         if normalised.raw != raw_path:
             canonical = URL.build(path=normalised.raw, query_string=raw_query, encoded=True)
             request = request.clone(rel_url=canonical)
-        request[NORMALISED_PATH] = normalised
-        request[RAW_QUERY] = raw_query
-        match = match_route(normalised.segments)
+            state = request._state
+        state[CLIENT_IP] = client.ip
+        state[NORMALISED_PATH] = normalised
+        state[RAW_QUERY] = raw_query
         if match is not None:
-            request[ROUTE] = match
-        headers = upstream_request_headers(request.headers)
-        headers.popall(secret_header, None)  # a credential for us, not for the upstream
-        if match is None or not match.route.forwards_api_key:
-            headers.popall(API_KEY_HEADER, None)  # likewise, except where it is the route's
-        headers[X_FORWARDED_FOR] = ", ".join(client.chain)
-        headers[X_FORWARDED_PROTO] = forwarded_proto(request.scheme, request.headers, trusted_hops)
-        headers[X_FORWARDED_HOST] = forwarded_host(request.host, request.headers, trusted_hops)
-        headers[REQUEST_ID_HEADER] = request_id_of(request)
-        request[FORWARD_HEADERS] = headers
+            state[ROUTE] = match
+        state[FORWARD_HEADERS] = headers
+        return request, facts
+
+
+def ingress_middleware(trust: TrustSettings) -> Middleware:
+    """The ingress step as an aiohttp middleware (for applications that assemble their own
+    middlewares; the gateway runs ``Ingress`` inside its one pipeline)."""
+    ingress_step = Ingress(trust)
+
+    @web.middleware
+    async def ingress(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request, _ = ingress_step(request, request_id_of(request))
         return await handler(request)
 
     return ingress

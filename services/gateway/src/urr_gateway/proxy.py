@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from urr_common.identity import ASSERTION_HEADER, AssertionSigner
 from urr_common.logs import get_logger
@@ -39,11 +40,11 @@ from urr_common.problems import (
     PayloadTooLarge,
     ProblemError,
 )
-from urr_gateway.context import IDENTITY
+from urr_gateway.context import IDENTITY, Identity, facts_of, peek
 from urr_gateway.forwarding import downstream_response_headers
 from urr_gateway.ingress import FORWARD_HEADERS, NORMALISED_PATH, RAW_QUERY
 from urr_gateway.metrics import GatewayMetrics
-from urr_gateway.routing import ROUTE, Upstream
+from urr_gateway.routing import ROUTE, RouteMatch, Upstream
 from urr_gateway.settings import GatewaySettings, ProxySettings
 from urr_gateway.upstream import (
     InvalidHeader,
@@ -137,6 +138,26 @@ def open_upstream_client(settings: GatewaySettings) -> UpstreamClient:
     )
 
 
+def _request_parts(
+    request: web.Request,
+) -> tuple[RouteMatch | None, str, str, CIMultiDict[str], Identity | None]:
+    """Route, raw query, canonical path, upstream headers and identity, as ingress and the
+    filters left them."""
+    facts = facts_of(request)
+    if facts is None:
+        return (
+            request.get(ROUTE),
+            request[RAW_QUERY],
+            request[NORMALISED_PATH].raw,
+            request[FORWARD_HEADERS],
+            request.get(IDENTITY),
+        )
+    identity = facts.identity
+    if identity is None:  # a filter given as a middleware publishes it on the request only
+        identity = peek(request, IDENTITY)
+    return facts.route, facts.raw_query, facts.normalised.raw, facts.headers, identity
+
+
 class UpstreamProxy:
     def __init__(
         self,
@@ -162,7 +183,7 @@ class UpstreamProxy:
         self._retry_after = str(max(1, math.ceil(proxy.pool_timeout_s)))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        match = request.get(ROUTE)
+        match, query, path, headers, identity = _request_parts(request)
         if match is None or match.route.upstream is None:
             raise NotFound("no API route matches this path", code="route_not_found")
         upstream = match.route.upstream
@@ -175,12 +196,9 @@ class UpstreamProxy:
         length = request.content_length
         if length is not None and length > self._max_body_bytes:
             raise self._too_large()
-        query = request[RAW_QUERY]
-        target = self._prefixes[upstream] + request[NORMALISED_PATH].raw
+        target = self._prefixes[upstream] + path
         if query:
             target = f"{target}?{query}"
-        headers = request[FORWARD_HEADERS]
-        identity = request.get(IDENTITY)
         if identity is not None and self._signer is not None:
             # Bound to this upstream, method and exact path: useless for any other request.
             headers[ASSERTION_HEADER] = self._signer.assertion(

@@ -16,8 +16,10 @@ from http.cookies import SimpleCookie
 
 from aiohttp import web
 
+from urr_gateway.context import facts_of, peek
 from urr_gateway.filters.cookie_auth import ACCESS_TOKEN_COOKIE
 from urr_gateway.filters.jwt_auth import COOKIE_REFUSED
+from urr_gateway.filters.ratelimit import RATE_LIMIT_HEADERS_INSTALLED, decision_headers
 from urr_gateway.forwarding import X_FORWARDED_PROTO
 from urr_gateway.ingress import FORWARD_HEADERS
 from urr_gateway.trust import TrustSettings
@@ -59,15 +61,33 @@ def _sets_access_cookie(response: web.StreamResponse) -> bool:
 
 
 def install_response_headers(app: web.Application, trust: TrustSettings) -> None:
+    """One ``on_response_prepare`` receiver for every header the gateway adds to an answer:
+    the security headers, the expiring cookie, and the rate-limit decision's headers (so
+    ``filters.ratelimit.install_rate_limit_headers`` adds no second receiver)."""
+    plain = tuple(security_headers(False, trust.hsts_max_age_s).items())
+    over_tls_headers = tuple(security_headers(True, trust.hsts_max_age_s).items())
+
     async def add(request: web.Request, response: web.StreamResponse) -> None:
-        forwarded = request.get(FORWARD_HEADERS)
-        scheme = forwarded.get(X_FORWARDED_PROTO, request.scheme) if forwarded else request.scheme
-        over_tls = scheme == "https"
-        for name, value in security_headers(over_tls, trust.hsts_max_age_s).items():
-            response.headers.setdefault(name, value)
-        if request.get(COOKIE_REFUSED) and not _sets_access_cookie(response):
-            response.headers.add(
-                "Set-Cookie", clearing_cookie(trust.access_cookie_domain, over_tls)
+        facts = facts_of(request)
+        if facts is not None:
+            scheme = facts.headers.get(X_FORWARDED_PROTO, request.scheme)
+            cookie_refused = facts.cookie_refused or peek(request, COOKIE_REFUSED) is True
+        else:
+            forwarded = request.get(FORWARD_HEADERS)
+            scheme = (
+                forwarded.get(X_FORWARDED_PROTO, request.scheme) if forwarded else request.scheme
             )
+            cookie_refused = bool(request.get(COOKIE_REFUSED))
+        over_tls = scheme == "https"
+        headers = response.headers
+        for name, value in over_tls_headers if over_tls else plain:
+            headers.setdefault(name, value)
+        limited = decision_headers(request)
+        if limited is not None:
+            for name, value in limited.items():
+                headers.setdefault(name, value)
+        if cookie_refused and not _sets_access_cookie(response):
+            headers.add("Set-Cookie", clearing_cookie(trust.access_cookie_domain, over_tls))
 
     app.on_response_prepare.append(add)
+    app[RATE_LIMIT_HEADERS_INSTALLED] = True

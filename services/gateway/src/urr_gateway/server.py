@@ -54,6 +54,7 @@ def build_apps(settings: GatewaySettings) -> GatewayApps:
         ),
         revocation_verdict=revocation_verdict,
         access_token_revoked=policies.is_revoked,
+        revocation_exists=limiter.key_exists,
     )
     install_rate_limit(public, limiter)
     install_policy_watcher(public, policies)

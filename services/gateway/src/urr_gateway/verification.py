@@ -44,8 +44,9 @@ class CachedTokenVerifier(Generic[T]):
     def source(self) -> JwksKeySource:
         return self._source
 
-    async def verify(self, token: str) -> T:
-        """The converted claims; ``TokenError`` or ``jwks.KeysUnavailable`` otherwise."""
+    def verify_cached(self, token: str) -> T | None:
+        """The cached outcome without waiting: the converted claims, ``TokenError`` for a
+        token refused a moment ago, ``None`` when ``verify`` has to check it."""
         digest = token_digest(token)
         cached = self._cache.get(token, digest)
         if cached is not None:
@@ -53,6 +54,14 @@ class CachedTokenVerifier(Generic[T]):
         refused = self._refused.get(digest)
         if refused is not None:
             raise TokenError(refused, "refused a moment ago")
+        return None
+
+    async def verify(self, token: str) -> T:
+        """The converted claims; ``TokenError`` or ``jwks.KeysUnavailable`` otherwise."""
+        cached = self.verify_cached(token)
+        if cached is not None:
+            return cached
+        digest = token_digest(token)
         try:
             value, expires_at = await self._verify(token)
         except TokenError as exc:

@@ -8,11 +8,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from urr_common.fairness import SEED_BYTES, seed_commitment
+from urr_common.fairness import SEED_BYTES, QueueMethod, seed_commitment
 from urr_common.payloads import json_response, read_json, validation_errors
 from urr_common.problems import Conflict, Unprocessable
 from urr_common.upstream_security import CALLER, public_app_of, require_role
-from urr_queue import prequeue
+from urr_queue import order_seed, prequeue
 from urr_queue.config import EventConfig, EventConfigPatch
 from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.estimates import eta_seconds
@@ -45,6 +45,8 @@ async def _describe(ctx: QueueContext, event_id: str) -> dict[str, Any]:
         "config": config.model_dump(mode="json"),
         # The random method's seed stays secret while people queue; its commitment is public.
         "order_seed_commitment": None if seed is None else seed_commitment(bytes.fromhex(seed)),
+        # Revealed once the line was over (order_seed.py): the event never queues by it again.
+        "order_seed_revealed": await ctx.store.order_seed_revealed(event_id),
         "live": {
             "waiting": figures.waiting,
             "admitted": figures.admitted,
@@ -98,19 +100,29 @@ async def put_event(request: web.Request) -> web.Response:
     if seed is None:
         # Drawn now unless the operator brings one (to give Tier 1 and Tier 2 the same).
         seed = patch.order_seed or secrets.token_hex(SEED_BYTES)
+    random_now = wanted.queue_method is QueueMethod.RANDOM
     salt = None
     if wanted.has_prequeue and await ctx.store.prequeue_salt(event_id) is None:
         salt = secrets.token_hex(SEED_BYTES)
     outcome = await ctx.store.configure(event_id, wanted, seed=seed, prequeue_salt=salt)
+    if outcome == "order_seed_revealed":
+        raise Conflict(
+            "the event's order seed is public: the random method would let anyone pick a "
+            "small order key; use another method or keep the event closed",
+            code="order_seed_revealed",
+        )
     if outcome == "queue_not_empty":
         raise Conflict(
             "require_tier1_token, and the queue method between fifo and random, can change "
             "only while nobody waits",
             code="queue_not_empty",
         )
+    if random_now and (stored is None or current.queue_method is not QueueMethod.RANDOM):
+        # The commitment goes out before anyone queues by the seed (the log keeps the first).
+        await _publish_durably(ctx, event_id, [order_seed.committed_record(event_id, seed)])
     if wanted.has_prequeue and not current.has_prequeue:
         # The commitment goes out before the pre-queue opens (the log shows it from then on).
-        ctx.publisher.publish(prequeue.committed_record(event_id, wanted))
+        await _publish_durably(ctx, event_id, [prequeue.committed_record(event_id, wanted)])
     body = await _describe(ctx, event_id)
     return json_response(body, status=201 if outcome == "created" else 200)
 
@@ -143,9 +155,33 @@ async def reveal_prequeue(request: web.Request) -> web.Response:
     if config is None:
         raise no_event(event_id)
     document = await prequeue.reveal(ctx.store, event_id, config, bytes.fromhex(body.secret))
-    for record in prequeue.published_records(event_id, document):
-        ctx.publisher.publish(record)
+    await _publish_durably(ctx, event_id, prequeue.published_records(event_id, document))
     return web.Response(body=document, content_type="application/json")
+
+
+async def reveal_order_seed(request: web.Request) -> web.Response:
+    """Once the line is over: publish the random method's seed (409 before, see order_seed)."""
+    require_admin(request)
+    event_id = event_id_of(request)
+    ctx = public_app_of(request)[QUEUE_CONTEXT]
+    seed = await order_seed.reveal(ctx.store, event_id)
+    record = order_seed.revealed_record(event_id, seed)
+    # Republished on every call (fixed id): the log keeps the first and drops the repeats.
+    await _publish_durably(ctx, event_id, [record])
+    body = {
+        "event_id": event_id,
+        "order_seed": seed,
+        "order_seed_commitment": record["commitment"],
+    }
+    return json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def _publish_durably(ctx: QueueContext, event_id: str, records: list[dict[str, Any]]) -> None:
+    """The admission log's pre-queue records through the event's outbox (relayed until Kafka
+    acknowledged them, issue 19); on the best-effort buffer where no relay runs."""
+    if not await ctx.store.append_outbox(event_id, records):
+        for record in records:
+            ctx.publisher.publish(record)
 
 
 async def delete_event(request: web.Request) -> web.Response:

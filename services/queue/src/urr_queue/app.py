@@ -26,6 +26,7 @@ from urr_queue.context import QUEUE_CONTEXT, QueueContext
 from urr_queue.entry import EntryTokens
 from urr_queue.events import ProducerFactory, QueueEventPublisher
 from urr_queue.metrics import EventGauges, FiguresRefresher, QueueMetrics
+from urr_queue.outbox import OutboxRelay
 from urr_queue.reservations import ConsumerFactory, ReservationEventsConsumer
 from urr_queue.sessions import SessionEnder
 from urr_queue.settings import QueueSettings
@@ -149,10 +150,25 @@ def create_app(
                 ender=ender,
             )
             app[READINESS_KEY].add_check("redis", store.ping)
-            loop = AdmissionLoop(store, publisher, metrics, settings.admission)
+            # The admission log's records go through the outbox whenever there is a broker to
+            # relay them to; without one no record is written (nor published).
+            outbox_cap = settings.outbox.max_len if producer_factory is not None else 0
+            store.outbox_records = producer_factory is not None
+            loop = AdmissionLoop(
+                store, publisher, metrics, settings.admission, outbox_cap=outbox_cap
+            )
             app[ADMISSION_LOOP] = loop
             tasks: list[asyncio.Task[None]] = []
             publisher_task = asyncio.create_task(publisher.run(), name="queue-events")
+            if producer_factory is not None:
+                relay = OutboxRelay(
+                    redis,
+                    topic=settings.queue_events.topic,
+                    settings=settings.outbox,
+                    metrics=metrics,
+                    producer_factory=producer_factory,
+                )
+                tasks.append(asyncio.create_task(relay.run(), name="admission-outbox"))
             if settings.admission.enabled:
                 tasks.append(asyncio.create_task(loop.run_forever(), name="admission"))
             if settings.figures.enabled:
@@ -222,6 +238,7 @@ def _routes(app: web.Application) -> None:
     app.router.add_patch(event_admin, admin.put_event)
     app.router.add_delete(event_admin, admin.delete_event)
     app.router.add_post(f"{event_admin}/prequeue/reveal", admin.reveal_prequeue)
+    app.router.add_post(f"{event_admin}/order-seed/reveal", admin.reveal_order_seed)
     app.router.add_get("/.well-known/jwks.json", handlers.jwks)
 
 

@@ -88,10 +88,10 @@ class EventConfig(BaseModel):
             raise ValueError("prequeue_commitment must be 64 lowercase hex digits")
         if sale <= start:
             raise ValueError("sale_start must come after prequeue_start")
-        if self.queue_method is not QueueMethod.FIFO or self.require_tier1_token:
+        if self.queue_method is not QueueMethod.FIFO:
+            # Behind a Tier-1 room (require_tier1_token) later arrivals go by Tier-1 number.
             raise ValueError(
-                "a pre-queue orders later arrivals by arrival: it needs queue_method fifo "
-                "and no require_tier1_token"
+                "a pre-queue orders later arrivals by arrival: it needs queue_method fifo"
             )
         return self
 

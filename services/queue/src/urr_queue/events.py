@@ -5,6 +5,10 @@ background task drains it into an aiokafka producer. A full buffer or a failed s
 records and counts them. Kafka being down never makes the service unready: the drain task
 keeps reconnecting on its own. Each record carries a unique ``id`` so consumers can drop the
 duplicates at-least-once delivery brings (the broker has no idempotent producer).
+
+The records the public admission log reads (``admitted``, ``waived``, the pre-queue's) do not
+take this path while a broker is configured: the scripts write them into the event's Redis
+outbox and ``outbox.py`` relays them, never dropping one (issue 19).
 """
 
 from __future__ import annotations

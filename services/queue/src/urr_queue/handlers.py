@@ -77,6 +77,9 @@ def waiting_body(event_id: str, waiting: Waiting) -> dict[str, Any]:
         "poll_after_seconds": poll_after_seconds(eta, waiting.idle_timeout_seconds),
         "mode": waiting.mode.value,
         "queue_method": waiting.queue_method.value,
+        # The admission log names this stay's admission by it: the receipt is
+        # /v1/log/{eventId}/receipt?ticket=<queue_number> once admitted.
+        "queue_number": waiting.logged_ticket,
     }
 
 
@@ -106,6 +109,9 @@ async def _admitted_response(
         "queue_size": admitted.queue_size,
         "poll_after_seconds": max(1, min(MAX_POLL_S, remaining)),
     }
+    if admitted.newly_admitted and admitted.number >= 0:
+        # Straight in (passthrough): the number its admission record is logged under.
+        body["queue_number"] = admitted.number
     response = json_response(body, headers=_NO_STORE)
     set_entry_cookie(response, token, max_age_s=remaining, secure=ctx.settings.cookie_secure)
     return response
@@ -127,6 +133,8 @@ async def enter(request: web.Request) -> web.Response:
         enter=True,
         tier1_position=tier1.position if tier1 else None,
         tier1_place=tier1.place if tier1 else "",
+        tier1_prequeue_sale_ms=tier1.prequeue_sale_ms if tier1 else None,
+        tier1_issued_at=tier1.issued_at if tier1 else 0,
     )
     if isinstance(result, Refusal):
         _refused(ctx, event_id, result, verdict, token is not None)
@@ -198,6 +206,8 @@ def _publish_passthrough(
                 queueNumber=number,
             )
         )
+    if ctx.store.outbox_records:
+        return  # the visit script wrote the admission's record into the outbox (issue 19)
     ctx.publisher.publish(
         event_record(
             EventType.ADMITTED,
@@ -235,6 +245,13 @@ def _refused(
         ctx.metrics.entries.labels("closed").inc()
         raise Forbidden("this queue takes no new entries", code="queue_closed")
     ctx.metrics.entries.labels("tier1_refused").inc()
+    if refusal in _PREQUEUE_PASS_REFUSALS:
+        ctx.metrics.tier1_tokens.labels(refusal.value, "true").inc()
+        raise Forbidden(
+            _PREQUEUE_PASS_REFUSALS[refusal],
+            code=refusal.value,
+            redirect_to=f"/vwr/{event_id}",
+        )
     if refusal in (Refusal.TIER1_PASS_SPENT, Refusal.TIER1_PASS_BOUND):
         ctx.metrics.tier1_tokens.labels(refusal.value, "true").inc()
         raise _pass_used(event_id, refusal)
@@ -247,6 +264,21 @@ def _refused(
         reason=reason,
         redirect_to=f"/vwr/{event_id}",
     )
+
+
+#: A genuine pass that does not fit the event's pre-queue (behind a Tier-1 room).
+_PREQUEUE_PASS_REFUSALS = {
+    Refusal.TIER1_PASS_STALE: (
+        "this waiting-room pass was signed before the pre-queue opened; take a new place"
+    ),
+    Refusal.TIER1_PASS_MISMATCH: (
+        "this waiting-room pass does not fit the event's pre-queue; take a new place"
+    ),
+    Refusal.PREQUEUE_CLOSED: (
+        "the pre-queue closed at sale start before this pass reached it; the pass is spent: "
+        "take a new place, in arrival order behind the shuffled roster"
+    ),
+}
 
 
 def _pass_used(event_id: str, refusal: Refusal) -> Forbidden:
@@ -311,8 +343,13 @@ async def capacity(request: web.Request) -> web.Response:
     absorbing = config.mode in (Mode.QUEUE, Mode.PASSTHROUGH) and (
         config.queue_method is not QueueMethod.REJECT
     )
+    waiting = figures.waiting
+    if config.has_prequeue:
+        # The roster waits outside the queue until the reveal, ahead of everyone: Tier 1
+        # releases nobody numbered into Tier 2 while it is there.
+        waiting += await ctx.store.roster_not_placed(event_id)
     body = {
-        "waiting": figures.waiting,
+        "waiting": waiting,
         "admitted": figures.admitted,
         "capacity": config.capacity,
         "admit_per_second": config.admit_per_second if absorbing else 0.0,

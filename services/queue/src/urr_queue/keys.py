@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 #: Every configured event (a Redis set, read by the admission loop instead of a key scan).
 EVENTS_SET = "urr:queue:events"
+#: Every event that may have an admission outbox (a Redis set, added at configuration and kept
+#: after the event is deleted until its outbox is relayed: the relay reads it with EVENTS_SET).
+OUTBOXES_SET = "urr:queue:outboxes"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,13 @@ class EventKeys:
     roster_members: str
     #: STRING: the published pre-queue document (JSON), written once at the reveal.
     prequeue_doc: str
+    #: STREAM: the admission outbox (issue 19): the ``admitted`` and ``waived`` records the
+    #: public admission log needs, written by the script that admits or waives; ``outbox.py``
+    #: relays them to Kafka and deletes each entry once the broker has acknowledged it. Never
+    #: deleted with the event while it holds entries.
+    outbox: str
+    #: STRING: which replica relays the outbox (a lease, ``outbox_lease.lua``; not in ``KEYS``).
+    outbox_lease: str
 
     def as_list(self) -> list[str]:
         return [
@@ -69,6 +79,7 @@ class EventKeys:
             self.roster,
             self.roster_members,
             self.prequeue_doc,
+            self.outbox,
         ]
 
 
@@ -94,6 +105,8 @@ def event_keys(event_id: str) -> EventKeys:
         roster=f"{tag}:roster",
         roster_members=f"{tag}:roster_members",
         prequeue_doc=f"{tag}:prequeue_doc",
+        outbox=f"{tag}:outbox",
+        outbox_lease=f"{tag}:outbox:lease",
     )
 
 

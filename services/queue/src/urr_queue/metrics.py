@@ -44,6 +44,11 @@ class QueueMetrics:
     events_dropped: Counter
     reservation_records: Counter
     tier1_marks: Counter
+    outbox_relayed: Counter
+    outbox_relay_failures: Counter
+    outbox_full_ticks: Counter
+    outbox_depth: Gauge
+    outbox_oldest_age: Gauge
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> QueueMetrics:
@@ -117,6 +122,33 @@ class QueueMetrics:
                 "Spent Tier-1 places told to the Tier-1 table: marked, gone (no such row, or "
                 "marked before) or failed (kept for the next round)",
                 ["outcome"],
+                registry=registry,
+            ),
+            outbox_relayed=Counter(
+                "urr_queue_outbox_relayed",
+                "Admission outbox records the broker acknowledged (then deleted from Redis)",
+                registry=registry,
+            ),
+            outbox_relay_failures=Counter(
+                "urr_queue_outbox_relay_failures",
+                "Relay rounds that failed (records stay in the outbox), by where",
+                ["stage"],
+                registry=registry,
+            ),
+            outbox_full_ticks=Counter(
+                "urr_queue_outbox_full_ticks",
+                "Ticks that admitted nobody because the event's admission outbox was at its cap",
+                registry=registry,
+            ),
+            outbox_depth=Gauge(
+                "urr_queue_outbox_depth",
+                "Records waiting in the admission outboxes of all events (last relay round; "
+                "every replica sees the same figure)",
+                registry=registry,
+            ),
+            outbox_oldest_age=Gauge(
+                "urr_queue_outbox_oldest_age_seconds",
+                "Age of the oldest record waiting in any admission outbox (0: all relayed)",
                 registry=registry,
             ),
         )

@@ -87,6 +87,35 @@ class QueueEventsSettings(BaseModel):
     retry_delay_s: float = Field(default=2.0, gt=0.0)
 
 
+class OutboxSettings(BaseModel):
+    """The admission outbox (``URR_OUTBOX__*``, issue 19): the ``admitted`` and ``waived``
+    records the public admission log needs are written into a Redis stream per event by the
+    tick that admits, and relayed to ``queue-events`` from there (``outbox.py``). Used while
+    ``queue_events`` is enabled; with it off no record is written."""
+
+    #: Most entries one event's outbox holds. At the cap (Kafka unreachable that long) the
+    #: event's ticks admit nobody until the relay drains it (``urr_queue_outbox_full_ticks``):
+    #: a record is never trimmed. A tick may pass the cap by its own records (at most
+    #: ``max_admit_per_tick`` plus its waivers). About 100-200 bytes of Redis memory an entry.
+    max_len: int = Field(default=500_000, ge=1, le=50_000_000)
+    #: Time between two relay rounds over the events' outboxes (each round: one small script
+    #: per configured event, like a tick; the records reach Kafka this much later at most).
+    interval_s: float = Field(default=0.5, gt=0.0, le=10.0)
+    #: Entries one send to Kafka carries (acknowledged together, then deleted).
+    batch_size: int = Field(default=1_000, ge=1, le=10_000)
+    #: How long one replica's claim to relay an event's outbox lasts without renewal (each
+    #: round renews it); after a replica dies another takes over within this time.
+    lease_ttl_s: float = Field(default=10.0, ge=1.0, le=300.0)
+    #: Wait before reconnecting after the broker failed.
+    retry_delay_s: float = Field(default=2.0, gt=0.0, le=60.0)
+
+    @model_validator(mode="after")
+    def _renewed_before_it_lapses(self) -> Self:
+        if self.interval_s * 3 > self.lease_ttl_s:
+            raise ValueError("outbox lease_ttl_s must be at least 3 x interval_s")
+        return self
+
+
 class ReservationEventsSettings(BaseModel):
     """``reservation-events`` consumer that ends admitted sessions when a booking is done."""
 
@@ -134,6 +163,7 @@ class QueueSettings(ServiceSettings):
     vwr_trust: VwrTrustSettings = Field(default_factory=VwrTrustSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     queue_events: QueueEventsSettings = Field(default_factory=QueueEventsSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     reservation_events: ReservationEventsSettings = Field(default_factory=ReservationEventsSettings)
     #: DynamoDB of the Tier-1 room (``URR_AWS__*``), for ``tier1_places``.
     aws: AwsSettings = Field(default_factory=AwsSettings)

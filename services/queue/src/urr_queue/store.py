@@ -7,15 +7,18 @@ written to the user's own slot with a plain ``SET`` after the event's script has
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from urr_common.fairness import QueueMethod
 from urr_queue.config import EventConfig, Mode
 from urr_queue.estimates import admission_rate
-from urr_queue.keys import EVENTS_SET, EventKeys, event_keys, revoked_key
+from urr_queue.keys import EVENTS_SET, OUTBOXES_SET, EventKeys, event_keys, revoked_key
 from urr_queue.members import decode_member, encode_member
 
 if TYPE_CHECKING:
@@ -64,6 +67,13 @@ class Refusal(StrEnum):
     TIER1_PASS_BOUND = "tier1_pass_bound"  # noqa: S105 (a refusal code, not a secret)
     #: The Tier-1 place already admitted its user once, and that stay is over.
     TIER1_PASS_SPENT = "tier1_pass_spent"  # noqa: S105 (a refusal code, not a secret)
+    #: Pre-queue events behind Tier 1: a pass signed before the pre-queue opened.
+    TIER1_PASS_STALE = "tier1_pass_stale"  # noqa: S105 (a refusal code, not a secret)
+    #: ... a pass that does not fit the pre-queue (another sale start, or a numbered pass
+    #: before the sale started).
+    TIER1_PASS_MISMATCH = "tier1_pass_mismatch"  # noqa: S105 (a refusal code, not a secret)
+    #: ... a pre-queue pass brought after sale start by someone not on the roster (spent).
+    PREQUEUE_CLOSED = "prequeue_closed"
     NOT_QUEUED = "not_queued"
 
 
@@ -82,6 +92,8 @@ class Waiting:
     idle_timeout_seconds: int
     tier1_required: bool
     queue_method: QueueMethod = QueueMethod.FIFO
+    #: The ``ticket`` the admission log will name this stay's admission by (its receipt).
+    logged_ticket: int | None = None
 
     @property
     def position(self) -> int:
@@ -130,6 +142,8 @@ class TickResult:
     order_waived: int = 0
     #: The Tier-1 numbers given up this tick (``order_waived`` of them), lowest first.
     waived_numbers: tuple[int, ...] = ()
+    #: The admission outbox was at its cap: this tick admitted and waived nobody.
+    outbox_full: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,6 +195,9 @@ class QueueStore:
         # redis-py pools raise instead of waiting once every connection is busy; a burst of
         # requests waits here for its turn instead of failing.
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        #: Passthrough admissions write their ``admitted`` record into the event's outbox
+        #: (``visit.lua``; on where a relay runs: ``app.py``).
+        self.outbox_records = False
         self._visit = redis.register_script(_script_text("visit.lua"))
         self._tick = redis.register_script(_script_text("tick.lua"))
         self._leave = redis.register_script(_script_text("leave.lua"))
@@ -189,6 +206,7 @@ class QueueStore:
         self._configure = redis.register_script(_script_text("configure.lua"))
         self._forget = redis.register_script(_script_text("forget.lua"))
         self._prequeue_reveal = redis.register_script(_script_text("prequeue_reveal.lua"))
+        self._order_seed_reveal = redis.register_script(_script_text("order_seed_reveal.lua"))
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str | bytes]) -> Any:
         async with self._in_flight:
@@ -209,7 +227,8 @@ class QueueStore:
         seed: str | None = None,
         prequeue_salt: str | None = None,
     ) -> str:
-        """Write ``config``; ``"created"``, ``"updated"`` or ``"queue_not_empty"``.
+        """Write ``config``; ``"created"``, ``"updated"``, ``"queue_not_empty"`` or
+        ``"order_seed_revealed"`` (the random method after the seed was revealed).
 
         ``seed`` (hex) is the random method's seed, ``prequeue_salt`` (hex) the key of the
         roster's hashed ids; each is stored only if the event has none yet.
@@ -224,9 +243,10 @@ class QueueStore:
             args += ["prequeue_salt", prequeue_salt]
         reply = await self._run(self._configure, key_list, args)
         outcome = _text(reply[0])
-        if outcome != "queue_not_empty":
+        if outcome in ("created", "updated"):
             # After the config exists, so the loop never finds an event without one.
             await self.redis.sadd(EVENTS_SET, event_id)
+            await self.redis.sadd(OUTBOXES_SET, event_id)
         return outcome
 
     async def get_config(self, event_id: str) -> EventConfig | None:
@@ -236,6 +256,32 @@ class QueueStore:
     async def order_seed(self, event_id: str) -> str | None:
         """The random method's seed (hex) of the event, if it has one."""
         return await self._config_field(event_id, "order_seed")
+
+    async def random_order_seed(self, event_id: str) -> bytes | None:
+        """The seed Tier 2 draws order keys from, when this event's line is ordered by them
+        (the random method without a Tier-1 room: there the room's numbers order the line)."""
+        order, method, tier1, seed = await self.redis.hmget(
+            event_keys(event_id).config,
+            ["queue_order", "queue_method", "require_tier1", "order_seed"],
+        )
+        # Ordered by key: the random method, or passthrough / reject after it (they keep the
+        # order they found). A pre-queue orders by score too, but only with the fifo method.
+        if order is None or _text(order) != "key" or seed is None or method is None:
+            return None
+        if _text(method) == QueueMethod.FIFO.value:
+            return None
+        if tier1 is not None and _text(tier1) == "1":
+            return None
+        return bytes.fromhex(_text(seed))
+
+    async def order_seed_revealed(self, event_id: str) -> bool:
+        return await self._config_field(event_id, "order_seed_revealed_ms") is not None
+
+    async def reveal_order_seed(self, event_id: str) -> list[str]:
+        """``order_seed_reveal.lua``'s reply, as text."""
+        key_list, keys = self._call_keys(event_id)
+        reply = await self._run(self._order_seed_reveal, key_list, [keys.seen_prefix])
+        return [_text(item) if isinstance(item, bytes) else str(item) for item in reply]
 
     async def prequeue_salt(self, event_id: str) -> str | None:
         """The key of the roster's hashed ids (hex), once the event has a pre-queue."""
@@ -274,8 +320,11 @@ class QueueStore:
         enter: bool,
         tier1_position: int | None = None,
         tier1_place: str = "",
+        tier1_prequeue_sale_ms: int | None = None,
+        tier1_issued_at: int = 0,
     ) -> Waiting | Admitted | Rostered | Refusal:
-        """Enter or poll; ``tier1_place`` is ``Tier1Pass.place`` of a verified pass."""
+        """Enter or poll; ``tier1_place`` is ``Tier1Pass.place`` of a verified pass, the last
+        two its pre-queue claim and signing time (``Tier1Pass``)."""
         key_list, keys = self._call_keys(event_id)
         args: list[str | bytes] = [
             keys.seen_prefix,
@@ -284,6 +333,10 @@ class QueueStore:
             tier1_place,
             "1" if enter else "0",
             user_id,
+            "" if tier1_prequeue_sale_ms is None else str(tier1_prequeue_sale_ms),
+            str(tier1_issued_at),
+            uuid.uuid4().hex if self.outbox_records else "",
+            "1" if self.outbox_records else "0",
         ]
         reply = await self._run(self._visit, key_list, args)
         kind = _text(reply[0])
@@ -324,6 +377,7 @@ class QueueStore:
                 idle_timeout_seconds=int(reply[11]) // 1000,
                 tier1_required=bool(int(reply[12])),
                 queue_method=QueueMethod(_text(reply[13])),
+                logged_ticket=int(float(_text(reply[14]))) if len(reply) > 14 else None,
             )
         return Refusal(kind)
 
@@ -333,6 +387,13 @@ class QueueStore:
         """The roster's hashed ids in join order (frozen once the sale has started)."""
         found = await self.redis.lrange(event_keys(event_id).roster, 0, -1)
         return [_text(item) for item in found]
+
+    async def roster_not_placed(self, event_id: str) -> int:
+        """Roster members still waiting outside the queue for the reveal (0 after it)."""
+        keys = event_keys(event_id)
+        if _text(await self.redis.hget(keys.stats, "prequeue_revealed") or b"") == "1":
+            return 0
+        return int(await self.redis.llen(keys.roster))
 
     async def redis_now_ms(self) -> int:
         seconds, micros = await self.redis.time()
@@ -418,6 +479,16 @@ class QueueStore:
         value = await self.redis.hget(event_keys(event_id).spent, place)
         return None if value is None else int(_text(value))
 
+    async def append_outbox(self, event_id: str, records: list[dict[str, Any]]) -> bool:
+        """Put ready-made ``queue-events`` records into the event's outbox (the pre-queue's
+        publications: few, never refused at the cap); ``False`` when no relay runs."""
+        if not self.outbox_records:
+            return False
+        outbox = event_keys(event_id).outbox
+        for record in records:
+            await self.redis.xadd(outbox, {"json": orjson.dumps(record)})
+        return True
+
     async def revoke(self, user_id: str, jti: str, ttl_ms: int) -> None:
         """Tell the gateway this token's ``jti`` is no longer good (for ``ttl_ms``)."""
         if ttl_ms > 0:
@@ -433,11 +504,15 @@ class QueueStore:
         max_scan: int,
         max_expire: int,
         order_grace_ms: int = 0,
+        outbox_cap: int = 0,
     ) -> TickResult | None:
         """One admission tick; ``None`` when the event has no configuration any more.
 
         ``order_grace_ms`` > 0 keeps a Tier-1 event's admissions in number order, holding
         free slots up to that long for a lower number still on its way (``tick.lua``).
+        ``outbox_cap`` > 0 writes the tick's ``waived`` and ``admitted`` records into the
+        event's outbox in the same script (``outbox.py`` relays them), and admits nobody
+        while the outbox holds that many; 0 writes no records.
         """
         key_list, keys = self._call_keys(event_id)
         args: list[str | bytes] = [
@@ -446,6 +521,8 @@ class QueueStore:
             str(max_scan),
             str(max_expire),
             str(order_grace_ms),
+            uuid.uuid4().hex,
+            str(outbox_cap),
         ]
         reply = await self._run(self._tick, key_list, args)
         if int(reply[0]) < 0:
@@ -469,6 +546,7 @@ class QueueStore:
             order_held=bool(int(reply[8])),
             order_waived=int(reply[9]),
             waived_numbers=tuple(int(n) for n in reply[10]),
+            outbox_full=bool(int(reply[11])),
         )
 
     async def figures(self, event_id: str) -> Figures | None:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from urr_common.logs import get_logger
 from urr_common.tokens import (
@@ -54,6 +54,12 @@ class Tier1Pass:
 
     position: int
     request_id: str
+    #: A pre-queue pass (claim ``pq``): the sale start (epoch ms) of the pre-queue it joins.
+    #: Its ``position`` then names the place (and the heartbeat bit), not its turn.
+    prequeue_sale_ms: int | None = None
+    #: When Tier 1 signed it (``iat``, epoch s; 0 when absent): a pre-queue event refuses a
+    #: pass signed before its pre-queue opened (another run of the room).
+    issued_at: int = 0
 
     @property
     def place(self) -> str:
@@ -170,4 +176,19 @@ def judge_claims(
         or not 1 <= len(request_id) <= _MAX_REQUEST_ID
     ):
         return Tier1Outcome.BAD_CLAIMS, None
-    return Tier1Outcome.VALID, Tier1Pass(position=position, request_id=request_id)
+    sale = claims.get("pq")
+    if sale is not None and not _is_count(sale):
+        return Tier1Outcome.BAD_CLAIMS, None
+    # Tier 1 signs ``iat`` as whole seconds; anything else only matters to a pre-queue
+    # event, which then refuses the pass as signed too early.
+    issued = claims.get("iat")
+    return Tier1Outcome.VALID, Tier1Pass(
+        position=position,
+        request_id=request_id,
+        prequeue_sale_ms=sale,
+        issued_at=issued if _is_count(issued) else 0,
+    )
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53

@@ -8,6 +8,7 @@ routes and the function checks that a signed caller identity reached it.
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
@@ -147,6 +148,71 @@ def _queue_method(
     return method, seed
 
 
+def _moment_ms(body: dict[str, Any], name: str) -> int | None:
+    """An RFC 3339 time with its offset (``2026-12-06T10:00:00Z``) as epoch ms, or None."""
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValueError(name)
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise VwrProblem(
+            422, "validation_failed", f"{name} must be an RFC 3339 time with its offset"
+        ) from exc
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise VwrProblem(422, "validation_failed", f"{name} must carry its offset (Z or +hh:mm)")
+    return round(moment.timestamp() * 1000)
+
+
+def _prequeue(
+    body: dict[str, Any], existing: EventState | None, method: QueueMethod | None
+) -> tuple[int, int] | None:
+    """``(prequeueStart, saleStart)`` in epoch ms when the body sets the pre-queue; else None.
+
+    Both or neither; sale start after pre-queue start; set once (Tier 2's commitment to its
+    times is public), and only before anyone holds a number of this run; never with the
+    random method (a pre-queue's later arrivals go by number, behind the shuffled roster).
+    """
+    start, sale = _moment_ms(body, "prequeueStart"), _moment_ms(body, "saleStart")
+    stored = (
+        (existing.prequeue_start_ms, existing.sale_start_ms)
+        if existing is not None and existing.has_prequeue
+        else None
+    )
+    wanted_method = method or (existing.queue_method if existing else QueueMethod.FIFO)
+    if start is None and sale is None:
+        if stored is not None and wanted_method is QueueMethod.RANDOM:
+            raise VwrProblem(
+                422, "validation_failed", "a pre-queue event cannot use the random method"
+            )
+        return None
+    if start is None or sale is None:
+        raise VwrProblem(
+            422, "validation_failed", "a pre-queue needs both prequeueStart and saleStart"
+        )
+    if sale <= start:
+        raise VwrProblem(422, "validation_failed", "saleStart must come after prequeueStart")
+    if wanted_method is QueueMethod.RANDOM:
+        raise VwrProblem(422, "validation_failed", "a pre-queue event cannot use the random method")
+    if stored is not None:
+        if stored != (start, sale):
+            raise VwrProblem(
+                422,
+                "prequeue_immutable",
+                "the pre-queue's times are set once and never change (a new event id instead)",
+            )
+        return None
+    if existing is not None and existing.next_position > 0:
+        raise VwrProblem(
+            409,
+            "line_not_empty",
+            "a pre-queue is set before anyone takes a number (a new event, or after a reset)",
+        )
+    return start, sale
+
+
 def build_admin_router(runtime: VwrRuntime) -> Router:
     # Imported here: the gates' admin routes use this module's helpers.
     from urr_vwr_lambda.gates.admin_routes import (
@@ -171,6 +237,7 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         existing = store.get_event(event_id, consistent=True)
         challenge = _bot_challenge(body, existing)
         method, seed = _queue_method(body, existing)
+        prequeue = _prequeue(body, existing, method)
         if batch is None:
             batch = (
                 existing.batch_size if existing else runtime.settings.advancer.default_batch_size
@@ -186,6 +253,7 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
             bot_challenge=challenge,
             queue_method=method,
             order_seed=seed if existing is None or existing.order_seed is None else None,
+            prequeue=prequeue,
         )
         runtime.event_cache.forget(event_id)
         try:

@@ -239,6 +239,13 @@ def build_public_router(runtime: VwrRuntime) -> Router:
             name="AssignNew" if status == 201 else "AssignRepeat", unit=MetricUnit.Count, value=1
         )
         figures = waiting_figures(runtime, state, place.position)
+        if place.prequeue:
+            # Let in at its first check, onto Tier 2's roster (the number decides nothing).
+            figures = {
+                **figures,
+                "prequeue": True,
+                "pollAfterSeconds": runtime.settings.poll.min_s,
+            }
         return json_response(
             status, {"eventId": event_id, "requestId": place.request_id, **figures}
         )
@@ -284,12 +291,16 @@ def assign_place(
     leaves its number unused (the advancer passes it at no cost); the answer waits for it.
     """
     store = runtime.store
-    now_s = runtime.now_s()
-    reservation = store.reserve_position_beside(event_id, now_ms=runtime.now_ms())
+    now_s, now_ms = runtime.now_s(), runtime.now_ms()
+    # Before a pre-queue opens the reservation takes no number (its condition), and the
+    # read below refuses the assign.
+    reservation = store.reserve_position_beside(event_id, now_ms=now_ms)
     try:
         state, place, claim = store.read_assignment(event_id, request_id, user_id)
         if state is None:
             raise VwrProblem(404, "event_not_found", f"no waiting room for event {event_id}")
+        if state.prequeue_not_open(now_ms):
+            raise prequeue_not_open(state)
         if place is not None and place.current(state.epoch, now_s):
             return 200, place, state
         held, stale_owner = _users_place(runtime, state, claim, request_id, now_s)
@@ -317,6 +328,7 @@ def assign_place(
             user_id=user_id,
             now_s=now_s,
             stale_owner=stale_owner,
+            prequeue=state.in_prequeue(now_ms),
         )
         if not written:
             # Our own PutItem may have landed before botocore retried it after a lost answer.
@@ -334,6 +346,7 @@ def assign_place(
                 abandoned=False,
                 token=None,
                 token_exp=None,
+                prequeue=state.in_prequeue(now_ms),
             )
             runtime.place_cache.put(new_place)
             return 201, new_place, current
@@ -422,6 +435,17 @@ _CLAIM_IN_FLIGHT_S = 10
 _IN_FLIGHT_READS = 8
 
 
+def prequeue_not_open(state: EventState) -> VwrProblem:
+    """Before the pre-queue opens nobody takes a place (nothing is written)."""
+    opens = state.public().get("prequeueStart")
+    return VwrProblem(
+        409,
+        "prequeue_not_open",
+        f"the pre-queue of event {state.event_id} opens at {opens}",
+        prequeueStart=opens,
+    )
+
+
 def event_closed(event_id: str) -> VwrProblem:
     """The queueing method ``reject``: nobody waits (the page says sold out / closed)."""
     return VwrProblem(
@@ -457,7 +481,8 @@ def let_in(state: EventState, place: Place) -> bool:
     Random: the advancer granted it, or the floor passed it while its line item was still
     being written (as FIFO lets in a number the serving counter passed).
     """
-    if state.queue_method is QueueMethod.PASSTHROUGH:
+    if state.queue_method is QueueMethod.PASSTHROUGH or place.prequeue:
+        # A pre-queue place goes on to Tier 2's roster at once (its shuffle decides).
         return True
     if state.queue_method is QueueMethod.RANDOM:
         return place.grant_seq is not None or place.position <= state.line_floor
@@ -615,6 +640,7 @@ def admitted_response(
             position=signed_position(state, place),
             user_id=place.user_id,
             now=now_s,
+            prequeue_sale_ms=state.sale_start_ms if place.prequeue else None,
         )
         stored = runtime.store.record_admission(
             place, token=fresh, token_exp=now_s + signer.ttl_s, now_s=now_s
@@ -648,6 +674,9 @@ def admitted_response(
         "token": token,
         "tokenExpiresAt": token_exp,
     }
+    if place.prequeue:
+        body["prequeue"] = True
+        body["saleStart"] = state.public().get("saleStart")
     return json_response(200, body, cookies=[cookie])
 
 

@@ -99,6 +99,8 @@ class PositionRow:
     admitted: bool = False
     #: Random method: the advancer already chose this place.
     granted: bool = False
+    #: Taken during the pre-queue: let in at its check to join Tier 2's roster.
+    prequeue: bool = False
 
     def abandoned_by(self, cutoff: int) -> bool:
         """Its checks stopped before ``cutoff`` (epoch seconds) and it never got in."""
@@ -141,6 +143,11 @@ def walk_positions(
         if row.position <= new_serving:
             continue
         examined += 1
+        if row.prequeue:
+            # Let in at its check during the pre-queue (Tier 2's shuffle orders it): its
+            # number is passed, never counted against the budget nor given up.
+            new_serving = row.position
+            continue
         if row.abandoned_by(cutoff):
             if skipped >= max_skips:
                 break

@@ -5,14 +5,16 @@
 ``epoch`` (bumped by a reset, so rows of earlier runs count as gone without deleting them),
 ``admitRate`` (admissions per second, smoothed by the advancer), ``queueMethod`` (``fifo``,
 ``random``, ``passthrough``, ``reject``), ``orderSeed`` (hex, written once: the random
-method's secret) and ``lineFloor`` (random method: every number up to it has been granted or
+method's secret), ``prequeueStart`` and ``saleStart`` (epoch ms, written once: the scheduled
+pre-queue, issue 19) and ``lineFloor`` (random method: every number up to it has been granted or
 given up; ``servingCounter`` then counts grants). The item ``#active`` lists the
 active events in a string set, so the advancer finds them with one GetItem, never a Scan.
 
 ``positions`` (PK ``eventId``, SK ``requestId``): ``position``, ``epoch``, ``userId``,
 ``createdAt``, ``lastSeen`` and ``ttl`` (epoch seconds; 24 h), ``abandoned``, ``token``,
 ``tokenExp``, ``admittedAt``, ``grantedAt`` and ``grantSeq`` (random method: the advancer
-chose this place, the ``grantSeq``-th, which its pass is signed with),
+chose this place, the ``grantSeq``-th, which its pass is signed with), ``prequeue``
+(taken during the pre-queue: let in at once to join Tier 2's roster, whatever its number),
 ``spentAt`` (epoch s: the place admitted its holder to Tier 2 and
 that stay is over; written by the queue service, ``urr_queue.tier1_marks``). Items with SK
 ``user#<id>`` are a logged-in user's claim (``ownerRequestId``, ``claimedPosition``): one place
@@ -30,6 +32,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -78,6 +81,20 @@ class EventState:
     #: How the line of this run is ordered: ``seq`` (numbers: fifo) or ``key`` (random).
     #: passthrough and reject keep the order they found.
     line_order: str = "seq"
+    #: The scheduled pre-queue (epoch ms; both or neither, set once).
+    prequeue_start_ms: int | None = None
+    sale_start_ms: int | None = None
+
+    @property
+    def has_prequeue(self) -> bool:
+        return self.prequeue_start_ms is not None and self.sale_start_ms is not None
+
+    def in_prequeue(self, now_ms: int) -> bool:
+        """Whether a place taken now joins the pre-queue (before sale start)."""
+        return self.sale_start_ms is not None and now_ms < self.sale_start_ms
+
+    def prequeue_not_open(self, now_ms: int) -> bool:
+        return self.prequeue_start_ms is not None and now_ms < self.prequeue_start_ms
 
     @property
     def seed_bytes(self) -> bytes:
@@ -96,7 +113,15 @@ class EventState:
         if self.order_seed:
             # Public from the start, so the seed revealed later can be checked against it.
             body["orderSeedCommitment"] = seed_commitment(self.seed_bytes)
+        if self.prequeue_start_ms is not None and self.sale_start_ms is not None:
+            body["prequeueStart"] = iso_of_ms(self.prequeue_start_ms)
+            body["saleStart"] = iso_of_ms(self.sale_start_ms)
         return body
+
+
+def iso_of_ms(epoch_ms: int) -> str:
+    """RFC 3339 (UTC) of an epoch-milliseconds time, as Tier 2 shows its pre-queue times."""
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat()
 
 
 @dataclass(frozen=True)
@@ -117,6 +142,8 @@ class Place:
     spent_at: int | None = None
     #: Random method: the admission sequence number the advancer granted this place.
     grant_seq: int | None = None
+    #: Taken during the pre-queue: let in at once (to Tier 2's roster), not by its number.
+    prequeue: bool = False
 
     def current(self, epoch: int, now_s: int) -> bool:
         """Of this run of the room, not expired, not given up, not spent."""
@@ -191,6 +218,8 @@ def _event_state(item: Item) -> EventState:
         order_seed=_s(item, "orderSeed"),
         line_floor=_n(item, "lineFloor"),
         line_order=_s(item, "lineOrder") or "seq",
+        prequeue_start_ms=_n(item, "prequeueStart") if "prequeueStart" in item else None,
+        sale_start_ms=_n(item, "saleStart") if "saleStart" in item else None,
     )
 
 
@@ -211,6 +240,7 @@ def _place(item: Item) -> Place:
         token_exp=int(token_exp["N"]) if token_exp and "N" in token_exp else None,
         spent_at=int(spent_at["N"]) if spent_at and "N" in spent_at else None,
         grant_seq=int(grant_seq["N"]) if grant_seq and "N" in grant_seq else None,
+        prequeue=bool(item.get("prequeue", {}).get("BOOL", False)),
     )
 
 
@@ -267,12 +297,15 @@ class VwrStore:
         bot_challenge: tuple[str, int] | None = None,
         queue_method: QueueMethod | None = None,
         order_seed: str | None = None,
+        prequeue: tuple[int, int] | None = None,
     ) -> EventState:
         """Create or change an event; the active-event registry changes in the same transaction
         (or, on a stand-in without transactions, in ordered writes: ``_put_event_in_order``).
 
         ``bot_challenge`` is ``(botChallenge, powBits)`` when the caller changes them;
-        ``queue_method`` when it changes; ``order_seed`` is written only if none is stored.
+        ``queue_method`` when it changes; ``order_seed`` is written only if none is stored;
+        ``prequeue`` is ``(prequeueStart, saleStart)`` in epoch ms (the caller checked that
+        none other is stored).
         """
         challenge_update, challenge_values = "", dict[str, Any]()
         if bot_challenge is not None:
@@ -288,6 +321,10 @@ class VwrStore:
             if order is not None:
                 challenge_update += ", lineOrder = :order"
                 challenge_values[":order"] = {"S": order}
+        if prequeue is not None:
+            challenge_update += ", prequeueStart = :pqstart, saleStart = :salestart"
+            challenge_values[":pqstart"] = _num(prequeue[0])
+            challenge_values[":salestart"] = _num(prequeue[1])
         if order_seed is not None:
             challenge_update += ", orderSeed = if_not_exists(orderSeed, :seed)"
             challenge_values[":seed"] = {"S": order_seed}
@@ -467,13 +504,18 @@ class VwrStore:
         return _claim(item) if item else None
 
     def reserve_position(self, event_id: str, *, now_ms: int) -> tuple[int, int]:
-        """Take the next number (atomic ADD, only while active): ``(position, epoch)``."""
+        """Take the next number (atomic ADD, only while active and, for an event with a
+        pre-queue, once it has opened: no number is spent on an assign refused as too early):
+        ``(position, epoch)``."""
         try:
             answer = self._db.update_item(
                 TableName=self.counters_table,
                 Key={"eventId": {"S": event_id}},
                 UpdateExpression="ADD nextPosition :one SET updatedAt = :now",
-                ConditionExpression="isActive = :true",
+                ConditionExpression=(
+                    "isActive = :true AND "
+                    "(attribute_not_exists(prequeueStart) OR prequeueStart <= :now)"
+                ),
                 ExpressionAttributeValues={
                     ":one": _num(1),
                     ":now": _num(now_ms),
@@ -505,6 +547,7 @@ class VwrStore:
         user_id: str | None,
         now_s: int,
         stale_owner: str | None = None,
+        prequeue: bool = False,
     ) -> bool:
         """Write the new place (and first the user's claim); False when another write won.
 
@@ -550,6 +593,8 @@ class VwrStore:
             }
             if user_id:
                 item["userId"] = {"S": user_id}
+            if prequeue:
+                item["prequeue"] = {"BOOL": True}
             try:
                 self._db.put_item(
                     TableName=self.positions_table,
@@ -749,6 +794,7 @@ class VwrStore:
                     last_seen=_n(item, "lastSeen"),
                     admitted="admittedAt" in item,
                     granted="grantedAt" in item,
+                    prequeue="prequeue" in item,
                 )
             low = high + 1
 
@@ -768,7 +814,9 @@ class VwrStore:
 
     def _line_places(self, event_id: str, request_ids: Iterable[str]) -> dict[str, Item]:
         keys = [{"eventId": {"S": event_id}, "requestId": {"S": r}} for r in set(request_ids)]
-        projection = "requestId, #pos, epoch, #ttl, lastSeen, admittedAt, grantedAt, abandoned"
+        projection = (
+            "requestId, #pos, epoch, #ttl, lastSeen, admittedAt, grantedAt, abandoned, prequeue"
+        )
         return {
             _s(item, "requestId") or "": item
             for item in self._get_many(keys, projection, {"#pos": "position", "#ttl": "ttl"})

@@ -2,7 +2,9 @@
 
 ES256 with a ``kid`` (``urr_common.tokens``), issuer and audience ``urr-vwr``. Claims: ``sub``
 and ``rid`` (the request id), ``evt`` (the event), ``pos`` (the signed position Tier 2 orders
-by), ``uid`` (only when a verified access token came with the assign), ``exp``.
+by), ``uid`` (only when a verified access token came with the assign), ``exp``, and ``pq``
+(a pre-queue pass only: the sale start in epoch ms; Tier 2 puts its holder on the roster
+and refuses it after that time or when its own sale start differs).
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ def issue(
     position: int,
     user_id: str | None,
     now: float | None = None,
+    prequeue_sale_ms: int | None = None,
 ) -> str:
     claims: dict[str, Any] = {"evt": event_id, "rid": request_id, "pos": position}
+    if prequeue_sale_ms is not None:
+        claims["pq"] = prequeue_sale_ms
     if user_id:
         claims["uid"] = user_id
     return signer.sign(request_id, claims, now=now)

@@ -211,6 +211,31 @@ METRICS: tuple[Metric, ...] = (
         "exported",
         "Duration of one admission tick of one event",
     ),
+    # Queue (Tier 2): the admission outbox (urr_queue.outbox, issue 19).
+    Metric(
+        "urr_queue_outbox_depth",
+        "gauge",
+        (),
+        "queue",
+        "exported",
+        "Admission log records waiting in the events' Redis outboxes for Kafka",
+    ),
+    Metric(
+        "urr_queue_outbox_oldest_age_seconds",
+        "gauge",
+        (),
+        "queue",
+        "exported",
+        "Age of the oldest record waiting in an admission outbox (0: all relayed)",
+    ),
+    Metric(
+        "urr_queue_outbox_full_ticks_total",
+        "counter",
+        (),
+        "queue",
+        "exported",
+        "Ticks that admitted nobody because the event's outbox was at URR_OUTBOX__MAX_LEN",
+    ),
     # Queue (Tier 2), per event: the live figures, refreshed from Redis (urr_queue.metrics).
     Metric("urr_queue_waiting", "gauge", ("event_id",), "queue", "exported", "People waiting"),
     Metric(

@@ -4,10 +4,11 @@ Every input is a JSON document named by a path, ``-`` (standard input) or an htt
 (e.g. the public log API's). Exit 0 when everything verifies, 1 when something does not (the
 reason is printed), 2 on unusable input.
 
-    urr-verify receipt RECEIPT --jwks JWKS
+    urr-verify receipt RECEIPT --jwks JWKS [--seed ORDER_SEED --arrival-id ID]
     urr-verify consistency --jwks JWKS --old STH --new STH --proof PROOF
     urr-verify shuffle ROSTER                  # {"members", "root", "commitment", "secret"}
-    urr-verify audit ENTRIES [--order ORDER]   # the event's leaves, in log order
+    urr-verify seed ORDER_SEED [--tier1-status STATUS]  # the random method's seed
+    urr-verify audit ENTRIES [--order ORDER | --seed ORDER_SEED]  # the leaves, in log order
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from urr_verify.log import ReceiptError, audit_order, read_tree_head, verify_receipt
 from urr_verify.merkle import ProofError, verify_consistency
+from urr_verify.random_order import SeedError, audit_random, check_own_key, revealed_seed
 from urr_verify.shuffle import ShuffleError, verify_prequeue
 
 FETCH_TIMEOUT_S = 10.0
@@ -60,11 +62,26 @@ def _hex(value: Any, what: str) -> bytes:
         raise InputError(f"{what} is not hex") from exc
 
 
+def _seed_document(source: str) -> Any:
+    document = load(source)
+    if not isinstance(document, dict):
+        raise InputError("the order-seed document must be an object")
+    return document
+
+
 def cmd_receipt(args: argparse.Namespace) -> str:
-    head = verify_receipt(load(args.receipt), load(args.jwks))
-    return (
+    receipt = load(args.receipt)
+    head = verify_receipt(receipt, load(args.jwks))
+    done = (
         f"ok: the leaf is in {head.event_id}'s log of {head.size} entries (root {head.root.hex()})"
     )
+    if (args.seed is None) != (args.arrival_id is None):
+        raise InputError("--seed and --arrival-id go together")
+    if args.seed is not None:
+        seed = revealed_seed(_seed_document(args.seed))
+        key = check_own_key(receipt["leaf"], seed, args.arrival_id)
+        done += f"; its order key {key} is the one the revealed seed gives {args.arrival_id!r}"
+    return done
 
 
 def _sth(document: Any) -> str:
@@ -98,24 +115,68 @@ def cmd_shuffle(args: argparse.Namespace) -> str:
     return json.dumps({"order": [member.hex() for member in order]})
 
 
+def cmd_seed(args: argparse.Namespace) -> str:
+    """The random method's seed document: the revealed seed against its commitment, and the
+    Tier-1 room's published commitment against the log's (one seed orders both tiers)."""
+    document = _seed_document(args.seed)
+    commitment = document.get("commitment")
+    said: list[str] = []
+    if args.tier1_status:
+        status = load(args.tier1_status)
+        theirs = status.get("orderSeedCommitment") if isinstance(status, dict) else None
+        if theirs is None:
+            raise SeedError("the Tier-1 status publishes no orderSeedCommitment")
+        if theirs != commitment:
+            raise SeedError(
+                "Tier 1 publishes another seed commitment than the admission log: the two "
+                "tiers do not draw from one seed"
+            )
+        said.append("Tier 1 publishes the same commitment")
+    if document.get("revealed"):
+        revealed_seed(document)
+        said.append("the revealed seed hashes to the commitment published before")
+    else:
+        said.append("the seed is not revealed yet (it is once the line is over)")
+    return "ok: " + "; ".join(said)
+
+
 def cmd_audit(args: argparse.Namespace) -> str:
     entries = load(args.entries)
     if isinstance(entries, dict):
         entries = entries.get("entries")
     if not isinstance(entries, list):
         raise InputError("entries must be a list of leaves (or {'entries': [...]})")
+    if args.order and args.seed:
+        raise InputError("--order (a pre-queue) and --seed (the random method) exclude each other")
+    keyed = any(isinstance(e, dict) and e.get("kind") == "admit" and "key" in e for e in entries)
+    if keyed and not args.seed:
+        raise SeedError(
+            "these admissions were ordered by the random method: audit them with --seed "
+            "(the event's /order-seed document)"
+        )
     order = load(args.order) if args.order else None
+    seed_line = ""
     try:
-        report = audit_order(entries, order)
+        if args.seed:
+            revealed_seed(_seed_document(args.seed))
+            seed_line = "the revealed seed matches its commitment; by order key: "
+            report = audit_random(entries)
+        else:
+            report = audit_order(entries, order)
     except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, SeedError):
+            raise
         raise InputError(f"an entry is malformed: {exc!r}") from exc
     lines = [
-        f"admitted {report.admitted}, waived {report.waived}, "
+        f"{seed_line}admitted {report.admitted}, waived {report.waived}, "
         f"explained by a waiver {report.explained}, unexplained {len(report.exceptions)}"
     ]
+    owed = "tickets owed later"
+    if args.seed:
+        owed = "admissions with larger order keys while it waited"
     lines += [
         f"exception: admission {e.seq} (ticket {e.ticket}) came after {e.overtaken_by} "
-        "tickets owed later, with no waiver logged"
+        f"{owed}, with no waiver logged"
         for e in report.exceptions
     ]
     if report.exceptions:
@@ -129,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
     receipt = sub.add_parser("receipt", help="a buyer's admission receipt")
     receipt.add_argument("receipt")
     receipt.add_argument("--jwks", required=True, help="the log's published keys")
+    receipt.add_argument("--seed", help="the random method's revealed order-seed document")
+    receipt.add_argument("--arrival-id", help="your arrival id (the random method's key input)")
     receipt.set_defaults(run=cmd_receipt)
     consistency = sub.add_parser("consistency", help="a newer tree head extends an older one")
     consistency.add_argument("--event", required=True)
@@ -140,9 +203,14 @@ def parser() -> argparse.ArgumentParser:
     shuffle = sub.add_parser("shuffle", help="recompute a pre-queue's order")
     shuffle.add_argument("roster")
     shuffle.set_defaults(run=cmd_shuffle)
+    seed = sub.add_parser("seed", help="the random method's seed against its commitment")
+    seed.add_argument("seed", help="the event's order-seed document (/v1/log/{e}/order-seed)")
+    seed.add_argument("--tier1-status", help="the Tier-1 room's /vwr/status/{e} document")
+    seed.set_defaults(run=cmd_seed)
     audit = sub.add_parser("audit", help="admissions follow the owed order")
     audit.add_argument("entries")
     audit.add_argument("--order", help="tickets in owed order (a pre-queue's ranks)")
+    audit.add_argument("--seed", help="the random method: the event's revealed order-seed document")
     audit.set_defaults(run=cmd_audit)
     return top
 
@@ -154,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"unusable input: {exc}", file=sys.stderr)
         return 2
-    except (ProofError, ReceiptError, ShuffleError) as exc:
+    except (ProofError, ReceiptError, ShuffleError, SeedError) as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from urr_gateway.context import RequestFacts, request_cookies
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.ingress import FORWARD_HEADERS
 
@@ -26,6 +27,18 @@ def bearer_from_cookie(authorization: str | None, cookie: str | None) -> str | N
     return f"Bearer {cookie}"
 
 
+def cookie_auth_step(request: web.Request, facts: RequestFacts) -> None:
+    headers = facts.headers
+    if "Authorization" in headers:
+        return None
+    cookie = request_cookies(request).get(ACCESS_TOKEN_COOKIE)
+    if cookie:
+        headers["Authorization"] = f"Bearer {cookie}"
+        facts.from_cookie = True
+        request[FROM_COOKIE] = True
+    return None
+
+
 @web.middleware
 async def cookie_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     headers = request[FORWARD_HEADERS]
@@ -38,4 +51,6 @@ async def cookie_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def cookie_auth_filter() -> GatewayFilter:
-    return GatewayFilter(name="cookie_auth", order=COOKIE_AUTH_ORDER, middleware=cookie_auth)
+    return GatewayFilter(
+        name="cookie_auth", order=COOKIE_AUTH_ORDER, middleware=cookie_auth, step=cookie_auth_step
+    )

@@ -10,6 +10,7 @@ revoked: then with ``"reason": "revoked"``), ``entry_token_expired``,
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,11 @@ from prometheus_client import Counter
 
 from urr_common.problems import Forbidden, ServiceUnavailable, Unauthorized
 from urr_common.tokens import BASE_REQUIRED_CLAIMS, TokenError, TokenRejection
-from urr_gateway.context import IDENTITY
+from urr_gateway.context import IDENTITY, Identity, RequestFacts
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.jwks import KeysUnavailable
 from urr_gateway.revocation import RevocationCheck, entry_token_of
-from urr_gateway.routing import ROUTE
+from urr_gateway.routing import ROUTE, RouteMatch
 from urr_gateway.verification import CachedTokenVerifier
 
 ENTRY_TOKEN_ORDER = 2
@@ -67,41 +68,104 @@ _DETAILS = {
 }
 
 
-def entry_token_filter(
-    verifier: CachedTokenVerifier[EntryClaims],
-    revocation: RevocationCheck,
-    rejections: Counter,
-) -> GatewayFilter:
-    def refuse(code: str, **extensions: Any) -> Forbidden:
-        rejections.labels("entry_token", extensions.get("reason", code)).inc()
+class _EntryToken:
+    def __init__(
+        self,
+        verifier: CachedTokenVerifier[EntryClaims],
+        revocation: RevocationCheck,
+        rejections: Counter,
+    ) -> None:
+        self._verifier = verifier
+        self._revocation = revocation
+        self._rejections = rejections
+
+    def refuse(self, code: str, **extensions: Any) -> Forbidden:
+        self._rejections.labels("entry_token", extensions.get("reason", code)).inc()
         return Forbidden(_DETAILS[code], code=code, **extensions)
 
-    @web.middleware
-    async def entry_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        match = request.get(ROUTE)
+    def token_to_check(
+        self, match: RouteMatch | None, identity: Identity | None, token: str | None
+    ) -> tuple[RouteMatch, Identity, str] | None:
+        """What a request on this route must show (``None``: nothing to check)."""
         if match is None or not match.route.needs_entry_token:
-            return await handler(request)
-        identity = request.get(IDENTITY)
+            return None
         if identity is None:  # the route needs login; the auth gate already refused
             raise Unauthorized("this route needs a logged-in user", code="login_required")
-        token = entry_token_of(request)
         if not token:
-            raise refuse("entry_token_missing")
+            raise self.refuse("entry_token_missing")
+        return match, identity, token
+
+    def check_claims(self, claims: EntryClaims, identity: Identity, match: RouteMatch) -> None:
+        mismatch = claims_mismatch(claims, identity.user_id, match.event_id)
+        if mismatch is not None:
+            raise self.refuse(mismatch)
+
+    async def verify(self, token: str) -> EntryClaims:
         try:
-            claims = await verifier.verify(token)
+            return await self._verifier.verify(token)
         except TokenError as exc:
-            raise refuse(rejection_code(exc.reason)) from exc
+            raise self.refuse(rejection_code(exc.reason)) from exc
         except KeysUnavailable as exc:
             raise ServiceUnavailable(
                 "the entry token cannot be checked right now",
                 code="entry_keys_unavailable",
                 headers={"Retry-After": "5"},
             ) from exc
-        mismatch = claims_mismatch(claims, identity.user_id, match.event_id)
-        if mismatch is not None:
-            raise refuse(mismatch)
-        if await revocation.is_revoked(request, identity.user_id, claims.jti):
-            raise refuse("entry_token_invalid", reason="revoked")
+
+    async def finish(
+        self,
+        request: web.Request,
+        shown: tuple[RouteMatch, Identity, str],
+        claims: EntryClaims | None,
+    ) -> None:
+        match, identity, token = shown
+        if claims is None:
+            claims = await self.verify(token)
+        self.check_claims(claims, identity, match)
+        if await self._revocation.is_revoked(request, identity.user_id, claims.jti):
+            raise self.refuse("entry_token_invalid", reason="revoked")
+
+    def step(self, request: web.Request, facts: RequestFacts) -> Awaitable[None] | None:
+        match = facts.route
+        if match is None or not match.route.needs_entry_token:
+            return None
+        shown = self.token_to_check(match, facts.identity, entry_token_of(request))
+        if shown is None:
+            return None
+        _, identity, token = shown
+        try:
+            claims = self._verifier.verify_cached(token)
+        except TokenError as exc:
+            raise self.refuse(rejection_code(exc.reason)) from exc
+        if claims is None:
+            return self.finish(request, shown, None)
+        self.check_claims(claims, identity, match)
+        verdict = self._revocation.verdict(request, identity.user_id, claims.jti)
+        if verdict is None:  # the limiter did not look this key up: ask Redis
+            return self.finish(request, shown, claims)
+        if verdict:
+            raise self.refuse("entry_token_invalid", reason="revoked")
+        return None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        shown = self.token_to_check(
+            request.get(ROUTE), request.get(IDENTITY), entry_token_of(request)
+        )
+        if shown is not None:
+            await self.finish(request, shown, None)
         return await handler(request)
 
-    return GatewayFilter(name="entry_token", order=ENTRY_TOKEN_ORDER, middleware=entry_token)
+
+def entry_token_filter(
+    verifier: CachedTokenVerifier[EntryClaims],
+    revocation: RevocationCheck,
+    rejections: Counter,
+) -> GatewayFilter:
+    entry_token = _EntryToken(verifier, revocation, rejections)
+    return GatewayFilter(
+        name="entry_token",
+        order=ENTRY_TOKEN_ORDER,
+        middleware=entry_token.middleware,
+        step=entry_token.step,
+    )

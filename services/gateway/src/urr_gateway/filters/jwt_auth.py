@@ -17,7 +17,7 @@ Identification runs before the rate limiter, refusal after it, so refusals are l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -27,14 +27,14 @@ from prometheus_client import Counter
 from urr_common.logs import bind_request_context
 from urr_common.problems import Forbidden, ProblemError, ServiceUnavailable, Unauthorized
 from urr_common.tokens import BASE_REQUIRED_CLAIMS, TokenError, TokenRejection
-from urr_gateway.context import IDENTITY, Identity
+from urr_gateway.context import IDENTITY, Identity, RequestFacts
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.filters.cookie_auth import FROM_COOKIE
 from urr_gateway.filters.csrf import csrf_allowed
 from urr_gateway.forwarding import strip_identity_headers
 from urr_gateway.ingress import FORWARD_HEADERS
 from urr_gateway.jwks import KeysUnavailable
-from urr_gateway.routing import ROUTE
+from urr_gateway.routing import ROUTE, RouteMatch
 from urr_gateway.verification import CachedTokenVerifier
 
 JWT_AUTH_ORDER = -1
@@ -77,42 +77,37 @@ def bearer_token(authorization: str) -> str | None:
     return token
 
 
-def jwt_auth_filter(
-    verifier: CachedTokenVerifier[Identity],
-    rejections: Counter,
-    is_revoked: Callable[[str], bool] | None = None,
-) -> GatewayFilter:
-    """``is_revoked(jti)``: the access tokens revoked by ``jti`` (the rate-limit admin's
-    revocations, followed in process with the published configuration, at most one poll
-    period stale); such a token is refused like an invalid one."""
+class _JwtAuth:
+    def __init__(
+        self,
+        verifier: CachedTokenVerifier[Identity],
+        rejections: Counter,
+        is_revoked: Callable[[str], bool] | None,
+    ) -> None:
+        self._verifier = verifier
+        self._rejections = rejections
+        self._is_revoked = is_revoked
 
-    async def authenticate(authorization: str) -> Identity:
-        token = bearer_token(authorization)
-        if token is None:
-            rejections.labels("jwt_auth", "not_bearer").inc()
-            raise Unauthorized(
-                "the Authorization header must be a Bearer token",
-                code="invalid_token",
-                headers=_INVALID_TOKEN_CHALLENGE,
-            )
-        try:
-            identity = await verifier.verify(token)
-        except TokenError as exc:
-            rejections.labels("jwt_auth", str(exc.reason)).inc()
-            raise Unauthorized(
-                f"the access token was refused: {exc.reason}",
-                code="invalid_token",
-                headers=_INVALID_TOKEN_CHALLENGE,
-            ) from exc
-        except KeysUnavailable as exc:
-            rejections.labels("jwt_auth", "keys_unavailable").inc()
-            raise ServiceUnavailable(
-                "the access token cannot be checked right now",
-                code="auth_keys_unavailable",
-                headers={"Retry-After": "5"},
-            ) from exc
-        if is_revoked is not None and identity.jti is not None and is_revoked(identity.jti):
-            rejections.labels("jwt_auth", "revoked").inc()
+    def not_bearer(self) -> Unauthorized:
+        self._rejections.labels("jwt_auth", "not_bearer").inc()
+        return Unauthorized(
+            "the Authorization header must be a Bearer token",
+            code="invalid_token",
+            headers=_INVALID_TOKEN_CHALLENGE,
+        )
+
+    def refused(self, exc: TokenError) -> Unauthorized:
+        self._rejections.labels("jwt_auth", str(exc.reason)).inc()
+        return Unauthorized(
+            f"the access token was refused: {exc.reason}",
+            code="invalid_token",
+            headers=_INVALID_TOKEN_CHALLENGE,
+        )
+
+    def checked(self, identity: Identity) -> Identity:
+        revoked = self._is_revoked
+        if revoked is not None and identity.jti is not None and revoked(identity.jti):
+            self._rejections.labels("jwt_auth", "revoked").inc()
             raise Unauthorized(
                 "the access token was refused: revoked",
                 code="invalid_token",
@@ -120,15 +115,87 @@ def jwt_auth_filter(
             )
         return identity
 
+    async def authenticate(self, authorization: str) -> Identity:
+        token = bearer_token(authorization)
+        if token is None:
+            raise self.not_bearer()
+        try:
+            identity = await self._verifier.verify(token)
+        except TokenError as exc:
+            raise self.refused(exc) from exc
+        except KeysUnavailable as exc:
+            self._rejections.labels("jwt_auth", "keys_unavailable").inc()
+            raise ServiceUnavailable(
+                "the access token cannot be checked right now",
+                code="auth_keys_unavailable",
+                headers={"Retry-After": "5"},
+            ) from exc
+        return self.checked(identity)
+
+    def record_refusal(
+        self, request: web.Request, facts: RequestFacts, refusal: ProblemError
+    ) -> None:
+        """A bad credential: anonymous from here on, and what the auth gate or the answer
+        does about it."""
+        del facts.headers["Authorization"]
+        if not facts.from_cookie:
+            facts.auth_refusal = refusal
+            request[AUTH_REFUSAL] = refusal
+        elif isinstance(refusal, Unauthorized):
+            facts.cookie_refused = True
+            request[COOKIE_REFUSED] = True
+        elif facts.route is not None and facts.route.route.needs_login:
+            # Keys unavailable: say so where login counts.
+            facts.auth_refusal = refusal
+            request[AUTH_REFUSAL] = refusal
+
+    def accept(self, request: web.Request, facts: RequestFacts, identity: Identity) -> None:
+        # Upstreams learn the identity only from the proxy's signed ``X-Urr-Identity``.
+        facts.identity = identity
+        request[IDENTITY] = identity
+        bind_request_context(user_id=identity.user_id)
+
+    async def authenticate_then(
+        self, request: web.Request, facts: RequestFacts, authorization: str
+    ) -> None:
+        try:
+            identity = await self.authenticate(authorization)
+        except ProblemError as refusal:
+            self.record_refusal(request, facts, refusal)
+            return
+        self.accept(request, facts, identity)
+
+    def step(self, request: web.Request, facts: RequestFacts) -> Awaitable[None] | None:
+        # Client-sent ``X-User-*`` headers never reach ``facts.headers``: ingress drops them.
+        authorization = facts.headers.get("Authorization")
+        if authorization is None or request.path.startswith(UNAUTHENTICATED_PREFIX):
+            return None
+        token = bearer_token(authorization)
+        try:
+            if token is None:
+                raise self.not_bearer()
+            try:
+                identity = self._verifier.verify_cached(token)
+            except TokenError as exc:
+                raise self.refused(exc) from exc
+            if identity is None:  # not seen yet: verify it (and wait for keys if need be)
+                return self.authenticate_then(request, facts, authorization)
+            identity = self.checked(identity)
+        except ProblemError as refusal:
+            self.record_refusal(request, facts, refusal)
+            return None
+        self.accept(request, facts, identity)
+        return None
+
     @web.middleware
-    async def jwt_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = request[FORWARD_HEADERS]
         strip_identity_headers(headers)
         authorization = headers.get("Authorization")
         if authorization is None or request.path.startswith(UNAUTHENTICATED_PREFIX):
             return await handler(request)
         try:
-            identity = await authenticate(authorization)
+            identity = await self.authenticate(authorization)
         except ProblemError as refusal:
             del headers["Authorization"]
             match = request.get(ROUTE)
@@ -145,21 +212,36 @@ def jwt_auth_filter(
         bind_request_context(user_id=identity.user_id)
         return await handler(request)
 
-    return GatewayFilter(name="jwt_auth", order=JWT_AUTH_ORDER, middleware=jwt_auth)
+
+def jwt_auth_filter(
+    verifier: CachedTokenVerifier[Identity],
+    rejections: Counter,
+    is_revoked: Callable[[str], bool] | None = None,
+) -> GatewayFilter:
+    """``is_revoked(jti)``: the access tokens revoked by ``jti`` (the rate-limit admin's
+    revocations, followed in process with the published configuration, at most one poll
+    period stale); such a token is refused like an invalid one."""
+    jwt_auth = _JwtAuth(verifier, rejections, is_revoked)
+    return GatewayFilter(
+        name="jwt_auth", order=JWT_AUTH_ORDER, middleware=jwt_auth.middleware, step=jwt_auth.step
+    )
 
 
 def auth_gate_filter(site_origins: Sequence[str]) -> GatewayFilter:
     origins = frozenset(site_origins)
 
-    @web.middleware
-    async def auth_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        refusal = request.get(AUTH_REFUSAL)
+    def gate(
+        request: web.Request,
+        refusal: ProblemError | None,
+        identity: Identity | None,
+        from_cookie: bool,
+        match: RouteMatch | None,
+    ) -> None:
         if refusal is not None:
             raise refusal
-        identity = request.get(IDENTITY)
         if (
             identity is not None
-            and request.get(FROM_COOKIE, False)
+            and from_cookie
             and not csrf_allowed(
                 request.method,
                 request.headers.get("Origin"),
@@ -172,7 +254,6 @@ def auth_gate_filter(site_origins: Sequence[str]) -> GatewayFilter:
                 "(Origin or Sec-Fetch-Site: same-origin)",
                 code="csrf_refused",
             )
-        match = request.get(ROUTE)
         if match is not None:
             route = match.route
             if route.needs_login and identity is None:
@@ -187,6 +268,21 @@ def auth_gate_filter(site_origins: Sequence[str]) -> GatewayFilter:
                 raise Forbidden(
                     f"this route needs the {route.needs_role} role", code="role_required"
                 )
+
+    def auth_gate_step(request: web.Request, facts: RequestFacts) -> None:
+        gate(request, facts.auth_refusal, facts.identity, facts.from_cookie, facts.route)
+
+    @web.middleware
+    async def auth_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        gate(
+            request,
+            request.get(AUTH_REFUSAL),
+            request.get(IDENTITY),
+            request.get(FROM_COOKIE, False),
+            request.get(ROUTE),
+        )
         return await handler(request)
 
-    return GatewayFilter(name="auth_gate", order=AUTH_GATE_ORDER, middleware=auth_gate)
+    return GatewayFilter(
+        name="auth_gate", order=AUTH_GATE_ORDER, middleware=auth_gate, step=auth_gate_step
+    )

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from urr_common.problems import ProblemError, TooManyRequests, Unauthorized
-from urr_gateway.context import rate_limit_subject
+from urr_gateway.context import RequestFacts, facts_of, peek, rate_limit_subject, subject_of
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.forwarding import API_KEY_HEADER
 from urr_gateway.ratelimit.headers import rate_limit_headers, retry_after_seconds
@@ -76,36 +76,12 @@ def _tenant_refusal(decided: TenantDecision, headers: dict[str, str]) -> TooMany
     return _refusal(decided.decision, headers)
 
 
-async def _tenant_request(
-    limiter: SlidingWindowLimiter,
-    request: web.Request,
-    handler: Handler,
-    current: CompiledPolicies,
-    api_key: str,
-) -> web.StreamResponse:
-    """A request with ``X-API-Key``: its tenant's governing policy and quota decide."""
-    tenant = current.tenant_of_key(api_key)
-    if tenant is None:
-        raise Unauthorized(
-            "the API key is unknown or revoked",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": 'ApiKey realm="urr"'},
-        )
-    compiled = current.governing(tenant, request.method, request.path)
-    if compiled is None:
-        return await handler(request)
-    decided = await limiter.check_tenant(
-        tenant,
-        compiled,
-        cost=min(compiled.policy.cost, compiled.max_cost),
-        quota=current.quotas.get(tenant, 0),
+def _unknown_api_key() -> Unauthorized:
+    return Unauthorized(
+        "the API key is unknown or revoked",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": 'ApiKey realm="urr"'},
     )
-    request[RATE_LIMIT_DECISION] = decided.decision
-    request[TENANT_DECISION] = decided
-    headers = rate_limit_headers(decided.decision)
-    if not decided.decision.allowed:
-        raise _tenant_refusal(decided, headers)
-    return await _with_headers(request, handler, headers)
 
 
 async def _with_headers(
@@ -123,6 +99,106 @@ async def _with_headers(
     return response
 
 
+class _RateLimit:
+    def __init__(
+        self,
+        limiter: SlidingWindowLimiter,
+        routing: CategoryRouter,
+        revoked_key_for: RevokedKeyResolver | None,
+        policies: PolicyWatcher | None,
+    ) -> None:
+        self._limiter = limiter
+        self._routing = routing
+        self._revoked_key_for = revoked_key_for
+        self._policies = policies
+
+    async def _tenant(
+        self,
+        request: web.Request,
+        facts: RequestFacts | None,
+        current: CompiledPolicies,
+        api_key: str,
+    ) -> dict[str, str] | None:
+        """A request with ``X-API-Key``: its tenant's governing policy and quota decide."""
+        tenant = current.tenant_of_key(api_key)
+        if tenant is None:
+            raise _unknown_api_key()
+        compiled = current.governing(tenant, request.method, request.path)
+        if compiled is None:
+            return None
+        decided = await self._limiter.check_tenant(
+            tenant,
+            compiled,
+            cost=min(compiled.policy.cost, compiled.max_cost),
+            quota=current.quotas.get(tenant, 0),
+        )
+        request[RATE_LIMIT_DECISION] = decided.decision
+        request[TENANT_DECISION] = decided
+        if facts is not None:
+            facts.rate_limit_decision = decided.decision
+        headers = rate_limit_headers(decided.decision)
+        if not decided.decision.allowed:
+            raise _tenant_refusal(decided, headers)
+        return headers
+
+    async def decide(
+        self, request: web.Request, facts: RequestFacts | None, category: str
+    ) -> dict[str, str] | None:
+        """The decision's headers for the answer (``None``: not limited); raises the 429."""
+        cost = 1
+        policies = self._policies
+        if policies is not None:
+            current = policies.current
+            api_key = request.headers.get(API_KEY_HEADER)
+            if api_key is not None:
+                return await self._tenant(request, facts, current, api_key)
+            if current.published:
+                compiled = current.governing(None, request.method, request.path)
+                if compiled is None:
+                    return None
+                category, cost = compiled.id, min(compiled.policy.cost, compiled.max_cost)
+        if facts is not None:
+            subject = subject_of(facts.identity, facts.client_ip)
+        else:
+            subject = rate_limit_subject(request)
+        revoked_key = self._revoked_key_for(request) if self._revoked_key_for else None
+        if revoked_key is not None and hash_tag(revoked_key) != subject:
+            # Another user's token: the entry-token filter refuses it as wrong_user anyway.
+            revoked_key = None
+        decision = await self._limiter.check(subject, category, cost=cost, revoked_key=revoked_key)
+        request[RATE_LIMIT_DECISION] = decision
+        if facts is not None:
+            facts.rate_limit_decision = decision
+        if revoked_key is not None and decision.revoked is not None:
+            request[RATE_LIMIT_REVOKED_KEY] = revoked_key
+            if facts is not None:
+                facts.rate_limit_revoked_key = revoked_key
+        headers = rate_limit_headers(decision)
+        if not decision.allowed:
+            raise _refusal(decision, headers)
+        return headers
+
+    async def _step(self, request: web.Request, facts: RequestFacts, category: str) -> None:
+        # The pipeline puts them on the answer, whatever it is.
+        facts.rate_limit_headers = await self.decide(request, facts, category)
+
+    def step(self, request: web.Request, facts: RequestFacts) -> Awaitable[None] | None:
+        category = self._routing.category_for(request.path)
+        if category is None or not self._limiter.settings.enabled:
+            return None
+        return self._step(request, facts, category)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        category = self._routing.category_for(request.path)
+        if category is None or not self._limiter.settings.enabled:
+            return await handler(request)
+        headers = await self.decide(request, None, category)
+        if headers is None:
+            return await handler(request)
+        return await _with_headers(request, handler, headers)
+
+
 def rate_limit_filter(
     limiter: SlidingWindowLimiter,
     routing: CategoryRouter,
@@ -137,64 +213,56 @@ def rate_limit_filter(
     policy and quota; other requests follow the published default policies once a set has
     been published (until then ``routing``'s configured categories, the same seed limits).
     """
-
     if policies is not None:
         policies.on_change(lambda compiled: limiter.use_policies(compiled.defaults))
-
-    @web.middleware
-    async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        category = routing.category_for(request.path)
-        if category is None or not limiter.settings.enabled:
-            return await handler(request)
-        cost = 1
-        if policies is not None:
-            current = policies.current
-            api_key = request.headers.get(API_KEY_HEADER)
-            if api_key is not None:
-                return await _tenant_request(limiter, request, handler, current, api_key)
-            if current.published:
-                compiled = current.governing(None, request.method, request.path)
-                if compiled is None:
-                    return await handler(request)
-                category, cost = compiled.id, min(compiled.policy.cost, compiled.max_cost)
-        subject = rate_limit_subject(request)
-        revoked_key = revoked_key_for(request) if revoked_key_for is not None else None
-        if revoked_key is not None and hash_tag(revoked_key) != subject:
-            # Another user's token: the entry-token filter refuses it as wrong_user anyway.
-            revoked_key = None
-        decision = await limiter.check(subject, category, cost=cost, revoked_key=revoked_key)
-        request[RATE_LIMIT_DECISION] = decision
-        if revoked_key is not None and decision.revoked is not None:
-            request[RATE_LIMIT_REVOKED_KEY] = revoked_key
-        headers = rate_limit_headers(decision)
-        if not decision.allowed:
-            raise _refusal(decision, headers)
-        return await _with_headers(request, handler, headers)
-
-    return GatewayFilter(name=FILTER_NAME, order=FILTER_ORDER, middleware=rate_limit)
+    rate_limit = _RateLimit(limiter, routing, revoked_key_for, policies)
+    return GatewayFilter(
+        name=FILTER_NAME, order=FILTER_ORDER, middleware=rate_limit.middleware, step=rate_limit.step
+    )
 
 
 def revocation_verdict(request: web.Request, key: str) -> bool | None:
     """Was ``key`` found revoked in this request's rate-limit round trip? ``None`` when that
     exact key was not looked up (deny-cache or fallback answer, no token, another key): the
     caller then asks Redis itself. Fits the entry-token filter's verdict-reader seam."""
+    facts = facts_of(request)
+    if facts is not None and facts.rate_limit_decision is not None:
+        if facts.rate_limit_revoked_key != key:
+            return None
+        return facts.rate_limit_decision.revoked
     decision: Decision | None = request.get(RATE_LIMIT_DECISION)
     if decision is None or request.get(RATE_LIMIT_REVOKED_KEY) != key:
         return None
     return decision.revoked
 
 
+def decision_headers(request: web.Request) -> dict[str, str] | None:
+    """The headers of the request's decision (``None``: no decision was made)."""
+    facts = facts_of(request)
+    if facts is not None and facts.rate_limit_headers is not None:
+        return facts.rate_limit_headers
+    decision = peek(request, RATE_LIMIT_DECISION)
+    return rate_limit_headers(decision) if decision is not None else None
+
+
 async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare`` signal: the decision's headers on any answer, streamed too."""
-    decision = request.get(RATE_LIMIT_DECISION)
-    if decision is not None:
-        for name, value in rate_limit_headers(decision).items():
+    headers = decision_headers(request)
+    if headers is not None:
+        for name, value in headers.items():
             response.headers.setdefault(name, value)
+
+
+#: Set on an application whose own ``on_response_prepare`` receiver already adds the
+#: decision's headers (the gateway's: ``responseheaders``), so none is added twice.
+RATE_LIMIT_HEADERS_INSTALLED = web.AppKey("urr_rate_limit_headers_installed", bool)
 
 
 def install_rate_limit_headers(app: web.Application) -> None:
     """Register :func:`add_rate_limit_headers` on ``app`` (before it starts)."""
-    app.on_response_prepare.append(add_rate_limit_headers)
+    if not app.get(RATE_LIMIT_HEADERS_INSTALLED, False):
+        app.on_response_prepare.append(add_rate_limit_headers)
+        app[RATE_LIMIT_HEADERS_INSTALLED] = True
 
 
 def install_rate_limit(app: web.Application, limiter: SlidingWindowLimiter) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -46,8 +46,8 @@ from urr_gateway.ratelimit.tenant import (
     CompiledPolicy,
     TenantDecision,
     closed_decision,
-    decide_tenant,
     degraded_tenant_decision,
+    tenant_decision_of_reply,
     tenant_subject,
 )
 from urr_gateway.ratelimit.usage_tally import UsageTally, UsageWriter
@@ -144,7 +144,7 @@ class SlidingWindowLimiter:
             self._store = RedisSlidingLog(redis)
         # Both built-in stores run tenant decisions too; a test's stand-in store may not.
         self._tenant_store: TenantStore | None = (
-            cast("TenantStore", self._store) if hasattr(self._store, "evaluate_tenant") else None
+            cast("TenantStore", self._store) if hasattr(self._store, "tenant_reply") else None
         )
         # The pipelined store times its batches itself: one timer per batch, not per call.
         self._store_keeps_budget = getattr(self._store, "budget", None) is self._budget
@@ -303,8 +303,9 @@ class SlidingWindowLimiter:
         if store is not None and self._breaker.allow(self._clock()):
             try:
                 async with self._in_flight:
-                    call = store.evaluate_tenant(compiled, tenant, cost, quota)
+                    call = store.tenant_reply(compiled, tenant, cost, quota)
                     reply = await (call if self._store_keeps_budget else self._budget.run(call))
+                result = tenant_decision_of_reply(compiled, tenant, reply, cost)
             except (TimeoutError, RedisTimeoutError) as exc:
                 self._on_failure("timeout", exc)
             except (RedisConnectionError, OSError) as exc:
@@ -313,7 +314,6 @@ class SlidingWindowLimiter:
                 self._on_failure("other", exc)
             else:
                 self._on_success()
-                result = decide_tenant(compiled, tenant, reply, cost)
         if result is None:
             decision = self._fallback(
                 tenant_subject(tenant), compiled.id, compiled.specs, cost, compiled.policy.failure
@@ -366,6 +366,14 @@ class SlidingWindowLimiter:
             return decision
         self._on_failure(kind, error)
         return None
+
+    @property
+    def key_exists(self) -> Callable[[str], Awaitable[int]] | None:
+        """``EXISTS key`` on the limiter's own pipelined connection (``None`` with another
+        transport): other lookups of the same request (the entry token's revocation) cost a
+        command in the tick's write instead of a redis-py call."""
+        store = self._store
+        return store.exists if isinstance(store, PipelinedSlidingLog) else None
 
     def _fallback(
         self,

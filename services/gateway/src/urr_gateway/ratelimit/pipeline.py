@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio.cluster import RedisCluster
@@ -38,7 +38,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from urr_common.ratelimit_usage import USAGE_TTL_S
+from urr_common.ratelimit_usage import USAGE_TTL_S, tenant_tag
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, bulk, encode_command
@@ -99,6 +99,27 @@ class _EncodedCall:
         self.tails: tuple[bytes, bytes] = tuple(  # type: ignore[assignment]
             bulk(b"%d" % self.windows) + bulk(flag) + windows_part for flag in (b"0", b"1")
         )
+
+
+class _TenantParts:
+    """A tenant's encoded pieces under one published policy and month: its window keys,
+    quota counter and hash tag, and its whole command for a cost of 1 at the quota it was
+    last asked with (a quota changes only with a new published version, hence a new
+    ``compiled``)."""
+
+    __slots__ = ("command", "compiled", "counter", "keys", "month", "quota", "tag")
+
+    def __init__(
+        self, compiled: CompiledPolicy, month: QuotaMonth, keys: bytes, counter: bytes, tag: bytes
+    ) -> None:
+        self.compiled = compiled
+        self.month = month
+        self.keys = keys
+        self.counter = counter
+        self.tag = tag
+        #: -1: no command kept yet (a quota is never negative).
+        self.quota = -1
+        self.command = b""
 
 
 class _Node:
@@ -273,10 +294,8 @@ class PipelinedSlidingLog:
         self._tenant_load = encode_command(b"SCRIPT", b"LOAD", self._tenant_source.encode())
         #: policy -> its encoded command pieces, for one month (the tail names the month).
         self._tenant_encoded: dict[str, tuple[CompiledPolicy, QuotaMonth, bytes, bytes, bytes]] = {}
-        #: (policy, tenant) -> the encoded keys and quota counter of its decisions this month.
-        self._tenant_parts: dict[
-            tuple[str, str], tuple[CompiledPolicy, QuotaMonth, bytes, bytes]
-        ] = {}
+        #: (policy, tenant) -> its encoded keys, quota counter, hash tag and last command.
+        self._tenant_parts: dict[tuple[str, str], _TenantParts] = {}
         self._month: QuotaMonth | None = None
         self._calls = CategoryCalls()
         self._encoded: dict[str, tuple[object, _EncodedCall]] = {}
@@ -414,15 +433,16 @@ class PipelinedSlidingLog:
         now_us: int | None = None,
     ) -> TenantScriptResult:
         """One tenant decision (``tenant_decision.lua``), in this tick's batch like the rest."""
-        self._month = month = current_month(self._month)
         if now_us is None:
-            command = self._tenant_command(compiled, tenant, cost, quota, month)
-        else:
-            keys = tenant_keys(compiled, tenant)
-            args = tenant_args(compiled, tenant, cost, quota, now_us, month)
-            command = encode_command(
-                b"EVALSHA", self._tenant_sha.encode(), b"%d" % len(keys), *keys, *args
+            return parse_tenant_reply(
+                await self.tenant_reply(compiled, tenant, cost, quota), len(compiled.specs)
             )
+        month = self._month = current_month(self._month)
+        keys = tenant_keys(compiled, tenant)
+        args = tenant_args(compiled, tenant, cost, quota, now_us, month)
+        command = encode_command(
+            b"EVALSHA", self._tenant_sha.encode(), b"%d" % len(keys), *keys, *args
+        )
         node = await self._node_for(b"{" + tenant_subject(tenant).encode() + b"}")
         try:
             reply = await node.submit(command, timed=True)
@@ -434,12 +454,34 @@ class PipelinedSlidingLog:
             return await self._through_client.evaluate_tenant(compiled, tenant, cost, quota, now_us)
         return parse_tenant_reply(reply, len(compiled.specs))
 
+    async def tenant_reply(
+        self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int
+    ) -> Sequence[int]:
+        """The reply of one tenant decision on Redis's clock, as it came."""
+        self._month = month = current_month(self._month)
+        command, tag = self._tenant_command_and_tag(compiled, tenant, cost, quota, month)
+        node = await self._node_for(tag)
+        try:
+            reply: Sequence[int] = await node.submit(command, timed=True)
+        except NoScriptError:
+            reply = await node.submit(command, load_script=self._tenant_load, timed=True)
+        except RedirectedError:
+            if self._through_client is None:
+                raise
+            return await self._through_client.tenant_reply(compiled, tenant, cost, quota)
+        return reply
+
     def _tenant_command(
         self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int, month: QuotaMonth
     ) -> bytes:
+        return self._tenant_command_and_tag(compiled, tenant, cost, quota, month)[0]
+
+    def _tenant_command_and_tag(
+        self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int, month: QuotaMonth
+    ) -> tuple[bytes, bytes]:
         """The ``EVALSHA`` of a tenant decision on Redis's clock, from pieces encoded once per
         published policy and month (the same bytes ``encode_command`` would make of
-        ``tenant_args``)."""
+        ``tenant_args``), and the tenant's hash tag (which node decides)."""
         entry = self._tenant_encoded.get(compiled.id)
         if entry is None or entry[0] is not compiled or entry[1] is not month:
             windows = len(compiled.specs)
@@ -458,17 +500,34 @@ class PipelinedSlidingLog:
             self._tenant_encoded[compiled.id] = entry
         _, _, head, middle, tail = entry
         tenant_entry = self._tenant_parts.get((compiled.id, tenant))
-        if tenant_entry is None or tenant_entry[0] is not compiled or tenant_entry[1] is not month:
+        if (
+            tenant_entry is None
+            or tenant_entry.compiled is not compiled
+            or tenant_entry.month is not month
+        ):
             if len(self._tenant_parts) >= TENANT_PARTS_MAX:
                 # Bounded: a caller may name any tenant id; the busy ones come back at once.
                 self._tenant_parts.clear()
-            keys = b"".join(bulk(key) for key in tenant_keys(compiled, tenant))
-            counter = bulk(compiled.quota_counter(tenant, month))
-            tenant_entry = (compiled, month, keys, counter)
+            # tenant_keys, from the hash tag encoded once.
+            tag = tenant_tag(tenant).encode()
+            tenant_entry = _TenantParts(
+                compiled,
+                month,
+                b"".join([bulk(tag + suffix) for suffix in compiled.window_suffixes]),
+                bulk(compiled.quota_counter(tenant, month)),
+                tag,
+            )
             self._tenant_parts[(compiled.id, tenant)] = tenant_entry
-        _, _, keys, counter = tenant_entry
-        parts = [head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), counter, tail]
-        return b"".join(parts)
+        if cost == 1 and quota == tenant_entry.quota:
+            # Most decisions: the tenant's last command again, byte for byte.
+            return tenant_entry.command, tenant_entry.tag
+        keys, counter = tenant_entry.keys, tenant_entry.counter
+        command = b"".join(
+            (head, keys, bulk(b"%d" % cost), middle, bulk(b"%d" % quota), counter, tail)
+        )
+        if cost == 1:
+            tenant_entry.quota, tenant_entry.command = quota, command
+        return command, tenant_entry.tag
 
     def _encoded_for(self, category: str, specs: tuple[WindowSpec, ...]) -> _EncodedCall:
         entry = self._encoded.get(category)
@@ -478,6 +537,14 @@ class PipelinedSlidingLog:
         encoded = _EncodedCall(self._sha.encode(), call.suffixes, call.window_args)
         self._encoded[category] = (specs, encoded)
         return encoded
+
+    async def exists(self, key: str) -> int:
+        """``EXISTS key``, written with this tick's decisions on the node that holds ``key``
+        (a lookup without redis-py's per-call cost). Not under the decision budget: the
+        caller times it. ``RedirectedError`` when a cluster slot moved: ask through redis-py."""
+        raw = key.encode()
+        node = await self._node_for(raw)
+        return int(await node.submit(encode_command(b"EXISTS", raw)))
 
     async def aclose(self) -> None:
         """Give the lean connections back to the client (closed)."""

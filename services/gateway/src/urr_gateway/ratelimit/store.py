@@ -135,6 +135,13 @@ class SlidingLogStore(Protocol):
 class TenantStore(Protocol):
     """A store that also runs ``tenant_decision.lua`` (both built-in stores do)."""
 
+    async def tenant_reply(
+        self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int
+    ) -> Sequence[int]:
+        """The script's reply as it came, on Redis's clock (``tenant.tenant_decision_of_reply``
+        turns it into a decision)."""
+        ...
+
     async def evaluate_tenant(
         self,
         compiled: CompiledPolicy,
@@ -176,6 +183,16 @@ class RedisSlidingLog:
             args=tenant_args(compiled, tenant, cost, quota, now_us, self._month),
         )
         return parse_tenant_reply(reply, len(compiled.specs))
+
+    async def tenant_reply(
+        self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int
+    ) -> Sequence[int]:
+        self._month = current_month(self._month)
+        reply: Sequence[int] = await self._tenant_script(
+            keys=tenant_keys(compiled, tenant),
+            args=tenant_args(compiled, tenant, cost, quota, None, self._month),
+        )
+        return reply
 
     async def ping(self) -> None:
         """One round trip; concurrent pings warm the connection pool."""

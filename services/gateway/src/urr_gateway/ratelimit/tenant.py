@@ -96,6 +96,12 @@ class QuotaMonth:
         return self.start_s <= epoch_s < self.end_s
 
 
+#: Governing lookups remembered per published version (emptied when full), for paths up to
+#: this many characters.
+GOVERNING_CACHE_MAX = 4096
+GOVERNING_PATH_MAX = 256
+
+
 class CompiledPolicies:
     """One published version, ready for lookups: which policy governs, whose key it is."""
 
@@ -122,6 +128,7 @@ class CompiledPolicies:
             owner: tuple(c for c in self._ordered if c.policy.tenant in (None, owner))
             for owner in owners
         }
+        self._governing: dict[tuple[str | None, str, str], CompiledPolicy | None] = {}
 
     @classmethod
     def seed(cls) -> CompiledPolicies:
@@ -135,14 +142,34 @@ class CompiledPolicies:
         return self.api_keys.get(api_key_digest(secret))
 
     def governing(self, tenant: str | None, method: str, path: str) -> CompiledPolicy | None:
-        candidates = self.defaults if tenant is None else self._of_tenant(tenant)
+        # Remembered per (tenant with policies of its own or None, method, path) for this
+        # version: the same few routes come back on every request, and a lookup costs ~0.4 µs
+        # against ~2 µs for the walk (prefix tests and a regex). Bounded: any caller picks
+        # its path, so the cache is emptied when full and long paths are not kept.
+        owner = tenant if tenant is not None and tenant in self._per_tenant else None
+        key = (owner, method, path)
+        cache = self._governing
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        found = self._walk(
+            self.defaults if owner is None else self._per_tenant[owner], method, path
+        )
+        if len(path) <= GOVERNING_PATH_MAX:
+            if len(cache) >= GOVERNING_CACHE_MAX:
+                cache.clear()
+            cache[key] = found
+        return found
+
+    @staticmethod
+    def _walk(
+        candidates: tuple[CompiledPolicy, ...], method: str, path: str
+    ) -> CompiledPolicy | None:
         for compiled in candidates:
             if path.startswith(compiled.literal_prefix) and compiled.policy.matches(method, path):
                 return compiled
         return None
-
-    def _of_tenant(self, tenant: str) -> tuple[CompiledPolicy, ...]:
-        return self._per_tenant.get(tenant, self.defaults)
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, about 1.3 µs more
@@ -229,6 +256,48 @@ def decide_tenant(
         quota_exceeded=result.quota_refused,
         shadow=result.allowed and not result.would_allow,
         near_limit=result.near_limit,
+    )
+
+
+def tenant_decision_of_reply(
+    compiled: CompiledPolicy, tenant: str, reply: Sequence[int], cost: int
+) -> TenantDecision:
+    """``decide_tenant(compiled, tenant, parse_tenant_reply(reply, windows), cost)``, with the
+    common case built straight from the reply: one window, admitted by the policy and the
+    quota (no shadow refusal). That case needs no :class:`TenantScriptResult` nor
+    :class:`WindowOutcome`, and is about 4 µs cheaper per decision (every other case takes the
+    general path; the unit tests hold the two to the same answers)."""
+    specs = compiled.specs
+    if len(specs) != 1 or len(reply) != 9 or not (reply[0] and reply[1]) or reply[2]:
+        return decide_tenant(compiled, tenant, parse_tenant_reply(reply, len(specs)), cost)
+    spec = specs[0]
+    count = reply[6]
+    remaining = spec.limit - count - cost
+    reset_ms = us_to_ms_up(reply[7] if count else spec.window_us)
+    state = WindowState(
+        spec.policy, spec.limit, spec.window_s, remaining if remaining > 0 else 0, reset_ms, 0
+    )
+    quota_remaining = reply[3]
+    return TenantDecision(
+        Decision(
+            True,
+            compiled.id,
+            spec.limit,
+            state.remaining,
+            reset_ms,
+            0,
+            spec.policy,
+            False,
+            "redis",
+            (state,),
+        ),
+        tenant,
+        compiled.policy,
+        None if quota_remaining < 0 else quota_remaining,
+        us_to_ms_up(reply[4]),
+        False,
+        False,
+        bool(reply[5]),
     )
 
 

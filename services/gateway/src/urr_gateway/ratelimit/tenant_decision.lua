@@ -41,31 +41,6 @@ else
 end
 local now_s = math.floor(now / 1000000)
 
--- Proleptic Gregorian calendar from days since 1970-01-01 and back (H. Hinnant's algorithm).
-local function civil_from_days(days)
-    local z = days + 719468
-    local era = math.floor(z / 146097)
-    local doe = z - era * 146097
-    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-        - math.floor(doe / 146096)) / 365)
-    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-    local mp = math.floor((5 * doy + 2) / 153)
-    local month = mp < 10 and mp + 3 or mp - 9
-    local year = yoe + era * 400
-    if month <= 2 then year = year + 1 end
-    return year, month
-end
-
-local function days_from_civil(year, month)
-    if month <= 2 then year = year - 1 end
-    local era = math.floor(year / 400)
-    local yoe = year - era * 400
-    local mp = (month + 9) % 12
-    local doy = math.floor((153 * mp + 2) / 5)
-    local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-    return era * 146097 + doe - 719468
-end
-
 local allowed_windows = true
 local near = false
 local reply = {0, 0, 0, -1, 0, 0}
@@ -107,6 +82,31 @@ if quota > 0 then
     local quota_key = ARGV[5]
     local month_end_s = tonumber(ARGV[9])
     if now_s < tonumber(ARGV[8]) or now_s >= month_end_s then
+        -- Redis's time is outside the caller's month (rare): work the month out here, with
+        -- the proleptic Gregorian calendar from days since 1970-01-01 and back (H. Hinnant's
+        -- algorithm). Defined only here: two closures made on every call cost for nothing.
+        local function civil_from_days(days)
+            local z = days + 719468
+            local era = math.floor(z / 146097)
+            local doe = z - era * 146097
+            local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                - math.floor(doe / 146096)) / 365)
+            local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+            local mp = math.floor((5 * doy + 2) / 153)
+            local month = mp < 10 and mp + 3 or mp - 9
+            local year = yoe + era * 400
+            if month <= 2 then year = year + 1 end
+            return year, month
+        end
+        local function days_from_civil(year, month)
+            if month <= 2 then year = year - 1 end
+            local era = math.floor(year / 400)
+            local yoe = year - era * 400
+            local mp = (month + 9) % 12
+            local doy = math.floor((153 * mp + 2) / 5)
+            local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+            return era * 146097 + doe - 719468
+        end
         local year, month = civil_from_days(math.floor(now_s / 86400))
         local next_year, next_month = year, month + 1
         if next_month == 13 then next_year, next_month = year + 1, 1 end

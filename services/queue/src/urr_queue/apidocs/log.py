@@ -96,12 +96,22 @@ PATHS: Json = {
         "get": {
             "operationId": "receipt",
             "summary": "A buyer's receipt: the leaf, its proof and the latest signed head.",
-            "parameters": [query_int("leaf", "Leaf index.")],
+            "description": "Name the leaf by `leaf` (its index) or by `ticket` (the number "
+            "its holder queued with, `queue_number` in the queue's answers: its latest "
+            "admission), not both.",
+            "parameters": [
+                {**query_int("leaf", "Leaf index."), "required": False},
+                {**query_int("ticket", "The holder's queue number."), "required": False},
+            ],
             "responses": {
                 "200": json_body(ref("Receipt"), "The receipt."),
                 "304": NOT_MODIFIED,
                 "400": BAD_QUERY,
-                "404": NO_LOG,
+                "404": problem(
+                    "Nothing signed, or no admission of the ticket logged yet.",
+                    "log_not_found",
+                    "ticket_not_logged",
+                ),
                 "422": problem("The leaf is not signed yet.", "leaf_beyond_tree"),
             },
         },
@@ -146,9 +156,39 @@ PATHS: Json = {
             },
         },
     },
+    "/v1/log/{eventId}/order-seed": {
+        "parameters": [EVENT_PARAM],
+        "get": {
+            "operationId": "orderSeed",
+            "summary": "The random method's seed: `urr-verify audit --seed` reads it as is.",
+            "description": "From the moment the event uses the `random` method: the "
+            "commitment (SHA-256 of the seed), short-lived. Once the line is over and the "
+            "operator revealed it: also the seed, `immutable`. Admissions of the method carry "
+            "their order key (`key`, HMAC-SHA1 of the seed and the arrival id, 52 bits).",
+            "responses": {
+                "200": json_body(ref("OrderSeed"), "What has been published."),
+                "304": NOT_MODIFIED,
+                "400": BAD_EVENT,
+                "404": problem("No order seed committed for this event.", "no_order_seed"),
+            },
+        },
+    },
 }
 
 SCHEMAS: Json = {
+    "OrderSeed": {
+        "type": "object",
+        "required": ["eventId", "method", "commitment", "committedAt", "revealed"],
+        "properties": {
+            "eventId": {"type": "string"},
+            "method": {"const": "random"},
+            "commitment": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "committedAt": {"type": "string", "format": "date-time"},
+            "revealed": {"type": "boolean"},
+            "seed": {"type": "string", "pattern": "^([0-9a-f]{2})+$"},
+            "revealedAt": {"type": "string", "format": "date-time"},
+        },
+    },
     "Prequeue": {
         "type": "object",
         "required": ["eventId", "commitment", "prequeueStart", "saleStart", "revealed"],

@@ -78,6 +78,11 @@ WAITING: Json = {
             "description": "How the line is ordered: by arrival, by a draw from the event's "
             "seed made at entry, everyone straight in, or nobody waits (`409 event_closed`).",
         },
+        "queue_number": {
+            "type": ["integer", "null"],
+            "description": "The number the admission log names this stay's admission by: "
+            "once admitted, `/v1/log/{eventId}/receipt?ticket=` this gives the receipt.",
+        },
     },
 }
 ADMITTED: Json = {
@@ -103,6 +108,12 @@ ADMITTED: Json = {
         "expires_in_seconds": {"type": "integer", "minimum": 1},
         "queue_size": {"type": "integer", "minimum": 0},
         "poll_after_seconds": {"type": "integer", "minimum": 1},
+        "queue_number": {
+            "type": "integer",
+            "description": "Only when this very call let the user straight in (passthrough): "
+            "the number its admission is logged under (`/v1/log/{eventId}/receipt?ticket=`). "
+            "A waiter learnt it from the waiting answers.",
+        },
     },
 }
 PREQUEUE: Json = {
@@ -171,6 +182,9 @@ PATHS: Json = {
                     "vwr_token_required",
                     "tier1_pass_spent",
                     "tier1_pass_bound",
+                    "tier1_pass_stale",
+                    "tier1_pass_mismatch",
+                    "prequeue_closed",
                 ),
                 "404": problem("No queue for this event.", "event_not_found"),
                 "409": problem(

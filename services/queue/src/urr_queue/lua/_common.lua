@@ -15,6 +15,9 @@ local K_ORDINALS = KEYS[15]
 -- The pre-queue (issue 19): roster (LIST of hashed ids, join order), hashed id -> member,
 -- and the document published at the reveal.
 local K_ROSTER, K_ROSTER_MEMBERS, K_PREQUEUE_DOC = KEYS[16], KEYS[17], KEYS[18]
+-- The admission outbox (issue 19): a stream of the records the public admission log needs,
+-- written by the same script as the admission or waiver it records (outbox.py relays it).
+local K_OUTBOX = KEYS[19]
 -- Queue scores of a pre-queue event: roster ranks 1..n, then later arrivals from here on.
 local AFTER_ROSTER = 1099511627776
 local SEEN_PREFIX = ARGV[1]
@@ -144,4 +147,33 @@ end
 
 local function prequeue_revealed()
   return redis.call('HGET', K_STATS, 'prequeue_revealed') == '1'
+end
+
+-- Whether the admission outbox can take another tick's records: `limit` 0 is no outbox (no
+-- relay runs), else it holds fewer than `limit` entries. At the cap the tick admits nobody
+-- rather than admit without a record (admission.py counts and logs it).
+local function outbox_open(limit)
+  return limit == 0 or redis.call('XLEN', K_OUTBOX) < limit
+end
+
+-- One outbox entry ('*': the id is Redis's clock, so the relay can tell its age).
+local function outbox_add(fields)
+  redis.call('XADD', K_OUTBOX, '*', unpack(fields))
+end
+
+-- The 'admitted' record of one admission (outbox.py's outbox_record turns it into JSON);
+-- `id` is unique (a prefix the caller drew, and a counter), `path` nil or 'passthrough'.
+local function outbox_admitted(id, member, number, position, now, path, key)
+  local fields = {'id', id, 'type', 'admitted', 'member', member, 'number', number,
+    'position', position, 'at', now}
+  if path then
+    fields[#fields + 1] = 'path'
+    fields[#fields + 1] = path
+  end
+  if key then
+    -- The random method's order key (the popped score): the log puts it in the leaf.
+    fields[#fields + 1] = 'key'
+    fields[#fields + 1] = string.format('%d', key)
+  end
+  outbox_add(fields)
 end

@@ -5,7 +5,7 @@
 -- Likewise the queue's order ('seq' for fifo, 'key' for random: scores are arrival numbers
 -- or order keys) changes only while nobody waits; passthrough and reject keep the order.
 -- order_seed and prequeue_salt are written once (secrets; never replaced).
--- Reply: {'created'} | {'updated'} | {'queue_not_empty'}
+-- Reply: {'created'} | {'updated'} | {'queue_not_empty'} | {'order_seed_revealed'}
 local heartbeat_ms = ARGV[2]
 local fields = {}
 local wanted_tier1, wanted_order, prequeue = nil, nil, false
@@ -28,7 +28,20 @@ end
 if prequeue then wanted_order = 'key' end
 
 local exists = redis.call('EXISTS', K_CONFIG) == 1
-local waiting = redis.call('ZCARD', K_QUEUE) > 0
+-- Once the random method's seed is public (order_seed_reveal.lua) the event never takes
+-- arrivals by it again: anyone could pick an arrival id with a small order key.
+if exists and redis.call('HEXISTS', K_CONFIG, 'order_seed_revealed_ms') == 1 then
+  local method, mode = nil, nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 'queue_method' then method = fields[i + 1] end
+    if fields[i] == 'mode' then mode = fields[i + 1] end
+  end
+  method = method or redis.call('HGET', K_CONFIG, 'queue_method')
+  mode = mode or redis.call('HGET', K_CONFIG, 'mode')
+  if method == 'random' and mode ~= 'closed' then return {'order_seed_revealed'} end
+end
+-- The pre-queue's roster waits too (outside the queue until the reveal).
+local waiting = redis.call('ZCARD', K_QUEUE) > 0 or redis.call('LLEN', K_ROSTER) > 0
 if exists and wanted_tier1 then
   local current = redis.call('HGET', K_CONFIG, 'require_tier1')
   if current ~= wanted_tier1 then

@@ -4,7 +4,9 @@
 // Every string comes from messages.json (ko, en; the browser's languages choose, the switch
 // overrides). Every problem an API answers is said in words; a declined card can be paid
 // again while the seat is held (attempt n+1 of the same hold), an expired hold goes back to
-// the seat map.
+// the seat map. While waiting the page says how the line is ordered (the queueing method);
+// once admitted it shows the buyer's receipt from the public admission log (/v1/log: leaf,
+// inclusion proof, signed tree head), to download or copy exactly as urr-verify reads it.
 (function () {
   "use strict";
   var FINAL = ["confirmed", "declined", "expired", "cancelled"];
@@ -23,6 +25,11 @@
   var eventName = null;
   var lastStatus = null;
   var lastOutcome = null;  // the last reservation answer shown, re-rendered on a switch
+  var queueMethod = null;  // how the line is ordered, as the queue answered
+  var queueNumber = null;  // the number the admission log names this stay's admission by
+  var receipt = null;  // {text, leaf, size, root} once the log has it
+  var receiptNote = null;  // a message key shown while there is no receipt
+  var copyNote = null;
   var el = function (id) { return document.getElementById(id); };
   var show = function (id) { el(id).hidden = false; };
   var hide = function (id) { el(id).hidden = true; };
@@ -83,6 +90,8 @@
     if (lastStatus) el("status").textContent = t(lastStatus[0], resolve(lastStatus[1]));
     if (lastOutcome) showOutcome(lastOutcome);
     if (chosenSeat) el("retry").textContent = t("result.retry", { seat: chosenSeat });
+    showMethod();
+    renderReceipt();
   }
 
   function switchLanguage(next) {
@@ -149,6 +158,71 @@
     hide("queue");  // the turn has come: the seat map is what matters now
     show("seats");
     loadSeats();
+    if (queueNumber !== null && !receipt) { show("receipt"); fetchReceipt(0); }
+  }
+
+  // -- The queueing method and the receipt ----------------------------------------------------
+  function showMethod() {
+    var node = el("queue-method");
+    node.textContent = queueMethod && has("method." + queueMethod) ? t("method." + queueMethod) : "";
+    node.hidden = !node.textContent;
+  }
+
+  // The claims of the signed tree head (a JWS): shown, not trusted; urr-verify checks them.
+  function headClaims(token) {
+    try {
+      var part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      while (part.length % 4) part += "=";
+      return JSON.parse(atob(part)) || {};
+    } catch (e) { return {}; }
+  }
+
+  function receiptFile() { return "receipt-" + eventId + "-" + receipt.leaf + ".json"; }
+
+  function renderReceipt() {
+    if (!receipt) {
+      el("receipt-summary").textContent = receiptNote ? t(receiptNote) : "";
+      return;
+    }
+    el("receipt-summary").textContent = t("receipt.summary", { leaf: receipt.leaf, size: receipt.size, root: receipt.root.slice(0, 16) });
+    el("receipt-command").textContent = "urr-verify receipt " + receiptFile() + " --jwks " + location.origin + "/v1/log/jwks.json";
+    el("receipt-copy-status").textContent = copyNote ? t(copyNote) : "";
+  }
+
+  function showReceipt(text) {
+    var data;
+    try { data = JSON.parse(text); } catch (e) { return false; }
+    var head = headClaims(data.sth);
+    receipt = { text: text, leaf: data.leafIndex, size: head.size, root: String(head.root || "") };
+    var link = el("receipt-download");
+    link.href = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+    link.setAttribute("download", receiptFile());
+    link.hidden = false;
+    el("receipt-copy").hidden = false;
+    el("receipt-verify").hidden = false;
+    renderReceipt();
+    return true;
+  }
+
+  // The log appends an admission within seconds and signs a head every few: until then the
+  // receipt is "not logged" (404) or "not signed" (422), so ask again, less often each time.
+  function fetchReceipt(tries) {
+    if (!receipt) { receiptNote = "receipt.waiting"; renderReceipt(); }
+    var path = "/v1/log/" + encodeURIComponent(eventId) + "/receipt?ticket=" + encodeURIComponent(queueNumber);
+    fetch(path, { credentials: "same-origin", cache: "no-store" }).then(function (response) {
+      return response.text().then(function (text) { return { status: response.status, text: text }; });
+    }, function () { return { status: 0, text: "" }; }).then(function (answer) {
+      if (answer.status === 200 && showReceipt(answer.text)) return;
+      if (tries < 30) { wait(Math.min(10, 1 + tries)).then(function () { fetchReceipt(tries + 1); }); return; }
+      receiptNote = "receipt.unavailable";
+      renderReceipt();
+    });
+  }
+
+  function copyReceipt() {
+    var done = function (key) { copyNote = key; renderReceipt(); };
+    if (!navigator.clipboard) { done("receipt.copyFailed"); return; }
+    navigator.clipboard.writeText(receipt.text).then(function () { done("receipt.copied"); }, function () { done("receipt.copyFailed"); });
   }
 
   function followQueue(answer) {
@@ -158,6 +232,17 @@
       return;
     }
     var state = answer.data;
+    if (typeof state.queue_number === "number") {
+      queueNumber = state.queue_number;
+      // Kept for this tab, so a reload after the admission still finds the receipt.
+      try { sessionStorage.setItem("urr-queue-number:" + eventId, String(queueNumber)); } catch (e) { /* private mode */ }
+    } else if (queueNumber === null) {
+      try {
+        var kept = sessionStorage.getItem("urr-queue-number:" + eventId);
+        if (kept !== null && /^[0-9]+$/.test(kept)) queueNumber = Number(kept);
+      } catch (e) { /* private mode */ }
+    }
+    if (state.queue_method) { queueMethod = state.queue_method; showMethod(); }
     if (state.status === "admitted") { admitted(state); return; }
     el("queue-status").textContent = t("queue.position", { position: state.position, ahead: state.ahead });
     wait(Math.max(1, Math.min(5, state.poll_after_seconds || 2))).then(function () {
@@ -335,6 +420,7 @@
   el("reserve").addEventListener("click", reserve);
   el("retry").addEventListener("click", retry);
   el("other-seat").addEventListener("click", otherSeat);
+  el("receipt-copy").addEventListener("click", copyReceipt);
 
   lang = pickLanguage();
   fetch("/site/assets/messages.json", { credentials: "same-origin" })

@@ -1,0 +1,118 @@
+"""The random method's seed in the log: the commitment first, the seed once, never rewritten."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+from pytest_aiohttp import AiohttpClient
+
+from urr_admission_log import store
+from urr_admission_log.app import IMMUTABLE, create_app
+from urr_admission_log.consumer import (
+    LogMetrics,
+    admissions_by_event,
+    order_seed_records,
+    store_order_seeds,
+)
+from urr_admission_log.leaves import admission_of
+from urr_admission_log.settings import AdmissionLogSettings
+from urr_common.tokens import KeySet
+
+pytestmark = pytest.mark.integration
+EVENT = "lottery-9"
+SEED = "a1" * 32
+COMMITMENT = hashlib.sha256(bytes.fromhex(SEED)).hexdigest()
+COMMITTED = {
+    "id": f"order_seed_committed:{EVENT}",
+    "type": "order_seed_committed",
+    "eventId": EVENT,
+    "method": "random",
+    "commitment": COMMITMENT,
+}
+REVEALED = {**COMMITTED, "id": f"order_seed_revealed:{EVENT}", "type": "order_seed_revealed"}
+
+
+@pytest.fixture
+async def log(postgres_dsn: str, aiohttp_client: AiohttpClient) -> AsyncIterator[dict[str, Any]]:
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
+    assert pool is not None
+    await store.migrate(pool)
+    client = await aiohttp_client(create_app(AdmissionLogSettings(), pool, KeySet([])))
+    try:
+        yield {"pool": pool, "client": client}
+    finally:
+        await pool.close()
+
+
+async def _feed(log: dict[str, Any], records: list[dict[str, Any]]) -> LogMetrics:
+    metrics = LogMetrics(CollectorRegistry())
+    values = [orjson.dumps(record) for record in records]
+    assert admissions_by_event(values, b"s" * 32, metrics) == {}  # no leaf from these
+    await store_order_seeds(log["pool"], order_seed_records(values), metrics)
+    return metrics
+
+
+async def test_the_commitment_then_the_seed_once(log: dict[str, Any]) -> None:
+    client = log["client"]
+    missing = await client.get(f"/v1/log/{EVENT}/order-seed")
+    assert missing.status == 404
+    assert (await missing.json())["code"] == "no_order_seed"
+    assert (await client.get("/v1/log/bad id!/order-seed")).status in (400, 404)
+
+    await _feed(log, [COMMITTED])
+    before = await client.get(f"/v1/log/{EVENT}/order-seed")
+    body = await before.json()
+    assert (body["commitment"], body["revealed"], "seed" in body) == (COMMITMENT, False, False)
+    assert before.headers["Cache-Control"] != IMMUTABLE
+
+    forged = {**REVEALED, "seed": "00" * 32}
+    junk = {**REVEALED, "seed": "not hex"}
+    metrics = await _feed(log, [{**REVEALED, "seed": SEED}, forged, junk, COMMITTED])
+    assert metrics.records.labels("malformed")._value.get() == 1
+    after = await client.get(f"/v1/log/{EVENT}/order-seed")
+    assert after.headers["Cache-Control"] == IMMUTABLE
+    document = await after.json()
+    assert (document["seed"], document["commitment"]) == (SEED, COMMITMENT)
+    assert document["committedAt"] == body["committedAt"]
+    # Every write path refuses to change or drop it.
+    async with log["pool"].acquire() as conn:
+        for sql in (
+            "UPDATE admission_order_seeds SET seed = NULL",
+            "DELETE FROM admission_order_seeds",
+            "TRUNCATE admission_order_seeds",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(sql)
+
+
+async def test_a_reveal_with_no_commitment_seen_publishes_its_own(log: dict[str, Any]) -> None:
+    other = {**REVEALED, "eventId": "lost-1", "seed": SEED}
+    await _feed(log, [other])
+    document = await (await log["client"].get("/v1/log/lost-1/order-seed")).json()
+    assert (document["revealed"], document["seed"]) == (True, SEED)
+
+
+def test_an_admissions_order_key_goes_into_its_leaf() -> None:
+    record = {
+        "id": "r1",
+        "type": "admitted",
+        "eventId": EVENT,
+        "userId": "u1",
+        "queueNumber": 3,
+        "at": 5,
+        "orderKey": 12345,
+    }
+    admission = admission_of(record, b"s" * 32)
+    assert admission is not None
+    assert admission.leaf["key"] == 12345
+    plain = admission_of({k: v for k, v in record.items() if k != "orderKey"}, b"s" * 32)
+    assert plain is not None
+    assert "key" not in plain.leaf
+    for bad in (-1, 2**52, "12", True, 1.5):
+        assert admission_of({**record, "orderKey": bad}, b"s" * 32) is None
