@@ -295,7 +295,7 @@ def test_defaults():
     shed = load_settings(GatewaySettings).shed
     assert shed.enabled
     assert shed.max_connections_per_address == 256
-    assert (shed.requests_per_s, shed.request_burst) == (500.0, 1000)
+    assert (shed.requests_per_s, shed.request_burst) == (200.0, 1000)
 
 
 @pytest.mark.parametrize(
@@ -305,7 +305,7 @@ def test_defaults():
         ("URR_SHED__REQUESTS_PER_S", "0", "URR_SHED__REQUESTS_PER_S"),
         ("URR_SHED__REQUESTS_PER_S", "lots", "URR_SHED__REQUESTS_PER_S"),
         ("URR_SHED__REQUEST_BURST", "0", "URR_SHED__REQUEST_BURST"),
-        ("URR_SHED__REQUEST_BURST", "40", "at least a tenth of URR_SHED__REQUESTS_PER_S"),
+        ("URR_SHED__REQUEST_BURST", "19", "at least a tenth of URR_SHED__REQUESTS_PER_S"),
         ("URR_SHED__RETRY_AFTER_S", "0", "URR_SHED__RETRY_AFTER_S"),
         ("URR_SHED__ENABLED", "maybe", "URR_SHED__ENABLED"),
     ],

@@ -62,10 +62,11 @@ class SheddingSettings(BaseModel):
 
     The defaults are far above what browsers do, even many behind one NAT: a browser opens at
     most 6 HTTP/1.1 connections per host and, on this site, a page load is a few dozen API
-    requests and the waiting room polls about once a second. 256 connections and 500 request
+    requests and the waiting room polls every 1-2 seconds. 256 connections and 200 request
     heads a second (bursts of 1,000) per address are ~40 browsers each loading a page at the
-    same moment, or ~500 browsers polling, behind one address; a single flooding process
-    reaches those limits in milliseconds.
+    same moment, or 200-400 browsers polling, behind one address; a single flooding process
+    reaches those limits in milliseconds. In production the gateway's peers are the ALB
+    (trusted, never shed), so these budgets only meet whoever reaches it directly.
     """
 
     #: Off: the public listener is plain aiohttp.
@@ -73,7 +74,7 @@ class SheddingSettings(BaseModel):
     #: Open connections per address (IPv6: per /64); the next one gets a raw 503 and is closed.
     max_connections_per_address: int = Field(default=256, ge=1, le=1_000_000)
     #: Request heads per second per address, sustained; over it, reading pauses.
-    requests_per_s: float = Field(default=500.0, gt=0.0, le=1_000_000.0)
+    requests_per_s: float = Field(default=200.0, gt=0.0, le=1_000_000.0)
     #: Request heads an address may send at once (the bucket's size).
     request_burst: int = Field(default=1000, ge=1, le=10_000_000)
     #: ``Retry-After`` of the canned 503.
