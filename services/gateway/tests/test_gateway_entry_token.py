@@ -160,6 +160,9 @@ async def test_a_verdict_for_another_token_is_not_trusted():
             asked.append((user_id, jti))
             return False
 
+        def verdict(self, request, user_id, jti):
+            return None  # never at hand: every question goes to is_revoked
+
     check = PrecheckedRevocation(Fallback())
     request = make_mocked_request("GET", "/api/v1/seats/e1")
     request[ENTRY_TOKEN_REVOCATION] = RevocationVerdict(
