@@ -9,8 +9,10 @@ the API documents' viewer at /api/docs).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,13 @@ from aiohttp import ClientSession, web
 from axe_playwright_python.async_playwright import Axe  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
-from urr_common.identity_testing import TEST_GATEWAY_KEY, as_gateway, write_test_gateway_key
+from urr_common.fairness import seed_commitment
+from urr_common.identity_testing import (
+    TEST_GATEWAY_KEY,
+    act_as,
+    as_gateway,
+    write_test_gateway_key,
+)
 from urr_common.settings import RedisSettings, load_settings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner
 from urr_devstack.testing import CHROMIUM, CHROMIUM_ARGS
@@ -203,5 +211,141 @@ async def test_an_operator_pauses_a_sale_and_the_figures_show_it(
             refused = await page.goto(f"{gateway_url}/admin/console")
             assert refused is not None
             assert refused.status == 403
+        finally:
+            await browser.close()
+
+
+# --- the fairness reveals (issue 19) ---------------------------------------------------------
+
+SEED_EVENT = "brw-rnd"
+PREQUEUE_EVENT = "brw-pq"
+PREQUEUE_SECRET = bytes(range(32))
+
+
+def _iso_in(seconds: float) -> str:
+    return datetime.fromtimestamp(time.time() + seconds, tz=UTC).isoformat()
+
+
+async def _confirm(page: Any, card: str, action: str, expected: str) -> None:
+    from playwright.async_api import expect
+
+    await page.click(f"{card} [data-action='{action}']")
+    await page.wait_for_selector("#confirm[open]")
+    await expect(page.locator("#confirm-text")).to_contain_text(expected)
+    await page.click("#confirm-yes")
+
+
+@pytest.mark.timeout(120)
+async def test_an_operator_reveals_the_order_seed_and_the_pre_queue_secret_refusals_shown(
+    suite: tuple[str, str, str, str], admin_headers: dict[str, str]
+) -> None:
+    """The random method's seed: refused (409 seed_reveal_too_early, with the mode and the
+    number waiting) while the line runs, revealed once it is closed and empty, and the seed
+    is the one committed to. The pre-queue's secret: refused before sale start (409
+    sale_not_started) and when it does not match the commitment (422 secret_mismatch),
+    revealed after sale start with the roster's size and root."""
+    from playwright.async_api import async_playwright, expect
+
+    gateway_url, queue_url, token, _ = suite
+    sale_in_s = 8.0
+    async with ClientSession(middlewares=(as_gateway(AUDIENCE),)) as http:
+        for event, body in (
+            (SEED_EVENT, {"capacity": 3, "queue_method": "random"}),
+            (
+                PREQUEUE_EVENT,
+                {
+                    "capacity": 3,
+                    "prequeue_start": _iso_in(-60),
+                    "sale_start": _iso_in(sale_in_s),
+                    "prequeue_commitment": seed_commitment(PREQUEUE_SECRET),
+                },
+            ),
+        ):
+            answer = await http.put(
+                f"{queue_url}/api/v1/admin/queue/{event}", json=body, headers=admin_headers
+            )
+            assert answer.status == 201, await answer.text()
+        for fan in ("fan-1", "fan-2"):  # the pre-queue's roster
+            joined = await http.post(
+                f"{queue_url}/api/v1/queue/{PREQUEUE_EVENT}/enter", headers=act_as(fan, "user")
+            )
+            assert joined.status in (200, 201), await joined.text()
+        committed = await http.get(
+            f"{queue_url}/api/v1/admin/queue/{SEED_EVENT}", headers=admin_headers
+        )
+        commitment = (await committed.json())["order_seed_commitment"]
+        assert commitment is not None
+    sale_at = time.time() + sale_in_s
+    seed_card, pq_card = f"#event-{SEED_EVENT}", f"#event-{PREQUEUE_EVENT}"
+    axe = Axe()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            context = await browser.new_context()
+            await context.add_cookies(
+                [{"name": "access_token", "value": token, "url": gateway_url}]
+            )
+            page = await context.new_page()
+            await page.goto(f"{gateway_url}/admin/console")
+
+            # Each event shows the reveal it has, and only that one.
+            def action(card: str, name: str) -> Any:
+                return page.locator(f"{card} [data-action='{name}']")
+
+            await expect(action(seed_card, "reveal-seed")).to_be_visible()
+            await expect(action(seed_card, "reveal-prequeue")).to_be_hidden()
+            await expect(action(pq_card, "reveal-prequeue")).to_be_visible()
+            await expect(action(pq_card, "reveal-seed")).to_be_hidden()
+            await expect(page.locator(f"#event-{EVENT} .fairness")).to_be_hidden()
+
+            # The seed while the line runs: refused, and the card says why.
+            await _confirm(page, seed_card, "reveal-seed", "Reveal the order seed")
+            seed_result = page.locator(f"{seed_card} .reveal-result")
+            await expect(seed_result).to_have_class(re.compile("refusal"))
+            await expect(seed_result).to_contain_text("409 seed_reveal_too_early")
+            await expect(seed_result).to_contain_text("mode queue")
+            await expect(page.locator("#notice")).to_contain_text("Refused")
+            assert await _serious(axe, page) == []
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(SHOTS / "console-seed-refused.png"), full_page=True)
+
+            # Closed (from the console) and nobody waiting: the seed is revealed.
+            await page.select_option(f"#mode-{SEED_EVENT}", "closed")
+            await _confirm(page, seed_card, "mode", "Set the mode to closed")
+            await expect(page.locator(f"{seed_card} [data-field='t2-mode']")).to_have_text("closed")
+            await _confirm(page, seed_card, "reveal-seed", "Reveal the order seed")
+            await expect(seed_result).to_have_class(re.compile("revealed"))
+            text = await seed_result.inner_text()
+            seed = re.search(r"order seed ([0-9a-f]+)", text)
+            assert seed is not None, text
+            assert seed_commitment(bytes.fromhex(seed.group(1))) == commitment
+            assert f"commitment {commitment}" in text
+
+            # The pre-queue before sale start: refused with the sale start named.
+            await page.fill(f"#secret-{PREQUEUE_EVENT}", PREQUEUE_SECRET.hex())
+            await _confirm(page, pq_card, "reveal-prequeue", "Reveal the pre-queue secret")
+            pq_result = page.locator(f"{pq_card} .reveal-result")
+            await expect(pq_result).to_have_class(re.compile("refusal"))
+            await expect(pq_result).to_contain_text("409 sale_not_started")
+            await expect(pq_result).to_contain_text("sale start")
+            # Not hex: refused on the page, nothing sent.
+            await page.fill(f"#secret-{PREQUEUE_EVENT}", "not a secret")
+            await page.click(f"{pq_card} [data-action='reveal-prequeue']")
+            await expect(pq_result).to_contain_text("hex digits")
+            assert not await page.locator("#confirm[open]").count()
+            # After sale start, a wrong secret is refused and the right one reveals.
+            await page.wait_for_timeout(max(0.0, sale_at - time.time() + 0.5) * 1000)
+            await page.fill(f"#secret-{PREQUEUE_EVENT}", "ab" * 32)
+            await _confirm(page, pq_card, "reveal-prequeue", "Reveal the pre-queue secret")
+            await expect(pq_result).to_contain_text("422 secret_mismatch")
+            await page.fill(f"#secret-{PREQUEUE_EVENT}", PREQUEUE_SECRET.hex())
+            await _confirm(page, pq_card, "reveal-prequeue", "Reveal the pre-queue secret")
+            await expect(pq_result).to_have_class(re.compile("revealed"))
+            await expect(pq_result).to_contain_text("roster of 2 frozen")
+            assert await page.input_value(f"#secret-{PREQUEUE_EVENT}") == ""
+            assert await _serious(axe, page) == []
+            await page.screenshot(path=str(SHOTS / "console-reveals.png"), full_page=True)
         finally:
             await browser.close()
