@@ -583,3 +583,48 @@ async def test_after_sale_start_the_page_shows_the_normal_line(stack: tuple[Any,
             assert "pre-queue" not in await page.inner_text("main")
         finally:
             await browser.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_browser_clock_behind_the_api_still_joins_just_after_the_opening(
+    stack: tuple[Any, str],
+) -> None:
+    """The browser's clock runs 30 s slow: the page reads the API's clock from its ``Date``
+    header, so it still shows the right countdown and asks again just after the opening, not
+    30 s later."""
+    from playwright.async_api import async_playwright
+
+    vwr, edge_url = stack
+    now_ms = round(time.time() * 1000)
+    opens = now_ms + 8_000
+    times = {"prequeueStart": _iso(opens), "saleStart": _iso(opens + 600_000)}
+    opened = await asyncio.to_thread(
+        vwr.admin, "PUT", "evt-pq-skew", {"isActive": True, "batchSize": 10, **times}
+    )
+    assert opened.status == 201, opened.body
+    assigns: list[float] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            page = await (await browser.new_context(locale="en-US")).new_page()
+            await page.clock.install(time=time.time() - 30)
+            page.on(
+                "request",
+                lambda r: assigns.append(time.time() * 1000) if "/vwr/assign/" in r.url else None,
+            )
+            await page.route("**/vwr-api/vwr/check/**", lambda route: route.abort())
+            await page.goto(f"{edge_url}/vwr/evt-pq-skew")
+            await page.wait_for_function(
+                "document.getElementById('prequeue-countdown').textContent.indexOf('Opens in 0:0')"
+                " === 0"
+            )
+            await page.wait_for_function(
+                "document.getElementById('status').textContent.indexOf('in the pre-queue') !== -1",
+                timeout=20_000,
+            )
+            assert len(assigns) == 2, assigns
+            assert opens <= assigns[1] <= opens + 4_500
+        finally:
+            await browser.close()
