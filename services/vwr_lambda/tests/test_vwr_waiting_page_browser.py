@@ -420,6 +420,7 @@ _PREQUEUE_WORDS = {
         "random": "random order that anyone can verify",
         "in_line": "You are in the pre-queue",
         "going": "Taking you to the sale page",
+        "method": "Pre-queue, then first come, first served",
     },
     "ko-KR": {
         "before": "사전 대기열이 곧 열립니다",
@@ -428,6 +429,7 @@ _PREQUEUE_WORDS = {
         "random": "누구나 검증할 수 있는 무작위 순서",
         "in_line": "사전 대기열에 들어와 있습니다",
         "going": "판매 페이지로 이동",
+        "method": "사전 대기열 후 선착순",
     },
 }
 
@@ -519,6 +521,7 @@ async def test_before_the_pre_queue_opens_the_page_counts_down_and_joins_just_af
                 arg=_seoul_clock(opens, locale),
             )
             assert await page.is_hidden("#waiting-view")  # no place yet, no figures
+            assert words["method"] in await page.inner_text("#method")
             assert await page.get_attribute("#prequeue-countdown", "role") == "timer"
             assert await _serious(axe, page) == []
             await page.screenshot(
@@ -580,7 +583,9 @@ async def test_after_sale_start_the_page_shows_the_normal_line(stack: tuple[Any,
             await page.wait_for_function("document.getElementById('position').textContent === '2'")
             assert await page.is_hidden("#prequeue")
             assert await page.is_visible("#waiting-view")
-            assert "pre-queue" not in await page.inner_text("main")
+            assert "pre-queue" not in await page.inner_text("#prequeue-text")
+            # The line's rule still names the pre-queue that came before it.
+            assert "Pre-queue, then first come" in await page.inner_text("#method")
         finally:
             await browser.close()
 

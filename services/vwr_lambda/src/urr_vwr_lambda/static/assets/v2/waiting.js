@@ -93,7 +93,7 @@
     var message = operatorText(page.message);
     el("operator-message").hidden = !message;
     el("operator-message").textContent = message || "";
-    el("method-text").textContent = t("method." + method);
+    el("method-text").textContent = methodText();
     if (lastAnswer) show(lastAnswer);
     renderPrequeue();
     if (lastStatus) {
@@ -103,6 +103,11 @@
       el("status").textContent = t(lastStatus[0], lastStatus[1]);
     }
     if (codeWhy) el("access-code-why").textContent = t(codeWhy);
+  }
+
+  // A pre-queue event's line is the shuffled pre-queue, then first come, first served.
+  function methodText() {
+    return t(prequeueAt !== null && method === "fifo" ? "method.prequeue" : "method." + method);
   }
 
   function switchLanguage(next) {
@@ -350,7 +355,7 @@
   function noteMethod(data) {
     if (data && METHODS.indexOf(data.queueMethod) !== -1 && data.queueMethod !== method) {
       method = data.queueMethod;
-      el("method-text").textContent = t("method." + method);
+      el("method-text").textContent = methodText();
     }
   }
 
