@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,48 @@ def test_the_document_carries_the_readable_accent_and_the_queue_method() -> None
     )
 
 
+def test_the_document_names_the_pre_queue_times_as_the_status_does() -> None:
+    settings = parse_page_settings({})
+    document = json.loads(
+        build_page_document(
+            "evt-1",
+            settings,
+            queue_method=None,
+            updated_at_ms=5,
+            prequeue=(1_800_000_000_000, 1_800_000_600_500),
+        )
+    )
+    assert document["prequeueStart"] == "2027-01-15T08:00:00+00:00"
+    assert document["saleStart"] == "2027-01-15T08:10:00.500000+00:00"
+    plain = json.loads(build_page_document("evt-1", settings, queue_method=None, updated_at_ms=5))
+    assert "prequeueStart" not in plain
+    assert "saleStart" not in plain
+
+
+@pytest.mark.integration
+def test_an_event_with_a_pre_queue_publishes_its_times_for_the_page(vwr: Any) -> None:
+    """The waiting page explains the pre-queue from the document before its first call; the
+    refusal before the opening names both times too."""
+    opens = round(vwr.clock.now * 1000) + 60_000
+    times = {
+        "prequeueStart": datetime.fromtimestamp(opens / 1000, tz=UTC).isoformat(),
+        "saleStart": datetime.fromtimestamp((opens + 600_000) / 1000, tz=UTC).isoformat(),
+    }
+    opened = vwr.admin("PUT", "evt-pq", {"isActive": True, **times})
+    assert opened.status == 201, opened.body
+    target = Path(document_target(vwr.settings.edge_config.target, "evt-pq"))
+    document = json.loads(target.read_text())
+    assert {k: document[k] for k in times} == times
+    status = vwr.status("evt-pq").body
+    assert {k: status[k] for k in times} == times
+    early = vwr.assign("evt-pq")
+    assert (early.status, early.body["code"]) == (409, "prequeue_not_open")
+    assert {k: early.body[k] for k in times} == times
+    # The operator's look keeps them (a PUT of the page rebuilds the whole document).
+    assert vwr.admin("PUT", "evt-pq/page", {"name": "Gig"}).status == 200
+    assert {k: json.loads(target.read_text())[k] for k in times} == times
+
+
 def test_event_documents_sit_beside_the_edge_document() -> None:
     assert document_target("s3://b/vwr/edge-config.json", "e1") == "s3://b/vwr/events/e1.json"
     assert document_target("/srv/x/edge-config.json", "e1") == "/srv/x/events/e1.json"
@@ -114,14 +157,34 @@ def test_event_documents_sit_beside_the_edge_document() -> None:
 # --- the catalogue and the versioned shell --------------------------------------------------
 
 
+def _current_assets() -> Path:
+    """The asset folder the shell names (one version at a time)."""
+    versions = set(re.findall(r'"/vwr/assets/(v[0-9]+)/', (STATIC / "index.html").read_text()))
+    assert len(versions) == 1, versions
+    return Path(STATIC / "assets" / versions.pop())
+
+
 def test_every_message_key_of_the_page_is_in_both_languages() -> None:
-    catalogue = json.loads((STATIC / "assets" / "v1" / "messages.json").read_text())
+    assets = _current_assets()
+    catalogue = json.loads((assets / "messages.json").read_text())
     assert set(catalogue) == {"en", "ko"}
     assert set(catalogue["en"]) == set(catalogue["ko"])
     used = set(re.findall(r'data-msg="([^"]+)"', (STATIC / "index.html").read_text()))
-    script = (STATIC / "assets" / "v1" / "waiting.js").read_text()
+    script = (assets / "waiting.js").read_text()
     used |= set(re.findall(r'(?:t|say|backoff\(\w+,)\s*\(?"([a-z]+\.[A-Za-z.]+)"', script))
     used |= {f"method.{m}" for m in ("fifo", "random", "passthrough", "reject")}
+    # Keys the script builds from the pre-queue's phase (the prefixes alone are no keys).
+    used = {k for k in used if not k.endswith(".")}
+    used |= {
+        f"prequeue.{part}{phase}"
+        for part in ("heading.", "", "countdown.")
+        for phase in ("before", "during")
+    }
+    # Every asset the script and the shell name lives in the same version folder.
+    assert set(re.findall(r'"/vwr/assets/(v[0-9]+)/', script)) == {assets.name}
+    assert set(re.findall(r'"/vwr/assets/(v[0-9]+)/', (assets / "pow.js").read_text())) == {
+        assets.name
+    }
     missing = sorted(k for k in used if k not in catalogue["en"])
     assert missing == []
     for lang in ("en", "ko"):
@@ -131,7 +194,7 @@ def test_every_message_key_of_the_page_is_in_both_languages() -> None:
 
 
 # A versioned asset never changes under its path (caches keep it a year, immutable): a change
-# goes into a new assets/v<N>/ folder and index.html names it. These are v1's digests.
+# goes into a new assets/v<N>/ folder and index.html names it. These are each version's digests.
 V1_DIGESTS_FILE = Path(__file__).parent / "page_asset_digests.json"
 
 

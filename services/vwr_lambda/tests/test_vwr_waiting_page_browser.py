@@ -8,11 +8,14 @@ keyboard only, 320 px wide, and axe-core finding nothing serious. Screenshots go
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp import web
@@ -403,5 +406,230 @@ async def test_a_random_line_shows_no_count_ahead_and_says_why(
             )
             assert await _serious(axe, page) == []
             await page.screenshot(path=str(SHOTS / f"waiting-random-{short}.png"), full_page=True)
+        finally:
+            await browser.close()
+
+
+# --- the scheduled pre-queue (issue 19) ------------------------------------------------------
+
+_PREQUEUE_WORDS = {
+    "en-US": {
+        "before": "The pre-queue opens soon",
+        "opens_in": "Opens in 0:0",
+        "during": "Pre-queue",
+        "random": "random order that anyone can verify",
+        "in_line": "You are in the pre-queue",
+        "going": "Taking you to the sale page",
+        "method": "Pre-queue, then first come, first served",
+    },
+    "ko-KR": {
+        "before": "사전 대기열이 곧 열립니다",
+        "opens_in": "열리기까지 0:0",
+        "during": "사전 대기열",
+        "random": "누구나 검증할 수 있는 무작위 순서",
+        "in_line": "사전 대기열에 들어와 있습니다",
+        "going": "판매 페이지로 이동",
+        "method": "사전 대기열 후 선착순",
+    },
+}
+
+
+def _iso(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat()
+
+
+def _seoul_clock(epoch_ms: int, locale: str) -> str:
+    """The moment as a visitor in Seoul reads it on a 24-hour clock, in the page's words
+    (leading zeros dropped: see :func:`_unpadded`)."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=ZoneInfo("Asia/Seoul"))
+    if locale.startswith("ko"):
+        return f"{moment.hour}시 {moment.minute}분 {moment.second}초"
+    return f"{moment.hour}:{moment.minute}:{moment.second}"
+
+
+def _unpadded(text: str) -> str:
+    return re.sub(r"(?<![0-9])0([0-9])", r"\1", text)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("locale", ["en-US", "ko-KR"])
+async def test_before_the_pre_queue_opens_the_page_counts_down_and_joins_just_after(
+    stack: tuple[Any, str], locale: str
+) -> None:
+    """Before ``prequeueStart`` the page shows the opening in the visitor's time zone with a
+    countdown and makes no call until the opening (one assign, refused with the times); just
+    after it, one assign takes a pre-queue place and the page says what happens at sale
+    start; the pass then takes the visitor through."""
+    from playwright.async_api import async_playwright
+
+    vwr, edge_url = stack
+    words = _PREQUEUE_WORDS[locale]
+    now_ms = round(time.time() * 1000)
+    opens, sale = now_ms + 9_000, now_ms + 600_000
+    event = f"evt-pq-{locale[:2]}"
+    opened = await asyncio.to_thread(
+        vwr.admin,
+        "PUT",
+        event,
+        {"isActive": True, "batchSize": 10, "prequeueStart": _iso(opens), "saleStart": _iso(sale)},
+    )
+    assert opened.status == 201, opened.body
+    await asyncio.to_thread(vwr.admin, "PUT", f"{event}/page", {"name": PAGE["name"]})
+    calls: list[tuple[float, str]] = []
+    hold_check = asyncio.Event()
+
+    async def held(route: Any) -> None:
+        await hold_check.wait()  # keeps the pre-queue view on screen while it is read
+        await route.continue_()
+
+    axe = Axe()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            context = await browser.new_context(locale=locale, timezone_id="Asia/Seoul")
+            page = await context.new_page()
+            page.on(
+                "request",
+                lambda r: (
+                    calls.append((time.time() * 1000, urlsplit(r.url).path.split("/")[3]))
+                    if "/vwr-api/" in r.url
+                    else None
+                ),
+            )
+            said: list[str] = []
+
+            def heard(text: str) -> None:
+                said.append(text)
+
+            await page.expose_function("__sayToTest", heard)
+            await page.add_init_script(_STATUS_PROBE)
+            await page.route("**/vwr-api/vwr/check/**", held)
+            await page.goto(f"{edge_url}/events/{event}")
+            await page.wait_for_selector("#prequeue:not([hidden])")
+            await page.wait_for_function(
+                "(w) => document.getElementById('prequeue-countdown').textContent.indexOf(w) === 0",
+                arg=words["opens_in"],
+            )
+            assert await page.inner_text("#prequeue-title") == words["before"]
+            # The opening in the visitor's own time (Seoul here), in the text and the status.
+            assert _seoul_clock(opens, locale) in _unpadded(await page.inner_text("#prequeue-text"))
+            await page.wait_for_function(
+                "(w) => document.getElementById('status').textContent"
+                ".replace(/(^|[^0-9])0([0-9])/g, '$1$2').indexOf(w) !== -1",
+                arg=_seoul_clock(opens, locale),
+            )
+            assert await page.is_hidden("#waiting-view")  # no place yet, no figures
+            assert words["method"] in await page.inner_text("#method")
+            assert await page.get_attribute("#prequeue-countdown", "role") == "timer"
+            assert await _serious(axe, page) == []
+            await page.screenshot(
+                path=str(SHOTS / f"waiting-prequeue-before-{locale[:2]}.png"), full_page=True
+            )
+            # Nothing more is asked until the opening: one refused assign so far.
+            await asyncio.sleep(max(0.0, (opens - time.time() * 1000) / 1000 - 0.3))
+            assert [kind for _, kind in calls] == ["assign"], calls
+
+            # Just after the opening: one assign, a pre-queue place, the sale start explained.
+            await page.wait_for_function(
+                "(w) => document.getElementById('status').textContent.indexOf(w) !== -1",
+                arg=words["in_line"],
+                timeout=15_000,
+            )
+            assigns = [at for at, kind in calls if kind == "assign"]
+            assert len(assigns) == 2, calls
+            assert opens <= assigns[1] <= opens + 4_500  # the spread after the opening, no more
+            assert await page.inner_text("#prequeue-title") == words["during"]
+            during = await page.inner_text("#prequeue-text")
+            assert words["random"] in during
+            assert _seoul_clock(sale, locale) in _unpadded(during)
+            assert _seoul_clock(sale, locale) in _unpadded(await page.inner_text("#status"))
+            assert await page.is_visible("#waiting-view")
+            assert await _serious(axe, page) == []
+            await page.screenshot(
+                path=str(SHOTS / f"waiting-prequeue-during-{locale[:2]}.png"), full_page=True
+            )
+            # The first check lets the pre-queue place through (onto Tier 2's roster).
+            hold_check.set()
+            await page.wait_for_selector("#protected", timeout=30_000)
+            assert any(words["going"] in s for s in said), said
+        finally:
+            hold_check.set()
+            await browser.close()
+    status = (await asyncio.to_thread(vwr.status, event)).body
+    assert status["nextPosition"] == 1  # the refused assign took no number
+
+
+@pytest.mark.timeout(120)
+async def test_after_sale_start_the_page_shows_the_normal_line(stack: tuple[Any, str]) -> None:
+    from playwright.async_api import async_playwright
+
+    vwr, edge_url = stack
+    now_ms = round(time.time() * 1000)
+    times = {"prequeueStart": _iso(now_ms - 60_000), "saleStart": _iso(now_ms - 30_000)}
+    opened = await asyncio.to_thread(
+        vwr.admin, "PUT", "evt-pq-after", {"isActive": True, "batchSize": 10, **times}
+    )
+    assert opened.status == 201, opened.body
+    await asyncio.to_thread(vwr.assign, "evt-pq-after")  # one ahead
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            page = await (await browser.new_context(locale="en-US")).new_page()
+            await page.goto(f"{edge_url}/vwr/evt-pq-after")
+            await page.wait_for_function("document.getElementById('position').textContent === '2'")
+            assert await page.is_hidden("#prequeue")
+            assert await page.is_visible("#waiting-view")
+            assert "pre-queue" not in await page.inner_text("#prequeue-text")
+            # The line's rule still names the pre-queue that came before it.
+            assert "Pre-queue, then first come" in await page.inner_text("#method")
+        finally:
+            await browser.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_browser_clock_behind_the_api_still_joins_just_after_the_opening(
+    stack: tuple[Any, str],
+) -> None:
+    """The browser's clock runs 30 s slow: the page reads the API's clock from its ``Date``
+    header, so it still shows the right countdown and asks again just after the opening, not
+    30 s later."""
+    from playwright.async_api import async_playwright
+
+    vwr, edge_url = stack
+    now_ms = round(time.time() * 1000)
+    opens = now_ms + 8_000
+    times = {"prequeueStart": _iso(opens), "saleStart": _iso(opens + 600_000)}
+    opened = await asyncio.to_thread(
+        vwr.admin, "PUT", "evt-pq-skew", {"isActive": True, "batchSize": 10, **times}
+    )
+    assert opened.status == 201, opened.body
+    assigns: list[float] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            page = await (await browser.new_context(locale="en-US")).new_page()
+            await page.clock.install(time=time.time() - 30)
+            page.on(
+                "request",
+                lambda r: assigns.append(time.time() * 1000) if "/vwr/assign/" in r.url else None,
+            )
+            await page.route("**/vwr-api/vwr/check/**", lambda route: route.abort())
+            await page.goto(f"{edge_url}/vwr/evt-pq-skew")
+            await page.wait_for_function(
+                "document.getElementById('prequeue-countdown').textContent.indexOf('Opens in 0:0')"
+                " === 0"
+            )
+            await page.wait_for_function(
+                "document.getElementById('status').textContent.indexOf('in the pre-queue') !== -1",
+                timeout=20_000,
+            )
+            assert len(assigns) == 2, assigns
+            assert opens <= assigns[1] <= opens + 4_500
         finally:
             await browser.close()

@@ -244,6 +244,7 @@ def build_public_router(runtime: VwrRuntime) -> Router:
             figures = {
                 **figures,
                 "prequeue": True,
+                "saleStart": state.public().get("saleStart"),
                 "pollAfterSeconds": runtime.settings.poll.min_s,
             }
         return json_response(
@@ -436,13 +437,16 @@ _IN_FLIGHT_READS = 8
 
 
 def prequeue_not_open(state: EventState) -> VwrProblem:
-    """Before the pre-queue opens nobody takes a place (nothing is written)."""
-    opens = state.public().get("prequeueStart")
+    """Before the pre-queue opens nobody takes a place (nothing is written). Both times ride
+    along: the waiting page shows them and comes back just after ``prequeueStart``."""
+    public = state.public()
+    opens = public.get("prequeueStart")
     return VwrProblem(
         409,
         "prequeue_not_open",
         f"the pre-queue of event {state.event_id} opens at {opens}",
         prequeueStart=opens,
+        saleStart=public.get("saleStart"),
     )
 
 

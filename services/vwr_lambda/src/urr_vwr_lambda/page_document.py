@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from urr_vwr_lambda.problem import VwrProblem
+from urr_vwr_lambda.store import iso_of_ms
 
 DOCUMENT_VERSION = 1
 LANGUAGES = ("en", "ko")
@@ -164,10 +165,17 @@ def readable_accent(colour: str, background: str = "#ffffff") -> str:
 
 
 def build_page_document(
-    event_id: str, settings: PageSettings, *, queue_method: str | None, updated_at_ms: int
+    event_id: str,
+    settings: PageSettings,
+    *,
+    queue_method: str | None,
+    updated_at_ms: int,
+    prequeue: tuple[int, int] | None = None,
 ) -> bytes:
     """The public JSON the waiting page reads; stable key order so equal inputs give equal
-    bytes (the publisher skips an unchanged document)."""
+    bytes (the publisher skips an unchanged document). ``prequeue`` is the event's
+    ``(prequeueStart, saleStart)`` in epoch ms: the document names them as the status does
+    (RFC 3339, UTC), so the page explains the pre-queue before its first call."""
     document: dict[str, Any] = {
         "version": DOCUMENT_VERSION,
         "eventId": event_id,
@@ -178,6 +186,9 @@ def build_page_document(
         document["accentText"] = readable_accent(settings.accent)
     if queue_method:
         document["queueMethod"] = queue_method
+    if prequeue is not None:
+        document["prequeueStart"] = iso_of_ms(prequeue[0])
+        document["saleStart"] = iso_of_ms(prequeue[1])
     return json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -39,12 +39,12 @@ def publish_page(runtime: VwrRuntime, event_id: str) -> dict[str, Any]:
     stored = runtime.store.get_page(event_id)
     if stored is None:
         raise _no_event(event_id)
-    page_json, queue_method, updated_at = stored
     document = build_page_document(
         event_id,
-        PageSettings.from_stored(page_json),
-        queue_method=queue_method,
-        updated_at_ms=updated_at,
+        PageSettings.from_stored(stored.page_json),
+        queue_method=stored.queue_method,
+        updated_at_ms=stored.updated_at_ms,
+        prequeue=stored.prequeue,
     )
     try:
         runtime.publish_page_document(event_id, document)
@@ -93,4 +93,4 @@ def add_page_routes(router: Router, runtime: VwrRuntime) -> None:
         stored = runtime.store.get_page(event_id)
         if stored is None:
             raise _no_event(event_id)
-        return json_response(200, PageSettings.from_stored(stored[0]).to_stored())
+        return json_response(200, PageSettings.from_stored(stored.page_json).to_stored())

@@ -125,6 +125,17 @@ def iso_of_ms(epoch_ms: int) -> str:
 
 
 @dataclass(frozen=True)
+class StoredPage:
+    """An event's page settings (JSON) and the event's fields its page document names."""
+
+    page_json: str | None
+    queue_method: str | None
+    updated_at_ms: int
+    #: ``(prequeueStart, saleStart)`` in epoch ms when the event has a pre-queue.
+    prequeue: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
 class Place:
     """One positions row (a place in line)."""
 
@@ -421,20 +432,28 @@ class VwrStore:
                 raise EventNotFound(event_id) from exc
             raise
 
-    def get_page(self, event_id: str) -> tuple[str | None, str | None, int] | None:
-        """``(page settings JSON, queueMethod, pageUpdatedAt)`` of an event, or None when
-        there is no such event. ``queueMethod`` is whatever the event's admission settings
-        name (absent: the page explains first come, first served)."""
+    def get_page(self, event_id: str) -> StoredPage | None:
+        """What the event's page document is built from, or None when there is no such
+        event. ``queueMethod`` is whatever the event's admission settings name (absent: the
+        page explains first come, first served)."""
         answer = self._db.get_item(
             TableName=self.counters_table,
             Key={"eventId": {"S": event_id}},
             ConsistentRead=True,
-            ProjectionExpression="eventId, page, queueMethod, pageUpdatedAt",
+            ProjectionExpression=(
+                "eventId, page, queueMethod, pageUpdatedAt, prequeueStart, saleStart"
+            ),
         )
         item = answer.get("Item")
         if not item:
             return None
-        return _s(item, "page"), _s(item, "queueMethod"), _n(item, "pageUpdatedAt")
+        both = "prequeueStart" in item and "saleStart" in item
+        return StoredPage(
+            page_json=_s(item, "page"),
+            queue_method=_s(item, "queueMethod"),
+            updated_at_ms=_n(item, "pageUpdatedAt"),
+            prequeue=(_n(item, "prequeueStart"), _n(item, "saleStart")) if both else None,
+        )
 
     def reset_event(self, event_id: str, *, now_ms: int) -> EventState:
         """Start the room over: counters to 0, a new epoch (earlier rows count as gone)."""

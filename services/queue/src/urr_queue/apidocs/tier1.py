@@ -30,11 +30,11 @@ queue (send it to `enter` as the `X-Vwr-Token` header or the cookie).
 * `GET status` is public and cacheable (`ETag`, `Cache-Control`): use `If-None-Match`.
 * `410` means the place is gone for good (`position_abandoned`, `place_spent`): take a new one
   with a new `requestId`.
-* An event with a pre-queue answers `409 prequeue_not_open` (with `prequeueStart`) before it
-  opens. From then until `saleStart` every place is let in at its first check with a
-  pre-queue pass (`"prequeue": true`): take it to the Tier-2 `enter`, which puts you on the
-  roster shuffled at sale start. Places taken later are numbered and wait as usual, behind
-  the roster.
+* An event with a pre-queue answers `409 prequeue_not_open` (with `prequeueStart` and
+  `saleStart`) before it opens. From then until `saleStart` every place is let in at its
+  first check with a pre-queue pass (`"prequeue": true`, with `saleStart`): take it to the
+  Tier-2 `enter`, which puts you on the roster shuffled at sale start. Places taken later
+  are numbered and wait as usual, behind the roster.
 * Events with a bot challenge answer `403 pow_required`: fetch `GET challenge`, solve it and
   send `pow` with the assign.
 """

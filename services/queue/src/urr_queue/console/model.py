@@ -41,6 +41,11 @@ class Tier2Row:
     admission_rate_per_second: float | None
     oldest_waiter_seconds: float | None
     eta_seconds: int | None
+    #: What the console's reveal buttons need: the method (``random`` has an order seed to
+    #: reveal once the line is over) and a pre-queue's sale start (RFC 3339; its secret is
+    #: revealed after it).
+    queue_method: str = "fifo"
+    sale_start: str | None = None
 
     @classmethod
     def from_figures(cls, figures: Figures) -> Tier2Row:
@@ -57,6 +62,12 @@ class Tier2Row:
             admission_rate_per_second=None if rate is None else round(rate, 3),
             oldest_waiter_seconds=None if oldest is None else round(oldest / 1000, 1),
             eta_seconds=eta_seconds(figures.waiting, rate) if figures.waiting else 0,
+            queue_method=config.queue_method.value,
+            sale_start=(
+                config.sale_start.isoformat()
+                if config.has_prequeue and config.sale_start is not None
+                else None
+            ),
         )
 
 

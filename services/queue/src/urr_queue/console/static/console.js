@@ -3,6 +3,7 @@
 "use strict";
 
 const API = "/api/v1/admin/console";
+const QUEUE_ADMIN = "/api/v1/admin/queue";
 const MODES = ["queue", "paused", "passthrough", "closed"];
 const cards = new Map();
 let refreshMs = 1000;
@@ -117,6 +118,79 @@ async function sendChange(eventId, change, description) {
   await loadAudit();
 }
 
+// -- Fairness reveals (issue 19): the random method's order seed once the line is over, and a
+// pre-queue's secret after sale start. A refusal stays on the card, with the problem's code
+// and the figures it names, until the next attempt.
+const REFUSAL_FIELDS = { mode: "mode", queue_method: "method", waiting: "waiting", sale_start: "sale start" };
+
+function showReveal(state, refused, text) {
+  state.revealResult.hidden = false;
+  state.revealResult.className = refused ? "reveal-result refusal" : "reveal-result revealed";
+  state.revealResult.replaceChildren(
+    el("strong", { text: refused ? "Refused: " : "Revealed: " }),
+    document.createTextNode(text),
+  );
+  notify(`${refused ? "Refused" : "Revealed"}: ${text}`);
+}
+
+async function refusalText(response) {
+  let body = {};
+  try {
+    body = await response.json();
+  } catch (_) {
+    /* not a problem document */
+  }
+  const facts = Object.entries(REFUSAL_FIELDS)
+    .filter(([key]) => body[key] !== undefined && body[key] !== null)
+    .map(([key, label]) => `${label} ${body[key]}`);
+  const code = body.code ? ` ${body.code}` : "";
+  const detail = body.detail || body.title || "";
+  return `${response.status}${code}: ${detail}${facts.length ? ` (now: ${facts.join(", ")})` : ""}`;
+}
+
+async function sendReveal(state, eventId, path, body, description, describe) {
+  if (!(await confirmChange(`${description} for event ${eventId}? This is published and cannot be undone.`))) {
+    notify("Nothing revealed.");
+    return;
+  }
+  let response;
+  try {
+    response = await fetch(`${QUEUE_ADMIN}/${encodeURIComponent(eventId)}/${path}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      credentials: "same-origin",
+      body: JSON.stringify(body),
+    });
+  } catch (error) {
+    showReveal(state, true, `${description} failed: ${error.message}`);
+    return;
+  }
+  if (!response.ok) {
+    showReveal(state, true, `${description}: ${await refusalText(response)}`);
+    return;
+  }
+  showReveal(state, false, describe(await response.json()));
+}
+
+function revealSeed(state, eventId) {
+  return sendReveal(state, eventId, "order-seed/reveal", {}, "Reveal the order seed", (answer) =>
+    `order seed ${answer.order_seed} (commitment ${answer.order_seed_commitment}).`,
+  );
+}
+
+function revealPrequeue(state, eventId) {
+  const secret = state.secret.value.trim().toLowerCase();
+  if (!/^([0-9a-f]{2})+$/.test(secret) || secret.length > 1024) {
+    showReveal(state, true, "the pre-queue secret is an even number of hex digits (0-9, a-f).");
+    state.secret.focus();
+    return undefined;
+  }
+  return sendReveal(state, eventId, "prequeue/reveal", { secret }, "Reveal the pre-queue secret", (doc) => {
+    state.secret.value = ""; // published now, but no need to keep it on screen
+    return `pre-queue roster of ${doc.size} frozen, root ${doc.root}; the shuffled order is placed in line.`;
+  });
+}
+
 function row(label, field, sparkField) {
   const cells = [el("th", { scope: "row", text: label }), el("td", { "data-field": field, text: "–" })];
   const spark = el("td", { class: "spark" });
@@ -195,7 +269,22 @@ function buildCard(eventId) {
   room.classList.add("secondary");
   controls.append(pause, room);
   card.append(controls);
-  const state = { card, modeSelect, capacity, rate, pause, room, seeded: false };
+
+  const fairness = el("div", { class: "controls fairness", role: "group", "aria-label": `Fairness reveals for ${eventId}` });
+  const secret = el("input", {
+    id: `secret-${safe}`, type: "text", class: "secret", autocomplete: "off", spellcheck: "false",
+    "aria-describedby": `reveal-${safe}`,
+  });
+  const secretLabel = el("label", { for: secret.id }, "Pre-queue secret (hex)", secret);
+  const revealResult = el("p", { id: `reveal-${safe}`, class: "reveal-result", hidden: "" });
+  const state = { card, modeSelect, capacity, rate, pause, room, secret, revealResult, seeded: false };
+  const seedButton = applyButton("Reveal order seed", "reveal-seed", () => revealSeed(state, eventId));
+  const prequeueButton = applyButton("Reveal pre-queue", "reveal-prequeue", () => revealPrequeue(state, eventId));
+  seedButton.classList.add("secondary");
+  prequeueButton.classList.add("secondary");
+  fairness.append(seedButton, secretLabel, prequeueButton);
+  Object.assign(state, { fairness, seedButton, secretLabel, prequeueButton });
+  card.append(fairness, revealResult);
   cards.set(eventId, state);
   return state;
 }
@@ -245,6 +334,14 @@ function renderEvent(event, canSwitchRoom) {
     state.seeded = true;
   }
   for (const control of [state.modeSelect, state.capacity, state.rate]) control.disabled = !t2;
+  // The reveals the event has: the random method's seed, a pre-queue's secret.
+  const seeded = Boolean(t2 && t2.queue_method === "random");
+  const prequeued = Boolean(t2 && t2.sale_start);
+  state.seedButton.hidden = !seeded;
+  state.secretLabel.hidden = !prequeued;
+  state.prequeueButton.hidden = !prequeued;
+  state.fairness.hidden = !(seeded || prequeued);
+  state.prequeueButton.title = prequeued ? `Sale start ${new Date(t2.sale_start).toLocaleString()}` : "";
   for (const button of card.querySelectorAll('[data-action="mode"],[data-action="capacity"],[data-action="rate"]')) {
     button.disabled = !t2;
   }
