@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncpg
+import pytest
 import redis.asyncio as redis
 
 
@@ -86,3 +87,24 @@ def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> Non
     assert max(ports) + 2000 < ephemeral_start  # derived ports (metrics, internal) too
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports[-1]))
+
+
+def test_parallel_workers_pick_from_disjoint_residues_which_derived_ports_keep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A service binds its metrics and internal listeners at +1000 and +2000: another xdist
+    worker must never pick one of those (seen in CI: a stack's metrics port was taken)."""
+    from urr_devstack import procs
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    picked: dict[str, set[int]] = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        picked[worker] = {procs.free_port() for _ in range(150)}
+    derived = {
+        worker: {port + offset for port in ports for offset in (0, 1000, 2000)}
+        for worker, ports in picked.items()
+    }
+    assert not derived["gw0"] & derived["gw1"]
+    assert {port % 1000 for port in picked["gw0"]} <= set(range(500))
+    assert {port % 1000 for port in picked["gw1"]} <= set(range(500, 1000))

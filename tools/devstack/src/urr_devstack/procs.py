@@ -27,6 +27,29 @@ _HANDED_OUT: set[int] = set()
 #: is not taken by some client's connection before the server binds it; and low enough that
 #: the ports services derive from it (metrics +1000, internal listener +2000) stay below it too.
 _PICK_FROM, _PICK_TO = 10_000, 30_000
+#: What services add to a port for their other listeners (metrics, internal).
+_DERIVED_OFFSETS = (1000, 2000)
+
+
+def _own_residues() -> range:
+    """The ``port % 1000`` values this process picks from.
+
+    Parallel test workers (pytest-xdist names them in the environment, which the stacks they
+    start inherit) each own a disjoint share of the residues, so no worker can pick a port that
+    another one, or a service it started, binds: the derived ports (+1000, +2000) keep the
+    residue. A bind check alone cannot see a derived port that is not bound yet (seen in CI:
+    a stack's metrics listener found its port taken by another worker's server)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    try:
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        index = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    except ValueError:
+        count, index = 1, 0
+    if count <= 1:
+        return range(1000)
+    width = 1000 // min(count, 1000)
+    first = (index % count) * width
+    return range(first, first + width)
 
 
 def free_port() -> int:
@@ -35,17 +58,25 @@ def free_port() -> int:
     Random rather than the kernel's next free port: parallel test workers (pytest-xdist) each
     pick ports, and random picks from 20,000 rarely meet, where the kernel's sequence would
     hand both workers neighbouring ports."""
+    residues = _own_residues()
     while True:
-        port = random.randrange(_PICK_FROM, _PICK_TO)  # noqa: S311 - a port, not a secret
-        if port in _HANDED_OUT:
+        thousands = random.randrange(_PICK_FROM // 1000, _PICK_TO // 1000)  # noqa: S311
+        port = thousands * 1000 + random.choice(residues)  # noqa: S311
+        if port in _HANDED_OUT or not all(
+            _bindable(port + offset) for offset in (0, *_DERIVED_OFFSETS)
+        ):
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
         _HANDED_OUT.add(port)
         return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def is_listening(host: str, port: int, timeout_s: float = 0.3) -> bool:
