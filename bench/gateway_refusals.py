@@ -418,20 +418,28 @@ def main() -> None:
                 gateway, legit_token, options.legit_rate, options.seconds, (forged, flood_rate)
             )
             rows.append((name, cpu, idle, flooded))
-            gateway.process.terminate()
-            gateway.process.wait(30)
+            stop(gateway.process)
         print_rows(rows, options)
         load = Path("/proc/loadavg").read_text().split()[:3]
         print(f"\nload average at the end: {' '.join(load)}")
     finally:
         for gateway in gateways:
             if gateway.process.poll() is None:
-                gateway.process.terminate()
-                gateway.process.wait(30)
+                stop(gateway.process)
         for process in processes:
-            process.terminate()
-            process.wait(30)
+            stop(process)
         redis.stop()
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL: a gateway still draining a flood's pipelined requests can take
+    longer than its shutdown grace, and the figures are already taken."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 if __name__ == "__main__":
