@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from pytest_aiohttp import AiohttpClient
 
 from urr_admission_log import heads, store
-from urr_admission_log.app import IMMUTABLE, create_app, etag_matches
+from urr_admission_log.app import IMMUTABLE, etag_matches
 from urr_admission_log.leaves import admission_of
 from urr_admission_log.settings import AdmissionLogSettings
-from urr_common.tokens import KeySet, SigningKey
 from urr_verify.log import canonical, read_tree_head, verify_receipt
 from urr_verify.merkle import leaf_hash, verify_consistency, verify_inclusion
 
@@ -41,20 +37,6 @@ def _admitted(n: int, start: int = 0) -> list[dict[str, Any]]:
 async def _append(conn: store.Connection, records: list[dict[str, Any]]) -> None:
     admissions = [a for a in (admission_of(r, SECRET) for r in records) if a is not None]
     await store.append(conn, EVENT, [store.Record(a.record_id, a.encoded()) for a in admissions])
-
-
-@pytest.fixture
-async def log(postgres_dsn: str, aiohttp_client: AiohttpClient) -> AsyncIterator[dict[str, Any]]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
-    assert pool is not None
-    await store.migrate(pool)
-    key = SigningKey.generate("log-1")
-    keys = KeySet([key.verification_key()])
-    client = await aiohttp_client(create_app(AdmissionLogSettings(), pool, keys))
-    try:
-        yield {"pool": pool, "key": key, "client": client}
-    finally:
-        await pool.close()
 
 
 async def _sign(log: dict[str, Any], records: list[dict[str, Any]]) -> None:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
-from pytest_aiohttp import AiohttpClient
 
-from urr_admission_log import store
-from urr_admission_log.app import IMMUTABLE, create_app
+from urr_admission_log.app import IMMUTABLE
 from urr_admission_log.consumer import (
     LogMetrics,
     admissions_by_event,
@@ -21,8 +18,6 @@ from urr_admission_log.consumer import (
     store_order_seeds,
 )
 from urr_admission_log.leaves import admission_of
-from urr_admission_log.settings import AdmissionLogSettings
-from urr_common.tokens import KeySet
 
 pytestmark = pytest.mark.integration
 EVENT = "lottery-9"
@@ -36,18 +31,6 @@ COMMITTED = {
     "commitment": COMMITMENT,
 }
 REVEALED = {**COMMITTED, "id": f"order_seed_revealed:{EVENT}", "type": "order_seed_revealed"}
-
-
-@pytest.fixture
-async def log(postgres_dsn: str, aiohttp_client: AiohttpClient) -> AsyncIterator[dict[str, Any]]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
-    assert pool is not None
-    await store.migrate(pool)
-    client = await aiohttp_client(create_app(AdmissionLogSettings(), pool, KeySet([])))
-    try:
-        yield {"pool": pool, "client": client}
-    finally:
-        await pool.close()
 
 
 async def _feed(log: dict[str, Any], records: list[dict[str, Any]]) -> LogMetrics:

@@ -24,20 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
-from pytest_aiohttp import AiohttpClient
 
-from urr_admission_log import store
-from urr_admission_log.app import IMMUTABLE, create_app
+from urr_admission_log.app import IMMUTABLE
 from urr_admission_log.consumer import LogMetrics, prequeue_records, store_prequeues
-from urr_admission_log.settings import AdmissionLogSettings
 from urr_common.clients import redis_client
 from urr_common.settings import RedisSettings
-from urr_common.tokens import KeySet
 from urr_devstack.procs import RedisServer, free_port
 from urr_queue import prequeue as queue_prequeue
 from urr_queue.config import EventConfig
@@ -88,18 +83,6 @@ def _records(members: list[str], *, secret: bytes = SECRET) -> list[dict[str, An
             "size": len(members),
         },
     ]
-
-
-@pytest.fixture
-async def log(postgres_dsn: str, aiohttp_client: AiohttpClient) -> AsyncIterator[dict[str, Any]]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
-    assert pool is not None
-    await store.migrate(pool)
-    client = await aiohttp_client(create_app(AdmissionLogSettings(), pool, KeySet([])))
-    try:
-        yield {"pool": pool, "client": client}
-    finally:
-        await pool.close()
 
 
 async def _feed(log: dict[str, Any], records: list[dict[str, Any]]) -> None:

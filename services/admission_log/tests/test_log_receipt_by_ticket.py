@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
-from pytest_aiohttp import AiohttpClient
 
 from urr_admission_log import heads, store
-from urr_admission_log.app import create_app
 from urr_admission_log.leaves import admission_of, waivers_of
-from urr_admission_log.settings import AdmissionLogSettings
-from urr_common.tokens import KeySet, SigningKey
 from urr_verify.log import verify_receipt
 
 pytestmark = pytest.mark.integration
@@ -30,21 +24,6 @@ def _admitted(i: int, ticket: int) -> dict[str, Any]:
         "queueNumber": ticket,
         "at": 1_000 + i,
     }
-
-
-@pytest.fixture
-async def log(postgres_dsn: str, aiohttp_client: AiohttpClient) -> AsyncIterator[dict[str, Any]]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
-    assert pool is not None
-    await store.migrate(pool)
-    key = SigningKey.generate("log-1")
-    client = await aiohttp_client(
-        create_app(AdmissionLogSettings(), pool, KeySet([key.verification_key()]))
-    )
-    try:
-        yield {"pool": pool, "key": key, "client": client}
-    finally:
-        await pool.close()
 
 
 async def test_the_receipt_of_a_ticket_is_its_admission(log: dict[str, Any]) -> None:

@@ -80,3 +80,20 @@ async def client(aiohttp_client: Any, settings: TicketSettings) -> Any:
 def as_user(user_id: str, **extra: str) -> dict[str, str]:
     """Ask the test client's gateway stand-in to assert this user (``identity_testing``)."""
     return act_as(user_id, "user", **extra)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's Chromium under Playwright, for the page tests."""
+    from playwright.async_api import async_playwright
+
+    from urr_devstack.testing import CHROMIUM, CHROMIUM_ARGS
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()

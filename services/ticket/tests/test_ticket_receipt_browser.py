@@ -31,7 +31,7 @@ from urr_admission_log.leaves import admission_of
 from urr_admission_log.settings import AdmissionLogSettings
 from urr_common.fairness import order_key
 from urr_common.tokens import KeySet, SigningKey
-from urr_devstack.testing import CHROMIUM, CHROMIUM_ARGS
+from urr_devstack.testing import CHROMIUM
 from urr_ticket.site import add_site_routes
 from urr_verify.__main__ import main as verify_main
 
@@ -131,20 +131,6 @@ async def _log_admissions(site: dict[str, Any], tickets: list[int]) -> None:
         records = [a.record() for a in admissions if a is not None]
         await store.append(conn, EVENT, records)
         await heads.sign_grown(conn, site["key"], "urr-admission-log")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 WORDS = {
