@@ -144,9 +144,9 @@ class GrantLogPublisher:
         if self._producer is None:
             from urr_common.clients import kafka_producer
 
-            producer = kafka_producer(self._kafka)
-            await producer.start()
-            self._producer = producer
+            # Kept before it starts, so a start that fails is stopped (and its sockets closed).
+            self._producer = kafka_producer(self._kafka)
+            await self._producer.start()
         sent = [
             await self._producer.send(
                 self._topic, orjson.dumps(record), key=str(record["eventId"]).encode()

@@ -190,6 +190,8 @@ def cmd_audit(args: argparse.Namespace) -> str:
         f"{seed_line}admitted {report.admitted}, waived {report.waived}, "
         f"explained by a waiver {report.explained}, unexplained {len(report.exceptions)}"
     ]
+    if tier1 and len(tier1) == len(entries):
+        lines = [seed_line.removesuffix("; ")]  # no admissions to Tier 2 in these leaves
     owed = "tickets owed later"
     if keyed:
         owed = "admissions with larger order keys while it waited"
