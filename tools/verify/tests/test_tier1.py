@@ -191,3 +191,13 @@ def test_the_command_refuses_tier1_leaves_without_the_seed(
     entries.write_text(json.dumps(honest_line()))
     assert main(["audit", str(entries)]) == 1
     assert "--seed" in capsys.readouterr().err
+
+
+def test_a_draw_from_another_seed_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leaves = honest_line(places=5)
+    for leaf in leaves:  # every key from another seed
+        leaf["key"] = int(hmac.new(b"other", leaf["arrival"].encode(), "sha1").hexdigest()[:13], 16)
+    assert run_audit(tmp_path, leaves) == 1
+    assert "Tier 1 drew from another seed" in capsys.readouterr().err

@@ -208,11 +208,19 @@ def cmd_audit(args: argparse.Namespace) -> str:
 
 
 def _tier1_lines(report: Tier1Audit) -> list[str]:
-    return [
+    lines = [
         f"Tier 1's draw: granted {report.granted}, waived {report.waived}, not drawn as they "
         f"had stopped checking {report.explained}, numbers no leaf mentions "
-        f"{report.unaccounted}, exceptions {len(report.exceptions)}",
-        *(f"exception ({e.reason}): leaf {e.index}: {e.detail}" for e in report.exceptions),
+        f"{report.unaccounted}, exceptions {len(report.exceptions)}"
+    ]
+    mismatched = sum(1 for e in report.exceptions if e.reason == "key_mismatch")
+    if mismatched and mismatched == report.granted + report.waived:
+        lines.append(
+            "no Tier-1 key is the one this seed gives: Tier 1 drew from another seed (check "
+            "`urr-verify seed ORDER_SEED --tier1-status STATUS`; both tiers must share one)"
+        )
+    return lines + [
+        f"exception ({e.reason}): leaf {e.index}: {e.detail}" for e in report.exceptions
     ]
 
 
