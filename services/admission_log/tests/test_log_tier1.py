@@ -38,12 +38,21 @@ def _place(place: int) -> dict[str, Any]:
 
 def granted(place: int, seq: int, /, **changes: Any) -> dict[str, Any]:
     record = _place(place) | {"type": "tier1_granted", "id": f"tier1:1:grant:{seq}", "seq": seq}
-    return record | {"at": 5_000, "floor": 0, "top": 3, "cutoff": 1_000} | changes
+    return record | {"at": 5_000, "draw": 1, "floor": 0, "top": 3, "cutoff": 1_000} | changes
 
 
 def waived(place: int, /, **changes: Any) -> dict[str, Any]:
     record = _place(place) | {"type": "tier1_waived", "id": f"tier1:1:waive:{place}"}
     return record | {"at": 5_000, "reason": "abandoned", "lastSeen": 500} | changes
+
+
+def passed(place: int, /, **changes: Any) -> dict[str, Any]:
+    record = _place(place) | {"type": "tier1_passed", "id": f"tier1:1:pass:{place}:5000"}
+    return (
+        record
+        | {"at": 5_000, "lastSeen": 500, "draw": 1, "floor": 0, "top": 3, "cutoff": 1_000}
+        | changes
+    )
 
 
 def honest() -> list[dict[str, Any]]:
@@ -74,7 +83,20 @@ MALFORMED = [
     waived(3, lastSeen=None),
     waived(3, reason="grant_lost"),  # names no sequence
     waived(3, place=-3),
+    passed(2, lastSeen=None),
+    passed(2, place=9),  # outside its draw
+    passed(2, cutoff="1000"),
+    passed(2, draw=0),
+    granted(1, 1, draw=None),
 ]
+
+
+def test_a_pass_becomes_a_leaf_with_its_draw() -> None:
+    leaf = tier1_leaf_of(passed(2))
+    assert leaf is not None
+    assert leaf.leaf["kind"] == "tier1-pass"
+    assert (leaf.leaf["lastSeen"], leaf.leaf["floor"], leaf.leaf["top"]) == (500, 0, 3)
+    assert leaf.record().ticket is None  # not an admission: no receipt by ticket
 
 
 @pytest.mark.parametrize("bad", MALFORMED)

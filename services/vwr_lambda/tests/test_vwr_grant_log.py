@@ -105,8 +105,9 @@ def publish_reveal(log: dict[str, str], event_id: str) -> None:
 
 def run_random_line(
     make_vwr: Callable[[VwrSettings], Any], vwr_settings: VwrSettings, log: dict[str, str]
-) -> str:
-    """A random-method room of ``PLACES``, ``QUIET`` of them going quiet, drawn to the end."""
+) -> tuple[str, list[dict[str, Any]]]:
+    """A random-method room of ``PLACES``, ``QUIET`` of them going quiet, drawn to the end;
+    the event and every record its advancer handed to Kafka."""
     settings = vwr_settings.model_copy(
         update={
             "grant_log": GrantLogSettings(
@@ -131,6 +132,15 @@ def run_random_line(
         assert vwr.assign(event_id, request_id).status == 201
     vwr.clock.advance(settings.advancer.abandon_after_s + 5)
     live = ids[QUIET:]
+    publisher = vwr.runtime.grant_log
+    sent: list[dict[str, Any]] = []
+    publish = publisher.publish
+
+    def counted(records: list[dict[str, Any]]) -> int:
+        sent.extend(records)
+        return int(publish(records))
+
+    publisher.publish = counted
     try:
         for _ in range(10):
             for request_id in live:
@@ -143,7 +153,7 @@ def run_random_line(
         assert vwr.runtime.grant_log.pending == []
     finally:
         vwr.runtime.grant_log.close()
-    return event_id
+    return event_id, sent
 
 
 def audit(entries: str, seed: str) -> int:
@@ -157,16 +167,19 @@ def test_an_honest_draw_is_logged_and_audits_clean_and_a_reordered_copy_fails(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    event_id = run_random_line(make_vwr, vwr_settings, log_service)
+    event_id, sent = run_random_line(make_vwr, vwr_settings, log_service)
     publish_reveal(log_service, event_id)
     base = f"{log_service['base']}/v1/log/{event_id}"
-    size = signed_size(log_service["base"], event_id, PLACES)
-    assert size == PLACES  # 9 grants and 3 waivers, nothing twice
+    size = signed_size(log_service["base"], event_id, len(sent))
+    assert size == len(sent)  # every record once, in the order sent
     entries_url = f"{base}/entries?start=0&end={size}"
     leaves = get_json(entries_url)["entries"]
     kinds = [leaf["kind"] for leaf in leaves]
     assert kinds.count("tier1-grant") == PLACES - QUIET
     assert kinds.count("tier1-waive") == QUIET
+    # Quiet places the skip limit kept, when a draw passed them with a smaller key.
+    assert kinds.count("tier1-pass") == size - PLACES
+    assert [leaf["place"] for leaf in leaves] == [record["place"] for record in sent]
     assert all("arrival" in leaf and "key" in leaf for leaf in leaves)
     assert audit(entries_url, f"{base}/order-seed") == 0
     out = capsys.readouterr().out
@@ -196,10 +209,10 @@ def test_a_draw_that_does_not_follow_the_keys_fails_the_audit(
     monkeypatch.setattr(
         queueing, "draw_key", lambda seed, request_id: (-honest(seed, request_id)[0], "")
     )
-    event_id = run_random_line(make_vwr, vwr_settings, log_service)
+    event_id, sent = run_random_line(make_vwr, vwr_settings, log_service)
     publish_reveal(log_service, event_id)
     base = f"{log_service['base']}/v1/log/{event_id}"
-    size = signed_size(log_service["base"], event_id, PLACES)
+    size = signed_size(log_service["base"], event_id, len(sent))
     assert audit(f"{base}/entries?start=0&end={size}", f"{base}/order-seed") == 1
     err = capsys.readouterr().err
     assert "exception (grant_order)" in err or "exception (passed_over)" in err

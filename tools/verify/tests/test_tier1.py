@@ -29,10 +29,14 @@ def key(arrival: str) -> int:
 
 
 def honest_line(
-    places: int = 30, per_draw: int = 4, quiet: frozenset[int] = frozenset()
+    places: int = 30,
+    per_draw: int = 4,
+    quiet: frozenset[int] = frozenset(),
+    returning: frozenset[int] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Draws of ``per_draw`` over the whole line; ``quiet`` places stopped checking before the
-    first draw and are given up by the second draw (the first one could not mark them)."""
+    first draw and are given up by the second draw (the first one could not mark them);
+    ``returning`` places were quiet at the first draw only (passed, then checked again)."""
     waiting = set(range(1, places + 1))
     leaves: list[dict[str, Any]] = []
     seq, draw = 0, 0
@@ -57,9 +61,29 @@ def honest_line(
                     }
                 )
         floor = min(waiting) - 1
-        drawable = sorted(waiting - quiet, key=lambda p: (key(alias(p)), alias(p)))
+        away = quiet | (returning if draw == 1 else frozenset())
+        drawable = sorted(waiting - away, key=lambda p: (key(alias(p)), alias(p)))
         if not drawable:
             continue
+        largest = max((key(alias(p)), alias(p)) for p in drawable[:per_draw])
+        for place in sorted(returning & waiting if draw == 1 else ()):
+            if (key(alias(place)), alias(place)) < largest:
+                leaves.append(
+                    {
+                        **common,
+                        "kind": "tier1-pass",
+                        "place": place,
+                        "arrival": alias(place),
+                        "key": key(alias(place)),
+                        "lastSeen": cutoff - 1,
+                        "draw": seq + 1,
+                        "floor": floor,
+                        "top": places,
+                        "cutoff": cutoff,
+                        "at": at,
+                    }
+                )
+        first = seq + 1
         for place in drawable[:per_draw]:
             seq += 1
             waiting.discard(place)
@@ -71,6 +95,7 @@ def honest_line(
                     "place": place,
                     "arrival": alias(place),
                     "key": key(alias(place)),
+                    "draw": first,
                     "floor": floor,
                     "top": places,
                     "cutoff": cutoff,
@@ -201,3 +226,24 @@ def test_a_draw_from_another_seed_is_named_as_such(
         leaf["key"] = int(hmac.new(b"other", leaf["arrival"].encode(), "sha1").hexdigest()[:13], 16)
     assert run_audit(tmp_path, leaves) == 1
     assert "Tier 1 drew from another seed" in capsys.readouterr().err
+
+
+def smallest_key_place(places: int) -> int:
+    return min(range(1, places + 1), key=lambda p: (key(alias(p)), alias(p)))
+
+
+def test_a_place_passed_while_quiet_and_drawn_later_is_explained_by_its_pass() -> None:
+    first = smallest_key_place(30)
+    leaves = honest_line(returning=frozenset({first}))
+    assert [leaf["kind"] for leaf in leaves].count("tier1-pass") == 1
+    report = audit(leaves)
+    assert report.exceptions == []
+    assert (report.granted, report.explained) == (30, 1)
+    # Without its pass leaf the same log shows a live place passed over.
+    without = [leaf for leaf in leaves if leaf["kind"] != "tier1-pass"]
+    assert reasons(without) == {"passed_over"}
+    # A pass for a place that was still checking is itself the exception.
+    lying = copy.deepcopy(leaves)
+    passed = next(leaf for leaf in lying if leaf["kind"] == "tier1-pass")
+    passed["lastSeen"] = passed["cutoff"]
+    assert reasons(lying) == {"pass_while_checking"}

@@ -111,7 +111,7 @@ def waivers_of(record: Any) -> list[Admission] | None:
 
 # -- Tier 1's random draw (urr_vwr_lambda.grant_log) -----------------------------------------
 
-TIER1_TYPES = ("tier1_granted", "tier1_waived")
+TIER1_TYPES = ("tier1_granted", "tier1_waived", "tier1_passed")
 _HEX64_DIGITS = frozenset("0123456789abcdef")
 #: Tier-1 numbers, sequences and epoch-ms times fit in a signed 64-bit integer.
 _MAX_NUMBER = (1 << 63) - 1
@@ -153,24 +153,42 @@ def tier1_leaf_of(record: Any) -> Admission | None:
         "key": key,
         "at": at,
     }
-    details = (
-        _grant_fields(record, place)
-        if record["type"] == "tier1_granted"
-        else _waiver_fields(record)
-    )
+    kind = record["type"]
+    if kind == "tier1_granted":
+        details = _grant_fields(record, place)
+    elif kind == "tier1_passed":
+        details = _pass_fields(record, place)
+    else:
+        details = _waiver_fields(record)
     if details is None:
         return None
     return Admission(str(record_id), event, leaf | details)
 
 
-def _grant_fields(record: dict[str, Any], place: int) -> dict[str, Any] | None:
-    seq = _number(record.get("seq"), 1)
+def _draw_fields(record: dict[str, Any], place: int) -> dict[str, Any] | None:
+    """``draw``, ``floor``, ``top`` and ``cutoff`` of the draw a record belongs to, the place
+    inside its range."""
+    draw = _number(record.get("draw"), 1)
     floor, top, cutoff = (_number(record.get(name)) for name in ("floor", "top", "cutoff"))
-    if seq is None or floor is None or top is None or cutoff is None:
+    if draw is None or floor is None or top is None or cutoff is None:
         return None
     if not floor < place <= top:
-        return None  # a grant outside the numbers its draw read is no grant of it
-    return {"kind": "tier1-grant", "seq": seq, "floor": floor, "top": top, "cutoff": cutoff}
+        return None  # a place outside the numbers its draw read is no part of it
+    return {"draw": draw, "floor": floor, "top": top, "cutoff": cutoff}
+
+
+def _grant_fields(record: dict[str, Any], place: int) -> dict[str, Any] | None:
+    seq, draw = _number(record.get("seq"), 1), _draw_fields(record, place)
+    if seq is None or draw is None:
+        return None
+    return {"kind": "tier1-grant", "seq": seq} | draw
+
+
+def _pass_fields(record: dict[str, Any], place: int) -> dict[str, Any] | None:
+    last_seen, draw = _number(record.get("lastSeen")), _draw_fields(record, place)
+    if last_seen is None or draw is None:
+        return None
+    return {"kind": "tier1-pass", "lastSeen": last_seen} | draw
 
 
 def _waiver_fields(record: dict[str, Any]) -> dict[str, Any] | None:

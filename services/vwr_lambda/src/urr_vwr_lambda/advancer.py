@@ -34,7 +34,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from urr_common.fairness import QueueMethod
 from urr_vwr_lambda.capacity import CapacityUnavailable, fetch_capacity
-from urr_vwr_lambda.grant_log import Draw, GrantLogUnavailable, grant_records, waiver_records
+from urr_vwr_lambda.grant_log import (
+    Draw,
+    GrantLogUnavailable,
+    grant_records,
+    passed_records,
+    waiver_records,
+)
 from urr_vwr_lambda.queueing import (
     CapacityFeed,
     PositionRow,
@@ -236,6 +242,7 @@ def _grant_random(
     draw = Draw(
         state.event_id,
         state.epoch,
+        first_seq=state.serving_counter + 1,
         floor=state.line_floor,
         top=upto,
         cutoff_ms=cutoff * 1000,
@@ -277,7 +284,8 @@ def _grant_random(
         (seq, row, store.grant(state, row, seq=seq, now_s=now_s))
         for seq, row in enumerate(pick.granted, start=state.serving_counter + 1)
     ]
-    _publish_grants(runtime, records + grant_records(draw, state.seed_bytes, decided))
+    passed = passed_records(draw, state.seed_bytes, pick.quiet, pick.granted)
+    _publish_grants(runtime, records + passed + grant_records(draw, state.seed_bytes, decided))
     runtime.metrics.add_metric(name="AdvancedLive", unit=MetricUnit.Count, value=granted)
     runtime.metrics.add_metric(name="SkippedAbandoned", unit=MetricUnit.Count, value=pick.skipped)
     limited_by = _limited_by(granted, budget, requested)

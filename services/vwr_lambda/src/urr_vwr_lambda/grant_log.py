@@ -7,11 +7,16 @@ keep their order), one record per decision:
 
 - ``tier1_waived`` (reason ``abandoned``) for each place the cycle gave up before its draw,
   with the place's last check (``lastSeen``, epoch ms), published before the cycle's grants;
-- ``tier1_granted`` for each grant, in grant order, with the draw it came from: ``floor`` and
-  ``top`` (the numbers ``floor < n <= top`` were read) and ``cutoff`` (epoch ms: a place whose
-  last check is older was not drawn, it had stopped checking);
+- ``tier1_granted`` for each grant, in grant order, with the draw it came from: ``draw`` (the
+  draw's first grant sequence, which names it), ``floor`` and ``top`` (the numbers
+  ``floor < n <= top`` were read) and ``cutoff`` (epoch ms: a place whose last check is older
+  was not drawn, it had stopped checking);
 - ``tier1_waived`` (reason ``grant_lost``) for a grant whose write found the place given up
-  meanwhile (a racing advancer): its sequence number is spent, and says so.
+  meanwhile (a racing advancer): its sequence number is spent, and says so;
+- ``tier1_passed`` for a place the draw did not consider although its key is smaller than
+  one it granted: it had stopped checking (``lastSeen`` before ``cutoff``) but the cycle's
+  limit of places given up was reached, so it still holds its number (and may check again
+  and be drawn later). Logged before the draw's grants, with the draw's fields.
 
 Every record names the place by its number and its ``arrival`` alias (``queueing.
 arrival_alias``, never the request id) and carries its order key, so ``urr-verify audit``
@@ -41,6 +46,8 @@ class Draw:
 
     event_id: str
     epoch: int
+    #: The sequence of the draw's first grant: names the draw (two can share a millisecond).
+    first_seq: int
     floor: int
     top: int
     cutoff_ms: int
@@ -87,6 +94,7 @@ def grant_records(
             record |= {
                 "type": "tier1_granted",
                 "id": f"tier1:{draw.epoch}:grant:{seq}",
+                "draw": draw.first_seq,
                 "floor": draw.floor,
                 "top": draw.top,
                 "cutoff": draw.cutoff_ms,
@@ -99,6 +107,30 @@ def grant_records(
             }
         records.append(record)
     return records
+
+
+def passed_records(
+    draw: Draw, seed: bytes, quiet: Iterable[PositionRow], granted: Sequence[PositionRow]
+) -> list[dict[str, Any]]:
+    """``tier1_passed`` records of the quiet places whose key is below the draw's largest
+    grant (the only ones an auditor would otherwise see passed over)."""
+    if not granted:
+        return []
+    largest = max(draw_key(seed, row.request_id) for row in granted)
+    return [
+        {
+            **_place(draw, seed, row),
+            "type": "tier1_passed",
+            "id": f"tier1:{draw.epoch}:pass:{draw.first_seq}:{row.position}",
+            "lastSeen": row.last_seen * 1000,
+            "draw": draw.first_seq,
+            "floor": draw.floor,
+            "top": draw.top,
+            "cutoff": draw.cutoff_ms,
+        }
+        for row in quiet
+        if draw_key(seed, row.request_id) < largest
+    ]
 
 
 class GrantLogUnavailable(RuntimeError):

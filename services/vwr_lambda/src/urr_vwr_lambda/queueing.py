@@ -181,11 +181,14 @@ def draw_key(seed: bytes, request_id: str) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class RandomPick:
-    """One random-method cycle: places granted (in grant order), given up, the new floor."""
+    """One random-method cycle: places granted (in grant order), given up, the new floor,
+    and the places not drawn because they had stopped checking but could not be given up
+    this cycle (the skip limit): ``quiet``, in number order."""
 
     granted: list[PositionRow]
     skipped: int
     line_floor: int
+    quiet: tuple[PositionRow, ...] = ()
 
 
 def pick_random(
@@ -208,7 +211,7 @@ def pick_random(
     being written is below the floor only if a later one was read, and its check lets it in.
     """
     waiting: list[PositionRow] = []
-    quiet: list[int] = []  # stopped checking, not given up yet (skip limit): never drawn
+    quiet: list[PositionRow] = []  # stopped checking, not given up yet (skip limit): not drawn
     last_read = line_floor
     skipped = 0
     for row in rows:
@@ -217,7 +220,7 @@ def pick_random(
             continue
         if row.abandoned_by(cutoff):
             if skipped >= max_skips:
-                quiet.append(row.position)
+                quiet.append(row)
                 continue
             if mark_abandoned(row):
                 skipped += 1
@@ -227,9 +230,12 @@ def pick_random(
     drawn = sorted(waiting, key=lambda row: draw_key(seed, row.request_id))
     granted = drawn[: max(0, budget)]
     chosen = {row.position for row in granted}
-    still = quiet + [row.position for row in waiting if row.position not in chosen]
+    still = [row.position for row in quiet]
+    still += [row.position for row in waiting if row.position not in chosen]
     floor = min(still) - 1 if still else last_read
-    return RandomPick(granted=granted, skipped=skipped, line_floor=max(line_floor, floor))
+    return RandomPick(
+        granted=granted, skipped=skipped, line_floor=max(line_floor, floor), quiet=tuple(quiet)
+    )
 
 
 def strong_etag(body: object) -> str:

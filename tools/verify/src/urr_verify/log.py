@@ -8,8 +8,8 @@ Leaves are JSON objects encoded canonically (keys sorted, no spaces, UTF-8) and 
   hash of the holder's id;
 - ``{"kind": "waive", "event", "ticket", "at", "reason"}``: the room stopped waiting for
   ``ticket`` (``reason``: ``abandoned`` or ``order_hold``), so later numbers went ahead of it;
-- ``tier1-grant`` and ``tier1-waive``: the Tier-1 room's random draw (``urr_verify.tier1``),
-  audited on their own; the admission audits here pass over them.
+- ``tier1-grant``, ``tier1-waive`` and ``tier1-pass``: the Tier-1 room's random draw
+  (``urr_verify.tier1``), audited on their own; the admission audits here pass over them.
 
 A leaf's index in the log is its sequence number: the log's order is the order of admission.
 
@@ -32,7 +32,7 @@ from urr_verify.merkle import ProofError, leaf_hash, verify_inclusion
 
 STH_ALGORITHMS = ["ES256"]
 #: Leaves of the Tier-1 random draw (``urr_verify.tier1``), not admissions to Tier 2.
-TIER1_KINDS = ("tier1-grant", "tier1-waive")
+TIER1_KINDS = ("tier1-grant", "tier1-waive", "tier1-pass")
 
 
 class ReceiptError(ValueError):
