@@ -34,6 +34,7 @@ from urr_admission_log.consumer import LogMetrics, prequeue_records, store_prequ
 from urr_common.clients import redis_client
 from urr_common.settings import RedisSettings
 from urr_devstack.procs import RedisServer, free_port
+from urr_devstack.testing import admission_log_env
 from urr_queue import prequeue as queue_prequeue
 from urr_queue.config import EventConfig
 from urr_queue.store import QueueStore, Rostered
@@ -251,17 +252,7 @@ async def test_a_5000_crowd_is_shuffled_as_urr_verify_recomputes_from_the_log(
     finally:
         await producer.stop()
     port = free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("URR_")}
-    env.update(
-        {
-            "URR_HTTP__PORT": str(port),
-            "URR_POSTGRES__DSN": postgres_dsn,
-            "URR_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "URR_ADMISSION_LOG__TOPIC": topic,
-            "URR_TREE_HEADS__PRIVATE_KEY_FILE": str(tmp_path / "log-1.pem"),
-            "URR_TREE_HEADS__KEY_ID": "log-1",
-        }
-    )
+    env = admission_log_env(port, postgres_dsn, kafka_bootstrap, topic, tmp_path)
     process = await _start_log(env, tmp_path / "log.out")
     try:
         published = await _published(f"http://127.0.0.1:{port}", event_id, process)

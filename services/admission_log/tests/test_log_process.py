@@ -4,7 +4,6 @@ queue-events become a signed log that urr-verify accepts, across a restart, with
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import uuid
@@ -17,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from urr_devstack.procs import free_port
+from urr_devstack.testing import admission_log_env
 from urr_verify.log import verify_receipt
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -85,18 +85,7 @@ async def test_admissions_become_a_verifiable_log_across_a_restart(
 ) -> None:
     port, event_id = free_port(), f"e{uuid.uuid4().hex[:8]}"
     topic = f"queue-events-{uuid.uuid4().hex[:6]}"
-    env = {name: value for name, value in os.environ.items() if not name.startswith("URR_")}
-    env.update(
-        {
-            "URR_HTTP__PORT": str(port),
-            "URR_POSTGRES__DSN": postgres_dsn,
-            "URR_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "URR_ADMISSION_LOG__TOPIC": topic,
-            "URR_ADMISSION_LOG__SIGN_EVERY_S": "0.2",
-            "URR_TREE_HEADS__PRIVATE_KEY_FILE": str(tmp_path / "log-1.pem"),
-            "URR_TREE_HEADS__KEY_ID": "log-1",
-        }
-    )
+    env = admission_log_env(port, postgres_dsn, kafka_bootstrap, topic, tmp_path, sign_every_s=0.2)
     first = [orjson.dumps(_record(event_id, i)) for i in range(30)]
     noise = [b"not json", orjson.dumps({"type": "left", "eventId": event_id})]
     await _publish(kafka_bootstrap, topic, [*first[:20], *noise, *first[:5]], event_id.encode())

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import signal
 import sys
 import uuid
@@ -28,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from urr_common.settings import KafkaSettings
 from urr_devstack.procs import free_port
+from urr_devstack.testing import admission_log_env
 from urr_queue.app import ADMISSION_LOOP
 from urr_queue.settings import AdmissionSettings, QueueEventsSettings
 from urr_verify.__main__ import main as verify_main
@@ -209,18 +209,7 @@ async def test_a_random_event_audits_from_public_data_only(
     await _create_topic(kafka_bootstrap, topic)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {name: value for name, value in os.environ.items() if not name.startswith("URR_")}
-    env.update(
-        {
-            "URR_HTTP__PORT": str(port),
-            "URR_POSTGRES__DSN": postgres_dsn,
-            "URR_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "URR_ADMISSION_LOG__TOPIC": topic,
-            "URR_ADMISSION_LOG__SIGN_EVERY_S": "0.5",
-            "URR_TREE_HEADS__PRIVATE_KEY_FILE": str(tmp_path / "log-1.pem"),
-            "URR_TREE_HEADS__KEY_ID": "log-1",
-        }
-    )
+    env = admission_log_env(port, postgres_dsn, kafka_bootstrap, topic, tmp_path, sign_every_s=0.5)
     process = await _start_log(env, tmp_path / "log.out")
     try:
         client = await queue_client(

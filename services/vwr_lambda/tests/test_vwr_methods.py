@@ -20,7 +20,7 @@ from urr_devstack.procs import RedisServer
 from urr_queue.config import EventConfig
 from urr_queue.store import Admitted, QueueStore, Refusal, Waiting
 from urr_vwr_lambda.advancer import _grant_random
-from urr_vwr_lambda.queueing import CapacityFeed
+from urr_vwr_lambda.queueing import CapacityFeed, arrival_alias
 
 SEED = "3c" * 32
 
@@ -72,7 +72,9 @@ def test_random_grants_in_the_seeds_order_and_numbers_passes_by_grant(vwr: Any) 
     assert waiting["ahead"] is None
     assert waiting["queueMethod"] == "random"
     order = admitted_order_tier1(vwr, "rnd-1", ids, step=5)
-    assert order == random_order(bytes.fromhex(SEED), ids)
+    # Drawn by the public alias of each request id (the id itself is the waiter's secret).
+    by_alias = {arrival_alias(request_id): request_id for request_id in ids}
+    assert order == [by_alias[a] for a in random_order(bytes.fromhex(SEED), list(by_alias))]
     assert order != ids
     assert vwr.status("rnd-1").body["servingCounter"] == 12
 
@@ -192,7 +194,10 @@ async def test_both_tiers_agree_on_each_method(
 ) -> None:
     event_id = f"agree-{method.value}-{uuid.uuid4().hex[:6]}"
     ids = [str(uuid.uuid4()) for _ in range(10)]
-    answers, tier2 = await tier2_order(tier2_store, event_id, method, ids)
+    # Tier 1 draws from the alias of each request id; the same arrival ids enter Tier 2.
+    aliases = [arrival_alias(request_id) for request_id in ids]
+    answers, tier2_aliases = await tier2_order(tier2_store, event_id, method, aliases)
+    tier2 = [ids[aliases.index(alias)] for alias in tier2_aliases]
     open_room(vwr, event_id, method.value, orderSeed=SEED)
     if method is QueueMethod.REJECT:
         assert all(answer is Refusal.REJECTED for answer in answers)
@@ -209,7 +214,8 @@ async def test_both_tiers_agree_on_each_method(
         assert vwr.assign(event_id, request_id).status == 201
     tier1 = admitted_order_tier1(vwr, event_id, ids, step=3)
     assert tier1 == tier2
-    expected = ids if method is QueueMethod.FIFO else random_order(bytes.fromhex(SEED), ids)
+    drawn = random_order(bytes.fromhex(SEED), aliases)
+    expected = ids if method is QueueMethod.FIFO else [ids[aliases.index(a)] for a in drawn]
     assert tier1 == expected
 
 

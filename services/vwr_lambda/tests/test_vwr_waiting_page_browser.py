@@ -8,6 +8,7 @@ keyboard only, 320 px wide, and axe-core finding nothing serious. Screenshots go
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -205,6 +206,7 @@ async def test_the_page_speaks_the_buyers_language_and_the_operators_look(
             assert expected["message"] in await page.inner_text("#operator-message")
             assert expected["label"] in await page.inner_text(".figures")
             assert expected["method"] in await page.inner_text("#method")
+            assert await page.is_hidden("#method-proof")  # first come, first served: no draw
             assert expected["close"] in await page.inner_text("main")
             assert await page.inner_text("#event-name") == PAGE["name"]
             assert await page.is_visible("#logo")
@@ -399,6 +401,17 @@ async def test_a_random_line_shows_no_count_ahead_and_says_why(
             assert "null" not in await page.inner_text("main")
             method = await page.inner_text("#method")
             assert ("무작위" in method) if short == "ko" else ("Random order" in method)
+            # What proves the draw, and the visitor's own name in it (never their request id).
+            await page.wait_for_selector("#method-proof:not([hidden])")
+            assert await page.get_attribute("#proof-seed", "href") == "/v1/log/evt-4/order-seed"
+            assert await page.get_attribute("#proof-log", "href") == "/v1/log/evt-4/sth"
+            request_id = await page.evaluate("localStorage.getItem('urr-vwr:evt-4')")
+            alias = hashlib.sha256(request_id.encode()).hexdigest()[:16]
+            await page.wait_for_function(
+                "(a) => document.getElementById('proof-alias').textContent.indexOf(a) !== -1",
+                arg=alias,
+            )
+            assert request_id not in await page.inner_text("main")
             await page.wait_for_function(
                 "(w) => document.getElementById('status').textContent.indexOf(w) !== -1",
                 arg="추첨 순번 2번" if short == "ko" else "number 2 in the draw",
@@ -513,6 +526,9 @@ async def test_before_the_pre_queue_opens_the_page_counts_down_and_joins_just_af
                 arg=words["opens_in"],
             )
             assert await page.inner_text("#prequeue-title") == words["before"]
+            # A shuffled pre-queue links to its roster document and the admission log.
+            assert await page.is_visible("#method-proof")
+            assert await page.get_attribute("#proof-seed", "href") == f"/v1/log/{event}/prequeue"
             # The opening in the visitor's own time (Seoul here), in the text and the status.
             assert _seoul_clock(opens, locale) in _unpadded(await page.inner_text("#prequeue-text"))
             await page.wait_for_function(

@@ -50,6 +50,7 @@ def test_devstack_table_is_consistent_and_its_templates_resolve() -> None:
     infra = {
         **INFRA,
         "ticket_dlq_url": "x",
+        "kafka_bootstrap": "127.0.0.1:9092",
         "counters_table": "counters",
         "positions_table": "positions",
         "state_dir": "/s",

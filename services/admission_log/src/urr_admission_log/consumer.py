@@ -17,7 +17,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from urr_admission_log import heads, order_seed, prequeue, store
-from urr_admission_log.leaves import admission_of, waivers_of
+from urr_admission_log.leaves import TIER1_TYPES, admission_of, tier1_leaf_of, waivers_of
 from urr_admission_log.order_seed import is_order_seed
 from urr_admission_log.prequeue import is_prequeue
 from urr_admission_log.settings import AdmissionLogSettings
@@ -60,7 +60,7 @@ class LogMetrics:
 
 
 #: Record types that become leaves; any other type is skipped as ``ignored``.
-LOGGED_TYPES = ("admitted", "waived")
+LOGGED_TYPES = ("admitted", "waived", *TIER1_TYPES)
 
 
 def admissions_by_event(
@@ -78,7 +78,7 @@ def admissions_by_event(
             continue  # stored by ``store_prequeues`` / ``store_order_seeds``
         leaves = waivers_of(decoded)
         if leaves is None:
-            admission = admission_of(decoded, secret)
+            admission = admission_of(decoded, secret) or tier1_leaf_of(decoded)
             leaves = [admission] if admission is not None else None
         if leaves is None:
             kind = (

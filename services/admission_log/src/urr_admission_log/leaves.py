@@ -107,3 +107,100 @@ def waivers_of(record: Any) -> list[Admission] | None:
         )
         for number in numbers
     ]
+
+
+# -- Tier 1's random draw (urr_vwr_lambda.grant_log) -----------------------------------------
+
+TIER1_TYPES = ("tier1_granted", "tier1_waived", "tier1_passed")
+_HEX64_DIGITS = frozenset("0123456789abcdef")
+#: Tier-1 numbers, sequences and epoch-ms times fit in a signed 64-bit integer.
+_MAX_NUMBER = (1 << 63) - 1
+
+
+def _number(value: Any, low: int = 0) -> int | None:
+    """``value`` when it is a whole number in ``[low, 2^63)``, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= _MAX_NUMBER:
+        return value
+    return None
+
+
+def _alias(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64_DIGITS
+
+
+def tier1_leaf_of(record: Any) -> Admission | None:
+    """The ``tier1-grant`` or ``tier1-waive`` leaf of a Tier-1 draw record; ``None`` for other
+    types and for malformed records (every field checked: a leaf is forever)."""
+    if not isinstance(record, dict) or record.get("type") not in TIER1_TYPES:
+        return None
+    record_id, event_id, arrival = record.get("id"), record.get("eventId"), record.get("arrival")
+    if not (_plain_id(record_id) and _plain_id(event_id) and _alias(arrival)):
+        return None
+    epoch, place, at = (
+        _number(record.get("epoch")),
+        _number(record.get("place"), 1),
+        _number(record.get("at")),
+    )
+    key = _number(record.get("orderKey"))
+    if epoch is None or place is None or at is None or key is None or key >= ORDER_KEY_LIMIT:
+        return None
+    event = str(event_id)
+    leaf: dict[str, Any] = {
+        "event": event,
+        "epoch": epoch,
+        "place": place,
+        "arrival": arrival,
+        "key": key,
+        "at": at,
+    }
+    kind = record["type"]
+    if kind == "tier1_granted":
+        details = _grant_fields(record, place)
+    elif kind == "tier1_passed":
+        details = _pass_fields(record, place)
+    else:
+        details = _waiver_fields(record)
+    if details is None:
+        return None
+    return Admission(str(record_id), event, leaf | details)
+
+
+def _draw_fields(record: dict[str, Any], place: int) -> dict[str, Any] | None:
+    """``draw``, ``floor``, ``top`` and ``cutoff`` of the draw a record belongs to, the place
+    inside its range."""
+    draw = _number(record.get("draw"), 1)
+    floor, top, cutoff = (_number(record.get(name)) for name in ("floor", "top", "cutoff"))
+    if draw is None or floor is None or top is None or cutoff is None:
+        return None
+    if not floor < place <= top:
+        return None  # a place outside the numbers its draw read is no part of it
+    return {"draw": draw, "floor": floor, "top": top, "cutoff": cutoff}
+
+
+def _grant_fields(record: dict[str, Any], place: int) -> dict[str, Any] | None:
+    seq, draw = _number(record.get("seq"), 1), _draw_fields(record, place)
+    if seq is None or draw is None:
+        return None
+    return {"kind": "tier1-grant", "seq": seq} | draw
+
+
+def _pass_fields(record: dict[str, Any], place: int) -> dict[str, Any] | None:
+    last_seen, draw = _number(record.get("lastSeen")), _draw_fields(record, place)
+    if last_seen is None or draw is None:
+        return None
+    return {"kind": "tier1-pass", "lastSeen": last_seen} | draw
+
+
+def _waiver_fields(record: dict[str, Any]) -> dict[str, Any] | None:
+    reason = record.get("reason")
+    if reason == "abandoned":
+        last_seen = _number(record.get("lastSeen"))
+        return None if last_seen is None else {"lastSeen": last_seen} | _waive(reason)
+    if reason == "grant_lost":
+        seq = _number(record.get("seq"), 1)
+        return None if seq is None else {"seq": seq} | _waive(reason)
+    return None
+
+
+def _waive(reason: str) -> dict[str, Any]:
+    return {"kind": "tier1-waive", "reason": reason}

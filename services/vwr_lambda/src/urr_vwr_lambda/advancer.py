@@ -16,8 +16,9 @@ Scan):
    ``<= nextPosition``), so two advancers or an admin at once can never double-advance.
 
 The queueing method changes step 3: ``random`` grants the places with the smallest order keys
-among those waiting (``_grant_random``); ``passthrough`` and ``reject`` advance nothing (every
-check is let in, or nobody waits).
+among those waiting (``_grant_random``) and publishes each grant and waiver to the admission
+log (``grant_log``); ``passthrough`` and ``reject`` advance nothing (every check is let in,
+or nobody waits).
 
 Each run also republishes the edge document (active events and public keys).
 """
@@ -33,7 +34,20 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from urr_common.fairness import QueueMethod
 from urr_vwr_lambda.capacity import CapacityUnavailable, fetch_capacity
-from urr_vwr_lambda.queueing import CapacityFeed, pick_random, smoothed_rate, walk_positions
+from urr_vwr_lambda.grant_log import (
+    Draw,
+    GrantLogUnavailable,
+    grant_records,
+    passed_records,
+    waiver_records,
+)
+from urr_vwr_lambda.queueing import (
+    CapacityFeed,
+    PositionRow,
+    pick_random,
+    smoothed_rate,
+    walk_positions,
+)
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.store import EventNotFound, EventState, StaleCounter
 
@@ -208,6 +222,14 @@ def _grant_random(
     store = runtime.store
     upto = min(state.next_position, state.line_floor + RANDOM_WINDOW)
     reading = replace(state, serving_counter=state.line_floor)
+    given_up: list[PositionRow] = []
+
+    def give_up(row: PositionRow) -> bool:
+        marked = store.mark_abandoned(state, row, cutoff_s=cutoff)
+        if marked:
+            given_up.append(row)
+        return marked
+
     pick = pick_random(
         store.places_above(reading, upto=upto, now_s=runtime.now_s()),
         seed=state.seed_bytes,
@@ -215,8 +237,19 @@ def _grant_random(
         budget=budget,
         cutoff=cutoff,
         max_skips=runtime.settings.advancer.max_skips_per_step,
-        mark_abandoned=lambda row: store.mark_abandoned(state, row, cutoff_s=cutoff),
+        mark_abandoned=give_up,
     )
+    draw = Draw(
+        state.event_id,
+        state.epoch,
+        first_seq=state.serving_counter + 1,
+        floor=state.line_floor,
+        top=upto,
+        cutoff_ms=cutoff * 1000,
+        at_ms=runtime.now_ms(),
+    )
+    # The places given up are gone whether or not this cycle wins the race below.
+    records = waiver_records(draw, state.seed_bytes, given_up)
     granted = len(pick.granted)
     unchanged = AdvanceOutcome(
         state.event_id,
@@ -229,6 +262,7 @@ def _grant_random(
         feed,
     )
     if not granted and pick.line_floor == state.line_floor:
+        _publish_grants(runtime, records)
         return unchanged
     rate = None
     if interval_s > 0:
@@ -243,10 +277,15 @@ def _grant_random(
         )
     except StaleCounter:
         runtime.metrics.add_metric(name="AdvanceRaceLost", unit=MetricUnit.Count, value=1)
+        _publish_grants(runtime, records)
         return replace(unchanged, limited_by="concurrent_update")
     now_s = runtime.now_s()
-    for seq, row in enumerate(pick.granted, start=state.serving_counter + 1):
-        store.grant(state, row, seq=seq, now_s=now_s)
+    decided = [
+        (seq, row, store.grant(state, row, seq=seq, now_s=now_s))
+        for seq, row in enumerate(pick.granted, start=state.serving_counter + 1)
+    ]
+    passed = passed_records(draw, state.seed_bytes, pick.quiet, pick.granted)
+    _publish_grants(runtime, records + passed + grant_records(draw, state.seed_bytes, decided))
     runtime.metrics.add_metric(name="AdvancedLive", unit=MetricUnit.Count, value=granted)
     runtime.metrics.add_metric(name="SkippedAbandoned", unit=MetricUnit.Count, value=pick.skipped)
     limited_by = _limited_by(granted, budget, requested)
@@ -260,6 +299,23 @@ def _grant_random(
         limited_by,
         feed,
     )
+
+
+def _publish_grants(runtime: VwrRuntime, records: list[dict[str, Any]]) -> None:
+    """Hand a cycle's grant records to the admission log; a broker outage keeps them pending
+    in the publisher (sent before the next cycle's), it never stops the line."""
+    publisher = runtime.grant_log
+    if publisher is None:
+        return
+    try:
+        sent = publisher.publish(records)
+    except GrantLogUnavailable as exc:
+        runtime.logger.warning(
+            "grant_log_unavailable", extra={"error": str(exc), "pending": len(publisher.pending)}
+        )
+        runtime.metrics.add_metric(name="GrantLogUnavailable", unit=MetricUnit.Count, value=1)
+        return
+    runtime.metrics.add_metric(name="GrantLogRecords", unit=MetricUnit.Count, value=sent)
 
 
 def run_cycle(runtime: VwrRuntime, *, interval_s: float) -> list[AdvanceOutcome]:

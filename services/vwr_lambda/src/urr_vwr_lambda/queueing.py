@@ -162,13 +162,33 @@ def walk_positions(
     return WalkResult(new_serving, live, skipped, examined)
 
 
+def arrival_alias(request_id: str) -> str:
+    """The public name of a Tier-1 place in the random draw: ``SHA-256(request id)`` in hex.
+
+    The request id is the waiter's credential (whoever holds it collects the pass), so the
+    admission log cannot publish it; the alias is published instead, and the order key is
+    drawn from the alias, so anyone holding the revealed seed recomputes every key from the
+    log alone, and a waiter checks their own alias from their request id.
+    """
+    return hashlib.sha256(request_id.encode("utf-8")).hexdigest()
+
+
+def draw_key(seed: bytes, request_id: str) -> tuple[int, str]:
+    """Where a place stands in the random draw: its order key, equal keys by alias."""
+    alias = arrival_alias(request_id)
+    return order_key(seed, alias), alias
+
+
 @dataclass(frozen=True)
 class RandomPick:
-    """One random-method cycle: places granted (in grant order), given up, the new floor."""
+    """One random-method cycle: places granted (in grant order), given up, the new floor,
+    and the places not drawn because they had stopped checking but could not be given up
+    this cycle (the skip limit): ``quiet``, in number order."""
 
     granted: list[PositionRow]
     skipped: int
     line_floor: int
+    quiet: tuple[PositionRow, ...] = ()
 
 
 def pick_random(
@@ -181,7 +201,8 @@ def pick_random(
     max_skips: int,
     mark_abandoned: Callable[[PositionRow], bool],
 ) -> RandomPick:
-    """Grant up to ``budget`` waiting places, smallest order key first (``urr_common.fairness``).
+    """Grant up to ``budget`` waiting places, smallest order key first (``urr_common.fairness``,
+    drawn from each place's ``arrival_alias``).
 
     ``rows`` are the live places above ``line_floor`` in number order. A waiter whose checks
     stopped is given up first (as the FIFO walk does), so a no-show never takes a grant. The
@@ -190,7 +211,7 @@ def pick_random(
     being written is below the floor only if a later one was read, and its check lets it in.
     """
     waiting: list[PositionRow] = []
-    quiet: list[int] = []  # stopped checking, not given up yet (skip limit): never drawn
+    quiet: list[PositionRow] = []  # stopped checking, not given up yet (skip limit): not drawn
     last_read = line_floor
     skipped = 0
     for row in rows:
@@ -199,19 +220,22 @@ def pick_random(
             continue
         if row.abandoned_by(cutoff):
             if skipped >= max_skips:
-                quiet.append(row.position)
+                quiet.append(row)
                 continue
             if mark_abandoned(row):
                 skipped += 1
                 continue
             # The mark failed: the waiter checked in meanwhile, so it still waits.
         waiting.append(row)
-    drawn = sorted(waiting, key=lambda row: (order_key(seed, row.request_id), row.request_id))
+    drawn = sorted(waiting, key=lambda row: draw_key(seed, row.request_id))
     granted = drawn[: max(0, budget)]
     chosen = {row.position for row in granted}
-    still = quiet + [row.position for row in waiting if row.position not in chosen]
+    still = [row.position for row in quiet]
+    still += [row.position for row in waiting if row.position not in chosen]
     floor = min(still) - 1 if still else last_read
-    return RandomPick(granted=granted, skipped=skipped, line_floor=max(line_floor, floor))
+    return RandomPick(
+        granted=granted, skipped=skipped, line_floor=max(line_floor, floor), quiet=tuple(quiet)
+    )
 
 
 def strong_etag(body: object) -> str:

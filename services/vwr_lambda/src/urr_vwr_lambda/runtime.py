@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
     from urr_vwr_lambda.gates.guard import Gates
+    from urr_vwr_lambda.grant_log import GrantLogPublisher
 
 
 class VwrRuntime:
@@ -146,6 +147,17 @@ class VwrRuntime:
         from aws_lambda_powertools import Metrics
 
         return Metrics(namespace="URR/VWR", service=self.settings.service_name)
+
+    @cached_property
+    def grant_log(self) -> GrantLogPublisher | None:
+        """Where the random method's grants go (``grant_log``); None when it is off."""
+        from urr_vwr_lambda.grant_log import GrantLogPublisher
+
+        options = self.settings.grant_log
+        if not options.enabled:
+            return None
+        with self._lock:
+            return GrantLogPublisher(options.kafka, options.topic, timeout_s=options.timeout_s)
 
     @cached_property
     def edge_publisher(self) -> EdgeConfigPublisher:

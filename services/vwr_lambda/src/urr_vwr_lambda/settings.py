@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from urr_common.settings import (
     AwsSettings,
     HttpSettings,
+    KafkaSettings,
     ServiceSettings,
     TokenKeySettings,
     TrustedKeysSettings,
@@ -98,6 +99,17 @@ class AdvancerSettings(BaseModel):
     max_skips_per_step: int = Field(default=200, ge=0, le=5000)
     #: Batch size of an event created without one.
     default_batch_size: int = Field(default=500, ge=1, le=100_000)
+
+
+class GrantLogSettings(BaseModel):
+    """The random method's grants published to the admission log (``grant_log``)."""
+
+    #: Off, the random draw is not auditable: production turns it on (the SAM template).
+    enabled: bool = False
+    topic: str = "queue-events"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    #: How long one cycle waits for the broker before keeping its records for the next.
+    timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
 
 
 class PollSettings(BaseModel):
@@ -183,6 +195,7 @@ class VwrSettings(ServiceSettings):
     status_cache: StatusCacheSettings = Field(default_factory=StatusCacheSettings)
     queue: QueueFeedSettings = Field(default_factory=QueueFeedSettings)
     advancer: AdvancerSettings = Field(default_factory=AdvancerSettings)
+    grant_log: GrantLogSettings = Field(default_factory=GrantLogSettings)
     poll: PollSettings = Field(default_factory=PollSettings)
     edge_config: EdgeConfigSettings = Field(default_factory=EdgeConfigSettings)
     pow: PowSettings = Field(default_factory=PowSettings)

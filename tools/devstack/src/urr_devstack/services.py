@@ -61,6 +61,9 @@ _VWR_ENV = {
     "URR_TABLES__COUNTERS": "{counters_table}",
     "URR_TABLES__POSITIONS": "{positions_table}",
     "URR_QUEUE__URL": "{queue_url}",
+    # The random method's draw goes to the admission log (urr_vwr_lambda.grant_log).
+    "URR_GRANT_LOG__ENABLED": "true",
+    "URR_GRANT_LOG__KAFKA__BOOTSTRAP_SERVERS": "{kafka_bootstrap}",
 }
 
 #: The ticket processes call the queue's internal listener (event set-up, completions) with

@@ -244,3 +244,29 @@ def alert_webhook() -> Iterator[AlertWebhook]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def admission_log_env(
+    port: int,
+    postgres_dsn: str,
+    kafka_bootstrap: str,
+    topic: str,
+    key_dir: Path,
+    sign_every_s: float | None = None,
+) -> dict[str, str]:
+    """The environment of a ``python -m urr_admission_log`` a test starts: this process's
+    without its ``URR_`` settings, and a port, database, topic and signing key of its own."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("URR_")}
+    env.update(
+        {
+            "URR_HTTP__PORT": str(port),
+            "URR_POSTGRES__DSN": postgres_dsn,
+            "URR_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "URR_ADMISSION_LOG__TOPIC": topic,
+            "URR_TREE_HEADS__PRIVATE_KEY_FILE": str(key_dir / "log-1.pem"),
+            "URR_TREE_HEADS__KEY_ID": "log-1",
+        }
+    )
+    if sign_every_s is not None:
+        env["URR_ADMISSION_LOG__SIGN_EVERY_S"] = str(sign_every_s)
+    return env

@@ -9,6 +9,7 @@ reason is printed), 2 on unusable input.
     urr-verify shuffle ROSTER                  # {"members", "root", "commitment", "secret"}
     urr-verify seed ORDER_SEED [--tier1-status STATUS]  # the random method's seed
     urr-verify audit ENTRIES [--order ORDER | --seed ORDER_SEED]  # the leaves, in log order
+                                               # (with --seed, also Tier 1's random draw)
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from urr_verify.log import ReceiptError, audit_order, read_tree_head, verify_receipt
+from urr_verify.log import (
+    TIER1_KINDS,
+    ReceiptError,
+    audit_order,
+    read_tree_head,
+    verify_receipt,
+)
 from urr_verify.merkle import ProofError, verify_consistency
 from urr_verify.random_order import SeedError, audit_random, check_own_key, revealed_seed
 from urr_verify.shuffle import ShuffleError, verify_prequeue
+from urr_verify.tier1 import Tier1Audit, audit_tier1
 
 FETCH_TIMEOUT_S = 10.0
 
@@ -140,27 +148,38 @@ def cmd_seed(args: argparse.Namespace) -> str:
     return "ok: " + "; ".join(said)
 
 
-def cmd_audit(args: argparse.Namespace) -> str:
-    entries = load(args.entries)
+def _entries(source: str) -> list[dict[str, Any]]:
+    entries = load(source)
     if isinstance(entries, dict):
         entries = entries.get("entries")
-    if not isinstance(entries, list):
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise InputError("entries must be a list of leaves (or {'entries': [...]})")
+    return entries
+
+
+def cmd_audit(args: argparse.Namespace) -> str:
+    entries = _entries(args.entries)
     if args.order and args.seed:
         raise InputError("--order (a pre-queue) and --seed (the random method) exclude each other")
-    keyed = any(isinstance(e, dict) and e.get("kind") == "admit" and "key" in e for e in entries)
-    if keyed and not args.seed:
+    keyed = any(e.get("kind") == "admit" and "key" in e for e in entries)
+    tier1 = [(index, e) for index, e in enumerate(entries) if e.get("kind") in TIER1_KINDS]
+    if (keyed or tier1) and not args.seed:
         raise SeedError(
             "these admissions were ordered by the random method: audit them with --seed "
             "(the event's /order-seed document)"
         )
     order = load(args.order) if args.order else None
     seed_line = ""
+    tier1_report = None
     try:
         if args.seed:
-            revealed_seed(_seed_document(args.seed))
-            seed_line = "the revealed seed matches its commitment; by order key: "
-            report = audit_random(entries)
+            seed = revealed_seed(_seed_document(args.seed))
+            seed_line = "the revealed seed matches its commitment; "
+            if tier1:
+                tier1_report = audit_tier1(tier1, seed)
+            report = audit_random(entries) if keyed else audit_order(entries)
+            if keyed:
+                seed_line += "by order key: "
         else:
             report = audit_order(entries, order)
     except (KeyError, TypeError, ValueError) as exc:
@@ -171,17 +190,38 @@ def cmd_audit(args: argparse.Namespace) -> str:
         f"{seed_line}admitted {report.admitted}, waived {report.waived}, "
         f"explained by a waiver {report.explained}, unexplained {len(report.exceptions)}"
     ]
+    if tier1 and len(tier1) == len(entries):
+        lines = [seed_line.removesuffix("; ")]  # no admissions to Tier 2 in these leaves
     owed = "tickets owed later"
-    if args.seed:
+    if keyed:
         owed = "admissions with larger order keys while it waited"
     lines += [
         f"exception: admission {e.seq} (ticket {e.ticket}) came after {e.overtaken_by} "
         f"{owed}, with no waiver logged"
         for e in report.exceptions
     ]
-    if report.exceptions:
+    if tier1_report is not None:
+        lines += _tier1_lines(tier1_report)
+    if report.exceptions or (tier1_report is not None and tier1_report.exceptions):
         raise ProofError("\n".join(lines))
-    return "ok: " + lines[0]
+    return "ok: " + "; ".join(line for line in lines)
+
+
+def _tier1_lines(report: Tier1Audit) -> list[str]:
+    lines = [
+        f"Tier 1's draw: granted {report.granted}, waived {report.waived}, not drawn as they "
+        f"had stopped checking {report.explained}, numbers no leaf mentions "
+        f"{report.unaccounted}, exceptions {len(report.exceptions)}"
+    ]
+    mismatched = sum(1 for e in report.exceptions if e.reason == "key_mismatch")
+    if mismatched and mismatched == report.granted + report.waived:
+        lines.append(
+            "no Tier-1 key is the one this seed gives: Tier 1 drew from another seed (check "
+            "`urr-verify seed ORDER_SEED --tier1-status STATUS`; both tiers must share one)"
+        )
+    return lines + [
+        f"exception ({e.reason}): leaf {e.index}: {e.detail}" for e in report.exceptions
+    ]
 
 
 def parser() -> argparse.ArgumentParser:

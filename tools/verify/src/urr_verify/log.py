@@ -7,7 +7,9 @@ Leaves are JSON objects encoded canonically (keys sorted, no spaces, UTF-8) and 
   ``ticket`` (Tier-1 number, or pre-queue rank) at ``at`` (ms), with ``who`` the event-keyed
   hash of the holder's id;
 - ``{"kind": "waive", "event", "ticket", "at", "reason"}``: the room stopped waiting for
-  ``ticket`` (``reason``: ``abandoned`` or ``order_hold``), so later numbers went ahead of it.
+  ``ticket`` (``reason``: ``abandoned`` or ``order_hold``), so later numbers went ahead of it;
+- ``tier1-grant``, ``tier1-waive`` and ``tier1-pass``: the Tier-1 room's random draw
+  (``urr_verify.tier1``), audited on their own; the admission audits here pass over them.
 
 A leaf's index in the log is its sequence number: the log's order is the order of admission.
 
@@ -29,6 +31,8 @@ import jwt
 from urr_verify.merkle import ProofError, leaf_hash, verify_inclusion
 
 STH_ALGORITHMS = ["ES256"]
+#: Leaves of the Tier-1 random draw (``urr_verify.tier1``), not admissions to Tier 2.
+TIER1_KINDS = ("tier1-grant", "tier1-waive", "tier1-pass")
 
 
 class ReceiptError(ValueError):
@@ -135,6 +139,8 @@ def audit_order(entries: Iterable[Mapping[str, Any]], order: Sequence[int] | Non
     waived: set[int] = set()
     admitted_ranks: list[int] = []  # sorted
     for seq, entry in enumerate(entries):
+        if entry["kind"] in TIER1_KINDS:
+            continue
         ticket = int(entry["ticket"])
         if entry["kind"] == "waive":
             report.waived += 1

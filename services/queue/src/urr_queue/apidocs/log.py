@@ -53,6 +53,11 @@ PATHS: Json = {
         "get": {
             "operationId": "entries",
             "summary": "Leaves `start` (inclusive) to `end` (exclusive).",
+            "description": "Each leaf is a JSON object with a `kind`: `admit` and `waive` "
+            "(admissions to the queue and the waivers that explain them), and for a Tier-1 "
+            "room with the random method `tier1-grant`, `tier1-waive` and `tier1-pass` (its "
+            'draw, place by place: tools/verify/README.md, "Tier 1\'s random draw"), which '
+            "`urr-verify audit --seed` checks against the revealed order seed.",
             "parameters": [query_int("start", "First leaf."), query_int("end", "After the last.")],
             "responses": {
                 "200": json_body(ref("Entries"), "The leaves."),

@@ -94,6 +94,7 @@
     el("operator-message").hidden = !message;
     el("operator-message").textContent = message || "";
     el("method-text").textContent = methodText();
+    renderProof();
     if (lastAnswer) show(lastAnswer);
     renderPrequeue();
     if (lastStatus) {
@@ -103,6 +104,34 @@
       el("status").textContent = t(lastStatus[0], lastStatus[1]);
     }
     if (codeWhy) el("access-code-why").textContent = t(codeWhy);
+  }
+
+  // A drawn order (the random method, a pre-queue's shuffle) links to what proves it: the
+  // seed (or roster) and the admission log, public under /v1/log/{eventId}/ on this site.
+  // With the random method the waiter's own name in the draw is shown too: the log names a
+  // place by SHA-256 of its request id (never the id: it is the place's key).
+  var aliasShown = null;
+  function renderProof() {
+    var random = method === "random";
+    var verifiable = random || prequeueAt !== null;
+    el("method-proof").hidden = !verifiable;
+    if (!verifiable) return;
+    var log = "/v1/log/" + encodeURIComponent(eventId);
+    el("proof-seed").href = log + (random ? "/order-seed" : "/prequeue");
+    el("proof-log").href = log + "/sth";
+    var id = stored();
+    if (!random || !id || !(window.crypto && crypto.subtle)) { el("proof-alias").textContent = ""; return; }
+    if (aliasShown && aliasShown[0] === id) {
+      el("proof-alias").textContent = t("method.proof.alias", { alias: aliasShown[1] });
+      return;
+    }
+    crypto.subtle.digest("SHA-256", new TextEncoder().encode(id)).then(function (digest) {
+      var hex = Array.prototype.map.call(new Uint8Array(digest), function (x) {
+        return (x + 0x100).toString(16).slice(1);
+      }).join("");
+      aliasShown = [id, hex.slice(0, 16)];
+      el("proof-alias").textContent = t("method.proof.alias", { alias: aliasShown[1] });
+    }, function () { /* no digest: the links still stand */ });
   }
 
   // A pre-queue event's line is the shuffled pre-queue, then first come, first served.
@@ -357,6 +386,7 @@
       method = data.queueMethod;
       el("method-text").textContent = methodText();
     }
+    renderProof();
   }
 
   // -- Presale access code (issue 15): asked for when the event requires one; a refusal says why.

@@ -1,0 +1,269 @@
+"""Tier 1's random draw, end to end: the real advancer (on dynalite) publishes its grants and
+waivers to Kafka (Tansu), ``python -m urr_admission_log`` (PostgreSQL) makes them leaves,
+and ``urr-verify audit`` reads them from the public log API, as a stranger would, against the
+seed revealed there. An honest draw passes; a draw that did not follow the keys fails, naming
+the reason; so does an honest log whose grants a forger reordered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from urr_common.fairness import seed_commitment
+from urr_common.settings import KafkaSettings
+from urr_devstack.procs import free_port
+from urr_devstack.testing import admission_log_env
+from urr_verify.__main__ import main as verify
+from urr_vwr_lambda import queueing
+from urr_vwr_lambda.grant_log import GrantLogPublisher
+from urr_vwr_lambda.settings import GrantLogSettings, VwrSettings
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+SEED = "5a" * 32
+PLACES = 12
+QUIET = 3  # places whose checks stop: given up one per cycle, never drawn while quiet
+
+
+@pytest.fixture
+def log_service(
+    postgres_dsn: str, kafka_bootstrap: str, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    """The admission log as its own process on a private topic: ``base`` URL and ``topic``."""
+    port, topic = free_port(), f"queue-events-{uuid.uuid4().hex[:6]}"
+    env = admission_log_env(port, postgres_dsn, kafka_bootstrap, topic, tmp_path, sign_every_s=0.2)
+    with (tmp_path / "log.out").open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "urr_admission_log"], env=env, stdout=sink, stderr=sink
+        )
+    try:
+        yield {"base": f"http://127.0.0.1:{port}", "topic": topic, "bootstrap": kafka_bootstrap}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - a local test URL
+        return json.load(answer)
+
+
+def signed_size(base: str, event_id: str, want: int) -> int:
+    """Wait until a signed tree head of the event covers ``want`` leaves."""
+    deadline = time.monotonic() + 30
+    size = 0
+    while time.monotonic() < deadline:
+        try:
+            size = get_json(f"{base}/v1/log/{event_id}/sth")["size"]
+            if size >= want:
+                return int(size)
+        except OSError:
+            pass  # starting, or no head signed yet (404)
+        time.sleep(0.2)
+    raise AssertionError(f"the log of {event_id} has {size} signed leaves, not {want}")
+
+
+def publish_reveal(log: dict[str, str], event_id: str) -> None:
+    """The queue's order-seed records (its reveal route, once the line is over)."""
+    commitment = seed_commitment(bytes.fromhex(SEED))
+    records = [
+        {"type": "order_seed_committed", "eventId": event_id, "commitment": commitment},
+        {
+            "type": "order_seed_revealed",
+            "eventId": event_id,
+            "commitment": commitment,
+            "seed": SEED,
+        },
+    ]
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=log["bootstrap"], acks="all")
+        await producer.start()
+        try:
+            for record in records:
+                await producer.send_and_wait(
+                    log["topic"], orjson.dumps(record), key=event_id.encode()
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
+def run_random_line(
+    make_vwr: Callable[[VwrSettings], Any], vwr_settings: VwrSettings, log: dict[str, str]
+) -> tuple[str, list[dict[str, Any]]]:
+    """A random-method room of ``PLACES``, ``QUIET`` of them going quiet, drawn to the end;
+    the event and every record its advancer handed to Kafka."""
+    settings = vwr_settings.model_copy(
+        update={
+            "grant_log": GrantLogSettings(
+                enabled=True,
+                topic=log["topic"],
+                kafka=KafkaSettings(bootstrap_servers=log["bootstrap"]),
+                timeout_s=20.0,
+            ),
+            "advancer": vwr_settings.advancer.model_copy(update={"max_skips_per_step": 1}),
+        }
+    )
+    vwr = make_vwr(settings)
+    event_id = f"t1{uuid.uuid4().hex[:8]}"
+    opened = vwr.admin(
+        "PUT",
+        event_id,
+        {"isActive": True, "batchSize": 100, "queueMethod": "random", "orderSeed": SEED},
+    )
+    assert opened.status == 201, opened.body
+    ids = [str(uuid.uuid4()) for _ in range(PLACES)]
+    for request_id in ids:
+        assert vwr.assign(event_id, request_id).status == 201
+    vwr.clock.advance(settings.advancer.abandon_after_s + 5)
+    live = ids[QUIET:]
+    publisher = vwr.runtime.grant_log
+    sent: list[dict[str, Any]] = []
+    publish = publisher.publish
+
+    def counted(records: list[dict[str, Any]]) -> int:
+        sent.extend(records)
+        return int(publish(records))
+
+    publisher.publish = counted
+    try:
+        for _ in range(10):
+            for request_id in live:
+                assert vwr.check(event_id, request_id).status == 200
+            moved = vwr.admin("POST", f"{event_id}/advance", {"by": 3})
+            assert moved.status == 200, moved.body
+            if moved.body["servingCounter"] == len(live):
+                break
+        assert vwr.status(event_id).body["servingCounter"] == len(live)
+        assert vwr.runtime.grant_log.pending == []
+    finally:
+        vwr.runtime.grant_log.close()
+    return event_id, sent
+
+
+def audit(entries: str, seed: str) -> int:
+    return verify(["audit", entries, "--seed", seed])
+
+
+def test_an_honest_draw_is_logged_and_audits_clean_and_a_reordered_copy_fails(
+    make_vwr: Callable[[VwrSettings], Any],
+    vwr_settings: VwrSettings,
+    log_service: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    event_id, sent = run_random_line(make_vwr, vwr_settings, log_service)
+    publish_reveal(log_service, event_id)
+    base = f"{log_service['base']}/v1/log/{event_id}"
+    size = signed_size(log_service["base"], event_id, len(sent))
+    assert size == len(sent)  # every record once, in the order sent
+    entries_url = f"{base}/entries?start=0&end={size}"
+    leaves = get_json(entries_url)["entries"]
+    kinds = [leaf["kind"] for leaf in leaves]
+    assert kinds.count("tier1-grant") == PLACES - QUIET
+    assert kinds.count("tier1-waive") == QUIET
+    # Quiet places the skip limit kept, when a draw passed them with a smaller key.
+    assert kinds.count("tier1-pass") == size - PLACES
+    assert [leaf["place"] for leaf in leaves] == [record["place"] for record in sent]
+    assert all("arrival" in leaf and "key" in leaf for leaf in leaves)
+    assert audit(entries_url, f"{base}/order-seed") == 0
+    out = capsys.readouterr().out
+    assert f"Tier 1's draw: granted {PLACES - QUIET}, waived {QUIET}" in out
+    assert "exceptions 0" in out
+    # A forger reorders the log's grants: the first and the last trade holders (each key
+    # still matches its alias; only who went first changed).
+    grants = [leaf for leaf in leaves if leaf["kind"] == "tier1-grant"]
+    for name in ("place", "arrival", "key"):
+        grants[0][name], grants[-1][name] = grants[-1][name], grants[0][name]
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps({"entries": leaves}))
+    assert audit(str(forged), f"{base}/order-seed") == 1
+    assert "exception (passed_over)" in capsys.readouterr().err
+
+
+def test_a_draw_that_does_not_follow_the_keys_fails_the_audit(
+    make_vwr: Callable[[VwrSettings], Any],
+    vwr_settings: VwrSettings,
+    log_service: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A dishonest advancer grants the largest keys first and logs the truth about each key:
+    the log shows the order it really granted in, and the audit names the reason."""
+    honest = queueing.draw_key
+    monkeypatch.setattr(
+        queueing, "draw_key", lambda seed, request_id: (-honest(seed, request_id)[0], "")
+    )
+    event_id, sent = run_random_line(make_vwr, vwr_settings, log_service)
+    publish_reveal(log_service, event_id)
+    base = f"{log_service['base']}/v1/log/{event_id}"
+    size = signed_size(log_service["base"], event_id, len(sent))
+    assert audit(f"{base}/entries?start=0&end={size}", f"{base}/order-seed") == 1
+    err = capsys.readouterr().err
+    assert "exception (grant_order)" in err or "exception (passed_over)" in err
+    assert "key_mismatch" not in err
+
+
+def test_a_broker_outage_keeps_the_records_pending_and_never_stops_the_line(
+    make_vwr: Callable[[VwrSettings], Any],
+    vwr_settings: VwrSettings,
+    log_service: dict[str, str],
+) -> None:
+    """Kafka down: the draw goes on, its records wait in order in the publisher and go out
+    first once the broker answers (here: handed to a publisher on the live broker)."""
+    dead = vwr_settings.model_copy(
+        update={
+            "grant_log": GrantLogSettings(
+                enabled=True,
+                topic=log_service["topic"],
+                kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
+                timeout_s=1.0,
+            )
+        }
+    )
+    vwr = make_vwr(dead)
+    event_id = f"t1{uuid.uuid4().hex[:8]}"
+    body = {"isActive": True, "batchSize": 100, "queueMethod": "random", "orderSeed": SEED}
+    assert vwr.admin("PUT", event_id, body).status == 201
+    for _ in range(4):
+        assert vwr.assign(event_id).status == 201
+    stuck = vwr.runtime.grant_log
+    try:
+        for _ in range(2):
+            moved = vwr.admin("POST", f"{event_id}/advance", {"by": 2})
+            assert moved.status == 200, moved.body
+        assert vwr.status(event_id).body["servingCounter"] == 4
+        pending = list(stuck.pending)
+    finally:
+        stuck.close()
+    assert [record["seq"] for record in pending] == [1, 2, 3, 4]
+    live = GrantLogPublisher(
+        KafkaSettings(bootstrap_servers=log_service["bootstrap"]),
+        log_service["topic"],
+        timeout_s=20,
+    )
+    try:
+        live.pending.extend(pending)
+        assert live.publish([]) == 4
+        assert live.pending == []
+    finally:
+        live.close()
+    publish_reveal(log_service, event_id)
+    base = f"{log_service['base']}/v1/log/{event_id}"
+    assert signed_size(log_service["base"], event_id, 4) == 4
+    assert audit(f"{base}/entries?start=0&end=4", f"{base}/order-seed") == 0
