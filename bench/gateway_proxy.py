@@ -223,6 +223,8 @@ def profile(
 #: socket writes are the C ``send`` under those Python frames (py-spy shows no native frames).
 _PACKAGES = [
     ("socket write to the client (aiohttp writer)", ("StreamWriter._writelines",)),
+    ("socket write to the client (protocol-level server)", ("GatewayProtocol._serve",)),
+    ("protocol-level server: parse, request view, answer", ("gateway_protocol_prototype",)),
     ("socket write to the upstream", ("UpstreamConnection.start",)),
     ("socket write to Redis (limiter pipeline)", ("RespPipe.send",)),
     ("event loop in C (uvloop: reads, epoll, callbacks)", ("Runner.run",)),
@@ -245,6 +247,7 @@ _PACKAGES = [
 #: counts only the samples taken while its own frame was on the stack.
 _STEPS = [
     ("gateway pipeline (one middleware, everything inside)", "GatewayPipeline.middleware"),
+    ("protocol-level pipeline (ProxiedRoutes.answer, everything inside)", "ProxiedRoutes.answer"),
     ("  ingress", "Ingress.__call__"),
     ("  cookie_auth", "cookie_auth_step"),
     ("  jwt_auth", "_JwtAuth."),
@@ -604,6 +607,23 @@ def main() -> None:
             return launch_gateway(base_env, ready_headers, processes, workers, pythonpath)
 
         gateway_port, gateway_pid, gateway_metrics_port = start_gateway(1)
+        fast_port = free_port()
+        fast = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("gateway_protocol_prototype.py")),
+                str(fast_port),
+            ],
+            env={
+                **base_env,
+                "URR_INTERNAL__PORT": str(free_port()),
+                "URR_METRICS__PORT": str(free_port()),
+            },
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(fast)
+        fast_pid = fast.pid
+        wait_http(f"http://127.0.0.1:{fast_port}{PATH}", 90, ready_headers)
         before = gateway_source(options.before, work / "before") if options.before else None
         before_port = before_pid = 0
         if before is not None:
@@ -672,6 +692,14 @@ def main() -> None:
         runs.append(
             ("URR gateway, every filter", f"{local}:{gateway_port}{PATH}", headers, [gateway_pid])
         )
+        runs.append(
+            (
+                "gateway, protocol-level server (prototype)",
+                f"{local}:{fast_port}{PATH}",
+                headers,
+                [fast_pid],
+            )
+        )
         for workers in [int(n) for n in options.workers.split(",") if n.strip()]:
             port, pid, _ = start_gateway(workers)
             runs.append(
@@ -696,6 +724,17 @@ def main() -> None:
                 options.connections,
                 headers,
                 work / "profile.txt",
+            )
+        )
+        print("\nthe protocol-level server (prototype), same load:")
+        print(
+            profile(
+                fast_pid,
+                f"http://127.0.0.1:{fast_port}{PATH}",
+                options.profile_seconds,
+                options.connections,
+                headers,
+                work / "profile-fast.txt",
             )
         )
     finally:
