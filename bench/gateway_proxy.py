@@ -666,8 +666,15 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{lean_port}{PATH}", 60)
         wait_http(f"http://127.0.0.1:{limited_port}{PATH}", 60)
 
-        load_before = Path("/proc/loadavg").read_text().split()[:3]
         local = "http://127.0.0.1"
+        # The prototype must answer as the gateway does to be a fair comparison: same status,
+        # same header names (values such as the request id and Date differ per request).
+        for label, port in (("gateway", gateway_port), ("prototype", fast_port)):
+            request = urllib.request.Request(f"{local}:{port}{PATH}", headers=ready_headers)  # noqa: S310
+            with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 (loopback)
+                names = sorted({name.lower() for name in answer.headers})
+                print(f"{label} answers {answer.status} with headers: {', '.join(names)}")
+        load_before = Path("/proc/loadavg").read_text().split()[:3]
         runs: list[tuple[str, str, list[str], list[int]]] = [
             (
                 "upstream alone (nginx return 200)",
