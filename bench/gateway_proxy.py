@@ -223,6 +223,8 @@ def profile(
 #: socket writes are the C ``send`` under those Python frames (py-spy shows no native frames).
 _PACKAGES = [
     ("socket write to the client (aiohttp writer)", ("StreamWriter._writelines",)),
+    ("socket write to the client (protocol-level server)", ("GatewayProtocol._serve",)),
+    ("protocol-level server: parse, request view, answer", ("gateway_protocol_prototype",)),
     ("socket write to the upstream", ("UpstreamConnection.start",)),
     ("socket write to Redis (limiter pipeline)", ("RespPipe.send",)),
     ("event loop in C (uvloop: reads, epoll, callbacks)", ("Runner.run",)),
@@ -245,6 +247,7 @@ _PACKAGES = [
 #: counts only the samples taken while its own frame was on the stack.
 _STEPS = [
     ("gateway pipeline (one middleware, everything inside)", "GatewayPipeline.middleware"),
+    ("protocol-level pipeline (ProxiedRoutes.answer, everything inside)", "ProxiedRoutes.answer"),
     ("  ingress", "Ingress.__call__"),
     ("  cookie_auth", "cookie_auth_step"),
     ("  jwt_auth", "_JwtAuth."),
@@ -433,7 +436,17 @@ def print_results(
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as answer:
         exposition = answer.read().decode()
     for line in exposition.splitlines():
-        if line.startswith(("urr_gateway_revocation", "urr_gateway_upstream_errors")):
+        # The limiter's fail-open decisions (budget missed, breaker open) cost less than a
+        # Redis decision: how many there were says what the gateway's figure measured.
+        if line.startswith(
+            (
+                "urr_gateway_revocation",
+                "urr_gateway_upstream_errors",
+                "urr_ratelimit_decisions_total",
+                "urr_ratelimit_degraded_decisions_total",
+                "urr_ratelimit_redis_errors_total",
+            )
+        ):
             print(f"gateway metric: {line}")
     gateway = next(r for r in results if r.name == "URR gateway, every filter")
     print(
@@ -604,6 +617,23 @@ def main() -> None:
             return launch_gateway(base_env, ready_headers, processes, workers, pythonpath)
 
         gateway_port, gateway_pid, gateway_metrics_port = start_gateway(1)
+        fast_port = free_port()
+        fast = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("gateway_protocol_prototype.py")),
+                str(fast_port),
+            ],
+            env={
+                **base_env,
+                "URR_INTERNAL__PORT": str(free_port()),
+                "URR_METRICS__PORT": str(free_port()),
+            },
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(fast)
+        fast_pid = fast.pid
+        wait_http(f"http://127.0.0.1:{fast_port}{PATH}", 90, ready_headers)
         before = gateway_source(options.before, work / "before") if options.before else None
         before_port = before_pid = 0
         if before is not None:
@@ -636,8 +666,15 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{lean_port}{PATH}", 60)
         wait_http(f"http://127.0.0.1:{limited_port}{PATH}", 60)
 
-        load_before = Path("/proc/loadavg").read_text().split()[:3]
         local = "http://127.0.0.1"
+        # The prototype must answer as the gateway does to be a fair comparison: same status,
+        # same header names (values such as the request id and Date differ per request).
+        for label, port in (("gateway", gateway_port), ("prototype", fast_port)):
+            request = urllib.request.Request(f"{local}:{port}{PATH}", headers=ready_headers)  # noqa: S310
+            with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 (loopback)
+                names = sorted({name.lower() for name in answer.headers})
+                print(f"{label} answers {answer.status} with headers: {', '.join(names)}")
+        load_before = Path("/proc/loadavg").read_text().split()[:3]
         runs: list[tuple[str, str, list[str], list[int]]] = [
             (
                 "upstream alone (nginx return 200)",
@@ -663,7 +700,7 @@ def main() -> None:
         if before is not None:
             runs.append(
                 (
-                    f"gateway before ({options.before}, aiohttp client)",
+                    f"gateway before ({options.before})",
                     f"http://127.0.0.1:{before_port}{PATH}",
                     headers,
                     [before_pid],
@@ -671,6 +708,14 @@ def main() -> None:
             )
         runs.append(
             ("URR gateway, every filter", f"{local}:{gateway_port}{PATH}", headers, [gateway_pid])
+        )
+        runs.append(
+            (
+                "gateway, protocol-level server (prototype)",
+                f"{local}:{fast_port}{PATH}",
+                headers,
+                [fast_pid],
+            )
         )
         for workers in [int(n) for n in options.workers.split(",") if n.strip()]:
             port, pid, _ = start_gateway(workers)
@@ -696,6 +741,17 @@ def main() -> None:
                 options.connections,
                 headers,
                 work / "profile.txt",
+            )
+        )
+        print("\nthe protocol-level server (prototype), same load:")
+        print(
+            profile(
+                fast_pid,
+                f"http://127.0.0.1:{fast_port}{PATH}",
+                options.profile_seconds,
+                options.connections,
+                headers,
+                work / "profile-fast.txt",
             )
         )
     finally:

@@ -8,6 +8,7 @@ every answer carries the security headers.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import Any
 
@@ -30,7 +31,7 @@ from urr_gateway.refusedcache import RefusedTokenCache
 from urr_gateway.responseheaders import clearing_cookie
 from urr_gateway.settings import GatewaySettings
 from urr_gateway.tokencache import VerifiedTokenCache, token_digest
-from urr_gateway.trust import TrustSettings
+from urr_gateway.trust import ProxyTrust, TrustSettings, canonical_ip_text
 from urr_gateway.verification import CachedTokenVerifier
 
 #: Exact counts need room for a slow Redis reply on a shared machine (see test_gateway_wired).
@@ -392,3 +393,27 @@ def test_bad_trust_settings_stop_the_start_with_a_clear_message(
     assert message in str(error.value)
     if "SECRET" in variable and "HEADER" not in variable:
         assert value not in str(error.value)
+
+
+def test_canonical_ip_text_is_the_canonical_form_or_none() -> None:
+    assert canonical_ip_text("::ffff:10.0.0.1") == "10.0.0.1"
+    assert canonical_ip_text(" 2001:DB8:0:0::1 ") == "2001:db8::1"
+    assert canonical_ip_text("10.0.0.1, 10.0.0.2") is None
+    assert canonical_ip_text("") is None
+
+
+def test_proxy_trust_client_addresses_are_canonical_text() -> None:
+    trust = ProxyTrust([ipaddress.ip_network("10.0.0.0/8")])
+    direct = trust.client("::ffff:192.0.2.7", ["203.0.113.9"])
+    assert (direct.ip, direct.chain, direct.via_trusted_proxy) == (
+        "192.0.2.7",
+        ["192.0.2.7"],
+        False,
+    )
+    via = trust.client("10.1.2.3", ["garbage, 2001:DB8::5, 10.9.9.9"])
+    assert (via.ip, via.chain, via.via_trusted_proxy) == (
+        "2001:db8::5",
+        ["2001:db8::5", "10.9.9.9", "10.1.2.3"],
+        True,
+    )
+    assert trust.client(None, []).ip == "unknown"

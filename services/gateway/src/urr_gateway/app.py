@@ -76,6 +76,10 @@ REDIS_KEY: web.AppKey[Redis | RedisCluster] = web.AppKey("urr_gateway_redis")
 GATEWAY_METRICS_KEY = web.AppKey("urr_gateway_metrics", GatewayMetrics)
 ACCESS_KEYS_KEY = web.AppKey("urr_gateway_access_keys", JwksKeySource)
 ENTRY_KEYS_KEY = web.AppKey("urr_gateway_entry_keys", JwksKeySource)
+#: The app's pipeline and proxy handler, for a server that runs them without aiohttp's
+#: request objects (``bench/gateway_protocol_prototype.py`` measures one).
+PIPELINE_KEY = web.AppKey("urr_gateway_pipeline", GatewayPipeline)
+PROXY_KEY = web.AppKey("urr_gateway_proxy", UpstreamProxy)
 
 
 def create_app(
@@ -178,6 +182,8 @@ def create_app(
         identity_signer(settings.identity),
     )
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app[PIPELINE_KEY] = pipeline
+    app[PROXY_KEY] = proxy
     return app
 
 

@@ -139,6 +139,15 @@ class GatewayPipeline:
         else:
             self._middlewares = tuple(gateway_filter.middleware for gateway_filter in ordered)
 
+    @property
+    def ingress(self) -> Ingress:
+        return self._ingress
+
+    @property
+    def steps(self) -> tuple[Step, ...] | None:
+        """The filters as steps (``None`` when they run as middlewares)."""
+        return self._steps
+
     def middleware(self) -> Middleware:
         ingress = self._ingress
         steps = self._steps

@@ -183,6 +183,15 @@ class UpstreamProxy:
         self._retry_after = str(max(1, math.ceil(proxy.pool_timeout_s)))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        answer, upstream = await self.open(request)
+        try:
+            return await self._relay(request, answer, upstream)
+        finally:
+            answer.close()
+
+    async def open(self, request: web.Request) -> tuple[UpstreamResponse, Upstream]:
+        """Send the request upstream; the answer with its headers in (the caller reads its
+        body and closes it), or the problem that answers the client instead."""
         match, query, path, headers, identity = _request_parts(request)
         if match is None or match.route.upstream is None:
             raise NotFound("no API route matches this path", code="route_not_found")
@@ -226,10 +235,7 @@ class UpstreamProxy:
             raise BadRequest(str(exc), code="invalid_header") from exc
         except UpstreamError as exc:
             raise self._upstream_problem(upstream, exc) from exc
-        try:
-            return await self._relay(request, answer, upstream)
-        finally:
-            answer.close()
+        return answer, upstream
 
     def _upstream_problem(self, upstream: Upstream, exc: UpstreamError) -> ProblemError:
         """The problem answering an upstream failure (before the answer started), counted."""

@@ -166,6 +166,14 @@ def canonical_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
     return address
 
 
+@functools.lru_cache(maxsize=4096)
+def canonical_ip_text(value: str) -> str | None:
+    """``str(canonical_ip(value))``, cached: formatting an address back to text costs more than
+    the lookup, and the same peers come back on every request."""
+    address = canonical_ip(value)
+    return None if address is None else str(address)
+
+
 def address_bucket(address: str) -> str:
     """The key anonymous limits count by: the address, or an IPv6 address's /64."""
     parsed = canonical_ip(address)
@@ -199,18 +207,17 @@ class ProxyTrust:
         )
 
     def client(self, remote: str | None, forwarded_for: Sequence[str]) -> ClientAddress:
-        peer_ip = canonical_ip(remote or "")
-        peer = str(peer_ip) if peer_ip is not None else "unknown"
+        peer = canonical_ip_text(remote or "") or "unknown"
         if not self._networks or not self.is_trusted(peer):
             return ClientAddress(peer, [peer], via_trusted_proxy=False)
         hops = [part.strip() for value in forwarded_for for part in value.split(",")]
         walked: list[str] = []
         client = peer
         for hop in reversed([hop for hop in hops if hop]):
-            parsed = canonical_ip(hop)
+            parsed = canonical_ip_text(hop)
             if parsed is None:
                 break  # garbage written by whoever is to the right of it: stop trusting
-            client = str(parsed)
+            client = parsed
             walked.append(client)
             if not self.is_trusted(client):
                 break
