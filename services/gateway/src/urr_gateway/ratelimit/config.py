@@ -128,6 +128,9 @@ class RateLimitSettings(BaseModel):
     #: How long a batch gathers decisions before it is written: 0 sends the decisions issued
     #: in the same event-loop tick together (no added wait); at most 500 µs.
     pipeline_window_us: int = Field(default=0, ge=0, le=500)
+    #: A batch holding this many decisions is written at once, mid-tick, so that Redis runs
+    #: it while the rest of the tick is still being decided (client and Redis overlap).
+    pipeline_max_batch: int = Field(default=16, ge=1, le=10_000)
     #: Decisions waiting on Redis at once per process; more queue for a slot (outside the
     #: budget) rather than open connections beyond the client's pool.
     max_in_flight: int = Field(default=64, ge=1, le=10_000)
