@@ -8,14 +8,16 @@ are parsed by hiredis in one pass. envoy's ratelimit service batches its Redis c
 way.
 
 The time budget stays per decision, with one timer per batch instead of one per call: a
-decision whose reply has not come within the budget fails with ``TimeoutError`` (the same
-late-loop rule as ``budget.py``). Failures stay per decision too. A connection that fails or
-closes fails every decision waiting on it, and each follows its own category's failure
-policy in the limiter. ``NOSCRIPT`` (after a ``SCRIPT FLUSH`` or a failover) sends ``SCRIPT
-LOAD`` ahead of the refused decisions in the next batch and runs them once more (a refused
-``EVALSHA`` ran nothing, so nothing is counted twice). A caller cancelled before its batch is
-written is left out of it; one cancelled after is read and dropped, so the connection stays
-usable. A connection that owes replies and has sent none for ``stall_s`` is closed and
+decision whose reply has not *arrived* within the budget of its batch's write fails with
+``TimeoutError`` (``budget.BatchDeadline``: a reply sitting unread in the socket because the
+loop is busy is the loop's delay, not Redis's, and fails nothing). Failures stay per
+decision too. A connection that fails or closes fails every decision waiting on it, and each
+follows its own category's failure policy in the limiter. ``NOSCRIPT`` (after a ``SCRIPT
+FLUSH`` or a failover) sends ``SCRIPT LOAD`` ahead of the refused decisions in the next
+batch and runs them once more (a refused ``EVALSHA`` ran nothing, so nothing is counted
+twice). A caller cancelled before its batch is written is left out of it; one cancelled
+after is read and dropped, so the connection stays usable. A connection that owes replies
+and has sent none for ``stall_s`` (nothing unread in its socket either) is closed and
 replaced, so a black-holed socket does not hold the limiter once Redis is reachable again.
 
 Redis Cluster: each decision goes to the primary owning its subject's slot (all keys of a
@@ -189,9 +191,6 @@ class _Node:
             else:
                 # After every callback already due in this pass: the whole tick's decisions.
                 self._flush_handle = loop.call_soon(self._flush)
-            if self._budget is not None:
-                self._timed = []
-                BatchDeadline(self._budget, self._timed)
         if timed and self._budget is not None:
             self._timed.append(future)
         if len(self._batch) >= self._max_batch and self._pipe is not None:
@@ -208,7 +207,8 @@ class _Node:
         pipe = self._pipe
         if pipe is not None and not pipe.closed:
             stalled = pipe.stalled_for(asyncio.get_running_loop().time())
-            if stalled > self._stall_s:
+            # Replies waiting unread mean the loop, not Redis, is behind.
+            if stalled > self._stall_s and not pipe.unread():
                 pipe.abort(f"no reply from Redis for {stalled * 1000:.0f} ms")
         if pipe is None or pipe.closed:
             if self._opening is None and not self._closed:
@@ -226,10 +226,14 @@ class _Node:
             if not future.done():  # cancelled callers are left out
                 parts.append(command)
                 waiters.append(future)
+        timed, self._timed = self._timed, []
         if waiters and waiters[-1] is not None:  # someone still waits
             pipe.send(b"".join(parts), waiters)
             self.writes += 1
             self.commands += len(parts)
+            if self._budget is not None and timed:
+                # The budget starts now, at the write: Redis's latency, not the loop's.
+                BatchDeadline(self._budget, timed, pipe.unread)
 
     async def _open(self) -> None:
         try:
