@@ -11,6 +11,9 @@ given, and measures, on the same Redis and the same redis-py (hiredis) client, i
 * ``ours``          ``SlidingWindowLimiter.check``, default ``transport=pipeline`` (full path:
                     deny-cache lookup, breaker, budget, Lua script on the lean auto-pipelined
                     connection, decision, metrics);
+* ``ours-tick``     the same limiter writing whole ticks (``pipeline_max_batch`` 10,000; the
+                    default 16 writes a batch mid-tick, so Redis runs it while the rest of the
+                    tick is decided): the pipelined path before that change;
 * ``ours-per-call`` the same limiter with ``transport=per_call`` (one redis-py call per
                     decision: the path before pipelining);
 * ``ours-rpy-pipe`` the same limiter on a store that batches each tick's decisions through
@@ -156,6 +159,7 @@ def contenders(
     redis: Redis,
     storage: RedisStorage,
     ours: SlidingWindowLimiter,
+    whole_tick: SlidingWindowLimiter,
     per_call: SlidingWindowLimiter,
     rpy_pipe: SlidingWindowLimiter,
     lean: PipelinedSlidingLog,
@@ -203,6 +207,7 @@ def contenders(
     return {
         "ping": op_ping,
         "ours": limiter_op(ours, "ip:10.0."),
+        "ours-tick": limiter_op(whole_tick, "ip:10.5."),
         "ours-per-call": limiter_op(per_call, "ip:10.1."),
         "ours-rpy-pipe": limiter_op(rpy_pipe, "ip:10.4."),
         "lean-ping": op_lean_ping,
@@ -302,12 +307,15 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await redis.flushall()
         # A budget no healthy call reaches even on a loaded machine: every measured decision
-        # must be a Redis decision (op_ours checks), or the comparison would flatter us.
-        # A budget no healthy call reaches even on a loaded machine: every measured decision
         # must be a Redis decision (the ops check), or the comparison would flatter us.
         generous = RateLimitSettings(budget_ms=1000)
         # One client (pool of 64) per contender, as each would have in a service.
         ours = SlidingWindowLimiter(client(), generous, registry=CollectorRegistry())
+        whole_tick = SlidingWindowLimiter(
+            client(),
+            generous.model_copy(update={"pipeline_max_batch": 10_000}),
+            registry=CollectorRegistry(),
+        )
         per_call = SlidingWindowLimiter(
             client(),
             generous.model_copy(update={"transport": "per_call"}),
@@ -320,20 +328,22 @@ async def main(args: argparse.Namespace) -> None:
             registry=CollectorRegistry(),
             store=RedisPyPipelineStore(rpy_client),
         )
-        for limiter in (ours, per_call, rpy_pipe):
+        for limiter in (ours, whole_tick, per_call, rpy_pipe):
             await limiter.prepare()
         lean = PipelinedSlidingLog(client())
         await lean.load()
         tenant_limiter = SlidingWindowLimiter(client(), generous, registry=CollectorRegistry())
         await tenant_limiter.prepare()
         try:
-            ops = contenders(redis, storage, ours, per_call, rpy_pipe, lean, tenant_limiter)
+            ops = contenders(
+                redis, storage, ours, whole_tick, per_call, rpy_pipe, lean, tenant_limiter
+            )
             if args.contenders:
                 wanted = args.contenders.split(",")
                 ops = {name: op for name, op in ops.items() if name in wanted}
             await measure(ops, args, redis)
         finally:
-            for limiter in (ours, per_call, rpy_pipe, tenant_limiter):
+            for limiter in (ours, whole_tick, per_call, rpy_pipe, tenant_limiter):
                 await limiter.aclose()
             await lean.aclose()
     finally:
