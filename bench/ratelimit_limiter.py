@@ -11,6 +11,9 @@ given, and measures, on the same Redis and the same redis-py (hiredis) client, i
 * ``ours``          ``SlidingWindowLimiter.check``, default ``transport=pipeline`` (full path:
                     deny-cache lookup, breaker, budget, Lua script on the lean auto-pipelined
                     connection, decision, metrics);
+* ``ours-tick``     the same limiter writing whole ticks (``pipeline_max_batch`` 10,000; the
+                    default 16 writes a batch mid-tick, so Redis runs it while the rest of the
+                    tick is decided): the pipelined path before that change;
 * ``ours-per-call`` the same limiter with ``transport=per_call`` (one redis-py call per
                     decision: the path before pipelining);
 * ``ours-rpy-pipe`` the same limiter on a store that batches each tick's decisions through
@@ -29,6 +32,9 @@ given, and measures, on the same Redis and the same redis-py (hiredis) client, i
 ``--contenders ours,ours-tenant,ping`` measures a subset (same interleaving); ``--keys 1000``
 rotates over fewer subjects and tenants, so their keys (window logs, quota counters) exist
 already, as for a service with steady tenants; 10,000 (the default) is the cold case.
+``--batch-sizes 16,10000`` measures only 32-way throughput instead: redis-py PING and the
+limiter at each ``pipeline_max_batch`` (each size twice, to show the noise), in short rounds
+taking turns (``--rounds``, default 3; use 11+), as the median of each round's ratio to PING.
 ``--script-stats N`` adds Redis's own time per script call (``INFO commandstats``) for each
 contender, N calls a round, after the rest.
 
@@ -156,6 +162,7 @@ def contenders(
     redis: Redis,
     storage: RedisStorage,
     ours: SlidingWindowLimiter,
+    whole_tick: SlidingWindowLimiter,
     per_call: SlidingWindowLimiter,
     rpy_pipe: SlidingWindowLimiter,
     lean: PipelinedSlidingLog,
@@ -167,15 +174,6 @@ def contenders(
 
     async def op_ping(_: int) -> object:
         return await redis.ping()
-
-    def limiter_op(limiter: SlidingWindowLimiter, prefix: str) -> Op:
-        async def op(i: int) -> object:
-            decision = await limiter.check(f"{prefix}{i % KEYS}", "general")
-            if decision.source != "redis":
-                raise RuntimeError(f"not a Redis decision: {decision}")
-            return decision
-
-        return op
 
     published = tenant_policy_set()
 
@@ -202,9 +200,10 @@ def contenders(
 
     return {
         "ping": op_ping,
-        "ours": limiter_op(ours, "ip:10.0."),
-        "ours-per-call": limiter_op(per_call, "ip:10.1."),
-        "ours-rpy-pipe": limiter_op(rpy_pipe, "ip:10.4."),
+        "ours": checking_op(ours, "ip:10.0."),
+        "ours-tick": checking_op(whole_tick, "ip:10.5."),
+        "ours-per-call": checking_op(per_call, "ip:10.1."),
+        "ours-rpy-pipe": checking_op(rpy_pipe, "ip:10.4."),
         "lean-ping": op_lean_ping,
         "limits-mw": op_limits_mw,
         "limits-swc": op_limits_swc,
@@ -284,6 +283,55 @@ async def script_stats(ops: dict[str, Op], args: argparse.Namespace, redis: Redi
         )
 
 
+def checking_op(limiter: SlidingWindowLimiter, prefix: str) -> Op:
+    """A decision of ``limiter`` for one of KEYS subjects; anything but Redis's is an error
+    (a degraded decision would flatter the contender)."""
+
+    async def op(i: int) -> object:
+        decision = await limiter.check(f"{prefix}{i % KEYS}", "general")
+        if decision.source != "redis":
+            raise RuntimeError(f"not a Redis decision: {decision}")
+        return decision
+
+    return op
+
+
+async def compare_batch_sizes(
+    redis: Redis, client: Callable[[], Redis], args: argparse.Namespace
+) -> None:
+    """32-way rounds of PING and of the limiter at each batch size, taking turns; the median
+    of the per-round ratios to PING (pairs within a round share the machine's load)."""
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    ops: dict[str, Op] = {"ping": lambda _: redis.ping()}
+    limiters = []
+    for copy in range(2):
+        for size in sizes:
+            settings = RateLimitSettings(budget_ms=1000, pipeline_max_batch=size)
+            limiter = SlidingWindowLimiter(client(), settings, registry=CollectorRegistry())
+            await limiter.prepare()
+            limiters.append(limiter)
+
+            ops[f"batch {size} #{copy + 1}"] = checking_op(limiter, f"ip:b{size}.{copy}.")
+    count = args.decisions // 5
+    rates: dict[str, list[float]] = {name: [] for name in ops}
+    try:
+        for round_index in range(args.rounds):
+            for name, op in ops.items():
+                rates[name].append(await run_concurrent(op, count, round_index * count, 32))
+    finally:
+        for limiter in limiters:
+            await limiter.aclose()
+    print(
+        f"32-way, {args.rounds} rounds of {count} decisions, load average {os.getloadavg()[0]:.1f}"
+    )
+    for name, values in rates.items():
+        ratios = [value / ping for value, ping in zip(values, rates["ping"], strict=True)]
+        print(
+            f"{name:<16} {statistics.median(values):9.0f}/s  "
+            f"median ratio to PING {statistics.median(ratios):5.2f}x"
+        )
+
+
 async def main(args: argparse.Namespace) -> None:
     server: RedisServer | None = None
     url = args.redis_url
@@ -298,16 +346,29 @@ async def main(args: argparse.Namespace) -> None:
         return clients[-1]
 
     redis = client()
+    if args.batch_sizes:
+        try:
+            await compare_batch_sizes(redis, client, args)
+        finally:
+            for each in clients:
+                await each.aclose()
+            if server is not None:
+                server.stop()
+                shutil.rmtree(server.workdir, ignore_errors=True)
+        return
     storage = RedisStorage(url.replace("redis://", "async+redis://"), implementation="redispy")
     try:
         await redis.flushall()
-        # A budget no healthy call reaches even on a loaded machine: every measured decision
-        # must be a Redis decision (op_ours checks), or the comparison would flatter us.
         # A budget no healthy call reaches even on a loaded machine: every measured decision
         # must be a Redis decision (the ops check), or the comparison would flatter us.
         generous = RateLimitSettings(budget_ms=1000)
         # One client (pool of 64) per contender, as each would have in a service.
         ours = SlidingWindowLimiter(client(), generous, registry=CollectorRegistry())
+        whole_tick = SlidingWindowLimiter(
+            client(),
+            generous.model_copy(update={"pipeline_max_batch": 10_000}),
+            registry=CollectorRegistry(),
+        )
         per_call = SlidingWindowLimiter(
             client(),
             generous.model_copy(update={"transport": "per_call"}),
@@ -320,20 +381,22 @@ async def main(args: argparse.Namespace) -> None:
             registry=CollectorRegistry(),
             store=RedisPyPipelineStore(rpy_client),
         )
-        for limiter in (ours, per_call, rpy_pipe):
+        for limiter in (ours, whole_tick, per_call, rpy_pipe):
             await limiter.prepare()
         lean = PipelinedSlidingLog(client())
         await lean.load()
         tenant_limiter = SlidingWindowLimiter(client(), generous, registry=CollectorRegistry())
         await tenant_limiter.prepare()
         try:
-            ops = contenders(redis, storage, ours, per_call, rpy_pipe, lean, tenant_limiter)
+            ops = contenders(
+                redis, storage, ours, whole_tick, per_call, rpy_pipe, lean, tenant_limiter
+            )
             if args.contenders:
                 wanted = args.contenders.split(",")
                 ops = {name: op for name, op in ops.items() if name in wanted}
             await measure(ops, args, redis)
         finally:
-            for limiter in (ours, per_call, rpy_pipe, tenant_limiter):
+            for limiter in (ours, whole_tick, per_call, rpy_pipe, tenant_limiter):
                 await limiter.aclose()
             await lean.aclose()
     finally:
@@ -421,6 +484,11 @@ if __name__ == "__main__":
         type=int,
         default=0,
         help="also measure Redis's time per script call (INFO commandstats), N calls a round",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default="",
+        help="only compare 32-way throughput at these pipeline_max_batch values (e.g. 16,10000)",
     )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     arguments = parser.parse_args()

@@ -1,5 +1,8 @@
 """The Redis time budget, measured so that a busy event loop is not taken for a slow Redis.
 
+(:class:`RedisBudget` times one call, for the per-call transport; :class:`BatchDeadline`
+times a pipelined batch and asks the socket itself whether Redis has answered.)
+
 The budget runs on the event loop. Under a burst the loop is busy with other requests, and a
 reply Redis sent in 100 µs can wait unread while the budget runs out. Blaming Redis then
 would open the breaker and switch every category to its failure policy exactly when a flash
@@ -14,13 +17,16 @@ then expires the call: that is a Redis failure.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 #: A timer this late means the loop, not Redis, held things up.
 LATE_S = 0.002
+
+#: How soon a batch whose replies sit unread in the socket is judged again.
+RECHECK_S = 0.001
 
 
 class RedisBudget:
@@ -81,38 +87,43 @@ class _Judge:
 
 
 class BatchDeadline:
-    """The same budget for a batch of calls that share one timer (the pipelined store):
-    each future of ``futures`` still pending past the budget fails with ``TimeoutError``.
-    ``futures`` may grow until the batch is written (decisions joining it in the same tick).
-    The lateness rule is :class:`_Judge`'s: a timer that fires late extends the wait, up to
-    the budget's cap, since a busy loop proves nothing about Redis."""
+    """The same budget for a batch of calls written together (the pipelined store), with one
+    timer: each future of ``futures`` still pending ``budget_s`` after the batch was written
+    fails with ``TimeoutError``.
 
-    __slots__ = ("_budget", "_futures", "_handle", "_loop", "_started")
+    The budget is Redis's own latency: it starts at the write (time queued behind a busy
+    loop before it is not Redis's), and when it runs out the socket is asked whether Redis
+    has sent anything the loop has not read yet (``unread``). If so, the loop, not Redis, is
+    behind: the judgement waits for the loop to read it (a re-check every millisecond, each
+    after a poll of the sockets) and nothing fails. Only a batch whose replies have not
+    *arrived* within the budget fails, so an overloaded process with a healthy Redis never
+    opens the breaker or fails a decision open (``tests/test_ratelimit_overload.py``).
+    """
 
-    def __init__(self, budget: RedisBudget, futures: list[asyncio.Future[Any]]) -> None:
+    __slots__ = ("_budget", "_futures", "_handle", "_loop", "_unread")
+
+    def __init__(
+        self,
+        budget: RedisBudget,
+        futures: list[asyncio.Future[Any]],
+        unread: Callable[[], bool],
+    ) -> None:
         self._budget = budget
         self._futures = futures
+        self._unread = unread
         self._loop = asyncio.get_running_loop()
-        self._started = self._loop.time()
-        due = self._started + budget.budget_s
-        self._handle: asyncio.Handle = self._loop.call_at(due, self._deadline, due)
+        self._handle: asyncio.Handle = self._loop.call_later(budget.budget_s, self._judge)
 
-    def _deadline(self, due: float) -> None:
+    def _judge(self) -> None:
         if all(future.done() for future in self._futures):
             return
-        now = self._loop.time()
-        cap = self._started + self._budget.cap_s
-        if now - due > LATE_S and now < cap:
+        if self._unread():
+            # Replies (ours or earlier ones, sent in order) are waiting in the socket.
+            # call_later, not call_at(now): libuv could run a timer due now in the same
+            # timer pass, before any poll, and spin here.
             self._budget.extensions += 1
-            next_due = min(now + self._budget.budget_s, cap)
-            self._handle = self._loop.call_at(next_due, self._deadline, next_due)
-        else:
-            # Not call_soon: uvloop (libuv) runs timers and then soon-callbacks *before* it
-            # polls the sockets, so a reply already sitting in the socket would not be read
-            # yet. A timer due now fires in the next pass, after this pass's poll.
-            self._handle = self._loop.call_at(now, self._expire)
-
-    def _expire(self) -> None:
+            self._handle = self._loop.call_later(RECHECK_S, self._judge)
+            return
         budget_ms = self._budget.budget_s * 1000
         for future in self._futures:
             if not future.done():

@@ -117,8 +117,10 @@ class RateLimitSettings(BaseModel):
     #: Time allowed to one Redis decision once it is sent (``budget.py`` explains how a busy
     #: event loop is told apart from a slow Redis).
     budget_ms: float = Field(default=10.0, gt=0.0, le=5_000.0)
-    #: Longest wait for a reply while the event loop itself runs late (a burst on this
-    #: process); past it the decision follows the failure policy like any Redis failure.
+    #: ``per_call``: longest wait for a reply while the event loop itself runs late (a burst
+    #: on this process); past it the decision follows the failure policy like any Redis
+    #: failure. ``pipeline``: how long a connection may owe replies with none arriving (and
+    #: none unread in its socket) before it is replaced; its budget asks the socket instead.
     congestion_cap_ms: float = Field(default=250.0, gt=0.0, le=10_000.0)
     #: ``pipeline``: the decisions of one event-loop tick (or of ``pipeline_window_us``) go
     #: to Redis as one write per node on a lean connection, each still its own atomic script
@@ -128,6 +130,9 @@ class RateLimitSettings(BaseModel):
     #: How long a batch gathers decisions before it is written: 0 sends the decisions issued
     #: in the same event-loop tick together (no added wait); at most 500 µs.
     pipeline_window_us: int = Field(default=0, ge=0, le=500)
+    #: A batch holding this many decisions is written at once, mid-tick, so that Redis runs
+    #: it while the rest of the tick is still being decided (client and Redis overlap).
+    pipeline_max_batch: int = Field(default=16, ge=1, le=10_000)
     #: Decisions waiting on Redis at once per process; more queue for a slot (outside the
     #: budget) rather than open connections beyond the client's pool.
     max_in_flight: int = Field(default=64, ge=1, le=10_000)

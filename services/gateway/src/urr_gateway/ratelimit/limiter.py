@@ -139,6 +139,7 @@ class SlidingWindowLimiter:
                 # A connection that owes replies this long is replaced (see pipeline.py).
                 stall_s=self._budget.cap_s,
                 budget=self._budget,
+                max_batch=settings.pipeline_max_batch,
             )
         else:
             self._store = RedisSlidingLog(redis)

@@ -8,14 +8,16 @@ are parsed by hiredis in one pass. envoy's ratelimit service batches its Redis c
 way.
 
 The time budget stays per decision, with one timer per batch instead of one per call: a
-decision whose reply has not come within the budget fails with ``TimeoutError`` (the same
-late-loop rule as ``budget.py``). Failures stay per decision too. A connection that fails or
-closes fails every decision waiting on it, and each follows its own category's failure
-policy in the limiter. ``NOSCRIPT`` (after a ``SCRIPT FLUSH`` or a failover) sends ``SCRIPT
-LOAD`` ahead of the refused decisions in the next batch and runs them once more (a refused
-``EVALSHA`` ran nothing, so nothing is counted twice). A caller cancelled before its batch is
-written is left out of it; one cancelled after is read and dropped, so the connection stays
-usable. A connection that owes replies and has sent none for ``stall_s`` is closed and
+decision whose reply has not *arrived* within the budget of its batch's write fails with
+``TimeoutError`` (``budget.BatchDeadline``: a reply sitting unread in the socket because the
+loop is busy is the loop's delay, not Redis's, and fails nothing). Failures stay per
+decision too. A connection that fails or closes fails every decision waiting on it, and each
+follows its own category's failure policy in the limiter. ``NOSCRIPT`` (after a ``SCRIPT
+FLUSH`` or a failover) sends ``SCRIPT LOAD`` ahead of the refused decisions in the next
+batch and runs them once more (a refused ``EVALSHA`` ran nothing, so nothing is counted
+twice). A caller cancelled before its batch is written is left out of it; one cancelled
+after is read and dropped, so the connection stays usable. A connection that owes replies
+and has sent none for ``stall_s`` (nothing unread in its socket either) is closed and
 replaced, so a black-holed socket does not hold the limiter once Redis is reachable again.
 
 Redis Cluster: each decision goes to the primary owning its subject's slot (all keys of a
@@ -71,6 +73,12 @@ TENANT_PARTS_MAX = 10_000
 
 #: Longest configurable gathering window (the issue's bound; envoy uses 150-500 µs).
 MAX_WINDOW_S = 0.0005
+
+#: Commands a batch carries before it is written without waiting for the tick's end. 32
+#: callers each awaiting their decision measured 1.4x redis-py PING's 32-way rate with whole
+#: ticks (client and Redis taking turns) and 2.1-2.3x with batches of 16 (the two overlap);
+#: 8 and 24 were in between (docs/performance.md, issue 17).
+DEFAULT_MAX_BATCH = 16
 
 _PING = encode_command(b"PING")
 
@@ -133,8 +141,10 @@ class _Node:
         stall_s: float,
         load_command: bytes,
         budget: RedisBudget | None,
+        max_batch: int = 1_000_000,
     ) -> None:
         self._acquire = acquire
+        self._max_batch = max_batch
         self._budget = budget
         #: The futures the current batch's deadline watches.
         self._timed: list[asyncio.Future[Any]] = []
@@ -181,11 +191,15 @@ class _Node:
             else:
                 # After every callback already due in this pass: the whole tick's decisions.
                 self._flush_handle = loop.call_soon(self._flush)
-            if self._budget is not None:
-                self._timed = []
-                BatchDeadline(self._budget, self._timed)
         if timed and self._budget is not None:
             self._timed.append(future)
+        if len(self._batch) >= self._max_batch and self._pipe is not None:
+            # Written now, mid-tick: Redis runs these while the rest of the tick is decided,
+            # instead of the client and Redis taking turns (callers waiting on their
+            # decisions otherwise move in lockstep: all decide, all wait, all decide).
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
         return future
 
     def _flush(self) -> None:
@@ -193,7 +207,8 @@ class _Node:
         pipe = self._pipe
         if pipe is not None and not pipe.closed:
             stalled = pipe.stalled_for(asyncio.get_running_loop().time())
-            if stalled > self._stall_s:
+            # Replies waiting unread mean the loop, not Redis, is behind.
+            if stalled > self._stall_s and not pipe.unread():
                 pipe.abort(f"no reply from Redis for {stalled * 1000:.0f} ms")
         if pipe is None or pipe.closed:
             if self._opening is None and not self._closed:
@@ -211,10 +226,14 @@ class _Node:
             if not future.done():  # cancelled callers are left out
                 parts.append(command)
                 waiters.append(future)
+        timed, self._timed = self._timed, []
         if waiters and waiters[-1] is not None:  # someone still waits
             pipe.send(b"".join(parts), waiters)
             self.writes += 1
             self.commands += len(parts)
+            if self._budget is not None and timed:
+                # The budget starts now, at the write: Redis's latency, not the loop's.
+                BatchDeadline(self._budget, timed, pipe.unread)
 
     async def _open(self) -> None:
         try:
@@ -275,11 +294,17 @@ class PipelinedSlidingLog:
         window_s: float = 0.0,
         stall_s: float = 0.25,
         budget: RedisBudget | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         """``budget``: applied to every decision here, one timer per batch (the limiter then
-        does not wrap each call in its own); ``None`` leaves timing to the caller."""
+        does not wrap each call in its own); ``None`` leaves timing to the caller.
+        ``max_batch``: a batch holding this many commands is written at once, before the
+        tick (or the window) ends."""
         if not 0.0 <= window_s <= MAX_WINDOW_S:
             raise ValueError("the pipeline window is between 0 and 500 µs")
+        if max_batch < 1:
+            raise ValueError("a batch holds at least one command")
+        self._max_batch = max_batch
         self._redis = redis
         self.budget = budget
         self._window_s = window_s
@@ -308,7 +333,13 @@ class PipelinedSlidingLog:
 
     def _new_node(self, acquire: Acquire, release: Release) -> _Node:
         return _Node(
-            acquire, release, self._window_s, self._stall_s, self._load_command, self.budget
+            acquire,
+            release,
+            self._window_s,
+            self._stall_s,
+            self._load_command,
+            self.budget,
+            self._max_batch,
         )
 
     def _single_node(self, redis: Redis) -> _Node:

@@ -14,6 +14,7 @@ checked out of the client's pool for good, so closing the client closes it too.
 from __future__ import annotations
 
 import asyncio
+import select
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -96,6 +97,21 @@ class RespPipe(asyncio.Protocol):
     def stalled_for(self, now: float) -> float:
         """How long replies have been owed without any arriving (0 when none is owed)."""
         return now - self.progress_at if self._waiting else 0.0
+
+    def unread(self) -> bool:
+        """Has Redis sent something this process has not read yet? (One ``poll`` of the
+        socket, never a read.) True while the event loop is too busy to read a reply that
+        has arrived: a late reply is then the loop's doing, not Redis's. A closed socket
+        counts as readable too (the loop will report it)."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is None or self.closed:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return False
 
     def send(self, payload: bytes, waiters: list[asyncio.Future[Any] | None]) -> None:
         """Write ``payload`` (one encoded command per waiter) in one go."""
