@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -26,8 +27,8 @@ from urr_gateway.ratelimit import (
 
 pytestmark = pytest.mark.integration
 
-Client = TestClient[web.Request, web.Application]
-ClientFactory = Callable[[web.Application], Awaitable[Client]]
+Client = TestClient[web.Request, web.Application] | aiohttp.ClientSession
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
 
 def check_settings() -> RateLimitSettings:
@@ -47,10 +48,22 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-@pytest.fixture
-async def client(redis: Redis, aiohttp_client: ClientFactory) -> Client:
+@pytest.fixture(params=["aiohttp", "lean"])
+async def client(
+    request: pytest.FixtureRequest,
+    redis: Redis,
+    aiohttp_client: ClientFactory,
+    lean_listener: Callable[[web.Application], Awaitable[str]],
+) -> AsyncIterator[Client]:
+    """The same app served both ways: as an aiohttp app, and on the lean listener a worker
+    serves it on (``urr_gateway.checkserver``); every test here holds for both."""
     limiter = SlidingWindowLimiter(redis, check_settings())
-    return await aiohttp_client(create_check_app(limiter, registry=CollectorRegistry()))
+    app = create_check_app(limiter, registry=CollectorRegistry())
+    if request.param == "aiohttp":
+        yield await aiohttp_client(app)
+        return
+    async with aiohttp.ClientSession(base_url=await lean_listener(app)) as session:
+        yield session
 
 
 async def post(client: Client, body: Any) -> tuple[int, dict[str, Any]]:
