@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from urr_gateway.checkapi import CHECK_PATH, create_check_app
+from urr_gateway.checkapi import (
+    CHECK_PATH,
+    CheckRequest,
+    create_check_app,
+    parse_check_body,
+    plain_legacy_body,
+)
 from urr_gateway.ratelimit import (
     CategoryLimits,
     RateLimitSettings,
@@ -213,3 +219,39 @@ async def test_fuzzed_bodies_never_fail_the_server(client: Client, body: Any) ->
 async def test_fuzzed_bytes_never_fail_the_server(client: Client, raw: bytes) -> None:
     response = await client.post(CHECK_PATH, data=raw, headers={"Content-Type": "application/json"})
     assert response.status in {200, 400, 422}
+
+
+legacy_like = st.dictionaries(
+    st.sampled_from(["key", "category", "cost", "extra", "route"]),
+    st.one_of(
+        st.text(max_size=300),
+        st.text(alphabet=st.characters(min_codepoint=0x1F, max_codepoint=0x80), max_size=258),
+        st.integers(min_value=-2, max_value=2**70),
+        json_values,
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=legacy_like)
+def test_the_plain_legacy_check_accepts_only_what_the_model_accepts(data: dict[str, Any]) -> None:
+    plain = plain_legacy_body(data)
+    if plain is None:
+        return
+    # Whatever the fast path lets through, the strict model accepts with the same values.
+    assert parse_check_body(data) == CheckRequest.model_validate(
+        {"key": plain.key, "category": plain.category, "cost": plain.cost}
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"key": "k", "category": "auth"},
+        {"key": "k" * 256, "category": "c" * 64, "cost": 7},
+        {"key": " ~", "category": "auth", "cost": 1},
+    ],
+)
+def test_the_plain_legacy_check_takes_plain_requests(data: dict[str, Any]) -> None:
+    assert plain_legacy_body(data) == parse_check_body(data)

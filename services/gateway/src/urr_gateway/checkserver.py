@@ -107,6 +107,8 @@ class _Unreadable(Exception):
 
 
 _HEAD_TOO_LARGE = _Refused(431, "headers_too_large", "the request head is too large")
+_UPGRADE = BadRequest("protocol upgrades are not served here")
+_SLICE_BYTES = MAX_HEAD_BYTES // 4
 _BODY_TOO_LARGE = PayloadTooLarge(
     f"the body is larger than {MAX_BODY_BYTES} bytes", code="payload_too_large"
 )
@@ -204,22 +206,39 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return
-        if self._in_head:  # a head that never ends is refused before it fills memory
-            self._head_bytes += len(data)
         try:
-            self._parser.feed_data(data)
-            if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
-                raise _Unreadable(_HEAD_TOO_LARGE)
+            if len(data) <= _SLICE_BYTES:
+                self._feed(data)
+            else:
+                view = memoryview(data)
+                for at in range(0, len(data), _SLICE_BYTES):
+                    self._feed(view[at : at + _SLICE_BYTES])
         except _Unreadable as exc:
             self._refuse_and_close(exc.problem)
         except httptools.HttpParserUpgrade:
-            self._refuse_and_close(BadRequest("protocol upgrades are not served here"))
+            # The upgrade request itself was answered (400) and closes the connection.
+            self._stopped = True
+            if self._in_message:
+                self._refuse_and_close(_UPGRADE)
         except httptools.HttpParserError as exc:
             # A callback's exception reaches here as the parser error's context.
             if isinstance(exc.__context__, _Unreadable):
                 self._refuse_and_close(exc.__context__.problem)
             else:
                 self._refuse_and_close(BadRequest(f"malformed HTTP request: {exc}"))
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        """Parse ``data``; a head still unfinished after it counts it whole. httptools keeps
+        an unfinished header line to itself, so this is what bounds a head that never ends:
+        fed in slices, a head is refused beyond MAX_HEAD_BYTES + one slice and never below
+        MAX_HEAD_BYTES - one slice, however many pipelined requests share a read."""
+        if self._stopped:  # a refusal in an earlier slice
+            return
+        self._parser.feed_data(data)
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                raise _Unreadable(_HEAD_TOO_LARGE)
 
     # --- httptools callbacks ---------------------------------------------------------------
 
@@ -237,11 +256,9 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
-        self._count(len(name) + len(value) + 4)
         if self._fields > MAX_HEADERS:
             raise _Unreadable(_HEAD_TOO_LARGE)
         name = name.lower()
@@ -252,8 +269,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
-        if parser.should_upgrade():
-            return  # feed_data raises HttpParserUpgrade next
+        if parser.should_upgrade():  # answered, then feed_data raises HttpParserUpgrade
+            self._refusal = _UPGRADE
+            return
         self._refusal = self._refusal_before_body(parser.get_method())
         length = self._headers.get(b"content-length")
         if length is not None and int(length) > MAX_BODY_BYTES:
@@ -282,6 +300,8 @@ class _Connection(asyncio.Protocol):
         self.deadline = None
         answer = _Answer()
         answer.close = not self._parser.should_keep_alive()
+        if self._refusal is _UPGRADE:
+            answer.close = answer.linger = True
         self._answers.append(answer)
         head_only = self._parser.get_method() == b"HEAD"
         request_id = self._request_id()
@@ -296,11 +316,6 @@ class _Connection(asyncio.Protocol):
                 self._pause_reading()
 
     # --- answering -------------------------------------------------------------------------
-
-    def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _Unreadable(_HEAD_TOO_LARGE)
 
     def _path(self) -> str:
         return self._url.partition(b"?")[0].decode("latin-1")
