@@ -273,6 +273,7 @@ class LoadPool:
         self.backlog: deque[tuple[bytes, float]] = deque()
         self.latencies: list[float] = []
         self.lags: list[float] = []
+        self.wakeups: list[float] = []
         self.errors: list[str] = []
         self.expected = -1
         self.all_answered = asyncio.get_running_loop().create_future()
@@ -320,7 +321,11 @@ async def generate(
     while sent < total:
         now = time.perf_counter()
         # Everything due by now goes out now: the schedule never waits for answers.
+        first = True
         while sent < total and (due := start + (sent // per_tick) * TICK_S) <= now:
+            if first:  # how late this process woke for its oldest due request
+                pool.wakeups.append(now - due)
+                first = False
             pool.submit(payloads[sent], due)
             sent += 1
         await asyncio.sleep(max(0.0, start + (sent // per_tick) * TICK_S - time.perf_counter()))
@@ -357,6 +362,8 @@ class Result:
     load: float
     #: P50 and P99 ms by which requests left the generator after their due time.
     send_lag_ms: list[float]
+    #: P99 ms by which the generator woke late for its oldest due request (its own stalls).
+    wakeup_late_ms: float
 
 
 async def run_load(args: argparse.Namespace, port: int, server_pid: int, variant: str) -> Result:
@@ -366,11 +373,12 @@ async def run_load(args: argparse.Namespace, port: int, server_pid: int, variant
     await generate(warm, port, tenant_shape)
     server_cpu, own_cpu = cpu_seconds(server_pid), time.process_time()
     pool, elapsed = await generate(args, port, tenant_shape)
-    latencies, errors, lags = pool.latencies, pool.errors, pool.lags
+    latencies, errors, lags, wakeups = pool.latencies, pool.errors, pool.lags, pool.wakeups
     server_cpu = cpu_seconds(server_pid) - server_cpu
     own_cpu = time.process_time() - own_cpu
     ordered = sorted(latencies)
     lags.sort()
+    wakeups.sort()
     quantiles = [percentile(ordered, q) * 1000 for q in (0.5, 0.9, 0.95, 0.99, 0.999)]
     return Result(
         variant,
@@ -382,6 +390,7 @@ async def run_load(args: argparse.Namespace, port: int, server_pid: int, variant
         own_cpu / len(ordered) * 1e6,
         os.getloadavg()[0],
         [percentile(lags, 0.5) * 1000, percentile(lags, 0.99) * 1000],
+        percentile(wakeups, 0.99) * 1000,
     )
 
 
@@ -393,7 +402,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
     header = (
         f"{'variant':<15} {'answers/s':>9} {'non-200':>7} {'p50 ms':>7} {'p90 ms':>7} "
         f"{'p95 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'max ms':>7} {'srv CPU µs':>10} "
-        f"{'gen CPU µs':>10} {'lag p50/p99 ms':>14} {'load':>5}"
+        f"{'gen CPU µs':>10} {'lag p50/p99 ms':>14} {'wake p99':>8} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -403,7 +412,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
             f"{r.variant:<15} {r.rate:9.0f} {r.errors:7d} {q[0]:7.2f} {q[1]:7.2f} {q[2]:7.2f} "
             f"{q[3]:7.2f} {q[4]:8.2f} {q[5]:7.2f} {r.server_cpu_us:10.0f} "
             f"{r.generator_cpu_us:10.0f} {r.send_lag_ms[0]:6.2f}/{r.send_lag_ms[1]:7.2f} "
-            f"{r.load:5.1f}"
+            f"{r.wakeup_late_ms:8.2f} {r.load:5.1f}"
         )
     # CPU per request does not depend on how busy the rest of the machine is: it says what
     # one core could serve, where the latencies above also say how much CPU we were given.

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
+from random import getrandbits
 from typing import cast
 
 import httptools
@@ -324,7 +324,10 @@ class _Connection(asyncio.Protocol):
         inbound = self._headers.get(b"x-request-id")
         if inbound is not None and _REQUEST_ID_RE.fullmatch(inbound):
             return inbound
-        return os.urandom(16).hex().encode()
+        # 128 bits from the process's Mersenne Twister (reseeded in each forked worker): a
+        # request id must be unique, not secret, and os.urandom's getrandom syscall was 9 %
+        # of this listener's samples under load.
+        return b"%032x" % getrandbits(128)
 
     def _refusal_before_body(self, method: bytes) -> ProblemError | None:
         """What the aiohttp app would refuse before reading the body, in its order: the
