@@ -22,6 +22,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
 from urr_common.identity import AssertedIdentity, AssertionVerifier
 from urr_common.settings import RedisSettings, load_settings
@@ -59,6 +60,16 @@ async def lean_check_listener(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{site.port}"
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client of the test Redis (files that need another kind define their own)."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 LeanListener = Callable[[web.Application], Awaitable[str]]

@@ -45,15 +45,6 @@ def check_settings() -> RateLimitSettings:
     return RateLimitSettings(categories=categories, budget_ms=500)
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture(params=["aiohttp", "lean"])
 async def client(
     request: pytest.FixtureRequest,

@@ -34,15 +34,6 @@ class Listener:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
 async def listener(redis: Redis) -> AsyncIterator[Listener]:
     limiter = SlidingWindowLimiter(redis, RateLimitSettings(budget_ms=500))
     service = CheckService(limiter, CollectorRegistry(), callers={"checker": SecretStr(SECRET)})
