@@ -332,6 +332,19 @@ async def test_http_1_0_and_connection_close_are_closed_after_the_answer(
         writer.close()
 
 
+async def test_nothing_after_a_closing_request_is_decided(listener: Listener, redis: Redis) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request(extra=b"Connection: close\r\n") + request() + request())
+    answer = await read_answer(reader)
+    assert (answer.status, answer.json()["remaining"]) == (200, 19)
+    assert await closed(reader)
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request())
+    assert (await read_answer(reader)).json()["remaining"] == 18  # the two were not counted
+    writer.close()
+
+
 async def test_head_and_expect_continue(listener: Listener) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(request(method=b"HEAD", body=b""))

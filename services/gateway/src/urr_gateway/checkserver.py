@@ -107,6 +107,8 @@ class _Unreadable(Exception):
 
 
 _HEAD_TOO_LARGE = _Refused(431, "headers_too_large", "the request head is too large")
+
+
 _UPGRADE = BadRequest("protocol upgrades are not served here")
 _SLICE_BYTES = MAX_HEAD_BYTES // 4
 _BODY_TOO_LARGE = PayloadTooLarge(
@@ -302,6 +304,8 @@ class _Connection(asyncio.Protocol):
         answer.close = not self._parser.should_keep_alive()
         if self._refusal is _UPGRADE:
             answer.close = answer.linger = True
+        if answer.close:  # nothing after it is read (llhttp refuses it too)
+            self._stopped = True
         self._answers.append(answer)
         head_only = self._parser.get_method() == b"HEAD"
         request_id = self._request_id()
