@@ -22,12 +22,15 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
 from urr_common.identity import AssertedIdentity, AssertionVerifier
 from urr_common.settings import RedisSettings, load_settings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner, load_or_create_signing_key
 from urr_devstack.procs import RedisServer
 from urr_gateway.app import create_app
+from urr_gateway.checkapi import CHECK_SERVICE_KEY
+from urr_gateway.checkserver import CheckSite
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.revocation import VerdictReader, stored_verdict
 from urr_gateway.server import build_apps
@@ -44,6 +47,43 @@ DOWNLOAD_BYTES = 10 * 1024 * 1024
 CHECK_SECRET = "check-api-test-secret-0123456789abcdef"
 #: One echoing upstream per ``UpstreamSettings`` field.
 UPSTREAM_NAMES = tuple(UpstreamSettings.model_fields)
+
+
+@contextlib.asynccontextmanager
+async def lean_check_listener(app: web.Application) -> AsyncIterator[str]:
+    """Serve the check app as ``serve_gateway`` does (the lean listener); its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = CheckSite(runner, app[CHECK_SERVICE_KEY], "127.0.0.1", 0, drain_timeout_s=2.0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site.port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client of the test Redis (files that need another kind define their own)."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+LeanListener = Callable[[web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def lean_listener() -> AsyncIterator[LeanListener]:
+    """Serve a check app on the lean listener (as a worker does); its base URL."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def serve(app: web.Application) -> str:
+            return await stack.enter_async_context(lean_check_listener(app))
+
+        yield serve
 
 
 @dataclass
@@ -215,6 +255,7 @@ async def stack_factory(redis_url: str, tmp_path: Path) -> AsyncIterator[StackFa
     servers: list[TestServer] = []
     clients: list[TestClient[web.Request, web.Application]] = []
     identity_key_dir = tmp_path / "identity"
+    stack = contextlib.AsyncExitStack()
 
     async def start(app: web.Application) -> str:
         server = TestServer(app, host="127.0.0.1")
@@ -272,7 +313,8 @@ async def stack_factory(redis_url: str, tmp_path: Path) -> AsyncIterator[StackFa
             apps = build_apps(settings)
             app = apps.public
             assert apps.internal is not None
-            internal_url = await start(apps.internal)
+            # The check API as a worker serves it: on the lean listener.
+            internal_url = await stack.enter_async_context(lean_check_listener(apps.internal))
         else:
             app = create_app(
                 settings, rate_limit_filter=rate_limit_filter, revocation_verdict=revocation_verdict
@@ -295,6 +337,7 @@ async def stack_factory(redis_url: str, tmp_path: Path) -> AsyncIterator[StackFa
     yield build
     for client in clients:
         await client.close()
+    await stack.aclose()
     for server in servers:
         await server.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -15,7 +16,13 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from urr_gateway.checkapi import CHECK_PATH, create_check_app
+from urr_gateway.checkapi import (
+    CHECK_PATH,
+    CheckRequest,
+    create_check_app,
+    parse_check_body,
+    plain_legacy_body,
+)
 from urr_gateway.ratelimit import (
     CategoryLimits,
     RateLimitSettings,
@@ -26,8 +33,8 @@ from urr_gateway.ratelimit import (
 
 pytestmark = pytest.mark.integration
 
-Client = TestClient[web.Request, web.Application]
-ClientFactory = Callable[[web.Application], Awaitable[Client]]
+Client = TestClient[web.Request, web.Application] | aiohttp.ClientSession
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
 
 def check_settings() -> RateLimitSettings:
@@ -38,19 +45,22 @@ def check_settings() -> RateLimitSettings:
     return RateLimitSettings(categories=categories, budget_ms=500)
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def client(redis: Redis, aiohttp_client: ClientFactory) -> Client:
+@pytest.fixture(params=["aiohttp", "lean"])
+async def client(
+    request: pytest.FixtureRequest,
+    redis: Redis,
+    aiohttp_client: ClientFactory,
+    lean_listener: Callable[[web.Application], Awaitable[str]],
+) -> AsyncIterator[Client]:
+    """The same app served both ways: as an aiohttp app, and on the lean listener a worker
+    serves it on (``urr_gateway.checkserver``); every test here holds for both."""
     limiter = SlidingWindowLimiter(redis, check_settings())
-    return await aiohttp_client(create_check_app(limiter, registry=CollectorRegistry()))
+    app = create_check_app(limiter, registry=CollectorRegistry())
+    if request.param == "aiohttp":
+        yield await aiohttp_client(app)
+        return
+    async with aiohttp.ClientSession(base_url=await lean_listener(app)) as session:
+        yield session
 
 
 async def post(client: Client, body: Any) -> tuple[int, dict[str, Any]]:
@@ -200,3 +210,39 @@ async def test_fuzzed_bodies_never_fail_the_server(client: Client, body: Any) ->
 async def test_fuzzed_bytes_never_fail_the_server(client: Client, raw: bytes) -> None:
     response = await client.post(CHECK_PATH, data=raw, headers={"Content-Type": "application/json"})
     assert response.status in {200, 400, 422}
+
+
+legacy_like = st.dictionaries(
+    st.sampled_from(["key", "category", "cost", "extra", "route"]),
+    st.one_of(
+        st.text(max_size=300),
+        st.text(alphabet=st.characters(min_codepoint=0x1F, max_codepoint=0x80), max_size=258),
+        st.integers(min_value=-2, max_value=2**70),
+        json_values,
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=legacy_like)
+def test_the_plain_legacy_check_accepts_only_what_the_model_accepts(data: dict[str, Any]) -> None:
+    plain = plain_legacy_body(data)
+    if plain is None:
+        return
+    # Whatever the fast path lets through, the strict model accepts with the same values.
+    assert parse_check_body(data) == CheckRequest.model_validate(
+        {"key": plain.key, "category": plain.category, "cost": plain.cost}
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"key": "k", "category": "auth"},
+        {"key": "k" * 256, "category": "c" * 64, "cost": 7},
+        {"key": " ~", "category": "auth", "cost": 1},
+    ],
+)
+def test_the_plain_legacy_check_takes_plain_requests(data: dict[str, Any]) -> None:
+    assert plain_legacy_body(data) == parse_check_body(data)

@@ -41,13 +41,18 @@ async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
             f"the body is larger than {request.app._client_max_size} bytes",
             code="payload_too_large",
         ) from exc
+    return validated(model, json_object(raw))
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object; a 400 ``malformed_json`` problem when it is not one."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object", code="malformed_json")
-    return validated(model, data)
+    return data
 
 
 def validated(model: type[ModelT], data: dict[str, Any]) -> ModelT:

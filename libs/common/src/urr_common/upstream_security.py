@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -241,27 +241,44 @@ def require_role(request: web.Request, role: str, *, code: str = "role_required"
         raise Forbidden(f"this needs the {role} role", code=code)
 
 
+def credential_secrets(callers: Mapping[str, SecretStr]) -> list[tuple[str, bytes]]:
+    """``(name, secret bytes)`` of every caller, the form ``caller_of`` compares against."""
+    return [(name, secret.get_secret_value().encode()) for name, secret in callers.items()]
+
+
+def caller_of(authorization: str, secrets: Sequence[tuple[str, bytes]]) -> str | None:
+    """The caller whose secret ``authorization`` (an ``Authorization`` header value) bears,
+    or ``None``. Every listener that checks service credentials decides through this."""
+    scheme, _, given = authorization.partition(" ")
+    caller = None
+    if scheme.lower() == "bearer" and given:
+        offered = given.strip().encode()
+        for name, secret in secrets:
+            # Compare with every secret, in constant time, so timing tells nothing.
+            if hmac.compare_digest(offered, secret):
+                caller = name
+    return caller
+
+
+def service_credential_refusal() -> Unauthorized:
+    """The 401 problem for a request without a valid service credential."""
+    return Unauthorized(
+        "this internal route needs a service credential",
+        code="service_credential_required",
+        headers=_SERVICE_CHALLENGE,
+    )
+
+
 def service_credential_middleware(callers: Mapping[str, SecretStr]) -> Middleware:
     """Every request needs ``Authorization: Bearer`` with one caller's secret."""
-    secrets = [(name, secret.get_secret_value().encode()) for name, secret in callers.items()]
+    secrets = credential_secrets(callers)
 
     @web.middleware
     async def check_caller(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/health/"):
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            caller = None
-            if scheme.lower() == "bearer" and given:
-                offered = given.strip().encode()
-                for name, secret in secrets:
-                    # Compare with every secret, in constant time, so timing tells nothing.
-                    if hmac.compare_digest(offered, secret):
-                        caller = name
+            caller = caller_of(request.headers.get("Authorization", ""), secrets)
             if caller is None:
-                raise Unauthorized(
-                    "this internal route needs a service credential",
-                    code="service_credential_required",
-                    headers=_SERVICE_CHALLENGE,
-                )
+                raise service_credential_refusal()
             request[CALLER] = caller
         return await handler(request)
 

@@ -19,20 +19,26 @@ Bad input is a 4xx problem and changes nothing.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Self
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Histogram
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from urr_common.payloads import json_response, read_json, validated
+from urr_common.payloads import read_json, validated
 from urr_common.problems import Unauthorized, Unprocessable
 from urr_common.ratelimit_policies import METHODS
 from urr_common.service import problem_middleware, request_context_middleware
-from urr_common.upstream_security import service_credential_middleware
+from urr_common.upstream_security import (
+    caller_of,
+    credential_secrets,
+    service_credential_middleware,
+)
 from urr_gateway.ratelimit.config import RateLimitSettings
 from urr_gateway.ratelimit.keys import check_api_subject
 from urr_gateway.ratelimit.limiter import SlidingWindowLimiter
@@ -50,6 +56,8 @@ KEY_PATTERN = r"^[\x20-\x7e]{1,256}$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 #: A path as the gateway sees it: printable, no spaces.
 ROUTE_PATTERN = r"^/[\x21-\x7e]{0,2047}$"
+
+JSON = "application/json"
 
 LIMITER_KEY = web.AppKey("urr_check_limiter", SlidingWindowLimiter)
 
@@ -106,23 +114,33 @@ def parse_check_body(data: dict[str, Any]) -> CheckRequest | PolicyCheckRequest:
     return validated(model, data)
 
 
-def create_check_app(
-    limiter: SlidingWindowLimiter,
-    settings: RateLimitSettings | None = None,
-    registry: CollectorRegistry | None = None,
-    *,
-    policies: PolicyWatcher | None = None,
-    callers: Mapping[str, SecretStr] | None = None,
-) -> web.Application:
-    """The check API. ``policies``: the published configuration this worker follows (its
-    start and stop belong to whoever owns it: ``server.build_apps`` installs it on the public
-    app); without it the tenant shape is decided by the seed default policies. ``settings``
-    is accepted for existing callers; the categories are the limiter's own, published default
-    policies included, read per request since they change at run time."""
-    seed = CompiledPolicies.seed()
-    if policies is not None:
-        policies.on_change(lambda compiled: limiter.use_policies(compiled.defaults))
-    latency = Histogram(
+_LEGACY_FIELDS = frozenset({"key", "category", "cost"})
+_KEY_CHARS = re.compile(r"[\x20-\x7e]{1,256}")
+
+
+def plain_legacy_body(data: dict[str, Any]) -> CheckRequest | None:
+    """``data`` as a legacy request when it plainly is a valid one, checked in plain Python
+    (a third of pydantic's cost); ``None`` otherwise, and ``parse_check_body`` then decides
+    and words the errors. Accepts nothing ``CheckRequest`` would refuse (a property test
+    holds the two together)."""
+    key = data.get("key")
+    category = data.get("category")
+    cost = data.get("cost", 1)
+    if (
+        type(key) is str
+        and type(category) is str
+        and type(cost) is int
+        and cost >= 1
+        and 0 < len(category) <= 64
+        and data.keys() <= _LEGACY_FIELDS
+        and _KEY_CHARS.fullmatch(key) is not None
+    ):
+        return CheckRequest.model_construct(key=key, category=category, cost=cost)
+    return None
+
+
+def check_latency_histogram(registry: CollectorRegistry | None) -> Histogram:
+    return Histogram(
         "urr_ratelimit_check_request_seconds",
         "Check API requests, from body read to answer, by outcome",
         ["outcome"],
@@ -130,7 +148,57 @@ def create_check_app(
         registry=registry if registry is not None else CollectorRegistry(),
     )
 
-    async def legacy(body: CheckRequest) -> tuple[str, web.Response]:
+
+class CheckService:
+    """What the check API decides, apart from how it is served: the caller's credential
+    (``caller``) and a JSON object in, the answer's JSON bytes out, a ``ProblemError`` for
+    bad input. The aiohttp application (``create_check_app``) and the check API's own
+    listener (``urr_gateway.checkserver``) both answer through one of these."""
+
+    def __init__(
+        self,
+        limiter: SlidingWindowLimiter,
+        registry: CollectorRegistry | None = None,
+        *,
+        policies: PolicyWatcher | None = None,
+        callers: Mapping[str, SecretStr] | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self._policies = policies
+        self._seed = CompiledPolicies.seed()
+        #: ``None``: no credential asked (tests and benchmarks that build the app bare).
+        self.secrets = credential_secrets(callers) if callers is not None else None
+        if policies is not None:
+            policies.on_change(lambda compiled: limiter.use_policies(compiled.defaults))
+        latency = check_latency_histogram(registry)
+        # Bound once: ``labels()`` per request costs a lock and a dict lookup.
+        self._observe = {
+            outcome: latency.labels(outcome).observe for outcome in ("allowed", "blocked")
+        }
+        self._observe_invalid = latency.labels("invalid").observe
+
+    def caller(self, authorization: str) -> str | None:
+        """The caller ``authorization`` proves (``"anonymous"`` when none is asked)."""
+        if self.secrets is None:
+            return "anonymous"
+        return caller_of(authorization, self.secrets)
+
+    async def answer(self, data: dict[str, Any], started: float) -> bytes:
+        """The answer to the request ``data`` (received at ``started``, a perf counter)."""
+        try:
+            body = plain_legacy_body(data) or parse_check_body(data)
+            if isinstance(body, CheckRequest):
+                outcome, payload = await self._legacy(body)
+            else:
+                outcome, payload = await self._tenant_check(body)
+        except BaseException:
+            self._observe_invalid(time.perf_counter() - started)
+            raise
+        self._observe[outcome](time.perf_counter() - started)
+        return orjson.dumps(payload)
+
+    async def _legacy(self, body: CheckRequest) -> tuple[str, dict[str, Any]]:
+        limiter = self.limiter
         if body.category not in limiter.categories:
             raise Unprocessable(
                 f"unknown category; known: {', '.join(sorted(limiter.categories))}",
@@ -143,74 +211,81 @@ def create_check_app(
                 code="cost_exceeds_limit",
             )
         decision = await limiter.check(check_api_subject(body.key), body.category, cost=body.cost)
-        return "allowed" if decision.allowed else "blocked", json_response(
-            {
-                "allowed": decision.allowed,
-                "limit": decision.limit,
-                "remaining": decision.remaining,
-                "reset_ms": decision.reset_ms,
-                "retry_after_ms": decision.retry_after_ms,
-                "degraded": decision.degraded,
-            }
-        )
+        return "allowed" if decision.allowed else "blocked", {
+            "allowed": decision.allowed,
+            "limit": decision.limit,
+            "remaining": decision.remaining,
+            "reset_ms": decision.reset_ms,
+            "retry_after_ms": decision.retry_after_ms,
+            "degraded": decision.degraded,
+        }
 
-    async def tenant_check(body: PolicyCheckRequest) -> tuple[str, web.Response]:
-        current = policies.current if policies is not None else seed
+    async def _tenant_check(self, body: PolicyCheckRequest) -> tuple[str, dict[str, Any]]:
+        current = self._policies.current if self._policies is not None else self._seed
         # Exactly one of the two is given (the model checks it).
         tenant = body.tenant if body.apiKey is None else current.tenant_of_key(body.apiKey)
         if tenant is None:
             raise Unauthorized("the API key is unknown or revoked", code="invalid_api_key")
         compiled = current.governing(tenant, body.method, body.route)
         if compiled is None:
-            return "allowed", json_response(
-                {"allowed": True, "tenant": tenant, "policy": None, "shadow": False}
-            )
+            return "allowed", {"allowed": True, "tenant": tenant, "policy": None, "shadow": False}
         if body.cost > compiled.max_cost:
             raise Unprocessable(
                 f"cost must be between 1 and {compiled.max_cost} under policy {compiled.id}",
                 code="cost_exceeds_limit",
             )
-        decided = await limiter.check_tenant(
+        decided = await self.limiter.check_tenant(
             tenant, compiled, cost=body.cost, quota=current.quotas.get(tenant, 0)
         )
         decision = decided.decision
         policy = decided.policy
-        return "allowed" if decision.allowed else "blocked", json_response(
-            {
-                "allowed": decision.allowed,
-                "tenant": tenant,
-                "policy": {
-                    "id": policy.id,
-                    "name": policy.name,
-                    "tenant": policy.tenant,
-                    "mode": policy.mode,
-                    "windows": [w.model_dump() for w in policy.windows],
-                },
-                "limit": decision.limit,
-                "remaining": decision.remaining,
-                "reset_ms": decision.reset_ms,
-                "retry_after_ms": decision.retry_after_ms,
-                "retry_after": ms_to_s_up(decision.retry_after_ms),
-                "quota_remaining": decided.quota_remaining,
-                "quota_reset_ms": decided.quota_reset_ms,
-                "quota_exceeded": decided.quota_exceeded,
-                "shadow": decided.shadow,
-                "degraded": decision.degraded,
-            }
-        )
+        return "allowed" if decision.allowed else "blocked", {
+            "allowed": decision.allowed,
+            "tenant": tenant,
+            "policy": {
+                "id": policy.id,
+                "name": policy.name,
+                "tenant": policy.tenant,
+                "mode": policy.mode,
+                "windows": [w.model_dump() for w in policy.windows],
+            },
+            "limit": decision.limit,
+            "remaining": decision.remaining,
+            "reset_ms": decision.reset_ms,
+            "retry_after_ms": decision.retry_after_ms,
+            "retry_after": ms_to_s_up(decision.retry_after_ms),
+            "quota_remaining": decided.quota_remaining,
+            "quota_reset_ms": decided.quota_reset_ms,
+            "quota_exceeded": decided.quota_exceeded,
+            "shadow": decided.shadow,
+            "degraded": decision.degraded,
+        }
+
+
+CHECK_SERVICE_KEY = web.AppKey("urr_check_service", CheckService)
+
+
+def create_check_app(
+    limiter: SlidingWindowLimiter,
+    settings: RateLimitSettings | None = None,
+    registry: CollectorRegistry | None = None,
+    *,
+    policies: PolicyWatcher | None = None,
+    callers: Mapping[str, SecretStr] | None = None,
+) -> web.Application:
+    """The check API as an aiohttp application. ``policies``: the published configuration
+    this worker follows (its start and stop belong to whoever owns it: ``server.build_apps``
+    installs it on the public app); without it the tenant shape is decided by the seed
+    default policies. ``settings`` is accepted for existing callers; the categories are the
+    limiter's own, published default policies included, read per request since they change
+    at run time. The app carries its ``CheckService`` (``CHECK_SERVICE_KEY``), so a server
+    may answer through the lean listener (``urr_gateway.checkserver.CheckSite``) instead."""
+    service = CheckService(limiter, registry, policies=policies, callers=callers)
 
     async def check(request: web.Request) -> web.Response:
         started = time.perf_counter()
-        outcome = "invalid"
-        try:
-            body = parse_check_body((await read_json(request, _AnyObject)).model_dump())
-            if isinstance(body, CheckRequest):
-                outcome, response = await legacy(body)
-            else:
-                outcome, response = await tenant_check(body)
-            return response
-        finally:
-            latency.labels(outcome).observe(time.perf_counter() - started)
+        data = (await read_json(request, _AnyObject)).model_dump()
+        return web.Response(body=await service.answer(data, started), content_type=JSON)
 
     middlewares: list[Middleware] = [request_context_middleware, problem_middleware]
     if callers is not None:
@@ -218,5 +293,6 @@ def create_check_app(
         middlewares.append(service_credential_middleware(callers))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[LIMITER_KEY] = limiter
+    app[CHECK_SERVICE_KEY] = service
     app.router.add_post(CHECK_PATH, check)
     return app

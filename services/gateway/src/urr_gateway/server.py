@@ -17,7 +17,8 @@ from urr_common.clients import redis_client
 from urr_common.logs import get_logger
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, start_metrics_listener
 from urr_gateway.app import create_app
-from urr_gateway.checkapi import create_check_app
+from urr_gateway.checkapi import CHECK_SERVICE_KEY, create_check_app
+from urr_gateway.checkserver import CheckSite
 from urr_gateway.filters.ratelimit import install_rate_limit, rate_limit_filter, revocation_verdict
 from urr_gateway.ratelimit import CategoryRouter, SlidingWindowLimiter
 from urr_gateway.ratelimit.policyset import PolicyWatcher, install_policy_watcher
@@ -95,6 +96,7 @@ async def serve_gateway(
             )
             await runner.setup()
             runners.append(runner)
+            site: web.BaseSite
             if app is apps.public:  # shed floods per peer address before parsing them
                 site = public_site(
                     runner,
@@ -103,6 +105,15 @@ async def serve_gateway(
                     app.get(REGISTRY_KEY),
                     host=host,
                     port=port,
+                    reuse_port=reuse_port or None,
+                )
+            elif (service := app.get(CHECK_SERVICE_KEY)) is not None:  # the lean listener
+                site = CheckSite(
+                    runner,
+                    service,
+                    host,
+                    port,
+                    drain_timeout_s=http.shutdown_timeout_s,
                     reuse_port=reuse_port or None,
                 )
             else:

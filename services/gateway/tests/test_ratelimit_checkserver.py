@@ -1,0 +1,431 @@
+"""The check API's own listener (``urr_gateway.checkserver``) attacked over raw sockets:
+malformed HTTP, oversized heads and bodies, slow clients, pipelining, forged credentials.
+Every refusal is a 4xx problem+json and leaves Redis untouched."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from urr_gateway.checkapi import CHECK_PATH, CheckService
+from urr_gateway.checkserver import MAX_HEAD_BYTES, CheckServer
+from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter
+
+pytestmark = pytest.mark.integration
+
+SECRET = "checkserver-test-secret-0123456789"
+AUTH = f"Authorization: Bearer {SECRET}\r\n".encode()
+BODY = orjson.dumps({"key": "tenant-1", "category": "auth", "cost": 1})
+
+
+@dataclass
+class Listener:
+    port: int
+    server: CheckServer
+
+
+@pytest.fixture
+async def listener(redis: Redis) -> AsyncIterator[Listener]:
+    limiter = SlidingWindowLimiter(redis, RateLimitSettings(budget_ms=500))
+    service = CheckService(limiter, CollectorRegistry(), callers={"checker": SecretStr(SECRET)})
+    server = CheckServer(service, request_timeout_s=0.5, keepalive_timeout_s=1.5)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        yield Listener(port, server)
+    finally:
+        await server.close(1.0)
+        await limiter.aclose()
+
+
+def request(
+    body: bytes = BODY,
+    *,
+    method: bytes = b"POST",
+    path: bytes = CHECK_PATH.encode(),
+    auth: bytes = AUTH,
+    extra: bytes = b"",
+    version: bytes = b"HTTP/1.1",
+) -> bytes:
+    return (
+        method + b" " + path + b" " + version + b"\r\nHost: x\r\n" + auth
+        + b"Content-Type: application/json\r\n" + extra
+        + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        value = orjson.loads(self.body)
+        assert isinstance(value, dict)
+        return value
+
+
+async def read_answer(reader: asyncio.StreamReader, head_only: bool = False) -> Answer:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    length = 0 if head_only else int(headers.get("content-length", "0"))
+    body = await asyncio.wait_for(reader.readexactly(length), 5)
+    return Answer(int(lines[0].split()[1]), headers, body)
+
+
+async def exchange(port: int, raw: bytes, answers: int = 1) -> list[Answer]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        return [await read_answer(reader) for _ in range(answers)]
+    finally:
+        writer.close()
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    """The server closed (or half-closed) the connection: EOF within a few seconds."""
+    try:
+        return await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionResetError:
+        return True
+
+
+def assert_problem(answer: Answer, status: int, code: str) -> None:
+    assert answer.status == status, answer
+    assert answer.headers["content-type"] == "application/problem+json"
+    body = answer.json()
+    assert (body["status"], body["code"]) == (status, code)
+    assert answer.headers["x-request-id"]
+
+
+async def test_a_check_is_answered_with_the_contract_and_keep_alive(
+    listener: Listener, redis: Redis
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    for remaining in (19, 18):
+        writer.write(request(extra=b"X-Request-Id: req-1\r\n"))
+        answer = await read_answer(reader)
+        assert answer.status == 200
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["x-request-id"] == "req-1"
+        assert "date" in answer.headers
+        contract = answer.json()
+        # The window started with the first check; the second comes a moment later.
+        assert 59_000 <= contract.pop("reset_ms") <= 60_000  # type: ignore[operator]
+        assert contract == {
+            "allowed": True,
+            "limit": 20,
+            "remaining": remaining,
+            "retry_after_ms": 0,
+            "degraded": False,
+        }
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(listener: Listener) -> None:
+    # A valid check, a refusal decided before the body, a check, an invalid body: in one write.
+    raw = (
+        request(orjson.dumps({"key": "a", "category": "auth"}))
+        + request(path=b"/elsewhere")
+        + request(orjson.dumps({"key": "a", "category": "auth", "cost": 2}))
+        + request(b'{"key": 1}')
+    )
+    answers = await exchange(listener.port, raw, answers=4)
+    assert [a.status for a in answers] == [200, 404, 200, 422]
+    assert [answers[0].json()["remaining"], answers[2].json()["remaining"]] == [19, 17]
+
+
+async def test_many_pipelined_requests_are_all_answered_in_order(listener: Listener) -> None:
+    bodies = [
+        orjson.dumps({"key": f"k{i}", "category": "general", "cost": 1 + i % 3}) for i in range(300)
+    ]
+    answers = await exchange(listener.port, b"".join(request(b) for b in bodies), answers=300)
+    assert all(a.status == 200 for a in answers)
+    ids = {a.headers["x-request-id"] for a in answers}
+    assert len(ids) == 300
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # Each key was asked once: its remaining tells which request the answer belongs to.
+    assert [a.json()["remaining"] for a in answers] == [100 - (1 + i % 3) for i in range(300)]
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        (b"", 401),
+        (b"Authorization: Bearer wrong-secret-0123456789abcdef\r\n", 401),
+        (b"Authorization: Basic " + SECRET.encode() + b"\r\n", 401),
+        (b"Authorization: Bearer\r\n", 401),
+        (b"Authorization: Bearer " + SECRET[:-1].encode() + b"\r\n", 401),
+        (b"Authorization: Bearer " + SECRET.encode() + b"x\r\n", 401),
+        (b"Authorization: bearer " + SECRET.encode() + b"\r\n", 200),
+    ],
+)
+async def test_the_caller_must_prove_itself_before_anything_else(
+    listener: Listener, redis: Redis, auth: bytes, expected: int
+) -> None:
+    # Unknown path, wrong method and a huge body: the credential is still what is refused.
+    for raw in (
+        request(auth=auth),
+        request(auth=auth, path=b"/nope"),
+        request(auth=auth, method=b"GET", body=b""),
+    ):
+        (answer,) = await exchange(listener.port, raw)
+        if expected == 401:
+            assert_problem(answer, 401, "service_credential_required")
+            assert answer.headers["www-authenticate"] == 'Bearer realm="urr-internal"'
+    if expected == 401:
+        assert await redis.dbsize() == 0
+
+
+async def test_a_forged_credential_with_a_large_body_is_refused_unread(
+    listener: Listener, redis: Redis
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(
+        b"POST " + CHECK_PATH.encode() + b" HTTP/1.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 10000000\r\n\r\n" + b"x" * 1000
+    )
+    assert_problem(await read_answer(reader), 401, "service_credential_required")
+    assert await closed(reader)
+    writer.close()
+    assert await redis.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (request(path=b"/internal/v1/ratelimit/check2"), 404, "not_found"),
+        (request(path=b"/internal/v1/ratelimit/%63heck"), 404, "not_found"),
+        (request(method=b"GET", body=b""), 405, "method_not_allowed"),
+        (request(method=b"PUT"), 405, "method_not_allowed"),
+        (request(extra=b"Content-Type: text/plain\r\n").replace(
+            b"Content-Type: application/json\r\n", b"", 1), 415, "unsupported_media_type"),
+        (request(b"{"), 400, "malformed_json"),
+        (request(b"[1]"), 400, "malformed_json"),
+        (request(b'{"key":"k","category":"auth","cost":true}'), 422, "validation_failed"),
+        (request(b'{"key":"k","category":"nope"}'), 422, "unknown_category"),
+        (request(b'{"key":"k","category":"auth","cost":21}'), 422, "cost_exceeds_limit"),
+        (request(b'{"key":"' + b"x" * 5000 + b'"}'), 413, "payload_too_large"),
+    ],
+)  # fmt: skip
+async def test_bad_requests_are_problems_that_change_nothing(
+    listener: Listener, redis: Redis, raw: bytes, status: int, code: str
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(raw)
+    answer = await read_answer(reader)
+    assert_problem(answer, status, code)
+    if status == 405:
+        assert answer.headers["allow"] == "POST"
+    # The connection stays usable: the refused body was read (or there was none).
+    writer.write(request())
+    assert (await read_answer(reader)).status == 200
+    writer.close()
+    assert await redis.dbsize() == 1  # only the valid check after it counted
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request"),
+        (b"POST /x HTTP/1.1\r\nBad Header\r\n\r\n", 400, "bad_request"),
+        (b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, "bad_request"),
+        (b"POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "bad_request"),
+        (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "bad_request"),
+        (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400,
+         "bad_request"),
+        (b"GET /" + b"a" * (2 * MAX_HEAD_BYTES) + b" HTTP/1.1\r\n\r\n", 431, "headers_too_large"),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * (MAX_HEAD_BYTES + 10), 431, "headers_too_large"),
+        (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", 431, "headers_too_large"),
+    ],
+)  # fmt: skip
+async def test_unreadable_http_is_refused_and_the_connection_closed(
+    listener: Listener, redis: Redis, raw: bytes, status: int, code: str
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(raw)
+    assert_problem(await read_answer(reader), status, code)
+    assert await closed(reader)
+    writer.close()
+    assert await redis.dbsize() == 0
+
+
+async def test_a_head_arriving_byte_by_byte_beyond_the_limit_is_refused(
+    listener: Listener,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(b"POST / HTTP/1.1\r\nX: ")
+    for _ in range(MAX_HEAD_BYTES // 4096 + 2):
+        writer.write(b"a" * 4096)
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    assert_problem(await read_answer(reader), 431, "headers_too_large")
+    writer.close()
+
+
+async def test_chunked_bodies_are_read_and_limited(listener: Listener, redis: Redis) -> None:
+    head = (
+        b"POST " + CHECK_PATH.encode() + b" HTTP/1.1\r\n" + AUTH
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )  # fmt: skip
+    half = len(BODY) // 2
+    chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+        half,
+        BODY[:half],
+        len(BODY) - half,
+        BODY[half:],
+    )
+    (answer,) = await exchange(listener.port, head + chunked)
+    assert answer.status == 200
+    big = b"".join(b"1000\r\n" + b"x" * 4096 + b"\r\n" for _ in range(3)) + b"0\r\n\r\n"
+    (answer,) = await exchange(listener.port, head + big)
+    assert_problem(answer, 413, "payload_too_large")
+    # Beyond what is read and dropped: answered at once and closed.
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(head + b"".join(b"4000\r\n" + b"x" * 16384 + b"\r\n" for _ in range(6)))
+    assert_problem(await read_answer(reader), 413, "payload_too_large")
+    assert await closed(reader)
+    writer.close()
+    assert await redis.dbsize() == 1
+
+
+async def test_a_slow_client_gets_408_and_an_idle_one_is_closed(listener: Listener) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request()[:40])  # and never the rest (request timeout 0.5 s)
+    answer = await asyncio.wait_for(read_answer(reader), 5)
+    assert_problem(answer, 408, "request_timeout")
+    assert await closed(reader)
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request())
+    assert (await read_answer(reader)).status == 200
+    started = asyncio.get_running_loop().time()
+    assert await closed(reader)  # keep-alive timeout 1.5 s, one sweep a second
+    assert 1.0 <= asyncio.get_running_loop().time() - started <= 4.0
+    writer.close()
+
+
+async def test_http_1_0_and_connection_close_are_closed_after_the_answer(
+    listener: Listener,
+) -> None:
+    for raw in (request(version=b"HTTP/1.0"), request(extra=b"Connection: close\r\n")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(raw)
+        answer = await read_answer(reader)
+        assert answer.status == 200
+        assert answer.headers["connection"] == "close"
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_nothing_after_a_closing_request_is_decided(listener: Listener, redis: Redis) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request(extra=b"Connection: close\r\n") + request() + request())
+    answer = await read_answer(reader)
+    assert (answer.status, answer.json()["remaining"]) == (200, 19)
+    assert await closed(reader)
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request())
+    assert (await read_answer(reader)).json()["remaining"] == 18  # the two were not counted
+    writer.close()
+
+
+async def test_head_and_expect_continue(listener: Listener) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request(method=b"HEAD", body=b""))
+    answer = await read_answer(reader, head_only=True)
+    assert answer.status == 405
+    # No body followed the HEAD answer: the next answer starts right after its head.
+    head = request(extra=b"Expect: 100-continue\r\n")
+    writer.write(head[: -len(BODY)])
+    assert (
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    )
+    writer.write(BODY)
+    assert (await read_answer(reader)).status == 200
+    writer.close()
+
+
+async def test_closing_lets_answers_owed_be_written(redis: Redis) -> None:
+    limiter = SlidingWindowLimiter(redis, RateLimitSettings(budget_ms=500))
+    server = CheckServer(CheckService(limiter, CollectorRegistry()))
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request() * 3)
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(server.close(5.0))
+    answers = [await read_answer(reader) for _ in range(3)]
+    assert [a.status for a in answers] == [200, 200, 200]
+    assert await closed(reader)
+    assert await closed(idle_reader)
+    await closing
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+    writer.close()
+    idle_writer.close()
+    await limiter.aclose()
+
+
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+#: Pieces an attacker would combine: request lines, headers, framing, bodies.
+fragments = st.sampled_from(
+    [
+        b"POST ", b"GET ", b"HEAD ", CHECK_PATH.encode(), b"/", b" HTTP/1.1\r\n", b" HTTP/1.0\r\n",
+        b"HTTP/2\r\n", AUTH, b"Authorization: Bearer x\r\n", b"Content-Type: application/json\r\n",
+        b"Content-Length: 5\r\n", b"Content-Length: 99999\r\n", b"Transfer-Encoding: chunked\r\n",
+        b"Connection: close\r\n", b"Expect: 100-continue\r\n", b"\r\n", b"\n", b"\x00", b"\xff",
+        b"5\r\nhello\r\n0\r\n\r\n", BODY, b"{", b":", b" ",
+    ]
+)  # fmt: skip
+raw_requests = st.one_of(
+    st.lists(fragments, max_size=12).map(b"".join),
+    st.binary(max_size=300),
+    st.builds(lambda body: request(body), st.binary(max_size=200)),
+)
+
+
+@FUZZ
+@given(raw=raw_requests)
+async def test_fuzzed_bytes_get_a_problem_or_nothing_and_never_a_5xx(
+    listener: Listener, redis: Redis, raw: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(raw)
+    writer.write_eof()
+    try:
+        while True:
+            try:
+                answer = await read_answer(reader)
+            except (asyncio.IncompleteReadError, ConnectionResetError):
+                break
+            if answer.status == 100:
+                continue
+            assert answer.status < 500, answer
+            if answer.status != 200:
+                body = answer.json()
+                assert body["status"] == answer.status
+                assert isinstance(body["code"], str)
+    finally:
+        writer.close()
+    # Only a complete, valid, credentialed check may count.
+    if BODY not in raw or AUTH not in raw:
+        assert await redis.dbsize() == 0
