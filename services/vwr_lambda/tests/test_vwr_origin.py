@@ -123,6 +123,20 @@ def test_a_container_keeps_the_values_for_the_cache_time(secrets: Any, secret_id
     assert cached.values() == (OLD, NEW)
 
 
+def test_the_cached_values_never_outlive_the_cache_time(secrets: Any, secret_id: str) -> None:
+    """The edge emulator reads them on its event loop without a call: stale means None."""
+    now = [1000.0]
+    cached = OriginSecrets(secrets, secret_id, cache_s=60, clock=lambda: now[0])
+    assert cached.cached() is None  # nothing fetched yet
+    assert cached.values() == (OLD,)
+    now[0] += 59
+    assert cached.cached() == (OLD,)
+    now[0] += 1
+    assert cached.cached() is None  # stale: the caller must fetch again
+    assert cached.values() == (OLD,)
+    assert cached.cached() == (OLD,)
+
+
 def test_an_unreadable_or_weak_secret_lets_nothing_through(
     vwr_settings: VwrSettings, secrets: Any, make_vwr: Any
 ) -> None:

@@ -262,3 +262,22 @@ FULL_INFRA = {
         "positions_table",
     )
 }
+
+
+def test_devstack_queue_batches_its_kafka_records_for_the_local_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tansu's memory storage lists every batch of a partition on each fetch with new data:
+    the local queue lingers longer than the default (docs/performance.md, issue 22)."""
+    from urr_common.settings import KafkaSettings, load_settings
+    from urr_queue.settings import QueueSettings
+
+    ports = resolve_ports(SERVICES, {})
+    env = render_env(
+        next(spec for spec in SERVICES if spec.name == "queue"),
+        template_context("127.0.0.1", ports, FULL_INFRA),
+    )
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(QueueSettings)
+    assert settings.kafka.linger_ms >= 100 > KafkaSettings().linger_ms

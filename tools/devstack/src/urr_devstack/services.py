@@ -110,6 +110,11 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "URR_CONSOLE__TIER1_ADMIN_URL": "{vwr_apigw_url}",
             "URR_INTERNAL__HOST": "{host}",
             "URR_INTERNAL__PORT": "{queue_internal_port}",
+            # Fewer, fuller record batches: the local broker (Tansu, memory storage) keeps one
+            # object per batch and lists every object of the partition on each fetch that
+            # finds new data, so its CPU grows with the batches it holds (docs/performance.md,
+            # "Flash crowd rate at 50 a second"). queue-events has no reader in a hurry.
+            "URR_KAFKA__LINGER_MS": "200",
         },
         extra_ports={"internal": 5007},
     ),

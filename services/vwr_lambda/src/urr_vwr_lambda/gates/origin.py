@@ -50,6 +50,13 @@ class OriginSecrets:
         self._values: tuple[str, ...] = ()
         self._fetched_at: float | None = None
 
+    def cached(self) -> tuple[str, ...] | None:
+        """The values while they are fresh, without any call (None: ``values`` must fetch)."""
+        fetched_at = self._fetched_at
+        if fetched_at is None or self._clock() - fetched_at >= self._cache_s:
+            return None
+        return self._values or None
+
     def values(self) -> tuple[str, ...]:
         with self._lock:
             now = self._clock()
