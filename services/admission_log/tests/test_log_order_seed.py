@@ -127,7 +127,7 @@ async def test_tier1s_seed_is_a_part_of_its_own(log: dict[str, Any]) -> None:
 
     await _feed(log, [COMMITTED, TIER1_COMMITTED])
     # Malformed Tier-1 records: no seed, a seed that is not hex, a short commitment, no event.
-    bad = [
+    bad: list[dict[str, Any]] = [
         TIER1_REVEALED,
         {**TIER1_REVEALED, "seed": "zz" * 32},
         {**TIER1_COMMITTED, "commitment": "ab"},
