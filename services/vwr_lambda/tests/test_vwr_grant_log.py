@@ -103,6 +103,21 @@ def publish_reveal(log: dict[str, str], event_id: str) -> None:
     asyncio.run(send())
 
 
+def with_grant_log(
+    vwr_settings: VwrSettings, log: dict[str, str], *, timeout_s: float = 20.0
+) -> VwrSettings:
+    return vwr_settings.model_copy(
+        update={
+            "grant_log": GrantLogSettings(
+                enabled=True,
+                topic=log["topic"],
+                kafka=KafkaSettings(bootstrap_servers=log["bootstrap"]),
+                timeout_s=timeout_s,
+            )
+        }
+    )
+
+
 def run_random_line(
     make_vwr: Callable[[VwrSettings], Any], vwr_settings: VwrSettings, log: dict[str, str]
 ) -> tuple[str, list[dict[str, Any]]]:
@@ -151,9 +166,21 @@ def run_random_line(
                 break
         assert vwr.status(event_id).body["servingCounter"] == len(live)
         assert vwr.runtime.grant_log.pending == []
+        publisher.publish = publish  # the reveal's record is no leaf
+        assert reveal_tier1(vwr, event_id) == SEED
     finally:
         vwr.runtime.grant_log.close()
     return event_id, sent
+
+
+def reveal_tier1(vwr: Any, event_id: str) -> str:
+    """The line is over: close the room and reveal Tier 1's seed through its admin route."""
+    closed = vwr.admin("PUT", event_id, {"isActive": False})
+    assert closed.status == 200, closed.body
+    revealed = vwr.admin("POST", f"{event_id}/order-seed/reveal")
+    assert revealed.status == 200, revealed.body
+    assert revealed.body["published"] is True
+    return str(revealed.body["orderSeed"])
 
 
 def audit(entries: str, seed: str) -> int:
@@ -224,25 +251,20 @@ def test_a_broker_outage_keeps_the_records_pending_and_never_stops_the_line(
     vwr_settings: VwrSettings,
     log_service: dict[str, str],
 ) -> None:
-    """Kafka down: the draw goes on, its records wait in order in the publisher and go out
-    first once the broker answers (here: handed to a publisher on the live broker)."""
-    dead = vwr_settings.model_copy(
-        update={
-            "grant_log": GrantLogSettings(
-                enabled=True,
-                topic=log_service["topic"],
-                kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
-                timeout_s=1.0,
-            )
-        }
-    )
-    vwr = make_vwr(dead)
+    """Kafka down once the seed's commitment is out: the draw goes on, its records wait in
+    order in the publisher and go out first once the broker answers (here: handed to a
+    publisher on the live broker)."""
+    vwr = make_vwr(with_grant_log(vwr_settings, log_service, timeout_s=5.0))
     event_id = f"t1{uuid.uuid4().hex[:8]}"
     body = {"isActive": True, "batchSize": 100, "queueMethod": "random", "orderSeed": SEED}
-    assert vwr.admin("PUT", event_id, body).status == 201
+    assert vwr.admin("PUT", event_id, body).status == 201  # the commitment is acknowledged
     for _ in range(4):
         assert vwr.assign(event_id).status == 201
     stuck = vwr.runtime.grant_log
+    # The broker goes away (the publisher's next connection goes to a dead address).
+    stuck._kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    stuck._timeout_s = 1.0
+    stuck._loop.run_until_complete(stuck._drop_producer())
     try:
         for _ in range(2):
             moved = vwr.admin("POST", f"{event_id}/advance", {"by": 2})
@@ -264,6 +286,11 @@ def test_a_broker_outage_keeps_the_records_pending_and_never_stops_the_line(
     finally:
         live.close()
     publish_reveal(log_service, event_id)
+    revealer = make_vwr(with_grant_log(vwr_settings, log_service))
+    try:
+        assert reveal_tier1(revealer, event_id) == SEED
+    finally:
+        revealer.runtime.grant_log.close()
     base = f"{log_service['base']}/v1/log/{event_id}"
     assert signed_size(log_service["base"], event_id, 4) == 4
     assert audit(f"{base}/entries?start=0&end=4", f"{base}/order-seed") == 0
