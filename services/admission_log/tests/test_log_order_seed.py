@@ -41,6 +41,18 @@ async def _feed(log: dict[str, Any], records: list[dict[str, Any]]) -> LogMetric
     return metrics
 
 
+async def refuses_rewrites(log: dict[str, Any], table: str) -> None:
+    """Every write path refuses to change or drop a stored seed."""
+    async with log["pool"].acquire() as conn:
+        for sql in (
+            f"UPDATE {table} SET seed = NULL",  # noqa: S608 - the test's own table names
+            f"DELETE FROM {table}",  # noqa: S608
+            f"TRUNCATE {table}",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(sql)
+
+
 async def test_the_commitment_then_the_seed_once(log: dict[str, Any]) -> None:
     client = log["client"]
     missing = await client.get(f"/v1/log/{EVENT}/order-seed")
@@ -64,14 +76,7 @@ async def test_the_commitment_then_the_seed_once(log: dict[str, Any]) -> None:
     assert (document["seed"], document["commitment"]) == (SEED, COMMITMENT)
     assert document["committedAt"] == body["committedAt"]
     # Every write path refuses to change or drop it.
-    async with log["pool"].acquire() as conn:
-        for sql in (
-            "UPDATE admission_order_seeds SET seed = NULL",
-            "DELETE FROM admission_order_seeds",
-            "TRUNCATE admission_order_seeds",
-        ):
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.execute(sql)
+    await refuses_rewrites(log, "admission_order_seeds")
 
 
 async def test_a_reveal_with_no_commitment_seen_publishes_its_own(log: dict[str, Any]) -> None:
@@ -152,11 +157,4 @@ async def test_tier1s_seed_is_a_part_of_its_own(log: dict[str, Any]) -> None:
     assert final["revealed"] is True
     assert (final["tier1"]["seed"], final["tier1"]["commitment"]) == (TIER1_SEED, TIER1_COMMITMENT)
     assert (final["seed"], final["commitment"]) == (SEED, COMMITMENT)
-    async with log["pool"].acquire() as conn:
-        for sql in (
-            "UPDATE admission_tier1_order_seeds SET seed = NULL",
-            "DELETE FROM admission_tier1_order_seeds",
-            "TRUNCATE admission_tier1_order_seeds",
-        ):
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.execute(sql)
+    await refuses_rewrites(log, "admission_tier1_order_seeds")

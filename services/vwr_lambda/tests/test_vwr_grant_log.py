@@ -118,6 +118,20 @@ def with_grant_log(
     )
 
 
+def record_sent(publisher: Any) -> tuple[list[dict[str, Any]], Callable[..., int]]:
+    """Every record the publisher hands to Kafka from now on (really sent), and its own
+    ``publish`` to stop recording with."""
+    sent: list[dict[str, Any]] = []
+    publish = publisher.publish
+
+    def counted(records: list[dict[str, Any]]) -> int:
+        sent.extend(records)
+        return int(publish(records))
+
+    publisher.publish = counted
+    return sent, publish
+
+
 def run_random_line(
     make_vwr: Callable[[VwrSettings], Any], vwr_settings: VwrSettings, log: dict[str, str]
 ) -> tuple[str, list[dict[str, Any]]]:
@@ -148,14 +162,7 @@ def run_random_line(
     vwr.clock.advance(settings.advancer.abandon_after_s + 5)
     live = ids[QUIET:]
     publisher = vwr.runtime.grant_log
-    sent: list[dict[str, Any]] = []
-    publish = publisher.publish
-
-    def counted(records: list[dict[str, Any]]) -> int:
-        sent.extend(records)
-        return int(publish(records))
-
-    publisher.publish = counted
+    sent, publish = record_sent(publisher)
     try:
         for _ in range(10):
             for request_id in live:
@@ -308,14 +315,7 @@ def test_tier1s_seed_is_committed_before_its_draw_and_revealed_only_after_the_li
     before anyone's turn came, and a stranger audits the draw from the log alone."""
     vwr = make_vwr(with_grant_log(vwr_settings, log_service))
     publisher = vwr.runtime.grant_log
-    sent: list[dict[str, Any]] = []
-    publish = publisher.publish
-
-    def counted(records: list[dict[str, Any]]) -> int:
-        sent.extend(records)
-        return int(publish(records))
-
-    publisher.publish = counted
+    sent, _ = record_sent(publisher)
     event_id = f"t1{uuid.uuid4().hex[:8]}"
     reveal = f"/vwr/admin/events/{event_id}/order-seed/reveal"
     try:

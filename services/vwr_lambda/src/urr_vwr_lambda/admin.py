@@ -232,21 +232,16 @@ def _commit_seed(runtime: VwrRuntime, state: EventState) -> None:
 
 def _refuse_unavailable(limited_by: str) -> None:
     """A 503 problem for an advance that could not run (nothing changed)."""
-    if limited_by == "seed_not_committed":
-        raise VwrProblem(
-            503,
-            "seed_not_committed",
-            "the order seed's commitment is not public yet (the grant log did not take "
-            "it); nothing was drawn",
-            headers={"Retry-After": "5"},
-        )
-    if limited_by == "capacity_unavailable":
-        raise VwrProblem(
-            503,
-            "capacity_unavailable",
-            "Tier 2's capacity feed did not answer; nothing was advanced",
-            headers={"Retry-After": "5"},
-        )
+    detail = _UNAVAILABLE.get(limited_by)
+    if detail is not None:
+        raise VwrProblem(503, limited_by, detail, headers={"Retry-After": "5"})
+
+
+_UNAVAILABLE = {
+    "seed_not_committed": "the order seed's commitment is not public yet (the grant log did "
+    "not take it); nothing was drawn",
+    "capacity_unavailable": "Tier 2's capacity feed did not answer; nothing was advanced",
+}
 
 
 def _reveal(runtime: VwrRuntime, state: EventState) -> EventState:

@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 
-from urr_common.fairness import seed_commitment
+from urr_common.fairness import seed_records
 from urr_common.settings import KafkaSettings
 from urr_vwr_lambda.queueing import PositionRow, draw_key
 
@@ -144,29 +144,13 @@ def passed_records(
     ]
 
 
-SEED_COMMITTED = "tier1_order_seed_committed"
-SEED_REVEALED = "tier1_order_seed_revealed"
-
-
 def seed_committed_record(event_id: str, seed_hex: str) -> dict[str, Any]:
     """Tier 1's commitment to its seed (a fixed id: republished, it is stored once)."""
-    return {
-        "id": f"{SEED_COMMITTED}:{event_id}",
-        "type": SEED_COMMITTED,
-        "eventId": event_id,
-        "method": "random",
-        "commitment": seed_commitment(bytes.fromhex(seed_hex)),
-    }
+    return seed_records("tier1_", event_id, seed_hex)[0]
 
 
 def seed_revealed_record(event_id: str, seed_hex: str) -> dict[str, Any]:
-    committed = seed_committed_record(event_id, seed_hex)
-    return {
-        **committed,
-        "id": f"{SEED_REVEALED}:{event_id}",
-        "type": SEED_REVEALED,
-        "seed": seed_hex,
-    }
+    return seed_records("tier1_", event_id, seed_hex)[1]
 
 
 class GrantLogUnavailable(RuntimeError):

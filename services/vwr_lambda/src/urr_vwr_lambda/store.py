@@ -5,9 +5,10 @@
 ``epoch`` (bumped by a reset, so rows of earlier runs count as gone without deleting them),
 ``admitRate`` (admissions per second, smoothed by the advancer), ``queueMethod`` (``fifo``,
 ``random``, ``passthrough``, ``reject``), ``orderSeed`` (hex, written once: the random
-method's secret), ``prequeueStart`` and ``saleStart`` (epoch ms, written once: the scheduled
-pre-queue, issue 19) and ``lineFloor`` (random method: every number up to it has been granted or
-given up; ``servingCounter`` then counts grants). The item ``#active`` lists the
+method's secret), ``orderSeedRevealedAt`` (epoch ms, written once: the operator revealed
+the seed, ``admin._reveal``), ``prequeueStart`` and ``saleStart`` (epoch ms, written once:
+the scheduled pre-queue, issue 19) and ``lineFloor`` (random method: every number up to it
+has been granted or given up; ``servingCounter`` then counts grants). The item ``#active`` lists the
 active events in a string set, so the advancer finds them with one GetItem, never a Scan.
 
 ``positions`` (PK ``eventId``, SK ``requestId``): ``position``, ``epoch``, ``userId``,
