@@ -103,6 +103,35 @@ def publish_reveal(log: dict[str, str], event_id: str) -> None:
     asyncio.run(send())
 
 
+def with_grant_log(
+    vwr_settings: VwrSettings, log: dict[str, str], *, timeout_s: float = 20.0
+) -> VwrSettings:
+    return vwr_settings.model_copy(
+        update={
+            "grant_log": GrantLogSettings(
+                enabled=True,
+                topic=log["topic"],
+                kafka=KafkaSettings(bootstrap_servers=log["bootstrap"]),
+                timeout_s=timeout_s,
+            )
+        }
+    )
+
+
+def record_sent(publisher: Any) -> tuple[list[dict[str, Any]], Callable[..., int]]:
+    """Every record the publisher hands to Kafka from now on (really sent), and its own
+    ``publish`` to stop recording with."""
+    sent: list[dict[str, Any]] = []
+    publish = publisher.publish
+
+    def counted(records: list[dict[str, Any]]) -> int:
+        sent.extend(records)
+        return int(publish(records))
+
+    publisher.publish = counted
+    return sent, publish
+
+
 def run_random_line(
     make_vwr: Callable[[VwrSettings], Any], vwr_settings: VwrSettings, log: dict[str, str]
 ) -> tuple[str, list[dict[str, Any]]]:
@@ -133,14 +162,7 @@ def run_random_line(
     vwr.clock.advance(settings.advancer.abandon_after_s + 5)
     live = ids[QUIET:]
     publisher = vwr.runtime.grant_log
-    sent: list[dict[str, Any]] = []
-    publish = publisher.publish
-
-    def counted(records: list[dict[str, Any]]) -> int:
-        sent.extend(records)
-        return int(publish(records))
-
-    publisher.publish = counted
+    sent, publish = record_sent(publisher)
     try:
         for _ in range(10):
             for request_id in live:
@@ -151,9 +173,21 @@ def run_random_line(
                 break
         assert vwr.status(event_id).body["servingCounter"] == len(live)
         assert vwr.runtime.grant_log.pending == []
+        publisher.publish = publish  # the reveal's record is no leaf
+        assert reveal_tier1(vwr, event_id) == SEED
     finally:
         vwr.runtime.grant_log.close()
     return event_id, sent
+
+
+def reveal_tier1(vwr: Any, event_id: str) -> str:
+    """The line is over: close the room and reveal Tier 1's seed through its admin route."""
+    closed = vwr.admin("PUT", event_id, {"isActive": False})
+    assert closed.status == 200, closed.body
+    revealed = vwr.admin("POST", f"{event_id}/order-seed/reveal")
+    assert revealed.status == 200, revealed.body
+    assert revealed.body["published"] is True
+    return str(revealed.body["orderSeed"])
 
 
 def audit(entries: str, seed: str) -> int:
@@ -224,25 +258,20 @@ def test_a_broker_outage_keeps_the_records_pending_and_never_stops_the_line(
     vwr_settings: VwrSettings,
     log_service: dict[str, str],
 ) -> None:
-    """Kafka down: the draw goes on, its records wait in order in the publisher and go out
-    first once the broker answers (here: handed to a publisher on the live broker)."""
-    dead = vwr_settings.model_copy(
-        update={
-            "grant_log": GrantLogSettings(
-                enabled=True,
-                topic=log_service["topic"],
-                kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
-                timeout_s=1.0,
-            )
-        }
-    )
-    vwr = make_vwr(dead)
+    """Kafka down once the seed's commitment is out: the draw goes on, its records wait in
+    order in the publisher and go out first once the broker answers (here: handed to a
+    publisher on the live broker)."""
+    vwr = make_vwr(with_grant_log(vwr_settings, log_service, timeout_s=5.0))
     event_id = f"t1{uuid.uuid4().hex[:8]}"
     body = {"isActive": True, "batchSize": 100, "queueMethod": "random", "orderSeed": SEED}
-    assert vwr.admin("PUT", event_id, body).status == 201
+    assert vwr.admin("PUT", event_id, body).status == 201  # the commitment is acknowledged
     for _ in range(4):
         assert vwr.assign(event_id).status == 201
     stuck = vwr.runtime.grant_log
+    # The broker goes away (the publisher's next connection goes to a dead address).
+    stuck._kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    stuck._timeout_s = 1.0
+    stuck._loop.run_until_complete(stuck._drop_producer())
     try:
         for _ in range(2):
             moved = vwr.admin("POST", f"{event_id}/advance", {"by": 2})
@@ -264,6 +293,127 @@ def test_a_broker_outage_keeps_the_records_pending_and_never_stops_the_line(
     finally:
         live.close()
     publish_reveal(log_service, event_id)
+    revealer = make_vwr(with_grant_log(vwr_settings, log_service))
+    try:
+        assert reveal_tier1(revealer, event_id) == SEED
+    finally:
+        revealer.runtime.grant_log.close()
     base = f"{log_service['base']}/v1/log/{event_id}"
     assert signed_size(log_service["base"], event_id, 4) == 4
     assert audit(f"{base}/entries?start=0&end=4", f"{base}/order-seed") == 0
+
+
+def test_tier1s_seed_is_committed_before_its_draw_and_revealed_only_after_the_line(
+    make_vwr: Callable[[VwrSettings], Any],
+    vwr_settings: VwrSettings,
+    log_service: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Tier 1 draws its own seed (the operator passes none): its commitment is the first
+    record of the event, the reveal is refused while the line is open, to non-admins and
+    before anyone's turn came, and a stranger audits the draw from the log alone."""
+    vwr = make_vwr(with_grant_log(vwr_settings, log_service))
+    publisher = vwr.runtime.grant_log
+    sent, _ = record_sent(publisher)
+    event_id = f"t1{uuid.uuid4().hex[:8]}"
+    reveal = f"/vwr/admin/events/{event_id}/order-seed/reveal"
+    try:
+        opened = vwr.admin("PUT", event_id, {"isActive": True, "queueMethod": "random"})
+        assert opened.status == 201, opened.body
+        commitment = vwr.status(event_id).body["orderSeedCommitment"]
+        assert [(r["type"], r["commitment"]) for r in sent] == [
+            ("tier1_order_seed_committed", commitment)
+        ]
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        for request_id in ids:
+            assert vwr.assign(event_id, request_id).status == 201
+        # Nobody but an admin reveals; an admin not while the room takes people.
+        assert vwr.request("POST", reveal).status == 401
+        user = {"Authorization": f"Bearer {vwr.user_token('u-1')}"}
+        assert vwr.request("POST", reveal, headers=user).status == 403
+        early = vwr.admin("POST", f"{event_id}/order-seed/reveal")
+        assert (early.status, early.body["code"]) == (409, "seed_reveal_too_early")
+        assert early.headers["content-type"].startswith("application/problem+json")
+        # Closed, but three still wait: still too early.
+        assert vwr.admin("PUT", event_id, {"isActive": False}).status == 200
+        waiting = vwr.admin("POST", f"{event_id}/order-seed/reveal")
+        assert (waiting.status, waiting.body["waiting"]) == (409, 3)
+        assert vwr.admin("POST", f"{event_id}/advance", {"by": 3}).status == 200
+        assert vwr.admin("POST", "bad id!/order-seed/reveal").status in (400, 404)
+        first = vwr.admin("POST", f"{event_id}/order-seed/reveal")
+        assert first.status == 200, first.body
+        again = vwr.admin("POST", f"{event_id}/order-seed/reveal")
+        assert again.body == first.body  # idempotent: the same seed, republished
+        seed = first.body["orderSeed"]
+        assert seed_commitment(bytes.fromhex(seed)) == commitment
+        reopened = vwr.admin("PUT", event_id, {"isActive": True})
+        assert (reopened.status, reopened.body["code"]) == (409, "order_seed_revealed")
+    finally:
+        publisher.close()
+    kinds = [record["type"] for record in sent]
+    assert kinds[0] == "tier1_order_seed_committed"
+    assert kinds.count("tier1_granted") == 3
+    assert kinds[-2:] == ["tier1_order_seed_revealed"] * 2
+    base = f"{log_service['base']}/v1/log/{event_id}"
+    size = signed_size(log_service["base"], event_id, 3)
+    deadline = time.monotonic() + 20
+    document: dict[str, Any] = {}
+    while time.monotonic() < deadline and not document.get("revealed"):
+        try:
+            document = get_json(f"{base}/order-seed")
+        except OSError:
+            time.sleep(0.2)  # not stored yet (404)
+    assert document["tier1"] | {"committedAt": "", "revealedAt": ""} == {
+        "method": "random",
+        "commitment": commitment,
+        "seed": seed,
+        "revealed": True,
+        "committedAt": "",
+        "revealedAt": "",
+    }
+    assert "commitment" not in document  # the queue published nothing for this event
+    entries = f"{base}/entries?start=0&end={size}"
+    assert audit(entries, f"{base}/order-seed") == 0
+    assert "Tier 1's revealed seed matches its own commitment" in capsys.readouterr().out
+    # A forger serves another seed (the draw's keys would then not match) under the same
+    # commitment: the verifier names the reason.
+    forged = tmp_path / "forged-seed.json"
+    document["tier1"]["seed"] = "00" * 32
+    forged.write_text(json.dumps(document))
+    assert audit(entries, str(forged)) == 1
+    assert "Tier 1's seed: the revealed seed does not hash to the commitment" in (
+        capsys.readouterr().err
+    )
+
+
+def test_no_draw_runs_before_its_commitment_is_out(
+    make_vwr: Callable[[VwrSettings], Any], vwr_settings: VwrSettings
+) -> None:
+    """The broker is down from the start: the room opens, but no draw runs (503, nothing
+    granted) until the commitment reached the broker."""
+    dead = vwr_settings.model_copy(
+        update={
+            "grant_log": GrantLogSettings(
+                enabled=True,
+                topic="queue-events",
+                kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
+                timeout_s=1.0,
+            )
+        }
+    )
+    vwr = make_vwr(dead)
+    event_id = f"t1{uuid.uuid4().hex[:8]}"
+    try:
+        body = {"isActive": True, "queueMethod": "random"}
+        assert vwr.admin("PUT", event_id, body).status == 201
+        for _ in range(2):
+            assert vwr.assign(event_id).status == 201
+        for _ in range(2):
+            refused = vwr.admin("POST", f"{event_id}/advance", {"by": 2})
+            assert (refused.status, refused.body["code"]) == (503, "seed_not_committed")
+        assert vwr.status(event_id).body["servingCounter"] == 0
+        # Kept once, to go first when the broker answers.
+        assert [r["type"] for r in vwr.runtime.grant_log.pending] == ["tier1_order_seed_committed"]
+    finally:
+        vwr.runtime.grant_log.close()

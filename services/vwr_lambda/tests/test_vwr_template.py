@@ -46,7 +46,7 @@ def test_the_advancer_runs_every_minute_and_admin_routes_need_iam() -> None:
     assert schedule["ScheduleExpression"] == "rate(1 minute)"
     events = found["ApiFunction"]["Properties"]["Events"]
     admin = {name: e for name, e in events.items() if "/admin/" in e["Properties"]["Path"]}
-    assert len(admin) == 9
+    assert len(admin) == 10
     assert all(e["Properties"]["Auth"]["Authorizer"] == "AWS_IAM" for e in admin.values())
     public = [e for e in events.values() if "/admin/" not in e["Properties"]["Path"]]
     assert all("Auth" not in e["Properties"] for e in public)

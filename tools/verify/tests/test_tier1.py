@@ -247,3 +247,43 @@ def test_a_place_passed_while_quiet_and_drawn_later_is_explained_by_its_pass() -
     passed = next(leaf for leaf in lying if leaf["kind"] == "tier1-pass")
     passed["lastSeen"] = passed["cutoff"]
     assert reasons(lying) == {"pass_while_checking"}
+
+
+def _tier1_document(tmp_path: Path, tier1: dict[str, Any], **queue: Any) -> Path:
+    """An order-seed document as the log serves it, Tier 1's seed as its ``tier1`` part."""
+    path = tmp_path / "order-seed.json"
+    path.write_text(json.dumps({"eventId": EVENT, **queue, "tier1": tier1}))
+    return path
+
+
+def test_tier1s_own_revealed_seed_audits_its_draw(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entries = tmp_path / "entries.json"
+    entries.write_text(json.dumps({"entries": honest_line()}))
+    part = {"commitment": hashlib.sha256(SEED).hexdigest(), "seed": SEED.hex(), "revealed": True}
+    # The queue's seed (another one, still secret) is not needed for Tier-1 leaves.
+    other = hashlib.sha256(b"q" * 32).hexdigest()
+    document = _tier1_document(tmp_path, part, commitment=other, revealed=False)
+    assert main(["audit", str(entries), "--seed", str(document)]) == 0
+    out = capsys.readouterr().out
+    assert "Tier 1's revealed seed matches its own commitment" in out
+    assert "Tier 1's draw: granted 30, waived 0" in out
+
+
+def test_a_tier1_seed_not_matching_its_commitment_fails_naming_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entries = tmp_path / "entries.json"
+    entries.write_text(json.dumps({"entries": honest_line(places=5)}))
+    # The operator reveals the seed the draw used, but had committed to another one.
+    forged = {"commitment": hashlib.sha256(b"x" * 32).hexdigest(), "seed": SEED.hex()}
+    assert main(["audit", str(entries), "--seed", str(_tier1_document(tmp_path, forged))]) == 1
+    err = capsys.readouterr().err
+    assert "Tier 1's seed: the revealed seed does not hash to the commitment" in err
+    unrevealed = {"commitment": hashlib.sha256(SEED).hexdigest(), "revealed": False}
+    assert main(["audit", str(entries), "--seed", str(_tier1_document(tmp_path, unrevealed))]) == 1
+    assert "Tier 1's seed: the seed has not been revealed yet" in capsys.readouterr().err
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"tier1": "nope"}))
+    assert main(["audit", str(entries), "--seed", str(path)]) == 2

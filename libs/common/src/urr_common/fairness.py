@@ -24,7 +24,7 @@ import hmac
 import re
 from collections.abc import Iterator
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -63,6 +63,26 @@ def random_order(seed: bytes, arrival_ids: list[str]) -> list[str]:
 def seed_commitment(seed: bytes) -> str:
     """What is published while the seed is secret: ``SHA-256(seed)`` in hex."""
     return hashlib.sha256(seed).hexdigest()
+
+
+def seed_records(prefix: str, event_id: str, seed_hex: str) -> tuple[dict[str, Any], ...]:
+    """``(committed, revealed)``: the ``{prefix}order_seed_committed`` record (the commitment)
+    and the ``{prefix}order_seed_revealed`` one (the commitment and the seed) each tier
+    publishes to the admission log; fixed ids, so a republished record is stored once."""
+    committed = {
+        "id": f"{prefix}order_seed_committed:{event_id}",
+        "type": f"{prefix}order_seed_committed",
+        "eventId": event_id,
+        "method": "random",
+        "commitment": seed_commitment(bytes.fromhex(seed_hex)),
+    }
+    revealed = {
+        **committed,
+        "id": f"{prefix}order_seed_revealed:{event_id}",
+        "type": f"{prefix}order_seed_revealed",
+        "seed": seed_hex,
+    }
+    return committed, revealed
 
 
 # -- the pre-queue's verifiable shuffle ------------------------------------------------------

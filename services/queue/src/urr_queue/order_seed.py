@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from urr_common.fairness import seed_commitment
+from urr_common.fairness import seed_records
 from urr_common.problems import Conflict
 from urr_queue.handlers import no_event
 from urr_queue.store import QueueStore
@@ -32,18 +32,11 @@ REVEALED = "order_seed_revealed"
 
 
 def committed_record(event_id: str, seed_hex: str) -> dict[str, Any]:
-    return {
-        "id": f"{COMMITTED}:{event_id}",
-        "type": COMMITTED,
-        "eventId": event_id,
-        "method": "random",
-        "commitment": seed_commitment(bytes.fromhex(seed_hex)),
-    }
+    return seed_records("", event_id, seed_hex)[0]
 
 
 def revealed_record(event_id: str, seed_hex: str) -> dict[str, Any]:
-    committed = committed_record(event_id, seed_hex)
-    return {**committed, "id": f"{REVEALED}:{event_id}", "type": REVEALED, "seed": seed_hex}
+    return seed_records("", event_id, seed_hex)[1]
 
 
 async def reveal(store: QueueStore, event_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Admin routes: create or change an event, advance by hand, reset.
+"""Admin routes: create or change an event, advance by hand, reset, reveal the order seed.
 
 Locally the caller shows an admin access token (role ``admin``, verified with the auth
 service's keys). In AWS (``URR_ADMIN_AUTH=iam``) API Gateway's IAM authoriser guards these
@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from urr_common.fairness import QUEUE_METHODS, SEED_BYTES, QueueMethod, is_hex64
 from urr_common.tokens import TokenError
 from urr_vwr_lambda import proof_of_work
-from urr_vwr_lambda.advancer import advance_event
+from urr_vwr_lambda.advancer import advance_event, seed_committed
 from urr_vwr_lambda.api import (
     bearer_token,
     json_response,
@@ -26,6 +26,7 @@ from urr_vwr_lambda.api import (
     request_cookie,
     require_event_id,
 )
+from urr_vwr_lambda.grant_log import GrantLogUnavailable, seed_revealed_record
 from urr_vwr_lambda.pow_gate import BOT_CHALLENGES
 from urr_vwr_lambda.problem import VwrProblem
 from urr_vwr_lambda.runtime import VwrRuntime
@@ -136,6 +137,14 @@ def _queue_method(
         raise VwrProblem(422, "order_seed_immutable", "the event's orderSeed never changes")
     if stored is None and seed is None:
         seed = secrets.token_hex(SEED_BYTES)
+    revealed = existing is not None and existing.order_seed_revealed_ms is not None
+    wanted_method = method or (existing.queue_method if existing else None)
+    if revealed and wanted_method is QueueMethod.RANDOM and body.get("isActive"):
+        raise VwrProblem(
+            409,
+            "order_seed_revealed",
+            "the event's order seed was revealed: it never opens with the random method again",
+        )
     if existing is not None and method is not None:
         wanted = line_order_of(method)
         if wanted is not None and wanted != existing.line_order and existing.next_position > 0:
@@ -213,6 +222,81 @@ def _prequeue(
     return start, sale
 
 
+def _commit_seed(runtime: VwrRuntime, state: EventState) -> None:
+    """An event using the random method: its seed's commitment goes public now, before any
+    draw (the advancer waits for it too, ``seed_committed``, so a failure here only delays
+    the first draw)."""
+    if state.queue_method is QueueMethod.RANDOM:
+        seed_committed(runtime, state)
+
+
+def _refuse_unavailable(limited_by: str) -> None:
+    """A 503 problem for an advance that could not run (nothing changed)."""
+    detail = _UNAVAILABLE.get(limited_by)
+    if detail is not None:
+        raise VwrProblem(503, limited_by, detail, headers={"Retry-After": "5"})
+
+
+_UNAVAILABLE = {
+    "seed_not_committed": "the order seed's commitment is not public yet (the grant log did "
+    "not take it); nothing was drawn",
+    "capacity_unavailable": "Tier 2's capacity feed did not answer; nothing was advanced",
+}
+
+
+def _reveal(runtime: VwrRuntime, state: EventState) -> EventState:
+    """Mark the seed revealed, once the line is over: the room takes nobody new (inactive,
+    or the reject method) and nobody waits; a 409 problem before (as the queue's reveal)."""
+    takes_new = state.is_active and state.queue_method is not QueueMethod.REJECT
+    if takes_new or state.waiting > 0:
+        raise VwrProblem(
+            409,
+            "seed_reveal_too_early",
+            "the order seed is revealed once the line is over: deactivate the room (or use "
+            "the reject method) and advance until nobody waits",
+            isActive=state.is_active,
+            queueMethod=state.queue_method.value,
+            waiting=state.waiting,
+        )
+    revealed = runtime.store.reveal_order_seed(state, now_ms=runtime.now_ms())
+    if revealed is None:
+        raise VwrProblem(409, "concurrent_update", "the event changed meanwhile: try again")
+    return revealed
+
+
+def _reveal_route(runtime: VwrRuntime, event_id: str) -> Response[str]:
+    """Mark the seed revealed (once, see ``_reveal``) and publish it to the admission log;
+    a repeated reveal republishes the same record (stored once)."""
+    state = runtime.store.get_event(event_id, consistent=True)
+    if state is None:
+        raise VwrProblem(404, "event_not_found", f"no waiting room for {event_id}")
+    if state.order_seed is None:
+        raise VwrProblem(409, "no_order_seed", "this event has no order seed")
+    if state.order_seed_revealed_ms is None:
+        state = _reveal(runtime, state)
+    record = seed_revealed_record(event_id, state.order_seed or "")
+    publisher = runtime.grant_log
+    if publisher is not None:
+        try:
+            publisher.publish([record])  # fixed id: a repeated reveal is stored once
+        except GrantLogUnavailable as exc:
+            raise VwrProblem(
+                503,
+                "grant_log_unavailable",
+                "the seed is marked revealed but did not reach the admission log: retry",
+                headers={"Retry-After": "5"},
+            ) from exc
+    return json_response(
+        200,
+        {
+            "eventId": event_id,
+            "orderSeed": record["seed"],
+            "orderSeedCommitment": record["commitment"],
+            "published": publisher is not None,
+        },
+    )
+
+
 def build_admin_router(runtime: VwrRuntime) -> Router:
     # Imported here: the gates' admin routes use this module's helpers.
     from urr_vwr_lambda.gates.admin_routes import (
@@ -256,6 +340,7 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
             prequeue=prequeue,
         )
         runtime.event_cache.forget(event_id)
+        _commit_seed(runtime, state)
         try:
             runtime.publish_edge_config(store.active_event_ids())
         except (OSError, ValueError, ClientError, BotoCoreError) as exc:
@@ -283,13 +368,7 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
             )
         except EventNotFound as exc:
             raise VwrProblem(404, "event_not_found", f"no waiting room for {event_id}") from exc
-        if outcome.limited_by == "capacity_unavailable":
-            raise VwrProblem(
-                503,
-                "capacity_unavailable",
-                "Tier 2's capacity feed did not answer; nothing was advanced",
-                headers={"Retry-After": "5"},
-            )
+        _refuse_unavailable(outcome.limited_by)
         return json_response(200, outcome.to_dict())
 
     @router.post("/vwr/admin/events/<event_id>/reset")
@@ -301,6 +380,12 @@ def build_admin_router(runtime: VwrRuntime) -> Router:
         except EventNotFound as exc:
             raise VwrProblem(404, "event_not_found", f"no waiting room for {event_id}") from exc
         return json_response(200, _admin_view(state))
+
+    @router.post("/vwr/admin/events/<event_id>/order-seed/reveal")
+    def reveal_order_seed(event_id: str) -> Response[str]:
+        event_id = require_event_id(event_id)
+        require_admin(runtime, router)
+        return _reveal_route(runtime, event_id)
 
     add_access_code_routes(router, runtime)
     from urr_vwr_lambda.page_routes import add_page_routes

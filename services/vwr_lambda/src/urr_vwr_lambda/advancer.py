@@ -219,6 +219,17 @@ def _grant_random(
     floor moves), then the grants are written numbered from the old count: two advancers at
     once never grant the same numbers, and a lost race grants nothing.
     """
+    if not seed_committed(runtime, state):
+        return AdvanceOutcome(
+            state.event_id,
+            state.serving_counter,
+            state.serving_counter,
+            state.next_position,
+            0,
+            0,
+            "seed_not_committed",
+            feed,
+        )
     store = runtime.store
     upto = min(state.next_position, state.line_floor + RANDOM_WINDOW)
     reading = replace(state, serving_counter=state.line_floor)
@@ -299,6 +310,25 @@ def _grant_random(
         limited_by,
         feed,
     )
+
+
+def seed_committed(runtime: VwrRuntime, state: EventState) -> bool:
+    """Whether the event's seed commitment is public, so a draw may run (``grant_log``).
+
+    With the grant log off there is nothing to publish to (and no draw to audit): True.
+    """
+    publisher = runtime.grant_log
+    if publisher is None or state.order_seed is None:
+        return True
+    try:
+        publisher.commit_seed(state.event_id, state.order_seed)
+    except GrantLogUnavailable as exc:
+        runtime.logger.warning(
+            "seed_commitment_unpublished", extra={"event_id": state.event_id, "error": str(exc)}
+        )
+        runtime.metrics.add_metric(name="GrantLogUnavailable", unit=MetricUnit.Count, value=1)
+        return False
+    return True
 
 
 def _publish_grants(runtime: VwrRuntime, records: list[dict[str, Any]]) -> None:

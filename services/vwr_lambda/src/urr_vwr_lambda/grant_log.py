@@ -23,6 +23,16 @@ arrival_alias``, never the request id) and carries its order key, so ``urr-verif
 recomputes each key from the revealed seed and checks that each draw granted the smallest keys
 among the places still waiting in it. Record ids (``tier1:<epoch>:...``) make a republished
 record append nothing.
+
+Tier 1's seed goes public the same way (its own: Tier 1 draws the ``orderSeed`` it keeps,
+which the operator may or may not share with the queue): ``tier1_order_seed_committed``
+(``SHA-256(seed)``) when an event starts using ``random``, and ``tier1_order_seed_revealed``
+(the commitment again and the seed) from the admin reveal route once the line is over. A
+draw never runs ahead of its commitment: before a container's first random cycle of an
+event, the commitment must have been acknowledged by the broker (``commit_seed``); until it
+is, the cycle grants nothing (``seed_not_committed``). Once acknowledged, a later broker
+outage keeps grant records pending as before; the line goes on, and the log receives them
+after the commitment, in order.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from typing import Any
 
 import orjson
 
+from urr_common.fairness import seed_records
 from urr_common.settings import KafkaSettings
 from urr_vwr_lambda.queueing import PositionRow, draw_key
 
@@ -133,6 +144,15 @@ def passed_records(
     ]
 
 
+def seed_committed_record(event_id: str, seed_hex: str) -> dict[str, Any]:
+    """Tier 1's commitment to its seed (a fixed id: republished, it is stored once)."""
+    return seed_records("tier1_", event_id, seed_hex)[0]
+
+
+def seed_revealed_record(event_id: str, seed_hex: str) -> dict[str, Any]:
+    return seed_records("tier1_", event_id, seed_hex)[1]
+
+
 class GrantLogUnavailable(RuntimeError):
     """The records could not be handed to Kafka (they stay pending and are sent again)."""
 
@@ -154,6 +174,18 @@ class GrantLogPublisher:
         self._producer: Any = None
         self._lock = threading.Lock()
         self.pending: list[dict[str, Any]] = []
+        #: Ids of seed commitments the broker acknowledged (from this container).
+        self.committed: set[str] = set()
+
+    def commit_seed(self, event_id: str, seed_hex: str) -> None:
+        """Make sure the event's seed commitment reached the broker (once per container);
+        ``GrantLogUnavailable`` when it did not (the caller must not draw yet)."""
+        record = seed_committed_record(event_id, seed_hex)
+        if record["id"] in self.committed:
+            return
+        queued = any(item.get("id") == record["id"] for item in self.pending)
+        self.publish([] if queued else [record])
+        self.committed.add(record["id"])
 
     def publish(self, records: Sequence[dict[str, Any]]) -> int:
         """Send the pending records and ``records``, in order; how many were sent."""

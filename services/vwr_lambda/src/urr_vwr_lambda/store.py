@@ -5,9 +5,10 @@
 ``epoch`` (bumped by a reset, so rows of earlier runs count as gone without deleting them),
 ``admitRate`` (admissions per second, smoothed by the advancer), ``queueMethod`` (``fifo``,
 ``random``, ``passthrough``, ``reject``), ``orderSeed`` (hex, written once: the random
-method's secret), ``prequeueStart`` and ``saleStart`` (epoch ms, written once: the scheduled
-pre-queue, issue 19) and ``lineFloor`` (random method: every number up to it has been granted or
-given up; ``servingCounter`` then counts grants). The item ``#active`` lists the
+method's secret), ``orderSeedRevealedAt`` (epoch ms, written once: the operator revealed
+the seed, ``admin._reveal``), ``prequeueStart`` and ``saleStart`` (epoch ms, written once:
+the scheduled pre-queue, issue 19) and ``lineFloor`` (random method: every number up to it
+has been granted or given up; ``servingCounter`` then counts grants). The item ``#active`` lists the
 active events in a string set, so the advancer finds them with one GetItem, never a Scan.
 
 ``positions`` (PK ``eventId``, SK ``requestId``): ``position``, ``epoch``, ``userId``,
@@ -84,6 +85,15 @@ class EventState:
     #: The scheduled pre-queue (epoch ms; both or neither, set once).
     prequeue_start_ms: int | None = None
     sale_start_ms: int | None = None
+    #: When the operator revealed the seed (epoch ms): the event never draws by it again.
+    order_seed_revealed_ms: int | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Numbers neither granted nor given up: a line ordered by key is settled up to its
+        floor, one by number up to its serving counter."""
+        done = self.line_floor if self.line_order == "key" else self.serving_counter
+        return max(0, self.next_position - done)
 
     @property
     def has_prequeue(self) -> bool:
@@ -231,6 +241,9 @@ def _event_state(item: Item) -> EventState:
         line_order=_s(item, "lineOrder") or "seq",
         prequeue_start_ms=_n(item, "prequeueStart") if "prequeueStart" in item else None,
         sale_start_ms=_n(item, "saleStart") if "saleStart" in item else None,
+        order_seed_revealed_ms=(
+            _n(item, "orderSeedRevealedAt") if "orderSeedRevealedAt" in item else None
+        ),
     )
 
 
@@ -406,6 +419,33 @@ class VwrStore:
         now = self.get_event(event_id, consistent=True)
         if now is not None and now.is_active:
             self._db.update_item(**add)
+
+    def reveal_order_seed(self, state: EventState, *, now_ms: int) -> EventState | None:
+        """Mark the seed revealed (once) if the event is as ``state`` read it (same
+        ``updatedAt``, ``nextPosition``, ``isActive``): the caller checked that line is over
+        on that read. ``None`` when the event changed meanwhile."""
+        try:
+            self._db.update_item(
+                TableName=self.counters_table,
+                Key={"eventId": {"S": state.event_id}},
+                UpdateExpression=(
+                    "SET orderSeedRevealedAt = if_not_exists(orderSeedRevealedAt, :now)"
+                ),
+                ConditionExpression=(
+                    "updatedAt = :updated AND nextPosition = :next AND isActive = :active"
+                ),
+                ExpressionAttributeValues={
+                    ":now": _num(now_ms),
+                    ":updated": _num(state.updated_at_ms),
+                    ":next": _num(state.next_position),
+                    ":active": {"BOOL": state.is_active},
+                },
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                return None
+            raise
+        return self.get_event(state.event_id, consistent=True)
 
     def active_event_ids(self) -> list[str]:
         answer = self._db.get_item(

@@ -157,6 +157,33 @@ def _entries(source: str) -> list[dict[str, Any]]:
     return entries
 
 
+def _revealed_seeds(
+    document: dict[str, Any], *, keyed: bool, tier1: bool
+) -> tuple[list[str], bytes]:
+    """What was checked, and the seed Tier 1's draw is audited with.
+
+    With a ``tier1`` part, Tier 1 committed to a seed of its own: its draw is audited with
+    that seed, which must hash to Tier 1's own commitment; the queue's seed is then needed
+    only for Tier 2's keyed admissions. Without one, both tiers share the top-level seed.
+    """
+    part = document.get("tier1")
+    said = []
+    seed = b""
+    if keyed or part is None:
+        seed = revealed_seed(document)
+        said.append("the revealed seed matches its commitment")
+    if part is None or not tier1:
+        return said, seed
+    if not isinstance(part, dict):
+        raise InputError("the order-seed document's tier1 part must be an object")
+    try:
+        tier1_seed = revealed_seed(part)
+    except SeedError as exc:
+        raise SeedError(f"Tier 1's seed: {exc}") from exc
+    said.append("Tier 1's revealed seed matches its own commitment")
+    return said, tier1_seed
+
+
 def cmd_audit(args: argparse.Namespace) -> str:
     entries = _entries(args.entries)
     if args.order and args.seed:
@@ -173,10 +200,12 @@ def cmd_audit(args: argparse.Namespace) -> str:
     tier1_report = None
     try:
         if args.seed:
-            seed = revealed_seed(_seed_document(args.seed))
-            seed_line = "the revealed seed matches its commitment; "
+            said, tier1_seed = _revealed_seeds(
+                _seed_document(args.seed), keyed=keyed, tier1=bool(tier1)
+            )
+            seed_line = "; ".join(said) + "; "
             if tier1:
-                tier1_report = audit_tier1(tier1, seed)
+                tier1_report = audit_tier1(tier1, tier1_seed)
             report = audit_random(entries) if keyed else audit_order(entries)
             if keyed:
                 seed_line += "by order key: "
