@@ -84,7 +84,7 @@ async def test_both_tiers_publish_one_commitment(vwr: Any, log: Any, tmp_path: P
         str(tmp_path / f"tier1-{other}.json"),
     )
     assert code == 1
-    assert "do not draw from one seed" in said
+    assert "cannot be audited with the logged seed" in said
 
     # After the line: the revealed seed explains Tier 1's commitment too.
     await _publish(log, [revealed_record(same, SEED)])

@@ -142,15 +142,47 @@ def test_the_seed_command_compares_both_tiers(tmp_path: Path) -> None:
     other.write_text(json.dumps({"orderSeedCommitment": "ab" * 32}))
     code, said = _run(["seed", str(seed), "--tier1-status", str(same)])
     assert code == 0, said
-    assert "Tier 1 publishes the same commitment" in said
+    assert "Tier 1 publishes the commitment the log holds for it" in said
     code, said = _run(["seed", str(seed), "--tier1-status", str(other)])
     assert code == 1
-    assert "do not draw from one seed" in said
+    assert "cannot be audited with the logged seed" in said
     pending = tmp_path / "pending.json"
     pending.write_text(json.dumps({**_document(), "revealed": False, "seed": None}))
     code, said = _run(["seed", str(pending)])
     assert code == 0
     assert "not revealed yet" in said
+
+
+def test_the_seed_command_holds_tier_1_to_its_own_part(tmp_path: Path) -> None:
+    """With a ``tier1`` part (Tier 1 committed to a seed of its own), Tier 1's status must
+    match that part, not the queue's commitment, and its reveal must hash to it."""
+    tier1_seed = bytes.fromhex("5a" * 32)
+    part = {
+        "commitment": hashlib.sha256(tier1_seed).hexdigest(),
+        "seed": tier1_seed.hex(),
+        "revealed": True,
+    }
+    seed = tmp_path / "seed.json"
+    seed.write_text(json.dumps({**_document(), "tier1": part}))
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"orderSeedCommitment": part["commitment"]}))
+    queues = tmp_path / "queues.json"
+    queues.write_text(json.dumps({"orderSeedCommitment": _document()["commitment"]}))
+    code, said = _run(["seed", str(seed), "--tier1-status", str(own)])
+    assert code == 0, said
+    assert "Tier 1's revealed seed hashes to the commitment" in said
+    code, said = _run(["seed", str(seed), "--tier1-status", str(queues)])
+    assert code == 1
+    assert "cannot be audited with the logged seed" in said
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps({**_document(), "tier1": {**part, "seed": "ff" * 32}}))
+    code, said = _run(["seed", str(forged)])
+    assert code == 1
+    assert "Tier 1's seed: the revealed seed does not hash" in said
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**_document(), "tier1": ["not", "an", "object"]}))
+    code, said = _run(["seed", str(broken)])
+    assert code == 2, said
 
 
 def test_the_count_matches_its_definition_on_shuffled_logs() -> None:

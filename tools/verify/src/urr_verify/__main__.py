@@ -124,27 +124,38 @@ def cmd_shuffle(args: argparse.Namespace) -> str:
 
 
 def cmd_seed(args: argparse.Namespace) -> str:
-    """The random method's seed document: the revealed seed against its commitment, and the
-    Tier-1 room's published commitment against the log's (one seed orders both tiers)."""
+    """The random method's seed document: each revealed seed against its commitment, and the
+    Tier-1 room's published commitment against the one the log holds for Tier 1 (its own
+    ``tier1`` part when Tier 1 committed to a seed of its own, else the shared one)."""
     document = _seed_document(args.seed)
-    commitment = document.get("commitment")
+    part = document.get("tier1")
+    if part is not None and not isinstance(part, dict):
+        raise InputError("the order-seed document's tier1 part must be an object")
     said: list[str] = []
     if args.tier1_status:
         status = load(args.tier1_status)
         theirs = status.get("orderSeedCommitment") if isinstance(status, dict) else None
         if theirs is None:
             raise SeedError("the Tier-1 status publishes no orderSeedCommitment")
-        if theirs != commitment:
+        logged = (part or document).get("commitment")
+        if theirs != logged:
             raise SeedError(
-                "Tier 1 publishes another seed commitment than the admission log: the two "
-                "tiers do not draw from one seed"
+                "Tier 1 publishes another seed commitment than the admission log holds for it: "
+                "its draw cannot be audited with the logged seed"
             )
-        said.append("Tier 1 publishes the same commitment")
-    if document.get("revealed"):
-        revealed_seed(document)
-        said.append("the revealed seed hashes to the commitment published before")
-    else:
-        said.append("the seed is not revealed yet (it is once the line is over)")
+        said.append("Tier 1 publishes the commitment the log holds for it")
+    parts = [("the", document)] if document.get("commitment") is not None else []
+    if part is not None:
+        parts.append(("Tier 1's", part))
+    for name, seeded in parts:
+        if seeded.get("revealed"):
+            try:
+                revealed_seed(seeded)
+            except SeedError as exc:
+                raise SeedError(f"{name} seed: {exc}") from exc
+            said.append(f"{name} revealed seed hashes to the commitment published before")
+        else:
+            said.append(f"{name} seed is not revealed yet (it is once the line is over)")
     return "ok: " + "; ".join(said)
 
 
@@ -246,7 +257,7 @@ def _tier1_lines(report: Tier1Audit) -> list[str]:
     if mismatched and mismatched == report.granted + report.waived:
         lines.append(
             "no Tier-1 key is the one this seed gives: Tier 1 drew from another seed (check "
-            "`urr-verify seed ORDER_SEED --tier1-status STATUS`; both tiers must share one)"
+            "`urr-verify seed ORDER_SEED --tier1-status STATUS`)"
         )
     return lines + [
         f"exception ({e.reason}): leaf {e.index}: {e.detail}" for e in report.exceptions
