@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cfnlint.api import lint_file  # type: ignore[import-untyped]
 from cfnlint.decode import decode  # type: ignore[import-untyped]
 from pydantic import BaseModel
 
+import urr_common
+from urr_common.clients import kafka_security_kwargs
+from urr_common.settings import SettingsError, load_settings
 from urr_vwr_lambda.settings import TableSettings, VwrSettings
 from urr_vwr_lambda.tables import positions_table
 
@@ -168,3 +173,134 @@ def test_waiting_page_cache_rules_are_explicit_and_documents_short_lived() -> No
     assert documents["Properties"]["CachePolicyConfig"]["MaxTTL"] <= 60
     rewrite = found["WaitingPageRewrite"]["Properties"]["FunctionCode"]
     assert '"/vwr/events/"' in rewrite
+
+
+# Issue 19: the random draw's grant log, wired for production (MSK IAM over TLS, in a VPC).
+
+#: Sample deploy-time values of the template's parameters; the cluster is in another region
+#: than the stack (us-east-1, for Lambda@Edge), as the EKS overlays' MSK is.
+CLUSTER_ARN = "arn:aws:kafka:ap-northeast-2:123456789012:cluster/urr-msk/0f1e2d3c-aaaa-bbbb-1"
+PARAMETERS = {
+    "KafkaClusterArn": CLUSTER_ARN,
+    "KafkaBootstrapServers": "b-1.urr-msk.example:9098,b-2.urr-msk.example:9098",
+    "SigningKeySecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:vwr-key",
+    "SigningKeyId": "vwr-1",
+    "QueueCapacityUrl": "https://queue.internal.example",
+    "AccessJwksUrl": "https://auth.internal.example/.well-known/jwks.json",
+    "CountersTable": "counters-x",
+    "PositionsTable": "positions-x",
+    "OriginVerifySecret": "arn:aws:secretsmanager:us-east-1:123456789012:secret:origin",
+    "WaitingPageBucket": "bucket-x",
+    "AWS::Region": "us-east-1",
+}
+#: The functions whose code publishes: the API (admin event PUT commits a random room's seed,
+#: admin advance draws, the reveal route reveals) and the advancer (commits and draws).
+PUBLISHERS = ("ApiFunction", "AdvancerFunction")
+
+
+def _resolve(value: Any) -> Any:
+    """The intrinsic functions these tests meet, evaluated with ``PARAMETERS``."""
+    if not isinstance(value, dict):
+        return value
+    [(name, argument)] = value.items()
+    if name == "Ref":
+        return PARAMETERS[argument]
+    if name == "Fn::Sub":
+        return re.sub(r"\$\{([^}]+)\}", lambda m: PARAMETERS[m.group(1)], argument)
+    if name == "Fn::Split":
+        separator, source = argument
+        return _resolve(source).split(separator)
+    if name == "Fn::Select":
+        index, source = argument
+        return _resolve(source)[index]
+    if name == "Fn::Join":
+        separator, parts = argument
+        return separator.join(_resolve(part) for part in parts)
+    raise AssertionError(f"no sample for {value}")
+
+
+def _deployed_settings(function: str, monkeypatch: pytest.MonkeyPatch) -> VwrSettings:
+    """``function``'s settings as its container would load them (prod validators included)."""
+    variables = resources()[function]["Properties"]["Environment"]["Variables"]
+    for name in [n for n in os.environ if n.startswith("URR_")]:
+        monkeypatch.delenv(name)
+    for name, value in variables.items():
+        if name.startswith("URR_"):
+            monkeypatch.setenv(name, _resolve(value))
+    return load_settings(VwrSettings)
+
+
+@pytest.mark.parametrize("function", PUBLISHERS)
+def test_the_publishers_log_the_draw_to_msk_over_iam_and_verified_tls(
+    function: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _deployed_settings(function, monkeypatch)
+    assert settings.environment == "prod"
+    log = settings.grant_log
+    assert log.enabled
+    assert log.topic == "queue-events"
+    kafka = log.kafka
+    assert kafka.bootstrap_servers == PARAMETERS["KafkaBootstrapServers"]
+    assert (kafka.security_protocol, kafka.sasl_mechanism) == ("SASL_SSL", "AWS_MSK_IAM")
+    # Signed for the cluster's region, not the stack's.
+    assert kafka.aws_region == "ap-northeast-2"
+    # The bundle ships inside urr_common (the Lambda bundle's root is /var/task), and it is
+    # the one the EKS pods trust for MSK.
+    relative = Path(str(kafka.ca_file)).relative_to("/var/task/urr_common")
+    shipped = Path(urr_common.__file__).parent / relative
+    mounted = TEMPLATE.parents[2] / "k8s/components/managed-data-tls/amazon-trust-roots.crt"
+    assert shipped.read_bytes() == mounted.read_bytes()
+    # What the producer is built with (the bundle read from here, as /var/task in Lambda):
+    # TLS to the brokers that trusts the bundle's roots, and the MSK IAM token.
+    security = kafka_security_kwargs(kafka.model_copy(update={"ca_file": shipped}))
+    assert security["ssl_context"].get_ca_certs()
+    assert security["sasl_mechanism"] == "OAUTHBEARER"
+    assert security["sasl_oauth_token_provider"].region == "ap-northeast-2"
+
+
+def test_a_grant_log_without_its_ca_bundle_fails_the_settings_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check the test above relies on does refuse an incomplete MSK block."""
+    _deployed_settings("AdvancerFunction", monkeypatch)
+    monkeypatch.delenv("URR_GRANT_LOG__KAFKA__CA_FILE")
+    with pytest.raises(SettingsError, match="URR_KAFKA__CA_FILE"):
+        load_settings(VwrSettings)
+
+
+@pytest.mark.parametrize("function", PUBLISHERS)
+def test_the_publishers_may_connect_and_write_queue_events_and_nothing_else(
+    function: str,
+) -> None:
+    policies = resources()[function]["Properties"]["Policies"]
+    granted: dict[str, set[str]] = {}
+    for policy in policies:
+        for statement in policy.get("Statement", []):
+            actions = statement["Action"]
+            listed = actions if isinstance(actions, list) else [actions]
+            kafka = [a for a in listed if a.startswith("kafka")]
+            if not kafka:
+                continue
+            assert statement["Effect"] == "Allow"
+            targets = statement["Resource"]
+            for target in targets if isinstance(targets, list) else [targets]:
+                granted.setdefault(_resolve(target), set()).update(kafka)
+    topic = CLUSTER_ARN.replace(":cluster/", ":topic/") + "/queue-events"
+    assert granted == {
+        CLUSTER_ARN: {"kafka-cluster:Connect"},
+        topic: {"kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"},
+    }
+
+
+def test_the_publishers_run_in_the_vpc_and_the_edge_function_does_not() -> None:
+    found = resources()
+    for function in PUBLISHERS:
+        vpc = found[function]["Properties"]["VpcConfig"]
+        assert vpc == {
+            "SubnetIds": {"Ref": "SubnetIds"},
+            "SecurityGroupIds": {"Ref": "SecurityGroupIds"},
+        }
+    # Lambda@Edge refuses a VPC configuration; Globals must not hand it one either.
+    assert "VpcConfig" not in found["EdgeFunction"]["Properties"]
+    decoded, _ = decode(str(TEMPLATE))
+    assert "VpcConfig" not in decoded.get("Globals", {}).get("Function", {})

@@ -209,3 +209,27 @@ def test_the_sam_template_deploys_the_table_handlers():
     vwr = {f.handler for f in LAMBDA_FUNCTIONS if f.package == "urr-vwr-lambda"}
     assert handlers - vwr == {"urr_vwr_lambda.edge.handler"}
     assert vwr <= handlers
+
+
+def test_the_ca_bundle_the_vwr_functions_name_is_inside_their_package(tmp_path):
+    """Issue 19: the API and advancer functions verify MSK against a file under /var/task
+    (the unpacked zip); it must come from a wheel package_function installs for them."""
+    template = (REPO / "services/vwr_lambda/template.yaml").read_text(encoding="utf-8")
+    named = set(re.findall(r"^\s+URR_GRANT_LOG__KAFKA__CA_FILE: (\S+)$", template, re.MULTILINE))
+    [ca_file] = named
+    inside = Path(ca_file).relative_to("/var/task").as_posix()
+    wheels = tmp_path / "wheels"
+    for member in workspace_members("urr-vwr-lambda", REPO):
+        subprocess.run(
+            [*uv(), "build", "--wheel", "--quiet", "--offline", "--out-dir", str(wheels), member],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    shipped = set()
+    for wheel in wheels.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as zf:
+            shipped |= set(zf.namelist())
+    assert "urr_vwr_lambda/advancer.py" in shipped
+    assert inside in shipped
