@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -166,9 +167,10 @@ def test_the_scheduler_shows_the_last_cycle_and_drops_events_that_left() -> None
 
 @pytest.mark.timeout(120)
 async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
-    vwr: Any, monkeypatch: pytest.MonkeyPatch
+    vwr: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Worker processes read the same environment a Lambda would (nothing passed in)."""
+    """Worker processes read the same environment a Lambda would (nothing passed in), and
+    print no EMF metrics line per invocation unless the user asked for them."""
     settings = vwr.settings
     keys = settings.vwr_tokens.private_key_file
     environment = {
@@ -185,12 +187,25 @@ async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
     }
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED")
     await asyncio.to_thread(vwr.open_event, "evt-1")
     app = apigw.create_app(load_settings(VwrSettings))
     async with TestClient(TestServer(app)) as client:
         answer = await client.post("/vwr/assign/evt-1", json={"requestId": str(uuid.uuid4())})
         assert answer.status == 201
         assert (await answer.json())["position"] == 1
+    assert '"_aws"' not in capfd.readouterr().out
+
+
+def test_a_users_explicit_metrics_choice_wins_in_the_containers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    apigw.quiet_container()
+    assert os.environ["POWERTOOLS_METRICS_DISABLED"] == "false"
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED")
+    apigw.quiet_container()
+    assert os.environ["POWERTOOLS_METRICS_DISABLED"] == "true"
 
 
 async def test_the_api_emulator_throttles_past_its_pending_limit(vwr: Any) -> None:

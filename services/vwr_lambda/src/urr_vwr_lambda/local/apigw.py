@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,6 +75,18 @@ def origin_headers(runtime: VwrRuntime) -> dict[str, str]:
     return {gates.settings.origin.header: values[0]} if values else {}
 
 
+def quiet_container() -> None:
+    """Runs once in each container process: no EMF metrics line per invocation by default.
+
+    In AWS, CloudWatch turns those lines into metrics; here nothing reads them, yet each one
+    cost the container a JSON dump and a write, and the devstack supervisor a relayed line
+    (per check and per assign, about one line per request). The emulator's own Prometheus
+    histograms time every call. ``POWERTOOLS_METRICS_DISABLED=false`` set by the user keeps
+    the lines (setdefault: an explicit choice wins).
+    """
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+
+
 def invoke_in_worker(event: dict[str, Any]) -> dict[str, Any]:
     """Runs in a worker process: the deployed entry point, settings from the environment."""
     from urr_vwr_lambda.api import handler
@@ -122,7 +135,7 @@ def create_app(
         else:
             spawn = multiprocessing.get_context("spawn")
             workers = [
-                ProcessPoolExecutor(max_workers=1, mp_context=spawn)
+                ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=quiet_container)
                 for _ in range(settings.local_api_processes)
             ]
         containers = Containers(workers, observe=observe)
