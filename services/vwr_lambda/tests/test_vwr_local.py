@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import operator
 import os
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from urr_common.settings import load_settings
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw, containers, scheduler
 from urr_vwr_lambda.local import edge as edge_emulator
+from urr_vwr_lambda.local.pipe_container import PipeContainer
 from urr_vwr_lambda.settings import EdgeEmulatorSettings, SchedulerSettings, VwrSettings
 
 pytestmark = pytest.mark.integration
@@ -336,3 +340,36 @@ def test_the_warm_up_event_is_a_harmless_status_read(vwr: Any) -> None:
 
     answer = vwr.call(warmup_event())
     assert (answer.status, answer.body["code"]) == (404, "event_not_found")
+
+
+@pytest.mark.timeout(60)
+def test_a_pipe_container_runs_calls_in_its_own_process_and_says_when_it_dies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    container = PipeContainer(
+        multiprocessing.get_context("spawn"), initializer=apigw.quiet_container
+    )
+    try:
+        pid = container.submit(os.getpid).result(timeout=30)
+        assert pid != os.getpid()
+        assert container.submit(os.getenv, "POWERTOOLS_METRICS_DISABLED").result() == "true"
+        with pytest.raises(ZeroDivisionError):
+            container.submit(operator.truediv, 1, 0).result(timeout=10)
+        assert container.submit(operator.add, 2, 3).result(timeout=10) == 5  # still serving
+        with pytest.raises(BrokenProcessPool):
+            container.submit(os._exit, 3).result(timeout=10)
+        with pytest.raises(BrokenProcessPool):
+            container.submit(os.getpid).result(timeout=10)
+    finally:
+        container.shutdown(wait=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_pipe_container_stops_after_its_call_in_flight() -> None:
+    container = PipeContainer(multiprocessing.get_context("spawn"))
+    slow = container.submit(time.sleep, 0.3)
+    container.shutdown(wait=True)
+    assert slow.result(timeout=0) is None
+    with pytest.raises(BrokenProcessPool):
+        container.submit(os.getpid).result(timeout=1)

@@ -16,7 +16,7 @@ import json
 import multiprocessing
 import os
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local.containers import Containers, sticky_key
+from urr_vwr_lambda.local.pipe_container import PipeContainer
 from urr_vwr_lambda.local.proxy_events import http_response, rest_event, warmup_event
 from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, problem_body
 from urr_vwr_lambda.runtime import VwrRuntime
@@ -135,7 +136,7 @@ def create_app(
         else:
             spawn = multiprocessing.get_context("spawn")
             workers = [
-                ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=quiet_container)
+                PipeContainer(spawn, initializer=quiet_container)
                 for _ in range(settings.local_api_processes)
             ]
         containers = Containers(workers, observe=observe)
