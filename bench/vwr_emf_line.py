@@ -33,12 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vwr_handlers import MemoryStore, NoGates, event, settings_for
-
-from urr_vwr_lambda.api import make_handler
-from urr_vwr_lambda.gates.guard import Gates
-from urr_vwr_lambda.runtime import VwrRuntime
-from urr_vwr_lambda.store import EventState
+from vwr_handlers import event, warm_handler
 
 
 def cpu_us_per_call(fn: Callable[[], Any], calls: int) -> float:
@@ -53,20 +48,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
-    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # set-up prints nothing
-    tmp = Path(tempfile.mkdtemp())
-    runtime = VwrRuntime(settings_for(tmp, None))
-    store = MemoryStore()
-    runtime.__dict__["store"] = store
-    runtime.__dict__["gates"] = Gates(
-        runtime.settings.gates,
-        NoGates(),  # type: ignore[arg-type]
-        origin=None,
-        retry_after_s=120,
-    )
-    store.events["evt-1"] = EventState("evt-1", True, 0, 0, 500, 0, 1, 50.0)
-    handler = make_handler(lambda: runtime)
+    _, store, handler = warm_handler(Path(tempfile.mkdtemp()))  # set-up prints nothing
     base_assign = event("rest_assign.json")
 
     def assign_new() -> None:
