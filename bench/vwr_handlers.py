@@ -140,7 +140,8 @@ def settings_for(tmp: Path, endpoint: str | None) -> VwrSettings:
     )
 
 
-def warm(calls: int, tmp: Path) -> None:
+def warm_handler(tmp: Path) -> tuple[VwrRuntime, MemoryStore, Callable[..., Any]]:
+    """A warm handler on the in-memory store, its runtime and its store (also vwr_emf_line)."""
     import os
 
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
@@ -158,6 +159,11 @@ def warm(calls: int, tmp: Path) -> None:
     )
     store.events["evt-1"] = EventState("evt-1", True, 0, 0, 500, 0, 1, 50.0)
     handler = make_handler(lambda: runtime)
+    return runtime, store, handler
+
+
+def warm(calls: int, tmp: Path) -> None:
+    runtime, store, handler = warm_handler(tmp)
     base_assign = event("rest_assign.json")
 
     def assign_new() -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import operator
+import os
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
@@ -20,6 +24,7 @@ from urr_common.settings import load_settings
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw, containers, scheduler
 from urr_vwr_lambda.local import edge as edge_emulator
+from urr_vwr_lambda.local.pipe_container import PipeContainer
 from urr_vwr_lambda.settings import EdgeEmulatorSettings, SchedulerSettings, VwrSettings
 
 pytestmark = pytest.mark.integration
@@ -166,9 +171,10 @@ def test_the_scheduler_shows_the_last_cycle_and_drops_events_that_left() -> None
 
 @pytest.mark.timeout(120)
 async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
-    vwr: Any, monkeypatch: pytest.MonkeyPatch
+    vwr: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Worker processes read the same environment a Lambda would (nothing passed in)."""
+    """Worker processes read the same environment a Lambda would (nothing passed in), and
+    print no EMF metrics line per invocation unless the user asked for them."""
     settings = vwr.settings
     keys = settings.vwr_tokens.private_key_file
     environment = {
@@ -185,12 +191,25 @@ async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
     }
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED")
     await asyncio.to_thread(vwr.open_event, "evt-1")
     app = apigw.create_app(load_settings(VwrSettings))
     async with TestClient(TestServer(app)) as client:
         answer = await client.post("/vwr/assign/evt-1", json={"requestId": str(uuid.uuid4())})
         assert answer.status == 201
         assert (await answer.json())["position"] == 1
+    assert '"_aws"' not in capfd.readouterr().out
+
+
+def test_a_users_explicit_metrics_choice_wins_in_the_containers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    apigw.quiet_container()
+    assert os.environ["POWERTOOLS_METRICS_DISABLED"] == "false"
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED")
+    apigw.quiet_container()
+    assert os.environ["POWERTOOLS_METRICS_DISABLED"] == "true"
 
 
 async def test_the_api_emulator_throttles_past_its_pending_limit(vwr: Any) -> None:
@@ -321,3 +340,36 @@ def test_the_warm_up_event_is_a_harmless_status_read(vwr: Any) -> None:
 
     answer = vwr.call(warmup_event())
     assert (answer.status, answer.body["code"]) == (404, "event_not_found")
+
+
+@pytest.mark.timeout(60)
+def test_a_pipe_container_runs_calls_in_its_own_process_and_says_when_it_dies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    container = PipeContainer(
+        multiprocessing.get_context("spawn"), initializer=apigw.quiet_container
+    )
+    try:
+        pid = container.submit(os.getpid).result(timeout=30)
+        assert pid != os.getpid()
+        assert container.submit(os.getenv, "POWERTOOLS_METRICS_DISABLED").result() == "true"
+        with pytest.raises(ZeroDivisionError):
+            container.submit(operator.truediv, 1, 0).result(timeout=10)
+        assert container.submit(operator.add, 2, 3).result(timeout=10) == 5  # still serving
+        with pytest.raises(BrokenProcessPool):
+            container.submit(os._exit, 3).result(timeout=10)
+        with pytest.raises(BrokenProcessPool):
+            container.submit(os.getpid).result(timeout=10)
+    finally:
+        container.shutdown(wait=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_pipe_container_stops_after_its_call_in_flight() -> None:
+    container = PipeContainer(multiprocessing.get_context("spawn"))
+    slow = container.submit(time.sleep, 0.3)
+    container.shutdown(wait=True)
+    assert slow.result(timeout=0) is None
+    with pytest.raises(BrokenProcessPool):
+        container.submit(os.getpid).result(timeout=1)

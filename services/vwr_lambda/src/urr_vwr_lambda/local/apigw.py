@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local.containers import Containers, sticky_key
+from urr_vwr_lambda.local.pipe_container import PipeContainer
 from urr_vwr_lambda.local.proxy_events import http_response, rest_event, warmup_event
 from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, problem_body
 from urr_vwr_lambda.runtime import VwrRuntime
@@ -72,6 +74,18 @@ def origin_headers(runtime: VwrRuntime) -> dict[str, str]:
         return {}
     values = gates.origin.values()
     return {gates.settings.origin.header: values[0]} if values else {}
+
+
+def quiet_container() -> None:
+    """Runs once in each container process: no EMF metrics line per invocation by default.
+
+    In AWS, CloudWatch turns those lines into metrics; here nothing reads them, yet each one
+    cost the container a JSON dump and a write, and the devstack supervisor a relayed line
+    (per check and per assign, about one line per request). The emulator's own Prometheus
+    histograms time every call. ``POWERTOOLS_METRICS_DISABLED=false`` set by the user keeps
+    the lines (setdefault: an explicit choice wins).
+    """
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 
 def invoke_in_worker(event: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +136,7 @@ def create_app(
         else:
             spawn = multiprocessing.get_context("spawn")
             workers = [
-                ProcessPoolExecutor(max_workers=1, mp_context=spawn)
+                PipeContainer(spawn, initializer=quiet_container)
                 for _ in range(settings.local_api_processes)
             ]
         containers = Containers(workers, observe=observe)

@@ -1,0 +1,110 @@
+"""One emulated Lambda container: a process fed through a pipe, one call at a time.
+
+It replaces a one-worker ``ProcessPoolExecutor`` per container: the pool's hop (a call queue,
+a result queue, a feeder thread and a management thread, each call pickled in pieces) cost
+about 120-160 us of CPU per call on both sides together, a pipe about 25
+(``bench/apigw_hop.py``). The emulator never gives a container a second call before the first
+answered (``containers.Containers``), so a container needs no queue of its own; answers come
+back in the order calls went in, which is all the reader relies on. When the process dies,
+the call in flight and every later one fail with ``BrokenProcessPool``, as the pool's did;
+when the emulator dies, the worker reads the end of its pipe and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext
+from typing import Any
+
+
+def serve(conn: Connection, initializer: Callable[[], None] | None) -> None:
+    """The container's loop: run each call sent, send back ``(ok, result or exception)``."""
+    if initializer is not None:
+        initializer()
+    while True:
+        try:
+            call = conn.recv()
+        except (EOFError, OSError):  # the emulator is gone
+            return
+        if call is None:
+            return
+        fn, args, kwargs = call
+        try:
+            answer: tuple[bool, Any] = (True, fn(*args, **kwargs))
+        except BaseException as exc:
+            answer = (False, exc)
+        try:
+            conn.send(answer)
+        except Exception as exc:
+            conn.send((False, RuntimeError(f"the answer could not be sent: {exc!r}")))
+
+
+class PipeContainer(Executor):
+    """An ``Executor`` of one spawned process, for ``loop.run_in_executor``."""
+
+    def __init__(
+        self, context: SpawnContext, *, initializer: Callable[[], None] | None = None
+    ) -> None:
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=serve, args=(child, initializer), daemon=True)
+        self._process.start()
+        child.close()
+        self._lock = threading.Lock()
+        self._in_flight: deque[Future[Any]] = deque()
+        self._broken = False
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, daemon=True, name="vwr-container")
+        self._reader.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._broken or self._closed:
+                future.set_exception(BrokenProcessPool("the container is gone"))
+                return future
+            self._in_flight.append(future)
+            try:
+                self._conn.send((fn, args, kwargs))
+            except Exception as exc:
+                self._in_flight.pop()
+                future.set_exception(exc)
+        return future
+
+    def _read(self) -> None:
+        while True:
+            try:
+                ok, value = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                future = self._in_flight.popleft()
+            if future.set_running_or_notify_cancel():
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        with self._lock:
+            self._broken = True
+            lost = list(self._in_flight)
+            self._in_flight.clear()
+        for future in lost:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(BrokenProcessPool("the container process died"))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Ask the process to stop after its call in flight (``cancel_futures``: nothing queues)."""
+        with self._lock:
+            if not self._closed and not self._broken:
+                with contextlib.suppress(OSError):  # already gone: nothing to stop
+                    self._conn.send(None)
+            self._closed = True
+        if wait:
+            self._process.join()
+            self._reader.join()  # it saw the end of the pipe: nothing reads it any more
+            self._conn.close()
