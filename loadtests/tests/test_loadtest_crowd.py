@@ -193,7 +193,8 @@ def test_loadtest_short_flash_crowd_keeps_every_promise(
     assert crowd["arrivals"] == 40, summary
     assert crowd["seats_sold_twice"] == []
     assert crowd["server_errors_5xx"] == 0, summary
-    assert crowd["max_admitted_sampled"] <= 10
+    # Read from the queue itself (0 would mean the sampler never got an answer).
+    assert 0 < crowd["max_admitted_sampled"] <= 10, summary.get("sampler_errors")
     assert crowd["max_concurrent_entry_token_holders_seen_by_ticket"] <= 10
     assert "unanswered" not in crowd["outcomes"], summary
     # The queue holds free slots for lower Tier-1 numbers still on their way.

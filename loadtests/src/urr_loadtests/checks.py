@@ -235,6 +235,11 @@ def summarise_crowd(
     }
     if seats["seats_sold_twice"]:
         missed.append(f"seats sold twice: {seats['seats_sold_twice']}")
+    if any(a.get("tier2_admitted_at") for a in arrivals) and not any(
+        "tier2_admitted" in sample for sample in samples
+    ):
+        # Without a reading the capacity check below would pass on nothing.
+        missed.append("the queue's count of admitted sessions was never read (sampler errors)")
     if admitted_max > capacity:
         missed.append(f"queue reported {admitted_max} admitted at once > capacity {capacity}")
     if figures["max_concurrent_entry_token_holders_seen_by_ticket"] > capacity:
