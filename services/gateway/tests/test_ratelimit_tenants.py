@@ -78,15 +78,6 @@ def policy(pid: str, **fields: Any) -> Policy:
     return Policy.model_validate({**body, **fields})
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 # -- pure --------------------------------------------------------------------------------
 
 

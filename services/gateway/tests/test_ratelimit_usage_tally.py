@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -47,15 +45,6 @@ def limiter_for(
     categories[category] = CategoryLimits(windows=(Window(limit=limit, window_s=60),))
     settings = RateLimitSettings(categories=categories, budget_ms=2000, usage_flush_s=flush_s)
     return SlidingWindowLimiter(redis, settings)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def anonymous_usage(redis: Redis, policy_id: str) -> dict[Any, Any]:
