@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
-from pytest_aiohttp import AiohttpClient
 
 from urr_admission_log import heads, store
-from urr_admission_log.app import create_app
 from urr_admission_log.consumer import LogMetrics, admissions_by_event, append_batch
-from urr_admission_log.settings import AdmissionLogSettings
-from urr_common.tokens import KeySet, SigningKey
 
 pytestmark = pytest.mark.integration
 EVENT = "concert-1"
@@ -48,23 +43,9 @@ def _record(i: int, **changes: Any) -> bytes:
 
 
 @pytest.fixture
-async def log(postgres_dsn: str, aiohttp_client: AiohttpClient) -> AsyncIterator[dict[str, Any]]:
-    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
-    assert pool is not None
-    await store.migrate(pool)
-    key = SigningKey.generate("log-1")
-    client = await aiohttp_client(
-        create_app(AdmissionLogSettings(), pool, KeySet([key.verification_key()]))
-    )
-    try:
-        yield {
-            "pool": pool,
-            "key": key,
-            "client": client,
-            "metrics": LogMetrics(CollectorRegistry()),
-        }
-    finally:
-        await pool.close()
+def log(log: dict[str, Any]) -> dict[str, Any]:
+    """The conftest's log (pool, key, client) and the consumer's metrics."""
+    return {**log, "metrics": LogMetrics(CollectorRegistry())}
 
 
 async def _consume(log: dict[str, Any], values: list[bytes]) -> None:
