@@ -25,6 +25,8 @@ _LOG = get_logger(__name__)
 
 #: Handles one ``aiokafka.ConsumerRecord``; returns what happened (a metric label).
 RecordHandler = Callable[[Any], Awaitable[str]]
+#: Handles a fetch's records at once, all or none; what happened to each, in order.
+BatchHandler = Callable[[list[Any]], Awaitable[list[str]]]
 
 
 class ConsumerMetrics:
@@ -60,15 +62,20 @@ async def consume(
     kafka: KafkaSettings,
     group_id: str,
     topics: Sequence[str],
-    handle: RecordHandler,
+    handle: RecordHandler | BatchHandler,
     metrics: ConsumerMetrics,
     stop: asyncio.Event,
     beat: Heartbeat,
     max_records: int = 100,
     retry_s: float = 1.0,
     fetch_max_wait_ms: int = 100,
+    batched: bool = False,
 ) -> None:
-    """Consume ``topics`` in group ``group_id`` until ``stop``; reconnects when Kafka fails."""
+    """Consume ``topics`` in group ``group_id`` until ``stop``; reconnects when Kafka fails.
+
+    ``batched``: ``handle`` is a ``BatchHandler`` that takes each fetch's records at once
+    (one transaction for them all); a failure retries the whole fetch.
+    """
     from aiokafka.errors import KafkaError
 
     from urr_common.clients import kafka_consumer
@@ -97,7 +104,8 @@ async def consume(
             await asyncio.shield(consumer.stop())
             raise
         try:
-            await _run(consumer, name, handle, metrics, stop, beat, max_records, retry_s)
+            run: Callable[..., Awaitable[None]] = _run_batches if batched else _run
+            await run(consumer, name, handle, metrics, stop, beat, max_records, retry_s)
         except KafkaError as exc:
             beat.failed(exc)
             _LOG.warning("kafka_consumer_failed", consumer=name, error=repr(exc))
@@ -131,14 +139,56 @@ async def _run(
                 done[partition] = record.offset + 1
             if failed is not None:
                 break
-        if done:
-            await consumer.commit(done)
-        if failed is None:
-            beat.ok()
-            continue
-        beat.failed(failed)
-        metrics.retries.labels(name).inc()
-        _LOG.warning("record_retry", consumer=name, error=repr(failed))
-        for partition, records in batches.items():
-            consumer.seek(partition, done.get(partition, records[0].offset))
-        await sleep_unless_stopped(stop, retry_s)
+        await _settle(consumer, name, batches, done, failed, metrics, stop, beat, retry_s)
+
+
+async def _run_batches(
+    consumer: Any,
+    name: str,
+    handle: Any,
+    metrics: ConsumerMetrics,
+    stop: asyncio.Event,
+    beat: Heartbeat,
+    max_records: int,
+    retry_s: float,
+) -> None:
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
+        records = [record for part in batches.values() for record in part]
+        done: dict[Any, int] = {}
+        failed: BaseException | None = None
+        if records:
+            try:
+                outcomes = await handle(records)
+            except Exception as exc:  # a dependency failed: retry the whole fetch
+                failed = exc
+            else:
+                for record, outcome in zip(records, outcomes, strict=True):
+                    metrics.records.labels(name, record.topic, outcome).inc()
+                done = {partition: part[-1].offset + 1 for partition, part in batches.items()}
+        await _settle(consumer, name, batches, done, failed, metrics, stop, beat, retry_s)
+
+
+async def _settle(
+    consumer: Any,
+    name: str,
+    batches: dict[Any, list[Any]],
+    done: dict[Any, int],
+    failed: BaseException | None,
+    metrics: ConsumerMetrics,
+    stop: asyncio.Event,
+    beat: Heartbeat,
+    retry_s: float,
+) -> None:
+    """Commit what was handled; after a failure, go back to the first unhandled records."""
+    if done:
+        await consumer.commit(done)
+    if failed is None:
+        beat.ok()
+        return
+    beat.failed(failed)
+    metrics.retries.labels(name).inc()
+    _LOG.warning("record_retry", consumer=name, error=repr(failed))
+    for partition, records in batches.items():
+        consumer.seek(partition, done.get(partition, records[0].offset))
+    await sleep_unless_stopped(stop, retry_s)
