@@ -172,33 +172,26 @@ async def test_devstack_bucket_is_created_once(aws_clients: aws.AwsClients) -> N
     assert await aws.ensure_bucket(aws_clients.s3, "tansu") is False
 
 
-async def test_the_stack_database_commits_as_the_settings_say(postgres_admin_dsn: str) -> None:
-    name = f"urr_devstack_{uuid.uuid4().hex[:12]}"
-    base = postgres_admin_dsn.rpartition("/")[0]
+async def test_the_stack_database_commits_as_the_settings_say(
+    postgres_admin_dsn: str, postgres_dsn: str
+) -> None:
+    name = postgres_dsn.rpartition("/")[2]
 
     async def in_a_new_session() -> str:
-        connection = await asyncpg.connect(f"{base}/{name}")
+        connection = await asyncpg.connect(postgres_dsn)
         try:
             return str(await connection.fetchval("SHOW synchronous_commit"))
         finally:
             await connection.close()
 
-    try:
-        await postgres.ensure_database(postgres_admin_dsn, name)
-        await postgres.set_synchronous_commit(postgres_admin_dsn, name, "off")
-        assert await in_a_new_session() == "off"
-        await postgres.set_synchronous_commit(postgres_admin_dsn, name, "on")  # not sticky
-        assert await in_a_new_session() == "on"
-        with pytest.raises(ValueError, match="on or off"):
-            await postgres.set_synchronous_commit(postgres_admin_dsn, name, "on; DROP TABLE x")
-        with pytest.raises(ValidationError):
-            DevstackSettings(postgres_synchronous_commit="local")
-    finally:
-        admin = await asyncpg.connect(postgres_admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        finally:
-            await admin.close()
+    await postgres.set_synchronous_commit(postgres_admin_dsn, name, "off")
+    assert await in_a_new_session() == "off"
+    await postgres.set_synchronous_commit(postgres_admin_dsn, name, "on")  # not sticky
+    assert await in_a_new_session() == "on"
+    with pytest.raises(ValueError, match="on or off"):
+        await postgres.set_synchronous_commit(postgres_admin_dsn, name, "on; DROP TABLE x")
+    with pytest.raises(ValidationError):
+        DevstackSettings(postgres_synchronous_commit="local")
 
 
 async def test_devstack_database_is_created_once(postgres_admin_dsn: str) -> None:
