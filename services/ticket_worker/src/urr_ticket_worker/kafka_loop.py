@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -104,8 +104,12 @@ async def consume(
             await asyncio.shield(consumer.stop())
             raise
         try:
-            run: Callable[..., Awaitable[None]] = _run_batches if batched else _run
-            await run(consumer, name, handle, metrics, stop, beat, max_records, retry_s)
+            apply = (
+                _all_at_once(cast(BatchHandler, handle), name, metrics)
+                if batched
+                else _one_by_one(cast(RecordHandler, handle), name, metrics)
+            )
+            await _run(consumer, name, apply, metrics, stop, beat, max_records, retry_s)
         except KafkaError as exc:
             beat.failed(exc)
             _LOG.warning("kafka_consumer_failed", consumer=name, error=repr(exc))
@@ -114,38 +118,47 @@ async def consume(
             await consumer.stop()
 
 
-async def _run(
-    consumer: Any,
-    name: str,
-    handle: RecordHandler,
-    metrics: ConsumerMetrics,
-    stop: asyncio.Event,
-    beat: Heartbeat,
-    max_records: int,
-    retry_s: float,
-) -> None:
-    while not stop.is_set():
-        batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
+#: Handles one fetch (records by partition): the next offset per partition it finished, and
+#: the exception that stopped it, if any.
+FetchHandler = Callable[[dict[Any, list[Any]]], Awaitable[tuple[dict[Any, int], Exception | None]]]
+
+
+def _one_by_one(handle: RecordHandler, name: str, metrics: ConsumerMetrics) -> FetchHandler:
+    async def apply(batches: dict[Any, list[Any]]) -> tuple[dict[Any, int], Exception | None]:
         done: dict[Any, int] = {}
-        failed: BaseException | None = None
         for partition, records in batches.items():
             for record in records:
                 try:
                     outcome = await handle(record)
                 except Exception as exc:  # a dependency failed: retry from this record
-                    failed = exc
-                    break
+                    return done, exc
                 metrics.records.labels(name, record.topic, outcome).inc()
                 done[partition] = record.offset + 1
-            if failed is not None:
-                break
-        await _settle(consumer, name, batches, done, failed, metrics, stop, beat, retry_s)
+        return done, None
+
+    return apply
 
 
-async def _run_batches(
+def _all_at_once(handle: BatchHandler, name: str, metrics: ConsumerMetrics) -> FetchHandler:
+    async def apply(batches: dict[Any, list[Any]]) -> tuple[dict[Any, int], Exception | None]:
+        records = [record for part in batches.values() for record in part]
+        if not records:
+            return {}, None
+        try:
+            outcomes = await handle(records)
+        except Exception as exc:  # a dependency failed: retry the whole fetch
+            return {}, exc
+        for record, outcome in zip(records, outcomes, strict=True):
+            metrics.records.labels(name, record.topic, outcome).inc()
+        return {partition: part[-1].offset + 1 for partition, part in batches.items()}, None
+
+    return apply
+
+
+async def _run(
     consumer: Any,
     name: str,
-    handle: Any,
+    apply: FetchHandler,
     metrics: ConsumerMetrics,
     stop: asyncio.Event,
     beat: Heartbeat,
@@ -154,41 +167,15 @@ async def _run_batches(
 ) -> None:
     while not stop.is_set():
         batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
-        records = [record for part in batches.values() for record in part]
-        done: dict[Any, int] = {}
-        failed: BaseException | None = None
-        if records:
-            try:
-                outcomes = await handle(records)
-            except Exception as exc:  # a dependency failed: retry the whole fetch
-                failed = exc
-            else:
-                for record, outcome in zip(records, outcomes, strict=True):
-                    metrics.records.labels(name, record.topic, outcome).inc()
-                done = {partition: part[-1].offset + 1 for partition, part in batches.items()}
-        await _settle(consumer, name, batches, done, failed, metrics, stop, beat, retry_s)
-
-
-async def _settle(
-    consumer: Any,
-    name: str,
-    batches: dict[Any, list[Any]],
-    done: dict[Any, int],
-    failed: BaseException | None,
-    metrics: ConsumerMetrics,
-    stop: asyncio.Event,
-    beat: Heartbeat,
-    retry_s: float,
-) -> None:
-    """Commit what was handled; after a failure, go back to the first unhandled records."""
-    if done:
-        await consumer.commit(done)
-    if failed is None:
-        beat.ok()
-        return
-    beat.failed(failed)
-    metrics.retries.labels(name).inc()
-    _LOG.warning("record_retry", consumer=name, error=repr(failed))
-    for partition, records in batches.items():
-        consumer.seek(partition, done.get(partition, records[0].offset))
-    await sleep_unless_stopped(stop, retry_s)
+        done, failed = await apply(batches)
+        if done:
+            await consumer.commit(done)
+        if failed is None:
+            beat.ok()
+            continue
+        beat.failed(failed)
+        metrics.retries.labels(name).inc()
+        _LOG.warning("record_retry", consumer=name, error=repr(failed))
+        for partition, records in batches.items():
+            consumer.seek(partition, done.get(partition, records[0].offset))
+        await sleep_unless_stopped(stop, retry_s)
