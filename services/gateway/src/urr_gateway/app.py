@@ -37,6 +37,7 @@ from urr_gateway.filters.entry_token import (
     entry_claims,
     entry_token_filter,
 )
+from urr_gateway.gcpolicy import settle
 from urr_gateway.filters.jwt_auth import (
     ACCESS_REQUIRED_CLAIMS,
     auth_gate_filter,
@@ -173,6 +174,11 @@ def create_app(
             await client.aclose()
 
     app.cleanup_ctx.append(clients)
+
+    async def settle_collector(_: web.Application) -> None:
+        settle(settings.gc)  # after everything start-up builds (gcpolicy says why)
+
+    app.on_startup.append(settle_collector)
     proxy = UpstreamProxy(
         upstream_urls(settings),
         lambda: upstream_holder["client"],

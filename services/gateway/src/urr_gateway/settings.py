@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from urr_common.settings import HttpSettings, RedisSettings, ServiceSettings, TrustedKeysSettings
 from urr_common.upstream_security import check_callers
+from urr_gateway.gcpolicy import GcSettings
 from urr_gateway.ratelimit.config import RateLimitSettings
 from urr_gateway.shedding import SheddingSettings
 from urr_gateway.trust import TrustSettings
@@ -187,3 +188,5 @@ class GatewaySettings(ServiceSettings):
     trust: TrustSettings = Field(default_factory=TrustSettings)
     #: Per-peer-address admission before HTTP parsing on the public port (``URR_SHED__*``).
     shed: SheddingSettings = Field(default_factory=SheddingSettings)
+    #: The collector's young-generation threshold and start-up freeze (``URR_GC__*``).
+    gc: GcSettings = Field(default_factory=GcSettings)
