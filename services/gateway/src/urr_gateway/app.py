@@ -37,13 +37,13 @@ from urr_gateway.filters.entry_token import (
     entry_claims,
     entry_token_filter,
 )
-from urr_gateway.gcpolicy import settle
 from urr_gateway.filters.jwt_auth import (
     ACCESS_REQUIRED_CLAIMS,
     auth_gate_filter,
     identity_from_claims,
     jwt_auth_filter,
 )
+from urr_gateway.gcpolicy import settle
 from urr_gateway.jwks import JwksKeySource, http_jwks_fetcher
 from urr_gateway.metrics import GatewayMetrics
 from urr_gateway.proxy import (

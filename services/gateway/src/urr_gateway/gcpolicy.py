@@ -33,7 +33,7 @@ _settled = False
 def settle(settings: GcSettings) -> None:
     """Freeze the start-up heap and raise the young-collection threshold: process-wide, so
     once per process (a test process starting many applications pays one collection)."""
-    global _settled  # noqa: PLW0603 - one switch per process, like the collector it tunes
+    global _settled  # one switch per process, like the collector it tunes
     if settings.gen0_threshold == 0 or _settled:
         return
     _settled = True

@@ -41,6 +41,7 @@ from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.local import LocalSlidingLog
 from urr_gateway.ratelimit.metrics import RateLimitMetrics
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
+from urr_gateway.ratelimit.slots import InFlightSlots
 from urr_gateway.ratelimit.store import RedisSlidingLog, SlidingLogStore, TenantStore
 from urr_gateway.ratelimit.tenant import (
     CompiledPolicy,
@@ -154,7 +155,7 @@ class SlidingWindowLimiter:
         in_flight = min(settings.max_in_flight, pool_size or settings.max_in_flight)
         # Per call: no more calls in flight than the pool has connections; the rest queue
         # here. Pipelined: one connection per node, and a bound on what one batch carries.
-        self._in_flight = asyncio.Semaphore(in_flight)
+        self._in_flight = InFlightSlots(in_flight)
         self._in_flight_limit = in_flight
         self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
         self._deny = DenyCache(settings.deny_cache_size)
@@ -303,9 +304,12 @@ class SlidingWindowLimiter:
         result: TenantDecision | None = None
         if store is not None and self._breaker.allow(self._clock()):
             try:
-                async with self._in_flight:
+                await self._in_flight.take()
+                try:
                     call = store.tenant_reply(compiled, tenant, cost, quota)
                     reply = await (call if self._store_keeps_budget else self._budget.run(call))
+                finally:
+                    self._in_flight.give_back()
                 result = tenant_decision_of_reply(compiled, tenant, reply, cost)
             except (TimeoutError, RedisTimeoutError) as exc:
                 self._on_failure("timeout", exc)
@@ -341,15 +345,20 @@ class SlidingWindowLimiter:
     ) -> Decision | None:
         kind: str
         error: BaseException
+        slots = self._in_flight
         try:
-            async with self._in_flight:
-                # Queueing for a slot is local congestion, not Redis being slow: the budget
-                # starts once the call can go out.
+            # Queueing for a slot is local congestion, not Redis being slow: the budget
+            # starts once the call can go out.
+            if not slots.take_now():
+                await slots.take()
+            try:
                 call = self._store.evaluate(subject, category, specs, cost, revoked_key)
                 if self._store_keeps_budget:
                     result = await call
                 else:
                     result = await self._budget.run(call)
+            finally:
+                slots.give_back()
         except (TimeoutError, RedisTimeoutError) as exc:
             kind, error = "timeout", exc
         except (RedisConnectionError, OSError) as exc:

@@ -163,17 +163,13 @@ def request_head(
     method: str, target: str, host: str, headers: CIMultiDict[str], framing: str
 ) -> bytes:
     """The request line and headers, with ``framing`` (``Content-Length``/chunked) added."""
-    parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    lines = 1
-    for name, value in headers.items():
-        if name.lower() in _CLIENT_OWNED:
-            continue
-        parts.append(f"{name}: {value}\r\n")
-        lines += 1
-    parts.append(framing)
-    parts.append("\r\n")
-    text = "".join(parts)
-    expected = lines + 2 + (1 if framing else 0)
+    lines = [
+        f"{name}: {value}\r\n"
+        for name, value in headers.items()
+        if name.lower() not in _CLIENT_OWNED
+    ]
+    text = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{''.join(lines)}{framing}\r\n"
+    expected = len(lines) + 3 + (1 if framing else 0)
     if text.count("\n") != expected or text.count("\r") != expected:
         raise InvalidHeader("a header name or value contains CR or LF")
     return text.encode("utf-8", "surrogateescape")

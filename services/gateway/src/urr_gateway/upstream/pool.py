@@ -45,6 +45,9 @@ class ConnectionPool:
         self._waiters: deque[asyncio.Future[_Handover]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
+        #: The loop of the first ``acquire`` (``asyncio.get_running_loop`` costs a
+        #: ``getpid`` system call per call on Python 3.11); the connections live on it.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def open_connections(self) -> int:
@@ -59,7 +62,9 @@ class ConnectionPool:
         return len(self._waiters)
 
     async def acquire(self) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         idle = self._idle
         while idle:
             connection = idle.pop()
