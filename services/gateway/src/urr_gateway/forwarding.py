@@ -58,7 +58,7 @@ def connection_tokens(
     headers: Mapping[str, str] | CIMultiDict[str] | CIMultiDictProxy[str],
 ) -> frozenset[str]:
     """Header names listed in ``Connection`` (they are hop-by-hop for this message)."""
-    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+    if type(headers) is CIMultiDict or isinstance(headers, CIMultiDictProxy | CIMultiDict):
         if "Connection" not in headers:
             return _NO_TOKENS  # the common case, on every request and every answer
         values: Iterable[str] = headers.getall("Connection", ())
@@ -72,7 +72,9 @@ def connection_tokens(
 
 def upstream_request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop, gateway-owned and ``X-User-*`` ones."""
-    dropped = _NOT_FORWARDED | connection_tokens(headers)
+    # No set union per request in the common case (no ``Connection`` header).
+    tokens = connection_tokens(headers)
+    dropped = _NOT_FORWARDED | tokens if tokens else _NOT_FORWARDED
     forwarded: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
@@ -86,7 +88,8 @@ def downstream_response_headers(
     headers: CIMultiDict[str] | CIMultiDictProxy[str],
 ) -> CIMultiDict[str]:
     """The upstream's answer headers minus hop-by-hop ones (``Set-Cookie`` repeats kept)."""
-    dropped = HOP_BY_HOP | connection_tokens(headers)
+    tokens = connection_tokens(headers)
+    dropped = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
     return CIMultiDict(
         [(name, value) for name, value in headers.items() if name.lower() not in dropped]
     )
