@@ -27,12 +27,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from urr_common.logs import get_logger
+from urr_common.metrics import adder, observer
 from urr_gateway.ratelimit.breaker import BreakerState, CircuitBreaker
 from urr_gateway.ratelimit.budget import RedisBudget
 from urr_gateway.ratelimit.config import FailurePolicy, RateLimitSettings
@@ -168,7 +169,9 @@ class SlidingWindowLimiter:
             registry if registry is not None else CollectorRegistry()
         )
         self.metrics.breaker_state.set(int(BreakerState.CLOSED))
-        self._children: dict[tuple[str, bool, str], tuple[Counter, Histogram]] = {}
+        self._children: dict[
+            tuple[str, bool, str], tuple[Callable[[float], None], Callable[[float], None]]
+        ] = {}
         #: Every decision's usage, counted until ``flush_usage`` writes it.
         self.usage = UsageTally()
         self._usage_writer = UsageWriter(redis)
@@ -449,9 +452,9 @@ class SlidingWindowLimiter:
         if children is None:
             result = "allowed" if decision.allowed else "blocked"
             children = (
-                self.metrics.decisions.labels(decision.category, result, decision.source),
-                self.metrics.latency.labels(decision.source),
+                adder(self.metrics.decisions.labels(decision.category, result, decision.source)),
+                observer(self.metrics.latency.labels(decision.source)),
             )
             self._children[key] = children
-        children[0].inc()
-        children[1].observe(time.perf_counter() - started)
+        children[0](1)
+        children[1](time.perf_counter() - started)
