@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from urr_gateway.handover import hand_to_oldest
+
 
 class InFlightSlots:
     __slots__ = ("_free", "_waiters")
@@ -50,10 +52,5 @@ class InFlightSlots:
 
     def give_back(self) -> None:
         """Return a slot: to the oldest waiter still waiting, else to the free ones."""
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
+        if not hand_to_oldest(self._waiters, None):
+            self._free += 1

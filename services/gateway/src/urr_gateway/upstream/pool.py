@@ -13,6 +13,7 @@ import contextlib
 import ssl
 from collections import deque
 
+from urr_gateway.handover import hand_to_oldest
 from urr_gateway.upstream.connection import UpstreamConnection
 from urr_gateway.upstream.errors import PoolTimeout, UpstreamConnectError
 
@@ -86,12 +87,8 @@ class ConnectionPool:
             self._open -= 1
             self._hand_slot()
             return
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(connection)
-                return
+        if hand_to_oldest(self._waiters, connection):
+            return
         connection.idle_since = connection.loop.time()
         self._idle.append(connection)
         if self._sweep is None:
