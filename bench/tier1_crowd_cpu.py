@@ -14,11 +14,10 @@ free ports. ``--before REV`` runs the same crowd on that revision's ``urr_vwr_la
 too) alternately with the working tree's, in one run: compare within a run only, the machine
 is shared.
 
-Printed per run: CPU ms per arrival of the emulator with its containers and of dynalite (from
-/proc, user + system, children included), CPU per invocation, DynamoDB requests per arrival
-(dynalite's own request count is not exposed: they are counted by the emulator's containers
-through botocore's event hook? no: from the emulator's invocation histogram), latency P50/P95
-of assign and check, 429s, and the load average.
+Printed per run: CPU ms per arrival of the emulator with its containers (and of the
+emulator's own process alone) and of dynalite (from /proc, user + system), the emulator's CPU
+per invocation, invocations per arrival, latency P50/P95 of assign and check as the client saw
+them, 429s, and the load average at the start and end of the run.
 """
 
 from __future__ import annotations
@@ -54,8 +53,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 EVENT = "bench-crowd"
 
 
-def cpu_s(pid: int) -> float:
-    """User + system seconds of ``pid`` and of every live descendant (the containers)."""
+def cpu_s(pid: int, *, children: bool = True) -> float:
+    """User + system seconds of ``pid`` and (``children``) of every live descendant (the
+    containers)."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -65,7 +65,7 @@ def cpu_s(pid: int) -> float:
         except OSError:
             continue
         fields = text[text.rindex(")") + 2 :].split()
-        if int(entry.name) == pid or _descends(int(entry.name), pid):
+        if int(entry.name) == pid or (children and _descends(int(entry.name), pid)):
             total += (int(fields[11]) + int(fields[12])) / TICK
     return total
 
@@ -240,6 +240,7 @@ def run_once(label: str, src: Path | None, args: argparse.Namespace, work: Path)
         wait_ready(f"http://127.0.0.1:{api_port}/health/ready")
         time.sleep(1.0)
         emu0, dyn0 = cpu_s(emulator.pid), cpu_s(dynalite.pid or 0)
+        own0 = cpu_s(emulator.pid, children=False)
         load0 = loadavg()
         if args.pyspy:
             out = Path(args.pyspy) / f"{label}.txt"
@@ -266,6 +267,7 @@ def run_once(label: str, src: Path | None, args: argparse.Namespace, work: Path)
         tally = asyncio.run(crowd(f"http://127.0.0.1:{api_port}", args.arrivals, args.rate))
         wall = time.monotonic() - wall0
         emu1, dyn1 = cpu_s(emulator.pid), cpu_s(dynalite.pid or 0)
+        own1 = cpu_s(emulator.pid, children=False)
     finally:
         stop.set()
         if spy is not None:
@@ -280,6 +282,7 @@ def run_once(label: str, src: Path | None, args: argparse.Namespace, work: Path)
     return {
         "label": label,
         "emu_ms": (emu1 - emu0) / n * 1000,
+        "emu_self_ms": (own1 - own0) / n * 1000,
         "dyn_ms": (dyn1 - dyn0) / n * 1000,
         "emu_per_call_ms": (emu1 - emu0) / max(1, invocations) * 1000,
         "calls_per_arrival": invocations / n,
@@ -336,13 +339,14 @@ def main() -> None:
         "containers, dynalite), per invocation, calls per arrival, latency ms"
     )
     print(
-        f"{'run':<10} {'emu/arr':>8} {'dyn/arr':>8} {'emu/call':>9} {'calls':>6} "
+        f"{'run':<10} {'emu/arr':>8} {'(self)':>7} {'dyn/arr':>8} {'emu/call':>9} {'calls':>6} "
         f"{'assign p50/p95':>15} {'check p50/p95':>14} {'429s':>5}  load"
     )
     for r in results:
         throttled = sum(v for k, v in r["statuses"].items() if k.endswith(" 429"))
         print(
-            f"{r['label']:<10} {r['emu_ms']:8.2f} {r['dyn_ms']:8.2f} {r['emu_per_call_ms']:9.2f} "
+            f"{r['label']:<10} {r['emu_ms']:8.2f} {r['emu_self_ms']:7.2f} {r['dyn_ms']:8.2f} "
+            f"{r['emu_per_call_ms']:9.2f} "
             f"{r['calls_per_arrival']:6.2f} {r['assign_p50']:7.1f}/{r['assign_p95']:<7.1f} "
             f"{r['check_p50']:6.1f}/{r['check_p95']:<7.1f} {throttled:5d}  {r['load']}"
         )
