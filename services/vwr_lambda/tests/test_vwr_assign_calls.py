@@ -43,12 +43,18 @@ def warm_vwr(vwr_settings: VwrSettings, make_vwr: Callable[[VwrSettings], Any]) 
     return make_vwr(settings)
 
 
+def open_uncapped(vwr: Any) -> None:
+    """An open event without the per-address cap (as the load test's): no gate I/O."""
+    opened = vwr.admin("PUT", "evt-1", {"isActive": True, "batchSize": 100, "placesPerClient": 0})
+    assert opened.status in (200, 201), opened.body
+
+
 def test_a_first_anonymous_assign_reads_nothing(warm_vwr: Any) -> None:
-    warm_vwr.open_event("evt-1")
+    open_uncapped(warm_vwr)
     assert warm_vwr.assign("evt-1").status == 201  # builds the clients, fills the copies
     sent = record_calls(warm_vwr)
     placed = warm_vwr.assign("evt-1")
-    assert (placed.status, placed.body["position"], placed.body["ahead"]) == (201, 2, 2)
+    assert (placed.status, placed.body["position"], placed.body["ahead"]) == (201, 2, 1)
     assert sorted(sent) == ["PutItem", "PutItem", "UpdateItem"]
     assert sent[0] == "UpdateItem"  # the number first: the place needs it
 
@@ -56,7 +62,7 @@ def test_a_first_anonymous_assign_reads_nothing(warm_vwr: Any) -> None:
 def test_a_repeat_is_found_by_its_refused_put_and_keeps_its_place(
     warm_vwr: Any,
 ) -> None:
-    warm_vwr.open_event("evt-1")
+    open_uncapped(warm_vwr)
     first = str(uuid.uuid4())
     assert warm_vwr.assign("evt-1", first).body["position"] == 1
     sent = record_calls(warm_vwr)
@@ -121,3 +127,19 @@ def test_an_abandoned_place_is_replaced_by_a_new_number(vwr: Any) -> None:
     again = vwr.assign("evt-1", first)
     assert (again.status, again.body["position"]) == (201, 2)
     assert vwr.check("evt-1", first).body["position"] == 2
+
+
+def test_a_number_taken_refreshes_the_containers_copy_of_the_event(warm_vwr: Any) -> None:
+    """The number's write answers the whole event as it now is: the container keeps that as
+    its copy, so a check after an assign sees the counter the write saw, not an older copy."""
+    warm_vwr.open_event("evt-1")
+    waiter = str(uuid.uuid4())
+    assert warm_vwr.assign("evt-1", waiter).status == 201
+    assert warm_vwr.check("evt-1", waiter).body["admitted"] is False
+    store = warm_vwr.runtime.store
+    state = store.get_event("evt-1", consistent=True)
+    store.advance_to(state, serving_counter=1, admit_rate=None, now_ms=warm_vwr.runtime.now_ms())
+    # The copy is up to counters_cache_s (10 s here) old: the advance is not seen yet.
+    assert warm_vwr.check("evt-1", waiter).body["admitted"] is False
+    assert warm_vwr.assign("evt-1").status == 201
+    assert warm_vwr.check("evt-1", waiter).body["admitted"] is True
