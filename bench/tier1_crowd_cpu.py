@@ -37,6 +37,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,22 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
+def dynalite_client(endpoint: str) -> Any:
+    """A boto3 DynamoDB client of dynalite at ``endpoint`` (standard retries, as the
+    function's)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",  # noqa: S106 - dynalite takes any
+        config=Config(retries={"mode": "standard", "max_attempts": 3}),
+    )
+
+
 def wait_ready(url: str, timeout_s: float = 90.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -207,15 +224,7 @@ def run_once(label: str, src: Path | None, args: argparse.Namespace, work: Path)
     }
     if src is not None:
         env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    import boto3
-
-    client = boto3.session.Session().client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",  # noqa: S106 - dynalite takes any
-    )
+    client = dynalite_client(endpoint)
     ensure_tables(client, TableSettings())
     store = VwrStore(client, counters_table="counters", positions_table="positions")
     store.put_event(EVENT, is_active=True, batch_size=500, now_ms=_ms())
@@ -310,6 +319,28 @@ def export_revision(rev: str, into: Path) -> Path:
     return into / "services" / "vwr_lambda" / "src"
 
 
+def alternate(
+    before: str | None,
+    rounds: int,
+    work: Path,
+    run: Callable[[str, Path | None], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """``run(label, src)`` for the working tree and, with ``before``, that revision's
+    ``urr_vwr_lambda`` (``src``), alternating which goes first each round; each result is
+    printed as a JSON line as it comes."""
+    variants: list[tuple[str, Path | None]] = [("after", None)]
+    if before:
+        variants.insert(0, ("before", export_revision(before, work / "before")))
+    results = []
+    for round_no in range(rounds):
+        order = variants if round_no % 2 == 0 else list(reversed(variants))
+        for name, src in order:
+            result = run(f"{name}-{round_no}", src)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arrivals", type=int, default=1200)
@@ -324,16 +355,12 @@ def main() -> None:
         from urr_vwr_lambda.settings import VwrTokenSettings
 
         ensure_local_keys(VwrTokenSettings(private_key_file=work / "keys" / "local-1.pem"))
-        variants: list[tuple[str, Path | None]] = [("after", None)]
-        if args.before:
-            variants.insert(0, ("before", export_revision(args.before, work / "before")))
-        results = []
-        for round_no in range(args.rounds):
-            order = variants if round_no % 2 == 0 else list(reversed(variants))
-            for name, src in order:
-                result = run_once(f"{name}-{round_no}", src, args, work)
-                results.append(result)
-                print(json.dumps(result), flush=True)
+        results = alternate(
+            args.before,
+            args.rounds,
+            work,
+            lambda label, src: run_once(label, src, args, work),
+        )
     print(
         f"\n{args.arrivals} arrivals at {args.rate}/s; CPU ms per arrival (emulator with its "
         "containers, dynalite), per invocation, calls per arrival, latency ms"

@@ -158,11 +158,10 @@ def run_variant(label: str, src: Path | None, arrivals: int, work: Path) -> dict
 
 
 def part_two(calls: int, work: Path) -> None:
-    import boto3
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
-    from botocore.config import Config
     from botocore.credentials import Credentials
+    from tier1_crowd_cpu import dynalite_client
 
     from urr_devstack.procs import dynalite_server, free_port
 
@@ -171,14 +170,7 @@ def part_two(calls: int, work: Path) -> None:
     dynalite.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        client = boto3.session.Session().client(
-            "dynamodb",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",  # noqa: S106 - dynalite takes any
-            config=Config(retries={"mode": "standard", "max_attempts": 3}),
-        )
+        client = dynalite_client(url)
         client.create_table(
             TableName="calls",
             KeySchema=[{"AttributeName": "eventId", "KeyType": "HASH"}],
@@ -253,20 +245,16 @@ def main() -> None:
     parser.add_argument("--before", help="a git revision to compare with, alternately")
     parser.add_argument("--calls", type=int, default=1000, help="part 2's calls per round")
     args = parser.parse_args()
-    from tier1_crowd_cpu import export_revision
+    from tier1_crowd_cpu import alternate
 
     with tempfile.TemporaryDirectory(prefix="vwr-arrival-") as tmp:
         work = Path(tmp)
-        variants: list[tuple[str, Path | None]] = [("after", None)]
-        if args.before:
-            variants.insert(0, ("before", export_revision(args.before, work / "before")))
-        results = []
-        for round_no in range(args.rounds):
-            order = variants if round_no % 2 == 0 else list(reversed(variants))
-            for name, src in order:
-                result = run_variant(f"{name}-{round_no}", src, args.arrivals, work)
-                results.append(result)
-                print(json.dumps(result), flush=True)
+        results = alternate(
+            args.before,
+            args.rounds,
+            work,
+            lambda label, src: run_variant(label, src, args.arrivals, work),
+        )
         print(f"\nPart 1: {args.arrivals} arrivals (assign + admitted check) per run")
         print(f"{'run':<10} {'container ms':>12} {'dynalite ms':>12}  DynamoDB calls  load")
         for r in results:
