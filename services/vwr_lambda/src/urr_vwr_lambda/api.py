@@ -371,9 +371,8 @@ def _anonymous_assign(
     runtime.event_cache.put(state)  # fresher than any copy the container holds
     if state.queue_method is QueueMethod.REJECT or not pow_gate.solved_enough(state, pow_solved):
         return None, reservation
-    return _write_place(runtime, state, request_id, None, None, now_s=now_s, now_ms=now_ms), (
-        reservation
-    )
+    answer = _write_place(runtime, state, request_id, None, None, now_s=now_s, now_ms=now_ms)
+    return answer, reservation
 
 
 def _write_place(
