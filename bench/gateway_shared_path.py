@@ -132,15 +132,7 @@ def main() -> None:
     try:
         access_token, entry_token = bench.write_keys_and_sign(work)
         port = free_port()
-        nginx = bench.start_nginx(
-            work / "upstream",
-            f"""server {{
-                listen 127.0.0.1:{port} backlog=4096;
-                location = /access.json {{ alias {work}/access.json; }}
-                location = /entry.json {{ alias {work}/entry.json; }}
-                location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
-            }}""",
-        )
+        nginx = bench.start_upstream(work, port)
         wait_listening("127.0.0.1", port, 10, "upstream nginx")
         redis.start()
         upstream = f"http://127.0.0.1:{port}"
