@@ -402,10 +402,9 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
     def shut_down(self) -> None:
         """Read no more; close once the answers owed are written (at once when idle)."""
         self._stopped = True
-        if not self._answers and not self._in_message and self.transport is not None:
+        self.deadline = None
+        if not self._answers and self.transport is not None:
             self.transport.close()
-        elif not self._answers:
-            self.deadline = None
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -20,11 +20,13 @@ from urr_gateway.app import create_app
 from urr_gateway.checkapi import CHECK_SERVICE_KEY, create_check_app
 from urr_gateway.checkserver import CheckSite
 from urr_gateway.filters.ratelimit import install_rate_limit, rate_limit_filter, revocation_verdict
+from urr_gateway.http1 import Http1Site
+from urr_gateway.publicserver import PublicServer
 from urr_gateway.ratelimit import CategoryRouter, SlidingWindowLimiter
 from urr_gateway.ratelimit.policyset import PolicyWatcher, install_policy_watcher
 from urr_gateway.revocation import revocation_key_of
 from urr_gateway.settings import GatewaySettings
-from urr_gateway.shedding import public_site
+from urr_gateway.shedding import Shedder, public_site
 
 _LOG = get_logger(__name__)
 
@@ -65,6 +67,29 @@ def build_apps(settings: GatewaySettings) -> GatewayApps:
     return GatewayApps(public=public, internal=internal)
 
 
+def public_protocol_site(
+    runner: web.AppRunner,
+    app: web.Application,
+    settings: GatewaySettings,
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+) -> Http1Site:
+    """The public port served by the gateway's own HTTP/1.1 listener (``publicserver``),
+    behind the same per-address shedding as the aiohttp site when it is enabled."""
+    shed = settings.shed
+    wrap = Shedder(shed, settings.trust, app.get(REGISTRY_KEY)).factory if shed.enabled else None
+    return Http1Site(
+        runner,
+        lambda: PublicServer(app),
+        host,
+        port,
+        drain_timeout_s=settings.http.shutdown_timeout_s,
+        reuse_port=reuse_port or None,
+        wrap=wrap,
+    )
+
+
 async def serve_gateway(
     apps: GatewayApps,
     settings: GatewaySettings,
@@ -97,7 +122,9 @@ async def serve_gateway(
             await runner.setup()
             runners.append(runner)
             site: web.BaseSite
-            if app is apps.public:  # shed floods per peer address before parsing them
+            if app is apps.public and http.server == "protocol":
+                site = public_protocol_site(runner, app, settings, host, port, reuse_port)
+            elif app is apps.public:  # shed floods per peer address before parsing them
                 site = public_site(
                     runner,
                     settings.shed,

@@ -7,7 +7,7 @@ runs beside ``make up`` with no variables set. Production overrides the addresse
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
@@ -115,6 +115,11 @@ class InternalListenerSettings(BaseModel):
 class GatewayHttpSettings(HttpSettings):
     port: int = Field(default=3001, ge=0, le=65535)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    #: ``URR_HTTP__SERVER``: what serves the public port. ``protocol``: the gateway's own
+    #: HTTP/1.1 listener (``publicserver``, issue 17: the same pipeline and proxy without
+    #: aiohttp's server objects); ``aiohttp``: aiohttp's server with the pipeline as its one
+    #: middleware.
+    server: Literal["protocol", "aiohttp"] = "aiohttp"
 
 
 class AccessTrustSettings(TrustedKeysSettings):
