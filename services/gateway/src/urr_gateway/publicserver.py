@@ -305,7 +305,8 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
             answer.close = answer.linger = True
         elif body is not None:
             body.discard()  # arrived but not read (a refusal): forget it
-        if exchange.close or (self._stopped and not self._queue):
+        # The last answer closes, unless a refusal after it does (it must still be written).
+        if exchange.close or (self._stopped and not self._queue and len(self._answers) == 1):
             answer.close = True
         if answer.data is None:
             answer.data = b""
@@ -387,6 +388,8 @@ class PublicServer(Http1Server):
         if exchange.head_sent or connection.transport is None:
             connection.cut()  # mid-answer: a cut connection is the only honest signal
             return 500
+        if isinstance(exc, ClientGone):
+            return 400  # the body broke HTTP: the connection's own 400 follows, then closes
         request = cast(web.Request, exchange.request)
         problem = _error_answer(request, exc, facts, request_id)
         if problem is not None:
