@@ -537,6 +537,17 @@ def serve_if_asked(options: argparse.Namespace) -> bool:
     return False
 
 
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in reversed(processes):
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=12)
@@ -551,6 +562,12 @@ def main() -> None:
         "--workers", default="", help="also run URR_WORKERS=N for these N, e.g. 1,2"
     )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway")
+    parser.add_argument(
+        "--gc-gen0",
+        type=int,
+        default=50_000,
+        help="also run the default gateway with URR_HTTP__GC_GEN0_THRESHOLD=N (0: skip)",
+    )
     parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-lean-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-limited-proxy", nargs=3, metavar=("PORT", "UPSTREAM", "REDIS"))
@@ -633,6 +650,11 @@ def main() -> None:
         base_env["URR_HTTP__SERVER"] = other
         other_port, other_pid, _ = start_gateway(1)
         base_env["URR_HTTP__SERVER"] = default
+        tuned_port = tuned_pid = 0
+        if options.gc_gen0:
+            base_env["URR_HTTP__GC_GEN0_THRESHOLD"] = str(options.gc_gen0)
+            tuned_port, tuned_pid, _ = start_gateway(1)
+            del base_env["URR_HTTP__GC_GEN0_THRESHOLD"]
         before = gateway_source(options.before, work / "before") if options.before else None
         before_port = before_pid = 0
         if before is not None:
@@ -721,6 +743,15 @@ def main() -> None:
                 [other_pid],
             )
         )
+        if tuned_pid:
+            runs.append(
+                (
+                    f"  {default}, GC gen0 {options.gc_gen0} + freeze",
+                    f"{local}:{tuned_port}{PATH}",
+                    headers,
+                    [tuned_pid],
+                )
+            )
         for workers in [int(n) for n in options.workers.split(",") if n.strip()]:
             port, pid, _ = start_gateway(workers)
             runs.append(
@@ -759,14 +790,7 @@ def main() -> None:
             )
         )
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_all(processes)
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -112,7 +112,15 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     max_head_bytes = PUBLIC_MAX_HEAD_BYTES
     max_headers = PUBLIC_MAX_HEADERS
 
-    __slots__ = ("_body_buffered", "_drain_waiter", "_pairs", "_peer", "_queue", "_reading")
+    __slots__ = (
+        "_body_buffered",
+        "_drain_waiter",
+        "_pairs",
+        "_peer",
+        "_queue",
+        "_reading",
+        "_worker",
+    )
 
     def __init__(self, server: PublicServer) -> None:
         super().__init__(server)
@@ -123,6 +131,8 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         self._body_buffered = 0
         self._drain_waiter: asyncio.Future[None] | None = None
         self._peer: str | None = None
+        #: The task answering the queue (held: the loop keeps only a weak reference).
+        self._worker: asyncio.Task[None] | None = None
 
     # --- asyncio protocol ------------------------------------------------------------------
 
@@ -186,8 +196,8 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         self._reading = exchange
         if len(self._queue) > MAX_PIPELINED:
             self.pause_reading()
-        if len(self._queue) == 1:
-            self.server.loop.create_task(self._work())
+        if self._worker is None:
+            self._worker = self.server.loop.create_task(self._work())
 
     def on_body(self, body: bytes) -> None:
         reading = self._reading
@@ -279,6 +289,12 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     # --- serving, one request at a time ------------------------------------------------------
 
     async def _work(self) -> None:
+        try:
+            await self._answer_queue()
+        finally:
+            self._worker = None
+
+    async def _answer_queue(self) -> None:
         queue = self._queue
         while queue:
             exchange = queue[0]

@@ -7,6 +7,7 @@ the worker's Redis client and metrics registry with the public app and the check
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from dataclasses import dataclass
 
@@ -90,6 +91,17 @@ def public_protocol_site(
     )
 
 
+def tune_gc(gen0_threshold: int) -> None:
+    """``URR_HTTP__GC_GEN0_THRESHOLD`` (0: leave the collector alone)."""
+    if not gen0_threshold:
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, gen1, gen2)
+    _LOG.info("gc_tuned", gen0_threshold=gen0_threshold, frozen=gc.get_freeze_count())
+
+
 async def serve_gateway(
     apps: GatewayApps,
     settings: GatewaySettings,
@@ -147,6 +159,7 @@ async def serve_gateway(
                 site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
             await site.start()
             _LOG.info("listening", host=host, port=port, internal=app is apps.internal)
+        tune_gc(http.gc_gen0_threshold)
         metrics = await start_metrics_listener(
             apps.public, settings.metrics, http.port, reuse_port=reuse_port
         )

@@ -119,7 +119,13 @@ class GatewayHttpSettings(HttpSettings):
     #: HTTP/1.1 listener (``publicserver``, issue 17: the same pipeline and proxy without
     #: aiohttp's server objects); ``aiohttp``: aiohttp's server with the pipeline as its one
     #: middleware.
-    server: Literal["protocol", "aiohttp"] = "aiohttp"
+    server: Literal["protocol", "aiohttp"] = "protocol"
+    #: ``URR_HTTP__GC_GEN0_THRESHOLD``: 0 leaves the interpreter's garbage collector as it
+    #: is. N > 0: once listening, everything allocated at start-up is moved out of the
+    #: collector's sight (``gc.freeze``: the app, its caches, imported modules) and a
+    #: young-generation collection runs every N net allocations instead of 700, so fewer and
+    #: shorter collections land inside requests (the tail latency).
+    gc_gen0_threshold: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class AccessTrustSettings(TrustedKeysSettings):
