@@ -246,16 +246,12 @@ async def test_expect_continue_is_answered_when_the_body_is_wanted(listener):
 
 async def test_a_refused_request_is_not_invited_to_send_its_body(listener):
     _, port, _ = listener
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        # No such route: refused before the body, so no 100 Continue.
-        writer.write(
-            b"POST /api/v1/nowhere HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n"
-            b"Expect: 100-continue\r\n\r\n"
-        )
-        answer = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
+    # No such route: refused before the body, so no 100 Continue; the answer closes.
+    answer = await exchange(
+        port,
+        b"POST /api/v1/nowhere HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\n\r\n",
+    )
     assert statuses(answer) == [404]
     assert b"Connection: close" in answer
 

@@ -41,7 +41,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from urr_common.logs import get_logger, start_request_context
-from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_KEY, new_request_id
+from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_KEY
 from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
 from urr_gateway.forwarding import downstream_response_headers
@@ -83,20 +83,38 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 
 class _Exchange:
-    """One request and how far its answer got."""
+    """One request, its connection, and how far its answer got."""
 
-    __slots__ = ("answer", "body", "close", "head_sent", "http10", "request")
+    __slots__ = (
+        "answer",
+        "body",
+        "close",
+        "connection",
+        "facts",
+        "head_sent",
+        "http10",
+        "request",
+        "request_id",
+    )
 
     def __init__(
-        self, request: GatewayRequest, body: RequestBody | None, close: bool, answer: Answer
+        self,
+        connection: _PublicConnection,
+        request: GatewayRequest,
+        body: RequestBody | None,
+        answer: Answer,
     ) -> None:
+        self.connection = connection
         self.request = request
         self.body = body
+        self.answer = answer
         #: The client asked for the connection to close after this answer (or it must).
-        self.close = close
+        self.close = False
         self.http10 = False
         self.head_sent = False
-        self.answer = answer
+        self.request_id = ""
+        #: What ingress and the filters learnt (once ingress has run).
+        self.facts: RequestFacts | None = None
 
 
 class _Prepared:
@@ -188,9 +206,11 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
             body,
             length,
         )
-        exchange = _Exchange(
-            request, body, not parser.should_keep_alive(), self.begin_answer(close=False)
-        )
+        exchange = _Exchange(self, request, body, self.begin_answer(close=False))
+        exchange.close = not parser.should_keep_alive()
+        # The client's X-Request-Id when short and plain (``new_request_id``'s rule), else a
+        # fresh one without a getrandom syscall.
+        exchange.request_id = self.request_id().decode("ascii")
         exchange.http10 = parser.get_http_version() == "1.0"
         self._queue.append(exchange)
         self._reading = exchange
@@ -299,7 +319,7 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         while queue:
             exchange = queue[0]
             try:
-                await self.server.serve(self, exchange)
+                await self.server.serve(exchange)
             except Exception:  # serve answers everything it can; this is a bug: log, cut
                 _LOG.exception("public_server_error")
                 self.cut()
@@ -362,10 +382,10 @@ class PublicServer(Http1Server):
     def connection(self) -> asyncio.Protocol:
         return _PublicConnection(self)
 
-    async def serve(self, connection: _PublicConnection, exchange: _Exchange) -> None:
+    async def serve(self, exchange: _Exchange) -> None:
         """Answer one request, as ``GatewayPipeline.middleware`` and the app's handlers do."""
         request = exchange.request
-        request_id = new_request_id(cast(web.Request, request))
+        request_id = exchange.request_id
         request[REQUEST_ID_KEY] = request_id
         start_request_context(request_id)
         handler = self._health.get(request.path) if request.method in ("GET", "HEAD") else None
@@ -374,78 +394,59 @@ class PublicServer(Http1Server):
         started = time.perf_counter()
         metrics.in_flight.inc()
         status = 500
-        facts: RequestFacts | None = None
         try:
             try:
-                routed, facts = self._ingress(cast(web.Request, request), request_id)
+                routed, exchange.facts = self._ingress(cast(web.Request, request), request_id)
                 for step in self._steps:
-                    pending = step(routed, facts)
+                    pending = step(routed, exchange.facts)
                     if pending is not None:
                         await pending
                 if handler is not None:
-                    response = await handler(routed)
-                    status = await self._whole(connection, exchange, response, facts, request_id)
+                    status = await self._whole(exchange, await handler(routed))
                 else:
-                    status = await self._proxied(connection, exchange, routed, facts, request_id)
+                    status = await self._proxied(exchange, routed)
             except Exception as exc:  # CancelledError is a BaseException: it passes
-                status = await self._refused(connection, exchange, exc, facts, request_id)
+                status = await self._refused(exchange, exc)
         finally:
             metrics.in_flight.dec()
             metrics.observe(request.method, label, status, time.perf_counter() - started)
 
-    async def _refused(
-        self,
-        connection: _PublicConnection,
-        exchange: _Exchange,
-        exc: Exception,
-        facts: RequestFacts | None,
-        request_id: str,
-    ) -> int:
+    async def _refused(self, exchange: _Exchange, exc: Exception) -> int:
+        connection = exchange.connection
         if exchange.head_sent or connection.transport is None:
             connection.cut()  # mid-answer: a cut connection is the only honest signal
             return 500
         if isinstance(exc, ClientGone):
             return 400  # the body broke HTTP: the connection's own 400 follows, then closes
         request = cast(web.Request, exchange.request)
-        problem = _error_answer(request, exc, facts, request_id)
+        problem = _error_answer(request, exc, exchange.facts, exchange.request_id)
         if problem is not None:
-            return await self._whole(connection, exchange, problem, facts, request_id)
+            return await self._whole(exchange, problem)
         if isinstance(exc, web.HTTPException):  # a redirect raised by a step
             headers = CIMultiDict(exc.headers)
-            headers[REQUEST_ID_HEADER] = request_id
+            headers[REQUEST_ID_HEADER] = exchange.request_id
             body = exc.text.encode() if exc.text else b""
-            await self._write_whole(connection, exchange, exc.status, None, headers, body, facts)
+            await self._write_whole(exchange, exc.status, None, headers, body)
             return exc.status
         connection.cut()  # the client went away (ConnectionResetError)
         return 500
 
-    async def _whole(
-        self,
-        connection: _PublicConnection,
-        exchange: _Exchange,
-        response: web.StreamResponse,
-        facts: RequestFacts | None,
-        request_id: str,
-    ) -> int:
+    async def _whole(self, exchange: _Exchange, response: web.StreamResponse) -> int:
         """Write an aiohttp ``Response`` the app made (a health answer, a problem)."""
         headers = CIMultiDict(response.headers)
-        headers[REQUEST_ID_HEADER] = request_id
+        headers[REQUEST_ID_HEADER] = exchange.request_id
         body = getattr(response, "body", None)
         data = body if isinstance(body, bytes) else b""
-        await self._write_whole(
-            connection, exchange, response.status, response.reason, headers, data, facts
-        )
+        await self._write_whole(exchange, response.status, response.reason, headers, data)
         return response.status
 
     async def _write_whole(
         self,
-        connection: _PublicConnection,
         exchange: _Exchange,
         status: int,
         reason: str | None,
         headers: CIMultiDict[str],
         body: bytes,
-        facts: RequestFacts | None,
     ) -> None:
         head_only = exchange.request.method == "HEAD"
         if not (head_only and "Content-Length" in headers):
@@ -453,22 +454,15 @@ class PublicServer(Http1Server):
                 headers.popall(name, None)
             if status >= 200 and status not in _NO_BODY_STATUSES:
                 headers["Content-Length"] = str(len(body))
-        head = await self._head(connection, exchange, status, reason, headers, facts)
+        head = await self._head(exchange, status, reason, headers)
         exchange.head_sent = True
-        connection.send(head if head_only or not body else head + body)
+        exchange.connection.send(head if head_only or not body else head + body)
 
-    async def _proxied(
-        self,
-        connection: _PublicConnection,
-        exchange: _Exchange,
-        routed: web.Request,
-        facts: RequestFacts,
-        request_id: str,
-    ) -> int:
+    async def _proxied(self, exchange: _Exchange, routed: web.Request) -> int:
         answer, upstream = await self._proxy.open(routed)
         try:
             headers = downstream_response_headers(answer.headers)
-            headers[REQUEST_ID_HEADER] = request_id
+            headers[REQUEST_ID_HEADER] = exchange.request_id
             status = answer.status
             length = answer.content_length
             if (
@@ -480,25 +474,22 @@ class PublicServer(Http1Server):
                     body = await answer.read()
                 except UpstreamError as exc:
                     raise self._proxy._upstream_problem(upstream, exc) from exc
-                await self._write_whole(
-                    connection, exchange, status, answer.reason, headers, body, facts
-                )
+                await self._write_whole(exchange, status, answer.reason, headers, body)
                 return status
-            await self._stream(connection, exchange, answer, headers, facts, upstream)
+            await self._stream(exchange, answer, headers, upstream)
             return status
         finally:
             answer.close()
 
     async def _stream(
         self,
-        connection: _PublicConnection,
         exchange: _Exchange,
         answer: UpstreamResponse,
         headers: CIMultiDict[str],
-        facts: RequestFacts,
         upstream: str,
     ) -> None:
         """Relay a large or unknown-length answer as it arrives, at the client's pace."""
+        connection = exchange.connection
         length = answer.content_length
         chunked = length is None and not exchange.http10
         for name in _FRAMING:
@@ -509,8 +500,7 @@ class PublicServer(Http1Server):
             headers["Transfer-Encoding"] = "chunked"
         else:
             exchange.close = True  # an HTTP/1.0 client reads to the close
-        head = await self._head(connection, exchange, answer.status, answer.reason, headers, facts)
-        connection.send(head)
+        connection.send(await self._head(exchange, answer.status, answer.reason, headers))
         exchange.head_sent = True
         try:
             while chunk := await answer.read_chunk():
@@ -525,24 +515,19 @@ class PublicServer(Http1Server):
             connection.send(_LAST_CHUNK)
 
     async def _head(
-        self,
-        connection: _PublicConnection,
-        exchange: _Exchange,
-        status: int,
-        reason: str | None,
-        headers: CIMultiDict[str],
-        facts: RequestFacts | None,
+        self, exchange: _Exchange, status: int, reason: str | None, headers: CIMultiDict[str]
     ) -> bytes:
         """The answer's head, with every header the app's ``on_response_prepare`` adds."""
+        facts = exchange.facts
         if facts is not None and facts.rate_limit_headers:
             headers.update(facts.rate_limit_headers)
         prepared = _Prepared(headers)
-        request = exchange.request
+        request = cast(web.Request, exchange.request)
         for receiver in self._prepare:
-            await receiver(cast(web.Request, request), cast(web.StreamResponse, prepared))
+            await receiver(request, cast(web.StreamResponse, prepared))
         if "Date" not in headers:
             headers["Date"] = self.date.decode()
-        if connection.closes_after(exchange):
+        if exchange.connection.closes_after(exchange):
             exchange.close = True
             headers["Connection"] = "close"
         elif exchange.http10:

@@ -2,6 +2,11 @@
 
 ``build_apps`` is the one place the rate limiter is wired in: one limiter per worker shares
 the worker's Redis client and metrics registry with the public app and the check API.
+
+The public port is served by the gateway's own HTTP/1.1 listener (``publicserver``) or by
+aiohttp's server (``URR_HTTP__SERVER``); either way behind the per-address shedding of
+``shedding`` and running the same application (pipeline, proxy, health checks). The check
+API always has its own listener (``checkserver``); both are built on ``http1``.
 """
 
 from __future__ import annotations
