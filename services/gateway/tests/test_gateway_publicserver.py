@@ -11,13 +11,12 @@ import contextlib
 import re
 import resource
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
 
 from urr_gateway.publicserver import PublicServer
-
-from .conftest import Stack, StackFactory
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +31,7 @@ def gateway_server() -> str:
 
 
 @pytest.fixture
-async def listener(stack_factory: StackFactory) -> AsyncIterator[tuple[Stack, int, PublicServer]]:
+async def listener(stack_factory: Any) -> AsyncIterator[tuple[Any, int, PublicServer]]:
     """The stack's app on a second protocol listener with short deadlines."""
     stack = await stack_factory()
     server = PublicServer(
