@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 HEAD_TIMEOUT_S = 0.5
 KEEPALIVE_S = 1.5
+SEND_TIMEOUT_S = 0.5
 
 
 @pytest.fixture
@@ -35,7 +36,10 @@ async def listener(stack_factory: Any) -> AsyncIterator[tuple[Any, int, PublicSe
     """The stack's app on a second protocol listener with short deadlines."""
     stack = await stack_factory()
     server = PublicServer(
-        stack.client.app, request_timeout_s=HEAD_TIMEOUT_S, keepalive_timeout_s=KEEPALIVE_S
+        stack.client.app,
+        request_timeout_s=HEAD_TIMEOUT_S,
+        keepalive_timeout_s=KEEPALIVE_S,
+        send_timeout_s=SEND_TIMEOUT_S,
     )
     port = await server.start("127.0.0.1", 0)
     try:
@@ -282,3 +286,21 @@ async def test_a_drain_lets_the_request_in_flight_finish(listener):
     assert b"Connection: close" in answer
     with pytest.raises(ConnectionError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_a_client_that_stops_reading_a_download_is_cut(listener):
+    """Attack: ask for 10 MB and read nothing. The answer waits at most the send deadline
+    for the client's socket, then the connection is cut and its upstream connection freed."""
+    _, port, server = listener
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1024)
+    writer.transport.pause_reading()  # type: ignore[attr-defined]  # our side reads nothing
+    writer.write(get("/api/v1/events/download"))
+    await writer.drain()
+    for _ in range(60):  # the deadline plus what the kernel buffers took
+        await asyncio.sleep(0.1)
+        if not server.connections:
+            break
+    assert not server.connections
+    writer.close()
+    # The gateway still answers, through the same upstream pool.
+    assert statuses(await exchange(port, get(extra=b"Connection: close\r\n"))) == [200]

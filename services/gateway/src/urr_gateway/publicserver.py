@@ -71,6 +71,10 @@ if TYPE_CHECKING:
 
 _LOG = get_logger(__name__)
 
+#: Longest a streamed answer waits for a client that reads nothing (then the connection is
+#: cut and the upstream connection it held is freed: a client that stops reading cannot
+#: hold a pool slot for ever).
+SEND_TIMEOUT_S = 30.0
 #: Requests read ahead of the one being answered before reading pauses.
 MAX_PIPELINED = 16
 #: A browser's cookies make heads larger than the check API's.
@@ -283,7 +287,9 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
                 raise ClientGone("the client went away")
             waiter = self._drain_waiter = self.server.loop.create_future()
             try:
-                await waiter
+                await asyncio.wait_for(waiter, self.server.send_timeout_s)
+            except TimeoutError as exc:
+                raise ClientGone("the client stopped reading") from exc
             finally:
                 self._drain_waiter = None
         if self.transport is None:
@@ -361,10 +367,12 @@ class PublicServer(Http1Server):
         *,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+        send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         super().__init__(
             request_timeout_s=request_timeout_s, keepalive_timeout_s=keepalive_timeout_s
         )
+        self.send_timeout_s = send_timeout_s
         pipeline = app[PIPELINE_KEY]
         steps = pipeline.steps
         if steps is None:
