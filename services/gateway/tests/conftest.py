@@ -132,6 +132,16 @@ async def _upload(request: web.Request, log: UpstreamLog) -> web.Response:
     return web.json_response({"received": total})
 
 
+async def _chunked(request: web.Request) -> web.StreamResponse:
+    """300 KB in pieces, without a length: aiohttp frames it chunked."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    for n in range(30):
+        await response.write(bytes([65 + n % 26]) * 10240)
+    await response.write_eof()
+    return response
+
+
 async def _die_mid_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse()
     response.content_length = 1024 * 1024
@@ -155,6 +165,8 @@ def upstream_app(log: UpstreamLog) -> web.Application:
             raise web.HTTPFound("/api/v1/events/elsewhere")
         if last == "die":
             return await _die_mid_stream(request)
+        if last == "chunked":
+            return await _chunked(request)
         if last == "hop":
             response = await _echo(request, log)
             response.headers["Connection"] = "X-Upstream-Private"

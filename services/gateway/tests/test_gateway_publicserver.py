@@ -304,3 +304,18 @@ async def test_a_client_that_stops_reading_a_download_is_cut(listener):
     writer.close()
     # The gateway still answers, through the same upstream pool.
     assert statuses(await exchange(port, get(extra=b"Connection: close\r\n"))) == [200]
+
+
+async def test_an_answer_without_a_length_is_relayed_chunked_or_to_the_close(listener):
+    stack, port, _ = listener
+    expected = b"".join(bytes([65 + n % 26]) * 10240 for n in range(30))
+    async with stack.client.get("/api/v1/events/chunked") as response:
+        assert response.status == 200
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        assert await response.read() == expected
+    # An HTTP/1.0 client cannot read chunks: the body ends with the connection.
+    old = await exchange(port, b"GET /api/v1/events/chunked HTTP/1.0\r\nHost: gw\r\n\r\n")
+    head, _, body = old.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding" not in head
+    assert b"Connection: close" in head
+    assert body == expected
