@@ -46,9 +46,7 @@ from urr_common.upstream_security import service_credential_refusal
 from urr_gateway.checkapi import CHECK_PATH, MAX_BODY_BYTES, CheckService
 from urr_gateway.http1 import (
     CLOSE_LINE,
-    KEEPALIVE_TIMEOUT_S,
     MAX_HEAD_BYTES,
-    REQUEST_TIMEOUT_S,
     UPGRADE_REFUSED,
     Answer,
     Http1Connection,
@@ -218,16 +216,9 @@ class Internal(ProblemError):
 class CheckServer(Http1Server):
     """The check API's listener (connections, deadlines and drain: ``Http1Server``)."""
 
-    def __init__(
-        self,
-        service: CheckService,
-        *,
-        request_timeout_s: float = REQUEST_TIMEOUT_S,
-        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
-    ) -> None:
-        super().__init__(
-            request_timeout_s=request_timeout_s, keepalive_timeout_s=keepalive_timeout_s
-        )
+    def __init__(self, service: CheckService, **timeouts: float) -> None:
+        """``timeouts``: ``request_timeout_s``, ``keepalive_timeout_s`` (``Http1Server``)."""
+        super().__init__(**timeouts)
         self.service = service
 
     def connection(self) -> asyncio.Protocol:

@@ -46,8 +46,6 @@ from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
 from urr_gateway.forwarding import downstream_response_headers
 from urr_gateway.http1 import (
-    KEEPALIVE_TIMEOUT_S,
-    REQUEST_TIMEOUT_S,
     Answer,
     Http1Connection,
     Http1Server,
@@ -362,16 +360,10 @@ class PublicServer(Http1Server):
     clients are started by the app's runner)."""
 
     def __init__(
-        self,
-        app: web.Application,
-        *,
-        request_timeout_s: float = REQUEST_TIMEOUT_S,
-        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
-        send_timeout_s: float = SEND_TIMEOUT_S,
+        self, app: web.Application, *, send_timeout_s: float = SEND_TIMEOUT_S, **timeouts: float
     ) -> None:
-        super().__init__(
-            request_timeout_s=request_timeout_s, keepalive_timeout_s=keepalive_timeout_s
-        )
+        """``timeouts``: ``request_timeout_s``, ``keepalive_timeout_s`` (``Http1Server``)."""
+        super().__init__(**timeouts)
         self.send_timeout_s = send_timeout_s
         pipeline = app[PIPELINE_KEY]
         steps = pipeline.steps
