@@ -1,26 +1,22 @@
 """The hot path's caches and shortcuts answer exactly what the long way does, stay bounded,
-and keep the in-flight bound and the collector settings they replace."""
+and keep the in-flight bound they replace."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from urr_common.metrics import adder, observer
-from urr_common.settings import SettingsError, load_settings
-from urr_gateway import gcpolicy, paths, revocation, trust
+from urr_gateway import paths, revocation, trust
 from urr_gateway.forwarding import downstream_response_headers, upstream_request_headers
-from urr_gateway.gcpolicy import GcSettings
 from urr_gateway.paths import InvalidPath, normalise_path
 from urr_gateway.ratelimit.headers import rate_limit_headers, render_policy, render_state
 from urr_gateway.ratelimit.slots import InFlightSlots
 from urr_gateway.ratelimit.store import parse_reply
 from urr_gateway.ratelimit.window import WindowOutcome, WindowSpec, decide
-from urr_gateway.settings import GatewaySettings
 from urr_gateway.upstream.client import InvalidHeader, request_head
 
 
@@ -179,28 +175,6 @@ def test_metric_shortcuts_export_what_the_public_methods_export() -> None:
         add_gauge(amount)
         slow[2].inc(amount)
     assert _samples(fast_registry) == _samples(slow_registry)
-
-
-def test_gc_settings_are_validated_and_zero_leaves_the_collector_alone(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("URR_GC__GEN0_THRESHOLD", "-1")
-    with pytest.raises(SettingsError):
-        load_settings(GatewaySettings)
-    before = gc.get_threshold()
-    monkeypatch.setattr(gcpolicy, "_settled", False)
-    gcpolicy.settle(GcSettings(gen0_threshold=0))
-    assert gc.get_threshold() == before
-    assert not gcpolicy._settled
-    try:
-        gcpolicy.settle(GcSettings(gen0_threshold=5000))
-        assert gc.get_threshold()[0] == 5000
-        assert gc.get_freeze_count() > 0
-        gcpolicy.settle(GcSettings(gen0_threshold=9000))  # once per process
-        assert gc.get_threshold()[0] == 5000
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
 
 
 def _metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram, Gauge]:

@@ -43,7 +43,6 @@ from urr_gateway.filters.jwt_auth import (
     identity_from_claims,
     jwt_auth_filter,
 )
-from urr_gateway.gcpolicy import settle
 from urr_gateway.jwks import JwksKeySource, http_jwks_fetcher
 from urr_gateway.metrics import GatewayMetrics
 from urr_gateway.proxy import (
@@ -174,11 +173,6 @@ def create_app(
             await client.aclose()
 
     app.cleanup_ctx.append(clients)
-
-    async def settle_collector(_: web.Application) -> None:
-        settle(settings.gc)  # after everything start-up builds (gcpolicy says why)
-
-    app.on_startup.append(settle_collector)
     proxy = UpstreamProxy(
         upstream_urls(settings),
         lambda: upstream_holder["client"],
