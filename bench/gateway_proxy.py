@@ -132,6 +132,20 @@ def start_nginx(workdir: Path, body: str) -> subprocess.Popen[bytes]:
     )
 
 
+def start_upstream(work: Path, port: int) -> subprocess.Popen[bytes]:
+    """The static upstream every target proxies to (nginx ``return 200``), serving the two
+    JWKS files ``write_keys_and_sign`` wrote into ``work``."""
+    return start_nginx(
+        work / "upstream",
+        f"""server {{
+            listen 127.0.0.1:{port} backlog=4096;
+            location = /access.json {{ alias {work}/access.json; }}
+            location = /entry.json {{ alias {work}/entry.json; }}
+            location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
+        }}""",
+    )
+
+
 def run_wrk(
     name: str, url: str, duration: int, connections: int, headers: list[str], pids: list[int]
 ) -> WrkResult:
@@ -584,17 +598,7 @@ def main() -> None:
     try:
         access_token, entry_token = write_keys_and_sign(work)
         upstream_port, nginx_port, bare_port = free_port(), free_port(), free_port()
-        processes.append(
-            start_nginx(
-                work / "upstream",
-                f"""server {{
-                    listen 127.0.0.1:{upstream_port} backlog=4096;
-                    location = /access.json {{ alias {work}/access.json; }}
-                    location = /entry.json {{ alias {work}/entry.json; }}
-                    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
-                }}""",
-            )
-        )
+        processes.append(start_upstream(work, upstream_port))
         processes.append(
             start_nginx(
                 work / "proxy",
