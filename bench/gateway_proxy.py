@@ -10,14 +10,15 @@ The same static upstream (nginx ``return 200``) behind each target:
 4. the URR gateway of another revision (``--before REV``: the gateway package of that git
    revision, run from a ``git archive`` of it; by default the last one with aiohttp's
    ``ClientSession``);
-5. the URR gateway (``python -m urr_gateway``, one worker, uvloop) with every filter: the
+5. the URR gateway (``python -m urr_gateway``, one worker, uvloop) with every filter, on the
+   public server ``URR_HTTP__SERVER`` defaults to, then the same on the other server: the
    access token comes as the ``access_token`` cookie (cookie auth), is verified (JWT auth,
    keys from a JWKS the upstream nginx serves), the path is a seat route so the entry token
    is verified, the rate limiter decides in a private Redis (BOOKING raised so the single
    benchmark user is never refused) with the revocation lookup in the same script, then
    the request is proxied with the gateway's own upstream client.
 
-Afterwards the gateway is profiled with py-spy under the same load and the hottest
+Afterwards both gateways are profiled with py-spy under the same load and the hottest
 functions are printed. Usage (needs ``wrk`` and ``nginx`` on PATH)::
 
     uv run python bench/gateway_proxy.py [--duration 12] [--connections 64]
@@ -52,8 +53,12 @@ from pathlib import Path
 
 from urr_common.tokens import KeySet, SigningKey, TokenSigner
 from urr_devstack.procs import RedisServer, free_port, wait_listening
+from urr_gateway.settings import GatewayHttpSettings
 
 EVENT_ID = "bench-event"
+#: The row the targets are judged on: the gateway on its default public server.
+GATEWAY_ROW = "URR gateway, every filter"
+SERVERS = ("protocol", "aiohttp")
 PATH = f"/api/v1/seats/{EVENT_ID}/map"
 
 
@@ -124,6 +129,20 @@ def start_nginx(workdir: Path, body: str) -> subprocess.Popen[bytes]:
         ["nginx", "-p", str(workdir), "-c", str(conf)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+    )
+
+
+def start_upstream(work: Path, port: int) -> subprocess.Popen[bytes]:
+    """The static upstream every target proxies to (nginx ``return 200``), serving the two
+    JWKS files ``write_keys_and_sign`` wrote into ``work``."""
+    return start_nginx(
+        work / "upstream",
+        f"""server {{
+            listen 127.0.0.1:{port} backlog=4096;
+            location = /access.json {{ alias {work}/access.json; }}
+            location = /entry.json {{ alias {work}/entry.json; }}
+            location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
+        }}""",
     )
 
 
@@ -223,8 +242,11 @@ def profile(
 #: socket writes are the C ``send`` under those Python frames (py-spy shows no native frames).
 _PACKAGES = [
     ("socket write to the client (aiohttp writer)", ("StreamWriter._writelines",)),
-    ("socket write to the client (protocol-level server)", ("GatewayProtocol._serve",)),
-    ("protocol-level server: parse, request view, answer", ("gateway_protocol_prototype",)),
+    ("socket write to the client (protocol server)", ("_PublicConnection.send",)),
+    (
+        "protocol server: parse, request view, answer",
+        ("urr_gateway/publicserver", "urr_gateway/http1", "urr_gateway/publicrequest"),
+    ),
     ("socket write to the upstream", ("UpstreamConnection.start",)),
     ("socket write to Redis (limiter pipeline)", ("RespPipe.send",)),
     ("event loop in C (uvloop: reads, epoll, callbacks)", ("Runner.run",)),
@@ -247,7 +269,7 @@ _PACKAGES = [
 #: counts only the samples taken while its own frame was on the stack.
 _STEPS = [
     ("gateway pipeline (one middleware, everything inside)", "GatewayPipeline.middleware"),
-    ("protocol-level pipeline (ProxiedRoutes.answer, everything inside)", "ProxiedRoutes.answer"),
+    ("protocol server's pipeline (PublicServer.serve, everything inside)", "PublicServer.serve"),
     ("  ingress", "Ingress.__call__"),
     ("  cookie_auth", "cookie_auth_step"),
     ("  jwt_auth", "_JwtAuth."),
@@ -256,6 +278,7 @@ _STEPS = [
     ("  entry_token", "_EntryToken."),
     ("    revocation EXISTS (Redis)", "RedisRevocationCheck.is_revoked"),
     ("UpstreamProxy.handle (upstream call and relay)", "UpstreamProxy.handle"),
+    ("UpstreamProxy.open (protocol server: upstream call)", "UpstreamProxy.open"),
     ("  upstream client send (pool, write, wait for headers)", "UpstreamClient.send"),
     ("  upstream connection data_received (llhttp)", "UpstreamConnection.data_received"),
     ("answer headers (on_response_prepare)", "install_response_headers"),
@@ -448,7 +471,7 @@ def print_results(
             )
         ):
             print(f"gateway metric: {line}")
-    gateway = next(r for r in results if r.name == "URR gateway, every filter")
+    gateway = next(r for r in results if r.name.startswith(GATEWAY_ROW))
     print(
         f"targets (one worker): >= 10,000 req/s: {gateway.requests_per_s:.0f}; "
         f"P99 <= 10 ms: {gateway.p99_ms:.2f}; <= 100 CPU us/req: "
@@ -528,6 +551,17 @@ def serve_if_asked(options: argparse.Namespace) -> bool:
     return False
 
 
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in reversed(processes):
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=12)
@@ -542,6 +576,12 @@ def main() -> None:
         "--workers", default="", help="also run URR_WORKERS=N for these N, e.g. 1,2"
     )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway")
+    parser.add_argument(
+        "--gc-gen0",
+        type=int,
+        default=50_000,
+        help="also run the default gateway with URR_HTTP__GC_GEN0_THRESHOLD=N (0: skip)",
+    )
     parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-lean-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-limited-proxy", nargs=3, metavar=("PORT", "UPSTREAM", "REDIS"))
@@ -558,17 +598,7 @@ def main() -> None:
     try:
         access_token, entry_token = write_keys_and_sign(work)
         upstream_port, nginx_port, bare_port = free_port(), free_port(), free_port()
-        processes.append(
-            start_nginx(
-                work / "upstream",
-                f"""server {{
-                    listen 127.0.0.1:{upstream_port} backlog=4096;
-                    location = /access.json {{ alias {work}/access.json; }}
-                    location = /entry.json {{ alias {work}/entry.json; }}
-                    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
-                }}""",
-            )
-        )
+        processes.append(start_upstream(work, upstream_port))
         processes.append(
             start_nginx(
                 work / "proxy",
@@ -616,24 +646,19 @@ def main() -> None:
         def start_gateway(workers: int, pythonpath: Path | None = None) -> tuple[int, int, int]:
             return launch_gateway(base_env, ready_headers, processes, workers, pythonpath)
 
+        # The default public server (or the one --env names), and the other one beside it.
+        default = base_env.get("URR_HTTP__SERVER") or GatewayHttpSettings().server
+        other = next(server for server in SERVERS if server != default)
+        base_env["URR_HTTP__SERVER"] = default
         gateway_port, gateway_pid, gateway_metrics_port = start_gateway(1)
-        fast_port = free_port()
-        fast = subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(__file__).with_name("gateway_protocol_prototype.py")),
-                str(fast_port),
-            ],
-            env={
-                **base_env,
-                "URR_INTERNAL__PORT": str(free_port()),
-                "URR_METRICS__PORT": str(free_port()),
-            },
-            stdout=subprocess.DEVNULL,
-        )
-        processes.append(fast)
-        fast_pid = fast.pid
-        wait_http(f"http://127.0.0.1:{fast_port}{PATH}", 90, ready_headers)
+        base_env["URR_HTTP__SERVER"] = other
+        other_port, other_pid, _ = start_gateway(1)
+        base_env["URR_HTTP__SERVER"] = default
+        tuned_port = tuned_pid = 0
+        if options.gc_gen0:
+            base_env["URR_HTTP__GC_GEN0_THRESHOLD"] = str(options.gc_gen0)
+            tuned_port, tuned_pid, _ = start_gateway(1)
+            del base_env["URR_HTTP__GC_GEN0_THRESHOLD"]
         before = gateway_source(options.before, work / "before") if options.before else None
         before_port = before_pid = 0
         if before is not None:
@@ -667,9 +692,9 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{limited_port}{PATH}", 60)
 
         local = "http://127.0.0.1"
-        # The prototype must answer as the gateway does to be a fair comparison: same status,
-        # same header names (values such as the request id and Date differ per request).
-        for label, port in (("gateway", gateway_port), ("prototype", fast_port)):
+        # Both servers must answer alike to be a fair comparison: same status, same header
+        # names (values such as the request id and Date differ per request).
+        for label, port in ((default, gateway_port), (other, other_port)):
             request = urllib.request.Request(f"{local}:{port}{PATH}", headers=ready_headers)  # noqa: S310
             with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 (loopback)
                 names = sorted({name.lower() for name in answer.headers})
@@ -707,16 +732,30 @@ def main() -> None:
                 )
             )
         runs.append(
-            ("URR gateway, every filter", f"{local}:{gateway_port}{PATH}", headers, [gateway_pid])
+            (
+                f"{GATEWAY_ROW} ({default})",
+                f"{local}:{gateway_port}{PATH}",
+                headers,
+                [gateway_pid],
+            )
         )
         runs.append(
             (
-                "gateway, protocol-level server (prototype)",
-                f"{local}:{fast_port}{PATH}",
+                f"  same, URR_HTTP__SERVER={other}",
+                f"{local}:{other_port}{PATH}",
                 headers,
-                [fast_pid],
+                [other_pid],
             )
         )
+        if tuned_pid:
+            runs.append(
+                (
+                    f"  {default}, GC gen0 {options.gc_gen0} + freeze",
+                    f"{local}:{tuned_port}{PATH}",
+                    headers,
+                    [tuned_pid],
+                )
+            )
         for workers in [int(n) for n in options.workers.split(",") if n.strip()]:
             port, pid, _ = start_gateway(workers)
             runs.append(
@@ -743,26 +782,19 @@ def main() -> None:
                 work / "profile.txt",
             )
         )
-        print("\nthe protocol-level server (prototype), same load:")
+        print(f"\nthe gateway on URR_HTTP__SERVER={other}, same load:")
         print(
             profile(
-                fast_pid,
-                f"http://127.0.0.1:{fast_port}{PATH}",
+                other_pid,
+                f"http://127.0.0.1:{other_port}{PATH}",
                 options.profile_seconds,
                 options.connections,
                 headers,
-                work / "profile-fast.txt",
+                work / "profile-other.txt",
             )
         )
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_all(processes)
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
 

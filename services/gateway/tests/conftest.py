@@ -23,15 +23,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
+from yarl import URL
 
 from urr_common.identity import AssertedIdentity, AssertionVerifier
 from urr_common.settings import RedisSettings, load_settings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner, load_or_create_signing_key
 from urr_devstack.procs import RedisServer
-from urr_gateway.app import create_app
+from urr_gateway.app import PIPELINE_KEY, create_app
 from urr_gateway.checkapi import CHECK_SERVICE_KEY
 from urr_gateway.checkserver import CheckSite
 from urr_gateway.filters.base import GatewayFilter
+from urr_gateway.http1 import Http1Site
+from urr_gateway.publicserver import PublicServer
 from urr_gateway.revocation import VerdictReader, stored_verdict
 from urr_gateway.server import build_apps
 from urr_gateway.settings import (
@@ -129,6 +132,16 @@ async def _upload(request: web.Request, log: UpstreamLog) -> web.Response:
     return web.json_response({"received": total})
 
 
+async def _chunked(request: web.Request) -> web.StreamResponse:
+    """300 KB in pieces, without a length: aiohttp frames it chunked."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    for n in range(30):
+        await response.write(bytes([65 + n % 26]) * 10240)
+    await response.write_eof()
+    return response
+
+
 async def _die_mid_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse()
     response.content_length = 1024 * 1024
@@ -152,6 +165,8 @@ def upstream_app(log: UpstreamLog) -> web.Application:
             raise web.HTTPFound("/api/v1/events/elsewhere")
         if last == "die":
             return await _die_mid_stream(request)
+        if last == "chunked":
+            return await _chunked(request)
         if last == "hop":
             response = await _echo(request, log)
             response.headers["Connection"] = "X-Upstream-Private"
@@ -249,8 +264,45 @@ class Stack:
 StackFactory = Callable[..., Awaitable[Stack]]
 
 
+class ProtocolTestServer(TestServer):
+    """A ``TestServer`` whose port is served by the gateway's own HTTP/1.1 listener
+    (``URR_HTTP__SERVER=protocol``), as ``server.serve_gateway`` serves it (without the
+    shedding, which its own tests cover under both servers)."""
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **_: Any) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner()
+        await self.runner.setup()
+        app = self.app
+        site = Http1Site(self.runner, lambda: PublicServer(app), self.host, 0, drain_timeout_s=2.0)
+        await site.start()
+        self.port = site.port
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+
+def gateway_test_server(app: web.Application, server: str) -> TestServer:
+    """The test server of ``app`` on the public listener ``server`` names."""
+    if server == "aiohttp":
+        return TestServer(app, host="127.0.0.1")
+    if app[PIPELINE_KEY].steps is None:
+        pytest.skip("filters given only as middlewares run under the aiohttp server only")
+    return ProtocolTestServer(app, host="127.0.0.1")
+
+
+@pytest.fixture(params=["aiohttp", "protocol"])
+def gateway_server(request: pytest.FixtureRequest) -> str:
+    """Which server runs the public listener (``URR_HTTP__SERVER``): every end-to-end test
+    of the public app runs under both."""
+    server: str = request.param
+    return server
+
+
 @pytest.fixture
-async def stack_factory(redis_url: str, tmp_path: Path) -> AsyncIterator[StackFactory]:
+async def stack_factory(
+    redis_url: str, tmp_path: Path, gateway_server: str
+) -> AsyncIterator[StackFactory]:
     """Build a gateway in front of real upstreams; keyword arguments override settings."""
     servers: list[TestServer] = []
     clients: list[TestClient[web.Request, web.Application]] = []
@@ -319,7 +371,7 @@ async def stack_factory(redis_url: str, tmp_path: Path) -> AsyncIterator[StackFa
             app = create_app(
                 settings, rate_limit_filter=rate_limit_filter, revocation_verdict=revocation_verdict
             )
-        client = TestClient(TestServer(app, host="127.0.0.1"))
+        client = TestClient(gateway_test_server(app, gateway_server))
         await client.start_server()
         clients.append(client)
         return Stack(

@@ -321,8 +321,9 @@ def test_bad_shedding_settings_are_refused_with_the_variable_named(
 # One gateway interpreter starts here; on a loaded 2-core machine that alone takes seconds.
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("server", ["aiohttp", "protocol"])
 async def test_a_flooded_gateway_process_answers_another_address_promptly(
-    redis_url, tmp_path, gateway_process
+    redis_url, tmp_path, gateway_process, server
 ):
     """Attack: 8 connections from one address pipelining 40,000 requests, plus connections
     past the cap, at a ``python -m urr_gateway`` worker; meanwhile a client on another
@@ -339,6 +340,7 @@ async def test_a_flooded_gateway_process_answers_another_address_promptly(
         "URR_REDIS__URL": redis_url,
         "URR_ACCESS_TRUST__JWKS_URL": f"http://127.0.0.1:{dead}/jwks.json",
         "URR_ENTRY_TRUST__JWKS_URL": f"http://127.0.0.1:{dead}/jwks.json",
+        "URR_HTTP__SERVER": server,
         "URR_SHED__MAX_CONNECTIONS_PER_ADDRESS": "8",
         "URR_SHED__REQUESTS_PER_S": "100",
         "URR_SHED__REQUEST_BURST": "100",
@@ -389,13 +391,16 @@ async def _flood_and_measure(
     assert 'urr_gateway_shed_total{kind="pause"}' in metrics
 
 
-async def test_serve_gateway_sheds_by_its_settings_and_spares_its_trusted_proxies(redis_url):
+@pytest.mark.parametrize("server", ["aiohttp", "protocol"])
+async def test_serve_gateway_sheds_by_its_settings_and_spares_its_trusted_proxies(
+    redis_url, server
+):
     """The wiring: ``serve_gateway`` builds the public listener from ``settings.shed`` and
     ``settings.trust``; a trusted proxy (127.0.0.2) is never shed, anyone else (127.0.0.3)
     is."""
     settings = load_settings(
         GatewaySettings,
-        http=GatewayHttpSettings(port=free_port()),
+        http=GatewayHttpSettings(port=free_port(), server=server),
         redis=RedisSettings(url=redis_url),
         access_trust=AccessTrustSettings(jwks_url=None),
         entry_trust=EntryTrustSettings(jwks_url=None),

@@ -6,9 +6,11 @@ own metrics next to the HTTP ones without name clashes between services.
 
 from __future__ import annotations
 
+import bisect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -42,11 +44,11 @@ class HttpMetrics:
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = (
-                self.requests.labels(method, route, f"{status // 100}xx"),
-                self.latency.labels(method, route),
+                adder(self.requests.labels(method, route, f"{status // 100}xx")),
+                observer(self.latency.labels(method, route)),
             )
-        children[0].inc()
-        children[1].observe(seconds)
+        children[0](1)
+        children[1](seconds)
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> HttpMetrics:
@@ -70,6 +72,44 @@ class HttpMetrics:
                 registry=registry,
             ),
         )
+
+
+def adder(metric: Counter | Gauge) -> Callable[[float], None]:
+    """``metric.inc`` (a negative amount: ``dec`` of a gauge) as one call on its value.
+
+    For a metric without labels or a labelled child resolved once. prometheus_client's
+    ``inc`` checks on every call what cannot change after the child exists (that it is
+    observable, the amount's sign for a counter): on the gateway's path six such calls a
+    request cost more than the rest of its bookkeeping. Falls back to the public method if
+    the library's value holder is not where version 0.2x keeps it. A counter's amount must
+    stay non-negative (the callers pass 1).
+    """
+    value = getattr(metric, "_value", None)
+    inc = getattr(value, "inc", None)
+    if callable(inc):
+        return cast("Callable[[float], None]", inc)
+    return metric.inc
+
+
+def observer(metric: Histogram) -> Callable[[float], None]:
+    """``metric.observe`` of a histogram (without labels, or a labelled child) as a bucket
+    found by bisection and two increments, without the per-call checks and the linear scan
+    of the buckets. Falls back to the public method as ``adder`` does."""
+    bounds = getattr(metric, "_upper_bounds", None)
+    buckets = getattr(metric, "_buckets", None)
+    total = getattr(metric, "_sum", None)
+    if not (isinstance(bounds, list) and isinstance(buckets, list) and hasattr(total, "inc")):
+        return metric.observe
+    bucket_adds = [bucket.inc for bucket in buckets]
+    add_to_sum = total.inc  # type: ignore[union-attr]
+    bucket_of = bisect.bisect_left
+
+    def observe(amount: float) -> None:
+        add_to_sum(amount)
+        # The first bucket whose upper bound is >= amount (the last bound is +Inf).
+        bucket_adds[bucket_of(bounds, amount)](1)
+
+    return observe
 
 
 #: prometheus_client's own switch: set (by the gateway's supervisor) for worker processes that

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import random
 import re
 import signal
 import sys
@@ -49,6 +49,7 @@ REQUEST_ID_KEY = web.RequestKey("urr_request_id", str)
 REQUEST_ID_HEADER = "X-Request-Id"
 #: An inbound request id is kept only when it is short and plain; anything else is replaced,
 #: so a client cannot inject into log lines or headers.
+_random_bits = random.getrandbits
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _UNMATCHED_ROUTE = "unmatched"
 #: Headers of aiohttp's own HTTP errors that still mean something on the problem answer.
@@ -63,9 +64,13 @@ def request_id_of(request: web.Request) -> str:
 
 def new_request_id(request: web.Request) -> str:
     """The client's ``X-Request-Id`` when it is short and plain, else a fresh one."""
-    inbound = request.headers.get(REQUEST_ID_HEADER, "")
-    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (5x cheaper).
-    return inbound if inbound and _REQUEST_ID_RE.match(inbound) else os.urandom(16).hex()
+    inbound = request.headers.get(REQUEST_ID_HEADER)
+    if inbound and _REQUEST_ID_RE.match(inbound):
+        return inbound
+    # 128 random bits as 32 hex digits. A correlation id, not a secret (clients may send their
+    # own): the interpreter's generator, seeded from the OS and reseeded in a forked child,
+    # instead of a getrandom system call per request (half the cost, more under load).
+    return f"{_random_bits(128):032x}"
 
 
 @web.middleware

@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from urr_common.logs import start_request_context
-from urr_common.metrics import HttpMetrics
+from urr_common.metrics import HttpMetrics, adder
 from urr_common.problems import ProblemError
 from urr_common.service import (
     REQUEST_ID_HEADER,
@@ -153,7 +153,7 @@ class GatewayPipeline:
         steps = self._steps
         middlewares = self._middlewares
         metrics = self._metrics
-        in_flight = metrics.in_flight
+        add_in_flight = adder(metrics.in_flight)
         perf_counter = time.perf_counter
 
         @web.middleware
@@ -163,7 +163,7 @@ class GatewayPipeline:
             request[REQUEST_ID_KEY] = request_id
             start_request_context(request_id)
             started = perf_counter()
-            in_flight.inc()
+            add_in_flight(1)
             status = 500
             facts: RequestFacts | None = None
             try:
@@ -194,7 +194,7 @@ class GatewayPipeline:
                 status = response.status
                 return response
             finally:
-                in_flight.dec()
+                add_in_flight(-1)
                 metrics.observe(
                     received.method, route_label(received), status, perf_counter() - started
                 )

@@ -70,9 +70,32 @@ def connection_tokens(
     )
 
 
+#: ``base | connection_tokens(...)`` by (base, the ``Connection`` values as sent): nginx
+#: answers ``Connection: keep-alive`` every time, and parsing it into a set and uniting that
+#: with the hop-by-hop names cost more than the rest of the header copy. Bounded (emptied
+#: when full): a client picks its own ``Connection`` value.
+_DROPPED: dict[tuple[frozenset[str], tuple[str, ...]], frozenset[str]] = {}
+_DROPPED_MAX_ENTRIES = 256
+
+
+def _dropped(
+    base: frozenset[str], headers: CIMultiDict[str] | CIMultiDictProxy[str]
+) -> frozenset[str]:
+    """``base`` plus the names the message's ``Connection`` header lists."""
+    if "Connection" not in headers:
+        return base
+    key = (base, tuple(headers.getall("Connection")))
+    dropped = _DROPPED.get(key)
+    if dropped is None:
+        if len(_DROPPED) >= _DROPPED_MAX_ENTRIES:
+            _DROPPED.clear()
+        dropped = _DROPPED[key] = base | connection_tokens(headers)
+    return dropped
+
+
 def upstream_request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop, gateway-owned and ``X-User-*`` ones."""
-    dropped = _NOT_FORWARDED | connection_tokens(headers)
+    dropped = _dropped(_NOT_FORWARDED, headers)
     forwarded: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
@@ -86,10 +109,12 @@ def downstream_response_headers(
     headers: CIMultiDict[str] | CIMultiDictProxy[str],
 ) -> CIMultiDict[str]:
     """The upstream's answer headers minus hop-by-hop ones (``Set-Cookie`` repeats kept)."""
-    dropped = HOP_BY_HOP | connection_tokens(headers)
-    return CIMultiDict(
-        [(name, value) for name, value in headers.items() if name.lower() not in dropped]
-    )
+    dropped = _dropped(HOP_BY_HOP, headers)
+    # A copy (in C) less the few dropped names: cheaper than rebuilding from kept pairs.
+    kept = headers.copy()
+    for name in [name for name in headers if name.lower() in dropped]:
+        kept.popall(name, None)
+    return kept
 
 
 def strip_identity_headers(headers: CIMultiDict[str]) -> None:

@@ -46,17 +46,34 @@ class NormalisedPath:
     raw: str
 
 
+#: Plain paths (nothing to decode) already normalised: the same few paths (an event's seat
+#: map, the status poll) come back on almost every request, and the answer is frozen.
+#: Bounded in entries and path length (oldest entry goes first): a client sending random
+#: paths costs an eviction per request, not memory. Refused paths are never kept.
+_PLAIN: dict[str, NormalisedPath] = {}
+_PLAIN_CACHE_MAX_ENTRIES = 4096
+_PLAIN_CACHE_MAX_PATH = 256
+
+
 def normalise_path(raw_path: str) -> NormalisedPath:
     """Canonicalise ``raw_path`` (percent-encoded, without query) or raise ``InvalidPath``."""
     if not raw_path.startswith("/"):
         raise InvalidPath("the path must start with /")
     if len(raw_path) > MAX_PATH_LENGTH:
         raise InvalidPath("the path is too long")
+    known = _PLAIN.get(raw_path)
+    if known is not None:
+        return known
     if _PLAIN_PATH.fullmatch(raw_path):
         segments = tuple(raw_path.strip("/").split("/")) if len(raw_path) > 1 else ()
         if "." in segments or ".." in segments:
             raise InvalidPath("dot segments are not allowed in paths")
-        return NormalisedPath(segments=segments, path=raw_path, raw=raw_path)
+        normalised = NormalisedPath(segments=segments, path=raw_path, raw=raw_path)
+        if len(raw_path) <= _PLAIN_CACHE_MAX_PATH:
+            if len(_PLAIN) >= _PLAIN_CACHE_MAX_ENTRIES:
+                del _PLAIN[next(iter(_PLAIN))]
+            _PLAIN[raw_path] = normalised
+        return normalised
     if "\\" in raw_path:
         raise InvalidPath("backslashes are not allowed in paths")
     segments = tuple(_decode_segment(part) for part in raw_path.split("/") if part)

@@ -91,8 +91,29 @@ def _facts_revocation_key(request: web.Request, facts: RequestFacts) -> str | No
     token = entry_token_of(request)
     if not token:
         return None
-    jti = unverified_jti(token)
+    jti = _cached_jti(token)
     return revoked_entry_token_key(identity.user_id, jti) if jti else None
+
+
+#: ``unverified_jti`` by token text: the same entry token comes with every request of its
+#: holder, and decoding it (base64, JSON) costs more than the rest of the lookup. Bounded in
+#: entries and in the token length it keeps (oldest entry goes first).
+_JTIS: dict[str, str | None] = {}
+_JTIS_MAX_ENTRIES = 4096
+_JTIS_MAX_TOKEN = 2048
+
+
+def _cached_jti(token: str) -> str | None:
+    try:
+        return _JTIS[token]
+    except KeyError:
+        pass
+    jti = unverified_jti(token)
+    if len(token) <= _JTIS_MAX_TOKEN:
+        if len(_JTIS) >= _JTIS_MAX_ENTRIES:
+            del _JTIS[next(iter(_JTIS))]
+        _JTIS[token] = jti
+    return jti
 
 
 def _revocation_key(request: web.Request) -> str | None:

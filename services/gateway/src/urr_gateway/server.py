@@ -2,11 +2,17 @@
 
 ``build_apps`` is the one place the rate limiter is wired in: one limiter per worker shares
 the worker's Redis client and metrics registry with the public app and the check API.
+
+The public port is served by the gateway's own HTTP/1.1 listener (``publicserver``) or by
+aiohttp's server (``URR_HTTP__SERVER``); either way behind the per-address shedding of
+``shedding`` and running the same application (pipeline, proxy, health checks). The check
+API always has its own listener (``checkserver``); both are built on ``http1``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from dataclasses import dataclass
 
@@ -20,11 +26,13 @@ from urr_gateway.app import create_app
 from urr_gateway.checkapi import CHECK_SERVICE_KEY, create_check_app
 from urr_gateway.checkserver import CheckSite
 from urr_gateway.filters.ratelimit import install_rate_limit, rate_limit_filter, revocation_verdict
+from urr_gateway.http1 import Http1Site
+from urr_gateway.publicserver import PublicServer
 from urr_gateway.ratelimit import CategoryRouter, SlidingWindowLimiter
 from urr_gateway.ratelimit.policyset import PolicyWatcher, install_policy_watcher
 from urr_gateway.revocation import revocation_key_of
 from urr_gateway.settings import GatewaySettings
-from urr_gateway.shedding import public_site
+from urr_gateway.shedding import Shedder, public_site
 
 _LOG = get_logger(__name__)
 
@@ -65,6 +73,40 @@ def build_apps(settings: GatewaySettings) -> GatewayApps:
     return GatewayApps(public=public, internal=internal)
 
 
+def public_protocol_site(
+    runner: web.AppRunner,
+    app: web.Application,
+    settings: GatewaySettings,
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+) -> Http1Site:
+    """The public port served by the gateway's own HTTP/1.1 listener (``publicserver``),
+    behind the same per-address shedding as the aiohttp site when it is enabled."""
+    shed = settings.shed
+    wrap = Shedder(shed, settings.trust, app.get(REGISTRY_KEY)).factory if shed.enabled else None
+    return Http1Site(
+        runner,
+        lambda: PublicServer(app),
+        host,
+        port,
+        drain_timeout_s=settings.http.shutdown_timeout_s,
+        reuse_port=reuse_port or None,
+        wrap=wrap,
+    )
+
+
+def tune_gc(gen0_threshold: int) -> None:
+    """``URR_HTTP__GC_GEN0_THRESHOLD`` (0: leave the collector alone)."""
+    if not gen0_threshold:
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, gen1, gen2)
+    _LOG.info("gc_tuned", gen0_threshold=gen0_threshold, frozen=gc.get_freeze_count())
+
+
 async def serve_gateway(
     apps: GatewayApps,
     settings: GatewaySettings,
@@ -97,7 +139,9 @@ async def serve_gateway(
             await runner.setup()
             runners.append(runner)
             site: web.BaseSite
-            if app is apps.public:  # shed floods per peer address before parsing them
+            if app is apps.public and http.server == "protocol":
+                site = public_protocol_site(runner, app, settings, host, port, reuse_port)
+            elif app is apps.public:  # shed floods per peer address before parsing them
                 site = public_site(
                     runner,
                     settings.shed,
@@ -120,6 +164,7 @@ async def serve_gateway(
                 site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
             await site.start()
             _LOG.info("listening", host=host, port=port, internal=app is apps.internal)
+        tune_gc(http.gc_gen0_threshold)
         metrics = await start_metrics_listener(
             apps.public, settings.metrics, http.port, reuse_port=reuse_port
         )

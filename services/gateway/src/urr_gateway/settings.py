@@ -7,7 +7,7 @@ runs beside ``make up`` with no variables set. Production overrides the addresse
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
@@ -115,6 +115,17 @@ class InternalListenerSettings(BaseModel):
 class GatewayHttpSettings(HttpSettings):
     port: int = Field(default=3001, ge=0, le=65535)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    #: ``URR_HTTP__SERVER``: what serves the public port. ``protocol``: the gateway's own
+    #: HTTP/1.1 listener (``publicserver``, issue 17: the same pipeline and proxy without
+    #: aiohttp's server objects); ``aiohttp``: aiohttp's server with the pipeline as its one
+    #: middleware.
+    server: Literal["protocol", "aiohttp"] = "protocol"
+    #: ``URR_HTTP__GC_GEN0_THRESHOLD``: 0 leaves the interpreter's garbage collector as it
+    #: is. N > 0: once listening, everything allocated at start-up is moved out of the
+    #: collector's sight (``gc.freeze``: the app, its caches, imported modules) and a
+    #: young-generation collection runs every N net allocations instead of 700, so fewer and
+    #: shorter collections land inside requests (the tail latency).
+    gc_gen0_threshold: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class AccessTrustSettings(TrustedKeysSettings):

@@ -193,12 +193,21 @@ class ClientAddress:
     via_trusted_proxy: bool
 
 
+#: TCP peers whose (untrusted) client address is kept (``ProxyTrust.client``).
+_DIRECT_PEERS_MAX = 4096
+
+
 class ProxyTrust:
     """Decides the client address from the TCP peer and ``X-Forwarded-For``."""
 
     def __init__(self, networks: Sequence[IPNetwork]) -> None:
         self._networks = tuple(networks)
         self.is_trusted: Callable[[str], bool] = functools.lru_cache(maxsize=4096)(self._trusted)
+        #: The answer for a TCP peer that is not a trusted proxy, by its address text: it
+        #: depends on nothing else, and keep-alive clients and load balancers come back on
+        #: every request. Shared between requests, so never to be mutated (the chain is read
+        #: only, joined into X-Forwarded-For). Bounded; oldest entry goes first.
+        self._direct: dict[str, ClientAddress] = {}
 
     def _trusted(self, address: str) -> bool:
         parsed = canonical_ip(address)
@@ -207,9 +216,17 @@ class ProxyTrust:
         )
 
     def client(self, remote: str | None, forwarded_for: Sequence[str]) -> ClientAddress:
+        direct = self._direct.get(remote) if remote is not None else None
+        if direct is not None:
+            return direct
         peer = canonical_ip_text(remote or "") or "unknown"
         if not self._networks or not self.is_trusted(peer):
-            return ClientAddress(peer, [peer], via_trusted_proxy=False)
+            direct = ClientAddress(peer, [peer], via_trusted_proxy=False)
+            if remote is not None:
+                if len(self._direct) >= _DIRECT_PEERS_MAX:
+                    del self._direct[next(iter(self._direct))]
+                self._direct[remote] = direct
+            return direct
         hops = [part.strip() for value in forwarded_for for part in value.split(",")]
         walked: list[str] = []
         client = peer

@@ -287,15 +287,25 @@ def assign_place(
 ) -> tuple[int, Place, EventState]:
     """``(201, new place)`` or ``(200, the place this request or user already holds)``.
 
-    The number is taken while the read runs: a first assign, by far the most common, then
-    waits for one round trip instead of two. A retry, or a second tab of a logged-in user,
-    leaves its number unused (the advancer passes it at no cost); the answer waits for it.
+    An anonymous assign takes its number first and writes its place with the event the
+    number's write returned (``_anonymous_assign``): three DynamoDB calls in two round trips.
+    Otherwise (a logged-in caller, whose claim must be read, or an anonymous one the event
+    would refuse) the number is taken while the read runs: a first assign then waits for one
+    round trip instead of two. A retry, or a second tab of a logged-in user, leaves its number
+    unused (the advancer passes it at no cost); the answer waits for it.
     """
     store = runtime.store
     now_s, now_ms = runtime.now_s(), runtime.now_ms()
-    # Before a pre-queue opens the reservation takes no number (its condition), and the
-    # read below refuses the assign.
-    reservation = store.reserve_position_beside(event_id, now_ms=now_ms)
+    if user_id is None:
+        answered, reservation = _anonymous_assign(
+            runtime, event_id, request_id, pow_solved, now_s=now_s, now_ms=now_ms
+        )
+        if answered is not None:
+            return answered
+    else:
+        # Before a pre-queue opens the reservation takes no number (its condition), and the
+        # read below refuses the assign.
+        reservation = store.reserve_position_beside(event_id, now_ms=now_ms)
     try:
         state, place, claim = store.read_assignment(event_id, request_id, user_id)
         if state is None:
@@ -321,42 +331,98 @@ def assign_place(
                 404, "event_not_found", f"no waiting room for event {event_id}"
             ) from exc
         current = replace(state, next_position=position, epoch=epoch)
-        written = store.put_place(
-            event_id,
-            request_id,
-            position=position,
-            epoch=epoch,
-            user_id=user_id,
-            now_s=now_s,
-            stale_owner=stale_owner,
-            prequeue=state.in_prequeue(now_ms),
+        return _write_place(
+            runtime, current, request_id, user_id, stale_owner, now_s=now_s, now_ms=now_ms
         )
-        if not written:
-            # Our own PutItem may have landed before botocore retried it after a lost answer.
-            mine = store.get_place(event_id, request_id)
-            written = mine is not None and mine.position == position and mine.epoch == epoch
-        if written:
-            new_place = Place(
-                event_id=event_id,
-                request_id=request_id,
-                position=position,
-                epoch=epoch,
-                user_id=user_id,
-                last_seen=now_s,
-                expires_at=now_s + POSITION_TTL_S,
-                abandoned=False,
-                token=None,
-                token_exp=None,
-                prequeue=state.in_prequeue(now_ms),
-            )
-            runtime.place_cache.put(new_place)
-            return 201, new_place, current
-        return 200, _race_winner(runtime, event_id, request_id, user_id, epoch, now_s), current
     finally:
         # Every way out waits for the number: a Lambda environment is frozen when the handler
         # returns, and a write still running on the side thread would finish during some
         # later invocation. It ran beside the read, so this rarely waits at all.
         futures.wait([reservation])
+
+
+def _anonymous_assign(
+    runtime: VwrRuntime,
+    event_id: str,
+    request_id: str,
+    pow_solved: bool,
+    *,
+    now_s: int,
+    now_ms: int,
+) -> tuple[tuple[int, Place, EventState] | None, futures.Future[tuple[int, int]]]:
+    """An anonymous assign without the read: the answer, or ``None`` and the reservation made
+    for the full path (``assign_place``) to use.
+
+    The number's conditional ADD returns the whole event item (as fresh as a consistent read),
+    and the place's conditional put refuses to replace a current place, so the read of the
+    event and of this request's place is not needed to take a new place: a repeat is found
+    when its put is refused, and answered from the place then read (as the full path would).
+    Whatever the event would refuse (the room off, not open yet, no such event, ``reject``,
+    a proof of work missing) goes to the full path, which reads and answers exactly as before
+    (a repeat keeps its place even then); the number, if one was taken, is the one it uses.
+    """
+    reservation: futures.Future[tuple[int, int]] = futures.Future()
+    try:
+        state = runtime.store.reserve(event_id, now_ms=now_ms)
+    except (RoomInactive, EventNotFound) as exc:
+        reservation.set_exception(exc)  # no number was taken
+        return None, reservation
+    reservation.set_result((state.next_position, state.epoch))
+    runtime.event_cache.put(state)  # fresher than any copy the container holds
+    if state.queue_method is QueueMethod.REJECT or not pow_gate.solved_enough(state, pow_solved):
+        return None, reservation
+    answer = _write_place(runtime, state, request_id, None, None, now_s=now_s, now_ms=now_ms)
+    return answer, reservation
+
+
+def _write_place(
+    runtime: VwrRuntime,
+    state: EventState,
+    request_id: str,
+    user_id: str | None,
+    stale_owner: str | None,
+    *,
+    now_s: int,
+    now_ms: int,
+) -> tuple[int, Place, EventState]:
+    """Write the place holding number ``state.next_position``: ``(201, it)``, or ``(200, the
+    place of whoever won)`` when the conditional put lost (a repeat or a racing duplicate)."""
+    store = runtime.store
+    event_id, position, epoch = state.event_id, state.next_position, state.epoch
+    prequeue = state.in_prequeue(now_ms)
+    written = store.put_place(
+        event_id,
+        request_id,
+        position=position,
+        epoch=epoch,
+        user_id=user_id,
+        now_s=now_s,
+        stale_owner=stale_owner,
+        prequeue=prequeue,
+    )
+    if not written:
+        # Our own PutItem may have landed before botocore retried it after a lost answer.
+        mine = store.get_place(event_id, request_id)
+        written = mine is not None and mine.position == position and mine.epoch == epoch
+        if not written and mine is not None and mine.current(epoch, now_s):
+            return 200, mine, state  # this request already holds a place (a repeat)
+    if written:
+        new_place = Place(
+            event_id=event_id,
+            request_id=request_id,
+            position=position,
+            epoch=epoch,
+            user_id=user_id,
+            last_seen=now_s,
+            expires_at=now_s + POSITION_TTL_S,
+            abandoned=False,
+            token=None,
+            token_exp=None,
+            prequeue=prequeue,
+        )
+        runtime.place_cache.put(new_place)
+        return 201, new_place, state
+    return 200, _race_winner(runtime, event_id, request_id, user_id, epoch, now_s), state
 
 
 def _users_place(

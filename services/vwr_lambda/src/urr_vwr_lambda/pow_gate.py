@@ -101,9 +101,14 @@ def check_assign(runtime: VwrRuntime, event_id: str, request_id: str, solution: 
     return True
 
 
+def solved_enough(state: EventState, solved: bool) -> bool:
+    """Whether an assign may take a place: the event asks for no work, or it was solved."""
+    return state.bot_challenge != POW or solved
+
+
 def require_solved(state: EventState, solved: bool) -> None:
     """The fresh read's word: an event that asks for work gets none taken without it."""
-    if state.bot_challenge == POW and not solved:
+    if not solved_enough(state, solved):
         raise _refusal(
             state.event_id,
             "pow_required",

@@ -566,6 +566,13 @@ class VwrStore:
         """Take the next number (atomic ADD, only while active and, for an event with a
         pre-queue, once it has opened: no number is spent on an assign refused as too early):
         ``(position, epoch)``."""
+        state = self.reserve(event_id, now_ms=now_ms)
+        return state.next_position, state.epoch
+
+    def reserve(self, event_id: str, *, now_ms: int) -> EventState:
+        """``reserve_position`` answering the whole event as the ADD left it: the number taken
+        is its ``next_position``. The item comes back from the write itself, so it is as fresh
+        as a strongly consistent read (the anonymous assign needs no read of its own)."""
         try:
             answer = self._db.update_item(
                 TableName=self.counters_table,
@@ -589,8 +596,7 @@ class VwrStore:
             if exc.response.get("Item") or self.get_event(event_id, consistent=True):
                 raise RoomInactive(event_id) from exc
             raise EventNotFound(event_id) from exc
-        state = _event_state(answer["Attributes"])
-        return state.next_position, state.epoch
+        return _event_state(answer["Attributes"])
 
     def reserve_position_beside(self, event_id: str, *, now_ms: int) -> Future[tuple[int, int]]:
         """``reserve_position`` on a side thread, so the caller can read meanwhile."""

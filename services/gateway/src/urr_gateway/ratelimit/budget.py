@@ -107,11 +107,12 @@ class BatchDeadline:
         budget: RedisBudget,
         futures: list[asyncio.Future[Any]],
         unread: Callable[[], bool],
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._budget = budget
         self._futures = futures
         self._unread = unread
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._handle: asyncio.Handle = self._loop.call_later(budget.budget_s, self._judge)
 
     def _judge(self) -> None:

@@ -34,9 +34,18 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
     A fail-open (or fail-closed) decision knows the policy but not the count, so it carries only
     ``RateLimit-Policy``; inventing a remaining count would mislead clients.
     """
-    headers = {POLICY_HEADER: render_policy(decision.windows)}
-    if decision.source not in ("open", "closed"):
-        headers[STATE_HEADER] = render_state(decision.windows)
+    windows = decision.windows
+    if len(windows) == 1:  # the common single-window category, without generator and join
+        window = windows[0]
+        headers = {POLICY_HEADER: f'"{window.policy}";q={window.limit};w={window.window_s}'}
+        if decision.source not in ("open", "closed"):
+            headers[STATE_HEADER] = (
+                f'"{window.policy}";r={window.remaining};t={window.seconds_until_quota}'
+            )
+    else:
+        headers = {POLICY_HEADER: render_policy(windows)}
+        if decision.source not in ("open", "closed"):
+            headers[STATE_HEADER] = render_state(windows)
     if not decision.allowed:
         headers[RETRY_AFTER_HEADER] = str(retry_after_seconds(decision))
     return headers

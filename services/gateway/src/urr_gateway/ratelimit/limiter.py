@@ -27,12 +27,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from urr_common.logs import get_logger
+from urr_common.metrics import adder, observer
 from urr_gateway.ratelimit.breaker import BreakerState, CircuitBreaker
 from urr_gateway.ratelimit.budget import RedisBudget
 from urr_gateway.ratelimit.config import FailurePolicy, RateLimitSettings
@@ -41,6 +42,7 @@ from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.local import LocalSlidingLog
 from urr_gateway.ratelimit.metrics import RateLimitMetrics
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
+from urr_gateway.ratelimit.slots import InFlightSlots
 from urr_gateway.ratelimit.store import RedisSlidingLog, SlidingLogStore, TenantStore
 from urr_gateway.ratelimit.tenant import (
     CompiledPolicy,
@@ -154,7 +156,7 @@ class SlidingWindowLimiter:
         in_flight = min(settings.max_in_flight, pool_size or settings.max_in_flight)
         # Per call: no more calls in flight than the pool has connections; the rest queue
         # here. Pipelined: one connection per node, and a bound on what one batch carries.
-        self._in_flight = asyncio.Semaphore(in_flight)
+        self._in_flight = InFlightSlots(in_flight)
         self._in_flight_limit = in_flight
         self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
         self._deny = DenyCache(settings.deny_cache_size)
@@ -167,7 +169,9 @@ class SlidingWindowLimiter:
             registry if registry is not None else CollectorRegistry()
         )
         self.metrics.breaker_state.set(int(BreakerState.CLOSED))
-        self._children: dict[tuple[str, bool, str], tuple[Counter, Histogram]] = {}
+        self._children: dict[
+            tuple[str, bool, str], tuple[Callable[[float], None], Callable[[float], None]]
+        ] = {}
         #: Every decision's usage, counted until ``flush_usage`` writes it.
         self.usage = UsageTally()
         self._usage_writer = UsageWriter(redis)
@@ -303,9 +307,12 @@ class SlidingWindowLimiter:
         result: TenantDecision | None = None
         if store is not None and self._breaker.allow(self._clock()):
             try:
-                async with self._in_flight:
+                await self._in_flight.take()
+                try:
                     call = store.tenant_reply(compiled, tenant, cost, quota)
                     reply = await (call if self._store_keeps_budget else self._budget.run(call))
+                finally:
+                    self._in_flight.give_back()
                 result = tenant_decision_of_reply(compiled, tenant, reply, cost)
             except (TimeoutError, RedisTimeoutError) as exc:
                 self._on_failure("timeout", exc)
@@ -341,15 +348,20 @@ class SlidingWindowLimiter:
     ) -> Decision | None:
         kind: str
         error: BaseException
+        slots = self._in_flight
         try:
-            async with self._in_flight:
-                # Queueing for a slot is local congestion, not Redis being slow: the budget
-                # starts once the call can go out.
+            # Queueing for a slot is local congestion, not Redis being slow: the budget
+            # starts once the call can go out.
+            if not slots.take_now():
+                await slots.take()
+            try:
                 call = self._store.evaluate(subject, category, specs, cost, revoked_key)
                 if self._store_keeps_budget:
                     result = await call
                 else:
                     result = await self._budget.run(call)
+            finally:
+                slots.give_back()
         except (TimeoutError, RedisTimeoutError) as exc:
             kind, error = "timeout", exc
         except (RedisConnectionError, OSError) as exc:
@@ -440,9 +452,9 @@ class SlidingWindowLimiter:
         if children is None:
             result = "allowed" if decision.allowed else "blocked"
             children = (
-                self.metrics.decisions.labels(decision.category, result, decision.source),
-                self.metrics.latency.labels(decision.source),
+                adder(self.metrics.decisions.labels(decision.category, result, decision.source)),
+                observer(self.metrics.latency.labels(decision.source)),
             )
             self._children[key] = children
-        children[0].inc()
-        children[1].observe(time.perf_counter() - started)
+        children[0](1)
+        children[1](time.perf_counter() - started)

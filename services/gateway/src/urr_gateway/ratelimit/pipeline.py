@@ -71,6 +71,9 @@ if TYPE_CHECKING:
 #: Tenants whose encoded command parts are kept (cleared when full).
 TENANT_PARTS_MAX = 10_000
 
+#: Encoded decision commands kept per category (cleared when full).
+COMMANDS_MAX = 10_000
+
 #: Longest configurable gathering window (the issue's bound; envoy uses 150-500 µs).
 MAX_WINDOW_S = 0.0005
 
@@ -89,7 +92,7 @@ Release = Callable[["AbstractConnection"], Awaitable[None]]
 class _EncodedCall:
     """A category's command pieces, encoded once: everything but the keys and the cost."""
 
-    __slots__ = ("heads", "suffixes", "tails", "windows")
+    __slots__ = ("commands", "heads", "suffixes", "tails", "windows")
 
     def __init__(self, sha: bytes, suffixes: tuple[str, ...], window_args: tuple[int, ...]):
         self.windows = len(suffixes)
@@ -107,6 +110,9 @@ class _EncodedCall:
         self.tails: tuple[bytes, bytes] = tuple(  # type: ignore[assignment]
             bulk(b"%d" % self.windows) + bulk(flag) + windows_part for flag in (b"0", b"1")
         )
+        #: Whole commands of cost 1 by (subject, revoked key): the same caller comes back
+        #: request after request with the same bytes to send (bounded: cleared when full).
+        self.commands: dict[tuple[str, str | None], tuple[bytes, bytes]] = {}
 
 
 class _TenantParts:
@@ -160,6 +166,9 @@ class _Node:
         self._opening: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._closed = False
+        #: The loop of the first submit (``asyncio.get_running_loop`` costs a ``getpid``
+        #: system call per call on Python 3.11); the node's connection lives on it anyway.
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Writes and commands sent, for tests and metrics.
         self.writes = 0
         self.commands = 0
@@ -175,7 +184,9 @@ class _Node:
         (``True``: the sliding-window script's, bytes: that command). ``timed``: the reply must
         come within the budget (one timer per batch), else the future fails with
         ``TimeoutError``."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
             future.set_exception(RedisConnectionError("the limiter's store is closed"))
@@ -205,14 +216,15 @@ class _Node:
     def _flush(self) -> None:
         self._flush_handle = None
         pipe = self._pipe
+        loop = self._loop if self._loop is not None else asyncio.get_running_loop()
         if pipe is not None and not pipe.closed:
-            stalled = pipe.stalled_for(asyncio.get_running_loop().time())
+            stalled = pipe.stalled_for(loop.time())
             # Replies waiting unread mean the loop, not Redis, is behind.
             if stalled > self._stall_s and not pipe.unread():
                 pipe.abort(f"no reply from Redis for {stalled * 1000:.0f} ms")
         if pipe is None or pipe.closed:
             if self._opening is None and not self._closed:
-                self._opening = asyncio.get_running_loop().create_task(self._open())
+                self._opening = loop.create_task(self._open())
             return
         batch = self._batch
         self._batch = []
@@ -233,7 +245,7 @@ class _Node:
             self.commands += len(parts)
             if self._budget is not None and timed:
                 # The budget starts now, at the write: Redis's latency, not the loop's.
-                BatchDeadline(self._budget, timed, pipe.unread)
+                BatchDeadline(self._budget, timed, pipe.unread, loop)
 
     async def _open(self) -> None:
         try:
@@ -429,19 +441,16 @@ class PipelinedSlidingLog:
         """Decide and, when every window has room, record the request: one ``EVALSHA``,
         written with the other decisions of this tick."""
         encoded = self._encoded_for(category, specs)
-        tag = b"{" + subject.encode() + b"}"
         checked = revoked_key is not None
-        parts = [encoded.heads[checked]]
-        for suffix in encoded.suffixes:
-            parts.append(bulk(tag + suffix))
-        if revoked_key is not None:
-            if hash_tag(revoked_key) != subject:
-                raise ValueError("revoked_key must carry the subject's hash tag")
-            parts.append(bulk(revoked_key.encode()))
-        parts.append(bulk(b"%d" % cost))
-        parts.append(encoded.tails[checked])
-        command = b"".join(parts)
-        node = await self._node_for(tag)
+        known = encoded.commands.get((subject, revoked_key)) if cost == 1 else None
+        if known is not None:
+            command, tag = known
+        else:
+            command, tag = self._command(encoded, subject, cost, revoked_key)
+        # One node without a cluster: no coroutine to find it.
+        node = self._single if self._cluster is None else None
+        if node is None:
+            node = await self._node_for(tag)
         try:
             reply = await node.submit(command, timed=True)
         except NoScriptError:
@@ -454,6 +463,30 @@ class PipelinedSlidingLog:
             # redis-py's cluster client follows MOVED/ASK and refreshes its slot map.
             return await self._through_client.evaluate(subject, category, specs, cost, revoked_key)
         return parse_reply(reply, encoded.windows, checked)
+
+    @staticmethod
+    def _command(
+        encoded: _EncodedCall, subject: str, cost: int, revoked_key: str | None
+    ) -> tuple[bytes, bytes]:
+        """The ``EVALSHA`` of one decision and its hash tag (kept when the cost is 1)."""
+        tag = b"{" + subject.encode() + b"}"
+        checked = revoked_key is not None
+        parts = [encoded.heads[checked]]
+        for suffix in encoded.suffixes:
+            parts.append(bulk(tag + suffix))
+        if revoked_key is not None:
+            if hash_tag(revoked_key) != subject:
+                raise ValueError("revoked_key must carry the subject's hash tag")
+            parts.append(bulk(revoked_key.encode()))
+        parts.append(bulk(b"%d" % cost))
+        parts.append(encoded.tails[checked])
+        command = b"".join(parts)
+        if cost == 1:
+            commands = encoded.commands
+            if len(commands) >= COMMANDS_MAX:
+                commands.clear()  # a caller may name any subject; the busy ones come back
+            commands[(subject, revoked_key)] = (command, tag)
+        return command, tag
 
     async def evaluate_tenant(
         self,

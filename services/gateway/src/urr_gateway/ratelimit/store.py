@@ -225,6 +225,11 @@ class RedisSlidingLog:
 def parse_reply(reply: Sequence[int], windows: int, revocation_checked: bool) -> ScriptResult:
     if len(reply) != 2 + 3 * windows:
         raise ValueError(f"unexpected script reply of {len(reply)} items")
+    if windows == 1:  # the common single-window category, without the generator
+        return ScriptResult(
+            (WindowOutcome(int(reply[2]), int(reply[3]), int(reply[4])),),
+            bool(reply[1]) if revocation_checked else None,
+        )
     outcomes = tuple(
         WindowOutcome(int(reply[2 + 3 * i]), int(reply[3 + 3 * i]), int(reply[4 + 3 * i]))
         for i in range(windows)

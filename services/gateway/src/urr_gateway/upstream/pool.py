@@ -13,6 +13,7 @@ import contextlib
 import ssl
 from collections import deque
 
+from urr_gateway.handover import hand_to_oldest
 from urr_gateway.upstream.connection import UpstreamConnection
 from urr_gateway.upstream.errors import PoolTimeout, UpstreamConnectError
 
@@ -45,6 +46,9 @@ class ConnectionPool:
         self._waiters: deque[asyncio.Future[_Handover]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
+        #: The loop of the first ``acquire`` (``asyncio.get_running_loop`` costs a
+        #: ``getpid`` system call per call on Python 3.11); the connections live on it.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def open_connections(self) -> int:
@@ -59,7 +63,9 @@ class ConnectionPool:
         return len(self._waiters)
 
     async def acquire(self) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         idle = self._idle
         while idle:
             connection = idle.pop()
@@ -81,12 +87,8 @@ class ConnectionPool:
             self._open -= 1
             self._hand_slot()
             return
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(connection)
-                return
+        if hand_to_oldest(self._waiters, connection):
+            return
         connection.idle_since = connection.loop.time()
         self._idle.append(connection)
         if self._sweep is None:

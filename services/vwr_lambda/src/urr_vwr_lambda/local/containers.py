@@ -11,8 +11,8 @@ emulator's own:
   another one answers and reads the place from DynamoDB once (an earlier version queued
   behind the busy one, and in a crowd a check waited out whole assigns while others idled);
 - reads first: when every container is busy, a waiting check runs before a waiting assign. A
-  check is mostly answered from the copies in a few milliseconds, an assign makes four
-  DynamoDB calls; in a crowd, checks stuck behind assigns told waiters of their turn late.
+  check is mostly answered from the copies in a few milliseconds, an assign makes three
+  or four DynamoDB calls; in a crowd, checks stuck behind assigns told waiters of their turn late.
 """
 
 from __future__ import annotations

@@ -1,0 +1,383 @@
+"""CPU per arrival of Tier 1 alone: the Lambda emulator (4 containers) and dynalite (issue 22).
+
+    make dynalite && uv run --frozen python bench/tier1_crowd_cpu.py \
+        [--arrivals 1200] [--rate 40] [--rounds 2] [--before <git rev>] [--pyspy DIR]
+
+A crowd as the flash-crowd load test sends it to Tier 1, without the rest of the stack: each
+arrival takes a place (``POST /vwr/assign``, anonymous, a fresh request id) and checks
+(``GET /vwr/check``) after the waiting page's first pause until it is let in; a thread plays
+the advancer (the serving counter moves to the last number every second, a compare-and-set as
+the real one makes). Each run starts a fresh dynalite and a fresh emulator
+(``python -m urr_vwr_lambda.local.apigw``, 4 spawned containers as the devstack runs it) on
+free ports. ``--before REV`` runs the same crowd on that revision's ``urr_vwr_lambda``
+(exported with ``git archive`` and put first on ``PYTHONPATH``, so the containers import it
+too) alternately with the working tree's, in one run: compare within a run only, the machine
+is shared.
+
+Printed per run: CPU ms per arrival of the emulator with its containers (and of the
+emulator's own process alone) and of dynalite (from /proc, user + system), the emulator's CPU
+per invocation, invocations per arrival, latency P50/P95 of assign and check as the client saw
+them, 429s, and the load average at the start and end of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from urr_devstack.procs import dynalite_server, free_port
+from urr_vwr_lambda.settings import TableSettings
+from urr_vwr_lambda.store import StaleCounter, VwrStore
+from urr_vwr_lambda.tables import ensure_tables
+
+REPO = Path(__file__).resolve().parents[1]
+TICK = os.sysconf("SC_CLK_TCK")
+EVENT = "bench-crowd"
+
+
+def cpu_s(pid: int, *, children: bool = True) -> float:
+    """User + system seconds of ``pid`` and (``children``) of every live descendant (the
+    containers)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(entry.name) == pid or (children and _descends(int(entry.name), pid)):
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def _descends(child: int, ancestor: int) -> bool:
+    seen = 0
+    while child > 1 and seen < 16:
+        try:
+            text = Path(f"/proc/{child}/stat").read_text()
+        except OSError:
+            return False
+        child = int(text[text.rindex(")") + 2 :].split()[1])
+        if child == ancestor:
+            return True
+        seen += 1
+    return False
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+@dataclass
+class Tally:
+    assign_ms: list[float] = field(default_factory=list)
+    check_ms: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    admitted: int = 0
+
+    def count(self, what: str, status: int) -> None:
+        key = f"{what} {status}"
+        self.statuses[key] = self.statuses.get(key, 0) + 1
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+async def arrival(session: aiohttp.ClientSession, base: str, tally: Tally) -> None:
+    request_id = str(uuid.uuid4())
+    for _ in range(20):
+        started = time.perf_counter()
+        async with session.post(
+            f"{base}/vwr/assign/{EVENT}", json={"requestId": request_id}
+        ) as answer:
+            body = await answer.json(content_type=None)
+            status = answer.status
+        tally.count("assign", status)
+        if status in (200, 201):
+            tally.assign_ms.append((time.perf_counter() - started) * 1000)
+            break
+        await asyncio.sleep(2 * random.uniform(0.8, 1.2))
+    else:
+        return
+    wait = min(float(body.get("pollAfterSeconds") or 2), 2.0)
+    for _ in range(60):
+        await asyncio.sleep(wait * random.uniform(0.8, 1.2))
+        started = time.perf_counter()
+        async with session.get(f"{base}/vwr/check/{EVENT}/{request_id}") as answer:
+            body = await answer.json(content_type=None)
+            status = answer.status
+        tally.count("check", status)
+        if status != 200:
+            wait = 2.0
+            continue
+        tally.check_ms.append((time.perf_counter() - started) * 1000)
+        if body.get("admitted"):
+            tally.admitted += 1
+            return
+        wait = min(float(body.get("pollAfterSeconds") or 2), 2.0)
+
+
+async def crowd(base: str, arrivals: int, rate: float) -> Tally:
+    tally = Tally()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = []
+        started = time.monotonic()
+        for n in range(arrivals):
+            delay = started + n / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(arrival(session, base, tally)))
+        await asyncio.gather(*tasks)
+    return tally
+
+
+def advancer(store: VwrStore, stop: threading.Event) -> None:
+    """The counter advancer's effect: every number handed out is let in a second later."""
+    while not stop.wait(1.0):
+        state = store.get_event(EVENT, consistent=True)
+        if state is None or state.next_position <= state.serving_counter:
+            continue
+        with contextlib.suppress(StaleCounter):
+            store.advance_to(
+                state, serving_counter=state.next_position, admit_rate=None, now_ms=_ms()
+            )
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+def dynalite_client(endpoint: str) -> Any:
+    """A boto3 DynamoDB client of dynalite at ``endpoint`` (standard retries, as the
+    function's)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",  # noqa: S106 - dynalite takes any
+        config=Config(retries={"mode": "standard", "max_attempts": 3}),
+    )
+
+
+def wait_ready(url: str, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - loopback
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def run_once(label: str, src: Path | None, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    dyn_port, api_port, metrics_port = free_port(), free_port(), free_port()
+    dynalite = dynalite_server(dyn_port, work / f"dynalite-{label}.log")
+    dynalite.start()
+    endpoint = f"http://127.0.0.1:{dyn_port}"
+    keys = work / "keys"
+    env = {
+        **os.environ,
+        "URR_ENVIRONMENT": "local",
+        "URR_HTTP__PORT": str(api_port),
+        "URR_METRICS__PORT": str(metrics_port),
+        "URR_AWS__ENDPOINT_URL": endpoint,
+        "URR_AWS__REGION": "us-east-1",
+        "URR_AWS__ACCESS_KEY_ID": "bench",
+        "URR_AWS__SECRET_ACCESS_KEY": "bench",
+        "URR_VWR_TOKENS__PRIVATE_KEY_FILE": str(keys / "local-1.pem"),
+        "URR_VWR_TRUST__PUBLIC_KEY_FILES": json.dumps([str(keys / "public" / "local-1.pem")]),
+        "URR_EDGE_CONFIG__TARGET": str(work / f"edge-{label}.json"),
+        "URR_LOG__LEVEL": "WARNING",
+    }
+    if src is not None:
+        env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    client = dynalite_client(endpoint)
+    ensure_tables(client, TableSettings())
+    store = VwrStore(client, counters_table="counters", positions_table="positions")
+    store.put_event(EVENT, is_active=True, batch_size=500, now_ms=_ms())
+    # The whole crowd comes from one address: no per-address cap (as the load test sets it).
+    client.update_item(
+        TableName="counters",
+        Key={"eventId": {"S": EVENT}},
+        UpdateExpression="SET placesPerClient = :zero",
+        ExpressionAttributeValues={":zero": {"N": "0"}},
+    )
+    log = (work / f"apigw-{label}.log").open("wb")
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "urr_vwr_lambda.local.apigw"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=work,
+    )
+    stop = threading.Event()
+    spy: subprocess.Popen[bytes] | None = None
+    try:
+        wait_ready(f"http://127.0.0.1:{api_port}/health/ready")
+        time.sleep(1.0)
+        emu0, dyn0 = cpu_s(emulator.pid), cpu_s(dynalite.pid or 0)
+        own0 = cpu_s(emulator.pid, children=False)
+        load0 = loadavg()
+        if args.pyspy:
+            out = Path(args.pyspy) / f"{label}.txt"
+            spy = subprocess.Popen(  # noqa: S603 - py-spy from the venv's PATH
+                [
+                    shutil.which("py-spy") or "py-spy",
+                    "record",
+                    "--pid",
+                    str(emulator.pid),
+                    "--subprocesses",
+                    "-r",
+                    "200",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        mover = threading.Thread(target=advancer, args=(store, stop), daemon=True)
+        mover.start()
+        wall0 = time.monotonic()
+        tally = asyncio.run(crowd(f"http://127.0.0.1:{api_port}", args.arrivals, args.rate))
+        wall = time.monotonic() - wall0
+        emu1, dyn1 = cpu_s(emulator.pid), cpu_s(dynalite.pid or 0)
+        own1 = cpu_s(emulator.pid, children=False)
+    finally:
+        stop.set()
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
+        emulator.terminate()
+        emulator.wait(30)
+        log.close()
+        dynalite.stop()
+    invocations = sum(v for k, v in tally.statuses.items())
+    n = args.arrivals
+    return {
+        "label": label,
+        "emu_ms": (emu1 - emu0) / n * 1000,
+        "emu_self_ms": (own1 - own0) / n * 1000,
+        "dyn_ms": (dyn1 - dyn0) / n * 1000,
+        "emu_per_call_ms": (emu1 - emu0) / max(1, invocations) * 1000,
+        "calls_per_arrival": invocations / n,
+        "assign_p50": statistics.median(tally.assign_ms) if tally.assign_ms else float("nan"),
+        "assign_p95": pct(tally.assign_ms, 0.95),
+        "check_p50": statistics.median(tally.check_ms) if tally.check_ms else float("nan"),
+        "check_p95": pct(tally.check_ms, 0.95),
+        "admitted": tally.admitted,
+        "statuses": tally.statuses,
+        "wall_s": wall,
+        "load": f"{load0} -> {loadavg()}",
+    }
+
+
+def export_revision(rev: str, into: Path) -> Path:
+    """``urr_vwr_lambda`` of ``rev`` under ``into`` (its ``src`` folder)."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(  # noqa: S603 - git with our own argv
+        [shutil.which("git") or "git", "-C", str(REPO), "archive", rev, "services/vwr_lambda/src"],
+        check=True,
+        capture_output=True,
+    )
+    tar = [shutil.which("tar") or "tar", "-x", "-C", str(into)]
+    subprocess.run(tar, input=archive.stdout, check=True)  # noqa: S603 - our own argv
+    return into / "services" / "vwr_lambda" / "src"
+
+
+def alternate(
+    before: str | None,
+    rounds: int,
+    work: Path,
+    run: Callable[[str, Path | None], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """``run(label, src)`` for the working tree and, with ``before``, that revision's
+    ``urr_vwr_lambda`` (``src``), alternating which goes first each round; each result is
+    printed as a JSON line as it comes."""
+    variants: list[tuple[str, Path | None]] = [("after", None)]
+    if before:
+        variants.insert(0, ("before", export_revision(before, work / "before")))
+    results = []
+    for round_no in range(rounds):
+        order = variants if round_no % 2 == 0 else list(reversed(variants))
+        for name, src in order:
+            result = run(f"{name}-{round_no}", src)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arrivals", type=int, default=1200)
+    parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--before", help="a git revision to compare with, alternately")
+    parser.add_argument("--pyspy", help="folder for py-spy raw profiles of each run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tier1-crowd-") as tmp:
+        work = Path(tmp)
+        from urr_vwr_lambda.keys import ensure_local_keys
+        from urr_vwr_lambda.settings import VwrTokenSettings
+
+        ensure_local_keys(VwrTokenSettings(private_key_file=work / "keys" / "local-1.pem"))
+        results = alternate(
+            args.before,
+            args.rounds,
+            work,
+            lambda label, src: run_once(label, src, args, work),
+        )
+    print(
+        f"\n{args.arrivals} arrivals at {args.rate}/s; CPU ms per arrival (emulator with its "
+        "containers, dynalite), per invocation, calls per arrival, latency ms"
+    )
+    print(
+        f"{'run':<10} {'emu/arr':>8} {'(self)':>7} {'dyn/arr':>8} {'emu/call':>9} {'calls':>6} "
+        f"{'assign p50/p95':>15} {'check p50/p95':>14} {'429s':>5}  load"
+    )
+    for r in results:
+        throttled = sum(v for k, v in r["statuses"].items() if k.endswith(" 429"))
+        print(
+            f"{r['label']:<10} {r['emu_ms']:8.2f} {r['emu_self_ms']:7.2f} {r['dyn_ms']:8.2f} "
+            f"{r['emu_per_call_ms']:9.2f} "
+            f"{r['calls_per_arrival']:6.2f} {r['assign_p50']:7.1f}/{r['assign_p95']:<7.1f} "
+            f"{r['check_p50']:6.1f}/{r['check_p95']:<7.1f} {throttled:5d}  {r['load']}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,559 @@
+"""The gateway's public listener as a protocol-level HTTP/1.1 server (issue 17): the
+connection layer of ``http1`` (shared with the check API's listener) running the gateway
+application's own pipeline and proxy, without aiohttp's server, request and response objects.
+
+Every request goes through exactly what the aiohttp app runs (``URR_HTTP__SERVER=aiohttp``):
+the app's ``GatewayPipeline`` (ingress, then every filter's step: cookie auth, JWT, rate
+limit, auth gate with CSRF, entry token), then the app's health handlers or its
+``UpstreamProxy.open`` (route, method, body limit, identity assertion, upstream pools and
+their failures as problems). Refusals are the pipeline's own problem answers
+(``chain._error_answer``), and every answer gets the headers the app's ``on_response_prepare``
+receivers add (security headers, RateLimit, the expiring cookie) plus ``X-Request-Id``. The
+HTTP metrics are the app's, labelled by the same route templates.
+
+Bodies are streamed both ways. The client's body goes upstream piece by piece as it arrives
+(``publicrequest.RequestBody``; the proxy's body deadlines and size limit apply as under
+aiohttp); reading the client pauses while more than 256 KB wait for the upstream. The
+upstream's answer is written as it comes (with its length, else chunked; close-delimited to
+an HTTP/1.0 client), waiting whenever the client's socket buffer is full, while the upstream
+client pauses reading the upstream. Answers up to 64 KB with a known length are read whole
+and written in one piece (the common case).
+
+Requests on one connection are handled one after the other in arrival order (pipelined ones
+wait, at most ``MAX_PIPELINED`` of them before reading pauses). A request answered before
+its body was read (a refusal, an upstream that answered early) closes the connection by half
+after its answer and drops the rest. An upgrade request is served as a plain request, then
+the connection closes. Head limits, deadlines, malformed HTTP (including the smuggling
+shapes llhttp refuses: ``Content-Length`` with ``Transfer-Encoding``, repeated or bad
+lengths, bad chunk sizes) and the drain are ``http1``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from urr_common.logs import get_logger, start_request_context
+from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_KEY
+from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
+from urr_gateway.chain import _error_answer
+from urr_gateway.forwarding import downstream_response_headers
+from urr_gateway.http1 import (
+    Answer,
+    Http1Connection,
+    Http1Server,
+    Unreadable,
+    status_line,
+)
+from urr_gateway.proxy import _SMALL_BODY_BYTES
+from urr_gateway.publicrequest import (
+    BODY_HIGH_WATER,
+    BODY_LOW_WATER,
+    BodyOwner,
+    ClientGone,
+    GatewayRequest,
+    RequestBody,
+)
+from urr_gateway.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from urr_gateway.context import RequestFacts
+    from urr_gateway.upstream import UpstreamResponse
+
+_LOG = get_logger(__name__)
+
+#: Longest a streamed answer waits for a client that reads nothing (then the connection is
+#: cut and the upstream connection it held is freed: a client that stops reading cannot
+#: hold a pool slot for ever).
+SEND_TIMEOUT_S = 30.0
+#: Requests read ahead of the one being answered before reading pauses.
+MAX_PIPELINED = 16
+#: A browser's cookies make heads larger than the check API's.
+PUBLIC_MAX_HEAD_BYTES = 32 * 1024
+PUBLIC_MAX_HEADERS = 100
+_CATCH_ALL = "/{tail:.*}"
+_NO_BODY_STATUSES = frozenset({204, 304})
+_FRAMING = ("Content-Length", "Transfer-Encoding")
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class _Exchange:
+    """One request, its connection, and how far its answer got."""
+
+    __slots__ = (
+        "answer",
+        "body",
+        "close",
+        "connection",
+        "facts",
+        "head_sent",
+        "http10",
+        "request",
+        "request_id",
+    )
+
+    def __init__(
+        self,
+        connection: _PublicConnection,
+        request: GatewayRequest,
+        body: RequestBody | None,
+        answer: Answer,
+    ) -> None:
+        self.connection = connection
+        self.request = request
+        self.body = body
+        self.answer = answer
+        #: The client asked for the connection to close after this answer (or it must).
+        self.close = False
+        self.http10 = False
+        self.head_sent = False
+        self.request_id = ""
+        #: What ingress and the filters learnt (once ingress has run).
+        self.facts: RequestFacts | None = None
+
+
+class _Prepared:
+    """What an ``on_response_prepare`` receiver reads and edits of an answer."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: CIMultiDict[str]) -> None:
+        self.headers = headers
+
+
+class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
+    max_head_bytes = PUBLIC_MAX_HEAD_BYTES
+    max_headers = PUBLIC_MAX_HEADERS
+
+    __slots__ = (
+        "_body_buffered",
+        "_drain_waiter",
+        "_pairs",
+        "_peer",
+        "_queue",
+        "_reading",
+        "_worker",
+    )
+
+    def __init__(self, server: PublicServer) -> None:
+        super().__init__(server)
+        self._pairs: list[tuple[str, str]] = []
+        self._queue: deque[_Exchange] = deque()
+        #: The exchange whose body is being read.
+        self._reading: _Exchange | None = None
+        self._body_buffered = 0
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._peer: str | None = None
+        #: The task answering the queue (held: the loop keeps only a weak reference).
+        self._worker: asyncio.Task[None] | None = None
+
+    # --- asyncio protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if isinstance(peer, tuple) and peer else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.stopped_reading()
+        self._wake_drain()
+
+    def eof_received(self) -> bool | None:
+        # The client will send nothing more: answer what was read, then close.
+        self._stopped = True
+        self.stopped_reading()
+        if self._queue:
+            return True  # keep the transport open for the answers owed
+        return None
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._wake_drain()
+
+    # --- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._pairs = []
+
+    def header(self, name: bytes, value: bytes) -> None:
+        # As aiohttp decodes them: the same bytes make the same header for every step.
+        self._pairs.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        self.head_done()
+        self.deadline = None
+        parser = self.parser
+        headers = CIMultiDictProxy(CIMultiDict(self._pairs))
+        length_text = headers.get("Content-Length")
+        length = int(length_text) if length_text is not None else None
+        body = None
+        if (length is not None and length > 0) or "Transfer-Encoding" in headers:
+            expect = headers.get("Expect", "").lower() == "100-continue"
+            body = RequestBody(self, expect_continue=expect and parser.get_http_version() == "1.1")
+        request = GatewayRequest(
+            parser.get_method().decode("ascii"),
+            self._url.decode("utf-8", "surrogateescape"),
+            headers,
+            self._peer,
+            headers.get("Host") or self.server.hostname,
+            body,
+            length,
+        )
+        exchange = _Exchange(self, request, body, self.begin_answer(close=False))
+        exchange.close = not parser.should_keep_alive()
+        # The client's X-Request-Id when short and plain (``new_request_id``'s rule), else a
+        # fresh one without a getrandom syscall.
+        exchange.request_id = self.request_id().decode("ascii")
+        exchange.http10 = parser.get_http_version() == "1.0"
+        self._queue.append(exchange)
+        self._reading = exchange
+        if len(self._queue) > MAX_PIPELINED:
+            self.pause_reading()
+        if self._worker is None:
+            self._worker = self.server.loop.create_task(self._work())
+
+    def on_body(self, body: bytes) -> None:
+        reading = self._reading
+        if reading is not None and reading.body is not None:
+            reading.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self.deadline = None
+        reading, self._reading = self._reading, None
+        if reading is None:
+            return
+        if reading.body is not None:
+            reading.body.finish()
+        if reading.close:  # nothing after it is read (llhttp refuses it too)
+            self._stopped = True
+
+    def upgraded(self) -> None:
+        # Served as a plain request (the upstream never sees Upgrade: hop-by-hop), and the
+        # connection closes after it: what follows the head is not HTTP/1.1 to us.
+        if self._queue:
+            self._queue[-1].close = True
+        super().upgraded()
+
+    def stopped_reading(self) -> None:
+        reading, self._reading = self._reading, None
+        if reading is not None and reading.body is not None and not reading.body.done:
+            reading.body.fail(ClientGone("the client's body ended early"))
+
+    def shut_down(self) -> None:
+        reading = self._reading
+        if reading is not None:  # its body may still arrive; nothing after it is read
+            reading.close = True
+            return
+        super().shut_down()
+
+    # --- flow control ----------------------------------------------------------------------
+
+    def body_buffered(self, delta: int) -> None:
+        self._body_buffered += delta
+        if self._body_buffered > BODY_HIGH_WATER:
+            self.pause_reading()
+        elif self._reading_paused and self._body_buffered < BODY_LOW_WATER:
+            self.resume_reading()
+
+    def may_resume(self) -> bool:
+        return self._body_buffered < BODY_LOW_WATER and len(self._queue) <= MAX_PIPELINED
+
+    def write_raw(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def send(self, data: bytes) -> None:
+        """Write part of the answer being given (it is first in the answer order)."""
+        if self.transport is None or self.transport.is_closing():
+            raise ClientGone("the client went away")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Until the client's socket can take more (or the client is gone)."""
+        while self._write_paused:
+            if self.transport is None:
+                raise ClientGone("the client went away")
+            waiter = self._drain_waiter = self.server.loop.create_future()
+            try:
+                await asyncio.wait_for(waiter, self.server.send_timeout_s)
+            except TimeoutError as exc:
+                raise ClientGone("the client stopped reading") from exc
+            finally:
+                self._drain_waiter = None
+        if self.transport is None:
+            raise ClientGone("the client went away")
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def cut(self) -> None:
+        """End the connection at once (an answer that cannot be finished honestly)."""
+        self._stopped = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def closes_after(self, exchange: _Exchange) -> bool:
+        """Whether the answer being written is this connection's last."""
+        body_unread = exchange.body is not None and not exchange.body.done
+        last_of_stop = self._stopped and len(self._queue) == 1
+        return exchange.close or body_unread or last_of_stop
+
+    # --- serving, one request at a time ------------------------------------------------------
+
+    async def _work(self) -> None:
+        try:
+            await self._answer_queue()
+        finally:
+            self._worker = None
+
+    async def _answer_queue(self) -> None:
+        queue = self._queue
+        while queue:
+            exchange = queue[0]
+            try:
+                await self.server.serve(exchange)
+            except Exception:  # serve answers everything it can; this is a bug: log, cut
+                _LOG.exception("public_server_error")
+                self.cut()
+            finally:
+                queue.popleft()
+                self._finish(exchange)
+            if self.transport is None:
+                queue.clear()
+                return
+
+    def _finish(self, exchange: _Exchange) -> None:
+        answer = exchange.answer
+        body = exchange.body
+        if body is not None and not body.done:
+            # Answered before its body arrived: the rest is dropped, the connection ends.
+            if self._reading is exchange:
+                self._reading = None
+            body.discard()
+            answer.close = answer.linger = True
+        elif body is not None:
+            body.discard()  # arrived but not read (a refusal): forget it
+        # The last answer closes, unless a refusal after it does (it must still be written).
+        if exchange.close or (self._stopped and not self._queue and len(self._answers) == 1):
+            answer.close = True
+        if answer.data is None:
+            answer.data = b""
+        if not self._queue and self._reading_paused:
+            self.resume_reading()
+        self.flush()
+
+
+class PublicServer(Http1Server):
+    """The public listener of one gateway application (built by ``create_app``; its
+    clients are started by the app's runner)."""
+
+    def __init__(
+        self, app: web.Application, *, send_timeout_s: float = SEND_TIMEOUT_S, **timeouts: float
+    ) -> None:
+        """``timeouts``: ``request_timeout_s``, ``keepalive_timeout_s`` (``Http1Server``)."""
+        super().__init__(**timeouts)
+        self.send_timeout_s = send_timeout_s
+        pipeline = app[PIPELINE_KEY]
+        steps = pipeline.steps
+        if steps is None:
+            raise ValueError("the protocol server runs filters as steps; a filter has none")
+        self._ingress = pipeline.ingress
+        self._steps = steps
+        self._proxy = app[PROXY_KEY]
+        self._metrics = app[HTTP_METRICS_KEY]
+        self._gateway_metrics = app[GATEWAY_METRICS_KEY]
+        self._prepare = tuple(app.on_response_prepare)
+        self._health, self._catch_all = _routes(app)
+        #: ``request.host`` of a request without ``Host``, as aiohttp answers it.
+        self.hostname = socket.gethostname()
+
+    def connection(self) -> asyncio.Protocol:
+        return _PublicConnection(self)
+
+    async def serve(self, exchange: _Exchange) -> None:
+        """Answer one request, as ``GatewayPipeline.middleware`` and the app's handlers do."""
+        request = exchange.request
+        request_id = exchange.request_id
+        request[REQUEST_ID_KEY] = request_id
+        start_request_context(request_id)
+        handler = self._health.get(request.path) if request.method in ("GET", "HEAD") else None
+        label = self._catch_all if handler is None else request.path
+        metrics = self._metrics
+        started = time.perf_counter()
+        metrics.in_flight.inc()
+        status = 500
+        try:
+            try:
+                routed, exchange.facts = self._ingress(cast(web.Request, request), request_id)
+                for step in self._steps:
+                    pending = step(routed, exchange.facts)
+                    if pending is not None:
+                        await pending
+                if handler is not None:
+                    status = await self._whole(exchange, await handler(routed))
+                else:
+                    status = await self._proxied(exchange, routed)
+            except Exception as exc:  # CancelledError is a BaseException: it passes
+                status = await self._refused(exchange, exc)
+        finally:
+            metrics.in_flight.dec()
+            metrics.observe(request.method, label, status, time.perf_counter() - started)
+
+    async def _refused(self, exchange: _Exchange, exc: Exception) -> int:
+        connection = exchange.connection
+        if exchange.head_sent or connection.transport is None:
+            connection.cut()  # mid-answer: a cut connection is the only honest signal
+            return 500
+        if isinstance(exc, ClientGone):
+            return 400  # the body broke HTTP: the connection's own 400 follows, then closes
+        request = cast(web.Request, exchange.request)
+        problem = _error_answer(request, exc, exchange.facts, exchange.request_id)
+        if problem is not None:
+            return await self._whole(exchange, problem)
+        if isinstance(exc, web.HTTPException):  # a redirect raised by a step
+            headers = CIMultiDict(exc.headers)
+            headers[REQUEST_ID_HEADER] = exchange.request_id
+            body = exc.text.encode() if exc.text else b""
+            await self._write_whole(exchange, exc.status, None, headers, body)
+            return exc.status
+        connection.cut()  # the client went away (ConnectionResetError)
+        return 500
+
+    async def _whole(self, exchange: _Exchange, response: web.StreamResponse) -> int:
+        """Write an aiohttp ``Response`` the app made (a health answer, a problem)."""
+        headers = CIMultiDict(response.headers)
+        headers[REQUEST_ID_HEADER] = exchange.request_id
+        body = getattr(response, "body", None)
+        data = body if isinstance(body, bytes) else b""
+        await self._write_whole(exchange, response.status, response.reason, headers, data)
+        return response.status
+
+    async def _write_whole(
+        self,
+        exchange: _Exchange,
+        status: int,
+        reason: str | None,
+        headers: CIMultiDict[str],
+        body: bytes,
+    ) -> None:
+        head_only = exchange.request.method == "HEAD"
+        if not (head_only and "Content-Length" in headers):
+            for name in _FRAMING:
+                headers.popall(name, None)
+            if status >= 200 and status not in _NO_BODY_STATUSES:
+                headers["Content-Length"] = str(len(body))
+        head = await self._head(exchange, status, reason, headers)
+        exchange.head_sent = True
+        exchange.connection.send(head if head_only or not body else head + body)
+
+    async def _proxied(self, exchange: _Exchange, routed: web.Request) -> int:
+        answer, upstream = await self._proxy.open(routed)
+        try:
+            headers = downstream_response_headers(answer.headers)
+            headers[REQUEST_ID_HEADER] = exchange.request_id
+            status = answer.status
+            length = answer.content_length
+            if (
+                exchange.request.method == "HEAD"
+                or status in _NO_BODY_STATUSES
+                or (length is not None and length <= _SMALL_BODY_BYTES)
+            ):
+                try:
+                    body = await answer.read()
+                except UpstreamError as exc:
+                    raise self._proxy._upstream_problem(upstream, exc) from exc
+                await self._write_whole(exchange, status, answer.reason, headers, body)
+                return status
+            await self._stream(exchange, answer, headers, upstream)
+            return status
+        finally:
+            answer.close()
+
+    async def _stream(
+        self,
+        exchange: _Exchange,
+        answer: UpstreamResponse,
+        headers: CIMultiDict[str],
+        upstream: str,
+    ) -> None:
+        """Relay a large or unknown-length answer as it arrives, at the client's pace."""
+        connection = exchange.connection
+        length = answer.content_length
+        chunked = length is None and not exchange.http10
+        for name in _FRAMING:
+            headers.popall(name, None)
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        elif chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        else:
+            exchange.close = True  # an HTTP/1.0 client reads to the close
+        connection.send(await self._head(exchange, answer.status, answer.reason, headers))
+        exchange.head_sent = True
+        try:
+            while chunk := await answer.read_chunk():
+                connection.send(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await connection.drain()
+        except UpstreamError as exc:
+            self._gateway_metrics.upstream_errors.labels(upstream, "mid_stream").inc()
+            _LOG.warning("upstream_failed_mid_stream", upstream=upstream, error=repr(exc)[:200])
+            connection.cut()
+            return
+        if chunked:
+            connection.send(_LAST_CHUNK)
+
+    async def _head(
+        self, exchange: _Exchange, status: int, reason: str | None, headers: CIMultiDict[str]
+    ) -> bytes:
+        """The answer's head, with every header the app's ``on_response_prepare`` adds."""
+        facts = exchange.facts
+        if facts is not None and facts.rate_limit_headers:
+            headers.update(facts.rate_limit_headers)
+        prepared = _Prepared(headers)
+        request = cast(web.Request, exchange.request)
+        for receiver in self._prepare:
+            await receiver(request, cast(web.StreamResponse, prepared))
+        if "Date" not in headers:
+            headers["Date"] = self.date.decode()
+        if exchange.connection.closes_after(exchange):
+            exchange.close = True
+            headers["Connection"] = "close"
+        elif exchange.http10:
+            headers["Connection"] = "keep-alive"
+        lines = [status_line(status, reason).decode("latin-1")]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        lines.append("\r\n")
+        return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+Handler = Callable[[Any], Awaitable[web.StreamResponse]]
+
+
+def _routes(app: web.Application) -> tuple[dict[str, Handler], str]:
+    """The app's own GET routes besides the proxy's catch-all (the health checks), by path;
+    and the catch-all's template (the metrics label of proxied requests)."""
+    health: dict[str, Handler] = {}
+    catch_all = _CATCH_ALL
+    for resource in app.router.resources():
+        canonical = resource.canonical
+        if canonical == _CATCH_ALL:
+            continue
+        for route in resource:
+            if route.method == "GET":
+                health[canonical] = route.handler
+    return health, catch_all
+
+
+__all__ = ["MAX_PIPELINED", "PublicServer", "Unreadable"]

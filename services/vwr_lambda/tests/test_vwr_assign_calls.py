@@ -1,0 +1,145 @@
+"""The anonymous assign without a read (issue 22): what it sends to DynamoDB (dynalite), and
+that every answer the read used to decide is still the same.
+
+A first anonymous assign takes its number (``UpdateItem`` returning the event) and writes its
+place and line item (two ``PutItem``); it reads nothing. Whatever the event would refuse goes
+to the full path, which reads and answers as before, with the number already taken.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from urr_vwr_lambda.settings import VwrSettings
+
+pytestmark = pytest.mark.integration
+
+
+def record_calls(vwr: Any) -> list[str]:
+    """The DynamoDB operations the handler's client sends from now on, in order."""
+    sent: list[str] = []
+
+    def heard(model: Any, **_: Any) -> None:
+        sent.append(model.name)
+
+    vwr.runtime.dynamodb.meta.events.register("before-call.dynamodb", heard)
+    return sent
+
+
+@pytest.fixture
+def warm_vwr(vwr_settings: VwrSettings, make_vwr: Callable[[VwrSettings], Any]) -> Any:
+    """A container whose copies of the event and its gate settings outlive the test, so the
+    only calls left are the assign's own."""
+    settings = vwr_settings.model_copy(
+        update={
+            "poll": vwr_settings.poll.model_copy(update={"counters_cache_s": 10.0}),
+            "gates": vwr_settings.gates.model_copy(update={"config_cache_s": 60.0}),
+        }
+    )
+    return make_vwr(settings)
+
+
+def open_uncapped(vwr: Any) -> None:
+    """An open event without the per-address cap (as the load test's): no gate I/O."""
+    opened = vwr.admin("PUT", "evt-1", {"isActive": True, "batchSize": 100, "placesPerClient": 0})
+    assert opened.status in (200, 201), opened.body
+
+
+def test_a_first_anonymous_assign_reads_nothing(warm_vwr: Any) -> None:
+    open_uncapped(warm_vwr)
+    assert warm_vwr.assign("evt-1").status == 201  # builds the clients, fills the copies
+    sent = record_calls(warm_vwr)
+    placed = warm_vwr.assign("evt-1")
+    assert (placed.status, placed.body["position"], placed.body["ahead"]) == (201, 2, 1)
+    assert sorted(sent) == ["PutItem", "PutItem", "UpdateItem"]
+    assert sent[0] == "UpdateItem"  # the number first: the place needs it
+
+
+def test_a_repeat_is_found_by_its_refused_put_and_keeps_its_place(
+    warm_vwr: Any,
+) -> None:
+    open_uncapped(warm_vwr)
+    first = str(uuid.uuid4())
+    assert warm_vwr.assign("evt-1", first).body["position"] == 1
+    sent = record_calls(warm_vwr)
+    again = warm_vwr.assign("evt-1", first)
+    assert (again.status, again.body["position"], again.body["requestId"]) == (200, 1, first)
+    # The refused put, then the place that refused it is read.
+    assert sorted(sent) == ["GetItem", "PutItem", "PutItem", "UpdateItem"]
+    # The repeat's number stays unused: the line item written beside the refused put names a
+    # request whose place holds another number, which the advancer's walk skips.
+    runtime = warm_vwr.runtime
+    state = runtime.store.get_event("evt-1", consistent=True)
+    assert state is not None
+    assert state.next_position == 2
+    rows = list(runtime.store.places_above(state, upto=2, now_s=runtime.now_s()))
+    assert [(row.request_id, row.position) for row in rows] == [(first, 1)]
+
+
+def test_a_repeat_in_a_room_turned_off_keeps_its_place_and_a_newcomer_goes_in(
+    vwr: Any,
+) -> None:
+    vwr.open_event("evt-1")
+    first = str(uuid.uuid4())
+    assert vwr.assign("evt-1", first).status == 201
+    vwr.open_event("evt-1", active=False)
+    again = vwr.assign("evt-1", first)
+    assert (again.status, again.body["position"]) == (200, 1)
+    newcomer = vwr.assign("evt-1")
+    assert (newcomer.status, newcomer.body["code"]) == (409, "room_inactive")
+    # The number's condition refused both: no number was taken.
+    assert vwr.status("evt-1").body["nextPosition"] == 1
+
+
+def test_a_closed_event_answers_a_repeat_and_refuses_a_newcomer_with_one_number_each(
+    vwr: Any,
+) -> None:
+    vwr.open_event("evt-1")
+    first = str(uuid.uuid4())
+    assert vwr.assign("evt-1", first).status == 201
+    closed = vwr.admin(
+        "PUT", "evt-1", {"isActive": True, "batchSize": 100, "queueMethod": "reject"}
+    )
+    assert closed.status == 200, closed.body
+    again = vwr.assign("evt-1", first)
+    assert (again.status, again.body["position"]) == (200, 1)
+    newcomer = vwr.assign("evt-1")
+    assert (newcomer.status, newcomer.body["code"]) == (409, "event_closed")
+    # Each went on to the full path with the number it had taken, never a second one.
+    assert vwr.status("evt-1").body["nextPosition"] == 3
+
+
+def test_an_abandoned_place_is_replaced_by_a_new_number(vwr: Any) -> None:
+    vwr.open_event("evt-1")
+    first = str(uuid.uuid4())
+    assert vwr.assign("evt-1", first).status == 201
+    runtime = vwr.runtime
+    runtime.dynamodb.update_item(
+        TableName=vwr.settings.tables.positions,
+        Key={"eventId": {"S": "evt-1"}, "requestId": {"S": first}},
+        UpdateExpression="SET abandoned = :true",
+        ExpressionAttributeValues={":true": {"BOOL": True}},
+    )
+    again = vwr.assign("evt-1", first)
+    assert (again.status, again.body["position"]) == (201, 2)
+    assert vwr.check("evt-1", first).body["position"] == 2
+
+
+def test_a_number_taken_refreshes_the_containers_copy_of_the_event(warm_vwr: Any) -> None:
+    """The number's write answers the whole event as it now is: the container keeps that as
+    its copy, so a check after an assign sees the counter the write saw, not an older copy."""
+    warm_vwr.open_event("evt-1")
+    waiter = str(uuid.uuid4())
+    assert warm_vwr.assign("evt-1", waiter).status == 201
+    assert warm_vwr.check("evt-1", waiter).body["admitted"] is False
+    store = warm_vwr.runtime.store
+    state = store.get_event("evt-1", consistent=True)
+    store.advance_to(state, serving_counter=1, admit_rate=None, now_ms=warm_vwr.runtime.now_ms())
+    # The copy is up to counters_cache_s (10 s here) old: the advance is not seen yet.
+    assert warm_vwr.check("evt-1", waiter).body["admitted"] is False
+    assert warm_vwr.assign("evt-1").status == 201
+    assert warm_vwr.check("evt-1", waiter).body["admitted"] is True
