@@ -33,6 +33,7 @@ from urr_devstack.procs import free_port, is_listening
 from urr_devstack.runstate import cmdline
 from urr_devstack.services import PlannedService
 from urr_devstack.signals import ESCALATE_AFTER_S
+from urr_devstack.stack import READY_BANNER
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -103,6 +104,18 @@ def _wait_pids(pid_dir: Path, expected: int, timeout_s: float = 60.0) -> list[in
             return pids
         time.sleep(0.05)
     raise AssertionError(f"fewer than {expected} stand-ins started in {pid_dir}")
+
+
+def _wait_ready(folder: Path, timeout_s: float = 60.0) -> None:
+    """Until the supervisor printed its ready banner (the admin login is in it): on a busy
+    machine the stand-ins write their pids before the banner, and a stop sent in between
+    ends the stack before it was ever announced."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if READY_BANNER.encode() in (folder / "out.txt").read_bytes():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {READY_BANNER!r} within {timeout_s} s")
 
 
 def _alive(pids: list[int]) -> list[int]:
@@ -336,7 +349,7 @@ def test_urr_devstack_up_stops_under_heavy_logging_on_a_doubled_group_signal(
     pids: list[int] = []
     try:
         pids = _wait_pids(pid_dir, 2, timeout_s=90)
-        time.sleep(0.5)
+        _wait_ready(up_folder)
         assert is_listening("127.0.0.1", redis_port)
         assert is_listening("127.0.0.1", postgres_port)
         # One Ctrl-C at a terminal running `make up`: SIGINT to the whole group, relayed
