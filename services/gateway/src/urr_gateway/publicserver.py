@@ -78,6 +78,9 @@ MAX_PIPELINED = 16
 #: A browser's cookies make heads larger than the check API's.
 PUBLIC_MAX_HEAD_BYTES = 32 * 1024
 PUBLIC_MAX_HEADERS = 100
+#: The status a request is counted as when its client left before its answer was written
+#: (nginx's "client closed request"); never sent, only counted.
+CLIENT_CLOSED = 499
 _CATCH_ALL = "/{tail:.*}"
 _NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING = ("Content-Length", "Transfer-Encoding")
@@ -414,8 +417,11 @@ class PublicServer(Http1Server):
     async def _refused(self, exchange: _Exchange, exc: Exception) -> int:
         connection = exchange.connection
         if exchange.head_sent or connection.transport is None:
+            # A client that left (its socket reset or closed, or it stopped reading) is no
+            # server error: counted as 499, so an alarm on 5xx does not fire on hang-ups.
+            left = connection.transport is None or isinstance(exc, ConnectionResetError)
             connection.cut()  # mid-answer: a cut connection is the only honest signal
-            return 500
+            return CLIENT_CLOSED if left else 500
         if isinstance(exc, ClientGone):
             return 400  # the body broke HTTP: the connection's own 400 follows, then closes
         request = cast(web.Request, exchange.request)
@@ -429,7 +435,7 @@ class PublicServer(Http1Server):
             await self._write_whole(exchange, exc.status, None, headers, body)
             return exc.status
         connection.cut()  # the client went away (ConnectionResetError)
-        return 500
+        return CLIENT_CLOSED
 
     async def _whole(self, exchange: _Exchange, response: web.StreamResponse) -> int:
         """Write an aiohttp ``Response`` the app made (a health answer, a problem)."""
@@ -556,4 +562,4 @@ def _routes(app: web.Application) -> tuple[dict[str, Handler], str]:
     return health, catch_all
 
 
-__all__ = ["MAX_PIPELINED", "PublicServer", "Unreadable"]
+__all__ = ["CLIENT_CLOSED", "MAX_PIPELINED", "PublicServer", "Unreadable"]
