@@ -575,6 +575,7 @@ def main() -> None:
     parser.add_argument(
         "--workers", default="", help="also run URR_WORKERS=N for these N, e.g. 1,2"
     )
+    parser.add_argument("--keep-profiles", default="", help="copy the raw py-spy stacks here")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument(
         "--gc-gen0",
@@ -796,6 +797,11 @@ def main() -> None:
     finally:
         stop_all(processes)
         redis.stop()
+        if options.keep_profiles:  # the raw py-spy stacks, for a closer look than the summary
+            kept = Path(options.keep_profiles)
+            kept.mkdir(parents=True, exist_ok=True)
+            for raw in work.glob("profile*.txt"):
+                shutil.copy(raw, kept / raw.name)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -82,6 +82,8 @@ PUBLIC_MAX_HEADERS = 100
 #: (nginx's "client closed request"); never sent, only counted.
 CLIENT_CLOSED = 499
 _CATCH_ALL = "/{tail:.*}"
+#: Distinct (status, reason) lines kept; others are rendered per answer.
+_MAX_STATUS_LINES = 64
 _NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING = ("Content-Length", "Transfer-Encoding")
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -379,6 +381,7 @@ class PublicServer(Http1Server):
         self._gateway_metrics = app[GATEWAY_METRICS_KEY]
         self._prepare = tuple(app.on_response_prepare)
         self._health, self._catch_all = _routes(app)
+        self._status_lines: dict[tuple[int, str | None], str] = {}
         #: ``request.host`` of a request without ``Host``, as aiohttp answers it.
         self.hostname = socket.gethostname()
 
@@ -532,16 +535,27 @@ class PublicServer(Http1Server):
         for receiver in self._prepare:
             await receiver(request, cast(web.StreamResponse, prepared))
         if "Date" not in headers:
-            headers["Date"] = self.date.decode()
+            headers["Date"] = self.date_text
         if exchange.connection.closes_after(exchange):
             exchange.close = True
             headers["Connection"] = "close"
         elif exchange.http10:
             headers["Connection"] = "keep-alive"
-        lines = [status_line(status, reason).decode("latin-1")]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-        lines.append("\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+        # Names are ``istr``s: joining them is about half the cost of formatting them.
+        # (never empty: Date is set above).
+        fields = "\r\n".join([": ".join(field) for field in headers.items()])
+        head = f"{self._status_text(status, reason)}{fields}\r\n\r\n"
+        return head.encode("utf-8", "surrogateescape")
+
+    def _status_text(self, status: int, reason: str | None) -> str:
+        """The status line, kept per (status, reason): upstreams send a handful of them."""
+        key = (status, reason)
+        line = self._status_lines.get(key)
+        if line is None:
+            line = status_line(status, reason).decode("latin-1")
+            if len(self._status_lines) < _MAX_STATUS_LINES:  # reasons are the upstream's text
+                self._status_lines[key] = line
+        return line
 
 
 Handler = Callable[[Any], Awaitable[web.StreamResponse]]
