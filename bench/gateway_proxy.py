@@ -661,9 +661,13 @@ def main() -> None:
             tuned_port, tuned_pid, _ = start_gateway(1)
             del base_env["URR_HTTP__GC_GEN0_THRESHOLD"]
         before = gateway_source(options.before, work / "before") if options.before else None
-        before_port = before_pid = 0
+        before_port = before_pid = before_tuned_port = before_tuned_pid = 0
         if before is not None:
             before_port, before_pid, _ = start_gateway(1, before)
+            if options.gc_gen0:  # the GC setting's effect on both revisions, in the same run
+                base_env["URR_HTTP__GC_GEN0_THRESHOLD"] = str(options.gc_gen0)
+                before_tuned_port, before_tuned_pid, _ = start_gateway(1, before)
+                del base_env["URR_HTTP__GC_GEN0_THRESHOLD"]
         bare = subprocess.Popen(
             [sys.executable, __file__, "--serve-bare-proxy", str(bare_port), upstream],
             stdout=subprocess.DEVNULL,
@@ -730,6 +734,15 @@ def main() -> None:
                     f"http://127.0.0.1:{before_port}{PATH}",
                     headers,
                     [before_pid],
+                )
+            )
+        if before_tuned_pid:
+            runs.append(
+                (
+                    f"  before, GC gen0 {options.gc_gen0} + freeze",
+                    f"http://127.0.0.1:{before_tuned_port}{PATH}",
+                    headers,
+                    [before_tuned_pid],
                 )
             )
         runs.append(
