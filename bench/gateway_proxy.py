@@ -562,6 +562,16 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def keep_profiles(work: Path, into: str) -> None:
+    """Copy the raw py-spy stacks into ``into`` (if given), for a closer look than the summary."""
+    if not into:
+        return
+    kept = Path(into)
+    kept.mkdir(parents=True, exist_ok=True)
+    for raw in work.glob("profile*.txt"):
+        shutil.copy(raw, kept / raw.name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=12)
@@ -661,13 +671,18 @@ def main() -> None:
             tuned_port, tuned_pid, _ = start_gateway(1)
             del base_env["URR_HTTP__GC_GEN0_THRESHOLD"]
         before = gateway_source(options.before, work / "before") if options.before else None
-        before_port = before_pid = before_tuned_port = before_tuned_pid = 0
-        if before is not None:
-            before_port, before_pid, _ = start_gateway(1, before)
-            if options.gc_gen0:  # the GC setting's effect on both revisions, in the same run
-                base_env["URR_HTTP__GC_GEN0_THRESHOLD"] = str(options.gc_gen0)
-                before_tuned_port, before_tuned_pid, _ = start_gateway(1, before)
-                del base_env["URR_HTTP__GC_GEN0_THRESHOLD"]
+        # (row label, port, pid) of the 'before' revision's gateways: as it is, and with the
+        # GC setting when --gc-gen0 asks for it (its effect on both revisions, same run).
+        before_rows: list[tuple[str, int, int]] = []
+        before_gen0s = [0, options.gc_gen0][: 2 if options.gc_gen0 else 1]
+        for gen0 in before_gen0s if before is not None else []:
+            label = f"gateway before ({options.before})"
+            if gen0:
+                label = f"  before, GC gen0 {gen0} + freeze"
+                base_env["URR_HTTP__GC_GEN0_THRESHOLD"] = str(gen0)
+            port, pid, _ = start_gateway(1, before)
+            base_env.pop("URR_HTTP__GC_GEN0_THRESHOLD", None)
+            before_rows.append((label, port, pid))
         bare = subprocess.Popen(
             [sys.executable, __file__, "--serve-bare-proxy", str(bare_port), upstream],
             stdout=subprocess.DEVNULL,
@@ -727,24 +742,9 @@ def main() -> None:
                 [limited_proxy.pid],
             ),
         ]
-        if before is not None:
-            runs.append(
-                (
-                    f"gateway before ({options.before})",
-                    f"http://127.0.0.1:{before_port}{PATH}",
-                    headers,
-                    [before_pid],
-                )
-            )
-        if before_tuned_pid:
-            runs.append(
-                (
-                    f"  before, GC gen0 {options.gc_gen0} + freeze",
-                    f"http://127.0.0.1:{before_tuned_port}{PATH}",
-                    headers,
-                    [before_tuned_pid],
-                )
-            )
+        runs.extend(
+            (label, f"{local}:{port}{PATH}", headers, [pid]) for label, port, pid in before_rows
+        )
         runs.append(
             (
                 f"{GATEWAY_ROW} ({default})",
@@ -810,11 +810,7 @@ def main() -> None:
     finally:
         stop_all(processes)
         redis.stop()
-        if options.keep_profiles:  # the raw py-spy stacks, for a closer look than the summary
-            kept = Path(options.keep_profiles)
-            kept.mkdir(parents=True, exist_ok=True)
-            for raw in work.glob("profile*.txt"):
-                shutil.copy(raw, kept / raw.name)
+        keep_profiles(work, options.keep_profiles)
         shutil.rmtree(work, ignore_errors=True)
 
 
