@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from urr_ticket_worker.booking import count_many
 from urr_ticket_worker.messages import (
     MEMBERSHIP_EVENTS,
     PAYMENT_EVENTS,
@@ -243,3 +244,41 @@ async def test_the_payment_stand_in_answers_once_per_request(
     assert outcomes[0]["eventId"] == "ev1"
     verdict = "declined" if status == "declined" else "approved"
     assert await pool.fetchval("SELECT payment_verdict FROM reservations") == verdict
+
+
+async def test_a_batch_of_counts_commits_once_per_id_and_all_or_nothing(
+    pool: asyncpg.Pool,
+) -> None:
+    event_id = f"ev-{uuid.uuid4().hex[:8]}"
+    consumer = f"test:{uuid.uuid4().hex[:8]}"
+    first = [
+        ("m1", event_id, ["queue.entered"]),
+        ("m2", event_id, ["queue.entered"]),
+        ("m1", event_id, ["queue.entered"]),  # the same record twice in one fetch
+        ("m3", event_id, ["queue.admitted", "queue.entered"]),
+    ]
+    assert await count_many(pool, consumer, first) == [
+        "applied",
+        "applied",
+        "duplicate",
+        "applied",
+    ]
+    # Redelivered after a commit that Kafka never heard of: counted once, not twice.
+    assert await count_many(pool, consumer, [("m2", event_id, ["queue.entered"])]) == ["duplicate"]
+
+    async def counters() -> dict[str, int]:
+        rows = await pool.fetch(
+            "SELECT counter, value FROM event_stats WHERE event_id = $1", event_id
+        )
+        return {r["counter"]: r["value"] for r in rows}
+
+    assert await counters() == {"queue.entered": 3, "queue.admitted": 1}
+    # A batch that fails part-way (an event id PostgreSQL refuses: a NUL in text) leaves no
+    # claim and no count behind: the consumer retries the whole fetch and counts it then.
+    with pytest.raises(asyncpg.PostgresError):
+        await count_many(
+            pool, consumer, [("m4", event_id, ["queue.left"]), ("m5", "e\x00", ["queue.left"])]
+        )
+    assert await counters() == {"queue.entered": 3, "queue.admitted": 1}
+    assert await count_many(pool, consumer, [("m4", event_id, ["queue.left"])]) == ["applied"]
+    assert (await counters())["queue.left"] == 1

@@ -118,6 +118,41 @@ async def test_the_edge_emulator_applies_the_behaviours(
     assert (await edge.get("/health/live")).status == 200
 
 
+async def test_the_edge_emulator_never_hands_one_viewers_cookie_to_another(vwr: Any) -> None:
+    """The origin's Set-Cookie is for the viewer it answered: the edge keeps no cookie jar.
+
+    The origin is named by host name, as in compose (``http://gateway:3001``): a client's
+    default jar refuses cookies only from IP addresses, so an IP-only test would miss it.
+    """
+
+    async def set_cookie(request: web.Request) -> web.Response:
+        response = web.json_response({})
+        response.set_cookie("access_token", "viewer-a-secret", path="/")
+        return response
+
+    async def echo_cookie(request: web.Request) -> web.Response:
+        return web.json_response({"cookie": request.headers.get("Cookie")})
+
+    origin_app = web.Application()
+    origin_app.router.add_post("/login", set_cookie)
+    origin_app.router.add_get("/whoami", echo_cookie)
+    async with TestClient(TestServer(origin_app)) as upstream:
+        settings = load_settings(
+            EdgeEmulatorSettings,
+            gateway_url=f"http://localhost:{upstream.port}",
+            api_url="http://127.0.0.1:9",
+            edge_config={"target": vwr.settings.edge_config.target},
+        )
+        async with TestClient(TestServer(edge_emulator.create_app(settings))) as viewer_a:
+            logged_in = await viewer_a.post("/login")
+            assert "viewer-a-secret" in logged_in.headers["Set-Cookie"]  # viewer A gets it
+            viewer_a.session.cookie_jar.clear()  # viewer B: a browser with no cookies
+            anonymous = await viewer_a.get("/whoami")
+            assert (await anonymous.json())["cookie"] is None
+            mine = await viewer_a.get("/whoami", headers={"Cookie": "theme=dark"})
+            assert (await mine.json())["cookie"] == "theme=dark"
+
+
 async def test_the_edge_emulator_answers_502_when_the_origin_is_down(vwr: Any) -> None:
     settings = load_settings(
         EdgeEmulatorSettings,

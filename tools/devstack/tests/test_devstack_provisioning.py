@@ -11,10 +11,12 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from pydantic import ValidationError
 
 from urr_common import kafka_topics
 from urr_devstack import aws, infra, postgres
 from urr_devstack.procs import free_port, is_listening
+from urr_devstack.settings import DevstackSettings
 
 pytestmark = pytest.mark.integration
 
@@ -168,6 +170,28 @@ async def test_devstack_dynamodb_tables_have_the_designed_keys(
 async def test_devstack_bucket_is_created_once(aws_clients: aws.AwsClients) -> None:
     assert await aws.ensure_bucket(aws_clients.s3, "tansu") is True
     assert await aws.ensure_bucket(aws_clients.s3, "tansu") is False
+
+
+async def test_the_stack_database_commits_as_the_settings_say(
+    postgres_admin_dsn: str, postgres_dsn: str
+) -> None:
+    name = postgres_dsn.rpartition("/")[2]
+
+    async def in_a_new_session() -> str:
+        connection = await asyncpg.connect(postgres_dsn)
+        try:
+            return str(await connection.fetchval("SHOW synchronous_commit"))
+        finally:
+            await connection.close()
+
+    await postgres.set_synchronous_commit(postgres_admin_dsn, name, "off")
+    assert await in_a_new_session() == "off"
+    await postgres.set_synchronous_commit(postgres_admin_dsn, name, "on")  # not sticky
+    assert await in_a_new_session() == "on"
+    with pytest.raises(ValueError, match="on or off"):
+        await postgres.set_synchronous_commit(postgres_admin_dsn, name, "on; DROP TABLE x")
+    with pytest.raises(ValidationError):
+        DevstackSettings(postgres_synchronous_commit="local")
 
 
 async def test_devstack_database_is_created_once(postgres_admin_dsn: str) -> None:

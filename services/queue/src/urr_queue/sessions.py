@@ -30,9 +30,9 @@ class SessionEnder:
     async def end(self, event_id: str, user_id: str, reason: EndReason) -> Left | None:
         """End the user's place (leave only) or admitted session; ``None``: no such event."""
         revoked: set[str] = set()
-        current = await self.store.current_token(event_id, user_id)
+        current, now_ms = await self.store.current_token(event_id, user_id)
         if current is not None:
-            await self._revoke(user_id, current)
+            await self._revoke(user_id, current, now_ms)
             revoked.add(current)
         left = await self.store.leave(
             event_id, user_id, only_admitted=reason is EndReason.COMPLETED
@@ -40,7 +40,7 @@ class SessionEnder:
         if left is None:
             return None
         if left.token is not None and left.token not in revoked:
-            await self._revoke(user_id, left.token)
+            await self._revoke(user_id, left.token, left.now_ms)  # the leave script's clock
         if left.was != "none":
             self.metrics.left.labels(reason.value, left.was).inc()
             self.publisher.publish(
@@ -62,13 +62,14 @@ class SessionEnder:
         issued = await self.store.delete_event(event_id)
         if issued is None:
             return None
+        now_ms = await self._redis_now_ms()
         for user_id, token in issued:
-            await self._revoke(user_id, token)
+            await self._revoke(user_id, token, now_ms)
         return len(issued)
 
-    async def _revoke(self, user_id: str, token: str) -> None:
+    async def _revoke(self, user_id: str, token: str, now_ms: int) -> None:
+        """Revoke ``token`` until it expires, counted from ``now_ms`` (Redis's clock)."""
         issued = describe(token)
-        now_ms = await self._redis_now_ms()
         await self.store.revoke(user_id, issued.jti, revocation_ttl_ms(issued.expires_at, now_ms))
 
     async def _redis_now_ms(self) -> int:

@@ -202,6 +202,7 @@ class QueueStore:
         self._tick = redis.register_script(_script_text("tick.lua"))
         self._leave = redis.register_script(_script_text("leave.lua"))
         self._store_token = redis.register_script(_script_text("store_token.lua"))
+        self._current_token = redis.register_script(_script_text("current_token.lua"))
         self._figures = redis.register_script(_script_text("figures.lua"))
         self._configure = redis.register_script(_script_text("configure.lua"))
         self._forget = redis.register_script(_script_text("forget.lua"))
@@ -437,9 +438,12 @@ class QueueStore:
         stored = await self._run(self._store_token, key_list, args)
         return _text(stored) if stored else None
 
-    async def current_token(self, event_id: str, user_id: str) -> str | None:
-        stored = await self.redis.hget(event_keys(event_id).tokens, encode_member(user_id))
-        return _text(stored) if stored else None
+    async def current_token(self, event_id: str, user_id: str) -> tuple[str | None, int]:
+        """The user's stored entry token for this event (or ``None``) and Redis's time (ms)."""
+        key_list, keys = self._call_keys(event_id)
+        args: list[str | bytes] = [keys.seen_prefix, encode_member(user_id)]
+        stored, now_ms = await self._run(self._current_token, key_list, args)
+        return (_text(stored) if stored else None), int(now_ms)
 
     async def leave(self, event_id: str, user_id: str, *, only_admitted: bool) -> Left | None:
         """End the user's place or session; ``None`` when the event does not exist."""

@@ -8,6 +8,7 @@ seat-claims primary key, not this code, is what makes selling a seat twice impos
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
@@ -391,17 +392,47 @@ async def expire_overdue(pool: asyncpg.Pool, *, limit: int = 100) -> int:
 # --- stats ----------------------------------------------------------------------------------
 
 
-async def count_once(
-    pool: asyncpg.Pool, consumer: str, message_id: str, event_id: str, counters: list[str]
-) -> Result:
-    """Add one to each of ``counters`` for ``event_id``, once per message id."""
+async def count_many(
+    pool: asyncpg.Pool, consumer: str, items: Sequence[tuple[str, str, list[str]]]
+) -> list[Result]:
+    """Add one to each of the counters of every ``(message id, event id, counters)``, once
+    per message id, in one transaction.
+
+    One commit for a whole fetch instead of one per record: every commit waits for the WAL's
+    fsync, and a crowd's queue events (several per arrival) made the stats consumer the
+    busiest committer, which put the booking API's own commits in line behind it (the
+    reservation route's P95 on a slow disk). The claims and the counts commit together, so
+    a failure leaves none of them and the whole batch is retried. An id seen twice in one
+    batch counts once, like an id already claimed by an earlier batch.
+    """
+    if not items:
+        return []
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim_message(conn, consumer, message_id):
-            return "duplicate"
-        await conn.executemany(
-            "INSERT INTO event_stats (event_id, counter, value) VALUES ($1, $2, 1)"
-            " ON CONFLICT (event_id, counter) DO UPDATE"
-            " SET value = event_stats.value + 1, updated_at = now()",
-            [(event_id, counter) for counter in counters],
-        )
-    return "applied"
+        fresh = {
+            row["message_id"]
+            for row in await conn.fetch(
+                "INSERT INTO processed_messages (consumer, message_id)"
+                " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING message_id",
+                consumer,
+                [message_id for message_id, _, _ in items],
+            )
+        }
+        totals: dict[tuple[str, str], int] = {}
+        results: list[Result] = []
+        for message_id, event_id, counters in items:
+            if message_id not in fresh:
+                results.append("duplicate")
+                continue
+            fresh.discard(message_id)  # a second copy in this batch is a duplicate
+            results.append("applied")
+            for counter in counters:
+                totals[(event_id, counter)] = totals.get((event_id, counter), 0) + 1
+        if totals:
+            # In key order, so two writers never wait on each other's rows in a cycle.
+            await conn.executemany(
+                "INSERT INTO event_stats (event_id, counter, value) VALUES ($1, $2, $3)"
+                " ON CONFLICT (event_id, counter) DO UPDATE"
+                " SET value = event_stats.value + EXCLUDED.value, updated_at = now()",
+                [(event_id, counter, n) for (event_id, counter), n in sorted(totals.items())],
+            )
+    return results

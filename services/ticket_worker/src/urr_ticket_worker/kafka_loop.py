@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -25,6 +25,8 @@ _LOG = get_logger(__name__)
 
 #: Handles one ``aiokafka.ConsumerRecord``; returns what happened (a metric label).
 RecordHandler = Callable[[Any], Awaitable[str]]
+#: Handles a fetch's records at once, all or none; what happened to each, in order.
+BatchHandler = Callable[[list[Any]], Awaitable[list[str]]]
 
 
 class ConsumerMetrics:
@@ -60,15 +62,20 @@ async def consume(
     kafka: KafkaSettings,
     group_id: str,
     topics: Sequence[str],
-    handle: RecordHandler,
+    handle: RecordHandler | BatchHandler,
     metrics: ConsumerMetrics,
     stop: asyncio.Event,
     beat: Heartbeat,
     max_records: int = 100,
     retry_s: float = 1.0,
     fetch_max_wait_ms: int = 100,
+    batched: bool = False,
 ) -> None:
-    """Consume ``topics`` in group ``group_id`` until ``stop``; reconnects when Kafka fails."""
+    """Consume ``topics`` in group ``group_id`` until ``stop``; reconnects when Kafka fails.
+
+    ``batched``: ``handle`` is a ``BatchHandler`` that takes each fetch's records at once
+    (one transaction for them all); a failure retries the whole fetch.
+    """
     from aiokafka.errors import KafkaError
 
     from urr_common.clients import kafka_consumer
@@ -97,7 +104,12 @@ async def consume(
             await asyncio.shield(consumer.stop())
             raise
         try:
-            await _run(consumer, name, handle, metrics, stop, beat, max_records, retry_s)
+            apply = (
+                _all_at_once(cast(BatchHandler, handle), name, metrics)
+                if batched
+                else _one_by_one(cast(RecordHandler, handle), name, metrics)
+            )
+            await _run(consumer, name, apply, metrics, stop, beat, max_records, retry_s)
         except KafkaError as exc:
             beat.failed(exc)
             _LOG.warning("kafka_consumer_failed", consumer=name, error=repr(exc))
@@ -106,10 +118,47 @@ async def consume(
             await consumer.stop()
 
 
+#: Handles one fetch (records by partition): the next offset per partition it finished, and
+#: the exception that stopped it, if any.
+FetchHandler = Callable[[dict[Any, list[Any]]], Awaitable[tuple[dict[Any, int], Exception | None]]]
+
+
+def _one_by_one(handle: RecordHandler, name: str, metrics: ConsumerMetrics) -> FetchHandler:
+    async def apply(batches: dict[Any, list[Any]]) -> tuple[dict[Any, int], Exception | None]:
+        done: dict[Any, int] = {}
+        for partition, records in batches.items():
+            for record in records:
+                try:
+                    outcome = await handle(record)
+                except Exception as exc:  # a dependency failed: retry from this record
+                    return done, exc
+                metrics.records.labels(name, record.topic, outcome).inc()
+                done[partition] = record.offset + 1
+        return done, None
+
+    return apply
+
+
+def _all_at_once(handle: BatchHandler, name: str, metrics: ConsumerMetrics) -> FetchHandler:
+    async def apply(batches: dict[Any, list[Any]]) -> tuple[dict[Any, int], Exception | None]:
+        records = [record for part in batches.values() for record in part]
+        if not records:
+            return {}, None
+        try:
+            outcomes = await handle(records)
+        except Exception as exc:  # a dependency failed: retry the whole fetch
+            return {}, exc
+        for record, outcome in zip(records, outcomes, strict=True):
+            metrics.records.labels(name, record.topic, outcome).inc()
+        return {partition: part[-1].offset + 1 for partition, part in batches.items()}, None
+
+    return apply
+
+
 async def _run(
     consumer: Any,
     name: str,
-    handle: RecordHandler,
+    apply: FetchHandler,
     metrics: ConsumerMetrics,
     stop: asyncio.Event,
     beat: Heartbeat,
@@ -118,19 +167,7 @@ async def _run(
 ) -> None:
     while not stop.is_set():
         batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
-        done: dict[Any, int] = {}
-        failed: BaseException | None = None
-        for partition, records in batches.items():
-            for record in records:
-                try:
-                    outcome = await handle(record)
-                except Exception as exc:  # a dependency failed: retry from this record
-                    failed = exc
-                    break
-                metrics.records.labels(name, record.topic, outcome).inc()
-                done[partition] = record.offset + 1
-            if failed is not None:
-                break
+        done, failed = await apply(batches)
         if done:
             await consumer.commit(done)
         if failed is None:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from urr_common.logs import get_logger
 from urr_common.settings import load_settings
-from urr_ticket_worker.booking import Result, count_once
+from urr_ticket_worker.booking import count_many
 from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume
 from urr_ticket_worker.messages import (
     MEMBERSHIP_EVENTS,
@@ -55,15 +55,22 @@ class StatsCounter:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def handle(self, record: Any) -> Result | str:
-        try:
-            message_id, event_id, counters = counted(record.topic, record.value)
-        except MalformedMessage as exc:
-            _LOG.warning(
-                "malformed_record", topic=record.topic, offset=record.offset, error=str(exc)
-            )
-            return "malformed"
-        return await count_once(self._pool, STATS_CONSUMER, message_id, event_id, counters)
+    async def handle(self, records: list[Any]) -> list[str]:
+        """Count a fetch's records in one transaction; what happened to each, in order."""
+        outcomes: list[str | None] = []
+        items: list[tuple[str, str, list[str]]] = []
+        for record in records:
+            try:
+                items.append(counted(record.topic, record.value))
+            except MalformedMessage as exc:
+                _LOG.warning(
+                    "malformed_record", topic=record.topic, offset=record.offset, error=str(exc)
+                )
+                outcomes.append("malformed")
+                continue
+            outcomes.append(None)  # decided by the transaction below
+        applied = iter(await count_many(self._pool, STATS_CONSUMER, items))
+        return [outcome or next(applied) for outcome in outcomes]
 
 
 def stats_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) -> LoopBody:
@@ -80,6 +87,7 @@ def stats_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) -> L
                 group_id=settings.consumers.stats_group,
                 topics=STATS_TOPICS,
                 handle=StatsCounter(pool).handle,
+                batched=True,
                 metrics=metrics,
                 stop=stop,
                 beat=beat,

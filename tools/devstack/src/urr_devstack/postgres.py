@@ -248,3 +248,20 @@ async def ensure_database(admin_dsn: str, name: str) -> bool:
         return True
     finally:
         await connection.close()
+
+
+async def set_synchronous_commit(admin_dsn: str, name: str, value: str) -> None:
+    """Make ``synchronous_commit`` of every new session on database ``name`` be ``value``.
+
+    Set on the database, not the server: a PostgreSQL the stack reuses keeps its other
+    databases as they are. Applied at every ``up``, so the database always says what the
+    stack's settings say (an earlier ``off`` does not linger after ``on`` is chosen).
+    """
+    if value not in ("on", "off"):
+        raise ValueError(f"synchronous_commit {value!r}: on or off")
+    connection = await asyncpg.connect(admin_dsn, timeout=5)
+    try:
+        quoted = '"' + name.replace('"', '""') + '"'
+        await connection.execute(f"ALTER DATABASE {quoted} SET synchronous_commit = {value}")
+    finally:
+        await connection.close()

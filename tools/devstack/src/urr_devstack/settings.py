@@ -96,6 +96,13 @@ class DevstackSettings(BaseSettings):
 
     postgres_user: str = "postgres"
     postgres_database: str = "urr"
+    #: ``synchronous_commit`` of the stack's database. ``off`` by default: a commit returns
+    #: before its WAL reaches the disk (a crash of the machine loses the last ~0.6 s of
+    #: commits, never consistency). On a shared machine's disk each fsync waited tens of
+    #: milliseconds, and in a flash crowd the booking API's commits queued behind the
+    #: consumers' (docs/performance.md, issue 22 "hops"). The local Kafka keeps its records
+    #: in memory anyway; ``on`` measures the disk too.
+    postgres_synchronous_commit: Literal["on", "off"] = "off"
     #: Folder holding ``initdb`` and ``postgres``; default the newest /usr/lib/postgresql/*/bin.
     postgres_bin_dir: Path | None = None
     #: The OS user a private PostgreSQL runs as when we are root (it refuses to run as root).

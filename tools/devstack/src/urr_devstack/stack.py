@@ -104,6 +104,9 @@ async def provision(
     """The database, topics, queues and tables; each step is a no-op when already done."""
     if await postgres.ensure_database(infra.postgres_admin_dsn, settings.postgres_database):
         say(f"created database {settings.postgres_database}")
+    await postgres.set_synchronous_commit(
+        infra.postgres_admin_dsn, settings.postgres_database, settings.postgres_synchronous_commit
+    )
     created = await kafka_topics.ensure_topics(
         infra.kafka_bootstrap, kafka_topics.TOPICS, settings.kafka_topics
     )

@@ -195,7 +195,14 @@ def create_app(
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+        # No cookie jar: an origin's Set-Cookie belongs to the viewer it answered and goes
+        # back to that viewer only. A shared jar kept it and sent it with every later
+        # request to that origin, any viewer's (compose names the gateway by host name, and
+        # the default jar refuses cookies only from IP addresses); it also cost a cookie
+        # filter per proxied request.
+        async with aiohttp.ClientSession(
+            timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        ) as session:
             app[SESSION_KEY] = session
             yield
 
