@@ -562,6 +562,22 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def repeat_gateway_rows(
+    runs: list[tuple[str, str, list[str], list[int]]], options: argparse.Namespace
+) -> None:
+    """``--rounds``: the gateway rows again, in turn, so that before/after and the GC rows
+    are compared across rounds instead of one pass of a load that drifts (neighbours)."""
+    for number in range(2, options.rounds + 1):
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"round {number}, load average before it: {load} (req/s, P50, P99, CPU us, share)")
+        for name, url, run_headers, pids in runs:
+            result = run_wrk(name, url, options.duration, options.connections, run_headers, pids)
+            print(
+                f"{name:44} {result.requests_per_s:8.0f} {result.p50_ms:7.2f} "
+                f"{result.p99_ms:7.2f} {result.cpu_us_per_request:10.0f} {result.cpu_share:10.2f}"
+            )
+
+
 def keep_profiles(work: Path, into: str) -> None:
     """Copy the raw py-spy stacks into ``into`` (if given), for a closer look than the summary."""
     if not into:
@@ -585,6 +601,7 @@ def main() -> None:
     parser.add_argument(
         "--workers", default="", help="also run URR_WORKERS=N for these N, e.g. 1,2"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="gateway rows this many times")
     parser.add_argument("--keep-profiles", default="", help="copy the raw py-spy stacks here")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument(
@@ -785,6 +802,7 @@ def main() -> None:
             for name, url, run_headers, pids in runs
         ]
         print_results(results, options, load_before, gateway_metrics_port)
+        repeat_gateway_rows(runs[5:], options)  # the first five are the references
         print()
         print(
             profile(
