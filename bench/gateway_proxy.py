@@ -562,6 +562,32 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def repeat_gateway_rows(
+    runs: list[tuple[str, str, list[str], list[int]]], options: argparse.Namespace
+) -> None:
+    """``--rounds``: the gateway rows again, in turn, so that before/after and the GC rows
+    are compared across rounds instead of one pass of a load that drifts (neighbours)."""
+    for number in range(2, options.rounds + 1):
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"round {number}, load average before it: {load} (req/s, P50, P99, CPU us, share)")
+        for name, url, run_headers, pids in runs:
+            result = run_wrk(name, url, options.duration, options.connections, run_headers, pids)
+            print(
+                f"{name:44} {result.requests_per_s:8.0f} {result.p50_ms:7.2f} "
+                f"{result.p99_ms:7.2f} {result.cpu_us_per_request:10.0f} {result.cpu_share:10.2f}"
+            )
+
+
+def keep_profiles(work: Path, into: str) -> None:
+    """Copy the raw py-spy stacks into ``into`` (if given), for a closer look than the summary."""
+    if not into:
+        return
+    kept = Path(into)
+    kept.mkdir(parents=True, exist_ok=True)
+    for raw in work.glob("profile*.txt"):
+        shutil.copy(raw, kept / raw.name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=12)
@@ -575,6 +601,8 @@ def main() -> None:
     parser.add_argument(
         "--workers", default="", help="also run URR_WORKERS=N for these N, e.g. 1,2"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="gateway rows this many times")
+    parser.add_argument("--keep-profiles", default="", help="copy the raw py-spy stacks here")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument(
         "--gc-gen0",
@@ -660,9 +688,18 @@ def main() -> None:
             tuned_port, tuned_pid, _ = start_gateway(1)
             del base_env["URR_HTTP__GC_GEN0_THRESHOLD"]
         before = gateway_source(options.before, work / "before") if options.before else None
-        before_port = before_pid = 0
-        if before is not None:
-            before_port, before_pid, _ = start_gateway(1, before)
+        # (row label, port, pid) of the 'before' revision's gateways: as it is, and with the
+        # GC setting when --gc-gen0 asks for it (its effect on both revisions, same run).
+        before_rows: list[tuple[str, int, int]] = []
+        before_gen0s = [0, options.gc_gen0][: 2 if options.gc_gen0 else 1]
+        for gen0 in before_gen0s if before is not None else []:
+            label = f"gateway before ({options.before})"
+            if gen0:
+                label = f"  before, GC gen0 {gen0} + freeze"
+                base_env["URR_HTTP__GC_GEN0_THRESHOLD"] = str(gen0)
+            port, pid, _ = start_gateway(1, before)
+            base_env.pop("URR_HTTP__GC_GEN0_THRESHOLD", None)
+            before_rows.append((label, port, pid))
         bare = subprocess.Popen(
             [sys.executable, __file__, "--serve-bare-proxy", str(bare_port), upstream],
             stdout=subprocess.DEVNULL,
@@ -722,15 +759,9 @@ def main() -> None:
                 [limited_proxy.pid],
             ),
         ]
-        if before is not None:
-            runs.append(
-                (
-                    f"gateway before ({options.before})",
-                    f"http://127.0.0.1:{before_port}{PATH}",
-                    headers,
-                    [before_pid],
-                )
-            )
+        runs.extend(
+            (label, f"{local}:{port}{PATH}", headers, [pid]) for label, port, pid in before_rows
+        )
         runs.append(
             (
                 f"{GATEWAY_ROW} ({default})",
@@ -771,6 +802,7 @@ def main() -> None:
             for name, url, run_headers, pids in runs
         ]
         print_results(results, options, load_before, gateway_metrics_port)
+        repeat_gateway_rows(runs[5:], options)  # the first five are the references
         print()
         print(
             profile(
@@ -796,6 +828,7 @@ def main() -> None:
     finally:
         stop_all(processes)
         redis.stop()
+        keep_profiles(work, options.keep_profiles)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from urr_gateway.publicserver import PublicServer
+from urr_common.service import metrics_text
+from urr_gateway.publicserver import CLIENT_CLOSED, PublicServer
 
 pytestmark = pytest.mark.integration
 
@@ -302,6 +303,39 @@ async def test_a_client_that_stops_reading_a_download_is_cut(listener):
             break
     assert not server.connections
     writer.close()
+    # The gateway still answers, through the same upstream pool.
+    assert statuses(await exchange(port, get(extra=b"Connection: close\r\n"))) == [200]
+
+
+def requests_counted(text: str, status_class: str) -> float:
+    """``urr_http_requests_total`` of the proxied route in ``status_class`` ("4xx": the
+    metric counts classes), from the exposition."""
+    found = re.findall(
+        rf'urr_http_requests_total{{[^}}]*route="/{{tail:\.\*}}"'
+        rf'[^}}]*status="{status_class}"[^}}]*}} (\S+)',
+        text,
+    )
+    return sum(float(value) for value in found)
+
+
+async def test_a_client_leaving_mid_download_is_counted_499_not_500(listener):
+    """A hang-up is the client's doing: counted as 499 (nginx's "client closed request", in
+    the metric's 4xx class), so an alarm on 5xx does not fire when clients leave."""
+    stack, port, server = listener
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(get("/api/v1/events/download"))
+    await writer.drain()
+    await reader.readexactly(64 * 1024)  # the answer is streaming: its head is out
+    writer.transport.abort()
+    for _ in range(60):
+        await asyncio.sleep(0.05)
+        if not server.connections:
+            break
+    assert not server.connections
+    text = metrics_text(stack.client.app)
+    assert CLIENT_CLOSED // 100 == 4
+    assert requests_counted(text, "4xx") == 1
+    assert requests_counted(text, "5xx") == 0
     # The gateway still answers, through the same upstream pool.
     assert statuses(await exchange(port, get(extra=b"Connection: close\r\n"))) == [200]
 

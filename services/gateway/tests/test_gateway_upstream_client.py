@@ -21,6 +21,7 @@ from urr_gateway.upstream import (
     UpstreamTimeout,
     request_head,
 )
+from urr_gateway.upstream.deadlines import SWEEP_S
 
 MB = 1024 * 1024
 Start = Callable[[web.Application], Awaitable[str]]
@@ -269,9 +270,47 @@ async def test_no_answer_within_the_read_deadline_times_out(start):
 
     client = UpstreamClient({"up": await start(app_of(handler))}, limits(read_timeout_s=0.3))
     try:
+        started = time.monotonic()
         with pytest.raises(UpstreamTimeout):
             await get(client)
+        # One coarse sweep expires the waits: never early, at most a sweep (and a busy
+        # loop's slack) late.
+        assert 0.3 <= time.monotonic() - started < 0.3 + SWEEP_S + 0.25
         # The slot came back: the abandoned connection was closed, not leaked.
+        assert client.pool("up").open_connections == 0
+        # Nothing waits any more: nothing is left to sweep.
+        assert len(client.pool("up").read_deadlines(asyncio.get_running_loop())) == 0
+    finally:
+        await client.close()
+
+
+async def test_the_read_deadline_renews_with_each_piece_and_expires_on_silence(start):
+    """A slow but steady body is not cut (each wait has its own deadline), one that goes
+    silent mid-body is, at its deadline."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 1024
+        await response.prepare(request)
+        for _ in range(4):  # 0.6 s in all, each piece within the 0.3 s deadline
+            await response.write(b"p" * 100)
+            await asyncio.sleep(0.15)
+        await asyncio.sleep(2)  # then silence
+        return response
+
+    client = UpstreamClient({"up": await start(app_of(handler))}, limits(read_timeout_s=0.3))
+    try:
+        response = await client.send("up", "GET", "/", CIMultiDict())
+        pieces: list[bytes] = []
+
+        async def read_all() -> None:
+            while chunk := await response.read_chunk():
+                pieces.append(chunk)
+
+        with pytest.raises(UpstreamTimeout):
+            await read_all()
+        assert sum(map(len, pieces)) == 400
+        response.close()
         assert client.pool("up").open_connections == 0
     finally:
         await client.close()

@@ -424,7 +424,8 @@ class Http1Server:
         self.request_timeout_s = request_timeout_s
         self.keepalive_timeout_s = keepalive_timeout_s
         self.connections: set[Http1Connection[Any]] = set()
-        self.date = formatdate(usegmt=True).encode()
+        self.date_text = formatdate(usegmt=True)
+        self.date = self.date_text.encode()
         self._listener: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         #: Set while closing, once the last connection is gone.
@@ -462,7 +463,8 @@ class Http1Server:
             self._drained.set()
 
     def _sweep(self) -> None:
-        self.date = formatdate(usegmt=True).encode()
+        self.date_text = formatdate(usegmt=True)
+        self.date = self.date_text.encode()
         now = self.loop.time()
         for connection in list(self.connections):
             if connection.deadline is not None and now > connection.deadline:

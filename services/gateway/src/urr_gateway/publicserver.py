@@ -78,7 +78,12 @@ MAX_PIPELINED = 16
 #: A browser's cookies make heads larger than the check API's.
 PUBLIC_MAX_HEAD_BYTES = 32 * 1024
 PUBLIC_MAX_HEADERS = 100
+#: The status a request is counted as when its client left before its answer was written
+#: (nginx's "client closed request"); never sent, only counted.
+CLIENT_CLOSED = 499
 _CATCH_ALL = "/{tail:.*}"
+#: Distinct (status, reason) lines kept; others are rendered per answer.
+_MAX_STATUS_LINES = 64
 _NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING = ("Content-Length", "Transfer-Encoding")
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -376,6 +381,7 @@ class PublicServer(Http1Server):
         self._gateway_metrics = app[GATEWAY_METRICS_KEY]
         self._prepare = tuple(app.on_response_prepare)
         self._health, self._catch_all = _routes(app)
+        self._status_lines: dict[tuple[int, str | None], str] = {}
         #: ``request.host`` of a request without ``Host``, as aiohttp answers it.
         self.hostname = socket.gethostname()
 
@@ -414,8 +420,11 @@ class PublicServer(Http1Server):
     async def _refused(self, exchange: _Exchange, exc: Exception) -> int:
         connection = exchange.connection
         if exchange.head_sent or connection.transport is None:
+            # A client that left (its socket reset or closed, or it stopped reading) is no
+            # server error: counted as 499, so an alarm on 5xx does not fire on hang-ups.
+            left = connection.transport is None or isinstance(exc, ConnectionResetError)
             connection.cut()  # mid-answer: a cut connection is the only honest signal
-            return 500
+            return CLIENT_CLOSED if left else 500
         if isinstance(exc, ClientGone):
             return 400  # the body broke HTTP: the connection's own 400 follows, then closes
         request = cast(web.Request, exchange.request)
@@ -429,7 +438,7 @@ class PublicServer(Http1Server):
             await self._write_whole(exchange, exc.status, None, headers, body)
             return exc.status
         connection.cut()  # the client went away (ConnectionResetError)
-        return 500
+        return CLIENT_CLOSED
 
     async def _whole(self, exchange: _Exchange, response: web.StreamResponse) -> int:
         """Write an aiohttp ``Response`` the app made (a health answer, a problem)."""
@@ -526,16 +535,27 @@ class PublicServer(Http1Server):
         for receiver in self._prepare:
             await receiver(request, cast(web.StreamResponse, prepared))
         if "Date" not in headers:
-            headers["Date"] = self.date.decode()
+            headers["Date"] = self.date_text
         if exchange.connection.closes_after(exchange):
             exchange.close = True
             headers["Connection"] = "close"
         elif exchange.http10:
             headers["Connection"] = "keep-alive"
-        lines = [status_line(status, reason).decode("latin-1")]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-        lines.append("\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+        # Names are ``istr``s: joining them is about half the cost of formatting them.
+        # (never empty: Date is set above).
+        fields = "\r\n".join([": ".join(field) for field in headers.items()])
+        head = f"{self._status_text(status, reason)}{fields}\r\n\r\n"
+        return head.encode("utf-8", "surrogateescape")
+
+    def _status_text(self, status: int, reason: str | None) -> str:
+        """The status line, kept per (status, reason): upstreams send a handful of them."""
+        key = (status, reason)
+        line = self._status_lines.get(key)
+        if line is None:
+            line = status_line(status, reason).decode("latin-1")
+            if len(self._status_lines) < _MAX_STATUS_LINES:  # reasons are the upstream's text
+                self._status_lines[key] = line
+        return line
 
 
 Handler = Callable[[Any], Awaitable[web.StreamResponse]]
@@ -556,4 +576,4 @@ def _routes(app: web.Application) -> tuple[dict[str, Handler], str]:
     return health, catch_all
 
 
-__all__ = ["MAX_PIPELINED", "PublicServer", "Unreadable"]
+__all__ = ["CLIENT_CLOSED", "MAX_PIPELINED", "PublicServer", "Unreadable"]

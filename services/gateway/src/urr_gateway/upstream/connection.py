@@ -45,6 +45,7 @@ class UpstreamResponse:
         "_timeout_s",
         "_waiter",
         "content_length",
+        "deadline",
         "headers",
         "headers_done",
         "reason",
@@ -64,6 +65,8 @@ class UpstreamResponse:
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        #: Loop time the current wait fails at (kept by ``ReadDeadlines``).
+        self.deadline = 0.0
 
     @property
     def complete(self) -> bool:
@@ -107,16 +110,23 @@ class UpstreamResponse:
     async def _wait(self) -> None:
         if self._error is not None:
             raise self._error
-        loop = self._connection.loop
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(self._timeout_s, _expire, waiter)
+        connection = self._connection
+        waiter = self._waiter = connection.loop.create_future()
+        deadlines = connection.deadlines
+        deadlines.watch(self, self._timeout_s)
         try:
             await waiter
         finally:
-            timer.cancel()
+            deadlines.forget(self)
             self._waiter = None
         if self._error is not None:
             raise self._error
+
+    def expire(self) -> None:
+        """The read deadline passed with nothing from the upstream (``ReadDeadlines``)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(UpstreamTimeout("the upstream was silent past the read deadline"))
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -145,17 +155,13 @@ class UpstreamResponse:
             waiter.set_exception(error)
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(UpstreamTimeout("the upstream was silent past the read deadline"))
-
-
 class UpstreamConnection(asyncio.Protocol):
     """The protocol of one pooled connection; the pool owns its life cycle."""
 
     def __init__(self, pool: ConnectionPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.loop = loop
+        self.deadlines = pool.read_deadlines(loop)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         #: Answers completed on this connection (a kept-alive one may be closed under us).

@@ -15,6 +15,7 @@ from collections import deque
 
 from urr_gateway.handover import hand_to_oldest
 from urr_gateway.upstream.connection import UpstreamConnection
+from urr_gateway.upstream.deadlines import ReadDeadlines
 from urr_gateway.upstream.errors import PoolTimeout, UpstreamConnectError
 
 #: What a waiter is handed: a connection to reuse, or ``None``: a slot to open one in.
@@ -49,6 +50,14 @@ class ConnectionPool:
         #: The loop of the first ``acquire`` (``asyncio.get_running_loop`` costs a
         #: ``getpid`` system call per call on Python 3.11); the connections live on it.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: ReadDeadlines | None = None
+
+    def read_deadlines(self, loop: asyncio.AbstractEventLoop) -> ReadDeadlines:
+        """The read deadlines of this pool's answers (its connections all live on ``loop``)."""
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = ReadDeadlines(loop)
+        return deadlines
 
     @property
     def open_connections(self) -> int:
