@@ -58,6 +58,15 @@ from urr_gateway.settings import GatewayHttpSettings
 EVENT_ID = "bench-event"
 #: The row the targets are judged on: the gateway on its default public server.
 GATEWAY_ROW = "URR gateway, every filter"
+#: ``URR_HTTP__GC_GEN0_THRESHOLD``'s default (the settings' own value, mirrored here so a
+#: ``--before`` revision that predates it can be run with it).
+SHIPPED_GC_GEN0 = 20_000
+
+
+def gc_label(gen0: int) -> str:
+    return "GC untuned (gen0 700, no freeze)" if gen0 == 0 else f"GC gen0 {gen0} + freeze"
+
+
 SERVERS = ("protocol", "aiohttp")
 PATH = f"/api/v1/seats/{EVENT_ID}/map"
 
@@ -607,8 +616,12 @@ def main() -> None:
     parser.add_argument(
         "--gc-gen0",
         type=int,
-        default=50_000,
-        help="also run the default gateway with URR_HTTP__GC_GEN0_THRESHOLD=N (0: skip)",
+        default=0,
+        help=(
+            "also run the default gateway with URR_HTTP__GC_GEN0_THRESHOLD=N (default 0: the "
+            f"interpreter's collector, beside the shipped {SHIPPED_GC_GEN0}; -1: skip), and the "
+            f"'before' revision with {SHIPPED_GC_GEN0} beside its own default"
+        ),
     )
     parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-lean-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
@@ -683,7 +696,7 @@ def main() -> None:
         other_port, other_pid, _ = start_gateway(1)
         base_env["URR_HTTP__SERVER"] = default
         tuned_port = tuned_pid = 0
-        if options.gc_gen0:
+        if options.gc_gen0 >= 0:
             base_env["URR_HTTP__GC_GEN0_THRESHOLD"] = str(options.gc_gen0)
             tuned_port, tuned_pid, _ = start_gateway(1)
             del base_env["URR_HTTP__GC_GEN0_THRESHOLD"]
@@ -691,7 +704,7 @@ def main() -> None:
         # (row label, port, pid) of the 'before' revision's gateways: as it is, and with the
         # GC setting when --gc-gen0 asks for it (its effect on both revisions, same run).
         before_rows: list[tuple[str, int, int]] = []
-        before_gen0s = [0, options.gc_gen0][: 2 if options.gc_gen0 else 1]
+        before_gen0s = [0, SHIPPED_GC_GEN0][: 2 if options.gc_gen0 >= 0 else 1]
         for gen0 in before_gen0s if before is not None else []:
             label = f"gateway before ({options.before})"
             if gen0:
@@ -781,7 +794,7 @@ def main() -> None:
         if tuned_pid:
             runs.append(
                 (
-                    f"  {default}, GC gen0 {options.gc_gen0} + freeze",
+                    f"  {default}, {gc_label(options.gc_gen0)}",
                     f"{local}:{tuned_port}{PATH}",
                     headers,
                     [tuned_pid],

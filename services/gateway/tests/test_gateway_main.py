@@ -104,6 +104,9 @@ async def test_workers_share_the_port_and_drain_on_sigterm(redis_url, tmp_path):
         await upstream.close()
     text = (tmp_path / "gateway.log").read_text()
     assert text.count('"event":"stopped"') == 2, text
+    # Each worker tunes its own collector once listening (the default threshold).
+    assert text.count('"event":"gc_tuned"') == 2, text
+    assert text.count('"gen0_threshold":20000') == 2, text
 
 
 async def test_the_internal_listener_serves_the_check_app_and_drains(redis_url):

@@ -23,6 +23,14 @@ def test_defaults():
     assert settings.upstreams.ticket == "http://127.0.0.1:3002"
     assert (settings.internal.host, settings.internal.port) == ("127.0.0.1", 3011)
     assert settings.workers == 1
+    assert (settings.http.server, settings.http.gc_gen0_threshold) == ("protocol", 20_000)
+
+
+@pytest.mark.parametrize("value", ["-1", "1000001", "lots"])
+def test_a_bad_gc_threshold_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv("URR_HTTP__GC_GEN0_THRESHOLD", value)
+    with pytest.raises(SettingsError, match="URR_HTTP__GC_GEN0_THRESHOLD"):
+        load_settings(GatewaySettings)
 
 
 def test_one_nested_variable_keeps_the_other_defaults(monkeypatch):

@@ -400,7 +400,8 @@ async def test_serve_gateway_sheds_by_its_settings_and_spares_its_trusted_proxie
     is."""
     settings = load_settings(
         GatewaySettings,
-        http=GatewayHttpSettings(port=free_port(), server=server),
+        # In this test's own process: leave pytest's collector as it is (no freeze).
+        http=GatewayHttpSettings(port=free_port(), server=server, gc_gen0_threshold=0),
         redis=RedisSettings(url=redis_url),
         access_trust=AccessTrustSettings(jwks_url=None),
         entry_trust=EntryTrustSettings(jwks_url=None),
