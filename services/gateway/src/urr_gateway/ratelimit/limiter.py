@@ -306,13 +306,15 @@ class SlidingWindowLimiter:
         store = self._tenant_store
         result: TenantDecision | None = None
         if store is not None and self._breaker.allow(self._clock()):
+            slots = self._in_flight
             try:
-                await self._in_flight.take()
+                if not slots.take_now():  # no coroutine while a slot is free
+                    await slots.take()
                 try:
                     call = store.tenant_reply(compiled, tenant, cost, quota)
                     reply = await (call if self._store_keeps_budget else self._budget.run(call))
                 finally:
-                    self._in_flight.give_back()
+                    slots.give_back()
                 result = tenant_decision_of_reply(compiled, tenant, reply, cost)
             except (TimeoutError, RedisTimeoutError) as exc:
                 self._on_failure("timeout", exc)

@@ -368,6 +368,11 @@ class PipelinedSlidingLog:
         self._single = self._new_node(acquire, release)
         return self._single
 
+    def _ready_node(self) -> _Node | None:
+        """The one node of a single Redis once made: found without a coroutine per decision
+        (None: ask ``_node_for``)."""
+        return self._single if self._cluster is None else None
+
     async def _node_for(self, tag: bytes) -> _Node:
         if self._cluster is None:
             node = self._single
@@ -447,10 +452,7 @@ class PipelinedSlidingLog:
             command, tag = known
         else:
             command, tag = self._command(encoded, subject, cost, revoked_key)
-        # One node without a cluster: no coroutine to find it.
-        node = self._single if self._cluster is None else None
-        if node is None:
-            node = await self._node_for(tag)
+        node = self._ready_node() or await self._node_for(tag)
         try:
             reply = await node.submit(command, timed=True)
         except NoScriptError:
@@ -507,7 +509,9 @@ class PipelinedSlidingLog:
         command = encode_command(
             b"EVALSHA", self._tenant_sha.encode(), b"%d" % len(keys), *keys, *args
         )
-        node = await self._node_for(b"{" + tenant_subject(tenant).encode() + b"}")
+        node = self._ready_node() or await self._node_for(
+            b"{" + tenant_subject(tenant).encode() + b"}"
+        )
         try:
             reply = await node.submit(command, timed=True)
         except NoScriptError:
@@ -524,7 +528,7 @@ class PipelinedSlidingLog:
         """The reply of one tenant decision on Redis's clock, as it came."""
         self._month = month = current_month(self._month)
         command, tag = self._tenant_command_and_tag(compiled, tenant, cost, quota, month)
-        node = await self._node_for(tag)
+        node = self._ready_node() or await self._node_for(tag)
         try:
             reply: Sequence[int] = await node.submit(command, timed=True)
         except NoScriptError:
