@@ -23,6 +23,9 @@ or the Redis side differs):
 * ``lean``       what a worker serves: the check API's own listener (``checkserver``,
                  asyncio protocol + httptools) in front of the default pipelined limiter;
 * ``lean-window``  the same with ``pipeline_window_us`` = ``--window-us``;
+* ``lean-untuned``  ``lean`` with the interpreter's garbage collector as it is: every other
+                 variant's server tunes it as a gateway worker does once listening
+                 (``server.tune_gc`` with ``URR_HTTP__GC_GEN0_THRESHOLD``'s default);
 * ``pipeline``   the check app on aiohttp's server (before the lean listener), the default
                  limiter: auto-pipelined script calls on a lean connection;
 * ``pipeline-window``  the same with ``pipeline_window_us`` = ``--window-us`` (default 250):
@@ -68,6 +71,7 @@ TICK_S = 0.001
 VARIANTS = (
     "lean",
     "lean-window",
+    "lean-untuned",
     "pipeline",
     "pipeline-window",
     "per_call",
@@ -139,6 +143,8 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int) -> None
     from urr_gateway.checkapi import CHECK_SERVICE_KEY, create_check_app
     from urr_gateway.checkserver import CheckSite
     from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter
+    from urr_gateway.server import tune_gc
+    from urr_gateway.settings import GatewayHttpSettings
 
     redis = Redis.from_url(redis_url, max_connections=64, socket_timeout=0.5)
     registry = CollectorRegistry()
@@ -172,11 +178,13 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int) -> None
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site: web.BaseSite
-    if variant in ("lean", "lean-window", "tenant"):
+    if variant.startswith("lean") or variant == "tenant":
         site = CheckSite(runner, app[CHECK_SERVICE_KEY], "127.0.0.1", port, drain_timeout_s=1)
     else:
         site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
+    # As a worker does once listening (the check listener shares the gateway's process).
+    tune_gc(0 if variant.endswith("-untuned") else GatewayHttpSettings().gc_gen0_threshold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
