@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import asyncpg
@@ -108,3 +109,21 @@ def test_parallel_workers_pick_from_disjoint_residues_which_derived_ports_keep(
     assert not derived["gw0"] & derived["gw1"]
     assert {port % 1000 for port in picked["gw0"]} <= set(range(500))
     assert {port % 1000 for port in picked["gw1"]} <= set(range(500, 1000))
+
+
+def test_free_port_never_hands_out_a_port_another_one_derives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stack's service binds its metrics listener at its port + 1000 only once it starts: a
+    test server picked in between must not get that port (seen in CI: an alert webhook took a
+    stack's metrics port). The draw is forced to offer exactly those ports first."""
+    from urr_devstack import procs
+
+    monkeypatch.setattr(procs, "_HANDED_OUT", set())
+    service = procs.free_port()
+    thousands = service // 1000
+    far = thousands + 5 if thousands + 5 < procs._PICK_TO // 1000 else thousands - 5
+    offered = iter([thousands + 1, thousands + 2, thousands - 1, thousands - 2, far])
+    monkeypatch.setattr(random, "randrange", lambda start, stop: next(offered))
+    monkeypatch.setattr(random, "choice", lambda residues: service % 1000)
+    assert procs.free_port() == far * 1000 + service % 1000

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from urr_devstack.signals import Stopping, never
 
-#: Ports this process has handed out. The kernel may give the same free port to two binds in a
-#: row, and callers pick several ports before starting anything on them, so a port once handed
-#: out is never handed out again by this process.
+#: Ports this process has handed out, with the ports services derive from them. The kernel may
+#: give the same free port to two binds in a row, and callers pick several ports before starting
+#: anything on them, so a port once handed out (or derived) is never handed out again here.
 _HANDED_OUT: set[int] = set()
 
 
@@ -62,11 +62,15 @@ def free_port() -> int:
     while True:
         thousands = random.randrange(_PICK_FROM // 1000, _PICK_TO // 1000)  # noqa: S311
         port = thousands * 1000 + random.choice(residues)  # noqa: S311
-        if port in _HANDED_OUT or not all(
-            _bindable(port + offset) for offset in (0, *_DERIVED_OFFSETS)
+        claimed = [port + offset for offset in (0, *_DERIVED_OFFSETS)]
+        # A port handed out earlier may not be bound yet, nor the ports derived from it: a
+        # test's own server once took a stack's metrics port (its port + 1000) before the
+        # stack bound it, because only the handed-out port itself was remembered.
+        if any(candidate in _HANDED_OUT for candidate in claimed) or not all(
+            _bindable(candidate) for candidate in claimed
         ):
             continue
-        _HANDED_OUT.add(port)
+        _HANDED_OUT.update(claimed)
         return port
 
 
