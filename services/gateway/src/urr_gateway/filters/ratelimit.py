@@ -24,6 +24,7 @@ from urr_common.problems import ProblemError, TooManyRequests, Unauthorized
 from urr_gateway.context import RequestFacts, facts_of, peek, rate_limit_subject, subject_of
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.forwarding import API_KEY_HEADER
+from urr_gateway.prepare import add_sync_receiver
 from urr_gateway.ratelimit.headers import rate_limit_headers, retry_after_seconds
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.limiter import SlidingWindowLimiter
@@ -245,12 +246,17 @@ def decision_headers(request: web.Request) -> dict[str, str] | None:
     return rate_limit_headers(decision) if decision is not None else None
 
 
-async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` signal: the decision's headers on any answer, streamed too."""
+def set_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The decision's headers on an answer being prepared (an upstream's own are kept)."""
     headers = decision_headers(request)
     if headers is not None:
         for name, value in headers.items():
             response.headers.setdefault(name, value)
+
+
+async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` signal: the decision's headers on any answer, streamed too."""
+    set_rate_limit_headers(request, response)
 
 
 #: Set on an application whose own ``on_response_prepare`` receiver already adds the
@@ -262,6 +268,7 @@ def install_rate_limit_headers(app: web.Application) -> None:
     """Register :func:`add_rate_limit_headers` on ``app`` (before it starts)."""
     if not app.get(RATE_LIMIT_HEADERS_INSTALLED, False):
         app.on_response_prepare.append(add_rate_limit_headers)
+        add_sync_receiver(app, add_rate_limit_headers, set_rate_limit_headers)
         app[RATE_LIMIT_HEADERS_INSTALLED] = True
 
 

@@ -93,17 +93,13 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         """Send one request; the answer with its headers in (read its body, then ``close``)."""
         origin = self._origins[upstream]
-        if body is None:
-            framing = "Content-Length: 0\r\n" if method in _BODY_METHODS else ""
-        elif content_length is not None:
-            framing = f"Content-Length: {content_length}\r\n"
-        else:
-            framing = "Transfer-Encoding: chunked\r\n"
+        framing = _framing(method, body is not None, content_length)
         head = request_head(method, target, origin.host_header, headers, framing)
         retryable = body is None and method in _IDEMPOTENT
         pool = origin.pool
         for attempt in range(1, _MAX_ATTEMPTS + 1):
-            connection = await pool.acquire()
+            # A warm idle connection is the common case: taken without a coroutine.
+            connection = pool.take_idle() or await pool.acquire()
             reused = connection.served > 0
             response: UpstreamResponse | None = None
             try:
@@ -116,7 +112,12 @@ class UpstreamClient:
                 if body is not None:
                     await _send_body(connection, body, chunked=content_length is None)
                 connection.request_sent()
-                await response.wait_headers()
+                if not response.headers_done:
+                    # Awaited here rather than through ``wait_headers``: each coroutine
+                    # level between the server and this future is resumed once per answer.
+                    await response.progress()
+                    if not response.headers_done:  # an interim answer's progress: rare
+                        await response.wait_headers()
                 return response
             except RequestBodyError:
                 connection.abandon()
@@ -131,9 +132,20 @@ class UpstreamClient:
                 if not (retryable and reused and stale and attempt < _MAX_ATTEMPTS):
                     raise
             except BaseException:
+                if response is not None:
+                    response.close()  # forgets its read deadline (a cancelled wait)
                 connection.abandon()
                 raise
         raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
+
+
+def _framing(method: str, has_body: bool, content_length: int | None) -> str:
+    """The framing header line of a request (empty: a bodiless method without a body)."""
+    if not has_body:
+        return "Content-Length: 0\r\n" if method in _BODY_METHODS else ""
+    if content_length is not None:
+        return f"Content-Length: {content_length}\r\n"
+    return "Transfer-Encoding: chunked\r\n"
 
 
 def _give_back(connection: UpstreamConnection, reusable: bool) -> None:

@@ -1,0 +1,147 @@
+"""The gateway of another git revision against this tree's, alternating, on a shared machine.
+
+``gateway_proxy.py`` runs every reference target once (nginx, the bare proxies) and the
+gateways a few times; on a machine where neighbours run their own loads the gateways' req/s
+then moves with the neighbours more than with the code. This bench runs only the two
+gateways (every filter, one worker, the same upstream nginx, JWKS and Redis as
+``gateway_proxy.py``), in turn, ``--rounds`` times, and prints each round and the median of
+the per-request CPU time (the gateway process's user + system time over the requests
+answered: what a change in the code moves, whatever share of a core the gateway got), req/s
+and P99 side by side, with the load average of every round. The limiter's decisions that
+fell open (its Redis budget missed on a starved machine: cheaper requests) are printed too,
+per gateway, since they make a run cheaper than a quiet one.
+
+Usage (needs ``wrk`` and ``nginx`` on PATH)::
+
+    PATH=$PWD/.venv/bin:$PATH .venv/bin/python bench/gateway_ab.py --before main \
+        [--rounds 6] [--duration 6] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from gateway_proxy import (
+    BENCH_CATEGORIES,
+    PATH,
+    gateway_source,
+    launch_gateway,
+    run_wrk,
+    start_upstream,
+    stop_all,
+    write_keys_and_sign,
+)
+
+from urr_devstack.procs import RedisServer, free_port, wait_listening
+
+
+def degraded(metrics_port: int) -> float:
+    """Limiter decisions that fell open so far (0 if the gateway has no such metric)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("urr_ratelimit_degraded_decisions_total{")
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--before", default="main", help="git revision run as 'before'")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--duration", type=int, default=6)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for both")
+    options = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not on PATH (apt-get install wrk nginx)")
+    work = Path(tempfile.mkdtemp(prefix="urr-bench-gateway-ab-"))
+    processes: list = []
+    redis = RedisServer(port=free_port(), workdir=work / "redis")
+    try:
+        access_token, entry_token = write_keys_and_sign(work)
+        upstream_port = free_port()
+        processes.append(start_upstream(work, upstream_port))
+        wait_listening("127.0.0.1", upstream_port, 10, "upstream nginx")
+        redis.start()
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        base_env = {
+            **os.environ,
+            "URR_HTTP__USE_UVLOOP": "true",
+            "URR_LOG__LEVEL": "WARNING",
+            "URR_REDIS__URL": redis.url,
+            "URR_UPSTREAMS__AUTH": upstream,
+            "URR_UPSTREAMS__QUEUE": upstream,
+            "URR_UPSTREAMS__TICKET": upstream,
+            "URR_ACCESS_TRUST__JWKS_URL": f"{upstream}/access.json",
+            "URR_ENTRY_TRUST__JWKS_URL": f"{upstream}/entry.json",
+            "URR_RATE_LIMIT__CATEGORIES": BENCH_CATEGORIES,
+            "URR_SHED__REQUESTS_PER_S": "1000000",
+            "URR_SHED__REQUEST_BURST": "1000000",
+        }
+        base_env.update(item.split("=", 1) for item in options.env)
+        headers = [f"Cookie: access_token={access_token}", f"x-queue-entry-token: {entry_token}"]
+        ready = {"Cookie": f"access_token={access_token}", "x-queue-entry-token": entry_token}
+        before_src = gateway_source(options.before, work / "before")
+        if before_src is None:
+            sys.exit(f"cannot extract {options.before}")
+        gateways = []
+        for label, src in ((f"before ({options.before})", before_src), ("this tree", None)):
+            port, pid, metrics_port = launch_gateway(base_env, ready, processes, 1, src)
+            gateways.append((label, port, pid, metrics_port))
+        rows: dict[str, list[tuple[float, float, float]]] = {g[0]: [] for g in gateways}
+        print(f"wrk -t1 -c{options.connections} -d{options.duration}s, {PATH}, alternating")
+        print(
+            f"{'round':5} {'gateway':22} {'req/s':>7} {'P99 ms':>7} {'CPU us/req':>10} "
+            f"{'fell open':>9}  load average"
+        )
+        for number in range(1, options.rounds + 1):
+            order = gateways if number % 2 else list(reversed(gateways))
+            for label, port, pid, metrics_port in order:
+                load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+                opened = degraded(metrics_port)
+                result = run_wrk(
+                    label,
+                    f"http://127.0.0.1:{port}{PATH}",
+                    options.duration,
+                    options.connections,
+                    headers,
+                    [pid],
+                )
+                opened = degraded(metrics_port) - opened
+                rows[label].append(
+                    (result.cpu_us_per_request, result.requests_per_s, result.p99_ms)
+                )
+                print(
+                    f"{number:5} {label:22} {result.requests_per_s:7.0f} {result.p99_ms:7.2f} "
+                    f"{result.cpu_us_per_request:10.1f} {opened:9.0f}  {load}"
+                )
+        print("\nmedians over the rounds (CPU us/req, min, req/s, P99 ms):")
+        for label, values in rows.items():
+            cpu = [v[0] for v in values]
+            print(
+                f"  {label:22} {statistics.median(cpu):7.1f} {min(cpu):7.1f} "
+                f"{statistics.median(v[1] for v in values):8.0f} "
+                f"{statistics.median(v[2] for v in values):7.2f}"
+            )
+    finally:
+        stop_all(processes)
+        redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
