@@ -140,6 +140,8 @@ class _RateLimit:
         headers = rate_limit_headers(decided.decision)
         if not decided.decision.allowed:
             raise _tenant_refusal(decided, headers)
+        if facts is not None:
+            facts.rate_limit_headers = headers  # the pipeline puts them on the answer
         return headers
 
     async def decide(
@@ -177,17 +179,17 @@ class _RateLimit:
         headers = rate_limit_headers(decision)
         if not decision.allowed:
             raise _refusal(decision, headers)
+        if facts is not None:
+            facts.rate_limit_headers = headers  # the pipeline puts them on the answer
         return headers
 
-    async def _step(self, request: web.Request, facts: RequestFacts, category: str) -> None:
-        # The pipeline puts them on the answer, whatever it is.
-        facts.rate_limit_headers = await self.decide(request, facts, category)
-
-    def step(self, request: web.Request, facts: RequestFacts) -> Awaitable[None] | None:
+    def step(self, request: web.Request, facts: RequestFacts) -> Awaitable[object] | None:
         category = self._routing.category_for(request.path)
         if category is None or not self._limiter.settings.enabled:
             return None
-        return self._step(request, facts, category)
+        # ``decide`` itself, not a wrapper coroutine: one level less to resume when the
+        # decision comes back from Redis (it leaves its headers on ``facts``).
+        return self.decide(request, facts, category)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
