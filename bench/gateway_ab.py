@@ -33,6 +33,7 @@ from gateway_proxy import (
     PATH,
     gateway_source,
     launch_gateway,
+    profile,
     run_wrk,
     start_upstream,
     stop_all,
@@ -64,6 +65,10 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=6)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for both")
+    parser.add_argument(
+        "--profile-seconds", type=int, default=0, help="then py-spy each gateway this long"
+    )
+    parser.add_argument("--keep-profiles", default="", help="copy the raw py-spy stacks here")
     options = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -137,6 +142,14 @@ def main() -> None:
                 f"{statistics.median(v[1] for v in values):8.0f} "
                 f"{statistics.median(v[2] for v in values):7.2f}"
             )
+        for label, port, pid, _ in gateways if options.profile_seconds else []:
+            raw = work / f"profile-{'before' if label.startswith('before') else 'after'}.txt"
+            print(f"\n{label}, py-spy under the same load:")
+            url = f"http://127.0.0.1:{port}{PATH}"
+            print(profile(pid, url, options.profile_seconds, options.connections, headers, raw))
+            if options.keep_profiles:
+                Path(options.keep_profiles).mkdir(parents=True, exist_ok=True)
+                shutil.copy(raw, Path(options.keep_profiles) / raw.name)
     finally:
         stop_all(processes)
         redis.stop()
