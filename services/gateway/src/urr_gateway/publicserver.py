@@ -64,7 +64,7 @@ from urr_gateway.publicrequest import (
     GatewayRequest,
     RequestBody,
 )
-from urr_gateway.upstream import UpstreamError
+from urr_gateway.upstream import InvalidHeader, RequestBodyError, UpstreamError
 
 if TYPE_CHECKING:
     from urr_gateway.context import RequestFacts
@@ -484,7 +484,12 @@ class PublicServer(Http1Server):
         exchange.connection.send(head if head_only or not body else head + body)
 
     async def _proxied(self, exchange: _Exchange, routed: web.Request) -> int:
-        answer, upstream = await self._proxy.open(routed)
+        proxy = self._proxy
+        upstream, sending = proxy.start(routed)
+        try:
+            answer = await sending  # ``proxy.open`` inlined: one coroutine level less
+        except (RequestBodyError, InvalidHeader, UpstreamError) as exc:
+            raise proxy.send_failed(upstream, exc) from exc
         try:
             headers = downstream_response_headers(answer.headers)
             headers[REQUEST_ID_HEADER] = exchange.request_id
