@@ -17,14 +17,18 @@ Usage (needs ``wrk`` and ``nginx`` on PATH)::
         [--rounds 6] [--duration 6] [--connections 64]
 """
 
+# ruff: noqa: S603, S607 - a benchmark script running fixed tools (wrk, nginx, valgrind) from PATH
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -33,6 +37,7 @@ from gateway_proxy import (
     PATH,
     gateway_source,
     launch_gateway,
+    parse_wrk,
     profile,
     run_wrk,
     start_upstream,
@@ -58,6 +63,42 @@ def degraded(metrics_port: int) -> float:
     )
 
 
+def callgrind(command: str, pid: int) -> None:
+    subprocess.run(
+        ["callgrind_control", command, str(pid)], check=True, capture_output=True, timeout=120
+    )
+
+
+def instructions_per_request(
+    label: str, port: int, pid: int, out: Path, options: argparse.Namespace, headers: list[str]
+) -> tuple[float, int]:
+    """One round under callgrind: zero its counters, count instructions while wrk runs, dump;
+    (instructions per request, requests). The few requests in flight at either edge are
+    the error (at most ``--connections`` of them)."""
+    args = ["wrk", "-t1", f"-c{options.connections}", f"-d{options.duration}s", "--latency"]
+    for header in headers:
+        args += ["-H", header]
+    url = f"http://127.0.0.1:{port}{PATH}"
+    before = set(out.parent.glob(f"{out.name}*"))
+    callgrind("-z", pid)
+    callgrind("--instr=on", pid)
+    output = subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
+    callgrind("--instr=off", pid)
+    callgrind("-d", pid)
+    deadline = time.monotonic() + 60
+    while not (dumps := set(out.parent.glob(f"{out.name}*")) - before):
+        if time.monotonic() > deadline:
+            raise RuntimeError("callgrind wrote no dump")
+        time.sleep(0.2)
+    time.sleep(0.5)
+    dump = max(dumps, key=lambda path: path.stat().st_mtime)
+    totals = re.search(r"^(?:totals|summary): (\d+)", dump.read_text(), re.MULTILINE)
+    requests = parse_wrk(label, output).requests
+    if totals is None or not requests:
+        raise RuntimeError(f"no totals in {dump} or no requests")
+    return int(totals.group(1)) / requests, requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--before", default="main", help="git revision run as 'before'")
@@ -69,6 +110,13 @@ def main() -> None:
         "--profile-seconds", type=int, default=0, help="then py-spy each gateway this long"
     )
     parser.add_argument("--keep-profiles", default="", help="copy the raw py-spy stacks here")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="run both gateways under valgrind's callgrind and count instructions per "
+        "request instead of CPU time (independent of what else runs; set --connections "
+        "low, e.g. 4, and --duration long, e.g. 20, since the gateway runs ~50x slower)",
+    )
     options = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -105,8 +153,22 @@ def main() -> None:
             sys.exit(f"cannot extract {options.before}")
         gateways = []
         for label, src in ((f"before ({options.before})", before_src), ("this tree", None)):
-            port, pid, metrics_port = launch_gateway(base_env, ready, processes, 1, src)
+            prefix: tuple[str, ...] = ()
+            if options.callgrind:
+                out = work / f"callgrind-{len(gateways)}.out"
+                prefix = (
+                    "valgrind",
+                    "--tool=callgrind",
+                    "--instr-atstart=no",
+                    f"--callgrind-out-file={out}",
+                )
+            port, pid, metrics_port = launch_gateway(
+                base_env, ready, processes, 1, src, prefix, 600 if options.callgrind else 90
+            )
             gateways.append((label, port, pid, metrics_port))
+        if options.callgrind:
+            count_instructions(gateways, work, options, headers)
+            return
         rows: dict[str, list[tuple[float, float, float]]] = {g[0]: [] for g in gateways}
         print(f"wrk -t1 -c{options.connections} -d{options.duration}s, {PATH}, alternating")
         print(
@@ -154,6 +216,32 @@ def main() -> None:
         stop_all(processes)
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def count_instructions(
+    gateways: list[tuple[str, int, int, int]],
+    work: Path,
+    options: argparse.Namespace,
+    headers: list[str],
+) -> None:
+    print(f"callgrind, wrk -t1 -c{options.connections} -d{options.duration}s, {PATH}, alternating")
+    print(f"{'round':5} {'gateway':22} {'instructions/request':>20} {'requests':>8}  load")
+    rows: dict[str, list[float]] = {g[0]: [] for g in gateways}
+    for number in range(1, options.rounds + 1):
+        order = gateways if number % 2 else list(reversed(gateways))
+        for label, port, pid, _ in order:
+            index = [g[0] for g in gateways].index(label)
+            load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            per_request, requests = instructions_per_request(
+                label, port, pid, work / f"callgrind-{index}.out", options, headers
+            )
+            rows[label].append(per_request)
+            print(f"{number:5} {label:22} {per_request:20,.0f} {requests:8}  {load}")
+    print("\nmedian instructions per request:")
+    base = statistics.median(next(iter(rows.values())))
+    for label, values in rows.items():
+        median = statistics.median(values)
+        print(f"  {label:22} {median:14,.0f}  ({median / base:.3f}x)")
 
 
 if __name__ == "__main__":

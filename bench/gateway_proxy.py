@@ -514,9 +514,12 @@ def launch_gateway(
     processes: list[subprocess.Popen[bytes]],
     workers: int,
     pythonpath: Path | None = None,
+    command_prefix: tuple[str, ...] = (),
+    ready_timeout_s: float = 90,
 ) -> tuple[int, int, int]:
     """Start ``python -m urr_gateway`` with ``workers`` workers; ``(port, pid, metrics port)``
-    once ready (a gateway from before the metrics listener ignores that setting)."""
+    once ready (a gateway from before the metrics listener ignores that setting).
+    ``command_prefix``: a tool to run it under (valgrind)."""
     port, metrics_port = free_port(), free_port()
     env = {
         **base_env,
@@ -528,10 +531,10 @@ def launch_gateway(
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     process = subprocess.Popen(
-        [sys.executable, "-m", "urr_gateway"], env=env, stdout=subprocess.DEVNULL
+        [*command_prefix, sys.executable, "-m", "urr_gateway"], env=env, stdout=subprocess.DEVNULL
     )
     processes.append(process)
-    wait_http(f"http://127.0.0.1:{port}{PATH}", 90, ready_headers)
+    wait_http(f"http://127.0.0.1:{port}{PATH}", ready_timeout_s, ready_headers)
     return port, process.pid, metrics_port
 
 

@@ -143,6 +143,7 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     __slots__ = (
         "_body_buffered",
         "_drain_waiter",
+        "_idle_waiter",
         "_pairs",
         "_peer",
         "_queue",
@@ -161,6 +162,8 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         self._peer: str | None = None
         #: The task answering the queue (held: the loop keeps only a weak reference).
         self._worker: asyncio.Task[None] | None = None
+        #: What the worker waits on between requests (set by the next request's head).
+        self._idle_waiter: asyncio.Future[None] | None = None
 
     # --- asyncio protocol ------------------------------------------------------------------
 
@@ -173,6 +176,7 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         super().connection_lost(exc)
         self.stopped_reading()
         self._wake_drain()
+        self._wake_worker()  # to end: nothing more will be read
 
     def eof_received(self) -> bool | None:
         # The client will send nothing more: answer what was read, then close.
@@ -235,6 +239,8 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
             self.pause_reading()
         if self._worker is None:
             self._worker = self.server.loop.create_task(self._work())
+        else:
+            self._wake_worker()
 
     def on_body(self, body: bytes) -> None:
         reading = self._reading
@@ -328,26 +334,40 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     # --- serving, one request at a time ------------------------------------------------------
 
     async def _work(self) -> None:
-        """Answer the queue (one coroutine: every level of the await chain is resumed once
-        per suspension of the request, so the task runs ``serve`` directly)."""
+        """Answer the queue, then wait for the connection's next request while more may
+        come: one task per connection rather than one per request (a task costs more to
+        create than a future to wake). One coroutine: every level of the await chain is
+        resumed once per suspension of the request, so the task runs ``serve`` directly."""
         queue = self._queue
         serve = self.server.serve
+        loop = self.server.loop
         try:
-            while queue:
-                exchange = queue[0]
-                try:
-                    await serve(exchange)
-                except Exception:  # serve answers everything it can; this is a bug: log, cut
-                    _LOG.exception("public_server_error")
-                    self.cut()
-                finally:
-                    queue.popleft()
-                    self._finish(exchange)
-                if self.transport is None:
-                    queue.clear()
+            while True:
+                while queue:
+                    exchange = queue[0]
+                    try:
+                        await serve(exchange)
+                    except Exception:  # serve answers everything it can; a bug: log, cut
+                        _LOG.exception("public_server_error")
+                        self.cut()
+                    finally:
+                        queue.popleft()
+                        self._finish(exchange)
+                    if self.transport is None:
+                        queue.clear()
+                        return
+                if self._stopped:  # no request will follow (connection_lost sets it too)
                     return
+                waiter = self._idle_waiter = loop.create_future()
+                await waiter
         finally:
             self._worker = None
+            self._idle_waiter = None
+
+    def _wake_worker(self) -> None:
+        waiter, self._idle_waiter = self._idle_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _finish(self, exchange: _Exchange) -> None:
         answer = exchange.answer
