@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway_proxy import (
@@ -69,20 +70,15 @@ def callgrind(command: str, pid: int) -> None:
     )
 
 
-def instructions_per_request(
-    label: str, port: int, pid: int, out: Path, options: argparse.Namespace, headers: list[str]
-) -> tuple[float, int]:
-    """One round under callgrind: zero its counters, count instructions while wrk runs, dump;
-    (instructions per request, requests). The few requests in flight at either edge are
-    the error (at most ``--connections`` of them)."""
-    args = ["wrk", "-t1", f"-c{options.connections}", f"-d{options.duration}s", "--latency"]
-    for header in headers:
-        args += ["-H", header]
-    url = f"http://127.0.0.1:{port}{PATH}"
+def counted(pid: int, out: Path, during: Callable[[], str]) -> tuple[int, float, str]:
+    """Instructions the gateway ran while ``during`` ran (zeroed, counted, dumped), the
+    seconds it took and what it returned."""
     before = set(out.parent.glob(f"{out.name}*"))
     callgrind("-z", pid)
     callgrind("--instr=on", pid)
-    output = subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
+    started = time.monotonic()
+    result = during()
+    elapsed = time.monotonic() - started
     callgrind("--instr=off", pid)
     callgrind("-d", pid)
     deadline = time.monotonic() + 60
@@ -92,11 +88,36 @@ def instructions_per_request(
         time.sleep(0.2)
     time.sleep(0.5)
     dump = max(dumps, key=lambda path: path.stat().st_mtime)
-    totals = re.search(r"^(?:totals|summary): (\d+)", dump.read_text(), re.MULTILINE)
+    totals = re.search(r"^totals: (\d+)", dump.read_text(), re.MULTILINE)
+    if totals is None:
+        raise RuntimeError(f"no totals in {dump}")
+    return int(totals.group(1)), elapsed, result
+
+
+def instructions_per_request(
+    label: str, port: int, pid: int, out: Path, options: argparse.Namespace, headers: list[str]
+) -> tuple[float, int, float]:
+    """One round under callgrind: the instructions of an idle stretch as long as the run
+    (timers, sweeps: what the gateway spends per second whatever comes), then of the run;
+    (instructions per request net of the idle rate, requests, idle instructions per s).
+    Under valgrind a request costs ~50x its time, so the per-second costs would otherwise
+    weigh on a few hundred requests. The few requests in flight at either edge of the run
+    are the remaining error (at most ``--connections`` of them)."""
+    args = ["wrk", "-t1", f"-c{options.connections}", f"-d{options.duration}s", "--latency"]
+    for header in headers:
+        args += ["-H", header]
+    url = f"http://127.0.0.1:{port}{PATH}"
+    idle, idle_s, _ = counted(pid, out, lambda: str(time.sleep(options.duration)))
+    rate = idle / idle_s
+
+    def load() -> str:
+        return subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
+
+    busy, busy_s, output = counted(pid, out, load)
     requests = parse_wrk(label, output).requests
-    if totals is None or not requests:
-        raise RuntimeError(f"no totals in {dump} or no requests")
-    return int(totals.group(1)) / requests, requests
+    if not requests:
+        raise RuntimeError("no requests answered")
+    return (busy - rate * busy_s) / requests, requests, rate
 
 
 def main() -> None:
@@ -225,18 +246,24 @@ def count_instructions(
     headers: list[str],
 ) -> None:
     print(f"callgrind, wrk -t1 -c{options.connections} -d{options.duration}s, {PATH}, alternating")
-    print(f"{'round':5} {'gateway':22} {'instructions/request':>20} {'requests':>8}  load")
+    print(
+        f"{'round':5} {'gateway':22} {'instructions/request':>20} {'requests':>8} "
+        f"{'idle instr/s':>14}  load"
+    )
     rows: dict[str, list[float]] = {g[0]: [] for g in gateways}
     for number in range(1, options.rounds + 1):
         order = gateways if number % 2 else list(reversed(gateways))
         for label, port, pid, _ in order:
             index = [g[0] for g in gateways].index(label)
             load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-            per_request, requests = instructions_per_request(
+            per_request, requests, idle_rate = instructions_per_request(
                 label, port, pid, work / f"callgrind-{index}.out", options, headers
             )
             rows[label].append(per_request)
-            print(f"{number:5} {label:22} {per_request:20,.0f} {requests:8}  {load}")
+            print(
+                f"{number:5} {label:22} {per_request:20,.0f} {requests:8} "
+                f"{idle_rate:14,.0f}  {load}"
+            )
     print("\nmedian instructions per request:")
     base = statistics.median(next(iter(rows.values())))
     for label, values in rows.items():

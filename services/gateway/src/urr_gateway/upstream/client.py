@@ -179,10 +179,13 @@ def request_head(
     fields = [
         ": ".join(field) for field in headers.items() if field[0].lower() not in _CLIENT_OWNED
     ]
+    # Every piece the client, a filter or a setting supplied, run together: one CR or LF in
+    # any of them would split a line. ``in`` finds a character with memchr; ``str.count``
+    # (the earlier check, on the whole head) walks it character by character, twice, which
+    # cost more than building the head.
+    plain = "".join([*fields, method, target, host])
+    if "\n" in plain or "\r" in plain:
+        raise InvalidHeader("a header name or value contains CR or LF")
     fields.append(framing)
     text = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n" + "\r\n".join(fields) + "\r\n"
-    # A CR LF each: the request line, Host, every field, the empty line, and framing's own.
-    expected = len(fields) + 2 + (1 if framing else 0)
-    if text.count("\n") != expected or text.count("\r") != expected:
-        raise InvalidHeader("a header name or value contains CR or LF")
     return text.encode("utf-8", "surrogateescape")
