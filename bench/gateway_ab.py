@@ -21,7 +21,6 @@ Usage (needs ``wrk`` and ``nginx`` on PATH)::
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
@@ -34,11 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway_proxy import (
-    BENCH_CATEGORIES,
     PATH,
+    gateway_env,
     gateway_source,
     launch_gateway,
-    parse_wrk,
     profile,
     run_wrk,
     start_upstream,
@@ -49,19 +47,28 @@ from gateway_proxy import (
 from urr_devstack.procs import RedisServer, free_port, wait_listening
 
 
-def degraded(metrics_port: int) -> float:
-    """Limiter decisions that fell open so far (0 if the gateway has no such metric)."""
+def metric_sum(metrics_port: int, prefix: str, timeout_s: float = 5) -> float:
+    """The sum of the gateway's samples whose line starts with ``prefix`` (0 if none)."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        with urllib.request.urlopen(url, timeout=timeout_s) as answer:
             text = answer.read().decode()
     except OSError:
         return 0.0
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("urr_ratelimit_degraded_decisions_total{")
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
     )
+
+
+def degraded(metrics_port: int) -> float:
+    """Limiter decisions that fell open so far (0 if the gateway has no such metric)."""
+    return metric_sum(metrics_port, "urr_ratelimit_degraded_decisions_total{")
+
+
+def answered(metrics_port: int) -> int:
+    """Requests the gateway has answered so far, by its own counter (scraped while its
+    instructions are not being counted)."""
+    return int(metric_sum(metrics_port, "urr_http_requests_total{", timeout_s=60))
 
 
 def callgrind(command: str, pid: int) -> None:
@@ -95,15 +102,17 @@ def counted(pid: int, out: Path, during: Callable[[], str]) -> tuple[int, float,
 
 
 def instructions_per_request(
-    label: str, port: int, pid: int, out: Path, options: argparse.Namespace, headers: list[str]
+    gateway: tuple[str, int, int, int], out: Path, options: argparse.Namespace, headers: list[str]
 ) -> tuple[float, int, float]:
     """One round under callgrind: the instructions of an idle stretch as long as the run
     (timers, sweeps: what the gateway spends per second whatever comes), then of the run;
     (instructions per request net of the idle rate, requests, idle instructions per s).
     Under valgrind a request costs ~50x its time, so the per-second costs would otherwise
     weigh on a few hundred requests. The few requests in flight at either edge of the run
-    are the remaining error (at most ``--connections`` of them)."""
-    args = ["wrk", "-t1", f"-c{options.connections}", f"-d{options.duration}s", "--latency"]
+    are the remaining error (at most ``--connections`` of them): the requests are counted by
+    the gateway's own metric, since wrk leaves out those that outlive its timeout."""
+    _, port, pid, metrics_port = gateway
+    args = ["wrk", "-t1", f"-c{options.connections}", f"-d{options.duration}s", "--timeout", "60s"]
     for header in headers:
         args += ["-H", header]
     url = f"http://127.0.0.1:{port}{PATH}"
@@ -113,8 +122,9 @@ def instructions_per_request(
     def load() -> str:
         return subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
 
-    busy, busy_s, output = counted(pid, out, load)
-    requests = parse_wrk(label, output).requests
+    first = answered(metrics_port)
+    busy, busy_s, _ = counted(pid, out, load)
+    requests = answered(metrics_port) - first
     if not requests:
         raise RuntimeError("no requests answered")
     return (busy - rate * busy_s) / requests, requests, rate
@@ -152,20 +162,7 @@ def main() -> None:
         wait_listening("127.0.0.1", upstream_port, 10, "upstream nginx")
         redis.start()
         upstream = f"http://127.0.0.1:{upstream_port}"
-        base_env = {
-            **os.environ,
-            "URR_HTTP__USE_UVLOOP": "true",
-            "URR_LOG__LEVEL": "WARNING",
-            "URR_REDIS__URL": redis.url,
-            "URR_UPSTREAMS__AUTH": upstream,
-            "URR_UPSTREAMS__QUEUE": upstream,
-            "URR_UPSTREAMS__TICKET": upstream,
-            "URR_ACCESS_TRUST__JWKS_URL": f"{upstream}/access.json",
-            "URR_ENTRY_TRUST__JWKS_URL": f"{upstream}/entry.json",
-            "URR_RATE_LIMIT__CATEGORIES": BENCH_CATEGORIES,
-            "URR_SHED__REQUESTS_PER_S": "1000000",
-            "URR_SHED__REQUEST_BURST": "1000000",
-        }
+        base_env = gateway_env(redis.url, upstream)
         base_env.update(item.split("=", 1) for item in options.env)
         headers = [f"Cookie: access_token={access_token}", f"x-queue-entry-token: {entry_token}"]
         ready = {"Cookie": f"access_token={access_token}", "x-queue-entry-token": entry_token}
@@ -253,11 +250,11 @@ def count_instructions(
     rows: dict[str, list[float]] = {g[0]: [] for g in gateways}
     for number in range(1, options.rounds + 1):
         order = gateways if number % 2 else list(reversed(gateways))
-        for label, port, pid, _ in order:
+        for label, port, pid, metrics_port in order:
             index = [g[0] for g in gateways].index(label)
             load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
             per_request, requests, idle_rate = instructions_per_request(
-                label, port, pid, work / f"callgrind-{index}.out", options, headers
+                (label, port, pid, metrics_port), work / f"callgrind-{index}.out", options, headers
             )
             rows[label].append(per_request)
             print(

@@ -47,7 +47,6 @@ from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
 from urr_gateway.forwarding import downstream_response_headers
 from urr_gateway.http1 import (
-    HEAD_TOO_LARGE,
     Answer,
     Http1Connection,
     Http1Server,
@@ -196,14 +195,7 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         super().on_message_begin()
         self._pairs = []
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # ``Http1Connection.on_header`` and its ``header`` hook in one call (the parser calls
-        # this for every field of every request).
-        self._fields += 1
-        if self._fields > self.max_headers:
-            raise Unreadable(HEAD_TOO_LARGE)
-        if self._inbound_id is None and len(name) == 12 and name.lower() == b"x-request-id":
-            self._inbound_id = value
+    def header(self, name: bytes, value: bytes) -> None:
         # As aiohttp decodes them: the same bytes make the same header for every step.
         self._pairs.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
