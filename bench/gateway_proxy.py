@@ -508,15 +508,40 @@ def write_keys_and_sign(work: Path) -> tuple[str, str]:
     return access_token, entry_token
 
 
+def gateway_env(redis_url: str, upstream: str) -> dict[str, str]:
+    """The gateway's environment: every upstream and both JWKS on the static nginx, the
+    benchmark's rate-limit categories, a private Redis."""
+    return {
+        **os.environ,
+        "URR_HTTP__USE_UVLOOP": "true",
+        "URR_LOG__LEVEL": "WARNING",
+        "URR_REDIS__URL": redis_url,
+        "URR_UPSTREAMS__AUTH": upstream,
+        "URR_UPSTREAMS__QUEUE": upstream,
+        "URR_UPSTREAMS__TICKET": upstream,
+        "URR_ACCESS_TRUST__JWKS_URL": f"{upstream}/access.json",
+        "URR_ENTRY_TRUST__JWKS_URL": f"{upstream}/entry.json",
+        "URR_RATE_LIMIT__CATEGORIES": BENCH_CATEGORIES,
+        # wrk is one address: the per-address shedder (on, as deployed) is given a budget
+        # wrk never reaches, so its cost is measured, not its refusals (compare with
+        # --env URR_SHED__ENABLED=false).
+        "URR_SHED__REQUESTS_PER_S": "1000000",
+        "URR_SHED__REQUEST_BURST": "1000000",
+    }
+
+
 def launch_gateway(
     base_env: dict[str, str],
     ready_headers: dict[str, str],
     processes: list[subprocess.Popen[bytes]],
     workers: int,
     pythonpath: Path | None = None,
+    command_prefix: tuple[str, ...] = (),
+    ready_timeout_s: float = 90,
 ) -> tuple[int, int, int]:
     """Start ``python -m urr_gateway`` with ``workers`` workers; ``(port, pid, metrics port)``
-    once ready (a gateway from before the metrics listener ignores that setting)."""
+    once ready (a gateway from before the metrics listener ignores that setting).
+    ``command_prefix``: a tool to run it under (valgrind)."""
     port, metrics_port = free_port(), free_port()
     env = {
         **base_env,
@@ -528,10 +553,10 @@ def launch_gateway(
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     process = subprocess.Popen(
-        [sys.executable, "-m", "urr_gateway"], env=env, stdout=subprocess.DEVNULL
+        [*command_prefix, sys.executable, "-m", "urr_gateway"], env=env, stdout=subprocess.DEVNULL
     )
     processes.append(process)
-    wait_http(f"http://127.0.0.1:{port}{PATH}", 90, ready_headers)
+    wait_http(f"http://127.0.0.1:{port}{PATH}", ready_timeout_s, ready_headers)
     return port, process.pid, metrics_port
 
 
@@ -660,23 +685,7 @@ def main() -> None:
         wait_listening("127.0.0.1", nginx_port, 10, "proxy nginx")
         redis.start()
         upstream = f"http://127.0.0.1:{upstream_port}"
-        base_env = {
-            **os.environ,
-            "URR_HTTP__USE_UVLOOP": "true",
-            "URR_LOG__LEVEL": "WARNING",
-            "URR_REDIS__URL": redis.url,
-            "URR_UPSTREAMS__AUTH": upstream,
-            "URR_UPSTREAMS__QUEUE": upstream,
-            "URR_UPSTREAMS__TICKET": upstream,
-            "URR_ACCESS_TRUST__JWKS_URL": f"{upstream}/access.json",
-            "URR_ENTRY_TRUST__JWKS_URL": f"{upstream}/entry.json",
-            "URR_RATE_LIMIT__CATEGORIES": BENCH_CATEGORIES,
-            # wrk is one address: the per-address shedder (on, as deployed) is given a budget
-            # wrk never reaches, so its cost is measured, not its refusals (compare with
-            # --env URR_SHED__ENABLED=false).
-            "URR_SHED__REQUESTS_PER_S": "1000000",
-            "URR_SHED__REQUEST_BURST": "1000000",
-        }
+        base_env = gateway_env(redis.url, upstream)
         base_env.update(item.split("=", 1) for item in options.env)
         headers = [f"Cookie: access_token={access_token}", f"x-queue-entry-token: {entry_token}"]
         ready_headers = {

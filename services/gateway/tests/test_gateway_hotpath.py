@@ -82,6 +82,18 @@ def test_request_head_refuses_line_breaks_anywhere_it_would_split_the_head() -> 
             request_head(method, target, host, CIMultiDict(), "")
 
 
+def test_request_head_writes_its_own_framing_whatever_the_case_of_the_callers() -> None:
+    for name in ("content-length", "Transfer-Encoding", "CONNECTION", "hOsT"):
+        sent = CIMultiDict([("Accept", "*/*"), (name, "7"), ("X-B", "1")])
+        assert request_head("POST", "/", "up", sent, "Content-Length: 2\r\n") == (
+            b"POST / HTTP/1.1\r\nHost: up\r\nAccept: */*\r\nX-B: 1\r\nContent-Length: 2\r\n\r\n"
+        )
+    plain = CIMultiDict([("Accept", "*/*"), ("X-B", "1")])  # nothing to drop: the fast path
+    assert request_head("GET", "/", "up", plain, "") == (
+        b"GET / HTTP/1.1\r\nHost: up\r\nAccept: */*\r\nX-B: 1\r\n\r\n"
+    )
+
+
 def test_connection_listed_headers_are_dropped_both_ways_with_the_set_cached() -> None:
     answer = CIMultiDict(
         [("Connection", "keep-alive, X-Secret"), ("X-Secret", "1"), ("Keep-Alive", "t=5"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -192,6 +192,18 @@ class UpstreamProxy:
     async def open(self, request: web.Request) -> tuple[UpstreamResponse, Upstream]:
         """Send the request upstream; the answer with its headers in (the caller reads its
         body and closes it), or the problem that answers the client instead."""
+        upstream, sending = self.start(request)
+        try:
+            answer = await sending
+        except (RequestBodyError, InvalidHeader, UpstreamError) as exc:
+            raise self.send_failed(upstream, exc) from exc
+        return answer, upstream
+
+    def start(self, request: web.Request) -> tuple[Upstream, Awaitable[UpstreamResponse]]:
+        """``open`` without its own coroutine: the upstream and the client's ``send`` to
+        await, whose failures ``send_failed`` turns into problems (the protocol server
+        awaits it directly, one level less to resume when the answer's headers come).
+        Raises the problem answering a request that must not go upstream."""
         match, query, path, headers, identity = _request_parts(request)
         if match is None or match.route.upstream is None:
             raise NotFound("no API route matches this path", code="route_not_found")
@@ -218,24 +230,26 @@ class UpstreamProxy:
                 path=target.partition("?")[0],
             )
         body = self._client_body(request) if request.body_exists else None
-        try:
-            answer = await self._client().send(
-                upstream, request.method, target, headers, body, length
-            )
-        except RequestBodyError as exc:
+        return upstream, self._client().send(
+            upstream, request.method, target, headers, body, length
+        )
+
+    def send_failed(self, upstream: Upstream, exc: Exception) -> BaseException:
+        """What to raise instead of ``exc``, an exception of ``start``'s send."""
+        if isinstance(exc, RequestBodyError):
             if isinstance(exc.cause, _BodyTooLarge):
-                raise self._too_large() from exc
+                return self._too_large()
             if isinstance(exc.cause, _BodyTooSlow):
                 self._metrics.upstream_errors.labels(upstream, "client_body_timeout").inc()
-                raise RequestTimeout(
+                return RequestTimeout(
                     "the request body did not arrive in time", headers={"Connection": "close"}
-                ) from exc
-            raise exc.cause from exc  # the client went away mid-upload
-        except InvalidHeader as exc:
-            raise BadRequest(str(exc), code="invalid_header") from exc
-        except UpstreamError as exc:
-            raise self._upstream_problem(upstream, exc) from exc
-        return answer, upstream
+                )
+            return exc.cause  # the client went away mid-upload
+        if isinstance(exc, InvalidHeader):
+            return BadRequest(str(exc), code="invalid_header")
+        if isinstance(exc, UpstreamError):
+            return self._upstream_problem(upstream, exc)
+        return exc
 
     def _upstream_problem(self, upstream: Upstream, exc: UpstreamError) -> ProblemError:
         """The problem answering an upstream failure (before the answer started), counted."""

@@ -41,6 +41,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from urr_common.logs import get_logger, start_request_context
+from urr_common.metrics import adder
 from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_KEY
 from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
@@ -52,6 +53,7 @@ from urr_gateway.http1 import (
     Unreadable,
     status_line,
 )
+from urr_gateway.prepare import sync_receivers
 from urr_gateway.proxy import _SMALL_BODY_BYTES
 from urr_gateway.publicrequest import (
     BODY_HIGH_WATER,
@@ -61,7 +63,7 @@ from urr_gateway.publicrequest import (
     GatewayRequest,
     RequestBody,
 )
-from urr_gateway.upstream import UpstreamError
+from urr_gateway.upstream import InvalidHeader, RequestBodyError, UpstreamError
 
 if TYPE_CHECKING:
     from urr_gateway.context import RequestFacts
@@ -140,6 +142,7 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     __slots__ = (
         "_body_buffered",
         "_drain_waiter",
+        "_idle_waiter",
         "_pairs",
         "_peer",
         "_queue",
@@ -158,6 +161,8 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         self._peer: str | None = None
         #: The task answering the queue (held: the loop keeps only a weak reference).
         self._worker: asyncio.Task[None] | None = None
+        #: What the worker waits on between requests (set by the next request's head).
+        self._idle_waiter: asyncio.Future[None] | None = None
 
     # --- asyncio protocol ------------------------------------------------------------------
 
@@ -170,6 +175,7 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         super().connection_lost(exc)
         self.stopped_reading()
         self._wake_drain()
+        self._wake_worker()  # to end: nothing more will be read
 
     def eof_received(self) -> bool | None:
         # The client will send nothing more: answer what was read, then close.
@@ -225,6 +231,8 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
             self.pause_reading()
         if self._worker is None:
             self._worker = self.server.loop.create_task(self._work())
+        else:
+            self._wake_worker()
 
     def on_body(self, body: bytes) -> None:
         reading = self._reading
@@ -318,26 +326,40 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     # --- serving, one request at a time ------------------------------------------------------
 
     async def _work(self) -> None:
+        """Answer the queue, then wait for the connection's next request while more may
+        come: one task per connection rather than one per request (a task costs more to
+        create than a future to wake). One coroutine: every level of the await chain is
+        resumed once per suspension of the request, so the task runs ``serve`` directly."""
+        queue = self._queue
+        serve = self.server.serve
+        loop = self.server.loop
         try:
-            await self._answer_queue()
+            while True:
+                while queue:
+                    exchange = queue[0]
+                    try:
+                        await serve(exchange)
+                    except Exception:  # serve answers everything it can; a bug: log, cut
+                        _LOG.exception("public_server_error")
+                        self.cut()
+                    finally:
+                        queue.popleft()
+                        self._finish(exchange)
+                    if self.transport is None:
+                        queue.clear()
+                        return
+                if self._stopped:  # no request will follow (connection_lost sets it too)
+                    return
+                waiter = self._idle_waiter = loop.create_future()
+                await waiter
         finally:
             self._worker = None
+            self._idle_waiter = None
 
-    async def _answer_queue(self) -> None:
-        queue = self._queue
-        while queue:
-            exchange = queue[0]
-            try:
-                await self.server.serve(exchange)
-            except Exception:  # serve answers everything it can; this is a bug: log, cut
-                _LOG.exception("public_server_error")
-                self.cut()
-            finally:
-                queue.popleft()
-                self._finish(exchange)
-            if self.transport is None:
-                queue.clear()
-                return
+    def _wake_worker(self) -> None:
+        waiter, self._idle_waiter = self._idle_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _finish(self, exchange: _Exchange) -> None:
         answer = exchange.answer
@@ -378,8 +400,12 @@ class PublicServer(Http1Server):
         self._steps = steps
         self._proxy = app[PROXY_KEY]
         self._metrics = app[HTTP_METRICS_KEY]
+        #: The gauge's value as one call (``adder``: no per-call checks), +1 then -1.
+        self._in_flight = adder(self._metrics.in_flight)
         self._gateway_metrics = app[GATEWAY_METRICS_KEY]
         self._prepare = tuple(app.on_response_prepare)
+        #: The receivers' synchronous twins (``None``: some must be awaited).
+        self._prepare_sync = sync_receivers(app)
         self._health, self._catch_all = _routes(app)
         self._status_lines: dict[tuple[int, str | None], str] = {}
         #: ``request.host`` of a request without ``Host``, as aiohttp answers it.
@@ -396,9 +422,9 @@ class PublicServer(Http1Server):
         start_request_context(request_id)
         handler = self._health.get(request.path) if request.method in ("GET", "HEAD") else None
         label = self._catch_all if handler is None else request.path
-        metrics = self._metrics
         started = time.perf_counter()
-        metrics.in_flight.inc()
+        in_flight = self._in_flight
+        in_flight(1)
         status = 500
         try:
             try:
@@ -414,8 +440,8 @@ class PublicServer(Http1Server):
             except Exception as exc:  # CancelledError is a BaseException: it passes
                 status = await self._refused(exchange, exc)
         finally:
-            metrics.in_flight.dec()
-            metrics.observe(request.method, label, status, time.perf_counter() - started)
+            in_flight(-1)
+            self._metrics.observe(request.method, label, status, time.perf_counter() - started)
 
     async def _refused(self, exchange: _Exchange, exc: Exception) -> int:
         connection = exchange.connection
@@ -435,7 +461,8 @@ class PublicServer(Http1Server):
             headers = CIMultiDict(exc.headers)
             headers[REQUEST_ID_HEADER] = exchange.request_id
             body = exc.text.encode() if exc.text else b""
-            await self._write_whole(exchange, exc.status, None, headers, body)
+            await self._prepare_async(exchange, headers)
+            self._write_whole(exchange, exc.status, None, headers, body)
             return exc.status
         connection.cut()  # the client went away (ConnectionResetError)
         return CLIENT_CLOSED
@@ -446,10 +473,11 @@ class PublicServer(Http1Server):
         headers[REQUEST_ID_HEADER] = exchange.request_id
         body = getattr(response, "body", None)
         data = body if isinstance(body, bytes) else b""
-        await self._write_whole(exchange, response.status, response.reason, headers, data)
+        await self._prepare_async(exchange, headers)
+        self._write_whole(exchange, response.status, response.reason, headers, data)
         return response.status
 
-    async def _write_whole(
+    def _write_whole(
         self,
         exchange: _Exchange,
         status: int,
@@ -463,12 +491,17 @@ class PublicServer(Http1Server):
                 headers.popall(name, None)
             if status >= 200 and status not in _NO_BODY_STATUSES:
                 headers["Content-Length"] = str(len(body))
-        head = await self._head(exchange, status, reason, headers)
+        head = self._head(exchange, status, reason, headers)
         exchange.head_sent = True
         exchange.connection.send(head if head_only or not body else head + body)
 
     async def _proxied(self, exchange: _Exchange, routed: web.Request) -> int:
-        answer, upstream = await self._proxy.open(routed)
+        proxy = self._proxy
+        upstream, sending = proxy.start(routed)
+        try:
+            answer = await sending  # ``proxy.open`` inlined: one coroutine level less
+        except (RequestBodyError, InvalidHeader, UpstreamError) as exc:
+            raise proxy.send_failed(upstream, exc) from exc
         try:
             headers = downstream_response_headers(answer.headers)
             headers[REQUEST_ID_HEADER] = exchange.request_id
@@ -480,10 +513,12 @@ class PublicServer(Http1Server):
                 or (length is not None and length <= _SMALL_BODY_BYTES)
             ):
                 try:
-                    body = await answer.read()
+                    # Usually complete already (a small answer arrives with its headers).
+                    body = answer.take_body() if answer.complete else await answer.read()
                 except UpstreamError as exc:
                     raise self._proxy._upstream_problem(upstream, exc) from exc
-                await self._write_whole(exchange, status, answer.reason, headers, body)
+                await self._prepare_async(exchange, headers)
+                self._write_whole(exchange, status, answer.reason, headers, body)
                 return status
             await self._stream(exchange, answer, headers, upstream)
             return status
@@ -509,7 +544,8 @@ class PublicServer(Http1Server):
             headers["Transfer-Encoding"] = "chunked"
         else:
             exchange.close = True  # an HTTP/1.0 client reads to the close
-        connection.send(await self._head(exchange, answer.status, answer.reason, headers))
+        await self._prepare_async(exchange, headers)
+        connection.send(self._head(exchange, answer.status, answer.reason, headers))
         exchange.head_sent = True
         try:
             while chunk := await answer.read_chunk():
@@ -523,17 +559,28 @@ class PublicServer(Http1Server):
         if chunked:
             connection.send(_LAST_CHUNK)
 
-    async def _head(
+    async def _prepare_async(self, exchange: _Exchange, headers: CIMultiDict[str]) -> None:
+        """Await the app's ``on_response_prepare`` receivers, when one has no synchronous
+        twin (``_head`` runs the twins otherwise; the gateway's own receivers have them)."""
+        if self._prepare_sync is not None:
+            return
+        prepared = cast(web.StreamResponse, _Prepared(headers))
+        request = cast(web.Request, exchange.request)
+        for receiver in self._prepare:
+            await receiver(request, prepared)
+
+    def _head(
         self, exchange: _Exchange, status: int, reason: str | None, headers: CIMultiDict[str]
     ) -> bytes:
         """The answer's head, with every header the app's ``on_response_prepare`` adds."""
         facts = exchange.facts
         if facts is not None and facts.rate_limit_headers:
             headers.update(facts.rate_limit_headers)
-        prepared = _Prepared(headers)
-        request = cast(web.Request, exchange.request)
-        for receiver in self._prepare:
-            await receiver(request, cast(web.StreamResponse, prepared))
+        if self._prepare_sync is not None:
+            prepared = cast(web.StreamResponse, _Prepared(headers))
+            request = cast(web.Request, exchange.request)
+            for receiver in self._prepare_sync:
+                receiver(request, prepared)
         if "Date" not in headers:
             headers["Date"] = self.date_text
         if exchange.connection.closes_after(exchange):

@@ -22,6 +22,7 @@ from urr_gateway.filters.jwt_auth import COOKIE_REFUSED
 from urr_gateway.filters.ratelimit import RATE_LIMIT_HEADERS_INSTALLED, decision_headers
 from urr_gateway.forwarding import X_FORWARDED_PROTO
 from urr_gateway.ingress import FORWARD_HEADERS
+from urr_gateway.prepare import add_sync_receiver
 from urr_gateway.trust import TrustSettings
 
 REFERRER_POLICY = "strict-origin-when-cross-origin"
@@ -67,7 +68,7 @@ def install_response_headers(app: web.Application, trust: TrustSettings) -> None
     plain = tuple(security_headers(False, trust.hsts_max_age_s).items())
     over_tls_headers = tuple(security_headers(True, trust.hsts_max_age_s).items())
 
-    async def add(request: web.Request, response: web.StreamResponse) -> None:
+    def apply(request: web.Request, response: web.StreamResponse) -> None:
         facts = facts_of(request)
         if facts is not None:
             scheme = facts.headers.get(X_FORWARDED_PROTO, request.scheme)
@@ -89,5 +90,9 @@ def install_response_headers(app: web.Application, trust: TrustSettings) -> None
         if cookie_refused and not _sets_access_cookie(response):
             headers.add("Set-Cookie", clearing_cookie(trust.access_cookie_domain, over_tls))
 
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        apply(request, response)
+
     app.on_response_prepare.append(add)
+    add_sync_receiver(app, add, apply)
     app[RATE_LIMIT_HEADERS_INSTALLED] = True

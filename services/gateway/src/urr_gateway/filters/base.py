@@ -20,7 +20,7 @@ from urr_gateway.context import RequestFacts
 
 #: A filter as a plain call: ``None`` when it is done, else an awaitable to finish it. It
 #: refuses by raising (a ``ProblemError``); what it learns goes into the facts (and request).
-Step = Callable[[web.Request, RequestFacts], "Awaitable[None] | None"]
+Step = Callable[[web.Request, RequestFacts], "Awaitable[object] | None"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from urr_common.problems import ProblemError, TooManyRequests, Unauthorized
 from urr_gateway.context import RequestFacts, facts_of, peek, rate_limit_subject, subject_of
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.forwarding import API_KEY_HEADER
+from urr_gateway.prepare import add_sync_receiver
 from urr_gateway.ratelimit.headers import rate_limit_headers, retry_after_seconds
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.limiter import SlidingWindowLimiter
@@ -139,6 +140,8 @@ class _RateLimit:
         headers = rate_limit_headers(decided.decision)
         if not decided.decision.allowed:
             raise _tenant_refusal(decided, headers)
+        if facts is not None:
+            facts.rate_limit_headers = headers  # the pipeline puts them on the answer
         return headers
 
     async def decide(
@@ -176,17 +179,17 @@ class _RateLimit:
         headers = rate_limit_headers(decision)
         if not decision.allowed:
             raise _refusal(decision, headers)
+        if facts is not None:
+            facts.rate_limit_headers = headers  # the pipeline puts them on the answer
         return headers
 
-    async def _step(self, request: web.Request, facts: RequestFacts, category: str) -> None:
-        # The pipeline puts them on the answer, whatever it is.
-        facts.rate_limit_headers = await self.decide(request, facts, category)
-
-    def step(self, request: web.Request, facts: RequestFacts) -> Awaitable[None] | None:
+    def step(self, request: web.Request, facts: RequestFacts) -> Awaitable[object] | None:
         category = self._routing.category_for(request.path)
         if category is None or not self._limiter.settings.enabled:
             return None
-        return self._step(request, facts, category)
+        # ``decide`` itself, not a wrapper coroutine: one level less to resume when the
+        # decision comes back from Redis (it leaves its headers on ``facts``).
+        return self.decide(request, facts, category)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -245,12 +248,17 @@ def decision_headers(request: web.Request) -> dict[str, str] | None:
     return rate_limit_headers(decision) if decision is not None else None
 
 
-async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` signal: the decision's headers on any answer, streamed too."""
+def set_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The decision's headers on an answer being prepared (an upstream's own are kept)."""
     headers = decision_headers(request)
     if headers is not None:
         for name, value in headers.items():
             response.headers.setdefault(name, value)
+
+
+async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` signal: the decision's headers on any answer, streamed too."""
+    set_rate_limit_headers(request, response)
 
 
 #: Set on an application whose own ``on_response_prepare`` receiver already adds the
@@ -262,6 +270,7 @@ def install_rate_limit_headers(app: web.Application) -> None:
     """Register :func:`add_rate_limit_headers` on ``app`` (before it starts)."""
     if not app.get(RATE_LIMIT_HEADERS_INSTALLED, False):
         app.on_response_prepare.append(add_rate_limit_headers)
+        add_sync_receiver(app, add_rate_limit_headers, set_rate_limit_headers)
         app[RATE_LIMIT_HEADERS_INSTALLED] = True
 
 

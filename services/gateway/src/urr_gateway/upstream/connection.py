@@ -78,10 +78,25 @@ class UpstreamResponse:
         while not self.headers_done:
             await self._wait()
 
+    def progress(self) -> asyncio.Future[None]:
+        """A future resolved at the parser's next progress (headers, a body piece, the end)
+        and failed at the read deadline or the connection's loss. For a caller that awaits
+        it directly instead of through ``wait_headers``/``read``: one coroutine level less
+        to resume on the hot path. The deadline is forgotten when the future is settled."""
+        if self._error is not None:
+            raise self._error
+        waiter = self._waiter = self._connection.loop.create_future()
+        self._connection.deadlines.watch(self, self._timeout_s)
+        return waiter
+
     async def read(self) -> bytes:
         """The whole body (for answers known to be small)."""
         while not self._done:
             await self._wait()
+        return self.take_body()
+
+    def take_body(self) -> bytes:
+        """The whole body of an answer already ``complete`` (``read`` without awaiting)."""
         chunks = self._chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
@@ -102,36 +117,38 @@ class UpstreamResponse:
 
     def close(self) -> None:
         """The reader is done: an unfinished answer makes the connection unusable."""
+        self._unwatch()
         if not self._done:
             self._done = True
             self._connection.abandon()
         self._chunks.clear()
 
     async def _wait(self) -> None:
-        if self._error is not None:
-            raise self._error
-        connection = self._connection
-        waiter = self._waiter = connection.loop.create_future()
-        deadlines = connection.deadlines
-        deadlines.watch(self, self._timeout_s)
         try:
-            await waiter
+            await self.progress()
         finally:
-            deadlines.forget(self)
-            self._waiter = None
+            self._unwatch()  # settled already, unless cancelled
         if self._error is not None:
             raise self._error
 
     def expire(self) -> None:
         """The read deadline passed with nothing from the upstream (``ReadDeadlines``)."""
-        waiter = self._waiter
+        waiter, self._waiter = self._waiter, None  # the sweep has dropped its deadline
         if waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamTimeout("the upstream was silent past the read deadline"))
 
+    def _unwatch(self) -> None:
+        if self._waiter is not None:
+            self._waiter = None
+            self._connection.deadlines.forget(self)
+
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            self._connection.deadlines.forget(self)
+            if not waiter.done():
+                waiter.set_result(None)
 
     # Called by the connection as the parser makes progress.
     def _feed(self, chunk: bytes) -> None:
@@ -151,8 +168,10 @@ class UpstreamResponse:
         self._error = error
         self._done = True
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+        if waiter is not None:
+            self._unwatch()
+            if not waiter.done():
+                waiter.set_exception(error)
 
 
 class UpstreamConnection(asyncio.Protocol):

@@ -71,16 +71,27 @@ class ConnectionPool:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> UpstreamConnection:
+    def take_idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection still fit for use, if any (``acquire``
+        without its coroutine, for the common case of a warm pool)."""
         loop = self._loop
         if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
+            return None  # the first acquire learns the loop
         idle = self._idle
         while idle:
             connection = idle.pop()
             if not connection.closed and loop.time() - connection.idle_since < self._idle_timeout_s:
                 return connection
             self._drop(connection)
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        connection = self.take_idle()
+        if connection is not None:
+            return connection
         if self._open < self.limit:
             self._open += 1
             return await self._connect(loop)
