@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vwr_arrival_cpu import loadavg, proc_cpu_s  # noqa: E402
+from vwr_arrival_cpu import loadavg, proc_cpu_s
 
 
 def botocore_client(endpoint: str, **extra: Any) -> Any:
@@ -71,9 +71,7 @@ def mix(client: Any, table: str) -> Callable[[], int]:
             )
         client.get_item(TableName=table, Key={"pk": {"S": "event"}}, ConsistentRead=True)
         client.batch_get_item(
-            RequestItems={
-                table: {"Keys": [{"pk": {"S": "event"}}, {"pk": {"S": f"{key}#place"}}]}
-            }
+            RequestItems={table: {"Keys": [{"pk": {"S": "event"}}, {"pk": {"S": f"{key}#place"}}]}}
         )
         return 5
 
@@ -87,7 +85,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from urr_devstack.procs import dynalite_server, free_port
-
     from urr_vwr_lambda.dynamodb import LeanDynamoDB
 
     port = free_port()
@@ -109,7 +106,9 @@ def main() -> None:
                 "botocore, no validation": mix(
                     botocore_client(endpoint, parameter_validation=False), table
                 ),
-                "botocore, tcp_keepalive": mix(botocore_client(endpoint, tcp_keepalive=True), table),
+                "botocore, tcp_keepalive": mix(
+                    botocore_client(endpoint, tcp_keepalive=True), table
+                ),
                 "lean": mix(
                     LeanDynamoDB(
                         botocore_client(endpoint),

@@ -153,7 +153,7 @@ class LeanDynamoDB:
             self._ssl = ssl.create_default_context(cafile=get_cert_path(True))
         # The client's own credential provider chain, resolved once (refreshable credentials
         # refresh themselves inside get_frozen_credentials()).
-        self._credentials = client._request_signer._credentials  # noqa: SLF001
+        self._credentials = client._request_signer._credentials
         service = client.meta.service_model
         self._models = {op: service.operation_model(op) for op in HOT_OPERATIONS.values()}
         # The error codes whose members botocore copies into error_response (Item,
@@ -214,7 +214,9 @@ class LeanDynamoDB:
             model=model,
             context=context,
         )
-        events.emit(f"before-call.dynamodb.{operation}", params=params, model=model, context=context)
+        events.emit(
+            f"before-call.dynamodb.{operation}", params=params, model=model, context=context
+        )
         body = json.dumps(params, separators=(",", ":"), default=_encode_blob).encode()
         attempt = 1
         while True:
@@ -243,7 +245,8 @@ class LeanDynamoDB:
             if not (self._retry.should_retry(retry) and self._quota.acquire_retry_quota(retry)):
                 if caught is not None:
                     raise caught
-                assert response is not None and parsed is not None
+                if response is None or parsed is None:  # _send answers or raises, never neither
+                    raise ConnectionClosedError(endpoint_url=self._url)
                 parsed["ResponseMetadata"].update(retry.get_retry_metadata())
                 if response.status_code == 200:
                     return parsed  # a CRC mismatch out of attempts: botocore answers it too
@@ -307,9 +310,11 @@ class LeanDynamoDB:
             raise ConnectTimeoutError(endpoint_url=self._url, error=exc) from exc
         except OSError as exc:
             raise EndpointConnectionError(endpoint_url=self._url, error=exc) from exc
-        assert connection.sock is not None
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection.sock.settimeout(self._read_timeout_s)
+        sock = connection.sock
+        if sock is None:
+            raise EndpointConnectionError(endpoint_url=self._url, error="no socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self._read_timeout_s)
         return connection
 
     def _release(self, connection: http.client.HTTPConnection) -> None:
