@@ -55,6 +55,7 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     HTTPClientError,
+    NoCredentialsError,
     ReadTimeoutError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -264,6 +265,8 @@ class LeanDynamoDB:
         if trace_id and "AWS_LAMBDA_FUNCTION_NAME" in os.environ:
             headers["X-Amzn-Trace-Id"] = quote(trace_id, safe="-=;:+&[]{}\"',")
         request = AWSRequest(method="POST", url=self._url, data=body, headers=headers)
+        if self._credentials is None:  # as botocore says when its chain found nothing
+            raise NoCredentialsError
         SigV4Auth(self._credentials.get_frozen_credentials(), "dynamodb", self._region).add_auth(
             request
         )
