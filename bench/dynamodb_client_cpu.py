@@ -31,23 +31,11 @@ from vwr_arrival_cpu import loadavg, proc_cpu_s
 
 
 def botocore_client(endpoint: str, **extra: Any) -> Any:
-    import boto3
-    from botocore.config import Config
+    """The function's client (``VwrRuntime._client``'s options) of dynalite."""
+    from tier1_crowd_cpu import dynalite_client
 
-    return boto3.session.Session().client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",  # noqa: S106 - dynalite takes any
-        aws_session_token="bench-session",  # noqa: S106 - as Lambda's environment has one
-        config=Config(
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=2,
-            read_timeout=5,
-            max_pool_connections=64,
-            **extra,
-        ),
+    return dynalite_client(
+        endpoint, connect_timeout=2, read_timeout=5, max_pool_connections=64, **extra
     )
 
 

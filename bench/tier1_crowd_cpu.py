@@ -173,9 +173,9 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
-def dynalite_client(endpoint: str) -> Any:
+def dynalite_client(endpoint: str, **config: Any) -> Any:
     """A boto3 DynamoDB client of dynalite at ``endpoint`` (standard retries, as the
-    function's)."""
+    function's; ``config``: more ``botocore.config.Config`` options)."""
     import boto3
     from botocore.config import Config
 
@@ -185,7 +185,7 @@ def dynalite_client(endpoint: str) -> Any:
         region_name="us-east-1",
         aws_access_key_id="bench",
         aws_secret_access_key="bench",  # noqa: S106 - dynalite takes any
-        config=Config(retries={"mode": "standard", "max_attempts": 3}),
+        config=Config(retries={"mode": "standard", "max_attempts": 3}, **config),
     )
 
 
