@@ -211,7 +211,8 @@ def test_the_rest_of_the_client_is_botocores(dynamodb_endpoint: str, table: str)
 def test_the_runtime_builds_the_client_its_setting_names(
     vwr_settings: VwrSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lean: Any = VwrRuntime(vwr_settings).dynamodb
+    lean_settings = vwr_settings.model_copy(update={"dynamodb_client": "lean"})
+    lean: Any = VwrRuntime(lean_settings).dynamodb
     OPENED.append(lean)
     assert isinstance(lean, LeanDynamoDB)
     plain: Any = VwrRuntime(
@@ -219,6 +220,8 @@ def test_the_runtime_builds_the_client_its_setting_names(
     ).dynamodb
     OPENED.append(plain)
     assert not isinstance(plain, LeanDynamoDB)
+    monkeypatch.delenv("URR_DYNAMODB_CLIENT", raising=False)
+    assert load_settings(VwrSettings).dynamodb_client == "lean"
     monkeypatch.setenv("URR_DYNAMODB_CLIENT", "boto4")
     with pytest.raises(SettingsError, match="DYNAMODB_CLIENT"):
         load_settings(VwrSettings)
