@@ -229,6 +229,17 @@ def test_the_runtime_builds_the_client_its_setting_names(
     assert load_settings(VwrSettings).dynamodb_client == "botocore"
 
 
+def test_a_proxy_it_would_bypass_is_refused_at_start_up(
+    dynamodb_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    with pytest.raises(ValueError, match="URR_DYNAMODB_CLIENT=botocore"):
+        lean_client(dynamodb_endpoint)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    lean_client(dynamodb_endpoint)  # the endpoint is exempt: no proxy to bypass
+
+
 # ---- a scripted stand-in for what dynalite cannot do ----------------------------------------
 
 

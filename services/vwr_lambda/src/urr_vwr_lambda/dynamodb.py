@@ -47,6 +47,7 @@ import time
 import zlib
 from typing import Any
 from urllib.parse import quote, urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -138,6 +139,16 @@ class LeanDynamoDB:
         split = urlsplit(self._endpoint)
         if split.scheme not in ("http", "https") or not split.hostname:
             raise ValueError(f"unusable DynamoDB endpoint {self._endpoint!r}")
+        # The lean path talks to the endpoint directly; behind a proxy it would not get
+        # through, so refuse at start-up rather than fail every call.
+        proxies = getproxies()
+        if (client.meta.config.proxies or proxies.get(split.scheme)) and not proxy_bypass(
+            split.hostname
+        ):
+            raise ValueError(
+                "a proxy is configured for the DynamoDB endpoint: the lean client does not use "
+                "proxies, set URR_DYNAMODB_CLIENT=botocore"
+            )
         self._https = split.scheme == "https"
         self._host = split.hostname
         self._port = split.port or (443 if self._https else 80)
@@ -296,9 +307,13 @@ class LeanDynamoDB:
                 connection = self._idle.pop()
                 sock = connection.sock
                 # A kept-alive socket that is readable while idle was closed by the server
-                # (or holds garbage): drop it, as urllib3 does before reusing one.
-                if sock is not None and not select.select([sock], [], [], 0)[0]:
-                    return connection
+                # (or holds garbage): drop it, as urllib3 does before reusing one (poll, not
+                # select: select fails on descriptors past FD_SETSIZE).
+                if sock is not None:
+                    poller = select.poll()
+                    poller.register(sock, select.POLLIN)
+                    if not poller.poll(0):
+                        return connection
                 connection.close()
         connection = (
             http.client.HTTPSConnection(
