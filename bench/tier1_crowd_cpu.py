@@ -173,9 +173,9 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
-def dynalite_client(endpoint: str) -> Any:
+def dynalite_client(endpoint: str, **config: Any) -> Any:
     """A boto3 DynamoDB client of dynalite at ``endpoint`` (standard retries, as the
-    function's)."""
+    function's; ``config``: more ``botocore.config.Config`` options)."""
     import boto3
     from botocore.config import Config
 
@@ -185,7 +185,7 @@ def dynalite_client(endpoint: str) -> Any:
         region_name="us-east-1",
         aws_access_key_id="bench",
         aws_secret_access_key="bench",  # noqa: S106 - dynalite takes any
-        config=Config(retries={"mode": "standard", "max_attempts": 3}),
+        config=Config(retries={"mode": "standard", "max_attempts": 3}, **config),
     )
 
 
@@ -202,7 +202,9 @@ def wait_ready(url: str, timeout_s: float = 90.0) -> None:
     raise TimeoutError(url)
 
 
-def run_once(label: str, src: Path | None, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_once(
+    label: str, src: Path | None, extra_env: dict[str, str], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
     dyn_port, api_port, metrics_port = free_port(), free_port(), free_port()
     dynalite = dynalite_server(dyn_port, work / f"dynalite-{label}.log")
     dynalite.start()
@@ -221,6 +223,7 @@ def run_once(label: str, src: Path | None, args: argparse.Namespace, work: Path)
         "URR_VWR_TRUST__PUBLIC_KEY_FILES": json.dumps([str(keys / "public" / "local-1.pem")]),
         "URR_EDGE_CONFIG__TARGET": str(work / f"edge-{label}.json"),
         "URR_LOG__LEVEL": "WARNING",
+        **extra_env,
     }
     if src is not None:
         env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
@@ -323,19 +326,23 @@ def alternate(
     before: str | None,
     rounds: int,
     work: Path,
-    run: Callable[[str, Path | None], dict[str, Any]],
+    run: Callable[[str, Path | None, dict[str, str]], dict[str, Any]],
+    clients: str | None = None,
 ) -> list[dict[str, Any]]:
-    """``run(label, src)`` for the working tree and, with ``before``, that revision's
-    ``urr_vwr_lambda`` (``src``), alternating which goes first each round; each result is
-    printed as a JSON line as it comes."""
-    variants: list[tuple[str, Path | None]] = [("after", None)]
-    if before:
-        variants.insert(0, ("before", export_revision(before, work / "before")))
+    """``run(label, src, env)`` for the working tree and, with ``before``, that revision's
+    ``urr_vwr_lambda`` (``src``), alternating which goes first each round; with ``clients``
+    (``"botocore,lean"``) the working tree once per ``URR_DYNAMODB_CLIENT`` value instead
+    (``env``). Each result is printed as a JSON line as it comes."""
+    variants: list[tuple[str, Path | None, dict[str, str]]] = [("after", None, {})]
+    if clients:
+        variants = [(name, None, {"URR_DYNAMODB_CLIENT": name}) for name in clients.split(",")]
+    elif before:
+        variants.insert(0, ("before", export_revision(before, work / "before"), {}))
     results = []
     for round_no in range(rounds):
         order = variants if round_no % 2 == 0 else list(reversed(variants))
-        for name, src in order:
-            result = run(f"{name}-{round_no}", src)
+        for name, src, env in order:
+            result = run(f"{name}-{round_no}", src, env)
             results.append(result)
             print(json.dumps(result), flush=True)
     return results
@@ -348,6 +355,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--before", help="a git revision to compare with, alternately")
     parser.add_argument("--pyspy", help="folder for py-spy raw profiles of each run")
+    parser.add_argument(
+        "--clients", help="compare URR_DYNAMODB_CLIENT values instead, e.g. botocore,lean"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tier1-crowd-") as tmp:
         work = Path(tmp)
@@ -359,7 +369,8 @@ def main() -> None:
             args.before,
             args.rounds,
             work,
-            lambda label, src: run_once(label, src, args, work),
+            lambda label, src, env: run_once(label, src, env, args, work),
+            args.clients,
         )
     print(
         f"\n{args.arrivals} arrivals at {args.rate}/s; CPU ms per arrival (emulator with its "

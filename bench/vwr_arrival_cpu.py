@@ -125,13 +125,15 @@ def arrivals_child(arrivals: int, endpoint: str, dynalite_pid: int) -> dict[str,
     return {"cpu_ms": cpu / done * 1000, "dyn_ms": dyn / done * 1000, "ops": ops}
 
 
-def run_variant(label: str, src: Path | None, arrivals: int, work: Path) -> dict[str, Any]:
+def run_variant(
+    label: str, src: Path | None, extra_env: dict[str, str], arrivals: int, work: Path
+) -> dict[str, Any]:
     from urr_devstack.procs import dynalite_server, free_port
 
     port = free_port()
     dynalite = dynalite_server(port, work / f"dynalite-{label}.log")
     dynalite.start()
-    env = dict(os.environ)
+    env = {**os.environ, **extra_env}
     if src is not None:
         env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
     try:
@@ -208,8 +210,15 @@ def part_two(calls: int, work: Path) -> None:
             if answer.status != 200:
                 raise RuntimeError(answer.status)
 
+        from urr_vwr_lambda.dynamodb import LeanDynamoDB
+
+        lean = LeanDynamoDB(
+            dynalite_client(url), max_attempts=3, connect_timeout_s=2, read_timeout_s=5
+        )
+
         rows = [
             ("boto3 client.get_item", boto),
+            ("LeanDynamoDB.get_item", lambda: lean.get_item(**request)),
             ("http.client + botocore SigV4", lambda: raw(True)),
             ("http.client, no signing", lambda: raw(False)),
         ]
@@ -243,6 +252,9 @@ def main() -> None:
     parser.add_argument("--arrivals", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", help="a git revision to compare with, alternately")
+    parser.add_argument(
+        "--clients", help="compare URR_DYNAMODB_CLIENT values instead, e.g. botocore,lean"
+    )
     parser.add_argument("--calls", type=int, default=1000, help="part 2's calls per round")
     args = parser.parse_args()
     from tier1_crowd_cpu import alternate
@@ -253,7 +265,8 @@ def main() -> None:
             args.before,
             args.rounds,
             work,
-            lambda label, src: run_variant(label, src, args.arrivals, work),
+            lambda label, src, env: run_variant(label, src, env, args.arrivals, work),
+            args.clients,
         )
         print(f"\nPart 1: {args.arrivals} arrivals (assign + admitted check) per run")
         print(f"{'run':<10} {'container ms':>12} {'dynalite ms':>12}  DynamoDB calls  load")

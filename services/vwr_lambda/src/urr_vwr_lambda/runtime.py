@@ -10,7 +10,7 @@ import threading
 import time
 from contextlib import suppress
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from urr_common.clients import aws_client_kwargs
 from urr_common.settings import load_settings
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
     from urr_vwr_lambda.gates.guard import Gates
     from urr_vwr_lambda.grant_log import GrantLogPublisher
+
+_CONNECT_TIMEOUT_S = 2.0
 
 
 class VwrRuntime:
@@ -49,7 +51,7 @@ class VwrRuntime:
 
         config = Config(
             retries={"mode": "standard", "max_attempts": self.settings.aws_max_attempts},
-            connect_timeout=2,
+            connect_timeout=_CONNECT_TIMEOUT_S,
             read_timeout=self.settings.aws_read_timeout_s,
             max_pool_connections=64,
         )
@@ -61,7 +63,17 @@ class VwrRuntime:
     def dynamodb(self) -> DynamoDBClient:
         with self._lock:
             client: DynamoDBClient = self._client("dynamodb")
-            return client
+            if self.settings.dynamodb_client == "botocore":
+                return client
+            from urr_vwr_lambda.dynamodb import LeanDynamoDB
+
+            lean: Any = LeanDynamoDB(
+                client,
+                max_attempts=self.settings.aws_max_attempts,
+                connect_timeout_s=_CONNECT_TIMEOUT_S,
+                read_timeout_s=self.settings.aws_read_timeout_s,
+            )
+            return cast("DynamoDBClient", lean)
 
     @cached_property
     def store(self) -> VwrStore:

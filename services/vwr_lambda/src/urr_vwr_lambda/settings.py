@@ -205,6 +205,11 @@ class VwrSettings(ServiceSettings):
     #: advancer passes it at no cost); a generous timeout keeps that rare.
     aws_read_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
     aws_max_attempts: int = Field(default=3, ge=1, le=10)
+    #: Which client sends the handlers' DynamoDB calls (``URR_DYNAMODB_CLIENT``): ``lean``
+    #: (``urr_vwr_lambda.dynamodb``: signed JSON over kept-alive connections, botocore's
+    #: standard retries and error shapes, about a third of botocore's CPU per call) or
+    #: ``botocore`` (the plain boto3 client; the way back if the lean one ever misbehaves).
+    dynamodb_client: Literal["lean", "botocore"] = "lean"
     #: Who may call the admin routes: an admin access token (local), or API Gateway's IAM
     #: authoriser (AWS; the function then trusts the caller identity in the request context).
     admin_auth: Literal["access_token", "iam"] = "access_token"
