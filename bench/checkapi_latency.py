@@ -52,6 +52,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,8 +60,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import openloop
 import orjson
 
 from urr_devstack.procs import RedisServer, free_port, wait_listening
@@ -133,7 +135,7 @@ class LimitsStore(PingStore):
         await self._storage.bridge.get_connection().aclose()  # type: ignore[attr-defined]
 
 
-async def serve(port: int, redis_url: str, variant: str, window_us: int) -> None:
+async def serve(port: int, redis_url: str, variant: str, window_us: int, probe: bool) -> None:
     """The server process: the check app alone on ``port``."""
     from aiohttp import web
     from prometheus_client import CollectorRegistry
@@ -146,6 +148,15 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int) -> None
     from urr_gateway.server import tune_gc
     from urr_gateway.settings import GatewayHttpSettings
 
+    loop = asyncio.get_running_loop()
+    stages = None
+    if probe:  # before any connection is made (uvloop binds a protocol's methods then)
+        from checkapi_probe import Probe
+
+        stages = Probe()
+        stages.install(loop)
+        # The generator's measured run starts with SIGUSR1 (after its warm-up).
+        loop.add_signal_handler(signal.SIGUSR1, stages.start)
     redis = Redis.from_url(redis_url, max_connections=64, socket_timeout=0.5)
     registry = CollectorRegistry()
     settings = RateLimitSettings(
@@ -186,11 +197,10 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int) -> None
     # As a worker does once listening (the check listener shares the gateway's process).
     tune_gc(0 if variant.endswith("-untuned") else GatewayHttpSettings().gc_gen0_threshold)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
+    if stages is not None:
+        print(f"  server ({variant}), probed:\n{stages.report()}", flush=True)
     degraded = sum(
         registry.get_sample_value(
             "urr_ratelimit_degraded_decisions_total", {"category": c, "policy": p}
@@ -376,87 +386,163 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: Quantiles printed: P50, P99, P99.9 (and the max).
+QUANTILES = (0.5, 0.99, 0.999)
+
+
+def summary(values: list[float]) -> list[float]:
+    """P50, P99, P99.9 and max of ``values`` (seconds) in ms."""
+    ordered = sorted(values)
+    if not ordered:
+        return [float("nan")] * 4
+    return [percentile(ordered, q) * 1000 for q in QUANTILES] + [ordered[-1] * 1000]
+
+
 @dataclass
 class Result:
     variant: str
+    generator: str
     answers: int
     rate: float
     errors: int
-    quantiles_ms: list[float]
+    #: From each request's due time: P50, P99, P99.9, max (ms).
+    latency_ms: list[float]
+    #: From each request's actual send (the server, Redis and the loopback only).
+    after_send_ms: list[float]
+    #: How late requests left the generator after their due time: P50, P99, P99.9, max.
+    lag_ms: list[float]
     server_cpu_us: float
     generator_cpu_us: float
     load: float
-    #: P50 and P99 ms by which requests left the generator after their due time.
-    send_lag_ms: list[float]
-    #: P99 ms by which the generator woke late for its oldest due request (its own stalls).
-    wakeup_late_ms: float
 
 
-async def run_load(args: argparse.Namespace, port: int, server_pid: int, variant: str) -> Result:
-    # Warm-up (connections, script, caches), not measured.
+def warm_up(args: argparse.Namespace, port: int, tenant_shape: bool) -> None:
+    """Connections, script, caches: 1 s at up to 500/s, not measured."""
+    rate = min(args.rate, 500)
+    payloads = [request_bytes(index, tenant_shape) for index in range(int(rate))]
+    openloop.run(port, payloads, rate, args.connections, cpus=generator_cpus(args))
+
+
+def generator_cpus(args: argparse.Namespace) -> set[int] | None:
+    return {0} if args.pin else None
+
+
+def run_split(
+    args: argparse.Namespace, port: int, server: subprocess.Popen[bytes], variant: str
+) -> Result:
+    """The two-process generator (``openloop``): precise sends, kernel receive stamps."""
+    tenant_shape = variant == "tenant"
+    warm_up(args, port, tenant_shape)
+    total = int(args.rate * args.seconds)
+    payloads = [request_bytes(index, tenant_shape) for index in range(total)]
+    if args.probe:
+        server.send_signal(signal.SIGUSR1)
+    server_cpu = cpu_seconds(server.pid)
+    measured = openloop.run(port, payloads, args.rate, args.connections, cpus=generator_cpus(args))
+    server_cpu = cpu_seconds(server.pid) - server_cpu
+    due, sent, answered = measured.due, measured.sent, measured.answered
+    done = [k for k in range(total) if answered[k] > 0.0]
+    latency = [answered[k] - due[k] for k in done]
+    after_send = [answered[k] - sent[k] for k in done]
+    lag = [sent[k] - due[k] for k in range(total)]
+    elapsed = max((answered[k] for k in done), default=due[0]) - due[0]
+    missing = total - len(done)
+    return Result(
+        variant,
+        "split",
+        len(done),
+        len(done) / elapsed if elapsed > 0 else 0.0,
+        measured.non_200 + missing,
+        summary(latency),
+        summary(after_send),
+        summary(lag),
+        server_cpu / max(1, len(done)) * 1e6,
+        (measured.sender_cpu_s + measured.receiver_cpu_s) / max(1, len(done)) * 1e6,
+        os.getloadavg()[0],
+    )
+
+
+async def run_asyncio(
+    args: argparse.Namespace, port: int, server: subprocess.Popen[bytes], variant: str
+) -> Result:
+    """The earlier in-process generator (one event loop, 1 ms ticks), for comparison."""
     warm = argparse.Namespace(**{**vars(args), "rate": min(args.rate, 500), "seconds": 1})
     tenant_shape = variant == "tenant"
     await generate(warm, port, tenant_shape)
-    server_cpu, own_cpu = cpu_seconds(server_pid), time.process_time()
+    if args.probe:
+        server.send_signal(signal.SIGUSR1)
+    server_cpu, own_cpu = cpu_seconds(server.pid), time.process_time()
     pool, elapsed = await generate(args, port, tenant_shape)
-    latencies, errors, lags, wakeups = pool.latencies, pool.errors, pool.lags, pool.wakeups
-    server_cpu = cpu_seconds(server_pid) - server_cpu
+    server_cpu = cpu_seconds(server.pid) - server_cpu
     own_cpu = time.process_time() - own_cpu
-    ordered = sorted(latencies)
-    lags.sort()
-    wakeups.sort()
-    quantiles = [percentile(ordered, q) * 1000 for q in (0.5, 0.9, 0.95, 0.99, 0.999)]
+    answers = len(pool.latencies)
     return Result(
         variant,
-        len(ordered),
-        len(ordered) / elapsed,
-        len(errors),
-        [*quantiles, ordered[-1] * 1000],
-        server_cpu / len(ordered) * 1e6,
-        own_cpu / len(ordered) * 1e6,
+        "asyncio",
+        answers,
+        answers / elapsed,
+        len(pool.errors),
+        summary(pool.latencies),
+        [float("nan")] * 4,  # this generator keeps no send times
+        summary(pool.lags),
+        server_cpu / answers * 1e6,
+        own_cpu / answers * 1e6,
         os.getloadavg()[0],
-        [percentile(lags, 0.5) * 1000, percentile(lags, 0.99) * 1000],
-        percentile(wakeups, 0.99) * 1000,
     )
 
 
 def report(args: argparse.Namespace, results: list[Result]) -> None:
+    pinned = (
+        "generator pinned to CPU 0, server to CPU 1, Redis unpinned"
+        if args.pin
+        else "nothing pinned"
+    )
     print(
-        f"open loop {args.rate:.0f}/s for {args.seconds:.0f}s over {args.connections} "
-        "connections per variant"
+        f"\nopen loop {args.rate:.0f}/s for {args.seconds:.0f} s over {args.connections} "
+        f"connections per variant ({pinned}); load average now {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "latency = answer received - request DUE (all of it counted, no coordinated omission);"
+        "\nafter send = answer received - request sent (server + Redis + loopback); lag = sent"
+        " - due (the generator's own lateness, inside latency). Each: P50 / P99 / P99.9 ms."
     )
     header = (
-        f"{'variant':<15} {'answers/s':>9} {'non-200':>7} {'p50 ms':>7} {'p90 ms':>7} "
-        f"{'p95 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'max ms':>7} {'srv CPU µs':>10} "
-        f"{'gen CPU µs':>10} {'lag p50/p99 ms':>14} {'wake p99':>8} {'load':>5}"
+        f"{'variant':<13} {'gen':<7} {'answers/s':>9} {'errors':>6}  "
+        f"{'latency p50/p99/p99.9':>22} {'max':>6}  {'after send p50/p99/p99.9':>24}  "
+        f"{'gen lag p50/p99/p99.9':>21}  {'srv µs/req':>10} {'gen µs/req':>10} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
+
+    def triple(values: list[float]) -> str:
+        return "/".join(f"{v:.2f}" for v in values[:3])
+
     for r in results:
-        q = r.quantiles_ms
         print(
-            f"{r.variant:<15} {r.rate:9.0f} {r.errors:7d} {q[0]:7.2f} {q[1]:7.2f} {q[2]:7.2f} "
-            f"{q[3]:7.2f} {q[4]:8.2f} {q[5]:7.2f} {r.server_cpu_us:10.0f} "
-            f"{r.generator_cpu_us:10.0f} {r.send_lag_ms[0]:6.2f}/{r.send_lag_ms[1]:7.2f} "
-            f"{r.wakeup_late_ms:8.2f} {r.load:5.1f}"
+            f"{r.variant:<13} {r.generator:<7} {r.rate:9.0f} {r.errors:6d}  "
+            f"{triple(r.latency_ms):>22} {r.latency_ms[3]:6.1f}  {triple(r.after_send_ms):>24}  "
+            f"{triple(r.lag_ms):>21}  {r.server_cpu_us:10.0f} {r.generator_cpu_us:10.0f} "
+            f"{r.load:5.1f}"
         )
     # CPU per request does not depend on how busy the rest of the machine is: it says what
     # one core could serve, where the latencies above also say how much CPU we were given.
-    by_name = {r.variant: r for r in results}
-    if "tenant" in by_name and "lean" in by_name:
-        tenant, plain = by_name["tenant"].quantiles_ms[0], by_name["lean"].quantiles_ms[0]
-        print(
-            f"tenant shape P50 within 10% of the policy-less lean P50: {tenant:.2f} vs "
-            f"{plain:.2f} ms, {(tenant / plain - 1) * 100:+.1f}% "
-            f"({'met' if tenant <= 1.1 * plain else 'MISSED'})"
-        )
+    by_name = {(r.variant, r.generator): r for r in results}
+    for generator in ("split", "asyncio"):
+        if ("tenant", generator) in by_name and ("lean", generator) in by_name:
+            tenant = by_name["tenant", generator].latency_ms[0]
+            plain = by_name["lean", generator].latency_ms[0]
+            print(
+                f"tenant shape P50 within 10% of the policy-less lean P50: {tenant:.2f} vs "
+                f"{plain:.2f} ms, {(tenant / plain - 1) * 100:+.1f}% "
+                f"({'met' if tenant <= 1.1 * plain else 'MISSED'})"
+            )
     for r in results:
         if r.variant.startswith(("pipeline", "lean")):
-            p95, p99 = r.quantiles_ms[2], r.quantiles_ms[3]
+            p99 = r.latency_ms[1]
             print(
-                f"{r.variant}: guide P95<=10 ms {'met' if p95 <= 10 else 'MISSED'}; guide P99<=20 "
-                f"ms {'met' if p99 <= 20 else 'MISSED'}; our P99<=2 ms at {args.rate:.0f}/s "
-                f"{'met' if p99 <= 2 else 'MISSED'} ({p99:.2f}); server CPU<=100 µs/request "
+                f"{r.variant} ({r.generator} generator): P99 <= 2 ms at {args.rate:.0f}/s "
+                f"{'met' if p99 <= 2 else 'MISSED'} ({p99:.2f} ms, of which the generator's "
+                f"lag P99 {r.lag_ms[1]:.2f}); server CPU <= 100 µs/request "
                 f"{'met' if r.server_cpu_us <= 100 else 'MISSED'} ({r.server_cpu_us:.0f})"
             )
 
@@ -472,9 +558,26 @@ def main() -> None:
     parser.add_argument("--window-us", type=int, default=250, help="for pipeline-window")
     parser.add_argument("--uvloop", action="store_true", help="run the server on uvloop")
     parser.add_argument(
+        "--generator",
+        default="split",
+        help="split (two processes, precise sends, kernel receive stamps), asyncio (the "
+        "earlier in-process 1 ms-tick generator), or both: split,asyncio",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the generator to CPU 0 and the server to CPU 1 (Redis is not pinned)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="time each request's stages inside the server (checkapi_probe), print them",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="variants alternate per round")
+    parser.add_argument(
         "--serve",
-        nargs=4,
-        metavar=("PORT", "REDIS_URL", "VARIANT", "WINDOW_US"),
+        nargs=5,
+        metavar=("PORT", "REDIS_URL", "VARIANT", "WINDOW_US", "PROBE"),
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
@@ -482,35 +585,56 @@ def main() -> None:
         parser.error("bounded: at most 200,000 requests per variant")
     if args.serve:
         runner = __import__("uvloop").run if args.uvloop else asyncio.run
-        runner(serve(int(args.serve[0]), args.serve[1], args.serve[2], int(args.serve[3])))
+        port, url, variant, window, probe = args.serve
+        runner(serve(int(port), url, variant, int(window), probe == "1"))
         return
     variants = [v for v in args.variants.split(",") if v]
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants: {sorted(unknown)}")
+    generators = [g for g in args.generator.split(",") if g]
+    if unknown := set(generators) - {"split", "asyncio"}:
+        parser.error(f"unknown generators: {sorted(unknown)}")
     runner = __import__("uvloop").run if args.uvloop else asyncio.run
     redis = RedisServer(port=free_port(), workdir=Path(tempfile.mkdtemp(prefix="urr-bench-")))
     redis.start()
     results: list[Result] = []
     try:
-        for variant in variants:
-            redis.flushall()
-            port = free_port()
-            argv = [sys.executable, __file__, "--serve", str(port), redis.url, variant]
-            argv.append(str(args.window_us))
-            server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])])  # noqa: S603
-            try:
-                wait_listening("127.0.0.1", port, 20, "check app")
-                # The generator on uvloop too (with --uvloop): its own cost and stalls are in
-                # every latency measured, so it should be the cheapest process in the run.
-                load = run_load(args, port, server.pid, variant)
-                results.append(runner(load) if args.uvloop else asyncio.run(load))
-            finally:
-                server.terminate()
-                server.wait(timeout=10)
+        for _ in range(args.rounds):
+            for variant in variants:
+                for generator in generators:
+                    results.append(run_variant(args, redis, variant, generator, runner))
     finally:
         redis.stop()
         shutil.rmtree(redis.workdir, ignore_errors=True)
     report(args, results)
+
+
+def run_variant(
+    args: argparse.Namespace, redis: RedisServer, variant: str, generator: str, runner: Any
+) -> Result:
+    redis.flushall()
+    port = free_port()
+    argv = [sys.executable, __file__, "--serve", str(port), redis.url, variant]
+    argv += [str(args.window_us), "1" if args.probe else "0"]
+    server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])])  # noqa: S603
+    try:
+        if args.pin:
+            os.sched_setaffinity(server.pid, {1})
+        wait_listening("127.0.0.1", port, 20, "check app")
+        if generator == "split":
+            return run_split(args, port, server, variant)
+        # The in-process generator on uvloop too (with --uvloop): its own cost and stalls
+        # are in every latency measured, so it should be the cheapest process in the run.
+        if args.pin:
+            os.sched_setaffinity(0, {0})
+        try:
+            return cast(Result, runner(run_asyncio(args, port, server, variant)))
+        finally:
+            if args.pin:
+                os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 if __name__ == "__main__":
