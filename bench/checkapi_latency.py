@@ -416,29 +416,51 @@ class Result:
     load: float
 
 
-def warm_up(args: argparse.Namespace, port: int, tenant_shape: bool) -> None:
+#: ``--generator`` names: a base (``split`` or ``asyncio``) and options joined by ``+``.
+GENERATOR_OPTIONS = {
+    "lazy": "split: the receiver reads every 1 ms instead of on each answer (fewer wake-ups)",
+    "ticks": "split: requests due in 1 ms bursts (the asyncio generator's schedule)",
+    "pin": "the generator on CPU 0, the server on CPU 1 (Redis and everything else free)",
+}
+
+
+def generator_parts(generator: str) -> tuple[str, set[str]]:
+    base, *options = generator.split("+")
+    return base, set(options)
+
+
+def warm_up(args: argparse.Namespace, port: int, tenant_shape: bool, options: set[str]) -> None:
     """Connections, script, caches: 1 s at up to 500/s, not measured."""
     rate = min(args.rate, 500)
     payloads = [request_bytes(index, tenant_shape) for index in range(int(rate))]
-    openloop.run(port, payloads, rate, args.connections, cpus=generator_cpus(args))
+    openloop.run(port, payloads, rate, args.connections, **split_options(options))
 
 
-def generator_cpus(args: argparse.Namespace) -> set[int] | None:
-    return {0} if args.pin else None
+def split_options(options: set[str]) -> dict[str, Any]:
+    return {
+        "cpus": {0} if "pin" in options else None,
+        "tick_s": TICK_S if "ticks" in options else 0.0,
+        "poll_s": 0.001 if "lazy" in options else 0.0,
+    }
 
 
 def run_split(
-    args: argparse.Namespace, port: int, server: subprocess.Popen[bytes], variant: str
+    args: argparse.Namespace,
+    port: int,
+    server: subprocess.Popen[bytes],
+    variant: str,
+    generator: str,
 ) -> Result:
     """The two-process generator (``openloop``): precise sends, kernel receive stamps."""
     tenant_shape = variant == "tenant"
-    warm_up(args, port, tenant_shape)
+    options = generator_parts(generator)[1]
+    warm_up(args, port, tenant_shape, options)
     total = int(args.rate * args.seconds)
     payloads = [request_bytes(index, tenant_shape) for index in range(total)]
     if args.probe:
         server.send_signal(signal.SIGUSR1)
     server_cpu = cpu_seconds(server.pid)
-    measured = openloop.run(port, payloads, args.rate, args.connections, cpus=generator_cpus(args))
+    measured = openloop.run(port, payloads, args.rate, args.connections, **split_options(options))
     server_cpu = cpu_seconds(server.pid) - server_cpu
     due, sent, answered = measured.due, measured.sent, measured.answered
     done = [k for k in range(total) if answered[k] > 0.0]
@@ -449,7 +471,7 @@ def run_split(
     missing = total - len(done)
     return Result(
         variant,
-        "split",
+        generator,
         len(done),
         len(done) / elapsed if elapsed > 0 else 0.0,
         measured.non_200 + missing,
@@ -463,7 +485,11 @@ def run_split(
 
 
 async def run_asyncio(
-    args: argparse.Namespace, port: int, server: subprocess.Popen[bytes], variant: str
+    args: argparse.Namespace,
+    port: int,
+    server: subprocess.Popen[bytes],
+    variant: str,
+    generator: str,
 ) -> Result:
     """The earlier in-process generator (one event loop, 1 ms ticks), for comparison."""
     warm = argparse.Namespace(**{**vars(args), "rate": min(args.rate, 500), "seconds": 1})
@@ -478,7 +504,7 @@ async def run_asyncio(
     answers = len(pool.latencies)
     return Result(
         variant,
-        "asyncio",
+        generator,
         answers,
         answers / elapsed,
         len(pool.errors),
@@ -492,14 +518,14 @@ async def run_asyncio(
 
 
 def report(args: argparse.Namespace, results: list[Result]) -> None:
-    pinned = (
-        "generator pinned to CPU 0, server to CPU 1, Redis unpinned"
-        if args.pin
-        else "nothing pinned"
-    )
     print(
         f"\nopen loop {args.rate:.0f}/s for {args.seconds:.0f} s over {args.connections} "
-        f"connections per variant ({pinned}); load average now {os.getloadavg()[0]:.2f}"
+        f"connections per variant; load average now {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "generators: split = two processes, evenly spaced sends, kernel receive stamps; "
+        "asyncio = the earlier in-process generator (1 ms bursts)"
+        + "".join(f"; +{name}: {text}" for name, text in GENERATOR_OPTIONS.items())
     )
     print(
         "latency = answer received - request DUE (all of it counted, no coordinated omission);"
@@ -507,7 +533,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
         " - due (the generator's own lateness, inside latency). Each: P50 / P99 / P99.9 ms."
     )
     header = (
-        f"{'variant':<13} {'gen':<7} {'answers/s':>9} {'errors':>6}  "
+        f"{'variant':<13} {'generator':<17} {'answers/s':>9} {'errors':>6}  "
         f"{'latency p50/p99/p99.9':>22} {'max':>6}  {'after send p50/p99/p99.9':>24}  "
         f"{'gen lag p50/p99/p99.9':>21}  {'srv µs/req':>10} {'gen µs/req':>10} {'load':>5}"
     )
@@ -519,7 +545,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
 
     for r in results:
         print(
-            f"{r.variant:<13} {r.generator:<7} {r.rate:9.0f} {r.errors:6d}  "
+            f"{r.variant:<13} {r.generator:<17} {r.rate:9.0f} {r.errors:6d}  "
             f"{triple(r.latency_ms):>22} {r.latency_ms[3]:6.1f}  {triple(r.after_send_ms):>24}  "
             f"{triple(r.lag_ms):>21}  {r.server_cpu_us:10.0f} {r.generator_cpu_us:10.0f} "
             f"{r.load:5.1f}"
@@ -527,7 +553,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
     # CPU per request does not depend on how busy the rest of the machine is: it says what
     # one core could serve, where the latencies above also say how much CPU we were given.
     by_name = {(r.variant, r.generator): r for r in results}
-    for generator in ("split", "asyncio"):
+    for generator in dict.fromkeys(r.generator for r in results):
         if ("tenant", generator) in by_name and ("lean", generator) in by_name:
             tenant = by_name["tenant", generator].latency_ms[0]
             plain = by_name["lean", generator].latency_ms[0]
@@ -560,13 +586,11 @@ def main() -> None:
     parser.add_argument(
         "--generator",
         default="split",
-        help="split (two processes, precise sends, kernel receive stamps), asyncio (the "
-        "earlier in-process 1 ms-tick generator), or both: split,asyncio",
-    )
-    parser.add_argument(
-        "--pin",
-        action="store_true",
-        help="pin the generator to CPU 0 and the server to CPU 1 (Redis is not pinned)",
+        help="comma-separated: split (two processes, evenly spaced sends, kernel receive "
+        "stamps) or asyncio (the earlier in-process 1 ms-tick generator), each optionally "
+        "with +"
+        + ", +".join(f"{k} ({v})" for k, v in GENERATOR_OPTIONS.items())
+        + "; e.g. split,split+pin,asyncio",
     )
     parser.add_argument(
         "--probe",
@@ -592,8 +616,12 @@ def main() -> None:
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants: {sorted(unknown)}")
     generators = [g for g in args.generator.split(",") if g]
-    if unknown := set(generators) - {"split", "asyncio"}:
-        parser.error(f"unknown generators: {sorted(unknown)}")
+    for generator in generators:
+        base, options = generator_parts(generator)
+        if base not in ("split", "asyncio") or options - set(GENERATOR_OPTIONS):
+            parser.error(f"unknown generator: {generator}")
+        if base == "asyncio" and options - {"pin"}:
+            parser.error(f"{generator}: the asyncio generator takes only +pin")
     runner = __import__("uvloop").run if args.uvloop else asyncio.run
     redis = RedisServer(port=free_port(), workdir=Path(tempfile.mkdtemp(prefix="urr-bench-")))
     redis.start()
@@ -617,20 +645,22 @@ def run_variant(
     argv = [sys.executable, __file__, "--serve", str(port), redis.url, variant]
     argv += [str(args.window_us), "1" if args.probe else "0"]
     server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])])  # noqa: S603
+    base, options = generator_parts(generator)
+    pin = "pin" in options
     try:
-        if args.pin:
+        if pin:
             os.sched_setaffinity(server.pid, {1})
         wait_listening("127.0.0.1", port, 20, "check app")
-        if generator == "split":
-            return run_split(args, port, server, variant)
+        if base == "split":
+            return run_split(args, port, server, variant, generator)
         # The in-process generator on uvloop too (with --uvloop): its own cost and stalls
         # are in every latency measured, so it should be the cheapest process in the run.
-        if args.pin:
+        if pin:
             os.sched_setaffinity(0, {0})
         try:
-            return cast(Result, runner(run_asyncio(args, port, server, variant)))
+            return cast(Result, runner(run_asyncio(args, port, server, variant, generator)))
         finally:
-            if args.pin:
+            if pin:
                 os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     finally:
         server.terminate()

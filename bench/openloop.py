@@ -68,11 +68,19 @@ def _pin(cpus: set[int] | None) -> None:
         os.sched_setaffinity(0, cpus)
 
 
+def due_times(total: int, rate: float, t0: float, tick_s: float) -> array:
+    """Request ``k``'s due time: ``t0 + k / rate``, or with ``tick_s`` the start of its tick
+    (``rate x tick_s`` requests due together at each tick: bursts, as a 1 ms timer sends)."""
+    if tick_s <= 0:
+        return array("d", (t0 + k / rate for k in range(total)))
+    per_tick = rate * tick_s
+    return array("d", (t0 + (k // per_tick) * tick_s for k in range(total)))
+
+
 def _sender(
     socks: list[socket.socket],
     payloads: list[bytes],
-    rate: float,
-    t0: float,
+    due: array,
     pipe: multiprocessing.connection.Connection,
     cpus: set[int] | None,
 ) -> None:
@@ -81,13 +89,11 @@ def _sender(
     total = len(payloads)
     count = len(socks)
     sent = array("d", bytes(8 * total))
-    interval = 1.0 / rate
     clock = time.time
     sleep = time.sleep
     cpu = time.process_time()
     for k in range(total):
-        due = t0 + k * interval
-        wait = due - clock()
+        wait = due[k] - clock()
         if wait > 0:
             sleep(wait)
         sent[k] = clock()
@@ -103,10 +109,12 @@ def _receiver(
     t0: float,
     rate: float,
     timeout_s: float,
+    poll_s: float,
     pipe: multiprocessing.connection.Connection,
     cpus: set[int] | None,
 ) -> None:
     _pin(cpus)
+    _low_timer_slack()
     count = len(socks)
     answered = array("d", bytes(8 * total))
     by_fd = {sock.fileno(): (index, sock) for index, sock in enumerate(socks)}
@@ -121,7 +129,12 @@ def _receiver(
     deadline = t0 + total / rate + timeout_s
     unpack = struct.unpack
     while done < total and time.time() < deadline:
-        for fd, _ in poller.poll(0.1):
+        if poll_s > 0:
+            # Woken once per poll_s, not per answer: fewer wake-ups competing with the
+            # server and Redis for the cores. The kernel stamp of a read holding several
+            # answers is its last one's, so the earlier ones count late (the safe side).
+            time.sleep(poll_s)
+        for fd, _ in poller.poll(0 if poll_s > 0 else 0.1):
             conn, sock = by_fd[fd]
             data, ancillary, _, _ = sock.recvmsg(65536, _ANCILLARY)
             if not data:
@@ -165,11 +178,14 @@ def run(
     connections: int,
     *,
     cpus: set[int] | None = None,
+    tick_s: float = 0.0,
+    poll_s: float = 0.0,
     timeout_s: float = 10.0,
 ) -> Measured:
     """Send ``payloads`` (one request each, in order) to ``127.0.0.1:port`` at ``rate``
-    per second over ``connections`` keep-alive connections; ``cpus``: pin both generator
-    processes to these CPUs."""
+    per second over ``connections`` keep-alive connections. ``cpus``: pin both generator
+    processes to these CPUs; ``tick_s``: requests due in bursts per tick (0: evenly
+    spaced); ``poll_s``: the receiver reads every ``poll_s`` instead of on every answer."""
     socks = []
     for _ in range(connections):
         sock = socket.create_connection(("127.0.0.1", port))
@@ -181,10 +197,11 @@ def run(
     t0 = time.time() + 0.2  # both processes started and pinned before the first due time
     sender_end, sender_pipe = context.Pipe(duplex=False)
     receiver_end, receiver_pipe = context.Pipe(duplex=False)
+    due = due_times(total, rate, t0, tick_s)
     receiver = context.Process(
-        target=_receiver, args=(socks, total, t0, rate, timeout_s, receiver_pipe, cpus)
+        target=_receiver, args=(socks, total, t0, rate, timeout_s, poll_s, receiver_pipe, cpus)
     )
-    sender = context.Process(target=_sender, args=(socks, payloads, rate, t0, sender_pipe, cpus))
+    sender = context.Process(target=_sender, args=(socks, payloads, due, sender_pipe, cpus))
     receiver.start()
     sender.start()
     sender_pipe.close()
@@ -199,5 +216,4 @@ def run(
     receiver.join()
     for sock in socks:
         sock.close()
-    due = array("d", (t0 + k / rate for k in range(total)))
     return Measured(due, sent, answered, non_200, sender_cpu, receiver_cpu)
