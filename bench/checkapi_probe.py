@@ -50,8 +50,15 @@ class Probe:
     # --- installation ----------------------------------------------------------------------
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._wrap_listener()
+        self._wrap_pipeline()
+        gc.callbacks.append(self._on_gc)
+        self._loop = loop
+        self._tick_due = loop.time() + 0.001
+        loop.call_later(0.001, self._tick)
+
+    def _wrap_listener(self) -> None:
         from urr_gateway import checkserver, http1
-        from urr_gateway.ratelimit import pipeline, resp
 
         probe = self
         stages = self.stages
@@ -85,6 +92,12 @@ class Probe:
 
         checkserver._Connection._answer = answer  # type: ignore[method-assign]
 
+    def _wrap_pipeline(self) -> None:
+        from urr_gateway.ratelimit import pipeline, resp
+
+        probe = self
+        stages = self.stages
+
         # The pipeline: when each command was asked for, when its batch was written, when
         # its reply was read, when its caller resumed.
         asked: deque[float] = deque()
@@ -102,8 +115,7 @@ class Probe:
         def send(self: Any, payload: bytes, waiters: list[Any]) -> None:
             written = _clock()
             commands = sum(1 for waiter in waiters if waiter is not None)
-            if probe._recording:
-                probe.batch_sizes.append(commands)
+            probe.batch_sizes.append(commands)  # (cleared when the measured run starts)
             for _ in range(commands):
                 first = asked.popleft() if asked else written
                 in_flight.append((first, written))
@@ -126,9 +138,8 @@ class Probe:
                     break
                 first, written = in_flight.popleft()
                 replied.append(at)
-                if probe._recording:
-                    stages["to redis"].append(written - first)
-                    stages["redis"].append(at - written)
+                stages["to redis"].append(written - first)
+                stages["redis"].append(at - written)
 
         resp.RespPipe.data_received = reply  # type: ignore[method-assign]
 
@@ -136,14 +147,7 @@ class Probe:
             # Added after the caller's own wake-up, so it runs once the caller's step (the
             # answer built and written) is over.
             if replied:
-                at = replied.popleft()
-                if probe._recording:
-                    stages["reply->answer"].append(_clock() - at)
-
-        gc.callbacks.append(self._on_gc)
-        self._loop = loop
-        self._tick_due = loop.time() + 0.001
-        loop.call_later(0.001, self._tick)
+                stages["reply->answer"].append(_clock() - replied.popleft())
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":

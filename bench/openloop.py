@@ -103,6 +103,30 @@ def _sender(
     pipe.close()
 
 
+def _kernel_stamp(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive time of a read (now, when it gave none)."""
+    for level, kind, stamp in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            seconds, nanos = struct.unpack("qq", stamp[:16])
+            return seconds + nanos * 1e-9
+    return time.time()
+
+
+def split_answers(buffer: bytes) -> tuple[bytes, list[bytes]]:
+    """The status codes of the complete answers at the start of ``buffer``, and the rest."""
+    statuses = []
+    while (end := buffer.find(b"\r\n\r\n")) >= 0:
+        at_length = buffer.find(b"Content-Length:", 0, end)
+        if at_length < 0:
+            at_length = buffer.lower().find(b"content-length:", 0, end)
+        length = int(buffer[at_length + 15 : buffer.find(b"\r\n", at_length)])
+        if len(buffer) < end + 4 + length:
+            break
+        statuses.append(buffer[9:12])
+        buffer = buffer[end + 4 + length :]
+    return buffer, statuses
+
+
 def _receiver(
     socks: list[socket.socket],
     total: int,
@@ -127,7 +151,6 @@ def _receiver(
     non_200 = 0
     cpu = time.process_time()
     deadline = t0 + total / rate + timeout_s
-    unpack = struct.unpack
     while done < total and time.time() < deadline:
         if poll_s > 0:
             # Woken once per poll_s, not per answer: fewer wake-ups competing with the
@@ -140,31 +163,16 @@ def _receiver(
             if not data:
                 poller.unregister(fd)
                 continue
-            at = time.time()
-            for level, kind, stamp in ancillary:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    seconds, nanos = unpack("qq", stamp[:16])
-                    at = seconds + nanos * 1e-9
-            buffer = buffers[conn] + data
-            while True:  # every complete answer in the buffer
-                end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    break
-                at_length = buffer.find(b"Content-Length:", 0, end)
-                if at_length < 0:
-                    at_length = buffer.lower().find(b"content-length:", 0, end)
-                line_end = buffer.find(b"\r\n", at_length)
-                length = int(buffer[at_length + 15 : line_end])
-                if len(buffer) < end + 4 + length:
-                    break
-                if buffer[9:12] != b"200":
+            buffer, statuses = split_answers(buffers[conn] + data)
+            at = _kernel_stamp(ancillary)
+            for status in statuses:
+                if status != b"200":
                     non_200 += 1
                 index = conn + answers[conn] * count
                 answers[conn] += 1
                 if index < total:
                     answered[index] = at
                     done += 1
-                buffer = buffer[end + 4 + length :]
             buffers[conn] = buffer
     pipe.send_bytes(answered.tobytes())
     pipe.send((non_200, time.process_time() - cpu))
