@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import signal
@@ -155,8 +156,6 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int, probe: 
 
         stages = Probe()
         stages.install(loop)
-        # The generator's measured run starts with SIGUSR1 (after its warm-up).
-        loop.add_signal_handler(signal.SIGUSR1, stages.start)
     redis = Redis.from_url(redis_url, max_connections=64, socket_timeout=0.5)
     registry = CollectorRegistry()
     settings = RateLimitSettings(
@@ -198,6 +197,14 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int, probe: 
     tune_gc(0 if variant.endswith("-untuned") else GatewayHttpSettings().gc_gen0_threshold)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    at_start: list[int] = []
+
+    def measured_run_starts() -> None:  # SIGUSR1 from the bench, after the warm-up
+        at_start[:] = [gen["collections"] for gen in gc.get_stats()]
+        if stages is not None:
+            stages.start()
+
+    loop.add_signal_handler(signal.SIGUSR1, measured_run_starts)
     await stop.wait()
     if stages is not None:
         print(f"  server ({variant}), probed:\n{stages.report()}", flush=True)
@@ -210,6 +217,16 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int, probe: 
         for p in ("open", "local")
     )
     stats = await redis.info("stats")
+    if at_start:
+        collections = "/".join(
+            str(gen["collections"] - before)
+            for gen, before in zip(gc.get_stats(), at_start, strict=True)
+        )
+        print(
+            f"  server ({variant}): garbage collections in the measured run, gen0/1/2 "
+            f"{collections}",
+            flush=True,
+        )
     print(
         f"  server ({variant}): degraded decisions {degraded:.0f}, Redis connections opened "
         f"{stats['total_connections_received']}; inside the server (body parsed to answer "
@@ -386,6 +403,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """How long a process has waited, runnable, for a CPU so far (``/proc/PID/schedstat``:
+    the scheduler's run-queue delay summed over its threads' lives)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 #: Quantiles printed: P50, P99, P99.9 (and the max).
 QUANTILES = (0.5, 0.99, 0.999)
 
@@ -414,6 +440,9 @@ class Result:
     server_cpu_us: float
     generator_cpu_us: float
     load: float
+    #: µs per request the server and Redis waited, runnable, for a CPU (another process had it).
+    server_wait_us: float = float("nan")
+    redis_wait_us: float = float("nan")
 
 
 #: ``--generator`` names: a base (``split`` or ``asyncio``) and options joined by ``+``.
@@ -450,6 +479,7 @@ def run_split(
     server: subprocess.Popen[bytes],
     variant: str,
     generator: str,
+    redis_pid: int,
 ) -> Result:
     """The two-process generator (``openloop``): precise sends, kernel receive stamps."""
     tenant_shape = variant == "tenant"
@@ -457,11 +487,13 @@ def run_split(
     warm_up(args, port, tenant_shape, options)
     total = int(args.rate * args.seconds)
     payloads = [request_bytes(index, tenant_shape) for index in range(total)]
-    if args.probe:
-        server.send_signal(signal.SIGUSR1)
+    server.send_signal(signal.SIGUSR1)  # the measured run starts (probe, GC counts)
     server_cpu = cpu_seconds(server.pid)
+    waits = runqueue_wait_s(server.pid), runqueue_wait_s(redis_pid)
     measured = openloop.run(port, payloads, args.rate, args.connections, **split_options(options))
     server_cpu = cpu_seconds(server.pid) - server_cpu
+    server_wait = runqueue_wait_s(server.pid) - waits[0]
+    redis_wait = runqueue_wait_s(redis_pid) - waits[1]
     due, sent, answered = measured.due, measured.sent, measured.answered
     done = [k for k in range(total) if answered[k] > 0.0]
     latency = [answered[k] - due[k] for k in done]
@@ -481,6 +513,8 @@ def run_split(
         server_cpu / max(1, len(done)) * 1e6,
         (measured.sender_cpu_s + measured.receiver_cpu_s) / max(1, len(done)) * 1e6,
         os.getloadavg()[0],
+        server_wait / max(1, len(done)) * 1e6,
+        redis_wait / max(1, len(done)) * 1e6,
     )
 
 
@@ -490,16 +524,19 @@ async def run_asyncio(
     server: subprocess.Popen[bytes],
     variant: str,
     generator: str,
+    redis_pid: int,
 ) -> Result:
     """The earlier in-process generator (one event loop, 1 ms ticks), for comparison."""
     warm = argparse.Namespace(**{**vars(args), "rate": min(args.rate, 500), "seconds": 1})
     tenant_shape = variant == "tenant"
     await generate(warm, port, tenant_shape)
-    if args.probe:
-        server.send_signal(signal.SIGUSR1)
+    server.send_signal(signal.SIGUSR1)  # the measured run starts (probe, GC counts)
     server_cpu, own_cpu = cpu_seconds(server.pid), time.process_time()
+    waits = runqueue_wait_s(server.pid), runqueue_wait_s(redis_pid)
     pool, elapsed = await generate(args, port, tenant_shape)
     server_cpu = cpu_seconds(server.pid) - server_cpu
+    server_wait = runqueue_wait_s(server.pid) - waits[0]
+    redis_wait = runqueue_wait_s(redis_pid) - waits[1]
     own_cpu = time.process_time() - own_cpu
     answers = len(pool.latencies)
     return Result(
@@ -514,6 +551,8 @@ async def run_asyncio(
         server_cpu / answers * 1e6,
         own_cpu / answers * 1e6,
         os.getloadavg()[0],
+        server_wait / answers * 1e6,
+        redis_wait / answers * 1e6,
     )
 
 
@@ -531,11 +570,14 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
         "latency = answer received - request DUE (all of it counted, no coordinated omission);"
         "\nafter send = answer received - request sent (server + Redis + loopback); lag = sent"
         " - due (the generator's own lateness, inside latency). Each: P50 / P99 / P99.9 ms."
+        "\nsrv µs/req: the server's CPU per answer; runq wait: µs per answer the server and"
+        " Redis were runnable but waited for a core (the machine's contention)."
     )
     header = (
         f"{'variant':<13} {'generator':<17} {'answers/s':>9} {'errors':>6}  "
         f"{'latency p50/p99/p99.9':>22} {'max':>6}  {'after send p50/p99/p99.9':>24}  "
-        f"{'gen lag p50/p99/p99.9':>21}  {'srv µs/req':>10} {'gen µs/req':>10} {'load':>5}"
+        f"{'gen lag p50/p99/p99.9':>21}  {'srv µs/req':>10} {'gen µs/req':>10} "
+        f"{'runq wait srv/redis':>19} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -548,7 +590,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
             f"{r.variant:<13} {r.generator:<17} {r.rate:9.0f} {r.errors:6d}  "
             f"{triple(r.latency_ms):>22} {r.latency_ms[3]:6.1f}  {triple(r.after_send_ms):>24}  "
             f"{triple(r.lag_ms):>21}  {r.server_cpu_us:10.0f} {r.generator_cpu_us:10.0f} "
-            f"{r.load:5.1f}"
+            f"{r.server_wait_us:9.0f}/{r.redis_wait_us:<9.0f} {r.load:5.1f}"
         )
     # CPU per request does not depend on how busy the rest of the machine is: it says what
     # one core could serve, where the latencies above also say how much CPU we were given.
@@ -647,18 +689,21 @@ def run_variant(
     server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])])  # noqa: S603
     base, options = generator_parts(generator)
     pin = "pin" in options
+    assert redis.process is not None
+    redis_pid = redis.process.pid
     try:
         if pin:
             os.sched_setaffinity(server.pid, {1})
         wait_listening("127.0.0.1", port, 20, "check app")
         if base == "split":
-            return run_split(args, port, server, variant, generator)
+            return run_split(args, port, server, variant, generator, redis_pid)
         # The in-process generator on uvloop too (with --uvloop): its own cost and stalls
         # are in every latency measured, so it should be the cheapest process in the run.
         if pin:
             os.sched_setaffinity(0, {0})
         try:
-            return cast(Result, runner(run_asyncio(args, port, server, variant, generator)))
+            load = run_asyncio(args, port, server, variant, generator, redis_pid)
+            return cast(Result, runner(load))
         finally:
             if pin:
                 os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
