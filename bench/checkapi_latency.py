@@ -3,19 +3,36 @@
 Run manually (never part of the test run):
 
     uv run python bench/checkapi_latency.py [--rate 5000] [--seconds 10] [--connections 16]
-        [--variants pipeline,per_call,ping,limits-mw] [--uvloop]
+        [--variants lean,pipeline,per_call,ping,limits-mw] [--uvloop]
+        [--generator split,split+pin,split+lazy,split+ticks,asyncio] [--rounds N] [--probe]
 
 Starts a private redis-server and, one variant after the other, the check app
 (``create_check_app``) in a separate server process on free loopback ports, then sends
-requests at a fixed rate from this process,
-whatever the answers' speed (open loop): request k is due at t0 + floor(k / (rate x 1 ms))
-x 1 ms (the rate in bursts of 1 ms, the resolution of the loop's timers) and its latency is
-measured from that due time, so a stalled server shows up in the figures instead of slowing
-the generator down (no coordinated omission). The generator is a pool of ``--connections``
-HTTP/1.1 keep-alive connections on asyncio protocols, one request in flight on each: a due
-request takes an idle connection or waits in one FIFO for the next free one (its wait is in
-its latency), and the request bytes are built before the clock starts, so the generator's
-own cost stays small next to the server's ("lag" says how late requests left it).
+requests at a fixed rate whatever the answers' speed (open loop), each request's latency
+measured from its *due* time, so a stalled server (or a late generator) shows up in the
+figures instead of slowing the generator down (no coordinated omission).
+
+Generators (``--generator``, several compared in one run, alternating with ``--rounds``):
+
+* ``split`` (the default, ``openloop.py``): two processes of their own, a sender that sends
+  request k at exactly t0 + k / rate (evenly spaced; sleeps with 1 µs timer slack, no event
+  loop) over ``--connections`` keep-alive connections (round robin, pipelined when the
+  previous answer is still owed), and a receiver that takes each answer's arrival time from
+  the kernel's receive timestamp (``SO_TIMESTAMPNS``), so neither's scheduling is counted as
+  the server's. Printed: latency from the due time, latency from the actual send (server,
+  Redis and loopback only), and the generator's lag (sent - due), P50/P99/P99.9 each;
+* ``asyncio``: the earlier generator, in this process on the event loop: requests due in
+  1 ms bursts (its timers' resolution), one request in flight per connection, a due request
+  waiting in a FIFO for a free connection (its "lag" includes that wait);
+* options: ``+pin`` (generator on CPU 0, server on CPU 1, Redis free), ``+lazy`` (the split
+  receiver reads every 1 ms instead of waking per answer), ``+ticks`` (the split sender's
+  schedule in 1 ms bursts, as the asyncio generator's).
+
+Also printed per row: the server's CPU µs per answer, the generator's, and how many µs per
+answer the server and Redis waited runnable for a core (``/proc/PID/schedstat``: the other
+processes on the machine, this bench's own included); per server, the garbage collections
+during the measured run, and with ``--probe`` the time of each stage inside the server
+(``checkapi_probe.py``).
 
 Variants (the same app, limiter, deny cache, metrics and caller check; only the listener
 or the Redis side differs):
