@@ -90,7 +90,7 @@ class Probe:
 
             return timed()
 
-        checkserver._Connection._answer = answer  # type: ignore[method-assign]
+        checkserver._Connection._answer = answer  # type: ignore[method-assign,assignment]
 
     def _wrap_pipeline(self) -> None:
         from urr_gateway.ratelimit import pipeline, resp

@@ -46,9 +46,9 @@ _ANCILLARY = socket.CMSG_SPACE(16)
 class Measured:
     """One generator run: per request (index = request number) due, sent and answered."""
 
-    due: array  # seconds, CLOCK_REALTIME
-    sent: array
-    answered: array  # 0.0: never answered
+    due: array[float]  # seconds, CLOCK_REALTIME
+    sent: array[float]
+    answered: array[float]  # 0.0: never answered
     non_200: int
     sender_cpu_s: float
     receiver_cpu_s: float
@@ -68,7 +68,7 @@ def _pin(cpus: set[int] | None) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def due_times(total: int, rate: float, t0: float, tick_s: float) -> array:
+def due_times(total: int, rate: float, t0: float, tick_s: float) -> array[float]:
     """Request ``k``'s due time: ``t0 + k / rate``, or with ``tick_s`` the start of its tick
     (``rate x tick_s`` requests due together at each tick: bursts, as a 1 ms timer sends)."""
     if tick_s <= 0:
@@ -80,7 +80,7 @@ def due_times(total: int, rate: float, t0: float, tick_s: float) -> array:
 def _sender(
     socks: list[socket.socket],
     payloads: list[bytes],
-    due: array,
+    due: array[float],
     pipe: multiprocessing.connection.Connection,
     cpus: set[int] | None,
 ) -> None:
@@ -108,7 +108,7 @@ def _kernel_stamp(ancillary: list[tuple[int, int, bytes]]) -> float:
     for level, kind, stamp in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
             seconds, nanos = struct.unpack("qq", stamp[:16])
-            return seconds + nanos * 1e-9
+            return float(seconds + nanos * 1e-9)
     return time.time()
 
 
