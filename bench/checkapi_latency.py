@@ -153,8 +153,11 @@ class LimitsStore(PingStore):
         await self._storage.bridge.get_connection().aclose()  # type: ignore[attr-defined]
 
 
-async def serve(port: int, redis_url: str, variant: str, window_us: int, probe: bool) -> None:
-    """The server process: the check app alone on ``port``."""
+async def serve(
+    port: int, redis_url: str, variant: str, window_us: int, probe: bool, report_to: str
+) -> None:
+    """The server process: the check app alone on ``port``; what it saw during the measured
+    run (degraded decisions, garbage collections) goes to the JSON file ``report_to``."""
     from aiohttp import web
     from prometheus_client import CollectorRegistry
     from pydantic import SecretStr
@@ -214,10 +217,20 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int, probe: 
     tune_gc(0 if variant.endswith("-untuned") else GatewayHttpSettings().gc_gen0_threshold)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    at_start: list[int] = []
+    at_start: list[float] = []
+
+    def degraded() -> float:
+        return sum(
+            registry.get_sample_value(
+                "urr_ratelimit_degraded_decisions_total", {"category": c, "policy": p}
+            )
+            or 0.0
+            for c in ("general",)
+            for p in ("open", "local")
+        )
 
     def measured_run_starts() -> None:  # SIGUSR1 from the bench, after the warm-up
-        at_start[:] = [gen["collections"] for gen in gc.get_stats()]
+        at_start[:] = [degraded(), *(gen["collections"] for gen in gc.get_stats())]
         if stages is not None:
             stages.start()
 
@@ -225,31 +238,18 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int, probe: 
     await stop.wait()
     if stages is not None:
         print(f"  server ({variant}), probed:\n{stages.report()}", flush=True)
-    degraded = sum(
-        registry.get_sample_value(
-            "urr_ratelimit_degraded_decisions_total", {"category": c, "policy": p}
-        )
-        or 0.0
-        for c in ("general",)
-        for p in ("open", "local")
-    )
-    stats = await redis.info("stats")
     if at_start:
-        collections = "/".join(
-            str(gen["collections"] - before)
-            for gen, before in zip(gc.get_stats(), at_start, strict=True)
+        now = [degraded(), *(gen["collections"] for gen in gc.get_stats())]
+        seen = [int(after - before) for after, before in zip(now, at_start, strict=True)]
+        Path(report_to).write_bytes(  # noqa: ASYNC240 - once, while the server stops
+            orjson.dumps(
+                {
+                    "degraded": seen[0],
+                    "gc": "/".join(map(str, seen[1:])),
+                    "own_p99_ms": own_p99_ms(registry),
+                }
+            )
         )
-        print(
-            f"  server ({variant}): garbage collections in the measured run, gen0/1/2 "
-            f"{collections}",
-            flush=True,
-        )
-    print(
-        f"  server ({variant}): degraded decisions {degraded:.0f}, Redis connections opened "
-        f"{stats['total_connections_received']}; inside the server (body parsed to answer "
-        f"built, warm-up included), P99 <= {own_p99_ms(registry)} ms",
-        flush=True,
-    )
     await runner.cleanup()
     if policies is not None:
         await policies.stop()
@@ -460,6 +460,12 @@ class Result:
     #: µs per request the server and Redis waited, runnable, for a CPU (another process had it).
     server_wait_us: float = float("nan")
     redis_wait_us: float = float("nan")
+    #: Decisions not made by Redis (its budget missed: fail-open) in the measured run.
+    degraded: int = 0
+    #: Garbage collections gen0/gen1/gen2 in the server during the measured run.
+    collections: str = "?"
+    #: The bound of the server's own latency histogram bucket holding its P99 (warm-up in).
+    own_p99_ms: str = "?"
 
 
 #: ``--generator`` names: a base (``split`` or ``asyncio``) and options joined by ``+``.
@@ -588,13 +594,15 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
         "\nafter send = answer received - request sent (server + Redis + loopback); lag = sent"
         " - due (the generator's own lateness, inside latency). Each: P50 / P99 / P99.9 ms."
         "\nsrv µs/req: the server's CPU per answer; runq wait: µs per answer the server and"
-        " Redis were runnable but waited for a core (the machine's contention)."
+        " Redis were runnable but waited for a core (the machine's contention); degraded: answers"
+        " the limiter gave without Redis (its 10 ms budget missed: fail-open, not exact);"
+        " GC: the server's collections per generation, both during the measured run."
     )
     header = (
         f"{'variant':<13} {'generator':<17} {'answers/s':>9} {'errors':>6}  "
         f"{'latency p50/p99/p99.9':>22} {'max':>6}  {'after send p50/p99/p99.9':>24}  "
         f"{'gen lag p50/p99/p99.9':>21}  {'srv µs/req':>10} {'gen µs/req':>10} "
-        f"{'runq wait srv/redis':>19} {'load':>5}"
+        f"{'runq wait srv/redis':>19} {'degraded':>8} {'GC 0/1/2':>8} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -607,7 +615,8 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
             f"{r.variant:<13} {r.generator:<17} {r.rate:9.0f} {r.errors:6d}  "
             f"{triple(r.latency_ms):>22} {r.latency_ms[3]:6.1f}  {triple(r.after_send_ms):>24}  "
             f"{triple(r.lag_ms):>21}  {r.server_cpu_us:10.0f} {r.generator_cpu_us:10.0f} "
-            f"{r.server_wait_us:9.0f}/{r.redis_wait_us:<9.0f} {r.load:5.1f}"
+            f"{r.server_wait_us:9.0f}/{r.redis_wait_us:<9.0f} {r.degraded:8d} "
+            f"{r.collections:>8} {r.load:5.1f}"
         )
     # CPU per request does not depend on how busy the rest of the machine is: it says what
     # one core could serve, where the latencies above also say how much CPU we were given.
@@ -627,7 +636,8 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
             print(
                 f"{r.variant} ({r.generator} generator): P99 <= 2 ms at {args.rate:.0f}/s "
                 f"{'met' if p99 <= 2 else 'MISSED'} ({p99:.2f} ms, of which the generator's "
-                f"lag P99 {r.lag_ms[1]:.2f}); server CPU <= 100 µs/request "
+                f"lag P99 {r.lag_ms[1]:.2f}; the server's own histogram: P99 <= {r.own_p99_ms} "
+                f"ms); {r.degraded} decisions degraded; server CPU <= 100 µs/request "
                 f"{'met' if r.server_cpu_us <= 100 else 'MISSED'} ({r.server_cpu_us:.0f})"
             )
 
@@ -659,8 +669,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="variants alternate per round")
     parser.add_argument(
         "--serve",
-        nargs=5,
-        metavar=("PORT", "REDIS_URL", "VARIANT", "WINDOW_US", "PROBE"),
+        nargs=6,
+        metavar=("PORT", "REDIS_URL", "VARIANT", "WINDOW_US", "PROBE", "REPORT_TO"),
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
@@ -668,8 +678,8 @@ def main() -> None:
         parser.error("bounded: at most 200,000 requests per variant")
     if args.serve:
         runner = __import__("uvloop").run if args.uvloop else asyncio.run
-        port, url, variant, window, probe = args.serve
-        runner(serve(int(port), url, variant, int(window), probe == "1"))
+        port, url, variant, window, probe, report_to = args.serve
+        runner(serve(int(port), url, variant, int(window), probe == "1", report_to))
         return
     variants = [v for v in args.variants.split(",") if v]
     if unknown := set(variants) - set(VARIANTS):
@@ -702,7 +712,8 @@ def run_variant(
     redis.flushall()
     port = free_port()
     argv = [sys.executable, __file__, "--serve", str(port), redis.url, variant]
-    argv += [str(args.window_us), "1" if args.probe else "0"]
+    report_to = Path(tempfile.mkdtemp(prefix="urr-bench-")) / "server.json"
+    argv += [str(args.window_us), "1" if args.probe else "0", str(report_to)]
     server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])])  # noqa: S603
     base, options = generator_parts(generator)
     pin = "pin" in options
@@ -713,20 +724,26 @@ def run_variant(
             os.sched_setaffinity(server.pid, {1})
         wait_listening("127.0.0.1", port, 20, "check app")
         if base == "split":
-            return run_split(args, port, server, variant, generator, redis_pid)
-        # The in-process generator on uvloop too (with --uvloop): its own cost and stalls
-        # are in every latency measured, so it should be the cheapest process in the run.
-        if pin:
-            os.sched_setaffinity(0, {0})
-        try:
-            load = run_asyncio(args, port, server, variant, generator, redis_pid)
-            return cast(Result, runner(load))
-        finally:
+            result = run_split(args, port, server, variant, generator, redis_pid)
+        else:
+            # The in-process generator on uvloop too (with --uvloop): its own cost and
+            # stalls are in every latency measured, so it should be the cheapest process.
             if pin:
-                os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+                os.sched_setaffinity(0, {0})
+            try:
+                load = run_asyncio(args, port, server, variant, generator, redis_pid)
+                result = cast(Result, runner(load))
+            finally:
+                if pin:
+                    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     finally:
         server.terminate()
         server.wait(timeout=10)
+    seen = orjson.loads(report_to.read_bytes())
+    shutil.rmtree(report_to.parent, ignore_errors=True)
+    result.degraded, result.collections = seen["degraded"], seen["gc"]
+    result.own_p99_ms = seen["own_p99_ms"]
+    return result
 
 
 if __name__ == "__main__":
