@@ -14,18 +14,21 @@ figures instead of slowing the generator down (no coordinated omission).
 
 Generators (``--generator``, several compared in one run, alternating with ``--rounds``):
 
-* ``split`` (the default, ``openloop.py``): two processes of their own, a sender that sends
-  request k at exactly t0 + k / rate (evenly spaced; sleeps with 1 µs timer slack, no event
-  loop) over ``--connections`` keep-alive connections (round robin, pipelined when the
-  previous answer is still owed), and a receiver that takes each answer's arrival time from
-  the kernel's receive timestamp (``SO_TIMESTAMPNS``), so neither's scheduling is counted as
-  the server's. Printed: latency from the due time, latency from the actual send (server,
-  Redis and loopback only), and the generator's lag (sent - due), P50/P99/P99.9 each;
+* ``split`` (``openloop.py``; the default is ``split+lazy``): two processes of their own,
+  a sender that sends request k at exactly t0 + k / rate (evenly spaced; sleeps with 1 µs
+  timer slack, no event loop) over ``--connections`` keep-alive connections (round robin,
+  pipelined when the previous answer is still owed), and a receiver that takes each
+  answer's arrival time from the kernel's receive timestamp (``SO_TIMESTAMPNS``), so
+  neither's scheduling is counted as the server's. Printed: latency from the due time,
+  latency from the actual send (server, Redis and loopback only), and the generator's lag
+  (sent - due), P50/P99/P99.9 each;
 * ``asyncio``: the earlier generator, in this process on the event loop: requests due in
   1 ms bursts (its timers' resolution), one request in flight per connection, a due request
   waiting in a FIFO for a free connection (its "lag" includes that wait);
 * options: ``+pin`` (generator on CPU 0, server on CPU 1, Redis free), ``+lazy`` (the split
-  receiver reads every 1 ms instead of waking per answer), ``+ticks`` (the split sender's
+  receiver reads every 1 ms instead of waking per answer: one wake-up fewer per request on
+  two shared cores; the kernel stamps keep each answer's arrival time, except that answers
+  read together take the last one's, which errs late), ``+ticks`` (the split sender's
   schedule in 1 ms bursts, as the asyncio generator's).
 
 Also printed per row: the server's CPU µs per answer, the generator's, and how many µs per
@@ -654,7 +657,7 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="run the server on uvloop")
     parser.add_argument(
         "--generator",
-        default="split",
+        default="split+lazy",
         help="comma-separated: split (two processes, evenly spaced sends, kernel receive "
         "stamps) or asyncio (the earlier in-process 1 ms-tick generator), each optionally "
         "with +"
