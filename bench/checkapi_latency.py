@@ -29,7 +29,8 @@ Generators (``--generator``, several compared in one run, alternating with ``--r
   receiver reads every 1 ms instead of waking per answer: one wake-up fewer per request on
   two shared cores; the kernel stamps keep each answer's arrival time, except that answers
   read together take the last one's, which errs late), ``+ticks`` (the split sender's
-  schedule in 1 ms bursts, as the asyncio generator's).
+  schedule in 1 ms bursts, as the asyncio generator's), ``+poisson`` (the split sender's
+  requests at exponential gaps of the same mean: the bursts of independent callers).
 
 Also printed per row: the server's CPU µs per answer, the generator's, and how many µs per
 answer the server and Redis waited runnable for a core (``/proc/PID/schedstat``: the other
@@ -476,6 +477,7 @@ GENERATOR_OPTIONS = {
     "lazy": "split: the receiver reads every 1 ms instead of on each answer (fewer wake-ups)",
     "ticks": "split: requests due in 1 ms bursts (the asyncio generator's schedule)",
     "pin": "the generator on CPU 0, the server on CPU 1 (Redis and everything else free)",
+    "poisson": "split: Poisson arrivals at the same mean rate (independent callers' bursts)",
 }
 
 
@@ -496,6 +498,7 @@ def split_options(options: set[str]) -> dict[str, Any]:
         "cpus": {0} if "pin" in options else None,
         "tick_s": TICK_S if "ticks" in options else 0.0,
         "poll_s": 0.001 if "lazy" in options else 0.0,
+        "poisson": "poisson" in options,
     }
 
 

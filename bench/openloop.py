@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import random
 import select
 import socket
 import struct
@@ -68,9 +69,21 @@ def _pin(cpus: set[int] | None) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def due_times(total: int, rate: float, t0: float, tick_s: float) -> array[float]:
+def due_times(
+    total: int, rate: float, t0: float, tick_s: float, poisson: bool = False
+) -> array[float]:
     """Request ``k``'s due time: ``t0 + k / rate``, or with ``tick_s`` the start of its tick
-    (``rate x tick_s`` requests due together at each tick: bursts, as a 1 ms timer sends)."""
+    (``rate x tick_s`` requests due together at each tick: bursts, as a 1 ms timer sends),
+    or with ``poisson`` independent arrivals at that mean rate (exponential gaps, a fixed
+    seed: the natural bursts of many independent callers)."""
+    if poisson:
+        draw = random.Random(17).expovariate
+        due: array[float] = array("d", bytes(8 * total))
+        at = t0
+        for k in range(total):
+            due[k] = at
+            at += draw(rate)
+        return due
     if tick_s <= 0:
         return array("d", (t0 + k / rate for k in range(total)))
     per_tick = rate * tick_s
@@ -188,12 +201,14 @@ def run(
     cpus: set[int] | None = None,
     tick_s: float = 0.0,
     poll_s: float = 0.0,
+    poisson: bool = False,
     timeout_s: float = 10.0,
 ) -> Measured:
     """Send ``payloads`` (one request each, in order) to ``127.0.0.1:port`` at ``rate``
     per second over ``connections`` keep-alive connections. ``cpus``: pin both generator
     processes to these CPUs; ``tick_s``: requests due in bursts per tick (0: evenly
-    spaced); ``poll_s``: the receiver reads every ``poll_s`` instead of on every answer."""
+    spaced); ``poll_s``: the receiver reads every ``poll_s`` instead of on every answer;
+    ``poisson``: exponential gaps at that mean rate instead of even ones."""
     socks = []
     for _ in range(connections):
         sock = socket.create_connection(("127.0.0.1", port))
@@ -205,7 +220,7 @@ def run(
     t0 = time.time() + 0.2  # both processes started and pinned before the first due time
     sender_end, sender_pipe = context.Pipe(duplex=False)
     receiver_end, receiver_pipe = context.Pipe(duplex=False)
-    due = due_times(total, rate, t0, tick_s)
+    due = due_times(total, rate, t0, tick_s, poisson)
     receiver = context.Process(
         target=_receiver, args=(socks, total, t0, rate, timeout_s, poll_s, receiver_pipe, cpus)
     )
