@@ -525,17 +525,19 @@ def run_split(
     redis_wait = runqueue_wait_s(redis_pid) - waits[1]
     due, sent, answered = measured.due, measured.sent, measured.answered
     done = [k for k in range(total) if answered[k] > 0.0]
-    latency = [answered[k] - due[k] for k in done]
-    after_send = [answered[k] - sent[k] for k in done]
+    # A request never answered (the receiver gives up 10 s after the last due time) counts
+    # as infinitely late, so a tail it belongs to reads "inf" instead of being dropped.
+    never = [float("inf")] * (total - len(done))
+    latency = [answered[k] - due[k] for k in done] + never
+    after_send = [answered[k] - sent[k] for k in done] + never
     lag = [sent[k] - due[k] for k in range(total)]
     elapsed = max((answered[k] for k in done), default=due[0]) - due[0]
-    missing = total - len(done)
     return Result(
         variant,
         generator,
         len(done),
         len(done) / elapsed if elapsed > 0 else 0.0,
-        measured.non_200 + missing,
+        measured.non_200 + len(never),
         summary(latency),
         summary(after_send),
         summary(lag),
@@ -602,7 +604,8 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
         "\nsrv µs/req: the server's CPU per answer; runq wait: µs per answer the server and"
         " Redis were runnable but waited for a core (the machine's contention); degraded: answers"
         " the limiter gave without Redis (its 10 ms budget missed: fail-open, not exact);"
-        " GC: the server's collections per generation, both during the measured run."
+        " GC: the server's collections per generation, both during the measured run; errors:"
+        " non-200 answers and requests never answered (their latency counted as inf)."
     )
     header = (
         f"{'variant':<13} {'generator':<17} {'answers/s':>9} {'errors':>6}  "
