@@ -502,27 +502,44 @@ def split_options(options: set[str]) -> dict[str, Any]:
     }
 
 
-def run_split(
-    args: argparse.Namespace,
-    port: int,
-    server: subprocess.Popen[bytes],
-    variant: str,
-    generator: str,
-    redis_pid: int,
-) -> Result:
+@dataclass
+class Target:
+    """The server under test, its port, and the Redis it decides with."""
+
+    port: int
+    server: subprocess.Popen[bytes]
+    redis_pid: int
+    variant: str
+    #: At the measured run's start: the server's CPU s and both run-queue waits.
+    marks: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def start_measuring(self) -> None:
+        self.server.send_signal(signal.SIGUSR1)  # the measured run starts (probe, GC counts)
+        pid = self.server.pid
+        self.marks = cpu_seconds(pid), runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+
+    def measured(self, answers: int) -> tuple[float, float, float]:
+        """Per answer since ``start_measuring``: server CPU µs, server and Redis wait µs."""
+        pid = self.server.pid
+        now = cpu_seconds(pid), runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+        cpu, server_wait, redis_wait = (
+            (after - before) / max(1, answers) * 1e6
+            for after, before in zip(now, self.marks, strict=True)
+        )
+        return cpu, server_wait, redis_wait
+
+
+def run_split(args: argparse.Namespace, target: Target, generator: str) -> Result:
     """The two-process generator (``openloop``): precise sends, kernel receive stamps."""
-    tenant_shape = variant == "tenant"
+    tenant_shape = target.variant == "tenant"
     options = generator_parts(generator)[1]
-    warm_up(args, port, tenant_shape, options)
+    warm_up(args, target.port, tenant_shape, options)
     total = int(args.rate * args.seconds)
     payloads = [request_bytes(index, tenant_shape) for index in range(total)]
-    server.send_signal(signal.SIGUSR1)  # the measured run starts (probe, GC counts)
-    server_cpu = cpu_seconds(server.pid)
-    waits = runqueue_wait_s(server.pid), runqueue_wait_s(redis_pid)
-    measured = openloop.run(port, payloads, args.rate, args.connections, **split_options(options))
-    server_cpu = cpu_seconds(server.pid) - server_cpu
-    server_wait = runqueue_wait_s(server.pid) - waits[0]
-    redis_wait = runqueue_wait_s(redis_pid) - waits[1]
+    target.start_measuring()
+    measured = openloop.run(
+        target.port, payloads, args.rate, args.connections, **split_options(options)
+    )
     due, sent, answered = measured.due, measured.sent, measured.answered
     done = [k for k in range(total) if answered[k] > 0.0]
     # A request never answered (the receiver gives up 10 s after the last due time) counts
@@ -532,8 +549,9 @@ def run_split(
     after_send = [answered[k] - sent[k] for k in done] + never
     lag = [sent[k] - due[k] for k in range(total)]
     elapsed = max((answered[k] for k in done), default=due[0]) - due[0]
+    server_cpu, server_wait, redis_wait = target.measured(len(done))
     return Result(
-        variant,
+        target.variant,
         generator,
         len(done),
         len(done) / elapsed if elapsed > 0 else 0.0,
@@ -541,37 +559,27 @@ def run_split(
         summary(latency),
         summary(after_send),
         summary(lag),
-        server_cpu / max(1, len(done)) * 1e6,
+        server_cpu,
         (measured.sender_cpu_s + measured.receiver_cpu_s) / max(1, len(done)) * 1e6,
         os.getloadavg()[0],
-        server_wait / max(1, len(done)) * 1e6,
-        redis_wait / max(1, len(done)) * 1e6,
+        server_wait,
+        redis_wait,
     )
 
 
-async def run_asyncio(
-    args: argparse.Namespace,
-    port: int,
-    server: subprocess.Popen[bytes],
-    variant: str,
-    generator: str,
-    redis_pid: int,
-) -> Result:
+async def run_asyncio(args: argparse.Namespace, target: Target, generator: str) -> Result:
     """The earlier in-process generator (one event loop, 1 ms ticks), for comparison."""
     warm = argparse.Namespace(**{**vars(args), "rate": min(args.rate, 500), "seconds": 1})
-    tenant_shape = variant == "tenant"
-    await generate(warm, port, tenant_shape)
-    server.send_signal(signal.SIGUSR1)  # the measured run starts (probe, GC counts)
-    server_cpu, own_cpu = cpu_seconds(server.pid), time.process_time()
-    waits = runqueue_wait_s(server.pid), runqueue_wait_s(redis_pid)
-    pool, elapsed = await generate(args, port, tenant_shape)
-    server_cpu = cpu_seconds(server.pid) - server_cpu
-    server_wait = runqueue_wait_s(server.pid) - waits[0]
-    redis_wait = runqueue_wait_s(redis_pid) - waits[1]
+    tenant_shape = target.variant == "tenant"
+    await generate(warm, target.port, tenant_shape)
+    target.start_measuring()
+    own_cpu = time.process_time()
+    pool, elapsed = await generate(args, target.port, tenant_shape)
     own_cpu = time.process_time() - own_cpu
     answers = len(pool.latencies)
+    server_cpu, server_wait, redis_wait = target.measured(answers)
     return Result(
-        variant,
+        target.variant,
         generator,
         answers,
         answers / elapsed,
@@ -579,11 +587,11 @@ async def run_asyncio(
         summary(pool.latencies),
         [float("nan")] * 4,  # this generator keeps no send times
         summary(pool.lags),
-        server_cpu / answers * 1e6,
+        server_cpu,
         own_cpu / answers * 1e6,
         os.getloadavg()[0],
-        server_wait / answers * 1e6,
-        redis_wait / answers * 1e6,
+        server_wait,
+        redis_wait,
     )
 
 
@@ -732,15 +740,16 @@ def run_variant(
         if pin:
             os.sched_setaffinity(server.pid, {1})
         wait_listening("127.0.0.1", port, 20, "check app")
+        target = Target(port, server, redis_pid, variant)
         if base == "split":
-            result = run_split(args, port, server, variant, generator, redis_pid)
+            result = run_split(args, target, generator)
         else:
             # The in-process generator on uvloop too (with --uvloop): its own cost and
             # stalls are in every latency measured, so it should be the cheapest process.
             if pin:
                 os.sched_setaffinity(0, {0})
             try:
-                load = run_asyncio(args, port, server, variant, generator, redis_pid)
+                load = run_asyncio(args, target, generator)
                 result = cast(Result, runner(load))
             finally:
                 if pin:
