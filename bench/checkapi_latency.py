@@ -3,19 +3,40 @@
 Run manually (never part of the test run):
 
     uv run python bench/checkapi_latency.py [--rate 5000] [--seconds 10] [--connections 16]
-        [--variants pipeline,per_call,ping,limits-mw] [--uvloop]
+        [--variants lean,pipeline,per_call,ping,limits-mw] [--uvloop]
+        [--generator split,split+pin,split+lazy,split+ticks,asyncio] [--rounds N] [--probe]
 
 Starts a private redis-server and, one variant after the other, the check app
 (``create_check_app``) in a separate server process on free loopback ports, then sends
-requests at a fixed rate from this process,
-whatever the answers' speed (open loop): request k is due at t0 + floor(k / (rate x 1 ms))
-x 1 ms (the rate in bursts of 1 ms, the resolution of the loop's timers) and its latency is
-measured from that due time, so a stalled server shows up in the figures instead of slowing
-the generator down (no coordinated omission). The generator is a pool of ``--connections``
-HTTP/1.1 keep-alive connections on asyncio protocols, one request in flight on each: a due
-request takes an idle connection or waits in one FIFO for the next free one (its wait is in
-its latency), and the request bytes are built before the clock starts, so the generator's
-own cost stays small next to the server's ("lag" says how late requests left it).
+requests at a fixed rate whatever the answers' speed (open loop), each request's latency
+measured from its *due* time, so a stalled server (or a late generator) shows up in the
+figures instead of slowing the generator down (no coordinated omission).
+
+Generators (``--generator``, several compared in one run, alternating with ``--rounds``):
+
+* ``split`` (``openloop.py``; the default is ``split+lazy``): two processes of their own,
+  a sender that sends request k at exactly t0 + k / rate (evenly spaced; sleeps with 1 µs
+  timer slack, no event loop) over ``--connections`` keep-alive connections (round robin,
+  pipelined when the previous answer is still owed), and a receiver that takes each
+  answer's arrival time from the kernel's receive timestamp (``SO_TIMESTAMPNS``), so
+  neither's scheduling is counted as the server's. Printed: latency from the due time,
+  latency from the actual send (server, Redis and loopback only), and the generator's lag
+  (sent - due), P50/P99/P99.9 each;
+* ``asyncio``: the earlier generator, in this process on the event loop: requests due in
+  1 ms bursts (its timers' resolution), one request in flight per connection, a due request
+  waiting in a FIFO for a free connection (its "lag" includes that wait);
+* options: ``+pin`` (generator on CPU 0, server on CPU 1, Redis free), ``+lazy`` (the split
+  receiver reads every 1 ms instead of waking per answer: one wake-up fewer per request on
+  two shared cores; the kernel stamps keep each answer's arrival time, except that answers
+  read together take the last one's, which errs late), ``+ticks`` (the split sender's
+  schedule in 1 ms bursts, as the asyncio generator's), ``+poisson`` (the split sender's
+  requests at exponential gaps of the same mean: the bursts of independent callers).
+
+Also printed per row: the server's CPU µs per answer, the generator's, and how many µs per
+answer the server and Redis waited runnable for a core (``/proc/PID/schedstat``: the other
+processes on the machine, this bench's own included); per server, the garbage collections
+during the measured run, and with ``--probe`` the time of each stage inside the server
+(``checkapi_probe.py``).
 
 Variants (the same app, limiter, deny cache, metrics and caller check; only the listener
 or the Redis side differs):
@@ -50,8 +71,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,8 +82,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import openloop
 import orjson
 
 from urr_devstack.procs import RedisServer, free_port, wait_listening
@@ -133,8 +157,11 @@ class LimitsStore(PingStore):
         await self._storage.bridge.get_connection().aclose()  # type: ignore[attr-defined]
 
 
-async def serve(port: int, redis_url: str, variant: str, window_us: int) -> None:
-    """The server process: the check app alone on ``port``."""
+async def serve(
+    port: int, redis_url: str, variant: str, window_us: int, probe: bool, report_to: str
+) -> None:
+    """The server process: the check app alone on ``port``; what it saw during the measured
+    run (degraded decisions, garbage collections) goes to the JSON file ``report_to``."""
     from aiohttp import web
     from prometheus_client import CollectorRegistry
     from pydantic import SecretStr
@@ -146,6 +173,13 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int) -> None
     from urr_gateway.server import tune_gc
     from urr_gateway.settings import GatewayHttpSettings
 
+    loop = asyncio.get_running_loop()
+    stages = None
+    if probe:  # before any connection is made (uvloop binds a protocol's methods then)
+        from checkapi_probe import Probe
+
+        stages = Probe()
+        stages.install(loop)
     redis = Redis.from_url(redis_url, max_connections=64, socket_timeout=0.5)
     registry = CollectorRegistry()
     settings = RateLimitSettings(
@@ -186,26 +220,40 @@ async def serve(port: int, redis_url: str, variant: str, window_us: int) -> None
     # As a worker does once listening (the check listener shares the gateway's process).
     tune_gc(0 if variant.endswith("-untuned") else GatewayHttpSettings().gc_gen0_threshold)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    degraded = sum(
-        registry.get_sample_value(
-            "urr_ratelimit_degraded_decisions_total", {"category": c, "policy": p}
+    at_start: list[float] = []
+
+    def degraded() -> float:
+        return sum(
+            registry.get_sample_value(
+                "urr_ratelimit_degraded_decisions_total", {"category": c, "policy": p}
+            )
+            or 0.0
+            for c in ("general",)
+            for p in ("open", "local")
         )
-        or 0.0
-        for c in ("general",)
-        for p in ("open", "local")
-    )
-    stats = await redis.info("stats")
-    print(
-        f"  server ({variant}): degraded decisions {degraded:.0f}, Redis connections opened "
-        f"{stats['total_connections_received']}; inside the server (body parsed to answer "
-        f"built, warm-up included), P99 <= {own_p99_ms(registry)} ms",
-        flush=True,
-    )
+
+    def measured_run_starts() -> None:  # SIGUSR1 from the bench, after the warm-up
+        at_start[:] = [degraded(), *(gen["collections"] for gen in gc.get_stats())]
+        if stages is not None:
+            stages.start()
+
+    loop.add_signal_handler(signal.SIGUSR1, measured_run_starts)
+    await stop.wait()
+    if stages is not None:
+        print(f"  server ({variant}), probed:\n{stages.report()}", flush=True)
+    if at_start:
+        now = [degraded(), *(gen["collections"] for gen in gc.get_stats())]
+        seen = [int(after - before) for after, before in zip(now, at_start, strict=True)]
+        Path(report_to).write_bytes(  # noqa: ASYNC240 - once, while the server stops
+            orjson.dumps(
+                {
+                    "degraded": seen[0],
+                    "gc": "/".join(map(str, seen[1:])),
+                    "own_p99_ms": own_p99_ms(registry),
+                }
+            )
+        )
     await runner.cleanup()
     if policies is not None:
         await policies.stop()
@@ -376,87 +424,237 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """How long a process has waited, runnable, for a CPU so far (``/proc/PID/schedstat``:
+    the scheduler's run-queue delay summed over its threads' lives)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+#: Quantiles printed: P50, P99, P99.9 (and the max).
+QUANTILES = (0.5, 0.99, 0.999)
+
+
+def summary(values: list[float]) -> list[float]:
+    """P50, P99, P99.9 and max of ``values`` (seconds) in ms."""
+    ordered = sorted(values)
+    if not ordered:
+        return [float("nan")] * 4
+    return [percentile(ordered, q) * 1000 for q in QUANTILES] + [ordered[-1] * 1000]
+
+
 @dataclass
 class Result:
     variant: str
+    generator: str
     answers: int
     rate: float
     errors: int
-    quantiles_ms: list[float]
+    #: From each request's due time: P50, P99, P99.9, max (ms).
+    latency_ms: list[float]
+    #: From each request's actual send (the server, Redis and the loopback only).
+    after_send_ms: list[float]
+    #: How late requests left the generator after their due time: P50, P99, P99.9, max.
+    lag_ms: list[float]
     server_cpu_us: float
     generator_cpu_us: float
     load: float
-    #: P50 and P99 ms by which requests left the generator after their due time.
-    send_lag_ms: list[float]
-    #: P99 ms by which the generator woke late for its oldest due request (its own stalls).
-    wakeup_late_ms: float
+    #: µs per request the server and Redis waited, runnable, for a CPU (another process had it).
+    server_wait_us: float = float("nan")
+    redis_wait_us: float = float("nan")
+    #: Decisions not made by Redis (its budget missed: fail-open) in the measured run.
+    degraded: int = 0
+    #: Garbage collections gen0/gen1/gen2 in the server during the measured run.
+    collections: str = "?"
+    #: The bound of the server's own latency histogram bucket holding its P99 (warm-up in).
+    own_p99_ms: str = "?"
 
 
-async def run_load(args: argparse.Namespace, port: int, server_pid: int, variant: str) -> Result:
-    # Warm-up (connections, script, caches), not measured.
-    warm = argparse.Namespace(**{**vars(args), "rate": min(args.rate, 500), "seconds": 1})
-    tenant_shape = variant == "tenant"
-    await generate(warm, port, tenant_shape)
-    server_cpu, own_cpu = cpu_seconds(server_pid), time.process_time()
-    pool, elapsed = await generate(args, port, tenant_shape)
-    latencies, errors, lags, wakeups = pool.latencies, pool.errors, pool.lags, pool.wakeups
-    server_cpu = cpu_seconds(server_pid) - server_cpu
-    own_cpu = time.process_time() - own_cpu
-    ordered = sorted(latencies)
-    lags.sort()
-    wakeups.sort()
-    quantiles = [percentile(ordered, q) * 1000 for q in (0.5, 0.9, 0.95, 0.99, 0.999)]
+#: ``--generator`` names: a base (``split`` or ``asyncio``) and options joined by ``+``.
+GENERATOR_OPTIONS = {
+    "lazy": "split: the receiver reads every 1 ms instead of on each answer (fewer wake-ups)",
+    "ticks": "split: requests due in 1 ms bursts (the asyncio generator's schedule)",
+    "pin": "the generator on CPU 0, the server on CPU 1 (Redis and everything else free)",
+    "poisson": "split: Poisson arrivals at the same mean rate (independent callers' bursts)",
+}
+
+
+def generator_parts(generator: str) -> tuple[str, set[str]]:
+    base, *options = generator.split("+")
+    return base, set(options)
+
+
+def warm_up(args: argparse.Namespace, port: int, tenant_shape: bool, options: set[str]) -> None:
+    """Connections, script, caches: 1 s at up to 500/s, not measured."""
+    rate = min(args.rate, 500)
+    payloads = [request_bytes(index, tenant_shape) for index in range(int(rate))]
+    openloop.run(port, payloads, rate, args.connections, **split_options(options))
+
+
+def split_options(options: set[str]) -> dict[str, Any]:
+    return {
+        "cpus": {0} if "pin" in options else None,
+        "tick_s": TICK_S if "ticks" in options else 0.0,
+        "poll_s": 0.001 if "lazy" in options else 0.0,
+        "poisson": "poisson" in options,
+    }
+
+
+@dataclass
+class Target:
+    """The server under test, its port, and the Redis it decides with."""
+
+    port: int
+    server: subprocess.Popen[bytes]
+    redis_pid: int
+    variant: str
+    #: At the measured run's start: the server's CPU s and both run-queue waits.
+    marks: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def start_measuring(self) -> None:
+        self.server.send_signal(signal.SIGUSR1)  # the measured run starts (probe, GC counts)
+        pid = self.server.pid
+        self.marks = cpu_seconds(pid), runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+
+    def measured(self, answers: int) -> tuple[float, float, float]:
+        """Per answer since ``start_measuring``: server CPU µs, server and Redis wait µs."""
+        pid = self.server.pid
+        now = cpu_seconds(pid), runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+        cpu, server_wait, redis_wait = (
+            (after - before) / max(1, answers) * 1e6
+            for after, before in zip(now, self.marks, strict=True)
+        )
+        return cpu, server_wait, redis_wait
+
+
+def run_split(args: argparse.Namespace, target: Target, generator: str) -> Result:
+    """The two-process generator (``openloop``): precise sends, kernel receive stamps."""
+    tenant_shape = target.variant == "tenant"
+    options = generator_parts(generator)[1]
+    warm_up(args, target.port, tenant_shape, options)
+    total = int(args.rate * args.seconds)
+    payloads = [request_bytes(index, tenant_shape) for index in range(total)]
+    target.start_measuring()
+    measured = openloop.run(
+        target.port, payloads, args.rate, args.connections, **split_options(options)
+    )
+    due, sent, answered = measured.due, measured.sent, measured.answered
+    done = [k for k in range(total) if answered[k] > 0.0]
+    # A request never answered (the receiver gives up 10 s after the last due time) counts
+    # as infinitely late, so a tail it belongs to reads "inf" instead of being dropped.
+    never = [float("inf")] * (total - len(done))
+    latency = [answered[k] - due[k] for k in done] + never
+    after_send = [answered[k] - sent[k] for k in done] + never
+    lag = [sent[k] - due[k] for k in range(total)]
+    elapsed = max((answered[k] for k in done), default=due[0]) - due[0]
+    server_cpu, server_wait, redis_wait = target.measured(len(done))
     return Result(
-        variant,
-        len(ordered),
-        len(ordered) / elapsed,
-        len(errors),
-        [*quantiles, ordered[-1] * 1000],
-        server_cpu / len(ordered) * 1e6,
-        own_cpu / len(ordered) * 1e6,
+        target.variant,
+        generator,
+        len(done),
+        len(done) / elapsed if elapsed > 0 else 0.0,
+        measured.non_200 + len(never),
+        summary(latency),
+        summary(after_send),
+        summary(lag),
+        server_cpu,
+        (measured.sender_cpu_s + measured.receiver_cpu_s) / max(1, len(done)) * 1e6,
         os.getloadavg()[0],
-        [percentile(lags, 0.5) * 1000, percentile(lags, 0.99) * 1000],
-        percentile(wakeups, 0.99) * 1000,
+        server_wait,
+        redis_wait,
+    )
+
+
+async def run_asyncio(args: argparse.Namespace, target: Target, generator: str) -> Result:
+    """The earlier in-process generator (one event loop, 1 ms ticks), for comparison."""
+    warm = argparse.Namespace(**{**vars(args), "rate": min(args.rate, 500), "seconds": 1})
+    tenant_shape = target.variant == "tenant"
+    await generate(warm, target.port, tenant_shape)
+    target.start_measuring()
+    own_cpu = time.process_time()
+    pool, elapsed = await generate(args, target.port, tenant_shape)
+    own_cpu = time.process_time() - own_cpu
+    answers = len(pool.latencies)
+    server_cpu, server_wait, redis_wait = target.measured(answers)
+    return Result(
+        target.variant,
+        generator,
+        answers,
+        answers / elapsed,
+        len(pool.errors),
+        summary(pool.latencies),
+        [float("nan")] * 4,  # this generator keeps no send times
+        summary(pool.lags),
+        server_cpu,
+        own_cpu / answers * 1e6,
+        os.getloadavg()[0],
+        server_wait,
+        redis_wait,
     )
 
 
 def report(args: argparse.Namespace, results: list[Result]) -> None:
     print(
-        f"open loop {args.rate:.0f}/s for {args.seconds:.0f}s over {args.connections} "
-        "connections per variant"
+        f"\nopen loop {args.rate:.0f}/s for {args.seconds:.0f} s over {args.connections} "
+        f"connections per variant; load average now {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "generators: split = two processes, evenly spaced sends, kernel receive stamps; "
+        "asyncio = the earlier in-process generator (1 ms bursts)"
+        + "".join(f"; +{name}: {text}" for name, text in GENERATOR_OPTIONS.items())
+    )
+    print(
+        "latency = answer received - request DUE (all of it counted, no coordinated omission);"
+        "\nafter send = answer received - request sent (server + Redis + loopback); lag = sent"
+        " - due (the generator's own lateness, inside latency). Each: P50 / P99 / P99.9 ms."
+        "\nsrv µs/req: the server's CPU per answer; runq wait: µs per answer the server and"
+        " Redis were runnable but waited for a core (the machine's contention); degraded: answers"
+        " the limiter gave without Redis (its 10 ms budget missed: fail-open, not exact);"
+        " GC: the server's collections per generation, both during the measured run; errors:"
+        " non-200 answers and requests never answered (their latency counted as inf)."
     )
     header = (
-        f"{'variant':<15} {'answers/s':>9} {'non-200':>7} {'p50 ms':>7} {'p90 ms':>7} "
-        f"{'p95 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'max ms':>7} {'srv CPU µs':>10} "
-        f"{'gen CPU µs':>10} {'lag p50/p99 ms':>14} {'wake p99':>8} {'load':>5}"
+        f"{'variant':<13} {'generator':<17} {'answers/s':>9} {'errors':>6}  "
+        f"{'latency p50/p99/p99.9':>22} {'max':>6}  {'after send p50/p99/p99.9':>24}  "
+        f"{'gen lag p50/p99/p99.9':>21}  {'srv µs/req':>10} {'gen µs/req':>10} "
+        f"{'runq wait srv/redis':>19} {'degraded':>8} {'GC 0/1/2':>8} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
+
+    def triple(values: list[float]) -> str:
+        return "/".join(f"{v:.2f}" for v in values[:3])
+
     for r in results:
-        q = r.quantiles_ms
         print(
-            f"{r.variant:<15} {r.rate:9.0f} {r.errors:7d} {q[0]:7.2f} {q[1]:7.2f} {q[2]:7.2f} "
-            f"{q[3]:7.2f} {q[4]:8.2f} {q[5]:7.2f} {r.server_cpu_us:10.0f} "
-            f"{r.generator_cpu_us:10.0f} {r.send_lag_ms[0]:6.2f}/{r.send_lag_ms[1]:7.2f} "
-            f"{r.wakeup_late_ms:8.2f} {r.load:5.1f}"
+            f"{r.variant:<13} {r.generator:<17} {r.rate:9.0f} {r.errors:6d}  "
+            f"{triple(r.latency_ms):>22} {r.latency_ms[3]:6.1f}  {triple(r.after_send_ms):>24}  "
+            f"{triple(r.lag_ms):>21}  {r.server_cpu_us:10.0f} {r.generator_cpu_us:10.0f} "
+            f"{r.server_wait_us:9.0f}/{r.redis_wait_us:<9.0f} {r.degraded:8d} "
+            f"{r.collections:>8} {r.load:5.1f}"
         )
     # CPU per request does not depend on how busy the rest of the machine is: it says what
     # one core could serve, where the latencies above also say how much CPU we were given.
-    by_name = {r.variant: r for r in results}
-    if "tenant" in by_name and "lean" in by_name:
-        tenant, plain = by_name["tenant"].quantiles_ms[0], by_name["lean"].quantiles_ms[0]
-        print(
-            f"tenant shape P50 within 10% of the policy-less lean P50: {tenant:.2f} vs "
-            f"{plain:.2f} ms, {(tenant / plain - 1) * 100:+.1f}% "
-            f"({'met' if tenant <= 1.1 * plain else 'MISSED'})"
-        )
+    by_name = {(r.variant, r.generator): r for r in results}
+    for generator in dict.fromkeys(r.generator for r in results):
+        if ("tenant", generator) in by_name and ("lean", generator) in by_name:
+            tenant = by_name["tenant", generator].latency_ms[0]
+            plain = by_name["lean", generator].latency_ms[0]
+            print(
+                f"tenant shape P50 within 10% of the policy-less lean P50: {tenant:.2f} vs "
+                f"{plain:.2f} ms, {(tenant / plain - 1) * 100:+.1f}% "
+                f"({'met' if tenant <= 1.1 * plain else 'MISSED'})"
+            )
     for r in results:
         if r.variant.startswith(("pipeline", "lean")):
-            p95, p99 = r.quantiles_ms[2], r.quantiles_ms[3]
+            p99 = r.latency_ms[1]
             print(
-                f"{r.variant}: guide P95<=10 ms {'met' if p95 <= 10 else 'MISSED'}; guide P99<=20 "
-                f"ms {'met' if p99 <= 20 else 'MISSED'}; our P99<=2 ms at {args.rate:.0f}/s "
-                f"{'met' if p99 <= 2 else 'MISSED'} ({p99:.2f}); server CPU<=100 µs/request "
+                f"{r.variant} ({r.generator} generator): P99 <= 2 ms at {args.rate:.0f}/s "
+                f"{'met' if p99 <= 2 else 'MISSED'} ({p99:.2f} ms, of which the generator's "
+                f"lag P99 {r.lag_ms[1]:.2f}; the server's own histogram: P99 <= {r.own_p99_ms} "
+                f"ms); {r.degraded} decisions degraded; server CPU <= 100 µs/request "
                 f"{'met' if r.server_cpu_us <= 100 else 'MISSED'} ({r.server_cpu_us:.0f})"
             )
 
@@ -472,9 +670,24 @@ def main() -> None:
     parser.add_argument("--window-us", type=int, default=250, help="for pipeline-window")
     parser.add_argument("--uvloop", action="store_true", help="run the server on uvloop")
     parser.add_argument(
+        "--generator",
+        default="split+lazy",
+        help="comma-separated: split (two processes, evenly spaced sends, kernel receive "
+        "stamps) or asyncio (the earlier in-process 1 ms-tick generator), each optionally "
+        "with +"
+        + ", +".join(f"{k} ({v})" for k, v in GENERATOR_OPTIONS.items())
+        + "; e.g. split,split+pin,asyncio",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="time each request's stages inside the server (checkapi_probe), print them",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="variants alternate per round")
+    parser.add_argument(
         "--serve",
-        nargs=4,
-        metavar=("PORT", "REDIS_URL", "VARIANT", "WINDOW_US"),
+        nargs=6,
+        metavar=("PORT", "REDIS_URL", "VARIANT", "WINDOW_US", "PROBE", "REPORT_TO"),
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
@@ -482,35 +695,73 @@ def main() -> None:
         parser.error("bounded: at most 200,000 requests per variant")
     if args.serve:
         runner = __import__("uvloop").run if args.uvloop else asyncio.run
-        runner(serve(int(args.serve[0]), args.serve[1], args.serve[2], int(args.serve[3])))
+        port, url, variant, window, probe, report_to = args.serve
+        runner(serve(int(port), url, variant, int(window), probe == "1", report_to))
         return
     variants = [v for v in args.variants.split(",") if v]
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants: {sorted(unknown)}")
+    generators = [g for g in args.generator.split(",") if g]
+    for generator in generators:
+        base, options = generator_parts(generator)
+        if base not in ("split", "asyncio") or options - set(GENERATOR_OPTIONS):
+            parser.error(f"unknown generator: {generator}")
+        if base == "asyncio" and options - {"pin"}:
+            parser.error(f"{generator}: the asyncio generator takes only +pin")
     runner = __import__("uvloop").run if args.uvloop else asyncio.run
     redis = RedisServer(port=free_port(), workdir=Path(tempfile.mkdtemp(prefix="urr-bench-")))
     redis.start()
     results: list[Result] = []
     try:
-        for variant in variants:
-            redis.flushall()
-            port = free_port()
-            argv = [sys.executable, __file__, "--serve", str(port), redis.url, variant]
-            argv.append(str(args.window_us))
-            server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])])  # noqa: S603
-            try:
-                wait_listening("127.0.0.1", port, 20, "check app")
-                # The generator on uvloop too (with --uvloop): its own cost and stalls are in
-                # every latency measured, so it should be the cheapest process in the run.
-                load = run_load(args, port, server.pid, variant)
-                results.append(runner(load) if args.uvloop else asyncio.run(load))
-            finally:
-                server.terminate()
-                server.wait(timeout=10)
+        for _ in range(args.rounds):
+            for variant in variants:
+                for generator in generators:
+                    results.append(run_variant(args, redis, variant, generator, runner))
     finally:
         redis.stop()
         shutil.rmtree(redis.workdir, ignore_errors=True)
     report(args, results)
+
+
+def run_variant(
+    args: argparse.Namespace, redis: RedisServer, variant: str, generator: str, runner: Any
+) -> Result:
+    redis.flushall()
+    port = free_port()
+    argv = [sys.executable, __file__, "--serve", str(port), redis.url, variant]
+    report_to = Path(tempfile.mkdtemp(prefix="urr-bench-")) / "server.json"
+    argv += [str(args.window_us), "1" if args.probe else "0", str(report_to)]
+    server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])])  # noqa: S603
+    base, options = generator_parts(generator)
+    pin = "pin" in options
+    assert redis.process is not None
+    redis_pid = redis.process.pid
+    try:
+        if pin:
+            os.sched_setaffinity(server.pid, {1})
+        wait_listening("127.0.0.1", port, 20, "check app")
+        target = Target(port, server, redis_pid, variant)
+        if base == "split":
+            result = run_split(args, target, generator)
+        else:
+            # The in-process generator on uvloop too (with --uvloop): its own cost and
+            # stalls are in every latency measured, so it should be the cheapest process.
+            if pin:
+                os.sched_setaffinity(0, {0})
+            try:
+                load = run_asyncio(args, target, generator)
+                result = cast(Result, runner(load))
+            finally:
+                if pin:
+                    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    seen = orjson.loads(report_to.read_bytes())
+    shutil.rmtree(report_to.parent, ignore_errors=True)
+    result.degraded, result.collections = seen["degraded"], seen["gc"]
+    result.own_p99_ms = seen["own_p99_ms"]
+    return result
 
 
 if __name__ == "__main__":
