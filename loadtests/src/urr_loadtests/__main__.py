@@ -1,7 +1,8 @@
 """``python -m urr_loadtests [scenario] [options]``: run one scenario and check its targets.
 
-Starts the local stack when none answers, runs Locust headless for a bounded time against
-loopback, writes CSV, the HTML report, PNG charts and ``summary.json`` under
+Starts the local stack when none answers (and then, for the crowds, runs a short warm-up
+crowd on an event of its own first: ``--warmup``), runs Locust headless for a bounded time
+against loopback, writes CSV, the HTML report, PNG charts and ``summary.json`` under
 ``artifacts/loadtests/<scenario>-<timestamp>/``, and exits 1 when a target is missed.
 """
 
