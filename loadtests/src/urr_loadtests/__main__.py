@@ -350,12 +350,7 @@ def _run(
     elif scenario in ("journey", "flash_crowd"):
         host = stack.url("vwr-edge")
         event_id = f"lt{uuid.uuid4().hex[:10]}"
-        setup.seed_event(
-            stack, event_id, capacity=args.capacity, admit_per_second=args.admit_per_second
-        )
-        pow_bits = args.pow_bits if args.bot_challenge == "pow" else None
-        setup.activate_room(stack, token, event_id, pow_bits=pow_bits)
-        setup.wait_for_edge_gate(stack, event_id)
+        _open_event(stack, token, event_id, args)
         env["URR_LT_EVENT"] = event_id
         env["URR_LT_RESULTS"] = str(out / "arrivals.jsonl")
         env["URR_LT_ARRIVAL_DEADLINE_S"] = str(max(seconds - 15, 30))
@@ -424,6 +419,16 @@ def _run(
     return summary, missed
 
 
+def _open_event(stack: Stack, token: str, event_id: str, args: argparse.Namespace) -> None:
+    """A new event with its seats and Tier-2 queue, its waiting room open at the edge."""
+    setup.seed_event(
+        stack, event_id, capacity=args.capacity, admit_per_second=args.admit_per_second
+    )
+    pow_bits = args.pow_bits if args.bot_challenge == "pow" else None
+    setup.activate_room(stack, token, event_id, pow_bits=pow_bits)
+    setup.wait_for_edge_gate(stack, event_id)
+
+
 def _warm_up(
     stack: Stack,
     token: str,
@@ -441,12 +446,7 @@ def _warm_up(
         f"urr-loadtest: warm-up, {chosen.arrivals} arrivals at {chosen.rate:g}/s on {event_id}",
         flush=True,
     )
-    setup.seed_event(
-        stack, event_id, capacity=args.capacity, admit_per_second=args.admit_per_second
-    )
-    pow_bits = args.pow_bits if args.bot_challenge == "pow" else None
-    setup.activate_room(stack, token, event_id, pow_bits=pow_bits)
-    setup.wait_for_edge_gate(stack, event_id)
+    _open_event(stack, token, event_id, args)
     state_dir = Path(os.environ.get("URR_DEVSTACK__STATE_DIR", ".urr"))
     tokens = warm_out / "access-tokens.txt"
     setup.issue_access_tokens(state_dir, chosen.arrivals, tokens)
