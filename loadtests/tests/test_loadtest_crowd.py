@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -150,7 +151,11 @@ def test_loadtest_short_flash_crowd_keeps_every_promise(
 
     With ``pow`` every assign asks for a 16-bit proof of work (issue 15), which each arrival
     solves before it gets its place; every promise still holds.
+
+    Without, a warm-up crowd of 8 arrivals on an event of its own runs first: the crowd's
+    figures, checks and log audit hold only the crowd's 40 arrivals.
     """
+    warm = ["--warmup", "always", "--warmup-seconds", "4", "--warmup-rate", "2"]
     out = ARTIFACTS / f"flash_crowd-{bot_challenge}"
     env = {
         **private_stack.env,
@@ -178,6 +183,7 @@ def test_loadtest_short_flash_crowd_keeps_every_promise(
             "16",
             "--out",
             str(out),
+            *(warm if bot_challenge == "none" else ["--warmup", "never"]),
         ],
         env=env,
         cwd=REPO,
@@ -216,6 +222,25 @@ def test_loadtest_short_flash_crowd_keeps_every_promise(
         assert pow_figures["arrivals_placed"] == pow_figures["placed_with_a_solution"] == 40
     for name in ("report.html", "latency_and_throughput.png", "waiting_admitted_served.png"):
         assert (runs[-1] / name).stat().st_size > 0
+    if bot_challenge == "none":
+        _assert_the_warm_up_stayed_apart(runs[-1], summary)
+    else:
+        assert "warmup" not in summary
+
+
+def _assert_the_warm_up_stayed_apart(run: Path, summary: dict[str, Any]) -> None:
+    """The warm-up ran to its end on its own event, and none of its requests is the crowd's."""
+    warmed = summary["warmup"]
+    assert warmed["event_id"] != summary["event_id"], warmed
+    assert warmed["arrivals_finished"] == warmed["arrivals_planned"] == 8, warmed
+    assert "unanswered" not in warmed["outcomes"], warmed
+    assert warmed["requests"] > 0
+    assert (run / "warmup" / "flash_crowd_stats.csv").stat().st_size > 0
+    # One edge page per arrival: the crowd's 40, not 48.
+    routes = {route["route"]: route["requests"] for route in summary["routes"]}
+    assert routes["GET /events/{id}"] == 40, routes
+    # The crowd's admissions alone are read back and audited.
+    assert 0 < summary["log_audit"]["expected"] <= 40, summary["log_audit"]
 
 
 @pytest.mark.timeout(150)

@@ -1,7 +1,8 @@
 """``python -m urr_loadtests [scenario] [options]``: run one scenario and check its targets.
 
-Starts the local stack when none answers, runs Locust headless for a bounded time against
-loopback, writes CSV, the HTML report, PNG charts and ``summary.json`` under
+Starts the local stack when none answers (and then, for the crowds, runs a short warm-up
+crowd on an event of its own first: ``--warmup``), runs Locust headless for a bounded time
+against loopback, writes CSV, the HTML report, PNG charts and ``summary.json`` under
 ``artifacts/loadtests/<scenario>-<timestamp>/``, and exits 1 when a target is missed.
 """
 
@@ -19,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from urr_loadtests import admissions, checks, log_audit, report, setup
+from urr_loadtests import admissions, checks, log_audit, report, setup, warmup
 from urr_loadtests.stack import Stack, find_or_start
 
 SCENARIOS = ("flash_crowd", "journey", "gateway", "ratelimit_check")
@@ -56,6 +57,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--pow-bits", type=int, default=16, help="with --bot-challenge pow: the difficulty"
+    )
+    parser.add_argument(
+        "--warmup",
+        choices=warmup.MODES,
+        default="auto",
+        help="flash_crowd/journey: a short crowd on an event of its own before the measured one"
+        " (auto: only when this runner started the stack)",
+    )
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=warmup.DEFAULT_SECONDS,
+        help="seconds of warm-up arrivals",
+    )
+    parser.add_argument(
+        "--warmup-rate",
+        type=float,
+        help="warm-up arrivals per second (default: half the crowd's, at least 2)",
     )
     parser.add_argument("--out", type=Path, default=Path("artifacts/loadtests"))
     parser.add_argument("--no-start", action="store_true", help="fail if no stack is running")
@@ -287,7 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"urr-loadtest: {scenario}, {users} users, {seconds} s, output in {out}", flush=True)
     stack = find_or_start(repo_root, start=not args.no_start)
     try:
+        warmed = None
+        if scenario in ("journey", "flash_crowd") and warmup.wanted(
+            args.warmup, started_stack=stack.process is not None
+        ):
+            warmed = _warm_up(stack, setup.admin_token(stack), out, args, spawn)
         summary, missed = _run(stack, scenario, args, out, users, spawn, seconds)
+        if warmed is not None:
+            summary["warmup"] = warmed
     finally:
         stack.stop()
     summary["targets_missed"] = missed
@@ -324,12 +350,7 @@ def _run(
     elif scenario in ("journey", "flash_crowd"):
         host = stack.url("vwr-edge")
         event_id = f"lt{uuid.uuid4().hex[:10]}"
-        setup.seed_event(
-            stack, event_id, capacity=args.capacity, admit_per_second=args.admit_per_second
-        )
-        pow_bits = args.pow_bits if args.bot_challenge == "pow" else None
-        setup.activate_room(stack, token, event_id, pow_bits=pow_bits)
-        setup.wait_for_edge_gate(stack, event_id)
+        _open_event(stack, token, event_id, args)
         env["URR_LT_EVENT"] = event_id
         env["URR_LT_RESULTS"] = str(out / "arrivals.jsonl")
         env["URR_LT_ARRIVAL_DEADLINE_S"] = str(max(seconds - 15, 30))
@@ -396,6 +417,70 @@ def _run(
         missed += _crowd_checks(stack, scenario, event_id, out, summary, sampler, spare, args)
         summary["room"] = setup.deactivate_room(stack, token, event_id)
     return summary, missed
+
+
+def _open_event(stack: Stack, token: str, event_id: str, args: argparse.Namespace) -> None:
+    """A new event with its seats and Tier-2 queue, its waiting room open at the edge."""
+    setup.seed_event(
+        stack, event_id, capacity=args.capacity, admit_per_second=args.admit_per_second
+    )
+    pow_bits = args.pow_bits if args.bot_challenge == "pow" else None
+    setup.activate_room(stack, token, event_id, pow_bits=pow_bits)
+    setup.wait_for_edge_gate(stack, event_id)
+
+
+def _warm_up(
+    stack: Stack,
+    token: str,
+    out: Path,
+    args: argparse.Namespace,
+    crowd_rate: float,
+) -> dict[str, Any]:
+    """A short flash crowd on an event of its own, run to its end before the measured one
+    (``urr_loadtests.warmup``); its files go to ``<out>/warmup/``, never into the crowd's."""
+    chosen = warmup.plan(crowd_rate, seconds=args.warmup_seconds, rate=args.warmup_rate)
+    warm_out = out / "warmup"
+    warm_out.mkdir(parents=True, exist_ok=True)
+    event_id = warmup.warm_event_id(f"lt{uuid.uuid4().hex[:10]}")
+    print(
+        f"urr-loadtest: warm-up, {chosen.arrivals} arrivals at {chosen.rate:g}/s on {event_id}",
+        flush=True,
+    )
+    _open_event(stack, token, event_id, args)
+    state_dir = Path(os.environ.get("URR_DEVSTACK__STATE_DIR", ".urr"))
+    tokens = warm_out / "access-tokens.txt"
+    setup.issue_access_tokens(state_dir, chosen.arrivals, tokens)
+    env = {
+        "URR_LT_AUTH_URL": stack.url("auth"),
+        "URR_LT_EVENT": event_id,
+        "URR_LT_RESULTS": str(warm_out / "arrivals.jsonl"),
+        "URR_LT_ARRIVAL_DEADLINE_S": str(max(chosen.run_time_s - 15, 30)),
+        "URR_LT_TOKENS": str(tokens),
+        "URR_LT_SPAWN_RATE": str(chosen.rate),
+    }
+    started = time.time()
+    # The crowd's own scenario file, whatever the measured scenario: every route, in order.
+    code = run_locust(
+        "flash_crowd",
+        stack.url("vwr-edge"),
+        warm_out,
+        min(chosen.arrivals, CROWD_POOL),
+        chosen.rate,
+        chosen.run_time_s,
+        env,
+    )
+    done = warmup.summarise(
+        event_id,
+        chosen,
+        checks.read_arrivals(warm_out / "arrivals.jsonl"),
+        report.read_stats(warm_out / "flash_crowd"),
+        time.time() - started,
+        code,
+    )
+    # Its room closed: the scheduler and the edge stop working on it before the crowd.
+    done["room"] = setup.deactivate_room(stack, token, event_id)
+    print(f"urr-loadtest: warm-up done: {json.dumps(done, default=str)}", flush=True)
+    return done
 
 
 def _crowd_checks(
