@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from urr_common.logs import get_logger
@@ -43,7 +43,13 @@ from urr_gateway.ratelimit.local import LocalSlidingLog
 from urr_gateway.ratelimit.metrics import RateLimitMetrics
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.ratelimit.slots import InFlightSlots
-from urr_gateway.ratelimit.store import RedisSlidingLog, SlidingLogStore, TenantStore
+from urr_gateway.ratelimit.store import (
+    RedisSlidingLog,
+    ScriptResult,
+    SlidingLogStore,
+    TenantStore,
+    parse_reply,
+)
 from urr_gateway.ratelimit.tenant import (
     CompiledPolicy,
     TenantDecision,
@@ -66,6 +72,7 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
 
 _LOG = get_logger(__name__)
+_CLOSED = BreakerState.CLOSED
 
 #: A Redis that keeps failing and recovering is logged at most this often.
 OUTAGE_LOG_INTERVAL_S = 60.0
@@ -151,6 +158,13 @@ class SlidingWindowLimiter:
         )
         # The pipelined store times its batches itself: one timer per batch, not per call.
         self._store_keeps_budget = getattr(self._store, "budget", None) is self._budget
+        #: The pipelined store timing its own batches: ``check`` writes to it and awaits the
+        #: reply's future itself (no ``_ask_redis``/``evaluate`` coroutines per decision).
+        self._pipelined = (
+            self._store
+            if isinstance(self._store, PipelinedSlidingLog) and self._store_keeps_budget
+            else None
+        )
         self._clock = clock
         pool_size = _pool_size(redis) if isinstance(self._store, RedisSlidingLog) else None
         in_flight = min(settings.max_in_flight, pool_size or settings.max_in_flight)
@@ -265,7 +279,9 @@ class SlidingWindowLimiter:
         reported as ``Decision.revoked``.
         """
         started = time.perf_counter()
-        specs = self.windows(category)
+        specs = self._specs.get(category)
+        if specs is None:
+            raise UnknownCategoryError(category)
         if not 1 <= cost <= self._max_cost[category]:
             raise ValueError(f"cost must be between 1 and {self._max_cost[category]}")
         if revoked_key is not None and hash_tag(revoked_key) != subject:
@@ -273,7 +289,45 @@ class SlidingWindowLimiter:
         now = self._clock()
         decision = self._deny.lookup(subject, category, cost, now)
         if decision is None and self._breaker.allow(now):
-            decision = await self._ask_redis(subject, category, specs, cost, revoked_key)
+            pipelined = self._pipelined
+            slots = self._in_flight
+            pending = None
+            if pipelined is not None and slots.take_now():
+                # The common case, inline: a free slot, the single node known. The same
+                # steps as ``_ask_redis`` with ``evaluate`` (slot, budgeted write, NOSCRIPT
+                # retry, failure kinds), without their two coroutines.
+                try:
+                    pending = pipelined.start(subject, category, specs, cost, revoked_key)
+                finally:
+                    if pending is None:
+                        slots.give_back()
+            if pending is None:
+                decision = await self._ask_redis(subject, category, specs, cost, revoked_key)
+            else:
+                kind, error = "", None
+                try:
+                    try:
+                        reply = await pending
+                    except NoScriptError:
+                        # Nothing ran; the next batch loads the script first and runs this
+                        # once more (within a budget of its own: a flushed cache is rare).
+                        retry = pipelined.start(  # type: ignore[union-attr]
+                            subject, category, specs, cost, revoked_key, load_script=True
+                        )
+                        reply = await retry  # type: ignore[misc]
+                    result = parse_reply(reply, len(specs), revoked_key is not None)
+                except (TimeoutError, RedisTimeoutError) as exc:
+                    kind, error = "timeout", exc
+                except (RedisConnectionError, OSError) as exc:
+                    kind, error = "connection", exc
+                except (RedisError, ValueError) as exc:
+                    kind, error = "other", exc
+                finally:
+                    slots.give_back()
+                if error is None:
+                    decision = self._answered(subject, category, specs, cost, result)
+                else:
+                    self._on_failure(kind, error)
         if decision is None:
             decision = self._fallback(subject, category, specs, cost)
         self._observe(decision, started)
@@ -371,16 +425,30 @@ class SlidingWindowLimiter:
         except (RedisError, ValueError) as exc:
             kind, error = "other", exc
         else:
-            self._on_success()
-            decision = decide(
-                category, specs, result.outcomes, cost, source="redis", revoked=result.revoked
-            )
-            if not decision.allowed:
-                self._deny.remember(subject, cost, decision, self._clock())
-                self.metrics.deny_cache_entries.set(len(self._deny))
-            return decision
+            return self._answered(subject, category, specs, cost, result)
         self._on_failure(kind, error)
         return None
+
+    def _answered(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        result: ScriptResult,
+    ) -> Decision:
+        """Redis answered: the decision, and a refusal remembered by the deny cache."""
+        breaker = self._breaker
+        # ``_on_success`` has nothing to do while all is well: not even called then.
+        if breaker.failures or self._outage_since is not None or breaker.state is not _CLOSED:
+            self._on_success()
+        decision = decide(
+            category, specs, result.outcomes, cost, source="redis", revoked=result.revoked
+        )
+        if not decision.allowed:
+            self._deny.remember(subject, cost, decision, self._clock())
+            self.metrics.deny_cache_entries.set(len(self._deny))
+        return decision
 
     @property
     def key_exists(self) -> Callable[[str], Awaitable[int]] | None:
