@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from urr_common.metrics import adder, observer
+from urr_common.metrics import adder, loop_adder, loop_observer, observer
 from urr_gateway import paths, revocation, trust
 from urr_gateway.forwarding import downstream_response_headers, upstream_request_headers
 from urr_gateway.paths import InvalidPath, normalise_path
@@ -187,6 +187,29 @@ def test_metric_shortcuts_export_what_the_public_methods_export() -> None:
         add_gauge(amount)
         slow[2].inc(amount)
     assert _samples(fast_registry) == _samples(slow_registry)
+
+
+def test_loop_adders_count_like_the_public_methods_and_keep_the_lock_for_other_writers() -> None:
+    fast_registry, slow_registry = CollectorRegistry(), CollectorRegistry()
+    fast = _metrics(fast_registry)
+    slow = _metrics(slow_registry)
+    add_fast, add_gauge = loop_adder(fast[0].labels("a")), loop_adder(fast[2])
+    observe_fast = loop_observer(fast[1].labels("a"))
+    for amount in (0.0, 0.001, 0.0011, 0.5, 1.0, 7.0):
+        observe_fast(amount)
+        slow[1].labels("a").observe(amount)
+        add_fast(1)
+        slow[0].labels("a").inc()
+        fast[0].labels("a").inc()  # the public method on the same child still counts
+        slow[0].labels("a").inc()
+    for amount in (1, 1, -1):
+        add_gauge(amount)
+        slow[2].inc(amount)
+    fast[2].set(5)
+    slow[2].set(5)
+    assert _samples(fast_registry) == _samples(slow_registry)
+    # Only the children handed out lose the lock; the others are prometheus_client's own.
+    assert type(fast[0].labels("b")._value).__name__ == "MutexValue"
 
 
 def _metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram, Gauge]:
