@@ -221,15 +221,19 @@ def _decide_one(
 ) -> Decision:
     """:func:`decide` for the common single-window category, without the ranking loop (this
     runs on every request; the unit tests hold both paths to the same answers)."""
+    # ``us_to_ms_up`` inlined (``-(-us // 1000)`` of a value clamped at 0): two or three
+    # calls fewer on every decision.
     allowed = outcome.retry_us == 0
     if allowed:
         remaining = max(spec.limit - outcome.count - cost, 0)
-        reset_ms = us_to_ms_up(outcome.reset_us if outcome.count else spec.window_us)
+        reset_us = outcome.reset_us if outcome.count else spec.window_us
+        reset_ms = -(-reset_us // US_PER_MS) if reset_us > 0 else 0
         retry_ms = 0
     else:
         remaining = max(spec.limit - outcome.count, 0)
-        reset_ms = us_to_ms_up(outcome.reset_us)
-        retry_ms = us_to_ms_up(outcome.retry_us)
+        reset_us, retry_us = outcome.reset_us, outcome.retry_us
+        reset_ms = -(-reset_us // US_PER_MS) if reset_us > 0 else 0
+        retry_ms = -(-retry_us // US_PER_MS) if retry_us > 0 else 0
     state = WindowState(spec.policy, spec.limit, spec.window_s, remaining, reset_ms, retry_ms)
     return Decision(
         allowed=allowed,
