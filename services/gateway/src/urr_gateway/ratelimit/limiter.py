@@ -45,7 +45,6 @@ from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.ratelimit.slots import InFlightSlots
 from urr_gateway.ratelimit.store import (
     RedisSlidingLog,
-    ScriptResult,
     SlidingLogStore,
     TenantStore,
     parse_reply,
@@ -63,6 +62,7 @@ from urr_gateway.ratelimit.window import (
     Decision,
     WindowSpec,
     decide,
+    decide_one,
     policy_names,
     unlimited_decision,
 )
@@ -304,7 +304,8 @@ class SlidingWindowLimiter:
             if pending is None:
                 decision = await self._ask_redis(subject, category, specs, cost, revoked_key)
             else:
-                kind, error = "", None
+                kind = ""
+                error: BaseException | None = None
                 try:
                     try:
                         reply = await pending
@@ -315,7 +316,31 @@ class SlidingWindowLimiter:
                             subject, category, specs, cost, revoked_key, load_script=True
                         )
                         reply = await retry  # type: ignore[misc]
-                    result = parse_reply(reply, len(specs), revoked_key is not None)
+                    if len(specs) == 1 and len(reply) == 5:
+                        # The common single window: the decision straight from the reply's
+                        # numbers (``parse_reply``'s, without its two objects in between).
+                        checked = bool(reply[1]) if revoked_key is not None else None
+                        decision = decide_one(
+                            category,
+                            specs[0],
+                            int(reply[2]),
+                            int(reply[3]),
+                            int(reply[4]),
+                            cost,
+                            "redis",
+                            False,
+                            checked,
+                        )
+                    else:
+                        result = parse_reply(reply, len(specs), revoked_key is not None)
+                        decision = decide(
+                            category,
+                            specs,
+                            result.outcomes,
+                            cost,
+                            source="redis",
+                            revoked=result.revoked,
+                        )
                 except (TimeoutError, RedisTimeoutError) as exc:
                     kind, error = "timeout", exc
                 except (RedisConnectionError, OSError) as exc:
@@ -325,8 +350,9 @@ class SlidingWindowLimiter:
                 finally:
                     slots.give_back()
                 if error is None:
-                    decision = self._answered(subject, category, specs, cost, result)
+                    self._answered(subject, cost, decision)  # type: ignore[arg-type]
                 else:
+                    decision = None
                     self._on_failure(kind, error)
         if decision is None:
             decision = self._fallback(subject, category, specs, cost)
@@ -425,30 +451,24 @@ class SlidingWindowLimiter:
         except (RedisError, ValueError) as exc:
             kind, error = "other", exc
         else:
-            return self._answered(subject, category, specs, cost, result)
+            decision = decide(
+                category, specs, result.outcomes, cost, source="redis", revoked=result.revoked
+            )
+            self._answered(subject, cost, decision)
+            return decision
         self._on_failure(kind, error)
         return None
 
-    def _answered(
-        self,
-        subject: str,
-        category: str,
-        specs: tuple[WindowSpec, ...],
-        cost: int,
-        result: ScriptResult,
-    ) -> Decision:
-        """Redis answered: the decision, and a refusal remembered by the deny cache."""
+    def _answered(self, subject: str, cost: int, decision: Decision) -> None:
+        """Redis answered with ``decision``: the breaker hears of it, and the deny cache
+        remembers a refusal."""
         breaker = self._breaker
         # ``_on_success`` has nothing to do while all is well: not even called then.
         if breaker.failures or self._outage_since is not None or breaker.state is not _CLOSED:
             self._on_success()
-        decision = decide(
-            category, specs, result.outcomes, cost, source="redis", revoked=result.revoked
-        )
         if not decision.allowed:
             self._deny.remember(subject, cost, decision, self._clock())
             self.metrics.deny_cache_entries.set(len(self._deny))
-        return decision
 
     @property
     def key_exists(self) -> Callable[[str], Awaitable[int]] | None:
