@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from prometheus_client import CollectorRegistry
@@ -110,6 +110,32 @@ def _pool_size(redis: Redis | RedisCluster) -> int | None:
     pool = getattr(redis, "connection_pool", None)
     size = getattr(pool, "max_connections", None)
     return size if isinstance(size, int) else None
+
+
+def _decision_of_reply(
+    category: str,
+    specs: tuple[WindowSpec, ...],
+    cost: int,
+    revoked_key: str | None,
+    reply: Sequence[int],
+) -> Decision:
+    """The decision of a script reply (``parse_reply`` then ``decide``)."""
+    if len(specs) == 1 and len(reply) == 5:
+        # The common single window: the decision straight from the reply's numbers, without
+        # ``parse_reply``'s two objects in between.
+        return decide_one(
+            category,
+            specs[0],
+            int(reply[2]),
+            int(reply[3]),
+            int(reply[4]),
+            cost,
+            "redis",
+            False,
+            bool(reply[1]) if revoked_key is not None else None,
+        )
+    result = parse_reply(reply, len(specs), revoked_key is not None)
+    return decide(category, specs, result.outcomes, cost, source="redis", revoked=result.revoked)
 
 
 class SlidingWindowLimiter:
@@ -279,13 +305,7 @@ class SlidingWindowLimiter:
         reported as ``Decision.revoked``.
         """
         started = time.perf_counter()
-        specs = self._specs.get(category)
-        if specs is None:
-            raise UnknownCategoryError(category)
-        if not 1 <= cost <= self._max_cost[category]:
-            raise ValueError(f"cost must be between 1 and {self._max_cost[category]}")
-        if revoked_key is not None and hash_tag(revoked_key) != subject:
-            raise ValueError("revoked_key must carry the subject's hash tag")
+        specs = self._checked_specs(subject, category, cost, revoked_key)
         now = self._clock()
         decision = self._deny.lookup(subject, category, cost, now)
         if decision is None and self._breaker.allow(now):
@@ -316,31 +336,7 @@ class SlidingWindowLimiter:
                             subject, category, specs, cost, revoked_key, load_script=True
                         )
                         reply = await retry  # type: ignore[misc]
-                    if len(specs) == 1 and len(reply) == 5:
-                        # The common single window: the decision straight from the reply's
-                        # numbers (``parse_reply``'s, without its two objects in between).
-                        checked = bool(reply[1]) if revoked_key is not None else None
-                        decision = decide_one(
-                            category,
-                            specs[0],
-                            int(reply[2]),
-                            int(reply[3]),
-                            int(reply[4]),
-                            cost,
-                            "redis",
-                            False,
-                            checked,
-                        )
-                    else:
-                        result = parse_reply(reply, len(specs), revoked_key is not None)
-                        decision = decide(
-                            category,
-                            specs,
-                            result.outcomes,
-                            cost,
-                            source="redis",
-                            revoked=result.revoked,
-                        )
+                    decision = _decision_of_reply(category, specs, cost, revoked_key, reply)
                 except (TimeoutError, RedisTimeoutError) as exc:
                     kind, error = "timeout", exc
                 except (RedisConnectionError, OSError) as exc:
@@ -363,6 +359,19 @@ class SlidingWindowLimiter:
             # A shadow policy counts (in the decisions metric, as blocked) and never refuses.
             decision = dataclasses.replace(decision, allowed=True, retry_after_ms=0)
         return decision
+
+    def _checked_specs(
+        self, subject: str, category: str, cost: int, revoked_key: str | None
+    ) -> tuple[WindowSpec, ...]:
+        """The category's windows, once the arguments of ``check`` are known to be valid."""
+        specs = self._specs.get(category)
+        if specs is None:
+            raise UnknownCategoryError(category)
+        if not 1 <= cost <= self._max_cost[category]:
+            raise ValueError(f"cost must be between 1 and {self._max_cost[category]}")
+        if revoked_key is not None and hash_tag(revoked_key) != subject:
+            raise ValueError("revoked_key must carry the subject's hash tag")
+        return specs
 
     async def check_tenant(
         self,
