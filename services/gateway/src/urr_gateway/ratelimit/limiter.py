@@ -112,6 +112,20 @@ def _pool_size(redis: Redis | RedisCluster) -> int | None:
     return size if isinstance(size, int) else None
 
 
+#: What a failed Redis call of the limiter raises: the decision follows its failure policy.
+_FAILURES = (TimeoutError, RedisTimeoutError, RedisConnectionError, OSError, RedisError, ValueError)
+
+
+def _failure_kind(error: BaseException) -> str:
+    """The ``kind`` label of a failure (checked in this order: a timeout is an OSError and
+    a RedisError too, a connection error a RedisError)."""
+    if isinstance(error, TimeoutError | RedisTimeoutError):
+        return "timeout"
+    if isinstance(error, RedisConnectionError | OSError):
+        return "connection"
+    return "other"
+
+
 def _decision_of_reply(
     category: str,
     specs: tuple[WindowSpec, ...],
@@ -324,7 +338,6 @@ class SlidingWindowLimiter:
             if pending is None:
                 decision = await self._ask_redis(subject, category, specs, cost, revoked_key)
             else:
-                kind = ""
                 error: BaseException | None = None
                 try:
                     try:
@@ -337,19 +350,15 @@ class SlidingWindowLimiter:
                         )
                         reply = await retry  # type: ignore[misc]
                     decision = _decision_of_reply(category, specs, cost, revoked_key, reply)
-                except (TimeoutError, RedisTimeoutError) as exc:
-                    kind, error = "timeout", exc
-                except (RedisConnectionError, OSError) as exc:
-                    kind, error = "connection", exc
-                except (RedisError, ValueError) as exc:
-                    kind, error = "other", exc
+                except _FAILURES as exc:
+                    error = exc
                 finally:
                     slots.give_back()
                 if error is None:
                     self._answered(subject, cost, decision)  # type: ignore[arg-type]
                 else:
                     decision = None
-                    self._on_failure(kind, error)
+                    self._on_failure(_failure_kind(error), error)
         if decision is None:
             decision = self._fallback(subject, category, specs, cost)
         self._observe(decision, started)
@@ -405,12 +414,8 @@ class SlidingWindowLimiter:
                 finally:
                     slots.give_back()
                 result = tenant_decision_of_reply(compiled, tenant, reply, cost)
-            except (TimeoutError, RedisTimeoutError) as exc:
-                self._on_failure("timeout", exc)
-            except (RedisConnectionError, OSError) as exc:
-                self._on_failure("connection", exc)
-            except (RedisError, ValueError) as exc:
-                self._on_failure("other", exc)
+            except _FAILURES as exc:
+                self._on_failure(_failure_kind(exc), exc)
             else:
                 self._on_success()
         if result is None:
@@ -437,8 +442,6 @@ class SlidingWindowLimiter:
         cost: int,
         revoked_key: str | None,
     ) -> Decision | None:
-        kind: str
-        error: BaseException
         slots = self._in_flight
         try:
             # Queueing for a slot is local congestion, not Redis being slow: the budget
@@ -453,20 +456,14 @@ class SlidingWindowLimiter:
                     result = await self._budget.run(call)
             finally:
                 slots.give_back()
-        except (TimeoutError, RedisTimeoutError) as exc:
-            kind, error = "timeout", exc
-        except (RedisConnectionError, OSError) as exc:
-            kind, error = "connection", exc
-        except (RedisError, ValueError) as exc:
-            kind, error = "other", exc
-        else:
-            decision = decide(
-                category, specs, result.outcomes, cost, source="redis", revoked=result.revoked
-            )
-            self._answered(subject, cost, decision)
-            return decision
-        self._on_failure(kind, error)
-        return None
+        except _FAILURES as exc:
+            self._on_failure(_failure_kind(exc), exc)
+            return None
+        decision = decide(
+            category, specs, result.outcomes, cost, source="redis", revoked=result.revoked
+        )
+        self._answered(subject, cost, decision)
+        return decision
 
     def _answered(self, subject: str, cost: int, decision: Decision) -> None:
         """Redis answered with ``decision``: the breaker hears of it, and the deny cache
