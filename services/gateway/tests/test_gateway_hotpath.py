@@ -4,12 +4,14 @@ and keep the in-flight bound they replace."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from urr_common.metrics import adder, observer
+from urr_common.metrics import adder, loop_adder, loop_observer, observer
 from urr_gateway import paths, revocation, trust
 from urr_gateway.forwarding import downstream_response_headers, upstream_request_headers
 from urr_gateway.paths import InvalidPath, normalise_path
@@ -172,21 +174,33 @@ async def test_a_slot_handed_to_a_waiter_cancelled_meanwhile_is_passed_on() -> N
     assert slots.free == 0
 
 
-def test_metric_shortcuts_export_what_the_public_methods_export() -> None:
+@pytest.mark.parametrize(
+    ("make_adder", "make_observer"), [(adder, observer), (loop_adder, loop_observer)]
+)
+def test_metric_shortcuts_export_what_the_public_methods_export(
+    make_adder: Callable[[Any], Callable[[float], None]],
+    make_observer: Callable[[Any], Callable[[float], None]],
+) -> None:
     fast_registry, slow_registry = CollectorRegistry(), CollectorRegistry()
     fast = _metrics(fast_registry)
     slow = _metrics(slow_registry)
-    add_fast, add_gauge = adder(fast[0].labels("a")), adder(fast[2])
-    observe_fast = observer(fast[1].labels("a"))
+    add_fast, add_gauge = make_adder(fast[0].labels("a")), make_adder(fast[2])
+    observe_fast = make_observer(fast[1].labels("a"))
     for amount in (0.0, 0.001, 0.0011, 0.5, 1.0, 7.0):
         observe_fast(amount)
         slow[1].labels("a").observe(amount)
         add_fast(1)
         slow[0].labels("a").inc()
+        fast[0].labels("a").inc()  # the public method on the same child still counts
+        slow[0].labels("a").inc()
     for amount in (1, 1, -1):
         add_gauge(amount)
         slow[2].inc(amount)
+    fast[2].set(5)
+    slow[2].set(5)
     assert _samples(fast_registry) == _samples(slow_registry)
+    # Only the children handed out lose their lock; the others keep prometheus_client's own.
+    assert type(fast[0].labels("b")._value).__name__ == "MutexValue"
 
 
 def _metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram, Gauge]:

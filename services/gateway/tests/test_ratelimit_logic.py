@@ -124,8 +124,9 @@ def test_decide_binds_to_the_tightest_window() -> None:
 
 @given(
     count=st.integers(min_value=0, max_value=30),
-    reset_us=st.integers(min_value=0, max_value=120 * S),
-    retry_us=st.integers(min_value=0, max_value=120 * S),
+    # Below 0 too: both paths clamp a negative time (a clock step) to 0 ms.
+    reset_us=st.integers(min_value=-S, max_value=120 * S),
+    retry_us=st.integers(min_value=-S, max_value=120 * S),
     cost=st.integers(min_value=1, max_value=5),
 )
 def test_single_window_fast_path_matches_the_general_one(

@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.values import MutexValue
 
 #: Buckets in seconds, dense below 25 ms where the gateway's budgets live.
 LATENCY_BUCKETS_S = (
@@ -108,6 +109,60 @@ def observer(metric: Histogram) -> Callable[[float], None]:
         add_to_sum(amount)
         # The first bucket whose upper bound is >= amount (the last bound is +Inf).
         bucket_adds[bucket_of(bounds, amount)](1)
+
+    return observe
+
+
+class _LoopValue(MutexValue):
+    """A ``MutexValue`` whose increments skip the lock: for a value only one thread (the
+    event loop's) ever writes. A ``+=`` there is not interleaved with another writer, and a
+    scrape reads a whole float either way."""
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+
+def _unlocked(value: object) -> bool:
+    """Make a single-process ``MutexValue`` lock-free on increment (``_LoopValue``: same
+    layout, same state); False for any other holder (a multiprocess file-backed value)."""
+    if type(value) is MutexValue:
+        value.__class__ = _LoopValue
+    return type(value) is _LoopValue
+
+
+def loop_adder(metric: Counter | Gauge) -> Callable[[float], None]:
+    """``adder`` for a metric that only the event loop's thread increments: its value's
+    increment without the lock (the lock's enter and exit cost more than the addition).
+    With multiprocess values (``PROMETHEUS_MULTIPROC_DIR``) it is ``adder``. Do not use it
+    for a metric any other thread writes."""
+    value = getattr(metric, "_value", None)
+    if _unlocked(value):
+        return cast("Callable[[float], None]", value.inc)  # type: ignore[union-attr]
+    return adder(metric)
+
+
+def loop_observer(metric: Histogram) -> Callable[[float], None]:
+    """``observer`` for a histogram only the event loop's thread observes: the sum and the
+    bucket added to in one call, without a lock or a call per value (as ``loop_adder``;
+    ``observer`` with multiprocess values)."""
+    bounds = getattr(metric, "_upper_bounds", None)
+    buckets = getattr(metric, "_buckets", None)
+    total = getattr(metric, "_sum", None)
+    if not (
+        isinstance(bounds, list)
+        and isinstance(buckets, list)
+        and _unlocked(total)
+        and all(_unlocked(bucket) for bucket in buckets)
+    ):
+        return observer(metric)
+    values: list[_LoopValue] = buckets
+    loop_total = cast("_LoopValue", total)
+    bucket_of = bisect.bisect_left
+
+    def observe(amount: float) -> None:
+        loop_total._value += amount
+        # The first bucket whose upper bound is >= amount (the last bound is +Inf).
+        values[bucket_of(bounds, amount)]._value += 1
 
     return observe
 

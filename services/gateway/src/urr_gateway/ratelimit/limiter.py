@@ -24,16 +24,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from urr_common.logs import get_logger
-from urr_common.metrics import adder, observer
+from urr_common.metrics import loop_adder, loop_observer
 from urr_gateway.ratelimit.breaker import BreakerState, CircuitBreaker
 from urr_gateway.ratelimit.budget import RedisBudget
 from urr_gateway.ratelimit.config import FailurePolicy, RateLimitSettings
@@ -43,7 +43,12 @@ from urr_gateway.ratelimit.local import LocalSlidingLog
 from urr_gateway.ratelimit.metrics import RateLimitMetrics
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.ratelimit.slots import InFlightSlots
-from urr_gateway.ratelimit.store import RedisSlidingLog, SlidingLogStore, TenantStore
+from urr_gateway.ratelimit.store import (
+    RedisSlidingLog,
+    SlidingLogStore,
+    TenantStore,
+    parse_reply,
+)
 from urr_gateway.ratelimit.tenant import (
     CompiledPolicy,
     TenantDecision,
@@ -57,6 +62,7 @@ from urr_gateway.ratelimit.window import (
     Decision,
     WindowSpec,
     decide,
+    decide_one,
     policy_names,
     unlimited_decision,
 )
@@ -66,6 +72,7 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
 
 _LOG = get_logger(__name__)
+_CLOSED = BreakerState.CLOSED
 
 #: A Redis that keeps failing and recovering is logged at most this often.
 OUTAGE_LOG_INTERVAL_S = 60.0
@@ -103,6 +110,46 @@ def _pool_size(redis: Redis | RedisCluster) -> int | None:
     pool = getattr(redis, "connection_pool", None)
     size = getattr(pool, "max_connections", None)
     return size if isinstance(size, int) else None
+
+
+#: What a failed Redis call of the limiter raises: the decision follows its failure policy.
+_FAILURES = (TimeoutError, RedisTimeoutError, RedisConnectionError, OSError, RedisError, ValueError)
+
+
+def _failure_kind(error: BaseException) -> str:
+    """The ``kind`` label of a failure (checked in this order: a timeout is an OSError and
+    a RedisError too, a connection error a RedisError)."""
+    if isinstance(error, TimeoutError | RedisTimeoutError):
+        return "timeout"
+    if isinstance(error, RedisConnectionError | OSError):
+        return "connection"
+    return "other"
+
+
+def _decision_of_reply(
+    category: str,
+    specs: tuple[WindowSpec, ...],
+    cost: int,
+    revoked_key: str | None,
+    reply: Sequence[int],
+) -> Decision:
+    """The decision of a script reply (``parse_reply`` then ``decide``)."""
+    if len(specs) == 1 and len(reply) == 5:
+        # The common single window: the decision straight from the reply's numbers, without
+        # ``parse_reply``'s two objects in between.
+        return decide_one(
+            category,
+            specs[0],
+            int(reply[2]),
+            int(reply[3]),
+            int(reply[4]),
+            cost,
+            "redis",
+            False,
+            bool(reply[1]) if revoked_key is not None else None,
+        )
+    result = parse_reply(reply, len(specs), revoked_key is not None)
+    return decide(category, specs, result.outcomes, cost, source="redis", revoked=result.revoked)
 
 
 class SlidingWindowLimiter:
@@ -151,6 +198,13 @@ class SlidingWindowLimiter:
         )
         # The pipelined store times its batches itself: one timer per batch, not per call.
         self._store_keeps_budget = getattr(self._store, "budget", None) is self._budget
+        #: The pipelined store timing its own batches: ``check`` writes to it and awaits the
+        #: reply's future itself (no ``_ask_redis``/``evaluate`` coroutines per decision).
+        self._pipelined = (
+            self._store
+            if isinstance(self._store, PipelinedSlidingLog) and self._store_keeps_budget
+            else None
+        )
         self._clock = clock
         pool_size = _pool_size(redis) if isinstance(self._store, RedisSlidingLog) else None
         in_flight = min(settings.max_in_flight, pool_size or settings.max_in_flight)
@@ -265,15 +319,46 @@ class SlidingWindowLimiter:
         reported as ``Decision.revoked``.
         """
         started = time.perf_counter()
-        specs = self.windows(category)
-        if not 1 <= cost <= self._max_cost[category]:
-            raise ValueError(f"cost must be between 1 and {self._max_cost[category]}")
-        if revoked_key is not None and hash_tag(revoked_key) != subject:
-            raise ValueError("revoked_key must carry the subject's hash tag")
+        specs = self._checked_specs(subject, category, cost, revoked_key)
         now = self._clock()
         decision = self._deny.lookup(subject, category, cost, now)
         if decision is None and self._breaker.allow(now):
-            decision = await self._ask_redis(subject, category, specs, cost, revoked_key)
+            pipelined = self._pipelined
+            slots = self._in_flight
+            pending = None
+            if pipelined is not None and slots.take_now():
+                # The common case, inline: a free slot, the single node known. The same
+                # steps as ``_ask_redis`` with ``evaluate`` (slot, budgeted write, NOSCRIPT
+                # retry, failure kinds), without their two coroutines.
+                try:
+                    pending = pipelined.start(subject, category, specs, cost, revoked_key)
+                finally:
+                    if pending is None:
+                        slots.give_back()
+            if pending is None:
+                decision = await self._ask_redis(subject, category, specs, cost, revoked_key)
+            else:
+                error: BaseException | None = None
+                try:
+                    try:
+                        reply = await pending
+                    except NoScriptError:
+                        # Nothing ran; the next batch loads the script first and runs this
+                        # once more (within a budget of its own: a flushed cache is rare).
+                        retry = pipelined.start(  # type: ignore[union-attr]
+                            subject, category, specs, cost, revoked_key, load_script=True
+                        )
+                        reply = await retry  # type: ignore[misc]
+                    decision = _decision_of_reply(category, specs, cost, revoked_key, reply)
+                except _FAILURES as exc:
+                    error = exc
+                finally:
+                    slots.give_back()
+                if error is None:
+                    self._answered(subject, cost, decision)  # type: ignore[arg-type]
+                else:
+                    decision = None
+                    self._on_failure(_failure_kind(error), error)
         if decision is None:
             decision = self._fallback(subject, category, specs, cost)
         self._observe(decision, started)
@@ -283,6 +368,19 @@ class SlidingWindowLimiter:
             # A shadow policy counts (in the decisions metric, as blocked) and never refuses.
             decision = dataclasses.replace(decision, allowed=True, retry_after_ms=0)
         return decision
+
+    def _checked_specs(
+        self, subject: str, category: str, cost: int, revoked_key: str | None
+    ) -> tuple[WindowSpec, ...]:
+        """The category's windows, once the arguments of ``check`` are known to be valid."""
+        specs = self._specs.get(category)
+        if specs is None:
+            raise UnknownCategoryError(category)
+        if not 1 <= cost <= self._max_cost[category]:
+            raise ValueError(f"cost must be between 1 and {self._max_cost[category]}")
+        if revoked_key is not None and hash_tag(revoked_key) != subject:
+            raise ValueError("revoked_key must carry the subject's hash tag")
+        return specs
 
     async def check_tenant(
         self,
@@ -316,12 +414,8 @@ class SlidingWindowLimiter:
                 finally:
                     slots.give_back()
                 result = tenant_decision_of_reply(compiled, tenant, reply, cost)
-            except (TimeoutError, RedisTimeoutError) as exc:
-                self._on_failure("timeout", exc)
-            except (RedisConnectionError, OSError) as exc:
-                self._on_failure("connection", exc)
-            except (RedisError, ValueError) as exc:
-                self._on_failure("other", exc)
+            except _FAILURES as exc:
+                self._on_failure(_failure_kind(exc), exc)
             else:
                 self._on_success()
         if result is None:
@@ -348,8 +442,6 @@ class SlidingWindowLimiter:
         cost: int,
         revoked_key: str | None,
     ) -> Decision | None:
-        kind: str
-        error: BaseException
         slots = self._in_flight
         try:
             # Queueing for a slot is local congestion, not Redis being slow: the budget
@@ -364,23 +456,25 @@ class SlidingWindowLimiter:
                     result = await self._budget.run(call)
             finally:
                 slots.give_back()
-        except (TimeoutError, RedisTimeoutError) as exc:
-            kind, error = "timeout", exc
-        except (RedisConnectionError, OSError) as exc:
-            kind, error = "connection", exc
-        except (RedisError, ValueError) as exc:
-            kind, error = "other", exc
-        else:
+        except _FAILURES as exc:
+            self._on_failure(_failure_kind(exc), exc)
+            return None
+        decision = decide(
+            category, specs, result.outcomes, cost, source="redis", revoked=result.revoked
+        )
+        self._answered(subject, cost, decision)
+        return decision
+
+    def _answered(self, subject: str, cost: int, decision: Decision) -> None:
+        """Redis answered with ``decision``: the breaker hears of it, and the deny cache
+        remembers a refusal."""
+        breaker = self._breaker
+        # ``_on_success`` has nothing to do while all is well: not even called then.
+        if breaker.failures or self._outage_since is not None or breaker.state is not _CLOSED:
             self._on_success()
-            decision = decide(
-                category, specs, result.outcomes, cost, source="redis", revoked=result.revoked
-            )
-            if not decision.allowed:
-                self._deny.remember(subject, cost, decision, self._clock())
-                self.metrics.deny_cache_entries.set(len(self._deny))
-            return decision
-        self._on_failure(kind, error)
-        return None
+        if not decision.allowed:
+            self._deny.remember(subject, cost, decision, self._clock())
+            self.metrics.deny_cache_entries.set(len(self._deny))
 
     @property
     def key_exists(self) -> Callable[[str], Awaitable[int]] | None:
@@ -454,8 +548,11 @@ class SlidingWindowLimiter:
         if children is None:
             result = "allowed" if decision.allowed else "blocked"
             children = (
-                adder(self.metrics.decisions.labels(decision.category, result, decision.source)),
-                observer(self.metrics.latency.labels(decision.source)),
+                # Decisions are made on the event loop only: no lock per increment.
+                loop_adder(
+                    self.metrics.decisions.labels(decision.category, result, decision.source)
+                ),
+                loop_observer(self.metrics.latency.labels(decision.source)),
             )
             self._children[key] = children
         children[0](1)

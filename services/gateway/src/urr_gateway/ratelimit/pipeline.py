@@ -466,6 +466,32 @@ class PipelinedSlidingLog:
             return await self._through_client.evaluate(subject, category, specs, cost, revoked_key)
         return parse_reply(reply, encoded.windows, checked)
 
+    def start(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        revoked_key: str | None = None,
+        *,
+        load_script: bool = False,
+    ) -> asyncio.Future[Any] | None:
+        """``evaluate``'s write without its coroutine: the future of the raw reply (parse it
+        with ``store.parse_reply``), under the budget like ``evaluate``'s. ``None`` when the
+        node is not known without awaiting (a cluster, or before the first connection):
+        then call ``evaluate``. ``load_script``: after a ``NOSCRIPT``, load it first. The
+        limiter awaits this future itself, two coroutine levels fewer per decision."""
+        node = self._single if self._cluster is None else None
+        if node is None:
+            return None
+        encoded = self._encoded_for(category, specs)
+        known = encoded.commands.get((subject, revoked_key)) if cost == 1 else None
+        if known is not None:
+            command = known[0]
+        else:
+            command = self._command(encoded, subject, cost, revoked_key)[0]
+        return node.submit(command, load_script=load_script, timed=True)
+
     @staticmethod
     def _command(
         encoded: _EncodedCall, subject: str, cost: int, revoked_key: str | None

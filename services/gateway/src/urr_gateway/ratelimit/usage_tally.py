@@ -45,6 +45,9 @@ class UsageTally:
 
     def __init__(self) -> None:
         self._counts: Counter[tuple[str, str, str]] = Counter()
+        #: Policy-less decisions not yet turned into usage fields, by (category, allowed,
+        #: would_allow, near): one dict update per decision, the fields made per drain.
+        self._raw: dict[tuple[str, bool, bool, bool], int] = {}
 
     def count(
         self, tenant: str, policy: str, *, allowed: bool, would_allow: bool, near: bool
@@ -60,17 +63,32 @@ class UsageTally:
 
     def record(self, decision: Decision, *, shadow_refusal: bool) -> None:
         """A policy-less decision, counted for ``ANONYMOUS_TENANT`` under its category."""
-        used = decision.limit - decision.remaining
-        self.count(
-            ANONYMOUS_TENANT,
+        allowed = decision.allowed
+        limit = decision.limit
+        key = (
             decision.category,
-            allowed=decision.allowed or shadow_refusal,
-            would_allow=decision.allowed,
-            near=decision.source == "redis" and used > int(decision.limit * NEAR_LIMIT_SHARE),
+            allowed or shadow_refusal,
+            allowed,
+            decision.source == "redis"
+            and limit - decision.remaining > int(limit * NEAR_LIMIT_SHARE),
         )
+        raw = self._raw
+        raw[key] = raw.get(key, 0) + 1
+
+    def _fold(self) -> None:
+        """Turn the raw policy-less counts into usage fields (what ``count`` would add)."""
+        raw, self._raw = self._raw, {}
+        counts = self._counts
+        for (category, allowed, would_allow, near), times in raw.items():
+            counts[(ANONYMOUS_TENANT, category, ALLOWED if allowed else BLOCKED)] += times
+            if allowed and not would_allow:
+                counts[(ANONYMOUS_TENANT, category, SHADOW_BLOCKED)] += times
+            elif near and would_allow:
+                counts[(ANONYMOUS_TENANT, category, NEAR_LIMIT)] += times
 
     def drain(self) -> UsageCounts:
         """The counts so far, and start again from zero."""
+        self._fold()
         counts, self._counts = dict(self._counts), Counter()
         return counts
 
@@ -79,6 +97,7 @@ class UsageTally:
         self._counts.update(counts)
 
     def __len__(self) -> int:
+        self._fold()
         return len(self._counts)
 
 

@@ -153,7 +153,18 @@ def decide(
     When refused, nothing is counted.
     """
     if len(specs) == 1:
-        return _decide_one(category, specs[0], outcomes[0], cost, source, degraded, revoked)
+        outcome = outcomes[0]
+        return decide_one(
+            category,
+            specs[0],
+            outcome.count,
+            outcome.reset_us,
+            outcome.retry_us,
+            cost,
+            source,
+            degraded,
+            revoked,
+        )
     return decide_many(category, specs, outcomes, cost, source, degraded, revoked)
 
 
@@ -210,26 +221,34 @@ def decide_many(
     )
 
 
-def _decide_one(
+def decide_one(
     category: str,
     spec: WindowSpec,
-    outcome: WindowOutcome,
+    count: int,
+    reset_us: int,
+    retry_us: int,
     cost: int,
     source: DecisionSource,
-    degraded: bool,
-    revoked: bool | None,
+    degraded: bool = False,
+    revoked: bool | None = None,
 ) -> Decision:
     """:func:`decide` for the common single-window category, without the ranking loop (this
-    runs on every request; the unit tests hold both paths to the same answers)."""
-    allowed = outcome.retry_us == 0
+    runs on every request; the unit tests hold both paths to the same answers). Takes the
+    window's outcome as its three numbers: the limiter builds it straight from the script's
+    reply, without a ``WindowOutcome`` in between."""
+    # ``us_to_ms_up`` inlined (``-(-us // 1000)`` of a value clamped at 0): two or three
+    # calls fewer on every decision.
+    allowed = retry_us == 0
     if allowed:
-        remaining = max(spec.limit - outcome.count - cost, 0)
-        reset_ms = us_to_ms_up(outcome.reset_us if outcome.count else spec.window_us)
+        remaining = max(spec.limit - count - cost, 0)
+        if not count:
+            reset_us = spec.window_us
+        reset_ms = -(-reset_us // US_PER_MS) if reset_us > 0 else 0
         retry_ms = 0
     else:
-        remaining = max(spec.limit - outcome.count, 0)
-        reset_ms = us_to_ms_up(outcome.reset_us)
-        retry_ms = us_to_ms_up(outcome.retry_us)
+        remaining = max(spec.limit - count, 0)
+        reset_ms = -(-reset_us // US_PER_MS) if reset_us > 0 else 0
+        retry_ms = -(-retry_us // US_PER_MS) if retry_us > 0 else 0
     state = WindowState(spec.policy, spec.limit, spec.window_s, remaining, reset_ms, retry_ms)
     return Decision(
         allowed=allowed,
