@@ -280,6 +280,30 @@ async def test_redis_clock_decides_the_quota_month_whatever_the_caller_names(
         assert await redis.get(quota_key(tenant, caller_month)) is None
 
 
+async def test_tenant_decisions_after_a_script_flush_reload_and_count_once(redis: Redis) -> None:
+    """The limiter awaits a tenant decision's reply itself (no ``tenant_reply`` coroutine):
+    a ``NOSCRIPT`` must still load the tenant script and run each decision exactly once."""
+    compiled = CompiledPolicy.of(policy("flush", windows=[{"limit": 1000, "window_s": 60}]))
+    tenants = [f"flush-{uuid.uuid4().hex[:8]}-{n}" for n in range(30)]
+    limiter = SlidingWindowLimiter(redis, LIMITS)
+    try:
+        assert await limiter.prepare()
+        first = await limiter.check_tenant(tenants[0], compiled, quota=100)
+        assert not first.decision.degraded
+        await redis.script_flush()
+        results = await asyncio.gather(
+            *(limiter.check_tenant(tenant, compiled, quota=100) for tenant in tenants)
+        )
+    finally:
+        await limiter.aclose()
+    assert all(r.decision.allowed and not r.decision.degraded for r in results)
+    assert results[0].quota_remaining == 98  # the first tenant's second request
+    assert all(r.quota_remaining == 99 for r in results[1:])
+    month = datetime.fromtimestamp((await redis.time())[0], UTC).strftime("%Y-%m")
+    counted = [await redis.get(quota_key(tenant, month)) for tenant in tenants]
+    assert counted == [b"2"] + [b"1"] * 29
+
+
 async def test_a_quota_refusal_says_when_the_month_renews(redis: Redis) -> None:
     log = RedisSlidingLog(redis)
     compiled = CompiledPolicy.of(policy("p"))

@@ -405,14 +405,37 @@ class SlidingWindowLimiter:
         result: TenantDecision | None = None
         if store is not None and self._breaker.allow(self._clock()):
             slots = self._in_flight
+            pipelined = self._pipelined
+            pending = None
             try:
-                if not slots.take_now():  # no coroutine while a slot is free
-                    await slots.take()
-                try:
-                    call = store.tenant_reply(compiled, tenant, cost, quota)
-                    reply = await (call if self._store_keeps_budget else self._budget.run(call))
-                finally:
-                    slots.give_back()
+                if pipelined is not None and slots.take_now():
+                    # As in ``check``: a free slot and the single node known, so the reply's
+                    # future is awaited here, without ``tenant_reply``'s coroutine (the tenant
+                    # decision's cost relative to a policy-less one is a target of issue 18).
+                    try:
+                        pending = pipelined.tenant_start(compiled, tenant, cost, quota)
+                    finally:
+                        if pending is None:
+                            slots.give_back()
+                if pending is None:
+                    if not slots.take_now():  # no coroutine while a slot is free
+                        await slots.take()
+                    try:
+                        call = store.tenant_reply(compiled, tenant, cost, quota)
+                        reply = await (call if self._store_keeps_budget else self._budget.run(call))
+                    finally:
+                        slots.give_back()
+                else:
+                    try:
+                        try:
+                            reply = await pending
+                        except NoScriptError:
+                            retry = pipelined.tenant_start(  # type: ignore[union-attr]
+                                compiled, tenant, cost, quota, load_script=True
+                            )
+                            reply = await retry  # type: ignore[misc]
+                    finally:
+                        slots.give_back()
                 result = tenant_decision_of_reply(compiled, tenant, reply, cost)
             except _FAILURES as exc:
                 self._on_failure(_failure_kind(exc), exc)

@@ -548,6 +548,27 @@ class PipelinedSlidingLog:
             return await self._through_client.evaluate_tenant(compiled, tenant, cost, quota, now_us)
         return parse_tenant_reply(reply, len(compiled.specs))
 
+    def tenant_start(
+        self,
+        compiled: CompiledPolicy,
+        tenant: str,
+        cost: int,
+        quota: int,
+        *,
+        load_script: bool = False,
+    ) -> asyncio.Future[Any] | None:
+        """``tenant_reply``'s write without its coroutine, as ``start`` is ``evaluate``'s: the
+        future of the raw reply, under the budget, or ``None`` when the node is not known
+        without awaiting (a cluster, or before the first connection): then call
+        ``tenant_reply``. ``load_script``: after a ``NOSCRIPT``, load the tenant script first."""
+        node = self._ready_node()
+        if node is None:
+            return None
+        self._month = month = current_month(self._month)
+        command = self._tenant_command(compiled, tenant, cost, quota, month)
+        load: bool | bytes = self._tenant_load if load_script else False
+        return node.submit(command, load_script=load, timed=True)
+
     async def tenant_reply(
         self, compiled: CompiledPolicy, tenant: str, cost: int, quota: int
     ) -> Sequence[int]:
