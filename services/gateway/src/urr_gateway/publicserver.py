@@ -41,7 +41,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from urr_common.logs import get_logger, start_request_context
-from urr_common.metrics import adder
+from urr_common.metrics import loop_adder
 from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_KEY
 from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
@@ -63,6 +63,7 @@ from urr_gateway.publicrequest import (
     GatewayRequest,
     RequestBody,
 )
+from urr_gateway.tokencache import TokenDigests
 from urr_gateway.upstream import InvalidHeader, RequestBodyError, UpstreamError
 
 if TYPE_CHECKING:
@@ -148,6 +149,7 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         "_queue",
         "_reading",
         "_worker",
+        "token_digests",
     )
 
     def __init__(self, server: PublicServer) -> None:
@@ -163,6 +165,8 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         self._worker: asyncio.Task[None] | None = None
         #: What the worker waits on between requests (set by the next request's head).
         self._idle_waiter: asyncio.Future[None] | None = None
+        #: The digests of the tokens this client showed (its requests' token caches' keys).
+        self.token_digests = TokenDigests()
 
     # --- asyncio protocol ------------------------------------------------------------------
 
@@ -400,8 +404,9 @@ class PublicServer(Http1Server):
         self._steps = steps
         self._proxy = app[PROXY_KEY]
         self._metrics = app[HTTP_METRICS_KEY]
-        #: The gauge's value as one call (``adder``: no per-call checks), +1 then -1.
-        self._in_flight = adder(self._metrics.in_flight)
+        #: The gauge's value as one call (``loop_adder``: no per-call checks, no lock: only
+        #: the loop's thread moves it), +1 then -1.
+        self._in_flight = loop_adder(self._metrics.in_flight)
         self._gateway_metrics = app[GATEWAY_METRICS_KEY]
         self._prepare = tuple(app.on_response_prepare)
         #: The receivers' synchronous twins (``None``: some must be awaited).
@@ -428,9 +433,11 @@ class PublicServer(Http1Server):
         status = 500
         try:
             try:
-                routed, exchange.facts = self._ingress(cast(web.Request, request), request_id)
+                routed, facts = self._ingress(cast(web.Request, request), request_id)
+                facts.token_digests = exchange.connection.token_digests
+                exchange.facts = facts
                 for step in self._steps:
-                    pending = step(routed, exchange.facts)
+                    pending = step(routed, facts)
                     if pending is not None:
                         await pending
                 if handler is not None:

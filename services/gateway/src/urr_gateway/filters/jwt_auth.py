@@ -175,7 +175,7 @@ class _JwtAuth:
             if token is None:
                 raise self.not_bearer()
             try:
-                identity = self._verifier.verify_cached(token)
+                identity = self._verifier.verify_cached(token, facts.token_digests)
             except TokenError as exc:
                 raise self.refused(exc) from exc
             if identity is None:  # not seen yet: verify it (and wait for keys if need be)
