@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from urr_gateway.trust import address_bucket
 
@@ -132,7 +132,7 @@ _NO_COOKIES: Mapping[str, str] = MappingProxyType({})
 
 def request_cookies(request: web.Request) -> Mapping[str, str]:
     """``request.cookies``, parsed once per distinct ``Cookie`` header (aiohttp's parser)."""
-    raw = request.headers.get("Cookie")
+    raw = request.headers.get(hdrs.COOKIE)
     if not raw:
         return _NO_COOKIES
     cookies = _COOKIES.get(raw)
