@@ -364,15 +364,10 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
 
 
 async def test_tokens_remembered_by_the_connection_are_still_revoked_and_bound_to_users(
-    listener, redis_url
+    listener, revoke_entry_token
 ):
     """The connection remembers the digests of the tokens it was shown; the same tokens
     on it must still be refused once revoked, and another user's tokens on it are theirs."""
-    import jwt
-    import redis.asyncio as aioredis
-
-    from urr_gateway.keys import revoked_entry_token_key
-
     stack, port, _ = listener
     token_u1 = stack.entry_token("u1", "e1")
     token_u2 = stack.entry_token("u2", "e1")
@@ -400,12 +395,7 @@ async def test_tokens_remembered_by_the_connection_are_still_revoked_and_bound_t
             "u1",
             "u2",
         ]
-        jti = jwt.decode(token_u1, options={"verify_signature": False})["jti"]
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            await client.set(revoked_entry_token_key("u1", jti), b"1", px=60_000)
-        finally:
-            await client.aclose()
+        await revoke_entry_token("u1", token_u1)
         writer.write(seats(stack.access_token("u1"), token_u1))
         status, head, body = await read_answer(reader)
         assert status == 403
