@@ -142,6 +142,9 @@ def main() -> None:
     )
     parser.add_argument("--keep-profiles", default="", help="copy the raw py-spy stacks here")
     parser.add_argument(
+        "--keep-callgrind", default="", help="copy callgrind's dumps here (callgrind_annotate)"
+    )
+    parser.add_argument(
         "--callgrind",
         action="store_true",
         help="run both gateways under valgrind's callgrind and count instructions per "
@@ -266,6 +269,10 @@ def count_instructions(
     for label, values in rows.items():
         median = statistics.median(values)
         print(f"  {label:22} {median:14,.0f}  ({median / base:.3f}x)")
+    if options.keep_callgrind:
+        Path(options.keep_callgrind).mkdir(parents=True, exist_ok=True)
+        for dump in work.glob("callgrind-*.out*"):
+            shutil.copy(dump, Path(options.keep_callgrind) / dump.name)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 from aiohttp import web
@@ -34,6 +35,7 @@ from urr_gateway.checkapi import CHECK_SERVICE_KEY
 from urr_gateway.checkserver import CheckSite
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.http1 import Http1Site
+from urr_gateway.keys import revoked_entry_token_key
 from urr_gateway.publicserver import PublicServer
 from urr_gateway.revocation import VerdictReader, stored_verdict
 from urr_gateway.server import build_apps
@@ -63,6 +65,24 @@ async def lean_check_listener(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{site.port}"
     finally:
         await runner.cleanup()
+
+
+RevokeEntryToken = Callable[[str, str], Awaitable[None]]
+
+
+@pytest.fixture
+def revoke_entry_token(redis_url: str) -> RevokeEntryToken:
+    """Revoke an entry token of a user the way the queue service does (its ``jti`` key)."""
+
+    async def revoke(user_id: str, entry_token: str) -> None:
+        jti = jwt.decode(entry_token, options={"verify_signature": False})["jti"]
+        client = Redis.from_url(redis_url)
+        try:
+            await client.set(revoked_entry_token_key(user_id, jti), b"1", px=60_000)
+        finally:
+            await client.aclose()
+
+    return revoke
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from typing import Any
 
 import jwt
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import ClientResponse
 
 from urr_common.service import metrics_text
@@ -86,16 +85,11 @@ async def test_each_refusal_has_its_code(stack):
     assert stack.ticket.requests == []
 
 
-async def test_a_revoked_token_is_refused(stack, redis_url):
+async def test_a_revoked_token_is_refused(stack, revoke_entry_token):
     token = stack.entry_token("u1", "e1")
     headers = {**stack.auth_headers("u1"), "x-queue-entry-token": token}
     assert (await stack.client.get("/api/v1/seats/e1", headers=headers)).status == 200
-    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await client.set(revoked_entry_token_key("u1", jti), b"1", px=60_000)
-    finally:
-        await client.aclose()
+    await revoke_entry_token("u1", token)
     body = await _refusal(await stack.client.get("/api/v1/seats/e1", headers=headers))
     assert body["code"] == "entry_token_invalid"
     assert body["reason"] == "revoked"

@@ -353,3 +353,55 @@ async def test_an_answer_without_a_length_is_relayed_chunked_or_to_the_close(lis
     assert b"Transfer-Encoding" not in head
     assert b"Connection: close" in head
     assert body == expected
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    """One answer of a keep-alive connection: status, head, body (by its length)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+    body = await reader.readexactly(int(length.group(1))) if length else b""
+    return statuses(head)[0], head, body
+
+
+async def test_tokens_remembered_by_the_connection_are_still_revoked_and_bound_to_users(
+    listener, revoke_entry_token
+):
+    """The connection remembers the digests of the tokens it was shown; the same tokens
+    on it must still be refused once revoked, and another user's tokens on it are theirs."""
+    stack, port, _ = listener
+    token_u1 = stack.entry_token("u1", "e1")
+    token_u2 = stack.entry_token("u2", "e1")
+
+    def seats(access: str, entry: str) -> bytes:
+        extra = f"Authorization: Bearer {access}\r\nx-queue-entry-token: {entry}\r\n"
+        return get("/api/v1/seats/e1", extra.encode())
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(2):  # the second time from the connection's digests
+            writer.write(seats(stack.access_token("u1"), token_u1))
+            assert (await read_answer(reader))[0] == 200
+        # u1's access token with u2's entry token, then u2's own: each token its own digest.
+        writer.write(seats(stack.access_token("u1"), token_u2))
+        status, head, body = await read_answer(reader)
+        assert (status, problem_code(head + b"\r\n\r\n" + body)) == (
+            403,
+            "entry_token_wrong_user",
+        )
+        writer.write(seats(stack.access_token("u2"), token_u2))
+        assert (await read_answer(reader))[0] == 200
+        assert [stack.asserted(seen).user_id for seen in stack.ticket.requests] == [
+            "u1",
+            "u1",
+            "u2",
+        ]
+        await revoke_entry_token("u1", token_u1)
+        writer.write(seats(stack.access_token("u1"), token_u1))
+        status, head, body = await read_answer(reader)
+        assert status == 403
+        assert orjson.loads(body)["reason"] == "revoked"
+        assert len(stack.ticket.requests) == 3
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()

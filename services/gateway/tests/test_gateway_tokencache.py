@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urr_gateway.tokencache import VerifiedTokenCache
+from urr_gateway.tokencache import TokenDigests, VerifiedTokenCache, token_digest
 
 
 class Clock:
@@ -61,3 +61,26 @@ def test_the_raw_token_is_not_kept():
     cache: VerifiedTokenCache[int] = VerifiedTokenCache(10, ttl_s=30)
     cache.put("secret-token", 1, expires_at=10**12)
     assert all(isinstance(key, bytes) and len(key) == 32 for key in cache._entries)
+
+
+def test_connection_digests_are_the_token_digests_by_exact_text_and_bounded():
+    digests = TokenDigests()
+    first = digests.digest("header.payload.signature")
+    assert first == token_digest("header.payload.signature")
+    # One character apart, or a prefix: another token, another digest.
+    assert digests.digest("header.payload.signaturE") == token_digest("header.payload.signaturE")
+    assert digests.digest("header.payload.signatur") != first
+    assert digests.digest("header.payload.signature") == first
+    for index in range(TokenDigests.MAX_TOKENS + 2):
+        assert digests.digest(f"t{index}") == token_digest(f"t{index}")
+    assert len(digests._shown) == TokenDigests.MAX_TOKENS
+
+
+def test_a_remembered_digest_does_not_keep_an_expired_token_valid():
+    clock = Clock()
+    cache: VerifiedTokenCache[str] = VerifiedTokenCache(10, ttl_s=30, clock=clock)
+    digests = TokenDigests()
+    cache.put("t", "identity", expires_at=clock.now + 5, digest=digests.digest("t"))
+    assert cache.get("t", digests.digest("t")) == "identity"
+    clock.now += 5
+    assert cache.get("t", digests.digest("t")) is None  # its exp: gone, digest or not

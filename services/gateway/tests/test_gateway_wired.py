@@ -6,10 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
-import jwt
-import redis.asyncio as aioredis
 
-from urr_gateway.keys import revoked_entry_token_key
 from urr_gateway.ratelimit.config import RateLimitSettings
 
 #: The default limits with room for a slow Redis reply: on a busy test machine a reply can come
@@ -63,22 +60,12 @@ async def test_users_are_limited_apart_from_each_other_and_from_anonymous(stack_
     assert (await stack.client.post("/api/v1/auth/logout")).status == 200
 
 
-async def revoke(redis_url: str, user_id: str, entry_token: str) -> None:
-    """Revoke ``entry_token`` the way the queue service does (its ``jti`` key)."""
-    jti = jwt.decode(entry_token, options={"verify_signature": False})["jti"]
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await client.set(revoked_entry_token_key(user_id, jti), b"1", px=60_000)
-    finally:
-        await client.aclose()
-
-
-async def test_revocation_is_read_in_the_limiters_round_trip(stack_factory, redis_url):
+async def test_revocation_is_read_in_the_limiters_round_trip(stack_factory, revoke_entry_token):
     stack = await stack_factory(wired=True, rate_limit=EXACT_LIMITS)
     token = stack.entry_token("u1", "e1")
     headers = {**stack.auth_headers("u1"), "x-queue-entry-token": token}
     assert (await stack.client.get("/api/v1/seats/e1", headers=headers)).status == 200
-    await revoke(redis_url, "u1", token)
+    await revoke_entry_token("u1", token)
     refused = await stack.client.get("/api/v1/seats/e1", headers=headers)
     assert refused.status == 403
     body: dict[str, Any] = await refused.json()
@@ -123,7 +110,7 @@ async def test_the_check_api_listens_apart_from_the_public_routes(stack_factory)
 
 
 async def test_without_a_limiter_decision_the_revocation_lookup_still_refuses(
-    stack_factory, redis_url
+    stack_factory, revoke_entry_token
 ):
     """Limits off: no decision carries the verdict, so the entry-token filter looks the key
     up itself (on the limiter's pipelined connection) and a revoked token is still refused."""
@@ -131,7 +118,7 @@ async def test_without_a_limiter_decision_the_revocation_lookup_still_refuses(
     token = stack.entry_token("u1", "e1")
     headers = {**stack.auth_headers("u1"), "x-queue-entry-token": token}
     assert (await stack.client.get("/api/v1/seats/e1", headers=headers)).status == 200
-    await revoke(redis_url, "u1", token)
+    await revoke_entry_token("u1", token)
     refused = await stack.client.get("/api/v1/seats/e1", headers=headers)
     assert refused.status == 403
     assert (await refused.json())["reason"] == "revoked"

@@ -3,6 +3,8 @@ deny cache and the in-process fallback, all without Redis or sleeping."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,11 +22,13 @@ from urr_gateway.ratelimit.window import (
     Decision,
     WindowOutcome,
     WindowSpec,
+    WindowState,
     decide,
     decide_many,
     evaluate_window,
     ms_to_s_up,
     policy_names,
+    slot_setting_init,
     unlimited_decision,
     us_to_ms_up,
 )
@@ -82,6 +86,55 @@ def test_cost_waits_for_enough_entries() -> None:
 
 def test_cost_above_limit_never_fits() -> None:
     assert evaluate_window([], 0, 5, 10 * S, 6).retry_us == 10 * S
+
+
+def test_slot_setting_init_builds_what_the_dataclass_builds_and_stays_frozen() -> None:
+    state = WindowState("auth", 20, 60, 3, 1500)
+    assert (state.policy, state.limit, state.window_s, state.remaining) == ("auth", 20, 60, 3)
+    assert (state.reset_ms, state.retry_ms) == (1500, 0)  # the default
+    by_name = Decision(
+        allowed=True,
+        category="auth",
+        limit=20,
+        remaining=3,
+        reset_ms=1500,
+        retry_after_ms=0,
+        policy="auth",
+        degraded=False,
+        source="redis",
+        windows=(state,),
+    )
+    by_place = Decision(True, "auth", 20, 3, 1500, 0, "auth", False, "redis", (state,))
+    assert by_name == by_place
+    assert hash(by_name) == hash(by_place)
+    assert by_name.revoked is None
+    assert repr(by_place).startswith("Decision(allowed=True, category='auth'")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        by_name.allowed = False  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.remaining = 0  # type: ignore[misc]
+    replaced = dataclasses.replace(by_name, allowed=False, revoked=True)
+    assert (replaced.allowed, replaced.revoked, replaced.limit) == (False, True, 20)
+    with pytest.raises(TypeError):
+        WindowState("auth", 20, 60, 3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        WindowState("auth", 20, 60, 3, 1500, wrong=1)  # type: ignore[call-arg]
+
+    # What it cannot reproduce it refuses: a default factory, a field outside ``__init__``.
+    with pytest.raises(TypeError, match="plain defaults"):
+
+        @slot_setting_init
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class Listed:
+            values: list[int] = dataclasses.field(default_factory=list)
+
+    with pytest.raises(TypeError, match="plain defaults"):
+
+        @slot_setting_init
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class Hidden:
+            shown: int
+            hidden: int = dataclasses.field(default=0, init=False)
 
 
 def test_decide_allowed_counts_the_request() -> None:

@@ -40,13 +40,17 @@ class HttpMetrics:
     )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count one answered request and record how long it took."""
+        """Count one answered request and record how long it took.
+
+        Only from the event loop's thread (every HTTP server and middleware of this project
+        observes there): the increments skip prometheus_client's lock (``loop_adder``,
+        ``loop_observer``), three lock rounds fewer per request."""
         key = (method, route, status // 100)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = (
-                adder(self.requests.labels(method, route, f"{status // 100}xx")),
-                observer(self.latency.labels(method, route)),
+                loop_adder(self.requests.labels(method, route, f"{status // 100}xx")),
+                loop_observer(self.latency.labels(method, route)),
             )
         children[0](1)
         children[1](seconds)

@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from urr_common.logs import start_request_context
-from urr_common.metrics import HttpMetrics, adder
+from urr_common.metrics import HttpMetrics, loop_adder
 from urr_common.problems import ProblemError
 from urr_common.service import (
     REQUEST_ID_HEADER,
@@ -153,7 +153,7 @@ class GatewayPipeline:
         steps = self._steps
         middlewares = self._middlewares
         metrics = self._metrics
-        add_in_flight = adder(metrics.in_flight)
+        add_in_flight = loop_adder(metrics.in_flight)
         perf_counter = time.perf_counter
 
         @web.middleware

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from urr_gateway.trust import address_bucket
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from urr_gateway.paths import NormalisedPath
     from urr_gateway.ratelimit.window import Decision
     from urr_gateway.routing import RouteMatch
+    from urr_gateway.tokencache import TokenDigests
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class RequestFacts:
         "request_id",
         "revocation_key",
         "route",
+        "token_digests",
     )
 
     def __init__(
@@ -101,6 +103,8 @@ class RequestFacts:
         self.rate_limit_decision: Decision | None = None
         #: The revoked-jti key the decision looked up (``RATE_LIMIT_REVOKED_KEY``).
         self.rate_limit_revoked_key: str | None = None
+        #: The client connection's token digests (the protocol server's; else ``None``).
+        self.token_digests: TokenDigests | None = None
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         fields: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
@@ -128,7 +132,7 @@ _NO_COOKIES: Mapping[str, str] = MappingProxyType({})
 
 def request_cookies(request: web.Request) -> Mapping[str, str]:
     """``request.cookies``, parsed once per distinct ``Cookie`` header (aiohttp's parser)."""
-    raw = request.headers.get("Cookie")
+    raw = request.headers.get(hdrs.COOKIE)
     if not raw:
         return _NO_COOKIES
     cookies = _COOKIES.get(raw)

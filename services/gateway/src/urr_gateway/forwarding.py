@@ -9,7 +9,8 @@ import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 #: Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 #: pre-RFC ``Keep-Alive`` and ``Proxy-Connection``; never forwarded in either direction.
@@ -47,11 +48,14 @@ _GATEWAY_OWNED = frozenset(
 _NOT_FORWARDED = HOP_BY_HOP | _GATEWAY_OWNED
 _NO_TOKENS: frozenset[str] = frozenset()
 IDENTITY_HEADER_PREFIX = "x-user-"
-X_FORWARDED_FOR = "X-Forwarded-For"
+# ``istr``: a case-insensitive multidict takes an ``istr`` key's folded form as it is, a
+# plain string's it folds again on every lookup (the header names the gateway looks up or
+# sets on every request are ``istr``s for that reason; ``aiohttp.hdrs`` has the standard ones).
+X_FORWARDED_FOR = istr("X-Forwarded-For")
 #: A tenant's credential: it selects the tenant's rate limits in the gateway.
-API_KEY_HEADER = "X-API-Key"
-X_FORWARDED_PROTO = "X-Forwarded-Proto"
-X_FORWARDED_HOST = "X-Forwarded-Host"
+API_KEY_HEADER = istr("X-API-Key")
+X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
+X_FORWARDED_HOST = istr("X-Forwarded-Host")
 
 
 def connection_tokens(
@@ -59,9 +63,9 @@ def connection_tokens(
 ) -> frozenset[str]:
     """Header names listed in ``Connection`` (they are hop-by-hop for this message)."""
     if isinstance(headers, CIMultiDictProxy | CIMultiDict):
-        if "Connection" not in headers:
+        if hdrs.CONNECTION not in headers:
             return _NO_TOKENS  # the common case, on every request and every answer
-        values: Iterable[str] = headers.getall("Connection", ())
+        values: Iterable[str] = headers.getall(hdrs.CONNECTION, ())
     else:
         value = headers.get("Connection")
         values = (value,) if value else ()
@@ -82,9 +86,9 @@ def _dropped(
     base: frozenset[str], headers: CIMultiDict[str] | CIMultiDictProxy[str]
 ) -> frozenset[str]:
     """``base`` plus the names the message's ``Connection`` header lists."""
-    if "Connection" not in headers:
+    if hdrs.CONNECTION not in headers:
         return base
-    key = (base, tuple(headers.getall("Connection")))
+    key = (base, tuple(headers.getall(hdrs.CONNECTION)))
     dropped = _DROPPED.get(key)
     if dropped is None:
         if len(_DROPPED) >= _DROPPED_MAX_ENTRIES:

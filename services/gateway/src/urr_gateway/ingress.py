@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 from yarl import URL
 
 from urr_common.problems import BadRequest, Forbidden
@@ -34,6 +34,8 @@ from urr_gateway.paths import InvalidPath, NormalisedPath, normalise_path
 from urr_gateway.routing import ROUTE, match_route
 from urr_gateway.trust import ProxyTrust, TrustSettings, origin_secret_matches
 
+#: ``REQUEST_ID_HEADER`` as an ``istr`` (see ``forwarding``).
+_REQUEST_ID = istr(REQUEST_ID_HEADER)
 #: Paths a load balancer or kubelet calls directly, without the CDN's origin secret.
 _DIRECT_PREFIX = "/health/"
 
@@ -80,7 +82,7 @@ class Ingress:
         headers[X_FORWARDED_FOR] = ", ".join(client.chain)
         headers[X_FORWARDED_PROTO] = forwarded_proto(request.scheme, client_headers, trusted_hops)
         headers[X_FORWARDED_HOST] = forwarded_host(request.host, client_headers, trusted_hops)
-        headers[REQUEST_ID_HEADER] = request_id
+        headers[_REQUEST_ID] = request_id
         facts = RequestFacts(request_id, client.ip, normalised, raw_query, match, headers)
         # Set before a re-issue: the clone copies the state, so both requests share the facts
         # (the answer aiohttp prepares for the original request sees what the filters learnt).

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 from urr_common.identity import ASSERTION_HEADER, AssertionSigner
 from urr_common.logs import get_logger
@@ -63,6 +63,8 @@ _LOG = get_logger(__name__)
 #: Answers up to this size with a known length are read whole instead of streamed.
 _SMALL_BODY_BYTES = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+#: ``ASSERTION_HEADER`` as an ``istr`` (see ``forwarding``).
+_ASSERTION = istr(ASSERTION_HEADER)
 
 
 class BadGateway(ProblemError):
@@ -222,7 +224,7 @@ class UpstreamProxy:
             target = f"{target}?{query}"
         if identity is not None and self._signer is not None:
             # Bound to this upstream, method and exact path: useless for any other request.
-            headers[ASSERTION_HEADER] = self._signer.assertion(
+            headers[_ASSERTION] = self._signer.assertion(
                 identity.user_id,
                 identity.role,
                 audience=upstream.value,

@@ -37,11 +37,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from urr_common.logs import get_logger, start_request_context
-from urr_common.metrics import adder
+from urr_common.metrics import loop_adder
 from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_KEY
 from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
@@ -63,6 +63,7 @@ from urr_gateway.publicrequest import (
     GatewayRequest,
     RequestBody,
 )
+from urr_gateway.tokencache import TokenDigests
 from urr_gateway.upstream import InvalidHeader, RequestBodyError, UpstreamError
 
 if TYPE_CHECKING:
@@ -87,7 +88,9 @@ _CATCH_ALL = "/{tail:.*}"
 #: Distinct (status, reason) lines kept; others are rendered per answer.
 _MAX_STATUS_LINES = 64
 _NO_BODY_STATUSES = frozenset({204, 304})
-_FRAMING = ("Content-Length", "Transfer-Encoding")
+_FRAMING = (hdrs.CONTENT_LENGTH, hdrs.TRANSFER_ENCODING)
+#: ``REQUEST_ID_HEADER`` as an ``istr`` (see ``forwarding``).
+_REQUEST_ID = istr(REQUEST_ID_HEADER)
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -148,6 +151,7 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         "_queue",
         "_reading",
         "_worker",
+        "token_digests",
     )
 
     def __init__(self, server: PublicServer) -> None:
@@ -163,6 +167,8 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         self._worker: asyncio.Task[None] | None = None
         #: What the worker waits on between requests (set by the next request's head).
         self._idle_waiter: asyncio.Future[None] | None = None
+        #: The digests of the tokens this client showed (its requests' token caches' keys).
+        self.token_digests = TokenDigests()
 
     # --- asyncio protocol ------------------------------------------------------------------
 
@@ -204,18 +210,18 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         self.deadline = None
         parser = self.parser
         headers = CIMultiDictProxy(CIMultiDict(self._pairs))
-        length_text = headers.get("Content-Length")
+        length_text = headers.get(hdrs.CONTENT_LENGTH)
         length = int(length_text) if length_text is not None else None
         body = None
-        if (length is not None and length > 0) or "Transfer-Encoding" in headers:
-            expect = headers.get("Expect", "").lower() == "100-continue"
+        if (length is not None and length > 0) or hdrs.TRANSFER_ENCODING in headers:
+            expect = headers.get(hdrs.EXPECT, "").lower() == "100-continue"
             body = RequestBody(self, expect_continue=expect and parser.get_http_version() == "1.1")
         request = GatewayRequest(
             parser.get_method().decode("ascii"),
             self._url.decode("utf-8", "surrogateescape"),
             headers,
             self._peer,
-            headers.get("Host") or self.server.hostname,
+            headers.get(hdrs.HOST) or self.server.hostname,
             body,
             length,
         )
@@ -400,8 +406,9 @@ class PublicServer(Http1Server):
         self._steps = steps
         self._proxy = app[PROXY_KEY]
         self._metrics = app[HTTP_METRICS_KEY]
-        #: The gauge's value as one call (``adder``: no per-call checks), +1 then -1.
-        self._in_flight = adder(self._metrics.in_flight)
+        #: The gauge's value as one call (``loop_adder``: no per-call checks, no lock: only
+        #: the loop's thread moves it), +1 then -1.
+        self._in_flight = loop_adder(self._metrics.in_flight)
         self._gateway_metrics = app[GATEWAY_METRICS_KEY]
         self._prepare = tuple(app.on_response_prepare)
         #: The receivers' synchronous twins (``None``: some must be awaited).
@@ -428,9 +435,11 @@ class PublicServer(Http1Server):
         status = 500
         try:
             try:
-                routed, exchange.facts = self._ingress(cast(web.Request, request), request_id)
+                routed, facts = self._ingress(cast(web.Request, request), request_id)
+                facts.token_digests = exchange.connection.token_digests
+                exchange.facts = facts
                 for step in self._steps:
-                    pending = step(routed, exchange.facts)
+                    pending = step(routed, facts)
                     if pending is not None:
                         await pending
                 if handler is not None:
@@ -459,7 +468,7 @@ class PublicServer(Http1Server):
             return await self._whole(exchange, problem)
         if isinstance(exc, web.HTTPException):  # a redirect raised by a step
             headers = CIMultiDict(exc.headers)
-            headers[REQUEST_ID_HEADER] = exchange.request_id
+            headers[_REQUEST_ID] = exchange.request_id
             body = exc.text.encode() if exc.text else b""
             await self._prepare_async(exchange, headers)
             self._write_whole(exchange, exc.status, None, headers, body)
@@ -470,7 +479,7 @@ class PublicServer(Http1Server):
     async def _whole(self, exchange: _Exchange, response: web.StreamResponse) -> int:
         """Write an aiohttp ``Response`` the app made (a health answer, a problem)."""
         headers = CIMultiDict(response.headers)
-        headers[REQUEST_ID_HEADER] = exchange.request_id
+        headers[_REQUEST_ID] = exchange.request_id
         body = getattr(response, "body", None)
         data = body if isinstance(body, bytes) else b""
         await self._prepare_async(exchange, headers)
@@ -486,11 +495,11 @@ class PublicServer(Http1Server):
         body: bytes,
     ) -> None:
         head_only = exchange.request.method == "HEAD"
-        if not (head_only and "Content-Length" in headers):
+        if not (head_only and hdrs.CONTENT_LENGTH in headers):
             for name in _FRAMING:
                 headers.popall(name, None)
             if status >= 200 and status not in _NO_BODY_STATUSES:
-                headers["Content-Length"] = str(len(body))
+                headers[hdrs.CONTENT_LENGTH] = str(len(body))
         head = self._head(exchange, status, reason, headers)
         exchange.head_sent = True
         exchange.connection.send(head if head_only or not body else head + body)
@@ -504,7 +513,7 @@ class PublicServer(Http1Server):
             raise proxy.send_failed(upstream, exc) from exc
         try:
             headers = downstream_response_headers(answer.headers)
-            headers[REQUEST_ID_HEADER] = exchange.request_id
+            headers[_REQUEST_ID] = exchange.request_id
             status = answer.status
             length = answer.content_length
             if (
@@ -539,9 +548,9 @@ class PublicServer(Http1Server):
         for name in _FRAMING:
             headers.popall(name, None)
         if length is not None:
-            headers["Content-Length"] = str(length)
+            headers[hdrs.CONTENT_LENGTH] = str(length)
         elif chunked:
-            headers["Transfer-Encoding"] = "chunked"
+            headers[hdrs.TRANSFER_ENCODING] = "chunked"
         else:
             exchange.close = True  # an HTTP/1.0 client reads to the close
         await self._prepare_async(exchange, headers)
@@ -581,13 +590,13 @@ class PublicServer(Http1Server):
             request = cast(web.Request, exchange.request)
             for receiver in self._prepare_sync:
                 receiver(request, prepared)
-        if "Date" not in headers:
-            headers["Date"] = self.date_text
+        if hdrs.DATE not in headers:
+            headers[hdrs.DATE] = self.date_text
         if exchange.connection.closes_after(exchange):
             exchange.close = True
-            headers["Connection"] = "close"
+            headers[hdrs.CONNECTION] = "close"
         elif exchange.http10:
-            headers["Connection"] = "keep-alive"
+            headers[hdrs.CONNECTION] = "keep-alive"
         # Names are ``istr``s: joining them is about half the cost of formatting them.
         # (never empty: Date is set above).
         fields = "\r\n".join([": ".join(field) for field in headers.items()])

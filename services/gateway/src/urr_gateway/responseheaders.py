@@ -15,6 +15,7 @@ from __future__ import annotations
 from http.cookies import SimpleCookie
 
 from aiohttp import web
+from multidict import istr
 
 from urr_gateway.context import facts_of, peek
 from urr_gateway.filters.cookie_auth import ACCESS_TOKEN_COOKIE
@@ -65,8 +66,12 @@ def install_response_headers(app: web.Application, trust: TrustSettings) -> None
     """One ``on_response_prepare`` receiver for every header the gateway adds to an answer:
     the security headers, the expiring cookie, and the rate-limit decision's headers (so
     ``filters.ratelimit.install_rate_limit_headers`` adds no second receiver)."""
-    plain = tuple(security_headers(False, trust.hsts_max_age_s).items())
-    over_tls_headers = tuple(security_headers(True, trust.hsts_max_age_s).items())
+    hsts = trust.hsts_max_age_s
+    # Names as ``istr``s (see ``forwarding``): set on every answer.
+    plain = tuple((istr(name), value) for name, value in security_headers(False, hsts).items())
+    over_tls_headers = tuple(
+        (istr(name), value) for name, value in security_headers(True, hsts).items()
+    )
 
     def apply(request: web.Request, response: web.StreamResponse) -> None:
         facts = facts_of(request)
@@ -85,8 +90,8 @@ def install_response_headers(app: web.Application, trust: TrustSettings) -> None
             headers.setdefault(name, value)
         limited = decision_headers(request)
         if limited is not None:
-            for name, value in limited.items():
-                headers.setdefault(name, value)
+            for limit_name, limit_value in limited.items():
+                headers.setdefault(limit_name, limit_value)
         if cookie_refused and not _sets_access_cookie(response):
             headers.add("Set-Cookie", clearing_cookie(trust.access_cookie_domain, over_tls))
 

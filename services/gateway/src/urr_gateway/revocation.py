@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 from aiohttp import web
+from multidict import istr
 from prometheus_client import Counter
 
 from urr_common.logs import get_logger
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 _LOG = get_logger(__name__)
 
-ENTRY_TOKEN_HEADER = "x-queue-entry-token"  # noqa: S105 (a header name)
+ENTRY_TOKEN_HEADER = istr("x-queue-entry-token")  # an ``istr``: see ``forwarding``
 ENTRY_TOKEN_COOKIE = "urr-entry-token"  # noqa: S105 (a cookie name)
 
 

@@ -68,3 +68,34 @@ class VerifiedTokenCache(Generic[T]):
 def token_digest(token: str) -> bytes:
     """The key both token caches use: never the token itself."""
     return hashlib.sha256(token.encode()).digest()
+
+
+class TokenDigests:
+    """The digests of the tokens one client connection has shown, so its next request with
+    the same token skips the SHA-256 (two a request: the access and the entry token, ~1.3
+    µs each natively, the gateway's largest single Python line in the profile).
+
+    Held by the connection and gone with it: the tokens it keeps are that client's own,
+    never shared with another connection, at most ``MAX_TOKENS`` of them. A token is found
+    only by exact equality of its whole text, and this maps a token to its digest and
+    nothing else: whether the token is still valid (its ``exp``, the cache's ttl) and not
+    revoked is decided by the caches and checks the digest leads to, on every request."""
+
+    __slots__ = ("_shown",)
+
+    #: Access token, entry token and a refreshed one of each.
+    MAX_TOKENS = 4
+
+    def __init__(self) -> None:
+        self._shown: list[tuple[str, bytes]] = []
+
+    def digest(self, token: str) -> bytes:
+        """``token_digest(token)``, remembered for the tokens this connection showed last."""
+        for shown, digest in self._shown:
+            if shown == token:
+                return digest
+        digest = token_digest(token)
+        if len(self._shown) >= self.MAX_TOKENS:
+            del self._shown[0]
+        self._shown.append((token, digest))
+        return digest

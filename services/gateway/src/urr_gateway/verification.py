@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 from urr_common.tokens import TokenError, TokenRejection, TokenVerifier, unverified_header
 from urr_gateway.jwks import JwksKeySource
 from urr_gateway.refusedcache import RefusedTokenCache
-from urr_gateway.tokencache import VerifiedTokenCache, token_digest
+from urr_gateway.tokencache import TokenDigests, VerifiedTokenCache, token_digest
 
 T = TypeVar("T")
 
@@ -44,10 +44,11 @@ class CachedTokenVerifier(Generic[T]):
     def source(self) -> JwksKeySource:
         return self._source
 
-    def verify_cached(self, token: str) -> T | None:
+    def verify_cached(self, token: str, digests: TokenDigests | None = None) -> T | None:
         """The cached outcome without waiting: the converted claims, ``TokenError`` for a
-        token refused a moment ago, ``None`` when ``verify`` has to check it."""
-        digest = token_digest(token)
+        token refused a moment ago, ``None`` when ``verify`` has to check it. ``digests``:
+        the client connection's digests of the tokens it showed before (else computed)."""
+        digest = token_digest(token) if digests is None else digests.digest(token)
         cached = self._cache.get(token, digest)
         if cached is not None:
             return cached

@@ -7,7 +7,7 @@ the CSRF rule) that the credential came from the cookie, which a browser sends o
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from urr_gateway.context import RequestFacts, request_cookies
@@ -29,11 +29,11 @@ def bearer_from_cookie(authorization: str | None, cookie: str | None) -> str | N
 
 def cookie_auth_step(request: web.Request, facts: RequestFacts) -> None:
     headers = facts.headers
-    if "Authorization" in headers:
+    if hdrs.AUTHORIZATION in headers:
         return None
     cookie = request_cookies(request).get(ACCESS_TOKEN_COOKIE)
     if cookie:
-        headers["Authorization"] = f"Bearer {cookie}"
+        headers[hdrs.AUTHORIZATION] = f"Bearer {cookie}"
         facts.from_cookie = True
         request[FROM_COOKIE] = True
     return None

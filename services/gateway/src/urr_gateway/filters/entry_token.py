@@ -134,7 +134,7 @@ class _EntryToken:
             return None
         _, identity, token = shown
         try:
-            claims = self._verifier.verify_cached(token)
+            claims = self._verifier.verify_cached(token, facts.token_digests)
         except TokenError as exc:
             raise self.refuse(rejection_code(exc.reason)) from exc
         if claims is None:

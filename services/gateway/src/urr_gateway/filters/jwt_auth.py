@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from prometheus_client import Counter
 
@@ -30,7 +30,7 @@ from urr_common.tokens import BASE_REQUIRED_CLAIMS, TokenError, TokenRejection
 from urr_gateway.context import IDENTITY, Identity, RequestFacts
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.filters.cookie_auth import FROM_COOKIE
-from urr_gateway.filters.csrf import csrf_allowed
+from urr_gateway.filters.csrf import STATE_CHANGING_METHODS, csrf_allowed
 from urr_gateway.forwarding import strip_identity_headers
 from urr_gateway.ingress import FORWARD_HEADERS
 from urr_gateway.jwks import KeysUnavailable
@@ -167,7 +167,7 @@ class _JwtAuth:
 
     def step(self, request: web.Request, facts: RequestFacts) -> Awaitable[None] | None:
         # Client-sent ``X-User-*`` headers never reach ``facts.headers``: ingress drops them.
-        authorization = facts.headers.get("Authorization")
+        authorization = facts.headers.get(hdrs.AUTHORIZATION)
         if authorization is None or request.path.startswith(UNAUTHENTICATED_PREFIX):
             return None
         token = bearer_token(authorization)
@@ -175,7 +175,7 @@ class _JwtAuth:
             if token is None:
                 raise self.not_bearer()
             try:
-                identity = self._verifier.verify_cached(token)
+                identity = self._verifier.verify_cached(token, facts.token_digests)
             except TokenError as exc:
                 raise self.refused(exc) from exc
             if identity is None:  # not seen yet: verify it (and wait for keys if need be)
@@ -242,6 +242,7 @@ def auth_gate_filter(site_origins: Sequence[str]) -> GatewayFilter:
         if (
             identity is not None
             and from_cookie
+            and request.method.upper() in STATE_CHANGING_METHODS  # else allowed: no lookups
             and not csrf_allowed(
                 request.method,
                 request.headers.get("Origin"),

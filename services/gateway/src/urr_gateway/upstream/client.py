@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 from urr_gateway.upstream.connection import UpstreamConnection, UpstreamResponse
 from urr_gateway.upstream.errors import RequestBodyError, UpstreamError, UpstreamProtocolError
@@ -28,6 +28,12 @@ from urr_gateway.upstream.pool import ConnectionPool
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 #: Request headers the client writes itself (framing, the upstream's Host).
 _CLIENT_OWNED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+# The same as ``istr``s: a case-insensitive multidict folds a plain string's case on every
+# lookup, an ``istr``'s once.
+_HOST = istr("host")
+_CONTENT_LENGTH = istr("content-length")
+_TRANSFER_ENCODING = istr("transfer-encoding")
+_CONNECTION = istr("connection")
 #: Methods that carry a body by definition: an empty one is announced as such.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: Attempts on a reused connection that the upstream had closed (bounded).
@@ -176,11 +182,11 @@ def request_head(
 ) -> bytes:
     """The request line and headers, with ``framing`` (``Content-Length``/chunked) added."""
     # Joined, not formatted: the names are ``istr``s, which f-strings format the slow way.
-    if (  # ``_CLIENT_OWNED``, spelt out: four lookups in C, no generator
-        "host" in headers
-        or "content-length" in headers
-        or "transfer-encoding" in headers
-        or "connection" in headers
+    if (  # ``_CLIENT_OWNED``, spelt out: four lookups in C (``istr``s), no generator
+        _HOST in headers
+        or _CONTENT_LENGTH in headers
+        or _TRANSFER_ENCODING in headers
+        or _CONNECTION in headers
     ):
         fields = [
             ": ".join(field) for field in headers.items() if field[0].lower() not in _CLIENT_OWNED
