@@ -86,6 +86,7 @@ from typing import Any, cast
 
 import openloop
 import orjson
+from gateway_proxy import gateway_source
 
 from urr_devstack.procs import RedisServer, free_port, wait_listening
 
@@ -103,6 +104,8 @@ VARIANTS = (
     "limits-mw",
     "tenant",
 )
+#: A variant named with this suffix is served by ``--before``'s gateway sources.
+BEFORE = "@before"
 #: Every variant checks the caller's credential, as a worker does (URR_INTERNAL__CALLERS).
 CALLER_SECRET = "bench-caller-secret-0123456789abcdef"  # noqa: S105 - a bench's own
 
@@ -182,9 +185,12 @@ async def serve(
         stages.install(loop)
     redis = Redis.from_url(redis_url, max_connections=64, socket_timeout=0.5)
     registry = CollectorRegistry()
+    # The window of the "-window" variants; every other variant the settings' default.
+    window: dict[str, int] = (
+        {"pipeline_window_us": window_us} if variant.endswith("-window") else {}
+    )
     settings = RateLimitSettings(
-        transport="per_call" if variant == "per_call" else "pipeline",
-        pipeline_window_us=window_us if variant.endswith("-window") else 0,
+        transport="per_call" if variant == "per_call" else "pipeline", **window
     )
     store: Any = None
     if variant == "ping":
@@ -616,7 +622,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
         " non-200 answers and requests never answered (their latency counted as inf)."
     )
     header = (
-        f"{'variant':<13} {'generator':<17} {'answers/s':>9} {'errors':>6}  "
+        f"{'variant':<19} {'generator':<17} {'answers/s':>9} {'errors':>6}  "
         f"{'latency p50/p99/p99.9':>22} {'max':>6}  {'after send p50/p99/p99.9':>24}  "
         f"{'gen lag p50/p99/p99.9':>21}  {'srv µs/req':>10} {'gen µs/req':>10} "
         f"{'runq wait srv/redis':>19} {'degraded':>8} {'GC 0/1/2':>8} {'load':>5}"
@@ -629,7 +635,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
 
     for r in results:
         print(
-            f"{r.variant:<13} {r.generator:<17} {r.rate:9.0f} {r.errors:6d}  "
+            f"{r.variant:<19} {r.generator:<17} {r.rate:9.0f} {r.errors:6d}  "
             f"{triple(r.latency_ms):>22} {r.latency_ms[3]:6.1f}  {triple(r.after_send_ms):>24}  "
             f"{triple(r.lag_ms):>21}  {r.server_cpu_us:10.0f} {r.generator_cpu_us:10.0f} "
             f"{r.server_wait_us:9.0f}/{r.redis_wait_us:<9.0f} {r.degraded:8d} "
@@ -685,6 +691,12 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="variants alternate per round")
     parser.add_argument(
+        "--before",
+        default="",
+        help=f"git revision whose gateway sources serve the variants named NAME{BEFORE} "
+        f"(e.g. --before main --variants lean{BEFORE},lean: before and after in one run)",
+    )
+    parser.add_argument(
         "--serve",
         nargs=6,
         metavar=("PORT", "REDIS_URL", "VARIANT", "WINDOW_US", "PROBE", "REPORT_TO"),
@@ -699,8 +711,10 @@ def main() -> None:
         runner(serve(int(port), url, variant, int(window), probe == "1", report_to))
         return
     variants = [v for v in args.variants.split(",") if v]
-    if unknown := set(variants) - set(VARIANTS):
+    if unknown := {v.removesuffix(BEFORE) for v in variants} - set(VARIANTS):
         parser.error(f"unknown variants: {sorted(unknown)}")
+    if problem := before_sources(args, variants):
+        parser.error(problem)
     generators = [g for g in args.generator.split(",") if g]
     for generator in generators:
         base, options = generator_parts(generator)
@@ -723,15 +737,37 @@ def main() -> None:
     report(args, results)
 
 
+def before_sources(args: argparse.Namespace, variants: list[str]) -> str | None:
+    """Extract ``--before``'s gateway sources into ``args.before_src`` when a variant asks
+    for them; what is wrong otherwise."""
+    args.before_src = None
+    if not any(v.endswith(BEFORE) for v in variants):
+        return None
+    if not args.before:
+        return f"a variant ending in {BEFORE} needs --before REVISION"
+    args.before_src = gateway_source(
+        args.before, Path(tempfile.mkdtemp(prefix="urr-bench-")) / "src"
+    )
+    return None if args.before_src is not None else f"cannot extract {args.before}"
+
+
 def run_variant(
     args: argparse.Namespace, redis: RedisServer, variant: str, generator: str, runner: Any
 ) -> Result:
     redis.flushall()
     port = free_port()
-    argv = [sys.executable, __file__, "--serve", str(port), redis.url, variant]
+    argv = [sys.executable, __file__, "--serve", str(port), redis.url, variant.removesuffix(BEFORE)]
     report_to = Path(tempfile.mkdtemp(prefix="urr-bench-")) / "server.json"
     argv += [str(args.window_us), "1" if args.probe else "0", str(report_to)]
-    server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])])  # noqa: S603
+    env = None
+    if variant.endswith(BEFORE):  # the gateway package of --before, ahead of this tree's
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(args.before_src), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
+    server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])], env=env)  # noqa: S603
     base, options = generator_parts(generator)
     pin = "pin" in options
     assert redis.process is not None
