@@ -43,7 +43,10 @@ or the Redis side differs):
 
 * ``lean``       what a worker serves: the check API's own listener (``checkserver``,
                  asyncio protocol + httptools) in front of the default pipelined limiter;
-* ``lean-window``  the same with ``pipeline_window_us`` = ``--window-us``;
+* ``lean-window``  the same with ``pipeline_window_us`` = ``--window-us`` (or ``:N``:
+                 ``lean-window:250`` for 250 µs, so several windows compare in one run);
+* ``NAME@before``  the variant served by ``--before``'s gateway sources (the same bench,
+                 Redis and generator: before and after in one run);
 * ``lean-untuned``  ``lean`` with the interpreter's garbage collector as it is: every other
                  variant's server tunes it as a gateway worker does once listening
                  (``server.tune_gc`` with ``URR_HTTP__GC_GEN0_THRESHOLD``'s default);
@@ -75,6 +78,7 @@ import gc
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,9 +190,7 @@ async def serve(
     redis = Redis.from_url(redis_url, max_connections=64, socket_timeout=0.5)
     registry = CollectorRegistry()
     # The window of the "-window" variants; every other variant the settings' default.
-    window: dict[str, int] = (
-        {"pipeline_window_us": window_us} if variant.endswith("-window") else {}
-    )
+    window: dict[str, int] = {"pipeline_window_us": window_us} if "-window" in variant else {}
     settings = RateLimitSettings(
         transport="per_call" if variant == "per_call" else "pipeline", **window
     )
@@ -663,6 +665,30 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
                 f"ms); {r.degraded} decisions degraded; server CPU <= 100 µs/request "
                 f"{'met' if r.server_cpu_us <= 100 else 'MISSED'} ({r.server_cpu_us:.0f})"
             )
+    report_medians(results, args.rate)
+
+
+def report_medians(results: list[Result], rate: float) -> None:
+    """Per variant and generator over the rounds: the median of each round's figures (the
+    rounds alternate, so each median saw the same machine as the others)."""
+    rows: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        rows.setdefault((r.variant, r.generator), []).append(r)
+    if all(len(found) < 2 for found in rows.values()):
+        return
+    print("\nmedians over the rounds (each round's figure, then the median of them):")
+    for (variant, generator), found in rows.items():
+        cpu = [r.server_cpu_us for r in found]
+        p99 = [r.latency_ms[1] for r in found]
+        print(
+            f"{variant:<19} {generator:<17} srv µs/req {statistics.median(cpu):5.0f} "
+            f"({', '.join(f'{c:.0f}' for c in cpu)}); P50 ms "
+            f"{statistics.median(r.latency_ms[0] for r in found):.2f}; P99 ms "
+            f"{statistics.median(p99):.2f} ({', '.join(f'{p:.2f}' for p in p99)}); P99.9 ms "
+            f"{statistics.median(r.latency_ms[2] for r in found):.2f}; degraded "
+            f"{sum(r.degraded for r in found)}; rounds at 100 % of the rate "
+            f"{sum(r.rate >= 0.99 * rate for r in found)}/{len(found)}"
+        )
 
 
 def main() -> None:
@@ -711,7 +737,7 @@ def main() -> None:
         runner(serve(int(port), url, variant, int(window), probe == "1", report_to))
         return
     variants = [v for v in args.variants.split(",") if v]
-    if unknown := {v.removesuffix(BEFORE) for v in variants} - set(VARIANTS):
+    if unknown := {base_variant(v)[0] for v in variants} - set(VARIANTS):
         parser.error(f"unknown variants: {sorted(unknown)}")
     if problem := before_sources(args, variants):
         parser.error(problem)
@@ -730,11 +756,29 @@ def main() -> None:
         for _ in range(args.rounds):
             for variant in variants:
                 for generator in generators:
-                    results.append(run_variant(args, redis, variant, generator, runner))
+                    try:
+                        result = run_variant(args, redis, variant, generator, runner)
+                    except TimeoutError as exc:  # a server that did not start: the next one
+                        print(f"{variant} ({generator}): not measured: {exc}", flush=True)
+                        continue
+                    results.append(result)
+                    print(
+                        f"measured {variant} ({generator}): srv µs/req {result.server_cpu_us:.0f},"
+                        f" P50/P99 ms {result.latency_ms[0]:.2f}/{result.latency_ms[1]:.2f},"
+                        f" {result.rate:.0f}/s, load {result.load:.1f}",
+                        flush=True,
+                    )
     finally:
         redis.stop()
         shutil.rmtree(redis.workdir, ignore_errors=True)
     report(args, results)
+
+
+def base_variant(variant: str) -> tuple[str, int | None]:
+    """``lean-window:250@before`` -> (``lean-window``, 250): the variant without its window
+    (``:N`` µs, instead of ``--window-us``) and without ``@before``."""
+    name, _, window = variant.removesuffix(BEFORE).partition(":")
+    return name, int(window) if window.isdigit() else None
 
 
 def before_sources(args: argparse.Namespace, variants: list[str]) -> str | None:
@@ -756,9 +800,10 @@ def run_variant(
 ) -> Result:
     redis.flushall()
     port = free_port()
-    argv = [sys.executable, __file__, "--serve", str(port), redis.url, variant.removesuffix(BEFORE)]
+    base, window_us = base_variant(variant)
+    argv = [sys.executable, __file__, "--serve", str(port), redis.url, base]
     report_to = Path(tempfile.mkdtemp(prefix="urr-bench-")) / "server.json"
-    argv += [str(args.window_us), "1" if args.probe else "0", str(report_to)]
+    argv += [str(window_us or args.window_us), "1" if args.probe else "0", str(report_to)]
     env = None
     if variant.endswith(BEFORE):  # the gateway package of --before, ahead of this tree's
         env = {
@@ -775,7 +820,7 @@ def run_variant(
     try:
         if pin:
             os.sched_setaffinity(server.pid, {1})
-        wait_listening("127.0.0.1", port, 20, "check app")
+        wait_listening("127.0.0.1", port, 60, "check app")
         target = Target(port, server, redis_pid, variant)
         if base == "split":
             result = run_split(args, target, generator)

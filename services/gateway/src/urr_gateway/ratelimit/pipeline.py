@@ -150,8 +150,10 @@ class _Node:
         load_command: bytes,
         budget: RedisBudget | None,
         max_batch: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._acquire = acquire
+        self._clock = clock
         self._max_batch = max_batch
         self._budget = budget
         #: The futures the current batch's deadline watches.
@@ -233,7 +235,7 @@ class _Node:
         when decisions come further apart than the window: no wait at a low rate). A batch
         whose next decision does not come is written by a timer of the window rounded up to
         a millisecond (``hold_s``), which the budget counts."""
-        now = time.monotonic()
+        now = self._clock()
         gap = now - self._last_at
         self._last_at = now
         handle = self._flush_handle
@@ -253,7 +255,7 @@ class _Node:
         self._flush_handle = None
         self._held = False
         # What the gathering window held this batch for, spent from its budget.
-        held_s = min(time.monotonic() - self._opened_at, self._hold_s) if self._was_held else 0.0
+        held_s = min(self._clock() - self._opened_at, self._hold_s) if self._was_held else 0.0
         self._was_held = False
         pipe = self._pipe
         loop = self._loop if self._loop is not None else asyncio.get_running_loop()
@@ -349,11 +351,13 @@ class PipelinedSlidingLog:
         stall_s: float = 0.25,
         budget: RedisBudget | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``budget``: applied to every decision here, one timer per batch (the limiter then
         does not wrap each call in its own); ``None`` leaves timing to the caller.
         ``max_batch``: a batch holding this many commands is written at once, before the
-        tick (or the window) ends."""
+        tick (or the window) ends. ``clock``: what the gathering window measures gaps with."""
+        self._clock = clock
         if not 0.0 <= window_s <= MAX_WINDOW_S:
             raise ValueError("the pipeline window is between 0 and 500 µs")
         if max_batch < 1:
@@ -394,6 +398,7 @@ class PipelinedSlidingLog:
             self._load_command,
             self.budget,
             self._max_batch,
+            self._clock,
         )
 
     def _single_node(self, redis: Redis) -> _Node:
