@@ -432,6 +432,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def activity(pid: int) -> tuple[int, int]:
+    """A process's read and write system calls so far (``/proc/PID/io``: ``syscr`` +
+    ``syscw``, sockets included) and its voluntary context switches (each a sleep: for an
+    event loop, one wake-up from ``epoll_wait``). Neither depends on how busy the machine
+    is, as long as the process keeps up."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    status = Path(f"/proc/{pid}/status").read_text()
+    switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return int(io["syscr"]) + int(io["syscw"]), switches
+
+
 def runqueue_wait_s(pid: int) -> float:
     """How long a process has waited, runnable, for a CPU so far (``/proc/PID/schedstat``:
     the scheduler's run-queue delay summed over its threads' lives)."""
@@ -478,6 +489,9 @@ class Result:
     collections: str = "?"
     #: The bound of the server's own latency histogram bucket holding its P99 (warm-up in).
     own_p99_ms: str = "?"
+    #: Per answer: the server's read/write system calls and its sleeps (loop wake-ups).
+    syscalls: float = float("nan")
+    wakeups: float = float("nan")
 
 
 #: ``--generator`` names: a base (``split`` or ``asyncio``) and options joined by ``+``.
@@ -520,16 +534,25 @@ class Target:
     variant: str
     #: At the measured run's start: the server's CPU s and both run-queue waits.
     marks: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: At the measured run's start: the server's read/write system calls and sleeps.
+    counts: tuple[int, int] = (0, 0)
+    #: Per answer over the measured run (``measured``): those two.
+    per_answer: tuple[float, float] = (float("nan"), float("nan"))
 
     def start_measuring(self) -> None:
         self.server.send_signal(signal.SIGUSR1)  # the measured run starts (probe, GC counts)
         pid = self.server.pid
         self.marks = cpu_seconds(pid), runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+        self.counts = activity(pid)
 
     def measured(self, answers: int) -> tuple[float, float, float]:
         """Per answer since ``start_measuring``: server CPU µs, server and Redis wait µs."""
         pid = self.server.pid
         now = cpu_seconds(pid), runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+        self.per_answer = tuple(  # type: ignore[assignment]
+            (after - before) / max(1, answers)
+            for after, before in zip(activity(pid), self.counts, strict=True)
+        )
         cpu, server_wait, redis_wait = (
             (after - before) / max(1, answers) * 1e6
             for after, before in zip(now, self.marks, strict=True)
@@ -686,7 +709,9 @@ def report_medians(results: list[Result], rate: float) -> None:
             f"{statistics.median(r.latency_ms[0] for r in found):.2f}; P99 ms "
             f"{statistics.median(p99):.2f} ({', '.join(f'{p:.2f}' for p in p99)}); P99.9 ms "
             f"{statistics.median(r.latency_ms[2] for r in found):.2f}; degraded "
-            f"{sum(r.degraded for r in found)}; rounds at 100 % of the rate "
+            f"{sum(r.degraded for r in found)}; syscalls/wake-ups per answer "
+            f"{statistics.median(r.syscalls for r in found):.2f}/"
+            f"{statistics.median(r.wakeups for r in found):.2f}; rounds at 100 % of the rate "
             f"{sum(r.rate >= 0.99 * rate for r in found)}/{len(found)}"
         )
 
@@ -765,7 +790,8 @@ def main() -> None:
                     print(
                         f"measured {variant} ({generator}): srv µs/req {result.server_cpu_us:.0f},"
                         f" P50/P99 ms {result.latency_ms[0]:.2f}/{result.latency_ms[1]:.2f},"
-                        f" {result.rate:.0f}/s, load {result.load:.1f}",
+                        f" {result.rate:.0f}/s, syscalls/wake-ups per answer"
+                        f" {result.syscalls:.2f}/{result.wakeups:.2f}, load {result.load:.1f}",
                         flush=True,
                     )
     finally:
@@ -842,6 +868,7 @@ def run_variant(
     shutil.rmtree(report_to.parent, ignore_errors=True)
     result.degraded, result.collections = seen["degraded"], seen["gc"]
     result.own_p99_ms = seen["own_p99_ms"]
+    result.syscalls, result.wakeups = target.per_answer
     return result
 
 

@@ -30,6 +30,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Histogram
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from urr_common.metrics import loop_observer
 from urr_common.payloads import read_json, validated
 from urr_common.problems import Unauthorized, Unprocessable
 from urr_common.ratelimit_policies import METHODS
@@ -181,11 +182,12 @@ class CheckService:
         if policies is not None:
             policies.on_change(lambda compiled: limiter.use_policies(compiled.defaults))
         latency = check_latency_histogram(registry)
-        # Bound once: ``labels()`` per request costs a lock and a dict lookup.
+        # Bound once: ``labels()`` per request costs a lock and a dict lookup; observed by
+        # the event loop's thread only, so without the lock (``loop_observer``: one call).
         self._observe = {
-            outcome: latency.labels(outcome).observe for outcome in ("allowed", "blocked")
+            outcome: loop_observer(latency.labels(outcome)) for outcome in ("allowed", "blocked")
         }
-        self._observe_invalid = latency.labels("invalid").observe
+        self._observe_invalid = loop_observer(latency.labels("invalid"))
 
     def caller(self, authorization: str) -> str | None:
         """The caller ``authorization`` proves (``"anonymous"`` when none is asked)."""
