@@ -298,11 +298,10 @@ async def test_the_window_wait_is_spent_from_the_budget(
     """A held batch's deadline gets the budget less the time the window held it (at most
     the window's timer), so a decision's wait in the window counts against its budget."""
     seen: list[float] = []
-    real = pipeline_module.BatchDeadline
 
     def deadline(*args: Any, held_s: float = 0.0) -> Any:
         seen.append(held_s)
-        return real(*args, held_s=held_s)
+        return BatchDeadline(*args, held_s=held_s)
 
     monkeypatch.setattr(pipeline_module, "BatchDeadline", deadline)
     clock = FakeClock()
