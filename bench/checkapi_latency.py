@@ -164,6 +164,12 @@ class LimitsStore(PingStore):
         await self._storage.bridge.get_connection().aclose()  # type: ignore[attr-defined]
 
 
+def store_batches(limiter: Any) -> list[int]:
+    """Decisions and Redis writes of a limiter's pipelined store so far (none for others)."""
+    nodes = getattr(limiter._store, "nodes", ())
+    return [sum(n.commands for n in nodes), sum(n.writes for n in nodes)]
+
+
 async def serve(
     port: int, redis_url: str, variant: str, window_us: int, probe: bool, report_to: str
 ) -> None:
@@ -230,6 +236,7 @@ async def serve(
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     at_start: list[float] = []
+    written: list[int] = []
 
     def degraded() -> float:
         return sum(
@@ -243,6 +250,7 @@ async def serve(
 
     def measured_run_starts() -> None:  # SIGUSR1 from the bench, after the warm-up
         at_start[:] = [degraded(), *(gen["collections"] for gen in gc.get_stats())]
+        written[:] = store_batches(limiter)
         if stages is not None:
             stages.start()
 
@@ -253,12 +261,14 @@ async def serve(
     if at_start:
         now = [degraded(), *(gen["collections"] for gen in gc.get_stats())]
         seen = [int(after - before) for after, before in zip(now, at_start, strict=True)]
+        commands, writes = store_batches(limiter)
         Path(report_to).write_bytes(  # noqa: ASYNC240 - once, while the server stops
             orjson.dumps(
                 {
                     "degraded": seen[0],
                     "gc": "/".join(map(str, seen[1:])),
                     "own_p99_ms": own_p99_ms(registry),
+                    "per_write": (commands - written[0]) / max(1, writes - written[1]),
                 }
             )
         )
@@ -492,6 +502,8 @@ class Result:
     #: Per answer: the server's read/write system calls and its sleeps (loop wake-ups).
     syscalls: float = float("nan")
     wakeups: float = float("nan")
+    #: Commands per Redis write of the pipelined store (how many decisions a write carried).
+    per_write: float = float("nan")
 
 
 #: ``--generator`` names: a base (``split`` or ``asyncio``) and options joined by ``+``.
@@ -711,7 +723,8 @@ def report_medians(results: list[Result], rate: float) -> None:
             f"{statistics.median(r.latency_ms[2] for r in found):.2f}; degraded "
             f"{sum(r.degraded for r in found)}; syscalls/wake-ups per answer "
             f"{statistics.median(r.syscalls for r in found):.2f}/"
-            f"{statistics.median(r.wakeups for r in found):.2f}; rounds at 100 % of the rate "
+            f"{statistics.median(r.wakeups for r in found):.2f}; decisions per Redis write "
+            f"{statistics.median(r.per_write for r in found):.2f}; rounds at 100 % of the rate "
             f"{sum(r.rate >= 0.99 * rate for r in found)}/{len(found)}"
         )
 
@@ -791,7 +804,8 @@ def main() -> None:
                         f"measured {variant} ({generator}): srv µs/req {result.server_cpu_us:.0f},"
                         f" P50/P99 ms {result.latency_ms[0]:.2f}/{result.latency_ms[1]:.2f},"
                         f" {result.rate:.0f}/s, syscalls/wake-ups per answer"
-                        f" {result.syscalls:.2f}/{result.wakeups:.2f}, load {result.load:.1f}",
+                        f" {result.syscalls:.2f}/{result.wakeups:.2f}, decisions per Redis write"
+                        f" {result.per_write:.2f}, load {result.load:.1f}",
                         flush=True,
                     )
     finally:
@@ -869,6 +883,7 @@ def run_variant(
     result.degraded, result.collections = seen["degraded"], seen["gc"]
     result.own_p99_ms = seen["own_p99_ms"]
     result.syscalls, result.wakeups = target.per_answer
+    result.per_write = seen["per_write"]
     return result
 
 
