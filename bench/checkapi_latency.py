@@ -43,7 +43,10 @@ or the Redis side differs):
 
 * ``lean``       what a worker serves: the check API's own listener (``checkserver``,
                  asyncio protocol + httptools) in front of the default pipelined limiter;
-* ``lean-window``  the same with ``pipeline_window_us`` = ``--window-us``;
+* ``lean-window``  the same with ``pipeline_window_us`` = ``--window-us`` (or ``:N``:
+                 ``lean-window:250`` for 250 µs, so several windows compare in one run);
+* ``NAME@before``  the variant served by ``--before``'s gateway sources (the same bench,
+                 Redis and generator: before and after in one run);
 * ``lean-untuned``  ``lean`` with the interpreter's garbage collector as it is: every other
                  variant's server tunes it as a gateway worker does once listening
                  (``server.tune_gc`` with ``URR_HTTP__GC_GEN0_THRESHOLD``'s default);
@@ -75,6 +78,7 @@ import gc
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,6 +90,7 @@ from typing import Any, cast
 
 import openloop
 import orjson
+from gateway_proxy import gateway_source
 
 from urr_devstack.procs import RedisServer, free_port, wait_listening
 
@@ -103,6 +108,8 @@ VARIANTS = (
     "limits-mw",
     "tenant",
 )
+#: A variant named with this suffix is served by ``--before``'s gateway sources.
+BEFORE = "@before"
 #: Every variant checks the caller's credential, as a worker does (URR_INTERNAL__CALLERS).
 CALLER_SECRET = "bench-caller-secret-0123456789abcdef"  # noqa: S105 - a bench's own
 
@@ -157,6 +164,12 @@ class LimitsStore(PingStore):
         await self._storage.bridge.get_connection().aclose()  # type: ignore[attr-defined]
 
 
+def store_batches(limiter: Any) -> list[int]:
+    """Decisions and Redis writes of a limiter's pipelined store so far (none for others)."""
+    nodes = getattr(limiter._store, "nodes", ())
+    return [sum(n.commands for n in nodes), sum(n.writes for n in nodes)]
+
+
 async def serve(
     port: int, redis_url: str, variant: str, window_us: int, probe: bool, report_to: str
 ) -> None:
@@ -182,9 +195,10 @@ async def serve(
         stages.install(loop)
     redis = Redis.from_url(redis_url, max_connections=64, socket_timeout=0.5)
     registry = CollectorRegistry()
+    # The window of the "-window" variants; every other variant the settings' default.
+    window: dict[str, int] = {"pipeline_window_us": window_us} if "-window" in variant else {}
     settings = RateLimitSettings(
-        transport="per_call" if variant == "per_call" else "pipeline",
-        pipeline_window_us=window_us if variant.endswith("-window") else 0,
+        transport="per_call" if variant == "per_call" else "pipeline", **window
     )
     store: Any = None
     if variant == "ping":
@@ -222,6 +236,7 @@ async def serve(
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     at_start: list[float] = []
+    written: list[int] = []
 
     def degraded() -> float:
         return sum(
@@ -235,6 +250,7 @@ async def serve(
 
     def measured_run_starts() -> None:  # SIGUSR1 from the bench, after the warm-up
         at_start[:] = [degraded(), *(gen["collections"] for gen in gc.get_stats())]
+        written[:] = store_batches(limiter)
         if stages is not None:
             stages.start()
 
@@ -245,12 +261,14 @@ async def serve(
     if at_start:
         now = [degraded(), *(gen["collections"] for gen in gc.get_stats())]
         seen = [int(after - before) for after, before in zip(now, at_start, strict=True)]
+        commands, writes = store_batches(limiter)
         Path(report_to).write_bytes(  # noqa: ASYNC240 - once, while the server stops
             orjson.dumps(
                 {
                     "degraded": seen[0],
                     "gc": "/".join(map(str, seen[1:])),
                     "own_p99_ms": own_p99_ms(registry),
+                    "per_write": (commands - written[0]) / max(1, writes - written[1]),
                 }
             )
         )
@@ -424,6 +442,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def activity(pid: int) -> tuple[int, int]:
+    """A process's read and write system calls so far (``/proc/PID/io``: ``syscr`` +
+    ``syscw``, sockets included) and its voluntary context switches (each a sleep: for an
+    event loop, one wake-up from ``epoll_wait``). Neither depends on how busy the machine
+    is, as long as the process keeps up."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    status = Path(f"/proc/{pid}/status").read_text()
+    switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return int(io["syscr"]) + int(io["syscw"]), switches
+
+
 def runqueue_wait_s(pid: int) -> float:
     """How long a process has waited, runnable, for a CPU so far (``/proc/PID/schedstat``:
     the scheduler's run-queue delay summed over its threads' lives)."""
@@ -470,6 +499,11 @@ class Result:
     collections: str = "?"
     #: The bound of the server's own latency histogram bucket holding its P99 (warm-up in).
     own_p99_ms: str = "?"
+    #: Per answer: the server's read/write system calls and its sleeps (loop wake-ups).
+    syscalls: float = float("nan")
+    wakeups: float = float("nan")
+    #: Commands per Redis write of the pipelined store (how many decisions a write carried).
+    per_write: float = float("nan")
 
 
 #: ``--generator`` names: a base (``split`` or ``asyncio``) and options joined by ``+``.
@@ -512,16 +546,25 @@ class Target:
     variant: str
     #: At the measured run's start: the server's CPU s and both run-queue waits.
     marks: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: At the measured run's start: the server's read/write system calls and sleeps.
+    counts: tuple[int, int] = (0, 0)
+    #: Per answer over the measured run (``measured``): those two.
+    per_answer: tuple[float, float] = (float("nan"), float("nan"))
 
     def start_measuring(self) -> None:
         self.server.send_signal(signal.SIGUSR1)  # the measured run starts (probe, GC counts)
         pid = self.server.pid
         self.marks = cpu_seconds(pid), runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+        self.counts = activity(pid)
 
     def measured(self, answers: int) -> tuple[float, float, float]:
         """Per answer since ``start_measuring``: server CPU µs, server and Redis wait µs."""
         pid = self.server.pid
         now = cpu_seconds(pid), runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+        self.per_answer = tuple(  # type: ignore[assignment]
+            (after - before) / max(1, answers)
+            for after, before in zip(activity(pid), self.counts, strict=True)
+        )
         cpu, server_wait, redis_wait = (
             (after - before) / max(1, answers) * 1e6
             for after, before in zip(now, self.marks, strict=True)
@@ -616,7 +659,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
         " non-200 answers and requests never answered (their latency counted as inf)."
     )
     header = (
-        f"{'variant':<13} {'generator':<17} {'answers/s':>9} {'errors':>6}  "
+        f"{'variant':<19} {'generator':<17} {'answers/s':>9} {'errors':>6}  "
         f"{'latency p50/p99/p99.9':>22} {'max':>6}  {'after send p50/p99/p99.9':>24}  "
         f"{'gen lag p50/p99/p99.9':>21}  {'srv µs/req':>10} {'gen µs/req':>10} "
         f"{'runq wait srv/redis':>19} {'degraded':>8} {'GC 0/1/2':>8} {'load':>5}"
@@ -629,7 +672,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
 
     for r in results:
         print(
-            f"{r.variant:<13} {r.generator:<17} {r.rate:9.0f} {r.errors:6d}  "
+            f"{r.variant:<19} {r.generator:<17} {r.rate:9.0f} {r.errors:6d}  "
             f"{triple(r.latency_ms):>22} {r.latency_ms[3]:6.1f}  {triple(r.after_send_ms):>24}  "
             f"{triple(r.lag_ms):>21}  {r.server_cpu_us:10.0f} {r.generator_cpu_us:10.0f} "
             f"{r.server_wait_us:9.0f}/{r.redis_wait_us:<9.0f} {r.degraded:8d} "
@@ -657,6 +700,33 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
                 f"ms); {r.degraded} decisions degraded; server CPU <= 100 µs/request "
                 f"{'met' if r.server_cpu_us <= 100 else 'MISSED'} ({r.server_cpu_us:.0f})"
             )
+    report_medians(results, args.rate)
+
+
+def report_medians(results: list[Result], rate: float) -> None:
+    """Per variant and generator over the rounds: the median of each round's figures (the
+    rounds alternate, so each median saw the same machine as the others)."""
+    rows: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        rows.setdefault((r.variant, r.generator), []).append(r)
+    if all(len(found) < 2 for found in rows.values()):
+        return
+    print("\nmedians over the rounds (each round's figure, then the median of them):")
+    for (variant, generator), found in rows.items():
+        cpu = [r.server_cpu_us for r in found]
+        p99 = [r.latency_ms[1] for r in found]
+        print(
+            f"{variant:<19} {generator:<17} srv µs/req {statistics.median(cpu):5.0f} "
+            f"({', '.join(f'{c:.0f}' for c in cpu)}); P50 ms "
+            f"{statistics.median(r.latency_ms[0] for r in found):.2f}; P99 ms "
+            f"{statistics.median(p99):.2f} ({', '.join(f'{p:.2f}' for p in p99)}); P99.9 ms "
+            f"{statistics.median(r.latency_ms[2] for r in found):.2f}; degraded "
+            f"{sum(r.degraded for r in found)}; syscalls/wake-ups per answer "
+            f"{statistics.median(r.syscalls for r in found):.2f}/"
+            f"{statistics.median(r.wakeups for r in found):.2f}; decisions per Redis write "
+            f"{statistics.median(r.per_write for r in found):.2f}; rounds at 100 % of the rate "
+            f"{sum(r.rate >= 0.99 * rate for r in found)}/{len(found)}"
+        )
 
 
 def main() -> None:
@@ -685,6 +755,12 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="variants alternate per round")
     parser.add_argument(
+        "--before",
+        default="",
+        help=f"git revision whose gateway sources serve the variants named NAME{BEFORE} "
+        f"(e.g. --before main --variants lean{BEFORE},lean: before and after in one run)",
+    )
+    parser.add_argument(
         "--serve",
         nargs=6,
         metavar=("PORT", "REDIS_URL", "VARIANT", "WINDOW_US", "PROBE", "REPORT_TO"),
@@ -699,8 +775,10 @@ def main() -> None:
         runner(serve(int(port), url, variant, int(window), probe == "1", report_to))
         return
     variants = [v for v in args.variants.split(",") if v]
-    if unknown := set(variants) - set(VARIANTS):
+    if unknown := {base_variant(v)[0] for v in variants} - set(VARIANTS):
         parser.error(f"unknown variants: {sorted(unknown)}")
+    if problem := before_sources(args, variants):
+        parser.error(problem)
     generators = [g for g in args.generator.split(",") if g]
     for generator in generators:
         base, options = generator_parts(generator)
@@ -716,11 +794,45 @@ def main() -> None:
         for _ in range(args.rounds):
             for variant in variants:
                 for generator in generators:
-                    results.append(run_variant(args, redis, variant, generator, runner))
+                    try:
+                        result = run_variant(args, redis, variant, generator, runner)
+                    except TimeoutError as exc:  # a server that did not start: the next one
+                        print(f"{variant} ({generator}): not measured: {exc}", flush=True)
+                        continue
+                    results.append(result)
+                    print(
+                        f"measured {variant} ({generator}): srv µs/req {result.server_cpu_us:.0f},"
+                        f" P50/P99 ms {result.latency_ms[0]:.2f}/{result.latency_ms[1]:.2f},"
+                        f" {result.rate:.0f}/s, syscalls/wake-ups per answer"
+                        f" {result.syscalls:.2f}/{result.wakeups:.2f}, decisions per Redis write"
+                        f" {result.per_write:.2f}, load {result.load:.1f}",
+                        flush=True,
+                    )
     finally:
         redis.stop()
         shutil.rmtree(redis.workdir, ignore_errors=True)
     report(args, results)
+
+
+def base_variant(variant: str) -> tuple[str, int | None]:
+    """``lean-window:250@before`` -> (``lean-window``, 250): the variant without its window
+    (``:N`` µs, instead of ``--window-us``) and without ``@before``."""
+    name, _, window = variant.removesuffix(BEFORE).partition(":")
+    return name, int(window) if window.isdigit() else None
+
+
+def before_sources(args: argparse.Namespace, variants: list[str]) -> str | None:
+    """Extract ``--before``'s gateway sources into ``args.before_src`` when a variant asks
+    for them; what is wrong otherwise."""
+    args.before_src = None
+    if not any(v.endswith(BEFORE) for v in variants):
+        return None
+    if not args.before:
+        return f"a variant ending in {BEFORE} needs --before REVISION"
+    args.before_src = gateway_source(
+        args.before, Path(tempfile.mkdtemp(prefix="urr-bench-")) / "src"
+    )
+    return None if args.before_src is not None else f"cannot extract {args.before}"
 
 
 def run_variant(
@@ -728,10 +840,19 @@ def run_variant(
 ) -> Result:
     redis.flushall()
     port = free_port()
-    argv = [sys.executable, __file__, "--serve", str(port), redis.url, variant]
+    base, window_us = base_variant(variant)
+    argv = [sys.executable, __file__, "--serve", str(port), redis.url, base]
     report_to = Path(tempfile.mkdtemp(prefix="urr-bench-")) / "server.json"
-    argv += [str(args.window_us), "1" if args.probe else "0", str(report_to)]
-    server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])])  # noqa: S603
+    argv += [str(window_us or args.window_us), "1" if args.probe else "0", str(report_to)]
+    env = None
+    if variant.endswith(BEFORE):  # the gateway package of --before, ahead of this tree's
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(args.before_src), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
+    server = subprocess.Popen([*argv, *(["--uvloop"] if args.uvloop else [])], env=env)  # noqa: S603
     base, options = generator_parts(generator)
     pin = "pin" in options
     assert redis.process is not None
@@ -739,7 +860,7 @@ def run_variant(
     try:
         if pin:
             os.sched_setaffinity(server.pid, {1})
-        wait_listening("127.0.0.1", port, 20, "check app")
+        wait_listening("127.0.0.1", port, 60, "check app")
         target = Target(port, server, redis_pid, variant)
         if base == "split":
             result = run_split(args, target, generator)
@@ -761,6 +882,8 @@ def run_variant(
     shutil.rmtree(report_to.parent, ignore_errors=True)
     result.degraded, result.collections = seen["degraded"], seen["gc"]
     result.own_p99_ms = seen["own_p99_ms"]
+    result.syscalls, result.wakeups = target.per_answer
+    result.per_write = seen["per_write"]
     return result
 
 

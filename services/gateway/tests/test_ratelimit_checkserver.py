@@ -191,6 +191,34 @@ async def test_the_caller_must_prove_itself_before_anything_else(
         assert await redis.dbsize() == 0
 
 
+async def test_a_connection_that_proved_a_caller_cannot_then_pass_a_forged_one(
+    listener: Listener, redis: Redis
+) -> None:
+    """The listener remembers the credential a connection proved a caller with (to skip the
+    second proof of the same bytes): a later request on that connection with another, a
+    forged or no credential is refused all the same, pipelined or one by one, and decides
+    nothing; the proven one keeps working."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    try:
+        writer.write(request())
+        assert (await read_answer(reader)).status == 200
+        forged = (
+            b"Authorization: Bearer " + SECRET.encode()[:-1] + b"X\r\n",
+            b"Authorization: Bearer " + SECRET.encode() + b"0\r\n",
+            b"Authorization: bearer  \r\n",
+            b"",
+        )
+        writer.write(b"".join(request(auth=auth) for auth in forged))
+        for _ in forged:
+            assert_problem(await read_answer(reader), 401, "service_credential_required")
+        writer.write(request())
+        answer = await read_answer(reader)
+        assert answer.status == 200
+        assert answer.json()["remaining"] == 18  # two decisions in all
+    finally:
+        writer.close()
+
+
 async def test_a_forged_credential_with_a_large_body_is_refused_unread(
     listener: Listener, redis: Redis
 ) -> None:

@@ -162,6 +162,30 @@ async def test_a_batch_deadline_waits_while_replies_sit_unread_then_expires() ->
     assert answered.result() == b"ok"
 
 
+async def test_a_batch_deadline_goes_once_every_reply_is_in() -> None:
+    """Replies in: the deadline's timer is cancelled (no wake-up a budget later for a batch
+    long answered); a last future cancelled by its caller while an earlier one still waits
+    keeps the timer, which then fails the one left."""
+    loop = asyncio.get_running_loop()
+    budget = RedisBudget(0.05, 0.25)
+    first: asyncio.Future[Any] = loop.create_future()
+    last: asyncio.Future[Any] = loop.create_future()
+    answered = BatchDeadline(budget, [first, last], lambda: False)
+    first.set_result(b"a")
+    last.set_result(b"b")
+    await asyncio.sleep(0)
+    assert answered._handle.cancelled()
+
+    waiting: asyncio.Future[Any] = loop.create_future()
+    gone: asyncio.Future[Any] = loop.create_future()
+    kept = BatchDeadline(budget, [waiting, gone], lambda: False)
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert not kept._handle.cancelled()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(waiting, 5)
+
+
 async def test_a_loop_busy_past_the_stall_limit_keeps_the_connection(
     redis_server: RedisServer,
 ) -> None:

@@ -21,6 +21,8 @@ from redis.asyncio import Redis
 from urr_common.settings import SettingsError, load_settings
 from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter, window_key
+from urr_gateway.ratelimit import pipeline as pipeline_module
+from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.settings import GatewaySettings
 
@@ -174,6 +176,158 @@ async def test_decisions_of_a_window_are_batched_with_a_gathering_window(redis: 
         assert node.writes - writes <= 2
     finally:
         await limiter.aclose()
+
+
+class FakeClock:
+    """The gathering window's clock, moved by the test: gaps between decisions that do not
+    depend on how fast the machine runs the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def windowed_limiter(
+    client: Redis, clock: FakeClock, *, hold: bool = True
+) -> tuple[SlidingWindowLimiter, Any]:
+    """A limiter with a 500 µs gathering window on ``clock``, prepared; and its one node.
+    ``hold``: the window's fallback timer pushed out of the way (when what is tested is the
+    arrivals' rule: a batch is then written by a decision, never by the timer)."""
+    limiter = SlidingWindowLimiter(
+        client, settings(pipeline_window_us=500, pipeline_max_batch=10_000)
+    )
+    store = limiter._store
+    assert isinstance(store, PipelinedSlidingLog)
+    store._clock = clock
+    assert await limiter.prepare()
+    (node,) = store.nodes
+    if hold:
+        node._hold_s = 60.0
+    return limiter, node
+
+
+async def spaced(
+    limiter: SlidingWindowLimiter,
+    clock: FakeClock,
+    subjects: list[str],
+    gap_s: float,
+    category: str,
+) -> list[Any]:
+    """One decision per loop pass, ``gap_s`` apart on ``clock`` (evenly spaced arrivals, as
+    the check API's callers send them, not one tick's burst)."""
+    tasks = []
+    for subject in subjects:
+        clock.now += gap_s
+        tasks.append(asyncio.create_task(limiter.check(subject, category)))
+        await asyncio.sleep(0)  # the task runs up to its write; the next one is a pass later
+    return list(await asyncio.gather(*tasks))
+
+
+async def test_evenly_spaced_decisions_within_the_window_share_one_write(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """Decisions 90 µs apart, each in its own loop pass, with a 500 µs window: the first
+    (after a quiet spell) goes at once, the next six reach Redis in ONE write on the real
+    connection (counted by the relay), each still its own script evaluation."""
+    clock = FakeClock()
+    async with counting_proxy(redis_server.port) as proxy:
+        client = Redis.from_url(proxy.url, socket_timeout=5)
+        limiter, node = await windowed_limiter(client, clock)
+        try:
+            writes, chunks = node.writes, proxy.chunks
+            evals = await command_calls(redis, "evalsha")
+            clock.now += 1.0  # a quiet second: the first decision is not held
+            first = asyncio.create_task(limiter.check("ip:10.7.0.0", "general"))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert node.writes - writes == 1  # written at the end of its own tick
+            decisions = await spaced(
+                limiter, clock, [f"ip:10.7.0.{n}" for n in range(1, 7)], 0.00009, "general"
+            )
+            decisions.append(await first)
+            assert all(d.allowed and d.source == "redis" for d in decisions)
+            # Up to 360 µs after the batch opened, a next decision 90 µs later would still
+            # fit in the 500 µs window; at 450 µs it would not: written with that tick.
+            assert node.writes - writes == 2
+            assert proxy.chunks - chunks == 2
+            assert await command_calls(redis, "evalsha") - evals == 7
+        finally:
+            await limiter.aclose()
+            await client.aclose()
+
+
+async def test_decisions_further_apart_than_the_window_are_not_held(redis: Redis) -> None:
+    """A low rate pays nothing for the window: a decision 600 µs after the previous one is
+    written with its own tick (one write each), never left to the timer."""
+    clock = FakeClock()
+    limiter, node = await windowed_limiter(redis, clock)
+    try:
+        writes = node.writes
+        decisions = await spaced(
+            limiter, clock, [f"ip:10.7.1.{n}" for n in range(5)], 0.0006, "general"
+        )
+        assert all(d.allowed and d.source == "redis" for d in decisions)
+        assert node.writes - writes == 5
+        assert node._flush_handle is None
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_held_window_stays_exact_for_one_subject(redis: Redis) -> None:
+    """30 decisions of one subject 45 µs apart (twelve per held batch, the last batch left
+    to the window's timer) against a limit of 10: exactly 10 allowed, 10 entries in Redis:
+    gathering changes the writes, not what each atomic evaluation decides."""
+    clock = FakeClock()
+    limiter, node = await windowed_limiter(redis, clock, hold=False)
+    try:
+        writes = node.writes
+        decisions = await spaced(limiter, clock, ["u:spaced"] * 30, 0.000045, "booking")
+        assert sum(d.allowed for d in decisions) == 10
+        assert {d.source for d in decisions} <= {"redis", "deny_cache"}
+        assert await redis.zcard(window_key("u:spaced", "booking", 60)) == 10
+        assert node.writes - writes < 30
+    finally:
+        await limiter.aclose()
+
+
+async def test_the_window_wait_is_spent_from_the_budget(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held batch's deadline gets the budget less the time the window held it (at most
+    the window's timer), so a decision's wait in the window counts against its budget."""
+    seen: list[float] = []
+
+    def deadline(*args: Any, held_s: float = 0.0) -> Any:
+        seen.append(held_s)
+        return BatchDeadline(*args, held_s=held_s)
+
+    monkeypatch.setattr(pipeline_module, "BatchDeadline", deadline)
+    clock = FakeClock()
+    limiter, _ = await windowed_limiter(redis, clock)
+    try:
+        clock.now += 1.0
+        await limiter.check("ip:10.7.2.0", "general")  # not held: nothing spent
+        await spaced(limiter, clock, [f"ip:10.7.2.{n}" for n in range(1, 7)], 0.00009, "general")
+        # The first, alone; then a batch held from its first decision to its sixth.
+        assert seen == [0.0, pytest.approx(0.00045)]
+    finally:
+        await limiter.aclose()
+
+
+def test_held_time_past_the_budget_fails_the_batch_at_its_first_judgement() -> None:
+    """``BatchDeadline(held_s=...)``: a batch held as long as its budget has none left; a
+    reply that has not come fails at once, not a budget later."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        BatchDeadline(RedisBudget(600.0, 600.0), [future], lambda: False, held_s=600.0)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(future, 30)
+
+    asyncio.run(scenario())
 
 
 async def test_noscript_after_script_flush_reloads_and_counts_once(redis: Redis) -> None:

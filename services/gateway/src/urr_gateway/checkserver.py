@@ -74,7 +74,7 @@ _BODY_TOO_LARGE = PayloadTooLarge(
 
 
 class _Connection(Http1Connection["CheckServer"]):
-    __slots__ = ("_body", "_body_len", "_headers", "_refusal", "_tasks")
+    __slots__ = ("_body", "_body_len", "_headers", "_proven", "_refusal", "_tasks")
 
     def __init__(self, server: CheckServer) -> None:
         super().__init__(server)
@@ -84,6 +84,8 @@ class _Connection(Http1Connection["CheckServer"]):
         self._body_len = 0
         #: A problem found before the body was read (credential, path, method, type).
         self._refusal: ProblemError | None = None
+        #: The ``Authorization`` value a request on this connection proved a caller with.
+        self._proven: bytes | None = None
 
     # Tasks left running when the connection is lost are left to finish (a decision sent to
     # Redis counts either way); their answers are dropped.
@@ -160,12 +162,15 @@ class _Connection(Http1Connection["CheckServer"]):
         credential (the middleware), then the route, the method and the content type."""
         path = self.path()
         if not path.startswith("/health/"):  # the credential middleware's one exemption
-            # Decoded as aiohttp decodes header values, so the same bytes prove the same caller.
-            authorization = self._headers.get(b"authorization", b"").decode(
-                "utf-8", "surrogateescape"
-            )
-            if self.server.service.caller(authorization) is None:
-                return service_credential_refusal()
+            raw = self._headers.get(b"authorization", b"")
+            # The bytes this connection proved a caller with before need no second proof: a
+            # client learns nothing from comparing with what it sent itself.
+            if raw != self._proven:
+                # Decoded as aiohttp decodes header values: the same bytes, the same caller.
+                authorization = raw.decode("utf-8", "surrogateescape")
+                if self.server.service.caller(authorization) is None:
+                    return service_credential_refusal()
+                self._proven = raw
         if path != CHECK_PATH:
             return NotFound("Not Found", code="not_found", title="Not Found")
         if method != b"POST":

@@ -108,12 +108,26 @@ class BatchDeadline:
         futures: list[asyncio.Future[Any]],
         unread: Callable[[], bool],
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        held_s: float = 0.0,
     ) -> None:
+        """``held_s``: how long the batch waited to be written (a gathering window), spent
+        from the budget already."""
         self._budget = budget
         self._futures = futures
         self._unread = unread
         self._loop = loop if loop is not None else asyncio.get_running_loop()
-        self._handle: asyncio.Handle = self._loop.call_later(budget.budget_s, self._judge)
+        self._handle: asyncio.Handle = self._loop.call_later(
+            max(budget.budget_s - held_s, 0.0), self._judge
+        )
+        # Replies come in order: once the last is in, so are the others (unless a caller
+        # cancelled it early, which ``_settled`` checks), and the timer goes without
+        # waking the loop a budget later for nothing.
+        futures[-1].add_done_callback(self._settled)
+
+    def _settled(self, _: asyncio.Future[Any]) -> None:
+        if all(future.done() for future in self._futures):
+            self._handle.cancel()
 
     def _judge(self) -> None:
         if all(future.done() for future in self._futures):

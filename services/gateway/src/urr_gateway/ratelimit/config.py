@@ -127,8 +127,14 @@ class RateLimitSettings(BaseModel):
     #: evaluation (``pipeline.py``). ``per_call``: one redis-py call per decision (the path
     #: before pipelining, ~100-150 µs of client CPU more per decision).
     transport: Literal["pipeline", "per_call"] = "pipeline"
-    #: How long a batch gathers decisions before it is written: 0 sends the decisions issued
-    #: in the same event-loop tick together (no added wait); at most 500 µs.
+    #: How long a batch may gather decisions before it is written: 0 sends the decisions
+    #: issued in the same event-loop tick together (no added wait); at most 500 µs. With a
+    #: window, a decision arriving within it of the previous one holds the batch while the
+    #: next is expected inside the window (a steady stream of separate requests then shares
+    #: one Redis write and one reply read); decisions further apart than the window are
+    #: written at once. A batch whose next decision does not come is written by a timer of
+    #: the window rounded up to a millisecond (the event loop's timer resolution). The wait
+    #: is spent from each decision's ``budget_ms`` (``pipeline.py``).
     pipeline_window_us: int = Field(default=0, ge=0, le=500)
     #: A batch holding this many decisions is written at once, mid-tick, so that Redis runs
     #: it while the rest of the tick is still being decided (client and Redis overlap).

@@ -32,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -148,8 +150,10 @@ class _Node:
         load_command: bytes,
         budget: RedisBudget | None,
         max_batch: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._acquire = acquire
+        self._clock = clock
         self._max_batch = max_batch
         self._budget = budget
         #: The futures the current batch's deadline watches.
@@ -165,6 +169,13 @@ class _Node:
         self._connection: AbstractConnection | None = None
         self._opening: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
+        #: The gathering window (``_gather``): when the batch opened and the last decision
+        #: came (``time.monotonic``; uvloop's ``loop.time`` moves in whole milliseconds),
+        #: whether the batch waits on the timer, and that timer's delay.
+        self._opened_at = 0.0
+        self._last_at = -1.0
+        self._held = self._was_held = False
+        self._hold_s = math.ceil(window_s * 1000) / 1000
         self._closed = False
         #: The loop of the first submit (``asyncio.get_running_loop`` costs a ``getpid``
         #: system call per call on Python 3.11); the node's connection lives on it anyway.
@@ -196,12 +207,11 @@ class _Node:
             load = self._load_command if load_script is True else load_script
             if load not in self._load_first:
                 self._load_first.append(load)
-        if self._flush_handle is None:
-            if self._window_s > 0:
-                self._flush_handle = loop.call_later(self._window_s, self._flush)
-            else:
-                # After every callback already due in this pass: the whole tick's decisions.
-                self._flush_handle = loop.call_soon(self._flush)
+        if self._window_s > 0:
+            self._gather(loop)
+        elif self._flush_handle is None:
+            # After every callback already due in this pass: the whole tick's decisions.
+            self._flush_handle = loop.call_soon(self._flush)
         if timed and self._budget is not None:
             self._timed.append(future)
         if len(self._batch) >= self._max_batch and self._pipe is not None:
@@ -213,8 +223,40 @@ class _Node:
             self._flush()
         return future
 
+    def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The gathering window: hold the batch while the next decision is expected inside
+        it, write it with the tick of the last one that fits.
+
+        Event-loop timers cannot hold a batch for a few hundred µs (uvloop rounds a delay to
+        whole milliseconds: 500 µs becomes 0, 600 µs 1 ms; asyncio's epoll waits whole
+        milliseconds too), so the window is kept by the arrivals themselves: each decision
+        measures the gap since the previous one, and the batch is written at the end of this
+        tick when a next decision as far away would come after the window closes (always
+        when decisions come further apart than the window: no wait at a low rate). A batch
+        whose next decision does not come is written by a timer of the window rounded up to
+        a millisecond (``hold_s``), which the budget counts."""
+        now = self._clock()
+        gap = now - self._last_at
+        self._last_at = now
+        handle = self._flush_handle
+        if handle is None:
+            self._opened_at = now
+            if gap >= self._window_s:
+                self._flush_handle = loop.call_soon(self._flush)
+            else:
+                self._flush_handle = loop.call_later(self._hold_s, self._flush)
+                self._held = self._was_held = True
+        elif self._held and now + gap >= self._opened_at + self._window_s:
+            handle.cancel()
+            self._flush_handle = loop.call_soon(self._flush)
+            self._held = False
+
     def _flush(self) -> None:
         self._flush_handle = None
+        self._held = False
+        # What the gathering window held this batch for, spent from its budget.
+        held_s = min(self._clock() - self._opened_at, self._hold_s) if self._was_held else 0.0
+        self._was_held = False
         pipe = self._pipe
         loop = self._loop if self._loop is not None else asyncio.get_running_loop()
         if pipe is not None and not pipe.closed:
@@ -244,8 +286,10 @@ class _Node:
             self.writes += 1
             self.commands += len(parts)
             if self._budget is not None and timed:
-                # The budget starts now, at the write: Redis's latency, not the loop's.
-                BatchDeadline(self._budget, timed, pipe.unread, loop)
+                # The budget starts at the write (Redis's latency, not the loop's), less the
+                # time the gathering window held the batch: a decision's window wait is
+                # inside its budget.
+                BatchDeadline(self._budget, timed, pipe.unread, loop, held_s=held_s)
 
     async def _open(self) -> None:
         try:
@@ -307,11 +351,13 @@ class PipelinedSlidingLog:
         stall_s: float = 0.25,
         budget: RedisBudget | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``budget``: applied to every decision here, one timer per batch (the limiter then
         does not wrap each call in its own); ``None`` leaves timing to the caller.
         ``max_batch``: a batch holding this many commands is written at once, before the
-        tick (or the window) ends."""
+        tick (or the window) ends. ``clock``: what the gathering window measures gaps with."""
+        self._clock = clock
         if not 0.0 <= window_s <= MAX_WINDOW_S:
             raise ValueError("the pipeline window is between 0 and 500 µs")
         if max_batch < 1:
@@ -352,6 +398,7 @@ class PipelinedSlidingLog:
             self._load_command,
             self.budget,
             self._max_batch,
+            self._clock,
         )
 
     def _single_node(self, redis: Redis) -> _Node:
