@@ -3,7 +3,8 @@
 A warm container spends about 1 ms of CPU per DynamoDB call in botocore (its serialiser and
 parser walking the model, the event hooks, the user-agent string built per request, urllib3),
 against ~0.3 ms for the same JSON posted over a kept-alive ``http.client`` connection and
-signed with botocore's SigV4. Lambda bills by the millisecond, so ``LeanDynamoDB`` does the
+signed with botocore's SigV4 (less again with ``urr_vwr_lambda.sigv4``'s signer, which keeps
+the day's signing key). Lambda bills by the millisecond, so ``LeanDynamoDB`` does the
 latter for the operations the handlers send (``HOT_OPERATIONS``) and hands everything else
 (``create_table``, ``close``, ``meta``...) to the botocore client it wraps, which also gives it
 its credentials (the same chain: Lambda's environment keys with their session token), its
@@ -49,8 +50,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -62,6 +61,8 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.hooks import HierarchicalEmitter
 from botocore.retries import quota, standard
+
+from urr_vwr_lambda.sigv4 import SigV4Signer, host_header
 
 #: The operations sent by the lean path; every other attribute is the botocore client's.
 HOT_OPERATIONS = {
@@ -153,6 +154,11 @@ class LeanDynamoDB:
         self._host = split.hostname
         self._port = split.port or (443 if self._https else 80)
         self._url = self._endpoint + "/"
+        self._signer = SigV4Signer(
+            region=self._region,
+            service="dynamodb",
+            host=host_header(self._host, self._port, https=self._https),
+        )
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._max_idle = max_idle_connections
@@ -275,16 +281,14 @@ class LeanDynamoDB:
         trace_id = os.environ.get("_X_AMZN_TRACE_ID")
         if trace_id and "AWS_LAMBDA_FUNCTION_NAME" in os.environ:
             headers["X-Amzn-Trace-Id"] = quote(trace_id, safe="-=;:+&[]{}\"',")
-        request = AWSRequest(method="POST", url=self._url, data=body, headers=headers)
         if self._credentials is None:  # as botocore says when its chain found nothing
             raise NoCredentialsError
-        SigV4Auth(self._credentials.get_frozen_credentials(), "dynamodb", self._region).add_auth(
-            request
-        )
+        # Signed per attempt (a retry gets a fresh date), with the day's key cached.
+        self._signer.sign(headers, body, self._credentials.get_frozen_credentials())
         connection = self._connection()
         try:
             # One write: http.client joins the head and a bytes body into one send().
-            connection.request("POST", "/", body=body, headers=dict(request.headers.items()))
+            connection.request("POST", "/", body=body, headers=headers)
             answer = connection.getresponse()
             content = answer.read()
         except TimeoutError as exc:
