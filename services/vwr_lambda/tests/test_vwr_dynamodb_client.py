@@ -13,13 +13,14 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import pytest
@@ -250,13 +251,16 @@ class Scripted:
     actions: list[Any]
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     connections: int = 0
+    #: Serve TLS with this context (the endpoint is then ``https://localhost:port``).
+    tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
-        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        port = self.sock.getsockname()[1]
+        self.endpoint = f"https://localhost:{port}" if self.tls else f"http://127.0.0.1:{port}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -266,6 +270,12 @@ class Scripted:
             except OSError:
                 return
             self.connections += 1
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError):
+                    conn.close()  # the client refused our certificate
+                    continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -291,6 +301,11 @@ class Scripted:
                 if action == "hang":
                     time.sleep(3)
                     return
+                if action[0] in ("raw", "raw-close"):  # the answer's bytes, as given
+                    conn.sendall(action[1])
+                    if action[0] == "raw-close":
+                        return
+                    continue
                 close = action[0] == "close"
                 if close:
                     action = action[1:]
@@ -522,3 +537,173 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(scripted: Any) 
     # Not sent on the dead socket and retried: found dead before use, a new one opened.
     assert answer["ResponseMetadata"]["RetryAttempts"] == 0
     assert server.connections == 2
+
+
+# ---- the client's own HTTP/1.1 exchange --------------------------------------------------------
+
+ITEM_BODY = json.dumps(ITEM).encode()
+
+
+def test_chunked_close_delimited_and_interim_answers_are_read(scripted: Any) -> None:
+    half = len(ITEM_BODY) // 2
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + f"{half:x};ext=1\r\n".encode()
+        + ITEM_BODY[:half]
+        + b"\r\n"
+        + f"{len(ITEM_BODY) - half:X}\r\n".encode()
+        + ITEM_BODY[half:]
+        + b"\r\n0\r\nx-trailer: t\r\n\r\n"
+    )
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + (
+        f"HTTP/1.1 200 OK\r\nContent-Length: {len(ITEM_BODY)}\r\n\r\n".encode() + ITEM_BODY
+    )
+    until_close = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n\r\n" + ITEM_BODY
+    server = scripted(("raw", chunked), ("raw", interim), ("raw-close", until_close), (200, ITEM))
+    lean = lean_client(server.endpoint)
+    for _ in range(4):
+        answer = lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+        assert answer["Item"]["salt"] == {"B": b"s"}
+        assert answer["ResponseMetadata"]["RetryAttempts"] == 0
+    # The chunked and interim answers kept the connection; the one read to the end closed it.
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n{}",  # shorter than it says
+        b"SMTP 220 hello\r\n\r\n",  # not HTTP
+        b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",  # no status code
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",  # a header without its colon
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # bad chunk size
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",  # unsupported coding
+        b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",  # negative length
+        b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000,  # a head that never ends
+    ],
+)
+def test_a_malformed_answer_is_a_lost_connection_retried(scripted: Any, answer: bytes) -> None:
+    server = scripted(("raw-close", answer), (200, ITEM))
+    lean = lean_client(server.endpoint)
+    got = lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+    assert got["ResponseMetadata"]["RetryAttempts"] == 1
+    assert server.connections == 2  # the connection that carried it was not reused
+
+    server = scripted(*[("raw-close", answer)] * 3)
+    with pytest.raises(ConnectionClosedError):
+        lean_client(server.endpoint).get_item(TableName="t", Key={"pk": {"S": "a"}})
+
+
+class CountingSocket:
+    """A client socket that counts its writes (the real one does the work)."""
+
+    writes: ClassVar[list[bytes]] = []
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def sendall(self, data: bytes) -> None:
+        CountingSocket.writes.append(bytes(data))
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_each_request_is_one_write_with_its_whole_body(
+    scripted: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = socket.create_connection
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: CountingSocket(real(*a, **k)))
+    CountingSocket.writes.clear()
+    server = scripted((200, ITEM), (200, ITEM))
+    lean = lean_client(server.endpoint)
+    big = "x" * 5000  # larger than a segment: still one write
+    lean.put_item(TableName="t", Item={"pk": {"S": "a"}, "big": {"S": big}})
+    lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+    assert len(CountingSocket.writes) == 2
+    for (headers, body), write in zip(server.requests, CountingSocket.writes, strict=True):
+        assert write.endswith(b"\r\n\r\n" + body)
+        assert int(headers["content-length"]) == len(body)
+        assert headers["host"] == server.endpoint.removeprefix("http://")
+    assert json.loads(server.requests[0][1])["Item"]["big"] == {"S": big}
+
+
+def test_a_header_that_would_split_the_request_is_refused(
+    scripted: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A trace id with a line break (the environment is not ours to trust) is quoted; a
+    # session token with one would add a header of its own: refused before anything is sent.
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "vwr-api")
+    monkeypatch.setenv("_X_AMZN_TRACE_ID", "Root=1\r\nX-Injected: yes")
+    server = scripted((200, ITEM), (200, ITEM))
+    lean = lean_client(server.endpoint)
+    lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+    headers, _ = server.requests[0]
+    assert "x-injected" not in headers
+    assert headers["x-amzn-trace-id"] == "Root=1%0D%0AX-Injected:%20yes"
+    evil = lean_client(server.endpoint, token="tok\r\nX-Injected: yes")
+    with pytest.raises(ValueError, match="line break"):
+        evil.get_item(TableName="t", Key={"pk": {"S": "a"}})
+    assert len(server.requests) == 1
+
+
+def self_signed(tmp_path: Any, name: str) -> tuple[str, str]:
+    """A certificate for ``name`` and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+@pytest.mark.parametrize("served_name", ["localhost", "elsewhere.example"])
+def test_https_endpoints_are_verified_and_kept_alive(tmp_path: Any, served_name: str) -> None:
+    cert, key = self_signed(tmp_path, served_name)
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(cert, key)
+    server = Scripted([(200, ITEM), (200, ITEM)], tls=served)
+    try:
+        lean = lean_client(server.endpoint)
+        lean._ssl = ssl.create_default_context(cafile=cert)  # trust this test's certificate
+        if served_name != "localhost":  # a certificate for another name: never sent to
+            with pytest.raises(EndpointConnectionError):
+                lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+            assert server.requests == []
+            return
+        for _ in range(2):
+            answer = lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+            assert answer["Item"]["salt"] == {"B": b"s"}
+        assert server.connections == 1
+        headers, _ = server.requests[0]
+        assert headers["host"] == server.endpoint.removeprefix("https://")
+    finally:
+        server.close()
