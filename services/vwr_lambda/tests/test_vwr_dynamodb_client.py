@@ -26,9 +26,11 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from urr_common.settings import SettingsError, load_settings
-from urr_vwr_lambda.dynamodb import LeanDynamoDB
+from urr_vwr_lambda.dynamodb import LeanDynamoDB, _decode_blobs, _loads
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
 
@@ -707,3 +709,46 @@ def test_https_endpoints_are_verified_and_kept_alive(tmp_path: Any, served_name:
         assert headers["host"] == server.endpoint.removeprefix("https://")
     finally:
         server.close()
+
+
+# ---- the answer's JSON: the blob hook only where a blob can be ---------------------------------
+
+_SCALAR = st.one_of(
+    st.builds(lambda t: {"S": t}, st.text(max_size=12)),
+    st.builds(lambda n: {"N": str(n)}, st.integers()),
+    st.builds(lambda b: {"B": base64.b64encode(b).decode()}, st.binary(max_size=8)),
+    st.builds(
+        lambda bs: {"BS": [base64.b64encode(b).decode() for b in bs]},
+        st.lists(st.binary(max_size=4), max_size=3),
+    ),
+    st.builds(lambda v: {"BOOL": v}, st.booleans()),
+    st.just({"NULL": True}),
+)
+_VALUE = st.recursive(
+    _SCALAR,
+    lambda inner: st.one_of(
+        st.builds(lambda m: {"M": m}, st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+        st.builds(lambda v: {"L": v}, st.lists(inner, max_size=3)),
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    item=st.dictionaries(st.text(max_size=6), _VALUE, max_size=4),
+    ascii_only=st.booleans(),
+    encoding=st.sampled_from(["utf-8", "utf-16", "utf-32"]),
+)
+def test_answers_decode_the_same_with_or_without_the_shortcut(
+    item: dict[str, Any], ascii_only: bool, encoding: str
+) -> None:
+    raw = json.dumps({"Item": item}, ensure_ascii=ascii_only).encode(encoding)
+    assert _loads(raw) == json.loads(raw, object_hook=_decode_blobs)
+
+
+def test_a_blob_key_spelled_with_an_escape_is_still_a_blob() -> None:
+    escaped = b'{"Item":{"salt":{"\\u0042":"c2FsdA=="},"set":{"\\u0042S":["AA=="]}}}'
+    assert _loads(escaped) == {"Item": {"salt": {"B": b"salt"}, "set": {"BS": [b"\x00"]}}}
+    plain = b'{"Item":{"flag":{"BOOL":true},"n":{"N":"1"}}}'
+    assert _loads(plain) == {"Item": {"flag": {"BOOL": True}, "n": {"N": "1"}}}
