@@ -20,6 +20,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import boto3
@@ -30,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from urr_common.settings import SettingsError, load_settings
+from urr_devstack.tls import TestCa
 from urr_vwr_lambda.dynamodb import LeanDynamoDB, _decode_blobs, _loads
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
@@ -651,51 +653,16 @@ def test_a_header_that_would_split_the_request_is_refused(
     assert len(server.requests) == 1
 
 
-def self_signed(tmp_path: Any, name: str) -> tuple[str, str]:
-    """A certificate for ``name`` and its key, as PEM files."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_file), str(key_file)
-
-
 @pytest.mark.parametrize("served_name", ["localhost", "elsewhere.example"])
-def test_https_endpoints_are_verified_and_kept_alive(tmp_path: Any, served_name: str) -> None:
-    cert, key = self_signed(tmp_path, served_name)
+def test_https_endpoints_are_verified_and_kept_alive(tmp_path: Path, served_name: str) -> None:
+    ca = TestCa(tmp_path)
+    issued = ca.issue(served_name, [served_name])
     served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    served.load_cert_chain(cert, key)
+    served.load_cert_chain(issued.cert_file, issued.key_file)
     server = Scripted([(200, ITEM), (200, ITEM)], tls=served)
     try:
         lean = lean_client(server.endpoint)
-        lean._ssl = ssl.create_default_context(cafile=cert)  # trust this test's certificate
+        lean._ssl = ssl.create_default_context(cafile=ca.ca_file)  # trust this test's CA
         if served_name != "localhost":  # a certificate for another name: never sent to
             with pytest.raises(EndpointConnectionError):
                 lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
