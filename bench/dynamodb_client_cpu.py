@@ -1,7 +1,7 @@
 """Client CPU per DynamoDB call: botocore (as the function builds it) vs the lean client (issue 22).
 
     make dynalite && PATH=$PWD/.venv/bin:$PATH .venv/bin/python bench/dynamodb_client_cpu.py \
-        [--calls 300] [--rounds 5]
+        [--calls 300] [--rounds 5] [--signatures 2000]
 
 One fresh dynalite on a free port; the calls a warm container makes per arrival (an
 ``UpdateItem`` ADD returning ALL_NEW, two conditional ``PutItem``, a ``GetItem``, a
@@ -10,7 +10,8 @@ round, all in one process. Variants: ``botocore`` (``VwrRuntime``'s client, stan
 ``botocore, no validation`` (the same with ``parameter_validation=False``), ``botocore,
 keepalive`` (``tcp_keepalive=True``), ``lean`` (``LeanDynamoDB`` over the first). Prints the
 median over rounds (and min/max) of the client's CPU per call (``time.process_time``) and
-dynalite's (``/proc``), with the load average.
+dynalite's (``/proc``), with the load average. ``--signatures N`` first times botocore's
+``SigV4Auth`` against the lean client's own signer (``urr_vwr_lambda.sigv4``), N per round.
 """
 
 from __future__ import annotations
@@ -66,11 +67,62 @@ def mix(client: Any, table: str) -> Callable[[], int]:
     return run
 
 
+def signer_cost(signatures: int, rounds: int) -> None:
+    """CPU per signature of one ``GetItem`` request: botocore's ``SigV4Auth`` (as the lean
+    client signed until ``urr_vwr_lambda.sigv4``) against the lean client's own signer,
+    alternating, with a session token; the two ``Authorization`` headers of one instant are
+    checked equal first (the tests do it byte for byte over fuzzed requests)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from urr_vwr_lambda.sigv4 import SigV4Signer
+
+    credentials = Credentials("AKIDBENCH", "bench-secret", "bench-session-token")
+    body = b'{"TableName":"bench-calls","Key":{"pk":{"S":"event"}},"ConsistentRead":true}'
+    signer = SigV4Signer(region="eu-west-1", service="dynamodb", host="127.0.0.1:8000")
+
+    def headers() -> dict[str, str]:
+        return {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB.GetItem"}
+
+    def botocore_sign() -> str:
+        request = AWSRequest(
+            method="POST", url="http://127.0.0.1:8000/", data=body, headers=headers()
+        )
+        SigV4Auth(credentials.get_frozen_credentials(), "dynamodb", "eu-west-1").add_auth(request)
+        return str(request.headers["Authorization"])
+
+    def own_sign() -> str:
+        return signer.sign(headers(), body, credentials.get_frozen_credentials())["Authorization"]
+
+    for _ in range(3):  # the same second on both sides, or try again
+        if botocore_sign() == own_sign():
+            break
+    else:
+        raise SystemExit("the two signers disagree")
+    results: dict[str, list[float]] = {"botocore SigV4Auth": [], "urr_vwr_lambda.sigv4": []}
+    for round_no in range(rounds):
+        order = [("botocore SigV4Auth", botocore_sign), ("urr_vwr_lambda.sigv4", own_sign)]
+        for name, sign in order if round_no % 2 == 0 else reversed(order):
+            cpu0 = time.process_time()
+            for _ in range(signatures):
+                sign()
+            results[name].append((time.process_time() - cpu0) / signatures * 1e6)
+    print(f"\nSigV4, {signatures} signatures per round, {rounds} rounds, µs of CPU per signature")
+    for name, rows in results.items():
+        print(f"  {name:<22} {statistics.median(rows):6.1f} [{min(rows):.1f}-{max(rows):.1f}]")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=300, help="arrivals' mixes per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--signatures", type=int, default=0, help="also time the two SigV4 signers (per round)"
+    )
     args = parser.parse_args()
+    if args.signatures:
+        signer_cost(args.signatures, args.rounds)
 
     from urr_devstack.procs import dynalite_server, free_port
     from urr_vwr_lambda.dynamodb import LeanDynamoDB

@@ -13,21 +13,26 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from urr_common.settings import SettingsError, load_settings
-from urr_vwr_lambda.dynamodb import LeanDynamoDB
+from urr_devstack.tls import TestCa
+from urr_vwr_lambda.dynamodb import LeanDynamoDB, _decode_blobs, _loads
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
 
@@ -250,13 +255,16 @@ class Scripted:
     actions: list[Any]
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     connections: int = 0
+    #: Serve TLS with this context (the endpoint is then ``https://localhost:port``).
+    tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
-        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        port = self.sock.getsockname()[1]
+        self.endpoint = f"https://localhost:{port}" if self.tls else f"http://127.0.0.1:{port}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -266,6 +274,12 @@ class Scripted:
             except OSError:
                 return
             self.connections += 1
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError):
+                    conn.close()  # the client refused our certificate
+                    continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -291,6 +305,11 @@ class Scripted:
                 if action == "hang":
                     time.sleep(3)
                     return
+                if action[0] in ("raw", "raw-close"):  # the answer's bytes, as given
+                    conn.sendall(action[1])
+                    if action[0] == "raw-close":
+                        return
+                    continue
                 close = action[0] == "close"
                 if close:
                     action = action[1:]
@@ -522,3 +541,181 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(scripted: Any) 
     # Not sent on the dead socket and retried: found dead before use, a new one opened.
     assert answer["ResponseMetadata"]["RetryAttempts"] == 0
     assert server.connections == 2
+
+
+# ---- the client's own HTTP/1.1 exchange --------------------------------------------------------
+
+ITEM_BODY = json.dumps(ITEM).encode()
+
+
+def test_chunked_close_delimited_and_interim_answers_are_read(scripted: Any) -> None:
+    half = len(ITEM_BODY) // 2
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + f"{half:x};ext=1\r\n".encode()
+        + ITEM_BODY[:half]
+        + b"\r\n"
+        + f"{len(ITEM_BODY) - half:X}\r\n".encode()
+        + ITEM_BODY[half:]
+        + b"\r\n0\r\nx-trailer: t\r\n\r\n"
+    )
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + (
+        f"HTTP/1.1 200 OK\r\nContent-Length: {len(ITEM_BODY)}\r\n\r\n".encode() + ITEM_BODY
+    )
+    until_close = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n\r\n" + ITEM_BODY
+    server = scripted(("raw", chunked), ("raw", interim), ("raw-close", until_close), (200, ITEM))
+    lean = lean_client(server.endpoint)
+    for _ in range(4):
+        answer = lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+        assert answer["Item"]["salt"] == {"B": b"s"}
+        assert answer["ResponseMetadata"]["RetryAttempts"] == 0
+    # The chunked and interim answers kept the connection; the one read to the end closed it.
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n{}",  # shorter than it says
+        b"SMTP 220 hello\r\n\r\n",  # not HTTP
+        b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",  # no status code
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",  # a header without its colon
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # bad chunk size
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",  # unsupported coding
+        b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",  # negative length
+        b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000,  # a head that never ends
+    ],
+)
+def test_a_malformed_answer_is_a_lost_connection_retried(scripted: Any, answer: bytes) -> None:
+    server = scripted(("raw-close", answer), (200, ITEM))
+    lean = lean_client(server.endpoint)
+    got = lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+    assert got["ResponseMetadata"]["RetryAttempts"] == 1
+    assert server.connections == 2  # the connection that carried it was not reused
+
+    server = scripted(*[("raw-close", answer)] * 3)
+    with pytest.raises(ConnectionClosedError):
+        lean_client(server.endpoint).get_item(TableName="t", Key={"pk": {"S": "a"}})
+
+
+class CountingSocket:
+    """A client socket that counts its writes (the real one does the work)."""
+
+    writes: ClassVar[list[bytes]] = []
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def sendall(self, data: bytes) -> None:
+        CountingSocket.writes.append(bytes(data))
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_each_request_is_one_write_with_its_whole_body(
+    scripted: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = socket.create_connection
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: CountingSocket(real(*a, **k)))
+    CountingSocket.writes.clear()
+    server = scripted((200, ITEM), (200, ITEM))
+    lean = lean_client(server.endpoint)
+    big = "x" * 5000  # larger than a segment: still one write
+    lean.put_item(TableName="t", Item={"pk": {"S": "a"}, "big": {"S": big}})
+    lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+    assert len(CountingSocket.writes) == 2
+    for (headers, body), write in zip(server.requests, CountingSocket.writes, strict=True):
+        assert write.endswith(b"\r\n\r\n" + body)
+        assert int(headers["content-length"]) == len(body)
+        assert headers["host"] == server.endpoint.removeprefix("http://")
+    assert json.loads(server.requests[0][1])["Item"]["big"] == {"S": big}
+
+
+def test_a_header_that_would_split_the_request_is_refused(
+    scripted: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A trace id with a line break (the environment is not ours to trust) is quoted; a
+    # session token with one would add a header of its own: refused before anything is sent.
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "vwr-api")
+    monkeypatch.setenv("_X_AMZN_TRACE_ID", "Root=1\r\nX-Injected: yes")
+    server = scripted((200, ITEM), (200, ITEM))
+    lean = lean_client(server.endpoint)
+    lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+    headers, _ = server.requests[0]
+    assert "x-injected" not in headers
+    assert headers["x-amzn-trace-id"] == "Root=1%0D%0AX-Injected:%20yes"
+    evil = lean_client(server.endpoint, token="tok\r\nX-Injected: yes")
+    with pytest.raises(ValueError, match="line break"):
+        evil.get_item(TableName="t", Key={"pk": {"S": "a"}})
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("served_name", ["localhost", "elsewhere.example"])
+def test_https_endpoints_are_verified_and_kept_alive(tmp_path: Path, served_name: str) -> None:
+    ca = TestCa(tmp_path)
+    issued = ca.issue(served_name, [served_name])
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(issued.cert_file, issued.key_file)
+    server = Scripted([(200, ITEM), (200, ITEM)], tls=served)
+    try:
+        lean = lean_client(server.endpoint)
+        lean._ssl = ssl.create_default_context(cafile=ca.ca_file)  # trust this test's CA
+        if served_name != "localhost":  # a certificate for another name: never sent to
+            with pytest.raises(EndpointConnectionError):
+                lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+            assert server.requests == []
+            return
+        for _ in range(2):
+            answer = lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+            assert answer["Item"]["salt"] == {"B": b"s"}
+        assert server.connections == 1
+        headers, _ = server.requests[0]
+        assert headers["host"] == server.endpoint.removeprefix("https://")
+    finally:
+        server.close()
+
+
+# ---- the answer's JSON: the blob hook only where a blob can be ---------------------------------
+
+_SCALAR = st.one_of(
+    st.builds(lambda t: {"S": t}, st.text(max_size=12)),
+    st.builds(lambda n: {"N": str(n)}, st.integers()),
+    st.builds(lambda b: {"B": base64.b64encode(b).decode()}, st.binary(max_size=8)),
+    st.builds(
+        lambda bs: {"BS": [base64.b64encode(b).decode() for b in bs]},
+        st.lists(st.binary(max_size=4), max_size=3),
+    ),
+    st.builds(lambda v: {"BOOL": v}, st.booleans()),
+    st.just({"NULL": True}),
+)
+_VALUE = st.recursive(
+    _SCALAR,
+    lambda inner: st.one_of(
+        st.builds(lambda m: {"M": m}, st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+        st.builds(lambda v: {"L": v}, st.lists(inner, max_size=3)),
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    item=st.dictionaries(st.text(max_size=6), _VALUE, max_size=4),
+    ascii_only=st.booleans(),
+    encoding=st.sampled_from(["utf-8", "utf-16", "utf-32"]),
+)
+def test_answers_decode_the_same_with_or_without_the_shortcut(
+    item: dict[str, Any], ascii_only: bool, encoding: str
+) -> None:
+    raw = json.dumps({"Item": item}, ensure_ascii=ascii_only).encode(encoding)
+    assert _loads(raw) == json.loads(raw, object_hook=_decode_blobs)
+
+
+def test_a_blob_key_spelled_with_an_escape_is_still_a_blob() -> None:
+    escaped = b'{"Item":{"salt":{"\\u0042":"c2FsdA=="},"set":{"\\u0042S":["AA=="]}}}'
+    assert _loads(escaped) == {"Item": {"salt": {"B": b"salt"}, "set": {"BS": [b"\x00"]}}}
+    plain = b'{"Item":{"flag":{"BOOL":true},"n":{"N":"1"}}}'
+    assert _loads(plain) == {"Item": {"flag": {"BOOL": True}, "n": {"N": "1"}}}
