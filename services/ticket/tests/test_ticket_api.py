@@ -427,6 +427,7 @@ async def test_a_failed_send_leaves_no_pending_row_and_the_retry_goes_through(
     row = await db.fetchrow(
         "SELECT status, seat_ids FROM reservations WHERE reservation_id = $1", rid
     )
+    assert row is not None
     assert (row["status"], list(row["seat_ids"])) == ("awaiting_payment", second)
 
 
