@@ -22,6 +22,8 @@ from pathlib import Path
 TICK = os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parents[1]
 NAMES = {"moto_server": "moto", "dynalite": "dynalite", "tansu": "tansu", "redis-server": "redis"}
+#: Modules run with ``-m`` that are named after what they serve.
+MODULES = {"urr_devstack.moto_server": "moto"}
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
@@ -43,7 +45,8 @@ def _label(pid: int) -> str | None:
         return None
     words = [word.decode(errors="replace") for word in argv if word]
     if "-m" in words[:-1]:
-        return words[words.index("-m") + 1]
+        module = words[words.index("-m") + 1]
+        return MODULES.get(module, module)
     for word in words:
         for marker, name in NAMES.items():
             if marker in word:

@@ -13,7 +13,10 @@ import pytest
 from urr_common.identity_testing import act_as, as_gateway
 from urr_ticket.app import AUDIENCE
 from urr_ticket.settings import TicketSettings
+from urr_ticket.store import BookingStore
+from urr_ticket_worker.booking import apply_command
 from urr_ticket_worker.messages import parse_command
+from urr_ticket_worker.settings import BookingSettings
 from urr_ticket_worker.testing import Queues, sqs_client
 
 pytestmark = pytest.mark.integration
@@ -362,3 +365,118 @@ async def test_a_declined_card_may_be_retried_on_the_same_hold_at_most_five_time
         409,
         "seat_not_held",
     )
+
+
+async def test_a_failed_send_leaves_no_pending_row_and_the_retry_goes_through(
+    aiohttp_client: Any, settings: TicketSettings, db: asyncpg.Pool, moto_endpoint: str
+) -> None:
+    """The pending row is written before the command is sent; when the send fails, the row
+    goes again: the seats do not count towards the cap and the same request, retried once
+    the queue is there, is queued and booked by the worker from the API's row."""
+    from prometheus_client import CollectorRegistry
+
+    from urr_ticket.app import create_app
+
+    late = f"ticket-events-late-{uuid.uuid4().hex[:10]}.fifo"
+    client = await aiohttp_client(
+        create_app(
+            settings.model_copy(
+                update={"sqs": settings.sqs.model_copy(update={"queue_name": late})}
+            ),
+            registry=CollectorRegistry(),
+        ),
+        middlewares=(as_gateway(AUDIENCE),),
+    )
+
+    async def hold(seat: str) -> int:
+        return int(
+            (await client.post(f"/api/v1/seats/demo/{seat}/hold", headers=user("u1"))).status
+        )
+
+    async def reserve(seats: list[str]) -> Any:
+        return await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": seats}, headers=user("u1")
+        )
+
+    first = ["A1", "A2", "A3", "A4"]  # the demo event's cap: 4 seats
+    assert [await hold(seat) for seat in first] == [200] * 4
+    await problem(await reserve(first), 503, "booking_queue_unavailable")
+    assert await db.fetchval("SELECT count(*) FROM reservations") == 0
+    # Were the failed request's row kept, its 4 seats would count: B1 would be a fifth.
+    for seat in first:
+        response = await client.delete(f"/api/v1/seats/demo/{seat}/hold", headers=user("u1"))
+        assert response.status == 204
+    second = ["B1", "B2", "B3", "B4"]
+    assert [await hold(seat) for seat in second] == [200] * 4
+    await problem(await reserve(second), 503, "booking_queue_unavailable")
+    assert await db.fetchval("SELECT count(*) FROM reservations") == 0
+
+    async with sqs_client(moto_endpoint) as sqs:
+        url = (await sqs.create_queue(QueueName=late, Attributes={"FifoQueue": "true"}))["QueueUrl"]
+    retried = await reserve(second)
+    assert retried.status == 202, await retried.text()
+    rid = uuid.UUID((await retried.json())["reservationId"])
+    assert await db.fetchval("SELECT status FROM reservations WHERE reservation_id = $1", rid) == (
+        "pending"
+    )
+    [message] = await received(moto_endpoint, Queues(late, url, "", ""))
+    command = parse_command(message["Body"])
+    assert command.reservation_id == rid
+    # The worker finds the API's row and moves it on (the order every request now has).
+    assert await apply_command(db, message["MessageId"], command, BookingSettings()) == "applied"
+    row = await db.fetchrow(
+        "SELECT status, seat_ids FROM reservations WHERE reservation_id = $1", rid
+    )
+    assert row is not None
+    assert (row["status"], list(row["seat_ids"])) == ("awaiting_payment", second)
+
+
+async def test_a_failed_resend_keeps_the_row_an_earlier_request_queued(
+    client: Any, db: asyncpg.Pool, moto_endpoint: str, queues: Queues
+) -> None:
+    """A repeated request whose send fails removes nothing it did not write: the first
+    request's command is on the queue and its row stays ``pending``."""
+    assert (await client.post("/api/v1/seats/demo/C1/hold", headers=user("u1"))).status == 200
+    first = await client.post(
+        "/api/v1/reservations/demo", json={"seatIds": ["C1"]}, headers=user("u1")
+    )
+    assert first.status == 202
+    rid = (await first.json())["reservationId"]
+    [message] = await received(moto_endpoint, queues)
+    async with sqs_client(moto_endpoint) as sqs:
+        await sqs.delete_queue(QueueUrl=queues.url)
+    await problem(
+        await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": ["C1"]}, headers=user("u1")
+        ),
+        503,
+        "booking_queue_unavailable",
+    )
+    status = await (await client.get(f"/api/v1/reservations/demo/{rid}", headers=user("u1"))).json()
+    assert status["status"] == "pending"
+    assert str(parse_command(message["Body"]).reservation_id) == rid
+
+
+async def test_a_command_whose_row_was_removed_is_still_booked(
+    client: Any, db: asyncpg.Pool, moto_endpoint: str, queues: Queues
+) -> None:
+    """A send that failed from the API's side may still have reached SQS after the API
+    removed its row: the worker then writes the reservation itself, once."""
+    assert (await client.post("/api/v1/seats/demo/D1/hold", headers=user("u1"))).status == 200
+    response = await client.post(
+        "/api/v1/reservations/demo", json={"seatIds": ["D1"]}, headers=user("u1")
+    )
+    assert response.status == 202
+    rid = uuid.UUID((await response.json())["reservationId"])
+    [message] = await received(moto_endpoint, queues)
+    assert await BookingStore(db).delete_pending(rid)
+    assert not await BookingStore(db).delete_pending(rid)  # nothing left to remove
+    command = parse_command(message["Body"])
+    settings = BookingSettings()
+    assert await apply_command(db, message["MessageId"], command, settings) == "applied"
+    assert await apply_command(db, "another-delivery", command, settings) == "duplicate"
+    assert await db.fetchval("SELECT status FROM reservations WHERE reservation_id = $1", rid) == (
+        "awaiting_payment"
+    )
+    assert not await BookingStore(db).delete_pending(rid)  # the worker's row is never removed
+    assert await db.fetchval("SELECT reservation_id FROM seat_claims WHERE seat_id = 'D1'") == rid

@@ -66,6 +66,41 @@ async def test_moto_endpoint_serves_sqs(moto_endpoint: str) -> None:
     assert [m["Body"] for m in got["Messages"]] == ["hi"]
 
 
+async def test_the_stacks_moto_serves_sqs_and_s3_without_an_access_log_line_per_request(
+    tmp_path: Path,
+) -> None:
+    """``urr_devstack.moto_server``: the module scan read once still routes each service,
+    and werkzeug's per-request line is gone (an error would still be logged)."""
+    import aioboto3
+
+    from urr_devstack.procs import free_port, moto_server
+
+    server = moto_server(free_port(), tmp_path / "moto.log")
+    server.die_with_parent = True
+    server.start()
+    try:
+        endpoint = f"http://{server.host}:{server.port}"
+        session = aioboto3.Session()
+        keys = {"region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+        async with session.client("sqs", endpoint_url=endpoint, **keys) as sqs:
+            url = (await sqs.create_queue(QueueName="quiet-check"))["QueueUrl"]
+            for n in range(20):
+                await sqs.send_message(QueueUrl=url, MessageBody=f"m{n}")
+            got = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        async with session.client("s3", endpoint_url=endpoint, **keys) as s3:
+            await s3.create_bucket(Bucket="quiet-check")
+            await s3.put_object(Bucket="quiet-check", Key="k", Body=b"v")
+            body = await (await s3.get_object(Bucket="quiet-check", Key="k"))["Body"].read()
+    finally:
+        server.stop()
+    assert len(got["Messages"]) == 10
+    assert body == b"v"
+    log = (tmp_path / "moto.log").read_text()
+    # moto_server's own log has a line per request: '127.0.0.1 - - [...] "POST / HTTP/1.1" 200 -'
+    assert '"POST / HTTP/1.1" 200' not in log, log[-2000:]
+    assert '"GET /quiet-check/k HTTP/1.1"' not in log, log[-2000:]
+
+
 def test_free_port_never_hands_out_a_port_twice() -> None:
     # Among a few hundred random ephemeral ports a repeat is likely; callers pick several ports
     # before binding any, so a repeat made two test servers collide (seen in CI).

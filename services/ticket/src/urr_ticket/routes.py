@@ -9,6 +9,7 @@ without an entry token at ``/api/v1/events/{eventId}/reservations/{reservationId
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from urr_common.logs import get_logger
 from urr_common.payloads import json_response, read_json
 from urr_common.problems import (
     BadRequest,
@@ -51,6 +53,7 @@ from urr_ticket_worker.messages import (
     utc_now,
 )
 
+_LOG = get_logger(__name__)
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SEAT_ID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 _USER_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -291,6 +294,13 @@ async def release_seat(request: web.Request) -> web.Response:
 
 
 async def reserve(request: web.Request) -> web.Response:
+    """Queue a reservation of seats the caller holds.
+
+    Three waits on the way (they were six): the catalog (PostgreSQL) and the holds (Redis)
+    at once, the ``pending`` row, then the SQS send. The row is written before the command
+    is sent, so the worker always finds it and never makes this request wait on its batch
+    transaction; when the send fails, the row this request wrote is removed again (a retry
+    starts afresh and the seats do not count towards the cap) and the answer is a 503."""
 
     user_id = _user_id(request)
     event_id = _event_id(request)
@@ -299,14 +309,17 @@ async def reserve(request: web.Request) -> web.Response:
         raise Unprocessable("a seat appears twice", code="duplicate_seat")
     store = request.app[STORE_KEY]
     metrics = request.app[METRICS_KEY]
-    await _require_event(request, event_id)
-    seats = await store.seats(event_id, body.seatIds)
-    missing = sorted(set(body.seatIds) - {s.seat_id for s in seats})
+    known, holds = await asyncio.gather(
+        store.known_seats(event_id, body.seatIds),
+        request.app[LOCKS_KEY].holders(event_id, body.seatIds),
+    )
+    if known is None:
+        raise NotFound(f"no event {event_id!r}", code="event_not_found")
+    missing = sorted(set(body.seatIds) - known)
     if missing:
         raise NotFound(
             f"no seats {missing} in {event_id!r}", code="seat_not_found", seatIds=missing
         )
-    holds = await request.app[LOCKS_KEY].holders(event_id, body.seatIds)
     not_held = [s for s in body.seatIds if s not in holds or holds[s].owner != user_id]
     if not_held:
         metrics.reservations.labels("refused").inc()
@@ -331,32 +344,46 @@ async def reserve(request: web.Request) -> web.Response:
                 " been declined by the card issuer",
                 code="retry_not_allowed",
             )
-    existing = await store.reservation(reservation_id)
-    if existing is not None and existing.status != "pending":
-        metrics.reservations.labels("duplicate").inc()
-        return _accepted(request, existing.reservation_id, existing.status)
     requested_at = utc_now()
-    await _send(
-        request,
-        ReserveCommand(
-            reservation_id=reservation_id,
-            event_id=event_id,
-            user_id=user_id,
-            seat_ids=body.seatIds,
-            requested_at=requested_at,
-        ),
-    )
-    settings = request.app[TICKET_SETTINGS_KEY]
-    await store.insert_pending(
+    pending = await store.insert_pending(
         reservation_id,
         event_id,
         user_id,
         body.seatIds,
         requested_at,
-        settings.booking.pending_window_s,
+        request.app[TICKET_SETTINGS_KEY].booking.pending_window_s,
     )
-    metrics.reservations.labels("duplicate" if existing else "queued").inc()
+    status = pending.existing_status
+    if not pending.inserted and status is not None and status != "pending":
+        metrics.reservations.labels("duplicate").inc()
+        return _accepted(request, reservation_id, status)
+    # Sent again for a row still pending (a repeated request): SQS drops the copy by its
+    # deduplication id, the worker by the reservation's status.
+    command = ReserveCommand(
+        reservation_id=reservation_id,
+        event_id=event_id,
+        user_id=user_id,
+        seat_ids=body.seatIds,
+        requested_at=requested_at,
+    )
+    try:
+        await _send(request, command)
+    except ServiceUnavailable:
+        if pending.inserted:
+            await _forget_pending(request, reservation_id)
+        raise
+    metrics.reservations.labels("queued" if pending.inserted else "duplicate").inc()
     return _accepted(request, reservation_id, "pending")
+
+
+async def _forget_pending(request: web.Request, reservation_id: uuid.UUID) -> None:
+    """Remove the row of a request whose command could not be queued. When that fails too,
+    the row stays ``pending`` until its window ends (the worker then expires it as
+    ``not_processed``), and a retry of the same request sends the command again."""
+    try:
+        await request.app[STORE_KEY].delete_pending(reservation_id)
+    except Exception as exc:  # PostgreSQL gone as well: the client still gets the 503
+        _LOG.warning("pending_row_kept", reservation_id=str(reservation_id), error=repr(exc))
 
 
 def _accepted(request: web.Request, reservation_id: uuid.UUID, status: str) -> web.Response:

@@ -1,5 +1,6 @@
 """Reads of the booking database for the API, and the one write it makes (a ``pending``
-reservation row, so its status is known before the worker has run)."""
+reservation row, written before the command is sent, so its status is known before the worker
+has run; removed again when the send fails)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,15 @@ class HoldContext:
     #: confirmed; transferred on or not): they count towards ``max_seats_per_user`` with the
     #: holds.
     reserved_seat_ids: list[str]
+
+
+@dataclass(frozen=True)
+class PendingInsert:
+    """What ``insert_pending`` found: whether it wrote the row, and the status of the row
+    that was already there when it did not."""
+
+    inserted: bool
+    existing_status: str | None
 
 
 class UserDirectoryUnavailable(RuntimeError):
@@ -145,6 +155,20 @@ class BookingStore:
             row["updated_at"],
         )
 
+    async def known_seats(self, event_id: str, seat_ids: Sequence[str]) -> set[str] | None:
+        """Which of ``seat_ids`` the event has, or None when there is no such event: the
+        reservation route's catalog check in one round trip."""
+        row = await self.pool.fetchrow(
+            "SELECT EXISTS (SELECT 1 FROM booking_events WHERE event_id = $1) AS event,"
+            " ARRAY(SELECT seat_id FROM seats WHERE event_id = $1"
+            " AND seat_id = ANY($2::text[])) AS seats",
+            event_id,
+            list(seat_ids),
+        )
+        if row is None or not row["event"]:
+            return None
+        return set(row["seats"])
+
     async def insert_pending(
         self,
         reservation_id: uuid.UUID,
@@ -153,13 +177,22 @@ class BookingStore:
         seat_ids: Sequence[str],
         requested_at: datetime,
         pending_window_s: int,
-    ) -> None:
-        """Record the request as ``pending`` unless the worker already wrote it."""
-        await self.pool.execute(
-            "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status,"
-            " created_at, pay_by) VALUES ($1, $2, $3, $4, 'pending', $5::timestamptz,"
-            " $5::timestamptz + $6::interval)"
-            " ON CONFLICT (reservation_id) DO NOTHING",
+    ) -> PendingInsert:
+        """Record the request as ``pending`` unless the reservation exists; says which.
+
+        The API writes this row before it sends the command, so the worker always finds it
+        (and moves it to ``awaiting_payment``) and never holds this insert behind its batch
+        transaction; the worker still creates the row itself when it is missing (the send
+        that seemed to fail had reached SQS and its row was deleted)."""
+        row = await self.pool.fetchrow(
+            "WITH inserted AS (INSERT INTO reservations (reservation_id, event_id, user_id,"
+            " seat_ids, status, created_at, pay_by) VALUES ($1, $2, $3, $4, 'pending',"
+            " $5::timestamptz, $5::timestamptz + $6::interval)"
+            " ON CONFLICT (reservation_id) DO NOTHING RETURNING 1)"
+            # The statement's snapshot does not see its own insert: the status read is the
+            # row that was there before, if any.
+            " SELECT EXISTS (SELECT 1 FROM inserted) AS inserted,"
+            " (SELECT status FROM reservations WHERE reservation_id = $1) AS status",
             reservation_id,
             event_id,
             user_id,
@@ -167,6 +200,19 @@ class BookingStore:
             requested_at,
             timedelta(seconds=pending_window_s),
         )
+        if row is None:  # never: a SELECT without FROM returns one row
+            raise RuntimeError("the pending insert returned no row")
+        return PendingInsert(inserted=bool(row["inserted"]), existing_status=row["status"])
+
+    async def delete_pending(self, reservation_id: uuid.UUID) -> bool:
+        """Remove a ``pending`` row this request wrote and whose command was not queued, so
+        it neither counts towards the seat cap nor looks queued; False when the worker had
+        already moved it on (the command did reach SQS) or it is gone."""
+        deleted = await self.pool.fetchval(
+            "DELETE FROM reservations WHERE reservation_id = $1 AND status = 'pending' RETURNING 1",
+            reservation_id,
+        )
+        return deleted is not None
 
     async def stats(self, event_id: str) -> dict[str, Any]:
         counters = await self.pool.fetch(

@@ -357,12 +357,9 @@ def tansu_server(
 
 
 def moto_server(port: int, log_path: Path, host: str = "127.0.0.1") -> ServerProcess:
-    """moto in server mode: real HTTP DynamoDB, SQS and S3 APIs in memory."""
-    import shutil
-    import sys
-
-    binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    argv = [binary, "-H", host, "-p", str(port)]
+    """moto in server mode: real HTTP DynamoDB, SQS and S3 APIs in memory, without its
+    per-request access log and module scan (``urr_devstack.moto_server``)."""
+    argv = [sys.executable, "-m", "urr_devstack.moto_server", "-H", host, "-p", str(port)]
     return ServerProcess("moto", argv, port, log_path, host=host)
 
 

@@ -1,0 +1,35 @@
+"""``python -m urr_devstack.moto_server -H <host> -p <port>``: moto's server, as ``moto_server``
+runs it, without two costs moto 5 pays on every request.
+
+- werkzeug's access log: a formatted line per request through ``logging`` (the stack's moto
+  answers every booking command, poll and delete of a crowd);
+- ``moto.backends.list_of_moto_modules``, which the dispatcher calls for every request to
+  match the host against moto's service names: a ``listdir`` of moto's package folder and an
+  ``isdir`` per entry (some 150 system calls). The folder does not change while the server
+  runs, so it is read once.
+
+In a 20/s crowd's booking burst these were ~24 % of moto's busy samples (py-spy), and a
+private moto at load 11 spent 13.6 instead of 22.0 CPU ms per FIFO ``SendMessage`` (with
+its share of the receives and deletes), P50 80 instead of 100 ms: docs/performance.md,
+issue 22 "the reservation route". Errors are still logged (werkzeug's WARNING and above).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from moto import backends
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: iter(modules)
+    from moto.server import main as serve
+
+    serve(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()
