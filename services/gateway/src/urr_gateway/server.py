@@ -126,6 +126,13 @@ async def serve_gateway(
     http = settings.http
     runners: list[web.AppRunner] = []
     try:
+        # Metrics first, as urr_common.service.serve does: once the public port answers, its
+        # /metrics beside it does too (and closes after it, cleanup going in reverse).
+        metrics = await start_metrics_listener(
+            apps.public, settings.metrics, http.port, reuse_port=reuse_port
+        )
+        if metrics is not None:
+            runners.append(metrics)
         listeners = [(apps.public, http.host, http.port)]
         if apps.internal is not None:
             listeners.append((apps.internal, settings.internal.host, settings.internal.port))
@@ -165,11 +172,6 @@ async def serve_gateway(
             await site.start()
             _LOG.info("listening", host=host, port=port, internal=app is apps.internal)
         tune_gc(http.gc_gen0_threshold)
-        metrics = await start_metrics_listener(
-            apps.public, settings.metrics, http.port, reuse_port=reuse_port
-        )
-        if metrics is not None:
-            runners.append(metrics)
         await stop.wait()
         _LOG.info("draining", drain_delay_s=http.drain_delay_s)
         apps.public[READINESS_KEY].draining = True
