@@ -64,6 +64,15 @@ async def test_seat_map_shows_free_held_and_sold(client: Any, db: asyncpg.Pool) 
     )
 
 
+async def test_a_known_event_without_seats_has_an_empty_map(client: Any, db: asyncpg.Pool) -> None:
+    # The seat map asks for the event only when no seat came back: known is 200 and empty,
+    # unknown is 404.
+    await db.execute("INSERT INTO booking_events (event_id, name) VALUES ('bare', 'No seats')")
+    seat_map = await (await client.get("/api/v1/seats/bare", headers=user("u1"))).json()
+    assert seat_map == {"eventId": "bare", "seats": []}
+    await problem(await client.get("/api/v1/seats/bare2"), 404, "event_not_found")
+
+
 async def test_hold_needs_a_user_and_a_real_seat(client: Any) -> None:
     await problem(await client.post("/api/v1/seats/demo/A1/hold"), 401, "identity_required")
     await problem(

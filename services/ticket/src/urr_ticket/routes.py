@@ -171,8 +171,13 @@ async def seat_map(request: web.Request) -> web.Response:
     event_id = _event_id(request)
     identity = request.get(IDENTITY)
     caller = identity.user_id if identity is not None else None
-    await _require_event(request, event_id)
     seats = await request.app[STORE_KEY].seats(event_id)
+    if not seats:
+        # Asked only when there is nothing to show: 404 for an unknown event, an empty map
+        # for a known one. Asked first on every call, it was a second round trip and two
+        # counts (the event's summary) per seat map, the ticket service's busiest route in a
+        # crowd (every admitted arrival reads it once).
+        await _require_event(request, event_id)
     holds = await request.app[LOCKS_KEY].holders(event_id, [s.seat_id for s in seats])
     out = []
     for seat in seats:
