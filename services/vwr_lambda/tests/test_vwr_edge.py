@@ -269,6 +269,47 @@ def test_the_return_path_is_never_an_open_redirect(edge: EdgeVerifier, event_fil
         assert safe_return_path(bad) is None, bad
 
 
+DOCUMENT: dict[str, Any] = {"max_age_s": 15, "issuer": "urr-vwr", "audience": "urr-vwr"}
+
+
+def test_a_remembered_admission_still_expires_and_admits_to_its_event_only(
+    tmp_path: Path, event_file: Any
+) -> None:
+    path = tmp_path / "edge-config.json"
+    path.write_bytes(
+        build_document(KeySet([KEY.verification_key()]), ["evt-1", "evt-2"], **DOCUMENT)
+    )
+    now = [time.time()]
+    edge = EdgeVerifier(EdgeConfigSource(str(path)), clock=lambda: now[0])
+    good = token(token_signer=signer(ttl_s=60))
+    exp = int(jwt.decode(good, options={"verify_signature": False})["exp"])
+    cookie = f"urr-vwr-token={good}"
+    for _ in range(2):  # verified, then remembered
+        assert is_forwarded(edge(viewer_request(event_file, "/api/v1/seats/evt-1", cookie=cookie)))
+    wrong = edge(viewer_request(event_file, "/api/v1/seats/evt-2", cookie=cookie))
+    assert json.loads(wrong["body"])["code"] == "vwr_token_wrong_event"
+    now[0] = exp + 10 - 0.5  # the document's leeway (10 s) still covers it, as PyJWT's does
+    assert is_forwarded(edge(viewer_request(event_file, "/api/v1/seats/evt-1", cookie=cookie)))
+    now[0] = exp + 10
+    expired = edge(viewer_request(event_file, "/api/v1/seats/evt-1", cookie=cookie))
+    assert json.loads(expired["body"])["code"] == "vwr_token_expired"
+
+
+def test_a_new_document_forgets_remembered_admissions(tmp_path: Path, event_file: Any) -> None:
+    path = tmp_path / "edge-config.json"
+    path.write_bytes(build_document(KeySet([KEY.verification_key()]), ["evt-1"], **DOCUMENT))
+    edge = EdgeVerifier(EdgeConfigSource(str(path)))
+    cookie = f"urr-vwr-token={token()}"
+    assert is_forwarded(edge(viewer_request(event_file, "/api/v1/seats/evt-1", cookie=cookie)))
+    # The key is withdrawn: its tokens stop at the next look at the document.
+    other = SigningKey.generate("edge-2")
+    path.write_bytes(build_document(KeySet([other.verification_key()]), ["evt-1"], **DOCUMENT))
+    edge.source._checked_at = float("-inf")
+    edge.source._mtime_ns = -1
+    refused = edge(viewer_request(event_file, "/api/v1/seats/evt-1", cookie=cookie))
+    assert json.loads(refused["body"])["code"] == "vwr_token_invalid"
+
+
 def test_no_document_means_nothing_is_gated(tmp_path: Path, event_file: Any) -> None:
     edge = EdgeVerifier(EdgeConfigSource(str(tmp_path / "missing.json")))
     answer = edge(viewer_request(event_file, "/events/evt-1"))
