@@ -78,7 +78,9 @@ REQUEST = (
 ).encode()
 
 
-class UpT:
+class UpstreamTransport:
+    """An upstream that answers every request head with the static nginx answer."""
+
     def __init__(self, proto, loop):
         self.p, self.loop = proto, loop
 
@@ -106,7 +108,7 @@ class UpT:
 
 async def fake_connect(self, loop):
     c = UpstreamConnection(self, loop)
-    c.connection_made(UpT(c, loop))
+    c.connection_made(UpstreamTransport(c, loop))
     return c
 
 
@@ -120,9 +122,8 @@ class State:
     first = None
 
 
-class CT:
-    def __init__(self, proto, loop):
-        self.p, self.loop = proto, loop
+class ClientTransport(UpstreamTransport):
+    """A client that sends its next request when its answer is written, until ``N``."""
 
     def write(self, data):
         State.first = data
@@ -131,23 +132,6 @@ class CT:
             self.loop.call_soon(self.p.data_received, REQUEST)
         elif State.answered >= State.target + CONNS - 1 and not State.done.done():
             State.done.set_result(None)
-        if State.answered == State.target:
-            pass
-
-    def is_closing(self):
-        return False
-
-    def close(self):
-        pass
-
-    def abort(self):
-        pass
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
 
     def can_write_eof(self):
         return True
@@ -173,7 +157,7 @@ async def main():
     loop = asyncio.get_running_loop()
     conns = [server.connection() for _ in range(CONNS)]
     for c in conns:
-        c.connection_made(CT(c, loop))
+        c.connection_made(ClientTransport(c, loop))
 
     async def run(n):
         State.answered = 0
