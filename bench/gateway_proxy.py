@@ -7,6 +7,9 @@ The same static upstream (nginx ``return 200``) behind each target:
 3. a bare aiohttp proxy (one ``ClientSession``, no filters): what aiohttp itself costs;
    then the same on the gateway's lean upstream client, and that plus one decision of the
    gateway's pipelined limiter per request (the floor of a rate-limiting aiohttp proxy);
+   then the floor of any Python proxy here (``gateway_floor.py``: raw uvloop protocols and
+   llhttp on both sides, no coroutine) and the gateway with every filter step left out (its
+   server, ingress, proxy and upstream client alone: the filters cost the difference);
 4. the URR gateway of another revision (``--before REV``: the gateway package of that git
    revision, run from a ``git archive`` of it; by default the last one with aiohttp's
    ``ClientSession``);
@@ -538,10 +541,12 @@ def launch_gateway(
     pythonpath: Path | None = None,
     command_prefix: tuple[str, ...] = (),
     ready_timeout_s: float = 90,
+    entry: tuple[str, ...] = ("-m", "urr_gateway"),
 ) -> tuple[int, int, int]:
     """Start ``python -m urr_gateway`` with ``workers`` workers; ``(port, pid, metrics port)``
     once ready (a gateway from before the metrics listener ignores that setting).
-    ``command_prefix``: a tool to run it under (valgrind)."""
+    ``command_prefix``: a tool to run it under (valgrind). ``entry``: what Python runs
+    (``gateway_floor.py``: the gateway without its filters)."""
     port, metrics_port = free_port(), free_port()
     env = {
         **base_env,
@@ -553,7 +558,7 @@ def launch_gateway(
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     process = subprocess.Popen(
-        [*command_prefix, sys.executable, "-m", "urr_gateway"], env=env, stdout=subprocess.DEVNULL
+        [*command_prefix, sys.executable, *entry], env=env, stdout=subprocess.DEVNULL
     )
     processes.append(process)
     wait_http(f"http://127.0.0.1:{port}{PATH}", ready_timeout_s, ready_headers)
@@ -574,6 +579,11 @@ def gateway_pids(pid: int, workers: int) -> list[int]:
 
 def serve_if_asked(options: argparse.Namespace) -> bool:
     """Run one of the baseline proxies when the options ask for one (a child process)."""
+    if options.serve_raw_proxy:
+        from gateway_floor import serve_raw_proxy
+
+        serve_raw_proxy(int(options.serve_raw_proxy[0]), options.serve_raw_proxy[1])
+        return True
     if options.serve_limited_proxy:
         port, upstream, redis_url = options.serve_limited_proxy
         serve_bare_proxy(int(port), upstream, True, redis_url)
@@ -653,6 +663,7 @@ def main() -> None:
     parser.add_argument("--serve-bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-lean-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     parser.add_argument("--serve-limited-proxy", nargs=3, metavar=("PORT", "UPSTREAM", "REDIS"))
+    parser.add_argument("--serve-raw-proxy", nargs=2, metavar=("PORT", "UPSTREAM"))
     options = parser.parse_args()
     if serve_if_asked(options):
         return
@@ -748,6 +759,20 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
         )
         processes.append(limited_proxy)
+        raw_port = free_port()
+        raw_proxy = subprocess.Popen(
+            [sys.executable, __file__, "--serve-raw-proxy", str(raw_port), upstream],
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(raw_proxy)
+        unfiltered_port, unfiltered_pid, _ = launch_gateway(
+            base_env,
+            ready_headers,
+            processes,
+            1,
+            entry=(str(Path(__file__).with_name("gateway_floor.py")),),
+        )
+        wait_http(f"http://127.0.0.1:{raw_port}{PATH}", 60)
         wait_http(f"http://127.0.0.1:{bare_port}{PATH}", 60)
         wait_http(f"http://127.0.0.1:{lean_port}{PATH}", 60)
         wait_http(f"http://127.0.0.1:{limited_port}{PATH}", 60)
@@ -782,7 +807,15 @@ def main() -> None:
                 [],
                 [limited_proxy.pid],
             ),
+            ("floor: raw protocol proxy", f"{local}:{raw_port}{PATH}", [], [raw_proxy.pid]),
+            (
+                f"gateway, no filters ({default})",
+                f"{local}:{unfiltered_port}{PATH}",
+                headers,
+                [unfiltered_pid],
+            ),
         ]
+        references = len(runs)
         runs.extend(
             (label, f"{local}:{port}{PATH}", headers, [pid]) for label, port, pid in before_rows
         )
@@ -826,7 +859,7 @@ def main() -> None:
             for name, url, run_headers, pids in runs
         ]
         print_results(results, options, load_before, gateway_metrics_port)
-        repeat_gateway_rows(runs[5:], options)  # the first five are the references
+        repeat_gateway_rows(runs[references:], options)
         if options.profile_seconds <= 0:
             return  # wrk refuses -d0s; no profile was asked for
         print()

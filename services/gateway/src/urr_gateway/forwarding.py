@@ -113,12 +113,17 @@ def downstream_response_headers(
     headers: CIMultiDict[str] | CIMultiDictProxy[str],
 ) -> CIMultiDict[str]:
     """The upstream's answer headers minus hop-by-hop ones (``Set-Cookie`` repeats kept)."""
-    dropped = _dropped(HOP_BY_HOP, headers)
     # A copy (in C) less the few dropped names: cheaper than rebuilding from kept pairs.
-    kept = headers.copy()
+    return strip_hop_by_hop(headers.copy())
+
+
+def strip_hop_by_hop(headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    """``downstream_response_headers`` in place (and returned): for an answer read whole,
+    whose headers nothing reads afterwards, the copy is saved."""
+    dropped = _dropped(HOP_BY_HOP, headers)
     for name in [name for name in headers if name.lower() in dropped]:
-        kept.popall(name, None)
-    return kept
+        headers.popall(name, None)
+    return headers
 
 
 def strip_identity_headers(headers: CIMultiDict[str]) -> None:

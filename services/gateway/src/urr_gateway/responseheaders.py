@@ -17,7 +17,7 @@ from http.cookies import SimpleCookie
 from aiohttp import web
 from multidict import istr
 
-from urr_gateway.context import facts_of, peek
+from urr_gateway.context import FACTS
 from urr_gateway.filters.cookie_auth import ACCESS_TOKEN_COOKIE
 from urr_gateway.filters.jwt_auth import COOKIE_REFUSED
 from urr_gateway.filters.ratelimit import RATE_LIMIT_HEADERS_INSTALLED, decision_headers
@@ -74,21 +74,26 @@ def install_response_headers(app: web.Application, trust: TrustSettings) -> None
     )
 
     def apply(request: web.Request, response: web.StreamResponse) -> None:
-        facts = facts_of(request)
+        state = request._state  # ``facts_of``/``peek`` inlined: once per answer
+        facts = state.get(FACTS)
+        limited: dict[str, str] | None
         if facts is not None:
             scheme = facts.headers.get(X_FORWARDED_PROTO, request.scheme)
-            cookie_refused = facts.cookie_refused or peek(request, COOKIE_REFUSED) is True
+            cookie_refused = facts.cookie_refused or state.get(COOKIE_REFUSED) is True
+            limited = facts.rate_limit_headers
+            if limited is None:
+                limited = decision_headers(request)
         else:
             forwarded = request.get(FORWARD_HEADERS)
             scheme = (
                 forwarded.get(X_FORWARDED_PROTO, request.scheme) if forwarded else request.scheme
             )
             cookie_refused = bool(request.get(COOKIE_REFUSED))
+            limited = decision_headers(request)
         over_tls = scheme == "https"
         headers = response.headers
         for name, value in over_tls_headers if over_tls else plain:
             headers.setdefault(name, value)
-        limited = decision_headers(request)
         if limited is not None:
             for limit_name, limit_value in limited.items():
                 headers.setdefault(limit_name, limit_value)
