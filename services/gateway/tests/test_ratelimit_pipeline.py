@@ -21,7 +21,6 @@ from redis.asyncio import Redis
 from urr_common.settings import SettingsError, load_settings
 from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter, window_key
-from urr_gateway.ratelimit import pipeline as pipeline_module
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.settings import GatewaySettings
@@ -298,12 +297,13 @@ async def test_the_window_wait_is_spent_from_the_budget(
     """A held batch's deadline gets the budget less the time the window held it (at most
     the window's timer), so a decision's wait in the window counts against its budget."""
     seen: list[float] = []
+    watch = BatchDeadline.watch
 
-    def deadline(*args: Any, held_s: float = 0.0) -> Any:
+    def watched(self: BatchDeadline, futures: Any, *, held_s: float = 0.0) -> None:
         seen.append(held_s)
-        return BatchDeadline(*args, held_s=held_s)
+        watch(self, futures, held_s=held_s)
 
-    monkeypatch.setattr(pipeline_module, "BatchDeadline", deadline)
+    monkeypatch.setattr(BatchDeadline, "watch", watched)
     clock = FakeClock()
     limiter, _ = await windowed_limiter(redis, clock)
     try:
@@ -317,13 +317,13 @@ async def test_the_window_wait_is_spent_from_the_budget(
 
 
 def test_held_time_past_the_budget_fails_the_batch_at_its_first_judgement() -> None:
-    """``BatchDeadline(held_s=...)``: a batch held as long as its budget has none left; a
-    reply that has not come fails at once, not a budget later."""
+    """``BatchDeadline.watch(held_s=...)``: a batch held as long as its budget has none
+    left; a reply that has not come fails at once, not a budget later."""
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        BatchDeadline(RedisBudget(600.0, 600.0), [future], lambda: False, held_s=600.0)
+        BatchDeadline(RedisBudget(600.0, 600.0), lambda: False).watch([future], held_s=600.0)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(future, 30)
 
