@@ -29,54 +29,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from checkapi_latency import request_bytes
+from gateway_ab import counted
 from gateway_proxy import gateway_source
 
 from urr_devstack.procs import RedisServer, free_port, wait_listening
 
 HERE = Path(__file__).resolve().parent
-
-
-def control(command: str, pid: int) -> None:
-    subprocess.run(  # noqa: S603 - the bench's own arguments
-        ["callgrind_control", command, str(pid)],  # noqa: S607 - valgrind's tool, on PATH
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def counted(pid: int, out: Path, during: Callable[[], object]) -> tuple[int, float]:
-    """Instructions the server ran while ``during`` ran, and the seconds it took."""
-    before = set(out.parent.glob(f"{out.name}*"))
-    control("-z", pid)
-    control("--instr=on", pid)
-    started = time.monotonic()
-    during()
-    elapsed = time.monotonic() - started
-    control("--instr=off", pid)
-    control("-d", pid)
-    deadline = time.monotonic() + 60
-    while not (dumps := set(out.parent.glob(f"{out.name}*")) - before):
-        if time.monotonic() > deadline:
-            raise RuntimeError("callgrind wrote no dump")
-        time.sleep(0.2)
-    time.sleep(1.0)
-    dump = max(dumps, key=lambda path: path.stat().st_mtime)
-    totals = re.search(r"^totals: (\d+)", dump.read_text(), re.MULTILINE)
-    if totals is None:
-        raise RuntimeError(f"no totals in {dump}")
-    return int(totals.group(1)), elapsed
 
 
 def sequential(port: int, payloads: list[bytes]) -> int:
@@ -133,7 +100,7 @@ def measure(
         answered: list[int] = []
         busy, busy_s = counted(server.pid, out, lambda: answered.append(sequential(port, payloads)))
         print(f"  {label}: {args.requests} requests in {busy_s:.1f} s", flush=True)
-        return (busy - idle / idle_s * busy_s) / max(1, answered[0])
+        return (busy - idle / idle_s * busy_s) / max(1, int(answered))
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -116,61 +116,6 @@ async def test_no_free_slot_goes_through_a_task_and_stays_exact(redis: Redis) ->
         await limiter.aclose()
 
 
-async def test_noscript_after_script_flush_reloads_and_counts_once(redis: Redis) -> None:
-    limiter = SlidingWindowLimiter(redis, settings())
-    try:
-        assert await limiter.prepare()
-        await redis.script_flush()
-        calls = Calls()
-        for n in range(30):
-            limiter.check_soon(f"u:soon-ns{n}", "general", calls.callback(n))
-        decisions = await calls.all(30)
-        assert all(d.allowed and d.source == "redis" and not d.degraded for d in decisions)
-        for n in range(30):
-            assert await redis.zcard(window_key(f"u:soon-ns{n}", "general", 60)) == 1
-        assert limiter.breaker_state.name == "CLOSED"
-    finally:
-        await limiter.aclose()
-
-
-async def test_redis_killed_mid_batch_each_decision_follows_its_policy(
-    redis_url: str, restart_redis: RedisServer
-) -> None:
-    registry = CollectorRegistry()
-    client = Redis.from_url(redis_url, socket_timeout=5)
-    limiter = SlidingWindowLimiter(
-        client, settings(breaker_failures=1000, max_in_flight=256), registry=registry
-    )
-    assert restart_redis.process is not None
-    pid = restart_redis.process.pid
-    try:
-        assert await limiter.prepare()
-        os.kill(pid, signal.SIGSTOP)
-        calls = Calls()
-        for n in range(30):
-            limiter.check_soon("ip:10.9.0.1", "auth", calls.callback(n))
-        for n in range(30, 60):
-            limiter.check_soon("ip:10.9.0.1", "general", calls.callback(n))
-        await asyncio.sleep(0.1)
-        assert not calls.seen  # written, waiting for replies
-        os.kill(pid, signal.SIGKILL)
-        decisions = await calls.all(60)
-        auth = [d for d in decisions if d.category == "auth"]
-        general = [d for d in decisions if d.category == "general"]
-        # AUTH (local): limited in process, 20 of 30; GENERAL (open): all allowed, degraded.
-        assert {d.source for d in auth} == {"local"}
-        assert sum(d.allowed for d in auth) == 20
-        assert {(d.source, d.allowed) for d in general} == {("open", True)}
-        assert (
-            registry.get_sample_value("urr_ratelimit_redis_errors_total", {"kind": "connection"})
-            == 60
-        )
-        assert limiter._in_flight.free == 256
-    finally:
-        await limiter.aclose()
-        await client.aclose()
-
-
 async def test_budget_exceeded_follows_the_policy_then_the_breaker_opens(
     redis: Redis, restart_redis: RedisServer
 ) -> None:

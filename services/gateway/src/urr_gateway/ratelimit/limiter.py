@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
@@ -151,6 +150,89 @@ def _decision_of_reply(
         )
     result = parse_reply(reply, len(specs), revoked_key is not None)
     return decide(category, specs, result.outcomes, cost, source="redis", revoked=result.revoked)
+
+
+class _Soon:
+    """One ``check_soon`` decision waiting for Redis: what its callbacks need, and ``check``'s
+    steps after its ``await`` as those callbacks."""
+
+    __slots__ = ("category", "cost", "done", "limiter", "retried", "specs", "started", "subject")
+
+    def __init__(
+        self,
+        limiter: SlidingWindowLimiter,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        started: float,
+        done: Callable[[Decision | None, BaseException | None], None],
+    ) -> None:
+        self.limiter = limiter
+        self.subject = subject
+        self.category = category
+        self.specs = specs
+        self.cost = cost
+        self.started = started
+        self.done = done
+        self.retried = False
+
+    def asked(self, task: asyncio.Future[Decision | None]) -> None:
+        """After ``_ask_redis`` ran in a task (no free slot)."""
+        try:
+            decision = task.result()
+        except BaseException as exc:  # handed to the caller's callback
+            self.done(None, exc)
+            return
+        self.finish(decision)
+
+    def replied(self, pending: asyncio.Future[Any]) -> None:
+        """Once the reply's future is done: ``check``'s steps after its ``await pending``
+        (NOSCRIPT retried once, the slot given back, failures counted)."""
+        limiter = self.limiter
+        decision: Decision | None = None
+        error: BaseException | None = None
+        try:
+            decision = _decision_of_reply(
+                self.category, self.specs, self.cost, None, pending.result()
+            )
+        except NoScriptError as exc:
+            retry = None
+            if not self.retried and limiter._pipelined is not None:
+                # As in ``check``: nothing ran; load the script first and run this once more,
+                # still holding the slot.
+                self.retried = True
+                retry = limiter._pipelined.start(
+                    self.subject, self.category, self.specs, self.cost, None, load_script=True
+                )
+            if retry is not None:
+                retry.add_done_callback(self.replied)
+                return
+            error = exc
+        except _FAILURES as exc:
+            error = exc
+        except BaseException as exc:  # cancelled: the caller hears of it
+            limiter._in_flight.give_back()
+            self.done(None, exc)
+            return
+        limiter._in_flight.give_back()
+        try:
+            decision = limiter._redis_answered(self.subject, self.cost, decision, error)
+        except BaseException as exc:  # handed to the caller's callback
+            self.done(None, exc)
+            return
+        self.finish(decision)
+
+    def finish(self, decision: Decision | None) -> None:
+        """The last step: ``_conclude``, handed to ``done`` (an error too)."""
+        try:
+            final = self.limiter._conclude(
+                self.subject, self.category, self.specs, self.cost, decision, self.started
+            )
+        except BaseException as exc:  # handed to the caller's callback
+            self.done(None, exc)
+            return
+        self.done(final, None)
 
 
 class SlidingWindowLimiter:
@@ -367,6 +449,7 @@ class SlidingWindowLimiter:
         started = time.perf_counter()
         specs = self._checked_specs(subject, category, cost, None)
         now = self._clock()
+        soon = _Soon(self, subject, category, specs, cost, started, done)
         decision = self._deny.lookup(subject, category, cost, now)
         if decision is None and self._breaker.allow(now):
             pending = self._start_inline(subject, category, specs, cost, None)
@@ -375,84 +458,11 @@ class SlidingWindowLimiter:
                 task = asyncio.ensure_future(self._ask_redis(subject, category, specs, cost, None))
                 self._tasks.add(task)  # the loop keeps tasks only weakly
                 task.add_done_callback(self._tasks.discard)
-                task.add_done_callback(
-                    functools.partial(self._asked, subject, category, specs, cost, started, done)
-                )
-                return
-            pending.add_done_callback(
-                functools.partial(
-                    self._replied, subject, category, specs, cost, started, done, False
-                )
-            )
+                task.add_done_callback(soon.asked)
+            else:
+                pending.add_done_callback(soon.replied)
             return
-        done(self._conclude(subject, category, specs, cost, decision, started), None)
-
-    def _asked(
-        self,
-        subject: str,
-        category: str,
-        specs: tuple[WindowSpec, ...],
-        cost: int,
-        started: float,
-        done: Callable[[Decision | None, BaseException | None], None],
-        task: asyncio.Future[Decision | None],
-    ) -> None:
-        """``check_soon``'s end after ``_ask_redis`` ran in a task."""
-        try:
-            decision = task.result()
-            final = self._conclude(subject, category, specs, cost, decision, started)
-        except BaseException as exc:  # handed to the caller's callback
-            done(None, exc)
-            return
-        done(final, None)
-
-    def _replied(
-        self,
-        subject: str,
-        category: str,
-        specs: tuple[WindowSpec, ...],
-        cost: int,
-        started: float,
-        done: Callable[[Decision | None, BaseException | None], None],
-        retried: bool,
-        pending: asyncio.Future[Any],
-    ) -> None:
-        """``check_soon``'s end once the reply's future is done: ``check``'s steps after its
-        ``await pending`` (NOSCRIPT retried once, the slot given back, failures counted)."""
-        decision: Decision | None = None
-        error: BaseException | None = None
-        try:
-            decision = _decision_of_reply(category, specs, cost, None, pending.result())
-        except NoScriptError as exc:
-            retry = None
-            if not retried:
-                # As in ``check``: nothing ran; load the script first and run this once more,
-                # still holding the slot.
-                retry = self._pipelined.start(  # type: ignore[union-attr]
-                    subject, category, specs, cost, None, load_script=True
-                )
-            if retry is not None:
-                retry.add_done_callback(
-                    functools.partial(
-                        self._replied, subject, category, specs, cost, started, done, True
-                    )
-                )
-                return
-            error = exc
-        except _FAILURES as exc:
-            error = exc
-        except BaseException as exc:  # cancelled: the caller hears of it
-            self._in_flight.give_back()
-            done(None, exc)
-            return
-        self._in_flight.give_back()
-        try:
-            decision = self._redis_answered(subject, cost, decision, error)
-            final = self._conclude(subject, category, specs, cost, decision, started)
-        except BaseException as exc:  # handed to the caller's callback
-            done(None, exc)
-            return
-        done(final, None)
+        soon.finish(decision)
 
     def _start_inline(
         self,
