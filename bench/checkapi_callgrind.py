@@ -96,9 +96,8 @@ def measure(
         wait_listening("127.0.0.1", port, 300, "check app under callgrind")
         sequential(port, [request_bytes(index) for index in range(200)])  # caches, connections
         payloads = [request_bytes(index) for index in range(args.requests)]
-        idle, idle_s = counted(server.pid, out, lambda: time.sleep(10))
-        answered: list[int] = []
-        busy, busy_s = counted(server.pid, out, lambda: answered.append(sequential(port, payloads)))
+        idle, idle_s, _ = counted(server.pid, out, lambda: str(time.sleep(10)))
+        busy, busy_s, answered = counted(server.pid, out, lambda: str(sequential(port, payloads)))
         print(f"  {label}: {args.requests} requests in {busy_s:.1f} s", flush=True)
         return (busy - idle / idle_s * busy_s) / max(1, int(answered))
     finally:
