@@ -26,6 +26,11 @@ T = TypeVar("T")
 #: A timer this late means the loop, not Redis, held things up.
 LATE_S = 0.002
 
+#: The loop's timer resolution: uvloop rounds a delay to whole milliseconds, so a timer may
+#: fire up to half of one before its deadline. A batch due within this is judged now: re-armed
+#: for the rest, the timer would round it to 0 ms and spin the loop until the clock moved.
+TIMER_RESOLUTION_S = 0.001
+
 #: How soon a batch whose replies sit unread in the socket is judged again.
 RECHECK_S = 0.001
 
@@ -147,7 +152,7 @@ class BatchDeadline:
             if all(future.done() for future in futures):
                 batches.popleft()
                 continue
-            if due > now:
+            if due - now >= TIMER_RESOLUTION_S:
                 self._handle = self._loop.call_at(due, self._judge)
                 return
             if self._unread():
