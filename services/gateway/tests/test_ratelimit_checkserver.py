@@ -16,9 +16,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from urr_devstack.procs import RedisServer
 from urr_gateway.checkapi import CHECK_PATH, CheckService
 from urr_gateway.checkserver import MAX_HEAD_BYTES, CheckServer
-from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter
+from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter, window_key
+from urr_gateway.ratelimit.keys import check_api_subject
 
 pytestmark = pytest.mark.integration
 
@@ -457,3 +459,76 @@ async def test_fuzzed_bytes_get_a_problem_or_nothing_and_never_a_5xx(
     # Only a complete, valid, credentialed check may count.
     if BODY not in raw or AUTH not in raw:
         assert await redis.dbsize() == 0
+
+
+async def test_answers_decided_at_once_and_by_redis_keep_their_order(
+    listener: Listener, redis: Redis
+) -> None:
+    """A key over its limit is answered from the deny cache inside the read (no Redis);
+    pipelined between requests that wait for Redis, every answer still comes in order."""
+    hot = orjson.dumps({"key": "hot", "category": "auth", "cost": 20})
+    assert (await exchange(listener.port, request(hot)))[0].json()["remaining"] == 0
+    over = orjson.dumps({"key": "hot", "category": "auth", "cost": 1})
+    assert (await exchange(listener.port, request(over)))[0].status == 200  # refused: cached
+    raw = b"".join(
+        request(over if i % 2 else orjson.dumps({"key": f"cold{i}", "category": "auth"}))
+        for i in range(40)
+    )
+    answers = await exchange(listener.port, raw, answers=40)
+    assert [a.json()["allowed"] for a in answers] == [i % 2 == 0 for i in range(40)]
+    assert all(a.json()["remaining"] == 19 for a in answers[::2])
+    # The 20 of the first request; the refusals added nothing.
+    assert await redis.zcard(window_key(check_api_subject("hot"), "auth", 60)) == 20
+
+
+async def test_bad_legacy_fields_are_422_and_change_nothing(
+    listener: Listener, redis: Redis
+) -> None:
+    raw = request(orjson.dumps({"key": "k-bad", "category": "nope"})) + request(
+        orjson.dumps({"key": "k-bad", "category": "auth", "cost": 21})
+    )
+    unknown, too_costly = await exchange(listener.port, raw, answers=2)
+    assert_problem(unknown, 422, "unknown_category")
+    assert_problem(too_costly, 422, "cost_exceeds_limit")
+    assert await redis.dbsize() == 0
+
+
+async def test_a_redis_outage_is_answered_by_the_failure_policy(
+    redis_url: str, restart_redis: RedisServer
+) -> None:
+    """Redis gone: each check follows its category's failure policy (general: open), then the
+    breaker answers at once; never a 5xx."""
+    client = Redis.from_url(redis_url, socket_timeout=5)
+    limiter = SlidingWindowLimiter(client, RateLimitSettings(budget_ms=50, breaker_failures=2))
+    service = CheckService(limiter, CollectorRegistry(), callers={"checker": SecretStr(SECRET)})
+    server = CheckServer(service)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        assert await limiter.prepare()
+        restart_redis.stop()
+        body = orjson.dumps({"key": "k-out", "category": "general"})
+        answers = await exchange(port, request(body) * 5, answers=5)
+        assert {a.status for a in answers} == {200}
+        assert {(a.json()["allowed"], a.json()["degraded"]) for a in answers} == {(True, True)}
+    finally:
+        await server.close(1.0)
+        await limiter.aclose()
+        await client.aclose()
+
+
+async def test_an_unexpected_limiter_error_is_a_logged_500_and_the_connection_serves_on(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = listener.server.service.limiter
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(limiter, "_conclude", broken)
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(request(orjson.dumps({"key": "k-500", "category": "auth"})))
+        assert_problem(await read_answer(reader), 500, "internal_error")
+    writer.write(request(orjson.dumps({"key": "k-500b", "category": "auth"})))
+    assert (await read_answer(reader)).status == 200
+    writer.close()

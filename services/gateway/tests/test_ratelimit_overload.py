@@ -148,7 +148,7 @@ async def test_a_batch_deadline_waits_while_replies_sit_unread_then_expires() ->
     budget = RedisBudget(0.01, 0.25)
     future: asyncio.Future[Any] = loop.create_future()
     unread = [True]
-    BatchDeadline(budget, [future], lambda: unread[0])
+    BatchDeadline(budget, lambda: unread[0]).watch([future])
     await asyncio.sleep(0.1)  # ten budgets
     assert not future.done()
     assert budget.extensions >= 5
@@ -156,34 +156,67 @@ async def test_a_batch_deadline_waits_while_replies_sit_unread_then_expires() ->
     with pytest.raises(TimeoutError, match="10 ms"):
         await asyncio.wait_for(future, 1.0)
     answered: asyncio.Future[Any] = loop.create_future()
-    BatchDeadline(budget, [answered], lambda: False)
+    BatchDeadline(budget, lambda: False).watch([answered])
     answered.set_result(b"ok")
     await asyncio.sleep(0.03)
     assert answered.result() == b"ok"
 
 
 async def test_a_batch_deadline_goes_once_every_reply_is_in() -> None:
-    """Replies in: the deadline's timer is cancelled (no wake-up a budget later for a batch
-    long answered); a last future cancelled by its caller while an earlier one still waits
-    keeps the timer, which then fails the one left."""
+    """Replies in: the one timer of the connection fires once at the budget, finds every
+    batch settled and is not re-armed (no wake-up after that while nothing is written); a
+    last future cancelled by its caller while an earlier one still waits keeps the
+    judgement, which then fails the one left."""
     loop = asyncio.get_running_loop()
     budget = RedisBudget(0.05, 0.25)
     first: asyncio.Future[Any] = loop.create_future()
     last: asyncio.Future[Any] = loop.create_future()
-    answered = BatchDeadline(budget, [first, last], lambda: False)
+    answered = BatchDeadline(budget, lambda: False)
+    answered.watch([first])
+    answered.watch([last])
+    assert answered.armed()
     first.set_result(b"a")
     last.set_result(b"b")
-    await asyncio.sleep(0)
-    assert answered._handle.cancelled()
+    await asyncio.sleep(0.2)
+    assert not answered.armed()
+    assert not answered._batches
 
     waiting: asyncio.Future[Any] = loop.create_future()
     gone: asyncio.Future[Any] = loop.create_future()
-    kept = BatchDeadline(budget, [waiting, gone], lambda: False)
+    kept = BatchDeadline(budget, lambda: False)
+    kept.watch([waiting, gone])
     gone.cancel()
     await asyncio.sleep(0)
-    assert not kept._handle.cancelled()
+    assert kept.armed()
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(waiting, 5)
+
+
+async def test_batches_of_one_connection_are_each_judged_on_their_own_deadline() -> None:
+    """One timer for many batches: a batch written later than a settled one still fails at
+    its own deadline, and a batch written after an overdue one is judged in its turn."""
+    loop = asyncio.get_running_loop()
+    budget = RedisBudget(0.03, 0.25)
+    deadlines = BatchDeadline(budget, lambda: False)
+    settled: asyncio.Future[Any] = loop.create_future()
+    deadlines.watch([settled])
+    settled.set_result(b"ok")
+    await asyncio.sleep(0.02)
+    late: asyncio.Future[Any] = loop.create_future()
+    deadlines.watch([late])  # due 20 ms after the first batch's deadline
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(late, 5)
+    assert loop.time() - started >= 0.025  # its own budget, not the first batch's
+    after: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(3)]
+    for future in after:
+        deadlines.watch([future])
+    after[0].set_result(b"in")
+    results = await asyncio.gather(*after, return_exceptions=True)
+    assert results[0] == b"in"
+    assert all(isinstance(r, TimeoutError) for r in results[1:])
+    await asyncio.sleep(0.05)
+    assert not deadlines.armed()
 
 
 async def test_a_loop_busy_past_the_stall_limit_keeps_the_connection(

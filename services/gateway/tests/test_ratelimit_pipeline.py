@@ -21,7 +21,6 @@ from redis.asyncio import Redis
 from urr_common.settings import SettingsError, load_settings
 from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter, window_key
-from urr_gateway.ratelimit import pipeline as pipeline_module
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.settings import GatewaySettings
@@ -104,6 +103,33 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 async def burst(limiter: SlidingWindowLimiter, subject: str, category: str, n: int) -> list[Any]:
     return list(await asyncio.gather(*(limiter.check(subject, category) for _ in range(n))))
+
+
+def by_callback(limiter: SlidingWindowLimiter, subject: str, category: str) -> asyncio.Future[Any]:
+    """``check_soon`` (the check API's path: a callback, no task) as a future; a second call
+    of its callback for one decision fails the test (``calls``)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    calls: list[object] = []
+
+    def done(decision: Any, error: BaseException | None) -> None:
+        calls.append(decision)
+        assert len(calls) == 1, "check_soon called back twice"
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(decision)
+
+    limiter.check_soon(subject, category, done)
+    return future
+
+
+#: How a decision is asked: ``check`` in a task each, or ``check_soon``.
+ASK = {
+    "check": lambda limiter, subject, category: asyncio.ensure_future(
+        limiter.check(subject, category)
+    ),
+    "check_soon": by_callback,
+}
 
 
 @pytest.mark.parametrize(("max_batch", "most_writes"), [(10_000, 5), (16, 15)])
@@ -298,12 +324,13 @@ async def test_the_window_wait_is_spent_from_the_budget(
     """A held batch's deadline gets the budget less the time the window held it (at most
     the window's timer), so a decision's wait in the window counts against its budget."""
     seen: list[float] = []
+    watch = BatchDeadline.watch
 
-    def deadline(*args: Any, held_s: float = 0.0) -> Any:
+    def watched(self: BatchDeadline, futures: Any, *, held_s: float = 0.0) -> None:
         seen.append(held_s)
-        return BatchDeadline(*args, held_s=held_s)
+        watch(self, futures, held_s=held_s)
 
-    monkeypatch.setattr(pipeline_module, "BatchDeadline", deadline)
+    monkeypatch.setattr(BatchDeadline, "watch", watched)
     clock = FakeClock()
     limiter, _ = await windowed_limiter(redis, clock)
     try:
@@ -317,27 +344,30 @@ async def test_the_window_wait_is_spent_from_the_budget(
 
 
 def test_held_time_past_the_budget_fails_the_batch_at_its_first_judgement() -> None:
-    """``BatchDeadline(held_s=...)``: a batch held as long as its budget has none left; a
-    reply that has not come fails at once, not a budget later."""
+    """``BatchDeadline.watch(held_s=...)``: a batch held as long as its budget has none
+    left; a reply that has not come fails at once, not a budget later."""
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        BatchDeadline(RedisBudget(600.0, 600.0), [future], lambda: False, held_s=600.0)
+        BatchDeadline(RedisBudget(600.0, 600.0), lambda: False).watch([future], held_s=600.0)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(future, 30)
 
     asyncio.run(scenario())
 
 
-async def test_noscript_after_script_flush_reloads_and_counts_once(redis: Redis) -> None:
+@pytest.mark.parametrize("ask", list(ASK))
+async def test_noscript_after_script_flush_reloads_and_counts_once(redis: Redis, ask: str) -> None:
     limiter = SlidingWindowLimiter(redis, settings())
     try:
         assert await limiter.prepare()
         assert (await limiter.check("u:ns", "general")).source == "redis"
         await redis.script_flush()
         loads = await command_calls(redis, "script|load")
-        decisions = await asyncio.gather(*(limiter.check(f"u:ns{n}", "general") for n in range(30)))
+        decisions = await asyncio.gather(
+            *(ASK[ask](limiter, f"u:ns{n}", "general") for n in range(30))
+        )
         assert all(d.allowed and d.source == "redis" and not d.degraded for d in decisions)
         # One SCRIPT LOAD per refused write (30 decisions: a batch of 16 and one of 14), not
         # per decision; then each decision ran exactly once.
@@ -349,8 +379,9 @@ async def test_noscript_after_script_flush_reloads_and_counts_once(redis: Redis)
         await limiter.aclose()
 
 
+@pytest.mark.parametrize("ask", list(ASK))
 async def test_redis_killed_mid_batch_each_decision_follows_its_policy(
-    redis_url: str, restart_redis: RedisServer
+    redis_url: str, restart_redis: RedisServer, ask: str
 ) -> None:
     """Redis frozen with a batch written, then killed: the connection error reaches every
     waiting decision, and each follows its own category's failure policy."""
@@ -364,8 +395,8 @@ async def test_redis_killed_mid_batch_each_decision_follows_its_policy(
     try:
         assert await limiter.prepare()
         os.kill(pid, signal.SIGSTOP)
-        auth = [asyncio.create_task(limiter.check("ip:10.7.0.1", "auth")) for _ in range(30)]
-        general = [asyncio.create_task(limiter.check("ip:10.7.0.1", "general")) for _ in range(30)]
+        auth = [ASK[ask](limiter, "ip:10.7.0.1", "auth") for _ in range(30)]
+        general = [ASK[ask](limiter, "ip:10.7.0.1", "general") for _ in range(30)]
         await asyncio.sleep(0.1)  # the batch is written and waits for its replies
         assert not any(task.done() for task in auth + general)
         os.kill(pid, signal.SIGKILL)

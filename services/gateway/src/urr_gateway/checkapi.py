@@ -19,9 +19,10 @@ Bad input is a 4xx problem and changes nothing.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 import orjson
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from urr_common.metrics import loop_observer
 from urr_common.payloads import read_json, validated
-from urr_common.problems import Unauthorized, Unprocessable
+from urr_common.problems import ProblemError, Unauthorized, Unprocessable
 from urr_common.ratelimit_policies import METHODS
 from urr_common.service import problem_middleware, request_context_middleware
 from urr_common.upstream_security import (
@@ -46,7 +47,7 @@ from urr_gateway.ratelimit.limiter import SlidingWindowLimiter, UnknownCategoryE
 from urr_gateway.ratelimit.metrics import DECISION_BUCKETS_S
 from urr_gateway.ratelimit.policyset import PolicyWatcher
 from urr_gateway.ratelimit.tenant import CompiledPolicies
-from urr_gateway.ratelimit.window import ms_to_s_up
+from urr_gateway.ratelimit.window import Decision, ms_to_s_up
 
 CHECK_PATH = "/internal/v1/ratelimit/check"
 #: A check request is a few dozen bytes; anything near this is not one.
@@ -213,7 +214,50 @@ class CheckService:
         self._observe[outcome](time.perf_counter() - started)
         return orjson.dumps(payload)
 
-    async def _legacy(self, key: str, category: str, cost: int) -> tuple[str, dict[str, Any]]:
+    def answer_soon(
+        self,
+        data: dict[str, Any],
+        started: float,
+        reply: Callable[[bytes | None, BaseException | None], None],
+    ) -> bool:
+        """``answer`` without a task when ``data`` plainly is a valid legacy request: the
+        limiter's ``check_soon``, then ``reply(answer bytes, None)`` once, or
+        ``reply(None, error)`` (a ``ProblemError`` for bad input: unknown category, cost over
+        the limit). False, with nothing done, for any other request: ask ``answer``."""
+        fields = plain_legacy_fields(data)
+        if fields is None:
+            return False
+        key, category, cost = fields
+        try:
+            self._check_legacy(category, cost)
+        except ProblemError:
+            self._observe_invalid(time.perf_counter() - started)
+            raise
+        self.limiter.check_soon(
+            check_api_subject(key),
+            category,
+            functools.partial(self._legacy_decided, started, reply),
+            cost=cost,
+        )
+        return True
+
+    def _legacy_decided(
+        self,
+        started: float,
+        reply: Callable[[bytes | None, BaseException | None], None],
+        decision: Decision | None,
+        error: BaseException | None,
+    ) -> None:
+        if decision is None:
+            self._observe_invalid(time.perf_counter() - started)
+            reply(None, error)
+            return
+        outcome, payload = _legacy_answer(decision)
+        self._observe[outcome](time.perf_counter() - started)
+        reply(orjson.dumps(payload), None)
+
+    def _check_legacy(self, category: str, cost: int) -> None:
+        """The 422s of a legacy request the limiter would refuse to decide."""
         limiter = self.limiter
         try:
             max_cost = limiter.max_cost(category)
@@ -227,15 +271,10 @@ class CheckService:
                 f"cost must be between 1 and {max_cost} for {category}",
                 code="cost_exceeds_limit",
             )
-        decision = await limiter.check(check_api_subject(key), category, cost=cost)
-        return "allowed" if decision.allowed else "blocked", {
-            "allowed": decision.allowed,
-            "limit": decision.limit,
-            "remaining": decision.remaining,
-            "reset_ms": decision.reset_ms,
-            "retry_after_ms": decision.retry_after_ms,
-            "degraded": decision.degraded,
-        }
+
+    async def _legacy(self, key: str, category: str, cost: int) -> tuple[str, dict[str, Any]]:
+        self._check_legacy(category, cost)
+        return _legacy_answer(await self.limiter.check(check_api_subject(key), category, cost=cost))
 
     async def _tenant_check(self, body: PolicyCheckRequest) -> tuple[str, dict[str, Any]]:
         current = self._policies.current if self._policies is not None else self._seed
@@ -277,6 +316,18 @@ class CheckService:
             "shadow": decided.shadow,
             "degraded": decision.degraded,
         }
+
+
+def _legacy_answer(decision: Decision) -> tuple[str, dict[str, Any]]:
+    """The outcome label and the JSON fields of a legacy answer."""
+    return "allowed" if decision.allowed else "blocked", {
+        "allowed": decision.allowed,
+        "limit": decision.limit,
+        "remaining": decision.remaining,
+        "reset_ms": decision.reset_ms,
+        "retry_after_ms": decision.retry_after_ms,
+        "degraded": decision.degraded,
+    }
 
 
 CHECK_SERVICE_KEY = web.AppKey("urr_check_service", CheckService)

@@ -29,7 +29,10 @@ unanswered requests (TCP backpressure does the rest).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from contextvars import copy_context
+from typing import Any
 
 from aiohttp import web
 
@@ -146,9 +149,9 @@ class _Connection(Http1Connection["CheckServer"]):
             self.answer_problem(answer, self._refusal, request_id, self.path(), head_only)
         else:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            task = self.server.loop.create_task(self._answer(answer, body, request_id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # In a context of its own, as a task would run it: the request id is this
+            # request's log context, not the connection's.
+            copy_context().run(self._answer_soon, answer, body, request_id)
             if len(self._answers) >= MAX_PIPELINED:
                 self.pause_reading()
 
@@ -184,16 +187,50 @@ class _Connection(Http1Connection["CheckServer"]):
             )
         return None
 
-    async def _answer(self, answer: Answer, body: bytes, request_id: bytes) -> None:
+    def _answer_soon(self, answer: Answer, body: bytes, request_id: bytes) -> None:
+        """Answer a plainly valid legacy request from the limiter's callback (no task, no
+        coroutine: most of the per-request cost of the listener's Python was the task and
+        its coroutine chain); any other request through a task (``_answer``)."""
         started = time.perf_counter()
         start_request_context(request_id.decode())
         try:
-            data = await self.server.service.answer(json_object(body), started)
-        except ProblemError as exc:
-            self.answer_problem(answer, exc, request_id, CHECK_PATH, False)
+            data = json_object(body)
+            if self.server.service.answer_soon(
+                data, started, functools.partial(self._answered, answer, request_id)
+            ):
+                return
+        except Exception as exc:  # answered as _answer answers it
+            self._answered(answer, request_id, None, exc)
             return
-        except Exception:
-            _LOG.exception("unhandled_error", path=CHECK_PATH, method="POST")
+        task = self.server.loop.create_task(self._answer(answer, data, request_id, started))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(
+        self, answer: Answer, data: dict[str, Any], request_id: bytes, started: float
+    ) -> None:
+        try:
+            body = await self.server.service.answer(data, started)
+        except Exception as exc:  # answered: a problem, or a logged 500
+            self._answered(answer, request_id, None, exc)
+            return
+        self._answered(answer, request_id, body, None)
+
+    def _answered(
+        self, answer: Answer, request_id: bytes, data: bytes | None, error: BaseException | None
+    ) -> None:
+        """Fill ``answer`` with the answer's bytes ``data``, or the problem of ``error``."""
+        if data is None:
+            if isinstance(error, ProblemError):
+                self.answer_problem(answer, error, request_id, CHECK_PATH, False)
+                return
+            if isinstance(error, Exception):
+                _LOG.error(
+                    "unhandled_error",
+                    path=CHECK_PATH,
+                    method="POST",
+                    exc_info=(type(error), error, error.__traceback__),
+                )
             self.answer_problem(answer, Internal(), request_id, CHECK_PATH, False)
             return
         answer.data = b"%s%s\r\nDate: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (

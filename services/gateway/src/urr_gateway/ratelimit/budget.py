@@ -17,6 +17,7 @@ then expires the call: that is a Redis failure.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,11 @@ T = TypeVar("T")
 
 #: A timer this late means the loop, not Redis, held things up.
 LATE_S = 0.002
+
+#: The loop's timer resolution: uvloop rounds a delay to whole milliseconds, so a timer may
+#: fire up to half of one before its deadline. A batch due within this is judged now: re-armed
+#: for the rest, the timer would round it to 0 ms and spin the loop until the clock moved.
+TIMER_RESOLUTION_S = 0.001
 
 #: How soon a batch whose replies sit unread in the socket is judged again.
 RECHECK_S = 0.001
@@ -87,9 +93,9 @@ class _Judge:
 
 
 class BatchDeadline:
-    """The same budget for a batch of calls written together (the pipelined store), with one
-    timer: each future of ``futures`` still pending ``budget_s`` after the batch was written
-    fails with ``TimeoutError``.
+    """The same budget for the batches of calls written together on one connection (the
+    pipelined store), with one timer for all of them: each future of a batch (``watch``)
+    still pending ``budget_s`` after the batch was written fails with ``TimeoutError``.
 
     The budget is Redis's own latency: it starts at the write (time queued behind a busy
     loop before it is not Redis's), and when it runs out the socket is asked whether Redis
@@ -98,48 +104,68 @@ class BatchDeadline:
     after a poll of the sockets) and nothing fails. Only a batch whose replies have not
     *arrived* within the budget fails, so an overloaded process with a healthy Redis never
     opens the breaker or fails a decision open (``tests/test_ratelimit_overload.py``).
+
+    One timer per connection, not per batch: a timer armed and cancelled for every batch
+    (and the done-callback that cancelled it) was ~10 % of the check API's per-request
+    Python at one decision per batch. Replies come in order, so batches are judged in the
+    order they were written: the timer is armed at the oldest unsettled batch's deadline,
+    and when it fires, settled batches are dropped, an overdue one is judged, and it is
+    re-armed for the next (none left: no timer). While decisions keep coming, that is one
+    wake-up per budget (10 ms), not one timer per batch. A batch held by a gathering window
+    (``held_s``) may have an earlier deadline than one written before it: it is judged after
+    that one, at most the window's hold (1 ms) late.
     """
 
-    __slots__ = ("_budget", "_futures", "_handle", "_loop", "_unread")
+    __slots__ = ("_batches", "_budget", "_handle", "_loop", "_unread")
 
     def __init__(
         self,
         budget: RedisBudget,
-        futures: list[asyncio.Future[Any]],
         unread: Callable[[], bool],
         loop: asyncio.AbstractEventLoop | None = None,
-        *,
-        held_s: float = 0.0,
     ) -> None:
-        """``held_s``: how long the batch waited to be written (a gathering window), spent
-        from the budget already."""
         self._budget = budget
-        self._futures = futures
         self._unread = unread
         self._loop = loop if loop is not None else asyncio.get_running_loop()
-        self._handle: asyncio.Handle = self._loop.call_later(
-            max(budget.budget_s - held_s, 0.0), self._judge
-        )
-        # Replies come in order: once the last is in, so are the others (unless a caller
-        # cancelled it early, which ``_settled`` checks), and the timer goes without
-        # waking the loop a budget later for nothing.
-        futures[-1].add_done_callback(self._settled)
+        #: (deadline in loop time, the batch's futures), in write order.
+        self._batches: deque[tuple[float, list[asyncio.Future[Any]]]] = deque()
+        self._handle: asyncio.Handle | None = None
 
-    def _settled(self, _: asyncio.Future[Any]) -> None:
-        if all(future.done() for future in self._futures):
-            self._handle.cancel()
+    def armed(self) -> bool:
+        """Is a judgement pending (a batch not yet settled or judged)?"""
+        return self._handle is not None
+
+    def watch(self, futures: list[asyncio.Future[Any]], *, held_s: float = 0.0) -> None:
+        """Time the batch just written. ``held_s``: how long it waited to be written (a
+        gathering window), spent from its budget already."""
+        due = self._loop.time() + max(self._budget.budget_s - held_s, 0.0)
+        self._batches.append((due, futures))
+        if self._handle is None:
+            self._handle = self._loop.call_at(due, self._judge)
 
     def _judge(self) -> None:
-        if all(future.done() for future in self._futures):
-            return
-        if self._unread():
-            # Replies (ours or earlier ones, sent in order) are waiting in the socket.
-            # call_later, not call_at(now): libuv could run a timer due now in the same
-            # timer pass, before any poll, and spin here.
-            self._budget.extensions += 1
-            self._handle = self._loop.call_later(RECHECK_S, self._judge)
-            return
-        budget_ms = self._budget.budget_s * 1000
-        for future in self._futures:
-            if not future.done():
-                future.set_exception(TimeoutError(f"no reply from Redis within {budget_ms:g} ms"))
+        self._handle = None
+        batches = self._batches
+        now = self._loop.time()
+        while batches:
+            due, futures = batches[0]
+            if all(future.done() for future in futures):
+                batches.popleft()
+                continue
+            if due - now >= TIMER_RESOLUTION_S:
+                self._handle = self._loop.call_at(due, self._judge)
+                return
+            if self._unread():
+                # Replies (ours or earlier ones, sent in order) are waiting in the socket.
+                # call_later, not call_at(now): libuv could run a timer due now in the same
+                # timer pass, before any poll, and spin here.
+                self._budget.extensions += 1
+                self._handle = self._loop.call_later(RECHECK_S, self._judge)
+                return
+            batches.popleft()
+            budget_ms = self._budget.budget_s * 1000
+            for future in futures:
+                if not future.done():
+                    future.set_exception(
+                        TimeoutError(f"no reply from Redis within {budget_ms:g} ms")
+                    )

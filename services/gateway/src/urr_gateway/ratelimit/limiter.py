@@ -152,6 +152,89 @@ def _decision_of_reply(
     return decide(category, specs, result.outcomes, cost, source="redis", revoked=result.revoked)
 
 
+class _Soon:
+    """One ``check_soon`` decision waiting for Redis: what its callbacks need, and ``check``'s
+    steps after its ``await`` as those callbacks."""
+
+    __slots__ = ("category", "cost", "done", "limiter", "retried", "specs", "started", "subject")
+
+    def __init__(
+        self,
+        limiter: SlidingWindowLimiter,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        started: float,
+        done: Callable[[Decision | None, BaseException | None], None],
+    ) -> None:
+        self.limiter = limiter
+        self.subject = subject
+        self.category = category
+        self.specs = specs
+        self.cost = cost
+        self.started = started
+        self.done = done
+        self.retried = False
+
+    def asked(self, task: asyncio.Future[Decision | None]) -> None:
+        """After ``_ask_redis`` ran in a task (no free slot)."""
+        try:
+            decision = task.result()
+        except BaseException as exc:  # handed to the caller's callback
+            self.done(None, exc)
+            return
+        self.finish(decision)
+
+    def replied(self, pending: asyncio.Future[Any]) -> None:
+        """Once the reply's future is done: ``check``'s steps after its ``await pending``
+        (NOSCRIPT retried once, the slot given back, failures counted)."""
+        limiter = self.limiter
+        decision: Decision | None = None
+        error: BaseException | None = None
+        try:
+            decision = _decision_of_reply(
+                self.category, self.specs, self.cost, None, pending.result()
+            )
+        except NoScriptError as exc:
+            retry = None
+            if not self.retried and limiter._pipelined is not None:
+                # As in ``check``: nothing ran; load the script first and run this once more,
+                # still holding the slot.
+                self.retried = True
+                retry = limiter._pipelined.start(
+                    self.subject, self.category, self.specs, self.cost, None, load_script=True
+                )
+            if retry is not None:
+                retry.add_done_callback(self.replied)
+                return
+            error = exc
+        except _FAILURES as exc:
+            error = exc
+        except BaseException as exc:  # cancelled: the caller hears of it
+            limiter._in_flight.give_back()
+            self.done(None, exc)
+            return
+        limiter._in_flight.give_back()
+        try:
+            decision = limiter._redis_answered(self.subject, self.cost, decision, error)
+        except BaseException as exc:  # handed to the caller's callback
+            self.done(None, exc)
+            return
+        self.finish(decision)
+
+    def finish(self, decision: Decision | None) -> None:
+        """The last step: ``_conclude``, handed to ``done`` (an error too)."""
+        try:
+            final = self.limiter._conclude(
+                self.subject, self.category, self.specs, self.cost, decision, self.started
+            )
+        except BaseException as exc:  # handed to the caller's callback
+            self.done(None, exc)
+            return
+        self.done(final, None)
+
+
 class SlidingWindowLimiter:
     """Exact sliding-window limits in Redis, with a deny cache, a breaker and fallbacks."""
 
@@ -226,6 +309,8 @@ class SlidingWindowLimiter:
         self._children: dict[
             tuple[str, bool, str], tuple[Callable[[float], None], Callable[[float], None]]
         ] = {}
+        #: ``check_soon``'s tasks (a decision waiting for a slot), held until done.
+        self._tasks: set[asyncio.Future[Decision | None]] = set()
         #: Every decision's usage, counted until ``flush_usage`` writes it.
         self.usage = UsageTally()
         self._usage_writer = UsageWriter(redis)
@@ -323,18 +408,7 @@ class SlidingWindowLimiter:
         now = self._clock()
         decision = self._deny.lookup(subject, category, cost, now)
         if decision is None and self._breaker.allow(now):
-            pipelined = self._pipelined
-            slots = self._in_flight
-            pending = None
-            if pipelined is not None and slots.take_now():
-                # The common case, inline: a free slot, the single node known. The same
-                # steps as ``_ask_redis`` with ``evaluate`` (slot, budgeted write, NOSCRIPT
-                # retry, failure kinds), without their two coroutines.
-                try:
-                    pending = pipelined.start(subject, category, specs, cost, revoked_key)
-                finally:
-                    if pending is None:
-                        slots.give_back()
+            pending = self._start_inline(subject, category, specs, cost, revoked_key)
             if pending is None:
                 decision = await self._ask_redis(subject, category, specs, cost, revoked_key)
             else:
@@ -345,7 +419,7 @@ class SlidingWindowLimiter:
                     except NoScriptError:
                         # Nothing ran; the next batch loads the script first and runs this
                         # once more (within a budget of its own: a flushed cache is rare).
-                        retry = pipelined.start(  # type: ignore[union-attr]
+                        retry = self._pipelined.start(  # type: ignore[union-attr]
                             subject, category, specs, cost, revoked_key, load_script=True
                         )
                         reply = await retry  # type: ignore[misc]
@@ -353,12 +427,88 @@ class SlidingWindowLimiter:
                 except _FAILURES as exc:
                     error = exc
                 finally:
-                    slots.give_back()
-                if error is None:
-                    self._answered(subject, cost, decision)  # type: ignore[arg-type]
-                else:
-                    decision = None
-                    self._on_failure(_failure_kind(error), error)
+                    self._in_flight.give_back()
+                decision = self._redis_answered(subject, cost, decision, error)
+        return self._conclude(subject, category, specs, cost, decision, started)
+
+    def check_soon(
+        self,
+        subject: str,
+        category: str,
+        done: Callable[[Decision | None, BaseException | None], None],
+        *,
+        cost: int = 1,
+    ) -> None:
+        """``check`` for a caller that answers from a callback (the check API's listener):
+        the same steps, without a task and a coroutine per decision when a slot is free and
+        the single node is known. ``done(decision, None)`` is called exactly once: in this
+        call when Redis is not asked (deny cache, open breaker), else from the reply's
+        callback; ``done(None, error)`` with an error ``check`` would raise from Redis's
+        side (never a Redis failure: those follow the failure policy). Invalid arguments
+        raise here, as ``check`` raises them."""
+        started = time.perf_counter()
+        specs = self._checked_specs(subject, category, cost, None)
+        now = self._clock()
+        soon = _Soon(self, subject, category, specs, cost, started, done)
+        decision = self._deny.lookup(subject, category, cost, now)
+        if decision is None and self._breaker.allow(now):
+            pending = self._start_inline(subject, category, specs, cost, None)
+            if pending is None:
+                # No free slot, or a cluster: the coroutine path, in a task of its own.
+                task = asyncio.ensure_future(self._ask_redis(subject, category, specs, cost, None))
+                self._tasks.add(task)  # the loop keeps tasks only weakly
+                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(soon.asked)
+            else:
+                pending.add_done_callback(soon.replied)
+            return
+        soon.finish(decision)
+
+    def _start_inline(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        revoked_key: str | None,
+    ) -> asyncio.Future[Any] | None:
+        """The common case, inline: a free slot, the single node known; the reply's future
+        (the slot then held until the caller gives it back), or ``None``: ask through
+        ``_ask_redis``. The same steps as ``_ask_redis`` with ``evaluate`` (slot, budgeted
+        write, NOSCRIPT retry, failure kinds), without their two coroutines."""
+        pipelined = self._pipelined
+        if pipelined is None or not self._in_flight.take_now():
+            return None
+        pending = None
+        try:
+            pending = pipelined.start(subject, category, specs, cost, revoked_key)
+        finally:
+            if pending is None:
+                self._in_flight.give_back()
+        return pending
+
+    def _redis_answered(
+        self, subject: str, cost: int, decision: Decision | None, error: BaseException | None
+    ) -> Decision | None:
+        """Redis's decision, heard of by the breaker and the deny cache; ``None`` after the
+        failure ``error`` (counted: the failure policy decides)."""
+        if error is None:
+            self._answered(subject, cost, decision)  # type: ignore[arg-type]
+            return decision
+        self._on_failure(_failure_kind(error), error)
+        return None
+
+    def _conclude(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        decision: Decision | None,
+        started: float,
+    ) -> Decision:
+        """The decision as returned: the failure policy's when Redis gave none, observed,
+        its usage counted, a shadow policy's refusal turned into an admission."""
         if decision is None:
             decision = self._fallback(subject, category, specs, cost)
         self._observe(decision, started)

@@ -7,7 +7,7 @@ connection per Redis node (:mod:`resp`), and their replies, which Redis sends ba
 are parsed by hiredis in one pass. envoy's ratelimit service batches its Redis calls the same
 way.
 
-The time budget stays per decision, with one timer per batch instead of one per call: a
+The time budget stays per decision, with one timer per connection instead of one per call: a
 decision whose reply has not *arrived* within the budget of its batch's write fails with
 ``TimeoutError`` (``budget.BatchDeadline``: a reply sitting unread in the socket because the
 loop is busy is the loop's delay, not Redis's, and fails nothing). Failures stay per
@@ -166,6 +166,8 @@ class _Node:
         #: ``SCRIPT LOAD`` commands the next write sends first (after a NOSCRIPT).
         self._load_first: list[bytes] = []
         self._pipe: RespPipe | None = None
+        #: The budgets of the current connection's batches (one timer: ``BatchDeadline``).
+        self._deadlines: BatchDeadline | None = None
         self._connection: AbstractConnection | None = None
         self._opening: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
@@ -285,11 +287,11 @@ class _Node:
             pipe.send(b"".join(parts), waiters)
             self.writes += 1
             self.commands += len(parts)
-            if self._budget is not None and timed:
+            if self._deadlines is not None and timed:
                 # The budget starts at the write (Redis's latency, not the loop's), less the
                 # time the gathering window held the batch: a decision's window wait is
                 # inside its budget.
-                BatchDeadline(self._budget, timed, pipe.unread, loop, held_s=held_s)
+                self._deadlines.watch(timed, held_s=held_s)
 
     async def _open(self) -> None:
         try:
@@ -306,6 +308,10 @@ class _Node:
                 await self._release(connection)
                 raise
             self._connection, self._pipe = connection, pipe
+            if self._budget is not None:
+                # One timer for the batches of this connection (a new connection, a new one:
+                # an old connection's batches all fail when it is lost).
+                self._deadlines = BatchDeadline(self._budget, pipe.unread, self._loop)
         except (RedisError, OSError, TimeoutError) as exc:
             error = exc if isinstance(exc, RedisError | OSError) else RedisConnectionError(str(exc))
             batch, self._batch = self._batch, []

@@ -1,0 +1,161 @@
+"""``SlidingWindowLimiter.check_soon``: ``check`` answered through a callback (the check
+API's listener decides without a task per request). The same decisions as ``check``, exact
+under concurrency, each callback called exactly once, and every failure path (NOSCRIPT, a
+Redis killed mid-batch, a budget exceeded, no free slot, an open breaker) with ``check``'s
+meaning, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from urr_devstack.procs import RedisServer
+from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter, window_key
+from urr_gateway.ratelimit.limiter import UnknownCategoryError
+from urr_gateway.ratelimit.window import Decision
+
+pytestmark = pytest.mark.integration
+
+
+def settings(**overrides: Any) -> RateLimitSettings:
+    # Room for a loaded test machine where the test is about exactness, not the budget.
+    values: dict[str, Any] = {"budget_ms": 2000, "congestion_cap_ms": 5000}
+    values.update(overrides)
+    return RateLimitSettings(**values)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+class Calls:
+    """The callbacks ``check_soon`` made, each checked to come once per decision asked."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, Decision | None, BaseException | None]] = []
+        self._all = asyncio.get_running_loop().create_future()
+        self.expected = 0
+
+    def callback(self, index: int) -> Any:
+        def done(decision: Decision | None, error: BaseException | None) -> None:
+            self.seen.append((index, decision, error))
+            if len(self.seen) >= self.expected and not self._all.done():
+                self._all.set_result(None)
+
+        return done
+
+    async def all(self, n: int, timeout_s: float = 10.0) -> list[Decision]:
+        self.expected = n
+        if len(self.seen) < n:
+            await asyncio.wait_for(asyncio.shield(self._all), timeout_s)
+        await asyncio.sleep(0.05)  # a second call for any of them would show here
+        assert sorted(index for index, _, _ in self.seen) == list(range(n))
+        assert all(error is None for _, _, error in self.seen)
+        return [decision for _, decision, _ in self.seen]  # type: ignore[misc]
+
+
+async def soon(
+    limiter: SlidingWindowLimiter, subject: str, category: str, n: int
+) -> list[Decision]:
+    calls = Calls()
+    for index in range(n):
+        limiter.check_soon(subject, category, calls.callback(index))
+    return await calls.all(n)
+
+
+async def test_a_burst_of_200_is_exact(redis: Redis) -> None:
+    limiter = SlidingWindowLimiter(redis, settings(max_in_flight=256))
+    try:
+        assert await limiter.prepare()
+        decisions = await soon(limiter, "u:soon", "booking", 200)
+        assert sum(d.allowed for d in decisions) == 10
+        assert await redis.zcard(window_key("u:soon", "booking", 60)) == 10
+        # The first refusal went to the deny cache; later ones may come from it.
+        assert {d.source for d in decisions} <= {"redis", "deny_cache"}
+        assert limiter._in_flight.free == 256  # every slot given back
+    finally:
+        await limiter.aclose()
+
+
+async def test_the_same_decisions_as_check(redis: Redis) -> None:
+    limiter = SlidingWindowLimiter(redis, settings())
+    try:
+        assert await limiter.prepare()
+        (by_callback,) = await soon(limiter, "u:same-a", "general", 1)
+        by_check = await limiter.check("u:same-b", "general")
+        assert by_callback == by_check
+    finally:
+        await limiter.aclose()
+
+
+async def test_no_free_slot_goes_through_a_task_and_stays_exact(redis: Redis) -> None:
+    """Two slots for 50 decisions: most wait for a slot (the coroutine path), all decided
+    once, exactly, and every slot comes back."""
+    limiter = SlidingWindowLimiter(redis, settings(max_in_flight=2))
+    try:
+        assert await limiter.prepare()
+        decisions = await soon(limiter, "u:slots", "booking", 50)
+        assert sum(d.allowed for d in decisions) == 10
+        assert await redis.zcard(window_key("u:slots", "booking", 60)) == 10
+        assert limiter._in_flight.free == 2
+        assert not limiter._tasks
+    finally:
+        await limiter.aclose()
+
+
+async def test_budget_exceeded_follows_the_policy_then_the_breaker_opens(
+    redis: Redis, restart_redis: RedisServer
+) -> None:
+    """Redis frozen: each decision gives up at its budget (open policy), the breaker opens
+    after its failures, and then decisions are answered at once, in the call itself."""
+    registry = CollectorRegistry()
+    limiter = SlidingWindowLimiter(
+        redis,
+        settings(budget_ms=30, congestion_cap_ms=5000, breaker_failures=3),
+        registry=registry,
+    )
+    assert restart_redis.process is not None
+    pid = restart_redis.process.pid
+    try:
+        assert await limiter.prepare()
+        os.kill(pid, signal.SIGSTOP)
+        decisions = await soon(limiter, "ip:10.9.0.2", "general", 5)
+        assert {(d.source, d.allowed) for d in decisions} == {("open", True)}
+        assert limiter.breaker_state.name == "OPEN"
+        answered: list[Decision | None] = []
+        limiter.check_soon("ip:10.9.0.2", "general", lambda d, _: answered.append(d))
+        assert len(answered) == 1  # no Redis asked: answered before check_soon returned
+        assert answered[0] is not None
+        assert answered[0].source == "open"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        await limiter.aclose()
+
+
+async def test_invalid_arguments_raise_before_anything_is_asked(redis: Redis) -> None:
+    limiter = SlidingWindowLimiter(redis, settings())
+    called: list[Any] = []
+    try:
+        with pytest.raises(ValueError, match="cost must be between"):
+            limiter.check_soon("u:bad", "general", lambda *a: called.append(a), cost=10_000)
+        with pytest.raises(UnknownCategoryError):
+            limiter.check_soon("u:bad", "no-such-category", lambda *a: called.append(a))
+        await asyncio.sleep(0.05)
+        assert called == []
+        assert await redis.zcard(window_key("u:bad", "general", 60)) == 0
+    finally:
+        await limiter.aclose()
