@@ -5,6 +5,7 @@ server and a Cluster) and a real Kafka-protocol broker (Tansu)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -536,3 +537,80 @@ async def test_two_replicas_relay_each_record_once(
     assert sum(relayed) == 40
     await one.close()
     await two.close()
+
+
+def relay_with(store: QueueStore, factory: Any, settings: OutboxSettings = FAST) -> OutboxRelay:
+    return OutboxRelay(
+        store.redis,
+        topic="unused",
+        settings=settings,
+        metrics=QueueMetrics.register(CollectorRegistry()),
+        producer_factory=factory,
+    )
+
+
+async def waiting_record(store: QueueStore) -> str:
+    """An event whose outbox holds one record, so the relay opens its producer."""
+    event = f"outbox-wait-{uuid.uuid4().hex[:6]}"
+    await open_event(store, event)
+    await queue_up(store, event, 1)
+    result = await store.tick(event, outbox_cap=10, **TICK)
+    assert result is not None
+    assert len(result.admitted) == 1
+    return event
+
+
+async def test_a_cancel_the_broker_client_turns_into_an_error_still_stops_the_relay(
+    store_on: QueueStore,
+) -> None:
+    """aiokafka's bootstrap can turn a cancelled connect into "Unable to bootstrap": the relay
+    saw one more broker failure, went round again and never ended, so the queue's shutdown
+    waited for it for ever (a fresh-clone CI run hung 60 s in ``first.close()``)."""
+    opening = asyncio.Event()
+
+    @asynccontextmanager
+    async def swallowing() -> AsyncIterator[Any]:
+        opening.set()
+        # What the driver does: the cancel becomes its own connection error.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        if opening.is_set():  # always: the generator only needs its yield
+            raise ConnectionError("Unable to bootstrap")
+        yield
+
+    await waiting_record(store_on)
+    task = asyncio.create_task(relay_with(store_on, swallowing).run())
+    await asyncio.wait_for(opening.wait(), 10)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=10)
+    assert done, "the relay kept running after it was cancelled"
+    assert task.cancelled()
+
+
+async def test_a_broker_that_never_answers_costs_one_bounded_attempt(
+    store_on: QueueStore,
+) -> None:
+    """A producer that never finishes opening (a broker that accepts and does not answer):
+    the attempt ends after ``attempt_timeout_s`` as a broker failure and is tried again."""
+    attempts = 0
+
+    @asynccontextmanager
+    async def silent() -> AsyncIterator[Any]:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(3600)
+        yield  # pragma: no cover
+
+    await waiting_record(store_on)
+    settings = OutboxSettings(
+        interval_s=0.05, retry_delay_s=0.05, lease_ttl_s=1.0, attempt_timeout_s=0.3
+    )
+    relay = relay_with(store_on, silent, settings)
+    failures = relay.metrics.outbox_relay_failures.labels("kafka")
+    task = asyncio.create_task(relay.run())
+    try:
+        await wait_for(lambda: _counter_reached(failures, 2), timeout_s=20)
+        assert attempts >= 2, "tried again after the bounded attempt"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
