@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
 
 from urr_admission_log.consumer import LogMetrics, admissions_by_event
-from urr_common.clients import open_kafka_producer
+from urr_common.clients import open_kafka_producer, redis_client
 from urr_common.settings import KafkaSettings, RedisSettings
 from urr_devstack.procs import free_port, tansu_server
 from urr_queue.app import ADMISSION_LOOP
@@ -560,8 +560,21 @@ async def waiting_record(store: QueueStore) -> str:
     return event
 
 
+@asynccontextmanager
+async def patient_store(redis: RedisSettings) -> AsyncIterator[QueueStore]:
+    """A store whose client waits 5 s to connect: these tests judge the relay, and the
+    production 0.5 s connect timeout is not met on a loaded CI host (a failed run)."""
+    client = redis_client(
+        redis.model_copy(update={"connect_timeout_s": 5.0, "socket_timeout_s": 5.0})
+    )
+    try:
+        yield QueueStore(client, heartbeat_bucket_ms=500)
+    finally:
+        await client.aclose()
+
+
 async def test_a_cancel_the_broker_client_turns_into_an_error_still_stops_the_relay(
-    store_on: QueueStore,
+    single_redis: RedisSettings,
 ) -> None:
     """aiokafka's bootstrap can turn a cancelled connect into "Unable to bootstrap": the relay
     saw one more broker failure, went round again and never ended, so the queue's shutdown
@@ -578,17 +591,18 @@ async def test_a_cancel_the_broker_client_turns_into_an_error_still_stops_the_re
             raise ConnectionError("Unable to bootstrap")
         yield
 
-    await waiting_record(store_on)
-    task = asyncio.create_task(relay_with(store_on, swallowing).run())
-    await asyncio.wait_for(opening.wait(), 10)
-    task.cancel()
-    done, _ = await asyncio.wait([task], timeout=10)
-    assert done, "the relay kept running after it was cancelled"
-    assert task.cancelled()
+    async with patient_store(single_redis) as store:
+        await waiting_record(store)
+        task = asyncio.create_task(relay_with(store, swallowing).run())
+        await asyncio.wait_for(opening.wait(), 10)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=10)
+        assert done, "the relay kept running after it was cancelled"
+        assert task.cancelled()
 
 
 async def test_a_broker_that_never_answers_costs_one_bounded_attempt(
-    store_on: QueueStore,
+    single_redis: RedisSettings,
 ) -> None:
     """A producer that never finishes opening (a broker that accepts and does not answer):
     the attempt ends after ``attempt_timeout_s`` as a broker failure and is tried again."""
@@ -601,16 +615,17 @@ async def test_a_broker_that_never_answers_costs_one_bounded_attempt(
         await asyncio.sleep(3600)
         yield  # pragma: no cover
 
-    await waiting_record(store_on)
     settings = OutboxSettings(
         interval_s=0.05, retry_delay_s=0.05, lease_ttl_s=1.0, attempt_timeout_s=0.3
     )
-    relay = relay_with(store_on, silent, settings)
-    failures = relay.metrics.outbox_relay_failures.labels("kafka")
-    task = asyncio.create_task(relay.run())
-    try:
-        await wait_for(lambda: _counter_reached(failures, 2), timeout_s=20)
-        assert attempts >= 2, "tried again after the bounded attempt"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    async with patient_store(single_redis) as store:
+        await waiting_record(store)
+        relay = relay_with(store, silent, settings)
+        failures = relay.metrics.outbox_relay_failures.labels("kafka")
+        task = asyncio.create_task(relay.run())
+        try:
+            await wait_for(lambda: _counter_reached(failures, 2), timeout_s=20)
+            assert attempts >= 2, "tried again after the bounded attempt"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
