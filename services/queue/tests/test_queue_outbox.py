@@ -34,8 +34,9 @@ from urr_queue.store import QueueStore, Waiting
 from urr_ticket_worker.testing import create_topics, json_objects, read_topic
 
 TICK = {"max_admit": 2_000, "max_scan": 5_000, "max_expire": 2_000}
-#: A relay that retries fast and lets a lease go quickly (a test's minutes are short).
-FAST = OutboxSettings(interval_s=0.05, retry_delay_s=0.3, lease_ttl_s=1.0)
+#: A relay that retries fast and lets a lease go quickly (a test's minutes are short); an
+#: attempt stuck on the broker is given up and retried well inside the tests' waits.
+FAST = OutboxSettings(interval_s=0.05, retry_delay_s=0.3, lease_ttl_s=1.0, attempt_timeout_s=5.0)
 
 
 async def create_topic(bootstrap: str, name: str) -> None:

@@ -242,11 +242,13 @@ class OutboxRelay:
         self.metrics.outbox_relay_failures.labels(stage).inc()
         _LOG.warning("outbox_relay_failed", stage=stage, error=f"{type(exc).__name__}: {exc}")
 
-    @staticmethod
-    async def _close(stack: AsyncExitStack | None) -> None:
+    async def _close(self, stack: AsyncExitStack | None) -> None:
+        # Bounded as an attempt is: aiokafka's stop first waits for the batches in flight,
+        # and the timeout that ended the attempt has already fired.
         if stack is not None:
             with contextlib.suppress(Exception):
-                await stack.aclose()
+                async with asyncio.timeout(self.settings.attempt_timeout_s):
+                    await stack.aclose()
 
     async def release(self) -> None:
         """Give up this replica's leases (at shutdown), so another replica, or this one
