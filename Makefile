@@ -43,8 +43,12 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 			prometheus prometheus-alertmanager >/dev/null; }
 
+# Bytecode compiled at install (--compile-bytecode; later syncs skip what is compiled): with
+# PYTHONDONTWRITEBYTECODE=1, as on the CI host, no interpreter ever writes a .pyc, and each
+# test process and each service a test starts compiled every module it imports again (a
+# gateway interpreter: 2.5 s of CPU to import instead of 1.0 s).
 sync: uv
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --compile-bytecode
 
 # DynamoDB runs on dynalite, installed first (`make dynalite`); without npm the stack keeps
 # DynamoDB on moto (URR_DEVSTACK__DYNAMODB=moto) and says so.
@@ -75,6 +79,7 @@ types: sync
 # pytest exits 5 when it collects nothing: that fails here like any other non-zero exit.
 # dynalite too: the tests' DynamoDB (the fixtures fail, saying how to install it, without it).
 pytest: sync system-deps dynalite
+	$(UV) run --frozen python -m compileall -q -j 0 $(wildcard libs/*/src services/*/src tools/*/src loadtests/src)
 	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test: lint types pytest

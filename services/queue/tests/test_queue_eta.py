@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from prometheus_client import CollectorRegistry
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from urr_common.clients import redis_client
 from urr_common.settings import RedisSettings
@@ -82,3 +84,31 @@ async def test_eta_converges_to_the_real_admission_rate(single_redis: RedisSetti
     finally:
         await client_a.aclose()
         await client_b.aclose()
+
+
+class _SwallowingStore:
+    """A store whose read turns a cancel into a Redis error, as a driver deep in the
+    ticks' await chain can (the loop treats it as one more failed pass)."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+
+    async def event_ids(self) -> list[str]:
+        self.reading.set()
+        # What the driver does: the cancel becomes its own connection error.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        raise RedisConnectionError("Connection closed by server.")
+
+
+async def test_a_cancelled_admission_loop_ends_even_when_its_cancel_is_lost_below_it():
+    # This test's own finally (cancel both loops, gather them) once waited past the 60 s
+    # timeout: a cancel lost in a tick came back as a RedisError, the loop logged it and
+    # ticked on, for ever.
+    store = _SwallowingStore()
+    task = asyncio.create_task(_loop(store).run_forever())  # type: ignore[arg-type]
+    await asyncio.wait_for(store.reading.wait(), 10)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=10)
+    assert done, "the admission loop kept ticking after it was cancelled"
+    assert task.cancelled()

@@ -5,6 +5,7 @@ server and a Cluster) and a real Kafka-protocol broker (Tansu)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
 
 from urr_admission_log.consumer import LogMetrics, admissions_by_event
-from urr_common.clients import open_kafka_producer
+from urr_common.clients import open_kafka_producer, redis_client
 from urr_common.settings import KafkaSettings, RedisSettings
 from urr_devstack.procs import free_port, tansu_server
 from urr_queue.app import ADMISSION_LOOP
@@ -33,8 +34,9 @@ from urr_queue.store import QueueStore, Waiting
 from urr_ticket_worker.testing import create_topics, json_objects, read_topic
 
 TICK = {"max_admit": 2_000, "max_scan": 5_000, "max_expire": 2_000}
-#: A relay that retries fast and lets a lease go quickly (a test's minutes are short).
-FAST = OutboxSettings(interval_s=0.05, retry_delay_s=0.3, lease_ttl_s=1.0)
+#: A relay that retries fast and lets a lease go quickly (a test's minutes are short); an
+#: attempt stuck on the broker is given up and retried well inside the tests' waits.
+FAST = OutboxSettings(interval_s=0.05, retry_delay_s=0.3, lease_ttl_s=1.0, attempt_timeout_s=5.0)
 
 
 async def create_topic(bootstrap: str, name: str) -> None:
@@ -536,3 +538,95 @@ async def test_two_replicas_relay_each_record_once(
     assert sum(relayed) == 40
     await one.close()
     await two.close()
+
+
+def relay_with(store: QueueStore, factory: Any, settings: OutboxSettings = FAST) -> OutboxRelay:
+    return OutboxRelay(
+        store.redis,
+        topic="unused",
+        settings=settings,
+        metrics=QueueMetrics.register(CollectorRegistry()),
+        producer_factory=factory,
+    )
+
+
+async def waiting_record(store: QueueStore) -> str:
+    """An event whose outbox holds one record, so the relay opens its producer."""
+    event = f"outbox-wait-{uuid.uuid4().hex[:6]}"
+    await open_event(store, event)
+    await queue_up(store, event, 1)
+    result = await store.tick(event, outbox_cap=10, **TICK)
+    assert result is not None
+    assert len(result.admitted) == 1
+    return event
+
+
+@asynccontextmanager
+async def patient_store(redis: RedisSettings) -> AsyncIterator[QueueStore]:
+    """A store whose client waits 5 s to connect: these tests judge the relay, and the
+    production 0.5 s connect timeout is not met on a loaded CI host (a failed run)."""
+    client = redis_client(
+        redis.model_copy(update={"connect_timeout_s": 5.0, "socket_timeout_s": 5.0})
+    )
+    try:
+        yield QueueStore(client, heartbeat_bucket_ms=500)
+    finally:
+        await client.aclose()
+
+
+async def test_a_cancel_the_broker_client_turns_into_an_error_still_stops_the_relay(
+    single_redis: RedisSettings,
+) -> None:
+    """aiokafka's bootstrap can turn a cancelled connect into "Unable to bootstrap": the relay
+    saw one more broker failure, went round again and never ended, so the queue's shutdown
+    waited for it for ever (a fresh-clone CI run hung 60 s in ``first.close()``)."""
+    opening = asyncio.Event()
+
+    @asynccontextmanager
+    async def swallowing() -> AsyncIterator[Any]:
+        opening.set()
+        # What the driver does: the cancel becomes its own connection error.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        if opening.is_set():  # always: the generator only needs its yield
+            raise ConnectionError("Unable to bootstrap")
+        yield
+
+    async with patient_store(single_redis) as store:
+        await waiting_record(store)
+        task = asyncio.create_task(relay_with(store, swallowing).run())
+        await asyncio.wait_for(opening.wait(), 10)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=10)
+        assert done, "the relay kept running after it was cancelled"
+        assert task.cancelled()
+
+
+async def test_a_broker_that_never_answers_costs_one_bounded_attempt(
+    single_redis: RedisSettings,
+) -> None:
+    """A producer that never finishes opening (a broker that accepts and does not answer):
+    the attempt ends after ``attempt_timeout_s`` as a broker failure and is tried again."""
+    attempts = 0
+
+    @asynccontextmanager
+    async def silent() -> AsyncIterator[Any]:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(3600)
+        yield  # pragma: no cover
+
+    settings = OutboxSettings(
+        interval_s=0.05, retry_delay_s=0.05, lease_ttl_s=1.0, attempt_timeout_s=0.3
+    )
+    async with patient_store(single_redis) as store:
+        await waiting_record(store)
+        relay = relay_with(store, silent, settings)
+        failures = relay.metrics.outbox_relay_failures.labels("kafka")
+        task = asyncio.create_task(relay.run())
+        try:
+            await wait_for(lambda: _counter_reached(failures, 2), timeout_s=20)
+            assert attempts >= 2, "tried again after the bounded attempt"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from urr_common.fairness import order_key
 from urr_common.logs import get_logger
+from urr_common.tasks import raise_if_cancelled
 from urr_queue.events import EventType, QueueEventPublisher, event_record, waiver_record
 from urr_queue.metrics import QueueMetrics
 from urr_queue.settings import AdmissionSettings
@@ -58,6 +59,9 @@ class AdmissionLoop:
                 self.metrics.tick_errors.inc()
                 _LOG.exception("admission_pass_crashed")
             elapsed = time.monotonic() - started
+            # A cancel lost below (turned into an error, or absorbed in the ticks' gather)
+            # stops the loop all the same: whoever cancelled it waits for it to end.
+            raise_if_cancelled()
             await asyncio.sleep(max(0.0, self.settings.tick_interval_s - elapsed))
 
     async def tick_all(self) -> list[TickResult]:

@@ -34,6 +34,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from urr_common.logs import get_logger
+from urr_common.tasks import raise_if_cancelled
 from urr_queue.events import EventType, Producer, ProducerFactory
 from urr_queue.keys import EVENTS_SET, OUTBOXES_SET, event_keys
 from urr_queue.members import decode_member
@@ -200,7 +201,10 @@ class OutboxRelay:
                     if self.waiting and producer is None and time.monotonic() >= retry_at:
                         stack = AsyncExitStack()
                         try:
-                            producer = await stack.enter_async_context(self._factory())
+                            # Bounded: a broker that accepts connections but does not answer
+                            # must not hold the relay in one attempt.
+                            async with asyncio.timeout(self.settings.attempt_timeout_s):
+                                producer = await stack.enter_async_context(self._factory())
                         except Exception as exc:  # the broker is unreachable: records wait
                             await self._close(stack)
                             stack, retry_at = None, time.monotonic() + self.settings.retry_delay_s
@@ -213,7 +217,11 @@ class OutboxRelay:
                     if producer is None:
                         break
                     try:
-                        await self.relay_event(producer, event_id)
+                        # Bounded too: aiokafka waits for a topic's metadata and for the
+                        # acknowledgements on its own clocks; past this the attempt is a
+                        # broker failure and the producer is reopened.
+                        async with asyncio.timeout(self.settings.attempt_timeout_s):
+                            await self.relay_event(producer, event_id)
                     except RedisError as exc:
                         self._failed("redis", exc)
                         break
@@ -223,6 +231,8 @@ class OutboxRelay:
                         stack, producer = None, None
                         retry_at = time.monotonic() + self.settings.retry_delay_s
                         break
+                # A cancel some driver turned into an error above stops the relay all the same.
+                raise_if_cancelled()
                 await asyncio.sleep(self.settings.interval_s)
         finally:
             await self._close(stack)
@@ -232,11 +242,13 @@ class OutboxRelay:
         self.metrics.outbox_relay_failures.labels(stage).inc()
         _LOG.warning("outbox_relay_failed", stage=stage, error=f"{type(exc).__name__}: {exc}")
 
-    @staticmethod
-    async def _close(stack: AsyncExitStack | None) -> None:
+    async def _close(self, stack: AsyncExitStack | None) -> None:
+        # Bounded as an attempt is: aiokafka's stop first waits for the batches in flight,
+        # and the timeout that ended the attempt has already fired.
         if stack is not None:
             with contextlib.suppress(Exception):
-                await stack.aclose()
+                async with asyncio.timeout(self.settings.attempt_timeout_s):
+                    await stack.aclose()
 
     async def release(self) -> None:
         """Give up this replica's leases (at shutdown), so another replica, or this one

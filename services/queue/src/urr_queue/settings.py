@@ -108,6 +108,11 @@ class OutboxSettings(BaseModel):
     lease_ttl_s: float = Field(default=10.0, ge=1.0, le=300.0)
     #: Wait before reconnecting after the broker failed.
     retry_delay_s: float = Field(default=2.0, gt=0.0, le=60.0)
+    #: Longest one attempt may take: opening the producer, or relaying one event's batches
+    #: (aiokafka waits for a topic's metadata and for acknowledgements on its own clocks, and a
+    #: broker that accepts connections but does not answer would hold the relay). Past it the
+    #: attempt counts as a broker failure and is retried after ``retry_delay_s``.
+    attempt_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
 
     @model_validator(mode="after")
     def _renewed_before_it_lapses(self) -> Self:
