@@ -163,7 +163,11 @@ CROWD = 5000
 @pytest.fixture
 async def queue_store(redis_server: RedisServer) -> AsyncIterator[QueueStore]:
     redis_server.ensure_running()
-    client = redis_client(RedisSettings(url=redis_server.url))
+    # The crowd joins in bursts of 200 visits, up to 64 new connections at once; on a loaded CI
+    # host that took longer than the production 0.5 s connect timeout (a failed run: "Timeout
+    # connecting to server"). The test judges the shuffle, not the connect time.
+    patient = RedisSettings(url=redis_server.url, connect_timeout_s=5.0, socket_timeout_s=5.0)
+    client = redis_client(patient)
     try:
         yield QueueStore(client, heartbeat_bucket_ms=5000, max_in_flight=64)
     finally:
