@@ -4,6 +4,7 @@ on its metrics listener, so the DLQ and lag alerts read numbers something export
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -37,6 +38,26 @@ async def _metric(session: aiohttp.ClientSession, url: str, line_start: str) -> 
     return None
 
 
+async def _listening(
+    session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process, log: Path
+) -> None:
+    """Until the exporter answers at all: its start-up is a Python process importing aiohttp,
+    aioboto3 and aiokafka, about 2.5 s of CPU that took 25-40 s on a CI host with two cores
+    and a load of 10-15. The figures' own wait is counted from here, not from the spawn."""
+    async with asyncio.timeout(60):
+        while True:
+            if process.returncode is not None:
+                raise AssertionError(await asyncio.to_thread(log.read_text))
+            try:
+                async with session.get(url):
+                    return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.2)
+
+
+# Set-up (moto, Tansu, queues) plus a child process's start-up on a starved host: over the
+# suite's 60 s in a CI run although every step was correct (see _listening).
+@pytest.mark.timeout(150)
 async def test_dlq_depth_and_consumer_lag_are_exported(
     moto_endpoint: str, kafka_bootstrap: str, queues: Queues, tmp_path: Path
 ) -> None:
@@ -93,16 +114,15 @@ async def test_dlq_depth_and_consumer_lag_are_exported(
     seen: tuple[float | None, float | None] = (None, None)
     try:
         async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            await _listening(session, url, process, tmp_path / "exporter.log")
             for _ in range(100):
                 assert process.returncode is None, (tmp_path / "exporter.log").read_text()
-                try:
-                    url = f"http://127.0.0.1:{metrics_port}/metrics"
+                with contextlib.suppress(aiohttp.ClientConnectionError):
                     seen = (
                         await _metric(session, url, "urr_worker_dlq_messages "),
                         await _metric(session, url, lag_line),
                     )
-                except aiohttp.ClientConnectionError:
-                    pass
                 if seen == (3.0, 6.0):
                     break
                 await asyncio.sleep(0.3)
