@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from urr_devstack.procs import free_port
+from urr_devstack.testing import wait_process_listening
 from urr_ticket_worker.exporter import cloudwatch_oldest_age_s, consumer_lag
 from urr_ticket_worker.testing import Queues, create_topics, sqs_client
 
@@ -38,25 +39,8 @@ async def _metric(session: aiohttp.ClientSession, url: str, line_start: str) -> 
     return None
 
 
-async def _listening(
-    session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process, log: Path
-) -> None:
-    """Until the exporter answers at all: its start-up is a Python process importing aiohttp,
-    aioboto3 and aiokafka, about 2.5 s of CPU that took 25-40 s on a CI host with two cores
-    and a load of 10-15. The figures' own wait is counted from here, not from the spawn."""
-    async with asyncio.timeout(60):
-        while True:
-            if process.returncode is not None:
-                raise AssertionError(await asyncio.to_thread(log.read_text))
-            try:
-                async with session.get(url):
-                    return
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.2)
-
-
 # Set-up (moto, Tansu, queues) plus a child process's start-up on a starved host: over the
-# suite's 60 s in a CI run although every step was correct (see _listening).
+# suite's 60 s in a CI run although every step was correct (see START_UP_S).
 @pytest.mark.timeout(150)
 async def test_dlq_depth_and_consumer_lag_are_exported(
     moto_endpoint: str, kafka_bootstrap: str, queues: Queues, tmp_path: Path
@@ -115,7 +99,7 @@ async def test_dlq_depth_and_consumer_lag_are_exported(
     try:
         async with aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{metrics_port}/metrics"
-            await _listening(session, url, process, tmp_path / "exporter.log")
+            await wait_process_listening(metrics_port, process, tmp_path / "exporter.log")
             for _ in range(100):
                 assert process.returncode is None, (tmp_path / "exporter.log").read_text()
                 with contextlib.suppress(aiohttp.ClientConnectionError):
