@@ -270,3 +270,29 @@ def admission_log_env(
     if sign_every_s is not None:
         env["URR_ADMISSION_LOG__SIGN_EVERY_S"] = str(sign_every_s)
     return env
+
+
+#: How long a test waits for a Python service process it spawned to listen. Start-up is mostly
+#: imports, about 2.5 s of CPU, which took 25-40 s of wall time on the 2-core CI host at a load
+#: of 10-15; a test's own waits for what the service does are counted from its listening.
+START_UP_S = 60.0
+
+
+async def wait_process_listening(
+    port: int, process: asyncio.subprocess.Process, log: Path, timeout_s: float = START_UP_S
+) -> None:
+    """Until ``process`` accepts connections on 127.0.0.1:``port``; its log if it exits first."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if process.returncode is not None:
+                output = await asyncio.to_thread(log.read_text)
+                raise AssertionError(f"exited with {process.returncode}:\n{output[-3000:]}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.2)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
