@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from urr_common.clients import redis_client
 from urr_common.logs import get_logger
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, start_metrics_listener
+from urr_common.tasks import bounded_step
 from urr_gateway.app import create_app
 from urr_gateway.checkapi import CHECK_SERVICE_KEY, create_check_app
 from urr_gateway.checkserver import CheckSite
@@ -35,6 +36,9 @@ from urr_gateway.settings import GatewaySettings
 from urr_gateway.shedding import Shedder, public_site
 
 _LOG = get_logger(__name__)
+#: Beyond ``shutdown_timeout_s`` (the drain of in-flight requests), what the cleanup hooks
+#: may take before a worker gives up on one of them and exits anyway.
+CLEANUP_MARGIN_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ async def serve_gateway(
         loop.add_signal_handler(signum, stop.set)
     http = settings.http
     runners: list[web.AppRunner] = []
+    metrics: web.AppRunner | None = None
     try:
         # Metrics first, as urr_common.service.serve does: once the public port answers, its
         # /metrics beside it does too (and closes after it, cleanup going in reverse).
@@ -137,6 +142,8 @@ async def serve_gateway(
         if apps.internal is not None:
             listeners.append((apps.internal, settings.internal.host, settings.internal.port))
         for app, host, port in listeners:
+            if stop.is_set():  # told to stop while starting: open nothing more
+                break
             runner = web.AppRunner(
                 app,
                 handle_signals=False,
@@ -180,6 +187,17 @@ async def serve_gateway(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        # Every step of the shutdown shares one budget, inside the supervisor's (which kills a
+        # worker after drain_delay_s + shutdown_timeout_s + 5 s): the listeners' drains (each
+        # bounded by shutdown_timeout_s on its own) and the applications' cleanup hooks (Redis,
+        # upstream pools, JWKS, limiter) must not add up past it, nor one hook that never
+        # returns hold up the rest.
+        deadline = loop.time() + http.shutdown_timeout_s + CLEANUP_MARGIN_S
         for runner in reversed(runners):
-            await runner.cleanup()
+            name = "metrics" if runner is metrics else _runner_name(runner, apps)
+            await bounded_step(f"cleanup_{name}", runner.cleanup(), deadline - loop.time(), _LOG)
         _LOG.info("stopped")
+
+
+def _runner_name(runner: web.AppRunner, apps: GatewayApps) -> str:
+    return "internal" if runner.app is apps.internal else "public"
