@@ -17,32 +17,17 @@ import time
 import pytest
 from aiohttp import web
 
-from urr_common.settings import RedisSettings, load_settings
 from urr_devstack.procs import free_port
 from urr_gateway.app import create_app
 from urr_gateway.server import CLEANUP_MARGIN_S, GatewayApps, serve_gateway
-from urr_gateway.settings import (
-    AccessTrustSettings,
-    EntryTrustSettings,
-    GatewayHttpSettings,
-    GatewaySettings,
-    InternalListenerSettings,
-    UpstreamSettings,
-)
 
 SHUTDOWN_TIMEOUT_S = 1.0
 
 
-async def test_a_cleanup_hook_that_never_returns_does_not_hold_up_the_shutdown(redis_url):
-    settings = load_settings(
-        GatewaySettings,
-        http=GatewayHttpSettings(port=free_port(), shutdown_timeout_s=SHUTDOWN_TIMEOUT_S),
-        internal=InternalListenerSettings(port=free_port()),
-        redis=RedisSettings(url=redis_url),
-        upstreams=UpstreamSettings(ticket=f"http://127.0.0.1:{free_port()}"),
-        access_trust=AccessTrustSettings(jwks_url=None),
-        entry_trust=EntryTrustSettings(jwks_url=None),
-    )
+async def test_a_cleanup_hook_that_never_returns_does_not_hold_up_the_shutdown(
+    local_gateway_settings,
+):
+    settings = local_gateway_settings(shutdown_timeout_s=SHUTDOWN_TIMEOUT_S)
     released = asyncio.Event()
     swallowed = 0
     later_hook_ran = asyncio.Event()
