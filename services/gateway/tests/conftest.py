@@ -29,7 +29,7 @@ from yarl import URL
 from urr_common.identity import AssertedIdentity, AssertionVerifier
 from urr_common.settings import RedisSettings, load_settings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner, load_or_create_signing_key
-from urr_devstack.procs import RedisServer
+from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.app import PIPELINE_KEY, create_app
 from urr_gateway.checkapi import CHECK_SERVICE_KEY
 from urr_gateway.checkserver import CheckSite
@@ -42,8 +42,10 @@ from urr_gateway.server import build_apps
 from urr_gateway.settings import (
     AccessTrustSettings,
     EntryTrustSettings,
+    GatewayHttpSettings,
     GatewaySettings,
     IdentityAssertionSettings,
+    InternalListenerSettings,
     ProxySettings,
     UpstreamSettings,
 )
@@ -504,3 +506,25 @@ GatewayProcess = Callable[[dict[str, str], Path], contextlib.AbstractAsyncContex
 def gateway_process() -> GatewayProcess:
     """Starts ``python -m urr_gateway`` for the length of an ``async with`` block."""
     return _gateway_process
+
+
+LocalSettings = Callable[..., GatewaySettings]
+
+
+@pytest.fixture
+def local_gateway_settings(redis_url: str) -> LocalSettings:
+    """``local_gateway_settings(**http)``: a gateway on free ports, no JWKS, a dead upstream;
+    keyword arguments are ``GatewayHttpSettings`` fields."""
+
+    def build(**http: Any) -> GatewaySettings:
+        return load_settings(
+            GatewaySettings,
+            http=GatewayHttpSettings(port=free_port(), **http),
+            internal=InternalListenerSettings(port=free_port()),
+            redis=RedisSettings(url=redis_url),
+            upstreams=UpstreamSettings(ticket=f"http://127.0.0.1:{free_port()}"),
+            access_trust=AccessTrustSettings(jwks_url=None),
+            entry_trust=EntryTrustSettings(jwks_url=None),
+        )
+
+    return build

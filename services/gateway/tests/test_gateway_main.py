@@ -14,18 +14,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from urr_common.settings import RedisSettings, load_settings
 from urr_devstack.procs import free_port
 from urr_gateway.app import create_app
 from urr_gateway.server import GatewayApps, serve_gateway
-from urr_gateway.settings import (
-    AccessTrustSettings,
-    EntryTrustSettings,
-    GatewayHttpSettings,
-    GatewaySettings,
-    InternalListenerSettings,
-    UpstreamSettings,
-)
 
 
 async def _slow_upstream() -> TestServer:
@@ -109,21 +100,13 @@ async def test_workers_share_the_port_and_drain_on_sigterm(redis_url, tmp_path):
     assert text.count('"gen0_threshold":20000') == 2, text
 
 
-async def test_the_internal_listener_serves_the_check_app_and_drains(redis_url):
+async def test_the_internal_listener_serves_the_check_app_and_drains(local_gateway_settings):
     async def check(_):
         return web.json_response({"allowed": True})
 
     internal = web.Application()
     internal.router.add_post("/internal/v1/ratelimit/check", check)
-    settings = load_settings(
-        GatewaySettings,
-        http=GatewayHttpSettings(port=free_port()),
-        internal=InternalListenerSettings(port=free_port()),
-        redis=RedisSettings(url=redis_url),
-        upstreams=UpstreamSettings(ticket=f"http://127.0.0.1:{free_port()}"),
-        access_trust=AccessTrustSettings(jwks_url=None),
-        entry_trust=EntryTrustSettings(jwks_url=None),
-    )
+    settings = local_gateway_settings()
     stop = asyncio.Event()
     server = asyncio.create_task(
         serve_gateway(

@@ -22,6 +22,7 @@ from urr_common.settings import AwsSettings, RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
 from urr_common.upstream_security import INTERNAL_APP, InternalListenerSettings
 from urr_devstack.procs import RedisServer, free_port
+from urr_devstack.testing import patient_redis
 from urr_queue.app import AUDIENCE, create_app
 from urr_queue.console.settings import ConsoleSettings
 from urr_queue.settings import (
@@ -103,19 +104,19 @@ def redis_settings(
     if request.param == "single":
         redis_server.ensure_running()
         redis_server.flushall()
-        yield RedisSettings(url=redis_server.url)
+        yield patient_redis(redis_server.url)
         return
     nodes: list[RedisServer] = request.getfixturevalue("redis_cluster")
     for node in nodes:
         node.flushall()
-    yield RedisSettings(url=f"redis://127.0.0.1:{nodes[0].port}/0", cluster=True)
+    yield patient_redis(RedisSettings(url=f"redis://127.0.0.1:{nodes[0].port}/0", cluster=True))
 
 
 @pytest.fixture
 def single_redis(redis_server: RedisServer) -> RedisSettings:
     redis_server.ensure_running()
     redis_server.flushall()
-    return RedisSettings(url=redis_server.url)
+    return patient_redis(redis_server.url)
 
 
 @pytest.fixture

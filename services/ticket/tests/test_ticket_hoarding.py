@@ -19,8 +19,8 @@ import pytest_asyncio
 from urr_common.clients import open_redis
 from urr_common.identity_testing import act_as
 from urr_common.service import REGISTRY_KEY
-from urr_common.settings import RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
+from urr_devstack.testing import patient_redis
 from urr_ticket import keys
 from urr_ticket.outcomes import SessionEndHandler
 from urr_ticket.seat_locks import SeatLocks
@@ -50,7 +50,7 @@ async def problem(response: Any, status: int, code: str) -> dict[str, Any]:
 
 @pytest_asyncio.fixture
 async def redis(redis_url: str) -> AsyncIterator[Any]:
-    async with open_redis(RedisSettings(url=redis_url)) as client:
+    async with open_redis(patient_redis(redis_url)) as client:
         yield client
 
 

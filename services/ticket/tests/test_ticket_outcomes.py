@@ -14,8 +14,8 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from urr_common.clients import open_redis
-from urr_common.settings import RedisSettings
 from urr_common.upstream_security import ServiceCredentialSettings, internal_app
+from urr_devstack.testing import patient_redis
 from urr_ticket.outcomes import OutcomeHandler, QueueCompleter
 from urr_ticket.seat_locks import HoldLimits, SeatLocks
 from urr_ticket.settings import QueueCompletionSettings
@@ -62,7 +62,7 @@ async def test_confirmation_releases_holds_and_completes_the_queue_session(
         status="confirmed",
     )
     async with (
-        open_redis(RedisSettings(url=redis_url)) as redis,
+        open_redis(patient_redis(redis_url)) as redis,
         aiohttp.ClientSession() as session,
     ):
         locks = SeatLocks(redis)
@@ -104,7 +104,7 @@ async def test_an_unreachable_queue_service_does_not_stop_the_consumer(
         reason="unknown_reservation",  # final: the session ends (a declined card does not)
     )
     async with (
-        open_redis(RedisSettings(url=redis_url)) as redis,
+        open_redis(patient_redis(redis_url)) as redis,
         aiohttp.ClientSession() as session,
     ):
         completer = QueueCompleter(
@@ -145,7 +145,7 @@ async def test_a_declined_card_keeps_the_holds_and_the_session_for_a_retry(
         reason="card_declined",
     )
     async with (
-        open_redis(RedisSettings(url=redis_url)) as redis,
+        open_redis(patient_redis(redis_url)) as redis,
         aiohttp.ClientSession() as session,
     ):
         locks = SeatLocks(redis)

@@ -19,7 +19,8 @@ from openapi_schema_validator import OAS31Validator
 from prometheus_client import CollectorRegistry
 
 from urr_common.identity_testing import act_as, as_gateway, identity_settings
-from urr_common.settings import AwsSettings, RedisSettings
+from urr_common.settings import AwsSettings
+from urr_devstack.testing import patient_redis
 from urr_queue.apidocs import DOCUMENTS
 from urr_queue.app import create_app as create_queue
 from urr_queue.console.settings import ConsoleSettings
@@ -66,7 +67,7 @@ async def queue_url(
         )
         settings = QueueSettings(
             environment="test",
-            redis=RedisSettings(url=redis_url),
+            redis=patient_redis(redis_url),
             entry_tokens=EntryTokenSettings(private_key_file=tmp_path / "entry" / "k.pem"),
             vwr_trust=VwrTrustSettings(public_key_files=[tmp_path / "none" / "*.pem"]),
             admission=AdmissionSettings(enabled=False),

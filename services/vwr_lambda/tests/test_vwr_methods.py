@@ -15,8 +15,8 @@ import pytest
 
 from urr_common.clients import redis_client
 from urr_common.fairness import QueueMethod, random_order
-from urr_common.settings import RedisSettings
 from urr_devstack.procs import RedisServer
+from urr_devstack.testing import patient_redis
 from urr_queue.config import EventConfig
 from urr_queue.store import Admitted, QueueStore, Refusal, Waiting
 from urr_vwr_lambda.advancer import _grant_random
@@ -181,7 +181,7 @@ async def tier2_order(store: QueueStore, event_id: str, method: QueueMethod, ids
 @pytest.fixture
 async def tier2_store(redis_server: RedisServer):
     redis_server.ensure_running()
-    client = redis_client(RedisSettings(url=redis_server.url))
+    client = redis_client(patient_redis(redis_server.url))
     try:
         yield QueueStore(client, heartbeat_bucket_ms=500)
     finally:

@@ -24,8 +24,9 @@ import jwt
 from prometheus_client import CollectorRegistry
 
 from urr_common.identity_testing import act_as, as_gateway, identity_settings
-from urr_common.settings import AwsSettings, RedisSettings
+from urr_common.settings import AwsSettings
 from urr_devstack.procs import RedisServer
+from urr_devstack.testing import patient_redis
 from urr_queue.app import ADMISSION_LOOP, AUDIENCE, create_app
 from urr_queue.console.settings import ConsoleSettings
 from urr_queue.context import QUEUE_CONTEXT
@@ -63,7 +64,7 @@ async def _tier2(
     redis_server.flushall()
     settings = QueueSettings(
         environment="test",
-        redis=RedisSettings(url=redis_server.url),
+        redis=patient_redis(redis_server.url),
         entry_tokens=EntryTokenSettings(private_key_file=tmp_path / "entry" / "local-1.pem"),
         vwr_trust=VwrTrustSettings(public_key_files=vwr_settings.vwr_trust.public_key_files),
         admission=AdmissionSettings(enabled=False),

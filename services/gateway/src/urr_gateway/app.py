@@ -9,7 +9,6 @@ it is one edit in ``server.build_apps``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -19,8 +18,10 @@ from prometheus_client import CollectorRegistry
 
 from urr_common.clients import redis_client
 from urr_common.identity import AssertionSigner
+from urr_common.logs import get_logger
 from urr_common.service import HTTP_METRICS_KEY, create_service_app
 from urr_common.settings import TrustedKeysSettings
+from urr_common.tasks import CLOSE_STEP_S, bounded_step
 from urr_common.tokens import (
     KeySet,
     TokenVerifier,
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
 
 T = TypeVar("T")
+_LOG = get_logger(__name__)
 
 UPSTREAM_SESSION_KEY = web.AppKey("urr_gateway_upstream_session", aiohttp.ClientSession)
 UPSTREAM_CLIENT_KEY = web.AppKey("urr_gateway_upstream_client", UpstreamClient)
@@ -162,15 +164,20 @@ def create_app(
         try:
             yield
         finally:
+            # Each step bounded on its own: one that never ends (a driver that turns its
+            # cancellation into an error and retries) must not keep the others from closing.
             for task in warmups:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await access_keys.close()
-            await entry_keys.close()
-            await holder["session"].close()
-            await upstream_holder["client"].close()
-            await client.aclose()
+            steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                ("jwks_warmups", lambda: asyncio.gather(*warmups, return_exceptions=True)),
+                ("access_keys", access_keys.close),
+                ("entry_keys", entry_keys.close),
+                ("jwks_session", holder["session"].close),
+                ("upstream_client", upstream_holder["client"].close),
+                ("redis", client.aclose),
+            ]
+            for step, close in steps:
+                await bounded_step(step, close(), CLOSE_STEP_S, _LOG)
 
     app.cleanup_ctx.append(clients)
     proxy = UpstreamProxy(

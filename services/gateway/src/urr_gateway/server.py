@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from urr_common.clients import redis_client
 from urr_common.logs import get_logger
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, start_metrics_listener
+from urr_common.tasks import bounded_step
 from urr_gateway.app import create_app
 from urr_gateway.checkapi import CHECK_SERVICE_KEY, create_check_app
 from urr_gateway.checkserver import CheckSite
@@ -35,6 +36,11 @@ from urr_gateway.settings import GatewaySettings
 from urr_gateway.shedding import Shedder, public_site
 
 _LOG = get_logger(__name__)
+#: Beyond ``shutdown_timeout_s`` (the drain of in-flight requests), what the cleanup hooks
+#: may take before a worker gives up on one of them and exits anyway.
+CLEANUP_MARGIN_S = 2.5
+#: What the /metrics listener gets to close even when the others used the whole budget.
+METRICS_CLOSE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,7 @@ async def serve_gateway(
         loop.add_signal_handler(signum, stop.set)
     http = settings.http
     runners: list[web.AppRunner] = []
+    metrics: web.AppRunner | None = None
     try:
         # Metrics first, as urr_common.service.serve does: once the public port answers, its
         # /metrics beside it does too (and closes after it, cleanup going in reverse).
@@ -137,6 +144,8 @@ async def serve_gateway(
         if apps.internal is not None:
             listeners.append((apps.internal, settings.internal.host, settings.internal.port))
         for app, host, port in listeners:
+            if stop.is_set():  # told to stop while starting: open nothing more
+                break
             runner = web.AppRunner(
                 app,
                 handle_signals=False,
@@ -171,7 +180,8 @@ async def serve_gateway(
                 site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
             await site.start()
             _LOG.info("listening", host=host, port=port, internal=app is apps.internal)
-        tune_gc(http.gc_gen0_threshold)
+        if not stop.is_set():  # a full collection is no use to a worker about to stop
+            tune_gc(http.gc_gen0_threshold)
         await stop.wait()
         _LOG.info("draining", drain_delay_s=http.drain_delay_s)
         apps.public[READINESS_KEY].draining = True
@@ -180,6 +190,40 @@ async def serve_gateway(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        for runner in reversed(runners):
-            await runner.cleanup()
+        await _close_runners(runners, metrics, apps, http.shutdown_timeout_s)
         _LOG.info("stopped")
+
+
+async def _close_runners(
+    runners: list[web.AppRunner],
+    metrics: web.AppRunner | None,
+    apps: GatewayApps,
+    shutdown_timeout_s: float,
+) -> None:
+    # The shutdown fits inside the supervisor's deadline (it kills a worker after
+    # drain_delay_s + shutdown_timeout_s + 5 s), whatever a step does: the listeners drain
+    # side by side (each bounded by shutdown_timeout_s on its own, so in series they would
+    # add up past it), their applications' cleanup hooks (Redis, upstream pools, JWKS,
+    # limiter) share the margin, and a hook that never returns is left behind rather than
+    # hold up the others. /metrics closes last, as it opened first.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + shutdown_timeout_s + CLEANUP_MARGIN_S
+    await asyncio.gather(
+        *(
+            bounded_step(
+                f"cleanup_{_runner_name(runner, apps)}",
+                runner.cleanup(),
+                deadline - loop.time(),
+                _LOG,
+            )
+            for runner in runners
+            if runner is not metrics
+        )
+    )
+    if metrics is not None:
+        budget = max(deadline - loop.time(), METRICS_CLOSE_S)
+        await bounded_step("cleanup_metrics", metrics.cleanup(), budget, _LOG)
+
+
+def _runner_name(runner: web.AppRunner, apps: GatewayApps) -> str:
+    return "internal" if runner.app is apps.internal else "public"

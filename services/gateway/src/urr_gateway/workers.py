@@ -12,11 +12,13 @@ notices).
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from multiprocessing.process import BaseProcess
@@ -28,6 +30,7 @@ from urr_common.logs import configure_logging, get_logger
 from urr_common.metrics import MULTIPROCESS_DIR_ENV
 from urr_common.service import run
 from urr_common.settings import load_settings
+from urr_common.tasks import cancel_leftovers
 from urr_gateway.server import build_apps, serve_gateway
 from urr_gateway.settings import GatewaySettings
 
@@ -35,13 +38,43 @@ _LOG = get_logger(__name__)
 #: More unexpected worker deaths than this within ``_CRASH_WINDOW_S`` stop the gateway.
 _MAX_CRASHES = 5
 _CRASH_WINDOW_S = 60.0
+#: How long the tasks left at exit get to end once cancelled.
+_LEFTOVER_S = 1.0
 
 
 def serve_in_process(settings: GatewaySettings, *, reuse_port: bool = False) -> None:
-    """One worker: build the apps inside the loop and serve until a signal."""
+    """One worker: build the apps inside the loop and serve until a signal.
+
+    A SIGTERM/SIGINT that comes while the worker is still starting (before the loop's own
+    handlers are in place) is remembered, not fatal: the worker stops as soon as it serves.
+    """
+    early: list[int] = []
+    stop_holder: list[asyncio.Event] = []
+
+    def on_early_signal(signum: int, _: FrameType | None) -> None:
+        early.append(signum)
+        for stop in stop_holder:
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_early_signal)
 
     async def main() -> None:
-        await serve_gateway(build_apps(settings), settings, reuse_port=reuse_port)
+        stop = asyncio.Event()
+        stop_holder.append(stop)
+        if early:
+            stop.set()
+        try:
+            await serve_gateway(build_apps(settings), settings, reuse_port=reuse_port, stop=stop)
+        finally:
+            # asyncio.run cancels what is left too, but then waits for it without bound.
+            stuck = await cancel_leftovers(_LEFTOVER_S, _LOG)
+        if stuck:
+            # A task that swallows its cancellation (see the log line above): exit without
+            # waiting for it, the shutdown itself is done.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     run(main, use_uvloop=settings.http.use_uvloop)
 
@@ -137,5 +170,7 @@ class _Supervisor:
                 process.kill()
                 process.join()
                 self._exit_code = 1
-            elif process.exitcode not in (0, None):
+            elif process.exitcode not in (0, None, -signal.SIGTERM):
+                # -SIGTERM: our SIGTERM reached a worker still importing, before it could
+                # handle it (nothing to drain yet): it stopped as asked.
                 self._exit_code = 1

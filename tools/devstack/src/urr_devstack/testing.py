@@ -36,6 +36,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from urr_common.settings import RedisSettings
 from urr_devstack import postgres
 from urr_devstack.procs import (
     RedisServer,
@@ -296,3 +297,18 @@ async def wait_process_listening(
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             return
+
+
+#: The tests' Redis connect and socket timeouts (production: 0.5 s).
+PATIENT_REDIS_TIMEOUT_S = 5.0
+
+
+def patient_redis(settings: RedisSettings | str) -> RedisSettings:
+    """Redis settings (or a URL) with 5 s connect and socket timeouts: the production 0.5 s
+    are not met on a loaded CI host (``TimeoutError: Timeout connecting to server``), and a
+    test that judges something else must not fail on how fast a connection opens. A stopped
+    Redis still fails at once (connection refused)."""
+    if isinstance(settings, str):
+        settings = RedisSettings(url=settings)
+    timeout = PATIENT_REDIS_TIMEOUT_S
+    return settings.model_copy(update={"connect_timeout_s": timeout, "socket_timeout_s": timeout})

@@ -13,14 +13,15 @@ handler, before this middleware sees it again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from urr_common.logs import get_logger
 from urr_common.problems import ProblemError, TooManyRequests, Unauthorized
+from urr_common.tasks import CLOSE_STEP_S, bounded_step
 from urr_gateway.context import RequestFacts, facts_of, peek, rate_limit_subject, subject_of
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.forwarding import API_KEY_HEADER
@@ -33,6 +34,7 @@ from urr_gateway.ratelimit.routing import CategoryRouter
 from urr_gateway.ratelimit.tenant import CompiledPolicies, TenantDecision
 from urr_gateway.ratelimit.window import Decision
 
+_LOG = get_logger(__name__)
 FILTER_NAME = "rate_limit"
 FILTER_ORDER = 0
 
@@ -290,11 +292,11 @@ def install_rate_limit(app: web.Application, limiter: SlidingWindowLimiter) -> N
         flusher = asyncio.create_task(flush_periodically())
         yield
         flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+        # Each step bounded: a Redis that does not answer at shutdown must not hold it up.
+        await bounded_step("usage_flusher", asyncio.wait({flusher}), CLOSE_STEP_S, _LOG)
         # What the last interval counted is not left behind.
-        await limiter.flush_usage()
-        await limiter.aclose()
+        await bounded_step("usage_flush", limiter.flush_usage(), CLOSE_STEP_S, _LOG)
+        await bounded_step("limiter", limiter.aclose(), CLOSE_STEP_S, _LOG)
 
     install_rate_limit_headers(app)
     app.cleanup_ctx.append(run)
