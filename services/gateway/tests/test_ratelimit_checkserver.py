@@ -294,6 +294,24 @@ async def test_unreadable_http_is_refused_and_the_connection_closed(
     assert await redis.dbsize() == 0
 
 
+async def test_header_fields_count_to_the_limit_and_the_first_of_a_name_wins(
+    listener: Listener,
+) -> None:
+    # The listener reads fields in one ``on_header`` of its own (not the base's plus
+    # ``header``): the field limit, the request id and first-wins, whatever the case.
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    named = b"X-REQUEST-ID: first\r\nx-request-id: second\r\nCONTENT-TYPE: text/plain\r\n"
+    # request() sends 4 fields of its own: 4 + 3 + 57 = MAX_HEADERS (64).
+    writer.write(request(extra=named + b"X-A: b\r\n" * 57))
+    answer = await read_answer(reader)
+    assert answer.status == 200, answer
+    assert answer.headers["x-request-id"] == "first"
+    writer.write(request(extra=named + b"X-A: b\r\n" * 58))
+    assert_problem(await read_answer(reader), 431, "headers_too_large")
+    assert await closed(reader)
+    writer.close()
+
+
 async def test_a_head_arriving_byte_by_byte_beyond_the_limit_is_refused(
     listener: Listener,
 ) -> None:

@@ -249,6 +249,7 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # The check listener overrides this whole (``checkserver``): changes belong there too.
         self._fields += 1
         if self._fields > self.max_headers:
             raise Unreadable(HEAD_TOO_LARGE)
