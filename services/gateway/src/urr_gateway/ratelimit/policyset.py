@@ -14,7 +14,7 @@ period stale).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -133,11 +133,15 @@ class PolicyWatcher:
 def install_policy_watcher(app: web.Application, watcher: PolicyWatcher) -> None:
     """Start following the configuration when ``app`` starts, stop at its cleanup."""
 
-    async def start(_: web.Application) -> None:
+    async def following(_: web.Application) -> AsyncIterator[None]:
         await watcher.start()
+        try:
+            yield
+        finally:
+            await watcher.stop()
 
-    async def stop(_: web.Application) -> None:
-        await watcher.stop()
-
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
+    # A cleanup context, not ``on_cleanup``: contexts close in reverse order of their start,
+    # so the watcher stops before the app's Redis client (started earlier) closes under it;
+    # an ``on_cleanup`` receiver ran after that close, and the subscription's loss was
+    # logged as a warning on every shutdown.
+    app.cleanup_ctx.append(following)
