@@ -118,7 +118,7 @@ class _Connection(Http1Connection["CheckServer"]):
             self._inbound_id = value
 
     def on_headers_complete(self) -> None:
-        self.head_done()
+        self._in_head = False  # ``head_done``: the head's deadline is met
         parser = self.parser
         if parser.should_upgrade():  # answered, then feed_data raises HttpParserUpgrade
             self._refusal = UPGRADE_REFUSED
@@ -149,7 +149,12 @@ class _Connection(Http1Connection["CheckServer"]):
     def on_message_complete(self) -> None:
         self._in_message = False
         self.deadline = None
-        answer = self.begin_answer(close=not self.parser.should_keep_alive())
+        # ``begin_answer`` inlined: a slot in the answer order for the request just read.
+        answer = Answer()
+        if not self.parser.should_keep_alive():
+            # nothing after it is read (llhttp refuses it too)
+            answer.close = self._stopped = True
+        self._answers.append(answer)
         if self._refusal is UPGRADE_REFUSED:
             answer.close = answer.linger = self._stopped = True
         head_only = self.parser.get_method() == b"HEAD"
@@ -242,7 +247,7 @@ class _Connection(Http1Connection["CheckServer"]):
                 )
             self.answer_problem(answer, Internal(), request_id, CHECK_PATH, False)
             return
-        answer.data = b"%s%s\r\nDate: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        out = answer.data = b"%s%s\r\nDate: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
             _OK_HEAD,
             request_id,
             self.server.date,
@@ -250,6 +255,25 @@ class _Connection(Http1Connection["CheckServer"]):
             CLOSE_LINE if answer.close else b"",
             data,
         )
+        answers = self._answers
+        transport = self.transport
+        if (
+            len(answers) == 1
+            and answers[0] is answer
+            and not answer.close
+            and not self._stopped
+            and transport is not None
+        ):
+            # The common case, as ``flush`` would do it: the only answer owed, on a
+            # connection that stays open.
+            answers.popleft()
+            transport.write(out)
+            if not self._in_message:
+                server = self.server
+                self.deadline = server.loop.time() + server.keepalive_timeout_s
+            if self._reading_paused:
+                self.resume_reading()
+            return
         self.flush()
 
 
