@@ -29,7 +29,6 @@ unanswered requests (TCP backpressure does the rest).
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from contextvars import copy_context
 from typing import Any
@@ -209,9 +208,7 @@ class _Connection(Http1Connection["CheckServer"]):
         start_request_context(request_id.decode())
         try:
             data = json_object(body)
-            if self.server.service.answer_soon(
-                data, started, functools.partial(self._answered, answer, request_id)
-            ):
+            if self.server.service.answer_soon(data, started, self._answered, answer, request_id):
                 return
         except Exception as exc:  # answered as _answer answers it
             self._answered(answer, request_id, None, exc)

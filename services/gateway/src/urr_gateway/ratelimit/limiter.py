@@ -389,9 +389,13 @@ class SlidingWindowLimiter:
             raise UnknownCategoryError(category) from None
 
     def max_cost(self, category: str) -> int:
-        """The largest cost that can ever be admitted: the smallest limit of the category."""
-        self.windows(category)
-        return self._max_cost[category]
+        """The largest cost that can ever be admitted: the smallest limit of the category
+        (``UnknownCategoryError`` when there is none: ``_max_cost`` has the same keys as
+        ``_specs``, both set together)."""
+        try:
+            return self._max_cost[category]
+        except KeyError:
+            raise UnknownCategoryError(category) from None
 
     def use_policies(self, policies: tuple[CompiledPolicy, ...]) -> None:
         """Make these published (default) policies categories of their own, next to the
