@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -159,3 +160,91 @@ async def test_invalid_arguments_raise_before_anything_is_asked(redis: Redis) ->
         assert await redis.zcard(window_key("u:bad", "general", 60)) == 0
     finally:
         await limiter.aclose()
+
+
+_REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("_REQUEST", default="none")
+
+
+async def test_the_reply_step_runs_in_the_callers_context_without_a_future(
+    redis: Redis,
+) -> None:
+    """The decision waits on Redis as its own waiter (no future, no loop handle): the reply's
+    step runs in a copy of the context ``check_soon`` was called in, as a done-callback's
+    would, and each caller sees its own."""
+    limiter = SlidingWindowLimiter(redis, settings())
+    seen: dict[str, str] = {}
+    finished = asyncio.get_running_loop().create_future()
+
+    def ask(name: str) -> None:
+        _REQUEST.set(name)
+
+        def done(decision: Decision | None, error: BaseException | None) -> None:
+            assert decision is not None, error
+            assert decision.source == "redis"
+            seen[name] = _REQUEST.get()
+            if len(seen) == 2:
+                finished.set_result(None)
+
+        limiter.check_soon(f"u:ctx-{name}", "general", done)
+
+    try:
+        assert await limiter.prepare()
+        # Each in a context of its own, as the check listener runs a request.
+        contextvars.copy_context().run(ask, "a")
+        contextvars.copy_context().run(ask, "b")
+        assert _REQUEST.get() == "none"
+        store = limiter._pipelined
+        assert store is not None
+        node = store.nodes[0]
+        assert all(type(waiter).__name__ == "_Soon" for _, waiter in node._batch)
+        await asyncio.wait_for(finished, 10)
+        assert seen == {"a": "a", "b": "b"}
+        assert limiter._in_flight.free == limiter._in_flight_limit
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_failing_callback_is_reported_and_the_next_replies_still_come(
+    redis: Redis,
+) -> None:
+    """A callback that raises runs inside the read of Redis's replies: it is reported to the
+    loop's exception handler (as a failing done-callback is), and the other decisions of the
+    same read are still answered, once each."""
+    limiter = SlidingWindowLimiter(redis, settings())
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+
+    def broken(decision: Decision | None, error: BaseException | None) -> None:
+        raise RuntimeError("the caller's bug")
+
+    try:
+        assert await limiter.prepare()
+        calls = Calls()
+        limiter.check_soon("u:broken", "general", broken)
+        for index in range(5):
+            limiter.check_soon(f"u:after-{index}", "general", calls.callback(index))
+        decisions = await calls.all(5)
+        assert all(d.allowed and d.source == "redis" for d in decisions)
+        assert [type(c.get("exception")) for c in reported] == [RuntimeError]
+        assert limiter._in_flight.free == limiter._in_flight_limit
+    finally:
+        loop.set_exception_handler(previous)
+        await limiter.aclose()
+
+
+async def test_a_closed_store_answers_by_the_failure_policy_in_the_call(redis: Redis) -> None:
+    """A store already closed fails the decision at once: its category's policy answers,
+    inside ``check_soon``, and the slot comes back."""
+    limiter = SlidingWindowLimiter(redis, settings())
+    try:
+        assert await limiter.prepare()
+    finally:
+        await limiter.aclose()
+    answered: list[Decision | None] = []
+    limiter.check_soon("u:closed", "general", lambda d, _: answered.append(d))
+    assert len(answered) == 1
+    assert answered[0] is not None
+    assert (answered[0].source, answered[0].allowed) == ("open", True)
+    assert limiter._in_flight.free == limiter._in_flight_limit

@@ -19,7 +19,9 @@ from redis.asyncio import Redis
 from urr_gateway.checkapi import (
     CHECK_PATH,
     CheckRequest,
+    _legacy_answer,
     create_check_app,
+    legacy_answer_bytes,
     parse_check_body,
     plain_legacy_body,
 )
@@ -30,6 +32,7 @@ from urr_gateway.ratelimit import (
     WindowLimit,
     window_key,
 )
+from urr_gateway.ratelimit.window import WindowSpec, decide_one, unlimited_decision
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +249,23 @@ def test_the_plain_legacy_check_accepts_only_what_the_model_accepts(data: dict[s
 )
 def test_the_plain_legacy_check_takes_plain_requests(data: dict[str, Any]) -> None:
     assert plain_legacy_body(data) == parse_check_body(data)
+
+
+@given(
+    count=st.integers(0, 200),
+    reset_us=st.integers(0, 10**9),
+    retry_us=st.integers(0, 10**9),
+    cost=st.integers(1, 5),
+    degraded=st.booleans(),
+)
+def test_the_legacy_answer_bytes_are_orjsons(
+    count: int, reset_us: int, retry_us: int, cost: int, degraded: bool
+) -> None:
+    """The listener's answer is formatted straight from the decision: byte for byte what
+    ``orjson.dumps`` makes of the contract fields (``_legacy_answer``)."""
+    spec = WindowSpec("general", 100, 60)
+    for decision in (
+        decide_one("general", spec, count, reset_us, retry_us, cost, "redis", degraded),
+        unlimited_decision("general", (spec,), "open"),
+    ):
+        assert legacy_answer_bytes(decision) == orjson.dumps(_legacy_answer(decision)[1])

@@ -411,6 +411,42 @@ def test_deny_cache_refuses_until_the_retry_time() -> None:
     assert len(cache) == 0  # expired entries are dropped
 
 
+def test_deny_cache_lookup_is_replace_of_the_refusal() -> None:
+    """The cached refusal brought up to ``now`` field by field, windows included: the same
+    decision ``dataclasses.replace`` makes (the lookup builds it positionally), for a refusal
+    of several windows, one of them without a wait of its own."""
+    specs = (WindowSpec("s", 5, 1), WindowSpec("m", 100, 60))
+    refused = decide(
+        "two",
+        specs,
+        [WindowOutcome(5, 800_000, 800_000), WindowOutcome(40, 30 * S, 0)],
+        1,
+        source="redis",
+        revoked=True,
+    )
+    cache = DenyCache(10)
+    cache.remember("u:two", 1, refused, now=10.0)
+    hit = cache.lookup("u:two", "two", 1, now=10.3)
+    elapsed = 300
+    expected = dataclasses.replace(
+        refused,
+        reset_ms=max(refused.reset_ms - elapsed, 0),
+        retry_after_ms=max(refused.retry_after_ms - elapsed, 1),
+        source="deny_cache",
+        windows=tuple(
+            dataclasses.replace(
+                w,
+                reset_ms=max(w.reset_ms - elapsed, 0),
+                retry_ms=max(w.retry_ms - elapsed, 1) if w.retry_ms else 0,
+            )
+            for w in refused.windows
+        ),
+        revoked=None,
+    )
+    assert hit == expected
+    assert [w.retry_ms for w in hit.windows] == [500, 0]
+
+
 def test_deny_cache_lets_cheaper_requests_ask_redis() -> None:
     cache = DenyCache(10)
     cache.remember("k:a", 3, _refusal(), now=0.0)

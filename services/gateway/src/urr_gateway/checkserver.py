@@ -29,7 +29,6 @@ unanswered requests (TCP backpressure does the rest).
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from contextvars import copy_context
 from typing import Any
@@ -118,7 +117,7 @@ class _Connection(Http1Connection["CheckServer"]):
             self._inbound_id = value
 
     def on_headers_complete(self) -> None:
-        self.head_done()
+        self._in_head = False  # ``head_done``: the head's deadline is met
         parser = self.parser
         if parser.should_upgrade():  # answered, then feed_data raises HttpParserUpgrade
             self._refusal = UPGRADE_REFUSED
@@ -149,7 +148,12 @@ class _Connection(Http1Connection["CheckServer"]):
     def on_message_complete(self) -> None:
         self._in_message = False
         self.deadline = None
-        answer = self.begin_answer(close=not self.parser.should_keep_alive())
+        # ``begin_answer`` inlined: a slot in the answer order for the request just read.
+        answer = Answer()
+        if not self.parser.should_keep_alive():
+            # nothing after it is read (llhttp refuses it too)
+            answer.close = self._stopped = True
+        self._answers.append(answer)
         if self._refusal is UPGRADE_REFUSED:
             answer.close = answer.linger = self._stopped = True
         head_only = self.parser.get_method() == b"HEAD"
@@ -204,9 +208,7 @@ class _Connection(Http1Connection["CheckServer"]):
         start_request_context(request_id.decode())
         try:
             data = json_object(body)
-            if self.server.service.answer_soon(
-                data, started, functools.partial(self._answered, answer, request_id)
-            ):
+            if self.server.service.answer_soon(data, started, self._answered, answer, request_id):
                 return
         except Exception as exc:  # answered as _answer answers it
             self._answered(answer, request_id, None, exc)
@@ -242,7 +244,7 @@ class _Connection(Http1Connection["CheckServer"]):
                 )
             self.answer_problem(answer, Internal(), request_id, CHECK_PATH, False)
             return
-        answer.data = b"%s%s\r\nDate: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        out = answer.data = b"%s%s\r\nDate: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
             _OK_HEAD,
             request_id,
             self.server.date,
@@ -250,6 +252,25 @@ class _Connection(Http1Connection["CheckServer"]):
             CLOSE_LINE if answer.close else b"",
             data,
         )
+        answers = self._answers
+        transport = self.transport
+        if (
+            len(answers) == 1
+            and answers[0] is answer
+            and not answer.close
+            and not self._stopped
+            and transport is not None
+        ):
+            # The common case, as ``flush`` would do it: the only answer owed, on a
+            # connection that stays open.
+            answers.popleft()
+            transport.write(out)
+            if not self._in_message:
+                server = self.server
+                self.deadline = server.loop.time() + server.keepalive_timeout_s
+            if self._reading_paused:
+                self.resume_reading()
+            return
         self.flush()
 
 

@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from urr_gateway.ratelimit.resp import Waiter
 
 T = TypeVar("T")
 
@@ -128,14 +131,14 @@ class BatchDeadline:
         self._unread = unread
         self._loop = loop if loop is not None else asyncio.get_running_loop()
         #: (deadline in loop time, the batch's futures), in write order.
-        self._batches: deque[tuple[float, list[asyncio.Future[Any]]]] = deque()
+        self._batches: deque[tuple[float, list[Waiter]]] = deque()
         self._handle: asyncio.Handle | None = None
 
     def armed(self) -> bool:
         """Is a judgement pending (a batch not yet settled or judged)?"""
         return self._handle is not None
 
-    def watch(self, futures: list[asyncio.Future[Any]], *, held_s: float = 0.0) -> None:
+    def watch(self, futures: list[Waiter], *, held_s: float = 0.0) -> None:
         """Time the batch just written. ``held_s``: how long it waited to be written (a
         gathering window), spent from its budget already."""
         due = self._loop.time() + max(self._budget.budget_s - held_s, 0.0)

@@ -8,19 +8,22 @@ errs towards refusing a little longer). Bounded: least recently refused subjects
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
-from dataclasses import dataclass
 
-from urr_gateway.ratelimit.window import Decision
+from urr_gateway.ratelimit.window import Decision, WindowState
 
 
-@dataclass(frozen=True, slots=True)
 class _Denial:
-    until: float
-    stored_at: float
-    cost: int
-    decision: Decision
+    """One remembered refusal (a plain slotted class: a frozen dataclass's ``__init__`` sets
+    each field through ``object.__setattr__``, four lookups by name per refusal)."""
+
+    __slots__ = ("cost", "decision", "stored_at", "until")
+
+    def __init__(self, until: float, stored_at: float, cost: int, decision: Decision) -> None:
+        self.until = until
+        self.stored_at = stored_at
+        self.cost = cost
+        self.decision = decision
 
 
 class DenyCache:
@@ -56,20 +59,33 @@ class DenyCache:
             # A cheaper request may fit where the cached one did not.
             return None
         elapsed_ms = int((now - denial.stored_at) * 1000)
-        retry_ms = max(denial.decision.retry_after_ms - elapsed_ms, 1)
+        refused = denial.decision
+        # Built positionally, not with ``dataclasses.replace`` (which reads the fields of the
+        # class and matches keywords on every call: most of a hot subject's refusal cost).
+        # ``test_deny_cache_lookup_is_replace_of_the_refusal`` holds the two together.
         windows = tuple(
-            dataclasses.replace(
-                window,
-                reset_ms=max(window.reset_ms - elapsed_ms, 0),
-                retry_ms=max(window.retry_ms - elapsed_ms, 1) if window.retry_ms else 0,
-            )
-            for window in denial.decision.windows
+            [
+                WindowState(
+                    window.policy,
+                    window.limit,
+                    window.window_s,
+                    window.remaining,
+                    max(window.reset_ms - elapsed_ms, 0),
+                    max(window.retry_ms - elapsed_ms, 1) if window.retry_ms else 0,
+                )
+                for window in refused.windows
+            ]
         )
-        return dataclasses.replace(
-            denial.decision,
-            reset_ms=max(denial.decision.reset_ms - elapsed_ms, 0),
-            retry_after_ms=retry_ms,
-            source="deny_cache",
-            windows=windows,
-            revoked=None,
+        return Decision(
+            refused.allowed,
+            refused.category,
+            refused.limit,
+            refused.remaining,
+            max(refused.reset_ms - elapsed_ms, 0),
+            max(refused.retry_after_ms - elapsed_ms, 1),
+            refused.policy,
+            refused.degraded,
+            "deny_cache",
+            windows,
+            None,
         )

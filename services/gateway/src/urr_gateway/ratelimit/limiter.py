@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from prometheus_client import CollectorRegistry
@@ -154,9 +155,28 @@ def _decision_of_reply(
 
 class _Soon:
     """One ``check_soon`` decision waiting for Redis: what its callbacks need, and ``check``'s
-    steps after its ``await`` as those callbacks."""
+    steps after its ``await`` as those callbacks.
 
-    __slots__ = ("category", "cost", "done", "limiter", "retried", "specs", "started", "subject")
+    It is its own reply's waiter (``resp.Waiter``): the pipelined store hands it the reply in
+    the read that brings it (or the budget's failure in the timer that judges it), and it
+    runs ``replied`` there, in a copy of the context ``check_soon`` was called in, as a
+    future's done-callback would, without the future and the loop handle that callback costs
+    per decision."""
+
+    __slots__ = (
+        "answer",
+        "category",
+        "context",
+        "cost",
+        "error",
+        "limiter",
+        "reply",
+        "retried",
+        "settled",
+        "specs",
+        "started",
+        "subject",
+    )
 
     def __init__(
         self,
@@ -166,7 +186,7 @@ class _Soon:
         specs: tuple[WindowSpec, ...],
         cost: int,
         started: float,
-        done: Callable[[Decision | None, BaseException | None], None],
+        answer: Callable[[Decision | None, BaseException | None], None],
     ) -> None:
         self.limiter = limiter
         self.subject = subject
@@ -174,21 +194,62 @@ class _Soon:
         self.specs = specs
         self.cost = cost
         self.started = started
-        self.done = done
+        #: ``check_soon``'s ``done``.
+        self.answer = answer
         self.retried = False
+        self.settled = False
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        self.context: Context | None = None
+
+    # -- resp.Waiter -------------------------------------------------------------------------
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, reply: Any, /) -> None:
+        self.settled = True
+        self.reply = reply
+        self._run()
+
+    def set_exception(self, error: BaseException, /) -> None:
+        self.settled = True
+        self.error = error
+        self._run()
+
+    def result(self) -> Any:
+        """The reply, or its failure raised (as ``Future.result``)."""
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+    def _run(self) -> None:
+        context = self.context
+        try:
+            if context is None:
+                self.replied(self)
+            else:
+                context.run(self.replied, self)
+        except Exception as exc:  # the caller's callback failed: reported as the loop would
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "check_soon callback failed", "exception": exc}
+            )
+
+    # -- check's steps -----------------------------------------------------------------------
 
     def asked(self, task: asyncio.Future[Decision | None]) -> None:
         """After ``_ask_redis`` ran in a task (no free slot)."""
         try:
             decision = task.result()
         except BaseException as exc:  # handed to the caller's callback
-            self.done(None, exc)
+            self.answer(None, exc)
             return
         self.finish(decision)
 
-    def replied(self, pending: asyncio.Future[Any]) -> None:
-        """Once the reply's future is done: ``check``'s steps after its ``await pending``
-        (NOSCRIPT retried once, the slot given back, failures counted)."""
+    def replied(self, pending: _Soon | asyncio.Future[Any]) -> None:
+        """Once the reply is in (this object itself, or the future of a NOSCRIPT retry):
+        ``check``'s steps after its ``await pending`` (NOSCRIPT retried once, the slot given
+        back, failures counted)."""
         limiter = self.limiter
         decision: Decision | None = None
         error: BaseException | None = None
@@ -200,7 +261,7 @@ class _Soon:
             retry = None
             if not self.retried and limiter._pipelined is not None:
                 # As in ``check``: nothing ran; load the script first and run this once more,
-                # still holding the slot.
+                # still holding the slot (a future: a flushed script cache is rare).
                 self.retried = True
                 retry = limiter._pipelined.start(
                     self.subject, self.category, self.specs, self.cost, None, load_script=True
@@ -213,13 +274,13 @@ class _Soon:
             error = exc
         except BaseException as exc:  # cancelled: the caller hears of it
             limiter._in_flight.give_back()
-            self.done(None, exc)
+            self.answer(None, exc)
             return
         limiter._in_flight.give_back()
         try:
             decision = limiter._redis_answered(self.subject, self.cost, decision, error)
         except BaseException as exc:  # handed to the caller's callback
-            self.done(None, exc)
+            self.answer(None, exc)
             return
         self.finish(decision)
 
@@ -230,9 +291,9 @@ class _Soon:
                 self.subject, self.category, self.specs, self.cost, decision, self.started
             )
         except BaseException as exc:  # handed to the caller's callback
-            self.done(None, exc)
+            self.answer(None, exc)
             return
-        self.done(final, None)
+        self.answer(final, None)
 
 
 class SlidingWindowLimiter:
@@ -328,9 +389,13 @@ class SlidingWindowLimiter:
             raise UnknownCategoryError(category) from None
 
     def max_cost(self, category: str) -> int:
-        """The largest cost that can ever be admitted: the smallest limit of the category."""
-        self.windows(category)
-        return self._max_cost[category]
+        """The largest cost that can ever be admitted: the smallest limit of the category
+        (``UnknownCategoryError`` when there is none: ``_max_cost`` has the same keys as
+        ``_specs``, both set together)."""
+        try:
+            return self._max_cost[category]
+        except KeyError:
+            raise UnknownCategoryError(category) from None
 
     def use_policies(self, policies: tuple[CompiledPolicy, ...]) -> None:
         """Make these published (default) policies categories of their own, next to the
@@ -452,17 +517,33 @@ class SlidingWindowLimiter:
         soon = _Soon(self, subject, category, specs, cost, started, done)
         decision = self._deny.lookup(subject, category, cost, now)
         if decision is None and self._breaker.allow(now):
-            pending = self._start_inline(subject, category, specs, cost, None)
-            if pending is None:
+            if not self._put_inline(soon):
                 # No free slot, or a cluster: the coroutine path, in a task of its own.
                 task = asyncio.ensure_future(self._ask_redis(subject, category, specs, cost, None))
                 self._tasks.add(task)  # the loop keeps tasks only weakly
                 task.add_done_callback(self._tasks.discard)
                 task.add_done_callback(soon.asked)
-            else:
-                pending.add_done_callback(soon.replied)
             return
         soon.finish(decision)
+
+    def _put_inline(self, soon: _Soon) -> bool:
+        """``_start_inline`` for ``check_soon``: ``soon`` itself waits for the reply (the
+        slot then held until ``soon`` gives it back). False, with nothing asked and no slot
+        held: ask through ``_ask_redis``."""
+        pipelined = self._pipelined
+        if pipelined is None or not self._in_flight.take_now():
+            return False
+        # The context the reply's steps run in, as a done-callback would have copied it.
+        soon.context = copy_context()
+        sent = False
+        try:
+            sent = pipelined.start_soon(
+                soon.subject, soon.category, soon.specs, soon.cost, None, soon
+            )
+        finally:
+            if not sent:
+                self._in_flight.give_back()
+        return sent
 
     def _start_inline(
         self,

@@ -45,7 +45,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from urr_common.ratelimit_usage import USAGE_TTL_S, tenant_tag
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.keys import hash_tag
-from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, bulk, encode_command
+from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, Waiter, bulk, encode_command
 from urr_gateway.ratelimit.store import (
     TENANT_SCRIPT_NAME,
     CategoryCalls,
@@ -157,12 +157,12 @@ class _Node:
         self._max_batch = max_batch
         self._budget = budget
         #: The futures the current batch's deadline watches.
-        self._timed: list[asyncio.Future[Any]] = []
+        self._timed: list[Waiter] = []
         self._release = release
         self._window_s = window_s
         self._stall_s = stall_s
         self._load_command = load_command
-        self._batch: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._batch: list[tuple[bytes, Waiter]] = []
         #: ``SCRIPT LOAD`` commands the next write sends first (after a NOSCRIPT).
         self._load_first: list[bytes] = []
         self._pipe: RespPipe | None = None
@@ -201,10 +201,28 @@ class _Node:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        self.put(command, future, load_script=load_script, timed=timed)
+        return future
+
+    def put(
+        self,
+        command: bytes,
+        waiter: Waiter,
+        *,
+        load_script: bool | bytes = False,
+        timed: bool = False,
+    ) -> None:
+        """``submit`` with a waiter of the caller's (``resp.Waiter``): its reply, or its
+        failure, is handed to it once. A waiter that is not a future is resolved in place:
+        it runs inside the read of the reply, the timer's judgement or this call (a closed
+        store)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         if self._closed:
-            future.set_exception(RedisConnectionError("the limiter's store is closed"))
-            return future
-        self._batch.append((command, future))
+            waiter.set_exception(RedisConnectionError("the limiter's store is closed"))
+            return
+        self._batch.append((command, waiter))
         if load_script:
             load = self._load_command if load_script is True else load_script
             if load not in self._load_first:
@@ -215,7 +233,7 @@ class _Node:
             # After every callback already due in this pass: the whole tick's decisions.
             self._flush_handle = loop.call_soon(self._flush)
         if timed and self._budget is not None:
-            self._timed.append(future)
+            self._timed.append(waiter)
         if len(self._batch) >= self._max_batch and self._pipe is not None:
             # Written now, mid-tick: Redis runs these while the rest of the tick is decided,
             # instead of the client and Redis taking turns (callers waiting on their
@@ -223,7 +241,6 @@ class _Node:
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
             self._flush()
-        return future
 
     def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
         """The gathering window: hold the batch while the next decision is expected inside
@@ -273,7 +290,7 @@ class _Node:
         batch = self._batch
         self._batch = []
         parts: list[bytes] = []
-        waiters: list[asyncio.Future[Any] | None] = []
+        waiters: list[Waiter | None] = []
         for load in self._load_first:
             parts.append(load)
             waiters.append(None)
@@ -537,13 +554,44 @@ class PipelinedSlidingLog:
         node = self._single if self._cluster is None else None
         if node is None:
             return None
+        command = self._decision_command(subject, category, specs, cost, revoked_key)
+        return node.submit(command, load_script=load_script, timed=True)
+
+    def start_soon(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        revoked_key: str | None,
+        waiter: Waiter,
+        *,
+        load_script: bool = False,
+    ) -> bool:
+        """``start`` with the caller's own waiter instead of a future (``_Node.put``): the raw
+        reply is handed to ``waiter`` in the read that brings it. False, with nothing sent,
+        when the node is not known without awaiting: then call ``evaluate``."""
+        node = self._single if self._cluster is None else None
+        if node is None:
+            return False
+        command = self._decision_command(subject, category, specs, cost, revoked_key)
+        node.put(command, waiter, load_script=load_script, timed=True)
+        return True
+
+    def _decision_command(
+        self,
+        subject: str,
+        category: str,
+        specs: tuple[WindowSpec, ...],
+        cost: int,
+        revoked_key: str | None,
+    ) -> bytes:
+        """One decision's ``EVALSHA``: the subject's cached bytes when its cost is 1."""
         encoded = self._encoded_for(category, specs)
         known = encoded.commands.get((subject, revoked_key)) if cost == 1 else None
         if known is not None:
-            command = known[0]
-        else:
-            command = self._command(encoded, subject, cost, revoked_key)[0]
-        return node.submit(command, load_script=load_script, timed=True)
+            return known[0]
+        return self._command(encoded, subject, cost, revoked_key)[0]
 
     @staticmethod
     def _command(

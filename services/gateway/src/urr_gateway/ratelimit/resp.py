@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import select
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,6 +27,18 @@ if TYPE_CHECKING:
 
 #: What ``hiredis.Reader.gets`` answers while a reply is still incomplete.
 _INCOMPLETE = object()
+
+
+class Waiter(Protocol):
+    """What a reply is handed to: an ``asyncio.Future``, or an object answering the same three
+    calls (the limiter's ``check_soon`` decision, which then runs its next step at once,
+    without a future and the loop handle its done-callback costs)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 class RedirectedError(ResponseError):
@@ -58,7 +70,8 @@ def reply_error(message: str) -> ResponseError:
 class RespPipe(asyncio.Protocol):
     """Writes batches of encoded commands; each reply resolves the next waiting future.
 
-    A waiter may be ``None`` (a reply nobody needs) or a future its caller has cancelled:
+    A waiter (``Waiter``: a future, or an object resolved in place) may be ``None`` (a reply
+    nobody needs) or a future its caller has cancelled:
     the reply is read and dropped, so the connection stays in step. When the connection is
     lost every waiter gets a :class:`redis.exceptions.ConnectionError`.
     """
@@ -72,7 +85,7 @@ class RespPipe(asyncio.Protocol):
         self._previous = previous
         self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
-        self._waiting: deque[asyncio.Future[Any] | None] = deque()
+        self._waiting: deque[Waiter | None] = deque()
         self.closed = False
         #: Loop time of the last reply (or of a send to an idle connection).
         self.progress_at = self._loop.time()
@@ -113,7 +126,7 @@ class RespPipe(asyncio.Protocol):
         except (OSError, ValueError):
             return False
 
-    def send(self, payload: bytes, waiters: list[asyncio.Future[Any] | None]) -> None:
+    def send(self, payload: bytes, waiters: list[Waiter | None]) -> None:
         """Write ``payload`` (one encoded command per waiter) in one go."""
         if self.closed:
             _fail(waiters, RedisConnectionError("connection closed"))
@@ -135,6 +148,9 @@ class RespPipe(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
+        # Before any waiter is resolved: a waiter resolved in place may write the next batch
+        # at once, whose stall check reads this.
+        self.progress_at = self._loop.time()
         waiting = self._waiting
         while True:
             try:
@@ -154,7 +170,6 @@ class RespPipe(asyncio.Protocol):
                 future.set_exception(reply_error(str(reply)))
             else:
                 future.set_result(reply)
-        self.progress_at = self._loop.time()
 
     def eof_received(self) -> bool | None:
         return False
@@ -174,7 +189,7 @@ class RespPipe(asyncio.Protocol):
         _fail(waiting, error)
 
 
-def _fail(waiters: list[asyncio.Future[Any] | None], error: Exception) -> None:
+def _fail(waiters: list[Waiter | None], error: Exception) -> None:
     for future in waiters:
         if future is not None and not future.done():
             future.set_exception(error)
