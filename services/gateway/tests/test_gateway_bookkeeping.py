@@ -1,0 +1,169 @@
+"""The per-request bookkeeping caches (issue 17, deliverable 3): each answers exactly what
+the long way does, stays bounded, and cannot be made to skip a rule by what a client sends."""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import cast
+
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from urr_gateway import forwarding
+from urr_gateway.context import RequestFacts
+from urr_gateway.forwarding import IDENTITY_HEADER_PREFIX, NOT_FORWARDED, upstream_request_headers
+from urr_gateway.ingress import Ingress
+from urr_gateway.trust import TrustSettings
+
+
+def _slow_upstream_request_headers(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The rule as it reads: every pair whose lowered name is neither never-forwarded, nor
+    listed in ``Connection``, nor ``X-User-*``."""
+    listed = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "connection"
+        for token in value.split(",")
+        if token.strip()
+    }
+    return [
+        (name, value)
+        for name, value in pairs
+        if name.lower() not in NOT_FORWARDED
+        and name.lower() not in listed
+        and not name.lower().startswith(IDENTITY_HEADER_PREFIX)
+    ]
+
+
+def _proxy(pairs: list[tuple[str, str]]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def test_forwarded_headers_match_the_rule_first_time_and_from_the_cache() -> None:
+    pairs = [
+        ("Host", "gw"), ("Accept", "a"), ("X-User-Id", "forged"), ("x-USER-role", "admin"),
+        ("Connection", "X-Hop, keep-alive"), ("X-Hop", "1"), ("Cookie", "c=1"),
+        ("X-Forwarded-For", "6.6.6.6"), ("X-Urr-Identity", "forged"), ("accept", "b"),
+        ("TE", "trailers"), ("Transfer-Encoding", "chunked"), ("X-Request-Id", "mine"),
+    ]  # fmt: skip
+    for _ in range(3):
+        assert list(upstream_request_headers(_proxy(pairs)).items()) == (
+            _slow_upstream_request_headers(pairs)
+        )
+
+
+def test_same_names_with_other_values_are_decided_by_name_only() -> None:
+    # The cache is keyed by names: a value never changes what is dropped, except that of
+    # ``Connection``, which is part of the key.
+    first = [("Connection", "X-A"), ("X-A", "1"), ("X-B", "2")]
+    second = [("Connection", "X-B"), ("X-A", "1"), ("X-B", "2")]
+    assert list(upstream_request_headers(_proxy(first)).items()) == [("X-B", "2")]
+    assert list(upstream_request_headers(_proxy(second)).items()) == [("X-A", "1")]
+
+
+def test_an_identity_header_in_any_case_is_never_forwarded() -> None:
+    # One cached entry per spelling: a spelling the cache has not seen is computed, never
+    # taken for a cached neighbour's.
+    for spelling in ("X-User-Id", "x-user-id", "X-USER-ID", "x-User-iD", "X-User-"):
+        pairs = [("Accept", "a"), (spelling, "forged")]
+        for _ in range(2):
+            assert list(upstream_request_headers(_proxy(pairs)).items()) == [("Accept", "a")]
+
+
+def test_drop_cache_is_bounded_against_a_client_rotating_header_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(forwarding, "_DROP_NAMES", {})
+    monkeypatch.setattr(forwarding, "_DROP_NAMES_MAX_ENTRIES", 16)
+    rng = random.Random(17)
+    for _ in range(500):
+        name = "X-" + "".join(rng.choices(string.ascii_letters, k=12))
+        pairs = [(name, "1"), ("X-User-Id", "forged"), ("Host", "h")]
+        assert list(upstream_request_headers(_proxy(pairs)).items()) == [(name, "1")]
+        assert len(forwarding._DROP_NAMES) <= 16
+    # Names too long in total to keep: answered, not kept.
+    forwarding._DROP_NAMES.clear()
+    long_names = [(f"X-{index}-" + "n" * 200, "1") for index in range(20)]
+    assert list(upstream_request_headers(_proxy(long_names)).items()) == long_names
+    assert not forwarding._DROP_NAMES
+
+
+class _Request:
+    """What ``Ingress`` reads of a request (``publicrequest.GatewayRequest``'s shape)."""
+
+    def __init__(self, raw_path: str, pairs: list[tuple[str, str]], remote: str = "10.1.2.3"):
+        self.raw_path = raw_path
+        self.headers = _proxy(pairs)
+        self.remote = remote
+        self.scheme = "http"
+        self.host = "gw.example"
+        self._state: dict[object, object] = {}
+
+    def clone(self, *, rel_url: URL) -> _Request:
+        self.raw_path = rel_url.raw_path_qs
+        return self
+
+
+def _call(ingress: Ingress, request: _Request) -> tuple[_Request, RequestFacts]:
+    routed, facts = ingress(cast(web.Request, request), "rid")
+    return cast(_Request, routed), facts
+
+
+def test_ingress_drops_the_origin_secret_and_the_api_key_except_where_it_is_the_routes() -> None:
+    secret = "s" * 20
+    ingress = Ingress(TrustSettings(origin_secrets=[secret]))
+    pairs = [("X-Origin-Verify", secret), ("X-API-Key", "k"), ("Accept", "a")]
+    for _ in range(2):  # the second time from the caches
+        _, facts = _call(ingress, _Request("/api/v1/events/e1?x=1", pairs))
+        assert list(facts.headers.items()) == [
+            ("Accept", "a"), ("X-Forwarded-For", "10.1.2.3"), ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Host", "gw.example"), ("X-Request-Id", "rid"),
+        ]  # fmt: skip
+        assert facts.raw_query == "x=1"
+        _, facts = _call(ingress, _Request("/api/v1/ratelimit/usage", pairs))
+        assert facts.headers["X-API-Key"] == "k"
+        assert "X-Origin-Verify" not in facts.headers
+
+
+def test_ingress_trusts_forwarded_proto_and_host_only_from_a_trusted_proxy() -> None:
+    ingress = Ingress(TrustSettings(proxy_cidrs=["10.0.0.0/8"]))
+    pairs = [
+        ("X-Forwarded-For", "1.2.3.4"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "tickets.example"),
+    ]
+    _, facts = _call(ingress, _Request("/api/v1/events", pairs, remote="10.0.0.5"))
+    assert facts.client_ip == "1.2.3.4"
+    assert facts.headers["X-Forwarded-For"] == "1.2.3.4, 10.0.0.5"
+    assert facts.headers["X-Forwarded-Proto"] == "https"
+    assert facts.headers["X-Forwarded-Host"] == "tickets.example"
+    _, facts = _call(ingress, _Request("/api/v1/events", pairs, remote="192.0.2.7"))
+    assert facts.client_ip == "192.0.2.7"
+    assert facts.headers.getall("X-Forwarded-For") == ["192.0.2.7"]
+    assert facts.headers["X-Forwarded-Proto"] == "http"
+    assert facts.headers["X-Forwarded-Host"] == "gw.example"
+
+
+def test_ingress_route_cache_is_bounded_and_keeps_no_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from urr_common.problems import BadRequest
+    from urr_gateway import ingress as ingress_module
+
+    monkeypatch.setattr(ingress_module, "_ROUTED_MAX_ENTRIES", 4)
+    ingress = Ingress(TrustSettings())
+    for index in range(20):
+        _, facts = _call(ingress, _Request(f"/api/v1/seats/e{index}/map", []))
+        assert facts.route is not None
+        assert facts.route.event_id == f"e{index}"
+        assert len(ingress._routed) <= 4
+    for _ in range(2):
+        with pytest.raises(BadRequest):
+            _call(ingress, _Request("/api/v1/../admin", []))
+    assert "/api/v1/../admin" not in ingress._routed
+    request, facts = _call(ingress, _Request("//api//v1/events/%65", []))
+    assert facts.normalised.raw == "/api/v1/events/e"
+    assert request.raw_path == "/api/v1/events/e"
