@@ -14,7 +14,13 @@ from yarl import URL
 
 from urr_gateway import forwarding
 from urr_gateway.context import RequestFacts
-from urr_gateway.forwarding import IDENTITY_HEADER_PREFIX, NOT_FORWARDED, upstream_request_headers
+from urr_gateway.forwarding import (
+    IDENTITY_HEADER_PREFIX,
+    NOT_FORWARDED,
+    downstream_response_headers,
+    strip_hop_by_hop,
+    upstream_request_headers,
+)
 from urr_gateway.ingress import Ingress
 from urr_gateway.trust import TrustSettings
 
@@ -167,3 +173,28 @@ def test_ingress_route_cache_is_bounded_and_keeps_no_refusal(
     request, facts = _call(ingress, _Request("//api//v1/events/%65", []))
     assert facts.normalised.raw == "/api/v1/events/e"
     assert request.raw_path == "/api/v1/events/e"
+
+
+def test_answer_headers_lose_hop_by_hop_names_only_first_time_and_from_the_cache() -> None:
+    pairs = [
+        ("Server", "nginx"), ("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"),
+        ("X-User-Id", "u"), ("Keep-Alive", "timeout=5"), ("Set-Cookie", "a=1"),
+        ("set-cookie", "b=2"), ("Transfer-Encoding", "chunked"), ("Content-Length", "2"),
+    ]  # fmt: skip
+    kept = [
+        ("Server", "nginx"), ("X-User-Id", "u"), ("Set-Cookie", "a=1"), ("set-cookie", "b=2"),
+        ("Content-Length", "2"),
+    ]  # fmt: skip
+    for _ in range(3):
+        assert list(downstream_response_headers(CIMultiDict(pairs)).items()) == kept
+        assert list(strip_hop_by_hop(CIMultiDict(pairs)).items()) == kept
+
+
+def test_an_answer_naming_every_gateway_owned_header_does_not_spare_a_requests_identity() -> None:
+    # The answer's dropped set then equals the request rule's; the cache entry of one must
+    # never serve the other (the request rule drops X-User-*, the answer's does not).
+    names = [("Connection", ", ".join(sorted(NOT_FORWARDED))), ("X-User-Id", "u")]
+    assert list(strip_hop_by_hop(CIMultiDict(names)).items()) == [("X-User-Id", "u")]
+    request = [("X-User-Id", "forged")]
+    assert not list(upstream_request_headers(_proxy(request)).items())
+    assert list(strip_hop_by_hop(CIMultiDict(request)).items()) == request

@@ -162,7 +162,7 @@ def strip_hop_by_hop(headers: CIMultiDict[str]) -> CIMultiDict[str]:
     """``downstream_response_headers`` in place (and returned): for an answer read whole,
     whose headers nothing reads afterwards, the copy is saved."""
     dropped = _dropped(HOP_BY_HOP, headers)
-    for name in [name for name in headers if name.lower() in dropped]:
+    for name in _names_to_drop(dropped, tuple(headers.keys()), False):
         headers.popall(name, None)
     return headers
 
