@@ -198,3 +198,57 @@ def test_an_answer_naming_every_gateway_owned_header_does_not_spare_a_requests_i
     request = [("X-User-Id", "forged")]
     assert not list(upstream_request_headers(_proxy(request)).items())
     assert list(strip_hop_by_hop(CIMultiDict(request)).items()) == request
+
+
+class _Deadlines:
+    def watch(self, response: object, timeout_s: float) -> None:
+        pass
+
+    def forget(self, response: object) -> None:
+        pass
+
+
+class _Pool:
+    def read_deadlines(self, loop: object) -> _Deadlines:
+        return _Deadlines()
+
+
+class _Transport:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def test_upstream_header_names_keep_their_case_and_bytes_and_the_name_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from urr_gateway.upstream import connection as connection_module
+    from urr_gateway.upstream.connection import UpstreamConnection
+
+    monkeypatch.setattr(connection_module, "_NAMES", {})
+    monkeypatch.setattr(connection_module, "_NAMES_MAX_ENTRIES", 8)
+    from urr_gateway.upstream.pool import ConnectionPool
+
+    upstream = UpstreamConnection(cast(ConnectionPool, _Pool()), asyncio.get_running_loop())
+    upstream.connection_made(cast(asyncio.Transport, _Transport()))
+    for index in range(40):
+        response = upstream.start(
+            b"GET / HTTP/1.1\r\n\r\n", head_request=False, timeout_s=5, on_done=lambda *_: None
+        )
+        upstream.data_received(
+            b"HTTP/1.1 200 OK\r\nX-Mixed-Case: a\r\nx-odd_NAME: \xc3\xa9\xff\r\n"
+            + f"X-Rotating-{index}: {index}\r\n".encode()
+            + b"Content-Length: 2\r\n\r\nok"
+        )
+        assert list(response.headers.items()) == [
+            ("X-Mixed-Case", "a"), ("x-odd_NAME", "\xe9\udcff"),
+            (f"X-Rotating-{index}", str(index)), ("Content-Length", "2"),
+        ]  # fmt: skip
+        assert response.content_length == 2
+        assert response.headers["x-mixed-case"] == "a"
+        assert len(connection_module._NAMES) <= 8
+        upstream.request_sent()
