@@ -252,3 +252,18 @@ async def test_upstream_header_names_keep_their_case_and_bytes_and_the_name_cach
         assert response.headers["x-mixed-case"] == "a"
         assert len(connection_module._NAMES) <= 8
         upstream.request_sent()
+
+
+def test_known_direct_answers_only_for_untrusted_peers_already_seen() -> None:
+    from urr_gateway.trust import ProxyTrust
+
+    proxies = ProxyTrust(TrustSettings(proxy_cidrs=["10.0.0.0/8"]).proxy_cidrs)
+    assert proxies.known_direct("192.0.2.1") is None
+    direct = proxies.client("192.0.2.1", ["6.6.6.6"])
+    assert proxies.known_direct("192.0.2.1") is direct
+    assert direct.ip == "192.0.2.1"
+    via = proxies.client("10.0.0.9", ["1.2.3.4"])
+    assert via.ip == "1.2.3.4"
+    # A trusted proxy's answer depends on the header: never kept, so always walked again.
+    assert proxies.known_direct("10.0.0.9") is None
+    assert proxies.known_direct(None) is None

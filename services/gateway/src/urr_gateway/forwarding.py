@@ -138,9 +138,16 @@ def forwardable_headers(
     """``upstream_request_headers`` with more names never forwarded (``never_forwarded``: a
     superset of the hop-by-hop and gateway-owned names, in lower case; ingress adds the
     origin secret's header and, on most routes, ``X-API-Key``). A new multidict."""
-    dropped = _dropped(never_forwarded, headers)
+    # ``_dropped`` and ``_names_to_drop``'s cache hit inlined: two calls less a request.
+    dropped = (
+        never_forwarded if hdrs.CONNECTION not in headers else _dropped(never_forwarded, headers)
+    )
+    names = tuple(headers.keys())
+    found = _DROP_NAMES.get((dropped, names, True))
+    if found is None:
+        found = _names_to_drop(dropped, names, True)
     forwarded = CIMultiDict(headers)
-    for name in _names_to_drop(dropped, tuple(headers.keys()), True):
+    for name in found:
         forwarded.popall(name)
     return forwarded
 
@@ -162,7 +169,11 @@ def strip_hop_by_hop(headers: CIMultiDict[str]) -> CIMultiDict[str]:
     """``downstream_response_headers`` in place (and returned): for an answer read whole,
     whose headers nothing reads afterwards, the copy is saved."""
     dropped = _dropped(HOP_BY_HOP, headers)
-    for name in _names_to_drop(dropped, tuple(headers.keys()), False):
+    names = tuple(headers.keys())
+    found = _DROP_NAMES.get((dropped, names, False))
+    if found is None:
+        found = _names_to_drop(dropped, names, False)
+    for name in found:
         headers.popall(name, None)
     return headers
 

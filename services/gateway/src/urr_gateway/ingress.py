@@ -61,6 +61,7 @@ class Ingress:
 
     def __init__(self, trust: TrustSettings) -> None:
         self._proxies = ProxyTrust(trust.proxy_cidrs)
+        self._known_direct = self._proxies.known_direct
         self._secrets = tuple(trust.origin_secrets)
         self._secret_header = istr(trust.origin_secret_header)
         # Never forwarded: the origin secret (a credential for us, not for the upstream),
@@ -96,7 +97,10 @@ class Ingress:
             and not origin_secret_matches(client_headers.get(self._secret_header), self._secrets)
         ):
             raise Forbidden("requests must come through the site's CDN", code="origin_unverified")
-        client = self._proxies.client(request.remote, client_headers.getall(X_FORWARDED_FOR, ()))
+        remote = request.remote
+        client = self._known_direct(remote)
+        if client is None:
+            client = self._proxies.client(remote, client_headers.getall(X_FORWARDED_FOR, ()))
         headers = forwardable_headers(
             client_headers,
             self._not_forwarded_but_key
