@@ -28,6 +28,7 @@ import time
 import timeit
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
@@ -214,10 +215,69 @@ def _EMPTY() -> None:
     pass
 
 
+def _token_steps(ingress: Any, headers: Any, decision: Any) -> Callable[[], object]:
+    """Ingress then the token work of a request whose tokens were verified before: cookie to
+    Bearer, the JWT step, the revocation key the limiter asks for, the entry-token step
+    (the limiter's round trip found the key not revoked)."""
+    import base64
+    import dataclasses
+    import json
+    from typing import cast
+
+    from prometheus_client import Counter
+
+    from urr_gateway.context import Identity
+    from urr_gateway.filters.cookie_auth import cookie_auth_step
+    from urr_gateway.filters.entry_token import EntryClaims, _EntryToken
+    from urr_gateway.filters.jwt_auth import _JwtAuth
+    from urr_gateway.filters.ratelimit import revocation_verdict
+    from urr_gateway.publicrequest import GatewayRequest
+    from urr_gateway.revocation import PrecheckedRevocation, RevocationCheck, revocation_key_of
+    from urr_gateway.tokencache import TokenDigests
+    from urr_gateway.verification import CachedTokenVerifier
+
+    payload = base64.urlsafe_b64encode(json.dumps({"jti": "j1", "sub": "u1"}).encode())
+    entry = "eyJhbGciOiJFUzI1NiJ9." + payload.decode().rstrip("=") + "." + "s" * 86
+    access = "eyJhbGciOiJFUzI1NiJ9." + "p" * 300 + "." + "s" * 86
+    pairs = [("Host", "127.0.0.1:8080"), ("Cookie", f"access_token={access}"),
+             ("x-queue-entry-token", entry)]  # fmt: skip
+    del headers
+    identities: VerifiedTokenCache[Identity] = VerifiedTokenCache(10_000, 3600.0)
+    identities.put(access, Identity("u1", "u1@example.com", "user", "a1"), expires_at=2e9)
+    claims: VerifiedTokenCache[EntryClaims] = VerifiedTokenCache(10_000, 3600.0)
+    claims.put(entry, EntryClaims("u1", "bench-event", "j1"), expires_at=2e9)
+    rejections = Counter("r", "r", ["filter", "reason"], registry=CollectorRegistry())
+    jwt = _JwtAuth(
+        CachedTokenVerifier(cast(Any, None), cast(Any, None), cast(Any, None), identities),
+        rejections,
+        None,
+    )
+    entry_step = _EntryToken(
+        CachedTokenVerifier(cast(Any, None), cast(Any, None), cast(Any, None), claims),
+        PrecheckedRevocation(cast(RevocationCheck, None), revocation_verdict),
+        rejections,
+    )
+    decided = dataclasses.replace(decision, revoked=False)
+    digests = TokenDigests()
+
+    def steps() -> None:
+        request = GatewayRequest(
+            "GET", PATH, CIMultiDictProxy(CIMultiDict(pairs)), "127.0.0.1", "h", None, None
+        )
+        routed, facts = ingress(request, "req-1")
+        facts.token_digests = digests
+        cookie_auth_step(routed, facts)
+        assert jwt.step(routed, facts) is None
+        key = revocation_key_of(routed)
+        facts.rate_limit_decision = decided
+        facts.rate_limit_revoked_key = key
+        assert entry_step.step(routed, facts) is None
+
+    return steps
+
+
 def _counted_rows(loop: asyncio.AbstractEventLoop) -> list[tuple[str, Callable[[], object]]]:
     """The steps as the protocol server calls them, each a call without arguments."""
-    from typing import Any
-
     from urr_gateway.forwarding import strip_hop_by_hop
     from urr_gateway.ingress import Ingress
     from urr_gateway.prepare import sync_receivers
@@ -266,11 +326,13 @@ def _counted_rows(loop: asyncio.AbstractEventLoop) -> list[tuple[str, Callable[[
     routed, facts = ingress(request_of(bench_pairs), "req-1")
     facts.rate_limit_headers = rate_limit_headers(decision)
     metrics = HttpMetrics.register(CollectorRegistry())
+    token_steps = _token_steps(ingress, request_of(bench_pairs).headers, decision)
     return [
         ("nothing (the loop and the toggling, taken off the rows below)", _EMPTY),
         ("ingress, the in-process bench's 3 headers", ingress_of(bench_pairs)),
         ("ingress, a browser's 15 headers", ingress_of(browser_pairs)),
         ("upstream answer parsed, hop-by-hop stripped", upstream_answer),
+        ("ingress + cookie, JWT, revocation key, entry token (cached)", token_steps),
         ("rate_limit_headers (one window, counted)", lambda: rate_limit_headers(decision)),
         (
             "answer headers (security, RateLimit merge)",
