@@ -200,27 +200,6 @@ def test_an_answer_naming_every_gateway_owned_header_does_not_spare_a_requests_i
     assert list(strip_hop_by_hop(CIMultiDict(request)).items()) == request
 
 
-class _Deadlines:
-    def watch(self, response: object, timeout_s: float) -> None:
-        pass
-
-    def forget(self, response: object) -> None:
-        pass
-
-
-class _Pool:
-    def read_deadlines(self, loop: object) -> _Deadlines:
-        return _Deadlines()
-
-
-class _Transport:
-    def write(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 async def test_upstream_header_names_keep_their_case_and_bytes_and_the_name_cache_is_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -231,10 +210,15 @@ async def test_upstream_header_names_keep_their_case_and_bytes_and_the_name_cach
 
     monkeypatch.setattr(connection_module, "_NAMES", {})
     monkeypatch.setattr(connection_module, "_NAMES_MAX_ENTRIES", 8)
+    from types import SimpleNamespace
+
     from urr_gateway.upstream.pool import ConnectionPool
 
-    upstream = UpstreamConnection(cast(ConnectionPool, _Pool()), asyncio.get_running_loop())
-    upstream.connection_made(cast(asyncio.Transport, _Transport()))
+    deadlines = SimpleNamespace(watch=lambda *_: None, forget=lambda *_: None)
+    pool = SimpleNamespace(read_deadlines=lambda _: deadlines)
+    transport = SimpleNamespace(write=lambda _: None, close=lambda: None)
+    upstream = UpstreamConnection(cast(ConnectionPool, pool), asyncio.get_running_loop())
+    upstream.connection_made(cast(asyncio.Transport, transport))
     for index in range(40):
         response = upstream.start(
             b"GET / HTTP/1.1\r\n\r\n", head_request=False, timeout_s=5, on_done=lambda *_: None
@@ -267,3 +251,35 @@ def test_known_direct_answers_only_for_untrusted_peers_already_seen() -> None:
     # A trusted proxy's answer depends on the header: never kept, so always walked again.
     assert proxies.known_direct("10.0.0.9") is None
     assert proxies.known_direct(None) is None
+
+
+def test_the_entry_token_is_looked_up_once_per_request_and_never_shared() -> None:
+    from urr_gateway.revocation import facts_entry_token
+
+    ingress = Ingress(TrustSettings())
+    first, first_facts = _call(
+        ingress, _Request("/api/v1/seats/e1/map", [("x-queue-entry-token", " t1 ")])
+    )
+    assert facts_entry_token(cast(web.Request, first), first_facts) == "t1"
+    first.headers = _proxy([("x-queue-entry-token", "changed")])
+    assert facts_entry_token(cast(web.Request, first), first_facts) == "t1"  # kept
+    second, second_facts = _call(ingress, _Request("/api/v1/seats/e1/map", []))
+    assert facts_entry_token(cast(web.Request, second), second_facts) is None
+    assert second_facts.entry_token == ""  # "none" is remembered too
+
+
+def test_bind_request_value_adds_to_the_request_fields_or_to_structlog() -> None:
+    import structlog
+
+    from urr_common import logs
+
+    logs.start_request_context("r1")
+    logs.bind_request_value("user_id", "u1")
+    assert logs._REQUEST_FIELDS.get() == {"request_id": "r1", "user_id": "u1"}
+    token = logs._REQUEST_FIELDS.set(None)
+    try:
+        logs.bind_request_value("user_id", "u2")
+        assert structlog.contextvars.get_contextvars()["user_id"] == "u2"
+    finally:
+        logs._REQUEST_FIELDS.reset(token)
+        structlog.contextvars.clear_contextvars()

@@ -61,6 +61,14 @@ def entry_token_of(request: web.Request) -> str | None:
     return request_cookies(request).get(ENTRY_TOKEN_COOKIE) or None
 
 
+def facts_entry_token(request: web.Request, facts: RequestFacts) -> str | None:
+    """``entry_token_of(request)``, looked up once per request (kept on ``facts``)."""
+    token = facts.entry_token
+    if token is None:
+        token = facts.entry_token = entry_token_of(request) or ""
+    return token or None
+
+
 def revocation_key_of(request: web.Request) -> str | None:
     """The revocation key for the request's entry token, read without verifying it.
 
@@ -89,7 +97,7 @@ def _facts_revocation_key(request: web.Request, facts: RequestFacts) -> str | No
     identity = facts.identity if facts.identity is not None else request.get(IDENTITY)
     if identity is None:
         return None
-    token = entry_token_of(request)
+    token = facts_entry_token(request, facts)
     if not token:
         return None
     jti = _cached_jti(token)
