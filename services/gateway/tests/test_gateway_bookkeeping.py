@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 import string
-from typing import cast
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -283,3 +284,80 @@ def test_bind_request_value_adds_to_the_request_fields_or_to_structlog() -> None
     finally:
         logs._REQUEST_FIELDS.reset(token)
         structlog.contextvars.clear_contextvars()
+
+
+def _token_filters(is_revoked: object = None, clock: object = None) -> tuple[Any, Any, Any]:
+    """The JWT and entry-token filters over caches that already hold ``u1``'s tokens."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    from urr_gateway.context import Identity
+    from urr_gateway.filters.entry_token import EntryClaims, _EntryToken
+    from urr_gateway.filters.jwt_auth import _JwtAuth
+    from urr_gateway.filters.ratelimit import revocation_verdict
+    from urr_gateway.revocation import PrecheckedRevocation, RevocationCheck
+    from urr_gateway.tokencache import VerifiedTokenCache
+    from urr_gateway.verification import CachedTokenVerifier
+
+    now = [1_000.0]
+    tick = clock or (lambda: now[0])
+    identities: VerifiedTokenCache[Identity] = VerifiedTokenCache(100, 30.0, clock=tick)  # type: ignore[arg-type]
+    identities.put("access-u1", Identity("u1", "u1@example.com", "user", "a1"), expires_at=1_010)
+    claims: VerifiedTokenCache[EntryClaims] = VerifiedTokenCache(100, 30.0, clock=tick)  # type: ignore[arg-type]
+    claims.put("entry-u1-e1", EntryClaims("u1", "e1", "j1"), expires_at=1_010)
+    rejections = Counter("r", "r", ["filter", "reason"], registry=CollectorRegistry())
+    none = cast(Any, None)
+    jwt = _JwtAuth(CachedTokenVerifier(none, none, none, identities), rejections, is_revoked)  # type: ignore[arg-type]
+    entry = _EntryToken(
+        CachedTokenVerifier(none, none, none, claims),
+        PrecheckedRevocation(cast(RevocationCheck, None), revocation_verdict),
+        rejections,
+    )
+    return jwt, entry, now
+
+
+def _token_request(path: str, access: str, entry_token: str) -> tuple[Any, RequestFacts]:
+    from urr_gateway.publicrequest import GatewayRequest
+
+    pairs = [("Authorization", f"Bearer {access}"), ("x-queue-entry-token", entry_token)]
+    request = GatewayRequest("GET", path, _proxy(pairs), "10.1.2.3", "gw", None, None)
+    return Ingress(TrustSettings())(cast(web.Request, request), "rid")
+
+
+def test_cached_tokens_are_still_checked_for_user_event_revocation_and_expiry() -> None:
+    from urr_common.problems import Forbidden
+
+    jwt, entry, now = _token_filters()
+    request, facts = _token_request("/api/v1/seats/e1/map", "access-u1", "entry-u1-e1")
+    assert jwt.step(request, facts) is None
+    assert facts.identity is not None
+    assert facts.identity.user_id == "u1"
+    # The limiter's round trip found the key not revoked: accepted from the caches alone.
+    facts.rate_limit_decision = cast(Any, SimpleNamespace(revoked=False))
+    facts.rate_limit_revoked_key = "{u:u1}:revoked:j1"
+    assert entry.step(request, facts) is None
+    facts.rate_limit_decision = cast(Any, SimpleNamespace(revoked=True))
+    with pytest.raises(Forbidden) as revoked:
+        entry.step(request, facts)
+    assert revoked.value.code == "entry_token_invalid"
+    # Another event's path with this event's token: refused on a cache hit too.
+    request, facts = _token_request("/api/v1/seats/e2/map", "access-u1", "entry-u1-e1")
+    jwt.step(request, facts)
+    with pytest.raises(Forbidden) as wrong_event:
+        entry.step(request, facts)
+    assert wrong_event.value.code == "entry_token_wrong_event"
+    # Past the token's exp the cache answers nothing: the token must be verified again.
+    now[0] = 1_010.0
+    request, facts = _token_request("/api/v1/seats/e1/map", "access-u1", "entry-u1-e1")
+    pending = jwt.step(request, facts)
+    assert pending is not None  # verification needed, not a cached identity
+    pending.close()
+    assert facts.identity is None
+
+
+def test_a_cached_access_token_revoked_by_jti_is_refused() -> None:
+    jwt, _, _ = _token_filters(is_revoked=lambda jti: jti == "a1")
+    request, facts = _token_request("/api/v1/seats/e1/map", "access-u1", "entry-u1-e1")
+    assert jwt.step(request, facts) is None
+    assert facts.identity is None
+    assert facts.auth_refusal is not None
+    assert "Authorization" not in facts.headers

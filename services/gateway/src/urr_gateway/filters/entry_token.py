@@ -139,7 +139,8 @@ class _EntryToken:
             raise self.refuse(rejection_code(exc.reason)) from exc
         if claims is None:
             return self.finish(request, shown, None)
-        self.check_claims(claims, identity, match)
+        if claims.user_id != identity.user_id or claims.event_id != match.event_id:
+            self.check_claims(claims, identity, match)  # raises the refusal that applies
         verdict = self._revocation.verdict(request, identity.user_id, claims.jti)
         if verdict is None:  # the limiter did not look this key up: ask Redis
             return self.finish(request, shown, claims)

@@ -180,11 +180,15 @@ class _JwtAuth:
                 raise self.refused(exc) from exc
             if identity is None:  # not seen yet: verify it (and wait for keys if need be)
                 return self.authenticate_then(request, facts, authorization)
-            identity = self.checked(identity)
+            if self._is_revoked is not None:
+                identity = self.checked(identity)
         except ProblemError as refusal:
             self.record_refusal(request, facts, refusal)
             return None
-        self.accept(request, facts, identity)
+        # ``accept`` inlined (once a request).
+        facts.identity = identity
+        request._state[IDENTITY] = identity
+        bind_request_value("user_id", identity.user_id)
         return None
 
     @web.middleware
