@@ -26,7 +26,7 @@ from prometheus_client import Counter
 
 from urr_common.logs import get_logger
 from urr_common.tokens import MAX_TOKEN_BYTES
-from urr_gateway.context import IDENTITY, RequestFacts, facts_of, request_cookies
+from urr_gateway.context import FACTS, IDENTITY, RequestFacts, request_cookies
 from urr_gateway.keys import revoked_entry_token_key
 from urr_gateway.ratelimit.resp import RedirectedError
 from urr_gateway.routing import ROUTE
@@ -77,7 +77,7 @@ def revocation_key_of(request: web.Request) -> str | None:
     verdict for exactly the key of the verified ``sub`` and ``jti``. Computed once per
     request (the limiter and the verdict reader both ask).
     """
-    facts = facts_of(request)
+    facts = request._state.get(FACTS)  # ``facts_of`` inlined: once or twice a request
     if facts is not None:
         if facts.revocation_key is None:
             facts.revocation_key = _facts_revocation_key(request, facts) or ""
@@ -97,7 +97,9 @@ def _facts_revocation_key(request: web.Request, facts: RequestFacts) -> str | No
     identity = facts.identity if facts.identity is not None else request.get(IDENTITY)
     if identity is None:
         return None
-    token = facts_entry_token(request, facts)
+    token = facts.entry_token
+    if token is None:  # ``facts_entry_token`` inlined
+        token = facts.entry_token = entry_token_of(request) or ""
     if not token:
         return None
     jti = _cached_jti(token)
