@@ -105,6 +105,16 @@ def bind_request_context(**values: Any) -> None:
     structlog.contextvars.bind_contextvars(**values)
 
 
+def bind_request_value(name: str, value: Any) -> None:
+    """``bind_request_context(name=value)`` without building a keyword dict (once a request
+    on the gateway's path: the user id)."""
+    fields = _REQUEST_FIELDS.get()
+    if fields is not None:
+        fields[name] = value
+        return
+    structlog.contextvars.bind_contextvars(**{name: value})
+
+
 def start_request_context(request_id: str) -> None:
     """A new request's log context in one ``ContextVar.set``, instead of clearing and binding
     structlog's context variables (several ``ContextVar`` sets and a dict copy per request):

@@ -58,6 +58,7 @@ class RequestFacts:
         "auth_refusal",
         "client_ip",
         "cookie_refused",
+        "entry_token",
         "from_cookie",
         "headers",
         "identity",
@@ -105,6 +106,9 @@ class RequestFacts:
         self.rate_limit_revoked_key: str | None = None
         #: The client connection's token digests (the protocol server's; else ``None``).
         self.token_digests: TokenDigests | None = None
+        #: ``revocation.entry_token_of``'s answer, once asked ("" for none): the limiter's
+        #: revocation key and the entry-token filter both read it.
+        self.entry_token: str | None = None
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         fields: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}

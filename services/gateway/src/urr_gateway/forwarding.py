@@ -46,6 +46,8 @@ _GATEWAY_OWNED = frozenset(
     }
 )
 _NOT_FORWARDED = HOP_BY_HOP | _GATEWAY_OWNED
+#: Every request header name never forwarded as the client sent it (lower case).
+NOT_FORWARDED = _NOT_FORWARDED
 _NO_TOKENS: frozenset[str] = frozenset()
 IDENTITY_HEADER_PREFIX = "x-user-"
 # ``istr``: a case-insensitive multidict takes an ``istr`` key's folded form as it is, a
@@ -97,16 +99,62 @@ def _dropped(
     return dropped
 
 
+#: The names to remove from a copy of a message's headers, by (the names never forwarded,
+#: the message's header names in order as sent, whether ``X-User-*`` names go too): a client
+#: sends the same names on every request, so the copy is made in C and only the few names
+#: found here are removed, instead of a Python pass lowering every name. Exact keys (case as
+#: sent), so a name is never mistaken for another; bounded in entries (emptied when full)
+#: and in the names' total length it keeps (a client chooses its names: a miss costs the
+#: pass, never memory).
+_DROP_NAMES: dict[tuple[frozenset[str], tuple[str, ...], bool], tuple[str, ...]] = {}
+_DROP_NAMES_MAX_ENTRIES = 1024
+_DROP_NAMES_MAX_LENGTH = 2048
+
+
+def _names_to_drop(
+    dropped: frozenset[str], names: tuple[str, ...], identity_too: bool
+) -> tuple[str, ...]:
+    """The distinct names in ``names`` that are in ``dropped`` (case-insensitively), and
+    with ``identity_too`` the ``X-User-*`` ones; cached."""
+    key = (dropped, names, identity_too)
+    found = _DROP_NAMES.get(key)
+    if found is None:
+        found = tuple(
+            name
+            for name in dict.fromkeys(names)
+            if name.lower() in dropped
+            or (identity_too and name.lower().startswith(IDENTITY_HEADER_PREFIX))
+        )
+        if sum(map(len, names)) <= _DROP_NAMES_MAX_LENGTH:
+            if len(_DROP_NAMES) >= _DROP_NAMES_MAX_ENTRIES:
+                _DROP_NAMES.clear()
+            _DROP_NAMES[key] = found
+    return found
+
+
+def forwardable_headers(
+    headers: CIMultiDictProxy[str], never_forwarded: frozenset[str] = _NOT_FORWARDED
+) -> CIMultiDict[str]:
+    """``upstream_request_headers`` with more names never forwarded (``never_forwarded``: a
+    superset of the hop-by-hop and gateway-owned names, in lower case; ingress adds the
+    origin secret's header and, on most routes, ``X-API-Key``). A new multidict."""
+    # ``_dropped`` and ``_names_to_drop``'s cache hit inlined: two calls less a request.
+    dropped = (
+        never_forwarded if hdrs.CONNECTION not in headers else _dropped(never_forwarded, headers)
+    )
+    names = tuple(headers.keys())
+    found = _DROP_NAMES.get((dropped, names, True))
+    if found is None:
+        found = _names_to_drop(dropped, names, True)
+    forwarded = CIMultiDict(headers)
+    for name in found:
+        forwarded.popall(name)
+    return forwarded
+
+
 def upstream_request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop, gateway-owned and ``X-User-*`` ones."""
-    dropped = _dropped(_NOT_FORWARDED, headers)
-    forwarded: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in dropped or lower.startswith(IDENTITY_HEADER_PREFIX):
-            continue
-        forwarded.add(name, value)
-    return forwarded
+    return forwardable_headers(headers)
 
 
 def downstream_response_headers(
@@ -121,7 +169,11 @@ def strip_hop_by_hop(headers: CIMultiDict[str]) -> CIMultiDict[str]:
     """``downstream_response_headers`` in place (and returned): for an answer read whole,
     whose headers nothing reads afterwards, the copy is saved."""
     dropped = _dropped(HOP_BY_HOP, headers)
-    for name in [name for name in headers if name.lower() in dropped]:
+    names = tuple(headers.keys())
+    found = _DROP_NAMES.get((dropped, names, False))
+    if found is None:
+        found = _names_to_drop(dropped, names, False)
+    for name in found:
         headers.popall(name, None)
     return headers
 

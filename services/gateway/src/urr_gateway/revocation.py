@@ -26,7 +26,7 @@ from prometheus_client import Counter
 
 from urr_common.logs import get_logger
 from urr_common.tokens import MAX_TOKEN_BYTES
-from urr_gateway.context import IDENTITY, RequestFacts, facts_of, request_cookies
+from urr_gateway.context import FACTS, IDENTITY, RequestFacts, request_cookies
 from urr_gateway.keys import revoked_entry_token_key
 from urr_gateway.ratelimit.resp import RedirectedError
 from urr_gateway.routing import ROUTE
@@ -61,6 +61,14 @@ def entry_token_of(request: web.Request) -> str | None:
     return request_cookies(request).get(ENTRY_TOKEN_COOKIE) or None
 
 
+def facts_entry_token(request: web.Request, facts: RequestFacts) -> str | None:
+    """``entry_token_of(request)``, looked up once per request (kept on ``facts``)."""
+    token = facts.entry_token
+    if token is None:
+        token = facts.entry_token = entry_token_of(request) or ""
+    return token or None
+
+
 def revocation_key_of(request: web.Request) -> str | None:
     """The revocation key for the request's entry token, read without verifying it.
 
@@ -69,7 +77,7 @@ def revocation_key_of(request: web.Request) -> str | None:
     verdict for exactly the key of the verified ``sub`` and ``jti``. Computed once per
     request (the limiter and the verdict reader both ask).
     """
-    facts = facts_of(request)
+    facts = request._state.get(FACTS)  # ``facts_of`` inlined: once or twice a request
     if facts is not None:
         if facts.revocation_key is None:
             facts.revocation_key = _facts_revocation_key(request, facts) or ""
@@ -89,7 +97,9 @@ def _facts_revocation_key(request: web.Request, facts: RequestFacts) -> str | No
     identity = facts.identity if facts.identity is not None else request.get(IDENTITY)
     if identity is None:
         return None
-    token = entry_token_of(request)
+    token = facts.entry_token
+    if token is None:  # ``facts_entry_token`` inlined
+        token = facts.entry_token = entry_token_of(request) or ""
     if not token:
         return None
     jti = _cached_jti(token)

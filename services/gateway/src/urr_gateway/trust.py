@@ -207,7 +207,10 @@ class ProxyTrust:
         #: depends on nothing else, and keep-alive clients and load balancers come back on
         #: every request. Shared between requests, so never to be mutated (the chain is read
         #: only, joined into X-Forwarded-For). Bounded; oldest entry goes first.
-        self._direct: dict[str, ClientAddress] = {}
+        self._direct: dict[str | None, ClientAddress] = {}
+        #: ``client(remote, ...)`` for a TCP peer whose answer is kept, else ``None``: one C
+        #: call, without the ``X-Forwarded-For`` lookup its caller would make for ``client``.
+        self.known_direct: Callable[[str | None], ClientAddress | None] = self._direct.get
 
     def _trusted(self, address: str) -> bool:
         parsed = canonical_ip(address)

@@ -35,7 +35,7 @@ def cookie_auth_step(request: web.Request, facts: RequestFacts) -> None:
     if cookie:
         headers[hdrs.AUTHORIZATION] = f"Bearer {cookie}"
         facts.from_cookie = True
-        request[FROM_COOKIE] = True
+        request._state[FROM_COOKIE] = True  # the dict itself: no ``__setitem__`` call
     return None
 
 

@@ -23,7 +23,7 @@ from urr_common.tokens import BASE_REQUIRED_CLAIMS, TokenError, TokenRejection
 from urr_gateway.context import IDENTITY, Identity, RequestFacts
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.jwks import KeysUnavailable
-from urr_gateway.revocation import RevocationCheck, entry_token_of
+from urr_gateway.revocation import RevocationCheck, entry_token_of, facts_entry_token
 from urr_gateway.routing import ROUTE, RouteMatch
 from urr_gateway.verification import CachedTokenVerifier
 
@@ -129,7 +129,7 @@ class _EntryToken:
         match = facts.route
         if match is None or not match.route.needs_entry_token:
             return None
-        shown = self.token_to_check(match, facts.identity, entry_token_of(request))
+        shown = self.token_to_check(match, facts.identity, facts_entry_token(request, facts))
         if shown is None:
             return None
         _, identity, token = shown
@@ -139,7 +139,8 @@ class _EntryToken:
             raise self.refuse(rejection_code(exc.reason)) from exc
         if claims is None:
             return self.finish(request, shown, None)
-        self.check_claims(claims, identity, match)
+        if claims.user_id != identity.user_id or claims.event_id != match.event_id:
+            self.check_claims(claims, identity, match)  # raises the refusal that applies
         verdict = self._revocation.verdict(request, identity.user_id, claims.jti)
         if verdict is None:  # the limiter did not look this key up: ask Redis
             return self.finish(request, shown, claims)

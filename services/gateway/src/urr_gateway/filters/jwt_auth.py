@@ -24,7 +24,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from prometheus_client import Counter
 
-from urr_common.logs import bind_request_context
+from urr_common.logs import bind_request_context, bind_request_value
 from urr_common.problems import Forbidden, ProblemError, ServiceUnavailable, Unauthorized
 from urr_common.tokens import BASE_REQUIRED_CLAIMS, TokenError, TokenRejection
 from urr_gateway.context import IDENTITY, Identity, RequestFacts
@@ -152,8 +152,8 @@ class _JwtAuth:
     def accept(self, request: web.Request, facts: RequestFacts, identity: Identity) -> None:
         # Upstreams learn the identity only from the proxy's signed ``X-Urr-Identity``.
         facts.identity = identity
-        request[IDENTITY] = identity
-        bind_request_context(user_id=identity.user_id)
+        request._state[IDENTITY] = identity  # the dict itself: no ``__setitem__`` call
+        bind_request_value("user_id", identity.user_id)
 
     async def authenticate_then(
         self, request: web.Request, facts: RequestFacts, authorization: str
@@ -180,11 +180,15 @@ class _JwtAuth:
                 raise self.refused(exc) from exc
             if identity is None:  # not seen yet: verify it (and wait for keys if need be)
                 return self.authenticate_then(request, facts, authorization)
-            identity = self.checked(identity)
+            if self._is_revoked is not None:
+                identity = self.checked(identity)
         except ProblemError as refusal:
             self.record_refusal(request, facts, refusal)
             return None
-        self.accept(request, facts, identity)
+        # ``accept`` inlined (once a request).
+        facts.identity = identity
+        request._state[IDENTITY] = identity
+        bind_request_value("user_id", identity.user_id)
         return None
 
     @web.middleware

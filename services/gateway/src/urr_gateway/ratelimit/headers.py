@@ -37,11 +37,14 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
     windows = decision.windows
     if len(windows) == 1:  # the common single-window category, without generator and join
         window = windows[0]
-        headers = {POLICY_HEADER: f'"{window.policy}";q={window.limit};w={window.window_s}'}
+        policy = window.policy
+        headers = {POLICY_HEADER: f'"{policy}";q={window.limit};w={window.window_s}'}
         if decision.source not in ("open", "closed"):
-            headers[STATE_HEADER] = (
-                f'"{window.policy}";r={window.remaining};t={window.seconds_until_quota}'
-            )
+            # ``seconds_until_quota`` inlined (three calls: property, ms_to_s_up, ceil_div):
+            # whole seconds rounded up, never negative.
+            until_ms = window.retry_ms or window.reset_ms
+            seconds = -(-until_ms // 1000) if until_ms > 0 else 0
+            headers[STATE_HEADER] = f'"{policy}";r={window.remaining};t={seconds}'
     else:
         headers = {POLICY_HEADER: render_policy(windows)}
         if decision.source not in ("open", "closed"):

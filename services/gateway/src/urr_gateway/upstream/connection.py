@@ -341,9 +341,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         # Decoded in one comprehension and built by the multidict's C constructor; the
         # length found by one lookup after: no per-header branch in Python.
+        name_of = _NAMES.get
         headers: CIMultiDict[str] = CIMultiDict(
             [
-                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+                (name_of(name) or _name(name), value.decode("utf-8", "surrogateescape"))
                 for name, value in self._header_pairs
             ]
         )
@@ -376,6 +377,23 @@ class UpstreamConnection(asyncio.Protocol):
         self.served += 1
         if not self._sending:
             self._release()
+
+
+#: Header names as ``istr``s, by their bytes: an upstream sends the same few names on every
+#: answer, and a name the multidict gets as an ``istr`` is not case-folded again there (nor
+#: on each later lookup of it). Bounded (emptied when full): names are the upstream's text.
+_NAMES: dict[bytes, istr] = {}
+_NAMES_MAX_ENTRIES = 512
+_NAMES_MAX_LENGTH = 64
+
+
+def _name(raw: bytes) -> istr:
+    name = istr(raw.decode("latin-1"))
+    if len(raw) <= _NAMES_MAX_LENGTH:
+        if len(_NAMES) >= _NAMES_MAX_ENTRIES:
+            _NAMES.clear()
+        _NAMES[raw] = name
+    return name
 
 
 def _reads_until_close(response: UpstreamResponse, head_request: bool) -> bool:
