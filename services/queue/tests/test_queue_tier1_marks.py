@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from botocore.exceptions import ClientError
@@ -214,3 +215,29 @@ async def test_the_lean_path_fails_as_botocore_does(
                     await table.mark_spent(EVENT, str(uuid.uuid4()), 1, spent_at_s=1)
             codes[lean] = raised.value.response["Error"]["Code"]
     assert codes == {True: "ResourceNotFoundException", False: "ResourceNotFoundException"}
+
+
+async def test_the_lean_path_goes_through_the_proxy_botocore_would_use(
+    tier1_tables: tuple[TableSettings, VwrStore],
+    dynalite_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The environment's proxy is looked up once, as botocore would (``NO_PROXY`` bypasses
+    it): a proxy that is not there fails the mark, the same endpoint exempted reaches it."""
+    tables, vwr = tier1_tables
+    rid, pos = tier1_place(vwr)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with (
+        open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb,
+        SpentPlaceTable(dynamodb, tables.positions) as table,
+    ):
+        with pytest.raises(aiohttp.ClientError):
+            await table.mark_spent(EVENT, rid, pos, spent_at_s=1)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with (
+        open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb,
+        SpentPlaceTable(dynamodb, tables.positions) as table,
+    ):
+        assert await table.mark_spent(EVENT, rid, pos, spent_at_s=1)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 import orjson
@@ -135,6 +136,12 @@ class _LeanUpdate:
         # The client's own credential chain (refreshable credentials refresh themselves).
         self._credentials = dynamodb._request_signer._credentials
         self._session: aiohttp.ClientSession | None = None
+        # The proxy botocore would take from the environment, looked up once: aiohttp's
+        # trust_env looks it up (and reads ~/.netrc) on a thread for every request, which
+        # cost more than the mark itself.
+        proxy = meta.config.proxies or getproxies()
+        chosen = proxy.get(endpoint.scheme) if proxy else None
+        self._proxy = None if chosen is None or proxy_bypass(endpoint.hostname) else chosen
 
     async def close(self) -> None:
         if self._session is not None:
@@ -145,9 +152,8 @@ class _LeanUpdate:
         if self._credentials is None:
             raise NoCredentialsError()
         if self._session is None:
-            # trust_env: the proxy variables botocore would honour. No cookies.
             self._session = aiohttp.ClientSession(
-                timeout=_LEAN_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar(), trust_env=True
+                timeout=_LEAN_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar()
             )
         body = orjson.dumps(params)
         headers = {
@@ -156,7 +162,9 @@ class _LeanUpdate:
             "X-Amz-Target": "DynamoDB_20120810.UpdateItem",
         }
         self._signer.sign(headers, body, await self._credentials.get_frozen_credentials())
-        async with self._session.post(self._url, data=body, headers=headers) as answer:
+        async with self._session.post(
+            self._url, data=body, headers=headers, proxy=self._proxy
+        ) as answer:
             payload = await answer.read()
             status = answer.status
             answered = answer.headers
