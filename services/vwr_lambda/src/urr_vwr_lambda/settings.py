@@ -217,17 +217,9 @@ class VwrSettings(ServiceSettings):
     #: invocation at a time, as powertools' resolver requires); 0 runs it in-process.
     local_api_processes: int = Field(default=4, ge=0, le=16)
     #: Invocations the emulator lets run or wait at once; beyond that it answers 429 at once,
-    #: as API Gateway's throttling does in AWS. Without a bound, a crowd larger than DynamoDB
-    #: can serve queues requests that time out before they run, and nothing useful gets done.
-    #: A hard bound only: the throttle that acts first is ``local_api_max_wait_s``. (It was 6
-    #: and the only bound: a burst of seven assigns within one invocation's time was answered
-    #: 429 although the containers caught up within tens of milliseconds, issue 22 item 3.)
-    local_api_max_pending: int = Field(default=32, ge=1, le=10_000)
-    #: Calls are turned away (429) while a call of their kind (read or write) has been waiting
-    #: for a free container longer than this: the containers have fallen behind the offered
-    #: load (DynamoDB or the machine slower than the crowd), the overload API Gateway's
-    #: throttle answers in AWS, where a short burst scales out instead of waiting.
-    local_api_max_wait_s: float = Field(default=0.25, gt=0.0, le=30.0)
+    #: as API Gateway's throttling does in AWS. Without a bound, a crowd larger than moto can
+    #: serve queues requests that time out before they run, and nothing useful gets done.
+    local_api_max_pending: int = Field(default=6, ge=1, le=10_000)
     #: The same for reads (checks, status), counted apart: a check is mostly answered from the
     #: container's copies, and a waiter throttled on its checks learns of its turn late and
     #: loses its place in the admission order. API Gateway throttles per method likewise.

@@ -170,16 +170,9 @@ def create_app(
         registry=app[REGISTRY_KEY],
     )
 
-    max_wait_s = settings.local_api_max_wait_s
-
     async def invoke(request: web.Request) -> web.Response:
-        read = request.method in _READS
-        pending = reads if read else writes
-        containers = request.app[CONTAINERS_KEY]
-        # Turned away when the containers are behind (a call of its kind has waited longer
-        # than the budget for one) or the backlog is at its hard bound; a burst the
-        # containers absorb within the budget waits its turn instead.
-        if pending.full() or containers.backlog_s(read) > max_wait_s:
+        pending = reads if request.method in _READS else writes
+        if pending.full():
             throttled_total.inc()
             return throttled()
         pending.count += 1
@@ -187,6 +180,8 @@ def create_app(
             body = await request.read()
             event = rest_event(request, body)
             key = sticky_key(request.path, body)
+            read = request.method in _READS
+            containers = request.app[CONTAINERS_KEY]
             if in_process:
                 result: dict[str, Any] = await containers.invoke(
                     local_handler, event, None, key=key, read=read

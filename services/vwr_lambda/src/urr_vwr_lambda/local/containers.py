@@ -72,16 +72,6 @@ class Containers:
     def idle(self) -> int:
         return len(self._idle)
 
-    def backlog_s(self, read: bool, now: float | None = None) -> float:
-        """How long the oldest call of that kind still waiting for a container has waited
-        (0 when none waits): how far behind the containers are, whatever the burst size."""
-        lane = self._reads if read else self._writes
-        while lane and lane[0].future.done():  # its caller went away: it will never run
-            lane.popleft()
-        if not lane:
-            return 0.0
-        return (time.monotonic() if now is None else now) - lane[0].queued_at
-
     async def warm(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn`` once in every container, before any call (like provisioned concurrency)."""
         loop = asyncio.get_running_loop()
