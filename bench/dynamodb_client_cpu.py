@@ -11,7 +11,7 @@ round, all in one process. Variants: ``botocore`` (``VwrRuntime``'s client, stan
 keepalive`` (``tcp_keepalive=True``), ``lean`` (``LeanDynamoDB`` over the first). Prints the
 median over rounds (and min/max) of the client's CPU per call (``time.process_time``) and
 dynalite's (``/proc``), with the load average. ``--signatures N`` first times botocore's
-``SigV4Auth`` against the lean client's own signer (``urr_vwr_lambda.sigv4``), N per round.
+``SigV4Auth`` against the lean client's own signer (``urr_common.sigv4``), N per round.
 """
 
 from __future__ import annotations
@@ -69,14 +69,14 @@ def mix(client: Any, table: str) -> Callable[[], int]:
 
 def signer_cost(signatures: int, rounds: int) -> None:
     """CPU per signature of one ``GetItem`` request: botocore's ``SigV4Auth`` (as the lean
-    client signed until ``urr_vwr_lambda.sigv4``) against the lean client's own signer,
+    client signed until ``urr_common.sigv4``) against the lean client's own signer,
     alternating, with a session token; the two ``Authorization`` headers of one instant are
     checked equal first (the tests do it byte for byte over fuzzed requests)."""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from urr_vwr_lambda.sigv4 import SigV4Signer
+    from urr_common.sigv4 import SigV4Signer
 
     credentials = Credentials("AKIDBENCH", "bench-secret", "bench-session-token")
     body = b'{"TableName":"bench-calls","Key":{"pk":{"S":"event"}},"ConsistentRead":true}'

@@ -12,8 +12,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
+from botocore.exceptions import ClientError
 from prometheus_client import CollectorRegistry
 
 from urr_common.clients import redis_client
@@ -88,17 +90,24 @@ async def spend(store: QueueStore, user: str, request_id: str, position: int) ->
     await store.leave(EVENT, user, only_admitted=False)
 
 
-def marker(store: QueueStore, dynamodb: Any, table: str) -> SpentPlaceMarker:
-    return SpentPlaceMarker(
-        store,
-        SpentPlaceTable(dynamodb, table),
-        QueueMetrics.register(CollectorRegistry()),
-        Tier1PlacesSettings(table=table),
-    )
+async def mark_all(store: QueueStore, dynamodb: Any, table: str, *, lean: bool = True) -> int:
+    """One round of a marker over every event's outbox."""
+    async with SpentPlaceTable(dynamodb, table, lean=lean) as places:
+        marker = SpentPlaceMarker(
+            store,
+            places,
+            QueueMetrics.register(CollectorRegistry()),
+            Tier1PlacesSettings(table=table),
+        )
+        return await marker.mark_all()
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "botocore"])
 async def test_spent_places_are_marked_in_the_tier1_table(
-    queue_store: QueueStore, tier1_tables: tuple[TableSettings, VwrStore], dynalite_endpoint: str
+    queue_store: QueueStore,
+    tier1_tables: tuple[TableSettings, VwrStore],
+    dynalite_endpoint: str,
+    lean: bool,
 ):
     tables, vwr = tier1_tables
     spent_rid, spent_pos = tier1_place(vwr)
@@ -109,7 +118,7 @@ async def test_spent_places_are_marked_in_the_tier1_table(
     await spend(queue_store, "u3", str(uuid.uuid4()), 50)
     assert len(await queue_store.unmarked_places(EVENT, 10)) == 3
     async with open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb:
-        settled = await marker(queue_store, dynamodb, tables.positions).mark_all()
+        settled = await mark_all(queue_store, dynamodb, tables.positions, lean=lean)
     assert settled == 3
     assert await queue_store.unmarked_places(EVENT, 10) == []
     marked = vwr.get_place(EVENT, spent_rid)
@@ -121,8 +130,10 @@ async def test_spent_places_are_marked_in_the_tier1_table(
     assert untouched is not None
     assert untouched.spent_at is None
     # Marking again changes nothing (the first time stays).
-    async with open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb:
-        table = SpentPlaceTable(dynamodb, tables.positions)
+    async with (
+        open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb,
+        SpentPlaceTable(dynamodb, tables.positions, lean=lean) as table,
+    ):
         assert not await table.mark_spent(EVENT, spent_rid, spent_pos, spent_at_s=1)
     again = vwr.get_place(EVENT, spent_rid)
     assert again is not None
@@ -139,7 +150,7 @@ async def test_a_late_mark_changes_nothing_in_tier2(
     await spend(queue_store, "u1", rid, pos)
     nowhere = aws_settings(f"http://127.0.0.1:{free_port()}")
     async with open_dynamodb(nowhere) as dynamodb:
-        assert await marker(queue_store, dynamodb, tables.positions).mark_all() == 0
+        assert await mark_all(queue_store, dynamodb, tables.positions) == 0
     assert [place for place, _ in await queue_store.unmarked_places(EVENT, 10)] == [
         place_key(rid, pos)
     ]
@@ -151,7 +162,7 @@ async def test_a_late_mark_changes_nothing_in_tier2(
     )
     assert again is Refusal.TIER1_PASS_SPENT
     async with open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb:
-        assert await marker(queue_store, dynamodb, tables.positions).mark_all() == 1
+        assert await mark_all(queue_store, dynamodb, tables.positions) == 1
     marked = vwr.get_place(EVENT, rid)
     assert marked is not None
     assert marked.spent_at is not None
@@ -189,3 +200,44 @@ async def test_the_service_marks_in_the_background(
         place = vwr.get_place(EVENT, rid)
     assert place is not None
     assert place.spent_at is not None
+
+
+async def test_the_lean_path_fails_as_botocore_does(
+    tier1_tables: tuple[TableSettings, VwrStore], dynalite_endpoint: str
+):
+    """An error of the table comes out of both paths as the same ``ClientError`` code, so the
+    marker's handling (a failed mark stays in the outbox) is the same whichever one runs."""
+    codes = {}
+    async with open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb:
+        for lean in (True, False):
+            async with SpentPlaceTable(dynamodb, "no-such-table", lean=lean) as table:
+                with pytest.raises(ClientError) as raised:
+                    await table.mark_spent(EVENT, str(uuid.uuid4()), 1, spent_at_s=1)
+            codes[lean] = raised.value.response["Error"]["Code"]
+    assert codes == {True: "ResourceNotFoundException", False: "ResourceNotFoundException"}
+
+
+async def test_the_lean_path_goes_through_the_proxy_botocore_would_use(
+    tier1_tables: tuple[TableSettings, VwrStore],
+    dynalite_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The environment's proxy is looked up once, as botocore would (``NO_PROXY`` bypasses
+    it): a proxy that is not there fails the mark, the same endpoint exempted reaches it."""
+    tables, vwr = tier1_tables
+    rid, pos = tier1_place(vwr)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with (
+        open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb,
+        SpentPlaceTable(dynamodb, tables.positions) as table,
+    ):
+        with pytest.raises(aiohttp.ClientError):
+            await table.mark_spent(EVENT, rid, pos, spent_at_s=1)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with (
+        open_dynamodb(aws_settings(dynalite_endpoint)) as dynamodb,
+        SpentPlaceTable(dynamodb, tables.positions) as table,
+    ):
+        assert await table.mark_spent(EVENT, rid, pos, spent_at_s=1)

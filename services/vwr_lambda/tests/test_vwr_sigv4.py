@@ -1,4 +1,4 @@
-"""The lean client's SigV4 signer (``urr_vwr_lambda.sigv4``): AWS's published test vectors,
+"""The lean client's SigV4 signer (``urr_common.sigv4``): AWS's published test vectors,
 byte equality with botocore's ``SigV4Auth`` over fuzzed requests, the day's key cache, and a
 real server (moto with IAM authentication on) that accepts its signatures and refuses tampered
 ones."""
@@ -24,11 +24,11 @@ from botocore.credentials import ReadOnlyCredentials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from urr_common import sigv4
+from urr_common.sigv4 import Credentials, SigV4Signer, amz_date, host_header
 from urr_devstack.procs import free_port, moto_server
 from urr_devstack.testing import _http_server
-from urr_vwr_lambda import sigv4
 from urr_vwr_lambda.dynamodb import LeanDynamoDB
-from urr_vwr_lambda.sigv4 import Credentials, SigV4Signer, amz_date, host_header
 
 # ---- AWS's SigV4 test suite (aws-sig-v4-test-suite), the POST / cases --------------------------
 

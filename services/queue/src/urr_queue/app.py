@@ -185,12 +185,13 @@ def create_app(
                 tasks.append(asyncio.create_task(consumer.run(), name="reservation-events"))
             if dynamodb_factory is not None and settings.tier1_places.enabled:
                 dynamodb = await clients.enter_async_context(dynamodb_factory())
-                marker = SpentPlaceMarker(
-                    store,
-                    SpentPlaceTable(dynamodb, settings.tier1_places.table),
-                    metrics,
-                    settings.tier1_places,
+                table = SpentPlaceTable(
+                    dynamodb,
+                    settings.tier1_places.table,
+                    lean=settings.tier1_places.client == "lean",
                 )
+                clients.push_async_callback(table.close)
+                marker = SpentPlaceMarker(store, table, metrics, settings.tier1_places)
                 tasks.append(asyncio.create_task(marker.run_forever(), name="tier1-marks"))
             try:
                 yield

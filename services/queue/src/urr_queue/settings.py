@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -149,6 +149,10 @@ class Tier1PlacesSettings(BaseModel):
     interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
     #: Most places one round marks per event (one conditional UpdateItem each, in parallel).
     batch_size: int = Field(default=100, ge=1, le=1_000)
+    #: How the marks are sent: ``lean`` (signed JSON on kept-alive connections, a fraction of
+    #: botocore's CPU per mark) or ``botocore`` (the aioboto3 client; the way back if the lean
+    #: path ever misbehaves).
+    client: Literal["lean", "botocore"] = "lean"
 
 
 class FiguresSettings(BaseModel):

@@ -17,13 +17,18 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
+import aiohttp
+import orjson
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from urr_common.clients import aws_client_kwargs
 from urr_common.logs import get_logger
 from urr_common.settings import AwsSettings
+from urr_common.sigv4 import SigV4Signer, host_header
 from urr_queue.metrics import QueueMetrics
 from urr_queue.settings import Tier1PlacesSettings
 from urr_queue.store import QueueStore
@@ -36,6 +41,8 @@ _LOG = get_logger(__name__)
 _CLIENT_CONFIG = Config(
     connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 2}
 )
+#: The same bounds for the lean path (which does not retry: the outbox does).
+_LEAN_TIMEOUT = aiohttp.ClientTimeout(total=7, sock_connect=2, sock_read=5)
 
 
 @asynccontextmanager
@@ -50,11 +57,32 @@ async def open_dynamodb(aws: AwsSettings) -> AsyncIterator[Any]:
 
 
 class SpentPlaceTable:
-    """The one write Tier 2 makes to the Tier-1 ``positions`` table (aioboto3 client)."""
+    """The one write Tier 2 makes to the Tier-1 ``positions`` table.
 
-    def __init__(self, dynamodb: Any, table: str) -> None:
+    ``lean`` (the default): the conditional ``UpdateItem`` is posted as DynamoDB's JSON,
+    signed by ``urr_common.sigv4``, on a kept-alive aiohttp connection; the aioboto3 client
+    given only lends its endpoint, region and credential chain. In a flash crowd each admitted
+    arrival is one mark, and botocore's serialiser, parser, event hooks and signer cost the
+    queue about 10 % of its CPU (issue 22 item 3, ``docs/performance.md``). ``lean=False``
+    sends it through the aioboto3 client (``URR_TIER1_PLACES__CLIENT=botocore``). Either way
+    no retry here: a mark not made stays in the outbox for the next round. Close it
+    (``close`` or ``async with``) to close the lean path's connections.
+    """
+
+    def __init__(self, dynamodb: Any, table: str, *, lean: bool = True) -> None:
         self._db = dynamodb
         self.table = table
+        self._lean = _LeanUpdate(dynamodb) if lean else None
+
+    async def __aenter__(self) -> SpentPlaceTable:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._lean is not None:
+            await self._lean.close()
 
     async def mark_spent(
         self, event_id: str, request_id: str, position: int, *, spent_at_s: int
@@ -66,26 +94,104 @@ class SpentPlaceTable:
         request id (a new place after the old one expired, or after a reset) is another place
         and stays as it is. A row already marked keeps its first time.
         """
+        params = {
+            "TableName": self.table,
+            "Key": {"eventId": {"S": event_id}, "requestId": {"S": request_id}},
+            "UpdateExpression": "SET spentAt = :at",
+            "ConditionExpression": (
+                "attribute_exists(requestId) AND (#pos = :pos OR grantSeq = :pos) "
+                "AND attribute_not_exists(spentAt)"
+            ),
+            "ExpressionAttributeNames": {"#pos": "position"},
+            "ExpressionAttributeValues": {
+                ":at": {"N": str(spent_at_s)},
+                ":pos": {"N": str(position)},
+            },
+        }
         try:
-            await self._db.update_item(
-                TableName=self.table,
-                Key={"eventId": {"S": event_id}, "requestId": {"S": request_id}},
-                UpdateExpression="SET spentAt = :at",
-                ConditionExpression=(
-                    "attribute_exists(requestId) AND (#pos = :pos OR grantSeq = :pos) "
-                    "AND attribute_not_exists(spentAt)"
-                ),
-                ExpressionAttributeNames={"#pos": "position"},
-                ExpressionAttributeValues={
-                    ":at": {"N": str(spent_at_s)},
-                    ":pos": {"N": str(position)},
-                },
-            )
+            if self._lean is not None:
+                await self._lean.update_item(params)
+            else:
+                await self._db.update_item(**params)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return False
             raise
         return True
+
+
+class _LeanUpdate:
+    """``UpdateItem`` as signed JSON over aiohttp, errors raised as botocore's ``ClientError``."""
+
+    def __init__(self, dynamodb: Any) -> None:
+        meta = dynamodb.meta
+        endpoint = urlsplit(meta.endpoint_url)
+        if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+            raise ValueError(f"unusable DynamoDB endpoint {meta.endpoint_url!r}")
+        https = endpoint.scheme == "https"
+        port = endpoint.port or (443 if https else 80)
+        self._host = host_header(endpoint.hostname, port, https=https)
+        self._url = f"{endpoint.scheme}://{endpoint.netloc}/"
+        self._signer = SigV4Signer(region=meta.region_name, service="dynamodb", host=self._host)
+        # The client's own credential chain (refreshable credentials refresh themselves).
+        self._credentials = dynamodb._request_signer._credentials
+        self._session: aiohttp.ClientSession | None = None
+        # The proxy botocore would take from the environment, looked up once: aiohttp's
+        # trust_env looks it up (and reads ~/.netrc) on a thread for every request, which
+        # cost more than the mark itself.
+        proxy = meta.config.proxies or getproxies()
+        chosen = proxy.get(endpoint.scheme) if proxy else None
+        self._proxy = None if chosen is None or proxy_bypass(endpoint.hostname) else chosen
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def update_item(self, params: dict[str, Any]) -> None:
+        if self._credentials is None:
+            raise NoCredentialsError()
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=_LEAN_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar()
+            )
+        body = orjson.dumps(params)
+        headers = {
+            "Host": self._host,
+            "Content-Type": "application/x-amz-json-1.0",
+            "X-Amz-Target": "DynamoDB_20120810.UpdateItem",
+        }
+        self._signer.sign(headers, body, await self._credentials.get_frozen_credentials())
+        async with self._session.post(
+            self._url, data=body, headers=headers, proxy=self._proxy
+        ) as answer:
+            payload = await answer.read()
+            status = answer.status
+            answered = answer.headers
+        if status == 200:
+            return
+        headers = {name.lower(): value for name, value in answered.items()}
+        try:
+            error = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            error = {}
+        if not isinstance(error, dict):
+            error = {}
+        code = str(error.get("__type", "")).rpartition("#")[2] or str(status)
+        message = str(error.get("message") or error.get("Message") or "")
+        raise ClientError(
+            {
+                "Error": {"Code": code, "Message": message},
+                "ResponseMetadata": {
+                    "RequestId": headers.get("x-amzn-requestid", ""),
+                    "HostId": "",
+                    "HTTPStatusCode": status,
+                    "HTTPHeaders": headers,
+                    "RetryAttempts": 0,
+                },
+            },
+            "UpdateItem",
+        )
 
 
 class SpentPlaceMarker:
@@ -149,7 +255,7 @@ class SpentPlaceMarker:
             marked = await self.table.mark_spent(
                 event_id, request_id, position, spent_at_s=spent_ms // 1000
             )
-        except (ClientError, BotoCoreError, OSError) as exc:
+        except (ClientError, BotoCoreError, OSError, aiohttp.ClientError, TimeoutError) as exc:
             self.metrics.tier1_marks.labels("failed").inc()
             _LOG.debug("tier1_mark_failed", event_id=event_id, error=str(exc))
             return False

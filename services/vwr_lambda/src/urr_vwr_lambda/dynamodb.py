@@ -5,7 +5,7 @@ parser walking the model, the event hooks, the user-agent string built per reque
 against well under 0.2 ms for the same JSON posted in one write over a kept-alive HTTP/1.1
 connection of its own (``_Connection``; ``http.client`` wrote the head and the body
 separately and parsed answers with ``email``'s parser) and signed by
-``urr_vwr_lambda.sigv4`` (the day's signing key kept; botocore's ``SigV4Auth`` cost about as
+``urr_common.sigv4`` (the day's signing key kept; botocore's ``SigV4Auth`` cost about as
 much as the rest of the call). Lambda bills by the millisecond, so ``LeanDynamoDB`` does the
 latter for the operations the handlers send (``HOT_OPERATIONS``) and hands everything else
 (``create_table``, ``close``, ``meta``...) to the botocore client it wraps, which also gives it
@@ -64,7 +64,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.hooks import HierarchicalEmitter
 from botocore.retries import quota, standard
 
-from urr_vwr_lambda.sigv4 import SigV4Signer, host_header
+from urr_common.sigv4 import SigV4Signer, host_header
 
 #: The operations sent by the lean path; every other attribute is the botocore client's.
 HOT_OPERATIONS = {

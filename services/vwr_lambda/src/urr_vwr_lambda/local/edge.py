@@ -12,11 +12,12 @@ import asyncio
 import mimetypes
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -30,10 +31,18 @@ from urr_vwr_lambda.edge_config import EdgeConfigSource
 from urr_vwr_lambda.gates.clients import VIEWER_ADDRESS_HEADER
 from urr_vwr_lambda.gates.origin import OriginSecrets
 from urr_vwr_lambda.local.cloudfront import edge_response, viewer_request_event
+from urr_vwr_lambda.local.upstream import Upstream, UpstreamFailed
 from urr_vwr_lambda.page_document import DOCUMENT_CACHE_CONTROL, document_target
 from urr_vwr_lambda.settings import EdgeEmulatorSettings
 
-SESSION_KEY = web.AppKey("vwr_edge_session", aiohttp.ClientSession)
+
+@dataclass(frozen=True, slots=True)
+class Upstreams:
+    api: Upstream
+    gateway: Upstream
+
+
+UPSTREAMS_KEY = web.AppKey("vwr_edge_upstreams", Upstreams)
 VERIFIER_KEY = web.AppKey("vwr_edge_verifier", EdgeVerifier)
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1) never cross a proxy.
@@ -145,29 +154,22 @@ def _forward_headers(request: web.Request) -> dict[str, str]:
 
 
 async def _proxy(
-    request: web.Request, upstream: str, headers: dict[str, str] | None = None
+    request: web.Request, upstream: Upstream, target: str, headers: dict[str, str] | None = None
 ) -> web.StreamResponse:
-    session = request.app[SESSION_KEY]
     body = await request.read()
+    sent = headers if headers is not None else _forward_headers(request)
     try:
-        async with session.request(
-            request.method,
-            upstream,
-            headers=headers if headers is not None else _forward_headers(request),
-            data=body or None,
-            allow_redirects=False,
-        ) as answer:
-            # Every answer behind the edge is small (JSON, a page): one read and one write
-            # instead of a chunk loop; the body goes on as it came (never decompressed).
-            body = await answer.read()
-            response = web.Response(status=answer.status, reason=answer.reason)
-            for name, value in answer.headers.items():
-                if name.lower() not in _HOP_BY_HOP:
-                    response.headers.add(name, value)
-            response.body = body  # after the headers: keeps the origin's Content-Type
-            return response
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        answer = await upstream.request(request.method, target, list(sent.items()), body)
+    except (UpstreamFailed, TimeoutError) as exc:
         raise BadGateway(f"the origin did not answer: {type(exc).__name__}") from exc
+    # Every answer behind the edge is small (JSON, a page): it came whole, and goes on as it
+    # came (never decompressed).
+    response = web.Response(status=answer.status, reason=answer.reason or None)
+    for name, value in answer.headers:
+        if name.lower() not in _HOP_BY_HOP:
+            response.headers.add(name, value)
+    response.body = answer.body  # after the headers: keeps the origin's Content-Type
+    return response
 
 
 def origin_secrets(settings: EdgeEmulatorSettings) -> OriginSecrets | None:
@@ -192,21 +194,25 @@ def create_app(
     app[VERIFIER_KEY] = verifier or EdgeVerifier(EdgeConfigSource(settings.edge_config.target))
     secrets = origin_secrets(settings)
     document_is_remote = "://" in settings.edge_config.target
+    # The upstream URLs may carry a path prefix: kept in front of every proxied path.
+    api_prefix = urlsplit(settings.api_url).path.rstrip("/")
+    gateway_prefix = urlsplit(settings.gateway_url).path.rstrip("/")
 
-    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_s)
-        # No cookie jar: an origin's Set-Cookie belongs to the viewer it answered and goes
-        # back to that viewer only. A shared jar kept it and sent it with every later
-        # request to that origin, any viewer's (compose names the gateway by host name, and
-        # the default jar refuses cookies only from IP addresses); it also cost a cookie
-        # filter per proxied request.
-        async with aiohttp.ClientSession(
-            timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
-        ) as session:
-            app[SESSION_KEY] = session
+    async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
+        # No cookie jar (none in this client): an origin's Set-Cookie belongs to the viewer it
+        # answered and goes back to that viewer only.
+        upstreams = Upstreams(
+            api=Upstream(settings.api_url, timeout_s=settings.upstream_timeout_s),
+            gateway=Upstream(settings.gateway_url, timeout_s=settings.upstream_timeout_s),
+        )
+        app[UPSTREAMS_KEY] = upstreams
+        try:
             yield
+        finally:
+            await upstreams.api.close()
+            await upstreams.gateway.close()
 
-    app.cleanup_ctx.append(session_ctx)
+    app.cleanup_ctx.append(upstreams_ctx)
 
     async def viewer_request(request: web.Request) -> web.StreamResponse | None:
         """Run the edge function; a response it generates short-circuits the request."""
@@ -243,13 +249,15 @@ def create_app(
             values = secrets.cached() or await asyncio.to_thread(secrets.values)
             origin = (settings.origin.header, values[0]) if values else None
         headers = _api_headers(request, origin)
-        return await _proxy(request, settings.api_url.rstrip("/") + tail, headers)
+        return await _proxy(request, request.app[UPSTREAMS_KEY].api, api_prefix + tail, headers)
 
     async def origin(request: web.Request) -> web.StreamResponse:
         generated = await viewer_request(request)
         if generated is not None:
             return generated
-        return await _proxy(request, settings.gateway_url.rstrip("/") + request.raw_path)
+        return await _proxy(
+            request, request.app[UPSTREAMS_KEY].gateway, gateway_prefix + request.raw_path
+        )
 
     app.router.add_get("/vwr", waiting_page)
     app.router.add_get("/vwr/{tail:.*}", waiting_page)

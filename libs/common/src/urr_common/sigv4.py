@@ -1,4 +1,6 @@
-"""AWS Signature Version 4 for the lean DynamoDB client's requests (issue 22 item 3).
+"""AWS Signature Version 4 for the lean DynamoDB clients' requests (issue 22 item 3): the
+Tier-1 handlers' (``urr_vwr_lambda.dynamodb``) and the queue's spent-place marks
+(``urr_queue.tier1_marks``).
 
 botocore's ``SigV4Auth`` costs about as much as the rest of a lean DynamoDB call: per request
 it builds header objects (``email.message``), splits the URL three times, normalises the
