@@ -147,16 +147,18 @@ async def test_a_spent_place_sends_the_visitor_to_the_back(stack: tuple[Any, str
 
             # Tier 2 reports the visit over: the place is marked spent.
             aws = vwr.settings.aws
-            async with open_dynamodb(
-                AwsSettings(
-                    endpoint_url=aws.endpoint_url,
-                    dynamodb_endpoint_url=aws.dynamodb_endpoint_url,
-                    region=aws.region,
-                    access_key_id=aws.access_key_id,
-                    secret_access_key=aws.secret_access_key,
-                )
-            ) as dynamodb:
-                table = SpentPlaceTable(dynamodb, vwr.settings.tables.positions)
+            async with (
+                open_dynamodb(
+                    AwsSettings(
+                        endpoint_url=aws.endpoint_url,
+                        dynamodb_endpoint_url=aws.dynamodb_endpoint_url,
+                        region=aws.region,
+                        access_key_id=aws.access_key_id,
+                        secret_access_key=aws.secret_access_key,
+                    )
+                ) as dynamodb,
+                SpentPlaceTable(dynamodb, vwr.settings.tables.positions) as table,
+            ):
                 assert await table.mark_spent("evt-1", request_id, 1, spent_at_s=1)
 
             await page.goto(f"{edge_url}/vwr/evt-1")

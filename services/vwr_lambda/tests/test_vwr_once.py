@@ -32,8 +32,10 @@ def mark_spent(vwr: Any, event_id: str, request_id: str, position: int) -> bool:
     )
 
     async def mark() -> bool:
-        async with open_dynamodb(settings) as dynamodb:
-            table = SpentPlaceTable(dynamodb, vwr.settings.tables.positions)
+        async with (
+            open_dynamodb(settings) as dynamodb,
+            SpentPlaceTable(dynamodb, vwr.settings.tables.positions) as table,
+        ):
             return await table.mark_spent(
                 event_id, request_id, position, spent_at_s=int(time.time())
             )

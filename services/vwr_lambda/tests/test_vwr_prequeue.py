@@ -239,13 +239,14 @@ async def test_a_tier1_fronted_pre_queue_admits_the_shuffle_then_tier1_numbers(
         )
     ) as dynamodb:
         positions = vwr_settings.tables.positions
-        marker = SpentPlaceMarker(
-            store,
-            SpentPlaceTable(dynamodb, positions),
-            QueueMetrics.register(CollectorRegistry()),
-            Tier1PlacesSettings(table=positions),
-        )
-        assert await marker.mark_event(event) == 1
+        async with SpentPlaceTable(dynamodb, positions) as table:
+            marker = SpentPlaceMarker(
+                store,
+                table,
+                QueueMetrics.register(CollectorRegistry()),
+                Tier1PlacesSettings(table=positions),
+            )
+            assert await marker.mark_event(event) == 1
     at_wall_clock()
     gone = vwr.check(event, late_claims["rid"])
     assert (gone.status, gone.body["code"]) == (410, "place_spent")
