@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import Any
 
@@ -243,3 +244,31 @@ async def test_a_tenant_reads_its_usage_with_its_api_key_and_no_login(stack):
     assert (await stack.client.post(path, json={})).status == 405
     assert (await stack.client.get("/api/v1/ratelimit/tenants")).status == 404
     assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "name", ["X-User-Id", "X-Forwarded-For", "X-Forwarded-Host", "X-Urr-Identity", "Te"]
+)
+async def test_a_dropped_header_sent_in_two_spellings_is_dropped_not_a_500(stack, name):
+    # Raw bytes: a client library may fold the spellings into one. The drop list names
+    # each spelling the client used, and the first removal takes both.
+    token = stack.access_token("u1")
+    request = (
+        f"POST /api/v1/queue/e1/enter HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: 0\r\n"
+        f"{name.lower()}: one\r\n{name.upper()}: two\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.client.port)
+    try:
+        writer.write(request.encode("latin-1"))
+        answer = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    seen = stack.queue.requests[-1]
+    got = stack.headers_of(seen)
+    assert stack.asserted(seen).user_id == "u1"
+    values = [value for repeated in got.values() for value in repeated]
+    assert "one" not in values
+    assert "two" not in values

@@ -10,6 +10,8 @@ from typing import Any, cast
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -361,3 +363,29 @@ def test_a_cached_access_token_revoked_by_jti_is_refused() -> None:
     assert facts.identity is None
     assert facts.auth_refusal is not None
     assert "Authorization" not in facts.headers
+
+
+_HEADER_NAMES = (
+    "Accept", "Cookie", "X-User-Id", "X-User-Role", "Connection", "X-Hop", "Te", "Upgrade",
+    "X-Forwarded-For", "X-Forwarded-Host", "X-Urr-Identity", "X-Request-Id", "Keep-Alive",
+    "Transfer-Encoding", "Proxy-Authorization", "X-Other",
+)  # fmt: skip
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_HEADER_NAMES).flatmap(
+                lambda name: st.sampled_from((name, name.lower(), name.upper()))
+            ),
+            st.sampled_from(("1", "x-hop", "X-Other, te", "keep-alive")),
+        ),
+        max_size=12,
+    )
+)
+def test_any_mix_of_names_and_spellings_follows_the_rule(pairs: list[tuple[str, str]]) -> None:
+    # A name sent twice in two spellings once made the second removal raise KeyError (500).
+    for _ in range(2):  # computed, then from the cache
+        assert list(upstream_request_headers(_proxy(pairs)).items()) == (
+            _slow_upstream_request_headers(pairs)
+        )

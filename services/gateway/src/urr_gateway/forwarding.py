@@ -148,7 +148,7 @@ def forwardable_headers(
         found = _names_to_drop(dropped, names, True)
     forwarded = CIMultiDict(headers)
     for name in found:
-        forwarded.popall(name)
+        forwarded.popall(name, None)  # a name sent in two spellings is found twice
     return forwarded
 
 
