@@ -31,10 +31,12 @@ lengths, bad chunk sizes) and the drain are ``http1``'s.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import hdrs, web
@@ -47,6 +49,8 @@ from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
 from urr_gateway.forwarding import downstream_response_headers, strip_hop_by_hop
 from urr_gateway.http1 import (
+    HEAD_TOO_LARGE,
+    REQUEST_ID_RE,
     Answer,
     Http1Connection,
     Http1Server,
@@ -65,6 +69,8 @@ from urr_gateway.publicrequest import (
 )
 from urr_gateway.tokencache import TokenDigests
 from urr_gateway.upstream import InvalidHeader, RequestBodyError, UpstreamError
+from urr_gateway.upstream.connection import _NAMES
+from urr_gateway.upstream.connection import _name as new_name
 
 if TYPE_CHECKING:
     from urr_gateway.context import RequestFacts
@@ -93,6 +99,11 @@ _FRAMING = (hdrs.CONTENT_LENGTH, hdrs.TRANSFER_ENCODING)
 #: ``REQUEST_ID_HEADER`` as an ``istr`` (see ``forwarding``).
 _REQUEST_ID = istr(REQUEST_ID_HEADER)
 _LAST_CHUNK = b"0\r\n\r\n"
+#: ``http1``'s X-Request-Id rule on the decoded value: the same bytes pass (the rule is ASCII;
+#: any other byte decodes to a character outside it).
+_REQUEST_ID_TEXT_RE = re.compile(REQUEST_ID_RE.pattern.decode("ascii"))
+#: Header names as cached ``istr``s, by their bytes (``upstream.connection``'s bounded cache).
+name_of = _NAMES.get
 
 
 class _Exchange:
@@ -199,15 +210,38 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     # --- httptools callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # ``Http1Connection.on_message_begin`` inlined (keep in step with it): the field count
+        # is the length of ``_pairs`` and the client's X-Request-Id is looked up in them.
+        self._in_message = self._in_head = True
+        self._head_bytes = 0
+        self._url = b""
+        server = self.server
+        self.deadline = server.loop.time() + server.request_timeout_s
         self._pairs = []
 
-    def header(self, name: bytes, value: bytes) -> None:
-        # As aiohttp decodes them: the same bytes make the same header for every step.
-        self._pairs.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # ``Http1Connection.on_header`` and a listener's ``header`` in one callback: one Python
+        # call per header field instead of two. Decoded as aiohttp decodes them (the same bytes
+        # make the same header for every step); the name as a cached ``istr`` (the upstream
+        # client's cache), which the multidict does not case-fold again.
+        pairs = self._pairs
+        if len(pairs) >= self.max_headers:
+            raise Unreadable(HEAD_TOO_LARGE)
+        pairs.append((name_of(name) or new_name(name), value.decode("utf-8", "surrogateescape")))
+
+    def request_id(self) -> bytes:
+        """``Http1Connection.request_id`` for a refusal (the fields read so far are
+        ``_pairs``): the client's first X-Request-Id when short and plain, else a fresh one."""
+        for name, value in self._pairs:
+            if name.lower() == "x-request-id":
+                inbound = value.encode("utf-8", "surrogateescape")
+                if REQUEST_ID_RE.fullmatch(inbound):
+                    return inbound
+                break
+        return b"%032x" % getrandbits(128)
 
     def on_headers_complete(self) -> None:
-        self.head_done()
+        self._in_head = False  # ``head_done``: the head's deadline is met
         self.deadline = None
         parser = self.parser
         headers = CIMultiDictProxy(CIMultiDict(self._pairs))
@@ -226,11 +260,19 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
             body,
             length,
         )
-        exchange = _Exchange(self, request, body, self.begin_answer(close=False))
+        # ``begin_answer(close=False)`` inlined.
+        answer = Answer()
+        self._answers.append(answer)
+        exchange = _Exchange(self, request, body, answer)
         exchange.close = not parser.should_keep_alive()
         # The client's X-Request-Id when short and plain (``new_request_id``'s rule), else a
-        # fresh one without a getrandom syscall.
-        exchange.request_id = self.request_id().decode("ascii")
+        # fresh one without a getrandom syscall (``Http1Connection.request_id`` on the str).
+        inbound = headers.get(_REQUEST_ID)
+        exchange.request_id = (
+            inbound
+            if inbound is not None and _REQUEST_ID_TEXT_RE.fullmatch(inbound)
+            else f"{getrandbits(128):032x}"
+        )
         exchange.http10 = parser.get_http_version() == "1.0"
         self._queue.append(exchange)
         self._reading = exchange
