@@ -362,7 +362,8 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
             return
         if not answers and not self._in_message:
             self.deadline = self.server.loop.time() + self.server.keepalive_timeout_s
-        self.resume_reading()
+        if self._reading_paused:  # ``resume_reading``'s first test: no call when reading
+            self.resume_reading()
 
     def linger(self) -> None:
         """Close by half and drop what still comes until the client closes (or ``LINGER_S``)."""

@@ -99,6 +99,8 @@ _FRAMING = (hdrs.CONTENT_LENGTH, hdrs.TRANSFER_ENCODING)
 #: ``REQUEST_ID_HEADER`` as an ``istr`` (see ``forwarding``).
 _REQUEST_ID = istr(REQUEST_ID_HEADER)
 _LAST_CHUNK = b"0\r\n\r\n"
+#: One header field's ``name: value`` (``str.join`` bound, called by ``map`` from C).
+_FIELD_JOIN = ": ".join
 #: ``http1``'s X-Request-Id rule on the decoded value: the same bytes pass (the rule is ASCII;
 #: any other byte decodes to a character outside it).
 _REQUEST_ID_TEXT_RE = re.compile(REQUEST_ID_RE.pattern.decode("ascii"))
@@ -148,6 +150,10 @@ class _Prepared:
 
     def __init__(self, headers: CIMultiDict[str]) -> None:
         self.headers = headers
+
+
+#: ``_Prepared`` made without running ``__init__`` (``_head``: its headers set after).
+_new_prepared = object.__new__
 
 
 class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
@@ -478,7 +484,9 @@ class PublicServer(Http1Server):
         status = 500
         try:
             try:
-                routed, facts = self._ingress(cast(web.Request, request), request_id)
+                # Not through ``typing.cast`` (a Python call): ``received`` is ``Any``.
+                received: Any = request
+                routed, facts = self._ingress(received, request_id)
                 facts.token_digests = exchange.connection.token_digests
                 exchange.facts = facts
                 for step in self._steps:
@@ -554,13 +562,18 @@ class PublicServer(Http1Server):
     ) -> None:
         head_only = exchange.request.method == "HEAD"
         if not (head_only and hdrs.CONTENT_LENGTH in headers):
-            for name in _FRAMING:
-                headers.popall(name, None)
+            popall = headers.popall  # ``_FRAMING``, unrolled
+            popall(hdrs.CONTENT_LENGTH, None)
+            popall(hdrs.TRANSFER_ENCODING, None)
             if status >= 200 and status not in _NO_BODY_STATUSES:
                 headers[hdrs.CONTENT_LENGTH] = str(len(body))
         head = self._head(exchange, status, reason, headers)
         exchange.head_sent = True
-        exchange.connection.send(head if head_only or not body else head + body)
+        # ``connection.send`` inlined (keep in step with it).
+        transport = exchange.connection.transport
+        if transport is None or transport.is_closing():
+            raise ClientGone("the client went away")
+        transport.write(head if head_only or not body else head + body)
 
     def _small(self, exchange: _Exchange, answer: UpstreamResponse) -> bool:
         """Whether the answer is read whole and written in one piece."""
@@ -574,8 +587,14 @@ class PublicServer(Http1Server):
     def _relayed_whole(self, exchange: _Exchange, answer: UpstreamResponse) -> bool:
         """The common case without awaiting: a small answer that arrived with its headers,
         written at once (``False``: ``_relay`` must do it)."""
+        if not answer.complete or self._prepare_sync is None:
+            return False
+        # ``_small`` inlined (keep in step with it).
+        length = answer.content_length
         if not (
-            answer.complete and self._prepare_sync is not None and self._small(exchange, answer)
+            exchange.request.method == "HEAD"
+            or answer.status in _NO_BODY_STATUSES
+            or (length is not None and length <= _SMALL_BODY_BYTES)
         ):
             return False
         body = answer.take_body()
@@ -655,23 +674,34 @@ class PublicServer(Http1Server):
         facts = exchange.facts
         if facts is not None and facts.rate_limit_headers:
             headers.update(facts.rate_limit_headers)
-        if self._prepare_sync is not None:
-            prepared = cast(web.StreamResponse, _Prepared(headers))
-            request = cast(web.Request, exchange.request)
-            for receiver in self._prepare_sync:
+        receivers = self._prepare_sync
+        if receivers is not None:
+            # Built by ``object.__new__`` (no Python ``__init__``) and ``Any`` rather than
+            # through ``typing.cast``: no Python call but the receivers'.
+            prepared: Any = _new_prepared(_Prepared)
+            prepared.headers = headers
+            request: Any = exchange.request
+            for receiver in receivers:
                 receiver(request, prepared)
         if hdrs.DATE not in headers:
             headers[hdrs.DATE] = self.date_text
-        if exchange.connection.closes_after(exchange):
+        # ``connection.closes_after`` inlined (keep in step with it).
+        connection = exchange.connection
+        body = exchange.body
+        if (
+            exchange.close
+            or (body is not None and not body.done)
+            or (connection._stopped and len(connection._queue) == 1)
+        ):
             exchange.close = True
             headers[hdrs.CONNECTION] = "close"
         elif exchange.http10:
             headers[hdrs.CONNECTION] = "keep-alive"
-        # Names are ``istr``s: joining them is about half the cost of formatting them.
-        # (never empty: Date is set above).
-        fields = "\r\n".join([": ".join(field) for field in headers.items()])
-        head = f"{self._status_text(status, reason)}{fields}\r\n\r\n"
-        return head.encode("utf-8", "surrogateescape")
+        # Names are ``istr``s: joining them is about half the cost of formatting them, and
+        # ``map`` runs the join of each field from C (never empty: Date is set above).
+        fields = "\r\n".join(map(_FIELD_JOIN, headers.items()))
+        line = self._status_lines.get((status, reason)) or self._status_text(status, reason)
+        return f"{line}{fields}\r\n\r\n".encode("utf-8", "surrogateescape")
 
     def _status_text(self, status: int, reason: str | None) -> str:
         """The status line, kept per (status, reason): upstreams send a handful of them."""
