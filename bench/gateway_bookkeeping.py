@@ -276,6 +276,93 @@ def _token_steps(ingress: Any, headers: Any, decision: Any) -> Callable[[], obje
     return steps
 
 
+class _ClientTransport:
+    """A client connection's transport that takes every write and never closes."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+class _WholeAnswer:
+    """An upstream answer read whole (what ``_relayed_whole`` reads of ``UpstreamResponse``),
+    its headers a fresh copy of the parsed ones on every call (they are edited in place)."""
+
+    complete = True
+    status = 200
+    reason = "OK"
+    content_length = 11
+
+    def __init__(self, headers: CIMultiDict[str]) -> None:
+        self.headers = headers
+
+    def take_body(self) -> bytes:
+        return b'{"ok":true}'
+
+
+def _listener_rows(
+    loop: asyncio.AbstractEventLoop, app: web.Application, routed: Any, facts: Any, head: bytes
+) -> list[tuple[str, Callable[[], object]]]:
+    """The public listener's own work: a request head read into its ``GatewayRequest`` and
+    exchange (llhttp and the header callbacks), and a small upstream answer written whole
+    (hop-by-hop stripped, RateLimit and security headers, the head rendered and written)."""
+    from types import SimpleNamespace
+
+    from urr_gateway import publicserver
+    from urr_gateway.prepare import sync_receivers
+
+    server: Any = SimpleNamespace(
+        loop=loop, request_timeout_s=10.0, keepalive_timeout_s=75.0, hostname="h",
+        connections=set(),
+    )  # fmt: skip
+    connection: Any = publicserver._PublicConnection(server)
+    connection.connection_made(_ClientTransport())
+    connection._worker = True  # no task: the exchange is only queued (``_wake_worker``)
+    request = (
+        b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nCookie: access_token=%s\r\n"
+        b"x-queue-entry-token: %s\r\n\r\n" % (PATH.encode(), b"a" * 400, b"a" * 400)
+    )
+
+    def head_read() -> None:
+        connection.data_received(request)
+        connection._queue.clear()
+        connection._answers.clear()
+
+    listener: Any = publicserver.PublicServer.__new__(publicserver.PublicServer)
+    listener._prepare_sync = sync_receivers(app)
+    listener._status_lines = {}
+    listener.date_text = "Mon, 07 Dec 2026 01:00:00 GMT"
+    exchange: Any = publicserver._Exchange(connection, routed, None, None)  # type: ignore[arg-type]
+    exchange.facts = facts
+    exchange.request_id = "0123456789abcdef0123456789abcdef"
+    parsed = CIMultiDict(head_pairs(head))
+
+    def answer_written() -> None:
+        exchange.head_sent = exchange.close = False
+        assert listener._relayed_whole(exchange, _WholeAnswer(parsed.copy()))
+
+    return [
+        ("public listener: a request head read (3 headers)", head_read),
+        ("public listener: a small upstream answer written whole", answer_written),
+    ]
+
+
+def head_pairs(head: bytes) -> list[tuple[str, str]]:
+    """The header fields of an upstream answer as the upstream client parses them."""
+    from urr_gateway.upstream.connection import UpstreamConnection
+
+    upstream = UpstreamConnection(_Pool(), asyncio.new_event_loop())  # type: ignore[arg-type]
+    upstream.connection_made(_Transport())  # type: ignore[arg-type]
+    response = upstream.start(b"", head_request=False, timeout_s=5.0, on_done=lambda *_: None)
+    upstream.data_received(head)
+    return list(response.headers.items())
+
+
 def _counted_rows(loop: asyncio.AbstractEventLoop) -> list[tuple[str, Callable[[], object]]]:
     """The steps as the protocol server calls them, each a call without arguments."""
     from urr_gateway.forwarding import strip_hop_by_hop
@@ -339,6 +426,7 @@ def _counted_rows(loop: asyncio.AbstractEventLoop) -> list[tuple[str, Callable[[
             lambda: apply(routed, _Prepared(ANSWER_PAIRS)),  # type: ignore[arg-type]
         ),
         ("HttpMetrics.observe", lambda: metrics.observe("GET", "/{tail:.*}", 200, 0.001)),
+        *_listener_rows(loop, app, routed, facts, UP_ANSWER),
     ]
 
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from urr_common.service import metrics_text
-from urr_gateway.publicserver import CLIENT_CLOSED, PublicServer
+from urr_gateway.publicserver import CLIENT_CLOSED, PUBLIC_MAX_HEADERS, PublicServer
 
 pytestmark = pytest.mark.integration
 
@@ -120,6 +120,48 @@ async def test_an_oversized_head_is_431_and_the_listener_serves_on(listener):
     assert stack.ticket.requests == []
     ok = await exchange(port, get(extra=b"Connection: close\r\n"))
     assert statuses(ok) == [200]
+
+
+async def test_the_head_read_in_one_callback_per_field_keeps_names_ids_and_limits(listener):
+    """One Python callback per header field (``on_header``), names as cached ``istr``s: the
+    field limit is exact, names reach the upstream as the client spelt them, the client's
+    X-Request-Id (any case, the first of several) is the answer's, and a refusal mid-head
+    carries the id read before it, never the previous request's."""
+    stack, port, _ = listener
+    fields = b"".join(b"X-F%d: v\r\n" % n for n in range(PUBLIC_MAX_HEADERS - 2))
+    at_limit = get(extra=fields + b"Connection: close\r\n")
+    assert statuses(await exchange(port, at_limit)) == [200]
+    over = get(extra=fields + b"X-One-More: 1\r\nConnection: close\r\n")
+    assert statuses(await exchange(port, over)) == [431]
+    spelt = get(
+        extra=b"X-Request-Id: first-1\r\nX-Request-Id: second-2\r\nX-MiXeD-CaSe: 1\r\n"
+        b"Connection: close\r\n"
+    )
+    answer = await exchange(port, spelt)
+    assert statuses(answer) == [200]
+    assert b"\r\nX-Request-Id: first-1\r\n" in answer
+    assert ["X-MiXeD-CaSe", "1"] in stack.ticket.requests[-1]["headers"]
+    # A malformed line after the id: the 400 carries the id; a second request's malformed
+    # head without one gets a fresh id, not the first request's.
+    broken = get(extra=b"X-Request-Id: kept-3\r\nX-A: 1\nX-B: 2\r\n")
+    refused = await exchange(port, broken)
+    assert statuses(refused) == [400]
+    assert b"\r\nX-Request-Id: kept-3\r\n" in refused
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(get(extra=b"x-request-id: ok-4\r\n"))
+        first = await asyncio.wait_for(reader.readuntil(b"}"), 5.0)
+        assert statuses(first) == [200]
+        assert b"\r\nX-Request-Id: ok-4\r\n" in first
+        writer.write(b"GET / HTTP/1.1\r\nX-A: 1\nX-B: 2\r\n\r\n")
+        second = await asyncio.wait_for(read_all(reader), 5.0)
+    finally:
+        writer.close()
+    assert statuses(second) == [400], second
+    assert re.search(rb"\r\nX-Request-Id: [0-9a-f]{32}\r\n", second), second
+    too_long = get(extra=b"X-Request-Id: " + b"a" * 129 + b"\r\nX-A: 1\nX-B: 2\r\n")
+    fresh = await exchange(port, too_long)
+    assert re.search(rb"\r\nX-Request-Id: [0-9a-f]{32}\r\n", fresh), fresh
 
 
 async def read_all(reader: asyncio.StreamReader) -> bytes:

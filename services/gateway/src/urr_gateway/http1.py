@@ -57,7 +57,8 @@ KEEPALIVE_TIMEOUT_S = 75.0
 #: How often deadlines are checked and the Date header renewed.
 SWEEP_S = 1.0
 
-_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+#: A client's ``X-Request-Id`` kept as the request's id (``new_request_id``'s rule).
+REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 CLOSE_LINE = b"Connection: close\r\n"
 _PROBLEM_TYPE = f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\n".encode()
 UPGRADE_REFUSED = BadRequest("protocol upgrades are not served here")
@@ -196,10 +197,16 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
         if self._stopped:
             return
         try:
-            slice_bytes = self.max_head_bytes // 4
-            if len(data) <= slice_bytes:
-                self._feed(data)
+            max_head_bytes = self.max_head_bytes
+            if len(data) <= max_head_bytes // 4:
+                # ``_feed`` inlined for one slice (every read of a plain request; keep in step).
+                self.parser.feed_data(data)
+                if self._in_head:
+                    self._head_bytes += len(data)
+                    if self._head_bytes > max_head_bytes:
+                        raise Unreadable(HEAD_TOO_LARGE)
             else:
+                slice_bytes = max_head_bytes // 4
                 view = memoryview(data)
                 for at in range(0, len(data), slice_bytes):
                     self._feed(view[at : at + slice_bytes])
@@ -249,7 +256,8 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # The check listener overrides this whole (``checkserver``): changes belong there too.
+        # Both listeners override this whole (``checkserver``, ``publicserver``): changes
+        # belong there too.
         self._fields += 1
         if self._fields > self.max_headers:
             raise Unreadable(HEAD_TOO_LARGE)
@@ -272,7 +280,7 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
     def request_id(self) -> bytes:
         """The client's ``X-Request-Id`` when it is short and plain, else a fresh one."""
         inbound = self._inbound_id
-        if inbound is not None and _REQUEST_ID_RE.fullmatch(inbound):
+        if inbound is not None and REQUEST_ID_RE.fullmatch(inbound):
             return inbound
         # 128 bits from the process's Mersenne Twister (reseeded in each forked worker): a
         # request id must be unique, not secret, and os.urandom's getrandom syscall was 9 %
@@ -354,7 +362,8 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
             return
         if not answers and not self._in_message:
             self.deadline = self.server.loop.time() + self.server.keepalive_timeout_s
-        self.resume_reading()
+        if self._reading_paused:  # ``resume_reading``'s first test: no call when reading
+            self.resume_reading()
 
     def linger(self) -> None:
         """Close by half and drop what still comes until the client closes (or ``LINGER_S``)."""

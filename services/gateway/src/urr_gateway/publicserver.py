@@ -31,10 +31,12 @@ lengths, bad chunk sizes) and the drain are ``http1``'s.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import hdrs, web
@@ -47,6 +49,8 @@ from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
 from urr_gateway.forwarding import downstream_response_headers, strip_hop_by_hop
 from urr_gateway.http1 import (
+    HEAD_TOO_LARGE,
+    REQUEST_ID_RE,
     Answer,
     Http1Connection,
     Http1Server,
@@ -65,6 +69,8 @@ from urr_gateway.publicrequest import (
 )
 from urr_gateway.tokencache import TokenDigests
 from urr_gateway.upstream import InvalidHeader, RequestBodyError, UpstreamError
+from urr_gateway.upstream.connection import _NAMES
+from urr_gateway.upstream.connection import _name as new_name
 
 if TYPE_CHECKING:
     from urr_gateway.context import RequestFacts
@@ -93,6 +99,21 @@ _FRAMING = (hdrs.CONTENT_LENGTH, hdrs.TRANSFER_ENCODING)
 #: ``REQUEST_ID_HEADER`` as an ``istr`` (see ``forwarding``).
 _REQUEST_ID = istr(REQUEST_ID_HEADER)
 _LAST_CHUNK = b"0\r\n\r\n"
+#: One header field's ``name: value`` (``str.join`` bound, called by ``map`` from C).
+_FIELD_JOIN = ": ".join
+#: ``http1``'s X-Request-Id rule on the decoded value: the same bytes pass (the rule is ASCII;
+#: any other byte decodes to a character outside it).
+_REQUEST_ID_TEXT_RE = re.compile(REQUEST_ID_RE.pattern.decode("ascii"))
+#: Request methods decoded, by their bytes: bounded by llhttp, which reads only the methods
+#: it knows (a few dozen).
+_METHODS: dict[bytes, str] = {}
+#: Header names as cached ``istr``s, by their bytes (``upstream.connection``'s bounded cache).
+name_of = _NAMES.get
+
+
+def _method(raw: bytes) -> str:
+    method = _METHODS[raw] = raw.decode("ascii")
+    return method
 
 
 class _Exchange:
@@ -137,6 +158,10 @@ class _Prepared:
 
     def __init__(self, headers: CIMultiDict[str]) -> None:
         self.headers = headers
+
+
+#: ``_Prepared`` made without running ``__init__`` (``_head``: its headers set after).
+_new_prepared = object.__new__
 
 
 class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
@@ -199,15 +224,38 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     # --- httptools callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # ``Http1Connection.on_message_begin`` inlined (keep in step with it): the field count
+        # is the length of ``_pairs`` and the client's X-Request-Id is looked up in them.
+        self._in_message = self._in_head = True
+        self._head_bytes = 0
+        self._url = b""
+        server = self.server
+        self.deadline = server.loop.time() + server.request_timeout_s
         self._pairs = []
 
-    def header(self, name: bytes, value: bytes) -> None:
-        # As aiohttp decodes them: the same bytes make the same header for every step.
-        self._pairs.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # ``Http1Connection.on_header`` and a listener's ``header`` in one callback: one Python
+        # call per header field instead of two. Decoded as aiohttp decodes them (the same bytes
+        # make the same header for every step); the name as a cached ``istr`` (the upstream
+        # client's cache), which the multidict does not case-fold again.
+        pairs = self._pairs
+        if len(pairs) >= self.max_headers:
+            raise Unreadable(HEAD_TOO_LARGE)
+        pairs.append((name_of(name) or new_name(name), value.decode("utf-8", "surrogateescape")))
+
+    def request_id(self) -> bytes:
+        """``Http1Connection.request_id`` for a refusal (the fields read so far are
+        ``_pairs``): the client's first X-Request-Id when short and plain, else a fresh one."""
+        for name, value in self._pairs:
+            if name.lower() == "x-request-id":
+                inbound = value.encode("utf-8", "surrogateescape")
+                if REQUEST_ID_RE.fullmatch(inbound):
+                    return inbound
+                break
+        return b"%032x" % getrandbits(128)
 
     def on_headers_complete(self) -> None:
-        self.head_done()
+        self._in_head = False  # ``head_done``: the head's deadline is met
         self.deadline = None
         parser = self.parser
         headers = CIMultiDictProxy(CIMultiDict(self._pairs))
@@ -217,8 +265,9 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         if (length is not None and length > 0) or hdrs.TRANSFER_ENCODING in headers:
             expect = headers.get(hdrs.EXPECT, "").lower() == "100-continue"
             body = RequestBody(self, expect_continue=expect and parser.get_http_version() == "1.1")
+        raw_method = parser.get_method()
         request = GatewayRequest(
-            parser.get_method().decode("ascii"),
+            _METHODS.get(raw_method) or _method(raw_method),
             self._url.decode("utf-8", "surrogateescape"),
             headers,
             self._peer,
@@ -226,11 +275,19 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
             body,
             length,
         )
-        exchange = _Exchange(self, request, body, self.begin_answer(close=False))
+        # ``begin_answer(close=False)`` inlined.
+        answer = Answer()
+        self._answers.append(answer)
+        exchange = _Exchange(self, request, body, answer)
         exchange.close = not parser.should_keep_alive()
         # The client's X-Request-Id when short and plain (``new_request_id``'s rule), else a
-        # fresh one without a getrandom syscall.
-        exchange.request_id = self.request_id().decode("ascii")
+        # fresh one without a getrandom syscall (``Http1Connection.request_id`` on the str).
+        inbound = headers.get(_REQUEST_ID)
+        exchange.request_id = (
+            inbound
+            if inbound is not None and _REQUEST_ID_TEXT_RE.fullmatch(inbound)
+            else getrandbits(128).to_bytes(16, "big").hex()  # "%032x", a quarter of the cost
+        )
         exchange.http10 = parser.get_http_version() == "1.0"
         self._queue.append(exchange)
         self._reading = exchange
@@ -436,7 +493,9 @@ class PublicServer(Http1Server):
         status = 500
         try:
             try:
-                routed, facts = self._ingress(cast(web.Request, request), request_id)
+                # Not through ``typing.cast`` (a Python call): ``received`` is ``Any``.
+                received: Any = request
+                routed, facts = self._ingress(received, request_id)
                 facts.token_digests = exchange.connection.token_digests
                 exchange.facts = facts
                 for step in self._steps:
@@ -512,13 +571,18 @@ class PublicServer(Http1Server):
     ) -> None:
         head_only = exchange.request.method == "HEAD"
         if not (head_only and hdrs.CONTENT_LENGTH in headers):
-            for name in _FRAMING:
-                headers.popall(name, None)
+            popall = headers.popall  # ``_FRAMING``, unrolled
+            popall(hdrs.CONTENT_LENGTH, None)
+            popall(hdrs.TRANSFER_ENCODING, None)
             if status >= 200 and status not in _NO_BODY_STATUSES:
                 headers[hdrs.CONTENT_LENGTH] = str(len(body))
         head = self._head(exchange, status, reason, headers)
         exchange.head_sent = True
-        exchange.connection.send(head if head_only or not body else head + body)
+        # ``connection.send`` inlined (keep in step with it).
+        transport = exchange.connection.transport
+        if transport is None or transport.is_closing():
+            raise ClientGone("the client went away")
+        transport.write(head if head_only or not body else head + body)
 
     def _small(self, exchange: _Exchange, answer: UpstreamResponse) -> bool:
         """Whether the answer is read whole and written in one piece."""
@@ -532,8 +596,14 @@ class PublicServer(Http1Server):
     def _relayed_whole(self, exchange: _Exchange, answer: UpstreamResponse) -> bool:
         """The common case without awaiting: a small answer that arrived with its headers,
         written at once (``False``: ``_relay`` must do it)."""
+        if not answer.complete or self._prepare_sync is None:
+            return False
+        # ``_small`` inlined (keep in step with it).
+        length = answer.content_length
         if not (
-            answer.complete and self._prepare_sync is not None and self._small(exchange, answer)
+            exchange.request.method == "HEAD"
+            or answer.status in _NO_BODY_STATUSES
+            or (length is not None and length <= _SMALL_BODY_BYTES)
         ):
             return False
         body = answer.take_body()
@@ -613,23 +683,34 @@ class PublicServer(Http1Server):
         facts = exchange.facts
         if facts is not None and facts.rate_limit_headers:
             headers.update(facts.rate_limit_headers)
-        if self._prepare_sync is not None:
-            prepared = cast(web.StreamResponse, _Prepared(headers))
-            request = cast(web.Request, exchange.request)
-            for receiver in self._prepare_sync:
+        receivers = self._prepare_sync
+        if receivers is not None:
+            # Built by ``object.__new__`` (no Python ``__init__``) and ``Any`` rather than
+            # through ``typing.cast``: no Python call but the receivers'.
+            prepared: Any = _new_prepared(_Prepared)
+            prepared.headers = headers
+            request: Any = exchange.request
+            for receiver in receivers:
                 receiver(request, prepared)
         if hdrs.DATE not in headers:
             headers[hdrs.DATE] = self.date_text
-        if exchange.connection.closes_after(exchange):
+        # ``connection.closes_after`` inlined (keep in step with it).
+        connection = exchange.connection
+        body = exchange.body
+        if (
+            exchange.close
+            or (body is not None and not body.done)
+            or (connection._stopped and len(connection._queue) == 1)
+        ):
             exchange.close = True
             headers[hdrs.CONNECTION] = "close"
         elif exchange.http10:
             headers[hdrs.CONNECTION] = "keep-alive"
-        # Names are ``istr``s: joining them is about half the cost of formatting them.
-        # (never empty: Date is set above).
-        fields = "\r\n".join([": ".join(field) for field in headers.items()])
-        head = f"{self._status_text(status, reason)}{fields}\r\n\r\n"
-        return head.encode("utf-8", "surrogateescape")
+        # Names are ``istr``s: joining them is about half the cost of formatting them, and
+        # ``map`` runs the join of each field from C (never empty: Date is set above).
+        fields = "\r\n".join(map(_FIELD_JOIN, headers.items()))
+        line = self._status_lines.get((status, reason)) or self._status_text(status, reason)
+        return f"{line}{fields}\r\n\r\n".encode("utf-8", "surrogateescape")
 
     def _status_text(self, status: int, reason: str | None) -> str:
         """The status line, kept per (status, reason): upstreams send a handful of them."""
