@@ -15,9 +15,10 @@ from urr_gateway.ratelimit.config import CategoryLimits, RateLimitSettings, Rout
 from urr_gateway.ratelimit.deny_cache import DenyCache
 from urr_gateway.ratelimit.headers import rate_limit_headers, retry_after_seconds
 from urr_gateway.ratelimit.keys import hash_tag, revoked_jti_key, window_key
-from urr_gateway.ratelimit.limiter import window_specs
+from urr_gateway.ratelimit.limiter import _decision_of_reply, window_specs
 from urr_gateway.ratelimit.local import LocalSlidingLog
 from urr_gateway.ratelimit.routing import CategoryRouter, category_for
+from urr_gateway.ratelimit.store import parse_reply
 from urr_gateway.ratelimit.window import (
     Decision,
     WindowOutcome,
@@ -27,6 +28,7 @@ from urr_gateway.ratelimit.window import (
     decide_many,
     evaluate_window,
     ms_to_s_up,
+    one_window_decision,
     policy_names,
     slot_setting_init,
     unlimited_decision,
@@ -135,6 +137,55 @@ def test_slot_setting_init_builds_what_the_dataclass_builds_and_stays_frozen() -
         class Hidden:
             shown: int
             hidden: int = dataclasses.field(default=0, init=False)
+
+
+def test_one_window_decision_is_what_the_constructors_build() -> None:
+    built = one_window_decision(
+        False, "auth", "auth-60s", 20, 60, 0, 1500, 900, True, "redis", True
+    )
+    state = WindowState("auth-60s", 20, 60, 0, 1500, 900)
+    expected = Decision(False, "auth", 20, 0, 1500, 900, "auth-60s", True, "redis", (state,), True)
+    assert built == expected
+    assert hash(built) == hash(expected)
+    assert repr(built) == repr(expected)
+    assert type(built) is Decision
+    assert type(built.windows[0]) is WindowState
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.allowed = True  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.windows[0].remaining = 3  # type: ignore[misc]
+    assert dataclasses.replace(built, allowed=True).windows == (state,)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.integers(1, 50),
+    window_s=st.integers(1, 3600),
+    count=st.integers(0, 60),
+    reset_us=st.integers(0, 3_600_000_000),
+    retry_us=st.one_of(st.just(0), st.integers(1, 3_600_000_000)),
+    cost=st.integers(1, 50),
+    revoked=st.sampled_from([None, 0, 1]),
+)
+def test_decision_of_reply_is_parse_reply_then_decide(
+    limit: int,
+    window_s: int,
+    count: int,
+    reset_us: int,
+    retry_us: int,
+    cost: int,
+    revoked: int | None,
+) -> None:
+    """The limiter's single-window reply step (inlined arithmetic, one builder call) answers
+    what parsing the reply and ``decide`` answer, field for field."""
+    specs = (WindowSpec("booking", limit, window_s),)
+    reply = [1 if retry_us == 0 else 0, revoked or 0, count, reset_us, retry_us]
+    revoked_key = None if revoked is None else "revoked:{u:1}:jti"
+    parsed = parse_reply(reply, 1, revoked_key is not None)
+    expected = decide(
+        "booking", specs, parsed.outcomes, cost, source="redis", revoked=parsed.revoked
+    )
+    assert _decision_of_reply("booking", specs, cost, revoked_key, reply) == expected
 
 
 def test_decide_allowed_counts_the_request() -> None:

@@ -60,10 +60,12 @@ from urr_gateway.ratelimit.tenant import (
 )
 from urr_gateway.ratelimit.usage_tally import UsageTally, UsageWriter
 from urr_gateway.ratelimit.window import (
+    US_PER_MS,
+    US_PER_S,
     Decision,
     WindowSpec,
     decide,
-    decide_one,
+    one_window_decision,
     policy_names,
     unlimited_decision,
 )
@@ -136,17 +138,45 @@ def _decision_of_reply(
 ) -> Decision:
     """The decision of a script reply (``parse_reply`` then ``decide``)."""
     if len(specs) == 1 and len(reply) == 5:
-        # The common single window: the decision straight from the reply's numbers, without
-        # ``parse_reply``'s two objects in between.
-        return decide_one(
-            category,
-            specs[0],
-            int(reply[2]),
-            int(reply[3]),
-            int(reply[4]),
-            cost,
-            "redis",
+        # The common single window: ``decide_one``'s arithmetic on the reply's numbers (hiredis
+        # hands RESP integers over as ints), the objects built by ``one_window_decision`` in
+        # one call (a unit test holds this to ``parse_reply`` then ``decide``).
+        spec = specs[0]
+        limit = spec.limit
+        count = reply[2]
+        reset_us = reply[3]
+        retry_us = reply[4]
+        if retry_us == 0:
+            remaining = limit - count - cost
+            if remaining < 0:
+                remaining = 0
+            if not count:
+                reset_us = spec.window_s * US_PER_S
+            return one_window_decision(
+                True,
+                category,
+                spec.policy,
+                limit,
+                spec.window_s,
+                remaining,
+                -(-reset_us // US_PER_MS) if reset_us > 0 else 0,
+                0,
+                False,
+                "redis",
+                bool(reply[1]) if revoked_key is not None else None,
+            )
+        remaining = limit - count
+        return one_window_decision(
             False,
+            category,
+            spec.policy,
+            limit,
+            spec.window_s,
+            remaining if remaining > 0 else 0,
+            -(-reset_us // US_PER_MS) if reset_us > 0 else 0,
+            -(-retry_us // US_PER_MS) if retry_us > 0 else 0,
+            False,
+            "redis",
             bool(reply[1]) if revoked_key is not None else None,
         )
     result = parse_reply(reply, len(specs), revoked_key is not None)
