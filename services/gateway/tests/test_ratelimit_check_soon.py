@@ -248,3 +248,40 @@ async def test_a_closed_store_answers_by_the_failure_policy_in_the_call(redis: R
     assert answered[0] is not None
     assert (answered[0].source, answered[0].allowed) == ("open", True)
     assert limiter._in_flight.free == limiter._in_flight_limit
+
+
+async def test_a_callers_own_context_is_the_one_the_reply_runs_in(redis: Redis) -> None:
+    """``context=``: the reply's step runs in the caller's own context (what it set after
+    ``check_soon`` returned is seen there, as in a task), also when a closed store answers
+    inside the call (the context is entered then: no second ``run`` of it)."""
+    limiter = SlidingWindowLimiter(redis, settings())
+    seen: list[tuple[str, str]] = []
+    finished = asyncio.get_running_loop().create_future()
+
+    def ask(name: str, context: contextvars.Context) -> None:
+        _REQUEST.set(name)
+
+        def done(decision: Decision | None, error: BaseException | None) -> None:
+            assert decision is not None, error
+            seen.append((decision.source, _REQUEST.get()))
+            if not finished.done():
+                finished.set_result(None)
+
+        limiter.check_soon(f"u:own-{name}", "general", done, context=context)
+        _REQUEST.set(f"{name} after the call")
+
+    try:
+        assert await limiter.prepare()
+        own = contextvars.copy_context()
+        own.run(ask, "a", own)
+        assert _REQUEST.get() == "none"
+        await asyncio.wait_for(finished, 10)
+        assert seen == [("redis", "a after the call")]
+        assert limiter._in_flight.free == limiter._in_flight_limit
+    finally:
+        await limiter.aclose()
+    seen.clear()
+    closed = contextvars.copy_context()
+    closed.run(ask, "b", closed)
+    assert seen == [("open", "b")]
+    assert limiter._in_flight.free == limiter._in_flight_limit

@@ -23,6 +23,7 @@ import functools
 import re
 import time
 from collections.abc import Callable, Mapping
+from contextvars import Context
 from typing import Any, Self
 
 import orjson
@@ -220,13 +221,15 @@ class CheckService:
         started: float,
         reply: Callable[..., None],
         *reply_args: Any,
+        context: Context | None = None,
     ) -> bool:
         """``answer`` without a task when ``data`` plainly is a valid legacy request: the
         limiter's ``check_soon``, then ``reply(*reply_args, answer bytes, None)`` once, or
         ``reply(*reply_args, None, error)`` (a ``ProblemError`` for bad input: unknown
         category, cost over the limit). False, with nothing done, for any other request: ask
         ``answer``. (``reply_args`` rather than a caller's partial: one object and one call
-        level fewer per request.)"""
+        level fewer per request.) ``context``: the caller's own context for this request,
+        in which the reply then runs (``SlidingWindowLimiter.check_soon``)."""
         fields = plain_legacy_fields(data)
         if fields is None:
             return False
@@ -241,6 +244,7 @@ class CheckService:
             category,
             functools.partial(self._legacy_decided, started, reply, reply_args),
             cost=cost,
+            context=context,
         )
         return True
 

@@ -240,20 +240,7 @@ class _Soon:
     def set_result(self, reply: Any, /) -> None:
         self.settled = True
         self.reply = reply
-        self._run()
-
-    def set_exception(self, error: BaseException, /) -> None:
-        self.settled = True
-        self.error = error
-        self._run()
-
-    def result(self) -> Any:
-        """The reply, or its failure raised (as ``Future.result``)."""
-        if self.error is not None:
-            raise self.error
-        return self.reply
-
-    def _run(self) -> None:
+        # ``_run`` inlined: every answered decision comes here.
         context = self.context
         try:
             if context is None:
@@ -264,6 +251,16 @@ class _Soon:
             asyncio.get_running_loop().call_exception_handler(
                 {"message": "check_soon callback failed", "exception": exc}
             )
+
+    def set_exception(self, error: BaseException, /) -> None:
+        self.error = error
+        self.set_result(None)  # ``replied`` reads the error through ``result``
+
+    def result(self) -> Any:
+        """The reply, or its failure raised (as ``Future.result``)."""
+        if self.error is not None:
+            raise self.error
+        return self.reply
 
     # -- check's steps -----------------------------------------------------------------------
 
@@ -285,7 +282,12 @@ class _Soon:
         error: BaseException | None = None
         try:
             decision = _decision_of_reply(
-                self.category, self.specs, self.cost, None, pending.result()
+                self.category,
+                self.specs,
+                self.cost,
+                None,
+                # This object's own reply read in place (``result`` is a call more).
+                self.reply if pending is self and self.error is None else pending.result(),
             )
         except NoScriptError as exc:
             retry = None
@@ -307,12 +309,19 @@ class _Soon:
             self.answer(None, exc)
             return
         limiter._in_flight.give_back()
+        # ``_redis_answered`` then ``finish``, inlined (one decision per request comes here).
         try:
-            decision = limiter._redis_answered(self.subject, self.cost, decision, error)
+            if error is None:
+                limiter._answered(self.subject, self.cost, decision)  # type: ignore[arg-type]
+            else:
+                limiter._on_failure(_failure_kind(error), error)
+            final = limiter._conclude(
+                self.subject, self.category, self.specs, self.cost, decision, self.started
+            )
         except BaseException as exc:  # handed to the caller's callback
             self.answer(None, exc)
             return
-        self.finish(decision)
+        self.answer(final, None)
 
     def finish(self, decision: Decision | None) -> None:
         """The last step: ``_conclude``, handed to ``done`` (an error too)."""
@@ -499,7 +508,10 @@ class SlidingWindowLimiter:
         reported as ``Decision.revoked``.
         """
         started = time.perf_counter()
-        specs = self._checked_specs(subject, category, cost, revoked_key)
+        specs = self._specs.get(category)
+        if specs is None or cost != 1 or revoked_key is not None:
+            # A cost of 1 always fits (every limit is at least 1): only the rest is checked.
+            specs = self._checked_specs(subject, category, cost, revoked_key)
         now = self._clock()
         decision = self._deny.lookup(subject, category, cost, now)
         if decision is None and self._breaker.allow(now):
@@ -523,7 +535,10 @@ class SlidingWindowLimiter:
                     error = exc
                 finally:
                     self._in_flight.give_back()
-                decision = self._redis_answered(subject, cost, decision, error)
+                if error is None:
+                    self._answered(subject, cost, decision)  # type: ignore[arg-type]
+                else:
+                    self._on_failure(_failure_kind(error), error)
         return self._conclude(subject, category, specs, cost, decision, started)
 
     def check_soon(
@@ -533,6 +548,7 @@ class SlidingWindowLimiter:
         done: Callable[[Decision | None, BaseException | None], None],
         *,
         cost: int = 1,
+        context: Context | None = None,
     ) -> None:
         """``check`` for a caller that answers from a callback (the check API's listener):
         the same steps, without a task and a coroutine per decision when a slot is free and
@@ -540,14 +556,21 @@ class SlidingWindowLimiter:
         call when Redis is not asked (deny cache, open breaker), else from the reply's
         callback; ``done(None, error)`` with an error ``check`` would raise from Redis's
         side (never a Redis failure: those follow the failure policy). Invalid arguments
-        raise here, as ``check`` raises them."""
+        raise here, as ``check`` raises them.
+
+        ``context``: the context this call runs in, when the caller made it for this request
+        alone (the check listener runs each request in a ``copy_context()`` of its own):
+        the reply's steps then run in it instead of in a copy made here, as a task's steps
+        run in its one context. By default they run in a copy of the caller's context."""
         started = time.perf_counter()
-        specs = self._checked_specs(subject, category, cost, None)
+        specs = self._specs.get(category)
+        if specs is None or cost != 1:  # as in ``check``
+            specs = self._checked_specs(subject, category, cost, None)
         now = self._clock()
         soon = _Soon(self, subject, category, specs, cost, started, done)
         decision = self._deny.lookup(subject, category, cost, now)
         if decision is None and self._breaker.allow(now):
-            if not self._put_inline(soon):
+            if not self._put_inline(soon, context):
                 # No free slot, or a cluster: the coroutine path, in a task of its own.
                 task = asyncio.ensure_future(self._ask_redis(subject, category, specs, cost, None))
                 self._tasks.add(task)  # the loop keeps tasks only weakly
@@ -556,15 +579,16 @@ class SlidingWindowLimiter:
             return
         soon.finish(decision)
 
-    def _put_inline(self, soon: _Soon) -> bool:
+    def _put_inline(self, soon: _Soon, context: Context | None = None) -> bool:
         """``_start_inline`` for ``check_soon``: ``soon`` itself waits for the reply (the
         slot then held until ``soon`` gives it back). False, with nothing asked and no slot
-        held: ask through ``_ask_redis``."""
+        held: ask through ``_ask_redis``. ``context``: the caller's own (see ``check_soon``)."""
         pipelined = self._pipelined
         if pipelined is None or not self._in_flight.take_now():
             return False
-        # The context the reply's steps run in, as a done-callback would have copied it.
-        soon.context = copy_context()
+        if context is None:
+            # The context the reply's steps run in, as a done-callback would have copied it.
+            soon.context = copy_context()
         sent = False
         try:
             sent = pipelined.start_soon(
@@ -573,6 +597,10 @@ class SlidingWindowLimiter:
         finally:
             if not sent:
                 self._in_flight.give_back()
+        if context is not None and not soon.settled:
+            # Only now: a waiter resolved inside ``start_soon`` (a closed store) ran its steps
+            # right there, in this very context, which ``Context.run`` cannot enter twice.
+            soon.context = context
         return sent
 
     def _start_inline(
@@ -597,17 +625,6 @@ class SlidingWindowLimiter:
             if pending is None:
                 self._in_flight.give_back()
         return pending
-
-    def _redis_answered(
-        self, subject: str, cost: int, decision: Decision | None, error: BaseException | None
-    ) -> Decision | None:
-        """Redis's decision, heard of by the breaker and the deny cache; ``None`` after the
-        failure ``error`` (counted: the failure policy decides)."""
-        if error is None:
-            self._answered(subject, cost, decision)  # type: ignore[arg-type]
-            return decision
-        self._on_failure(_failure_kind(error), error)
-        return None
 
     def _conclude(
         self,
