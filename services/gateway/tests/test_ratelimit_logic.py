@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
 from urr_gateway.ratelimit.breaker import BreakerState, CircuitBreaker
@@ -17,6 +18,7 @@ from urr_gateway.ratelimit.headers import rate_limit_headers, retry_after_second
 from urr_gateway.ratelimit.keys import hash_tag, revoked_jti_key, window_key
 from urr_gateway.ratelimit.limiter import _decision_of_reply, window_specs
 from urr_gateway.ratelimit.local import LocalSlidingLog
+from urr_gateway.ratelimit.metrics import DECISION_BUCKETS_S, LatencyFold
 from urr_gateway.ratelimit.routing import CategoryRouter, category_for
 from urr_gateway.ratelimit.store import parse_reply
 from urr_gateway.ratelimit.window import (
@@ -576,3 +578,48 @@ def test_local_log_matches_a_brute_force_oracle(limit: int, steps: list[tuple[in
         elif cost <= limit:
             blocking = live[len(live) + cost - limit - 1]
             assert decision.retry_after_ms == -(-(blocking + S - now_us) // 1000)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(st.floats(0, 0.2, allow_nan=False), max_size=700),
+    fold_at=st.integers(1, 300),
+)
+def test_a_latency_fold_exports_what_observing_each_value_exports(
+    values: list[float], fold_at: int
+) -> None:
+    """The same text exposition, byte for byte, as observing each value (counter, buckets,
+    count and the sum added in the same order), read mid-way and at the end."""
+    observed, folded = CollectorRegistry(), CollectorRegistry()
+
+    def metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram]:
+        counter = Counter("urr_test_decisions", "d", ["source"], registry=registry)
+        histogram = Histogram(
+            "urr_test_seconds", "s", ["source"], buckets=DECISION_BUCKETS_S, registry=registry
+        )
+        return counter, histogram
+
+    counter, histogram = metrics(observed)
+    counter.labels("redis"), histogram.labels("redis")  # the series exist from the start, too
+    lazy_counter, lazy_histogram = metrics(folded)
+    fold = LatencyFold(fold_at)
+    fold.watch(lazy_counter, lazy_histogram)
+    pending = fold.series(lazy_histogram.labels("redis"), lazy_counter.labels("redis"))
+
+    def exposition(registry: CollectorRegistry) -> list[bytes]:
+        return [
+            line
+            for line in generate_latest(registry).splitlines()
+            if b"_created" not in line  # creation times differ by construction
+        ]
+
+    for index, value in enumerate(values):
+        counter.labels("redis").inc()
+        histogram.labels("redis").observe(value)
+        pending.append(value)
+        if len(pending) >= fold.fold_at:
+            fold.fold()
+        if index == len(values) // 2:
+            assert exposition(folded) == exposition(observed)
+    assert exposition(folded) == exposition(observed)
+    assert not pending

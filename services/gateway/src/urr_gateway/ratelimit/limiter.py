@@ -34,14 +34,13 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from urr_common.logs import get_logger
-from urr_common.metrics import loop_adder, loop_observer
 from urr_gateway.ratelimit.breaker import BreakerState, CircuitBreaker
 from urr_gateway.ratelimit.budget import RedisBudget
 from urr_gateway.ratelimit.config import FailurePolicy, RateLimitSettings
 from urr_gateway.ratelimit.deny_cache import DenyCache
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.local import LocalSlidingLog
-from urr_gateway.ratelimit.metrics import RateLimitMetrics
+from urr_gateway.ratelimit.metrics import LatencyFold, RateLimitMetrics
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.ratelimit.slots import InFlightSlots
 from urr_gateway.ratelimit.store import (
@@ -406,9 +405,13 @@ class SlidingWindowLimiter:
             registry if registry is not None else CollectorRegistry()
         )
         self.metrics.breaker_state.set(int(BreakerState.CLOSED))
-        self._children: dict[
-            tuple[str, bool, str], tuple[Callable[[float], None], Callable[[float], None]]
-        ] = {}
+        #: Each decision's latency, by (category, allowed, source), until ``_fold`` adds them
+        #: to ``urr_ratelimit_decisions`` and ``urr_ratelimit_decision_seconds`` (at every
+        #: read of either: the same series and values as observing each decision).
+        self._latencies: dict[tuple[str, bool, str], list[float]] = {}
+        self._fold = LatencyFold()
+        self._fold.watch(self.metrics.decisions, self.metrics.latency)
+        self._fold_at = self._fold.fold_at
         #: ``check_soon``'s tasks (a decision waiting for a slot), held until done.
         self._tasks: set[asyncio.Future[Decision | None]] = set()
         #: Every decision's usage, counted until ``flush_usage`` writes it.
@@ -843,18 +846,23 @@ class SlidingWindowLimiter:
             self._unlogged_outages = 0
 
     def _observe(self, decision: Decision, started: float) -> None:
-        # Labelled children are looked up once: ``labels()`` costs more than ``inc()``.
-        key = (decision.category, decision.allowed, decision.source)
-        children = self._children.get(key)
-        if children is None:
-            result = "allowed" if decision.allowed else "blocked"
-            children = (
-                # Decisions are made on the event loop only: no lock per increment.
-                loop_adder(
-                    self.metrics.decisions.labels(decision.category, result, decision.source)
-                ),
-                loop_observer(self.metrics.latency.labels(decision.source)),
-            )
-            self._children[key] = children
-        children[0](1)
-        children[1](time.perf_counter() - started)
+        """Count ``decision`` and its latency: one append, folded into the metrics when they
+        are read (``LatencyFold``)."""
+        latencies = self._latencies.get((decision.category, decision.allowed, decision.source))
+        if latencies is None:
+            latencies = self._latencies_of(decision)
+        latencies.append(time.perf_counter() - started)
+        if len(latencies) >= self._fold_at:
+            self._fold.fold()
+
+    def _latencies_of(self, decision: Decision) -> list[float]:
+        """The pending latencies of ``decision``'s labels (the children looked up once:
+        ``labels()`` costs more than an append)."""
+        result = "allowed" if decision.allowed else "blocked"
+        metrics = self.metrics
+        latencies = self._fold.series(
+            metrics.latency.labels(decision.source),
+            metrics.decisions.labels(decision.category, result, decision.source),
+        )
+        self._latencies[(decision.category, decision.allowed, decision.source)] = latencies
+        return latencies
