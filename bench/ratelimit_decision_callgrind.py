@@ -59,9 +59,15 @@ async def main(url: str) -> None:
     async def soon(n: int) -> None:
         for index in range(n):
             answered: asyncio.Future[Decision | None] = loop.create_future()
-            limiter.check_soon(
-                subjects[index % 200], "queue", lambda d, _e, f=answered: f.set_result(d)
-            )
+
+            def done(
+                decision: Decision | None,
+                _error: BaseException | None,
+                answered: asyncio.Future[Decision | None] = answered,
+            ) -> None:
+                answered.set_result(decision)
+
+            limiter.check_soon(subjects[index % 200], "queue", done)
             await answered
 
     await checks(400)
