@@ -248,3 +248,76 @@ async def test_a_closed_store_answers_by_the_failure_policy_in_the_call(redis: R
     assert answered[0] is not None
     assert (answered[0].source, answered[0].allowed) == ("open", True)
     assert limiter._in_flight.free == limiter._in_flight_limit
+
+
+async def test_a_callers_own_context_is_the_one_the_reply_runs_in(redis: Redis) -> None:
+    """``context=``: the reply's step runs in the caller's own context (what it set after
+    ``check_soon`` returned is seen there, as in a task), also when a closed store answers
+    inside the call (the context is entered then: no second ``run`` of it)."""
+    limiter = SlidingWindowLimiter(redis, settings())
+    seen: list[tuple[str, str]] = []
+    finished = asyncio.get_running_loop().create_future()
+
+    def ask(name: str, context: contextvars.Context) -> None:
+        _REQUEST.set(name)
+
+        def done(decision: Decision | None, error: BaseException | None) -> None:
+            assert decision is not None, error
+            seen.append((decision.source, _REQUEST.get()))
+            if not finished.done():
+                finished.set_result(None)
+
+        limiter.check_soon(f"u:own-{name}", "general", done, context=context)
+        _REQUEST.set(f"{name} after the call")
+
+    try:
+        assert await limiter.prepare()
+        own = contextvars.copy_context()
+        own.run(ask, "a", own)
+        assert _REQUEST.get() == "none"
+        await asyncio.wait_for(finished, 10)
+        assert seen == [("redis", "a after the call")]
+        assert limiter._in_flight.free == limiter._in_flight_limit
+    finally:
+        await limiter.aclose()
+    seen.clear()
+    closed = contextvars.copy_context()
+    closed.run(ask, "b", closed)
+    assert seen == [("open", "b")]
+    assert limiter._in_flight.free == limiter._in_flight_limit
+
+
+async def test_metrics_under_a_burst_are_what_each_decision_observed(redis: Redis) -> None:
+    """Latencies are appended per decision and folded when read: after a burst through
+    ``check`` and ``check_soon`` (more than ``FOLD_AT`` of one series, so some are folded on
+    the way and the rest at the scrape) the counter and the histogram hold one count per
+    decision, the buckets add up, and the sum is what the decisions took."""
+    registry = CollectorRegistry()
+    limiter = SlidingWindowLimiter(redis, settings(deny_cache_size=0), registry=registry)
+    try:
+        assert await limiter.prepare()
+        first = [limiter.check(f"u:m{i % 30}", "general") for i in range(300)]
+        decisions = list(await asyncio.gather(*first))
+        decisions += await soon(limiter, "u:m-soon", "booking", 40)
+    finally:
+        await limiter.aclose()
+    allowed_general = sum(d.allowed for d in decisions if d.category == "general")
+    assert allowed_general == 300
+    allowed_booking = sum(d.allowed for d in decisions if d.category == "booking")
+    assert allowed_booking == 10
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    decided = "urr_ratelimit_decisions_total"
+    assert value(decided, category="general", result="allowed", source="redis") == 300
+    assert value(decided, category="booking", result="allowed", source="redis") == 10
+    assert value(decided, category="booking", result="blocked", source="redis") == 30
+    seconds = "urr_ratelimit_decision_seconds"
+    assert value(f"{seconds}_count", source="redis") == 340
+    assert value(f"{seconds}_bucket", source="redis", le="+Inf") == 340
+    total = value(f"{seconds}_sum", source="redis")
+    assert 0 < total < 340 * 10  # seconds: every decision took some time, none forever
+    # Read again: nothing is folded twice.
+    assert value(f"{seconds}_count", source="redis") == 340
+    assert value(f"{seconds}_sum", source="redis") == total

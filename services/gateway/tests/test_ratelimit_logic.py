@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
 from urr_gateway.ratelimit.breaker import BreakerState, CircuitBreaker
@@ -15,9 +16,11 @@ from urr_gateway.ratelimit.config import CategoryLimits, RateLimitSettings, Rout
 from urr_gateway.ratelimit.deny_cache import DenyCache
 from urr_gateway.ratelimit.headers import rate_limit_headers, retry_after_seconds
 from urr_gateway.ratelimit.keys import hash_tag, revoked_jti_key, window_key
-from urr_gateway.ratelimit.limiter import window_specs
+from urr_gateway.ratelimit.limiter import _decision_of_reply, window_specs
 from urr_gateway.ratelimit.local import LocalSlidingLog
+from urr_gateway.ratelimit.metrics import DECISION_BUCKETS_S, LatencyFold
 from urr_gateway.ratelimit.routing import CategoryRouter, category_for
+from urr_gateway.ratelimit.store import parse_reply
 from urr_gateway.ratelimit.window import (
     Decision,
     WindowOutcome,
@@ -27,6 +30,7 @@ from urr_gateway.ratelimit.window import (
     decide_many,
     evaluate_window,
     ms_to_s_up,
+    one_window_decision,
     policy_names,
     slot_setting_init,
     unlimited_decision,
@@ -135,6 +139,55 @@ def test_slot_setting_init_builds_what_the_dataclass_builds_and_stays_frozen() -
         class Hidden:
             shown: int
             hidden: int = dataclasses.field(default=0, init=False)
+
+
+def test_one_window_decision_is_what_the_constructors_build() -> None:
+    built = one_window_decision(
+        False, "auth", "auth-60s", 20, 60, 0, 1500, 900, True, "redis", True
+    )
+    state = WindowState("auth-60s", 20, 60, 0, 1500, 900)
+    expected = Decision(False, "auth", 20, 0, 1500, 900, "auth-60s", True, "redis", (state,), True)
+    assert built == expected
+    assert hash(built) == hash(expected)
+    assert repr(built) == repr(expected)
+    assert type(built) is Decision
+    assert type(built.windows[0]) is WindowState
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.allowed = True  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.windows[0].remaining = 3  # type: ignore[misc]
+    assert dataclasses.replace(built, allowed=True).windows == (state,)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.integers(1, 50),
+    window_s=st.integers(1, 3600),
+    count=st.integers(0, 60),
+    reset_us=st.integers(0, 3_600_000_000),
+    retry_us=st.one_of(st.just(0), st.integers(1, 3_600_000_000)),
+    cost=st.integers(1, 50),
+    revoked=st.sampled_from([None, 0, 1]),
+)
+def test_decision_of_reply_is_parse_reply_then_decide(
+    limit: int,
+    window_s: int,
+    count: int,
+    reset_us: int,
+    retry_us: int,
+    cost: int,
+    revoked: int | None,
+) -> None:
+    """The limiter's single-window reply step (inlined arithmetic, one builder call) answers
+    what parsing the reply and ``decide`` answer, field for field."""
+    specs = (WindowSpec("booking", limit, window_s),)
+    reply = [1 if retry_us == 0 else 0, revoked or 0, count, reset_us, retry_us]
+    revoked_key = None if revoked is None else "revoked:{u:1}:jti"
+    parsed = parse_reply(reply, 1, revoked_key is not None)
+    expected = decide(
+        "booking", specs, parsed.outcomes, cost, source="redis", revoked=parsed.revoked
+    )
+    assert _decision_of_reply("booking", specs, cost, revoked_key, reply) == expected
 
 
 def test_decide_allowed_counts_the_request() -> None:
@@ -525,3 +578,48 @@ def test_local_log_matches_a_brute_force_oracle(limit: int, steps: list[tuple[in
         elif cost <= limit:
             blocking = live[len(live) + cost - limit - 1]
             assert decision.retry_after_ms == -(-(blocking + S - now_us) // 1000)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(st.floats(0, 0.2, allow_nan=False), max_size=700),
+    fold_at=st.integers(1, 300),
+)
+def test_a_latency_fold_exports_what_observing_each_value_exports(
+    values: list[float], fold_at: int
+) -> None:
+    """The same text exposition, byte for byte, as observing each value (counter, buckets,
+    count and the sum added in the same order), read mid-way and at the end."""
+    observed, folded = CollectorRegistry(), CollectorRegistry()
+
+    def metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram]:
+        counter = Counter("urr_test_decisions", "d", ["source"], registry=registry)
+        histogram = Histogram(
+            "urr_test_seconds", "s", ["source"], buckets=DECISION_BUCKETS_S, registry=registry
+        )
+        return counter, histogram
+
+    counter, histogram = metrics(observed)
+    counter.labels("redis"), histogram.labels("redis")  # the series exist from the start, too
+    lazy_counter, lazy_histogram = metrics(folded)
+    fold = LatencyFold(fold_at)
+    fold.watch(lazy_counter, lazy_histogram)
+    pending = fold.series(lazy_histogram.labels("redis"), lazy_counter.labels("redis"))
+
+    def exposition(registry: CollectorRegistry) -> list[bytes]:
+        return [
+            line
+            for line in generate_latest(registry).splitlines()
+            if b"_created" not in line  # creation times differ by construction
+        ]
+
+    for index, value in enumerate(values):
+        counter.labels("redis").inc()
+        histogram.labels("redis").observe(value)
+        pending.append(value)
+        if len(pending) >= fold.fold_at:
+            fold.fold()
+        if index == len(values) // 2:
+            assert exposition(folded) == exposition(observed)
+    assert exposition(folded) == exposition(observed)
+    assert not pending

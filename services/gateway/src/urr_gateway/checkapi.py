@@ -23,6 +23,7 @@ import functools
 import re
 import time
 from collections.abc import Callable, Mapping
+from contextvars import Context
 from typing import Any, Self
 
 import orjson
@@ -44,7 +45,7 @@ from urr_common.upstream_security import (
 from urr_gateway.ratelimit.config import RateLimitSettings
 from urr_gateway.ratelimit.keys import check_api_subject
 from urr_gateway.ratelimit.limiter import SlidingWindowLimiter, UnknownCategoryError
-from urr_gateway.ratelimit.metrics import DECISION_BUCKETS_S
+from urr_gateway.ratelimit.metrics import DECISION_BUCKETS_S, LatencyFold
 from urr_gateway.ratelimit.policyset import PolicyWatcher
 from urr_gateway.ratelimit.tenant import CompiledPolicies
 from urr_gateway.ratelimit.window import Decision, ms_to_s_up
@@ -183,12 +184,24 @@ class CheckService:
         if policies is not None:
             policies.on_change(lambda compiled: limiter.use_policies(compiled.defaults))
         latency = check_latency_histogram(registry)
-        # Bound once: ``labels()`` per request costs a lock and a dict lookup; observed by
-        # the event loop's thread only, so without the lock (``loop_observer``: one call).
-        self._observe = {
-            outcome: loop_observer(latency.labels(outcome)) for outcome in ("allowed", "blocked")
+        # Bound once: ``labels()`` per request costs a lock and a dict lookup. An answer's
+        # latency is appended to its outcome's list and folded into the histogram whenever
+        # it is read (``LatencyFold``: the same series and values, one append per answer).
+        self._fold = LatencyFold()
+        self._fold.watch(latency)
+        self._fold_at = self._fold.fold_at
+        self._latencies = {
+            outcome: self._fold.series(latency.labels(outcome))
+            for outcome in ("allowed", "blocked")
         }
         self._observe_invalid = loop_observer(latency.labels("invalid"))
+
+    def _observe(self, outcome: str, latency_s: float) -> None:
+        """One answer's latency under ``outcome`` (allowed or blocked)."""
+        latencies = self._latencies[outcome]
+        latencies.append(latency_s)
+        if len(latencies) >= self._fold_at:
+            self._fold.fold()
 
     def caller(self, authorization: str) -> str | None:
         """The caller ``authorization`` proves (``"anonymous"`` when none is asked)."""
@@ -211,7 +224,7 @@ class CheckService:
         except BaseException:
             self._observe_invalid(time.perf_counter() - started)
             raise
-        self._observe[outcome](time.perf_counter() - started)
+        self._observe(outcome, time.perf_counter() - started)
         return orjson.dumps(payload)
 
     def answer_soon(
@@ -220,13 +233,15 @@ class CheckService:
         started: float,
         reply: Callable[..., None],
         *reply_args: Any,
+        context: Context | None = None,
     ) -> bool:
         """``answer`` without a task when ``data`` plainly is a valid legacy request: the
         limiter's ``check_soon``, then ``reply(*reply_args, answer bytes, None)`` once, or
         ``reply(*reply_args, None, error)`` (a ``ProblemError`` for bad input: unknown
         category, cost over the limit). False, with nothing done, for any other request: ask
         ``answer``. (``reply_args`` rather than a caller's partial: one object and one call
-        level fewer per request.)"""
+        level fewer per request.) ``context``: the caller's own context for this request,
+        in which the reply then runs (``SlidingWindowLimiter.check_soon``)."""
         fields = plain_legacy_fields(data)
         if fields is None:
             return False
@@ -241,6 +256,7 @@ class CheckService:
             category,
             functools.partial(self._legacy_decided, started, reply, reply_args),
             cost=cost,
+            context=context,
         )
         return True
 
@@ -257,7 +273,11 @@ class CheckService:
             reply(*reply_args, None, error)
             return
         body = legacy_answer_bytes(decision)
-        self._observe["allowed" if decision.allowed else "blocked"](time.perf_counter() - started)
+        # ``_observe`` inlined: one append per answer.
+        latencies = self._latencies["allowed" if decision.allowed else "blocked"]
+        latencies.append(time.perf_counter() - started)
+        if len(latencies) >= self._fold_at:
+            self._fold.fold()
         reply(*reply_args, body, None)
 
     def _check_legacy(self, category: str, cost: int) -> None:

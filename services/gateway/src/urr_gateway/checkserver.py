@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextvars import copy_context
+from contextvars import Context, copy_context
 from typing import Any
 
 from aiohttp import web
@@ -164,7 +164,8 @@ class _Connection(Http1Connection["CheckServer"]):
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             # In a context of its own, as a task would run it: the request id is this
             # request's log context, not the connection's.
-            copy_context().run(self._answer_soon, answer, body, request_id)
+            context = copy_context()
+            context.run(self._answer_soon, answer, body, request_id, context)
             if len(self._answers) >= MAX_PIPELINED:
                 self.pause_reading()
 
@@ -200,7 +201,9 @@ class _Connection(Http1Connection["CheckServer"]):
             )
         return None
 
-    def _answer_soon(self, answer: Answer, body: bytes, request_id: bytes) -> None:
+    def _answer_soon(
+        self, answer: Answer, body: bytes, request_id: bytes, context: Context
+    ) -> None:
         """Answer a plainly valid legacy request from the limiter's callback (no task, no
         coroutine: most of the per-request cost of the listener's Python was the task and
         its coroutine chain); any other request through a task (``_answer``)."""
@@ -208,7 +211,10 @@ class _Connection(Http1Connection["CheckServer"]):
         start_request_context(request_id.decode())
         try:
             data = json_object(body)
-            if self.server.service.answer_soon(data, started, self._answered, answer, request_id):
+            # The reply runs in ``context`` itself (this request's alone), not in a copy.
+            if self.server.service.answer_soon(
+                data, started, self._answered, answer, request_id, context=context
+            ):
                 return
         except Exception as exc:  # answered as _answer answers it
             self._answered(answer, request_id, None, exc)

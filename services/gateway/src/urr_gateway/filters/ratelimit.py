@@ -171,11 +171,14 @@ class _RateLimit:
             # Another user's token: the entry-token filter refuses it as wrong_user anyway.
             revoked_key = None
         decision = await self._limiter.check(subject, category, cost=cost, revoked_key=revoked_key)
-        request[RATE_LIMIT_DECISION] = decision
+        # The request's state dict itself (as ``context.peek`` reads it): aiohttp's and the
+        # public listener's ``__setitem__`` are a Python call each, per request.
+        state = request._state
+        state[RATE_LIMIT_DECISION] = decision
         if facts is not None:
             facts.rate_limit_decision = decision
         if revoked_key is not None and decision.revoked is not None:
-            request[RATE_LIMIT_REVOKED_KEY] = revoked_key
+            state[RATE_LIMIT_REVOKED_KEY] = revoked_key
             if facts is not None:
                 facts.rate_limit_revoked_key = revoked_key
         headers = rate_limit_headers(decision)

@@ -34,14 +34,13 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from urr_common.logs import get_logger
-from urr_common.metrics import loop_adder, loop_observer
 from urr_gateway.ratelimit.breaker import BreakerState, CircuitBreaker
 from urr_gateway.ratelimit.budget import RedisBudget
 from urr_gateway.ratelimit.config import FailurePolicy, RateLimitSettings
 from urr_gateway.ratelimit.deny_cache import DenyCache
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.local import LocalSlidingLog
-from urr_gateway.ratelimit.metrics import RateLimitMetrics
+from urr_gateway.ratelimit.metrics import LatencyFold, RateLimitMetrics
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.ratelimit.slots import InFlightSlots
 from urr_gateway.ratelimit.store import (
@@ -60,10 +59,12 @@ from urr_gateway.ratelimit.tenant import (
 )
 from urr_gateway.ratelimit.usage_tally import UsageTally, UsageWriter
 from urr_gateway.ratelimit.window import (
+    US_PER_MS,
+    US_PER_S,
     Decision,
     WindowSpec,
     decide,
-    decide_one,
+    one_window_decision,
     policy_names,
     unlimited_decision,
 )
@@ -136,17 +137,45 @@ def _decision_of_reply(
 ) -> Decision:
     """The decision of a script reply (``parse_reply`` then ``decide``)."""
     if len(specs) == 1 and len(reply) == 5:
-        # The common single window: the decision straight from the reply's numbers, without
-        # ``parse_reply``'s two objects in between.
-        return decide_one(
-            category,
-            specs[0],
-            int(reply[2]),
-            int(reply[3]),
-            int(reply[4]),
-            cost,
-            "redis",
+        # The common single window: ``decide_one``'s arithmetic on the reply's numbers (hiredis
+        # hands RESP integers over as ints), the objects built by ``one_window_decision`` in
+        # one call (a unit test holds this to ``parse_reply`` then ``decide``).
+        spec = specs[0]
+        limit = spec.limit
+        count = reply[2]
+        reset_us = reply[3]
+        retry_us = reply[4]
+        if retry_us == 0:
+            remaining = limit - count - cost
+            if remaining < 0:
+                remaining = 0
+            if not count:
+                reset_us = spec.window_s * US_PER_S
+            return one_window_decision(
+                True,
+                category,
+                spec.policy,
+                limit,
+                spec.window_s,
+                remaining,
+                -(-reset_us // US_PER_MS) if reset_us > 0 else 0,
+                0,
+                False,
+                "redis",
+                bool(reply[1]) if revoked_key is not None else None,
+            )
+        remaining = limit - count
+        return one_window_decision(
             False,
+            category,
+            spec.policy,
+            limit,
+            spec.window_s,
+            remaining if remaining > 0 else 0,
+            -(-reset_us // US_PER_MS) if reset_us > 0 else 0,
+            -(-retry_us // US_PER_MS) if retry_us > 0 else 0,
+            False,
+            "redis",
             bool(reply[1]) if revoked_key is not None else None,
         )
     result = parse_reply(reply, len(specs), revoked_key is not None)
@@ -210,20 +239,7 @@ class _Soon:
     def set_result(self, reply: Any, /) -> None:
         self.settled = True
         self.reply = reply
-        self._run()
-
-    def set_exception(self, error: BaseException, /) -> None:
-        self.settled = True
-        self.error = error
-        self._run()
-
-    def result(self) -> Any:
-        """The reply, or its failure raised (as ``Future.result``)."""
-        if self.error is not None:
-            raise self.error
-        return self.reply
-
-    def _run(self) -> None:
+        # ``_run`` inlined: every answered decision comes here.
         context = self.context
         try:
             if context is None:
@@ -234,6 +250,16 @@ class _Soon:
             asyncio.get_running_loop().call_exception_handler(
                 {"message": "check_soon callback failed", "exception": exc}
             )
+
+    def set_exception(self, error: BaseException, /) -> None:
+        self.error = error
+        self.set_result(None)  # ``replied`` reads the error through ``result``
+
+    def result(self) -> Any:
+        """The reply, or its failure raised (as ``Future.result``)."""
+        if self.error is not None:
+            raise self.error
+        return self.reply
 
     # -- check's steps -----------------------------------------------------------------------
 
@@ -255,7 +281,12 @@ class _Soon:
         error: BaseException | None = None
         try:
             decision = _decision_of_reply(
-                self.category, self.specs, self.cost, None, pending.result()
+                self.category,
+                self.specs,
+                self.cost,
+                None,
+                # This object's own reply read in place (``result`` is a call more).
+                self.reply if pending is self and self.error is None else pending.result(),
             )
         except NoScriptError as exc:
             retry = None
@@ -277,12 +308,19 @@ class _Soon:
             self.answer(None, exc)
             return
         limiter._in_flight.give_back()
+        # ``_redis_answered`` then ``finish``, inlined (one decision per request comes here).
         try:
-            decision = limiter._redis_answered(self.subject, self.cost, decision, error)
+            if error is None:
+                limiter._answered(self.subject, self.cost, decision)  # type: ignore[arg-type]
+            else:
+                limiter._on_failure(_failure_kind(error), error)
+            final = limiter._conclude(
+                self.subject, self.category, self.specs, self.cost, decision, self.started
+            )
         except BaseException as exc:  # handed to the caller's callback
             self.answer(None, exc)
             return
-        self.finish(decision)
+        self.answer(final, None)
 
     def finish(self, decision: Decision | None) -> None:
         """The last step: ``_conclude``, handed to ``done`` (an error too)."""
@@ -367,9 +405,13 @@ class SlidingWindowLimiter:
             registry if registry is not None else CollectorRegistry()
         )
         self.metrics.breaker_state.set(int(BreakerState.CLOSED))
-        self._children: dict[
-            tuple[str, bool, str], tuple[Callable[[float], None], Callable[[float], None]]
-        ] = {}
+        #: Each decision's latency, by (category, allowed, source), until ``_fold`` adds them
+        #: to ``urr_ratelimit_decisions`` and ``urr_ratelimit_decision_seconds`` (at every
+        #: read of either: the same series and values as observing each decision).
+        self._latencies: dict[tuple[str, bool, str], list[float]] = {}
+        self._fold = LatencyFold()
+        self._fold.watch(self.metrics.decisions, self.metrics.latency)
+        self._fold_at = self._fold.fold_at
         #: ``check_soon``'s tasks (a decision waiting for a slot), held until done.
         self._tasks: set[asyncio.Future[Decision | None]] = set()
         #: Every decision's usage, counted until ``flush_usage`` writes it.
@@ -469,7 +511,10 @@ class SlidingWindowLimiter:
         reported as ``Decision.revoked``.
         """
         started = time.perf_counter()
-        specs = self._checked_specs(subject, category, cost, revoked_key)
+        specs = self._specs.get(category)
+        if specs is None or cost != 1 or revoked_key is not None:
+            # A cost of 1 always fits (every limit is at least 1): only the rest is checked.
+            specs = self._checked_specs(subject, category, cost, revoked_key)
         now = self._clock()
         decision = self._deny.lookup(subject, category, cost, now)
         if decision is None and self._breaker.allow(now):
@@ -493,7 +538,10 @@ class SlidingWindowLimiter:
                     error = exc
                 finally:
                     self._in_flight.give_back()
-                decision = self._redis_answered(subject, cost, decision, error)
+                if error is None:
+                    self._answered(subject, cost, decision)  # type: ignore[arg-type]
+                else:
+                    self._on_failure(_failure_kind(error), error)
         return self._conclude(subject, category, specs, cost, decision, started)
 
     def check_soon(
@@ -503,6 +551,7 @@ class SlidingWindowLimiter:
         done: Callable[[Decision | None, BaseException | None], None],
         *,
         cost: int = 1,
+        context: Context | None = None,
     ) -> None:
         """``check`` for a caller that answers from a callback (the check API's listener):
         the same steps, without a task and a coroutine per decision when a slot is free and
@@ -510,14 +559,21 @@ class SlidingWindowLimiter:
         call when Redis is not asked (deny cache, open breaker), else from the reply's
         callback; ``done(None, error)`` with an error ``check`` would raise from Redis's
         side (never a Redis failure: those follow the failure policy). Invalid arguments
-        raise here, as ``check`` raises them."""
+        raise here, as ``check`` raises them.
+
+        ``context``: the context this call runs in, when the caller made it for this request
+        alone (the check listener runs each request in a ``copy_context()`` of its own):
+        the reply's steps then run in it instead of in a copy made here, as a task's steps
+        run in its one context. By default they run in a copy of the caller's context."""
         started = time.perf_counter()
-        specs = self._checked_specs(subject, category, cost, None)
+        specs = self._specs.get(category)
+        if specs is None or cost != 1:  # as in ``check``
+            specs = self._checked_specs(subject, category, cost, None)
         now = self._clock()
         soon = _Soon(self, subject, category, specs, cost, started, done)
         decision = self._deny.lookup(subject, category, cost, now)
         if decision is None and self._breaker.allow(now):
-            if not self._put_inline(soon):
+            if not self._put_inline(soon, context):
                 # No free slot, or a cluster: the coroutine path, in a task of its own.
                 task = asyncio.ensure_future(self._ask_redis(subject, category, specs, cost, None))
                 self._tasks.add(task)  # the loop keeps tasks only weakly
@@ -526,15 +582,16 @@ class SlidingWindowLimiter:
             return
         soon.finish(decision)
 
-    def _put_inline(self, soon: _Soon) -> bool:
+    def _put_inline(self, soon: _Soon, context: Context | None = None) -> bool:
         """``_start_inline`` for ``check_soon``: ``soon`` itself waits for the reply (the
         slot then held until ``soon`` gives it back). False, with nothing asked and no slot
-        held: ask through ``_ask_redis``."""
+        held: ask through ``_ask_redis``. ``context``: the caller's own (see ``check_soon``)."""
         pipelined = self._pipelined
         if pipelined is None or not self._in_flight.take_now():
             return False
-        # The context the reply's steps run in, as a done-callback would have copied it.
-        soon.context = copy_context()
+        if context is None:
+            # The context the reply's steps run in, as a done-callback would have copied it.
+            soon.context = copy_context()
         sent = False
         try:
             sent = pipelined.start_soon(
@@ -543,6 +600,10 @@ class SlidingWindowLimiter:
         finally:
             if not sent:
                 self._in_flight.give_back()
+        if context is not None and not soon.settled:
+            # Only now: a waiter resolved inside ``start_soon`` (a closed store) ran its steps
+            # right there, in this very context, which ``Context.run`` cannot enter twice.
+            soon.context = context
         return sent
 
     def _start_inline(
@@ -567,17 +628,6 @@ class SlidingWindowLimiter:
             if pending is None:
                 self._in_flight.give_back()
         return pending
-
-    def _redis_answered(
-        self, subject: str, cost: int, decision: Decision | None, error: BaseException | None
-    ) -> Decision | None:
-        """Redis's decision, heard of by the breaker and the deny cache; ``None`` after the
-        failure ``error`` (counted: the failure policy decides)."""
-        if error is None:
-            self._answered(subject, cost, decision)  # type: ignore[arg-type]
-            return decision
-        self._on_failure(_failure_kind(error), error)
-        return None
 
     def _conclude(
         self,
@@ -796,18 +846,23 @@ class SlidingWindowLimiter:
             self._unlogged_outages = 0
 
     def _observe(self, decision: Decision, started: float) -> None:
-        # Labelled children are looked up once: ``labels()`` costs more than ``inc()``.
-        key = (decision.category, decision.allowed, decision.source)
-        children = self._children.get(key)
-        if children is None:
-            result = "allowed" if decision.allowed else "blocked"
-            children = (
-                # Decisions are made on the event loop only: no lock per increment.
-                loop_adder(
-                    self.metrics.decisions.labels(decision.category, result, decision.source)
-                ),
-                loop_observer(self.metrics.latency.labels(decision.source)),
-            )
-            self._children[key] = children
-        children[0](1)
-        children[1](time.perf_counter() - started)
+        """Count ``decision`` and its latency: one append, folded into the metrics when they
+        are read (``LatencyFold``)."""
+        latencies = self._latencies.get((decision.category, decision.allowed, decision.source))
+        if latencies is None:
+            latencies = self._latencies_of(decision)
+        latencies.append(time.perf_counter() - started)
+        if len(latencies) >= self._fold_at:
+            self._fold.fold()
+
+    def _latencies_of(self, decision: Decision) -> list[float]:
+        """The pending latencies of ``decision``'s labels (the children looked up once:
+        ``labels()`` costs more than an append)."""
+        result = "allowed" if decision.allowed else "blocked"
+        metrics = self.metrics
+        latencies = self._fold.series(
+            metrics.latency.labels(decision.source),
+            metrics.decisions.labels(decision.category, result, decision.source),
+        )
+        self._latencies[(decision.category, decision.allowed, decision.source)] = latencies
+        return latencies

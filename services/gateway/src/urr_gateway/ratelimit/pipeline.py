@@ -189,7 +189,6 @@ class _Node:
     def submit(
         self,
         command: bytes,
-        *,
         load_script: bool | bytes = False,
         timed: bool = False,
     ) -> asyncio.Future[Any]:
@@ -201,14 +200,13 @@ class _Node:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self.put(command, future, load_script=load_script, timed=timed)
+        self.put(command, future, load_script, timed)  # positional: no keyword matching
         return future
 
     def put(
         self,
         command: bytes,
         waiter: Waiter,
-        *,
         load_script: bool | bytes = False,
         timed: bool = False,
     ) -> None:
@@ -555,7 +553,7 @@ class PipelinedSlidingLog:
         if node is None:
             return None
         command = self._decision_command(subject, category, specs, cost, revoked_key)
-        return node.submit(command, load_script=load_script, timed=True)
+        return node.submit(command, load_script, True)  # positional: once per decision
 
     def start_soon(
         self,
@@ -575,7 +573,7 @@ class PipelinedSlidingLog:
         if node is None:
             return False
         command = self._decision_command(subject, category, specs, cost, revoked_key)
-        node.put(command, waiter, load_script=load_script, timed=True)
+        node.put(command, waiter, load_script, True)  # positional: once per decision
         return True
 
     def _decision_command(
@@ -587,7 +585,11 @@ class PipelinedSlidingLog:
         revoked_key: str | None,
     ) -> bytes:
         """One decision's ``EVALSHA``: the subject's cached bytes when its cost is 1."""
-        encoded = self._encoded_for(category, specs)
+        entry = self._encoded.get(category)  # ``_encoded_for``'s hit inlined
+        if entry is not None and entry[0] is specs:
+            encoded = entry[1]
+        else:
+            encoded = self._encoded_for(category, specs)
         known = encoded.commands.get((subject, revoked_key)) if cost == 1 else None
         if known is not None:
             return known[0]

@@ -12,7 +12,7 @@ client that waits ``retry_after_ms`` is never early.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal, TypeVar
 
@@ -148,6 +148,55 @@ class Decision:
     source: DecisionSource
     windows: tuple[WindowState, ...]
     revoked: bool | None = None
+
+
+def _one_window_builder() -> Any:
+    """``one_window_decision``: a single-window ``Decision`` and its ``WindowState`` built in
+    one call. Each object is made by ``object.__new__`` and its slots are filled through their
+    own setters, as ``slot_setting_init``'s ``__init__`` fills them, without the two class
+    calls (``type_call``, the ``__init__`` lookup and a frame each): the decision of every
+    request is built here. Nothing else differs: the objects are the frozen dataclasses
+    their constructors make (a unit test holds the two equal)."""
+    state_fields = ("policy", "limit", "window_s", "remaining", "reset_ms", "retry_ms")
+    decision_fields = (
+        "allowed", "category", "limit", "remaining", "reset_ms", "retry_after_ms", "policy",
+        "degraded", "source", "windows", "revoked",
+    )  # fmt: skip
+    if [f.name for f in fields(WindowState)] != list(state_fields) or [
+        f.name for f in fields(Decision)
+    ] != list(decision_fields):
+        raise TypeError("one_window_decision no longer matches the decision's fields")
+    scope: dict[str, Any] = {"_new": object.__new__, "_W": WindowState, "_D": Decision}
+    for name in state_fields:
+        scope[f"_w_{name}"] = getattr(WindowState, name).__set__
+    for name in decision_fields:
+        scope[f"_d_{name}"] = getattr(Decision, name).__set__
+    values = {
+        "policy": "policy", "limit": "limit", "window_s": "window_s", "remaining": "remaining",
+        "reset_ms": "reset_ms", "retry_ms": "retry_ms", "allowed": "allowed",
+        "category": "category", "retry_after_ms": "retry_ms", "degraded": "degraded",
+        "source": "source", "windows": "(state,)", "revoked": "revoked",
+    }  # fmt: skip
+    source = (
+        "def one_window_decision(allowed, category, policy, limit, window_s, remaining,"
+        " reset_ms, retry_ms, degraded, source, revoked):\n"
+        "    state = _new(_W)\n"
+        + "".join(f"    _w_{name}(state, {values[name]})\n" for name in state_fields)
+        + "    decision = _new(_D)\n"
+        + "".join(f"    _d_{name}(decision, {values[name]})\n" for name in decision_fields)
+        + "    return decision\n"
+    )
+    exec(source, scope)  # noqa: S102 - fixed source built from the classes' own field names
+    return scope["one_window_decision"]
+
+
+#: ``one_window_decision(allowed, category, policy, limit, window_s, remaining, reset_ms,
+#: retry_ms, degraded, source, revoked)``: ``Decision(allowed, category, limit, remaining,
+#: reset_ms, retry_ms, policy, degraded, source, (WindowState(policy, limit, window_s,
+#: remaining, reset_ms, retry_ms),), revoked)``, built in one call.
+one_window_decision: Callable[
+    [bool, str, str, int, int, int, int, int, bool, DecisionSource, bool | None], Decision
+] = _one_window_builder()
 
 
 def policy_names(category: str, windows_s: Sequence[int], names: Sequence[str | None]) -> list[str]:
@@ -286,19 +335,17 @@ def decide_one(
         remaining = max(spec.limit - count, 0)
         reset_ms = -(-reset_us // US_PER_MS) if reset_us > 0 else 0
         retry_ms = -(-retry_us // US_PER_MS) if retry_us > 0 else 0
-    state = WindowState(spec.policy, spec.limit, spec.window_s, remaining, reset_ms, retry_ms)
-    # Positional: keyword arguments cost more to match than the eleven fields to store.
-    return Decision(
+    return one_window_decision(
         allowed,
         category,
+        spec.policy,
         spec.limit,
+        spec.window_s,
         remaining,
         reset_ms,
         retry_ms,
-        spec.policy,
         degraded,
         source,
-        (state,),
         revoked,
     )
 
