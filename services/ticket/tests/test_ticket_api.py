@@ -64,6 +64,24 @@ async def test_seat_map_shows_free_held_and_sold(client: Any, db: asyncpg.Pool) 
     )
 
 
+async def test_a_sold_seat_whose_hold_is_not_released_yet_is_not_held_by_you(
+    client: Any, db: asyncpg.Pool
+) -> None:
+    # The outcome consumer records the sale, then releases the buyer's holds in Redis: in
+    # between, the buyer's map shows the seat sold, never "held by you".
+    assert (await client.post("/api/v1/seats/demo/D4/hold", headers=user("u1"))).status == 200
+    rid = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status)"
+        " VALUES ($1, 'demo', 'u1', ARRAY['D4'], 'confirmed')",
+        rid,
+    )
+    await db.execute("INSERT INTO seat_claims VALUES ('demo', 'D4', $1)", rid)
+    seat_map = await (await client.get("/api/v1/seats/demo", headers=user("u1"))).json()
+    states = {s["seatId"]: (s["state"], s["heldByYou"]) for s in seat_map["seats"]}
+    assert states["D4"] == ("sold", False)
+
+
 async def test_a_known_event_without_seats_has_an_empty_map(client: Any, db: asyncpg.Pool) -> None:
     # The seat map asks for the event only when no seat came back: known is 200 and empty,
     # unknown is 404.

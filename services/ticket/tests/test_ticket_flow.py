@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from urr_common.identity_testing import act_as
+from urr_ticket.appkeys import LOCKS_KEY
 from urr_ticket.outcomes import outcome_loop
 from urr_ticket.settings import TicketSettings
 from urr_ticket_worker import handler
@@ -141,11 +142,18 @@ async def test_reserve_pay_confirm_release_and_announce(
         rid = (await response.json())["reservationId"]
         await eventually(lambda: _is(status_of(rid), "confirmed"), 40)
 
-        # The seats are sold and the holds are gone.
+        # The seats are sold (a sold seat is nobody's hold, whatever Redis still says) ...
         seat_map = await (await client.get("/api/v1/seats/demo", headers=user("fan-1"))).json()
         states = {s["seatId"]: (s["state"], s["heldByYou"]) for s in seat_map["seats"]}
         assert states["C1"] == ("sold", False)
         assert states["C2"] == ("sold", False)
+
+        # ... and the holds are released: in Redis after the row (two stores, no common
+        # transaction), so soon after "confirmed" is readable, not with it.
+        async def holds_released() -> bool:
+            return not await client.server.app[LOCKS_KEY].holders("demo", ["C1", "C2"])
+
+        await eventually(holds_released, 10)
 
         # The record the queue service consumes to end fan-1's Tier-2 session.
         def answers(records: list[Any]) -> list[dict[str, Any]]:

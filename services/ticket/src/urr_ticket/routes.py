@@ -195,7 +195,12 @@ async def seat_map(request: web.Request) -> web.Response:
                 "number": seat.seat_number,
                 "priceCents": seat.price_cents,
                 "state": state,
-                "heldByYou": bool(caller) and hold is not None and hold.owner == caller,
+                # Only a held seat: a sold one's hold is released just after its sale is
+                # recorded (two stores), and a map must not call a sold seat "held by you".
+                "heldByYou": state == "held"
+                and bool(caller)
+                and hold is not None
+                and hold.owner == caller,
             }
         )
     return json_response({"eventId": event_id, "seats": out})
