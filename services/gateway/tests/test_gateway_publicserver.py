@@ -219,6 +219,21 @@ async def test_pipelined_requests_are_answered_in_order(listener):
     ]
 
 
+async def test_a_malformed_request_behind_good_ones_still_gets_its_400(listener):
+    # In one write: the good requests' answers must not close the connection before the
+    # refusal of what follows them is written (the refusal is the connection's last).
+    stack, port, _ = listener
+    pipelined = get("/api/v1/events/1") + get("/api/v1/events/2") + b"GARBAGE / HTTP/1.1\r\n\r\n"
+    answer = await exchange(port, pipelined)
+    assert statuses(answer) == [200, 200, 400]
+    first, _, _ = answer.partition(b"\r\n\r\n")
+    assert b"connection: close" not in first.lower()
+    assert [seen["path"] for seen in stack.ticket.requests] == [
+        "/api/v1/events/1",
+        "/api/v1/events/2",
+    ]
+
+
 async def test_a_client_leaving_mid_body_frees_everything(listener):
     stack, port, server = listener
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -384,7 +384,9 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     def closes_after(self, exchange: _Exchange) -> bool:
         """Whether the answer being written is this connection's last."""
         body_unread = exchange.body is not None and not exchange.body.done
-        last_of_stop = self._stopped and len(self._queue) == 1
+        # Reading stopped and nothing is queued behind it; a refusal written after it (one
+        # more answer owed) closes the connection instead.
+        last_of_stop = self._stopped and len(self._queue) == 1 and len(self._answers) == 1
         return exchange.close or body_unread or last_of_stop
 
     # --- serving, one request at a time ------------------------------------------------------
@@ -700,7 +702,11 @@ class PublicServer(Http1Server):
         if (
             exchange.close
             or (body is not None and not body.done)
-            or (connection._stopped and len(connection._queue) == 1)
+            or (
+                connection._stopped
+                and len(connection._queue) == 1
+                and len(connection._answers) == 1
+            )
         ):
             exchange.close = True
             headers[hdrs.CONNECTION] = "close"
