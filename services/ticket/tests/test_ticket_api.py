@@ -34,6 +34,19 @@ async def problem(response: Any, status: int, code: str) -> dict[str, Any]:
     return body
 
 
+async def _sold(db: asyncpg.Pool, user_id: str, seat_id: str) -> None:
+    """A confirmed reservation of ``seat_id`` by ``user_id``, as the outcome consumer writes."""
+    rid = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status)"
+        " VALUES ($1, 'demo', $2, ARRAY[$3], 'confirmed')",
+        rid,
+        user_id,
+        seat_id,
+    )
+    await db.execute("INSERT INTO seat_claims VALUES ('demo', $1, $2)", seat_id, rid)
+
+
 async def test_catalog_is_public(client: Any) -> None:
     listing = await (await client.get("/api/v1/events")).json()
     assert [e["eventId"] for e in listing["events"]] == ["demo"]
@@ -45,13 +58,7 @@ async def test_catalog_is_public(client: Any) -> None:
 
 async def test_seat_map_shows_free_held_and_sold(client: Any, db: asyncpg.Pool) -> None:
     assert (await client.post("/api/v1/seats/demo/A1/hold", headers=user("u1"))).status == 200
-    rid = uuid.uuid4()
-    await db.execute(
-        "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status)"
-        " VALUES ($1, 'demo', 'u2', ARRAY['B1'], 'confirmed')",
-        rid,
-    )
-    await db.execute("INSERT INTO seat_claims VALUES ('demo', 'B1', $1)", rid)
+    await _sold(db, "u2", "B1")
     seat_map = await (await client.get("/api/v1/seats/demo", headers=user("u1"))).json()
     states = {s["seatId"]: (s["state"], s["heldByYou"]) for s in seat_map["seats"]}
     assert len(states) == 100
@@ -70,13 +77,7 @@ async def test_a_sold_seat_whose_hold_is_not_released_yet_is_not_held_by_you(
     # The outcome consumer records the sale, then releases the buyer's holds in Redis: in
     # between, the buyer's map shows the seat sold, never "held by you".
     assert (await client.post("/api/v1/seats/demo/D4/hold", headers=user("u1"))).status == 200
-    rid = uuid.uuid4()
-    await db.execute(
-        "INSERT INTO reservations (reservation_id, event_id, user_id, seat_ids, status)"
-        " VALUES ($1, 'demo', 'u1', ARRAY['D4'], 'confirmed')",
-        rid,
-    )
-    await db.execute("INSERT INTO seat_claims VALUES ('demo', 'D4', $1)", rid)
+    await _sold(db, "u1", "D4")
     seat_map = await (await client.get("/api/v1/seats/demo", headers=user("u1"))).json()
     states = {s["seatId"]: (s["state"], s["heldByYou"]) for s in seat_map["seats"]}
     assert states["D4"] == ("sold", False)
