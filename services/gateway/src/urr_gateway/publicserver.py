@@ -381,14 +381,6 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         if self.transport is not None:
             self.transport.abort()
 
-    def closes_after(self, exchange: _Exchange) -> bool:
-        """Whether the answer being written is this connection's last."""
-        body_unread = exchange.body is not None and not exchange.body.done
-        # Reading stopped and nothing is queued behind it; a refusal written after it (one
-        # more answer owed) closes the connection instead.
-        last_of_stop = self._stopped and len(self._queue) == 1 and len(self._answers) == 1
-        return exchange.close or body_unread or last_of_stop
-
     # --- serving, one request at a time ------------------------------------------------------
 
     async def _work(self) -> None:
@@ -696,7 +688,9 @@ class PublicServer(Http1Server):
                 receiver(request, prepared)
         if hdrs.DATE not in headers:
             headers[hdrs.DATE] = self.date_text
-        # ``connection.closes_after`` inlined (keep in step with it).
+        # Whether this answer is the connection's last: the client asked, its body is
+        # unread, or reading stopped with nothing queued behind it (a refusal written after
+        # it, one more answer owed, closes the connection instead).
         connection = exchange.connection
         body = exchange.body
         if (
