@@ -33,7 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway_proxy import (
+    BENCH_USERS,
     PATH,
+    HeaderSets,
     gateway_env,
     gateway_source,
     launch_gateway,
@@ -41,7 +43,9 @@ from gateway_proxy import (
     run_wrk,
     start_upstream,
     stop_all,
+    user_headers,
     write_keys_and_sign,
+    wrk_args,
 )
 
 from urr_devstack.procs import RedisServer, free_port, wait_listening
@@ -102,7 +106,7 @@ def counted(pid: int, out: Path, during: Callable[[], str]) -> tuple[int, float,
 
 
 def instructions_per_request(
-    gateway: tuple[str, int, int, int], out: Path, options: argparse.Namespace, headers: list[str]
+    gateway: tuple[str, int, int, int], out: Path, options: argparse.Namespace, headers: HeaderSets
 ) -> tuple[float, int, float]:
     """One round under callgrind: the instructions of an idle stretch as long as the run
     (timers, sweeps: what the gateway spends per second whatever comes), then of the run;
@@ -112,15 +116,14 @@ def instructions_per_request(
     are the remaining error (at most ``--connections`` of them): the requests are counted by
     the gateway's own metric, since wrk leaves out those that outlive its timeout."""
     _, port, pid, metrics_port = gateway
-    args = ["wrk", "-t1", f"-c{options.connections}", f"-d{options.duration}s", "--timeout", "60s"]
-    for header in headers:
-        args += ["-H", header]
     url = f"http://127.0.0.1:{port}{PATH}"
+    args = wrk_args(options.connections, options.duration, url, headers, latency=False)
+    args[-1:-1] = ["--timeout", "60s"]
     idle, idle_s, _ = counted(pid, out, lambda: str(time.sleep(options.duration)))
     rate = idle / idle_s
 
     def load() -> str:
-        return subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
+        return subprocess.run(args, check=True, capture_output=True, text=True).stdout
 
     first = answered(metrics_port)
     busy, busy_s, _ = counted(pid, out, load)
@@ -159,7 +162,8 @@ def main() -> None:
     processes: list = []
     redis = RedisServer(port=free_port(), workdir=work / "redis")
     try:
-        access_token, entry_token = write_keys_and_sign(work)
+        users = write_keys_and_sign(work, BENCH_USERS)
+        access_token, entry_token = users[0]
         upstream_port = free_port()
         processes.append(start_upstream(work, upstream_port))
         wait_listening("127.0.0.1", upstream_port, 10, "upstream nginx")
@@ -167,7 +171,7 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{upstream_port}"
         base_env = gateway_env(redis.url, upstream)
         base_env.update(item.split("=", 1) for item in options.env)
-        headers = [f"Cookie: access_token={access_token}", f"x-queue-entry-token: {entry_token}"]
+        headers = [user_headers(*user) for user in users]
         ready = {"Cookie": f"access_token={access_token}", "x-queue-entry-token": entry_token}
         before_src = gateway_source(options.before, work / "before")
         if before_src is None:
@@ -243,7 +247,7 @@ def count_instructions(
     gateways: list[tuple[str, int, int, int]],
     work: Path,
     options: argparse.Namespace,
-    headers: list[str],
+    headers: HeaderSets,
 ) -> None:
     print(f"callgrind, wrk -t1 -c{options.connections} -d{options.duration}s, {PATH}, alternating")
     print(

@@ -46,7 +46,7 @@ CALLGRIND = "--callgrind" in sys.argv or bool(os.environ.get("CALLGRIND"))
 work = Path(tempfile.mkdtemp())
 procs = []
 redis = RedisServer(port=free_port(), workdir=work / "redis")
-at, et = write_keys_and_sign(work)
+at, et = write_keys_and_sign(work)[0]
 up = free_port()
 procs.append(start_upstream(work, up))
 wait_listening("127.0.0.1", up, 10, "u")

@@ -158,14 +158,70 @@ def start_upstream(work: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
+#: Header lines of one bench user's request; one list per user.
+HeaderSets = list[list[str]]
+
+#: Bench users wrk takes turns with: booking allows each 10,000 requests a second (the
+#: sliding log's cap per window), so four keep every request under the limit up to 40,000/s
+#: and the gateway rows measure proxied answers, not refusals.
+BENCH_USERS = 4
+
+
+def wrk_args(
+    connections: int, seconds: int, url: str, header_sets: HeaderSets, latency: bool = True
+) -> list[str]:
+    """wrk's command line: one user's headers as ``-H``, several taken in turn by a script."""
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    if latency:
+        args.append("--latency")
+    if len(header_sets) == 1:
+        for header in header_sets[0]:
+            args += ["-H", header]
+    elif header_sets:
+        args += ["-s", str(_rotation_script(header_sets))]
+    return [*args, url]
+
+
+def _rotation_script(header_sets: HeaderSets) -> Path:
+    """A wrk script whose requests go to each user in turn (formatted once, at start)."""
+    users = ",\n".join(
+        "{"
+        + ", ".join(
+            f"[{json.dumps(name)}] = {json.dumps(value.strip())}"
+            for name, value in (line.split(":", 1) for line in lines)
+        )
+        + "}"
+        for lines in header_sets
+    )
+    handle, name = tempfile.mkstemp(prefix="urr-wrk-", suffix=".lua")
+    with os.fdopen(handle, "w") as script:
+        script.write(
+            f"local users = {{\n{users}\n}}\n"
+            "local requests, turn = {}, 0\n"
+            "init = function(args)\n"
+            "  for i, headers in ipairs(users) do\n"
+            '    requests[i] = wrk.format("GET", nil, headers)\n'
+            "  end\n"
+            "end\n"
+            "request = function()\n"
+            "  turn = turn % #requests + 1\n"
+            "  return requests[turn]\n"
+            "end\n"
+        )
+    return Path(name)
+
+
 def run_wrk(
-    name: str, url: str, duration: int, connections: int, headers: list[str], pids: list[int]
+    name: str,
+    url: str,
+    duration: int,
+    connections: int,
+    headers: HeaderSets,
+    pids: list[int],
 ) -> WrkResult:
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
-    for header in headers:
-        args[1:1] = ["-H", header]
     # A short warm-up so connection set-up and first-use caches do not count.
-    subprocess.run([*args[:-2], "-d2s", url], check=True, capture_output=True)
+    subprocess.run(wrk_args(connections, 2, url, headers), check=True, capture_output=True)
+    args = wrk_args(connections, duration, url, headers)
     cpu_before, started = cpu_seconds(pids), time.monotonic()
     output = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     cpu_used, elapsed = cpu_seconds(pids) - cpu_before, time.monotonic() - started
@@ -217,7 +273,7 @@ def wait_http(url: str, timeout_s: float, headers: dict[str, str] | None = None)
 
 
 def profile(
-    pid: int, url: str, seconds: int, connections: int, headers: list[str], out: Path
+    pid: int, url: str, seconds: int, connections: int, headers: HeaderSets, out: Path
 ) -> str:
     """Sample the gateway with py-spy under load; a summary of where the time goes."""
     spy = subprocess.Popen(
@@ -240,10 +296,9 @@ def profile(
         stderr=subprocess.PIPE,
     )
     time.sleep(0.5)
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url]
-    for header in headers:
-        args[1:1] = ["-H", header]
-    subprocess.run(args, check=True, capture_output=True)
+    subprocess.run(
+        wrk_args(connections, seconds, url, headers, latency=False), check=True, capture_output=True
+    )
     _, stderr = spy.communicate(timeout=seconds + 30)
     if not out.exists():
         return f"(py-spy produced no profile: {stderr.decode()[-300:]})"
@@ -398,7 +453,11 @@ def serve_bare_proxy(
 
         async def limited_handler(request: web.Request) -> web.Response:
             assert limiter is not None
-            decision = await limiter.check(f"ip:{request.remote}", "booking")
+            # One subject per wrk connection: one address alone would pass booking's 10,000
+            # a second, and the row would measure refusals.
+            transport = request.transport
+            peer = transport.get_extra_info("peername") if transport is not None else None
+            decision = await limiter.check(f"peer:{peer}", "booking")
             if not decision.allowed:
                 return web.Response(status=429)
             return await lean_handler(request)
@@ -496,19 +555,30 @@ def print_results(
     )
 
 
-def write_keys_and_sign(work: Path) -> tuple[str, str]:
-    """Write the two JWKS files the upstream nginx serves; an access and an entry token."""
+def write_keys_and_sign(work: Path, users: int = 1) -> list[tuple[str, str]]:
+    """Write the two JWKS files the upstream nginx serves; an access and an entry token for
+    each of ``users`` bench users (``bench-user``, ``bench-user-2``, ...)."""
     access_key = SigningKey.generate("bench-access")
     entry_key = SigningKey.generate("bench-entry")
     (work / "access.json").write_text(json.dumps(KeySet([access_key.verification_key()]).to_jwks()))
     (work / "entry.json").write_text(json.dumps(KeySet([entry_key.verification_key()]).to_jwks()))
-    access_token = TokenSigner(access_key, "urr-auth", "urr", 3600).sign(
-        "bench-user", {"email": "bench@example.com", "role": "user"}
-    )
-    entry_token = TokenSigner(entry_key, "urr-queue", "urr-entry", 3600).sign(
-        "bench-user", {"evt": EVENT_ID}
-    )
-    return access_token, entry_token
+    access = TokenSigner(access_key, "urr-auth", "urr", 3600)
+    entry = TokenSigner(entry_key, "urr-queue", "urr-entry", 3600)
+    signed = []
+    for number in range(1, users + 1):
+        user = "bench-user" if number == 1 else f"bench-user-{number}"
+        signed.append(
+            (
+                access.sign(user, {"email": f"{user}@example.com", "role": "user"}),
+                entry.sign(user, {"evt": EVENT_ID}),
+            )
+        )
+    return signed
+
+
+def user_headers(access_token: str, entry_token: str) -> list[str]:
+    """The header lines of one bench user's request."""
+    return [f"Cookie: access_token={access_token}", f"x-queue-entry-token: {entry_token}"]
 
 
 def gateway_env(redis_url: str, upstream: str) -> dict[str, str]:
@@ -607,7 +677,7 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def repeat_gateway_rows(
-    runs: list[tuple[str, str, list[str], list[int]]], options: argparse.Namespace
+    runs: list[tuple[str, str, HeaderSets, list[int]]], options: argparse.Namespace
 ) -> None:
     """``--rounds``: the gateway rows again, in turn, so that before/after and the GC rows
     are compared across rounds instead of one pass of a load that drifts (neighbours)."""
@@ -675,7 +745,8 @@ def main() -> None:
     processes: list[subprocess.Popen[bytes]] = []
     redis = RedisServer(port=free_port(), workdir=work / "redis")
     try:
-        access_token, entry_token = write_keys_and_sign(work)
+        users = write_keys_and_sign(work, BENCH_USERS)
+        access_token, entry_token = users[0]
         upstream_port, nginx_port, bare_port = free_port(), free_port(), free_port()
         processes.append(start_upstream(work, upstream_port))
         processes.append(
@@ -700,7 +771,7 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{upstream_port}"
         base_env = gateway_env(redis.url, upstream)
         base_env.update(item.split("=", 1) for item in options.env)
-        headers = [f"Cookie: access_token={access_token}", f"x-queue-entry-token: {entry_token}"]
+        headers = [user_headers(*user) for user in users]
         ready_headers = {
             "Cookie": f"access_token={access_token}",
             "x-queue-entry-token": entry_token,
@@ -786,28 +857,28 @@ def main() -> None:
                 names = sorted({name.lower() for name in answer.headers})
                 print(f"{label} answers {answer.status} with headers: {', '.join(names)}")
         load_before = Path("/proc/loadavg").read_text().split()[:3]
-        runs: list[tuple[str, str, list[str], list[int]]] = [
+        runs: list[tuple[str, str, HeaderSets, list[int]]] = [
             (
                 "upstream alone (nginx return 200)",
                 f"{upstream}{PATH}",
-                [],
+                [[]],
                 children(processes[0].pid),
             ),
             (
                 "nginx proxy + limit_req",
                 f"{local}:{nginx_port}{PATH}",
-                [],
+                [[]],
                 children(processes[1].pid),
             ),
-            ("bare aiohttp proxy (no filters)", f"{local}:{bare_port}{PATH}", [], [bare.pid]),
-            ("bare proxy, lean client", f"{local}:{lean_port}{PATH}", [], [lean_proxy.pid]),
+            ("bare aiohttp proxy (no filters)", f"{local}:{bare_port}{PATH}", [[]], [bare.pid]),
+            ("bare proxy, lean client", f"{local}:{lean_port}{PATH}", [[]], [lean_proxy.pid]),
             (
                 "lean proxy + one limiter decision",
                 f"{local}:{limited_port}{PATH}",
-                [],
+                [[]],
                 [limited_proxy.pid],
             ),
-            ("floor: raw protocol proxy", f"{local}:{raw_port}{PATH}", [], [raw_proxy.pid]),
+            ("floor: raw protocol proxy", f"{local}:{raw_port}{PATH}", [[]], [raw_proxy.pid]),
             (
                 f"gateway, no filters ({default})",
                 f"{local}:{unfiltered_port}{PATH}",
