@@ -1,29 +1,36 @@
 """CPU per arrival of Tier 1 alone: the Lambda emulator (4 containers) and dynalite (issue 22).
 
     make dynalite && uv run --frozen python bench/tier1_crowd_cpu.py \
-        [--arrivals 1200] [--rate 40] [--rounds 2] [--before <git rev>] [--pyspy DIR]
+        [--arrivals 1200] [--rate 40] [--admit-rate R] [--rounds 2] [--before <git rev>] \
+        [--pyspy DIR]
 
 A crowd as the flash-crowd load test sends it to Tier 1, without the rest of the stack: each
-arrival takes a place (``POST /vwr/assign``, anonymous, a fresh request id) and checks
-(``GET /vwr/check``) after the waiting page's first pause until it is let in; a thread plays
-the advancer (the serving counter moves to the last number every second, a compare-and-set as
-the real one makes). Each run starts a fresh dynalite and a fresh emulator
-(``python -m urr_vwr_lambda.local.apigw``, 4 spawned containers as the devstack runs it) on
-free ports. ``--before REV`` runs the same crowd on that revision's ``urr_vwr_lambda``
-(exported with ``git archive`` and put first on ``PYTHONPATH``, so the containers import it
-too) alternately with the working tree's, in one run: compare within a run only, the machine
-is shared.
+arrival takes a place (``POST /vwr/assign``, anonymous, a fresh request id) and checks (``GET
+/vwr/check``) after the waiting page's first pause, then as ``pollAfterSeconds`` says (at most
+30 s, +-20 %, as the waiting page and the Locust flow do) until it is let in; a thread plays the
+advancer (the serving counter moves to the last number every second, a compare-and-set as the
+real one makes). ``--admit-rate R`` lets in R a second at most instead, and stores R as the
+measured rate the ETA uses: a crowd faster than R builds a line, as the flash crowd does behind
+Tier 2's admission rate; then the checks per arrival and the ``lag`` (seconds from the counter
+passing a place to its holder's check that learns it) say what the waiting room's poll advice
+costs and how late it lets people know. Each run starts a fresh dynalite and a fresh emulator
+(``python -m urr_vwr_lambda.local.apigw``, 4 spawned containers as the devstack runs it) on free
+ports. ``--before REV`` runs the same crowd on that revision's ``urr_vwr_lambda`` (exported with
+``git archive`` and put first on ``PYTHONPATH``, so the containers import it too) alternately
+with the working tree's, in one run: compare within a run only, the machine is shared.
 
 Printed per run: CPU ms per arrival of the emulator with its containers (and of the
 emulator's own process alone) and of dynalite (from /proc, user + system), the emulator's CPU
-per invocation, invocations per arrival, latency P50/P95 of assign and check as the client saw
-them, 429s, and the load average at the start and end of the run.
+per invocation, invocations and checks per arrival, latency P50/P95 of assign and check as the
+client saw them, 429s, the lag's mean and P95, and the load average at the start and end of the
+run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -95,6 +102,8 @@ class Tally:
     check_ms: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     admitted: int = 0
+    #: (position, time.monotonic() of the check that said admitted) per admitted arrival.
+    learned: list[tuple[int, float]] = field(default_factory=list)
 
     def count(self, what: str, status: int) -> None:
         key = f"{what} {status}"
@@ -124,9 +133,11 @@ async def arrival(session: aiohttp.ClientSession, base: str, tally: Tally) -> No
         await asyncio.sleep(2 * random.uniform(0.8, 1.2))
     else:
         return
+    position = int(body["position"])
+    # As the waiting page: the first check soon, then as the room says (the Locust flow's cap).
     wait = min(float(body.get("pollAfterSeconds") or 2), 2.0)
-    for _ in range(60):
-        await asyncio.sleep(wait * random.uniform(0.8, 1.2))
+    for _ in range(200):
+        await asyncio.sleep(min(max(wait, 0.5), MAX_POLL_S) * random.uniform(0.8, 1.2))
         started = time.perf_counter()
         async with session.get(f"{base}/vwr/check/{EVENT}/{request_id}") as answer:
             body = await answer.json(content_type=None)
@@ -138,8 +149,13 @@ async def arrival(session: aiohttp.ClientSession, base: str, tally: Tally) -> No
         tally.check_ms.append((time.perf_counter() - started) * 1000)
         if body.get("admitted"):
             tally.admitted += 1
+            tally.learned.append((position, time.monotonic()))
             return
-        wait = min(float(body.get("pollAfterSeconds") or 2), 2.0)
+        wait = float(body.get("pollAfterSeconds") or 2)
+
+
+#: The Locust flow's and the waiting page's longest pause between checks.
+MAX_POLL_S = 30.0
 
 
 async def crowd(base: str, arrivals: int, rate: float) -> Tally:
@@ -157,16 +173,41 @@ async def crowd(base: str, arrivals: int, rate: float) -> Tally:
     return tally
 
 
-def advancer(store: VwrStore, stop: threading.Event) -> None:
-    """The counter advancer's effect: every number handed out is let in a second later."""
+def advancer(
+    store: VwrStore,
+    stop: threading.Event,
+    admit_rate: float | None = None,
+    moves: list[tuple[int, float]] | None = None,
+) -> None:
+    """The counter advancer's effect: every number handed out is let in a second later, or
+    (``admit_rate``) at most that many a second, the rate stored for the ETA. Each move is
+    appended to ``moves`` as (new counter, ``time.monotonic()``)."""
+    allowance = 0.0
     while not stop.wait(1.0):
         state = store.get_event(EVENT, consistent=True)
         if state is None or state.next_position <= state.serving_counter:
+            allowance = 0.0  # nobody waits: an idle second is not saved up
             continue
+        target = state.next_position
+        if admit_rate is not None:
+            allowance += admit_rate
+            target = min(target, state.serving_counter + int(allowance))
+            allowance -= target - state.serving_counter
         with contextlib.suppress(StaleCounter):
-            store.advance_to(
-                state, serving_counter=state.next_position, admit_rate=None, now_ms=_ms()
-            )
+            store.advance_to(state, serving_counter=target, admit_rate=admit_rate, now_ms=_ms())
+            if moves is not None:
+                moves.append((target, time.monotonic()))
+
+
+def lags(moves: list[tuple[int, float]], learned: list[tuple[int, float]]) -> list[float]:
+    """Seconds from the move that let each place in to the check that told its holder."""
+    counters = [counter for counter, _ in moves]
+    out = []
+    for position, told_at in learned:
+        index = bisect.bisect_left(counters, position)
+        if index < len(moves):
+            out.append(max(0.0, told_at - moves[index][1]))
+    return out
 
 
 def _ms() -> int:
@@ -273,7 +314,10 @@ def run_once(
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        mover = threading.Thread(target=advancer, args=(store, stop), daemon=True)
+        moves: list[tuple[int, float]] = []
+        mover = threading.Thread(
+            target=advancer, args=(store, stop, args.admit_rate, moves), daemon=True
+        )
         mover.start()
         wall0 = time.monotonic()
         tally = asyncio.run(crowd(f"http://127.0.0.1:{api_port}", args.arrivals, args.rate))
@@ -291,6 +335,7 @@ def run_once(
         dynalite.stop()
     invocations = sum(v for k, v in tally.statuses.items())
     n = args.arrivals
+    late = lags(moves, tally.learned)
     return {
         "label": label,
         "emu_ms": (emu1 - emu0) / n * 1000,
@@ -303,6 +348,10 @@ def run_once(
         "check_p50": statistics.median(tally.check_ms) if tally.check_ms else float("nan"),
         "check_p95": pct(tally.check_ms, 0.95),
         "admitted": tally.admitted,
+        "checks_per_arrival": sum(v for k, v in tally.statuses.items() if k.startswith("check"))
+        / n,
+        "lag_mean_s": statistics.fmean(late) if late else float("nan"),
+        "lag_p95_s": pct(late, 0.95),
         "statuses": tally.statuses,
         "wall_s": wall,
         "load": f"{load0} -> {loadavg()}",
@@ -352,6 +401,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arrivals", type=int, default=1200)
     parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument(
+        "--admit-rate", type=float, help="let in at most this many a second (a line builds)"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--before", help="a git revision to compare with, alternately")
     parser.add_argument("--pyspy", help="folder for py-spy raw profiles of each run")
@@ -373,20 +425,25 @@ def main() -> None:
             args.clients,
         )
     print(
-        f"\n{args.arrivals} arrivals at {args.rate}/s; CPU ms per arrival (emulator with its "
-        "containers, dynalite), per invocation, calls per arrival, latency ms"
+        f"\n{args.arrivals} arrivals at {args.rate}/s"
+        + (f", {args.admit_rate} let in a second" if args.admit_rate else "")
+        + "; CPU ms per arrival (emulator with its containers, dynalite), per invocation, "
+        "calls and checks per arrival, latency ms, lag s (mean/P95)"
     )
     print(
         f"{'run':<10} {'emu/arr':>8} {'(self)':>7} {'dyn/arr':>8} {'emu/call':>9} {'calls':>6} "
-        f"{'assign p50/p95':>15} {'check p50/p95':>14} {'429s':>5}  load"
+        f"{'checks':>6} {'assign p50/p95':>15} {'check p50/p95':>14} {'429s':>5} "
+        f"{'lag':>9}  load"
     )
     for r in results:
         throttled = sum(v for k, v in r["statuses"].items() if k.endswith(" 429"))
         print(
             f"{r['label']:<10} {r['emu_ms']:8.2f} {r['emu_self_ms']:7.2f} {r['dyn_ms']:8.2f} "
             f"{r['emu_per_call_ms']:9.2f} "
-            f"{r['calls_per_arrival']:6.2f} {r['assign_p50']:7.1f}/{r['assign_p95']:<7.1f} "
-            f"{r['check_p50']:6.1f}/{r['check_p95']:<7.1f} {throttled:5d}  {r['load']}"
+            f"{r['calls_per_arrival']:6.2f} {r['checks_per_arrival']:6.2f} "
+            f"{r['assign_p50']:7.1f}/{r['assign_p95']:<7.1f} "
+            f"{r['check_p50']:6.1f}/{r['check_p95']:<7.1f} {throttled:5d} "
+            f"{r['lag_mean_s']:4.1f}/{r['lag_p95_s']:<4.1f}  {r['load']}"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ def test_eta_and_poll_pacing() -> None:
     assert eta_seconds(99, 10) == 10
     assert eta_seconds(5, 0) == -1
     assert poll_after_seconds(0, 0, min_s=2, max_s=30) == 2
-    assert poll_after_seconds(40, 399, min_s=2, max_s=30) == 10
+    assert poll_after_seconds(40, 399, min_s=2, max_s=30) == 20
+    assert poll_after_seconds(5, 49, min_s=2, max_s=30) == 2
     assert poll_after_seconds(10_000, 99_999, min_s=2, max_s=30) == 30
     assert poll_after_seconds(-1, 50, min_s=2, max_s=30) == 5
     assert poll_after_seconds(-1, 50_000, min_s=2, max_s=30) == 30
@@ -44,6 +46,36 @@ def test_eta_and_poll_pacing() -> None:
 def test_poll_pacing_stays_in_bounds(ahead: int, rate: float, low: int) -> None:
     poll = poll_after_seconds(eta_seconds(ahead, rate), ahead, min_s=low, max_s=60)
     assert low <= poll <= 60
+
+
+def _checks_until_turn(eta_s: int, *, jitter: float, speed: float = 1.0) -> tuple[int, float]:
+    """A waiter following the advice (each pause ``jitter`` times the advised one) while the
+    line moves ``speed`` times faster than the ETA says: its checks up to and including the
+    one that finds it let in, and how late that check comes after its turn."""
+    left, checks = float(eta_s), 0
+    while True:
+        checks += 1
+        if left <= 0:
+            return checks, -left
+        estimate = math.ceil(left * speed)
+        left -= poll_after_seconds(estimate, max(1, estimate), min_s=2, max_s=30) * jitter
+
+
+@pytest.mark.parametrize("jitter", [0.8, 1.0, 1.2])
+@pytest.mark.parametrize("eta_s", [3, 8, 15, 25, 60, 600])
+def test_a_long_wait_costs_few_checks_and_the_turn_is_learned_within_the_shortest_pause(
+    eta_s: int, jitter: float
+) -> None:
+    """Issue 22: a waiter far back checks about log2(ETA) times, not every 2 s near the end,
+    and still learns of its turn at most one shortest pause (with jitter) after it came,
+    also when the line moves up to 1.6 times faster than the ETA assumed."""
+    checks, late = _checks_until_turn(eta_s, jitter=jitter)
+    # With a quarter of the ETA (before), at jitter 1.0: 3, 5, 8, 10, 13 and 32 checks.
+    assert checks <= {3: 3, 8: 5, 15: 6, 25: 8, 60: 9, 600: 32}[eta_s]
+    assert late <= 2 * jitter
+    for speed in (1.0, 1.3, 1.6):
+        _, late = _checks_until_turn(eta_s, jitter=jitter, speed=speed)
+        assert late <= 2 * jitter
 
 
 def test_the_admission_rate_is_smoothed_by_time_not_by_cycle_count() -> None:

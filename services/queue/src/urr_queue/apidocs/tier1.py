@@ -23,8 +23,9 @@ queue (send it to `enter` as the `X-Vwr-Token` header or the cookie).
 
 ## Polling advice for native clients
 
-* Check again after **`pollAfterSeconds`** (2-30 s): about four checks on the way to the front,
-  whatever the length of the line. A client that stops checking for two minutes loses the place.
+* Check again after **`pollAfterSeconds`** (2-30 s, about half the time left): a few checks on
+  the way to the front (five from 25 s away, six from a minute), every 2 s only in the last
+  seconds. A client that stops checking for two minutes loses the place.
 * On `429` or `503`, wait the `Retry-After` seconds. `409 assign_conflict` means another tab of
   the same client is taking the place: retry the same `requestId`.
 * `GET status` is public and cacheable (`ETag`, `Cache-Control`): use `If-None-Match`.
