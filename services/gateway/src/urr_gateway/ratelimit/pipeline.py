@@ -44,6 +44,9 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from urr_common.ratelimit_usage import USAGE_TTL_S, tenant_tag
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
+from urr_gateway.ratelimit.config import PIPELINE_WINDOW_MAX_US
+from urr_gateway.ratelimit.finetimer import AVAILABLE as FINE_TIMERS
+from urr_gateway.ratelimit.finetimer import FineTimer
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, Waiter, bulk, encode_command
 from urr_gateway.ratelimit.store import (
@@ -77,7 +80,7 @@ TENANT_PARTS_MAX = 10_000
 COMMANDS_MAX = 10_000
 
 #: Longest configurable gathering window (the issue's bound; envoy uses 150-500 µs).
-MAX_WINDOW_S = 0.0005
+MAX_WINDOW_S = PIPELINE_WINDOW_MAX_US / 1_000_000
 
 #: Commands a batch carries before it is written without waiting for the tick's end. 32
 #: callers each awaiting their decision measured 1.4x redis-py PING's 32-way rate with whole
@@ -170,14 +173,21 @@ class _Node:
         self._deadlines: BatchDeadline | None = None
         self._connection: AbstractConnection | None = None
         self._opening: asyncio.Task[None] | None = None
-        self._flush_handle: asyncio.Handle | None = None
+        #: What writes the batch being gathered: a loop handle, or the window's timer.
+        self._flush_handle: asyncio.Handle | FineTimer | None = None
         #: The gathering window (``_gather``): when the batch opened and the last decision
         #: came (``time.monotonic``; uvloop's ``loop.time`` moves in whole milliseconds),
-        #: whether the batch waits on the timer, and that timer's delay.
+        #: whether the batch waits on the timer, and that timer's delay: the window itself
+        #: on a ``timerfd`` (``finetimer``), else the window rounded up to the loop's
+        #: millisecond (``hold_timer`` decides once the loop is known).
         self._opened_at = 0.0
         self._last_at = -1.0
         self._held = self._was_held = False
-        self._hold_s = math.ceil(window_s * 1000) / 1000
+        self._hold_s = window_s if FINE_TIMERS else math.ceil(window_s * 1000) / 1000
+        #: The window's timer, made at the first held batch (``_timer_made``; still ``None``
+        #: then: the loop has none, its own timer is used).
+        self._timer: FineTimer | None = None
+        self._timer_made = False
         self._closed = False
         #: The loop of the first submit (``asyncio.get_running_loop`` costs a ``getpid``
         #: system call per call on Python 3.11); the node's connection lives on it anyway.
@@ -244,14 +254,15 @@ class _Node:
         """The gathering window: hold the batch while the next decision is expected inside
         it, write it with the tick of the last one that fits.
 
-        Event-loop timers cannot hold a batch for a few hundred µs (uvloop rounds a delay to
-        whole milliseconds: 500 µs becomes 0, 600 µs 1 ms; asyncio's epoll waits whole
-        milliseconds too), so the window is kept by the arrivals themselves: each decision
-        measures the gap since the previous one, and the batch is written at the end of this
-        tick when a next decision as far away would come after the window closes (always
-        when decisions come further apart than the window: no wait at a low rate). A batch
-        whose next decision does not come is written by a timer of the window rounded up to
-        a millisecond (``hold_s``), which the budget counts."""
+        Each decision measures the gap since the previous one, and the batch is written at
+        the end of this tick when a next decision as far away would come after the window
+        closes (always when decisions come further apart than the window: no wait at a low
+        rate). A batch whose next decision does not come is written by a timer when its
+        window has passed (``hold_s``): a ``timerfd`` (``finetimer``), since the loop's own
+        timers round to whole milliseconds (uvloop: 500 µs becomes 0, 600 µs 1 ms), so a
+        decision is never held longer than the window, plus the loop's own lateness; where
+        there is no ``timerfd``, the window rounded up to a millisecond. The budget counts
+        the wait."""
         now = self._clock()
         gap = now - self._last_at
         self._last_at = now
@@ -261,12 +272,26 @@ class _Node:
             if gap >= self._window_s:
                 self._flush_handle = loop.call_soon(self._flush)
             else:
-                self._flush_handle = loop.call_later(self._hold_s, self._flush)
+                self._flush_handle = self._hold_timer(loop)
                 self._held = self._was_held = True
         elif self._held and now + gap >= self._opened_at + self._window_s:
             handle.cancel()
             self._flush_handle = loop.call_soon(self._flush)
             self._held = False
+
+    def _hold_timer(self, loop: asyncio.AbstractEventLoop) -> asyncio.Handle | FineTimer:
+        """Arm what writes a held batch once its window has passed: the ``timerfd`` timer
+        (on time), or where the loop has none the loop's timer (whole milliseconds)."""
+        timer = self._timer
+        if timer is None and not self._timer_made:
+            self._timer_made = True
+            timer = self._timer = FineTimer.create(loop, self._flush)
+            if timer is None:
+                self._hold_s = math.ceil(self._window_s * 1000) / 1000
+        if timer is None:
+            return loop.call_later(self._hold_s, self._flush)
+        timer.arm(self._hold_s)
+        return timer
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -344,6 +369,10 @@ class _Node:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        self._timer_made = True
         if self._opening is not None:
             self._opening.cancel()
             with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
