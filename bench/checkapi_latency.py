@@ -43,7 +43,8 @@ or the Redis side differs):
 
 * ``lean``       what a worker serves: the check API's own listener (``checkserver``,
                  asyncio protocol + httptools) in front of the default pipelined limiter;
-* ``lean-window``  the same with ``pipeline_window_us`` = ``--window-us`` (or ``:N``:
+* ``lean-window``  the same with ``pipeline_window_us`` and ``check_pipeline_window_us`` =
+                 ``--window-us`` (or ``:N``:
                  ``lean-window:250`` for 250 µs, so several windows compare in one run);
 * ``NAME@before``  the variant served by ``--before``'s gateway sources (the same bench,
                  Redis and generator: before and after in one run);
@@ -196,7 +197,7 @@ async def serve(
     redis = Redis.from_url(redis_url, max_connections=64, socket_timeout=0.5)
     registry = CollectorRegistry()
     # The window of the "-window" variants; every other variant the settings' default.
-    window: dict[str, int] = {"pipeline_window_us": window_us} if "-window" in variant else {}
+    window = window_settings(RateLimitSettings, window_us) if "-window" in variant else {}
     # checkapi_callgrind.py raises the budget: under valgrind a reply takes milliseconds.
     budget = os.environ.get("URR_CHECKAPI_BENCH_BUDGET_MS")
     settings = RateLimitSettings(
@@ -281,6 +282,15 @@ async def serve(
         await policies.stop()
     await limiter.aclose()
     await redis.aclose()
+
+
+def window_settings(settings: Any, window_us: int) -> dict[str, int]:
+    """The settings of a ``-window`` variant: both the gateway's and the check API's window
+    (a revision from before the check API had its own: the one window there was)."""
+    window = {"pipeline_window_us": window_us}
+    if "check_pipeline_window_us" in settings.model_fields:
+        window["check_pipeline_window_us"] = window_us
+    return window
 
 
 def own_p99_ms(registry: Any) -> str:

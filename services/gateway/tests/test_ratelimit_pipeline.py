@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import time
@@ -503,8 +504,9 @@ async def test_closing_the_client_closes_the_lean_connection(redis_url: str) -> 
 
 def test_pipeline_settings_are_validated() -> None:
     assert RateLimitSettings().transport == "pipeline"
-    assert RateLimitSettings().pipeline_window_us == 250
-    assert RateLimitSettings(pipeline_window_us=0).pipeline_window_us == 0
+    assert RateLimitSettings().pipeline_window_us == 0
+    assert RateLimitSettings().check_pipeline_window_us == 250
+    assert RateLimitSettings(check_pipeline_window_us=0).check_pipeline_window_us == 0
     assert RateLimitSettings(pipeline_window_us=500).pipeline_window_us == 500
     assert RateLimitSettings().pipeline_max_batch == 16
     for bad in (0, -1, 10_001):
@@ -512,10 +514,12 @@ def test_pipeline_settings_are_validated() -> None:
             RateLimitSettings(pipeline_max_batch=bad)
     with pytest.raises(ValueError, match="at least one"):
         PipelinedSlidingLog(Redis(), max_batch=0)
-    for bad in (-1, 501, 10_000):
+    for name, bad in itertools.product(
+        ("pipeline_window_us", "check_pipeline_window_us"), (-1, 501, 10_000)
+    ):
         # Named, with its bounds and unit and what was given.
-        with pytest.raises(ValidationError, match="pipeline_window_us") as refused:
-            RateLimitSettings(pipeline_window_us=bad)
+        with pytest.raises(ValidationError, match=name) as refused:
+            RateLimitSettings(**{name: bad})
         assert (
             f"between 0 (the decisions of one event-loop tick, no added wait) and 500 µs; got {bad}"
             in str(refused.value)
@@ -526,6 +530,8 @@ def test_pipeline_settings_are_validated() -> None:
         RateLimitSettings(transport="carrier-pigeon")
     with pytest.raises(ValueError, match="500"):
         PipelinedSlidingLog(Redis(), window_s=0.001)
+    with pytest.raises(ValueError, match="500"):
+        PipelinedSlidingLog(Redis(), soon_window_s=-0.0001)
 
 
 def test_pipeline_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -535,6 +541,8 @@ def test_pipeline_settings_come_from_the_environment(monkeypatch: pytest.MonkeyP
     loaded = load_settings(GatewaySettings)
     assert loaded.rate_limit.pipeline_max_batch == 64
     assert loaded.rate_limit.pipeline_window_us == 200
+    monkeypatch.setenv("URR_RATE_LIMIT__CHECK_PIPELINE_WINDOW_US", "100")
+    assert load_settings(GatewaySettings).rate_limit.check_pipeline_window_us == 100
     assert loaded.rate_limit.transport == "per_call"
     monkeypatch.setenv("URR_RATE_LIMIT__PIPELINE_WINDOW_US", "900")
     with pytest.raises(SettingsError, match="URR_RATE_LIMIT__PIPELINE_WINDOW_US") as refused:
@@ -723,7 +731,7 @@ async def test_without_a_fine_timer_the_window_falls_back_to_the_loops(
         decision = await limiter.check("ip:10.7.5.1", "general")
         assert decision.source == "redis"
         assert node.writes - writes == 1
-        assert node._hold_s == 0.001
+        assert node._hold_bound_s == 0.001  # the loop's timer: the window in whole ms
         assert node._timer is None
         assert node._timer_made
     finally:
@@ -765,5 +773,46 @@ async def test_concurrent_callers_through_a_window_stay_exact(redis: Redis) -> N
         assert await redis.zcard(window_key("u:windowed", "booking", 60)) == 10
         assert node.commands - commands == 300
         assert node.writes - writes < 300
+    finally:
+        await limiter.aclose()
+
+
+async def test_check_api_decisions_wait_in_their_window_and_gateway_ones_do_not(
+    redis: Redis,
+) -> None:
+    """Each path its own window: with the defaults (the gateway's 0, the check API's 250
+    µs) a check-API decision (``check_soon``) close behind another is held for its window,
+    a gateway decision (``check``) never is, and one arriving while a check-API batch is
+    held sends that batch with its own tick; every decision still Redis's."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(redis, settings())
+    store = limiter._store
+    assert isinstance(store, PipelinedSlidingLog)
+    store._clock = clock
+    try:
+        assert await limiter.prepare()
+        (node,) = store.nodes
+        node._hold_s = 60.0  # only a decision may write a held batch here
+        clock.now += 1.0
+        first = by_callback(limiter, "ip:10.7.6.0", "general")  # after a quiet spell: sent
+        await first
+        clock.now += 0.0001
+        writes = node.writes
+        held = by_callback(limiter, "ip:10.7.6.1", "general")
+        await asyncio.sleep(0.01)
+        assert not held.done()
+        assert node._held
+        assert node.writes == writes
+        clock.now += 0.00001
+        gateway = await limiter.check("ip:10.7.6.2", "general")  # sends the held one with it
+        decided = await held
+        assert node.writes - writes == 1
+        assert gateway.source == decided.source == "redis"
+        # Gateway decisions close behind each other: never held (their window is 0).
+        for n in range(3, 8):
+            clock.now += 0.00001
+            await limiter.check(f"ip:10.7.6.{n}", "general")
+            assert not node._held
+        assert node.writes - writes == 6
     finally:
         await limiter.aclose()
