@@ -872,7 +872,11 @@ def run_variant(
     base, window_us = base_variant(variant)
     argv = [sys.executable, __file__, "--serve", str(port), redis.url, base]
     report_to = Path(tempfile.mkdtemp(prefix="urr-bench-")) / "server.json"
-    argv += [str(window_us or args.window_us), "1" if args.probe else "0", str(report_to)]
+    argv += [
+        str(args.window_us if window_us is None else window_us),
+        "1" if args.probe else "0",
+        str(report_to),
+    ]
     env = None
     if variant.endswith(BEFORE):  # the gateway package of --before, ahead of this tree's
         env = {
