@@ -219,14 +219,14 @@ class FakeClock:
 
 
 async def windowed_limiter(
-    client: Redis, clock: FakeClock, *, hold: bool = True
+    client: Redis, clock: FakeClock, *, hold: bool = True, **overrides: Any
 ) -> tuple[SlidingWindowLimiter, Any]:
-    """A limiter with a 500 µs gathering window on ``clock``, prepared; and its one node.
-    ``hold``: the window's fallback timer pushed out of the way (when what is tested is the
-    arrivals' rule: a batch is then written by a decision, never by the timer)."""
-    limiter = SlidingWindowLimiter(
-        client, settings(pipeline_window_us=500, pipeline_max_batch=10_000)
-    )
+    """A limiter with a 500 µs gathering window on ``clock`` (or the settings ``overrides``
+    name), prepared; and its one node. ``hold``: the window's timer pushed out of the way
+    (when what is tested is the arrivals' rule: a batch is then written by a decision,
+    never by the timer)."""
+    values: dict[str, Any] = {"pipeline_window_us": 500, "pipeline_max_batch": 10_000}
+    limiter = SlidingWindowLimiter(client, settings(**{**values, **overrides}))
     store = limiter._store
     assert isinstance(store, PipelinedSlidingLog)
     store._clock = clock
@@ -685,16 +685,10 @@ def test_a_lone_held_decision_is_written_once_its_window_has_passed(
     monkeypatch.setattr(FineTimer, "arm", recorded)
 
     async def scenario() -> None:
-        armed.clear()
         client = Redis.from_url(redis_server.url, socket_timeout=5)
         clock = FakeClock()
-        limiter = SlidingWindowLimiter(client, settings(pipeline_window_us=250))
-        store = limiter._store
-        assert isinstance(store, PipelinedSlidingLog)
-        store._clock = clock
+        limiter, node = await windowed_limiter(client, clock, hold=False, pipeline_window_us=250)
         try:
-            assert await limiter.prepare()
-            (node,) = store.nodes
             armed.clear()
             for n in range(5):
                 clock.now += 1.0
@@ -785,14 +779,10 @@ async def test_check_api_decisions_wait_in_their_window_and_gateway_ones_do_not(
     a gateway decision (``check``) never is, and one arriving while a check-API batch is
     held sends that batch with its own tick; every decision still Redis's."""
     clock = FakeClock()
-    limiter = SlidingWindowLimiter(redis, settings())
-    store = limiter._store
-    assert isinstance(store, PipelinedSlidingLog)
-    store._clock = clock
+    # The default windows; only a decision may write a held batch here.
+    limiter, node = await windowed_limiter(redis, clock, pipeline_window_us=0)
     try:
-        assert await limiter.prepare()
-        (node,) = store.nodes
-        node._hold_s = 60.0  # only a decision may write a held batch here
+        assert RateLimitSettings().check_pipeline_window_us == 250
         clock.now += 1.0
         first = by_callback(limiter, "ip:10.7.6.0", "general")  # after a quiet spell: sent
         await first
