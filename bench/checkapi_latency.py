@@ -43,7 +43,8 @@ or the Redis side differs):
 
 * ``lean``       what a worker serves: the check API's own listener (``checkserver``,
                  asyncio protocol + httptools) in front of the default pipelined limiter;
-* ``lean-window``  the same with ``pipeline_window_us`` = ``--window-us`` (or ``:N``:
+* ``lean-window``  the same with ``pipeline_window_us`` and ``check_pipeline_window_us`` =
+                 ``--window-us`` (or ``:N``:
                  ``lean-window:250`` for 250 µs, so several windows compare in one run);
 * ``NAME@before``  the variant served by ``--before``'s gateway sources (the same bench,
                  Redis and generator: before and after in one run);
@@ -196,7 +197,7 @@ async def serve(
     redis = Redis.from_url(redis_url, max_connections=64, socket_timeout=0.5)
     registry = CollectorRegistry()
     # The window of the "-window" variants; every other variant the settings' default.
-    window: dict[str, int] = {"pipeline_window_us": window_us} if "-window" in variant else {}
+    window = window_settings(RateLimitSettings, window_us) if "-window" in variant else {}
     # checkapi_callgrind.py raises the budget: under valgrind a reply takes milliseconds.
     budget = os.environ.get("URR_CHECKAPI_BENCH_BUDGET_MS")
     settings = RateLimitSettings(
@@ -281,6 +282,15 @@ async def serve(
         await policies.stop()
     await limiter.aclose()
     await redis.aclose()
+
+
+def window_settings(settings: Any, window_us: int) -> dict[str, int]:
+    """The settings of a ``-window`` variant: both the gateway's and the check API's window
+    (a revision from before the check API had its own: the one window there was)."""
+    window = {"pipeline_window_us": window_us}
+    if "check_pipeline_window_us" in settings.model_fields:
+        window["check_pipeline_window_us"] = window_us
+    return window
 
 
 def own_p99_ms(registry: Any) -> str:
@@ -440,10 +450,13 @@ def percentile(ordered: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far, apart (``/proc/PID/stat``): the system
+    share is the kernel's work for it (on loopback a socket write also runs the receiver's
+    TCP processing), which callgrind's instruction counts do not see."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def activity(pid: int) -> tuple[int, int]:
@@ -508,6 +521,8 @@ class Result:
     wakeups: float = float("nan")
     #: Commands per Redis write of the pipelined store (how many decisions a write carried).
     per_write: float = float("nan")
+    #: Of ``server_cpu_us``: the kernel's share (system time), µs per answer.
+    server_system_us: float = float("nan")
 
 
 #: ``--generator`` names: a base (``split`` or ``asyncio``) and options joined by ``+``.
@@ -550,6 +565,10 @@ class Target:
     variant: str
     #: At the measured run's start: the server's CPU s and both run-queue waits.
     marks: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: At the measured run's start: the server's system CPU s (the rest is user time).
+    system_mark: float = 0.0
+    #: Per answer over the measured run: the server's system CPU µs (the kernel's share).
+    system_us: float = float("nan")
     #: At the measured run's start: the server's read/write system calls and sleeps.
     counts: tuple[int, int] = (0, 0)
     #: Per answer over the measured run (``measured``): those two.
@@ -558,13 +577,17 @@ class Target:
     def start_measuring(self) -> None:
         self.server.send_signal(signal.SIGUSR1)  # the measured run starts (probe, GC counts)
         pid = self.server.pid
-        self.marks = cpu_seconds(pid), runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+        user, system = user_system_seconds(pid)
+        self.marks = user + system, runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+        self.system_mark = system
         self.counts = activity(pid)
 
     def measured(self, answers: int) -> tuple[float, float, float]:
         """Per answer since ``start_measuring``: server CPU µs, server and Redis wait µs."""
         pid = self.server.pid
-        now = cpu_seconds(pid), runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+        user, system = user_system_seconds(pid)
+        now = user + system, runqueue_wait_s(pid), runqueue_wait_s(self.redis_pid)
+        self.system_us = (system - self.system_mark) / max(1, answers) * 1e6
         self.per_answer = tuple(  # type: ignore[assignment]
             (after - before) / max(1, answers)
             for after, before in zip(activity(pid), self.counts, strict=True)
@@ -721,7 +744,8 @@ def report_medians(results: list[Result], rate: float) -> None:
         p99 = [r.latency_ms[1] for r in found]
         print(
             f"{variant:<19} {generator:<17} srv µs/req {statistics.median(cpu):5.0f} "
-            f"({', '.join(f'{c:.0f}' for c in cpu)}); P50 ms "
+            f"({', '.join(f'{c:.0f}' for c in cpu)}; system "
+            f"{', '.join(f'{r.server_system_us:.0f}' for r in found)}); P50 ms "
             f"{statistics.median(r.latency_ms[0] for r in found):.2f}; P99 ms "
             f"{statistics.median(p99):.2f} ({', '.join(f'{p:.2f}' for p in p99)}); P99.9 ms "
             f"{statistics.median(r.latency_ms[2] for r in found):.2f}; degraded "
@@ -805,7 +829,8 @@ def main() -> None:
                         continue
                     results.append(result)
                     print(
-                        f"measured {variant} ({generator}): srv µs/req {result.server_cpu_us:.0f},"
+                        f"measured {variant} ({generator}): srv µs/req {result.server_cpu_us:.0f}"
+                        f" (system {result.server_system_us:.0f}),"
                         f" P50/P99 ms {result.latency_ms[0]:.2f}/{result.latency_ms[1]:.2f},"
                         f" {result.rate:.0f}/s, syscalls/wake-ups per answer"
                         f" {result.syscalls:.2f}/{result.wakeups:.2f}, decisions per Redis write"
@@ -847,7 +872,11 @@ def run_variant(
     base, window_us = base_variant(variant)
     argv = [sys.executable, __file__, "--serve", str(port), redis.url, base]
     report_to = Path(tempfile.mkdtemp(prefix="urr-bench-")) / "server.json"
-    argv += [str(window_us or args.window_us), "1" if args.probe else "0", str(report_to)]
+    argv += [
+        str(args.window_us if window_us is None else window_us),
+        "1" if args.probe else "0",
+        str(report_to),
+    ]
     env = None
     if variant.endswith(BEFORE):  # the gateway package of --before, ahead of this tree's
         env = {
@@ -888,6 +917,7 @@ def run_variant(
     result.own_p99_ms = seen["own_p99_ms"]
     result.syscalls, result.wakeups = target.per_answer
     result.per_write = seen["per_write"]
+    result.server_system_us = target.system_us
     return result
 
 

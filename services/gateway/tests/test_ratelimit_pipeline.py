@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import time
@@ -22,6 +23,8 @@ from urr_common.settings import SettingsError, load_settings
 from urr_devstack.procs import RedisServer, free_port
 from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter, window_key
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
+from urr_gateway.ratelimit.finetimer import AVAILABLE as FINE_TIMERS
+from urr_gateway.ratelimit.finetimer import FineTimer
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.settings import GatewaySettings
 
@@ -216,14 +219,14 @@ class FakeClock:
 
 
 async def windowed_limiter(
-    client: Redis, clock: FakeClock, *, hold: bool = True
+    client: Redis, clock: FakeClock, *, hold: bool = True, **overrides: Any
 ) -> tuple[SlidingWindowLimiter, Any]:
-    """A limiter with a 500 µs gathering window on ``clock``, prepared; and its one node.
-    ``hold``: the window's fallback timer pushed out of the way (when what is tested is the
-    arrivals' rule: a batch is then written by a decision, never by the timer)."""
-    limiter = SlidingWindowLimiter(
-        client, settings(pipeline_window_us=500, pipeline_max_batch=10_000)
-    )
+    """A limiter with a 500 µs gathering window on ``clock`` (or the settings ``overrides``
+    name), prepared; and its one node. ``hold``: the window's timer pushed out of the way
+    (when what is tested is the arrivals' rule: a batch is then written by a decision,
+    never by the timer)."""
+    values: dict[str, Any] = {"pipeline_window_us": 500, "pipeline_max_batch": 10_000}
+    limiter = SlidingWindowLimiter(client, settings(**{**values, **overrides}))
     store = limiter._store
     assert isinstance(store, PipelinedSlidingLog)
     store._clock = clock
@@ -502,6 +505,8 @@ async def test_closing_the_client_closes_the_lean_connection(redis_url: str) -> 
 def test_pipeline_settings_are_validated() -> None:
     assert RateLimitSettings().transport == "pipeline"
     assert RateLimitSettings().pipeline_window_us == 0
+    assert RateLimitSettings().check_pipeline_window_us == 250
+    assert RateLimitSettings(check_pipeline_window_us=0).check_pipeline_window_us == 0
     assert RateLimitSettings(pipeline_window_us=500).pipeline_window_us == 500
     assert RateLimitSettings().pipeline_max_batch == 16
     for bad in (0, -1, 10_001):
@@ -509,13 +514,24 @@ def test_pipeline_settings_are_validated() -> None:
             RateLimitSettings(pipeline_max_batch=bad)
     with pytest.raises(ValueError, match="at least one"):
         PipelinedSlidingLog(Redis(), max_batch=0)
-    for bad in (-1, 501, 10_000):
-        with pytest.raises(ValidationError, match="pipeline_window_us"):
-            RateLimitSettings(pipeline_window_us=bad)
+    for name, bad in itertools.product(
+        ("pipeline_window_us", "check_pipeline_window_us"), (-1, 501, 10_000)
+    ):
+        # Named, with its bounds and unit and what was given.
+        with pytest.raises(ValidationError, match=name) as refused:
+            RateLimitSettings(**{name: bad})
+        assert (
+            f"between 0 (the decisions of one event-loop tick, no added wait) and 500 µs; got {bad}"
+            in str(refused.value)
+        )
+    with pytest.raises(ValidationError, match="pipeline_window_us"):
+        RateLimitSettings(pipeline_window_us="a while")
     with pytest.raises(ValidationError, match="transport"):
         RateLimitSettings(transport="carrier-pigeon")
     with pytest.raises(ValueError, match="500"):
         PipelinedSlidingLog(Redis(), window_s=0.001)
+    with pytest.raises(ValueError, match="500"):
+        PipelinedSlidingLog(Redis(), soon_window_s=-0.0001)
 
 
 def test_pipeline_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -525,10 +541,13 @@ def test_pipeline_settings_come_from_the_environment(monkeypatch: pytest.MonkeyP
     loaded = load_settings(GatewaySettings)
     assert loaded.rate_limit.pipeline_max_batch == 64
     assert loaded.rate_limit.pipeline_window_us == 200
+    monkeypatch.setenv("URR_RATE_LIMIT__CHECK_PIPELINE_WINDOW_US", "100")
+    assert load_settings(GatewaySettings).rate_limit.check_pipeline_window_us == 100
     assert loaded.rate_limit.transport == "per_call"
     monkeypatch.setenv("URR_RATE_LIMIT__PIPELINE_WINDOW_US", "900")
-    with pytest.raises(SettingsError, match="URR_RATE_LIMIT__PIPELINE_WINDOW_US"):
+    with pytest.raises(SettingsError, match="URR_RATE_LIMIT__PIPELINE_WINDOW_US") as refused:
         load_settings(GatewaySettings)
+    assert "and 500 µs; got 900" in str(refused.value)
 
 
 def test_the_lean_connection_works_on_uvloop(redis_server: RedisServer) -> None:
@@ -586,3 +605,204 @@ async def test_key_lookups_ride_the_pipelined_connection(
             await client.aclose()
     per_call = SlidingWindowLimiter(redis, settings(transport="per_call"))
     assert per_call.key_exists is None
+
+
+# -- the window's timer: a held batch is written once its window has passed, not 1 ms later --
+
+
+def _on_both_loops(scenario: Any) -> None:
+    """Run ``scenario()`` on asyncio's loop and on uvloop's (the workers' loop)."""
+    import uvloop
+
+    asyncio.run(scenario())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
+def test_the_window_timer_fires_once_after_its_delay_and_never_when_cancelled() -> None:
+    """``FineTimer``: not before its delay (the kernel's timer), once per arming; a cancel
+    before it fires, or after it expired but before the loop read it, calls nothing; arming
+    again moves the deadline; closed, the loop lets go of it."""
+    assert FINE_TIMERS  # the CI and the workers run on Linux
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        fired: list[float] = []
+        wake = asyncio.Event()
+
+        def fire() -> None:
+            fired.append(time.monotonic())
+            wake.set()
+
+        timer = FineTimer.create(loop, fire)
+        assert timer is not None
+        try:
+            for delay in (0.0001, 0.00025, 0.0005):
+                fired.clear()
+                armed_at = time.monotonic()
+                timer.arm(delay)
+                await asyncio.wait_for(wake.wait(), 5)
+                wake.clear()
+                await asyncio.sleep(0.002)
+                assert len(fired) == 1
+                assert fired[0] - armed_at >= delay
+            fired.clear()
+            timer.arm(0.0002)
+            timer.cancel()
+            await asyncio.sleep(0.005)
+            timer.arm(0.00001)
+            time.sleep(0.001)  # noqa: ASYNC251 - expired, and the loop has not read it yet
+            timer.cancel()
+            await asyncio.sleep(0.005)
+            assert fired == []
+            timer.arm(0.0002)
+            timer.arm(0.003)  # moved: not at 200 µs
+            await asyncio.sleep(0.001)
+            assert fired == []
+            wake.clear()
+            await asyncio.wait_for(wake.wait(), 5)
+        finally:
+            timer.close()
+        timer.close()  # twice is harmless
+
+    _on_both_loops(scenario)
+
+
+def test_a_lone_held_decision_is_written_once_its_window_has_passed(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound a window promises, attacked with decisions that are held and then have no
+    follower: each one is written by the window's timer armed for the window itself (250
+    µs, not the loop's 1 ms), after at least that long and with nothing else sent, and is
+    answered by Redis; on both loops."""
+    armed: list[float] = []
+    arm = FineTimer.arm
+
+    def recorded(self: FineTimer, delay_s: float) -> None:
+        armed.append(delay_s)
+        arm(self, delay_s)
+
+    monkeypatch.setattr(FineTimer, "arm", recorded)
+
+    async def scenario() -> None:
+        client = Redis.from_url(redis_server.url, socket_timeout=5)
+        clock = FakeClock()
+        limiter, node = await windowed_limiter(client, clock, hold=False, pipeline_window_us=250)
+        try:
+            armed.clear()
+            for n in range(5):
+                clock.now += 1.0
+                await limiter.check(f"ip:10.7.3.{n}", "general")  # after a quiet spell: sent
+                clock.now += 0.0001  # the next 100 µs later: held for its window
+                writes, held_at = node.writes, time.monotonic()
+                decision = await limiter.check(f"ip:10.7.4.{n}", "general")
+                assert decision.source == "redis"
+                assert decision.allowed
+                assert node.writes - writes == 1
+                # Held: written by the timer, no sooner than the window (the kernel's timer).
+                assert time.monotonic() - held_at >= 0.00025
+            assert armed == [0.00025] * 5
+        finally:
+            await limiter.aclose()
+            await client.aclose()
+
+    _on_both_loops(scenario)
+
+
+async def test_without_a_fine_timer_the_window_falls_back_to_the_loops(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the loop cannot watch a ``timerfd`` (another platform), a held batch is written
+    by the loop's own timer, the window rounded up to its millisecond, and still decided."""
+    monkeypatch.setattr(FineTimer, "create", classmethod(lambda cls, loop, callback: None))
+    clock = FakeClock()
+    limiter, node = await windowed_limiter(redis, clock, hold=False)
+    try:
+        clock.now += 1.0
+        await limiter.check("ip:10.7.5.0", "general")
+        clock.now += 0.0001
+        writes = node.writes
+        decision = await limiter.check("ip:10.7.5.1", "general")
+        assert decision.source == "redis"
+        assert node.writes - writes == 1
+        assert node._hold_bound_s == 0.001  # the loop's timer: the window in whole ms
+        assert node._timer is None
+        assert node._timer_made
+    finally:
+        await limiter.aclose()
+
+
+async def test_concurrent_callers_through_a_window_stay_exact(redis: Redis) -> None:
+    """200 decisions of one subject (limit 10) and one each of 100 others, asked by both
+    paths from 20 callers that each ask in their own loop passes on the real clock, through a
+    500 µs window: exactly 10 of the hot subject's are allowed and recorded, every other
+    subject's one decision is allowed, and fewer writes than decisions went out."""
+    limiter = SlidingWindowLimiter(
+        redis, settings(pipeline_window_us=500, max_in_flight=512, deny_cache_size=0)
+    )
+    store = limiter._store
+    assert isinstance(store, PipelinedSlidingLog)
+    try:
+        assert await limiter.prepare()
+        (node,) = store.nodes
+        writes, commands = node.writes, node.commands
+
+        async def caller(index: int) -> tuple[list[Any], list[Any]]:
+            hot, others = [], []
+            for n in range(10):
+                ask = ASK["check_soon" if (index + n) % 2 else "check"]
+                hot.append(ask(limiter, "u:windowed", "booking"))
+                if n % 2:
+                    others.append(ask(limiter, f"u:windowed-{index}-{n}", "booking"))
+                await asyncio.sleep(0)
+            return list(await asyncio.gather(*hot)), list(await asyncio.gather(*others))
+
+        asked = await asyncio.gather(*(caller(i) for i in range(20)))
+        hot = [d for ds, _ in asked for d in ds]
+        others = [d for _, ds in asked for d in ds]
+        assert (len(hot), len(others)) == (200, 100)
+        assert sum(d.allowed for d in hot) == 10
+        assert all(d.allowed for d in others)
+        assert {d.source for d in hot + others} == {"redis"}
+        assert await redis.zcard(window_key("u:windowed", "booking", 60)) == 10
+        assert node.commands - commands == 300
+        assert node.writes - writes < 300
+    finally:
+        await limiter.aclose()
+
+
+async def test_check_api_decisions_wait_in_their_window_and_gateway_ones_do_not(
+    redis: Redis,
+) -> None:
+    """Each path its own window: with the defaults (the gateway's 0, the check API's 250
+    µs) a check-API decision (``check_soon``) close behind another is held for its window,
+    a gateway decision (``check``) never is, and one arriving while a check-API batch is
+    held sends that batch with its own tick; every decision still Redis's."""
+    clock = FakeClock()
+    # The default windows; only a decision may write a held batch here.
+    limiter, node = await windowed_limiter(redis, clock, pipeline_window_us=0)
+    try:
+        assert RateLimitSettings().check_pipeline_window_us == 250
+        clock.now += 1.0
+        first = by_callback(limiter, "ip:10.7.6.0", "general")  # after a quiet spell: sent
+        await first
+        clock.now += 0.0001
+        writes = node.writes
+        held = by_callback(limiter, "ip:10.7.6.1", "general")
+        await asyncio.sleep(0.01)
+        assert not held.done()
+        assert node._held
+        assert node.writes == writes
+        clock.now += 0.00001
+        gateway = await limiter.check("ip:10.7.6.2", "general")  # sends the held one with it
+        decided = await held
+        assert node.writes - writes == 1
+        assert gateway.source == decided.source == "redis"
+        # Gateway decisions close behind each other: never held (their window is 0).
+        for n in range(3, 8):
+            clock.now += 0.00001
+            await limiter.check(f"ip:10.7.6.{n}", "general")
+            assert not node._held
+        assert node.writes - writes == 6
+    finally:
+        await limiter.aclose()

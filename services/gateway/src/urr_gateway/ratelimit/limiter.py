@@ -367,6 +367,7 @@ class SlidingWindowLimiter:
             self._store = PipelinedSlidingLog(
                 redis,
                 window_s=settings.pipeline_window_us / 1_000_000,
+                soon_window_s=settings.check_pipeline_window_us / 1_000_000,
                 # A connection that owes replies this long is replaced (see pipeline.py).
                 stall_s=self._budget.cap_s,
                 budget=self._budget,

@@ -44,6 +44,8 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from urr_common.ratelimit_usage import USAGE_TTL_S, tenant_tag
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
+from urr_gateway.ratelimit.config import PIPELINE_WINDOW_MAX_US
+from urr_gateway.ratelimit.finetimer import FineTimer
 from urr_gateway.ratelimit.keys import hash_tag
 from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, Waiter, bulk, encode_command
 from urr_gateway.ratelimit.store import (
@@ -77,7 +79,7 @@ TENANT_PARTS_MAX = 10_000
 COMMANDS_MAX = 10_000
 
 #: Longest configurable gathering window (the issue's bound; envoy uses 150-500 µs).
-MAX_WINDOW_S = 0.0005
+MAX_WINDOW_S = PIPELINE_WINDOW_MAX_US / 1_000_000
 
 #: Commands a batch carries before it is written without waiting for the tick's end. 32
 #: callers each awaiting their decision measured 1.4x redis-py PING's 32-way rate with whole
@@ -170,14 +172,24 @@ class _Node:
         self._deadlines: BatchDeadline | None = None
         self._connection: AbstractConnection | None = None
         self._opening: asyncio.Task[None] | None = None
-        self._flush_handle: asyncio.Handle | None = None
-        #: The gathering window (``_gather``): when the batch opened and the last decision
-        #: came (``time.monotonic``; uvloop's ``loop.time`` moves in whole milliseconds),
-        #: whether the batch waits on the timer, and that timer's delay.
+        #: What writes the batch being gathered: a loop handle, or the window's timer.
+        self._flush_handle: asyncio.Handle | FineTimer | None = None
+        #: The gathering window (``_gather``): when the batch opened, when its window closes
+        #: and when the last decision came (``time.monotonic``; uvloop's ``loop.time`` moves
+        #: in whole milliseconds), whether the batch waits on the timer, and the longest the
+        #: timer holds it (the budget is spent by the wait, up to that).
         self._opened_at = 0.0
+        self._closes_at = 0.0
         self._last_at = -1.0
         self._held = self._was_held = False
-        self._hold_s = math.ceil(window_s * 1000) / 1000
+        self._hold_bound_s = 0.0
+        #: The timer's delay when set (tests push the timer out of the way); else the window's
+        #: own rest on a ``timerfd`` (``finetimer``), or rounded up to the loop's millisecond.
+        self._hold_s: float | None = None
+        #: The window's timer, made at the first held batch (``_timer_made``; still ``None``
+        #: then: the loop has none, its own timer is used).
+        self._timer: FineTimer | None = None
+        self._timer_made = False
         self._closed = False
         #: The loop of the first submit (``asyncio.get_running_loop`` costs a ``getpid``
         #: system call per call on Python 3.11); the node's connection lives on it anyway.
@@ -209,11 +221,13 @@ class _Node:
         waiter: Waiter,
         load_script: bool | bytes = False,
         timed: bool = False,
+        window_s: float | None = None,
     ) -> None:
         """``submit`` with a waiter of the caller's (``resp.Waiter``): its reply, or its
         failure, is handed to it once. A waiter that is not a future is resolved in place:
         it runs inside the read of the reply, the timer's judgement or this call (a closed
-        store)."""
+        store). ``window_s``: how long this decision may wait for others (``None``: the
+        node's window; 0: not at all, a held batch then goes with this tick)."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -225,11 +239,17 @@ class _Node:
             load = self._load_command if load_script is True else load_script
             if load not in self._load_first:
                 self._load_first.append(load)
-        if self._window_s > 0:
-            self._gather(loop)
+        window = self._window_s if window_s is None else window_s
+        if window > 0:
+            self._gather(loop, window)
         elif self._flush_handle is None:
             # After every callback already due in this pass: the whole tick's decisions.
             self._flush_handle = loop.call_soon(self._flush)
+        elif self._held:
+            # A decision that may not wait: the held batch goes with this tick's.
+            self._flush_handle.cancel()
+            self._flush_handle = loop.call_soon(self._flush)
+            self._held = False
         if timed and self._budget is not None:
             self._timed.append(waiter)
         if len(self._batch) >= self._max_batch and self._pipe is not None:
@@ -240,39 +260,65 @@ class _Node:
                 self._flush_handle.cancel()
             self._flush()
 
-    def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _gather(self, loop: asyncio.AbstractEventLoop, window_s: float) -> None:
         """The gathering window: hold the batch while the next decision is expected inside
         it, write it with the tick of the last one that fits.
 
-        Event-loop timers cannot hold a batch for a few hundred µs (uvloop rounds a delay to
-        whole milliseconds: 500 µs becomes 0, 600 µs 1 ms; asyncio's epoll waits whole
-        milliseconds too), so the window is kept by the arrivals themselves: each decision
-        measures the gap since the previous one, and the batch is written at the end of this
-        tick when a next decision as far away would come after the window closes (always
-        when decisions come further apart than the window: no wait at a low rate). A batch
-        whose next decision does not come is written by a timer of the window rounded up to
-        a millisecond (``hold_s``), which the budget counts."""
+        Each decision measures the gap since the previous one, and the batch is written at
+        the end of this tick when a next decision as far away would come after the window
+        closes (always when decisions come further apart than the window: no wait at a low
+        rate). A batch whose next decision does not come is written by a timer when its
+        window has passed: a ``timerfd`` (``finetimer``), since the loop's own timers round
+        to whole milliseconds (uvloop: 500 µs becomes 0, 600 µs 1 ms), so a decision is never
+        held longer than its window, plus the loop's own lateness; where there is no
+        ``timerfd``, the window rounded up to a millisecond. A decision with a shorter window
+        than the batch's closes it sooner. The budget counts the wait."""
         now = self._clock()
         gap = now - self._last_at
         self._last_at = now
         handle = self._flush_handle
         if handle is None:
             self._opened_at = now
-            if gap >= self._window_s:
+            if gap >= window_s:
                 self._flush_handle = loop.call_soon(self._flush)
             else:
-                self._flush_handle = loop.call_later(self._hold_s, self._flush)
+                self._closes_at = now + window_s
+                self._flush_handle = self._hold_timer(loop, window_s)
                 self._held = self._was_held = True
-        elif self._held and now + gap >= self._opened_at + self._window_s:
-            handle.cancel()
-            self._flush_handle = loop.call_soon(self._flush)
-            self._held = False
+        elif self._held:
+            if now + window_s < self._closes_at:  # this decision's own bound comes first
+                self._closes_at = now + window_s
+                handle.cancel()
+                self._flush_handle = handle = self._hold_timer(loop, window_s)
+            if now + gap >= self._closes_at:
+                handle.cancel()
+                self._flush_handle = loop.call_soon(self._flush)
+                self._held = False
+
+    def _hold_timer(
+        self, loop: asyncio.AbstractEventLoop, delay_s: float
+    ) -> asyncio.Handle | FineTimer:
+        """Arm what writes a held batch ``delay_s`` from now: the ``timerfd`` timer (on
+        time), or where the loop has none the loop's timer (whole milliseconds)."""
+        timer = self._timer
+        if timer is None and not self._timer_made:
+            self._timer_made = True
+            timer = self._timer = FineTimer.create(loop, self._flush)
+        if self._hold_s is not None:
+            delay_s = self._hold_s
+        elif timer is None:
+            delay_s = math.ceil(delay_s * 1000) / 1000
+        self._hold_bound_s = self._clock() - self._opened_at + delay_s
+        if timer is None:
+            return loop.call_later(delay_s, self._flush)
+        timer.arm(delay_s)
+        return timer
 
     def _flush(self) -> None:
         self._flush_handle = None
         self._held = False
         # What the gathering window held this batch for, spent from its budget.
-        held_s = min(self._clock() - self._opened_at, self._hold_s) if self._was_held else 0.0
+        held_s = min(self._clock() - self._opened_at, self._hold_bound_s) if self._was_held else 0.0
         self._was_held = False
         pipe = self._pipe
         loop = self._loop if self._loop is not None else asyncio.get_running_loop()
@@ -344,6 +390,10 @@ class _Node:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        self._timer_made = True
         if self._opening is not None:
             self._opening.cancel()
             with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
@@ -369,6 +419,7 @@ class PipelinedSlidingLog:
         redis: Redis | RedisCluster,
         *,
         window_s: float = 0.0,
+        soon_window_s: float | None = None,
         stall_s: float = 0.25,
         budget: RedisBudget | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
@@ -377,10 +428,14 @@ class PipelinedSlidingLog:
         """``budget``: applied to every decision here, one timer per batch (the limiter then
         does not wrap each call in its own); ``None`` leaves timing to the caller.
         ``max_batch``: a batch holding this many commands is written at once, before the
-        tick (or the window) ends. ``clock``: what the gathering window measures gaps with."""
+        tick (or the window) ends. ``clock``: what the gathering window measures gaps with.
+        ``window_s``: how long a batch may gather decisions; ``soon_window_s``: the same for
+        the decisions asked through ``start_soon`` (the check API's), ``None``: ``window_s``."""
         self._clock = clock
-        if not 0.0 <= window_s <= MAX_WINDOW_S:
-            raise ValueError("the pipeline window is between 0 and 500 µs")
+        for window in (window_s, soon_window_s):
+            if window is not None and not 0.0 <= window <= MAX_WINDOW_S:
+                raise ValueError("the pipeline window is between 0 and 500 µs")
+        self._soon_window_s = window_s if soon_window_s is None else soon_window_s
         if max_batch < 1:
             raise ValueError("a batch holds at least one command")
         self._max_batch = max_batch
@@ -573,7 +628,8 @@ class PipelinedSlidingLog:
         if node is None:
             return False
         command = self._decision_command(subject, category, specs, cost, revoked_key)
-        node.put(command, waiter, load_script, True)  # positional: once per decision
+        # positional: once per decision
+        node.put(command, waiter, load_script, True, self._soon_window_s)
         return True
 
     def _decision_command(
