@@ -15,7 +15,8 @@ machine:
 
 A P99 that moves with the gateway's CPU per request and with steal or run-queue waits, while
 no collection happened, is the machine's; one that moves with collections or with a setting
-(``--env``) at equal CPU is the gateway's. Usage (needs ``wrk`` and ``nginx`` on PATH)::
+(``--env``) at equal CPU is the gateway's. Usage (needs ``wrk``, ``nginx`` and ``redis-cli`` on
+PATH)::
 
     uv run python bench/gateway_tail.py [--rounds 3] [--duration 8] [--env NAME=value ...]
 """
