@@ -24,7 +24,7 @@ from urr_common.settings import load_settings
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw, containers, scheduler
 from urr_vwr_lambda.local import edge as edge_emulator
-from urr_vwr_lambda.local.pipe_container import PipeContainer
+from urr_vwr_lambda.local.pipe_container import LoopContainer, PipeContainer
 from urr_vwr_lambda.settings import EdgeEmulatorSettings, SchedulerSettings, VwrSettings
 
 pytestmark = pytest.mark.integration
@@ -408,3 +408,48 @@ def test_a_pipe_container_stops_after_its_call_in_flight() -> None:
     assert slow.result(timeout=0) is None
     with pytest.raises(BrokenProcessPool):
         container.submit(os.getpid).result(timeout=1)
+
+
+@pytest.mark.timeout(60)
+async def test_a_loop_container_answers_on_the_loop_and_says_when_it_dies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The emulator's container: no reader thread, each answer read by the event loop."""
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    threads = threading.active_count()
+    container = LoopContainer(
+        multiprocessing.get_context("spawn"), initializer=apigw.quiet_container
+    )
+    try:
+        assert threading.active_count() == threads
+        pid = await asyncio.wait_for(container.call(os.getpid), 30)
+        assert pid != os.getpid()
+        assert await container.call(os.getenv, "POWERTOOLS_METRICS_DISABLED") == "true"
+        with pytest.raises(ZeroDivisionError):
+            await asyncio.wait_for(container.call(operator.truediv, 1, 0), 10)
+        # An answer nobody waits for any more (the caller went away) is read and dropped.
+        gone = container.call(time.sleep, 0.1)
+        gone.cancel()
+        assert await asyncio.wait_for(container.call(operator.add, 2, 3), 10) == 5
+        # A big answer (more than the pipe holds at once) arrives whole.
+        assert len(await asyncio.wait_for(container.call(operator.mul, "x", 1 << 20), 10)) == (
+            1 << 20
+        )
+        with pytest.raises(BrokenProcessPool):
+            await asyncio.wait_for(container.call(os._exit, 3), 10)
+        with pytest.raises(BrokenProcessPool):
+            await asyncio.wait_for(container.call(os.getpid), 10)
+    finally:
+        container.shutdown(wait=True)
+
+
+@pytest.mark.timeout(60)
+async def test_a_loop_container_stops_after_its_call_in_flight() -> None:
+    container = LoopContainer(multiprocessing.get_context("spawn"))
+    assert await asyncio.wait_for(container.call(operator.add, 1, 1), 30) == 2
+    slow = container.call(time.sleep, 0.3)
+    await asyncio.sleep(0.05)
+    container.shutdown(wait=True)
+    assert slow.result() is None
+    with pytest.raises(BrokenProcessPool):
+        await asyncio.wait_for(container.call(os.getpid), 1)

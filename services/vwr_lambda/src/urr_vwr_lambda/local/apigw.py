@@ -29,8 +29,8 @@ from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app, 
 from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
 from urr_vwr_lambda.keys import ensure_local_keys
-from urr_vwr_lambda.local.containers import Containers, sticky_key
-from urr_vwr_lambda.local.pipe_container import PipeContainer
+from urr_vwr_lambda.local.containers import Containers, LoopExecutor, sticky_key
+from urr_vwr_lambda.local.pipe_container import LoopContainer
 from urr_vwr_lambda.local.proxy_events import http_response, rest_event, warmup_event
 from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, problem_body
 from urr_vwr_lambda.runtime import VwrRuntime
@@ -130,13 +130,13 @@ def create_app(
 
     async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         # The function is synchronous (boto3); it never runs on the event loop.
-        workers: list[Executor]
+        workers: list[Executor | LoopExecutor]
         if in_process:
             workers = [ThreadPoolExecutor(max_workers=4, thread_name_prefix="vwr-api")]
         else:
             spawn = multiprocessing.get_context("spawn")
             workers = [
-                PipeContainer(spawn, initializer=quiet_container)
+                LoopContainer(spawn, initializer=quiet_container)
                 for _ in range(settings.local_api_processes)
             ]
         containers = Containers(workers, observe=observe)
