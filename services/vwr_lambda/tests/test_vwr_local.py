@@ -453,3 +453,13 @@ async def test_a_loop_container_stops_after_its_call_in_flight() -> None:
     assert slow.result() is None
     with pytest.raises(BrokenProcessPool):
         await asyncio.wait_for(container.call(os.getpid), 1)
+
+
+def test_the_emulators_request_ids_are_distinct_version_4_uuids() -> None:
+    from urr_vwr_lambda.local.proxy_events import request_uuid
+
+    ids = {request_uuid() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)

@@ -38,7 +38,7 @@ class LoopExecutor(Protocol):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Job:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
