@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnContext
+from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
 
@@ -47,16 +47,24 @@ def serve(conn: Connection, initializer: Callable[[], None] | None) -> None:
             conn.send((False, RuntimeError(f"the answer could not be sent: {exc!r}")))
 
 
+def spawn_container(
+    context: SpawnContext, initializer: Callable[[], None] | None
+) -> tuple[Connection, SpawnProcess]:
+    """A started container process running ``serve`` and this side of its pipe."""
+    conn, child = context.Pipe()
+    process = context.Process(target=serve, args=(child, initializer), daemon=True)
+    process.start()
+    child.close()
+    return conn, process
+
+
 class PipeContainer(Executor):
     """An ``Executor`` of one spawned process, for ``loop.run_in_executor``."""
 
     def __init__(
         self, context: SpawnContext, *, initializer: Callable[[], None] | None = None
     ) -> None:
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=serve, args=(child, initializer), daemon=True)
-        self._process.start()
-        child.close()
+        self._conn, self._process = spawn_container(context, initializer)
         self._lock = threading.Lock()
         self._in_flight: deque[Future[Any]] = deque()
         self._broken = False
@@ -128,10 +136,7 @@ class LoopContainer:
     def __init__(
         self, context: SpawnContext, *, initializer: Callable[[], None] | None = None
     ) -> None:
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=serve, args=(child, initializer), daemon=True)
-        self._process.start()
-        child.close()
+        self._conn, self._process = spawn_container(context, initializer)
         self._loop = asyncio.get_running_loop()
         self._in_flight: deque[asyncio.Future[Any]] = deque()
         self._broken = False
