@@ -463,3 +463,27 @@ def test_the_emulators_request_ids_are_distinct_version_4_uuids() -> None:
     for text in ids:
         parsed = uuid.UUID(text)
         assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+
+
+@pytest.mark.timeout(60)
+async def test_containers_feed_loop_containers_as_the_emulator_runs_them() -> None:
+    """Warm-up in each, then calls spread over idle ones, timed, a failure kept to its call."""
+    spawn = multiprocessing.get_context("spawn")
+    timed: list[tuple[bool, float, float]] = []
+    pool = containers.Containers(
+        [LoopContainer(spawn) for _ in range(2)],
+        observe=lambda read, waited, took: timed.append((read, waited, took)),
+    )
+    try:
+        await asyncio.wait_for(pool.warm(operator.add, 1, 2), 30)
+        calls = [pool.invoke(os.getpid, key=str(n), read=n % 2 == 0) for n in range(8)]
+        pids = await asyncio.wait_for(asyncio.gather(*calls), 10)
+        assert len(set(pids)) == 2
+        assert os.getpid() not in pids
+        assert [read for read, _, _ in timed].count(True) == 4
+        with pytest.raises(ZeroDivisionError):
+            await pool.invoke(operator.truediv, 1, 0, key=None, read=True)
+        assert await pool.invoke(operator.add, 2, 3, key=None, read=False) == 5
+        assert pool.idle == 2
+    finally:
+        pool.shutdown()
