@@ -306,6 +306,7 @@ def run_once(
                     "--subprocesses",
                     "-r",
                     "200",
+                    "--nonblocking",
                     "--format",
                     "raw",
                     "-o",

@@ -24,7 +24,7 @@ from urr_common.settings import load_settings
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw, containers, scheduler
 from urr_vwr_lambda.local import edge as edge_emulator
-from urr_vwr_lambda.local.pipe_container import PipeContainer
+from urr_vwr_lambda.local.pipe_container import LoopContainer, PipeContainer
 from urr_vwr_lambda.settings import EdgeEmulatorSettings, SchedulerSettings, VwrSettings
 
 pytestmark = pytest.mark.integration
@@ -408,3 +408,82 @@ def test_a_pipe_container_stops_after_its_call_in_flight() -> None:
     assert slow.result(timeout=0) is None
     with pytest.raises(BrokenProcessPool):
         container.submit(os.getpid).result(timeout=1)
+
+
+@pytest.mark.timeout(60)
+async def test_a_loop_container_answers_on_the_loop_and_says_when_it_dies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The emulator's container: no reader thread, each answer read by the event loop."""
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    threads = threading.active_count()
+    container = LoopContainer(
+        multiprocessing.get_context("spawn"), initializer=apigw.quiet_container
+    )
+    try:
+        assert threading.active_count() == threads
+        pid = await asyncio.wait_for(container.call(os.getpid), 30)
+        assert pid != os.getpid()
+        assert await container.call(os.getenv, "POWERTOOLS_METRICS_DISABLED") == "true"
+        with pytest.raises(ZeroDivisionError):
+            await asyncio.wait_for(container.call(operator.truediv, 1, 0), 10)
+        # An answer nobody waits for any more (the caller went away) is read and dropped.
+        gone = container.call(time.sleep, 0.1)
+        gone.cancel()
+        assert await asyncio.wait_for(container.call(operator.add, 2, 3), 10) == 5
+        # A big answer (more than the pipe holds at once) arrives whole.
+        assert len(await asyncio.wait_for(container.call(operator.mul, "x", 1 << 20), 10)) == (
+            1 << 20
+        )
+        with pytest.raises(BrokenProcessPool):
+            await asyncio.wait_for(container.call(os._exit, 3), 10)
+        with pytest.raises(BrokenProcessPool):
+            await asyncio.wait_for(container.call(os.getpid), 10)
+    finally:
+        container.shutdown(wait=True)
+
+
+@pytest.mark.timeout(60)
+async def test_a_loop_container_stops_after_its_call_in_flight() -> None:
+    container = LoopContainer(multiprocessing.get_context("spawn"))
+    assert await asyncio.wait_for(container.call(operator.add, 1, 1), 30) == 2
+    slow = container.call(time.sleep, 0.3)
+    await asyncio.sleep(0.05)
+    container.shutdown(wait=True)
+    assert slow.result() is None
+    with pytest.raises(BrokenProcessPool):
+        await asyncio.wait_for(container.call(os.getpid), 1)
+
+
+def test_the_emulators_request_ids_are_distinct_version_4_uuids() -> None:
+    from urr_vwr_lambda.local.proxy_events import request_uuid
+
+    ids = {request_uuid() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+
+
+@pytest.mark.timeout(60)
+async def test_containers_feed_loop_containers_as_the_emulator_runs_them() -> None:
+    """Warm-up in each, then calls spread over idle ones, timed, a failure kept to its call."""
+    spawn = multiprocessing.get_context("spawn")
+    timed: list[tuple[bool, float, float]] = []
+    pool = containers.Containers(
+        [LoopContainer(spawn) for _ in range(2)],
+        observe=lambda read, waited, took: timed.append((read, waited, took)),
+    )
+    try:
+        await asyncio.wait_for(pool.warm(operator.add, 1, 2), 30)
+        calls = [pool.invoke(os.getpid, key=str(n), read=n % 2 == 0) for n in range(8)]
+        pids = await asyncio.wait_for(asyncio.gather(*calls), 10)
+        assert len(set(pids)) == 2
+        assert os.getpid() not in pids
+        assert [read for read, _, _ in timed].count(True) == 4
+        with pytest.raises(ZeroDivisionError):
+            await pool.invoke(operator.truediv, 1, 0, key=None, read=True)
+        assert await pool.invoke(operator.add, 2, 3, key=None, read=False) == 5
+        assert pool.idle == 2
+    finally:
+        pool.shutdown()

@@ -24,13 +24,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from urr_common.logs import configure_logging
-from urr_common.metrics import LATENCY_BUCKETS_S
+from urr_common.metrics import LATENCY_BUCKETS_S, loop_observer
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app, run, serve
 from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
 from urr_vwr_lambda.keys import ensure_local_keys
-from urr_vwr_lambda.local.containers import Containers, sticky_key
-from urr_vwr_lambda.local.pipe_container import PipeContainer
+from urr_vwr_lambda.local.containers import Containers, LoopExecutor, sticky_key
+from urr_vwr_lambda.local.pipe_container import LoopContainer
 from urr_vwr_lambda.local.proxy_events import http_response, rest_event, warmup_event
 from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, problem_body
 from urr_vwr_lambda.runtime import VwrRuntime
@@ -123,20 +123,27 @@ def create_app(
         buckets=LATENCY_BUCKETS_S,
     )
 
+    # Each label's child looked up once, observed without prometheus_client's lock (only the
+    # event loop observes): ``labels()`` per call cost more than the observation.
+    timers = {
+        read: (loop_observer(waited.labels(kind)), loop_observer(invoked.labels(kind)))
+        for read, kind in ((True, "read"), (False, "write"))
+    }
+
     def observe(read: bool, waited_s: float, ran_s: float) -> None:
-        kind = "read" if read else "write"
-        waited.labels(kind).observe(waited_s)
-        invoked.labels(kind).observe(ran_s)
+        wait_timer, run_timer = timers[read]
+        wait_timer(waited_s)
+        run_timer(ran_s)
 
     async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         # The function is synchronous (boto3); it never runs on the event loop.
-        workers: list[Executor]
+        workers: list[Executor | LoopExecutor]
         if in_process:
             workers = [ThreadPoolExecutor(max_workers=4, thread_name_prefix="vwr-api")]
         else:
             spawn = multiprocessing.get_context("spawn")
             workers = [
-                PipeContainer(spawn, initializer=quiet_container)
+                LoopContainer(spawn, initializer=quiet_container)
                 for _ in range(settings.local_api_processes)
             ]
         containers = Containers(workers, observe=observe)

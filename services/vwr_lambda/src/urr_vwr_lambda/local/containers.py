@@ -26,10 +26,19 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 
-@dataclass(frozen=True)
+@runtime_checkable
+class LoopExecutor(Protocol):
+    """A container that answers on the event loop itself (``pipe_container.LoopContainer``)."""
+
+    def call(self, fn: Callable[..., Any], /, *args: Any) -> asyncio.Future[Any]: ...
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+
+
+@dataclass(slots=True)
 class Job:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
@@ -56,12 +65,14 @@ class Containers:
 
     def __init__(
         self,
-        executors: Sequence[Executor],
+        executors: Sequence[Executor | LoopExecutor],
         *,
         observe: Callable[[bool, float, float], None] | None = None,
     ) -> None:
         """``observe(read, waited_s, ran_s)`` hears of every finished invocation."""
         self.executors = list(executors)
+        # Checked once: an isinstance of a runtime protocol per call costs microseconds.
+        self._on_loop = [isinstance(e, LoopExecutor) for e in self.executors]
         self._observe = observe
         self._idle = list(range(len(self.executors)))
         self._reads: deque[Job] = deque()
@@ -74,8 +85,15 @@ class Containers:
 
     async def warm(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn`` once in every container, before any call (like provisioned concurrency)."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(e, fn, *args) for e in self.executors))
+        await asyncio.gather(*(self._start(i, fn, args) for i in range(len(self.executors))))
+
+    def _start(
+        self, index: int, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> asyncio.Future[Any]:
+        executor = self.executors[index]
+        if self._on_loop[index]:
+            return executor.call(fn, *args)  # type: ignore[union-attr]
+        return asyncio.get_running_loop().run_in_executor(executor, fn, *args)  # type: ignore[arg-type]
 
     async def invoke(self, fn: Callable[..., Any], *args: Any, key: str | None, read: bool) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -97,9 +115,8 @@ class Containers:
             self._run(index, job)
 
     def _run(self, index: int, job: Job) -> None:
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
-        running = loop.run_in_executor(self.executors[index], job.fn, *job.args)
+        running = self._start(index, job.fn, job.args)
 
         def finished(done: asyncio.Future[Any]) -> None:
             self._idle.append(index)

@@ -12,14 +12,16 @@ when the emulator dies, the worker reads the end of its pipe and exits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import pickle
 import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnContext
+from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
 
@@ -45,16 +47,24 @@ def serve(conn: Connection, initializer: Callable[[], None] | None) -> None:
             conn.send((False, RuntimeError(f"the answer could not be sent: {exc!r}")))
 
 
+def spawn_container(
+    context: SpawnContext, initializer: Callable[[], None] | None
+) -> tuple[Connection, SpawnProcess]:
+    """A started container process running ``serve`` and this side of its pipe."""
+    conn, child = context.Pipe()
+    process = context.Process(target=serve, args=(child, initializer), daemon=True)
+    process.start()
+    child.close()
+    return conn, process
+
+
 class PipeContainer(Executor):
     """An ``Executor`` of one spawned process, for ``loop.run_in_executor``."""
 
     def __init__(
         self, context: SpawnContext, *, initializer: Callable[[], None] | None = None
     ) -> None:
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=serve, args=(child, initializer), daemon=True)
-        self._process.start()
-        child.close()
+        self._conn, self._process = spawn_container(context, initializer)
         self._lock = threading.Lock()
         self._in_flight: deque[Future[Any]] = deque()
         self._broken = False
@@ -107,4 +117,80 @@ class PipeContainer(Executor):
         if wait:
             self._process.join()
             self._reader.join()  # it saw the end of the pipe: nothing reads it any more
+            self._conn.close()
+
+
+class LoopContainer:
+    """One emulated container read from the event loop itself (no reader thread).
+
+    The same process and pipe protocol as ``PipeContainer``, but the answer is read by a
+    callback the loop runs when the pipe turns readable (``loop.add_reader``), and the call's
+    future is an ``asyncio`` one. ``PipeContainer``'s way cost each call a reader thread's
+    wake-up and its fight for the GIL with the loop, a ``concurrent.futures.Future`` (with its
+    ``threading.Condition``), and a ``call_soon_threadsafe`` that writes to the loop's self-pipe
+    and wakes it a second time. A container holds one call at a time (``Containers``), so at
+    most one answer is ever waiting in the pipe; it is written whole, so reading it once the
+    pipe is readable does not wait. Built and used on one running loop.
+    """
+
+    def __init__(
+        self, context: SpawnContext, *, initializer: Callable[[], None] | None = None
+    ) -> None:
+        self._conn, self._process = spawn_container(context, initializer)
+        self._loop = asyncio.get_running_loop()
+        self._in_flight: deque[asyncio.Future[Any]] = deque()
+        self._broken = False
+        self._closed = False
+        self._loop.add_reader(self._conn.fileno(), self._answered)
+
+    def call(self, fn: Callable[..., Any], /, *args: Any) -> asyncio.Future[Any]:
+        """Send ``fn(*args)`` to the container; the future of its answer."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if self._broken or self._closed:
+            future.set_exception(BrokenProcessPool("the container is gone"))
+            return future
+        try:
+            self._conn.send_bytes(pickle.dumps((fn, args, {}), pickle.HIGHEST_PROTOCOL))
+        except Exception as exc:
+            future.set_exception(exc)
+            return future
+        self._in_flight.append(future)
+        return future
+
+    def _answered(self) -> None:
+        try:
+            ok, value = pickle.loads(self._conn.recv_bytes())  # noqa: S301 - our own child
+        except (EOFError, OSError):
+            self._gone()
+            return
+        future = self._in_flight.popleft()
+        if future.done():  # nobody waits for it (cancelled)
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def _gone(self) -> None:
+        with contextlib.suppress(ValueError, OSError):  # already closed
+            self._loop.remove_reader(self._conn.fileno())
+        self._broken = True
+        while self._in_flight:
+            future = self._in_flight.popleft()
+            if not future.done():
+                future.set_exception(BrokenProcessPool("the container process died"))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Ask the process to stop after its call in flight; ``wait``: until it has.
+
+        The answer of the call in flight is still read when ``wait`` (its future resolves)."""
+        if not self._closed and not self._broken:
+            with contextlib.suppress(OSError):
+                self._conn.send(None)
+        self._closed = True
+        if wait:
+            self._process.join()
+            while self._in_flight and not self._broken and self._conn.poll(0):
+                self._answered()
+            self._gone()
             self._conn.close()
