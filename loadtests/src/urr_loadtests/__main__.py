@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -218,10 +219,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             continue
 
 
-#: Locust users that play the crowd's arrivals: enough for 12 arrivals/s that take 2 minutes
-#: each. With a Locust user per arrival, Locust's own CPU rose through the run and every
-#: request measured about 8 ms more (the static waiting page's P50 went from 1 to 10 ms).
+#: Locust users that play the crowd's arrivals: at least this many. With a Locust user per
+#: arrival, Locust's own CPU rose through the run and every request measured about 8 ms more
+#: (the static waiting page's P50 went from 1 to 10 ms).
 CROWD_POOL = 1500
+#: ... and enough for every arrival started in this many seconds to still be in the system: at
+#: 50/s with Tier 2 admitting 40/s the line grows, and 1,500 users were all busy for the last
+#: fifth of the crowd, whose arrivals then started at 30-40/s instead of 50.
+CROWD_POOL_SECONDS = 60
+
+
+def crowd_pool(arrivals: int, rate: float) -> int:
+    """Locust users for a crowd of ``arrivals`` at ``rate`` a second."""
+    return min(arrivals, max(CROWD_POOL, math.ceil(rate * CROWD_POOL_SECONDS)))
 
 
 #: Locust's environment unless the caller's says otherwise. Every crowd arrival opens a new
@@ -369,7 +379,7 @@ def _run(
         sampler.start()
     started = time.time()
     # A crowd's Locust users are a pool that takes the arrivals in turn (flash_crowd.py).
-    locust_users = min(users, CROWD_POOL) if scenario == "flash_crowd" else users
+    locust_users = crowd_pool(users, spawn) if scenario == "flash_crowd" else users
     code = run_locust(
         scenario,
         host,
@@ -414,7 +424,9 @@ def _run(
         with open(out / "queue_samples.json", "w", encoding="utf-8") as handle:
             json.dump(sampler.samples, handle)
     if event_id:
-        missed += _crowd_checks(stack, scenario, event_id, out, summary, sampler, spare, args)
+        missed += _crowd_checks(
+            stack, scenario, event_id, out, summary, sampler, spare, args, spawn
+        )
         summary["room"] = setup.deactivate_room(stack, token, event_id)
     return summary, missed
 
@@ -492,9 +504,10 @@ def _crowd_checks(
     sampler: Sampler | None,
     spare: list[tuple[str, str]],
     args: argparse.Namespace,
+    asked_rate: float,
 ) -> list[str]:
     """Seats, answers, order, capacity and the admission log audit (journey and flash crowd);
-    token probes (crowd)."""
+    token probes and the arrival rate really run (crowd)."""
     arrivals = checks.read_arrivals(out / "arrivals.jsonl")
     seats = checks.seat_figures(stack, event_id)
     try:
@@ -507,6 +520,9 @@ def _crowd_checks(
     )
     summary["event_id"] = event_id
     summary["crowd"] = crowd
+    if scenario == "flash_crowd":
+        summary["arrival_rate"], rate_missed = checks.arrival_rate_figures(arrivals, asked_rate)
+        missed += rate_missed
     # Issue 19: the same admissions as the public sees them, audited by urr-verify.
     summary["log_audit"], log_missed = log_audit.audit_event(
         stack.url("gateway"), event_id, out / "log", expected=len(rank)

@@ -257,6 +257,39 @@ def summarise_crowd(
     return figures, missed
 
 
+#: Share of the asked arrival rate a crowd must reach, start to end, to count as run at it.
+RATE_KEPT = 0.95
+
+
+def arrival_rate_figures(
+    arrivals: list[dict[str, Any]], asked_per_s: float
+) -> tuple[dict[str, Any], list[str]]:
+    """The rate the arrivals really started at (first to last, and the slowest tenth), and a
+    miss when it fell short of the asked one: a generator that could not keep up ran a
+    smaller crowd than the report would otherwise claim."""
+    started = sorted(float(a["started_at"]) for a in arrivals if a.get("started_at"))
+    if len(started) < 20:
+        return {"asked_per_s": asked_per_s, "arrivals_timed": len(started)}, []
+    tenth = len(started) // 10
+    slowest = min(
+        tenth / (started[(k + 1) * tenth - 1] - started[k * tenth] or 1e-9) for k in range(10)
+    )
+    overall = (len(started) - 1) / (started[-1] - started[0] or 1e-9)
+    figures = {
+        "asked_per_s": asked_per_s,
+        "arrivals_timed": len(started),
+        "achieved_per_s": round(overall, 1),
+        "slowest_tenth_per_s": round(slowest, 1),
+    }
+    missed = []
+    if overall < RATE_KEPT * asked_per_s:
+        missed.append(
+            f"arrival rate: {overall:.1f}/s from first to last < {RATE_KEPT:.0%} of the "
+            f"asked {asked_per_s:g}/s (slowest tenth {slowest:.1f}/s)"
+        )
+    return figures, missed
+
+
 def pow_figures(arrivals: list[dict[str, Any]], bits: int) -> dict[str, Any]:
     """How the crowd fared with ``botChallenge: pow``: solves and their time per arrival."""
     placed = [a for a in arrivals if a.get("tier1_position") is not None]
