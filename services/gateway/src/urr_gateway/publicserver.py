@@ -673,9 +673,12 @@ class PublicServer(Http1Server):
     def _head(
         self, exchange: _Exchange, status: int, reason: str | None, headers: CIMultiDict[str]
     ) -> bytes:
-        """The answer's head, with every header the app's ``on_response_prepare`` adds (the
-        rate-limit decision's among them: ``responseheaders``' receiver, which keeps an
-        upstream's own, as under aiohttp; a problem's carry them already)."""
+        """The answer's head, with every header the app's ``on_response_prepare`` adds."""
+        facts = exchange.facts
+        if facts is not None and facts.rate_limit_headers:
+            # The decision's own values, as the aiohttp pipeline sets them on an answer it
+            # returns (an upstream's are replaced; the receiver's merge then finds them).
+            headers.update(facts.rate_limit_headers)
         receivers = self._prepare_sync
         if receivers is not None:
             # Built by ``object.__new__`` (no Python ``__init__``) and ``Any`` rather than
