@@ -15,6 +15,8 @@ Usage (``--callgrind`` needs valgrind; ``PYTHONPATH`` may name another revision'
         --callgrind-out-file=/tmp/gw.%p python bench/gateway_inprocess.py --callgrind
     N=20000 python bench/gateway_inprocess.py            # user/sys CPU us per request
     NOFILTERS=1 ...                                      # the filter steps left out
+    GC_GEN0=700 ...                 # the interpreter's gen0 threshold (default: the shipped
+                                    # worker's URR_HTTP__GC_GEN0_THRESHOLD, 20000)
 
 The limiter's budget is raised to 5 s (valgrind is ~50x slower; a decision that fell open
 would be a cheaper request) and the identity assertion reused for 5 s (its ECDSA signature,
@@ -33,7 +35,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_proxy import PATH, gateway_env, start_upstream, stop_all, write_keys_and_sign
+from gateway_proxy import (
+    PATH,
+    SHIPPED_GC_GEN0,
+    gateway_env,
+    start_upstream,
+    stop_all,
+    write_keys_and_sign,
+)
 
 from urr_devstack.procs import RedisServer, free_port, wait_listening
 
@@ -41,6 +50,9 @@ N_WARM = int(os.environ.get("WARM", "3000"))
 N = int(os.environ.get("N", "20000"))
 CONNS = 64
 NOFILTERS = bool(os.environ.get("NOFILTERS"))
+#: The worker's shipped ``URR_HTTP__GC_GEN0_THRESHOLD`` by default (the fair comparison: what
+#: a deployed worker collects); 700 is the interpreter's default.
+GC_GEN0 = int(os.environ.get("GC_GEN0", str(SHIPPED_GC_GEN0)))
 CALLGRIND = "--callgrind" in sys.argv or bool(os.environ.get("CALLGRIND"))
 
 work = Path(tempfile.mkdtemp())
@@ -172,8 +184,12 @@ async def main():
     assert State.first.startswith(b"HTTP/1.1 200"), State.first[:400]
     import gc
 
+    # As the shipped worker does after start-up (``server.tune_gc``): collect, freeze, and
+    # the gen0 threshold of ``URR_HTTP__GC_GEN0_THRESHOLD`` (GC_GEN0=700: the interpreter's).
     gc.collect()
     gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0, gen1, gen2)
     if CALLGRIND:
         subprocess.run(
             ["callgrind_control", "-z", str(os.getpid())], check=True, capture_output=True

@@ -189,6 +189,10 @@ def upstream_app(log: UpstreamLog) -> web.Application:
             return await _die_mid_stream(request)
         if last == "chunked":
             return await _chunked(request)
+        if last == "own-limits":  # an upstream that states its own rate-limit state
+            response = await _echo(request, log)
+            response.headers["RateLimit"] = '"upstream";r=7;t=3'
+            return response
         if last == "hop":
             response = await _echo(request, log)
             response.headers["Connection"] = "X-Upstream-Private"

@@ -424,6 +424,22 @@ async def test_the_admission_log_counts_as_a_public_read(stack_factory):
     assert response.headers["RateLimit-Policy"] == '"general";q=100;w=60'
 
 
+async def test_the_decision_headers_are_on_a_proxied_answer_once(stack_factory):
+    """Every proxied answer read whole carries the decision's RateLimit headers, each once,
+    and the gateway's values replace an upstream's own (under either server)."""
+    limits = RateLimitSettings(budget_ms=2000, congestion_cap_ms=5000)
+    stack = await stack_factory(wired=True, rate_limit=limits)
+    plain = await stack.client.get("/v1/log/e1/sth")
+    assert plain.headers.getall("RateLimit-Policy") == ['"general";q=100;w=60']
+    assert len(plain.headers.getall("RateLimit")) == 1
+    assert plain.headers["RateLimit"].startswith('"general";r=')
+    own = await stack.client.get("/v1/log/e1/own-limits")
+    assert own.status == 200
+    assert len(own.headers.getall("RateLimit")) == 1
+    assert own.headers["RateLimit"].startswith('"general";r=')
+    assert own.headers.getall("RateLimit-Policy") == ['"general";q=100;w=60']
+
+
 async def test_filters_run_as_steps_and_log_lines_carry_the_request(stack_factory):
     """The gateway runs its filters as plain calls inside one middleware; a line logged
     while a request runs carries that request's id and user (and the next request on the

@@ -168,7 +168,13 @@ def downstream_response_headers(
 def strip_hop_by_hop(headers: CIMultiDict[str]) -> CIMultiDict[str]:
     """``downstream_response_headers`` in place (and returned): for an answer read whole,
     whose headers nothing reads afterwards, the copy is saved."""
-    dropped = _dropped(HOP_BY_HOP, headers)
+    # ``_dropped``'s cache hit inlined (upstreams send ``Connection`` on every answer).
+    if hdrs.CONNECTION in headers:
+        dropped = _DROPPED.get((HOP_BY_HOP, tuple(headers.getall(hdrs.CONNECTION))))
+        if dropped is None:
+            dropped = _dropped(HOP_BY_HOP, headers)
+    else:
+        dropped = HOP_BY_HOP
     names = tuple(headers.keys())
     found = _DROP_NAMES.get((dropped, names, False))
     if found is None:

@@ -175,6 +175,9 @@ class UpstreamProxy:
         self._signer = signer
         #: Path prefix of each upstream's base URL (usually empty).
         self._prefixes = {name: urlsplit(base).path.rstrip("/") for name, base in upstreams.items()}
+        #: Each upstream's name as the assertion's audience (an enum's ``.value`` is a Python
+        #: descriptor call per request).
+        self._audiences: dict[Upstream, str] = {upstream: upstream.value for upstream in Upstream}
         self._client = client
         self._max_body_bytes = max_body_bytes
         self._metrics = metrics
@@ -227,7 +230,7 @@ class UpstreamProxy:
             headers[_ASSERTION] = self._signer.assertion(
                 identity.user_id,
                 identity.role,
-                audience=upstream.value,
+                audience=self._audiences[upstream],
                 method=request.method,
                 path=target.partition("?")[0],
             )

@@ -676,6 +676,8 @@ class PublicServer(Http1Server):
         """The answer's head, with every header the app's ``on_response_prepare`` adds."""
         facts = exchange.facts
         if facts is not None and facts.rate_limit_headers:
+            # The decision's own values, as the aiohttp pipeline sets them on an answer it
+            # returns (an upstream's are replaced; the receiver's merge then finds them).
             headers.update(facts.rate_limit_headers)
         receivers = self._prepare_sync
         if receivers is not None:

@@ -52,5 +52,7 @@ class InFlightSlots:
 
     def give_back(self) -> None:
         """Return a slot: to the oldest waiter still waiting, else to the free ones."""
-        if not hand_to_oldest(self._waiters, None):
+        # Nobody waiting is the common case: no call then.
+        waiters = self._waiters
+        if not waiters or not hand_to_oldest(waiters, None):
             self._free += 1

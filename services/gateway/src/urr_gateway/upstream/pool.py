@@ -107,7 +107,8 @@ class ConnectionPool:
             self._open -= 1
             self._hand_slot()
             return
-        if hand_to_oldest(self._waiters, connection):
+        waiters = self._waiters
+        if waiters and hand_to_oldest(waiters, connection):  # nobody waiting: no call
             return
         connection.idle_since = connection.loop.time()
         self._idle.append(connection)
