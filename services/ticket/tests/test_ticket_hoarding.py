@@ -19,11 +19,13 @@ import pytest_asyncio
 from urr_common.clients import open_redis
 from urr_common.identity_testing import act_as
 from urr_common.service import REGISTRY_KEY
+from urr_common.settings import RedisSettings
 from urr_common.tokens import SigningKey, TokenSigner
+from urr_devstack.procs import free_port
 from urr_devstack.testing import patient_redis
 from urr_ticket import keys
 from urr_ticket.outcomes import SessionEndHandler
-from urr_ticket.seat_locks import SeatLocks
+from urr_ticket.seat_locks import SeatLocks, SeatLocksUnavailable
 
 pytestmark = pytest.mark.integration
 
@@ -313,3 +315,14 @@ async def test_every_hold_is_released_when_the_session_ends(client: Any, redis: 
     assert await handler.handle(SimpleNamespace(value=b"{}", topic="queue-events", offset=0)) == (
         "malformed"
     )
+
+
+async def test_a_session_end_while_redis_is_gone_is_reported_not_raised() -> None:
+    nothing_there = RedisSettings(
+        url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout_s=0.3, connect_timeout_s=0.3
+    )
+    async with open_redis(nothing_there) as redis:
+        locks = SeatLocks(redis)
+        with pytest.raises(SeatLocksUnavailable):
+            await locks.release_all("demo", "u1")
+        assert await SessionEndHandler(locks).handle(queue_record("left", "u1", 1)) == "failed"

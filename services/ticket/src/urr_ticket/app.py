@@ -39,7 +39,10 @@ def create_app(
     app = create_service_app(
         settings,
         registry=registry,
-        middlewares=[identity_middleware(settings.identity.verifier(AUDIENCE))],
+        middlewares=[
+            identity_middleware(settings.identity.verifier(AUDIENCE)),
+            routes.seat_holds_unavailable,
+        ],
     )
     app[TICKET_SETTINGS_KEY] = settings
     app[METRICS_KEY] = TicketMetrics(app[REGISTRY_KEY])

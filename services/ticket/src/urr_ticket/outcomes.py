@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
-from redis.exceptions import RedisError
 
 from urr_common.clients import open_redis
 from urr_common.logs import get_logger
 from urr_common.settings import load_settings
 from urr_common.upstream_security import ServiceCredentialSettings
-from urr_ticket.seat_locks import SeatLocks
+from urr_ticket.seat_locks import SeatLocks, SeatLocksUnavailable
 from urr_ticket.settings import OutcomeSettings, QueueCompletionSettings, TicketSettings
 from urr_ticket_worker.booking import apply_outcome
 from urr_ticket_worker.kafka_loop import ConsumerMetrics, consume, parse_or_log
@@ -94,7 +93,7 @@ class OutcomeHandler:
                 released = await self._locks.release(
                     outcome.event_id, applied.release_seats, applied.user_id
                 )
-            except RedisError as exc:  # the holds expire by their TTL anyway; no retry
+            except SeatLocksUnavailable as exc:  # the holds expire by their TTL; no retry
                 released = 0
                 _LOG.warning("hold_release_failed", error=repr(exc))
             _LOG.info(
@@ -137,7 +136,7 @@ class SessionEndHandler:
             released = await self._locks.release_all(
                 event.event_id, event.user_id, started_by_ms=ended_at_ms(event.at)
             )
-        except RedisError as exc:  # the holds still end with the session's token; no retry
+        except SeatLocksUnavailable as exc:  # the holds end with the session's token anyway
             _LOG.warning("session_hold_release_failed", error=repr(exc))
             return "failed"
         if released:

@@ -15,6 +15,7 @@ import uuid
 from typing import Annotated, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from urr_common.logs import get_logger
@@ -36,7 +37,7 @@ from urr_ticket.appkeys import (
     STORE_KEY,
     TICKET_SETTINGS_KEY,
 )
-from urr_ticket.seat_locks import HoldLimits, HoldOutcome
+from urr_ticket.seat_locks import HoldLimits, HoldOutcome, SeatLocksUnavailable
 from urr_ticket.session import (
     ENTRY_TOKEN_COOKIE,
     ENTRY_TOKEN_HEADER,
@@ -92,6 +93,30 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(
         "/api/v1/events/{event_id}/reservations/{reservation_id}", reservation_status
     )
+
+
+#: How long a client waits before asking again while the seat holds cannot be reached.
+HOLDS_RETRY_AFTER_S = 1
+
+
+@web.middleware
+async def seat_holds_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Redis unreachable or late: a 503 to retry, never a 500.
+
+    A burst opens many Redis connections at once, and a connect or a reply can outlast its
+    timeout while the event loop is busy; what the client needs to know is that nothing it
+    can see changed for certain and that asking again is safe (a hold of a seat you hold
+    answers your hold; a reservation's holds are read before anything is written)."""
+    try:
+        return await handler(request)
+    except SeatLocksUnavailable as exc:
+        _LOG.warning("seat_holds_unavailable", path=request.path, error=str(exc))
+        raise ServiceUnavailable(
+            f"the seat holds cannot be read or changed right now; try again in"
+            f" {HOLDS_RETRY_AFTER_S} s",
+            code="seat_holds_unavailable",
+            headers={"Retry-After": str(HOLDS_RETRY_AFTER_S)},
+        ) from exc
 
 
 # --- request helpers ----------------------------------------------------------------------

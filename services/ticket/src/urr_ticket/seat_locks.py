@@ -11,12 +11,32 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from urr_ticket import keys
+
+
+class SeatLocksUnavailable(Exception):
+    """Redis could not be reached, or did not answer in time.
+
+    The outcome of a change is then unknown (a hold sent before a reply timed out may have
+    been taken); asking again finds it out, since holding a seat you hold answers your hold.
+    """
+
+
+@contextmanager
+def _redis_answers() -> Iterator[None]:
+    # ``OSError`` too: a socket error outside redis-py's own wrapping (a reset mid-read).
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise SeatLocksUnavailable(f"seat holds unavailable: {exc!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -86,22 +106,23 @@ class SeatLocks:
         self, event_id: str, seat_id: str, owner: str, limits: HoldLimits
     ) -> HoldAttempt:
         reserved = sorted(set(limits.reserved_seat_ids))
-        code, hold_id, expires, counted = await self._hold(
-            keys=[
-                keys.seat_lock(event_id, seat_id),
-                keys.user_holds(event_id, owner),
-                keys.hold_starts(event_id, owner),
-            ],
-            args=[
-                owner,
-                uuid.uuid4().hex,
-                limits.hold_seconds * 1000,
-                limits.session_end_ms or 0,
-                limits.max_seats_per_user,
-                seat_id,
-                *reserved,
-            ],
-        )
+        with _redis_answers():
+            code, hold_id, expires, counted = await self._hold(
+                keys=[
+                    keys.seat_lock(event_id, seat_id),
+                    keys.user_holds(event_id, owner),
+                    keys.hold_starts(event_id, owner),
+                ],
+                args=[
+                    owner,
+                    uuid.uuid4().hex,
+                    limits.hold_seconds * 1000,
+                    limits.session_end_ms or 0,
+                    limits.max_seats_per_user,
+                    seat_id,
+                    *reserved,
+                ],
+            )
         return HoldAttempt(
             outcome=HoldOutcome(int(code)),
             hold_id=_text(hold_id),
@@ -113,7 +134,8 @@ class SeatLocks:
         """The current holds among ``seat_ids`` (one MGET: the keys share a slot)."""
         if not seat_ids:
             return {}
-        values = await self._redis.mget([keys.seat_lock(event_id, s) for s in seat_ids])
+        with _redis_answers():
+            values = await self._redis.mget([keys.seat_lock(event_id, s) for s in seat_ids])
         found = {}
         for seat_id, value in zip(seat_ids, values, strict=True):
             hold = parse_hold(value)
@@ -133,19 +155,21 @@ class SeatLocks:
         first started at or before it. Returns how many were released."""
         if not seat_ids:
             return 0
-        released = await self._release(
-            keys=[
-                keys.user_holds(event_id, owner),
-                keys.hold_starts(event_id, owner),
-                *(keys.seat_lock(event_id, s) for s in seat_ids),
-            ],
-            args=[owner, started_by_ms, *seat_ids],
-        )
+        with _redis_answers():
+            released = await self._release(
+                keys=[
+                    keys.user_holds(event_id, owner),
+                    keys.hold_starts(event_id, owner),
+                    *(keys.seat_lock(event_id, s) for s in seat_ids),
+                ],
+                args=[owner, started_by_ms, *seat_ids],
+            )
         return int(released)
 
     async def release_all(self, event_id: str, owner: str, *, started_by_ms: int = 0) -> int:
         """Release every live hold of ``owner`` in the event (their session ended)."""
-        members = await self._redis.zrange(keys.user_holds(event_id, owner), 0, -1)
+        with _redis_answers():
+            members = await self._redis.zrange(keys.user_holds(event_id, owner), 0, -1)
         return await self.release(
             event_id, [_text(m) for m in members], owner, started_by_ms=started_by_ms
         )
