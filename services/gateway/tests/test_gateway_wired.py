@@ -42,8 +42,13 @@ async def test_a_burst_of_200_lets_exactly_the_limit_through(stack_factory):
         *(stack.client.get("/api/v1/events", headers=headers) for _ in range(200))
     )
     statuses = sorted(response.status for response in responses)
-    assert statuses.count(200) == 100
-    assert statuses.count(429) == 100
+    # CI saw all 200 refused once (not reproduced since): say where the refusals came from.
+    refused = next((r for r in responses if r.status != 200), responses[0])
+    seen = f"{statuses[0]}..{statuses[-1]}; a refusal: {dict(refused.headers)} " + (
+        await refused.text()
+    )
+    assert statuses.count(200) == 100, seen
+    assert statuses.count(429) == 100, seen
     assert len(stack.ticket.requests) == 100
 
 
