@@ -39,18 +39,15 @@ from collections.abc import Awaitable, Callable
 from random import getrandbits
 from typing import TYPE_CHECKING, Any, cast
 
-import httptools
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from urr_common.logs import get_logger, start_request_context
 from urr_common.metrics import loop_adder
-from urr_common.problems import ProblemError
 from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_KEY
 from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
 from urr_gateway.forwarding import downstream_response_headers, strip_hop_by_hop
-from urr_gateway.heads import replay_request, request_head
 from urr_gateway.http1 import (
     HEAD_TOO_LARGE,
     REQUEST_ID_RE,
@@ -112,10 +109,6 @@ _REQUEST_ID_TEXT_RE = re.compile(REQUEST_ID_RE.pattern.decode("ascii"))
 _METHODS: dict[bytes, str] = {}
 #: Header names as cached ``istr``s, by their bytes (``upstream.connection``'s bounded cache).
 name_of = _NAMES.get
-#: A read no longer than this that is exactly one request head goes to the parser without
-#: field callbacks (``http1``'s one-slice bound: longer reads are fed in slices).
-_ONE_SLICE = PUBLIC_MAX_HEAD_BYTES // 4
-_HEAD_END = b"\r\n\r\n"
 
 
 def _method(raw: bytes) -> str:
@@ -171,19 +164,6 @@ class _Prepared:
 _new_prepared = object.__new__
 
 
-class _HeadCallbacks:
-    """The callbacks of a connection's second parser: the connection's own, but not the
-    field and target ones (``heads``: the fields are read from the head's bytes after)."""
-
-    __slots__ = ("on_body", "on_headers_complete", "on_message_begin", "on_message_complete")
-
-    def __init__(self, connection: _PublicConnection) -> None:
-        self.on_message_begin = connection.on_message_begin
-        self.on_headers_complete = connection.on_headers_complete
-        self.on_body = connection.on_body
-        self.on_message_complete = connection.on_message_complete
-
-
 class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     max_head_bytes = PUBLIC_MAX_HEAD_BYTES
     max_headers = PUBLIC_MAX_HEADERS
@@ -191,9 +171,6 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     __slots__ = (
         "_body_buffered",
         "_drain_waiter",
-        "_fast",
-        "_full",
-        "_head",
         "_idle_waiter",
         "_pairs",
         "_peer",
@@ -218,12 +195,6 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         self._idle_waiter: asyncio.Future[None] | None = None
         #: The digests of the tokens this client showed (its requests' token caches' keys).
         self.token_digests = TokenDigests()
-        #: Two parsers, chosen between messages (``data_received``): ``_full`` calls back for
-        #: the target and each field; ``_fast`` does not, for a read that is one whole head
-        #: (``_head``), whose target and fields ``on_headers_complete`` reads from the read.
-        self._full = self.parser
-        self._fast = httptools.HttpRequestParser(_HeadCallbacks(self))
-        self._head: bytes | None = None
 
     # --- asyncio protocol ------------------------------------------------------------------
 
@@ -249,32 +220,6 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
     def resume_writing(self) -> None:
         super().resume_writing()
         self._wake_drain()
-
-    def data_received(self, data: bytes) -> None:
-        # Between messages, a read that is exactly one request head (no body, nothing after
-        # it: the usual request) goes to the parser without field callbacks; any other read
-        # to the parser with them. A message is read to its end by the parser it began in.
-        if not self._in_message:
-            if len(data) <= _ONE_SLICE and data.find(_HEAD_END) == len(data) - 4 > 0:
-                self.parser = self._fast
-                self._head = data
-            else:
-                self.parser = self._full
-                self._head = None
-        Http1Connection.data_received(self, data)
-
-    def refuse_and_close(self, problem: ProblemError) -> None:
-        if self._in_head and self._head is not None and self.parser is self._fast:
-            # A head the fast parser refused (or ``on_headers_complete`` did): the target and
-            # fields the callbacks would have handed over so far, for the refusal's id and
-            # instance (the same bytes through a parser with callbacks).
-            url, fields, _ = replay_request(self._head)
-            self._url = url
-            self._pairs = [
-                (name_of(name) or new_name(name), value.decode("utf-8", "surrogateescape"))
-                for name, value in fields[: self.max_headers]
-            ]
-        super().refuse_and_close(problem)
 
     # --- httptools callbacks ---------------------------------------------------------------
 
@@ -310,21 +255,9 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         return b"%032x" % getrandbits(128)
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
-        if parser is self._fast:
-            # The read is this whole head, accepted by llhttp: its target and fields read
-            # from it at once (``heads``), decoded as ``on_header`` decodes them.
-            head: Any = self._head  # set with this parser (not ``typing.cast``: a call)
-            url, fields = request_head(head)
-            if len(fields) > self.max_headers:
-                raise Unreadable(HEAD_TOO_LARGE)
-            self._url = url
-            self._pairs = [
-                (name_of(name) or new_name(name), value.decode("utf-8", "surrogateescape"))
-                for name, value in fields
-            ]
         self._in_head = False  # ``head_done``: the head's deadline is met
         self.deadline = None
+        parser = self.parser
         headers = CIMultiDictProxy(CIMultiDict(self._pairs))
         length_text = headers.get(hdrs.CONTENT_LENGTH)
         length = int(length_text) if length_text is not None else None

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, cast
 import httptools
 from multidict import CIMultiDict, istr
 
-from urr_gateway.heads import response_head
 from urr_gateway.upstream.errors import UpstreamProtocolError, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -193,11 +192,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.answered = False
         self._parser = httptools.HttpResponseParser(self)
         self._response: UpstreamResponse | None = None
-        #: The reads of the current answer until its head is parsed (its fields are read from
-        #: them then, ``heads``: the parser makes no call per field), and where in them the
-        #: head being parsed begins (past an interim answer's).
-        self._head_reads: list[bytes] = []
-        self._head_at = 0
+        self._header_pairs: list[tuple[bytes, bytes]] = []
+        self._reason = b""
         self._head_request = False
         self._sending = False
         self._reusable = False
@@ -224,8 +220,8 @@ class UpstreamConnection(asyncio.Protocol):
             # fresh parser, completed at its headers, and the request after it another one.
             self._parser = httptools.HttpResponseParser(self)
         self._head_request = head_request
-        self._head_reads = []
-        self._head_at = 0
+        self._header_pairs = []
+        self._reason = b""
         self.answered = False
         self._reusable = False
         self._on_done = on_done
@@ -308,8 +304,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection cannot be trusted
             return
         self.answered = True
-        if not response.headers_done:
-            self._head_reads.append(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -330,20 +324,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks -----------------------------------------------------------------
 
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_pairs.append((name, value))
+
     def on_headers_complete(self) -> None:
         response = self._response
         if response is None:
             return
-        reads = self._head_reads
-        if len(reads) == 1:
-            data = reads[0]
-        else:  # a head in several reads (or an interim answer's successor): kept as one
-            data = b"".join(reads)
-            self._head_reads = [data]
-        reason, fields, end = response_head(data, self._head_at)
         status = self._parser.get_status_code()
         if status < 200:
-            self._head_at = end  # an interim answer (103): wait for the real one
+            self._header_pairs = []  # an interim answer (103): wait for the real one
+            self._reason = b""
             return
         # Decoded in one comprehension and built by the multidict's C constructor; the
         # length found by one lookup after: no per-header branch in Python.
@@ -351,14 +345,13 @@ class UpstreamConnection(asyncio.Protocol):
         headers: CIMultiDict[str] = CIMultiDict(
             [
                 (name_of(name) or _name(name), value.decode("utf-8", "surrogateescape"))
-                for name, value in fields
+                for name, value in self._header_pairs
             ]
         )
         length_text = headers.get(_CONTENT_LENGTH)
         length = int(length_text) if length_text is not None and length_text.isdigit() else None
         response.status = status
-        response.reason = reason.decode("latin-1")
-        self._head_reads = []
+        response.reason = self._reason.decode("latin-1")
         response.headers = headers
         response.content_length = length
         response.headers_done = True
