@@ -4,23 +4,22 @@ Installed in the bench's server process only (wrappers around the listener's and
 pipe's methods; nothing in the package changes), it timestamps each request's stages with
 ``perf_counter``:
 
-* ``parse``    the read that completed the request -> its task created (httptools, the
-               caller's credential, the head checks);
-* ``queue``    task created -> task first runs (the event loop's queue: everything else
-               due in that pass runs first);
-* ``decide``   task runs -> answer bytes ready (JSON, the limiter, the Redis round trip;
-               which the next two lines split);
-* ``to redis`` decision asked -> its batch written to the Redis socket (the pipeline's wait
-               for the end of the pass, or the window);
+* ``parse``    the read that completed the request -> its decision asked (httptools, the
+               caller's credential, the head checks, the JSON and the field checks);
+* ``to redis`` decision queued -> its batch written to the Redis socket (the pipeline's wait
+               for the end of the pass, or the gathering window);
 * ``redis``    batch written -> its reply read (Redis's work, the loopback, and how long the
                loop took to come back to the socket);
-* ``reply->answer``  reply read -> the resumed task's step over (the loop's pass back to it,
-               the answer's JSON and its write to the client);
-* ``whole``    read -> answer written.
+* ``reply->answer``  reply read -> the answer written to the client (the decision's steps run
+               in place in the read of the reply: the limiter's, the check API's, the answer's
+               bytes and its write);
+* ``whole``    read -> answer written (answers decided without Redis too: the deny cache).
 
 plus every garbage collection's pause (``gc.callbacks``) and how late a 1 ms ticker ran
 (the loop's longest passes). The stamps cost ~1 µs each; the ticker ~1,000 wake-ups a second,
-so compare probed runs with probed runs.
+so compare probed runs with probed runs. Decisions are matched to batches in the order they
+were queued (the pipeline writes them in that order), so the split stages assume one Redis
+node and no refusal from the deny cache in between (those answers count in ``whole`` only).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import asyncio
 import gc
 import time
 from collections import deque
+from contextvars import Context
 from typing import Any
 
 _clock = time.perf_counter
@@ -38,7 +38,7 @@ class Probe:
     def __init__(self) -> None:
         self.stages: dict[str, list[float]] = {
             name: []
-            for name in ("parse", "queue", "decide", "to redis", "redis", "reply->answer", "whole")
+            for name in ("parse", "to redis", "redis", "reply->answer", "whole")
         }
         self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
         self.ticker_late: list[float] = []
@@ -46,6 +46,10 @@ class Probe:
         self._gc_started = 0.0
         self._tick_due = 0.0
         self._recording = False
+        #: Set while a Redis reply is read (``reply->answer``'s start).
+        self._reply_at = 0.0
+        #: The listener's last read time (shared with ``_wrap_listener``).
+        self._read_at: list[float] | None = None
 
     # --- installation ----------------------------------------------------------------------
 
@@ -63,6 +67,9 @@ class Probe:
         probe = self
         stages = self.stages
         read_at: list[float] = [0.0]
+        probe._read_at = read_at
+        #: When each request in progress was read, by its answer slot.
+        began: dict[int, float] = {}
 
         original_received = http1.Http1Connection.data_received
 
@@ -72,25 +79,38 @@ class Probe:
 
         http1.Http1Connection.data_received = data_received  # type: ignore[method-assign]
 
-        original_answer = checkserver._Connection._answer
+        original_soon = checkserver._Connection._answer_soon
 
-        def answer(self: Any, slot: Any, body: bytes, request_id: bytes) -> Any:
-            created = _clock()
-            began = read_at[0]
+        def answer_soon(
+            self: checkserver._Connection,
+            answer: http1.Answer,
+            body: bytes,
+            request_id: bytes,
+            context: Context,
+        ) -> None:
+            began[id(answer)] = read_at[0]
+            original_soon(self, answer, body, request_id, context)
 
-            async def timed() -> None:
-                ran = _clock()
-                await original_answer(self, slot, body, request_id)
-                done = _clock()
-                if probe._recording:
-                    stages["parse"].append(created - began)
-                    stages["queue"].append(ran - created)
-                    stages["decide"].append(done - ran)
-                    stages["whole"].append(done - began)
+        checkserver._Connection._answer_soon = answer_soon  # type: ignore[method-assign]
 
-            return timed()
+        original_answered = checkserver._Connection._answered
 
-        checkserver._Connection._answer = answer  # type: ignore[method-assign,assignment]
+        def answered(
+            self: checkserver._Connection,
+            answer: http1.Answer,
+            request_id: bytes,
+            data: bytes | None,
+            error: BaseException | None,
+        ) -> None:
+            original_answered(self, answer, request_id, data, error)
+            done = _clock()
+            first = began.pop(id(answer), None)
+            if probe._recording and first is not None:
+                stages["whole"].append(done - first)
+                if probe._reply_at:
+                    stages["reply->answer"].append(done - probe._reply_at)
+
+        checkserver._Connection._answered = answered  # type: ignore[method-assign]
 
     def _wrap_pipeline(self) -> None:
         from urr_gateway.ratelimit import pipeline, resp
@@ -98,16 +118,26 @@ class Probe:
         probe = self
         stages = self.stages
 
-        # The pipeline: when each command was asked for, when its batch was written, when
-        # its reply was read, when its caller resumed.
+        # The pipeline: when each command was queued, when its batch was written, when its
+        # reply was read (in queue order: replies come in the order the commands went).
         asked: deque[float] = deque()
-        original_submit = pipeline._Node.submit
+        original_put = pipeline._Node.put
 
-        def submit(self: Any, command: bytes, **kwargs: Any) -> Any:
-            asked.append(_clock())
-            return original_submit(self, command, **kwargs)
+        def put(
+            self: pipeline._Node,
+            command: bytes,
+            waiter: resp.Waiter,
+            load_script: bool | bytes = False,
+            timed: bool = False,
+            window_s: float | None = None,
+        ) -> None:
+            now = _clock()
+            asked.append(now)
+            if probe._recording and probe._read_at is not None:
+                stages["parse"].append(now - probe._read_at[0])
+            original_put(self, command, waiter, load_script, timed, window_s)
 
-        pipeline._Node.submit = submit  # type: ignore[method-assign]
+        pipeline._Node.put = put  # type: ignore[method-assign]
 
         in_flight: deque[tuple[float, float]] = deque()  # (asked, written) per command
         original_send = resp.RespPipe.send
@@ -119,35 +149,31 @@ class Probe:
             for _ in range(commands):
                 first = asked.popleft() if asked else written
                 in_flight.append((first, written))
-            for waiter in waiters:
-                if waiter is not None:
-                    waiter.add_done_callback(_resumed_marker)
             original_send(self, payload, waiters)
 
         resp.RespPipe.send = send  # type: ignore[method-assign]
 
-        replied: deque[float] = deque()
         original_reply = resp.RespPipe.data_received
 
         def reply(self: Any, data: bytes) -> None:
             at = _clock()
             before = self.waiting
-            original_reply(self, data)
+            # Answers written inside this read (the decisions' steps run in place) are
+            # timed from it.
+            probe._reply_at = at
+            try:
+                original_reply(self, data)
+            finally:
+                probe._reply_at = 0.0
             for _ in range(before - self.waiting):
                 if not in_flight:
                     break
                 first, written = in_flight.popleft()
-                replied.append(at)
-                stages["to redis"].append(written - first)
-                stages["redis"].append(at - written)
+                if probe._recording:
+                    stages["to redis"].append(written - first)
+                    stages["redis"].append(at - written)
 
         resp.RespPipe.data_received = reply  # type: ignore[method-assign]
-
-        def _resumed_marker(future: Any) -> None:
-            # Added after the caller's own wake-up, so it runs once the caller's step (the
-            # answer built and written) is over.
-            if replied:
-                stages["reply->answer"].append(_clock() - replied.popleft())
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":

@@ -409,6 +409,52 @@ async def test_head_and_expect_continue(listener: Listener) -> None:
     writer.close()
 
 
+async def test_each_pipelined_request_is_answered_by_its_own_method(listener: Listener) -> None:
+    """The listener keeps the method it read in the head for the answer (one parser call
+    fewer): pipelined in one write, a HEAD after a POST and a POST after a HEAD (and after an
+    upgrade refusal's method) are each answered as their own method asks, with or without
+    a body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    try:
+        writer.write(request() + request(method=b"HEAD", body=b"") + request())
+        first = await read_answer(reader)
+        assert first.status == 200
+        head = await read_answer(reader, head_only=True)
+        assert head.status == 405
+        assert int(head.headers["content-length"]) > 0  # the length of the body not sent
+        last = await read_answer(reader)  # right after the HEAD's head: no body in between
+        assert (last.status, last.json()["remaining"]) == (200, 18)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        (CHECK_PATH.encode(), 200),
+        (CHECK_PATH.encode() + b"?trace=1", 200),
+        (CHECK_PATH.encode() + b"?", 200),
+        (CHECK_PATH.encode() + b"/", 404),
+        (CHECK_PATH.encode()[:-1], 404),
+        (CHECK_PATH.upper().encode(), 404),
+        (b"/health/live", 404),
+    ],
+)
+async def test_the_path_is_compared_as_sent_with_and_without_a_query(
+    listener: Listener, redis: Redis, path: bytes, status: int
+) -> None:
+    """The check path sent plainly is compared as bytes (no split, no decoding), every other
+    one as before: the query is not part of the path, nothing else is. The credential is
+    asked for every path but ``/health/*`` (the aiohttp app's one exemption)."""
+    (answer,) = await exchange(listener.port, request(path=path))
+    assert answer.status == status, answer
+    (unproven,) = await exchange(listener.port, request(path=path, auth=b""))
+    if path.startswith(b"/health/"):
+        assert_problem(unproven, 404, "not_found")
+    else:
+        assert_problem(unproven, 401, "service_credential_required")
+
+
 async def test_closing_lets_answers_owed_be_written(redis: Redis) -> None:
     limiter = SlidingWindowLimiter(redis, RateLimitSettings(budget_ms=500))
     server = CheckServer(CheckService(limiter, CollectorRegistry()))
