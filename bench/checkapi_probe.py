@@ -37,8 +37,7 @@ _clock = time.perf_counter
 class Probe:
     def __init__(self) -> None:
         self.stages: dict[str, list[float]] = {
-            name: []
-            for name in ("parse", "to redis", "redis", "reply->answer", "whole")
+            name: [] for name in ("parse", "to redis", "redis", "reply->answer", "whole")
         }
         self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
         self.ticker_late: list[float] = []

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from urr_devstack.procs import RedisServer
+from urr_gateway import checkserver
 from urr_gateway.checkapi import CHECK_PATH, CheckService
 from urr_gateway.checkserver import MAX_HEAD_BYTES, CheckServer
 from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter, window_key
@@ -596,3 +597,228 @@ async def test_an_unexpected_limiter_error_is_a_logged_500_and_the_connection_se
     writer.write(request(orjson.dumps({"key": "k-500b", "category": "auth"})))
     assert (await read_answer(reader)).status == 200
     writer.close()
+
+
+# --- plain checks' heads taken without the parser (``CheckServer.heads``) --------------------
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the requests the parser began (httptools binds the callbacks when a connection
+    is made, so this counts on connections opened after the fixture)."""
+    began = [0]
+    original = checkserver._Connection.on_message_begin
+
+    def counted(self: checkserver._Connection) -> None:
+        began[0] += 1
+        original(self)
+
+    monkeypatch.setattr(checkserver._Connection, "on_message_begin", counted)
+    return began
+
+
+def check(key: str, cost: int = 1) -> bytes:
+    return request(orjson.dumps({"key": key, "category": "auth", "cost": cost}))
+
+
+async def test_a_plain_checks_head_is_read_once_and_then_taken_without_the_parser(
+    listener: Listener, redis: Redis, parsed: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    try:
+        writer.write(check("k-1"))
+        assert (await read_answer(reader)).json()["remaining"] == 19
+        head, _, body = check("k-1").partition(b"\r\n\r\n")
+        assert listener.server.heads == {head + b"\r\n\r\n": (len(body), AUTH[15:-2])}
+        assert parsed[0] == 1
+        for remaining in range(18, 13, -1):
+            writer.write(check("k-1"))
+            answer = await read_answer(reader)
+            assert (answer.status, answer.json()["remaining"]) == (200, remaining)
+            assert len(answer.headers["x-request-id"]) == 32
+        # Another body of the same length under the same head: its own key.
+        writer.write(check("k-2"))
+        assert (await read_answer(reader)).json()["remaining"] == 19
+        # Pipelined in one write, and split anywhere over several: each answered, in order.
+        writer.write(check("k-1") * 3)
+        assert [(await read_answer(reader)).json()["remaining"] for _ in range(3)] == [13, 12, 11]
+        raw = check("k-1") * 2
+        for cut in (5, len(raw) // 2 - 3, len(raw) // 2 + 7):
+            writer.write(raw[:cut])
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(raw[cut:])
+            assert [(await read_answer(reader)).status for _ in range(2)] == [200, 200]
+        assert parsed[0] <= 1 + 2 * 3  # only the split reads went to the parser
+    finally:
+        writer.close()
+    assert await redis.zcard(window_key(check_api_subject("k-1"), "auth", 60)) == 15
+
+
+async def test_a_known_head_on_a_connection_that_proved_nothing_goes_through_the_check(
+    redis: Redis, parsed: list[int]
+) -> None:
+    """The heads are the listener's, the credential each connection's: a head learnt on one
+    connection is taken on trust only by a connection that proved its credential itself, so
+    another caller's head (another valid secret) or a forged one is checked by the parser's
+    path, and a refused head is never learnt."""
+    other = "checkserver-other-secret-0123456789"
+    limiter = SlidingWindowLimiter(redis, RateLimitSettings(budget_ms=500))
+    service = CheckService(
+        limiter,
+        CollectorRegistry(),
+        callers={"checker": SecretStr(SECRET), "other": SecretStr(other)},
+    )
+    server = CheckServer(service)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        assert (await exchange(port, check("k-a")))[0].status == 200
+        assert len(server.heads) == 1
+        # A fresh connection with the same bytes: parsed and checked, then taken on trust.
+        began = parsed[0]
+        answers = await exchange(port, check("k-a"))
+        assert answers[0].status == 200 and parsed[0] == began + 1
+        # The other caller's head on a connection that proved the first: checked again.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        other_auth = f"Authorization: Bearer {other}\r\n".encode()
+        other_check = request(orjson.dumps({"key": "k-a", "category": "auth"}), auth=other_auth)
+        writer.write(check("k-a"))
+        assert (await read_answer(reader)).status == 200
+        assert (await exchange(port, other_check))[0].status == 200
+        assert len(server.heads) == 2
+        began = parsed[0]
+        writer.write(other_check)
+        assert (await read_answer(reader)).status == 200
+        assert parsed[0] == began + 1  # the other head, not proven here: parsed
+        # Forged: refused, decides nothing, and never learnt.
+        forged = request(
+            orjson.dumps({"key": "k-a", "category": "auth"}),
+            auth=b"Authorization: Bearer " + SECRET.encode()[:-1] + b"X\r\n",
+        )
+        for _ in range(3):
+            writer.write(forged)
+            assert_problem(await read_answer(reader), 401, "service_credential_required")
+        assert len(server.heads) == 2
+        writer.close()
+        assert await redis.zcard(window_key(check_api_subject("k-a"), "auth", 60)) == 5
+    finally:
+        await server.close(1.0)
+        await limiter.aclose()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        request(BODY, extra=b"Expect: 100-continue\r\n"),
+        request(BODY, extra=b"Connection: close\r\n"),
+        request(BODY, extra=b"X-Request-Id: mine\r\n"),
+        request(BODY, path=CHECK_PATH.encode() + b"?q=1"),
+        request(BODY, version=b"HTTP/1.0"),
+        request(BODY) + b"\r\n",
+        request(BODY) * 2,
+        b"\r\n" + request(BODY),
+        request(BODY, auth=b""),
+        (
+            b"POST " + CHECK_PATH.encode() + b" HTTP/1.1\r\n" + AUTH
+            + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n"
+        ),
+        request(BODY, extra=b"X-Pad: " + b"p" * 1100 + b"\r\n"),
+    ],
+)  # fmt: skip
+async def test_heads_that_are_not_a_plain_check_alone_are_never_learnt(
+    listener: Listener, raw: bytes
+) -> None:
+    answers = await exchange(listener.port, raw, answers=raw.count(b"POST "))
+    assert all(a.status < 500 for a in answers)
+    assert listener.server.heads == {}
+
+
+async def test_a_known_head_then_anything_leaves_the_rest_to_the_parser(
+    listener: Listener, redis: Redis
+) -> None:
+    assert (await exchange(listener.port, check("k-r")))[0].status == 200
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    try:
+        writer.write(check("k-r"))
+        assert (await read_answer(reader)).status == 200
+        # A known head, a refusal, a known head, then bytes that are no HTTP.
+        writer.write(check("k-r") + check("k-r", 99) + check("k-r") + b"NOT HTTP\r\n\r\n")
+        assert [(await read_answer(reader)).status for _ in range(4)] == [200, 422, 200, 400]
+        assert await closed(reader)
+    finally:
+        writer.close()
+    assert await redis.zcard(window_key(check_api_subject("k-r"), "auth", 60)) == 4
+
+
+async def test_the_known_heads_are_bounded(listener: Listener) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    try:
+        for index in range(checkserver.MAX_PLAIN_HEADS + 10):
+            writer.write(request(BODY, extra=b"X-N: %d\r\n" % index))
+            assert (await read_answer(reader)).status == 200
+            assert 1 <= len(listener.server.heads) <= checkserver.MAX_PLAIN_HEADS
+    finally:
+        writer.close()
+
+
+#: Requests a caller may send on one connection: plain checks (learnt, then taken without the
+#: parser) between refusals and oddities the parser must see.
+stream_parts = st.sampled_from(
+    [
+        check("f-1"), check("f-1"), check("f-2"), check("f-22"), check("f-1", 2),
+        request(BODY, extra=b"X-Request-Id: r-1\r\n"), request(b"{"), request(b'{"key":1}'),
+        request(BODY, path=b"/nope"), request(BODY, method=b"PUT"), request(BODY, auth=b""),
+        request(BODY, extra=b"Expect: 100-continue\r\n"), b"\r\n",
+    ]
+)  # fmt: skip
+
+
+async def _answers_to(port: int, chunks: list[bytes], count: int) -> list[tuple[int, object]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        out: list[tuple[int, object]] = []
+        for _ in range(count):
+            answer = await read_answer(reader)
+            if answer.status == 100:
+                answer = await read_answer(reader)
+            body = answer.json()
+            body.pop("reset_ms", None)
+            body.pop("instance", None)
+            out.append((answer.status, body))
+        return out
+    finally:
+        writer.close()
+
+
+@FUZZ
+@given(parts=st.lists(stream_parts, min_size=1, max_size=10), cuts=st.lists(st.integers(0, 2000)))
+async def test_fuzzed_streams_are_answered_alike_with_and_without_known_heads(
+    listener: Listener,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    parts: list[bytes],
+    cuts: list[int],
+) -> None:
+    """The same bytes, cut into reads anywhere, answered by the parser alone and with the
+    heads learnt: the same statuses and bodies in the same order, the same decisions."""
+    raw = b"".join(parts)
+    count = sum(part.count(b"POST ") + part.count(b"PUT ") for part in parts)
+    bounds = sorted({0, len(raw), *(cut for cut in cuts if cut < len(raw))})
+    chunks = [raw[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    await redis.flushall()
+    with monkeypatch.context() as patched:
+        patched.setattr(checkserver._Connection, "_remember", lambda self, data: None)
+        listener.server.heads.clear()
+        alone = await _answers_to(listener.port, chunks, count)
+    await redis.flushall()
+    # Learnt first (a connection of its own), then the same stream.
+    await _answers_to(listener.port, [check("f-1"), check("f-2"), check("f-22")], 3)
+    await redis.flushall()
+    assert listener.server.heads
+    learnt = await _answers_to(listener.port, chunks, count)
+    assert learnt == alone

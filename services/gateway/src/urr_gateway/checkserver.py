@@ -67,6 +67,10 @@ _LOG = get_logger(__name__)
 MAX_DISCARD_BYTES = 64 * 1024
 #: Unanswered requests per connection before it stops being read.
 MAX_PIPELINED = 64
+#: The plain checks' heads a listener remembers (``_Connection.data_received``), and the
+#: longest remembered.
+MAX_PLAIN_HEADS = 256
+MAX_PLAIN_HEAD_BYTES = 1024
 
 _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: "
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -78,7 +82,17 @@ _BODY_TOO_LARGE = PayloadTooLarge(
 
 
 class _Connection(Http1Connection["CheckServer"]):
-    __slots__ = ("_body", "_body_len", "_headers", "_method", "_proven", "_refusal", "_tasks")
+    __slots__ = (
+        "_body",
+        "_body_len",
+        "_completed",
+        "_headers",
+        "_method",
+        "_plain_length",
+        "_proven",
+        "_refusal",
+        "_tasks",
+    )
 
     def __init__(self, server: CheckServer) -> None:
         super().__init__(server)
@@ -92,6 +106,76 @@ class _Connection(Http1Connection["CheckServer"]):
         self._refusal: ProblemError | None = None
         #: The ``Authorization`` value a request on this connection proved a caller with.
         self._proven: bytes | None = None
+        #: Requests completed by the parser in the current read, and the body length of the
+        #: first when it was a plain check (``_remember``), else -1.
+        self._completed = 0
+        self._plain_length = -1
+
+    # --- the plain checks' heads, read once -------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Requests whose head is byte for byte one the parser read before as a plain check
+        (``CheckServer.heads``), on a connection that proved that head's credential itself,
+        are taken without the parser: the body is the ``Content-Length`` bytes after the
+        head. Anything else (an unknown head, a body not all there, a message in progress)
+        goes to the parser as before, and a read that was exactly one plain check teaches
+        its head. The same bytes make the same request for llhttp from the start of a
+        message, so nothing is accepted that the parser would not accept."""
+        heads = self.server.heads
+        while heads and not self._in_message and not self._stopped:
+            end = data.find(b"\r\n\r\n", 0, MAX_PLAIN_HEAD_BYTES) + 4
+            if end == 3:
+                break
+            plain = heads.get(data[:end])
+            # A connection proves a credential through the parser's path before it is taken
+            # on trust here (the same rule as ``_refusal_before_body``'s).
+            if plain is None or plain[1] != self._proven:
+                break
+            stop = end + plain[0]
+            if len(data) < stop:
+                break
+            # ``on_message_begin`` and ``on_message_complete`` for a head already judged: a
+            # plain check (POST to the check path, its credential proven, keep-alive, no
+            # ``Expect``, no client request id, ``Content-Length`` framing).
+            self.deadline = None
+            answer = Answer()
+            self._answers.append(answer)
+            self._inbound_id = None
+            request_id = self.request_id()
+            context = copy_context()
+            context.run(self._answer_soon, answer, data[end:stop], request_id, context)
+            if len(self._answers) >= MAX_PIPELINED:
+                self.pause_reading()
+            if len(data) == stop:
+                return
+            data = data[stop:]
+        if (
+            self._in_message
+            or self._stopped
+            or len(data) > MAX_PLAIN_HEAD_BYTES + MAX_BODY_BYTES
+            or data[:1] in (b"\r", b"\n")  # (llhttp skips empty lines before a request)
+        ):
+            super().data_received(data)
+            return
+        # The parser starts a message at the first byte: see whether the read was exactly one
+        # plain check.
+        self._completed = 0
+        self._plain_length = -1
+        super().data_received(data)
+        if self._completed == 1 and self._plain_length >= 0 and not self._in_message:
+            self._remember(data)
+
+    def _remember(self, data: bytes) -> None:
+        """``data`` was one whole plain check, no more (the parser read one message from its
+        first byte to its last): its head, the bytes up to the first empty line, is known
+        from now on. The head's end is where the parser's was only if the head and the body
+        the parser read make up the read exactly, which is checked."""
+        end = data.find(b"\r\n\r\n") + 4
+        if 4 <= end <= MAX_PLAIN_HEAD_BYTES and end + self._plain_length == len(data):
+            heads = self.server.heads
+            if len(heads) >= MAX_PLAIN_HEADS:
+                heads.clear()  # a caller whose heads keep changing: the busy ones come back
+            heads[data[:end]] = (self._plain_length, self._proven)
 
     # Tasks left running when the connection is lost are left to finish (a decision sent to
     # Redis counts either way); their answers are dropped.
@@ -160,6 +244,7 @@ class _Connection(Http1Connection["CheckServer"]):
     def on_message_complete(self) -> None:
         self._in_message = False
         self.deadline = None
+        self._completed += 1
         # ``begin_answer`` inlined: a slot in the answer order for the request just read.
         answer = Answer()
         if not self.parser.should_keep_alive():
@@ -176,6 +261,16 @@ class _Connection(Http1Connection["CheckServer"]):
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             # In a context of its own, as a task would run it: the request id is this
             # request's log context, not the connection's.
+            if (
+                self._completed == 1
+                and not answer.close
+                and self._inbound_id is None
+                and self._url == _CHECK_PATH_BYTES
+                and b"content-length" in self._headers
+                and b"expect" not in self._headers
+            ):
+                # A plain check (``data_received`` may remember its head).
+                self._plain_length = self._body_len
             context = copy_context()
             context.run(self._answer_soon, answer, body, request_id, context)
             if len(self._answers) >= MAX_PIPELINED:
@@ -314,6 +409,9 @@ class CheckServer(Http1Server):
         """``timeouts``: ``request_timeout_s``, ``keepalive_timeout_s`` (``Http1Server``)."""
         super().__init__(**timeouts)
         self.service = service
+        #: The heads of plain checks read by the parser (its exact bytes: the body's length
+        #: and the ``Authorization`` value it carries): ``_Connection.data_received``.
+        self.heads: dict[bytes, tuple[int, bytes | None]] = {}
 
     def connection(self) -> asyncio.Protocol:
         return _Connection(self)
