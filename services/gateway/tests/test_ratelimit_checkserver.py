@@ -5,6 +5,7 @@ Every refusal is a 4xx problem+json and leaves Redis untouched."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -677,7 +678,8 @@ async def test_a_known_head_on_a_connection_that_proved_nothing_goes_through_the
         # A fresh connection with the same bytes: parsed and checked, then taken on trust.
         began = parsed[0]
         answers = await exchange(port, check("k-a"))
-        assert answers[0].status == 200 and parsed[0] == began + 1
+        assert answers[0].status == 200
+        assert parsed[0] == began + 1
         # The other caller's head on a connection that proved the first: checked again.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         other_auth = f"Authorization: Bearer {other}\r\n".encode()
@@ -809,7 +811,7 @@ async def test_fuzzed_streams_are_answered_alike_with_and_without_known_heads(
     raw = b"".join(parts)
     count = sum(part.count(b"POST ") + part.count(b"PUT ") for part in parts)
     bounds = sorted({0, len(raw), *(cut for cut in cuts if cut < len(raw))})
-    chunks = [raw[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [raw[a:b] for a, b in itertools.pairwise(bounds)]
     await redis.flushall()
     with monkeypatch.context() as patched:
         patched.setattr(checkserver._Connection, "_remember", lambda self, data: None)
