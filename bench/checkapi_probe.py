@@ -70,13 +70,14 @@ class Probe:
         #: When each request in progress was read, by its answer slot.
         began: dict[int, float] = {}
 
-        original_received = http1.Http1Connection.data_received
+        # The listener's own (plain checks' heads) in front of the shared layer's.
+        original_received = checkserver._Connection.data_received
 
-        def data_received(self: Any, data: bytes) -> None:
+        def data_received(self: checkserver._Connection, data: bytes) -> None:
             read_at[0] = _clock()
             original_received(self, data)
 
-        http1.Http1Connection.data_received = data_received  # type: ignore[method-assign]
+        checkserver._Connection.data_received = data_received  # type: ignore[method-assign]
 
         original_soon = checkserver._Connection._answer_soon
 
