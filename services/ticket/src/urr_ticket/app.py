@@ -74,7 +74,9 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
             _LOG.info("migrations_applied", names=applied)
         app[STORE_KEY] = BookingStore(pool)
         app[LOCKS_KEY] = SeatLocks(redis)
-        commands = CommandQueue(aws["sqs"], settings.sqs.queue_name)
+        commands = CommandQueue(
+            aws["sqs"], settings.sqs.queue_name, batch_window_s=settings.sqs.send_batch_window_s
+        )
         app[COMMANDS_KEY] = commands
 
         async def check_postgres() -> None:
@@ -90,3 +92,4 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         readiness.add_check("redis", check_redis)
         readiness.add_check("sqs", check_sqs)
         yield
+        await commands.drain()
