@@ -8,10 +8,13 @@ the owners' status reads. This bench serves two ticket processes (``python -m ur
 production settings but for the test identity key): one from ``--before`` (its
 ``services/ticket/src`` extracted with ``git archive`` and put first on ``PYTHONPATH``; the
 libraries are today's) and one from this tree, on the same real PostgreSQL (a database of
-its own on ``--postgres``), Redis (``--redis``) and one private moto SQS server. Each round
+its own on ``--postgres``) and Redis (``--redis``), each with a private moto SQS server run
+by its own tree's ``urr_devstack.moto_server`` (``tools/devstack/src`` of ``--before`` too),
+so the figures are the whole change's, the local stand-in's included. Each round
 runs, for each process in turn (the first alternating), ``--users`` fresh users released
 together: every user holds a seat, then (all at once again) reserves it, then reads it at
-``/api/v1/events/{id}/reservations/{rid}``. The gateway's signed assertions are minted
+``/api/v1/events/{id}/reservations/{rid}``. No worker runs: the queue is emptied before
+each burst (outside the clock), as the stack's worker keeps it short. The gateway's signed assertions are minted
 before the burst, so the client spends its CPU before the clock starts. Prints P50/P95/P99
 per route and variant over all rounds, and the CPU (user + system, ``/proc/<pid>/stat``) the
 ticket process and moto spent per request of each phase, with the load average.
@@ -33,17 +36,18 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import aiohttp
 import asyncpg
 
 from urr_common.identity import ASSERTION_HEADER
 from urr_common.identity_testing import identity_env, mint
-from urr_devstack.procs import free_port, moto_server
+from urr_devstack.procs import ServerProcess, free_port
 from urr_ticket.app import AUDIENCE
 from urr_ticket.seed import DemoEvent, seed_catalog
 from urr_ticket_worker.schema import migrate
-from urr_ticket_worker.testing import create_queues
+from urr_ticket_worker.testing import create_queues, sqs_client
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -62,15 +66,24 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def ticket_source(revision: str, into: Path) -> Path:
+def tree_source(revision: str, into: Path) -> Path:
+    """``revision``'s ticket service and devstack (its moto launcher) extracted into ``into``."""
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", revision, "services/ticket/src"],
+        ["git", "-C", str(REPO), "archive", revision, "services/ticket/src", "tools/devstack/src"],
         capture_output=True,
         check=True,
     )
     into.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into / "services" / "ticket" / "src"
+    return into
+
+
+class Variant(NamedTuple):
+    port: int
+    #: The ticket process and its moto server.
+    pids: tuple[int, int]
+    endpoint: str
+    queue_url: str
 
 
 async def wait_ready(session: aiohttp.ClientSession, port: int, timeout_s: float = 60) -> None:
@@ -135,6 +148,28 @@ async def burst(
     return list(results)
 
 
+async def empty(endpoint: str, url: str) -> None:
+    """Receive and delete until the queue is empty (PurgeQueue: once a minute)."""
+    async with sqs_client(endpoint) as sqs:
+        await empty_with(sqs, url)
+
+
+async def empty_with(sqs: Any, url: str) -> None:
+    while True:
+        response = await sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            return
+        await sqs.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
+
+
 async def round_of(
     session: aiohttp.ClientSession,
     port: int,
@@ -163,21 +198,31 @@ async def round_of(
     await burst(session, base, reads, phases["status"], pids)
 
 
-def start_profiles(
-    into: str, variants: dict[str, tuple[int, tuple[int, int]]], moto_pid: int
-) -> list[subprocess.Popen[bytes]]:
-    """py-spy (raw stacks) on this tree's ticket process and on moto, when asked."""
+def start_profiles(into: str, variants: dict[str, Variant]) -> list[subprocess.Popen[bytes]]:
+    """py-spy (raw stacks) on both ticket processes and their moto servers, when asked."""
     if not into:
         return []
     Path(into).mkdir(parents=True, exist_ok=True)
-    targets = {"moto": moto_pid}
-    for label, (_, (pid, _)) in variants.items():
-        targets["ticket-before" if label.startswith("before") else "ticket-after"] = pid
+    targets = {}
+    for label, variant in variants.items():
+        name = "before" if label.startswith("before") else "after"
+        targets[f"ticket-{name}"], targets[f"moto-{name}"] = variant.pids
     spy = str(Path(sys.executable).parent / "py-spy")
     return [
         subprocess.Popen(
-            [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-             "--output", str(Path(into) / f"{name}.txt"), "--nonblocking"],
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--output",
+                str(Path(into) / f"{name}.txt"),
+                "--nonblocking",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -191,14 +236,9 @@ async def run(args: argparse.Namespace) -> None:
     admin = await asyncpg.connect(args.postgres + "/postgres")
     await admin.execute(f'CREATE DATABASE "{database}"')
     dsn = f"{args.postgres}/{database}"
-    moto = moto_server(free_port(), work / "moto.log")
-    moto.die_with_parent = True
-    moto.start()
     processes: list[subprocess.Popen[bytes]] = []
+    motos: list[ServerProcess] = []
     try:
-        endpoint = f"http://{moto.host}:{moto.port}"
-        moto_pid = moto.process.pid if moto.process is not None else 0
-        queues = await create_queues(endpoint, visibility_timeout_s=30)
         seats_needed = (args.users * args.rounds + WARM) * 2
         event = DemoEvent(
             event_id=f"burst-{uuid.uuid4().hex[:8]}",
@@ -216,22 +256,43 @@ async def run(args: argparse.Namespace) -> None:
             "URR_ENVIRONMENT": "test",
             "URR_POSTGRES__DSN": dsn,
             "URR_REDIS__URL": args.redis,
-            "URR_AWS__ENDPOINT_URL": endpoint,
             "URR_AWS__REGION": "us-east-1",
             "URR_AWS__ACCESS_KEY_ID": "test",
             "URR_AWS__SECRET_ACCESS_KEY": "test",
-            "URR_SQS__QUEUE_NAME": queues.name,
-            "URR_SQS__DLQ_NAME": queues.dlq_name,
             "URR_LOG__LEVEL": "WARNING",
             "URR_RESERVATION_IDS__KEY": "burst-bench-reservation-id-key-0123456789",
         }
-        variants: dict[str, tuple[int, tuple[int, int]]] = {}
-        before_src = ticket_source(args.before, work / "before")
+        variants: dict[str, Variant] = {}
+        before_src = tree_source(args.before, work / "before")
         for label, src in ((f"before ({args.before})", before_src), ("this tree", None)):
+            # Each its own moto, from the same tree (urr_devstack.moto_server), and queue.
+            extra = {} if src is None else {"PYTHONPATH": str(src / "tools/devstack/src")}
+            moto_port = free_port()
+            moto = ServerProcess(
+                "moto",
+                [sys.executable, "-m", "urr_devstack.moto_server", "-p", str(moto_port)],
+                moto_port,
+                work / f"moto-{moto_port}.log",
+                env=extra,
+                die_with_parent=True,
+            )
+            motos.append(moto)
+            moto.start()
+            endpoint = f"http://127.0.0.1:{moto_port}"
+            queues = await create_queues(endpoint, visibility_timeout_s=30)
             port = free_port()
-            child_env = {**env, "URR_HTTP__PORT": str(port), "URR_METRICS__PORT": str(free_port())}
+            child_env = {
+                **env,
+                "URR_HTTP__PORT": str(port),
+                "URR_METRICS__PORT": str(free_port()),
+                "URR_AWS__ENDPOINT_URL": endpoint,
+                "URR_SQS__QUEUE_NAME": queues.name,
+                "URR_SQS__DLQ_NAME": queues.dlq_name,
+            }
             if src is not None:
-                child_env["PYTHONPATH"] = str(src)
+                child_env["PYTHONPATH"] = str(src / "services/ticket/src")
+            else:
+                child_env.update(item.split("=", 1) for item in args.env)
             with (work / f"ticket-{port}.log").open("ab") as log:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "urr_ticket"],
@@ -241,27 +302,31 @@ async def run(args: argparse.Namespace) -> None:
                     cwd=REPO,
                 )
             processes.append(process)
-            variants[label] = (port, (process.pid, moto_pid))
+            moto_pid = moto.process.pid if moto.process is not None else 0
+            variants[label] = Variant(port, (process.pid, moto_pid), endpoint, queues.url)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for port, _ in variants.values():
-                await wait_ready(session, port)
+            for variant in variants.values():
+                await wait_ready(session, variant.port)
             # One warm-up burst each (imports, connection pools, the queue URL).
             seats = [seat for seat, *_ in event.seats()]
-            for label, (port, pids) in variants.items():
+            for label, (port, pids, _, _) in variants.items():
                 users = [f"warm-{uuid.uuid4().hex[:6]}-{i}" for i in range(WARM)]
                 mine = [seats.pop() for _ in users]
                 scratch = {route: Phase() for route in ROUTES}
                 await round_of(session, port, pids, event.event_id, users, mine, scratch)
             phases = {label: {route: Phase() for route in ROUTES} for label in variants}
-            spies = start_profiles(args.profile, variants, moto_pid)
+            spies = start_profiles(args.profile, variants)
             load = [os.getloadavg()[0]]
             order = list(variants)
             for number in range(args.rounds):
                 for label in order if number % 2 == 0 else reversed(order):
-                    port, pids = variants[label]
+                    port, pids, endpoint, queue_url = variants[label]
                     users = [f"u{number}-{uuid.uuid4().hex[:6]}-{i}" for i in range(args.users)]
                     mine = [seats.pop() for _ in users]
+                    # The stack's worker keeps the queue short; moto's cost per send grows
+                    # with the messages it holds, so each burst starts on an empty queue.
+                    await empty(endpoint, queue_url)
                     await round_of(session, port, pids, event.event_id, users, mine, phases[label])
                     await asyncio.sleep(args.pause)
                 load.append(os.getloadavg()[0])
@@ -294,7 +359,8 @@ async def run(args: argparse.Namespace) -> None:
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        moto.stop()
+        for moto in motos:
+            moto.stop()
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
         if not args.keep:
@@ -312,6 +378,9 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--profile", default="", help="py-spy the services into this folder")
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for this tree's ticket process"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the services' logs")
     asyncio.run(run(parser.parse_args()))
 
