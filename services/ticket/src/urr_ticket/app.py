@@ -65,7 +65,9 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     settings = app[TICKET_SETTINGS_KEY]
     readiness = app[READINESS_KEY]
     async with (
-        open_postgres(settings.postgres) as pool,
+        # Single statements only (no SET, LISTEN, session locks or cursors; the migration
+        # and the seed run in transactions): no reset round trip after each of them.
+        open_postgres(settings.postgres, reset_sessions=False) as pool,
         open_redis(settings.redis) as redis,
         open_aws_clients(settings.aws, "sqs") as aws,
     ):

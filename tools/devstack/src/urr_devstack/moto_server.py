@@ -19,10 +19,14 @@ issue 22 "the reservation route". Errors are still logged (werkzeug's WARNING an
   and the epoch) each time. Without an argument it is ``time.time()`` (in ms), which SQS's
   models now use; the counts and every answer are unchanged, only cheaper: issue 22
   "booking burst" in docs/performance.md.
+- ``camelcase_to_underscores``, a character loop run for every queue attribute at every one
+  of those reads (and for every request's action name): a pure function of a few dozen
+  distinct names, remembered once computed.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -47,9 +51,20 @@ def fast_sqs_clock() -> None:
     models.unix_time_millis = unix_time_millis
 
 
+def remembered_names() -> None:
+    """``camelcase_to_underscores`` of SQS's models and of the dispatcher, cached."""
+    from moto.core import responses
+    from moto.sqs import models
+
+    cached = functools.lru_cache(maxsize=1024)(models.camelcase_to_underscores)
+    models.camelcase_to_underscores = cached
+    responses.camelcase_to_underscores = cached
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     fast_sqs_clock()
+    remembered_names()
     modules = tuple(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: iter(modules)
     from moto.server import main as serve
