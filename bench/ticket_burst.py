@@ -2,22 +2,23 @@
 
 ``.venv/bin/python bench/ticket_burst.py --before main [--users 100] [--rounds 4]``
 
-Tier 2 admits up to 100 users at once and they hold a seat and reserve it within seconds,
-so the ticket service sees ~100 concurrent holds, then ~100 concurrent reservations, then
-the owners' status reads. This bench serves two ticket processes (``python -m urr_ticket``,
+Tier 2 admits up to 100 users at once and they hold a seat and reserve it within seconds, so
+the ticket service sees ~100 concurrent holds, then ~100 concurrent reservations, then the
+owners' status reads. This bench serves two ticket processes (``python -m urr_ticket``,
 production settings but for the test identity key): one from ``--before`` (its
 ``services/ticket/src`` extracted with ``git archive`` and put first on ``PYTHONPATH``; the
-libraries are today's) and one from this tree, on the same real PostgreSQL (a database of
-its own on ``--postgres``) and Redis (``--redis``), each with a private moto SQS server run
-by its own tree's ``urr_devstack.moto_server`` (``tools/devstack/src`` of ``--before`` too),
-so the figures are the whole change's, the local stand-in's included. Each round
-runs, for each process in turn (the first alternating), ``--users`` fresh users released
-together: every user holds a seat, then (all at once again) reserves it, then reads it at
-``/api/v1/events/{id}/reservations/{rid}``. No worker runs: the queue is emptied before
-each burst (outside the clock), as the stack's worker keeps it short. The gateway's signed assertions are minted
-before the burst, so the client spends its CPU before the clock starts. Prints P50/P95/P99
-per route and variant over all rounds, and the CPU (user + system, ``/proc/<pid>/stat``) the
-ticket process and moto spent per request of each phase, with the load average.
+libraries are this tree's, ``libs/common`` included) and one from this tree, on the same real
+PostgreSQL (a database of its own on ``--postgres``) and Redis (``--redis``), each with a
+private moto SQS server run by its own tree's ``urr_devstack.moto_server``
+(``tools/devstack/src`` of ``--before`` too), so the figures are the whole change's, the local
+stand-in's included. Each round runs, for each process in turn (the first alternating),
+``--users`` fresh users released together: every user holds a seat, then (all at once again)
+reserves it, then reads it at ``/api/v1/events/{id}/reservations/{rid}``. No worker runs: the
+queue is emptied before each burst (outside the clock), as the stack's worker keeps it short.
+The gateway's signed assertions are minted before the burst, so the client spends its CPU
+before the clock starts. Prints P50/P95/P99 per route and variant over all rounds, and the CPU
+(user + system, ``/proc/<pid>/stat``) the ticket process and its moto spent per request of each
+phase, with the load average. ``--profile DIR`` also records py-spy stacks of all four.
 """
 
 # ruff: noqa: S603, S607 - a benchmark script running git and the services from PATH
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -117,7 +119,7 @@ class Phase:
 async def burst(
     session: aiohttp.ClientSession,
     base: str,
-    calls: list[tuple[str, str, dict[str, str], object]],
+    calls: Sequence[tuple[str, str, dict[str, str], object]],
     phase: Phase,
     pids: tuple[int, int],
 ) -> list[object]:
@@ -230,14 +232,102 @@ def start_profiles(into: str, variants: dict[str, Variant]) -> list[subprocess.P
     ]
 
 
+def launch_ticket(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "urr_ticket"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+async def start_variant(
+    src: Path | None,
+    env: dict[str, str],
+    work: Path,
+    args: argparse.Namespace,
+    started: list[Any],
+) -> Variant:
+    """A moto server (``src``'s ``urr_devstack.moto_server``) with a queue of its own, and a
+    ticket process (``src``'s, or this tree's with ``--env``) on it."""
+    extra = {} if src is None else {"PYTHONPATH": str(src / "tools/devstack/src")}
+    moto_port = free_port()
+    moto = ServerProcess(
+        "moto",
+        [sys.executable, "-m", "urr_devstack.moto_server", "-p", str(moto_port)],
+        moto_port,
+        work / f"moto-{moto_port}.log",
+        env=extra,
+        die_with_parent=True,
+    )
+    started.append(moto)
+    moto.start()
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    queues = await create_queues(endpoint, visibility_timeout_s=30)
+    port = free_port()
+    child_env = {
+        **env,
+        "URR_HTTP__PORT": str(port),
+        "URR_METRICS__PORT": str(free_port()),
+        "URR_AWS__ENDPOINT_URL": endpoint,
+        "URR_SQS__QUEUE_NAME": queues.name,
+        "URR_SQS__DLQ_NAME": queues.dlq_name,
+    }
+    if src is not None:
+        child_env["PYTHONPATH"] = str(src / "services/ticket/src")
+    else:
+        child_env.update(item.split("=", 1) for item in args.env)
+    process = launch_ticket(child_env, work / f"ticket-{port}.log")
+    started.append(process)
+    moto_pid = moto.process.pid if moto.process is not None else 0
+    return Variant(port, (process.pid, moto_pid), endpoint, queues.url)
+
+
+async def measure(
+    variants: dict[str, Variant], event: DemoEvent, args: argparse.Namespace
+) -> tuple[dict[str, dict[str, Phase]], list[float]]:
+    """A warm-up burst each, then ``--rounds`` rounds alternating the variants' order."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for variant in variants.values():
+            await wait_ready(session, variant.port)
+        # One warm-up burst each (imports, connection pools, the queue URL).
+        seats = [seat for seat, *_ in event.seats()]
+        for port, pids, _, _ in variants.values():
+            users = [f"warm-{uuid.uuid4().hex[:6]}-{i}" for i in range(WARM)]
+            mine = [seats.pop() for _ in users]
+            scratch = {route: Phase() for route in ROUTES}
+            await round_of(session, port, pids, event.event_id, users, mine, scratch)
+        phases = {label: {route: Phase() for route in ROUTES} for label in variants}
+        spies = start_profiles(args.profile, variants)
+        load = [os.getloadavg()[0]]
+        order = list(variants)
+        for number in range(args.rounds):
+            for label in order if number % 2 == 0 else reversed(order):
+                port, pids, endpoint, queue_url = variants[label]
+                users = [f"u{number}-{uuid.uuid4().hex[:6]}-{i}" for i in range(args.users)]
+                mine = [seats.pop() for _ in users]
+                # The stack's worker keeps the queue short; moto's cost per send grows
+                # with the messages it holds, so each burst starts on an empty queue.
+                await empty(endpoint, queue_url)
+                await round_of(session, port, pids, event.event_id, users, mine, phases[label])
+                await asyncio.sleep(args.pause)
+            load.append(os.getloadavg()[0])
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+    return phases, load
+
+
 async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="urr-bench-ticket-burst-"))
     database = f"urr_bench_burst_{os.getpid()}"
     admin = await asyncpg.connect(args.postgres + "/postgres")
     await admin.execute(f'CREATE DATABASE "{database}"')
     dsn = f"{args.postgres}/{database}"
-    processes: list[subprocess.Popen[bytes]] = []
-    motos: list[ServerProcess] = []
+    started: list[Any] = []
     try:
         seats_needed = (args.users * args.rounds + WARM) * 2
         event = DemoEvent(
@@ -262,77 +352,12 @@ async def run(args: argparse.Namespace) -> None:
             "URR_LOG__LEVEL": "WARNING",
             "URR_RESERVATION_IDS__KEY": "burst-bench-reservation-id-key-0123456789",
         }
-        variants: dict[str, Variant] = {}
         before_src = tree_source(args.before, work / "before")
-        for label, src in ((f"before ({args.before})", before_src), ("this tree", None)):
-            # Each its own moto, from the same tree (urr_devstack.moto_server), and queue.
-            extra = {} if src is None else {"PYTHONPATH": str(src / "tools/devstack/src")}
-            moto_port = free_port()
-            moto = ServerProcess(
-                "moto",
-                [sys.executable, "-m", "urr_devstack.moto_server", "-p", str(moto_port)],
-                moto_port,
-                work / f"moto-{moto_port}.log",
-                env=extra,
-                die_with_parent=True,
-            )
-            motos.append(moto)
-            moto.start()
-            endpoint = f"http://127.0.0.1:{moto_port}"
-            queues = await create_queues(endpoint, visibility_timeout_s=30)
-            port = free_port()
-            child_env = {
-                **env,
-                "URR_HTTP__PORT": str(port),
-                "URR_METRICS__PORT": str(free_port()),
-                "URR_AWS__ENDPOINT_URL": endpoint,
-                "URR_SQS__QUEUE_NAME": queues.name,
-                "URR_SQS__DLQ_NAME": queues.dlq_name,
-            }
-            if src is not None:
-                child_env["PYTHONPATH"] = str(src / "services/ticket/src")
-            else:
-                child_env.update(item.split("=", 1) for item in args.env)
-            with (work / f"ticket-{port}.log").open("ab") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "urr_ticket"],
-                    env=child_env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=REPO,
-                )
-            processes.append(process)
-            moto_pid = moto.process.pid if moto.process is not None else 0
-            variants[label] = Variant(port, (process.pid, moto_pid), endpoint, queues.url)
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            for variant in variants.values():
-                await wait_ready(session, variant.port)
-            # One warm-up burst each (imports, connection pools, the queue URL).
-            seats = [seat for seat, *_ in event.seats()]
-            for label, (port, pids, _, _) in variants.items():
-                users = [f"warm-{uuid.uuid4().hex[:6]}-{i}" for i in range(WARM)]
-                mine = [seats.pop() for _ in users]
-                scratch = {route: Phase() for route in ROUTES}
-                await round_of(session, port, pids, event.event_id, users, mine, scratch)
-            phases = {label: {route: Phase() for route in ROUTES} for label in variants}
-            spies = start_profiles(args.profile, variants)
-            load = [os.getloadavg()[0]]
-            order = list(variants)
-            for number in range(args.rounds):
-                for label in order if number % 2 == 0 else reversed(order):
-                    port, pids, endpoint, queue_url = variants[label]
-                    users = [f"u{number}-{uuid.uuid4().hex[:6]}-{i}" for i in range(args.users)]
-                    mine = [seats.pop() for _ in users]
-                    # The stack's worker keeps the queue short; moto's cost per send grows
-                    # with the messages it holds, so each burst starts on an empty queue.
-                    await empty(endpoint, queue_url)
-                    await round_of(session, port, pids, event.event_id, users, mine, phases[label])
-                    await asyncio.sleep(args.pause)
-                load.append(os.getloadavg()[0])
-            for spy in spies:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(60)
+        variants = {
+            f"before ({args.before})": await start_variant(before_src, env, work, args, started),
+            "this tree": await start_variant(None, env, work, args, started),
+        }
+        phases, load = await measure(variants, event, args)
         print(
             f"{args.rounds} rounds x {args.users} users at once per variant (hold, then reserve,"
             f" then read); load average {' -> '.join(f'{value:.2f}' for value in load)}"
@@ -352,15 +377,15 @@ async def run(args: argparse.Namespace) -> None:
                     f" {phase.moto_cpu / n * 1e6:15.0f}  {phase.statuses}"
                 )
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for moto in motos:
-            moto.stop()
+        for thing in reversed(started):  # the ticket processes before their moto
+            if isinstance(thing, ServerProcess):
+                thing.stop()
+            else:
+                thing.terminate()
+                try:
+                    thing.wait(20)
+                except subprocess.TimeoutExpired:
+                    thing.kill()
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
         if not args.keep:

@@ -13,7 +13,7 @@ import pytest
 
 from urr_common.identity_testing import act_as
 from urr_ticket.appkeys import COMMANDS_KEY
-from urr_ticket.commands import CommandNotQueued, CommandQueue
+from urr_ticket.commands import Command, CommandNotQueued, CommandQueue
 from urr_ticket_worker.booking import apply_command
 from urr_ticket_worker.messages import (
     CancelCommand,
@@ -41,7 +41,7 @@ class CountingSqs:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sqs, name)
 
-    async def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> Any:  # noqa: N803
+    async def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> Any:
         self.batches.append(Entries)
         refused = [e for e in Entries if parse_command(e["MessageBody"]).user_id in self.refuse]
         sent = [e for e in Entries if e not in refused]
@@ -96,7 +96,7 @@ async def test_23_commands_at_once_leave_in_3_batches_in_order(
     async with sqs_client(moto_endpoint) as sqs:
         counting = CountingSqs(sqs)
         commands = CommandQueue(counting, queues.name)
-        sent = [reserve_command(f"u{i % 5}") for i in range(20)]
+        sent: list[Command] = [reserve_command(f"u{i % 5}") for i in range(20)]
         # One user's reserve then cancel, in one burst: the group keeps its order.
         follow_up = CancelCommand(
             reservation_id=sent[0].reservation_id, event_id="demo", user_id="u0"
@@ -121,9 +121,7 @@ async def test_23_commands_at_once_leave_in_3_batches_in_order(
         assert dedup_ids == expected, group
 
 
-async def test_a_refused_entry_fails_only_its_own_send(
-    moto_endpoint: str, queues: Queues
-) -> None:
+async def test_a_refused_entry_fails_only_its_own_send(moto_endpoint: str, queues: Queues) -> None:
     async with sqs_client(moto_endpoint) as sqs:
         commands = CommandQueue(CountingSqs(sqs, frozenset({"bad"})), queues.name)
         outcomes = await asyncio.gather(
@@ -133,7 +131,8 @@ async def test_a_refused_entry_fails_only_its_own_send(
             return_exceptions=True,
         )
     assert isinstance(outcomes[1], CommandNotQueued)
-    assert isinstance(outcomes[0], str) and isinstance(outcomes[2], str)
+    assert isinstance(outcomes[0], str)
+    assert isinstance(outcomes[2], str)
     users = {parse_command(m["Body"]).user_id for m in await drain(moto_endpoint, queues)}
     assert users == {"good1", "good2"}
 
@@ -239,9 +238,7 @@ async def test_bad_input_is_still_a_4xx_problem(
             headers=act_as("u1", **{"Content-Type": "application/json"}),
         )
     else:
-        response = await client.post(
-            "/api/v1/reservations/demo", json=body, headers=act_as("u1")
-        )
+        response = await client.post("/api/v1/reservations/demo", json=body, headers=act_as("u1"))
     assert response.status == status, await response.text()
     assert response.content_type == "application/problem+json"
     assert await db.fetchval("SELECT count(*) FROM reservations") == 0

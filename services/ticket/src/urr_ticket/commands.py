@@ -200,20 +200,26 @@ class CommandQueue:
                 answer.cancel()
             raise
         for success in response.get("Successful", ()):
-            answer = answers.pop(str(success["Id"]), None)
-            if answer is not None and not answer.done():
-                answer.set_result(str(success["MessageId"]))
+            taken = _take(answers, success["Id"])
+            if taken is not None and not taken.done():
+                taken.set_result(str(success["MessageId"]))
         for failure in response.get("Failed", ()):
-            answer = answers.pop(str(failure["Id"]), None)
-            if answer is not None:
+            taken = _take(answers, failure["Id"])
+            if taken is not None:
                 _fail(
-                    answer,
+                    taken,
                     CommandNotQueued(
                         f"SQS refused the command: {failure.get('Code')} {failure.get('Message')}"
                     ),
                 )
         for answer in answers.values():  # neither successful nor failed: not known queued
             _fail(answer, CommandNotQueued("SQS answered nothing for this command"))
+
+
+def _take(answers: dict[str, asyncio.Future[str]], entry_id: object) -> asyncio.Future[str] | None:
+    """The answer of the entry SQS names (once: a repeated id is ignored)."""
+    key = str(entry_id)
+    return answers.pop(key) if key in answers else None
 
 
 def _fail(answer: asyncio.Future[str], exc: BaseException) -> None:

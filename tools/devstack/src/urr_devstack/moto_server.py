@@ -43,7 +43,7 @@ def fast_sqs_clock() -> None:
     """moto's SQS models read the time from ``time.time()`` instead of two datetimes."""
     from moto.sqs import models
 
-    slow_unix_time = models.unix_time
+    slow_unix_time = models.unix_time  # type: ignore[attr-defined]
 
     def unix_time(dt: datetime | None = None) -> float:
         return time.time() if dt is None else slow_unix_time(dt)
@@ -51,8 +51,8 @@ def fast_sqs_clock() -> None:
     def unix_time_millis(dt: datetime | None = None) -> float:
         return unix_time(dt) * 1000.0
 
-    models.unix_time = unix_time
-    models.unix_time_millis = unix_time_millis
+    models.unix_time = unix_time  # type: ignore[attr-defined]
+    models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
 
 
 def remembered_names() -> None:
@@ -60,9 +60,9 @@ def remembered_names() -> None:
     from moto.core import responses
     from moto.sqs import models
 
-    cached = functools.lru_cache(maxsize=1024)(models.camelcase_to_underscores)
-    models.camelcase_to_underscores = cached
-    responses.camelcase_to_underscores = cached
+    cached = functools.lru_cache(maxsize=1024)(models.camelcase_to_underscores)  # type: ignore[attr-defined]
+    models.camelcase_to_underscores = cached  # type: ignore[attr-defined]
+    responses.camelcase_to_underscores = cached  # type: ignore[attr-defined]
 
 
 class _ValidationView:
@@ -86,7 +86,7 @@ def light_validation() -> None:
     """``SQSBackend._validate_message`` sees a ``_ValidationView`` of the queue."""
     from moto.sqs.models import SQSBackend
 
-    validate = SQSBackend._validate_message
+    validate: Any = SQSBackend._validate_message
 
     def _validate_message(self: Any, queue: Any, *args: Any, **kwargs: Any) -> None:
         validate(self, _ValidationView(queue), *args, **kwargs)
