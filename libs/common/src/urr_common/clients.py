@@ -148,8 +148,20 @@ def postgres_connect_kwargs(settings: PostgresSettings) -> dict[str, Any]:
     return kwargs
 
 
-async def create_postgres_pool(settings: PostgresSettings) -> asyncpg.Pool:
-    """An asyncpg pool; ``min_connections`` of them are opened before it is returned."""
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """A pool's reset that sends nothing (asyncpg still rolls back an open transaction)."""
+
+
+async def create_postgres_pool(
+    settings: PostgresSettings, *, reset_sessions: bool = True
+) -> asyncpg.Pool:
+    """An asyncpg pool; ``min_connections`` of them are opened before it is returned.
+
+    ``reset_sessions=False``: a connection going back to the pool is not sent asyncpg's
+    reset (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``), a second round
+    trip after every pooled query that also keeps the connection from the next caller
+    meanwhile. Only for a pool whose users change no session state (no ``SET``, ``LISTEN``,
+    session advisory locks or open cursors); an open transaction is still rolled back."""
     import asyncpg
 
     return await asyncpg.create_pool(
@@ -157,13 +169,16 @@ async def create_postgres_pool(settings: PostgresSettings) -> asyncpg.Pool:
         min_size=settings.min_connections,
         max_size=settings.max_connections,
         command_timeout=settings.command_timeout_s,
+        reset=None if reset_sessions else _keep_session,
     )
 
 
 @asynccontextmanager
-async def open_postgres(settings: PostgresSettings) -> AsyncIterator[asyncpg.Pool]:
+async def open_postgres(
+    settings: PostgresSettings, *, reset_sessions: bool = True
+) -> AsyncIterator[asyncpg.Pool]:
     """An asyncpg pool (see ``create_postgres_pool``), closed on exit."""
-    pool = await create_postgres_pool(settings)
+    pool = await create_postgres_pool(settings, reset_sessions=reset_sessions)
     try:
         yield pool
     finally:

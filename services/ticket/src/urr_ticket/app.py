@@ -65,7 +65,9 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     settings = app[TICKET_SETTINGS_KEY]
     readiness = app[READINESS_KEY]
     async with (
-        open_postgres(settings.postgres) as pool,
+        # Single statements only (no SET, LISTEN, session locks or cursors; the migration
+        # and the seed run in transactions): no reset round trip after each of them.
+        open_postgres(settings.postgres, reset_sessions=False) as pool,
         open_redis(settings.redis) as redis,
         open_aws_clients(settings.aws, "sqs") as aws,
     ):
@@ -74,7 +76,9 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
             _LOG.info("migrations_applied", names=applied)
         app[STORE_KEY] = BookingStore(pool)
         app[LOCKS_KEY] = SeatLocks(redis)
-        commands = CommandQueue(aws["sqs"], settings.sqs.queue_name)
+        commands = CommandQueue(
+            aws["sqs"], settings.sqs.queue_name, batch_window_s=settings.sqs.send_batch_window_s
+        )
         app[COMMANDS_KEY] = commands
 
         async def check_postgres() -> None:
@@ -90,3 +94,4 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         readiness.add_check("redis", check_redis)
         readiness.add_check("sqs", check_sqs)
         yield
+        await commands.drain()
