@@ -28,9 +28,11 @@ from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw
 from urr_vwr_lambda.local import edge as edge_emulator
 from urr_vwr_lambda.page_document import AA_CONTRAST, contrast
-from urr_vwr_lambda.settings import EdgeEmulatorSettings
+from urr_vwr_lambda.settings import EdgeEmulatorSettings, VwrSettings
 
 SHOTS = Path(__file__).resolve().parents[3] / "artifacts" / "ux"
+#: The page's longest wait between two checks in these tests (production: 30 s).
+PAGE_POLL_MAX_S = 3
 LOGO = (
     '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="48" viewBox="0 0 96 48">'
     '<rect width="96" height="48" rx="8" fill="#ffcc00"/>'
@@ -75,6 +77,15 @@ async def _protected_page(request: web.Request) -> web.Response:
 
 async def _logo(request: web.Request) -> web.Response:
     return web.Response(text=LOGO, content_type="image/svg+xml")
+
+
+@pytest.fixture
+def vwr_settings(vwr_settings: VwrSettings) -> VwrSettings:
+    """The shared settings, with the page told to check again within 3 s, not production's
+    30 s (``poll.max_s``): a test that waits for the page to notice the line moving waited
+    out a whole half-minute poll. The page still polls on its own, as in production."""
+    poll = vwr_settings.poll.model_copy(update={"max_s": PAGE_POLL_MAX_S})
+    return vwr_settings.model_copy(update={"poll": poll})
 
 
 @pytest.fixture
@@ -225,7 +236,7 @@ async def test_the_page_speaks_the_buyers_language_and_the_operators_look(
             )
             if short == "en":
                 # The line moves: the new place is announced without any action (one
-                # locale only: the next poll may be half a minute away).
+                # locale only: the next poll may be up to PAGE_POLL_MAX_S away).
                 moved = await asyncio.to_thread(vwr.admin, "POST", "evt-1/advance", {"by": 3})
                 assert moved.status == 200, moved.body
                 await page.wait_for_function(
