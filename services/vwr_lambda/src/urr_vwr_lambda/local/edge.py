@@ -34,8 +34,8 @@ from urr_vwr_lambda.gates.clients import VIEWER_ADDRESS_HEADER
 from urr_vwr_lambda.gates.origin import OriginSecrets
 from urr_vwr_lambda.local.cloudfront import edge_response, viewer_request_event
 from urr_vwr_lambda.local.upstream import Upstream, UpstreamFailed
-from urr_vwr_lambda.queueing import etag_matches
 from urr_vwr_lambda.page_document import DOCUMENT_CACHE_CONTROL, document_target
+from urr_vwr_lambda.queueing import etag_matches
 from urr_vwr_lambda.settings import EdgeEmulatorSettings
 
 
