@@ -32,6 +32,7 @@ from urr_vwr_lambda.edge import EdgeVerifier
 from urr_vwr_lambda.edge_config import EdgeConfigSource
 from urr_vwr_lambda.gates.clients import VIEWER_ADDRESS_HEADER
 from urr_vwr_lambda.gates.origin import OriginSecrets
+from urr_vwr_lambda.local import settle_heap
 from urr_vwr_lambda.local.cloudfront import edge_response, viewer_request_event
 from urr_vwr_lambda.local.upstream import Upstream, UpstreamFailed
 from urr_vwr_lambda.page_document import DOCUMENT_CACHE_CONTROL, document_target
@@ -324,7 +325,9 @@ def main() -> None:
     configure_logging(settings.log, service="urr-vwr-edge")
 
     async def serve_app() -> None:
-        await serve(create_app(settings), settings.http)
+        app = create_app(settings)
+        settle_heap()
+        await serve(app, settings.http)
 
     run(serve_app, use_uvloop=settings.http.use_uvloop)
 
