@@ -1,7 +1,7 @@
 """CPU per request of the two AWS stand-ins, the edge and the API Gateway emulator (issue 22).
 
     make dynalite && uv run --frozen python bench/edge_apigw_cpu.py \
-        [--arrivals 600] [--rate 30] [--rounds 2] [--before main] [--pyspy DIR]
+        [--arrivals 600] [--rate 30] [--rounds 2] [--before main] [--pyspy DIR [--native]]
 
 Every request goes through the edge stand-in (``urr_vwr_lambda.local.edge``) as the flash
 crowd's do. Each arrival, one every ``1/rate`` seconds, makes the waiting room's mix: the
@@ -180,7 +180,9 @@ def run_once(
         if args.pyspy:
             for name, proc in (("edge", edge), ("apigw", apigw)):
                 spy = [shutil.which("py-spy") or "py-spy", "record", "--pid", str(proc.pid)]
-                spy += ["-r", "200", "--nonblocking", "--format", "raw"]
+                # --native (C frames too) needs the process paused at each sample.
+                spy += ["-r", "200", "--native" if args.native else "--nonblocking"]
+                spy += ["--format", "raw"]
                 spy += ["-o", str(Path(args.pyspy) / f"{label}-{name}.txt")]
                 spies.append(
                     subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
@@ -230,6 +232,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--before", help="a git revision to compare with (e.g. main)")
     parser.add_argument("--pyspy", help="a folder for py-spy raw profiles of both processes")
+    parser.add_argument("--native", action="store_true", help="py-spy --native")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="urr-edge-bench-") as folder:
         work = Path(folder)

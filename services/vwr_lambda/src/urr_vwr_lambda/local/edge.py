@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mimetypes
+import os
 import re
 import stat
 from collections.abc import AsyncIterator
@@ -99,7 +100,8 @@ class StaticFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._files: dict[Path, StaticFile] = {}
+        self._files: dict[str, StaticFile] = {}  # by name under ``root``
+        self._paths: dict[str, str] = {}
 
     def get(self, tail: str) -> StaticFile | None:
         """The file for ``/vwr/<tail>``: a versioned asset (``assets/v<N>/<name>``), or the
@@ -108,30 +110,33 @@ class StaticFiles:
         if parts and parts[0] == "assets":
             if len(parts) != 3 or not _ASSET_VERSION.match(parts[1]) or parts[2].startswith("."):
                 return None
-            path = self.root / "assets" / parts[1] / parts[2]
-            kind = mimetypes.guess_type(parts[2])[0] or "application/octet-stream"
-            return self._read(path, kind, ASSET_CACHE)
-        return self._read(self.root / "index.html", "text/html", SHELL_CACHE)
+            return self._read(f"assets/{parts[1]}/{parts[2]}", ASSET_CACHE)
+        return self._read("index.html", SHELL_CACHE)
 
-    def _read(self, path: Path, kind: str, cache_control: str) -> StaticFile | None:
+    def _read(self, name: str, cache_control: str) -> StaticFile | None:
+        path = self._paths.get(name) or str(self.root / name)
         try:
-            status = path.stat()
+            status = os.stat(path)
         except OSError:
-            self._files.pop(path, None)
+            self._files.pop(name, None)
+            self._paths.pop(name, None)
             return None
         if not stat.S_ISREG(status.st_mode):
             return None
+        self._paths[name] = path  # only names of files: a viewer's made-up ones are not kept
         stamp = (status.st_mtime_ns, status.st_size)
-        cached = self._files.get(path)
+        cached = self._files.get(name)
         if cached is not None and cached.stamp == stamp:
             return cached
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as file:
+                data = file.read()
         except OSError:
             return None
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
         cached = StaticFile(data, kind, cache_control, etag, stamp)
-        self._files[path] = cached
+        self._files[name] = cached
         return cached
 
 
