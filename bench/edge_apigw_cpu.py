@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from tier1_crowd_cpu import cpu_s, dynalite_client, export_revision, loadavg, pct, wait_ready
+from tier1_crowd_cpu import (
+    cpu_s,
+    dynalite_client,
+    export_revision,
+    function_env,
+    loadavg,
+    pct,
+    wait_ready,
+)
 
 from urr_common.tokens import KeySet, TokenSigner
 from urr_devstack.procs import dynalite_server, free_port
@@ -137,12 +145,7 @@ def run_once(
         **common,
         "URR_HTTP__PORT": str(ports["api"]),
         "URR_METRICS__PORT": str(ports["api_m"]),
-        "URR_AWS__ENDPOINT_URL": endpoint,
-        "URR_AWS__REGION": "us-east-1",
-        "URR_AWS__ACCESS_KEY_ID": "bench",
-        "URR_AWS__SECRET_ACCESS_KEY": "bench",
-        "URR_VWR_TOKENS__PRIVATE_KEY_FILE": str(keys / "local-1.pem"),
-        "URR_VWR_TRUST__PUBLIC_KEY_FILES": json.dumps([str(keys / "public" / "local-1.pem")]),
+        **function_env(endpoint, keys),
     }
     edge_env = {
         **common,
