@@ -182,13 +182,13 @@ def run_once(
         time.sleep(1.0)
         if args.pyspy:
             for name, proc in (("edge", edge), ("apigw", apigw)):
-                spy = [shutil.which("py-spy") or "py-spy", "record", "--pid", str(proc.pid)]
+                argv = [shutil.which("py-spy") or "py-spy", "record", "--pid", str(proc.pid)]
                 # --native (C frames too) needs the process paused at each sample.
-                spy += ["-r", "200", "--native" if args.native else "--nonblocking"]
-                spy += ["--format", "raw"]
-                spy += ["-o", str(Path(args.pyspy) / f"{label}-{name}.txt")]
+                argv += ["-r", "200", "--native" if args.native else "--nonblocking"]
+                argv += ["--format", "raw"]
+                argv += ["-o", str(Path(args.pyspy) / f"{label}-{name}.txt")]
                 spies.append(
-                    subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+                    subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
                 )
         before = (cpu_s(edge.pid, children=False), cpu_s(apigw.pid, children=False))
         before_all = cpu_s(apigw.pid)
