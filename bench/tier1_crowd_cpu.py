@@ -243,6 +243,18 @@ def wait_ready(url: str, timeout_s: float = 90.0) -> None:
     raise TimeoutError(url)
 
 
+def function_env(endpoint: str, keys: Path) -> dict[str, str]:
+    """The emulator's variables for dynalite at ``endpoint`` and the key pair under ``keys``."""
+    return {
+        "URR_AWS__ENDPOINT_URL": endpoint,
+        "URR_AWS__REGION": "us-east-1",
+        "URR_AWS__ACCESS_KEY_ID": "bench",
+        "URR_AWS__SECRET_ACCESS_KEY": "bench",
+        "URR_VWR_TOKENS__PRIVATE_KEY_FILE": str(keys / "local-1.pem"),
+        "URR_VWR_TRUST__PUBLIC_KEY_FILES": json.dumps([str(keys / "public" / "local-1.pem")]),
+    }
+
+
 def run_once(
     label: str, src: Path | None, extra_env: dict[str, str], args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
@@ -256,12 +268,7 @@ def run_once(
         "URR_ENVIRONMENT": "local",
         "URR_HTTP__PORT": str(api_port),
         "URR_METRICS__PORT": str(metrics_port),
-        "URR_AWS__ENDPOINT_URL": endpoint,
-        "URR_AWS__REGION": "us-east-1",
-        "URR_AWS__ACCESS_KEY_ID": "bench",
-        "URR_AWS__SECRET_ACCESS_KEY": "bench",
-        "URR_VWR_TOKENS__PRIVATE_KEY_FILE": str(keys / "local-1.pem"),
-        "URR_VWR_TRUST__PUBLIC_KEY_FILES": json.dumps([str(keys / "public" / "local-1.pem")]),
+        **function_env(endpoint, keys),
         "URR_EDGE_CONFIG__TARGET": str(work / f"edge-{label}.json"),
         "URR_LOG__LEVEL": "WARNING",
         **extra_env,

@@ -29,6 +29,7 @@ from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app, 
 from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
 from urr_vwr_lambda.keys import ensure_local_keys
+from urr_vwr_lambda.local import settle_heap
 from urr_vwr_lambda.local.containers import Containers, LoopExecutor, sticky_key
 from urr_vwr_lambda.local.pipe_container import LoopContainer
 from urr_vwr_lambda.local.proxy_events import http_response, rest_event, warmup_event
@@ -210,7 +211,9 @@ def main() -> None:
         ensure_local_keys(settings.vwr_tokens)
 
     async def serve_app() -> None:
-        await serve(create_app(settings), settings.http)
+        app = create_app(settings)
+        settle_heap()
+        await serve(app, settings.http)
 
     run(serve_app, use_uvloop=settings.http.use_uvloop)
 

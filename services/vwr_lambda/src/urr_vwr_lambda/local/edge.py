@@ -9,8 +9,11 @@ the CloudFront Function does), ``/vwr-api/*`` the API Gateway emulator with the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import mimetypes
+import os
 import re
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
@@ -30,9 +33,11 @@ from urr_vwr_lambda.edge import EdgeVerifier
 from urr_vwr_lambda.edge_config import EdgeConfigSource
 from urr_vwr_lambda.gates.clients import VIEWER_ADDRESS_HEADER
 from urr_vwr_lambda.gates.origin import OriginSecrets
+from urr_vwr_lambda.local import settle_heap
 from urr_vwr_lambda.local.cloudfront import edge_response, viewer_request_event
 from urr_vwr_lambda.local.upstream import Upstream, UpstreamFailed
 from urr_vwr_lambda.page_document import DOCUMENT_CACHE_CONTROL, document_target
+from urr_vwr_lambda.queueing import etag_matches
 from urr_vwr_lambda.settings import EdgeEmulatorSettings
 
 
@@ -73,20 +78,74 @@ class BadGateway(ProblemError):
     default_code = "bad_gateway"
 
 
-def _static_file(tail: str) -> tuple[bytes, str, str] | None:
-    """The packaged file for ``/vwr/<tail>`` with its Cache-Control: a versioned asset
-    (``assets/v<N>/<name>``), or the page shell for any other path."""
-    root = resources.files("urr_vwr_lambda") / "static"
-    parts = [part for part in tail.split("/") if part]
-    if parts and parts[0] == "assets":
-        if len(parts) != 3 or not _ASSET_VERSION.match(parts[1]) or parts[2].startswith("."):
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    """A packaged file as the edge serves it, with the validator S3 gives an object."""
+
+    data: bytes
+    kind: str
+    cache_control: str
+    #: S3's ETag of a single-part upload: the MD5 of the bytes, quoted.
+    etag: str
+    #: ``(st_mtime_ns, st_size)`` of the file when it was read.
+    stamp: tuple[int, int]
+
+
+class StaticFiles:
+    """The packaged files under ``root``, read once and kept in memory.
+
+    Each request still stats its file (one system call, no open or read): a file changed on
+    disk (an edited page in a dev checkout) is read again, as S3 would serve the new object.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._files: dict[str, StaticFile] = {}  # by name under ``root``
+        self._paths: dict[str, str] = {}
+
+    def get(self, tail: str) -> StaticFile | None:
+        """The file for ``/vwr/<tail>``: a versioned asset (``assets/v<N>/<name>``), or the
+        page shell for any other path."""
+        parts = [part for part in tail.split("/") if part]
+        if parts and parts[0] == "assets":
+            if len(parts) != 3 or not _ASSET_VERSION.match(parts[1]) or parts[2].startswith("."):
+                return None
+            return self._read(f"assets/{parts[1]}/{parts[2]}", ASSET_CACHE)
+        return self._read("index.html", SHELL_CACHE)
+
+    def _read(self, name: str, cache_control: str) -> StaticFile | None:
+        path = self._paths.get(name) or str(self.root / name)
+        try:
+            status = os.stat(path)
+        except OSError:
+            self._files.pop(name, None)
+            self._paths.pop(name, None)
             return None
-        asset = root / "assets" / parts[1] / parts[2]
-        if asset.is_file():
-            kind = mimetypes.guess_type(parts[2])[0] or "application/octet-stream"
-            return asset.read_bytes(), kind, ASSET_CACHE
-        return None
-    return (root / "index.html").read_bytes(), "text/html", SHELL_CACHE
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        self._paths[name] = path  # only names of files: a viewer's made-up ones are not kept
+        stamp = (status.st_mtime_ns, status.st_size)
+        cached = self._files.get(name)
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError:
+            return None
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
+        cached = StaticFile(data, kind, cache_control, etag, stamp)
+        self._files[name] = cached
+        return cached
+
+
+def static_response(request: web.Request, found: StaticFile) -> web.Response:
+    """``found`` as S3 behind CloudFront answers it: 304 when ``If-None-Match`` matches."""
+    headers = {"Cache-Control": found.cache_control, "ETag": found.etag}
+    if etag_matches(request.headers.get("If-None-Match"), found.etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=found.data, content_type=found.kind, headers=headers)
 
 
 def _event_document(edge_config_target: str, tail: str) -> bytes | None:
@@ -194,6 +253,7 @@ def create_app(
     app[VERIFIER_KEY] = verifier or EdgeVerifier(EdgeConfigSource(settings.edge_config.target))
     secrets = origin_secrets(settings)
     document_is_remote = "://" in settings.edge_config.target
+    static = StaticFiles(Path(str(resources.files("urr_vwr_lambda") / "static")))
     # The upstream URLs may carry a path prefix: kept in front of every proxied path.
     api_prefix = urlsplit(settings.api_url).path.rstrip("/")
     gateway_prefix = urlsplit(settings.gateway_url).path.rstrip("/")
@@ -233,11 +293,10 @@ def create_app(
         tail = request.match_info.get("tail", "")
         if tail.startswith("events/"):
             return _event_document_response(settings.edge_config.target, tail)
-        found = _static_file(tail)
+        found = static.get(tail)
         if found is None:
             raise web.HTTPNotFound(text="no such asset")
-        data, kind, cache_control = found
-        return web.Response(body=data, content_type=kind, headers={"Cache-Control": cache_control})
+        return static_response(request, found)
 
     async def waiting_api(request: web.Request) -> web.StreamResponse:
         generated = await viewer_request(request)
@@ -271,7 +330,9 @@ def main() -> None:
     configure_logging(settings.log, service="urr-vwr-edge")
 
     async def serve_app() -> None:
-        await serve(create_app(settings), settings.http)
+        app = create_app(settings)
+        settle_heap()
+        await serve(app, settings.http)
 
     run(serve_app, use_uvloop=settings.http.use_uvloop)
 

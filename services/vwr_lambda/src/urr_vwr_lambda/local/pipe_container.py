@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -56,6 +58,53 @@ def spawn_container(
     process.start()
     child.close()
     return conn, process
+
+
+#: The first read of an answer: most answers (a few kB of JSON) fit whole.
+_FIRST_READ = 65536
+
+
+def read_messages(fd: int, pending: bytes = b"") -> tuple[list[bytes], bytes]:
+    """The messages of the pipe ``fd`` as ``Connection.send_bytes`` framed them (a 4-byte
+    big-endian length, or -1 and an 8-byte one, then the bytes): at least one, each whole,
+    and the bytes of the next one already read. ``pending``: those of the last call.
+
+    ``Connection.recv_bytes`` reads a length and its bytes separately (two reads and a dozen
+    Python calls per answer); this takes whatever is waiting in one read, usually one whole
+    answer. ``EOFError`` when the pipe ends first.
+    """
+    data = pending
+    messages: list[bytes] = []
+    while True:
+        data = _read_at_least(fd, data, 4, block=not messages)
+        if len(data) < 4:
+            return messages, data
+        (size,) = struct.unpack_from("!i", data)
+        header = 4
+        if size == -1:  # over 2 GiB: the length follows in 8 bytes
+            data = _read_at_least(fd, data, 12, block=not messages)
+            if len(data) < 12:
+                return messages, data
+            (size,) = struct.unpack_from("!Q", data, 4)
+            header = 12
+        data = _read_at_least(fd, data, header + size, block=not messages)
+        if len(data) < header + size:
+            return messages, data
+        messages.append(data[header : header + size])
+        data = data[header + size :]
+
+
+def _read_at_least(fd: int, data: bytes, count: int, *, block: bool) -> bytes:
+    """``data`` and what is read after it, until it holds ``count`` bytes; without ``block``,
+    only what it already holds (a message begun is finished by the next call)."""
+    if not block:
+        return data
+    while len(data) < count:
+        chunk = os.read(fd, max(_FIRST_READ, count - len(data)))
+        if not chunk:
+            raise EOFError("the container closed its pipe")
+        data += chunk
+    return data
 
 
 class PipeContainer(Executor):
@@ -139,6 +188,7 @@ class LoopContainer:
         self._conn, self._process = spawn_container(context, initializer)
         self._loop = asyncio.get_running_loop()
         self._in_flight: deque[asyncio.Future[Any]] = deque()
+        self._pending = b""  # the beginning of an answer not read whole yet
         self._broken = False
         self._closed = False
         self._loop.add_reader(self._conn.fileno(), self._answered)
@@ -159,10 +209,15 @@ class LoopContainer:
 
     def _answered(self) -> None:
         try:
-            ok, value = pickle.loads(self._conn.recv_bytes())  # noqa: S301 - our own child
+            answers, self._pending = read_messages(self._conn.fileno(), self._pending)
         except (EOFError, OSError):
             self._gone()
             return
+        for answer in answers:
+            self._settle(answer)
+
+    def _settle(self, answer: bytes) -> None:
+        ok, value = pickle.loads(answer)  # noqa: S301 - our own child
         future = self._in_flight.popleft()
         if future.done():  # nobody waits for it (cancelled)
             return
