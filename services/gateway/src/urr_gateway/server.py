@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from urr_common.clients import redis_client
 from urr_common.logs import get_logger
-from urr_common.service import READINESS_KEY, REGISTRY_KEY, start_metrics_listener
+from urr_common.service import READINESS_KEY, REGISTRY_KEY, settle_heap, start_metrics_listener
 from urr_common.tasks import bounded_step
 from urr_gateway.app import create_app
 from urr_gateway.checkapi import CHECK_SERVICE_KEY, create_check_app
@@ -106,10 +106,7 @@ def tune_gc(gen0_threshold: int) -> None:
     """``URR_HTTP__GC_GEN0_THRESHOLD`` (0: leave the collector alone)."""
     if not gen0_threshold:
         return
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
+    settle_heap(gen0_threshold)
     _LOG.info("gc_tuned", gen0_threshold=gen0_threshold, frozen=gc.get_freeze_count())
 
 

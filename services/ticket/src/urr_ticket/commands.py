@@ -235,8 +235,8 @@ def _batches(waiting: list[tuple[Command, asyncio.Future[str]]]) -> list[list[_E
     for command, answer in waiting:
         if answer.done():  # its request went away before the batch left
             continue
-        body = command.to_json().decode()
-        length = len(body.encode())
+        raw = command.to_json()
+        body, length = raw.decode(), len(raw)
         if current and (len(current) == MAX_BATCH_ENTRIES or size + length > MAX_BATCH_BYTES):
             batches.append(current)
             current, size = [], 0

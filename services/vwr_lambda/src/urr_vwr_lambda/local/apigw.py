@@ -25,11 +25,18 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from urr_common.logs import configure_logging
 from urr_common.metrics import LATENCY_BUCKETS_S, loop_observer
-from urr_common.service import READINESS_KEY, REGISTRY_KEY, create_service_app, run, serve
+from urr_common.service import (
+    READINESS_KEY,
+    REGISTRY_KEY,
+    create_service_app,
+    run,
+    serve,
+    settle_heap,
+)
 from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
 from urr_vwr_lambda.keys import ensure_local_keys
-from urr_vwr_lambda.local import settle_heap
+from urr_vwr_lambda.local import GC_GEN0_THRESHOLD
 from urr_vwr_lambda.local.containers import Containers, LoopExecutor, sticky_key
 from urr_vwr_lambda.local.pipe_container import LoopContainer
 from urr_vwr_lambda.local.proxy_events import http_response, rest_event, warmup_event
@@ -212,7 +219,7 @@ def main() -> None:
 
     async def serve_app() -> None:
         app = create_app(settings)
-        settle_heap()
+        settle_heap(GC_GEN0_THRESHOLD)
         await serve(app, settings.http)
 
     run(serve_app, use_uvloop=settings.http.use_uvloop)

@@ -27,13 +27,13 @@ from prometheus_client import CollectorRegistry
 from urr_common.clients import aws_client_kwargs
 from urr_common.logs import configure_logging
 from urr_common.problems import ProblemError
-from urr_common.service import create_service_app, run, serve
+from urr_common.service import create_service_app, run, serve, settle_heap
 from urr_common.settings import load_settings
 from urr_vwr_lambda.edge import EdgeVerifier
 from urr_vwr_lambda.edge_config import EdgeConfigSource
 from urr_vwr_lambda.gates.clients import VIEWER_ADDRESS_HEADER
 from urr_vwr_lambda.gates.origin import OriginSecrets
-from urr_vwr_lambda.local import settle_heap
+from urr_vwr_lambda.local import GC_GEN0_THRESHOLD
 from urr_vwr_lambda.local.cloudfront import edge_response, viewer_request_event
 from urr_vwr_lambda.local.upstream import Upstream, UpstreamFailed
 from urr_vwr_lambda.page_document import DOCUMENT_CACHE_CONTROL, document_target
@@ -331,7 +331,7 @@ def main() -> None:
 
     async def serve_app() -> None:
         app = create_app(settings)
-        settle_heap()
+        settle_heap(GC_GEN0_THRESHOLD)
         await serve(app, settings.http)
 
     run(serve_app, use_uvloop=settings.http.use_uvloop)
