@@ -31,7 +31,6 @@ lengths, bad chunk sizes) and the drain are ``http1``'s.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import time
@@ -113,22 +112,6 @@ _REQUEST_ID_TEXT_RE = re.compile(REQUEST_ID_RE.pattern.decode("ascii"))
 _METHODS: dict[bytes, str] = {}
 #: Header names as cached ``istr``s, by their bytes (``upstream.connection``'s bounded cache).
 name_of = _NAMES.get
-
-
-#: Fresh request ids, 128 bits each from the process's Mersenne Twister as 32 hex digits, made
-#: ``_IDS_AT_ONCE`` at a time (one draw, hexed once, sliced): one C call a request instead of
-#: three. Emptied in a forked child (whose generator ``random`` reseeds), so two workers never
-#: hand out the same ids.
-_FRESH_IDS: list[str] = []
-_IDS_AT_ONCE = 64
-os.register_at_fork(after_in_child=_FRESH_IDS.clear)
-
-
-def _fresh_ids() -> str:
-    """A fresh request id, with the next ``_IDS_AT_ONCE - 1`` left in ``_FRESH_IDS``."""
-    hexed = getrandbits(128 * _IDS_AT_ONCE).to_bytes(16 * _IDS_AT_ONCE, "big").hex()
-    _FRESH_IDS.extend([hexed[at : at + 32] for at in range(32, len(hexed), 32)])
-    return hexed[:32]
 
 
 def _method(raw: bytes) -> str:
@@ -339,7 +322,7 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         exchange.request_id = (
             inbound
             if inbound is not None and _REQUEST_ID_TEXT_RE.fullmatch(inbound)
-            else (_FRESH_IDS.pop() if _FRESH_IDS else _fresh_ids())
+            else getrandbits(128).to_bytes(16, "big").hex()  # "%032x", a quarter of the cost
         )
         exchange.http10 = parser.get_http_version() == "1.0"
         self._queue.append(exchange)
