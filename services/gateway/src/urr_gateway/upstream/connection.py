@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from itertools import chain
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 from multidict import CIMultiDict, istr
@@ -32,6 +33,8 @@ _LOW_WATER = 64 * 1024
 #: Statuses whose answers never have a body (RFC 9112 §6.3).
 _NO_BODY = frozenset({204, 304})
 _CONTENT_LENGTH = istr("Content-Length")
+#: The longest answer head (its fields' names and values) a connection keeps for its next.
+_KEPT_HEAD_BYTES = 8 * 1024
 
 
 class UpstreamResponse:
@@ -193,6 +196,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._response: UpstreamResponse | None = None
         self._header_pairs: list[tuple[bytes, bytes]] = []
+        #: The previous answer's fields as received, its headers (never handed out: each
+        #: answer gets a copy) and length: an upstream sends the same head again and again
+        #: (within the second of its ``Date``, for the same length), and a head whose fields
+        #: are equal byte for byte is neither decoded nor parsed again.
+        self._last_pairs: list[tuple[bytes, bytes]] | None = None
+        self._last_headers: CIMultiDict[str] | None = None
+        self._last_length: int | None = None
         self._reason = b""
         self._head_request = False
         self._sending = False
@@ -339,17 +349,29 @@ class UpstreamConnection(asyncio.Protocol):
             self._header_pairs = []  # an interim answer (103): wait for the real one
             self._reason = b""
             return
-        # Decoded in one comprehension and built by the multidict's C constructor; the
-        # length found by one lookup after: no per-header branch in Python.
-        name_of = _NAMES.get
-        headers: CIMultiDict[str] = CIMultiDict(
-            [
-                (name_of(name) or _name(name), value.decode("utf-8", "surrogateescape"))
-                for name, value in self._header_pairs
-            ]
-        )
-        length_text = headers.get(_CONTENT_LENGTH)
-        length = int(length_text) if length_text is not None and length_text.isdigit() else None
+        pairs = self._header_pairs
+        last: Any = self._last_headers  # ``Any``: no ``typing.cast`` call
+        if last is not None and pairs == self._last_pairs:  # compared in C, byte for byte
+            headers: CIMultiDict[str] = last.copy()
+            length = self._last_length
+        else:
+            # Decoded in one comprehension and built by the multidict's C constructor; the
+            # length found by one lookup after: no per-header branch in Python.
+            name_of = _NAMES.get
+            headers = CIMultiDict(
+                [
+                    (name_of(name) or _name(name), value.decode("utf-8", "surrogateescape"))
+                    for name, value in pairs
+                ]
+            )
+            length_text = headers.get(_CONTENT_LENGTH)
+            length = int(length_text) if length_text is not None and length_text.isdigit() else None
+            # Bounded: an idle pooled connection holds no more than this of its last answer.
+            if sum(map(len, chain.from_iterable(pairs))) <= _KEPT_HEAD_BYTES:
+                # A copy: a chunked answer's trailer fields are appended to ``pairs`` later.
+                self._last_pairs = pairs.copy()
+                self._last_headers = headers.copy()
+                self._last_length = length
         response.status = status
         response.reason = self._reason.decode("latin-1")
         response.headers = headers
