@@ -428,7 +428,8 @@ async def test_an_answer_head_equal_to_the_previous_one_is_its_own_copy_and_trai
         b"2\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\nX-T: 1\r\n\r\n"
         b"2\r\nok\r\n0\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n",
     ]
     peers = 0
 
