@@ -15,6 +15,8 @@ Usage (``--callgrind`` needs valgrind; ``PYTHONPATH`` may name another revision'
         --callgrind-out-file=/tmp/gw.%p python bench/gateway_inprocess.py --callgrind
     N=20000 python bench/gateway_inprocess.py            # user/sys CPU us per request
     NOFILTERS=1 ...                                      # the filter steps left out
+    MISS=1 ...                      # every head differs from its connection's previous one
+                                    # (two heads alternate both ways: no head is reused)
     GC_GEN0=700 ...                 # the interpreter's gen0 threshold (default: the shipped
                                     # worker's URR_HTTP__GC_GEN0_THRESHOLD, 20000)
 
@@ -50,6 +52,8 @@ N_WARM = int(os.environ.get("WARM", "3000"))
 N = int(os.environ.get("N", "20000"))
 CONNS = 64
 NOFILTERS = bool(os.environ.get("NOFILTERS"))
+#: Heads that alternate on every connection, so no connection sees its previous head again.
+MISS = bool(os.environ.get("MISS"))
 #: The worker's shipped ``URR_HTTP__GC_GEN0_THRESHOLD`` by default (the fair comparison: what
 #: a deployed worker collects); 700 is the interpreter's default.
 GC_GEN0 = int(os.environ.get("GC_GEN0", str(SHIPPED_GC_GEN0)))
@@ -93,6 +97,9 @@ REQUEST = (
     f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nCookie: access_token={at}\r\n"
     f"x-queue-entry-token: {et}\r\n\r\n"
 ).encode()
+#: With ``MISS``: each connection alternates between these (one header field's value apart).
+UP_ANSWERS = (UP_ANSWER, UP_ANSWER.replace(b"01:00:00 GMT", b"01:00:01 GMT")) if MISS else None
+REQUESTS = (REQUEST, REQUEST.replace(b"Host: 127.0.0.1:8080", b"Host: 127.0.0.1:8081"))
 
 
 class UpstreamTransport:
@@ -100,9 +107,14 @@ class UpstreamTransport:
 
     def __init__(self, proto, loop):
         self.p, self.loop = proto, loop
+        self.n = 0
 
     def write(self, data):
-        self.loop.call_soon(self.p.data_received, UP_ANSWER)
+        if UP_ANSWERS is None:
+            self.loop.call_soon(self.p.data_received, UP_ANSWER)
+        else:
+            self.n += 1
+            self.loop.call_soon(self.p.data_received, UP_ANSWERS[self.n & 1])
 
     def is_closing(self):
         return False
@@ -146,7 +158,11 @@ class ClientTransport(UpstreamTransport):
         State.first = data
         State.answered += 1
         if State.answered < State.target:
-            self.loop.call_soon(self.p.data_received, REQUEST)
+            if MISS:
+                self.n += 1
+                self.loop.call_soon(self.p.data_received, REQUESTS[self.n & 1])
+            else:
+                self.loop.call_soon(self.p.data_received, REQUEST)
         elif State.answered >= State.target + CONNS - 1 and not State.done.done():
             State.done.set_result(None)
 

@@ -36,7 +36,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from itertools import chain
 from random import getrandbits
 from typing import TYPE_CHECKING, Any, cast
 
@@ -89,8 +88,6 @@ MAX_PIPELINED = 16
 #: A browser's cookies make heads larger than the check API's.
 PUBLIC_MAX_HEAD_BYTES = 32 * 1024
 PUBLIC_MAX_HEADERS = 100
-#: The longest head (its fields' names and values) a connection keeps for its next request.
-KEPT_HEAD_BYTES = 8 * 1024
 #: The status a request is counted as when its client left before its answer was written
 #: (nginx's "client closed request"); never sent, only counted.
 CLIENT_CLOSED = 499
@@ -287,8 +284,10 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
                     ]
                 )
             )
-            # Bounded: an idle connection holds no more than this of its last head.
-            keep = sum(map(len, chain.from_iterable(pairs))) <= KEPT_HEAD_BYTES
+            # Bounded: kept only when the head came in the read (or slice) that completed it,
+            # so it is no longer than ``max_head_bytes // 4`` (``data_received`` feeds no
+            # more at once, and counts the bytes of a head that spans reads).
+            keep = not self._head_bytes
         length_text = headers.get(hdrs.CONTENT_LENGTH)
         length = int(length_text) if length_text is not None else None
         body = None

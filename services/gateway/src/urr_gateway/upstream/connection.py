@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from itertools import chain
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
@@ -33,7 +32,8 @@ _LOW_WATER = 64 * 1024
 #: Statuses whose answers never have a body (RFC 9112 §6.3).
 _NO_BODY = frozenset({204, 304})
 _CONTENT_LENGTH = istr("Content-Length")
-#: The longest answer head (its fields' names and values) a connection keeps for its next.
+#: The most bytes of an answer (its head, and whatever of its body came with it) received
+#: before its head was complete for the head to be kept for the next answer's.
 _KEPT_HEAD_BYTES = 8 * 1024
 
 
@@ -203,6 +203,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_pairs: list[tuple[bytes, bytes]] | None = None
         self._last_headers: CIMultiDict[str] | None = None
         self._last_length: int | None = None
+        #: Bytes of the current answer received so far.
+        self._received = 0
         self._reason = b""
         self._head_request = False
         self._sending = False
@@ -233,6 +235,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._header_pairs = []
         self._reason = b""
         self.answered = False
+        self._received = 0
         self._reusable = False
         self._on_done = on_done
         response = self._response = UpstreamResponse(self, timeout_s)
@@ -314,6 +317,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection cannot be trusted
             return
         self.answered = True
+        self._received += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -366,8 +370,9 @@ class UpstreamConnection(asyncio.Protocol):
             )
             length_text = headers.get(_CONTENT_LENGTH)
             length = int(length_text) if length_text is not None and length_text.isdigit() else None
-            # Bounded: an idle pooled connection holds no more than this of its last answer.
-            if sum(map(len, chain.from_iterable(pairs))) <= _KEPT_HEAD_BYTES:
+            # Bounded: an idle pooled connection holds no more than this of its last answer
+            # (every byte of this answer received so far bounds its head).
+            if self._received <= _KEPT_HEAD_BYTES:
                 # A copy: a chunked answer's trailer fields are appended to ``pairs`` later.
                 self._last_pairs = pairs.copy()
                 self._last_headers = headers.copy()
