@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 from multidict import CIMultiDict, istr
@@ -196,12 +196,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._response: UpstreamResponse | None = None
         self._header_pairs: list[tuple[bytes, bytes]] = []
-        #: The previous answer's fields as received, its headers (never handed out: each
-        #: answer gets a copy) and length: an upstream sends the same head again and again
-        #: (within the second of its ``Date``, for the same length), and a head whose fields
-        #: are equal byte for byte is neither decoded nor parsed again.
+        #: The previous answer's fields as received, decoded, and its length: an upstream
+        #: sends the same head again and again (within the second of its ``Date``, for the
+        #: same length), and a head whose fields are equal byte for byte is neither decoded
+        #: nor parsed again (each answer still gets headers of its own).
         self._last_pairs: list[tuple[bytes, bytes]] | None = None
-        self._last_headers: CIMultiDict[str] | None = None
+        self._last_fields: list[tuple[istr, str]] = []
         self._last_length: int | None = None
         #: Bytes of the current answer received so far.
         self._received = 0
@@ -354,20 +354,18 @@ class UpstreamConnection(asyncio.Protocol):
             self._reason = b""
             return
         pairs = self._header_pairs
-        last: Any = self._last_headers  # ``Any``: no ``typing.cast`` call
-        if last is not None and pairs == self._last_pairs:  # compared in C, byte for byte
-            headers: CIMultiDict[str] = last.copy()
+        if pairs == self._last_pairs:  # compared in C, byte for byte
+            headers: CIMultiDict[str] = CIMultiDict(self._last_fields)
             length = self._last_length
         else:
             # Decoded in one comprehension and built by the multidict's C constructor; the
             # length found by one lookup after: no per-header branch in Python.
             name_of = _NAMES.get
-            headers = CIMultiDict(
-                [
-                    (name_of(name) or _name(name), value.decode("utf-8", "surrogateescape"))
-                    for name, value in pairs
-                ]
-            )
+            fields = [
+                (name_of(name) or _name(name), value.decode("utf-8", "surrogateescape"))
+                for name, value in pairs
+            ]
+            headers = CIMultiDict(fields)
             length_text = headers.get(_CONTENT_LENGTH)
             length = int(length_text) if length_text is not None and length_text.isdigit() else None
             # Bounded: an idle pooled connection holds no more than this of its last answer
@@ -375,7 +373,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self._received <= _KEPT_HEAD_BYTES:
                 # A copy: a chunked answer's trailer fields are appended to ``pairs`` later.
                 self._last_pairs = pairs.copy()
-                self._last_headers = headers.copy()
+                self._last_fields = fields
                 self._last_length = length
         response.status = status
         response.reason = self._reason.decode("latin-1")
