@@ -440,8 +440,8 @@ async def test_an_answer_head_equal_to_the_previous_one_is_its_own_copy_and_trai
             await read_head(reader)
             writer.write(answer)
             await writer.drain()
-        await reader.read()
-        writer.close()
+        writer.close()  # after the last answer (the client reads it, then the close)
+        await writer.wait_closed()
 
     server, url = await raw_server(serve)
     client = UpstreamClient({"up": url}, limits())
