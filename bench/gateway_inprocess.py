@@ -15,6 +15,10 @@ Usage (``--callgrind`` needs valgrind; ``PYTHONPATH`` may name another revision'
         --callgrind-out-file=/tmp/gw.%p python bench/gateway_inprocess.py --callgrind
     N=20000 python bench/gateway_inprocess.py            # user/sys CPU us per request
     NOFILTERS=1 ...                                      # the filter steps left out
+    MISS=1 ...                      # every head differs from its connection's previous one
+                                    # (two heads alternate both ways: no head is reused)
+    USERS=4 ...                     # requests of 4 users in turn, as gateway_proxy.py's wrk
+                                    # script sends them (one turn shared by the connections)
     GC_GEN0=700 ...                 # the interpreter's gen0 threshold (default: the shipped
                                     # worker's URR_HTTP__GC_GEN0_THRESHOLD, 20000)
 
@@ -50,6 +54,9 @@ N_WARM = int(os.environ.get("WARM", "3000"))
 N = int(os.environ.get("N", "20000"))
 CONNS = 64
 NOFILTERS = bool(os.environ.get("NOFILTERS"))
+#: Heads that alternate on every connection, so no connection sees its previous head again.
+MISS = bool(os.environ.get("MISS"))
+USERS = int(os.environ.get("USERS", "1"))
 #: The worker's shipped ``URR_HTTP__GC_GEN0_THRESHOLD`` by default (the fair comparison: what
 #: a deployed worker collects); 700 is the interpreter's default.
 GC_GEN0 = int(os.environ.get("GC_GEN0", str(SHIPPED_GC_GEN0)))
@@ -63,7 +70,8 @@ if any(arg not in ("--callgrind",) for arg in sys.argv[1:]):
 work = Path(tempfile.mkdtemp())
 procs = []
 redis = RedisServer(port=free_port(), workdir=work / "redis")
-at, et = write_keys_and_sign(work)[0]
+signed = write_keys_and_sign(work, USERS)
+at, et = signed[0]
 up = free_port()
 procs.append(start_upstream(work, up))
 wait_listening("127.0.0.1", up, 10, "u")
@@ -89,10 +97,17 @@ UP_ANSWER = (
     b"Content-Type: application/json\r\nContent-Length: 11\r\nConnection: keep-alive\r\n\r\n"
     b'{"ok":true}'
 )
-REQUEST = (
-    f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nCookie: access_token={at}\r\n"
-    f"x-queue-entry-token: {et}\r\n\r\n"
-).encode()
+USER_REQUESTS = [
+    (
+        f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nCookie: access_token={access}\r\n"
+        f"x-queue-entry-token: {entry}\r\n\r\n"
+    ).encode()
+    for access, entry in signed
+]
+REQUEST = USER_REQUESTS[0]
+#: With ``MISS``: each connection alternates between these (one header field's value apart).
+UP_ANSWERS = (UP_ANSWER, UP_ANSWER.replace(b"01:00:00 GMT", b"01:00:01 GMT")) if MISS else None
+REQUESTS = (REQUEST, REQUEST.replace(b"Host: 127.0.0.1:8080", b"Host: 127.0.0.1:8081"))
 
 
 class UpstreamTransport:
@@ -100,9 +115,14 @@ class UpstreamTransport:
 
     def __init__(self, proto, loop):
         self.p, self.loop = proto, loop
+        self.n = 0
 
     def write(self, data):
-        self.loop.call_soon(self.p.data_received, UP_ANSWER)
+        if UP_ANSWERS is None:
+            self.loop.call_soon(self.p.data_received, UP_ANSWER)
+        else:
+            self.n += 1
+            self.loop.call_soon(self.p.data_received, UP_ANSWERS[self.n & 1])
 
     def is_closing(self):
         return False
@@ -133,6 +153,7 @@ poolmod.ConnectionPool._connect = fake_connect
 
 
 class State:
+    turn = 0
     answered = 0
     target = 0
     done = None
@@ -146,7 +167,14 @@ class ClientTransport(UpstreamTransport):
         State.first = data
         State.answered += 1
         if State.answered < State.target:
-            self.loop.call_soon(self.p.data_received, REQUEST)
+            if MISS:
+                self.n += 1
+                self.loop.call_soon(self.p.data_received, REQUESTS[self.n & 1])
+            elif USERS > 1:
+                State.turn += 1
+                self.loop.call_soon(self.p.data_received, USER_REQUESTS[State.turn % USERS])
+            else:
+                self.loop.call_soon(self.p.data_received, REQUEST)
         elif State.answered >= State.target + CONNS - 1 and not State.done.done():
             State.done.set_result(None)
 

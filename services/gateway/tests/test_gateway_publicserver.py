@@ -462,3 +462,52 @@ async def test_tokens_remembered_by_the_connection_are_still_revoked_and_bound_t
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+def forged(token: str) -> str:
+    """``token`` with one character of its signature changed: as long, well formed, and
+    equal to the real one in every other byte, but not signed by the issuer."""
+    head, payload, signature = token.split(".")
+    changed = "A" if signature[10] != "A" else "B"
+    return f"{head}.{payload}.{signature[:10]}{changed}{signature[11:]}"
+
+
+async def test_a_head_kept_by_the_connection_never_vouches_for_another_cookie_or_token(listener):
+    """The connection reuses its previous head's headers only when every field is equal byte
+    for byte, and every filter still decides on every request. On one keep-alive connection,
+    after the same valid request twice: a forged access cookie (one byte off) is refused and
+    cleared, a forged entry token and another user's are refused, the valid head is served
+    again, and only the valid requests reach the upstream, each as its own user."""
+    stack, port, _ = listener
+    access, entry = stack.access_token("u1"), stack.entry_token("u1", "e1")
+
+    def seats(cookie: str, token: str) -> bytes:
+        extra = f"Cookie: access_token={cookie}\r\nx-queue-entry-token: {token}\r\n"
+        return get("/api/v1/seats/e1", extra.encode())
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+
+        async def ask(cookie: str, token: str) -> tuple[int, bytes, bytes]:
+            writer.write(seats(cookie, token))
+            return await read_answer(reader)
+
+        for _ in range(2):
+            assert (await ask(access, entry))[0] == 200
+        status, head, body = await ask(forged(access), entry)
+        assert (status, problem_code(head + b"\r\n\r\n" + body)) == (401, "login_required")
+        assert b"Set-Cookie: access_token=" in head  # the refused cookie is cleared
+        for token, code in (
+            (forged(entry), "entry_token_invalid"),
+            (stack.entry_token("u2", "e1"), "entry_token_wrong_user"),
+        ):
+            status, head, body = await ask(access, token)
+            assert (status, problem_code(head + b"\r\n\r\n" + body)) == (403, code)
+        assert (await ask(access, entry))[0] == 200
+        status, head, _ = await ask(forged(access), entry)  # after a valid head again
+        assert status == 401
+        assert [stack.asserted(seen).user_id for seen in stack.ticket.requests] == ["u1"] * 3
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()

@@ -411,3 +411,64 @@ async def test_a_waiter_that_gives_up_leaves_the_pool_consistent(start):
     finally:
         release.set()
         await client.close()
+
+
+async def test_an_answer_head_equal_to_the_previous_one_is_its_own_copy_and_trailers_stay_out():
+    """A connection reuses the previous answer's decoded headers only for a head equal byte
+    for byte: each answer gets its own copy (a reader editing it changes no later answer),
+    a field that differs in one byte or a different length is read afresh, and a chunked
+    answer's trailer fields (parsed after its head) never become part of a kept head."""
+    answers = [
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 2\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 2\r\nContent-Length: 3\r\n\r\nok!",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+        b"2\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\nX-T: 1\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n",
+    ]
+    peers = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal peers
+        peers += 1
+        for answer in answers:
+            await read_head(reader)
+            writer.write(answer)
+            await writer.drain()
+        writer.close()  # after the last answer (the client reads it, then the close)
+        await writer.wait_closed()
+
+    server, url = await raw_server(serve)
+    client = UpstreamClient({"up": url}, limits())
+    seen: list[tuple[list[tuple[str, str]], int | None, bytes]] = []
+    try:
+        for _ in answers:
+            response = await client.send("up", "GET", "/", CIMultiDict())
+            try:
+                body = await response.read()
+                seen.append((list(response.headers.items()), response.content_length, body))
+                response.headers.popall("X-A", None)  # a reader's edit: this answer's only
+                response.headers["X-Edited"] = "1"
+            finally:
+                response.close()
+        assert peers == 1  # one connection: every head after the first could be reused
+    finally:
+        await client.close()
+        server.close()
+    one = [("X-A", "1"), ("Content-Length", "2")]
+    chunked = [("Transfer-Encoding", "chunked"), ("Trailer", "X-T")]
+    assert seen == [
+        (one, 2, b"ok"),
+        (one, 2, b"ok"),
+        (one, 2, b"ok"),
+        ([("X-A", "2"), ("Content-Length", "2")], 2, b"ok"),
+        ([("X-A", "2"), ("Content-Length", "3")], 3, b"ok!"),
+        (chunked, None, b"ok"),
+        ([*chunked, ("X-T", "1")], None, b"ok"),
+        (chunked, None, b"ok"),
+    ]

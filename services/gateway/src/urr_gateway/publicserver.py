@@ -172,6 +172,8 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         "_body_buffered",
         "_drain_waiter",
         "_idle_waiter",
+        "_last_headers",
+        "_last_pairs",
         "_pairs",
         "_peer",
         "_queue",
@@ -182,7 +184,15 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
 
     def __init__(self, server: PublicServer) -> None:
         super().__init__(server)
-        self._pairs: list[tuple[str, str]] = []
+        #: The head being read, its fields as llhttp handed them over (bytes, undecoded).
+        self._pairs: list[tuple[bytes, bytes]] = []
+        #: The previous head's fields and the headers made of them: a keep-alive client sends
+        #: the same fields again and again (its cookie, its tokens), and a head whose fields
+        #: are equal byte for byte gets the same read-only headers, neither decoded nor
+        #: built again. Their strings keep their hashes, so the cookie and the entry token
+        #: are not hashed again as cache keys either. Only this connection's own last head.
+        self._last_pairs: list[tuple[bytes, bytes]] | None = None
+        self._last_headers: CIMultiDictProxy[str] | None = None
         self._queue: deque[_Exchange] = deque()
         #: The exchange whose body is being read.
         self._reading: _Exchange | None = None
@@ -235,22 +245,20 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # ``Http1Connection.on_header`` and a listener's ``header`` in one callback: one Python
-        # call per header field instead of two. Decoded as aiohttp decodes them (the same bytes
-        # make the same header for every step); the name as a cached ``istr`` (the upstream
-        # client's cache), which the multidict does not case-fold again.
+        # call per header field instead of two. Kept as bytes: decoded in
+        # ``on_headers_complete``, unless the connection's previous head had the same fields.
         pairs = self._pairs
         if len(pairs) >= self.max_headers:
             raise Unreadable(HEAD_TOO_LARGE)
-        pairs.append((name_of(name) or new_name(name), value.decode("utf-8", "surrogateescape")))
+        pairs.append((name, value))
 
     def request_id(self) -> bytes:
         """``Http1Connection.request_id`` for a refusal (the fields read so far are
         ``_pairs``): the client's first X-Request-Id when short and plain, else a fresh one."""
         for name, value in self._pairs:
-            if name.lower() == "x-request-id":
-                inbound = value.encode("utf-8", "surrogateescape")
-                if REQUEST_ID_RE.fullmatch(inbound):
-                    return inbound
+            if name.lower() == b"x-request-id":
+                if REQUEST_ID_RE.fullmatch(value):
+                    return value
                 break
         return b"%032x" % getrandbits(128)
 
@@ -258,13 +266,40 @@ class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
         self._in_head = False  # ``head_done``: the head's deadline is met
         self.deadline = None
         parser = self.parser
-        headers = CIMultiDictProxy(CIMultiDict(self._pairs))
+        pairs = self._pairs
+        headers: CIMultiDictProxy[str]
+        if pairs == self._last_pairs:  # compared in C: equal names and values, byte for byte
+            kept: Any = self._last_headers  # set with them (``Any``: no ``typing.cast`` call)
+            headers = kept
+            keep = False  # kept already
+        else:
+            # Decoded as aiohttp decodes them (the same bytes make the same header for every
+            # step); the name as a cached ``istr`` (the upstream client's cache), which the
+            # multidict does not case-fold again.
+            headers = CIMultiDictProxy(
+                CIMultiDict(
+                    [
+                        (name_of(name) or new_name(name), value.decode("utf-8", "surrogateescape"))
+                        for name, value in pairs
+                    ]
+                )
+            )
+            # Bounded: kept only when the head came in the read (or slice) that completed it,
+            # so it is no longer than ``max_head_bytes // 4`` (``data_received`` feeds no
+            # more at once, and counts the bytes of a head that spans reads).
+            keep = not self._head_bytes
         length_text = headers.get(hdrs.CONTENT_LENGTH)
         length = int(length_text) if length_text is not None else None
         body = None
         if (length is not None and length > 0) or hdrs.TRANSFER_ENCODING in headers:
             expect = headers.get(hdrs.EXPECT, "").lower() == "100-continue"
             body = RequestBody(self, expect_continue=expect and parser.get_http_version() == "1.1")
+        elif keep:
+            # Kept only for a head without a body: a chunked body's trailer fields are
+            # appended to ``_pairs`` after this (counted against ``max_headers``), which must
+            # never change what the kept fields say.
+            self._last_pairs = pairs
+            self._last_headers = headers
         raw_method = parser.get_method()
         request = GatewayRequest(
             _METHODS.get(raw_method) or _method(raw_method),

@@ -36,6 +36,8 @@ _TRANSFER_ENCODING = istr("transfer-encoding")
 _CONNECTION = istr("connection")
 #: Methods that carry a body by definition: an empty one is announced as such.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: One header field's ``name: value`` (``str.join`` bound, called by ``map`` from C).
+_FIELD_JOIN = ": ".join
 #: Attempts on a reused connection that the upstream had closed (bounded).
 _MAX_ATTEMPTS = 3
 
@@ -181,7 +183,8 @@ def request_head(
     method: str, target: str, host: str, headers: CIMultiDict[str], framing: str
 ) -> bytes:
     """The request line and headers, with ``framing`` (``Content-Length``/chunked) added."""
-    # Joined, not formatted: the names are ``istr``s, which f-strings format the slow way.
+    # Joined, not formatted: the names are ``istr``s, which f-strings format the slow way;
+    # each field joined by ``map`` from C (no Python loop).
     if (  # ``_CLIENT_OWNED``, spelt out: four lookups in C (``istr``s), no generator
         _HOST in headers
         or _CONTENT_LENGTH in headers
@@ -192,14 +195,17 @@ def request_head(
             ": ".join(field) for field in headers.items() if field[0].lower() not in _CLIENT_OWNED
         ]
     else:  # the proxy's usual case (it drops them already): no lower-casing of every name
-        fields = [": ".join(field) for field in headers.items()]
+        fields = list(map(_FIELD_JOIN, headers.items()))
     # Every piece the client, a filter or a setting supplied, run together: one CR or LF in
     # any of them would split a line. ``in`` finds a character with memchr; ``str.count``
     # (the earlier check, on the whole head) walks it character by character, twice, which
     # cost more than building the head.
-    plain = "".join([*fields, method, target, host])
+    fields.extend((method, target, host))
+    plain = "".join(fields)
     if "\n" in plain or "\r" in plain:
         raise InvalidHeader("a header name or value contains CR or LF")
-    fields.append(framing)
-    text = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n" + "\r\n".join(fields) + "\r\n"
-    return text.encode("utf-8", "surrogateescape")
+    # The head in one join (the request line first, the framing and the blank line last):
+    # one copy of the ~1.5 KB of fields, where a join and two concatenations made three.
+    fields[-3:] = (framing, "")
+    fields.insert(0, f"{method} {target} HTTP/1.1\r\nHost: {host}")
+    return "\r\n".join(fields).encode("utf-8", "surrogateescape")

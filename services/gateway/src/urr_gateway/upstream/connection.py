@@ -32,6 +32,9 @@ _LOW_WATER = 64 * 1024
 #: Statuses whose answers never have a body (RFC 9112 §6.3).
 _NO_BODY = frozenset({204, 304})
 _CONTENT_LENGTH = istr("Content-Length")
+#: The most bytes of an answer (its head, and whatever of its body came with it) received
+#: before its head was complete for the head to be kept for the next answer's.
+_KEPT_HEAD_BYTES = 8 * 1024
 
 
 class UpstreamResponse:
@@ -193,6 +196,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._response: UpstreamResponse | None = None
         self._header_pairs: list[tuple[bytes, bytes]] = []
+        #: The previous answer's fields as received, decoded, and its length: an upstream
+        #: sends the same head again and again (within the second of its ``Date``, for the
+        #: same length), and a head whose fields are equal byte for byte is neither decoded
+        #: nor parsed again (each answer still gets headers of its own).
+        self._last_pairs: list[tuple[bytes, bytes]] | None = None
+        self._last_fields: list[tuple[istr, str]] = []
+        self._last_length: int | None = None
+        #: Bytes of the current answer received so far.
+        self._received = 0
         self._reason = b""
         self._head_request = False
         self._sending = False
@@ -223,6 +235,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._header_pairs = []
         self._reason = b""
         self.answered = False
+        self._received = 0
         self._reusable = False
         self._on_done = on_done
         response = self._response = UpstreamResponse(self, timeout_s)
@@ -304,6 +317,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection cannot be trusted
             return
         self.answered = True
+        self._received += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -339,17 +353,28 @@ class UpstreamConnection(asyncio.Protocol):
             self._header_pairs = []  # an interim answer (103): wait for the real one
             self._reason = b""
             return
-        # Decoded in one comprehension and built by the multidict's C constructor; the
-        # length found by one lookup after: no per-header branch in Python.
-        name_of = _NAMES.get
-        headers: CIMultiDict[str] = CIMultiDict(
-            [
+        pairs = self._header_pairs
+        if pairs == self._last_pairs:  # compared in C, byte for byte
+            headers: CIMultiDict[str] = CIMultiDict(self._last_fields)
+            length = self._last_length
+        else:
+            # Decoded in one comprehension and built by the multidict's C constructor; the
+            # length found by one lookup after: no per-header branch in Python.
+            name_of = _NAMES.get
+            fields = [
                 (name_of(name) or _name(name), value.decode("utf-8", "surrogateescape"))
-                for name, value in self._header_pairs
+                for name, value in pairs
             ]
-        )
-        length_text = headers.get(_CONTENT_LENGTH)
-        length = int(length_text) if length_text is not None and length_text.isdigit() else None
+            headers = CIMultiDict(fields)
+            length_text = headers.get(_CONTENT_LENGTH)
+            length = int(length_text) if length_text is not None and length_text.isdigit() else None
+            # Bounded: an idle pooled connection holds no more than this of its last answer
+            # (every byte of this answer received so far bounds its head).
+            if self._received <= _KEPT_HEAD_BYTES:
+                # A copy: a chunked answer's trailer fields are appended to ``pairs`` later.
+                self._last_pairs = pairs.copy()
+                self._last_fields = fields
+                self._last_length = length
         response.status = status
         response.reason = self._reason.decode("latin-1")
         response.headers = headers
