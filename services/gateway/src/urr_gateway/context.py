@@ -56,7 +56,6 @@ class RequestFacts:
 
     __slots__ = (
         "auth_refusal",
-        "client_fields",
         "client_ip",
         "cookie_refused",
         "entry_token",
@@ -82,7 +81,6 @@ class RequestFacts:
         raw_query: str,
         route: RouteMatch | None,
         headers: CIMultiDict[str],
-        client_fields: int = 0,
     ) -> None:
         self.request_id = request_id
         self.client_ip = client_ip
@@ -91,10 +89,6 @@ class RequestFacts:
         self.route = route
         #: The headers the upstream will receive (``ingress.FORWARD_HEADERS``).
         self.headers = headers
-        #: How many of ``headers``' first fields are the client's, as forwarded (ingress's
-        #: copy, before the fields it adds): the upstream client renders those once for every
-        #: request that forwards the same ones (``upstream.client.request_head``).
-        self.client_fields = client_fields
         self.identity: Identity | None = None
         #: The ``Authorization`` header was made from the ``access_token`` cookie.
         self.from_cookie = False

@@ -112,7 +112,6 @@ class Ingress:
             host = forwarded_host(request.host, client_headers, 1)
         else:
             proto, host = request.scheme, request.host
-        client_fields = len(headers)
         # Every name here is gateway-owned, so none is left in the copy: added in one call.
         headers.extend(
             (
@@ -122,9 +121,7 @@ class Ingress:
                 (_REQUEST_ID, request_id),
             )
         )
-        facts = RequestFacts(
-            request_id, client.ip, normalised, raw_query, match, headers, client_fields
-        )
+        facts = RequestFacts(request_id, client.ip, normalised, raw_query, match, headers)
         # Set before a re-issue: the clone copies the state, so both requests share the facts
         # (the answer aiohttp prepares for the original request sees what the filters learnt).
         state = request._state

@@ -142,9 +142,9 @@ def open_upstream_client(settings: GatewaySettings) -> UpstreamClient:
 
 def _request_parts(
     request: web.Request,
-) -> tuple[RouteMatch | None, str, str, CIMultiDict[str], Identity | None, int]:
+) -> tuple[RouteMatch | None, str, str, CIMultiDict[str], Identity | None]:
     """Route, raw query, canonical path, upstream headers and identity, as ingress and the
-    filters left them; and how many of the headers' first fields are the client's."""
+    filters left them."""
     facts = facts_of(request)
     if facts is None:
         return (
@@ -153,19 +153,11 @@ def _request_parts(
             request[NORMALISED_PATH].raw,
             request[FORWARD_HEADERS],
             request.get(IDENTITY),
-            0,
         )
     identity = facts.identity
     if identity is None:  # a filter given as a middleware publishes it on the request only
         identity = peek(request, IDENTITY)
-    return (
-        facts.route,
-        facts.raw_query,
-        facts.normalised.raw,
-        facts.headers,
-        identity,
-        facts.client_fields,
-    )
+    return facts.route, facts.raw_query, facts.normalised.raw, facts.headers, identity
 
 
 class UpstreamProxy:
@@ -217,7 +209,7 @@ class UpstreamProxy:
         await, whose failures ``send_failed`` turns into problems (the protocol server
         awaits it directly, one level less to resume when the answer's headers come).
         Raises the problem answering a request that must not go upstream."""
-        match, query, path, headers, identity, client_fields = _request_parts(request)
+        match, query, path, headers, identity = _request_parts(request)
         if match is None or match.route.upstream is None:
             raise NotFound("no API route matches this path", code="route_not_found")
         upstream = match.route.upstream
@@ -244,7 +236,7 @@ class UpstreamProxy:
             )
         body = self._client_body(request) if request.body_exists else None
         return upstream, self._client().send(
-            upstream, request.method, target, headers, body, length, client_fields
+            upstream, request.method, target, headers, body, length
         )
 
     def send_failed(self, upstream: Upstream, exc: Exception) -> BaseException:

@@ -104,11 +104,6 @@ _FIELD_JOIN = ": ".join
 #: ``http1``'s X-Request-Id rule on the decoded value: the same bytes pass (the rule is ASCII;
 #: any other byte decodes to a character outside it).
 _REQUEST_ID_TEXT_RE = re.compile(REQUEST_ID_RE.pattern.decode("ascii"))
-#: The text of an upstream answer's first fields, by the fields (``_head``): bounded in
-#: entries (emptied when full) and in each text's length.
-_SHARED_FIELDS: dict[tuple[tuple[str, str], ...], str] = {}
-_SHARED_MAX_ENTRIES = 256
-_SHARED_MAX_CHARS = 8192
 #: Request methods decoded, by their bytes: bounded by llhttp, which reads only the methods
 #: it knows (a few dozen).
 _METHODS: dict[bytes, str] = {}
@@ -602,20 +597,15 @@ class PublicServer(Http1Server):
         reason: str | None,
         headers: CIMultiDict[str],
         body: bytes,
-        upstream: bool = False,
     ) -> None:
-        """``upstream``: ``headers`` are an upstream answer's, then the X-Request-Id last."""
         head_only = exchange.request.method == "HEAD"
         if not (head_only and hdrs.CONTENT_LENGTH in headers):
             popall = headers.popall  # ``_FRAMING``, unrolled
             popall(hdrs.CONTENT_LENGTH, None)
             popall(hdrs.TRANSFER_ENCODING, None)
-            shared = len(headers) - 1 if upstream else 0
             if status >= 200 and status not in _NO_BODY_STATUSES:
                 headers[hdrs.CONTENT_LENGTH] = str(len(body))
-        else:
-            shared = len(headers) - 1 if upstream else 0
-        head = self._head(exchange, status, reason, headers, shared)
+        head = self._head(exchange, status, reason, headers)
         exchange.head_sent = True
         # ``connection.send`` inlined (keep in step with it).
         transport = exchange.connection.transport
@@ -649,7 +639,7 @@ class PublicServer(Http1Server):
         # Nothing reads a complete answer's headers again: edited in place, not copied.
         headers = strip_hop_by_hop(answer.headers)
         headers[_REQUEST_ID] = exchange.request_id
-        self._write_whole(exchange, answer.status, answer.reason, headers, body, True)
+        self._write_whole(exchange, answer.status, answer.reason, headers, body)
         return True
 
     async def _relay(
@@ -665,7 +655,7 @@ class PublicServer(Http1Server):
             headers[_REQUEST_ID] = exchange.request_id
             if self._prepare_sync is None:
                 await self._prepare_async(exchange, headers)
-            self._write_whole(exchange, answer.status, answer.reason, headers, body, True)
+            self._write_whole(exchange, answer.status, answer.reason, headers, body)
             return
         headers = downstream_response_headers(answer.headers)
         headers[_REQUEST_ID] = exchange.request_id
@@ -716,17 +706,9 @@ class PublicServer(Http1Server):
             await receiver(request, prepared)
 
     def _head(
-        self,
-        exchange: _Exchange,
-        status: int,
-        reason: str | None,
-        headers: CIMultiDict[str],
-        shared: int = 0,
+        self, exchange: _Exchange, status: int, reason: str | None, headers: CIMultiDict[str]
     ) -> bytes:
-        """The answer's head, with every header the app's ``on_response_prepare`` adds.
-
-        ``shared``: how many of the first fields are the upstream's (their text is kept by
-        the fields themselves, ``_SHARED_FIELDS``: an upstream repeats its head)."""
+        """The answer's head, with every header the app's ``on_response_prepare`` adds."""
         facts = exchange.facts
         if facts is not None and facts.rate_limit_headers:
             # The decision's own values, as the aiohttp pipeline sets them on an answer it
@@ -761,28 +743,11 @@ class PublicServer(Http1Server):
             headers[hdrs.CONNECTION] = "close"
         elif exchange.http10:
             headers[hdrs.CONNECTION] = "keep-alive"
-        line = self._status_lines.get((status, reason)) or self._status_text(status, reason)
-        if shared > 0:
-            items = list(headers.items())
-            # The fields are the key (names and values compared character for character, as
-            # a tuple in C): a kept text is reused only for fields equal to its own, whatever
-            # the proxy replaced among them (a RateLimit field the upstream sent too).
-            key = tuple(items[:shared])
-            kept = _SHARED_FIELDS.get(key)
-            if kept is None:
-                kept = "\r\n".join(map(_FIELD_JOIN, key))
-                if len(kept) <= _SHARED_MAX_CHARS:  # bounded: an upstream chooses its fields
-                    if len(_SHARED_FIELDS) >= _SHARED_MAX_ENTRIES:
-                        _SHARED_FIELDS.clear()
-                    _SHARED_FIELDS[key] = kept
-            fields = [kept]
-            fields.extend(map(_FIELD_JOIN, items[shared:]))
-            fields.extend(("", ""))
-            return (line + "\r\n".join(fields)).encode("utf-8", "surrogateescape")
         # Names are ``istr``s: joining them is about half the cost of formatting them, and
         # ``map`` runs the join of each field from C (never empty: Date is set above).
-        fields_text = "\r\n".join(map(_FIELD_JOIN, headers.items()))
-        return f"{line}{fields_text}\r\n\r\n".encode("utf-8", "surrogateescape")
+        fields = "\r\n".join(map(_FIELD_JOIN, headers.items()))
+        line = self._status_lines.get((status, reason)) or self._status_text(status, reason)
+        return f"{line}{fields}\r\n\r\n".encode("utf-8", "surrogateescape")
 
     def _status_text(self, status: int, reason: str | None) -> str:
         """The status line, kept per (status, reason): upstreams send a handful of them."""

@@ -38,11 +38,6 @@ _CONNECTION = istr("connection")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: One header field's ``name: value`` (``str.join`` bound, called by ``map`` from C).
 _FIELD_JOIN = ": ".join
-#: The text of a request's first (shared) fields, by the fields: a keep-alive client's repeated
-#: head is rendered once. Bounded in entries (emptied when full) and in each text's length.
-_SHARED_FIELDS: dict[tuple[tuple[str, str], ...], str] = {}
-_SHARED_MAX_ENTRIES = 256
-_SHARED_MAX_CHARS = 8192
 #: Attempts on a reused connection that the upstream had closed (bounded).
 _MAX_ATTEMPTS = 3
 
@@ -103,14 +98,11 @@ class UpstreamClient:
         headers: CIMultiDict[str],
         body: AsyncIterator[bytes] | None = None,
         content_length: int | None = None,
-        shared: int = 0,
     ) -> UpstreamResponse:
-        """Send one request; the answer with its headers in (read its body, then ``close``).
-        ``shared``: how many of the first fields other requests may forward alike (the
-        client's, as ingress forwards them; see ``request_head``)."""
+        """Send one request; the answer with its headers in (read its body, then ``close``)."""
         origin = self._origins[upstream]
         framing = _framing(method, body is not None, content_length)
-        head = request_head(method, target, origin.host_header, headers, framing, shared)
+        head = request_head(method, target, origin.host_header, headers, framing)
         retryable = body is None and method in _IDEMPOTENT
         pool = origin.pool
         for attempt in range(1, _MAX_ATTEMPTS + 1):
@@ -188,19 +180,9 @@ async def _send_body(
 
 
 def request_head(
-    method: str,
-    target: str,
-    host: str,
-    headers: CIMultiDict[str],
-    framing: str,
-    shared: int = 0,
+    method: str, target: str, host: str, headers: CIMultiDict[str], framing: str
 ) -> bytes:
-    """The request line and headers, with ``framing`` (``Content-Length``/chunked) added.
-
-    The text of the first ``shared`` fields is kept (``_SHARED_FIELDS``) by the fields
-    themselves, so a keep-alive client's repeated head is rendered once: only the fields
-    after them (X-Forwarded-*, X-Request-Id, the identity assertion) are joined per request.
-    """
+    """The request line and headers, with ``framing`` (``Content-Length``/chunked) added."""
     # Joined, not formatted: the names are ``istr``s, which f-strings format the slow way;
     # each field joined by ``map`` from C (no Python loop).
     if (  # ``_CLIENT_OWNED``, spelt out: four lookups in C (``istr``s), no generator
@@ -212,25 +194,6 @@ def request_head(
         fields = [
             ": ".join(field) for field in headers.items() if field[0].lower() not in _CLIENT_OWNED
         ]
-        shared = 0  # the positions no longer match the headers'
-    elif shared:
-        items = list(headers.items())
-        # The fields themselves are the key (compared name and value, character for
-        # character, as a tuple in C): the text is reused only for fields equal to the ones
-        # it was rendered from, whatever a filter changed or removed since.
-        key = tuple(items[:shared])
-        kept = _SHARED_FIELDS.get(key)
-        if kept is not None:
-            # Only the fields after the kept text are checked: it was checked when kept.
-            fields = list(map(_FIELD_JOIN, items[shared:]))
-            fields.extend((method, target, host))
-            plain = "".join(fields)
-            if "\n" in plain or "\r" in plain:
-                raise InvalidHeader("a header name or value contains CR or LF")
-            fields[-3:] = (framing, "")
-            fields[:0] = (f"{method} {target} HTTP/1.1\r\nHost: {host}", kept)
-            return "\r\n".join(fields).encode("utf-8", "surrogateescape")
-        fields = list(map(_FIELD_JOIN, items))
     else:  # the proxy's usual case (it drops them already): no lower-casing of every name
         fields = list(map(_FIELD_JOIN, headers.items()))
     # Every piece the client, a filter or a setting supplied, run together: one CR or LF in
@@ -241,14 +204,6 @@ def request_head(
     plain = "".join(fields)
     if "\n" in plain or "\r" in plain:
         raise InvalidHeader("a header name or value contains CR or LF")
-    if shared and len(fields) > 3:
-        # Checked with the rest above: kept for the next request forwarding the same fields
-        # (bounded in entries and in each text's length; a client chooses its fields).
-        text = "\r\n".join(fields[: min(shared, len(fields) - 3)])
-        if len(text) <= _SHARED_MAX_CHARS:
-            if len(_SHARED_FIELDS) >= _SHARED_MAX_ENTRIES:
-                _SHARED_FIELDS.clear()
-            _SHARED_FIELDS[key] = text
     # The head in one join (the request line first, the framing and the blank line last):
     # one copy of the ~1.5 KB of fields, where a join and two concatenations made three.
     fields[-3:] = (framing, "")
