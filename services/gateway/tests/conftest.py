@@ -193,6 +193,10 @@ def upstream_app(log: UpstreamLog) -> web.Application:
             response = await _echo(request, log)
             response.headers["RateLimit"] = '"upstream";r=7;t=3'
             return response
+        if last == "own-security":  # an upstream that sets one security header itself
+            response = await _echo(request, log)
+            response.headers["X-Frame-Options"] = "SAMEORIGIN"
+            return response
         if last == "hop":
             response = await _echo(request, log)
             response.headers["Connection"] = "X-Upstream-Private"

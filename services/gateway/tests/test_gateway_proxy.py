@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +23,7 @@ from urr_common.settings import LogSettings
 from urr_gateway.context import CLIENT_IP, IDENTITY, RequestFacts
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.ratelimit.config import RateLimitSettings
+from urr_gateway.responseheaders import REFERRER_POLICY
 from urr_gateway.revocation import ENTRY_TOKEN_REVOCATION, RevocationVerdict, revocation_key_of
 from urr_gateway.settings import GatewayHttpSettings, UpstreamSettings
 from urr_gateway.trust import TrustSettings
@@ -438,6 +440,35 @@ async def test_the_decision_headers_are_on_a_proxied_answer_once(stack_factory):
     assert len(own.headers.getall("RateLimit")) == 1
     assert own.headers["RateLimit"].startswith('"general";r=')
     assert own.headers.getall("RateLimit-Policy") == ['"general";q=100;w=60']
+
+
+async def test_every_answer_on_a_connection_has_its_own_added_headers_each_once(stack_factory):
+    """Answers one after the other (one keep-alive connection): each carries every security
+    header and the decision's RateLimit headers exactly once, with its own decision's values;
+    an upstream's own ``X-Frame-Options`` is kept on its answer only, its own RateLimit
+    replaced (the headers are appended when absent, merged or updated when not)."""
+    limits = RateLimitSettings(budget_ms=2000, congestion_cap_ms=5000)
+    stack = await stack_factory(wired=True, rate_limit=limits)
+    remaining: list[int] = []
+    for last, frame in (
+        ("sth", "DENY"),
+        ("own-security", "SAMEORIGIN"),
+        ("own-limits", "DENY"),
+        ("sth", "DENY"),
+    ):
+        response = await stack.client.get(f"/v1/log/e1/{last}")
+        assert response.status == 200
+        headers = response.headers
+        assert headers.getall("X-Frame-Options") == [frame]
+        assert headers.getall("X-Content-Type-Options") == ["nosniff"]
+        assert headers.getall("Referrer-Policy") == [REFERRER_POLICY]
+        assert headers.getall("RateLimit-Policy") == ['"general";q=100;w=60']
+        (state,) = headers.getall("RateLimit")
+        found = re.search(r'^"general";r=(\d+);t=\d+$', state)
+        assert found is not None
+        remaining.append(int(found.group(1)))
+    assert remaining == sorted(remaining, reverse=True)
+    assert len(set(remaining)) == len(remaining)  # each answer its own decision's count
 
 
 async def test_filters_run_as_steps_and_log_lines_carry_the_request(stack_factory):

@@ -66,6 +66,7 @@ class RequestFacts:
         "rate_limit_decision",
         "rate_limit_headers",
         "rate_limit_revoked_key",
+        "rate_limit_set",
         "raw_query",
         "request_id",
         "revocation_key",
@@ -100,6 +101,9 @@ class RequestFacts:
         self.revocation_key: str | None = None
         #: The rate-limit decision's headers, once decided (every answer carries them).
         self.rate_limit_headers: dict[str, str] | None = None
+        #: ``rate_limit_headers`` are on the answer being prepared already (the protocol
+        #: server's ``_head``, while it runs the ``on_response_prepare`` receivers).
+        self.rate_limit_set = False
         #: The rate-limit decision (``filters.ratelimit.RATE_LIMIT_DECISION``).
         self.rate_limit_decision: Decision | None = None
         #: The revoked-jti key the decision looked up (``RATE_LIMIT_REVOKED_KEY``).

@@ -710,10 +710,15 @@ class PublicServer(Http1Server):
     ) -> bytes:
         """The answer's head, with every header the app's ``on_response_prepare`` adds."""
         facts = exchange.facts
-        if facts is not None and facts.rate_limit_headers:
+        limited = facts.rate_limit_headers if facts is not None else None
+        if limited:
             # The decision's own values, as the aiohttp pipeline sets them on an answer it
-            # returns (an upstream's are replaced; the receiver's merge then finds them).
-            headers.update(facts.rate_limit_headers)
+            # returns (an upstream's are replaced). Appended when none is there (an upstream
+            # seldom states its own), as ``update`` appends absent names, without its pass.
+            if any(map(headers.__contains__, limited)):
+                headers.update(limited)
+            else:
+                headers.extend(limited)
         receivers = self._prepare_sync
         if receivers is not None:
             # Built by ``object.__new__`` (no Python ``__init__``) and ``Any`` rather than
@@ -721,8 +726,15 @@ class PublicServer(Http1Server):
             prepared: Any = _new_prepared(_Prepared)
             prepared.headers = headers
             request: Any = exchange.request
-            for receiver in receivers:
-                receiver(request, prepared)
+            if limited:
+                # Set above: the receiver's ``merge`` of them would find every name.
+                facts.rate_limit_set = True  # type: ignore[union-attr]
+                for receiver in receivers:
+                    receiver(request, prepared)
+                facts.rate_limit_set = False  # type: ignore[union-attr]
+            else:
+                for receiver in receivers:
+                    receiver(request, prepared)
         if hdrs.DATE not in headers:
             headers[hdrs.DATE] = self.date_text
         # Whether this answer is the connection's last: the client asked, its body is

@@ -81,6 +81,8 @@ def install_response_headers(app: web.Application, trust: TrustSettings) -> None
             limited = facts.rate_limit_headers
             if limited is None:
                 limited = decision_headers(request)
+            elif facts.rate_limit_set:
+                limited = None  # on the answer already: a ``merge`` would find every name
         else:
             forwarded = request.get(FORWARD_HEADERS)
             scheme = (
@@ -90,9 +92,13 @@ def install_response_headers(app: web.Application, trust: TrustSettings) -> None
             limited = decision_headers(request)
         over_tls = scheme == "https"
         headers = response.headers
-        # ``merge``: each name added only when absent (an upstream's own value is kept), in
-        # one call instead of a ``setdefault`` per name.
-        headers.merge(over_tls_headers if over_tls else plain)
+        # Each name added only when absent (an upstream's own value is kept): ``merge`` when
+        # one is there, else appended (an upstream seldom sends them), without its pass.
+        security = over_tls_headers if over_tls else plain
+        if any(map(headers.__contains__, security)):
+            headers.merge(security)
+        else:
+            headers.extend(security)
         if limited is not None:
             headers.merge(limited)
         if cookie_refused and not _sets_access_cookie(response):
