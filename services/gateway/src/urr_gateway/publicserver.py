@@ -713,12 +713,8 @@ class PublicServer(Http1Server):
         limited = facts.rate_limit_headers if facts is not None else None
         if limited:
             # The decision's own values, as the aiohttp pipeline sets them on an answer it
-            # returns (an upstream's are replaced). Appended when none is there (an upstream
-            # seldom states its own), as ``update`` appends absent names, without its pass.
-            if any(map(headers.__contains__, limited)):
-                headers.update(limited)
-            else:
-                headers.extend(limited)
+            # returns (an upstream's are replaced).
+            headers.update(limited)
         receivers = self._prepare_sync
         if receivers is not None:
             # Built by ``object.__new__`` (no Python ``__init__``) and ``Any`` rather than
@@ -727,7 +723,8 @@ class PublicServer(Http1Server):
             prepared.headers = headers
             request: Any = exchange.request
             if limited:
-                # Set above: the receiver's ``merge`` of them would find every name.
+                # Set above: the receiver's ``merge`` of them would find every name, at the cost
+                # of a lookup each (``responseheaders`` skips it while this is set).
                 facts.rate_limit_set = True  # type: ignore[union-attr]
                 for receiver in receivers:
                     receiver(request, prepared)

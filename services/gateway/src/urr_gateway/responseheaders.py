@@ -92,13 +92,9 @@ def install_response_headers(app: web.Application, trust: TrustSettings) -> None
             limited = decision_headers(request)
         over_tls = scheme == "https"
         headers = response.headers
-        # Each name added only when absent (an upstream's own value is kept): ``merge`` when
-        # one is there, else appended (an upstream seldom sends them), without its pass.
-        security = over_tls_headers if over_tls else plain
-        if any(map(headers.__contains__, security)):
-            headers.merge(security)
-        else:
-            headers.extend(security)
+        # ``merge``: each name added only when absent (an upstream's own value is kept), in
+        # one call instead of a ``setdefault`` per name.
+        headers.merge(over_tls_headers if over_tls else plain)
         if limited is not None:
             headers.merge(limited)
         if cookie_refused and not _sets_access_cookie(response):
