@@ -8,11 +8,15 @@ than the moment a retry can succeed, and never earlier than ``t``.
 
 from __future__ import annotations
 
+from multidict import istr
+
 from urr_gateway.ratelimit.window import Decision, WindowState, ms_to_s_up
 
-POLICY_HEADER = "RateLimit-Policy"
-STATE_HEADER = "RateLimit"
-RETRY_AFTER_HEADER = "Retry-After"
+# ``istr``s: set on every answer (``update`` of a case-insensitive multidict folds a plain
+# string's case on every call, an ``istr``'s once).
+POLICY_HEADER = istr("RateLimit-Policy")
+STATE_HEADER = istr("RateLimit")
+RETRY_AFTER_HEADER = istr("Retry-After")
 
 
 def render_policy(windows: tuple[WindowState, ...]) -> str:
@@ -35,6 +39,7 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
     ``RateLimit-Policy``; inventing a remaining count would mislead clients.
     """
     windows = decision.windows
+    headers: dict[str, str]
     if len(windows) == 1:  # the common single-window category, without generator and join
         window = windows[0]
         policy = window.policy
