@@ -469,6 +469,14 @@ async def test_every_answer_on_a_connection_has_its_own_added_headers_each_once(
         remaining.append(int(found.group(1)))
     assert remaining == sorted(remaining, reverse=True)
     assert len(set(remaining)) == len(remaining)  # each answer its own decision's count
+    # A streamed answer (prepared before its body: the receivers add them, under aiohttp by
+    # their ``merge``) carries them once too.
+    async with stack.client.get("/v1/log/e1/download") as streamed:
+        assert streamed.status == 200
+        assert len(streamed.headers.getall("RateLimit")) == 1
+        assert streamed.headers.getall("RateLimit-Policy") == ['"general";q=100;w=60']
+        assert streamed.headers.getall("X-Frame-Options") == ["DENY"]
+        await streamed.read()
 
 
 async def test_filters_run_as_steps_and_log_lines_carry_the_request(stack_factory):
