@@ -256,7 +256,13 @@ async def test_a_declined_card_is_paid_again_while_the_seat_is_held(
             queues=queues,
             relay={"idle_poll_s": 0.05, "retry_s": 0.2, "flush_after_batch": False},
             payment={"decline_rate": decline_rate, "delay_ms": 0},
-            consumers={"payment_group": f"pay-{tag}"},
+            # The second stand-in joins the group the first left: a short session lets the
+            # group settle in seconds, not aiokafka's 10 s default (twice).
+            consumers={
+                "payment_group": f"pay-{tag}",
+                "session_timeout_ms": 3_000,
+                "heartbeat_interval_ms": 500,
+            },
         )
 
     outcomes = settings.model_copy(

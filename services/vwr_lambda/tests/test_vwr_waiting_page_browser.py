@@ -522,9 +522,10 @@ async def test_before_the_pre_queue_opens_the_page_counts_down_and_joins_just_af
             await page.route("**/vwr-api/vwr/check/**", held)
             # The opening is counted from here, with the browser up: counted from before the
             # launch, a loaded CI host spent the whole 9 s starting Chromium (a failed run: the
-            # page loaded after the opening, so no countdown ever showed).
+            # page loaded after the opening, so no countdown ever showed). From here the steps
+            # before the opening take 1-1.5 s on an idle host; 6 s leaves four times that.
             now_ms = round(time.time() * 1000)
-            opens, sale = now_ms + 9_000, now_ms + 600_000
+            opens, sale = now_ms + 6_000, now_ms + 600_000
             times = {"prequeueStart": _iso(opens), "saleStart": _iso(sale)}
             opened = await asyncio.to_thread(
                 vwr.admin, "PUT", event, {"isActive": True, "batchSize": 10, **times}
@@ -628,19 +629,21 @@ async def test_a_browser_clock_behind_the_api_still_joins_just_after_the_opening
     from playwright.async_api import async_playwright
 
     vwr, edge_url = stack
-    now_ms = round(time.time() * 1000)
-    opens = now_ms + 8_000
-    times = {"prequeueStart": _iso(opens), "saleStart": _iso(opens + 600_000)}
-    opened = await asyncio.to_thread(
-        vwr.admin, "PUT", "evt-pq-skew", {"isActive": True, "batchSize": 10, **times}
-    )
-    assert opened.status == 201, opened.body
     assigns: list[float] = []
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
         )
         try:
+            # Counted with the browser up, as in the countdown test above (8 s counted from
+            # before the launch before).
+            now_ms = round(time.time() * 1000)
+            opens = now_ms + 6_000
+            times = {"prequeueStart": _iso(opens), "saleStart": _iso(opens + 600_000)}
+            opened = await asyncio.to_thread(
+                vwr.admin, "PUT", "evt-pq-skew", {"isActive": True, "batchSize": 10, **times}
+            )
+            assert opened.status == 201, opened.body
             page = await (await browser.new_context(locale="en-US")).new_page()
             await page.clock.install(time=time.time() - 30)
             page.on(

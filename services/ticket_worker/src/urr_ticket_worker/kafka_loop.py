@@ -70,6 +70,8 @@ async def consume(
     retry_s: float = 1.0,
     fetch_max_wait_ms: int = 100,
     batched: bool = False,
+    session_timeout_ms: int = 10_000,
+    heartbeat_interval_ms: int = 3_000,
 ) -> None:
     """Consume ``topics`` in group ``group_id`` until ``stop``; reconnects when Kafka fails.
 
@@ -89,6 +91,8 @@ async def consume(
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=fetch_max_wait_ms,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
             # Not the producer's short timeout: a JoinGroup waits for the broker's initial
             # rebalance delay (seconds), and timing it out would retry forever.
         )

@@ -149,6 +149,8 @@ def payment_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) ->
                 beat=beat,
                 max_records=settings.consumers.max_records,
                 fetch_max_wait_ms=settings.consumers.fetch_max_wait_ms,
+                session_timeout_ms=settings.consumers.session_timeout_ms,
+                heartbeat_interval_ms=settings.consumers.heartbeat_interval_ms,
             )
         finally:
             await producer.reset()

@@ -75,6 +75,12 @@ class ConsumerSettings(BaseModel):
     #: booking waits up to this much (Tansu holds fetches), so keep it short; idle fetches
     #: are cheap.
     fetch_max_wait_ms: int = Field(default=100, ge=1, le=10_000)
+    #: How long the broker keeps a silent member in the group, and how often members say
+    #: they are alive (aiokafka's defaults). A member joining after another left waits up
+    #: to the session timeout for the group to settle, so tests that restart a consumer in
+    #: the same group set both small.
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100, le=100_000)
 
 
 class TicketWorkerSettings(ServiceSettings):

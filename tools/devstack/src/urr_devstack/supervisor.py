@@ -169,10 +169,17 @@ class _Manager(Manager):  # type: ignore[misc]
 
     returncode: int | None = None
 
-    def __init__(self, printer: ServicePrinter, watch: _Watch, drain_timeout_s: float) -> None:
+    def __init__(
+        self,
+        printer: ServicePrinter,
+        watch: _Watch,
+        drain_timeout_s: float,
+        output_grace_s: float = _OUTPUT_GRACE_S,
+    ) -> None:
         super().__init__(printer=printer)
         self._watch = watch
         self._drain_timeout_s = drain_timeout_s
+        self._output_grace_s = output_grace_s
         self._signalled: dict[str, int] = {}
         self._told = False
         self._stopping_since: float | None = None
@@ -219,7 +226,7 @@ class _Manager(Manager):  # type: ignore[misc]
             if self._all_exited():
                 self._gone_at = now
         late_kill = self._killed_at is not None and now - self._killed_at > _AFTER_KILL_S
-        late_output = self._gone_at is not None and now - self._gone_at > _OUTPUT_GRACE_S
+        late_output = self._gone_at is not None and now - self._gone_at > self._output_grace_s
         if late_kill or late_output:
             self._drop_output()
             return True
@@ -297,17 +304,19 @@ def run_services(
     output: TextIO | None = None,
     signals: StopSignals | None = None,
     drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    output_grace_s: float = _OUTPUT_GRACE_S,
 ) -> Outcome:
     """Run ``planned`` until SIGINT/SIGTERM, a service exits, or readiness times out.
 
     ``signals``: the caller's installed ``StopSignals`` (``up`` installs them for its whole
-    run); without one, one is installed for the duration of this call.
+    run); without one, one is installed for the duration of this call. ``output_grace_s``:
+    once every service has exited, how long their remaining output may still be printed.
     """
     printer = ServicePrinter(output or sys.stdout, log_dir, on_started)
     owned = signals is None
     stop_signals = StopSignals().install() if signals is None else signals
     watch = _Watch(signals=stop_signals)
-    manager = _Manager(printer, watch, drain_timeout_s)
+    manager = _Manager(printer, watch, drain_timeout_s, output_grace_s)
     for service in planned:
         manager.add_process(
             service.name, service.command(python), env={**os.environ, **env}, cwd=str(cwd)
