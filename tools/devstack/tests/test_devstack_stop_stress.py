@@ -122,7 +122,14 @@ def _wait_ready(folder: Path, timeout_s: float = 60.0) -> None:
         if READY_BANNER.encode() in (folder / "out.txt").read_bytes():
             return
         time.sleep(0.05)
-    raise AssertionError(f"no {READY_BANNER!r} within {timeout_s} s")
+    # Say what the supervisor printed instead (it failed once in CI with no clue): its own
+    # ``system |`` lines, then the last lines of all.
+    text = (folder / "out.txt").read_bytes().decode(errors="replace").splitlines()
+    ours = [line for line in text if "system" in line.split("|", 1)[0]]
+    raise AssertionError(
+        f"no {READY_BANNER!r} within {timeout_s} s; {len(text)} lines printed; the "
+        "supervisor's own: " + "\n".join(ours[-30:]) + "\nthe last: " + "\n".join(text[-5:])
+    )
 
 
 def _alive(pids: list[int]) -> list[int]:
