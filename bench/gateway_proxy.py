@@ -680,11 +680,19 @@ def repeat_gateway_rows(
     runs: list[tuple[str, str, HeaderSets, list[int]]], options: argparse.Namespace
 ) -> None:
     """``--rounds``: the gateway rows again, in turn, so that before/after and the GC rows
-    are compared across rounds instead of one pass of a load that drifts (neighbours)."""
+    are compared across rounds instead of one pass of a load that drifts (neighbours).
+
+    Even rounds run the rows in reverse: the row placed second lost in all six rounds of two
+    runs on 2026-12-07, also when both rows were the same code, so a fixed order would
+    favour whichever row comes first."""
     for number in range(2, options.rounds + 1):
         load = Path("/proc/loadavg").read_text().split()[:3]
-        print(f"round {number}, load average before it: {load} (req/s, P50, P99, CPU us, share)")
-        for name, url, run_headers, pids in runs:
+        order = "in reverse order" if number % 2 == 0 else "in the first round's order"
+        print(
+            f"round {number}, {order}, load average before it: {load} "
+            "(req/s, P50, P99, CPU us, share)"
+        )
+        for name, url, run_headers, pids in runs if number % 2 else reversed(runs):
             result = run_wrk(name, url, options.duration, options.connections, run_headers, pids)
             print(
                 f"{name:44} {result.requests_per_s:8.0f} {result.p50_ms:7.2f} "
