@@ -682,9 +682,9 @@ def repeat_gateway_rows(
     """``--rounds``: the gateway rows again, in turn, so that before/after and the GC rows
     are compared across rounds instead of one pass of a load that drifts (neighbours).
 
-    Even rounds run the rows in reverse: the row placed second lost in all six rounds of two
-    runs on 2026-12-07, also when both rows were the same code, so a fixed order would
-    favour whichever row comes first."""
+    Even rounds run the rows in reverse, so that a drift within a round (this host's speed
+    moves by 20-30 % within minutes) does not always fall on the same row. Alternating did
+    not make the figures agree: the same code measured 8,646-15,154 req/s in one hour."""
     for number in range(2, options.rounds + 1):
         load = Path("/proc/loadavg").read_text().split()[:3]
         order = "in reverse order" if number % 2 == 0 else "in the first round's order"
