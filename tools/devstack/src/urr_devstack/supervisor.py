@@ -21,6 +21,7 @@ import re
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -358,6 +359,26 @@ def run_services(
 
 
 def _watch_services(
+    planned: Sequence[PlannedService],
+    printer: ServicePrinter,
+    watch: _Watch,
+    ready_timeout_s: float,
+    on_ready: Callable[[ServicePrinter], None],
+    check_alive: Callable[[], str | None],
+) -> None:
+    """The watcher thread: readiness, then liveness; its own error stops the stack.
+
+    A watcher that died quietly left the services running with no ready banner and nothing
+    watching them (issue 22: a failed save of the run file; a test waited 150 s for the
+    banner). As a failure, the main loop stops every service and the traceback is the reason.
+    """
+    try:
+        _watch(planned, printer, watch, ready_timeout_s, on_ready, check_alive)
+    except Exception:
+        _fail(watch, "the supervisor's watcher failed:\n" + traceback.format_exc().rstrip())
+
+
+def _watch(
     planned: Sequence[PlannedService],
     printer: ServicePrinter,
     watch: _Watch,
