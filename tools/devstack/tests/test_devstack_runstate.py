@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from urr_devstack import runstate
 from urr_devstack.runstate import ProcessRecord, RunState, cmdline, exit_code, stop_recorded
 
 
@@ -44,7 +43,7 @@ def test_devstack_run_state_saved_from_two_threads_at_once(
             main_saved.wait(timeout=0.3)
         rename(source, target)
 
-    monkeypatch.setattr(runstate.os, "replace", held_rename)
+    monkeypatch.setattr(os, "replace", held_rename)
     errors: list[BaseException] = []
 
     def watcher() -> None:
