@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from urr_devstack.runstate import ProcessRecord, RunState, cmdline, exit_code, stop_recorded
 
@@ -17,6 +21,51 @@ def test_devstack_run_state_round_trips(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text("{not json")
     assert RunState.load(tmp_path / "broken.json") is None
     assert RunState.load(tmp_path / "missing.json") is None
+
+
+def test_devstack_run_state_saved_from_two_threads_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor's watcher saves "ready" while its main thread saves a started service.
+
+    The watcher is held between writing its temporary file and renaming it (as a loaded host
+    may deschedule it there) until the main thread's save is done or 0.3 s have passed:
+    without one save at a time, the main thread renamed the shared temporary file away and
+    the watcher's rename raised, which killed the watcher before the ready banner.
+    """
+    path = tmp_path / "devstack.json"
+    state = RunState(pid=123)
+    main_saved = threading.Event()
+    rename = os.replace
+
+    def held_rename(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        if threading.current_thread().name == "watcher":
+            main_saved.wait(timeout=0.3)
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", held_rename)
+    errors: list[BaseException] = []
+
+    def watcher() -> None:
+        try:
+            state.phase = "ready"
+            state.save(path)
+        except OSError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=watcher, name="watcher")
+    thread.start()
+    # The watcher has written its temporary file and waits to rename it.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    deadline = time.monotonic() + 5
+    while not temporary.exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    state.services.append(ProcessRecord("gateway", 456, "urr_gateway"))
+    state.save(path)
+    main_saved.set()
+    thread.join(timeout=5)
+    assert errors == []
+    assert RunState.load(path) == state
 
 
 def test_devstack_leftovers_are_stopped_by_group_and_only_when_they_match() -> None:

@@ -60,6 +60,14 @@ from urr_devstack.services import PlannedService
 from urr_devstack.supervisor import run_services
 
 config = json.loads(sys.argv[1])
+
+
+def on_ready(printer):
+    if config.get("ready_fails"):
+        raise OSError("the run file could not be saved")
+    printer.say("ALL READY")
+
+
 outcome = run_services(
     [PlannedService(**service) for service in config["services"]],
     python=sys.executable,
@@ -67,7 +75,7 @@ outcome = run_services(
     cwd=Path(config["cwd"]),
     log_dir=Path(config["logs"]),
     ready_timeout_s=config["timeout"],
-    on_ready=lambda printer: printer.say("ALL READY"),
+    on_ready=on_ready,
 )
 print("OUTCOME", outcome.exit_code, outcome.reason, flush=True)
 sys.exit(outcome.exit_code)
@@ -84,7 +92,7 @@ def _service(tmp_path: Path, name: str, mode: str, with_port: bool = True) -> Pl
 
 
 def _start(
-    tmp_path: Path, services: list[PlannedService], timeout_s: float
+    tmp_path: Path, services: list[PlannedService], timeout_s: float, ready_fails: bool = False
 ) -> subprocess.Popen[str]:
     (tmp_path / "fake_service.py").write_text(FAKE_SERVICE)
     config = {
@@ -92,6 +100,7 @@ def _start(
         "cwd": str(tmp_path),
         "logs": str(tmp_path / "logs"),
         "timeout": timeout_s,
+        "ready_fails": ready_fails,
     }
     return subprocess.Popen(
         [sys.executable, "-c", DRIVER, json.dumps(config)],
@@ -199,6 +208,23 @@ def test_devstack_a_service_never_ready_times_out_with_its_log(tmp_path: Path) -
     assert "fake starting unready" in reason
     assert "ALL READY" not in output
     _assert_gone(_pids(tmp_path, "web") + _pids(tmp_path, "slow"))
+
+
+def test_devstack_a_failing_watcher_stops_the_stack_and_says_why(tmp_path: Path) -> None:
+    """on_ready raising (a failed save of the run file, issue 22) used to end the watcher
+    thread quietly: no ready banner, services running until someone gave up waiting."""
+    services = [_service(tmp_path, "web", "ok"), _service(tmp_path, "worker", "worker", False)]
+    process = _start(tmp_path, services, timeout_s=30, ready_fails=True)
+    try:
+        output, _ = process.communicate(timeout=30)
+    finally:
+        _stop(process)
+    assert process.returncode == 1, output
+    reason = output.split("OUTCOME", 1)[1]
+    assert "the supervisor's watcher failed" in reason
+    assert "OSError: the run file could not be saved" in reason
+    assert "ALL READY" not in output
+    _assert_gone(_pids(tmp_path, "web") + _pids(tmp_path, "worker"))
 
 
 def test_devstack_no_service_outlives_a_supervisor_whose_output_broke(tmp_path: Path) -> None:

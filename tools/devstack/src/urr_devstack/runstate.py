@@ -1,6 +1,8 @@
 """``.urr/devstack.json``: what a running ``urr-devstack up`` started, for ``status`` and ``down``.
 
-Written atomically whenever it changes and removed on a clean stop. When ``up`` was killed
+Written atomically whenever it changes and removed on a clean stop. Two threads write it
+while the services start (the supervisor's main thread as each service starts, its watcher
+when the stack is ready), so writes are serialised. When ``up`` was killed
 outright (SIGKILL), ``down`` uses it to stop the processes that were left behind; a pid is
 only signalled when ``/proc`` still shows the same program there, so a reused pid is left
 alone.
@@ -12,12 +14,18 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 RUNFILE_NAME = "devstack.json"
+#: One save at a time in this process. Concurrent saves shared the temporary file (named by
+#: pid): the second rename found it gone and raised, and when that was the watcher's save of
+#: the "ready" phase, the watcher thread died before the ready banner (issue 22). Taken
+#: around the snapshot too, so the last save to finish holds the newest state.
+_SAVE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -37,10 +45,11 @@ class RunState:
     urls: dict[str, str] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(temporary, path)
+        with _SAVE_LOCK:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(asdict(self), indent=2) + "\n")
+            os.replace(temporary, path)
 
     @classmethod
     def load(cls, path: Path) -> RunState | None:

@@ -15,12 +15,14 @@ distinction honcho does not make between "asked to stop" (exit 0) and "a service
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import queue
 import re
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -322,9 +324,12 @@ def run_services(
             service.name, service.command(python), env={**os.environ, **env}, cwd=str(cwd)
         )
     try:
+        watching = functools.partial(
+            _watch_services, planned, printer, watch, ready_timeout_s, on_ready, check_alive
+        )
         watcher = threading.Thread(
-            target=_watch_services,
-            args=(planned, printer, watch, ready_timeout_s, on_ready, check_alive),
+            target=_stop_on_error,
+            args=(watch, watching),
             name="urr-devstack-watch",
             daemon=True,
         )
@@ -398,6 +403,19 @@ def _watch_services(
         if problem is not None:
             _fail(watch, problem)
             return
+
+
+def _stop_on_error(watch: _Watch, body: Callable[[], None]) -> None:
+    """Run the watcher thread's ``body``; an error of its own stops the stack.
+
+    A watcher that died quietly left the services running with no ready banner and nothing
+    watching them (issue 22: a failed save of the run file; a test waited 150 s for the
+    banner). As a failure, the main loop stops every service and the traceback is the reason.
+    """
+    try:
+        body()
+    except Exception:
+        _fail(watch, "the supervisor's watcher failed:\n" + traceback.format_exc().rstrip())
 
 
 def _dead_service(printer: ServicePrinter) -> str | None:
