@@ -142,6 +142,16 @@ def _stop(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
+def _failed_run(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Wait for a run that must fail: ``(all its output, the reason after OUTCOME)``."""
+    try:
+        output, _ = process.communicate(timeout=30)
+    finally:
+        _stop(process)
+    assert process.returncode == 1, output
+    return output, output.split("OUTCOME", 1)[1]
+
+
 @pytest.fixture(autouse=True)
 def _no_strays(tmp_path: Path) -> Iterator[None]:
     """After the test and its assertions: kill any stand-in a failing run left behind."""
@@ -185,25 +195,16 @@ def test_devstack_services_get_ready_and_stop_on_request(
 def test_devstack_a_service_dying_stops_the_rest_and_fails(tmp_path: Path) -> None:
     services = [_service(tmp_path, "web", "ok"), _service(tmp_path, "crasher", "crash")]
     process = _start(tmp_path, services, timeout_s=30)
-    try:
-        output, _ = process.communicate(timeout=30)
-    finally:
-        _stop(process)
-    assert process.returncode == 1, output
+    output, reason = _failed_run(process)
     assert "service crasher exited early (code 3)" in output
-    assert "boom" in output.split("OUTCOME", 1)[1]
+    assert "boom" in reason
     _assert_gone(_pids(tmp_path, "web") + _pids(tmp_path, "crasher"))
 
 
 def test_devstack_a_service_never_ready_times_out_with_its_log(tmp_path: Path) -> None:
     services = [_service(tmp_path, "web", "ok"), _service(tmp_path, "slow", "unready")]
     process = _start(tmp_path, services, timeout_s=3)
-    try:
-        output, _ = process.communicate(timeout=30)
-    finally:
-        _stop(process)
-    assert process.returncode == 1, output
-    reason = output.split("OUTCOME", 1)[1]
+    output, reason = _failed_run(process)
     assert "not ready within 3s: slow" in reason
     assert "fake starting unready" in reason
     assert "ALL READY" not in output
@@ -215,12 +216,7 @@ def test_devstack_a_failing_watcher_stops_the_stack_and_says_why(tmp_path: Path)
     thread quietly: no ready banner, services running until someone gave up waiting."""
     services = [_service(tmp_path, "web", "ok"), _service(tmp_path, "worker", "worker", False)]
     process = _start(tmp_path, services, timeout_s=30, ready_fails=True)
-    try:
-        output, _ = process.communicate(timeout=30)
-    finally:
-        _stop(process)
-    assert process.returncode == 1, output
-    reason = output.split("OUTCOME", 1)[1]
+    output, reason = _failed_run(process)
     assert "the supervisor's watcher failed" in reason
     assert "OSError: the run file could not be saved" in reason
     assert "ALL READY" not in output
