@@ -434,6 +434,52 @@ async def test_a_random_line_shows_no_count_ahead_and_says_why(
             await browser.close()
 
 
+@pytest.mark.timeout(120)
+async def test_the_first_check_waits_as_the_room_advises(stack: tuple[Any, str]) -> None:
+    """The assign's ``pollAfterSeconds`` paces the first check too (it used to come after at
+    most 2 s whatever the advice: a check per waiter the room had said it did not need). The
+    real answer is rewritten in flight to advise 6 s; the page's jitter is +-20 %."""
+    import json
+    import time
+
+    from playwright.async_api import async_playwright
+
+    vwr, edge_url = stack
+    await asyncio.to_thread(vwr.open_event, "evt-pace", batch_size=10)
+    assigned_at: list[float] = []
+    checked_at: list[float] = []
+    checked = asyncio.Event()
+
+    async def advise_six(route: Any) -> None:
+        response = await route.fetch()
+        body = await response.json()
+        if response.status in (200, 201):
+            body["pollAfterSeconds"] = 6
+            assigned_at.append(time.monotonic())
+        await route.fulfill(response=response, body=json.dumps(body))
+
+    async def note_check(route: Any) -> None:
+        checked_at.append(time.monotonic())
+        checked.set()
+        await route.continue_()
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            page = await (await browser.new_context(locale="en-US")).new_page()
+            await page.route("**/vwr-api/vwr/assign/**", advise_six)
+            await page.route("**/vwr-api/vwr/check/**", note_check)
+            await page.goto(f"{edge_url}/vwr/evt-pace")
+            await asyncio.wait_for(checked.wait(), timeout=30)
+        finally:
+            await browser.close()
+    assert len(assigned_at) == 1, assigned_at
+    first_pause = checked_at[0] - assigned_at[0]
+    assert 6 * 0.8 - 0.2 <= first_pause <= 6 * 1.2 + 2.0, first_pause
+
+
 # --- the scheduled pre-queue (issue 19) ------------------------------------------------------
 
 _PREQUEUE_WORDS = {

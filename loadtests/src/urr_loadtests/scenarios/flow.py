@@ -248,8 +248,8 @@ class Flow:
         request_id = str(uuid.uuid4())
         placed = self.assign(arrival, request_id)
         arrival.tier1_position = int(placed["position"])
-        # As the waiting page: the first check comes soon, then as the room says.
-        wait = min(float(placed.get("pollAfterSeconds") or 2), 2.0)
+        # As the waiting page: every check, the first one included, when the room says.
+        wait = placed.get("pollAfterSeconds") or 2
         while True:
             self.pause(wait)
             _, checked = self.call(
