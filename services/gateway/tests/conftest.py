@@ -34,7 +34,7 @@ from urr_gateway.app import PIPELINE_KEY, create_app
 from urr_gateway.checkapi import CHECK_SERVICE_KEY
 from urr_gateway.checkserver import CheckSite
 from urr_gateway.filters.base import GatewayFilter
-from urr_gateway.http1 import Http1Site
+from urr_common.http1 import Http1Site
 from urr_gateway.keys import revoked_entry_token_key
 from urr_gateway.publicserver import PublicServer
 from urr_gateway.revocation import VerdictReader, stored_verdict

@@ -46,7 +46,7 @@ from urr_common.problems import (
 )
 from urr_common.upstream_security import service_credential_refusal
 from urr_gateway.checkapi import CHECK_PATH, MAX_BODY_BYTES, CheckService
-from urr_gateway.http1 import (
+from urr_common.http1 import (
     CLOSE_LINE,
     HEAD_TOO_LARGE,
     MAX_HEAD_BYTES,

@@ -48,7 +48,7 @@ from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_K
 from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
 from urr_gateway.forwarding import downstream_response_headers, strip_hop_by_hop
-from urr_gateway.http1 import (
+from urr_common.http1 import (
     HEAD_TOO_LARGE,
     REQUEST_ID_RE,
     Answer,

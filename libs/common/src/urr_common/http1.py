@@ -1,5 +1,7 @@
 """The HTTP/1.1 connection layer shared by the gateway's own listeners (the check API's
-``checkserver`` and the public ``publicserver``): an ``asyncio.Protocol`` fed to httptools.
+``urr_gateway.checkserver`` and the public ``urr_gateway.publicserver``) and the VWR's API
+Gateway emulator (``urr_vwr_lambda.local.apigw_server``): an ``asyncio.Protocol`` fed to
+httptools. (Moved here from ``urr_gateway.http1`` unchanged, so both services share it.)
 
 Why not aiohttp's server: on both listeners a profile put a quarter to most of the non-idle
 time in aiohttp's request and response objects, its middleware chain and its writer. The
