@@ -35,17 +35,6 @@ from typing import Any
 
 from aiohttp import web
 
-from urr_common.logs import get_logger, start_request_context
-from urr_common.payloads import json_object
-from urr_common.problems import (
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    ProblemError,
-    UnsupportedMediaType,
-)
-from urr_common.upstream_security import service_credential_refusal
-from urr_gateway.checkapi import CHECK_PATH, MAX_BODY_BYTES, CheckService
 from urr_common.http1 import (
     CLOSE_LINE,
     HEAD_TOO_LARGE,
@@ -57,6 +46,17 @@ from urr_common.http1 import (
     Http1Site,
     Unreadable,
 )
+from urr_common.logs import get_logger, start_request_context
+from urr_common.payloads import json_object
+from urr_common.problems import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ProblemError,
+    UnsupportedMediaType,
+)
+from urr_common.upstream_security import service_credential_refusal
+from urr_gateway.checkapi import CHECK_PATH, MAX_BODY_BYTES, CheckService
 
 __all__ = ["MAX_HEAD_BYTES", "CheckServer", "CheckSite"]
 

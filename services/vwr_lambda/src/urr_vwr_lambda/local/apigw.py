@@ -15,7 +15,7 @@ import asyncio
 import json
 import multiprocessing
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +61,57 @@ class Pending:
         return self.count >= self.limit
 
 
-_READS = frozenset({"GET", "HEAD"})
+#: The methods counted as reads (``local_api_max_pending_reads``).
+READS = frozenset({"GET", "HEAD"})
+
+
+Run = Callable[[dict[str, Any], str | None, bool], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class Invoker:
+    """What both listeners call the function through, with API Gateway's throttle: at most
+    ``writes.limit`` writes and ``reads.limit`` reads pending at once."""
+
+    writes: Pending
+    reads: Pending
+    throttled_total: Counter
+    run: Run
+
+    def pending(self, read: bool) -> Pending:
+        return self.reads if read else self.writes
+
+    def turned_away(self, read: bool) -> bool:
+        """Whether a call must be throttled now (counted as such)."""
+        if (self.reads if read else self.writes).full():
+            self.throttled_total.inc()
+            return True
+        return False
+
+    async def call(self, event: dict[str, Any], key: str | None, read: bool) -> dict[str, Any]:
+        """One invocation of the function, counted as pending while it waits and runs."""
+        pending = self.reads if read else self.writes
+        pending.count += 1
+        try:
+            return await self.run(event, key, read)
+        finally:
+            pending.count -= 1
+
+
+def make_invoker(settings: VwrSettings, registry: CollectorRegistry, run: Run) -> Invoker:
+    return Invoker(
+        writes=Pending(limit=settings.local_api_max_pending),
+        reads=Pending(limit=settings.local_api_max_pending_reads),
+        throttled_total=Counter(
+            "urr_vwr_apigw_throttled",
+            "Requests the API Gateway emulator turned away with 429 (too many pending)",
+            registry=registry,
+        ),
+        run=run,
+    )
+
+
+INVOKER_KEY = web.AppKey("vwr_api_invoker", Invoker)
 
 
 def throttled() -> web.Response:
@@ -177,35 +227,29 @@ def create_app(
 
     app[READINESS_KEY].add_check("dynamodb", dynamodb_ready)
 
-    writes = Pending(limit=settings.local_api_max_pending)
-    reads = Pending(limit=settings.local_api_max_pending_reads)
-    throttled_total = Counter(
-        "urr_vwr_apigw_throttled",
-        "Requests the API Gateway emulator turned away with 429 (too many pending)",
-        registry=app[REGISTRY_KEY],
-    )
+    async def run(event: dict[str, Any], key: str | None, read: bool) -> dict[str, Any]:
+        containers = app[CONTAINERS_KEY]
+        if in_process:
+            result: dict[str, Any] = await containers.invoke(
+                local_handler, event, None, key=key, read=read
+            )
+            return result
+        return await containers.invoke(invoke_in_worker, event, key=key, read=read)
+
+    invoker = app[INVOKER_KEY] = make_invoker(settings, app[REGISTRY_KEY], run)
 
     async def invoke(request: web.Request) -> web.Response:
-        pending = reads if request.method in _READS else writes
-        if pending.full():
-            throttled_total.inc()
+        read = request.method in READS
+        if invoker.turned_away(read):
             return throttled()
-        pending.count += 1
+        pending = invoker.pending(read)
+        pending.count += 1  # while the body is read, as before
         try:
             body = await request.read()
-            event = rest_event(request, body)
-            key = sticky_key(request.path, body)
-            read = request.method in _READS
-            containers = request.app[CONTAINERS_KEY]
-            if in_process:
-                result: dict[str, Any] = await containers.invoke(
-                    local_handler, event, None, key=key, read=read
-                )
-            else:
-                result = await containers.invoke(invoke_in_worker, event, key=key, read=read)
         finally:
             pending.count -= 1
-        return http_response(result)
+        event = rest_event(request, body)
+        return http_response(await invoker.call(event, sticky_key(request.path, body), read))
 
     app.router.add_route("*", "/{tail:.*}", invoke)
     return app
@@ -220,7 +264,22 @@ def main() -> None:
     async def serve_app() -> None:
         app = create_app(settings)
         settle_heap(GC_GEN0_THRESHOLD)
-        await serve(app, settings.http)
+        if settings.local_api_server == "aiohttp":
+            await serve(app, settings.http)
+            return
+        from urr_vwr_lambda.local.apigw_server import ApiSite  # (it imports this module)
+
+        def site(runner: web.AppRunner, host: str, port: int, reuse_port: bool) -> ApiSite:
+            return ApiSite(
+                runner,
+                host,
+                port,
+                max_body_bytes=settings.http.max_body_bytes,
+                drain_timeout_s=settings.http.shutdown_timeout_s,
+                reuse_port=reuse_port or None,
+            )
+
+        await serve(app, settings.http, site=site)
 
     run(serve_app, use_uvloop=settings.http.use_uvloop)
 
