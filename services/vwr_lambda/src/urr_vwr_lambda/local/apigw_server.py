@@ -28,7 +28,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
-from typing import cast
+from typing import NamedTuple, cast
 
 import yarl
 from aiohttp import web
@@ -46,9 +46,9 @@ from urr_common.http1 import (
 from urr_common.logs import get_logger, start_request_context
 from urr_common.problems import BadRequest, PayloadTooLarge, ProblemError
 from urr_common.service import HTTP_METRICS_KEY
-from urr_vwr_lambda.local.apigw import INVOKER_KEY, READS, throttled
 from urr_vwr_lambda.local.containers import sticky_key
 from urr_vwr_lambda.local.proxy_events import proxy_event, result_body, result_headers
+from urr_vwr_lambda.local.throttle import INVOKER_KEY, READS, throttled
 
 _LOG = get_logger(__name__)
 
@@ -146,6 +146,24 @@ def answer_bytes(
     return b"".join(lines)
 
 
+class Request(NamedTuple):
+    """One request read whole."""
+
+    method: str
+    url: bytes
+    fields: list[tuple[bytes, bytes]]
+    version: str
+    request_id: bytes
+    body: bytes
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The header fields decoded as aiohttp decodes them."""
+        return [
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in self.fields
+        ]
+
+
 class _Connection(Http1Connection["ApiServer"]):
     __slots__ = ("_body", "_body_len", "_expect", "_fields_seen", "_refusal", "_tasks")
 
@@ -207,7 +225,11 @@ class _Connection(Http1Connection["ApiServer"]):
             self.answer_problem(answer, self._refusal, request_id, self.path(), head)
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        coro = self.server.serve(self, answer, method, request_id, body)
+        # What the task needs of the request, taken now: the parser reads on meanwhile.
+        request = Request(
+            method, self._url, self._fields_seen, parser.get_http_version(), request_id, body
+        )
+        coro = self.server.serve(self, answer, request)
         task = self.server.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -218,13 +240,6 @@ class _Connection(Http1Connection["ApiServer"]):
         return len(self._answers) < MAX_PIPELINED // 2
 
     # --- answering -------------------------------------------------------------------------
-
-    def fields(self) -> list[tuple[str, str]]:
-        """The request's header fields decoded as aiohttp decodes them."""
-        return [
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-            for name, value in self._fields_seen
-        ]
 
     def source_ip(self) -> str:
         transport = self.transport
@@ -251,22 +266,21 @@ class ApiServer(Http1Server):
     def connection(self) -> asyncio.Protocol:
         return _Connection(self)
 
-    async def serve(
-        self, connection: _Connection, answer: Answer, method: str, request_id: bytes, body: bytes
-    ) -> None:
+    async def serve(self, connection: _Connection, answer: Answer, request: Request) -> None:
         """Answer one request read whole (in a task of its own: its own log context)."""
+        method, request_id, body = request.method, request.request_id, request.body
         start_request_context(request_id.decode("latin-1"))
         started = time.perf_counter()
         metrics = self._metrics
         metrics.in_flight.inc()
-        path = connection.path()
+        path = request.url.partition(b"?")[0].decode("latin-1")
         label = PROXY_ROUTE
         status = 500
         head = method == "HEAD"
         close = answer.close
         try:
             try:
-                path, query = split_url(connection._url)
+                path, query = split_url(request.url)
                 route = self._routes.get(path) if method in READS else None
                 if route is not None:
                     label = path
@@ -281,8 +295,8 @@ class ApiServer(Http1Server):
                         method,
                         path,
                         query,
-                        connection.fields(),
-                        f"HTTP/{connection.parser.get_http_version()}",
+                        request.headers(),
+                        f"HTTP/{request.version}",
                         connection.source_ip(),
                         body,
                     )
