@@ -256,9 +256,7 @@ def problem(answer: dict[str, Any], status: int) -> dict[str, Any]:
         b"GET * HTTP/1.1\r\n\r\n",
     ],
 )
-def test_malformed_requests_are_a_400_problem(
-    lean: Served, raw: bytes
-) -> None:
+def test_malformed_requests_are_a_400_problem(lean: Served, raw: bytes) -> None:
     answers = exchange(lean.port, raw + b"GET /next HTTP/1.1\r\n\r\n", want=2)
     problem(answers[0], 400)
     assert len(answers) == 1 or answers[0]["headers"].get("connection") != "close"
@@ -435,9 +433,7 @@ _garbage = st.lists(_tokens | st.binary(max_size=8), max_size=40).map(b"".join)
 
 @st.composite
 def _requests(draw: Callable[[Any], Any]) -> bytes:
-    method = draw(
-        st.sampled_from([b"GET", b"POST", b"PUT", b"PATCH"]) | st.binary(max_size=6)
-    )
+    method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"PATCH"]) | st.binary(max_size=6))
     target = draw(st.binary(max_size=30).map(lambda b: b"/" + b) | _garbage)
     fields = draw(
         st.lists(st.tuples(st.binary(min_size=1, max_size=12), st.binary(max_size=20)), max_size=5)
