@@ -165,7 +165,15 @@ class Request(NamedTuple):
 
 
 class _Connection(Http1Connection["ApiServer"]):
-    __slots__ = ("_body", "_body_len", "_expect", "_fields_seen", "_refusal", "_tasks")
+    __slots__ = (
+        "_body",
+        "_body_len",
+        "_expect",
+        "_fields_seen",
+        "_refusal",
+        "_tasks",
+        "source_ip",
+    )
 
     def __init__(self, server: ApiServer) -> None:
         super().__init__(server)
@@ -176,6 +184,14 @@ class _Connection(Http1Connection["ApiServer"]):
         self._expect = False
         #: A problem found before the body was read (an upgrade, a body too large).
         self._refusal: ProblemError | None = None
+        #: The client's address (the event's ``sourceIp``; aiohttp's ``request.remote``).
+        self.source_ip = "127.0.0.1"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.source_ip = str(peer[0])
 
     # --- httptools callbacks ---------------------------------------------------------------
 
@@ -241,11 +257,6 @@ class _Connection(Http1Connection["ApiServer"]):
 
     # --- answering -------------------------------------------------------------------------
 
-    def source_ip(self) -> str:
-        transport = self.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        return str(peer[0]) if isinstance(peer, tuple) and peer else "127.0.0.1"
-
     def fill(self, answer: Answer, data: bytes) -> None:
         answer.data = data
         self.flush()
@@ -297,7 +308,7 @@ class ApiServer(Http1Server):
                         query,
                         request.headers(),
                         f"HTTP/{request.version}",
-                        connection.source_ip(),
+                        connection.source_ip,
                         body,
                     )
                     result = await self._invoker.call(
