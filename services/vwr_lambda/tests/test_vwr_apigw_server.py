@@ -458,3 +458,10 @@ def test_fuzzed_requests_are_answered_never_with_a_500(lean: Served, raw: bytes)
     # the listener lives on
     (after,) = exchange(lean.port, b"GET /alive HTTP/1.1\r\n\r\n")
     assert after["status"] == 200
+
+
+def test_the_listener_switch_is_validated_and_defaults_to_the_lean_one() -> None:
+    assert VwrSettings(create_missing_keys=False).local_api_server == "protocol"
+    assert VwrSettings(local_api_server="aiohttp").local_api_server == "aiohttp"
+    with pytest.raises(ValueError, match="local_api_server"):
+        VwrSettings(local_api_server="uvicorn")
