@@ -312,7 +312,7 @@ _PACKAGES = [
     ("socket write to the client (protocol server)", ("_PublicConnection.send",)),
     (
         "protocol server: parse, request view, answer",
-        ("urr_gateway/publicserver", "urr_gateway/http1", "urr_gateway/publicrequest"),
+        ("urr_gateway/publicserver", "urr_common/http1", "urr_gateway/publicrequest"),
     ),
     ("socket write to the upstream", ("UpstreamConnection.start",)),
     ("socket write to Redis (limiter pipeline)", ("RespPipe.send",)),

@@ -24,8 +24,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
-from yarl import URL
 
+from urr_common.http1 import Http1Site
+from urr_common.http1_testing import Http1TestServer
 from urr_common.identity import AssertedIdentity, AssertionVerifier
 from urr_common.settings import RedisSettings, load_settings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner, load_or_create_signing_key
@@ -34,7 +35,6 @@ from urr_gateway.app import PIPELINE_KEY, create_app
 from urr_gateway.checkapi import CHECK_SERVICE_KEY
 from urr_gateway.checkserver import CheckSite
 from urr_gateway.filters.base import GatewayFilter
-from urr_gateway.http1 import Http1Site
 from urr_gateway.keys import revoked_entry_token_key
 from urr_gateway.publicserver import PublicServer
 from urr_gateway.revocation import VerdictReader, stored_verdict
@@ -294,22 +294,19 @@ class Stack:
 StackFactory = Callable[..., Awaitable[Stack]]
 
 
-class ProtocolTestServer(TestServer):
+class ProtocolTestServer(Http1TestServer):
     """A ``TestServer`` whose port is served by the gateway's own HTTP/1.1 listener
     (``URR_HTTP__SERVER=protocol``), as ``server.serve_gateway`` serves it (without the
     shedding, which its own tests cover under both servers)."""
 
-    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **_: Any) -> None:
-        if self.runner:
-            return
-        self.runner = await self._make_runner()
-        await self.runner.setup()
-        app = self.app
-        site = Http1Site(self.runner, lambda: PublicServer(app), self.host, 0, drain_timeout_s=2.0)
-        await site.start()
-        self.port = site.port
-        self.scheme = "http"
-        self._root = URL(f"http://{self.host}:{self.port}")
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(
+            app,
+            lambda runner, host: Http1Site(
+                runner, lambda: PublicServer(app), host, 0, drain_timeout_s=2.0
+            ),
+            **kwargs,
+        )
 
 
 def gateway_test_server(app: web.Application, server: str) -> TestServer:

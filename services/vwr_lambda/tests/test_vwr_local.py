@@ -19,21 +19,42 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from urr_common.http1_testing import Http1TestServer
 from urr_common.service import REGISTRY_KEY, metrics_text
 from urr_common.settings import load_settings
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import apigw, containers, scheduler
 from urr_vwr_lambda.local import edge as edge_emulator
+from urr_vwr_lambda.local.apigw_server import ApiSite
 from urr_vwr_lambda.local.pipe_container import LoopContainer, PipeContainer
 from urr_vwr_lambda.settings import EdgeEmulatorSettings, SchedulerSettings, VwrSettings
 
 pytestmark = pytest.mark.integration
 
 
+def api_test_server(app: web.Application, server: str) -> TestServer:
+    """The test server of an emulator ``app`` on the listener ``URR_LOCAL_API_SERVER`` names."""
+    if server == "aiohttp":
+        return TestServer(app)
+    return Http1TestServer(
+        app,
+        lambda runner, host: ApiSite(
+            runner, host, 0, max_body_bytes=64 * 1024, drain_timeout_s=2.0
+        ),
+    )
+
+
+@pytest.fixture(params=["aiohttp", "protocol"])
+def api_server(request: pytest.FixtureRequest) -> str:
+    """Both listeners of the emulator answer every test that takes this."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def api(vwr: Any) -> AsyncIterator[TestClient[Any, Any]]:
+async def api(vwr: Any, api_server: str) -> AsyncIterator[TestClient[Any, Any]]:
     ensure_local_keys(vwr.settings.vwr_tokens)
-    async with TestClient(TestServer(apigw.create_app(vwr.settings, runtime=vwr.runtime))) as c:
+    app = apigw.create_app(vwr.settings, runtime=vwr.runtime)
+    async with TestClient(api_test_server(app, api_server)) as c:
         yield c
 
 
@@ -206,7 +227,7 @@ def test_the_scheduler_shows_the_last_cycle_and_drops_events_that_left() -> None
 
 @pytest.mark.timeout(120)
 async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
-    vwr: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    vwr: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], api_server: str
 ) -> None:
     """Worker processes read the same environment a Lambda would (nothing passed in), and
     print no EMF metrics line per invocation unless the user asked for them."""
@@ -229,7 +250,7 @@ async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED")
     await asyncio.to_thread(vwr.open_event, "evt-1")
     app = apigw.create_app(load_settings(VwrSettings))
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(api_test_server(app, api_server)) as client:
         answer = await client.post("/vwr/assign/evt-1", json={"requestId": str(uuid.uuid4())})
         assert answer.status == 201
         assert (await answer.json())["position"] == 1
@@ -247,7 +268,7 @@ def test_a_users_explicit_metrics_choice_wins_in_the_containers(
     assert os.environ["POWERTOOLS_METRICS_DISABLED"] == "true"
 
 
-async def test_the_api_emulator_throttles_past_its_pending_limit(vwr: Any) -> None:
+async def test_the_api_emulator_throttles_past_its_pending_limit(vwr: Any, api_server: str) -> None:
     """Beyond ``local_api_max_pending`` in flight, callers get 429 at once, as from API
     Gateway's throttle, and nothing is queued for them."""
     await asyncio.to_thread(vwr.open_event, "busy")
@@ -255,7 +276,7 @@ async def test_the_api_emulator_throttles_past_its_pending_limit(vwr: Any) -> No
         update={"local_api_max_pending": 1, "local_api_max_pending_reads": 1}
     )
     app = apigw.create_app(settings, runtime=vwr.runtime)
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(api_test_server(app, api_server)) as client:
         answers = await asyncio.gather(*(client.get("/vwr/status/busy") for _ in range(6)))
         statuses = sorted(answer.status for answer in answers)
         throttled = [answer for answer in answers if answer.status == 429]

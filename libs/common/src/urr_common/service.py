@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from urr_common.health import Readiness, live_handler, ready_handler
+from urr_common.http1 import Http1Site
 from urr_common.logs import bind_request_context, clear_request_context, get_logger
 from urr_common.metrics import HttpMetrics, metrics_handler
 from urr_common.problems import (
@@ -236,8 +237,12 @@ async def serve(
     stop: asyncio.Event | None = None,
     started: Callable[[int], None] | None = None,
     reuse_port: bool = False,
+    site: Callable[[web.AppRunner, str, int, bool], web.BaseSite] | None = None,
 ) -> None:
     """Serve ``app`` until SIGTERM, SIGINT or ``stop``; then drain.
+
+    ``site``: makes the public listener from the runner, host, port and ``reuse_port``
+    (a service's own HTTP/1.1 listener, an ``Http1Site``); aiohttp's ``TCPSite`` without it.
 
     The metrics listener starts beside the public one, from the app's own settings (the
     ``SETTINGS_KEY`` ``create_service_app`` stored), and closes after it.
@@ -259,9 +264,14 @@ async def serve(
         metrics_runner = await start_metrics_listener(
             app, app[SETTINGS_KEY].metrics, http.port, reuse_port=reuse_port
         )
-        site = web.TCPSite(runner, http.host, http.port, reuse_port=reuse_port or None)
-        await site.start()
-        port = _bound_port(runner, http.port)
+        if site is None:
+            public: web.BaseSite = web.TCPSite(
+                runner, http.host, http.port, reuse_port=reuse_port or None
+            )
+        else:
+            public = site(runner, http.host, http.port, reuse_port)
+        await public.start()
+        port = public.port if isinstance(public, Http1Site) else _bound_port(runner, http.port)
         _LOG.info("listening", host=http.host, port=port)
         if started is not None:
             started(port)

@@ -35,6 +35,18 @@ from typing import Any
 
 from aiohttp import web
 
+from urr_common.http1 import (
+    CLOSE_LINE,
+    HEAD_TOO_LARGE,
+    MAX_HEAD_BYTES,
+    UPGRADE_REFUSED,
+    Answer,
+    Http1Connection,
+    Http1Server,
+    Http1Site,
+    Internal,
+    Unreadable,
+)
 from urr_common.logs import get_logger, start_request_context
 from urr_common.payloads import json_object
 from urr_common.problems import (
@@ -46,17 +58,6 @@ from urr_common.problems import (
 )
 from urr_common.upstream_security import service_credential_refusal
 from urr_gateway.checkapi import CHECK_PATH, MAX_BODY_BYTES, CheckService
-from urr_gateway.http1 import (
-    CLOSE_LINE,
-    HEAD_TOO_LARGE,
-    MAX_HEAD_BYTES,
-    UPGRADE_REFUSED,
-    Answer,
-    Http1Connection,
-    Http1Server,
-    Http1Site,
-    Unreadable,
-)
 
 __all__ = ["MAX_HEAD_BYTES", "CheckServer", "CheckSite"]
 
@@ -389,17 +390,6 @@ class _Connection(Http1Connection["CheckServer"]):
                 self.resume_reading()
             return
         self.flush()
-
-
-class Internal(ProblemError):
-    status = 500
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The server failed to handle this request; it has been logged.",
-            code="internal_error",
-            title="Internal Server Error",
-        )
 
 
 class CheckServer(Http1Server):

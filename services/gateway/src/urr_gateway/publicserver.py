@@ -42,13 +42,7 @@ from typing import TYPE_CHECKING, Any, cast
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
-from urr_common.logs import get_logger, start_request_context
-from urr_common.metrics import loop_adder
-from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_KEY
-from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
-from urr_gateway.chain import _error_answer
-from urr_gateway.forwarding import downstream_response_headers, strip_hop_by_hop
-from urr_gateway.http1 import (
+from urr_common.http1 import (
     HEAD_TOO_LARGE,
     REQUEST_ID_RE,
     Answer,
@@ -57,6 +51,12 @@ from urr_gateway.http1 import (
     Unreadable,
     status_line,
 )
+from urr_common.logs import get_logger, start_request_context
+from urr_common.metrics import loop_adder
+from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_KEY
+from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
+from urr_gateway.chain import _error_answer
+from urr_gateway.forwarding import downstream_response_headers, strip_hop_by_hop
 from urr_gateway.prepare import sync_receivers
 from urr_gateway.proxy import _SMALL_BODY_BYTES
 from urr_gateway.publicrequest import (

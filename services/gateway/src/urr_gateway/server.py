@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from urr_common.clients import redis_client
+from urr_common.http1 import Http1Site
 from urr_common.logs import get_logger
 from urr_common.service import READINESS_KEY, REGISTRY_KEY, settle_heap, start_metrics_listener
 from urr_common.tasks import bounded_step
@@ -27,7 +28,6 @@ from urr_gateway.app import create_app
 from urr_gateway.checkapi import CHECK_SERVICE_KEY, create_check_app
 from urr_gateway.checkserver import CheckSite
 from urr_gateway.filters.ratelimit import install_rate_limit, rate_limit_filter, revocation_verdict
-from urr_gateway.http1 import Http1Site
 from urr_gateway.publicserver import PublicServer
 from urr_gateway.ratelimit import CategoryRouter, SlidingWindowLimiter
 from urr_gateway.ratelimit.policyset import PolicyWatcher, install_policy_watcher

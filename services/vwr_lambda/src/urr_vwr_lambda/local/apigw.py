@@ -12,16 +12,14 @@ runtime instead and the handler runs on a thread of this process.
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 
 from urr_common.logs import configure_logging
 from urr_common.metrics import LATENCY_BUCKETS_S, loop_observer
@@ -37,42 +35,34 @@ from urr_common.settings import load_settings
 from urr_vwr_lambda.api import Handler, make_handler
 from urr_vwr_lambda.keys import ensure_local_keys
 from urr_vwr_lambda.local import GC_GEN0_THRESHOLD
+from urr_vwr_lambda.local.apigw_server import ApiSite
 from urr_vwr_lambda.local.containers import Containers, LoopExecutor, sticky_key
 from urr_vwr_lambda.local.pipe_container import LoopContainer
 from urr_vwr_lambda.local.proxy_events import http_response, rest_event, warmup_event
-from urr_vwr_lambda.problem import PROBLEM_CONTENT_TYPE, problem_body
+from urr_vwr_lambda.local.throttle import (
+    INVOKER_KEY,
+    READS,
+    THROTTLE_RETRY_AFTER_S,
+    Invoker,
+    Pending,
+    make_invoker,
+    throttled,
+)
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import VwrSettings
 
 CONTAINERS_KEY = web.AppKey("vwr_api_containers", Containers)
 
-#: Seconds a throttled caller is asked to wait (the waiting page adds its own jitter).
-THROTTLE_RETRY_AFTER_S = 2
-
-
-@dataclass
-class Pending:
-    """Invocations running or waiting for a worker (turned-away ones are a metric)."""
-
-    limit: int
-    count: int = 0
-
-    def full(self) -> bool:
-        return self.count >= self.limit
-
-
-_READS = frozenset({"GET", "HEAD"})
-
-
-def throttled() -> web.Response:
-    """API Gateway's answer to a caller over the stage's throttle, as a problem."""
-    body = problem_body(429, "throttled", "the waiting room is busy; try again shortly")
-    return web.Response(
-        status=429,
-        text=json.dumps(body),
-        content_type=PROBLEM_CONTENT_TYPE,
-        headers={"Retry-After": str(THROTTLE_RETRY_AFTER_S), "Cache-Control": "no-store"},
-    )
+__all__ = [
+    "CONTAINERS_KEY",
+    "INVOKER_KEY",
+    "THROTTLE_RETRY_AFTER_S",
+    "Invoker",
+    "Pending",
+    "create_app",
+    "main",
+    "throttled",
+]
 
 
 def origin_headers(runtime: VwrRuntime) -> dict[str, str]:
@@ -177,35 +167,29 @@ def create_app(
 
     app[READINESS_KEY].add_check("dynamodb", dynamodb_ready)
 
-    writes = Pending(limit=settings.local_api_max_pending)
-    reads = Pending(limit=settings.local_api_max_pending_reads)
-    throttled_total = Counter(
-        "urr_vwr_apigw_throttled",
-        "Requests the API Gateway emulator turned away with 429 (too many pending)",
-        registry=app[REGISTRY_KEY],
-    )
+    async def run(event: dict[str, Any], key: str | None, read: bool) -> dict[str, Any]:
+        containers = app[CONTAINERS_KEY]
+        result: dict[str, Any]
+        if in_process:
+            result = await containers.invoke(local_handler, event, None, key=key, read=read)
+        else:
+            result = await containers.invoke(invoke_in_worker, event, key=key, read=read)
+        return result
+
+    invoker = app[INVOKER_KEY] = make_invoker(settings, app[REGISTRY_KEY], run)
 
     async def invoke(request: web.Request) -> web.Response:
-        pending = reads if request.method in _READS else writes
-        if pending.full():
-            throttled_total.inc()
+        read = request.method in READS
+        if invoker.turned_away(read):
             return throttled()
-        pending.count += 1
+        pending = invoker.pending(read)
+        pending.count += 1  # while the body is read, as before
         try:
             body = await request.read()
-            event = rest_event(request, body)
-            key = sticky_key(request.path, body)
-            read = request.method in _READS
-            containers = request.app[CONTAINERS_KEY]
-            if in_process:
-                result: dict[str, Any] = await containers.invoke(
-                    local_handler, event, None, key=key, read=read
-                )
-            else:
-                result = await containers.invoke(invoke_in_worker, event, key=key, read=read)
         finally:
             pending.count -= 1
-        return http_response(result)
+        event = rest_event(request, body)
+        return http_response(await invoker.call(event, sticky_key(request.path, body), read))
 
     app.router.add_route("*", "/{tail:.*}", invoke)
     return app
@@ -220,7 +204,21 @@ def main() -> None:
     async def serve_app() -> None:
         app = create_app(settings)
         settle_heap(GC_GEN0_THRESHOLD)
-        await serve(app, settings.http)
+        if settings.local_api_server == "aiohttp":
+            await serve(app, settings.http)
+            return
+
+        def site(runner: web.AppRunner, host: str, port: int, reuse_port: bool) -> ApiSite:
+            return ApiSite(
+                runner,
+                host,
+                port,
+                max_body_bytes=settings.http.max_body_bytes,
+                drain_timeout_s=settings.http.shutdown_timeout_s,
+                reuse_port=reuse_port or None,
+            )
+
+        await serve(app, settings.http, site=site)
 
     run(serve_app, use_uvloop=settings.http.use_uvloop)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import random
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -24,14 +25,36 @@ def request_uuid() -> str:
 
 def rest_event(request: web.Request, body: bytes) -> dict[str, Any]:
     """The proxy event API Gateway would send for ``request`` (``/{proxy+}`` resource)."""
+    return proxy_event(
+        request.method,
+        request.path,
+        request.query.items(),
+        request.headers.items(),
+        f"HTTP/{request.version.major}.{request.version.minor}",
+        request.remote or "127.0.0.1",
+        body,
+    )
+
+
+def proxy_event(
+    method: str,
+    path: str,
+    query_items: Iterable[tuple[str, str]],
+    header_items: Iterable[tuple[str, str]],
+    protocol: str,
+    source_ip: str,
+    body: bytes,
+) -> dict[str, Any]:
+    """The proxy event of a request given by its parts (the decoded path, the decoded query
+    and header fields in order, ``HTTP/1.1``), whichever server read it."""
     headers: dict[str, str] = {}
     multi_headers: dict[str, list[str]] = {}
-    for name, value in request.headers.items():
+    for name, value in header_items:
         headers[name] = value
         multi_headers.setdefault(name, []).append(value)
     query: dict[str, str] = {}
     multi_query: dict[str, list[str]] = {}
-    for name, value in request.query.items():
+    for name, value in query_items:
         query[name] = value
         multi_query.setdefault(name, []).append(value)
     try:
@@ -41,26 +64,26 @@ def rest_event(request: web.Request, body: bytes) -> dict[str, Any]:
         text, is_base64 = base64.b64encode(body).decode(), True
     return {
         "resource": "/{proxy+}",
-        "path": request.path,
-        "httpMethod": request.method,
+        "path": path,
+        "httpMethod": method,
         "headers": headers,
         "multiValueHeaders": multi_headers,
         "queryStringParameters": query or None,
         "multiValueQueryStringParameters": multi_query or None,
-        "pathParameters": {"proxy": request.path.lstrip("/")},
+        "pathParameters": {"proxy": path.lstrip("/")},
         "stageVariables": None,
         "requestContext": {
             "accountId": "000000000000",
             "apiId": "local",
             "stage": "local",
             "resourcePath": "/{proxy+}",
-            "httpMethod": request.method,
-            "path": request.path,
-            "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
+            "httpMethod": method,
+            "path": path,
+            "protocol": protocol,
             "requestId": request_uuid(),
             "requestTimeEpoch": int(time.time() * 1000),
             "identity": {
-                "sourceIp": request.remote or "127.0.0.1",
+                "sourceIp": source_ip,
                 "userAgent": headers.get("User-Agent", ""),
             },
         },
@@ -104,8 +127,9 @@ def warmup_event(headers: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
-def http_response(result: dict[str, Any]) -> web.Response:
-    """The HTTP answer API Gateway makes of a proxy integration's result."""
+def result_headers(result: dict[str, Any]) -> CIMultiDict[str]:
+    """The answer's header fields API Gateway makes of a proxy integration's result (without
+    ``Content-Length``: the server frames the body)."""
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in (result.get("headers") or {}).items():
         headers[name] = str(value)
@@ -114,7 +138,20 @@ def http_response(result: dict[str, Any]) -> web.Response:
             continue
         for value in values:
             headers.add(name, str(value))
-    raw = result.get("body") or ""
-    body = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
     headers.pop("Content-Length", None)
-    return web.Response(status=int(result.get("statusCode", 502)), body=body, headers=headers)
+    return headers
+
+
+def result_body(result: dict[str, Any]) -> bytes:
+    """The answer's body bytes of a proxy integration's result."""
+    raw = result.get("body") or ""
+    return base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
+
+
+def http_response(result: dict[str, Any]) -> web.Response:
+    """The HTTP answer API Gateway makes of a proxy integration's result."""
+    return web.Response(
+        status=int(result.get("statusCode", 502)),
+        body=result_body(result),
+        headers=result_headers(result),
+    )

@@ -1,5 +1,7 @@
 """The HTTP/1.1 connection layer shared by the gateway's own listeners (the check API's
-``checkserver`` and the public ``publicserver``): an ``asyncio.Protocol`` fed to httptools.
+``urr_gateway.checkserver`` and the public ``urr_gateway.publicserver``) and the VWR's API
+Gateway emulator (``urr_vwr_lambda.local.apigw_server``): an ``asyncio.Protocol`` fed to
+httptools. (Moved here from ``urr_gateway.http1`` unchanged, so both services share it.)
 
 Why not aiohttp's server: on both listeners a profile put a quarter to most of the non-idle
 time in aiohttp's request and response objects, its middleware chain and its writer. The
@@ -95,6 +97,19 @@ class Unreadable(Exception):
     def __init__(self, problem: ProblemError) -> None:
         super().__init__(problem.code)
         self.problem = problem
+
+
+class Internal(ProblemError):
+    """The answer to a request a listener failed on (logged where it failed)."""
+
+    status = 500
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server failed to handle this request; it has been logged.",
+            code="internal_error",
+            title="Internal Server Error",
+        )
 
 
 HEAD_TOO_LARGE = Refused(431, "headers_too_large", "the request head is too large")
