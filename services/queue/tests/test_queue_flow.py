@@ -160,6 +160,34 @@ async def test_leave_frees_the_slot_and_revokes_the_token(
     assert (await gone.json())["code"] == "not_in_queue"
 
 
+async def test_leave_revokes_and_frees_after_redis_lost_its_scripts(
+    redis_settings, queue_client, as_user, admin_headers
+):
+    """Issue 22: on one Redis the revocation and the leave script go in one pipeline; when
+    Redis has forgotten the script (a restart), the leave still happens, after the revocation."""
+    client = await queue_client(redis_settings)
+    await configure(client, admin_headers, capacity=1, admit_per_second=1000, session_seconds=300)
+    await enter(client, as_user("first"))
+    await enter(client, as_user("second"))
+    await asyncio.sleep(0.02)
+    await tick(client)
+    token = (await (await status(client, as_user("first"))).json())["entry_token"]
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    redis = redis_client(redis_settings)
+    try:
+        await redis.script_flush()
+        response = await client.post(f"/api/v1/queue/{EVENT}/leave", headers=as_user("first"))
+        assert response.status == 200
+        assert (await response.json())["was"] == "admitted"
+        assert await redis.get(revoked_key("first", jti)) == b"1"
+    finally:
+        await redis.aclose()
+    result = (await tick(client))[EVENT]
+    assert [user for user, _ in result.admitted] == ["second"]
+    again = await client.post(f"/api/v1/queue/{EVENT}/leave", headers=as_user("first"))
+    assert (await again.json())["was"] == "none"
+
+
 async def test_leaving_the_queue_while_waiting(
     redis_settings, queue_client, as_user, admin_headers
 ):
