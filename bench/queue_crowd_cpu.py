@@ -19,7 +19,10 @@ once, as in the local crowd: about 1.3 polls per entry.
 compare within a run only, the machine is shared.
 
 Printed per run (one JSON line): CPU µs per request of the queue process and of redis-server,
-client-side P50/P99/max per kind in ms, the statuses, and the load average.
+client-side P50/P99/max per kind in ms, the statuses, and the load average; the queue's idle
+CPU (ms per s: the admission loop and the figures with nobody calling) and, with ``--floor N``,
+its CPU per ``GET /health/live`` with a fresh assertion, sent at the crowd's request rate
+before the crowd (the server, the middlewares and the identity check without queue work).
 """
 
 from __future__ import annotations
@@ -96,6 +99,33 @@ class Crowd:
             # The visitor books; the ticket service's calls are not the queue's.
             await asyncio.sleep(random.uniform(0.5, 1.5) * self.args.hold)
         await self.call(session, "leave", "POST", user)
+
+    async def floor(self, count: int, rate: float) -> None:
+        """``GET /health/live`` with a fresh assertion each, open loop at ``rate``: what the
+        server, the middlewares and the identity check cost with no queue work at all."""
+        async with aiohttp.ClientSession() as session:
+
+            async def live(n: int) -> None:
+                assertion = self.signer.sign(
+                    f"floor-{n}",
+                    "user",
+                    audience="queue",
+                    method="GET",
+                    path="/health/live",
+                    now=time.time(),
+                )
+                headers = {ASSERTION_HEADER: assertion}
+                async with session.get(f"{self.base}/health/live", headers=headers) as answer:
+                    await answer.read()
+
+            started = time.monotonic()
+            tasks = []
+            for n in range(count):
+                delay = started + n / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(live(n)))
+            await asyncio.gather(*tasks)
 
     async def run(self, vwr_tokens: list[str]) -> None:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -199,6 +229,11 @@ def run_once(
         time.sleep(args.idle)
         idle = cpu_s(service.pid) - idle0
         crowd = Crowd(f"http://127.0.0.1:{port}", event_id, args)
+        floor_us = None
+        if args.floor:
+            floor0 = cpu_s(service.pid)
+            asyncio.run(crowd.floor(args.floor, args.rate * 3.3))
+            floor_us = round((cpu_s(service.pid) - floor0) / args.floor * 1e6)
         before, redis_before, load0 = (
             cpu_s(service.pid),
             asyncio.run(redis_cpu_s(redis_url)),
@@ -227,6 +262,7 @@ def run_once(
         "redis_us_per_req": round(redis_used / requests * 1e6),
         # The admission loop and the figures with nobody calling (CPU ms per second).
         "idle_ms_per_s": round(idle / args.idle * 1000, 1),
+        "floor_us_per_req": floor_us,
     }
     for kind in KINDS:
         values = crowd.times[kind]
@@ -260,6 +296,9 @@ def main() -> None:
     parser.add_argument("--poll-cap", type=float, default=5.0, help="longest pause between polls")
     parser.add_argument("--hold", type=float, default=3.0, help="mean seconds admitted")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured")
+    parser.add_argument(
+        "--floor", type=int, default=0, help="this many GET /health/live first (the floor)"
+    )
     parser.add_argument("--before", help="a git revision to compare with (e.g. main)")
     parser.add_argument("--pyspy", help="a folder for py-spy raw profiles of the queue")
     parser.add_argument("--native", action="store_true", help="py-spy --native")
