@@ -18,9 +18,6 @@ microseconds and a polling client repeats the same request) and ``AssertionVerif
 
 from __future__ import annotations
 
-import base64
-import json
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -28,20 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from urr_common.logs import get_logger
 from urr_common.tokens import (
     ALGORITHM,
-    MAX_TOKEN_BYTES,
     KeySet,
     SigningKey,
     TokenError,
     TokenRejection,
     VerificationKey,
+    jws_claims,
+    jws_kid,
+    split_jws,
 )
 
 _LOG = get_logger(__name__)
@@ -52,9 +47,6 @@ ASSERTION_CLAIMS = ("iss", "aud", "exp", "iat", "sub", "role", "htm", "htp", "jt
 _MAX_CLAIM_LENGTH = 320
 #: Bound on both caches; cleared whole when full (a flood of distinct keys just misses).
 _CACHE_LIMIT = 4096
-_ES256_SIGNATURE_BYTES = 64
-_BASE64URL = re.compile("[A-Za-z0-9_-]*")
-_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,27 +170,8 @@ class AssertionVerifier:
         to ES256 (compared, never obeyed), a known ``kid``, a 64-byte raw signature verified
         over the first two segments as sent, then a JSON object payload whose claims pass.
         """
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
-            raise TokenError(TokenRejection.MALFORMED, "empty or oversized token")
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS")
-        header_segment, payload_segment, signature_segment = parts
-        key = self._key_for(header_segment, now)
-        try:
-            payload = _b64url(payload_segment)
-            signature = _b64url(signature_segment)
-        except ValueError as exc:
-            raise TokenError(TokenRejection.MALFORMED, "a segment is not base64url") from exc
-        signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode()
-        if not _signature_holds(key, signature, signing_input):
-            raise TokenError(TokenRejection.BAD_SIGNATURE, "Signature verification failed")
-        try:
-            claims = json.loads(payload)
-        except (ValueError, RecursionError) as exc:
-            raise TokenError(TokenRejection.MALFORMED, "the payload is not JSON") from exc
-        if not isinstance(claims, dict):
-            raise TokenError(TokenRejection.MALFORMED, "the payload must be a JSON object")
+        parts = split_jws(token)
+        claims = jws_claims(parts, self._key_for(parts[0], now))
         self._check_registered(claims, now)
         check_assertion_claims(
             claims, now=now, leeway_s=self.leeway_s, max_lifetime_s=self.max_lifetime_s
@@ -210,7 +183,7 @@ class AssertionVerifier:
         per header segment, which the gateway repeats in every assertion it signs."""
         kid = self._header_kids.get(header_segment)
         if kid is None:
-            kid = _kid_of(header_segment)
+            kid = jws_kid(header_segment)
             if len(self._header_kids) >= _CACHE_LIMIT:
                 self._header_kids.clear()
             self._header_kids[header_segment] = kid
@@ -254,58 +227,6 @@ class AssertionVerifier:
             _reload_failed(exc)
             return False
         return True
-
-
-def _b64url(segment: str) -> bytes:
-    """One JWS segment's bytes; ``ValueError`` unless it is canonical base64url (at most two
-    ``=`` of padding, only the URL-safe alphabet, no stray bits): pyjwt's rule."""
-    stripped = segment.rstrip("=")
-    padding = len(segment) - len(stripped)
-    if (
-        padding > 2
-        or (padding and len(segment) % 4)
-        or len(stripped) % 4 == 1
-        or not _BASE64URL.fullmatch(stripped)
-    ):
-        raise ValueError("not base64url")
-    decoded = base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
-    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped.encode("ascii"):
-        raise ValueError("not canonical base64url")
-    return decoded
-
-
-def _kid_of(header_segment: str) -> str:
-    """The ``kid`` of a JWS header that pins ES256; ``TokenError`` as ``key_for`` refuses."""
-    try:
-        header = json.loads(_b64url(header_segment))
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
-        raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS") from exc
-    if not isinstance(header, dict):
-        raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS")
-    if "crit" in header or "b64" in header:  # extensions the gateway never uses
-        raise TokenError(TokenRejection.MALFORMED, "unsupported header parameters")
-    if header.get("alg") != ALGORITHM:
-        raise TokenError(TokenRejection.UNSUPPORTED_ALGORITHM, f"alg must be {ALGORITHM}")
-    kid = header.get("kid")
-    if kid is None:
-        raise TokenError(TokenRejection.UNKNOWN_KEY, "the header names no kid")
-    if not isinstance(kid, str):
-        raise TokenError(TokenRejection.MALFORMED, "the kid must be a string")
-    return kid
-
-
-def _signature_holds(key: VerificationKey, signature: bytes, signing_input: bytes) -> bool:
-    """ES256: ``signature`` is r || s, 32 bytes each (RFC 7518 §3.4)."""
-    if len(signature) != _ES256_SIGNATURE_BYTES:
-        return False
-    der = encode_dss_signature(
-        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    )
-    try:
-        key.public_key.verify(der, signing_input, _ECDSA_SHA256)
-    except InvalidSignature:
-        return False
-    return True
 
 
 def _reload_failed(exc: Exception) -> None:
