@@ -215,6 +215,8 @@ def test_the_header_pins_es256_and_a_known_kid(
         (b"[1, 2]", TokenRejection.MALFORMED),
         (b"not json", TokenRejection.MALFORMED),
         (json.dumps({"aud": ["queue"]}).encode(), TokenRejection.WRONG_AUDIENCE),
+        (json.dumps({"aud": ""}).encode(), TokenRejection.MISSING_CLAIM),
+        (json.dumps({"iss": 5}).encode(), TokenRejection.WRONG_ISSUER),
         (json.dumps({"nbf": int(NOW) + 100}).encode(), TokenRejection.MALFORMED),
         (json.dumps({"nbf": "soon"}).encode(), TokenRejection.MALFORMED),
         (json.dumps({"sub": 5}).encode(), TokenRejection.MALFORMED),

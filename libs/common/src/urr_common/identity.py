@@ -211,6 +211,8 @@ class AssertionVerifier:
                 raise TokenError(TokenRejection.MALFORMED, "The token is not yet valid (nbf)")
         if not isinstance(claims["iss"], str) or claims["iss"] != self.issuer:
             raise TokenError(TokenRejection.WRONG_ISSUER, "Invalid issuer")
+        if not claims["aud"]:
+            raise TokenError(TokenRejection.MISSING_CLAIM, 'Token is missing the "aud" claim')
         if not isinstance(claims["aud"], str) or claims["aud"] != self.audience:
             raise TokenError(TokenRejection.WRONG_AUDIENCE, "Audience doesn't match (strict)")
         if not isinstance(claims["sub"], str) or not isinstance(claims["jti"], str):
