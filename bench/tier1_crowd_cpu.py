@@ -377,17 +377,18 @@ def run_once(
     }
 
 
-def export_revision(rev: str, into: Path) -> Path:
-    """``urr_vwr_lambda`` of ``rev`` under ``into`` (its ``src`` folder)."""
+def export_revision(rev: str, into: Path, folder: str = "services/vwr_lambda/src") -> Path:
+    """``folder`` (a package's ``src``, ``urr_vwr_lambda``'s unless told) of ``rev`` under
+    ``into``; the exported folder."""
     into.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(  # noqa: S603 - git with our own argv
-        [shutil.which("git") or "git", "-C", str(REPO), "archive", rev, "services/vwr_lambda/src"],
+        [shutil.which("git") or "git", "-C", str(REPO), "archive", rev, folder],
         check=True,
         capture_output=True,
     )
     tar = [shutil.which("tar") or "tar", "-x", "-C", str(into)]
     subprocess.run(tar, input=archive.stdout, check=True)  # noqa: S603 - our own argv
-    return into / "services" / "vwr_lambda" / "src"
+    return into / folder
 
 
 def alternate(

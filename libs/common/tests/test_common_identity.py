@@ -151,6 +151,97 @@ def test_a_cached_verified_assertion_still_expires() -> None:
     assert refused.value.reason == TokenRejection.EXPIRED
 
 
+def _signed_segments(payload: bytes, header: dict[str, object] | None = None) -> str:
+    """A JWS over any payload bytes, signed with ``KEY`` (what only a key holder can make)."""
+    head = header or {"alg": "ES256", "kid": KEY.kid, "typ": "JWT"}
+    return jwt.api_jws.encode(payload, KEY.private_key, algorithm="ES256", headers=head)
+
+
+def test_the_lean_parse_refuses_what_pyjwt_refused() -> None:
+    """Issue 22: the verifier takes the JWS apart itself; every tampering is still refused,
+    also with the header segment already known (its ``kid`` is cached per segment)."""
+    verifier = _verifier()
+    good = _sign()
+    _verify(good, verifier)  # the header segment is now cached
+    header, payload, signature = good.split(".")
+    other = _sign(sub="u-2", jti="j-2").split(".")[1]
+    short = jwt.utils.base64url_encode(jwt.utils.base64url_decode(signature)[:62]).decode()
+    cases = {
+        # Another payload under a cached header and the first token's signature.
+        f"{header}.{other}.{signature}": TokenRejection.BAD_SIGNATURE,
+        f"{header}.{payload}.{short}": TokenRejection.BAD_SIGNATURE,  # 62 bytes
+        f"{header}.{payload}.": TokenRejection.BAD_SIGNATURE,
+        f"{header}.{payload}.{signature}.x": TokenRejection.MALFORMED,
+        f"{header}.{payload}": TokenRejection.MALFORMED,
+        f"{header}.{payload}.{signature[:-1]}!": TokenRejection.MALFORMED,
+        f"{header}.{payload}.{signature[:-2]}+/": TokenRejection.MALFORMED,
+        f"{header}.{payload}.{signature}===": TokenRejection.MALFORMED,
+        f"{header}.{payload}.a": TokenRejection.MALFORMED,
+        f"{header}.é{payload}.{signature}": TokenRejection.MALFORMED,
+        "": TokenRejection.MALFORMED,
+        "x" * 9000: TokenRejection.MALFORMED,
+        "[[[[." + payload + "." + signature: TokenRejection.MALFORMED,
+    }
+    for token, reason in cases.items():
+        with pytest.raises(TokenError) as refused:
+            _verify(token, verifier)
+        assert refused.value.reason == reason, token[:60]
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ({"alg": "none", "kid": KEY.kid}, TokenRejection.UNSUPPORTED_ALGORITHM),
+        ({"alg": "HS256", "kid": KEY.kid}, TokenRejection.UNSUPPORTED_ALGORITHM),
+        ({"alg": "ES256"}, TokenRejection.UNKNOWN_KEY),
+        ({"alg": "ES256", "kid": 7}, TokenRejection.MALFORMED),
+        ({"alg": "ES256", "kid": KEY.kid, "crit": ["b64"], "b64": False}, TokenRejection.MALFORMED),
+        ({"alg": "ES256", "kid": "gw-9"}, TokenRejection.UNKNOWN_KEY),
+    ],
+)
+def test_the_header_pins_es256_and_a_known_kid(
+    header: dict[str, object], reason: TokenRejection
+) -> None:
+    good = _sign().split(".")
+    forged_header = jwt.utils.base64url_encode(json.dumps(header).encode()).decode()
+    with pytest.raises(TokenError) as refused:
+        _verify(f"{forged_header}.{good[1]}.{good[2]}")
+    assert refused.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"[1, 2]", TokenRejection.MALFORMED),
+        (b"not json", TokenRejection.MALFORMED),
+        (json.dumps({"aud": ["queue"]}).encode(), TokenRejection.WRONG_AUDIENCE),
+        (json.dumps({"aud": ""}).encode(), TokenRejection.MISSING_CLAIM),
+        (json.dumps({"iss": 5}).encode(), TokenRejection.WRONG_ISSUER),
+        (json.dumps({"nbf": int(NOW) + 100}).encode(), TokenRejection.MALFORMED),
+        (json.dumps({"nbf": "soon"}).encode(), TokenRejection.MALFORMED),
+        (json.dumps({"sub": 5}).encode(), TokenRejection.MALFORMED),
+        (json.dumps({"jti": None}).encode(), TokenRejection.MISSING_CLAIM),
+    ],
+)
+def test_signed_but_unusable_claims_are_refused(payload: bytes, reason: TokenRejection) -> None:
+    if payload.startswith(b"{"):
+        claims = jwt.decode(_sign(), options={"verify_signature": False})
+        claims.update(json.loads(payload))
+        payload = json.dumps(claims).encode()
+    with pytest.raises(TokenError) as refused:
+        _verify(_signed_segments(payload))
+    assert refused.value.reason == reason
+
+
+def test_a_key_dropped_from_the_set_refuses_its_cached_header() -> None:
+    verifier = _verifier()
+    _verify(_sign(), verifier)
+    verifier.keys = KeySet([SigningKey.generate("gw-2").verification_key()])
+    with pytest.raises(TokenError) as refused:
+        _verify(_sign(jti="j-2"), verifier)
+    assert refused.value.reason == TokenRejection.UNKNOWN_KEY
+
+
 def test_identity_settings_say_which_key_source_is_unusable(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         UpstreamIdentitySettings(public_key_files=[tmp_path / "missing.pem"])

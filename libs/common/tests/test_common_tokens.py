@@ -269,3 +269,83 @@ def test_bad_pem_is_a_key_material_error() -> None:
         SigningKey.from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "x")
     with pytest.raises(KeyMaterialError):
         VerificationKey.from_pem(b"not a pem", "x")
+
+
+def _outcome(check, token: str) -> object:
+    try:
+        return check(token)
+    except TokenError as refused:
+        return refused.reason
+
+
+def _lean_cases(key: SigningKey, signer: TokenSigner) -> list[str]:
+    """Tokens good and bad in every way pyjwt tells apart: signed with odd claims, tampered,
+    forged headers, broken encodings."""
+    now = int(time.time())
+    odd_claims: list[dict[str, object]] = [
+        {},
+        {"exp": now - 60},
+        {"exp": now - 3},
+        {"exp": "soon"},
+        {"exp": str(now + 60)},
+        {"iat": now + 60},
+        {"iat": "x"},
+        {"iat": True},
+        {"nbf": now + 60},
+        {"nbf": [1]},
+        {"iss": "urr-other"},
+        {"iss": 5},
+        {"iss": None},
+        {"aud": "other"},
+        {"aud": [AUDIENCE]},
+        {"aud": ""},
+        {"aud": None},
+        {"sub": ""},
+        {"sub": 7},
+        {"sub": None},
+        {"jti": 3},
+        {"exp": now - 60, "iss": "urr-other"},
+        {"iat": now + 60, "aud": "other"},
+        {"sub": 7, "aud": "other"},
+    ]
+    tokens = []
+    for overrides in odd_claims:
+        claims: dict[str, object] = {
+            "sub": "u1", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "nbf": now,
+            "exp": now + 300, "jti": "j1",
+        }  # fmt: skip
+        claims.update(overrides)
+        claims = {name: value for name, value in claims.items() if value is not None}
+        payload = json.dumps(claims).encode()  # as given: jwt.encode would refuse some
+        tokens.append(jwt.api_jws.encode(payload, key.private_key, "ES256", {"kid": "k1"}))
+    good = signer.sign("u1")
+    header, body, signature = good.split(".")
+    other = signer.sign("u2").split(".")[1]
+    tokens += [
+        good,
+        f"{header}.{other}.{signature}",
+        f"{header}.{body}.{signature[:-3]}",
+        f"{header}.{body}.{signature[:-4]}",
+        f"{header}.{body}.",
+        f"{header}.{body}.{signature}.x",
+        f"{header}.{body}",
+        f"{header}.{body}.{signature}===",
+        f"{header}.{body}!.{signature}",
+        "",
+        "x" * 9000,
+        _forge({"alg": "none", "kid": "k1"}, {"sub": "u1"}),
+        _forge({"alg": "HS256", "kid": "k1"}, {"sub": "u1"}, b"x" * 32),
+        _forge({"alg": "ES256"}, {"sub": "u1"}, b"x" * 64),
+        _forge({"alg": "ES256", "kid": "k9"}, {"sub": "u1"}, b"x" * 64),
+        _forge({"alg": "ES256", "kid": 7}, {"sub": "u1"}, b"x" * 64),
+        jwt.api_jws.encode(b"[1]", key.private_key, algorithm="ES256", headers={"kid": "k1"}),
+        jwt.api_jws.encode(b"{", key.private_key, algorithm="ES256", headers={"kid": "k1"}),
+    ]
+    return tokens
+
+
+def test_verify_lean_answers_as_verify(key, signer, verifier) -> None:
+    """Issue 22: the lean path (the queue's Tier-1 check) refuses exactly what pyjwt's does,
+    for the same reason, and returns the same claims otherwise."""
+    for token in _lean_cases(key, signer):
+        assert _outcome(verifier.verify_lean, token) == _outcome(verifier.verify, token), token[:80]

@@ -129,17 +129,22 @@ async def test_admitted_user_gets_one_token_and_cookie(
     assert jwt.get_unverified_header(token)["alg"] == "ES256"
 
 
-async def test_leave_frees_the_slot_and_revokes_the_token(
-    redis_settings, queue_client, as_user, admin_headers
-):
-    client = await queue_client(redis_settings)
+async def first_admitted_of_two(client: Any, as_user: Any, admin_headers: dict[str, str]) -> str:
+    """One slot, two waiters: the first is admitted and asks for its token; its ``jti``."""
     await configure(client, admin_headers, capacity=1, admit_per_second=1000, session_seconds=300)
     await enter(client, as_user("first"))
     await enter(client, as_user("second"))
     await asyncio.sleep(0.02)
     await tick(client)
     token = (await (await status(client, as_user("first"))).json())["entry_token"]
-    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    return str(jwt.decode(token, options={"verify_signature": False})["jti"])
+
+
+async def test_leave_frees_the_slot_and_revokes_the_token(
+    redis_settings, queue_client, as_user, admin_headers
+):
+    client = await queue_client(redis_settings)
+    jti = await first_admitted_of_two(client, as_user, admin_headers)
 
     response = await client.post(f"/api/v1/queue/{EVENT}/leave", headers=as_user("first"))
     assert response.status == 200
@@ -158,6 +163,28 @@ async def test_leave_frees_the_slot_and_revokes_the_token(
     gone = await status(client, as_user("first"))
     assert gone.status == 404
     assert (await gone.json())["code"] == "not_in_queue"
+
+
+async def test_leave_revokes_and_frees_after_redis_lost_its_scripts(
+    redis_settings, queue_client, as_user, admin_headers
+):
+    """Issue 22: on one Redis the revocation and the leave script go in one pipeline; when
+    Redis has forgotten the script (a restart), the leave still happens, after the revocation."""
+    client = await queue_client(redis_settings)
+    jti = await first_admitted_of_two(client, as_user, admin_headers)
+    redis = redis_client(redis_settings)
+    try:
+        await redis.script_flush()
+        response = await client.post(f"/api/v1/queue/{EVENT}/leave", headers=as_user("first"))
+        assert response.status == 200
+        assert (await response.json())["was"] == "admitted"
+        assert await redis.get(revoked_key("first", jti)) == b"1"
+    finally:
+        await redis.aclose()
+    result = (await tick(client))[EVENT]
+    assert [user for user, _ in result.admitted] == ["second"]
+    again = await client.post(f"/api/v1/queue/{EVENT}/leave", headers=as_user("first"))
+    assert (await again.json())["was"] == "none"
 
 
 async def test_leaving_the_queue_while_waiting(

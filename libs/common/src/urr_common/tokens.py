@@ -9,7 +9,10 @@ obeyed, which closes ``alg: none`` and the HS256-with-the-public-key confusion.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm
 
 ALGORITHM = "ES256"
@@ -30,6 +35,9 @@ BASE_REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "sub")
 _MAX_KID_LENGTH = 64
 #: A token larger than this is refused before any parsing.
 MAX_TOKEN_BYTES = 8 * 1024
+_ES256_SIGNATURE_BYTES = 64
+_BASE64URL = re.compile("[A-Za-z0-9_-]*")
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
 class TokenRejection(StrEnum):
@@ -252,6 +260,51 @@ class TokenVerifier:
             raise TokenError(TokenRejection.MISSING_CLAIM, "sub must be a non-empty string")
         return claims
 
+    def verify_lean(self, token: str, *, now: float | None = None) -> dict[str, Any]:
+        """``verify`` without pyjwt's decode: the same checks, in its order, with the same
+        refusals (``split_jws``, ``jws_kid``, ``jws_claims``, then the registered claims as
+        pyjwt checks them), at about half the CPU."""
+        parts = split_jws(token)
+        kid = jws_kid(parts[0])
+        key = self.keys.get(kid)
+        if key is None:
+            raise TokenError(TokenRejection.UNKNOWN_KEY, f"no key {kid[:_MAX_KID_LENGTH]!r}")
+        claims = jws_claims(parts, key)
+        self._check_registered(claims, time.time() if now is None else now)
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise TokenError(TokenRejection.MISSING_CLAIM, "sub must be a non-empty string")
+        return claims
+
+    def _check_registered(self, claims: dict[str, Any], now: float) -> None:
+        """pyjwt's claim checks of ``verify``: required, ``iat``, ``nbf``, ``exp`` (with the
+        leeway), ``iss``, strict ``aud``, ``sub`` and ``jti`` types; its refusals."""
+        for name in self.required_claims:
+            if claims.get(name) is None:
+                raise TokenError(TokenRejection.MISSING_CLAIM, f'missing the "{name}" claim')
+        self._check_times(claims, now)
+        if "iss" not in claims:
+            raise TokenError(TokenRejection.MISSING_CLAIM, 'missing the "iss" claim')
+        if not isinstance(claims["iss"], str) or claims["iss"] != self.issuer:
+            raise TokenError(TokenRejection.WRONG_ISSUER, "Invalid issuer")
+        if not claims.get("aud"):
+            raise TokenError(TokenRejection.MISSING_CLAIM, 'missing the "aud" claim')
+        if not isinstance(claims["aud"], str) or claims["aud"] != self.audience:
+            raise TokenError(TokenRejection.WRONG_AUDIENCE, "Audience doesn't match (strict)")
+        for name in ("sub", "jti"):
+            if name in claims and not isinstance(claims[name], str):
+                raise TokenError(TokenRejection.MALFORMED, f"{name} must be a string")
+
+    def _check_times(self, claims: dict[str, Any], now: float) -> None:
+        leeway = self.leeway_s
+        if "iat" in claims:
+            issued = _as_int(claims["iat"], TokenRejection.NOT_YET_VALID)
+            if issued > now + leeway:
+                raise TokenError(TokenRejection.NOT_YET_VALID, "The token is not yet valid (iat)")
+        if "nbf" in claims and _as_int(claims["nbf"], TokenRejection.MALFORMED) > now + leeway:
+            raise TokenError(TokenRejection.NOT_YET_VALID, "The token is not yet valid (nbf)")
+        if "exp" in claims and _as_int(claims["exp"], TokenRejection.MALFORMED) <= now - leeway:
+            raise TokenError(TokenRejection.EXPIRED, "Signature has expired")
+
     def key_for(self, token: str) -> VerificationKey:
         """The key named by the token's header, after checking the header's algorithm."""
         header = unverified_header(token)
@@ -275,6 +328,100 @@ def unverified_header(token: str) -> dict[str, Any]:
     except jwt.PyJWTError as exc:
         raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS") from exc
     return header
+
+
+def _as_int(value: Any, reason: TokenRejection) -> int:
+    """A time claim as pyjwt reads it (``int(value)``), or ``TokenError(reason)``."""
+    try:
+        return int(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise TokenError(reason, "a time claim must be an integer") from exc
+
+
+def split_jws(token: str) -> tuple[str, str, str]:
+    """A compact JWS's three segments; ``TokenError(MALFORMED)`` for anything else.
+
+    With ``jws_kid`` and ``jws_claims``: the JWS checks of pyjwt's decode, with its refusals,
+    at about half its cost (issue 22: one fresh token per request in a polling crowd)."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
+        raise TokenError(TokenRejection.MALFORMED, "empty or oversized token")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS")
+    return parts[0], parts[1], parts[2]
+
+
+def jws_claims(parts: tuple[str, str, str], key: VerificationKey) -> dict[str, Any]:
+    """The payload of ``parts`` as a JSON object, once its ES256 signature by ``key`` holds
+    over the first two segments as sent (``TokenError``: MALFORMED or BAD_SIGNATURE)."""
+    header_segment, payload_segment, signature_segment = parts
+    try:
+        payload = _b64url(payload_segment)
+        signature = _b64url(signature_segment)
+    except ValueError as exc:
+        raise TokenError(TokenRejection.MALFORMED, "a segment is not base64url") from exc
+    signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
+    if not _signature_holds(key, signature, signing_input):
+        raise TokenError(TokenRejection.BAD_SIGNATURE, "Signature verification failed")
+    try:
+        claims = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise TokenError(TokenRejection.MALFORMED, "the payload is not JSON") from exc
+    if not isinstance(claims, dict):
+        raise TokenError(TokenRejection.MALFORMED, "the payload must be a JSON object")
+    return claims
+
+
+def _b64url(segment: str) -> bytes:
+    """One JWS segment's bytes; ``ValueError`` unless it is canonical base64url (at most two
+    ``=`` of padding, only the URL-safe alphabet, no stray bits): pyjwt's rule."""
+    stripped = segment.rstrip("=")
+    padding = len(segment) - len(stripped)
+    if (
+        padding > 2
+        or (padding and len(segment) % 4)
+        or len(stripped) % 4 == 1
+        or not _BASE64URL.fullmatch(stripped)
+    ):
+        raise ValueError("not base64url")
+    decoded = base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped.encode("ascii"):
+        raise ValueError("not canonical base64url")
+    return decoded
+
+
+def jws_kid(header_segment: str) -> str:
+    """The ``kid`` of a JWS header that pins ES256; ``TokenError`` as ``key_for`` refuses."""
+    try:
+        header = json.loads(_b64url(header_segment))
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS") from exc
+    if not isinstance(header, dict):
+        raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS")
+    if "crit" in header or "b64" in header:  # extensions the gateway never uses
+        raise TokenError(TokenRejection.MALFORMED, "unsupported header parameters")
+    if header.get("alg") != ALGORITHM:
+        raise TokenError(TokenRejection.UNSUPPORTED_ALGORITHM, f"alg must be {ALGORITHM}")
+    kid = header.get("kid")
+    if kid is None:
+        raise TokenError(TokenRejection.UNKNOWN_KEY, "the header names no kid")
+    if not isinstance(kid, str):
+        raise TokenError(TokenRejection.MALFORMED, "the kid must be a string")
+    return kid
+
+
+def _signature_holds(key: VerificationKey, signature: bytes, signing_input: bytes) -> bool:
+    """ES256: ``signature`` is r || s, 32 bytes each (RFC 7518 §3.4)."""
+    if len(signature) != _ES256_SIGNATURE_BYTES:
+        return False
+    der = encode_dss_signature(
+        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    )
+    try:
+        key.public_key.verify(der, signing_input, _ECDSA_SHA256)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _rejection(exc: jwt.PyJWTError) -> TokenError:

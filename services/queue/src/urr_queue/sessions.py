@@ -30,13 +30,17 @@ class SessionEnder:
     async def end(self, event_id: str, user_id: str, reason: EndReason) -> Left | None:
         """End the user's place (leave only) or admitted session; ``None``: no such event."""
         revoked: set[str] = set()
+        only_admitted = reason is EndReason.COMPLETED
         current, now_ms = await self.store.current_token(event_id, user_id)
         if current is not None:
-            await self._revoke(user_id, current, now_ms)
+            issued = describe(current)
+            ttl_ms = revocation_ttl_ms(issued.expires_at, now_ms)
+            left = await self.store.revoke_and_leave(
+                event_id, user_id, issued.jti, ttl_ms, only_admitted=only_admitted
+            )
             revoked.add(current)
-        left = await self.store.leave(
-            event_id, user_id, only_admitted=reason is EndReason.COMPLETED
-        )
+        else:
+            left = await self.store.leave(event_id, user_id, only_admitted=only_admitted)
         if left is None:
             return None
         if left.token is not None and left.token not in revoked:

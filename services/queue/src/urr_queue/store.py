@@ -14,6 +14,8 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from urr_common.fairness import QueueMethod
 from urr_queue.config import EventConfig, Mode
@@ -23,7 +25,6 @@ from urr_queue.members import decode_member, encode_member
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.cluster import RedisCluster
     from redis.commands.core import AsyncScript
 
     RedisClient = Redis | RedisCluster
@@ -158,6 +159,21 @@ class Left:
     token: str | None = None
 
 
+def _left(reply: Any) -> Left | None:
+    """``leave.lua``'s reply."""
+    kind = _text(reply[0])
+    if kind == "no_event":
+        return None
+    if kind == "waiting":
+        return Left("waiting", now_ms=int(reply[3]), rank=int(reply[1]), number=int(reply[2]))
+    if kind == "admitted":
+        token = _text(reply[2])
+        return Left(
+            "admitted", now_ms=int(reply[3]), session_end_ms=int(reply[1]), token=token or None
+        )
+    return Left("none")
+
+
 @dataclass(frozen=True)
 class Figures:
     config: EventConfig
@@ -191,6 +207,8 @@ class QueueStore:
         self, redis: RedisClient, *, heartbeat_bucket_ms: int = 5_000, max_in_flight: int = 64
     ) -> None:
         self.redis = redis
+        #: A Redis Cluster client: a user's keys and an event's may live on different nodes.
+        self._cluster = isinstance(redis, RedisCluster)
         self.heartbeat_bucket_ms = heartbeat_bucket_ms
         # redis-py pools raise instead of waiting once every connection is busy; a burst of
         # requests waits here for its turn instead of failing.
@@ -447,24 +465,42 @@ class QueueStore:
 
     async def leave(self, event_id: str, user_id: str, *, only_admitted: bool) -> Left | None:
         """End the user's place or session; ``None`` when the event does not exist."""
+        key_list, args = self._leave_call(event_id, user_id, only_admitted=only_admitted)
+        return _left(await self._run(self._leave, key_list, args))
+
+    async def revoke_and_leave(
+        self, event_id: str, user_id: str, jti: str, ttl_ms: int, *, only_admitted: bool
+    ) -> Left | None:
+        """``revoke`` then ``leave``, in this order, as one round trip where one server runs
+        both (a pipeline: Redis runs a connection's commands in the order sent, so the slot is
+        never free while the token still opens the booking APIs). On a Redis Cluster the two
+        keys live in different slots, maybe on different nodes: there the two calls follow
+        each other as before."""
+        if self._cluster or ttl_ms <= 0:
+            await self.revoke(user_id, jti, ttl_ms)
+            return await self.leave(event_id, user_id, only_admitted=only_admitted)
+        key_list, args = self._leave_call(event_id, user_id, only_admitted=only_admitted)
+        async with self._in_flight, self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(revoked_key(user_id, jti), b"1", px=ttl_ms)
+            pipe.evalsha(self._leave.sha, len(key_list), *key_list, *args)
+            try:
+                replies = await pipe.execute()
+            except NoScriptError:
+                replies = None  # Redis lost its scripts (a restart): the revocation is set
+        if replies is None:
+            return await self.leave(event_id, user_id, only_admitted=only_admitted)
+        return _left(replies[1])
+
+    def _leave_call(
+        self, event_id: str, user_id: str, *, only_admitted: bool
+    ) -> tuple[list[str], list[str | bytes]]:
         key_list, keys = self._call_keys(event_id)
         args: list[str | bytes] = [
             keys.seen_prefix,
             encode_member(user_id),
             "1" if only_admitted else "0",
         ]
-        reply = await self._run(self._leave, key_list, args)
-        kind = _text(reply[0])
-        if kind == "no_event":
-            return None
-        if kind == "waiting":
-            return Left("waiting", now_ms=int(reply[3]), rank=int(reply[1]), number=int(reply[2]))
-        if kind == "admitted":
-            token = _text(reply[2])
-            return Left(
-                "admitted", now_ms=int(reply[3]), session_end_ms=int(reply[1]), token=token or None
-            )
-        return Left("none")
+        return key_list, args
 
     async def unmarked_places(self, event_id: str, limit: int) -> list[tuple[str, int]]:
         """Spent Tier-1 places (place, ms spent) the Tier-1 table lacks yet, oldest first."""
