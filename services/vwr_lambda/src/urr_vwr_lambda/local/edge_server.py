@@ -24,7 +24,6 @@ large (431), a request too slow (408). A viewer that leaves mid-proxy does not s
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import cast
 
@@ -90,8 +89,6 @@ class EdgeServer(ApiServer):
         self._metrics = app[HTTP_METRICS_KEY]
         own = (*PAGE_ROUTES, API_ROUTE)
         self._routes = {path: route for path, route in own_routes(app).items() if path not in own}
-        #: aiohttp's ``request.host`` without a ``Host`` field (asked once, not per request).
-        self._fqdn = socket.getfqdn()
 
     async def serve(self, connection: _Connection, answer: Answer, request: Request) -> None:
         """Answer one request read whole (in a task of its own: its own log context)."""
@@ -168,7 +165,9 @@ class EdgeServer(ApiServer):
                 status, headers, body, request_id, date, head=head, close=close
             )
         host = first_field(fields, "host")
-        forwarded = forward_headers(fields, client, self._fqdn if host is None else host)
+        forwarded = forward_headers(
+            fields, client, local_host(connection) if host is None else host
+        )
         if label == API_ROUTE:
             sent = api_headers(forwarded, f"{client}:{peer[1]}", await edge.origin_header())
             target = edge.api_prefix + raw_target.removeprefix(API_PREFIX)
@@ -197,6 +196,16 @@ class EdgeServer(ApiServer):
             if not data.startswith(line):
                 data = line + data.partition(b"\r\n")[2]
         return data
+
+
+def local_host(connection: _Connection) -> str:
+    """aiohttp's ``request.host`` of a request without a ``Host`` field: the address it
+    arrived on."""
+    transport = connection.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sockname, tuple):
+        return f"[{sockname[0]}]" if len(sockname) == 4 else str(sockname[0])
+    return "" if sockname is None else str(sockname)
 
 
 def peer_of(connection: _Connection) -> tuple[str, int]:
