@@ -28,7 +28,7 @@ from urr_common.service import SETTINGS_KEY
 from urr_common.settings import load_settings
 from urr_common.tokens import SigningKey, TokenSigner
 from urr_vwr_lambda.api import make_handler
-from urr_vwr_lambda.local.edge_server import EdgeSite
+from urr_vwr_lambda.local.edge_server import edge_site as lean_edge_site
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import TableSettings, VwrSettings
 from urr_vwr_lambda.tables import ensure_tables
@@ -59,7 +59,7 @@ def edge_site(edge_server: str) -> EdgeSiteMaker:
         if edge_server == "aiohttp":
             return web.TCPSite(runner, host, port)
         limit = runner.app[SETTINGS_KEY].http.max_body_bytes
-        return EdgeSite(runner, host, port, max_body_bytes=limit, drain_timeout_s=2.0)
+        return lean_edge_site(max_body_bytes=limit, drain_timeout_s=2.0)(runner, host, port, False)
 
     return make
 
@@ -71,13 +71,10 @@ def edge_test_server(edge_server: str) -> Callable[[web.Application], TestServer
     def make(app: web.Application) -> TestServer:
         if edge_server == "aiohttp":
             return TestServer(app)
-        limit = app[SETTINGS_KEY].http.max_body_bytes
-        return Http1TestServer(
-            app,
-            lambda runner, host: EdgeSite(
-                runner, host, 0, max_body_bytes=limit, drain_timeout_s=2.0
-            ),
+        site = lean_edge_site(
+            max_body_bytes=app[SETTINGS_KEY].http.max_body_bytes, drain_timeout_s=2.0
         )
+        return Http1TestServer(app, lambda runner, host: site(runner, host, 0, False))
 
     return make
 

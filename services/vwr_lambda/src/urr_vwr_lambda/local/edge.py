@@ -406,22 +406,20 @@ def main() -> None:
             await serve(app, settings.http)
             return
         # (imported here: the listener imports this module's ``Edge``)
-        from urr_vwr_lambda.local.edge_server import EdgeSite
+        from urr_vwr_lambda.local.edge_server import edge_site
 
-        def site(runner: web.AppRunner, host: str, port: int, reuse_port: bool) -> EdgeSite:
-            return EdgeSite(
-                runner,
-                host,
-                port,
-                max_body_bytes=settings.http.max_body_bytes,
-                drain_timeout_s=settings.http.shutdown_timeout_s,
-                reuse_port=reuse_port or None,
-            )
-
+        limits = settings.http
+        site = edge_site(
+            max_body_bytes=limits.max_body_bytes, drain_timeout_s=limits.shutdown_timeout_s
+        )
         await serve(app, settings.http, site=site)
 
     run(serve_app, use_uvloop=settings.http.use_uvloop)
 
 
 if __name__ == "__main__":
-    main()
+    # The module's importable copy runs, not ``__main__``: the listener imports it, and its
+    # ``EDGE_KEY`` must be the one ``create_app`` stored the ``Edge`` under.
+    from urr_vwr_lambda.local.edge import main as edge_main
+
+    edge_main()

@@ -25,6 +25,7 @@ large (431), a request too slow (408). A viewer that leaves mid-proxy does not s
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import cast
 
 import yarl
@@ -218,29 +219,21 @@ def peer_of(connection: _Connection) -> tuple[str, int]:
     return "127.0.0.1", 0
 
 
-class EdgeSite(Http1Site):
-    """``EdgeServer`` as an aiohttp site (``runner.cleanup()`` drains it, then the app's
-    cleanup closes the upstream connections)."""
+def edge_site(
+    *, max_body_bytes: int, drain_timeout_s: float
+) -> Callable[[web.AppRunner, str | None, int, bool], Http1Site]:
+    """What makes ``EdgeServer`` an aiohttp site from the runner, host, port and
+    ``reuse_port`` (``serve``'s ``site``): ``runner.cleanup()`` drains it, then the app's
+    cleanup closes the upstream connections."""
 
-    def __init__(
-        self,
-        runner: web.AppRunner,
-        host: str | None,
-        port: int,
-        *,
-        max_body_bytes: int,
-        drain_timeout_s: float,
-        reuse_port: bool | None = None,
-    ) -> None:
+    def site(runner: web.AppRunner, host: str | None, port: int, reuse_port: bool) -> Http1Site:
         app = runner.app
-        super().__init__(
-            runner,
-            lambda: EdgeServer(app, max_body_bytes=max_body_bytes),
-            host,
-            port,
-            drain_timeout_s=drain_timeout_s,
-            reuse_port=reuse_port,
+        make = lambda: EdgeServer(app, max_body_bytes=max_body_bytes)  # noqa: E731
+        return Http1Site(
+            runner, make, host, port, drain_timeout_s=drain_timeout_s, reuse_port=reuse_port or None
         )
 
+    return site
 
-__all__ = ["EdgeServer", "EdgeSite", "routed_path"]
+
+__all__ = ["EdgeServer", "edge_site", "routed_path"]
