@@ -18,7 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from urr_common.http1_testing import FUZZ_TOKENS, MALFORMED_REQUESTS, exchange
+from urr_common.http1_testing import (
+    FUZZ_TOKENS,
+    MALFORMED_REQUESTS,
+    LoopThread,
+    exchange,
+    request_bytes,
+)
 from urr_common.service import metrics_text
 from urr_common.settings import HttpSettings
 from urr_vwr_lambda.local import apigw
@@ -30,23 +36,16 @@ MAX_BODY = 2048
 _PER_CALL = ("requestId", "requestTimeEpoch")
 
 
-class Served:
+class Served(LoopThread):
     """One emulator app (its function an echo) served on a loop in a thread of its own."""
 
     def __init__(self, server: str, *, max_pending: int = 6) -> None:
+        super().__init__()
         self.server = server
         self.max_pending = max_pending
-        self.loop = asyncio.new_event_loop()
         self.port = 0
-        #: While set, calls wait for it to be cleared (``hold``/``release``).
-        self._held: asyncio.Event | None = None
         self.calls = 0
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
         self.app: web.Application = self.run(self._start())
-
-    def run(self, coro: Any, timeout: float = 10.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> web.Application:
         vwr = VwrSettings(
@@ -75,8 +74,8 @@ class Served:
 
     async def _echo(self, event: dict[str, Any], key: str | None, read: bool) -> dict[str, Any]:
         self.calls += 1
-        while self._held is not None:
-            await self._held.wait()
+        while self.held is not None:
+            await self.held.wait()
         if event["path"] == "/fail":
             raise RuntimeError("the function failed")
         answer = {key: value for key, value in event.items() if key != "requestContext"}
@@ -89,20 +88,6 @@ class Served:
             "body": json.dumps(answer),
         }
 
-    def hold(self) -> None:
-        async def hold() -> None:
-            self._held = asyncio.Event()
-
-        self.run(hold())
-
-    def release(self) -> None:
-        async def release() -> None:
-            held, self._held = self._held, None
-            if held is not None:
-                held.set()
-
-        self.run(release())
-
     def pending(self) -> tuple[int, int]:
         invoker = self.app[apigw.INVOKER_KEY]
         return invoker.writes.count, invoker.reads.count
@@ -110,11 +95,6 @@ class Served:
     def close(self) -> None:
         self.run(self.runner.cleanup())
         self.stop()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -346,10 +326,7 @@ def _requests(draw: Callable[[Any], Any]) -> bytes:
     fields = draw(
         st.lists(st.tuples(st.binary(min_size=1, max_size=12), st.binary(max_size=20)), max_size=5)
     )
-    body = draw(st.binary(max_size=40))
-    head = b"%s %s HTTP/1.1\r\n" % (method, target)
-    head += b"".join(b"%s: %s\r\n" % field for field in fields)
-    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    return request_bytes(method, target, fields, draw(st.binary(max_size=40)))
 
 
 @settings(

@@ -2,12 +2,13 @@
 connection layer ``urr_common.http1`` (the gateway's, the API Gateway emulator's, the edge
 stand-in's), so a test's ``TestClient`` drives the same listener the service runs; and raw
 HTTP/1.1 for the tests that attack such a listener (``exchange``, ``MALFORMED_REQUESTS``,
-``FUZZ_TOKENS``)."""
+``FUZZ_TOKENS``, ``request_bytes``, ``LoopThread``)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -95,6 +96,15 @@ FUZZ_TOKENS = [
 ]
 
 
+def request_bytes(
+    method: bytes, target: bytes, fields: list[tuple[bytes, bytes]], body: bytes
+) -> bytes:
+    """A request made of fuzzed parts, its body framed by a Content-Length."""
+    head = b"%s %s HTTP/1.1\r\n" % (method, target)
+    head += b"".join(b"%s: %s\r\n" % field for field in fields)
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
 class Answers:
     """The answers read from a connection (httptools' response parser): ``status``,
     ``headers`` (by lower name, repeated fields joined), ``body``, ``done``."""
@@ -139,3 +149,38 @@ def exchange(
                 break
             answers.feed(chunk)
     return [item for item in answers.items if item.get("done")]
+
+
+class LoopThread:
+    """An event loop in a daemon thread of its own, where a listener under attack runs while
+    a test's blocking sockets talk to it, with a gate its handlers may wait at: while
+    ``held`` is set (``hold``), they wait for ``release``."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.held: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Any, timeout: float = 10.0) -> Any:
+        """Run ``coro`` on the loop; its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def hold(self) -> None:
+        async def hold() -> None:
+            self.held = asyncio.Event()
+
+        self.run(hold())
+
+    def release(self) -> None:
+        async def release() -> None:
+            held, self.held = self.held, None
+            if held is not None:
+                held.set()
+
+        self.run(release())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()

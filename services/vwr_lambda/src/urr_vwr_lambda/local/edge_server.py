@@ -93,34 +93,34 @@ class EdgeServer(ApiServer):
 
     async def serve(self, connection: _Connection, answer: Answer, request: Request) -> None:
         """Answer one request read whole (in a task of its own: its own log context)."""
-        method, request_id = request.method, request.request_id
-        start_request_context(request_id.decode("latin-1"))
+        method = request.method
+        start_request_context(request.request_id.decode("latin-1"))
         started = time.perf_counter()
-        metrics = self._metrics
-        metrics.in_flight.inc()
+        self._metrics.in_flight.inc()
         path = request.url.partition(b"?")[0].decode("latin-1")
         label = ORIGIN_ROUTE
         status = 500
         head = method == "HEAD"
-        close = answer.close
         try:
             try:
                 path, routed = routed_path(request.url)
                 label = self._label(method, routed)
-                status, data = await self._answer(connection, request, label, path, head, close)
-            except ProblemError as exc:
-                status = exc.status
-                data = connection.problem_bytes(exc, request_id, path, head=head, close=close)
-            except Exception:  # CancelledError is a BaseException: it passes
-                _LOG.exception("unhandled_error", path=path, method=method)
-                status = 500
+                status, data = await self._answer(
+                    connection, request, label, path, head, answer.close
+                )
+            except Exception as exc:  # CancelledError is a BaseException: it passes
+                failure = exc if isinstance(exc, ProblemError) else None
+                if failure is None:
+                    _LOG.exception("unhandled_error", path=path, method=method)
+                    failure = Internal()
+                status = failure.status
                 data = connection.problem_bytes(
-                    Internal(), request_id, path, head=head, close=close
+                    failure, request.request_id, path, head=head, close=answer.close
                 )
             connection.fill(answer, data)
         finally:
-            metrics.in_flight.dec()
-            metrics.observe(method, label, status, time.perf_counter() - started)
+            self._metrics.in_flight.dec()
+            self._metrics.observe(method, label, status, time.perf_counter() - started)
 
     def _label(self, method: str, routed: str) -> str:
         """The route aiohttp's router would pick (its template: the metrics label)."""
