@@ -6,9 +6,11 @@ raw bytes sent to the aiohttp app and to the listener must make the same event."
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -236,27 +238,27 @@ def test_a_function_that_fails_is_a_logged_500_problem(lean: Served) -> None:
     assert body["code"] == "internal_error"
 
 
+def wait_until(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    """Poll ``condition`` (the server runs in another thread) until it holds."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_a_client_that_leaves_mid_call_leaves_nothing_pending(lean: Served) -> None:
     lean.hold()
     try:
-        calls = lean.calls
         for _ in range(3):
+            pending = lean.pending()[0]
             with socket.create_connection(("127.0.0.1", lean.port), timeout=5) as sock:
                 sock.sendall(b"POST /slow HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /sl")
-                deadline = 50
-                while lean.calls == calls and deadline:
-                    threading.Event().wait(0.02)
-                    deadline -= 1
-                calls = lean.calls
+                wait_until(functools.partial(lambda seen: lean.pending()[0] > seen, pending))
             # closed with a call in flight and a request half sent
         assert lean.pending() == (3, 0)
     finally:
         lean.release()
-    for _ in range(100):
-        if lean.pending() == (0, 0):
-            break
-        threading.Event().wait(0.02)
-    assert lean.pending() == (0, 0)
+    wait_until(lambda: lean.pending() == (0, 0))
     (answer,) = exchange(lean.port, b"GET /after HTTP/1.1\r\n\r\n")
     assert answer["status"] == 200
 
@@ -267,10 +269,7 @@ def test_past_the_pending_limit_the_listener_throttles_with_retry_after() -> Non
         served.hold()
         with socket.create_connection(("127.0.0.1", served.port), timeout=5) as first:
             first.sendall(b"POST /busy HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-            for _ in range(100):
-                if served.pending() == (1, 0):
-                    break
-                threading.Event().wait(0.02)
+            wait_until(lambda: served.pending() == (1, 0))
             (answer,) = exchange(served.port, b"POST /busy HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
             body = problem(answer, 429)
             assert body["code"] == "throttled"
@@ -289,10 +288,7 @@ def test_close_lets_a_call_in_flight_answer() -> None:
     served.hold()
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
         sock.sendall(b"GET /in-flight HTTP/1.1\r\n\r\n")
-        for _ in range(100):
-            if served.pending() == (0, 1):
-                break
-            threading.Event().wait(0.02)
+        wait_until(lambda: served.pending() == (0, 1))
         closing = asyncio.run_coroutine_threadsafe(served.runner.cleanup(), served.loop)
         threading.Event().wait(0.1)
         served.release()
@@ -346,3 +342,10 @@ def test_fuzzed_requests_are_answered_never_with_a_500(lean: Served, raw: bytes)
     # the listener lives on
     (after,) = exchange(lean.port, b"GET /alive HTTP/1.1\r\n\r\n")
     assert after["status"] == 200
+
+
+def test_the_listener_switch_is_validated_and_defaults_to_the_lean_one() -> None:
+    assert VwrSettings(create_missing_keys=False).local_api_server == "protocol"
+    assert VwrSettings(local_api_server="aiohttp").local_api_server == "aiohttp"
+    with pytest.raises(ValueError, match="local_api_server"):
+        VwrSettings(local_api_server="uvicorn")

@@ -99,6 +99,19 @@ class Unreadable(Exception):
         self.problem = problem
 
 
+class Internal(ProblemError):
+    """The answer to a request a listener failed on (logged where it failed)."""
+
+    status = 500
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server failed to handle this request; it has been logged.",
+            code="internal_error",
+            title="Internal Server Error",
+        )
+
+
 HEAD_TOO_LARGE = Refused(431, "headers_too_large", "the request head is too large")
 REQUEST_TIMEOUT = Refused(408, "request_timeout", "the request was not received in time")
 

@@ -44,6 +44,7 @@ from urr_common.http1 import (
     Http1Connection,
     Http1Server,
     Http1Site,
+    Internal,
     Unreadable,
 )
 from urr_common.logs import get_logger, start_request_context
@@ -389,17 +390,6 @@ class _Connection(Http1Connection["CheckServer"]):
                 self.resume_reading()
             return
         self.flush()
-
-
-class Internal(ProblemError):
-    status = 500
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The server failed to handle this request; it has been logged.",
-            code="internal_error",
-            title="Internal Server Error",
-        )
 
 
 class CheckServer(Http1Server):

@@ -169,12 +169,12 @@ def create_app(
 
     async def run(event: dict[str, Any], key: str | None, read: bool) -> dict[str, Any]:
         containers = app[CONTAINERS_KEY]
+        result: dict[str, Any]
         if in_process:
-            result: dict[str, Any] = await containers.invoke(
-                local_handler, event, None, key=key, read=read
-            )
-            return result
-        return await containers.invoke(invoke_in_worker, event, key=key, read=read)
+            result = await containers.invoke(local_handler, event, None, key=key, read=read)
+        else:
+            result = await containers.invoke(invoke_in_worker, event, key=key, read=read)
+        return result
 
     invoker = app[INVOKER_KEY] = make_invoker(settings, app[REGISTRY_KEY], run)
 

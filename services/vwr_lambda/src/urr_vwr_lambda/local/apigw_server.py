@@ -33,16 +33,8 @@ from typing import NamedTuple, cast
 import yarl
 from aiohttp import web
 
-from urr_common.http1 import (
-    CLOSE_LINE,
-    UPGRADE_REFUSED,
-    Answer,
-    Http1Connection,
-    Http1Server,
-    Http1Site,
-    Unreadable,
-    status_line,
-)
+from urr_common import http1
+from urr_common.http1 import Answer, Internal
 from urr_common.logs import get_logger, start_request_context
 from urr_common.problems import BadRequest, PayloadTooLarge, ProblemError
 from urr_common.service import HTTP_METRICS_KEY
@@ -64,17 +56,6 @@ _OWN = frozenset({"content-length", "transfer-encoding", "x-request-id", "date",
 _NO_BODY = frozenset({204, 304})
 
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Internal(ProblemError):
-    status = 500
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The server failed to handle this request; it has been logged.",
-            code="internal_error",
-            title="Internal Server Error",
-        )
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -123,7 +104,7 @@ def answer_bytes(
     own fields, as aiohttp writes a ``Response`` (``application/octet-stream`` when the
     answer has a body but no type). A field that would break the head (a line break) is a
     ValueError."""
-    lines = [status_line(status)]
+    lines = [http1.status_line(status)]
     typed = False
     for name, value in headers:
         lowered = name.lower()
@@ -140,7 +121,7 @@ def answer_bytes(
     if status >= 200 and status not in _NO_BODY and (body or not head):
         lines.append(b"Content-Length: %d\r\n" % len(body))
     if close:
-        lines.append(CLOSE_LINE)
+        lines.append(http1.CLOSE_LINE)
     lines.append(b"\r\n")
     if not head and status not in _NO_BODY:
         lines.append(body)
@@ -165,18 +146,25 @@ class Request(NamedTuple):
         ]
 
 
-class _Connection(Http1Connection["ApiServer"]):
-    __slots__ = ("_body", "_body_len", "_expect", "_fields_seen", "_refusal", "_tasks")
-
+class _Connection(http1.Http1Connection["ApiServer"]):
     def __init__(self, server: ApiServer) -> None:
         super().__init__(server)
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: The client's address (the event's ``sourceIp``; aiohttp's ``request.remote``).
+        self.source_ip = "127.0.0.1"
+        #: A problem found before the body was read (an upgrade, a body too large).
+        self._refusal: ProblemError | None = None
+        self._expect = False
         self._fields_seen: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_len = 0
-        self._expect = False
-        #: A problem found before the body was read (an upgrade, a body too large).
-        self._refusal: ProblemError | None = None
+        #: The calls in flight (a reference each, so none is collected before it answers).
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.source_ip = str(peer[0])
 
     # --- httptools callbacks ---------------------------------------------------------------
 
@@ -197,20 +185,20 @@ class _Connection(Http1Connection["ApiServer"]):
         self.head_done()
         parser = self.parser
         if parser.should_upgrade():  # answered, then feed_data raises HttpParserUpgrade
-            self._refusal = UPGRADE_REFUSED
+            self._refusal = http1.UPGRADE_REFUSED
             return
         limit = self.server.max_body_bytes
         for name, value in self._fields_seen:
             # (llhttp has checked that a Content-Length is a number, and that there is one)
             if len(name) == 14 and name.lower() == b"content-length" and int(value) > limit:
-                raise Unreadable(too_large(limit))
+                raise http1.Unreadable(too_large(limit))
         if self._expect and not self._answers and self.transport is not None:
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
         if self._body_len > self.server.max_body_bytes:
-            raise Unreadable(too_large(self.server.max_body_bytes))
+            raise http1.Unreadable(too_large(self.server.max_body_bytes))
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -242,17 +230,12 @@ class _Connection(Http1Connection["ApiServer"]):
 
     # --- answering -------------------------------------------------------------------------
 
-    def source_ip(self) -> str:
-        transport = self.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        return str(peer[0]) if isinstance(peer, tuple) and peer else "127.0.0.1"
-
     def fill(self, answer: Answer, data: bytes) -> None:
         answer.data = data
         self.flush()
 
 
-class ApiServer(Http1Server):
+class ApiServer(http1.Http1Server):
     """The emulator's listener for one app made by ``apigw.create_app``."""
 
     def __init__(self, app: web.Application, *, max_body_bytes: int, **timeouts: float) -> None:
@@ -298,7 +281,7 @@ class ApiServer(Http1Server):
                         query,
                         request.headers(),
                         f"HTTP/{request.version}",
-                        connection.source_ip(),
+                        connection.source_ip,
                         body,
                     )
                     result = await self._invoker.call(
@@ -354,7 +337,7 @@ def own_routes(app: web.Application) -> dict[str, Route]:
     return routes
 
 
-class ApiSite(Http1Site):
+class ApiSite(http1.Http1Site):
     """``ApiServer`` as an aiohttp site (``runner.cleanup()`` drains it, then the app's
     cleanup shuts the containers down)."""
 

@@ -31,13 +31,12 @@ from typing import cast
 import yarl
 from aiohttp import web
 
-from urr_common.http1 import Answer, Http1Server, Http1Site, status_line
+from urr_common.http1 import Answer, Http1Server, Http1Site, Internal, status_line
 from urr_common.logs import get_logger, start_request_context
 from urr_common.problems import ProblemError
 from urr_common.service import HTTP_METRICS_KEY
 from urr_vwr_lambda.local.apigw_server import (
     ApiServer,
-    Internal,
     Request,
     _Connection,
     answer_bytes,
@@ -210,13 +209,12 @@ def local_host(connection: _Connection) -> str:
 
 
 def peer_of(connection: _Connection) -> tuple[str, int]:
-    """The viewer's address and port (``CloudFront-Viewer-Address``), as aiohttp's app reads
-    them from the transport."""
+    """The viewer's address (taken when it connected: it stays after the viewer left) and
+    port (``CloudFront-Viewer-Address``), as aiohttp's app reads them."""
     transport = connection.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return str(peer[0]), int(peer[1])
-    return "127.0.0.1", 0
+    port = int(peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else 0
+    return connection.source_ip, port
 
 
 def edge_site(
