@@ -21,10 +21,14 @@ from typing import Any
 import boto3
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
+from urr_common.http1_testing import Http1TestServer
+from urr_common.service import SETTINGS_KEY
 from urr_common.settings import load_settings
 from urr_common.tokens import SigningKey, TokenSigner
 from urr_vwr_lambda.api import make_handler
+from urr_vwr_lambda.local.edge_server import edge_site as lean_edge_site
 from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import TableSettings, VwrSettings
 from urr_vwr_lambda.tables import ensure_tables
@@ -35,6 +39,44 @@ EVENTS_DIR = Path(__file__).parent / "events"
 def load_event(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((EVENTS_DIR / name).read_text())
     return data
+
+
+@pytest.fixture(params=["aiohttp", "protocol"])
+def edge_server(request: pytest.FixtureRequest) -> str:
+    """Both listeners of the edge stand-in (``URR_LOCAL_EDGE_SERVER``) answer every test
+    that takes this."""
+    return str(request.param)
+
+
+EdgeSiteMaker = Callable[[web.AppRunner, str, int], web.BaseSite]
+
+
+@pytest.fixture
+def edge_site(edge_server: str) -> EdgeSiteMaker:
+    """The public site of an edge app on the listener ``edge_server`` names."""
+
+    def make(runner: web.AppRunner, host: str, port: int) -> web.BaseSite:
+        if edge_server == "aiohttp":
+            return web.TCPSite(runner, host, port)
+        limit = runner.app[SETTINGS_KEY].http.max_body_bytes
+        return lean_edge_site(max_body_bytes=limit, drain_timeout_s=2.0)(runner, host, port, False)
+
+    return make
+
+
+@pytest.fixture
+def edge_test_server(edge_server: str) -> Callable[[web.Application], TestServer]:
+    """aiohttp's ``TestServer`` of an edge app on the listener ``edge_server`` names."""
+
+    def make(app: web.Application) -> TestServer:
+        if edge_server == "aiohttp":
+            return TestServer(app)
+        site = lean_edge_site(
+            max_body_bytes=app[SETTINGS_KEY].http.max_body_bytes, drain_timeout_s=2.0
+        )
+        return Http1TestServer(app, lambda runner, host: site(runner, host, 0, False))
+
+    return make
 
 
 @pytest.fixture

@@ -14,13 +14,19 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httptools
 import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from urr_common.http1_testing import (
+    FUZZ_TOKENS,
+    MALFORMED_REQUESTS,
+    LoopThread,
+    exchange,
+    request_bytes,
+)
 from urr_common.service import metrics_text
 from urr_common.settings import HttpSettings
 from urr_vwr_lambda.local import apigw
@@ -32,23 +38,16 @@ MAX_BODY = 2048
 _PER_CALL = ("requestId", "requestTimeEpoch")
 
 
-class Served:
+class Served(LoopThread):
     """One emulator app (its function an echo) served on a loop in a thread of its own."""
 
     def __init__(self, server: str, *, max_pending: int = 6) -> None:
+        super().__init__()
         self.server = server
         self.max_pending = max_pending
-        self.loop = asyncio.new_event_loop()
         self.port = 0
-        #: While set, calls wait for it to be cleared (``hold``/``release``).
-        self._held: asyncio.Event | None = None
         self.calls = 0
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
         self.app: web.Application = self.run(self._start())
-
-    def run(self, coro: Any, timeout: float = 10.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> web.Application:
         vwr = VwrSettings(
@@ -77,8 +76,8 @@ class Served:
 
     async def _echo(self, event: dict[str, Any], key: str | None, read: bool) -> dict[str, Any]:
         self.calls += 1
-        while self._held is not None:
-            await self._held.wait()
+        while self.held is not None:
+            await self.held.wait()
         if event["path"] == "/fail":
             raise RuntimeError("the function failed")
         answer = {key: value for key, value in event.items() if key != "requestContext"}
@@ -91,20 +90,6 @@ class Served:
             "body": json.dumps(answer),
         }
 
-    def hold(self) -> None:
-        async def hold() -> None:
-            self._held = asyncio.Event()
-
-        self.run(hold())
-
-    def release(self) -> None:
-        async def release() -> None:
-            held, self._held = self._held, None
-            if held is not None:
-                held.set()
-
-        self.run(release())
-
     def pending(self) -> tuple[int, int]:
         invoker = self.app[apigw.INVOKER_KEY]
         return invoker.writes.count, invoker.reads.count
@@ -112,11 +97,6 @@ class Served:
     def close(self) -> None:
         self.run(self.runner.cleanup())
         self.stop()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -131,50 +111,6 @@ def classic() -> Iterator[Served]:
     served = Served("aiohttp")
     yield served
     served.close()
-
-
-class Answers:
-    """The answers read from a connection (httptools' response parser)."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self._parser = httptools.HttpResponseParser(self)
-
-    def on_message_begin(self) -> None:
-        self.items.append({"headers": {}, "body": b""})
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.items[-1]["headers"]
-        key = name.decode().lower()
-        headers[key] = f"{headers[key]}, {value.decode()}" if key in headers else value.decode()
-
-    def on_body(self, body: bytes) -> None:
-        self.items[-1]["body"] += body
-
-    def on_message_complete(self) -> None:
-        self.items[-1]["status"] = self._parser.get_status_code()
-        self.items[-1]["done"] = True
-
-    def feed(self, data: bytes) -> None:
-        self._parser.feed_data(data)
-
-
-def exchange(
-    port: int, data: bytes, *, want: int = 1, timeout: float = 5.0
-) -> list[dict[str, Any]]:
-    """Send ``data``; the answers read until ``want`` are whole or the server closes."""
-    answers = Answers()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        while sum(1 for item in answers.items if item.get("done")) < want:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            answers.feed(chunk)
-    return [item for item in answers.items if item.get("done")]
 
 
 def event_of(answer: dict[str, Any]) -> dict[str, Any]:
@@ -243,21 +179,7 @@ def problem(answer: dict[str, Any], status: int) -> dict[str, Any]:
     return body
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"GARBAGE\r\n\r\n",
-        b"GET / HTTP/9.9\r\n\r\n",
-        b"GET /\x00 HTTP/1.1\r\n\r\n",
-        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        b"GET http://[bad/ HTTP/1.1\r\n\r\n",
-        b"GET * HTTP/1.1\r\n\r\n",
-    ],
-)
+@pytest.mark.parametrize("raw", MALFORMED_REQUESTS)
 def test_malformed_requests_are_a_400_problem(lean: Served, raw: bytes) -> None:
     answers = exchange(lean.port, raw + b"GET /next HTTP/1.1\r\n\r\n", want=2)
     problem(answers[0], 400)
@@ -389,41 +311,7 @@ def test_answer_bytes_refuses_a_line_break_in_a_header() -> None:
 
 # --- fuzz ------------------------------------------------------------------------------------
 
-_tokens = st.sampled_from(
-    [
-        b"GET",
-        b"POST",
-        b" ",
-        b"/",
-        b"?",
-        b"&",
-        b"=",
-        b"%",
-        b"%zz",
-        b"%41",
-        b"#",
-        b"HTTP/1.1",
-        b"HTTP/1.0",
-        b"\r\n",
-        b"\n",
-        b":",
-        b"Host",
-        b"Content-Length",
-        b"0",
-        b"5",
-        b"-1",
-        b"Transfer-Encoding",
-        b"chunked",
-        b"Connection",
-        b"close",
-        b"\x00",
-        b"\xff",
-        b"Expect",
-        b"100-continue",
-        b"X-Request-Id",
-        b"\t",
-    ]
-)
+_tokens = st.sampled_from(FUZZ_TOKENS)
 _garbage = st.lists(_tokens | st.binary(max_size=8), max_size=40).map(b"".join)
 
 
@@ -434,11 +322,7 @@ def _requests(draw: Callable[[Any], Any]) -> bytes:
     fields = draw(
         st.lists(st.tuples(st.binary(min_size=1, max_size=12), st.binary(max_size=20)), max_size=5)
     )
-    body = draw(st.binary(max_size=40))
-    head = b"%s %s HTTP/1.1\r\n" % (method, target)
-    head += b"".join(b"%s: %s\r\n" % field for field in fields)
-    raw: bytes = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
-    return raw
+    return request_bytes(method, target, fields, draw(st.binary(max_size=40)))
 
 
 @settings(

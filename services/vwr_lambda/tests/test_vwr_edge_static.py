@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from urr_common.settings import load_settings
@@ -95,14 +96,16 @@ def document(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def edge(document: Path) -> AsyncIterator[TestClient[Any, Any]]:
+async def edge(
+    document: Path, edge_test_server: Callable[[web.Application], TestServer]
+) -> AsyncIterator[TestClient[Any, Any]]:
     settings = load_settings(
         EdgeEmulatorSettings,
         gateway_url="http://127.0.0.1:9",  # nothing listens: no test here reaches an origin
         api_url="http://127.0.0.1:9",
         edge_config={"target": str(document)},
     )
-    async with TestClient(TestServer(edge_emulator.create_app(settings))) as client:
+    async with TestClient(edge_test_server(edge_emulator.create_app(settings))) as client:
         yield client
 
 
@@ -144,7 +147,9 @@ async def test_the_verifier_still_refuses_a_forged_token_on_a_cached_path(
     assert api.status == 403
 
 
-async def test_a_generated_answer_wins_over_a_cached_file(document: Path) -> None:
+async def test_a_generated_answer_wins_over_a_cached_file(
+    document: Path, edge_test_server: Callable[[web.Application], TestServer]
+) -> None:
     """The verifier runs on every viewer request: a page already in memory is not served
     when the function answers the request itself."""
 
@@ -164,7 +169,7 @@ async def test_a_generated_answer_wins_over_a_cached_file(document: Path) -> Non
         edge_config={"target": str(document)},
     )
     app = edge_emulator.create_app(settings, verifier=verifier)
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(edge_test_server(app)) as client:
         assert (await client.get("/vwr/evt-1")).status == 200
         verifier.refuse = True
         refused = await client.get("/vwr/evt-1")

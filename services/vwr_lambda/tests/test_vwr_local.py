@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -99,7 +99,9 @@ async def upstream_app() -> web.Application:
 
 
 @pytest.fixture
-async def edge(vwr: Any, api: TestClient[Any, Any]) -> AsyncIterator[TestClient[Any, Any]]:
+async def edge(
+    vwr: Any, api: TestClient[Any, Any], edge_test_server: Callable[[web.Application], TestServer]
+) -> AsyncIterator[TestClient[Any, Any]]:
     async with TestClient(TestServer(await upstream_app())) as upstream:
         settings = load_settings(
             EdgeEmulatorSettings,
@@ -107,7 +109,7 @@ async def edge(vwr: Any, api: TestClient[Any, Any]) -> AsyncIterator[TestClient[
             api_url=str(api.make_url("")).rstrip("/"),
             edge_config={"target": vwr.settings.edge_config.target},
         )
-        async with TestClient(TestServer(edge_emulator.create_app(settings))) as client:
+        async with TestClient(edge_test_server(edge_emulator.create_app(settings))) as client:
             yield client
 
 
@@ -139,7 +141,9 @@ async def test_the_edge_emulator_applies_the_behaviours(
     assert (await edge.get("/health/live")).status == 200
 
 
-async def test_the_edge_emulator_never_hands_one_viewers_cookie_to_another(vwr: Any) -> None:
+async def test_the_edge_emulator_never_hands_one_viewers_cookie_to_another(
+    vwr: Any, edge_test_server: Callable[[web.Application], TestServer]
+) -> None:
     """The origin's Set-Cookie is for the viewer it answered: the edge keeps no cookie jar.
 
     The origin is named by host name, as in compose (``http://gateway:3001``): a client's
@@ -164,7 +168,7 @@ async def test_the_edge_emulator_never_hands_one_viewers_cookie_to_another(vwr: 
             api_url="http://127.0.0.1:9",
             edge_config={"target": vwr.settings.edge_config.target},
         )
-        async with TestClient(TestServer(edge_emulator.create_app(settings))) as viewer_a:
+        async with TestClient(edge_test_server(edge_emulator.create_app(settings))) as viewer_a:
             logged_in = await viewer_a.post("/login")
             assert "viewer-a-secret" in logged_in.headers["Set-Cookie"]  # viewer A gets it
             viewer_a.session.cookie_jar.clear()  # viewer B: a browser with no cookies
@@ -174,14 +178,16 @@ async def test_the_edge_emulator_never_hands_one_viewers_cookie_to_another(vwr: 
             assert (await mine.json())["cookie"] == "theme=dark"
 
 
-async def test_the_edge_emulator_answers_502_when_the_origin_is_down(vwr: Any) -> None:
+async def test_the_edge_emulator_answers_502_when_the_origin_is_down(
+    vwr: Any, edge_test_server: Callable[[web.Application], TestServer]
+) -> None:
     settings = load_settings(
         EdgeEmulatorSettings,
         gateway_url="http://127.0.0.1:9",
         api_url="http://127.0.0.1:9",
         edge_config={"target": vwr.settings.edge_config.target},
     )
-    async with TestClient(TestServer(edge_emulator.create_app(settings))) as client:
+    async with TestClient(edge_test_server(edge_emulator.create_app(settings))) as client:
         answer = await client.get("/")
         assert answer.status == 502
         assert (await answer.json())["code"] == "bad_gateway"

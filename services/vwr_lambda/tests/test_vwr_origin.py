@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from urr_common.http1 import Http1Site
 from urr_common.settings import SettingsError, load_settings
 from urr_vwr_lambda.gates.origin import OriginSecrets
 from urr_vwr_lambda.local import apigw
@@ -53,11 +55,15 @@ def guarded(vwr_settings: VwrSettings, secret_id: str, make_vwr: Any) -> Any:
     return make_vwr(with_origin(vwr_settings, secret_id))
 
 
-async def start(app: web.Application) -> tuple[web.AppRunner, str]:
+async def start(
+    app: web.Application, site: Callable[[web.AppRunner, str, int], web.BaseSite] | None = None
+) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    listener = (site or web.TCPSite)(runner, "127.0.0.1", 0)
+    await listener.start()
+    port = listener.port if isinstance(listener, Http1Site) else runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
 
 
 def assign(vwr: Any, value: str | None, **headers: str) -> Any:
@@ -195,7 +201,7 @@ def test_bad_gate_settings_are_refused_at_start(gates: dict[str, Any]) -> None:
 
 
 async def test_the_edge_emulator_adds_the_header_and_the_viewer_address(
-    guarded: Any, secret_id: str, aws_endpoint: str
+    guarded: Any, secret_id: str, aws_endpoint: str, edge_site: Any
 ) -> None:
     """Through the edge emulator the API answers; straight to API Gateway it refuses."""
     await asyncio.to_thread(guarded.open_event, "evt-o")
@@ -215,7 +221,7 @@ async def test_the_edge_emulator_adds_the_header_and_the_viewer_address(
             origin={"secret_id": secret_id},
             edge_config={"target": guarded.settings.edge_config.target},
         )
-        runner, edge_url = await start(edge_emulator.create_app(edge_settings))
+        runner, edge_url = await start(edge_emulator.create_app(edge_settings), edge_site)
         runners.append(runner)
         async with aiohttp.ClientSession() as session:
             statuses = []

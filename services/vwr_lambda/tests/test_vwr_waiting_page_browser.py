@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 from axe_playwright_python.async_playwright import Axe  # type: ignore[import-untyped]
 
+from urr_common.http1 import Http1Site
 from urr_common.settings import load_settings
 from urr_devstack.testing import CHROMIUM, CHROMIUM_ARGS
 from urr_vwr_lambda.keys import ensure_local_keys
@@ -58,12 +59,18 @@ def _chromium_is_installed() -> None:
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
 
 
-async def _start(app: web.Application, runners: list[web.AppRunner]) -> str:
+async def _start(
+    app: web.Application,
+    runners: list[web.AppRunner],
+    site: Callable[[web.AppRunner, str, int], web.BaseSite] | None = None,
+) -> str:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     runners.append(runner)
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    listener = (site or web.TCPSite)(runner, "127.0.0.1", 0)
+    await listener.start()
+    if isinstance(listener, Http1Site):
+        return f"http://127.0.0.1:{listener.port}"
     return f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
@@ -89,7 +96,7 @@ def vwr_settings(vwr_settings: VwrSettings) -> VwrSettings:
 
 
 @pytest.fixture
-async def stack(vwr: Any) -> AsyncIterator[tuple[Any, str]]:
+async def stack(vwr: Any, edge_site: Any) -> AsyncIterator[tuple[Any, str]]:
     vwr.runtime.clock = time.time
     ensure_local_keys(vwr.settings.vwr_tokens)
     upstream = web.Application()
@@ -105,7 +112,7 @@ async def stack(vwr: Any) -> AsyncIterator[tuple[Any, str]]:
             api_url=api_url,
             edge_config={"target": vwr.settings.edge_config.target},
         )
-        yield vwr, await _start(edge_emulator.create_app(edge_settings), runners)
+        yield vwr, await _start(edge_emulator.create_app(edge_settings), runners, edge_site)
     finally:
         for runner in reversed(runners):
             await runner.cleanup()

@@ -267,6 +267,11 @@ class EdgeEmulatorSettings(ServiceSettings):
     #: with the value: the emulator adds the header on every request to the API.
     aws: AwsSettings = Field(default_factory=AwsSettings)
     origin: OriginVerifySettings = Field(default_factory=OriginVerifySettings)
+    #: What serves the edge's port (``URR_LOCAL_EDGE_SERVER``): ``protocol``, its own
+    #: HTTP/1.1 listener (``local.edge_server``, on ``urr_common.http1`` as the API Gateway
+    #: emulator's), or ``aiohttp``, aiohttp's server and the shared middlewares (the way
+    #: back); both answer the same.
+    local_edge_server: Literal["protocol", "aiohttp"] = "protocol"
 
 
 class SchedulerSettings(ServiceSettings):

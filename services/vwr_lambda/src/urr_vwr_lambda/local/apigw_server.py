@@ -102,7 +102,8 @@ def answer_bytes(
 ) -> bytes:
     """A whole answer: ``headers`` (framing and ids excepted) as given, then the server's
     own fields, as aiohttp writes a ``Response`` (``application/octet-stream`` when the
-    answer has no type). A field that would break the head (a line break) is a ValueError."""
+    answer has a body but no type). A field that would break the head (a line break) is a
+    ValueError."""
     lines = [http1.status_line(status)]
     typed = False
     for name, value in headers:
@@ -114,10 +115,10 @@ def answer_bytes(
         if "\n" in field[:-2] or "\r" in field[:-2]:
             raise ValueError(f"a line break in the header field {name!r}")
         lines.append(field.encode("utf-8"))
-    if not typed and not head:
+    if not typed and not head and body and status not in _NO_BODY:
         lines.append(b"%s: %s\r\n" % (_OCTETS[0].encode(), _OCTETS[1].encode()))
     lines.append(b"X-Request-Id: %s\r\nDate: %s\r\n" % (request_id, date))
-    if status >= 200 and status not in _NO_BODY:
+    if status >= 200 and status not in _NO_BODY and (body or not head):
         lines.append(b"Content-Length: %d\r\n" % len(body))
     if close:
         lines.append(http1.CLOSE_LINE)
