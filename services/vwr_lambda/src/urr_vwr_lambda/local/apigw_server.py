@@ -146,7 +146,7 @@ class Request(NamedTuple):
         ]
 
 
-class _Connection(http1.Http1Connection["ApiServer"]):
+class ApiConnection(http1.Http1Connection["ApiServer"]):
     def __init__(self, server: ApiServer) -> None:
         super().__init__(server)
         #: The client's address (the event's ``sourceIp``; aiohttp's ``request.remote``).
@@ -248,9 +248,9 @@ class ApiServer(http1.Http1Server):
         self._throttled = throttled()
 
     def connection(self) -> asyncio.Protocol:
-        return _Connection(self)
+        return ApiConnection(self)
 
-    async def serve(self, connection: _Connection, answer: Answer, request: Request) -> None:
+    async def serve(self, connection: ApiConnection, answer: Answer, request: Request) -> None:
         """Answer one request read whole (in a task of its own: its own log context)."""
         method, request_id, body = request.method, request.request_id, request.body
         start_request_context(request_id.decode("latin-1"))

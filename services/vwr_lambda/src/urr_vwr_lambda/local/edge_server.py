@@ -36,9 +36,9 @@ from urr_common.logs import get_logger, start_request_context
 from urr_common.problems import ProblemError
 from urr_common.service import HTTP_METRICS_KEY
 from urr_vwr_lambda.local.apigw_server import (
+    ApiConnection,
     ApiServer,
     Request,
-    _Connection,
     answer_bytes,
     own_routes,
     split_url,
@@ -90,7 +90,7 @@ class EdgeServer(ApiServer):
         own = (*PAGE_ROUTES, API_ROUTE)
         self._routes = {path: route for path, route in own_routes(app).items() if path not in own}
 
-    async def serve(self, connection: _Connection, answer: Answer, request: Request) -> None:
+    async def serve(self, connection: ApiConnection, answer: Answer, request: Request) -> None:
         """Answer one request read whole (in a task of its own: its own log context)."""
         method = request.method
         start_request_context(request.request_id.decode("latin-1"))
@@ -134,7 +134,7 @@ class EdgeServer(ApiServer):
 
     async def _answer(
         self,
-        connection: _Connection,
+        connection: ApiConnection,
         request: Request,
         label: str,
         path: str,
@@ -198,7 +198,7 @@ class EdgeServer(ApiServer):
         return data
 
 
-def local_host(connection: _Connection) -> str:
+def local_host(connection: ApiConnection) -> str:
     """aiohttp's ``request.host`` of a request without a ``Host`` field: the address it
     arrived on."""
     transport = connection.transport
@@ -208,7 +208,7 @@ def local_host(connection: _Connection) -> str:
     return "" if sockname is None else str(sockname)
 
 
-def peer_of(connection: _Connection) -> tuple[str, int]:
+def peer_of(connection: ApiConnection) -> tuple[str, int]:
     """The viewer's address (taken when it connected: it stays after the viewer left) and
     port (``CloudFront-Viewer-Address``), as aiohttp's app reads them."""
     transport = connection.transport
