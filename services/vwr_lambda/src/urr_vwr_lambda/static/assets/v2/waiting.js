@@ -484,8 +484,7 @@
         say("status.prequeue", { time: localTime(saleAt), at: saleAt });
         startTicker();
       } else say("status.placed", { position: answer.data.position });
-      // The first check as the room advises too: it says 2 s when the turn is near.
-      later(answer.data.pollAfterSeconds || 2, check);
+      later(Math.min(answer.data.pollAfterSeconds || 2, 2), check);
     }, function () { backoff(assign, "status.lostRetry"); });
   }
 
