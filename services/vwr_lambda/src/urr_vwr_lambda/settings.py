@@ -226,7 +226,7 @@ class VwrSettings(ServiceSettings):
     local_api_max_pending_reads: int = Field(default=64, ge=1, le=10_000)
     #: What serves the emulator's port (``URR_LOCAL_API_SERVER``): ``protocol``, its own
     #: HTTP/1.1 listener (``local.apigw_server``, on the gateway's connection layer
-    #: ``urr_common.http1``: a third of aiohttp's CPU per call), or ``aiohttp``, aiohttp's
+    #: ``urr_common.http1``: about 30 % less CPU per call), or ``aiohttp``, aiohttp's
     #: server and the shared middlewares (the way back); both answer the same.
     local_api_server: Literal["protocol", "aiohttp"] = "protocol"
     #: Whether a missing signing key may be generated (only ever on a developer's machine).
