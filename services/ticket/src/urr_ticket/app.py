@@ -18,12 +18,14 @@ from urr_ticket.appkeys import (
     LOCKS_KEY,
     METRICS_KEY,
     RESERVATION_IDS_KEY,
+    SEAT_MAPS_KEY,
     STORE_KEY,
     TICKET_SETTINGS_KEY,
     TicketMetrics,
 )
 from urr_ticket.commands import CommandQueue, ReservationIds
 from urr_ticket.seat_locks import SeatLocks
+from urr_ticket.seat_map import SeatMaps
 from urr_ticket.settings import TicketSettings
 from urr_ticket.store import BookingStore
 from urr_ticket_worker.schema import migrate
@@ -76,6 +78,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
             _LOG.info("migrations_applied", names=applied)
         app[STORE_KEY] = BookingStore(pool)
         app[LOCKS_KEY] = SeatLocks(redis)
+        app[SEAT_MAPS_KEY] = SeatMaps(app[STORE_KEY], app[LOCKS_KEY])
         commands = CommandQueue(
             aws["sqs"], settings.sqs.queue_name, batch_window_s=settings.sqs.send_batch_window_s
         )

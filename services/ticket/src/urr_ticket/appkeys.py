@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from urr_ticket.commands import CommandQueue, ReservationIds
 from urr_ticket.seat_locks import SeatLocks
+from urr_ticket.seat_map import SeatMaps
 from urr_ticket.settings import TicketSettings
 from urr_ticket.store import BookingStore
 
@@ -31,6 +32,7 @@ class TicketMetrics:
 TICKET_SETTINGS_KEY = web.AppKey("ticket_settings", TicketSettings)
 STORE_KEY = web.AppKey("ticket_store", BookingStore)
 LOCKS_KEY = web.AppKey("ticket_seat_locks", SeatLocks)
+SEAT_MAPS_KEY = web.AppKey("ticket_seat_maps", SeatMaps)
 COMMANDS_KEY = web.AppKey("ticket_commands", CommandQueue)
 RESERVATION_IDS_KEY = web.AppKey("ticket_reservation_ids", ReservationIds)
 METRICS_KEY = web.AppKey("ticket_metrics", TicketMetrics)

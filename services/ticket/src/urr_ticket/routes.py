@@ -34,6 +34,7 @@ from urr_ticket.appkeys import (
     LOCKS_KEY,
     METRICS_KEY,
     RESERVATION_IDS_KEY,
+    SEAT_MAPS_KEY,
     STORE_KEY,
     TICKET_SETTINGS_KEY,
 )
@@ -192,43 +193,17 @@ async def get_event(request: web.Request) -> web.Response:
 
 
 async def seat_map(request: web.Request) -> web.Response:
+    """Every seat of the event with its state for the caller (``urr_ticket.seat_map``: the
+    catalogue is kept per process and versioned in PostgreSQL; the claims and holds are read
+    on every call); 404 for an unknown event, an empty map for a known one without seats."""
 
     event_id = _event_id(request)
     identity = request.get(IDENTITY)
     caller = identity.user_id if identity is not None else None
-    seats = await request.app[STORE_KEY].seats(event_id)
-    if not seats:
-        # Asked only when there is nothing to show: 404 for an unknown event, an empty map
-        # for a known one. Asked first on every call, it was a second round trip and two
-        # counts (the event's summary) per seat map, the ticket service's busiest route in a
-        # crowd (every admitted arrival reads it once).
-        await _require_event(request, event_id)
-    holds = await request.app[LOCKS_KEY].holders(event_id, [s.seat_id for s in seats])
-    out = []
-    for seat in seats:
-        hold = holds.get(seat.seat_id)
-        if seat.claim_status == "confirmed":
-            state = "sold"
-        elif seat.claim_status is not None or hold is not None:
-            state = "held"
-        else:
-            state = "free"
-        out.append(
-            {
-                "seatId": seat.seat_id,
-                "row": seat.row_label,
-                "number": seat.seat_number,
-                "priceCents": seat.price_cents,
-                "state": state,
-                # Only a held seat: a sold one's hold is released just after its sale is
-                # recorded (two stores), and a map must not call a sold seat "held by you".
-                "heldByYou": state == "held"
-                and bool(caller)
-                and hold is not None
-                and hold.owner == caller,
-            }
-        )
-    return json_response({"eventId": event_id, "seats": out})
+    body = await request.app[SEAT_MAPS_KEY].render(event_id, caller)
+    if body is None:
+        raise NotFound(f"no event {event_id!r}", code="event_not_found")
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _require_seat(request: web.Request, event_id: str, seat_id: str) -> str | None:

@@ -95,6 +95,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
 class SeatLocks:
     def __init__(self, redis: Any) -> None:
         self._redis = redis
@@ -142,6 +146,16 @@ class SeatLocks:
             if hold is not None:
                 found[seat_id] = hold
         return found
+
+    async def hold_owners(self, lock_keys: Sequence[str]) -> list[bytes | None]:
+        """The holder of each hold key in ``lock_keys`` (``keys.seat_lock``), None where the
+        seat is not held (one MGET: the keys share a slot); as ``holders`` finds them, without
+        the hold ids, for the seat map."""
+        if not lock_keys:
+            return []
+        with _redis_answers():
+            values = await self._redis.mget(lock_keys)
+        return [None if value is None else _bytes(value).partition(b" ")[0] for value in values]
 
     async def release(
         self,

@@ -24,6 +24,19 @@ class SeatRow:
 
 
 @dataclass(frozen=True)
+class SeatClaims:
+    """What a seat map reads per request: the version of the event's seat catalogue and its
+    claimed seats, all as of one statement."""
+
+    #: Changes with every change to the event's seats (``booking_events.seats_version``).
+    seats_version: uuid.UUID
+    #: Seats of confirmed reservations.
+    sold: frozenset[str]
+    #: Seats claimed by a reservation not confirmed yet (awaiting payment).
+    claimed: frozenset[str]
+
+
+@dataclass(frozen=True)
 class ReservationRow:
     reservation_id: uuid.UUID
     event_id: str
@@ -109,6 +122,49 @@ class BookingStore:
             SeatRow(r["seat_id"], r["row_label"], r["seat_number"], r["price_cents"], r["claim"])
             for r in rows
         ]
+
+    async def seat_claims(self, event_id: str) -> SeatClaims | None:
+        """The event's catalogue version and claimed seats in one row; None when there is no
+        such event."""
+        row = await self.pool.fetchrow(
+            "SELECT e.seats_version,"
+            " array_agg(c.seat_id) FILTER (WHERE r.status = 'confirmed') AS sold,"
+            " array_agg(c.seat_id) FILTER (WHERE r.status <> 'confirmed') AS claimed"
+            " FROM booking_events e"
+            " LEFT JOIN seat_claims c ON c.event_id = e.event_id"
+            " LEFT JOIN reservations r ON r.reservation_id = c.reservation_id"
+            " WHERE e.event_id = $1 GROUP BY e.event_id",
+            event_id,
+        )
+        if row is None:
+            return None
+        return SeatClaims(
+            row["seats_version"], frozenset(row["sold"] or ()), frozenset(row["claimed"] or ())
+        )
+
+    async def seat_catalog(self, event_id: str) -> tuple[uuid.UUID, list[SeatRow]] | None:
+        """The event's catalogue version and every seat with its claim status, as of one
+        statement (what ``seats`` reads, and the version it is); None when there is no such
+        event."""
+        rows = await self.pool.fetch(
+            "SELECT e.seats_version, s.seat_id, s.row_label, s.seat_number, s.price_cents,"
+            " r.status AS claim"
+            " FROM booking_events e"
+            " LEFT JOIN seats s ON s.event_id = e.event_id"
+            " LEFT JOIN seat_claims c ON c.event_id = s.event_id AND c.seat_id = s.seat_id"
+            " LEFT JOIN reservations r ON r.reservation_id = c.reservation_id"
+            " WHERE e.event_id = $1"
+            " ORDER BY s.row_label, s.seat_number, s.seat_id",
+            event_id,
+        )
+        if not rows:
+            return None
+        seats = [
+            SeatRow(r["seat_id"], r["row_label"], r["seat_number"], r["price_cents"], r["claim"])
+            for r in rows
+            if r["seat_id"] is not None  # an event without seats: one row of NULLs
+        ]
+        return rows[0]["seats_version"], seats
 
     async def hold_context(self, event_id: str, seat_id: str, user_id: str) -> HoldContext | None:
         """The seat's claim, the event's limits and the user's reserved seats; None when the
