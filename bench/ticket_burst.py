@@ -321,6 +321,50 @@ async def measure(
     return phases, load
 
 
+def stop_started(started: list[Any]) -> None:
+    """Stop what ``start_variant`` started, the last first (a ticket process before its
+    moto): servers with their ``stop``, processes with SIGTERM (SIGKILL after 20 s)."""
+    for thing in reversed(started):
+        if isinstance(thing, subprocess.Popen):
+            thing.terminate()
+            try:
+                thing.wait(20)
+            except subprocess.TimeoutExpired:
+                thing.kill()
+        else:
+            thing.stop()
+
+
+async def clean_up(
+    started: list[Any],
+    admin: asyncpg.Connection,
+    databases: Sequence[str],
+    work: Path,
+    *,
+    keep: bool,
+) -> None:
+    """Stop what was started, drop the bench's databases, remove the logs unless kept."""
+    stop_started(started)
+    for database in databases:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    await admin.close()
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"logs kept in {work}")
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every ticket bench shares: the before revision, PostgreSQL, this tree's
+    extra environment, keeping the logs."""
+    parser.add_argument("--before", default="main", help="git revision of the before service")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for this tree's ticket process"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the services' logs")
+
+
 async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="urr-bench-ticket-burst-"))
     database = f"urr_bench_burst_{os.getpid()}"
@@ -377,36 +421,17 @@ async def run(args: argparse.Namespace) -> None:
                     f" {phase.moto_cpu / n * 1e6:15.0f}  {phase.statuses}"
                 )
     finally:
-        for thing in reversed(started):  # the ticket processes before their moto
-            if isinstance(thing, ServerProcess):
-                thing.stop()
-            else:
-                thing.terminate()
-                try:
-                    thing.wait(20)
-                except subprocess.TimeoutExpired:
-                    thing.kill()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}")
+        await clean_up(started, admin, [database], work, keep=args.keep)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--before", default="main", help="git revision of the before service")
+    common_arguments(parser)
     parser.add_argument("--users", type=int, default=100, help="users released at once")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between bursts")
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--profile", default="", help="py-spy the services into this folder")
-    parser.add_argument(
-        "--env", action="append", default=[], help="KEY=VALUE for this tree's ticket process"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the services' logs")
     asyncio.run(run(parser.parse_args()))
 
 

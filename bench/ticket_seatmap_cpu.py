@@ -1,6 +1,6 @@
 """CPU per seat map of the ticket service, before and after a change, in one run (issue 22).
 
-``.venv/bin/python bench/ticket_seatmap_cpu.py --before main [--rounds 8] [--per-round 200]
+``.venv/bin/python bench/ticket_seatmap_cpu.py --before main [--rounds 8] [--per-round 300]
 [--concurrency 8]``
 
 In the flash crowd every admitted arrival reads ``GET /api/v1/seats/{eventId}`` once: 4,996 of
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -47,6 +46,8 @@ import asyncpg
 from redis.asyncio import Redis
 from ticket_burst import (
     Variant,
+    clean_up,
+    common_arguments,
     cpu_seconds,
     quantile,
     signed,
@@ -56,7 +57,7 @@ from ticket_burst import (
 )
 
 from urr_common.identity_testing import identity_env
-from urr_devstack.procs import RedisServer, ServerProcess, free_port
+from urr_devstack.procs import RedisServer, free_port
 from urr_ticket.seed import DemoEvent, seed_catalog
 from urr_ticket_worker.schema import migrate
 
@@ -316,32 +317,15 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         for pool in pools:
             await pool.close()
-        for thing in reversed(started):
-            if isinstance(thing, ServerProcess | RedisServer):
-                thing.stop()
-            else:
-                thing.terminate()
-                thing.wait(20)
-        for database in databases.values():
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}")
+        await clean_up(started, admin, list(databases.values()), work, keep=args.keep)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--before", default="main", help="git revision of the before service")
+    common_arguments(parser)
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--per-round", type=int, default=200, help="seat maps per burst")
+    parser.add_argument("--per-round", type=int, default=300, help="seat maps per burst")
     parser.add_argument("--concurrency", type=int, default=8, help="seat maps in flight")
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
-    parser.add_argument(
-        "--env", action="append", default=[], help="KEY=VALUE for this tree's ticket process"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the services' logs")
     asyncio.run(run(parser.parse_args()))
 
 
