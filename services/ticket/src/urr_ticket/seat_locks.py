@@ -147,7 +147,7 @@ class SeatLocks:
                 found[seat_id] = hold
         return found
 
-    async def hold_owners(self, lock_keys: Sequence[str]) -> list[bytes | None]:
+    async def hold_owners(self, lock_keys: Sequence[bytes | str]) -> list[bytes | None]:
         """The holder of each hold key in ``lock_keys`` (``keys.seat_lock``), None where the
         seat is not held (one MGET: the keys share a slot); as ``holders`` finds them, without
         the hold ids, for the seat map."""

@@ -45,8 +45,9 @@ class SeatCatalog:
 
     version: uuid.UUID
     seat_ids: tuple[str, ...]
-    #: Each seat's hold key in Redis (``keys.seat_lock``), in the same order.
-    lock_keys: tuple[str, ...]
+    #: Each seat's hold key in Redis (``keys.seat_lock``), in the same order, encoded once
+    #: (redis-py sends bytes as they are).
+    lock_keys: tuple[bytes, ...]
     #: Each seat's JSON object when free, held by another, held by you, sold.
     objects: tuple[tuple[bytes, bytes, bytes, bytes], ...]
 
@@ -71,7 +72,7 @@ class SeatCatalog:
         return cls(
             version=version,
             seat_ids=tuple(seat.seat_id for seat in seats),
-            lock_keys=tuple(keys.seat_lock(event_id, seat.seat_id) for seat in seats),
+            lock_keys=tuple(keys.seat_lock(event_id, seat.seat_id).encode() for seat in seats),
             objects=tuple(objects),
         )
 
