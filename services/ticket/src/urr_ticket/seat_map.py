@@ -103,7 +103,7 @@ class SeatMaps:
         if catalog is not None:
             claims = await self._store.seat_claims(event_id)
             if claims is None:
-                del self._catalogs[event_id]
+                self._catalogs.pop(event_id, None)
                 return None
         if catalog is None or claims is None or claims.seats_version != catalog.version:
             read = await self._store.seat_catalog(event_id)
@@ -114,7 +114,7 @@ class SeatMaps:
             catalog = SeatCatalog.of(event_id, version, seats)
             claims = _claims_of(version, seats)
             self._keep(event_id, catalog)
-        else:
+        elif event_id in self._catalogs:  # (another call may have dropped it meanwhile)
             self._catalogs.move_to_end(event_id)
         return await self._answer(event_id, catalog, claims, caller)
 
