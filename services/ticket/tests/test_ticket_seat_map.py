@@ -265,6 +265,12 @@ async def test_every_change_to_seats_gives_the_event_a_new_version(db: asyncpg.P
     await changes("DELETE FROM seats WHERE seat_id = 'Z1'", "other")
     await changes("UPDATE seats SET price_cents = 5 WHERE seat_id = 'nope'")
     await changes("INSERT INTO seats VALUES ('demo', 'A1', 'A', 1, 1) ON CONFLICT DO NOTHING")
+    async with db.acquire() as conn, conn.transaction():  # as logical replication applies
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        before = await versions()
+        await conn.execute("UPDATE seats SET price_cents = 7 WHERE seat_id = 'A1'")
+    after = await versions()
+    assert after["demo"] != before["demo"]
     await changes("TRUNCATE seats, seat_claims", "demo", "other")
     # A recreated event never meets its old version.
     old = (await versions())["other"]

@@ -30,3 +30,6 @@ CREATE TRIGGER seats_change_the_version AFTER INSERT OR UPDATE OR DELETE ON seat
     FOR EACH ROW EXECUTE FUNCTION booking_seats_changed();
 CREATE TRIGGER seats_truncate_changes_the_version AFTER TRUNCATE ON seats
     FOR EACH STATEMENT EXECUTE FUNCTION booking_seats_changed();
+-- Also under session_replication_role = replica (logical replication's apply, some loaders).
+ALTER TABLE seats ENABLE ALWAYS TRIGGER seats_change_the_version;
+ALTER TABLE seats ENABLE ALWAYS TRIGGER seats_truncate_changes_the_version;
