@@ -193,4 +193,8 @@ def test_fuzz_commands_are_encoded_as_redis_py_encodes_them() -> None:
     for _ in range(2000):
         args: list[bytes | str | int | float] = [rng.choice(["EVALSHA", "SET", "GET"])]
         args += [random_argument(rng) for _ in range(rng.randrange(0, 8))]
-        assert lane.command(*args) == b"".join(packer.pack_command(*args))
+        packed = b"".join(packer.pack_command(*args))
+        assert lane.command(*args) == packed
+        # A head encoded once and reused (the queue's EVALSHA with an event's keys).
+        split = rng.randrange(0, len(args) + 1)
+        assert lane.command_from(lane.arguments(*args[:split]), split, *args[split:]) == packed

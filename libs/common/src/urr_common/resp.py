@@ -229,12 +229,24 @@ class RespLane:
 
     def command(self, *parts: bytes | str | int | float) -> bytes:
         """One command encoded, its arguments as redis-py encodes them."""
+        return b"*%d\r\n%s" % (len(parts), self.arguments(*parts))
+
+    def arguments(self, *parts: bytes | str | int | float) -> bytes:
+        """Arguments encoded, without the command's count: a part of a command made once
+        and reused (``command_from``)."""
         encode = self._encode
-        out = [b"*%d\r\n" % len(parts)]
+        out = []
         for part in parts:
             data = encode(part)
             out.append(b"$%d\r\n%s\r\n" % (len(data), data))
         return b"".join(out)
+
+    def command_from(
+        self, head: bytes, head_count: int, *parts: bytes | str | int | float
+    ) -> bytes:
+        """A command whose first ``head_count`` arguments are ``head`` (from ``arguments``),
+        then ``parts``."""
+        return b"*%d\r\n%s%s" % (head_count + len(parts), head, self.arguments(*parts))
 
     async def call(self, command: bytes) -> Any:
         """Send one encoded command; its reply (an error reply raised)."""

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     RedisClient = Redis | RedisCluster
 
 
+#: Most ``EVALSHA`` heads kept (scripts x events); past it the cache starts over.
+_MAX_HEADS = 4096
+
+
 def _script_text(name: str) -> str:
     folder = resources.files("urr_queue") / "lua"
     common = (folder / "_common.lua").read_text(encoding="utf-8")
@@ -219,6 +223,8 @@ class QueueStore:
         self.redis = redis
         #: A Redis Cluster client: a user's keys and an event's may live on different nodes.
         self._cluster = isinstance(redis, RedisCluster)
+        #: Encoded ``EVALSHA`` heads by script digest and keys (``_evalsha``).
+        self._heads: dict[tuple[str, ...], bytes] = {}
         self._lane = (
             RespLane(redis, timeout_s=lane_timeout_s)
             if lane_timeout_s is not None and not isinstance(redis, RedisCluster)
@@ -253,11 +259,18 @@ class QueueStore:
                 # Redis lost its scripts (a restart): redis-py's script object loads it again.
                 return await script(keys=keys, args=args)
 
-    @staticmethod
     def _evalsha(
-        lane: RespLane, script: AsyncScript, keys: list[str], args: list[str | bytes]
+        self, lane: RespLane, script: AsyncScript, keys: list[str], args: list[str | bytes]
     ) -> bytes:
-        return lane.command("EVALSHA", script.sha, len(keys), *keys, *args)
+        """``EVALSHA`` of ``script``: its name, digest and keys encoded once per script and
+        key list (an event's 19 keys), its arguments each time."""
+        known = (script.sha, *keys)
+        head = self._heads.get(known)
+        if head is None:
+            if len(self._heads) >= _MAX_HEADS:
+                self._heads.clear()
+            head = self._heads[known] = lane.arguments("EVALSHA", script.sha, len(keys), *keys)
+        return lane.command_from(head, 3 + len(keys), *args)
 
     async def aclose(self) -> None:
         """Give back the lane's connection (closing the client closes it too)."""
