@@ -15,11 +15,11 @@ import uvloop
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from urr_common.resp import encode_command
 from urr_devstack.procs import RedisServer
 from urr_gateway.ratelimit import BreakerState, RateLimitSettings, SlidingWindowLimiter
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
-from urr_gateway.ratelimit.resp import encode_command
 from urr_gateway.ratelimit.window import Decision
 
 pytestmark = pytest.mark.integration

@@ -40,11 +40,11 @@ from urr_common.ratelimit_policies import (
     governing,
 )
 from urr_common.ratelimit_usage import HOUR_S, hour_start, quota_key
+from urr_common.resp import encode_command
 from urr_gateway.checkapi import CHECK_PATH, create_check_app, parse_check_body
 from urr_gateway.ratelimit import RateLimitSettings, SlidingWindowLimiter
 from urr_gateway.ratelimit.pipeline import PipelinedSlidingLog
 from urr_gateway.ratelimit.policyset import PolicyWatcher
-from urr_gateway.ratelimit.resp import encode_command
 from urr_gateway.ratelimit.store import RedisSlidingLog, tenant_args, tenant_keys
 from urr_gateway.ratelimit.tenant import (
     GOVERNING_CACHE_MAX,

@@ -167,7 +167,12 @@ def make_settings(tmp_path: Path, tier1_key: SigningKey) -> SettingsFactory:
 async def store_on(redis_settings: RedisSettings) -> AsyncIterator[QueueStore]:
     client = redis_client(redis_settings)
     try:
-        yield QueueStore(client, heartbeat_bucket_ms=500)
+        # As the app makes it: the scripts over the lane on one Redis, redis-py on a cluster.
+        store = QueueStore(
+            client, heartbeat_bucket_ms=500, lane_timeout_s=redis_settings.socket_timeout_s
+        )
+        yield store
+        await store.aclose()
     finally:
         await client.aclose()
 

@@ -7,15 +7,20 @@ deterministic; the loop itself is exercised in ``test_queue_concurrency.py``.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
 import jwt
+import pytest
+from pydantic import ValidationError
 
 from urr_common.clients import redis_client
 from urr_common.settings import RedisSettings
 from urr_common.tokens import KeySet, SigningKey, TokenSigner, TokenVerifier
-from urr_queue.app import ADMISSION_LOOP
+from urr_queue.app import ADMISSION_LOOP, _lane_timeout
+from urr_queue.context import QUEUE_CONTEXT
 from urr_queue.keys import revoked_key
 from urr_queue.settings import AdmissionSettings
 
@@ -538,3 +543,63 @@ async def test_deleting_an_event_resets_it(redis_settings, queue_client, as_user
     # Created again, it starts empty.
     await configure(client, admin_headers)
     assert (await (await enter(client, as_user("waiting"))).json())["position"] == 1
+
+
+async def test_the_redis_py_commands_stay_the_way_back(
+    single_redis, queue_client, as_user, admin_headers
+):
+    """``URR_STORE_CLIENT=redis-py``: no lane, the scripts and the leave's pipeline through
+    redis-py's commands, with the same outcomes."""
+    client = await queue_client(single_redis, store_client="redis-py")
+    assert client.app[QUEUE_CONTEXT].store._lane is None
+    jti = await first_admitted_of_two(client, as_user, admin_headers)
+    response = await client.post(f"/api/v1/queue/{EVENT}/leave", headers=as_user("first"))
+    assert (await response.json())["was"] == "admitted"
+    redis = redis_client(single_redis)
+    try:
+        assert await redis.get(revoked_key("first", jti)) == b"1"
+    finally:
+        await redis.aclose()
+    result = (await tick(client))[EVENT]
+    assert [user for user, _ in result.admitted] == ["second"]
+
+
+async def test_the_lane_serves_one_redis_never_a_cluster(redis_settings, queue_client):
+    client = await queue_client(redis_settings)
+    lane = client.app[QUEUE_CONTEXT].store._lane
+    assert (lane is None) is redis_settings.cluster
+
+
+def test_the_store_client_switch_is_validated(make_settings, single_redis):
+    with pytest.raises(ValidationError):
+        make_settings(single_redis, store_client="hiredis")
+    assert _lane_timeout(make_settings(single_redis)) == single_redis.socket_timeout_s
+    assert _lane_timeout(make_settings(single_redis, store_client="redis-py")) is None
+    # The lane keeps its connection: a pool of one would leave redis-py's commands none.
+    one = single_redis.model_copy(update={"max_connections": 1})
+    assert _lane_timeout(make_settings(one)) is None
+
+
+async def test_a_frozen_redis_is_a_503_then_the_lane_reconnects(
+    queue_client, single_redis, redis_server, as_user, admin_headers
+):
+    """Redis stops answering (SIGSTOP): the lane's connection is given up after the socket
+    timeout and the request is the 503 a redis-py timeout gave, never a 500 or a hang; once
+    Redis is back the next request is served on a new connection."""
+    client = await queue_client(single_redis.model_copy(update={"socket_timeout_s": 0.3}))
+    await configure(client, admin_headers, mode="paused")
+    assert (await enter(client, as_user("u"))).status == 201
+    assert redis_server.process is not None
+    pid = redis_server.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        down = await status(client, as_user("u"))
+        assert down.status == 503
+        assert down.headers["Content-Type"] == "application/problem+json"
+        assert (await down.json())["code"] == "queue_unavailable"
+        assert down.headers["Retry-After"] == "2"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    back = await status(client, as_user("u"))
+    assert back.status == 200
+    assert (await back.json())["position"] == 1

@@ -25,10 +25,10 @@ from multidict import istr
 from prometheus_client import Counter
 
 from urr_common.logs import get_logger
+from urr_common.resp import RedirectedError
 from urr_common.tokens import MAX_TOKEN_BYTES
 from urr_gateway.context import FACTS, IDENTITY, RequestFacts, request_cookies
 from urr_gateway.keys import revoked_entry_token_key
-from urr_gateway.ratelimit.resp import RedirectedError
 from urr_gateway.routing import ROUTE
 
 if TYPE_CHECKING:

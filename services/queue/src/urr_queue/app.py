@@ -138,6 +138,7 @@ def create_app(
                 redis,
                 heartbeat_bucket_ms=settings.heartbeat_bucket_ms,
                 max_in_flight=settings.redis.max_connections,
+                lane_timeout_s=_lane_timeout(settings),
             )
             ender = SessionEnder(store, publisher, metrics)
             app[QUEUE_CONTEXT] = QueueContext(
@@ -199,6 +200,7 @@ def create_app(
                 await _stop(tasks)
                 await publisher.drain(_PUBLISHER_DRAIN_S)
                 await _stop([publisher_task])
+                await store.aclose()
 
     app.cleanup_ctx.append(lifecycle)
     _routes(app)
@@ -206,6 +208,14 @@ def create_app(
     setup_console(app, settings.console, dynamodb_factory)
     add_api_docs(app)
     return app
+
+
+def _lane_timeout(settings: QueueSettings) -> float | None:
+    """The store's lane timeout (redis-py's ``socket_timeout``), or ``None`` for redis-py's
+    commands: when asked, or when the pool's only connection would be the lane's."""
+    if settings.store_client != "lean" or settings.redis.max_connections < 2:
+        return None
+    return settings.redis.socket_timeout_s
 
 
 def _default_dynamodb_factory(settings: QueueSettings) -> DynamoFactory:

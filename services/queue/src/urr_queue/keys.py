@@ -8,6 +8,7 @@ Revocations live in the user's slot (``{u:<id>}``), where the gateway looks them
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 #: Every configured event (a Redis set, read by the admission loop instead of a key scan).
 EVENTS_SET = "urr:queue:events"
@@ -83,7 +84,9 @@ class EventKeys:
         ]
 
 
+@lru_cache(maxsize=1024)
 def event_keys(event_id: str) -> EventKeys:
+    """An event's keys (frozen; made once per event while it is among the recent ones)."""
     tag = "{" + event_id + "}"
     return EventKeys(
         config=f"{tag}:config",

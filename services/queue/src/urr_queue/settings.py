@@ -167,6 +167,12 @@ class QueueSettings(ServiceSettings):
     service_name: str = "urr-queue"
     http: QueueHttpSettings = Field(default_factory=QueueHttpSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    #: How the store sends its scripts (every request's Redis work) to a single Redis:
+    #: ``lean`` (one pipelined connection, pre-encoded commands parsed by hiredis:
+    #: ``urr_common.resp.RespLane``, a fraction of redis-py's CPU per command) or ``redis-py``
+    #: (the client's own commands; the way back if the lean path ever misbehaves). A Redis
+    #: Cluster always goes through redis-py (``URR_STORE_CLIENT``).
+    store_client: Literal["lean", "redis-py"] = "lean"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     entry_tokens: EntryTokenSettings = Field(default_factory=EntryTokenSettings)
     vwr_trust: VwrTrustSettings = Field(default_factory=VwrTrustSettings)

@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from urr_common.fairness import QueueMethod
+from urr_common.resp import RespLane
 from urr_queue.config import EventConfig, Mode
 from urr_queue.estimates import admission_rate
 from urr_queue.keys import EVENTS_SET, OUTBOXES_SET, EventKeys, event_keys, revoked_key
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
     RedisClient = Redis | RedisCluster
+
+
+#: Most ``EVALSHA`` heads kept (scripts x events); past it the cache starts over.
+_MAX_HEADS = 4096
 
 
 def _script_text(name: str) -> str:
@@ -204,11 +209,27 @@ class QueueStore:
     """Queue operations on one Redis (or Redis Cluster) client."""
 
     def __init__(
-        self, redis: RedisClient, *, heartbeat_bucket_ms: int = 5_000, max_in_flight: int = 64
+        self,
+        redis: RedisClient,
+        *,
+        heartbeat_bucket_ms: int = 5_000,
+        max_in_flight: int = 64,
+        lane_timeout_s: float | None = None,
     ) -> None:
+        """``lane_timeout_s``: the scripts and the revocation go over one pipelined
+        connection of ``redis`` (``urr_common.resp.RespLane``, that timeout its
+        ``socket_timeout``) instead of through redis-py's commands; a single Redis only (a
+        cluster client keeps redis-py)."""
         self.redis = redis
         #: A Redis Cluster client: a user's keys and an event's may live on different nodes.
         self._cluster = isinstance(redis, RedisCluster)
+        #: Encoded ``EVALSHA`` heads by script digest and keys (``_evalsha``).
+        self._heads: dict[tuple[str, ...], bytes] = {}
+        self._lane = (
+            RespLane(redis, timeout_s=lane_timeout_s)
+            if lane_timeout_s is not None and not isinstance(redis, RedisCluster)
+            else None
+        )
         self.heartbeat_bucket_ms = heartbeat_bucket_ms
         # redis-py pools raise instead of waiting once every connection is busy; a burst of
         # requests waits here for its turn instead of failing.
@@ -228,8 +249,33 @@ class QueueStore:
         self._order_seed_reveal = redis.register_script(_script_text("order_seed_reveal.lua"))
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str | bytes]) -> Any:
+        lane = self._lane
         async with self._in_flight:
-            return await script(keys=keys, args=args)
+            if lane is None:
+                return await script(keys=keys, args=args)
+            try:
+                return await lane.call(self._evalsha(lane, script, keys, args))
+            except NoScriptError:
+                # Redis lost its scripts (a restart): redis-py's script object loads it again.
+                return await script(keys=keys, args=args)
+
+    def _evalsha(
+        self, lane: RespLane, script: AsyncScript, keys: list[str], args: list[str | bytes]
+    ) -> bytes:
+        """``EVALSHA`` of ``script``: its name, digest and keys encoded once per script and
+        key list (an event's 19 keys), its arguments each time."""
+        known = (script.sha, *keys)
+        head = self._heads.get(known)
+        if head is None:
+            if len(self._heads) >= _MAX_HEADS:
+                self._heads.clear()
+            head = self._heads[known] = lane.arguments("EVALSHA", script.sha, len(keys), *keys)
+        return lane.command_from(head, 3 + len(keys), *args)
+
+    async def aclose(self) -> None:
+        """Give back the lane's connection (closing the client closes it too)."""
+        if self._lane is not None:
+            await self._lane.aclose()
 
     @staticmethod
     def _call_keys(event_id: str) -> tuple[list[str], EventKeys]:
@@ -480,6 +526,20 @@ class QueueStore:
             await self.revoke(user_id, jti, ttl_ms)
             return await self.leave(event_id, user_id, only_admitted=only_admitted)
         key_list, args = self._leave_call(event_id, user_id, only_admitted=only_admitted)
+        lane = self._lane
+        if lane is not None:
+            revocation = lane.command("SET", revoked_key(user_id, jti), b"1", "PX", ttl_ms)
+            leave = self._evalsha(lane, self._leave, key_list, args)
+            async with self._in_flight:
+                revoked, left = await lane.call_many(revocation + leave, 2)
+            if isinstance(revoked, Exception):
+                raise revoked
+            if isinstance(left, NoScriptError):
+                # Redis lost its scripts (a restart): the revocation is set, leave as above.
+                return await self.leave(event_id, user_id, only_admitted=only_admitted)
+            if isinstance(left, Exception):
+                raise left
+            return _left(left)
         async with self._in_flight, self.redis.pipeline(transaction=False) as pipe:
             pipe.set(revoked_key(user_id, jti), b"1", px=ttl_ms)
             pipe.evalsha(self._leave.sha, len(key_list), *key_list, *args)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from urr_gateway.ratelimit.resp import Waiter
+    from urr_common.resp import Waiter
 
 T = TypeVar("T")
 

@@ -43,11 +43,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from urr_common.ratelimit_usage import USAGE_TTL_S, tenant_tag
+from urr_common.resp import RedirectedError, RespPipe, Waiter, bulk, encode_command
 from urr_gateway.ratelimit.budget import BatchDeadline, RedisBudget
 from urr_gateway.ratelimit.config import PIPELINE_WINDOW_MAX_US
 from urr_gateway.ratelimit.finetimer import FineTimer
 from urr_gateway.ratelimit.keys import hash_tag
-from urr_gateway.ratelimit.resp import RedirectedError, RespPipe, Waiter, bulk, encode_command
 from urr_gateway.ratelimit.store import (
     TENANT_SCRIPT_NAME,
     CategoryCalls,

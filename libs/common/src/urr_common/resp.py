@@ -1,9 +1,12 @@
 """A lean pipelined RESP connection: many commands in one write, replies matched in order.
 
 redis-py spends ~100-150 µs of client CPU per command (connection checkout, argument
-encoding, a parser round per reply, retries, hooks). The limiter sends one kind of command
-(``EVALSHA`` of its script) and reads one kind of reply (an array of integers), so it writes
-pre-encoded commands on a socket of its own and lets hiredis parse whatever arrived.
+encoding, a parser round per reply, retries, hooks, and under a ``socket_timeout`` a task per
+write). Its users here send few kinds of commands (the gateway's limiter an ``EVALSHA`` of its
+script, the queue's store its scripts and a ``SET``), so they write pre-encoded commands on a
+socket of their own and let hiredis parse whatever arrived. (Moved here from
+``urr_gateway.ratelimit.resp`` unchanged, with :class:`RespLane` added, so the gateway and the
+queue share it.)
 
 The socket comes from the application's redis-py client: redis-py opens it (TCP or unix,
 TLS, AUTH, ``SELECT``, ``HELLO``: whatever the client is configured with), then
@@ -14,15 +17,17 @@ checked out of the client's pool for good, so closing the client closes it too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection
 
 #: What ``hiredis.Reader.gets`` answers while a reply is still incomplete.
@@ -193,3 +198,148 @@ def _fail(waiters: list[Waiter | None], error: Exception) -> None:
     for future in waiters:
         if future is not None and not future.done():
             future.set_exception(error)
+
+
+class RespLane:
+    """The commands of many callers on one pipelined connection of a single-node redis-py
+    client (never a cluster's: a command goes to the one node the client names).
+
+    The connection is checked out of the client's pool on first use and kept (closing the
+    client closes it); a lost one is replaced on the next call. A caller's replies come back
+    in one write's order: :meth:`call` for one command, :meth:`call_many` for several written
+    together (Redis runs one connection's commands in the order sent).
+
+    The timeout is redis-py's ``socket_timeout`` for a whole connection rather than a task per
+    command: when replies are owed and none has arrived for ``timeout_s`` (and none waits
+    unread, which would mean the event loop, not Redis, is late), the connection is aborted
+    and every caller waiting on it gets a ``ConnectionError``, a ``RedisError`` as a
+    redis-py timeout is. An error reply raises redis-py's exception for it
+    (``NoScriptError``, ``ResponseError``).
+    """
+
+    def __init__(self, redis: Redis, *, timeout_s: float) -> None:
+        self._pool = redis.connection_pool
+        #: redis-py's own argument encoding (str as the client's encoding, numbers, bytes).
+        self._encode = self._pool.get_encoder().encode  # type: ignore[no-untyped-call]
+        self._timeout_s = timeout_s
+        self._pipe: RespPipe | None = None
+        self._connection: AbstractConnection | None = None
+        self._opening: asyncio.Task[RespPipe] | None = None
+        self._watch: asyncio.TimerHandle | None = None
+
+    def command(self, *parts: bytes | str | int | float) -> bytes:
+        """One command encoded, its arguments as redis-py encodes them."""
+        return b"*%d\r\n%s" % (len(parts), self.arguments(*parts))
+
+    def arguments(self, *parts: bytes | str | int | float) -> bytes:
+        """Arguments encoded, without the command's count: a part of a command made once
+        and reused (``command_from``)."""
+        encode = self._encode
+        out = []
+        for part in parts:
+            data = encode(part)
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(out)
+
+    def command_from(
+        self, head: bytes, head_count: int, *parts: bytes | str | int | float
+    ) -> bytes:
+        """A command whose first ``head_count`` arguments are ``head`` (from ``arguments``),
+        then ``parts``."""
+        return b"*%d\r\n%s%s" % (head_count + len(parts), head, self.arguments(*parts))
+
+    async def call(self, command: bytes) -> Any:
+        """Send one encoded command; its reply (an error reply raised)."""
+        pipe = self._pipe
+        if pipe is None or pipe.closed:
+            pipe = await self._open()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pipe.send(command, [future])
+        if self._watch is None:
+            self._arm(self._timeout_s)
+        return await future
+
+    async def call_many(self, commands: bytes, count: int) -> list[Any]:
+        """Send ``count`` encoded commands in one write; their replies in order, an error
+        reply as its exception (not raised: the caller decides which matter)."""
+        pipe = self._pipe
+        if pipe is None or pipe.closed:
+            pipe = await self._open()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(count)]
+        pipe.send(commands, list(futures))
+        if self._watch is None:
+            self._arm(self._timeout_s)
+        replies: list[Any] = []
+        for future in futures:
+            try:
+                replies.append(await future)
+            except ResponseError as exc:
+                replies.append(exc)
+            except BaseException:
+                for other in futures:  # nobody is left to read them
+                    other.cancel()
+                raise
+        return replies
+
+    def _arm(self, delay_s: float) -> None:
+        self._watch = asyncio.get_running_loop().call_later(delay_s, self._check)
+
+    def _check(self) -> None:
+        """The watchdog: abort a connection with replies owed for ``timeout_s``."""
+        self._watch = None
+        pipe = self._pipe
+        if pipe is None or pipe.closed or not pipe.waiting:
+            return  # the next send arms it again
+        stalled = pipe.stalled_for(asyncio.get_running_loop().time())
+        if stalled >= self._timeout_s and not pipe.unread():
+            pipe.abort(f"no reply from Redis for {stalled * 1000:.0f} ms")
+            return
+        self._arm(max(self._timeout_s - stalled, self._timeout_s / 10))
+
+    async def _open(self) -> RespPipe:
+        """The connection's pipe, opened once for every caller waiting on it."""
+        if self._opening is None:
+            self._opening = asyncio.get_running_loop().create_task(self._connect())
+        return await asyncio.shield(self._opening)
+
+    async def _connect(self) -> RespPipe:
+        try:
+            old, self._pipe, self._connection = self._connection, None, None
+            if old is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await old.disconnect()
+                    await self._pool.release(old)
+            try:
+                # A pool with no connection free, a connect or a handshake that hangs:
+                # redis-py's own timeouts (the blocking pool's, socket_connect_timeout).
+                connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            except OSError as exc:
+                raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+            try:
+                pipe = RespPipe.take_over(connection)
+            except BaseException:
+                await self._pool.release(connection)
+                raise
+            self._connection, self._pipe = connection, pipe
+            return pipe
+        finally:
+            self._opening = None
+
+    async def aclose(self) -> None:
+        """Give the connection back, closed (closing the client does as much)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self._opening is not None:
+            self._opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await self._opening
+        if self._pipe is not None:
+            self._pipe.abort("the lane is closed")
+            self._pipe = None
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(RedisError, OSError):
+                await connection.disconnect()
+                await self._pool.release(connection)
