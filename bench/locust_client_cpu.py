@@ -314,7 +314,7 @@ def run_once(
     samples: list[tuple[float, float, int]] = []
     while wrapper.poll() is None and pid is not None:
         with contextlib.suppress(OSError, ValueError):
-            samples.append((time.monotonic(), cpu_s(pid), state.requests))
+            samples.append((time.monotonic(), cpu_s(pid, children=False), state.requests))
         time.sleep(0.5)
     if spy is not None:
         spy.wait(timeout=60)

@@ -133,6 +133,22 @@ def calm_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
+def answer_json(content: bytes | None) -> Any:
+    """An answer's JSON, or None when it has no body or is not JSON (an HTML page).
+
+    Parsed from the bytes: ``FastResponse.json()`` first decoded them to text with the
+    charset the headers name (UTF-8 for every JSON answer of the suite), which
+    ``json.loads`` does on bytes by itself. A body that starts with ``<`` (the edge's pages)
+    is no JSON: it is not decoded only to fail on its first character.
+    """
+    if not content or content[:1] == b"<":
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:  # UnicodeDecodeError too
+        return None
+
+
 def problem_code(body: bytes | str | None) -> str:
     """The ``code`` of a problem+json answer, or ``""``."""
     if not body:

@@ -27,7 +27,7 @@ from locust import events
 from locust.contrib.fasthttp import FastHttpSession
 
 from urr_loadtests.pow import SolverPool
-from urr_loadtests.scenarios.common import env, problem_code
+from urr_loadtests.scenarios.common import answer_json, env, problem_code
 
 JSON = {"content-type": "application/json"}
 #: Times a visitor solves a new challenge after a refusal before it gives up.
@@ -80,21 +80,6 @@ def detach_cookie_jar(client: FastHttpSession) -> None:
     """
     client.cookiejar.clear()
     client.client.cookiejar = None
-
-
-def answer_json(content: bytes | None) -> Any:
-    """An answer's JSON, or None when it has no body or is not JSON (an HTML page).
-
-    Parsed from the bytes: ``FastResponse.json()`` first decoded them to text with the
-    charset the headers name (UTF-8 for every JSON answer of the suite), which
-    ``json.loads`` does on bytes by itself.
-    """
-    if not content:
-        return None
-    try:
-        return json.loads(content)
-    except ValueError:  # UnicodeDecodeError too
-        return None
 
 
 def _seconds(retry_after: str | None) -> float:
