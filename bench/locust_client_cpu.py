@@ -1,12 +1,14 @@
 """CPU of the load generator itself per request: Locust playing the flash crowd (issue 22).
 
     uv run --frozen python bench/locust_client_cpu.py \
-        [--arrivals 1500] [--rate 50] [--rounds 1] [--before main] [--pyspy DIR]
+        [--arrivals 1500] [--rate 50] [--rounds 1] [--before main] [--users N] \
+        [--pyspy DIR [--native]] [--only before|tree]
 
 The crowd's Locust (``loadtests/src/urr_loadtests/scenarios/flash_crowd.py`` and its
-``Flow``, started by that revision's own ``urr_loadtests.__main__.run_locust`` with the
-crowd's pool of users, pacing and CSV/HTML reports) runs against a **stub**: one asyncio
-server in this process that answers the crowd's routes with canned answers shaped like the
+``Flow``, started by that revision's own ``urr_loadtests.__main__.run_locust`` with its
+pacing and CSV/HTML reports; a pool of 40 % as many users as arrivals unless ``--users``
+says, as the real crowd's 1,500 users take 5,000 arrivals in turn) runs against a **stub**:
+one asyncio server in this process that answers the crowd's routes with canned answers like the
 stack's (edge page 302, waiting page, assign with 429 + ``Retry-After`` on half the first
 three tries as the edge's throttle does, checks until admitted with a ``Set-Cookie``, the admitted
 page, Tier-2 enter and status, a 100-seat map that is sold out for 49 arrivals in 50, hold,
