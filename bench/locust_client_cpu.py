@@ -315,8 +315,10 @@ def run_once(
         )
     samples: list[tuple[float, float, int]] = []
     while wrapper.poll() is None and pid is not None:
-        with contextlib.suppress(OSError, ValueError):
-            samples.append((time.monotonic(), cpu_s(pid, children=False), state.requests))
+        used = cpu_s(pid, children=False)  # 0 once Locust has exited: not a sample
+        if samples and used < samples[-1][1]:
+            break
+        samples.append((time.monotonic(), used, state.requests))
         time.sleep(0.5)
     if spy is not None:
         spy.wait(timeout=60)
