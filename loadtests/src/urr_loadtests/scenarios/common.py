@@ -87,8 +87,9 @@ class ResultLog:
     """Appends one JSON line per finished arrival (written whole, so lines never interleave).
 
     The file is opened on the first line and stays open; each line is flushed at once, so a
-    Locust process that is killed leaves every finished arrival's line behind (opening and
-    closing it for each of 5,000 arrivals was 1.5 % of Locust's CPU).
+    Locust process that is killed leaves every finished arrival's line behind (writing a
+    line took 1.5 % of Locust's CPU against a stub with an open and a close per line, 1.0 %
+    without; py-spy, bench/locust_client_cpu.py).
     """
 
     def __init__(self, path: str | None) -> None:
