@@ -14,14 +14,21 @@ import time
 
 import gevent  # type: ignore[import-untyped]
 import gevent.event  # type: ignore[import-untyped]
-from locust import FastHttpUser, constant, task
+from locust import FastHttpUser, constant, events, task
 from locust.exception import StopUser
 from locust.runners import STATE_CLEANUP, STATE_STOPPED, STATE_STOPPING
 
-from urr_loadtests.scenarios.common import ArrivalSchedule, ResultLog, env, env_float
+from urr_loadtests.scenarios.common import (
+    ArrivalSchedule,
+    ResultLog,
+    calm_collector,
+    env,
+    env_float,
+)
 from urr_loadtests.scenarios.flow import Arrival, Flow, Unanswered
 
 RESULTS = ResultLog(env("RESULTS", ""))
+events.quitting.add_listener(lambda **_: RESULTS.close())  # type: ignore[no-untyped-call]
 
 
 def _load_tokens() -> list[tuple[str, str]]:
@@ -38,6 +45,7 @@ _finished = itertools.count(1)
 #: Set once every arrival has its outcome: the parked users stop waiting for their next poll.
 _CROWD_DONE = gevent.event.Event()
 SCHEDULE = ArrivalSchedule(env_float("SPAWN_RATE", 1.0))
+calm_collector()
 
 
 class FlashCrowdArrival(FastHttpUser):

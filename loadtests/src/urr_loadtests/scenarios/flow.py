@@ -27,7 +27,7 @@ from locust import events
 from locust.contrib.fasthttp import FastHttpSession
 
 from urr_loadtests.pow import SolverPool
-from urr_loadtests.scenarios.common import env, problem_code
+from urr_loadtests.scenarios.common import answer_json, env, problem_code
 
 JSON = {"content-type": "application/json"}
 #: Times a visitor solves a new challenge after a refusal before it gives up.
@@ -68,6 +68,20 @@ class Arrival:
         return asdict(self)
 
 
+def detach_cookie_jar(client: FastHttpSession) -> None:
+    """Sends only the cookies a visitor chose (``Flow.cookies``): the session's user agent
+    gets no cookie jar.
+
+    With its jar, the agent read every request's cookies from it and every answer's
+    ``Set-Cookie`` into it (``http.cookiejar``: 6 % of Locust's CPU in a crowd against a
+    stub, bench/locust_client_cpu.py), and the flow cleared it before each request so that
+    nothing from it was sent anyway; a retry after a 429 or a 5xx could still carry a cookie
+    the refusal set. Without it, nothing but ``Flow.cookies`` is ever sent.
+    """
+    client.cookiejar.clear()
+    client.client.cookiejar = None
+
+
 def _seconds(retry_after: str | None) -> float:
     """A ``Retry-After`` in seconds (a date or nonsense counts as one second)."""
     try:
@@ -103,9 +117,7 @@ class Flow:
         self.deadline = time.time() + deadline_s
         self.max_poll_s = max_poll_s
         self.cookies: dict[str, str] = {}
-        # A new visitor: nothing from an earlier journey of this Locust user (the session
-        # would keep Set-Cookie values); every token is sent explicitly from here on.
-        client.cookiejar.clear()
+        detach_cookie_jar(client)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -145,7 +157,6 @@ class Flow:
         if time.time() > self.deadline:
             raise Unanswered(f"deadline passed before {name}")
         extra = dict(headers or {})
-        self.client.cookiejar.clear()  # only the cookies this visitor chose to send
         data = None
         if body is not None:
             extra.update(JSON)
@@ -177,11 +188,7 @@ class Flow:
                     if status in intended:
                         response.request_meta["name"] = f"{name} ({status} intended)"
                     response.success()
-                    try:
-                        payload = response.json() if response.content else None
-                    except ValueError:
-                        payload = None
-                    return status, payload
+                    return status, answer_json(response.content)
                 else:
                     response.failure(f"status {status} {problem_code(response.content)}")
                     if not (retry_unavailable and status in (0, 502, 503, 504)):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 import uuid
 
-from locust import FastHttpUser, between, task
+from locust import FastHttpUser, between, events, task
 
 from urr_loadtests.scenarios.common import ResultLog, env, env_float
 from urr_loadtests.scenarios.flow import JSON, Arrival, Flow, Unanswered
 
 PASSWORD = "load-test password 1"  # noqa: S105 - throwaway accounts on the local stack
 RESULTS = ResultLog(env("RESULTS", ""))
+events.quitting.add_listener(lambda **_: RESULTS.close())  # type: ignore[no-untyped-call]
 
 
 class JourneyUser(FastHttpUser):

@@ -165,7 +165,7 @@ async def consume(
             group_id=options.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=200,
+            fetch_max_wait_ms=options.fetch_max_wait_ms,
         )
         try:
             await consumer.start()

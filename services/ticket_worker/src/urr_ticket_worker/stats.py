@@ -92,7 +92,7 @@ def stats_loop(settings: TicketWorkerSettings, registry: CollectorRegistry) -> L
                 stop=stop,
                 beat=beat,
                 max_records=settings.consumers.max_records,
-                fetch_max_wait_ms=settings.consumers.fetch_max_wait_ms,
+                fetch_max_wait_ms=settings.consumers.stats_fetch_max_wait_ms,
             )
         finally:
             await pool.close()
