@@ -71,7 +71,8 @@ def test_the_multi_value_map_check_answers_as_the_isinstance_loop(value: Any) ->
 
 
 def test_the_edge_cases_by_hand() -> None:
-    assert events._str_map({}) and events._multi_map({})
+    assert events._str_map({})
+    assert events._multi_map({})
     assert events._str_map({"a": Text("b")})
     assert not events._str_map({"a": ["b"]})
     assert not events._str_map({b"a": "b"})
