@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import operator
 import os
@@ -23,7 +24,7 @@ from urr_common.http1_testing import Http1TestServer
 from urr_common.service import REGISTRY_KEY, metrics_text
 from urr_common.settings import load_settings
 from urr_vwr_lambda.keys import ensure_local_keys
-from urr_vwr_lambda.local import apigw, containers, scheduler
+from urr_vwr_lambda.local import GC_GEN0_THRESHOLD, apigw, containers, scheduler
 from urr_vwr_lambda.local import edge as edge_emulator
 from urr_vwr_lambda.local.apigw_server import ApiSite
 from urr_vwr_lambda.local.pipe_container import LoopContainer, PipeContainer
@@ -260,6 +261,11 @@ async def test_the_api_emulator_runs_the_deployed_handler_in_worker_processes(
         answer = await client.post("/vwr/assign/evt-1", json={"requestId": str(uuid.uuid4())})
         assert answer.status == 201
         assert (await answer.json())["position"] == 1
+        # The warm container's heap was settled after its warm-up (frozen, rarer collections).
+        pool = app[apigw.CONTAINERS_KEY]
+        threshold = await pool.invoke(gc.get_threshold, key=None, read=True)
+        assert threshold[0] == GC_GEN0_THRESHOLD
+        assert await pool.invoke(gc.get_freeze_count, key=None, read=True) > 10_000
     assert '"_aws"' not in capfd.readouterr().out
 
 

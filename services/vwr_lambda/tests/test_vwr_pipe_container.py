@@ -1,15 +1,21 @@
-"""Reading a container's answers off its pipe in one go (``pipe_container.read_messages``)."""
+"""Reading a container's answers off its pipe in one go (``pipe_container.read_messages``),
+and the container's own loop (``pipe_container.serve``) run on a thread against a pipe."""
 
 from __future__ import annotations
 
 import multiprocessing
+import operator
 import os
+import pickle
 import struct
 import threading
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import Any
 
 import pytest
 
-from urr_vwr_lambda.local.pipe_container import read_messages
+from urr_vwr_lambda.local.pipe_container import read_messages, serve
 
 
 @pytest.mark.parametrize("size", [0, 1, 3000, 65536, 300_000])
@@ -74,3 +80,97 @@ def test_the_end_of_the_pipe_is_eof(written: bytes) -> None:
     with pytest.raises(EOFError):
         read_messages(read_end)
     os.close(read_end)
+
+
+@pytest.fixture
+def served() -> Iterator[Connection]:
+    """The emulator's end of a pipe whose other end ``serve`` reads on a thread."""
+    parent, child = multiprocessing.Pipe()
+    loop = threading.Thread(target=serve, args=(child, None), daemon=True)
+    loop.start()
+    yield parent
+    parent.close()
+    loop.join(10)
+    assert not loop.is_alive(), "serve must end when the emulator's end closes"
+    child.close()
+
+
+def _call(conn: Connection, fn: Any, *args: Any) -> tuple[bool, Any]:
+    conn.send_bytes(pickle.dumps((fn, args, {}), pickle.HIGHEST_PROTOCOL))
+    answer: tuple[bool, Any] = conn.recv()  # as PipeContainer reads it
+    return answer
+
+
+def test_serve_answers_results_and_exceptions_and_keeps_serving(served: Connection) -> None:
+    assert _call(served, operator.add, 2, 3) == (True, 5)
+    ok, error = _call(served, operator.truediv, 1, 0)
+    assert not ok
+    assert isinstance(error, ZeroDivisionError)
+    # An answer that cannot be pickled is a RuntimeError naming why, not a dead container.
+    ok, error = _call(served, threading.Lock)
+    assert not ok
+    assert isinstance(error, RuntimeError)
+    assert "could not be sent" in str(error)
+    assert _call(served, operator.mul, 6, 7) == (True, 42)
+
+
+def test_serve_reads_a_call_bigger_than_the_pipe_and_answers_one(served: Connection) -> None:
+    big = "x" * 300_000
+    sender = threading.Thread(
+        target=served.send_bytes,
+        args=(pickle.dumps((operator.add, (big, "y"), {}), pickle.HIGHEST_PROTOCOL),),
+    )
+    sender.start()
+    raw = served.recv_bytes()
+    sender.join()
+    assert pickle.loads(raw) == (True, big + "y")  # noqa: S301 - our own thread
+
+
+def test_serve_answers_calls_written_together_in_order(served: Connection) -> None:
+    """Two calls in one write (read in one go) are both run, in order; keyword arguments too."""
+    first = pickle.dumps((operator.add, (1, 2), {}), pickle.HIGHEST_PROTOCOL)
+    second = pickle.dumps((int, ("ff",), {"base": 16}), pickle.HIGHEST_PROTOCOL)
+    framed = b"".join(struct.pack("!i", len(m)) + m for m in (first, second))
+    os.write(served.fileno(), framed)
+    assert served.recv() == (True, 3)
+    assert served.recv() == (True, 255)
+
+
+def test_serve_stops_on_none_without_answering() -> None:
+    parent, child = multiprocessing.Pipe()
+    loop = threading.Thread(target=serve, args=(child, None), daemon=True)
+    loop.start()
+    parent.send(None)  # as the containers' shutdown sends it
+    loop.join(10)
+    assert not loop.is_alive()
+    assert not parent.poll(0.1)
+    parent.close()
+    child.close()
+
+
+_INITIALIZED: list[str] = []
+
+
+def _initialized() -> list[str]:
+    return list(_INITIALIZED)
+
+
+def test_serve_runs_its_initializer_before_the_first_call() -> None:
+    parent, child = multiprocessing.Pipe()
+    _INITIALIZED.clear()
+    loop = threading.Thread(
+        target=serve, args=(child, lambda: _INITIALIZED.append("init")), daemon=True
+    )
+    loop.start()
+    assert _call(parent, _initialized) == (True, ["init"])
+    parent.close()
+    loop.join(10)
+    child.close()
+
+
+def test_serve_stops_quietly_when_the_emulator_left_before_the_answer() -> None:
+    parent, child = multiprocessing.Pipe()
+    parent.send_bytes(pickle.dumps((operator.add, (1, 1), {}), pickle.HIGHEST_PROTOCOL))
+    parent.close()  # gone before the answer is written: the write fails, serve returns
+    serve(child, None)
+    child.close()

@@ -173,3 +173,88 @@ def test_the_counters_copy_is_refreshed_after_its_ttl_however_often_it_is_used(v
     while not vwr.check("fresh", request_id).body["admitted"]:
         assert time.monotonic() - started < 6.0, "checks in a row kept the copy from expiring"
         time.sleep(0.02)
+
+
+def _fresh_copy_without_the_place(vwr: Any, event_id: str) -> str:
+    """A place assigned, then a container that holds the counters copy but not the place (the
+    check lands on one that did not assign it)."""
+    vwr.runtime.settings.poll.counters_cache_s = 60.0
+    vwr.runtime.__dict__.pop("event_cache", None)
+    vwr.open_event(event_id)
+    request_id = str(uuid.uuid4())
+    assert vwr.assign(event_id, request_id).status == 201
+    vwr.runtime.__dict__.pop("place_cache")
+    assert vwr.runtime.event_cache.get(event_id) is not None
+    return request_id
+
+
+def test_a_place_not_held_is_read_alone_while_the_counters_copy_is_fresh(vwr: Any) -> None:
+    """One GetItem of the place, not the batched read of both; the same answer as before; the
+    copy keeps its age (it still refreshes after its ttl)."""
+    request_id = _fresh_copy_without_the_place(vwr, "alone")
+    aged_at = vwr.runtime.event_cache._items["alone"][0]
+    calls = _calls(vwr)
+    answer = vwr.check("alone", request_id)
+    assert answer.status == 200
+    assert (answer.body["admitted"], answer.body["position"]) == (False, 1)
+    assert calls == {"GetItem": 1}
+    assert vwr.runtime.event_cache._items["alone"][0] == aged_at
+    vwr.check("alone", request_id)
+    assert calls == {"GetItem": 1}, "then the place is the container's copy"
+
+
+def test_a_request_id_without_a_place_is_still_refused_from_the_counters_copy(vwr: Any) -> None:
+    _fresh_copy_without_the_place(vwr, "nobody")
+    calls = _calls(vwr)
+    answer = vwr.check("nobody", str(uuid.uuid4()))
+    assert (answer.status, answer.body["code"]) == (404, "position_not_found")
+    assert calls == {"GetItem": 1}
+
+
+def test_a_place_read_alone_that_was_given_up_or_admitted_answers_as_before(vwr: Any) -> None:
+    """The place read alone is the stored row: an abandoned mark refuses it, an admission
+    signs and stores one token (the copy's counters let it in)."""
+    gone = _fresh_copy_without_the_place(vwr, "rowstate")
+    store = vwr.runtime.store
+    place = store.get_place("rowstate", gone)
+    assert place is not None
+    state = store.get_event("rowstate", consistent=True)
+    assert state is not None
+    row = next(iter(store.places_above(state, upto=1, now_s=vwr.runtime.now_s())))
+    assert store.mark_abandoned(state, row, cutoff_s=vwr.runtime.now_s() + 1)
+    answer = vwr.check("rowstate", gone)
+    assert (answer.status, answer.body["code"]) == (410, "position_abandoned")
+    admitted = str(uuid.uuid4())
+    assert vwr.assign("rowstate", admitted).status == 201
+    vwr.admin("POST", "rowstate/advance", {"by": 2})
+    vwr.runtime.__dict__.pop("place_cache")
+    vwr.runtime.event_cache.forget("rowstate")
+    assert vwr.check("rowstate", str(uuid.uuid4())).status == 404  # copies the counters
+    calls = _calls(vwr)
+    first = vwr.check("rowstate", admitted)
+    assert first.body["admitted"] is True
+    assert calls == {"GetItem": 1, "UpdateItem": 1}
+    assert vwr.check("rowstate", admitted).body["token"] == first.body["token"]
+
+
+def test_a_place_of_a_later_run_than_the_counters_copy_reads_the_counters_again(
+    vwr: Any,
+) -> None:
+    """After a reset, a container whose copy predates it must not refuse a new place as being
+    of another run: the place's later epoch sends it to read the counters."""
+    _fresh_copy_without_the_place(vwr, "rerun")
+    stale = vwr.runtime.event_cache.get("rerun")
+    assert stale is not None
+    assert vwr.admin("POST", "rerun/reset").status == 200
+    request_id = str(uuid.uuid4())
+    assert vwr.assign("rerun", request_id).status == 201
+    vwr.runtime.__dict__.pop("place_cache")
+    vwr.runtime.event_cache.put(stale)
+    calls = _calls(vwr)
+    answer = vwr.check("rerun", request_id)
+    assert answer.status == 200, answer.body
+    assert answer.body["position"] == 1
+    assert calls == {"GetItem": 2}
+    fresh = vwr.runtime.event_cache.get("rerun")
+    assert fresh is not None
+    assert fresh.epoch == stale.epoch + 1

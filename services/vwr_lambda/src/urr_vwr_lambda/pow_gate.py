@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.metrics import MetricUnit
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -90,13 +89,13 @@ def check_assign(runtime: VwrRuntime, event_id: str, request_id: str, solution: 
             now_s=runtime.now_s(),
         )
     except proof_of_work.PowRefused as refused:
-        runtime.metrics.add_metric(name="PowRefused", unit=MetricUnit.Count, value=1)
+        runtime.count("PowRefused")
         raise _refusal(event_id, refused.code, refused.detail) from refused
     used = runtime.pow_store.record_use(
         event_id, solved.nonce, request_id=request_id, expires_at=solved.expires_at
     )
     if not used:
-        runtime.metrics.add_metric(name="PowReplayed", unit=MetricUnit.Count, value=1)
+        runtime.count("PowReplayed")
         raise _refusal(event_id, "pow_replayed", "this solution has been used already")
     return True
 
@@ -136,7 +135,7 @@ def build_challenge_router(runtime: VwrRuntime) -> Router:
             now_s=runtime.now_s(),
             ttl_s=runtime.settings.pow.challenge_ttl_s,
         )
-        runtime.metrics.add_metric(name="PowChallenge", unit=MetricUnit.Count, value=1)
+        runtime.count("PowChallenge")
         return json_response(
             200,
             {

@@ -241,6 +241,20 @@ class VwrRuntime:
             ) as metric:
                 metric.add_dimension(name="eventId", value=event_id)
 
+    def count(self, name: str) -> None:
+        """One more of the invocation's count ``name`` (EMF, printed by ``flush_metrics``).
+
+        Nothing at all when metrics are disabled (``POWERTOOLS_METRICS_DISABLED``, as the
+        emulator's containers run): the flush would drop the metric unread, after powertools
+        had validated and stored it and the flush had read the switch again and cleared the
+        set, about a sixth of a warm check's CPU. With metrics on it is ``add_metric`` as before.
+        """
+        from aws_lambda_powertools.metrics import MetricUnit
+        from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+        if not is_metrics_disabled():
+            self.metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+
     def flush_metrics(self) -> None:
         """Emit the metrics of this invocation (EMF on stdout), or drop them when disabled."""
         from aws_lambda_powertools.metrics.functions import is_metrics_disabled

@@ -28,25 +28,42 @@ from typing import Any
 
 
 def serve(conn: Connection, initializer: Callable[[], None] | None) -> None:
-    """The container's loop: run each call sent, send back ``(ok, result or exception)``."""
+    """The container's loop: run each call sent, send back ``(ok, result or exception)``.
+
+    Calls are read as ``LoopContainer`` reads answers (``read_messages``: whatever waits in one
+    read, not a length and then its bytes in two) and answers pickled by ``pickle.dumps``
+    (``Connection.send`` pickled through a ``ForkingPickler`` made per message, copying
+    ``copyreg``'s dispatch table each time, for reducers of sockets and connections that no
+    call or answer holds). Both ends' framing is ``Connection.send_bytes``'s, so either parent
+    (``LoopContainer`` or ``PipeContainer``) reads the answers as before.
+    """
     if initializer is not None:
         initializer()
+    fd = conn.fileno()
+    pending = b""
     while True:
         try:
-            call = conn.recv()
+            calls, pending = read_messages(fd, pending)
         except (EOFError, OSError):  # the emulator is gone
             return
-        if call is None:
-            return
-        fn, args, kwargs = call
-        try:
-            answer: tuple[bool, Any] = (True, fn(*args, **kwargs))
-        except BaseException as exc:
-            answer = (False, exc)
-        try:
-            conn.send(answer)
-        except Exception as exc:
-            conn.send((False, RuntimeError(f"the answer could not be sent: {exc!r}")))
+        for raw in calls:
+            call = pickle.loads(raw)  # noqa: S301 - our own parent
+            if call is None:
+                return
+            fn, args, kwargs = call
+            try:
+                answer: tuple[bool, Any] = (True, fn(*args, **kwargs))
+            except BaseException as exc:
+                answer = (False, exc)
+            try:
+                data = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                failed = RuntimeError(f"the answer could not be sent: {exc!r}")
+                data = pickle.dumps((False, failed), pickle.HIGHEST_PROTOCOL)
+            try:
+                conn.send_bytes(data)
+            except OSError:  # the emulator is gone
+                return
 
 
 def spawn_container(
