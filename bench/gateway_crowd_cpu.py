@@ -359,7 +359,7 @@ def run_gateway(
             {"Cookie": warm.cookie(True), "Sec-Fetch-Site": "same-origin"},
         )
         # Warm-up: a few visitors through every route (imports, upstream connections, JWKS).
-        plan = {route: [] for route in ROUTES}
+        plan: dict[str, list[str]] = {route: [] for route in ROUTES}
         for index, visitor in enumerate(signers.visitors(f"warmup-{label}", 20)):
             for route in ROUTES:
                 plan[route].append(base64.b64encode(request_bytes(route, visitor, index)).decode())
@@ -507,7 +507,7 @@ def main() -> None:
         "URR_SHED__MAX_CONNECTIONS_PER_ADDRESS": "10000",
     }
     env.pop("PYTHONPATH", None)
-    variants = [("this tree", None)]
+    variants: list[tuple[str, str | None]] = [("this tree", None)]
     if before_path is not None:
         variants.insert(0, (f"before ({options.before})", before_path))
     runs: dict[str, list[Run]] = {label: [] for label, _ in variants}
