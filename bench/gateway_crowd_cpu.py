@@ -27,8 +27,11 @@ not the queue's or the ticket service's. Requests come over ``--connections`` ke
 connections, as the edge stand-in's pool sends them. Redis is a private ``redis-server``.
 
 ``--before REV`` runs the gateway of that revision (``git archive`` of its
-``services/gateway/src`` and ``libs/common/src``, first on ``PYTHONPATH``) alternately with
-this tree's, ``--rounds`` times each, a fresh gateway and fresh visitors every time. Usage::
+``services/gateway/src`` and ``libs/common/src``, first on ``PYTHONPATH``) beside this
+tree's: every round starts both afresh (fresh visitors for each), then sends each route to
+one and then the other, the order swapped every route and every round, so both meet the
+shared machine as it is at that moment. CPU is read from ``/proc/PID/task/*/schedstat``
+(nanoseconds; ``/proc/PID/stat``'s 10 ms ticks are too coarse for a phase). Usage::
 
     uv run --frozen python bench/gateway_crowd_cpu.py [--before main] [--visitors 600]
         [--rate 300] [--rounds 2] [--connections 16] [--pyspy DIR]
@@ -326,69 +329,84 @@ class Run:
     load: str = ""
 
 
-def run_gateway(
-    label: str,
-    pythonpath: str | None,
-    env: dict[str, str],
-    signers: Signers,
-    options: argparse.Namespace,
-    work: Path,
-    pyspy: Path | None,
-) -> Run:
-    port = free_port()
-    run_env = {**env, "URR_HTTP__PORT": str(port), "URR_INTERNAL__PORT": str(free_port())}
-    run_env["URR_METRICS__PORT"] = str(free_port())
-    if pythonpath:
-        run_env["PYTHONPATH"] = pythonpath
-    log = (work / f"gateway-{label}.log").open("ab")
-    argv = [sys.executable, "-m", "urr_gateway"]
-    if options.cprofile and pythonpath is None:
-        # cProfile of this tree's gateway (deterministic, so small calls weigh more than they
-        # cost; for the split between Python functions, not for the figures above).
-        # CPU time, not the wall clock: a write that wakes Redis or the upstream on a busy
-        # machine waits for a core, which is no CPU of the gateway's.
-        argv[1:] = ["-c", _CPROFILE.format(out=options.cprofile)]
-    gateway = subprocess.Popen(argv, env=run_env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-    spy: subprocess.Popen[bytes] | None = None
-    try:
-        wait_listening("127.0.0.1", port, 60, label, gateway)
-        warm = signers.visitors(f"warm-{label}", 1)[0]
+class Gateway:
+    """One ``python -m urr_gateway`` of a revision: started, warmed up, then driven a phase
+    at a time (the two gateways of a round take each phase in turn, so both see the
+    machine as it is at that moment)."""
+
+    def __init__(
+        self,
+        label: str,
+        pythonpath: str | None,
+        env: dict[str, str],
+        options: argparse.Namespace,
+        work: Path,
+    ) -> None:
+        self.label = label
+        self.options = options
+        self.work = work
+        self.port = free_port()
+        run_env = {**env, "URR_HTTP__PORT": str(self.port), "URR_INTERNAL__PORT": str(free_port())}
+        run_env["URR_METRICS__PORT"] = str(free_port())
+        if pythonpath:
+            run_env["PYTHONPATH"] = pythonpath
+        self.log = (work / f"gateway-{label}.log").open("ab")
+        argv = [sys.executable, "-m", "urr_gateway"]
+        if options.cprofile and pythonpath is None:
+            # cProfile of this tree's gateway (deterministic, so small calls weigh more than
+            # they cost; for the split between Python functions, not for the figures). CPU
+            # time, not the wall clock: a write that wakes Redis or the upstream on a busy
+            # machine waits for a core, which is no CPU of the gateway's.
+            argv[1:] = ["-c", _CPROFILE.format(out=options.cprofile)]
+        self.process = subprocess.Popen(  # noqa: S603
+            argv, env=run_env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self.spy: subprocess.Popen[bytes] | None = None
+        self.run = Run(label)
+
+    def warm(self, signers: Signers) -> None:
+        wait_listening("127.0.0.1", self.port, 60, self.label, self.process)
+        warm = signers.visitors(f"warm-{self.label}", 1)[0]
         wait_http(
-            f"http://127.0.0.1:{port}/api/v1/seats/{EVENT}",
+            f"http://127.0.0.1:{self.port}/api/v1/seats/{EVENT}",
             30,
             {"Cookie": warm.cookie(True), "Sec-Fetch-Site": "same-origin"},
         )
-        # Warm-up: a few visitors through every route (imports, upstream connections, JWKS).
+        # A few visitors through every route (imports, upstream connections, JWKS).
         plan: dict[str, list[str]] = {route: [] for route in ROUTES}
-        for index, visitor in enumerate(signers.visitors(f"warmup-{label}", 20)):
+        for index, visitor in enumerate(signers.visitors(f"warmup-{self.label}", 20)):
             for route in ROUTES:
                 plan[route].append(base64.b64encode(request_bytes(route, visitor, index)).decode())
-        drive(port, gateway.pid, plan, options.rate, options.connections, work)
-        idle0 = cpu_seconds([gateway.pid])
-        time.sleep(options.idle)
-        idle_ms = 1000 * (cpu_seconds([gateway.pid]) - idle0) / options.idle
-        visitors = signers.visitors(label, options.visitors)
-        plan = {
-            route: [base64.b64encode(r).decode() for r in phase_requests(route, visitors)]
-            for route in ROUTES
-        }
-        if pyspy is not None:
-            spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            argv = [spy_bin, "record", "--pid", str(gateway.pid)]
-            argv += ["-r", "200", "--nonblocking", "--format", "raw", "-o", str(pyspy)]
-            spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
-            time.sleep(1.0)
-        load0 = Path("/proc/loadavg").read_text().split()[0]
-        results = drive(port, gateway.pid, plan, options.rate, options.connections, work)
-        load1 = Path("/proc/loadavg").read_text().split()[0]
-    finally:
-        if spy is not None:
-            spy.send_signal(2)
-            spy.wait(30)
-        gateway.terminate()
-        gateway.wait(30)
-        log.close()
-    return Run(label, results, idle_ms, f"{load0} -> {load1}")
+        self.drive(plan)
+        idle0 = cpu_seconds([self.process.pid])
+        time.sleep(self.options.idle)
+        idle = cpu_seconds([self.process.pid]) - idle0
+        self.run.idle_ms_per_s = 1000 * idle / self.options.idle
+
+    def profile(self, out: Path) -> None:
+        spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        argv = [spy_bin, "record", "--pid", str(self.process.pid)]
+        argv += ["-r", "200", "--nonblocking", "--format", "raw", "-o", str(out)]
+        self.spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        time.sleep(1.0)
+
+    def drive(self, plan: dict[str, list[str]]) -> dict[str, dict[str, object]]:
+        return drive(
+            self.port,
+            self.process.pid,
+            plan,
+            self.options.rate,
+            self.options.connections,
+            self.work,
+        )
+
+    def stop(self) -> None:
+        if self.spy is not None:
+            self.spy.send_signal(2)
+            self.spy.wait(30)
+        self.process.terminate()
+        self.process.wait(30)
+        self.log.close()
 
 
 def drive(
@@ -445,6 +463,44 @@ def print_table(runs: dict[str, list[Run]]) -> None:
                 f"{label}: idle {run.idle_ms_per_s:.1f} ms/s, load {run.load}, "
                 f"statuses {json.dumps(statuses)}"
             )
+
+
+def run_round(
+    number: int,
+    variants: list[tuple[str, str | None]],
+    env: dict[str, str],
+    signers: Signers,
+    options: argparse.Namespace,
+    work: Path,
+) -> list[Gateway]:
+    """One round: every revision's gateway started, then each route on each in turn."""
+    gateways = [Gateway(label, pythonpath, env, options, work) for label, pythonpath in variants]
+    try:
+        for gateway in gateways:
+            gateway.warm(signers)
+        if options.pyspy and number == options.rounds - 1:
+            Path(options.pyspy).mkdir(parents=True, exist_ok=True)
+            gateways[-1].profile(Path(options.pyspy) / "gateway.txt")
+        # Fresh visitors for each gateway; each route in turn on both, first one then the
+        # other, the order swapped every route and every round.
+        visitors = {
+            gateway.label: signers.visitors(f"{gateway.label}-{number}", options.visitors)
+            for gateway in gateways
+        }
+        load0 = Path("/proc/loadavg").read_text().split()[0]
+        for index, route in enumerate(ROUTES):
+            turn = gateways if (index + number) % 2 == 0 else gateways[::-1]
+            for gateway in turn:
+                requests = phase_requests(route, visitors[gateway.label])
+                encoded = [base64.b64encode(r).decode() for r in requests]
+                gateway.run.results.update(gateway.drive({route: encoded}))
+        load1 = Path("/proc/loadavg").read_text().split()[0]
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+    for gateway in gateways:
+        gateway.run.load = f"{load0} -> {load1}"
+    return gateways
 
 
 def main() -> None:
@@ -517,16 +573,12 @@ def main() -> None:
         env["URR_REDIS__URL"] = redis.url
         print(f"machine: {os.cpu_count()} cores, load {Path('/proc/loadavg').read_text()[:15]}")
         for number in range(options.rounds):
-            order = variants if number % 2 == 0 else variants[::-1]
-            for label, pythonpath in order:
-                last = number == options.rounds - 1 and pythonpath is None
-                spy = Path(options.pyspy) / "gateway.txt" if options.pyspy and last else None
-                if spy is not None:
-                    spy.parent.mkdir(parents=True, exist_ok=True)
-                run = run_gateway(label, pythonpath, env, signers, options, work, spy)
-                runs[label].append(run)
+            gateways = run_round(number, variants, env, signers, options, work)
+            for gateway in gateways:
+                runs[gateway.label].append(gateway.run)
+                run = gateway.run
                 print(
-                    f"round {number + 1} {label}: crowd mix {weighted_us(run):.0f} µs/request, "
+                    f"round {number + 1} {run.label}: crowd mix {weighted_us(run):.0f} µs/request, "
                     + ", ".join(f"{route} {per_request_us(run, route):.0f}" for route in ROUTES),
                     flush=True,
                 )
