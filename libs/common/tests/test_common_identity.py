@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -140,6 +141,61 @@ def test_the_signer_reuses_an_assertion_for_a_second_only() -> None:
     assert later != first
     # A reused assertion still has its whole lifetime ahead of it.
     assert _verifier().verify(again, method="GET", path="/a", now=NOW + 0.99 + 15).user_id == "u"
+
+
+@pytest.mark.parametrize("user", ["u-1", "ü-ñ-日本", 'quote"back\\slash'])
+def test_the_lean_signer_writes_what_pyjwt_wrote(user: str) -> None:
+    """Issue 22: assertions are signed without ``jwt.encode``. Header and payload segments
+    are byte for byte pyjwt's, the signature is ES256 as pyjwt and the verifiers read it."""
+    signer = AssertionSigner(KEY)
+    token = signer.sign(user, "user", audience="queue", method="GET", path="/a/%C3%BC", now=NOW)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    reference = jwt.encode(claims, KEY.private_key, algorithm="ES256", headers={"kid": KEY.kid})
+    assert token.rsplit(".", 1)[0] == reference.rsplit(".", 1)[0]
+    assert jwt.get_unverified_header(token) == {"alg": "ES256", "kid": KEY.kid, "typ": "JWT"}
+    decoded = jwt.decode(  # the signature checked by pyjwt (NOW is a fixed future time)
+        token,
+        KEY.private_key.public_key(),
+        algorithms=["ES256"],
+        audience="queue",
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    assert decoded["sub"] == user
+    identity = _verifier().verify(token, method="GET", path="/a/%C3%BC", now=NOW + 1)
+    assert identity.user_id == user
+
+
+def test_a_lean_signed_assertion_is_still_refused_when_tampered_foreign_or_late() -> None:
+    token = AssertionSigner(KEY).sign(
+        "u-1", "user", audience="queue", method="GET", path="/a", now=NOW
+    )
+    head, _, signature = token.split(".")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    raised = json.dumps({**claims, "role": "admin"}, separators=(",", ":")).encode()
+    tampered = f"{head}.{base64.urlsafe_b64encode(raised).rstrip(b'=').decode()}.{signature}"
+    foreign = AssertionSigner(SigningKey.generate(KEY.kid)).sign(
+        "u-1", "admin", audience="queue", method="GET", path="/a", now=NOW
+    )
+    for forged in (tampered, foreign):
+        with pytest.raises(TokenError) as refused:
+            _verifier().verify(forged, method="GET", path="/a", now=NOW + 1)
+        assert refused.value.reason == TokenRejection.BAD_SIGNATURE
+    with pytest.raises(TokenError) as refused:
+        _verifier().verify(token, method="GET", path="/a", now=NOW + 60)
+    assert refused.value.reason == TokenRejection.EXPIRED
+    with pytest.raises(TokenError) as refused:
+        _verifier("ticket").verify(token, method="GET", path="/a", now=NOW + 1)
+    assert refused.value.reason == TokenRejection.WRONG_AUDIENCE
+
+
+def test_the_signer_follows_a_new_key() -> None:
+    signer = AssertionSigner(KEY)
+    signer.sign("u", "user", audience="queue", method="GET", path="/a", now=NOW)
+    new = SigningKey.generate("gw-2")
+    signer.key = new
+    token = signer.sign("u", "user", audience="queue", method="GET", path="/a", now=NOW)
+    assert jwt.get_unverified_header(token)["kid"] == "gw-2"
+    assert _verifier("queue", new).verify(token, method="GET", path="/a", now=NOW).user_id == "u"
 
 
 def test_a_cached_verified_assertion_still_expires() -> None:

@@ -18,13 +18,17 @@ microseconds and a polling client repeats the same request) and ``AssertionVerif
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from urr_common.logs import get_logger
 from urr_common.tokens import (
@@ -70,6 +74,8 @@ class AssertionSigner:
     _cache: dict[tuple[str, str, str, str, str], tuple[float, str]] = field(
         default_factory=dict, repr=False
     )
+    #: (kid, encoded header) of the key last signed with.
+    _header: tuple[str, bytes] | None = field(default=None, repr=False)
 
     def assertion(
         self,
@@ -109,9 +115,45 @@ class AssertionSigner:
             "exp": issued_at + self.ttl_s + 1,
             "jti": uuid.uuid4().hex,
         }
-        return jwt.encode(
-            payload, self.key.private_key, algorithm=ALGORITHM, headers={"kid": self.key.kid}
-        )
+        return es256_compact(self._header_segment(), payload, self.key)
+
+    def _header_segment(self) -> bytes:
+        """The protected header as pyjwt writes it (``alg``, ``kid``, ``typ``, keys sorted),
+        encoded once per key: every assertion repeats it."""
+        kid = self.key.kid
+        cached = self._header
+        if cached is None or cached[0] != kid:
+            cached = self._header = (kid, jws_header_segment(kid))
+        return cached[1]
+
+
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+#: r and s of a P-256 signature, each this many bytes (RFC 7518 §3.4).
+_ES256_HALF = 32
+
+
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def jws_header_segment(kid: str) -> bytes:
+    """The encoded header of an ES256 JWT naming ``kid``, byte for byte pyjwt's
+    (``jwt.encode(..., algorithm="ES256", headers={"kid": kid})``)."""
+    header = {"alg": ALGORITHM, "kid": kid, "typ": "JWT"}
+    return _b64url(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
+
+
+def es256_compact(header_segment: bytes, payload: dict[str, Any], key: SigningKey) -> str:
+    """A compact ES256 JWS of ``payload`` under ``header_segment`` (``jws_header_segment``),
+    as pyjwt's ``jwt.encode`` makes it (the same JSON, the same raw r || s signature) without
+    its generic header and option handling, which cost about as much again as the signature
+    itself: the gateway signs an assertion for every request of a new visitor (issue 22)."""
+    signing_input = (
+        header_segment + b"." + _b64url(json.dumps(payload, separators=(",", ":")).encode())
+    )
+    r, s = decode_dss_signature(key.private_key.sign(signing_input, _ECDSA_SHA256))
+    signature = r.to_bytes(_ES256_HALF, "big") + s.to_bytes(_ES256_HALF, "big")
+    return (signing_input + b"." + _b64url(signature)).decode("ascii")
 
 
 @dataclass
