@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from urr_common.settings import SettingsError, load_settings
 from urr_gateway.proxy import upstream_urls
+from urr_gateway.ratelimit.config import WindowLimit
 from urr_gateway.routing import ROUTES, Upstream
 from urr_gateway.settings import GatewaySettings
 
@@ -136,3 +138,12 @@ def test_check_api_callers_are_validated(monkeypatch):
         load_settings(GatewaySettings)
     monkeypatch.setenv("URR_INTERNAL__CALLERS", '{"billing": "' + "b" * 32 + '"}')
     assert set(load_settings(GatewaySettings).internal.callers) == {"billing"}
+
+
+@pytest.mark.parametrize("name", ["burst\n", "Burst", "9lives", "a" * 33, "a b", ""])
+def test_a_policy_name_that_would_not_be_a_clean_header_token_is_refused(name: str) -> None:
+    # The name is written into RateLimit-Policy; a trailing newline passed ``re.match`` with
+    # ``$`` and would have split the header.
+    with pytest.raises(ValidationError):
+        WindowLimit(limit=1, window_s=1, name=name)
+    assert WindowLimit(limit=1, window_s=1, name="burst-1s").name == "burst-1s"

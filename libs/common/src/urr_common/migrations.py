@@ -53,7 +53,7 @@ def discover(folder: Traversable) -> list[Migration]:
     """The migrations in ``folder`` sorted by number; duplicate numbers are an error."""
     found: dict[int, Migration] = {}
     for entry in folder.iterdir():
-        match = _FILE_RE.match(entry.name)
+        match = _FILE_RE.fullmatch(entry.name)
         if not match:
             continue
         version = int(match.group(1))

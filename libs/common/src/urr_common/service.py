@@ -67,7 +67,7 @@ def request_id_of(request: web.Request) -> str:
 def new_request_id(request: web.Request) -> str:
     """The client's ``X-Request-Id`` when it is short and plain, else a fresh one."""
     inbound = request.headers.get(REQUEST_ID_HEADER)
-    if inbound and _REQUEST_ID_RE.match(inbound):
+    if inbound and _REQUEST_ID_RE.fullmatch(inbound):
         return inbound
     # 128 random bits as 32 hex digits. A correlation id, not a secret (clients may send their
     # own): the interpreter's generator, seeded from the OS and reseeded in a forked child,

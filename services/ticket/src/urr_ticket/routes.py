@@ -126,14 +126,14 @@ async def seat_holds_unavailable(request: web.Request, handler: Handler) -> web.
 def _user_id(request: web.Request) -> str:
     """The asserted user (401 ``identity_required`` without a valid assertion)."""
     user_id = identity_of(request).user_id
-    if not _USER_ID.match(user_id):
+    if not _USER_ID.fullmatch(user_id):
         raise BadRequest("the asserted user id is not a valid user id", code="bad_user_id")
     return user_id
 
 
 def _event_id(request: web.Request) -> str:
     event_id = request.match_info["event_id"]
-    if not _EVENT_ID.match(event_id):
+    if not _EVENT_ID.fullmatch(event_id):
         raise NotFound(f"no event {event_id!r}", code="event_not_found")
     return event_id
 
@@ -209,7 +209,7 @@ async def seat_map(request: web.Request) -> web.Response:
 async def _require_seat(request: web.Request, event_id: str, seat_id: str) -> str | None:
     """404 unless the seat exists; returns the status of a reservation claiming it."""
 
-    if not _SEAT_ID.match(seat_id):
+    if not _SEAT_ID.fullmatch(seat_id):
         raise NotFound(f"no seat {seat_id!r} in {event_id!r}", code="seat_not_found")
     seats = await request.app[STORE_KEY].seats(event_id, [seat_id])
     if not seats:
@@ -229,7 +229,7 @@ def _session_end_ms(request: web.Request, user_id: str, event_id: str) -> int | 
 async def _hold_context(
     request: web.Request, event_id: str, seat_id: str, user_id: str
 ) -> HoldContext:
-    if not _SEAT_ID.match(seat_id):
+    if not _SEAT_ID.fullmatch(seat_id):
         raise NotFound(f"no seat {seat_id!r} in {event_id!r}", code="seat_not_found")
     context = await request.app[STORE_KEY].hold_context(event_id, seat_id, user_id)
     if context is None:

@@ -46,7 +46,7 @@ def add_site_routes(app: web.Application) -> None:
 async def event_page(request: web.Request) -> web.Response:
     # Whether the event exists is the script's first question (the catalog's 404), so a
     # crawler learns nothing here that the catalog would not tell it.
-    if not _EVENT_ID.match(request.match_info["event_id"]):
+    if not _EVENT_ID.fullmatch(request.match_info["event_id"]):
         raise NotFound("no such event", code="event_not_found")
     return web.Response(
         body=_static("event.html"),

@@ -109,7 +109,7 @@ def _logo(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_LOGO:
         raise _invalid(f"logo must be an https URL or a site path of at most {MAX_LOGO} characters")
-    if not (_HTTPS_URL.match(value) or _SITE_PATH.match(value)):
+    if not (_HTTPS_URL.fullmatch(value) or _SITE_PATH.fullmatch(value)):
         raise _invalid("logo must be an https:// URL or a path on this site starting with '/'")
     return value
 
@@ -122,7 +122,7 @@ def parse_page_settings(body: Any) -> PageSettings:
     if unknown:
         raise _invalid(f"unknown fields {unknown}")
     accent = body.get("accent")
-    if accent is not None and (not isinstance(accent, str) or not _COLOUR.match(accent)):
+    if accent is not None and (not isinstance(accent, str) or not _COLOUR.fullmatch(accent)):
         raise _invalid("accent must be a colour written #rrggbb")
     name = body.get("name")
     return PageSettings(

@@ -143,7 +143,7 @@ def parse_address(value: str, field: str = "") -> list[Endpoint]:
         if scheme not in SCHEME_PORTS or not parts.hostname:
             return []
         return [Endpoint(parts.hostname, parts.port or SCHEME_PORTS[scheme], field)]
-    if _HOST_PORT_LIST.match(text):
+    if _HOST_PORT_LIST.fullmatch(text):
         result = []
         for item in text.split(","):
             host, _, port = item.rpartition(":")

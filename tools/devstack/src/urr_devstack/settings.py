@@ -62,7 +62,7 @@ class MonitoringSettings(BaseModel):
 
     @model_validator(mode="after")
     def _valid(self) -> Self:
-        if self.rule_for is not None and not _PROM_DURATION.match(self.rule_for):
+        if self.rule_for is not None and not _PROM_DURATION.fullmatch(self.rule_for):
             raise ValueError(f"rule_for {self.rule_for!r} is no Prometheus duration (e.g. 0s, 1m)")
         if self.webhook_url is not None and not self.webhook_url.startswith(
             ("http://", "https://")

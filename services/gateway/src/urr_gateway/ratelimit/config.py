@@ -28,7 +28,7 @@ PIPELINE_WINDOW_DEFAULT_US = 250
 
 
 def _check_name(value: str) -> str:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ValueError("must be 1-32 characters of a-z, 0-9, '_' or '-', starting with a letter")
     return value
 

@@ -35,7 +35,7 @@ def normalise(typed: object) -> str | None:
     text = _SEPARATORS.sub("", typed).upper()
     # Crockford's base32 reads the letters people confuse with digits as those digits.
     text = text.replace("O", "0").replace("I", "1").replace("L", "1")
-    return text if _NORMALISED_RE.match(text) else None
+    return text if _NORMALISED_RE.fullmatch(text) else None
 
 
 def new_salt() -> bytes:

@@ -143,7 +143,7 @@ _CHECK_PATH = re.compile(r"^/vwr/check/[^/]+/([^/]+)$")
 
 def sticky_key(path: str, body: bytes) -> str | None:
     """The request id a call is about: from a check's path or an assign's JSON body."""
-    match = _CHECK_PATH.match(path)
+    match = _CHECK_PATH.fullmatch(path)
     if match:
         return match.group(1)
     if path.startswith("/vwr/assign/") and body:

@@ -113,7 +113,8 @@ class StaticFiles:
         page shell for any other path."""
         parts = [part for part in tail.split("/") if part]
         if parts and parts[0] == "assets":
-            if len(parts) != 3 or not _ASSET_VERSION.match(parts[1]) or parts[2].startswith("."):
+            version_ok = _ASSET_VERSION.fullmatch(parts[1]) if len(parts) == 3 else None
+            if version_ok is None or parts[2].startswith("."):
                 return None
             return self._read(f"assets/{parts[1]}/{parts[2]}", ASSET_CACHE)
         return self._read("index.html", SHELL_CACHE)
@@ -159,7 +160,7 @@ def _event_document(edge_config_target: str, tail: str) -> bytes | None:
     """``/vwr/events/<id>.json``: the document the admin route published beside the edge
     document (a missing one is a 404: the page then shows its defaults)."""
     parts = tail.split("/")
-    found = _EVENT_DOCUMENT.match(parts[1]) if len(parts) == 2 else None
+    found = _EVENT_DOCUMENT.fullmatch(parts[1]) if len(parts) == 2 else None
     if found is None or edge_config_target.startswith("s3://"):
         return None
     path = Path(document_target(edge_config_target, found.group(1)))
