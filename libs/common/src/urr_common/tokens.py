@@ -241,35 +241,22 @@ class TokenVerifier:
     leeway_s: int = 10
     required_claims: tuple[str, ...] = BASE_REQUIRED_CLAIMS
 
-    def verify(self, token: str) -> dict[str, Any]:
-        """The verified claims, or ``TokenError`` naming the first check that failed."""
-        key = self.key_for(token)
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key.public_key,
-                algorithms=[ALGORITHM],
-                audience=self.audience,
-                issuer=self.issuer,
-                leeway=self.leeway_s,
-                options={"require": list(self.required_claims), "strict_aud": True},
-            )
-        except jwt.PyJWTError as exc:
-            raise _rejection(exc) from exc
-        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-            raise TokenError(TokenRejection.MISSING_CLAIM, "sub must be a non-empty string")
-        return claims
+    def verify(self, token: str, *, now: float | None = None) -> dict[str, Any]:
+        """The verified claims, or ``TokenError`` naming the first check that failed.
 
-    def verify_lean(self, token: str, *, now: float | None = None) -> dict[str, Any]:
-        """``verify`` without pyjwt's decode: the same checks, in its order, with the same
-        refusals (``split_jws``, ``jws_kid``, ``jws_claims``, then the registered claims as
-        pyjwt checks them), at about half the CPU."""
-        parts = split_jws(token)
-        kid = jws_kid(parts[0])
-        key = self.keys.get(kid)
+        The one verification path of every tier (issue 17): ``parse_jws`` (shape, header,
+        ``alg`` pinned before any key is looked up), then ``verify_parsed``. It refuses what
+        pyjwt's ``decode`` refused, for the same reason (``test_common_tokens_differential``),
+        at about half its CPU."""
+        return self.verify_parsed(parse_jws(token), now=now)
+
+    def verify_parsed(self, parsed: ParsedJws, *, now: float | None = None) -> dict[str, Any]:
+        """``verify`` of a token ``parse_jws`` has taken apart (callers that fetch the key
+        first, by ``parsed.kid``): key, signature, payload, registered claims, ``sub``."""
+        key = self.keys.get(parsed.kid)
         if key is None:
-            raise TokenError(TokenRejection.UNKNOWN_KEY, f"no key {kid[:_MAX_KID_LENGTH]!r}")
-        claims = jws_claims(parts, key)
+            raise TokenError(TokenRejection.UNKNOWN_KEY, f"no key {parsed.kid[:_MAX_KID_LENGTH]!r}")
+        claims = _signed_claims(key, parsed.signing_input, parsed.payload, parsed.signature)
         self._check_registered(claims, time.time() if now is None else now)
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise TokenError(TokenRejection.MISSING_CLAIM, "sub must be a non-empty string")
@@ -305,19 +292,6 @@ class TokenVerifier:
         if "exp" in claims and _as_int(claims["exp"], TokenRejection.MALFORMED) <= now - leeway:
             raise TokenError(TokenRejection.EXPIRED, "Signature has expired")
 
-    def key_for(self, token: str) -> VerificationKey:
-        """The key named by the token's header, after checking the header's algorithm."""
-        header = unverified_header(token)
-        if header.get("alg") != ALGORITHM:
-            raise TokenError(TokenRejection.UNSUPPORTED_ALGORITHM, f"alg must be {ALGORITHM}")
-        kid = header.get("kid")
-        if not isinstance(kid, str):
-            raise TokenError(TokenRejection.UNKNOWN_KEY, "the header names no kid")
-        key = self.keys.get(kid)
-        if key is None:
-            raise TokenError(TokenRejection.UNKNOWN_KEY, f"no key {kid[:_MAX_KID_LENGTH]!r}")
-        return key
-
 
 def unverified_header(token: str) -> dict[str, Any]:
     """The token's header, parsed but not trusted; ``TokenError(MALFORMED)`` if unreadable."""
@@ -351,6 +325,33 @@ def split_jws(token: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedJws:
+    """A compact JWS whose shape and header passed: the ``kid`` to look the key up by, and
+    what the signature check and the claims need."""
+
+    kid: str
+    signing_input: bytes
+    payload: bytes
+    signature: bytes
+
+
+def parse_jws(token: str) -> ParsedJws:
+    """Every check that needs no key, in pyjwt's order with its refusals: three canonical
+    base64url segments and a JSON object header (MALFORMED), a string ``kid`` and no ``crit``
+    or ``b64`` (MALFORMED), ``alg`` pinned to ES256 (UNSUPPORTED_ALGORITHM), a ``kid``
+    (UNKNOWN_KEY). A caller may fetch the key by ``kid`` before ``verify_parsed``."""
+    header_segment, payload_segment, signature_segment = split_jws(token)
+    try:
+        header = json.loads(_b64url(header_segment))
+        payload = _b64url(payload_segment)
+        signature = _b64url(signature_segment)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS") from exc
+    signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
+    return ParsedJws(_header_kid(header), signing_input, payload, signature)
+
+
 def jws_claims(parts: tuple[str, str, str], key: VerificationKey) -> dict[str, Any]:
     """The payload of ``parts`` as a JSON object, once its ES256 signature by ``key`` holds
     over the first two segments as sent (``TokenError``: MALFORMED or BAD_SIGNATURE)."""
@@ -361,6 +362,12 @@ def jws_claims(parts: tuple[str, str, str], key: VerificationKey) -> dict[str, A
     except ValueError as exc:
         raise TokenError(TokenRejection.MALFORMED, "a segment is not base64url") from exc
     signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
+    return _signed_claims(key, signing_input, payload, signature)
+
+
+def _signed_claims(
+    key: VerificationKey, signing_input: bytes, payload: bytes, signature: bytes
+) -> dict[str, Any]:
     if not _signature_holds(key, signature, signing_input):
         raise TokenError(TokenRejection.BAD_SIGNATURE, "Signature verification failed")
     try:
@@ -391,22 +398,26 @@ def _b64url(segment: str) -> bytes:
 
 
 def jws_kid(header_segment: str) -> str:
-    """The ``kid`` of a JWS header that pins ES256; ``TokenError`` as ``key_for`` refuses."""
+    """The ``kid`` of a JWS header that pins ES256; ``TokenError`` as ``parse_jws`` refuses."""
     try:
         header = json.loads(_b64url(header_segment))
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS") from exc
+    return _header_kid(header)
+
+
+def _header_kid(header: object) -> str:
     if not isinstance(header, dict):
         raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS")
+    kid = header.get("kid")
+    if "kid" in header and not isinstance(kid, str):
+        raise TokenError(TokenRejection.MALFORMED, "the kid must be a string")
     if "crit" in header or "b64" in header:  # extensions the gateway never uses
         raise TokenError(TokenRejection.MALFORMED, "unsupported header parameters")
     if header.get("alg") != ALGORITHM:
         raise TokenError(TokenRejection.UNSUPPORTED_ALGORITHM, f"alg must be {ALGORITHM}")
-    kid = header.get("kid")
     if kid is None:
         raise TokenError(TokenRejection.UNKNOWN_KEY, "the header names no kid")
-    if not isinstance(kid, str):
-        raise TokenError(TokenRejection.MALFORMED, "the kid must be a string")
     return kid
 
 
@@ -422,24 +433,6 @@ def _signature_holds(key: VerificationKey, signature: bytes, signing_input: byte
     except InvalidSignature:
         return False
     return True
-
-
-def _rejection(exc: jwt.PyJWTError) -> TokenError:
-    # Order matters: several of pyjwt's errors subclass each other.
-    mapping: list[tuple[type[jwt.PyJWTError], TokenRejection]] = [
-        (jwt.ExpiredSignatureError, TokenRejection.EXPIRED),
-        (jwt.ImmatureSignatureError, TokenRejection.NOT_YET_VALID),
-        (jwt.InvalidIssuedAtError, TokenRejection.NOT_YET_VALID),
-        (jwt.InvalidAudienceError, TokenRejection.WRONG_AUDIENCE),
-        (jwt.InvalidIssuerError, TokenRejection.WRONG_ISSUER),
-        (jwt.MissingRequiredClaimError, TokenRejection.MISSING_CLAIM),
-        (jwt.InvalidSignatureError, TokenRejection.BAD_SIGNATURE),
-        (jwt.InvalidAlgorithmError, TokenRejection.UNSUPPORTED_ALGORITHM),
-    ]
-    for error_type, reason in mapping:
-        if isinstance(exc, error_type):
-            return TokenError(reason, str(exc))
-    return TokenError(TokenRejection.MALFORMED, str(exc))
 
 
 def _check_kid(kid: str) -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from aiohttp._cookie_helpers import parse_cookie_header
 from multidict import CIMultiDictProxy
+
+from urr_gateway.cookieheader import parse_cookie_header
 
 if TYPE_CHECKING:
     from yarl import URL
@@ -119,9 +119,6 @@ class RequestBody:
             waiter.set_result(None)
 
 
-_NO_COOKIES: Mapping[str, str] = MappingProxyType({})
-
-
 class GatewayRequest:
     """The parts of ``web.Request`` the gateway's pipeline and proxy read."""
 
@@ -181,14 +178,10 @@ class GatewayRequest:
 
     @property
     def cookies(self) -> Mapping[str, str]:
-        """As aiohttp parses them (its own RFC 6265 parser), once per request."""
+        """As aiohttp parses them (``cookieheader``: its rules, held to them by a differential
+        fuzz), once per request."""
         if self._cookies is None:
-            raw = self.headers.get("Cookie", "")
-            self._cookies = (
-                MappingProxyType({name: morsel.value for name, morsel in parse_cookie_header(raw)})
-                if raw
-                else _NO_COOKIES
-            )
+            self._cookies = parse_cookie_header(self.headers.get("Cookie", ""))
         return self._cookies
 
     def clone(self, *, rel_url: URL) -> GatewayRequest:

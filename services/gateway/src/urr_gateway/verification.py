@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from urr_common.tokens import TokenError, TokenRejection, TokenVerifier, jws_kid, split_jws
+from urr_common.tokens import TokenError, TokenRejection, TokenVerifier, parse_jws
 from urr_gateway.jwks import JwksKeySource
 from urr_gateway.refusedcache import RefusedTokenCache
 from urr_gateway.tokencache import TokenDigests, VerifiedTokenCache, token_digest
@@ -72,15 +72,12 @@ class CachedTokenVerifier(Generic[T]):
         return value
 
     async def _verify(self, token: str) -> tuple[T, float]:
-        # pyjwt's checks without pyjwt's decode (``TokenVerifier.verify_lean``, held to the
-        # same refusals by urr_common's tests): the gateway verifies every visitor's access
-        # and entry token once, and pyjwt parsed each token three times, checking every
-        # character in Python (issue 22: ~40 % of a fresh visitor's first request). The
-        # header's ``alg`` is checked before the key is looked for, so a token naming another
-        # algorithm is refused without fetching the issuer's keys.
-        kid = jws_kid(split_jws(token)[0])
-        if await self._source.key_for(kid) is None:
+        # ``TokenVerifier``'s one path (issue 17), parsed once: ``parse_jws`` checks the shape
+        # and the header (``alg`` pinned) before the key is looked for, so a token naming
+        # another algorithm is refused without fetching the issuer's keys.
+        parsed = parse_jws(token)
+        if await self._source.key_for(parsed.kid) is None:
             raise TokenError(TokenRejection.UNKNOWN_KEY, "the issuer publishes no such key")
         self._verifier.keys = self._source.keys
-        claims = self._verifier.verify_lean(token)
+        claims = self._verifier.verify_parsed(parsed)
         return self._convert(claims), float(claims["exp"])

@@ -22,7 +22,7 @@ from urr_common.tokens import (
     TokenRejection,
     TokenVerifier,
     load_verification_keys,
-    unverified_header,
+    parse_jws,
 )
 
 ACCESS_REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "sub", "role")
@@ -54,8 +54,8 @@ class AccessVerifier:
         self._lock = threading.Lock()
 
     def verify(self, token: str) -> AccessIdentity:
-        kid = unverified_header(token).get("kid")
-        if isinstance(kid, str) and kid not in self._keys:
+        parsed = parse_jws(token)
+        if parsed.kid not in self._keys:
             self._refresh()
         claims = TokenVerifier(
             self._keys,
@@ -63,7 +63,7 @@ class AccessVerifier:
             audience=self._settings.audience,
             leeway_s=self._settings.leeway_s,
             required_claims=ACCESS_REQUIRED_CLAIMS,
-        ).verify(token)
+        ).verify_parsed(parsed)
         role = claims.get("role")
         if not isinstance(role, str):
             raise TokenError(TokenRejection.MISSING_CLAIM, "role must be a string")
