@@ -28,8 +28,10 @@ import time
 import timeit
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import jwt
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -39,6 +41,7 @@ from urr_common.logs import bind_request_context, clear_request_context
 from urr_common.metrics import HttpMetrics
 from urr_common.service import _REQUEST_ID_RE
 from urr_common.tokens import KeySet, SigningKey, TokenSigner, TokenVerifier
+from urr_gateway.cookieheader import parse_cookie_header
 from urr_gateway.forwarding import client_address, upstream_request_headers
 from urr_gateway.paths import normalise_path
 from urr_gateway.routing import match_route
@@ -50,6 +53,53 @@ PATH = "/api/v1/seats/bench-event/map"
 
 def timed(call: Callable[[], object], repeat: int, number: int) -> float:
     return 1e6 * statistics.median(timeit.repeat(call, repeat=repeat, number=number)) / number
+
+
+def _aiohttp_cookies(parse: Callable[[str], Any], header: str) -> dict[str, str]:
+    """What ``GatewayRequest.cookies`` did before issue 17."""
+    return {name: morsel.value for name, morsel in parse(header)}
+
+
+def issue17_rows(key: SigningKey, token: str) -> list[tuple[str, Callable[[], object] | None]]:
+    """The second verification path issue 17 removed (pyjwt's decode), and the gateway's
+    own Cookie parser beside aiohttp's private one it replaced, on a crowd visitor's header
+    (three tokens) and a browser's (analytics, a quoted value)."""
+    crowd_cookie = f"access_token={token}; urr-vwr-token={token}; urr-entry-token={token}"
+    browser_cookie = f'_ga=GA1.1.12.34; theme="dark mode"; lang=en-GB ; access_token={token}'
+    try:
+        from aiohttp._cookie_helpers import parse_cookie_header as aiohttp_parse
+    except ImportError:  # a later aiohttp without the helper: no baseline rows
+        aiohttp_parse = None  # type: ignore[assignment]
+
+    def pyjwt_decode() -> object:  # the second path issue 17 removed
+        return jwt.decode(
+            token,
+            key.verification_key().public_key,
+            algorithms=["ES256"],
+            audience="urr",
+            issuer="urr-auth",
+            leeway=10,
+            options={"require": ["iss", "aud", "exp", "iat", "sub"], "strict_aud": True},
+        )
+
+    rows: list[tuple[str, Callable[[], object] | None]] = [
+        ("ES256 verify: pyjwt decode (the path before issue 17)", pyjwt_decode)
+    ]
+    for name, header in (("crowd", crowd_cookie), ("browser", browser_cookie)):
+        if aiohttp_parse is not None:
+            rows.append(
+                (
+                    f"Cookie ({name}): aiohttp private parser + dict (before)",
+                    partial(_aiohttp_cookies, aiohttp_parse, header),
+                )
+            )
+        rows.append(
+            (
+                f"Cookie ({name}): cookieheader.parse_cookie_header",
+                partial(parse_cookie_header, header),
+            )
+        )
+    return rows
 
 
 def main() -> None:
@@ -128,6 +178,7 @@ def main() -> None:
         metrics.in_flight.dec()
         metrics.observe("GET", "/{tail:.*}", 200, 0.001)
 
+    cookie_rows = issue17_rows(key, token)
     rows = [
         ("request id: inbound id checked (regex)", lambda: _REQUEST_ID_RE.match("req-1234")),
         ("request id: uuid4().hex", lambda: uuid.uuid4().hex),
@@ -147,6 +198,7 @@ def main() -> None:
         ),
         ("verified-token cache hit (sha256 + dict)", lambda: cache.get(token)),
         ("ES256 verify (what the cache saves)", lambda: verifier.verify(token)),
+        *cookie_rows,
     ]
     print(f"median of {repeat} x {number} calls, µs per call (one process, this machine now)")
     for label, call in rows:

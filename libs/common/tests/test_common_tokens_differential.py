@@ -269,9 +269,9 @@ def _crafted(now: int) -> list[str]:
     for payload in _payload_variants(now):
         tokens.append(_raw_sign(_HEADER, payload))
     good_payload = _dumps(_good_claims(now))
-    for header in _header_variants():
-        tokens.append(_raw_sign(header, good_payload))
-        tokens.append(_raw_sign(header, good_payload, STRANGER))
+    for header_bytes in _header_variants():
+        tokens.append(_raw_sign(header_bytes, good_payload))
+        tokens.append(_raw_sign(header_bytes, good_payload, STRANGER))
     claims = _good_claims(now)
     for secret in (PUBLIC_PEM, PUBLIC_PEM.strip(), b"", b"k1"):
         tokens.append(_hs256({"alg": "HS256", "kid": "k1"}, claims, secret))

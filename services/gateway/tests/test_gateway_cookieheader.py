@@ -18,7 +18,7 @@ from urr_gateway.cookieheader import parse_cookie_header
 try:
     from aiohttp._cookie_helpers import parse_cookie_header as _aiohttp_parse
 except ImportError:  # a later aiohttp: the fixed corpus below still holds us to its rules
-    _aiohttp_parse = None
+    _aiohttp_parse = None  # type: ignore[assignment]
 
 needs_aiohttp_helper = pytest.mark.skipif(
     _aiohttp_parse is None, reason="aiohttp no longer has _cookie_helpers.parse_cookie_header"

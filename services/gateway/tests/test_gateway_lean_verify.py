@@ -1,7 +1,7 @@
-"""Issue 22: the gateway verifies access and entry tokens on ``TokenVerifier.verify_lean``
-(pyjwt's checks without pyjwt's decode). Every attack the pyjwt path refused is refused
-here, through ``CachedTokenVerifier`` as the filters call it, with the same reason; a token
-naming another algorithm is refused before any key fetch."""
+"""Issue 22: the gateway verifies access and entry tokens on ``TokenVerifier``'s one path
+(pyjwt's checks without pyjwt's decode; issue 17 made it the only one). Every attack pyjwt
+refused is refused here, through ``CachedTokenVerifier`` as the filters call it, with the
+same reason; a token naming another algorithm is refused before any key fetch."""
 
 from __future__ import annotations
 
@@ -113,15 +113,34 @@ def _access(fetch: CountingFetch | None = None) -> CachedTokenVerifier[Identity]
 
 
 def _pyjwt_reason(token: str) -> TokenRejection | None:
-    """What the previous path (pyjwt's decode) said of ``token``."""
-    checker = TokenVerifier(
-        keys=KeySet([KEY.verification_key()]),
-        issuer="urr-auth",
-        audience="urr",
-        required_claims=ACCESS_REQUIRED_CLAIMS,
-    )
+    """What pyjwt's decode (the previous path, now only this oracle) says of ``token``."""
     try:
-        identity_from_claims(checker.verify(token))
+        if jwt.get_unverified_header(token).get("alg") != "ES256":
+            return TokenRejection.UNSUPPORTED_ALGORITHM
+        claims = jwt.decode(
+            token,
+            KEY.verification_key().public_key,
+            algorithms=["ES256"],
+            audience="urr",
+            issuer="urr-auth",
+            leeway=10,
+            options={"require": list(ACCESS_REQUIRED_CLAIMS), "strict_aud": True},
+        )
+        identity_from_claims(claims)
+    except jwt.ExpiredSignatureError:
+        return TokenRejection.EXPIRED
+    except jwt.ImmatureSignatureError:
+        return TokenRejection.NOT_YET_VALID
+    except jwt.InvalidAudienceError:
+        return TokenRejection.WRONG_AUDIENCE
+    except jwt.InvalidIssuerError:
+        return TokenRejection.WRONG_ISSUER
+    except jwt.MissingRequiredClaimError:
+        return TokenRejection.MISSING_CLAIM
+    except jwt.InvalidSignatureError:
+        return TokenRejection.BAD_SIGNATURE
+    except jwt.PyJWTError:
+        return TokenRejection.MALFORMED
     except TokenError as exc:
         return exc.reason
     return None

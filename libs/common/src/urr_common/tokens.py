@@ -416,7 +416,7 @@ def _header_kid(header: object) -> str:
         raise TokenError(TokenRejection.MALFORMED, "unsupported header parameters")
     if header.get("alg") != ALGORITHM:
         raise TokenError(TokenRejection.UNSUPPORTED_ALGORITHM, f"alg must be {ALGORITHM}")
-    if kid is None:
+    if not isinstance(kid, str):  # absent: any other non-string was refused above
         raise TokenError(TokenRejection.UNKNOWN_KEY, "the header names no kid")
     return kid
 
