@@ -31,7 +31,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import jwt
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -41,6 +40,7 @@ from urr_common.logs import bind_request_context, clear_request_context
 from urr_common.metrics import HttpMetrics
 from urr_common.service import _REQUEST_ID_RE
 from urr_common.tokens import KeySet, SigningKey, TokenSigner, TokenVerifier
+from urr_common.tokens_testing import pyjwt_verify
 from urr_gateway.cookieheader import parse_cookie_header
 from urr_gateway.forwarding import client_address, upstream_request_headers
 from urr_gateway.paths import normalise_path
@@ -55,12 +55,16 @@ def timed(call: Callable[[], object], repeat: int, number: int) -> float:
     return 1e6 * statistics.median(timeit.repeat(call, repeat=repeat, number=number)) / number
 
 
+#: A bench row: its label and what it times (``None``: timed apart).
+Row = tuple[str, Callable[[], object] | None]
+
+
 def _aiohttp_cookies(parse: Callable[[str], Any], header: str) -> dict[str, str]:
     """What ``GatewayRequest.cookies`` did before issue 17."""
     return {name: morsel.value for name, morsel in parse(header)}
 
 
-def issue17_rows(key: SigningKey, token: str) -> list[tuple[str, Callable[[], object] | None]]:
+def issue17_rows(token: str, verifier: TokenVerifier) -> list[Row]:
     """The second verification path issue 17 removed (pyjwt's decode), and the gateway's
     own Cookie parser beside aiohttp's private one it replaced, on a crowd visitor's header
     (three tokens) and a browser's (analytics, a quoted value)."""
@@ -71,19 +75,11 @@ def issue17_rows(key: SigningKey, token: str) -> list[tuple[str, Callable[[], ob
     except ImportError:  # a later aiohttp without the helper: no baseline rows
         aiohttp_parse = None  # type: ignore[assignment]
 
-    def pyjwt_decode() -> object:  # the second path issue 17 removed
-        return jwt.decode(
-            token,
-            key.verification_key().public_key,
-            algorithms=["ES256"],
-            audience="urr",
-            issuer="urr-auth",
-            leeway=10,
-            options={"require": ["iss", "aud", "exp", "iat", "sub"], "strict_aud": True},
+    rows: list[Row] = [
+        (
+            "ES256 verify: pyjwt's path (TokenVerifier.verify before issue 17)",
+            partial(pyjwt_verify, verifier, token),
         )
-
-    rows: list[tuple[str, Callable[[], object] | None]] = [
-        ("ES256 verify: pyjwt decode (the path before issue 17)", pyjwt_decode)
     ]
     for name, header in (("crowd", crowd_cookie), ("browser", browser_cookie)):
         if aiohttp_parse is not None:
@@ -178,7 +174,7 @@ def main() -> None:
         metrics.in_flight.dec()
         metrics.observe("GET", "/{tail:.*}", 200, 0.001)
 
-    cookie_rows = issue17_rows(key, token)
+    cookie_rows = issue17_rows(token, verifier)
     rows = [
         ("request id: inbound id checked (regex)", lambda: _REQUEST_ID_RE.match("req-1234")),
         ("request id: uuid4().hex", lambda: uuid.uuid4().hex),

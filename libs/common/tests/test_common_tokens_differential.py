@@ -1,8 +1,8 @@
 """Differential fuzz: ``TokenVerifier.verify`` against pyjwt's ``decode`` with the options the
 project used before it verified everything on one path (issue 17).
 
-The reference (``_pyjwt_verify``) is the old ``TokenVerifier.verify`` kept here, in the test,
-as an oracle: thousands of hand-crafted and mutated tokens go through both and must be
+The reference (``urr_common.tokens_testing.pyjwt_verify``) is the old ``TokenVerifier.verify``
+kept as an oracle: thousands of hand-crafted and mutated tokens go through both and must be
 accepted or refused alike, for the same reason class, with the same claims. A divergence in
 which ours accepts what pyjwt refuses is a security bug; where ours refuses what pyjwt accepts
 the case is listed in ``_STRICTER`` with why.
@@ -35,8 +35,8 @@ from urr_common.tokens import (
     TokenRejection,
     TokenSigner,
     TokenVerifier,
-    unverified_header,
 )
+from urr_common.tokens_testing import pyjwt_verify
 
 ISSUER = "urr-auth"
 AUDIENCE = "urr"
@@ -56,52 +56,6 @@ def _verifier() -> TokenVerifier:
     return TokenVerifier(
         keys=KeySet([KEY.verification_key()]), issuer=ISSUER, audience=AUDIENCE, leeway_s=LEEWAY
     )
-
-
-def _pyjwt_verify(verifier: TokenVerifier, token: str) -> dict[str, Any]:
-    """The pyjwt path as it was (tokens.py before issue 17's convergence)."""
-    header = unverified_header(token)
-    if header.get("alg") != "ES256":
-        raise TokenError(TokenRejection.UNSUPPORTED_ALGORITHM, "alg must be ES256")
-    kid = header.get("kid")
-    if not isinstance(kid, str):
-        raise TokenError(TokenRejection.UNKNOWN_KEY, "the header names no kid")
-    key = verifier.keys.get(kid)
-    if key is None:
-        raise TokenError(TokenRejection.UNKNOWN_KEY, "no such key")
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            key.public_key,
-            algorithms=["ES256"],
-            audience=verifier.audience,
-            issuer=verifier.issuer,
-            leeway=verifier.leeway_s,
-            options={"require": list(verifier.required_claims), "strict_aud": True},
-        )
-    except jwt.PyJWTError as exc:
-        raise _rejection(exc) from exc
-    if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-        raise TokenError(TokenRejection.MISSING_CLAIM, "sub must be a non-empty string")
-    return claims
-
-
-def _rejection(exc: jwt.PyJWTError) -> TokenError:
-    # Order matters: several of pyjwt's errors subclass each other.
-    mapping: list[tuple[type[jwt.PyJWTError], TokenRejection]] = [
-        (jwt.ExpiredSignatureError, TokenRejection.EXPIRED),
-        (jwt.ImmatureSignatureError, TokenRejection.NOT_YET_VALID),
-        (jwt.InvalidIssuedAtError, TokenRejection.NOT_YET_VALID),
-        (jwt.InvalidAudienceError, TokenRejection.WRONG_AUDIENCE),
-        (jwt.InvalidIssuerError, TokenRejection.WRONG_ISSUER),
-        (jwt.MissingRequiredClaimError, TokenRejection.MISSING_CLAIM),
-        (jwt.InvalidSignatureError, TokenRejection.BAD_SIGNATURE),
-        (jwt.InvalidAlgorithmError, TokenRejection.UNSUPPORTED_ALGORITHM),
-    ]
-    for error_type, reason in mapping:
-        if isinstance(exc, error_type):
-            return TokenError(reason, str(exc))
-    return TokenError(TokenRejection.MALFORMED, str(exc))
 
 
 def _outcome(check: Callable[[str], dict[str, Any]], token: Any) -> tuple[str, object]:
@@ -457,7 +411,7 @@ def _names_b64(token: object) -> bool:
 
 def _check_same(verifier: TokenVerifier, token: Any, found: list[str]) -> None:
     ours = _outcome(verifier.verify, token)
-    reference = _outcome(lambda t: _pyjwt_verify(verifier, t), token)
+    reference = _outcome(lambda t: pyjwt_verify(verifier, t), token)
     if ours == ("refused", TokenRejection.MALFORMED) and _names_b64(token):
         return
     if ours != reference:

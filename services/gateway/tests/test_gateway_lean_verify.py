@@ -25,6 +25,7 @@ from urr_common.tokens import (
     TokenSigner,
     TokenVerifier,
 )
+from urr_common.tokens_testing import pyjwt_verify
 from urr_gateway.context import Identity
 from urr_gateway.filters.entry_token import ENTRY_REQUIRED_CLAIMS, EntryClaims, entry_claims
 from urr_gateway.filters.jwt_auth import ACCESS_REQUIRED_CLAIMS, identity_from_claims
@@ -113,34 +114,15 @@ def _access(fetch: CountingFetch | None = None) -> CachedTokenVerifier[Identity]
 
 
 def _pyjwt_reason(token: str) -> TokenRejection | None:
-    """What pyjwt's decode (the previous path, now only this oracle) says of ``token``."""
+    """What pyjwt's decode (the previous path, now only an oracle) says of ``token``."""
+    checker = TokenVerifier(
+        keys=KeySet([KEY.verification_key()]),
+        issuer="urr-auth",
+        audience="urr",
+        required_claims=ACCESS_REQUIRED_CLAIMS,
+    )
     try:
-        if jwt.get_unverified_header(token).get("alg") != "ES256":
-            return TokenRejection.UNSUPPORTED_ALGORITHM
-        claims = jwt.decode(
-            token,
-            KEY.verification_key().public_key,
-            algorithms=["ES256"],
-            audience="urr",
-            issuer="urr-auth",
-            leeway=10,
-            options={"require": list(ACCESS_REQUIRED_CLAIMS), "strict_aud": True},
-        )
-        identity_from_claims(claims)
-    except jwt.ExpiredSignatureError:
-        return TokenRejection.EXPIRED
-    except jwt.ImmatureSignatureError:
-        return TokenRejection.NOT_YET_VALID
-    except jwt.InvalidAudienceError:
-        return TokenRejection.WRONG_AUDIENCE
-    except jwt.InvalidIssuerError:
-        return TokenRejection.WRONG_ISSUER
-    except jwt.MissingRequiredClaimError:
-        return TokenRejection.MISSING_CLAIM
-    except jwt.InvalidSignatureError:
-        return TokenRejection.BAD_SIGNATURE
-    except jwt.PyJWTError:
-        return TokenRejection.MALFORMED
+        identity_from_claims(pyjwt_verify(checker, token))
     except TokenError as exc:
         return exc.reason
     return None
