@@ -293,17 +293,6 @@ class TokenVerifier:
             raise TokenError(TokenRejection.EXPIRED, "Signature has expired")
 
 
-def unverified_header(token: str) -> dict[str, Any]:
-    """The token's header, parsed but not trusted; ``TokenError(MALFORMED)`` if unreadable."""
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
-        raise TokenError(TokenRejection.MALFORMED, "empty or oversized token")
-    try:
-        header: dict[str, Any] = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise TokenError(TokenRejection.MALFORMED, "the token is not a JWS") from exc
-    return header
-
-
 def _as_int(value: Any, reason: TokenRejection) -> int:
     """A time claim as pyjwt reads it (``int(value)``), or ``TokenError(reason)``."""
     try:
