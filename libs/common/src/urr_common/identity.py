@@ -37,6 +37,7 @@ from urr_common.tokens import (
     SigningKey,
     TokenError,
     TokenRejection,
+    TokenVerifier,
     VerificationKey,
     jws_claims,
     jws_kid,
@@ -176,6 +177,14 @@ class AssertionVerifier:
     #: Header segment -> the ``kid`` it names (after its ``alg`` was checked).
     _header_kids: dict[str, str] = field(default_factory=dict, repr=False)
     _reloaded_at: float = field(default=float("-inf"), repr=False)
+    #: The registered claims (required, times, ``iss``, strict ``aud``, ``sub``/``jti``
+    #: types) as every token of ours is checked: ``TokenVerifier``'s one implementation.
+    _registered: TokenVerifier = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._registered = TokenVerifier(
+            KeySet(), self.issuer, self.audience, self.leeway_s, ASSERTION_CLAIMS
+        )
 
     def verify(
         self, token: str, *, method: str, path: str, now: float | None = None
@@ -214,7 +223,7 @@ class AssertionVerifier:
         """
         parts = split_jws(token)
         claims = jws_claims(parts, self._key_for(parts[0], now))
-        self._check_registered(claims, now)
+        self._registered.check_registered(claims, now)
         check_assertion_claims(
             claims, now=now, leeway_s=self.leeway_s, max_lifetime_s=self.max_lifetime_s
         )
@@ -235,30 +244,6 @@ class AssertionVerifier:
         if key is None:
             raise TokenError(TokenRejection.UNKNOWN_KEY, f"no key {kid[:64]!r}")
         return key
-
-    def _check_registered(self, claims: dict[str, Any], now: float) -> None:
-        """The registered claims as pyjwt checks them (``require``, ``nbf``, ``iss``, strict
-        ``aud``, ``sub`` and ``jti`` types), with its refusals."""
-        for name in ASSERTION_CLAIMS:
-            if claims.get(name) is None:
-                raise TokenError(
-                    TokenRejection.MISSING_CLAIM, f'Token is missing the "{name}" claim'
-                )
-        if "nbf" in claims:
-            try:
-                not_before = int(claims["nbf"])
-            except (ValueError, TypeError, OverflowError) as exc:
-                raise TokenError(TokenRejection.MALFORMED, "nbf must be an integer") from exc
-            if not_before > now + self.leeway_s:
-                raise TokenError(TokenRejection.MALFORMED, "The token is not yet valid (nbf)")
-        if not isinstance(claims["iss"], str) or claims["iss"] != self.issuer:
-            raise TokenError(TokenRejection.WRONG_ISSUER, "Invalid issuer")
-        if not claims["aud"]:
-            raise TokenError(TokenRejection.MISSING_CLAIM, 'Token is missing the "aud" claim')
-        if not isinstance(claims["aud"], str) or claims["aud"] != self.audience:
-            raise TokenError(TokenRejection.WRONG_AUDIENCE, "Audience doesn't match (strict)")
-        if not isinstance(claims["sub"], str) or not isinstance(claims["jti"], str):
-            raise TokenError(TokenRejection.MALFORMED, "sub and jti must be strings")
 
     def _reload_keys(self, now: float) -> bool:
         """Read the keys again if allowed now; True when a new key set is in place."""

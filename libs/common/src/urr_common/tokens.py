@@ -257,12 +257,12 @@ class TokenVerifier:
         if key is None:
             raise TokenError(TokenRejection.UNKNOWN_KEY, f"no key {parsed.kid[:_MAX_KID_LENGTH]!r}")
         claims = _signed_claims(key, parsed.signing_input, parsed.payload, parsed.signature)
-        self._check_registered(claims, time.time() if now is None else now)
+        self.check_registered(claims, time.time() if now is None else now)
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise TokenError(TokenRejection.MISSING_CLAIM, "sub must be a non-empty string")
         return claims
 
-    def _check_registered(self, claims: dict[str, Any], now: float) -> None:
+    def check_registered(self, claims: dict[str, Any], now: float) -> None:
         """pyjwt's claim checks of ``verify``: required, ``iat``, ``nbf``, ``exp`` (with the
         leeway), ``iss``, strict ``aud``, ``sub`` and ``jti`` types; its refusals."""
         for name in self.required_claims:
