@@ -260,6 +260,48 @@ class BookingStore:
             raise RuntimeError("the pending insert returned no row")
         return PendingInsert(inserted=bool(row["inserted"]), existing_status=row["status"])
 
+    async def insert_pending_if_known(
+        self,
+        reservation_id: uuid.UUID,
+        event_id: str,
+        user_id: str,
+        seat_ids: Sequence[str],
+        requested_at: datetime,
+        pending_window_s: int,
+    ) -> tuple[set[str] | None, PendingInsert]:
+        """``known_seats`` and ``insert_pending`` in one round trip (issue 22: the booking
+        burst's reservations queued on the pool of 10 connections, two statements each).
+
+        The row is written only when the event exists and has every one of ``seat_ids``
+        (distinct, as the route checks first): the known seats come first, ``None`` when
+        there is no such event, and then what the insert found, ``inserted`` False when it
+        was not attempted. The caller decides on the known seats exactly as after
+        ``known_seats``; the insert it would have made next is already done or skipped."""
+        row = await self.pool.fetchrow(
+            "WITH known AS (SELECT EXISTS (SELECT 1 FROM booking_events WHERE event_id = $2)"
+            " AS event, ARRAY(SELECT seat_id FROM seats WHERE event_id = $2"
+            " AND seat_id = ANY($4::text[])) AS seats),"
+            " inserted AS (INSERT INTO reservations (reservation_id, event_id, user_id,"
+            " seat_ids, status, created_at, pay_by) SELECT $1, $2, $3, $4, 'pending',"
+            " $5::timestamptz, $5::timestamptz + $6::interval FROM known"
+            " WHERE known.event AND cardinality(known.seats) = cardinality($4::text[])"
+            " ON CONFLICT (reservation_id) DO NOTHING RETURNING 1)"
+            # As in insert_pending: the snapshot does not see the statement's own insert.
+            " SELECT known.event, known.seats, EXISTS (SELECT 1 FROM inserted) AS inserted,"
+            " (SELECT status FROM reservations WHERE reservation_id = $1) AS status"
+            " FROM known",
+            reservation_id,
+            event_id,
+            user_id,
+            list(seat_ids),
+            requested_at,
+            timedelta(seconds=pending_window_s),
+        )
+        if row is None:  # never: one row from the one-row CTE
+            raise RuntimeError("the pending insert returned no row")
+        known = set(row["seats"]) if row["event"] else None
+        return known, PendingInsert(inserted=bool(row["inserted"]), existing_status=row["status"])
+
     async def delete_pending(self, reservation_id: uuid.UUID) -> bool:
         """Remove a ``pending`` row this request wrote and whose command was not queued, so
         it neither counts towards the seat cap nor looks queued; False when the worker had
