@@ -80,7 +80,10 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         app[LOCKS_KEY] = SeatLocks(redis)
         app[SEAT_MAPS_KEY] = SeatMaps(app[STORE_KEY], app[LOCKS_KEY])
         commands = CommandQueue(
-            aws["sqs"], settings.sqs.queue_name, batch_window_s=settings.sqs.send_batch_window_s
+            aws["sqs"],
+            settings.sqs.queue_name,
+            batch_window_s=settings.sqs.send_batch_window_s,
+            max_calls=settings.sqs.send_max_calls,
         )
         app[COMMANDS_KEY] = commands
 
