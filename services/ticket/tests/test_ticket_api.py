@@ -12,12 +12,13 @@ import orjson
 import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from urr_common.identity_testing import act_as, as_gateway
 from urr_common.settings import RedisSettings
 from urr_devstack.procs import free_port
 from urr_ticket.app import AUDIENCE, create_app
-from urr_ticket.appkeys import STORE_KEY
+from urr_ticket.appkeys import LOCKS_KEY, STORE_KEY
 from urr_ticket.settings import TicketSettings
 from urr_ticket.store import BookingStore
 from urr_ticket_worker.booking import apply_command
@@ -347,6 +348,33 @@ async def test_twenty_identical_reservations_at_once_are_one_row_and_one_command
     assert rows[0]["status"] == "pending"
     messages = await received(moto_endpoint, queues)
     assert len(messages) == 1  # SQS drops the copies by the reservation id
+
+
+async def test_holds_go_over_the_lane_and_survive_redis_losing_its_scripts(
+    client: Any, redis_url: str
+) -> None:
+    """The hold script and the hold reads use the pipelined lane; after ``SCRIPT FLUSH``
+    (a Redis restart) the EVALSHA's NOSCRIPT is answered by loading the script again, not
+    by a 503."""
+    locks = client.app[LOCKS_KEY]
+    assert locks._lane is not None
+    assert (await client.post("/api/v1/seats/demo/F1/hold", headers=user("u1"))).status == 200
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.script_flush()
+    finally:
+        await redis.aclose()
+    first = await client.post("/api/v1/seats/demo/F2/hold", headers=user("u1"))
+    assert first.status == 200, await first.text()
+    await problem(
+        await client.post("/api/v1/seats/demo/F2/hold", headers=user("u2")), 409, "seat_held"
+    )
+    holders = await locks.holders("demo", ["F1", "F2", "F3"])
+    assert {seat: hold.owner for seat, hold in holders.items()} == {"F1": "u1", "F2": "u1"}
+    response = await client.post(
+        "/api/v1/reservations/demo", json={"seatIds": ["F1", "F2"]}, headers=user("u1")
+    )
+    assert response.status == 202
 
 
 async def confirmed_reservation(db: asyncpg.Pool, owner: str) -> uuid.UUID:
