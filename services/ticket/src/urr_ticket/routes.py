@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 from aiohttp import web
@@ -49,6 +48,7 @@ from urr_ticket.session import (
 from urr_ticket.store import (
     HoldContext,
     PendingInsert,
+    PendingRow,
     ReservationRow,
     UserDirectoryUnavailable,
 )
@@ -337,17 +337,10 @@ async def reserve(request: web.Request) -> web.Response:
         _check_known(await store.known_seats(event_id, body.seatIds), event_id, body.seatIds)
         _refuse_not_held(request, user_id, body.seatIds, holds)
     reservation_id = request.app[RESERVATION_IDS_KEY].for_request(event_id, user_id, held)
-    requested_at = utc_now()
-    known, pending = await store.insert_pending_if_known(
-        reservation_id,
-        event_id,
-        user_id,
-        body.seatIds,
-        requested_at,
-        request.app[TICKET_SETTINGS_KEY].booking.pending_window_s,
-    )
+    row = _pending_row(request, reservation_id, event_id, user_id, body)
+    known, pending = await store.insert_pending_if_known(row)
     _check_known(known, event_id, body.seatIds)
-    return await _queue(request, reservation_id, event_id, user_id, body, requested_at, pending)
+    return await _queue(request, row, pending)
 
 
 def _check_known(known: set[str] | None, event_id: str, seat_ids: list[str]) -> None:
@@ -411,29 +404,31 @@ async def _reserve_again(
             " been declined by the card issuer",
             code="retry_not_allowed",
         )
-    requested_at = utc_now()
-    pending = await store.insert_pending(
-        reservation_id,
-        event_id,
-        user_id,
-        body.seatIds,
-        requested_at,
-        request.app[TICKET_SETTINGS_KEY].booking.pending_window_s,
-    )
-    return await _queue(request, reservation_id, event_id, user_id, body, requested_at, pending)
+    row = _pending_row(request, reservation_id, event_id, user_id, body)
+    return await _queue(request, row, await store.insert_pending(row))
 
 
-async def _queue(
+def _pending_row(
     request: web.Request,
     reservation_id: uuid.UUID,
     event_id: str,
     user_id: str,
     body: ReserveBody,
-    requested_at: datetime,
-    pending: PendingInsert,
-) -> web.Response:
+) -> PendingRow:
+    return PendingRow(
+        reservation_id,
+        event_id,
+        user_id,
+        body.seatIds,
+        utc_now(),
+        request.app[TICKET_SETTINGS_KEY].booking.pending_window_s,
+    )
+
+
+async def _queue(request: web.Request, row: PendingRow, pending: PendingInsert) -> web.Response:
     """Send the reservation's command unless the row had moved on; the 202."""
     metrics = request.app[METRICS_KEY]
+    reservation_id = row.reservation_id
     status = pending.existing_status
     if not pending.inserted and status is not None and status != "pending":
         metrics.reservations.labels("duplicate").inc()
@@ -442,10 +437,10 @@ async def _queue(
     # deduplication id, the worker by the reservation's status.
     command = ReserveCommand(
         reservation_id=reservation_id,
-        event_id=event_id,
-        user_id=user_id,
-        seat_ids=body.seatIds,
-        requested_at=requested_at,
+        event_id=row.event_id,
+        user_id=row.user_id,
+        seat_ids=list(row.seat_ids),
+        requested_at=row.requested_at,
     )
     try:
         await _send(request, command)

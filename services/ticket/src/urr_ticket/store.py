@@ -85,6 +85,30 @@ class PendingInsert:
     existing_status: str | None
 
 
+@dataclass(frozen=True)
+class PendingRow:
+    """The ``pending`` reservation row a request writes before its command is sent."""
+
+    reservation_id: uuid.UUID
+    event_id: str
+    user_id: str
+    seat_ids: Sequence[str]
+    requested_at: datetime
+    #: How long it may stay ``pending`` (its ``pay_by`` is ``requested_at`` + this).
+    pending_window_s: int
+
+    def arguments(self) -> tuple[Any, ...]:
+        """$1-$6 of the statements that write it."""
+        return (
+            self.reservation_id,
+            self.event_id,
+            self.user_id,
+            list(self.seat_ids),
+            self.requested_at,
+            timedelta(seconds=self.pending_window_s),
+        )
+
+
 class UserDirectoryUnavailable(RuntimeError):
     """The users table cannot be read (the auth schema is missing or unreachable)."""
 
@@ -225,15 +249,7 @@ class BookingStore:
             return None
         return set(row["seats"])
 
-    async def insert_pending(
-        self,
-        reservation_id: uuid.UUID,
-        event_id: str,
-        user_id: str,
-        seat_ids: Sequence[str],
-        requested_at: datetime,
-        pending_window_s: int,
-    ) -> PendingInsert:
+    async def insert_pending(self, pending: PendingRow) -> PendingInsert:
         """Record the request as ``pending`` unless the reservation exists; says which.
 
         The API writes this row before it sends the command, so the worker always finds it
@@ -249,30 +265,19 @@ class BookingStore:
             # row that was there before, if any.
             " SELECT EXISTS (SELECT 1 FROM inserted) AS inserted,"
             " (SELECT status FROM reservations WHERE reservation_id = $1) AS status",
-            reservation_id,
-            event_id,
-            user_id,
-            list(seat_ids),
-            requested_at,
-            timedelta(seconds=pending_window_s),
+            *pending.arguments(),
         )
         if row is None:  # never: a SELECT without FROM returns one row
             raise RuntimeError("the pending insert returned no row")
         return PendingInsert(inserted=bool(row["inserted"]), existing_status=row["status"])
 
     async def insert_pending_if_known(
-        self,
-        reservation_id: uuid.UUID,
-        event_id: str,
-        user_id: str,
-        seat_ids: Sequence[str],
-        requested_at: datetime,
-        pending_window_s: int,
+        self, pending: PendingRow
     ) -> tuple[set[str] | None, PendingInsert]:
         """``known_seats`` and ``insert_pending`` in one round trip (issue 22: the booking
         burst's reservations queued on the pool of 10 connections, two statements each).
 
-        The row is written only when the event exists and has every one of ``seat_ids``
+        The row is written only when the event exists and has every one of its seats
         (distinct, as the route checks first): the known seats come first, ``None`` when
         there is no such event, and then what the insert found, ``inserted`` False when it
         was not attempted. The caller decides on the known seats exactly as after
@@ -290,12 +295,7 @@ class BookingStore:
             " SELECT known.event, known.seats, EXISTS (SELECT 1 FROM inserted) AS inserted,"
             " (SELECT status FROM reservations WHERE reservation_id = $1) AS status"
             " FROM known",
-            reservation_id,
-            event_id,
-            user_id,
-            list(seat_ids),
-            requested_at,
-            timedelta(seconds=pending_window_s),
+            *pending.arguments(),
         )
         if row is None:  # never: one row from the one-row CTE
             raise RuntimeError("the pending insert returned no row")
