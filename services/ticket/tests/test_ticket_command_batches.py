@@ -310,7 +310,7 @@ async def test_without_a_limit_on_calls_the_same_commands_leave_by_ones(
         await commands.url()
 
         async def later(index: int) -> str:
-            await asyncio.sleep(index * 0.005)
+            await asyncio.sleep(index * 0.01)  # 10 ms apart: no window gathers two
             return await commands.send(reserve_command(f"u{index % 4}"))
 
         await asyncio.gather(*(later(i) for i in range(30)))
