@@ -12,11 +12,13 @@ import orjson
 import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from urr_common.identity_testing import act_as, as_gateway
 from urr_common.settings import RedisSettings
 from urr_devstack.procs import free_port
 from urr_ticket.app import AUDIENCE, create_app
+from urr_ticket.appkeys import LOCKS_KEY, STORE_KEY
 from urr_ticket.settings import TicketSettings
 from urr_ticket.store import BookingStore
 from urr_ticket_worker.booking import apply_command
@@ -246,6 +248,133 @@ async def test_reserving_needs_your_own_holds_on_real_seats(client: Any) -> None
         401,
         "identity_required",
     )
+
+
+class CountingPool:
+    """The real pool, counting the statements sent through it (what a route costs in
+    PostgreSQL round trips)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.statements: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.pool, name)
+        if name not in ("fetch", "fetchrow", "fetchval", "execute"):
+            return method
+
+        async def counted(query: str, *args: Any) -> Any:
+            self.statements.append(query)
+            return await method(query, *args)
+
+        return counted
+
+
+async def test_a_reservation_is_one_postgresql_statement_and_a_refusal_reads_the_catalog(
+    client: Any, db: asyncpg.Pool
+) -> None:
+    store = client.app[STORE_KEY]
+    counting = CountingPool(store.pool)
+    store.pool = counting
+    assert (await client.post("/api/v1/seats/demo/B1/hold", headers=user("u1"))).status == 200
+    counting.statements.clear()
+    response = await client.post(
+        "/api/v1/reservations/demo", json={"seatIds": ["B1"]}, headers=user("u1")
+    )
+    assert response.status == 202
+    assert len(counting.statements) == 1  # the catalog check and the pending row together
+    counting.statements.clear()
+    await problem(
+        await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": ["B1"]}, headers=user("u2")
+        ),
+        409,
+        "seat_not_held",
+    )
+    assert len(counting.statements) == 1  # the catalog, for a 404 before the 409
+    assert await db.fetchval("SELECT count(*) FROM reservations") == 1
+
+
+async def test_a_held_seat_gone_from_the_catalog_is_a_404_and_nothing_is_written(
+    client: Any, moto_endpoint: str, queues: Queues, db: asyncpg.Pool
+) -> None:
+    for seat in ("C3", "C4"):
+        assert (
+            await client.post(f"/api/v1/seats/demo/{seat}/hold", headers=user("u1"))
+        ).status == 200
+    await db.execute("DELETE FROM seats WHERE event_id = 'demo' AND seat_id = 'C4'")
+    body = await problem(
+        await client.post(
+            "/api/v1/reservations/demo", json={"seatIds": ["C3", "C4"]}, headers=user("u1")
+        ),
+        404,
+        "seat_not_found",
+    )
+    assert body["seatIds"] == ["C4"]
+    assert await db.fetchval("SELECT count(*) FROM reservations") == 0
+    assert await received(moto_endpoint, queues) == []
+    # The seat still held alone goes through.
+    response = await client.post(
+        "/api/v1/reservations/demo", json={"seatIds": ["C3"]}, headers=user("u1")
+    )
+    assert response.status == 202
+
+
+async def test_twenty_identical_reservations_at_once_are_one_row_and_one_command(
+    client: Any, moto_endpoint: str, queues: Queues, db: asyncpg.Pool
+) -> None:
+    for seat in ("D1", "D2"):
+        assert (
+            await client.post(f"/api/v1/seats/demo/{seat}/hold", headers=user("u1"))
+        ).status == 200
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                "/api/v1/reservations/demo", json={"seatIds": ["D2", "D1"]}, headers=user("u1")
+            )
+            for _ in range(20)
+        )
+    )
+    answers = []
+    for response in responses:
+        assert response.status == 202, await response.text()
+        answers.append(await response.json())
+    assert len({a["reservationId"] for a in answers}) == 1
+    assert {a["status"] for a in answers} == {"pending"}
+    rows = await db.fetch("SELECT reservation_id, seat_ids, status FROM reservations")
+    assert len(rows) == 1
+    assert str(rows[0]["reservation_id"]) == answers[0]["reservationId"]
+    assert list(rows[0]["seat_ids"]) == ["D2", "D1"]
+    assert rows[0]["status"] == "pending"
+    messages = await received(moto_endpoint, queues)
+    assert len(messages) == 1  # SQS drops the copies by the reservation id
+
+
+async def test_holds_go_over_the_lane_and_survive_redis_losing_its_scripts(
+    client: Any, redis_url: str
+) -> None:
+    """The hold script and the hold reads use the pipelined lane; after ``SCRIPT FLUSH``
+    (a Redis restart) the EVALSHA's NOSCRIPT is answered by loading the script again, not
+    by a 503."""
+    locks = client.app[LOCKS_KEY]
+    assert locks._lane is not None
+    assert (await client.post("/api/v1/seats/demo/F1/hold", headers=user("u1"))).status == 200
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.script_flush()
+    finally:
+        await redis.aclose()
+    first = await client.post("/api/v1/seats/demo/F2/hold", headers=user("u1"))
+    assert first.status == 200, await first.text()
+    await problem(
+        await client.post("/api/v1/seats/demo/F2/hold", headers=user("u2")), 409, "seat_held"
+    )
+    holders = await locks.holders("demo", ["F1", "F2", "F3"])
+    assert {seat: hold.owner for seat, hold in holders.items()} == {"F1": "u1", "F2": "u1"}
+    response = await client.post(
+        "/api/v1/reservations/demo", json={"seatIds": ["F1", "F2"]}, headers=user("u1")
+    )
+    assert response.status == 202
 
 
 async def confirmed_reservation(db: asyncpg.Pool, owner: str) -> uuid.UUID:

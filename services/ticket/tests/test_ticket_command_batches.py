@@ -112,6 +112,11 @@ async def test_23_commands_at_once_leave_in_3_batches_in_order(
             assert entry["MessageGroupId"] == command_group_id(command)
     messages = await drain(moto_endpoint, queues)
     assert sorted(m["MessageId"] for m in messages) == sorted(ids)
+    assert_group_order(messages, sent)
+
+
+def assert_group_order(messages: list[dict[str, Any]], sent: list[Command]) -> None:
+    """Each message group's messages arrived in the order its commands were sent."""
     by_group: dict[str, list[str]] = {}
     for message in messages:
         group = message["Attributes"]["MessageGroupId"]
@@ -242,3 +247,71 @@ async def test_bad_input_is_still_a_4xx_problem(
     assert response.status == status, await response.text()
     assert response.content_type == "application/problem+json"
     assert await db.fetchval("SELECT count(*) FROM reservations") == 0
+
+
+class SlowSqs(CountingSqs):
+    """The real client behind a slower network: every call takes ``delay_s`` more."""
+
+    def __init__(self, sqs: Any, delay_s: float) -> None:
+        super().__init__(sqs)
+        self.delay_s = delay_s
+        self.under_way = 0
+        self.most_under_way = 0
+
+    async def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> Any:
+        self.under_way += 1
+        self.most_under_way = max(self.most_under_way, self.under_way)
+        try:
+            await asyncio.sleep(self.delay_s)
+            return await super().send_message_batch(QueueUrl=QueueUrl, Entries=Entries)
+        finally:
+            self.under_way -= 1
+
+
+async def test_commands_arriving_apart_while_calls_are_under_way_fill_batches(
+    moto_endpoint: str, queues: Queues
+) -> None:
+    """Replies of a burst come milliseconds apart, each after its window: with two calls
+    under way the next batch gathers what comes meanwhile instead of leaving by ones."""
+    async with sqs_client(moto_endpoint) as sqs:
+        slow = SlowSqs(sqs, delay_s=0.05)
+        commands = CommandQueue(slow, queues.name, batch_window_s=0.002, max_calls=2)
+        await commands.url()
+        sent = [reserve_command(f"u{i % 4}") for i in range(30)]
+
+        async def later(index: int, command: Command) -> str:
+            await asyncio.sleep(index * 0.005)  # 5 ms apart: more than the window
+            return await commands.send(command)
+
+        ids = await asyncio.gather(*(later(i, c) for i, c in enumerate(sent)))
+        # A lone command still leaves after its window, with nothing under way.
+        started = asyncio.get_running_loop().time()
+        alone = reserve_command("alone")
+        await commands.send(alone)
+        assert asyncio.get_running_loop().time() - started < 0.05 + 1.0
+        await commands.drain()
+    assert len(set(ids)) == 30
+    assert slow.most_under_way <= 2
+    # 30 commands over 150 ms with 50 ms calls: a handful of calls, not one per command.
+    assert len(slow.batches) <= 10, [len(b) for b in slow.batches]
+    assert all(len(batch) <= 10 for batch in slow.batches)
+    messages = await drain(moto_endpoint, queues)
+    assert len(messages) == 31
+    assert_group_order(messages, [*sent, alone])
+
+
+async def test_without_a_limit_on_calls_the_same_commands_leave_by_ones(
+    moto_endpoint: str, queues: Queues
+) -> None:
+    """The contrast (what the limit changes): the window alone sends one call per window."""
+    async with sqs_client(moto_endpoint) as sqs:
+        slow = SlowSqs(sqs, delay_s=0.05)
+        commands = CommandQueue(slow, queues.name, batch_window_s=0.002)
+        await commands.url()
+
+        async def later(index: int) -> str:
+            await asyncio.sleep(index * 0.01)  # 10 ms apart: no window gathers two
+            return await commands.send(reserve_command(f"u{index % 4}"))
+
+        await asyncio.gather(*(later(i) for i in range(30)))
+    assert len(slow.batches) > 15

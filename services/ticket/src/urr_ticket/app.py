@@ -77,10 +77,19 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         if applied:
             _LOG.info("migrations_applied", names=applied)
         app[STORE_KEY] = BookingStore(pool)
-        app[LOCKS_KEY] = SeatLocks(redis)
+        lean = (
+            settings.seat_holds_client == "lean"
+            and not settings.redis.cluster
+            and settings.redis.max_connections >= 2
+        )
+        locks = SeatLocks(redis, lane_timeout_s=settings.redis.socket_timeout_s if lean else None)
+        app[LOCKS_KEY] = locks
         app[SEAT_MAPS_KEY] = SeatMaps(app[STORE_KEY], app[LOCKS_KEY])
         commands = CommandQueue(
-            aws["sqs"], settings.sqs.queue_name, batch_window_s=settings.sqs.send_batch_window_s
+            aws["sqs"],
+            settings.sqs.queue_name,
+            batch_window_s=settings.sqs.send_batch_window_s,
+            max_calls=settings.sqs.send_max_calls,
         )
         app[COMMANDS_KEY] = commands
 
@@ -98,3 +107,4 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         readiness.add_check("sqs", check_sqs)
         yield
         await commands.drain()
+        await locks.aclose()

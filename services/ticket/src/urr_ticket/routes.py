@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -38,14 +38,20 @@ from urr_ticket.appkeys import (
     STORE_KEY,
     TICKET_SETTINGS_KEY,
 )
-from urr_ticket.seat_locks import HoldLimits, HoldOutcome, SeatLocksUnavailable
+from urr_ticket.seat_locks import Hold, HoldLimits, HoldOutcome, SeatLocksUnavailable
 from urr_ticket.session import (
     ENTRY_TOKEN_COOKIE,
     ENTRY_TOKEN_HEADER,
     SessionRefused,
     session_end_ms,
 )
-from urr_ticket.store import HoldContext, ReservationRow, UserDirectoryUnavailable
+from urr_ticket.store import (
+    HoldContext,
+    PendingInsert,
+    PendingRow,
+    ReservationRow,
+    UserDirectoryUnavailable,
+)
 from urr_ticket_worker.booking import MAX_PAYMENT_ATTEMPTS, RETRYABLE_DECLINES
 from urr_ticket_worker.messages import (
     MAX_SEATS_PER_RESERVATION,
@@ -306,63 +312,123 @@ async def release_seat(request: web.Request) -> web.Response:
 async def reserve(request: web.Request) -> web.Response:
     """Queue a reservation of seats the caller holds.
 
-    Three waits on the way (they were six): the catalog (PostgreSQL) and the holds (Redis)
-    at once, the ``pending`` row, then the SQS send. The row is written before the command
-    is sent, so the worker always finds it and never makes this request wait on its batch
-    transaction; when the send fails, the row this request wrote is removed again (a retry
-    starts afresh and the seats do not count towards the cap) and the answer is a 503."""
+    Two waits on the way before the SQS send (there were six): the holds (Redis), then one
+    statement that checks the catalog and writes the ``pending`` row when every seat is
+    known (``insert_pending_if_known``). The row is written before the command is sent, so
+    the worker always finds it and never makes this request wait on its batch transaction;
+    when the send fails, the row this request wrote is removed again (a retry starts afresh
+    and the seats do not count towards the cap) and the answer is a 503. The answers and
+    their order are as when the catalog was read first: an unknown event or seat is a 404
+    before a seat not held is a 409 (the catalog is read then, on the refusal's path).
+    A retry after a declined card (``attempt`` > 1) reads the catalog and the holds at once,
+    then the earlier attempt, then writes the row."""
 
     user_id = _user_id(request)
     event_id = _event_id(request)
     body = await read_json(request, ReserveBody)
     if len(set(body.seatIds)) != len(body.seatIds):
         raise Unprocessable("a seat appears twice", code="duplicate_seat")
+    if body.attempt > 1:
+        return await _reserve_again(request, user_id, event_id, body)
+    store = request.app[STORE_KEY]
+    holds = await request.app[LOCKS_KEY].holders(event_id, body.seatIds)
+    held = _held_by(user_id, body.seatIds, holds)
+    if held is None:  # refused: which refusal depends on the catalog, as before
+        _check_known(await store.known_seats(event_id, body.seatIds), event_id, body.seatIds)
+        _refuse_not_held(request, user_id, body.seatIds, holds)
+    reservation_id = request.app[RESERVATION_IDS_KEY].for_request(event_id, user_id, held)
+    row = _pending_row(request, reservation_id, event_id, user_id, body)
+    known, pending = await store.insert_pending_if_known(row)
+    _check_known(known, event_id, body.seatIds)
+    return await _queue(request, row, pending)
+
+
+def _check_known(known: set[str] | None, event_id: str, seat_ids: list[str]) -> None:
+    """404 for an unknown event, or for seats it does not have."""
+    if known is None:
+        raise NotFound(f"no event {event_id!r}", code="event_not_found")
+    missing = sorted(set(seat_ids) - known)
+    if missing:
+        raise NotFound(
+            f"no seats {missing} in {event_id!r}", code="seat_not_found", seatIds=missing
+        )
+
+
+def _held_by(
+    user_id: str, seat_ids: list[str], holds: dict[str, Hold]
+) -> list[tuple[str, str]] | None:
+    """``(seat, hold id)`` of every seat when the user holds them all, else None."""
+    held = []
+    for seat in seat_ids:
+        hold = holds.get(seat)
+        if hold is None or hold.owner != user_id:
+            return None
+        held.append((seat, hold.hold_id))
+    return held
+
+
+def _refuse_not_held(
+    request: web.Request, user_id: str, seat_ids: list[str], holds: dict[str, Hold]
+) -> NoReturn:
+    request.app[METRICS_KEY].reservations.labels("refused").inc()
+    not_held = [s for s in seat_ids if s not in holds or holds[s].owner != user_id]
+    raise Conflict("hold every seat before reserving it", code="seat_not_held", seatIds=not_held)
+
+
+async def _reserve_again(
+    request: web.Request, user_id: str, event_id: str, body: ReserveBody
+) -> web.Response:
+    """A further payment attempt on the same holds: allowed only after the previous
+    attempt was declined by the card issuer."""
     store = request.app[STORE_KEY]
     metrics = request.app[METRICS_KEY]
     known, holds = await asyncio.gather(
         store.known_seats(event_id, body.seatIds),
         request.app[LOCKS_KEY].holders(event_id, body.seatIds),
     )
-    if known is None:
-        raise NotFound(f"no event {event_id!r}", code="event_not_found")
-    missing = sorted(set(body.seatIds) - known)
-    if missing:
-        raise NotFound(
-            f"no seats {missing} in {event_id!r}", code="seat_not_found", seatIds=missing
-        )
-    not_held = [s for s in body.seatIds if s not in holds or holds[s].owner != user_id]
-    if not_held:
-        metrics.reservations.labels("refused").inc()
-        raise Conflict(
-            "hold every seat before reserving it", code="seat_not_held", seatIds=not_held
-        )
-    held = [(s, holds[s].hold_id) for s in body.seatIds]
+    _check_known(known, event_id, body.seatIds)
+    held = _held_by(user_id, body.seatIds, holds)
+    if held is None:
+        _refuse_not_held(request, user_id, body.seatIds, holds)
     ids = request.app[RESERVATION_IDS_KEY]
     reservation_id = ids.for_request(event_id, user_id, held, body.attempt)
-    if body.attempt > 1:
-        previous = await store.reservation(
-            ids.for_request(event_id, user_id, held, body.attempt - 1)
+    previous = await store.reservation(ids.for_request(event_id, user_id, held, body.attempt - 1))
+    if (
+        previous is None
+        or previous.status != "declined"
+        or previous.reason not in RETRYABLE_DECLINES
+    ):
+        metrics.reservations.labels("refused").inc()
+        raise Conflict(
+            f"attempt {body.attempt} needs attempt {body.attempt - 1} on these holds to have"
+            " been declined by the card issuer",
+            code="retry_not_allowed",
         )
-        if (
-            previous is None
-            or previous.status != "declined"
-            or previous.reason not in RETRYABLE_DECLINES
-        ):
-            metrics.reservations.labels("refused").inc()
-            raise Conflict(
-                f"attempt {body.attempt} needs attempt {body.attempt - 1} on these holds to have"
-                " been declined by the card issuer",
-                code="retry_not_allowed",
-            )
-    requested_at = utc_now()
-    pending = await store.insert_pending(
+    row = _pending_row(request, reservation_id, event_id, user_id, body)
+    return await _queue(request, row, await store.insert_pending(row))
+
+
+def _pending_row(
+    request: web.Request,
+    reservation_id: uuid.UUID,
+    event_id: str,
+    user_id: str,
+    body: ReserveBody,
+) -> PendingRow:
+    return PendingRow(
         reservation_id,
         event_id,
         user_id,
         body.seatIds,
-        requested_at,
+        utc_now(),
         request.app[TICKET_SETTINGS_KEY].booking.pending_window_s,
     )
+
+
+async def _queue(request: web.Request, row: PendingRow, pending: PendingInsert) -> web.Response:
+    """Send the reservation's command unless the row had moved on; the 202."""
+    metrics = request.app[METRICS_KEY]
+    reservation_id = row.reservation_id
     status = pending.existing_status
     if not pending.inserted and status is not None and status != "pending":
         metrics.reservations.labels("duplicate").inc()
@@ -371,10 +437,10 @@ async def reserve(request: web.Request) -> web.Response:
     # deduplication id, the worker by the reservation's status.
     command = ReserveCommand(
         reservation_id=reservation_id,
-        event_id=event_id,
-        user_id=user_id,
-        seat_ids=body.seatIds,
-        requested_at=requested_at,
+        event_id=row.event_id,
+        user_id=row.user_id,
+        seat_ids=list(row.seat_ids),
+        requested_at=row.requested_at,
     )
     try:
         await _send(request, command)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from urr_common.settings import (
@@ -75,6 +77,12 @@ class TicketSettings(ServiceSettings):
     service_name: str = "ticket"
     http: HttpSettings = Field(default_factory=lambda: HttpSettings(port=3002))
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    #: How the seat holds' hot commands reach a single Redis (``URR_SEAT_HOLDS_CLIENT``):
+    #: ``lean`` (the hold script and the hold reads over one pipelined connection,
+    #: ``urr_common.resp.RespLane``, as the queue's store) or ``redis-py`` (the client's own
+    #: commands; the way back if the lean path ever misbehaves). A Redis Cluster, or a pool
+    #: of one connection, always goes through redis-py.
+    seat_holds_client: Literal["lean", "redis-py"] = "lean"
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     aws: AwsSettings = Field(default_factory=AwsSettings)

@@ -85,6 +85,30 @@ class PendingInsert:
     existing_status: str | None
 
 
+@dataclass(frozen=True)
+class PendingRow:
+    """The ``pending`` reservation row a request writes before its command is sent."""
+
+    reservation_id: uuid.UUID
+    event_id: str
+    user_id: str
+    seat_ids: Sequence[str]
+    requested_at: datetime
+    #: How long it may stay ``pending`` (its ``pay_by`` is ``requested_at`` + this).
+    pending_window_s: int
+
+    def arguments(self) -> tuple[Any, ...]:
+        """$1-$6 of the statements that write it."""
+        return (
+            self.reservation_id,
+            self.event_id,
+            self.user_id,
+            list(self.seat_ids),
+            self.requested_at,
+            timedelta(seconds=self.pending_window_s),
+        )
+
+
 class UserDirectoryUnavailable(RuntimeError):
     """The users table cannot be read (the auth schema is missing or unreachable)."""
 
@@ -225,15 +249,7 @@ class BookingStore:
             return None
         return set(row["seats"])
 
-    async def insert_pending(
-        self,
-        reservation_id: uuid.UUID,
-        event_id: str,
-        user_id: str,
-        seat_ids: Sequence[str],
-        requested_at: datetime,
-        pending_window_s: int,
-    ) -> PendingInsert:
+    async def insert_pending(self, pending: PendingRow) -> PendingInsert:
         """Record the request as ``pending`` unless the reservation exists; says which.
 
         The API writes this row before it sends the command, so the worker always finds it
@@ -249,16 +265,42 @@ class BookingStore:
             # row that was there before, if any.
             " SELECT EXISTS (SELECT 1 FROM inserted) AS inserted,"
             " (SELECT status FROM reservations WHERE reservation_id = $1) AS status",
-            reservation_id,
-            event_id,
-            user_id,
-            list(seat_ids),
-            requested_at,
-            timedelta(seconds=pending_window_s),
+            *pending.arguments(),
         )
         if row is None:  # never: a SELECT without FROM returns one row
             raise RuntimeError("the pending insert returned no row")
         return PendingInsert(inserted=bool(row["inserted"]), existing_status=row["status"])
+
+    async def insert_pending_if_known(
+        self, pending: PendingRow
+    ) -> tuple[set[str] | None, PendingInsert]:
+        """``known_seats`` and ``insert_pending`` in one round trip (issue 22: the booking
+        burst's reservations queued on the pool of 10 connections, two statements each).
+
+        The row is written only when the event exists and has every one of its seats
+        (distinct, as the route checks first): the known seats come first, ``None`` when
+        there is no such event, and then what the insert found, ``inserted`` False when it
+        was not attempted. The caller decides on the known seats exactly as after
+        ``known_seats``; the insert it would have made next is already done or skipped."""
+        row = await self.pool.fetchrow(
+            "WITH known AS (SELECT EXISTS (SELECT 1 FROM booking_events WHERE event_id = $2)"
+            " AS event, ARRAY(SELECT seat_id FROM seats WHERE event_id = $2"
+            " AND seat_id = ANY($4::text[])) AS seats),"
+            " inserted AS (INSERT INTO reservations (reservation_id, event_id, user_id,"
+            " seat_ids, status, created_at, pay_by) SELECT $1, $2, $3, $4, 'pending',"
+            " $5::timestamptz, $5::timestamptz + $6::interval FROM known"
+            " WHERE known.event AND cardinality(known.seats) = cardinality($4::text[])"
+            " ON CONFLICT (reservation_id) DO NOTHING RETURNING 1)"
+            # As in insert_pending: the snapshot does not see the statement's own insert.
+            " SELECT known.event, known.seats, EXISTS (SELECT 1 FROM inserted) AS inserted,"
+            " (SELECT status FROM reservations WHERE reservation_id = $1) AS status"
+            " FROM known",
+            *pending.arguments(),
+        )
+        if row is None:  # never: one row from the one-row CTE
+            raise RuntimeError("the pending insert returned no row")
+        known = set(row["seats"]) if row["event"] else None
+        return known, PendingInsert(inserted=bool(row["inserted"]), existing_status=row["status"])
 
     async def delete_pending(self, reservation_id: uuid.UUID) -> bool:
         """Remove a ``pending`` row this request wrote and whose command was not queued, so
