@@ -113,17 +113,21 @@ def test_a_closed_event_answers_a_repeat_and_refuses_a_newcomer_with_one_number_
     assert vwr.status("evt-1").body["nextPosition"] == 3
 
 
+def give_up(vwr: Any, event_id: str, request_id: str) -> None:
+    """Mark a place abandoned, as the advancer does when its checks stop."""
+    vwr.runtime.dynamodb.update_item(
+        TableName=vwr.settings.tables.positions,
+        Key={"eventId": {"S": event_id}, "requestId": {"S": request_id}},
+        UpdateExpression="SET abandoned = :true",
+        ExpressionAttributeValues={":true": {"BOOL": True}},
+    )
+
+
 def test_an_abandoned_place_is_replaced_by_a_new_number(vwr: Any) -> None:
     vwr.open_event("evt-1")
     first = str(uuid.uuid4())
     assert vwr.assign("evt-1", first).status == 201
-    runtime = vwr.runtime
-    runtime.dynamodb.update_item(
-        TableName=vwr.settings.tables.positions,
-        Key={"eventId": {"S": "evt-1"}, "requestId": {"S": first}},
-        UpdateExpression="SET abandoned = :true",
-        ExpressionAttributeValues={":true": {"BOOL": True}},
-    )
+    give_up(vwr, "evt-1", first)
     again = vwr.assign("evt-1", first)
     assert (again.status, again.body["position"]) == (201, 2)
     assert vwr.check("evt-1", first).body["position"] == 2
@@ -213,17 +217,11 @@ def test_a_claim_of_an_earlier_run_or_a_given_up_place_is_taken_over(warm_vwr: A
     again = warm_vwr.assign("evt-1", fresh, **bearer(warm_vwr, "u-3"))
     assert (again.status, again.body["requestId"], again.body["position"]) == (201, fresh, 1)
     assert "BatchGetItem" not in sent
-    runtime = warm_vwr.runtime
-    runtime.dynamodb.update_item(
-        TableName=warm_vwr.settings.tables.positions,
-        Key={"eventId": {"S": "evt-1"}, "requestId": {"S": fresh}},
-        UpdateExpression="SET abandoned = :true",
-        ExpressionAttributeValues={":true": {"BOOL": True}},
-    )
+    give_up(warm_vwr, "evt-1", fresh)
     third = str(uuid.uuid4())
     taken = warm_vwr.assign("evt-1", third, **bearer(warm_vwr, "u-3"))
     assert (taken.status, taken.body["requestId"], taken.body["position"]) == (201, third, 2)
-    assert runtime.store.get_claim("evt-1", "u-3").owner_request_id == third
+    assert warm_vwr.runtime.store.get_claim("evt-1", "u-3").owner_request_id == third
 
 
 def test_a_logged_in_repeat_keeps_its_place_in_a_room_turned_off_or_closed(vwr: Any) -> None:
