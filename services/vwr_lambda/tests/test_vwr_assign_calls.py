@@ -235,3 +235,19 @@ def test_a_logged_in_repeat_keeps_its_place_in_a_room_turned_off_or_closed(vwr: 
     refused = vwr.assign("evt-1", **bearer(vwr, "u-6"))
     assert (refused.status, refused.body["code"]) == (409, "room_inactive")
     assert vwr.status("evt-1").body["nextPosition"] == 2
+
+
+def test_a_logged_in_number_refreshes_the_containers_copy_of_the_event(warm_vwr: Any) -> None:
+    """A logged-in assign keeps the event its number's write answered as the container's copy
+    too (the read path kept none), so the checks after it need no counters read."""
+    open_uncapped(warm_vwr)
+    waiter = str(uuid.uuid4())
+    assert warm_vwr.assign("evt-1", waiter, **bearer(warm_vwr, "u-1")).status == 201
+    store = warm_vwr.runtime.store
+    state = store.get_event("evt-1", consistent=True)
+    store.advance_to(state, serving_counter=1, admit_rate=None, now_ms=warm_vwr.runtime.now_ms())
+    assert warm_vwr.check("evt-1", waiter).body["admitted"] is False  # the copy, 10 s at most
+    assert warm_vwr.assign("evt-1", **bearer(warm_vwr, "u-2")).status == 201
+    sent = record_calls(warm_vwr)
+    assert warm_vwr.check("evt-1", waiter).body["admitted"] is True
+    assert sent == ["UpdateItem"]  # the admission's write alone: no counters read
