@@ -2,7 +2,7 @@
 
     make dynalite && uv run --frozen python bench/tier1_crowd_cpu.py \
         [--arrivals 1200] [--rate 40] [--admit-rate R] [--rounds 2] [--before <git rev>] \
-        [--pyspy DIR] [--first-checks capped,advice]
+        [--pyspy DIR] [--first-checks capped,advice] [--logged-in] [--count-calls]
 
 A crowd as the flash-crowd load test sends it to Tier 1, without the rest of the stack: each
 arrival takes a place (``POST /vwr/assign``, anonymous, a fresh request id) and checks (``GET
@@ -18,6 +18,12 @@ costs and how late it lets people know. Each run starts a fresh dynalite and a f
 ports. ``--before REV`` runs the same crowd on that revision's ``urr_vwr_lambda`` (exported with
 ``git archive`` and put first on ``PYTHONPATH``, so the containers import it too) alternately
 with the working tree's, in one run: compare within a run only, the machine is shared.
+
+``--logged-in``: every arrival carries an access token (the ``access_token`` cookie, signed
+with a key the emulator trusts), as the flash crowd's arrivals do, so each assign takes the
+logged-in path (the user's claim); without it the assigns are anonymous. ``--count-calls``: the
+emulator's DynamoDB traffic goes through a counting relay in this process (not measured: its
+CPU is the bench's), and the calls per arrival are printed by operation.
 
 Printed per run: CPU ms per arrival of the emulator with its containers (and of the
 emulator's own process alone) and of dynalite (from /proc, user + system), the emulator's CPU
@@ -118,13 +124,19 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def arrival(
-    session: aiohttp.ClientSession, base: str, tally: Tally, first_cap_s: float | None
+    session: aiohttp.ClientSession,
+    base: str,
+    tally: Tally,
+    first_cap_s: float | None,
+    token: str | None = None,
 ) -> None:
     request_id = str(uuid.uuid4())
+    # The crowd's browsers send the login cookie on every request, checks included.
+    headers = {"Cookie": f"access_token={token}"} if token else {}
     for _ in range(20):
         started = time.perf_counter()
         async with session.post(
-            f"{base}/vwr/assign/{EVENT}", json={"requestId": request_id}
+            f"{base}/vwr/assign/{EVENT}", json={"requestId": request_id}, headers=headers
         ) as answer:
             body = await answer.json(content_type=None)
             status = answer.status
@@ -144,7 +156,7 @@ async def arrival(
     for _ in range(200):
         await asyncio.sleep(min(max(wait, 0.5), MAX_POLL_S) * random.uniform(0.8, 1.2))
         started = time.perf_counter()
-        async with session.get(f"{base}/vwr/check/{EVENT}/{request_id}") as answer:
+        async with session.get(f"{base}/vwr/check/{EVENT}/{request_id}", headers=headers) as answer:
             body = await answer.json(content_type=None)
             status = answer.status
         tally.count("check", status)
@@ -166,7 +178,13 @@ FIRST_CHECK_ENV = "URR_BENCH_FIRST_CHECK"
 MAX_POLL_S = 30.0
 
 
-async def crowd(base: str, arrivals: int, rate: float, first_cap_s: float | None) -> Tally:
+async def crowd(
+    base: str,
+    arrivals: int,
+    rate: float,
+    first_cap_s: float | None,
+    tokens: list[str] | None = None,
+) -> Tally:
     tally = Tally()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -176,7 +194,8 @@ async def crowd(base: str, arrivals: int, rate: float, first_cap_s: float | None
             delay = started + n / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(arrival(session, base, tally, first_cap_s)))
+            token = tokens[n] if tokens else None
+            tasks.append(asyncio.create_task(arrival(session, base, tally, first_cap_s, token)))
         await asyncio.gather(*tasks)
     return tally
 
@@ -263,6 +282,71 @@ def function_env(endpoint: str, keys: Path) -> dict[str, str]:
     }
 
 
+class CallCounter:
+    """A TCP relay in front of dynalite that counts the DynamoDB operations passing through
+    (by the ``X-Amz-Target`` header of each request), on its own thread and event loop."""
+
+    MARK = b"X-Amz-Target: DynamoDB_20120810."
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.counts: dict[str, int] = {}
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", self.port, reuse_address=True)
+        )
+        self._ready.set()
+        self._loop.run_forever()
+
+    def _count(self, data: bytes) -> None:
+        start = data.find(self.MARK)
+        while start >= 0:
+            end = data.find(b"\r\n", start)
+            name = data[start + len(self.MARK) : end].decode("ascii", "replace")
+            self.counts[name] = self.counts.get(name, 0) + 1
+            start = data.find(self.MARK, end)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pipe(
+            source: asyncio.StreamReader, sink: asyncio.StreamWriter, count: bool
+        ) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    if count:
+                        self._count(data)
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+def access_tokens(work: Path, count: int) -> tuple[list[str], Path]:
+    """``count`` access tokens of fresh users, as the flash crowd's runner issues them, and
+    the public key file that verifies them."""
+    from urr_common.tokens import SigningKey, TokenSigner
+
+    key = SigningKey.generate("bench-auth")
+    public = work / "access" / "bench-auth.pem"
+    public.parent.mkdir(parents=True, exist_ok=True)
+    public.write_bytes(key.verification_key().to_pem())
+    signer = TokenSigner(key, issuer="urr-auth", audience="urr", ttl_s=3600)
+    tokens = [signer.sign(str(uuid.uuid4()), {"role": "user"}) for _ in range(count)]
+    return tokens, public
+
+
 def run_once(
     label: str, src: Path | None, extra_env: dict[str, str], args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
@@ -270,13 +354,25 @@ def run_once(
     dynalite = dynalite_server(dyn_port, work / f"dynalite-{label}.log")
     dynalite.start()
     endpoint = f"http://127.0.0.1:{dyn_port}"
+    counter = CallCounter(dyn_port) if args.count_calls else None
+    function_endpoint = f"http://127.0.0.1:{counter.port}" if counter else endpoint
     keys = work / "keys"
+    tokens: list[str] | None = None
+    access_env: dict[str, str] = {}
+    if args.logged_in:
+        tokens, public = access_tokens(work, args.arrivals)
+        access_env = {
+            "URR_ACCESS_TRUST__PUBLIC_KEY_FILES": json.dumps([str(public)]),
+            "URR_ACCESS_TRUST__ISSUER": "urr-auth",
+            "URR_ACCESS_TRUST__AUDIENCE": "urr",
+        }
     env = {
         **os.environ,
         "URR_ENVIRONMENT": "local",
         "URR_HTTP__PORT": str(api_port),
         "URR_METRICS__PORT": str(metrics_port),
-        **function_env(endpoint, keys),
+        **function_env(function_endpoint, keys),
+        **access_env,
         "URR_EDGE_CONFIG__TARGET": str(work / f"edge-{label}.json"),
         "URR_LOG__LEVEL": "WARNING",
         **extra_env,
@@ -309,6 +405,7 @@ def run_once(
         time.sleep(1.0)
         emu0, dyn0 = cpu_s(emulator.pid), cpu_s(dynalite.pid or 0)
         own0 = cpu_s(emulator.pid, children=False)
+        calls0 = counter.snapshot() if counter else {}
         load0 = loadavg()
         if args.pyspy:
             out = Path(args.pyspy) / f"{label}.txt"
@@ -338,11 +435,12 @@ def run_once(
         wall0 = time.monotonic()
         first_cap_s = 2.0 if extra_env.get(FIRST_CHECK_ENV) == "capped" else None
         tally = asyncio.run(
-            crowd(f"http://127.0.0.1:{api_port}", args.arrivals, args.rate, first_cap_s)
+            crowd(f"http://127.0.0.1:{api_port}", args.arrivals, args.rate, first_cap_s, tokens)
         )
         wall = time.monotonic() - wall0
         emu1, dyn1 = cpu_s(emulator.pid), cpu_s(dynalite.pid or 0)
         own1 = cpu_s(emulator.pid, children=False)
+        calls1 = counter.snapshot() if counter else {}
     finally:
         stop.set()
         if spy is not None:
@@ -374,6 +472,12 @@ def run_once(
         "statuses": tally.statuses,
         "wall_s": wall,
         "load": f"{load0} -> {loadavg()}",
+        # DynamoDB calls per arrival by operation (``--count-calls``), the advancer's excluded.
+        "dynamodb_per_arrival": {
+            op: round((calls1.get(op, 0) - calls0.get(op, 0)) / n, 3)
+            for op in sorted(calls1)
+            if calls1.get(op, 0) > calls0.get(op, 0)
+        },
     }
 
 
@@ -432,6 +536,12 @@ def main() -> None:
     parser.add_argument("--before", help="a git revision to compare with, alternately")
     parser.add_argument("--pyspy", help="folder for py-spy raw profiles of each run")
     parser.add_argument(
+        "--logged-in", action="store_true", help="arrivals carry an access token (the crowd's)"
+    )
+    parser.add_argument(
+        "--count-calls", action="store_true", help="count the emulator's DynamoDB calls"
+    )
+    parser.add_argument(
         "--clients", help="compare URR_DYNAMODB_CLIENT values instead, e.g. botocore,lean"
     )
     parser.add_argument(
@@ -474,6 +584,10 @@ def main() -> None:
             f"{r['check_p50']:6.1f}/{r['check_p95']:<7.1f} {throttled:5d} "
             f"{r['lag_mean_s']:4.1f}/{r['lag_p95_s']:<4.1f}  {r['load']}"
         )
+        if r["dynamodb_per_arrival"]:
+            calls = ", ".join(f"{op} {k:.2f}" for op, k in r["dynamodb_per_arrival"].items())
+            total = sum(r["dynamodb_per_arrival"].values())
+            print(f"{'':<10} DynamoDB calls per arrival {total:.2f}: {calls}")
 
 
 if __name__ == "__main__":

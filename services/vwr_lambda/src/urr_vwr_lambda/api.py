@@ -46,6 +46,7 @@ from urr_vwr_lambda.runtime import VwrRuntime
 from urr_vwr_lambda.settings import TOKEN_COOKIE
 from urr_vwr_lambda.store import (
     POSITION_TTL_S,
+    ClaimHeld,
     EventNotFound,
     EventState,
     Place,
@@ -284,25 +285,22 @@ def assign_place(
 ) -> tuple[int, Place, EventState]:
     """``(201, new place)`` or ``(200, the place this request or user already holds)``.
 
-    An anonymous assign takes its number first and writes its place with the event the
-    number's write returned (``_anonymous_assign``): three DynamoDB calls in two round trips.
-    Otherwise (a logged-in caller, whose claim must be read, or an anonymous one the event
-    would refuse) the number is taken while the read runs: a first assign then waits for one
-    round trip instead of two. A retry, or a second tab of a logged-in user, leaves its number
-    unused (the advancer passes it at no cost); the answer waits for it.
+    A first assign takes its number first and writes its place (and a logged-in caller's
+    claim, on the condition that the user holds no current claim) with the event the number's
+    write returned (``_assign_without_read``): three DynamoDB calls in two round trips
+    anonymous, four in three logged in. Whatever that path cannot decide alone (a claim
+    already held: a second tab, a retry; or an event that would refuse) reads the event, the
+    place and the claim and answers as before, with the number already taken. A retry, or a
+    second tab of a logged-in user, leaves its number unused (the advancer passes it at no
+    cost).
     """
     store = runtime.store
     now_s, now_ms = runtime.now_s(), runtime.now_ms()
-    if user_id is None:
-        answered, reservation = _anonymous_assign(
-            runtime, event_id, request_id, pow_solved, now_s=now_s, now_ms=now_ms
-        )
-        if answered is not None:
-            return answered
-    else:
-        # Before a pre-queue opens the reservation takes no number (its condition), and the
-        # read below refuses the assign.
-        reservation = store.reserve_position_beside(event_id, now_ms=now_ms)
+    answered, reservation = _assign_without_read(
+        runtime, event_id, request_id, user_id, pow_solved, now_s=now_s, now_ms=now_ms
+    )
+    if answered is not None:
+        return answered
     try:
         state, place, claim = store.read_assignment(event_id, request_id, user_id)
         if state is None:
@@ -338,22 +336,30 @@ def assign_place(
         futures.wait([reservation])
 
 
-def _anonymous_assign(
+def _assign_without_read(
     runtime: VwrRuntime,
     event_id: str,
     request_id: str,
+    user_id: str | None,
     pow_solved: bool,
     *,
     now_s: int,
     now_ms: int,
 ) -> tuple[tuple[int, Place, EventState] | None, futures.Future[tuple[int, int]]]:
-    """An anonymous assign without the read: the answer, or ``None`` and the reservation made
-    for the full path (``assign_place``) to use.
+    """A first assign without the read: the answer, or ``None`` and the reservation made for
+    the full path (``assign_place``) to use.
 
     The number's conditional ADD returns the whole event item (as fresh as a consistent read),
     and the place's conditional put refuses to replace a current place, so the read of the
     event and of this request's place is not needed to take a new place: a repeat is found
     when its put is refused, and answered from the place then read (as the full path would).
+    A logged-in caller's claim is put first on the condition that the user holds no current
+    claim (``fresh_claim``): then the read would have found none, and the full path would
+    have written the same claim. A claim already held (a second tab, a retry after a lost
+    answer, a racing duplicate) refuses that put, and the full path reads the claim and
+    decides as it always did; the line item written beside the refused put names this
+    request at the number the full path then uses (the same item again), or names a request
+    without a place at that number, which the advancer's walk skips.
     Whatever the event would refuse (the room off, not open yet, no such event, ``reject``,
     a proof of work missing) goes to the full path, which reads and answers exactly as before
     (a repeat keeps its place even then); the number, if one was taken, is the one it uses.
@@ -368,7 +374,12 @@ def _anonymous_assign(
     runtime.event_cache.put(state)  # fresher than any copy the container holds
     if state.queue_method is QueueMethod.REJECT or not pow_gate.solved_enough(state, pow_solved):
         return None, reservation
-    answer = _write_place(runtime, state, request_id, None, None, now_s=now_s, now_ms=now_ms)
+    try:
+        answer = _write_place(
+            runtime, state, request_id, user_id, None, now_s=now_s, now_ms=now_ms, fresh_claim=True
+        )
+    except ClaimHeld:
+        return None, reservation
     return answer, reservation
 
 
@@ -381,9 +392,12 @@ def _write_place(
     *,
     now_s: int,
     now_ms: int,
+    fresh_claim: bool = False,
 ) -> tuple[int, Place, EventState]:
     """Write the place holding number ``state.next_position``: ``(201, it)``, or ``(200, the
-    place of whoever won)`` when the conditional put lost (a repeat or a racing duplicate)."""
+    place of whoever won)`` when the conditional put lost (a repeat or a racing duplicate).
+    ``fresh_claim``: the user's claim is written only if none is current (``ClaimHeld``
+    otherwise, nothing else written but the line item)."""
     store = runtime.store
     event_id, position, epoch = state.event_id, state.next_position, state.epoch
     prequeue = state.in_prequeue(now_ms)
@@ -396,6 +410,7 @@ def _write_place(
         now_s=now_s,
         stale_owner=stale_owner,
         prequeue=prequeue,
+        fresh_claim=fresh_claim,
     )
     if not written:
         # Our own PutItem may have landed before botocore retried it after a lost answer.

@@ -57,6 +57,10 @@ class RoomInactive(RuntimeError):
     """The event exists but its waiting room is not active."""
 
 
+class ClaimHeld(RuntimeError):
+    """A claim put on the condition that the user holds none found one current."""
+
+
 class StaleCounter(RuntimeError):
     """The serving counter or epoch changed under a compare-and-set (another advancer ran)."""
 
@@ -613,8 +617,12 @@ class VwrStore:
         now_s: int,
         stale_owner: str | None = None,
         prequeue: bool = False,
+        fresh_claim: bool = False,
     ) -> bool:
         """Write the new place (and first the user's claim); False when another write won.
+
+        ``fresh_claim``: the claim replaces none that is current (not even one naming this
+        request: the caller has not read it), else ``ClaimHeld`` and no place is written.
 
         The row may replace one of an earlier epoch, an expired one or an abandoned one; the
         claim may replace one of an earlier epoch, an expired one, one naming
@@ -645,7 +653,10 @@ class VwrStore:
                 epoch=epoch,
                 now_s=now_s,
                 stale_owner=stale_owner,
+                fresh=fresh_claim,
             ):
+                if fresh_claim:
+                    raise ClaimHeld(user_id)
                 return False
             item: dict[str, Any] = {
                 "eventId": {"S": event_id},
@@ -713,17 +724,18 @@ class VwrStore:
         epoch: int,
         now_s: int,
         stale_owner: str | None,
+        fresh: bool = False,
     ) -> bool:
-        condition = (
-            "attribute_not_exists(requestId) OR epoch < :epoch OR #ttl < :now "
-            "OR ownerRequestId = :me"
-        )
-        values: dict[str, Any] = {
-            ":epoch": _num(epoch),
-            ":now": _num(now_s),
-            ":me": {"S": request_id},
-        }
-        if stale_owner:
+        """Put the user's claim naming ``request_id``; False when a current claim stands.
+
+        It replaces a claim of an earlier epoch or expired, and unless ``fresh`` one naming
+        this request or ``stale_owner``."""
+        condition = "attribute_not_exists(requestId) OR epoch < :epoch OR #ttl < :now"
+        values: dict[str, Any] = {":epoch": _num(epoch), ":now": _num(now_s)}
+        if not fresh:
+            condition += " OR ownerRequestId = :me"
+            values[":me"] = {"S": request_id}
+        if stale_owner and not fresh:
             condition += " OR ownerRequestId = :stale"
             values[":stale"] = {"S": stale_owner}
         try:
