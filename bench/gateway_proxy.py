@@ -492,10 +492,13 @@ BENCH_CATEGORIES = json.dumps(
 
 
 def gateway_source(revision: str, into: Path) -> Path | None:
-    """``services/gateway/src`` of ``revision`` extracted into ``into`` (None: not found)."""
+    """``services/gateway/src`` of ``revision`` extracted into ``into`` (None: not found),
+    with that revision's ``urr_common`` beside ``urr_gateway`` in it: the "before" row runs
+    that revision's shared HTTP/1.1 and RESP code too, not this tree's (which may be compiled
+    by mypyc)."""
     repo = Path(__file__).resolve().parent.parent
     archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", revision, "services/gateway/src"],
+        ["git", "-C", str(repo), "archive", revision, "services/gateway/src", "libs/common/src"],
         capture_output=True,
         check=False,
     )
@@ -504,7 +507,9 @@ def gateway_source(revision: str, into: Path) -> Path | None:
         return None
     into.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into / "services" / "gateway" / "src"
+    src = into / "services" / "gateway" / "src"
+    (into / "libs" / "common" / "src" / "urr_common").rename(src / "urr_common")
+    return src
 
 
 def print_results(

@@ -37,8 +37,6 @@ from typing import Any, Generic, TypeVar, cast
 
 import httptools
 import orjson
-from aiohttp import web
-from aiohttp.web_runner import BaseSite
 
 from urr_common.problems import (
     PROBLEM_CONTENT_TYPE,
@@ -479,7 +477,9 @@ class Http1Server:
             factory, host, port, reuse_port=reuse_port, backlog=1024
         )
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
-        bound: int = self._listener.sockets[0].getsockname()[1]
+        # ``Any``: uvloop's ``sockets`` is a list, typeshed says a tuple, and mypyc checks it.
+        listener: Any = self._listener
+        bound: int = listener.sockets[0].getsockname()[1]
         return bound
 
     def forget(self, connection: Http1Connection[Any]) -> None:
@@ -515,49 +515,6 @@ class Http1Server:
             await self._listener.wait_closed()
 
 
-class Http1Site(BaseSite):
-    """An ``Http1Server`` as an aiohttp site, so an ``AppRunner`` starts and drains it like
-    its other listeners: ``runner.cleanup()`` stops it."""
-
-    __slots__ = ("_drain_s", "_host", "_make", "_port", "_reuse_port", "_wrap", "listener")
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        make: Callable[[], Http1Server],
-        host: str | None,
-        port: int,
-        *,
-        drain_timeout_s: float,
-        reuse_port: bool | None = None,
-        wrap: Callable[[Callable[[], asyncio.Protocol]], Callable[[], asyncio.Protocol]]
-        | None = None,
-    ) -> None:
-        super().__init__(runner)
-        self._make = make
-        self._host = host
-        self._port = port
-        self._reuse_port = reuse_port
-        self._drain_s = drain_timeout_s
-        self._wrap = wrap
-        self.listener: Http1Server | None = None
-
-    @property
-    def name(self) -> str:
-        return f"http://{self._host or '0.0.0.0'}:{self._port}"
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    async def start(self) -> None:
-        await super().start()
-        self.listener = self._make()
-        self._port = await self.listener.start(
-            self._host, self._port, reuse_port=self._reuse_port, wrap=self._wrap
-        )
-
-    async def stop(self) -> None:
-        if self.listener is not None:
-            await self.listener.close(self._drain_s)
-        await super().stop()
+# Last: ``http1site`` imports this module's names (mypyc cannot compile a class on
+# ``BaseSite``, which has ``__slots__``; that module is never compiled).
+from urr_common.http1site import Http1Site as Http1Site  # noqa: E402

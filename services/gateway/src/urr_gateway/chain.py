@@ -44,6 +44,7 @@ from urr_common.service import (
 from urr_gateway.context import RequestFacts
 from urr_gateway.filters.base import GatewayFilter, Step
 from urr_gateway.ingress import Ingress, ingress_middleware
+from urr_gateway.middleware import middleware
 from urr_gateway.trust import TrustSettings
 
 #: Name and order of every filter, in the order they run.
@@ -156,7 +157,7 @@ class GatewayPipeline:
         add_in_flight = loop_adder(metrics.in_flight)
         perf_counter = time.perf_counter
 
-        @web.middleware
+        @middleware
         async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
             received = request
             request_id = new_request_id(request)

@@ -31,6 +31,7 @@ from urr_gateway.forwarding import (
     forwarded_host,
     forwarded_proto,
 )
+from urr_gateway.middleware import middleware
 from urr_gateway.paths import InvalidPath, NormalisedPath, normalise_path
 from urr_gateway.routing import ROUTE, RouteMatch, match_route
 from urr_gateway.trust import ProxyTrust, TrustSettings, origin_secret_matches
@@ -144,7 +145,7 @@ def ingress_middleware(trust: TrustSettings) -> Middleware:
     middlewares; the gateway runs ``Ingress`` inside its one pipeline)."""
     ingress_step = Ingress(trust)
 
-    @web.middleware
+    @middleware
     async def ingress(request: web.Request, handler: Handler) -> web.StreamResponse:
         request, _ = ingress_step(request, request_id_of(request))
         return await handler(request)

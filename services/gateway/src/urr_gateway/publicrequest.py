@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 from multidict import CIMultiDictProxy
@@ -30,12 +30,9 @@ BODY_LOW_WATER = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class ClientGone(ConnectionResetError):
-    """The client closed the connection, or broke HTTP, before its body ended."""
-
-
-class BodyOwner:
-    """What a body tells its connection (implemented by the listener's connection)."""
+class BodyOwner(Protocol):
+    """What a body tells its connection (implemented by the listener's connection; a
+    protocol, not a base class: mypyc's native classes have one base)."""
 
     def body_buffered(self, delta: int) -> None:
         raise NotImplementedError

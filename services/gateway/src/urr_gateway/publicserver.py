@@ -44,7 +44,9 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from urr_common.http1 import (
     HEAD_TOO_LARGE,
+    KEEPALIVE_TIMEOUT_S,
     REQUEST_ID_RE,
+    REQUEST_TIMEOUT_S,
     Answer,
     Http1Connection,
     Http1Server,
@@ -56,14 +58,13 @@ from urr_common.metrics import loop_adder
 from urr_common.service import HTTP_METRICS_KEY, REQUEST_ID_HEADER, REQUEST_ID_KEY
 from urr_gateway.app import GATEWAY_METRICS_KEY, PIPELINE_KEY, PROXY_KEY
 from urr_gateway.chain import _error_answer
+from urr_gateway.clientgone import ClientGone
 from urr_gateway.forwarding import downstream_response_headers, strip_hop_by_hop
 from urr_gateway.prepare import sync_receivers
 from urr_gateway.proxy import _SMALL_BODY_BYTES
 from urr_gateway.publicrequest import (
     BODY_HIGH_WATER,
     BODY_LOW_WATER,
-    BodyOwner,
-    ClientGone,
     GatewayRequest,
     RequestBody,
 )
@@ -160,11 +161,7 @@ class _Prepared:
         self.headers = headers
 
 
-#: ``_Prepared`` made without running ``__init__`` (``_head``: its headers set after).
-_new_prepared = object.__new__
-
-
-class _PublicConnection(Http1Connection["PublicServer"], BodyOwner):
+class _PublicConnection(Http1Connection["PublicServer"]):
     max_head_bytes = PUBLIC_MAX_HEAD_BYTES
     max_headers = PUBLIC_MAX_HEADERS
 
@@ -480,10 +477,18 @@ class PublicServer(Http1Server):
     clients are started by the app's runner)."""
 
     def __init__(
-        self, app: web.Application, *, send_timeout_s: float = SEND_TIMEOUT_S, **timeouts: float
+        self,
+        app: web.Application,
+        *,
+        send_timeout_s: float = SEND_TIMEOUT_S,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
     ) -> None:
-        """``timeouts``: ``request_timeout_s``, ``keepalive_timeout_s`` (``Http1Server``)."""
-        super().__init__(**timeouts)
+        """``request_timeout_s``, ``keepalive_timeout_s``: ``Http1Server``'s (named, not
+        ``**``: mypyc passes a ``**`` dict to a compiled ``__init__`` as one argument)."""
+        super().__init__(
+            request_timeout_s=request_timeout_s, keepalive_timeout_s=keepalive_timeout_s
+        )
         self.send_timeout_s = send_timeout_s
         pipeline = app[PIPELINE_KEY]
         steps = pipeline.steps
@@ -540,8 +545,9 @@ class PublicServer(Http1Server):
                     upstream, sending = proxy.start(routed)
                     try:
                         answer = await sending
-                    except (RequestBodyError, InvalidHeader, UpstreamError) as exc:
-                        raise proxy.send_failed(upstream, exc) from exc
+                    except (RequestBodyError, InvalidHeader, UpstreamError) as failed:
+                        # Its own name: mypyc types one name per function (``exc`` below).
+                        raise proxy.send_failed(upstream, failed) from failed
                     try:
                         status = answer.status
                         if not self._relayed_whole(exchange, answer):
@@ -717,10 +723,9 @@ class PublicServer(Http1Server):
             headers.update(limited)
         receivers = self._prepare_sync
         if receivers is not None:
-            # Built by ``object.__new__`` (no Python ``__init__``) and ``Any`` rather than
-            # through ``typing.cast``: no Python call but the receivers'.
-            prepared: Any = _new_prepared(_Prepared)
-            prepared.headers = headers
+            # Compiled by mypyc, ``_Prepared(headers)`` is a C call (``object.__new__`` of a
+            # native class is refused).
+            prepared: Any = _Prepared(headers)
             request: Any = exchange.request
             if limited:
                 # Set above: the receiver's ``merge`` of them would find every name, at the cost

@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 from urr_gateway.context import RequestFacts, request_cookies
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.ingress import FORWARD_HEADERS
+from urr_gateway.middleware import middleware
 
 ACCESS_TOKEN_COOKIE = "access_token"  # noqa: S105 (a cookie name)
 COOKIE_AUTH_ORDER = -2
@@ -39,7 +40,7 @@ def cookie_auth_step(request: web.Request, facts: RequestFacts) -> None:
     return None
 
 
-@web.middleware
+@middleware
 async def cookie_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     headers = request[FORWARD_HEADERS]
     if "Authorization" not in headers and ACCESS_TOKEN_COOKIE in request.cookies:

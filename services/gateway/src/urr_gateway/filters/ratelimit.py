@@ -12,29 +12,26 @@ handler, before this middleware sees it again.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from urr_common.logs import get_logger
 from urr_common.problems import ProblemError, TooManyRequests, Unauthorized
-from urr_common.tasks import CLOSE_STEP_S, bounded_step
 from urr_gateway.context import RequestFacts, facts_of, peek, rate_limit_subject, subject_of
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.forwarding import API_KEY_HEADER
 from urr_gateway.prepare import add_sync_receiver
 from urr_gateway.ratelimit.headers import rate_limit_headers, retry_after_seconds
 from urr_gateway.ratelimit.keys import hash_tag
+from urr_gateway.ratelimit.lifecycle import limiter_lifecycle
 from urr_gateway.ratelimit.limiter import SlidingWindowLimiter
 from urr_gateway.ratelimit.policyset import PolicyWatcher
 from urr_gateway.ratelimit.routing import CategoryRouter
 from urr_gateway.ratelimit.tenant import CompiledPolicies, TenantDecision
 from urr_gateway.ratelimit.window import Decision
 
-_LOG = get_logger(__name__)
 FILTER_NAME = "rate_limit"
 FILTER_ORDER = 0
 
@@ -285,21 +282,5 @@ def install_rate_limit(app: web.Application, limiter: SlidingWindowLimiter) -> N
     not spend its budget on it, and giving the limiter's connections back at shutdown. A
     Redis that is down at start-up does not stop the start."""
 
-    async def flush_periodically() -> None:
-        while True:
-            await asyncio.sleep(limiter.settings.usage_flush_s)
-            await limiter.flush_usage()
-
-    async def run(_: web.Application) -> AsyncIterator[None]:
-        await limiter.prepare()
-        flusher = asyncio.create_task(flush_periodically())
-        yield
-        flusher.cancel()
-        # Each step bounded: a Redis that does not answer at shutdown must not hold it up.
-        await bounded_step("usage_flusher", asyncio.wait({flusher}), CLOSE_STEP_S, _LOG)
-        # What the last interval counted is not left behind.
-        await bounded_step("usage_flush", limiter.flush_usage(), CLOSE_STEP_S, _LOG)
-        await bounded_step("limiter", limiter.aclose(), CLOSE_STEP_S, _LOG)
-
     install_rate_limit_headers(app)
-    app.cleanup_ctx.append(run)
+    app.cleanup_ctx.append(limiter_lifecycle(limiter))
