@@ -157,8 +157,23 @@ def test_free_port_never_hands_out_a_port_another_one_derives(
     monkeypatch.setattr(procs, "_HANDED_OUT", set())
     service = procs.free_port()
     thousands = service // 1000
-    far = thousands + 5 if thousands + 5 < procs._PICK_TO // 1000 else thousands - 5
-    offered = iter([thousands + 1, thousands + 2, thousands - 1, thousands - 2, far])
-    monkeypatch.setattr(random, "randrange", lambda start, stop: next(offered))
+    derived = [thousands + 1, thousands + 2, thousands - 1, thousands - 2]
+    elsewhere = [
+        t for t in range(procs._PICK_FROM // 1000, procs._PICK_TO // 1000) if abs(t - thousands) > 2
+    ]
+    # The derived ones first; then ports far from them (one of those may be bound by another
+    # test worker, so the draw goes on to the next rather than to a fixed answer).
+    offered = iter(derived + elsewhere)
+    drawn: list[int] = []
+
+    def draw(start: int, stop: int) -> int:
+        drawn.append(next(offered))
+        return drawn[-1]
+
+    monkeypatch.setattr(random, "randrange", draw)
     monkeypatch.setattr(random, "choice", lambda residues: service % 1000)
-    assert procs.free_port() == far * 1000 + service % 1000
+    port = procs.free_port()
+    assert drawn[:4] == derived  # every derived port was offered, and refused
+    assert port // 1000 not in derived
+    assert port // 1000 != thousands
+    assert port % 1000 == service % 1000
