@@ -11,6 +11,10 @@ PYTEST_ARGS ?=
 # fit it in CI's 10 minutes (two took 10:15 at 2,036 tests). PYTEST_WORKERS=0 runs it in this
 # process, one test at a time.
 PYTEST_WORKERS ?= 3
+# The tests run the code that ships: the compiled build, refused when stale (URR_NATIVE=1; the
+# tests marked `interpreted` run again in a child with URR_NATIVE=0). PYTEST_NATIVE=0: all
+# interpreted.
+PYTEST_NATIVE ?= 1
 
 SRC_PACKAGES := $(foreach d,$(wildcard libs/*/src/* services/*/src/* tools/*/src/* loadtests/src/*),-p $(notdir $(d)))
 TEST_DIRS := $(sort $(dir $(wildcard libs/*/tests/*.py services/*/tests/*.py tools/*/tests/*.py loadtests/tests/*.py)))
@@ -47,8 +51,12 @@ system-deps:
 # PYTHONDONTWRITEBYTECODE=1, as on the CI host, no interpreter ever writes a .pyc, and each
 # test process and each service a test starts compiled every module it imports again (a
 # gateway interpreter: 2.5 s of CPU to import instead of 1.0 s).
+# Then the gateway's request path compiled with mypyc (urr_common.native; ~80 s of gcc, and only
+# when a compiled module's source changed): a build that no longer matches its sources is
+# never loaded, and URR_NATIVE=0 runs everything interpreted.
 sync: uv
 	$(UV) sync --frozen --all-packages --compile-bytecode
+	$(UV) run --frozen python -m urr_common.native.build
 
 # DynamoDB runs on dynalite, installed first (`make dynalite`); without npm the stack keeps
 # DynamoDB on moto (URR_DEVSTACK__DYNAMODB=moto) and says so.
@@ -80,7 +88,7 @@ types: sync
 # dynalite too: the tests' DynamoDB (the fixtures fail, saying how to install it, without it).
 pytest: sync system-deps dynalite
 	$(UV) run --frozen python -m compileall -q -j 0 $(wildcard libs/*/src services/*/src tools/*/src loadtests/src)
-	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	URR_NATIVE=$(PYTEST_NATIVE) $(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test: lint types pytest
 

@@ -51,9 +51,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from urr_common import native
 from urr_common.tokens import KeySet, SigningKey, TokenSigner
 from urr_devstack.procs import RedisServer, free_port, wait_listening
 from urr_gateway.settings import GatewayHttpSettings
@@ -715,6 +717,25 @@ def keep_profiles(work: Path, into: str) -> None:
         shutil.copy(raw, kept / raw.name)
 
 
+def start_interpreted(
+    start_gateway: Callable[[int], tuple[int, int, int]],
+    base_env: dict[str, str],
+    headers: HeaderSets,
+) -> list[tuple[str, str, HeaderSets, list[int]]]:
+    """The row of this tree's gateway interpreted beside its compiled build
+    (``urr_common.native``), in the same run; none when the tree runs interpreted anyway."""
+    print(f"this tree's gateway: {native.status().reason}")
+    if not native.status().active:
+        return []
+    base_env["URR_NATIVE"] = "0"
+    try:
+        port, pid, _ = start_gateway(1)
+    finally:
+        del base_env["URR_NATIVE"]
+    url = f"http://127.0.0.1:{port}{PATH}"
+    return [("  same, interpreted (URR_NATIVE=0)", url, headers, [pid])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=12)
@@ -803,6 +824,7 @@ def main() -> None:
         base_env["URR_HTTP__SERVER"] = other
         other_port, other_pid, _ = start_gateway(1)
         base_env["URR_HTTP__SERVER"] = default
+        interpreted_rows = start_interpreted(start_gateway, base_env, headers)
         tuned_port = tuned_pid = 0
         if options.gc_gen0 >= 0:
             base_env["URR_HTTP__GC_GEN0_THRESHOLD"] = str(options.gc_gen0)
@@ -913,6 +935,7 @@ def main() -> None:
                 [gateway_pid],
             )
         )
+        runs.extend(interpreted_rows)
         runs.append(
             (
                 f"  same, URR_HTTP__SERVER={other}",

@@ -213,14 +213,14 @@ async def test_upstream_header_names_keep_their_case_and_bytes_and_the_name_cach
 
     monkeypatch.setattr(connection_module, "_NAMES", {})
     monkeypatch.setattr(connection_module, "_NAMES_MAX_ENTRIES", 8)
-    from types import SimpleNamespace
-
     from urr_gateway.upstream.pool import ConnectionPool
 
-    deadlines = SimpleNamespace(watch=lambda *_: None, forget=lambda *_: None)
-    pool = SimpleNamespace(read_deadlines=lambda _: deadlines)
+    # A real pool (compiled, its type is checked): it never connects, the answers are fed in.
+    pool = ConnectionPool(
+        "127.0.0.1", 9, limit=1, connect_timeout_s=1, pool_timeout_s=1, idle_timeout_s=1
+    )
     transport = SimpleNamespace(write=lambda _: None, close=lambda: None)
-    upstream = UpstreamConnection(cast(ConnectionPool, pool), asyncio.get_running_loop())
+    upstream = UpstreamConnection(pool, asyncio.get_running_loop())
     upstream.connection_made(cast(asyncio.Transport, transport))
     for index in range(40):
         response = upstream.start(
@@ -325,6 +325,12 @@ def _token_request(path: str, access: str, entry_token: str) -> tuple[Any, Reque
     return Ingress(TrustSettings())(cast(web.Request, request), "rid")
 
 
+def _decision(*, revoked: bool) -> Any:
+    from urr_gateway.ratelimit.window import Decision
+
+    return Decision(True, "general", 10, 9, 0, 0, "10;w=1", False, "redis", (), revoked=revoked)
+
+
 def test_cached_tokens_are_still_checked_for_user_event_revocation_and_expiry() -> None:
     from urr_common.problems import Forbidden
 
@@ -334,10 +340,10 @@ def test_cached_tokens_are_still_checked_for_user_event_revocation_and_expiry() 
     assert facts.identity is not None
     assert facts.identity.user_id == "u1"
     # The limiter's round trip found the key not revoked: accepted from the caches alone.
-    facts.rate_limit_decision = cast(Any, SimpleNamespace(revoked=False))
+    facts.rate_limit_decision = _decision(revoked=False)
     facts.rate_limit_revoked_key = "{u:u1}:revoked:j1"
     assert entry.step(request, facts) is None
-    facts.rate_limit_decision = cast(Any, SimpleNamespace(revoked=True))
+    facts.rate_limit_decision = _decision(revoked=True)
     with pytest.raises(Forbidden) as revoked:
         entry.step(request, facts)
     assert revoked.value.code == "entry_token_invalid"

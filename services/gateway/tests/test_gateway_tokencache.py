@@ -71,9 +71,10 @@ def test_connection_digests_are_the_token_digests_by_exact_text_and_bounded():
     assert digests.digest("header.payload.signaturE") == token_digest("header.payload.signaturE")
     assert digests.digest("header.payload.signatur") != first
     assert digests.digest("header.payload.signature") == first
-    for index in range(TokenDigests.MAX_TOKENS + 2):
+    # Read on the instance: compiled, the class attribute is a slot's descriptor.
+    for index in range(digests.MAX_TOKENS + 2):
         assert digests.digest(f"t{index}") == token_digest(f"t{index}")
-    assert len(digests._shown) == TokenDigests.MAX_TOKENS
+    assert len(digests._shown) == digests.MAX_TOKENS
 
 
 def test_a_remembered_digest_does_not_keep_an_expired_token_valid():

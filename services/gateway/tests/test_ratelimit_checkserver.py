@@ -582,6 +582,7 @@ async def test_a_redis_outage_is_answered_by_the_failure_policy(
         await client.aclose()
 
 
+@pytest.mark.interpreted  # patches a compiled class
 async def test_an_unexpected_limiter_error_is_a_logged_500_and_the_connection_serves_on(
     listener: Listener, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -321,6 +321,7 @@ async def test_a_held_window_stays_exact_for_one_subject(redis: Redis) -> None:
         await limiter.aclose()
 
 
+@pytest.mark.interpreted  # patches a compiled class
 async def test_the_window_wait_is_spent_from_the_budget(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,7 +18,9 @@ class Watched(type(os.environ)):
         while frame is not None and frame.f_globals.get("__name__", "") in PLUMBING:
             frame = frame.f_back
         caller = frame.f_globals.get("__name__", "") if frame is not None else ""
-        if caller.startswith("urr_"):
+        # One read by design: URR_NATIVE decides which code is imported at all, so it can only
+        # be read at import (urr_common.native); nothing else may be.
+        if caller.startswith("urr_") and (caller, key) != ("urr_common.native", "URR_NATIVE"):
             reads.append((caller, key))
 
     def __getitem__(self, key):

@@ -19,11 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from urr_common.native.modules import compiled_modules
 from urr_common.service import READINESS_KEY, create_service_app
 from urr_common.settings import ServiceSettings
 from urr_deploycheck.dockerfiles import (
+    NATIVE_BUILD_PACKAGES,
     dockerfile_path,
     healthcheck_code,
+    locked_versions,
+    native_build_commands,
     present_images,
     render_dockerfile,
 )
@@ -52,8 +56,12 @@ def test_dockerfile_builds_its_member_and_runs_it_unprivileged(image):
     assert member == image.package
     stages = re.findall(r"^FROM (\S+) AS (\w+)$", text, flags=re.MULTILINE)
     assert [name for _, name in stages] == ["uv", "build", "runtime"]
-    assert stages[1][0] == stages[2][0] == "${PYTHON_IMAGE}"
+    # A compiled image builds with a compiler (the full image of the same release).
+    build_image = "${PYTHON_BUILD_IMAGE}" if image.native else "${PYTHON_IMAGE}"
+    assert (stages[1][0], stages[2][0]) == (build_image, "${PYTHON_IMAGE}")
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    assert ("ARG PYTHON_BUILD_IMAGE=python:3.11-bookworm" in text) is image.native
+    assert ("URR_NATIVE=1" in text.split(" AS runtime", 1)[1]) is image.native
     assert f"uv sync --frozen --no-dev --no-editable --package {member}" in text
     runtime = text.split(" AS runtime", 1)[1]
     assert "COPY --from=build /opt/venv /opt/venv" in runtime
@@ -123,6 +131,7 @@ def context(tmp_path_factory) -> Path:
     return build_context(tmp_path_factory.mktemp("docker") / "context")
 
 
+@pytest.mark.timeout(600)  # the gateway's image compiles its request path (~80 s of gcc)
 @pytest.mark.parametrize("image", present_images(REPO), ids=lambda image: image.folder)
 def test_the_build_stage_installs_exactly_the_member_from_the_lock(image, context, tmp_path):
     # The Dockerfile's own command, in the build context docker would send, into a scratch
@@ -159,6 +168,46 @@ def test_the_build_stage_installs_exactly_the_member_from_the_lock(image, contex
     assert "urr_deploycheck" not in installed
     assert "urr_devstack" not in installed
     assert "pytest" not in installed
+    if image.native:
+        _compile_as_the_build_stage_does(venv, env, modules, tmp_path)
+
+
+def _compile_as_the_build_stage_does(
+    venv: Path, env: dict[str, str], modules: list[str], cwd: Path
+) -> None:
+    """The Dockerfile's compile step in the installed layout (site-packages, no project
+    configuration), offline; then the image's processes start with ``URR_NATIVE=1`` and the
+    compiled modules load from the venv, and the build tools are gone again."""
+    python = str(venv / "bin/python")
+    versions = locked_versions(REPO, NATIVE_BUILD_PACKAGES)
+    for command in native_build_commands(python, versions):
+        if command[0] == "uv":  # (the index, not only the cache: pip resolves the pins)
+            command = [*uv(), *command[1:]]
+        subprocess.run(command, cwd=cwd, env=env, check=True, timeout=600)
+    probe = (
+        "import importlib, sys\n"
+        "from urr_common import native\n"
+        "for name in sys.argv[1:]:\n"
+        "    importlib.import_module(name)\n"
+        "for name in sorted(native.status().compiled):\n"
+        "    print(importlib.import_module(name).__file__)\n"
+    )
+    result = subprocess.run(
+        [python, "-I", "-c", probe, *modules],
+        cwd=cwd,
+        env={"URR_NATIVE": "1", "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    compiled = result.stdout.split()
+    assert len(compiled) == len(compiled_modules())
+    assert all(f.startswith(str(venv)) and f.endswith(".so") for f in compiled), compiled
+    left = {
+        p.name.split("-")[0] for p in (venv / "lib/python3.11/site-packages").glob("*.dist-info")
+    }
+    assert not left & {"mypy", "setuptools", "librt", "pathspec", "ast_serialize"}
 
 
 async def _run_healthcheck(port: int) -> int:
@@ -194,4 +243,5 @@ def test_the_healthcheck_reads_the_port_the_image_sets():
         code = healthcheck_code(image.port)
         compile(code, "<healthcheck>", "exec")
         assert f"os.environ.get('URR_HTTP__PORT', '{image.port}')" in code
-        assert code.replace('"', '\\"') in render_dockerfile(image)
+        rendered = render_dockerfile(image, locked_versions(REPO, NATIVE_BUILD_PACKAGES))
+        assert code.replace('"', '\\"') in rendered

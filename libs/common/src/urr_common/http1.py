@@ -37,6 +37,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import httptools
 import orjson
+from mypy_extensions import mypyc_attr
 
 from urr_common.problems import (
     PROBLEM_CONTENT_TYPE,
@@ -140,6 +141,9 @@ class Answer:
 S = TypeVar("S", bound="Http1Server")
 
 
+# Compiled (urr_common.native), the classes stay open to the interpreted listeners that
+# subclass them (the check API, the API Gateway emulator).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Http1Connection(asyncio.Protocol, Generic[S]):
     """One client connection. A listener subclasses it and implements the message callbacks
     after the head (``on_headers_complete``, ``on_body``, ``on_message_complete``) and
@@ -158,6 +162,7 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
         "_inbound_id",
         "_reading_paused",
         "_stopped",
+        "_unreadable",
         "_url",
         "_write_paused",
         "deadline",
@@ -177,6 +182,8 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
         self._fields = 0
         self._url = b""
         self._inbound_id: bytes | None = None
+        #: What a parser callback refused the request with (``unreadable``).
+        self._unreadable: ProblemError | None = None
         #: No more requests are read: the connection closes once its answers are written.
         self._stopped = False
         #: Named like aiohttp's handler's flag: the shedding wrapper reads it before resuming.
@@ -217,22 +224,29 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
                 if self._in_head:
                     self._head_bytes += len(data)
                     if self._head_bytes > max_head_bytes:
-                        raise Unreadable(HEAD_TOO_LARGE)
+                        raise self.unreadable(HEAD_TOO_LARGE)
             else:
                 slice_bytes = max_head_bytes // 4
                 view = memoryview(data)
                 for at in range(0, len(data), slice_bytes):
                     self._feed(view[at : at + slice_bytes])
-        except Unreadable as exc:
-            self.refuse_and_close(exc.problem)
+        except Unreadable as refused:
+            self.refuse_and_close(refused.problem)
         except httptools.HttpParserUpgrade:
             self.upgraded()
-        except httptools.HttpParserError as exc:
-            # A callback's exception reaches here as the parser error's context.
-            if isinstance(exc.__context__, Unreadable):
-                self.refuse_and_close(exc.__context__.problem)
-            else:
-                self.refuse_and_close(BadRequest(f"malformed HTTP request: {exc}"))
+        except httptools.HttpParserError as malformed:
+            # (Two names: compiled, one name keeps one type for the whole function.)
+            self.refuse_and_close(
+                self._unreadable or BadRequest(f"malformed HTTP request: {malformed}")
+            )
+
+    def unreadable(self, problem: ProblemError) -> Unreadable:
+        """What a parser callback raises to refuse the request. The connection keeps the
+        problem too: httptools hands a callback's exception back only as its own error's
+        ``__context__``, which Python replaces when the error is raised while another
+        exception is being handled (compiled callers can leave one set)."""
+        self._unreadable = problem
+        return Unreadable(problem)
 
     def _feed(self, data: bytes | memoryview) -> None:
         """Parse ``data``; a head still unfinished after it counts it whole. httptools keeps
@@ -245,7 +259,7 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
-                raise Unreadable(HEAD_TOO_LARGE)
+                raise self.unreadable(HEAD_TOO_LARGE)
 
     def upgraded(self) -> None:
         """llhttp stopped at an upgrade request (already completed): nothing after it is
@@ -273,7 +287,7 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
         # belong there too.
         self._fields += 1
         if self._fields > self.max_headers:
-            raise Unreadable(HEAD_TOO_LARGE)
+            raise self.unreadable(HEAD_TOO_LARGE)
         if self._inbound_id is None and len(name) == 12 and name.lower() == b"x-request-id":
             self._inbound_id = value
         self.header(name, value)
@@ -352,7 +366,13 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
             return
         ready: list[bytes] = []
         last = None
-        while answers and (data := answers[0].data) is not None:
+        while answers:
+            # Through ``head``: mypy narrows ``answers[0].data`` to ``bytes`` after the test
+            # above, and compiled, that type is checked (``None`` would be a TypeError).
+            head = answers[0]
+            data = head.data
+            if data is None:
+                break
             ready.append(data)
             last = answers.popleft()
             if last.close:
@@ -434,6 +454,7 @@ class Http1Connection(asyncio.Protocol, Generic[S]):
             self.transport.abort()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Http1Server:
     """A listener: its connections, their deadlines (one sweep a second, not a timer per
     request), the Date header, and a drain that lets answers owed be written."""

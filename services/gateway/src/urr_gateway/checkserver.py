@@ -45,7 +45,6 @@ from urr_common.http1 import (
     Http1Server,
     Http1Site,
     Internal,
-    Unreadable,
 )
 from urr_common.logs import get_logger, start_request_context
 from urr_common.payloads import json_object
@@ -203,7 +202,7 @@ class _Connection(Http1Connection["CheckServer"]):
         # Python call per header field instead of two. Keep in step with the base's checks.
         self._fields += 1
         if self._fields > self.max_headers:
-            raise Unreadable(HEAD_TOO_LARGE)
+            raise self.unreadable(HEAD_TOO_LARGE)
         name = name.lower()
         if name in _WANTED:
             # The first of repeated fields counts, as aiohttp's ``headers.get`` reads them.
@@ -223,7 +222,7 @@ class _Connection(Http1Connection["CheckServer"]):
         length = self._headers.get(b"content-length")
         if length is not None and int(length) > MAX_BODY_BYTES:
             if int(length) > MAX_DISCARD_BYTES:
-                raise Unreadable(self._refusal or _BODY_TOO_LARGE)
+                raise self.unreadable(self._refusal or _BODY_TOO_LARGE)
             self._refusal = self._refusal or _BODY_TOO_LARGE
         if (
             self._refusal is None
@@ -237,7 +236,7 @@ class _Connection(Http1Connection["CheckServer"]):
         if self._refusal is None and self._body_len <= MAX_BODY_BYTES:
             self._body.append(body)
         elif self._body_len > MAX_DISCARD_BYTES:
-            raise Unreadable(self._refusal or _BODY_TOO_LARGE)
+            raise self.unreadable(self._refusal or _BODY_TOO_LARGE)
         else:  # read on and drop, so the connection stays in step and the answer is read
             self._refusal = self._refusal or _BODY_TOO_LARGE
             self._body.clear()

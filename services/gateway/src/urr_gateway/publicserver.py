@@ -161,12 +161,6 @@ class _Prepared:
         self.headers = headers
 
 
-#: ``_Prepared`` made without running ``__init__`` (``_head``: its headers set after). A mypyc
-#: build refuses ``object.__new__`` of a native class and needs ``_Prepared(headers)`` here
-#: (``bench/mypyc_build.py``); interpreted, that is one Python call more per request.
-_new_prepared = object.__new__
-
-
 class _PublicConnection(Http1Connection["PublicServer"]):
     max_head_bytes = PUBLIC_MAX_HEAD_BYTES
     max_headers = PUBLIC_MAX_HEADERS
@@ -252,7 +246,7 @@ class _PublicConnection(Http1Connection["PublicServer"]):
         # ``on_headers_complete``, unless the connection's previous head had the same fields.
         pairs = self._pairs
         if len(pairs) >= self.max_headers:
-            raise Unreadable(HEAD_TOO_LARGE)
+            raise self.unreadable(HEAD_TOO_LARGE)
         pairs.append((name, value))
 
     def request_id(self) -> bytes:
@@ -729,10 +723,9 @@ class PublicServer(Http1Server):
             headers.update(limited)
         receivers = self._prepare_sync
         if receivers is not None:
-            # Built by ``object.__new__`` (no Python ``__init__``) and ``Any`` rather than
-            # through ``typing.cast``: no Python call but the receivers'.
-            prepared: Any = _new_prepared(_Prepared)
-            prepared.headers = headers
+            # ``Any`` rather than ``typing.cast``: no call but the receivers'. (Compiled, the
+            # constructor is a C call; ``object.__new__`` of a native class is refused.)
+            prepared: Any = _Prepared(headers)
             request: Any = exchange.request
             if limited:
                 # Set above: the receiver's ``merge`` of them would find every name, at the cost

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from urr_common import native
 from urr_common.clients import redis_client
 from urr_common.http1 import Http1Site
 from urr_common.logs import get_logger
@@ -177,6 +178,10 @@ async def serve_gateway(
                 site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
             await site.start()
             _LOG.info("listening", host=host, port=port, internal=app is apps.internal)
+        # Whether the request path runs compiled, and if not why (an operator comparing pods'
+        # CPU needs to know; URR_NATIVE=1 in the image refuses to start without it).
+        compiled = native.status()
+        _LOG.info("native_build", compiled=len(compiled.compiled), reason=compiled.reason)
         if not stop.is_set():  # a full collection is no use to a worker about to stop
             tune_gc(http.gc_gen0_threshold)
         await stop.wait()

@@ -4,16 +4,26 @@ Two stages: ``build`` installs exactly the image's workspace member and its lock
 (``uv sync --frozen --no-dev --no-editable --package <member>``) into ``/opt/venv`` with
 bytecode compiled ahead; ``runtime`` is the same slim Python with that venv only, running as
 uid 1000, writing nothing outside ``/tmp`` (read-only root filesystem), with a healthcheck that
-asks ``/health/ready`` through Python's urllib (no curl in the image).
+asks ``/health/ready`` through Python's urllib (no curl in the image). An image whose request
+path is compiled (``Image.native``) builds in the full Python image of the same release (gcc
+and the headers; its runtime stays slim), compiles with mypyc's tools pinned from ``uv.lock``
+and removes them, and runs with ``URR_NATIVE=1``: it refuses to start without the build.
 """
 
 from __future__ import annotations
 
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 from urr_deploycheck.services import IMAGES, Image
 
 PYTHON_IMAGE = "python:3.11-slim-bookworm"
+#: The build stage of a compiled image: the same Python release with a C compiler.
+PYTHON_BUILD_IMAGE = "python:3.11-bookworm"
+#: mypyc's build tools (mypy ships mypyc; setuptools drives the compiler) and what mypy needs
+#: beyond the gateway's own closure; installed for the build, then removed.
+NATIVE_BUILD_PACKAGES = ("mypy", "ast-serialize", "librt", "pathspec", "setuptools")
 #: The uv that wrote uv.lock; the image copies its static binary.
 UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.9"
 UID = 1000
@@ -43,7 +53,39 @@ def healthcheck_code(port: int) -> str:
     return _HEALTHCHECK.replace("{port}", str(port))
 
 
-def render_dockerfile(image: Image) -> str:
+def locked_versions(repo: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """The versions ``uv.lock`` pins for ``names`` (one version each in this lock)."""
+    lock = tomllib.loads((repo / "uv.lock").read_text())
+    pinned = {package["name"]: package["version"] for package in lock["package"]}
+    missing = [name for name in names if name not in pinned]
+    if missing:
+        raise ValueError(f"uv.lock pins no {', '.join(missing)}")
+    return {name: pinned[name] for name in names}
+
+
+def native_build_commands(python: str, versions: Mapping[str, str]) -> list[list[str]]:
+    """The build stage's compile step, also run by the image test in a scratch venv."""
+    pins = [f"{name}=={versions[name]}" for name in NATIVE_BUILD_PACKAGES]
+    return [
+        ["uv", "pip", "install", "--python", python, *pins],
+        [python, "-m", "urr_common.native.build"],
+        ["uv", "pip", "uninstall", "--python", python, *NATIVE_BUILD_PACKAGES],
+    ]
+
+
+def _native_step(versions: Mapping[str, str]) -> str:
+    lines = [
+        " ".join(command) for command in native_build_commands("/opt/venv/bin/python", versions)
+    ]
+    return (
+        "# The request path compiled with mypyc (urr_common.native), its tools pinned from the\n"
+        "# lock and removed after; the runtime refuses to start without it (URR_NATIVE=1).\n"
+        "RUN --mount=type=cache,target=/root/.cache/uv \\\n    " + " \\\n && ".join(lines) + "\n"
+    )
+
+
+def render_dockerfile(image: Image, versions: Mapping[str, str] | None = None) -> str:
+    """``versions``: the lock's pins of ``NATIVE_BUILD_PACKAGES`` (a native image needs them)."""
     env = [
         ("PATH", "/opt/venv/bin:$PATH"),
         ("PYTHONDONTWRITEBYTECODE", "1"),
@@ -53,7 +95,13 @@ def render_dockerfile(image: Image) -> str:
         ("URR_HTTP__HOST", "0.0.0.0"),
         ("URR_HTTP__PORT", str(image.port)),
         *IMAGE_ENV.get(image.folder, ()),
+        *((("URR_NATIVE", "1"),) if image.native else ()),
     ]
+    if image.native and versions is None:
+        raise ValueError(f"{image.folder}: a compiled image needs the lock's build tool versions")
+    build_image = "${PYTHON_BUILD_IMAGE}" if image.native else "${PYTHON_IMAGE}"
+    build_arg = f"ARG PYTHON_BUILD_IMAGE={PYTHON_BUILD_IMAGE}\n" if image.native else ""
+    native_step = _native_step(versions) if image.native and versions is not None else ""
     env_lines = " \\\n    ".join(f"{key}={value}" for key, value in env)
     health = healthcheck_code(image.port).replace('"', '\\"')
     return f"""\
@@ -62,10 +110,10 @@ def render_dockerfile(image: Image) -> str:
 # Build from the repository root:
 #   docker build -f services/{image.folder}/Dockerfile -t {image.name} .
 ARG PYTHON_IMAGE={PYTHON_IMAGE}
-
+{build_arg}
 FROM {UV_IMAGE} AS uv
 
-FROM ${{PYTHON_IMAGE}} AS build
+FROM {build_image} AS build
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_COMPILE_BYTECODE=1 \\
     UV_LINK_MODE=copy \\
@@ -77,7 +125,7 @@ COPY . .
 # Only this member and its locked closure, installed as regular (non-editable) packages.
 RUN --mount=type=cache,target=/root/.cache/uv \\
     uv sync --frozen --no-dev --no-editable --package {image.package}
-
+{native_step}
 FROM ${{PYTHON_IMAGE}} AS runtime
 RUN groupadd --system --gid {UID} urr \\
  && useradd --system --uid {UID} --gid {UID} --home-dir /tmp --no-create-home \\
@@ -108,6 +156,8 @@ def present_images(repo: Path) -> list[Image]:
 
 
 def expected_files(repo: Path) -> dict[Path, str]:
+    versions = locked_versions(repo, NATIVE_BUILD_PACKAGES)
     return {
-        dockerfile_path(repo, image): render_dockerfile(image) for image in present_images(repo)
+        dockerfile_path(repo, image): render_dockerfile(image, versions)
+        for image in present_images(repo)
     }

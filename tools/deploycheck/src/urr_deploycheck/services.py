@@ -37,6 +37,8 @@ class Image:
     #: Port of the default command's HTTP listener (health, metrics), for ``EXPOSE`` and the
     #: image's ``HEALTHCHECK`` when ``URR_HTTP__PORT`` is not set.
     port: int
+    #: Its request path compiled with mypyc in the build stage (``urr_common.native``).
+    native: bool = False
 
     @property
     def name(self) -> str:
@@ -92,7 +94,7 @@ class Infra:
 
 # Images: one per service folder. The worker and VWR images carry several processes.
 AUTH_IMAGE = Image("auth", "urr-auth", "urr_auth", 3005)
-GATEWAY_IMAGE = Image("gateway", "urr-gateway", "urr_gateway", 3001)
+GATEWAY_IMAGE = Image("gateway", "urr-gateway", "urr_gateway", 3001, native=True)
 QUEUE_IMAGE = Image("queue", "urr-queue", "urr_queue", 3007)
 TICKET_IMAGE = Image("ticket", "urr-ticket", "urr_ticket", 3002)
 TICKET_WORKER_IMAGE = Image("ticket_worker", "urr-ticket-worker", "urr_ticket_worker.relay", 3021)

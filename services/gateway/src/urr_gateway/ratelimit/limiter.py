@@ -288,7 +288,8 @@ class _Soon:
                 # This object's own reply read in place (``result`` is a call more).
                 self.reply if pending is self and self.error is None else pending.result(),
             )
-        except NoScriptError as exc:
+        # A name per clause: compiled, one name keeps the first clause's type.
+        except NoScriptError as noscript:
             retry = None
             if not self.retried and limiter._pipelined is not None:
                 # As in ``check``: nothing ran; load the script first and run this once more,
@@ -300,12 +301,12 @@ class _Soon:
             if retry is not None:
                 retry.add_done_callback(self.replied)
                 return
-            error = exc
-        except _FAILURES as exc:
-            error = exc
-        except BaseException as exc:  # cancelled: the caller hears of it
+            error = noscript
+        except _FAILURES as failed:
+            error = failed
+        except BaseException as cancelled:  # the caller hears of it
             limiter._in_flight.give_back()
-            self.answer(None, exc)
+            self.answer(None, cancelled)
             return
         limiter._in_flight.give_back()
         # ``_redis_answered`` then ``finish``, inlined (one decision per request comes here).
@@ -317,8 +318,8 @@ class _Soon:
             final = limiter._conclude(
                 self.subject, self.category, self.specs, self.cost, decision, self.started
             )
-        except BaseException as exc:  # handed to the caller's callback
-            self.answer(None, exc)
+        except BaseException as crashed:  # handed to the caller's callback
+            self.answer(None, crashed)
             return
         self.answer(final, None)
 

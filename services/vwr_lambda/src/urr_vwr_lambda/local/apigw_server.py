@@ -191,14 +191,14 @@ class ApiConnection(http1.Http1Connection["ApiServer"]):
         for name, value in self._fields_seen:
             # (llhttp has checked that a Content-Length is a number, and that there is one)
             if len(name) == 14 and name.lower() == b"content-length" and int(value) > limit:
-                raise http1.Unreadable(too_large(limit))
+                raise self.unreadable(too_large(limit))
         if self._expect and not self._answers and self.transport is not None:
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
         if self._body_len > self.server.max_body_bytes:
-            raise http1.Unreadable(too_large(self.server.max_body_bytes))
+            raise self.unreadable(too_large(self.server.max_body_bytes))
         self._body.append(body)
 
     def on_message_complete(self) -> None:
