@@ -55,7 +55,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from urr_common import native
 from urr_common.tokens import KeySet, SigningKey, TokenSigner
 from urr_devstack.procs import RedisServer, free_port, wait_listening
 from urr_gateway.settings import GatewayHttpSettings
@@ -724,6 +723,9 @@ def start_interpreted(
 ) -> list[tuple[str, str, HeaderSets, list[int]]]:
     """The row of this tree's gateway interpreted beside its compiled build
     (``urr_common.native``), in the same run; none when the tree runs interpreted anyway."""
+    # Imported here: checkapi_latency.py imports this module under a revision without it.
+    from urr_common import native
+
     print(f"this tree's gateway: {native.status().reason}")
     if not native.status().active:
         return []
