@@ -169,3 +169,21 @@ async def test_the_gateway_process_keeps_metrics_off_its_public_port(redis_url, 
         process.terminate()
         await asyncio.wait_for(process.wait(), 30)
         log.close()
+
+
+def test_urr_native_1_refuses_to_start_without_the_compiled_build(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The image sets URR_NATIVE=1: a build that does not match its sources (or none) must
+    stop the gateway with a clear message, not let it serve interpreted at a higher cost."""
+    from urr_common import native
+    from urr_gateway import __main__ as gateway_main
+
+    stale = native.NativeStatus("1", frozenset(), "urr_gateway.chain changed since the build")
+    monkeypatch.setattr(native, "status", lambda: stale)
+    with pytest.raises(SystemExit) as stopped:
+        gateway_main.main()
+    assert stopped.value.code == 2
+    assert "URR_NATIVE=1 but the mypyc build is not usable: urr_gateway.chain changed" in (
+        capsys.readouterr().err
+    )

@@ -75,6 +75,17 @@ async def test_every_worker_answers_metrics_for_all_workers(redis_url, tmp_path)
             for index in range(REQUESTS):
                 async with session.get(f"http://127.0.0.1:{port}/api/v1/events/{index}") as answer:
                     assert answer.status == 200
+            # A request is counted just after its answer is written (``observe`` in the
+            # serving coroutine's ``finally``): a scrape served by the other worker at once
+            # can come before the last count, so wait for it (a moment), then every scrape
+            # must show all of them.
+            counted = time.monotonic() + 5
+            while True:
+                async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as answer:
+                    total, _ = proxied_requests_and_pids(await answer.text())
+                if total == REQUESTS or time.monotonic() > counted:
+                    break
+                await asyncio.sleep(0.05)
             seen_pids: set[str] = set()
             for _ in range(6):
                 # Both workers share the metrics listener's port (SO_REUSEPORT) as the public one.

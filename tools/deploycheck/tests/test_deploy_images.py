@@ -187,6 +187,7 @@ def _compile_as_the_build_stage_does(
     probe = (
         "import importlib, sys\n"
         "from urr_common import native\n"
+        "native.require(native.status())\n"
         "for name in sys.argv[1:]:\n"
         "    importlib.import_module(name)\n"
         "for name in sorted(native.status().compiled):\n"

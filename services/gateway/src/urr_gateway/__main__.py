@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from urr_common import native
 from urr_common.logs import configure_logging
 from urr_common.settings import SettingsError, load_settings
 from urr_gateway.settings import GatewaySettings
@@ -17,7 +18,9 @@ from urr_gateway.workers import serve_in_process, supervise
 def main() -> None:
     try:
         settings = load_settings(GatewaySettings)
-    except SettingsError as exc:
+        # URR_NATIVE=1 (the image): refuse to run the request path interpreted by accident.
+        native.require(native.status())
+    except (SettingsError, native.NativeBuildError) as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)
     configure_logging(settings.log, service=settings.service_name)

@@ -9,8 +9,10 @@ gateway's compiled group calls into the common one). Otherwise every ``urr_*`` m
 an extension beside it loads from its ``.py``.
 
 ``URR_NATIVE``: ``auto`` (the default) uses a matching build and runs interpreted otherwise;
-``0`` never loads compiled code; ``1`` refuses to start without a matching build (the images,
-where running slower by accident would go unnoticed).
+``0`` never loads compiled code; ``1`` makes the gateway refuse to start without a matching
+build (``require``, at its start; the images, where running slower by accident would go
+unnoticed). The import itself never fails over a build: the builder imports this package
+before there is one.
 
 This package is never compiled.
 """
@@ -153,8 +155,6 @@ def decide(environ: Mapping[str, str], manifest: Path = MANIFEST) -> NativeStatu
         return NativeStatus(mode, frozenset(), "URR_NATIVE=0")
     problem = check_build(manifest, modules)
     if problem is not None:
-        if mode == "1":
-            raise NativeBuildError(f"URR_NATIVE=1 but the mypyc build is not usable: {problem}")
         return NativeStatus(mode, frozenset(), problem)
     return NativeStatus(mode, frozenset(modules), f"{len(modules)} modules compiled")
 
@@ -174,3 +174,9 @@ def install(environ: Mapping[str, str] = os.environ) -> NativeStatus:
 
 def status() -> NativeStatus:
     return install()
+
+
+def require(decided: NativeStatus) -> None:
+    """Refuse to start under ``URR_NATIVE=1`` when the build is not in use (a service's start)."""
+    if decided.mode == "1" and not decided.active:
+        raise NativeBuildError(f"URR_NATIVE=1 but the mypyc build is not usable: {decided.reason}")

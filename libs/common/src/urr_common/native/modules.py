@@ -4,8 +4,7 @@ One list, read by the builder (``python -m urr_common.native.build``) and by the
 decides at import whether the compiled build may be used. A module missing from this list
 always runs as Python. Left interpreted, because mypyc refuses them (docs/performance.md,
 "the hot path compiled with mypyc"): the pydantic models (``trust``, ``checkapi``), ctypes
-(``ratelimit.finetimer``), ``@web.middleware`` on methods (``filters.jwt_auth``,
-``filters.entry_token``, ``filters.ratelimit``), a base with ``__slots__`` (``checkserver``,
+(``ratelimit.finetimer``), a base with ``__slots__`` (``checkserver``,
 ``urr_common.http1site``), exception subclasses of builtins (``clientgone``) and async
 generators (``ratelimit.lifecycle``).
 """
@@ -28,6 +27,13 @@ GATEWAY = (
     "filters.base",
     "filters.cookie_auth",
     "filters.csrf",
+    "filters.jwt_auth",
+    "filters.entry_token",
+    "filters.ratelimit",
+    "cookieheader",
+    "refusedcache",
+    "prepare",
+    "identity_key",
     "ratelimit.pipeline",
     "ratelimit.limiter",
     "ratelimit.window",
@@ -40,6 +46,8 @@ GATEWAY = (
     "ratelimit.breaker",
     "ratelimit.tenant",
     "ratelimit.routing",
+    "ratelimit.usage_tally",
+    "ratelimit.metrics",
     "upstream.client",
     "upstream.connection",
     "upstream.pool",

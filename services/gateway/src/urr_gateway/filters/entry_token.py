@@ -23,6 +23,7 @@ from urr_common.tokens import BASE_REQUIRED_CLAIMS, TokenError, TokenRejection
 from urr_gateway.context import IDENTITY, Identity, RequestFacts
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.jwks import KeysUnavailable
+from urr_gateway.middleware import middleware
 from urr_gateway.revocation import RevocationCheck, entry_token_of, facts_entry_token
 from urr_gateway.routing import ROUTE, RouteMatch
 from urr_gateway.verification import CachedTokenVerifier
@@ -105,12 +106,12 @@ class _EntryToken:
             return await self._verifier.verify(token)
         except TokenError as exc:
             raise self.refuse(rejection_code(exc.reason)) from exc
-        except KeysUnavailable as exc:
+        except KeysUnavailable as unavailable:  # (compiled: a name per clause)
             raise ServiceUnavailable(
                 "the entry token cannot be checked right now",
                 code="entry_keys_unavailable",
                 headers={"Retry-After": "5"},
-            ) from exc
+            ) from unavailable
 
     async def finish(
         self,
@@ -148,7 +149,6 @@ class _EntryToken:
             raise self.refuse("entry_token_invalid", reason="revoked")
         return None
 
-    @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         shown = self.token_to_check(
             request.get(ROUTE), request.get(IDENTITY), entry_token_of(request)
@@ -167,6 +167,6 @@ def entry_token_filter(
     return GatewayFilter(
         name="entry_token",
         order=ENTRY_TOKEN_ORDER,
-        middleware=entry_token.middleware,
+        middleware=middleware(entry_token.middleware),
         step=entry_token.step,
     )

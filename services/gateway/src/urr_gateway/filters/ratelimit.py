@@ -22,6 +22,7 @@ from urr_common.problems import ProblemError, TooManyRequests, Unauthorized
 from urr_gateway.context import RequestFacts, facts_of, peek, rate_limit_subject, subject_of
 from urr_gateway.filters.base import GatewayFilter
 from urr_gateway.forwarding import API_KEY_HEADER
+from urr_gateway.middleware import middleware
 from urr_gateway.prepare import add_sync_receiver
 from urr_gateway.ratelimit.headers import rate_limit_headers, retry_after_seconds
 from urr_gateway.ratelimit.keys import hash_tag
@@ -193,7 +194,6 @@ class _RateLimit:
         # decision comes back from Redis (it leaves its headers on ``facts``).
         return self.decide(request, facts, category)
 
-    @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         category = self._routing.category_for(request.path)
         if category is None or not self._limiter.settings.enabled:
@@ -222,7 +222,10 @@ def rate_limit_filter(
         policies.on_change(lambda compiled: limiter.use_policies(compiled.defaults))
     rate_limit = _RateLimit(limiter, routing, revoked_key_for, policies)
     return GatewayFilter(
-        name=FILTER_NAME, order=FILTER_ORDER, middleware=rate_limit.middleware, step=rate_limit.step
+        name=FILTER_NAME,
+        order=FILTER_ORDER,
+        middleware=middleware(rate_limit.middleware),
+        step=rate_limit.step,
     )
 
 
