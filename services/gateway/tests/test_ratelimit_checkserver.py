@@ -623,6 +623,7 @@ def check(key: str, cost: int = 1) -> bytes:
     return request(orjson.dumps({"key": key, "category": "auth", "cost": cost}))
 
 
+@pytest.mark.interpreted  # patches the compiled checkserver._Connection
 async def test_a_plain_checks_head_is_read_once_and_then_taken_without_the_parser(
     listener: Listener, redis: Redis, parsed: list[int]
 ) -> None:
@@ -657,6 +658,7 @@ async def test_a_plain_checks_head_is_read_once_and_then_taken_without_the_parse
     assert await redis.zcard(window_key(check_api_subject("k-1"), "auth", 60)) == 15
 
 
+@pytest.mark.interpreted  # patches the compiled checkserver._Connection
 async def test_a_known_head_on_a_connection_that_proved_nothing_goes_through_the_check(
     redis: Redis, parsed: list[int]
 ) -> None:
@@ -800,6 +802,7 @@ async def _answers_to(port: int, chunks: list[bytes], count: int) -> list[tuple[
 
 @FUZZ
 @given(parts=st.lists(stream_parts, min_size=1, max_size=10), cuts=st.lists(st.integers(0, 2000)))
+@pytest.mark.interpreted  # patches the compiled checkserver._Connection
 async def test_fuzzed_streams_are_answered_alike_with_and_without_known_heads(
     listener: Listener,
     redis: Redis,

@@ -33,17 +33,16 @@ import time
 from contextvars import Context, copy_context
 from typing import Any
 
-from aiohttp import web
-
 from urr_common.http1 import (
     CLOSE_LINE,
     HEAD_TOO_LARGE,
+    KEEPALIVE_TIMEOUT_S,
     MAX_HEAD_BYTES,
+    REQUEST_TIMEOUT_S,
     UPGRADE_REFUSED,
     Answer,
     Http1Connection,
     Http1Server,
-    Http1Site,
     Internal,
 )
 from urr_common.logs import get_logger, start_request_context
@@ -394,9 +393,18 @@ class _Connection(Http1Connection["CheckServer"]):
 class CheckServer(Http1Server):
     """The check API's listener (connections, deadlines and drain: ``Http1Server``)."""
 
-    def __init__(self, service: CheckService, **timeouts: float) -> None:
-        """``timeouts``: ``request_timeout_s``, ``keepalive_timeout_s`` (``Http1Server``)."""
-        super().__init__(**timeouts)
+    def __init__(
+        self,
+        service: CheckService,
+        *,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+    ) -> None:
+        """The timeouts: ``Http1Server``'s (named, not ``**``: mypyc passes a ``**`` dict to a
+        compiled ``__init__`` as one argument)."""
+        super().__init__(
+            request_timeout_s=request_timeout_s, keepalive_timeout_s=keepalive_timeout_s
+        )
         self.service = service
         #: The heads of plain checks read by the parser (its exact bytes: the body's length
         #: and the ``Authorization`` value it carries): ``_Connection.data_received``.
@@ -406,24 +414,6 @@ class CheckServer(Http1Server):
         return _Connection(self)
 
 
-class CheckSite(Http1Site):
-    """``CheckServer`` as an aiohttp site (``runner.cleanup()`` stops it)."""
-
-    def __init__(
-        self,
-        runner: web.AppRunner,
-        service: CheckService,
-        host: str | None,
-        port: int,
-        *,
-        drain_timeout_s: float,
-        reuse_port: bool | None = None,
-    ) -> None:
-        super().__init__(
-            runner,
-            lambda: CheckServer(service),
-            host,
-            port,
-            drain_timeout_s=drain_timeout_s,
-            reuse_port=reuse_port,
-        )
+# Last: ``checksite`` imports this module's names (mypyc cannot compile a class on
+# ``BaseSite``, which has ``__slots__``; that module is never compiled).
+from urr_gateway.checksite import CheckSite as CheckSite  # noqa: E402

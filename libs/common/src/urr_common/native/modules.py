@@ -4,7 +4,7 @@ One list, read by the builder (``python -m urr_common.native.build``) and by the
 decides at import whether the compiled build may be used. A module missing from this list
 always runs as Python. Left interpreted, because mypyc refuses them (docs/performance.md,
 "the hot path compiled with mypyc"): the pydantic models (``trust``, ``checkapi``), ctypes
-(``ratelimit.finetimer``), a base with ``__slots__`` (``checkserver``,
+(``ratelimit.finetimer``), a base with ``__slots__`` (``checksite``,
 ``urr_common.http1site``), exception subclasses of builtins (``clientgone``) and async
 generators (``ratelimit.lifecycle``).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 GATEWAY = (
     "publicserver",
+    "checkserver",
     "publicrequest",
     "chain",
     "context",
