@@ -151,3 +151,33 @@ def test_compiled_modules_avoid_what_mypyc_types_differently(module: str) -> Non
         if isinstance(node, ast.NamedExpr) and isinstance(loop.test, ast.BoolOp)
     ]
     assert walruses == []
+
+
+def _awaits_in_except_clauses(tree: ast.AST) -> list[int]:
+    found = []
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Try):
+                clauses = [*node.handlers, *node.finalbody]
+                found.extend(
+                    inner.lineno
+                    for clause in clauses
+                    for inner in ast.walk(clause)
+                    if isinstance(inner, ast.Await | ast.AsyncFor | ast.AsyncWith)
+                )
+    return found
+
+
+@pytest.mark.parametrize("module", compiled_modules())
+def test_compiled_coroutines_never_wait_inside_except_or_finally(module: str) -> None:
+    """Compiled, a coroutine suspended inside an ``except`` clause leaves its exception set
+    as the one being handled for every other callback of the loop while it waits (and inside
+    a ``finally`` run by an exception, even after it ends): any exception raised there meanwhile
+    gets it as its ``__context__`` (httptools' callback errors lost their cause that way), and a
+    log call's ``exc_info`` shows it. Measured with a two-function module and mypyc: see
+    docs/performance.md, the eighth session's section."""
+    source = module_source(module)
+    assert source is not None
+    assert _awaits_in_except_clauses(ast.parse(source.read_text())) == []

@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -380,6 +381,40 @@ async def test_noscript_after_script_flush_reloads_and_counts_once(redis: Redis,
             assert await redis.zcard(window_key(f"u:ns{n}", "general", 60)) == 1
         assert limiter.breaker_state.name == "CLOSED"
     finally:
+        await limiter.aclose()
+
+
+@pytest.mark.parametrize("ask", list(ASK))
+async def test_a_noscript_retry_leaves_no_exception_handled_for_other_callbacks(
+    redis: Redis, ask: str
+) -> None:
+    """The suite runs the mypyc build: a compiled coroutine waiting inside an ``except``
+    clause (the NOSCRIPT retry did) leaves its exception set as the one being handled for
+    every other callback of the loop, so an exception raised anywhere meanwhile chains it as
+    its ``__context__``. A probe in every loop pass must see none."""
+    limiter = SlidingWindowLimiter(redis, settings())
+    loop = asyncio.get_running_loop()
+    seen: list[BaseException | None] = []
+    probing = True
+
+    def probe() -> None:
+        seen.append(sys.exc_info()[1])
+        if probing:
+            loop.call_soon(probe)
+
+    try:
+        assert await limiter.prepare()
+        await redis.script_flush()
+        loop.call_soon(probe)
+        decisions = await asyncio.gather(
+            *(ASK[ask](limiter, f"u:handled{n}", "general") for n in range(8))
+        )
+        probing = False
+        assert all(d.source == "redis" for d in decisions)
+        assert len(seen) > 2
+        assert [error for error in seen if error is not None] == []
+    finally:
+        probing = False
         await limiter.aclose()
 
 

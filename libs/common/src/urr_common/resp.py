@@ -316,11 +316,16 @@ class RespLane:
                 connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
             except OSError as exc:
                 raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+            refused: BaseException | None = None
             try:
                 pipe = RespPipe.take_over(connection)
-            except BaseException:
+            except BaseException as failed:
+                refused = failed
+            # (Awaited outside the except clause: compiled, a coroutine waiting inside one
+            # leaves its exception set as the one being handled for every other callback.)
+            if refused is not None:
                 await self._pool.release(connection)
-                raise
+                raise refused
             self._connection, self._pipe = connection, pipe
             return pipe
         finally:

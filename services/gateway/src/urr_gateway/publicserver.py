@@ -525,6 +525,7 @@ class PublicServer(Http1Server):
         in_flight = self._in_flight
         in_flight(1)
         status = 500
+        refused: Exception | None = None
         try:
             try:
                 # Not through ``typing.cast`` (a Python call): ``received`` is ``Any``.
@@ -555,7 +556,12 @@ class PublicServer(Http1Server):
                     finally:
                         answer.close()
             except Exception as exc:  # CancelledError is a BaseException: it passes
-                status = await self._refused(exchange, exc)
+                refused = exc
+            # (Answered outside the except clause: compiled, a coroutine waiting inside one
+            # leaves its exception set as the one being handled for every other callback of
+            # the loop, and a refusal's answer can wait on the client.)
+            if refused is not None:
+                status = await self._refused(exchange, refused)
         finally:
             in_flight(-1)
             self._metrics.observe(request.method, label, status, time.perf_counter() - started)

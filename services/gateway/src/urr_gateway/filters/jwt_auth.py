@@ -210,6 +210,10 @@ class _JwtAuth:
                 request[COOKIE_REFUSED] = True
             elif match is not None and match.route.needs_login:
                 request[AUTH_REFUSAL] = refusal  # keys unavailable: say so where login counts
+            identity = None
+        if identity is None:
+            # (Handled outside the except clause: compiled, a coroutine waiting inside one
+            # leaves its exception set as the one being handled for every other callback.)
             return await handler(request)
         # Upstreams learn the identity only from the proxy's signed ``X-Urr-Identity``.
         request[IDENTITY] = identity

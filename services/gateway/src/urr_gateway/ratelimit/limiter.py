@@ -526,9 +526,15 @@ class SlidingWindowLimiter:
             else:
                 error: BaseException | None = None
                 try:
+                    noscript = False
                     try:
                         reply = await pending
                     except NoScriptError:
+                        noscript = True
+                    # (Awaited outside the except clause: compiled, a coroutine waiting inside
+                    # one leaves its exception set as the one being handled for every other
+                    # callback of the loop.)
+                    if noscript:
                         # Nothing ran; the next batch loads the script first and runs this
                         # once more (within a budget of its own: a flushed cache is rare).
                         retry = self._pipelined.start(  # type: ignore[union-attr]
@@ -710,9 +716,12 @@ class SlidingWindowLimiter:
                         slots.give_back()
                 else:
                     try:
+                        noscript = False
                         try:
                             reply = await pending
                         except NoScriptError:
+                            noscript = True
+                        if noscript:  # (awaited outside the except clause, as in ``check``)
                             retry = pipelined.tenant_start(  # type: ignore[union-attr]
                                 compiled, tenant, cost, quota, load_script=True
                             )

@@ -363,11 +363,16 @@ class _Node:
             # A connect or handshake that hangs counts as a stall too.
             async with asyncio.timeout(self._stall_s):
                 connection = await self._acquire()
+            refused: BaseException | None = None
             try:
                 pipe = RespPipe.take_over(connection)
-            except BaseException:
+            except BaseException as failed:
+                refused = failed
+            # (Awaited outside the except clause: compiled, a coroutine waiting inside one
+            # leaves its exception set as the one being handled for every other callback.)
+            if refused is not None:
                 await self._release(connection)
-                raise
+                raise refused
             self._connection, self._pipe = connection, pipe
             if self._budget is not None:
                 # One timer for the batches of this connection (a new connection, a new one:
@@ -576,17 +581,25 @@ class PipelinedSlidingLog:
         else:
             command, tag = self._command(encoded, subject, cost, revoked_key)
         node = self._ready_node() or await self._node_for(tag)
+        through = None
         try:
             reply = await node.submit(command, timed=True)
         except NoScriptError:
-            # Nothing ran; the next batch loads the script first and runs this once more
-            # (within a budget of its own: a flushed script cache is rare).
-            reply = await node.submit(command, load_script=True, timed=True)
+            pass  # nothing ran: run it once more below, the script loaded first
         except RedirectedError:
-            if self._through_client is None:
+            through = self._through_client
+            if through is None:
                 raise
+        else:
+            return parse_reply(reply, encoded.windows, checked)
+        # (Awaited outside the except clause: compiled, a coroutine waiting inside one leaves its
+        # exception set as the one being handled for every other callback of the loop.)
+        if through is not None:
             # redis-py's cluster client follows MOVED/ASK and refreshes its slot map.
-            return await self._through_client.evaluate(subject, category, specs, cost, revoked_key)
+            return await through.evaluate(subject, category, specs, cost, revoked_key)
+        # The next batch loads the script first (within a budget of its own: a flushed
+        # script cache is rare).
+        reply = await node.submit(command, load_script=True, timed=True)
         return parse_reply(reply, encoded.windows, checked)
 
     def start(
@@ -697,14 +710,21 @@ class PipelinedSlidingLog:
         node = self._ready_node() or await self._node_for(
             b"{" + tenant_subject(tenant).encode() + b"}"
         )
+        through = None
         try:
             reply = await node.submit(command, timed=True)
         except NoScriptError:
-            reply = await node.submit(command, load_script=self._tenant_load, timed=True)
+            pass  # run once more below, the script loaded first
         except RedirectedError:
-            if self._through_client is None:
+            through = self._through_client
+            if through is None:
                 raise
-            return await self._through_client.evaluate_tenant(compiled, tenant, cost, quota, now_us)
+        else:
+            return parse_tenant_reply(reply, len(compiled.specs))
+        # (Awaited outside the except clauses, as in ``evaluate``.)
+        if through is not None:
+            return await through.evaluate_tenant(compiled, tenant, cost, quota, now_us)
+        reply = await node.submit(command, load_script=self._tenant_load, timed=True)
         return parse_tenant_reply(reply, len(compiled.specs))
 
     def tenant_start(
@@ -735,14 +755,21 @@ class PipelinedSlidingLog:
         self._month = month = current_month(self._month)
         command, tag = self._tenant_command_and_tag(compiled, tenant, cost, quota, month)
         node = self._ready_node() or await self._node_for(tag)
+        through = None
         try:
             reply: Sequence[int] = await node.submit(command, timed=True)
         except NoScriptError:
-            reply = await node.submit(command, load_script=self._tenant_load, timed=True)
+            pass  # run once more below, the script loaded first
         except RedirectedError:
-            if self._through_client is None:
+            through = self._through_client
+            if through is None:
                 raise
-            return await self._through_client.tenant_reply(compiled, tenant, cost, quota)
+        else:
+            return reply
+        # (Awaited outside the except clauses, as in ``evaluate``.)
+        if through is not None:
+            return await through.tenant_reply(compiled, tenant, cost, quota)
+        reply = await node.submit(command, load_script=self._tenant_load, timed=True)
         return reply
 
     def _tenant_command(
