@@ -154,7 +154,7 @@ def test_compiled_modules_avoid_what_mypyc_types_differently(module: str) -> Non
 
 
 def _awaits_in_except_clauses(tree: ast.AST) -> list[int]:
-    found = []
+    found: list[int] = []
     for function in ast.walk(tree):
         if not isinstance(function, ast.AsyncFunctionDef):
             continue
@@ -181,3 +181,16 @@ def test_compiled_coroutines_never_wait_inside_except_or_finally(module: str) ->
     source = module_source(module)
     assert source is not None
     assert _awaits_in_except_clauses(ast.parse(source.read_text())) == []
+
+
+def test_a_missing_shared_library_disables_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each group's code is in one library beside the package; without it every shim would
+    fail to import, so the whole build is refused instead. (The packages are looked for in an
+    empty folder: the real files stay where they are, other workers may be importing them.)"""
+    manifest = _manifest(tmp_path)
+    monkeypatch.setattr(native, "package_dir", lambda package: tmp_path)
+    assert check_build(manifest, compiled_modules()) == (
+        "urr_common._native__mypyc: compiled library missing"
+    )

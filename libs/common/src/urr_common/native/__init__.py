@@ -31,7 +31,7 @@ from importlib.util import spec_from_file_location
 from pathlib import Path
 from types import ModuleType
 
-from urr_common.native.modules import GROUPS, compiled_modules
+from urr_common.native.modules import GROUPS, compiled_modules, shared_library
 
 MANIFEST = Path(__file__).with_name("build.json")
 MODES = ("auto", "0", "1")
@@ -116,6 +116,11 @@ def check_build(manifest: Path, modules: Sequence[str]) -> str | None:
     recorded = built.get("modules")
     if not isinstance(recorded, dict) or set(recorded) != set(modules):
         return "the list of compiled modules changed since the build"
+    for package, _ in GROUPS:
+        root = package_dir(package)
+        library = shared_library(package).rpartition(".")[2] + EXTENSION_SUFFIXES[0]
+        if root is None or not (root / library).is_file():
+            return f"{shared_library(package)}: compiled library missing"
     for module in modules:
         source, extension = module_source(module), module_extension(module)
         if source is None or extension is None or not source.is_file():
